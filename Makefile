@@ -1,0 +1,69 @@
+# roam — build, test and benchmark. `make help` lists the targets.
+# Everything that needs the kernel (BPF, XDP, namespaces) runs as root.
+
+GO      ?= go
+CLANG   ?= clang
+STRIP   ?= llvm-strip
+BPF_CFLAGS ?= -O2 -g -Wall -Werror
+BIN     ?= bin
+GOTEST_FLAGS ?= -count=1 -timeout 30m
+
+export BPF_CLANG := $(CLANG)
+export BPF_STRIP := $(STRIP)
+export BPF_CFLAGS
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install the system packages roam needs (clang, bpftool, iproute2, iperf3, ...; root, apt)
+	bash test/install-deps.sh
+
+.PHONY: generate
+generate: ## compile bpf/ with clang through bpf2go (go generate); output is committed
+	$(GO) generate ./dataplane/...
+
+.PHONY: build
+build: ## build every binary into ./bin
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: test
+test: deps ## run every test (root: BPF, XDP on veth, network namespaces)
+	$(GO) test $(GOTEST_FLAGS) ./...
+
+.PHONY: lint
+lint: ## gofmt, go vet, and a check that the committed bpf2go output is fresh
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(MAKE) --no-print-directory check-generate
+
+.PHONY: check-generate
+check-generate: generate ## fail if the committed bpf2go output differs from a fresh generate
+	@git diff --exit-code --stat -- dataplane/ || { echo "bpf2go output is stale: run 'make generate' and commit"; exit 1; }
+
+.PHONY: bench
+bench: bench-dataplane bench-meta bench-migration ## run every benchmark
+
+.PHONY: bench-dataplane
+bench-dataplane: deps ## XDP vs iptables vs userspace proxy: ns/packet, pps, throughput (root)
+	$(GO) run ./test/bench/dataplane
+
+.PHONY: bench-meta
+bench-meta: ## placement round trip p50/p99 at 10, 1000, 10000 clusters; hello ingest rate
+	$(GO) run ./test/bench/meta
+
+.PHONY: bench-migration
+bench-migration: deps ## the paper's Table I over 20+ migrations on the testbed (root)
+	$(GO) run ./test/bench/migration
+
+.PHONY: demo
+demo: deps ## the quick start: testbed up, the paper's experiment, table and plot, testbed down (root)
+	$(GO) run ./cmd/roamctl testbed run
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf $(BIN)
