@@ -1,0 +1,108 @@
+// Package backend is the interface between the cluster controller and the
+// orchestrator that really runs services: the local process backend (the
+// embedded default, ctrl/backend/local) and Kubernetes (ctrl/backend/kube).
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// ErrNotFound is returned (wrapped) by Get and Delete-then-Get when the
+// orchestrator holds no instance of that name.
+var ErrNotFound = errors.New("instance not found")
+
+// Port is one port a service listens on.
+type Port struct {
+	Name     string          `json:"name,omitempty"`
+	Port     uint16          `json:"port"`
+	Protocol dataplane.Proto `json:"-"`
+}
+
+// Resources is what one copy of a service asks for.
+type Resources struct {
+	MilliCPU int64 `json:"milli_cpu,omitempty"`
+	MemoryMB int64 `json:"memory_mb,omitempty"`
+}
+
+// Spec is what the controller asks a backend to run.
+type Spec struct {
+	// Name is unique within the cluster; it is a DNS label (the Kubernetes
+	// backend names its Deployment and Service after it). Foreign copies
+	// are named by the controller so they cannot clash with local ones.
+	Name string
+	// Home is the id of the home cluster; MigrationID the migration that
+	// made this copy (empty for a first deploy). Backends record both on
+	// the instance (labels, annotations) so a restarted controller can
+	// reconcile.
+	Home        string
+	MigrationID string
+	Image       string   // container image (kubernetes)
+	Command     []string // command line (local); empty with Demo
+	Demo        bool     // run roam's built-in demo HTTP service (local)
+	Ports       []Port
+	Resources   Resources
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// Validate reports why s cannot be deployed.
+func (s Spec) Validate() error {
+	if !dnsLabel.MatchString(s.Name) {
+		return fmt.Errorf("spec %q: name must be a DNS label (lowercase letters, digits, '-', at most 63)", s.Name)
+	}
+	if len(s.Ports) == 0 {
+		return fmt.Errorf("spec %q: at least one port", s.Name)
+	}
+	for _, p := range s.Ports {
+		if p.Port == 0 {
+			return fmt.Errorf("spec %q: port 0", s.Name)
+		}
+		if p.Protocol != dataplane.TCP && p.Protocol != dataplane.UDP {
+			return fmt.Errorf("spec %q: port %d: protocol must be tcp or udp", s.Name, p.Port)
+		}
+	}
+	if s.Resources.MilliCPU < 0 || s.Resources.MemoryMB < 0 {
+		return fmt.Errorf("spec %q: negative resources", s.Name)
+	}
+	return nil
+}
+
+// Instance is a running (or starting) copy as the orchestrator reports it.
+type Instance struct {
+	Name        string
+	Home        string
+	MigrationID string
+	// Endpoints are where other clusters reach the copy, one per Spec port,
+	// in the same order.
+	Endpoints []netip.AddrPort
+	Ready     bool
+}
+
+// Capacity is what the cluster has and uses; it feeds the hellos.
+type Capacity struct {
+	MilliCPU, MemoryMB, Pods             int64
+	UsedMilliCPU, UsedMemoryMB, UsedPods int64
+}
+
+// Backend runs services. Every method is safe for concurrent use and honours
+// ctx.
+type Backend interface {
+	// Deploy starts a copy and returns once it is ready (its readiness
+	// probe passes) or ctx ends. Deploying a name that already runs with
+	// the same spec returns the running instance.
+	Deploy(ctx context.Context, s Spec) (Instance, error)
+	// Delete stops a copy; deleting a missing one is not an error.
+	Delete(ctx context.Context, name string) error
+	// Get returns one copy, or an error wrapping ErrNotFound.
+	Get(ctx context.Context, name string) (Instance, error)
+	// List returns every copy this backend runs for roam.
+	List(ctx context.Context) ([]Instance, error)
+	// Capacity reports the cluster's capacity and use.
+	Capacity(ctx context.Context) (Capacity, error)
+}
