@@ -45,6 +45,19 @@ func ParseProto(s string) (Proto, error) {
 	return 0, fmt.Errorf("parse protocol %q: want tcp or udp", s)
 }
 
+// MarshalText implements encoding.TextMarshaler ("tcp", "udp").
+func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (p *Proto) UnmarshalText(b []byte) error {
+	v, err := ParseProto(string(b))
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
 // Frontend is what users hit at the home cluster: an address, a port and a
 // protocol. Its text form is "10.0.0.1:80/tcp" or "[2001:db8::1]:80/udp".
 type Frontend struct {

@@ -21,7 +21,7 @@ var ErrNotFound = errors.New("instance not found")
 type Port struct {
 	Name     string          `json:"name,omitempty"`
 	Port     uint16          `json:"port"`
-	Protocol dataplane.Proto `json:"-"`
+	Protocol dataplane.Proto `json:"protocol"`
 }
 
 // Resources is what one copy of a service asks for.
