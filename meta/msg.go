@@ -1,0 +1,465 @@
+// Package meta is roam's meta-orchestrator (MO): a registry of clusters fed
+// by periodic hellos, liveness, a placement policy answering placement
+// requests over NATS, and the client controllers use to talk to it.
+//
+// This file holds the wire messages (versioned JSON) that controllers
+// import: Hello, PlacementRequest and PlacementReply, their validation and
+// decoders. Keep them stable: add fields, never rename or retype one.
+package meta
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"time"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// Version is the message format version this package writes and accepts.
+const Version = 1
+
+// MaxMessageSize bounds every decoded message.
+const MaxMessageSize = 256 << 10
+
+// Subjects (see README.md for permissions).
+const (
+	// SubjectHelloPrefix + cluster id is where a cluster publishes its hellos.
+	SubjectHelloPrefix = "roam.hello."
+	// SubjectHelloAll matches every cluster's hellos.
+	SubjectHelloAll = "roam.hello.*"
+	// SubjectPlace is the placement request/reply endpoint (queue group).
+	SubjectPlace = "roam.place"
+	// ServiceName is the nats.go micro service name of the MO.
+	ServiceName = "roam-meta"
+	// QueueGroup is the queue group MO replicas share.
+	QueueGroup = "roam-meta"
+)
+
+// HelloSubject is the subject cluster id publishes its hellos on.
+func HelloSubject(id string) string { return SubjectHelloPrefix + id }
+
+// Tiers of the paper's use case; any other non-empty label is accepted.
+const (
+	TierDeepEdge = "deep-edge"
+	TierEdge     = "edge"
+	TierCloud    = "cloud"
+)
+
+// Reason is why a service must be placed elsewhere.
+type Reason string
+
+// Reasons a placement is requested for.
+const (
+	ReasonLackOfResources Reason = "lack-of-resources"
+	ReasonNetworkChange   Reason = "network-change"
+	ReasonFailover        Reason = "failover"
+	ReasonManual          Reason = "manual"
+)
+
+// Validate reports whether r is one of the known reasons.
+func (r Reason) Validate() error {
+	switch r {
+	case ReasonLackOfResources, ReasonNetworkChange, ReasonFailover, ReasonManual:
+		return nil
+	}
+	return fmt.Errorf("reason %q: want lack-of-resources, network-change, failover or manual", string(r))
+}
+
+// LinkFrom says from which cluster link constraints are measured.
+type LinkFrom string
+
+// Link constraint origins; empty means the requester.
+const (
+	LinkFromRequester LinkFrom = "requester"
+	LinkFromHome      LinkFrom = "home"
+)
+
+// Error codes carried in error replies (micro service error headers
+// Nats-Service-Error-Code / Nats-Service-Error).
+const (
+	CodeBadRequest  = "400" // malformed or invalid message
+	CodeForbidden   = "403" // requester does not match the credentials
+	CodeUnavailable = "503" // MO not ready
+	CodeInternal    = "500"
+)
+
+var idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$`)
+
+// ValidateClusterID reports why id cannot name a cluster. An id is one
+// NATS subject token: letters, digits, '-' and '_', at most 63, no dots or
+// wildcards.
+func ValidateClusterID(id string) error {
+	if !idRe.MatchString(id) {
+		return fmt.Errorf("cluster id %q: want 1-63 letters, digits, '-' or '_', starting with a letter or digit", id)
+	}
+	return nil
+}
+
+// Capacity is what a cluster has and uses.
+type Capacity struct {
+	MilliCPU     int64 `json:"milli_cpu"`
+	MemoryMB     int64 `json:"memory_mb"`
+	Pods         int64 `json:"pods"`
+	UsedMilliCPU int64 `json:"used_milli_cpu"`
+	UsedMemoryMB int64 `json:"used_memory_mb"`
+	UsedPods     int64 `json:"used_pods"`
+}
+
+// Validate reports impossible figures.
+func (c Capacity) Validate() error {
+	for _, v := range []int64{c.MilliCPU, c.MemoryMB, c.Pods, c.UsedMilliCPU, c.UsedMemoryMB, c.UsedPods} {
+		if v < 0 {
+			return errors.New("capacity: negative figure")
+		}
+	}
+	return nil
+}
+
+// Free returns what is left (never negative).
+func (c Capacity) Free() (milliCPU, memoryMB, pods int64) {
+	return max(c.MilliCPU-c.UsedMilliCPU, 0), max(c.MemoryMB-c.UsedMemoryMB, 0), max(c.Pods-c.UsedPods, 0)
+}
+
+// Load is the highest used fraction over the figures the cluster reports
+// (0 idle, 1 full). A cluster that reports no capacity at all counts as full.
+func (c Capacity) Load() float64 {
+	load, any := 0.0, false
+	for _, p := range [][2]int64{{c.UsedMilliCPU, c.MilliCPU}, {c.UsedMemoryMB, c.MemoryMB}, {c.UsedPods, c.Pods}} {
+		if p[1] > 0 {
+			any = true
+			load = max(load, float64(p[0])/float64(p[1]))
+		}
+	}
+	if !any {
+		return 1
+	}
+	return min(load, 1)
+}
+
+// Link is a measured link from the sending cluster to a peer.
+type Link struct {
+	Peer          string  `json:"peer"`
+	BandwidthMbps float64 `json:"bandwidth_mbps"`
+	RTTMs         float64 `json:"rtt_ms"`
+	Up            bool    `json:"up"`
+}
+
+// Validate reports why l is not a usable measurement.
+func (l Link) Validate() error {
+	if err := ValidateClusterID(l.Peer); err != nil {
+		return fmt.Errorf("link: %w", err)
+	}
+	if !finiteNonNeg(l.BandwidthMbps) || !finiteNonNeg(l.RTTMs) {
+		return fmt.Errorf("link to %s: bandwidth and rtt must be finite and >= 0", l.Peer)
+	}
+	return nil
+}
+
+// Hello is published by every cluster each interval on roam.hello.<id>.
+type Hello struct {
+	Version   int    `json:"v"`
+	ClusterID string `json:"cluster_id"`
+	// Seq grows with every hello from one controller run; the MO ignores a
+	// hello whose Seq is not above the last one it kept (a restarted
+	// controller should start from a time-based Seq, see NewSeq).
+	Seq    uint64            `json:"seq"`
+	Tier   string            `json:"tier"`
+	Labels map[string]string `json:"labels,omitempty"`
+	// ControllerURL is the controller's REST API (http://host:port).
+	ControllerURL string `json:"controller_url"`
+	// DataAddrs are where this cluster exposes foreign copies.
+	DataAddrs []netip.Addr `json:"data_addrs,omitempty"`
+	Capacity  Capacity     `json:"capacity"`
+	Services  int          `json:"services"`
+	Links     []Link       `json:"links,omitempty"`
+	// IntervalMs is the sender's hello interval (0: the MO's default).
+	IntervalMs int64     `json:"interval_ms,omitempty"`
+	SentAt     time.Time `json:"sent_at,omitzero"`
+}
+
+// NewSeq returns a starting sequence number above any used by an earlier
+// run of the same controller (nanoseconds since the epoch).
+func NewSeq() uint64 { return uint64(time.Now().UnixNano()) }
+
+// Validate reports why h cannot be registered.
+func (h Hello) Validate() error {
+	if h.Version != Version {
+		return fmt.Errorf("hello: version %d, want %d", h.Version, Version)
+	}
+	if err := ValidateClusterID(h.ClusterID); err != nil {
+		return fmt.Errorf("hello: %w", err)
+	}
+	if h.Seq == 0 {
+		return fmt.Errorf("hello %s: seq must be > 0", h.ClusterID)
+	}
+	if h.Tier == "" || len(h.Tier) > 63 {
+		return fmt.Errorf("hello %s: tier must be 1-63 characters", h.ClusterID)
+	}
+	if err := validateURL(h.ControllerURL); err != nil {
+		return fmt.Errorf("hello %s: controller url: %w", h.ClusterID, err)
+	}
+	for _, a := range h.DataAddrs {
+		if !a.IsValid() || a.IsUnspecified() {
+			return fmt.Errorf("hello %s: data address %s must be set and specific", h.ClusterID, a)
+		}
+	}
+	if err := h.Capacity.Validate(); err != nil {
+		return fmt.Errorf("hello %s: %w", h.ClusterID, err)
+	}
+	if h.Services < 0 || h.IntervalMs < 0 {
+		return fmt.Errorf("hello %s: services and interval must be >= 0", h.ClusterID)
+	}
+	for _, l := range h.Links {
+		if err := l.Validate(); err != nil {
+			return fmt.Errorf("hello %s: %w", h.ClusterID, err)
+		}
+	}
+	return nil
+}
+
+// LinkTo returns the link h reports toward peer.
+func (h Hello) LinkTo(peer string) (Link, bool) {
+	for _, l := range h.Links {
+		if l.Peer == peer {
+			return l, true
+		}
+	}
+	return Link{}, false
+}
+
+// Port is one port a service listens on.
+type Port struct {
+	Name     string          `json:"name,omitempty"`
+	Port     uint16          `json:"port"`
+	Protocol dataplane.Proto `json:"protocol"`
+}
+
+// Resources is what one copy of a service asks for; a copy also takes one pod.
+type Resources struct {
+	MilliCPU int64 `json:"milli_cpu,omitempty"`
+	MemoryMB int64 `json:"memory_mb,omitempty"`
+}
+
+// Constraints restrict where a service may go.
+type Constraints struct {
+	WantTiers       []string          `json:"want_tiers,omitempty"`
+	ForbidTiers     []string          `json:"forbid_tiers,omitempty"`
+	WantLabels      map[string]string `json:"want_labels,omitempty"`
+	ExcludeClusters []string          `json:"exclude_clusters,omitempty"`
+	// MinBandwidthMbps and MaxRTTMs bound the link between the candidate
+	// and LinkFrom (the requester by default); 0 means no bound.
+	MinBandwidthMbps float64  `json:"min_bandwidth_mbps,omitempty"`
+	MaxRTTMs         float64  `json:"max_rtt_ms,omitempty"`
+	LinkFrom         LinkFrom `json:"link_from,omitempty"`
+}
+
+// Validate reports impossible constraints.
+func (c Constraints) Validate() error {
+	if !finiteNonNeg(c.MinBandwidthMbps) || !finiteNonNeg(c.MaxRTTMs) {
+		return errors.New("constraints: bandwidth and rtt bounds must be finite and >= 0")
+	}
+	switch c.LinkFrom {
+	case "", LinkFromRequester, LinkFromHome:
+	default:
+		return fmt.Errorf("constraints: link_from %q: want requester or home", string(c.LinkFrom))
+	}
+	for _, id := range c.ExcludeClusters {
+		if err := ValidateClusterID(id); err != nil {
+			return fmt.Errorf("constraints: exclude: %w", err)
+		}
+	}
+	return nil
+}
+
+// ServiceDescriptor is the service to place.
+type ServiceDescriptor struct {
+	Name        string      `json:"name"`
+	Ports       []Port      `json:"ports"`
+	Resources   Resources   `json:"resources"`
+	Constraints Constraints `json:"constraints"`
+}
+
+// Validate reports why s cannot be placed.
+func (s ServiceDescriptor) Validate() error {
+	if s.Name == "" || len(s.Name) > 253 {
+		return errors.New("service: name must be 1-253 characters")
+	}
+	if len(s.Ports) == 0 {
+		return fmt.Errorf("service %s: at least one port", s.Name)
+	}
+	for _, p := range s.Ports {
+		if p.Port == 0 {
+			return fmt.Errorf("service %s: port 0", s.Name)
+		}
+		if p.Protocol != dataplane.TCP && p.Protocol != dataplane.UDP {
+			return fmt.Errorf("service %s: port %d: protocol must be tcp or udp", s.Name, p.Port)
+		}
+	}
+	if s.Resources.MilliCPU < 0 || s.Resources.MemoryMB < 0 {
+		return fmt.Errorf("service %s: negative resources", s.Name)
+	}
+	if err := s.Constraints.Validate(); err != nil {
+		return fmt.Errorf("service %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// PlacementRequest asks the MO where a service should run.
+type PlacementRequest struct {
+	Version   int               `json:"v"`
+	RequestID string            `json:"request_id"`
+	Requester string            `json:"requester"` // cluster asking (where the service runs now)
+	Home      string            `json:"home"`      // home cluster of the service
+	Service   ServiceDescriptor `json:"service"`
+	Reason    Reason            `json:"reason"`
+}
+
+// Validate reports why r cannot be answered.
+func (r PlacementRequest) Validate() error {
+	if r.Version != Version {
+		return fmt.Errorf("placement request: version %d, want %d", r.Version, Version)
+	}
+	if r.RequestID == "" || len(r.RequestID) > 128 {
+		return errors.New("placement request: request id must be 1-128 characters")
+	}
+	if err := ValidateClusterID(r.Requester); err != nil {
+		return fmt.Errorf("placement request %s: requester: %w", r.RequestID, err)
+	}
+	if err := ValidateClusterID(r.Home); err != nil {
+		return fmt.Errorf("placement request %s: home: %w", r.RequestID, err)
+	}
+	if err := r.Service.Validate(); err != nil {
+		return fmt.Errorf("placement request %s: %w", r.RequestID, err)
+	}
+	if err := r.Reason.Validate(); err != nil {
+		return fmt.Errorf("placement request %s: %w", r.RequestID, err)
+	}
+	return nil
+}
+
+// Candidate is a cluster a service may go to.
+type Candidate struct {
+	ClusterID     string       `json:"cluster_id"`
+	ControllerURL string       `json:"controller_url"`
+	DataAddrs     []netip.Addr `json:"data_addrs,omitempty"`
+	Tier          string       `json:"tier"`
+	Score         float64      `json:"score"`
+	Why           string       `json:"why,omitempty"`
+}
+
+// Filtered is a cluster the policy ruled out, and why.
+type Filtered struct {
+	ClusterID string `json:"cluster_id"`
+	Why       string `json:"why"`
+}
+
+// PlacementReply answers a PlacementRequest. Exactly one of Destination
+// and NoPlacement is set.
+type PlacementReply struct {
+	Version     int        `json:"v"`
+	RequestID   string     `json:"request_id"`
+	Destination *Candidate `json:"destination,omitempty"`
+	// Reason is a short human reason for the choice.
+	Reason       string      `json:"reason,omitempty"`
+	Alternatives []Candidate `json:"alternatives,omitempty"`
+	// NoPlacement says why nothing fits; Filtered says why each cluster
+	// was ruled out.
+	NoPlacement string     `json:"no_placement,omitempty"`
+	Filtered    []Filtered `json:"filtered,omitempty"`
+	Policy      string     `json:"policy,omitempty"`
+	// Local is true when a client decided from its cached hellos because
+	// the MO did not answer.
+	Local     bool   `json:"local,omitempty"`
+	DecidedBy string `json:"decided_by,omitempty"`
+}
+
+// Validate reports an inconsistent reply.
+func (r PlacementReply) Validate() error {
+	if r.Version != Version {
+		return fmt.Errorf("placement reply: version %d, want %d", r.Version, Version)
+	}
+	if r.RequestID == "" {
+		return errors.New("placement reply: request id must be set")
+	}
+	if (r.Destination == nil) == (r.NoPlacement == "") {
+		return fmt.Errorf("placement reply %s: exactly one of destination and no_placement", r.RequestID)
+	}
+	if r.Destination != nil {
+		if err := ValidateClusterID(r.Destination.ClusterID); err != nil {
+			return fmt.Errorf("placement reply %s: destination: %w", r.RequestID, err)
+		}
+	}
+	return nil
+}
+
+// OK reports whether r names a destination.
+func (r PlacementReply) OK() bool { return r.Destination != nil }
+
+// DecodeHello parses and validates a hello.
+func DecodeHello(b []byte) (Hello, error) {
+	var h Hello
+	if err := decode(b, &h); err != nil {
+		return Hello{}, fmt.Errorf("decode hello: %w", err)
+	}
+	if err := h.Validate(); err != nil {
+		return Hello{}, fmt.Errorf("decode hello: %w", err)
+	}
+	return h, nil
+}
+
+// DecodePlacementRequest parses and validates a placement request.
+func DecodePlacementRequest(b []byte) (PlacementRequest, error) {
+	var r PlacementRequest
+	if err := decode(b, &r); err != nil {
+		return PlacementRequest{}, fmt.Errorf("decode placement request: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return PlacementRequest{}, fmt.Errorf("decode placement request: %w", err)
+	}
+	return r, nil
+}
+
+// DecodePlacementReply parses and validates a placement reply.
+func DecodePlacementReply(b []byte) (PlacementReply, error) {
+	var r PlacementReply
+	if err := decode(b, &r); err != nil {
+		return PlacementReply{}, fmt.Errorf("decode placement reply: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return PlacementReply{}, fmt.Errorf("decode placement reply: %w", err)
+	}
+	return r, nil
+}
+
+func decode(b []byte, v any) error {
+	if len(b) > MaxMessageSize {
+		return fmt.Errorf("message of %d bytes exceeds %d", len(b), MaxMessageSize)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	if err := d.Decode(v); err != nil {
+		return err
+	}
+	if d.More() {
+		return errors.New("trailing data after the message")
+	}
+	return nil
+}
+
+func validateURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q: want http(s)://host:port", s)
+	}
+	return nil
+}
+
+func finiteNonNeg(f float64) bool { return f >= 0 && !math.IsInf(f, 0) && !math.IsNaN(f) }
