@@ -1,0 +1,367 @@
+// Package local is roam's embedded default orchestrator backend: it runs each
+// service as a supervised process in the controller's own network namespace,
+// restarts it with backoff when it dies, probes it for readiness over TCP and
+// reports it exposed on the cluster's data address.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"reflect"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/roamnet/roam/ctrl/backend"
+)
+
+// Config says where copies listen and what the "cluster" may hold.
+type Config struct {
+	// ClusterID is passed to the demo service (it says which cluster answered).
+	ClusterID string
+	// ListenAddr is where copies bind (default: unspecified, every address).
+	ListenAddr netip.Addr
+	// ExposeAddr is the address reported in endpoints and probed for
+	// readiness (the cluster's data address). Required.
+	ExposeAddr netip.Addr
+	// Executable runs the demo service as `Executable demo --listen A:P
+	// --cluster ID` (default os.Executable()).
+	Executable string
+	// Capacity limits (reported by Capacity; Deploy refuses beyond them
+	// when set).
+	MilliCPU, MemoryMB, Pods int64
+	// MinBackoff and MaxBackoff bound the restart delay (default 100ms, 5s).
+	MinBackoff, MaxBackoff time.Duration
+	Logger                 *slog.Logger
+}
+
+// Backend runs copies as local processes.
+type Backend struct {
+	cfg  Config
+	log  *slog.Logger
+	mu   sync.Mutex
+	runs map[string]*run
+}
+
+var _ backend.Backend = (*Backend)(nil)
+
+// New checks cfg and returns a backend with nothing running.
+func New(cfg Config) (*Backend, error) {
+	if !cfg.ExposeAddr.IsValid() || cfg.ExposeAddr.IsUnspecified() {
+		return nil, errors.New("new local backend: expose address must be set")
+	}
+	if !cfg.ListenAddr.IsValid() {
+		if cfg.ExposeAddr.Is4() {
+			cfg.ListenAddr = netip.IPv4Unspecified()
+		} else {
+			cfg.ListenAddr = netip.IPv6Unspecified()
+		}
+	}
+	if cfg.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("new local backend: find executable: %w", err)
+		}
+		cfg.Executable = exe
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Backend{cfg: cfg, log: cfg.Logger.With("backend", "local"), runs: map[string]*run{}}, nil
+}
+
+// run is one supervised copy.
+type run struct {
+	spec     backend.Spec
+	cancel   context.CancelFunc
+	done     chan struct{}
+	mu       sync.Mutex
+	pid      int
+	restarts int
+}
+
+// Restarts returns how many times the named copy was restarted (for tests
+// and status).
+func (b *Backend) Restarts(name string) int {
+	b.mu.Lock()
+	r := b.runs[name]
+	b.mu.Unlock()
+	if r == nil {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.restarts
+}
+
+// PID returns the current process id of the named copy (0 if none).
+func (b *Backend) PID(name string) int {
+	b.mu.Lock()
+	r := b.runs[name]
+	b.mu.Unlock()
+	if r == nil {
+		return 0
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pid
+}
+
+func (b *Backend) command(s backend.Spec) ([]string, []string) {
+	listen := netip.AddrPortFrom(b.cfg.ListenAddr, s.Ports[0].Port).String()
+	env := []string{
+		"ROAM_LISTEN=" + listen,
+		"ROAM_PORT=" + strconv.Itoa(int(s.Ports[0].Port)),
+		"ROAM_CLUSTER=" + b.cfg.ClusterID,
+		"ROAM_SERVICE=" + s.Name,
+		"ROAM_HOME=" + s.Home,
+	}
+	if s.Demo {
+		return []string{b.cfg.Executable, "demo", "--listen", listen, "--cluster", b.cfg.ClusterID}, env
+	}
+	return s.Command, env
+}
+
+// Deploy starts the copy and waits until every TCP port accepts.
+func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance, error) {
+	if err := s.Validate(); err != nil {
+		return backend.Instance{}, fmt.Errorf("deploy %s: %w", s.Name, err)
+	}
+	if !s.Demo && len(s.Command) == 0 {
+		return backend.Instance{}, fmt.Errorf("deploy %s: the local backend needs a command or demo", s.Name)
+	}
+	b.mu.Lock()
+	if r, ok := b.runs[s.Name]; ok {
+		b.mu.Unlock()
+		if !reflect.DeepEqual(r.spec, s) {
+			return backend.Instance{}, fmt.Errorf("deploy %s: already runs with a different spec", s.Name)
+		}
+		return b.waitReady(ctx, s)
+	}
+	if b.cfg.Pods > 0 && int64(len(b.runs)) >= b.cfg.Pods {
+		b.mu.Unlock()
+		return backend.Instance{}, fmt.Errorf("deploy %s: capacity full (%d copies)", s.Name, b.cfg.Pods)
+	}
+	if err := b.fitsLocked(s); err != nil {
+		b.mu.Unlock()
+		return backend.Instance{}, fmt.Errorf("deploy %s: %w", s.Name, err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	r := &run{spec: s, cancel: cancel, done: make(chan struct{})}
+	b.runs[s.Name] = r
+	b.mu.Unlock()
+	go b.supervise(rctx, r)
+	inst, err := b.waitReady(ctx, s)
+	if err != nil {
+		_ = b.Delete(context.WithoutCancel(ctx), s.Name)
+		return backend.Instance{}, err
+	}
+	b.log.Info("deployed", "name", s.Name, "home", s.Home, "endpoints", inst.Endpoints)
+	return inst, nil
+}
+
+func (b *Backend) fitsLocked(s backend.Spec) error {
+	var cpu, mem int64
+	for _, r := range b.runs {
+		cpu += r.spec.Resources.MilliCPU
+		mem += r.spec.Resources.MemoryMB
+	}
+	if b.cfg.MilliCPU > 0 && cpu+s.Resources.MilliCPU > b.cfg.MilliCPU {
+		return fmt.Errorf("not enough cpu: %dm used of %dm, %dm asked", cpu, b.cfg.MilliCPU, s.Resources.MilliCPU)
+	}
+	if b.cfg.MemoryMB > 0 && mem+s.Resources.MemoryMB > b.cfg.MemoryMB {
+		return fmt.Errorf("not enough memory: %dMB used of %dMB, %dMB asked", mem, b.cfg.MemoryMB, s.Resources.MemoryMB)
+	}
+	return nil
+}
+
+func (b *Backend) endpoints(s backend.Spec) []netip.AddrPort {
+	eps := make([]netip.AddrPort, len(s.Ports))
+	for i, p := range s.Ports {
+		eps[i] = netip.AddrPortFrom(b.cfg.ExposeAddr, p.Port)
+	}
+	return eps
+}
+
+// ready reports whether every TCP port of s accepts a connection (UDP ports
+// cannot be probed and count as ready).
+func (b *Backend) ready(ctx context.Context, s backend.Spec) bool {
+	for i, p := range s.Ports {
+		if p.Protocol.String() != "tcp" {
+			continue
+		}
+		d := net.Dialer{Timeout: 500 * time.Millisecond}
+		c, err := d.DialContext(ctx, "tcp", b.endpoints(s)[i].String())
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
+func (b *Backend) waitReady(ctx context.Context, s backend.Spec) (backend.Instance, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if b.ready(ctx, s) {
+			return backend.Instance{Name: s.Name, Home: s.Home, MigrationID: s.MigrationID, Endpoints: b.endpoints(s), Ready: true}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return backend.Instance{}, fmt.Errorf("wait for %s ready: %w", s.Name, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// supervise runs the process until ctx ends, restarting it with backoff.
+func (b *Backend) supervise(ctx context.Context, r *run) {
+	defer close(r.done)
+	backoff := b.cfg.MinBackoff
+	for {
+		argv, env := b.command(r.spec)
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		started := time.Now()
+		err := cmd.Start()
+		if err == nil {
+			r.mu.Lock()
+			r.pid = cmd.Process.Pid
+			r.mu.Unlock()
+			waited := make(chan error, 1)
+			go func() { waited <- cmd.Wait() }()
+			select {
+			case err = <-waited:
+			case <-ctx.Done():
+				killGroup(cmd.Process.Pid, waited)
+				return
+			}
+			r.mu.Lock()
+			r.pid = 0
+			r.mu.Unlock()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(started) > 10*time.Second {
+			backoff = b.cfg.MinBackoff
+		}
+		b.log.Warn("copy exited, restarting", "name", r.spec.Name, "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		r.mu.Lock()
+		r.restarts++
+		r.mu.Unlock()
+		backoff = min(2*backoff, b.cfg.MaxBackoff)
+	}
+}
+
+// killGroup sends SIGTERM to the process group, then SIGKILL after 2s.
+func killGroup(pid int, waited <-chan error) {
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	select {
+	case <-waited:
+	case <-time.After(2 * time.Second):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-waited
+	}
+	// Children that outlived the leader.
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+}
+
+// Delete stops the copy and its process group.
+func (b *Backend) Delete(ctx context.Context, name string) error {
+	b.mu.Lock()
+	r, ok := b.runs[name]
+	delete(b.runs, name)
+	b.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return fmt.Errorf("delete %s: %w", name, ctx.Err())
+	}
+	b.log.Info("deleted", "name", name)
+	return nil
+}
+
+// Get returns one copy.
+func (b *Backend) Get(ctx context.Context, name string) (backend.Instance, error) {
+	b.mu.Lock()
+	r, ok := b.runs[name]
+	b.mu.Unlock()
+	if !ok {
+		return backend.Instance{}, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
+	}
+	return backend.Instance{Name: name, Home: r.spec.Home, MigrationID: r.spec.MigrationID,
+		Endpoints: b.endpoints(r.spec), Ready: b.ready(ctx, r.spec)}, nil
+}
+
+// List returns every copy.
+func (b *Backend) List(ctx context.Context) ([]backend.Instance, error) {
+	b.mu.Lock()
+	names := make([]string, 0, len(b.runs))
+	for n := range b.runs {
+		names = append(names, n)
+	}
+	b.mu.Unlock()
+	sort.Strings(names)
+	out := make([]backend.Instance, 0, len(names))
+	for _, n := range names {
+		i, err := b.Get(ctx, n)
+		if err != nil {
+			continue
+		}
+		out = append(out, i)
+	}
+	return out, nil
+}
+
+// Capacity reports the configured limits and what running copies ask.
+func (b *Backend) Capacity(ctx context.Context) (backend.Capacity, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c := backend.Capacity{MilliCPU: b.cfg.MilliCPU, MemoryMB: b.cfg.MemoryMB, Pods: b.cfg.Pods}
+	for _, r := range b.runs {
+		c.UsedMilliCPU += r.spec.Resources.MilliCPU
+		c.UsedMemoryMB += r.spec.Resources.MemoryMB
+		c.UsedPods++
+	}
+	return c, nil
+}
+
+// Close stops every copy.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	names := make([]string, 0, len(b.runs))
+	for n := range b.runs {
+		names = append(names, n)
+	}
+	b.mu.Unlock()
+	for _, n := range names {
+		_ = b.Delete(context.Background(), n)
+	}
+	return nil
+}
