@@ -1,0 +1,77 @@
+/* consts.h: tunable limits, enum values and protocol numbers; each tunable can be overridden with -D. */
+#pragma once
+
+#ifndef MAX_FRONTENDS
+#define MAX_FRONTENDS 4096 /* frontend ids are 1..MAX_FRONTENDS-1 */
+#endif
+
+#ifndef CT_MAX_ENTRIES
+#define CT_MAX_ENTRIES 262144 /* LRU conntrack: forward and reverse entries together */
+#endif
+
+#ifndef PORT_RETRIES
+#define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
+#endif
+
+#ifndef CLOSING_TIMEOUT_NS
+#define CLOSING_TIMEOUT_NS (10ULL * 1000000000ULL) /* after FIN/RST */
+#endif
+
+#ifndef DEFAULT_IDLE_TIMEOUT_NS
+#define DEFAULT_IDLE_TIMEOUT_NS (60ULL * 1000000000ULL) /* when the config map holds 0 */
+#endif
+
+/* Target kinds: the same numbers as dataplane.TargetKind in Go. */
+enum target_kind {
+	TARGET_NONE = 0,
+	TARGET_LOCAL = 1,
+	TARGET_REDIRECT = 2,
+};
+
+/* Per-frontend actions counted in the counters map. */
+enum action {
+	ACTION_PASS = 0,
+	ACTION_REDIRECT = 1,
+	ACTION_REVERSE = 2,
+	ACTION_DROP = 3,
+	ACTION_MAX = 4,
+};
+
+/* Reasons counted in the drops map: packets dropped, or passed untouched because they could not be handled. */
+enum drop_reason {
+	REASON_NO_ROUTE = 0,	   /* fib lookup found no route: dropped */
+	REASON_CT_FULL = 1,	   /* conntrack insert failed: dropped */
+	REASON_PORT_EXHAUSTED = 2, /* no free SNAT port: dropped */
+	REASON_MALFORMED = 3,	   /* truncated or inconsistent headers: passed untouched */
+	REASON_FRAGMENT = 4,	   /* IPv4 fragment: passed untouched */
+	REASON_IP_OPTIONS = 5,	   /* IPv4 with options: passed untouched */
+	REASON_IPV6_EXT = 6,	   /* IPv6 with extension headers: passed untouched */
+	REASON_NO_NEIGH = 7,	   /* fib lookup has no neighbour: rewritten packet passed to the kernel */
+	REASON_NO_SNAT = 8,	   /* no SNAT address for the target's family: dropped */
+	REASON_NO_CONFIG = 9,	   /* config map empty: passed untouched */
+	REASON_FAMILY_MISMATCH = 10, /* frontend and target of different families: dropped */
+	REASON_MAX = 11,
+};
+
+/* Conntrack entry directions and flags. */
+#define CT_FORWARD 1
+#define CT_REVERSE 2
+#define CT_FLAG_CLOSING 1
+
+#define FAMILY_V4 4
+#define FAMILY_V6 6
+
+#define ETH_ALEN_ 6
+#define ETH_P_IP_ 0x0800
+#define ETH_P_IPV6_ 0x86DD
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define IP_MF_ 0x2000
+#define IP_OFFSET_ 0x1FFF
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10

@@ -1,0 +1,33 @@
+/* fib.h: bpf_fib_lookup setup for a rewritten packet (next hop and MAC addresses). */
+#pragma once
+
+#include "parse.h"
+
+static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct pkt *p, __u32 ifindex)
+{
+	fib->l4_protocol = p->proto;
+	fib->sport = p->sport;
+	fib->dport = p->dport;
+	fib->tot_len = p->ip_len;
+	fib->ifindex = ifindex;
+	if (p->family == FAMILY_V4) {
+		fib->family = AF_INET_;
+		__builtin_memcpy(&fib->ipv4_src, p->saddr + 12, 4);
+		__builtin_memcpy(&fib->ipv4_dst, p->daddr + 12, 4);
+	} else {
+		fib->family = AF_INET6_;
+		__builtin_memcpy(fib->ipv6_src, p->saddr, 16);
+		__builtin_memcpy(fib->ipv6_dst, p->daddr, 16);
+	}
+}
+
+/* set_macs writes the next hop's MAC addresses; returns -1 if the frame is too short. */
+static __always_inline int set_macs(void *data, void *data_end, const struct bpf_fib_lookup *fib)
+{
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->dst, fib->dmac, ETH_ALEN_);
+	__builtin_memcpy(eth->src, fib->smac, ETH_ALEN_);
+	return 0;
+}

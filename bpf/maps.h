@@ -1,0 +1,55 @@
+/* maps.h: the BPF maps, pinned by name under the pin path and shared by the XDP and tc objects. */
+#pragma once
+
+#include "types.h"
+
+/*
+ * Frontends. BPF_F_NO_PREALLOC: an update allocates a new element and frees the
+ * replaced one after an RCU grace period, so a reader holding a pointer never
+ * sees a reused element being rewritten under it. The programs still copy the
+ * chosen target to the stack right after the lookup.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FRONTENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct frontend_key);
+	__type(value, struct service);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_services SEC(".maps");
+
+/* Conntrack: forward and reverse entries, LRU so a full table evicts the oldest flows. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_MAX_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_conntrack SEC(".maps");
+
+/* Node configuration: one element. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_config SEC(".maps");
+
+/* Per-CPU counters indexed by frontend id * ACTION_MAX + action. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_FRONTENDS * ACTION_MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_counters SEC(".maps");
+
+/* Per-CPU drop and error counts indexed by enum drop_reason. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_drops SEC(".maps");

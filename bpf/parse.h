@@ -1,0 +1,142 @@
+/* parse.h: Ethernet/IPv4/IPv6/TCP/UDP parsing into struct pkt, with every bound and consistency check. */
+#pragma once
+
+#include "types.h"
+
+/* No VLAN tags: L3 starts right after Ethernet; L4 right after an option-less IPv4 or an extension-less IPv6 header. */
+#define L3_OFF ((__u32)sizeof(struct eth_hdr))
+#define L4_OFF4 (L3_OFF + (__u32)sizeof(struct ip4_hdr))
+#define L4_OFF6 (L3_OFF + (__u32)sizeof(struct ip6_hdr))
+
+enum parse_result {
+	PARSE_OK = 0,	/* a TCP or UDP packet we can rewrite */
+	PARSE_SKIP = 1, /* not for us (not IP, not TCP/UDP): pass quietly */
+	PARSE_ERR = 2,	/* pass untouched and count p->reason */
+};
+
+/* What the programs need from a packet. Addresses are IPv4-mapped for IPv4. */
+struct pkt {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 tcp_flags;
+	__u8 reason;
+	__u32 len; /* whole frame, for byte counters */
+	__u16 ip_len; /* IP total length (header + payload) */
+};
+
+static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &a, 4);
+}
+
+/* parse_l4 checks the TCP or UDP header at l4 (bounded by l4_end, the end of the IP payload). */
+static __always_inline int parse_l4(void *data, void *data_end, __u32 l4, __u32 l4_end, struct pkt *p)
+{
+	if (p->proto == IPPROTO_TCP_) {
+		struct tcp_hdr *th = data + l4;
+		if ((void *)(th + 1) > data_end || l4 + sizeof(*th) > l4_end)
+			goto malformed;
+		__u32 doff = (th->doff_res >> 4) * 4;
+		if (doff < sizeof(*th) || l4 + doff > l4_end)
+			goto malformed;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = th->flags;
+		return PARSE_OK;
+	}
+	struct udp_hdr *uh = data + l4;
+	if ((void *)(uh + 1) > data_end || l4 + sizeof(*uh) > l4_end)
+		goto malformed;
+	__u16 ulen = bpf_ntohs(uh->len);
+	if (ulen < sizeof(*uh) || l4 + ulen > l4_end)
+		goto malformed;
+	p->sport = uh->source;
+	p->dport = uh->dest;
+	return PARSE_OK;
+malformed:
+	p->reason = REASON_MALFORMED;
+	return PARSE_ERR;
+}
+
+static __always_inline int is_ipv6_ext(__u8 nh)
+{
+	switch (nh) {
+	case 0:	  /* hop-by-hop */
+	case 43:  /* routing */
+	case 44:  /* fragment */
+	case 50:  /* ESP */
+	case 51:  /* AH */
+	case 60:  /* destination options */
+	case 135: /* mobility */
+	case 139: /* HIP */
+	case 140: /* shim6 */
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int parse_packet(void *data, void *data_end, struct pkt *p)
+{
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_SKIP;
+	p->len = data_end - data;
+
+	if (eth->proto == bpf_htons(ETH_P_IP_)) {
+		struct ip4_hdr *iph = data + L3_OFF;
+		if ((void *)(iph + 1) > data_end)
+			goto malformed;
+		__u32 ihl = (iph->ver_ihl & 0x0f) * 4;
+		__u32 tot = bpf_ntohs(iph->tot_len);
+		if ((iph->ver_ihl >> 4) != 4 || ihl < sizeof(*iph) || tot < ihl || L3_OFF + tot > p->len)
+			goto malformed;
+		if (iph->protocol != IPPROTO_TCP_ && iph->protocol != IPPROTO_UDP_)
+			return PARSE_SKIP;
+		if (iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) {
+			p->reason = REASON_FRAGMENT;
+			return PARSE_ERR;
+		}
+		if (ihl != sizeof(*iph)) {
+			p->reason = REASON_IP_OPTIONS;
+			return PARSE_ERR;
+		}
+		p->family = FAMILY_V4;
+		p->proto = iph->protocol;
+		p->ip_len = tot;
+		addr_from_v4(p->saddr, iph->saddr);
+		addr_from_v4(p->daddr, iph->daddr);
+		return parse_l4(data, data_end, L4_OFF4, L3_OFF + tot, p);
+	}
+	if (eth->proto == bpf_htons(ETH_P_IPV6_)) {
+		struct ip6_hdr *ip6 = data + L3_OFF;
+		if ((void *)(ip6 + 1) > data_end)
+			goto malformed;
+		__u32 plen = bpf_ntohs(ip6->payload_len);
+		if ((bpf_ntohl(ip6->vtc_flow) >> 28) != 6 || L4_OFF6 + plen > p->len)
+			goto malformed;
+		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_) {
+			if (is_ipv6_ext(ip6->nexthdr)) {
+				p->reason = REASON_IPV6_EXT;
+				return PARSE_ERR;
+			}
+			return PARSE_SKIP;
+		}
+		p->family = FAMILY_V6;
+		p->proto = ip6->nexthdr;
+		p->ip_len = sizeof(*ip6) + plen;
+		__builtin_memcpy(p->saddr, ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, ip6->daddr, 16);
+		return parse_l4(data, data_end, L4_OFF6, L4_OFF6 + plen, p);
+	}
+	return PARSE_SKIP;
+malformed:
+	p->reason = REASON_MALFORMED;
+	return PARSE_ERR;
+}

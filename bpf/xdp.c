@@ -1,0 +1,67 @@
+/* xdp.c: the XDP entry for packets arriving at a node: NAT to the target, replies back, out by XDP_TX or redirect. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ROAM_CTX struct xdp_md
+#define VERDICT_PASS XDP_PASS
+#define VERDICT_DROP XDP_DROP
+
+#include "parse.h"
+#include "csum.h"
+#include "counters.h"
+#include "fib.h"
+
+/* roam_l4_csum: XDP sees whole packets with full checksums, so update the L4 checksum arithmetically. */
+static __always_inline int roam_l4_csum(struct xdp_md *ctx, struct pkt *p, __u32 l4, __u32 diff_l3, __u32 diff_ports)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 diff = csum_add32(diff_l3, diff_ports);
+	if (p->proto == IPPROTO_TCP_) {
+		struct tcp_hdr *th = data + l4;
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		csum_update_l4(&th->check, p->proto, p->family, diff);
+	} else {
+		struct udp_hdr *uh = data + l4;
+		if ((void *)(uh + 1) > data_end)
+			return -1;
+		csum_update_l4(&uh->check, p->proto, p->family, diff);
+	}
+	return 0;
+}
+
+/* roam_xmit: next hop by bpf_fib_lookup; XDP_TX on the same interface, redirect to another; no neighbour: let the kernel forward it. */
+static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, __u32 id, __u32 action)
+{
+	struct bpf_fib_lookup fib = {};
+	fib_params(&fib, p, ctx->ingress_ifindex);
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count_reason(REASON_NO_NEIGH);
+		count_action(id, action, p->len);
+		return XDP_PASS;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		count_reason(REASON_NO_ROUTE);
+		count_action(id, ACTION_DROP, p->len);
+		return XDP_DROP;
+	}
+	if (set_macs((void *)(long)ctx->data, (void *)(long)ctx->data_end, &fib) < 0)
+		return XDP_DROP;
+	count_action(id, action, p->len);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+#include "balancer.h"
+
+SEC("xdp")
+int roam_xdp(struct xdp_md *ctx)
+{
+	return roam_process(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
