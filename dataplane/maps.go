@@ -171,4 +171,3 @@ func (v CTValue) expired(now uint64, idle time.Duration) bool {
 }
 
 func (c Counter) String() string { return fmt.Sprintf("packets=%d bytes=%d", c.Packets, c.Bytes) }
-
