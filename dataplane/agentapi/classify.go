@@ -1,0 +1,26 @@
+package agentapi
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// classify maps an error of the data plane to an HTTP status and a reason:
+// an unknown frontend is 404, a stale generation or nothing staged is 409, a
+// target the frontend cannot take is 400, anything else is 500.
+func classify(err error) (int, string) {
+	if errors.Is(err, dataplane.ErrNotFound) {
+		return http.StatusNotFound, ReasonNotFound
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "is not the staged one"), strings.Contains(msg, "nothing staged"):
+		return http.StatusConflict, ReasonConflict
+	case strings.Contains(msg, "another address family"):
+		return http.StatusBadRequest, ReasonBadTarget
+	}
+	return http.StatusInternalServerError, ReasonInternal
+}

@@ -1,0 +1,168 @@
+package agentapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// Client talks to one node's agent.
+type Client struct {
+	base  string
+	token string
+	// HTTP is the client used for requests; New sets one with a 10 s timeout.
+	HTTP *http.Client
+}
+
+// New returns a client of the agent API at baseURL (e.g.
+// "http://127.0.0.1:9701"); token, when not empty, is sent as a bearer token.
+func New(baseURL, token string) *Client {
+	return &Client{
+		base:  strings.TrimRight(baseURL, "/"),
+		token: token,
+		HTTP:  &http.Client{Timeout: 10 * time.Second},
+	}
+}
+
+// URL is the base URL of the agent.
+func (c *Client) URL() string { return c.base }
+
+// Error is an error reply of the agent.
+type Error struct {
+	Status int    // HTTP status
+	Reason string // one of the Reason* constants
+	Msg    string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("agent: %s (%d %s)", e.Msg, e.Status, e.Reason)
+}
+
+// IsNotFound reports whether err is an agent's "no such frontend".
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusNotFound
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("call agent %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("read reply of agent %s: %w", c.base, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var er errorReply
+		if json.Unmarshal(b, &er) != nil || er.Error == "" {
+			er.Error = strings.TrimSpace(string(b))
+		}
+		return &Error{Status: resp.StatusCode, Reason: er.Reason, Msg: er.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode reply of agent %s: %w", c.base, err)
+		}
+	}
+	return nil
+}
+
+// Stage writes t into f's inactive slot on the agent's node (invisible to
+// traffic) and returns the generation to commit.
+func (c *Client) Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (uint64, error) {
+	var out stageReply
+	if err := c.do(ctx, http.MethodPost, "/v1/stage", stageRequest{Frontend: &f, Target: &t}, &out); err != nil {
+		return 0, fmt.Errorf("stage %s -> %s: %w", f, t, err)
+	}
+	return out.Generation, nil
+}
+
+// Commit makes the staged target of f active; gen names the stage (0 =
+// whatever is staged).
+func (c *Client) Commit(ctx context.Context, f dataplane.Frontend, gen uint64) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/commit", commitRequest{Frontend: &f, Generation: gen}, nil); err != nil {
+		return fmt.Errorf("commit %s generation %d: %w", f, gen, err)
+	}
+	return nil
+}
+
+// Abort clears f's staged slot.
+func (c *Client) Abort(ctx context.Context, f dataplane.Frontend) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/abort", frontendRequest{Frontend: &f}, nil); err != nil {
+		return fmt.Errorf("abort %s: %w", f, err)
+	}
+	return nil
+}
+
+// Remove deletes f from the node's data plane.
+func (c *Client) Remove(ctx context.Context, f dataplane.Frontend) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/remove", frontendRequest{Frontend: &f}, nil); err != nil {
+		return fmt.Errorf("remove %s: %w", f, err)
+	}
+	return nil
+}
+
+// List returns every frontend the node's data plane holds.
+func (c *Client) List(ctx context.Context) ([]dataplane.Service, error) {
+	var out []dataplane.Service
+	if err := c.do(ctx, http.MethodGet, "/v1/services", nil, &out); err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	return out, nil
+}
+
+// Get returns f's entry; IsNotFound(err) when the node does not know f.
+func (c *Client) Get(ctx context.Context, f dataplane.Frontend) (dataplane.Service, error) {
+	var out dataplane.Service
+	if err := c.do(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(f.String()), nil, &out); err != nil {
+		return dataplane.Service{}, fmt.Errorf("get service %s: %w", f, err)
+	}
+	return out, nil
+}
+
+// Flows counts the live flows of f still pinned to t on the node.
+func (c *Client) Flows(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (int, error) {
+	q := url.Values{"frontend": {f.String()}, "target": {t.String()}}
+	var out flowsReply
+	if err := c.do(ctx, http.MethodGet, "/v1/flows?"+q.Encode(), nil, &out); err != nil {
+		return 0, fmt.Errorf("count flows of %s to %s: %w", f, t, err)
+	}
+	return out.Flows, nil
+}
+
+// Health checks that the agent answers and its data plane is readable.
+func (c *Client) Health(ctx context.Context) error {
+	if err := c.do(ctx, http.MethodGet, "/healthz", nil, nil); err != nil {
+		return fmt.Errorf("check health: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,155 @@
+package agentapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// Group drives the agents of every node of a cluster in two phases: Stage on
+// every node (if any node fails, the nodes already staged are aborted, so
+// nothing stays staged anywhere), then Commit on every node with the
+// generation each one returned.
+type Group []*Client
+
+// Generations holds the generation each node of a Group returned from Stage,
+// in the Group's order.
+type Generations []uint64
+
+// each runs fn on every node concurrently and returns the errors by index.
+func (g Group) each(fn func(i int, c *Client) error) []error {
+	errs := make([]error, len(g))
+	var wg sync.WaitGroup
+	for i, c := range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i, c)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func joinNodes(g Group, errs []error) error {
+	var out []error
+	for i, err := range errs {
+		if err != nil {
+			out = append(out, fmt.Errorf("node %s: %w", g[i].URL(), err))
+		}
+	}
+	return errors.Join(out...)
+}
+
+// Stage stages f → t on every node. On any failure it aborts f on every node
+// that staged (and on those whose outcome is unknown) and returns the error:
+// nothing is left staged.
+func (g Group) Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (Generations, error) {
+	gens := make(Generations, len(g))
+	errs := g.each(func(i int, c *Client) error {
+		gen, err := c.Stage(ctx, f, t)
+		gens[i] = gen
+		return err
+	})
+	failed := joinNodes(g, errs)
+	if failed == nil {
+		return gens, nil
+	}
+	// Roll back with a context of its own: the caller's may be what failed.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	abortErrs := g.each(func(i int, c *Client) error {
+		var ae *Error
+		if errs[i] != nil && errors.As(errs[i], &ae) && ae.Status/100 == 4 {
+			return nil // the agent refused: nothing was staged there
+		}
+		return c.Abort(actx, f)
+	})
+	if aerr := joinNodes(g, abortErrs); aerr != nil {
+		return nil, fmt.Errorf("stage %s -> %s on every node: %w (and roll back: %w)", f, t, failed, aerr)
+	}
+	return nil, fmt.Errorf("stage %s -> %s on every node (rolled back): %w", f, t, failed)
+}
+
+// Commit commits f on every node with the generation it staged (gens from
+// Stage; nil commits whatever is staged on each node). A failure on some node
+// cannot be rolled back on the others: the error names the nodes that failed.
+func (g Group) Commit(ctx context.Context, f dataplane.Frontend, gens Generations) error {
+	if gens != nil && len(gens) != len(g) {
+		return fmt.Errorf("commit %s: %d generations for %d nodes", f, len(gens), len(g))
+	}
+	errs := g.each(func(i int, c *Client) error {
+		var gen uint64
+		if gens != nil {
+			gen = gens[i]
+		}
+		return c.Commit(ctx, f, gen)
+	})
+	if err := joinNodes(g, errs); err != nil {
+		return fmt.Errorf("commit %s on every node: %w", f, err)
+	}
+	return nil
+}
+
+// Abort clears f's staged slot on every node.
+func (g Group) Abort(ctx context.Context, f dataplane.Frontend) error {
+	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.Abort(ctx, f) })); err != nil {
+		return fmt.Errorf("abort %s on every node: %w", f, err)
+	}
+	return nil
+}
+
+// Remove deletes f on every node.
+func (g Group) Remove(ctx context.Context, f dataplane.Frontend) error {
+	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.Remove(ctx, f) })); err != nil {
+		return fmt.Errorf("remove %s on every node: %w", f, err)
+	}
+	return nil
+}
+
+// List returns each node's services, in the Group's order.
+func (g Group) List(ctx context.Context) ([][]dataplane.Service, error) {
+	out := make([][]dataplane.Service, len(g))
+	errs := g.each(func(i int, c *Client) error {
+		s, err := c.List(ctx)
+		out[i] = s
+		return err
+	})
+	if err := joinNodes(g, errs); err != nil {
+		return nil, fmt.Errorf("list services on every node: %w", err)
+	}
+	return out, nil
+}
+
+// Flows sums the live flows of f pinned to t over every node.
+func (g Group) Flows(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (int, error) {
+	counts := make([]int, len(g))
+	errs := g.each(func(i int, c *Client) error {
+		n, err := c.Flows(ctx, f, t)
+		counts[i] = n
+		return err
+	})
+	if err := joinNodes(g, errs); err != nil {
+		return 0, fmt.Errorf("count flows of %s to %s on every node: %w", f, t, err)
+	}
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	return total, nil
+}
+
+// Health checks every node's agent.
+func (g Group) Health(ctx context.Context) error {
+	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.Health(ctx) })); err != nil {
+		return fmt.Errorf("check health of every node: %w", err)
+	}
+	return nil
+}
+
+// abortTimeout bounds the roll back of a failed Stage.
+const abortTimeout = 10 * time.Second

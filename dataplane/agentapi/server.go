@@ -1,0 +1,446 @@
+// Package agentapi is the channel between a controller and the roam-agent on
+// every node: an HTTP+JSON server that wraps the node's data plane and a
+// client, plus Group, which drives several nodes' agents in two phases
+// (stage everywhere, abort all on any failure; then commit everywhere).
+//
+// Routes (JSON in and out; errors are {"error": "...", "reason": "..."}):
+//
+//	GET  /v1/services                    → [Service]
+//	GET  /v1/services/{frontend}         → Service   (frontend in text form, path-escaped)
+//	POST /v1/stage  {frontend, target}   → {generation}
+//	POST /v1/commit {frontend, generation} → Service (generation 0 = whatever is staged)
+//	POST /v1/abort  {frontend}           → {}
+//	POST /v1/remove {frontend}           → {}
+//	GET  /v1/flows?frontend=&target=     → {flows}
+//	GET  /healthz                        → {"status": "ok"}
+package agentapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// Dataplane is what the server needs from a node's data plane;
+// *dataplane.Dataplane implements it.
+type Dataplane interface {
+	Stage(f dataplane.Frontend, t dataplane.Target) (uint64, error)
+	Commit(f dataplane.Frontend, gen uint64) error
+	Abort(f dataplane.Frontend) error
+	Remove(f dataplane.Frontend) error
+	List() ([]dataplane.Service, error)
+	Get(f dataplane.Frontend) (dataplane.Service, error)
+	Flows(f dataplane.Frontend, t dataplane.Target) (int, error)
+}
+
+// Error reasons: the label values of roam_agent_api_errors_total and the
+// "reason" field of an error reply.
+const (
+	ReasonBadJSON      = "bad_json"
+	ReasonBadFrontend  = "bad_frontend"
+	ReasonBadTarget    = "bad_target"
+	ReasonUnauthorized = "unauthorized"
+	ReasonNotFound     = "not_found"
+	ReasonConflict     = "conflict"
+	ReasonInternal     = "internal"
+	ReasonBadRequest   = "bad_request"
+)
+
+// maxBody bounds a request body.
+const maxBody = 64 << 10
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// Token, when set, is required as "Authorization: Bearer TOKEN" on every
+	// /v1 route (not on /healthz).
+	Token string
+	// Registerer receives the API's metrics; nil means none are registered
+	// (they are still counted).
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Server serves the agent API over a Dataplane.
+type Server struct {
+	dp     Dataplane
+	token  string
+	log    *slog.Logger
+	mux    *http.ServeMux
+	errors *prometheus.CounterVec
+	reqs   *prometheus.CounterVec
+	dur    *prometheus.HistogramVec
+}
+
+// NewServer builds a Server; Handler gives its http.Handler.
+func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
+	s := &Server{
+		dp:    dp,
+		token: cfg.Token,
+		log:   cfg.Logger,
+		mux:   http.NewServeMux(),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roam_agent_api_errors_total",
+			Help: "Agent API requests that failed, by reason.",
+		}, []string{"reason"}),
+		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roam_agent_api_requests_total",
+			Help: "Agent API requests, by route and HTTP status code.",
+		}, []string{"route", "code"}),
+		dur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "roam_agent_api_request_duration_seconds",
+			Help:    "Agent API request latency, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}, []string{"route"}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	for _, r := range []string{ReasonBadJSON, ReasonBadFrontend, ReasonBadTarget, ReasonUnauthorized,
+		ReasonNotFound, ReasonConflict, ReasonInternal, ReasonBadRequest} {
+		s.errors.WithLabelValues(r) // export zeros so rates work from the start
+	}
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{s.errors, s.reqs, s.dur} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("register agent api metrics: %w", err)
+			}
+		}
+	}
+	s.route("GET /v1/services", "services", s.list)
+	s.route("GET /v1/services/{frontend...}", "service", s.get)
+	s.route("POST /v1/stage", "stage", s.stage)
+	s.route("POST /v1/commit", "commit", s.commit)
+	s.route("POST /v1/abort", "abort", s.abort)
+	s.route("POST /v1/remove", "remove", s.remove)
+	s.route("GET /v1/flows", "flows", s.flows)
+	s.route("GET /healthz", "healthz", s.healthz)
+	s.route("/", "other", func(w http.ResponseWriter, r *http.Request) error {
+		if m, ok := methods[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			return apiErr(http.StatusMethodNotAllowed, ReasonBadRequest, "route %s: method %s not allowed, use %s", r.URL.Path, r.Method, m)
+		}
+		return apiErr(http.StatusNotFound, ReasonNotFound, "no route %s %s", r.Method, r.URL.Path)
+	})
+	return s, nil
+}
+
+// Handler returns the HTTP handler of the API.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// methods names the method of each fixed route, for 405 replies.
+var methods = map[string]string{
+	"/v1/services": http.MethodGet, "/v1/stage": http.MethodPost, "/v1/commit": http.MethodPost,
+	"/v1/abort": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
+}
+
+// apiError is an error with its HTTP status and reason.
+type apiError struct {
+	status int
+	reason string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func apiErr(status int, reason, format string, args ...any) error {
+	return &apiError{status: status, reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) route(pattern, name string, h func(http.ResponseWriter, *http.Request) error) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		err := s.authorize(r, name)
+		if err == nil {
+			err = h(sw, r)
+		}
+		if err != nil {
+			var ae *apiError
+			if !errors.As(err, &ae) {
+				ae = &apiError{status: http.StatusInternalServerError, reason: ReasonInternal, msg: err.Error()}
+			}
+			s.errors.WithLabelValues(ae.reason).Inc()
+			s.log.Warn("agent api request failed", "method", r.Method, "path", r.URL.Path,
+				"status", ae.status, "reason", ae.reason, "err", ae.msg)
+			writeJSON(sw, ae.status, errorReply{Error: ae.msg, Reason: ae.reason})
+		}
+		s.reqs.WithLabelValues(name, strconv.Itoa(sw.code)).Inc()
+		s.dur.WithLabelValues(name).Observe(time.Since(start).Seconds())
+	})
+}
+
+func (s *Server) authorize(r *http.Request, route string) error {
+	if s.token == "" || route == "healthz" {
+		return nil
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || !constantTimeEqual(got, s.token) {
+		return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: missing or wrong bearer token")
+	}
+	return nil
+}
+
+func constantTimeEqual(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var v byte
+	for i := 0; i < len(a); i++ {
+		v |= a[i] ^ b[i]
+	}
+	return v == 0
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Wire types.
+
+type errorReply struct {
+	Error  string `json:"error"`
+	Reason string `json:"reason"`
+}
+
+type stageRequest struct {
+	Frontend *dataplane.Frontend `json:"frontend"`
+	Target   *dataplane.Target   `json:"target"`
+}
+
+type stageReply struct {
+	Generation uint64 `json:"generation"`
+}
+
+type commitRequest struct {
+	Frontend   *dataplane.Frontend `json:"frontend"`
+	Generation uint64              `json:"generation"`
+}
+
+type frontendRequest struct {
+	Frontend *dataplane.Frontend `json:"frontend"`
+}
+
+type flowsReply struct {
+	Flows int `json:"flows"`
+}
+
+type emptyReply struct{}
+
+// decode reads a JSON body strictly into v.
+func decode(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return apiErr(http.StatusUnsupportedMediaType, ReasonBadRequest, "decode request: content type %q, want application/json", ct)
+	}
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		reason := ReasonBadJSON
+		var te *json.UnmarshalTypeError
+		var se *json.SyntaxError
+		if !errors.As(err, &te) && !errors.As(err, &se) && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) &&
+			!strings.HasPrefix(err.Error(), "json: unknown field") {
+			// A Frontend or Target text that does not parse surfaces here.
+			switch {
+			case strings.Contains(err.Error(), "frontend"):
+				reason = ReasonBadFrontend
+			case strings.Contains(err.Error(), "target"):
+				reason = ReasonBadTarget
+			}
+		}
+		return apiErr(http.StatusBadRequest, reason, "decode request: %v", err)
+	}
+	if dec.More() {
+		return apiErr(http.StatusBadRequest, ReasonBadJSON, "decode request: trailing data after the JSON object")
+	}
+	return nil
+}
+
+func needFrontend(f *dataplane.Frontend) (dataplane.Frontend, error) {
+	if f == nil {
+		return dataplane.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: frontend is required (e.g. \"10.0.0.1:80/tcp\")")
+	}
+	if err := f.Validate(); err != nil {
+		return dataplane.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: %v", err)
+	}
+	return *f, nil
+}
+
+func needTarget(t *dataplane.Target) (dataplane.Target, error) {
+	if t == nil {
+		return dataplane.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: target is required (\"local\" or \"redirect:ADDR:PORT\")")
+	}
+	if err := t.Validate(); err != nil {
+		return dataplane.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: %v", err)
+	}
+	return *t, nil
+}
+
+// dpErr classifies an error of the data plane.
+func dpErr(verb string, f dataplane.Frontend, err error) error {
+	status, reason := classify(err)
+	return apiErr(status, reason, "%s %s: %v", verb, f, err)
+}
+
+// Handlers.
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) error {
+	svcs, err := s.dp.List()
+	if err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	if svcs == nil {
+		svcs = []dataplane.Service{}
+	}
+	writeJSON(w, http.StatusOK, svcs)
+	return nil
+}
+
+func (s *Server) find(f dataplane.Frontend) (dataplane.Service, error) {
+	svc, err := s.dp.Get(f)
+	if err != nil {
+		status, reason := classify(err)
+		return dataplane.Service{}, apiErr(status, reason, "get service %s: %v", f, err)
+	}
+	return svc, nil
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) error {
+	f, err := dataplane.ParseFrontend(r.PathValue("frontend"))
+	if err != nil {
+		return apiErr(http.StatusBadRequest, ReasonBadFrontend, "read path: %v", err)
+	}
+	svc, err := s.find(f)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, svc)
+	return nil
+}
+
+func (s *Server) stage(w http.ResponseWriter, r *http.Request) error {
+	var req stageRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	f, err := needFrontend(req.Frontend)
+	if err != nil {
+		return err
+	}
+	t, err := needTarget(req.Target)
+	if err != nil {
+		return err
+	}
+	gen, err := s.dp.Stage(f, t)
+	if err != nil {
+		return dpErr("stage", f, err)
+	}
+	s.log.Info("staged", "frontend", f, "target", t, "generation", gen)
+	writeJSON(w, http.StatusOK, stageReply{Generation: gen})
+	return nil
+}
+
+func (s *Server) commit(w http.ResponseWriter, r *http.Request) error {
+	var req commitRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	f, err := needFrontend(req.Frontend)
+	if err != nil {
+		return err
+	}
+	if err := s.dp.Commit(f, req.Generation); err != nil {
+		return dpErr("commit", f, err)
+	}
+	s.log.Info("committed", "frontend", f, "generation", req.Generation)
+	svc, err := s.find(f)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, svc)
+	return nil
+}
+
+func (s *Server) abort(w http.ResponseWriter, r *http.Request) error {
+	var req frontendRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	f, err := needFrontend(req.Frontend)
+	if err != nil {
+		return err
+	}
+	if err := s.dp.Abort(f); err != nil {
+		return dpErr("abort", f, err)
+	}
+	s.log.Info("aborted", "frontend", f)
+	writeJSON(w, http.StatusOK, emptyReply{})
+	return nil
+}
+
+func (s *Server) remove(w http.ResponseWriter, r *http.Request) error {
+	var req frontendRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	f, err := needFrontend(req.Frontend)
+	if err != nil {
+		return err
+	}
+	if err := s.dp.Remove(f); err != nil {
+		return dpErr("remove", f, err)
+	}
+	s.log.Info("removed", "frontend", f)
+	writeJSON(w, http.StatusOK, emptyReply{})
+	return nil
+}
+
+func (s *Server) flows(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f, err := dataplane.ParseFrontend(q.Get("frontend"))
+	if err != nil {
+		return apiErr(http.StatusBadRequest, ReasonBadFrontend, "read query: %v", err)
+	}
+	t, err := dataplane.ParseTarget(q.Get("target"))
+	if err == nil {
+		err = t.Validate()
+	}
+	if err != nil {
+		return apiErr(http.StatusBadRequest, ReasonBadTarget, "read query: %v", err)
+	}
+	n, err := s.dp.Flows(f, t)
+	if err != nil {
+		return dpErr("count flows of", f, err)
+	}
+	writeJSON(w, http.StatusOK, flowsReply{Flows: n})
+	return nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.dp.List(); err != nil {
+		return apiErr(http.StatusServiceUnavailable, ReasonInternal, "check health: %v", err)
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}
