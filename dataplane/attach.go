@@ -1,0 +1,177 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// XDP attach modes accepted by AttachXDP.
+const (
+	XDPNative  = "native"
+	XDPGeneric = "generic"
+)
+
+func (d *Dataplane) linkPin(kind, ifname string) string {
+	return filepath.Join(d.cfg.PinPath, "links", kind+"-"+ifname)
+}
+
+// attachPinned re-uses the link pinned at path, moving it to prog (an atomic
+// program swap, no traffic gap), or creates it with attach and pins it.
+func attachPinned(path string, ifindex int, prog *ebpf.Program, attach func() (link.Link, error)) error {
+	if l, err := link.LoadPinnedLink(path, nil); err == nil {
+		same := false
+		if info, err := l.Info(); err == nil {
+			if x := info.XDP(); x != nil {
+				same = int(x.Ifindex) == ifindex
+			} else if t := info.TCX(); t != nil {
+				same = int(t.Ifindex) == ifindex
+			}
+		}
+		if same {
+			if err := l.Update(prog); err == nil {
+				return l.Close()
+			}
+		}
+		// The interface is gone or was recreated: drop the stale link.
+		l.Unpin()
+		l.Close()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		os.Remove(path)
+	}
+	l, err := attach()
+	if err != nil {
+		return err
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		return fmt.Errorf("pin link %s: %w", path, err)
+	}
+	return l.Close()
+}
+
+// AttachXDP attaches the XDP program to ifname (mode "native", "generic" or
+// "" for the kernel's choice) and pins the link under PinPath/links. If a
+// previous run pinned one, it is updated to this program in place.
+func (d *Dataplane) AttachXDP(ifname, mode string) error {
+	var flags link.XDPAttachFlags
+	switch mode {
+	case XDPNative:
+		flags = link.XDPDriverMode
+	case XDPGeneric:
+		flags = link.XDPGenericMode
+	case "":
+	default:
+		return fmt.Errorf("attach xdp to %s: mode %q: want native or generic", ifname, mode)
+	}
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", ifname, err)
+	}
+	prog := d.xdp.RoamXdp
+	err = attachPinned(d.linkPin("xdp", ifname), iface.Index, prog, func() (link.Link, error) {
+		return link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index, Flags: flags})
+	})
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", ifname, err)
+	}
+	return nil
+}
+
+// AttachTC attaches the tc program to ifname's ingress (traffic local pods
+// send through their veth) and egress (traffic the host sends) with tcx,
+// links pinned under PinPath/links; where tcx is missing it falls back to a
+// clsact qdisc with direct-action filters.
+func (d *Dataplane) AttachTC(ifname string) error {
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return fmt.Errorf("attach tc to %s: %w", ifname, err)
+	}
+	prog := d.tc.RoamTc
+	for _, dir := range []struct {
+		name   string
+		attach ebpf.AttachType
+		parent uint32
+	}{
+		{"ingress", ebpf.AttachTCXIngress, netlink.HANDLE_MIN_INGRESS},
+		{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS},
+	} {
+		err := attachPinned(d.linkPin("tcx-"+dir.name, ifname), iface.Index, prog, func() (link.Link, error) {
+			return link.AttachTCX(link.TCXOptions{Program: prog, Interface: iface.Index, Attach: dir.attach})
+		})
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			err = attachClsact(iface.Index, dir.parent, prog)
+		}
+		if err != nil {
+			return fmt.Errorf("attach tc %s to %s: %w", dir.name, ifname, err)
+		}
+	}
+	return nil
+}
+
+const clsactFilterName = "roam_tc"
+
+func attachClsact(ifindex int, parent uint32, prog *ebpf.Program) error {
+	q := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(q); err != nil {
+		return fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex, Parent: parent, Handle: netlink.MakeHandle(0, 1),
+			Protocol: unix.ETH_P_ALL, Priority: 1,
+		},
+		Fd: prog.FD(), Name: clsactFilterName, DirectAction: true,
+	}
+	if err := netlink.FilterReplace(f); err != nil {
+		return fmt.Errorf("replace clsact filter: %w", err)
+	}
+	return nil
+}
+
+// Detach removes roam's XDP and tc programs from ifname.
+func (d *Dataplane) Detach(ifname string) error {
+	var errs []error
+	for _, kind := range []string{"xdp", "tcx-ingress", "tcx-egress"} {
+		path := d.linkPin(kind, ifname)
+		l, err := link.LoadPinnedLink(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load link %s: %w", path, err))
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, l.Close())
+	}
+	if nl, err := netlink.LinkByName(ifname); err == nil {
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			filters, err := netlink.FilterList(nl, parent)
+			if err != nil {
+				continue
+			}
+			for _, f := range filters {
+				if bf, ok := f.(*netlink.BpfFilter); ok && bf.Name == clsactFilterName {
+					errs = append(errs, netlink.FilterDel(f))
+				}
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("detach %s: %w", ifname, err)
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package dataplane
+
+import (
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type collector struct {
+	d                          *Dataplane
+	packets, bytes, drops, cts *prometheus.Desc
+}
+
+// Collector returns a Prometheus collector that reads the per-CPU counter
+// maps at scrape time and sums the CPUs. On a read error it emits nothing
+// (never a partial figure) and logs why.
+func (d *Dataplane) Collector() prometheus.Collector {
+	return &collector{
+		d: d,
+		packets: prometheus.NewDesc("roam_dataplane_packets_total",
+			"Packets of a frontend by what the data plane did with them.", []string{"frontend", "action"}, nil),
+		bytes: prometheus.NewDesc("roam_dataplane_bytes_total",
+			"Bytes of a frontend by what the data plane did with them.", []string{"frontend", "action"}, nil),
+		drops: prometheus.NewDesc("roam_dataplane_drops_total",
+			"Packets dropped, or passed untouched because they could not be handled, by reason.", []string{"reason"}, nil),
+		cts: prometheus.NewDesc("roam_dataplane_conntrack_entries",
+			"Conntrack entries (forward and reverse), including idle ones not yet evicted.", nil, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.packets
+	ch <- c.bytes
+	ch <- c.drops
+	ch <- c.cts
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ms, err := c.read()
+	if err != nil {
+		slog.Warn("read data-plane counters", "err", err)
+		return
+	}
+	for _, m := range ms {
+		ch <- m
+	}
+}
+
+func (c *collector) read() ([]prometheus.Metric, error) {
+	m := c.d.maps
+	services, err := c.d.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []prometheus.Metric
+	var per []Counter
+	for _, s := range services {
+		for a := Action(0); a < numActions; a++ {
+			if err := m.RoamCounters.Lookup(s.ID*numActions+uint32(a), &per); err != nil {
+				return nil, err
+			}
+			var sum Counter
+			for _, v := range per {
+				sum.Packets += v.Packets
+				sum.Bytes += v.Bytes
+			}
+			f, act := s.Frontend.String(), a.String()
+			out = append(out,
+				prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(sum.Packets), f, act),
+				prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sum.Bytes), f, act))
+		}
+	}
+	var drops []uint64
+	for r, name := range DropReasons {
+		if err := m.RoamDrops.Lookup(uint32(r), &drops); err != nil {
+			return nil, err
+		}
+		var sum uint64
+		for _, v := range drops {
+			sum += v
+		}
+		out = append(out, prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(sum), name))
+	}
+	n, err := c.d.conntrackEntries()
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(n)))
+	return out, nil
+}
+
+func (d *Dataplane) conntrackEntries() (int, error) {
+	var (
+		k CTKey
+		v CTValue
+		n int
+	)
+	it := d.maps.RoamConntrack.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n, it.Err()
+}
+
+// Drops returns the drop and error counts by reason, summed over CPUs.
+func (d *Dataplane) Drops() (map[string]uint64, error) {
+	out := make(map[string]uint64, len(DropReasons))
+	var per []uint64
+	for r, name := range DropReasons {
+		if err := d.maps.RoamDrops.Lookup(uint32(r), &per); err != nil {
+			return nil, err
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		out[name] = sum
+	}
+	return out, nil
+}
+
+// Counters returns f's packet and byte counts for action, summed over CPUs.
+func (d *Dataplane) Counters(f Frontend, a Action) (Counter, error) {
+	s, err := d.Get(f)
+	if err != nil {
+		return Counter{}, err
+	}
+	var per []Counter
+	if err := d.maps.RoamCounters.Lookup(s.ID*numActions+uint32(a), &per); err != nil {
+		return Counter{}, err
+	}
+	var sum Counter
+	for _, v := range per {
+		sum.Packets += v.Packets
+		sum.Bytes += v.Bytes
+	}
+	return sum, nil
+}
