@@ -370,9 +370,13 @@ type PlacementReply struct {
 	Alternatives []Candidate `json:"alternatives,omitempty"`
 	// NoPlacement says why nothing fits; Filtered says why each cluster
 	// was ruled out.
-	NoPlacement string     `json:"no_placement,omitempty"`
-	Filtered    []Filtered `json:"filtered,omitempty"`
-	Policy      string     `json:"policy,omitempty"`
+	NoPlacement string `json:"no_placement,omitempty"`
+	// Filtered lists the first clusters ruled out (at most MaxFiltered);
+	// FilteredTotal and FilteredByReason count all of them.
+	Filtered         []Filtered     `json:"filtered,omitempty"`
+	FilteredTotal    int            `json:"filtered_total,omitempty"`
+	FilteredByReason map[string]int `json:"filtered_by_reason,omitempty"`
+	Policy           string         `json:"policy,omitempty"`
 	// Local is true when a client decided from its cached hellos because
 	// the MO did not answer.
 	Local     bool   `json:"local,omitempty"`
