@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
+)
+
+func init() {
+	register(command{
+		name:    "dataplane",
+		summary: "dump a node's data plane: frontends, targets, flows (dataplane dump [--pin-path P | --agent URL])",
+		run:     runDataplane,
+	})
+}
+
+func runDataplane(ctx context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "dump" {
+		return errors.New("usage: roamctl dataplane dump [--pin-path /sys/fs/bpf/roam | --agent http://127.0.0.1:9701 [--token T]]")
+	}
+	fs := flag.NewFlagSet("dataplane dump", flag.ContinueOnError)
+	pin := fs.String("pin-path", dataplane.DefaultPinPath, "bpffs directory where the agent pinned its maps")
+	agent := fs.String("agent", "", "read through this agent API URL instead of the pins")
+	token := fs.String("token", os.Getenv("ROAM_AGENT_TOKEN"), "bearer token of the agent API")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *agent != "" {
+		return dumpAgent(ctx, os.Stdout, agentapi.New(*agent, *token))
+	}
+	return dumpPins(os.Stdout, *pin)
+}
+
+// dumpAgent prints what an agent's API reports: services and the number of
+// live flows on each of their targets.
+func dumpAgent(ctx context.Context, w io.Writer, c *agentapi.Client) error {
+	svcs, err := c.List(ctx)
+	if err != nil {
+		return err
+	}
+	sortServices(svcs)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FRONTEND\tID\tACTIVE\tFLOWS\tSTAGED\tFLOWS\tGENERATION")
+	for _, s := range svcs {
+		na, ns := "-", "-"
+		if s.Active.Kind != dataplane.TargetNone {
+			n, err := c.Flows(ctx, s.Frontend, s.Active)
+			if err != nil {
+				return err
+			}
+			na = fmt.Sprint(n)
+		}
+		if s.Staged.Kind != dataplane.TargetNone {
+			n, err := c.Flows(ctx, s.Frontend, s.Staged)
+			if err != nil {
+				return err
+			}
+			ns = fmt.Sprint(n)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Frontend, s.ID, s.Active, na, s.Staged, ns, s.Generation)
+	}
+	return tw.Flush()
+}
+
+func sortServices(svcs []dataplane.Service) {
+	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Frontend.String() < svcs[j].Frontend.String() })
+}
+
+// dumpPins reads the pinned maps directly (read-only: it does not load
+// programs or touch the configuration).
+func dumpPins(w io.Writer, pin string) error {
+	ro := &ebpf.LoadPinOptions{ReadOnly: true}
+	services, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_services"), ro)
+	if err != nil {
+		return fmt.Errorf("open pinned services map: %w (is an agent running with --pin-path %s?)", err, pin)
+	}
+	defer services.Close()
+	conntrack, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_conntrack"), ro)
+	if err != nil {
+		return fmt.Errorf("open pinned conntrack map: %w", err)
+	}
+	defer conntrack.Close()
+
+	var (
+		fk   dataplane.FrontendKey
+		sv   dataplane.ServiceValue
+		svcs []dataplane.Service
+	)
+	byID := map[uint32]dataplane.Frontend{}
+	it := services.Iterate()
+	for it.Next(&fk, &sv) {
+		a := sv.Active & 1
+		s := dataplane.Service{Frontend: fk.Frontend(), ID: sv.Id, Active: sv.Slot[a].Target(),
+			Staged: sv.Slot[a^1].Target(), Generation: sv.Generation}
+		svcs = append(svcs, s)
+		byID[s.ID] = s.Frontend
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read services: %w", err)
+	}
+	sortServices(svcs)
+
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return fmt.Errorf("read monotonic clock: %w", err)
+	}
+	now := uint64(ts.Nano())
+
+	type flow struct {
+		frontend string
+		line     string
+	}
+	var (
+		ck    dataplane.CTKey
+		cv    dataplane.CTValue
+		flows []flow
+	)
+	fwd := map[uint32]map[dataplane.Target]int{}
+	cit := conntrack.Iterate()
+	for cit.Next(&ck, &cv) {
+		f, ok := byID[cv.FrontendId]
+		name := f.String()
+		if !ok {
+			name = fmt.Sprintf("id %d (removed)", cv.FrontendId)
+		}
+		idle := time.Duration(0)
+		if now > cv.LastSeen {
+			idle = time.Duration(now - cv.LastSeen)
+		}
+		flows = append(flows, flow{name, fmt.Sprintf("%s\t%s\t%s\t%s", name, ck, flowText(cv), idle.Round(time.Millisecond))})
+		if cv.Dir == 1 { // forward entry: one per flow
+			if fwd[cv.FrontendId] == nil {
+				fwd[cv.FrontendId] = map[dataplane.Target]int{}
+			}
+			fwd[cv.FrontendId][flowTarget(cv)]++
+		}
+	}
+	if err := cit.Err(); err != nil {
+		return fmt.Errorf("read conntrack: %w", err)
+	}
+
+	fmt.Fprintf(w, "pin path %s: %d frontends, %d conntrack entries\n\n", pin, len(svcs), len(flows))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FRONTEND\tID\tACTIVE\tFLOWS\tSTAGED\tFLOWS\tGENERATION")
+	for _, s := range svcs {
+		na, ns := "-", "-"
+		if s.Active.Kind != dataplane.TargetNone {
+			na = fmt.Sprint(fwd[s.ID][s.Active])
+		}
+		if s.Staged.Kind != dataplane.TargetNone {
+			ns = fmt.Sprint(fwd[s.ID][s.Staged])
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Frontend, s.ID, s.Active, na, s.Staged, ns, s.Generation)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(flows) == 0 {
+		return nil
+	}
+	sort.Slice(flows, func(i, j int) bool { return flows[i].line < flows[j].line })
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FRONTEND\tFLOW (as on the wire)\tENTRY\tIDLE")
+	for _, f := range flows {
+		fmt.Fprintln(tw, f.line)
+	}
+	return tw.Flush()
+}
+
+// flowTarget is the target a forward conntrack entry pinned its flow to.
+func flowTarget(v dataplane.CTValue) dataplane.Target {
+	if dataplane.TargetKind(v.Kind) != dataplane.TargetRedirect {
+		return dataplane.Target{Kind: dataplane.TargetKind(v.Kind)}
+	}
+	return dataplane.Redirect(netip.AddrPortFrom(addr(v.PeerAddr, v.Family), v.PeerPort>>8|v.PeerPort<<8))
+}
+
+func addr(b [16]uint8, family uint8) netip.Addr {
+	a := netip.AddrFrom16(b)
+	if family == 4 {
+		return a.Unmap()
+	}
+	return a
+}
+
+func flowText(v dataplane.CTValue) string {
+	dir := "forward"
+	if v.Dir == 2 {
+		dir = "reverse"
+	}
+	s := dir + " " + dataplane.TargetKind(v.Kind).String()
+	if dataplane.TargetKind(v.Kind) == dataplane.TargetRedirect {
+		peer := netip.AddrPortFrom(addr(v.PeerAddr, v.Family), v.PeerPort>>8|v.PeerPort<<8)
+		nat := netip.AddrPortFrom(addr(v.NatAddr, v.Family), v.NatPort>>8|v.NatPort<<8)
+		if v.Dir == 2 {
+			s += fmt.Sprintf(" client=%s frontend=%s", peer, nat)
+		} else {
+			s += fmt.Sprintf(" target=%s snat=%s", peer, nat)
+		}
+	}
+	if v.Flags&1 != 0 {
+		s += " closing"
+	}
+	return s
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
+)
+
+func TestDataplaneDump(t *testing.T) {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	pin := filepath.Join("/sys/fs/bpf", "roamctl-test-"+hex.EncodeToString(b))
+	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("10.99.0.1")})
+	if err != nil {
+		t.Fatalf("open data plane (root needed): %v", err)
+	}
+	t.Cleanup(func() {
+		_ = dp.Close()
+		_ = dataplane.Unpin(pin)
+	})
+	f, _ := dataplane.ParseFrontend("10.0.0.1:80/tcp")
+	t1, _ := dataplane.ParseTarget("redirect:10.2.0.1:8080")
+	t2, _ := dataplane.ParseTarget("redirect:10.3.0.1:8080")
+	gen, err := dp.Stage(f, t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Commit(f, gen); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.Stage(f, t2); err != nil {
+		t.Fatal(err)
+	}
+
+	var out bytes.Buffer
+	if err := dumpPins(&out, pin); err != nil {
+		t.Fatalf("dump pins: %v", err)
+	}
+	t.Logf("\n%s", out.String())
+	for _, want := range []string{"1 frontends", "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080", "redirect:10.3.0.1:8080", "GENERATION"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dump lacks %q", want)
+		}
+	}
+	if err := dumpPins(&out, filepath.Join(pin, "nothing")); err == nil || !strings.Contains(err.Error(), "--pin-path") {
+		t.Errorf("dump of a missing pin path: got %v, want a hint about --pin-path", err)
+	}
+
+	srv, err := agentapi.NewServer(dp, agentapi.ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out.Reset()
+	if err := dumpAgent(ctx, &out, agentapi.New(hs.URL, "")); err != nil {
+		t.Fatalf("dump agent: %v", err)
+	}
+	if !strings.Contains(out.String(), "redirect:10.3.0.1:8080") {
+		t.Errorf("agent dump lacks the staged target:\n%s", out.String())
+	}
+}
