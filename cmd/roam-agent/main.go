@@ -1,0 +1,236 @@
+// Command roam-agent runs on every node: it loads and attaches roam's XDP and
+// tc programs (pinned, so traffic keeps flowing while it restarts), serves
+// /metrics and /healthz, and exposes the two-phase stage/commit API a
+// controller drives (package dataplane/agentapi).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
+)
+
+type options struct {
+	ifaces      []string
+	tcIfaces    []string
+	xdpMode     string
+	pinPath     string
+	snat4       netip.Addr
+	snat6       netip.Addr
+	portMin     uint16
+	portMax     uint16
+	idleTimeout time.Duration
+	metricsAddr string
+	apiAddr     string
+	apiToken    string
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("roam-agent", flag.ContinueOnError)
+	ifaces := fs.String("iface", "", "comma list of interfaces to attach the XDP program to")
+	tcIfaces := fs.String("tc-iface", "", "comma list of interfaces to attach the tc program to")
+	fs.StringVar(&o.xdpMode, "xdp-mode", "native", "XDP attach mode: native or generic")
+	fs.StringVar(&o.pinPath, "pin-path", "/sys/fs/bpf/roam", "bpffs directory where maps, programs and links are pinned")
+	snat := fs.String("snat-addr", "", "comma list of source addresses for redirected flows (one IPv4 and/or one IPv6)")
+	ports := fs.String("snat-ports", "40000-60999", "source port range for redirected flows")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "a flow with no packet for this long is forgotten")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", ":9700", "address serving /metrics and /healthz")
+	fs.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:9701", "address serving the two-phase agent API")
+	fs.StringVar(&o.apiToken, "api-token", os.Getenv("ROAM_AGENT_TOKEN"), "bearer token the agent API requires (default $ROAM_AGENT_TOKEN)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("parse flags: unexpected arguments %q", fs.Args())
+	}
+	o.ifaces = splitList(*ifaces)
+	o.tcIfaces = splitList(*tcIfaces)
+	if o.xdpMode != "native" && o.xdpMode != "generic" {
+		return o, fmt.Errorf("parse flags: --xdp-mode %q: want native or generic", o.xdpMode)
+	}
+	for _, s := range splitList(*snat) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return o, fmt.Errorf("parse flags: --snat-addr: %w", err)
+		}
+		a = a.Unmap()
+		switch {
+		case a.Is4() && !o.snat4.IsValid():
+			o.snat4 = a
+		case a.Is6() && !o.snat6.IsValid():
+			o.snat6 = a
+		default:
+			return o, fmt.Errorf("parse flags: --snat-addr: at most one IPv4 and one IPv6 address, got %q", *snat)
+		}
+	}
+	lo, hi, ok := strings.Cut(*ports, "-")
+	pmin, err1 := strconv.ParseUint(lo, 10, 16)
+	pmax, err2 := strconv.ParseUint(hi, 10, 16)
+	if !ok || err1 != nil || err2 != nil || pmin == 0 || pmin > pmax {
+		return o, fmt.Errorf("parse flags: --snat-ports %q: want MIN-MAX with 0 < MIN <= MAX <= 65535", *ports)
+	}
+	o.portMin, o.portMax = uint16(pmin), uint16(pmax)
+	if o.idleTimeout <= 0 {
+		return o, fmt.Errorf("parse flags: --idle-timeout must be positive")
+	}
+	return o, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// ensureBPFFS mounts bpffs at /sys/fs/bpf when the pin path lives there and
+// nothing is mounted yet.
+func ensureBPFFS(pinPath string, log *slog.Logger) error {
+	const root = "/sys/fs/bpf"
+	if !strings.HasPrefix(filepath.Clean(pinPath)+"/", root+"/") {
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", root, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpffs", root, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", root, err)
+	}
+	log.Info("mounted bpffs", "path", root)
+	self, err1 := os.Readlink("/proc/self/ns/mnt")
+	init, err2 := os.Readlink("/proc/1/ns/mnt")
+	if err1 == nil && err2 == nil && self != init {
+		// e.g. under "ip netns exec", which remounts /sys privately.
+		log.Warn("bpffs mounted in a private mount namespace: pins will not outlive this process; " +
+			"run the agent in the host's mount namespace (nsenter --net=/run/netns/NAME) to keep traffic flowing across restarts")
+	}
+	return nil
+}
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		log.Error("roam-agent", "err", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("roam-agent", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	if err := ensureBPFFS(o.pinPath, log); err != nil {
+		return err
+	}
+	dp, err := dataplane.Open(dataplane.Config{
+		PinPath:     o.pinPath,
+		SNATv4:      o.snat4,
+		SNATv6:      o.snat6,
+		PortMin:     o.portMin,
+		PortMax:     o.portMax,
+		IdleTimeout: o.idleTimeout,
+	})
+	if err != nil {
+		return fmt.Errorf("open data plane: %w", err)
+	}
+	// Close drops our fds only: pins and links stay, traffic keeps flowing.
+	defer dp.Close()
+	for _, ifc := range o.ifaces {
+		if err := dp.AttachXDP(ifc, o.xdpMode); err != nil {
+			return fmt.Errorf("attach xdp to %s: %w", ifc, err)
+		}
+		log.Info("attached xdp", "iface", ifc, "mode", o.xdpMode)
+	}
+	for _, ifc := range o.tcIfaces {
+		if err := dp.AttachTC(ifc); err != nil {
+			return fmt.Errorf("attach tc to %s: %w", ifc, err)
+		}
+		log.Info("attached tc", "iface", ifc)
+	}
+
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(dp.Collector()); err != nil {
+		return fmt.Errorf("register data plane collector: %w", err)
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	api, err := agentapi.NewServer(dp, agentapi.ServerConfig{Token: o.apiToken, Registerer: reg, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	metricsMux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if _, err := dp.List(); err != nil {
+			http.Error(w, "data plane: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+
+	servers := []*http.Server{
+		{Addr: o.metricsAddr, Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second},
+		{Addr: o.apiAddr, Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second},
+	}
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		ln, err := net.Listen("tcp", srv.Addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", srv.Addr, err)
+		}
+		log.Info("serving", "addr", ln.Addr().String())
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", srv.Addr, err)
+			}
+		}()
+	}
+	log.Info("roam-agent ready", "pin_path", o.pinPath, "iface", o.ifaces, "tc_iface", o.tcIfaces)
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: pins and links stay in place, traffic keeps flowing")
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		_ = srv.Shutdown(sctx)
+	}
+	return err
+}
