@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vishvananda/netns"
@@ -137,3 +138,6 @@ func writeSysctl(ns, key, val string) error {
 		return nil
 	})
 }
+
+// netlinkLinkByName finds a link in the calling thread's namespace.
+func netlinkLinkByName(name string) (netlink.Link, error) { return netlink.LinkByName(name) }

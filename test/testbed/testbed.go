@@ -93,6 +93,7 @@ type State struct {
 	Rates      map[string]uint64 `json:"rates,omitempty"` // cluster -> bits/s
 	Cut        map[string]bool   `json:"cut,omitempty"`
 	Events     []Event           `json:"events,omitempty"`
+	Secrets    Secrets           `json:"secrets"`
 	Created    time.Time         `json:"created"`
 }
 
@@ -193,7 +194,7 @@ func (tb *Testbed) save() error {
 		return fmt.Errorf("encode testbed state: %w", err)
 	}
 	tmp := tb.statePath + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("write testbed state: %w", err)
 	}
 	if err := os.Rename(tmp, tb.statePath); err != nil {

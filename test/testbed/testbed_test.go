@@ -309,3 +309,67 @@ func TestConfig(t *testing.T) {
 		t.Errorf("address plan: %s %s", WANNode6(3), AccessClient4(1))
 	}
 }
+
+func TestLaunchMetaAndAgents(t *testing.T) {
+	needRoot(t)
+	mod, err := FindModule(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"roam-meta", "roam-agent"} {
+		if _, err := os.Stat(filepath.Join(mod, "cmd", b)); err != nil {
+			t.Skipf("cmd/%s not in the tree yet", b)
+		}
+	}
+	cfg := testConfig(t)
+	tb := up(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if _, err := tb.LaunchOnly(ctx, LaunchConfig{ModuleDir: mod}, "roam-meta", "roam-agent"); err != nil {
+		t.Fatalf("launch: %v", err)
+	}
+	st := tb.Status()
+	if len(st.Procs) != 4 {
+		t.Fatalf("procs: %+v", st.Procs)
+	}
+	for _, p := range st.Procs {
+		if !p.Alive {
+			t.Fatalf("%s not alive", p.Name)
+		}
+	}
+	// The agents hold XDP on the node's interfaces.
+	home, _ := tb.Cluster("home")
+	for _, ifname := range home.Ifaces {
+		if err := InNS(home.NS, func() error {
+			l, err := netlinkLinkByName(ifname)
+			if err != nil {
+				return err
+			}
+			if x := l.Attrs().Xdp; x == nil || !x.Attached {
+				return fmt.Errorf("no XDP program on %s", ifname)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The MO's NATS port is reachable from each cluster through the router.
+	for _, c := range tb.Clusters() {
+		dst := netip.AddrPortFrom(WANRouter4(c.Index), MetaNATSPort)
+		if err := reachable(c.NS, dst, 5*time.Second); err != nil {
+			t.Fatalf("%s -> MO %s: %v", c.Name, dst, err)
+		}
+	}
+	pins := tb.PinPath("home")
+	if err := tb.Down(ctx); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	for _, p := range st.Procs {
+		if procAlive(p.Proc) {
+			t.Errorf("%s (pid %d) alive after down", p.Name, p.PID)
+		}
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("pin path %s left after down: %v", pins, err)
+	}
+}

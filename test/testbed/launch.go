@@ -1,0 +1,291 @@
+package testbed
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Binaries roam's processes are built from (package paths in the module).
+var Binaries = []string{"roam-meta", "roam-ctrl", "roam-agent"}
+
+// Ports the processes listen on inside their namespace.
+const (
+	MetaNATSPort  = 4222
+	MetaHTTPPort  = 9600
+	CtrlPort      = 8080
+	AgentMetrics  = 9700
+	AgentAPIPort  = 9701
+	defaultXDPMod = "native"
+)
+
+// LaunchConfig says how to run roam's processes on the testbed.
+type LaunchConfig struct {
+	// BinDir holds roam-meta, roam-ctrl and roam-agent; empty builds them
+	// with `go build` from ModuleDir into the work dir.
+	BinDir    string
+	ModuleDir string // default: found from the working directory
+	XDPMode   string // native (default) or generic
+	// HelloInterval, DownAfter, FailsafeAfter and DrainTimeout tune the
+	// control plane (defaults 1s, 3, 3s, 10s).
+	HelloInterval time.Duration
+	DownAfter     int
+	FailsafeAfter time.Duration
+	DrainTimeout  time.Duration
+	// Policy is the MO's placement policy (default tier).
+	Policy string
+	// Ready bounds the wait for every /healthz (default 60s).
+	Ready time.Duration
+}
+
+// Secrets are the tokens the launched processes share; `testbed run` and
+// the e2e tests use UserToken on the controllers' REST API.
+type Secrets struct {
+	UserToken  string `json:"user_token"`
+	AgentToken string `json:"agent_token"`
+	PeerSecret string `json:"peer_secret"`
+}
+
+// FindModule walks up from dir to the directory holding go.mod.
+func FindModule(dir string) (string, error) {
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", fmt.Errorf("find go.mod above %s: not found (run from the roam source tree or pass a bin dir)", dir)
+		}
+		d = parent
+	}
+}
+
+// Build compiles roam's binaries (names from Binaries; all when none are
+// given) into outDir.
+func Build(ctx context.Context, moduleDir, outDir string, names ...string) error {
+	if len(names) == 0 {
+		names = Binaries
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("create bin dir: %w", err)
+	}
+	args := []string{"build", "-o", outDir + "/"}
+	for _, b := range names {
+		if _, err := os.Stat(filepath.Join(moduleDir, "cmd", b)); err != nil {
+			return fmt.Errorf("build %s: cmd/%s is missing from %s", b, b, moduleDir)
+		}
+		args = append(args, "./cmd/"+b)
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = moduleDir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go build roam binaries: %w\n%s", err, out)
+	}
+	return nil
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// PinPath is where cluster's agent pins its maps.
+func (tb *Testbed) PinPath(cluster string) string {
+	root := tb.st.Config.PinRoot
+	if root == "" {
+		root = "/sys/fs/bpf"
+	}
+	return filepath.Join(root, "roam-"+tb.st.Name+"-"+cluster)
+}
+
+// CtrlURL is cluster's controller REST base URL (reachable from the
+// cluster's namespace and, through the router, from every other one).
+func (c Cluster) CtrlURL() string { return fmt.Sprintf("http://%s:%d", c.WAN4, CtrlPort) }
+
+// MetaURL is the NATS URL of the MO as cluster i reaches it.
+func MetaURL(i int) string { return fmt.Sprintf("nats://%s:%d", WANRouter4(i), MetaNATSPort) }
+
+func (lc *LaunchConfig) defaults() {
+	if lc.XDPMode == "" {
+		lc.XDPMode = defaultXDPMod
+	}
+	if lc.HelloInterval == 0 {
+		lc.HelloInterval = time.Second
+	}
+	if lc.DownAfter == 0 {
+		lc.DownAfter = 3
+	}
+	if lc.FailsafeAfter == 0 {
+		lc.FailsafeAfter = 3 * time.Second
+	}
+	if lc.DrainTimeout == 0 {
+		lc.DrainTimeout = 10 * time.Second
+	}
+	if lc.Policy == "" {
+		lc.Policy = "tier"
+	}
+	if lc.Ready == 0 {
+		lc.Ready = 60 * time.Second
+	}
+}
+
+// Launch starts roam-meta on the router and, in every cluster, roam-agent
+// (XDP on the node's interfaces) and roam-ctrl (local backend), and waits
+// until every /healthz answers.
+func (tb *Testbed) Launch(ctx context.Context, lc LaunchConfig) (Secrets, error) {
+	return tb.LaunchOnly(ctx, lc, Binaries...)
+}
+
+// LaunchOnly is Launch restricted to some of Binaries (in their order: the
+// MO, then the agents, then the controllers).
+func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...string) (Secrets, error) {
+	lc.defaults()
+	want := map[string]bool{}
+	for _, w := range which {
+		want[w] = true
+	}
+	work, err := tb.workDir()
+	if err != nil {
+		return Secrets{}, err
+	}
+	bin := lc.BinDir
+	if bin == "" {
+		mod := lc.ModuleDir
+		if mod == "" {
+			wd, _ := os.Getwd()
+			if mod, err = FindModule(wd); err != nil {
+				return Secrets{}, err
+			}
+		}
+		bin = filepath.Join(work, "bin")
+		tb.log.Info("building roam binaries", "module", mod, "out", bin, "which", which)
+		if err := Build(ctx, mod, bin, which...); err != nil {
+			return Secrets{}, err
+		}
+	}
+	for _, b := range which {
+		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
+			return Secrets{}, fmt.Errorf("launch: %s not found in %s", b, bin)
+		}
+	}
+	sec := Secrets{UserToken: randHex(16), AgentToken: randHex(16), PeerSecret: randHex(16)}
+	rctx, cancel := context.WithTimeout(ctx, lc.Ready)
+	defer cancel()
+
+	if want["roam-meta"] {
+		metaDir := filepath.Join(work, "meta")
+		if err := os.MkdirAll(metaDir, 0o755); err != nil {
+			return Secrets{}, fmt.Errorf("create meta store dir: %w", err)
+		}
+		mp, err := tb.Start(tb.st.Router, "roam-meta", filepath.Join(bin, "roam-meta"), []string{
+			"--listen", fmt.Sprintf("0.0.0.0:%d", MetaNATSPort),
+			"--http-addr", fmt.Sprintf("0.0.0.0:%d", MetaHTTPPort),
+			"--store-dir", metaDir,
+			"--policy", lc.Policy,
+			"--hello-interval", lc.HelloInterval.String(),
+			"--down-after", fmt.Sprint(lc.DownAfter),
+		}, fmt.Sprintf("http://127.0.0.1:%d/healthz", MetaHTTPPort))
+		if err != nil {
+			return Secrets{}, err
+		}
+		if err := tb.WaitHealthy(rctx, mp, mp.Health); err != nil {
+			return Secrets{}, err
+		}
+	}
+	if want["roam-agent"] {
+		var agents []Proc
+		for _, c := range tb.Clusters() {
+			pin := tb.PinPath(c.Name)
+			if err := tb.AddPinPath(pin); err != nil {
+				return Secrets{}, err
+			}
+			p, err := tb.Start(c.NS, "roam-agent-"+c.Name, filepath.Join(bin, "roam-agent"), []string{
+				"--iface", strings.Join(c.Ifaces, ","),
+				"--xdp-mode", lc.XDPMode,
+				"--pin-path", pin,
+				"--snat-addr", c.WAN4.String() + "," + c.WAN6.String(),
+				"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", AgentMetrics),
+				"--api-addr", fmt.Sprintf("127.0.0.1:%d", AgentAPIPort),
+				"--api-token", sec.AgentToken,
+			}, fmt.Sprintf("http://127.0.0.1:%d/healthz", AgentMetrics))
+			if err != nil {
+				return Secrets{}, err
+			}
+			agents = append(agents, p)
+		}
+		if err := tb.waitAll(rctx, agents); err != nil {
+			return Secrets{}, err
+		}
+	}
+	if want["roam-ctrl"] {
+		var ctrls []Proc
+		for _, c := range tb.Clusters() {
+			cc := tb.st.Config.Clusters[c.Index-1]
+			var labels []string
+			for k, v := range cc.Labels {
+				labels = append(labels, k+"="+v)
+			}
+			args := []string{
+				"--cluster-id", c.Name,
+				"--tier", c.Tier,
+				"--api-addr", fmt.Sprintf("0.0.0.0:%d", CtrlPort),
+				"--advertise-url", c.CtrlURL(),
+				"--nats-url", MetaURL(c.Index),
+				"--agents", fmt.Sprintf("http://127.0.0.1:%d", AgentAPIPort),
+				"--agent-token", sec.AgentToken,
+				"--frontend-addr", c.WAN4.String(),
+				"--data-addr", c.WAN4.String(),
+				"--backend", "local",
+				"--store", filepath.Join(work, "ctrl-"+c.Name+".db"),
+				"--hello-interval", lc.HelloInterval.String(),
+				"--failsafe-after", lc.FailsafeAfter.String(),
+				"--drain-timeout", lc.DrainTimeout.String(),
+				"--token", sec.UserToken,
+				"--peer-secret", sec.PeerSecret,
+			}
+			if len(labels) > 0 {
+				args = append(args, "--labels", strings.Join(labels, ","))
+			}
+			p, err := tb.Start(c.NS, "roam-ctrl-"+c.Name, filepath.Join(bin, "roam-ctrl"), args,
+				fmt.Sprintf("http://127.0.0.1:%d/healthz", CtrlPort))
+			if err != nil {
+				return Secrets{}, err
+			}
+			ctrls = append(ctrls, p)
+		}
+		if err := tb.waitAll(rctx, ctrls); err != nil {
+			return Secrets{}, err
+		}
+	}
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	tb.st.Secrets = sec
+	return sec, tb.save()
+}
+
+func (tb *Testbed) waitAll(ctx context.Context, ps []Proc) error {
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Go(func() { errs[i] = tb.WaitHealthy(ctx, p, p.Health) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("launch: %w", err)
+	}
+	return nil
+}
