@@ -19,7 +19,7 @@ func (d *Dataplane) RunXDP(pkt []byte, ifindex int) (uint32, []byte, error) {
 	out := make([]byte, len(pkt)+256)
 	opts := &ebpf.RunOptions{Data: pkt, DataOut: out}
 	if ifindex != 0 {
-		opts.Context = xdpMD{IngressIfindex: uint32(ifindex)}
+		opts.Context = xdpMD{DataEnd: uint32(len(pkt)), IngressIfindex: uint32(ifindex)}
 	}
 	ret, err := d.xdp.RoamXdp.Run(opts)
 	if err != nil {

@@ -1,0 +1,529 @@
+package dataplane
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/vishvananda/netlink"
+)
+
+// XDP verdicts.
+const (
+	xdpDrop     = 1
+	xdpPass     = 2
+	xdpTX       = 3
+	xdpRedirect = 4
+	tcOK        = 0
+	tcRedirect  = 7
+)
+
+var (
+	macD0     = "02:00:00:00:00:01"
+	macD1     = "02:00:00:00:00:02"
+	macGW     = "02:00:00:00:00:fe" // next hop towards targets
+	macClient = "02:00:00:00:00:fd" // next hop towards clients
+	macPeer   = "02:00:00:00:00:aa" // whoever sent the input frame
+)
+
+// spec describes a test packet; build turns it into a frame with correct checksums.
+type spec struct {
+	src, dst  netip.AddrPort
+	proto     Proto
+	flags     string // TCP flags: any of "SAFR"
+	payload   []byte
+	srcMAC    string
+	dstMAC    string
+	zeroUDP   bool // IPv4 UDP without checksum
+	hopLimit  uint8
+	ipID      uint16
+	seq, ackn uint32
+}
+
+func (s spec) build(t *testing.T) []byte {
+	t.Helper()
+	smac, _ := net.ParseMAC(s.srcMAC)
+	dmac, _ := net.ParseMAC(s.dstMAC)
+	eth := &layers.Ethernet{SrcMAC: smac, DstMAC: dmac}
+	ttl := s.hopLimit
+	if ttl == 0 {
+		ttl = 64
+	}
+	var nl gopacket.NetworkLayer
+	var ls []gopacket.SerializableLayer
+	if s.src.Addr().Is4() {
+		eth.EthernetType = layers.EthernetTypeIPv4
+		ip := &layers.IPv4{Version: 4, TTL: ttl, Id: s.ipID, SrcIP: s.src.Addr().AsSlice(), DstIP: s.dst.Addr().AsSlice(), Protocol: layers.IPProtocol(s.proto)}
+		nl, ls = ip, []gopacket.SerializableLayer{eth, ip}
+	} else {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		ip := &layers.IPv6{Version: 6, HopLimit: ttl, SrcIP: s.src.Addr().AsSlice(), DstIP: s.dst.Addr().AsSlice(), NextHeader: layers.IPProtocol(s.proto)}
+		nl, ls = ip, []gopacket.SerializableLayer{eth, ip}
+	}
+	if s.proto == TCP {
+		tcp := &layers.TCP{SrcPort: layers.TCPPort(s.src.Port()), DstPort: layers.TCPPort(s.dst.Port()), Seq: s.seq, Ack: s.ackn, Window: 512}
+		for _, c := range s.flags {
+			switch c {
+			case 'S':
+				tcp.SYN = true
+			case 'A':
+				tcp.ACK = true
+			case 'F':
+				tcp.FIN = true
+			case 'R':
+				tcp.RST = true
+			}
+		}
+		tcp.SetNetworkLayerForChecksum(nl)
+		ls = append(ls, tcp)
+	} else {
+		udp := &layers.UDP{SrcPort: layers.UDPPort(s.src.Port()), DstPort: layers.UDPPort(s.dst.Port())}
+		udp.SetNetworkLayerForChecksum(nl)
+		ls = append(ls, udp)
+	}
+	ls = append(ls, gopacket.Payload(s.payload))
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
+		t.Fatalf("serialize: %v", err)
+	}
+	b := buf.Bytes()
+	if s.zeroUDP && s.proto == UDP && s.src.Addr().Is4() {
+		b[14+20+6], b[14+20+7] = 0, 0
+	}
+	return b
+}
+
+// verifyChecksums parses frame with gopacket and checks every checksum in it.
+func verifyChecksums(t *testing.T, frame []byte) gopacket.Packet {
+	t.Helper()
+	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	if el := p.ErrorLayer(); el != nil {
+		t.Fatalf("output does not parse: %v", el.Error())
+	}
+	if tcp, ok := p.Layer(layers.LayerTypeTCP).(*layers.TCP); ok {
+		tcp.SetNetworkLayerForChecksum(p.NetworkLayer())
+	}
+	if udp, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok {
+		udp.SetNetworkLayerForChecksum(p.NetworkLayer())
+	}
+	err, bad := p.VerifyChecksums()
+	if err != nil {
+		t.Fatalf("verify checksums: %v", err)
+	}
+	if len(bad) > 0 {
+		t.Fatalf("bad checksums in output: %+v\n%s", bad, p.Dump())
+	}
+	if u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && u.Checksum == 0 && p.Layer(layers.LayerTypeIPv6) != nil {
+		t.Fatalf("IPv6 UDP output with zero checksum")
+	}
+	return p
+}
+
+// l4Ports reads the ports of a parsed frame.
+func l4Ports(p gopacket.Packet) (src, dst uint16) {
+	if tcp, ok := p.Layer(layers.LayerTypeTCP).(*layers.TCP); ok {
+		return uint16(tcp.SrcPort), uint16(tcp.DstPort)
+	}
+	if udp, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok {
+		return uint16(udp.SrcPort), uint16(udp.DstPort)
+	}
+	return 0, 0
+}
+
+// testbed is a netns with routes and neighbours for bpf_fib_lookup, and a data plane.
+type testbed struct {
+	d      *Dataplane
+	d0, d1 netlink.Link
+}
+
+var (
+	snat4 = netip.MustParseAddr("192.0.2.100")
+	snat6 = netip.MustParseAddr("2001:db8:ff::100")
+)
+
+func newTestbed(t *testing.T, cfg Config) *testbed {
+	h := testNetns(t)
+	tb := &testbed{}
+	tb.d0 = addVeth(t, h, "d0", macD0, "192.0.2.1/24", "2001:db8:ff::1/64")
+	tb.d1 = addVeth(t, h, "d1", macD1, "203.0.113.1/24", "2001:db8:ee::1/64")
+	addNeigh(t, h, tb.d0, "192.0.2.254", macGW)
+	addNeigh(t, h, tb.d0, "2001:db8:ff::fe", macGW)
+	addNeigh(t, h, tb.d0, "192.0.2.253", macClient)
+	addNeigh(t, h, tb.d0, "2001:db8:ff::fd", macClient)
+	addRoute(t, h, tb.d0, "10.2.0.0/24", "192.0.2.254")
+	addRoute(t, h, tb.d0, "2001:db8:2::/64", "2001:db8:ff::fe")
+	addRoute(t, h, tb.d0, "198.51.100.0/24", "192.0.2.253")
+	addRoute(t, h, tb.d0, "2001:db8:c::/64", "2001:db8:ff::fd")
+	addRoute(t, h, tb.d0, "10.3.0.0/24", "192.0.2.250") // no neighbour entry
+	cfg.SNATv4, cfg.SNATv6 = snat4, snat6
+	tb.d = openTest(t, cfg)
+	return tb
+}
+
+func (tb *testbed) stage(t *testing.T, f, target string) Frontend {
+	t.Helper()
+	fr := mustFrontend(t, f)
+	gen, err := tb.d.Stage(fr, mustTarget(t, target))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.d.Commit(fr, gen); err != nil {
+		t.Fatal(err)
+	}
+	return fr
+}
+
+func (tb *testbed) run(t *testing.T, in []byte, ifindex int) (uint32, []byte) {
+	t.Helper()
+	v, out, err := tb.d.RunXDP(in, ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, out
+}
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// TestRedirectAndReverse: new flows of every family and protocol are NATed to
+// the target and leave through the fib's next hop; the target's replies are
+// translated back to the client; all output checksums verified.
+func TestRedirectAndReverse(t *testing.T) {
+	tb := newTestbed(t, Config{PortMin: 40000, PortMax: 40999})
+	d0, d1 := tb.d0.Attrs().Index, tb.d1.Attrs().Index
+	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
+	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
+
+	cases := []struct {
+		desc        string
+		client      netip.AddrPort
+		frontend    netip.AddrPort
+		target      netip.AddrPort
+		proto       Proto
+		zeroUDP     bool
+		ingress     int
+		wantVerdict uint32
+	}{
+		{"ipv4 tcp, same interface: XDP_TX", ap("198.51.100.7:33000"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), TCP, false, d0, xdpTX},
+		{"ipv4 tcp, other interface: redirect", ap("198.51.100.8:33001"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), TCP, false, d1, xdpRedirect},
+		{"ipv4 udp", ap("198.51.100.7:5000"), ap("10.0.0.1:7000"), ap("10.2.0.1:7001"), UDP, false, d0, xdpTX},
+		{"ipv4 udp zero checksum kept zero", ap("198.51.100.9:5001"), ap("10.0.0.1:7000"), ap("10.2.0.1:7001"), UDP, true, d0, xdpTX},
+		{"ipv6 tcp", ap("[2001:db8:c::7]:33000"), ap("[2001:db8::1]:80"), ap("[2001:db8:2::1]:8080"), TCP, false, d0, xdpTX},
+		{"ipv6 udp, other interface", ap("[2001:db8:c::7]:5000"), ap("[2001:db8::1]:7000"), ap("[2001:db8:2::1]:7001"), UDP, false, d1, xdpRedirect},
+	}
+	for _, c := range cases {
+		// Not t.Run: a subtest runs on another goroutine, outside this
+		// thread's network namespace.
+		t.Logf("case: %s", c.desc)
+		func() {
+			snat := snat4
+			if c.client.Addr().Is6() {
+				snat = snat6
+			}
+			payload := []byte("hello roam " + c.desc)
+			in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: payload, srcMAC: macPeer, dstMAC: macD0, zeroUDP: c.zeroUDP, ipID: 7, seq: 1000}.build(t)
+			v, out := tb.run(t, in, c.ingress)
+			if v != c.wantVerdict {
+				t.Fatalf("verdict %d, want %d", v, c.wantVerdict)
+			}
+			p := verifyChecksums(t, out)
+			sport, _ := l4Ports(p)
+			if sport < 40000 || sport > 40999 {
+				t.Fatalf("SNAT port %d outside 40000-40999", sport)
+			}
+			snatAP := netip.AddrPortFrom(snat, sport)
+			want := spec{src: snatAP, dst: c.target, proto: c.proto, flags: "S", payload: payload, srcMAC: macD0, dstMAC: macGW, zeroUDP: c.zeroUDP, ipID: 7, seq: 1000}.build(t)
+			if !bytes.Equal(out, want) {
+				t.Fatalf("output frame\n got %x\nwant %x", out, want)
+			}
+
+			// The target answers the SNAT address; the client must see the frontend.
+			reply := spec{src: c.target, dst: snatAP, proto: c.proto, flags: "SA", payload: []byte("reply"), srcMAC: macGW, dstMAC: macD0, zeroUDP: c.zeroUDP, ipID: 9, seq: 5000, ackn: 1001}.build(t)
+			v, out = tb.run(t, reply, d0)
+			if v != xdpTX {
+				t.Fatalf("reply verdict %d, want XDP_TX", v)
+			}
+			verifyChecksums(t, out)
+			want = spec{src: c.frontend, dst: c.client, proto: c.proto, flags: "SA", payload: []byte("reply"), srcMAC: macD0, dstMAC: macClient, zeroUDP: c.zeroUDP, ipID: 9, seq: 5000, ackn: 1001}.build(t)
+			if !bytes.Equal(out, want) {
+				t.Fatalf("reverse output frame\n got %x\nwant %x", out, want)
+			}
+
+			// The same flow again keeps its SNAT port.
+			v, out = tb.run(t, in, c.ingress)
+			if v != c.wantVerdict {
+				t.Fatalf("second packet verdict %d", v)
+			}
+			if s2, _ := l4Ports(verifyChecksums(t, out)); s2 != sport {
+				t.Fatalf("second packet SNAT port %d, first %d", s2, sport)
+			}
+		}()
+	}
+
+	f := mustFrontend(t, "10.0.0.1:80/tcp")
+	n, err := tb.d.Flows(f, mustTarget(t, "redirect:10.2.0.1:8080"))
+	if err != nil || n != 2 {
+		t.Fatalf("flows of %s: %d, %v; want 2", f, n, err)
+	}
+	c, err := tb.d.Counters(f, ActionRedirect)
+	if err != nil || c.Packets != 4 {
+		t.Fatalf("redirect counter %v, %v; want 4 packets", c, err)
+	}
+	c, err = tb.d.Counters(f, ActionReverse)
+	if err != nil || c.Packets != 2 {
+		t.Fatalf("reverse counter %v, %v; want 2 packets", c, err)
+	}
+	fl, err := tb.d.FlowList(f)
+	if err != nil || len(fl) != 2 {
+		t.Fatalf("flow list %v, %v", fl, err)
+	}
+}
+
+// TestUntouched: packets the programs must pass or drop without rewriting.
+func TestUntouched(t *testing.T) {
+	tb := newTestbed(t, Config{})
+	d0 := tb.d0.Attrs().Index
+	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
+	tb.stage(t, "10.0.0.2:80/tcp", "local")
+	tb.stage(t, "[2001:db8::2]:7000/udp", "local")
+	tb.stage(t, "10.0.0.3:80/tcp", "redirect:10.3.0.1:80")
+	tb.stage(t, "10.0.0.4:80/tcp", "redirect:10.4.0.1:80")
+	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
+
+	good4 := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	good6 := spec{src: ap("[2001:db8:c::7]:33000"), dst: ap("[2001:db8::1]:80"), proto: TCP, flags: "S", payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	mod := func(b []byte, f func([]byte) []byte) []byte { return f(append([]byte(nil), b...)) }
+	put16 := func(b []byte, off int, v uint16) { binary.BigEndian.PutUint16(b[off:], v) }
+
+	cases := []struct {
+		desc    string
+		in      []byte
+		verdict uint32
+		reason  string // drop reason counted, "" for none
+		same    bool   // output must equal input
+	}{
+		{"local ipv4 tcp passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.2:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"local ipv6 udp passes", spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8::2]:7000"), proto: UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"no frontend (other port) passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:81"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"no frontend (other protocol) passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"truncated ipv4 header", good4[:14+12], xdpPass, "malformed", true},
+		{"ipv4 total length beyond frame", mod(good4, func(b []byte) []byte { put16(b, 16, 200); return b }), xdpPass, "malformed", true},
+		{"truncated tcp header", mod(good4, func(b []byte) []byte { put16(b, 16, 20+10); return b[:14+30] }), xdpPass, "malformed", true},
+		{"tcp data offset below 5", mod(good4, func(b []byte) []byte { b[14+20+12] = 4 << 4; return b }), xdpPass, "malformed", true},
+		{"ipv4 fragment", mod(good4, func(b []byte) []byte { put16(b, 14+6, 0x2000); return b }), xdpPass, "fragment", true},
+		{"ipv4 later fragment", mod(good4, func(b []byte) []byte { put16(b, 14+6, 0x0010); return b }), xdpPass, "fragment", true},
+		{"ipv4 with options", ipv4WithOptions(t, good4), xdpPass, "ip_options", true},
+		{"truncated ipv6 header", good6[:14+30], xdpPass, "malformed", true},
+		{"ipv6 payload length beyond frame", mod(good6, func(b []byte) []byte { put16(b, 14+4, 500); return b }), xdpPass, "malformed", true},
+		{"ipv6 hop-by-hop header", ipv6WithHopByHop(t, good6), xdpPass, "ipv6_ext", true},
+		{"udp length beyond payload", spec{src: ap("198.51.100.7:5000"), dst: ap("10.0.0.1:80"), proto: UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"no route to target: dropped", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.4:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpDrop, "no_route", false},
+	}
+	for _, c := range cases {
+		// Not t.Run: a subtest runs on another goroutine, outside this
+		// thread's network namespace.
+		t.Logf("case: %s", c.desc)
+		func() {
+			before, err := tb.d.Drops()
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, out := tb.run(t, c.in, d0)
+			if v != c.verdict {
+				t.Fatalf("verdict %d, want %d", v, c.verdict)
+			}
+			if c.same && !bytes.Equal(out, c.in) {
+				t.Fatalf("packet rewritten\n got %x\nwant %x", out, c.in)
+			}
+			after, err := tb.d.Drops()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r := range after {
+				want := before[r]
+				if r == c.reason {
+					want++
+				}
+				if after[r] != want {
+					t.Fatalf("drop counter %s: %d -> %d", r, before[r], after[r])
+				}
+			}
+		}()
+	}
+
+	// No neighbour for the next hop: the rewritten packet goes to the kernel.
+	t.Logf("case: no neighbour: rewritten and passed")
+	func() {
+		in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.3:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+		v, out := tb.run(t, in, d0)
+		if v != xdpPass {
+			t.Fatalf("verdict %d, want XDP_PASS", v)
+		}
+		p := verifyChecksums(t, out)
+		ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if !ip.DstIP.Equal(net.ParseIP("10.3.0.1")) || !ip.SrcIP.Equal(snat4.AsSlice()) {
+			t.Fatalf("not rewritten: %v -> %v", ip.SrcIP, ip.DstIP)
+		}
+		dr, _ := tb.d.Drops()
+		if dr["no_neigh"] != 1 {
+			t.Fatalf("no_neigh counted %d", dr["no_neigh"])
+		}
+	}()
+}
+
+// ipv4WithOptions inserts a 4-byte NOP option block (IHL 6).
+func ipv4WithOptions(t *testing.T, frame []byte) []byte {
+	ip := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	l4 := ip.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	out := append([]byte(nil), frame[:14+20]...)
+	out = append(out, 1, 1, 1, 0) // NOP NOP NOP EOL
+	out = append(out, l4.Contents...)
+	out = append(out, l4.Payload...)
+	out[14] = 0x46
+	binary.BigEndian.PutUint16(out[16:], uint16(len(out)-14))
+	out[24], out[25] = 0, 0
+	binary.BigEndian.PutUint16(out[24:], ipChecksum(out[14:38]))
+	return out
+}
+
+// ipv6WithHopByHop inserts an empty hop-by-hop options header.
+func ipv6WithHopByHop(t *testing.T, frame []byte) []byte {
+	out := append([]byte(nil), frame[:14+40]...)
+	out = append(out, 6, 0, 1, 4, 0, 0, 0, 0) // next TCP, len 0, PadN(4)
+	out = append(out, frame[14+40:]...)
+	out[14+6] = 0 // next header: hop-by-hop
+	binary.BigEndian.PutUint16(out[14+4:], uint16(len(out)-14-40))
+	return out
+}
+
+func ipChecksum(h []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
+
+// TestFlowPinning: a commit moves new flows only; a flow keeps its target
+// (local ones too) until FIN/RST, after which a new SYN takes the new target.
+func TestFlowPinning(t *testing.T) {
+	tb := newTestbed(t, Config{})
+	d0 := tb.d0.Attrs().Index
+	f := tb.stage(t, "10.0.0.1:80/tcp", "local")
+	x, y := Local, mustTarget(t, "redirect:10.2.0.1:8080")
+	pkt := func(client, flags string) []byte {
+		return spec{src: ap(client), dst: ap("10.0.0.1:80"), proto: TCP, flags: flags, srcMAC: macPeer, dstMAC: macD0}.build(t)
+	}
+	expect := func(in []byte, verdict uint32, target string) {
+		t.Helper()
+		v, out := tb.run(t, in, d0)
+		if v != verdict {
+			t.Fatalf("verdict %d, want %d", v, verdict)
+		}
+		if target != "" {
+			p := verifyChecksums(t, out)
+			ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+			_, dport := l4Ports(p)
+			if got := fmt.Sprintf("%s:%d", ip.DstIP, dport); got != target {
+				t.Fatalf("sent to %s, want %s", got, target)
+			}
+		}
+	}
+	expect(pkt("198.51.100.7:1000", "S"), xdpPass, "")
+	if n, _ := tb.d.Flows(f, x); n != 1 {
+		t.Fatalf("local flows %d, want 1", n)
+	}
+	gen, err := tb.d.Stage(f, y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(pkt("198.51.100.7:1001", "S"), xdpPass, "") // staged is invisible
+	if err := tb.d.Commit(f, gen); err != nil {
+		t.Fatal(err)
+	}
+	expect(pkt("198.51.100.7:1000", "A"), xdpPass, "")           // pinned to local
+	expect(pkt("198.51.100.7:1002", "S"), xdpTX, "10.2.0.1:8080") // new flow moves
+	if n, _ := tb.d.Flows(f, y); n != 1 {
+		t.Fatalf("redirect flows %d, want 1", n)
+	}
+	if n, _ := tb.d.Flows(f, x); n != 2 {
+		t.Fatalf("local flows %d, want 2", n)
+	}
+	expect(pkt("198.51.100.7:1000", "FA"), xdpPass, "") // FIN: still local, now closing
+	fl, _ := tb.d.FlowList(f)
+	closing := 0
+	for _, x := range fl {
+		if x.Closing {
+			closing++
+		}
+	}
+	if closing != 1 {
+		t.Fatalf("closing flows %d, want 1: %v", closing, fl)
+	}
+	expect(pkt("198.51.100.7:1000", "S"), xdpTX, "10.2.0.1:8080") // reused tuple: new flow
+	if err := tb.d.Remove(f); err != nil {
+		t.Fatal(err)
+	}
+	expect(pkt("198.51.100.7:1002", "A"), xdpPass, "")
+	if n, _ := tb.d.conntrackEntries(); n != 0 {
+		t.Fatalf("%d conntrack entries left after remove", n)
+	}
+}
+
+// TestIdleTimeout: an idle flow stops counting and a new packet takes the active target.
+func TestIdleTimeout(t *testing.T) {
+	tb := newTestbed(t, Config{IdleTimeout: 300 * time.Millisecond})
+	d0 := tb.d0.Attrs().Index
+	f := tb.stage(t, "10.0.0.1:80/tcp", "local")
+	in := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	if v, _ := tb.run(t, in, d0); v != xdpPass {
+		t.Fatalf("verdict %d", v)
+	}
+	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := tb.d.Flows(f, Local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("local flow never expired")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if v, _ := tb.run(t, in, d0); v != xdpTX {
+		t.Fatalf("expired flow: verdict %d, want XDP_TX to the new target", v)
+	}
+}
+
+// TestPortExhaustion: with one SNAT port, a second concurrent flow to the same target is dropped and counted.
+func TestPortExhaustion(t *testing.T) {
+	tb := newTestbed(t, Config{PortMin: 40000, PortMax: 40000})
+	d0 := tb.d0.Attrs().Index
+	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
+	a := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	b := spec{src: ap("198.51.100.8:1000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	if v, _ := tb.run(t, a, d0); v != xdpTX {
+		t.Fatalf("first flow verdict %d", v)
+	}
+	if v, _ := tb.run(t, b, d0); v != xdpDrop {
+		t.Fatalf("second flow verdict %d, want drop", v)
+	}
+	dr, _ := tb.d.Drops()
+	if dr["port_exhausted"] != 1 {
+		t.Fatalf("port_exhausted %d", dr["port_exhausted"])
+	}
+}
