@@ -451,7 +451,7 @@ func TestFlowPinning(t *testing.T) {
 	if err := tb.d.Commit(f, gen); err != nil {
 		t.Fatal(err)
 	}
-	expect(pkt("198.51.100.7:1000", "A"), xdpPass, "")           // pinned to local
+	expect(pkt("198.51.100.7:1000", "A"), xdpPass, "")            // pinned to local
 	expect(pkt("198.51.100.7:1002", "S"), xdpTX, "10.2.0.1:8080") // new flow moves
 	if n, _ := tb.d.Flows(f, y); n != 1 {
 		t.Fatalf("redirect flows %d, want 1", n)
