@@ -1,0 +1,426 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/dataplane"
+)
+
+// ExperimentConfig tunes the paper's experiment.
+type ExperimentConfig struct {
+	Service string // default: the config's first service, else "classifier"
+	Port    uint16 // default: the service's port, else 80
+	// Home, Edge, Cloud and Client default to the first deep-edge cluster
+	// with a client, the first edge, the first cloud and that client.
+	Home, Edge, Cloud, Client string
+	Interval                  time.Duration // between requests (20ms)
+	Timeout                   time.Duration // per request (1s)
+	Dwell                     time.Duration // time spent in each phase around its action (3s)
+	DegradedRate              uint64        // the cloud link's rate when degraded (2mbit)
+	FailsafeTimeout           time.Duration // how long the fail-safe may take (30s)
+	// Progress receives one line per step as it happens.
+	Progress func(string)
+}
+
+// PhaseResult counts one phase's requests.
+type PhaseResult struct {
+	Name     string         `json:"name"`
+	Start    time.Time      `json:"start"`
+	End      time.Time      `json:"end"`
+	Sent     int            `json:"sent"`
+	Failed   int            `json:"failed"`
+	ServedBy map[string]int `json:"served_by"`
+}
+
+// MigrationResult is one migration as the experiment saw it.
+type MigrationResult struct {
+	Phase     string             `json:"phase"`
+	Planned   bool               `json:"planned"`
+	ID        string             `json:"id"`
+	Role      string             `json:"role"`
+	Reason    string             `json:"reason"`
+	From      string             `json:"from"`
+	To        string             `json:"to"`
+	State     string             `json:"state"`
+	Start     time.Time          `json:"start"`
+	End       time.Time          `json:"end"`
+	Stages    map[string]float64 `json:"stages_ms"`
+	TotalMs   float64            `json:"total_ms"`
+	Requests  int                `json:"requests"` // sent while it ran (+1s)
+	FailedReq int                `json:"failed_requests"`
+}
+
+// Result is the experiment's outcome.
+type Result struct {
+	Service            string            `json:"service"`
+	Frontend           string            `json:"frontend"`
+	Phases             []PhaseResult     `json:"phases"`
+	Migrations         []MigrationResult `json:"migrations"`
+	Table              []TableRow        `json:"table"`
+	DeployMs           []float64         `json:"deploy_ms"`
+	FailsafeDowntimeMs float64           `json:"failsafe_downtime_ms"`
+	FailsafeRestored   bool              `json:"failsafe_restored"`
+	OrphanRemoved      bool              `json:"orphan_removed"`
+	Events             []Event           `json:"events"`
+	Sent               int               `json:"requests"`
+	Failed             int               `json:"failed"`
+	Samples            []Sample          `json:"samples"`
+	Started            time.Time         `json:"started"`
+}
+
+func (ec *ExperimentConfig) resolve(tb *Testbed) error {
+	cfg := tb.State().Config
+	if ec.Service == "" {
+		ec.Service = "classifier"
+		if len(cfg.Services) > 0 {
+			ec.Service = cfg.Services[0].Name
+		}
+	}
+	if ec.Port == 0 {
+		ec.Port = 80
+		for _, s := range cfg.Services {
+			if s.Name == ec.Service {
+				ec.Port = s.Port
+				if ec.Home == "" {
+					ec.Home = s.Home
+				}
+			}
+		}
+	}
+	for _, c := range cfg.Clusters {
+		switch {
+		case c.Tier == "deep-edge" && ec.Home == "" && len(c.Clients) > 0:
+			ec.Home = c.Name
+		case c.Tier == "edge" && ec.Edge == "":
+			ec.Edge = c.Name
+		case c.Tier == "cloud" && ec.Cloud == "":
+			ec.Cloud = c.Name
+		}
+	}
+	if ec.Client == "" {
+		for _, c := range cfg.Clusters {
+			if c.Name == ec.Home && len(c.Clients) > 0 {
+				ec.Client = c.Clients[0]
+			}
+		}
+	}
+	if ec.Home == "" || ec.Edge == "" || ec.Cloud == "" || ec.Client == "" {
+		return fmt.Errorf("experiment: the topology needs a deep-edge cluster with a client, an edge and a cloud cluster (got home=%q edge=%q cloud=%q client=%q)",
+			ec.Home, ec.Edge, ec.Cloud, ec.Client)
+	}
+	if ec.Interval == 0 {
+		ec.Interval = 20 * time.Millisecond
+	}
+	if ec.Timeout == 0 {
+		ec.Timeout = time.Second
+	}
+	if ec.Dwell == 0 {
+		ec.Dwell = 3 * time.Second
+	}
+	if ec.DegradedRate == 0 {
+		ec.DegradedRate = 2_000_000
+	}
+	if ec.FailsafeTimeout == 0 {
+		ec.FailsafeTimeout = 30 * time.Second
+	}
+	if ec.Progress == nil {
+		ec.Progress = func(string) {}
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// RunExperiment runs the paper's use case on a launched testbed: deploy the
+// classifier at the deep edge; good bandwidth: migrate it to the cloud;
+// degraded cloud link: migrate it to the edge; edge link cut: the home
+// cluster's fail-safe takes it back; recovery: the link returns and the
+// orphan copy at the edge is removed. The camera streams requests to the
+// home frontend throughout.
+func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Result, error) {
+	if err := ec.resolve(tb); err != nil {
+		return nil, err
+	}
+	home, err := tb.Cluster(ec.Home)
+	if err != nil {
+		return nil, err
+	}
+	client, err := tb.Client(ec.Client)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := tb.Ctrl(ec.Home)
+	if err != nil {
+		return nil, err
+	}
+	ec2, err := tb.Ctrl(ec.Edge)
+	if err != nil {
+		return nil, err
+	}
+	say := func(format string, a ...any) {
+		ec.Progress(time.Now().Format("15:04:05.000") + "  " + fmt.Sprintf(format, a...))
+	}
+	res := &Result{Service: ec.Service, Started: time.Now()}
+	fe := dataplane.Frontend{Addr: home.WAN4, Port: ec.Port, Proto: dataplane.TCP}
+	res.Frontend = fe.String()
+	url := fmt.Sprintf("http://%s/", netipJoin(home.WAN4.String(), ec.Port))
+
+	// Phase deploy.
+	say("deploy: %s at %s (%s), frontend %s", ec.Service, ec.Home, home.Tier, fe)
+	t0 := time.Now()
+	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: ec.Service, Demo: true,
+		Ports: []backend.Port{{Name: "http", Port: ec.Port, Protocol: dataplane.TCP}}}); err != nil {
+		return nil, fmt.Errorf("deploy %s at %s: %w", ec.Service, ec.Home, err)
+	}
+	res.DeployMs = append(res.DeployMs, ms(time.Since(t0)))
+	say("deploy: ready in %.1f ms; camera (%s) streams GET %s every %s", ms(time.Since(t0)), client.Addr4, url, ec.Interval)
+
+	st := StartStream(ctx, client.NS, url, ec.Interval, ec.Timeout)
+	var phases []PhaseResult
+	phase := func(name string) {
+		now := time.Now()
+		if n := len(phases); n > 0 {
+			phases[n-1].End = now
+		}
+		phases = append(phases, PhaseResult{Name: name, Start: now})
+		st.SetPhase(name)
+	}
+	var migs []MigrationResult
+	migrate := func(phaseName, dest string) error {
+		say("%s: migrate %s -> %s", phaseName, ec.Service, dest)
+		start := time.Now()
+		m, err := hc.Migrate(ctx, ec.Service, dest, "manual")
+		end := time.Now()
+		if err != nil {
+			return fmt.Errorf("migrate %s to %s: %w", ec.Service, dest, err)
+		}
+		mr := toResult(phaseName, true, m, start, end)
+		migs = append(migs, mr)
+		say("%s: migrated %s -> %s in %.1f ms (%s)", phaseName, mr.From, mr.To, mr.TotalMs, stagesLine(m.Stages))
+		if m.State == ctrl.StateFailed {
+			return fmt.Errorf("migrate %s to %s: failed: %s", ec.Service, dest, m.Error)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := st.WaitServedBy(wctx, dest, 5); err != nil {
+			return fmt.Errorf("after migrating to %s: requests not answered by %s: %w", dest, dest, err)
+		}
+		say("%s: camera requests now answered by %s", phaseName, dest)
+		return nil
+	}
+	run := func() error {
+		phase("deploy")
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := st.WaitServedBy(wctx, ec.Home, 5); err != nil {
+			return fmt.Errorf("requests to %s not answered by %s: %w", url, ec.Home, err)
+		}
+		say("deploy: camera requests answered by %s", ec.Home)
+
+		phase("good")
+		say("good: every link unshaped: the cloud is the best place")
+		if err := sleepCtx(ctx, ec.Dwell); err != nil {
+			return err
+		}
+		if err := migrate("good", ec.Cloud); err != nil {
+			return err
+		}
+		if err := sleepCtx(ctx, ec.Dwell); err != nil {
+			return err
+		}
+
+		phase("degraded")
+		e, err := tb.Shape(ec.Cloud, ec.DegradedRate)
+		if err != nil {
+			return err
+		}
+		say("degraded: %s", e.Detail)
+		if err := migrate("degraded", ec.Edge); err != nil {
+			return err
+		}
+		if err := sleepCtx(ctx, ec.Dwell); err != nil {
+			return err
+		}
+
+		phase("partition")
+		e, err = tb.Cut(ec.Edge)
+		if err != nil {
+			return err
+		}
+		say("partition: %s; waiting for the fail-safe", e.Detail)
+		fctx, fcancel := context.WithTimeout(ctx, ec.FailsafeTimeout)
+		defer fcancel()
+		if err := st.WaitServedBy(fctx, ec.Home, 5); err != nil {
+			say("partition: fail-safe did not bring %s home within %s", ec.Service, ec.FailsafeTimeout)
+		} else {
+			res.FailsafeRestored = true
+			say("partition: fail-safe: requests answered by %s again", ec.Home)
+		}
+		if err := sleepCtx(ctx, ec.Dwell); err != nil {
+			return err
+		}
+
+		phase("recovery")
+		if e, err = tb.Restore(ec.Edge); err != nil {
+			return err
+		}
+		say("recovery: %s", e.Detail)
+		if e, err = tb.Unshape(ec.Cloud); err != nil {
+			return err
+		}
+		say("recovery: %s", e.Detail)
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			_, err := ec2.Get(ctx, ec.Service)
+			var he *HTTPError
+			if errors.As(err, &he) && he.Status == 404 {
+				res.OrphanRemoved = true
+				break
+			}
+			if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+				return err
+			}
+		}
+		if res.OrphanRemoved {
+			say("recovery: the orphan copy at %s is gone", ec.Edge)
+		} else {
+			say("recovery: %s still reports a copy of %s after 30s", ec.Edge, ec.Service)
+		}
+		return sleepCtx(ctx, ec.Dwell)
+	}
+	runErr := run()
+	samples := st.Stop()
+	if n := len(phases); n > 0 {
+		phases[n-1].End = time.Now()
+	}
+	sort.Slice(samples, func(i, j int) bool { return samples[i].Sent.Before(samples[j].Sent) })
+	res.Samples = samples
+	res.Events = tb.Events()
+
+	// The home controller's view adds the fail-safe migration.
+	if all, err := hc.Migrations(context.WithoutCancel(ctx)); err == nil {
+		for _, m := range all {
+			if m.Service != ec.Service || m.Role != ctrl.RoleFailsafe {
+				continue
+			}
+			end := m.Finished
+			if end.IsZero() {
+				end = time.Now()
+			}
+			migs = append(migs, toResult("partition", false, m, m.Started, end))
+		}
+	}
+	for i := range migs {
+		for _, s := range samples {
+			if !s.Sent.Before(migs[i].Start) && s.Sent.Before(migs[i].End.Add(time.Second)) {
+				migs[i].Requests++
+				if !s.OK {
+					migs[i].FailedReq++
+				}
+			}
+		}
+	}
+	res.Migrations = migs
+	for i := range phases {
+		phases[i].ServedBy = map[string]int{}
+		for _, s := range samples {
+			if s.Phase != phases[i].Name {
+				continue
+			}
+			phases[i].Sent++
+			if !s.OK {
+				phases[i].Failed++
+			} else {
+				phases[i].ServedBy[s.Cluster]++
+			}
+		}
+		res.Sent += phases[i].Sent
+		res.Failed += phases[i].Failed
+	}
+	res.Phases = phases
+	res.FailsafeDowntimeMs = downtime(samples, res.Events, ec.Edge)
+	var planned []ctrl.Migration
+	for _, m := range migs {
+		if m.Planned {
+			planned = append(planned, fromResult(m))
+		}
+	}
+	res.Table = Table(planned, res.DeployMs)
+	return res, runErr
+}
+
+func netipJoin(host string, port uint16) string { return fmt.Sprintf("%s:%d", host, port) }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func toResult(phase string, planned bool, m ctrl.Migration, start, end time.Time) MigrationResult {
+	mr := MigrationResult{Phase: phase, Planned: planned, ID: m.ID, Role: m.Role, Reason: m.Reason,
+		From: m.From, To: m.To, State: m.State, Start: start, End: end, Stages: map[string]float64{}}
+	for _, s := range m.Stages {
+		mr.Stages[s.Stage] += s.Ms
+		mr.TotalMs += s.Ms
+	}
+	return mr
+}
+
+func fromResult(mr MigrationResult) ctrl.Migration {
+	m := ctrl.Migration{ID: mr.ID, Role: mr.Role, From: mr.From, To: mr.To, State: mr.State}
+	for k, v := range mr.Stages {
+		m.Stages = append(m.Stages, ctrl.StageTime{Stage: k, Ms: v})
+	}
+	return m
+}
+
+func stagesLine(st []ctrl.StageTime) string {
+	s := ""
+	for i, x := range st {
+		if i > 0 {
+			s += " "
+		}
+		s += fmt.Sprintf("%s=%.1fms", x.Stage, x.Ms)
+	}
+	return s
+}
+
+// downtime is the fail-safe's outage: from the first failed request sent
+// after the cut of cluster's link to the first successful one after it.
+func downtime(samples []Sample, events []Event, cluster string) float64 {
+	var cut time.Time
+	for _, e := range events {
+		if e.Kind == "cut" && e.Cluster == cluster {
+			cut = e.Time
+		}
+	}
+	if cut.IsZero() {
+		return 0
+	}
+	var firstFail time.Time
+	for _, s := range samples {
+		if s.Sent.Before(cut) {
+			continue
+		}
+		if !s.OK && firstFail.IsZero() {
+			firstFail = s.Sent
+		}
+		if s.OK && !firstFail.IsZero() {
+			return ms(s.Sent.Sub(firstFail))
+		}
+	}
+	if firstFail.IsZero() {
+		return 0
+	}
+	return -1 // never restored
+}
