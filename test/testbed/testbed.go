@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -794,4 +796,12 @@ func teardown(ctx context.Context, st State, running map[int]*runningProc, state
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// CheckXDP reports, with a hint, why this kernel cannot run XDP programs.
+func CheckXDP() error {
+	if err := features.HaveProgramType(ebpf.XDP); err != nil {
+		return fmt.Errorf("this kernel cannot load XDP programs (%w): roam needs Linux >= 5.10 with CONFIG_BPF_SYSCALL and XDP", err)
+	}
+	return nil
 }
