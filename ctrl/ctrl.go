@@ -14,6 +14,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -158,6 +159,7 @@ type Migration struct {
 // fail-safe took the service home while that cluster was unreachable).
 type Orphan struct {
 	Service     string `json:"service"`
+	Home        string `json:"home"`
 	Cluster     string `json:"cluster"`
 	ClusterURL  string `json:"cluster_url"`
 	MigrationID string `json:"migration_id,omitempty"`
@@ -176,9 +178,67 @@ type Directory interface {
 
 // Agents drives every node's agent two-phase (agentapi.Group).
 type Agents interface {
-	Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (uint64, error)
-	Commit(ctx context.Context, f dataplane.Frontend, gen uint64) error
+	Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (agentapi.Generations, error)
+	Commit(ctx context.Context, f dataplane.Frontend, gens agentapi.Generations) error
 	Abort(ctx context.Context, f dataplane.Frontend) error
 	Remove(ctx context.Context, f dataplane.Frontend) error
 	Flows(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (int, error)
+}
+
+// Peer messages (controller to controller, under /v1/peer).
+
+// ForeignRequest asks a cluster to run a copy on behalf of its home: POST
+// /v1/peer/foreign. When Home is the receiving cluster itself, the copy is
+// deployed there as its own (a service coming back home).
+type ForeignRequest struct {
+	Home        string     `json:"home"`
+	HomeURL     string     `json:"home_url"`
+	MigrationID string     `json:"migration_id"`
+	Service     Descriptor `json:"service"`
+}
+
+// ForeignReply says where the copy is reached.
+type ForeignReply struct {
+	Cluster   string           `json:"cluster"`
+	Endpoints []netip.AddrPort `json:"endpoints"`
+	// Home is true when the copy runs at the service's home (target local).
+	Home bool `json:"home,omitempty"`
+}
+
+// MovedOn tells the home cluster its service now runs at To: POST
+// /v1/peer/moved-on. The home reroutes its load balancer before answering.
+type MovedOn struct {
+	Service     string           `json:"service"`
+	MigrationID string           `json:"migration_id"`
+	From        string           `json:"from"`
+	To          string           `json:"to"`
+	ToURL       string           `json:"to_url"`
+	Endpoints   []netip.AddrPort `json:"endpoints"`
+}
+
+// Where is the home cluster's word on where its service runs: GET
+// /v1/peer/where/{name}.
+type Where struct {
+	Home    string `json:"home"`
+	Kind    Kind   `json:"kind,omitempty"`
+	Cluster string `json:"cluster,omitempty"`
+	Known   bool   `json:"known"`
+}
+
+// MigrateRequest is the body of POST /v1/services/{name}/migrate.
+type MigrateRequest struct {
+	Destination string `json:"destination,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+}
+
+// Peers are the calls one controller makes to another.
+type Peers interface {
+	DeployForeign(ctx context.Context, url string, req ForeignRequest) (ForeignReply, error)
+	RemoveForeign(ctx context.Context, url, name, home, migrationID string) error
+	MovedOn(ctx context.Context, url string, n MovedOn) (Migration, error)
+	Where(ctx context.Context, url, name string) (Where, error)
+	Health(ctx context.Context, url string) error
+	// Migrate forwards a user's migrate call to the cluster running the
+	// service.
+	Migrate(ctx context.Context, url, name string, req MigrateRequest) (Migration, error)
 }

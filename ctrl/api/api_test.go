@@ -1,0 +1,172 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/roamnet/roam/ctrl/backend/local"
+	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/ctrl/store"
+)
+
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "demo" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		if demo.Main(ctx, os.Args[2:]) != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func newTestServer(t *testing.T, token, secret string) *Server {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), "c.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	be, err := local.New(local.Config{ClusterID: "a", ExposeAddr: netip.MustParseAddr("127.0.0.1"), ListenAddr: netip.MustParseAddr("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	peers := NewPeerClient("a", secret)
+	reg := prometheus.NewRegistry()
+	eng, err := migrate.New(migrate.Config{ClusterID: "a", URL: "http://127.0.0.1:1", Store: st, Backend: be, Peers: peers, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewServer(Config{Engine: eng, Token: token, PeerSecret: secret, Peers: peers, Gatherer: reg, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func call(t *testing.T, h http.Handler, method, path, tok, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(method, path, bytes.NewBufferString(body))
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, req)
+	return w
+}
+
+func TestAuthAndBadInput(t *testing.T) {
+	s := newTestServer(t, "usertok", "sekrit")
+	h := s.Handler()
+	peer := PeerToken("sekrit", "b", time.Now().Add(time.Minute))
+	cases := []struct {
+		name, method, path, tok, body string
+		status                        int
+		want                          string
+	}{
+		{"no token", "GET", "/v1/services", "", "", 401, "bearer token"},
+		{"wrong token", "GET", "/v1/services", "nope", "", 401, "bearer token"},
+		{"user ok", "GET", "/v1/services", "usertok", "", 200, "[]"},
+		{"peer token on user route", "GET", "/v1/services", peer, "", 200, "[]"},
+		{"user token on peer route", "GET", "/v1/peer/health", "usertok", "", 401, "signed controller token"},
+		{"peer ok", "GET", "/v1/peer/health", peer, "", 200, `"cluster":"a"`},
+		{"expired peer", "GET", "/v1/peer/health", PeerToken("sekrit", "b", time.Now().Add(-time.Second)), "", 401, "expired"},
+		{"forged peer", "GET", "/v1/peer/health", PeerToken("other", "b", time.Now().Add(time.Minute)), "", 401, "bad signature"},
+		{"too long peer", "GET", "/v1/peer/health", PeerToken("sekrit", "b", time.Now().Add(time.Hour)), "", 401, "too far"},
+		{"bad json", "POST", "/v1/services", "usertok", "{", 400, "decode request body"},
+		{"unknown field", "POST", "/v1/services", "usertok", `{"name":"x","bogus":1}`, 400, "unknown field"},
+		{"bad name", "POST", "/v1/services", "usertok", `{"name":"Bad_Name","demo":true,"ports":[{"port":80,"protocol":"tcp"}]}`, 400, "DNS label"},
+		{"bad proto", "POST", "/v1/services", "usertok", `{"name":"x","demo":true,"ports":[{"port":80,"protocol":"sctp"}]}`, 400, "tcp or udp"},
+		{"no ports", "POST", "/v1/services", "usertok", `{"name":"x","demo":true}`, 400, "at least one port"},
+		{"nothing to run", "POST", "/v1/services", "usertok", `{"name":"x","ports":[{"port":80,"protocol":"tcp"}]}`, 400, "demo, command or image"},
+		{"unknown service", "GET", "/v1/services/nope", "usertok", "", 404, "no such service"},
+		{"migrate unknown", "POST", "/v1/services/nope/migrate", "usertok", `{}`, 404, "no such service"},
+		{"migrate bad dest", "POST", "/v1/services/nope/migrate", "usertok", `{"destination":"a.b"}`, 400, "destination"},
+		{"remove without home", "DELETE", "/v1/peer/foreign/x", peer, "", 400, "home is required"},
+		{"moved-on incomplete", "POST", "/v1/peer/moved-on", peer, `{"service":"x"}`, 400, "required"},
+		{"no route", "GET", "/v2/x", "usertok", "", 404, "no route"},
+		{"healthz open", "GET", "/healthz", "", "", 200, "ok"},
+	}
+	for _, c := range cases {
+		w := call(t, h, c.method, c.path, c.tok, c.body)
+		if w.Code != c.status || !strings.Contains(w.Body.String(), c.want) {
+			t.Errorf("%s: %d %q, want %d containing %q", c.name, w.Code, w.Body.String(), c.status, c.want)
+		}
+	}
+	if n := counterValue(s.errs.WithLabelValues(ReasonUnauthorized)); n != 6 {
+		t.Errorf("unauthorized counted %v, want 6", n)
+	}
+	if n := counterValue(s.errs.WithLabelValues(ReasonInvalid)); n != 6 {
+		t.Errorf("invalid counted %v, want 6", n)
+	}
+	if n := counterValue(s.errs.WithLabelValues(ReasonBadJSON)); n != 3 {
+		t.Errorf("bad json counted %v, want 3", n)
+	}
+	w := call(t, h, "GET", "/metrics", "", "")
+	if !strings.Contains(w.Body.String(), "roam_ctrl_api_errors_total") {
+		t.Error("metrics lack roam_ctrl_api_errors_total")
+	}
+}
+
+func TestDeployGetDelete(t *testing.T) {
+	s := newTestServer(t, "", "sekrit")
+	h := s.Handler()
+	port := freePort(t)
+	body := `{"name":"web","demo":true,"ports":[{"port":` + port + `,"protocol":"tcp"}]}`
+	if w := call(t, h, "POST", "/v1/services", "", body); w.Code != 201 || !strings.Contains(w.Body.String(), `"kind":"local"`) {
+		t.Fatalf("deploy: %d %s", w.Code, w.Body)
+	}
+	if w := call(t, h, "POST", "/v1/services", "", body); w.Code != 409 {
+		t.Fatalf("second deploy: %d %s", w.Code, w.Body)
+	}
+	resp, err := http.Get("http://127.0.0.1:" + port + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if w := call(t, h, "GET", "/v1/services/web", "", ""); w.Code != 200 || !strings.Contains(w.Body.String(), `"cluster":"a"`) {
+		t.Fatalf("get: %d %s", w.Code, w.Body)
+	}
+	if w := call(t, h, "DELETE", "/v1/services/web", "", ""); w.Code != 204 {
+		t.Fatalf("delete: %d %s", w.Code, w.Body)
+	}
+	if w := call(t, h, "GET", "/v1/services/web", "", ""); w.Code != 404 {
+		t.Fatalf("get after delete: %d", w.Code)
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}

@@ -1,0 +1,288 @@
+// Package controller wires one cluster controller together: store, backend,
+// agents, meta-orchestrator client, migration engine, REST API and the hello
+// loop. cmd/roam-ctrl parses flags into a Config; tests build controllers
+// in-process with the same code.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/api"
+	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/meta"
+)
+
+// Config is what roam-ctrl's flags say.
+type Config struct {
+	ClusterID     string
+	Tier          string
+	Labels        map[string]string
+	APIAddr       string // listen address of the REST API
+	AdvertiseURL  string // how peers reach the API (default from APIAddr)
+	NATSURL       string
+	NATSUser      string // default: the cluster id when a password is set
+	NATSPassword  string
+	Agents        []string // agent API URLs
+	AgentToken    string
+	FrontendAddr  netip.Addr
+	DataAddr      netip.Addr
+	StorePath     string
+	HelloInterval time.Duration
+	FailsafeAfter time.Duration
+	DrainTimeout  time.Duration
+	Token         string
+	PeerSecret    string
+	// Peers is a static directory id -> controller URL (used besides the
+	// MO's view).
+	Peers map[string]string
+	// Backend runs the copies (built by the caller: local or kubernetes).
+	Backend backend.Backend
+	// Listener, when set, is used instead of listening on APIAddr.
+	Listener  net.Listener
+	CrashHook func(ctrl.Migration) error
+	Logger    *slog.Logger
+}
+
+// Controller is one running controller.
+type Controller struct {
+	cfg    Config
+	log    *slog.Logger
+	st     *store.Store
+	nc     *nats.Conn
+	mc     *meta.Client
+	Engine *migrate.Engine
+	API    *api.Server
+	ln     net.Listener
+	srv    *http.Server
+	reg    *prometheus.Registry
+	url    string
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// directory resolves cluster ids from the static list, then the MO's view.
+type directory struct {
+	static map[string]string
+	mc     *meta.Client
+}
+
+func (d directory) ControllerURL(id string) (string, bool) {
+	if u, ok := d.static[id]; ok {
+		return u, true
+	}
+	if d.mc != nil {
+		for _, h := range d.mc.Clusters() {
+			if h.ClusterID == id && h.ControllerURL != "" {
+				return h.ControllerURL, true
+			}
+		}
+	}
+	return "", false
+}
+
+// New opens the store, connects to NATS (when configured), recovers the
+// journal and starts serving. Close stops it.
+func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
+	if err := meta.ValidateClusterID(cfg.ClusterID); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if cfg.Backend == nil {
+		return nil, errors.New("new controller: a backend is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HelloInterval <= 0 {
+		cfg.HelloInterval = time.Second
+	}
+	if cfg.Tier == "" {
+		cfg.Tier = meta.TierEdge
+	}
+	c := &Controller{cfg: cfg, log: cfg.Logger.With("cluster", cfg.ClusterID), reg: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	c.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c.ln = cfg.Listener
+	if c.ln == nil {
+		if c.ln, err = net.Listen("tcp", cfg.APIAddr); err != nil {
+			return nil, fmt.Errorf("listen api %s: %w", cfg.APIAddr, err)
+		}
+	}
+	c.url = cfg.AdvertiseURL
+	if c.url == "" {
+		ap := netip.MustParseAddrPort(c.ln.Addr().String())
+		host := ap.Addr()
+		if host.IsUnspecified() {
+			switch {
+			case cfg.DataAddr.IsValid():
+				host = cfg.DataAddr
+			case cfg.FrontendAddr.IsValid():
+				host = cfg.FrontendAddr
+			default:
+				host = netip.MustParseAddr("127.0.0.1")
+			}
+		}
+		c.url = "http://" + netip.AddrPortFrom(host, ap.Port()).String()
+	}
+	path := cfg.StorePath
+	if path == "" {
+		path = "roam-ctrl-" + cfg.ClusterID + ".db"
+	}
+	if c.st, err = store.Open(path); err != nil {
+		return nil, err
+	}
+	if cfg.NATSURL != "" {
+		opts := meta.ClusterConnectOptions(cfg.ClusterID, cfg.NATSPassword)
+		if cfg.NATSUser != "" && cfg.NATSUser != cfg.ClusterID {
+			opts = append(opts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword))
+		}
+		opts = append(opts, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true))
+		if c.nc, err = nats.Connect(cfg.NATSURL, opts...); err != nil {
+			return nil, fmt.Errorf("connect nats %s: %w", cfg.NATSURL, err)
+		}
+		if c.mc, err = meta.NewClient(c.nc, cfg.ClusterID, meta.WithLogger(c.log), meta.WithLiveness(cfg.HelloInterval, 3)); err != nil {
+			return nil, err
+		}
+	}
+	peers := api.NewPeerClient(cfg.ClusterID, cfg.PeerSecret)
+	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Store: c.st,
+		Backend: cfg.Backend, Directory: directory{static: cfg.Peers, mc: c.mc}, Peers: peers,
+		DrainTimeout: cfg.DrainTimeout, FailsafeAfter: cfg.FailsafeAfter, ProbeInterval: min(cfg.HelloInterval, 500*time.Millisecond),
+		CrashHook: cfg.CrashHook, Registerer: c.reg, Logger: c.log}
+	if len(cfg.Agents) > 0 {
+		g := make(agentapi.Group, len(cfg.Agents))
+		for i, u := range cfg.Agents {
+			g[i] = agentapi.New(u, cfg.AgentToken)
+		}
+		ecfg.Agents = g
+	}
+	if c.mc != nil {
+		ecfg.Placer = c.mc
+		mc := c.mc
+		ecfg.Hellos = func() []meta.Hello {
+			var out []meta.Hello
+			for _, s := range mc.ClusterStates() {
+				if s.State != "down" {
+					out = append(out, s.Hello)
+				}
+			}
+			return out
+		}
+	}
+	if c.Engine, err = migrate.New(ecfg); err != nil {
+		return nil, err
+	}
+	if err := c.Engine.Recover(ctx); err != nil {
+		// Unsettled migrations are retried by Run; report, keep going.
+		c.log.Error("recover journal", "err", err)
+	}
+	if c.API, err = api.NewServer(api.Config{Engine: c.Engine, Token: cfg.Token, PeerSecret: cfg.PeerSecret, Peers: peers,
+		Gatherer: c.reg, Registerer: c.reg, Logger: c.log}); err != nil {
+		return nil, err
+	}
+	c.srv = &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.cancel = cancel
+	c.wg.Add(3)
+	go func() {
+		defer c.wg.Done()
+		if err := c.srv.Serve(c.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.log.Error("serve api", "err", err)
+		}
+	}()
+	go func() { defer c.wg.Done(); c.Engine.Run(rctx) }()
+	go func() { defer c.wg.Done(); c.helloLoop(rctx) }()
+	c.log.Info("controller up", "api", c.url, "frontend", cfg.FrontendAddr, "data", cfg.DataAddr, "agents", len(cfg.Agents), "mo", cfg.NATSURL != "")
+	return c, nil
+}
+
+// URL is the controller's advertised API URL.
+func (c *Controller) URL() string { return c.url }
+
+// Registry is the controller's metrics registry.
+func (c *Controller) Registry() *prometheus.Registry { return c.reg }
+
+// Hello builds the hello this controller publishes.
+func (c *Controller) Hello(ctx context.Context) (meta.Hello, error) {
+	capy, err := c.cfg.Backend.Capacity(ctx)
+	if err != nil {
+		return meta.Hello{}, fmt.Errorf("read capacity: %w", err)
+	}
+	recs, err := c.Engine.List()
+	if err != nil {
+		return meta.Hello{}, err
+	}
+	h := meta.Hello{ClusterID: c.cfg.ClusterID, Tier: c.cfg.Tier, Labels: c.cfg.Labels, ControllerURL: c.url,
+		Capacity: meta.Capacity{MilliCPU: capy.MilliCPU, MemoryMB: capy.MemoryMB, Pods: capy.Pods,
+			UsedMilliCPU: capy.UsedMilliCPU, UsedMemoryMB: capy.UsedMemoryMB, UsedPods: capy.UsedPods},
+		Services: len(recs), IntervalMs: c.cfg.HelloInterval.Milliseconds()}
+	if c.cfg.DataAddr.IsValid() {
+		h.DataAddrs = []netip.Addr{c.cfg.DataAddr}
+	}
+	return h, nil
+}
+
+func (c *Controller) helloLoop(ctx context.Context) {
+	if c.mc == nil {
+		return
+	}
+	t := time.NewTicker(c.cfg.HelloInterval)
+	defer t.Stop()
+	for {
+		if h, err := c.Hello(ctx); err != nil {
+			c.log.Warn("build hello", "err", err)
+		} else if err := c.mc.PublishHello(ctx, h); err != nil && ctx.Err() == nil {
+			c.log.Warn("publish hello", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Close stops serving, the loops and the NATS connection and closes the
+// store. Copies the backend runs are left to the caller's backend.
+func (c *Controller) Close() error {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	if c.srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_ = c.srv.Shutdown(sctx)
+		cancel()
+	} else if c.ln != nil {
+		c.ln.Close()
+	}
+	c.wg.Wait()
+	if c.mc != nil {
+		_ = c.mc.Close()
+	}
+	if c.nc != nil {
+		c.nc.Close()
+	}
+	if c.st != nil {
+		return c.st.Close()
+	}
+	return nil
+}
