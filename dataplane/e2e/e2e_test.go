@@ -1,0 +1,444 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
+)
+
+// agentProc is the real roam-agent binary running in the home namespace.
+type agentProc struct {
+	t       *testing.T
+	bin     string
+	topo    *Topology
+	pinPath string
+	token   string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+}
+
+func (a *agentProc) start(ctx context.Context) {
+	a.t.Helper()
+	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	// nsenter --net switches the network namespace only: unlike ip netns
+	// exec it keeps the host's /sys, so the pins land on the host's bpffs
+	// and outlive the process (the point of the restart check).
+	a.cmd = exec.Command("nsenter", "--net=/run/netns/"+a.topo.Home, a.bin,
+		"--iface", "h0,h1", "--xdp-mode", "native",
+		"--pin-path", a.pinPath,
+		"--snat-addr", HomeWAN.String(),
+		"--snat-ports", "40000-40999",
+		"--metrics-addr", "127.0.0.1:9700",
+		"--api-addr", "127.0.0.1:9701",
+		"--api-token", a.token)
+	a.cmd.Stdout, a.cmd.Stderr = logf, logf
+	if err := a.cmd.Start(); err != nil {
+		logf.Close()
+		a.t.Fatalf("start roam-agent: %v", err)
+	}
+	logf.Close()
+	a.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, ch chan struct{}) {
+		_ = cmd.Wait()
+		close(ch)
+	}(a.cmd, a.exited)
+	c := a.client()
+	if err := poll(ctx, 60*time.Second, func() error { return c.Health(ctx) }); err != nil {
+		a.t.Fatalf("roam-agent not healthy: %v\n%s", err, a.log())
+	}
+}
+
+func (a *agentProc) stop(sig syscall.Signal) {
+	if a.cmd == nil {
+		return
+	}
+	_ = a.cmd.Process.Signal(sig)
+	select {
+	case <-a.exited:
+	case <-time.After(30 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.exited
+	}
+	a.cmd = nil
+}
+
+func (a *agentProc) log() string {
+	b, _ := os.ReadFile(a.logPath)
+	return string(b)
+}
+
+func httpIn(ns string) *http.Client {
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DialContext: Dialer(ns), DisableKeepAlives: true},
+	}
+}
+
+func (a *agentProc) client() *agentapi.Client {
+	c := agentapi.New("http://127.0.0.1:9701", a.token)
+	c.HTTP = httpIn(a.topo.Home)
+	return c
+}
+
+// poll calls f until it succeeds or the timeout passes.
+func poll(ctx context.Context, timeout time.Duration, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// curl fetches the frontend from the client namespace with the real curl.
+func curl(ctx context.Context, topo *Topology, url string) (string, error) {
+	out, err := Cmd(ctx, topo.Client, "curl", "-sS", "--max-time", "5", url).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("curl %s: %w: %s", url, err, out)
+	}
+	return string(out), nil
+}
+
+func wantBody(ctx context.Context, t *testing.T, topo *Topology, url, want string) {
+	t.Helper()
+	var last string
+	err := poll(ctx, 30*time.Second, func() error {
+		body, err := curl(ctx, topo, url)
+		if err != nil {
+			return err
+		}
+		last = body
+		if !strings.Contains(body, want) {
+			return fmt.Errorf("body %q lacks %q", body, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("curl %s: want %q: %v (last body %q)\n%s", url, want, err, last, diagnose(ctx, topo))
+	}
+}
+
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "roam-agent")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/roamnet/roam/cmd/roam-agent").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build roam-agent: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type iperfResult struct {
+	Start struct {
+		Connected []struct {
+			LocalPort int `json:"local_port"`
+		} `json:"connected"`
+	} `json:"start"`
+	End struct {
+		SumSent struct {
+			Seconds float64 `json:"seconds"`
+			Bytes   uint64  `json:"bytes"`
+		} `json:"sum_sent"`
+		SumReceived struct {
+			Seconds       float64 `json:"seconds"`
+			Bytes         uint64  `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+	Error string `json:"error"`
+}
+
+func TestEndToEnd(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the data-plane end-to-end test needs root (netns, XDP, bpffs)")
+	}
+	for _, tool := range []string{"ip", "nsenter", "curl", "iperf3", "bpftool"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed: %v (make deps)", tool, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	bin := buildAgent(t)
+	topo, err := NewTopology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Errorf("remove topology: %v", err)
+		}
+	})
+
+	// Abroad: two targets, each HTTP and an iperf3 relay on one port.
+	for i, addr := range []netip.Addr{AbroadAddr1, AbroadAddr2} {
+		port := 5201 + i
+		stop, err := StartIperfServer(ctx, topo.Abroad, "127.0.0.1", port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+		srv, err := StartAbroadServer(topo.Abroad, netip.AddrPortFrom(addr, 8080).String(),
+			fmt.Sprintf("abroad-%d", i+1), fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Close() })
+	}
+
+	agent := &agentProc{
+		t: t, bin: bin, topo: topo, token: "e2e-" + RandSuffix(4),
+		pinPath: "/sys/fs/bpf/roam-e2e-" + topo.Suffix,
+		logPath: filepath.Join(t.TempDir(), "agent.log"),
+	}
+	t.Cleanup(func() {
+		agent.stop(syscall.SIGTERM)
+		if err := dataplane.Unpin(agent.pinPath); err != nil {
+			t.Errorf("unpin: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("roam-agent log:\n%s", agent.log())
+		}
+	})
+	agent.start(ctx)
+	api := agent.client()
+
+	fe := dataplane.Frontend{Addr: HomeAddr, Port: 80, Proto: dataplane.TCP}
+	t1 := dataplane.Redirect(netip.AddrPortFrom(AbroadAddr1, 8080))
+	t2 := dataplane.Redirect(netip.AddrPortFrom(AbroadAddr2, 8080))
+	url := "http://" + netip.AddrPortFrom(HomeAddr, 80).String() + "/"
+
+	// 1. Frontend → abroad-1.
+	gen, err := api.Stage(ctx, fe, t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Commit(ctx, fe, gen); err != nil {
+		t.Fatal(err)
+	}
+	wantBody(ctx, t, topo, url, "hello from abroad-1")
+
+	// 2. Staging abroad-2 changes nothing until commit.
+	gen2, err := api.Stage(ctx, fe, t2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		body, err := curl(ctx, topo, url)
+		if err != nil || !strings.Contains(body, "hello from abroad-1") {
+			t.Fatalf("with abroad-2 staged only, request %d: %q %v, want abroad-1", i, body, err)
+		}
+	}
+
+	// 3. A long iperf3 stream through the frontend, to abroad-1.
+	const streamSecs = 20
+	var (
+		iperfOut bytes.Buffer
+		iperfErr error
+		iperfWG  sync.WaitGroup
+	)
+	iperf := Cmd(ctx, topo.Client, "iperf3", "-c", HomeAddr.String(), "-p", "80",
+		"-t", strconv.Itoa(streamSecs), "-b", "200M", "-J", "--connect-timeout", "5000")
+	iperf.Stdout = &iperfOut
+	if err := iperf.Start(); err != nil {
+		t.Fatalf("start iperf3 client: %v", err)
+	}
+	iperfWG.Add(1)
+	go func() {
+		defer iperfWG.Done()
+		iperfErr = iperf.Wait()
+	}()
+	t.Cleanup(func() { _ = iperf.Process.Kill(); iperfWG.Wait() })
+	// The control and data connections are pinned to abroad-1.
+	if err := poll(ctx, 30*time.Second, func() error {
+		n, err := api.Flows(ctx, fe, t1)
+		if err == nil && n < 2 {
+			err = fmt.Errorf("%d flows on %s, want >= 2 (iperf3 control + data)", n, t1)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("iperf3 flows: %v", err)
+	}
+	time.Sleep(2 * time.Second) // let the stream run a while before the commit (not synchronisation)
+
+	// 4. Commit abroad-2: new connections go there, the stream stays on abroad-1.
+	if err := api.Commit(ctx, fe, gen2); err != nil {
+		t.Fatal(err)
+	}
+	wantBody(ctx, t, topo, url, "hello from abroad-2")
+	if n, err := api.Flows(ctx, fe, t1); err != nil || n < 2 {
+		t.Fatalf("after commit: %d flows still on %s (%v), want the iperf3 stream's >= 2", n, t1, err)
+	}
+
+	// 5. Kill -9 the agent mid-stream: traffic keeps flowing on the pinned
+	// links; the restarted agent re-opens the pins and re-attaches.
+	agent.stop(syscall.SIGKILL)
+	wantBody(ctx, t, topo, url, "hello from abroad-2")
+	agent.start(ctx)
+	svc, err := api.Get(ctx, fe)
+	if err != nil || svc.Active != t2 || svc.Generation != gen2 {
+		t.Fatalf("after restart: %+v %v, want %s active at generation %d", svc, err, t2, gen2)
+	}
+	wantBody(ctx, t, topo, url, "hello from abroad-2")
+
+	// 6. Real scrape of /metrics.
+	metrics := scrape(ctx, t, topo)
+	if v := metricValue(metrics, "roam_dataplane_packets_total", `frontend="`+fe.String()+`"`, `action="redirect"`); v <= 0 {
+		t.Fatalf("roam_dataplane_packets_total{action=redirect} = %v, want > 0\n%s", v, grepLines(metrics, "roam_dataplane"))
+	}
+	if !strings.Contains(metrics, "go_goroutines") || !strings.Contains(metrics, "roam_agent_api_requests_total") {
+		t.Fatalf("metrics lack go_goroutines or roam_agent_api_requests_total")
+	}
+
+	// 7. bpftool prints the pinned maps with their field names (BTF).
+	for _, m := range []struct{ name, fields string }{
+		{"roam_services", "slot,active,generation,port,kind"},
+		{"roam_conntrack", "saddr,daddr,sport,dport,peer_addr,nat_port,last_seen"},
+	} {
+		out, err := exec.CommandContext(ctx, "bpftool", "map", "dump", "pinned", filepath.Join(agent.pinPath, m.name)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("bpftool map dump %s: %v\n%s", m.name, err, out)
+		}
+		for _, f := range strings.Split(m.fields, ",") {
+			if !strings.Contains(string(out), `"`+f+`"`) {
+				t.Fatalf("bpftool map dump %s lacks field %q:\n%.2000s", m.name, f, out)
+			}
+		}
+	}
+
+	// 8. The stream ends without error, having run its full length.
+	iperfWG.Wait()
+	var res iperfResult
+	if err := json.Unmarshal(iperfOut.Bytes(), &res); err != nil {
+		t.Fatalf("iperf3 -J output: %v\n%.2000s", err, iperfOut.String())
+	}
+	if iperfErr != nil || res.Error != "" {
+		t.Fatalf("iperf3 stream across the commit and the agent restart failed: %v %q", iperfErr, res.Error)
+	}
+	if res.End.SumReceived.Seconds < streamSecs-1 || res.End.SumReceived.Bytes == 0 {
+		t.Fatalf("iperf3 stream: %.1f s, %d bytes received, want ~%d s and > 0 bytes",
+			res.End.SumReceived.Seconds, res.End.SumReceived.Bytes, streamSecs)
+	}
+	t.Logf("iperf3 stream across commit and agent kill -9: %.1f s, %.0f Mbit/s, %d bytes",
+		res.End.SumReceived.Seconds, res.End.SumReceived.BitsPerSecond/1e6, res.End.SumReceived.Bytes)
+
+	// 9. With the stream gone its flows end (FIN), so draining can finish.
+	if err := poll(ctx, 30*time.Second, func() error {
+		n, err := api.Flows(ctx, fe, t1)
+		if err == nil && n != 0 {
+			err = fmt.Errorf("%d flows still on %s", n, t1)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+
+	// 10. SIGTERM leaves the links: traffic still flows with no agent.
+	agent.stop(syscall.SIGTERM)
+	wantBody(ctx, t, topo, url, "hello from abroad-2")
+}
+
+func scrape(ctx context.Context, t *testing.T, topo *Topology) string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9700/metrics", nil)
+	resp, err := httpIn(topo.Home).Do(req)
+	if err != nil {
+		t.Fatalf("scrape /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		b.WriteString(sc.Text())
+		b.WriteByte('\n')
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape /metrics: %s", resp.Status)
+	}
+	return b.String()
+}
+
+// metricValue returns the value of the first sample of name whose labels
+// contain every one of labels, or -1.
+func metricValue(text, name string, labels ...string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			return v
+		}
+	}
+	return -1
+}
+
+func grepLines(text, substr string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// diagnose gathers what explains a failed request: the data plane's counters
+// and the interfaces' statistics.
+func diagnose(ctx context.Context, topo *Topology) string {
+	var b strings.Builder
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9700/metrics", nil)
+	if resp, err := httpIn(topo.Home).Do(req); err == nil {
+		var mb strings.Builder
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			mb.WriteString(sc.Text() + "\n")
+		}
+		resp.Body.Close()
+		b.WriteString(grepLines(mb.String(), "roam_dataplane") + "\n")
+	}
+	for _, ns := range []string{topo.Client, topo.Home, topo.Abroad} {
+		out, _ := Cmd(ctx, ns, "ip", "-s", "link").CombinedOutput()
+		b.WriteString(ns + ":\n" + string(out))
+	}
+	return b.String()
+}
