@@ -1,0 +1,226 @@
+package meta
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+func testHello(id, tier string, cpu, usedCPU int64, links ...Link) Hello {
+	return Hello{
+		Version: Version, ClusterID: id, Seq: 1, Tier: tier,
+		ControllerURL: "http://" + id + ".example:8080",
+		DataAddrs:     []netip.Addr{netip.MustParseAddr("10.9.0.1")},
+		Capacity:      Capacity{MilliCPU: cpu, UsedMilliCPU: usedCPU, MemoryMB: 4096, UsedMemoryMB: 1024, Pods: 10, UsedPods: 1},
+		Links:         links,
+	}
+}
+
+func testRequest(requester string, c Constraints) PlacementRequest {
+	return PlacementRequest{
+		Version: Version, RequestID: "r1", Requester: requester, Home: requester, Reason: ReasonLackOfResources,
+		Service: ServiceDescriptor{
+			Name: "web", Ports: []Port{{Port: 80, Protocol: dataplane.TCP}},
+			Resources: Resources{MilliCPU: 500, MemoryMB: 256}, Constraints: c,
+		},
+	}
+}
+
+func TestRegistryLiveness(t *testing.T) {
+	r := NewRegistry(100*time.Millisecond, 3)
+	t0 := time.Unix(1000, 0)
+	h := testHello("a", TierEdge, 1000, 0)
+	h.Seq = 5
+	if got := r.Observe(h, t0); got != ObserveNew {
+		t.Fatalf("first hello: %v", got)
+	}
+	for _, tc := range []struct {
+		after time.Duration
+		want  State
+	}{
+		{0, StateAlive}, {140 * time.Millisecond, StateAlive}, {160 * time.Millisecond, StateSuspect},
+		{340 * time.Millisecond, StateSuspect}, {360 * time.Millisecond, StateDown}, {time.Hour, StateDown},
+	} {
+		c, st, ok := r.Get(t0.Add(tc.after), "a")
+		if !ok || st != tc.want {
+			t.Errorf("after %v: state %v (found %v), want %v", tc.after, st, ok, tc.want)
+		}
+		if c.Hello.Seq != 5 {
+			t.Errorf("seq %d", c.Hello.Seq)
+		}
+	}
+	old := h
+	old.Seq = 5
+	old.Tier = TierCloud
+	if got := r.Observe(old, t0.Add(time.Second)); got != ObserveStale {
+		t.Fatalf("same seq: %v, want stale", got)
+	}
+	old.Seq = 4
+	if got := r.Observe(old, t0.Add(time.Second)); got != ObserveStale {
+		t.Fatalf("older seq: %v, want stale", got)
+	}
+	if c, st, _ := r.Get(t0.Add(time.Second), "a"); c.Hello.Tier != TierEdge || st != StateDown {
+		t.Fatalf("stale hello changed the entry or revived it: tier %s state %v", c.Hello.Tier, st)
+	}
+	h.Seq = 6
+	if got := r.Observe(h, t0.Add(time.Second)); got != ObserveUpdated {
+		t.Fatalf("newer seq: %v", got)
+	}
+	if _, st, _ := r.Get(t0.Add(time.Second), "a"); st != StateAlive {
+		t.Fatalf("after a new hello: %v, want alive", st)
+	}
+	// A hello's own interval overrides the registry's.
+	slow := testHello("slow", TierEdge, 1000, 0)
+	slow.IntervalMs = 1000
+	r.Observe(slow, t0)
+	if _, st, _ := r.Get(t0.Add(time.Second), "slow"); st != StateAlive {
+		t.Fatalf("slow cluster after one of its intervals: %v", st)
+	}
+	r.Forget("a")
+	if _, _, ok := r.Get(t0, "a"); ok || r.Len() != 1 {
+		t.Fatalf("forget: still there or len %d", r.Len())
+	}
+}
+
+func TestPlacementFiltersWithReasons(t *testing.T) {
+	now := time.Unix(2000, 0)
+	r := NewRegistry(time.Second, 3)
+	req := "home"
+	r.Observe(testHello(req, TierDeepEdge, 1000, 1000,
+		Link{Peer: "slow", BandwidthMbps: 5, RTTMs: 10, Up: true},
+		Link{Peer: "far", BandwidthMbps: 1000, RTTMs: 200, Up: true},
+		Link{Peer: "cut", BandwidthMbps: 1000, RTTMs: 1, Up: false},
+		Link{Peer: "good", BandwidthMbps: 1000, RTTMs: 5, Up: true},
+		Link{Peer: "busy", BandwidthMbps: 1000, RTTMs: 5, Up: true},
+		Link{Peer: "label", BandwidthMbps: 1000, RTTMs: 5, Up: true},
+		Link{Peer: "excl", BandwidthMbps: 1000, RTTMs: 5, Up: true},
+	), now)
+	r.Observe(testHello("good", TierEdge, 4000, 0), now)   // ties with label: id order
+	r.Observe(testHello("busy", TierEdge, 1000, 800), now) // 200 free < 500
+	r.Observe(testHello("slow", TierEdge, 4000, 0), now)   // 5 Mbit/s
+	r.Observe(testHello("far", TierEdge, 4000, 0), now)    // 200 ms
+	r.Observe(testHello("cut", TierEdge, 4000, 0), now)    // link down
+	r.Observe(testHello("nolink", TierEdge, 4000, 0), now) // nothing measured
+	r.Observe(testHello("dead", TierEdge, 4000, 0), now.Add(-time.Hour))
+	r.Observe(testHello("late", TierEdge, 4000, 0), now.Add(-1600*time.Millisecond))
+	r.Observe(testHello("deep", TierDeepEdge, 4000, 0), now)
+	r.Observe(testHello("excl", TierEdge, 4000, 0), now)
+	lb := testHello("label", TierEdge, 4000, 0)
+	lb.Labels = map[string]string{"zone": "b"}
+	r.Observe(lb, now)
+
+	rep := LeastLoaded{}.Place(testRequest(req, Constraints{
+		ForbidTiers: []string{TierDeepEdge}, WantLabels: nil, ExcludeClusters: []string{"excl"},
+		MinBandwidthMbps: 100, MaxRTTMs: 50,
+	}), r, now)
+	if err := rep.Validate(); err != nil {
+		t.Fatalf("reply invalid: %v", err)
+	}
+	if !rep.OK() || rep.Destination.ClusterID != "good" {
+		t.Fatalf("destination %+v, want good; filtered %+v", rep.Destination, rep.Filtered)
+	}
+	want := map[string]string{
+		"home": FilterRequester, "busy": FilterCapacity, "slow": FilterBandwidth, "far": FilterRTT,
+		"cut": FilterLink, "nolink": FilterLink, "dead": FilterDown, "late": FilterSuspect,
+		"deep": FilterTier, "excl": FilterExcluded,
+	}
+	got := map[string]string{}
+	for _, f := range rep.Filtered {
+		got[f.ClusterID] = f.Why
+	}
+	for id, cat := range want {
+		if !strings.HasPrefix(got[id], cat+":") {
+			t.Errorf("cluster %s: why %q, want category %s", id, got[id], cat)
+		}
+	}
+	if rep.FilteredTotal != len(want) || len(rep.Filtered) != len(want) {
+		t.Errorf("filtered total %d (listed %d), want %d: %+v", rep.FilteredTotal, len(rep.Filtered), len(want), rep.Filtered)
+	}
+	if !strings.Contains(got["busy"], "200 milli-CPU free, 500 needed") {
+		t.Errorf("capacity reason lacks figures: %q", got["busy"])
+	}
+	// label is a valid alternative; with a label constraint it is the only one.
+	rep = LeastLoaded{}.Place(testRequest(req, Constraints{WantLabels: map[string]string{"zone": "b"}}), r, now)
+	if !rep.OK() || rep.Destination.ClusterID != "label" {
+		t.Fatalf("with label zone=b: %+v", rep)
+	}
+	// Nothing fits: no placement says why.
+	rep = LeastLoaded{}.Place(testRequest(req, Constraints{WantTiers: []string{"moon"}}), r, now)
+	if rep.OK() || !strings.Contains(rep.NoPlacement, "tier") || rep.FilteredByReason[FilterTier] == 0 {
+		t.Fatalf("impossible tier: %+v", rep)
+	}
+	if err := rep.Validate(); err != nil {
+		t.Fatalf("no-placement reply invalid: %v", err)
+	}
+}
+
+func TestPlacementDeterministicTies(t *testing.T) {
+	now := time.Unix(3000, 0)
+	r := NewRegistry(time.Second, 3)
+	for _, id := range []string{"d", "b", "c", "a", "e"} {
+		r.Observe(testHello(id, TierEdge, 2000, 0), now)
+	}
+	for range 5 {
+		rep := LeastLoaded{}.Place(testRequest("e", Constraints{}), r, now)
+		if rep.Destination.ClusterID != "a" || len(rep.Alternatives) != 3 ||
+			rep.Alternatives[0].ClusterID != "b" || rep.Alternatives[1].ClusterID != "c" || rep.Alternatives[2].ClusterID != "d" {
+			t.Fatalf("ties not broken by id: %+v %+v", rep.Destination, rep.Alternatives)
+		}
+	}
+	// Less loaded wins over the id order.
+	r.Observe(func() Hello { h := testHello("z", TierEdge, 8000, 0); h.Capacity.MemoryMB = 16384; h.Seq = 2; return h }(), now)
+	if rep := (LeastLoaded{}).Place(testRequest("e", Constraints{}), r, now); rep.Destination.ClusterID != "z" {
+		t.Fatalf("least loaded: %s", rep.Destination.ClusterID)
+	}
+}
+
+func TestTierPolicy(t *testing.T) {
+	now := time.Unix(4000, 0)
+	build := func(cloudBW float64) *Registry {
+		r := NewRegistry(time.Second, 3)
+		r.Observe(testHello("deep", TierDeepEdge, 1000, 900,
+			Link{Peer: "cloud", BandwidthMbps: cloudBW, RTTMs: 30, Up: true},
+			Link{Peer: "edge", BandwidthMbps: 500, RTTMs: 5, Up: true},
+			Link{Peer: "deep2", BandwidthMbps: 1000, RTTMs: 1, Up: true}), now)
+		r.Observe(testHello("cloud", TierCloud, 64000, 60000), now) // busy but cloud
+		r.Observe(testHello("edge", TierEdge, 4000, 0), now)
+		r.Observe(testHello("deep2", TierDeepEdge, 4000, 0), now)
+		return r
+	}
+	c := Constraints{MinBandwidthMbps: 100}
+	if rep := (TierAware{}).Place(testRequest("deep", c), build(200), now); !rep.OK() || rep.Destination.ClusterID != "cloud" {
+		t.Fatalf("cloud link meets the need: %+v", rep)
+	}
+	rep := TierAware{}.Place(testRequest("deep", c), build(50), now)
+	if !rep.OK() || rep.Destination.ClusterID != "edge" {
+		t.Fatalf("cloud link too thin, want edge: %+v", rep)
+	}
+	// Edge too thin: stay (no placement), with each cluster's reason.
+	r := build(50)
+	r.Observe(func() Hello { h := testHello("edge", TierEdge, 4000, 4000); h.Seq = 2; return h }(), now)
+	rep = TierAware{}.Place(testRequest("deep", c), r, now)
+	if rep.OK() || rep.FilteredTotal != 4 {
+		t.Fatalf("nothing but deep edge left: %+v", rep)
+	}
+	for _, f := range rep.Filtered {
+		if f.ClusterID == "deep2" && !strings.HasPrefix(f.Why, FilterTier) {
+			t.Fatalf("deep2 filtered for %q, want the tier rule", f.Why)
+		}
+	}
+}
+
+func TestFilteredListBounded(t *testing.T) {
+	now := time.Unix(5000, 0)
+	r := NewRegistry(time.Second, 3)
+	for i := range 500 {
+		r.Observe(testHello("c"+strconv.Itoa(i), TierEdge, 100, 100), now)
+	}
+	rep := LeastLoaded{}.Place(testRequest("zz", Constraints{}), r, now)
+	if rep.OK() || rep.FilteredTotal != 500 || len(rep.Filtered) != MaxFiltered || rep.FilteredByReason[FilterCapacity] != 500 {
+		t.Fatalf("total %d listed %d by reason %v", rep.FilteredTotal, len(rep.Filtered), rep.FilteredByReason)
+	}
+}
