@@ -1,0 +1,180 @@
+// Command roam-ctrl is roam's cluster controller: REST API, resource
+// records, the five-stage migration engine, forwarding, fail-safe, hellos to
+// the meta-orchestrator. `roam-ctrl demo --listen ADDR:PORT --cluster ID`
+// runs the built-in demo service.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/backend/kube"
+	"github.com/roamnet/roam/ctrl/backend/local"
+	"github.com/roamnet/roam/ctrl/controller"
+	"github.com/roamnet/roam/ctrl/demo"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "demo" {
+		err = demo.Main(ctx, os.Args[2:])
+	} else {
+		err = run(ctx, os.Args[1:])
+	}
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "roam-ctrl:", err)
+		os.Exit(1)
+	}
+}
+
+func parseMap(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("parse %q: want k=v,...", s)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+func parseAddr(name, s string) (netip.Addr, error) {
+	if s == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return a, fmt.Errorf("--%s: %w", name, err)
+	}
+	return a, nil
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("roam-ctrl", flag.ContinueOnError)
+	var (
+		clusterID  = fs.String("cluster-id", "", "this cluster's id (required)")
+		tier       = fs.String("tier", "edge", "tier: deep-edge, edge, cloud, ...")
+		labels     = fs.String("labels", "", "labels k=v,...")
+		apiAddr    = fs.String("api-addr", ":8080", "REST API, /metrics, /healthz listen address")
+		advertise  = fs.String("advertise-url", "", "URL peers reach this API at (default from --api-addr and --data-addr)")
+		natsURL    = fs.String("nats-url", "", "meta-orchestrator NATS URL (empty: no MO; destinations from --peers)")
+		natsUser   = fs.String("nats-user", "", "NATS user (default the cluster id)")
+		natsPass   = fs.String("nats-password", "", "NATS password")
+		agents     = fs.String("agents", "", "comma list of agent API URLs, e.g. http://127.0.0.1:9701")
+		agentTok   = fs.String("agent-token", "", "agent API token")
+		frontend   = fs.String("frontend-addr", "", "address users hit at this cluster")
+		dataAddr   = fs.String("data-addr", "", "address where this cluster exposes foreign copies")
+		listenAddr = fs.String("listen-addr", "", "address local copies bind (default every address)")
+		backendF   = fs.String("backend", "local", "local or kubernetes")
+		kubeconfig = fs.String("kubeconfig", "", "kubeconfig for --backend kubernetes (empty: in-cluster)")
+		namespace  = fs.String("namespace", "", "namespace for --backend kubernetes")
+		storePath  = fs.String("store", "", "bbolt file (default roam-ctrl-<id>.db)")
+		hello      = fs.Duration("hello-interval", time.Second, "hello period")
+		failsafe   = fs.Duration("failsafe-after", 3*time.Second, "take services home after an abroad cluster is unreachable this long")
+		drain      = fs.Duration("drain-timeout", 10*time.Second, "longest wait for old flows after a commit")
+		token      = fs.String("token", os.Getenv("ROAM_TOKEN"), "user bearer token (empty: user routes open)")
+		peerSecret = fs.String("peer-secret", os.Getenv("ROAM_PEER_SECRET"), "shared secret for controller-to-controller signed tokens")
+		peers      = fs.String("peers", "", "static controller directory id=url,... (besides the MO's view)")
+		capCPU     = fs.Int64("capacity-cpu", 4000, "local backend: milli-CPUs")
+		capMem     = fs.Int64("capacity-memory", 8192, "local backend: memory MB")
+		capPods    = fs.Int64("capacity-pods", 64, "local backend: copies")
+		logLevel   = fs.String("log-level", "info", "debug, info, warn, error")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	slog.SetDefault(log)
+	if *clusterID == "" {
+		return errors.New("--cluster-id is required")
+	}
+	lab, err := parseMap(*labels)
+	if err != nil {
+		return fmt.Errorf("--labels: %w", err)
+	}
+	pm, err := parseMap(*peers)
+	if err != nil {
+		return fmt.Errorf("--peers: %w", err)
+	}
+	fa, err := parseAddr("frontend-addr", *frontend)
+	if err != nil {
+		return err
+	}
+	da, err := parseAddr("data-addr", *dataAddr)
+	if err != nil {
+		return err
+	}
+	la, err := parseAddr("listen-addr", *listenAddr)
+	if err != nil {
+		return err
+	}
+	if !da.IsValid() {
+		da = fa
+	}
+	var be backend.Backend
+	switch *backendF {
+	case "local":
+		if !da.IsValid() {
+			return errors.New("--backend local needs --data-addr or --frontend-addr")
+		}
+		lb, err := local.New(local.Config{ClusterID: *clusterID, ListenAddr: la, ExposeAddr: da,
+			MilliCPU: *capCPU, MemoryMB: *capMem, Pods: *capPods, Logger: log})
+		if err != nil {
+			return err
+		}
+		defer lb.Close()
+		be = lb
+	case "kubernetes":
+		kcfg := kube.Config{Namespace: *namespace, DataAddr: da}
+		var kb *kube.Backend
+		if *kubeconfig == "" {
+			kb, err = kube.NewInCluster(kcfg)
+		} else {
+			kb, err = kube.NewFromKubeconfig(*kubeconfig, kcfg)
+		}
+		if err != nil {
+			return err
+		}
+		be = kb
+	default:
+		return fmt.Errorf("--backend %q: want local or kubernetes", *backendF)
+	}
+	var agentURLs []string
+	if *agents != "" {
+		agentURLs = strings.Split(*agents, ",")
+	}
+	if *token == "" {
+		log.Warn("no --token: user routes are open")
+	}
+	c, err := controller.New(ctx, controller.Config{ClusterID: *clusterID, Tier: *tier, Labels: lab, APIAddr: *apiAddr,
+		AdvertiseURL: *advertise, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass, Agents: agentURLs,
+		AgentToken: *agentTok, FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
+		FailsafeAfter: *failsafe, DrainTimeout: *drain, Token: *token, PeerSecret: *peerSecret, Peers: pm,
+		Backend: be, Logger: log})
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return c.Close()
+}
