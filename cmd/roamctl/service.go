@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/dataplane"
+)
+
+func init() {
+	register(command{name: "service", summary: "deploy|list|get|delete|migrate services through a controller", run: runService})
+}
+
+const serviceUsage = `usage: roamctl service SUBCOMMAND [--ctrl URL] [--token T] ...
+  deploy  --name N (--demo | --command "argv..." | --image I) --port 80[/tcp],... [--cpu M] [--memory MB] [--need-mbps X]
+  deploy  -f descriptor.json
+  list
+  get     NAME
+  delete  NAME
+  migrate NAME [--to CLUSTER] [--reason manual]
+  migrations`
+
+type svcClient struct {
+	base, token string
+	hc          http.Client
+}
+
+func (c *svcClient) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.base, "/")+path, body)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("call controller: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s %s: %d: %s", method, path, resp.StatusCode, e.Error)
+		}
+		return fmt.Errorf("%s %s: %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out != nil && len(b) > 0 {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func parsePorts(s string) ([]backend.Port, error) {
+	var out []backend.Port
+	for _, p := range strings.Split(s, ",") {
+		num, proto, ok := strings.Cut(p, "/")
+		if !ok {
+			proto = "tcp"
+		}
+		n, err := strconv.ParseUint(num, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("port %q: %w", p, err)
+		}
+		pr, err := dataplane.ParseProto(proto)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, backend.Port{Port: uint16(n), Protocol: pr})
+	}
+	return out, nil
+}
+
+func runService(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New(serviceUsage)
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("service "+sub, flag.ContinueOnError)
+	base := fs.String("ctrl", svcEnvOr("ROAM_CTRL", "http://127.0.0.1:8080"), "controller URL")
+	token := fs.String("token", os.Getenv("ROAM_TOKEN"), "user token")
+	timeout := fs.Duration("timeout", 2*time.Minute, "request timeout")
+	name := fs.String("name", "", "deploy: service name")
+	file := fs.String("f", "", "deploy: descriptor JSON file")
+	demoF := fs.Bool("demo", false, "deploy: the built-in demo service")
+	command := fs.String("command", "", "deploy: command line (local backend)")
+	image := fs.String("image", "", "deploy: container image (kubernetes backend)")
+	ports := fs.String("port", "", "deploy: ports 80[/tcp],...")
+	cpu := fs.Int64("cpu", 0, "deploy: milli-CPUs")
+	mem := fs.Int64("memory", 0, "deploy: memory MB")
+	need := fs.Float64("need-mbps", 0, "deploy: bandwidth the service needs")
+	to := fs.String("to", "", "migrate: destination cluster (empty: ask the MO)")
+	reason := fs.String("reason", "manual", "migrate: reason")
+	// Flags may follow the positional NAME.
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			pos = append(pos, args[0])
+			args = args[1:]
+		}
+	}
+	c := &svcClient{base: *base, token: *token, hc: http.Client{Timeout: *timeout}}
+	needName := func() (string, error) {
+		if len(pos) != 1 {
+			return "", fmt.Errorf("service %s: want one NAME\n%s", sub, serviceUsage)
+		}
+		return url.PathEscape(pos[0]), nil
+	}
+	switch sub {
+	case "deploy":
+		var d ctrl.Descriptor
+		if *file != "" {
+			b, err := os.ReadFile(*file)
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal(b, &d); err != nil {
+				return fmt.Errorf("read %s: %w", *file, err)
+			}
+		} else {
+			p, err := parsePorts(*ports)
+			if err != nil {
+				return err
+			}
+			d = ctrl.Descriptor{Name: *name, Demo: *demoF, Image: *image, Ports: p,
+				Resources: backend.Resources{MilliCPU: *cpu, MemoryMB: *mem}, NeedMbps: *need}
+			if *command != "" {
+				d.Command = strings.Fields(*command)
+			}
+		}
+		var r ctrl.Record
+		if err := c.do(ctx, http.MethodPost, "/v1/services", d, &r); err != nil {
+			return err
+		}
+		return printJSON(r)
+	case "list":
+		var rs []ctrl.Record
+		if err := c.do(ctx, http.MethodGet, "/v1/services", nil, &rs); err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tKIND\tHOME\tRUNS AT\tENDPOINTS\tFRONTENDS")
+		for _, r := range rs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\n", r.Service.Name, r.Kind, r.Home, r.Cluster, r.Endpoints, r.Frontends)
+		}
+		return tw.Flush()
+	case "get":
+		n, err := needName()
+		if err != nil {
+			return err
+		}
+		var r ctrl.Record
+		if err := c.do(ctx, http.MethodGet, "/v1/services/"+n, nil, &r); err != nil {
+			return err
+		}
+		return printJSON(r)
+	case "delete":
+		n, err := needName()
+		if err != nil {
+			return err
+		}
+		return c.do(ctx, http.MethodDelete, "/v1/services/"+n, nil, nil)
+	case "migrate":
+		n, err := needName()
+		if err != nil {
+			return err
+		}
+		var m ctrl.Migration
+		if err := c.do(ctx, http.MethodPost, "/v1/services/"+n+"/migrate", ctrl.MigrateRequest{Destination: *to, Reason: *reason}, &m); err != nil {
+			return err
+		}
+		return printJSON(m)
+	case "migrations":
+		var ms []ctrl.Migration
+		if err := c.do(ctx, http.MethodGet, "/v1/migrations", nil, &ms); err != nil {
+			return err
+		}
+		return printJSON(ms)
+	}
+	return fmt.Errorf("service: unknown subcommand %q\n%s", sub, serviceUsage)
+}
+
+func svcEnvOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
