@@ -1,0 +1,517 @@
+// Package integration runs whole controllers in-process on loopback: the
+// real embedded meta-orchestrator, the local backend running the demo
+// service, and real agents (agent API over a real BPF data plane, maps only).
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/backend/local"
+	"github.com/roamnet/roam/ctrl/controller"
+	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/meta"
+)
+
+// TestMain lets the test binary double as the demo service.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "demo" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		if demo.Main(ctx, os.Args[2:]) != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+const secret = "test-peer-secret"
+
+type cluster struct {
+	id    string
+	addr  netip.Addr
+	be    *local.Backend
+	agent *agentapi.Client
+	store string
+	ln    string // API listen address, reused across restarts
+	c     *controller.Controller
+	mo    string
+	hook  func(ctrl.Migration) error
+}
+
+type env struct {
+	t     *testing.T
+	mo    *meta.Server
+	port  uint16
+	cl    map[string]*cluster
+	peers map[string]string
+}
+
+func rnd() string {
+	b := make([]byte, 5)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// freePortAll finds a TCP port free on every address.
+func freePortAll(t *testing.T, addrs []netip.Addr) uint16 {
+	for range 50 {
+		l, err := net.Listen("tcp", netip.AddrPortFrom(addrs[0], 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := uint16(l.Addr().(*net.TCPAddr).Port)
+		ok := true
+		var ls []net.Listener
+		for _, a := range addrs[1:] {
+			l2, err := net.Listen("tcp", netip.AddrPortFrom(a, p).String())
+			if err != nil {
+				ok = false
+				break
+			}
+			ls = append(ls, l2)
+		}
+		l.Close()
+		for _, l2 := range ls {
+			l2.Close()
+		}
+		if ok {
+			return p
+		}
+	}
+	t.Fatal("no common free port")
+	return 0
+}
+
+func startAgent(t *testing.T) *agentapi.Client {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the controller integration tests drive the real BPF data plane: run them as root")
+	}
+	pin := filepath.Join("/sys/fs/bpf", "roam-ctrl-test-"+rnd())
+	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("10.99.0.1"),
+		PortMin: 40000, PortMax: 60999, IdleTimeout: time.Minute})
+	if err != nil {
+		t.Fatalf("open data plane: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = dp.Close()
+		if err := dataplane.Unpin(pin); err != nil {
+			t.Errorf("unpin %s: %v", pin, err)
+		}
+		_ = os.RemoveAll(pin)
+	})
+	srv, err := agentapi.NewServer(dp, agentapi.ServerConfig{Token: "agent-tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	return agentapi.New(hs.URL, "agent-tok")
+}
+
+func newEnv(t *testing.T, ids ...string) *env {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	mo, err := meta.NewServer(meta.ServerConfig{Listen: "127.0.0.1:0", HelloInterval: 200 * time.Millisecond, DownAfter: 3, Logger: logger})
+	if err != nil {
+		t.Fatalf("start MO: %v", err)
+	}
+	t.Cleanup(func() { mo.Close() })
+	e := &env{t: t, mo: mo, cl: map[string]*cluster{}, peers: map[string]string{}}
+	var addrs []netip.Addr
+	for i := range ids {
+		addrs = append(addrs, netip.AddrFrom4([4]byte{127, 0, 0, byte(1 + i)}))
+	}
+	e.port = freePortAll(t, addrs)
+	dir := t.TempDir()
+	for i, id := range ids {
+		be, err := local.New(local.Config{ClusterID: id, ListenAddr: addrs[i], ExposeAddr: addrs[i], Pods: 8, MilliCPU: 4000, MemoryMB: 4096, Logger: logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { be.Close() })
+		l, err := net.Listen("tcp", netip.AddrPortFrom(addrs[i], 0).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &cluster{id: id, addr: addrs[i], be: be, agent: startAgent(t), store: filepath.Join(dir, id+".db"), ln: l.Addr().String(), mo: mo.ClientURL()}
+		l.Close()
+		e.peers[id] = "http://" + c.ln
+		e.cl[id] = c
+	}
+	for _, id := range ids {
+		e.start(id)
+	}
+	// Every controller is in the MO's view before tests place anything.
+	e.eventually("every cluster in the MO's view", func() error {
+		for _, c := range e.cl {
+			if !e.inView(c.id) {
+				return fmt.Errorf("%s missing", c.id)
+			}
+		}
+		return nil
+	})
+	t.Cleanup(func() {
+		for _, c := range e.cl {
+			if c.c != nil {
+				c.c.Close()
+			}
+		}
+	})
+	return e
+}
+
+func (e *env) inView(id string) bool {
+	for _, s := range e.mo.Registry().Snapshot(time.Now()) {
+		if s.Hello.ClusterID == id && s.State == "alive" {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *env) start(id string) {
+	e.t.Helper()
+	c := e.cl[id]
+	var ln net.Listener
+	var err error
+	for range 100 { // the old socket may linger a moment
+		if ln, err = net.Listen("tcp", c.ln); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		e.t.Fatalf("listen %s: %v", c.ln, err)
+	}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c.c, err = controller.New(ctx, controller.Config{ClusterID: id, Tier: meta.TierEdge, Listener: ln,
+		AdvertiseURL: "http://" + c.ln, NATSURL: c.mo, Agents: []string{c.agent.URL()}, AgentToken: "agent-tok",
+		FrontendAddr: c.addr, DataAddr: c.addr, StorePath: c.store, HelloInterval: 200 * time.Millisecond,
+		FailsafeAfter: time.Second, DrainTimeout: 2 * time.Second, Token: "user-tok", PeerSecret: secret,
+		Peers: e.peers, Backend: c.be, CrashHook: c.hook, Logger: logger.With("ctrl", id)})
+	if err != nil {
+		e.t.Fatalf("start controller %s: %v", id, err)
+	}
+}
+
+func (e *env) stop(id string) {
+	c := e.cl[id]
+	if c.c != nil {
+		c.c.Close()
+		c.c = nil
+	}
+}
+
+func (e *env) eventually(what string, f func() error) {
+	e.t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func (e *env) frontend(id string) dataplane.Frontend {
+	return dataplane.Frontend{Addr: e.cl[id].addr, Port: e.port, Proto: dataplane.TCP}
+}
+
+// active is the home agent's active target for the service frontend.
+func (e *env) active(home string) dataplane.Target {
+	e.t.Helper()
+	s, err := e.cl[home].agent.Get(ctx(e.t), e.frontend(home))
+	if err != nil {
+		e.t.Fatalf("agent %s get %s: %v", home, e.frontend(home), err)
+	}
+	if s.Staged.Kind != dataplane.TargetNone {
+		e.t.Fatalf("agent %s: %s left staged", home, s.Staged)
+	}
+	return s.Active
+}
+
+func (e *env) answer(id string) string {
+	e.t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + netip.AddrPortFrom(e.cl[id].addr, e.port).String() + "/")
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func (e *env) running(id string) bool {
+	_, err := e.cl[id].be.Get(context.Background(), "web")
+	return err == nil
+}
+
+func (e *env) record(id string) (ctrl.Record, bool) {
+	r, err := e.cl[id].c.Engine.Get("web")
+	return r, err == nil
+}
+
+// expectAt checks the whole picture for a service homed at home running at
+// at: home's LB target, its record, the copy answering, and no other copy.
+func (e *env) expectAt(home, at string) {
+	e.t.Helper()
+	want := dataplane.Local
+	if at != home {
+		want = dataplane.Redirect(netip.AddrPortFrom(e.cl[at].addr, e.port))
+	}
+	if got := e.active(home); got != want {
+		e.t.Fatalf("home %s LB target %s, want %s", home, got, want)
+	}
+	r, ok := e.record(home)
+	if !ok || r.Cluster != at {
+		e.t.Fatalf("home record %+v, want running at %s", r, at)
+	}
+	if !strings.HasPrefix(e.answer(at), "cluster "+at+" ") {
+		e.t.Fatalf("copy at %s answers %q", at, e.answer(at))
+	}
+	for id := range e.cl {
+		if e.cl[id].c == nil {
+			continue
+		}
+		if id != at && e.running(id) {
+			e.t.Fatalf("a copy still runs at %s (service at %s)", id, at)
+		}
+		if id != at && id != home {
+			if _, ok := e.record(id); ok {
+				e.t.Fatalf("%s still holds a record", id)
+			}
+		}
+	}
+	if at != home {
+		fr, ok := e.record(at)
+		if !ok || fr.Kind != ctrl.KindForeign || fr.Home != home {
+			e.t.Fatalf("record at %s: %+v", at, fr)
+		}
+	}
+}
+
+func (e *env) deploy(home string) {
+	e.t.Helper()
+	d := ctrl.Descriptor{Name: "web", Demo: true, Ports: []backend.Port{{Port: e.port, Protocol: dataplane.TCP}},
+		Resources: backend.Resources{MilliCPU: 100, MemoryMB: 64}}
+	if _, err := e.cl[home].c.Engine.Deploy(ctx(e.t), d); err != nil {
+		e.t.Fatal(err)
+	}
+	e.expectAt(home, home)
+}
+
+// rest calls a controller's REST API with the user token.
+func (e *env) rest(id, method, path, body string) (int, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.peers[id]+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer user-tok")
+	c := http.Client{Timeout: 90 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestMigrateMultiHopForwardingHome(t *testing.T) {
+	e := newEnv(t, "a", "b", "c")
+	e.deploy("a")
+
+	// a -> b through the REST API.
+	code, body := e.rest("a", "POST", "/v1/services/web/migrate", `{"destination":"b","reason":"manual"}`)
+	if code != 200 || !strings.Contains(body, `"state":"done"`) {
+		t.Fatalf("migrate a->b: %d %s", code, body)
+	}
+	for _, st := range []string{"trigger", "placement", "replication", "reroute", "verify", "commit", "drain", "cleanup"} {
+		if !strings.Contains(body, `"stage":"`+st+`"`) {
+			t.Fatalf("migration lacks stage %s: %s", st, body)
+		}
+	}
+	e.expectAt("a", "b")
+
+	// A GET at home is answered by b, as if local.
+	code, body = e.rest("a", "GET", "/v1/services/web", "")
+	if code != 200 || !strings.Contains(body, `"kind":"foreign"`) || !strings.Contains(body, `"home":"a"`) {
+		t.Fatalf("forwarded get: %d %s", code, body)
+	}
+
+	// Multi-hop: the migrate call at home is forwarded to b, which moves
+	// it to c and tells a ("moved on").
+	code, body = e.rest("a", "POST", "/v1/services/web/migrate", `{"destination":"c"}`)
+	if code != 200 || !strings.Contains(body, `"role":"mover"`) {
+		t.Fatalf("migrate b->c: %d %s", code, body)
+	}
+	e.expectAt("a", "c")
+
+	// Back home.
+	code, body = e.rest("a", "POST", "/v1/services/web/migrate", `{"destination":"a"}`)
+	if code != 200 {
+		t.Fatalf("migrate c->a: %d %s", code, body)
+	}
+	e.expectAt("a", "a")
+	if r, _ := e.record("a"); r.Kind != ctrl.KindLocal {
+		t.Fatalf("home record kind %s", r.Kind)
+	}
+
+	// Placement by the MO (no destination): anywhere but a.
+	code, body = e.rest("a", "POST", "/v1/services/web/migrate", `{}`)
+	if code != 200 {
+		t.Fatalf("migrate via MO: %d %s", code, body)
+	}
+	r, _ := e.record("a")
+	if r.Kind != ctrl.KindAbroad || (r.Cluster != "b" && r.Cluster != "c") {
+		t.Fatalf("after MO placement: %+v", r)
+	}
+	e.expectAt("a", r.Cluster)
+	lost := r.Cluster
+
+	// Fail-safe: the abroad controller goes away; a takes the service home
+	// and commits its LB back to local.
+	e.stop(lost)
+	e.eventually("fail-safe takes the service home", func() error {
+		r, _ := e.record("a")
+		if r.Kind != ctrl.KindLocal {
+			return fmt.Errorf("still %s at %s", r.Kind, r.Cluster)
+		}
+		return nil
+	})
+	if got := e.active("a"); got != dataplane.Local {
+		t.Fatalf("after fail-safe the LB points at %s", got)
+	}
+	if !strings.HasPrefix(e.answer("a"), "cluster a ") {
+		t.Fatalf("home copy answers %q", e.answer("a"))
+	}
+	if !e.running(lost) {
+		t.Fatalf("the lost cluster's copy should still run while it is cut off")
+	}
+	// It returns: the orphan copy there is removed; exactly one copy.
+	e.start(lost)
+	e.eventually("orphan removed", func() error {
+		if e.running(lost) {
+			return fmt.Errorf("copy still runs at %s", lost)
+		}
+		if _, ok := e.record(lost); ok {
+			return fmt.Errorf("record still at %s", lost)
+		}
+		return nil
+	})
+	e.expectAt("a", "a")
+
+	// Bad requests get clear 4xx.
+	if code, body := e.rest("a", "POST", "/v1/services/web/migrate", `{"destination":"nowhere"}`); code != 400 || !strings.Contains(body, "no controller URL") {
+		t.Fatalf("unknown destination: %d %s", code, body)
+	}
+	if code, _ := e.rest("b", "DELETE", "/v1/services/web", ""); code != 404 {
+		t.Fatalf("delete at non-home: %d", code)
+	}
+	// Delete at home.
+	if code, body := e.rest("a", "DELETE", "/v1/services/web", ""); code != 204 {
+		t.Fatalf("delete: %d %s", code, body)
+	}
+	if e.running("a") {
+		t.Fatal("copy runs after delete")
+	}
+}
+
+// TestCrashAtEachStage kills (stops) the home controller right after the
+// journal write of each stage, starts a new one on the same store, and
+// checks it settles to a consistent state: before the commit, everything as
+// it was; from the commit on, the migration finished.
+func TestCrashAtEachStage(t *testing.T) {
+	e := newEnv(t, "a", "b")
+	var mu sync.Mutex
+	crashAt := ""
+	e.cl["a"].hook = func(m ctrl.Migration) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if m.Role == ctrl.RoleHome && m.Stage == crashAt {
+			return fmt.Errorf("crash at %s", m.Stage)
+		}
+		return nil
+	}
+	e.stop("a")
+	e.start("a")
+	e.deploy("a")
+	for _, stage := range []string{ctrl.StageTrigger, ctrl.StagePlacement, ctrl.StageReplication, ctrl.StageReroute,
+		ctrl.StageVerify, ctrl.StageCommit, ctrl.StageDrain, ctrl.StageCleanup} {
+		t.Run(stage, func(t *testing.T) {
+			mu.Lock()
+			crashAt = stage
+			mu.Unlock()
+			_, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"})
+			if err == nil || !strings.Contains(err.Error(), "crash at") {
+				t.Fatalf("migrate did not stop at %s: %v", stage, err)
+			}
+			mu.Lock()
+			crashAt = ""
+			mu.Unlock()
+			e.stop("a")
+			e.start("a") // recovers from the journal
+			ms, _ := e.cl["a"].c.Engine.Migrations()
+			last := ms[len(ms)-1]
+			if last.State == ctrl.StateRunning {
+				t.Fatalf("migration still running after recovery: %+v", last)
+			}
+			switch stage {
+			case ctrl.StageCommit, ctrl.StageDrain, ctrl.StageCleanup:
+				if last.State != ctrl.StateDone {
+					t.Fatalf("after a crash at %s the migration should finish: %+v", stage, last)
+				}
+				e.expectAt("a", "b")
+				// Bring it home for the next round.
+				if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "a"}); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				if last.State != ctrl.StateFailed {
+					t.Fatalf("after a crash at %s the migration should roll back: %+v", stage, last)
+				}
+			}
+			e.expectAt("a", "a")
+		})
+	}
+}
