@@ -246,11 +246,24 @@ func (t *Topology) build() error {
 	// that a veth hands on as is; an XDP program sees and forwards the
 	// frame, not the offload state, so the peers checksum in software.
 	for _, p := range []struct{ ns, dev string }{{t.Client, "c0"}, {t.Abroad, "a0"}} {
-		if err := InNS(p.ns, func() error { return txChecksumOff(p.dev) }); err != nil {
+		if err := InNS(p.ns, func() error { return SetTxChecksum(p.dev, false) }); err != nil {
 			return fmt.Errorf("turn tx checksum offload off on %s: %w", p.dev, err)
 		}
 	}
 	// XDP_PASS on the peers, so frames redirected into them are received.
+	for _, p := range []struct{ ns, dev string }{{t.Client, "c0"}, {t.Abroad, "a0"}} {
+		if err := AttachPass(p.ns, p.dev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AttachPass attaches a bare XDP_PASS program (native mode) to dev in ns.
+// Frames redirected into a veth are received only if its peer runs XDP, and
+// with XDP on both ends a veth pair carries MTU-sized frames as a real
+// wire does, whatever program forwards them.
+func AttachPass(ns, dev string) error {
 	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "roam_e2e_pass", Type: ebpf.XDP, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()},
@@ -259,13 +272,15 @@ func (t *Topology) build() error {
 		return fmt.Errorf("load xdp pass program: %w", err)
 	}
 	defer pass.Close()
-	for _, p := range []struct{ ns, dev string }{{t.Client, "c0"}, {t.Abroad, "a0"}} {
-		err = InNS(p.ns, func() error {
-			return netlink.LinkSetXdpFdWithFlags(links[p.dev], pass.FD(), nl.XDP_FLAGS_DRV_MODE)
-		})
+	err = InNS(ns, func() error {
+		l, err := netlink.LinkByName(dev)
 		if err != nil {
-			return fmt.Errorf("attach xdp pass to %s: %w", p.dev, err)
+			return err
 		}
+		return netlink.LinkSetXdpFdWithFlags(l, pass.FD(), nl.XDP_FLAGS_DRV_MODE)
+	})
+	if err != nil {
+		return fmt.Errorf("attach xdp pass to %s: %w", dev, err)
 	}
 	return nil
 }
@@ -284,9 +299,9 @@ func (t *Topology) Close() error {
 	return errors.Join(errs...)
 }
 
-// txChecksumOff is "ethtool -K dev tx off" (legacy ETHTOOL_STXCSUM ioctl) in
-// the calling thread's namespace.
-func txChecksumOff(dev string) error {
+// SetTxChecksum is "ethtool -K dev tx on|off" (legacy ETHTOOL_STXCSUM
+// ioctl) in the calling thread's namespace.
+func SetTxChecksum(dev string, on bool) error {
 	const ethtoolSTXCSUM = 0x17
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -294,6 +309,9 @@ func txChecksumOff(dev string) error {
 	}
 	defer unix.Close(fd)
 	val := struct{ cmd, data uint32 }{ethtoolSTXCSUM, 0}
+	if on {
+		val.data = 1
+	}
 	var ifr struct {
 		name [unix.IFNAMSIZ]byte
 		data unsafe.Pointer
