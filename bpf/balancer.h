@@ -26,7 +26,8 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	if (!cfg)
 		return VERDICT_PASS;
 	__u64 idle = cfg->idle_timeout_ns ? cfg->idle_timeout_ns : DEFAULT_IDLE_TIMEOUT_NS;
-	__u64 now = bpf_ktime_get_ns();
+	/* CLOCK_MONOTONIC at tick resolution: ample for idle timeouts, and much cheaper than bpf_ktime_get_ns under kvm-clock. */
+	__u64 now = bpf_ktime_get_coarse_ns();
 
 	/* One conntrack lookup with the packet's own tuple finds either a reply (reverse) or a pinned flow (forward). */
 	struct ct_key k = {};
@@ -48,25 +49,17 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		return roam_xmit(ctx, &p, id, ACTION_REVERSE);
 	}
 
-	struct frontend_key fk = {};
-	__builtin_memcpy(fk.addr, p.daddr, 16);
-	fk.port = p.dport;
-	fk.proto = p.proto;
-	fk.family = p.family;
-	struct service *svc = bpf_map_lookup_elem(&roam_services, &fk);
-	if (!svc)
-		return VERDICT_PASS;
-
-	/* Copy the id and the active target to the stack at once (see roam_services in maps.h). */
-	__u32 id = svc->id;
-	struct target t;
-	__builtin_memcpy(&t, &svc->slot[svc->active & 1], sizeof(t));
-
 	__u8 kind, dst[16], src[16];
 	__be16 dport, sport;
+	__u32 id;
 
 	if (cv && cv->dir == CT_FORWARD && !ct_expired(cv, now, idle) && !ct_is_new_syn(cv, &p)) {
-		/* Pinned flow: keeps the target it started with, whatever was committed since. */
+		/*
+		 * Pinned flow: keeps the target it started with, whatever was
+		 * committed since. No service lookup: Remove deletes a frontend's
+		 * conntrack entries with it.
+		 */
+		id = cv->frontend_id;
 		kind = cv->kind;
 		__builtin_memcpy(dst, cv->peer_addr, 16);
 		__builtin_memcpy(src, cv->nat_addr, 16);
@@ -75,7 +68,6 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		ct_touch(cv, &p, now);
 		if (kind == TARGET_REDIRECT && (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && p.proto == IPPROTO_TCP_) {
 			struct ct_key rk = {};
-			ct_key_from_pkt(&rk, &p);
 			ct_reverse_key_of(&rk, cv, p.proto);
 			struct ct_value *rv = bpf_map_lookup_elem(&roam_conntrack, &rk);
 			if (rv)
@@ -83,6 +75,20 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		}
 	} else {
 		/* New flow (or an expired one): take the active target and pin it. */
+		struct frontend_key fk = {};
+		__builtin_memcpy(fk.addr, p.daddr, 16);
+		fk.port = p.dport;
+		fk.proto = p.proto;
+		fk.family = p.family;
+		struct service *svc = bpf_map_lookup_elem(&roam_services, &fk);
+		if (!svc)
+			return VERDICT_PASS;
+
+		/* Copy the id and the active target to the stack at once (see roam_services in maps.h). */
+		id = svc->id;
+		struct target t;
+		__builtin_memcpy(&t, &svc->slot[svc->active & 1], sizeof(t));
+
 		if (cv && cv->dir == CT_FORWARD && cv->kind == TARGET_REDIRECT) {
 			struct ct_key old = {};
 			ct_reverse_key_of(&old, cv, p.proto);

@@ -34,7 +34,8 @@ static __always_inline void ct_key_from_pkt(struct ct_key *k, const struct pkt *
 /* ct_touch refreshes an entry on a packet and marks it closing on FIN or RST. */
 static __always_inline void ct_touch(struct ct_value *v, const struct pkt *p, __u64 now)
 {
-	v->last_seen = now;
+	if (v->last_seen != now) /* coarse clock: mostly unchanged, keep the line clean */
+		v->last_seen = now;
 	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
 		v->flags |= CT_FLAG_CLOSING;
 }

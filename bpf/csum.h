@@ -39,3 +39,16 @@ static __always_inline __u32 csum_add32(__u32 a, __u32 b)
 	__u32 s = a + b;
 	return s + (s < a);
 }
+
+/*
+ * csum_diff16 is bpf_csum_diff without the helper call: the one's-complement
+ * sum of the negated old and the new 16-bit words (n is a constant).
+ */
+static __always_inline __u32 csum_diff16(const __u16 *old, const __u16 *new, int n)
+{
+	__u32 s = 0;
+#pragma unroll
+	for (int i = 0; i < n; i++)
+		s += (__u16)~old[i] + (__u32) new[i];
+	return s;
+}

@@ -59,30 +59,25 @@ static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns,
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 old_ports = (__u32)p->sport | ((__u32)p->dport << 16);
 	__u32 new_ports = (__u32)nsport | ((__u32)ndport << 16);
-	__u32 diff_ports = bpf_csum_diff(&old_ports, 4, &new_ports, 4, 0);
+	__u32 diff_ports = csum_diff16((__u16 *)&old_ports, (__u16 *)&new_ports, 2);
 	__u32 diff_l3;
 
 	if (p->family == FAMILY_V4) {
 		struct ip4_hdr *iph = data + L3_OFF;
 		if ((void *)(iph + 1) > data_end)
 			return -1;
-		__be32 old[2] = {iph->saddr, iph->daddr};
-		__be32 new[2];
-		__builtin_memcpy(&new[0], ns + 12, 4);
-		__builtin_memcpy(&new[1], nd + 12, 4);
-		diff_l3 = bpf_csum_diff(old, 8, new, 8, 0);
-		iph->saddr = new[0];
-		iph->daddr = new[1];
+		diff_l3 = csum_diff16((__u16 *)&iph->saddr, (const __u16 *)(ns + 12), 2) +
+			  csum_diff16((__u16 *)&iph->daddr, (const __u16 *)(nd + 12), 2);
+		__builtin_memcpy(&iph->saddr, ns + 12, 4);
+		__builtin_memcpy(&iph->daddr, nd + 12, 4);
 		iph->check = csum_update(iph->check, diff_l3);
 	} else {
 		struct ip6_hdr *ip6 = data + L3_OFF;
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
-		__u32 old[8], new[8];
-		__builtin_memcpy(old, ip6->saddr, 32);
-		__builtin_memcpy(new, ns, 16);
-		__builtin_memcpy(&new[4], nd, 16);
-		diff_l3 = bpf_csum_diff(old, 32, new, 32, 0);
+		/* 32 bytes: the helper keeps the program small where inline sums would spill. */
+		diff_l3 = bpf_csum_diff((__be32 *)ip6->saddr, 16, (__be32 *)ns, 16, 0);
+		diff_l3 = bpf_csum_diff((__be32 *)ip6->daddr, 16, (__be32 *)nd, 16, diff_l3);
 		__builtin_memcpy(ip6->saddr, ns, 16);
 		__builtin_memcpy(ip6->daddr, nd, 16);
 	}

@@ -53,7 +53,7 @@ struct ct_value {
 	__u8 family;
 	__u32 frontend_id;
 	__u32 pad;
-	__u64 last_seen; /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC, tick resolution */
 };
 
 /* Node configuration, written by Go at Open. */
