@@ -175,6 +175,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			return fmt.Errorf("attach xdp to %s: %w", ifc, err)
 		}
 		log.Info("attached xdp", "iface", ifc, "mode", o.xdpMode)
+		warnForwarding(ifc, log)
 	}
 	for _, ifc := range o.tcIfaces {
 		if err := dp.AttachTC(ifc); err != nil {
@@ -233,4 +234,14 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		_ = srv.Shutdown(sctx)
 	}
 	return err
+}
+
+// warnForwarding says when IPv4 forwarding is off on ifname: bpf_fib_lookup
+// then refuses to forward and redirected packets are dropped as no_route.
+func warnForwarding(ifname string, log *slog.Logger) {
+	b, err := os.ReadFile(filepath.Join("/proc/sys/net/ipv4/conf", ifname, "forwarding"))
+	if err == nil && strings.TrimSpace(string(b)) == "0" {
+		log.Warn("IPv4 forwarding is off: redirected packets will be dropped (no_route); enable it with sysctl -w net.ipv4.ip_forward=1",
+			"iface", ifname)
+	}
 }
