@@ -95,6 +95,7 @@ func run(ctx context.Context, args []string) error {
 		capMem     = fs.Int64("capacity-memory", 8192, "local backend: memory MB")
 		capPods    = fs.Int64("capacity-pods", 64, "local backend: copies")
 		logLevel   = fs.String("log-level", "info", "debug, info, warn, error")
+		linksFile  = fs.String("links-file", "", "JSON list of measured links [{\"peer\":\"b\",\"bandwidth_mbps\":100,\"rtt_ms\":5,\"up\":true}], re-read at every hello (feeds the bandwidth policy)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -170,7 +171,7 @@ func run(ctx context.Context, args []string) error {
 		AdvertiseURL: *advertise, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass, Agents: agentURLs,
 		AgentToken: *agentTok, FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
 		FailsafeAfter: *failsafe, DrainTimeout: *drain, Token: *token, PeerSecret: *peerSecret, Peers: pm,
-		Backend: be, Logger: log})
+		Backend: be, LinksFile: *linksFile, Logger: log})
 	if err != nil {
 		return err
 	}

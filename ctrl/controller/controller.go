@@ -6,12 +6,14 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -54,9 +56,15 @@ type Config struct {
 	// Backend runs the copies (built by the caller: local or kubernetes).
 	Backend backend.Backend
 	// Listener, when set, is used instead of listening on APIAddr.
-	Listener  net.Listener
-	CrashHook func(ctrl.Migration) error
-	Logger    *slog.Logger
+	Listener net.Listener
+	// LinksFile, when set, is a JSON list of meta.Link (measured links to
+	// peers) read at every hello; the bandwidth policy acts on them.
+	LinksFile string
+	// PolicyInterval and PolicyCooldown tune the bandwidth policy (see
+	// migrate.Config).
+	PolicyInterval, PolicyCooldown time.Duration
+	CrashHook                      func(ctrl.Migration) error
+	Logger                         *slog.Logger
 }
 
 // Controller is one running controller.
@@ -167,6 +175,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Store: c.st,
 		Backend: cfg.Backend, Directory: directory{static: cfg.Peers, mc: c.mc}, Peers: peers,
 		DrainTimeout: cfg.DrainTimeout, FailsafeAfter: cfg.FailsafeAfter, ProbeInterval: min(cfg.HelloInterval, 500*time.Millisecond),
+		PolicyInterval: cfg.PolicyInterval, PolicyCooldown: cfg.PolicyCooldown,
 		CrashHook: cfg.CrashHook, Registerer: c.reg, Logger: c.log}
 	if len(cfg.Agents) > 0 {
 		g := make(agentapi.Group, len(cfg.Agents))
@@ -237,6 +246,17 @@ func (c *Controller) Hello(ctx context.Context) (meta.Hello, error) {
 		Services: len(recs), IntervalMs: c.cfg.HelloInterval.Milliseconds()}
 	if c.cfg.DataAddr.IsValid() {
 		h.DataAddrs = []netip.Addr{c.cfg.DataAddr}
+	}
+	if c.cfg.LinksFile != "" {
+		b, err := os.ReadFile(c.cfg.LinksFile)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return h, fmt.Errorf("read links: %w", err)
+		}
+		if len(b) > 0 {
+			if err := json.Unmarshal(b, &h.Links); err != nil {
+				return h, fmt.Errorf("read links %s: %w", c.cfg.LinksFile, err)
+			}
+		}
 	}
 	return h, nil
 }

@@ -58,6 +58,7 @@ type cluster struct {
 	c     *controller.Controller
 	mo    string
 	hook  func(ctrl.Migration) error
+	links string // measured links file read at every hello
 }
 
 type env struct {
@@ -159,7 +160,7 @@ func newEnv(t *testing.T, ids ...string) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := &cluster{id: id, addr: addrs[i], be: be, agent: startAgent(t), store: filepath.Join(dir, id+".db"), ln: l.Addr().String(), mo: mo.ClientURL()}
+		c := &cluster{id: id, addr: addrs[i], be: be, agent: startAgent(t), store: filepath.Join(dir, id+".db"), links: filepath.Join(dir, id+"-links.json"), ln: l.Addr().String(), mo: mo.ClientURL()}
 		l.Close()
 		e.peers[id] = "http://" + c.ln
 		e.cl[id] = c
@@ -219,7 +220,8 @@ func (e *env) start(id string) {
 		AdvertiseURL: "http://" + c.ln, NATSURL: c.mo, Agents: []string{c.agent.URL()}, AgentToken: "agent-tok",
 		FrontendAddr: c.addr, DataAddr: c.addr, StorePath: c.store, HelloInterval: 200 * time.Millisecond,
 		FailsafeAfter: time.Second, DrainTimeout: 2 * time.Second, Token: "user-tok", PeerSecret: secret,
-		Peers: e.peers, Backend: c.be, CrashHook: c.hook, Logger: logger.With("ctrl", id)})
+		Peers: e.peers, Backend: c.be, CrashHook: c.hook, LinksFile: c.links,
+		PolicyInterval: 200 * time.Millisecond, PolicyCooldown: 500 * time.Millisecond, Logger: logger.With("ctrl", id)})
 	if err != nil {
 		e.t.Fatalf("start controller %s: %v", id, err)
 	}
@@ -332,10 +334,12 @@ func (e *env) expectAt(home, at string) {
 	}
 }
 
-func (e *env) deploy(home string) {
+func (e *env) deploy(home string) { e.deployNeed(home, 0) }
+
+func (e *env) deployNeed(home string, needMbps float64) {
 	e.t.Helper()
 	d := ctrl.Descriptor{Name: "web", Demo: true, Ports: []backend.Port{{Port: e.port, Protocol: dataplane.TCP}},
-		Resources: backend.Resources{MilliCPU: 100, MemoryMB: 64}}
+		Resources: backend.Resources{MilliCPU: 100, MemoryMB: 64}, NeedMbps: needMbps}
 	if _, err := e.cl[home].c.Engine.Deploy(ctx(e.t), d); err != nil {
 		e.t.Fatal(err)
 	}
@@ -513,5 +517,56 @@ func TestCrashAtEachStage(t *testing.T) {
 			}
 			e.expectAt("a", "a")
 		})
+	}
+}
+
+// TestPolicyBandwidth: the abroad cluster's hellos report the link to the
+// home falling below the service's need; the home's policy moves the
+// service (the call is forwarded to the abroad cluster, which asks the MO;
+// the only candidate left is the home).
+func TestPolicyBandwidth(t *testing.T) {
+	e := newEnv(t, "a", "b")
+	e.deployNeed("a", 10)
+	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	e.expectAt("a", "b")
+	if err := os.WriteFile(e.cl["b"].links, []byte(`[{"peer":"a","bandwidth_mbps":50,"rtt_ms":2,"up":true}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Enough bandwidth: it stays (give the policy a few rounds).
+	e.eventually("b's link in a's view", func() error {
+		for _, h := range e.mo.Registry().Snapshot(time.Now()) {
+			if l, ok := h.Hello.LinkTo("a"); ok && h.Hello.ClusterID == "b" && l.BandwidthMbps == 50 {
+				return nil
+			}
+		}
+		return fmt.Errorf("not yet")
+	})
+	time.Sleep(time.Second)
+	if r, _ := e.record("a"); r.Cluster != "b" {
+		t.Fatalf("moved with enough bandwidth: %+v", r)
+	}
+	if err := os.WriteFile(e.cl["b"].links, []byte(`[{"peer":"a","bandwidth_mbps":1,"rtt_ms":2,"up":true}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("the policy moves the service", func() error {
+		r, _ := e.record("a")
+		if r.Cluster != "a" {
+			return fmt.Errorf("still at %s", r.Cluster)
+		}
+		if e.running("b") {
+			return fmt.Errorf("b not cleaned up yet")
+		}
+		return nil
+	})
+	e.expectAt("a", "a")
+	ms, _ := e.cl["b"].c.Engine.Migrations()
+	if last := ms[len(ms)-1]; last.Reason != "network-change" || last.State != ctrl.StateDone {
+		t.Fatalf("b's migration %+v", last)
+	}
+	r, _ := e.record("a")
+	if r.LastMigration == nil || r.LastMigration.Reason != "moved-on" {
+		t.Fatalf("last migration %+v", r.LastMigration)
 	}
 }

@@ -57,6 +57,10 @@ type Config struct {
 	DrainTimeout  time.Duration // default 10s
 	FailsafeAfter time.Duration // default 3s
 	ProbeInterval time.Duration // default 500ms
+	// PolicyInterval is how often the bandwidth policy looks at the
+	// hellos (default 5s); PolicyCooldown is the least time between two
+	// policy moves of one service (default 30s).
+	PolicyInterval, PolicyCooldown time.Duration
 	// CrashHook, when set, is called after each journal write; a non-nil
 	// return stops the migration right there, as a kill -9 would (tests).
 	CrashHook  func(m ctrl.Migration) error
@@ -93,7 +97,13 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger.With("cluster", cfg.ClusterID), lastOK: map[string]time.Time{}}
+	if cfg.PolicyInterval <= 0 {
+		cfg.PolicyInterval = 5 * time.Second
+	}
+	if cfg.PolicyCooldown <= 0 {
+		cfg.PolicyCooldown = 30 * time.Second
+	}
+	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}}
 	e.stageH = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "roam_ctrl_migration_stage_seconds",
 		Help:    "Duration of each migration stage.",

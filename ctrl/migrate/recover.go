@@ -155,7 +155,7 @@ func (e *Engine) recoverOne(ctx context.Context, m ctrl.Migration) error {
 func (e *Engine) Run(ctx context.Context) {
 	t := time.NewTicker(e.cfg.ProbeInterval)
 	defer t.Stop()
-	slow := time.NewTicker(5 * time.Second)
+	slow := time.NewTicker(e.cfg.PolicyInterval)
 	defer slow.Stop()
 	for {
 		select {
@@ -348,7 +348,7 @@ func (e *Engine) policyTick(ctx context.Context) {
 		if !ok || bw >= r.Service.NeedMbps {
 			continue
 		}
-		if r.LastMigration != nil && time.Since(r.LastMigration.Started) < 30*time.Second {
+		if r.LastMigration != nil && time.Since(r.LastMigration.Started) < e.cfg.PolicyCooldown {
 			continue
 		}
 		e.log.Info("policy: link below the service's need, moving it", "service", r.Service.Name, "cluster", r.Cluster, "mbps", bw, "need", r.Service.NeedMbps)

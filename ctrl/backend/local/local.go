@@ -237,7 +237,10 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 		argv, env := b.command(r.spec)
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.Env = append(os.Environ(), env...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		// Own process group (Delete kills the group); killed with the
+		// controller, so a restarted controller redeploys from its records
+		// instead of finding unknown copies holding the ports.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		started := time.Now()
 		err := cmd.Start()
 		if err == nil {
