@@ -90,9 +90,13 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		__builtin_memcpy(&t, &svc->slot[svc->active & 1], sizeof(t));
 
 		if (cv && cv->dir == CT_FORWARD && cv->kind == TARGET_REDIRECT) {
+			/* Free the expired flow's SNAT port, unless another flow has taken it over since. */
 			struct ct_key old = {};
 			ct_reverse_key_of(&old, cv, p.proto);
-			bpf_map_delete_elem(&roam_conntrack, &old);
+			struct ct_value *orv = bpf_map_lookup_elem(&roam_conntrack, &old);
+			if (orv && orv->dir == CT_REVERSE && orv->peer_port == p.sport &&
+			    addr_eq(orv->peer_addr, p.saddr))
+				bpf_map_delete_elem(&roam_conntrack, &old);
 		}
 		kind = t.kind;
 		if (kind == TARGET_NONE) {

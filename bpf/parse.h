@@ -36,6 +36,12 @@ static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
 	__builtin_memcpy(dst + 12, &a, 4);
 }
 
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+}
+
 /* parse_l4 checks the TCP or UDP header at l4 (bounded by l4_end, the end of the IP payload). */
 static __always_inline int parse_l4(void *data, void *data_end, __u32 l4, __u32 l4_end, struct pkt *p)
 {

@@ -258,3 +258,47 @@ func TestBenchXDP(t *testing.T) {
 		t.Fatalf("benchmark wrote %d entries into the data plane's conntrack", n)
 	}
 }
+
+// TestExpiredPortTakeover: a new flow may take over the SNAT port of an
+// idle-expired one; when the old client comes back, the new flow's reverse
+// entry must survive (its replies still translated).
+func TestExpiredPortTakeover(t *testing.T) {
+	tb := newTestbed(t, Config{PortMin: 40000, PortMax: 40000, IdleTimeout: 300 * time.Millisecond})
+	d0 := tb.d0.Attrs().Index
+	f := tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	target := mustTarget(t, "redirect:10.2.0.1:7001")
+	a := spec{src: ap("198.51.100.7:34000"), dst: ap("10.0.0.1:7000"), proto: UDP, payload: []byte("a"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	b := spec{src: ap("198.51.100.8:34000"), dst: ap("10.0.0.1:7000"), proto: UDP, payload: []byte("b"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	if v, _ := tb.run(t, a, d0); v != xdpTX {
+		t.Fatalf("flow a: verdict %d", v)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := tb.d.Flows(f, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("flow a never expired")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if v, _ := tb.run(t, b, d0); v != xdpTX {
+		t.Fatalf("flow b (taking over the port): verdict %d", v)
+	}
+	if v, _ := tb.run(t, a, d0); v != xdpDrop {
+		t.Fatalf("flow a back while b holds the only port: verdict %d, want drop", v)
+	}
+	reply := spec{src: ap("10.2.0.1:7001"), dst: netip.AddrPortFrom(snat4, 40000), proto: UDP, payload: []byte("r"), srcMAC: macGW, dstMAC: macD0}.build(t)
+	v, out := tb.run(t, reply, d0)
+	if v != xdpTX {
+		t.Fatalf("reply to b: verdict %d", v)
+	}
+	p := verifyChecksums(t, out)
+	if ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); !ip.DstIP.Equal(netip.MustParseAddr("198.51.100.8").AsSlice()) {
+		t.Fatalf("reply went to %v, want flow b's client", ip.DstIP)
+	}
+}
