@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -63,7 +64,15 @@ func (a *agentProc) start(ctx context.Context) {
 		close(ch)
 	}(a.cmd, a.exited)
 	c := a.client()
-	if err := poll(ctx, 60*time.Second, func() error { return c.Health(ctx) }); err != nil {
+	exited := a.exited
+	if err := poll(ctx, 60*time.Second, func() error {
+		select {
+		case <-exited:
+			return errAgentExited
+		default:
+		}
+		return c.Health(ctx)
+	}); err != nil {
 		a.t.Fatalf("roam-agent not healthy: %v\n%s", err, a.log())
 	}
 }
@@ -100,7 +109,10 @@ func (a *agentProc) client() *agentapi.Client {
 	return c
 }
 
-// poll calls f until it succeeds or the timeout passes.
+var errAgentExited = errors.New("roam-agent exited")
+
+// poll calls f until it succeeds, fails with errAgentExited, or the timeout
+// passes.
 func poll(ctx context.Context, timeout time.Duration, f func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -108,6 +120,9 @@ func poll(ctx context.Context, timeout time.Duration, f func() error) error {
 		err := f()
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, errAgentExited) {
+			return err
 		}
 		select {
 		case <-ctx.Done():
