@@ -4,14 +4,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/roamnet/roam/meta"
 )
 
 // Binaries roam's processes are built from (package paths in the module).
@@ -270,6 +274,14 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 		if err := tb.waitAll(rctx, ctrls); err != nil {
 			return Secrets{}, err
 		}
+		if want["roam-meta"] {
+			// Every controller is subscribed to the hellos now; once the MO
+			// has a hello from each cluster sent after this point, every
+			// controller has it too (NATS fans each hello out to all).
+			if err := tb.waitHellos(rctx, time.Now()); err != nil {
+				return Secrets{}, err
+			}
+		}
 	}
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
@@ -288,4 +300,42 @@ func (tb *Testbed) waitAll(ctx context.Context, ps []Proc) error {
 		return fmt.Errorf("launch: %w", err)
 	}
 	return nil
+}
+
+// waitHellos polls the MO's /v1/clusters until every cluster is up with a
+// hello seen after since.
+func (tb *Testbed) waitHellos(ctx context.Context, since time.Time) error {
+	hc := HTTPClient(tb.st.Router, 2*time.Second)
+	defer hc.CloseIdleConnections()
+	url := fmt.Sprintf("http://127.0.0.1:%d/v1/clusters", MetaHTTPPort)
+	var missing []string
+	for {
+		missing = missing[:0]
+		var cs []meta.ClusterStatus
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&cs)
+			resp.Body.Close()
+		}
+		seen := map[string]bool{}
+		for _, c := range cs {
+			if c.LastSeen.After(since) {
+				seen[c.Hello.ClusterID] = true
+			}
+		}
+		for _, c := range tb.Clusters() {
+			if !seen[c.Name] {
+				missing = append(missing, c.Name)
+			}
+		}
+		if err == nil && len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("launch: the MO has no fresh hello from %v: %w (last error: %v)", missing, ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
