@@ -33,6 +33,7 @@ const (
 	ReasonNotFound     = "not_found"
 	ReasonConflict     = "conflict"
 	ReasonUpstream     = "upstream"
+	ReasonUnsettled    = "unsettled"
 	ReasonInternal     = "internal"
 )
 
@@ -81,7 +82,7 @@ func NewServer(cfg Config) (*Server, error) {
 		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roam_ctrl_api_requests_total",
 			Help: "Controller API requests by route and status code."}, []string{"route", "code"}),
 	}
-	for _, r := range []string{ReasonBadJSON, ReasonInvalid, ReasonUnauthorized, ReasonNotFound, ReasonConflict, ReasonUpstream, ReasonInternal} {
+	for _, r := range []string{ReasonBadJSON, ReasonInvalid, ReasonUnauthorized, ReasonNotFound, ReasonConflict, ReasonUpstream, ReasonUnsettled, ReasonInternal} {
 		s.errs.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
@@ -195,6 +196,8 @@ func classify(err error) *Error {
 		return apiErr(http.StatusBadRequest, ReasonInvalid, "%v", err)
 	case errors.Is(err, migrate.ErrNotFound):
 		return apiErr(http.StatusNotFound, ReasonNotFound, "%v", err)
+	case errors.Is(err, migrate.ErrUnsettled):
+		return apiErr(http.StatusServiceUnavailable, ReasonUnsettled, "%v", err)
 	case errors.Is(err, migrate.ErrConflict):
 		return apiErr(http.StatusConflict, ReasonConflict, "%v", err)
 	}
@@ -301,6 +304,9 @@ func (s *Server) migrate(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	m, err := s.cfg.Engine.Migrate(r.Context(), r.PathValue("name"), req)
+	if errors.Is(err, migrate.ErrUnsettled) {
+		return reply(w, http.StatusAccepted, m) // settled later, see GET /v1/migrations
+	}
 	if err != nil {
 		if m.ID != "" && !errors.Is(err, migrate.ErrInvalid) && !errors.Is(err, migrate.ErrNotFound) {
 			// The migration ran and failed (rolled back): report it.
@@ -355,6 +361,9 @@ func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
 		return apiErr(http.StatusBadRequest, ReasonInvalid, "moved-on: service, migration_id, from and to are required")
 	}
 	m, err := s.cfg.Engine.MovedOn(r.Context(), n)
+	if errors.Is(err, migrate.ErrCrash) {
+		panic(http.ErrAbortHandler) // the test hook: drop the connection as a killed process would
+	}
 	if err != nil {
 		return err
 	}
@@ -362,7 +371,11 @@ func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) peerWhere(w http.ResponseWriter, r *http.Request) error {
-	return reply(w, http.StatusOK, s.cfg.Engine.Where(r.PathValue("name")))
+	wh, err := s.cfg.Engine.Where(r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	return reply(w, http.StatusOK, wh)
 }
 
 func (s *Server) peerHealth(w http.ResponseWriter, r *http.Request) error {

@@ -62,11 +62,12 @@ type cluster struct {
 }
 
 type env struct {
-	t     *testing.T
-	mo    *meta.Server
-	port  uint16
-	cl    map[string]*cluster
-	peers map[string]string
+	t        *testing.T
+	failsafe time.Duration
+	mo       *meta.Server
+	port     uint16
+	cl       map[string]*cluster
+	peers    map[string]string
 }
 
 func rnd() string {
@@ -132,7 +133,9 @@ func startAgent(t *testing.T) *agentapi.Client {
 	return agentapi.New(hs.URL, "agent-tok")
 }
 
-func newEnv(t *testing.T, ids ...string) *env {
+func newEnv(t *testing.T, ids ...string) *env { return newEnvFailsafe(t, time.Second, ids...) }
+
+func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -143,7 +146,7 @@ func newEnv(t *testing.T, ids ...string) *env {
 		t.Fatalf("start MO: %v", err)
 	}
 	t.Cleanup(func() { mo.Close() })
-	e := &env{t: t, mo: mo, cl: map[string]*cluster{}, peers: map[string]string{}}
+	e := &env{t: t, failsafe: failsafe, mo: mo, cl: map[string]*cluster{}, peers: map[string]string{}}
 	var addrs []netip.Addr
 	for i := range ids {
 		addrs = append(addrs, netip.AddrFrom4([4]byte{127, 0, 0, byte(1 + i)}))
@@ -219,7 +222,7 @@ func (e *env) start(id string) {
 	c.c, err = controller.New(ctx, controller.Config{ClusterID: id, Tier: meta.TierEdge, Listener: ln,
 		AdvertiseURL: "http://" + c.ln, NATSURL: c.mo, Agents: []string{c.agent.URL()}, AgentToken: "agent-tok",
 		FrontendAddr: c.addr, DataAddr: c.addr, StorePath: c.store, HelloInterval: 200 * time.Millisecond,
-		FailsafeAfter: time.Second, DrainTimeout: 2 * time.Second, Token: "user-tok", PeerSecret: secret,
+		FailsafeAfter: e.failsafe, DrainTimeout: 2 * time.Second, Token: "user-tok", PeerSecret: secret,
 		Peers: e.peers, Backend: c.be, CrashHook: c.hook, LinksFile: c.links,
 		PolicyInterval: 200 * time.Millisecond, PolicyCooldown: 500 * time.Millisecond, Logger: logger.With("ctrl", id)})
 	if err != nil {
@@ -569,4 +572,124 @@ func TestPolicyBandwidth(t *testing.T) {
 	if r.LastMigration == nil || r.LastMigration.Reason != "moved-on" {
 		t.Fatalf("last migration %+v", r.LastMigration)
 	}
+}
+
+// TestCrashMoverAtEachStage crashes the abroad cluster while it moves a
+// foreign service on (multi-hop), at each of its stages, and checks the
+// restarted controller settles it: before the home rerouted, the service
+// stays where it was; after, the move completes.
+func TestCrashMoverAtEachStage(t *testing.T) {
+	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
+	var mu sync.Mutex
+	crashAt := ""
+	e.cl["b"].hook = func(m ctrl.Migration) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if m.Role == ctrl.RoleMover && m.Stage == crashAt {
+			return fmt.Errorf("crash at %s", m.Stage)
+		}
+		return nil
+	}
+	e.stop("b")
+	e.start("b")
+	e.deploy("a")
+	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	e.expectAt("a", "b")
+	for _, stage := range []string{ctrl.StageTrigger, ctrl.StagePlacement, ctrl.StageReplication, ctrl.StageReroute, ctrl.StageCleanup} {
+		t.Run(stage, func(t *testing.T) {
+			mu.Lock()
+			crashAt = stage
+			mu.Unlock()
+			_, err := e.cl["b"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "c"})
+			if err == nil || !strings.Contains(err.Error(), "crash at") {
+				t.Fatalf("migrate did not stop at %s: %v", stage, err)
+			}
+			mu.Lock()
+			crashAt = ""
+			mu.Unlock()
+			e.stop("b")
+			e.start("b")
+			ms, _ := e.cl["b"].c.Engine.Migrations()
+			if last := ms[len(ms)-1]; last.State == ctrl.StateRunning {
+				t.Fatalf("still running after recovery: %+v", last)
+			}
+			if stage == ctrl.StageCleanup {
+				e.expectAt("a", "c")
+				if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.expectAt("a", "b")
+		})
+	}
+}
+
+// TestCrashHomeDuringMovedOn crashes the home while it reroutes after a
+// "moved on" notice (the connection drops as with kill -9). The mover keeps
+// both copies until the restarted home says where the service is; then
+// exactly one copy is left and the home's LB points at it.
+func TestCrashHomeDuringMovedOn(t *testing.T) {
+	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
+	var mu sync.Mutex
+	crashAt := ""
+	e.cl["a"].hook = func(m ctrl.Migration) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if m.Role == ctrl.RoleReroute && m.Stage == crashAt {
+			return fmt.Errorf("crash at %s", m.Stage)
+		}
+		return nil
+	}
+	e.stop("a")
+	e.start("a")
+	e.deploy("a")
+	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	at := "b"
+	for _, stage := range []string{ctrl.StageReroute, ctrl.StageVerify, ctrl.StageCommit, ctrl.StageDrain} {
+		t.Run(stage, func(t *testing.T) {
+			next := map[string]string{"b": "c", "c": "b"}[at]
+			mu.Lock()
+			crashAt = stage
+			mu.Unlock()
+			_, err := e.cl[at].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: next})
+			if err == nil {
+				t.Fatalf("migrate survived a home crash at %s", stage)
+			}
+			mu.Lock()
+			crashAt = ""
+			mu.Unlock()
+			// Both copies are kept while the outcome is unknown.
+			if !e.running(at) || !e.running(next) {
+				t.Fatalf("a copy went before the home settled (at %s: %v, next %s: %v)", at, e.running(at), next, e.running(next))
+			}
+			e.stop("a")
+			e.start("a")
+			want := at
+			if !beforeCommit(stage) {
+				want = next
+			}
+			e.eventually("the mover settles", func() error {
+				for _, id := range []string{"b", "c"} {
+					if id != want && e.running(id) {
+						return fmt.Errorf("copy still at %s", id)
+					}
+				}
+				ms, _ := e.cl[at].c.Engine.Migrations()
+				if last := ms[len(ms)-1]; last.State == ctrl.StateRunning {
+					return fmt.Errorf("mover's migration still running")
+				}
+				return nil
+			})
+			e.expectAt("a", want)
+			at = want
+		})
+	}
+}
+
+func beforeCommit(stage string) bool {
+	return stage != ctrl.StageCommit && stage != ctrl.StageDrain && stage != ctrl.StageCleanup
 }

@@ -36,6 +36,10 @@ var (
 	ErrInvalid  = errors.New("invalid request")
 	// ErrCrash is returned when the test hook stopped the engine.
 	ErrCrash = errors.New("engine stopped by the crash hook")
+	// ErrUnsettled is returned when a migration's outcome depends on a
+	// cluster that cannot be asked now; it stays in the journal and Run
+	// settles it later.
+	ErrUnsettled = errors.New("outcome unknown until the home answers")
 )
 
 // Config wires the engine.
@@ -324,6 +328,12 @@ func (e *Engine) finish(m *ctrl.Migration, err error) (ctrl.Migration, error) {
 	if errors.Is(err, ErrCrash) {
 		return *m, err
 	}
+	if errors.Is(err, ErrUnsettled) {
+		m.Error = err.Error()
+		_ = e.st.PutMigration(*m)
+		e.log.Warn("migration unsettled, will retry", "id", m.ID, "service", m.Service, "err", err)
+		return *m, err
+	}
 	m.Finished = time.Now().UTC()
 	if err != nil {
 		m.State, m.Error = ctrl.StateFailed, err.Error()
@@ -468,8 +478,14 @@ func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest
 			return err
 		}
 		if err != nil {
-			// Did the home commit before the error reached us?
-			if w, werr := e.cfg.Peers.Where(ctx, m.HomeURL, m.Service); werr != nil || w.Cluster != m.To {
+			// Did the home commit before the error reached us? If it
+			// cannot say, removing the new copy could leave its LB
+			// pointing at nothing: keep both copies until it answers.
+			w, werr := e.cfg.Peers.Where(ctx, m.HomeURL, m.Service)
+			if werr != nil {
+				return fmt.Errorf("%w: %w (and ask home: %w)", ErrUnsettled, err, werr)
+			}
+			if w.Cluster != m.To {
 				return e.rollback(ctx, m, err)
 			}
 		}
@@ -739,10 +755,21 @@ func (e *Engine) MovedOn(ctx context.Context, n ctrl.MovedOn) (ctrl.Migration, e
 }
 
 // Where answers a foreign copy's question: where does its home run it?
-func (e *Engine) Where(name string) ctrl.Where {
+// While a migration of the service is in flight here the answer is not
+// known yet: it returns an error wrapping ErrUnsettled (ask again).
+func (e *Engine) Where(name string) (ctrl.Where, error) {
+	inflight, err := e.st.InFlight()
+	if err != nil {
+		return ctrl.Where{}, err
+	}
+	for _, m := range inflight {
+		if m.Service == name {
+			return ctrl.Where{}, fmt.Errorf("where %s: migration %s at stage %s: %w", name, m.ID, m.Stage, ErrUnsettled)
+		}
+	}
 	r, err := e.st.Record(name)
 	if err != nil || r.Kind == ctrl.KindForeign {
-		return ctrl.Where{Home: e.cfg.ClusterID}
+		return ctrl.Where{Home: e.cfg.ClusterID}, nil
 	}
-	return ctrl.Where{Home: e.cfg.ClusterID, Kind: r.Kind, Cluster: r.Cluster, Known: true}
+	return ctrl.Where{Home: e.cfg.ClusterID, Kind: r.Kind, Cluster: r.Cluster, Known: true}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/roamnet/roam/ctrl"
@@ -178,10 +179,14 @@ func (e *Engine) retryInFlight(ctx context.Context) {
 		return
 	}
 	for _, m := range inflight {
-		// Only those left by an earlier run (older than any live call).
-		if time.Since(m.Started) < 2*time.Minute {
+		// A live migration holds its service's lock for its whole run:
+		// a running entry whose lock is free was left unsettled.
+		v, _ := e.locks.LoadOrStore(m.Service, &sync.Mutex{})
+		mu := v.(*sync.Mutex)
+		if !mu.TryLock() {
 			continue
 		}
+		mu.Unlock()
 		if err := e.recoverOne(ctx, m); err != nil {
 			e.log.Warn("settle migration", "id", m.ID, "err", err)
 		}
