@@ -127,6 +127,9 @@ func NewFromKubeconfig(path string, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("load kubeconfig: %w", err)
 	}
 	if cfg.Namespace == "" {
+		cfg.Namespace = os.Getenv(EnvNamespace)
+	}
+	if cfg.Namespace == "" {
 		if ns, _, err := cc.Namespace(); err == nil && ns != "" {
 			cfg.Namespace = ns
 		}
@@ -134,23 +137,16 @@ func NewFromKubeconfig(path string, cfg Config) (*Backend, error) {
 	return fromRest(rc, cfg)
 }
 
-// Environment variables NewAuto reads for fields cfg leaves empty (the
-// deploy/ manifests set them on roam-ctrl).
+// Environment variables the in-cluster and kubeconfig constructors read for
+// fields cfg leaves empty (the deploy/ manifests set them on roam-ctrl).
 const (
 	EnvNamespace   = "ROAM_KUBE_NAMESPACE"    // namespace of the workloads
 	EnvServiceType = "ROAM_KUBE_SERVICE_TYPE" // NodePort or LoadBalancer
 )
 
 // NewAuto picks in-cluster config inside a pod and the kubeconfig rules
-// otherwise: what roam-ctrl --backend kubernetes wants. Empty Namespace and
-// ServiceType come from $ROAM_KUBE_NAMESPACE and $ROAM_KUBE_SERVICE_TYPE.
+// otherwise.
 func NewAuto(cfg Config) (*Backend, error) {
-	if cfg.Namespace == "" {
-		cfg.Namespace = os.Getenv(EnvNamespace)
-	}
-	if cfg.ServiceType == "" {
-		cfg.ServiceType = corev1.ServiceType(os.Getenv(EnvServiceType))
-	}
 	if os.Getenv("KUBERNETES_SERVICE_HOST") != "" && os.Getenv("KUBECONFIG") == "" {
 		return NewInCluster(cfg)
 	}
@@ -158,6 +154,12 @@ func NewAuto(cfg Config) (*Backend, error) {
 }
 
 func fromRest(rc *rest.Config, cfg Config) (*Backend, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = os.Getenv(EnvNamespace)
+	}
+	if cfg.ServiceType == "" {
+		cfg.ServiceType = corev1.ServiceType(os.Getenv(EnvServiceType))
+	}
 	rc.UserAgent = "roam-ctrl"
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
