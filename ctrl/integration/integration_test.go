@@ -379,6 +379,18 @@ func TestMigrateMultiHopForwardingHome(t *testing.T) {
 		}
 	}
 	e.expectAt("a", "b")
+	req, _ := http.NewRequest("GET", e.peers["a"]+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`roam_ctrl_migration_stage_seconds_count{stage="reroute"} 1`, `roam_ctrl_migrations_total{result="done",role="home"} 1`} {
+		if !strings.Contains(string(mb), want) {
+			t.Fatalf("metrics lack %s", want)
+		}
+	}
 
 	// A GET at home is answered by b, as if local.
 	code, body = e.rest("a", "GET", "/v1/services/web", "")
