@@ -50,6 +50,15 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, __u32
 		count_action(id, action, p->len);
 		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
 	}
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
+		/*
+		 * Not forwardable: the destination is this host (a reply to a
+		 * host-originated flow) or has no route. The kernel delivers the
+		 * former and drops the latter (counted in its own statistics).
+		 */
+		count_action(id, action, p->len);
+		return TC_ACT_OK;
+	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		count_reason(REASON_NO_ROUTE);
 		count_action(id, ACTION_DROP, p->len);

@@ -43,6 +43,15 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, __u32 id
 		count_action(id, action, p->len);
 		return XDP_PASS;
 	}
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
+		/*
+		 * Not forwardable: the destination is this host (a reply to a
+		 * host-originated flow) or has no route. The kernel delivers the
+		 * former and drops the latter (counted in its own statistics).
+		 */
+		count_action(id, action, p->len);
+		return XDP_PASS;
+	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		count_reason(REASON_NO_ROUTE);
 		count_action(id, ACTION_DROP, p->len);

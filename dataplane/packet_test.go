@@ -12,6 +12,7 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // XDP verdicts.
@@ -161,6 +162,10 @@ func newTestbed(t *testing.T, cfg Config) *testbed {
 	addRoute(t, h, tb.d0, "198.51.100.0/24", "192.0.2.253")
 	addRoute(t, h, tb.d0, "2001:db8:c::/64", "2001:db8:ff::fd")
 	addRoute(t, h, tb.d0, "10.3.0.0/24", "192.0.2.250") // no neighbour entry
+	blackhole := &netlink.Route{Dst: &net.IPNet{IP: net.IP{10, 4, 0, 0}, Mask: net.CIDRMask(24, 32)}, Type: unix.RTN_BLACKHOLE}
+	if err := h.RouteAdd(blackhole); err != nil {
+		t.Fatalf("add blackhole route: %v", err)
+	}
 	cfg.SNATv4, cfg.SNATv6 = snat4, snat6
 	tb.d = openTest(t, cfg)
 	return tb
@@ -324,7 +329,7 @@ func TestUntouched(t *testing.T) {
 		{"ipv6 payload length beyond frame", mod(good6, func(b []byte) []byte { put16(b, 14+4, 500); return b }), xdpPass, "malformed", true},
 		{"ipv6 hop-by-hop header", ipv6WithHopByHop(t, good6), xdpPass, "ipv6_ext", true},
 		{"udp length beyond payload", spec{src: ap("198.51.100.7:5000"), dst: ap("10.0.0.1:80"), proto: UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
-		{"no route to target: dropped", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.4:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpDrop, "no_route", false},
+		{"blackholed target: dropped", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.4:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpDrop, "no_route", false},
 	}
 	for _, c := range cases {
 		// Not t.Run: a subtest runs on another goroutine, outside this
