@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -198,10 +199,17 @@ func (b *Backend) endpoints(s backend.Spec) []netip.AddrPort {
 }
 
 // ready reports whether every TCP port of s accepts a connection (UDP ports
-// cannot be probed and count as ready).
+// cannot be probed and count as ready); the demo service must also answer
+// HTTP GET /healthz with 200.
 func (b *Backend) ready(ctx context.Context, s backend.Spec) bool {
 	for i, p := range s.Ports {
 		if p.Protocol.String() != "tcp" {
+			continue
+		}
+		if s.Demo {
+			if !httpReady(ctx, "http://"+b.endpoints(s)[i].String()+"/healthz") {
+				return false
+			}
 			continue
 		}
 		d := net.Dialer{Timeout: 500 * time.Millisecond}
@@ -367,4 +375,19 @@ func (b *Backend) Close() error {
 		_ = b.Delete(context.Background(), n)
 	}
 	return nil
+}
+
+var probeClient = &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+func httpReady(ctx context.Context, url string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := probeClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
