@@ -8,7 +8,6 @@
 package meta
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -130,11 +129,14 @@ func (c Capacity) Free() (milliCPU, memoryMB, pods int64) {
 // (0 idle, 1 full). A cluster that reports no capacity at all counts as full.
 func (c Capacity) Load() float64 {
 	load, any := 0.0, false
-	for _, p := range [][2]int64{{c.UsedMilliCPU, c.MilliCPU}, {c.UsedMemoryMB, c.MemoryMB}, {c.UsedPods, c.Pods}} {
-		if p[1] > 0 {
-			any = true
-			load = max(load, float64(p[0])/float64(p[1]))
-		}
+	if c.MilliCPU > 0 {
+		any, load = true, float64(c.UsedMilliCPU)/float64(c.MilliCPU)
+	}
+	if c.MemoryMB > 0 {
+		any, load = true, max(load, float64(c.UsedMemoryMB)/float64(c.MemoryMB))
+	}
+	if c.Pods > 0 {
+		any, load = true, max(load, float64(c.UsedPods)/float64(c.Pods))
 	}
 	if !any {
 		return 1
@@ -445,14 +447,8 @@ func decode(b []byte, v any) error {
 	if len(b) > MaxMessageSize {
 		return fmt.Errorf("message of %d bytes exceeds %d", len(b), MaxMessageSize)
 	}
-	d := json.NewDecoder(bytes.NewReader(b))
-	if err := d.Decode(v); err != nil {
-		return err
-	}
-	if d.More() {
-		return errors.New("trailing data after the message")
-	}
-	return nil
+	// Unmarshal also rejects trailing data after the message.
+	return json.Unmarshal(b, v)
 }
 
 func validateURL(s string) error {

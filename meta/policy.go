@@ -59,9 +59,11 @@ func (LeastLoaded) Name() string { return "least-loaded" }
 
 // Place implements Policy.
 func (p LeastLoaded) Place(req PlacementRequest, view View, now time.Time) PlacementReply {
-	return place(p.Name(), req, view, now, func(cv candView) (float64, string, bool) {
-		s := loadScore(cv)
-		return s, fmt.Sprintf("load after %.0f%%, link %s", 100*cv.loadAfter, cv.linkText()), true
+	return place(p.Name(), req, view, now, func(cv candView, explain bool) (float64, string, bool) {
+		if !explain {
+			return loadScore(cv), "", true
+		}
+		return loadScore(cv), fmt.Sprintf("load after %.0f%%, link %s", 100*cv.loadAfter, cv.linkText()), true
 	})
 }
 
@@ -76,7 +78,7 @@ func (TierAware) Name() string { return "tier" }
 // Place implements Policy.
 func (p TierAware) Place(req PlacementRequest, view View, now time.Time) PlacementReply {
 	wanted := req.Service.Constraints.WantTiers
-	return place(p.Name(), req, view, now, func(cv candView) (float64, string, bool) {
+	return place(p.Name(), req, view, now, func(cv candView, explain bool) (float64, string, bool) {
 		rank := 0.0
 		switch cv.c.Hello.Tier {
 		case TierCloud:
@@ -87,6 +89,9 @@ func (p TierAware) Place(req PlacementRequest, view View, now time.Time) Placeme
 			if !slices.Contains(wanted, cv.c.Hello.Tier) {
 				return 0, "tier policy moves services to edge or cloud only", false
 			}
+		}
+		if !explain {
+			return rank*10 + loadScore(cv), "", true
 		}
 		return rank*10 + loadScore(cv), fmt.Sprintf("tier %s, load after %.0f%%, link %s", cv.c.Hello.Tier, 100*cv.loadAfter, cv.linkText()), true
 	})
@@ -119,7 +124,9 @@ func loadScore(cv candView) float64 {
 	return (1 - cv.loadAfter) + 0.5*q
 }
 
-type scoreFunc func(cv candView) (score float64, why string, ok bool)
+// scoreFunc scores a candidate; why is only formatted when explain is set
+// (for the few clusters a reply lists), ok false rules the cluster out.
+type scoreFunc func(cv candView, explain bool) (score float64, why string, ok bool)
 
 type ranked struct {
 	cv    candView
@@ -228,7 +235,7 @@ func place(policy string, req PlacementRequest, view View, now time.Time, score 
 				return true
 			}
 		}
-		s, why, ok := score(cv)
+		s, why, ok := score(cv, false)
 		if !ok {
 			filter(id, FilterTier, func() string { return why })
 			return true
@@ -272,7 +279,7 @@ func place(policy string, req PlacementRequest, view View, now time.Time, score 
 }
 
 func candidate(r ranked, score scoreFunc) Candidate {
-	_, why, _ := score(r.cv)
+	_, why, _ := score(r.cv, true)
 	h := &r.cv.c.Hello
 	return Candidate{
 		ClusterID:     h.ClusterID,

@@ -36,12 +36,16 @@ func (s State) String() string {
 type Cluster struct {
 	Hello    Hello
 	LastSeen time.Time
-	links    map[string]Link // Hello.Links by peer
+	// links indexes Hello.Links by peer when there are many; a short list
+	// is scanned (placement looks a link up for every cluster).
+	links map[string]Link
 }
+
+const linkMapMin = 8
 
 func newCluster(h Hello, seen time.Time) *Cluster {
 	c := &Cluster{Hello: h, LastSeen: seen}
-	if len(h.Links) > 0 {
+	if len(h.Links) >= linkMapMin {
 		c.links = make(map[string]Link, len(h.Links))
 		for _, l := range h.Links {
 			c.links[l.Peer] = l
@@ -52,11 +56,16 @@ func newCluster(h Hello, seen time.Time) *Cluster {
 
 // Link returns the link c reports toward peer.
 func (c *Cluster) Link(peer string) (Link, bool) {
-	if c.links == nil {
-		return Link{}, false
+	if c.links != nil {
+		l, ok := c.links[peer]
+		return l, ok
 	}
-	l, ok := c.links[peer]
-	return l, ok
+	for i := range c.Hello.Links {
+		if c.Hello.Links[i].Peer == peer {
+			return c.Hello.Links[i], true
+		}
+	}
+	return Link{}, false
 }
 
 // View is what a policy reads: every known cluster with its state at now.
