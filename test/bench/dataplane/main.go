@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -40,7 +41,7 @@ import (
 const iperfPort = 5201
 
 func main() {
-	dur := flag.Duration("duration", 5*time.Second, "length of each iperf3 run")
+	dur := flag.Duration("duration", 8*time.Second, "length of each iperf3 run")
 	repeat := flag.Int("repeat", 1_000_000, "BPF_PROG_TEST_RUN repeat count")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -205,7 +206,9 @@ func run(ctx context.Context, dur time.Duration, repeat int) error {
 	fmt.Printf("%-28s %16.0f %9.1f%% %14.2f\n", "(c) userspace Go proxy", res.PPSUserspace, res.UDPLossUserspace, res.GbpsUserspace)
 	fmt.Printf("%-28s %15.2fx %10s %13.2fx\n", "XDP / iptables", res.RatioXDPIptables, "", res.RatioGbpsIptables)
 	fmt.Printf("%-28s %15.2fx %10s %13.2fx\n", "XDP / userspace", res.RatioXDPUserspace, "", res.RatioGbpsUserspace)
-	fmt.Println()
+	fmt.Printf("\nall paths on the same veths, each with an XDP program on both ends (MTU-sized frames as on a wire);\n"+
+		"the iperf3 figures are end to end: sender, receiver and forwarder share this machine's %d CPUs,\n"+
+		"so where the endpoints saturate first the ratios understate the forwarding difference.\n\n", runtime.NumCPU())
 	b, err := json.Marshal(res)
 	if err != nil {
 		return err
