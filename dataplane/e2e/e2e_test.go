@@ -263,6 +263,54 @@ func TestEndToEnd(t *testing.T) {
 	}
 	wantBody(ctx, t, topo, url, "hello from abroad-1")
 
+	// 1b. UDP: a frontend to an abroad echo server; the reply comes back
+	// from the frontend's address (a connected socket accepts nothing else).
+	echo, err := ListenPacket(topo.Abroad, "udp", netip.AddrPortFrom(AbroadAddr1, 5353).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echo.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := echo.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = echo.WriteTo(append([]byte("echo from abroad-1: "), buf[:n]...), from)
+		}
+	}()
+	feUDP := dataplane.Frontend{Addr: HomeAddr, Port: 53, Proto: dataplane.UDP}
+	genUDP, err := api.Stage(ctx, feUDP, dataplane.Redirect(netip.AddrPortFrom(AbroadAddr1, 5353)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Commit(ctx, feUDP, genUDP); err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(ctx, 30*time.Second, func() error {
+		c, err := Dialer(topo.Client)(ctx, "udp", netip.AddrPortFrom(HomeAddr, 53).String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 2048)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		if got := string(buf[:n]); got != "echo from abroad-1: ping" {
+			return fmt.Errorf("udp reply %q", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("udp through %s: %v\n%s", feUDP, err, diagnose(ctx, topo))
+	}
+
 	// 2. Staging abroad-2 changes nothing until commit.
 	gen2, err := api.Stage(ctx, fe, t2)
 	if err != nil {
