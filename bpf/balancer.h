@@ -5,7 +5,8 @@
 
 /*
  * roam_process handles one packet. The attach point provides ROAM_CTX,
- * VERDICT_PASS/VERDICT_DROP, roam_l4_csum and roam_xmit (next hop and out).
+ * ROAM_WIRE_LEN, VERDICT_PASS/VERDICT_DROP, roam_l4_csum and roam_xmit
+ * (next hop and out).
  */
 static __always_inline int roam_process(ROAM_CTX *ctx)
 {
@@ -13,7 +14,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
 
-	int rc = parse_packet(data, data_end, &p);
+	int rc = parse_packet(data, data_end, ROAM_WIRE_LEN(ctx), &p);
 	if (rc == PARSE_SKIP)
 		return VERDICT_PASS;
 	if (rc != PARSE_OK) {

@@ -88,12 +88,18 @@ static __always_inline int is_ipv6_ext(__u8 nh)
 	return 0;
 }
 
-static __always_inline int parse_packet(void *data, void *data_end, struct pkt *p)
+/*
+ * parse_packet reads the headers in [data, data_end) (which must hold them:
+ * tc pulls them into the linear area first) and checks the IP lengths
+ * against wire_len, the whole frame (an skb's payload may sit in fragments
+ * beyond data_end).
+ */
+static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_len, struct pkt *p)
 {
 	struct eth_hdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_SKIP;
-	p->len = data_end - data;
+	p->len = wire_len;
 
 	if (eth->proto == bpf_htons(ETH_P_IP_)) {
 		struct ip4_hdr *iph = data + L3_OFF;

@@ -7,6 +7,7 @@
 #define ROAM_CTX struct __sk_buff
 #define VERDICT_PASS TC_ACT_OK
 #define VERDICT_DROP TC_ACT_SHOT
+#define ROAM_WIRE_LEN(ctx) ((ctx)->len)
 
 #include "parse.h"
 #include "csum.h"
@@ -75,6 +76,10 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, __u32
 SEC("tc")
 int roam_tc(struct __sk_buff *skb)
 {
+	/* Locally built packets may carry only part of the headers linear: pull what parsing reads. */
+	__u32 need = sizeof(struct eth_hdr) + sizeof(struct ip6_hdr) + sizeof(struct tcp_hdr);
+	if (skb->data_end - skb->data < need)
+		bpf_skb_pull_data(skb, skb->len < need ? skb->len : need);
 	return roam_process(skb);
 }
 

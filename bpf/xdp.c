@@ -6,6 +6,7 @@
 #define ROAM_CTX struct xdp_md
 #define VERDICT_PASS XDP_PASS
 #define VERDICT_DROP XDP_DROP
+#define ROAM_WIRE_LEN(ctx) ((__u32)((ctx)->data_end - (ctx)->data))
 
 #include "parse.h"
 #include "csum.h"
