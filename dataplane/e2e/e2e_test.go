@@ -316,11 +316,17 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 5; i++ {
+	for ok, tries := 0, 0; ok < 5; tries++ {
 		body, err := curl(ctx, topo, url)
-		if err != nil || !strings.Contains(body, "hello from abroad-1") {
-			t.Fatalf("with abroad-2 staged only, request %d: %q %v, want abroad-1", i, body, err)
+		switch {
+		case err != nil && tries < 20:
+			continue // a slow machine: retry, only a wrong answer fails
+		case err != nil:
+			t.Fatalf("with abroad-2 staged only: %v", err)
+		case !strings.Contains(body, "hello from abroad-1"):
+			t.Fatalf("with abroad-2 staged only, request %d reached %q, want abroad-1", tries, body)
 		}
+		ok++
 	}
 
 	// 3. A long iperf3 stream through the frontend, to abroad-1.
