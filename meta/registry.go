@@ -107,6 +107,12 @@ func NewRegistry(interval time.Duration, downAfter int) *Registry {
 
 // Observe records h, received at now, unless its Seq is stale.
 func (r *Registry) Observe(h Hello, now time.Time) ObserveResult {
+	res, _ := r.put(h, now, false)
+	return res
+}
+
+// observe is Observe also returning the entry it replaced (nil if none).
+func (r *Registry) observe(h Hello, now time.Time) (ObserveResult, *Cluster) {
 	return r.put(h, now, false)
 }
 
@@ -115,21 +121,22 @@ func (r *Registry) restore(h Hello, seen time.Time) {
 	r.put(h, seen, true)
 }
 
-func (r *Registry) put(h Hello, seen time.Time, restoring bool) ObserveResult {
+func (r *Registry) put(h Hello, seen time.Time, restoring bool) (ObserveResult, *Cluster) {
+	c := newCluster(h, seen)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	i, ok := r.index[h.ClusterID]
 	if !ok {
 		r.index[h.ClusterID] = len(r.list)
-		r.list = append(r.list, newCluster(h, seen))
-		return ObserveNew
+		r.list = append(r.list, c)
+		return ObserveNew, nil
 	}
 	old := r.list[i]
 	if h.Seq <= old.Hello.Seq || (restoring && !seen.After(old.LastSeen)) {
-		return ObserveStale
+		return ObserveStale, old
 	}
-	r.list[i] = newCluster(h, seen)
-	return ObserveUpdated
+	r.list[i] = c
+	return ObserveUpdated, old
 }
 
 // Forget removes a cluster.

@@ -330,17 +330,17 @@ func (s *Server) handleHello(m *nats.Msg) {
 		return
 	}
 	now := time.Now()
-	prev, _, existed := s.reg.Get(now, h.ClusterID)
-	switch s.reg.Observe(h, now) {
+	res, prev := s.reg.observe(h, now)
+	switch res {
 	case ObserveStale:
-		s.metrics.hellos.WithLabelValues("stale").Inc()
+		s.metrics.hellosStale.Inc()
 		return
 	case ObserveNew:
 		s.log.Info("cluster registered", "cluster", h.ClusterID, "tier", h.Tier, "controller", h.ControllerURL)
 	}
-	s.metrics.hellos.WithLabelValues("accepted").Inc()
+	s.metrics.hellosAccepted.Inc()
 	if s.kv != nil {
-		changed := !existed || !sameIdentity(prev.Hello, h)
+		changed := prev == nil || !sameIdentity(prev.Hello, h)
 		s.persist.mark(h, now, changed)
 	}
 }
@@ -668,6 +668,9 @@ func (l *logLimiter) log(log *slog.Logger, key, msg string, args ...any) {
 }
 
 type metrics struct {
+	// Pre-resolved children for the per-hello hot path.
+	hellosAccepted, hellosStale prometheus.Counter
+
 	hellos     *prometheus.CounterVec
 	placements *prometheus.CounterVec
 	latency    prometheus.Histogram
@@ -689,6 +692,7 @@ func newMetrics(r *prometheus.Registry, reg *Registry) *metrics {
 	for _, res := range []string{"accepted", "stale", "malformed", "mismatch"} {
 		m.hellos.WithLabelValues(res)
 	}
+	m.hellosAccepted, m.hellosStale = m.hellos.WithLabelValues("accepted"), m.hellos.WithLabelValues("stale")
 	for _, res := range []string{"placed", "no_placement", "bad_request", "forbidden", "error"} {
 		m.placements.WithLabelValues(res)
 	}
