@@ -85,6 +85,7 @@ func run(ctx context.Context, args []string) error {
 		kubeconfig = fs.String("kubeconfig", "", "kubeconfig for --backend kubernetes (empty: in-cluster)")
 		namespace  = fs.String("namespace", "", "namespace for --backend kubernetes")
 		storePath  = fs.String("store", "", "bbolt file (default roam-ctrl-<id>.db)")
+		stateDir   = fs.String("state-dir", "", "local backend: where running copies are recorded so a restarted controller adopts them (default <store>.copies; \"none\": copies die with the controller)")
 		hello      = fs.Duration("hello-interval", time.Second, "hello period")
 		failsafe   = fs.Duration("failsafe-after", 3*time.Second, "take services home after an abroad cluster is unreachable this long")
 		drain      = fs.Duration("drain-timeout", 10*time.Second, "longest wait for old flows after a commit")
@@ -138,7 +139,18 @@ func run(ctx context.Context, args []string) error {
 		if !da.IsValid() {
 			return errors.New("--backend local needs --data-addr or --frontend-addr")
 		}
-		lb, err := local.New(local.Config{ClusterID: *clusterID, ListenAddr: la, ExposeAddr: da,
+		sd := *stateDir
+		switch sd {
+		case "":
+			sp := *storePath
+			if sp == "" {
+				sp = "roam-ctrl-" + *clusterID + ".db"
+			}
+			sd = sp + ".copies"
+		case "none":
+			sd = ""
+		}
+		lb, err := local.New(local.Config{ClusterID: *clusterID, ListenAddr: la, ExposeAddr: da, StateDir: sd,
 			MilliCPU: *capCPU, MemoryMB: *capMem, Pods: *capPods, Logger: log})
 		if err != nil {
 			return err

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,23 +37,29 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	api := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "--cluster-id", "solo", "--api-addr", api, "--frontend-addr", "127.0.0.1", "--data-addr", "127.0.0.1",
-		"--listen-addr", "127.0.0.1", "--store", filepath.Join(dir, "ctrl.db"), "--token", "tok", "--peer-secret", "s",
-		"--hello-interval", "200ms", "--failsafe-after", "2s", "--drain-timeout", "1s")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	var logs syncBuffer
+	start := func() (*exec.Cmd, chan error) {
+		cmd := exec.Command(bin, "--cluster-id", "solo", "--api-addr", api, "--frontend-addr", "127.0.0.1", "--data-addr", "127.0.0.1",
+			"--listen-addr", "127.0.0.1", "--store", filepath.Join(dir, "ctrl.db"), "--token", "tok", "--peer-secret", "s",
+			"--hello-interval", "200ms", "--failsafe-after", "2s", "--drain-timeout", "1s")
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			<-done
+		})
+		return cmd, done
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
 		if t.Failed() {
 			t.Logf("roam-ctrl output:\n%s", logs.String())
 		}
 	})
+	cmd, done := start()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	call := func(method, path, body string) (int, string) {
@@ -66,15 +73,18 @@ func TestBinary(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	for {
-		if code, _ := call("GET", "/healthz", ""); code == 200 {
-			break
+	waitHealthy := func() {
+		for {
+			if code, _ := call("GET", "/healthz", ""); code == 200 {
+				return
+			}
+			if ctx.Err() != nil {
+				t.Fatal("roam-ctrl never became healthy")
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if ctx.Err() != nil {
-			t.Fatal("roam-ctrl never became healthy")
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	waitHealthy()
 	port := freePort(t)
 	code, body := call("POST", "/v1/services", fmt.Sprintf(`{"name":"web","demo":true,"ports":[{"port":%d,"protocol":"tcp"}]}`, port))
 	if code != 201 {
@@ -92,8 +102,35 @@ func TestBinary(t *testing.T) {
 	if code, body := call("GET", "/v1/services", ""); code != 200 || !strings.Contains(body, `"kind":"local"`) {
 		t.Fatalf("list: %d %s", code, body)
 	}
-	if code, _ := call("GET", "/v1/services", ""); code != 200 {
-		t.Fatal("list failed")
+	// kill -9: the copy keeps serving; a new controller on the same store
+	// adopts it.
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	done <- nil
+	demoGet := func() string {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if got := demoGet(); !strings.HasPrefix(got, "cluster solo ") {
+		t.Fatalf("copy after the controller's kill -9: %q", got)
+	}
+	cmd, done = start()
+	waitHealthy()
+	if code, body := call("GET", "/v1/services/web", ""); code != 200 || !strings.Contains(body, `"kind":"local"`) {
+		t.Fatalf("get after restart: %d %s", code, body)
+	}
+	if !strings.Contains(logs.String(), "adopted running copy") {
+		t.Fatal("the restarted controller did not adopt the copy")
+	}
+	if got := demoGet(); !strings.HasPrefix(got, "cluster solo ") {
+		t.Fatalf("copy after restart: %q", got)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -113,4 +150,22 @@ func TestBinary(t *testing.T) {
 		t.Fatal("the demo copy outlived the controller")
 	}
 	_ = os.Remove(bin)
+}
+
+// syncBuffer is a bytes.Buffer safe for the process's writes and our reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

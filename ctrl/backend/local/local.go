@@ -6,6 +6,7 @@ package local
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,10 +15,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +43,10 @@ type Config struct {
 	// Capacity limits (reported by Capacity; Deploy refuses beyond them
 	// when set).
 	MilliCPU, MemoryMB, Pods int64
+	// StateDir, when set, records each running copy (pid, spec) so a
+	// restarted backend adopts the copies a killed controller left running
+	// (no interruption). Without it copies die with the controller.
+	StateDir string
 	// MinBackoff and MaxBackoff bound the restart delay (default 100ms, 5s).
 	MinBackoff, MaxBackoff time.Duration
 	Logger                 *slog.Logger
@@ -82,7 +90,68 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Backend{cfg: cfg, log: cfg.Logger.With("backend", "local"), runs: map[string]*run{}}, nil
+	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", "local"), runs: map[string]*run{}}
+	if cfg.StateDir != "" {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("new local backend: %w", err)
+		}
+		b.adoptAll()
+	}
+	return b, nil
+}
+
+// state is what StateDir holds for one copy.
+type state struct {
+	PID  int          `json:"pid"`
+	Argv []string     `json:"argv"`
+	Spec backend.Spec `json:"spec"`
+}
+
+func (b *Backend) statePath(name string) string { return filepath.Join(b.cfg.StateDir, name+".json") }
+
+func (b *Backend) saveState(name string, st state) {
+	if b.cfg.StateDir == "" {
+		return
+	}
+	data, _ := json.Marshal(st)
+	tmp := b.statePath(name) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err == nil {
+		_ = os.Rename(tmp, b.statePath(name))
+	}
+}
+
+func (b *Backend) dropState(name string) {
+	if b.cfg.StateDir != "" {
+		_ = os.Remove(b.statePath(name))
+	}
+}
+
+// alive reports whether pid still runs argv (a zombie or a reused pid does
+// not count).
+func alive(pid int, argv []string) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(cmdline) == 0 {
+		return false
+	}
+	return string(cmdline) == strings.Join(argv, "\x00")+"\x00"
+}
+
+// adoptAll takes over the copies an earlier run left in StateDir.
+func (b *Backend) adoptAll() {
+	files, _ := filepath.Glob(filepath.Join(b.cfg.StateDir, "*.json"))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		var st state
+		if err != nil || json.Unmarshal(data, &st) != nil || !alive(st.PID, st.Argv) {
+			_ = os.Remove(f)
+			continue
+		}
+		rctx, cancel := context.WithCancel(context.Background())
+		r := &run{spec: st.Spec, cancel: cancel, done: make(chan struct{}), adopt: st.PID, pid: st.PID}
+		b.runs[st.Spec.Name] = r
+		b.log.Info("adopted running copy", "name", st.Spec.Name, "pid", st.PID)
+		go b.supervise(rctx, r)
+	}
 }
 
 // run is one supervised copy.
@@ -93,6 +162,8 @@ type run struct {
 	mu       sync.Mutex
 	pid      int
 	restarts int
+	adopt    int         // pid of a copy adopted from an earlier run
+	detached atomic.Bool // stop supervising without killing (tests: a crash)
 }
 
 // Restarts returns how many times the named copy was restarted (for tests
@@ -240,6 +311,33 @@ func (b *Backend) waitReady(ctx context.Context, s backend.Spec) (backend.Instan
 // supervise runs the process until ctx ends, restarting it with backoff.
 func (b *Backend) supervise(ctx context.Context, r *run) {
 	defer close(r.done)
+	if pid := r.adopt; pid != 0 {
+		argv, _ := b.command(r.spec)
+		r.mu.Lock()
+		r.pid = pid
+		r.mu.Unlock()
+		t := time.NewTicker(100 * time.Millisecond)
+		for alive(pid, argv) {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				if r.detached.Load() {
+					return
+				}
+				_ = syscall.Kill(-pid, syscall.SIGTERM)
+				for i := 0; i < 20 && alive(pid, argv); i++ {
+					time.Sleep(100 * time.Millisecond)
+				}
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+				return
+			case <-t.C:
+			}
+		}
+		t.Stop()
+		r.mu.Lock()
+		r.pid = 0
+		r.mu.Unlock()
+	}
 	backoff := b.cfg.MinBackoff
 	for {
 		argv, env := b.command(r.spec)
@@ -247,19 +345,27 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 		cmd.Env = append(os.Environ(), env...)
 		// Own process group (Delete kills the group); killed with the
 		// controller, so a restarted controller redeploys from its records
-		// instead of finding unknown copies holding the ports.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		// instead of finding unknown copies holding the ports (with StateDir they
+		// outlive it and are adopted).
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if b.cfg.StateDir == "" {
+			cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+		}
 		started := time.Now()
 		err := cmd.Start()
 		if err == nil {
 			r.mu.Lock()
 			r.pid = cmd.Process.Pid
 			r.mu.Unlock()
+			b.saveState(r.spec.Name, state{PID: cmd.Process.Pid, Argv: argv, Spec: r.spec})
 			waited := make(chan error, 1)
 			go func() { waited <- cmd.Wait() }()
 			select {
 			case err = <-waited:
 			case <-ctx.Done():
+				if r.detached.Load() {
+					return
+				}
 				killGroup(cmd.Process.Pid, waited)
 				return
 			}
@@ -314,6 +420,7 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("delete %s: %w", name, ctx.Err())
 	}
+	b.dropState(name)
 	b.log.Info("deleted", "name", name)
 	return nil
 }

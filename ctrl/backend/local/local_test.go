@@ -150,3 +150,80 @@ func TestDeployRefusals(t *testing.T) {
 		t.Fatalf("left behind %+v", l)
 	}
 }
+
+// abandon stops supervising every copy without killing it, as a killed
+// controller would.
+func (b *Backend) abandon() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for n, r := range b.runs {
+		r.detached.Store(true)
+		r.cancel()
+		<-r.done
+		delete(b.runs, n)
+	}
+}
+
+func TestAdoptAfterCrash(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
+		StateDir: dir, MinBackoff: 20 * time.Millisecond}
+	b1, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: dataplane.TCP}}}
+	if _, err := b1.Deploy(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	pid := b1.PID("web")
+	b1.abandon() // the controller dies; the copy keeps serving
+
+	b2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b2.Close() })
+	if got := b2.PID("web"); got != pid {
+		t.Fatalf("adopted pid %d, want %d", got, pid)
+	}
+	// Same spec: the adopted copy is the running instance.
+	inst, err := b2.Deploy(ctx, spec)
+	if err != nil || !inst.Ready {
+		t.Fatalf("deploy adopted: %+v %v", inst, err)
+	}
+	if b2.PID("web") != pid {
+		t.Fatal("adopted copy replaced")
+	}
+	if body := get(t, "http://"+inst.Endpoints[0].String()+"/"); !strings.HasPrefix(body, "cluster c1 ") {
+		t.Fatalf("adopted copy answered %q", body)
+	}
+	// It dies: the new supervisor restarts it.
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if np := b2.PID("web"); np != 0 && np != pid {
+			if i, err := b2.Get(ctx, "web"); err == nil && i.Ready {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("adopted copy not restarted after it died")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	np := b2.PID("web")
+	if err := b2.Delete(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(np, 0); err == nil {
+		t.Fatalf("process %d alive after delete", np)
+	}
+	if files, _ := os.ReadDir(dir); len(files) != 0 {
+		t.Fatalf("state left: %v", files)
+	}
+}
