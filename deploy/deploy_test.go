@@ -496,6 +496,11 @@ func TestFlagsPortsAndImages(t *testing.T) {
 					listens[p] = true
 				}
 			}
+			for _, e := range c.Env {
+				if e.Name == "ROAM_KUBE_DEMO_IMAGE" && e.Value != c.Image {
+					t.Errorf("%s: ROAM_KUBE_DEMO_IMAGE %q differs from the image %q", where, e.Value, c.Image)
+				}
+			}
 			named := map[string]int32{}
 			for _, p := range c.Ports {
 				named[p.Name] = p.ContainerPort

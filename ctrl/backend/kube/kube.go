@@ -64,6 +64,12 @@ type Config struct {
 	// NodeAddressTypes is the order in which node addresses are preferred
 	// (default ExternalIP then InternalIP).
 	NodeAddressTypes []corev1.NodeAddressType
+	// ClusterID is reported by the built-in demo service (Spec.Demo).
+	ClusterID string
+	// DemoImage runs Spec.Demo services that name no image: roam's own
+	// image, whose roam-ctrl has the demo subcommand (default
+	// DefaultDemoImage).
+	DemoImage string
 	// PollInterval is how often Deploy checks readiness (default 500ms).
 	PollInterval time.Duration
 	Logger       *slog.Logger
@@ -95,6 +101,9 @@ func New(client kubernetes.Interface, cfg Config) (*Backend, error) {
 	}
 	if len(cfg.NodeAddressTypes) == 0 {
 		cfg.NodeAddressTypes = []corev1.NodeAddressType{corev1.NodeExternalIP, corev1.NodeInternalIP}
+	}
+	if cfg.DemoImage == "" {
+		cfg.DemoImage = DefaultDemoImage
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = 500 * time.Millisecond
@@ -142,7 +151,12 @@ func NewFromKubeconfig(path string, cfg Config) (*Backend, error) {
 const (
 	EnvNamespace   = "ROAM_KUBE_NAMESPACE"    // namespace of the workloads
 	EnvServiceType = "ROAM_KUBE_SERVICE_TYPE" // NodePort or LoadBalancer
+	EnvDemoImage   = "ROAM_KUBE_DEMO_IMAGE"   // image for Spec.Demo
+	EnvClusterID   = "ROAM_CLUSTER_ID"        // reported by the demo service
 )
+
+// DefaultDemoImage is the image built by deploy/Dockerfile.
+const DefaultDemoImage = "ghcr.io/roamnet/roam:latest"
 
 // NewAuto picks in-cluster config inside a pod and the kubeconfig rules
 // otherwise.
@@ -159,6 +173,12 @@ func fromRest(rc *rest.Config, cfg Config) (*Backend, error) {
 	}
 	if cfg.ServiceType == "" {
 		cfg.ServiceType = corev1.ServiceType(os.Getenv(EnvServiceType))
+	}
+	if cfg.DemoImage == "" {
+		cfg.DemoImage = os.Getenv(EnvDemoImage)
+	}
+	if cfg.ClusterID == "" {
+		cfg.ClusterID = os.Getenv(EnvClusterID)
 	}
 	rc.UserAgent = "roam-ctrl"
 	cs, err := kubernetes.NewForConfig(rc)
@@ -210,6 +230,11 @@ func k8sProto(p dataplane.Proto) corev1.Protocol {
 func (b *Backend) deployment(s backend.Spec) *appsv1.Deployment {
 	one := int32(1)
 	c := corev1.Container{Name: "service", Image: s.Image, Command: slices.Clone(s.Command)}
+	if s.Demo && s.Image == "" {
+		// roam-ctrl's built-in demo HTTP service, from roam's own image.
+		c.Image = b.cfg.DemoImage
+		c.Command = []string{"/usr/local/bin/roam-ctrl", "demo", fmt.Sprintf("--listen=:%d", s.Ports[0].Port), "--cluster=" + b.cfg.ClusterID}
+	}
 	for i, p := range s.Ports {
 		c.Ports = append(c.Ports, corev1.ContainerPort{Name: truncName(portName(i, p)), ContainerPort: int32(p.Port), Protocol: k8sProto(p.Protocol)})
 	}
@@ -294,8 +319,11 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 	if err := s.Validate(); err != nil {
 		return backend.Instance{}, fmt.Errorf("deploy: %w", err)
 	}
-	if s.Image == "" {
-		return backend.Instance{}, fmt.Errorf("deploy %s: the kubernetes backend needs an image", s.Name)
+	if s.Image == "" && !s.Demo {
+		return backend.Instance{}, fmt.Errorf("deploy %s: the kubernetes backend needs an image (or demo)", s.Name)
+	}
+	if s.Demo && s.Image == "" && s.Ports[0].Protocol != dataplane.TCP {
+		return backend.Instance{}, fmt.Errorf("deploy %s: the demo service speaks HTTP: its first port must be tcp", s.Name)
 	}
 	if err := b.ensureDeployment(ctx, s); err != nil {
 		return backend.Instance{}, err

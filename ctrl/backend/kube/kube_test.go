@@ -359,6 +359,28 @@ func TestDeployWaitsAndHonoursContext(t *testing.T) {
 	}
 }
 
+func TestDemoService(t *testing.T) {
+	c := newCluster(t)
+	b := newBackend(t, c, Config{ClusterID: "cluster-b"})
+	s := backend.Spec{Name: "demo", Home: "cluster-a", Demo: true, Ports: []backend.Port{{Port: 8080, Protocol: dataplane.TCP}}}
+	if _, err := b.Deploy(ctxT(t), s); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.AppsV1().Deployments(ns).Get(context.Background(), "demo", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr := d.Spec.Template.Spec.Containers[0]
+	want := []string{"/usr/local/bin/roam-ctrl", "demo", "--listen=:8080", "--cluster=cluster-b"}
+	if ctr.Image != DefaultDemoImage || !slices.Equal(ctr.Command, want) {
+		t.Fatalf("demo container: %s %v", ctr.Image, ctr.Command)
+	}
+	s.Name, s.Ports = "demo-udp", []backend.Port{{Port: 53, Protocol: dataplane.UDP}}
+	if _, err := b.Deploy(ctxT(t), s); err == nil {
+		t.Fatal("demo on udp accepted")
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	c := newCluster(t)
 	b := newBackend(t, c, Config{})
