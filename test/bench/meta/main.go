@@ -93,6 +93,9 @@ func run() error {
 	decodeRate := measureDecode()
 
 	fmt.Println("roam meta-orchestrator on loopback (embedded NATS, least-loaded policy)")
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Printf("machine load average (other work shares these cores): %s", la)
+	}
 	fmt.Printf("%-10s %10s %10s %10s %10s\n", "clusters", "p50 µs", "p99 µs", "mean µs", "goal p99")
 	for _, r := range rows {
 		fmt.Printf("%-10d %10.0f %10.0f %10.0f %10s\n", r.clusters, us(r.p50), us(r.p99), us(r.mean), "<1000 µs")
