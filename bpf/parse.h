@@ -134,11 +134,14 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 		if ((bpf_ntohl(ip6->vtc_flow) >> 28) != 6 || L4_OFF6 + plen > p->len)
 			goto malformed;
 		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_) {
-			if (is_ipv6_ext(ip6->nexthdr)) {
-				p->reason = REASON_IPV6_EXT;
-				return PARSE_ERR;
-			}
-			return PARSE_SKIP;
+			if (!is_ipv6_ext(ip6->nexthdr))
+				return PARSE_SKIP;
+			/* Look one header further: ICMPv6 behind hop-by-hop (MLD) is never for a frontend. */
+			__u8 *ext = data + L4_OFF6;
+			if ((void *)(ext + 2) <= data_end && ext[0] == 58 /* ICMPv6 */)
+				return PARSE_SKIP;
+			p->reason = ip6->nexthdr == 44 ? REASON_FRAGMENT : REASON_IPV6_EXT;
+			return PARSE_ERR;
 		}
 		p->family = FAMILY_V6;
 		p->proto = ip6->nexthdr;

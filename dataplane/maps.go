@@ -158,12 +158,20 @@ func (v CTValue) target() Target {
 	return Target{Kind: TargetRedirect, Addr: addrFrom16(v.PeerAddr, v.Family), Port: htons(v.PeerPort)}
 }
 
-// expired mirrors ct_expired in bpf/conntrack.h; now is CLOCK_MONOTONIC in ns.
+// coarseSlack covers the lag of the programs' clock (bpf_ktime_get_coarse_ns,
+// CLOCK_MONOTONIC at tick resolution) behind CLOCK_MONOTONIC: Go calls a
+// flow gone only once the programs surely treat it as gone too, so a drain
+// never starts while a packet could still be pinned to the old target.
+const coarseSlack = 20 * time.Millisecond
+
+// expired mirrors ct_expired in bpf/conntrack.h (plus coarseSlack); now is
+// CLOCK_MONOTONIC in ns.
 func (v CTValue) expired(now uint64, idle time.Duration) bool {
 	timeout := uint64(idle)
 	if v.Flags&ctFlagClosing != 0 && uint64(closingTimeout) < timeout {
 		timeout = uint64(closingTimeout)
 	}
+	timeout += uint64(coarseSlack)
 	if v.LastSeen >= now {
 		return false
 	}

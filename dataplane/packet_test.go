@@ -328,6 +328,8 @@ func TestUntouched(t *testing.T) {
 		{"truncated ipv6 header", good6[:14+30], xdpPass, "malformed", true},
 		{"ipv6 payload length beyond frame", mod(good6, func(b []byte) []byte { put16(b, 14+4, 500); return b }), xdpPass, "malformed", true},
 		{"ipv6 hop-by-hop header", ipv6WithHopByHop(t, good6), xdpPass, "ipv6_ext", true},
+		{"ipv6 fragment header", ipv6WithExt(good6, 44, []byte{6, 0, 0, 1, 0, 0, 0, 7}), xdpPass, "fragment", true},
+		{"ipv6 hop-by-hop then ICMPv6 (MLD): not counted", ipv6WithExt(good6, 0, []byte{58, 0, 5, 2, 0, 0, 1, 0}), xdpPass, "", true},
 		{"udp length beyond payload", spec{src: ap("198.51.100.7:5000"), dst: ap("10.0.0.1:80"), proto: UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
 		{"blackholed target: dropped", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.4:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpDrop, "no_route", false},
 	}
@@ -400,10 +402,15 @@ func ipv4WithOptions(t *testing.T, frame []byte) []byte {
 
 // ipv6WithHopByHop inserts an empty hop-by-hop options header.
 func ipv6WithHopByHop(t *testing.T, frame []byte) []byte {
+	return ipv6WithExt(frame, 0, []byte{6, 0, 1, 4, 0, 0, 0, 0}) // next TCP, len 0, PadN(4)
+}
+
+// ipv6WithExt inserts extension header ext of type typ after the IPv6 header.
+func ipv6WithExt(frame []byte, typ byte, ext []byte) []byte {
 	out := append([]byte(nil), frame[:14+40]...)
-	out = append(out, 6, 0, 1, 4, 0, 0, 0, 0) // next TCP, len 0, PadN(4)
+	out = append(out, ext...)
 	out = append(out, frame[14+40:]...)
-	out[14+6] = 0 // next header: hop-by-hop
+	out[14+6] = typ
 	binary.BigEndian.PutUint16(out[14+4:], uint16(len(out)-14-40))
 	return out
 }
