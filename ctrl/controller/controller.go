@@ -167,7 +167,10 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		if c.nc, err = nats.Connect(cfg.NATSURL, opts...); err != nil {
 			return nil, fmt.Errorf("connect nats %s: %w", cfg.NATSURL, err)
 		}
-		if c.mc, err = meta.NewClient(c.nc, cfg.ClusterID, meta.WithLogger(c.log), meta.WithLiveness(cfg.HelloInterval, 3)); err != nil {
+		if c.mc, err = meta.NewClient(c.nc, cfg.ClusterID, meta.WithLogger(c.log), // The cache is the fallback when the MO is gone: its hellos
+			// stop with it, so keep them usable for 30 intervals.
+			meta.WithLiveness(30*cfg.HelloInterval, 3),
+			meta.WithTimeout(max(cfg.HelloInterval, 500*time.Millisecond)), meta.WithRetries(1)); err != nil {
 			return nil, err
 		}
 	}
@@ -227,6 +230,15 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 // URL is the controller's advertised API URL.
 func (c *Controller) URL() string { return c.url }
 
+// Clusters is the meta client's cached view of the hellos (nil without an
+// MO).
+func (c *Controller) Clusters() []meta.ClusterStatus {
+	if c.mc == nil {
+		return nil
+	}
+	return c.mc.ClusterStates()
+}
+
 // Registry is the controller's metrics registry.
 func (c *Controller) Registry() *prometheus.Registry { return c.reg }
 
@@ -243,7 +255,9 @@ func (c *Controller) Hello(ctx context.Context) (meta.Hello, error) {
 	h := meta.Hello{ClusterID: c.cfg.ClusterID, Tier: c.cfg.Tier, Labels: c.cfg.Labels, ControllerURL: c.url,
 		Capacity: meta.Capacity{MilliCPU: capy.MilliCPU, MemoryMB: capy.MemoryMB, Pods: capy.Pods,
 			UsedMilliCPU: capy.UsedMilliCPU, UsedMemoryMB: capy.UsedMemoryMB, UsedPods: capy.UsedPods},
-		Services: len(recs), IntervalMs: c.cfg.HelloInterval.Milliseconds()}
+		// No IntervalMs: the MO judges liveness by its own interval, and
+		// our cached view (the fallback without the MO) by a lenient one.
+		Services: len(recs)}
 	if c.cfg.DataAddr.IsValid() {
 		h.DataAddrs = []netip.Addr{c.cfg.DataAddr}
 	}

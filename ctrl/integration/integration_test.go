@@ -705,3 +705,28 @@ func TestCrashHomeDuringMovedOn(t *testing.T) {
 func beforeCommit(stage string) bool {
 	return stage != ctrl.StageCommit && stage != ctrl.StageDrain && stage != ctrl.StageCleanup
 }
+
+// TestPlaceWithoutMO: the MO is gone; the controller places from the meta
+// client's cached hellos and the migration is marked a local decision.
+func TestPlaceWithoutMO(t *testing.T) {
+	e := newEnvFailsafe(t, 20*time.Second, "a", "b")
+	e.deploy("a")
+	// Both controllers have seen each other's hellos.
+	e.eventually("a caches b's hellos", func() error {
+		for _, s := range e.cl["a"].c.Clusters() {
+			if s.Hello.ClusterID == "b" && s.State == "alive" {
+				return nil
+			}
+		}
+		return fmt.Errorf("not yet")
+	})
+	e.mo.Close()
+	m, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{})
+	if err != nil {
+		t.Fatalf("migrate without the MO: %v", err)
+	}
+	if !m.LocalDecision || m.To != "b" {
+		t.Fatalf("migration %+v: want a local decision for b", m)
+	}
+	e.expectAt("a", "b")
+}
