@@ -573,11 +573,15 @@ func TestPolicyBandwidth(t *testing.T) {
 		if e.running("b") {
 			return fmt.Errorf("b not cleaned up yet")
 		}
+		ms, _ := e.cl["b"].c.Engine.Migrations()
+		if last := ms[len(ms)-1]; last.State != ctrl.StateDone {
+			return fmt.Errorf("b's migration %s", last.State)
+		}
 		return nil
 	})
 	e.expectAt("a", "a")
 	ms, _ := e.cl["b"].c.Engine.Migrations()
-	if last := ms[len(ms)-1]; last.Reason != "network-change" || last.State != ctrl.StateDone {
+	if last := ms[len(ms)-1]; last.Reason != "network-change" {
 		t.Fatalf("b's migration %+v", last)
 	}
 	r, _ := e.record("a")
