@@ -46,9 +46,10 @@ type Client struct {
 	policy  Policy
 	log     *slog.Logger
 
-	seq   atomic.Uint64
-	cache *Registry
-	sub   *nats.Subscription
+	seq     atomic.Uint64
+	cache   *Registry
+	noCache bool
+	sub     *nats.Subscription
 
 	mu       sync.Mutex
 	fallback int // local decisions made
@@ -77,6 +78,11 @@ func WithLiveness(interval time.Duration, downAfter int) ClientOption {
 	return func(c *Client) { c.cache = NewRegistry(interval, downAfter) }
 }
 
+// WithoutCache skips the hello subscription: no cached view, so Place
+// returns the error instead of a local decision when the MO does not
+// answer. For requesters that must not decode every cluster's hellos.
+func WithoutCache() ClientOption { return func(c *Client) { c.noCache = true } }
+
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) ClientOption { return func(c *Client) { c.log = l } }
 
@@ -96,6 +102,9 @@ func NewClient(nc *nats.Conn, clusterID string, opts ...ClientOption) (*Client, 
 		c.cache = NewRegistry(time.Second, 3)
 	}
 	c.seq.Store(NewSeq())
+	if c.noCache {
+		return c, nil
+	}
 	sub, err := nc.Subscribe(SubjectHelloAll, func(m *nats.Msg) {
 		h, err := DecodeHello(m.Data)
 		if err != nil || m.Subject != HelloSubject(h.ClusterID) {
@@ -199,6 +208,9 @@ func (c *Client) Place(ctx context.Context, req PlacementRequest) (PlacementRepl
 		}
 		lastErr = err
 	}
+	if c.noCache {
+		return PlacementReply{}, fmt.Errorf("place %s: no answer from the meta-orchestrator and no cache: %w", req.RequestID, lastErr)
+	}
 	rep := c.policy.Place(req, c.cache, time.Now())
 	rep.Local = true
 	rep.DecidedBy = c.id
@@ -256,6 +268,9 @@ func (c *Client) LocalDecisions() int {
 
 // Close stops the hello subscription (the connection stays the caller's).
 func (c *Client) Close() error {
+	if c.sub == nil {
+		return nil
+	}
 	if err := c.sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		return fmt.Errorf("unsubscribe hellos: %w", err)
 	}

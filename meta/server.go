@@ -72,7 +72,8 @@ type Server struct {
 
 	ns      *server.Server // nil with an external NATS
 	tmpDir  string
-	nc      *nats.Conn
+	nc      *nats.Conn // placement, JetStream
+	ncHello *nats.Conn // hello ingest
 	js      jetstream.JetStream
 	kv      jetstream.KeyValue // nil: no persistence
 	svc     micro.Service
@@ -130,7 +131,7 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	if err := s.setupJetStream(ctx); err != nil {
 		return nil, err
 	}
-	s.helloSb, err = s.nc.Subscribe(SubjectHelloAll, s.handleHello)
+	s.helloSb, err = s.ncHello.Subscribe(SubjectHelloAll, s.handleHello)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe hellos: %w", err)
 	}
@@ -155,6 +156,9 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	if err := s.nc.Flush(); err != nil {
 		return nil, fmt.Errorf("flush subscriptions: %w", err)
 	}
+	if err := s.ncHello.Flush(); err != nil {
+		return nil, fmt.Errorf("flush subscriptions: %w", err)
+	}
 	if cfg.HTTPAddr != "" {
 		if err := s.serveHTTP(); err != nil {
 			return nil, err
@@ -174,12 +178,13 @@ func (s *Server) connect() error {
 		if cfg.Auth != nil && cfg.Auth.Meta.User != "" {
 			opts = append(opts, nats.UserInfo(cfg.Auth.Meta.User, cfg.Auth.Meta.Password))
 		}
-		nc, err := nats.Connect(cfg.NATSURL, opts...)
-		if err != nil {
-			return fmt.Errorf("connect to nats %s: %w", cfg.NATSURL, err)
-		}
-		s.nc = nc
-		return nil
+		return s.dial(func(role string) (*nats.Conn, error) {
+			nc, err := nats.Connect(cfg.NATSURL, append(opts, nats.Name("roam-meta "+s.name+" "+role))...)
+			if err != nil {
+				return nil, fmt.Errorf("connect to nats %s: %w", cfg.NATSURL, err)
+			}
+			return nc, nil
+		})
 	}
 	host, portText, err := net.SplitHostPort(orDefault(cfg.Listen, "0.0.0.0:4222"))
 	if err != nil {
@@ -228,12 +233,27 @@ func (s *Server) connect() error {
 	if !ns.ReadyForConnections(30 * time.Second) {
 		return errors.New("start embedded nats: not ready after 30s (is the port free?)")
 	}
-	inproc = append(inproc, nats.InProcessServer(ns), nats.Name("roam-meta "+s.name))
-	nc, err := nats.Connect("", inproc...)
-	if err != nil {
-		return fmt.Errorf("connect to embedded nats: %w", err)
+	inproc = append(inproc, nats.InProcessServer(ns))
+	return s.dial(func(role string) (*nats.Conn, error) {
+		nc, err := nats.Connect("", append(inproc, nats.Name("roam-meta "+s.name+" "+role))...)
+		if err != nil {
+			return nil, fmt.Errorf("connect to embedded nats: %w", err)
+		}
+		return nc, nil
+	})
+}
+
+// dial opens the MO's two connections: one for placement and JetStream,
+// one for the hello flood, so a placement request never waits behind
+// thousands of hellos on the same connection.
+func (s *Server) dial(connect func(role string) (*nats.Conn, error)) error {
+	var err error
+	if s.nc, err = connect("placement"); err != nil {
+		return err
 	}
-	s.nc = nc
+	if s.ncHello, err = connect("hellos"); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -552,12 +572,15 @@ func (s *Server) Close() error {
 			case <-time.After(5 * time.Second):
 			}
 		}
-		if s.nc != nil {
-			_ = s.nc.Drain()
-			for i := 0; i < 500 && !s.nc.IsClosed(); i++ {
+		for _, nc := range []*nats.Conn{s.ncHello, s.nc} {
+			if nc == nil {
+				continue
+			}
+			_ = nc.Drain()
+			for i := 0; i < 500 && !nc.IsClosed(); i++ {
 				time.Sleep(10 * time.Millisecond)
 			}
-			s.nc.Close()
+			nc.Close()
 		}
 		if s.ns != nil {
 			s.ns.Shutdown()

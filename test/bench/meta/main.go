@@ -52,7 +52,7 @@ func run() error {
 		return fmt.Errorf("connect requester: %w", err)
 	}
 	defer reqConn.Close()
-	client, err := meta.NewClient(reqConn, "bench-requester", meta.WithTimeout(5*time.Second), meta.WithRetries(0),
+	client, err := meta.NewClient(reqConn, "bench-requester", meta.WithTimeout(5*time.Second), meta.WithRetries(0), meta.WithoutCache(),
 		meta.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	if err != nil {
 		return err
@@ -92,7 +92,7 @@ func run() error {
 	}
 	decodeRate := measureDecode()
 
-	fmt.Println("roam meta-orchestrator on loopback (embedded NATS, least-loaded policy)")
+	fmt.Println("roam meta-orchestrator on loopback (embedded NATS, least-loaded policy; requester without hello cache)")
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average (other work shares these cores): %s", la)
 	}
