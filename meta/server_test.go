@@ -451,7 +451,14 @@ func TestClientFallbackToCache(t *testing.T) {
 	if err != nil || rep.Local || rep.Destination.ClusterID != "idle" {
 		t.Fatalf("with the MO: %+v %v", rep, err)
 	}
+	bare := newClient(t, nc, "bare", WithoutCache(), WithTimeout(300*time.Millisecond), WithRetries(0))
+	if len(bare.Clusters()) != 0 {
+		t.Fatal("client without cache has clusters")
+	}
 	s.Close() // the MO and its NATS are gone
+	if _, err := bare.Place(ctx(t), testRequest("bare", Constraints{})); err == nil || !strings.Contains(err.Error(), "no cache") {
+		t.Fatalf("without cache and MO: %v, want an error", err)
+	}
 	rep, err = c.Place(ctx(t), testRequest("home", Constraints{}))
 	if err != nil {
 		t.Fatal(err)
