@@ -90,16 +90,9 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 }
 
 func (d *Dataplane) conntrackEntries() (int, error) {
-	var (
-		k CTKey
-		v CTValue
-		n int
-	)
-	it := d.maps.RoamConntrack.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	return n, it.Err()
+	n := 0
+	err := d.walkConntrack(func(CTKey, CTValue) { n++ })
+	return n, err
 }
 
 // Drops returns the drop and error counts by reason, summed over CPUs.

@@ -301,19 +301,14 @@ func (d *Dataplane) Remove(f Frontend) error {
 	if err := d.maps.RoamServices.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove %s: delete service: %w", f, err)
 	}
-	var (
-		k    CTKey
-		v    CTValue
-		dead []CTKey
-	)
-	it := d.maps.RoamConntrack.Iterate()
-	for it.Next(&k, &v) {
+	var dead []CTKey
+	err := d.walkConntrack(func(k CTKey, v CTValue) {
 		if v.FrontendId == svc.Id {
 			dead = append(dead, k)
 		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("remove %s: walk conntrack: %w", f, err)
+	})
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", f, err)
 	}
 	for i := range dead {
 		if err := d.maps.RoamConntrack.Delete(&dead[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -409,18 +404,12 @@ func (d *Dataplane) forwardFlows(f Frontend, fn func(CTKey, CTValue, uint64)) er
 	if err != nil {
 		return err
 	}
-	var (
-		k CTKey
-		v CTValue
-	)
-	it := d.maps.RoamConntrack.Iterate()
-	for it.Next(&k, &v) {
+	return d.walkConntrack(func(k CTKey, v CTValue) {
 		if v.Dir != ctForward || v.FrontendId != svc.Id || v.expired(now, d.cfg.IdleTimeout) {
-			continue
+			return
 		}
 		fn(k, v, now)
-	}
-	return it.Err()
+	})
 }
 
 // Flows counts f's live flows (not closed, not idle-expired) pinned to t:
