@@ -47,7 +47,7 @@ func connect(t *testing.T, url string, opts ...nats.Option) *nats.Conn {
 
 func newClient(t *testing.T, nc *nats.Conn, id string, opts ...ClientOption) *Client {
 	t.Helper()
-	c, err := NewClient(nc, id, append([]ClientOption{WithLogger(quietLogger())}, opts...)...)
+	c, err := NewClient(nc, id, append([]ClientOption{WithLogger(quietLogger()), WithTimeout(10 * time.Second)}, opts...)...)
 	if err != nil {
 		t.Fatalf("new client %s: %v", id, err)
 	}
@@ -183,15 +183,12 @@ func TestLivenessOverNATS(t *testing.T) {
 		}
 	}()
 	defer func() { close(stop); wg.Wait() }()
-	seen := map[State]bool{}
+	// (The suspect step in between is checked with a fake clock in
+	// TestRegistryLiveness; polling for it here would be flaky.)
 	waitFor(t, "a down", func() bool {
 		_, st, _ := s.Registry().Get(time.Now(), "a")
-		seen[st] = true
 		return st == StateDown
 	})
-	if !seen[StateSuspect] {
-		t.Errorf("a went down without being suspect first: %v", seen)
-	}
 	// b may itself look suspect for a moment on a loaded machine: ask until
 	// the MO picks it, and a must never be picked.
 	var rep PlacementReply
@@ -253,12 +250,11 @@ func TestPlacementOverNATS(t *testing.T) {
 	if !strings.Contains(whyCloud, "20 Mbit/s from deep, 100 needed") {
 		t.Fatalf("cloud filtered for %q", whyCloud)
 	}
-	if v := metricValue(t, s, "roam_meta_placements_total", map[string]string{"result": "placed"}); v != 1 {
-		t.Fatalf("placements placed = %v", v)
-	}
-	if v := metricValue(t, s, "roam_meta_placement_seconds", nil); v != 1 {
-		t.Fatalf("placement latency samples = %v", v)
-	}
+	// The MO counts right after replying: wait for it.
+	waitFor(t, "placement counted", func() bool {
+		return metricValue(t, s, "roam_meta_placements_total", map[string]string{"result": "placed"}) == 1 &&
+			metricValue(t, s, "roam_meta_placement_seconds", nil) == 1
+	})
 	// An invalid request never leaves the client.
 	bad := testRequest("deep", Constraints{})
 	bad.Reason = "boredom"
@@ -327,7 +323,7 @@ func TestTwoReplicasServe(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rep.Local || rep.Destination.ClusterID != "p" {
+		if rep.Local || !rep.OK() || rep.Destination.ClusterID != "p" {
 			t.Fatalf("reply %+v", rep)
 		}
 		by[rep.DecidedBy]++
@@ -438,17 +434,17 @@ func TestMalformedMessages(t *testing.T) {
 func TestClientFallbackToCache(t *testing.T) {
 	s := startServer(t, ServerConfig{})
 	nc := connect(t, s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	c := newClient(t, nc, "home", WithTimeout(300*time.Millisecond), WithRetries(1), WithBackoff(10*time.Millisecond),
-		WithLiveness(time.Second, 3600))
+	c := newClient(t, nc, "home", WithTimeout(2*time.Second), WithRetries(1), WithBackoff(10*time.Millisecond),
+		WithLiveness(time.Hour, 3)) // the cache must not age out while the MO times out
 	for _, h := range []Hello{testHello("busy", TierEdge, 1000, 900), testHello("idle", TierEdge, 1000, 0)} {
 		b, _ := jsonMarshal(h)
 		if err := nc.Publish(HelloSubject(h.ClusterID), b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "cache filled", func() bool { return len(c.Clusters()) == 2 })
+	waitFor(t, "cache and MO filled", func() bool { return len(c.Clusters()) == 2 && s.Registry().Len() == 2 })
 	rep, err := c.Place(ctx(t), testRequest("home", Constraints{}))
-	if err != nil || rep.Local || rep.Destination.ClusterID != "idle" {
+	if err != nil || rep.Local || !rep.OK() || rep.Destination.ClusterID != "idle" {
 		t.Fatalf("with the MO: %+v %v", rep, err)
 	}
 	bare := newClient(t, nc, "bare", WithoutCache(), WithTimeout(300*time.Millisecond), WithRetries(0))
