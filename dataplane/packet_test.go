@@ -329,6 +329,7 @@ func TestUntouched(t *testing.T) {
 		{"ipv6 payload length beyond frame", mod(good6, func(b []byte) []byte { put16(b, 14+4, 500); return b }), xdpPass, "malformed", true},
 		{"ipv6 hop-by-hop header", ipv6WithHopByHop(t, good6), xdpPass, "ipv6_ext", true},
 		{"ipv6 fragment header", ipv6WithExt(good6, 44, []byte{6, 0, 0, 1, 0, 0, 0, 7}), xdpPass, "fragment", true},
+		{"ipv6 hop-by-hop to no frontend: passed to the kernel", ipv6WithExt(spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8:9::9]:5353"), proto: UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t), 0, []byte{17, 0, 1, 4, 0, 0, 0, 0}), xdpPass, "ipv6_ext", true},
 		{"ipv6 hop-by-hop then ICMPv6 (MLD): not counted", ipv6WithExt(good6, 0, []byte{58, 0, 5, 2, 0, 0, 1, 0}), xdpPass, "", true},
 		{"udp length beyond payload", spec{src: ap("198.51.100.7:5000"), dst: ap("10.0.0.1:80"), proto: UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
 		{"blackholed target: dropped", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.4:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpDrop, "no_route", false},

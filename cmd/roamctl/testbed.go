@@ -53,7 +53,7 @@ func runTestbed(ctx context.Context, args []string) error {
 	fs.StringVar(&f.name, "name", "", "testbed name (overrides the config's; namespaces are roam-NAME-*)")
 	fs.StringVar(&f.bin, "bin", "", "directory with roam-meta, roam-ctrl, roam-agent (default: go build them)")
 	fs.StringVar(&f.out, "out", "roam-demo", "run: output directory for result.json and latency.png")
-	fs.StringVar(&f.xdpMode, "xdp-mode", "generic", "agents' XDP mode: native or generic (native loses replies on the testbed's veths for now: see test/e2e)")
+	fs.StringVar(&f.xdpMode, "xdp-mode", "native", "agents' XDP mode: native or generic")
 	fs.BoolVar(&f.keep, "keep", false, "run: leave the testbed up afterwards")
 	fs.BoolVar(&f.verbose, "v", false, "log every testbed step")
 	fs.BoolVar(&f.jsonOut, "json", false, "status: print JSON")

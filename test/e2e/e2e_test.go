@@ -64,15 +64,12 @@ func need(t *testing.T) {
 	}
 }
 
-// xdpMode is the agents' XDP mode: $ROAM_E2E_XDP_MODE, default generic.
-// Native mode on the nodes' veths loses the reverse translation of replies
-// that reach the home node through the router (reported to the data-plane
-// owner); generic mode runs the same program.
+// xdpMode is the agents' XDP mode: $ROAM_E2E_XDP_MODE, default native.
 func xdpMode() string {
 	if m := os.Getenv("ROAM_E2E_XDP_MODE"); m != "" {
 		return m
 	}
-	return "generic"
+	return "native"
 }
 
 func randName(t *testing.T) string {

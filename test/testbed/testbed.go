@@ -369,7 +369,18 @@ func vethInto(ns, name string, addrs []netip.Addr, bits []int, peerNS, peer stri
 	if err := up(ns, name, addrs); err != nil {
 		return err
 	}
-	return up(peerNS, peer, peerAddrs)
+	if err := up(peerNS, peer, peerAddrs); err != nil {
+		return err
+	}
+	// Checksums in software on both ends, as frames on a real wire carry
+	// them: a veth hands its peer locally sent frames with a partial
+	// checksum, which a native XDP program cannot see, and a frame it
+	// XDP_TXes or redirects leaves with that partial checksum as if final
+	// (the receiver drops it as corrupt).
+	if err := txChecksumOff(ns, name); err != nil {
+		return err
+	}
+	return txChecksumOff(peerNS, peer)
 }
 
 func addDefaultRoutes(ns, ifname string, gw4, gw6 netip.Addr) error {

@@ -26,7 +26,7 @@ import (
 func main() {
 	n := flag.Int("migrations", 21, "number of migrations (at least 20)")
 	bin := flag.String("bin", "", "directory with the roam binaries (default: go build them)")
-	xdp := flag.String("xdp-mode", "generic", "agents' XDP mode (native loses replies on the testbed's veths for now, see test/e2e)")
+	xdp := flag.String("xdp-mode", "native", "agents' XDP mode: native or generic")
 	explicit := flag.Bool("explicit", false, "name each destination (home -> edge -> cloud -> home) instead of asking the MO (PR then measures no MO round trip)")
 	drain := flag.Duration("drain-timeout", 2*time.Second, "controllers' drain timeout (the wait stage's upper bound)")
 	flag.Parse()
