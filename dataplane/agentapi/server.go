@@ -383,23 +383,15 @@ func (s *Server) commit(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) abort(w http.ResponseWriter, r *http.Request) error {
-	var req frontendRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	f, err := needFrontend(req.Frontend)
-	if err != nil {
-		return err
-	}
-	if err := s.dp.Abort(f); err != nil {
-		return dpErr("abort", f, err)
-	}
-	s.log.Info("aborted", "frontend", f)
-	writeJSON(w, http.StatusOK, emptyReply{})
-	return nil
+	return s.frontendOp(w, r, "abort", "aborted", s.dp.Abort)
 }
 
 func (s *Server) remove(w http.ResponseWriter, r *http.Request) error {
+	return s.frontendOp(w, r, "remove", "removed", s.dp.Remove)
+}
+
+// frontendOp serves the calls whose request names only a frontend.
+func (s *Server) frontendOp(w http.ResponseWriter, r *http.Request, verb, done string, op func(dataplane.Frontend) error) error {
 	var req frontendRequest
 	if err := decode(r, &req); err != nil {
 		return err
@@ -408,10 +400,10 @@ func (s *Server) remove(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.dp.Remove(f); err != nil {
-		return dpErr("remove", f, err)
+	if err := op(f); err != nil {
+		return dpErr(verb, f, err)
 	}
-	s.log.Info("removed", "frontend", f)
+	s.log.Info(done, "frontend", f)
 	writeJSON(w, http.StatusOK, emptyReply{})
 	return nil
 }
