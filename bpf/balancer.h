@@ -1,13 +1,200 @@
-/* balancer.h: the per-packet pipeline shared by XDP and tc: reverse translation, frontend lookup, flow pinning, NAT. */
+/* balancer.h: the per-packet pipeline shared by XDP and tc: replies back through NAT, pinned flows, new flows. */
 #pragma once
 
 #include "nat.h"
 
 /*
- * roam_process handles one packet. The attach point provides ROAM_CTX,
- * ROAM_WIRE_LEN, VERDICT_PASS/VERDICT_DROP, roam_l4_csum and roam_xmit
- * (next hop and out).
+ * The attach point provides ROAM_CTX, ROAM_WIRE_LEN, VERDICT_PASS and
+ * VERDICT_DROP, ROAM_OWN_SOCKET (the packet's own socket, tc egress),
+ * roam_l4_csum and roam_xmit (next hop and out).
  */
+
+/* roam_local_socket: a TCP socket of this host (not a listener) owns the packet's tuple. */
+static __always_inline int roam_local_socket(ROAM_CTX *ctx, const struct pkt *p)
+{
+	if (ROAM_OWN_SOCKET(ctx))
+		return 1;
+	struct bpf_sock_tuple t = {};
+	__u32 size = sock_tuple(&t, p);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int owned = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return owned;
+}
+
+/* is_reply: addressed to the SNAT address and a port of its range, where only targets' replies can be ours. */
+static __always_inline int is_reply(const struct pkt *p, const struct config *cfg)
+{
+	__u16 port = bpf_ntohs(p->dport);
+	if (port < cfg->port_min || port > cfg->port_max)
+		return 0;
+	return addr_eq(p->daddr, p->family == FAMILY_V4 ? cfg->snat4 : cfg->snat6);
+}
+
+/*
+ * active_target returns a copy of the active target of the frontend k is
+ * addressed to (see roam_services in maps.h), and its id; NULL if there is
+ * no such frontend.
+ */
+static __always_inline struct target *active_target(const struct ct_key *k, __u32 *id)
+{
+	struct scratch *sc = scratch();
+	if (!sc)
+		return NULL;
+	__builtin_memcpy(sc->svc.addr, k->daddr, 16);
+	sc->svc.port = k->dport;
+	sc->svc.proto = k->proto;
+	sc->svc.family = k->family;
+	struct service *svc = bpf_map_lookup_elem(&roam_services, &sc->svc);
+	if (!svc)
+		return NULL;
+	*id = svc->id;
+	__builtin_memcpy(&sc->t, &svc->slot[svc->active & 1], sizeof(sc->t));
+	return &sc->t;
+}
+
+/* udp_over: a UDP flow is over after udp_ns idle, or after udp_drain_ns idle once a commit moved its frontend away. */
+static __always_inline int udp_over(const struct ct_value *v, const struct ct_key *k, __u64 now,
+				    const struct config *cfg)
+{
+	__u64 seen = v->last_seen;
+	if (v->kind == TARGET_REDIRECT) {
+		__u64 r = ct_reply_seen(v, k);
+		if (r > seen)
+			seen = r;
+	}
+	if (!idle_longer(now, seen, cfg->udp_drain_ns))
+		return 0;
+	if (idle_longer(now, seen, cfg->udp_ns))
+		return 1;
+	__u32 id;
+	struct target *t = active_target(k, &id);
+	if (!t || t->kind != v->kind)
+		return 1;
+	return v->kind == TARGET_REDIRECT && (t->port != v->target_port || !addr_eq(t->addr, v->target_addr));
+}
+
+/* roam_reply updates a target's reply's flow and returns its NAT entry; NULL if it matches none. */
+static __always_inline struct nat_value *roam_reply(struct pkt *p, __u64 now)
+{
+	struct ct_key rk = {};
+	ct_key_from_pkt(&rk, p);
+	struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, &rk);
+	if (!nv)
+		return NULL;
+	ct_touch(&nv->last_seen, now);
+	if (p->proto == IPPROTO_TCP_ &&
+	    ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)) || (nv->flags & NAT_RST)))
+		ct_on_reply(nv, p, &rk);
+	return nv;
+}
+
+/* Verdicts of roam_new_flow besides VERDICT_PASS and VERDICT_DROP: send as the returned entry says. */
+#define VERDICT_FLOW (-1)
+
+/*
+ * roam_new_flow pins a new flow (a TCP SYN, or any UDP packet) to the
+ * frontend's active target and returns VERDICT_FLOW with *out set to its
+ * entry, or a verdict; old is the entry of a flow over on the same tuple,
+ * if any. A TCP packet without SYN gets no state: it is passed if the
+ * frontend is local or a socket of this host owns it, else dropped.
+ * Not inlined: a subprogram with its own stack frame, off the pinned path.
+ */
+static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct ct_key *k, const struct ct_value *old,
+				    struct ct_value **out)
+{
+	__u32 zero = 0;
+	const struct config *cfg = bpf_map_lookup_elem(&roam_config, &zero);
+	if (!cfg)
+		return VERDICT_PASS;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 id;
+	struct target *t = active_target(k, &id);
+	if (!t)
+		return VERDICT_PASS;
+	__u8 kind = t->kind;
+	if (kind == TARGET_NONE) {
+		count_action(id, ACTION_PASS, p->len);
+		return VERDICT_PASS;
+	}
+	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
+		if (kind == TARGET_LOCAL || roam_local_socket(ctx, p)) {
+			count_action(id, ACTION_PASS, p->len);
+			return VERDICT_PASS;
+		}
+		count_reason(REASON_NO_FLOW);
+		count_action(id, ACTION_DROP, p->len);
+		return VERDICT_DROP;
+	}
+	if (old && old->kind == TARGET_REDIRECT)
+		nat_release(old, k);
+
+	struct scratch *sc = scratch();
+	if (!sc)
+		return VERDICT_PASS;
+	struct ct_value *fv = &sc->fv;
+	__builtin_memset(fv, 0, sizeof(*fv));
+	fv->kind = kind;
+	fv->family = p->family;
+	fv->frontend_id = id;
+	fv->last_seen = now;
+	if (kind == TARGET_LOCAL) {
+		/* Pinned too, so a commit away from local leaves this flow here. */
+		if (bpf_map_update_elem(&roam_conntrack, k, fv, BPF_ANY) != 0)
+			count_reason(REASON_CT_FULL);
+		*out = fv;
+		return VERDICT_FLOW;
+	}
+	if (sc->t.family != p->family) {
+		count_reason(REASON_FAMILY_MISMATCH);
+		count_action(id, ACTION_DROP, p->len);
+		return VERDICT_DROP;
+	}
+	if (p->family == FAMILY_V4 ? !cfg->has_snat4 : !cfg->has_snat6) {
+		count_reason(REASON_NO_SNAT);
+		count_action(id, ACTION_DROP, p->len);
+		return VERDICT_DROP;
+	}
+	if (cfg->port_min == 0 || cfg->port_max < cfg->port_min) {
+		count_reason(REASON_NO_CONFIG);
+		count_action(id, ACTION_PASS, p->len);
+		return VERDICT_PASS;
+	}
+	__builtin_memcpy(fv->target_addr, sc->t.addr, 16);
+	__builtin_memcpy(fv->snat_addr, p->family == FAMILY_V4 ? cfg->snat4 : cfg->snat6, 16);
+	fv->target_port = sc->t.port;
+
+	struct ct_key *rk = &sc->rk;
+	nat_key_of(rk, fv, p->proto); /* its port comes from snat_alloc */
+	struct nat_value *rv = &sc->rv;
+	__builtin_memset(rv, 0, sizeof(*rv));
+	__builtin_memcpy(rv->client_addr, p->saddr, 16);
+	__builtin_memcpy(rv->front_addr, p->daddr, 16);
+	rv->client_port = p->sport;
+	rv->front_port = p->dport;
+	rv->family = p->family;
+	rv->frontend_id = id;
+	rv->last_seen = now;
+
+	fv->snat_port = snat_alloc(rk, rv, p, cfg, now);
+	if (!fv->snat_port) {
+		count_reason(REASON_PORT_EXHAUSTED);
+		count_action(id, ACTION_DROP, p->len);
+		return VERDICT_DROP;
+	}
+	if (bpf_map_update_elem(&roam_conntrack, k, fv, BPF_ANY) != 0) {
+		bpf_map_delete_elem(&roam_nat, rk);
+		count_reason(REASON_CT_FULL);
+		count_action(id, ACTION_DROP, p->len);
+		return VERDICT_DROP;
+	}
+	*out = fv;
+	return VERDICT_FLOW;
+}
+
+/* roam_process handles one packet. */
 static __always_inline int roam_process(ROAM_CTX *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -26,156 +213,65 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	struct config *cfg = bpf_map_lookup_elem(&roam_config, &zero);
 	if (!cfg)
 		return VERDICT_PASS;
-	__u64 idle = cfg->idle_timeout_ns ? cfg->idle_timeout_ns : DEFAULT_IDLE_TIMEOUT_NS;
-	/* CLOCK_MONOTONIC at tick resolution: ample for idle timeouts, and much cheaper than bpf_ktime_get_ns under kvm-clock. */
+	/* CLOCK_MONOTONIC at tick resolution: ample for flow timeouts, and much cheaper than bpf_ktime_get_ns under kvm-clock. */
 	__u64 now = bpf_ktime_get_coarse_ns();
 
-	/* One conntrack lookup with the packet's own tuple finds either a reply (reverse) or a pinned flow (forward). */
-	struct ct_key k = {};
-	ct_key_from_pkt(&k, &p);
-	struct ct_value *cv = bpf_map_lookup_elem(&roam_conntrack, &k);
+	__u8 src[16], dst[16];
+	__be16 sport, dport;
+	__u32 id, action;
 
-	if (cv && cv->dir == CT_REVERSE && !ct_expired(cv, now, idle)) {
-		/* Reply from a target: source back to the frontend, destination back to the client. */
-		__u8 client[16], front[16];
-		__builtin_memcpy(client, cv->peer_addr, 16);
-		__builtin_memcpy(front, cv->nat_addr, 16);
-		__be16 cport = cv->peer_port, fport = cv->nat_port;
-		__u32 id = cv->frontend_id;
-		ct_touch(cv, &p, now);
-		if (rewrite(ctx, &p, front, fport, client, cport) < 0) {
-			count_reason(REASON_MALFORMED);
-			return VERDICT_PASS;
-		}
-		return roam_xmit(ctx, &p, id, ACTION_REVERSE);
-	}
-
-	__u8 kind, dst[16], src[16];
-	__be16 dport, sport;
-	__u32 id;
-
-	if (cv && cv->dir == CT_FORWARD && !ct_expired(cv, now, idle) && !ct_is_new_syn(cv, &p)) {
-		/*
-		 * Pinned flow: keeps the target it started with, whatever was
-		 * committed since. No service lookup: Remove deletes a frontend's
-		 * conntrack entries with it.
-		 */
-		id = cv->frontend_id;
-		kind = cv->kind;
-		__builtin_memcpy(dst, cv->peer_addr, 16);
-		__builtin_memcpy(src, cv->nat_addr, 16);
-		dport = cv->peer_port;
-		sport = cv->nat_port;
-		ct_touch(cv, &p, now);
-		if (kind == TARGET_REDIRECT && (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && p.proto == IPPROTO_TCP_) {
-			struct ct_key rk = {};
-			ct_reverse_key_of(&rk, cv, p.proto);
-			struct ct_value *rv = bpf_map_lookup_elem(&roam_conntrack, &rk);
-			if (rv)
-				ct_touch(rv, &p, now);
-		}
+	if (is_reply(&p, cfg)) {
+		/* A target's reply: source back to the frontend, destination back to the client. */
+		struct nat_value *nv = roam_reply(&p, now);
+		if (!nv)
+			return VERDICT_PASS; /* not a flow of ours: the host's */
+		__builtin_memcpy(src, nv->front_addr, 16);
+		__builtin_memcpy(dst, nv->client_addr, 16);
+		sport = nv->front_port;
+		dport = nv->client_port;
+		id = nv->frontend_id;
+		action = ACTION_REVERSE;
 	} else {
-		/* New flow (or an expired one): take the active target and pin it. */
-		struct frontend_key fk = {};
-		__builtin_memcpy(fk.addr, p.daddr, 16);
-		fk.port = p.dport;
-		fk.proto = p.proto;
-		fk.family = p.family;
-		struct service *svc = bpf_map_lookup_elem(&roam_services, &fk);
-		if (!svc)
-			return VERDICT_PASS;
-
-		/* Copy the id and the active target to the stack at once (see roam_services in maps.h). */
-		id = svc->id;
-		struct target t;
-		__builtin_memcpy(&t, &svc->slot[svc->active & 1], sizeof(t));
-
-		if (cv && cv->dir == CT_FORWARD && cv->kind == TARGET_REDIRECT) {
-			/* Free the expired flow's SNAT port, unless another flow has taken it over since. */
-			struct ct_key old = {};
-			ct_reverse_key_of(&old, cv, p.proto);
-			struct ct_value *orv = bpf_map_lookup_elem(&roam_conntrack, &old);
-			if (orv && orv->dir == CT_REVERSE && orv->peer_port == p.sport &&
-			    addr_eq(orv->peer_addr, p.saddr))
-				bpf_map_delete_elem(&roam_conntrack, &old);
+		struct ct_key k = {};
+		ct_key_from_pkt(&k, &p);
+		struct ct_value *cv = bpf_map_lookup_elem(&roam_conntrack, &k);
+		struct ct_value *old = cv;
+		if (cv && p.proto == IPPROTO_TCP_) {
+			/* A SYN on a flow that is done (or expired) starts a new flow on the same tuple. */
+			if ((p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
+			    (ct_done(cv->state, cv->kind) || ct_expired(cv, &k, now, cfg)))
+				cv = NULL;
+			else
+				ct_on_forward(cv, &p);
+		} else if (cv && idle_longer(now, cv->last_seen, cfg->udp_drain_ns) && udp_over(cv, &k, now, cfg)) {
+			cv = NULL;
 		}
-		kind = t.kind;
-		if (kind == TARGET_NONE) {
-			count_action(id, ACTION_PASS, p.len);
-			return VERDICT_PASS;
-		}
-		struct ct_value fv = {};
-		fv.kind = kind;
-		fv.dir = CT_FORWARD;
-		fv.family = p.family;
-		fv.frontend_id = id;
-		fv.last_seen = now;
-		ct_touch(&fv, &p, now);
-		if (kind == TARGET_REDIRECT) {
-			if (t.family != p.family) {
-				count_reason(REASON_FAMILY_MISMATCH);
-				count_action(id, ACTION_DROP, p.len);
-				return VERDICT_DROP;
-			}
-			if (p.family == FAMILY_V4 ? !cfg->has_snat4 : !cfg->has_snat6) {
-				count_reason(REASON_NO_SNAT);
-				count_action(id, ACTION_DROP, p.len);
-				return VERDICT_DROP;
-			}
-			if (cfg->port_min == 0 || cfg->port_max < cfg->port_min) {
-				count_reason(REASON_NO_CONFIG);
-				count_action(id, ACTION_PASS, p.len);
-				return VERDICT_PASS;
-			}
-			__builtin_memcpy(dst, t.addr, 16);
-			__builtin_memcpy(src, p.family == FAMILY_V4 ? cfg->snat4 : cfg->snat6, 16);
-			dport = t.port;
-
-			struct ct_key rk = {};
-			__builtin_memcpy(rk.saddr, dst, 16);
-			__builtin_memcpy(rk.daddr, src, 16);
-			rk.sport = dport;
-			rk.proto = p.proto;
-			rk.family = p.family;
-			struct ct_value rv = fv;
-			rv.dir = CT_REVERSE;
-			__builtin_memcpy(rv.peer_addr, p.saddr, 16);
-			__builtin_memcpy(rv.nat_addr, p.daddr, 16);
-			rv.peer_port = p.sport;
-			rv.nat_port = p.dport;
-
-			sport = snat_alloc(&rk, &rv, &p, cfg, now, idle);
-			if (!sport) {
-				count_reason(REASON_PORT_EXHAUSTED);
-				count_action(id, ACTION_DROP, p.len);
-				return VERDICT_DROP;
-			}
-			__builtin_memcpy(fv.peer_addr, dst, 16);
-			__builtin_memcpy(fv.nat_addr, src, 16);
-			fv.peer_port = dport;
-			fv.nat_port = sport;
-			if (bpf_map_update_elem(&roam_conntrack, &k, &fv, BPF_ANY) != 0) {
-				bpf_map_delete_elem(&roam_conntrack, &rk);
-				count_reason(REASON_CT_FULL);
-				count_action(id, ACTION_DROP, p.len);
-				return VERDICT_DROP;
-			}
+		if (cv) {
+			/*
+			 * Pinned flow: keeps the target it started with, whatever was
+			 * committed since. No service lookup: Remove deletes a frontend's
+			 * conntrack entries with it.
+			 */
+			ct_touch(&cv->last_seen, now);
 		} else {
-			/* Local: pin it too, so a commit away from local leaves this flow here. */
-			if (bpf_map_update_elem(&roam_conntrack, &k, &fv, BPF_ANY) != 0)
-				count_reason(REASON_CT_FULL);
+			rc = roam_new_flow(ctx, &p, &k, old, &cv);
+			if (rc != VERDICT_FLOW)
+				return rc;
+		}
+		id = cv->frontend_id;
+		if (cv->kind != TARGET_REDIRECT) {
 			count_action(id, ACTION_PASS, p.len);
 			return VERDICT_PASS;
 		}
-	}
-
-	if (kind != TARGET_REDIRECT) {
-		count_action(id, ACTION_PASS, p.len);
-		return VERDICT_PASS;
+		__builtin_memcpy(src, cv->snat_addr, 16);
+		__builtin_memcpy(dst, cv->target_addr, 16);
+		sport = cv->snat_port;
+		dport = cv->target_port;
+		action = ACTION_REDIRECT;
 	}
 	if (rewrite(ctx, &p, src, sport, dst, dport) < 0) {
 		count_reason(REASON_MALFORMED);
 		return VERDICT_PASS;
 	}
-	return roam_xmit(ctx, &p, id, ACTION_REDIRECT);
+	return roam_xmit(ctx, &p, id, action);
 }

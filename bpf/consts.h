@@ -6,22 +6,18 @@
 #endif
 
 #ifndef CT_MAX_ENTRIES
-#define CT_MAX_ENTRIES 262144 /* LRU conntrack: forward and reverse entries together */
+#define CT_MAX_ENTRIES 262144 /* conntrack: one forward entry per flow (client -> frontend) */
+#endif
+
+#ifndef NAT_MAX_ENTRIES
+#define NAT_MAX_ENTRIES 262144 /* NAT: one reverse entry per redirected flow (target -> SNAT address and port) */
 #endif
 
 #ifndef PORT_RETRIES
 #define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
 #endif
 
-#ifndef CLOSING_TIMEOUT_NS
-#define CLOSING_TIMEOUT_NS (10ULL * 1000000000ULL) /* after FIN/RST */
-#endif
-
-#ifndef DEFAULT_IDLE_TIMEOUT_NS
-#define DEFAULT_IDLE_TIMEOUT_NS (60ULL * 1000000000ULL) /* when the config map holds 0 */
-#endif
-
-/* Target kinds: the same numbers as dataplane.TargetKind in Go. */
+/* Target kinds: the same numbers as lb.TargetKind (dataplane/lb) in Go. */
 enum target_kind {
 	TARGET_NONE = 0,
 	TARGET_LOCAL = 1,
@@ -36,7 +32,6 @@ enum action {
 	ACTION_DROP = 3,
 	ACTION_MAX = 4,
 };
-
 /* Reasons counted in the drops map: packets dropped, or passed untouched because they could not be handled. */
 enum drop_reason {
 	REASON_NO_ROUTE = 0,	   /* fib lookup found no route: dropped */
@@ -50,17 +45,27 @@ enum drop_reason {
 	REASON_NO_SNAT = 8,	   /* no SNAT address for the target's family: dropped */
 	REASON_NO_CONFIG = 9,	   /* config map empty: passed untouched */
 	REASON_FAMILY_MISMATCH = 10, /* frontend and target of different families: dropped */
-	REASON_MAX = 11,
+	REASON_NO_FLOW = 11,	   /* TCP without SYN, no flow and no local socket: dropped */
+	REASON_MAX = 12,
 };
 
-/* Conntrack entry directions and flags. */
-#define CT_FORWARD 1
-#define CT_REVERSE 2
-#define CT_FLAG_CLOSING 1
+/*
+ * TCP state of a flow, kept on its forward entry (struct ct_value.state).
+ * A reply's flags reach it through the NAT entry. A flow is done after both
+ * FINs (a local flow: after the client's, its replies bypass the programs),
+ * or after an RST that no later non-RST packet has contradicted.
+ */
+#define CT_SEEN_REPLY 0x01	   /* the target answered (SYN-ACK) */
+#define CT_ESTABLISHED 0x02	   /* the client acknowledged the target: handshake complete */
+#define CT_FIN_FWD 0x04		   /* the client sent FIN */
+#define CT_FIN_REV 0x08		   /* the target sent FIN */
+#define CT_RST 0x10		   /* an RST, not contradicted since */
+#define CT_TARGET_TIME_WAIT 0x20 /* the target closed first (or simultaneously): it holds TIME_WAIT */
+/* NAT entry flags (struct nat_value.flags). */
+#define NAT_RST 0x01 /* the flow's forward entry holds CT_RST: a reply must reach it to contradict it */
 
 #define FAMILY_V4 4
 #define FAMILY_V6 6
-
 #define ETH_ALEN_ 6
 #define ETH_P_IP_ 0x0800
 #define ETH_P_IPV6_ 0x86DD
@@ -70,7 +75,6 @@ enum drop_reason {
 #define IP_OFFSET_ 0x1FFF
 #define AF_INET_ 2
 #define AF_INET6_ 10
-
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04

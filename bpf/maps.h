@@ -18,7 +18,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_services SEC(".maps");
 
-/* Conntrack: forward and reverse entries, LRU so a full table evicts the oldest flows. */
+/* Conntrack: one forward entry per flow (client -> frontend), LRU so a full table evicts the oldest flows. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CT_MAX_ENTRIES);
@@ -26,6 +26,15 @@ struct {
 	__type(value, struct ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_conntrack SEC(".maps");
+
+/* NAT: one reverse entry per redirected flow (target -> SNAT address and port): the SNAT port's owner. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NAT_MAX_ENTRIES);
+	__type(key, struct ct_key);
+	__type(value, struct nat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_nat SEC(".maps");
 
 /* Node configuration: one element. */
 struct {
@@ -53,3 +62,17 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_drops SEC(".maps");
+
+/* Per-CPU scratch (struct scratch): not pinned, each object has its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} roam_scratch SEC(".maps");
+
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&roam_scratch, &zero);
+}

@@ -1,4 +1,4 @@
-/* nat.h: SNAT port allocation and the in-place address/port rewrite with checksum updates. */
+/* nat.h: SNAT ports (allocation, takeover of finished flows' ports, release) and the in-place rewrite with checksum updates. */
 #pragma once
 
 #include "conntrack.h"
@@ -21,28 +21,78 @@ static __always_inline __u32 tuple_hash(const struct pkt *p)
 }
 
 /*
- * snat_alloc inserts the reverse entry rk/rv with a free SNAT port from the
- * configured range: BPF_NOEXIST makes the claim collision-safe; an occupied
- * but idle-expired entry is taken over. Returns the port (network order) or 0.
+ * nat_reclaimable: the flow holding the NAT entry nv (at rk) is over in
+ * both directions: its forward entry (*owner, set when it still points
+ * here) has been idle in both directions for its state's timeout. A NAT
+ * entry whose forward entry is gone or points elsewhere is reclaimable
+ * once it has been idle for the close timeout (a new flow inserts its NAT
+ * entry a moment before its forward entry).
  */
-static __always_inline __be16 snat_alloc(struct ct_key *rk, struct ct_value *rv, const struct pkt *p,
-					 const struct config *cfg, __u64 now, __u64 idle)
+static __always_inline int nat_reclaimable(const struct nat_value *nv, const struct ct_key *rk, struct ct_key *owner,
+					   __u64 now, const struct config *cfg)
+{
+	flow_key_of(owner, nv, rk->proto);
+	struct ct_value *ov = bpf_map_lookup_elem(&roam_conntrack, owner);
+	if (!ov || !nat_belongs(ov, rk)) {
+		owner->proto = 0; /* nothing to delete */
+		return idle_longer(now, nv->last_seen, cfg->tcp_close_ns);
+	}
+	__u64 timeout = ct_timeout(cfg, rk->proto, ov->state, ov->kind);
+	return idle_longer(now, ov->last_seen, timeout) && idle_longer(now, nv->last_seen, timeout);
+}
+
+/*
+ * snat_alloc inserts the NAT entry rk/rv with a port from the configured
+ * range: BPF_NOEXIST makes the claim of a free port collision-safe; a port
+ * whose flow is over in both directions is taken over, claimed by a
+ * compare-and-swap of its last_seen so two CPUs cannot both take it, and
+ * the old flow's forward entry is deleted. Returns the port (network
+ * order) or 0.
+ */
+static __always_inline __be16 snat_alloc(struct ct_key *rk, struct nat_value *rv, const struct pkt *p,
+					 const struct config *cfg, __u64 now)
 {
 	__u32 min = cfg->port_min;
 	__u32 range = (__u32)cfg->port_max - min + 1;
 	__u32 h = tuple_hash(p);
+	struct scratch *sc = scratch();
+	if (!sc)
+		return 0;
+	struct ct_key *owner = &sc->owner;
 
+#pragma clang loop unroll(disable)
 	for (int i = 0; i < PORT_RETRIES; i++) {
 		__u16 port = min + (h + (__u32)i * 7919u) % range;
 		rk->dport = bpf_htons(port);
-		if (bpf_map_update_elem(&roam_conntrack, rk, rv, BPF_NOEXIST) == 0)
+		if (bpf_map_update_elem(&roam_nat, rk, rv, BPF_NOEXIST) == 0)
 			return rk->dport;
-		struct ct_value *old = bpf_map_lookup_elem(&roam_conntrack, rk);
-		if (old && ct_expired(old, now, idle) &&
-		    bpf_map_update_elem(&roam_conntrack, rk, rv, BPF_EXIST) == 0)
-			return rk->dport;
+		struct nat_value *old = bpf_map_lookup_elem(&roam_nat, rk);
+		if (!old)
+			continue;
+		__u64 seen = old->last_seen;
+		if (!nat_reclaimable(old, rk, owner, now, cfg))
+			continue;
+		if (__sync_val_compare_and_swap(&old->last_seen, seen, now) != seen)
+			continue; /* touched meanwhile: a reply, or another CPU's claim */
+		if (bpf_map_update_elem(&roam_nat, rk, rv, BPF_EXIST) != 0)
+			continue;
+		if (owner->proto)
+			bpf_map_delete_elem(&roam_conntrack, owner);
+		return rk->dport;
 	}
 	return 0;
+}
+
+/* nat_release frees a finished flow's port (its forward entry v, key k) unless another flow has taken it over. */
+static __always_inline void nat_release(const struct ct_value *v, const struct ct_key *k)
+{
+	struct scratch *sc = scratch();
+	if (!sc)
+		return;
+	nat_key_of(&sc->nk, v, k->proto);
+	struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, &sc->nk);
+	if (nv && nat_owned_by(nv, k))
+		bpf_map_delete_elem(&roam_nat, &sc->nk);
 }
 
 /*

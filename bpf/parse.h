@@ -14,7 +14,7 @@ enum parse_result {
 	PARSE_ERR = 2,	/* pass untouched and count p->reason */
 };
 
-/* What the programs need from a packet. Addresses are IPv4-mapped for IPv4. */
+/* What the programs need from a packet. Addresses are IPv4-mapped for IPv4; addresses then ports, as a struct ct_key starts. */
 struct pkt {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -26,6 +26,9 @@ struct pkt {
 	__u8 reason;
 	__u32 len; /* whole frame, for byte counters */
 	__u16 ip_len; /* IP total length (header + payload) */
+	__u16 pad;
+	__be32 tcp_ack; /* acknowledgment number, as on the wire */
+	__u32 fin_end;	/* FIN only: the sequence number that acknowledges it (host order) */
 };
 
 static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
@@ -55,6 +58,9 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 l4, __u32 
 		p->sport = th->source;
 		p->dport = th->dest;
 		p->tcp_flags = th->flags;
+		p->tcp_ack = th->ack_seq;
+		if (th->flags & TCP_FLAG_FIN)
+			p->fin_end = bpf_ntohl(th->seq) + (l4_end - l4 - doff) + 1 + ((th->flags & TCP_FLAG_SYN) ? 1 : 0);
 		return PARSE_OK;
 	}
 	struct udp_hdr *uh = data + l4;
@@ -154,4 +160,21 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 malformed:
 	p->reason = REASON_MALFORMED;
 	return PARSE_ERR;
+}
+
+/* sock_tuple fills a socket lookup tuple with the packet's addresses and ports; returns its size. */
+static __always_inline __u32 sock_tuple(struct bpf_sock_tuple *t, const struct pkt *p)
+{
+	if (p->family == FAMILY_V4) {
+		__builtin_memcpy(&t->ipv4.saddr, p->saddr + 12, 4);
+		__builtin_memcpy(&t->ipv4.daddr, p->daddr + 12, 4);
+		t->ipv4.sport = p->sport;
+		t->ipv4.dport = p->dport;
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+	__builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
+	t->ipv6.sport = p->sport;
+	t->ipv6.dport = p->dport;
+	return sizeof(t->ipv6);
 }

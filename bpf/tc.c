@@ -7,6 +7,7 @@
 #define ROAM_CTX struct __sk_buff
 #define VERDICT_PASS TC_ACT_OK
 #define VERDICT_DROP TC_ACT_SHOT
+#define ROAM_OWN_SOCKET(ctx) ((ctx)->sk != 0) /* egress: the socket that sent the packet */
 #define ROAM_WIRE_LEN(ctx) ((ctx)->len)
 
 #include "parse.h"

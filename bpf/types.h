@@ -19,15 +19,25 @@ struct target {
 	__u8 family;
 };
 
-/* A frontend's service: two slots, the active index, an id for counters and the stage generation. */
+/*
+ * A frontend's service: two slots, the active index, an id for counters,
+ * the last generation Stage issued and the generation each slot was staged
+ * with (a commit or an abort names the generation it acts on).
+ */
 struct service {
 	struct target slot[2];
 	__u32 active;
 	__u32 id;
 	__u64 generation;
+	__u64 slot_gen[2];
 };
 
-/* Conntrack key: one direction of a flow as it is seen on the wire. */
+/*
+ * Conntrack and NAT key: one direction of a flow as it is seen on the wire.
+ * Its first 36 bytes (addresses, then ports) are laid out as in struct pkt,
+ * struct ct_value and struct nat_value (conntrack.h ct_key_set).
+ * roam_conntrack: client -> frontend. roam_nat: target -> SNAT address and port.
+ */
 struct ct_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -39,24 +49,39 @@ struct ct_key {
 };
 
 /*
- * Conntrack value. Forward (client -> frontend): peer = target, nat = SNAT address and port.
- * Reverse (target -> SNAT): peer = client, nat = frontend.
+ * Forward entry (roam_conntrack): a flow pinned to its target, with its TCP
+ * state. target and snat are set for a redirect; last_seen is the last
+ * packet in this direction (the reply direction's is on the NAT entry).
  */
 struct ct_value {
-	__u8 peer_addr[16];
-	__u8 nat_addr[16];
-	__be16 peer_port;
-	__be16 nat_port;
+	__u8 target_addr[16];
+	__u8 snat_addr[16];
+	__be16 target_port;
+	__be16 snat_port;
 	__u8 kind;
-	__u8 dir;
-	__u8 flags;
 	__u8 family;
+	__u16 pad;
+	__u32 state;	 /* CT_* bits, changed with atomic or/and (both directions write it) */
 	__u32 frontend_id;
-	__u32 pad;
+	__u32 fin_seq;	 /* the sequence number that acknowledges the client's FIN */
+	__u32 pad2;
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC, tick resolution */
 };
 
-/* Node configuration, written by Go at Open. */
+/* Reverse entry (roam_nat): where a redirected flow's replies go back to; its SNAT port's owner. */
+struct nat_value {
+	__u8 client_addr[16];
+	__u8 front_addr[16];
+	__be16 client_port;
+	__be16 front_port;
+	__u8 family;
+	__u8 pad[3];
+	__u32 flags; /* NAT_* bits */
+	__u32 frontend_id;
+	__u64 last_seen; /* last reply */
+};
+
+/* Node configuration, written by Go at Open. Timeouts in ns, all set by Go. */
 struct config {
 	__u8 snat4[16]; /* IPv4-mapped; all zero when unset */
 	__u8 snat6[16];
@@ -65,7 +90,27 @@ struct config {
 	__u8 has_snat4;
 	__u8 has_snat6;
 	__u16 pad;
-	__u64 idle_timeout_ns;
+	__u64 tcp_syn_ns;	  /* embryonic: until the client acknowledges the target */
+	__u64 tcp_established_ns; /* established, and half-closed */
+	__u64 tcp_close_ns;	  /* done, the target without TIME_WAIT (the client closed first, or RST) */
+	__u64 tcp_time_wait_ns;	  /* done, the target in TIME_WAIT: its port is not given to another client before */
+	__u64 udp_ns;		  /* UDP idle */
+	__u64 udp_drain_ns;	  /* UDP idle after a commit moved the frontend away from the flow's target: done */
+};
+
+/*
+ * Per-CPU scratch for the rarer paths' large temporaries (a BPF stack has
+ * 512 bytes). One packet at a time runs on a CPU; each field has one user.
+ */
+struct scratch {
+	struct ct_value fv;	/* roam_new_flow: the new forward entry */
+	struct nat_value rv;	/* roam_new_flow: the new NAT entry */
+	struct ct_key rk;	/* roam_new_flow: its key */
+	struct ct_key owner;	/* snat_alloc: the forward key of a port's holder */
+	struct ct_key nk;	/* NAT key of a forward entry (ct_reply_seen, nat_mark_rst, nat_release) */
+	struct ct_key fk;	/* forward key of a NAT entry (ct_on_reply) */
+	struct frontend_key svc; /* active_target */
+	struct target t;	/* active_target's copy */
 };
 
 /* Per-CPU packet and byte counters of one frontend x action. */

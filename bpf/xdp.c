@@ -6,6 +6,7 @@
 #define ROAM_CTX struct xdp_md
 #define VERDICT_PASS XDP_PASS
 #define VERDICT_DROP XDP_DROP
+#define ROAM_OWN_SOCKET(ctx) 0 /* arriving packets have no socket yet */
 #define ROAM_WIRE_LEN(ctx) ((__u32)((ctx)->data_end - (ctx)->data))
 
 #include "parse.h"

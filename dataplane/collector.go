@@ -4,6 +4,8 @@ import (
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 type collector struct {
@@ -24,7 +26,8 @@ func (d *Dataplane) Collector() prometheus.Collector {
 		drops: prometheus.NewDesc("roam_dataplane_drops_total",
 			"Packets dropped, or passed untouched because they could not be handled, by reason.", []string{"reason"}, nil),
 		cts: prometheus.NewDesc("roam_dataplane_conntrack_entries",
-			"Conntrack entries (forward and reverse), including idle ones not yet evicted.", nil, nil),
+			"Entries of a conntrack map (conntrack: one per flow; nat: one per redirected flow), timed-out ones not yet reclaimed included.",
+			[]string{"map"}, nil),
 	}
 }
 
@@ -85,13 +88,24 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 	if err != nil {
 		return nil, err
 	}
-	out = append(out, prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(n)))
+	nn, err := c.d.natEntries()
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(n), "conntrack"),
+		prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(nn), "nat"))
 	return out, nil
 }
 
 func (d *Dataplane) conntrackEntries() (int, error) {
 	n := 0
-	err := d.walkConntrack(func(CTKey, CTValue) { n++ })
+	err := walkMap(d.maps.RoamConntrack, func(CTKey, CTValue) { n++ })
+	return n, err
+}
+
+func (d *Dataplane) natEntries() (int, error) {
+	n := 0
+	err := walkMap(d.maps.RoamNat, func(CTKey, NATValue) { n++ })
 	return n, err
 }
 
@@ -113,7 +127,7 @@ func (d *Dataplane) Drops() (map[string]uint64, error) {
 }
 
 // Counters returns f's packet and byte counts for action, summed over CPUs.
-func (d *Dataplane) Counters(f Frontend, a Action) (Counter, error) {
+func (d *Dataplane) Counters(f lb.Frontend, a Action) (Counter, error) {
 	s, err := d.Get(f)
 	if err != nil {
 		return Counter{}, err

@@ -1,3 +1,8 @@
+// Package dataplane is the Go side of roam's eBPF load balancer: loading and
+// attaching the programs in bpf/, pinning, typed access to the service and
+// conntrack maps, the staged-then-swap commit, flow queries for draining and
+// a Prometheus collector over the per-CPU counters. It speaks the vocabulary
+// of package lb (Frontend, Target, Service).
 package dataplane
 
 import (
@@ -11,6 +16,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // DefaultPinPath is where maps and links are pinned unless Config says otherwise.
@@ -23,8 +30,22 @@ const (
 	DefaultIdleTimeout = 60 * time.Second
 )
 
+// DefaultTimeouts are the flow timeouts Open applies to zero Timeouts fields.
+var DefaultTimeouts = Timeouts{
+	SYN:         5 * time.Second,
+	Established: 6 * time.Hour,
+	Close:       5 * time.Second,
+	TimeWait:    65 * time.Second,
+	UDPDrain:    2 * time.Second,
+}
+
 // ErrNotFound is returned for a frontend the data plane does not hold.
 var ErrNotFound = errors.New("frontend not found")
+
+// ErrGeneration is returned when a commit or an abort names a generation
+// that is not in the state it needs (aborted, superseded, never staged, or
+// already committed).
+var ErrGeneration = errors.New("generation conflict")
 
 // Config is the node's data-plane configuration.
 type Config struct {
@@ -32,16 +53,31 @@ type Config struct {
 	SNATv4, SNATv6   netip.Addr // source addresses of redirected flows, per family (either may be unset)
 	PortMin, PortMax uint16     // SNAT source port range; default 40000-60999
 	IdleTimeout      time.Duration
+	Timeouts         Timeouts
 }
 
-// Flow is one live forward conntrack entry.
+// Timeouts say how long a flow lives with no packet in either direction,
+// by state. IdleTimeout (Config) is UDP's; a flow is "done" (no longer
+// counted by Flows) before it times out: a TCP flow after both FINs or an
+// RST, a UDP flow after UDPDrain once a commit moved its frontend away.
+type Timeouts struct {
+	SYN         time.Duration // TCP until the client acknowledged the target (embryonic); default 5 s
+	Established time.Duration // TCP established or half-closed; default 6 h (pooled HTTP/2, gRPC, database connections)
+	Close       time.Duration // TCP done, the target without TIME_WAIT (the client closed first, or an RST); default 5 s
+	TimeWait    time.Duration // TCP done, the target closed first: its TIME_WAIT (Linux: 60 s) outlives the port's hold; default 65 s
+	UDP         time.Duration // set from Config.IdleTimeout
+	UDPDrain    time.Duration // UDP idle once a commit moved its frontend away from the flow's target: done; default 2 s
+}
+
+// Flow is one forward conntrack entry that has not timed out.
 type Flow struct {
-	Client  netip.AddrPort `json:"client"`
-	Proto   Proto          `json:"proto"`
-	Target  Target         `json:"target"`
-	SNAT    netip.AddrPort `json:"snat,omitzero"` // redirect only
-	Closing bool           `json:"closing"`
-	Idle    time.Duration  `json:"idle"`
+	Client netip.AddrPort `json:"client"`
+	Proto  lb.Proto       `json:"proto"`
+	Target lb.Target      `json:"target"`
+	SNAT   netip.AddrPort `json:"snat,omitzero"` // redirect only
+	State  string         `json:"state"`         // syn, established, fin_wait, closed, time_wait, reset; udp
+	Done   bool           `json:"done"`          // over: not counted by Flows
+	Idle   time.Duration  `json:"idle"`          // since the last packet in either direction
 }
 
 func (f Flow) String() string {
@@ -49,8 +85,9 @@ func (f Flow) String() string {
 	if f.SNAT.IsValid() {
 		s += " via " + f.SNAT.String()
 	}
-	if f.Closing {
-		s += " closing"
+	s += " " + f.State
+	if f.Done {
+		s += " done"
 	}
 	return s + " idle " + f.Idle.Round(time.Millisecond).String()
 }
@@ -78,6 +115,16 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	cfg.Timeouts.UDP = cfg.IdleTimeout
+	for _, t := range []struct{ v, def *time.Duration }{
+		{&cfg.Timeouts.SYN, &DefaultTimeouts.SYN}, {&cfg.Timeouts.Established, &DefaultTimeouts.Established},
+		{&cfg.Timeouts.Close, &DefaultTimeouts.Close}, {&cfg.Timeouts.TimeWait, &DefaultTimeouts.TimeWait},
+		{&cfg.Timeouts.UDPDrain, &DefaultTimeouts.UDPDrain},
+	} {
+		if *t.v <= 0 {
+			*t.v = *t.def
+		}
 	}
 	if cfg.SNATv4.IsValid() && !cfg.SNATv4.Unmap().Is4() {
 		return nil, fmt.Errorf("open dataplane: SNAT v4 address %s is not IPv4", cfg.SNATv4)
@@ -154,7 +201,10 @@ func (d *Dataplane) writeConfig() error {
 		c.HasSnat6 = 1
 	}
 	c.PortMin, c.PortMax = d.cfg.PortMin, d.cfg.PortMax
-	c.IdleTimeoutNs = uint64(d.cfg.IdleTimeout)
+	t := d.cfg.Timeouts
+	c.TcpSynNs, c.TcpEstablishedNs = uint64(t.SYN), uint64(t.Established)
+	c.TcpCloseNs, c.TcpTimeWaitNs = uint64(t.Close), uint64(t.TimeWait)
+	c.UdpNs, c.UdpDrainNs = uint64(t.UDP), uint64(t.UDPDrain)
 	if err := d.maps.RoamConfig.Put(uint32(0), &c); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
@@ -184,15 +234,18 @@ func Unpin(pinPath string) error {
 // Stage writes t into f's inactive slot and returns the new generation.
 // Traffic does not see it until Commit. A frontend not yet present is
 // created with no active target (its packets pass untouched).
-func (d *Dataplane) Stage(f Frontend, t Target) (uint64, error) {
+func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
 	if err := f.Validate(); err != nil {
 		return 0, fmt.Errorf("stage: %w", err)
 	}
 	if err := t.Validate(); err != nil {
 		return 0, fmt.Errorf("stage: %w", err)
 	}
-	if t.Kind == TargetRedirect && familyOf(t.Addr) != familyOf(f.Addr) {
+	if t.Kind == lb.TargetRedirect && familyOf(t.Addr) != familyOf(f.Addr) {
 		return 0, fmt.Errorf("stage %s: target %s is of another address family", f, t)
+	}
+	if err := d.checkFrontend(f); err != nil {
+		return 0, fmt.Errorf("stage: %w", err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -208,12 +261,17 @@ func (d *Dataplane) Stage(f Frontend, t Target) (uint64, error) {
 		if err := d.resetCounters(id); err != nil {
 			return 0, fmt.Errorf("stage %s: %w", f, err)
 		}
-		svc = ServiceValue{Id: id}
+		// Generations of a new frontend start from the clock, so a commit
+		// or abort meant for an earlier frontend of the same name (removed
+		// or aborted since) can never match one of this one.
+		svc = ServiceValue{Id: id, Generation: uint64(time.Now().UnixNano())}
 	case err != nil:
 		return 0, fmt.Errorf("stage %s: read service: %w", f, err)
 	}
 	svc.Generation++
-	svc.Slot[(svc.Active&1)^1] = targetValue(t)
+	staged := (svc.Active & 1) ^ 1
+	svc.Slot[staged] = targetValue(t)
+	svc.SlotGen[staged] = svc.Generation
 	// The whole element is written at once; the active slot is untouched.
 	if err := d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateAny); err != nil {
 		return 0, fmt.Errorf("stage %s: write service: %w", f, err)
@@ -221,9 +279,21 @@ func (d *Dataplane) Stage(f Frontend, t Target) (uint64, error) {
 	return svc.Generation, nil
 }
 
-// Commit makes f's staged target active for new flows (flows already pinned
-// keep their target). gen must be the generation Stage returned, or 0 for
-// whatever is staged. Committing the same generation twice is a no-op.
+// checkFrontend refuses a frontend that replies to redirected flows could
+// be mistaken for: on a SNAT address, inside the SNAT port range.
+func (d *Dataplane) checkFrontend(f lb.Frontend) error {
+	a := f.Addr.Unmap()
+	if (a == d.cfg.SNATv4.Unmap() || a == d.cfg.SNATv6) && f.Port >= d.cfg.PortMin && f.Port <= d.cfg.PortMax {
+		return fmt.Errorf("frontend %s: port inside the SNAT range %d-%d of its address", f, d.cfg.PortMin, d.cfg.PortMax)
+	}
+	return nil
+}
+
+// Commit makes the target staged with generation gen active for new flows
+// (flows already pinned keep their target); gen 0 commits whatever is
+// staged. Committing a generation again is a no-op; committing one that was
+// aborted, superseded by a later Stage or never staged fails with
+// ErrGeneration.
 //
 // The flip is one map update of the whole element (new active index, old
 // slot cleared). roam_services is BPF_F_NO_PREALLOC, so the update links a
@@ -232,28 +302,29 @@ func (d *Dataplane) Stage(f Frontend, t Target) (uint64, error) {
 // consistent old copy (and copies its target to the stack at once); no
 // reader can observe a half-written element or a slot index of one version
 // with the slots of another.
-func (d *Dataplane) Commit(f Frontend, gen uint64) error {
+func (d *Dataplane) Commit(f lb.Frontend, gen uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	key := frontendKey(f)
-	var svc ServiceValue
-	if err := d.maps.RoamServices.Lookup(&key, &svc); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("commit %s: %w", f, ErrNotFound)
-		}
-		return fmt.Errorf("commit %s: read service: %w", f, err)
+	key, svc, err := d.readService(f)
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", f, err)
 	}
-	staged := (svc.Active & 1) ^ 1
-	if gen != 0 && gen != svc.Generation {
-		return fmt.Errorf("commit %s: generation %d is not the staged one (%d)", f, gen, svc.Generation)
+	active := svc.Active & 1
+	staged := active ^ 1
+	hasStaged := lb.TargetKind(svc.Slot[staged].Kind) != lb.TargetNone
+	switch {
+	case gen == 0 && !hasStaged:
+		return fmt.Errorf("commit %s: nothing staged: %w", f, ErrGeneration)
+	case gen == 0:
+		gen = svc.SlotGen[staged]
+	case gen == svc.SlotGen[active] && lb.TargetKind(svc.Slot[active].Kind) != lb.TargetNone:
+		return nil // already committed
+	case !hasStaged || gen != svc.SlotGen[staged]:
+		return fmt.Errorf("commit %s: generation %d is not the staged one (staged: %s): %w",
+			f, gen, stagedGen(svc), ErrGeneration)
 	}
-	if TargetKind(svc.Slot[staged].Kind) == TargetNone {
-		if gen != 0 {
-			return nil // already committed
-		}
-		return fmt.Errorf("commit %s: nothing staged", f)
-	}
-	svc.Slot[svc.Active&1] = TargetValue{}
+	svc.Slot[active] = TargetValue{}
+	svc.SlotGen[active] = 0
 	svc.Active = staged
 	if err := d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("commit %s: write service: %w", f, err)
@@ -261,82 +332,130 @@ func (d *Dataplane) Commit(f Frontend, gen uint64) error {
 	return nil
 }
 
-// Abort clears f's staged slot. A frontend that was only staged is removed.
-func (d *Dataplane) Abort(f Frontend) error {
+// stagedGen describes the staged generation for an error message.
+func stagedGen(svc ServiceValue) string {
+	s := (svc.Active & 1) ^ 1
+	if lb.TargetKind(svc.Slot[s].Kind) == lb.TargetNone {
+		return "none, aborted or committed"
+	}
+	return fmt.Sprint(svc.SlotGen[s])
+}
+
+// Abort clears f's staged slot if it holds generation gen (0: whatever is
+// staged); a frontend that was only staged is removed. Aborting a
+// generation again, or a frontend the data plane does not hold, is a no-op;
+// aborting a committed generation, or one a later Stage superseded, fails
+// with ErrGeneration.
+func (d *Dataplane) Abort(f lb.Frontend, gen uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	key := frontendKey(f)
-	var svc ServiceValue
-	if err := d.maps.RoamServices.Lookup(&key, &svc); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		return fmt.Errorf("abort %s: read service: %w", f, err)
+	key, svc, err := d.readService(f)
+	if errors.Is(err, ErrNotFound) {
+		return nil
 	}
-	if TargetKind(svc.Slot[svc.Active&1].Kind) == TargetNone {
+	if err != nil {
+		return fmt.Errorf("abort %s: %w", f, err)
+	}
+	active := svc.Active & 1
+	staged := active ^ 1
+	hasStaged := lb.TargetKind(svc.Slot[staged].Kind) != lb.TargetNone
+	if gen != 0 {
+		switch {
+		case gen == svc.SlotGen[active] && lb.TargetKind(svc.Slot[active].Kind) != lb.TargetNone:
+			return fmt.Errorf("abort %s: generation %d is committed: %w", f, gen, ErrGeneration)
+		case hasStaged && gen != svc.SlotGen[staged]:
+			return fmt.Errorf("abort %s: generation %d is not the staged one (staged: %d): %w",
+				f, gen, svc.SlotGen[staged], ErrGeneration)
+		case !hasStaged:
+			return nil // aborted already
+		}
+	}
+	if lb.TargetKind(svc.Slot[active].Kind) == lb.TargetNone {
 		if err := d.maps.RoamServices.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("abort %s: delete service: %w", f, err)
 		}
 		return nil
 	}
-	svc.Slot[(svc.Active&1)^1] = TargetValue{}
+	if !hasStaged {
+		return nil
+	}
+	svc.Slot[staged] = TargetValue{}
+	svc.SlotGen[staged] = 0
 	if err := d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("abort %s: write service: %w", f, err)
 	}
 	return nil
 }
 
-// Remove deletes f and its conntrack entries; its traffic then passes untouched.
-func (d *Dataplane) Remove(f Frontend) error {
+// Remove deletes f and its flows (conntrack and NAT entries); its traffic
+// then passes untouched.
+func (d *Dataplane) Remove(f lb.Frontend) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	key := frontendKey(f)
-	var svc ServiceValue
-	if err := d.maps.RoamServices.Lookup(&key, &svc); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove %s: %w", f, ErrNotFound)
-		}
-		return fmt.Errorf("remove %s: read service: %w", f, err)
+	key, svc, err := d.readService(f)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", f, err)
 	}
 	if err := d.maps.RoamServices.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove %s: delete service: %w", f, err)
 	}
-	var dead []CTKey
-	err := d.walkConntrack(func(k CTKey, v CTValue) {
+	var dead, deadNAT []CTKey
+	err = walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
 		if v.FrontendId == svc.Id {
 			dead = append(dead, k)
 		}
 	})
+	if err == nil {
+		err = walkMap(d.maps.RoamNat, func(k CTKey, v NATValue) {
+			if v.FrontendId == svc.Id {
+				deadNAT = append(deadNAT, k)
+			}
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
-	for i := range dead {
-		if err := d.maps.RoamConntrack.Delete(&dead[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("remove %s: delete flow: %w", f, err)
+	for _, del := range []struct {
+		m    *ebpf.Map
+		keys []CTKey
+	}{{d.maps.RoamConntrack, dead}, {d.maps.RoamNat, deadNAT}} {
+		for i := range del.keys {
+			if err := del.m.Delete(&del.keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("remove %s: delete flow: %w", f, err)
+			}
 		}
 	}
 	return nil
 }
 
 // Get returns f's service.
-func (d *Dataplane) Get(f Frontend) (Service, error) {
-	key := frontendKey(f)
-	var svc ServiceValue
-	if err := d.maps.RoamServices.Lookup(&key, &svc); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return Service{}, fmt.Errorf("get %s: %w", f, ErrNotFound)
-		}
-		return Service{}, fmt.Errorf("get %s: %w", f, err)
+func (d *Dataplane) Get(f lb.Frontend) (lb.Service, error) {
+	_, svc, err := d.readService(f)
+	if err != nil {
+		return lb.Service{}, fmt.Errorf("get %s: %w", f, err)
 	}
 	return svc.service(f), nil
 }
 
+// readService reads f's entry (ErrNotFound when there is none).
+func (d *Dataplane) readService(f lb.Frontend) (FrontendKey, ServiceValue, error) {
+	key := frontendKey(f)
+	var svc ServiceValue
+	if err := d.maps.RoamServices.Lookup(&key, &svc); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return key, svc, ErrNotFound
+		}
+		return key, svc, fmt.Errorf("read service: %w", err)
+	}
+	return key, svc, nil
+}
+
 // List returns every frontend's service.
-func (d *Dataplane) List() ([]Service, error) {
+func (d *Dataplane) List() ([]lb.Service, error) {
 	var (
 		k   FrontendKey
 		v   ServiceValue
-		out []Service
+		out []lb.Service
 	)
 	it := d.maps.RoamServices.Iterate()
 	for it.Next(&k, &v) {
@@ -390,34 +509,64 @@ func monotonicNow() (uint64, error) {
 	return uint64(ts.Nano()), nil
 }
 
-// forwardFlows walks conntrack for f's live forward entries.
-func (d *Dataplane) forwardFlows(f Frontend, fn func(CTKey, CTValue, uint64)) error {
-	key := frontendKey(f)
-	var svc ServiceValue
-	if err := d.maps.RoamServices.Lookup(&key, &svc); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return ErrNotFound
-		}
+// flowView is a forward entry as Flows and FlowList judge it, the way the
+// programs would (plus coarseSlack).
+type flowView struct {
+	seen    uint64 // last packet in either direction
+	done    bool
+	expired bool
+}
+
+// viewFlows calls fn for each of f's forward entries.
+func (d *Dataplane) viewFlows(f lb.Frontend, fn func(CTKey, CTValue, flowView, uint64)) error {
+	_, svc, err := d.readService(f)
+	if err != nil {
 		return err
 	}
+	active := svc.Slot[svc.Active&1].Target()
 	now, err := monotonicNow()
 	if err != nil {
 		return err
 	}
-	return d.walkConntrack(func(k CTKey, v CTValue) {
-		if v.Dir != ctForward || v.FrontendId != svc.Id || v.expired(now, d.cfg.IdleTimeout) {
+	t := d.cfg.Timeouts
+	return walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
+		if v.FrontendId != svc.Id {
 			return
 		}
-		fn(k, v, now)
+		kind := lb.TargetKind(v.Kind)
+		timeout := t.timeout(k.Proto, v.State, kind)
+		soonest := timeout // the shortest idle time that changes the verdict
+		if k.Proto != protoTCP {
+			soonest = t.UDPDrain
+		}
+		fv := flowView{seen: v.LastSeen}
+		if kind == lb.TargetRedirect && idleLonger(now, fv.seen, soonest) {
+			// Quiet this way: the reply direction may still be live.
+			var nv NATValue
+			if d.maps.RoamNat.Lookup(v.natKey(k.Proto), &nv) == nil && nv.ownedBy(k) && nv.LastSeen > fv.seen {
+				fv.seen = nv.LastSeen
+			}
+		}
+		fv.expired = idleLonger(now, fv.seen, timeout)
+		if k.Proto == protoTCP {
+			fv.done = ctDone(v.State, kind)
+		} else {
+			fv.done = idleLonger(now, fv.seen, t.UDPDrain) && v.Target() != active
+		}
+		fn(k, v, fv, now)
 	})
 }
 
-// Flows counts f's live flows (not closed, not idle-expired) pinned to t:
-// what a migration waits on before it drains t.
-func (d *Dataplane) Flows(f Frontend, t Target) (int, error) {
+// Flows counts f's flows pinned to t that are neither done nor timed out:
+// what a migration waits on before it stops t. A TCP flow is done after
+// both FINs or an RST (a local one at the client's FIN), a UDP flow once a
+// commit moved f away from t and it has been idle for Timeouts.UDPDrain;
+// the programs treat such a flow as over too (a new SYN, or any UDP
+// packet, takes f's active target).
+func (d *Dataplane) Flows(f lb.Frontend, t lb.Target) (int, error) {
 	n := 0
-	err := d.forwardFlows(f, func(_ CTKey, v CTValue, _ uint64) {
-		if v.target() == t {
+	err := d.viewFlows(f, func(_ CTKey, v CTValue, fv flowView, _ uint64) {
+		if !fv.done && !fv.expired && v.Target() == t {
 			n++
 		}
 	})
@@ -427,21 +576,25 @@ func (d *Dataplane) Flows(f Frontend, t Target) (int, error) {
 	return n, nil
 }
 
-// FlowList returns f's live flows.
-func (d *Dataplane) FlowList(f Frontend) ([]Flow, error) {
+// FlowList returns f's flows that have not timed out, done ones included.
+func (d *Dataplane) FlowList(f lb.Frontend) ([]Flow, error) {
 	var out []Flow
-	err := d.forwardFlows(f, func(k CTKey, v CTValue, now uint64) {
+	err := d.viewFlows(f, func(k CTKey, v CTValue, fv flowView, now uint64) {
+		if fv.expired {
+			return
+		}
 		fl := Flow{
-			Client:  netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), htons(k.Sport)),
-			Proto:   Proto(k.Proto),
-			Target:  v.target(),
-			Closing: v.Flags&ctFlagClosing != 0,
+			Client: netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), htons(k.Sport)),
+			Proto:  lb.Proto(k.Proto),
+			Target: v.Target(),
+			State:  flowState(v.State, lb.TargetKind(v.Kind), k.Proto),
+			Done:   fv.done,
 		}
-		if now > v.LastSeen {
-			fl.Idle = time.Duration(now - v.LastSeen)
+		if now > fv.seen {
+			fl.Idle = time.Duration(now - fv.seen)
 		}
-		if TargetKind(v.Kind) == TargetRedirect {
-			fl.SNAT = netip.AddrPortFrom(addrFrom16(v.NatAddr, v.Family), htons(v.NatPort))
+		if lb.TargetKind(v.Kind) == lb.TargetRedirect {
+			fl.SNAT = netip.AddrPortFrom(addrFrom16(v.SnatAddr, v.Family), htons(v.SnatPort))
 		}
 		out = append(out, fl)
 	})

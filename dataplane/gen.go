@@ -4,5 +4,5 @@ package dataplane
 // generated .o and _bpfel.go files are committed so `go build` needs no clang.
 // BPF_CLANG, BPF_STRIP and BPF_CFLAGS come from the Makefile.
 
-//go:generate go tool bpf2go -cc $BPF_CLANG -cflags "$BPF_CFLAGS -I/usr/include/x86_64-linux-gnu" -strip $BPF_STRIP -target bpfel -type frontend_key -type target -type service -type ct_key -type ct_value -type config -type counter roamXDP ../bpf/xdp.c -- -I../bpf
-//go:generate go tool bpf2go -cc $BPF_CLANG -cflags "$BPF_CFLAGS -I/usr/include/x86_64-linux-gnu" -strip $BPF_STRIP -target bpfel roamTC ../bpf/tc.c -- -I../bpf
+//go:generate go tool bpf2go -cc $BPF_CLANG -cflags "$BPF_CFLAGS -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -strip $BPF_STRIP -target bpfel -type frontend_key -type target -type service -type ct_key -type ct_value -type nat_value -type config -type counter roamXDP ../bpf/xdp.c -- -I../bpf
+//go:generate go tool bpf2go -cc $BPF_CLANG -cflags "$BPF_CFLAGS -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -strip $BPF_STRIP -target bpfel roamTC ../bpf/tc.c -- -I../bpf

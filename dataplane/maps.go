@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Map value layouts, generated from bpf/types.h.
@@ -18,24 +20,35 @@ type (
 	ServiceValue = roamXDPService
 	// TargetValue is one target slot.
 	TargetValue = roamXDPTarget
-	// CTKey is the key of roam_conntrack: one direction of a flow as seen on the wire.
+	// CTKey is the key of roam_conntrack (client -> frontend) and of
+	// roam_nat (target -> SNAT address and port): one direction of a flow
+	// as seen on the wire.
 	CTKey = roamXDPCtKey
-	// CTValue is the value of roam_conntrack.
+	// CTValue is the value of roam_conntrack: a flow's target, SNAT and TCP state.
 	CTValue = roamXDPCtValue
+	// NATValue is the value of roam_nat: where a redirected flow's replies go back to.
+	NATValue = roamXDPNatValue
 	// Counter is one CPU's packets and bytes of a frontend and action.
 	Counter = roamXDPCounter
 )
 
 // Values shared with bpf/consts.h.
 const (
-	maxFrontends   = 4096
-	numActions     = 4
-	familyV4       = 4
-	familyV6       = 6
-	ctForward      = 1
-	ctReverse      = 2
-	ctFlagClosing  = 1
-	closingTimeout = 10 * time.Second
+	maxFrontends = 4096
+	numActions   = 4
+	familyV4     = 4
+	familyV6     = 6
+	protoTCP     = 6
+)
+
+// TCP state bits of a forward entry (bpf/consts.h CT_*).
+const (
+	ctSeenReply      = 0x01
+	ctEstablished    = 0x02
+	ctFinFwd         = 0x04
+	ctFinRev         = 0x08
+	ctRST            = 0x10
+	ctTargetTimeWait = 0x20
 )
 
 // Action is what a program did with a frontend's packet (bpf/consts.h enum action).
@@ -66,7 +79,7 @@ func (a Action) String() string {
 // DropReasons names bpf/consts.h enum drop_reason, by index.
 var DropReasons = [...]string{
 	"no_route", "ct_full", "port_exhausted", "malformed", "fragment", "ip_options",
-	"ipv6_ext", "no_neigh", "no_snat", "no_config", "family_mismatch",
+	"ipv6_ext", "no_neigh", "no_snat", "no_config", "family_mismatch", "no_flow",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -94,20 +107,20 @@ func familyOf(a netip.Addr) uint8 {
 	return familyV6
 }
 
-func frontendKey(f Frontend) FrontendKey {
+func frontendKey(f lb.Frontend) FrontendKey {
 	return FrontendKey{Addr: addr16(f.Addr), Port: htons(f.Port), Proto: uint8(f.Proto), Family: familyOf(f.Addr)}
 }
 
 // Frontend converts a map key back.
-func (k FrontendKey) Frontend() Frontend {
-	return Frontend{Addr: addrFrom16(k.Addr, k.Family), Port: htons(k.Port), Proto: Proto(k.Proto)}
+func (k FrontendKey) Frontend() lb.Frontend {
+	return lb.Frontend{Addr: addrFrom16(k.Addr, k.Family), Port: htons(k.Port), Proto: lb.Proto(k.Proto)}
 }
 
 func (k FrontendKey) String() string { return k.Frontend().String() }
 
-func targetValue(t Target) TargetValue {
+func targetValue(t lb.Target) TargetValue {
 	v := TargetValue{Kind: uint8(t.Kind)}
-	if t.Kind == TargetRedirect {
+	if t.Kind == lb.TargetRedirect {
 		v.Addr = addr16(t.Addr)
 		v.Port = htons(t.Port)
 		v.Family = familyOf(t.Addr)
@@ -116,46 +129,108 @@ func targetValue(t Target) TargetValue {
 }
 
 // Target converts a slot back.
-func (v TargetValue) Target() Target {
-	if TargetKind(v.Kind) != TargetRedirect {
-		return Target{Kind: TargetKind(v.Kind)}
+func (v TargetValue) Target() lb.Target {
+	if lb.TargetKind(v.Kind) != lb.TargetRedirect {
+		return lb.Target{Kind: lb.TargetKind(v.Kind)}
 	}
-	return Target{Kind: TargetRedirect, Addr: addrFrom16(v.Addr, v.Family), Port: htons(v.Port)}
+	return lb.Target{Kind: lb.TargetRedirect, Addr: addrFrom16(v.Addr, v.Family), Port: htons(v.Port)}
 }
 
 func (v TargetValue) String() string { return v.Target().String() }
 
-func (s ServiceValue) service(f Frontend) Service {
+func (s ServiceValue) service(f lb.Frontend) lb.Service {
 	a := s.Active & 1
-	return Service{Frontend: f, ID: s.Id, Active: s.Slot[a].Target(), Staged: s.Slot[a^1].Target(), Generation: s.Generation}
+	return lb.Service{Frontend: f, ID: s.Id, Active: s.Slot[a].Target(), Staged: s.Slot[a^1].Target(), Generation: s.Generation}
 }
 
 func (s ServiceValue) String() string {
-	return fmt.Sprintf("id=%d active=%s staged=%s gen=%d", s.Id, s.Slot[s.Active&1], s.Slot[(s.Active&1)^1], s.Generation)
+	a := s.Active & 1
+	return fmt.Sprintf("id=%d active=%s (gen %d) staged=%s (gen %d) gen=%d", s.Id, s.Slot[a], s.SlotGen[a],
+		s.Slot[a^1], s.SlotGen[a^1], s.Generation)
 }
 
 func (k CTKey) String() string {
 	return fmt.Sprintf("%s -> %s/%s",
 		netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), htons(k.Sport)),
-		netip.AddrPortFrom(addrFrom16(k.Daddr, k.Family), htons(k.Dport)), Proto(k.Proto))
+		netip.AddrPortFrom(addrFrom16(k.Daddr, k.Family), htons(k.Dport)), lb.Proto(k.Proto))
 }
 
 func (v CTValue) String() string {
-	dir := "forward"
-	if v.Dir == ctReverse {
-		dir = "reverse"
-	}
-	return fmt.Sprintf("%s kind=%s peer=%s nat=%s frontend=%d flags=%d last_seen=%d", dir, TargetKind(v.Kind),
-		netip.AddrPortFrom(addrFrom16(v.PeerAddr, v.Family), htons(v.PeerPort)),
-		netip.AddrPortFrom(addrFrom16(v.NatAddr, v.Family), htons(v.NatPort)), v.FrontendId, v.Flags, v.LastSeen)
+	return fmt.Sprintf("target=%s snat=%s frontend=%d state=%s last_seen=%d", v.Target(),
+		netip.AddrPortFrom(addrFrom16(v.SnatAddr, v.Family), htons(v.SnatPort)), v.FrontendId,
+		flowState(v.State, lb.TargetKind(v.Kind), protoTCP), v.LastSeen)
 }
 
-// target is the target a forward entry pinned its flow to.
-func (v CTValue) target() Target {
-	if TargetKind(v.Kind) != TargetRedirect {
-		return Target{Kind: TargetKind(v.Kind)}
+func (v NATValue) String() string {
+	return fmt.Sprintf("client=%s frontend=%s id=%d flags=%d last_seen=%d",
+		netip.AddrPortFrom(addrFrom16(v.ClientAddr, v.Family), htons(v.ClientPort)),
+		netip.AddrPortFrom(addrFrom16(v.FrontAddr, v.Family), htons(v.FrontPort)), v.FrontendId, v.Flags, v.LastSeen)
+}
+
+// Target is the target a forward entry pinned its flow to.
+func (v CTValue) Target() lb.Target {
+	if lb.TargetKind(v.Kind) != lb.TargetRedirect {
+		return lb.Target{Kind: lb.TargetKind(v.Kind)}
 	}
-	return Target{Kind: TargetRedirect, Addr: addrFrom16(v.PeerAddr, v.Family), Port: htons(v.PeerPort)}
+	return lb.Target{Kind: lb.TargetRedirect, Addr: addrFrom16(v.TargetAddr, v.Family), Port: htons(v.TargetPort)}
+}
+
+// natKey is the key of a redirected flow's NAT entry (bpf/conntrack.h nat_key_of).
+func (v CTValue) natKey(proto uint8) CTKey {
+	return CTKey{Saddr: v.TargetAddr, Daddr: v.SnatAddr, Sport: v.TargetPort, Dport: v.SnatPort, Proto: proto, Family: v.Family}
+}
+
+// ownedBy reports whether a NAT entry belongs to the flow with forward key k (bpf/conntrack.h nat_owned_by).
+func (v NATValue) ownedBy(k CTKey) bool {
+	return v.ClientAddr == k.Saddr && v.ClientPort == k.Sport && v.FrontAddr == k.Daddr && v.FrontPort == k.Dport
+}
+
+// ctDone mirrors ct_done in bpf/conntrack.h: both FINs, or an RST not
+// contradicted since; a local flow at the client's FIN.
+func ctDone(state uint32, kind lb.TargetKind) bool {
+	if state&ctRST != 0 {
+		return true
+	}
+	if kind == lb.TargetLocal {
+		return state&ctFinFwd != 0
+	}
+	return state&(ctFinFwd|ctFinRev) == ctFinFwd|ctFinRev
+}
+
+// flowState names a flow's state for people: syn, established, fin_wait
+// (one FIN), closed (both FINs: done), time_wait (done, the target holds
+// TIME_WAIT), reset (done by an RST); udp for UDP.
+func flowState(state uint32, kind lb.TargetKind, proto uint8) string {
+	switch {
+	case proto != protoTCP:
+		return "udp"
+	case state&ctRST != 0:
+		return "reset"
+	case ctDone(state, kind) && state&ctTargetTimeWait != 0:
+		return "time_wait"
+	case ctDone(state, kind):
+		return "closed"
+	case state&(ctFinFwd|ctFinRev) != 0:
+		return "fin_wait"
+	case state&ctEstablished != 0:
+		return "established"
+	}
+	return "syn"
+}
+
+// timeout mirrors ct_timeout in bpf/conntrack.h.
+func (t Timeouts) timeout(proto uint8, state uint32, kind lb.TargetKind) time.Duration {
+	switch {
+	case proto != protoTCP:
+		return t.UDP
+	case ctDone(state, kind) && state&(ctTargetTimeWait|ctRST) == ctTargetTimeWait:
+		return t.TimeWait
+	case ctDone(state, kind):
+		return t.Close
+	case state&ctEstablished == 0:
+		return t.SYN
+	}
+	return t.Established
 }
 
 // coarseSlack covers the lag of the programs' clock (bpf_ktime_get_coarse_ns,
@@ -164,18 +239,10 @@ func (v CTValue) target() Target {
 // never starts while a packet could still be pinned to the old target.
 const coarseSlack = 20 * time.Millisecond
 
-// expired mirrors ct_expired in bpf/conntrack.h (plus coarseSlack); now is
-// CLOCK_MONOTONIC in ns.
-func (v CTValue) expired(now uint64, idle time.Duration) bool {
-	timeout := uint64(idle)
-	if v.Flags&ctFlagClosing != 0 && uint64(closingTimeout) < timeout {
-		timeout = uint64(closingTimeout)
-	}
-	timeout += uint64(coarseSlack)
-	if v.LastSeen >= now {
-		return false
-	}
-	return now-v.LastSeen > timeout
+// idleLonger mirrors idle_longer in bpf/conntrack.h, plus coarseSlack; now
+// is CLOCK_MONOTONIC in ns.
+func idleLonger(now, seen uint64, d time.Duration) bool {
+	return now > seen && now-seen > uint64(d+coarseSlack)
 }
 
 func (c Counter) String() string { return fmt.Sprintf("packets=%d bytes=%d", c.Packets, c.Bytes) }

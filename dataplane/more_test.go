@@ -1,4 +1,4 @@
-package dataplane
+package dataplane_test
 
 import (
 	"bytes"
@@ -14,13 +14,18 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/netns"
 )
 
 // TestCommitConcurrency: while one goroutine commits between X and Y and
 // stages (then aborts) Z, new flows run through the program; none may ever
 // be sent to Z, and both X and Y must be seen.
 func TestCommitConcurrency(t *testing.T) {
-	tb := newTestbed(t, Config{})
+	tb := newTestbed(t, dataplane.Config{})
 	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	x, y := mustTarget(t, "redirect:10.2.0.1:8080"), mustTarget(t, "redirect:10.2.0.2:8080")
@@ -39,11 +44,12 @@ func TestCommitConcurrency(t *testing.T) {
 			if err == nil {
 				err = tb.d.Commit(f, gen)
 			}
+			var zgen uint64
 			if err == nil {
-				_, err = tb.d.Stage(f, z)
+				zgen, err = tb.d.Stage(f, z)
 			}
 			if err == nil {
-				err = tb.d.Abort(f)
+				err = tb.d.Abort(f, zgen)
 			}
 			if err != nil {
 				loopErr = err
@@ -66,7 +72,7 @@ func TestCommitConcurrency(t *testing.T) {
 			t.Fatalf("only %d commits during %d flows", commits.Load(), i)
 		}
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 33000)
-		in := spec{src: client, dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+		in := spec{src: client, dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 		v, out := tb.run(t, in, d0)
 		if v != xdpTX {
 			t.Fatalf("flow %d: verdict %d", i, v)
@@ -93,15 +99,15 @@ func TestCommitConcurrency(t *testing.T) {
 
 // TestTCProgram: the tc program NATs host traffic and translates replies, with valid checksums.
 func TestTCProgram(t *testing.T) {
-	tb := newTestbed(t, Config{PortMin: 50000, PortMax: 50999})
+	tb := newTestbed(t, dataplane.Config{PortMin: 50000, PortMax: 50999})
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	for _, c := range []struct {
 		client, frontend, target netip.AddrPort
-		proto                    Proto
+		proto                    lb.Proto
 	}{
-		{ap("198.51.100.7:33000"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), TCP},
-		{ap("[2001:db8:c::7]:5000"), ap("[2001:db8::1]:7000"), ap("[2001:db8:2::1]:7001"), UDP},
+		{ap("198.51.100.7:33000"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), lb.TCP},
+		{ap("[2001:db8:c::7]:5000"), ap("[2001:db8::1]:7000"), ap("[2001:db8:2::1]:7001"), lb.UDP},
 	} {
 		t.Logf("case: %s %s", c.frontend, c.proto)
 		in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: []byte("from the host"), srcMAC: macPeer, dstMAC: macD0}.build(t)
@@ -140,10 +146,10 @@ func TestTCProgram(t *testing.T) {
 
 // TestCollector: the Prometheus collector reports what the programs counted.
 func TestCollector(t *testing.T) {
-	tb := newTestbed(t, Config{})
+	tb := newTestbed(t, dataplane.Config{})
 	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 	for i := 0; i < 3; i++ {
 		if v, _ := tb.run(t, in, d0); v != xdpTX {
 			t.Fatalf("verdict %d", v)
@@ -175,7 +181,8 @@ func TestCollector(t *testing.T) {
 		"roam_dataplane_packets_total{action=drop,frontend=10.0.0.1:80/tcp}":     0,
 		"roam_dataplane_drops_total{reason=malformed}":                           1,
 		"roam_dataplane_drops_total{reason=no_route}":                            0,
-		"roam_dataplane_conntrack_entries{}":                                     2,
+		"roam_dataplane_conntrack_entries{map=conntrack}":                        1,
+		"roam_dataplane_conntrack_entries{map=nat}":                              1,
 	} {
 		if v, ok := got[k]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", k, v, ok, want)
@@ -186,11 +193,11 @@ func TestCollector(t *testing.T) {
 // TestAttachReopen: XDP and tcx links are pinned; a second Open updates
 // them in place to its program (same link, no gap); Detach removes them.
 func TestAttachReopen(t *testing.T) {
-	h := testNetns(t)
+	h := netns.Enter(t)
 	l := addVeth(t, h, "rx0", "02:00:00:00:10:01", "192.0.2.1/24")
-	p := testPinPath(t)
-	d1 := openTest(t, Config{PinPath: p})
-	if err := d1.AttachXDP("rx0", XDPNative); err != nil {
+	p := dptest.PinPath(t)
+	d1 := openTest(t, dataplane.Config{PinPath: p})
+	if err := d1.AttachXDP("rx0", dataplane.XDPNative); err != nil {
 		t.Fatal(err)
 	}
 	if err := d1.AttachTC("rx0"); err != nil {
@@ -215,15 +222,14 @@ func TestAttachReopen(t *testing.T) {
 	if xdpProg() != id1 {
 		t.Fatal("closing the data plane detached XDP")
 	}
-	d2 := openTest(t, Config{PinPath: p})
-	if err := d2.AttachXDP("rx0", XDPNative); err != nil {
+	d2 := openTest(t, dataplane.Config{PinPath: p})
+	if err := d2.AttachXDP("rx0", dataplane.XDPNative); err != nil {
 		t.Fatal(err)
 	}
 	if err := d2.AttachTC("rx0"); err != nil {
 		t.Fatal(err)
 	}
-	info, _ := d2.xdp.RoamXdp.Info()
-	id2, _ := info.ID()
+	id2, _ := d2.XDPProgramID()
 	if got := xdpProg(); got != uint32(id2) || got == id1 {
 		t.Fatalf("XDP program after re-attach: %d, want the new one %d (old %d)", got, id2, id1)
 	}
@@ -244,9 +250,9 @@ func TestAttachReopen(t *testing.T) {
 // (the verdict proves the NAT and fib lookup ran) without touching the
 // data plane's own maps.
 func TestBenchXDP(t *testing.T) {
-	tb := newTestbed(t, Config{})
-	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.2.0.1:8080"), proto: TCP, flags: "A", payload: make([]byte, 18), srcMAC: macPeer, dstMAC: macD0}.build(t)
-	r, err := BenchXDPDetail(in, 20000)
+	tb := newTestbed(t, dataplane.Config{})
+	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.2.0.1:8080"), proto: lb.TCP, flags: "A", payload: make([]byte, 18), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	r, err := dataplane.BenchXDPDetail(in, 20000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +263,7 @@ func TestBenchXDP(t *testing.T) {
 	if _, err := tb.d.BenchXDP(in[:10], 1); err == nil {
 		t.Fatal("benchmarked a 10-byte frame")
 	}
-	if n, _ := tb.d.conntrackEntries(); n != 0 {
+	if n, _ := tb.d.ConntrackEntries(); n != 0 {
 		t.Fatalf("benchmark wrote %d entries into the data plane's conntrack", n)
 	}
 }
@@ -266,12 +272,12 @@ func TestBenchXDP(t *testing.T) {
 // idle-expired one; when the old client comes back, the new flow's reverse
 // entry must survive (its replies still translated).
 func TestExpiredPortTakeover(t *testing.T) {
-	tb := newTestbed(t, Config{PortMin: 40000, PortMax: 40000, IdleTimeout: 300 * time.Millisecond})
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000, IdleTimeout: 300 * time.Millisecond})
 	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	target := mustTarget(t, "redirect:10.2.0.1:7001")
-	a := spec{src: ap("198.51.100.7:34000"), dst: ap("10.0.0.1:7000"), proto: UDP, payload: []byte("a"), srcMAC: macPeer, dstMAC: macD0}.build(t)
-	b := spec{src: ap("198.51.100.8:34000"), dst: ap("10.0.0.1:7000"), proto: UDP, payload: []byte("b"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	a := spec{src: ap("198.51.100.7:34000"), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("a"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	b := spec{src: ap("198.51.100.8:34000"), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("b"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 	if v, _ := tb.run(t, a, d0); v != xdpTX {
 		t.Fatalf("flow a: verdict %d", v)
 	}
@@ -295,7 +301,7 @@ func TestExpiredPortTakeover(t *testing.T) {
 	if v, _ := tb.run(t, a, d0); v != xdpDrop {
 		t.Fatalf("flow a back while b holds the only port: verdict %d, want drop", v)
 	}
-	reply := spec{src: ap("10.2.0.1:7001"), dst: netip.AddrPortFrom(snat4, 40000), proto: UDP, payload: []byte("r"), srcMAC: macGW, dstMAC: macD0}.build(t)
+	reply := spec{src: ap("10.2.0.1:7001"), dst: netip.AddrPortFrom(snat4, 40000), proto: lb.UDP, payload: []byte("r"), srcMAC: macGW, dstMAC: macD0}.build(t)
 	v, out := tb.run(t, reply, d0)
 	if v != xdpTX {
 		t.Fatalf("reply to b: verdict %d", v)

@@ -1,4 +1,4 @@
-package dataplane
+package dataplane_test
 
 import (
 	"bytes"
@@ -13,6 +13,10 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/netns"
 )
 
 // XDP verdicts.
@@ -36,7 +40,7 @@ var (
 // spec describes a test packet; build turns it into a frame with correct checksums.
 type spec struct {
 	src, dst  netip.AddrPort
-	proto     Proto
+	proto     lb.Proto
 	flags     string // TCP flags: any of "SAFR"
 	payload   []byte
 	srcMAC    string
@@ -67,7 +71,7 @@ func (s spec) build(t *testing.T) []byte {
 		ip := &layers.IPv6{Version: 6, HopLimit: ttl, SrcIP: s.src.Addr().AsSlice(), DstIP: s.dst.Addr().AsSlice(), NextHeader: layers.IPProtocol(s.proto)}
 		nl, ls = ip, []gopacket.SerializableLayer{eth, ip}
 	}
-	if s.proto == TCP {
+	if s.proto == lb.TCP {
 		tcp := &layers.TCP{SrcPort: layers.TCPPort(s.src.Port()), DstPort: layers.TCPPort(s.dst.Port()), Seq: s.seq, Ack: s.ackn, Window: 512}
 		for _, c := range s.flags {
 			switch c {
@@ -94,7 +98,7 @@ func (s spec) build(t *testing.T) []byte {
 		t.Fatalf("serialize: %v", err)
 	}
 	b := buf.Bytes()
-	if s.zeroUDP && s.proto == UDP && s.src.Addr().Is4() {
+	if s.zeroUDP && s.proto == lb.UDP && s.src.Addr().Is4() {
 		b[14+20+6], b[14+20+7] = 0, 0
 	}
 	return b
@@ -139,7 +143,8 @@ func l4Ports(p gopacket.Packet) (src, dst uint16) {
 
 // testbed is a netns with routes and neighbours for bpf_fib_lookup, and a data plane.
 type testbed struct {
-	d      *Dataplane
+	d      *dataplane.Dataplane
+	h      *netlink.Handle // in the testbed's namespace
 	d0, d1 netlink.Link
 }
 
@@ -148,9 +153,9 @@ var (
 	snat6 = netip.MustParseAddr("2001:db8:ff::100")
 )
 
-func newTestbed(t *testing.T, cfg Config) *testbed {
-	h := testNetns(t)
-	tb := &testbed{}
+func newTestbed(t *testing.T, cfg dataplane.Config) *testbed {
+	h := netns.Enter(t)
+	tb := &testbed{h: h}
 	tb.d0 = addVeth(t, h, "d0", macD0, "192.0.2.1/24", "2001:db8:ff::1/64")
 	tb.d1 = addVeth(t, h, "d1", macD1, "203.0.113.1/24", "2001:db8:ee::1/64")
 	addNeigh(t, h, tb.d0, "192.0.2.254", macGW)
@@ -171,7 +176,7 @@ func newTestbed(t *testing.T, cfg Config) *testbed {
 	return tb
 }
 
-func (tb *testbed) stage(t *testing.T, f, target string) Frontend {
+func (tb *testbed) stage(t *testing.T, f, target string) lb.Frontend {
 	t.Helper()
 	fr := mustFrontend(t, f)
 	gen, err := tb.d.Stage(fr, mustTarget(t, target))
@@ -199,7 +204,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 // the target and leave through the fib's next hop; the target's replies are
 // translated back to the client; all output checksums verified.
 func TestRedirectAndReverse(t *testing.T) {
-	tb := newTestbed(t, Config{PortMin: 40000, PortMax: 40999})
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
 	d0, d1 := tb.d0.Attrs().Index, tb.d1.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
@@ -211,17 +216,17 @@ func TestRedirectAndReverse(t *testing.T) {
 		client      netip.AddrPort
 		frontend    netip.AddrPort
 		target      netip.AddrPort
-		proto       Proto
+		proto       lb.Proto
 		zeroUDP     bool
 		ingress     int
 		wantVerdict uint32
 	}{
-		{"ipv4 tcp, same interface: XDP_TX", ap("198.51.100.7:33000"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), TCP, false, d0, xdpTX},
-		{"ipv4 tcp, other interface: redirect", ap("198.51.100.8:33001"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), TCP, false, d1, xdpRedirect},
-		{"ipv4 udp", ap("198.51.100.7:5000"), ap("10.0.0.1:7000"), ap("10.2.0.1:7001"), UDP, false, d0, xdpTX},
-		{"ipv4 udp zero checksum kept zero", ap("198.51.100.9:5001"), ap("10.0.0.1:7000"), ap("10.2.0.1:7001"), UDP, true, d0, xdpTX},
-		{"ipv6 tcp", ap("[2001:db8:c::7]:33000"), ap("[2001:db8::1]:80"), ap("[2001:db8:2::1]:8080"), TCP, false, d0, xdpTX},
-		{"ipv6 udp, other interface", ap("[2001:db8:c::7]:5000"), ap("[2001:db8::1]:7000"), ap("[2001:db8:2::1]:7001"), UDP, false, d1, xdpRedirect},
+		{"ipv4 tcp, same interface: XDP_TX", ap("198.51.100.7:33000"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), lb.TCP, false, d0, xdpTX},
+		{"ipv4 tcp, other interface: redirect", ap("198.51.100.8:33001"), ap("10.0.0.1:80"), ap("10.2.0.1:8080"), lb.TCP, false, d1, xdpRedirect},
+		{"ipv4 udp", ap("198.51.100.7:5000"), ap("10.0.0.1:7000"), ap("10.2.0.1:7001"), lb.UDP, false, d0, xdpTX},
+		{"ipv4 udp zero checksum kept zero", ap("198.51.100.9:5001"), ap("10.0.0.1:7000"), ap("10.2.0.1:7001"), lb.UDP, true, d0, xdpTX},
+		{"ipv6 tcp", ap("[2001:db8:c::7]:33000"), ap("[2001:db8::1]:80"), ap("[2001:db8:2::1]:8080"), lb.TCP, false, d0, xdpTX},
+		{"ipv6 udp, other interface", ap("[2001:db8:c::7]:5000"), ap("[2001:db8::1]:7000"), ap("[2001:db8:2::1]:7001"), lb.UDP, false, d1, xdpRedirect},
 	}
 	for _, c := range cases {
 		// Not t.Run: a subtest runs on another goroutine, outside this
@@ -277,11 +282,11 @@ func TestRedirectAndReverse(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("flows of %s: %d, %v; want 2", f, n, err)
 	}
-	c, err := tb.d.Counters(f, ActionRedirect)
+	c, err := tb.d.Counters(f, dataplane.ActionRedirect)
 	if err != nil || c.Packets != 4 {
 		t.Fatalf("redirect counter %v, %v; want 4 packets", c, err)
 	}
-	c, err = tb.d.Counters(f, ActionReverse)
+	c, err = tb.d.Counters(f, dataplane.ActionReverse)
 	if err != nil || c.Packets != 2 {
 		t.Fatalf("reverse counter %v, %v; want 2 packets", c, err)
 	}
@@ -293,7 +298,7 @@ func TestRedirectAndReverse(t *testing.T) {
 
 // TestUntouched: packets the programs must pass or drop without rewriting.
 func TestUntouched(t *testing.T) {
-	tb := newTestbed(t, Config{})
+	tb := newTestbed(t, dataplane.Config{})
 	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "10.0.0.2:80/tcp", "local")
@@ -302,8 +307,8 @@ func TestUntouched(t *testing.T) {
 	tb.stage(t, "10.0.0.4:80/tcp", "redirect:10.4.0.1:80")
 	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
 
-	good4 := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
-	good6 := spec{src: ap("[2001:db8:c::7]:33000"), dst: ap("[2001:db8::1]:80"), proto: TCP, flags: "S", payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	good4 := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	good6 := spec{src: ap("[2001:db8:c::7]:33000"), dst: ap("[2001:db8::1]:80"), proto: lb.TCP, flags: "S", payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 	mod := func(b []byte, f func([]byte) []byte) []byte { return f(append([]byte(nil), b...)) }
 	put16 := func(b []byte, off int, v uint16) { binary.BigEndian.PutUint16(b[off:], v) }
 
@@ -314,10 +319,10 @@ func TestUntouched(t *testing.T) {
 		reason  string // drop reason counted, "" for none
 		same    bool   // output must equal input
 	}{
-		{"local ipv4 tcp passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.2:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
-		{"local ipv6 udp passes", spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8::2]:7000"), proto: UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
-		{"no frontend (other port) passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:81"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
-		{"no frontend (other protocol) passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"local ipv4 tcp passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.2:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"local ipv6 udp passes", spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8::2]:7000"), proto: lb.UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"no frontend (other port) passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:81"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"no frontend (other protocol) passes", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
 		{"truncated ipv4 header", good4[:14+12], xdpPass, "malformed", true},
 		{"ipv4 total length beyond frame", mod(good4, func(b []byte) []byte { put16(b, 16, 200); return b }), xdpPass, "malformed", true},
 		{"truncated tcp header", mod(good4, func(b []byte) []byte { put16(b, 16, 20+10); return b[:14+30] }), xdpPass, "malformed", true},
@@ -329,10 +334,10 @@ func TestUntouched(t *testing.T) {
 		{"ipv6 payload length beyond frame", mod(good6, func(b []byte) []byte { put16(b, 14+4, 500); return b }), xdpPass, "malformed", true},
 		{"ipv6 hop-by-hop header", ipv6WithHopByHop(t, good6), xdpPass, "ipv6_ext", true},
 		{"ipv6 fragment header", ipv6WithExt(good6, 44, []byte{6, 0, 0, 1, 0, 0, 0, 7}), xdpPass, "fragment", true},
-		{"ipv6 hop-by-hop to no frontend: passed to the kernel", ipv6WithExt(spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8:9::9]:5353"), proto: UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t), 0, []byte{17, 0, 1, 4, 0, 0, 0, 0}), xdpPass, "ipv6_ext", true},
+		{"ipv6 hop-by-hop to no frontend: passed to the kernel", ipv6WithExt(spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8:9::9]:5353"), proto: lb.UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t), 0, []byte{17, 0, 1, 4, 0, 0, 0, 0}), xdpPass, "ipv6_ext", true},
 		{"ipv6 hop-by-hop then ICMPv6 (MLD): not counted", ipv6WithExt(good6, 0, []byte{58, 0, 5, 2, 0, 0, 1, 0}), xdpPass, "", true},
-		{"udp length beyond payload", spec{src: ap("198.51.100.7:5000"), dst: ap("10.0.0.1:80"), proto: UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
-		{"blackholed target: dropped", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.4:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpDrop, "no_route", false},
+		{"udp length beyond payload", spec{src: ap("198.51.100.7:5000"), dst: ap("10.0.0.1:80"), proto: lb.UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},
+		{"blackholed target: dropped", spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.4:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), xdpDrop, "no_route", false},
 	}
 	for _, c := range cases {
 		// Not t.Run: a subtest runs on another goroutine, outside this
@@ -369,7 +374,7 @@ func TestUntouched(t *testing.T) {
 	// No neighbour for the next hop: the rewritten packet goes to the kernel.
 	t.Logf("case: no neighbour: rewritten and passed")
 	func() {
-		in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.3:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+		in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.3:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 		v, out := tb.run(t, in, d0)
 		if v != xdpPass {
 			t.Fatalf("verdict %d, want XDP_PASS", v)
@@ -430,12 +435,12 @@ func ipChecksum(h []byte) uint16 {
 // TestFlowPinning: a commit moves new flows only; a flow keeps its target
 // (local ones too) until FIN/RST, after which a new SYN takes the new target.
 func TestFlowPinning(t *testing.T) {
-	tb := newTestbed(t, Config{})
+	tb := newTestbed(t, dataplane.Config{})
 	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:80/tcp", "local")
-	x, y := Local, mustTarget(t, "redirect:10.2.0.1:8080")
+	x, y := lb.Local, mustTarget(t, "redirect:10.2.0.1:8080")
 	pkt := func(client, flags string) []byte {
-		return spec{src: ap(client), dst: ap("10.0.0.1:80"), proto: TCP, flags: flags, srcMAC: macPeer, dstMAC: macD0}.build(t)
+		return spec{src: ap(client), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: flags, srcMAC: macPeer, dstMAC: macD0}.build(t)
 	}
 	expect := func(in []byte, verdict uint32, target string) {
 		t.Helper()
@@ -472,40 +477,47 @@ func TestFlowPinning(t *testing.T) {
 	if n, _ := tb.d.Flows(f, x); n != 2 {
 		t.Fatalf("local flows %d, want 2", n)
 	}
-	expect(pkt("198.51.100.7:1000", "FA"), xdpPass, "") // FIN: still local, now closing
+	expect(pkt("198.51.100.7:1000", "FA"), xdpPass, "") // the client's FIN: still local, and done (replies bypass XDP)
 	fl, _ := tb.d.FlowList(f)
-	closing := 0
+	done := 0
 	for _, x := range fl {
-		if x.Closing {
-			closing++
+		if x.Done {
+			done++
 		}
 	}
-	if closing != 1 {
-		t.Fatalf("closing flows %d, want 1: %v", closing, fl)
+	if done != 1 {
+		t.Fatalf("done flows %d, want 1: %v", done, fl)
+	}
+	if n, _ := tb.d.Flows(f, x); n != 1 {
+		t.Fatalf("local flows %d, want 1 (the other is done)", n)
 	}
 	expect(pkt("198.51.100.7:1000", "S"), xdpTX, "10.2.0.1:8080") // reused tuple: new flow
 	if err := tb.d.Remove(f); err != nil {
 		t.Fatal(err)
 	}
 	expect(pkt("198.51.100.7:1002", "A"), xdpPass, "")
-	if n, _ := tb.d.conntrackEntries(); n != 0 {
+	if n, _ := tb.d.ConntrackEntries(); n != 0 {
 		t.Fatalf("%d conntrack entries left after remove", n)
+	}
+	if n, _ := tb.d.NATEntries(); n != 0 {
+		t.Fatalf("%d NAT entries left after remove", n)
 	}
 }
 
-// TestIdleTimeout: an idle flow stops counting and a new packet takes the active target.
+// TestIdleTimeout: on the programs' real clock, an embryonic flow times out,
+// stops counting, and its SYN sent again takes the active target.
 func TestIdleTimeout(t *testing.T) {
-	tb := newTestbed(t, Config{IdleTimeout: 300 * time.Millisecond})
+	tb := newTestbed(t, dataplane.Config{Timeouts: dataplane.Timeouts{SYN: 300 * time.Millisecond}})
 	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:80/tcp", "local")
-	in := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	in := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 	if v, _ := tb.run(t, in, d0); v != xdpPass {
 		t.Fatalf("verdict %d", v)
 	}
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		n, err := tb.d.Flows(f, Local)
+		n, err := tb.d.Flows(f, lb.Local)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -513,7 +525,7 @@ func TestIdleTimeout(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("local flow never expired")
+			t.Fatal("embryonic local flow never expired")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -524,11 +536,11 @@ func TestIdleTimeout(t *testing.T) {
 
 // TestPortExhaustion: with one SNAT port, a second concurrent flow to the same target is dropped and counted.
 func TestPortExhaustion(t *testing.T) {
-	tb := newTestbed(t, Config{PortMin: 40000, PortMax: 40000})
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000})
 	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	a := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
-	b := spec{src: ap("198.51.100.8:1000"), dst: ap("10.0.0.1:80"), proto: TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	a := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	b := spec{src: ap("198.51.100.8:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 	if v, _ := tb.run(t, a, d0); v != xdpTX {
 		t.Fatalf("first flow verdict %d", v)
 	}

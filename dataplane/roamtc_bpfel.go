@@ -14,15 +14,20 @@ import (
 )
 
 type roamTCConfig struct {
-	_             structs.HostLayout
-	Snat4         [16]uint8
-	Snat6         [16]uint8
-	PortMin       uint16
-	PortMax       uint16
-	HasSnat4      uint8
-	HasSnat6      uint8
-	Pad           uint16
-	IdleTimeoutNs uint64
+	_                structs.HostLayout
+	Snat4            [16]uint8
+	Snat6            [16]uint8
+	PortMin          uint16
+	PortMax          uint16
+	HasSnat4         uint8
+	HasSnat6         uint8
+	Pad              uint16
+	TcpSynNs         uint64
+	TcpEstablishedNs uint64
+	TcpCloseNs       uint64
+	TcpTimeWaitNs    uint64
+	UdpNs            uint64
+	UdpDrainNs       uint64
 }
 
 type roamTCCounter struct {
@@ -44,16 +49,17 @@ type roamTCCtKey struct {
 
 type roamTCCtValue struct {
 	_          structs.HostLayout
-	PeerAddr   [16]uint8
-	NatAddr    [16]uint8
-	PeerPort   uint16
-	NatPort    uint16
+	TargetAddr [16]uint8
+	SnatAddr   [16]uint8
+	TargetPort uint16
+	SnatPort   uint16
 	Kind       uint8
-	Dir        uint8
-	Flags      uint8
 	Family     uint8
+	Pad        uint16
+	State      uint32
 	FrontendId uint32
-	Pad        uint32
+	FinSeq     uint32
+	Pad2       uint32
 	LastSeen   uint64
 }
 
@@ -63,6 +69,37 @@ type roamTCFrontendKey struct {
 	Port   uint16
 	Proto  uint8
 	Family uint8
+}
+
+type roamTCNatValue struct {
+	_          structs.HostLayout
+	ClientAddr [16]uint8
+	FrontAddr  [16]uint8
+	ClientPort uint16
+	FrontPort  uint16
+	Family     uint8
+	Pad        [3]uint8
+	Flags      uint32
+	FrontendId uint32
+	LastSeen   uint64
+}
+
+type roamTCScratch struct {
+	_     structs.HostLayout
+	Fv    roamTCCtValue
+	Rv    roamTCNatValue
+	Rk    roamTCCtKey
+	Owner roamTCCtKey
+	Nk    roamTCCtKey
+	Fk    roamTCCtKey
+	Svc   roamTCFrontendKey
+	T     struct {
+		_      structs.HostLayout
+		Addr   [16]uint8
+		Port   uint16
+		Kind   uint8
+		Family uint8
+	}
 }
 
 type roamTCService struct {
@@ -77,6 +114,7 @@ type roamTCService struct {
 	Active     uint32
 	Id         uint32
 	Generation uint64
+	SlotGen    [2]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -87,6 +125,8 @@ const (
 	roamTCMapRoamConntrack = "roam_conntrack"
 	roamTCMapRoamCounters  = "roam_counters"
 	roamTCMapRoamDrops     = "roam_drops"
+	roamTCMapRoamNat       = "roam_nat"
+	roamTCMapRoamScratch   = "roam_scratch"
 	roamTCMapRoamServices  = "roam_services"
 	roamTCProgRoamTc       = "roam_tc"
 )
@@ -144,6 +184,8 @@ type roamTCMapSpecs struct {
 	RoamConntrack *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
+	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.MapSpec `ebpf:"roam_services"`
 }
 
@@ -177,6 +219,8 @@ type roamTCMaps struct {
 	RoamConntrack *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
+	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
+	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.Map `ebpf:"roam_services"`
 }
 
@@ -186,6 +230,8 @@ func (m *roamTCMaps) Close() error {
 		m.RoamConntrack,
 		m.RoamCounters,
 		m.RoamDrops,
+		m.RoamNat,
+		m.RoamScratch,
 		m.RoamServices,
 	)
 }

@@ -14,15 +14,20 @@ import (
 )
 
 type roamXDPConfig struct {
-	_             structs.HostLayout
-	Snat4         [16]uint8
-	Snat6         [16]uint8
-	PortMin       uint16
-	PortMax       uint16
-	HasSnat4      uint8
-	HasSnat6      uint8
-	Pad           uint16
-	IdleTimeoutNs uint64
+	_                structs.HostLayout
+	Snat4            [16]uint8
+	Snat6            [16]uint8
+	PortMin          uint16
+	PortMax          uint16
+	HasSnat4         uint8
+	HasSnat6         uint8
+	Pad              uint16
+	TcpSynNs         uint64
+	TcpEstablishedNs uint64
+	TcpCloseNs       uint64
+	TcpTimeWaitNs    uint64
+	UdpNs            uint64
+	UdpDrainNs       uint64
 }
 
 type roamXDPCounter struct {
@@ -44,16 +49,17 @@ type roamXDPCtKey struct {
 
 type roamXDPCtValue struct {
 	_          structs.HostLayout
-	PeerAddr   [16]uint8
-	NatAddr    [16]uint8
-	PeerPort   uint16
-	NatPort    uint16
+	TargetAddr [16]uint8
+	SnatAddr   [16]uint8
+	TargetPort uint16
+	SnatPort   uint16
 	Kind       uint8
-	Dir        uint8
-	Flags      uint8
 	Family     uint8
+	Pad        uint16
+	State      uint32
 	FrontendId uint32
-	Pad        uint32
+	FinSeq     uint32
+	Pad2       uint32
 	LastSeen   uint64
 }
 
@@ -65,12 +71,38 @@ type roamXDPFrontendKey struct {
 	Family uint8
 }
 
+type roamXDPNatValue struct {
+	_          structs.HostLayout
+	ClientAddr [16]uint8
+	FrontAddr  [16]uint8
+	ClientPort uint16
+	FrontPort  uint16
+	Family     uint8
+	Pad        [3]uint8
+	Flags      uint32
+	FrontendId uint32
+	LastSeen   uint64
+}
+
+type roamXDPScratch struct {
+	_     structs.HostLayout
+	Fv    roamXDPCtValue
+	Rv    roamXDPNatValue
+	Rk    roamXDPCtKey
+	Owner roamXDPCtKey
+	Nk    roamXDPCtKey
+	Fk    roamXDPCtKey
+	Svc   roamXDPFrontendKey
+	T     roamXDPTarget
+}
+
 type roamXDPService struct {
 	_          structs.HostLayout
 	Slot       [2]roamXDPTarget
 	Active     uint32
 	Id         uint32
 	Generation uint64
+	SlotGen    [2]uint64
 }
 
 type roamXDPTarget struct {
@@ -89,6 +121,8 @@ const (
 	roamXDPMapRoamConntrack = "roam_conntrack"
 	roamXDPMapRoamCounters  = "roam_counters"
 	roamXDPMapRoamDrops     = "roam_drops"
+	roamXDPMapRoamNat       = "roam_nat"
+	roamXDPMapRoamScratch   = "roam_scratch"
 	roamXDPMapRoamServices  = "roam_services"
 	roamXDPProgRoamXdp      = "roam_xdp"
 )
@@ -146,6 +180,8 @@ type roamXDPMapSpecs struct {
 	RoamConntrack *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
+	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.MapSpec `ebpf:"roam_services"`
 }
 
@@ -179,6 +215,8 @@ type roamXDPMaps struct {
 	RoamConntrack *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
+	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
+	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.Map `ebpf:"roam_services"`
 }
 
@@ -188,6 +226,8 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamConntrack,
 		m.RoamCounters,
 		m.RoamDrops,
+		m.RoamNat,
+		m.RoamScratch,
 		m.RoamServices,
 	)
 }

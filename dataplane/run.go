@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // xdpMD is struct xdp_md, the XDP context given to BPF_PROG_TEST_RUN.
@@ -64,10 +66,11 @@ func (d *Dataplane) BenchXDP(pkt []byte, repeat int) (time.Duration, error) {
 // TCP or UDP). Plain repeat feeds the program the frame it rewrote, so the
 // copy is set up to make the NAT an identity: the frontend is the packet's
 // destination, redirected to itself, and the SNAT address and one-port range
-// are the packet's source. The first run creates the flow; every repeat
-// then takes the full established-flow path (conntrack hit, service lookup,
-// address and port rewrite with checksum updates, bpf_fib_lookup, MAC
-// rewrite, counters) on warm caches. The calling namespace needs a route
+// are the packet's source. A first run creates the flow (for TCP, with the
+// frame's SYN flag set: only a SYN opens a flow); every repeat then takes
+// the full pinned-flow path (conntrack hit, TCP state, address and port
+// rewrite with checksum updates, bpf_fib_lookup, MAC rewrite, counters) on
+// warm caches. The calling namespace needs a route
 // and a neighbour entry for the destination, or the verdict is not a
 // transmit and an error is returned.
 func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
@@ -90,7 +93,8 @@ func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
 		return BenchResult{}, loadError("xdp", "", err)
 	}
 	defer objs.Close()
-	cfg := roamXDPConfig{PortMin: sport, PortMax: sport, IdleTimeoutNs: uint64(time.Hour)}
+	cfg := roamXDPConfig{PortMin: sport, PortMax: sport, TcpSynNs: uint64(time.Hour), TcpEstablishedNs: uint64(time.Hour),
+		TcpCloseNs: uint64(time.Hour), TcpTimeWaitNs: uint64(time.Hour), UdpNs: uint64(time.Hour), UdpDrainNs: uint64(time.Hour)}
 	if fam == familyV4 {
 		cfg.Snat4, cfg.HasSnat4 = src, 1
 	} else {
@@ -101,12 +105,17 @@ func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
 	}
 	key := FrontendKey{Addr: dst, Port: htons(dport), Proto: proto, Family: fam}
 	svc := ServiceValue{Id: 1}
-	svc.Slot[0] = TargetValue{Addr: dst, Port: htons(dport), Kind: uint8(TargetRedirect), Family: fam}
+	svc.Slot[0] = TargetValue{Addr: dst, Port: htons(dport), Kind: uint8(lb.TargetRedirect), Family: fam}
 	if err := objs.RoamServices.Put(&key, &svc); err != nil {
 		return BenchResult{}, fmt.Errorf("bench xdp: write service: %w", err)
 	}
 	var r BenchResult
-	if r.Verdict, _, err = objs.RoamXdp.Benchmark(pkt, 1, nil); err != nil {
+	open := pkt
+	if proto == uint8(lb.TCP) {
+		open = append([]byte(nil), pkt...)
+		open[tcpFlagsOffset(pkt)] = 0x02 // SYN; the checksum does not matter here
+	}
+	if r.Verdict, _, err = objs.RoamXdp.Benchmark(open, 1, nil); err != nil {
 		return BenchResult{}, fmt.Errorf("bench xdp: %w", err)
 	}
 	if r.Verdict, r.PerPacket, err = objs.RoamXdp.Benchmark(pkt, repeat, nil); err != nil {
@@ -128,6 +137,14 @@ func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
 		return BenchResult{}, fmt.Errorf("bench xdp baseline: %w", err)
 	}
 	return r, nil
+}
+
+// tcpFlagsOffset is the offset of the TCP flags byte in a frame frameTuple accepted.
+func tcpFlagsOffset(pkt []byte) int {
+	if binary.BigEndian.Uint16(pkt[12:]) == 0x0800 {
+		return 34 + 13
+	}
+	return 54 + 13
 }
 
 // frameTuple reads the 5-tuple of an Ethernet frame (addresses in map form,
@@ -154,7 +171,7 @@ func frameTuple(pkt []byte) (fam uint8, src, dst [16]uint8, proto uint8, sport, 
 	default:
 		return 0, src, dst, 0, 0, 0, fmt.Errorf("not an IP frame")
 	}
-	if (proto != uint8(TCP) && proto != uint8(UDP)) || len(pkt) < l4+8 {
+	if (proto != uint8(lb.TCP) && proto != uint8(lb.UDP)) || len(pkt) < l4+8 {
 		return 0, src, dst, 0, 0, 0, fmt.Errorf("want TCP or UDP")
 	}
 	return fam, src, dst, proto, binary.BigEndian.Uint16(pkt[l4:]), binary.BigEndian.Uint16(pkt[l4+2:]), nil

@@ -1,4 +1,4 @@
-package dataplane
+package dataplane_test
 
 import (
 	"bufio"
@@ -9,39 +9,13 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
-)
+	vnetns "github.com/vishvananda/netns"
 
-// setTxChecksum turns a device's transmit checksum offload on or off
-// (ETHTOOL_STXCSUM): off makes the stack compute full checksums, so the
-// receiver verifies what the tc program rewrote; on leaves packets
-// CHECKSUM_PARTIAL, the case bpf_l4_csum_replace's pseudo-header flag is for.
-func setTxChecksum(t *testing.T, name string, on bool) {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	val := struct{ cmd, data uint32 }{cmd: 0x17} // ETHTOOL_STXCSUM
-	if on {
-		val.data = 1
-	}
-	var ifr struct {
-		name [unix.IFNAMSIZ]byte
-		data uintptr
-		_    [16]byte
-	}
-	copy(ifr.name[:], name)
-	ifr.data = uintptr(unsafe.Pointer(&val))
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
-		t.Fatalf("ethtool tx checksum %s: %v", name, errno)
-	}
-}
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/test/netns"
+)
 
 // TestTCHostFlow: a real TCP connection from a host socket to a frontend is
 // NATed by the tc program on egress to a server in another namespace, and
@@ -49,18 +23,18 @@ func setTxChecksum(t *testing.T, name string, on bool) {
 // socket; with transmit checksum offload off (receiver verifies full
 // checksums) and on (CHECKSUM_PARTIAL).
 func TestTCHostFlow(t *testing.T) {
-	h := testNetns(t)
-	home, err := netns.Get()
+	h := netns.Enter(t)
+	home, err := vnetns.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { home.Close() })
-	server, err := netns.New() // switches this (locked) thread
+	server, err := vnetns.New() // switches this (locked) thread
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { server.Close() })
-	if err := netns.Set(home); err != nil {
+	if err := vnetns.Set(home); err != nil {
 		t.Fatal(err)
 	}
 	hs, err := netlink.NewHandleAt(server)
@@ -92,11 +66,11 @@ func TestTCHostFlow(t *testing.T) {
 	}
 
 	// The server listens inside its namespace (the socket stays there).
-	if err := netns.Set(server); err != nil {
+	if err := vnetns.Set(server); err != nil {
 		t.Fatal(err)
 	}
 	ln, lerr := net.Listen("tcp4", "10.2.0.1:8080")
-	if err := netns.Set(home); err != nil {
+	if err := vnetns.Set(home); err != nil {
 		t.Fatal(err)
 	}
 	if lerr != nil {
@@ -117,7 +91,7 @@ func TestTCHostFlow(t *testing.T) {
 		}
 	}()
 
-	d := openTest(t, Config{SNATv4: netip.MustParseAddr("10.2.0.2"), PortMin: 45000, PortMax: 45999})
+	d := openTest(t, dataplane.Config{SNATv4: netip.MustParseAddr("10.2.0.2"), PortMin: 45000, PortMax: 45999})
 	if err := d.AttachTC("a0"); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +105,9 @@ func TestTCHostFlow(t *testing.T) {
 	}
 
 	for _, offload := range []bool{false, true} {
-		setTxChecksum(t, "a0", offload)
+		if err := netns.SetTxChecksum("a0", offload); err != nil {
+			t.Fatal(err)
+		}
 		conn, err := net.DialTimeout("tcp4", "10.0.0.1:80", 20*time.Second)
 		if err != nil {
 			t.Fatalf("tx offload %v: dial the frontend: %v", offload, err)
@@ -147,7 +123,7 @@ func TestTCHostFlow(t *testing.T) {
 			dr, _ := d.Drops()
 			fl, _ := d.FlowList(f)
 			var cs []string
-			for a := Action(0); a < 4; a++ {
+			for a := dataplane.Action(0); a < 4; a++ {
 				c, _ := d.Counters(f, a)
 				cs = append(cs, a.String()+":"+c.String())
 			}
@@ -159,7 +135,7 @@ func TestTCHostFlow(t *testing.T) {
 			t.Fatalf("tx offload %v: reply %q", offload, reply)
 		}
 	}
-	c, err := d.Counters(f, ActionReverse)
+	c, err := d.Counters(f, dataplane.ActionReverse)
 	if err != nil || c.Packets == 0 {
 		t.Fatalf("reverse counter %v, %v", c, err)
 	}

@@ -7,16 +7,16 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// walkConntrack calls fn for every conntrack entry, reading the map in
-// batches (one syscall per 4096 entries); where batch lookups are not
-// supported it falls back to the per-entry iterator.
-func (d *Dataplane) walkConntrack(fn func(CTKey, CTValue)) error {
+// walkMap calls fn for every entry of m, reading it in batches (one
+// syscall per 4096 entries); where batch lookups are not supported it falls
+// back to the per-entry iterator.
+func walkMap[K, V any](m *ebpf.Map, fn func(K, V)) error {
 	const chunk = 4096
-	keys := make([]CTKey, chunk)
-	vals := make([]CTValue, chunk)
+	keys := make([]K, chunk)
+	vals := make([]V, chunk)
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := d.maps.RoamConntrack.BatchLookup(&cursor, keys, vals, nil)
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
 			fn(keys[i], vals[i])
 		}
@@ -25,26 +25,26 @@ func (d *Dataplane) walkConntrack(fn func(CTKey, CTValue)) error {
 			return nil
 		case errors.Is(err, ebpf.ErrNotSupported):
 			if n > 0 {
-				return fmt.Errorf("walk conntrack: batch lookup failed midway: %w", err)
+				return fmt.Errorf("walk %s: batch lookup failed midway: %w", m, err)
 			}
-			return d.iterateConntrack(fn)
+			return iterateMap(m, fn)
 		case err != nil:
-			return fmt.Errorf("walk conntrack: %w", err)
+			return fmt.Errorf("walk %s: %w", m, err)
 		}
 	}
 }
 
-func (d *Dataplane) iterateConntrack(fn func(CTKey, CTValue)) error {
+func iterateMap[K, V any](m *ebpf.Map, fn func(K, V)) error {
 	var (
-		k CTKey
-		v CTValue
+		k K
+		v V
 	)
-	it := d.maps.RoamConntrack.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		fn(k, v)
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("walk conntrack: %w", err)
+		return fmt.Errorf("walk %s: %w", m, err)
 	}
 	return nil
 }

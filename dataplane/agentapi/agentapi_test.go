@@ -2,15 +2,11 @@ package agentapi
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,35 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // openDataplane opens a real data plane on a pin path unique to the test.
 func openDataplane(t *testing.T) *dataplane.Dataplane {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("the agent API tests drive the real BPF data plane: run them as root")
-	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	pin := filepath.Join("/sys/fs/bpf", "roam-agentapi-test-"+hex.EncodeToString(b))
-	dp, err := dataplane.Open(dataplane.Config{
-		PinPath:     pin,
-		SNATv4:      netip.MustParseAddr("10.99.0.1"),
-		PortMin:     40000,
-		PortMax:     60999,
-		IdleTimeout: time.Minute,
-	})
-	if err != nil {
-		t.Fatalf("open data plane: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = dp.Close()
-		if err := dataplane.Unpin(pin); err != nil {
-			t.Errorf("unpin %s: %v", pin, err)
-		}
-		_ = os.RemoveAll(pin)
-	})
-	return dp
+	return dptest.New(t, dataplane.Config{SNATv4: netip.MustParseAddr("10.99.0.1"), IdleTimeout: time.Minute})
 }
 
 type agent struct {
@@ -80,12 +55,12 @@ func ctx(t *testing.T) context.Context {
 var (
 	fe  = mustFrontend("10.0.0.1:80/tcp")
 	fe6 = mustFrontend("[2001:db8::1]:53/udp")
-	t1  = dataplane.Redirect(netip.MustParseAddrPort("10.2.0.1:8080"))
-	t2  = dataplane.Redirect(netip.MustParseAddrPort("10.3.0.1:8080"))
+	t1  = lb.Redirect(netip.MustParseAddrPort("10.2.0.1:8080"))
+	t2  = lb.Redirect(netip.MustParseAddrPort("10.3.0.1:8080"))
 )
 
-func mustFrontend(s string) dataplane.Frontend {
-	f, err := dataplane.ParseFrontend(s)
+func mustFrontend(s string) lb.Frontend {
+	f, err := lb.ParseFrontend(s)
 	if err != nil {
 		panic(err)
 	}
@@ -132,7 +107,7 @@ func TestStageCommitAbortRemove(t *testing.T) {
 	if err != nil {
 		t.Fatalf("get: %v", err)
 	}
-	if svc.Staged != t1 || svc.Active.Kind != dataplane.TargetNone || svc.Generation != gen {
+	if svc.Staged != t1 || svc.Active.Kind != lb.TargetNone || svc.Generation != gen {
 		t.Fatalf("after stage: %+v, want staged %s, nothing active, generation %d", svc, t1, gen)
 	}
 	// The real data plane agrees with what the API says.
@@ -145,7 +120,7 @@ func TestStageCommitAbortRemove(t *testing.T) {
 		t.Fatalf("commit: %v", err)
 	}
 	svc, err = a.client.Get(c, fe)
-	if err != nil || svc.Active != t1 || svc.Staged.Kind != dataplane.TargetNone {
+	if err != nil || svc.Active != t1 || svc.Staged.Kind != lb.TargetNone {
 		t.Fatalf("after commit: %+v %v, want active %s and nothing staged", svc, err, t1)
 	}
 
@@ -153,16 +128,16 @@ func TestStageCommitAbortRemove(t *testing.T) {
 	if _, err := a.client.Stage(c, fe, t2); err != nil {
 		t.Fatalf("stage second: %v", err)
 	}
-	if err := a.client.Abort(c, fe); err != nil {
+	if err := a.client.Abort(c, fe, 0); err != nil {
 		t.Fatalf("abort: %v", err)
 	}
 	svc, err = a.client.Get(c, fe)
-	if err != nil || svc.Active != t1 || svc.Staged.Kind != dataplane.TargetNone {
+	if err != nil || svc.Active != t1 || svc.Staged.Kind != lb.TargetNone {
 		t.Fatalf("after abort: %+v %v, want active %s and nothing staged", svc, err, t1)
 	}
 
 	// A second frontend, IPv6 UDP, local.
-	gen6, err := a.client.Stage(c, fe6, dataplane.Local)
+	gen6, err := a.client.Stage(c, fe6, lb.Local)
 	if err != nil {
 		t.Fatalf("stage v6: %v", err)
 	}
@@ -210,11 +185,83 @@ func TestCommitStaleGenerationRefused(t *testing.T) {
 		t.Fatalf("commit of a stale generation: got %v, want a 4xx refusal", err)
 	}
 	svc, err := a.client.Get(c, fe)
-	if err != nil || svc.Active.Kind != dataplane.TargetNone || svc.Staged != t2 {
+	if err != nil || svc.Active.Kind != lb.TargetNone || svc.Staged != t2 {
 		t.Fatalf("after refused commit: %+v %v, want nothing active and %s staged", svc, err, t2)
 	}
 	if err := a.client.Commit(c, fe, g2); err != nil {
 		t.Fatalf("commit current generation: %v", err)
+	}
+}
+
+// The generation contract: an abort names its generation; a commit of an
+// aborted generation fails (409), on one agent and through a Group.
+func TestCommitAfterAbortRefused(t *testing.T) {
+	a := startAgent(t, "")
+	c := ctx(t)
+	g1, err := a.client.Stage(c, fe, t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.client.Commit(c, fe, g1); err != nil {
+		t.Fatal(err)
+	}
+	g2, err := a.client.Stage(c, fe, t2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conflict := func(what string, err error) {
+		t.Helper()
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusConflict || ae.Reason != ReasonConflict {
+			t.Fatalf("%s: got %v, want 409 %s", what, err, ReasonConflict)
+		}
+	}
+	conflict("abort of the committed generation", a.client.Abort(c, fe, g1))
+	if err := a.client.Abort(c, fe, g2); err != nil {
+		t.Fatalf("abort: %v", err)
+	}
+	if err := a.client.Abort(c, fe, g2); err != nil {
+		t.Fatalf("abort again: %v", err)
+	}
+	conflict("commit of the aborted generation", a.client.Commit(c, fe, g2))
+	svc, err := a.client.Get(c, fe)
+	if err != nil || svc.Active != t1 || svc.Staged.Kind != lb.TargetNone {
+		t.Fatalf("after the refused commit: %+v %v, want %s active and nothing staged", svc, err, t1)
+	}
+	g3, err := a.client.Stage(c, fe, t2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conflict("abort of a superseded generation", a.client.Abort(c, fe, g2))
+	if svc, _ := a.client.Get(c, fe); svc.Staged != t2 {
+		t.Fatalf("a refused abort touched the stage: %+v", svc)
+	}
+	if err := a.client.Commit(c, fe, g3); err != nil {
+		t.Fatalf("commit of the current generation: %v", err)
+	}
+
+	// Through a Group: abort with the generations Stage returned, then the
+	// commit of those generations fails on every node.
+	b, d := startAgent(t, "tok"), startAgent(t, "tok")
+	g := Group{b.client, d.client}
+	gens, err := g.Stage(c, fe, t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Abort(c, fe, gens[:1]); err == nil {
+		t.Fatal("abort with a generation short: want an error")
+	}
+	if err := g.Abort(c, fe, gens); err != nil {
+		t.Fatalf("group abort: %v", err)
+	}
+	err = g.Commit(c, fe, gens)
+	for _, n := range []*agent{b, d} {
+		if err == nil || !strings.Contains(err.Error(), n.client.URL()) {
+			t.Fatalf("group commit after the group abort: %v, want a failure naming node %s", err, n.client.URL())
+		}
+		if svcs, _ := n.dp.List(); len(svcs) != 0 {
+			t.Fatalf("node %s after abort and refused commit: %v, want nothing (the frontend was only staged)", n.client.URL(), svcs)
+		}
 	}
 }
 
@@ -232,7 +279,7 @@ func TestGroupTwoPhase(t *testing.T) {
 	}
 	for _, n := range []*agent{a, b} {
 		svc, err := n.client.Get(c, fe)
-		if err != nil || svc.Staged != t1 || svc.Active.Kind != dataplane.TargetNone {
+		if err != nil || svc.Staged != t1 || svc.Active.Kind != lb.TargetNone {
 			t.Fatalf("node %s after stage: %+v %v", n.client.URL(), svc, err)
 		}
 	}
@@ -290,12 +337,12 @@ func TestGroupStageFailureRollsBack(t *testing.T) {
 			if err != nil || len(svcs) != 1 {
 				t.Fatalf("healthy node: %v %v", svcs, err)
 			}
-			if svcs[0].Staged.Kind != dataplane.TargetNone || svcs[0].Active != t1 {
+			if svcs[0].Staged.Kind != lb.TargetNone || svcs[0].Active != t1 {
 				t.Fatalf("healthy node after failed group stage: %+v, want nothing staged and %s active", svcs[0], t1)
 			}
 			if tc.name == "wrong token" {
 				svcs, err := b.dp.List()
-				if err != nil || len(svcs) != 1 || svcs[0].Staged.Kind != dataplane.TargetNone {
+				if err != nil || len(svcs) != 1 || svcs[0].Staged.Kind != lb.TargetNone {
 					t.Fatalf("refusing node: %v %v, want nothing staged", svcs, err)
 				}
 			}

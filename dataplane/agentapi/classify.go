@@ -9,11 +9,15 @@ import (
 )
 
 // classify maps an error of the data plane to an HTTP status and a reason:
-// an unknown frontend is 404, a stale generation or nothing staged is 409, a
+// an unknown frontend is 404, a generation that is not in the state the call
+// needs (stale, aborted, nothing staged) is 409, a
 // target the frontend cannot take is 400, anything else is 500.
 func classify(err error) (int, string) {
 	if errors.Is(err, dataplane.ErrNotFound) {
 		return http.StatusNotFound, ReasonNotFound
+	}
+	if errors.Is(err, dataplane.ErrGeneration) {
+		return http.StatusConflict, ReasonConflict
 	}
 	msg := err.Error()
 	switch {

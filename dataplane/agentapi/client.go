@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Client talks to one node's agent.
@@ -98,7 +98,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 
 // Stage writes t into f's inactive slot on the agent's node (invisible to
 // traffic) and returns the generation to commit.
-func (c *Client) Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (uint64, error) {
+func (c *Client) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (uint64, error) {
 	var out stageReply
 	if err := c.do(ctx, http.MethodPost, "/v1/stage", stageRequest{Frontend: &f, Target: &t}, &out); err != nil {
 		return 0, fmt.Errorf("stage %s -> %s: %w", f, t, err)
@@ -108,23 +108,26 @@ func (c *Client) Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Ta
 
 // Commit makes the staged target of f active; gen names the stage (0 =
 // whatever is staged).
-func (c *Client) Commit(ctx context.Context, f dataplane.Frontend, gen uint64) error {
-	if err := c.do(ctx, http.MethodPost, "/v1/commit", commitRequest{Frontend: &f, Generation: gen}, nil); err != nil {
+func (c *Client) Commit(ctx context.Context, f lb.Frontend, gen uint64) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/commit", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
 		return fmt.Errorf("commit %s generation %d: %w", f, gen, err)
 	}
 	return nil
 }
 
-// Abort clears f's staged slot.
-func (c *Client) Abort(ctx context.Context, f dataplane.Frontend) error {
-	if err := c.do(ctx, http.MethodPost, "/v1/abort", frontendRequest{Frontend: &f}, nil); err != nil {
-		return fmt.Errorf("abort %s: %w", f, err)
+// Abort clears f's staged slot if it holds generation gen (0 = whatever is
+// staged). Aborting a generation again is a no-op; aborting a committed or
+// superseded one is refused (409), and a Commit of an aborted generation
+// fails.
+func (c *Client) Abort(ctx context.Context, f lb.Frontend, gen uint64) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/abort", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
+		return fmt.Errorf("abort %s generation %d: %w", f, gen, err)
 	}
 	return nil
 }
 
 // Remove deletes f from the node's data plane.
-func (c *Client) Remove(ctx context.Context, f dataplane.Frontend) error {
+func (c *Client) Remove(ctx context.Context, f lb.Frontend) error {
 	if err := c.do(ctx, http.MethodPost, "/v1/remove", frontendRequest{Frontend: &f}, nil); err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
@@ -132,8 +135,8 @@ func (c *Client) Remove(ctx context.Context, f dataplane.Frontend) error {
 }
 
 // List returns every frontend the node's data plane holds.
-func (c *Client) List(ctx context.Context) ([]dataplane.Service, error) {
-	var out []dataplane.Service
+func (c *Client) List(ctx context.Context) ([]lb.Service, error) {
+	var out []lb.Service
 	if err := c.do(ctx, http.MethodGet, "/v1/services", nil, &out); err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
 	}
@@ -141,16 +144,16 @@ func (c *Client) List(ctx context.Context) ([]dataplane.Service, error) {
 }
 
 // Get returns f's entry; IsNotFound(err) when the node does not know f.
-func (c *Client) Get(ctx context.Context, f dataplane.Frontend) (dataplane.Service, error) {
-	var out dataplane.Service
+func (c *Client) Get(ctx context.Context, f lb.Frontend) (lb.Service, error) {
+	var out lb.Service
 	if err := c.do(ctx, http.MethodGet, "/v1/services/"+url.PathEscape(f.String()), nil, &out); err != nil {
-		return dataplane.Service{}, fmt.Errorf("get service %s: %w", f, err)
+		return lb.Service{}, fmt.Errorf("get service %s: %w", f, err)
 	}
 	return out, nil
 }
 
 // Flows counts the live flows of f still pinned to t on the node.
-func (c *Client) Flows(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (int, error) {
+func (c *Client) Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, error) {
 	q := url.Values{"frontend": {f.String()}, "target": {t.String()}}
 	var out flowsReply
 	if err := c.do(ctx, http.MethodGet, "/v1/flows?"+q.Encode(), nil, &out); err != nil {

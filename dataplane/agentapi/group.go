@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Group drives the agents of every node of a cluster in two phases: Stage on
@@ -48,7 +48,7 @@ func joinNodes(g Group, errs []error) error {
 // Stage stages f → t on every node. On any failure it aborts f on every node
 // that staged (and on those whose outcome is unknown) and returns the error:
 // nothing is left staged.
-func (g Group) Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (Generations, error) {
+func (g Group) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (Generations, error) {
 	gens := make(Generations, len(g))
 	errs := g.each(func(i int, c *Client) error {
 		gen, err := c.Stage(ctx, f, t)
@@ -67,7 +67,7 @@ func (g Group) Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Targ
 		if errs[i] != nil && errors.As(errs[i], &ae) && ae.Status/100 == 4 {
 			return nil // the agent refused: nothing was staged there
 		}
-		return c.Abort(actx, f)
+		return c.Abort(actx, f, gens[i]) // 0 where the outcome is unknown: whatever is staged
 	})
 	if aerr := joinNodes(g, abortErrs); aerr != nil {
 		return nil, fmt.Errorf("stage %s -> %s on every node: %w (and roll back: %w)", f, t, failed, aerr)
@@ -78,33 +78,38 @@ func (g Group) Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Targ
 // Commit commits f on every node with the generation it staged (gens from
 // Stage; nil commits whatever is staged on each node). A failure on some node
 // cannot be rolled back on the others: the error names the nodes that failed.
-func (g Group) Commit(ctx context.Context, f dataplane.Frontend, gens Generations) error {
+func (g Group) Commit(ctx context.Context, f lb.Frontend, gens Generations) error {
+	return g.withGens("commit", f, gens, func(c *Client, gen uint64) error { return c.Commit(ctx, f, gen) })
+}
+
+// Abort clears f's staged slot on every node, naming on each the
+// generation it staged (gens from Stage; nil aborts whatever is staged on
+// each node). A Commit of those generations then fails.
+func (g Group) Abort(ctx context.Context, f lb.Frontend, gens Generations) error {
+	return g.withGens("abort", f, gens, func(c *Client, gen uint64) error { return c.Abort(ctx, f, gen) })
+}
+
+// withGens runs fn on every node with the generation that node staged (0
+// everywhere when gens is nil).
+func (g Group) withGens(verb string, f lb.Frontend, gens Generations, fn func(c *Client, gen uint64) error) error {
 	if gens != nil && len(gens) != len(g) {
-		return fmt.Errorf("commit %s: %d generations for %d nodes", f, len(gens), len(g))
+		return fmt.Errorf("%s %s: %d generations for %d nodes", verb, f, len(gens), len(g))
 	}
 	errs := g.each(func(i int, c *Client) error {
 		var gen uint64
 		if gens != nil {
 			gen = gens[i]
 		}
-		return c.Commit(ctx, f, gen)
+		return fn(c, gen)
 	})
 	if err := joinNodes(g, errs); err != nil {
-		return fmt.Errorf("commit %s on every node: %w", f, err)
-	}
-	return nil
-}
-
-// Abort clears f's staged slot on every node.
-func (g Group) Abort(ctx context.Context, f dataplane.Frontend) error {
-	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.Abort(ctx, f) })); err != nil {
-		return fmt.Errorf("abort %s on every node: %w", f, err)
+		return fmt.Errorf("%s %s on every node: %w", verb, f, err)
 	}
 	return nil
 }
 
 // Remove deletes f on every node.
-func (g Group) Remove(ctx context.Context, f dataplane.Frontend) error {
+func (g Group) Remove(ctx context.Context, f lb.Frontend) error {
 	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.Remove(ctx, f) })); err != nil {
 		return fmt.Errorf("remove %s on every node: %w", f, err)
 	}
@@ -112,8 +117,8 @@ func (g Group) Remove(ctx context.Context, f dataplane.Frontend) error {
 }
 
 // List returns each node's services, in the Group's order.
-func (g Group) List(ctx context.Context) ([][]dataplane.Service, error) {
-	out := make([][]dataplane.Service, len(g))
+func (g Group) List(ctx context.Context) ([][]lb.Service, error) {
+	out := make([][]lb.Service, len(g))
 	errs := g.each(func(i int, c *Client) error {
 		s, err := c.List(ctx)
 		out[i] = s
@@ -126,7 +131,7 @@ func (g Group) List(ctx context.Context) ([][]dataplane.Service, error) {
 }
 
 // Flows sums the live flows of f pinned to t over every node.
-func (g Group) Flows(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (int, error) {
+func (g Group) Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, error) {
 	counts := make([]int, len(g))
 	errs := g.each(func(i int, c *Client) error {
 		n, err := c.Flows(ctx, f, t)

@@ -9,7 +9,7 @@
 //	GET  /v1/services/{frontend}         → Service   (frontend in text form, path-escaped)
 //	POST /v1/stage  {frontend, target}   → {generation}
 //	POST /v1/commit {frontend, generation} → Service (generation 0 = whatever is staged)
-//	POST /v1/abort  {frontend}           → {}
+//	POST /v1/abort  {frontend, generation} → {} (generation 0 = whatever is staged)
 //	POST /v1/remove {frontend}           → {}
 //	GET  /v1/flows?frontend=&target=     → {flows}
 //	GET  /healthz                        → {"status": "ok"}
@@ -28,19 +28,19 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Dataplane is what the server needs from a node's data plane;
 // *dataplane.Dataplane implements it.
 type Dataplane interface {
-	Stage(f dataplane.Frontend, t dataplane.Target) (uint64, error)
-	Commit(f dataplane.Frontend, gen uint64) error
-	Abort(f dataplane.Frontend) error
-	Remove(f dataplane.Frontend) error
-	List() ([]dataplane.Service, error)
-	Get(f dataplane.Frontend) (dataplane.Service, error)
-	Flows(f dataplane.Frontend, t dataplane.Target) (int, error)
+	Stage(f lb.Frontend, t lb.Target) (uint64, error)
+	Commit(f lb.Frontend, gen uint64) error
+	Abort(f lb.Frontend, gen uint64) error
+	Remove(f lb.Frontend) error
+	List() ([]lb.Service, error)
+	Get(f lb.Frontend) (lb.Service, error)
+	Flows(f lb.Frontend, t lb.Target) (int, error)
 }
 
 // Error reasons: the label values of roam_agent_api_errors_total and the
@@ -225,21 +225,22 @@ type errorReply struct {
 }
 
 type stageRequest struct {
-	Frontend *dataplane.Frontend `json:"frontend"`
-	Target   *dataplane.Target   `json:"target"`
+	Frontend *lb.Frontend `json:"frontend"`
+	Target   *lb.Target   `json:"target"`
 }
 
 type stageReply struct {
 	Generation uint64 `json:"generation"`
 }
 
-type commitRequest struct {
-	Frontend   *dataplane.Frontend `json:"frontend"`
-	Generation uint64              `json:"generation"`
+// generationRequest names a frontend and a stage generation (commit, abort).
+type generationRequest struct {
+	Frontend   *lb.Frontend `json:"frontend"`
+	Generation uint64       `json:"generation"`
 }
 
 type frontendRequest struct {
-	Frontend *dataplane.Frontend `json:"frontend"`
+	Frontend *lb.Frontend `json:"frontend"`
 }
 
 type flowsReply struct {
@@ -277,28 +278,28 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-func needFrontend(f *dataplane.Frontend) (dataplane.Frontend, error) {
+func needFrontend(f *lb.Frontend) (lb.Frontend, error) {
 	if f == nil {
-		return dataplane.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: frontend is required (e.g. \"10.0.0.1:80/tcp\")")
+		return lb.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: frontend is required (e.g. \"10.0.0.1:80/tcp\")")
 	}
 	if err := f.Validate(); err != nil {
-		return dataplane.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: %v", err)
+		return lb.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: %v", err)
 	}
 	return *f, nil
 }
 
-func needTarget(t *dataplane.Target) (dataplane.Target, error) {
+func needTarget(t *lb.Target) (lb.Target, error) {
 	if t == nil {
-		return dataplane.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: target is required (\"local\" or \"redirect:ADDR:PORT\")")
+		return lb.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: target is required (\"local\" or \"redirect:ADDR:PORT\")")
 	}
 	if err := t.Validate(); err != nil {
-		return dataplane.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: %v", err)
+		return lb.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: %v", err)
 	}
 	return *t, nil
 }
 
 // dpErr classifies an error of the data plane.
-func dpErr(verb string, f dataplane.Frontend, err error) error {
+func dpErr(verb string, f lb.Frontend, err error) error {
 	status, reason := classify(err)
 	return apiErr(status, reason, "%s %s: %v", verb, f, err)
 }
@@ -311,23 +312,23 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("list services: %w", err)
 	}
 	if svcs == nil {
-		svcs = []dataplane.Service{}
+		svcs = []lb.Service{}
 	}
 	writeJSON(w, http.StatusOK, svcs)
 	return nil
 }
 
-func (s *Server) find(f dataplane.Frontend) (dataplane.Service, error) {
+func (s *Server) find(f lb.Frontend) (lb.Service, error) {
 	svc, err := s.dp.Get(f)
 	if err != nil {
 		status, reason := classify(err)
-		return dataplane.Service{}, apiErr(status, reason, "get service %s: %v", f, err)
+		return lb.Service{}, apiErr(status, reason, "get service %s: %v", f, err)
 	}
 	return svc, nil
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) error {
-	f, err := dataplane.ParseFrontend(r.PathValue("frontend"))
+	f, err := lb.ParseFrontend(r.PathValue("frontend"))
 	if err != nil {
 		return apiErr(http.StatusBadRequest, ReasonBadFrontend, "read path: %v", err)
 	}
@@ -362,11 +363,8 @@ func (s *Server) stage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) commit(w http.ResponseWriter, r *http.Request) error {
-	var req commitRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	f, err := needFrontend(req.Frontend)
+	var req generationRequest
+	f, err := decodeFrontend(r, &req, &req.Frontend)
 	if err != nil {
 		return err
 	}
@@ -383,38 +381,49 @@ func (s *Server) commit(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) abort(w http.ResponseWriter, r *http.Request) error {
-	return s.frontendOp(w, r, "abort", "aborted", s.dp.Abort)
-}
-
-func (s *Server) remove(w http.ResponseWriter, r *http.Request) error {
-	return s.frontendOp(w, r, "remove", "removed", s.dp.Remove)
-}
-
-// frontendOp serves the calls whose request names only a frontend.
-func (s *Server) frontendOp(w http.ResponseWriter, r *http.Request, verb, done string, op func(dataplane.Frontend) error) error {
-	var req frontendRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	f, err := needFrontend(req.Frontend)
+	var req generationRequest
+	f, err := decodeFrontend(r, &req, &req.Frontend)
 	if err != nil {
 		return err
 	}
-	if err := op(f); err != nil {
-		return dpErr(verb, f, err)
+	if err := s.dp.Abort(f, req.Generation); err != nil {
+		return dpErr("abort", f, err)
 	}
-	s.log.Info(done, "frontend", f)
+	s.log.Info("aborted", "frontend", f, "generation", req.Generation)
 	writeJSON(w, http.StatusOK, emptyReply{})
 	return nil
 }
 
+func (s *Server) remove(w http.ResponseWriter, r *http.Request) error {
+	var req frontendRequest
+	f, err := decodeFrontend(r, &req, &req.Frontend)
+	if err != nil {
+		return err
+	}
+	if err := s.dp.Remove(f); err != nil {
+		return dpErr("remove", f, err)
+	}
+	s.log.Info("removed", "frontend", f)
+	writeJSON(w, http.StatusOK, emptyReply{})
+	return nil
+}
+
+// decodeFrontend decodes the request body into req and returns the valid
+// frontend it names in *field.
+func decodeFrontend(r *http.Request, req any, field **lb.Frontend) (lb.Frontend, error) {
+	if err := decode(r, req); err != nil {
+		return lb.Frontend{}, err
+	}
+	return needFrontend(*field)
+}
+
 func (s *Server) flows(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
-	f, err := dataplane.ParseFrontend(q.Get("frontend"))
+	f, err := lb.ParseFrontend(q.Get("frontend"))
 	if err != nil {
 		return apiErr(http.StatusBadRequest, ReasonBadFrontend, "read query: %v", err)
 	}
-	t, err := dataplane.ParseTarget(q.Get("target"))
+	t, err := lb.ParseTarget(q.Get("target"))
 	if err == nil {
 		err = t.Validate()
 	}

@@ -21,13 +21,15 @@ import (
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/netns"
 )
 
 // agentProc is the real roam-agent binary running in the home namespace.
 type agentProc struct {
 	t       *testing.T
 	bin     string
-	topo    *Topology
+	topo    *netns.Topology
 	pinPath string
 	token   string
 	logPath string
@@ -47,7 +49,7 @@ func (a *agentProc) start(ctx context.Context) {
 	a.cmd = exec.Command("nsenter", "--net=/run/netns/"+a.topo.Home, a.bin,
 		"--iface", "h0,h1", "--xdp-mode", "native",
 		"--pin-path", a.pinPath,
-		"--snat-addr", HomeWAN.String(),
+		"--snat-addr", netns.HomeWAN.String(),
 		"--snat-ports", "40000-40999",
 		"--metrics-addr", "127.0.0.1:9700",
 		"--api-addr", "127.0.0.1:9701",
@@ -99,7 +101,7 @@ func (a *agentProc) log() string {
 func httpIn(ns string) *http.Client {
 	return &http.Client{
 		Timeout:   10 * time.Second,
-		Transport: &http.Transport{DialContext: Dialer(ns), DisableKeepAlives: true},
+		Transport: &http.Transport{DialContext: netns.Dialer(ns), DisableKeepAlives: true},
 	}
 }
 
@@ -133,15 +135,15 @@ func poll(ctx context.Context, timeout time.Duration, f func() error) error {
 }
 
 // curl fetches the frontend from the client namespace with the real curl.
-func curl(ctx context.Context, topo *Topology, url string) (string, error) {
-	out, err := Cmd(ctx, topo.Client, "curl", "-sS", "--max-time", "5", url).CombinedOutput()
+func curl(ctx context.Context, topo *netns.Topology, url string) (string, error) {
+	out, err := netns.Cmd(ctx, topo.Client, "curl", "-sS", "--max-time", "5", url).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("curl %s: %w: %s", url, err, out)
 	}
 	return string(out), nil
 }
 
-func wantBody(ctx context.Context, t *testing.T, topo *Topology, url, want string) {
+func wantBody(ctx context.Context, t *testing.T, topo *netns.Topology, url, want string) {
 	t.Helper()
 	var last string
 	err := poll(ctx, 30*time.Second, func() error {
@@ -205,25 +207,17 @@ func TestEndToEnd(t *testing.T) {
 	defer cancel()
 
 	bin := buildAgent(t)
-	topo, err := NewTopology()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("remove topology: %v", err)
-		}
-	})
+	topo := newTopology(t)
 
 	// Abroad: two targets, each HTTP and an iperf3 relay on one port.
-	for i, addr := range []netip.Addr{AbroadAddr1, AbroadAddr2} {
+	for i, addr := range []netip.Addr{netns.AbroadAddr1, netns.AbroadAddr2} {
 		port := 5201 + i
-		stop, err := StartIperfServer(ctx, topo.Abroad, "127.0.0.1", port)
+		stop, err := netns.StartIperfServer(ctx, topo.Abroad, "127.0.0.1", port)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(stop)
-		srv, err := StartAbroadServer(topo.Abroad, netip.AddrPortFrom(addr, 8080).String(),
+		srv, err := netns.StartAbroadServer(topo.Abroad, netip.AddrPortFrom(addr, 8080).String(),
 			fmt.Sprintf("abroad-%d", i+1), fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			t.Fatal(err)
@@ -232,7 +226,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	agent := &agentProc{
-		t: t, bin: bin, topo: topo, token: "e2e-" + RandSuffix(4),
+		t: t, bin: bin, topo: topo, token: "e2e-" + netns.RandSuffix(4),
 		pinPath: "/sys/fs/bpf/roam-e2e-" + topo.Suffix,
 		logPath: filepath.Join(t.TempDir(), "agent.log"),
 	}
@@ -248,10 +242,10 @@ func TestEndToEnd(t *testing.T) {
 	agent.start(ctx)
 	api := agent.client()
 
-	fe := dataplane.Frontend{Addr: HomeAddr, Port: 80, Proto: dataplane.TCP}
-	t1 := dataplane.Redirect(netip.AddrPortFrom(AbroadAddr1, 8080))
-	t2 := dataplane.Redirect(netip.AddrPortFrom(AbroadAddr2, 8080))
-	url := "http://" + netip.AddrPortFrom(HomeAddr, 80).String() + "/"
+	fe := lb.Frontend{Addr: netns.HomeAddr, Port: 80, Proto: lb.TCP}
+	t1 := lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 8080))
+	t2 := lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr2, 8080))
+	url := "http://" + netip.AddrPortFrom(netns.HomeAddr, 80).String() + "/"
 
 	// 1. Frontend → abroad-1.
 	gen, err := api.Stage(ctx, fe, t1)
@@ -265,7 +259,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// 1b. UDP: a frontend to an abroad echo server; the reply comes back
 	// from the frontend's address (a connected socket accepts nothing else).
-	echo, err := ListenPacket(topo.Abroad, "udp", netip.AddrPortFrom(AbroadAddr1, 5353).String())
+	echo, err := netns.ListenPacket(topo.Abroad, "udp", netip.AddrPortFrom(netns.AbroadAddr1, 5353).String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,8 +274,8 @@ func TestEndToEnd(t *testing.T) {
 			_, _ = echo.WriteTo(append([]byte("echo from abroad-1: "), buf[:n]...), from)
 		}
 	}()
-	feUDP := dataplane.Frontend{Addr: HomeAddr, Port: 53, Proto: dataplane.UDP}
-	genUDP, err := api.Stage(ctx, feUDP, dataplane.Redirect(netip.AddrPortFrom(AbroadAddr1, 5353)))
+	feUDP := lb.Frontend{Addr: netns.HomeAddr, Port: 53, Proto: lb.UDP}
+	genUDP, err := api.Stage(ctx, feUDP, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 5353)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +283,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := poll(ctx, 30*time.Second, func() error {
-		c, err := Dialer(topo.Client)(ctx, "udp", netip.AddrPortFrom(HomeAddr, 53).String())
+		c, err := netns.Dialer(topo.Client)(ctx, "udp", netip.AddrPortFrom(netns.HomeAddr, 53).String())
 		if err != nil {
 			return err
 		}
@@ -336,7 +330,7 @@ func TestEndToEnd(t *testing.T) {
 		iperfErr error
 		iperfWG  sync.WaitGroup
 	)
-	iperf := Cmd(ctx, topo.Client, "iperf3", "-c", HomeAddr.String(), "-p", "80",
+	iperf := netns.Cmd(ctx, topo.Client, "iperf3", "-c", netns.HomeAddr.String(), "-p", "80",
 		"-t", strconv.Itoa(streamSecs), "-b", "200M", "-J", "--connect-timeout", "5000")
 	iperf.Stdout = &iperfOut
 	if err := iperf.Start(); err != nil {
@@ -392,7 +386,8 @@ func TestEndToEnd(t *testing.T) {
 	// 7. bpftool prints the pinned maps with their field names (BTF).
 	for _, m := range []struct{ name, fields string }{
 		{"roam_services", "slot,active,generation,port,kind"},
-		{"roam_conntrack", "saddr,daddr,sport,dport,peer_addr,nat_port,last_seen"},
+		{"roam_conntrack", "saddr,daddr,sport,dport,target_addr,snat_port,state,last_seen"},
+		{"roam_nat", "saddr,daddr,client_addr,front_port,last_seen"},
 	} {
 		out, err := exec.CommandContext(ctx, "bpftool", "map", "dump", "pinned", filepath.Join(agent.pinPath, m.name)).CombinedOutput()
 		if err != nil {
@@ -437,7 +432,22 @@ func TestEndToEnd(t *testing.T) {
 	wantBody(ctx, t, topo, url, "hello from abroad-2")
 }
 
-func scrape(ctx context.Context, t *testing.T, topo *Topology) string {
+// newTopology builds the client, home and abroad namespaces, removed when the test ends.
+func newTopology(t *testing.T) *netns.Topology {
+	t.Helper()
+	topo, err := netns.NewTopology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Errorf("remove topology: %v", err)
+		}
+	})
+	return topo
+}
+
+func scrape(ctx context.Context, t *testing.T, topo *netns.Topology) string {
 	t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9700/metrics", nil)
 	resp, err := httpIn(topo.Home).Do(req)
@@ -493,7 +503,7 @@ func grepLines(text, substr string) string {
 
 // diagnose gathers what explains a failed request: the data plane's counters
 // and the interfaces' statistics.
-func diagnose(ctx context.Context, topo *Topology) string {
+func diagnose(ctx context.Context, topo *netns.Topology) string {
 	var b strings.Builder
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9700/metrics", nil)
 	if resp, err := httpIn(topo.Home).Do(req); err == nil {
@@ -506,7 +516,7 @@ func diagnose(ctx context.Context, topo *Topology) string {
 		b.WriteString(grepLines(mb.String(), "roam_dataplane") + "\n")
 	}
 	for _, ns := range []string{topo.Client, topo.Home, topo.Abroad} {
-		out, _ := Cmd(ctx, ns, "ip", "-s", "link").CombinedOutput()
+		out, _ := netns.Cmd(ctx, ns, "ip", "-s", "link").CombinedOutput()
 		b.WriteString(ns + ":\n" + string(out))
 	}
 	return b.String()

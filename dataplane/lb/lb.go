@@ -1,11 +1,11 @@
-// Package dataplane is the Go side of roam's eBPF load balancer: loading and
-// attaching the programs in bpf/, pinning, typed access to the service and
-// conntrack maps, the staged-then-swap commit, flow queries for draining and
-// a Prometheus collector over the per-CPU counters.
-//
-// This file holds the vocabulary shared by every other package (the agent
-// API, the controller, the testbed): Frontend, Target and their text forms.
-package dataplane
+// Package lb is roam's load-balancer vocabulary, shared by the data plane,
+// the agent API, the controller, the meta-orchestrator's messages and the
+// tools: a Frontend (what users hit), a Target (where its traffic goes), a
+// Service (a frontend's two target slots as the data plane holds them) and
+// their text forms. It imports nothing of roam and nothing of BPF, so a
+// package that only speaks about services (roam-meta, the controller's
+// records) does not link the data plane. Like Cilium's pkg/loadbalancer.
+package lb
 
 import (
 	"encoding/json"

@@ -1,0 +1,49 @@
+// Package dptest gives tests a real data plane: the BPF programs loaded and
+// their maps pinned on a bpffs path of their own, removed when the test
+// ends (as net/http/httptest gives a real server). Tests that need it run
+// as root; elsewhere they skip, saying why.
+package dptest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// PinPath returns a fresh directory under /sys/fs/bpf, unique on a shared
+// machine, that is removed (with anything pinned in it) when the test ends.
+// It skips the test when not root.
+func PinPath(t testing.TB) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (BPF, bpffs): run as root, as make test and CI do")
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	p := filepath.Join("/sys/fs/bpf", "roam-test-"+hex.EncodeToString(b))
+	t.Cleanup(func() {
+		if err := dataplane.Unpin(p); err != nil {
+			t.Errorf("unpin %s: %v", p, err)
+		}
+	})
+	return p
+}
+
+// New opens a data plane with cfg on a fresh PinPath (unless cfg names
+// one); it is closed and unpinned when the test ends.
+func New(t testing.TB, cfg dataplane.Config) *dataplane.Dataplane {
+	t.Helper()
+	if cfg.PinPath == "" {
+		cfg.PinPath = PinPath(t)
+	}
+	d, err := dataplane.Open(cfg)
+	if err != nil {
+		t.Fatalf("open data plane: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}

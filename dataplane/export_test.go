@@ -1,0 +1,66 @@
+package dataplane
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// What the external tests (package dataplane_test) read of the internals.
+
+// XDPProgramID is the kernel's id of the loaded XDP program.
+func (d *Dataplane) XDPProgramID() (ebpf.ProgramID, error) {
+	info, err := d.xdp.RoamXdp.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
+}
+
+// ConntrackEntries counts the conntrack map's entries.
+func (d *Dataplane) ConntrackEntries() (int, error) { return d.conntrackEntries() }
+
+// NATEntries counts the NAT map's entries.
+func (d *Dataplane) NATEntries() (int, error) { return d.natEntries() }
+
+// AgeFlows moves the last packet of every conntrack and NAT entry back by
+// by, as if that much time had passed on the programs' clock (which a test
+// cannot set). The clock counts from boot: an entry cannot be made older
+// than the machine's uptime.
+func (d *Dataplane) AgeFlows(by time.Duration) error {
+	var short error
+	back := func(seen uint64) uint64 {
+		if seen < uint64(by) {
+			short = fmt.Errorf("age flows by %s: the machine has been up for less (monotonic clock at %s)", by, time.Duration(seen))
+			return 0
+		}
+		return seen - uint64(by)
+	}
+	var (
+		ck []CTKey
+		cv []CTValue
+		nk []CTKey
+		nv []NATValue
+	)
+	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) { ck, cv = append(ck, k), append(cv, v) }); err != nil {
+		return err
+	}
+	if err := walkMap(d.maps.RoamNat, func(k CTKey, v NATValue) { nk, nv = append(nk, k), append(nv, v) }); err != nil {
+		return err
+	}
+	for i := range ck {
+		cv[i].LastSeen = back(cv[i].LastSeen)
+		if err := d.maps.RoamConntrack.Update(&ck[i], &cv[i], ebpf.UpdateExist); err != nil {
+			return fmt.Errorf("age %s: %w", ck[i], err)
+		}
+	}
+	for i := range nk {
+		nv[i].LastSeen = back(nv[i].LastSeen)
+		if err := d.maps.RoamNat.Update(&nk[i], &nv[i], ebpf.UpdateExist); err != nil {
+			return fmt.Errorf("age NAT %s: %w", nk[i], err)
+		}
+	}
+	return short
+}
