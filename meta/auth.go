@@ -94,13 +94,23 @@ func (a *AuthConfig) Validate() error {
 // must connect with nats.CustomInboxPrefix(InboxPrefix(id)).
 func InboxPrefix(clusterID string) string { return "_INBOX." + clusterID }
 
+// viewStream is the stream behind the compact view's bucket.
+const viewStream = "KV_" + KVBucket
+
 // ClusterPermissions are what cluster id may do on the MO's NATS: publish
-// its own hellos and placement requests, read every hello (for the
-// client's cached view) and its own inbox.
+// its own hellos and placement requests, read the compact view (look the
+// bucket up, create and delete its own ordered consumer on it, answer its
+// flow control) and its own inbox. It can write nothing in JetStream.
 func ClusterPermissions(id string) *server.Permissions {
 	return &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: []string{HelloSubject(id), SubjectPlace}},
-		Subscribe: &server.SubjectPermission{Allow: []string{SubjectHelloAll, InboxPrefix(id) + ".>"}},
+		Publish: &server.SubjectPermission{Allow: []string{
+			HelloSubject(id), SubjectPlace,
+			"$JS.API.STREAM.INFO." + viewStream,
+			"$JS.API.CONSUMER.CREATE." + viewStream, "$JS.API.CONSUMER.CREATE." + viewStream + ".>",
+			"$JS.API.CONSUMER.DELETE." + viewStream + ".>",
+			"$JS.FC." + viewStream + ".>",
+		}},
+		Subscribe: &server.SubjectPermission{Allow: []string{InboxPrefix(id) + ".>"}},
 	}
 }
 

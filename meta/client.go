@@ -1,6 +1,7 @@
 // This file holds the client controllers use: publish hellos, request
-// placements with timeouts and retries, and keep a cached view of every
-// cluster's hellos to place locally when the MO does not answer.
+// placements with timeouts and retries, and follow the MO's compact view
+// (a KV watch of one summary per cluster, not every hello) to place
+// locally when the MO does not answer.
 
 package meta
 
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 )
@@ -45,11 +47,14 @@ type Client struct {
 	backoff time.Duration
 	policy  Policy
 	log     *slog.Logger
+	reserve time.Duration
 
 	seq     atomic.Uint64
 	cache   *Registry
 	noCache bool
-	sub     *nats.Subscription
+	cancel  context.CancelFunc
+	done    chan struct{}
+	synced  chan struct{} // closed once the view's initial values are in
 
 	mu       sync.Mutex
 	fallback int // local decisions made
@@ -72,29 +77,31 @@ func WithBackoff(d time.Duration) ClientOption { return func(c *Client) { c.back
 // WithPolicy sets the policy for local decisions (default LeastLoaded).
 func WithPolicy(p Policy) ClientOption { return func(c *Client) { c.policy = p } }
 
-// WithLiveness sets the hello interval and missed hellos after which the
-// cache treats a cluster as down (defaults 1s, 3).
+// WithLiveness sets how long the cached view trusts the MO's verdict on a
+// cluster that the MO no longer rewrites (interval × downAfter; it is
+// trusted at least three of the MO's refresh periods in any case).
 func WithLiveness(interval time.Duration, downAfter int) ClientOption {
 	return func(c *Client) { c.cache = NewRegistry(interval, downAfter) }
 }
 
-// WithoutCache skips the hello subscription: no cached view, so Place
-// returns the error instead of a local decision when the MO does not
-// answer. For requesters that must not decode every cluster's hellos.
+// WithoutCache skips the compact view: Place returns the error instead of
+// a local decision when the MO does not answer.
 func WithoutCache() ClientOption { return func(c *Client) { c.noCache = true } }
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) ClientOption { return func(c *Client) { c.log = l } }
 
-// NewClient returns a client for cluster clusterID over nc and subscribes
-// to every hello for its cache. On an MO with per-cluster users, nc must
-// be connected with ClusterConnectOptions (its inbox prefix).
+// NewClient returns a client for cluster clusterID over nc and, unless
+// WithoutCache, follows the MO's compact view in the background (the
+// bucket may not exist yet: it is retried). On an MO with per-cluster
+// users, nc must be connected with ClusterConnectOptions (its inbox prefix
+// and the view's permissions).
 func NewClient(nc *nats.Conn, clusterID string, opts ...ClientOption) (*Client, error) {
 	if err := ValidateClusterID(clusterID); err != nil {
 		return nil, fmt.Errorf("new meta client: %w", err)
 	}
 	c := &Client{nc: nc, id: clusterID, timeout: 2 * time.Second, retries: 2, backoff: 100 * time.Millisecond,
-		policy: LeastLoaded{}, log: slog.Default()}
+		policy: LeastLoaded{}, log: slog.Default(), reserve: time.Minute, synced: make(chan struct{})}
 	for _, o := range opts {
 		o(c)
 	}
@@ -105,24 +112,78 @@ func NewClient(nc *nats.Conn, clusterID string, opts ...ClientOption) (*Client, 
 	if c.noCache {
 		return c, nil
 	}
-	sub, err := nc.Subscribe(SubjectHelloAll, func(m *nats.Msg) {
-		h, err := DecodeHello(m.Data)
-		if err != nil || m.Subject != HelloSubject(h.ClusterID) {
-			return
-		}
-		c.cache.Observe(h, time.Now())
-	})
+	js, err := jetstream.New(nc)
 	if err != nil {
-		return nil, fmt.Errorf("subscribe hellos: %w", err)
+		return nil, fmt.Errorf("new meta client: %w", err)
 	}
-	_ = sub.SetPendingLimits(1<<20, 256<<20)
-	c.sub = sub
-	if err := nc.Flush(); err != nil {
-		_ = sub.Unsubscribe()
-		return nil, fmt.Errorf("subscribe hellos: %w", err)
-	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel, c.done = cancel, make(chan struct{})
+	go c.followView(ctx, js)
 	return c, nil
 }
+
+// followView keeps the cache equal to the compact view: every summary, as
+// it is written; a deleted key forgets its cluster.
+func (c *Client) followView(ctx context.Context, js jetstream.JetStream) {
+	defer close(c.done)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := c.watchView(ctx, js)
+		if ctx.Err() != nil {
+			return
+		}
+		c.log.Debug("compact view not available, retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (c *Client) watchView(ctx context.Context, js jetstream.JetStream) error {
+	kv, err := js.KeyValue(ctx, KVBucket)
+	if err != nil {
+		return fmt.Errorf("open bucket %s: %w", KVBucket, err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch bucket %s: %w", KVBucket, err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("watch stopped")
+			}
+			if e == nil {
+				select {
+				case <-c.synced:
+				default:
+					close(c.synced)
+				}
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				c.cache.Forget(e.Key())
+				continue
+			}
+			sum, err := DecodeSummary(e.Value())
+			if err != nil || sum.Hello.ClusterID != e.Key() {
+				continue
+			}
+			c.cache.applySummary(sum)
+		}
+	}
+}
+
+// Synced is closed once the cached view holds the compact view's initial
+// values (never, WithoutCache).
+func (c *Client) Synced() <-chan struct{} { return c.synced }
 
 // ClusterID is the cluster this client speaks for.
 func (c *Client) ClusterID() string { return c.id }
@@ -211,7 +272,8 @@ func (c *Client) Place(ctx context.Context, req PlacementRequest) (PlacementRepl
 	if c.noCache {
 		return PlacementReply{}, fmt.Errorf("place %s: no answer from the meta-orchestrator and no cache: %w", req.RequestID, lastErr)
 	}
-	rep := c.policy.Place(req, c.cache, time.Now())
+	// Reserve locally too, so concurrent local decisions spread.
+	rep := c.cache.Place(c.policy, req, time.Now(), c.reserve)
 	rep.Local = true
 	rep.DecidedBy = c.id
 	c.mu.Lock()
@@ -266,13 +328,13 @@ func (c *Client) LocalDecisions() int {
 	return c.fallback
 }
 
-// Close stops the hello subscription (the connection stays the caller's).
+// Close stops following the compact view (the connection stays the
+// caller's).
 func (c *Client) Close() error {
-	if c.sub == nil {
+	if c.cancel == nil {
 		return nil
 	}
-	if err := c.sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		return fmt.Errorf("unsubscribe hellos: %w", err)
-	}
+	c.cancel()
+	<-c.done
 	return nil
 }

@@ -76,7 +76,7 @@ func FuzzDecodePlacementRequest(f *testing.F) {
 		// Any valid request can be placed without panicking.
 		reg := NewRegistry(0, 0)
 		reg.Observe(testHello("x", TierEdge, 1000, 0), timeZero)
-		rep := LeastLoaded{}.Place(r, reg, timeZero)
+		rep := reg.Place(LeastLoaded{}, r, timeZero, 0)
 		if err := rep.Validate(); err != nil {
 			t.Fatalf("reply invalid: %v", err)
 		}

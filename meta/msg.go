@@ -17,7 +17,7 @@ import (
 	"regexp"
 	"time"
 
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Version is the message format version this package writes and accepts.
@@ -183,7 +183,17 @@ type Hello struct {
 	// IntervalMs is the sender's hello interval (0: the MO's default).
 	IntervalMs int64     `json:"interval_ms,omitempty"`
 	SentAt     time.Time `json:"sent_at,omitzero"`
+	// Placed lists the placements (request ids) this cluster has taken
+	// in lately: its capacity figures show them, so the MO ends their
+	// reservations. At most MaxPlaced.
+	Placed []string `json:"placed,omitempty"`
 }
+
+// MaxPlaced bounds Hello.Placed.
+const MaxPlaced = 256
+
+// maxExplainClusters bounds PlacementRequest.ExplainClusters.
+const maxExplainClusters = 256
 
 // NewSeq returns a starting sequence number above any used by an earlier
 // run of the same controller (nanoseconds since the epoch).
@@ -222,6 +232,14 @@ func (h Hello) Validate() error {
 			return fmt.Errorf("hello %s: %w", h.ClusterID, err)
 		}
 	}
+	if len(h.Placed) > MaxPlaced {
+		return fmt.Errorf("hello %s: %d placed ids, at most %d", h.ClusterID, len(h.Placed), MaxPlaced)
+	}
+	for _, id := range h.Placed {
+		if id == "" || len(id) > 128 {
+			return fmt.Errorf("hello %s: placed id must be 1-128 characters", h.ClusterID)
+		}
+	}
 	return nil
 }
 
@@ -237,9 +255,9 @@ func (h Hello) LinkTo(peer string) (Link, bool) {
 
 // Port is one port a service listens on.
 type Port struct {
-	Name     string          `json:"name,omitempty"`
-	Port     uint16          `json:"port"`
-	Protocol dataplane.Proto `json:"protocol"`
+	Name     string   `json:"name,omitempty"`
+	Port     uint16   `json:"port"`
+	Protocol lb.Proto `json:"protocol"`
 }
 
 // Resources is what one copy of a service asks for; a copy also takes one pod.
@@ -299,7 +317,7 @@ func (s ServiceDescriptor) Validate() error {
 		if p.Port == 0 {
 			return fmt.Errorf("service %s: port 0", s.Name)
 		}
-		if p.Protocol != dataplane.TCP && p.Protocol != dataplane.UDP {
+		if p.Protocol != lb.TCP && p.Protocol != lb.UDP {
 			return fmt.Errorf("service %s: port %d: protocol must be tcp or udp", s.Name, p.Port)
 		}
 	}
@@ -320,6 +338,13 @@ type PlacementRequest struct {
 	Home      string            `json:"home"`      // home cluster of the service
 	Service   ServiceDescriptor `json:"service"`
 	Reason    Reason            `json:"reason"`
+	// Explain asks for the full judgement: the reply counts every
+	// ruled-out cluster by reason and lists the first MaxFiltered with
+	// their reason. ExplainClusters (implies Explain) names clusters whose
+	// verdict is always given (Filtered or Explained). Without them, a
+	// placed reply carries no per-cluster reasons (they cost a full scan).
+	Explain         bool     `json:"explain,omitempty"`
+	ExplainClusters []string `json:"explain_clusters,omitempty"`
 }
 
 // Validate reports why r cannot be answered.
@@ -341,6 +366,14 @@ func (r PlacementRequest) Validate() error {
 	}
 	if err := r.Reason.Validate(); err != nil {
 		return fmt.Errorf("placement request %s: %w", r.RequestID, err)
+	}
+	if len(r.ExplainClusters) > maxExplainClusters {
+		return fmt.Errorf("placement request %s: %d clusters to explain, at most %d", r.RequestID, len(r.ExplainClusters), maxExplainClusters)
+	}
+	for _, id := range r.ExplainClusters {
+		if err := ValidateClusterID(id); err != nil {
+			return fmt.Errorf("placement request %s: explain: %w", r.RequestID, err)
+		}
 	}
 	return nil
 }
@@ -373,11 +406,16 @@ type PlacementReply struct {
 	// NoPlacement says why nothing fits; Filtered says why each cluster
 	// was ruled out.
 	NoPlacement string `json:"no_placement,omitempty"`
-	// Filtered lists the first clusters ruled out (at most MaxFiltered);
-	// FilteredTotal and FilteredByReason count all of them.
+	// Explain is true when every cluster was judged (the request asked,
+	// or nothing fits): Filtered lists the first clusters ruled out (at
+	// most MaxFiltered, plus those the request named); FilteredTotal and
+	// FilteredByReason count all of them. Explained gives the verdict on
+	// named clusters that were not ruled out (or are unknown).
+	Explain          bool           `json:"explain,omitempty"`
 	Filtered         []Filtered     `json:"filtered,omitempty"`
 	FilteredTotal    int            `json:"filtered_total,omitempty"`
 	FilteredByReason map[string]int `json:"filtered_by_reason,omitempty"`
+	Explained        []Filtered     `json:"explained,omitempty"`
 	Policy           string         `json:"policy,omitempty"`
 	// Local is true when a client decided from its cached hellos because
 	// the MO did not answer.

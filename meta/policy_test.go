@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 func testHello(id, tier string, cpu, usedCPU int64, links ...Link) Hello {
@@ -24,7 +24,7 @@ func testRequest(requester string, c Constraints) PlacementRequest {
 	return PlacementRequest{
 		Version: Version, RequestID: "r1", Requester: requester, Home: requester, Reason: ReasonLackOfResources,
 		Service: ServiceDescriptor{
-			Name: "web", Ports: []Port{{Port: 80, Protocol: dataplane.TCP}},
+			Name: "web", Ports: []Port{{Port: 80, Protocol: lb.TCP}},
 			Resources: Resources{MilliCPU: 500, MemoryMB: 256}, Constraints: c,
 		},
 	}
@@ -113,10 +113,17 @@ func TestPlacementFiltersWithReasons(t *testing.T) {
 	lb.Labels = map[string]string{"zone": "b"}
 	r.Observe(lb, now)
 
-	rep := LeastLoaded{}.Place(testRequest(req, Constraints{
+	explained := testRequest(req, Constraints{
 		ForbidTiers: []string{TierDeepEdge}, WantLabels: nil, ExcludeClusters: []string{"excl"},
 		MinBandwidthMbps: 100, MaxRTTMs: 50,
-	}), r, now)
+	})
+	// Without explain, the index answers with no per-cluster reasons.
+	rep := r.Place(LeastLoaded{}, explained, now, 0)
+	if !rep.OK() || rep.Destination.ClusterID != "good" || rep.Explain || len(rep.Filtered) != 0 {
+		t.Fatalf("indexed reply %+v", rep)
+	}
+	explained.Explain = true
+	rep = r.Place(LeastLoaded{}, explained, now, 0)
 	if err := rep.Validate(); err != nil {
 		t.Fatalf("reply invalid: %v", err)
 	}
@@ -144,12 +151,12 @@ func TestPlacementFiltersWithReasons(t *testing.T) {
 		t.Errorf("capacity reason lacks figures: %q", got["busy"])
 	}
 	// label is a valid alternative; with a label constraint it is the only one.
-	rep = LeastLoaded{}.Place(testRequest(req, Constraints{WantLabels: map[string]string{"zone": "b"}}), r, now)
+	rep = r.Place(LeastLoaded{}, testRequest(req, Constraints{WantLabels: map[string]string{"zone": "b"}}), now, 0)
 	if !rep.OK() || rep.Destination.ClusterID != "label" {
 		t.Fatalf("with label zone=b: %+v", rep)
 	}
 	// Nothing fits: no placement says why.
-	rep = LeastLoaded{}.Place(testRequest(req, Constraints{WantTiers: []string{"moon"}}), r, now)
+	rep = r.Place(LeastLoaded{}, testRequest(req, Constraints{WantTiers: []string{"moon"}}), now, 0)
 	if rep.OK() || !strings.Contains(rep.NoPlacement, "tier") || rep.FilteredByReason[FilterTier] == 0 {
 		t.Fatalf("impossible tier: %+v", rep)
 	}
@@ -165,7 +172,7 @@ func TestPlacementDeterministicTies(t *testing.T) {
 		r.Observe(testHello(id, TierEdge, 2000, 0), now)
 	}
 	for range 5 {
-		rep := LeastLoaded{}.Place(testRequest("e", Constraints{}), r, now)
+		rep := r.Place(LeastLoaded{}, testRequest("e", Constraints{}), now, 0)
 		if rep.Destination.ClusterID != "a" || len(rep.Alternatives) != 3 ||
 			rep.Alternatives[0].ClusterID != "b" || rep.Alternatives[1].ClusterID != "c" || rep.Alternatives[2].ClusterID != "d" {
 			t.Fatalf("ties not broken by id: %+v %+v", rep.Destination, rep.Alternatives)
@@ -173,7 +180,7 @@ func TestPlacementDeterministicTies(t *testing.T) {
 	}
 	// Less loaded wins over the id order.
 	r.Observe(func() Hello { h := testHello("z", TierEdge, 8000, 0); h.Capacity.MemoryMB = 16384; h.Seq = 2; return h }(), now)
-	if rep := (LeastLoaded{}).Place(testRequest("e", Constraints{}), r, now); rep.Destination.ClusterID != "z" {
+	if rep := r.Place(LeastLoaded{}, testRequest("e", Constraints{}), now, 0); rep.Destination.ClusterID != "z" {
 		t.Fatalf("least loaded: %s", rep.Destination.ClusterID)
 	}
 }
@@ -192,17 +199,17 @@ func TestTierPolicy(t *testing.T) {
 		return r
 	}
 	c := Constraints{MinBandwidthMbps: 100}
-	if rep := (TierAware{}).Place(testRequest("deep", c), build(200), now); !rep.OK() || rep.Destination.ClusterID != "cloud" {
+	if rep := build(200).Place(TierAware{}, testRequest("deep", c), now, 0); !rep.OK() || rep.Destination.ClusterID != "cloud" {
 		t.Fatalf("cloud link meets the need: %+v", rep)
 	}
-	rep := TierAware{}.Place(testRequest("deep", c), build(50), now)
+	rep := build(50).Place(TierAware{}, testRequest("deep", c), now, 0)
 	if !rep.OK() || rep.Destination.ClusterID != "edge" {
 		t.Fatalf("cloud link too thin, want edge: %+v", rep)
 	}
 	// Edge too thin: stay (no placement), with each cluster's reason.
 	r := build(50)
 	r.Observe(func() Hello { h := testHello("edge", TierEdge, 4000, 4000); h.Seq = 2; return h }(), now)
-	rep = TierAware{}.Place(testRequest("deep", c), r, now)
+	rep = r.Place(TierAware{}, testRequest("deep", c), now, 0)
 	if rep.OK() || rep.FilteredTotal != 4 {
 		t.Fatalf("nothing but deep edge left: %+v", rep)
 	}
@@ -219,7 +226,7 @@ func TestFilteredListBounded(t *testing.T) {
 	for i := range 500 {
 		r.Observe(testHello("c"+strconv.Itoa(i), TierEdge, 100, 100), now)
 	}
-	rep := LeastLoaded{}.Place(testRequest("zz", Constraints{}), r, now)
+	rep := r.Place(LeastLoaded{}, testRequest("zz", Constraints{}), now, 0)
 	if rep.OK() || rep.FilteredTotal != 500 || len(rep.Filtered) != MaxFiltered || rep.FilteredByReason[FilterCapacity] != 500 {
 		t.Fatalf("total %d listed %d by reason %v", rep.FilteredTotal, len(rep.Filtered), rep.FilteredByReason)
 	}

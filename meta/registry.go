@@ -1,10 +1,13 @@
 // This file holds the cluster registry: the latest hello of every cluster,
-// its liveness, and the View the placement policies read.
+// its liveness, the capacity reserved for placements its hellos do not
+// show yet, and the placement index kept up to date with every change
+// (index.go).
 
 package meta
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -31,28 +34,83 @@ func (s State) String() string {
 	return "unknown"
 }
 
+// ParseState is the inverse of State.String.
+func ParseState(s string) (State, bool) {
+	switch s {
+	case "alive":
+		return StateAlive, true
+	case "suspect":
+		return StateSuspect, true
+	case "down":
+		return StateDown, true
+	}
+	return StateDown, false
+}
+
+// Reserved is capacity promised to placements that the destination's
+// hellos do not show yet.
+type Reserved struct {
+	MilliCPU int64 `json:"milli_cpu,omitempty"`
+	MemoryMB int64 `json:"memory_mb,omitempty"`
+	Pods     int64 `json:"pods,omitempty"`
+}
+
 // Cluster is one registry entry. It is immutable once stored: the registry
-// replaces the pointer on every hello, so readers may keep it.
+// replaces the pointer on every change, so readers may keep it.
 type Cluster struct {
 	Hello    Hello
 	LastSeen time.Time
+	// Reserved counts against the cluster's capacity (see Registry.Reserve).
+	Reserved Reserved
 	// links indexes Hello.Links by peer when there are many; a short list
-	// is scanned (placement looks a link up for every cluster).
+	// is scanned.
 	links map[string]Link
+	// eff is Hello.Capacity with Reserved counted as used; load is its
+	// Load(), the index key.
+	eff  Capacity
+	load float64
+	// ident hashes what a placement reads besides the load (view.go).
+	ident uint64
+	// A cluster read from the MO's compact view carries the MO's verdict,
+	// when the MO last vouched for it and how long that holds, and the
+	// MO's reservations (counted in Reserved besides local ones).
+	fromView   bool
+	verdict    State
+	vouched    time.Time
+	staleAfter time.Duration
+	viewRes    Reserved
 }
 
 const linkMapMin = 8
 
-func newCluster(h Hello, seen time.Time) *Cluster {
-	c := &Cluster{Hello: h, LastSeen: seen}
+func newCluster(h Hello, seen time.Time, res Reserved) *Cluster {
+	c := &Cluster{Hello: h, LastSeen: seen, ident: identity(&h)}
 	if len(h.Links) >= linkMapMin {
 		c.links = make(map[string]Link, len(h.Links))
 		for _, l := range h.Links {
 			c.links[l.Peer] = l
 		}
 	}
+	c.setReserved(res)
 	return c
 }
+
+// setReserved counts the local reservations res (and the MO's, for a
+// cluster from the compact view) against the capacity.
+func (c *Cluster) setReserved(res Reserved) {
+	res.MilliCPU += c.viewRes.MilliCPU
+	res.MemoryMB += c.viewRes.MemoryMB
+	res.Pods += c.viewRes.Pods
+	c.Reserved = res
+	c.eff = c.Hello.Capacity
+	c.eff.UsedMilliCPU += res.MilliCPU
+	c.eff.UsedMemoryMB += res.MemoryMB
+	c.eff.UsedPods += res.Pods
+	c.load = c.eff.Load()
+}
+
+// Effective is the cluster's capacity with reservations counted as used.
+func (c *Cluster) Effective() Capacity { return c.eff }
 
 // Link returns the link c reports toward peer.
 func (c *Cluster) Link(peer string) (Link, bool) {
@@ -68,13 +126,6 @@ func (c *Cluster) Link(peer string) (Link, bool) {
 	return Link{}, false
 }
 
-// View is what a policy reads: every known cluster with its state at now.
-// Implementations call fn with entries that must not be modified.
-type View interface {
-	Each(now time.Time, fn func(c *Cluster, st State) bool)
-	Get(now time.Time, id string) (*Cluster, State, bool)
-}
-
 // ObserveResult says what the registry did with a hello.
 type ObserveResult uint8
 
@@ -85,14 +136,48 @@ const (
 	ObserveStale                        // seq not above the last kept one: ignored
 )
 
-// Registry holds the latest hello per cluster. Safe for concurrent use.
+// slot is a cluster's place in the registry and its index.
+type slot struct {
+	c   *Cluster
+	pos int // in Registry.list
+	// key is c.load when indexed (the tree's order); indexed is false
+	// while the cluster is down.
+	key     float64
+	indexed bool
+}
+
+func slotLess(a, b *slot) bool {
+	if a.key != b.key {
+		return a.key < b.key
+	}
+	return a.c.Hello.ClusterID < b.c.Hello.ClusterID
+}
+
+// reservation is capacity promised at dest to placement id until expires
+// or until dest's hello lists id in Placed.
+type reservation struct {
+	id, dest string
+	res      Resources
+	expires  time.Time
+}
+
+// Registry holds the latest hello per cluster, reservations and the
+// placement index. Safe for concurrent use.
 type Registry struct {
 	interval  time.Duration
 	downAfter int
 
-	mu    sync.RWMutex
-	index map[string]int // id -> position in list
-	list  []*Cluster
+	mu   sync.RWMutex
+	byID map[string]*slot
+	list []*slot
+	// The index: alive and suspect clusters by tier, ordered by load;
+	// who reports a link to whom; who carries which label.
+	tiers    map[string]*tierTree
+	linkedBy map[string]map[string]struct{}
+	labels   map[string]map[string]struct{}
+
+	resv       map[string]*reservation            // by placement id
+	resvByDest map[string]map[string]*reservation // dest -> id -> r
 }
 
 // NewRegistry returns an empty registry: a cluster is suspect once one
@@ -102,66 +187,318 @@ func NewRegistry(interval time.Duration, downAfter int) *Registry {
 	if interval <= 0 {
 		interval = time.Second
 	}
-	return &Registry{interval: interval, downAfter: max(downAfter, 1), index: map[string]int{}}
+	return &Registry{interval: interval, downAfter: max(downAfter, 1), byID: map[string]*slot{},
+		tiers: map[string]*tierTree{}, linkedBy: map[string]map[string]struct{}{},
+		labels: map[string]map[string]struct{}{}, resv: map[string]*reservation{},
+		resvByDest: map[string]map[string]*reservation{}}
 }
 
 // Observe records h, received at now, unless its Seq is stale.
 func (r *Registry) Observe(h Hello, now time.Time) ObserveResult {
-	res, _ := r.put(h, now, false)
+	res, _ := r.observe(h, now)
 	return res
 }
 
 // observe is Observe also returning the entry it replaced (nil if none).
 func (r *Registry) observe(h Hello, now time.Time) (ObserveResult, *Cluster) {
-	return r.put(h, now, false)
-}
-
-// restore adds a persisted entry without overwriting a newer one.
-func (r *Registry) restore(h Hello, seen time.Time) {
-	r.put(h, seen, true)
-}
-
-func (r *Registry) put(h Hello, seen time.Time, restoring bool) (ObserveResult, *Cluster) {
-	c := newCluster(h, seen)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i, ok := r.index[h.ClusterID]
-	if !ok {
-		r.index[h.ClusterID] = len(r.list)
-		r.list = append(r.list, c)
+	s := r.byID[h.ClusterID]
+	if s != nil && h.Seq <= s.c.Hello.Seq {
+		return ObserveStale, s.c
+	}
+	// The hello shows the placements it lists: their reservations end.
+	for _, id := range h.Placed {
+		if rv := r.resv[id]; rv != nil && rv.dest == h.ClusterID {
+			r.dropReservation(rv)
+		}
+	}
+	c := newCluster(h, now, r.reservedAt(h.ClusterID))
+	if s == nil {
+		r.insert(c)
 		return ObserveNew, nil
 	}
-	old := r.list[i]
-	if h.Seq <= old.Hello.Seq || (restoring && !seen.After(old.LastSeen)) {
-		return ObserveStale, old
-	}
-	r.list[i] = c
+	old := s.c
+	r.replace(s, c)
 	return ObserveUpdated, old
 }
 
-// Forget removes a cluster.
+// restore adds a persisted entry unless a newer one is already known.
+func (r *Registry) restore(h Hello, seen time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.byID[h.ClusterID]
+	if s != nil && (h.Seq <= s.c.Hello.Seq || !seen.After(s.c.LastSeen)) {
+		return
+	}
+	c := newCluster(h, seen, r.reservedAt(h.ClusterID))
+	if s == nil {
+		r.insert(c)
+		return
+	}
+	r.replace(s, c)
+}
+
+// knownDown reports an entry that is down whatever the time: the MO's
+// verdict in the compact view. Other entries stay in the index until
+// Sweep finds them down (the index never depends on the clock).
+func knownDown(c *Cluster) bool { return c.fromView && c.verdict == StateDown }
+
+func (r *Registry) insert(c *Cluster) {
+	s := &slot{c: c, pos: len(r.list)}
+	r.byID[c.Hello.ClusterID] = s
+	r.list = append(r.list, s)
+	r.indexLinks(nil, c)
+	r.indexLabels(nil, c)
+	if !knownDown(c) {
+		r.treeAdd(s)
+	}
+}
+
+// replace swaps s's cluster for c, keeping the index in step.
+func (r *Registry) replace(s *slot, c *Cluster) {
+	old := s.c
+	r.indexLinks(old, c)
+	r.indexLabels(old, c)
+	down := knownDown(c)
+	if s.indexed && !down && old.Hello.Tier == c.Hello.Tier && s.key == c.load {
+		s.c = c // same place in the tree
+		r.tiers[c.Hello.Tier].note(c.Hello.Capacity)
+		return
+	}
+	if s.indexed {
+		r.treeRemove(s)
+	}
+	s.c = c
+	if !down {
+		r.treeAdd(s)
+	}
+}
+
+func (r *Registry) treeAdd(s *slot) {
+	tt := r.tiers[s.c.Hello.Tier]
+	if tt == nil {
+		tt = newTierTree()
+		r.tiers[s.c.Hello.Tier] = tt
+	}
+	s.key, s.indexed = s.c.load, true
+	tt.note(s.c.Hello.Capacity)
+	tt.tree.ReplaceOrInsert(s)
+}
+
+func (r *Registry) treeRemove(s *slot) {
+	tt := r.tiers[s.c.Hello.Tier]
+	tt.tree.Delete(s)
+	if tt.tree.Len() == 0 {
+		delete(r.tiers, s.c.Hello.Tier)
+	}
+	s.indexed = false
+}
+
+// indexLinks moves c's reported links in linkedBy (old is what it
+// replaces, nil for a new cluster or a removal's new side).
+func (r *Registry) indexLinks(old, c *Cluster) {
+	if old != nil && c != nil && slices.Equal(linkPeers(old.Hello.Links), linkPeers(c.Hello.Links)) {
+		return
+	}
+	if old != nil {
+		for _, l := range old.Hello.Links {
+			if set := r.linkedBy[l.Peer]; set != nil {
+				delete(set, old.Hello.ClusterID)
+				if len(set) == 0 {
+					delete(r.linkedBy, l.Peer)
+				}
+			}
+		}
+	}
+	if c != nil {
+		for _, l := range c.Hello.Links {
+			set := r.linkedBy[l.Peer]
+			if set == nil {
+				set = map[string]struct{}{}
+				r.linkedBy[l.Peer] = set
+			}
+			set[c.Hello.ClusterID] = struct{}{}
+		}
+	}
+}
+
+func linkPeers(ls []Link) []string {
+	out := make([]string, len(ls))
+	for i, l := range ls {
+		out[i] = l.Peer
+	}
+	return out
+}
+
+func labelKey(k, v string) string { return k + "\x00" + v }
+
+func (r *Registry) indexLabels(old, c *Cluster) {
+	if old != nil && c != nil && mapsEqual(old.Hello.Labels, c.Hello.Labels) {
+		return
+	}
+	if old != nil {
+		for k, v := range old.Hello.Labels {
+			lk := labelKey(k, v)
+			if set := r.labels[lk]; set != nil {
+				delete(set, old.Hello.ClusterID)
+				if len(set) == 0 {
+					delete(r.labels, lk)
+				}
+			}
+		}
+	}
+	if c != nil {
+		for k, v := range c.Hello.Labels {
+			lk := labelKey(k, v)
+			set := r.labels[lk]
+			if set == nil {
+				set = map[string]struct{}{}
+				r.labels[lk] = set
+			}
+			set[c.Hello.ClusterID] = struct{}{}
+		}
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Forget removes a cluster (its reservations stay until they expire).
 func (r *Registry) Forget(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	i, ok := r.index[id]
-	if !ok {
+	s := r.byID[id]
+	if s == nil {
 		return
 	}
+	if s.indexed {
+		r.treeRemove(s)
+	}
+	r.indexLinks(s.c, nil)
+	r.indexLabels(s.c, nil)
 	last := len(r.list) - 1
-	r.list[i] = r.list[last]
-	r.index[r.list[i].Hello.ClusterID] = i
+	r.list[s.pos] = r.list[last]
+	r.list[s.pos].pos = s.pos
 	r.list[last] = nil
 	r.list = r.list[:last]
-	delete(r.index, id)
+	delete(r.byID, id)
 }
 
-// StateOf computes c's liveness at now.
-func (r *Registry) StateOf(c *Cluster, now time.Time) State {
-	iv := r.interval
-	if c.Hello.IntervalMs > 0 {
-		iv = time.Duration(c.Hello.IntervalMs) * time.Millisecond
+// Reserve counts res against dest for placement id until expires or until
+// a hello from dest lists id in Placed. Reserving id again moves it.
+func (r *Registry) Reserve(id, dest string, res Resources, expires time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reserveLocked(id, dest, res, expires)
+}
+
+func (r *Registry) reserveLocked(id, dest string, res Resources, expires time.Time) {
+	if old := r.resv[id]; old != nil {
+		if old.dest == dest {
+			if expires.After(old.expires) {
+				old.expires = expires
+			}
+			return
+		}
+		r.dropReservation(old)
 	}
-	elapsed := now.Sub(c.LastSeen)
+	rv := &reservation{id: id, dest: dest, res: res, expires: expires}
+	r.resv[id] = rv
+	m := r.resvByDest[dest]
+	if m == nil {
+		m = map[string]*reservation{}
+		r.resvByDest[dest] = m
+	}
+	m[id] = rv
+	r.refreshReserved(dest)
+}
+
+func (r *Registry) dropReservation(rv *reservation) {
+	delete(r.resv, rv.id)
+	if m := r.resvByDest[rv.dest]; m != nil {
+		delete(m, rv.id)
+		if len(m) == 0 {
+			delete(r.resvByDest, rv.dest)
+		}
+	}
+	r.refreshReserved(rv.dest)
+}
+
+// reservedAt sums the reservations held at dest.
+func (r *Registry) reservedAt(dest string) Reserved {
+	var sum Reserved
+	for _, rv := range r.resvByDest[dest] {
+		sum.MilliCPU += rv.res.MilliCPU
+		sum.MemoryMB += rv.res.MemoryMB
+		sum.Pods++
+	}
+	return sum
+}
+
+// refreshReserved gives dest's entry its current reservations.
+func (r *Registry) refreshReserved(dest string) {
+	s := r.byID[dest]
+	if s == nil {
+		return
+	}
+	c := *s.c
+	c.setReserved(r.reservedAt(dest))
+	if c.Reserved == s.c.Reserved {
+		return
+	}
+	r.replace(s, &c)
+}
+
+// ExpireReservations drops the reservations whose time is up at now and
+// returns how many are left.
+func (r *Registry) ExpireReservations(now time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, rv := range r.resv {
+		if !now.Before(rv.expires) {
+			r.dropReservation(rv)
+		}
+	}
+	return len(r.resv)
+}
+
+// Reservations is the number of reservations held.
+func (r *Registry) Reservations() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.resv)
+}
+
+// StateOf computes c's liveness at now. An entry from the MO's compact
+// view has the MO's verdict until the MO has not vouched for it for
+// longer than it promised (or than the registry's own liveness allows):
+// then it is down.
+func (r *Registry) StateOf(c *Cluster, now time.Time) State {
+	if c.fromView {
+		if now.Sub(c.vouched) > max(c.staleAfter, time.Duration(r.downAfter)*r.interval) {
+			return StateDown
+		}
+		return c.verdict
+	}
+	return r.age(c.LastSeen, c.Hello.IntervalMs, now)
+}
+
+func (r *Registry) age(seen time.Time, intervalMs int64, now time.Time) State {
+	iv := r.interval
+	if intervalMs > 0 {
+		iv = time.Duration(intervalMs) * time.Millisecond
+	}
+	elapsed := now.Sub(seen)
 	// Half an interval of slack so jitter does not flap a cluster.
 	missed := int64(0)
 	if elapsed > iv/2 {
@@ -176,27 +513,66 @@ func (r *Registry) StateOf(c *Cluster, now time.Time) State {
 	return StateAlive
 }
 
-// Each implements View.
+// Sweep takes clusters that are down at now out of the placement index
+// (a hello puts them back) and calls fn, when set, with every cluster and
+// its state. The MO runs it once per hello interval.
+func (r *Registry) Sweep(now time.Time, fn func(c *Cluster, st State)) {
+	var down []string
+	r.mu.RLock()
+	for _, s := range r.list {
+		st := r.StateOf(s.c, now)
+		if st == StateDown && s.indexed {
+			down = append(down, s.c.Hello.ClusterID)
+		}
+		if fn != nil {
+			fn(s.c, st)
+		}
+	}
+	r.mu.RUnlock()
+	if len(down) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range down {
+		if s := r.byID[id]; s != nil && s.indexed && r.StateOf(s.c, now) == StateDown {
+			r.treeRemove(s)
+		}
+	}
+}
+
+// Each calls fn with every cluster and its state at now, until fn returns
+// false. Entries must not be modified.
 func (r *Registry) Each(now time.Time, fn func(c *Cluster, st State) bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for _, c := range r.list {
-		if !fn(c, r.StateOf(c, now)) {
+	r.eachLocked(now, fn)
+}
+
+func (r *Registry) eachLocked(now time.Time, fn func(c *Cluster, st State) bool) {
+	for _, s := range r.list {
+		if !fn(s.c, r.StateOf(s.c, now)) {
 			return
 		}
 	}
 }
 
-// Get implements View.
+// Get returns cluster id with its state at now.
 func (r *Registry) Get(now time.Time, id string) (*Cluster, State, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	i, ok := r.index[id]
-	if !ok {
+	s := r.byID[id]
+	if s == nil {
 		return nil, StateDown, false
 	}
-	c := r.list[i]
-	return c, r.StateOf(c, now), true
+	return s.c, r.StateOf(s.c, now), true
+}
+
+func (r *Registry) getLocked(id string) *Cluster {
+	if s := r.byID[id]; s != nil {
+		return s.c
+	}
+	return nil
 }
 
 // Len is the number of known clusters.
@@ -218,23 +594,16 @@ type ClusterStatus struct {
 	Hello    Hello     `json:"hello"`
 	State    string    `json:"state"`
 	LastSeen time.Time `json:"last_seen"`
+	Reserved Reserved  `json:"reserved,omitzero"`
 }
 
 // Snapshot lists every cluster, sorted by id.
 func (r *Registry) Snapshot(now time.Time) []ClusterStatus {
 	var out []ClusterStatus
 	r.Each(now, func(c *Cluster, st State) bool {
-		out = append(out, ClusterStatus{Hello: c.Hello, State: st.String(), LastSeen: c.LastSeen})
+		out = append(out, ClusterStatus{Hello: c.Hello, State: st.String(), LastSeen: c.LastSeen, Reserved: c.Reserved})
 		return true
 	})
-	slices.SortFunc(out, func(a, b ClusterStatus) int {
-		if a.Hello.ClusterID < b.Hello.ClusterID {
-			return -1
-		}
-		if a.Hello.ClusterID > b.Hello.ClusterID {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b ClusterStatus) int { return strings.Compare(a.Hello.ClusterID, b.Hello.ClusterID) })
 	return out
 }

@@ -1,6 +1,8 @@
-// This file holds the MO server: the embedded NATS server (or a connection
-// to an external one), the hello ingest, the placement endpoint served as a
-// nats.go micro service in a queue group, persistence in JetStream, metrics.
+// This file holds the MO server: the embedded NATS server (alone, or one
+// node of a NATS cluster) or a connection to an external one, the hello
+// ingest, the placement endpoint served as a nats.go micro service in a
+// queue group, liveness, the HTTP endpoints and the metrics. Joining and
+// leaving the queue group is in serve.go, JetStream in store.go.
 
 package meta
 
@@ -10,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,41 +31,59 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// JetStream names.
-const (
-	KVBucket      = "roam_meta_clusters"
-	AuditStream   = "ROAM_META_AUDIT"
-	AuditSubject  = "roam.audit.place"
-	persistMaxAge = 30 // hello intervals between two writes of an unchanged cluster
-)
-
-// ServerConfig configures an MO.
+// ServerConfig configures an MO replica.
 type ServerConfig struct {
 	// Listen is the embedded NATS client address (host:port; port 0 picks
 	// a free one). Ignored with NATSURL.
 	Listen string
-	// NATSURL uses an external NATS instead of the embedded one, with
-	// NATSOptions (credentials, TLS) for the connection.
+	// Cluster makes the embedded server one node of a NATS cluster.
+	Cluster *ClusterConfig
+	// NATSURL uses an external NATS (comma-separated URLs of its nodes)
+	// instead of the embedded one, with NATSOptions (credentials, TLS)
+	// for the connection.
 	NATSURL     string
 	NATSOptions []nats.Option
-	// StoreDir holds JetStream data (registry, audit log); empty keeps
-	// them in memory only (nothing survives a restart).
+	// Replicas of the bucket and the audit stream; 0: 3 on a NATS cluster
+	// (the embedded one with Cluster, or an external one that is
+	// clustered), else 1.
+	Replicas int
+	// StoreDir holds the embedded server's JetStream data; empty keeps it
+	// in memory (nothing survives a restart of every node).
 	StoreDir string
-	// HTTPAddr serves /metrics, /healthz and /v1/clusters; empty: none.
+	// HTTPAddr serves /metrics, /healthz, /readyz, /v1/clusters and
+	// /v1/explain; empty: none.
 	HTTPAddr      string
 	Policy        Policy // nil: LeastLoaded
 	HelloInterval time.Duration
 	DownAfter     int
+	// WarmUp is how long the replica listens to hellos, after starting or
+	// reconnecting, before it answers placements (default 1.5 hello
+	// intervals: every live cluster has been heard from by then).
+	WarmUp time.Duration
+	// ReservationTTL is how long a placement counts against its
+	// destination unless a hello from it shows the placement first
+	// (default 60s; negative: no reservations).
+	ReservationTTL time.Duration
 	// Auth enables per-cluster users on the embedded server.
 	Auth *AuthConfig
 	// TLS, when set, makes the embedded server require TLS.
 	TLS *tls.Config
-	// Name identifies this replica in replies (DecidedBy) and micro.
+	// Name identifies this replica in replies (DecidedBy), micro and the
+	// embedded server's name.
 	Name   string
 	Logger *slog.Logger
 }
 
-// Server is a running MO.
+// ClusterConfig makes the embedded NATS server a node of a cluster
+// (nats-server's own clustering: routes between the nodes, JetStream
+// clustered with RAFT).
+type ClusterConfig struct {
+	Name   string   // the cluster's name, the same on every node (default roam-meta)
+	Listen string   // host:port the node accepts routes on
+	Routes []string // nats://host:port of the nodes (this one may be listed)
+}
+
+// Server is a running MO replica.
 type Server struct {
 	cfg    ServerConfig
 	log    *slog.Logger
@@ -70,35 +91,45 @@ type Server struct {
 	reg    *Registry
 	name   string
 
-	ns      *server.Server // nil with an external NATS
-	tmpDir  string
-	nc      *nats.Conn // placement, JetStream
-	ncHello *nats.Conn // hello ingest
-	js      jetstream.JetStream
-	kv      jetstream.KeyValue // nil: no persistence
-	svc     micro.Service
-	helloSb *nats.Subscription
-	httpSrv *http.Server
-	httpLn  net.Listener
+	ns       *server.Server // nil with an external NATS
+	tmpDir   string
+	nc       *nats.Conn // placement, JetStream
+	ncHello  *nats.Conn // hello ingest
+	js       jetstream.JetStream
+	kv       jetstream.KeyValue // nil: no persistence
+	replicas int
+	view     *viewWriter
+	helloSb  *nats.Subscription
+	httpSrv  *http.Server
+	httpLn   net.Listener
 
 	metrics  *metrics
 	promReg  *prometheus.Registry
 	limiter  logLimiter
-	persist  persister
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	closeOne sync.Once
+
+	serving servingState
 }
 
-// NewServer starts an MO: NATS (embedded unless cfg.NATSURL), the registry
-// restored from JetStream, the hello subscription and the placement
-// endpoint. Close stops it.
+// NewServer starts an MO replica: NATS (embedded unless cfg.NATSURL), the
+// hello subscription, then in the background JetStream (the compact view
+// restored into the registry, the audit stream followed for reservations)
+// and, once the view is warm, the placement endpoint. WaitServing waits
+// for that; Close stops it.
 func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	if cfg.HelloInterval <= 0 {
 		cfg.HelloInterval = time.Second
 	}
 	if cfg.DownAfter <= 0 {
 		cfg.DownAfter = 3
+	}
+	if cfg.WarmUp <= 0 {
+		cfg.WarmUp = cfg.HelloInterval * 3 / 2
+	}
+	if cfg.ReservationTTL == 0 {
+		cfg.ReservationTTL = time.Minute
 	}
 	if cfg.Policy == nil {
 		cfg.Policy = LeastLoaded{}
@@ -115,22 +146,19 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 		reg: NewRegistry(cfg.HelloInterval, cfg.DownAfter),
 	}
 	s.limiter.every = time.Minute
+	s.serving.init()
 	defer func() {
 		if err != nil {
 			s.Close()
 		}
 	}()
+	s.promReg = prometheus.NewRegistry()
+	s.metrics = newMetrics(s.promReg, s.reg, &s.serving)
 	if err := s.connect(); err != nil {
 		return nil, err
 	}
-	s.promReg = prometheus.NewRegistry()
-	s.metrics = newMetrics(s.promReg, s.reg)
-
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	if err := s.setupJetStream(ctx); err != nil {
-		return nil, err
-	}
 	s.helloSb, err = s.ncHello.Subscribe(SubjectHelloAll, s.handleHello)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe hellos: %w", err)
@@ -139,63 +167,67 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	if err := s.helloSb.SetPendingLimits(1<<20, 256<<20); err != nil {
 		return nil, fmt.Errorf("set hello pending limits: %w", err)
 	}
-	s.svc, err = micro.AddService(s.nc, micro.Config{
-		Name:        ServiceName,
-		Version:     "1.0.0",
-		Description: "roam meta-orchestrator: cluster registry and placement",
-		QueueGroup:  QueueGroup,
-		Metadata:    map[string]string{"replica": s.name, "policy": s.policy.Name()},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("add micro service: %w", err)
-	}
-	if err := s.svc.AddEndpoint("place", micro.HandlerFunc(s.handlePlace), micro.WithEndpointSubject(SubjectPlace),
-		micro.WithEndpointPendingLimits(1<<16, 64<<20)); err != nil {
-		return nil, fmt.Errorf("add place endpoint: %w", err)
-	}
-	if err := s.nc.Flush(); err != nil {
-		return nil, fmt.Errorf("flush subscriptions: %w", err)
-	}
 	if err := s.ncHello.Flush(); err != nil {
-		return nil, fmt.Errorf("flush subscriptions: %w", err)
+		return nil, fmt.Errorf("subscribe hellos: %w", err)
 	}
+	s.serving.connected(s.ncHello.IsConnected(), s.nc.IsConnected(), time.Now())
 	if cfg.HTTPAddr != "" {
 		if err := s.serveHTTP(); err != nil {
 			return nil, err
 		}
 	}
-	s.wg.Add(1)
-	go s.watchLiveness(ctx)
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.runStore(ctx) }()
+	go func() { defer s.wg.Done(); s.serveLoop(ctx) }()
+	go func() { defer s.wg.Done(); s.watchLiveness(ctx) }()
 	s.log.Info("meta-orchestrator started", "nats", s.ClientURL(), "policy", s.policy.Name(),
-		"persistent", s.kv != nil && cfg.StoreDir != "", "auth", cfg.Auth != nil)
+		"cluster", cfg.Cluster != nil, "auth", cfg.Auth != nil, "warm_up", cfg.WarmUp)
 	return s, nil
+}
+
+// connOptions are the options of both the MO's connections: reconnect
+// for ever, and tell the serving state about every change.
+func (s *Server) connOptions(role string) []nats.Option {
+	changed := func() {
+		if s.nc != nil && s.ncHello != nil {
+			s.serving.connected(s.ncHello.IsConnected(), s.nc.IsConnected(), time.Now())
+		}
+	}
+	return []nats.Option{
+		nats.Name("roam-meta " + s.name + " " + role),
+		nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				s.log.Warn("nats disconnected: leaving the queue group", "conn", role, "err", err)
+			}
+			changed()
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			s.log.Info("nats reconnected: warming up again", "conn", role, "server", nc.ConnectedUrlRedacted())
+			changed()
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { changed() }),
+	}
 }
 
 func (s *Server) connect() error {
 	cfg := s.cfg
 	if cfg.NATSURL != "" {
-		opts := append([]nats.Option{nats.Name("roam-meta " + s.name), nats.MaxReconnects(-1)}, cfg.NATSOptions...)
+		opts := cfg.NATSOptions
 		if cfg.Auth != nil && cfg.Auth.Meta.User != "" {
 			opts = append(opts, nats.UserInfo(cfg.Auth.Meta.User, cfg.Auth.Meta.Password))
 		}
 		return s.dial(func(role string) (*nats.Conn, error) {
-			nc, err := nats.Connect(cfg.NATSURL, append(opts, nats.Name("roam-meta "+s.name+" "+role))...)
+			nc, err := nats.Connect(cfg.NATSURL, append(s.connOptions(role), opts...)...)
 			if err != nil {
 				return nil, fmt.Errorf("connect to nats %s: %w", cfg.NATSURL, err)
 			}
 			return nc, nil
 		})
 	}
-	host, portText, err := net.SplitHostPort(orDefault(cfg.Listen, "0.0.0.0:4222"))
+	host, port, err := splitHostPort(orDefault(cfg.Listen, "0.0.0.0:4222"))
 	if err != nil {
-		return fmt.Errorf("parse listen address %q: %w", cfg.Listen, err)
-	}
-	port, err := strconv.Atoi(portText)
-	if err != nil || port < 0 || port > 65535 {
-		return fmt.Errorf("parse listen port %q: want 0-65535", portText)
-	}
-	if port == 0 {
-		port = server.RANDOM_PORT
+		return fmt.Errorf("parse listen address: %w", err)
 	}
 	storeDir := cfg.StoreDir
 	if storeDir == "" {
@@ -210,6 +242,14 @@ func (s *Server) connect() error {
 		NoSigs: true, NoLog: true,
 		JetStream: true, StoreDir: storeDir,
 		JetStreamMaxMemory: 256 << 20,
+	}
+	if cl := cfg.Cluster; cl != nil {
+		chost, cport, err := splitHostPort(cl.Listen)
+		if err != nil {
+			return fmt.Errorf("parse cluster listen address: %w", err)
+		}
+		opts.Cluster = server.ClusterOpts{Name: orDefault(cl.Name, "roam-meta"), Host: chost, Port: cport}
+		opts.Routes = server.RoutesFromStr(strings.Join(cl.Routes, ","))
 	}
 	var inproc []nats.Option
 	if cfg.Auth != nil {
@@ -235,7 +275,7 @@ func (s *Server) connect() error {
 	}
 	inproc = append(inproc, nats.InProcessServer(ns))
 	return s.dial(func(role string) (*nats.Conn, error) {
-		nc, err := nats.Connect("", append(inproc, nats.Name("roam-meta "+s.name+" "+role))...)
+		nc, err := nats.Connect("", append(s.connOptions(role), inproc...)...)
 		if err != nil {
 			return nil, fmt.Errorf("connect to embedded nats: %w", err)
 		}
@@ -243,96 +283,70 @@ func (s *Server) connect() error {
 	})
 }
 
+// splitHostPort parses host:port; port 0 means any free port.
+func splitHostPort(addr string) (string, int, error) {
+	host, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q: %w", addr, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("%q: port must be 0-65535", addr)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	return host, port, nil
+}
+
 // dial opens the MO's two connections: one for placement and JetStream,
 // one for the hello flood, so a placement request never waits behind
 // thousands of hellos on the same connection.
 func (s *Server) dial(connect func(role string) (*nats.Conn, error)) error {
-	var err error
-	if s.nc, err = connect("placement"); err != nil {
+	nc, err := connect("placement")
+	if err != nil {
 		return err
 	}
-	if s.ncHello, err = connect("hellos"); err != nil {
+	ncHello, err := connect("hellos")
+	if err != nil {
+		nc.Close()
 		return err
 	}
+	s.nc, s.ncHello = nc, ncHello
 	return nil
 }
 
-// setupJetStream opens the registry bucket and audit stream and restores
-// the registry. Without JetStream (external NATS lacking it) the MO runs
-// from memory and says so.
-func (s *Server) setupJetStream(ctx context.Context) error {
-	js, err := jetstream.New(s.nc)
-	if err != nil {
-		return fmt.Errorf("open jetstream: %w", err)
-	}
-	s.js = js
-	storage := jetstream.FileStorage
-	if s.cfg.StoreDir == "" {
-		storage = jetstream.MemoryStorage
-	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	kv, err := js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
-		Bucket: KVBucket, Description: "roam cluster registry (latest hello per cluster)",
-		History: 1, Storage: storage,
-	})
-	if err != nil {
-		if s.cfg.NATSURL != "" {
-			s.log.Warn("no jetstream on the external nats: registry is kept in memory only", "err", err)
-			s.js = nil
-			return nil
+// runStore opens JetStream, restores the registry from the compact view
+// and keeps the view written and the audit stream followed. The replica
+// may serve once the restore is done (or JetStream is absent or has not
+// come up within a minute: then hellos alone make the view).
+func (s *Server) runStore(ctx context.Context) {
+	octx, cancel := context.WithTimeout(ctx, time.Minute)
+	ok, err := s.openJetStream(octx)
+	cancel()
+	if !ok {
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("no jetstream: the registry is kept in memory, reservations are not shared", "err", err)
+		} else if ctx.Err() == nil {
+			s.log.Warn("the nats has no jetstream: the registry is kept in memory, reservations are not shared")
 		}
-		return fmt.Errorf("create registry bucket: %w", err)
+		s.serving.restoredNow()
+		return
 	}
-	s.kv = kv
-	if _, err := js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
-		Name: AuditStream, Description: "roam placement decisions",
-		Subjects: []string{AuditSubject}, Storage: storage, MaxMsgs: 100_000, Discard: jetstream.DiscardOld,
-	}); err != nil {
-		return fmt.Errorf("create audit stream: %w", err)
+	s.log.Info("jetstream ready", "replicas", s.replicas)
+	s.view = &viewWriter{s: s, refresh: s.cfg.HelloInterval * summaryRefresh, marks: map[string]viewMark{}, dirty: map[string]bool{}}
+	restored := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.view.follow(ctx, restored) }()
+	go func() { defer wg.Done(); s.followAudit(ctx) }()
+	select {
+	case <-restored:
+	case <-ctx.Done():
 	}
-	if err := s.restore(cctx); err != nil {
-		return err
-	}
-	s.persist.init(kv, s.cfg.HelloInterval*persistMaxAge)
-	s.wg.Add(1)
-	go s.persist.run(ctx, &s.wg, s.log, s.cfg.HelloInterval/2)
-	return nil
-}
-
-// storedCluster is a registry entry in the KV bucket.
-type storedCluster struct {
-	Hello    Hello     `json:"hello"`
-	LastSeen time.Time `json:"last_seen"`
-}
-
-func (s *Server) restore(ctx context.Context) error {
-	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return fmt.Errorf("watch registry bucket: %w", err)
-	}
-	defer w.Stop()
-	n := 0
-	for {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("restore registry: %w", ctx.Err())
-		case e := <-w.Updates():
-			if e == nil {
-				if n > 0 {
-					s.log.Info("registry restored", "clusters", n)
-				}
-				return nil
-			}
-			var sc storedCluster
-			if err := json.Unmarshal(e.Value(), &sc); err != nil || sc.Hello.Validate() != nil {
-				s.log.Warn("skip unreadable registry entry", "key", e.Key(), "err", err)
-				continue
-			}
-			s.reg.restore(sc.Hello, sc.LastSeen)
-			n++
-		}
-	}
+	s.serving.restoredNow()
+	s.view.run(ctx, s.cfg.HelloInterval/2)
+	wg.Wait()
 }
 
 // handleHello ingests one hello: validate, check the subject names the
@@ -350,7 +364,7 @@ func (s *Server) handleHello(m *nats.Msg) {
 		return
 	}
 	now := time.Now()
-	res, prev := s.reg.observe(h, now)
+	res, _ := s.reg.observe(h, now)
 	switch res {
 	case ObserveStale:
 		s.metrics.hellosStale.Inc()
@@ -359,32 +373,14 @@ func (s *Server) handleHello(m *nats.Msg) {
 		s.log.Info("cluster registered", "cluster", h.ClusterID, "tier", h.Tier, "controller", h.ControllerURL)
 	}
 	s.metrics.hellosAccepted.Inc()
-	if s.kv != nil {
-		changed := prev == nil || !sameIdentity(prev.Hello, h)
-		s.persist.mark(h, now, changed)
+	if v := s.view; v != nil {
+		if c, _, ok := s.reg.Get(now, h.ClusterID); ok {
+			v.check(c, StateAlive, now)
+		}
 	}
 }
 
-// sameIdentity reports whether nothing but volatile figures changed.
-func sameIdentity(a, b Hello) bool {
-	if a.Tier != b.Tier || a.ControllerURL != b.ControllerURL || a.IntervalMs != b.IntervalMs ||
-		len(a.Labels) != len(b.Labels) || len(a.DataAddrs) != len(b.DataAddrs) {
-		return false
-	}
-	for k, v := range a.Labels {
-		if b.Labels[k] != v {
-			return false
-		}
-	}
-	for i := range a.DataAddrs {
-		if a.DataAddrs[i] != b.DataAddrs[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// handlePlace answers a placement request.
+// handlePlace answers a placement request and reserves the destination.
 func (s *Server) handlePlace(r micro.Request) {
 	start := time.Now()
 	req, err := DecodePlacementRequest(r.Data())
@@ -403,7 +399,8 @@ func (s *Server) handlePlace(r micro.Request) {
 		s.respondErr(r, CodeForbidden, "requester "+req.Requester+" does not match the reply inbox")
 		return
 	}
-	rep := s.policy.Place(req, s.reg, start)
+	ttl := max(s.cfg.ReservationTTL, 0)
+	rep := s.reg.Place(s.policy, req, start, ttl)
 	rep.DecidedBy = s.name
 	b, err := json.Marshal(rep)
 	if err != nil {
@@ -422,7 +419,11 @@ func (s *Server) handlePlace(r micro.Request) {
 	}
 	s.metrics.placements.WithLabelValues(result).Inc()
 	s.metrics.latency.Observe(time.Since(start).Seconds())
-	s.audit(req, rep)
+	var until time.Time
+	if ttl > 0 {
+		until = start.Add(ttl)
+	}
+	s.audit(req, rep, until)
 }
 
 func (s *Server) respondErr(r micro.Request, code, desc string) {
@@ -431,38 +432,10 @@ func (s *Server) respondErr(r micro.Request, code, desc string) {
 	}
 }
 
-// auditRecord is one placement decision in the audit stream.
-type auditRecord struct {
-	At          time.Time `json:"at"`
-	RequestID   string    `json:"request_id"`
-	Requester   string    `json:"requester"`
-	Home        string    `json:"home"`
-	Service     string    `json:"service"`
-	Reason      Reason    `json:"reason"`
-	Destination string    `json:"destination,omitempty"`
-	NoPlacement string    `json:"no_placement,omitempty"`
-	Filtered    int       `json:"filtered"`
-	DecidedBy   string    `json:"decided_by"`
-}
-
-func (s *Server) audit(req PlacementRequest, rep PlacementReply) {
-	if s.js == nil {
-		return
-	}
-	rec := auditRecord{At: time.Now().UTC(), RequestID: req.RequestID, Requester: req.Requester, Home: req.Home,
-		Service: req.Service.Name, Reason: req.Reason, NoPlacement: rep.NoPlacement, Filtered: rep.FilteredTotal, DecidedBy: rep.DecidedBy}
-	if rep.Destination != nil {
-		rec.Destination = rep.Destination.ClusterID
-	}
-	b, _ := json.Marshal(rec)
-	if _, err := s.js.PublishAsync(AuditSubject, b); err != nil {
-		s.limiter.log(s.log, "audit", "append to audit stream", "err", err)
-	}
-}
-
-// watchLiveness logs state transitions once per interval.
+// watchLiveness, once per interval, ends expired reservations, takes down
+// clusters out of the index, logs state changes and marks in the compact
+// view the clusters whose state changed or whose summary is due.
 func (s *Server) watchLiveness(ctx context.Context) {
-	defer s.wg.Done()
 	t := time.NewTicker(s.cfg.HelloInterval)
 	defer t.Stop()
 	last := map[string]State{}
@@ -471,13 +444,17 @@ func (s *Server) watchLiveness(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			s.reg.Each(now, func(c *Cluster, st State) bool {
+			s.reg.ExpireReservations(now)
+			v := s.view
+			s.reg.Sweep(now, func(c *Cluster, st State) {
 				id := c.Hello.ClusterID
 				if prev, ok := last[id]; ok && prev != st {
 					s.log.Info("cluster state changed", "cluster", id, "from", prev.String(), "to", st.String())
 				}
 				last[id] = st
-				return true
+				if v != nil {
+					v.check(c, st, now)
+				}
 			})
 		}
 	}
@@ -489,6 +466,17 @@ func (s *Server) ClientURL() string {
 		return s.ns.ClientURL()
 	}
 	return s.cfg.NATSURL
+}
+
+// ClusterURL is the embedded node's route URL (empty without Cluster).
+func (s *Server) ClusterURL() string {
+	if s.ns == nil || s.cfg.Cluster == nil {
+		return ""
+	}
+	if a := s.ns.ClusterAddr(); a != nil {
+		return "nats://" + a.String()
+	}
+	return ""
 }
 
 // HTTPAddr is the address /metrics is served on (after NewServer).
@@ -511,7 +499,12 @@ func (s *Server) Gatherer() prometheus.Gatherer { return s.promReg }
 // Conn is the MO's own NATS connection.
 func (s *Server) Conn() *nats.Conn { return s.nc }
 
-// Handler serves /metrics, /healthz and /v1/clusters.
+// Replicas is how many replicas the bucket and the audit stream have (0
+// until JetStream is up, or without it).
+func (s *Server) Replicas() int { return s.replicas }
+
+// Handler serves /metrics, /healthz, /readyz, /v1/clusters and
+// POST /v1/explain.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.promReg, promhttp.HandlerOpts{}))
@@ -522,11 +515,42 @@ func (s *Server) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Serving() {
+			http.Error(w, "not serving placements: "+s.serving.why(time.Now(), s.cfg.WarmUp), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "serving")
+	})
 	mux.HandleFunc("/v1/clusters", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(s.reg.Snapshot(time.Now()))
 	})
+	mux.HandleFunc("POST /v1/explain", s.serveExplain)
 	return mux
+}
+
+// serveExplain judges every cluster for the placement request in the body
+// and streams one Verdict per line (JSON lines), sorted by cluster id.
+func (s *Server) serveExplain(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxMessageSize+1))
+	if err != nil {
+		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	req, err := DecodePlacementRequest(body)
+	if err != nil {
+		s.metrics.placements.WithLabelValues("bad_request").Inc()
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/jsonl")
+	enc := json.NewEncoder(w)
+	for _, v := range s.reg.Verdicts(s.policy, req, time.Now()) {
+		if err := enc.Encode(v); err != nil {
+			return // the client went away
+		}
+	}
 }
 
 func (s *Server) serveHTTP() error {
@@ -544,8 +568,8 @@ func (s *Server) serveHTTP() error {
 	return nil
 }
 
-// Close stops serving, flushes the registry to JetStream and shuts NATS
-// down (the embedded server only).
+// Close leaves the queue group, writes what the compact view lacks and
+// shuts NATS down (the embedded server only).
 func (s *Server) Close() error {
 	s.closeOne.Do(func() {
 		if s.httpSrv != nil {
@@ -553,9 +577,7 @@ func (s *Server) Close() error {
 			_ = s.httpSrv.Shutdown(ctx)
 			cancel()
 		}
-		if s.svc != nil {
-			_ = s.svc.Stop()
-		}
+		s.serving.closing()
 		if s.helloSb != nil {
 			_ = s.helloSb.Unsubscribe()
 		}
@@ -563,10 +585,12 @@ func (s *Server) Close() error {
 			s.cancel()
 		}
 		s.wg.Wait()
-		if s.kv != nil {
-			s.persist.flush(context.Background(), s.log)
+		if s.view != nil && s.nc.IsConnected() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.view.flush(ctx)
+			cancel()
 		}
-		if s.js != nil {
+		if s.js != nil && s.nc.IsConnected() {
 			select {
 			case <-s.js.PublishAsyncComplete():
 			case <-time.After(5 * time.Second):
@@ -576,9 +600,11 @@ func (s *Server) Close() error {
 			if nc == nil {
 				continue
 			}
-			_ = nc.Drain()
-			for i := 0; i < 500 && !nc.IsClosed(); i++ {
-				time.Sleep(10 * time.Millisecond)
+			if nc.IsConnected() {
+				_ = nc.Drain()
+				for i := 0; i < 500 && !nc.IsClosed(); i++ {
+					time.Sleep(10 * time.Millisecond)
+				}
 			}
 			nc.Close()
 		}
@@ -593,76 +619,26 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// kill stops the replica as a crash would: the embedded server (and with
+// it every client connection) or the replica's connections go at once,
+// nothing is flushed; then the goroutines are stopped. For tests.
+func (s *Server) kill() {
+	if s.ns != nil {
+		s.ns.Shutdown()
+	}
+	for _, nc := range []*nats.Conn{s.ncHello, s.nc} {
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	s.Close()
+}
+
 func orDefault(s, d string) string {
 	if s == "" {
 		return d
 	}
 	return s
-}
-
-// persister writes registry entries to the KV bucket off the hot path:
-// a new or changed cluster at the next flush, an unchanged one at most
-// once per maxAge.
-type persister struct {
-	kv     jetstream.KeyValue
-	maxAge time.Duration
-
-	mu      sync.Mutex
-	dirty   map[string]storedCluster
-	written map[string]time.Time
-}
-
-func (p *persister) init(kv jetstream.KeyValue, maxAge time.Duration) {
-	p.kv, p.maxAge = kv, maxAge
-	p.dirty, p.written = map[string]storedCluster{}, map[string]time.Time{}
-}
-
-func (p *persister) mark(h Hello, now time.Time, changed bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.dirty == nil {
-		return
-	}
-	if !changed && now.Sub(p.written[h.ClusterID]) < p.maxAge {
-		if _, pending := p.dirty[h.ClusterID]; !pending {
-			return
-		}
-	}
-	p.dirty[h.ClusterID] = storedCluster{Hello: h, LastSeen: now}
-	p.written[h.ClusterID] = now
-}
-
-func (p *persister) run(ctx context.Context, wg *sync.WaitGroup, log *slog.Logger, every time.Duration) {
-	defer wg.Done()
-	t := time.NewTicker(max(every, 50*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			p.flush(ctx, log)
-		}
-	}
-}
-
-func (p *persister) flush(ctx context.Context, log *slog.Logger) {
-	p.mu.Lock()
-	batch := p.dirty
-	p.dirty = make(map[string]storedCluster, len(batch))
-	p.mu.Unlock()
-	for id, sc := range batch {
-		b, err := json.Marshal(sc)
-		if err != nil {
-			continue
-		}
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err = p.kv.Put(pctx, id, b)
-		cancel()
-		if err != nil {
-			log.Warn("persist cluster", "cluster", id, "err", err)
-		}
-	}
 }
 
 // logLimiter logs a message at most once per key per interval.
@@ -696,16 +672,20 @@ type metrics struct {
 
 	hellos     *prometheus.CounterVec
 	placements *prometheus.CounterVec
+	viewWrites *prometheus.CounterVec
 	latency    prometheus.Histogram
 }
 
-func newMetrics(r *prometheus.Registry, reg *Registry) *metrics {
+func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metrics {
 	m := &metrics{
 		hellos: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_meta_hellos_total", Help: "Hellos received, by result (accepted, stale, malformed, mismatch).",
 		}, []string{"result"}),
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_meta_placements_total", Help: "Placement requests, by result (placed, no_placement, bad_request, forbidden, error).",
+		}, []string{"result"}),
+		viewWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roam_meta_view_writes_total", Help: "Summaries written to the compact view, by result (written, lost_race: another replica wrote first, error).",
 		}, []string{"result"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "roam_meta_placement_seconds", Help: "Time to decide and answer a placement request.",
@@ -719,7 +699,21 @@ func newMetrics(r *prometheus.Registry, reg *Registry) *metrics {
 	for _, res := range []string{"placed", "no_placement", "bad_request", "forbidden", "error"} {
 		m.placements.WithLabelValues(res)
 	}
-	r.MustRegister(m.hellos, m.placements, m.latency, clusterCollector{reg: reg})
+	for _, res := range []string{"written", "lost_race", "error"} {
+		m.viewWrites.WithLabelValues(res)
+	}
+	r.MustRegister(m.hellos, m.placements, m.viewWrites, m.latency, clusterCollector{reg: reg},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "roam_meta_reservations", Help: "Placements counted against their destination until its hellos show them.",
+		}, func() float64 { return float64(reg.Reservations()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "roam_meta_serving", Help: "1 while this replica answers placements (in the queue group), 0 while it warms up or is disconnected.",
+		}, func() float64 {
+			if sv.isServing() {
+				return 1
+			}
+			return 0
+		}))
 	return m
 }
 

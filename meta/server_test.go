@@ -27,11 +27,19 @@ func startServer(t *testing.T, cfg ServerConfig) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = quietLogger()
 	}
+	if cfg.WarmUp == 0 {
+		// Tests about other things need not wait a hello round; the
+		// warm-up has its own tests.
+		cfg.WarmUp = time.Millisecond
+	}
 	s, err := NewServer(cfg)
 	if err != nil {
 		t.Fatalf("start meta server: %v", err)
 	}
 	t.Cleanup(func() { s.Close() })
+	if err := s.WaitServing(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 
@@ -194,7 +202,9 @@ func TestLivenessOverNATS(t *testing.T) {
 	var rep PlacementReply
 	waitFor(t, "placement on b", func() bool {
 		var err error
-		rep, err = req.Place(ctx(t), testRequest("req", Constraints{}))
+		pr := testRequest("req", Constraints{})
+		pr.Explain = true
+		rep, err = req.Place(ctx(t), pr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,9 +243,15 @@ func TestPlacementOverNATS(t *testing.T) {
 		}
 	}
 	waitFor(t, "three clusters", func() bool { return s.Registry().Len() == 3 })
-	rep, err := deep.Place(ctx(t), testRequest("deep", Constraints{MinBandwidthMbps: 100}))
+	pr := testRequest("deep", Constraints{MinBandwidthMbps: 100})
+	pr.ExplainClusters = []string{"cloud", "edge", "nowhere"}
+	rep, err := deep.Place(ctx(t), pr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(rep.Explained) != 2 || rep.Explained[0].ClusterID != "edge" || !strings.Contains(rep.Explained[0].Why, "the destination") ||
+		rep.Explained[1].ClusterID != "nowhere" || !strings.HasPrefix(rep.Explained[1].Why, "unknown") {
+		t.Fatalf("explained %+v", rep.Explained)
 	}
 	if !rep.OK() || rep.Destination.ClusterID != "edge" || rep.Destination.ControllerURL != "http://edge.example:8080" ||
 		len(rep.Destination.DataAddrs) != 1 || rep.Policy != "tier" || rep.DecidedBy != s.Name() {
@@ -265,11 +281,7 @@ func TestPlacementOverNATS(t *testing.T) {
 
 func TestRestartKeepsClusters(t *testing.T) {
 	dir := t.TempDir()
-	s1, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", StoreDir: dir, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s1.Close() })
+	s1 := startServer(t, ServerConfig{StoreDir: dir})
 	nc := connect(t, s1.ClientURL(), nats.MaxReconnects(0))
 	for _, id := range []string{"x1", "x2"} {
 		h := testHello(id, TierCloud, 1000, 0)
@@ -304,8 +316,10 @@ func TestRestartKeepsClusters(t *testing.T) {
 }
 
 func TestTwoReplicasServe(t *testing.T) {
-	s1 := startServer(t, ServerConfig{Name: "mo1"})
-	s2 := startServer(t, ServerConfig{Name: "mo2", NATSURL: s1.ClientURL()})
+	// Without reservations every request lands on p, whoever answers
+	// (reservations have their own tests).
+	s1 := startServer(t, ServerConfig{Name: "mo1", ReservationTTL: -1})
+	s2 := startServer(t, ServerConfig{Name: "mo2", NATSURL: s1.ClientURL(), ReservationTTL: -1})
 	nc := connect(t, s1.ClientURL())
 	c := newClient(t, nc, "req")
 	for _, id := range []string{"p", "q"} {
@@ -471,3 +485,46 @@ func TestClientFallbackToCache(t *testing.T) {
 }
 
 func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+func TestExplainEndpoint(t *testing.T) {
+	s := startServer(t, ServerConfig{HTTPAddr: "127.0.0.1:0"})
+	nc := connect(t, s.ClientURL())
+	for _, h := range []Hello{testHello("big", TierEdge, 8000, 0), testHello("full", TierEdge, 1000, 1000), testHello("home", TierEdge, 1000, 0)} {
+		b, _ := jsonMarshal(h)
+		if err := nc.Publish(HelloSubject(h.ClusterID), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three clusters", func() bool { return s.Registry().Len() == 3 })
+	body, _ := jsonMarshal(testRequest("home", Constraints{}))
+	resp, err := http.Post("http://"+s.HTTPAddr()+"/v1/explain", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %s", resp.Status)
+	}
+	var got []Verdict
+	dec := json.NewDecoder(resp.Body)
+	for dec.More() {
+		var v Verdict
+		if err := dec.Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, v)
+	}
+	if len(got) != 3 || got[0].ClusterID != "big" || got[0].Filter != "" || got[0].Score <= 0 ||
+		got[1].ClusterID != "full" || got[1].Filter != FilterCapacity || !strings.Contains(got[1].Why, "0 milli-CPU free, 500 needed") ||
+		got[2].ClusterID != "home" || got[2].Filter != FilterRequester {
+		t.Fatalf("verdicts %+v", got)
+	}
+	resp, err = http.Post("http://"+s.HTTPAddr()+"/v1/explain", "application/json", strings.NewReader("{"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("bad body: %s", resp.Status)
+	}
+}

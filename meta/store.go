@@ -1,0 +1,323 @@
+// This file holds what the MO keeps in JetStream: the compact view bucket
+// (restored at start, followed to know what is written, rewritten when a
+// cluster changes materially, by compare-and-set so that replicas do not
+// write the same change twice) and the audit stream, which every replica
+// also follows to share reservations.
+
+package meta
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// JetStream names.
+const (
+	KVBucket     = "roam_meta_clusters"
+	AuditStream  = "ROAM_META_AUDIT"
+	AuditSubject = "roam.audit.place"
+)
+
+// errCodeReplicasNotSupported: "replicas > 1 not supported in
+// non-clustered mode".
+const errCodeReplicasNotSupported jetstream.ErrorCode = 10074
+
+// openJetStream creates (or updates) the bucket and the audit stream at
+// the wanted replicas, retrying while a clustered JetStream elects its
+// leaders. ok is false when the server has no JetStream at all.
+func (s *Server) openJetStream(ctx context.Context) (ok bool, err error) {
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return false, fmt.Errorf("open jetstream: %w", err)
+	}
+	storage := jetstream.FileStorage
+	if s.cfg.StoreDir == "" && s.cfg.NATSURL == "" {
+		storage = jetstream.MemoryStorage
+	}
+	replicas := s.cfg.Replicas
+	if replicas <= 0 {
+		replicas = 1
+		if s.cfg.NATSURL != "" || s.cfg.Cluster != nil {
+			replicas = 3
+		}
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		err = s.createStreams(ctx, js, storage, replicas)
+		var apiErr *jetstream.APIError
+		switch {
+		case err == nil:
+			s.js, s.replicas = js, replicas
+			return true, nil
+		case errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeReplicasNotSupported && s.cfg.Replicas <= 0:
+			s.log.Info("jetstream is not clustered: bucket and audit stream at one replica")
+			replicas = 1
+			continue
+		case errors.Is(err, jetstream.ErrJetStreamNotEnabled), errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
+			return false, nil
+		}
+		s.limiter.log(s.log, "jetstream-setup", "jetstream not ready, retrying", "replicas", replicas, "err", err)
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("open jetstream: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// createStreams creates the bucket and the audit stream, or updates them
+// to the wanted replicas; a stream that exists keeps its storage (another
+// replica chose it).
+func (s *Server) createStreams(ctx context.Context, js jetstream.JetStream, storage jetstream.StorageType, replicas int) error {
+	// A clustered JetStream does not answer before it has a leader: keep
+	// each attempt short.
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	kv, err := js.CreateOrUpdateKeyValue(cctx, jetstream.KeyValueConfig{
+		Bucket: KVBucket, Description: "roam compact view: one summary per cluster",
+		History: 1, Storage: existingStorage(cctx, js, viewStream, storage), Replicas: replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", KVBucket, err)
+	}
+	if _, err := js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
+		Name: AuditStream, Description: "roam placement decisions (and the reservations they make)",
+		Subjects: []string{AuditSubject}, Storage: existingStorage(cctx, js, AuditStream, storage), Replicas: replicas,
+		MaxMsgs: 100_000, Discard: jetstream.DiscardOld,
+	}); err != nil {
+		return fmt.Errorf("create stream %s: %w", AuditStream, err)
+	}
+	s.kv = kv
+	return nil
+}
+
+func existingStorage(ctx context.Context, js jetstream.JetStream, stream string, def jetstream.StorageType) jetstream.StorageType {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return def
+	}
+	return st.CachedInfo().Config.Storage
+}
+
+// viewWriter keeps the compact view in step with the registry.
+type viewWriter struct {
+	s       *Server
+	refresh time.Duration
+
+	mu    sync.Mutex
+	marks map[string]viewMark // what the bucket holds, from the watch
+	dirty map[string]bool
+}
+
+// follow watches the bucket: the initial values restore the registry
+// (restored is closed after them), later ones keep the marks current. It
+// runs until ctx ends; the ordered consumer behind the watch survives
+// server and leader changes.
+func (w *viewWriter) follow(ctx context.Context, restored chan<- struct{}) {
+	s := w.s
+	watch, err := s.kv.WatchAll(ctx)
+	if err != nil {
+		s.log.Error("watch the compact view", "err", err)
+		close(restored)
+		return
+	}
+	defer func() { _ = watch.Stop() }()
+	n, initial := 0, true
+	for {
+		select {
+		case <-ctx.Done():
+			if initial {
+				close(restored)
+			}
+			return
+		case e := <-watch.Updates():
+			if e == nil {
+				if initial {
+					initial = false
+					s.log.Info("registry restored from the compact view", "clusters", n)
+					close(restored)
+				}
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				w.mu.Lock()
+				delete(w.marks, e.Key())
+				w.mu.Unlock()
+				continue
+			}
+			sum, err := DecodeSummary(e.Value())
+			if err != nil || sum.Hello.ClusterID != e.Key() {
+				s.limiter.log(s.log, "bad-summary", "skip unreadable summary", "key", e.Key(), "err", err)
+				continue
+			}
+			if initial {
+				s.reg.restore(sum.Hello, sum.LastSeen)
+				n++
+			}
+			w.mu.Lock()
+			w.marks[e.Key()] = markOf(sum, e.Revision())
+			w.mu.Unlock()
+		}
+	}
+}
+
+// check marks c dirty when the bucket's summary differs materially.
+func (w *viewWriter) check(c *Cluster, st State, now time.Time) {
+	id := c.Hello.ClusterID
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m, ok := w.marks[id]
+	if !ok || m.stale(st, c.load, c.ident, now, w.refresh) {
+		w.dirty[id] = true
+	}
+}
+
+// flush writes the dirty clusters that still differ, pipelined; each
+// write expects the revision the replica last saw, so when several
+// replicas see the same change only the first write lands.
+func (w *viewWriter) flush(ctx context.Context) {
+	s := w.s
+	w.mu.Lock()
+	ids := w.dirty
+	w.dirty = map[string]bool{}
+	w.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	now := time.Now()
+	type pending struct {
+		id  string
+		sum Summary
+		ack jetstream.PubAckFuture
+	}
+	var acks []pending
+	for id := range ids {
+		c, st, ok := s.reg.Get(now, id)
+		if !ok {
+			continue
+		}
+		w.mu.Lock()
+		m, known := w.marks[id]
+		w.mu.Unlock()
+		if known && !m.stale(st, c.load, c.ident, now, w.refresh) {
+			continue // another replica wrote it meanwhile
+		}
+		sum := summaryOf(c, st, now, w.refresh, s.name)
+		msg := nats.NewMsg("$KV." + KVBucket + "." + id)
+		msg.Data = encodeSummary(sum)
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(m.rev, 10))
+		ack, err := s.js.PublishMsgAsync(msg)
+		if err != nil {
+			s.limiter.log(s.log, "view-write", "write the compact view", "cluster", id, "err", err)
+			continue
+		}
+		acks = append(acks, pending{id, sum, ack})
+	}
+	for _, p := range acks {
+		select {
+		case pa := <-p.ack.Ok():
+			s.metrics.viewWrites.WithLabelValues("written").Inc()
+			w.mu.Lock()
+			if m, ok := w.marks[p.id]; !ok || m.rev < pa.Sequence {
+				w.marks[p.id] = markOf(p.sum, pa.Sequence)
+			}
+			w.mu.Unlock()
+		case err := <-p.ack.Err():
+			var apiErr *jetstream.APIError
+			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+				apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+				s.metrics.viewWrites.WithLabelValues("lost_race").Inc()
+				continue
+			}
+			s.metrics.viewWrites.WithLabelValues("error").Inc()
+			s.limiter.log(s.log, "view-write", "write the compact view", "cluster", p.id, "err", err)
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Second):
+			s.metrics.viewWrites.WithLabelValues("error").Inc()
+		}
+	}
+}
+
+func (w *viewWriter) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(max(every, 20*time.Millisecond))
+	defer t.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-t.C:
+			w.flush(ctx)
+		case <-ctx.Done():
+		}
+	}
+}
+
+// auditRecord is one placement decision in the audit stream. A placed one
+// carries the reservation it made, which every replica applies.
+type auditRecord struct {
+	At           time.Time `json:"at"`
+	RequestID    string    `json:"request_id"`
+	Requester    string    `json:"requester"`
+	Home         string    `json:"home"`
+	Service      string    `json:"service"`
+	Reason       Reason    `json:"reason"`
+	Destination  string    `json:"destination,omitempty"`
+	NoPlacement  string    `json:"no_placement,omitempty"`
+	Filtered     int       `json:"filtered,omitempty"`
+	DecidedBy    string    `json:"decided_by"`
+	Resources    Resources `json:"resources,omitzero"`
+	ReserveUntil time.Time `json:"reserve_until,omitzero"`
+}
+
+func (s *Server) audit(req PlacementRequest, rep PlacementReply, reserveUntil time.Time) {
+	if s.js == nil {
+		return
+	}
+	rec := auditRecord{At: time.Now().UTC(), RequestID: req.RequestID, Requester: req.Requester, Home: req.Home,
+		Service: req.Service.Name, Reason: req.Reason, NoPlacement: rep.NoPlacement, Filtered: rep.FilteredTotal, DecidedBy: rep.DecidedBy}
+	if rep.Destination != nil {
+		rec.Destination, rec.Resources, rec.ReserveUntil = rep.Destination.ClusterID, req.Service.Resources, reserveUntil.UTC()
+	}
+	b, _ := json.Marshal(rec)
+	if _, err := s.js.PublishAsync(AuditSubject, b); err != nil {
+		s.limiter.log(s.log, "audit", "append to audit stream", "err", err)
+	}
+}
+
+// followAudit applies every replica's reservations from the audit stream,
+// starting one reservation lifetime back (so a new replica knows what is
+// still reserved). A replica's own records come back too; reserving an id
+// again at the same destination changes nothing.
+func (s *Server) followAudit(ctx context.Context) {
+	start := time.Now().Add(-s.cfg.ReservationTTL)
+	cons, err := s.js.OrderedConsumer(ctx, AuditStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{AuditSubject}, DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
+	})
+	if err != nil {
+		s.log.Error("follow the audit stream: reservations are not shared", "err", err)
+		return
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		var rec auditRecord
+		if err := json.Unmarshal(m.Data(), &rec); err != nil || rec.Destination == "" || rec.RequestID == "" {
+			return
+		}
+		if time.Now().Before(rec.ReserveUntil) {
+			s.reg.Reserve(rec.RequestID, rec.Destination, rec.Resources, rec.ReserveUntil)
+		}
+	})
+	if err != nil {
+		s.log.Error("follow the audit stream: reservations are not shared", "err", err)
+		return
+	}
+	<-ctx.Done()
+	cc.Stop()
+}
