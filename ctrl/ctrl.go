@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -75,6 +75,27 @@ const (
 	KindForeign Kind = "foreign" // runs here, owned by Home
 )
 
+// Epoch fences the copies of one service: the migration that made a copy
+// and a counter its home raises with every move. A cluster acts on a copy
+// (removes it, reroutes to it) only when it is told the copy's own epoch,
+// so a late or replayed message cannot touch a newer copy. The backend
+// records it on the instance.
+type Epoch struct {
+	MigrationID string `json:"migration_id,omitempty"`
+	N           uint64 `json:"n,omitempty"`
+}
+
+// EpochOf is the epoch a backend instance carries.
+func EpochOf(i backend.Instance) Epoch { return Epoch{MigrationID: i.MigrationID, N: i.Epoch} }
+
+// IsZero reports whether e names no migration (a copy from before epochs).
+func (e Epoch) IsZero() bool { return e == Epoch{} }
+
+// Next is the epoch of a copy the migration id makes after e.
+func (e Epoch) Next(id string) Epoch { return Epoch{MigrationID: id, N: e.N + 1} }
+
+func (e Epoch) String() string { return fmt.Sprintf("%d/%s", e.N, e.MigrationID) }
+
 // Record is what a controller keeps about one service.
 type Record struct {
 	Service Descriptor `json:"service"`
@@ -86,45 +107,111 @@ type Record struct {
 	Cluster    string `json:"cluster"`
 	ClusterURL string `json:"cluster_url,omitempty"`
 	// Frontends are what users hit at the home cluster (local and abroad).
-	Frontends []dataplane.Frontend `json:"frontends,omitempty"`
+	Frontends []lb.Frontend `json:"frontends,omitempty"`
 	// Endpoints are where the running copy is reached (one per port).
-	Endpoints   []netip.AddrPort `json:"endpoints,omitempty"`
-	MigrationID string           `json:"migration_id,omitempty"`
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	// Epoch is the copy's fence: the migration that made it and the
+	// home's counter (see Epoch).
+	Epoch Epoch `json:"epoch,omitzero"`
+	// HomeIncarnation is, on a foreign record, the incarnation of the
+	// home's store that asked for the copy: only that home may have it
+	// removed by saying it runs elsewhere.
+	HomeIncarnation string `json:"home_incarnation,omitempty"`
 	// LastMigration is the latest migration of this service seen here.
 	LastMigration *Migration `json:"last_migration,omitempty"`
 	Updated       time.Time  `json:"updated"`
 }
 
-// Migration roles: who drives which part.
+// Role says who drives which part of a migration.
+type Role string
+
+// Migration roles.
 const (
-	RoleHome     = "home"     // the home cluster moves its own service
-	RoleMover    = "mover"    // an abroad cluster moves a foreign service on
-	RoleReroute  = "moved-on" // the home cluster reroutes after a "moved on" notice
-	RoleFailsafe = "failsafe" // the home cluster takes a service back from a lost cluster
+	RoleHome     Role = "home"     // the home cluster moves its own service
+	RoleMover    Role = "mover"    // an abroad cluster moves a foreign service on
+	RoleReroute  Role = "moved-on" // the home cluster reroutes after a "moved on" notice
+	RoleFailsafe Role = "failsafe" // the home cluster takes a service back from a lost cluster
 )
+
+// State is where a migration is in its life.
+type State string
 
 // Migration states.
 const (
-	StateRunning = "running"
-	StateDone    = "done"
-	StateFailed  = "failed" // aborted before the commit; nothing changed
+	StateRunning State = "running" // journalled, not settled yet
+	StateDone    State = "done"
+	StateFailed  State = "failed" // aborted before the commit; nothing changed
 )
 
-// Stage names (journal steps and histogram labels).
+// Stage is one step of a migration, in the order they run. The journal
+// records the stage about to run, so a restarted controller knows how far
+// a migration got; BeforeCommit is the one place that says whether that is
+// before the point of no return.
+type Stage uint8
+
+// The stages, in order (the paper's five: trigger, placement request,
+// replication, reroute, then verify+commit+drain+cleanup).
 const (
-	StageTrigger     = "trigger"
-	StagePlacement   = "placement"
-	StageReplication = "replication"
-	StageReroute     = "reroute"
-	StageVerify      = "verify"
-	StageCommit      = "commit"
-	StageDrain       = "drain"
-	StageCleanup     = "cleanup"
+	StageNone Stage = iota
+	StageTrigger
+	StagePlacement
+	StageReplication
+	StageReroute
+	StageVerify
+	StageCommit
+	StageDrain
+	StageCleanup
 )
+
+var stageNames = [...]string{"", "trigger", "placement", "replication", "reroute", "verify", "commit", "drain", "cleanup"}
+
+// Stages lists every stage in order (StageNone aside).
+func Stages() []Stage {
+	out := make([]Stage, 0, len(stageNames)-1)
+	for s := StageTrigger; s <= StageCleanup; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (s Stage) String() string {
+	if int(s) < len(stageNames) {
+		return stageNames[s]
+	}
+	return fmt.Sprintf("stage(%d)", uint8(s))
+}
+
+// BeforeCommit reports whether a migration journalled at s has not reached
+// its commit: undoing it leaves the service where it was. From the commit
+// on, a migration only rolls forward.
+func (s Stage) BeforeCommit() bool { return s < StageCommit }
+
+// After reports whether a migration journalled at s has started stage t or
+// gone beyond it.
+func (s Stage) After(t Stage) bool { return s >= t }
+
+// MarshalText writes the stage's name.
+func (s Stage) MarshalText() ([]byte, error) {
+	if int(s) >= len(stageNames) {
+		return nil, fmt.Errorf("encode stage %d: unknown", uint8(s))
+	}
+	return []byte(stageNames[s]), nil
+}
+
+// UnmarshalText reads a stage's name.
+func (s *Stage) UnmarshalText(b []byte) error {
+	for i, n := range stageNames {
+		if n == string(b) {
+			*s = Stage(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("decode stage %q: unknown (want one of %v)", b, stageNames[1:])
+}
 
 // StageTime is one stage's duration.
 type StageTime struct {
-	Stage string  `json:"stage"`
+	Stage Stage   `json:"stage"`
 	Ms    float64 `json:"ms"`
 }
 
@@ -132,7 +219,7 @@ type StageTime struct {
 type Migration struct {
 	ID      string `json:"id"`
 	Service string `json:"service"`
-	Role    string `json:"role"`
+	Role    Role   `json:"role"`
 	Reason  string `json:"reason"`
 	Home    string `json:"home"`
 	HomeURL string `json:"home_url,omitempty"`
@@ -144,25 +231,49 @@ type Migration struct {
 	// (empty for a copy at home, which the data plane reaches as local).
 	FromEndpoints []netip.AddrPort `json:"from_endpoints,omitempty"`
 	ToEndpoints   []netip.AddrPort `json:"to_endpoints,omitempty"`
+	// FromEpoch is the old copy's epoch (cleanup removes only that copy);
+	// Epoch the new copy's.
+	FromEpoch Epoch `json:"from_epoch,omitzero"`
+	Epoch     Epoch `json:"epoch,omitzero"`
 	// LocalDecision is true when the placement came from cached hellos.
 	LocalDecision bool        `json:"local_decision,omitempty"`
-	Stage         string      `json:"stage"`
-	State         string      `json:"state"`
+	Stage         Stage       `json:"stage"`
+	State         State       `json:"state"`
 	Error         string      `json:"error,omitempty"`
 	Stages        []StageTime `json:"stages"`
-	DrainedFlows  int         `json:"drain_flows_left,omitempty"`
-	Started       time.Time   `json:"started"`
-	Finished      time.Time   `json:"finished,omitzero"`
+	// Times are the paper's Table I measures of this migration.
+	Times        Times     `json:"times"`
+	DrainedFlows int       `json:"drain_flows_left,omitempty"`
+	Started      time.Time `json:"started"`
+	Finished     time.Time `json:"finished,omitzero"`
+}
+
+// Times are a migration's timings on the paper's definitions (its Table
+// I), in milliseconds, measured the same way whatever the role: a mover
+// reports the home's staging and commit, which run there. 0: not measured
+// (a step that did not run).
+type Times struct {
+	PR          float64 `json:"pr_ms"`          // the placement round trip
+	Replication float64 `json:"replication_ms"` // the call to the destination until it accepted (Wait less its Deploy)
+	Wait        float64 `json:"wait_ms"`        // from the replication call until the new copy was ready
+	Deploy      float64 `json:"deploy_ms"`      // bringing the new copy up, at the destination
+	Reroute     float64 `json:"reroute_ms"`     // staging the load balancer's new target
+	Verify      float64 `json:"verify_ms"`      // checking the new copy, between staging and commit
+	Commit      float64 `json:"commit_ms"`      // the commit itself (and the record of it)
+	Drain       float64 `json:"drain_ms"`       // from the commit's end until the old copy had no live flow (or the drain timeout)
+	Cleanup     float64 `json:"cleanup_ms"`     // the drain plus removing the old copy
 }
 
 // Orphan is a copy this cluster must still remove at another cluster (the
 // fail-safe took the service home while that cluster was unreachable).
 type Orphan struct {
-	Service     string `json:"service"`
-	Home        string `json:"home"`
-	Cluster     string `json:"cluster"`
-	ClusterURL  string `json:"cluster_url"`
-	MigrationID string `json:"migration_id,omitempty"`
+	Service    string `json:"service"`
+	Home       string `json:"home"`
+	Cluster    string `json:"cluster"`
+	ClusterURL string `json:"cluster_url"`
+	// Epoch is the orphan copy's: a copy there with another epoch is not
+	// the orphan and stays.
+	Epoch Epoch `json:"epoch,omitzero"`
 }
 
 // Placer answers placement requests (meta.Client).
@@ -178,11 +289,14 @@ type Directory interface {
 
 // Agents drives every node's agent two-phase (agentapi.Group).
 type Agents interface {
-	Stage(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (agentapi.Generations, error)
-	Commit(ctx context.Context, f dataplane.Frontend, gens agentapi.Generations) error
-	Abort(ctx context.Context, f dataplane.Frontend) error
-	Remove(ctx context.Context, f dataplane.Frontend) error
-	Flows(ctx context.Context, f dataplane.Frontend, t dataplane.Target) (int, error)
+	Stage(ctx context.Context, f lb.Frontend, t lb.Target) (agentapi.Generations, error)
+	Commit(ctx context.Context, f lb.Frontend, gens agentapi.Generations) error
+	Abort(ctx context.Context, f lb.Frontend, gens agentapi.Generations) error // gens nil: whatever is staged
+	Remove(ctx context.Context, f lb.Frontend) error
+	Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, error)
+	// List returns every node's services, in node order (the observed
+	// state the resync compares with the records).
+	List(ctx context.Context) ([][]lb.Service, error)
 }
 
 // Peer messages (controller to controller, under /v1/peer).
@@ -191,10 +305,12 @@ type Agents interface {
 // /v1/peer/foreign. When Home is the receiving cluster itself, the copy is
 // deployed there as its own (a service coming back home).
 type ForeignRequest struct {
-	Home        string     `json:"home"`
-	HomeURL     string     `json:"home_url"`
-	MigrationID string     `json:"migration_id"`
-	Service     Descriptor `json:"service"`
+	Home    string `json:"home"`
+	HomeURL string `json:"home_url"`
+	// HomeIncarnation is the home's store incarnation (see Health).
+	HomeIncarnation string     `json:"home_incarnation,omitempty"`
+	Epoch           Epoch      `json:"epoch"`
+	Service         Descriptor `json:"service"`
 }
 
 // ForeignReply says where the copy is reached.
@@ -203,27 +319,57 @@ type ForeignReply struct {
 	Endpoints []netip.AddrPort `json:"endpoints"`
 	// Home is true when the copy runs at the service's home (target local).
 	Home bool `json:"home,omitempty"`
+	// DeployMs is how long the destination took to bring the copy up (a
+	// part of the call; the rest is the replication proper).
+	DeployMs float64 `json:"deploy_ms,omitempty"`
 }
 
 // MovedOn tells the home cluster its service now runs at To: POST
 // /v1/peer/moved-on. The home reroutes its load balancer before answering.
 type MovedOn struct {
-	Service     string           `json:"service"`
-	MigrationID string           `json:"migration_id"`
-	From        string           `json:"from"`
-	To          string           `json:"to"`
-	ToURL       string           `json:"to_url"`
-	Endpoints   []netip.AddrPort `json:"endpoints"`
+	Service string `json:"service"`
+	// Epoch is the new copy's; FromEpoch the mover's own copy's, which the
+	// home must still be pointing at.
+	Epoch     Epoch            `json:"epoch"`
+	FromEpoch Epoch            `json:"from_epoch"`
+	From      string           `json:"from"`
+	To        string           `json:"to"`
+	ToURL     string           `json:"to_url"`
+	Endpoints []netip.AddrPort `json:"endpoints"`
 }
 
 // Where is the home cluster's word on where its service runs: GET
 // /v1/peer/where/{name}.
 type Where struct {
-	Home    string `json:"home"`
-	Kind    Kind   `json:"kind,omitempty"`
-	Cluster string `json:"cluster,omitempty"`
-	Known   bool   `json:"known"`
+	// Home and Incarnation say which cluster answered, and which
+	// incarnation of its store: a reinstalled home (a new incarnation)
+	// has forgotten what it asked for, so its word removes nothing.
+	Home        string `json:"home"`
+	Incarnation string `json:"incarnation,omitempty"`
+	Kind        Kind   `json:"kind,omitempty"`
+	Cluster     string `json:"cluster,omitempty"`
+	// Epoch is the copy the home's load balancer points at.
+	Epoch Epoch `json:"epoch,omitzero"`
+	Known bool  `json:"known"`
 }
+
+// Health is a controller's answer to a probe: GET /v1/peer/health.
+type Health struct {
+	Status      string `json:"status"`
+	Cluster     string `json:"cluster"`
+	Incarnation string `json:"incarnation,omitempty"`
+}
+
+// Caller is who makes a call into the engine, as the API layer verified it
+// (the peer's certificate or signed token, never a field of the body). The
+// zero Caller is a user, or this controller itself.
+type Caller struct {
+	// Cluster is the calling controller's cluster id; empty for a user.
+	Cluster string
+}
+
+// Peer reports whether the call comes from another controller.
+func (c Caller) Peer() bool { return c.Cluster != "" }
 
 // MigrateRequest is the body of POST /v1/services/{name}/migrate.
 type MigrateRequest struct {
@@ -234,10 +380,11 @@ type MigrateRequest struct {
 // Peers are the calls one controller makes to another.
 type Peers interface {
 	DeployForeign(ctx context.Context, url string, req ForeignRequest) (ForeignReply, error)
-	RemoveForeign(ctx context.Context, url, name, home, migrationID string) error
+	// RemoveForeign removes the copy of name at url if its epoch is epoch.
+	RemoveForeign(ctx context.Context, url, name, home string, epoch Epoch) error
 	MovedOn(ctx context.Context, url string, n MovedOn) (Migration, error)
 	Where(ctx context.Context, url, name string) (Where, error)
-	Health(ctx context.Context, url string) error
+	Health(ctx context.Context, url string) (Health, error)
 	// Migrate forwards a user's migrate call to the cluster running the
 	// service.
 	Migrate(ctx context.Context, url, name string, req MigrateRequest) (Migration, error)

@@ -151,11 +151,14 @@ func (c *PeerClient) DeployForeign(ctx context.Context, base string, req ctrl.Fo
 	return rep, err
 }
 
-// RemoveForeign asks it to drop a foreign copy.
-func (c *PeerClient) RemoveForeign(ctx context.Context, base, name, home, migrationID string) error {
+// RemoveForeign asks it to drop a foreign copy, if its epoch is epoch.
+func (c *PeerClient) RemoveForeign(ctx context.Context, base, name, home string, epoch ctrl.Epoch) error {
 	q := url.Values{"home": {home}}
-	if migrationID != "" {
-		q.Set("migration_id", migrationID)
+	if epoch.MigrationID != "" {
+		q.Set("migration_id", epoch.MigrationID)
+	}
+	if epoch.N != 0 {
+		q.Set("epoch", strconv.FormatUint(epoch.N, 10))
 	}
 	return c.do(ctx, http.MethodDelete, base, "/v1/peer/foreign/"+url.PathEscape(name)+"?"+q.Encode(), nil, nil)
 }
@@ -174,9 +177,12 @@ func (c *PeerClient) Where(ctx context.Context, base, name string) (ctrl.Where, 
 	return w, err
 }
 
-// Health probes a controller.
-func (c *PeerClient) Health(ctx context.Context, base string) error {
-	return c.do(ctx, http.MethodGet, base, "/v1/peer/health", nil, nil)
+// Health probes a controller; the answer says which cluster and which
+// incarnation of its store answered.
+func (c *PeerClient) Health(ctx context.Context, base string) (ctrl.Health, error) {
+	var h ctrl.Health
+	err := c.do(ctx, http.MethodGet, base, "/v1/peer/health", nil, &h)
+	return h, err
 }
 
 // Migrate forwards a migrate call.

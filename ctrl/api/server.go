@@ -7,12 +7,14 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +36,7 @@ const (
 	ReasonConflict     = "conflict"
 	ReasonUpstream     = "upstream"
 	ReasonUnsettled    = "unsettled"
+	ReasonRecovering   = "recovering"
 	ReasonInternal     = "internal"
 )
 
@@ -82,7 +85,7 @@ func NewServer(cfg Config) (*Server, error) {
 		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roam_ctrl_api_requests_total",
 			Help: "Controller API requests by route and status code."}, []string{"route", "code"}),
 	}
-	for _, r := range []string{ReasonBadJSON, ReasonInvalid, ReasonUnauthorized, ReasonNotFound, ReasonConflict, ReasonUpstream, ReasonUnsettled, ReasonInternal} {
+	for _, r := range []string{ReasonBadJSON, ReasonInvalid, ReasonUnauthorized, ReasonNotFound, ReasonConflict, ReasonUpstream, ReasonUnsettled, ReasonRecovering, ReasonInternal} {
 		s.errs.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
@@ -136,10 +139,12 @@ func (s *Server) handle(pattern string, a auth, h func(http.ResponseWriter, *htt
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		defer func() { s.reqs.WithLabelValues(pattern, fmt.Sprint(sw.code)).Inc() }()
-		if err := s.authorize(r, a); err != nil {
+		caller, err := s.authorize(r, a)
+		if err != nil {
 			s.fail(sw, err)
 			return
 		}
+		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, caller))
 		r.Body = http.MaxBytesReader(sw, r.Body, maxBody)
 		if err := h(sw, r); err != nil {
 			s.fail(sw, err)
@@ -147,30 +152,42 @@ func (s *Server) handle(pattern string, a auth, h func(http.ResponseWriter, *htt
 	})
 }
 
-func (s *Server) authorize(r *http.Request, a auth) error {
+// callerKey holds the verified ctrl.Caller in a request's context.
+type callerKey struct{}
+
+// callerOf is who made r, as authorize verified it.
+func callerOf(r *http.Request) ctrl.Caller {
+	c, _ := r.Context().Value(callerKey{}).(ctrl.Caller)
+	return c
+}
+
+// authorize checks r's credentials and returns who made it (the cluster a
+// peer token names; the zero Caller for a user).
+func (s *Server) authorize(r *http.Request, a auth) (ctrl.Caller, error) {
 	if a == authNone {
-		return nil
+		return ctrl.Caller{}, nil
 	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if s.cfg.PeerSecret != "" && ok && strings.HasPrefix(tok, peerTokenPrefix) {
-		if _, err := VerifyPeerToken(s.cfg.PeerSecret, tok, time.Now()); err != nil {
-			return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "peer token: %v", err)
+		cluster, err := VerifyPeerToken(s.cfg.PeerSecret, tok, time.Now())
+		if err != nil {
+			return ctrl.Caller{}, apiErr(http.StatusUnauthorized, ReasonUnauthorized, "peer token: %v", err)
 		}
-		return nil
+		return ctrl.Caller{Cluster: cluster}, nil
 	}
 	if a == authPeer {
 		if s.cfg.PeerSecret == "" {
-			return apiErr(http.StatusForbidden, ReasonUnauthorized, "peer calls are disabled (no --peer-secret)")
+			return ctrl.Caller{}, apiErr(http.StatusForbidden, ReasonUnauthorized, "peer calls are disabled (no --peer-secret)")
 		}
-		return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "peer route: a signed controller token is required")
+		return ctrl.Caller{}, apiErr(http.StatusUnauthorized, ReasonUnauthorized, "peer route: a signed controller token is required")
 	}
 	if s.cfg.Token == "" {
-		return nil
+		return ctrl.Caller{}, nil
 	}
 	if !ok || !constantEq(tok, s.cfg.Token) {
-		return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "missing or wrong bearer token")
+		return ctrl.Caller{}, apiErr(http.StatusUnauthorized, ReasonUnauthorized, "missing or wrong bearer token")
 	}
-	return nil
+	return ctrl.Caller{}, nil
 }
 
 // Error is an API error: its status, reason and message.
@@ -196,6 +213,8 @@ func classify(err error) *Error {
 		return apiErr(http.StatusBadRequest, ReasonInvalid, "%v", err)
 	case errors.Is(err, migrate.ErrNotFound):
 		return apiErr(http.StatusNotFound, ReasonNotFound, "%v", err)
+	case errors.Is(err, migrate.ErrRecovering):
+		return apiErr(http.StatusServiceUnavailable, ReasonRecovering, "%v", err)
 	case errors.Is(err, migrate.ErrUnsettled):
 		return apiErr(http.StatusServiceUnavailable, ReasonUnsettled, "%v", err)
 	case errors.Is(err, migrate.ErrConflict):
@@ -214,6 +233,9 @@ func classify(err error) *Error {
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	e := classify(err)
 	s.errs.WithLabelValues(e.Reason).Inc()
+	if e.Status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1") // being recovered or settled: ask again shortly
+	}
 	if e.Status >= 500 {
 		s.log.Warn("api error", "err", err)
 	}
@@ -333,7 +355,7 @@ func (s *Server) peerDeploy(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	rep, err := s.cfg.Engine.DeployForeign(r.Context(), req)
+	rep, err := s.cfg.Engine.DeployForeign(r.Context(), callerOf(r), req)
 	if err != nil {
 		return err
 	}
@@ -345,7 +367,15 @@ func (s *Server) peerRemove(w http.ResponseWriter, r *http.Request) error {
 	if q.Get("home") == "" {
 		return apiErr(http.StatusBadRequest, ReasonInvalid, "query parameter home is required")
 	}
-	if err := s.cfg.Engine.RemoveForeign(r.Context(), r.PathValue("name"), q.Get("home"), q.Get("migration_id")); err != nil {
+	epoch := ctrl.Epoch{MigrationID: q.Get("migration_id")}
+	if v := q.Get("epoch"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return apiErr(http.StatusBadRequest, ReasonInvalid, "query parameter epoch: %v", err)
+		}
+		epoch.N = n
+	}
+	if err := s.cfg.Engine.RemoveForeign(r.Context(), callerOf(r), r.PathValue("name"), q.Get("home"), epoch); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -357,10 +387,10 @@ func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &n); err != nil {
 		return err
 	}
-	if n.Service == "" || n.MigrationID == "" || validID(n.From) != nil || validID(n.To) != nil {
-		return apiErr(http.StatusBadRequest, ReasonInvalid, "moved-on: service, migration_id, from and to are required")
+	if n.Service == "" || n.Epoch.MigrationID == "" || validID(n.From) != nil || validID(n.To) != nil {
+		return apiErr(http.StatusBadRequest, ReasonInvalid, "moved-on: service, epoch.migration_id, from and to are required")
 	}
-	m, err := s.cfg.Engine.MovedOn(r.Context(), n)
+	m, err := s.cfg.Engine.MovedOn(r.Context(), callerOf(r), n)
 	if errors.Is(err, migrate.ErrCrash) {
 		panic(http.ErrAbortHandler) // the test hook: drop the connection as a killed process would
 	}
@@ -371,7 +401,7 @@ func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) peerWhere(w http.ResponseWriter, r *http.Request) error {
-	wh, err := s.cfg.Engine.Where(r.PathValue("name"))
+	wh, err := s.cfg.Engine.Where(r.Context(), callerOf(r), r.PathValue("name"))
 	if err != nil {
 		return err
 	}
@@ -379,5 +409,5 @@ func (s *Server) peerWhere(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) peerHealth(w http.ResponseWriter, r *http.Request) error {
-	return reply(w, http.StatusOK, map[string]string{"status": "ok", "cluster": s.cfg.Engine.ClusterID()})
+	return reply(w, http.StatusOK, s.cfg.Engine.Health())
 }

@@ -8,9 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"regexp"
 
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // ErrNotFound is returned (wrapped) by Get and Delete-then-Get when the
@@ -19,9 +20,9 @@ var ErrNotFound = errors.New("instance not found")
 
 // Port is one port a service listens on.
 type Port struct {
-	Name     string          `json:"name,omitempty"`
-	Port     uint16          `json:"port"`
-	Protocol dataplane.Proto `json:"protocol"`
+	Name     string   `json:"name,omitempty"`
+	Port     uint16   `json:"port"`
+	Protocol lb.Proto `json:"protocol"`
 }
 
 // Resources is what one copy of a service asks for.
@@ -37,16 +38,27 @@ type Spec struct {
 	// are named by the controller so they cannot clash with local ones.
 	Name string
 	// Home is the id of the home cluster; MigrationID the migration that
-	// made this copy (empty for a first deploy). Backends record both on
+	// made this copy (empty for a first deploy) and Epoch the home's
+	// counter of moves: together the copy's fence. Backends record them on
 	// the instance (labels, annotations) so a restarted controller can
-	// reconcile.
+	// reconcile, and a controller acts on a copy only with its own epoch.
 	Home        string
 	MigrationID string
+	Epoch       uint64
 	Image       string   // container image (kubernetes)
 	Command     []string // command line (local); empty with Demo
 	Demo        bool     // run roam's built-in demo HTTP service (local)
 	Ports       []Port
 	Resources   Resources
+}
+
+// SameWorkload reports whether s and o run the same thing (everything but
+// the fence: Home, MigrationID, Epoch). A copy already running the same
+// workload is reused, relabelled with the new fence.
+func (s Spec) SameWorkload(o Spec) bool {
+	s.Home, s.MigrationID, s.Epoch = "", "", 0
+	o.Home, o.MigrationID, o.Epoch = "", "", 0
+	return reflect.DeepEqual(s, o)
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -63,7 +75,7 @@ func (s Spec) Validate() error {
 		if p.Port == 0 {
 			return fmt.Errorf("spec %q: port 0", s.Name)
 		}
-		if p.Protocol != dataplane.TCP && p.Protocol != dataplane.UDP {
+		if p.Protocol != lb.TCP && p.Protocol != lb.UDP {
 			return fmt.Errorf("spec %q: port %d: protocol must be tcp or udp", s.Name, p.Port)
 		}
 	}
@@ -78,6 +90,7 @@ type Instance struct {
 	Name        string
 	Home        string
 	MigrationID string
+	Epoch       uint64
 	// Endpoints are where other clusters reach the copy, one per Spec port,
 	// in the same order.
 	Endpoints []netip.AddrPort
@@ -93,9 +106,11 @@ type Capacity struct {
 // Backend runs services. Every method is safe for concurrent use and honours
 // ctx.
 type Backend interface {
-	// Deploy starts a copy and returns once it is ready (its readiness
-	// probe passes) or ctx ends. Deploying a name that already runs with
-	// the same spec returns the running instance.
+	// Deploy starts a copy and returns once it is ready (its own process
+	// holds its ports and its readiness probe passes) or ctx ends.
+	// Deploying a name that already runs the same workload (SameWorkload)
+	// returns the running instance, relabelled with s's fence; a
+	// different workload under that name is an error.
 	Deploy(ctx context.Context, s Spec) (Instance, error)
 	// Delete stops a copy; deleting a missing one is not an error.
 	Delete(ctx context.Context, name string) error

@@ -63,8 +63,15 @@ type Config struct {
 	// PolicyInterval and PolicyCooldown tune the bandwidth policy (see
 	// migrate.Config).
 	PolicyInterval, PolicyCooldown time.Duration
-	CrashHook                      func(ctrl.Migration) error
-	Logger                         *slog.Logger
+	// Resync is how often every service is reconciled even when nothing
+	// happened (default 10s); Workers how many are reconciled at once
+	// (default 4); CollectAfter how long a copy or frontend no record owns
+	// is left before it is removed (default 3m).
+	Resync       time.Duration
+	Workers      int
+	CollectAfter time.Duration
+	CrashHook    func(ctrl.Migration) error
+	Logger       *slog.Logger
 }
 
 // Controller is one running controller.
@@ -104,8 +111,10 @@ func (d directory) ControllerURL(id string) (string, bool) {
 	return "", false
 }
 
-// New opens the store, connects to NATS (when configured), recovers the
-// journal and starts serving. Close stops it.
+// New opens the store, connects to NATS (when configured), starts serving
+// and starts the reconcilers, which recover what the journal and the
+// records say (calls about a service not recovered yet get 503 with
+// Retry-After). Close stops it.
 func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if err := meta.ValidateClusterID(cfg.ClusterID); err != nil {
 		return nil, fmt.Errorf("new controller: %w", err)
@@ -121,6 +130,12 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	if cfg.Tier == "" {
 		cfg.Tier = meta.TierEdge
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = 10 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger.With("cluster", cfg.ClusterID), reg: prometheus.NewRegistry()}
 	defer func() {
@@ -178,7 +193,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Store: c.st,
 		Backend: cfg.Backend, Directory: directory{static: cfg.Peers, mc: c.mc}, Peers: peers,
 		DrainTimeout: cfg.DrainTimeout, FailsafeAfter: cfg.FailsafeAfter, ProbeInterval: min(cfg.HelloInterval, 500*time.Millisecond),
-		PolicyInterval: cfg.PolicyInterval, PolicyCooldown: cfg.PolicyCooldown,
+		PolicyInterval: cfg.PolicyInterval, PolicyCooldown: cfg.PolicyCooldown, CollectAfter: cfg.CollectAfter,
 		CrashHook: cfg.CrashHook, Registerer: c.reg, Logger: c.log}
 	if len(cfg.Agents) > 0 {
 		g := make(agentapi.Group, len(cfg.Agents))
@@ -203,10 +218,15 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if c.Engine, err = migrate.New(ecfg); err != nil {
 		return nil, err
 	}
-	if err := c.Engine.Recover(ctx); err != nil {
-		// Unsettled migrations are retried by Run; report, keep going.
-		c.log.Error("recover journal", "err", err)
+	// What the journal and the records hold is recovered by the
+	// reconcilers while the API serves.
+	keys, err := c.Engine.MarkRecovering()
+	if err != nil {
+		return nil, err
 	}
+	ecfg = c.Engine.Config()
+	rec := newReconciler(c.Engine, c.log, cfg.Workers, cfg.Resync, ecfg.ProbeInterval, max(ecfg.CollectAfter/6, time.Second),
+		ecfg.PolicyInterval, 2*ecfg.DeployTimeout+ecfg.DrainTimeout)
 	if c.API, err = api.NewServer(api.Config{Engine: c.Engine, Token: cfg.Token, PeerSecret: cfg.PeerSecret, Peers: peers,
 		Gatherer: c.reg, Registerer: c.reg, Logger: c.log}); err != nil {
 		return nil, err
@@ -221,9 +241,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			c.log.Error("serve api", "err", err)
 		}
 	}()
-	go func() { defer c.wg.Done(); c.Engine.Run(rctx) }()
+	go func() { defer c.wg.Done(); rec.run(rctx, keys) }()
 	go func() { defer c.wg.Done(); c.helloLoop(rctx) }()
-	c.log.Info("controller up", "api", c.url, "frontend", cfg.FrontendAddr, "data", cfg.DataAddr, "agents", len(cfg.Agents), "mo", cfg.NATSURL != "")
+	c.log.Info("controller up", "api", c.url, "recovering", len(keys), "frontend", cfg.FrontendAddr, "data", cfg.DataAddr, "agents", len(cfg.Agents), "mo", cfg.NATSURL != "")
 	return c, nil
 }
 
@@ -258,6 +278,13 @@ func (c *Controller) Hello(ctx context.Context) (meta.Hello, error) {
 		// No IntervalMs: the MO judges liveness by its own interval, and
 		// our cached view (the fallback without the MO) by a lenient one.
 		Services: len(recs)}
+	// Placements taken in lately: our figures show them now, so the MO
+	// ends their reservations (the placement id is the migration's).
+	for _, r := range recs {
+		if r.Kind == ctrl.KindForeign && r.Epoch.MigrationID != "" && time.Since(r.Updated) < placedWindow && len(h.Placed) < meta.MaxPlaced {
+			h.Placed = append(h.Placed, r.Epoch.MigrationID)
+		}
+	}
 	if c.cfg.DataAddr.IsValid() {
 		h.DataAddrs = []netip.Addr{c.cfg.DataAddr}
 	}
@@ -274,6 +301,11 @@ func (c *Controller) Hello(ctx context.Context) (meta.Hello, error) {
 	}
 	return h, nil
 }
+
+// placedWindow is how long a hello lists a placement taken in: longer
+// than the MO keeps a reservation, so that a replica replaying the audit
+// stream still sees the placement shown.
+const placedWindow = 5 * time.Minute
 
 func (c *Controller) helloLoop(ctx context.Context) {
 	if c.mc == nil {
@@ -298,25 +330,32 @@ func (c *Controller) helloLoop(ctx context.Context) {
 // Close stops serving, the loops and the NATS connection and closes the
 // store. Copies the backend runs are left to the caller's backend.
 func (c *Controller) Close() error {
+	var errs []error
 	if c.cancel != nil {
 		c.cancel()
 	}
 	if c.srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		_ = c.srv.Shutdown(sctx)
+		if err := c.srv.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down api: %w", err))
+		}
 		cancel()
 	} else if c.ln != nil {
 		c.ln.Close()
 	}
 	c.wg.Wait()
 	if c.mc != nil {
-		_ = c.mc.Close()
+		if err := c.mc.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.nc != nil {
 		c.nc.Close()
 	}
 	if c.st != nil {
-		return c.st.Close()
+		if err := c.st.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -1,9 +1,14 @@
 // Package store persists a controller's records (local, abroad and foreign
 // resources), its migration journal and the orphan copies it must still
-// remove, in one bbolt file, so a restarted controller loses nothing.
+// remove, in one bbolt file, so a restarted controller loses nothing. The
+// file also holds its incarnation: a random id made when the file is
+// created, so peers can tell a controller that lost its store (a reinstall)
+// from the one they talked to.
 package store
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,10 +27,15 @@ var (
 	bRecords    = []byte("records")
 	bMigrations = []byte("migrations")
 	bOrphans    = []byte("orphans")
+	bMeta       = []byte("meta")
+	kIncarn     = []byte("incarnation")
 )
 
 // Store is a bbolt file. Safe for concurrent use.
-type Store struct{ db *bolt.DB }
+type Store struct {
+	db          *bolt.DB
+	incarnation string
+}
 
 // Open opens (creating) the store at path.
 func Open(path string) (*Store, error) {
@@ -33,20 +43,35 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w (is another controller using it?)", path, err)
 	}
+	s := &Store{db: db}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bRecords, bMigrations, bOrphans} {
+		for _, b := range [][]byte{bRecords, bMigrations, bOrphans, bMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		meta := tx.Bucket(bMeta)
+		if v := meta.Get(kIncarn); len(v) > 0 {
+			s.incarnation = string(v)
+			return nil
+		}
+		b := make([]byte, 8)
+		if _, err := rand.Read(b); err != nil {
+			return fmt.Errorf("make incarnation: %w", err)
+		}
+		s.incarnation = hex.EncodeToString(b)
+		return meta.Put(kIncarn, []byte(s.incarnation))
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return s, nil
 }
+
+// Incarnation is the store's random id, made when its file was created and
+// kept for its life.
+func (s *Store) Incarnation() string { return s.incarnation }
 
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }

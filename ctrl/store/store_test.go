@@ -9,7 +9,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 func TestReopenKeepsEverything(t *testing.T) {
@@ -18,10 +18,10 @@ func TestReopenKeepsEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := ctrl.Descriptor{Name: "web", Demo: true, Ports: []backend.Port{{Port: 80, Protocol: dataplane.TCP}}}
-	f, _ := dataplane.ParseFrontend("10.0.0.1:80/tcp")
+	d := ctrl.Descriptor{Name: "web", Demo: true, Ports: []backend.Port{{Port: 80, Protocol: lb.TCP}}}
+	f, _ := lb.ParseFrontend("10.0.0.1:80/tcp")
 	for _, r := range []ctrl.Record{
-		{Service: d, Kind: ctrl.KindAbroad, Home: "a", Cluster: "b", Frontends: []dataplane.Frontend{f},
+		{Service: d, Kind: ctrl.KindAbroad, Home: "a", Cluster: "b", Frontends: []lb.Frontend{f},
 			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("10.2.0.1:80")}},
 		{Service: ctrl.Descriptor{Name: "api", Demo: true}, Kind: ctrl.KindForeign, Home: "c", Cluster: "a"},
 	} {
@@ -80,5 +80,36 @@ func TestReopenKeepsEverything(t *testing.T) {
 	}
 	if os, _ := s.Orphans(); len(os) != 0 {
 		t.Fatal("orphan kept")
+	}
+}
+
+func TestIncarnation(t *testing.T) {
+	dir := t.TempDir()
+	a, err := Open(filepath.Join(dir, "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc := a.Incarnation()
+	if len(inc) != 16 {
+		t.Fatalf("incarnation %q", inc)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a, err = Open(filepath.Join(dir, "a.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.Incarnation() != inc {
+		t.Fatalf("reopened store has incarnation %q, want %q", a.Incarnation(), inc)
+	}
+	b, err := Open(filepath.Join(dir, "b.db")) // a reinstall: a new file
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Incarnation() == inc {
+		t.Fatal("a new store has the old incarnation")
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,7 +35,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Labels and annotations roam puts on what it creates.
@@ -44,6 +45,9 @@ const (
 	LabelService        = "roam.io/service"
 	AnnotationHome      = "roam.io/home-cluster"
 	AnnotationMigration = "roam.io/migration-id"
+	// AnnotationEpoch is the home's move counter: with the migration id,
+	// the copy's fence (backend.Spec.Epoch).
+	AnnotationEpoch = "roam.io/epoch"
 	// AnnotationSpecHash records the hash of the backend.Spec a Deployment
 	// was made from, so a repeated Deploy of the same spec changes nothing.
 	AnnotationSpecHash = "roam.io/spec-hash"
@@ -220,8 +224,8 @@ func portName(i int, p backend.Port) string {
 	return fmt.Sprintf("%s-%d", p.Protocol, p.Port)
 }
 
-func k8sProto(p dataplane.Proto) corev1.Protocol {
-	if p == dataplane.UDP {
+func k8sProto(p lb.Proto) corev1.Protocol {
+	if p == lb.UDP {
 		return corev1.ProtocolUDP
 	}
 	return corev1.ProtocolTCP
@@ -234,6 +238,13 @@ func (b *Backend) deployment(s backend.Spec) *appsv1.Deployment {
 		// roam-ctrl's built-in demo HTTP service, from roam's own image.
 		c.Image = b.cfg.DemoImage
 		c.Command = []string{"/usr/local/bin/roam-ctrl", "demo", fmt.Sprintf("--listen=:%d", s.Ports[0].Port), "--cluster=" + b.cfg.ClusterID}
+		// The demo answers UDP ports too; on SIGTERM (the pod's
+		// termination) it stops gracefully within the grace period.
+		for _, p := range s.Ports[1:] {
+			if p.Protocol == lb.UDP {
+				c.Command = append(c.Command, fmt.Sprintf("--udp=:%d", p.Port))
+			}
+		}
 	}
 	for i, p := range s.Ports {
 		c.Ports = append(c.Ports, corev1.ContainerPort{Name: truncName(portName(i, p)), ContainerPort: int32(p.Port), Protocol: k8sProto(p.Protocol)})
@@ -250,7 +261,7 @@ func (b *Backend) deployment(s backend.Spec) *appsv1.Deployment {
 	}
 	// Ready only when the first port accepts connections (TCP) — the
 	// backend's "ready" must mean the service answers.
-	if p := s.Ports[0]; p.Protocol == dataplane.TCP {
+	if p := s.Ports[0]; p.Protocol == lb.TCP {
 		c.ReadinessProbe = &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(int32(p.Port))}},
 			PeriodSeconds: 1,
@@ -264,6 +275,7 @@ func (b *Backend) deployment(s backend.Spec) *appsv1.Deployment {
 			Annotations: map[string]string{
 				AnnotationHome:      s.Home,
 				AnnotationMigration: s.MigrationID,
+				AnnotationEpoch:     strconv.FormatUint(s.Epoch, 10),
 				AnnotationSpecHash:  specHash(s),
 			},
 		},
@@ -295,6 +307,7 @@ func (b *Backend) service(s backend.Spec) *corev1.Service {
 			Annotations: map[string]string{
 				AnnotationHome:      s.Home,
 				AnnotationMigration: s.MigrationID,
+				AnnotationEpoch:     strconv.FormatUint(s.Epoch, 10),
 			},
 		},
 		Spec: corev1.ServiceSpec{
@@ -322,7 +335,7 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 	if s.Image == "" && !s.Demo {
 		return backend.Instance{}, fmt.Errorf("deploy %s: the kubernetes backend needs an image (or demo)", s.Name)
 	}
-	if s.Demo && s.Image == "" && s.Ports[0].Protocol != dataplane.TCP {
+	if s.Demo && s.Image == "" && s.Ports[0].Protocol != lb.TCP {
 		return backend.Instance{}, fmt.Errorf("deploy %s: the demo service speaks HTTP: its first port must be tcp", s.Name)
 	}
 	if err := b.ensureDeployment(ctx, s); err != nil {
@@ -396,7 +409,8 @@ func (b *Backend) ensureService(ctx context.Context, s backend.Spec) error {
 		return fmt.Errorf("deploy %s: a service of that name exists and is not managed by roam", s.Name)
 	}
 	if sameServicePorts(cur, want) && cur.Spec.Type == want.Spec.Type &&
-		cur.Annotations[AnnotationHome] == s.Home && cur.Annotations[AnnotationMigration] == s.MigrationID {
+		cur.Annotations[AnnotationHome] == s.Home && cur.Annotations[AnnotationMigration] == s.MigrationID &&
+		cur.Annotations[AnnotationEpoch] == strconv.FormatUint(s.Epoch, 10) {
 		return nil
 	}
 	upd := cur.DeepCopy()
@@ -520,6 +534,7 @@ func available(d *appsv1.Deployment) bool {
 
 func (b *Backend) instance(ctx context.Context, d *appsv1.Deployment) (backend.Instance, error) {
 	inst := backend.Instance{Name: d.Name, Home: d.Annotations[AnnotationHome], MigrationID: d.Annotations[AnnotationMigration]}
+	inst.Epoch, _ = strconv.ParseUint(d.Annotations[AnnotationEpoch], 10, 64) // absent on copies from before epochs: 0
 	if !available(d) {
 		return inst, nil
 	}

@@ -29,7 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 const ns = "roam-services"
@@ -213,7 +213,7 @@ func newBackend(t *testing.T, c *cluster, cfg Config) *Backend {
 func demoSpec(name string) backend.Spec {
 	return backend.Spec{
 		Name: name, Home: "cluster-a", MigrationID: "mig-1", Image: "registry.example/roam-demo:1",
-		Ports:     []backend.Port{{Port: 8080, Protocol: dataplane.TCP}, {Name: "dns", Port: 53, Protocol: dataplane.UDP}},
+		Ports:     []backend.Port{{Port: 8080, Protocol: lb.TCP}, {Name: "dns", Port: 53, Protocol: lb.UDP}},
 		Resources: backend.Resources{MilliCPU: 250, MemoryMB: 64},
 	}
 }
@@ -362,7 +362,7 @@ func TestDeployWaitsAndHonoursContext(t *testing.T) {
 func TestDemoService(t *testing.T) {
 	c := newCluster(t)
 	b := newBackend(t, c, Config{ClusterID: "cluster-b"})
-	s := backend.Spec{Name: "demo", Home: "cluster-a", Demo: true, Ports: []backend.Port{{Port: 8080, Protocol: dataplane.TCP}}}
+	s := backend.Spec{Name: "demo", Home: "cluster-a", Demo: true, Ports: []backend.Port{{Port: 8080, Protocol: lb.TCP}}}
 	if _, err := b.Deploy(ctxT(t), s); err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +375,7 @@ func TestDemoService(t *testing.T) {
 	if ctr.Image != DefaultDemoImage || !slices.Equal(ctr.Command, want) {
 		t.Fatalf("demo container: %s %v", ctr.Image, ctr.Command)
 	}
-	s.Name, s.Ports = "demo-udp", []backend.Port{{Port: 53, Protocol: dataplane.UDP}}
+	s.Name, s.Ports = "demo-udp", []backend.Port{{Port: 53, Protocol: lb.UDP}}
 	if _, err := b.Deploy(ctxT(t), s); err == nil {
 		t.Fatal("demo on udp accepted")
 	}
@@ -385,9 +385,9 @@ func TestBadInput(t *testing.T) {
 	c := newCluster(t)
 	b := newBackend(t, c, Config{})
 	for _, s := range []backend.Spec{
-		{Name: "Bad_Name", Image: "x", Ports: []backend.Port{{Port: 1, Protocol: dataplane.TCP}}},
+		{Name: "Bad_Name", Image: "x", Ports: []backend.Port{{Port: 1, Protocol: lb.TCP}}},
 		{Name: "noports", Image: "x"},
-		{Name: "noimage", Ports: []backend.Port{{Port: 1, Protocol: dataplane.TCP}}},
+		{Name: "noimage", Ports: []backend.Port{{Port: 1, Protocol: lb.TCP}}},
 	} {
 		if _, err := b.Deploy(ctxT(t), s); err == nil {
 			t.Errorf("deploy %+v: no error", s)

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Config says where copies listen and what the "cluster" may hold.
@@ -49,7 +50,11 @@ type Config struct {
 	StateDir string
 	// MinBackoff and MaxBackoff bound the restart delay (default 100ms, 5s).
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *slog.Logger
+	// GracePeriod is how long a copy has to exit after SIGTERM before
+	// SIGKILL (default 10s), as a pod's terminationGracePeriodSeconds;
+	// Delete's context can end it sooner.
+	GracePeriod time.Duration
+	Logger      *slog.Logger
 }
 
 // Backend runs copies as local processes.
@@ -86,6 +91,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.GracePeriod <= 0 {
+		cfg.GracePeriod = 10 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -147,7 +155,7 @@ func (b *Backend) adoptAll() {
 			continue
 		}
 		rctx, cancel := context.WithCancel(context.Background())
-		r := &run{spec: st.Spec, cancel: cancel, done: make(chan struct{}), adopt: st.PID, pid: st.PID}
+		r := &run{spec: st.Spec, cancel: cancel, done: make(chan struct{}), kill: make(chan struct{}), adopt: st.PID, pid: st.PID}
 		b.runs[st.Spec.Name] = r
 		b.log.Info("adopted running copy", "name", st.Spec.Name, "pid", st.PID)
 		go b.supervise(rctx, r)
@@ -157,8 +165,9 @@ func (b *Backend) adoptAll() {
 // run is one supervised copy.
 type run struct {
 	spec     backend.Spec
-	cancel   context.CancelFunc
+	cancel   context.CancelFunc // stop: SIGTERM, then SIGKILL after the grace period or kill
 	done     chan struct{}
+	kill     chan struct{} // closed: SIGKILL now
 	mu       sync.Mutex
 	pid      int
 	restarts int
@@ -196,6 +205,7 @@ func (b *Backend) PID(name string) int {
 func (b *Backend) command(s backend.Spec) ([]string, []string) {
 	listen := netip.AddrPortFrom(b.cfg.ListenAddr, s.Ports[0].Port).String()
 	env := []string{
+		"PATH=" + copyPath,
 		"ROAM_LISTEN=" + listen,
 		"ROAM_PORT=" + strconv.Itoa(int(s.Ports[0].Port)),
 		"ROAM_CLUSTER=" + b.cfg.ClusterID,
@@ -203,10 +213,26 @@ func (b *Backend) command(s backend.Spec) ([]string, []string) {
 		"ROAM_HOME=" + s.Home,
 	}
 	if s.Demo {
-		return []string{b.cfg.Executable, "demo", "--listen", listen, "--cluster", b.cfg.ClusterID}, env
+		// HTTP on the first TCP port, UDP on every UDP port.
+		argv := []string{b.cfg.Executable, "demo", "--cluster", b.cfg.ClusterID}
+		http := false
+		for _, p := range s.Ports {
+			a := netip.AddrPortFrom(b.cfg.ListenAddr, p.Port).String()
+			switch {
+			case p.Protocol == lb.UDP:
+				argv = append(argv, "--udp", a)
+			case !http:
+				argv, http = append(argv, "--listen", a), true
+			}
+		}
+		return argv, env
 	}
 	return s.Command, env
 }
+
+// copyPath is the PATH a copy runs with (a command given by a bare name is
+// looked up in it).
+const copyPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // Deploy starts the copy and waits until every TCP port accepts.
 func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance, error) {
@@ -233,7 +259,7 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 		return backend.Instance{}, fmt.Errorf("deploy %s: %w", s.Name, err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	r := &run{spec: s, cancel: cancel, done: make(chan struct{})}
+	r := &run{spec: s, cancel: cancel, done: make(chan struct{}), kill: make(chan struct{})}
 	b.runs[s.Name] = r
 	b.mu.Unlock()
 	go b.supervise(rctx, r)
@@ -324,11 +350,15 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 				if r.detached.Load() {
 					return
 				}
-				_ = syscall.Kill(-pid, syscall.SIGTERM)
-				for i := 0; i < 20 && alive(pid, argv); i++ {
-					time.Sleep(100 * time.Millisecond)
-				}
-				_ = syscall.Kill(-pid, syscall.SIGKILL)
+				// Not our child: poll for its exit.
+				exited := make(chan error, 1)
+				go func() {
+					for alive(pid, argv) {
+						time.Sleep(10 * time.Millisecond)
+					}
+					exited <- nil
+				}()
+				b.stopGroup(pid, exited, r.kill)
 				return
 			case <-t.C:
 			}
@@ -342,7 +372,10 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 	for {
 		argv, env := b.command(r.spec)
 		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.Env = append(os.Environ(), env...)
+		// An explicit, minimal environment: never the controller's own,
+		// which may hold its secrets (and a foreign copy runs another
+		// domain's code).
+		cmd.Env = env
 		// Own process group (Delete kills the group); killed with the
 		// controller, so a restarted controller redeploys from its records
 		// instead of finding unknown copies holding the ports (with StateDir they
@@ -366,7 +399,7 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 				if r.detached.Load() {
 					return
 				}
-				killGroup(cmd.Process.Pid, waited)
+				b.stopGroup(cmd.Process.Pid, waited, r.kill)
 				return
 			}
 			r.mu.Lock()
@@ -392,20 +425,30 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 	}
 }
 
-// killGroup sends SIGTERM to the process group, then SIGKILL after 2s.
-func killGroup(pid int, waited <-chan error) {
+// stopGroup stops a copy's process group the way Kubernetes stops a pod:
+// SIGTERM, then SIGKILL when the grace period is over or kill is closed,
+// whichever comes first; it returns once the leader has exited.
+func (b *Backend) stopGroup(pid int, exited <-chan error, kill <-chan struct{}) {
 	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	grace := time.NewTimer(b.cfg.GracePeriod)
+	defer grace.Stop()
 	select {
-	case <-waited:
-	case <-time.After(2 * time.Second):
+	case <-exited:
+	case <-grace.C:
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		<-waited
+		<-exited
+	case <-kill:
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-exited
 	}
 	// Children that outlived the leader.
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 }
 
-// Delete stops the copy and its process group.
+// Delete stops the copy gracefully: SIGTERM to its process group, then
+// SIGKILL once the grace period is over or ctx ends, whichever comes
+// first (a migration passes a context that ends when the old copy's flows
+// are drained or at the drain timeout). It returns when the copy is gone.
 func (b *Backend) Delete(ctx context.Context, name string) error {
 	b.mu.Lock()
 	r, ok := b.runs[name]
@@ -418,7 +461,8 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		return fmt.Errorf("delete %s: %w", name, ctx.Err())
+		close(r.kill)
+		<-r.done
 	}
 	b.dropState(name)
 	b.log.Info("deleted", "name", name)
@@ -470,7 +514,7 @@ func (b *Backend) Capacity(ctx context.Context) (backend.Capacity, error) {
 	return c, nil
 }
 
-// Close stops every copy.
+// Close stops every copy (all at once, each with its grace period).
 func (b *Backend) Close() error {
 	b.mu.Lock()
 	names := make([]string, 0, len(b.runs))
@@ -478,9 +522,11 @@ func (b *Backend) Close() error {
 		names = append(names, n)
 	}
 	b.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, n := range names {
-		_ = b.Delete(context.Background(), n)
+		wg.Go(func() { _ = b.Delete(context.Background(), n) })
 	}
+	wg.Wait()
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,7 +17,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/demo"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // TestMain lets the test binary double as the demo service the backend runs.
@@ -28,6 +29,20 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Exit(0)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "stubborn" {
+		// A service that ignores SIGTERM.
+		signal.Ignore(syscall.SIGTERM)
+		ln, err := net.Listen("tcp", os.Getenv("ROAM_LISTEN"))
+		if err != nil {
+			os.Exit(1)
+		}
+		for {
+			c, err := ln.Accept()
+			if err == nil {
+				c.Close()
+			}
+		}
 	}
 	os.Exit(m.Run())
 }
@@ -70,7 +85,7 @@ func TestDeployDemoRestartDelete(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	spec := backend.Spec{Name: "web", Home: "c0", Demo: true,
-		Ports: []backend.Port{{Port: freePort(t), Protocol: dataplane.TCP}}, Resources: backend.Resources{MilliCPU: 100, MemoryMB: 64}}
+		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}, Resources: backend.Resources{MilliCPU: 100, MemoryMB: 64}}
 	inst, err := b.Deploy(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -132,10 +147,10 @@ func TestDeployRefusals(t *testing.T) {
 	b := newBackend(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := b.Deploy(ctx, backend.Spec{Name: "Bad Name", Demo: true, Ports: []backend.Port{{Port: 1, Protocol: dataplane.TCP}}}); err == nil {
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "Bad Name", Demo: true, Ports: []backend.Port{{Port: 1, Protocol: lb.TCP}}}); err == nil {
 		t.Fatal("bad name accepted")
 	}
-	if _, err := b.Deploy(ctx, backend.Spec{Name: "big", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: dataplane.TCP}},
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "big", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}},
 		Resources: backend.Resources{MilliCPU: 5000}}); err == nil || !strings.Contains(err.Error(), "cpu") {
 		t.Fatalf("over capacity: %v", err)
 	}
@@ -143,7 +158,7 @@ func TestDeployRefusals(t *testing.T) {
 	sctx, scancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer scancel()
 	if _, err := b.Deploy(sctx, backend.Spec{Name: "sleeper", Command: []string{"sleep", "60"},
-		Ports: []backend.Port{{Port: freePort(t), Protocol: dataplane.TCP}}}); err == nil {
+		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err == nil {
 		t.Fatal("never-ready copy reported ready")
 	}
 	if l, _ := b.List(ctx); len(l) != 0 {
@@ -174,7 +189,7 @@ func TestAdoptAfterCrash(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: dataplane.TCP}}}
+	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
 	if _, err := b1.Deploy(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -225,5 +240,120 @@ func TestAdoptAfterCrash(t *testing.T) {
 	}
 	if files, _ := os.ReadDir(dir); len(files) != 0 {
 		t.Fatalf("state left: %v", files)
+	}
+}
+
+// TestCopyEnvironmentIsMinimal: a copy gets an explicit environment, never
+// the controller's (which may hold its secrets).
+func TestCopyEnvironmentIsMinimal(t *testing.T) {
+	const secret = "s3cret-must-not-leak"
+	t.Setenv("ROAM_PEER_SECRET", secret)
+	t.Setenv("ROAM_TOKEN", secret)
+	t.Setenv("SOME_OTHER", secret)
+	b := newBackend(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
+	if _, err := b.Deploy(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	pid := b.PID("web")
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, kv := range strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00") {
+		if strings.Contains(kv, secret) {
+			t.Errorf("copy's environment holds the controller's secret: %q", kv)
+		}
+		k, _, _ := strings.Cut(kv, "=")
+		names = append(names, k)
+	}
+	want := []string{"PATH", "ROAM_LISTEN", "ROAM_PORT", "ROAM_CLUSTER", "ROAM_SERVICE", "ROAM_HOME"}
+	if strings.Join(names, ",") != strings.Join(want, ",") {
+		t.Errorf("copy's environment names %v, want %v", names, want)
+	}
+}
+
+// TestDeleteIsGraceful: a copy that ignores SIGTERM is killed when the
+// grace period is over, or sooner when Delete's context ends; the demo
+// service exits by itself at once.
+func TestDeleteIsGraceful(t *testing.T) {
+	b, err := New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
+		MinBackoff: 20 * time.Millisecond, GracePeriod: 700 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stubborn := func(name string) int {
+		t.Helper()
+		if _, err := b.Deploy(ctx, backend.Spec{Name: name, Command: []string{os.Args[0], "stubborn"},
+			Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err != nil {
+			t.Fatal(err)
+		}
+		return b.PID(name)
+	}
+	deleted := func(name string, dctx context.Context, pid int) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		if err := b.Delete(dctx, name); err != nil {
+			t.Fatalf("delete %s: %v", name, err)
+		}
+		d := time.Since(t0)
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Fatalf("%s (pid %d) alive after delete", name, pid)
+		}
+		if b.PID(name) != 0 || b.Restarts(name) != 0 {
+			t.Fatalf("%s restarted after delete", name)
+		}
+		return d
+	}
+
+	pid := stubborn("slow")
+	if d := deleted("slow", ctx, pid); d < 600*time.Millisecond || d > 5*time.Second {
+		t.Errorf("stubborn copy deleted in %v, want the 700ms grace period", d)
+	}
+	pid = stubborn("cut")
+	dctx, dcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer dcancel()
+	if d := deleted("cut", dctx, pid); d > 600*time.Millisecond {
+		t.Errorf("stubborn copy deleted in %v, want Delete's 100ms context", d)
+	}
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "web", Demo: true,
+		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := deleted("web", ctx, b.PID("web")); d > 600*time.Millisecond {
+		t.Errorf("demo copy deleted in %v: it should exit at SIGTERM once idle", d)
+	}
+}
+
+// TestDemoAnswersUDP: the demo copy answers on its UDP ports too.
+func TestDemoAnswersUDP(t *testing.T) {
+	b := newBackend(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	port := freePort(t)
+	inst, err := b.Deploy(ctx, backend.Spec{Name: "dns", Demo: true,
+		Ports: []backend.Port{{Port: port, Protocol: lb.TCP}, {Port: port, Protocol: lb.UDP}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("udp", inst.Endpoints[1].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("q1")); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	n, err := conn.Read(buf)
+	if err != nil || !strings.HasPrefix(string(buf[:n]), "cluster c1 ") || !strings.HasSuffix(string(buf[:n]), "q1") {
+		t.Fatalf("udp answer %q, %v", buf[:n], err)
 	}
 }

@@ -1,0 +1,171 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/api"
+	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// memBackend runs copies as map entries.
+type memBackend struct {
+	mu     sync.Mutex
+	copies map[string]backend.Spec
+}
+
+func (b *memBackend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.copies[s.Name] = s
+	return b.inst(s), nil
+}
+
+func (b *memBackend) inst(s backend.Spec) backend.Instance {
+	return backend.Instance{Name: s.Name, Home: s.Home, MigrationID: s.MigrationID, Epoch: s.Epoch, Ready: true,
+		Endpoints: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.Ports[0].Port)}}
+}
+
+func (b *memBackend) Delete(ctx context.Context, name string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.copies, name)
+	return nil
+}
+
+func (b *memBackend) Get(ctx context.Context, name string) (backend.Instance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s, ok := b.copies[name]
+	if !ok {
+		return backend.Instance{}, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
+	}
+	return b.inst(s), nil
+}
+
+func (b *memBackend) List(ctx context.Context) ([]backend.Instance, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []backend.Instance
+	for _, s := range b.copies {
+		out = append(out, b.inst(s))
+	}
+	return out, nil
+}
+
+func (b *memBackend) Capacity(ctx context.Context) (backend.Capacity, error) {
+	return backend.Capacity{}, nil
+}
+
+// blackHole accepts connections and never answers (a peer whose host is
+// up but whose controller hangs, or a lossy path).
+func blackHole(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return "http://" + l.Addr().String()
+}
+
+// TestServesWhileRecovering: the journal holds a mover's migration whose
+// outcome only its home can tell, and the home black-holes every call. The
+// controller serves at once (it used to recover before serving, waiting
+// minutes on the home); the service being settled answers 503 with
+// Retry-After; another service answers normally.
+func TestServesWhileRecovering(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "b.db")
+	st, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := blackHole(t)
+	d := ctrl.Descriptor{Name: "web", Demo: true, Ports: []backend.Port{{Port: 18080, Protocol: lb.TCP}}}
+	epoch := ctrl.Epoch{MigrationID: "m-1", N: 1}
+	for _, r := range []ctrl.Record{
+		{Service: d, Kind: ctrl.KindForeign, Home: "a", HomeURL: home, Cluster: "b", Epoch: epoch},
+		{Service: ctrl.Descriptor{Name: "api", Demo: true, Ports: []backend.Port{{Port: 18081, Protocol: lb.TCP}}}, Kind: ctrl.KindLocal, Home: "b", Cluster: "b"},
+	} {
+		if err := st.PutRecord(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := ctrl.Migration{ID: "m-2", Service: "web", Role: ctrl.RoleMover, Home: "a", HomeURL: home, From: "b", To: "c",
+		ToURL: blackHole(t), Stage: ctrl.StageReroute, State: ctrl.StateRunning, FromEpoch: epoch, Epoch: epoch.Next("m-2"), Started: time.Now()}
+	if err := st.PutMigration(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, err := New(ctx, Config{ClusterID: "b", APIAddr: "127.0.0.1:0", StorePath: path, Backend: &memBackend{copies: map[string]backend.Spec{}},
+		PeerSecret: "s", Peers: map[string]string{"a": home}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("the controller took %s to start", took)
+	}
+	get := func(path string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+path, nil)
+		req.Header.Set("Authorization", "Bearer "+api.PeerToken("s", "a", time.Now().Add(time.Minute)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get("/healthz"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz: %s", resp.Status)
+	}
+	resp := get("/v1/peer/where/web")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("where web while it is settled: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for get("/v1/peer/where/api").StatusCode != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("the other service is still not recovered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

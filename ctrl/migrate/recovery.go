@@ -1,0 +1,139 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/store"
+)
+
+// remember records a copy at another cluster that must go once that
+// cluster answers.
+func (e *Engine) remember(o ctrl.Orphan) error {
+	if err := e.st.PutOrphan(o); err != nil {
+		return fmt.Errorf("remember orphan %s at %s: %w", o.Service, o.Cluster, err)
+	}
+	return nil
+}
+
+// removeNewCopy removes the copy m started at its destination, or
+// remembers it as an orphan.
+func (e *Engine) removeNewCopy(ctx context.Context, m ctrl.Migration) error {
+	if err := e.cfg.Peers.RemoveForeign(ctx, m.ToURL, m.Service, m.Home, m.Epoch); err != nil {
+		return e.remember(ctrl.Orphan{Service: m.Service, Home: m.Home, Cluster: m.To, ClusterURL: m.ToURL, Epoch: m.Epoch})
+	}
+	return nil
+}
+
+// recoverOne settles a migration the journal held as running when m was
+// read (it takes the service's lock).
+func (e *Engine) recoverOne(ctx context.Context, m ctrl.Migration) error {
+	defer e.lock(m.Service)()
+	return e.recoverLocked(ctx, m.ID)
+}
+
+// recoverLocked settles migration id, read afresh under its service's lock
+// (which the caller holds): a copy of the entry read before the lock may be
+// stale (the migration committed and finished meanwhile), and acting on it
+// would undo a finished move.
+func (e *Engine) recoverLocked(ctx context.Context, id string) error {
+	m, err := e.st.Migration(id)
+	if err != nil {
+		return fmt.Errorf("re-read migration %s: %w", id, err)
+	}
+	if m.State != ctrl.StateRunning {
+		return nil // settled meanwhile
+	}
+	e.log.Info("recover migration", "id", m.ID, "service", m.Service, "role", m.Role, "stage", m.Stage)
+	r, rerr := e.st.Record(m.Service)
+	if rerr != nil && !errors.Is(rerr, store.ErrNotFound) {
+		return rerr
+	}
+	fail := func(why string, undo error) error {
+		_, err := e.finish(&m, errors.New("rolled back after restart at stage "+m.Stage.String()+why))
+		if errors.Is(err, ErrCrash) {
+			return err
+		}
+		return undo // the failure itself is recorded; only the undo's error is news
+	}
+	switch m.Role {
+	case ctrl.RoleHome:
+		if m.Stage.BeforeCommit() {
+			if rerr == nil {
+				e.abort(ctx, r.Frontends, nil)
+			}
+			var undo error
+			if m.Stage.After(ctrl.StageReplication) && m.ToURL != "" {
+				undo = e.removeNewCopy(ctx, m)
+			}
+			return fail("", undo)
+		}
+		if rerr != nil {
+			return fail(": record gone", nil)
+		}
+		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
+			return fmt.Errorf("re-commit: %w", err)
+		}
+		if r.Kind == ctrl.KindLocal {
+			if err := e.recordMoved(ctx, &m, r); err != nil {
+				return err
+			}
+		}
+		if err := e.cfg.Backend.Delete(ctx, m.Service); err != nil {
+			return err
+		}
+		_, err := e.finish(&m, nil)
+		return err
+	case ctrl.RoleReroute:
+		if m.Stage.BeforeCommit() {
+			if rerr == nil {
+				e.abort(ctx, r.Frontends, nil)
+			}
+			return fail("", nil)
+		}
+		if rerr != nil {
+			return fail(": record gone", nil)
+		}
+		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
+			return fmt.Errorf("re-commit: %w", err)
+		}
+		if r.Epoch != m.Epoch {
+			if err := e.recordMoved(ctx, &m, r); err != nil {
+				return err
+			}
+		}
+		_, err := e.finish(&m, nil)
+		return err
+	case ctrl.RoleMover:
+		switch m.Stage {
+		case ctrl.StageTrigger, ctrl.StagePlacement:
+			return fail("", nil)
+		case ctrl.StageReplication:
+			return fail("", e.removeNewCopy(ctx, m))
+		case ctrl.StageReroute:
+			w, err := e.cfg.Peers.Where(ctx, m.HomeURL, m.Service)
+			if err != nil {
+				return fmt.Errorf("ask home %s where the service is (retry later): %w", m.Home, err)
+			}
+			if w.Cluster != m.To {
+				return fail(": the home did not reroute", e.removeNewCopy(ctx, m))
+			}
+		}
+		if err := e.cfg.Backend.Delete(ctx, m.Service); err != nil {
+			return err
+		}
+		if err := e.st.DeleteRecord(m.Service); err != nil {
+			return err
+		}
+		_, err := e.finish(&m, nil)
+		return err
+	case ctrl.RoleFailsafe:
+		if rerr != nil {
+			return fail(": record gone", nil)
+		}
+		return e.takeBackSteps(ctx, &m, r)
+	}
+	return fail(": unknown role "+string(m.Role), nil)
+}

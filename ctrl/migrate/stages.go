@@ -1,0 +1,474 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/meta"
+)
+
+// stageTimeout bounds one stage of a migration: every call has a deadline
+// (Config.CallTimeout, DeployTimeout); none waits on the user's request.
+func (e *Engine) stageTimeout(s ctrl.Stage, role ctrl.Role) time.Duration {
+	call := e.cfg.CallTimeout
+	switch s {
+	case ctrl.StageReplication:
+		return e.cfg.DeployTimeout + call
+	case ctrl.StageReroute:
+		if role == ctrl.RoleMover {
+			// The home stages, verifies and commits before it answers.
+			return 3*call + e.cfg.DrainTimeout + verifyTimeout
+		}
+	case ctrl.StageDrain, ctrl.StageCleanup:
+		// The old copy's graceful stop runs through both.
+		return e.cfg.DrainTimeout + call
+	}
+	return call
+}
+
+// journal writes m as about to run stage s, then gives the crash hook its
+// chance.
+func (e *Engine) journal(m *ctrl.Migration, s ctrl.Stage) error {
+	m.Stage = s
+	if err := e.st.PutMigration(*m); err != nil {
+		return fmt.Errorf("journal %s at %s: %w", m.ID, s, err)
+	}
+	if e.cfg.CrashHook != nil {
+		if err := e.cfg.CrashHook(*m); err != nil {
+			return fmt.Errorf("%w: %w", ErrCrash, err)
+		}
+	}
+	return nil
+}
+
+// step runs fn as stage s of m: it journals first, gives fn a context with
+// the stage's deadline, and records the stage's duration (the one place
+// stage timings are taken: the histogram and m.Stages).
+func (e *Engine) step(ctx context.Context, m *ctrl.Migration, s ctrl.Stage, fn func(ctx context.Context) error) error {
+	if err := e.journal(m, s); err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, e.stageTimeout(s, m.Role))
+	defer cancel()
+	start := time.Now()
+	err := fn(sctx)
+	d := time.Since(start)
+	e.stageH.WithLabelValues(s.String()).Observe(d.Seconds())
+	m.Stages = append(m.Stages, ctrl.StageTime{Stage: s, Ms: ms(d)})
+	if err != nil {
+		return fmt.Errorf("%s: %w", s, err)
+	}
+	return nil
+}
+
+// finish settles m as done or failed (or leaves it running when err says
+// the outcome is unknown) and records it on the service.
+func (e *Engine) finish(m *ctrl.Migration, err error) (ctrl.Migration, error) {
+	if errors.Is(err, ErrCrash) {
+		return *m, err
+	}
+	if errors.Is(err, ErrUnsettled) {
+		m.Error = err.Error()
+		if perr := e.st.PutMigration(*m); perr != nil {
+			return *m, errors.Join(err, perr)
+		}
+		e.log.Warn("migration unsettled, will retry", "id", m.ID, "service", m.Service, "err", err)
+		return *m, err
+	}
+	m.Finished = time.Now().UTC()
+	if err != nil {
+		m.State, m.Error = ctrl.StateFailed, err.Error()
+		e.migs.WithLabelValues(string(m.Role), "failed").Inc()
+		e.log.Warn("migration failed", "id", m.ID, "service", m.Service, "stage", m.Stage, "err", err)
+	} else {
+		m.State = ctrl.StateDone
+		e.migs.WithLabelValues(string(m.Role), "done").Inc()
+		e.log.Info("migration done", "id", m.ID, "service", m.Service, "from", m.From, "to", m.To, "stages", m.Stages)
+	}
+	if perr := e.st.PutMigration(*m); perr != nil {
+		return *m, errors.Join(err, perr)
+	}
+	r, gerr := e.st.Record(m.Service)
+	switch {
+	case errors.Is(gerr, store.ErrNotFound):
+	case gerr != nil:
+		return *m, errors.Join(err, gerr)
+	default:
+		mc := *m
+		r.LastMigration = &mc
+		if perr := e.st.PutRecord(r); perr != nil {
+			return *m, errors.Join(err, perr)
+		}
+	}
+	return *m, err
+}
+
+// place asks the MO (or uses dest) and sets the destination's id and URL.
+func (e *Engine) place(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest string) error {
+	if dest != "" {
+		if dest == e.cfg.ClusterID {
+			m.To, m.ToURL = dest, e.cfg.URL
+			return nil
+		}
+		if u := e.urlOf(dest, ""); u != "" {
+			m.To, m.ToURL = dest, u
+			return nil
+		}
+		if dest == r.Home && r.HomeURL != "" {
+			m.To, m.ToURL = dest, r.HomeURL
+			return nil
+		}
+		return fmt.Errorf("%w: destination %s: no controller URL known (not in the MO's view)", ErrInvalid, dest)
+	}
+	if e.cfg.Placer == nil {
+		return fmt.Errorf("%w: no destination given and no meta-orchestrator configured", ErrInvalid)
+	}
+	sd := r.Service.Meta()
+	sd.Constraints.ExcludeClusters = append(slices.Clone(sd.Constraints.ExcludeClusters), e.cfg.ClusterID)
+	reason := meta.Reason(m.Reason)
+	if reason.Validate() != nil {
+		reason = meta.ReasonManual
+	}
+	rep, err := e.cfg.Placer.Place(ctx, meta.PlacementRequest{Version: meta.Version, RequestID: m.ID,
+		Requester: e.cfg.ClusterID, Home: r.Home, Service: sd, Reason: reason})
+	if err != nil {
+		return fmt.Errorf("placement request: %w", err)
+	}
+	if rep.Destination == nil {
+		return fmt.Errorf("no placement: %s", rep.NoPlacement)
+	}
+	m.To, m.LocalDecision = rep.Destination.ClusterID, rep.Local
+	m.ToURL = e.urlOf(m.To, rep.Destination.ControllerURL)
+	if m.To == r.Home && m.ToURL == "" {
+		m.ToURL = r.HomeURL
+	}
+	if m.ToURL == "" {
+		return fmt.Errorf("placement chose %s without a controller URL", m.To)
+	}
+	return nil
+}
+
+// Migrate moves a service: a local one from here (role home), a foreign one
+// on from here (role mover, with a "moved on" notice to its home); a call
+// on an abroad one is forwarded to the cluster running it. Once started, a
+// migration runs to its end whatever the caller does: its calls have
+// deadlines of their own.
+func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateRequest) (ctrl.Migration, error) {
+	r, err := e.Get(name)
+	if err != nil {
+		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
+	}
+	if r.Kind == ctrl.KindAbroad {
+		return e.cfg.Peers.Migrate(ctx, e.urlOf(r.Cluster, r.ClusterURL), name, req)
+	}
+	if req.Destination == e.cfg.ClusterID {
+		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w: it already runs at %s", name, ErrInvalid, req.Destination)
+	}
+	if err := e.recovered(name); err != nil {
+		return ctrl.Migration{}, err
+	}
+	defer e.changed(name)
+	defer e.lock(name)()
+	if r, err = e.Get(name); err != nil {
+		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
+	}
+	if req.Reason == "" {
+		req.Reason = string(meta.ReasonManual)
+	}
+	id := newID()
+	m := &ctrl.Migration{ID: id, Service: name, Reason: req.Reason, Home: r.Home, HomeURL: e.urlOf(r.Home, r.HomeURL),
+		From: e.cfg.ClusterID, FromURL: e.cfg.URL, FromEndpoints: r.Endpoints, FromEpoch: r.Epoch, Epoch: r.Epoch.Next(id),
+		State: ctrl.StateRunning, Started: time.Now().UTC()}
+	switch r.Kind {
+	case ctrl.KindLocal:
+		m.Role, m.FromEndpoints = ctrl.RoleHome, nil
+	case ctrl.KindForeign:
+		m.Role = ctrl.RoleMover
+	default:
+		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w: kind %s", name, ErrInvalid, r.Kind)
+	}
+	err = e.run(context.WithoutCancel(ctx), m, r, req.Destination)
+	return e.finish(m, err)
+}
+
+// run performs the stages of m.
+func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest string) error {
+	if err := e.step(ctx, m, ctrl.StageTrigger, func(context.Context) error { return nil }); err != nil {
+		return err
+	}
+	if err := e.step(ctx, m, ctrl.StagePlacement, func(ctx context.Context) error { return e.place(ctx, m, r, dest) }); err != nil {
+		return err
+	}
+	m.Times.PR = lastMs(m)
+	if m.To == e.cfg.ClusterID {
+		return fmt.Errorf("%w: placement chose this cluster", ErrInvalid)
+	}
+	incarnation := e.Incarnation()
+	if m.Role == ctrl.RoleMover {
+		incarnation = r.HomeIncarnation
+	}
+	err := e.step(ctx, m, ctrl.StageReplication, func(ctx context.Context) error {
+		rep, err := e.cfg.Peers.DeployForeign(ctx, m.ToURL, ctrl.ForeignRequest{Home: r.Home, HomeURL: m.HomeURL,
+			HomeIncarnation: incarnation, Epoch: m.Epoch, Service: r.Service})
+		if err != nil {
+			return err
+		}
+		// Wait is the whole call (until the new copy is ready); the
+		// destination says how much of it was its deploy.
+		m.Times.Deploy = rep.DeployMs
+		if rep.Home {
+			m.ToEndpoints = nil
+		} else {
+			if len(rep.Endpoints) == 0 {
+				return fmt.Errorf("%s reported no endpoint", m.To)
+			}
+			m.ToEndpoints = rep.Endpoints
+		}
+		return nil
+	})
+	m.Times.Wait = lastMs(m)
+	m.Times.Replication = max(0, m.Times.Wait-m.Times.Deploy)
+	if err != nil {
+		return e.rollback(ctx, m, err)
+	}
+	if m.Role == ctrl.RoleMover {
+		return e.moveOn(ctx, m)
+	}
+	return e.rerouteHome(ctx, m, r)
+}
+
+// moveOn is the mover's end of a multi-hop move: the home stages,
+// verifies and commits (stage 4 and 5 there) and answers; then the mover
+// stops its own copy gracefully, which is the drain of the flows the
+// home's load balancer still sends it (the home sees those flows but
+// cannot stop a copy it does not run), and drops it.
+func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
+	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
+		hm, err := e.cfg.Peers.MovedOn(ctx, m.HomeURL, ctrl.MovedOn{Service: m.Service, Epoch: m.Epoch, FromEpoch: m.FromEpoch,
+			From: e.cfg.ClusterID, To: m.To, ToURL: m.ToURL, Endpoints: m.ToEndpoints})
+		if err == nil {
+			// The load balancer's steps ran at the home: report its
+			// figures, as the home role does.
+			m.Times.Reroute, m.Times.Verify, m.Times.Commit = hm.Times.Reroute, hm.Times.Verify, hm.Times.Commit
+		}
+		return err
+	})
+	if errors.Is(err, ErrCrash) {
+		return err
+	}
+	if err != nil {
+		// Did the home commit before the error reached us? If it
+		// cannot say, removing the new copy could leave its LB
+		// pointing at nothing: keep both copies until it answers.
+		wctx, cancel := detached(ctx, e.cfg.CallTimeout)
+		w, werr := e.cfg.Peers.Where(wctx, m.HomeURL, m.Service)
+		cancel()
+		if werr != nil {
+			return fmt.Errorf("%w: %w (and ask home: %w)", ErrUnsettled, err, werr)
+		}
+		if w.Cluster != m.To {
+			return e.rollback(ctx, m, err)
+		}
+	}
+	err = e.step(ctx, m, ctrl.StageCleanup, func(ctx context.Context) error {
+		// A copy that has not stopped by the drain timeout is killed.
+		dctx, cancel := context.WithTimeout(ctx, e.cfg.DrainTimeout)
+		t0 := time.Now()
+		err := e.cfg.Backend.Delete(dctx, m.Service)
+		cancel()
+		m.Times.Drain = msSince(t0)
+		if err != nil {
+			return err
+		}
+		return e.st.DeleteRecord(m.Service)
+	})
+	m.Times.Cleanup = lastMs(m)
+	return err
+}
+
+// rerouteHome is stages 4 and 5 at the home cluster: stage the new target,
+// verify the new copy, commit, record, drain the old target, clean up.
+func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Record) error {
+	fs := r.Frontends
+	var gens staged
+	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
+		var err error
+		gens, err = e.stage(ctx, fs, redirectTo(m.ToEndpoints))
+		return err
+	})
+	m.Times.Reroute = lastMs(m)
+	if err != nil {
+		return e.rollback(ctx, m, err)
+	}
+	err = e.step(ctx, m, ctrl.StageVerify, func(ctx context.Context) error {
+		eps := m.ToEndpoints
+		if len(eps) == 0 { // the new copy runs here
+			eps = e.localEndpoints(ctx, r)
+		}
+		return e.cfg.Verify(ctx, r.Service, eps)
+	})
+	m.Times.Verify = lastMs(m)
+	if err != nil {
+		e.abort(ctx, fs, gens)
+		return e.rollback(ctx, m, err)
+	}
+	err = e.step(ctx, m, ctrl.StageCommit, func(ctx context.Context) error {
+		if err := e.commit(ctx, fs, gens); err != nil {
+			return err
+		}
+		return e.recordMoved(ctx, m, r)
+	})
+	m.Times.Commit = lastMs(m)
+	if err != nil {
+		if errors.Is(err, ErrCrash) {
+			return err
+		}
+		// A commit that failed on some node cannot be undone there:
+		// restore the old target everywhere.
+		oldT := redirectTo(m.FromEndpoints)
+		if m.From == e.cfg.ClusterID {
+			oldT = redirectTo(nil)
+		}
+		pctx, cancel := detached(ctx, e.cfg.CallTimeout)
+		if perr := e.program(pctx, fs, oldT); perr != nil {
+			e.log.Error("restore old target after failed commit", "service", m.Service, "err", perr)
+		}
+		cancel()
+		return e.rollback(ctx, m, err)
+	}
+	if m.Role == ctrl.RoleReroute {
+		// The mover stops and drops its own copy once we answer: its
+		// graceful stop is the drain.
+		return nil
+	}
+	// The old copy is told to stop now (SIGTERM; a pod's termination):
+	// a keep-alive client gets "Connection: close" and reconnects, to the
+	// new copy. The drain watches the old target's flows meanwhile; once
+	// none is left (or at the drain timeout) the copy is removed,
+	// whatever it still does.
+	var removed *removal
+	err = e.step(ctx, m, ctrl.StageDrain, func(sctx context.Context) error {
+		removed = e.removeOld(ctx, m) // journalled as draining first
+		old := redirectTo(m.FromEndpoints)
+		if len(m.FromEndpoints) == 0 || m.From == e.cfg.ClusterID {
+			old = redirectTo(nil)
+		}
+		m.DrainedFlows = e.drain(sctx, fs, old)
+		return nil
+	})
+	m.Times.Drain = lastMs(m)
+	if err != nil {
+		if removed != nil {
+			removed.cancel()
+		}
+		return err
+	}
+	err = e.step(ctx, m, ctrl.StageCleanup, func(ctx context.Context) error {
+		removed.drained()
+		return removed.wait(ctx)
+	})
+	m.Times.Cleanup = m.Times.Drain + lastMs(m)
+	return err
+}
+
+// removal is the old copy's removal, started at the commit.
+type removal struct {
+	done    chan struct{}
+	err     error
+	drained func() // no live flow left: a local copy still running is killed
+	cancel  func() // give up (the migration stops here)
+}
+
+func (r *removal) wait(ctx context.Context) error {
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// removeOld starts removing m's old copy: a local one with the backend's
+// graceful stop (it ends at once when drained is called: no flow is left
+// for it to finish), one at another cluster through its controller (which
+// stops it the same way).
+func (e *Engine) removeOld(ctx context.Context, m *ctrl.Migration) *removal {
+	r := &removal{done: make(chan struct{})}
+	rctx, cancel := detached(ctx, e.cfg.DrainTimeout+e.cfg.CallTimeout)
+	kctx, kill := context.WithCancel(rctx)
+	r.cancel = cancel
+	if m.From == e.cfg.ClusterID {
+		r.drained = kill
+	} else {
+		r.drained = func() {}
+	}
+	go func() {
+		defer close(r.done)
+		defer cancel()
+		defer kill()
+		if m.From == e.cfg.ClusterID {
+			r.err = e.cfg.Backend.Delete(kctx, m.Service)
+			return
+		}
+		r.err = e.cfg.Peers.RemoveForeign(rctx, m.FromURL, m.Service, e.cfg.ClusterID, m.FromEpoch)
+	}()
+	return r
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func msSince(t time.Time) float64 { return ms(time.Since(t)) }
+
+// lastMs is the duration of m's last stage.
+func lastMs(m *ctrl.Migration) float64 {
+	if len(m.Stages) == 0 {
+		return 0
+	}
+	return m.Stages[len(m.Stages)-1].Ms
+}
+
+// localEndpoints are the endpoints of the copy of r running here, if any.
+func (e *Engine) localEndpoints(ctx context.Context, r ctrl.Record) []netip.AddrPort {
+	if inst, err := e.cfg.Backend.Get(ctx, r.Service.Name); err == nil {
+		return inst.Endpoints
+	}
+	return nil
+}
+
+// recordMoved writes the home record after a commit.
+func (e *Engine) recordMoved(ctx context.Context, m *ctrl.Migration, r ctrl.Record) error {
+	if m.To == e.cfg.ClusterID {
+		r.Kind, r.Cluster, r.ClusterURL, r.Endpoints = ctrl.KindLocal, e.cfg.ClusterID, e.cfg.URL, e.localEndpoints(ctx, r)
+	} else {
+		r.Kind, r.Cluster, r.ClusterURL, r.Endpoints = ctrl.KindAbroad, m.To, m.ToURL, m.ToEndpoints
+	}
+	r.Epoch = m.Epoch
+	return e.st.PutRecord(r)
+}
+
+// rollback undoes what a migration did before its commit: the copy at the
+// destination goes (or is remembered as an orphan), nothing staged stays.
+func (e *Engine) rollback(ctx context.Context, m *ctrl.Migration, cause error) error {
+	if errors.Is(cause, ErrCrash) {
+		return cause
+	}
+	if m.ToURL == "" || m.To == "" || !m.Stage.After(ctrl.StageReplication) {
+		return cause
+	}
+	rctx, cancel := detached(ctx, e.cfg.CallTimeout)
+	defer cancel()
+	if err := e.cfg.Peers.RemoveForeign(rctx, m.ToURL, m.Service, m.Home, m.Epoch); err != nil {
+		e.log.Warn("roll back: remove new copy, will retry", "service", m.Service, "cluster", m.To, "err", err)
+		o := ctrl.Orphan{Service: m.Service, Home: m.Home, Cluster: m.To, ClusterURL: m.ToURL, Epoch: m.Epoch}
+		if perr := e.st.PutOrphan(o); perr != nil {
+			return errors.Join(cause, fmt.Errorf("remember the new copy at %s: %w", m.To, perr))
+		}
+	}
+	return cause
+}
