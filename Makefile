@@ -23,8 +23,8 @@ deps: ## install the system packages roam needs (clang, bpftool, iproute2, iperf
 	bash test/install-deps.sh
 
 .PHONY: generate
-generate: ## compile bpf/ with clang through bpf2go (go generate); output is committed
-	$(GO) generate ./dataplane/...
+generate: ## compile bpf/ and the dataplane benchmark's generator with clang through bpf2go (go generate); output is committed
+	$(GO) generate ./dataplane/... ./test/bench/dataplane/...
 
 .PHONY: build
 build: ## build every binary into ./bin
@@ -43,26 +43,26 @@ lint: ## gofmt, go vet, and a check that the committed bpf2go output is fresh
 
 .PHONY: check-generate
 check-generate: generate ## fail if the committed bpf2go output differs from a fresh generate
-	@git diff --exit-code --stat -- dataplane/ || { echo "bpf2go output is stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- dataplane/ 'test/bench/dataplane/*_bpfel.*' || { echo "bpf2go output is stale: run 'make generate' and commit"; exit 1; }
 
 .PHONY: bench
 bench: bench-dataplane bench-meta bench-migration ## run every benchmark
 
 .PHONY: bench-dataplane
-bench-dataplane: deps ## XDP vs iptables vs userspace proxy: ns/packet, pps, throughput (root)
-	$(GO) run ./test/bench/dataplane
+bench-dataplane: deps ## one core: roam XDP vs iptables vs nftables vs a userspace proxy, per-packet cost, new flows, 100k/1M flows, IPv6 (root; flags: BENCH_DATAPLANE_FLAGS)
+	$(GO) run ./test/bench/dataplane $(BENCH_DATAPLANE_FLAGS)
 
 .PHONY: bench-meta
 bench-meta: ## placement round trip p50/p99 at 10, 1000, 10000 clusters; hello ingest rate
 	$(GO) run ./test/bench/meta
 
 .PHONY: bench-migration
-bench-migration: deps ## the paper's Table I over 20+ migrations on the testbed (root)
+bench-migration: deps ## 51 migrations under short, keep-alive (Go, wrk) and UDP clients: failures, Table I, totals, port exhaustion (root)
 	$(GO) run ./test/bench/migration
 
 .PHONY: demo
 demo: deps ## the quick start: testbed up, the paper's experiment, table and plot, testbed down (root)
-	$(GO) run ./cmd/roamctl testbed run
+	$(GO) run ./cmd/roam-testbed run
 
 .PHONY: clean
 clean: ## remove build output

@@ -35,6 +35,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
+
+	"github.com/roamnet/roam/dataplane/dptest"
 )
 
 const image = "ghcr.io/roamnet/roam"
@@ -975,11 +977,7 @@ func TestScrapesOfRealBinaries(t *testing.T) {
 		scraped["roam-ctrl"] = body
 	})
 	t.Run("roam-agent", func(t *testing.T) {
-		if os.Geteuid() != 0 {
-			t.Fatal("roam-agent loads BPF programs: run the tests as root (make test)")
-		}
-		pin := fmt.Sprintf("/sys/fs/bpf/roam-deploytest-%d-%d", os.Getpid(), time.Now().UnixNano()%1e9)
-		t.Cleanup(func() { os.RemoveAll(pin) })
+		pin := dptest.PinPath(t) // roam-agent loads BPF programs: root
 		body := scrape(t, filepath.Join(dir, "roam-agent"), "--pin-path="+pin, "--metrics-addr=127.0.0.1:%d", "--api-addr=127.0.0.1:0")
 		promtoolCheckMetrics(t, "roam-agent", body)
 		scraped["roam-agent"] = body

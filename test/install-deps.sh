@@ -19,6 +19,7 @@ declare -A want=(
 	[iptables]=iptables
 	[nft]=nftables
 	[iperf3]=iperf3
+	[wrk]=wrk
 	[curl]=curl
 	[promtool]=prometheus
 )

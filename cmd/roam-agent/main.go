@@ -54,7 +54,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.pinPath, "pin-path", "/sys/fs/bpf/roam", "bpffs directory where maps, programs and links are pinned")
 	snat := fs.String("snat-addr", "", "comma list of source addresses for redirected flows (one IPv4 and/or one IPv6)")
 	ports := fs.String("snat-ports", "40000-60999", "source port range for redirected flows")
-	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "a flow with no packet for this long is forgotten")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "a UDP flow with no packet either way for this long is over (TCP flows time out by state: dataplane.DefaultTimeouts)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":9700", "address serving /metrics and /healthz")
 	fs.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:9701", "address serving the two-phase agent API")
 	fs.StringVar(&o.apiToken, "api-token", os.Getenv("ROAM_AGENT_TOKEN"), "bearer token the agent API requires (default $ROAM_AGENT_TOKEN)")

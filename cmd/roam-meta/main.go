@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,7 +34,7 @@ func run() error {
 	natsUser := flag.String("nats-user", "", "user for --nats-url (or the meta user of --auth-file)")
 	natsPassword := flag.String("nats-password", "", "password for --nats-url")
 	storeDir := flag.String("store-dir", "", "JetStream directory (registry, audit log); empty: memory only")
-	httpAddr := flag.String("http-addr", ":9600", "serves /metrics, /healthz, /v1/clusters")
+	httpAddr := flag.String("http-addr", ":9600", "serves /metrics, /healthz, /readyz, /v1/clusters, /v1/explain")
 	policyName := flag.String("policy", "least-loaded", "placement policy: least-loaded or tier")
 	interval := flag.Duration("hello-interval", time.Second, "expected hello interval")
 	downAfter := flag.Int("down-after", 3, "missed hellos after which a cluster is down")
@@ -42,6 +43,12 @@ func run() error {
 	tlsKey := flag.String("tls-key", "", "TLS key (PEM)")
 	tlsCA := flag.String("tls-ca", "", "CA (PEM) to verify client certificates (embedded) or the server (--nats-url)")
 	name := flag.String("name", "", "replica name (default hostname and a random suffix)")
+	clusterListen := flag.String("cluster-listen", "", "make the embedded NATS a cluster node accepting routes here (host:port)")
+	routes := flag.String("routes", "", "comma-separated nats://host:port of the cluster's nodes (with --cluster-listen)")
+	clusterName := flag.String("cluster-name", "roam-meta", "NATS cluster name, the same on every node")
+	jsReplicas := flag.Int("js-replicas", 0, "replicas of the view bucket and audit stream (0: 3 on a NATS cluster, else 1)")
+	warmUp := flag.Duration("warm-up", 0, "hellos heard before answering placements, after start or reconnect (0: 1.5 hello intervals)")
+	reservationTTL := flag.Duration("reservation-ttl", time.Minute, "a placement counts against its destination this long unless its hellos show it first (negative: off)")
 	flag.Parse()
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -52,6 +59,18 @@ func run() error {
 	cfg := meta.ServerConfig{
 		Listen: *listen, NATSURL: *natsURL, StoreDir: *storeDir, HTTPAddr: *httpAddr,
 		Policy: policy, HelloInterval: *interval, DownAfter: *downAfter, Name: *name, Logger: log,
+		Replicas: *jsReplicas, WarmUp: *warmUp, ReservationTTL: *reservationTTL,
+	}
+	if *clusterListen != "" {
+		if *natsURL != "" {
+			return errors.New("--cluster-listen makes the embedded server a cluster node: not with --nats-url")
+		}
+		cfg.Cluster = &meta.ClusterConfig{Name: *clusterName, Listen: *clusterListen}
+		for _, r := range strings.Split(*routes, ",") {
+			if r = strings.TrimSpace(r); r != "" {
+				cfg.Cluster.Routes = append(cfg.Cluster.Routes, r)
+			}
+		}
 	}
 	if *authFile != "" {
 		if cfg.Auth, err = meta.LoadAuthFile(*authFile); err != nil {

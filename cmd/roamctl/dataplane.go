@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 func init() {
@@ -57,14 +57,14 @@ func dumpAgent(ctx context.Context, w io.Writer, c *agentapi.Client) error {
 	fmt.Fprintln(tw, "FRONTEND\tID\tACTIVE\tFLOWS\tSTAGED\tFLOWS\tGENERATION")
 	for _, s := range svcs {
 		na, ns := "-", "-"
-		if s.Active.Kind != dataplane.TargetNone {
+		if s.Active.Kind != lb.TargetNone {
 			n, err := c.Flows(ctx, s.Frontend, s.Active)
 			if err != nil {
 				return err
 			}
 			na = fmt.Sprint(n)
 		}
-		if s.Staged.Kind != dataplane.TargetNone {
+		if s.Staged.Kind != lb.TargetNone {
 			n, err := c.Flows(ctx, s.Frontend, s.Staged)
 			if err != nil {
 				return err
@@ -76,7 +76,7 @@ func dumpAgent(ctx context.Context, w io.Writer, c *agentapi.Client) error {
 	return tw.Flush()
 }
 
-func sortServices(svcs []dataplane.Service) {
+func sortServices(svcs []lb.Service) {
 	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Frontend.String() < svcs[j].Frontend.String() })
 }
 
@@ -98,13 +98,13 @@ func dumpPins(w io.Writer, pin string) error {
 	var (
 		fk   dataplane.FrontendKey
 		sv   dataplane.ServiceValue
-		svcs []dataplane.Service
+		svcs []lb.Service
 	)
-	byID := map[uint32]dataplane.Frontend{}
+	byID := map[uint32]lb.Frontend{}
 	it := services.Iterate()
 	for it.Next(&fk, &sv) {
 		a := sv.Active & 1
-		s := dataplane.Service{Frontend: fk.Frontend(), ID: sv.Id, Active: sv.Slot[a].Target(),
+		s := lb.Service{Frontend: fk.Frontend(), ID: sv.Id, Active: sv.Slot[a].Target(),
 			Staged: sv.Slot[a^1].Target(), Generation: sv.Generation}
 		svcs = append(svcs, s)
 		byID[s.ID] = s.Frontend
@@ -129,7 +129,7 @@ func dumpPins(w io.Writer, pin string) error {
 		cv    dataplane.CTValue
 		flows []flow
 	)
-	fwd := map[uint32]map[dataplane.Target]int{}
+	fwd := map[uint32]map[lb.Target]int{}
 	cit := conntrack.Iterate()
 	for cit.Next(&ck, &cv) {
 		f, ok := byID[cv.FrontendId]
@@ -141,13 +141,11 @@ func dumpPins(w io.Writer, pin string) error {
 		if now > cv.LastSeen {
 			idle = time.Duration(now - cv.LastSeen)
 		}
-		flows = append(flows, flow{name, fmt.Sprintf("%s\t%s\t%s\t%s", name, ck, flowText(cv), idle.Round(time.Millisecond))})
-		if cv.Dir == 1 { // forward entry: one per flow
-			if fwd[cv.FrontendId] == nil {
-				fwd[cv.FrontendId] = map[dataplane.Target]int{}
-			}
-			fwd[cv.FrontendId][flowTarget(cv)]++
+		flows = append(flows, flow{name, fmt.Sprintf("%s\t%s\t%s\t%s", name, ck, cv, idle.Round(time.Millisecond))})
+		if fwd[cv.FrontendId] == nil {
+			fwd[cv.FrontendId] = map[lb.Target]int{}
 		}
+		fwd[cv.FrontendId][cv.Target()]++
 	}
 	if err := cit.Err(); err != nil {
 		return fmt.Errorf("read conntrack: %w", err)
@@ -158,10 +156,10 @@ func dumpPins(w io.Writer, pin string) error {
 	fmt.Fprintln(tw, "FRONTEND\tID\tACTIVE\tFLOWS\tSTAGED\tFLOWS\tGENERATION")
 	for _, s := range svcs {
 		na, ns := "-", "-"
-		if s.Active.Kind != dataplane.TargetNone {
+		if s.Active.Kind != lb.TargetNone {
 			na = fmt.Sprint(fwd[s.ID][s.Active])
 		}
-		if s.Staged.Kind != dataplane.TargetNone {
+		if s.Staged.Kind != lb.TargetNone {
 			ns = fmt.Sprint(fwd[s.ID][s.Staged])
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Frontend, s.ID, s.Active, na, s.Staged, ns, s.Generation)
@@ -180,41 +178,4 @@ func dumpPins(w io.Writer, pin string) error {
 		fmt.Fprintln(tw, f.line)
 	}
 	return tw.Flush()
-}
-
-// flowTarget is the target a forward conntrack entry pinned its flow to.
-func flowTarget(v dataplane.CTValue) dataplane.Target {
-	if dataplane.TargetKind(v.Kind) != dataplane.TargetRedirect {
-		return dataplane.Target{Kind: dataplane.TargetKind(v.Kind)}
-	}
-	return dataplane.Redirect(netip.AddrPortFrom(addr(v.PeerAddr, v.Family), v.PeerPort>>8|v.PeerPort<<8))
-}
-
-func addr(b [16]uint8, family uint8) netip.Addr {
-	a := netip.AddrFrom16(b)
-	if family == 4 {
-		return a.Unmap()
-	}
-	return a
-}
-
-func flowText(v dataplane.CTValue) string {
-	dir := "forward"
-	if v.Dir == 2 {
-		dir = "reverse"
-	}
-	s := dir + " " + dataplane.TargetKind(v.Kind).String()
-	if dataplane.TargetKind(v.Kind) == dataplane.TargetRedirect {
-		peer := netip.AddrPortFrom(addr(v.PeerAddr, v.Family), v.PeerPort>>8|v.PeerPort<<8)
-		nat := netip.AddrPortFrom(addr(v.NatAddr, v.Family), v.NatPort>>8|v.NatPort<<8)
-		if v.Dir == 2 {
-			s += fmt.Sprintf(" client=%s frontend=%s", peer, nat)
-		} else {
-			s += fmt.Sprintf(" target=%s snat=%s", peer, nat)
-		}
-	}
-	if v.Flags&1 != 0 {
-		s += " closing"
-	}
-	return s
 }

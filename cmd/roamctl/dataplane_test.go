@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
@@ -14,23 +12,16 @@ import (
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 func TestDataplaneDump(t *testing.T) {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	pin := filepath.Join("/sys/fs/bpf", "roamctl-test-"+hex.EncodeToString(b))
-	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("10.99.0.1")})
-	if err != nil {
-		t.Fatalf("open data plane (root needed): %v", err)
-	}
-	t.Cleanup(func() {
-		_ = dp.Close()
-		_ = dataplane.Unpin(pin)
-	})
-	f, _ := dataplane.ParseFrontend("10.0.0.1:80/tcp")
-	t1, _ := dataplane.ParseTarget("redirect:10.2.0.1:8080")
-	t2, _ := dataplane.ParseTarget("redirect:10.3.0.1:8080")
+	pin := dptest.PinPath(t)
+	dp := dptest.New(t, dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("10.99.0.1")})
+	f, _ := lb.ParseFrontend("10.0.0.1:80/tcp")
+	t1, _ := lb.ParseTarget("redirect:10.2.0.1:8080")
+	t2, _ := lb.ParseTarget("redirect:10.3.0.1:8080")
 	gen, err := dp.Stage(f, t1)
 	if err != nil {
 		t.Fatal(err)

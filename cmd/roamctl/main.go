@@ -1,6 +1,6 @@
 // Command roamctl is roam's command-line tool: it reads the data plane of a
-// node, talks to controllers, and drives the testbed. Each subcommand lives in
-// its own file and registers itself in commands.
+// node and talks to controllers. Each subcommand lives in its own file and
+// registers itself in commands. (The testbed is cmd/roam-testbed.)
 package main
 
 import (

@@ -18,7 +18,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 func init() {
@@ -96,7 +96,7 @@ func parsePorts(s string) ([]backend.Port, error) {
 		if err != nil {
 			return nil, fmt.Errorf("port %q: %w", p, err)
 		}
-		pr, err := dataplane.ParseProto(proto)
+		pr, err := lb.ParseProto(proto)
 		if err != nil {
 			return nil, err
 		}

@@ -9,17 +9,24 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/load"
+	"github.com/roamnet/roam/test/netns"
 	"github.com/roamnet/roam/test/testbed"
 )
 
 var binDir string
+
+// drainTimeout is the controllers' drain timeout in these tests.
+const drainTimeout = 10 * time.Second
 
 func TestMain(m *testing.M) {
 	code := func() int {
@@ -98,7 +105,7 @@ func launch(t *testing.T) (*testbed.Testbed, testbed.Config) {
 			t.Errorf("testbed cleanup: %v", err)
 		}
 	})
-	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: binDir, XDPMode: xdpMode(), DrainTimeout: 3 * time.Second}); err != nil {
+	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: binDir, XDPMode: xdpMode(), DrainTimeout: drainTimeout}); err != nil {
 		logs(t, tb)
 		t.Fatalf("launch roam: %v", err)
 	}
@@ -173,7 +180,7 @@ func TestPaperScenario(t *testing.T) {
 			continue
 		}
 		planned++
-		if m.State != ctrl.StateDone {
+		if m.State != string(ctrl.StateDone) {
 			t.Errorf("planned migration %s->%s: state %s", m.From, m.To, m.State)
 		}
 		if m.Requests == 0 || m.FailedReq != 0 {
@@ -250,7 +257,7 @@ func TestMigrateChainZeroLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true,
-		Ports: []backend.Port{{Port: 80, Protocol: dataplane.TCP}}}); err != nil {
+		Ports: []backend.Port{{Port: 80, Protocol: lb.TCP}}}); err != nil {
 		logs(t, tb)
 		t.Fatalf("deploy: %v", err)
 	}
@@ -288,6 +295,99 @@ func TestMigrateChainZeroLoss(t *testing.T) {
 	}
 	if failed != 0 || len(samples) < 50 {
 		t.Errorf("%d of %d requests failed across home->edge->cloud->home", failed, len(samples))
+	}
+	if t.Failed() {
+		logs(t, tb)
+	}
+	assertGone(t, tb, cfg)
+}
+
+// TestKeepAliveAcrossMigrations moves the service home -> edge -> cloud ->
+// home twice while short, keep-alive (Go's transport, and wrk) and UDP
+// clients run through the home frontend. Keep-alive connections are pinned
+// to the old copy until it closes them (Connection: close once it is told
+// to stop at the commit), so nobody may lose a request, and every drain
+// must end because no flow was left, before the drain timeout.
+func TestKeepAliveAcrossMigrations(t *testing.T) {
+	need(t)
+	if _, err := exec.LookPath("wrk"); err != nil {
+		t.Fatal("wrk not found: install Debian's wrk package (make deps)")
+	}
+	tb, cfg := launch(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	home, _ := tb.Cluster("home")
+	cam, _ := tb.Client("camera")
+	hc, err := tb.Ctrl("home")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true,
+		Ports: []backend.Port{{Port: 80, Protocol: lb.TCP}, {Port: 80, Protocol: lb.UDP}}}); err != nil {
+		logs(t, tb)
+		t.Fatalf("deploy: %v", err)
+	}
+	fe := fmt.Sprintf("%s:80", home.WAN4)
+	l, err := load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: requestTimeout, Clients: []load.Client{
+		{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
+		{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 5 * time.Millisecond},
+		{Kind: load.UDP, Addr: fe, Interval: 20 * time.Millisecond},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	wait := func(cluster string) {
+		t.Helper()
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		defer wcancel()
+		if err := l.WaitServedBy(wctx, cluster, 5); err != nil {
+			logs(t, tb)
+			t.Fatalf("requests not answered by %s: %v", cluster, err)
+		}
+	}
+	wait("home")
+	wrk, err := load.Wrk{URL: "http://" + fe + "/", Threads: 1, Conns: 8, Duration: time.Hour,
+		Command: func(ctx context.Context, prog string, args ...string) *exec.Cmd {
+			return netns.Cmd(ctx, cam.NS, prog, args...)
+		}}.Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		for _, dest := range []string{"edge", "cloud", "home"} {
+			m, err := hc.Migrate(ctx, "classifier", dest, "manual")
+			if err != nil {
+				logs(t, tb)
+				t.Fatalf("migrate to %s: %v", dest, err)
+			}
+			t.Logf("migrated %s -> %s (%s): %+v", m.From, m.To, m.Role, m.Times)
+			if m.State != ctrl.StateDone {
+				t.Errorf("migration to %s: %s %s", dest, m.State, m.Error)
+			}
+			// The drain ended with its last flow, not at the timeout.
+			if m.DrainedFlows != 0 || m.Times.Drain >= drainTimeout.Seconds()*1000 || m.Times.Cleanup >= drainTimeout.Seconds()*1000 {
+				t.Errorf("migration %s -> %s: drain %.0f ms, cleanup %.0f ms, %d flows left: want it over before the %s drain timeout",
+					m.From, m.To, m.Times.Drain, m.Times.Cleanup, m.DrainedFlows, drainTimeout)
+			}
+			wait(dest)
+		}
+	}
+	wr, err := wrk.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := l.Stop()
+	var b strings.Builder
+	rep.Print(&b, 10)
+	t.Logf("clients:\n%s  %s: %d requests, %d errors (read %d), p99 %v", b.String(), wr.Command, wr.Requests, wr.Errors(), wr.ReadErrors, wr.P99)
+	for _, k := range load.Kinds {
+		if kr := rep.Kinds[k]; kr.Failed != 0 || kr.Requests == 0 {
+			t.Errorf("%s clients: %d of %d requests failed", k, kr.Failed, kr.Requests)
+		}
+	}
+	if wr.Requests == 0 || wr.Errors() != 0 {
+		t.Errorf("wrk: %d errors in %d requests:\n%s", wr.Errors(), wr.Requests, wr.Output)
 	}
 	if t.Failed() {
 		logs(t, tb)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // ExperimentConfig tunes the paper's experiment.
@@ -51,6 +51,7 @@ type MigrationResult struct {
 	Start     time.Time          `json:"start"`
 	End       time.Time          `json:"end"`
 	Stages    map[string]float64 `json:"stages_ms"`
+	Times     ctrl.Times         `json:"times"`
 	TotalMs   float64            `json:"total_ms"`
 	Requests  int                `json:"requests"` // sent while it ran (+1s)
 	FailedReq int                `json:"failed_requests"`
@@ -174,7 +175,7 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 		ec.Progress(time.Now().Format("15:04:05.000") + "  " + fmt.Sprintf(format, a...))
 	}
 	res := &Result{Service: ec.Service, Started: time.Now()}
-	fe := dataplane.Frontend{Addr: home.WAN4, Port: ec.Port, Proto: dataplane.TCP}
+	fe := lb.Frontend{Addr: home.WAN4, Port: ec.Port, Proto: lb.TCP}
 	res.Frontend = fe.String()
 	url := fmt.Sprintf("http://%s/", netipJoin(home.WAN4.String(), ec.Port))
 
@@ -182,7 +183,7 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 	say("deploy: %s at %s (%s), frontend %s", ec.Service, ec.Home, home.Tier, fe)
 	t0 := time.Now()
 	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: ec.Service, Demo: true,
-		Ports: []backend.Port{{Name: "http", Port: ec.Port, Protocol: dataplane.TCP}}}); err != nil {
+		Ports: []backend.Port{{Name: "http", Port: ec.Port, Protocol: lb.TCP}}}); err != nil {
 		return nil, fmt.Errorf("deploy %s at %s: %w", ec.Service, ec.Home, err)
 	}
 	res.DeployMs = append(res.DeployMs, ms(time.Since(t0)))
@@ -307,8 +308,9 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 		phases[n-1].End = time.Now()
 	}
 	sort.Slice(samples, func(i, j int) bool { return samples[i].Sent.Before(samples[j].Sent) })
-	res.Samples = samples
 	res.Events = tb.Events()
+	blameCut(samples, res.Events, ec.Edge, ec.Timeout)
+	res.Samples = samples
 
 	// The home controller's view adds the fail-safe migration.
 	if all, err := hc.Migrations(context.WithoutCancel(ctx)); err == nil {
@@ -367,19 +369,23 @@ func netipJoin(host string, port uint16) string { return fmt.Sprintf("%s:%d", ho
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func toResult(phase string, planned bool, m ctrl.Migration, start, end time.Time) MigrationResult {
-	mr := MigrationResult{Phase: phase, Planned: planned, ID: m.ID, Role: m.Role, Reason: m.Reason,
-		From: m.From, To: m.To, State: m.State, Start: start, End: end, Stages: map[string]float64{}}
+	mr := MigrationResult{Phase: phase, Planned: planned, ID: m.ID, Role: string(m.Role), Reason: m.Reason,
+		From: m.From, To: m.To, State: string(m.State), Start: start, End: end, Stages: map[string]float64{}, Times: m.Times}
 	for _, s := range m.Stages {
-		mr.Stages[s.Stage] += s.Ms
+		mr.Stages[s.Stage.String()] += s.Ms
 		mr.TotalMs += s.Ms
 	}
 	return mr
 }
 
 func fromResult(mr MigrationResult) ctrl.Migration {
-	m := ctrl.Migration{ID: mr.ID, Role: mr.Role, From: mr.From, To: mr.To, State: mr.State}
+	m := ctrl.Migration{ID: mr.ID, Role: ctrl.Role(mr.Role), From: mr.From, To: mr.To, State: ctrl.State(mr.State), Times: mr.Times}
 	for k, v := range mr.Stages {
-		m.Stages = append(m.Stages, ctrl.StageTime{Stage: k, Ms: v})
+		var st ctrl.Stage
+		if st.UnmarshalText([]byte(k)) != nil {
+			continue // not one of the controller's stages
+		}
+		m.Stages = append(m.Stages, ctrl.StageTime{Stage: st, Ms: v})
 	}
 	return m
 }
@@ -393,6 +399,24 @@ func stagesLine(st []ctrl.StageTime) string {
 		s += fmt.Sprintf("%s=%.1fms", x.Stage, x.Ms)
 	}
 	return s
+}
+
+// blameCut gives the partition phase a failed request sent before the cut
+// of cluster's link but still in flight when it came (its answer, due
+// within timeout, was lost to the cut): it belongs to the outage, not to
+// the phase it was sent in (as test/load attributes failures to outages).
+func blameCut(samples []Sample, events []Event, cluster string, timeout time.Duration) {
+	for _, e := range events {
+		if e.Kind != "cut" || e.Cluster != cluster {
+			continue
+		}
+		for i := range samples {
+			s := &samples[i]
+			if !s.OK && s.Sent.Before(e.Time) && s.Sent.Add(timeout).After(e.Time) {
+				s.Phase = "partition"
+			}
+		}
+	}
 }
 
 // downtime is the fail-safe's outage: from the first failed request sent

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/test/netns"
 )
 
 type runningProc struct {
@@ -42,7 +44,7 @@ func (tb *Testbed) Start(ns, name, bin string, args []string, health string) (Pr
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := InNS(ns, cmd.Start); err != nil {
+	if err := netns.Do(ns, cmd.Start); err != nil {
 		return Proc{}, fmt.Errorf("start %s in %s: %w", name, ns, err)
 	}
 	rp := &runningProc{cmd: cmd, done: make(chan struct{})}
@@ -179,7 +181,7 @@ func stopProc(ctx context.Context, p Proc, rp *runningProc) error {
 // one (children the testbed's processes spawned, e.g. service copies).
 func killNSProcs(ns string, log *slog.Logger) {
 	var want unix.Stat_t
-	if err := unix.Stat(filepath.Join(netnsDir, ns), &want); err != nil {
+	if err := unix.Stat(filepath.Join(netns.Dir, ns), &want); err != nil {
 		return
 	}
 	ents, err := os.ReadDir("/proc")
@@ -208,35 +210,12 @@ func killNSProcs(ns string, log *slog.Logger) {
 func HTTPClient(ns string, timeout time.Duration) *http.Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return DialNS(ctx, ns, network, addr)
+			return netns.Dial(ctx, ns, network, addr)
 		},
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     30 * time.Second,
 	}
 	return &http.Client{Transport: tr, Timeout: timeout}
-}
-
-// DialNS opens a connection from inside the named namespace.
-func DialNS(ctx context.Context, ns, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := InNS(ns, func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
-}
-
-// ListenNS opens a listener inside the named namespace.
-func ListenNS(ns, network, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := InNS(ns, func() error {
-		var err error
-		l, err = net.Listen(network, addr)
-		return err
-	})
-	return l, err
 }
 
 // WaitHealthy polls url from inside ns until it answers 200, the process

@@ -23,49 +23,53 @@ type TableRow struct {
 	PaperMs float64 `json:"paper_ms,omitempty"`
 }
 
-// tableStages maps the paper's Table I rows to the controller's stage names
-// (the sum of those present).
-var tableStages = []struct {
+// tableRows are the paper's Table I rows, read from each migration's
+// Times (ctrl.Times: the paper's definitions, the same for every role):
+//
+//   - PR: the placement round trip (to the MO, or the local decision).
+//   - replication: the API call to the abroad cluster until it accepted.
+//   - reroute: staging the load balancer's new configuration; commit (the
+//     commit itself) and verify (the check of the new copy between them)
+//     are shown beside it.
+//   - wait: from the replication call until the new copy is ready.
+//   - drain: from the commit until the old copy had no live flow (it is
+//     told to stop at the commit); cleanup: the drain plus removing it.
+//   - deploy: bringing one copy up.
+var tableRows = []struct {
 	row     string
-	stages  []string
+	get     func(ctrl.Times) float64
 	paperMs float64
 }{
-	{"PR", []string{ctrl.StagePlacement}, 3},
-	{"replication", []string{ctrl.StageReplication}, 21},
-	{"reroute", []string{ctrl.StageReroute, ctrl.StageVerify, ctrl.StageCommit}, 47},
-	{"wait", []string{ctrl.StageDrain, "wait"}, 0},
-	{"cleanup", []string{ctrl.StageCleanup}, 0},
-	{"deploy", []string{"deploy"}, 0},
+	{"PR", func(t ctrl.Times) float64 { return t.PR }, 3},
+	{"replication", func(t ctrl.Times) float64 { return t.Replication }, 21},
+	{"reroute", func(t ctrl.Times) float64 { return t.Reroute }, 47},
+	{"commit", func(t ctrl.Times) float64 { return t.Commit }, 0},
+	{"verify", func(t ctrl.Times) float64 { return t.Verify }, 0},
+	{"wait", func(t ctrl.Times) float64 { return t.Wait }, 0},
+	{"drain", func(t ctrl.Times) float64 { return t.Drain }, 0},
+	{"cleanup", func(t ctrl.Times) float64 { return t.Cleanup }, 0},
+	{"deploy", func(t ctrl.Times) float64 { return t.Deploy }, 0},
 }
 
-// Table computes Table I over migrations (done ones only). deployMs adds
-// measured first deployments to the deploy row when the controller's
-// stages hold no "deploy".
+// Table computes Table I over migrations (done ones only; a measure of 0
+// is one that was not taken). deployMs adds measured first deployments to
+// the deploy row.
 func Table(ms []ctrl.Migration, deployMs []float64) []TableRow {
 	var rows []TableRow
-	for _, ts := range tableStages {
+	for _, tr := range tableRows {
 		var vals []float64
 		for _, m := range ms {
 			if m.State != "" && m.State != ctrl.StateDone {
 				continue
 			}
-			sum, any := 0.0, false
-			for _, s := range m.Stages {
-				for _, name := range ts.stages {
-					if s.Stage == name {
-						sum += s.Ms
-						any = true
-					}
-				}
-			}
-			if any {
-				vals = append(vals, sum)
+			if v := tr.get(m.Times); v > 0 {
+				vals = append(vals, v)
 			}
 		}
-		if ts.row == "deploy" && len(vals) == 0 {
+		if tr.row == "deploy" {
 			vals = append(vals, deployMs...)
 		}
-		row := TableRow{Stage: ts.row, N: len(vals), PaperMs: ts.paperMs}
+		row := TableRow{Stage: tr.row, N: len(vals), PaperMs: tr.paperMs}
 		if len(vals) > 0 { // else 0 and printed as "—" (JSON has no NaN)
 			row.MedianMs, row.P95Ms = Quantile(vals, 0.5), Quantile(vals, 0.95)
 		}
@@ -119,11 +123,9 @@ func PrintReport(w io.Writer, r *Result) {
 			kind = m.Role
 		}
 		var st []string
-		for _, ts := range tableStages {
-			for _, n := range ts.stages {
-				if v, ok := m.Stages[n]; ok {
-					st = append(st, fmt.Sprintf("%s=%.1f", n, v))
-				}
+		for _, stage := range ctrl.Stages() {
+			if v, ok := m.Stages[stage.String()]; ok {
+				st = append(st, fmt.Sprintf("%s=%.1f", stage, v))
 			}
 		}
 		fmt.Fprintf(w, "  %-10s %-9s %s -> %s  %8.1f ms  %s  requests %d, failed %d\n",

@@ -23,9 +23,9 @@ func TestQuantileAndTable(t *testing.T) {
 		t.Fatal("quantile of nothing")
 	}
 	ms := []ctrl.Migration{
-		{State: ctrl.StateDone, Stages: []ctrl.StageTime{{Stage: "placement", Ms: 2}, {Stage: "reroute", Ms: 1}, {Stage: "commit", Ms: 3}}},
-		{State: ctrl.StateDone, Stages: []ctrl.StageTime{{Stage: "placement", Ms: 4}, {Stage: "reroute", Ms: 1}, {Stage: "commit", Ms: 1}}},
-		{State: ctrl.StateFailed, Stages: []ctrl.StageTime{{Stage: "placement", Ms: 100}}},
+		{State: ctrl.StateDone, Times: ctrl.Times{PR: 2, Reroute: 1, Commit: 3, Replication: 20, Wait: 60, Deploy: 40}},
+		{State: ctrl.StateDone, Times: ctrl.Times{PR: 4, Reroute: 1, Commit: 1}},
+		{State: ctrl.StateFailed, Times: ctrl.Times{PR: 100}},
 	}
 	rows := Table(ms, []float64{7})
 	byName := map[string]TableRow{}
@@ -35,11 +35,17 @@ func TestQuantileAndTable(t *testing.T) {
 	if r := byName["PR"]; r.N != 2 || r.MedianMs != 3 || r.PaperMs != 3 {
 		t.Errorf("PR row: %+v", r)
 	}
-	if r := byName["reroute"]; r.N != 2 || r.MedianMs != 3 {
-		t.Errorf("reroute row (reroute+verify+commit): %+v", r)
+	if r := byName["reroute"]; r.N != 2 || r.MedianMs != 1 || r.PaperMs != 47 {
+		t.Errorf("reroute row (staging only): %+v", r)
 	}
-	if r := byName["deploy"]; r.N != 1 || r.MedianMs != 7 {
-		t.Errorf("deploy row: %+v", r)
+	if r := byName["commit"]; r.N != 2 || r.MedianMs != 2 {
+		t.Errorf("commit row: %+v", r)
+	}
+	if r := byName["wait"]; r.N != 1 || r.MedianMs != 60 {
+		t.Errorf("wait row: %+v", r)
+	}
+	if r := byName["deploy"]; r.N != 2 || r.MedianMs != 23.5 {
+		t.Errorf("deploy row (the migration's and the first deployment): %+v", r)
 	}
 	if r := byName["cleanup"]; r.N != 0 || r.MedianMs != 0 {
 		t.Errorf("cleanup row: %+v", r)
@@ -83,10 +89,16 @@ func TestReportOutputs(t *testing.T) {
 	}
 }
 
-func TestParseServedBy(t *testing.T) {
-	for in, want := range map[string]string{"cluster home\n": "home", "cluster edge (foreign copy)": "edge", "hello": ""} {
-		if got := ParseServedBy(in); got != want {
-			t.Errorf("ParseServedBy(%q) = %q", in, got)
-		}
+func TestBlameCut(t *testing.T) {
+	t0 := time.Now()
+	cut := t0.Add(10 * time.Second)
+	samples := []Sample{
+		{Sent: cut.Add(-2 * time.Millisecond), Phase: "degraded"},           // in flight at the cut: the outage's
+		{Sent: cut.Add(-3 * time.Second), Phase: "degraded"},                // failed long before: degraded's
+		{Sent: cut.Add(-2 * time.Millisecond), Phase: "degraded", OK: true}, // answered
+	}
+	blameCut(samples, []Event{{Time: cut, Kind: "cut", Cluster: "edge"}, {Time: cut, Kind: "cut", Cluster: "cloud"}}, "edge", time.Second)
+	if samples[0].Phase != "partition" || samples[1].Phase != "degraded" || samples[2].Phase != "degraded" {
+		t.Errorf("phases %q %q %q", samples[0].Phase, samples[1].Phase, samples[2].Phase)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/roamnet/roam/test/load"
+	"github.com/roamnet/roam/test/netns"
 )
 
 // Sample is one request of a Stream.
@@ -39,7 +41,7 @@ func StartStream(ctx context.Context, ns, url string, interval, timeout time.Dur
 	s := &Stream{cancel: cancel, done: make(chan struct{})}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return DialNS(ctx, ns, network, addr)
+			return netns.Dial(ctx, ns, network, addr)
 		},
 		DisableKeepAlives: true,
 	}
@@ -108,21 +110,8 @@ func get(ctx context.Context, hc *http.Client, url string) Sample {
 		return smp
 	}
 	smp.OK = true
-	smp.Cluster = ParseServedBy(string(body))
+	smp.Cluster = load.ServedBy(string(body))
 	return smp
-}
-
-// ParseServedBy reads the cluster id from the demo service's answer
-// ("cluster <id>", possibly followed by more text).
-func ParseServedBy(body string) string {
-	for _, line := range strings.Split(body, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cluster "); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				return f[0]
-			}
-		}
-	}
-	return ""
 }
 
 func (s *Stream) add(smp Sample) {

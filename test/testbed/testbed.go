@@ -18,8 +18,9 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/test/netns"
 )
 
 // Node-side interface names inside a cluster namespace, and the client's.
@@ -274,16 +275,7 @@ func (tb *Testbed) addNS(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := createNS(name); err != nil {
-		return err
-	}
-	if err := withHandle(name, func(h *netlink.Handle) error {
-		lo, err := h.LinkByName("lo")
-		if err != nil {
-			return fmt.Errorf("find lo: %w", err)
-		}
-		return h.LinkSetUp(lo)
-	}); err != nil {
+	if err := netns.Create(name); err != nil {
 		return err
 	}
 	for _, kv := range [][2]string{
@@ -294,26 +286,11 @@ func (tb *Testbed) addNS(name string) error {
 		{"net.ipv6.conf.all.keep_addr_on_down", "1"},
 		{"net.ipv6.conf.default.keep_addr_on_down", "1"},
 	} {
-		if err := writeSysctl(name, kv[0], kv[1]); err != nil {
+		if err := netns.Sysctl(name, kv[0], kv[1]); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// withHandle runs f with a netlink handle bound to the named namespace.
-func withHandle(ns string, f func(h *netlink.Handle) error) error {
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return fmt.Errorf("netlink handle in %s: %w", ns, err)
-	}
-	defer h.Close()
-	return f(h)
 }
 
 func prefixOf(a netip.Addr, bits int) *netlink.Addr {
@@ -328,63 +305,13 @@ func netOf(a netip.Addr, bits int) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(bits, a.BitLen())}
 }
 
-// vethInto creates a veth pair in namespace ns (end name) whose peer lands
-// in namespace peerNS (peer name); both ends get their addresses and are up.
-func vethInto(ns, name string, addrs []netip.Addr, bits []int, peerNS, peer string, peerAddrs []netip.Addr) error {
-	pns, err := netns.GetFromName(peerNS)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", peerNS, err)
-	}
-	defer pns.Close()
-	if err := withHandle(ns, func(h *netlink.Handle) error {
-		v := &netlink.Veth{
-			LinkAttrs:     netlink.LinkAttrs{Name: name, MTU: 1500},
-			PeerName:      peer,
-			PeerNamespace: netlink.NsFd(pns),
-		}
-		if err := h.LinkAdd(v); err != nil {
-			return fmt.Errorf("add veth %s (%s) - %s (%s): %w", name, ns, peer, peerNS, err)
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	up := func(ns, ifname string, addrs []netip.Addr) error {
-		return withHandle(ns, func(h *netlink.Handle) error {
-			l, err := h.LinkByName(ifname)
-			if err != nil {
-				return fmt.Errorf("find %s in %s: %w", ifname, ns, err)
-			}
-			for i, a := range addrs {
-				if err := h.AddrAdd(l, prefixOf(a, bits[i])); err != nil {
-					return fmt.Errorf("add %s to %s in %s: %w", a, ifname, ns, err)
-				}
-			}
-			if err := h.LinkSetUp(l); err != nil {
-				return fmt.Errorf("set %s up in %s: %w", ifname, ns, err)
-			}
-			return nil
-		})
-	}
-	if err := up(ns, name, addrs); err != nil {
-		return err
-	}
-	if err := up(peerNS, peer, peerAddrs); err != nil {
-		return err
-	}
-	// Checksums in software on both ends, as frames on a real wire carry
-	// them: a veth hands its peer locally sent frames with a partial
-	// checksum, which a native XDP program cannot see, and a frame it
-	// XDP_TXes or redirects leaves with that partial checksum as if final
-	// (the receiver drops it as corrupt).
-	if err := txChecksumOff(ns, name); err != nil {
-		return err
-	}
-	return txChecksumOff(peerNS, peer)
+// pair4and6 gives the two addresses of a veth end: an IPv4 /24 and an IPv6 /64.
+func pair4and6(a4, a6 netip.Addr) []netip.Prefix {
+	return []netip.Prefix{netip.PrefixFrom(a4, 24), netip.PrefixFrom(a6, 64)}
 }
 
 func addDefaultRoutes(ns, ifname string, gw4, gw6 netip.Addr) error {
-	return withHandle(ns, func(h *netlink.Handle) error {
+	return netns.Handle(ns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(ifname)
 		if err != nil {
 			return fmt.Errorf("find %s in %s: %w", ifname, ns, err)
@@ -421,14 +348,14 @@ func (tb *Testbed) build(ctx context.Context) error {
 		if err := tb.addNS(c.NS); err != nil {
 			return err
 		}
-		if err := vethInto(tb.st.Router, c.RouterIf, []netip.Addr{WANRouter4(i), WANRouter6(i)}, []int{24, 64},
-			c.NS, NodeWANIf, []netip.Addr{WANNode4(i), WANNode6(i)}); err != nil {
+		if err := netns.Veth(netns.End{NS: tb.st.Router, Name: c.RouterIf, Addrs: pair4and6(WANRouter4(i), WANRouter6(i))},
+			netns.End{NS: c.NS, Name: NodeWANIf, Addrs: pair4and6(WANNode4(i), WANNode6(i))}); err != nil {
 			return err
 		}
 		if err := addDefaultRoutes(c.NS, NodeWANIf, WANRouter4(i), WANRouter6(i)); err != nil {
 			return err
 		}
-		if err := attachXDPPass(tb.st.Router, c.RouterIf); err != nil {
+		if err := netns.AttachXDPPass(tb.st.Router, c.RouterIf); err != nil {
 			return err
 		}
 		for _, cn := range cc.Clients {
@@ -441,14 +368,14 @@ func (tb *Testbed) build(ctx context.Context) error {
 			if err := tb.addNS(cl.NS); err != nil {
 				return err
 			}
-			if err := vethInto(c.NS, cl.NodeIf, []netip.Addr{AccessNode4(j), AccessNode6(j)}, []int{24, 64},
-				cl.NS, ClientIf, []netip.Addr{AccessClient4(j), AccessClient6(j)}); err != nil {
+			if err := netns.Veth(netns.End{NS: c.NS, Name: cl.NodeIf, Addrs: pair4and6(AccessNode4(j), AccessNode6(j))},
+				netns.End{NS: cl.NS, Name: ClientIf, Addrs: pair4and6(AccessClient4(j), AccessClient6(j))}); err != nil {
 				return err
 			}
 			if err := addDefaultRoutes(cl.NS, ClientIf, AccessNode4(j), AccessNode6(j)); err != nil {
 				return err
 			}
-			if err := attachXDPPass(cl.NS, ClientIf); err != nil {
+			if err := netns.AttachXDPPass(cl.NS, ClientIf); err != nil {
 				return err
 			}
 			c.Ifaces = append(c.Ifaces, cl.NodeIf)
@@ -485,7 +412,7 @@ func (tb *Testbed) routerRoutes(only string) error {
 	clients := append([]Client(nil), tb.st.Clients...)
 	clusters := append([]Cluster(nil), tb.st.Clusters...)
 	tb.mu.Unlock()
-	return withHandle(tb.st.Router, func(h *netlink.Handle) error {
+	return netns.Handle(tb.st.Router, func(h *netlink.Handle) error {
 		for _, cl := range clients {
 			if only != "" && cl.Cluster != only {
 				continue
@@ -537,7 +464,7 @@ func (tb *Testbed) Shape(cluster string, bps uint64) (Event, error) {
 	burst := uint32(max(rate/100, 16*1514))
 	limit := uint32(rate/20) + burst // ~50 ms of queue
 	for _, end := range [][2]string{{tb.st.Router, c.RouterIf}, {c.NS, NodeWANIf}} {
-		if err := withHandle(end[0], func(h *netlink.Handle) error {
+		if err := netns.Handle(end[0], func(h *netlink.Handle) error {
 			l, err := h.LinkByName(end[1])
 			if err != nil {
 				return fmt.Errorf("find %s in %s: %w", end[1], end[0], err)
@@ -568,7 +495,7 @@ func (tb *Testbed) Unshape(cluster string) (Event, error) {
 		return Event{}, err
 	}
 	for _, end := range [][2]string{{tb.st.Router, c.RouterIf}, {c.NS, NodeWANIf}} {
-		if err := withHandle(end[0], func(h *netlink.Handle) error {
+		if err := netns.Handle(end[0], func(h *netlink.Handle) error {
 			l, err := h.LinkByName(end[1])
 			if err != nil {
 				return fmt.Errorf("find %s in %s: %w", end[1], end[0], err)
@@ -603,7 +530,7 @@ func (tb *Testbed) Cut(cluster string) (Event, error) {
 	if err != nil {
 		return Event{}, err
 	}
-	if err := withHandle(tb.st.Router, func(h *netlink.Handle) error {
+	if err := netns.Handle(tb.st.Router, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(c.RouterIf)
 		if err != nil {
 			return fmt.Errorf("find %s in router: %w", c.RouterIf, err)
@@ -629,7 +556,7 @@ func (tb *Testbed) Restore(cluster string) (Event, error) {
 	if err != nil {
 		return Event{}, err
 	}
-	if err := withHandle(tb.st.Router, func(h *netlink.Handle) error {
+	if err := netns.Handle(tb.st.Router, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(c.RouterIf)
 		if err != nil {
 			return fmt.Errorf("find %s in router: %w", c.RouterIf, err)
@@ -689,11 +616,11 @@ func (tb *Testbed) Status() Status {
 	st := tb.State()
 	s := Status{Name: st.Name, StateFile: tb.statePath, Namespaces: map[string]bool{}, Clusters: st.Clusters, Clients: st.Clients, Events: st.Events}
 	for _, n := range st.Namespaces {
-		s.Namespaces[n] = nsExists(n)
+		s.Namespaces[n] = netns.Exists(n)
 	}
 	for _, c := range st.Clusters {
 		ls := LinkStatus{Cluster: c.Name, Iface: c.RouterIf}
-		_ = withHandle(st.Router, func(h *netlink.Handle) error {
+		_ = netns.Handle(st.Router, func(h *netlink.Handle) error {
 			l, err := h.LinkByName(c.RouterIf)
 			if err != nil {
 				return err
@@ -769,7 +696,7 @@ func teardown(ctx context.Context, st State, running map[int]*runningProc, state
 		nss[n] = true
 	}
 	if st.Name != "" {
-		for _, n := range listNS(Prefix(st.Name)) {
+		for _, n := range netns.List(Prefix(st.Name)) {
 			nss[n] = true
 		}
 	}
@@ -779,11 +706,11 @@ func teardown(ctx context.Context, st State, running map[int]*runningProc, state
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		if !nsExists(n) {
+		if !netns.Exists(n) {
 			continue
 		}
 		killNSProcs(n, log)
-		if err := deleteNS(n); err != nil {
+		if err := netns.Delete(n); err != nil {
 			errs = append(errs, err)
 		} else {
 			log.Info("deleted netns", "netns", n)

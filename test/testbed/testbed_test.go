@@ -13,6 +13,10 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/roamnet/roam/test/netns"
 )
 
 func needRoot(t *testing.T) {
@@ -62,7 +66,7 @@ func up(t *testing.T, cfg Config) *Testbed {
 // (n read as the first line) or echoes nothing; it returns the port.
 func sink(t *testing.T, ns string, addr netip.Addr) netip.AddrPort {
 	t.Helper()
-	l, err := ListenNS(ns, "tcp", netip.AddrPortFrom(addr, 0).String())
+	l, err := netns.Listen(ns, "tcp", netip.AddrPortFrom(addr, 0).String())
 	if err != nil {
 		t.Fatalf("listen in %s: %v", ns, err)
 	}
@@ -86,7 +90,7 @@ func sink(t *testing.T, ns string, addr netip.Addr) netip.AddrPort {
 // transfer sends n bytes from ns to dst and returns the rate in bits/s
 // (measured until the receiver acknowledges the end).
 func transfer(ctx context.Context, ns string, dst netip.AddrPort, n int) (float64, error) {
-	c, err := DialNS(ctx, ns, "tcp", dst.String())
+	c, err := netns.Dial(ctx, ns, "tcp", dst.String())
 	if err != nil {
 		return 0, err
 	}
@@ -114,7 +118,7 @@ func transfer(ctx context.Context, ns string, dst netip.AddrPort, n int) (float6
 func reachable(ns string, dst netip.AddrPort, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	c, err := DialNS(ctx, ns, "tcp", dst.String())
+	c, err := netns.Dial(ctx, ns, "tcp", dst.String())
 	if err != nil {
 		return err
 	}
@@ -155,11 +159,11 @@ func TestUpDown(t *testing.T) {
 		t.Fatalf("down: %v", err)
 	}
 	for n := range st.Namespaces {
-		if nsExists(n) {
+		if netns.Exists(n) {
 			t.Errorf("netns %s left after down", n)
 		}
 	}
-	if left := listNS(Prefix(cfg.Name)); len(left) > 0 {
+	if left := netns.List(Prefix(cfg.Name)); len(left) > 0 {
 		t.Errorf("namespaces left: %v", left)
 	}
 	if _, err := os.Stat(StatePath(cfg)); !os.IsNotExist(err) {
@@ -201,7 +205,7 @@ func TestUpAfterKilledUp(t *testing.T) {
 	if err := second.Down(context.Background()); err != nil {
 		t.Fatalf("down: %v", err)
 	}
-	if left := listNS(Prefix(cfg.Name)); len(left) > 0 {
+	if left := netns.List(Prefix(cfg.Name)); len(left) > 0 {
 		t.Errorf("namespaces left: %v", left)
 	}
 }
@@ -340,8 +344,8 @@ func TestLaunchMetaAndAgents(t *testing.T) {
 	// The agents hold XDP on the node's interfaces.
 	home, _ := tb.Cluster("home")
 	for _, ifname := range home.Ifaces {
-		if err := InNS(home.NS, func() error {
-			l, err := netlinkLinkByName(ifname)
+		if err := netns.Do(home.NS, func() error {
+			l, err := netlink.LinkByName(ifname)
 			if err != nil {
 				return err
 			}

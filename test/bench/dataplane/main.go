@@ -1,220 +1,426 @@
-// Command dataplane (make bench-dataplane, root) compares, in one run on the
-// same network namespaces (dataplane/e2e's client → home → abroad), three
-// ways a home node can send a frontend's traffic abroad:
+// Command dataplane (make bench-dataplane, root) measures what one core
+// pays to forward a packet through each way a home node can send a
+// frontend's traffic to its target:
 //
-//	(a) roam's XDP redirector (native XDP on the home node's veths),
+//	(a) roam's XDP redirector, loaded and configured by the dataplane package as the agent does,
 //	(b) iptables DNAT+SNAT with conntrack (what kube-proxy does),
-//	(c) a userspace Go proxy (TCP and UDP).
+//	(c) the same with nftables,
+//	(d) a userspace Go proxy.
 //
-// It prints the XDP program's own cost per packet (BPF_PROG_TEST_RUN with
-// repeat), UDP packets per second received (iperf3 -u -l 64 -b 0) and TCP
-// throughput (iperf3) through each, the ratios, a table, and as the very
-// last line one JSON object with the figures.
+// The generator is the kernel's own: an XDP program run by
+// BPF_PROG_TEST_RUN with live frames from the client namespace, sending
+// out of the client's veth. Generator, forwarder and sink (an XDP program
+// at the far end that counts and drops) all run on one CPU, one after the
+// other, so a path's rate is what one core does for all of it; the
+// reference path (generator to a drop at the forwarder's ingress) is
+// measured the same way, and 1/pps − 1/pps_reference is the forwarding
+// cost per packet. Rates are packets delivered per second of CPU time
+// spent on them (the generator's thread, ksoftirqd of that CPU and the
+// proxy's threads), so other work on this shared machine does not count;
+// wall-clock rates and the CPU share are printed beside them.
+//
+// Every path has its own namespaces, so samples of all paths alternate,
+// and each figure is the median of -reps samples. It ends with a table and,
+// as the very last line, one JSON object with the figures.
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
-	"runtime"
-	"strconv"
-	"sync"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-
-	"github.com/roamnet/roam/dataplane"
-	"github.com/roamnet/roam/dataplane/e2e"
+	"github.com/roamnet/roam/test/netns"
 )
 
-const iperfPort = 5201
-
 func main() {
-	dur := flag.Duration("duration", 8*time.Second, "length of each iperf3 run")
-	repeat := flag.Int("repeat", 1_000_000, "BPF_PROG_TEST_RUN repeat count")
+	if len(os.Args) > 1 && os.Args[1] == proxyFlag {
+		if err := runProxy(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	var o options
+	flag.IntVar(&o.reps, "reps", 5, "samples per path and scenario (figures are medians)")
+	flag.IntVar(&o.cpu, "cpu", 0, "the CPU generator, forwarders and sink run on")
+	flag.DurationVar(&o.sample, "sample", 300*time.Millisecond, "CPU time one sample aims at")
+	flag.IntVar(&o.repeat, "repeat", 1_000_000, "BPF_PROG_TEST_RUN repeat count of the program-cost figure")
+	flag.Uint64Var(&o.few, "flows", 1024, "flows of the established-flow figures")
+	flag.Uint64Var(&o.mid, "flows-mid", 100_000, "flows of the first large-conntrack figure")
+	flag.Uint64Var(&o.big, "flows-big", 1_000_000, "flows of the second large-conntrack figure")
+	flag.Uint64Var(&o.newFlows, "new-flows", 100_000, "new flows per new-flow sample (conntrack is emptied before each)")
+	churn := flag.Uint("churn", 200_000, "flows that come and go before each established-flow scenario (0: a fresh table)")
+	only := flag.String("scenarios", "", "comma-separated scenario keys to run (est4,new4,mid4,big4,est6,new6; default all)")
+	flag.StringVar(&o.profile, "profile", "", "directory: record one extra sample of each path under perf record -C <cpu> and print its top symbols")
+	frontends := flag.Uint("frontends", 128, "frontends (UDP ports) the flows are spread over")
 	flag.Parse()
+	o.frontends = uint32(*frontends)
+	o.churn = uint32(*churn)
+	if *only != "" {
+		o.only = strings.Split(*only, ",")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *dur, *repeat); err != nil {
+	if err := run(ctx, o); err != nil {
 		slog.Error("bench-dataplane", "err", err)
 		os.Exit(1)
 	}
 }
 
-type result struct {
-	NsPerPacket         float64 `json:"ns_per_packet"`
-	PPSXDP              float64 `json:"pps_xdp"`
-	PPSIptables         float64 `json:"pps_iptables"`
-	PPSUserspace        float64 `json:"pps_userspace"`
-	GbpsXDP             float64 `json:"gbps_xdp"`
-	GbpsIptables        float64 `json:"gbps_iptables"`
-	GbpsUserspace       float64 `json:"gbps_userspace"`
-	RatioXDPIptables    float64 `json:"ratio_xdp_iptables"`
-	RatioXDPUserspace   float64 `json:"ratio_xdp_userspace"`
-	RatioGbpsIptables   float64 `json:"ratio_gbps_xdp_iptables"`
-	RatioGbpsUserspace  float64 `json:"ratio_gbps_xdp_userspace"`
-	UDPLossXDP          float64 `json:"udp_loss_pct_xdp"`
-	UDPLossIptables     float64 `json:"udp_loss_pct_iptables"`
-	UDPLossUserspace    float64 `json:"udp_loss_pct_userspace"`
-	IperfSecondsPerTest float64 `json:"iperf_seconds"`
+type options struct {
+	reps, cpu, repeat int
+	sample            time.Duration
+	few, mid, big     uint64
+	newFlows          uint64
+	frontends         uint32
+	churn             uint32
+	only              []string
+	profile           string
 }
 
-func run(ctx context.Context, dur time.Duration, repeat int) error {
+func run(ctx context.Context, o options) (err error) {
 	if os.Geteuid() != 0 {
-		return errors.New("run as root (network namespaces, XDP, bpffs, iptables)")
+		return errors.New("run as root (network namespaces, XDP, bpffs, netfilter)")
 	}
-	for _, tool := range []string{"ip", "iperf3", "iptables"} {
+	for _, tool := range []string{"ip", "iptables-restore", "ip6tables-restore", "nft", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("find %s: %w (make deps)", tool, err)
 		}
 	}
-	topo, err := e2e.NewTopology()
+	if o.reps < 1 || o.frontends < 1 || o.frontends > 1000 {
+		return errors.New("want -reps >= 1 and 1 <= -frontends <= 1000")
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled"); err == nil && strings.TrimSpace(string(b)) != "0" {
+		slog.Warn("kernel.bpf_stats_enabled is on (someone else turned it on?): every BPF program costs more while it is")
+	}
+	load0 := loadAvg()
+	kp, err := ksoftirqd(o.cpu)
 	if err != nil {
 		return err
 	}
-	defer topo.Close()
-	fmt.Fprintf(os.Stderr, "namespaces %s, %s, %s\n", topo.Client, topo.Home, topo.Abroad)
 
-	stopIperf, err := e2e.StartIperfServer(ctx, topo.Abroad, e2e.AbroadAddr1.String(), iperfPort)
-	if err != nil {
+	sfx := netns.RandSuffix(3)
+	b := &bench{o: o, ksoftirqd: kp, res: map[string]map[string][]sample{}, entries: map[string]map[string]int{}}
+	defer func() { err = errors.Join(err, b.Close()) }()
+	slog.Info("building namespaces", "suffix", sfx)
+	if b.ref, err = setupRef(ctx, sfx, o.frontends); err != nil {
 		return err
 	}
-	defer stopIperf()
-	target := netip.AddrPortFrom(e2e.AbroadAddr1, iperfPort)
-
-	// (a) XDP: frontends :80/tcp and :80/udp → abroad iperf3.
-	pin := "/sys/fs/bpf/roam-bench-" + topo.Suffix
-	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: e2e.HomeWAN, IdleTimeout: 30 * time.Second})
-	if err != nil {
-		return err
+	b.paths = append(b.paths, b.ref)
+	steps := []func() (*path, error){
+		func() (*path, error) { return setupXDP(ctx, sfx, o.frontends, 30*time.Minute) },
+		func() (*path, error) { return setupNetfilter(ctx, "iptables", sfx, o.frontends) },
+		func() (*path, error) { return setupNetfilter(ctx, "nftables", sfx, o.frontends) },
+		func() (*path, error) { return setupUserspace(ctx, sfx, o.cpu) },
 	}
-	defer dataplane.Unpin(pin)
-	defer dp.Close()
-	err = e2e.InNS(topo.Home, func() error {
-		for _, ifc := range []string{"h0", "h1"} {
-			if err := dp.AttachXDP(ifc, dataplane.XDPNative); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, p := range []dataplane.Proto{dataplane.TCP, dataplane.UDP} {
-		f := dataplane.Frontend{Addr: e2e.HomeAddr, Port: 80, Proto: p}
-		gen, err := dp.Stage(f, dataplane.Redirect(target))
+	for _, step := range steps {
+		p, err := step()
 		if err != nil {
 			return err
 		}
-		if err := dp.Commit(f, gen); err != nil {
-			return err
+		b.paths = append(b.paths, p)
+	}
+	b.ct = newCTLimits(o.big)
+	defer func() { err = errors.Join(err, b.ct.restore()) }()
+
+	if b.nsPerPacket, err = b.programCost(ctx); err != nil {
+		return err
+	}
+	for _, sc := range b.scenarios() {
+		if err := b.runScenario(ctx, sc); err != nil {
+			return fmt.Errorf("%s: %w", sc.title, err)
 		}
 	}
+	b.load = [2]string{load0, loadAvg()}
+	return b.report()
+}
 
-	var res result
-	res.IperfSecondsPerTest = dur.Seconds()
-	var cost dataplane.BenchResult
-	err = e2e.InNS(topo.Home, func() (err error) {
-		cost, err = progCost(repeat)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("measure program cost: %w", err)
-	}
-	res.NsPerPacket = float64(cost.PerPacket.Nanoseconds())
-	fmt.Fprintf(os.Stderr, "xdp program: %.1f ns/packet (an empty XDP program: %s)\n", res.NsPerPacket, cost.Baseline)
+// bench holds the paths and the samples.
+type bench struct {
+	o           options
+	ksoftirqd   int
+	ref         *path
+	paths       []*path // ref first
+	nsPerPacket [2]progCost
+	res         map[string]map[string][]sample // scenario key -> path name -> samples
+	entries     map[string]map[string]int      // conntrack entries after a prefill
+	scs         []scenario
+	load        [2]string
+	ct          *ctLimits
+}
 
-	if res.PPSXDP, res.UDPLossXDP, err = udpPPS(ctx, topo, 80, dur); err != nil {
-		return fmt.Errorf("xdp udp: %w (%s)", err, xdpState(dp))
+func (b *bench) Close() error {
+	var errs []error
+	for _, p := range b.paths {
+		errs = append(errs, p.Close())
 	}
-	if res.GbpsXDP, err = tcpGbps(ctx, topo, 80, dur); err != nil {
-		return fmt.Errorf("xdp tcp: %w (%s)", err, xdpState(dp))
-	}
-	fmt.Fprintf(os.Stderr, "xdp: %.0f pps, %.2f Gbit/s\n", res.PPSXDP, res.GbpsXDP)
+	return errors.Join(errs...)
+}
 
-	// The kernel paths run on the same interfaces, roam's program swapped
-	// for a bare XDP_PASS: frames stay MTU-sized on every veth, as on a real
-	// wire, and the kernel still aggregates them with GRO on receive.
-	err = e2e.InNS(topo.Home, func() error {
-		return errors.Join(dp.Detach("h0"), dp.Detach("h1"))
-	})
-	if err != nil {
-		return err
-	}
-	for _, ifc := range []string{"h0", "h1"} {
-		if err := e2e.AttachPass(topo.Home, ifc); err != nil {
-			return err
+func (b *bench) path(name string) *path {
+	for _, p := range b.paths {
+		if p.name == name {
+			return p
 		}
 	}
-
-	// (b) iptables: :81 DNAT to the target, SNAT to the home node's address.
-	fe81 := e2e.HomeAddr.String()
-	for _, rule := range [][]string{
-		{"-t", "nat", "-A", "PREROUTING", "-d", fe81, "-p", "tcp", "--dport", "81", "-j", "DNAT", "--to-destination", target.String()},
-		{"-t", "nat", "-A", "PREROUTING", "-d", fe81, "-p", "udp", "--dport", "81", "-j", "DNAT", "--to-destination", target.String()},
-		{"-t", "nat", "-A", "POSTROUTING", "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", e2e.HomeWAN.String()},
-	} {
-		if out, err := e2e.Cmd(ctx, topo.Home, "iptables", rule...).CombinedOutput(); err != nil {
-			return fmt.Errorf("iptables %v: %w: %s", rule, err, out)
-		}
-	}
-	if res.PPSIptables, res.UDPLossIptables, err = udpPPS(ctx, topo, 81, dur); err != nil {
-		return fmt.Errorf("iptables udp: %w", err)
-	}
-	if res.GbpsIptables, err = tcpGbps(ctx, topo, 81, dur); err != nil {
-		return fmt.Errorf("iptables tcp: %w", err)
-	}
-	fmt.Fprintf(os.Stderr, "iptables: %.0f pps, %.2f Gbit/s\n", res.PPSIptables, res.GbpsIptables)
-
-	// (c) userspace Go proxy on :82.
-	proxy, err := startProxy(topo, netip.AddrPortFrom(e2e.HomeAddr, 82), target)
-	if err != nil {
-		return err
-	}
-	defer proxy.Close()
-	if res.PPSUserspace, res.UDPLossUserspace, err = udpPPS(ctx, topo, 82, dur); err != nil {
-		return fmt.Errorf("userspace udp: %w", err)
-	}
-	if res.GbpsUserspace, err = tcpGbps(ctx, topo, 82, dur); err != nil {
-		return fmt.Errorf("userspace tcp: %w", err)
-	}
-	fmt.Fprintf(os.Stderr, "userspace: %.0f pps, %.2f Gbit/s\n", res.PPSUserspace, res.GbpsUserspace)
-
-	res.RatioXDPIptables = ratio(res.PPSXDP, res.PPSIptables)
-	res.RatioXDPUserspace = ratio(res.PPSXDP, res.PPSUserspace)
-	res.RatioGbpsIptables = ratio(res.GbpsXDP, res.GbpsIptables)
-	res.RatioGbpsUserspace = ratio(res.GbpsXDP, res.GbpsUserspace)
-
-	fmt.Printf("\nroam data plane benchmark (one run, same namespaces, iperf3 %s per figure)\n\n", dur)
-	fmt.Printf("XDP program alone (BPF_PROG_TEST_RUN x %d, established TCP flow, verdict %d): %.1f ns/packet\n", repeat, cost.Verdict, res.NsPerPacket)
-	fmt.Printf("  (an empty XDP program measured the same way: %s/packet)\n\n", cost.Baseline)
-	fmt.Printf("%-28s %16s %10s %14s\n", "path", "UDP 64 B pps", "UDP loss", "TCP Gbit/s")
-	fmt.Printf("%-28s %16.0f %9.1f%% %14.2f\n", "(a) XDP redirector", res.PPSXDP, res.UDPLossXDP, res.GbpsXDP)
-	fmt.Printf("%-28s %16.0f %9.1f%% %14.2f\n", "(b) iptables DNAT+SNAT", res.PPSIptables, res.UDPLossIptables, res.GbpsIptables)
-	fmt.Printf("%-28s %16.0f %9.1f%% %14.2f\n", "(c) userspace Go proxy", res.PPSUserspace, res.UDPLossUserspace, res.GbpsUserspace)
-	fmt.Printf("%-28s %15.2fx %10s %13.2fx\n", "XDP / iptables", res.RatioXDPIptables, "", res.RatioGbpsIptables)
-	fmt.Printf("%-28s %15.2fx %10s %13.2fx\n", "XDP / userspace", res.RatioXDPUserspace, "", res.RatioGbpsUserspace)
-	fmt.Printf("\nall paths on the same veths, each with an XDP program on both ends (MTU-sized frames as on a wire);\n"+
-		"the iperf3 figures are end to end: sender, receiver and forwarder share this machine's %d CPUs,\n"+
-		"so where the endpoints saturate first the ratios understate the forwarding difference.\n\n", runtime.NumCPU())
-	b, err := json.Marshal(res)
-	if err != nil {
-		return err
-	}
-	fmt.Println(string(b))
 	return nil
+}
+
+// scenario is one row group of the table.
+type scenario struct {
+	key, title string
+	fam        fam
+	flows      uint64 // cycled through; 0: every packet a new flow
+	prefill    bool   // send every flow once before measuring
+	paths      []string
+}
+
+func (b *bench) scenarios() []scenario {
+	all := []string{"xdp", "iptables", "nftables", "userspace"}
+	nat := []string{"xdp", "iptables", "nftables"}
+	o := b.o
+	b.scs = []scenario{
+		{"est4", fmt.Sprintf("established flows, IPv4, %d flows", o.few), v4, o.few, true, all},
+		{"new4", "new flows (each packet a flow's first), IPv4", v4, 0, false, nat},
+		{"mid4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.mid), v4, o.mid, true, nat},
+		{"big4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.big), v4, o.big, true, nat},
+		{"est6", fmt.Sprintf("established flows, IPv6, %d flows", o.few), v6, o.few, true, all},
+		{"new6", "new flows (each packet a flow's first), IPv6", v6, 0, false, nat},
+	}
+	if len(o.only) > 0 {
+		b.scs = slices.DeleteFunc(b.scs, func(sc scenario) bool { return !slices.Contains(o.only, sc.key) })
+	}
+	return b.scs
+}
+
+// clocks is the CPU time, besides the generator thread's, that a path's
+// samples count.
+func (b *bench) clocks(p *path) cpuClock {
+	return func() (time.Duration, error) {
+		d, err := schedRuntime(b.ksoftirqd, b.ksoftirqd)
+		if err != nil || p.proxy == nil {
+			return d, err
+		}
+		px, err := p.proxy.runtime()
+		return d + px, err
+	}
+}
+
+func (b *bench) flowsOf(sc scenario, p *path) flows {
+	return flows{fam: sc.fam, count: sc.flows, frontends: p.frontends}
+}
+
+func (b *bench) record(sc scenario, path string, s sample) {
+	if b.res[sc.key] == nil {
+		b.res[sc.key] = map[string][]sample{}
+	}
+	b.res[sc.key][path] = append(b.res[sc.key][path], s)
+}
+
+// runScenario measures the generator alone, the reference and each path
+// of sc, alternating, reps times.
+func (b *bench) runScenario(ctx context.Context, sc scenario) error {
+	slog.Info("scenario", "what", sc.title)
+	paths := []*path{b.ref}
+	for _, name := range sc.paths {
+		paths = append(paths, b.path(name))
+	}
+	for _, p := range paths {
+		if err := p.expect(sc.fam, p == b.ref); err != nil {
+			return err
+		}
+		if p.flush != nil {
+			if err := p.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if sc.prefill {
+		if err := b.ct.ensure(); err != nil {
+			return err
+		}
+	}
+	if sc.prefill && b.o.churn > 0 {
+		// A node in service: flows have come and gone, so a table's
+		// entries are wherever its allocator left them (for roam's
+		// preallocated LRU maps: scattered over the whole table).
+		for _, p := range paths[1:] {
+			if p.flush == nil {
+				continue
+			}
+			churn := flows{fam: sc.fam, first: 1 << 22, frontends: p.frontends}
+			if _, err := measure(ctx, p.gen, p.sink, churn, b.o.churn, b.o.cpu, p.pace, b.clocks(p)); err != nil {
+				return fmt.Errorf("churn %s: %w", p.name, err)
+			}
+			if err := p.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if sc.prefill {
+		for _, p := range paths[1:] {
+			s, err := measure(ctx, p.gen, p.sink, b.flowsOf(sc, p), uint32(sc.flows), b.o.cpu, p.pace, b.clocks(p))
+			if err != nil {
+				return fmt.Errorf("prefill %s: %w", p.name, err)
+			}
+			if p.entries != nil {
+				n, err := p.entries()
+				if err != nil {
+					return err
+				}
+				if b.entries[sc.key] == nil {
+					b.entries[sc.key] = map[string]int{}
+				}
+				b.entries[sc.key][p.name] = n
+			}
+			slog.Info("prefilled", "path", p.name, "sample", s, "conntrack_entries", b.entries[sc.key][p.name])
+		}
+	}
+	// Size each path's samples from a short first one.
+	n := map[string]uint32{}
+	for _, p := range paths {
+		probe := uint32(200_000)
+		if p.proxy != nil {
+			probe = 20_000
+		}
+		s, err := b.sample(ctx, sc, p, probe)
+		if err != nil {
+			return err
+		}
+		n[p.name] = uint32(min(math.Max(s.pps()*b.o.sample.Seconds(), 10_000), 50e6))
+		if sc.flows == 0 {
+			n[p.name] = uint32(min(uint64(n[p.name]), b.o.newFlows))
+		}
+	}
+	gen := b.flowsOf(sc, b.ref)
+	for r := range b.o.reps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s, err := generatorOnly(ctx, b.ref.gen, gen, n[b.ref.name]*2, b.o.cpu)
+		if err != nil {
+			return err
+		}
+		b.record(sc, "generator", s)
+		for _, p := range paths {
+			s, err := b.sample(ctx, sc, p, n[p.name])
+			if err != nil {
+				return err
+			}
+			if s.lossPct() > 1 || s.other > s.delivered/100 {
+				slog.Warn("frames lost or not forwarded as expected", "path", p.name, "rep", r, "sample", s, "unexpected_at_sink", s.other)
+			}
+			b.record(sc, p.name, s)
+		}
+	}
+	if b.o.profile != "" {
+		for _, p := range paths {
+			if err := b.profileSample(ctx, sc, p, n[p.name]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// sample is one measurement of p in sc (conntrack emptied first for new flows).
+func (b *bench) sample(ctx context.Context, sc scenario, p *path, n uint32) (sample, error) {
+	if sc.flows == 0 && p.flush != nil {
+		if err := p.flush(); err != nil {
+			return sample{}, err
+		}
+	}
+	s, err := measure(ctx, p.gen, p.sink, b.flowsOf(sc, p), n, b.o.cpu, p.pace, b.clocks(p))
+	if err != nil {
+		return sample{}, fmt.Errorf("%s: %w", p.name, err)
+	}
+	return s, nil
+}
+
+// median of the samples' CPU-time rates, wall rates, CPU shares and losses.
+type summary struct {
+	pps, wall, share, loss float64
+	n                      int
+}
+
+func summarize(ss []sample) summary {
+	med := func(f func(sample) float64) float64 {
+		v := make([]float64, len(ss))
+		for i, s := range ss {
+			v[i] = f(s)
+		}
+		slices.Sort(v)
+		if len(v) == 0 {
+			return 0
+		}
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return summary{pps: med(sample.pps), wall: med(sample.wallPPS), share: med(sample.share), loss: med(sample.lossPct), n: len(ss)}
+}
+
+func (b *bench) summary(sc, path string) summary { return summarize(b.res[sc][path]) }
+
+// perRep is the median over reps of f, which reads the samples of one
+// rep (taken seconds apart): the machine is shared and its speed drifts
+// over minutes, much less within a rep.
+func (b *bench) perRep(sc string, f func(rep func(path string) sample) float64) float64 {
+	n := -1
+	for _, ss := range b.res[sc] {
+		if n < 0 || len(ss) < n {
+			n = len(ss)
+		}
+	}
+	var v []float64
+	for i := range max(n, 0) {
+		v = append(v, f(func(path string) sample { return b.res[sc][path][i] }))
+	}
+	return median(v)
+}
+
+// nsPer is the CPU time per packet delivered.
+func (s sample) nsPer() float64 { return ratio(1e9, s.pps()) }
+
+// fwdNs is the forwarding cost per packet beyond the reference path.
+func (b *bench) fwdNs(sc, path string) float64 {
+	return b.perRep(sc, func(rep func(string) sample) float64 { return rep(path).nsPer() - rep("ref").nsPer() })
+}
+
+// vsXDP is how many times path's rate XDP's is.
+func (b *bench) vsXDP(sc, path string) float64 {
+	return b.perRep(sc, func(rep func(string) sample) float64 { return ratio(rep("xdp").pps(), rep(path).pps()) })
+}
+
+// fwdVsXDP is how many times XDP's forwarding cost path's is.
+func (b *bench) fwdVsXDP(sc, path string) float64 {
+	return b.perRep(sc, func(rep func(string) sample) float64 {
+		return ratio(rep(path).nsPer()-rep("ref").nsPer(), rep("xdp").nsPer()-rep("ref").nsPer())
+	})
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func ratio(a, b float64) float64 {
@@ -224,187 +430,133 @@ func ratio(a, b float64) float64 {
 	return a / b
 }
 
-// progCost runs an established flow's packet through the XDP program with
-// BPF_PROG_TEST_RUN and the kernel's repeat, through A's helper (on private
-// maps, NAT set up as an identity so every repeat takes the full
-// established-flow path). It runs in the home namespace, whose route and
-// neighbour towards the abroad address make the fib lookup succeed.
-func progCost(repeat int) (dataplane.BenchResult, error) {
-	pkt, err := tcpPacket()
-	if err != nil {
-		return dataplane.BenchResult{}, err
-	}
-	return dataplane.BenchXDPDetail(pkt, repeat)
+// result is the JSON line.
+type result struct {
+	NsPerPacket       float64 `json:"ns_per_packet"`
+	NsPerPacketV6     float64 `json:"ns_per_packet_v6"`
+	GeneratorPPS      float64 `json:"generator_pps"`
+	PPSReference      float64 `json:"pps_reference"`
+	PPSXDP            float64 `json:"pps_xdp"`
+	PPSIptables       float64 `json:"pps_iptables"`
+	PPSNftables       float64 `json:"pps_nftables"`
+	PPSUserspace      float64 `json:"pps_userspace"`
+	FwdNsXDP          float64 `json:"fwd_ns_xdp"`
+	FwdNsIptables     float64 `json:"fwd_ns_iptables"`
+	FwdNsNftables     float64 `json:"fwd_ns_nftables"`
+	FwdNsUserspace    float64 `json:"fwd_ns_userspace"`
+	RatioXDPIptables  float64 `json:"ratio_xdp_iptables"`
+	RatioXDPNftables  float64 `json:"ratio_xdp_nftables"`
+	RatioXDPUserspace float64 `json:"ratio_xdp_userspace"`
+	RatioFwdIptables  float64 `json:"ratio_fwd_iptables_xdp"`
+	NewXDP            float64 `json:"newflows_per_s_xdp"`
+	NewIptables       float64 `json:"newflows_per_s_iptables"`
+	NewNftables       float64 `json:"newflows_per_s_nftables"`
+	PPSXDPMid         float64 `json:"pps_xdp_100k_flows"`
+	PPSIptablesMid    float64 `json:"pps_iptables_100k_flows"`
+	PPSNftablesMid    float64 `json:"pps_nftables_100k_flows"`
+	PPSXDPBig         float64 `json:"pps_xdp_1m_flows"`
+	PPSIptablesBig    float64 `json:"pps_iptables_1m_flows"`
+	PPSNftablesBig    float64 `json:"pps_nftables_1m_flows"`
+	XDPConntrackBig   int     `json:"xdp_conntrack_entries_1m_flows"`
+	PPSXDPv6          float64 `json:"pps_xdp_v6"`
+	PPSIptablesv6     float64 `json:"pps_iptables_v6"`
+	PPSNftablesv6     float64 `json:"pps_nftables_v6"`
+	PPSUserspacev6    float64 `json:"pps_userspace_v6"`
+	FwdNsXDPv6        float64 `json:"fwd_ns_xdp_v6"`
+	FwdNsIptablesv6   float64 `json:"fwd_ns_iptables_v6"`
+	NewXDPv6          float64 `json:"newflows_per_s_xdp_v6"`
+	NewIptablesv6     float64 `json:"newflows_per_s_iptables_v6"`
+	Reps              int     `json:"reps"`
+	CPU               int     `json:"cpu"`
+	LoadAvgStart      string  `json:"loadavg_start"`
+	LoadAvgEnd        string  `json:"loadavg_end"`
 }
 
-// tcpPacket is an established TCP flow's data segment (64 bytes of payload)
-// from the client towards the abroad address.
-func tcpPacket() ([]byte, error) {
-	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP,
-		SrcIP: e2e.ClientAddr.AsSlice(), DstIP: e2e.AbroadAddr1.AsSlice()}
-	tcp := &layers.TCP{SrcPort: 33333, DstPort: iperfPort, Seq: 1000, Ack: 2000, Window: 64240, ACK: true, PSH: true}
-	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
-		return nil, err
+func (b *bench) result() result {
+	s := func(sc, p string) float64 { return b.summary(sc, p).pps }
+	r := result{
+		NsPerPacket: b.nsPerPacket[v4].perPacket, NsPerPacketV6: b.nsPerPacket[v6].perPacket,
+		GeneratorPPS: s("est4", "generator"), PPSReference: s("est4", "ref"),
+		PPSXDP: s("est4", "xdp"), PPSIptables: s("est4", "iptables"), PPSNftables: s("est4", "nftables"), PPSUserspace: s("est4", "userspace"),
+		FwdNsXDP: b.fwdNs("est4", "xdp"), FwdNsIptables: b.fwdNs("est4", "iptables"),
+		FwdNsNftables: b.fwdNs("est4", "nftables"), FwdNsUserspace: b.fwdNs("est4", "userspace"),
+		NewXDP: s("new4", "xdp"), NewIptables: s("new4", "iptables"), NewNftables: s("new4", "nftables"),
+		PPSXDPMid: s("mid4", "xdp"), PPSIptablesMid: s("mid4", "iptables"), PPSNftablesMid: s("mid4", "nftables"),
+		PPSXDPBig: s("big4", "xdp"), PPSIptablesBig: s("big4", "iptables"), PPSNftablesBig: s("big4", "nftables"),
+		XDPConntrackBig: b.entries["big4"]["xdp"],
+		PPSXDPv6:        s("est6", "xdp"), PPSIptablesv6: s("est6", "iptables"), PPSNftablesv6: s("est6", "nftables"), PPSUserspacev6: s("est6", "userspace"),
+		FwdNsXDPv6: b.fwdNs("est6", "xdp"), FwdNsIptablesv6: b.fwdNs("est6", "iptables"),
+		NewXDPv6: s("new6", "xdp"), NewIptablesv6: s("new6", "iptables"),
+		Reps: b.o.reps, CPU: b.o.cpu, LoadAvgStart: b.load[0], LoadAvgEnd: b.load[1],
 	}
-	buf := gopacket.NewSerializeBuffer()
-	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		eth, ip, tcp, gopacket.Payload(make([]byte, 64)))
-	if err != nil {
-		return nil, fmt.Errorf("build packet: %w", err)
-	}
-	return buf.Bytes(), nil
+	r.RatioXDPIptables = b.vsXDP("est4", "iptables")
+	r.RatioXDPNftables = b.vsXDP("est4", "nftables")
+	r.RatioXDPUserspace = b.vsXDP("est4", "userspace")
+	r.RatioFwdIptables = b.fwdVsXDP("est4", "iptables")
+	return r
 }
 
-type iperfJSON struct {
-	End struct {
-		Sum struct {
-			Seconds     float64 `json:"seconds"`
-			Packets     float64 `json:"packets"`
-			LostPackets float64 `json:"lost_packets"`
-			LostPercent float64 `json:"lost_percent"`
-		} `json:"sum"`
-		SumReceived struct {
-			Seconds       float64 `json:"seconds"`
-			BitsPerSecond float64 `json:"bits_per_second"`
-		} `json:"sum_received"`
-	} `json:"end"`
-	Error string `json:"error"`
-}
-
-func iperf(ctx context.Context, topo *e2e.Topology, port int, dur time.Duration, extra ...string) (iperfJSON, error) {
-	args := append([]string{"-c", e2e.HomeAddr.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(int(dur.Seconds())),
-		"-J", "--connect-timeout", "5000"}, extra...)
-	var out, stderr bytes.Buffer
-	cmd := e2e.Cmd(ctx, topo.Client, "iperf3", args...)
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	runErr := cmd.Run()
-	var r iperfJSON
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		return r, fmt.Errorf("iperf3 %v: %v: %s %s", args, runErr, out.String(), stderr.String())
+func (b *bench) report() error {
+	r := b.result()
+	fmt.Printf("\nroam data plane benchmark: one core (CPU %d) serialized, generator -> forwarder -> sink; medians of %d samples\n", b.o.cpu, b.o.reps)
+	fmt.Printf("load average %s at the start, %s at the end (%d CPUs, shared)\n\n", b.load[0], b.load[1], numCPU())
+	for _, f := range []fam{v4, v6} {
+		c := b.nsPerPacket[f]
+		fmt.Printf("roam's XDP program alone, %s (BPF_PROG_TEST_RUN x %d, established flow): %.1f ns/packet (an empty program: %.1f)\n",
+			f, b.o.repeat, c.perPacket, c.baseline)
 	}
-	if runErr != nil || r.Error != "" {
-		return r, fmt.Errorf("iperf3 %v: %v %s", args, runErr, r.Error)
-	}
-	return r, nil
-}
-
-// udpPPS is the packets per second the abroad server received.
-func udpPPS(ctx context.Context, topo *e2e.Topology, port int, dur time.Duration) (pps, lossPct float64, err error) {
-	r, err := iperf(ctx, topo, port, dur, "-u", "-l", "64", "-b", "0")
-	if err != nil {
-		return 0, 0, err
-	}
-	if r.End.Sum.Seconds == 0 {
-		return 0, 0, errors.New("iperf3 reported no UDP interval")
-	}
-	return (r.End.Sum.Packets - r.End.Sum.LostPackets) / r.End.Sum.Seconds, r.End.Sum.LostPercent, nil
-}
-
-func tcpGbps(ctx context.Context, topo *e2e.Topology, port int, dur time.Duration) (float64, error) {
-	r, err := iperf(ctx, topo, port, dur)
-	if err != nil {
-		return 0, err
-	}
-	return r.End.SumReceived.BitsPerSecond / 1e9, nil
-}
-
-// proxy is the userspace baseline: a Go TCP and UDP relay in the home namespace.
-type proxy struct {
-	ln net.Listener
-	pc net.PacketConn
-	wg sync.WaitGroup
-}
-
-func startProxy(topo *e2e.Topology, listen, target netip.AddrPort) (*proxy, error) {
-	ln, err := e2e.Listen(topo.Home, "tcp", listen.String())
-	if err != nil {
-		return nil, fmt.Errorf("listen tcp %s: %w", listen, err)
-	}
-	pc, err := e2e.ListenPacket(topo.Home, "udp", listen.String())
-	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("listen udp %s: %w", listen, err)
-	}
-	p := &proxy{ln: ln, pc: pc}
-	dial := e2e.Dialer(topo.Home)
-	p.wg.Add(2)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	fmt.Printf("generator alone (its ceiling, sends nothing): %.2f Mpps, %.1fx the reference path, %.1fx the fastest forwarder\n\n",
+		r.GeneratorPPS/1e6, ratio(r.GeneratorPPS, r.PPSReference), ratio(r.GeneratorPPS, max(r.PPSXDP, r.PPSIptables, r.PPSNftables, r.PPSUserspace)))
+	fmt.Printf("%-42s %9s %8s %8s %7s %7s %9s %6s %6s %9s\n", "path", "Mpps/core", "ns/pkt", "fwd ns", "XDP/x", "fwd/XDP", "wall Mpps", "share", "loss%", "conntrack")
+	for _, sc := range b.scs {
+		fmt.Printf("%s\n", sc.title)
+		for _, name := range append([]string{"generator", "ref"}, sc.paths...) {
+			s := b.summary(sc.key, name)
+			if s.n == 0 {
+				continue
 			}
-			go func() {
-				up, err := dial(context.Background(), "tcp", target.String())
-				if err != nil {
-					c.Close()
-					return
-				}
-				e2e.Splice(c, up)
-			}()
+			title := name
+			fwd, vs, fvs := "", "", ""
+			if p := b.path(name); p != nil {
+				title = p.title
+			}
+			if name == "generator" {
+				title = "generator alone"
+			}
+			if name != "generator" && name != "ref" {
+				fwd = fmt.Sprintf("%.1f", b.fwdNs(sc.key, name))
+				vs = fmt.Sprintf("%.2fx", b.vsXDP(sc.key, name))
+				fvs = fmt.Sprintf("%.2fx", b.fwdVsXDP(sc.key, name))
+			}
+			ct := ""
+			if n, ok := b.entries[sc.key][name]; ok {
+				ct = fmt.Sprint(n)
+			}
+			fmt.Printf("  %-40s %9.3f %8.1f %8s %7s %7s %9.3f %6.2f %6.2f %9s\n", title, s.pps/1e6, 1e9/s.pps, fwd, vs, fvs, s.wall/1e6, s.share, s.loss, ct)
 		}
-	}()
-	go func() {
-		defer p.wg.Done()
-		sessions := map[string]net.Conn{}
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				for _, s := range sessions {
-					s.Close()
-				}
-				return
-			}
-			up, ok := sessions[from.String()]
-			if !ok {
-				up, err = dial(context.Background(), "udp", target.String())
-				if err != nil {
-					continue
-				}
-				sessions[from.String()] = up
-				go func(up net.Conn, client net.Addr) {
-					b := make([]byte, 65536)
-					for {
-						n, err := up.Read(b)
-						if err != nil {
-							return
-						}
-						_, _ = pc.WriteTo(b[:n], client)
-					}
-				}(up, from)
-			}
-			_, _ = up.Write(buf[:n])
-		}
-	}()
-	return p, nil
-}
-
-func (p *proxy) Close() {
-	p.ln.Close()
-	p.pc.Close()
-	p.wg.Wait()
-}
-
-// xdpState summarises the data plane's counters, to explain a failed run.
-func xdpState(dp *dataplane.Dataplane) string {
-	out := ""
-	if drops, err := dp.Drops(); err == nil {
-		for r, n := range drops {
-			if n > 0 {
-				out += fmt.Sprintf("drop %s=%d ", r, n)
+	}
+	for _, sc := range b.scs {
+		for _, name := range sc.paths {
+			if n, ok := b.entries[sc.key][name]; ok && uint64(n) < sc.flows*99/100 {
+				fmt.Printf("\n%s: conntrack held %d entries after %d flows were sent; in %q its figure is that of a\n"+
+					"table that is full and evicts (roam's LRU maps; the kernel drops entries that saw no reply): evicted flows come back as new ones.\n",
+					b.path(name).title, n, sc.flows, sc.title)
 			}
 		}
 	}
-	for _, p := range []dataplane.Proto{dataplane.TCP, dataplane.UDP} {
-		f := dataplane.Frontend{Addr: e2e.HomeAddr, Port: 80, Proto: p}
-		for a := dataplane.ActionPass; a <= dataplane.ActionDrop; a++ {
-			if c, err := dp.Counters(f, a); err == nil && c.Packets > 0 {
-				out += fmt.Sprintf("%s %s=%d ", f, a, c.Packets)
-			}
-		}
+	fmt.Printf("\nMpps/core: packets delivered per second of CPU time (generator thread, ksoftirqd/%d, proxy threads);\n"+
+		"fwd ns: 1/pps - 1/pps_reference; XDP/x and fwd/XDP: XDP's rate over the path's, the path's forwarding cost over XDP's\n"+
+		"(fwd ns and the ratios are medians of per-rep values, each rep's paths measured seconds apart);\n"+
+		"wall Mpps and share: the same samples by the clock, and the part of it the path had the CPU (the rest went to other work).\n"+
+		"The userspace proxy serves one frontend per family; the generator feeds it bursts of %d frames, at most %d in its socket.\n",
+		b.o.cpu, b.path("userspace").pace.burst, b.path("userspace").pace.window)
+	fmt.Printf("\ngoals (one core): XDP/iptables pps %.2fx (>= 3), forwarding cost iptables/XDP %.2fx (>= 5), XDP/userspace %.2fx (>= 10),\n"+
+		"  program %.1f ns/packet (< 60), %d flows at %.0f%% of the few-flow rate (>= 70%%)\n\n",
+		r.RatioXDPIptables, r.RatioFwdIptables, r.RatioXDPUserspace, r.NsPerPacket, b.o.big, 100*ratio(r.PPSXDPBig, r.PPSXDP))
+	out, err := json.Marshal(r)
+	if err != nil {
+		return err
 	}
-	return out
+	fmt.Println(string(out))
+	return nil
 }

@@ -20,7 +20,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/roamnet/roam/dataplane"
+
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -233,7 +234,7 @@ func (s *simulator) stop() {
 func measurePlacement(c *meta.Client, n int) ([]time.Duration, error) {
 	req := meta.PlacementRequest{
 		Home: "bench-requester", Reason: meta.ReasonLackOfResources,
-		Service: meta.ServiceDescriptor{Name: "web", Ports: []meta.Port{{Port: 80, Protocol: dataplane.TCP}},
+		Service: meta.ServiceDescriptor{Name: "web", Ports: []meta.Port{{Port: 80, Protocol: lb.TCP}},
 			Resources: meta.Resources{MilliCPU: 250, MemoryMB: 128}},
 	}
 	ctx := context.Background()

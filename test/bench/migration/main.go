@@ -1,9 +1,19 @@
-// Command migration is the paper's Table I as a benchmark: it brings up the
-// testbed (deep-edge, edge, cloud; local backend), deploys the classifier at
-// home, and migrates it around home -> edge -> cloud -> home (at least 20
-// migrations) while the camera streams requests, then prints each stage's
-// median and p95 beside the paper's figures and the failed-request count.
-// The LAST line is one JSON object. Needs root.
+// Command migration is the paper's Table I as a benchmark, with real
+// clients: it brings up the testbed (deep-edge home, edge, cloud; local
+// backend), deploys the demo service "classifier" at home (HTTP on 80/tcp,
+// request/response on 80/udp) and migrates it around home -> edge -> cloud
+// -> home (at least 50 migrations: the MO places two hops of three, the
+// third is named home; the second hop is moved on by the
+// abroad cluster) while three kinds of client run at once through the home
+// frontend from the camera: short HTTP (a connection per request),
+// keep-alive HTTP (8 persistent connections of Go's transport, and wrk -c8
+// beside it) and UDP request/response (test/load). Then, with the service
+// abroad, wrk opens new connections as fast as this machine can for
+// --rate-duration and the home agent's port_exhausted drops are read.
+//
+// It prints each client kind's requests, failures and p99 latency, Table I
+// beside the paper, the migration total's median and p95, and port
+// exhaustion. The LAST line is one JSON object. Needs root.
 package main
 
 import (
@@ -12,45 +22,86 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/load"
+	"github.com/roamnet/roam/test/netns"
 	"github.com/roamnet/roam/test/testbed"
 )
 
+type options struct {
+	n            int
+	bin, xdp     string
+	name         string
+	explicit     bool
+	drain        time.Duration
+	wrk          bool
+	rateDuration time.Duration
+	rateConns    int
+	udp          bool
+}
+
 func main() {
-	n := flag.Int("migrations", 21, "number of migrations (at least 20)")
-	bin := flag.String("bin", "", "directory with the roam binaries (default: go build them)")
-	xdp := flag.String("xdp-mode", "native", "agents' XDP mode: native or generic")
-	explicit := flag.Bool("explicit", false, "name each destination (home -> edge -> cloud -> home) instead of asking the MO (PR then measures no MO round trip)")
-	drain := flag.Duration("drain-timeout", 2*time.Second, "controllers' drain timeout (the wait stage's upper bound)")
+	var o options
+	flag.IntVar(&o.n, "migrations", 51, "number of migrations (at least 50)")
+	flag.StringVar(&o.bin, "bin", "", "directory with the roam binaries (default: go build them)")
+	flag.StringVar(&o.xdp, "xdp-mode", "native", "agents' XDP mode: native or generic")
+	flag.StringVar(&o.name, "name", fmt.Sprintf("bench%d", os.Getpid()%100000), "testbed name (unique on this machine)")
+	flag.BoolVar(&o.explicit, "explicit", false, "name each destination (home -> edge -> cloud -> home) instead of asking the MO for two hops of three (PR is measured over the MO's placements only)")
+	flag.DurationVar(&o.drain, "drain-timeout", 10*time.Second, "controllers' drain timeout (a migration's cleanup ends by then at the latest)")
+	flag.BoolVar(&o.wrk, "wrk", true, "run wrk -c8 (keep-alive, back to back) through the home frontend during the migrations")
+	flag.DurationVar(&o.rateDuration, "rate-duration", 60*time.Second, "how long wrk opens new connections (Connection: close) at its highest rate after the migrations (0: skip)")
+	flag.IntVar(&o.rateConns, "rate-conns", 32, "wrk's concurrent connections in the new-connection phase")
+	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, 2s)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, max(*n, 20), *bin, *xdp, *drain, *explicit); err != nil {
+	o.n = max(o.n, 50)
+	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-migration:", err)
 		os.Exit(1)
 	}
 }
 
 type summary struct {
-	PRMs          float64 `json:"pr_ms"`
-	ReplicationMs float64 `json:"replication_ms"`
-	RerouteMs     float64 `json:"reroute_ms"`
-	WaitMs        float64 `json:"wait_ms"`
-	CleanupMs     float64 `json:"cleanup_ms"`
-	DeployMs      float64 `json:"deploy_ms"`
-	Migrations    int     `json:"migrations"`
-	Requests      int     `json:"requests"`
-	Failed        int     `json:"failed"`
+	Migrations       int     `json:"migrations"`
+	MigrationsFailed int     `json:"migrations_failed"`
+	Requests         int     `json:"requests"`
+	Failed           int     `json:"failed"`
+	FailedShort      int     `json:"failed_short"`
+	FailedKeepalive  int     `json:"failed_keepalive"`
+	FailedUDP        int     `json:"failed_udp"`
+	WrkRequests      int     `json:"wrk_requests"`
+	WrkErrors        int     `json:"wrk_errors"`
+	PRMs             float64 `json:"pr_ms"`
+	ReplicationMs    float64 `json:"replication_ms"`
+	RerouteMs        float64 `json:"reroute_ms"`
+	CommitMs         float64 `json:"commit_ms"`
+	WaitMs           float64 `json:"wait_ms"`
+	CleanupMs        float64 `json:"cleanup_ms"`
+	DeployMs         float64 `json:"deploy_ms"`
+	TotalMs          float64 `json:"total_ms"`
+	TotalP95Ms       float64 `json:"total_p95_ms"`
+	DrainTimeoutMs   float64 `json:"drain_timeout_ms"`
+	NewConnsPerSec   float64 `json:"new_conns_per_s"`
+	PortExhausted    int64   `json:"port_exhausted"`
 }
 
-func run(ctx context.Context, n int, bin, xdp string, drain time.Duration, explicit bool) error {
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func run(ctx context.Context, o options) error {
 	if err := testbed.CheckEnv(); err != nil {
 		return err
 	}
@@ -58,9 +109,9 @@ func run(ctx context.Context, n int, bin, xdp string, drain time.Duration, expli
 		return err
 	}
 	cfg := testbed.Default()
-	cfg.Name = fmt.Sprintf("bench%d", os.Getpid()%100000)
+	cfg.Name = o.name
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	fmt.Printf("testbed %s: up, launching roam (XDP %s, drain timeout %s)\n", cfg.Name, xdp, drain)
+	fmt.Printf("testbed %s: up, launching roam (XDP %s, drain timeout %s)\n", cfg.Name, o.xdp, o.drain)
 	tb, err := testbed.Up(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -70,7 +121,7 @@ func run(ctx context.Context, n int, bin, xdp string, drain time.Duration, expli
 			fmt.Fprintln(os.Stderr, "testbed down:", err)
 		}
 	}()
-	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: bin, XDPMode: xdp, DrainTimeout: drain}); err != nil {
+	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: o.bin, XDPMode: o.xdp, DrainTimeout: o.drain}); err != nil {
 		return err
 	}
 	home, _ := tb.Cluster("home")
@@ -81,61 +132,151 @@ func run(ctx context.Context, n int, bin, xdp string, drain time.Duration, expli
 	}
 	var deploys []float64
 	t0 := time.Now()
-	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true,
-		Ports: []backend.Port{{Port: 80, Protocol: dataplane.TCP}}}); err != nil {
+	ports := []backend.Port{{Name: "http", Port: 80, Protocol: lb.TCP}}
+	if o.udp {
+		ports = append(ports, backend.Port{Name: "rr", Port: 80, Protocol: lb.UDP})
+	}
+	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true, Ports: ports}); err != nil {
 		return err
 	}
-	deploys = append(deploys, float64(time.Since(t0).Microseconds())/1000)
-	st := testbed.StartStream(ctx, cam.NS, fmt.Sprintf("http://%s:80/", home.WAN4), 20*time.Millisecond, 2*time.Second)
+	deploys = append(deploys, ms(time.Since(t0)))
+	fe := fmt.Sprintf("%s:80", home.WAN4)
+	clients := []load.Client{
+		{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
+		{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 2 * time.Millisecond},
+	}
+	if o.udp {
+		clients = append(clients, load.Client{Kind: load.UDP, Addr: fe, Interval: 20 * time.Millisecond})
+	}
+	l, err := load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: 2 * time.Second, Clients: clients})
+	if err != nil {
+		return err
+	}
+	defer l.Stop()
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = st.WaitServedBy(wctx, "home", 5)
+	err = l.WaitServedBy(wctx, "home", 5)
 	cancel()
 	if err != nil {
-		st.Stop()
 		return fmt.Errorf("classifier not answering at home: %w", err)
 	}
+	cmdIn := func(ctx context.Context, prog string, args ...string) *exec.Cmd {
+		return netns.Cmd(ctx, cam.NS, prog, args...)
+	}
+	var wrkRun *load.WrkRun
+	if o.wrk {
+		w := load.Wrk{URL: "http://" + fe + "/", Threads: 1, Conns: 8, Duration: time.Hour, Command: cmdIn}
+		if wrkRun, err = w.Start(ctx); err != nil {
+			return err
+		}
+		fmt.Printf("clients: short HTTP every 20ms, keep-alive HTTP 8 connections (Go), UDP every 20ms, and %s\n", strings.Join(append([]string{"wrk"}, w.Args()...), " "))
+	}
+
+	var sum summary
 	dests := []string{"edge", "cloud", "home"}
 	var migs []ctrl.Migration
-	for i := range n {
+	var totals []float64
+	for i := range o.n {
 		dest := dests[i%len(dests)]
 		ask := dest
-		if !explicit {
-			ask = "" // the MO places it (the paper's PR)
+		if !o.explicit && dest != "home" {
+			// The MO places it (the paper's PR); every third hop is
+			// named home, so the chain is home -> X -> Y -> home.
+			ask = ""
 		}
+		start := time.Now()
 		m, err := hc.Migrate(ctx, "classifier", ask, "manual")
-		if err == nil {
-			dest = m.To
-		}
+		wall := ms(time.Since(start))
 		if err != nil {
-			st.Stop()
-			return fmt.Errorf("migration %d to %s: %w", i+1, dest, err)
+			// Rolled back: the service stays where it was. Counted, and
+			// the run goes on.
+			sum.MigrationsFailed++
+			fmt.Printf("  migration %2d: to %-5s FAILED after %.1f ms: %v\n", i+1, dest, wall, err)
+			r, gerr := hc.Get(ctx, "classifier")
+			if gerr != nil {
+				return fmt.Errorf("after failed migration %d: %w", i+1, gerr)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err = l.WaitServedBy(wctx, r.Cluster, 3)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("after failed migration %d: not answered by %s: %w", i+1, r.Cluster, err)
+			}
+			continue
+		}
+		dest = m.To
+		if ask != "" {
+			m.Times.PR = 0 // named: no placement round trip to measure
 		}
 		migs = append(migs, m)
-		var total float64
-		for _, s := range m.Stages {
-			total += s.Ms
-		}
-		fmt.Printf("  migration %2d: %-5s -> %-5s %-6s %8.1f ms\n", i+1, m.From, m.To, m.Role, total)
+		totals = append(totals, wall)
+		fmt.Printf("  migration %2d: %-5s -> %-5s %-6s %8.1f ms  %s\n", i+1, m.From, m.To, m.Role, wall, stagesLine(m.Stages))
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = st.WaitServedBy(wctx, dest, 3)
+		err = l.WaitServedBy(wctx, dest, 3)
 		cancel()
 		if err != nil {
-			st.Stop()
 			return fmt.Errorf("after migration %d: not answered by %s: %w", i+1, dest, err)
 		}
 	}
-	samples := st.Stop()
-	failed := 0
-	for _, s := range samples {
-		if !s.OK {
-			failed++
+	var wr load.WrkResult
+	if wrkRun != nil {
+		if wr, err = wrkRun.Stop(); err != nil {
+			return err
 		}
+	}
+	rep := l.Stop()
+
+	// New connections at the highest rate, toward a target abroad (SNAT).
+	var rate load.WrkResult
+	if o.rateDuration > 0 {
+		if r, err := hc.Get(ctx, "classifier"); err == nil && r.Cluster == "home" {
+			if _, err := hc.Migrate(ctx, "classifier", "edge", "manual"); err != nil {
+				return fmt.Errorf("move abroad for the new-connection phase: %w", err)
+			}
+		}
+		before, err := portExhausted(ctx, home.NS)
+		if err != nil {
+			return err
+		}
+		w := load.Wrk{URL: "http://" + fe + "/", Threads: 2, Conns: o.rateConns, Duration: o.rateDuration,
+			Header: "Connection: close", Command: cmdIn}
+		fmt.Printf("\nnew connections for %s: %s\n", o.rateDuration, strings.Join(append([]string{"wrk"}, w.Args()...), " "))
+		if rate, err = w.Run(ctx); err != nil {
+			return err
+		}
+		after, err := portExhausted(ctx, home.NS)
+		if err != nil {
+			return err
+		}
+		sum.PortExhausted = after - before
+		sum.NewConnsPerSec = rate.RequestsPerSec
+	}
+
+	fmt.Println("\nClients through the home frontend during the migrations")
+	rep.Print(os.Stdout, 10)
+	if wrkRun != nil {
+		fmt.Printf("  %-10s %9d %7d %8s %8s %8s %9s %9s %9s  (%s; socket errors: connect %d, read %d, write %d, timeout %d; non-2xx %d)\n",
+			"wrk", wr.Requests, wr.Errors(), "—", "—", "—", fmtDur(wr.P50), fmtDur(wr.P99), "—", wr.Command,
+			wr.ConnectErrors, wr.ReadErrors, wr.WriteErrors, wr.Timeouts, wr.Non2xx)
 	}
 	rows := testbed.Table(migs, deploys)
 	fmt.Println()
 	testbed.PrintTable(os.Stdout, rows)
-	fmt.Printf("\nmigrations %d, requests %d, failed %d\n", len(migs), len(samples), failed)
-	sum := summary{Migrations: len(migs), Requests: len(samples), Failed: failed}
+	sum.TotalMs, sum.TotalP95Ms = testbed.Quantile(totals, 0.5), testbed.Quantile(totals, 0.95)
+	fmt.Printf("\nmigration total (API call): median %.1f ms, p95 %.1f ms over %d migrations (drain timeout %s); %d failed and rolled back\n",
+		sum.TotalMs, sum.TotalP95Ms, len(migs), o.drain, sum.MigrationsFailed)
+	if o.rateDuration > 0 {
+		fmt.Printf("new connections: %d in %s (%.0f/s, %d errors), port_exhausted drops %d\n",
+			rate.Requests, rate.Duration, rate.RequestsPerSec, rate.Errors(), sum.PortExhausted)
+	}
+
+	sum.Migrations = len(migs)
+	sum.DrainTimeoutMs = ms(o.drain)
+	sum.FailedShort = rep.Kinds[load.Short].Failed
+	sum.FailedKeepalive = rep.Kinds[load.KeepAlive].Failed + wr.Errors()
+	sum.FailedUDP = rep.Kinds[load.UDP].Failed
+	sum.WrkRequests, sum.WrkErrors = wr.Requests, wr.Errors()
+	sum.Requests = rep.Requests() + wr.Requests
+	sum.Failed = sum.FailedShort + sum.FailedKeepalive + sum.FailedUDP
 	for _, r := range rows {
 		v := r.MedianMs
 		switch r.Stage {
@@ -145,6 +286,8 @@ func run(ctx context.Context, n int, bin, xdp string, drain time.Duration, expli
 			sum.ReplicationMs = v
 		case "reroute":
 			sum.RerouteMs = v
+		case "commit":
+			sum.CommitMs = v
 		case "wait":
 			sum.WaitMs = v
 		case "cleanup":
@@ -159,4 +302,49 @@ func run(ctx context.Context, n int, bin, xdp string, drain time.Duration, expli
 	}
 	fmt.Println(string(b))
 	return nil
+}
+
+func fmtDur(d time.Duration) string { return fmt.Sprintf("%.2f", ms(d)) }
+
+func stagesLine(st []ctrl.StageTime) string {
+	var parts []string
+	for _, s := range st {
+		parts = append(parts, fmt.Sprintf("%s=%.1f", s.Stage, s.Ms))
+	}
+	return strings.Join(parts, " ")
+}
+
+// portExhausted reads roam_dataplane_drops_total{reason="port_exhausted"}
+// from the agent in ns (summed over its label sets).
+func portExhausted(ctx context.Context, ns string) (int64, error) {
+	c := testbed.HTTPClient(ns, 5*time.Second)
+	defer c.CloseIdleConnections()
+	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", testbed.AgentMetrics)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("scrape agent metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("parse agent metrics: %w", err)
+	}
+	fam, ok := fams["roam_dataplane_drops_total"]
+	if !ok {
+		return 0, fmt.Errorf("agent metrics: no roam_dataplane_drops_total")
+	}
+	var n float64
+	for _, m := range fam.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == "reason" && lp.GetValue() == "port_exhausted" {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return int64(n), nil
 }

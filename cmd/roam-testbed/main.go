@@ -1,3 +1,7 @@
+// Command roam-testbed runs roam on one machine with clusters as network
+// namespaces (test/testbed): up, status, down, and run (the paper's
+// experiment). It is a development and demo tool: no image ships it, and
+// roamctl and the daemons link none of its code.
 package main
 
 import (
@@ -9,24 +13,28 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/roamnet/roam/test/testbed"
 )
 
-func init() {
-	register(command{
-		name:    "testbed",
-		summary: "clusters as network namespaces: testbed up|status|down|run [--config FILE]",
-		run:     runTestbed,
-	})
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := runTestbed(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "roam-testbed: %v\n", err)
+		stop()
+		os.Exit(1)
+	}
 }
 
-const testbedUsage = `usage: roamctl testbed up|status|down|run [flags]
+const testbedUsage = `usage: roam-testbed up|status|down|run [flags]
 
   up      build the topology and start roam-meta, roam-agent and roam-ctrl in it
   status  show namespaces, links, processes and where to reach them
@@ -48,7 +56,7 @@ func runTestbed(ctx context.Context, args []string) error {
 	}
 	sub := args[0]
 	var f testbedFlags
-	fs := flag.NewFlagSet("testbed "+sub, flag.ContinueOnError)
+	fs := flag.NewFlagSet("roam-testbed "+sub, flag.ContinueOnError)
 	fs.StringVar(&f.config, "config", "", "topology YAML (default: the paper's deep-edge/edge/cloud)")
 	fs.StringVar(&f.name, "name", "", "testbed name (overrides the config's; namespaces are roam-NAME-*)")
 	fs.StringVar(&f.bin, "bin", "", "directory with roam-meta, roam-ctrl, roam-agent (default: go build them)")
@@ -114,7 +122,7 @@ func runTestbed(ctx context.Context, args []string) error {
 	case "run":
 		return testbedRun(ctx, cfg, f, log)
 	}
-	return fmt.Errorf("unknown testbed command %q\n%s", sub, testbedUsage[:strings.Index(testbedUsage, "\n\nflags:")])
+	return fmt.Errorf("unknown command %q\n%s", sub, testbedUsage[:strings.Index(testbedUsage, "\n\nflags:")])
 }
 
 // upAndLaunch builds the topology and starts roam in it; on any failure
@@ -145,7 +153,7 @@ func testbedUp(ctx context.Context, cfg testbed.Config, f testbedFlags, log *slo
 		return err
 	}
 	printStatus(os.Stdout, tb, tb.Status())
-	fmt.Printf("\nbring it down with: roamctl testbed down --name %s\n", cfg.Name)
+	fmt.Printf("\nbring it down with: roam-testbed down --name %s\n", cfg.Name)
 	return nil
 }
 
@@ -186,7 +194,7 @@ func testbedRun(ctx context.Context, cfg testbed.Config, f testbedFlags, log *sl
 	}
 	fmt.Printf("\nresult: %s\nplot:   %s\n", jp, pp)
 	if f.keep {
-		fmt.Printf("testbed left up; bring it down with: roamctl testbed down --name %s\n", cfg.Name)
+		fmt.Printf("testbed left up; bring it down with: roam-testbed down --name %s\n", cfg.Name)
 	}
 	return runErr
 }

@@ -1,0 +1,198 @@
+/* pktgen.c: the benchmark's packet generator (BPF_PROG_TEST_RUN with live frames), its sink, and the reference programs. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define GEN_HDR_LEN 64 /* bytes of the frame rewritten on every run: Ethernet, IP, UDP headers and the payload's start */
+
+#define ETH_P_IP_ 0x0800
+#define ETH_P_IPV6_ 0x86DD
+#define IPPROTO_UDP_ 17
+
+/* Offsets in an Ethernet frame without VLAN tag, IPv4 without options, IPv6 without extension headers. */
+#define IP4_CHECK 24
+#define IP4_SADDR 26
+#define IP4_DADDR 30
+#define UDP4 34
+#define IP6_SADDR_LO 34 /* low 32 bits of the IPv6 source */
+#define IP6_SADDR 22
+#define IP6_DADDR 38
+#define UDP6 54
+
+/* The first client port; a flow's client is (source address + client / CLIENT_PORTS, CLIENT_PORT0 + client % CLIENT_PORTS). */
+#define CLIENT_PORT0 1024
+#define CLIENT_PORTS 64512
+
+/* gen_config: what the generator sends; written by Go before every run. */
+struct gen_config {
+	__u8 hdr[GEN_HDR_LEN]; /* flow 0's frame: checksums valid */
+	__u64 first;	       /* index of the first flow */
+	__u64 flows;	       /* flow first + seq % flows is sent by run seq; 0: every run a new flow */
+	__u32 frontends;       /* flow i goes to the frontend port of flow 0 + i % frontends */
+	__u32 verdict;	       /* XDP_TX sends the frame; XDP_DROP measures the generator alone */
+	__u32 family;	       /* 4 or 6 */
+	__u32 pad;
+};
+
+/* sink_config: which frames the sink counts as delivered (zero fields match anything). */
+struct sink_config {
+	__u8 daddr[16]; /* IPv4 in the first 4 bytes */
+	__u8 saddr[16];
+	__u16 port_min; /* UDP destination ports, host order */
+	__u16 port_max;
+	__u32 family;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gen_config);
+} gen_cfg SEC(".maps");
+
+/* gen_seq: runs so far (one CPU runs the generator, so a plain array). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gen_seq SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sink_config);
+} sink_cfg SEC(".maps");
+
+/* sink_count: [0] frames that matched sink_config, [1] anything else. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} sink_count SEC(".maps");
+
+/* csum_delta is ~old + new for one 16-bit word, to be folded into a checksum (RFC 1624). */
+static __always_inline __u32 csum_delta(__u16 old, __u16 new)
+{
+	return (__u16)~old + (__u32) new;
+}
+
+static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
+{
+	__u32 s = (__u16)~check + delta;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+/*
+ * bench_gen writes flow 0's headers into the frame (live frames are recycled
+ * and the forwarders rewrite them in place), then makes it flow i: source
+ * address and port from the client number, destination port from the
+ * frontend, checksums updated incrementally.
+ */
+SEC("xdp")
+int bench_gen(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct gen_config *c = bpf_map_lookup_elem(&gen_cfg, &zero);
+	__u64 *seq = bpf_map_lookup_elem(&gen_seq, &zero);
+	if (!c || !seq || data + GEN_HDR_LEN > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, c->hdr, GEN_HDR_LEN);
+
+	__u64 i = c->first + (c->flows ? *seq % c->flows : *seq);
+	*seq += 1;
+	__u32 fronts = c->frontends ? c->frontends : 1;
+	__u64 client = i / fronts;
+	__u16 sport = bpf_htons(CLIENT_PORT0 + (__u16)(client % CLIENT_PORTS));
+	__u32 host = (__u32)(client / CLIENT_PORTS);
+
+	__u32 l4 = c->family == 6 ? UDP6 : UDP4;
+	__u32 src_lo = c->family == 6 ? IP6_SADDR_LO : IP4_SADDR;
+	__be16 *ports = data + l4;
+	__be32 *saddr = data + src_lo;
+	__u16 *ucheck = data + l4 + 6;
+	if ((void *)(ports + 4) > data_end || (void *)(saddr + 1) > data_end)
+		return XDP_ABORTED;
+
+	__u16 dport = bpf_htons(bpf_ntohs(ports[1]) + (__u16)(i % fronts));
+	__be32 old_src = *saddr;
+	__be32 new_src = bpf_htonl(bpf_ntohl(old_src) + host);
+	__u32 d_addr = csum_delta(old_src >> 16, new_src >> 16) + csum_delta(old_src & 0xffff, new_src & 0xffff);
+	__u32 d = d_addr + csum_delta(ports[0], sport) + csum_delta(ports[1], dport);
+	ports[0] = sport;
+	ports[1] = dport;
+	*saddr = new_src;
+	__u16 uc = csum_apply(*ucheck, d);
+	*ucheck = uc ? uc : 0xffff;
+	if (c->family == 4) {
+		__u16 *ipcheck = data + IP4_CHECK;
+		*ipcheck = csum_apply(*ipcheck, d_addr);
+	}
+	return c->verdict;
+}
+
+static __always_inline int bytes_match(const __u8 *want, const __u8 *got, int n)
+{
+	__u8 any = 0, diff = 0;
+#pragma unroll
+	for (int k = 0; k < 16; k++) {
+		if (k < n) {
+			any |= want[k];
+			diff |= want[k] ^ got[k];
+		}
+	}
+	return !any || !diff;
+}
+
+/* bench_sink counts frames (matching sink_config or not) and drops them. */
+SEC("xdp")
+int bench_sink(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0, slot = 1;
+	struct sink_config *c = bpf_map_lookup_elem(&sink_cfg, &zero);
+	if (!c || data + UDP6 + 4 > data_end)
+		goto count;
+	__be16 proto = *(__be16 *)(data + 12);
+	__u16 dport = 0;
+	if (proto == bpf_htons(ETH_P_IP_) && c->family == 4 && *(__u8 *)(data + 23) == IPPROTO_UDP_) {
+		if (!bytes_match(c->daddr, data + IP4_DADDR, 4) || !bytes_match(c->saddr, data + IP4_SADDR, 4))
+			goto count;
+		dport = bpf_ntohs(*(__be16 *)(data + UDP4 + 2));
+	} else if (proto == bpf_htons(ETH_P_IPV6_) && c->family == 6 && *(__u8 *)(data + 20) == IPPROTO_UDP_) {
+		if (!bytes_match(c->daddr, data + IP6_DADDR, 16) || !bytes_match(c->saddr, data + IP6_SADDR, 16))
+			goto count;
+		dport = bpf_ntohs(*(__be16 *)(data + UDP6 + 2));
+	} else {
+		goto count;
+	}
+	if (dport >= c->port_min && dport <= c->port_max)
+		slot = 0;
+count:;
+	__u64 *n = bpf_map_lookup_elem(&sink_count, &slot);
+	if (n)
+		*n += 1;
+	return XDP_DROP;
+}
+
+/* bench_drop and bench_pass: the reference path's end, and the XDP program the kernel paths keep on their veths. */
+SEC("xdp")
+int bench_drop(struct xdp_md *ctx)
+{
+	return XDP_DROP;
+}
+
+SEC("xdp")
+int bench_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

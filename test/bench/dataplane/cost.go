@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/roamnet/roam/dataplane"
+)
+
+// progCost is roam's XDP program alone, per packet (medians).
+type progCost struct {
+	perPacket, baseline float64
+}
+
+// programCost runs an established flow's packet through roam's XDP program
+// with BPF_PROG_TEST_RUN and the kernel's repeat (dataplane.BenchXDPDetail:
+// private maps, NAT set up as an identity so every repeat takes the whole
+// established-flow path), in the XDP path's home namespace, whose static
+// neighbours make the fib lookup succeed.
+func (b *bench) programCost(ctx context.Context) ([2]progCost, error) {
+	var out [2]progCost
+	for _, f := range []fam{v4, v6} {
+		pkt, err := tcpPacket(f)
+		if err != nil {
+			return out, err
+		}
+		var per, base []float64
+		for range b.o.reps {
+			if err := ctx.Err(); err != nil {
+				return out, err
+			}
+			var r dataplane.BenchResult
+			err := onCPU(b.path("xdp").topo.home, b.o.cpu, func() (err error) {
+				r, err = dataplane.BenchXDPDetail(pkt, b.o.repeat)
+				return err
+			})
+			if err != nil {
+				return out, fmt.Errorf("measure program cost: %w", err)
+			}
+			per = append(per, float64(r.PerPacket.Nanoseconds()))
+			base = append(base, float64(r.Baseline.Nanoseconds()))
+		}
+		out[f] = progCost{perPacket: median(per), baseline: median(base)}
+	}
+	return out, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// tcpPacket is an established TCP flow's data segment (64 bytes of
+// payload) from the client to the target.
+func tcpPacket(f fam) ([]byte, error) {
+	eth := &layers.Ethernet{SrcMAC: macC0, DstMAC: macH0, EthernetType: layers.EthernetTypeIPv4}
+	tcp := &layers.TCP{SrcPort: 33333, DstPort: tport0, Seq: 1000, Ack: 2000, Window: 64240, ACK: true, PSH: true}
+	var l3 gopacket.SerializableLayer
+	if f == v4 {
+		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: clientAddr[f].AsSlice(), DstIP: targetAddr[f].AsSlice()}
+		_ = tcp.SetNetworkLayerForChecksum(ip)
+		l3 = ip
+	} else {
+		eth.EthernetType = layers.EthernetTypeIPv6
+		ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: clientAddr[f].AsSlice(), DstIP: targetAddr[f].AsSlice()}
+		_ = tcp.SetNetworkLayerForChecksum(ip)
+		l3 = ip
+	}
+	buf := gopacket.NewSerializeBuffer()
+	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		eth, l3, tcp, gopacket.Payload(make([]byte, payloadLen)))
+	if err != nil {
+		return nil, fmt.Errorf("build packet: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// ctLimits sizes the kernel's conntrack to hold flows entries in each
+// namespace (nf_conntrack_max is global, the count per namespace) with a
+// hash table of two buckets per entry of the two netfilter paths together
+// (kube-proxy sizes it at a quarter bucket per entry: this is kinder to
+// the kernel paths). The sysctls are global and the machine shared: ensure
+// sets them again if someone put them back meanwhile, restore puts back the
+// values found first.
+type ctLimits struct {
+	want map[string]uint64
+	old  map[string]string // found before the first change
+}
+
+func newCTLimits(flows uint64) *ctLimits {
+	return &ctLimits{
+		want: map[string]uint64{
+			"net/netfilter/nf_conntrack_max":     flows + flows/10,
+			"net/netfilter/nf_conntrack_buckets": nextPow2(4 * flows),
+		},
+		old: map[string]string{},
+	}
+}
+
+func (c *ctLimits) ensure() error {
+	for _, k := range []string{"net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_buckets"} {
+		file := filepath.Join("/proc/sys", k)
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", k, err)
+		}
+		cur, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil {
+			return fmt.Errorf("parse %s: %w", k, err)
+		}
+		if cur >= c.want[k] {
+			continue
+		}
+		if _, ok := c.old[k]; ok {
+			slog.Warn("a global conntrack sysctl was put back by someone else: setting it again", "sysctl", k, "found", cur, "want", c.want[k])
+		} else {
+			c.old[k] = strings.TrimSpace(string(b))
+		}
+		if err := os.WriteFile(file, []byte(strconv.FormatUint(c.want[k], 10)), 0o644); err != nil {
+			return fmt.Errorf("set %s: %w", k, err)
+		}
+	}
+	return nil
+}
+
+func (c *ctLimits) restore() error {
+	var errs []error
+	for k, v := range c.old {
+		if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restore %s to %s: %w", k, v, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func nextPow2(v uint64) uint64 {
+	p := uint64(1)
+	for p < v {
+		p <<= 1
+	}
+	return p
+}
+
+func numCPU() int { return runtime.NumCPU() }
+
+// profileSample records one more sample of p under perf record (cpu-clock
+// sampling of the measured CPU: this VM has no hardware counters) and
+// prints the top symbols; the perf.data stays in the -profile directory.
+func (b *bench) profileSample(ctx context.Context, sc scenario, p *path, n uint32) error {
+	if err := os.MkdirAll(b.o.profile, 0o755); err != nil {
+		return err
+	}
+	data := filepath.Join(b.o.profile, sc.key+"-"+p.name+".perf.data")
+	if sc.flows == 0 && p.flush != nil {
+		if err := p.flush(); err != nil { // not in the profile
+			return err
+		}
+	}
+	rec := exec.CommandContext(ctx, "perf", "record", "-q", "-C", strconv.Itoa(b.o.cpu), "-g", "-o", data)
+	if err := rec.Start(); err != nil {
+		return fmt.Errorf("start perf record: %w", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	_, err := measure(ctx, p.gen, p.sink, b.flowsOf(sc, p), n, b.o.cpu, p.pace, b.clocks(p))
+	_ = rec.Process.Signal(os.Interrupt)
+	_ = rec.Wait() // perf may report the interrupt as its exit status
+	if err != nil {
+		return fmt.Errorf("profile %s %s: %w", sc.key, p.name, err)
+	}
+	// Only this benchmark's threads, its proxy and the CPU's ksoftirqd:
+	// the CPU is shared with other work.
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	comm := filepath.Base(self)
+	comm = comm[:min(len(comm), 15)]
+	out, err := exec.CommandContext(ctx, "perf", "report", "-i", data, "--comms", comm+",ksoftirqd/"+strconv.Itoa(b.o.cpu),
+		"--no-children", "--stdio", "--percentage", "relative", "-g", "none", "--percent-limit", "1", "--sort", "sym").Output()
+	if err != nil {
+		return fmt.Errorf("perf report: %w", err)
+	}
+	fmt.Printf("\nprofile %s / %s (%s):\n", sc.key, p.name, data)
+	for _, l := range strings.Split(string(out), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			fmt.Println("   ", l)
+		}
+	}
+	return nil
+}
