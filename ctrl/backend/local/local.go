@@ -63,6 +63,9 @@ type Backend struct {
 	log  *slog.Logger
 	mu   sync.Mutex
 	runs map[string]*run
+	// stopping holds copies Delete is stopping: they no longer count as
+	// running, but they still hold their ports until they exit.
+	stopping map[string]*run
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -98,7 +101,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", "local"), runs: map[string]*run{}}
+	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", "local"), runs: map[string]*run{}, stopping: map[string]*run{}}
 	if cfg.StateDir != "" {
 		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 			return nil, fmt.Errorf("new local backend: %w", err)
@@ -168,12 +171,16 @@ type run struct {
 	cancel   context.CancelFunc // stop: SIGTERM, then SIGKILL after the grace period or kill
 	done     chan struct{}
 	kill     chan struct{} // closed: SIGKILL now
+	killed   sync.Once
 	mu       sync.Mutex
 	pid      int
 	restarts int
 	adopt    int         // pid of a copy adopted from an earlier run
 	detached atomic.Bool // stop supervising without killing (tests: a crash)
 }
+
+// killOnce closes kill (two Deletes may both give up waiting).
+func (r *run) killOnce() { r.killed.Do(func() { close(r.kill) }) }
 
 // Restarts returns how many times the named copy was restarted (for tests
 // and status).
@@ -243,6 +250,25 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 		return backend.Instance{}, fmt.Errorf("deploy %s: the local backend needs a command or demo", s.Name)
 	}
 	b.mu.Lock()
+	for {
+		old, ok := b.stopping[s.Name]
+		if !ok {
+			break
+		}
+		// A copy of that name is still stopping (a graceful stop, a
+		// drain): it holds the ports the new one binds, and it would
+		// answer the readiness probe in its place. Wait for it.
+		b.mu.Unlock()
+		select {
+		case <-old.done:
+		case <-ctx.Done():
+			return backend.Instance{}, fmt.Errorf("deploy %s: wait for the previous copy to stop: %w", s.Name, ctx.Err())
+		}
+		b.mu.Lock()
+		if b.stopping[s.Name] == old {
+			delete(b.stopping, s.Name)
+		}
+	}
 	if r, ok := b.runs[s.Name]; ok {
 		b.mu.Unlock()
 		if !reflect.DeepEqual(r.spec, s) {
@@ -452,18 +478,35 @@ func (b *Backend) stopGroup(pid int, exited <-chan error, kill <-chan struct{}) 
 func (b *Backend) Delete(ctx context.Context, name string) error {
 	b.mu.Lock()
 	r, ok := b.runs[name]
-	delete(b.runs, name)
-	b.mu.Unlock()
 	if !ok {
+		old, stopping := b.stopping[name]
+		b.mu.Unlock()
+		if stopping {
+			// Another Delete stops it: wait for the same end.
+			select {
+			case <-old.done:
+			case <-ctx.Done():
+				old.killOnce()
+				<-old.done
+			}
+		}
 		return nil
 	}
+	delete(b.runs, name)
+	b.stopping[name] = r
+	b.mu.Unlock()
 	r.cancel()
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		close(r.kill)
+		r.killOnce()
 		<-r.done
 	}
+	b.mu.Lock()
+	if b.stopping[name] == r {
+		delete(b.stopping, name)
+	}
+	b.mu.Unlock()
 	b.dropState(name)
 	b.log.Info("deleted", "name", name)
 	return nil

@@ -357,3 +357,74 @@ func TestDemoAnswersUDP(t *testing.T) {
 		t.Fatalf("udp answer %q, %v", buf[:n], err)
 	}
 }
+
+// TestRedeployWhileStopping: a copy is being stopped (a drain still running
+// in its grace period) when the same service is deployed again, as when a
+// service moves back home before its old copy here has gone. The new copy
+// needs the same port: Deploy waits for the old one to exit, and the copy
+// answering afterwards is the new one, not the old one that answered the
+// readiness probe on its way out.
+func TestRedeployWhileStopping(t *testing.T) {
+	b, err := New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
+		MinBackoff: 20 * time.Millisecond, GracePeriod: 800 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	port := freePort(t)
+	ports := []backend.Port{{Port: port, Protocol: lb.TCP}}
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "web", Command: []string{os.Args[0], "stubborn"}, Ports: ports}); err != nil {
+		t.Fatal(err)
+	}
+	old := b.PID("web")
+	deleted := make(chan error, 1)
+	go func() { deleted <- b.Delete(ctx, "web") }()
+	// The stop has begun: the copy no longer counts as running.
+	for {
+		if _, err := b.Get(ctx, "web"); err != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t0 := time.Now()
+	inst, err := b.Deploy(ctx, backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: ports})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d < 500*time.Millisecond {
+		t.Errorf("deploy took %v: it did not wait for the stopping copy (800ms grace)", d)
+	}
+	if err := syscall.Kill(old, 0); err == nil {
+		t.Fatalf("old copy (pid %d) still alive after the new deploy", old)
+	}
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, "http://"+inst.Endpoints[0].String()+"/"); !strings.HasPrefix(got, "cluster c1 ") {
+		t.Fatalf("new copy answers %q", got)
+	}
+	if b.Restarts("web") != 0 {
+		t.Fatalf("new copy restarted %d times (port taken?)", b.Restarts("web"))
+	}
+	// A Delete that finds the copy already stopping waits for the same end.
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "slow", Command: []string{os.Args[0], "stubborn"},
+		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err != nil {
+		t.Fatal(err)
+	}
+	pid := b.PID("slow")
+	go func() { _ = b.Delete(ctx, "slow") }()
+	for {
+		if _, err := b.Get(ctx, "slow"); err != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := b.Delete(ctx, "slow"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, 0); err == nil {
+		t.Fatalf("second Delete returned while the copy (pid %d) still runs", pid)
+	}
+}
