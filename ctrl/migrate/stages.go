@@ -414,6 +414,14 @@ func (e *Engine) removeOld(ctx context.Context, m *ctrl.Migration) *removal {
 		defer kill()
 		if m.From == e.cfg.ClusterID {
 			r.err = e.cfg.Backend.Delete(kctx, m.Service)
+			if r.err != nil && kctx.Err() != nil && rctx.Err() == nil {
+				// Drained while the backend was still at it: the local
+				// backend takes the end of kctx as "kill now", but one
+				// that talks to an API (Kubernetes) fails its calls on a
+				// cancelled context. Nothing is left to drain: delete
+				// with what remains of the budget.
+				r.err = e.cfg.Backend.Delete(rctx, m.Service)
+			}
 			return
 		}
 		r.err = e.cfg.Peers.RemoveForeign(rctx, m.FromURL, m.Service, e.cfg.ClusterID, m.FromEpoch)
