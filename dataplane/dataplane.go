@@ -47,6 +47,10 @@ var ErrNotFound = errors.New("frontend not found")
 // already committed).
 var ErrGeneration = errors.New("generation conflict")
 
+// ErrBadTarget is returned for a target the frontend cannot take (invalid,
+// or of another address family).
+var ErrBadTarget = errors.New("bad target")
+
 // Config is the node's data-plane configuration.
 type Config struct {
 	PinPath          string     // bpffs directory for maps and links; default /sys/fs/bpf/roam
@@ -239,10 +243,10 @@ func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
 		return 0, fmt.Errorf("stage: %w", err)
 	}
 	if err := t.Validate(); err != nil {
-		return 0, fmt.Errorf("stage: %w", err)
+		return 0, fmt.Errorf("stage: %w: %w", ErrBadTarget, err)
 	}
 	if t.Kind == lb.TargetRedirect && familyOf(t.Addr) != familyOf(f.Addr) {
-		return 0, fmt.Errorf("stage %s: target %s is of another address family", f, t)
+		return 0, fmt.Errorf("stage %s: target %s is of another address family: %w", f, t, ErrBadTarget)
 	}
 	if err := d.checkFrontend(f); err != nil {
 		return 0, fmt.Errorf("stage: %w", err)

@@ -3,14 +3,13 @@ package agentapi
 import (
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/roamnet/roam/dataplane"
 )
 
-// classify maps an error of the data plane to an HTTP status and a reason:
-// an unknown frontend is 404, a generation that is not in the state the call
-// needs (stale, aborted, nothing staged) is 409, a
+// classify maps an error of the data plane to an HTTP status and a reason,
+// by the sentinel it wraps: an unknown frontend is 404, a generation that is
+// not in the state the call needs (stale, aborted, nothing staged) is 409, a
 // target the frontend cannot take is 400, anything else is 500.
 func classify(err error) (int, string) {
 	if errors.Is(err, dataplane.ErrNotFound) {
@@ -19,11 +18,7 @@ func classify(err error) (int, string) {
 	if errors.Is(err, dataplane.ErrGeneration) {
 		return http.StatusConflict, ReasonConflict
 	}
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "is not the staged one"), strings.Contains(msg, "nothing staged"):
-		return http.StatusConflict, ReasonConflict
-	case strings.Contains(msg, "another address family"):
+	if errors.Is(err, dataplane.ErrBadTarget) {
 		return http.StatusBadRequest, ReasonBadTarget
 	}
 	return http.StatusInternalServerError, ReasonInternal
