@@ -215,9 +215,6 @@ func (d *Dataplane) writeConfig() error {
 	return nil
 }
 
-// Config returns the configuration in effect (defaults filled in).
-func (d *Dataplane) Config() Config { return d.cfg }
-
 // Close closes the file descriptors. Pinned maps and links stay: traffic keeps flowing.
 func (d *Dataplane) Close() error {
 	return errors.Join(d.xdp.Close(), d.tc.Close())

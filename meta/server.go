@@ -496,9 +496,6 @@ func (s *Server) Registry() *Registry { return s.reg }
 // Gatherer exposes the MO's metrics.
 func (s *Server) Gatherer() prometheus.Gatherer { return s.promReg }
 
-// Conn is the MO's own NATS connection.
-func (s *Server) Conn() *nats.Conn { return s.nc }
-
 // Replicas is how many replicas the bucket and the audit stream have (0
 // until JetStream is up, or without it).
 func (s *Server) Replicas() int { return s.replicas }
