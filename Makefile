@@ -4,9 +4,15 @@
 GO      ?= go
 CLANG   ?= clang
 STRIP   ?= llvm-strip
-BPF_CFLAGS ?= -O2 -g -Wall -Werror
+# asm/types.h lives under the machine's multiarch directory (Debian).
+MULTIARCH ?= $(shell gcc -print-multiarch 2>/dev/null || $(CLANG) -print-multiarch 2>/dev/null)
+BPF_CFLAGS ?= -O2 -g -Wall -Werror $(if $(MULTIARCH),-I/usr/include/$(MULTIARCH))
 BIN     ?= bin
 GOTEST_FLAGS ?= -count=1 -timeout 30m
+# Pinned linters, fetched through the module proxy (no system install).
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The committed bpf2go output (what check-generate compares).
+GENERATED = 'dataplane/*_bpfel.go' 'dataplane/*_bpfel.o' 'test/bench/dataplane/*_bpfel.go' 'test/bench/dataplane/*_bpfel.o'
 
 export BPF_CLANG := $(CLANG)
 export BPF_STRIP := $(STRIP)
@@ -36,14 +42,16 @@ test: deps ## run every test (root: BPF, XDP on veth, network namespaces)
 	$(GO) test $(GOTEST_FLAGS) ./...
 
 .PHONY: lint
-lint: ## gofmt, go vet, and a check that the committed bpf2go output is fresh
+lint: ## gofmt, go vet, staticcheck, go.mod tidy, and a check that the committed bpf2go output is fresh
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(STATICCHECK) ./...
+	$(GO) mod tidy -diff
 	$(MAKE) --no-print-directory check-generate
 
 .PHONY: check-generate
 check-generate: generate ## fail if the committed bpf2go output differs from a fresh generate
-	@git diff --exit-code --stat -- dataplane/ 'test/bench/dataplane/*_bpfel.*' || { echo "bpf2go output is stale: run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- $(GENERATED) || { echo "bpf2go output is stale: run 'make generate' and commit"; exit 1; }
 
 .PHONY: bench
 bench: bench-dataplane bench-meta bench-migration ## run every benchmark

@@ -352,7 +352,7 @@ func TestConntrackUDPOneWay(t *testing.T) {
 		expect("another client, while the replies keep the flow alive", v, uint32(xdpDrop))
 		expect("flows", flows(u.fe, t1), 1)
 	}
-	v, to = u.send(u.client)
+	v, _ = u.send(u.client)
 	expect("client after the replies", v, uint32(xdpTX))
 	expect("client's SNAT after the replies", u.snat, port)
 	age(9 * time.Second)

@@ -317,7 +317,7 @@ func (d *Dataplane) Commit(f lb.Frontend, gen uint64) error {
 	case gen == 0 && !hasStaged:
 		return fmt.Errorf("commit %s: nothing staged: %w", f, ErrGeneration)
 	case gen == 0:
-		gen = svc.SlotGen[staged]
+		// Whatever is staged.
 	case gen == svc.SlotGen[active] && lb.TargetKind(svc.Slot[active].Kind) != lb.TargetNone:
 		return nil // already committed
 	case !hasStaged || gen != svc.SlotGen[staged]:

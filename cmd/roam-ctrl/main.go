@@ -47,7 +47,7 @@ func parseMap(s string) (map[string]string, error) {
 	for _, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return nil, fmt.Errorf("parse %q: want k=v,...", s)
+			return nil, fmt.Errorf("parse %q: want comma-separated k=v pairs", s)
 		}
 		m[k] = v
 	}

@@ -5,8 +5,6 @@ package integration
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -70,12 +68,6 @@ type env struct {
 	port     uint16
 	cl       map[string]*cluster
 	peers    map[string]string
-}
-
-func rnd() string {
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // freePortAll finds a TCP port free on every address.
