@@ -50,22 +50,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (c *collector) read() ([]prometheus.Metric, error) {
-	m := c.d.maps
 	services, err := c.d.List()
 	if err != nil {
 		return nil, err
 	}
 	var out []prometheus.Metric
-	var per []Counter
 	for _, s := range services {
 		for a := Action(0); a < numActions; a++ {
-			if err := m.RoamCounters.Lookup(s.ID*numActions+uint32(a), &per); err != nil {
+			sum, err := c.d.counter(s.ID, a)
+			if err != nil {
 				return nil, err
-			}
-			var sum Counter
-			for _, v := range per {
-				sum.Packets += v.Packets
-				sum.Bytes += v.Bytes
 			}
 			f, act := s.Frontend.String(), a.String()
 			out = append(out,
@@ -73,16 +67,12 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 				prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sum.Bytes), f, act))
 		}
 	}
-	var drops []uint64
-	for r, name := range DropReasons {
-		if err := m.RoamDrops.Lookup(uint32(r), &drops); err != nil {
-			return nil, err
-		}
-		var sum uint64
-		for _, v := range drops {
-			sum += v
-		}
-		out = append(out, prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(sum), name))
+	drops, err := c.d.Drops()
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range DropReasons {
+		out = append(out, prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(drops[name]), name))
 	}
 	n, err := c.d.conntrackEntries()
 	if err != nil {
@@ -117,11 +107,7 @@ func (d *Dataplane) Drops() (map[string]uint64, error) {
 		if err := d.maps.RoamDrops.Lookup(uint32(r), &per); err != nil {
 			return nil, err
 		}
-		var sum uint64
-		for _, v := range per {
-			sum += v
-		}
-		out[name] = sum
+		out[name] = sum(per, func(a, b uint64) uint64 { return a + b })
 	}
 	return out, nil
 }
@@ -132,14 +118,25 @@ func (d *Dataplane) Counters(f lb.Frontend, a Action) (Counter, error) {
 	if err != nil {
 		return Counter{}, err
 	}
+	return d.counter(s.ID, a)
+}
+
+// counter reads one per-CPU counter slot and sums it.
+func (d *Dataplane) counter(id uint32, a Action) (Counter, error) {
 	var per []Counter
-	if err := d.maps.RoamCounters.Lookup(s.ID*numActions+uint32(a), &per); err != nil {
+	if err := d.maps.RoamCounters.Lookup(id*numActions+uint32(a), &per); err != nil {
 		return Counter{}, err
 	}
-	var sum Counter
+	return sum(per, func(a, b Counter) Counter {
+		return Counter{Packets: a.Packets + b.Packets, Bytes: a.Bytes + b.Bytes}
+	}), nil
+}
+
+// sum folds a per-CPU value's copies into one.
+func sum[T any](per []T, add func(T, T) T) T {
+	var total T
 	for _, v := range per {
-		sum.Packets += v.Packets
-		sum.Bytes += v.Bytes
+		total = add(total, v)
 	}
-	return sum, nil
+	return total
 }
