@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/client"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -33,51 +31,6 @@ const serviceUsage = `usage: roamctl service SUBCOMMAND [--ctrl URL] [--token T]
   delete  NAME
   migrate NAME [--to CLUSTER] [--reason manual]
   migrations`
-
-type svcClient struct {
-	base, token string
-	hc          http.Client
-}
-
-func (c *svcClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.base, "/")+path, body)
-	if err != nil {
-		return err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("call controller: %w", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode/100 != 2 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s %s: %d: %s", method, path, resp.StatusCode, e.Error)
-		}
-		return fmt.Errorf("%s %s: %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(b)))
-	}
-	if out != nil && len(b) > 0 {
-		return json.Unmarshal(b, out)
-	}
-	return nil
-}
 
 func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
@@ -137,12 +90,12 @@ func runService(ctx context.Context, args []string) error {
 			args = args[1:]
 		}
 	}
-	c := &svcClient{base: *base, token: *token, hc: http.Client{Timeout: *timeout}}
+	c := client.New(*base, *token, &http.Client{Timeout: *timeout})
 	needName := func() (string, error) {
 		if len(pos) != 1 {
 			return "", fmt.Errorf("service %s: want one NAME\n%s", sub, serviceUsage)
 		}
-		return url.PathEscape(pos[0]), nil
+		return pos[0], nil
 	}
 	switch sub {
 	case "deploy":
@@ -166,14 +119,14 @@ func runService(ctx context.Context, args []string) error {
 				d.Command = strings.Fields(*command)
 			}
 		}
-		var r ctrl.Record
-		if err := c.do(ctx, http.MethodPost, "/v1/services", d, &r); err != nil {
+		r, err := c.Deploy(ctx, d)
+		if err != nil {
 			return err
 		}
 		return printJSON(r)
 	case "list":
-		var rs []ctrl.Record
-		if err := c.do(ctx, http.MethodGet, "/v1/services", nil, &rs); err != nil {
+		rs, err := c.List(ctx)
+		if err != nil {
 			return err
 		}
 		tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -187,8 +140,8 @@ func runService(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		var r ctrl.Record
-		if err := c.do(ctx, http.MethodGet, "/v1/services/"+n, nil, &r); err != nil {
+		r, err := c.Get(ctx, n)
+		if err != nil {
 			return err
 		}
 		return printJSON(r)
@@ -197,20 +150,20 @@ func runService(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		return c.do(ctx, http.MethodDelete, "/v1/services/"+n, nil, nil)
+		return c.Delete(ctx, n)
 	case "migrate":
 		n, err := needName()
 		if err != nil {
 			return err
 		}
-		var m ctrl.Migration
-		if err := c.do(ctx, http.MethodPost, "/v1/services/"+n+"/migrate", ctrl.MigrateRequest{Destination: *to, Reason: *reason}, &m); err != nil {
+		m, err := c.Migrate(ctx, n, *to, *reason)
+		if err != nil {
 			return err
 		}
 		return printJSON(m)
 	case "migrations":
-		var ms []ctrl.Migration
-		if err := c.do(ctx, http.MethodGet, "/v1/migrations", nil, &ms); err != nil {
+		ms, err := c.Migrations(ctx)
+		if err != nil {
 			return err
 		}
 		return printJSON(ms)
