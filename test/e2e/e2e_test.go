@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,11 +37,6 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		for _, b := range testbed.Binaries {
-			if _, err := os.Stat(filepath.Join(mod, "cmd", b)); err != nil {
-				return m.Run() // tests skip with the reason
-			}
-		}
 		dir, err := os.MkdirTemp("", "roam-e2e-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -65,9 +59,6 @@ func need(t *testing.T) {
 	t.Helper()
 	if err := testbed.CheckEnv(); err != nil {
 		t.Skipf("e2e: %v", err)
-	}
-	if binDir == "" {
-		t.Skip("e2e: cmd/roam-meta, cmd/roam-ctrl or cmd/roam-agent not in the tree")
 	}
 }
 
