@@ -6,7 +6,7 @@
 /*
  * The attach point provides ROAM_CTX, ROAM_WIRE_LEN, VERDICT_PASS and
  * VERDICT_DROP, ROAM_OWN_SOCKET (the packet's own socket, tc egress),
- * roam_l4_csum and roam_xmit (next hop and out).
+ * roam_l4_csum and roam_xmit (next hop and out; now: the packet's clock).
  */
 
 /* roam_local_socket: a TCP socket of this host (not a listener) owns the packet's tuple. */
@@ -214,7 +214,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	if (!cfg)
 		return VERDICT_PASS;
 	/* CLOCK_MONOTONIC at tick resolution: ample for flow timeouts, and much cheaper than bpf_ktime_get_ns under kvm-clock. */
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = (ROAM_ABLATE & ABLATE_CLOCK) ? 1 : bpf_ktime_get_coarse_ns();
 
 	__u8 src[16], dst[16];
 	__be16 sport, dport;
@@ -273,5 +273,5 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		count_reason(REASON_MALFORMED);
 		return VERDICT_PASS;
 	}
-	return roam_xmit(ctx, &p, id, action);
+	return roam_xmit(ctx, &p, id, action, now);
 }

@@ -13,6 +13,21 @@
 #define NAT_MAX_ENTRIES 262144 /* NAT: one reverse entry per redirected flow (target -> SNAT address and port) */
 #endif
 
+/*
+ * ROAM_ABLATE switches stages of the XDP program off at build time, for
+ * profiling only (make bench-dataplane BENCH_DATAPLANE_FLAGS=-ablate builds
+ * and measures each): what a build without a stage saves is what the stage
+ * costs. Every real build has 0; a build with any bit set forwards wrongly.
+ */
+#ifndef ROAM_ABLATE
+#define ROAM_ABLATE 0
+#endif
+#define ABLATE_FIB 0x01	     /* no next-hop lookup: XDP_TX with the MAC addresses as they came */
+#define ABLATE_NH_CACHE 0x02 /* bpf_fib_lookup on every packet: no per-CPU next-hop cache */
+#define ABLATE_COUNTERS 0x04 /* no per-frontend packet and byte counters */
+#define ABLATE_CSUM 0x08     /* no checksum arithmetic (addresses and ports still rewritten) */
+#define ABLATE_CLOCK 0x10    /* no clock read on the pinned path (flows never idle) */
+
 #ifndef PORT_RETRIES
 #define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
 #endif

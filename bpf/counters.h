@@ -5,7 +5,7 @@
 
 static __always_inline void count_action(__u32 id, __u32 action, __u64 bytes)
 {
-	if (id >= MAX_FRONTENDS || action >= ACTION_MAX)
+	if ((ROAM_ABLATE & ABLATE_COUNTERS) || id >= MAX_FRONTENDS || action >= ACTION_MAX)
 		return;
 	__u32 idx = id * ACTION_MAX + action;
 	struct counter *c = bpf_map_lookup_elem(&roam_counters, &idx);

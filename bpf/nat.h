@@ -120,14 +120,19 @@ static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns,
 			  csum_diff16((__u16 *)&iph->daddr, (const __u16 *)(nd + 12), 2);
 		__builtin_memcpy(&iph->saddr, ns + 12, 4);
 		__builtin_memcpy(&iph->daddr, nd + 12, 4);
-		iph->check = csum_update(iph->check, diff_l3);
+		if (!(ROAM_ABLATE & ABLATE_CSUM))
+			iph->check = csum_update(iph->check, diff_l3);
 	} else {
 		struct ip6_hdr *ip6 = data + L3_OFF;
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
 		/* 32 bytes: the helper keeps the program small where inline sums would spill. */
-		diff_l3 = bpf_csum_diff((__be32 *)ip6->saddr, 16, (__be32 *)ns, 16, 0);
-		diff_l3 = bpf_csum_diff((__be32 *)ip6->daddr, 16, (__be32 *)nd, 16, diff_l3);
+		if (ROAM_ABLATE & ABLATE_CSUM) {
+			diff_l3 = 0;
+		} else {
+			diff_l3 = bpf_csum_diff((__be32 *)ip6->saddr, 16, (__be32 *)ns, 16, 0);
+			diff_l3 = bpf_csum_diff((__be32 *)ip6->daddr, 16, (__be32 *)nd, 16, diff_l3);
+		}
 		__builtin_memcpy(ip6->saddr, ns, 16);
 		__builtin_memcpy(ip6->daddr, nd, 16);
 	}
@@ -143,5 +148,7 @@ static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns,
 	__builtin_memcpy(p->daddr, nd, 16);
 	p->sport = nsport;
 	p->dport = ndport;
+	if (ROAM_ABLATE & ABLATE_CSUM)
+		return 0;
 	return roam_l4_csum(ctx, p, l4, diff_l3, diff_ports);
 }

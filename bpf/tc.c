@@ -42,7 +42,7 @@ static __always_inline int roam_l4_csum(struct __sk_buff *skb, struct pkt *p, __
 }
 
 /* roam_xmit: next hop by bpf_fib_lookup, out by bpf_redirect; without a neighbour, bpf_redirect_neigh resolves it. */
-static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, __u32 id, __u32 action)
+static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, __u32 id, __u32 action, __u64 now)
 {
 	struct bpf_fib_lookup fib = {};
 	fib_params(&fib, p, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex);

@@ -13,6 +13,7 @@
 #include "csum.h"
 #include "counters.h"
 #include "fib.h"
+#include "nexthop.h"
 
 /* roam_l4_csum: XDP sees whole packets with full checksums, so update the L4 checksum arithmetically. */
 static __always_inline int roam_l4_csum(struct xdp_md *ctx, struct pkt *p, __u32 l4, __u32 diff_l3, __u32 diff_ports)
@@ -34,12 +35,21 @@ static __always_inline int roam_l4_csum(struct xdp_md *ctx, struct pkt *p, __u32
 	return 0;
 }
 
-/* roam_xmit: next hop by bpf_fib_lookup; XDP_TX on the same interface, redirect to another; no neighbour: let the kernel forward it. */
-static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, __u32 id, __u32 action)
+/*
+ * roam_xmit: next hop by bpf_fib_lookup (through the per-CPU next-hop
+ * cache); XDP_TX on the same interface, redirect to another; no
+ * neighbour: let the kernel forward it.
+ */
+static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, __u32 id, __u32 action, __u64 now)
 {
-	struct bpf_fib_lookup fib = {};
-	fib_params(&fib, p, ctx->ingress_ifindex);
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (ROAM_ABLATE & ABLATE_FIB) {
+		count_action(id, action, p->len);
+		return XDP_TX;
+	}
+	__u32 in = ctx->ingress_ifindex, out;
+	long rc = nh_lookup(ctx, p, in, now, &out);
+	if (rc < 0)
+		return XDP_DROP; /* shorter than parsed: cannot happen */
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_NO_NEIGH);
 		count_action(id, action, p->len);
@@ -59,12 +69,10 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, __u32 id
 		count_action(id, ACTION_DROP, p->len);
 		return XDP_DROP;
 	}
-	if (set_macs((void *)(long)ctx->data, (void *)(long)ctx->data_end, &fib) < 0)
-		return XDP_DROP;
 	count_action(id, action, p->len);
-	if (fib.ifindex == ctx->ingress_ifindex)
+	if (out == in)
 		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
+	return bpf_redirect(out, 0);
 }
 
 #include "balancer.h"

@@ -84,6 +84,20 @@ type roamXDPNatValue struct {
 	LastSeen   uint64
 }
 
+type roamXDPNhEntry struct {
+	_          structs.HostLayout
+	Saddr      [16]uint8
+	Daddr      [16]uint8
+	InIfindex  uint32
+	OutIfindex uint32
+	Dmac       [6]uint8
+	Smac       [6]uint8
+	MaxLen     uint16
+	Proto      uint8
+	Family     uint8
+	Stamp      uint64
+}
+
 type roamXDPScratch struct {
 	_     structs.HostLayout
 	Fv    roamXDPCtValue
@@ -122,6 +136,7 @@ const (
 	roamXDPMapRoamCounters  = "roam_counters"
 	roamXDPMapRoamDrops     = "roam_drops"
 	roamXDPMapRoamNat       = "roam_nat"
+	roamXDPMapRoamNexthop   = "roam_nexthop"
 	roamXDPMapRoamScratch   = "roam_scratch"
 	roamXDPMapRoamServices  = "roam_services"
 	roamXDPProgRoamXdp      = "roam_xdp"
@@ -181,6 +196,7 @@ type roamXDPMapSpecs struct {
 	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
 	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
+	RoamNexthop   *ebpf.MapSpec `ebpf:"roam_nexthop"`
 	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.MapSpec `ebpf:"roam_services"`
 }
@@ -216,6 +232,7 @@ type roamXDPMaps struct {
 	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
 	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
+	RoamNexthop   *ebpf.Map `ebpf:"roam_nexthop"`
 	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.Map `ebpf:"roam_services"`
 }
@@ -227,6 +244,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamCounters,
 		m.RoamDrops,
 		m.RoamNat,
+		m.RoamNexthop,
 		m.RoamScratch,
 		m.RoamServices,
 	)

@@ -49,6 +49,7 @@ type BenchResult struct {
 	PerPacket time.Duration // roam_xdp, kernel mean over repeat runs
 	Baseline  time.Duration // an empty XDP program the same way (test-run overhead)
 	Verdict   uint32        // roam_xdp's verdict: XDP_TX (3) or XDP_REDIRECT (4)
+	Insns     int           // roam_xdp's instructions after the verifier (0 if the kernel does not say)
 }
 
 // BenchXDP returns the XDP program's cost per packet on an established
@@ -74,25 +75,45 @@ func (d *Dataplane) BenchXDP(pkt []byte, repeat int) (time.Duration, error) {
 // and a neighbour entry for the destination, or the verdict is not a
 // transmit and an error is returned.
 func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
-	if repeat < 1 {
-		return BenchResult{}, fmt.Errorf("bench xdp: repeat %d < 1", repeat)
-	}
-	fam, src, dst, proto, sport, dport, err := frameTuple(pkt)
-	if err != nil {
-		return BenchResult{}, fmt.Errorf("bench xdp: %w", err)
-	}
 	spec, err := loadRoamXDP()
 	if err != nil {
 		return BenchResult{}, err
 	}
+	return BenchXDPSpec(spec, pkt, repeat)
+}
+
+// BenchXDPSpec is BenchXDPDetail for another build of bpf/xdp.c.
+func BenchXDPSpec(spec *ebpf.CollectionSpec, pkt []byte, repeat int) (BenchResult, error) {
+	b, err := NewXDPBench(spec, pkt)
+	if err != nil {
+		return BenchResult{}, err
+	}
+	defer b.Close()
+	return b.Run(repeat)
+}
+
+// XDPBench is one build of bpf/xdp.c loaded with private maps and set up
+// for BenchXDPDetail's identity NAT, to be measured many times (the
+// benchmark's ablations load several builds and measure them in turn).
+type XDPBench struct {
+	objs roamXDPObjects
+	pkt  []byte
+}
+
+// NewXDPBench loads spec (a build of bpf/xdp.c; its maps are unpinned)
+// and opens pkt's flow as BenchXDPDetail does.
+func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
+	fam, src, dst, proto, sport, dport, err := frameTuple(pkt)
+	if err != nil {
+		return nil, fmt.Errorf("bench xdp: %w", err)
+	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
-	var objs roamXDPObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		return BenchResult{}, loadError("xdp", "", err)
+	b := &XDPBench{pkt: pkt}
+	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
+		return nil, loadError("xdp", "", err)
 	}
-	defer objs.Close()
 	cfg := roamXDPConfig{PortMin: sport, PortMax: sport, TcpSynNs: uint64(time.Hour), TcpEstablishedNs: uint64(time.Hour),
 		TcpCloseNs: uint64(time.Hour), TcpTimeWaitNs: uint64(time.Hour), UdpNs: uint64(time.Hour), UdpDrainNs: uint64(time.Hour)}
 	if fam == familyV4 {
@@ -100,26 +121,47 @@ func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
 	} else {
 		cfg.Snat6, cfg.HasSnat6 = src, 1
 	}
-	if err := objs.RoamConfig.Put(uint32(0), &cfg); err != nil {
-		return BenchResult{}, fmt.Errorf("bench xdp: write config: %w", err)
+	if err := b.objs.RoamConfig.Put(uint32(0), &cfg); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bench xdp: write config: %w", err)
 	}
 	key := FrontendKey{Addr: dst, Port: htons(dport), Proto: proto, Family: fam}
 	svc := ServiceValue{Id: 1}
 	svc.Slot[0] = TargetValue{Addr: dst, Port: htons(dport), Kind: uint8(lb.TargetRedirect), Family: fam}
-	if err := objs.RoamServices.Put(&key, &svc); err != nil {
-		return BenchResult{}, fmt.Errorf("bench xdp: write service: %w", err)
+	if err := b.objs.RoamServices.Put(&key, &svc); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bench xdp: write service: %w", err)
 	}
-	var r BenchResult
 	open := pkt
 	if proto == uint8(lb.TCP) {
 		open = append([]byte(nil), pkt...)
 		open[tcpFlagsOffset(pkt)] = 0x02 // SYN; the checksum does not matter here
 	}
-	if r.Verdict, _, err = objs.RoamXdp.Benchmark(open, 1, nil); err != nil {
+	if _, _, err = b.objs.RoamXdp.Benchmark(open, 1, nil); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bench xdp: %w", err)
+	}
+	return b, nil
+}
+
+// Close releases the program and its maps.
+func (b *XDPBench) Close() error { return b.objs.Close() }
+
+// Run measures repeat runs of the established flow's packet, and an empty
+// program the same way.
+func (b *XDPBench) Run(repeat int) (BenchResult, error) {
+	if repeat < 1 {
+		return BenchResult{}, fmt.Errorf("bench xdp: repeat %d < 1", repeat)
+	}
+	var r BenchResult
+	var err error
+	if r.Verdict, r.PerPacket, err = b.objs.RoamXdp.Benchmark(b.pkt, repeat, nil); err != nil {
 		return BenchResult{}, fmt.Errorf("bench xdp: %w", err)
 	}
-	if r.Verdict, r.PerPacket, err = objs.RoamXdp.Benchmark(pkt, repeat, nil); err != nil {
-		return BenchResult{}, fmt.Errorf("bench xdp: %w", err)
+	if info, err := b.objs.RoamXdp.Info(); err == nil {
+		if insns, err := info.Instructions(); err == nil {
+			r.Insns = len(insns)
+		}
 	}
 	if r.Verdict != 3 && r.Verdict != 4 {
 		return r, fmt.Errorf("bench xdp: verdict %d, not XDP_TX or XDP_REDIRECT (does this namespace have a route and a neighbour for the destination, and forwarding on?)", r.Verdict)
@@ -133,7 +175,7 @@ func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
 		return BenchResult{}, fmt.Errorf("bench xdp: load baseline program: %w", err)
 	}
 	defer empty.Close()
-	if _, r.Baseline, err = empty.Benchmark(pkt, repeat, nil); err != nil {
+	if _, r.Baseline, err = empty.Benchmark(b.pkt, repeat, nil); err != nil {
 		return BenchResult{}, fmt.Errorf("bench xdp baseline: %w", err)
 	}
 	return r, nil

@@ -33,7 +33,7 @@ type progCost struct {
 func (b *bench) programCost(ctx context.Context) ([2]progCost, error) {
 	var out [2]progCost
 	for _, f := range []fam{v4, v6} {
-		pkt, err := tcpPacket(f)
+		pkt, err := benchPacket(f, true)
 		if err != nil {
 			return out, err
 		}
@@ -70,25 +70,35 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-// tcpPacket is an established TCP flow's data segment (64 bytes of
-// payload) from the client to the target.
-func tcpPacket(f fam) ([]byte, error) {
+// benchPacket is an established TCP flow's data segment, or a UDP
+// datagram, with 64 bytes of payload from the client to the target.
+func benchPacket(f fam, isTCP bool) ([]byte, error) {
 	eth := &layers.Ethernet{SrcMAC: macC0, DstMAC: macH0, EthernetType: layers.EthernetTypeIPv4}
-	tcp := &layers.TCP{SrcPort: 33333, DstPort: tport0, Seq: 1000, Ack: 2000, Window: 64240, ACK: true, PSH: true}
+	var l4 interface {
+		gopacket.SerializableLayer
+		SetNetworkLayerForChecksum(gopacket.NetworkLayer) error
+	}
+	proto := layers.IPProtocolUDP
+	if isTCP {
+		proto = layers.IPProtocolTCP
+		l4 = &layers.TCP{SrcPort: 33333, DstPort: tport0, Seq: 1000, Ack: 2000, Window: 64240, ACK: true, PSH: true}
+	} else {
+		l4 = &layers.UDP{SrcPort: 33333, DstPort: tport0}
+	}
 	var l3 gopacket.SerializableLayer
 	if f == v4 {
-		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: clientAddr[f].AsSlice(), DstIP: targetAddr[f].AsSlice()}
-		_ = tcp.SetNetworkLayerForChecksum(ip)
+		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: proto, SrcIP: clientAddr[f].AsSlice(), DstIP: targetAddr[f].AsSlice()}
+		_ = l4.SetNetworkLayerForChecksum(ip)
 		l3 = ip
 	} else {
 		eth.EthernetType = layers.EthernetTypeIPv6
-		ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: clientAddr[f].AsSlice(), DstIP: targetAddr[f].AsSlice()}
-		_ = tcp.SetNetworkLayerForChecksum(ip)
+		ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: proto, SrcIP: clientAddr[f].AsSlice(), DstIP: targetAddr[f].AsSlice()}
+		_ = l4.SetNetworkLayerForChecksum(ip)
 		l3 = ip
 	}
 	buf := gopacket.NewSerializeBuffer()
 	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		eth, l3, tcp, gopacket.Payload(make([]byte, payloadLen)))
+		eth, l3, l4, gopacket.Payload(make([]byte, payloadLen)))
 	if err != nil {
 		return nil, fmt.Errorf("build packet: %w", err)
 	}

@@ -63,6 +63,11 @@ func main() {
 	churn := flag.Uint("churn", 200_000, "flows that come and go before each established-flow scenario (0: a fresh table)")
 	only := flag.String("scenarios", "", "comma-separated scenario keys to run (est4,new4,mid4,big4,est6,new6; default all)")
 	flag.StringVar(&o.profile, "profile", "", "directory: record one extra sample of each path under perf record -C <cpu> and print its top symbols")
+	flag.BoolVar(&o.ablate, "ablate", false, "only profile roam's XDP program: build bpf/xdp.c with each stage switched off (ROAM_ABLATE, bpf/consts.h) and measure the builds under BPF_PROG_TEST_RUN")
+	flag.StringVar(&o.bpfDir, "bpf-dir", "bpf", "the data plane's C sources, for -ablate")
+	flag.IntVar(&o.ablateRounds, "ablate-rounds", 30, "rounds of -ablate (every build measured once a round)")
+	flag.IntVar(&o.ablateRepeat, "ablate-repeat", 200_000, "BPF_PROG_TEST_RUN repeat count of one -ablate measurement")
+	flag.StringVar(&o.ablateOnly, "ablate-only", "", "only the -ablate builds whose name contains this")
 	frontends := flag.Uint("frontends", 128, "frontends (UDP ports) the flows are spread over")
 	flag.Parse()
 	o.frontends = uint32(*frontends)
@@ -87,6 +92,11 @@ type options struct {
 	churn             uint32
 	only              []string
 	profile           string
+	ablate            bool
+	bpfDir            string
+	ablateRounds      int
+	ablateRepeat      int
+	ablateOnly        string
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -103,6 +113,9 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled"); err == nil && strings.TrimSpace(string(b)) != "0" {
 		slog.Warn("kernel.bpf_stats_enabled is on (someone else turned it on?): every BPF program costs more while it is")
+	}
+	if o.ablate {
+		return runAblations(ctx, o)
 	}
 	load0 := loadAvg()
 	kp, err := ksoftirqd(o.cpu)

@@ -1,0 +1,106 @@
+/* nexthop.h: the XDP program's per-CPU next-hop cache, so that bpf_fib_lookup runs about once a second per route, not per packet. */
+#pragma once
+
+#include "conntrack.h"
+#include "fib.h"
+
+#ifndef NH_CACHE_SLOTS
+#define NH_CACHE_SLOTS 1024 /* per CPU, direct-mapped; a power of two */
+#endif
+
+#ifndef NH_CACHE_NS
+#define NH_CACHE_NS 1000000000ULL /* how long a lookup's result is reused: a route or neighbour change takes effect within it */
+#endif
+
+/*
+ * One bpf_fib_lookup result, for the addresses, protocol and ingress
+ * interface it was looked up with (the lookup's inputs but the ports and
+ * the length): the egress interface and both MAC addresses. max_len is the
+ * longest IP packet the lookup's MTU check passed; a longer one is looked
+ * up again (and may get BPF_FIB_LKUP_RET_FRAG_NEEDED). Only successful
+ * lookups are cached: no neighbour, no route, not forwarded and
+ * fragmentation needed are asked again on every packet.
+ */
+struct nh_entry {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 in_ifindex;
+	__u32 out_ifindex;
+	__u8 dmac[ETH_ALEN_];
+	__u8 smac[ETH_ALEN_];
+	__u16 max_len;
+	__u8 proto;
+	__u8 family;
+	__u64 stamp; /* bpf_ktime_get_coarse_ns of the lookup; 0: empty */
+};
+
+/* Not pinned: a cache, each loaded object has its own and starts empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NH_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct nh_entry);
+} roam_nexthop SEC(".maps");
+
+static __always_inline __u32 nh_slot(const struct pkt *p, __u32 ifindex)
+{
+	const __u32 *s = (const __u32 *)p->saddr, *d = (const __u32 *)p->daddr;
+	__u32 h = (ifindex ^ d[0] ^ d[1] ^ d[2] ^ d[3]) * 0x9e3779b1u;
+	h = (h ^ s[0] ^ s[1] ^ s[2] ^ s[3] ^ p->proto) * 0x85ebca6bu;
+	return (h ^ (h >> 16)) & (NH_CACHE_SLOTS - 1);
+}
+
+static __always_inline int nh_match(const struct nh_entry *e, const struct pkt *p, __u32 ifindex)
+{
+	return e->in_ifindex == ifindex && e->proto == p->proto && e->family == p->family && addr_eq(e->daddr, p->daddr) &&
+	       addr_eq(e->saddr, p->saddr);
+}
+
+/*
+ * nh_lookup finds the next hop of the rewritten packet p arriving on
+ * ifindex: from this CPU's cache when a lookup of the same inputs
+ * succeeded less than NH_CACHE_NS ago for a packet at least as long, else
+ * by bpf_fib_lookup (a success is cached). Returns
+ * BPF_FIB_LKUP_RET_SUCCESS with *out_ifindex and the frame's MAC addresses
+ * set, the lookup's code otherwise, or -1 if the frame is shorter than an
+ * Ethernet header.
+ */
+static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, __u32 ifindex, __u64 now,
+				      __u32 *out_ifindex)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 slot = nh_slot(p, ifindex);
+	struct nh_entry *e = (ROAM_ABLATE & ABLATE_NH_CACHE) ? NULL : bpf_map_lookup_elem(&roam_nexthop, &slot);
+	int same = e && e->stamp && nh_match(e, p, ifindex) && !idle_longer(now, e->stamp, NH_CACHE_NS);
+	if (same && p->ip_len <= e->max_len) {
+		struct eth_hdr *eth = data;
+		if ((void *)(eth + 1) > data_end)
+			return -1;
+		__builtin_memcpy(eth->dst, e->dmac, ETH_ALEN_);
+		__builtin_memcpy(eth->src, e->smac, ETH_ALEN_);
+		*out_ifindex = e->out_ifindex;
+		return BPF_FIB_LKUP_RET_SUCCESS;
+	}
+	struct bpf_fib_lookup fib_ = {}, *fib = &fib_; /* zeroed only here, off the cached path */
+	fib_params(fib, p, ifindex);
+	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	*out_ifindex = fib->ifindex;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return rc;
+	if (set_macs(data, data_end, fib) < 0)
+		return -1;
+	if (!e)
+		return rc;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->in_ifindex = ifindex;
+	e->out_ifindex = fib->ifindex;
+	__builtin_memcpy(e->dmac, fib->dmac, ETH_ALEN_);
+	__builtin_memcpy(e->smac, fib->smac, ETH_ALEN_);
+	e->max_len = p->ip_len;
+	e->proto = p->proto;
+	e->family = p->family;
+	e->stamp = now;
+	return rc;
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/test/netns"
+)
+
+// An ablation is roam's XDP program built with some stages switched off
+// (ROAM_ABLATE bits, bpf/consts.h): what it saves is what the stages cost.
+type ablation struct {
+	name string
+	bits string // -DROAM_ABLATE=
+}
+
+var ablations = []ablation{
+	{"as built", "0"},
+	{"without the next-hop cache (bpf_fib_lookup every packet)", "ABLATE_NH_CACHE"},
+	{"without bpf_fib_lookup (XDP_TX, MACs untouched)", "ABLATE_FIB"},
+	{"without the per-frontend counters", "ABLATE_COUNTERS"},
+	{"without checksum arithmetic", "ABLATE_CSUM"},
+	{"without the clock (bpf_ktime_get_coarse_ns)", "ABLATE_CLOCK"},
+	{"without all four", "ABLATE_FIB|ABLATE_COUNTERS|ABLATE_CSUM|ABLATE_CLOCK"},
+}
+
+// runAblations compiles bpf/xdp.c once per ablation (clang, the flags of
+// make generate), loads every build side by side and measures them in
+// turn under BPF_PROG_TEST_RUN with repeat, rounds times, in a namespace
+// with the XDP path's routes and static neighbours (so the fib lookup
+// succeeds). Builds are interleaved so the machine's drift hits them
+// alike; the figure is the minimum over rounds (the least disturbed),
+// with the median beside it.
+func runAblations(ctx context.Context, o options) error {
+	clang := os.Getenv("BPF_CLANG")
+	if clang == "" {
+		clang = "clang"
+	}
+	ablations := ablations
+	if o.ablateOnly != "" {
+		ablations = slices.DeleteFunc(slices.Clone(ablations), func(a ablation) bool { return !strings.Contains(a.name, o.ablateOnly) })
+	}
+	dir, err := os.MkdirTemp("", "roam-ablate-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	specs := make([]*ebpf.CollectionSpec, len(ablations))
+	for i, a := range ablations {
+		obj := filepath.Join(dir, fmt.Sprintf("xdp%d.o", i))
+		args := []string{"-O2", "-g", "-Wall", "-Werror", "-target", "bpfel", "-mcpu=v3", "-I/usr/include/x86_64-linux-gnu",
+			"-I" + o.bpfDir, "-DROAM_ABLATE=(" + a.bits + ")", "-c", filepath.Join(o.bpfDir, "xdp.c"), "-o", obj}
+		if out, err := exec.CommandContext(ctx, clang, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("compile %q: %w\n%s", a.name, err, out)
+		}
+		if specs[i], err = ebpf.LoadCollectionSpec(obj); err != nil {
+			return fmt.Errorf("load %q: %w", a.name, err)
+		}
+	}
+	t, err := newTopo("abl", netns.RandSuffix(3))
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	pkts := map[string][]byte{}
+	var kinds []string
+	for _, f := range []fam{v4, v6} {
+		for _, proto := range []string{"TCP", "UDP"} {
+			pkt, err := benchPacket(f, proto == "TCP")
+			if err != nil {
+				return err
+			}
+			k := f.String() + " " + proto
+			kinds = append(kinds, k)
+			pkts[k] = pkt
+		}
+	}
+	ns := make([]map[string][]float64, len(ablations))
+	insns := make([]int, len(ablations))
+	err = onCPU(t.home, o.cpu, func() error {
+		benches := make([]map[string]*dataplane.XDPBench, len(ablations))
+		defer func() {
+			for _, m := range benches {
+				for _, b := range m {
+					b.Close()
+				}
+			}
+		}()
+		for i := range ablations {
+			benches[i] = map[string]*dataplane.XDPBench{}
+			ns[i] = map[string][]float64{}
+			for _, k := range kinds {
+				b, err := dataplane.NewXDPBench(specs[i].Copy(), pkts[k])
+				if err != nil {
+					return fmt.Errorf("%q: %w", ablations[i].name, err)
+				}
+				benches[i][k] = b
+			}
+		}
+		for r := range o.ablateRounds {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			for i := range ablations {
+				for _, k := range kinds {
+					res, err := benches[i][k].Run(o.ablateRepeat)
+					if err != nil {
+						return fmt.Errorf("%q %s: %w", ablations[i].name, k, err)
+					}
+					ns[i][k] = append(ns[i][k], float64(res.PerPacket.Nanoseconds()))
+					insns[i] = res.Insns
+				}
+			}
+			slog.Debug("ablation round", "round", r)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nroam_xdp ablations: BPF_PROG_TEST_RUN x %d, %d rounds interleaved, CPU %d; ns/packet min (median), established flow\n\n",
+		o.ablateRepeat, o.ablateRounds, o.cpu)
+	fmt.Printf("%-58s", "build")
+	for _, k := range kinds {
+		fmt.Printf(" %14s", k)
+	}
+	fmt.Printf(" %7s\n", "insns")
+	for i, a := range ablations {
+		fmt.Printf("%-58s", a.name)
+		for _, k := range kinds {
+			fmt.Printf(" %14s", fmt.Sprintf("%.0f (%.0f)", slices.Min(ns[i][k]), median(ns[i][k])))
+		}
+		fmt.Printf(" %7d\n", insns[i])
+	}
+	return nil
+}
