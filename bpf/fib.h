@@ -3,12 +3,18 @@
 
 #include "parse.h"
 
-static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct pkt *p, __u32 ifindex)
+/*
+ * fib_params fills a lookup for the packet p. tot_len is the length the
+ * kernel checks against the egress MTU: XDP passes the IP length; tc
+ * passes 0, so the kernel judges the skb itself (is_skb_forwardable): a GSO
+ * super-packet from a local socket is segmented after tc and fits.
+ */
+static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct pkt *p, __u32 ifindex, __u16 tot_len)
 {
 	fib->l4_protocol = p->proto;
 	fib->sport = p->sport;
 	fib->dport = p->dport;
-	fib->tot_len = p->ip_len;
+	fib->tot_len = tot_len;
 	fib->ifindex = ifindex;
 	if (p->family == FAMILY_V4) {
 		fib->family = AF_INET_;

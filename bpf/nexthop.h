@@ -83,7 +83,7 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, __u32 i
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
 	struct bpf_fib_lookup fib_ = {}, *fib = &fib_; /* zeroed only here, off the cached path */
-	fib_params(fib, p, ifindex);
+	fib_params(fib, p, ifindex, p->ip_len);
 	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	*out_ifindex = fib->ifindex;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)

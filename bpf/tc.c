@@ -45,7 +45,7 @@ static __always_inline int roam_l4_csum(struct __sk_buff *skb, struct pkt *p, __
 static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, __u32 id, __u32 action, __u64 now)
 {
 	struct bpf_fib_lookup fib = {};
-	fib_params(&fib, p, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex);
+	fib_params(&fib, p, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex, 0 /* the kernel judges GSO */);
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_NO_NEIGH);
