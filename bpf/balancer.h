@@ -1,12 +1,12 @@
 /* balancer.h: the per-packet pipeline shared by XDP and tc: replies back through NAT, pinned flows, new flows. */
 #pragma once
 
-#include "nat.h"
+#include "icmp.h"
 
 /*
  * The attach point provides ROAM_CTX, ROAM_WIRE_LEN, VERDICT_PASS and
  * VERDICT_DROP, ROAM_OWN_SOCKET (the packet's own socket, tc egress),
- * roam_l4_csum and roam_xmit (next hop and out; now: the packet's clock).
+ * roam_l4_csum and roam_xmit (next hop, rewrite and out; now: the packet's clock).
  */
 
 /* roam_local_socket: a TCP socket of this host (not a listener) owns the packet's tuple. */
@@ -91,8 +91,6 @@ static __always_inline struct nat_value *roam_reply(struct pkt *p, __u64 now)
 	return nv;
 }
 
-/* Verdicts of roam_new_flow besides VERDICT_PASS and VERDICT_DROP: send as the returned entry says. */
-#define VERDICT_FLOW (-1)
 
 /*
  * roam_new_flow pins a new flow (a TCP SYN, or any UDP packet) to the
@@ -200,11 +198,12 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
+	struct xlate x;
 
 	int rc = parse_packet(data, data_end, ROAM_WIRE_LEN(ctx), &p);
 	if (rc == PARSE_SKIP)
 		return VERDICT_PASS;
-	if (rc != PARSE_OK) {
+	if (rc == PARSE_ERR) {
 		count_reason(p.reason);
 		return VERDICT_PASS;
 	}
@@ -216,21 +215,24 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	/* CLOCK_MONOTONIC at tick resolution: ample for flow timeouts, and much cheaper than bpf_ktime_get_ns under kvm-clock. */
 	__u64 now = (ROAM_ABLATE & ABLATE_CLOCK) ? 1 : bpf_ktime_get_coarse_ns();
 
-	__u8 src[16], dst[16];
-	__be16 sport, dport;
-	__u32 id, action;
+	if (rc == PARSE_ICMP) {
+		rc = roam_icmp(ctx, &p, &x);
+		if (rc != VERDICT_FLOW)
+			return rc;
+		goto xmit; /* one call site: roam_xmit is inlined */
+	}
 
 	if (is_reply(&p, cfg)) {
 		/* A target's reply: source back to the frontend, destination back to the client. */
 		struct nat_value *nv = roam_reply(&p, now);
 		if (!nv)
 			return VERDICT_PASS; /* not a flow of ours: the host's */
-		__builtin_memcpy(src, nv->front_addr, 16);
-		__builtin_memcpy(dst, nv->client_addr, 16);
-		sport = nv->front_port;
-		dport = nv->client_port;
-		id = nv->frontend_id;
-		action = ACTION_REVERSE;
+		__builtin_memcpy(x.src, nv->front_addr, 16);
+		__builtin_memcpy(x.dst, nv->client_addr, 16);
+		x.sport = nv->front_port;
+		x.dport = nv->client_port;
+		x.id = nv->frontend_id;
+		x.action = ACTION_REVERSE;
 	} else {
 		struct ct_key k = {};
 		ct_key_from_pkt(&k, &p);
@@ -258,20 +260,17 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 			if (rc != VERDICT_FLOW)
 				return rc;
 		}
-		id = cv->frontend_id;
+		x.id = cv->frontend_id;
 		if (cv->kind != TARGET_REDIRECT) {
-			count_action(id, ACTION_PASS, p.len);
+			count_action(x.id, ACTION_PASS, p.len);
 			return VERDICT_PASS;
 		}
-		__builtin_memcpy(src, cv->snat_addr, 16);
-		__builtin_memcpy(dst, cv->target_addr, 16);
-		sport = cv->snat_port;
-		dport = cv->target_port;
-		action = ACTION_REDIRECT;
+		__builtin_memcpy(x.src, cv->snat_addr, 16);
+		__builtin_memcpy(x.dst, cv->target_addr, 16);
+		x.sport = cv->snat_port;
+		x.dport = cv->target_port;
+		x.action = ACTION_REDIRECT;
 	}
-	if (rewrite(ctx, &p, src, sport, dst, dport) < 0) {
-		count_reason(REASON_MALFORMED);
-		return VERDICT_PASS;
-	}
-	return roam_xmit(ctx, &p, id, action, now);
+xmit:
+	return roam_xmit(ctx, &p, &x, now);
 }

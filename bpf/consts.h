@@ -61,7 +61,8 @@ enum drop_reason {
 	REASON_NO_CONFIG = 9,	   /* config map empty: passed untouched */
 	REASON_FAMILY_MISMATCH = 10, /* frontend and target of different families: dropped */
 	REASON_NO_FLOW = 11,	   /* TCP without SYN, no flow and no local socket: dropped */
-	REASON_MAX = 12,
+	REASON_TOO_BIG = 12,	   /* larger than the egress MTU: dropped; XDP answers with an ICMP too-big */
+	REASON_MAX = 13,
 };
 
 /*
@@ -86,6 +87,8 @@ enum drop_reason {
 #define ETH_P_IPV6_ 0x86DD
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
+#define IPPROTO_ICMP_ 1
+#define IPPROTO_ICMPV6_ 58
 #define IP_MF_ 0x2000
 #define IP_OFFSET_ 0x1FFF
 #define AF_INET_ 2

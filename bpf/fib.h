@@ -4,26 +4,29 @@
 #include "parse.h"
 
 /*
- * fib_params fills a lookup for the packet p. tot_len is the length the
- * kernel checks against the egress MTU: XDP passes the IP length; tc
- * passes 0, so the kernel judges the skb itself (is_skb_forwardable): a GSO
+ * fib_params fills a lookup for the packet p as it will leave: from
+ * src:sport to dst:dport (the lookup comes before the rewrite, so a packet
+ * that cannot go is still as it arrived). tot_len is the length the kernel
+ * checks against the egress MTU: XDP passes the IP length; tc passes 0, so
+ * the kernel judges the skb itself (is_skb_forwardable): a GSO
  * super-packet from a local socket is segmented after tc and fits.
  */
-static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct pkt *p, __u32 ifindex, __u16 tot_len)
+static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct pkt *p, const __u8 *src,
+				       const __u8 *dst, __be16 sport, __be16 dport, __u32 ifindex, __u16 tot_len)
 {
 	fib->l4_protocol = p->proto;
-	fib->sport = p->sport;
-	fib->dport = p->dport;
+	fib->sport = sport;
+	fib->dport = dport;
 	fib->tot_len = tot_len;
 	fib->ifindex = ifindex;
 	if (p->family == FAMILY_V4) {
 		fib->family = AF_INET_;
-		__builtin_memcpy(&fib->ipv4_src, p->saddr + 12, 4);
-		__builtin_memcpy(&fib->ipv4_dst, p->daddr + 12, 4);
+		__builtin_memcpy(&fib->ipv4_src, src + 12, 4);
+		__builtin_memcpy(&fib->ipv4_dst, dst + 12, 4);
 	} else {
 		fib->family = AF_INET6_;
-		__builtin_memcpy(fib->ipv6_src, p->saddr, 16);
-		__builtin_memcpy(fib->ipv6_dst, p->daddr, 16);
+		__builtin_memcpy(fib->ipv6_src, src, 16);
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
 	}
 }
 

@@ -107,9 +107,10 @@ static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns,
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 old_ports = (__u32)p->sport | ((__u32)p->dport << 16);
-	__u32 new_ports = (__u32)nsport | ((__u32)ndport << 16);
-	__u32 diff_ports = csum_diff16((__u16 *)&old_ports, (__u16 *)&new_ports, 2);
+	/* Arrays of 16-bit words, not a u32 read as u16s: that would break strict aliasing. */
+	__be16 old_ports[2] = {p->sport, p->dport};
+	__be16 new_ports[2] = {nsport, ndport};
+	__u32 diff_ports = csum_diff16(old_ports, new_ports, 2);
 	__u32 diff_l3;
 
 	if (p->family == FAMILY_V4) {

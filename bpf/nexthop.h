@@ -42,37 +42,38 @@ struct {
 	__type(value, struct nh_entry);
 } roam_nexthop SEC(".maps");
 
-static __always_inline __u32 nh_slot(const struct pkt *p, __u32 ifindex)
+static __always_inline __u32 nh_slot(const struct pkt *p, const struct xlate *x, __u32 ifindex)
 {
-	const __u32 *s = (const __u32 *)p->saddr, *d = (const __u32 *)p->daddr;
+	const __u32 *s = (const __u32 *)x->src, *d = (const __u32 *)x->dst;
 	__u32 h = (ifindex ^ d[0] ^ d[1] ^ d[2] ^ d[3]) * 0x9e3779b1u;
 	h = (h ^ s[0] ^ s[1] ^ s[2] ^ s[3] ^ p->proto) * 0x85ebca6bu;
 	return (h ^ (h >> 16)) & (NH_CACHE_SLOTS - 1);
 }
 
-static __always_inline int nh_match(const struct nh_entry *e, const struct pkt *p, __u32 ifindex)
+static __always_inline int nh_match(const struct nh_entry *e, const struct pkt *p, const struct xlate *x, __u32 ifindex)
 {
-	return e->in_ifindex == ifindex && e->proto == p->proto && e->family == p->family && addr_eq(e->daddr, p->daddr) &&
-	       addr_eq(e->saddr, p->saddr);
+	return e->in_ifindex == ifindex && e->proto == p->proto && e->family == p->family && addr_eq(e->daddr, x->dst) &&
+	       addr_eq(e->saddr, x->src);
 }
 
 /*
- * nh_lookup finds the next hop of the rewritten packet p arriving on
- * ifindex: from this CPU's cache when a lookup of the same inputs
- * succeeded less than NH_CACHE_NS ago for a packet at least as long, else
- * by bpf_fib_lookup (a success is cached). Returns
- * BPF_FIB_LKUP_RET_SUCCESS with *out_ifindex and the frame's MAC addresses
- * set, the lookup's code otherwise, or -1 if the frame is shorter than an
- * Ethernet header.
+ * nh_lookup finds the next hop of packet p arriving on ifindex once it is
+ * translated as x says (the lookup comes before the rewrite): from this
+ * CPU's cache when a lookup of the same inputs succeeded less than
+ * NH_CACHE_NS ago for a packet at least as long, else by bpf_fib_lookup
+ * (a success is cached). Returns BPF_FIB_LKUP_RET_SUCCESS with
+ * *out_ifindex and the frame's MAC addresses set, the lookup's code
+ * otherwise (*mtu: the MTU a BPF_FIB_LKUP_RET_FRAG_NEEDED names), or -1 if
+ * the frame is shorter than an Ethernet header.
  */
-static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, __u32 ifindex, __u64 now,
-				      __u32 *out_ifindex)
+static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u32 ifindex,
+				      __u64 now, __u32 *out_ifindex, __u32 *mtu)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 slot = nh_slot(p, ifindex);
+	__u32 slot = nh_slot(p, x, ifindex);
 	struct nh_entry *e = (ROAM_ABLATE & ABLATE_NH_CACHE) ? NULL : bpf_map_lookup_elem(&roam_nexthop, &slot);
-	int same = e && e->stamp && nh_match(e, p, ifindex) && !idle_longer(now, e->stamp, NH_CACHE_NS);
+	int same = e && e->stamp && nh_match(e, p, x, ifindex) && !idle_longer(now, e->stamp, NH_CACHE_NS);
 	if (same && p->ip_len <= e->max_len) {
 		struct eth_hdr *eth = data;
 		if ((void *)(eth + 1) > data_end)
@@ -83,17 +84,18 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, __u32 i
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
 	struct bpf_fib_lookup fib_ = {}, *fib = &fib_; /* zeroed only here, off the cached path */
-	fib_params(fib, p, ifindex, p->ip_len);
+	fib_params(fib, p, x->src, x->dst, x->sport, x->dport, ifindex, p->ip_len);
 	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	*out_ifindex = fib->ifindex;
+	*mtu = fib->mtu_result;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return rc;
 	if (set_macs(data, data_end, fib) < 0)
 		return -1;
 	if (!e)
 		return rc;
-	__builtin_memcpy(e->saddr, p->saddr, 16);
-	__builtin_memcpy(e->daddr, p->daddr, 16);
+	__builtin_memcpy(e->saddr, x->src, 16);
+	__builtin_memcpy(e->daddr, x->dst, 16);
 	e->in_ifindex = ifindex;
 	e->out_ifindex = fib->ifindex;
 	__builtin_memcpy(e->dmac, fib->dmac, ETH_ALEN_);

@@ -8,10 +8,14 @@
 #define L4_OFF4 (L3_OFF + (__u32)sizeof(struct ip4_hdr))
 #define L4_OFF6 (L3_OFF + (__u32)sizeof(struct ip6_hdr))
 
+/* Verdict of a subprogram besides VERDICT_PASS and VERDICT_DROP: go on, as the returned entry or translation says. */
+#define VERDICT_FLOW (-1)
+
 enum parse_result {
 	PARSE_OK = 0,	/* a TCP or UDP packet we can rewrite */
 	PARSE_SKIP = 1, /* not for us (not IP, not TCP/UDP): pass quietly */
 	PARSE_ERR = 2,	/* pass untouched and count p->reason */
+	PARSE_ICMP = 3, /* ICMP or ICMPv6 (outer header in struct pkt): an error about a flow of ours? (icmp.h) */
 };
 
 /* What the programs need from a packet. Addresses are IPv4-mapped for IPv4; addresses then ports, as a struct ct_key starts. */
@@ -26,9 +30,24 @@ struct pkt {
 	__u8 reason;
 	__u32 len; /* whole frame, for byte counters */
 	__u16 ip_len; /* IP total length (header + payload) */
-	__u16 pad;
+	__u8 inner_proto; /* ICMP error: the quoted packet's protocol */
+	__u8 pad;
 	__be32 tcp_ack; /* acknowledgment number, as on the wire */
 	__u32 fin_end;	/* FIN only: the sequence number that acknowledges it (host order) */
+};
+
+/*
+ * What a packet becomes: its new source and destination, and the frontend
+ * and action it is counted under. For an ICMP error (icmp.h) the addresses
+ * are the outer ones, and the quoted tuple becomes (dst, dport) -> (src, sport).
+ */
+struct xlate {
+	__u8 src[16];
+	__u8 dst[16]; /* right after src: icmp_rewrite sums both at once */
+	__be16 sport;
+	__be16 dport;
+	__u32 id;
+	__u32 action;
 };
 
 static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
@@ -115,8 +134,13 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 		__u32 tot = bpf_ntohs(iph->tot_len);
 		if ((iph->ver_ihl >> 4) != 4 || ihl < sizeof(*iph) || tot < ihl || L3_OFF + tot > p->len)
 			goto malformed;
-		if (iph->protocol != IPPROTO_TCP_ && iph->protocol != IPPROTO_UDP_)
+		if (iph->protocol != IPPROTO_TCP_ && iph->protocol != IPPROTO_UDP_ && iph->protocol != IPPROTO_ICMP_)
 			return PARSE_SKIP;
+		if (iph->protocol == IPPROTO_ICMP_) {
+			if ((iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) || ihl != sizeof(*iph))
+				return PARSE_SKIP; /* not an error we can read: the host's */
+			goto icmp4;
+		}
 		if (iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) {
 			p->reason = REASON_FRAGMENT;
 			return PARSE_ERR;
@@ -125,11 +149,14 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 			p->reason = REASON_IP_OPTIONS;
 			return PARSE_ERR;
 		}
+	icmp4:
 		p->family = FAMILY_V4;
 		p->proto = iph->protocol;
 		p->ip_len = tot;
 		addr_from_v4(p->saddr, iph->saddr);
 		addr_from_v4(p->daddr, iph->daddr);
+		if (p->proto == IPPROTO_ICMP_)
+			return PARSE_ICMP;
 		return parse_l4(data, data_end, L4_OFF4, L3_OFF + tot, p);
 	}
 	if (eth->proto == bpf_htons(ETH_P_IPV6_)) {
@@ -139,7 +166,7 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 		__u32 plen = bpf_ntohs(ip6->payload_len);
 		if ((bpf_ntohl(ip6->vtc_flow) >> 28) != 6 || L4_OFF6 + plen > p->len)
 			goto malformed;
-		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_) {
+		if (ip6->nexthdr != IPPROTO_TCP_ && ip6->nexthdr != IPPROTO_UDP_ && ip6->nexthdr != IPPROTO_ICMPV6_) {
 			if (!is_ipv6_ext(ip6->nexthdr))
 				return PARSE_SKIP;
 			/* Look one header further: ICMPv6 behind hop-by-hop (MLD) is never for a frontend. */
@@ -154,6 +181,8 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 		p->ip_len = sizeof(*ip6) + plen;
 		__builtin_memcpy(p->saddr, ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, ip6->daddr, 16);
+		if (p->proto == IPPROTO_ICMPV6_)
+			return PARSE_ICMP;
 		return parse_l4(data, data_end, L4_OFF6, L4_OFF6 + plen, p);
 	}
 	return PARSE_SKIP;

@@ -41,15 +41,43 @@ static __always_inline int roam_l4_csum(struct __sk_buff *skb, struct pkt *p, __
 	return 0;
 }
 
-/* roam_xmit: next hop by bpf_fib_lookup, out by bpf_redirect; without a neighbour, bpf_redirect_neigh resolves it. */
-static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, __u32 id, __u32 action, __u64 now)
+#include "icmp.h"
+
+/*
+ * roam_xmit sends the packet as x says: next hop by bpf_fib_lookup (before
+ * the rewrite), out by bpf_redirect; without a neighbour, bpf_redirect_neigh
+ * resolves it. A packet too big for the egress is dropped (counted): only
+ * a non-GSO packet larger than the egress MTU can be, which a local socket
+ * or pod sends only above its own link's MTU.
+ */
+static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const struct xlate *x, __u64 now)
 {
 	struct bpf_fib_lookup fib = {};
-	fib_params(&fib, p, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex, 0 /* the kernel judges GSO */);
+	fib_params(&fib, p, x->src, x->dst, x->sport, x->dport, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex,
+		   0 /* the kernel judges GSO */);
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		count_reason(REASON_TOO_BIG);
+		count_action(x->id, ACTION_DROP, p->len);
+		return TC_ACT_SHOT;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
+		count_reason(REASON_NO_ROUTE);
+		count_action(x->id, ACTION_DROP, p->len);
+		return TC_ACT_SHOT;
+	}
+	if (xlate_apply(skb, p, x) < 0) {
+		count_reason(REASON_MALFORMED);
+		return TC_ACT_OK;
+	}
+	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & TCP_FLAG_SYN) && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
+		__u32 mtu = 0;
+		bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0);
+		mss_clamp(skb, p, mtu);
+	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_NO_NEIGH);
-		count_action(id, action, p->len);
+		count_action(x->id, x->action, p->len);
 		return bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
@@ -58,17 +86,12 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, __u32
 		 * host-originated flow) or has no route. The kernel delivers the
 		 * former and drops the latter (counted in its own statistics).
 		 */
-		count_action(id, action, p->len);
+		count_action(x->id, x->action, p->len);
 		return TC_ACT_OK;
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
-		count_reason(REASON_NO_ROUTE);
-		count_action(id, ACTION_DROP, p->len);
-		return TC_ACT_SHOT;
 	}
 	if (set_macs((void *)(long)skb->data, (void *)(long)skb->data_end, &fib) < 0)
 		return TC_ACT_SHOT;
-	count_action(id, action, p->len);
+	count_action(x->id, x->action, p->len);
 	return bpf_redirect(fib.ifindex, 0);
 }
 

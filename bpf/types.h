@@ -109,6 +109,7 @@ struct scratch {
 	struct ct_key owner;	/* snat_alloc: the forward key of a port's holder */
 	struct ct_key nk;	/* NAT key of a forward entry (ct_reply_seen, nat_mark_rst, nat_release) */
 	struct ct_key fk;	/* forward key of a NAT entry (ct_on_reply) */
+	struct ct_key ik;	/* roam_icmp: the key of the flow an ICMP error quotes */
 	struct frontend_key svc; /* active_target */
 	struct target t;	/* active_target's copy */
 };
@@ -158,6 +159,14 @@ struct tcp_hdr {
 	__be16 window;
 	__sum16 check;
 	__be16 urg_ptr;
+};
+
+/* ICMP and ICMPv6 share this header; rest is the next-hop MTU of a too-big (IPv4: its low 16 bits). */
+struct icmp_hdr {
+	__u8 type;
+	__u8 code;
+	__sum16 check;
+	__be32 rest;
 };
 
 struct udp_hdr {

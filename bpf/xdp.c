@@ -3,6 +3,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#define ROAM_XDP 1
 #define ROAM_CTX struct xdp_md
 #define VERDICT_PASS XDP_PASS
 #define VERDICT_DROP XDP_DROP
@@ -35,24 +36,42 @@ static __always_inline int roam_l4_csum(struct xdp_md *ctx, struct pkt *p, __u32
 	return 0;
 }
 
+#include "icmp.h"
+
 /*
- * roam_xmit: next hop by bpf_fib_lookup (through the per-CPU next-hop
- * cache); XDP_TX on the same interface, redirect to another; no
- * neighbour: let the kernel forward it.
+ * roam_xmit sends the packet as x says: next hop by bpf_fib_lookup through
+ * the per-CPU next-hop cache, before the rewrite; XDP_TX on the same
+ * interface, redirect to another; too big for the egress: an ICMP too-big
+ * back to its sender; no neighbour: let the kernel forward it.
  */
-static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, __u32 id, __u32 action, __u64 now)
+static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u64 now)
 {
 	if (ROAM_ABLATE & ABLATE_FIB) {
-		count_action(id, action, p->len);
+		xlate_apply(ctx, p, x);
+		count_action(x->id, x->action, p->len);
 		return XDP_TX;
 	}
-	__u32 in = ctx->ingress_ifindex, out;
-	long rc = nh_lookup(ctx, p, in, now, &out);
+	__u32 in = ctx->ingress_ifindex, out = 0, mtu = 0;
+	long rc = nh_lookup(ctx, p, x, in, now, &out, &mtu);
 	if (rc < 0)
 		return XDP_DROP; /* shorter than parsed: cannot happen */
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		count_reason(REASON_TOO_BIG);
+		count_action(x->id, ACTION_DROP, p->len);
+		return xdp_too_big(ctx, mtu);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
+		count_reason(REASON_NO_ROUTE);
+		count_action(x->id, ACTION_DROP, p->len);
+		return XDP_DROP;
+	}
+	if (xlate_apply(ctx, p, x) < 0) {
+		count_reason(REASON_MALFORMED);
+		return XDP_PASS;
+	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_NO_NEIGH);
-		count_action(id, action, p->len);
+		count_action(x->id, x->action, p->len);
 		return XDP_PASS;
 	}
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
@@ -61,15 +80,15 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, __u32 id
 		 * host-originated flow) or has no route. The kernel delivers the
 		 * former and drops the latter (counted in its own statistics).
 		 */
-		count_action(id, action, p->len);
+		count_action(x->id, x->action, p->len);
 		return XDP_PASS;
 	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
-		count_reason(REASON_NO_ROUTE);
-		count_action(id, ACTION_DROP, p->len);
-		return XDP_DROP;
+	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & TCP_FLAG_SYN)) {
+		mtu = 0; /* the device MTU, not a length to check */
+		bpf_check_mtu(ctx, out, &mtu, 0, 0);
+		mss_clamp(ctx, p, mtu);
 	}
-	count_action(id, action, p->len);
+	count_action(x->id, x->action, p->len);
 	if (out == in)
 		return XDP_TX;
 	return bpf_redirect(out, 0);

@@ -49,6 +49,7 @@ type spec struct {
 	hopLimit  uint8
 	ipID      uint16
 	seq, ackn uint32
+	mss       uint16 // TCP: an MSS option (first) when set
 }
 
 func (s spec) build(t *testing.T) []byte {
@@ -73,6 +74,9 @@ func (s spec) build(t *testing.T) []byte {
 	}
 	if s.proto == lb.TCP {
 		tcp := &layers.TCP{SrcPort: layers.TCPPort(s.src.Port()), DstPort: layers.TCPPort(s.dst.Port()), Seq: s.seq, Ack: s.ackn, Window: 512}
+		if s.mss != 0 {
+			tcp.Options = []layers.TCPOption{{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{byte(s.mss >> 8), byte(s.mss)}}}
+		}
 		for _, c := range s.flags {
 			switch c {
 			case 'S':
@@ -116,6 +120,9 @@ func verifyChecksums(t *testing.T, frame []byte) gopacket.Packet {
 	}
 	if udp, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok {
 		udp.SetNetworkLayerForChecksum(p.NetworkLayer())
+	}
+	if ic, ok := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6); ok {
+		ic.SetNetworkLayerForChecksum(p.NetworkLayer())
 	}
 	err, bad := p.VerifyChecksums()
 	if err != nil {

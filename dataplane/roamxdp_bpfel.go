@@ -106,6 +106,7 @@ type roamXDPScratch struct {
 	Owner roamXDPCtKey
 	Nk    roamXDPCtKey
 	Fk    roamXDPCtKey
+	Ik    roamXDPCtKey
 	Svc   roamXDPFrontendKey
 	T     roamXDPTarget
 }
