@@ -223,10 +223,13 @@ type Migration struct {
 	Reason  string `json:"reason"`
 	Home    string `json:"home"`
 	HomeURL string `json:"home_url,omitempty"`
-	From    string `json:"from"`
-	FromURL string `json:"from_url,omitempty"`
-	To      string `json:"to,omitempty"`
-	ToURL   string `json:"to_url,omitempty"`
+	// HomeIncarnation is the home's store incarnation that the move's
+	// copies answer to: only its word settles a mover's migration.
+	HomeIncarnation string `json:"home_incarnation,omitempty"`
+	From            string `json:"from"`
+	FromURL         string `json:"from_url,omitempty"`
+	To              string `json:"to,omitempty"`
+	ToURL           string `json:"to_url,omitempty"`
 	// FromEndpoints and ToEndpoints are the old and new copies' endpoints
 	// (empty for a copy at home, which the data plane reaches as local).
 	FromEndpoints []netip.AddrPort `json:"from_endpoints,omitempty"`

@@ -425,9 +425,16 @@ func TestMigrateMultiHopForwardingHome(t *testing.T) {
 	e.expectAt("a", r.Cluster)
 	lost := r.Cluster
 
-	// Fail-safe: the abroad controller goes away; a takes the service home
-	// and commits its LB back to local.
+	// Fail-safe: the abroad controller goes away, and its copy stops
+	// answering (frozen: the path users take is dead too); a takes the
+	// service home and commits its LB back to local. (The controller
+	// alone going away is not a loss: the copy still serves.)
 	e.stop(lost)
+	frozen := e.cl[lost].be.PID("web")
+	if err := syscall.Kill(-frozen, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(-frozen, syscall.SIGCONT)
 	e.eventually("fail-safe takes the service home", func() error {
 		r, _ := e.record("a")
 		if r.Kind != ctrl.KindLocal {
@@ -445,6 +452,9 @@ func TestMigrateMultiHopForwardingHome(t *testing.T) {
 		t.Fatalf("the lost cluster's copy should still run while it is cut off")
 	}
 	// It returns: the orphan copy there is removed; exactly one copy.
+	if err := syscall.Kill(-frozen, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
 	e.start(lost)
 	e.eventually("orphan removed", func() error {
 		if e.running(lost) {

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
@@ -86,6 +87,15 @@ type Config struct {
 	// (default: a TCP connect per port, an HTTP GET for the demo
 	// service). Tests replace it.
 	Verify func(ctx context.Context, d ctrl.Descriptor, eps []netip.AddrPort) error
+	// ProbeEndpoint checks, for the fail-safe, whether an abroad copy
+	// still answers on the path users take (default: an HTTP GET for the
+	// demo service, a TCP connect otherwise). Tests replace it.
+	ProbeEndpoint func(ctx context.Context, d ctrl.Descriptor, eps []netip.AddrPort) error
+	// TakeBackRate and TakeBackBurst limit the fail-safe's take-backs
+	// (default 2 a second, bursts of 10): a wrong verdict cannot pull
+	// every service home at once.
+	TakeBackRate  float64
+	TakeBackBurst int
 	// CrashHook, when set, is called after each journal write; a non-nil
 	// return stops the migration right there, as a kill -9 would (tests).
 	CrashHook  func(m ctrl.Migration) error
@@ -102,8 +112,10 @@ type Engine struct {
 	stageH  *prometheus.HistogramVec
 	migs    *prometheus.CounterVec
 	probeMu sync.Mutex
-	lastOK  map[string]time.Time // cluster -> last successful probe
-	lostSet map[string]bool      // clusters the fail-safe counts as lost
+	lastOK  map[string]time.Time // cluster -> last successful probe (while something of ours runs there)
+	lostSvc map[string]bool      // services the last probe found lost
+	// takeBacks limits the fail-safe's take-backs.
+	takeBacks *rate.Limiter
 
 	recovering sync.Map // service name -> true until its first reconcile
 	notify     func(name string)
@@ -151,8 +163,17 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Verify == nil {
 		cfg.Verify = verify
 	}
-	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSet: map[string]bool{},
-		unowned: map[string]time.Time{}}
+	if cfg.ProbeEndpoint == nil {
+		cfg.ProbeEndpoint = probeEndpoint
+	}
+	if cfg.TakeBackRate <= 0 {
+		cfg.TakeBackRate = 2
+	}
+	if cfg.TakeBackBurst <= 0 {
+		cfg.TakeBackBurst = 10
+	}
+	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]bool{},
+		takeBacks: rate.NewLimiter(rate.Limit(cfg.TakeBackRate), cfg.TakeBackBurst), unowned: map[string]time.Time{}}
 	e.stageH = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "roam_ctrl_migration_stage_seconds",
 		Help:    "Duration of each migration stage.",
@@ -208,6 +229,8 @@ func newID() string {
 func detached(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
+
+func isNotFound(err error) bool { return errors.Is(err, backend.ErrNotFound) }
 
 // urlOf is the controller URL of cluster: from the directory when it knows
 // the cluster, else the URL recorded with it.

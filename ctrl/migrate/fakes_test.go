@@ -151,13 +151,19 @@ func (b *fakeBackend) Deploy(ctx context.Context, s backend.Spec) (backend.Insta
 		return backend.Instance{}, err
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if cur, ok := b.copies[s.Name]; ok {
 		if !cur.SameWorkload(s) {
+			b.mu.Unlock()
 			return backend.Instance{}, fmt.Errorf("deploy %s: already runs with a different spec", s.Name)
 		}
 	}
 	b.copies[s.Name] = s
+	b.mu.Unlock()
+	// A copy that started but never got ready (a pod Pending, a
+	// crash-looping process): it runs, and Deploy fails.
+	if err := b.faults.hit(ctx, "ready "+s.Name); err != nil {
+		return backend.Instance{}, err
+	}
 	return b.inst(s), nil
 }
 
@@ -382,6 +388,25 @@ type world struct {
 	tune func(*Config)
 	mu   sync.Mutex
 	down map[string]bool // clusters whose controller is stopped
+	// aliases sends calls to one cluster's URL to another's controller
+	// (a URL that now reaches someone else).
+	aliases map[string]string
+}
+
+// alias makes calls to id's URL reach other's controller.
+func (w *world) alias(id, other string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.aliases == nil {
+		w.aliases = map[string]string{}
+	}
+	w.aliases[id] = other
+}
+
+func (w *world) unalias(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.aliases, id)
 }
 
 // fakeMO places where it is told and lists the clusters it hears from.
@@ -448,7 +473,7 @@ func (w *world) start(id string) *Engine {
 		Placer: &w.mo, Directory: w, Peers: &fakePeers{w: w, from: id}, Hellos: w.hellos,
 		DrainTimeout: 200 * time.Millisecond, FailsafeAfter: w.failsafe, ProbeInterval: 50 * time.Millisecond,
 		CallTimeout: time.Second, DeployTimeout: time.Second,
-		Verify: w.verify, CrashHook: func(m ctrl.Migration) error {
+		Verify: w.verify, ProbeEndpoint: w.probeEndpoint, CrashHook: func(m ctrl.Migration) error {
 			if c.crash != nil {
 				return c.crash(m)
 			}
@@ -564,7 +589,33 @@ func (w *world) verify(ctx context.Context, d ctrl.Descriptor, eps []netip.AddrP
 	return nil
 }
 
+// probeEndpoint is the fail-safe's look at a copy on the users' path: it
+// answers when a copy runs there and the path to its cluster ("->c",
+// "endpoint ->c") is not cut.
+func (w *world) probeEndpoint(ctx context.Context, d ctrl.Descriptor, eps []netip.AddrPort) error {
+	for _, ep := range eps {
+		c, name, ok := w.copyAt(ep)
+		if !ok || name != d.Name {
+			return fmt.Errorf("probe %s: connection refused", ep)
+		}
+		if err := w.net.hit(ctx, "endpoint ->"+c.id, "->"+c.id); err != nil {
+			return fmt.Errorf("probe %s: %w", ep, err)
+		}
+	}
+	return nil
+}
+
 func (w *world) cluster(id string) *fakeCluster { return w.clusters[id] }
+
+// mustRecord is id's record of web.
+func (w *world) mustRecord(id string) ctrl.Record {
+	w.t.Helper()
+	r, err := w.clusters[id].st.Record("web")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return r
+}
 
 func (w *world) eng(id string) *Engine {
 	w.t.Helper()
@@ -747,6 +798,9 @@ func (p *fakePeers) target(ctx context.Context, url, op string) (*Engine, error)
 		return nil, fmt.Errorf("call %s %s: %w", op, url, err)
 	}
 	p.w.mu.Lock()
+	if to, ok := p.w.aliases[id]; ok {
+		id, c = to, p.w.clusters[to]
+	}
 	down := p.w.down[id]
 	p.w.mu.Unlock()
 	if down || c.eng == nil {

@@ -46,6 +46,9 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 		return ctrl.ForeignReply{}, fmt.Errorf("deploy foreign %s: %w: a %s service of that name runs here", name, ErrConflict, r.Kind)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return ctrl.ForeignReply{}, fmt.Errorf("deploy foreign %s: %w", name, err)
+	case err == nil && r.Epoch.N > req.Epoch.N:
+		// A late or replayed request: a newer copy runs here.
+		return ctrl.ForeignReply{}, fmt.Errorf("deploy foreign %s: %w: a copy of epoch %s runs here, asked for %s", name, ErrConflict, r.Epoch, req.Epoch)
 	}
 	r = ctrl.Record{Service: req.Service, Kind: ctrl.KindForeign, Home: req.Home, HomeURL: req.HomeURL,
 		HomeIncarnation: req.HomeIncarnation, Cluster: e.cfg.ClusterID, ClusterURL: e.cfg.URL, Epoch: req.Epoch}
@@ -92,20 +95,24 @@ func (e *Engine) removeForeignLocked(ctx context.Context, name, home string, epo
 	}
 	if home == e.cfg.ClusterID {
 		// Our own service: drop a copy started for a move home that did
-		// not commit.
+		// not commit (only that copy: its epoch).
 		if err == nil && r.Kind == ctrl.KindLocal {
 			return nil
 		}
-		return e.cfg.Backend.Delete(ctx, name)
+		return e.removeLocalCopy(ctx, name, epoch)
 	}
 	if err != nil {
-		return e.cfg.Backend.Delete(ctx, name) // nothing recorded: make sure nothing runs
+		// Nothing recorded: a copy of that epoch must not run (a crash
+		// between a deploy and its record); any other is left to the
+		// collector.
+		return e.removeLocalCopy(ctx, name, epoch)
 	}
 	if r.Kind != ctrl.KindForeign || r.Home != home {
 		return fmt.Errorf("remove foreign %s: %w: it is %s (home %s)", name, ErrConflict, r.Kind, r.Home)
 	}
-	if !epoch.IsZero() && r.Epoch.MigrationID != epoch.MigrationID {
-		return nil // a newer copy: not the one asked about
+	if r.Epoch != epoch {
+		e.log.Info("remove foreign: not the copy asked about, left alone", "service", name, "copy", r.Epoch, "asked", epoch)
+		return nil
 	}
 	if err := e.cfg.Backend.Delete(ctx, name); err != nil {
 		return fmt.Errorf("remove foreign %s: %w", name, err)
@@ -125,6 +132,9 @@ func (e *Engine) MovedOn(ctx context.Context, from ctrl.Caller, n ctrl.MovedOn) 
 	}
 	defer e.changed(n.Service)
 	defer e.lock(n.Service)()
+	if err := e.settled(ctx, n.Service); err != nil {
+		return ctrl.Migration{}, fmt.Errorf("moved on %s: %w", n.Service, err)
+	}
 	r, err := e.Get(n.Service)
 	if err != nil {
 		return ctrl.Migration{}, fmt.Errorf("moved on %s: %w", n.Service, err)
@@ -132,6 +142,10 @@ func (e *Engine) MovedOn(ctx context.Context, from ctrl.Caller, n ctrl.MovedOn) 
 	if r.Kind != ctrl.KindAbroad || r.Cluster != n.From {
 		return ctrl.Migration{}, fmt.Errorf("moved on %s: %w: it is %s at %s, not at %s", n.Service, ErrConflict, r.Kind, r.Cluster, n.From)
 	}
+	if n.FromEpoch != r.Epoch {
+		return ctrl.Migration{}, fmt.Errorf("moved on %s: %w: the load balancer points at epoch %s, not %s", n.Service, ErrConflict, r.Epoch, n.FromEpoch)
+	}
+
 	if n.To != e.cfg.ClusterID && len(n.Endpoints) == 0 {
 		return ctrl.Migration{}, fmt.Errorf("moved on %s: %w: no endpoints", n.Service, ErrInvalid)
 	}
@@ -177,4 +191,19 @@ func (e *Engine) Where(ctx context.Context, from ctrl.Caller, name string) (ctrl
 // Health is this controller's answer to a peer's probe.
 func (e *Engine) Health() ctrl.Health {
 	return ctrl.Health{Status: "ok", Cluster: e.cfg.ClusterID, Incarnation: e.Incarnation()}
+}
+
+// fromHome checks that a Where answer is the word of the right home: the
+// cluster asked, and the incarnation of its store that the copy answers
+// to (a reinstalled home has forgotten what it asked for; a URL that now
+// reaches another controller says nothing about this copy). Only such an
+// answer may remove a copy.
+func fromHome(w ctrl.Where, home, incarnation string) error {
+	if w.Home != home {
+		return fmt.Errorf("where: %q answered, not the home %s", w.Home, home)
+	}
+	if incarnation != "" && w.Incarnation != incarnation {
+		return fmt.Errorf("where: home %s answered from store incarnation %q, the copy answers to %q", home, w.Incarnation, incarnation)
+	}
+	return nil
 }

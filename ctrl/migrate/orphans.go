@@ -73,12 +73,22 @@ func (e *Engine) checkForeign(ctx context.Context, name string) error {
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.CallTimeout)
 	w, err := e.cfg.Peers.Where(pctx, e.urlOf(r.Home, r.HomeURL), name)
 	cancel()
-	if err != nil || (w.Known && w.Cluster == e.cfg.ClusterID) {
+	if err == nil {
+		err = fromHome(w, r.Home, r.HomeIncarnation)
+	}
+	if err != nil {
+		// "Unknown" removes nothing.
+		e.log.Debug("check foreign: no word from its home", "service", name, "home", r.Home, "err", err)
+		return nil
+	}
+	if w.Known && w.Cluster == e.cfg.ClusterID {
 		return nil
 	}
 	e.log.Warn("home no longer runs its service here: removing the copy", "service", name, "home", r.Home, "where", w.Cluster)
 	defer e.lock(name)()
-	if err := e.removeForeignLocked(ctx, name, r.Home, ctrl.Epoch{}); err != nil {
+	// Fenced by the epoch read before the question: a copy deployed here
+	// again meanwhile (a newer epoch) stays.
+	if err := e.removeForeignLocked(ctx, name, r.Home, r.Epoch); err != nil {
 		return fmt.Errorf("remove stale foreign copy %s: %w", name, err)
 	}
 	return nil

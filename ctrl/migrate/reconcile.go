@@ -147,11 +147,8 @@ func (e *Engine) reconcileLocked(ctx context.Context, name string) (time.Duratio
 			errs = append(errs, err)
 		}
 	case ctrl.KindAbroad:
-		if e.lost(r.Cluster) && !unsettled {
-			if err := e.takeBack(ctx, r); err != nil {
-				errs = append(errs, err)
-			}
-			return 0, errors.Join(errs...)
+		if e.lost(name) && !unsettled {
+			return e.takeBack(ctx, r)
 		}
 	}
 	if !unsettled && r.Kind != ctrl.KindForeign {
@@ -192,16 +189,41 @@ func (e *Engine) settle(ctx context.Context, name string) (bool, error) {
 func (e *Engine) ensureCopy(ctx context.Context, r *ctrl.Record) error {
 	name := r.Service.Name
 	inst, err := e.cfg.Backend.Get(ctx, name)
-	if err == nil && inst.Ready {
+	if err == nil && inst.Ready && ctrl.EpochOf(inst) == r.Epoch {
 		return nil
 	}
 	if err != nil && !errors.Is(err, backend.ErrNotFound) {
 		return fmt.Errorf("reconcile %s: look at the copy: %w", name, err)
 	}
-	if err == nil {
+	if err == nil && ctrl.EpochOf(inst) == r.Epoch {
 		return fmt.Errorf("reconcile %s: the copy is not ready", name)
 	}
-	e.log.Warn("reconcile: the recorded copy does not run, starting it", "service", name, "kind", r.Kind, "epoch", r.Epoch)
+	if err != nil && r.Kind == ctrl.KindForeign {
+		// The copy is gone (this controller restarted without it):
+		// start it again only if its home says it still runs here, at
+		// this epoch. Two copies must not serve after a partition.
+		wctx, cancel := context.WithTimeout(ctx, e.cfg.CallTimeout)
+		w, werr := e.cfg.Peers.Where(wctx, e.urlOf(r.Home, r.HomeURL), name)
+		cancel()
+		if werr == nil {
+			werr = fromHome(w, r.Home, r.HomeIncarnation)
+		}
+		if werr != nil {
+			return fmt.Errorf("reconcile %s: the foreign copy is gone and its home cannot say whether it wants it (retry later): %w", name, werr)
+		}
+		if !w.Known || w.Cluster != e.cfg.ClusterID || w.Epoch != r.Epoch {
+			e.log.Warn("reconcile: the foreign copy is gone and its home runs the service elsewhere: dropping the record",
+				"service", name, "home", r.Home, "where", w.Cluster, "epoch", w.Epoch)
+			return e.st.DeleteRecord(name)
+		}
+	}
+	if err == nil {
+		// A copy of another epoch (an older copy adopted after a
+		// restart, a move back here): relabel it with the record's.
+		e.log.Warn("reconcile: the copy carries another epoch, relabelling", "service", name, "copy", ctrl.EpochOf(inst), "record", r.Epoch)
+	} else {
+		e.log.Warn("reconcile: the recorded copy does not run, starting it", "service", name, "kind", r.Kind, "epoch", r.Epoch)
+	}
 	dctx, cancel := context.WithTimeout(ctx, e.cfg.DeployTimeout)
 	defer cancel()
 	inst, err = e.cfg.Backend.Deploy(dctx, e.spec(*r, r.Home, r.Epoch))
@@ -396,4 +418,15 @@ func (e *Engine) collectCopy(ctx context.Context, inst backend.Instance) error {
 		return fmt.Errorf("collect: remove copy %s: %w", inst.Name, err)
 	}
 	return nil
+}
+
+// settled settles name's migrations in flight (the caller holds its lock)
+// and fails with ErrUnsettled while one still is: a new move must not
+// start on a service whose last one may yet roll forward.
+func (e *Engine) settled(ctx context.Context, name string) error {
+	unsettled, err := e.settle(ctx, name)
+	if unsettled {
+		return fmt.Errorf("%w: an earlier migration is not settled yet: %w", ErrUnsettled, err)
+	}
+	return err
 }

@@ -27,6 +27,18 @@ func (e *Engine) removeNewCopy(ctx context.Context, m ctrl.Migration) error {
 	return nil
 }
 
+// superseded settles m, which the record has moved past (its epoch is
+// neither m's old nor its new one): acting on m would undo a later move.
+func (e *Engine) superseded(m *ctrl.Migration, r ctrl.Record) error {
+	e.log.Warn("migration superseded by a later move: settling it without acting", "id", m.ID, "service", m.Service,
+		"epoch", m.Epoch, "record", r.Epoch)
+	_, err := e.finish(m, fmt.Errorf("superseded: the record is at epoch %s", r.Epoch))
+	if errors.Is(err, ErrCrash) {
+		return err
+	}
+	return nil
+}
+
 // recoverOne settles a migration the journal held as running when m was
 // read (it takes the service's lock).
 func (e *Engine) recoverOne(ctx context.Context, m ctrl.Migration) error {
@@ -73,15 +85,21 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		if rerr != nil {
 			return fail(": record gone", nil)
 		}
+		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
+			return e.superseded(&m, r)
+		}
+		// Past the commit: roll forward. Every node points at the new
+		// copy, the record says so, the old copy drains and goes.
 		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
 			return fmt.Errorf("re-commit: %w", err)
 		}
-		if r.Kind == ctrl.KindLocal {
+		if r.Epoch != m.Epoch {
 			if err := e.recordMoved(ctx, &m, r); err != nil {
 				return err
 			}
 		}
-		if err := e.cfg.Backend.Delete(ctx, m.Service); err != nil {
+		m.DrainedFlows = e.drain(ctx, r.Frontends, redirectTo(nil))
+		if err := e.removeLocalCopy(ctx, m.Service, m.FromEpoch); err != nil {
 			return err
 		}
 		_, err := e.finish(&m, nil)
@@ -95,6 +113,9 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		}
 		if rerr != nil {
 			return fail(": record gone", nil)
+		}
+		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
+			return e.superseded(&m, r)
 		}
 		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
 			return fmt.Errorf("re-commit: %w", err)
@@ -113,11 +134,14 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		case ctrl.StageReplication:
 			return fail("", e.removeNewCopy(ctx, m))
 		case ctrl.StageReroute:
-			w, err := e.cfg.Peers.Where(ctx, m.HomeURL, m.Service)
+			w, err := e.cfg.Peers.Where(ctx, e.urlOf(m.Home, m.HomeURL), m.Service)
+			if err == nil {
+				err = fromHome(w, m.Home, m.HomeIncarnation)
+			}
 			if err != nil {
 				return fmt.Errorf("ask home %s where the service is (retry later): %w", m.Home, err)
 			}
-			if w.Cluster != m.To {
+			if w.Cluster != m.To || w.Epoch != m.Epoch {
 				return fail(": the home did not reroute", e.removeNewCopy(ctx, m))
 			}
 		}
@@ -131,7 +155,15 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		return err
 	case ctrl.RoleFailsafe:
 		if rerr != nil {
-			return fail(": record gone", nil)
+			return fail(": record gone", e.removeLocalCopy(ctx, m.Service, m.Epoch))
+		}
+		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
+			return e.superseded(&m, r)
+		}
+		if m.Stage.BeforeCommit() && !e.lost(m.Service) {
+			// Nothing points at the copy at home yet, and the cluster is
+			// not (or no longer) known to be lost: undo.
+			return fail(": the cluster is not lost now", e.removeLocalCopy(ctx, m.Service, m.Epoch))
 		}
 		return e.takeBackSteps(ctx, &m, r)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/store"
@@ -32,6 +33,9 @@ func (e *Engine) Deploy(ctx context.Context, d ctrl.Descriptor) (ctrl.Record, er
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return ctrl.Record{}, fmt.Errorf("deploy %s: %w", d.Name, err)
 	}
+	if err := e.frontendsFree(d); err != nil {
+		return ctrl.Record{}, err
+	}
 	inst, err := e.cfg.Backend.Deploy(ctx, d.Spec(e.cfg.ClusterID, ""))
 	if err != nil {
 		return ctrl.Record{}, fmt.Errorf("deploy %s: %w", d.Name, err)
@@ -47,6 +51,26 @@ func (e *Engine) Deploy(ctx context.Context, d ctrl.Descriptor) (ctrl.Record, er
 	}
 	e.log.Info("deployed", "service", d.Name, "frontends", r.Frontends)
 	return r, nil
+}
+
+// frontendsFree refuses a service whose frontends another service of this
+// cluster holds (wherever that one runs): two services would share one
+// (address, port, protocol), and deleting one would remove the other's.
+// Deploys of different names may race past it; the backend refuses a copy
+// on a port another copy holds.
+func (e *Engine) frontendsFree(d ctrl.Descriptor) error {
+	recs, err := e.st.Records()
+	if err != nil {
+		return fmt.Errorf("deploy %s: %w", d.Name, err)
+	}
+	for _, f := range e.frontends(d) {
+		for _, r := range recs {
+			if r.Kind != ctrl.KindForeign && r.Service.Name != d.Name && slices.Contains(r.Frontends, f) {
+				return fmt.Errorf("deploy %s: %w: frontend %s is service %s's", d.Name, ErrConflict, f, r.Service.Name)
+			}
+		}
+	}
+	return nil
 }
 
 // undeploy removes a copy a failed deploy started and returns cause (joined
@@ -82,6 +106,9 @@ func (e *Engine) Delete(ctx context.Context, name string) error {
 	}
 	defer e.changed(name)
 	defer e.lock(name)()
+	if err := e.settled(ctx, name); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
 	r, err := e.st.Record(name)
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("delete %s: %w", name, ErrNotFound)

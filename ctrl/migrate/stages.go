@@ -175,6 +175,9 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 	}
 	defer e.changed(name)
 	defer e.lock(name)()
+	if err := e.settled(ctx, name); err != nil {
+		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
+	}
 	if r, err = e.Get(name); err != nil {
 		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
 	}
@@ -187,9 +190,9 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 		State: ctrl.StateRunning, Started: time.Now().UTC()}
 	switch r.Kind {
 	case ctrl.KindLocal:
-		m.Role, m.FromEndpoints = ctrl.RoleHome, nil
+		m.Role, m.FromEndpoints, m.HomeIncarnation = ctrl.RoleHome, nil, e.Incarnation()
 	case ctrl.KindForeign:
-		m.Role = ctrl.RoleMover
+		m.Role, m.HomeIncarnation = ctrl.RoleMover, r.HomeIncarnation
 	default:
 		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w: kind %s", name, ErrInvalid, r.Kind)
 	}
@@ -269,10 +272,13 @@ func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
 		wctx, cancel := detached(ctx, e.cfg.CallTimeout)
 		w, werr := e.cfg.Peers.Where(wctx, m.HomeURL, m.Service)
 		cancel()
+		if werr == nil {
+			werr = fromHome(w, m.Home, m.HomeIncarnation)
+		}
 		if werr != nil {
 			return fmt.Errorf("%w: %w (and ask home: %w)", ErrUnsettled, err, werr)
 		}
-		if w.Cluster != m.To {
+		if w.Cluster != m.To || w.Epoch != m.Epoch {
 			return e.rollback(ctx, m, err)
 		}
 	}
@@ -329,18 +335,7 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 		if errors.Is(err, ErrCrash) {
 			return err
 		}
-		// A commit that failed on some node cannot be undone there:
-		// restore the old target everywhere.
-		oldT := redirectTo(m.FromEndpoints)
-		if m.From == e.cfg.ClusterID {
-			oldT = redirectTo(nil)
-		}
-		pctx, cancel := detached(ctx, e.cfg.CallTimeout)
-		if perr := e.program(pctx, fs, oldT); perr != nil {
-			e.log.Error("restore old target after failed commit", "service", m.Service, "err", perr)
-		}
-		cancel()
-		return e.rollback(ctx, m, err)
+		return e.rollForward(ctx, m, r, err)
 	}
 	if m.Role == ctrl.RoleReroute {
 		// The mover stops and drops its own copy once we answer: its
@@ -375,6 +370,23 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 	})
 	m.Times.Cleanup = m.Times.Drain + lastMs(m)
 	return err
+}
+
+// rollForward is what a commit that failed does. Some nodes may point at
+// the new copy already, and the old target cannot be restored everywhere
+// (staging needs every node), so nothing is undone and no copy removed:
+// the record says where the service is now, and the migration stays in
+// the journal at its commit stage, where the next reconcile commits every
+// node again and finishes it. No node's load balancer is left pointing at
+// a deleted copy.
+func (e *Engine) rollForward(ctx context.Context, m *ctrl.Migration, r ctrl.Record, cause error) error {
+	wctx, cancel := detached(ctx, e.cfg.CallTimeout)
+	defer cancel()
+	if err := e.recordMoved(wctx, m, r); err != nil {
+		cause = errors.Join(cause, err)
+	}
+	e.log.Warn("commit failed on some node: rolling forward", "id", m.ID, "service", m.Service, "err", cause)
+	return fmt.Errorf("%w: commit failed on some node, rolling forward: %w", ErrUnsettled, cause)
 }
 
 // removal is the old copy's removal, started at the commit.

@@ -26,6 +26,16 @@ func TestDeploy(t *testing.T) {
 	if _, err := w.eng("a").Deploy(context.Background(), w.descriptor()); !errors.Is(err, ErrConflict) {
 		t.Fatalf("second deploy: %v, want a conflict", err)
 	}
+	// Another service on the same (address, port, protocol), even while
+	// the first runs abroad, is refused.
+	w2 := newWorld(t, "a", "b")
+	w2.deploy("a")
+	w2.mustMigrate("a", "b")
+	shop := w2.descriptor()
+	shop.Name = "shop"
+	if _, err := w2.eng("a").Deploy(context.Background(), shop); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a second service on web's frontend: %v, want a conflict", err)
+	}
 	bad := w.descriptor()
 	bad.Ports = nil
 	if _, err := w.eng("a").Deploy(context.Background(), bad); !errors.Is(err, ErrInvalid) {
@@ -112,7 +122,7 @@ func TestMigrateRollsBackBeforeCommit(t *testing.T) {
 	}{
 		{"replication fails", func(w *world) {
 			w.cluster("b").be.faults.set("deploy", fault{err: errInjected})
-		}, []string{"a: peer DeployForeign b", "b: backend deploy web 1", "b: backend delete web", "a: peer RemoveForeign b", "b: backend delete web"}},
+		}, []string{"a: peer DeployForeign b", "b: backend deploy web 1", "b: backend delete web", "a: peer RemoveForeign b"}},
 		{"stage fails", func(w *world) {
 			w.cluster("a").ag.faults.set("stage node1", fault{err: errInjected})
 		}, []string{"a: peer DeployForeign b", "b: backend deploy web 1", "a: agents stage 8080 redirect:10.0.0.2:8080",
