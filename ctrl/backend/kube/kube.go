@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -211,7 +212,10 @@ func owned(m metav1.Object) bool {
 	return m.GetLabels()[LabelManagedBy] == ManagedByValue && m.GetLabels()[LabelService] == m.GetName()
 }
 
+// specHash is the hash of s's workload (its fence aside: a relabel with a
+// new epoch changes annotations only).
 func specHash(s backend.Spec) string {
+	s.Home, s.MigrationID, s.Epoch = "", "", 0
 	b, _ := json.Marshal(s)
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:8])
@@ -380,11 +384,24 @@ func (b *Backend) ensureDeployment(ctx context.Context, s backend.Spec) error {
 	if !owned(cur) {
 		return fmt.Errorf("deploy %s: a deployment of that name exists and is not managed by roam", s.Name)
 	}
-	if cur.Annotations[AnnotationSpecHash] == want.Annotations[AnnotationSpecHash] {
+	if cur.Annotations[AnnotationSpecHash] != want.Annotations[AnnotationSpecHash] {
+		return fmt.Errorf("deploy %s: already runs with a different spec (spec hash %s, asked %s)", s.Name,
+			cur.Annotations[AnnotationSpecHash], want.Annotations[AnnotationSpecHash])
+	}
+	same := true
+	for k, v := range want.Annotations {
+		same = same && cur.Annotations[k] == v
+	}
+	if same {
 		return nil
 	}
+	// The same workload: relabel it with the new fence (no rollout);
+	// annotations others put there (the rollout's revision) stay.
 	upd := cur.DeepCopy()
-	upd.Labels, upd.Annotations, upd.Spec = want.Labels, want.Annotations, want.Spec
+	if upd.Annotations == nil {
+		upd.Annotations = map[string]string{}
+	}
+	maps.Copy(upd.Annotations, want.Annotations)
 	if _, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "roam"}); err != nil {
 		return fmt.Errorf("update deployment %s: %w", s.Name, err)
 	}

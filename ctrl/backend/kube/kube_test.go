@@ -311,6 +311,11 @@ func TestDeployNodePort(t *testing.T) {
 	if got := actions(c); !slices.Equal(got, wantActs) {
 		t.Fatalf("actions:\n got %v\nwant %v", got, wantActs)
 	}
+	// A different workload under the name is refused, not rolled out.
+	s.Image = "registry.example/other:2"
+	if _, err := b.Deploy(ctxT(t), s); err == nil || !strings.Contains(err.Error(), "different spec") {
+		t.Fatalf("a different workload under the name: %v", err)
+	}
 }
 
 func TestDeployDataAddrAndLoadBalancer(t *testing.T) {

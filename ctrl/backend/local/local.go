@@ -1,7 +1,9 @@
 // Package local is roam's embedded default orchestrator backend: it runs each
 // service as a supervised process in the controller's own network namespace,
-// restarts it with backoff when it dies, probes it for readiness over TCP and
-// reports it exposed on the cluster's data address.
+// restarts it with backoff when it dies, counts it ready once its own process
+// holds the socket of every port (and the TCP ports answer), and
+// reports it exposed on the cluster's data address. Two copies never share
+// a port.
 package local
 
 import (
@@ -16,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"sort"
 	"strconv"
 	"strings"
@@ -179,6 +180,13 @@ type run struct {
 	detached atomic.Bool // stop supervising without killing (tests: a crash)
 }
 
+// snapshot is r's spec (its fence changes with a relabel).
+func (r *run) snapshot() backend.Spec {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.spec
+}
+
 // killOnce closes kill (two Deletes may both give up waiting).
 func (r *run) killOnce() { r.killed.Do(func() { close(r.kill) }) }
 
@@ -270,11 +278,27 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 		}
 	}
 	if r, ok := b.runs[s.Name]; ok {
+		r.mu.Lock()
+		cur := r.spec
+		same := cur.SameWorkload(s)
+		if same && (cur.Home != s.Home || cur.MigrationID != s.MigrationID || cur.Epoch != s.Epoch) {
+			// The same workload: relabel it with the new fence.
+			r.spec.Home, r.spec.MigrationID, r.spec.Epoch = s.Home, s.MigrationID, s.Epoch
+			if r.pid != 0 {
+				argv, _ := b.command(r.spec)
+				b.saveState(s.Name, state{PID: r.pid, Argv: argv, Spec: r.spec})
+			}
+		}
+		r.mu.Unlock()
 		b.mu.Unlock()
-		if !reflect.DeepEqual(r.spec, s) {
+		if !same {
 			return backend.Instance{}, fmt.Errorf("deploy %s: already runs with a different spec", s.Name)
 		}
-		return b.waitReady(ctx, s)
+		return b.waitReady(ctx, r)
+	}
+	if err := b.portsFreeLocked(s); err != nil {
+		b.mu.Unlock()
+		return backend.Instance{}, fmt.Errorf("deploy %s: %w", s.Name, err)
 	}
 	if b.cfg.Pods > 0 && int64(len(b.runs)) >= b.cfg.Pods {
 		b.mu.Unlock()
@@ -289,13 +313,35 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 	b.runs[s.Name] = r
 	b.mu.Unlock()
 	go b.supervise(rctx, r)
-	inst, err := b.waitReady(ctx, s)
+	inst, err := b.waitReady(ctx, r)
 	if err != nil {
 		_ = b.Delete(context.WithoutCancel(ctx), s.Name)
 		return backend.Instance{}, err
 	}
 	b.log.Info("deployed", "name", s.Name, "home", s.Home, "endpoints", inst.Endpoints)
 	return inst, nil
+}
+
+// portsFreeLocked refuses a copy that would share an (address, port,
+// protocol) with another copy here, running or still stopping: both would
+// be reached through the same frontend, and removing one would remove the
+// other's.
+func (b *Backend) portsFreeLocked(s backend.Spec) error {
+	for _, set := range []map[string]*run{b.runs, b.stopping} {
+		for name, r := range set {
+			if name == s.Name {
+				continue
+			}
+			for _, p := range s.Ports {
+				for _, q := range r.spec.Ports {
+					if p.Port == q.Port && p.Protocol == q.Protocol {
+						return fmt.Errorf("port %d/%s is taken by copy %q", p.Port, p.Protocol, name)
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 func (b *Backend) fitsLocked(s backend.Spec) error {
@@ -321,12 +367,20 @@ func (b *Backend) endpoints(s backend.Spec) []netip.AddrPort {
 	return eps
 }
 
-// ready reports whether every TCP port of s accepts a connection (UDP ports
-// cannot be probed and count as ready); the demo service must also answer
-// HTTP GET /healthz with 200.
-func (b *Backend) ready(ctx context.Context, s backend.Spec) bool {
+// ready reports whether r's own process holds the socket of every port
+// of its spec (see sockets.go) and every TCP port accepts a connection;
+// the demo service must also answer HTTP GET /healthz with 200.
+func (b *Backend) ready(ctx context.Context, r *run) bool {
+	r.mu.Lock()
+	s, pid := r.spec, r.pid
+	r.mu.Unlock()
+	for _, p := range s.Ports {
+		if !ownsPort(pid, p.Port, p.Protocol) {
+			return false
+		}
+	}
 	for i, p := range s.Ports {
-		if p.Protocol.String() != "tcp" {
+		if p.Protocol != lb.TCP {
 			continue
 		}
 		if s.Demo {
@@ -345,16 +399,16 @@ func (b *Backend) ready(ctx context.Context, s backend.Spec) bool {
 	return true
 }
 
-func (b *Backend) waitReady(ctx context.Context, s backend.Spec) (backend.Instance, error) {
+func (b *Backend) waitReady(ctx context.Context, r *run) (backend.Instance, error) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if b.ready(ctx, s) {
-			return backend.Instance{Name: s.Name, Home: s.Home, MigrationID: s.MigrationID, Endpoints: b.endpoints(s), Ready: true}, nil
+		if b.ready(ctx, r) {
+			return b.instance(r, true), nil
 		}
 		select {
 		case <-ctx.Done():
-			return backend.Instance{}, fmt.Errorf("wait for %s ready: %w", s.Name, ctx.Err())
+			return backend.Instance{}, fmt.Errorf("wait for %s ready (its own process holding its ports): %w", r.spec.Name, ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -364,7 +418,7 @@ func (b *Backend) waitReady(ctx context.Context, s backend.Spec) (backend.Instan
 func (b *Backend) supervise(ctx context.Context, r *run) {
 	defer close(r.done)
 	if pid := r.adopt; pid != 0 {
-		argv, _ := b.command(r.spec)
+		argv, _ := b.command(r.snapshot())
 		r.mu.Lock()
 		r.pid = pid
 		r.mu.Unlock()
@@ -396,7 +450,8 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 	}
 	backoff := b.cfg.MinBackoff
 	for {
-		argv, env := b.command(r.spec)
+		spec := r.snapshot()
+		argv, env := b.command(spec)
 		cmd := exec.Command(argv[0], argv[1:]...)
 		// An explicit, minimal environment: never the controller's own,
 		// which may hold its secrets (and a foreign copy runs another
@@ -416,7 +471,7 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 			r.mu.Lock()
 			r.pid = cmd.Process.Pid
 			r.mu.Unlock()
-			b.saveState(r.spec.Name, state{PID: cmd.Process.Pid, Argv: argv, Spec: r.spec})
+			b.saveState(spec.Name, state{PID: cmd.Process.Pid, Argv: argv, Spec: spec})
 			waited := make(chan error, 1)
 			go func() { waited <- cmd.Wait() }()
 			select {
@@ -520,8 +575,16 @@ func (b *Backend) Get(ctx context.Context, name string) (backend.Instance, error
 	if !ok {
 		return backend.Instance{}, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
 	}
-	return backend.Instance{Name: name, Home: r.spec.Home, MigrationID: r.spec.MigrationID,
-		Endpoints: b.endpoints(r.spec), Ready: b.ready(ctx, r.spec)}, nil
+	return b.instance(r, b.ready(ctx, r)), nil
+}
+
+// instance is r as an Instance, with its fence.
+func (b *Backend) instance(r *run, ready bool) backend.Instance {
+	r.mu.Lock()
+	s := r.spec
+	r.mu.Unlock()
+	return backend.Instance{Name: s.Name, Home: s.Home, MigrationID: s.MigrationID, Epoch: s.Epoch,
+		Endpoints: b.endpoints(s), Ready: ready}
 }
 
 // List returns every copy.

@@ -428,3 +428,84 @@ func TestRedeployWhileStopping(t *testing.T) {
 		t.Fatalf("second Delete returned while the copy (pid %d) still runs", pid)
 	}
 }
+
+// TestReadyOnlyWithOwnSocket: another tenant already answers on the port
+// (here an HTTP server that says 200 to everything). The new copy cannot
+// bind; the readiness probe alone would pass through the tenant's socket,
+// but the copy's own process holds no socket of that port, so Deploy
+// fails instead of reporting a copy that is not there.
+func TestReadyOnlyWithOwnSocket(t *testing.T) {
+	b := newBackend(t)
+	port := freePort(t)
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "other tenant") })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "shop", Demo: true, Ports: []backend.Port{{Port: port, Protocol: lb.TCP}}}); err == nil {
+		t.Fatal("a copy that could not bind its port was reported ready (the other tenant answered its probe)")
+	}
+	// With its own socket it is ready, UDP included.
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	inst, err := b.Deploy(ctx, backend.Spec{Name: "shop", Demo: true,
+		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}, {Port: freePort(t), Protocol: lb.UDP}}})
+	if err != nil || !inst.Ready {
+		t.Fatalf("deploy with free ports: %+v, %v", inst, err)
+	}
+	if !ownsPort(b.PID("shop"), inst.Endpoints[1].Port(), lb.UDP) || ownsPort(b.PID("shop"), port, lb.TCP) {
+		t.Fatal("socket ownership misread")
+	}
+}
+
+// TestNoSharedPort: two copies cannot share (address, port, protocol) at
+// one cluster; the same port with the other protocol is fine.
+func TestNoSharedPort(t *testing.T) {
+	b := newBackend(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	port := freePort(t)
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "one", Demo: true, Ports: []backend.Port{{Port: port, Protocol: lb.TCP}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.Deploy(ctx, backend.Spec{Name: "two", Demo: true, Ports: []backend.Port{{Port: port, Protocol: lb.TCP}}})
+	if err == nil || !strings.Contains(err.Error(), "taken by copy \"one\"") {
+		t.Fatalf("a second copy on the same port: %v", err)
+	}
+	if _, err := b.Get(ctx, "two"); !errors.Is(err, backend.ErrNotFound) {
+		t.Fatalf("the refused copy exists: %v", err)
+	}
+}
+
+// TestRedeployRelabels: deploying the same workload with a new fence (a
+// take-back's retry, a move back to a cluster whose copy still runs)
+// reuses the running copy and relabels it; a different workload under the
+// name is refused.
+func TestRedeployRelabels(t *testing.T) {
+	b := newBackend(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := backend.Spec{Name: "web", Home: "c0", MigrationID: "m-1", Epoch: 1, Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
+	if _, err := b.Deploy(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	pid := b.PID("web")
+	s2 := s
+	s2.Home, s2.MigrationID, s2.Epoch = "c9", "m-2", 2
+	inst, err := b.Deploy(ctx, s2)
+	if err != nil || inst.MigrationID != "m-2" || inst.Epoch != 2 || inst.Home != "c9" || b.PID("web") != pid {
+		t.Fatalf("relabel: %+v, %v (pid %d, was %d)", inst, err, b.PID("web"), pid)
+	}
+	if got, _ := b.Get(ctx, "web"); got.Epoch != 2 || got.MigrationID != "m-2" {
+		t.Fatalf("get after relabel: %+v", got)
+	}
+	s3 := s2
+	s3.Ports = []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}
+	if _, err := b.Deploy(ctx, s3); err == nil || !strings.Contains(err.Error(), "different spec") {
+		t.Fatalf("a different workload under the name: %v", err)
+	}
+}
