@@ -9,6 +9,7 @@ MULTIARCH ?= $(shell gcc -print-multiarch 2>/dev/null || $(CLANG) -print-multiar
 BPF_CFLAGS ?= -O2 -g -Wall -Werror $(if $(MULTIARCH),-I/usr/include/$(MULTIARCH))
 BIN     ?= bin
 GOTEST_FLAGS ?= -count=1 -timeout 30m
+SOAK_DURATION ?= 10m
 # Pinned linters, fetched through the module proxy (no system install).
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # The committed bpf2go output (what check-generate compares).
@@ -67,6 +68,10 @@ bench-meta: ## placement round trip p50/p99 at 10, 1000, 10000 clusters; hello i
 .PHONY: bench-migration
 bench-migration: deps ## 51 migrations under short, keep-alive (Go, wrk) and UDP clients: failures, Table I, totals, port exhaustion (root)
 	$(GO) run ./test/bench/migration
+
+.PHONY: soak
+soak: deps ## roam on the testbed under chaos (kill -9 of controllers, agents, the MO; cuts; shaping) with real clients, invariants checked all along (root; SOAK_DURATION, default 10m)
+	$(GO) run ./test/soak -duration $(SOAK_DURATION) $(SOAK_FLAGS)
 
 .PHONY: demo
 demo: deps ## the quick start: testbed up, the paper's experiment, table and plot, testbed down (root)
