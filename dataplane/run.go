@@ -218,3 +218,6 @@ func frameTuple(pkt []byte) (fam uint8, src, dst [16]uint8, proto uint8, sport, 
 	}
 	return fam, src, dst, proto, binary.BigEndian.Uint16(pkt[l4:]), binary.BigEndian.Uint16(pkt[l4+2:]), nil
 }
+
+// RoamXDPSpec is the committed build of bpf/xdp.c, for NewXDPBench.
+func RoamXDPSpec() (*ebpf.CollectionSpec, error) { return loadRoamXDP() }

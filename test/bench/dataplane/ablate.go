@@ -34,7 +34,7 @@ var ablations = []ablation{
 }
 
 // runAblations compiles bpf/xdp.c once per ablation (clang, the flags of
-// make generate), loads every build side by side and measures them in
+// make generate: $BPF_CLANG, $BPF_CFLAGS), loads every build side by side and measures them in
 // turn under BPF_PROG_TEST_RUN with repeat, rounds times, in a namespace
 // with the XDP path's routes and static neighbours (so the fib lookup
 // succeeds). Builds are interleaved so the machine's drift hits them
@@ -49,6 +49,10 @@ func runAblations(ctx context.Context, o options) error {
 	if o.ablateOnly != "" {
 		ablations = slices.DeleteFunc(slices.Clone(ablations), func(a ablation) bool { return !strings.Contains(a.name, o.ablateOnly) })
 	}
+	cflags := os.Getenv("BPF_CFLAGS") // make's, with the multiarch include directory
+	if cflags == "" {
+		cflags = "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu"
+	}
 	dir, err := os.MkdirTemp("", "roam-ablate-")
 	if err != nil {
 		return err
@@ -57,8 +61,8 @@ func runAblations(ctx context.Context, o options) error {
 	specs := make([]*ebpf.CollectionSpec, len(ablations))
 	for i, a := range ablations {
 		obj := filepath.Join(dir, fmt.Sprintf("xdp%d.o", i))
-		args := []string{"-O2", "-g", "-Wall", "-Werror", "-target", "bpfel", "-mcpu=v3", "-I/usr/include/x86_64-linux-gnu",
-			"-I" + o.bpfDir, "-DROAM_ABLATE=(" + a.bits + ")", "-c", filepath.Join(o.bpfDir, "xdp.c"), "-o", obj}
+		args := append(strings.Fields(cflags), "-target", "bpfel", "-mcpu=v3",
+			"-I"+o.bpfDir, "-DROAM_ABLATE=("+a.bits+")", "-c", filepath.Join(o.bpfDir, "xdp.c"), "-o", obj)
 		if out, err := exec.CommandContext(ctx, clang, args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("compile %q: %w\n%s", a.name, err, out)
 		}

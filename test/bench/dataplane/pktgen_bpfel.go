@@ -24,6 +24,17 @@ type pktgenGenConfig struct {
 	Pad       uint32
 }
 
+type pktgenMinfwdConfig struct {
+	_       structs.HostLayout
+	Macs    [12]uint8
+	Sport   uint16
+	Dport   uint16
+	Saddr   [4]uint32
+	Daddr   [4]uint32
+	Ifindex uint32
+	Pad     uint32
+}
+
 type pktgenSinkConfig struct {
 	_       structs.HostLayout
 	Daddr   [16]uint8
@@ -37,14 +48,16 @@ type pktgenSinkConfig struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	pktgenMapGenCfg     = "gen_cfg"
-	pktgenMapGenSeq     = "gen_seq"
-	pktgenMapSinkCfg    = "sink_cfg"
-	pktgenMapSinkCount  = "sink_count"
-	pktgenProgBenchDrop = "bench_drop"
-	pktgenProgBenchGen  = "bench_gen"
-	pktgenProgBenchPass = "bench_pass"
-	pktgenProgBenchSink = "bench_sink"
+	pktgenMapGenCfg       = "gen_cfg"
+	pktgenMapGenSeq       = "gen_seq"
+	pktgenMapMinfwdCfg    = "minfwd_cfg"
+	pktgenMapSinkCfg      = "sink_cfg"
+	pktgenMapSinkCount    = "sink_count"
+	pktgenProgBenchDrop   = "bench_drop"
+	pktgenProgBenchGen    = "bench_gen"
+	pktgenProgBenchMinfwd = "bench_minfwd"
+	pktgenProgBenchPass   = "bench_pass"
+	pktgenProgBenchSink   = "bench_sink"
 )
 
 // loadPktgen returns the embedded CollectionSpec for pktgen.
@@ -89,10 +102,11 @@ type pktgenSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenProgramSpecs struct {
-	BenchDrop *ebpf.ProgramSpec `ebpf:"bench_drop"`
-	BenchGen  *ebpf.ProgramSpec `ebpf:"bench_gen"`
-	BenchPass *ebpf.ProgramSpec `ebpf:"bench_pass"`
-	BenchSink *ebpf.ProgramSpec `ebpf:"bench_sink"`
+	BenchDrop   *ebpf.ProgramSpec `ebpf:"bench_drop"`
+	BenchGen    *ebpf.ProgramSpec `ebpf:"bench_gen"`
+	BenchMinfwd *ebpf.ProgramSpec `ebpf:"bench_minfwd"`
+	BenchPass   *ebpf.ProgramSpec `ebpf:"bench_pass"`
+	BenchSink   *ebpf.ProgramSpec `ebpf:"bench_sink"`
 }
 
 // pktgenMapSpecs contains maps before they are loaded into the kernel.
@@ -101,6 +115,7 @@ type pktgenProgramSpecs struct {
 type pktgenMapSpecs struct {
 	GenCfg    *ebpf.MapSpec `ebpf:"gen_cfg"`
 	GenSeq    *ebpf.MapSpec `ebpf:"gen_seq"`
+	MinfwdCfg *ebpf.MapSpec `ebpf:"minfwd_cfg"`
 	SinkCfg   *ebpf.MapSpec `ebpf:"sink_cfg"`
 	SinkCount *ebpf.MapSpec `ebpf:"sink_count"`
 }
@@ -133,6 +148,7 @@ func (o *pktgenObjects) Close() error {
 type pktgenMaps struct {
 	GenCfg    *ebpf.Map `ebpf:"gen_cfg"`
 	GenSeq    *ebpf.Map `ebpf:"gen_seq"`
+	MinfwdCfg *ebpf.Map `ebpf:"minfwd_cfg"`
 	SinkCfg   *ebpf.Map `ebpf:"sink_cfg"`
 	SinkCount *ebpf.Map `ebpf:"sink_count"`
 }
@@ -141,6 +157,7 @@ func (m *pktgenMaps) Close() error {
 	return _PktgenClose(
 		m.GenCfg,
 		m.GenSeq,
+		m.MinfwdCfg,
 		m.SinkCfg,
 		m.SinkCount,
 	)
@@ -156,16 +173,18 @@ type pktgenVariables struct {
 //
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenPrograms struct {
-	BenchDrop *ebpf.Program `ebpf:"bench_drop"`
-	BenchGen  *ebpf.Program `ebpf:"bench_gen"`
-	BenchPass *ebpf.Program `ebpf:"bench_pass"`
-	BenchSink *ebpf.Program `ebpf:"bench_sink"`
+	BenchDrop   *ebpf.Program `ebpf:"bench_drop"`
+	BenchGen    *ebpf.Program `ebpf:"bench_gen"`
+	BenchMinfwd *ebpf.Program `ebpf:"bench_minfwd"`
+	BenchPass   *ebpf.Program `ebpf:"bench_pass"`
+	BenchSink   *ebpf.Program `ebpf:"bench_sink"`
 }
 
 func (p *pktgenPrograms) Close() error {
 	return _PktgenClose(
 		p.BenchDrop,
 		p.BenchGen,
+		p.BenchMinfwd,
 		p.BenchPass,
 		p.BenchSink,
 	)
