@@ -182,6 +182,7 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 		count_action(id, ACTION_DROP, p->len);
 		return VERDICT_DROP;
 	}
+	flow_csum(fv, p);
 	if (bpf_map_update_elem(&roam_conntrack, k, fv, BPF_ANY) != 0) {
 		bpf_map_delete_elem(&roam_nat, rk);
 		count_reason(REASON_CT_FULL);
@@ -199,6 +200,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct pkt p = {};
 	struct xlate x;
+	x.csum_set = 0;
 
 	int rc = parse_packet(data, data_end, ROAM_WIRE_LEN(ctx), &p);
 	if (rc == PARSE_SKIP)
@@ -270,6 +272,9 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		x.sport = cv->snat_port;
 		x.dport = cv->target_port;
 		x.action = ACTION_REDIRECT;
+		x.csum_addrs = cv->csum_addrs;
+		x.csum_ports = cv->csum_ports;
+		x.csum_set = cv->csum_set;
 	}
 xmit:
 	return roam_xmit(ctx, &p, &x, now);

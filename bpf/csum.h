@@ -40,6 +40,14 @@ static __always_inline __u32 csum_add32(__u32 a, __u32 b)
 	return s + (s < a);
 }
 
+/* csum_fold16 folds a one's-complement partial sum to 16 bits (not negated). */
+static __always_inline __u16 csum_fold16(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
 /*
  * csum_diff16 is bpf_csum_diff without the helper call: the one's-complement
  * sum of the negated old and the new 16-bit words (n is a constant).

@@ -317,5 +317,5 @@ static __always_inline int xlate_apply(ROAM_CTX *ctx, struct pkt *p, const struc
 {
 	if (p->proto == IPPROTO_ICMP_ || p->proto == IPPROTO_ICMPV6_)
 		return icmp_rewrite(ctx, p, x);
-	return rewrite(ctx, p, x->src, x->sport, x->dst, x->dport);
+	return rewrite(ctx, p, x->src, x->sport, x->dst, x->dport, x);
 }

@@ -96,29 +96,58 @@ static __always_inline void nat_release(const struct ct_value *v, const struct c
 }
 
 /*
+ * flow_csum sets a new redirected flow's checksum changes (fv's addresses
+ * and ports replacing the packet's): the same for every packet of the
+ * flow, so the pinned path only applies them. The address change over
+ * whole IPv4-mapped addresses equals the IPv4 one (the mapped prefixes
+ * cancel out).
+ */
+static __always_inline void flow_csum(struct ct_value *fv, const struct pkt *p)
+{
+	__be16 old_ports[2] = {p->sport, p->dport};
+	__be16 new_ports[2] = {fv->snat_port, fv->target_port};
+	/* p: saddr then daddr; fv: target_addr then snat_addr: a sum does not mind the order. */
+	__s64 d = bpf_csum_diff((__be32 *)p->saddr, 32, (__be32 *)fv->target_addr, 32, 0);
+	if (d < 0)
+		return; /* csum_set stays 0: computed per packet */
+	fv->csum_addrs = csum_fold16((__u32)d);
+	fv->csum_ports = csum_fold16(csum_diff16(old_ports, new_ports, 2));
+	fv->csum_set = 1;
+}
+
+/*
  * rewrite sets the packet's source to ns:nsport and destination to nd:ndport
  * (IPv4-mapped for IPv4), fixing the IPv4 header checksum here and the L4
  * checksum through the attach point's roam_l4_csum (XDP: arithmetic in
- * place; tc: bpf_l4_csum_replace, correct for CHECKSUM_PARTIAL too).
- * Returns 0, or -1 if the packet is shorter than parsed (cannot happen).
+ * place; tc: bpf_l4_csum_replace, correct for CHECKSUM_PARTIAL too). x,
+ * if not NULL, may carry the flow's checksum changes for this rewrite
+ * (csum_set). Returns 0, or -1 if the packet is shorter than parsed
+ * (cannot happen).
  */
 static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns, __be16 nsport, const __u8 *nd,
-				   __be16 ndport)
+				   __be16 ndport, const struct xlate *x)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	/* Arrays of 16-bit words, not a u32 read as u16s: that would break strict aliasing. */
-	__be16 old_ports[2] = {p->sport, p->dport};
-	__be16 new_ports[2] = {nsport, ndport};
-	__u32 diff_ports = csum_diff16(old_ports, new_ports, 2);
-	__u32 diff_l3;
+	int have = x && x->csum_set;
+	__u32 diff_ports, diff_l3 = 0;
+	if (have) {
+		diff_l3 = x->csum_addrs;
+		diff_ports = x->csum_ports;
+	} else {
+		/* Arrays of 16-bit words, not a u32 read as u16s: that would break strict aliasing. */
+		__be16 old_ports[2] = {p->sport, p->dport};
+		__be16 new_ports[2] = {nsport, ndport};
+		diff_ports = csum_diff16(old_ports, new_ports, 2);
+	}
 
 	if (p->family == FAMILY_V4) {
 		struct ip4_hdr *iph = data + L3_OFF;
 		if ((void *)(iph + 1) > data_end)
 			return -1;
-		diff_l3 = csum_diff16((__u16 *)&iph->saddr, (const __u16 *)(ns + 12), 2) +
-			  csum_diff16((__u16 *)&iph->daddr, (const __u16 *)(nd + 12), 2);
+		if (!have)
+			diff_l3 = csum_diff16((__u16 *)&iph->saddr, (const __u16 *)(ns + 12), 2) +
+				  csum_diff16((__u16 *)&iph->daddr, (const __u16 *)(nd + 12), 2);
 		__builtin_memcpy(&iph->saddr, ns + 12, 4);
 		__builtin_memcpy(&iph->daddr, nd + 12, 4);
 		if (!(ROAM_ABLATE & ABLATE_CSUM))
@@ -128,9 +157,7 @@ static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns,
 		if ((void *)(ip6 + 1) > data_end)
 			return -1;
 		/* 32 bytes: the helper keeps the program small where inline sums would spill. */
-		if (ROAM_ABLATE & ABLATE_CSUM) {
-			diff_l3 = 0;
-		} else {
+		if (!have && !(ROAM_ABLATE & ABLATE_CSUM)) {
 			diff_l3 = bpf_csum_diff((__be32 *)ip6->saddr, 16, (__be32 *)ns, 16, 0);
 			diff_l3 = bpf_csum_diff((__be32 *)ip6->daddr, 16, (__be32 *)nd, 16, diff_l3);
 		}

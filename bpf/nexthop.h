@@ -19,18 +19,19 @@
  * longest IP packet the lookup's MTU check passed; a longer one is looked
  * up again (and may get BPF_FIB_LKUP_RET_FRAG_NEEDED). Only successful
  * lookups are cached: no neighbour, no route, not forwarded and
- * fragmentation needed are asked again on every packet.
+ * fragmentation needed are asked again on every packet. Laid out for
+ * word loads: in_ifindex, proto and family are compared as one word, the
+ * MAC addresses copied as two.
  */
 struct nh_entry {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u32 in_ifindex;
-	__u32 out_ifindex;
-	__u8 dmac[ETH_ALEN_];
-	__u8 smac[ETH_ALEN_];
-	__u16 max_len;
 	__u8 proto;
 	__u8 family;
+	__u16 max_len;
+	__u8 macs[2 * ETH_ALEN_]; /* destination then source, as in an Ethernet header */
+	__u32 out_ifindex;
 	__u64 stamp; /* bpf_ktime_get_coarse_ns of the lookup; 0: empty */
 };
 
@@ -42,17 +43,24 @@ struct {
 	__type(value, struct nh_entry);
 } roam_nexthop SEC(".maps");
 
-static __always_inline __u32 nh_slot(const struct pkt *p, const struct xlate *x, __u32 ifindex)
+/* nh_slot hashes the addresses' last 8 bytes (an IPv4 address, an IPv6 interface id) and the ingress interface. */
+static __always_inline __u32 nh_slot(const struct xlate *x, __u32 ifindex)
 {
 	const __u32 *s = (const __u32 *)x->src, *d = (const __u32 *)x->dst;
-	__u32 h = (ifindex ^ d[0] ^ d[1] ^ d[2] ^ d[3]) * 0x9e3779b1u;
-	h = (h ^ s[0] ^ s[1] ^ s[2] ^ s[3] ^ p->proto) * 0x85ebca6bu;
+	__u32 h = (ifindex ^ d[2] ^ d[3]) * 0x9e3779b1u;
+	h = (h ^ s[2] ^ s[3]) * 0x85ebca6bu;
 	return (h ^ (h >> 16)) & (NH_CACHE_SLOTS - 1);
 }
 
-static __always_inline int nh_match(const struct nh_entry *e, const struct pkt *p, const struct xlate *x, __u32 ifindex)
+/* nh_tag is an entry's in_ifindex, proto and family as one little-endian word (max_len masked off). */
+static __always_inline __u64 nh_tag(__u32 ifindex, const struct pkt *p)
 {
-	return e->in_ifindex == ifindex && e->proto == p->proto && e->family == p->family && addr_eq(e->daddr, x->dst) &&
+	return (__u64)ifindex | (__u64)p->proto << 32 | (__u64)p->family << 40;
+}
+
+static __always_inline int nh_match(const struct nh_entry *e, const struct xlate *x, __u64 tag)
+{
+	return ((*(const __u64 *)&e->in_ifindex ^ tag) & 0xffffffffffffULL) == 0 && addr_eq(e->daddr, x->dst) &&
 	       addr_eq(e->saddr, x->src);
 }
 
@@ -71,15 +79,16 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const s
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 slot = nh_slot(p, x, ifindex);
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__u32 slot = nh_slot(x, ifindex);
 	struct nh_entry *e = (ROAM_ABLATE & ABLATE_NH_CACHE) ? NULL : bpf_map_lookup_elem(&roam_nexthop, &slot);
-	int same = e && e->stamp && nh_match(e, p, x, ifindex) && !idle_longer(now, e->stamp, NH_CACHE_NS);
+	int same = e && e->stamp && nh_match(e, x, nh_tag(ifindex, p)) && !idle_longer(now, e->stamp, NH_CACHE_NS);
 	if (same && p->ip_len <= e->max_len) {
-		struct eth_hdr *eth = data;
-		if ((void *)(eth + 1) > data_end)
-			return -1;
-		__builtin_memcpy(eth->dst, e->dmac, ETH_ALEN_);
-		__builtin_memcpy(eth->src, e->smac, ETH_ALEN_);
+		/* Unaligned packet stores are fine where XDP runs natively (the verifier is not strict there). */
+		*(__u64 *)eth = *(const __u64 *)e->macs;
+		*(__u32 *)((__u8 *)eth + 8) = *(const __u32 *)(e->macs + 8);
 		*out_ifindex = e->out_ifindex;
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
@@ -97,12 +106,12 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const s
 	__builtin_memcpy(e->saddr, x->src, 16);
 	__builtin_memcpy(e->daddr, x->dst, 16);
 	e->in_ifindex = ifindex;
-	e->out_ifindex = fib->ifindex;
-	__builtin_memcpy(e->dmac, fib->dmac, ETH_ALEN_);
-	__builtin_memcpy(e->smac, fib->smac, ETH_ALEN_);
-	e->max_len = p->ip_len;
 	e->proto = p->proto;
 	e->family = p->family;
+	e->max_len = p->ip_len;
+	__builtin_memcpy(e->macs, fib->dmac, ETH_ALEN_);
+	__builtin_memcpy(e->macs + ETH_ALEN_, fib->smac, ETH_ALEN_);
+	e->out_ifindex = fib->ifindex;
 	e->stamp = now;
 	return rc;
 }

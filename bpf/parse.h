@@ -48,6 +48,9 @@ struct xlate {
 	__be16 dport;
 	__u32 id;
 	__u32 action;
+	__u16 csum_addrs; /* with csum_set: the rewrite's checksum changes, from the flow's entry (struct ct_value) */
+	__u16 csum_ports;
+	__u32 csum_set;
 };
 
 static __always_inline void addr_from_v4(__u8 *dst, __be32 a)

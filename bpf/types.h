@@ -60,11 +60,13 @@ struct ct_value {
 	__be16 snat_port;
 	__u8 kind;
 	__u8 family;
-	__u16 pad;
+	__u8 csum_set;	 /* 1: csum_addrs and csum_ports are set (0 in entries of older builds: computed per packet) */
+	__u8 pad;
 	__u32 state;	 /* CT_* bits, changed with atomic or/and (both directions write it) */
 	__u32 frontend_id;
 	__u32 fin_seq;	 /* the sequence number that acknowledges the client's FIN */
-	__u32 pad2;
+	__u16 csum_addrs; /* redirect: the rewrite's checksum change (one's complement, folded) of the addresses */
+	__u16 csum_ports; /* and of the ports; constant for a flow, so computed once when it is pinned */
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC, tick resolution */
 };
 

@@ -64,3 +64,23 @@ func (d *Dataplane) AgeFlows(by time.Duration) error {
 	}
 	return short
 }
+
+// ForgetFlowChecksums makes every conntrack entry look like one written by
+// a build before the checksum changes were kept per flow: not set, and
+// garbage where they would be.
+func (d *Dataplane) ForgetFlowChecksums() error {
+	var (
+		ck []CTKey
+		cv []CTValue
+	)
+	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) { ck, cv = append(ck, k), append(cv, v) }); err != nil {
+		return err
+	}
+	for i := range ck {
+		cv[i].CsumSet, cv[i].CsumAddrs, cv[i].CsumPorts = 0, 0x1234, 0x5678
+		if err := d.maps.RoamConntrack.Update(&ck[i], &cv[i], ebpf.UpdateExist); err != nil {
+			return fmt.Errorf("forget checksums of %s: %w", ck[i], err)
+		}
+	}
+	return nil
+}

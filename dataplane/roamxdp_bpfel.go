@@ -55,11 +55,13 @@ type roamXDPCtValue struct {
 	SnatPort   uint16
 	Kind       uint8
 	Family     uint8
-	Pad        uint16
+	CsumSet    uint8
+	Pad        uint8
 	State      uint32
 	FrontendId uint32
 	FinSeq     uint32
-	Pad2       uint32
+	CsumAddrs  uint16
+	CsumPorts  uint16
 	LastSeen   uint64
 }
 
@@ -89,12 +91,11 @@ type roamXDPNhEntry struct {
 	Saddr      [16]uint8
 	Daddr      [16]uint8
 	InIfindex  uint32
-	OutIfindex uint32
-	Dmac       [6]uint8
-	Smac       [6]uint8
-	MaxLen     uint16
 	Proto      uint8
 	Family     uint8
+	MaxLen     uint16
+	Macs       [12]uint8
+	OutIfindex uint32
 	Stamp      uint64
 }
 
