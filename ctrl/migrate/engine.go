@@ -113,7 +113,7 @@ type Engine struct {
 	migs    *prometheus.CounterVec
 	probeMu sync.Mutex
 	lastOK  map[string]time.Time // cluster -> last successful probe (while something of ours runs there)
-	lostSvc map[string]bool      // services the last probe found lost
+	lostSvc map[string]lostCopy  // services the last probe found lost
 	// takeBacks limits the fail-safe's take-backs.
 	takeBacks *rate.Limiter
 
@@ -172,7 +172,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.TakeBackBurst <= 0 {
 		cfg.TakeBackBurst = 10
 	}
-	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]bool{},
+	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]lostCopy{},
 		takeBacks: rate.NewLimiter(rate.Limit(cfg.TakeBackRate), cfg.TakeBackBurst), unowned: map[string]time.Time{}}
 	e.stageH = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "roam_ctrl_migration_stage_seconds",

@@ -48,7 +48,7 @@ func (e *Engine) Probe(ctx context.Context) []string {
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	lost := map[string]bool{}
+	lost := map[string]lostCopy{}
 	for cluster, rs := range byCluster {
 		wg.Go(func() {
 			if !e.probe(ctx, cluster, e.urlOf(cluster, rs[0].ClusterURL)) {
@@ -65,7 +65,7 @@ func (e *Engine) Probe(ctx context.Context) []string {
 					continue
 				}
 				mu.Lock()
-				lost[r.Service.Name] = true
+				lost[r.Service.Name] = lostCopy{epoch: r.Epoch, at: time.Now()}
 				mu.Unlock()
 			}
 		})
@@ -90,11 +90,19 @@ func (e *Engine) Probe(ctx context.Context) []string {
 
 func (e *Engine) probeTimeout() time.Duration { return min(e.cfg.ProbeInterval*2, 2*time.Second) }
 
-// lost reports whether the last probe found the service's copy lost.
-func (e *Engine) lost(name string) bool {
+// lostCopy is a probe's verdict on one abroad copy.
+type lostCopy struct {
+	epoch ctrl.Epoch
+	at    time.Time
+}
+
+// lost reports whether a recent probe found the copy of name at epoch
+// lost (a verdict on an older copy, or an old verdict, says nothing).
+func (e *Engine) lost(name string, epoch ctrl.Epoch) bool {
 	e.probeMu.Lock()
 	defer e.probeMu.Unlock()
-	return e.lostSvc[name]
+	v, ok := e.lostSvc[name]
+	return ok && v.epoch == epoch && time.Since(v.at) < 10*e.cfg.ProbeInterval
 }
 
 // probe records a health probe of a cluster's controller and says whether

@@ -410,3 +410,43 @@ func TestEpochFencesStaleCalls(t *testing.T) {
 	}
 	w.expectAt("a", "b")
 }
+
+// TestOrphanEpochChecked: the fail-safe took the service home from b and
+// remembered b's copy as an orphan; before b answered again, the service
+// was moved to b once more (a newer epoch; b's running copy is reused and
+// relabelled). The orphan's removal names the old epoch: b keeps the copy
+// the home now points at, and exactly one copy serves.
+func TestOrphanEpochChecked(t *testing.T) {
+	w := newWorld(t, "a", "b")
+	w.failsafe = 50 * time.Millisecond
+	w.restart("a")
+	w.deploy("a")
+	old := w.mustMigrate("a", "b")
+	w.eng("a").Probe(context.Background())
+	lose(w, "b")
+	probeFor(w, "a", time.Second)
+	w.reconcile("a")
+	if r := w.mustRecord("a"); r.Kind != ctrl.KindLocal {
+		t.Fatalf("not taken back: %+v", r)
+	}
+	os, _ := w.cluster("a").st.Orphans()
+	if len(os) != 1 || os[0].Epoch != old.Epoch {
+		t.Fatalf("orphans %+v, want b's copy at %s", os, old.Epoch)
+	}
+	// b answers again; the user moves the service there before the
+	// home's reconcile removed the orphan.
+	w.net.clear("->b")
+	w.mo.mu.Lock()
+	w.mo.gone = nil
+	w.mo.mu.Unlock()
+	again := w.mustMigrate("a", "b")
+	if again.Epoch.N <= old.Epoch.N {
+		t.Fatalf("new epoch %s not after %s", again.Epoch, old.Epoch)
+	}
+	w.reconcile("a")
+	w.reconcile("b")
+	w.expectAt("a", "b")
+	if os, _ := w.cluster("a").st.Orphans(); len(os) != 0 {
+		t.Fatalf("orphans left: %+v", os)
+	}
+}

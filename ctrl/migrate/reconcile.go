@@ -147,7 +147,7 @@ func (e *Engine) reconcileLocked(ctx context.Context, name string) (time.Duratio
 			errs = append(errs, err)
 		}
 	case ctrl.KindAbroad:
-		if e.lost(name) && !unsettled {
+		if e.lost(name, r.Epoch) && !unsettled {
 			return e.takeBack(ctx, r)
 		}
 	}

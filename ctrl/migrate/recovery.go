@@ -160,7 +160,7 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
 			return e.superseded(&m, r)
 		}
-		if m.Stage.BeforeCommit() && !e.lost(m.Service) {
+		if m.Stage.BeforeCommit() && !e.lost(m.Service, m.FromEpoch) {
 			// Nothing points at the copy at home yet, and the cluster is
 			// not (or no longer) known to be lost: undo.
 			return fail(": the cluster is not lost now", e.removeLocalCopy(ctx, m.Service, m.Epoch))
