@@ -3,14 +3,16 @@
 // checks its invariants all along. Needs root.
 //
 // The testbed is the default one (deep-edge home with the camera client,
-// edge, cloud; local backend, fail-safe after 3 s). The demo service
-// "classifier" (HTTP on 80/tcp, request/response on 80/udp) is homed at
-// home; from the camera, through the home frontend, short HTTP (a
-// connection per request), keep-alive HTTP (8 connections of Go's
-// transport) and UDP request/response clients (test/load) run the whole
-// time. The schedule repeats three planned migrations (to a cluster chosen
-// at random: named, or placed by the MO; from abroad to abroad it is a
-// multi-hop move) and one chaos event, in turn:
+// edge, cloud; local backend, fail-safe after 3 s). Two demo services are
+// homed at home: "classifier" (HTTP on 80/tcp, request/response on
+// 80/udp) and "api" (HTTP on 8081/tcp). From the camera, through the home
+// frontends, short HTTP (a connection per request), keep-alive HTTP (8
+// connections of Go's transport) and, for the classifier, UDP
+// request/response clients (test/load) run the whole time. The schedule
+// repeats three rounds of planned migrations (both services at once, each
+// to a cluster chosen at random: named, or placed by the MO; from abroad
+// to abroad it is a multi-hop move) and one chaos event aimed at the
+// classifier, in turn:
 //
 //   - kill -9 of a controller (home, the cluster running the service, or
 //     the destination) at a random moment of a migration, then restarted;
@@ -60,10 +62,14 @@ import (
 	"github.com/roamnet/roam/test/testbed"
 )
 
-const (
-	service = "classifier"
-	port    = 80
-)
+// svc is one service of the soak and the clients that use it.
+type svc struct {
+	name  string
+	ports []backend.Port
+	l     *load.Load
+}
+
+func (v *svc) port() uint16 { return v.ports[0].Port }
 
 type options struct {
 	duration time.Duration
@@ -114,14 +120,16 @@ type summary struct {
 type soak struct {
 	o    options
 	tb   *testbed.Testbed
-	l    *load.Load
+	svcs []*svc // the first is the one chaos events aim at
 	hc   *testbed.CtrlClient
 	rnd  *rand.Rand
 	sec  testbed.Secrets
 	cls  []testbed.Cluster
 	mu   sync.Mutex
 	sum  summary
-	logf func(format string, args ...any)
+	// nOutage numbers the announced outages.
+	nOutage int
+	logf    func(format string, args ...any)
 }
 
 func run(ctx context.Context, o options) error {
@@ -159,24 +167,32 @@ func run(ctx context.Context, o options) error {
 	if s.hc, err = tb.Ctrl("home"); err != nil {
 		return err
 	}
-	ports := []backend.Port{{Name: "http", Port: port, Protocol: lb.TCP}, {Name: "rr", Port: port, Protocol: lb.UDP}}
-	if _, err := s.hc.Deploy(ctx, ctrl.Descriptor{Name: service, Demo: true, Ports: ports}); err != nil {
-		return err
+	s.svcs = []*svc{
+		{name: "classifier", ports: []backend.Port{{Name: "http", Port: 80, Protocol: lb.TCP}, {Name: "rr", Port: 80, Protocol: lb.UDP}}},
+		{name: "api", ports: []backend.Port{{Name: "http", Port: 8081, Protocol: lb.TCP}}},
 	}
-	fe := fmt.Sprintf("%s:%d", home.WAN4, port)
-	s.l, err = load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: 2 * time.Second, Clients: []load.Client{
-		{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
-		{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 10 * time.Millisecond},
-		{Kind: load.UDP, Addr: fe, Interval: 20 * time.Millisecond},
-	}})
-	if err != nil {
-		return err
+	for _, v := range s.svcs {
+		if _, err := s.hc.Deploy(ctx, ctrl.Descriptor{Name: v.name, Demo: true, Ports: v.ports}); err != nil {
+			return err
+		}
+		fe := fmt.Sprintf("%s:%d", home.WAN4, v.port())
+		clients := []load.Client{
+			{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
+			{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 10 * time.Millisecond},
+		}
+		if len(v.ports) > 1 {
+			clients = append(clients, load.Client{Kind: load.UDP, Addr: fe, Interval: 20 * time.Millisecond})
+		}
+		if v.l, err = load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: 2 * time.Second, Clients: clients}); err != nil {
+			return err
+		}
+		defer v.l.Stop()
+		if err := s.served(ctx, v, "home"); err != nil {
+			return fmt.Errorf("%s not answering at home: %w", v.name, err)
+		}
+		s.logf("%s: short HTTP every 20ms, keep-alive HTTP 8 connections%s, through %s", v.name,
+			map[bool]string{true: ", UDP every 20ms", false: ""}[len(v.ports) > 1], fe)
 	}
-	defer s.l.Stop()
-	if err := s.served(ctx, "home"); err != nil {
-		return fmt.Errorf("classifier not answering at home: %w", err)
-	}
-	s.logf("clients: short HTTP every 20ms, keep-alive HTTP 8 connections, UDP every 20ms, through %s", fe)
 
 	wctx, wcancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -184,7 +200,8 @@ func run(ctx context.Context, o options) error {
 
 	chaos := []func(context.Context) error{s.killCtrl, s.killAgent, s.killCtrl, s.cutHeal, s.killCtrl, s.restartMO,
 		s.killAgent, s.shape, s.killCtrl, s.killAgent}
-	deadline := time.Now().Add(o.duration)
+	chaosStart := time.Now()
+	deadline := chaosStart.Add(o.duration)
 	var runErr error
 	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
 		var err error
@@ -198,6 +215,7 @@ func run(ctx context.Context, o options) error {
 			break
 		}
 	}
+	s.sum.DurationS = time.Since(chaosStart).Seconds()
 	wcancel()
 	wg.Wait()
 	if runErr == nil && ctx.Err() == nil {
@@ -206,19 +224,27 @@ func run(ctx context.Context, o options) error {
 			s.logf("end: %v", err)
 		}
 	}
-	rep := s.l.Stop()
-	s.sum.DurationS = time.Since(start).Seconds()
-	s.sum.Requests = rep.Requests()
-	s.sum.FailedPlanned = rep.Failed()
-	s.sum.FailedOutage = rep.FailedOutage()
 	s.sum.Kills = s.sum.CtrlKills + s.sum.AgentKills + s.sum.MORestarts
-
-	fmt.Println("\nClients through the home frontend (failed: outside every announced outage; in outages: inside one)")
-	rep.Print(os.Stdout, 20)
-	fmt.Println("\nOutages (announced chaos events) and the failures they own")
-	for _, or := range rep.Outages {
-		if or.Failed > 0 {
-			fmt.Printf("  %-40s %8.1f s  failed %d\n", or.Name, or.End.Sub(or.Start).Seconds(), or.Failed)
+	for _, v := range s.svcs {
+		rep := v.l.Stop()
+		s.sum.Requests += rep.Requests()
+		s.sum.FailedPlanned += rep.Failed()
+		s.sum.FailedOutage += rep.FailedOutage()
+		fmt.Printf("\n%s: clients through the home frontend (failed: outside every announced outage; outage: inside one)\n", v.name)
+		rep.Print(os.Stdout, 0)
+		n := 0
+		for _, k := range load.Kinds {
+			for _, f := range rep.Kinds[k].Failures {
+				if f.Outage == "" && n < 20 {
+					n++
+					fmt.Printf("  failed outside every outage: %s sent %s after %s: %s\n", f.Kind, f.Sent.Format("15:04:05.000"), f.Latency, f.Err)
+				}
+			}
+		}
+		for _, or := range rep.Outages {
+			if or.Failed > 0 {
+				fmt.Printf("  outage %-40s %8.1f s  failed %d\n", or.Name, or.End.Sub(or.Start).Seconds(), or.Failed)
+			}
 		}
 	}
 	sm := s.sum
@@ -250,20 +276,43 @@ func run(ctx context.Context, o options) error {
 	return runErr
 }
 
-// served waits until every client kind is answered by cluster.
-func (s *soak) served(ctx context.Context, cluster string) error {
+// served waits until every client kind of v is answered by cluster.
+func (s *soak) served(ctx context.Context, v *svc, cluster string) error {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return s.l.WaitServedBy(wctx, cluster, 3)
+	return v.l.WaitServedBy(wctx, cluster, 3)
 }
 
-// record is the home's record of the service, retried while the home
-// controller restarts or recovers.
-func (s *soak) record(ctx context.Context) (ctrl.Record, error) {
+// outage announces an outage to every service's clients.
+func (s *soak) outage(name string) (end func()) {
+	s.nOutage++
+	name = fmt.Sprintf("#%d %s", s.nOutage, name)
+	s.logf("outage %s", name)
+	var ends []func()
+	for _, v := range s.svcs {
+		ends = append(ends, v.l.Outage(name))
+	}
+	return func() {
+		for _, e := range ends {
+			e()
+		}
+	}
+}
+
+// add changes the summary (planned moves run concurrently).
+func (s *soak) add(f func(*summary)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.sum)
+}
+
+// record is the home's record of v, retried while the home controller
+// restarts or recovers.
+func (s *soak) record(ctx context.Context, v *svc) (ctrl.Record, error) {
 	var last error
 	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		r, err := s.hc.Get(cctx, service)
+		r, err := s.hc.Get(cctx, v.name)
 		cancel()
 		if err == nil {
 			return r, nil
@@ -287,42 +336,72 @@ func (s *soak) pick(cur string) string {
 	return others[s.rnd.IntN(len(others))]
 }
 
-// planned is one planned migration to a cluster chosen at random.
+// planned moves every service at once, each to a cluster chosen at random.
 func (s *soak) planned(ctx context.Context) error {
-	r, err := s.record(ctx)
-	if err != nil {
-		return fmt.Errorf("read record: %w", err)
+	errs := make([]error, len(s.svcs))
+	var wg sync.WaitGroup
+	for i, v := range s.svcs {
+		wg.Go(func() {
+			r, err := s.record(ctx, v)
+			if err != nil {
+				errs[i] = fmt.Errorf("read record of %s: %w", v.name, err)
+				return
+			}
+			errs[i] = s.plannedTo(ctx, v, s.pickLocked(r.Cluster))
+		})
 	}
-	return s.plannedTo(ctx, s.pick(r.Cluster))
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *soak) pickLocked(cur string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pick(cur)
 }
 
 // plannedTo is one planned migration to dest (named, or placed by the MO
 // when it is not home, at random): failures during it are the system's.
-func (s *soak) plannedTo(ctx context.Context, dest string) error {
-	r, err := s.record(ctx)
+func (s *soak) plannedTo(ctx context.Context, v *svc, dest string) error {
+	r, err := s.record(ctx, v)
 	if err != nil {
-		return fmt.Errorf("read record: %w", err)
+		return fmt.Errorf("read record of %s: %w", v.name, err)
 	}
 	ask := dest
+	s.mu.Lock()
 	if dest != "home" && s.rnd.IntN(2) == 0 {
 		ask = "" // the MO places it
 	}
-	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	m, err := s.hc.Migrate(cctx, service, ask, "soak")
-	cancel()
+	s.mu.Unlock()
+	t0 := time.Now()
+	var m ctrl.Migration
+	for try := 0; ; try++ {
+		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		m, err = s.hc.Migrate(cctx, v.name, ask, "soak")
+		cancel()
+		var he *testbed.HTTPError
+		if err == nil || try >= 30 || !errors.As(err, &he) || !strings.Contains(he.Message, "being recovered") {
+			break
+		}
+		time.Sleep(500 * time.Millisecond) // still being recovered: Retry-After
+	}
 	if err != nil {
-		s.sum.MigrationsFailed++
-		s.logf("migration %s -> %s failed: %v", r.Cluster, dest, err)
+		s.add(func(sm *summary) { sm.MigrationsFailed++ })
+		s.logf("%s: migration %s -> %s failed: %v", v.name, r.Cluster, dest, err)
 		// Whatever happened, it must settle where the record says.
-		return s.oneCopy(ctx, "failed migration")
+		return s.oneCopyOf(ctx, v, "failed migration")
 	}
-	s.sum.Migrations++
-	if m.Role == ctrl.RoleMover {
-		s.sum.MultiHop++
-	}
-	s.logf("migration %3d: %-5s -> %-5s %-8s %7.1f ms", s.sum.Migrations, m.From, m.To, m.Role, m.Times.Wait+m.Times.Reroute+m.Times.Verify+m.Times.Commit+m.Times.Cleanup)
-	if err := s.served(ctx, m.To); err != nil {
-		s.logf("after migration to %s: %v", m.To, err)
+	var n int
+	s.add(func(sm *summary) {
+		sm.Migrations++
+		n = sm.Migrations
+		if m.Role == ctrl.RoleMover {
+			sm.MultiHop++
+		}
+	})
+	s.logf("migration %3d: %-10s %-5s -> %-5s %-8s %7.1f ms", n, v.name, m.From, m.To, m.Role, float64(time.Since(t0).Microseconds())/1000)
+	if err := s.served(ctx, v, m.To); err != nil {
+		s.logf("%s: after migration to %s: %v", v.name, m.To, err)
 	}
 	return nil
 }
@@ -370,21 +449,22 @@ func (s *soak) kill9(ctx context.Context, name string, pause time.Duration) erro
 
 // killCtrl kills a controller at a random moment of a migration.
 func (s *soak) killCtrl(ctx context.Context) error {
-	r, err := s.record(ctx)
+	v := s.svcs[0]
+	r, err := s.record(ctx, v)
 	if err != nil {
 		return err
 	}
 	dest := s.pick(r.Cluster)
 	victim := []string{"home", r.Cluster, dest}[s.rnd.IntN(3)]
 	delay := time.Duration(s.rnd.IntN(400)) * time.Millisecond
-	end := s.l.Outage("kill -9 roam-ctrl-" + victim)
+	end := s.outage("kill -9 roam-ctrl-" + victim)
 	defer end()
 	s.sum.CtrlKills++
 	done := make(chan error, 1)
 	go func() {
 		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
-		_, err := s.hc.Migrate(cctx, service, dest, "soak")
+		_, err := s.hc.Migrate(cctx, v.name, dest, "soak")
 		done <- err
 	}()
 	time.Sleep(delay)
@@ -404,12 +484,12 @@ func (s *soak) killCtrl(ctx context.Context) error {
 // killAgent kills the agent of the cluster running the service (or the
 // home's).
 func (s *soak) killAgent(ctx context.Context) error {
-	r, err := s.record(ctx)
+	r, err := s.record(ctx, s.svcs[0])
 	if err != nil {
 		return err
 	}
 	victim := []string{"home", r.Cluster}[s.rnd.IntN(2)]
-	end := s.l.Outage("kill -9 roam-agent-" + victim)
+	end := s.outage("kill -9 roam-agent-" + victim)
 	defer end()
 	s.sum.AgentKills++
 	s.logf("kill -9 roam-agent-%s", victim)
@@ -421,7 +501,7 @@ func (s *soak) killAgent(ctx context.Context) error {
 
 // restartMO kills the MO and restarts it.
 func (s *soak) restartMO(ctx context.Context) error {
-	end := s.l.Outage("kill -9 roam-meta")
+	end := s.outage("kill -9 roam-meta")
 	defer end()
 	s.sum.MORestarts++
 	s.logf("kill -9 roam-meta")
@@ -435,24 +515,25 @@ func (s *soak) restartMO(ctx context.Context) error {
 // cutHeal cuts the link of the cluster running the service (or of a
 // cluster abroad), waits for the fail-safe, and heals it.
 func (s *soak) cutHeal(ctx context.Context) error {
-	r, err := s.record(ctx)
+	v := s.svcs[0]
+	r, err := s.record(ctx, v)
 	if err != nil {
 		return err
 	}
 	victim := r.Cluster
 	if victim == "home" {
 		// Move it abroad first, so the cut exercises the fail-safe.
-		if err := s.plannedTo(ctx, s.pick("home")); err != nil {
+		if err := s.plannedTo(ctx, v, s.pick("home")); err != nil {
 			return err
 		}
-		if r, err = s.record(ctx); err != nil {
+		if r, err = s.record(ctx, v); err != nil {
 			return err
 		}
 		if victim = r.Cluster; victim == "home" {
 			victim = s.pick("home")
 		}
 	}
-	end := s.l.Outage("cut " + victim)
+	end := s.outage("cut " + victim)
 	defer end()
 	s.sum.Partitions++
 	s.logf("cut %s (service at %s)", victim, r.Cluster)
@@ -460,7 +541,7 @@ func (s *soak) cutHeal(ctx context.Context) error {
 		return err
 	}
 	if r.Cluster == victim {
-		if err := s.served(ctx, "home"); err != nil {
+		if err := s.served(ctx, v, "home"); err != nil {
 			s.logf("  fail-safe: %v", err)
 		} else {
 			s.logf("  fail-safe: served at home again")
@@ -477,7 +558,7 @@ func (s *soak) cutHeal(ctx context.Context) error {
 // shape slows the link of the cluster running the service (or of one
 // abroad) for a few seconds. Not an outage: nothing may fail.
 func (s *soak) shape(ctx context.Context) error {
-	r, err := s.record(ctx)
+	r, err := s.record(ctx, s.svcs[0])
 	if err != nil {
 		return err
 	}
@@ -502,24 +583,35 @@ func (s *soak) shape(ctx context.Context) error {
 // there; it counts a duplicate when two copies still run at the end, a
 // lost service when the record is gone.
 func (s *soak) oneCopy(ctx context.Context, after string) error {
+	errs := make([]error, len(s.svcs))
+	var wg sync.WaitGroup
+	for i, v := range s.svcs {
+		wg.Go(func() { errs[i] = s.oneCopyOf(ctx, v, after) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// oneCopyOf is oneCopy for one service.
+func (s *soak) oneCopyOf(ctx context.Context, v *svc, after string) error {
 	end := time.Now().Add(s.o.settle)
 	var last string
 	for time.Now().Before(end) && ctx.Err() == nil {
-		r, err := s.record(ctx)
+		r, err := s.record(ctx, v)
 		if err != nil {
 			var he *testbed.HTTPError
 			if errors.As(err, &he) && he.Status == http.StatusNotFound {
 				s.mu.Lock()
 				s.sum.LostServices++
 				s.mu.Unlock()
-				return fmt.Errorf("after %s: the home lost the record: %w", after, err)
+				return fmt.Errorf("after %s: the home lost the record of %s: %w", after, v.name, err)
 			}
 			last = err.Error()
 			continue
 		}
-		at := s.copies()
+		at := s.copies(v)
 		if len(at) == 1 && at[0] == r.Cluster {
-			if err := s.served(ctx, r.Cluster); err != nil {
+			if err := s.served(ctx, v, r.Cluster); err != nil {
 				last = err.Error()
 				continue
 			}
@@ -528,8 +620,8 @@ func (s *soak) oneCopy(ctx context.Context, after string) error {
 		last = fmt.Sprintf("record at %s, copies listening at %v", r.Cluster, at)
 		time.Sleep(200 * time.Millisecond)
 	}
-	at := s.copies()
-	s.logf("after %s: not settled in %s: %s", after, s.o.settle, last)
+	at := s.copies(v)
+	s.logf("%s: after %s: not settled in %s: %s", v.name, after, s.o.settle, last)
 	if len(at) > 1 {
 		s.mu.Lock()
 		s.sum.Duplicates++
@@ -546,10 +638,10 @@ func (s *soak) oneCopy(ctx context.Context, after string) error {
 // copies lists the clusters where something listens on the service's TCP
 // port (read from the kernel's socket table inside each namespace: a
 // connection from there would be caught by the cluster's own frontend).
-func (s *soak) copies() []string {
+func (s *soak) copies(v *svc) []string {
 	var out []string
 	for _, c := range s.cls {
-		if listens(c.NS, port, lb.TCP) {
+		if listens(c.NS, v.port(), lb.TCP) {
 			out = append(out, c.Name)
 		}
 	}
@@ -597,6 +689,10 @@ func (s *soak) watch(ctx context.Context) {
 	for _, c := range s.cls {
 		byAddr[c.WAN4] = c
 	}
+	ports := map[uint16]bool{}
+	for _, v := range s.svcs {
+		ports[v.port()] = true
+	}
 	bad := map[lb.Frontend]lb.Target{} // last sample's target with nothing behind it
 	inEpisode := map[lb.Frontend]bool{}
 	t := time.NewTicker(500 * time.Millisecond)
@@ -615,7 +711,7 @@ func (s *soak) watch(ctx context.Context) {
 		}
 		for _, sv := range svcs {
 			f := sv.Frontend
-			if f.Addr != home.WAN4 || f.Port != port {
+			if f.Addr != home.WAN4 || !ports[f.Port] {
 				continue
 			}
 			var ns string

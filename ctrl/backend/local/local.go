@@ -148,8 +148,10 @@ func alive(pid int, argv []string) bool {
 	return string(cmdline) == strings.Join(argv, "\x00")+"\x00"
 }
 
-// adoptAll takes over the copies an earlier run left in StateDir.
+// adoptAll takes over the copies an earlier run left in StateDir, then
+// kills those it started but never recorded.
 func (b *Backend) adoptAll() {
+	defer b.reapUnrecorded()
 	files, _ := filepath.Glob(filepath.Join(b.cfg.StateDir, "*.json"))
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -457,6 +459,11 @@ func (b *Backend) supervise(ctx context.Context, r *run) {
 		// which may hold its secrets (and a foreign copy runs another
 		// domain's code).
 		cmd.Env = env
+		if b.cfg.StateDir != "" {
+			// Marks the copy as this backend's, so a restarted one finds
+			// it even if it was killed before recording it (reapUnrecorded).
+			cmd.Env = append(cmd.Env, copyMark+"="+b.statePath(spec.Name))
+		}
 		// Own process group (Delete kills the group); killed with the
 		// controller, so a restarted controller redeploys from its records
 		// instead of finding unknown copies holding the ports (with StateDir they

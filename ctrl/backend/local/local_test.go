@@ -509,3 +509,46 @@ func TestRedeployRelabels(t *testing.T) {
 		t.Fatalf("a different workload under the name: %v", err)
 	}
 }
+
+// TestReapUnrecordedCopy: the controller was killed after starting a copy
+// but before recording it (no state file). The restarted backend cannot
+// adopt it; it kills it, so the next copy of the service can bind its
+// port (it would otherwise never be ready, and the leaked one would serve
+// as a duplicate no record owns).
+func TestReapUnrecordedCopy(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
+		StateDir: dir, MinBackoff: 20 * time.Millisecond}
+	b1, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
+	if _, err := b1.Deploy(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	pid := b1.PID("web")
+	b1.abandon()
+	if err := os.Remove(b1.statePath("web")); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b2.Close() })
+	if b2.PID("web") != 0 {
+		t.Fatal("adopted a copy with no state file")
+	}
+	// Gone (or a zombie its first supervisor's Wait has not reaped yet).
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err == nil && !strings.Contains(string(st), ") Z ") {
+		t.Fatalf("the unrecorded copy %d still runs: %s", pid, st)
+	}
+	inst, err := b2.Deploy(ctx, spec)
+	if err != nil || !inst.Ready || b2.PID("web") == pid {
+		t.Fatalf("a new copy on the freed port: %+v, %v", inst, err)
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -130,4 +132,57 @@ func ownsPort(pid int, port uint16, proto lb.Proto) bool {
 		return false
 	}
 	return holds(pid, inodes)
+}
+
+// copyMark is the environment variable that marks a copy as started by the
+// backend whose state file for it is its value.
+const copyMark = "ROAM_COPY_STATE"
+
+// reapUnrecorded kills the copies an earlier run of this backend started
+// but was killed before recording (between the start and the state
+// file): nothing adopts them, nothing tracks them, and they hold their
+// ports, so the next copy of that service could never bind (a duplicate
+// no record owns). They are found by copyMark, in this network
+// namespace, as process group leaders; their Deploy never returned, so
+// no one relies on them.
+func (b *Backend) reapUnrecorded() {
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return
+	}
+	adopted := map[int]bool{}
+	for _, r := range b.runs {
+		adopted[r.adopt] = true
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	prefix := []byte(copyMark + "=" + b.cfg.StateDir + string(os.PathSeparator))
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || adopted[pid] || pid == os.Getpid() {
+			continue
+		}
+		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); err != nil || ns != self {
+			continue
+		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil || !bytes.Contains(env, prefix) {
+			continue
+		}
+		if pgid, err := syscall.Getpgid(pid); err != nil || pgid != pid {
+			continue
+		}
+		b.log.Warn("killing a copy an earlier run started but never recorded", "pid", pid)
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		for i := 0; i < 200 && syscall.Kill(pid, 0) == nil; i++ {
+			if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+				if i := bytes.LastIndexByte(st, ')'); i > 0 && len(st) > i+2 && st[i+2] == 'Z' {
+					break // a zombie holds no socket
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
