@@ -77,6 +77,7 @@ type options struct {
 	bin, xdp string
 	seed     uint64
 	settle   time.Duration
+	timeout  time.Duration
 }
 
 func main() {
@@ -87,6 +88,7 @@ func main() {
 	flag.StringVar(&o.xdp, "xdp-mode", "native", "agents' XDP mode: native or generic")
 	flag.Uint64Var(&o.seed, "seed", uint64(time.Now().UnixNano()), "random seed of the schedule")
 	flag.DurationVar(&o.settle, "settle", 60*time.Second, "how long after a chaos event exactly one copy must be running again")
+	flag.DurationVar(&o.timeout, "timeout", 5*time.Second, "a request not answered within this is a failure")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -178,19 +180,21 @@ func run(ctx context.Context, o options) error {
 		fe := fmt.Sprintf("%s:%d", home.WAN4, v.port())
 		clients := []load.Client{
 			{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
-			{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 10 * time.Millisecond},
+			{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 20 * time.Millisecond},
 		}
 		if len(v.ports) > 1 {
 			clients = append(clients, load.Client{Kind: load.UDP, Addr: fe, Interval: 20 * time.Millisecond})
 		}
-		if v.l, err = load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: 2 * time.Second, Clients: clients}); err != nil {
+		// A request counts as lost when it is not answered within
+		// o.timeout (a slow answer on a busy machine is not a loss).
+		if v.l, err = load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: o.timeout, MaxInFlight: 1024, Clients: clients}); err != nil {
 			return err
 		}
 		defer v.l.Stop()
 		if err := s.served(ctx, v, "home"); err != nil {
 			return fmt.Errorf("%s not answering at home: %w", v.name, err)
 		}
-		s.logf("%s: short HTTP every 20ms, keep-alive HTTP 8 connections%s, through %s", v.name,
+		s.logf("%s: short HTTP every 20ms, keep-alive HTTP 8 connections (20ms between requests)%s, through %s", v.name,
 			map[bool]string{true: ", UDP every 20ms", false: ""}[len(v.ports) > 1], fe)
 	}
 
