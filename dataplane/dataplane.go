@@ -28,6 +28,8 @@ const (
 	DefaultPortMin     = 40000
 	DefaultPortMax     = 60999
 	DefaultIdleTimeout = 60 * time.Second
+	DefaultMaxFlows    = 262144 // bpf/consts.h CT_MAX_ENTRIES and NAT_MAX_ENTRIES
+	maxMaxFlows        = 1 << 26
 )
 
 // DefaultTimeouts are the flow timeouts Open applies to zero Timeouts fields.
@@ -58,6 +60,11 @@ type Config struct {
 	PortMin, PortMax uint16     // SNAT source port range; default 40000-60999
 	IdleTimeout      time.Duration
 	Timeouts         Timeouts
+	// MaxFlows is how many flows the conntrack and the NAT map each hold
+	// (LRU: a full table evicts its least recently used flow); default
+	// DefaultMaxFlows. Fixed when the maps are first pinned: opening the
+	// pins with another size fails until they are removed (Unpin).
+	MaxFlows int
 }
 
 // Timeouts say how long a flow lives with no packet in either direction,
@@ -120,6 +127,12 @@ func Open(cfg Config) (*Dataplane, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
+	if cfg.MaxFlows == 0 {
+		cfg.MaxFlows = DefaultMaxFlows
+	}
+	if cfg.MaxFlows < 1 || cfg.MaxFlows > maxMaxFlows {
+		return nil, fmt.Errorf("open dataplane: max flows %d outside 1-%d", cfg.MaxFlows, maxMaxFlows)
+	}
 	cfg.Timeouts.UDP = cfg.IdleTimeout
 	for _, t := range []struct{ v, def *time.Duration }{
 		{&cfg.Timeouts.SYN, &DefaultTimeouts.SYN}, {&cfg.Timeouts.Established, &DefaultTimeouts.Established},
@@ -145,10 +158,23 @@ func Open(cfg Config) (*Dataplane, error) {
 
 	d := &Dataplane{cfg: cfg}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
-	if err := loadRoamXDPObjects(&d.xdp, opts); err != nil {
+	load := func(spec *ebpf.CollectionSpec, err error, obj any) error {
+		if err != nil {
+			return err
+		}
+		for _, name := range []string{"roam_conntrack", "roam_nat"} {
+			if m := spec.Maps[name]; m != nil {
+				m.MaxEntries = uint32(cfg.MaxFlows)
+			}
+		}
+		return spec.LoadAndAssign(obj, opts)
+	}
+	xdpSpec, err := loadRoamXDP()
+	if err := load(xdpSpec, err, &d.xdp); err != nil {
 		return nil, loadError("xdp", cfg.PinPath, err)
 	}
-	if err := loadRoamTCObjects(&d.tc, opts); err != nil {
+	tcSpec, err := loadRoamTC()
+	if err := load(tcSpec, err, &d.tc); err != nil {
 		d.xdp.Close()
 		return nil, loadError("tc", cfg.PinPath, err)
 	}

@@ -84,3 +84,8 @@ func (d *Dataplane) ForgetFlowChecksums() error {
 	}
 	return nil
 }
+
+// FlowCapacity is the conntrack and NAT maps' sizes.
+func (d *Dataplane) FlowCapacity() (conntrack, nat uint32) {
+	return d.maps.RoamConntrack.MaxEntries(), d.maps.RoamNat.MaxEntries()
+}

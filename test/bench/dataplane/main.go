@@ -132,7 +132,10 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	b.paths = append(b.paths, b.ref)
 	steps := []func() (*path, error){
-		func() (*path, error) { return setupXDP(ctx, sfx, o.frontends, 30*time.Minute) },
+		// Room for the largest scenario's flows, as the kernel's conntrack gets (ctLimits).
+		func() (*path, error) {
+			return setupXDP(ctx, sfx, o.frontends, 30*time.Minute, int(o.big+o.big/10))
+		},
 		func() (*path, error) { return setupNetfilter(ctx, "iptables", sfx, o.frontends) },
 		func() (*path, error) { return setupNetfilter(ctx, "nftables", sfx, o.frontends) },
 		func() (*path, error) { return setupUserspace(ctx, sfx, o.cpu) },

@@ -109,15 +109,16 @@ func setupRef(ctx context.Context, sfx string, frontends uint32) (*path, error) 
 }
 
 // setupXDP is roam's data plane as the agent runs it: dataplane.Open on a
-// pin path of its own, the XDP program on both of the home node's
-// interfaces, one frontend per port staged and committed to its target.
-func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Duration) (*path, error) {
+// pin path of its own with room for maxFlows flows, the XDP program on
+// both of the home node's interfaces, one frontend per port staged and
+// committed to its target.
+func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Duration, maxFlows int) (*path, error) {
 	p, err := newPath(ctx, "xdp", "(a) roam XDP redirector", sfx, frontends, false)
 	if err != nil {
 		return nil, err
 	}
 	pin := "/sys/fs/bpf/roam-bench-" + sfx
-	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: snatAddr[v4], SNATv6: snatAddr[v6], IdleTimeout: idle})
+	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: snatAddr[v4], SNATv6: snatAddr[v6], IdleTimeout: idle, MaxFlows: maxFlows})
 	if err != nil {
 		p.Close()
 		return nil, err
