@@ -42,12 +42,22 @@ build: ## build every binary into ./bin
 test: deps ## run every test (root: BPF, XDP on veth, network namespaces)
 	$(GO) test $(GOTEST_FLAGS) ./...
 
+# The control plane test/k8s runs, built by test/k8s/tools/build.sh from the Go
+# module proxy; GOCACHE keeps it, so only a cold machine pays the build.
+K8S_BIN ?= $(HOME)/.cache/roam-k8s/v1.37.2
+
+.PHONY: test-k8s
+test-k8s: deps ## deploy/ and the kube backend against two real control planes (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes; cold build 15+ min on an idle 2-core machine, then seconds; root)
+	bash test/k8s/tools/build.sh $(K8S_BIN)
+	K8S_BIN=$(K8S_BIN) $(GO) test -tags k8s -count=1 -timeout 20m -v ./test/k8s/
+
 .PHONY: lint
 lint: ## gofmt, go vet, staticcheck, go.mod tidy, and a check that the committed bpf2go output is fresh
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 	$(GO) mod tidy -diff
+	$(GO) vet -tags k8s ./test/k8s/
 	$(MAKE) --no-print-directory check-generate
 
 .PHONY: check-generate
