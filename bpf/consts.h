@@ -56,7 +56,7 @@ enum drop_reason {
 	REASON_FRAGMENT = 4,	   /* IPv4 fragment: passed untouched */
 	REASON_IP_OPTIONS = 5,	   /* IPv4 with options: passed untouched */
 	REASON_IPV6_EXT = 6,	   /* IPv6 with extension headers: passed untouched */
-	REASON_NO_NEIGH = 7,	   /* fib lookup has no neighbour: rewritten packet passed to the kernel */
+	REASON_NO_NEIGH = 7,	   /* no neighbour: XDP passes the packet untouched to tc, which sends it by bpf_redirect_neigh (each counts) */
 	REASON_NO_SNAT = 8,	   /* no SNAT address for the target's family: dropped */
 	REASON_NO_CONFIG = 9,	   /* config map empty: passed untouched */
 	REASON_FAMILY_MISMATCH = 10, /* frontend and target of different families: dropped */

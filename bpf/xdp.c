@@ -42,7 +42,7 @@ static __always_inline int roam_l4_csum(struct xdp_md *ctx, struct pkt *p, __u32
  * roam_xmit sends the packet as x says: next hop by bpf_fib_lookup through
  * the per-CPU next-hop cache, before the rewrite; XDP_TX on the same
  * interface, redirect to another; too big for the egress: an ICMP too-big
- * back to its sender; no neighbour: let the kernel forward it.
+ * back to its sender; no neighbour: up to tc, untouched.
  */
 static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u64 now)
 {
@@ -65,13 +65,19 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 		count_action(x->id, ACTION_DROP, p->len);
 		return XDP_DROP;
 	}
-	if (xlate_apply(ctx, p, x) < 0) {
-		count_reason(REASON_MALFORMED);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/*
+		 * The packet goes up as it came: the tc program on this
+		 * interface's ingress translates it again (its flow is pinned
+		 * now) and sends it with bpf_redirect_neigh, which resolves the
+		 * neighbour (and keeps it in use). Rewritten here, the kernel
+		 * would drop it (its source is this host's) and never resolve.
+		 */
+		count_reason(REASON_NO_NEIGH);
 		return XDP_PASS;
 	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		count_reason(REASON_NO_NEIGH);
-		count_action(x->id, x->action, p->len);
+	if (xlate_apply(ctx, p, x) < 0) {
+		count_reason(REASON_MALFORMED);
 		return XDP_PASS;
 	}
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {

@@ -378,22 +378,32 @@ func TestUntouched(t *testing.T) {
 		}()
 	}
 
-	// No neighbour for the next hop: the rewritten packet goes to the kernel.
-	t.Logf("case: no neighbour: rewritten and passed")
+	// No neighbour for the next hop: XDP passes the packet as it came (the
+	// kernel would drop it rewritten: its source is this host's); the tc
+	// program on the same interface translates it and sends it by
+	// bpf_redirect_neigh, which resolves the neighbour.
+	t.Logf("case: no neighbour: passed untouched by XDP, redirected by tc")
 	func() {
 		in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.3:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 		v, out := tb.run(t, in, d0)
-		if v != xdpPass {
-			t.Fatalf("verdict %d, want XDP_PASS", v)
+		if v != xdpPass || !bytes.Equal(out, in) {
+			t.Fatalf("XDP: verdict %d, rewritten %v; want XDP_PASS untouched", v, !bytes.Equal(out, in))
+		}
+		v, out, err := tb.d.RunTC(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != tcRedirect {
+			t.Fatalf("tc: verdict %d, want TC_ACT_REDIRECT", v)
 		}
 		p := verifyChecksums(t, out)
 		ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
 		if !ip.DstIP.Equal(net.ParseIP("10.3.0.1")) || !ip.SrcIP.Equal(snat4.AsSlice()) {
-			t.Fatalf("not rewritten: %v -> %v", ip.SrcIP, ip.DstIP)
+			t.Fatalf("tc: not rewritten: %v -> %v", ip.SrcIP, ip.DstIP)
 		}
 		dr, _ := tb.d.Drops()
-		if dr["no_neigh"] != 1 {
-			t.Fatalf("no_neigh counted %d", dr["no_neigh"])
+		if dr["no_neigh"] != 2 {
+			t.Fatalf("no_neigh counted %d, want 2 (XDP, then tc)", dr["no_neigh"])
 		}
 	}()
 }

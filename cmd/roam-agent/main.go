@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,8 +49,8 @@ type options struct {
 func parseFlags(args []string) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("roam-agent", flag.ContinueOnError)
-	ifaces := fs.String("iface", "", "comma list of interfaces to attach the XDP program to")
-	tcIfaces := fs.String("tc-iface", "", "comma list of interfaces to attach the tc program to")
+	ifaces := fs.String("iface", "", "comma list of interfaces to attach the XDP program to (and the tc program: XDP hands it a packet whose next hop has no neighbour yet)")
+	tcIfaces := fs.String("tc-iface", "", "comma list of further interfaces to attach the tc program to (local pods' veths)")
 	fs.StringVar(&o.xdpMode, "xdp-mode", "native", "XDP attach mode: native or generic")
 	fs.StringVar(&o.pinPath, "pin-path", "/sys/fs/bpf/roam", "bpffs directory where maps, programs and links are pinned")
 	snat := fs.String("snat-addr", "", "comma list of source addresses for redirected flows (one IPv4 and/or one IPv6)")
@@ -65,7 +66,15 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("parse flags: unexpected arguments %q", fs.Args())
 	}
 	o.ifaces = splitList(*ifaces)
-	o.tcIfaces = splitList(*tcIfaces)
+	// The tc program runs on every XDP interface too: XDP passes it a
+	// packet whose next hop has no neighbour, and tc resolves it
+	// (bpf_redirect_neigh).
+	o.tcIfaces = splitList(*ifaces)
+	for _, ifc := range splitList(*tcIfaces) {
+		if !slices.Contains(o.tcIfaces, ifc) {
+			o.tcIfaces = append(o.tcIfaces, ifc)
+		}
+	}
 	if o.xdpMode != "native" && o.xdpMode != "generic" {
 		return o, fmt.Errorf("parse flags: --xdp-mode %q: want native or generic", o.xdpMode)
 	}
