@@ -65,6 +65,12 @@ type Config struct {
 	// DefaultMaxFlows. Fixed when the maps are first pinned: opening the
 	// pins with another size fails until they are removed (Unpin).
 	MaxFlows int
+	// ReservePorts keeps the host's own connections out of the SNAT port
+	// range: if it overlaps net.ipv4.ip_local_port_range, Open adds it to
+	// net.ipv4.ip_local_reserved_ports of the calling thread's network
+	// namespace, or fails. roam-agent sets it; tests sharing a host's
+	// namespace do not.
+	ReservePorts bool
 }
 
 // Timeouts say how long a flow lives with no packet in either direction,
@@ -148,6 +154,11 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 	if cfg.SNATv6.IsValid() && (cfg.SNATv6.Is4() || cfg.SNATv6.Is4In6()) {
 		return nil, fmt.Errorf("open dataplane: SNAT v6 address %s is not IPv6", cfg.SNATv6)
+	}
+	if cfg.ReservePorts {
+		if err := reservePorts(cfg.PortMin, cfg.PortMax); err != nil {
+			return nil, fmt.Errorf("open dataplane: %w", err)
+		}
 	}
 	if err := checkBPFFS(cfg.PinPath); err != nil {
 		return nil, err

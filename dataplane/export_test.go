@@ -89,3 +89,10 @@ func (d *Dataplane) ForgetFlowChecksums() error {
 func (d *Dataplane) FlowCapacity() (conntrack, nat uint32) {
 	return d.maps.RoamConntrack.MaxEntries(), d.maps.RoamNat.MaxEntries()
 }
+
+// SetProcSys points the sysctl reads and writes at dir until the test ends.
+func SetProcSys(t interface{ Cleanup(func()) }, dir string) {
+	old := procSys
+	procSys = dir
+	t.Cleanup(func() { procSys = old })
+}

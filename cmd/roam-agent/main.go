@@ -41,6 +41,7 @@ type options struct {
 	portMin     uint16
 	portMax     uint16
 	idleTimeout time.Duration
+	udpDrain    time.Duration
 	metricsAddr string
 	apiAddr     string
 	apiToken    string
@@ -56,6 +57,7 @@ func parseFlags(args []string) (options, error) {
 	snat := fs.String("snat-addr", "", "comma list of source addresses for redirected flows (one IPv4 and/or one IPv6)")
 	ports := fs.String("snat-ports", "40000-60999", "source port range for redirected flows")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "a UDP flow with no packet either way for this long is over (TCP flows time out by state: dataplane.DefaultTimeouts)")
+	fs.DurationVar(&o.udpDrain, "udp-drain", dataplane.DefaultTimeouts.UDPDrain, "a UDP flow idle this long once a commit moved its frontend away is done: a migration's drain stops waiting for it")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":9700", "address serving /metrics and /healthz")
 	fs.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:9701", "address serving the two-phase agent API")
 	fs.StringVar(&o.apiToken, "api-token", os.Getenv("ROAM_AGENT_TOKEN"), "bearer token the agent API requires (default $ROAM_AGENT_TOKEN)")
@@ -173,6 +175,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		PortMin:     o.portMin,
 		PortMax:     o.portMax,
 		IdleTimeout: o.idleTimeout,
+		Timeouts:    dataplane.Timeouts{UDPDrain: o.udpDrain},
+		// The host's own connections stay out of the SNAT ports (reserved
+		// if they overlap its ephemeral ports, or the agent refuses to start).
+		ReservePorts: true,
 	})
 	if err != nil {
 		return fmt.Errorf("open data plane: %w", err)
