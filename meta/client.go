@@ -49,12 +49,14 @@ type Client struct {
 	log     *slog.Logger
 	reserve time.Duration
 
-	seq     atomic.Uint64
-	cache   *Registry
-	noCache bool
-	cancel  context.CancelFunc
-	done    chan struct{}
-	synced  chan struct{} // closed once the view's initial values are in
+	seq atomic.Uint64
+	// incarnation names this client's run in its hellos; seq counts them.
+	incarnation string
+	cache       *Registry
+	noCache     bool
+	cancel      context.CancelFunc
+	done        chan struct{}
+	synced      chan struct{} // closed once the view's initial values are in
 
 	mu       sync.Mutex
 	fallback int // local decisions made
@@ -108,7 +110,7 @@ func NewClient(nc *nats.Conn, clusterID string, opts ...ClientOption) (*Client, 
 	if c.cache == nil {
 		c.cache = NewRegistry(time.Second, 3)
 	}
-	c.seq.Store(NewSeq())
+	c.incarnation = NewIncarnation()
 	if c.noCache {
 		return c, nil
 	}
@@ -188,7 +190,8 @@ func (c *Client) Synced() <-chan struct{} { return c.synced }
 // ClusterID is the cluster this client speaks for.
 func (c *Client) ClusterID() string { return c.id }
 
-// PublishHello fills in Version, ClusterID, Seq (when zero) and SentAt,
+// PublishHello fills in Version, ClusterID, Incarnation and Seq (when
+// empty: this client's run and its next number) and SentAt,
 // validates h and publishes it on roam.hello.<id>.
 func (c *Client) PublishHello(ctx context.Context, h Hello) error {
 	if err := ctx.Err(); err != nil {
@@ -200,6 +203,9 @@ func (c *Client) PublishHello(ctx context.Context, h Hello) error {
 	}
 	if h.ClusterID != c.id {
 		return fmt.Errorf("publish hello: cluster id %q, client is %q", h.ClusterID, c.id)
+	}
+	if h.Incarnation == "" {
+		h.Incarnation = c.incarnation
 	}
 	if h.Seq == 0 {
 		h.Seq = c.seq.Add(1)

@@ -17,6 +17,8 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/nats-io/nuid"
+
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -167,12 +169,15 @@ func (l Link) Validate() error {
 type Hello struct {
 	Version   int    `json:"v"`
 	ClusterID string `json:"cluster_id"`
-	// Seq grows with every hello from one controller run; the MO ignores a
-	// hello whose Seq is not above the last one it kept (a restarted
-	// controller should start from a time-based Seq, see NewSeq).
-	Seq    uint64            `json:"seq"`
-	Tier   string            `json:"tier"`
-	Labels map[string]string `json:"labels,omitempty"`
+	// Incarnation names one run of the cluster's controller (a random id
+	// drawn at start); Seq counts its hellos from 1. The MO keeps a hello
+	// of the same incarnation only if its Seq is above the last one kept
+	// and not far ahead of it (MaxSeqAhead), and takes a new incarnation
+	// as a restart: its Seq starts over (see Registry.Observe).
+	Incarnation string            `json:"incarnation,omitempty"`
+	Seq         uint64            `json:"seq"`
+	Tier        string            `json:"tier"`
+	Labels      map[string]string `json:"labels,omitempty"`
 	// ControllerURL is the controller's REST API (http://host:port).
 	ControllerURL string `json:"controller_url"`
 	// DataAddrs are where this cluster exposes foreign copies.
@@ -195,9 +200,21 @@ const MaxPlaced = 256
 // maxExplainClusters bounds PlacementRequest.ExplainClusters.
 const maxExplainClusters = 256
 
-// NewSeq returns a starting sequence number above any used by an earlier
-// run of the same controller (nanoseconds since the epoch).
-func NewSeq() uint64 { return uint64(time.Now().UnixNano()) }
+// MaxSeqAhead bounds how far a hello's Seq may run ahead of the last one
+// kept from the same incarnation (or, for a new incarnation, of 0): this
+// many, plus one per 10 ms since the last hello was kept (a cluster sends
+// at most 100 hellos a second). A hello further ahead is rejected and
+// counted: one forged hello with a huge Seq cannot make the cluster's
+// real hellos stale.
+const MaxSeqAhead = 64
+
+// seqAllowance is how far Seq may advance in elapsed.
+func seqAllowance(elapsed time.Duration) uint64 {
+	return MaxSeqAhead + uint64(max(elapsed, 0)/(10*time.Millisecond))
+}
+
+// NewIncarnation returns a fresh incarnation id for a controller run.
+func NewIncarnation() string { return nuid.Next() }
 
 // Validate reports why h cannot be registered.
 func (h Hello) Validate() error {
@@ -209,6 +226,9 @@ func (h Hello) Validate() error {
 	}
 	if h.Seq == 0 {
 		return fmt.Errorf("hello %s: seq must be > 0", h.ClusterID)
+	}
+	if len(h.Incarnation) > 64 {
+		return fmt.Errorf("hello %s: incarnation longer than 64 characters", h.ClusterID)
 	}
 	if h.Tier == "" || len(h.Tier) > 63 {
 		return fmt.Errorf("hello %s: tier must be 1-63 characters", h.ClusterID)

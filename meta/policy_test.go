@@ -231,3 +231,46 @@ func TestFilteredListBounded(t *testing.T) {
 		t.Fatalf("total %d listed %d by reason %v", rep.FilteredTotal, len(rep.Filtered), rep.FilteredByReason)
 	}
 }
+
+// TestHelloSequence: within one incarnation a hello must be above the last
+// kept and not far ahead of it (MaxSeqAhead plus one per 10 ms elapsed); a
+// new incarnation is a restart whose seq starts over, and the incarnation
+// it replaced cannot come back.
+func TestHelloSequence(t *testing.T) {
+	r := NewRegistry(time.Second, 3)
+	t0 := time.Unix(1000, 0)
+	h := testHello("a", TierEdge, 1000, 0)
+	h.Incarnation, h.Seq = "run1", 1
+	if got := r.Observe(h, t0); got != ObserveNew {
+		t.Fatalf("first hello: %v", got)
+	}
+	seqOf := func() uint64 { c, _, _ := r.Get(t0, "a"); return c.Hello.Seq }
+	for _, tc := range []struct {
+		name string
+		inc  string
+		seq  uint64
+		at   time.Duration
+		want ObserveResult
+		kept uint64
+	}{
+		{"next", "run1", 2, 0, ObserveUpdated, 2},
+		{"forged far ahead", "run1", 1<<64 - 1, 0, ObserveAhead, 2},
+		{"just past the bound", "run1", 2 + MaxSeqAhead + 1, 0, ObserveAhead, 2},
+		{"at the bound", "run1", 2 + MaxSeqAhead, 0, ObserveUpdated, 2 + MaxSeqAhead},
+		// 10 s without a hello kept allow 1,000 more (hellos the MO missed).
+		{"after a gap", "run1", 2 + 2*MaxSeqAhead + 1000, 10 * time.Second, ObserveUpdated, 2 + 2*MaxSeqAhead + 1000},
+		{"replayed", "run1", 5, 10 * time.Second, ObserveStale, 2 + 2*MaxSeqAhead + 1000},
+		{"restart: new incarnation from 1", "run2", 1, 11 * time.Second, ObserveUpdated, 1},
+		{"old incarnation late", "run1", 3000, 11 * time.Second, ObserveStale, 1},
+		{"new incarnation forged far ahead", "run3", 1 << 40, 11 * time.Second, ObserveAhead, 1},
+		{"run2 goes on", "run2", 2, 12 * time.Second, ObserveUpdated, 2},
+	} {
+		h.Incarnation, h.Seq = tc.inc, tc.seq
+		if got := r.Observe(h, t0.Add(tc.at)); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+		if got := seqOf(); got != tc.kept {
+			t.Errorf("%s: kept seq %d, want %d", tc.name, got, tc.kept)
+		}
+	}
+}

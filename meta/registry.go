@@ -133,7 +133,8 @@ type ObserveResult uint8
 const (
 	ObserveNew     ObserveResult = iota // first hello from this cluster
 	ObserveUpdated                      // newer hello, kept
-	ObserveStale                        // seq not above the last kept one: ignored
+	ObserveStale                        // seq not above the last kept one, or a retired incarnation: ignored
+	ObserveAhead                        // seq too far ahead of the last kept one (MaxSeqAhead): rejected
 )
 
 // slot is a cluster's place in the registry and its index.
@@ -144,6 +145,9 @@ type slot struct {
 	// while the cluster is down.
 	key     float64
 	indexed bool
+	// retired is the incarnation the current one replaced: its hellos
+	// (late, or replayed) are stale.
+	retired string
 }
 
 func slotLess(a, b *slot) bool {
@@ -193,7 +197,13 @@ func NewRegistry(interval time.Duration, downAfter int) *Registry {
 		resvByDest: map[string]map[string]*reservation{}}
 }
 
-// Observe records h, received at now, unless its Seq is stale.
+// Observe records h, received at now, unless its Seq is stale or too far
+// ahead. For a known cluster, a hello of the incarnation last kept must
+// have a Seq above the last one and at most MaxSeqAhead plus one per 10 ms
+// since then beyond it; a hello of another incarnation is a restart (its
+// Seq counts from 0, with the same bound), unless it is the incarnation
+// the last restart replaced. The first hello of an unknown cluster is
+// taken as it is.
 func (r *Registry) Observe(h Hello, now time.Time) ObserveResult {
 	res, _ := r.observe(h, now)
 	return res
@@ -204,8 +214,26 @@ func (r *Registry) observe(h Hello, now time.Time) (ObserveResult, *Cluster) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.byID[h.ClusterID]
-	if s != nil && h.Seq <= s.c.Hello.Seq {
-		return ObserveStale, s.c
+	retired := ""
+	if s != nil {
+		last := s.c.Hello
+		allow := seqAllowance(now.Sub(s.c.LastSeen))
+		switch {
+		case h.Incarnation == last.Incarnation:
+			if h.Seq <= last.Seq {
+				return ObserveStale, s.c
+			}
+			if h.Seq-last.Seq > allow {
+				return ObserveAhead, s.c
+			}
+			retired = s.retired
+		case h.Incarnation == s.retired:
+			return ObserveStale, s.c
+		case h.Seq > allow:
+			return ObserveAhead, s.c
+		default:
+			retired = last.Incarnation
+		}
 	}
 	// The hello shows the placements it lists: their reservations end.
 	for _, id := range h.Placed {
@@ -219,6 +247,7 @@ func (r *Registry) observe(h Hello, now time.Time) (ObserveResult, *Cluster) {
 		return ObserveNew, nil
 	}
 	old := s.c
+	s.retired = retired
 	r.replace(s, c)
 	return ObserveUpdated, old
 }
@@ -228,13 +257,16 @@ func (r *Registry) restore(h Hello, seen time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.byID[h.ClusterID]
-	if s != nil && (h.Seq <= s.c.Hello.Seq || !seen.After(s.c.LastSeen)) {
+	if s != nil && (!seen.After(s.c.LastSeen) || h.Incarnation == s.c.Hello.Incarnation && h.Seq <= s.c.Hello.Seq) {
 		return
 	}
 	c := newCluster(h, seen, r.reservedAt(h.ClusterID))
 	if s == nil {
 		r.insert(c)
 		return
+	}
+	if h.Incarnation != s.c.Hello.Incarnation {
+		s.retired = s.c.Hello.Incarnation
 	}
 	r.replace(s, c)
 }

@@ -269,6 +269,9 @@ func (s *Server) connect() error {
 		return fmt.Errorf("create embedded nats: %w", err)
 	}
 	s.ns = ns
+	// Debug on, so that the refusals nats-server logs at debug level
+	// (handshake "probes") reach the logger, which formats nothing else.
+	ns.SetLoggerV2(natsLogger{s}, true, false, false)
 	go ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		return errors.New("start embedded nats: not ready after 30s (is the port free?)")
@@ -368,6 +371,11 @@ func (s *Server) handleHello(m *nats.Msg) {
 	switch res {
 	case ObserveStale:
 		s.metrics.hellosStale.Inc()
+		return
+	case ObserveAhead:
+		s.metrics.hellos.WithLabelValues("ahead").Inc()
+		s.limiter.log(s.log, "ahead:"+m.Subject, "rejected hello far ahead of the cluster's sequence", "cluster", h.ClusterID,
+			"incarnation", h.Incarnation, "seq", h.Seq)
 		return
 	case ObserveNew:
 		s.log.Info("cluster registered", "cluster", h.ClusterID, "tier", h.Tier, "controller", h.ControllerURL)
@@ -670,13 +678,14 @@ type metrics struct {
 	hellos     *prometheus.CounterVec
 	placements *prometheus.CounterVec
 	viewWrites *prometheus.CounterVec
+	natsDenied *prometheus.CounterVec
 	latency    prometheus.Histogram
 }
 
 func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metrics {
 	m := &metrics{
 		hellos: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "roam_meta_hellos_total", Help: "Hellos received, by result (accepted, stale, malformed, mismatch).",
+			Name: "roam_meta_hellos_total", Help: "Hellos received, by result (accepted, stale, ahead: seq too far ahead, malformed, mismatch).",
 		}, []string{"result"}),
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_meta_placements_total", Help: "Placement requests, by result (placed, no_placement, bad_request, forbidden, error).",
@@ -684,12 +693,15 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 		viewWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_meta_view_writes_total", Help: "Summaries written to the compact view, by result (written, lost_race: another replica wrote first, error).",
 		}, []string{"result"}),
+		natsDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roam_meta_nats_denied_total", Help: "Clients the embedded NATS server refused, by reason (authentication, publish or subscribe outside the user's permissions, tls).",
+		}, []string{"reason"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "roam_meta_placement_seconds", Help: "Time to decide and answer a placement request.",
 			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 0.25, 1},
 		}),
 	}
-	for _, res := range []string{"accepted", "stale", "malformed", "mismatch"} {
+	for _, res := range []string{"accepted", "stale", "ahead", "malformed", "mismatch"} {
 		m.hellos.WithLabelValues(res)
 	}
 	m.hellosAccepted, m.hellosStale = m.hellos.WithLabelValues("accepted"), m.hellos.WithLabelValues("stale")
@@ -699,7 +711,10 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 	for _, res := range []string{"written", "lost_race", "error"} {
 		m.viewWrites.WithLabelValues(res)
 	}
-	r.MustRegister(m.hellos, m.placements, m.viewWrites, m.latency, clusterCollector{reg: reg},
+	for _, res := range []string{DeniedAuthentication, DeniedPublish, DeniedSubscribe, DeniedTLS} {
+		m.natsDenied.WithLabelValues(res)
+	}
+	r.MustRegister(m.hellos, m.placements, m.viewWrites, m.natsDenied, m.latency, clusterCollector{reg: reg},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "roam_meta_reservations", Help: "Placements counted against their destination until its hellos show them.",
 		}, func() float64 { return float64(reg.Reservations()) }),

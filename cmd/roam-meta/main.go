@@ -22,34 +22,42 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "roam-meta:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	listen := flag.String("listen", "0.0.0.0:4222", "embedded NATS client address")
-	natsURL := flag.String("nats-url", "", "use this external NATS instead of the embedded one")
-	natsUser := flag.String("nats-user", "", "user for --nats-url (or the meta user of --auth-file)")
-	natsPassword := flag.String("nats-password", "", "password for --nats-url")
-	storeDir := flag.String("store-dir", "", "JetStream directory (registry, audit log); empty: memory only")
-	httpAddr := flag.String("http-addr", ":9600", "serves /metrics, /healthz, /readyz, /v1/clusters, /v1/explain")
-	policyName := flag.String("policy", "least-loaded", "placement policy: least-loaded or tier")
-	interval := flag.Duration("hello-interval", time.Second, "expected hello interval")
-	downAfter := flag.Int("down-after", 3, "missed hellos after which a cluster is down")
-	authFile := flag.String("auth-file", "", "per-cluster NATS users (YAML or JSON, see meta/README.md)")
-	tlsCert := flag.String("tls-cert", "", "TLS certificate (PEM) for the embedded NATS server")
-	tlsKey := flag.String("tls-key", "", "TLS key (PEM)")
-	tlsCA := flag.String("tls-ca", "", "CA (PEM) to verify client certificates (embedded) or the server (--nats-url)")
-	name := flag.String("name", "", "replica name (default hostname and a random suffix)")
-	clusterListen := flag.String("cluster-listen", "", "make the embedded NATS a cluster node accepting routes here (host:port)")
-	routes := flag.String("routes", "", "comma-separated nats://host:port of the cluster's nodes (with --cluster-listen)")
-	clusterName := flag.String("cluster-name", "roam-meta", "NATS cluster name, the same on every node")
-	jsReplicas := flag.Int("js-replicas", 0, "replicas of the view bucket and audit stream (0: 3 on a NATS cluster, else 1)")
-	warmUp := flag.Duration("warm-up", 0, "hellos heard before answering placements, after start or reconnect (0: 1.5 hello intervals)")
-	reservationTTL := flag.Duration("reservation-ttl", time.Minute, "a placement counts against its destination this long unless its hellos show it first (negative: off)")
-	flag.Parse()
+// run starts the MO with args and serves until ctx ends.
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("roam-meta", flag.ContinueOnError)
+	listen := fs.String("listen", "0.0.0.0:4222", "embedded NATS client address")
+	natsURL := fs.String("nats-url", "", "use this external NATS instead of the embedded one")
+	natsUser := fs.String("nats-user", "", "user for --nats-url (or the meta user of --auth-file)")
+	natsPassword := fs.String("nats-password", "", "password for --nats-url (prefer --nats-password-file: argv is visible in ps)")
+	natsPasswordFile := fs.String("nats-password-file", "", "file holding the password for --nats-url")
+	storeDir := fs.String("store-dir", "", "JetStream directory (registry, audit log); empty: memory only")
+	httpAddr := fs.String("http-addr", ":9600", "serves /metrics, /healthz, /readyz, /v1/clusters, /v1/explain")
+	policyName := fs.String("policy", "least-loaded", "placement policy: least-loaded or tier")
+	interval := fs.Duration("hello-interval", time.Second, "expected hello interval")
+	downAfter := fs.Int("down-after", 3, "missed hellos after which a cluster is down")
+	authFile := fs.String("auth-file", "", "per-cluster NATS users (YAML or JSON, see meta/README.md)")
+	tlsCert := fs.String("tls-cert", "", "TLS certificate (PEM) for the embedded NATS server; re-read when the file changes")
+	tlsKey := fs.String("tls-key", "", "TLS key (PEM)")
+	tlsCA := fs.String("tls-ca", "", "CA (PEM) to verify client certificates (embedded) or the server (--nats-url)")
+	insecure := fs.Bool("insecure", false, "let the embedded NATS run without TLS or without --auth-file (anyone reaching it can publish any cluster's hellos)")
+	name := fs.String("name", "", "replica name (default hostname and a random suffix)")
+	clusterListen := fs.String("cluster-listen", "", "make the embedded NATS a cluster node accepting routes here (host:port)")
+	routes := fs.String("routes", "", "comma-separated nats://host:port of the cluster's nodes (with --cluster-listen)")
+	clusterName := fs.String("cluster-name", "roam-meta", "NATS cluster name, the same on every node")
+	jsReplicas := fs.Int("js-replicas", 0, "replicas of the view bucket and audit stream (0: 3 on a NATS cluster, else 1)")
+	warmUp := fs.Duration("warm-up", 0, "hellos heard before answering placements, after start or reconnect (0: 1.5 hello intervals)")
+	reservationTTL := fs.Duration("reservation-ttl", time.Minute, "a placement counts against its destination this long unless its hellos show it first (negative: off)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	policy, err := meta.NewPolicy(*policyName)
@@ -77,6 +85,13 @@ func run() error {
 			return err
 		}
 	}
+	if *natsPasswordFile != "" {
+		b, err := os.ReadFile(*natsPasswordFile)
+		if err != nil {
+			return fmt.Errorf("read --nats-password-file: %w", err)
+		}
+		*natsPassword = strings.TrimSpace(string(b))
+	}
 	if *natsUser != "" {
 		cfg.NATSOptions = append(cfg.NATSOptions, nats.UserInfo(*natsUser, *natsPassword))
 	}
@@ -84,11 +99,28 @@ func run() error {
 		if *natsURL != "" {
 			return errors.New("--tls-cert/--tls-key apply to the embedded server; with --nats-url use --tls-ca")
 		}
-		cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+		kp, err := meta.NewKeyPairReloader(*tlsCert, *tlsKey)
 		if err != nil {
-			return fmt.Errorf("load tls key pair: %w", err)
+			return err
 		}
-		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		cfg.TLS = &tls.Config{GetCertificate: kp.GetCertificate, MinVersion: tls.VersionTLS12}
+	}
+	if *natsURL == "" && !*insecure {
+		var missing []string
+		if cfg.TLS == nil {
+			missing = append(missing, "--tls-cert/--tls-key")
+		}
+		if cfg.Auth == nil {
+			missing = append(missing, "--auth-file")
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("the embedded NATS needs %s (per-cluster users and TLS: see meta/README.md), or --insecure on a trusted network",
+				strings.Join(missing, " and "))
+		}
+	}
+	if *natsURL == "" && *insecure && (cfg.TLS == nil || cfg.Auth == nil) {
+		log.Warn("--insecure: the embedded NATS runs without TLS or per-cluster users; anyone reaching it can publish any cluster's hellos",
+			"tls", cfg.TLS != nil, "auth", cfg.Auth != nil)
 	}
 	if *tlsCA != "" {
 		pem, err := os.ReadFile(*tlsCA)
@@ -106,8 +138,6 @@ func run() error {
 		}
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	srv, err := meta.NewServer(cfg)
 	if err != nil {
 		return err
