@@ -966,7 +966,7 @@ func TestScrapesOfRealBinaries(t *testing.T) {
 	}
 	scraped := map[string][]byte{}
 	t.Run("roam-meta", func(t *testing.T) {
-		body := scrape(t, filepath.Join(dir, "roam-meta"), "--listen=127.0.0.1:0", "--http-addr=127.0.0.1:%d")
+		body := scrape(t, filepath.Join(dir, "roam-meta"), "--listen=127.0.0.1:0", "--http-addr=127.0.0.1:%d", "--insecure")
 		promtoolCheckMetrics(t, "roam-meta", body)
 		scraped["roam-meta"] = body
 	})

@@ -75,7 +75,11 @@ func run(ctx context.Context, args []string) error {
 		advertise  = fs.String("advertise-url", "", "URL peers reach this API at (default from --api-addr and --data-addr)")
 		natsURL    = fs.String("nats-url", "", "meta-orchestrator NATS URL (empty: no MO; destinations from --peers)")
 		natsUser   = fs.String("nats-user", "", "NATS user (default the cluster id)")
-		natsPass   = fs.String("nats-password", "", "NATS password")
+		natsPass   = fs.String("nats-password", "", "NATS password (prefer --nats-password-file: argv is visible in ps)")
+		natsPassF  = fs.String("nats-password-file", "", "file holding the NATS password")
+		natsCA     = fs.String("nats-tls-ca", "", "CA (PEM) of the MO's NATS certificate: TLS required")
+		natsCert   = fs.String("nats-tls-cert", "", "client certificate (PEM) for an MO that asks for one")
+		natsKey    = fs.String("nats-tls-key", "", "client key (PEM) for --nats-tls-cert")
 		agents     = fs.String("agents", "", "comma list of agent API URLs, e.g. http://127.0.0.1:9701")
 		agentTok   = fs.String("agent-token", "", "agent API token")
 		frontend   = fs.String("frontend-addr", "", "address users hit at this cluster")
@@ -179,7 +183,15 @@ func run(ctx context.Context, args []string) error {
 	if *token == "" {
 		log.Warn("no --token: user routes are open")
 	}
-	c, err := controller.New(ctx, controller.Config{ClusterID: *clusterID, Tier: *tier, Labels: lab, APIAddr: *apiAddr,
+	if *natsPassF != "" {
+		b, err := os.ReadFile(*natsPassF)
+		if err != nil {
+			return fmt.Errorf("--nats-password-file: %w", err)
+		}
+		*natsPass = strings.TrimSpace(string(b))
+	}
+	c, err := controller.New(ctx, controller.Config{NATSTLSCA: *natsCA, NATSTLSCert: *natsCert, NATSTLSKey: *natsKey,
+		ClusterID: *clusterID, Tier: *tier, Labels: lab, APIAddr: *apiAddr,
 		AdvertiseURL: *advertise, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass, Agents: agentURLs,
 		AgentToken: *agentTok, FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
 		FailsafeAfter: *failsafe, DrainTimeout: *drain, Token: *token, PeerSecret: *peerSecret, Peers: pm,

@@ -32,24 +32,28 @@ import (
 
 // Config is what roam-ctrl's flags say.
 type Config struct {
-	ClusterID     string
-	Tier          string
-	Labels        map[string]string
-	APIAddr       string // listen address of the REST API
-	AdvertiseURL  string // how peers reach the API (default from APIAddr)
-	NATSURL       string
-	NATSUser      string // default: the cluster id when a password is set
-	NATSPassword  string
-	Agents        []string // agent API URLs
-	AgentToken    string
-	FrontendAddr  netip.Addr
-	DataAddr      netip.Addr
-	StorePath     string
-	HelloInterval time.Duration
-	FailsafeAfter time.Duration
-	DrainTimeout  time.Duration
-	Token         string
-	PeerSecret    string
+	ClusterID    string
+	Tier         string
+	Labels       map[string]string
+	APIAddr      string // listen address of the REST API
+	AdvertiseURL string // how peers reach the API (default from APIAddr)
+	NATSURL      string
+	NATSUser     string // default: the cluster id when a password is set
+	NATSPassword string
+	// NATSTLSCA is the CA (PEM file) that signed the MO's NATS certificate:
+	// set, the connection requires TLS. NATSTLSCert/Key are this
+	// cluster's client pair, for an MO that asks for client certificates.
+	NATSTLSCA, NATSTLSCert, NATSTLSKey string
+	Agents                             []string // agent API URLs
+	AgentToken                         string
+	FrontendAddr                       netip.Addr
+	DataAddr                           netip.Addr
+	StorePath                          string
+	HelloInterval                      time.Duration
+	FailsafeAfter                      time.Duration
+	DrainTimeout                       time.Duration
+	Token                              string
+	PeerSecret                         string
 	// Peers is a static directory id -> controller URL (used besides the
 	// MO's view).
 	Peers map[string]string
@@ -178,6 +182,11 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		if cfg.NATSUser != "" && cfg.NATSUser != cfg.ClusterID {
 			opts = append(opts, nats.UserInfo(cfg.NATSUser, cfg.NATSPassword))
 		}
+		tlsOpts, err := meta.NATSTLSOptions(cfg.NATSTLSCA, cfg.NATSTLSCert, cfg.NATSTLSKey)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, tlsOpts...)
 		opts = append(opts, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(true))
 		if c.nc, err = nats.Connect(cfg.NATSURL, opts...); err != nil {
 			return nil, fmt.Errorf("connect nats %s: %w", cfg.NATSURL, err)

@@ -187,6 +187,12 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 		}
 	}
 	sec := Secrets{UserToken: randHex(16), AgentToken: randHex(16), PeerSecret: randHex(16)}
+	var nf NATSFiles
+	if want["roam-meta"] || want["roam-ctrl"] {
+		if nf, err = tb.ensureNATSCredentials(work); err != nil {
+			return Secrets{}, err
+		}
+	}
 	rctx, cancel := context.WithTimeout(ctx, lc.Ready)
 	defer cancel()
 
@@ -202,6 +208,8 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			"--policy", lc.Policy,
 			"--hello-interval", lc.HelloInterval.String(),
 			"--down-after", fmt.Sprint(lc.DownAfter),
+			"--auth-file", nf.Auth,
+			"--tls-cert", nf.ServerCert, "--tls-key", nf.ServerKey,
 		}, fmt.Sprintf("http://127.0.0.1:%d/healthz", MetaHTTPPort))
 		if err != nil {
 			return Secrets{}, err
@@ -249,6 +257,8 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				"--api-addr", fmt.Sprintf("0.0.0.0:%d", CtrlPort),
 				"--advertise-url", c.CtrlURL(),
 				"--nats-url", MetaURL(c.Index),
+				"--nats-password-file", nf.Passwords[c.Name],
+				"--nats-tls-ca", nf.CA,
 				"--agents", fmt.Sprintf("http://127.0.0.1:%d", AgentAPIPort),
 				"--agent-token", sec.AgentToken,
 				"--frontend-addr", c.WAN4.String(),
