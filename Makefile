@@ -72,7 +72,7 @@ bench-dataplane: deps ## one core: roam XDP vs iptables vs nftables vs a userspa
 	$(GO) run ./test/bench/dataplane $(BENCH_DATAPLANE_FLAGS)
 
 .PHONY: bench-meta
-bench-meta: ## placement round trip p50/p99 at 10, 1000, 10000 clusters; hello ingest rate
+bench-meta: ## placement p50/p99 at 10 to 100,000 clusters, hello ingest, herding, failover of a NATS node + MO replica (3 roam-meta processes)
 	$(GO) run ./test/bench/meta
 
 .PHONY: bench-migration

@@ -447,6 +447,7 @@ func (s *Server) watchLiveness(ctx context.Context) {
 	t := time.NewTicker(s.cfg.HelloInterval)
 	defer t.Stop()
 	last := map[string]State{}
+	first := true // the registry restored: no change to log yet
 	for {
 		select {
 		case <-ctx.Done():
@@ -454,16 +455,31 @@ func (s *Server) watchLiveness(ctx context.Context) {
 		case now := <-t.C:
 			s.reg.ExpireReservations(now)
 			v := s.view
+			// last holds the clusters that are not alive (a cluster not
+			// in it is alive), so a sweep of 100,000 live clusters writes
+			// no map; the summaries of live clusters are checked by their
+			// hellos, so the sweep checks only the others and changes.
 			s.reg.Sweep(now, func(c *Cluster, st State) {
 				id := c.Hello.ClusterID
-				if prev, ok := last[id]; ok && prev != st {
-					s.log.Info("cluster state changed", "cluster", id, "from", prev.String(), "to", st.String())
+				prev, ok := last[id]
+				if !ok {
+					prev = StateAlive
 				}
-				last[id] = st
-				if v != nil {
+				if prev != st {
+					if !first {
+						s.log.Info("cluster state changed", "cluster", id, "from", prev.String(), "to", st.String())
+					}
+					if st == StateAlive {
+						delete(last, id)
+					} else {
+						last[id] = st
+					}
+				}
+				if v != nil && (st != StateAlive || prev != st) {
 					v.check(c, st, now)
 				}
 			})
+			first = false
 		}
 	}
 }

@@ -170,13 +170,21 @@ func (w *viewWriter) follow(ctx context.Context, restored chan<- struct{}) {
 	}
 }
 
+// refreshOf is the longest an unchanged cluster's summary goes unwritten:
+// summaryRefresh of its own hello intervals when it says hello less often
+// than the MO expects (100,000 clusters every 30 s are not rewritten
+// every 30 s), else the MO's.
+func (w *viewWriter) refreshOf(c *Cluster) time.Duration {
+	return max(w.refresh, time.Duration(c.Hello.IntervalMs)*time.Millisecond*summaryRefresh)
+}
+
 // check marks c dirty when the bucket's summary differs materially.
 func (w *viewWriter) check(c *Cluster, st State, now time.Time) {
 	id := c.Hello.ClusterID
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	m, ok := w.marks[id]
-	if !ok || m.stale(st, c.load, c.ident, now, w.refresh) {
+	if !ok || m.stale(st, c.load, c.ident, now, w.refreshOf(c)) {
 		w.dirty[id] = true
 	}
 }
@@ -208,10 +216,11 @@ func (w *viewWriter) flush(ctx context.Context) {
 		w.mu.Lock()
 		m, known := w.marks[id]
 		w.mu.Unlock()
-		if known && !m.stale(st, c.load, c.ident, now, w.refresh) {
+		refresh := w.refreshOf(c)
+		if known && !m.stale(st, c.load, c.ident, now, refresh) {
 			continue // another replica wrote it meanwhile
 		}
-		sum := summaryOf(c, st, now, w.refresh, s.name)
+		sum := summaryOf(c, st, now, refresh, s.name)
 		msg := nats.NewMsg("$KV." + KVBucket + "." + id)
 		msg.Data = encodeSummary(sum)
 		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(m.rev, 10))

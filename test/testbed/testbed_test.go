@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,11 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/vishvananda/netlink"
 
+	"github.com/roamnet/roam/meta"
 	"github.com/roamnet/roam/test/netns"
 )
 
@@ -359,6 +363,57 @@ func TestLaunchMetaAndAgents(t *testing.T) {
 			t.Fatalf("%s -> MO %s: %v", c.Name, dst, err)
 		}
 	}
+	// The MO's NATS takes only TLS with the testbed's CA and a cluster's
+	// own password, and confines each cluster to its own subjects.
+	work, err := tb.workDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nf, err := tb.ensureNATSCredentials(work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, err := ReadPassword(nf.Passwords[home.Name])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsOpts, err := meta.NATSTLSOptions(nf.CA, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := tb.Clusters()[1]
+	asyncErr := make(chan error, 4)
+	var nc *nats.Conn
+	if err := netns.Do(home.NS, func() error {
+		if c, err := nats.Connect(MetaURL(home.Index), append(tlsOpts, nats.MaxReconnects(0))...); err == nil {
+			c.Close()
+			return errors.New("connected without credentials")
+		}
+		if c, err := nats.Connect(MetaURL(home.Index), append(meta.ClusterConnectOptions(home.Name, pw), nats.MaxReconnects(0))...); err == nil {
+			c.Close()
+			return errors.New("connected without the testbed's CA")
+		}
+		var err error
+		nc, err = nats.Connect(MetaURL(home.Index), append(append(meta.ClusterConnectOptions(home.Name, pw), tlsOpts...),
+			nats.MaxReconnects(0), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { asyncErr <- err }))...)
+		return err
+	}); err != nil {
+		t.Fatalf("nats from %s: %v", home.Name, err)
+	}
+	defer nc.Close()
+	if err := nc.Publish(meta.HelloSubject(other.Name), []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-asyncErr:
+		if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			t.Fatalf("hello as %s: %v, want a permissions violation", other.Name, err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%s published %s's hello without a permissions violation", home.Name, other.Name)
+	}
+	nc.Close()
+
 	pins := tb.PinPath("home")
 	if err := tb.Down(ctx); err != nil {
 		t.Fatalf("down: %v", err)
