@@ -61,15 +61,18 @@ const (
 	ReasonNetworkChange   Reason = "network-change"
 	ReasonFailover        Reason = "failover"
 	ReasonManual          Reason = "manual"
+	// ReasonBetterPlacement: a place better than where the service runs
+	// has stayed better for the trigger's hold time.
+	ReasonBetterPlacement Reason = "better-placement"
 )
 
 // Validate reports whether r is one of the known reasons.
 func (r Reason) Validate() error {
 	switch r {
-	case ReasonLackOfResources, ReasonNetworkChange, ReasonFailover, ReasonManual:
+	case ReasonLackOfResources, ReasonNetworkChange, ReasonBetterPlacement, ReasonFailover, ReasonManual:
 		return nil
 	}
-	return fmt.Errorf("reason %q: want lack-of-resources, network-change, failover or manual", string(r))
+	return fmt.Errorf("reason %q: want lack-of-resources, network-change, better-placement, failover or manual", string(r))
 }
 
 // LinkFrom says from which cluster link constraints are measured.
@@ -151,7 +154,9 @@ type Link struct {
 	Peer          string  `json:"peer"`
 	BandwidthMbps float64 `json:"bandwidth_mbps"`
 	RTTMs         float64 `json:"rtt_ms"`
-	Up            bool    `json:"up"`
+	// LossPct is the lost share of the latest probes, 0-100.
+	LossPct float64 `json:"loss_pct,omitempty"`
+	Up      bool    `json:"up"`
 }
 
 // Validate reports why l is not a usable measurement.
@@ -161,6 +166,9 @@ func (l Link) Validate() error {
 	}
 	if !finiteNonNeg(l.BandwidthMbps) || !finiteNonNeg(l.RTTMs) {
 		return fmt.Errorf("link to %s: bandwidth and rtt must be finite and >= 0", l.Peer)
+	}
+	if !finiteNonNeg(l.LossPct) || l.LossPct > 100 {
+		return fmt.Errorf("link to %s: loss must be 0-100 %%", l.Peer)
 	}
 	return nil
 }
@@ -185,6 +193,9 @@ type Hello struct {
 	Capacity  Capacity     `json:"capacity"`
 	Services  int          `json:"services"`
 	Links     []Link       `json:"links,omitempty"`
+	// ProbeAddr is where peers probe the path to this cluster (host:port,
+	// UDP echo and TCP bulk; see ctrl/netprobe); empty: not probed.
+	ProbeAddr string `json:"probe_addr,omitempty"`
 	// IntervalMs is the sender's hello interval (0: the MO's default).
 	IntervalMs int64     `json:"interval_ms,omitempty"`
 	SentAt     time.Time `json:"sent_at,omitzero"`
@@ -250,6 +261,11 @@ func (h Hello) Validate() error {
 	for _, l := range h.Links {
 		if err := l.Validate(); err != nil {
 			return fmt.Errorf("hello %s: %w", h.ClusterID, err)
+		}
+	}
+	if h.ProbeAddr != "" {
+		if _, err := netip.ParseAddrPort(h.ProbeAddr); err != nil {
+			return fmt.Errorf("hello %s: probe address: %w", h.ClusterID, err)
 		}
 	}
 	if len(h.Placed) > MaxPlaced {

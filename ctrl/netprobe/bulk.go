@@ -1,0 +1,110 @@
+package netprobe
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// wireFactor converts TCP payload to bytes on the wire for full-size
+// segments: 1448 bytes of payload (MSS 1460 less 12 of timestamps) travel
+// in a 1514-byte Ethernet frame, which is what a shaper counts.
+const wireFactor = 1514.0 / 1448.0
+
+// arrival is the cumulative payload received at t after the first byte.
+type arrival struct {
+	t     time.Duration
+	bytes int64
+}
+
+// estimate is the rate, in bits per second on the wire, of the last half
+// of a transfer: a shaper's burst passes first, at line rate, and must not
+// count. ok is false when the transfer gave too little to judge.
+func estimate(a []arrival) (bps float64, ok bool) {
+	if len(a) < 2 {
+		return 0, false
+	}
+	last := a[len(a)-1]
+	if last.t <= 0 {
+		return 0, false
+	}
+	cut := last.t / 2
+	i := 0
+	for i+1 < len(a) && a[i+1].t <= cut {
+		i++
+	}
+	if i == len(a)-1 {
+		i = len(a) - 2
+	}
+	span := last.t - a[i].t
+	bytes := last.bytes - a[i].bytes
+	if span <= 0 || bytes <= 0 {
+		return 0, false
+	}
+	return float64(bytes) * 8 * wireFactor / span.Seconds(), true
+}
+
+// Bulk asks the probe server at addr for a transfer of at most d (from
+// the first byte) and maxBytes, and returns the estimated available
+// bandwidth from addr to here, in bits per second on the wire.
+func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string, d time.Duration, maxBytes int64) (float64, error) {
+	if dial == nil {
+		var nd net.Dialer
+		dial = nd.DialContext
+	}
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	c, err := dial(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("bulk probe %s: %w", addr, err)
+	}
+	defer c.Close()
+	var req [bulkReqLen]byte
+	copy(req[:4], bulkMagic[:])
+	// The server's own bound is a little longer than ours: we stop
+	// reading first and hang up.
+	binary.BigEndian.PutUint32(req[4:8], uint32((d + d/2 + 500*time.Millisecond).Milliseconds()))
+	binary.BigEndian.PutUint32(req[8:12], uint32(min(maxBytes, MaxBulkBytes)))
+	c.SetDeadline(time.Now().Add(d + 2*time.Second))
+	if _, err := c.Write(req[:]); err != nil {
+		return 0, fmt.Errorf("bulk probe %s: send request: %w", addr, err)
+	}
+	buf := make([]byte, 64<<10)
+	var (
+		first time.Time
+		total int64
+		arr   = make([]arrival, 0, 256)
+	)
+	for total < maxBytes {
+		n, err := c.Read(buf)
+		now := time.Now()
+		if n > 0 {
+			if first.IsZero() {
+				first = now
+			}
+			total += int64(n)
+			arr = append(arr, arrival{now.Sub(first), total})
+			if now.Sub(first) >= d {
+				break
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return 0, fmt.Errorf("bulk probe %s: read: %w", addr, err)
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+	}
+	bps, ok := estimate(arr)
+	if !ok {
+		return 0, fmt.Errorf("bulk probe %s: %d bytes in %d reads: too little to estimate", addr, total, len(arr))
+	}
+	return bps, nil
+}

@@ -1,0 +1,287 @@
+package netprobe
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// The estimate leaves out a shaper's burst: 24 KB at line rate, then
+// 2 Mbit/s on the wire.
+func TestEstimateSkipsBurst(t *testing.T) {
+	const rate = 2e6 / 8 / wireFactor // payload bytes per second
+	var a []arrival
+	total := int64(0)
+	for i := range 16 { // the burst: 16 segments within 200 µs
+		total += 1448
+		a = append(a, arrival{time.Duration(i) * 12 * time.Microsecond, total})
+	}
+	for t0 := time.Duration(0); t0 < 150*time.Millisecond; {
+		t0 += time.Duration(1448 / rate * float64(time.Second))
+		total += 1448
+		a = append(a, arrival{t0, total})
+	}
+	bps, ok := estimate(a)
+	if !ok {
+		t.Fatal("no estimate")
+	}
+	if e := (bps - 2e6) / 2e6; e > 0.02 || e < -0.02 {
+		t.Fatalf("estimate %.0f bit/s, want 2 Mbit/s within 2%%", bps)
+	}
+	// Everything in the first half (the burst) is left out: with the
+	// whole transfer the burst would inflate it.
+	all := float64(a[len(a)-1].bytes) * 8 * wireFactor / a[len(a)-1].t.Seconds()
+	if all < 1.1*bps {
+		t.Fatalf("naive %.0f vs estimate %.0f: the test burst did not matter", all, bps)
+	}
+}
+
+func TestEstimateTooLittle(t *testing.T) {
+	for _, a := range [][]arrival{nil, {{0, 100}}, {{0, 100}, {0, 200}}} {
+		if _, ok := estimate(a); ok {
+			t.Errorf("estimate(%v) ok", a)
+		}
+	}
+}
+
+func newServer(t *testing.T, cfg ServerConfig) (*Server, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	cfg.Registerer = reg
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, reg
+}
+
+func counter(t *testing.T, s *Server, kind, result string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := s.reqs.WithLabelValues(kind, result).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+func TestBulkLoopback(t *testing.T) {
+	s, _ := newServer(t, ServerConfig{})
+	bps, err := Bulk(context.Background(), nil, s.Addr().String(), 50*time.Millisecond, 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bps < 100e6 {
+		t.Fatalf("loopback estimate %.0f bit/s, want > 100 Mbit/s", bps)
+	}
+	waitFor(t, "bulk counted", func() bool { return counter(t, s, "bulk", "served") == 1 })
+}
+
+func TestServerRefusesBadAndTooMany(t *testing.T) {
+	s, _ := newServer(t, ServerConfig{MaxBulk: 1, EchoRate: 1})
+	addr := s.Addr().String()
+	// A bad bulk request: closed and counted.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("GET / HTTP/1.1\r\n"))
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := c.Read(make([]byte, 10)); n != 0 || err == nil {
+		t.Fatalf("bad request answered: %d %v", n, err)
+	}
+	c.Close()
+	waitFor(t, "bad bulk counted", func() bool { return counter(t, s, "bulk", "bad") == 1 })
+
+	// One slow transfer holds the only slot: the next connection is refused.
+	hold, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	var req [bulkReqLen]byte
+	copy(req[:], bulkMagic[:])
+	binary.BigEndian.PutUint32(req[4:8], 800)
+	binary.BigEndian.PutUint32(req[8:12], MaxBulkBytes)
+	hold.Write(req[:])
+	hold.Read(make([]byte, 1)) // the transfer runs
+	if _, err := Bulk(context.Background(), nil, addr, 20*time.Millisecond, 1<<20); err == nil {
+		t.Fatal("second transfer served beyond MaxBulk")
+	}
+	waitFor(t, "refusal counted", func() bool { return counter(t, s, "bulk", "refused") >= 1 })
+
+	// UDP: garbage is counted bad; echoes beyond the rate are refused.
+	u, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	u.Write([]byte("hello"))
+	waitFor(t, "bad echo counted", func() bool { return counter(t, s, "echo", "bad") == 1 })
+	var e [echoLen]byte
+	copy(e[:], echoMagic[:])
+	for range 5 {
+		u.Write(e[:])
+	}
+	waitFor(t, "echoes refused over the rate", func() bool {
+		return counter(t, s, "echo", "served") >= 1 && counter(t, s, "echo", "refused") >= 1
+	})
+}
+
+// lossyRelay forwards UDP to dst, dropping every other datagram toward it.
+func lossyRelay(t *testing.T, dst string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	ua, _ := net.ResolveUDPAddr("udp", dst)
+	var client atomic.Pointer[net.UDPAddr]
+	go func() {
+		buf := make([]byte, 512)
+		n := 0
+		for {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			fa := from.(*net.UDPAddr)
+			if fa.Port == ua.Port {
+				if c := client.Load(); c != nil {
+					pc.WriteTo(buf[:k], c)
+				}
+				continue
+			}
+			client.Store(fa)
+			n++
+			if n%2 == 0 {
+				continue
+			}
+			pc.WriteTo(buf[:k], ua)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+func TestProberRTTLossUpDown(t *testing.T) {
+	s, _ := newServer(t, ServerConfig{})
+	// "gone" names a port nothing answers on.
+	dead, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.LocalAddr().String()
+	dead.Close()
+	relay := lossyRelay(t, s.Addr().String())
+	var mu sync.Mutex
+	changes := map[string]int{}
+	reg := prometheus.NewRegistry()
+	targets := []Target{{Peer: "good", Addr: s.Addr().String(), Hot: true}, {Peer: "lossy", Addr: relay, Hot: true}, {Peer: "gone", Addr: deadAddr, Hot: true}}
+	var tmu sync.Mutex
+	p, err := New(Config{Targets: func() []Target { tmu.Lock(); defer tmu.Unlock(); return targets }, EchoInterval: 20 * time.Millisecond, EchoTimeout: 200 * time.Millisecond,
+		BulkInterval: 300 * time.Millisecond, BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20, LossWindow: 40, Registerer: reg,
+		OnChange: func(peer string) { mu.Lock(); changes[peer]++; mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	waitFor(t, "links measured", func() bool {
+		g, ok1 := p.LinkTo("good")
+		l, ok2 := p.LinkTo("lossy")
+		d, ok3 := p.LinkTo("gone")
+		p.mu.Lock()
+		n := len(p.peers["lossy"].outcomes)
+		p.mu.Unlock()
+		return ok1 && ok2 && ok3 && g.Up && g.BandwidthN > 0 && g.RTT > 0 && n >= 40 && l.Up && !d.Up
+	})
+	g, _ := p.LinkTo("good")
+	l, _ := p.LinkTo("lossy")
+	if g.Loss != 0 || g.RTT > 50*time.Millisecond || g.BandwidthBps < 100e6 {
+		t.Errorf("good link %+v", g)
+	}
+	if l.Loss < 0.3 || l.Loss > 0.7 {
+		t.Errorf("lossy link loss %.2f, want about 0.5", l.Loss)
+	}
+	if m := g.Meta(); !m.Up || m.BandwidthMbps < 100 || m.Validate() != nil {
+		t.Errorf("hello link %+v", m)
+	}
+	// Metrics per peer.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+	}
+	for _, want := range []string{"roam_ctrl_link_rtt_seconds", "roam_ctrl_link_bandwidth_bits_per_second", "roam_ctrl_link_up", "roam_ctrl_link_loss_ratio", "roam_ctrl_link_probes_total"} {
+		if !strings.Contains(strings.Join(names, " "), want) {
+			t.Errorf("metric %s missing from %v", want, names)
+		}
+	}
+	// The good peer goes away: it turns down and OnChange says so.
+	s.Close()
+	waitFor(t, "good link down", func() bool { g, _ := p.LinkTo("good"); return !g.Up })
+	mu.Lock()
+	if changes["good"] < 2 {
+		t.Errorf("changes %v: want up then down for good", changes)
+	}
+	mu.Unlock()
+	// A target dropped is forgotten.
+	tmu.Lock()
+	targets = targets[1:2]
+	tmu.Unlock()
+	waitFor(t, "good forgotten", func() bool { _, ok := p.LinkTo("good"); return !ok })
+}
+
+func TestProberKeepsMaxCold(t *testing.T) {
+	var ts []Target
+	for _, id := range []string{"a", "b", "c", "d"} {
+		ts = append(ts, Target{Peer: id, Addr: "127.0.0.1:9"})
+	}
+	ts = append(ts, Target{Peer: "h", Addr: "127.0.0.1:9", Hot: true})
+	p, err := New(Config{Targets: func() []Target { return ts }, MaxCold: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.refresh(time.Now())
+	if len(p.peers) != 3 || p.peers["a"] == nil || p.peers["b"] == nil || p.peers["h"] == nil || !p.peers["h"].Hot {
+		t.Fatalf("peers %v: want a, b and the hot h", p.peers)
+	}
+}
+
+func TestNewProberNeedsTargets(t *testing.T) {
+	if _, err := New(Config{}); err == nil {
+		t.Fatal("no error without targets")
+	}
+	if _, err := NewServer(ServerConfig{Addr: "256.0.0.1:1"}); err == nil {
+		t.Fatal("no error for a bad address")
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

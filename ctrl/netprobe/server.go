@@ -1,0 +1,250 @@
+// Package netprobe measures the network paths between clusters, as each
+// controller sees them: round-trip time and loss by small UDP echoes sent
+// every few hundred milliseconds, and available bandwidth by a short timed
+// transfer (the peer sends as fast as it can for ~150 ms; the prober times
+// the bytes that arrive after the shaper's burst has passed).
+//
+// Every controller serves both endpoints on one port (Server: UDP echo,
+// TCP bulk). A Prober probes the peers that matter (Target.Hot: peers
+// hosting this cluster's services or the homes of copies it runs; the
+// others: up to Config.MaxCold placement candidates, probed less often)
+// and keeps one Link per peer for the hellos and for Prometheus.
+//
+// Why a timed transfer: a token-bucket shaper (tbf) lets its bucket (the
+// burst, often tens of kilobytes) through at line rate, then holds the
+// rate. Packet pairs and short trains fit inside the burst and see the
+// line rate; a transfer longer than the burst sees the rate once the
+// bucket is empty. The estimate uses only the second part of the transfer
+// (the last half of its duration), so the burst does not count, and
+// converts TCP payload to bytes on the wire (full-size segments: 1448
+// bytes of payload in a 1514-byte frame), the unit a shaper counts.
+package netprobe
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+)
+
+// Wire format.
+var (
+	echoMagic = [4]byte{'R', 'M', 'E', '1'} // UDP echo: magic, then 8-byte seq, 8-byte send time
+	bulkMagic = [4]byte{'R', 'M', 'B', '1'} // TCP bulk request: magic, duration ms (u32), max bytes (u32)
+)
+
+const (
+	echoLen    = 20
+	bulkReqLen = 12
+	// MaxBulkDuration and MaxBulkBytes cap what one bulk request can ask.
+	MaxBulkDuration = time.Second
+	MaxBulkBytes    = 8 << 20
+)
+
+// ServerConfig tunes a probe server.
+type ServerConfig struct {
+	// Addr is where to listen (TCP and UDP on the same port), e.g.
+	// ":8081". Ignored when TCP and UDP are given.
+	Addr string
+	// TCP and UDP, when set, are used instead of listening on Addr.
+	TCP net.Listener
+	UDP net.PacketConn
+	// MaxBulk is how many bulk transfers run at once (default 4); more
+	// are refused (closed at once, counted).
+	MaxBulk int
+	// EchoRate bounds echoes per second (default 2000): the echo answers
+	// any source, so it must not become a reflector.
+	EchoRate   float64
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+// Server answers probes: UDP echoes and TCP bulk transfers.
+type Server struct {
+	cfg  ServerConfig
+	tcp  net.Listener
+	udp  net.PacketConn
+	sem  chan struct{}
+	lim  *rate.Limiter
+	reqs *prometheus.CounterVec
+	log  *slog.Logger
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// NewServer listens (or takes the given sockets) and starts serving.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.MaxBulk <= 0 {
+		cfg.MaxBulk = 4
+	}
+	if cfg.EchoRate <= 0 {
+		cfg.EchoRate = 2000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, tcp: cfg.TCP, udp: cfg.UDP, sem: make(chan struct{}, cfg.MaxBulk),
+		lim: rate.NewLimiter(rate.Limit(cfg.EchoRate), int(cfg.EchoRate)/10+1), log: cfg.Logger}
+	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roam_ctrl_probe_requests_total",
+		Help: "Probes this controller answered (kind echo or bulk) by result: served, refused (over the limit), bad (malformed).",
+	}, []string{"kind", "result"})
+	for _, k := range []string{"echo", "bulk"} {
+		for _, r := range []string{"served", "refused", "bad"} {
+			s.reqs.WithLabelValues(k, r)
+		}
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(s.reqs); err != nil {
+			return nil, fmt.Errorf("register probe server metrics: %w", err)
+		}
+	}
+	var err error
+	if s.tcp == nil {
+		if s.tcp, err = net.Listen("tcp", cfg.Addr); err != nil {
+			return nil, fmt.Errorf("listen probe tcp %s: %w", cfg.Addr, err)
+		}
+	}
+	if s.udp == nil {
+		// The same port as the TCP listener, so one address names both.
+		port := s.tcp.Addr().(*net.TCPAddr).Port
+		host, _, _ := net.SplitHostPort(cfg.Addr)
+		if s.udp, err = net.ListenPacket("udp", net.JoinHostPort(host, fmt.Sprint(port))); err != nil {
+			s.tcp.Close()
+			return nil, fmt.Errorf("listen probe udp %s: %w", cfg.Addr, err)
+		}
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.serveUDP() }()
+	go func() { defer s.wg.Done(); s.serveTCP() }()
+	return s, nil
+}
+
+// Addr is the TCP listener's address (the UDP echo shares its port when
+// the server listened itself).
+func (s *Server) Addr() net.Addr { return s.tcp.Addr() }
+
+// Close stops serving and waits for the transfers under way.
+func (s *Server) Close() error {
+	var err error
+	s.once.Do(func() {
+		err = errors.Join(s.tcp.Close(), s.udp.Close())
+		s.wg.Wait()
+	})
+	return err
+}
+
+func (s *Server) serveUDP() {
+	buf := make([]byte, 512)
+	for {
+		n, from, err := s.udp.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if n != echoLen || [4]byte(buf[:4]) != echoMagic {
+			s.reqs.WithLabelValues("echo", "bad").Inc()
+			continue
+		}
+		if !s.lim.Allow() {
+			s.reqs.WithLabelValues("echo", "refused").Inc()
+			continue
+		}
+		if _, err := s.udp.WriteTo(buf[:n], from); err == nil {
+			s.reqs.WithLabelValues("echo", "served").Inc()
+		}
+	}
+}
+
+func (s *Server) serveTCP() {
+	for {
+		c, err := s.tcp.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		select {
+		case s.sem <- struct{}{}:
+		default:
+			s.reqs.WithLabelValues("bulk", "refused").Inc()
+			c.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			defer c.Close()
+			if err := s.bulk(c); err != nil {
+				s.reqs.WithLabelValues("bulk", "bad").Inc()
+				s.log.Debug("probe bulk", "peer", c.RemoteAddr(), "err", err)
+				return
+			}
+			s.reqs.WithLabelValues("bulk", "served").Inc()
+		}()
+	}
+}
+
+// congestion is the congestion control of bulk transfers (see
+// setCongestion).
+var congestion = "cubic"
+
+// setCongestion sets the connection's congestion control when the kernel
+// has it. A model-based one (BBR, often the system default) overshoots a
+// shaper's short queue at the start, loses a window and stalls for a
+// retransmission: over 150 ms that stall, not the rate, is what a probe
+// would see. A loss-based one (cubic) fills the queue and holds the rate.
+func setCongestion(c net.Conn, name string) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	if rc, err := tc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { _ = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name) })
+	}
+}
+
+var zeros = make([]byte, 64<<10)
+
+// bulk reads one request and sends zeros for its duration or bytes,
+// whichever ends first (both capped). The prober closes the connection
+// when it has seen enough; the write then fails and the transfer ends.
+func (s *Server) bulk(c net.Conn) error {
+	setCongestion(c, congestion)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var req [bulkReqLen]byte
+	if _, err := io.ReadFull(c, req[:]); err != nil {
+		return fmt.Errorf("read request: %w", err)
+	}
+	if [4]byte(req[:4]) != bulkMagic {
+		return errors.New("read request: bad magic")
+	}
+	d := min(time.Duration(binary.BigEndian.Uint32(req[4:8]))*time.Millisecond, MaxBulkDuration)
+	left := min(int64(binary.BigEndian.Uint32(req[8:12])), MaxBulkBytes)
+	if d <= 0 || left <= 0 {
+		return errors.New("read request: zero duration or bytes")
+	}
+	end := time.Now().Add(d)
+	c.SetWriteDeadline(end.Add(time.Second))
+	for left > 0 && time.Now().Before(end) {
+		n, err := c.Write(zeros[:min(int64(len(zeros)), left)])
+		left -= int64(n)
+		if err != nil {
+			return nil // the prober hung up: it had enough
+		}
+	}
+	return nil
+}
