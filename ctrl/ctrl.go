@@ -61,8 +61,17 @@ func (d Descriptor) Meta() meta.ServiceDescriptor {
 	for i, p := range d.Ports {
 		ports[i] = meta.Port{Name: p.Name, Port: p.Port, Protocol: p.Protocol}
 	}
+	cons := d.Constraints
+	if d.NeedMbps > cons.MinBandwidthMbps {
+		// The need is toward the users, whose traffic enters at the
+		// home: candidates are judged on the path from the home.
+		cons.MinBandwidthMbps = d.NeedMbps
+		if cons.LinkFrom == "" {
+			cons.LinkFrom = meta.LinkFromHome
+		}
+	}
 	return meta.ServiceDescriptor{Name: d.Name, Ports: ports,
-		Resources: meta.Resources{MilliCPU: d.Resources.MilliCPU, MemoryMB: d.Resources.MemoryMB}, Constraints: d.Constraints}
+		Resources: meta.Resources{MilliCPU: d.Resources.MilliCPU, MemoryMB: d.Resources.MemoryMB}, Constraints: cons}
 }
 
 // Kind says where a resource runs relative to this cluster.
@@ -221,6 +230,9 @@ type Migration struct {
 	Service string `json:"service"`
 	Role    Role   `json:"role"`
 	Reason  string `json:"reason"`
+	// Trigger is the measurement that started a move the controller
+	// decided by itself (see ctrl/migrate/triggers.go).
+	Trigger string `json:"trigger,omitempty"`
 	Home    string `json:"home"`
 	HomeURL string `json:"home_url,omitempty"`
 	// HomeIncarnation is the home's store incarnation that the move's
@@ -239,11 +251,14 @@ type Migration struct {
 	FromEpoch Epoch `json:"from_epoch,omitzero"`
 	Epoch     Epoch `json:"epoch,omitzero"`
 	// LocalDecision is true when the placement came from cached hellos.
-	LocalDecision bool        `json:"local_decision,omitempty"`
-	Stage         Stage       `json:"stage"`
-	State         State       `json:"state"`
-	Error         string      `json:"error,omitempty"`
-	Stages        []StageTime `json:"stages"`
+	LocalDecision bool `json:"local_decision,omitempty"`
+	// Placement is the placement reply's judgement: the reason for the
+	// destination, why the others ranked lower or were ruled out.
+	Placement string      `json:"placement,omitempty"`
+	Stage     Stage       `json:"stage"`
+	State     State       `json:"state"`
+	Error     string      `json:"error,omitempty"`
+	Stages    []StageTime `json:"stages"`
 	// Times are the paper's Table I measures of this migration.
 	Times        Times     `json:"times"`
 	DrainedFlows int       `json:"drain_flows_left,omitempty"`
@@ -378,6 +393,9 @@ func (c Caller) Peer() bool { return c.Cluster != "" }
 type MigrateRequest struct {
 	Destination string `json:"destination,omitempty"`
 	Reason      string `json:"reason,omitempty"`
+	// Trigger is, for a move the controller started by itself, the
+	// measurement that triggered it (kept on the migration).
+	Trigger string `json:"trigger,omitempty"`
 }
 
 // Peers are the calls one controller makes to another.

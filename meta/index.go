@@ -133,6 +133,7 @@ func (r *Registry) search(j *judge, t *topK) {
 		}
 	}
 	if j.origin != nil {
+		judgeID(j.from) // reached locally from itself (policy.go linkTo)
 		for _, l := range j.origin.Hello.Links {
 			judgeID(l.Peer)
 		}

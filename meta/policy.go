@@ -101,13 +101,21 @@ type candView struct {
 	loadAfter float64
 	link      Link
 	hasLink   bool
+	local     bool // the candidate is the link origin itself
 }
 
 func (cv candView) linkText() string {
-	if !cv.hasLink {
+	switch {
+	case !cv.hasLink:
 		return "unknown"
+	case cv.local:
+		return "local"
 	}
-	return fmt.Sprintf("%.0f Mbit/s %.1f ms", cv.link.BandwidthMbps, cv.link.RTTMs)
+	s := fmt.Sprintf("%.1f Mbit/s %.1f ms", cv.link.BandwidthMbps, cv.link.RTTMs)
+	if cv.link.LossPct > 0 {
+		s += fmt.Sprintf(" loss %.0f%%", cv.link.LossPct)
+	}
+	return s
 }
 
 // unknownLinkQuality is the link quality assumed when nothing is measured.
@@ -228,6 +236,7 @@ func (j *judge) eval(c *Cluster) (cat string, r ranked) {
 	}
 	cv := candView{c: c, loadAfter: loadAfter(c.eff, j.req.Service.Resources)}
 	cv.link, cv.hasLink = j.linkTo(c)
+	cv.local = id == j.from
 	if cv.hasLink && !cv.link.Up {
 		return FilterLink, r
 	}
@@ -249,9 +258,16 @@ func (j *judge) eval(c *Cluster) (cat string, r ranked) {
 	return "", ranked{cv: cv, score: score(cv)}
 }
 
+// localMbps is the bandwidth of the path from a cluster to itself.
+const localMbps = 1e6
+
 // linkTo is the link between the origin and c: as the origin measured it,
-// else as c measured it.
+// else as c measured it; the origin itself is reached locally (the home,
+// where users' traffic enters, is never short of a link to itself).
 func (j *judge) linkTo(c *Cluster) (Link, bool) {
+	if c.Hello.ClusterID == j.from {
+		return Link{Peer: j.from, BandwidthMbps: localMbps, Up: true}, true
+	}
 	if j.origin != nil {
 		if l, ok := j.origin.Link(c.Hello.ClusterID); ok {
 			return l, true
@@ -341,7 +357,8 @@ func candidate(r ranked) Candidate {
 	}
 }
 
-// fill writes the top candidates into rep (or says why none fits).
+// fill writes the top candidates into rep (or says why none fits); each
+// alternative says why it ranked below the destination.
 func (t *topK) fill(rep *PlacementReply, policy string) {
 	for i := range t.n {
 		cand := candidate(t.top[i])
@@ -350,8 +367,25 @@ func (t *topK) fill(rep *PlacementReply, policy string) {
 			rep.Reason = policy + ": " + cand.Why
 			continue
 		}
+		cand.Why += "; ranked lower: " + lowerWhy(t.top[0], t.top[i])
 		rep.Alternatives = append(rep.Alternatives, cand)
 	}
+}
+
+// lowerWhy says why r ranks below best: the first term of the score that
+// separates them.
+func lowerWhy(best, r ranked) string {
+	b, c := best.cv, r.cv
+	bid := b.c.Hello.ClusterID
+	switch {
+	case c.rank != b.rank:
+		return fmt.Sprintf("tier %s ranks below %s's %s", c.c.Hello.Tier, bid, b.c.Hello.Tier)
+	case c.loadAfter != b.loadAfter && (1-c.loadAfter) < (1-b.loadAfter):
+		return fmt.Sprintf("load after %.0f%%, %s's %.0f%%", 100*c.loadAfter, bid, 100*b.loadAfter)
+	case r.score < best.score:
+		return fmt.Sprintf("path %s, %s's %s", c.linkText(), bid, b.linkText())
+	}
+	return "same score, " + bid + " first by id"
 }
 
 func summarize(m map[string]int) string {

@@ -274,3 +274,57 @@ func TestHelloSequence(t *testing.T) {
 		}
 	}
 }
+
+// TestNetworkAwareFromHome plays the paper's degraded phase: the service
+// runs at the cloud (the requester), its need is checked on the path from
+// the home, where users' traffic enters. The home measured 2 Mbit/s to the
+// cloud and 900 to the edge: the edge is chosen, the home itself (deep
+// edge) is ruled out by tier and says so, and an alternative says why it
+// ranked lower.
+func TestNetworkAwareFromHome(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r := NewRegistry(time.Second, 3)
+	r.Observe(testHello("home", TierDeepEdge, 4000, 0,
+		Link{Peer: "cloud", BandwidthMbps: 2, RTTMs: 0.1, Up: true},
+		Link{Peer: "edge", BandwidthMbps: 900, RTTMs: 0.1, Up: true},
+		Link{Peer: "edge2", BandwidthMbps: 900, RTTMs: 0.1, Up: true},
+		Link{Peer: "cloud2", BandwidthMbps: 5, RTTMs: 0.1, Up: true}), now)
+	r.Observe(testHello("cloud", TierCloud, 4000, 0), now)
+	r.Observe(testHello("cloud2", TierCloud, 4000, 0), now)
+	r.Observe(testHello("edge", TierEdge, 4000, 0), now)
+	r.Observe(testHello("edge2", TierEdge, 4000, 2000), now)
+	req := testRequest("cloud", Constraints{MinBandwidthMbps: 10, LinkFrom: LinkFromHome})
+	req.Home = "home"
+	req.Reason = ReasonNetworkChange
+	for _, explain := range []bool{false, true} {
+		req.Explain = explain
+		rep := r.Place(TierAware{}, req, now, 0)
+		if rep.Destination == nil || rep.Destination.ClusterID != "edge" {
+			t.Fatalf("explain %v: reply %+v, want edge", explain, rep)
+		}
+		if len(rep.Alternatives) != 1 || rep.Alternatives[0].ClusterID != "edge2" || !strings.Contains(rep.Alternatives[0].Why, "ranked lower: load after") {
+			t.Fatalf("explain %v: alternatives %+v", explain, rep.Alternatives)
+		}
+		if !explain {
+			continue
+		}
+		why := map[string]string{}
+		for _, f := range rep.Filtered {
+			why[f.ClusterID] = f.Why
+		}
+		for id, want := range map[string]string{"cloud": "requester", "cloud2": "bandwidth: 5 Mbit/s from home, 10 needed", "home": "tier"} {
+			if !strings.HasPrefix(why[id], want) {
+				t.Errorf("%s filtered %q, want %q", id, why[id], want)
+			}
+		}
+		t.Logf("reply: %s; alternatives %+v; filtered %+v", rep.Reason, rep.Alternatives, rep.Filtered)
+	}
+	// When the home may take it (least-loaded), its own path is local and
+	// meets any bandwidth need.
+	req2 := testRequest("edge", Constraints{MinBandwidthMbps: 10, LinkFrom: LinkFromHome, ExcludeClusters: []string{"edge2", "cloud2"}})
+	req2.Home = "home"
+	rep := r.Place(LeastLoaded{}, req2, now, 0)
+	if rep.Destination == nil || rep.Destination.ClusterID != "home" || !strings.Contains(rep.Destination.Why, "link local") {
+		t.Fatalf("home as a candidate: %+v", rep)
+	}
+}

@@ -22,6 +22,8 @@ import (
 	"github.com/roamnet/roam/ctrl/backend/local"
 	"github.com/roamnet/roam/ctrl/controller"
 	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/ctrl/netprobe"
 )
 
 func main() {
@@ -100,7 +102,14 @@ func run(ctx context.Context, args []string) error {
 		capMem     = fs.Int64("capacity-memory", 8192, "local backend: memory MB")
 		capPods    = fs.Int64("capacity-pods", 64, "local backend: copies")
 		logLevel   = fs.String("log-level", "info", "debug, info, warn, error")
-		linksFile  = fs.String("links-file", "", "JSON list of measured links [{\"peer\":\"b\",\"bandwidth_mbps\":100,\"rtt_ms\":5,\"up\":true}], re-read at every hello (feeds the bandwidth policy)")
+		linksFile  = fs.String("links-file", "", "JSON list of links [{\"peer\":\"b\",\"bandwidth_mbps\":100,\"rtt_ms\":5,\"up\":true}], re-read at every hello: overrides what is measured toward those peers")
+		probeAddr  = fs.String("probe-addr", ":8081", "where peers probe this cluster (UDP echo and TCP bulk, same port) and from where it measures its paths to them; empty: measure nothing")
+		probeHot   = fs.Duration("probe-bulk-interval", 2*time.Second, "bandwidth probe period toward peers hosting this cluster's services")
+		probeCold  = fs.Duration("probe-cold-interval", 10*time.Second, "bandwidth probe period toward the other placement candidates")
+		policyEv   = fs.Duration("policy-interval", 250*time.Millisecond, "how often the zero-touch triggers look at the measured paths")
+		cooldown   = fs.Duration("policy-cooldown", 30*time.Second, "least time between two moves of one service the triggers start")
+		hold       = fs.Duration("trigger-hold", 5*time.Second, "how long a better place must stay better before the service moves there")
+		margin     = fs.Float64("trigger-margin", 0.3, "a better place must meet the need, and beat the current path in its tier, by this fraction")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -195,7 +204,8 @@ func run(ctx context.Context, args []string) error {
 		AdvertiseURL: *advertise, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass, Agents: agentURLs,
 		AgentToken: *agentTok, FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
 		FailsafeAfter: *failsafe, DrainTimeout: *drain, Token: *token, PeerSecret: *peerSecret, Peers: pm,
-		Backend: be, LinksFile: *linksFile, Logger: log})
+		Backend: be, LinksFile: *linksFile, ProbeAddr: *probeAddr, Probe: netprobe.Config{BulkInterval: *probeHot, ColdBulkInterval: *probeCold}, PolicyInterval: *policyEv, PolicyCooldown: *cooldown,
+		Trigger: migrate.TriggerConfig{Hold: *hold, Margin: *margin}, Logger: log})
 	if err != nil {
 		return err
 	}

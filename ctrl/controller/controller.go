@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/ctrl/netprobe"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/meta"
@@ -61,12 +64,21 @@ type Config struct {
 	Backend backend.Backend
 	// Listener, when set, is used instead of listening on APIAddr.
 	Listener net.Listener
-	// LinksFile, when set, is a JSON list of meta.Link (measured links to
-	// peers) read at every hello; the bandwidth policy acts on them.
+	// LinksFile, when set, is a JSON list of meta.Link read at every
+	// hello: it overrides what the prober measured toward those peers.
 	LinksFile string
-	// PolicyInterval and PolicyCooldown tune the bandwidth policy (see
-	// migrate.Config).
+	// ProbeAddr, when set, is where this controller answers its peers'
+	// probes and from where it probes them (ctrl/netprobe): RTT, loss and
+	// available bandwidth, reported in the hellos and as metrics, and
+	// read by the triggers. Empty: nothing is measured.
+	ProbeAddr string
+	// Probe tunes the prober (its Targets, OnChange, Registerer and
+	// Logger are the controller's).
+	Probe netprobe.Config
+	// PolicyInterval and PolicyCooldown tune the triggers (see
+	// migrate.Config); Trigger the rest of them.
 	PolicyInterval, PolicyCooldown time.Duration
+	Trigger                        migrate.TriggerConfig
 	// Resync is how often every service is reconciled even when nothing
 	// happened (default 10s); Workers how many are reconciled at once
 	// (default 4); CollectAfter how long a copy or frontend no record owns
@@ -91,6 +103,10 @@ type Controller struct {
 	srv    *http.Server
 	reg    *prometheus.Registry
 	url    string
+	probeS *netprobe.Server
+	prober *netprobe.Prober
+	probeA string        // advertised probe address
+	kick   chan struct{} // publish a hello now
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -141,7 +157,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger.With("cluster", cfg.ClusterID), reg: prometheus.NewRegistry()}
+	c := &Controller{cfg: cfg, log: cfg.Logger.With("cluster", cfg.ClusterID), reg: prometheus.NewRegistry(), kick: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -169,6 +185,24 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			}
 		}
 		c.url = "http://" + netip.AddrPortFrom(host, ap.Port()).String()
+	}
+	if cfg.ProbeAddr != "" {
+		if c.probeS, err = netprobe.NewServer(netprobe.ServerConfig{Addr: cfg.ProbeAddr, Registerer: c.reg, Logger: c.log}); err != nil {
+			return nil, err
+		}
+		ap := netip.MustParseAddrPort(c.probeS.Addr().String())
+		host := ap.Addr()
+		if host.IsUnspecified() {
+			switch {
+			case cfg.DataAddr.IsValid():
+				host = cfg.DataAddr
+			case cfg.FrontendAddr.IsValid():
+				host = cfg.FrontendAddr
+			default:
+				host = netip.MustParseAddr("127.0.0.1")
+			}
+		}
+		c.probeA = netip.AddrPortFrom(host.Unmap(), ap.Port()).String()
 	}
 	path := cfg.StorePath
 	if path == "" {
@@ -203,6 +237,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		Backend: cfg.Backend, Directory: directory{static: cfg.Peers, mc: c.mc}, Peers: peers,
 		DrainTimeout: cfg.DrainTimeout, FailsafeAfter: cfg.FailsafeAfter, ProbeInterval: min(cfg.HelloInterval, 500*time.Millisecond),
 		PolicyInterval: cfg.PolicyInterval, PolicyCooldown: cfg.PolicyCooldown, CollectAfter: cfg.CollectAfter,
+		Tier: cfg.Tier, Trigger: cfg.Trigger, Measured: c.measured,
 		CrashHook: cfg.CrashHook, Registerer: c.reg, Logger: c.log}
 	if len(cfg.Agents) > 0 {
 		g := make(agentapi.Group, len(cfg.Agents))
@@ -243,6 +278,25 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	c.srv = &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
+	if c.probeS != nil {
+		pc := cfg.Probe
+		pc.Targets, pc.Registerer, pc.Logger = c.probeTargets, c.reg, c.log
+		pc.OnChange = func(string) {
+			select {
+			case c.kick <- struct{}{}:
+			default:
+			}
+		}
+		if c.prober, err = netprobe.New(pc); err != nil {
+			cancel()
+			return nil, err
+		}
+		c.wg.Go(func() {
+			if err := c.prober.Run(rctx); err != nil {
+				c.log.Error("prober", "err", err)
+			}
+		})
+	}
 	c.wg.Add(3)
 	go func() {
 		defer c.wg.Done()
@@ -297,19 +351,122 @@ func (c *Controller) Hello(ctx context.Context) (meta.Hello, error) {
 	if c.cfg.DataAddr.IsValid() {
 		h.DataAddrs = []netip.Addr{c.cfg.DataAddr}
 	}
-	if c.cfg.LinksFile != "" {
-		b, err := os.ReadFile(c.cfg.LinksFile)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return h, fmt.Errorf("read links: %w", err)
+	h.ProbeAddr = c.probeA
+	ms, err := c.links()
+	for _, m := range ms {
+		h.Links = append(h.Links, m.Link)
+	}
+	return h, err
+}
+
+// links is what this cluster knows of its paths: the prober's
+// measurements, overridden peer by peer by --links-file (whose entries
+// carry no time: every look counts as a measurement).
+func (c *Controller) links() ([]migrate.Measured, error) {
+	var out []migrate.Measured
+	if c.prober != nil {
+		for _, l := range c.prober.Links() {
+			// A measurement is fresh when its bandwidth is (echoes come
+			// every 250 ms and must not confirm one low figure).
+			at := l.At
+			if l.BandwidthN > 0 {
+				at = l.BandwidthAt
+			}
+			out = append(out, migrate.Measured{Link: l.Meta(), At: at})
 		}
-		if len(b) > 0 {
-			if err := json.Unmarshal(b, &h.Links); err != nil {
-				return h, fmt.Errorf("read links %s: %w", c.cfg.LinksFile, err)
+	}
+	if c.cfg.LinksFile == "" {
+		return out, nil
+	}
+	b, err := os.ReadFile(c.cfg.LinksFile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return out, fmt.Errorf("read links: %w", err)
+	}
+	if len(b) == 0 {
+		return out, nil
+	}
+	var over []meta.Link
+	if err := json.Unmarshal(b, &over); err != nil {
+		return out, fmt.Errorf("read links %s: %w", c.cfg.LinksFile, err)
+	}
+	for _, l := range over {
+		if err := l.Validate(); err != nil {
+			return out, fmt.Errorf("read links %s: %w", c.cfg.LinksFile, err)
+		}
+		out = slices.DeleteFunc(out, func(m migrate.Measured) bool { return m.Peer == l.Peer })
+		out = append(out, migrate.Measured{Link: l})
+	}
+	return out, nil
+}
+
+func (c *Controller) measured() []migrate.Measured {
+	ms, err := c.links()
+	if err != nil {
+		c.log.Warn("links", "err", err)
+	}
+	return ms
+}
+
+// probeTargets are the peers whose paths matter: those hosting this
+// cluster's services and the homes of the copies it runs (hot), then the
+// placement candidates, best tier and least loaded first (the prober
+// keeps the first MaxCold of them). So each cluster probes a bounded set,
+// however many clusters there are.
+func (c *Controller) probeTargets() []netprobe.Target {
+	if c.mc == nil {
+		return nil
+	}
+	hot := map[string]bool{}
+	if recs, err := c.Engine.List(); err == nil {
+		for _, r := range recs {
+			switch r.Kind {
+			case ctrl.KindAbroad:
+				hot[r.Cluster] = true
+			case ctrl.KindForeign:
+				hot[r.Home] = true
 			}
 		}
 	}
-	return h, nil
+	var hs []meta.Hello
+	for _, s := range c.mc.ClusterStates() {
+		if s.State != "down" && s.Hello.ClusterID != c.cfg.ClusterID && s.Hello.ProbeAddr != "" {
+			hs = append(hs, s.Hello)
+		}
+	}
+	rank := func(h meta.Hello) int {
+		r, _, ok := meta.TierAware{}.Rank(h.Tier, &meta.ServiceDescriptor{})
+		if !ok {
+			return -1
+		}
+		return r
+	}
+	slices.SortFunc(hs, func(a, b meta.Hello) int {
+		if ha, hb := hot[a.ClusterID], hot[b.ClusterID]; ha != hb {
+			if ha {
+				return -1
+			}
+			return 1
+		}
+		if ra, rb := rank(a), rank(b); ra != rb {
+			return rb - ra
+		}
+		if la, lb := a.Capacity.Load(), b.Capacity.Load(); la != lb {
+			if la < lb {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.ClusterID, b.ClusterID)
+	})
+	out := make([]netprobe.Target, 0, len(hs))
+	for _, h := range hs {
+		out = append(out, netprobe.Target{Peer: h.ClusterID, Addr: h.ProbeAddr, Hot: hot[h.ClusterID]})
+	}
+	return out
 }
+
+// Prober is the controller's prober (nil without ProbeAddr).
+func (c *Controller) Prober() *netprobe.Prober { return c.prober }
 
 // placedWindow is how long a hello lists a placement taken in: longer
 // than the MO keeps a reservation, so that a replica replaying the audit
@@ -332,6 +489,7 @@ func (c *Controller) helloLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-c.kick: // a link changed: tell the MO now
 		}
 	}
 }
@@ -353,6 +511,11 @@ func (c *Controller) Close() error {
 		c.ln.Close()
 	}
 	c.wg.Wait()
+	if c.probeS != nil {
+		if err := c.probeS.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close probe server: %w", err))
+		}
+	}
 	if c.mc != nil {
 		if err := c.mc.Close(); err != nil {
 			errs = append(errs, err)

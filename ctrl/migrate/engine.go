@@ -13,7 +13,8 @@
 //   - recovery.go: settling what the journal holds as running after a
 //     restart;
 //   - orphans.go: removing copies left at clusters that were unreachable;
-//   - triggers.go: moves the controller starts by itself (bandwidth).
+//   - triggers.go: moves the controller starts by itself (zero-touch:
+//     network change, better placement), with hysteresis.
 package migrate
 
 import (
@@ -79,10 +80,17 @@ type Config struct {
 	// before this cluster asks its home whether it still wants it
 	// (default DrainTimeout+30s).
 	ForeignCheckAfter time.Duration
-	// PolicyInterval is how often the bandwidth policy looks at the
-	// hellos (default 5s); PolicyCooldown is the least time between two
-	// policy moves of one service (default 30s).
+	// PolicyInterval is how often the triggers look at the links
+	// (default 5s); PolicyCooldown is the least time between two moves of
+	// one service they start (default 30s).
 	PolicyInterval, PolicyCooldown time.Duration
+	// Tier is this cluster's tier (the triggers rank the home by it).
+	Tier string
+	// Measured returns the links this cluster measured itself (nil:
+	// none; the triggers then read the peers' hellos).
+	Measured func() []Measured
+	// Trigger tunes the triggers (triggers.go).
+	Trigger TriggerConfig
 	// Verify checks that a new copy answers at eps before the commit
 	// (default: a TCP connect per port, an HTTP GET for the demo
 	// service). Tests replace it.
@@ -121,6 +129,9 @@ type Engine struct {
 	notify     func(name string)
 	collectMu  sync.Mutex
 	unowned    map[string]time.Time // "copy/<name>", "frontend/<f>" -> first seen unowned
+
+	trig      *Trigger
+	triggered *prometheus.CounterVec
 }
 
 // New builds an engine. The controller marks what it must recover
@@ -183,8 +194,14 @@ func New(cfg Config) (*Engine, error) {
 		Name: "roam_ctrl_migrations_total",
 		Help: "Migrations by role and result.",
 	}, []string{"role", "result"})
+	e.cfg.Trigger.defaults(cfg.PolicyCooldown)
+	e.trig = &Trigger{cfg: e.cfg.Trigger, st: map[string]*trigState{}}
+	e.triggered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roam_ctrl_triggered_total",
+		Help: "Moves the controller started by itself, by reason (network-change, better-placement).",
+	}, []string{"reason"})
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{e.stageH, e.migs} {
+		for _, c := range []prometheus.Collector{e.stageH, e.migs, e.triggered} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register engine metrics: %w", err)
 			}

@@ -135,11 +135,15 @@ func (e *Engine) place(ctx context.Context, m *ctrl.Migration, r ctrl.Record, de
 	if reason.Validate() != nil {
 		reason = meta.ReasonManual
 	}
+	// A move the controller decided by itself asks for the full
+	// judgement, kept on the migration (see placementText).
+	explain := reason == meta.ReasonNetworkChange || reason == meta.ReasonBetterPlacement
 	rep, err := e.cfg.Placer.Place(ctx, meta.PlacementRequest{Version: meta.Version, RequestID: m.ID,
-		Requester: e.cfg.ClusterID, Home: r.Home, Service: sd, Reason: reason})
+		Requester: e.cfg.ClusterID, Home: r.Home, Service: sd, Reason: reason, Explain: explain})
 	if err != nil {
 		return fmt.Errorf("placement request: %w", err)
 	}
+	m.Placement = placementText(rep)
 	if rep.Destination == nil {
 		return fmt.Errorf("no placement: %s", rep.NoPlacement)
 	}
@@ -185,7 +189,7 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 		req.Reason = string(meta.ReasonManual)
 	}
 	id := newID()
-	m := &ctrl.Migration{ID: id, Service: name, Reason: req.Reason, Home: r.Home, HomeURL: e.urlOf(r.Home, r.HomeURL),
+	m := &ctrl.Migration{ID: id, Service: name, Reason: req.Reason, Trigger: req.Trigger, Home: r.Home, HomeURL: e.urlOf(r.Home, r.HomeURL),
 		From: e.cfg.ClusterID, FromURL: e.cfg.URL, FromEndpoints: r.Endpoints, FromEpoch: r.Epoch, Epoch: r.Epoch.Next(id),
 		State: ctrl.StateRunning, Started: time.Now().UTC()}
 	switch r.Kind {
