@@ -65,7 +65,7 @@ check-generate: generate ## fail if the committed bpf2go output differs from a f
 	@git diff --exit-code --stat -- $(GENERATED) || { echo "bpf2go output is stale: run 'make generate' and commit"; exit 1; }
 
 .PHONY: bench
-bench: bench-dataplane bench-meta bench-migration ## run every benchmark
+bench: bench-dataplane bench-meta bench-migration bench-trigger ## run every benchmark
 
 .PHONY: bench-dataplane
 bench-dataplane: deps ## one core: roam XDP vs iptables vs nftables vs a userspace proxy, per-packet cost, new flows, 100k/1M flows, IPv6 (root; flags: BENCH_DATAPLANE_FLAGS)
@@ -78,6 +78,10 @@ bench-meta: ## placement p50/p99 at 10 to 100,000 clusters, hello ingest, herdin
 .PHONY: bench-migration
 bench-migration: deps ## 51 migrations under short, keep-alive (Go, wrk) and UDP clients: failures, Table I, totals, port exhaustion (root)
 	$(GO) run ./test/bench/migration
+
+.PHONY: bench-trigger
+bench-trigger: deps ## zero-touch on the testbed: network change -> commit, bandwidth estimate vs tbf, moves under noise at the need +-10% (root; flags: BENCH_TRIGGER_FLAGS, e.g. -noise 10m)
+	$(GO) run ./test/bench/trigger $(BENCH_TRIGGER_FLAGS)
 
 .PHONY: soak
 soak: deps ## roam on the testbed under chaos (kill -9 of controllers, agents, the MO; cuts; shaping) with real clients, invariants checked all along (root; SOAK_DURATION, default 10m)

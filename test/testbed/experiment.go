@@ -10,6 +10,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/meta"
 )
 
 // ExperimentConfig tunes the paper's experiment.
@@ -21,9 +22,15 @@ type ExperimentConfig struct {
 	Home, Edge, Cloud, Client string
 	Interval                  time.Duration // between requests (20ms)
 	Timeout                   time.Duration // per request (1s)
-	Dwell                     time.Duration // time spent in each phase around its action (3s)
+	Dwell                     time.Duration // time spent in each phase after the system moved (3s)
 	DegradedRate              uint64        // the cloud link's rate when degraded (2mbit)
 	FailsafeTimeout           time.Duration // how long the fail-safe may take (30s)
+	// NeedMbps is the classifier's need toward its users (10); the
+	// system moves it when the path from the home falls below.
+	NeedMbps float64
+	// MoveTimeout is how long the system may take to move the service
+	// after a change (30s).
+	MoveTimeout time.Duration
 	// Progress receives one line per step as it happens.
 	Progress func(string)
 }
@@ -55,6 +62,18 @@ type MigrationResult struct {
 	TotalMs   float64            `json:"total_ms"`
 	Requests  int                `json:"requests"` // sent while it ran (+1s)
 	FailedReq int                `json:"failed_requests"`
+	// Trigger is the measurement that started it, Placement the MO's
+	// judgement, Cluster the controller whose record it is.
+	Trigger   string `json:"trigger,omitempty"`
+	Placement string `json:"placement,omitempty"`
+	Cluster   string `json:"cluster,omitempty"`
+	// Change is the network change (or the deployment) that led to it;
+	// ChangeToCommitMs the time from it to the commit (detection,
+	// decision and migration).
+	Change           string    `json:"change,omitempty"`
+	ChangeAt         time.Time `json:"change_at,omitzero"`
+	CommitAt         time.Time `json:"commit_at,omitzero"`
+	ChangeToCommitMs float64   `json:"change_to_commit_ms,omitempty"`
 }
 
 // Result is the experiment's outcome.
@@ -73,6 +92,14 @@ type Result struct {
 	Failed             int               `json:"failed"`
 	Samples            []Sample          `json:"samples"`
 	Started            time.Time         `json:"started"`
+	NeedMbps           float64           `json:"need_mbps"`
+	// DetectMs are the network-change moves' times from the change to
+	// the commit; ManualMigrations counts migrations asked by hand (0:
+	// the system moved the service by itself); FinalCluster answered the
+	// last request.
+	DetectMs         []float64 `json:"detect_ms"`
+	ManualMigrations int       `json:"manual_migrations"`
+	FinalCluster     string    `json:"final_cluster"`
 }
 
 func (ec *ExperimentConfig) resolve(tb *Testbed) error {
@@ -130,6 +157,12 @@ func (ec *ExperimentConfig) resolve(tb *Testbed) error {
 	if ec.FailsafeTimeout == 0 {
 		ec.FailsafeTimeout = 30 * time.Second
 	}
+	if ec.NeedMbps == 0 {
+		ec.NeedMbps = 10
+	}
+	if ec.MoveTimeout == 0 {
+		ec.MoveTimeout = 30 * time.Second
+	}
 	if ec.Progress == nil {
 		ec.Progress = func(string) {}
 	}
@@ -145,12 +178,15 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// RunExperiment runs the paper's use case on a launched testbed: deploy the
-// classifier at the deep edge; good bandwidth: migrate it to the cloud;
-// degraded cloud link: migrate it to the edge; edge link cut: the home
-// cluster's fail-safe takes it back; recovery: the link returns and the
-// orphan copy at the edge is removed. The camera streams requests to the
-// home frontend throughout.
+// RunExperiment runs the paper's use case on a launched testbed, playing
+// only the network: the classifier is deployed at the deep edge with its
+// need (NeedMbps toward its users); with every link good the system moves
+// it to the cloud by itself (better placement); the home-cloud path is
+// shaped to DegradedRate and the system moves it to the edge (network
+// change); the edge is cut and the home's fail-safe takes it back; the
+// links are restored and the system moves it back to the best place. No
+// call names a destination or asks for a migration. The camera streams
+// requests to the home frontend throughout.
 func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Result, error) {
 	if err := ec.resolve(tb); err != nil {
 		return nil, err
@@ -174,20 +210,21 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 	say := func(format string, a ...any) {
 		ec.Progress(time.Now().Format("15:04:05.000") + "  " + fmt.Sprintf(format, a...))
 	}
-	res := &Result{Service: ec.Service, Started: time.Now()}
+	res := &Result{Service: ec.Service, Started: time.Now(), NeedMbps: ec.NeedMbps}
 	fe := lb.Frontend{Addr: home.WAN4, Port: ec.Port, Proto: lb.TCP}
 	res.Frontend = fe.String()
 	url := fmt.Sprintf("http://%s/", netipJoin(home.WAN4.String(), ec.Port))
 
 	// Phase deploy.
-	say("deploy: %s at %s (%s), frontend %s", ec.Service, ec.Home, home.Tier, fe)
+	say("deploy: %s at %s (%s), frontend %s, need %.0f Mbit/s toward its users", ec.Service, ec.Home, home.Tier, fe, ec.NeedMbps)
 	t0 := time.Now()
-	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: ec.Service, Demo: true,
+	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: ec.Service, Demo: true, NeedMbps: ec.NeedMbps,
 		Ports: []backend.Port{{Name: "http", Port: ec.Port, Protocol: lb.TCP}}}); err != nil {
 		return nil, fmt.Errorf("deploy %s at %s: %w", ec.Service, ec.Home, err)
 	}
-	res.DeployMs = append(res.DeployMs, ms(time.Since(t0)))
-	say("deploy: ready in %.1f ms; camera (%s) streams GET %s every %s", ms(time.Since(t0)), client.Addr4, url, ec.Interval)
+	deployed := time.Now()
+	res.DeployMs = append(res.DeployMs, ms(deployed.Sub(t0)))
+	say("deploy: ready in %.1f ms; camera (%s) streams GET %s every %s", ms(deployed.Sub(t0)), client.Addr4, url, ec.Interval)
 
 	st := StartStream(ctx, client.NS, url, ec.Interval, ec.Timeout)
 	var phases []PhaseResult
@@ -200,26 +237,28 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 		st.SetPhase(name)
 	}
 	var migs []MigrationResult
-	migrate := func(phaseName, dest string) error {
-		say("%s: migrate %s -> %s", phaseName, ec.Service, dest)
-		start := time.Now()
-		m, err := hc.Migrate(ctx, ec.Service, dest, "manual")
-		end := time.Now()
-		if err != nil {
-			return fmt.Errorf("migrate %s to %s: %w", ec.Service, dest, err)
-		}
-		mr := toResult(phaseName, true, m, start, end)
-		migs = append(migs, mr)
-		say("%s: migrated %s -> %s in %.1f ms (%s)", phaseName, mr.From, mr.To, mr.TotalMs, stagesLine(m.Stages))
-		if m.State == ctrl.StateFailed {
-			return fmt.Errorf("migrate %s to %s: failed: %s", ec.Service, dest, m.Error)
-		}
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// moved waits until the camera is answered by dest, then finds the
+	// migration that moved the service there (at the cluster that ran
+	// it: the home, or the abroad cluster that moved it on) and times it
+	// from the network change.
+	moved := func(phaseName, dest, change string, changeAt time.Time) error {
+		wctx, cancel := context.WithTimeout(ctx, ec.MoveTimeout)
 		defer cancel()
 		if err := st.WaitServedBy(wctx, dest, 5); err != nil {
-			return fmt.Errorf("after migrating to %s: requests not answered by %s: %w", dest, dest, err)
+			return fmt.Errorf("%s: the system did not move %s to %s within %s: %w", phaseName, ec.Service, dest, ec.MoveTimeout, err)
 		}
-		say("%s: camera requests now answered by %s", phaseName, dest)
+		m, at, err := FindMove(context.WithoutCancel(ctx), tb, ec.Service, dest, changeAt)
+		if err != nil {
+			return fmt.Errorf("%s: %w", phaseName, err)
+		}
+		mr := toResult(phaseName, true, m, m.Started, m.Finished)
+		mr.Cluster, mr.Change, mr.ChangeAt, mr.CommitAt = at, change, changeAt, CommitAt(m)
+		mr.ChangeToCommitMs = ms(mr.CommitAt.Sub(changeAt))
+		migs = append(migs, mr)
+		say("%s: %s moved %s -> %s by itself (%s, decided at %s)", phaseName, ec.Service, mr.From, mr.To, mr.Reason, at)
+		say("%s:   trigger: %s", phaseName, mr.Trigger)
+		say("%s:   placement (PR %.1f ms): %s", phaseName, mr.Times.PR, mr.Placement)
+		say("%s:   %s -> commit: %.0f ms (%s)", phaseName, change, mr.ChangeToCommitMs, stagesLine(m.Stages))
 		return nil
 	}
 	run := func() error {
@@ -232,11 +271,8 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 		say("deploy: camera requests answered by %s", ec.Home)
 
 		phase("good")
-		say("good: every link unshaped: the cloud is the best place")
-		if err := sleepCtx(ctx, ec.Dwell); err != nil {
-			return err
-		}
-		if err := migrate("good", ec.Cloud); err != nil {
+		say("good: every link unshaped: waiting for the system to move %s to the best place", ec.Service)
+		if err := moved("good", ec.Cloud, "deployed at "+ec.Home, deployed); err != nil {
 			return err
 		}
 		if err := sleepCtx(ctx, ec.Dwell); err != nil {
@@ -249,7 +285,7 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 			return err
 		}
 		say("degraded: %s", e.Detail)
-		if err := migrate("degraded", ec.Edge); err != nil {
+		if err := moved("degraded", ec.Edge, fmt.Sprintf("%s shaped to %s", ec.Cloud, FormatRate(ec.DegradedRate)), e.Time); err != nil {
 			return err
 		}
 		if err := sleepCtx(ctx, ec.Dwell); err != nil {
@@ -283,6 +319,9 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 			return err
 		}
 		say("recovery: %s", e.Detail)
+		if err := moved("recovery", ec.Cloud, "links restored", e.Time); err != nil {
+			return err
+		}
 		deadline := time.Now().Add(30 * time.Second)
 		for time.Now().Before(deadline) {
 			_, err := ec2.Get(ctx, ec.Service)
@@ -312,17 +351,33 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 	blameCut(samples, res.Events, ec.Edge, ec.Timeout)
 	res.Samples = samples
 
-	// The home controller's view adds the fail-safe migration.
-	if all, err := hc.Migrations(context.WithoutCancel(ctx)); err == nil {
+	// The home controller's view adds the fail-safe migration; every
+	// controller's, the migrations asked by hand (none in this scenario).
+	for _, c := range []string{ec.Home, ec.Edge, ec.Cloud} {
+		cc, err := tb.Ctrl(c)
+		if err != nil {
+			continue
+		}
+		all, err := cc.Migrations(context.WithoutCancel(ctx))
+		if err != nil {
+			continue
+		}
 		for _, m := range all {
-			if m.Service != ec.Service || m.Role != ctrl.RoleFailsafe {
+			if m.Service != ec.Service || m.Started.Before(res.Started) {
 				continue
 			}
-			end := m.Finished
-			if end.IsZero() {
-				end = time.Now()
+			if m.Reason == string(meta.ReasonManual) {
+				res.ManualMigrations++
 			}
-			migs = append(migs, toResult("partition", false, m, m.Started, end))
+			if c == ec.Home && m.Role == ctrl.RoleFailsafe {
+				end := m.Finished
+				if end.IsZero() {
+					end = time.Now()
+				}
+				mr := toResult("partition", false, m, m.Started, end)
+				mr.Cluster = c
+				migs = append(migs, mr)
+			}
 		}
 	}
 	for i := range migs {
@@ -359,9 +414,82 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 		if m.Planned {
 			planned = append(planned, fromResult(m))
 		}
+		if m.Planned && m.Reason == string(meta.ReasonNetworkChange) {
+			res.DetectMs = append(res.DetectMs, m.ChangeToCommitMs)
+		}
 	}
 	res.Table = Table(planned, res.DeployMs)
+	if n := len(samples); n > 0 {
+		for i := n - 1; i >= 0; i-- {
+			if samples[i].OK {
+				res.FinalCluster = samples[i].Cluster
+				break
+			}
+		}
+	}
 	return res, runErr
+}
+
+// FindMove finds the migration that moved service to dest, started after
+// since (less a second of clock slack): at the home (role home) or at an
+// abroad cluster that moved it on (role mover). It returns it and the
+// cluster whose record it is.
+// The camera sees the new copy at the commit; the migration is done
+// after the drain and the cleanup, so it waits for that (up to 30s).
+func FindMove(ctx context.Context, tb *Testbed, service, dest string, since time.Time) (ctrl.Migration, string, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m, at, err := findMove(ctx, tb, service, dest, since)
+		if err == nil || time.Now().After(deadline) {
+			return m, at, err
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return m, at, err
+		}
+	}
+}
+
+func findMove(ctx context.Context, tb *Testbed, service, dest string, since time.Time) (ctrl.Migration, string, error) {
+	var best ctrl.Migration
+	var at string
+	for _, c := range tb.Clusters() {
+		cc, err := tb.Ctrl(c.Name)
+		if err != nil {
+			continue
+		}
+		all, err := cc.Migrations(ctx)
+		if err != nil {
+			continue
+		}
+		for _, m := range all {
+			if m.Service != service || m.To != dest || m.State != ctrl.StateDone || m.Started.Before(since.Add(-time.Second)) {
+				continue
+			}
+			if m.Role != ctrl.RoleHome && m.Role != ctrl.RoleMover {
+				continue
+			}
+			if at == "" || m.Started.Before(best.Started) {
+				best, at = m, c.Name
+			}
+		}
+	}
+	if at == "" {
+		return ctrl.Migration{}, "", fmt.Errorf("no finished migration of %s to %s since %s", service, dest, since.Format("15:04:05.000"))
+	}
+	return best, at, nil
+}
+
+// CommitAt is when m's commit was done: its start plus its stages up to
+// the commit (a mover's reroute includes the home's commit).
+func CommitAt(m ctrl.Migration) time.Time {
+	t := m.Started
+	for _, s := range m.Stages {
+		t = t.Add(time.Duration(s.Ms * float64(time.Millisecond)))
+		if s.Stage == ctrl.StageCommit || (m.Role == ctrl.RoleMover && s.Stage == ctrl.StageReroute) {
+			break
+		}
+	}
+	return t
 }
 
 func netipJoin(host string, port uint16) string { return fmt.Sprintf("%s:%d", host, port) }
@@ -369,7 +497,7 @@ func netipJoin(host string, port uint16) string { return fmt.Sprintf("%s:%d", ho
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func toResult(phase string, planned bool, m ctrl.Migration, start, end time.Time) MigrationResult {
-	mr := MigrationResult{Phase: phase, Planned: planned, ID: m.ID, Role: string(m.Role), Reason: m.Reason,
+	mr := MigrationResult{Phase: phase, Planned: planned, ID: m.ID, Role: string(m.Role), Reason: m.Reason, Trigger: m.Trigger, Placement: m.Placement,
 		From: m.From, To: m.To, State: string(m.State), Start: start, End: end, Stages: map[string]float64{}, Times: m.Times}
 	for _, s := range m.Stages {
 		mr.Stages[s.Stage.String()] += s.Ms

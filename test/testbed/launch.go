@@ -26,6 +26,7 @@ const (
 	MetaNATSPort  = 4222
 	MetaHTTPPort  = 9600
 	CtrlPort      = 8080
+	ProbePort     = 8081
 	AgentMetrics  = 9700
 	AgentAPIPort  = 9701
 	defaultXDPMod = "native"
@@ -46,6 +47,10 @@ type LaunchConfig struct {
 	DrainTimeout  time.Duration
 	// Policy is the MO's placement policy (default tier).
 	Policy string
+	// TriggerHold, PolicyCooldown and ProbeColdInterval tune the
+	// zero-touch triggers and the candidates' bandwidth probes (testbed
+	// defaults 3s, 3s, 3s: the experiment's phases last seconds).
+	TriggerHold, PolicyCooldown, ProbeColdInterval time.Duration
 	// Ready bounds the wait for every /healthz (default 60s).
 	Ready time.Duration
 }
@@ -144,6 +149,15 @@ func (lc *LaunchConfig) defaults() {
 	}
 	if lc.Ready == 0 {
 		lc.Ready = 60 * time.Second
+	}
+	if lc.TriggerHold == 0 {
+		lc.TriggerHold = 3 * time.Second
+	}
+	if lc.PolicyCooldown == 0 {
+		lc.PolicyCooldown = 3 * time.Second
+	}
+	if lc.ProbeColdInterval == 0 {
+		lc.ProbeColdInterval = 3 * time.Second
 	}
 }
 
@@ -268,6 +282,10 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				"--hello-interval", lc.HelloInterval.String(),
 				"--failsafe-after", lc.FailsafeAfter.String(),
 				"--drain-timeout", lc.DrainTimeout.String(),
+				"--probe-addr", fmt.Sprintf("%s:%d", c.WAN4, ProbePort),
+				"--trigger-hold", lc.TriggerHold.String(),
+				"--policy-cooldown", lc.PolicyCooldown.String(),
+				"--probe-cold-interval", lc.ProbeColdInterval.String(),
 				"--token", sec.UserToken,
 				"--peer-secret", sec.PeerSecret,
 			}

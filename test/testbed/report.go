@@ -133,7 +133,14 @@ func PrintReport(w io.Writer, r *Result) {
 		if len(st) > 0 {
 			fmt.Fprintf(w, "             stages: %s\n", strings.Join(st, " "))
 		}
+		if m.Planned {
+			fmt.Fprintf(w, "             reason %s, decided at %s: %s\n", m.Reason, m.Cluster, m.Trigger)
+			fmt.Fprintf(w, "             placement (PR %.1f ms): %s\n", m.Times.PR, m.Placement)
+			fmt.Fprintf(w, "             %s -> commit: %.0f ms\n", m.Change, m.ChangeToCommitMs)
+		}
 	}
+	fmt.Fprintf(w, "\nZero-touch: %d migrations asked by hand; network change -> commit (ms): %v; the service ends at %s\n",
+		r.ManualMigrations, fmtList(r.DetectMs), r.FinalCluster)
 	fmt.Fprintln(w, "\nRequests per phase")
 	fmt.Fprintf(w, "  %-10s %6s %6s  %s\n", "phase", "sent", "failed", "answered by")
 	for _, p := range r.Phases {
@@ -152,6 +159,14 @@ func PrintReport(w io.Writer, r *Result) {
 		fmt.Fprintf(w, "\nFail-safe downtime: %.0f ms (restored: %v; orphan removed after recovery: %v)\n",
 			r.FailsafeDowntimeMs, r.FailsafeRestored, r.OrphanRemoved)
 	}
+}
+
+func fmtList(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprintf("%.0f", x)
+	}
+	return "[" + strings.Join(s, " ") + "]"
 }
 
 // WriteOutputs writes result.json and latency.png into dir and returns
