@@ -28,6 +28,13 @@
 #define ABLATE_CSUM 0x08     /* no checksum arithmetic (addresses and ports still rewritten) */
 #define ABLATE_CLOCK 0x10    /* no clock read on the pinned path (flows never idle) */
 
+#ifndef MAX_IFACES
+#define MAX_IFACES 4096 /* interfaces roam_ifaces can describe */
+#endif
+
+/* Interface kinds (roam_ifaces values), set by Go at attach. */
+#define IFACE_POD 0x01 /* a local pod's veth (tc only): XDP cannot send into it unless its peer runs XDP or GRO */
+
 #ifndef PORT_RETRIES
 #define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
 #endif
@@ -62,7 +69,8 @@ enum drop_reason {
 	REASON_FAMILY_MISMATCH = 10, /* frontend and target of different families: dropped */
 	REASON_NO_FLOW = 11,	   /* TCP without SYN, no flow and no local socket: dropped */
 	REASON_TOO_BIG = 12,	   /* larger than the egress MTU: dropped; XDP answers with an ICMP too-big */
-	REASON_MAX = 13,
+	REASON_TO_POD = 13,	   /* for a local pod's veth: XDP passes it untouched to tc, which sends it to the pod (bpf_redirect_peer) */
+	REASON_MAX = 14,
 };
 
 /*

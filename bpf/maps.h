@@ -36,6 +36,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_nat SEC(".maps");
 
+/* Interfaces by ifindex: IFACE_* bits (dataplane AttachTC sets them; an interface not in it is a NIC). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_ifaces SEC(".maps");
+
+static __always_inline int iface_is_pod(__u32 ifindex)
+{
+	__u32 *k = bpf_map_lookup_elem(&roam_ifaces, &ifindex);
+	return k && (*k & IFACE_POD);
+}
+
 /* Node configuration: one element. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

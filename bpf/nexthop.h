@@ -31,9 +31,11 @@ struct nh_entry {
 	__u8 family;
 	__u16 max_len;
 	__u8 macs[2 * ETH_ALEN_]; /* destination then source, as in an Ethernet header */
-	__u32 out_ifindex;
+	__u32 out_ifindex; /* NH_OUT_POD set: the egress is a local pod's veth (iface_is_pod) */
 	__u64 stamp; /* bpf_ktime_get_coarse_ns of the lookup; 0: empty */
 };
+
+#define NH_OUT_POD 0x80000000u /* in nh_entry.out_ifindex (ifindexes are positive ints) */
 
 /* Not pinned: a cache, each loaded object has its own and starts empty. */
 struct {
@@ -72,10 +74,11 @@ static __always_inline int nh_match(const struct nh_entry *e, const struct xlate
  * (a success is cached). Returns BPF_FIB_LKUP_RET_SUCCESS with
  * *out_ifindex and the frame's MAC addresses set, the lookup's code
  * otherwise (*mtu: the MTU a BPF_FIB_LKUP_RET_FRAG_NEEDED names), or -1 if
- * the frame is shorter than an Ethernet header.
+ * the frame is shorter than an Ethernet header. *pod says whether the
+ * egress is a local pod's veth.
  */
 static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u32 ifindex,
-				      __u64 now, __u32 *out_ifindex, __u32 *mtu)
+				      __u64 now, __u32 *out_ifindex, __u32 *mtu, __u32 *pod)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -86,10 +89,13 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const s
 	struct nh_entry *e = (ROAM_ABLATE & ABLATE_NH_CACHE) ? NULL : bpf_map_lookup_elem(&roam_nexthop, &slot);
 	int same = e && e->stamp && nh_match(e, x, nh_tag(ifindex, p)) && !idle_longer(now, e->stamp, NH_CACHE_NS);
 	if (same && p->ip_len <= e->max_len) {
+		*out_ifindex = e->out_ifindex & ~NH_OUT_POD;
+		*pod = (e->out_ifindex & NH_OUT_POD) != 0;
+		if (*pod)
+			return BPF_FIB_LKUP_RET_SUCCESS; /* the frame stays as it came */
 		/* Unaligned packet stores are fine where XDP runs natively (the verifier is not strict there). */
 		*(__u64 *)eth = *(const __u64 *)e->macs;
 		*(__u32 *)((__u8 *)eth + 8) = *(const __u32 *)(e->macs + 8);
-		*out_ifindex = e->out_ifindex;
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
 	struct bpf_fib_lookup fib_ = {}, *fib = &fib_; /* zeroed only here, off the cached path */
@@ -99,7 +105,8 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const s
 	*mtu = fib->mtu_result;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return rc;
-	if (set_macs(data, data_end, fib) < 0)
+	*pod = fib->ifindex != ifindex && iface_is_pod(fib->ifindex);
+	if (!*pod && set_macs(data, data_end, fib) < 0)
 		return -1;
 	if (!e)
 		return rc;
@@ -111,7 +118,7 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const s
 	e->max_len = p->ip_len;
 	__builtin_memcpy(e->macs, fib->dmac, ETH_ALEN_);
 	__builtin_memcpy(e->macs + ETH_ALEN_, fib->smac, ETH_ALEN_);
-	e->out_ifindex = fib->ifindex;
+	e->out_ifindex = fib->ifindex | (*pod ? NH_OUT_POD : 0);
 	e->stamp = now;
 	return rc;
 }

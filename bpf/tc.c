@@ -45,7 +45,8 @@ static __always_inline int roam_l4_csum(struct __sk_buff *skb, struct pkt *p, __
 
 /*
  * roam_xmit sends the packet as x says: next hop by bpf_fib_lookup (before
- * the rewrite), out by bpf_redirect; without a neighbour, bpf_redirect_neigh
+ * the rewrite), out by bpf_redirect (into a local pod's veth from ingress:
+ * bpf_redirect_peer, to the pod's end); without a neighbour, bpf_redirect_neigh
  * resolves it. A packet too big for the egress is dropped (counted): only
  * a non-GSO packet larger than the egress MTU can be, which a local socket
  * or pod sends only above its own link's MTU.
@@ -92,6 +93,9 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 	if (set_macs((void *)(long)skb->data, (void *)(long)skb->data_end, &fib) < 0)
 		return TC_ACT_SHOT;
 	count_action(x->id, x->action, p->len);
+	/* Into a local pod: straight to its end's ingress (a veth drops a frame sent to it only by XDP). */
+	if (skb->ingress_ifindex && iface_is_pod(fib.ifindex))
+		return bpf_redirect_peer(fib.ifindex, 0);
 	return bpf_redirect(fib.ifindex, 0);
 }
 

@@ -42,7 +42,7 @@ static __always_inline int roam_l4_csum(struct xdp_md *ctx, struct pkt *p, __u32
  * roam_xmit sends the packet as x says: next hop by bpf_fib_lookup through
  * the per-CPU next-hop cache, before the rewrite; XDP_TX on the same
  * interface, redirect to another; too big for the egress: an ICMP too-big
- * back to its sender; no neighbour: up to tc, untouched.
+ * back to its sender; no neighbour, or for a local pod: up to tc, untouched.
  */
 static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u64 now)
 {
@@ -51,8 +51,8 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 		count_action(x->id, x->action, p->len);
 		return XDP_TX;
 	}
-	__u32 in = ctx->ingress_ifindex, out = 0, mtu = 0;
-	long rc = nh_lookup(ctx, p, x, in, now, &out, &mtu);
+	__u32 in = ctx->ingress_ifindex, out = 0, mtu = 0, pod = 0;
+	long rc = nh_lookup(ctx, p, x, in, now, &out, &mtu, &pod);
 	if (rc < 0)
 		return XDP_DROP; /* shorter than parsed: cannot happen */
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
@@ -64,6 +64,15 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 		count_reason(REASON_NO_ROUTE);
 		count_action(x->id, ACTION_DROP, p->len);
 		return XDP_DROP;
+	}
+	if (pod) {
+		/*
+		 * A local pod's veth drops a frame redirected into it unless its
+		 * peer runs XDP or GRO: up to tc as it came, which translates it
+		 * and hands it to the pod with bpf_redirect_peer.
+		 */
+		count_reason(REASON_TO_POD);
+		return XDP_PASS;
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/*

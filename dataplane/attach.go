@@ -85,13 +85,22 @@ func (d *Dataplane) AttachXDP(ifname, mode string) error {
 	return nil
 }
 
+// ifacePod marks a local pod's veth in roam_ifaces (bpf/consts.h IFACE_POD).
+const ifacePod = 0x01
+
 // AttachTC attaches the tc program to ifname's ingress (traffic local pods
 // send through their veth) and egress (traffic the host sends) with tcx,
 // links pinned under PinPath/links; where tcx is missing it falls back to a
-// clsact qdisc with direct-action filters.
+// clsact qdisc with direct-action filters. A veth without roam's XDP
+// program is taken for a local pod's: the XDP program then leaves packets
+// for it to tc, which hands them to the pod's end (a veth drops a frame
+// redirected into it by XDP unless its peer runs XDP or GRO).
 func (d *Dataplane) AttachTC(ifname string) error {
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
+		return fmt.Errorf("attach tc to %s: %w", ifname, err)
+	}
+	if err := d.markPod(ifname, iface.Index); err != nil {
 		return fmt.Errorf("attach tc to %s: %w", ifname, err)
 	}
 	prog := d.tc.RoamTc
@@ -112,6 +121,27 @@ func (d *Dataplane) AttachTC(ifname string) error {
 		if err != nil {
 			return fmt.Errorf("attach tc %s to %s: %w", dir.name, ifname, err)
 		}
+	}
+	return nil
+}
+
+// markPod records in roam_ifaces whether ifname is a local pod's veth: a
+// veth roam's XDP program is not attached to.
+func (d *Dataplane) markPod(ifname string, ifindex int) error {
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", ifname, err)
+	}
+	_, err = os.Stat(d.linkPin("xdp", ifname))
+	key := uint32(ifindex)
+	if l.Type() != "veth" || err == nil {
+		if err := d.maps.RoamIfaces.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("unmark %s: %w", ifname, err)
+		}
+		return nil
+	}
+	if err := d.maps.RoamIfaces.Put(&key, uint32(ifacePod)); err != nil {
+		return fmt.Errorf("mark %s as a pod's veth: %w", ifname, err)
 	}
 	return nil
 }
@@ -158,6 +188,10 @@ func (d *Dataplane) Detach(ifname string) error {
 		errs = append(errs, l.Close())
 	}
 	if nl, err := netlink.LinkByName(ifname); err == nil {
+		key := uint32(nl.Attrs().Index)
+		if err := d.maps.RoamIfaces.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("unmark %s: %w", ifname, err))
+		}
 		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
 			filters, err := netlink.FilterList(nl, parent)
 			if err != nil {

@@ -79,7 +79,7 @@ func (a Action) String() string {
 // DropReasons names bpf/consts.h enum drop_reason, by index.
 var DropReasons = [...]string{
 	"no_route", "ct_full", "port_exhausted", "malformed", "fragment", "ip_options",
-	"ipv6_ext", "no_neigh", "no_snat", "no_config", "family_mismatch", "no_flow", "too_big",
+	"ipv6_ext", "no_neigh", "no_snat", "no_config", "family_mismatch", "no_flow", "too_big", "to_pod",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

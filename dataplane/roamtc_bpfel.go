@@ -20,6 +20,7 @@ const (
 	roamTCMapRoamConntrack = "roam_conntrack"
 	roamTCMapRoamCounters  = "roam_counters"
 	roamTCMapRoamDrops     = "roam_drops"
+	roamTCMapRoamIfaces    = "roam_ifaces"
 	roamTCMapRoamNat       = "roam_nat"
 	roamTCMapRoamScratch   = "roam_scratch"
 	roamTCMapRoamServices  = "roam_services"
@@ -79,6 +80,7 @@ type roamTCMapSpecs struct {
 	RoamConntrack *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamIfaces    *ebpf.MapSpec `ebpf:"roam_ifaces"`
 	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
 	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.MapSpec `ebpf:"roam_services"`
@@ -114,6 +116,7 @@ type roamTCMaps struct {
 	RoamConntrack *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
+	RoamIfaces    *ebpf.Map `ebpf:"roam_ifaces"`
 	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
 	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
 	RoamServices  *ebpf.Map `ebpf:"roam_services"`
@@ -125,6 +128,7 @@ func (m *roamTCMaps) Close() error {
 		m.RoamConntrack,
 		m.RoamCounters,
 		m.RoamDrops,
+		m.RoamIfaces,
 		m.RoamNat,
 		m.RoamScratch,
 		m.RoamServices,

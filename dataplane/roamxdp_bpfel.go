@@ -137,6 +137,7 @@ const (
 	roamXDPMapRoamConntrack = "roam_conntrack"
 	roamXDPMapRoamCounters  = "roam_counters"
 	roamXDPMapRoamDrops     = "roam_drops"
+	roamXDPMapRoamIfaces    = "roam_ifaces"
 	roamXDPMapRoamNat       = "roam_nat"
 	roamXDPMapRoamNexthop   = "roam_nexthop"
 	roamXDPMapRoamScratch   = "roam_scratch"
@@ -197,6 +198,7 @@ type roamXDPMapSpecs struct {
 	RoamConntrack *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamIfaces    *ebpf.MapSpec `ebpf:"roam_ifaces"`
 	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
 	RoamNexthop   *ebpf.MapSpec `ebpf:"roam_nexthop"`
 	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
@@ -233,6 +235,7 @@ type roamXDPMaps struct {
 	RoamConntrack *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
+	RoamIfaces    *ebpf.Map `ebpf:"roam_ifaces"`
 	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
 	RoamNexthop   *ebpf.Map `ebpf:"roam_nexthop"`
 	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
@@ -245,6 +248,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamConntrack,
 		m.RoamCounters,
 		m.RoamDrops,
+		m.RoamIfaces,
 		m.RoamNat,
 		m.RoamNexthop,
 		m.RoamScratch,

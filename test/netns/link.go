@@ -134,19 +134,33 @@ type ifreqData struct {
 	_    [24 - unsafe.Sizeof(unsafe.Pointer(nil))]byte
 }
 
-const ethtoolSTXCSUM = 0x17 // linux/ethtool.h
+const (
+	ethtoolSTXCSUM = 0x17 // linux/ethtool.h
+	ethtoolSGRO    = 0x2c
+)
 
 // SetTxChecksum is `ethtool -K dev tx on|off` (the ETHTOOL_STXCSUM ioctl)
 // in the calling thread's namespace. Off makes the stack checksum what it
 // sends through dev in software, so every frame carries a full checksum; on
 // leaves locally sent packets CHECKSUM_PARTIAL.
 func SetTxChecksum(dev string, on bool) error {
+	return ethtoolSet(dev, ethtoolSTXCSUM, "tx checksum", on)
+}
+
+// SetGRO is `ethtool -K dev gro on|off` (ETHTOOL_SGRO) in the calling
+// thread's namespace. A veth whose end runs neither XDP nor GRO drops the
+// frames XDP redirects into its peer, as a Kubernetes pod's veth does.
+func SetGRO(dev string, on bool) error {
+	return ethtoolSet(dev, ethtoolSGRO, "gro", on)
+}
+
+func ethtoolSet(dev string, cmd uint32, what string, on bool) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("set tx checksum on %s: %w", dev, err)
+		return fmt.Errorf("set %s on %s: %w", what, dev, err)
 	}
 	defer unix.Close(fd)
-	val := &ethtoolValue{cmd: ethtoolSTXCSUM}
+	val := &ethtoolValue{cmd: cmd}
 	if on {
 		val.data = 1
 	}
@@ -157,7 +171,7 @@ func SetTxChecksum(dev string, on bool) error {
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(ifr)))
 	runtime.KeepAlive(val)
 	if errno != 0 {
-		return fmt.Errorf("set tx checksum on %s: ioctl SIOCETHTOOL: %w", dev, errno)
+		return fmt.Errorf("set %s on %s: ioctl SIOCETHTOOL: %w", what, dev, errno)
 	}
 	return nil
 }
