@@ -37,6 +37,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/test/testport"
 )
 
 const image = "ghcr.io/roamnet/roam"
@@ -822,17 +823,6 @@ func needPromtool(t *testing.T) string {
 	return p
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // scrape starts a binary with args (where %d is a fresh loopback port for
 // its metrics), waits for /healthz, returns the /metrics body. A port taken
 // in between is retried with another.
@@ -840,7 +830,7 @@ func scrape(t *testing.T, bin string, args ...string) []byte {
 	t.Helper()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		port := freePort(t)
+		port := int(testport.Free(t))
 		full := make([]string, len(args))
 		for i, a := range args {
 			full[i] = strings.ReplaceAll(a, "%d", strconv.Itoa(port))

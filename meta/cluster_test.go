@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,32 +13,15 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-)
 
-// freePorts returns n loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var lns []net.Listener
-	var ports []int
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return ports
-}
+	"github.com/roamnet/roam/test/testport"
+)
 
 // startCluster starts n MO replicas, each embedding one node of a NATS
 // cluster (routes on loopback, random ports), and waits until all serve.
 func startCluster(t *testing.T, n int, tune func(*ServerConfig)) []*Server {
 	t.Helper()
-	ports := freePorts(t, n)
+	ports := testport.N(t, n)
 	var routes []string
 	for _, p := range ports {
 		routes = append(routes, "nats://127.0.0.1:"+strconv.Itoa(p))

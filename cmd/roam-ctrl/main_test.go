@@ -15,17 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+	"github.com/roamnet/roam/test/testport"
+)
 
 // TestBinary builds roam-ctrl, runs it with the contract's flags (no MO, no
 // agents), deploys the demo service through the REST API and checks the
@@ -36,7 +28,7 @@ func TestBinary(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	api := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	api := fmt.Sprintf("127.0.0.1:%d", int(testport.Free(t)))
 	var logs syncBuffer
 	start := func() (*exec.Cmd, chan error) {
 		cmd := exec.Command(bin, "--cluster-id", "solo", "--api-addr", api, "--frontend-addr", "127.0.0.1", "--data-addr", "127.0.0.1",
@@ -85,7 +77,7 @@ func TestBinary(t *testing.T) {
 		}
 	}
 	waitHealthy()
-	port := freePort(t)
+	port := int(testport.Free(t))
 	code, body := call("POST", "/v1/services", fmt.Sprintf(`{"name":"web","demo":true,"ports":[{"port":%d,"protocol":"tcp"}]}`, port))
 	if code != 201 {
 		t.Fatalf("deploy: %d %s", code, body)

@@ -3,7 +3,6 @@ package api
 import (
 	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -23,6 +22,7 @@ import (
 	"github.com/roamnet/roam/ctrl/demo"
 	"github.com/roamnet/roam/ctrl/migrate"
 	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/test/testport"
 )
 
 func TestMain(m *testing.M) {
@@ -129,7 +129,7 @@ func TestAuthAndBadInput(t *testing.T) {
 func TestDeployGetDelete(t *testing.T) {
 	s := newTestServer(t, "", "sekrit")
 	h := s.Handler()
-	port := freePort(t)
+	port := strconv.Itoa(int(testport.Free(t)))
 	body := `{"name":"web","demo":true,"ports":[{"port":` + port + `,"protocol":"tcp"}]}`
 	if w := call(t, h, "POST", "/v1/services", "", body); w.Code != 201 || !strings.Contains(w.Body.String(), `"kind":"local"`) {
 		t.Fatalf("deploy: %d %s", w.Code, w.Body)
@@ -151,16 +151,6 @@ func TestDeployGetDelete(t *testing.T) {
 	if w := call(t, h, "GET", "/v1/services/web", "", ""); w.Code != 404 {
 		t.Fatalf("get after delete: %d", w.Code)
 	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
 
 func counterValue(c prometheus.Counter) float64 {

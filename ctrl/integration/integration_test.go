@@ -31,6 +31,7 @@ import (
 	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
+	"github.com/roamnet/roam/test/testport"
 )
 
 // TestMain lets the test binary double as the demo service.
@@ -70,36 +71,6 @@ type env struct {
 	peers    map[string]string
 }
 
-// freePortAll finds a TCP port free on every address.
-func freePortAll(t *testing.T, addrs []netip.Addr) uint16 {
-	for range 50 {
-		l, err := net.Listen("tcp", netip.AddrPortFrom(addrs[0], 0).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := uint16(l.Addr().(*net.TCPAddr).Port)
-		ok := true
-		var ls []net.Listener
-		for _, a := range addrs[1:] {
-			l2, err := net.Listen("tcp", netip.AddrPortFrom(a, p).String())
-			if err != nil {
-				ok = false
-				break
-			}
-			ls = append(ls, l2)
-		}
-		l.Close()
-		for _, l2 := range ls {
-			l2.Close()
-		}
-		if ok {
-			return p
-		}
-	}
-	t.Fatal("no common free port")
-	return 0
-}
-
 func startAgent(t *testing.T) *agentapi.Client {
 	t.Helper()
 	dp := dptest.New(t, dataplane.Config{SNATv4: netip.MustParseAddr("10.99.0.1"), IdleTimeout: time.Minute})
@@ -134,19 +105,11 @@ func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 	// again by start), then a service port none of them took.
 	apis := make([]string, len(ids))
 	agents := make([]*agentapi.Client, len(ids)) // they listen from now on
-	taken := map[uint16]bool{}
 	for i := range ids {
 		agents[i] = startAgent(t)
-		l, err := net.Listen("tcp", netip.AddrPortFrom(addrs[i], 0).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		apis[i] = l.Addr().String()
-		taken[uint16(l.Addr().(*net.TCPAddr).Port)] = true
-		l.Close()
+		apis[i] = netip.AddrPortFrom(addrs[i], testport.Free(t, addrs[i])).String()
 	}
-	for e.port = freePortAll(t, addrs); taken[e.port]; e.port = freePortAll(t, addrs) {
-	}
+	e.port = testport.Free(t, addrs...) // never one handed out before
 	dir := t.TempDir()
 	for i, id := range ids {
 		be, err := local.New(local.Config{ClusterID: id, ListenAddr: addrs[i], ExposeAddr: addrs[i], Pods: 8, MilliCPU: 4000, MemoryMB: 4096, Logger: logger})

@@ -177,13 +177,14 @@ func lossyRelay(t *testing.T, dst string) string {
 
 func TestProberRTTLossUpDown(t *testing.T) {
 	s, _ := newServer(t, ServerConfig{})
-	// "gone" names a port nothing answers on.
+	// "gone" names a socket that never answers. It stays open for the
+	// test: closed, its port could be handed to the relay below.
 	dead, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer dead.Close()
 	deadAddr := dead.LocalAddr().String()
-	dead.Close()
 	relay := lossyRelay(t, s.Addr().String())
 	var mu sync.Mutex
 	changes := map[string]int{}
@@ -206,7 +207,10 @@ func TestProberRTTLossUpDown(t *testing.T) {
 		l, ok2 := p.LinkTo("lossy")
 		d, ok3 := p.LinkTo("gone")
 		p.mu.Lock()
-		n := len(p.peers["lossy"].outcomes)
+		n := 0
+		if lp := p.peers["lossy"]; lp != nil {
+			n = len(lp.outcomes)
+		}
 		p.mu.Unlock()
 		return ok1 && ok2 && ok3 && g.Up && g.BandwidthN > 0 && g.RTT > 0 && n >= 40 && l.Up && !d.Up
 	})

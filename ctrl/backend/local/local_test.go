@@ -18,6 +18,7 @@ import (
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/demo"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/testport"
 )
 
 // TestMain lets the test binary double as the demo service the backend runs.
@@ -45,16 +46,6 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(m.Run())
-}
-
-func freePort(t *testing.T) uint16 {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port)
 }
 
 func newBackend(t *testing.T) *Backend {
@@ -85,7 +76,7 @@ func TestDeployDemoRestartDelete(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	spec := backend.Spec{Name: "web", Home: "c0", Demo: true,
-		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}, Resources: backend.Resources{MilliCPU: 100, MemoryMB: 64}}
+		Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}, Resources: backend.Resources{MilliCPU: 100, MemoryMB: 64}}
 	inst, err := b.Deploy(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +141,7 @@ func TestDeployRefusals(t *testing.T) {
 	if _, err := b.Deploy(ctx, backend.Spec{Name: "Bad Name", Demo: true, Ports: []backend.Port{{Port: 1, Protocol: lb.TCP}}}); err == nil {
 		t.Fatal("bad name accepted")
 	}
-	if _, err := b.Deploy(ctx, backend.Spec{Name: "big", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}},
+	if _, err := b.Deploy(ctx, backend.Spec{Name: "big", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}},
 		Resources: backend.Resources{MilliCPU: 5000}}); err == nil || !strings.Contains(err.Error(), "cpu") {
 		t.Fatalf("over capacity: %v", err)
 	}
@@ -158,7 +149,7 @@ func TestDeployRefusals(t *testing.T) {
 	sctx, scancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer scancel()
 	if _, err := b.Deploy(sctx, backend.Spec{Name: "sleeper", Command: []string{"sleep", "60"},
-		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err == nil {
+		Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}); err == nil {
 		t.Fatal("never-ready copy reported ready")
 	}
 	if l, _ := b.List(ctx); len(l) != 0 {
@@ -189,7 +180,7 @@ func TestAdoptAfterCrash(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
+	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}
 	if _, err := b1.Deploy(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +244,7 @@ func TestCopyEnvironmentIsMinimal(t *testing.T) {
 	b := newBackend(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
+	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}
 	if _, err := b.Deploy(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +282,7 @@ func TestDeleteIsGraceful(t *testing.T) {
 	stubborn := func(name string) int {
 		t.Helper()
 		if _, err := b.Deploy(ctx, backend.Spec{Name: name, Command: []string{os.Args[0], "stubborn"},
-			Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err != nil {
+			Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}); err != nil {
 			t.Fatal(err)
 		}
 		return b.PID(name)
@@ -323,7 +314,7 @@ func TestDeleteIsGraceful(t *testing.T) {
 		t.Errorf("stubborn copy deleted in %v, want Delete's 100ms context", d)
 	}
 	if _, err := b.Deploy(ctx, backend.Spec{Name: "web", Demo: true,
-		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err != nil {
+		Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}); err != nil {
 		t.Fatal(err)
 	}
 	if d := deleted("web", ctx, b.PID("web")); d > 600*time.Millisecond {
@@ -336,7 +327,7 @@ func TestDemoAnswersUDP(t *testing.T) {
 	b := newBackend(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	port := freePort(t)
+	port := testport.Free(t)
 	inst, err := b.Deploy(ctx, backend.Spec{Name: "dns", Demo: true,
 		Ports: []backend.Port{{Port: port, Protocol: lb.TCP}, {Port: port, Protocol: lb.UDP}}})
 	if err != nil {
@@ -373,7 +364,7 @@ func TestRedeployWhileStopping(t *testing.T) {
 	t.Cleanup(func() { b.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	port := freePort(t)
+	port := testport.Free(t)
 	ports := []backend.Port{{Port: port, Protocol: lb.TCP}}
 	if _, err := b.Deploy(ctx, backend.Spec{Name: "web", Command: []string{os.Args[0], "stubborn"}, Ports: ports}); err != nil {
 		t.Fatal(err)
@@ -410,7 +401,7 @@ func TestRedeployWhileStopping(t *testing.T) {
 	}
 	// A Delete that finds the copy already stopping waits for the same end.
 	if _, err := b.Deploy(ctx, backend.Spec{Name: "slow", Command: []string{os.Args[0], "stubborn"},
-		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}); err != nil {
+		Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}); err != nil {
 		t.Fatal(err)
 	}
 	pid := b.PID("slow")
@@ -436,7 +427,7 @@ func TestRedeployWhileStopping(t *testing.T) {
 // fails instead of reporting a copy that is not there.
 func TestReadyOnlyWithOwnSocket(t *testing.T) {
 	b := newBackend(t)
-	port := freePort(t)
+	port := testport.Free(t)
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String())
 	if err != nil {
 		t.Fatal(err)
@@ -453,7 +444,7 @@ func TestReadyOnlyWithOwnSocket(t *testing.T) {
 	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	inst, err := b.Deploy(ctx, backend.Spec{Name: "shop", Demo: true,
-		Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}, {Port: freePort(t), Protocol: lb.UDP}}})
+		Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}, {Port: testport.Free(t), Protocol: lb.UDP}}})
 	if err != nil || !inst.Ready {
 		t.Fatalf("deploy with free ports: %+v, %v", inst, err)
 	}
@@ -468,7 +459,7 @@ func TestNoSharedPort(t *testing.T) {
 	b := newBackend(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	port := freePort(t)
+	port := testport.Free(t)
 	if _, err := b.Deploy(ctx, backend.Spec{Name: "one", Demo: true, Ports: []backend.Port{{Port: port, Protocol: lb.TCP}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -489,7 +480,7 @@ func TestRedeployRelabels(t *testing.T) {
 	b := newBackend(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s := backend.Spec{Name: "web", Home: "c0", MigrationID: "m-1", Epoch: 1, Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
+	s := backend.Spec{Name: "web", Home: "c0", MigrationID: "m-1", Epoch: 1, Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}
 	if _, err := b.Deploy(ctx, s); err != nil {
 		t.Fatal(err)
 	}
@@ -504,7 +495,7 @@ func TestRedeployRelabels(t *testing.T) {
 		t.Fatalf("get after relabel: %+v", got)
 	}
 	s3 := s2
-	s3.Ports = []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}
+	s3.Ports = []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}
 	if _, err := b.Deploy(ctx, s3); err == nil || !strings.Contains(err.Error(), "different spec") {
 		t.Fatalf("a different workload under the name: %v", err)
 	}
@@ -525,7 +516,7 @@ func TestReapUnrecordedCopy(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: freePort(t), Protocol: lb.TCP}}}
+	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}
 	if _, err := b1.Deploy(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
