@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
 )
@@ -44,7 +46,8 @@ type options struct {
 	udpDrain    time.Duration
 	metricsAddr string
 	apiAddr     string
-	apiToken    string
+	tlsDir      string
+	insecure    bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -60,7 +63,9 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.udpDrain, "udp-drain", dataplane.DefaultTimeouts.UDPDrain, "a UDP flow idle this long once a commit moved its frontend away is done: a migration's drain stops waiting for it")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":9700", "address serving /metrics and /healthz")
 	fs.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:9701", "address serving the two-phase agent API")
-	fs.StringVar(&o.apiToken, "api-token", os.Getenv("ROAM_AGENT_TOKEN"), "bearer token the agent API requires (default $ROAM_AGENT_TOKEN)")
+	fs.StringVar(&o.tlsDir, "tls-dir", "", "this node's identity (ca.crt, tls.crt, tls.key for spiffe://roam/cluster/<id>/node/<node>; roamctl cert issue --node): "+
+		"the agent API then takes mutual TLS and only its cluster's controller; re-read when the files change")
+	fs.BoolVar(&o.insecure, "insecure", false, "serve the agent API without authentication (plain HTTP; tests only)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -104,6 +109,9 @@ func parseFlags(args []string) (options, error) {
 	o.portMin, o.portMax = uint16(pmin), uint16(pmax)
 	if o.idleTimeout <= 0 {
 		return o, fmt.Errorf("parse flags: --idle-timeout must be positive")
+	}
+	if o.tlsDir == "" && !o.insecure {
+		return o, errors.New("parse flags: the agent API can point any frontend anywhere: give it --tls-dir (roamctl cert issue --node) or, for tests, --insecure")
 	}
 	return o, nil
 }
@@ -204,7 +212,19 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return fmt.Errorf("register data plane collector: %w", err)
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	api, err := agentapi.NewServer(dp, agentapi.ServerConfig{Token: o.apiToken, Registerer: reg, Logger: log})
+	var src *pki.Source
+	if o.tlsDir != "" {
+		if src, err = pki.Load(o.tlsDir); err != nil {
+			return err
+		}
+		if !src.ID().IsNode() {
+			return fmt.Errorf("--tls-dir: %s is not a node's identity (roamctl cert issue --node)", src.ID())
+		}
+		log.Info("agent API over mutual TLS", "identity", src.ID().String(), "accepts", pki.ID{Cluster: src.ID().Cluster}.String())
+	} else {
+		log.Warn("--insecure: the agent API takes any caller")
+	}
+	api, err := agentapi.NewServer(dp, agentapi.ServerConfig{TLS: src, Registerer: reg, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -219,15 +239,25 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		fmt.Fprintln(w, "ok")
 	})
 
+	// Bodies are bounded by the agent API (64 KiB); every server has read,
+	// write and idle timeouts.
 	servers := []*http.Server{
-		{Addr: o.metricsAddr, Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second},
-		{Addr: o.apiAddr, Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second},
+		{Addr: o.metricsAddr, Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10},
+		{Addr: o.apiAddr, Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10},
+	}
+	if src != nil {
+		servers[1].TLSConfig = src.ServerConfig()
 	}
 	errc := make(chan error, len(servers))
 	for _, srv := range servers {
 		ln, err := net.Listen("tcp", srv.Addr)
 		if err != nil {
 			return fmt.Errorf("listen on %s: %w", srv.Addr, err)
+		}
+		if srv.TLSConfig != nil {
+			ln = tls.NewListener(ln, srv.TLSConfig)
 		}
 		log.Info("serving", "addr", ln.Addr().String())
 		go func() {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/backend/kube"
 	"github.com/roamnet/roam/ctrl/backend/local"
@@ -24,6 +25,7 @@ import (
 	"github.com/roamnet/roam/ctrl/demo"
 	"github.com/roamnet/roam/ctrl/migrate"
 	"github.com/roamnet/roam/ctrl/netprobe"
+	"github.com/roamnet/roam/ctrl/pki"
 )
 
 func main() {
@@ -82,8 +84,11 @@ func run(ctx context.Context, args []string) error {
 		natsCA     = fs.String("nats-tls-ca", "", "CA (PEM) of the MO's NATS certificate: TLS required")
 		natsCert   = fs.String("nats-tls-cert", "", "client certificate (PEM) for an MO that asks for one")
 		natsKey    = fs.String("nats-tls-key", "", "client key (PEM) for --nats-tls-cert")
-		agents     = fs.String("agents", "", "comma list of agent API URLs, e.g. http://127.0.0.1:9701")
-		agentTok   = fs.String("agent-token", "", "agent API token")
+		agents     = fs.String("agents", "", "comma list of agent API URLs, e.g. https://10.0.0.5:9701 (mutual TLS with --tls-dir)")
+		tlsDir     = fs.String("tls-dir", "", "this cluster's identity: ca.crt, tls.crt, tls.key (roamctl cert issue; a kubernetes.io/tls Secret); re-read when they change")
+		usersFile  = fs.String("users-file", "", "API users, one 'NAME ROLE sha256:HASH' a line (roamctl token create); re-read when it changes")
+		insecure   = fs.Bool("insecure", false, "serve plain HTTP without --tls-dir (no peer call is made or accepted; tests only)")
+		allowCmd   = fs.Bool("allow-command", false, "let users deploy a service given as a command line (runs on this host with the local backend); peers never may")
 		frontend   = fs.String("frontend-addr", "", "address users hit at this cluster")
 		dataAddr   = fs.String("data-addr", "", "address where this cluster exposes foreign copies")
 		listenAddr = fs.String("listen-addr", "", "address local copies bind (default every address)")
@@ -95,8 +100,6 @@ func run(ctx context.Context, args []string) error {
 		hello      = fs.Duration("hello-interval", time.Second, "hello period")
 		failsafe   = fs.Duration("failsafe-after", 3*time.Second, "take services home after an abroad cluster is unreachable this long")
 		drain      = fs.Duration("drain-timeout", 10*time.Second, "longest wait for old flows after a commit")
-		token      = fs.String("token", os.Getenv("ROAM_TOKEN"), "user bearer token (empty: user routes open)")
-		peerSecret = fs.String("peer-secret", os.Getenv("ROAM_PEER_SECRET"), "shared secret for controller-to-controller signed tokens")
 		peers      = fs.String("peers", "", "static controller directory id=url,... (besides the MO's view)")
 		capCPU     = fs.Int64("capacity-cpu", 4000, "local backend: milli-CPUs")
 		capMem     = fs.Int64("capacity-memory", 8192, "local backend: memory MB")
@@ -122,6 +125,35 @@ func run(ctx context.Context, args []string) error {
 	slog.SetDefault(log)
 	if *clusterID == "" {
 		return errors.New("--cluster-id is required")
+	}
+	var err error
+	var src *pki.Source
+	switch {
+	case *tlsDir != "":
+		if src, err = pki.Load(*tlsDir); err != nil {
+			return err
+		}
+		if id := src.ID(); id != (pki.ID{Cluster: *clusterID}) {
+			return fmt.Errorf("--tls-dir: the certificate names %s, not this cluster (%s)", id, pki.ID{Cluster: *clusterID})
+		}
+	case !*insecure:
+		return errors.New("--tls-dir is required (roamctl cert issue makes one); --insecure serves plain HTTP for tests")
+	default:
+		log.Warn("--insecure: plain HTTP, peer calls disabled")
+	}
+	var users *api.Users
+	if *usersFile != "" {
+		if users, err = api.LoadUsers(*usersFile); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no --users-file: every user route is refused")
+	}
+	natsPassword := *natsPass
+	if *natsPassF != "" {
+		if natsPassword, err = pki.ReadSecretFile(*natsPassF); err != nil {
+			return fmt.Errorf("--nats-password-file: %w", err)
+		}
 	}
 	lab, err := parseMap(*labels)
 	if err != nil {
@@ -189,21 +221,11 @@ func run(ctx context.Context, args []string) error {
 	if *agents != "" {
 		agentURLs = strings.Split(*agents, ",")
 	}
-	if *token == "" {
-		log.Warn("no --token: user routes are open")
-	}
-	if *natsPassF != "" {
-		b, err := os.ReadFile(*natsPassF)
-		if err != nil {
-			return fmt.Errorf("--nats-password-file: %w", err)
-		}
-		*natsPass = strings.TrimSpace(string(b))
-	}
 	c, err := controller.New(ctx, controller.Config{NATSTLSCA: *natsCA, NATSTLSCert: *natsCert, NATSTLSKey: *natsKey,
 		ClusterID: *clusterID, Tier: *tier, Labels: lab, APIAddr: *apiAddr,
-		AdvertiseURL: *advertise, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: *natsPass, Agents: agentURLs,
-		AgentToken: *agentTok, FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
-		FailsafeAfter: *failsafe, DrainTimeout: *drain, Token: *token, PeerSecret: *peerSecret, Peers: pm,
+		AdvertiseURL: *advertise, NATSURL: *natsURL, NATSUser: *natsUser, NATSPassword: natsPassword, Agents: agentURLs,
+		FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
+		FailsafeAfter: *failsafe, DrainTimeout: *drain, TLS: src, Users: users, AllowCommand: *allowCmd, Peers: pm,
 		Backend: be, LinksFile: *linksFile, ProbeAddr: *probeAddr, Probe: netprobe.Config{BulkInterval: *probeHot, ColdBulkInterval: *probeCold}, PolicyInterval: *policyEv, PolicyCooldown: *cooldown,
 		Trigger: migrate.TriggerConfig{Hold: *hold, Margin: *margin}, Logger: log})
 	if err != nil {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	roamapi "github.com/roamnet/roam/ctrl/api"
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/test/testport"
 )
 
@@ -29,10 +33,36 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	api := fmt.Sprintf("127.0.0.1:%d", int(testport.Free(t)))
+	// Its identity and its users, from files: no secret in argv.
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsDir := filepath.Join(dir, "tls")
+	if err := ca.WriteIdentity(tlsDir, pki.ID{Cluster: "solo"}, []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(dir, "users")
+	if err := os.WriteFile(users, []byte(roamapi.UserLine("ops", roamapi.RoleOperate, "tok")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	// Without an identity it refuses to start, and -h shows no secret
+	// even when the environment holds one.
+	if out, err := exec.Command(bin, "--cluster-id", "solo").CombinedOutput(); err == nil || !strings.Contains(string(out), "--tls-dir is required") {
+		t.Fatalf("started without --tls-dir: %v %s", err, out)
+	}
+	hcmd := exec.Command(bin, "-h")
+	hcmd.Env = append(os.Environ(), "ROAM_TOKEN=SECRET-IN-ENV", "ROAM_PEER_SECRET=SECRET-IN-ENV")
+	if out, _ := hcmd.CombinedOutput(); strings.Contains(string(out), "SECRET-IN-ENV") || !strings.Contains(string(out), "-users-file") {
+		t.Fatalf("-h:\n%s", out)
+	}
 	var logs syncBuffer
 	start := func() (*exec.Cmd, chan error) {
 		cmd := exec.Command(bin, "--cluster-id", "solo", "--api-addr", api, "--frontend-addr", "127.0.0.1", "--data-addr", "127.0.0.1",
-			"--listen-addr", "127.0.0.1", "--store", filepath.Join(dir, "ctrl.db"), "--token", "tok", "--peer-secret", "s",
+			"--listen-addr", "127.0.0.1", "--store", filepath.Join(dir, "ctrl.db"), "--tls-dir", tlsDir, "--users-file", users,
 			"--hello-interval", "200ms", "--failsafe-after", "2s", "--drain-timeout", "1s")
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
@@ -55,9 +85,9 @@ func TestBinary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	call := func(method, path, body string) (int, string) {
-		req, _ := http.NewRequestWithContext(ctx, method, "http://"+api+path, strings.NewReader(body))
+		req, _ := http.NewRequestWithContext(ctx, method, "https://"+api+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer tok")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			return 0, err.Error()
 		}

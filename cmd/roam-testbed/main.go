@@ -252,9 +252,9 @@ func printStatus(w io.Writer, tb *testbed.Testbed, st testbed.Status) {
 	}
 	if len(st.Clusters) > 0 {
 		c := st.Clusters[0]
-		tok := tb.State().Secrets.UserToken
-		fmt.Fprintf(w, "\nreach it:\n")
-		fmt.Fprintf(w, "  ip netns exec %s curl -s -H 'Authorization: Bearer %s' %s/v1/services\n", c.NS, tok, c.CtrlURL())
+		work := tb.State().WorkDir
+		fmt.Fprintf(w, "\nreach it (mutual TLS between the controllers and to the agents; the user's token is in a 0600 file):\n")
+		fmt.Fprintf(w, "  ip netns exec %s curl -s --cacert %s -H @%s %s/v1/services\n", c.NS, testbed.CAFile(work), testbed.AuthHeaderFile(work), c.CtrlURL())
 		fmt.Fprintf(w, "  ip netns exec %s curl -s 127.0.0.1:%d/metrics          # the agent\n", c.NS, testbed.AgentMetrics)
 		fmt.Fprintf(w, "  bpftool map show | grep roam; ls %s                      # pinned maps\n", tb.PinPath(c.Name))
 		fmt.Fprintf(w, "  ip netns exec %s curl -s %s:%d/v1/clusters         # the MO\n", tb.RouterNS(), testbed.WANRouter4(1), testbed.MetaHTTPPort)

@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -30,17 +31,24 @@ func init() {
 
 func runDataplane(ctx context.Context, args []string) error {
 	if len(args) == 0 || args[0] != "dump" {
-		return errors.New("usage: roamctl dataplane dump [--pin-path /sys/fs/bpf/roam | --agent http://127.0.0.1:9701 [--token T]]")
+		return errors.New("usage: roamctl dataplane dump [--pin-path /sys/fs/bpf/roam | --agent https://127.0.0.1:9701 --tls-dir DIR]")
 	}
 	fs := flag.NewFlagSet("dataplane dump", flag.ContinueOnError)
 	pin := fs.String("pin-path", dataplane.DefaultPinPath, "bpffs directory where the agent pinned its maps")
 	agent := fs.String("agent", "", "read through this agent API URL instead of the pins")
-	token := fs.String("token", os.Getenv("ROAM_AGENT_TOKEN"), "bearer token of the agent API")
+	tlsDir := fs.String("tls-dir", "", "with --agent at https: the cluster controller's identity (ca.crt, tls.crt, tls.key), the only caller an agent accepts")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	if *agent != "" {
-		return dumpAgent(ctx, os.Stdout, agentapi.New(*agent, *token))
+		if *tlsDir == "" {
+			return dumpAgent(ctx, os.Stdout, agentapi.New(*agent, ""))
+		}
+		id, err := pki.Load(*tlsDir)
+		if err != nil {
+			return err
+		}
+		return dumpAgent(ctx, os.Stdout, agentapi.NewTLS(*agent, id.ClientConfig(pki.ExpectNodeOf(id.ID().Cluster))))
 	}
 	return dumpPins(os.Stdout, *pin)
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -16,6 +18,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/client"
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -23,7 +26,7 @@ func init() {
 	register(command{name: "service", summary: "deploy|list|get|delete|migrate services through a controller", run: runService})
 }
 
-const serviceUsage = `usage: roamctl service SUBCOMMAND [--ctrl URL] [--token T] ...
+const serviceUsage = `usage: roamctl service SUBCOMMAND [--ctrl URL] [--ca ca.crt] [--token-file F] ...
   deploy  --name N (--demo | --command "argv..." | --image I) --port 80[/tcp],... [--cpu M] [--memory MB] [--need-mbps X]
   deploy  -f descriptor.json
   list
@@ -64,8 +67,9 @@ func runService(ctx context.Context, args []string) error {
 	}
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("service "+sub, flag.ContinueOnError)
-	base := fs.String("ctrl", svcEnvOr("ROAM_CTRL", "http://127.0.0.1:8080"), "controller URL")
-	token := fs.String("token", os.Getenv("ROAM_TOKEN"), "user token")
+	base := fs.String("ctrl", svcEnvOr("ROAM_CTRL", "https://127.0.0.1:8080"), "controller URL")
+	tokenFile := fs.String("token-file", "", "file holding the user's token (roamctl token create; default $ROAM_TOKEN)")
+	caFile := fs.String("ca", "", "the installation's CA certificate, to verify the controller (default $ROAM_CA; none: the system's roots)")
 	timeout := fs.Duration("timeout", 2*time.Minute, "request timeout")
 	name := fs.String("name", "", "deploy: service name")
 	file := fs.String("f", "", "deploy: descriptor JSON file")
@@ -90,7 +94,29 @@ func runService(ctx context.Context, args []string) error {
 			args = args[1:]
 		}
 	}
-	c := client.New(*base, *token, &http.Client{Timeout: *timeout})
+	token := os.Getenv("ROAM_TOKEN") // read here, never a flag's default: -h must not print it
+	if *tokenFile != "" {
+		var err error
+		if token, err = pki.ReadSecretFile(*tokenFile); err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+	}
+	if *caFile == "" {
+		*caFile = os.Getenv("ROAM_CA")
+	}
+	hc := http.Client{Timeout: *timeout}
+	if *caFile != "" {
+		b, err := os.ReadFile(*caFile)
+		if err != nil {
+			return fmt.Errorf("--ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return fmt.Errorf("--ca %s: no certificate", *caFile)
+		}
+		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	}
+	c := client.New(*base, token, &hc)
 	needName := func() (string, error) {
 		if len(pos) != 1 {
 			return "", fmt.Errorf("service %s: want one NAME\n%s", sub, serviceUsage)

@@ -3,6 +3,8 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -21,6 +23,7 @@ import (
 	"github.com/roamnet/roam/ctrl/backend/local"
 	"github.com/roamnet/roam/ctrl/demo"
 	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/test/testport"
 )
@@ -37,7 +40,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func newTestServer(t *testing.T, token, secret string) *Server {
+func newTestServer(t *testing.T, token string) *Server {
 	t.Helper()
 	st, err := store.Open(filepath.Join(t.TempDir(), "c.db"))
 	if err != nil {
@@ -49,24 +52,56 @@ func newTestServer(t *testing.T, token, secret string) *Server {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { be.Close() })
-	peers := NewPeerClient("a", secret)
+	id := testIdentity(t, pki.ID{Cluster: "a"})
+	peers := NewPeerClient("a", id, testDir{})
 	reg := prometheus.NewRegistry()
-	eng, err := migrate.New(migrate.Config{ClusterID: "a", URL: "http://127.0.0.1:1", Store: st, Backend: be, Peers: peers, Registerer: reg})
+	eng, err := migrate.New(migrate.Config{ClusterID: "a", URL: "https://127.0.0.1:1", Store: st, Backend: be, Peers: peers, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewServer(Config{Engine: eng, Token: token, PeerSecret: secret, Peers: peers, Gatherer: reg, Registerer: reg})
+	var users *Users
+	if token != "" {
+		users = StaticUsers(User{Name: "u", Role: RoleOperate, Hash: HashToken(token)})
+	}
+	s, err := NewServer(Config{Engine: eng, Users: users, TLS: id, Peers: peers, Gatherer: reg, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-func call(t *testing.T, h http.Handler, method, path, tok, body string) *httptest.ResponseRecorder {
+// testCA is the CA of the handler-level tests' identities.
+var testCA = func() *pki.CA {
+	ca, err := pki.NewCA("api-test", time.Hour)
+	if err != nil {
+		panic(err)
+	}
+	return ca
+}()
+
+func testIdentity(t *testing.T, id pki.ID) *pki.Source {
+	t.Helper()
+	dir := t.TempDir()
+	if err := testCA.WriteIdentity(dir, id, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s, err := pki.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// peerCert marks a request as made over TLS with the certificate of src.
+type peerCert struct{ src *pki.Source }
+
+func call(t *testing.T, h http.Handler, method, path string, tok any, body string) *httptest.ResponseRecorder {
 	t.Helper()
 	req := httptest.NewRequest(method, path, bytes.NewBufferString(body))
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
+	if p, ok := tok.(peerCert); ok {
+		req.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{p.src.Leaf()}}
+	} else if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok.(string))
 	}
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, req)
@@ -74,23 +109,22 @@ func call(t *testing.T, h http.Handler, method, path, tok, body string) *httptes
 }
 
 func TestAuthAndBadInput(t *testing.T) {
-	s := newTestServer(t, "usertok", "sekrit")
+	s := newTestServer(t, "usertok")
 	h := s.Handler()
-	peer := PeerToken("sekrit", "b", time.Now().Add(time.Minute))
+	peer := peerCert{testIdentity(t, pki.ID{Cluster: "b"})}
 	cases := []struct {
-		name, method, path, tok, body string
-		status                        int
-		want                          string
+		name, method, path string
+		tok                any
+		body               string
+		status             int
+		want               string
 	}{
 		{"no token", "GET", "/v1/services", "", "", 401, "bearer token"},
-		{"wrong token", "GET", "/v1/services", "nope", "", 401, "bearer token"},
+		{"wrong token", "GET", "/v1/services", "nope", "", 401, "unknown token"},
 		{"user ok", "GET", "/v1/services", "usertok", "", 200, "[]"},
-		{"peer token on user route", "GET", "/v1/services", peer, "", 200, "[]"},
-		{"user token on peer route", "GET", "/v1/peer/health", "usertok", "", 401, "signed controller token"},
+		{"peer on user route", "GET", "/v1/services", peer, "", 403, "user routes take"},
+		{"user token on peer route", "GET", "/v1/peer/health", "usertok", "", 401, "client certificate is required"},
 		{"peer ok", "GET", "/v1/peer/health", peer, "", 200, `"cluster":"a"`},
-		{"expired peer", "GET", "/v1/peer/health", PeerToken("sekrit", "b", time.Now().Add(-time.Second)), "", 401, "expired"},
-		{"forged peer", "GET", "/v1/peer/health", PeerToken("other", "b", time.Now().Add(time.Minute)), "", 401, "bad signature"},
-		{"too long peer", "GET", "/v1/peer/health", PeerToken("sekrit", "b", time.Now().Add(time.Hour)), "", 401, "too far"},
 		{"bad json", "POST", "/v1/services", "usertok", "{", 400, "decode request body"},
 		{"unknown field", "POST", "/v1/services", "usertok", `{"name":"x","bogus":1}`, 400, "unknown field"},
 		{"bad name", "POST", "/v1/services", "usertok", `{"name":"Bad_Name","demo":true,"ports":[{"port":80,"protocol":"tcp"}]}`, 400, "DNS label"},
@@ -111,8 +145,11 @@ func TestAuthAndBadInput(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d containing %q", c.name, w.Code, w.Body.String(), c.status, c.want)
 		}
 	}
-	if n := counterValue(s.errs.WithLabelValues(ReasonUnauthorized)); n != 6 {
-		t.Errorf("unauthorized counted %v, want 6", n)
+	if n := counterValue(s.errs.WithLabelValues(ReasonUnauthorized)); n != 3 {
+		t.Errorf("unauthorized counted %v, want 3", n)
+	}
+	if n := counterValue(s.errs.WithLabelValues(ReasonForbidden)); n != 1 {
+		t.Errorf("forbidden counted %v, want 1", n)
 	}
 	if n := counterValue(s.errs.WithLabelValues(ReasonInvalid)); n != 6 {
 		t.Errorf("invalid counted %v, want 6", n)
@@ -127,14 +164,14 @@ func TestAuthAndBadInput(t *testing.T) {
 }
 
 func TestDeployGetDelete(t *testing.T) {
-	s := newTestServer(t, "", "sekrit")
+	s := newTestServer(t, "tok")
 	h := s.Handler()
 	port := strconv.Itoa(int(testport.Free(t)))
 	body := `{"name":"web","demo":true,"ports":[{"port":` + port + `,"protocol":"tcp"}]}`
-	if w := call(t, h, "POST", "/v1/services", "", body); w.Code != 201 || !strings.Contains(w.Body.String(), `"kind":"local"`) {
+	if w := call(t, h, "POST", "/v1/services", "tok", body); w.Code != 201 || !strings.Contains(w.Body.String(), `"kind":"local"`) {
 		t.Fatalf("deploy: %d %s", w.Code, w.Body)
 	}
-	if w := call(t, h, "POST", "/v1/services", "", body); w.Code != 409 {
+	if w := call(t, h, "POST", "/v1/services", "tok", body); w.Code != 409 {
 		t.Fatalf("second deploy: %d %s", w.Code, w.Body)
 	}
 	resp, err := http.Get("http://127.0.0.1:" + port + "/")
@@ -142,13 +179,13 @@ func TestDeployGetDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if w := call(t, h, "GET", "/v1/services/web", "", ""); w.Code != 200 || !strings.Contains(w.Body.String(), `"cluster":"a"`) {
+	if w := call(t, h, "GET", "/v1/services/web", "tok", ""); w.Code != 200 || !strings.Contains(w.Body.String(), `"cluster":"a"`) {
 		t.Fatalf("get: %d %s", w.Code, w.Body)
 	}
-	if w := call(t, h, "DELETE", "/v1/services/web", "", ""); w.Code != 204 {
+	if w := call(t, h, "DELETE", "/v1/services/web", "tok", ""); w.Code != 204 {
 		t.Fatalf("delete: %d %s", w.Code, w.Body)
 	}
-	if w := call(t, h, "GET", "/v1/services/web", "", ""); w.Code != 404 {
+	if w := call(t, h, "GET", "/v1/services/web", "tok", ""); w.Code != 404 {
 		t.Fatalf("get after delete: %d", w.Code)
 	}
 }

@@ -31,7 +31,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 			documented = append(documented, strings.ToUpper(m)+" "+p)
 		}
 	}
-	s := newTestServer(t, "tok", "secret")
+	s := newTestServer(t, "tok")
 	routes := s.Routes()
 	sort.Strings(documented)
 	sort.Strings(routes)

@@ -1,37 +1,45 @@
 // Package api is the cluster controller's REST API (JSON): the user routes
 // (deploy, list, get, delete, migrate, migrations), the controller-to-
 // controller routes under /v1/peer, /healthz and /metrics; and the peer
-// client other controllers use. Users authenticate with a bearer token;
-// controllers with HMAC-signed, expiring tokens from a shared secret. A
-// call on a service that runs abroad is forwarded to the cluster running it.
+// client other controllers use.
+//
+// Who calls is established once, in handle: a controller by the client
+// certificate it presents (its cluster's identity, see ctrl/pki), a user by
+// a bearer token of the users file (each with a role). A peer's identity
+// opens only peer routes and a user's only user routes; each peer route
+// then lets a peer act only as itself (authz.go). Every refusal is a 401 or
+// 403 counted in roam_ctrl_auth_denied_total{reason}. A call on a service
+// that runs abroad is forwarded to the cluster running it, on a peer route.
 package api
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/ctrl/pki"
 )
 
-const maxBody = 1 << 20
+// MaxBody bounds every request body.
+const MaxBody = 1 << 20
 
 // Error reasons (label of roam_ctrl_api_errors_total).
 const (
 	ReasonBadJSON      = "bad_json"
 	ReasonInvalid      = "invalid"
 	ReasonUnauthorized = "unauthorized"
+	ReasonForbidden    = "forbidden"
 	ReasonNotFound     = "not_found"
 	ReasonConflict     = "conflict"
 	ReasonUpstream     = "upstream"
@@ -40,17 +48,37 @@ const (
 	ReasonInternal     = "internal"
 )
 
+var reasons = []string{ReasonBadJSON, ReasonInvalid, ReasonUnauthorized, ReasonForbidden, ReasonNotFound, ReasonConflict,
+	ReasonUpstream, ReasonUnsettled, ReasonRecovering, ReasonInternal}
+
+func knownReason(r string) bool {
+	for _, k := range reasons {
+		if r == k {
+			return true
+		}
+	}
+	return false
+}
+
 // Config configures the server.
 type Config struct {
 	Engine *migrate.Engine
-	// Token is the users' bearer token (empty: user routes are open).
-	Token string
-	// PeerSecret signs and checks controller-to-controller tokens.
-	PeerSecret string
-	Peers      *PeerClient
-	Gatherer   prometheus.Gatherer
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
+	// Users are the users and their roles (nil or empty: every user route
+	// is refused).
+	Users *Users
+	// TLS is this cluster's identity: it verifies the certificates peers
+	// present (nil: peer routes are refused).
+	TLS *pki.Source
+	// Peers calls other controllers (forwarding, and asking a home whether
+	// a caller hosts its service); its directory also checks moved-on
+	// notices.
+	Peers *PeerClient
+	// AllowCommand lets users deploy a service given as a command line
+	// (the local backend runs it on this host). Peers never may.
+	AllowCommand bool
+	Gatherer     prometheus.Gatherer
+	Registerer   prometheus.Registerer
+	Logger       *slog.Logger
 }
 
 // Server serves the API.
@@ -61,14 +89,17 @@ type Server struct {
 	routes []string
 	errs   *prometheus.CounterVec
 	reqs   *prometheus.CounterVec
+	denied *prometheus.CounterVec
 }
 
-type auth int
+// access is who may call a route.
+type access int
 
 const (
-	authNone auth = iota
-	authUser      // user token or peer token
-	authPeer      // peer token only
+	accessNone    access = iota // anyone (/healthz, /metrics)
+	accessRead                  // a user with the read or operate role
+	accessOperate               // a user with the operate role
+	accessPeer                  // another controller, by its certificate
 )
 
 // NewServer builds the server and its routes.
@@ -84,29 +115,36 @@ func NewServer(cfg Config) (*Server, error) {
 			Help: "Controller API requests refused or failed, by reason."}, []string{"reason"}),
 		reqs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roam_ctrl_api_requests_total",
 			Help: "Controller API requests by route and status code."}, []string{"route", "code"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roam_ctrl_auth_denied_total",
+			Help: "Controller API calls refused for who made them (401/403), by reason."}, []string{"reason"}),
 	}
-	for _, r := range []string{ReasonBadJSON, ReasonInvalid, ReasonUnauthorized, ReasonNotFound, ReasonConflict, ReasonUpstream, ReasonUnsettled, ReasonRecovering, ReasonInternal} {
+	for _, r := range reasons {
 		s.errs.WithLabelValues(r)
 	}
+	for _, r := range denyReasons {
+		s.denied.WithLabelValues(r)
+	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.errs, s.reqs} {
+		for _, c := range []prometheus.Collector{s.errs, s.reqs, s.denied} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}
 		}
 	}
-	s.handle("POST /v1/services", authUser, s.deploy)
-	s.handle("GET /v1/services", authUser, s.list)
-	s.handle("GET /v1/services/{name}", authUser, s.get)
-	s.handle("DELETE /v1/services/{name}", authUser, s.delete)
-	s.handle("POST /v1/services/{name}/migrate", authUser, s.migrate)
-	s.handle("GET /v1/migrations", authUser, s.migrations)
-	s.handle("POST /v1/peer/foreign", authPeer, s.peerDeploy)
-	s.handle("DELETE /v1/peer/foreign/{name}", authPeer, s.peerRemove)
-	s.handle("POST /v1/peer/moved-on", authPeer, s.peerMovedOn)
-	s.handle("GET /v1/peer/where/{name}", authPeer, s.peerWhere)
-	s.handle("GET /v1/peer/health", authPeer, s.peerHealth)
-	s.handle("GET /healthz", authNone, func(w http.ResponseWriter, r *http.Request) error {
+	s.handle("POST /v1/services", accessOperate, s.deploy)
+	s.handle("GET /v1/services", accessRead, s.list)
+	s.handle("GET /v1/services/{name}", accessRead, s.get)
+	s.handle("DELETE /v1/services/{name}", accessOperate, s.delete)
+	s.handle("POST /v1/services/{name}/migrate", accessOperate, s.migrate)
+	s.handle("GET /v1/migrations", accessRead, s.migrations)
+	s.handle("POST /v1/peer/foreign", accessPeer, s.peerDeploy)
+	s.handle("DELETE /v1/peer/foreign/{name}", accessPeer, s.peerRemove)
+	s.handle("POST /v1/peer/moved-on", accessPeer, s.peerMovedOn)
+	s.handle("GET /v1/peer/where/{name}", accessPeer, s.peerWhere)
+	s.handle("GET /v1/peer/health", accessPeer, s.peerHealth)
+	s.handle("GET /v1/peer/services/{name}", accessPeer, s.peerGet)
+	s.handle("POST /v1/peer/services/{name}/migrate", accessPeer, s.peerMigrate)
+	s.handle("GET /healthz", accessNone, func(w http.ResponseWriter, r *http.Request) error {
 		return reply(w, http.StatusOK, map[string]string{"status": "ok", "cluster": cfg.Engine.ClusterID()})
 	})
 	g := cfg.Gatherer
@@ -114,7 +152,7 @@ func NewServer(cfg Config) (*Server, error) {
 		g = prometheus.DefaultGatherer
 	}
 	mh := promhttp.HandlerFor(g, promhttp.HandlerOpts{})
-	s.handle("GET /metrics", authNone, func(w http.ResponseWriter, r *http.Request) error { mh.ServeHTTP(w, r); return nil })
+	s.handle("GET /metrics", accessNone, func(w http.ResponseWriter, r *http.Request) error { mh.ServeHTTP(w, r); return nil })
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, apiErr(http.StatusNotFound, ReasonNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})
@@ -134,18 +172,18 @@ type statusWriter struct {
 
 func (w *statusWriter) WriteHeader(c int) { w.code = c; w.ResponseWriter.WriteHeader(c) }
 
-func (s *Server) handle(pattern string, a auth, h func(http.ResponseWriter, *http.Request) error) {
+func (s *Server) handle(pattern string, a access, h func(http.ResponseWriter, *http.Request) error) {
 	s.routes = append(s.routes, pattern)
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		defer func() { s.reqs.WithLabelValues(pattern, fmt.Sprint(sw.code)).Inc() }()
-		caller, err := s.authorize(r, a)
+		r.Body = http.MaxBytesReader(sw, r.Body, MaxBody)
+		caller, err := s.authenticate(r, a)
 		if err != nil {
 			s.fail(sw, err)
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, caller))
-		r.Body = http.MaxBytesReader(sw, r.Body, maxBody)
 		if err := h(sw, r); err != nil {
 			s.fail(sw, err)
 		}
@@ -155,37 +193,60 @@ func (s *Server) handle(pattern string, a auth, h func(http.ResponseWriter, *htt
 // callerKey holds the verified ctrl.Caller in a request's context.
 type callerKey struct{}
 
-// callerOf is who made r, as authorize verified it.
+// callerOf is who made r, as authenticate verified it.
 func callerOf(r *http.Request) ctrl.Caller {
 	c, _ := r.Context().Value(callerKey{}).(ctrl.Caller)
 	return c
 }
 
-// authorize checks r's credentials and returns who made it (the cluster a
-// peer token names; the zero Caller for a user).
-func (s *Server) authorize(r *http.Request, a auth) (ctrl.Caller, error) {
-	if a == authNone {
+// authenticate establishes who made r and whether that kind of caller may
+// use the route: a peer by its verified certificate (peer routes only), a
+// user by its token and role (user routes only).
+func (s *Server) authenticate(r *http.Request, a access) (ctrl.Caller, error) {
+	if a == accessNone {
 		return ctrl.Caller{}, nil
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		if s.cfg.TLS == nil {
+			return ctrl.Caller{}, s.deny(http.StatusUnauthorized, DenyBadCertificate, "client certificates are not accepted here (no --tls-dir)")
+		}
+		id, err := s.cfg.TLS.Verify(r.TLS.PeerCertificates, x509.ExtKeyUsageClientAuth)
+		if err != nil {
+			return ctrl.Caller{}, s.deny(http.StatusUnauthorized, DenyBadCertificate, "%v", err)
+		}
+		switch {
+		case id.IsNode():
+			return ctrl.Caller{}, s.deny(http.StatusForbidden, DenyNotController, "%s is a node, not a controller", id)
+		case id.Cluster == s.cfg.Engine.ClusterID():
+			return ctrl.Caller{}, s.deny(http.StatusForbidden, DenySelf, "%s is this cluster's own identity", id)
+		case a != accessPeer:
+			return ctrl.Caller{}, s.deny(http.StatusForbidden, DenyPeerOnUserRoute, "%s is a controller: user routes take a user's token", id)
+		}
+		return ctrl.Caller{Cluster: id.Cluster}, nil
+	}
+	if a == accessPeer {
+		if s.cfg.TLS == nil {
+			return ctrl.Caller{}, s.deny(http.StatusForbidden, DenyPeerDisabled, "peer calls are disabled (no --tls-dir)")
+		}
+		return ctrl.Caller{}, s.deny(http.StatusUnauthorized, DenyNoCertificate, "peer route: a controller's client certificate is required")
 	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if s.cfg.PeerSecret != "" && ok && strings.HasPrefix(tok, peerTokenPrefix) {
-		cluster, err := VerifyPeerToken(s.cfg.PeerSecret, tok, time.Now())
-		if err != nil {
-			return ctrl.Caller{}, apiErr(http.StatusUnauthorized, ReasonUnauthorized, "peer token: %v", err)
-		}
-		return ctrl.Caller{Cluster: cluster}, nil
+	switch {
+	case !ok || tok == "":
+		return ctrl.Caller{}, s.deny(http.StatusUnauthorized, DenyNoCredentials, "a bearer token is required")
+	case strings.HasPrefix(tok, "roam1."):
+		return ctrl.Caller{}, s.deny(http.StatusUnauthorized, DenyPeerToken, "shared-secret peer tokens are no longer accepted")
 	}
-	if a == authPeer {
-		if s.cfg.PeerSecret == "" {
-			return ctrl.Caller{}, apiErr(http.StatusForbidden, ReasonUnauthorized, "peer calls are disabled (no --peer-secret)")
-		}
-		return ctrl.Caller{}, apiErr(http.StatusUnauthorized, ReasonUnauthorized, "peer route: a signed controller token is required")
+	u, found := s.cfg.Users.lookup(tok)
+	if !found {
+		return ctrl.Caller{}, s.deny(http.StatusUnauthorized, DenyBadToken, "unknown token")
 	}
-	if s.cfg.Token == "" {
-		return ctrl.Caller{}, nil
+	need := RoleRead
+	if a == accessOperate {
+		need = RoleOperate
 	}
-	if !ok || !constantEq(tok, s.cfg.Token) {
-		return ctrl.Caller{}, apiErr(http.StatusUnauthorized, ReasonUnauthorized, "missing or wrong bearer token")
+	if !u.Role.allows(need) {
+		return ctrl.Caller{}, s.deny(http.StatusForbidden, DenyRole, "user %s has the %s role; this route needs %s", u.Name, u.Role, need)
 	}
 	return ctrl.Caller{}, nil
 }
@@ -269,6 +330,9 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &d); err != nil {
 		return err
 	}
+	if len(d.Command) > 0 && !s.cfg.AllowCommand {
+		return s.deny(http.StatusForbidden, DenyCommand, "a service given as a command runs on this host: roam-ctrl --allow-command enables it")
+	}
 	rec, err := s.cfg.Engine.Deploy(r.Context(), d)
 	if err != nil {
 		return err
@@ -294,8 +358,8 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) error {
 	}
 	if rec.Kind == ctrl.KindAbroad && !forwarded(r) && r.URL.Query().Get("local") == "" {
 		// Answer as the cluster running it does.
-		var out ctrl.Record
-		if err := s.cfg.Peers.do(r.Context(), http.MethodGet, rec.ClusterURL, "/v1/services/"+rec.Service.Name, nil, &out); err == nil {
+		base, _ := s.cfg.Peers.Dir.ControllerURL(rec.Cluster)
+		if out, err := s.cfg.Peers.get(r.Context(), base, rec.Service.Name); err == nil {
 			w.Header().Set("X-Roam-Served-By", rec.Cluster)
 			return reply(w, http.StatusOK, out)
 		} else {
@@ -348,66 +412,4 @@ func (s *Server) migrations(w http.ResponseWriter, r *http.Request) error {
 		ms = []ctrl.Migration{}
 	}
 	return reply(w, http.StatusOK, ms)
-}
-
-func (s *Server) peerDeploy(w http.ResponseWriter, r *http.Request) error {
-	var req ctrl.ForeignRequest
-	if err := decode(r, &req); err != nil {
-		return err
-	}
-	rep, err := s.cfg.Engine.DeployForeign(r.Context(), callerOf(r), req)
-	if err != nil {
-		return err
-	}
-	return reply(w, http.StatusOK, rep)
-}
-
-func (s *Server) peerRemove(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	if q.Get("home") == "" {
-		return apiErr(http.StatusBadRequest, ReasonInvalid, "query parameter home is required")
-	}
-	epoch := ctrl.Epoch{MigrationID: q.Get("migration_id")}
-	if v := q.Get("epoch"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return apiErr(http.StatusBadRequest, ReasonInvalid, "query parameter epoch: %v", err)
-		}
-		epoch.N = n
-	}
-	if err := s.cfg.Engine.RemoveForeign(r.Context(), callerOf(r), r.PathValue("name"), q.Get("home"), epoch); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
-}
-
-func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
-	var n ctrl.MovedOn
-	if err := decode(r, &n); err != nil {
-		return err
-	}
-	if n.Service == "" || n.Epoch.MigrationID == "" || validID(n.From) != nil || validID(n.To) != nil {
-		return apiErr(http.StatusBadRequest, ReasonInvalid, "moved-on: service, epoch.migration_id, from and to are required")
-	}
-	m, err := s.cfg.Engine.MovedOn(r.Context(), callerOf(r), n)
-	if errors.Is(err, migrate.ErrCrash) {
-		panic(http.ErrAbortHandler) // the test hook: drop the connection as a killed process would
-	}
-	if err != nil {
-		return err
-	}
-	return reply(w, http.StatusOK, m)
-}
-
-func (s *Server) peerWhere(w http.ResponseWriter, r *http.Request) error {
-	wh, err := s.cfg.Engine.Where(r.Context(), callerOf(r), r.PathValue("name"))
-	if err != nil {
-		return err
-	}
-	return reply(w, http.StatusOK, wh)
-}
-
-func (s *Server) peerHealth(w http.ResponseWriter, r *http.Request) error {
-	return reply(w, http.StatusOK, s.cfg.Engine.Health())
 }

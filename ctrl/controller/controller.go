@@ -6,6 +6,7 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/migrate"
 	"github.com/roamnet/roam/ctrl/netprobe"
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/meta"
@@ -47,16 +49,27 @@ type Config struct {
 	// set, the connection requires TLS. NATSTLSCert/Key are this
 	// cluster's client pair, for an MO that asks for client certificates.
 	NATSTLSCA, NATSTLSCert, NATSTLSKey string
-	Agents                             []string // agent API URLs
-	AgentToken                         string
-	FrontendAddr                       netip.Addr
-	DataAddr                           netip.Addr
-	StorePath                          string
-	HelloInterval                      time.Duration
-	FailsafeAfter                      time.Duration
-	DrainTimeout                       time.Duration
-	Token                              string
-	PeerSecret                         string
+	Agents                             []string // agent API URLs (https: mutual TLS with TLS's identity)
+	// AgentToken is the bearer token of plain-HTTP agents (in-process
+	// tests on loopback only; deployed agents use TLS).
+	AgentToken    string
+	FrontendAddr  netip.Addr
+	DataAddr      netip.Addr
+	StorePath     string
+	HelloInterval time.Duration
+	FailsafeAfter time.Duration
+	DrainTimeout  time.Duration
+	// TLS is this cluster's identity (ctrl/pki): the API is served over
+	// TLS with it, peers are called and verified with it, agents at https
+	// URLs too. Nil: plain HTTP, and no peer call is made or accepted.
+	TLS *pki.Source
+	// Users are the API's users with their roles (nil: user routes refused).
+	Users *api.Users
+	// AllowCommand lets users deploy services given as a command line.
+	AllowCommand bool
+	// AllowLoopbackEndpoints admits peers' endpoints on loopback or
+	// link-local addresses (in-process tests, where clusters share lo).
+	AllowLoopbackEndpoints bool
 	// Peers is a static directory id -> controller URL (used besides the
 	// MO's view).
 	Peers map[string]string
@@ -111,10 +124,50 @@ type Controller struct {
 	wg     sync.WaitGroup
 }
 
-// directory resolves cluster ids from the static list, then the MO's view.
+// directory resolves cluster ids from the static list, then the MO's view
+// (api.Directory: the only source of peer URLs).
 type directory struct {
 	static map[string]string
 	mc     *meta.Client
+}
+
+var _ api.Directory = directory{}
+
+func (d directory) hellos() []meta.Hello {
+	if d.mc == nil {
+		return nil
+	}
+	return d.mc.Clusters()
+}
+
+// ClustersAt lists the clusters the directory has at url.
+func (d directory) ClustersAt(url string) []string {
+	url = strings.TrimRight(url, "/")
+	var out []string
+	for id, u := range d.static {
+		if strings.TrimRight(u, "/") == url {
+			out = append(out, id)
+		}
+	}
+	for _, h := range d.hellos() {
+		if h.ControllerURL != "" && strings.TrimRight(h.ControllerURL, "/") == url && !slices.Contains(out, h.ClusterID) {
+			if _, static := d.static[h.ClusterID]; !static {
+				out = append(out, h.ClusterID)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// DataAddrs are the addresses a cluster's hello declares.
+func (d directory) DataAddrs(id string) ([]netip.Addr, bool) {
+	for _, h := range d.hellos() {
+		if h.ClusterID == id {
+			return h.DataAddrs, len(h.DataAddrs) > 0
+		}
+	}
+	return nil, false
 }
 
 func (d directory) ControllerURL(id string) (string, bool) {
@@ -184,7 +237,11 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 				host = netip.MustParseAddr("127.0.0.1")
 			}
 		}
-		c.url = "http://" + netip.AddrPortFrom(host, ap.Port()).String()
+		scheme := "https://"
+		if cfg.TLS == nil {
+			scheme = "http://"
+		}
+		c.url = scheme + netip.AddrPortFrom(host, ap.Port()).String()
 	}
 	if cfg.ProbeAddr != "" {
 		if c.probeS, err = netprobe.NewServer(netprobe.ServerConfig{Addr: cfg.ProbeAddr, Registerer: c.reg, Logger: c.log}); err != nil {
@@ -232,9 +289,11 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
-	peers := api.NewPeerClient(cfg.ClusterID, cfg.PeerSecret)
+	dir := directory{static: cfg.Peers, mc: c.mc}
+	peers := api.NewPeerClient(cfg.ClusterID, cfg.TLS, dir)
+	peers.Endpoints.AllowLoopback = cfg.AllowLoopbackEndpoints
 	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Store: c.st,
-		Backend: cfg.Backend, Directory: directory{static: cfg.Peers, mc: c.mc}, Peers: peers,
+		Backend: cfg.Backend, Directory: dir, Peers: peers,
 		DrainTimeout: cfg.DrainTimeout, FailsafeAfter: cfg.FailsafeAfter, ProbeInterval: min(cfg.HelloInterval, 500*time.Millisecond),
 		PolicyInterval: cfg.PolicyInterval, PolicyCooldown: cfg.PolicyCooldown, CollectAfter: cfg.CollectAfter,
 		Tier: cfg.Tier, Trigger: cfg.Trigger, Measured: c.measured,
@@ -242,7 +301,14 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if len(cfg.Agents) > 0 {
 		g := make(agentapi.Group, len(cfg.Agents))
 		for i, u := range cfg.Agents {
-			g[i] = agentapi.New(u, cfg.AgentToken)
+			if strings.HasPrefix(u, "https://") {
+				if cfg.TLS == nil {
+					return nil, fmt.Errorf("new controller: agent %s: https needs the cluster's identity (--tls-dir)", u)
+				}
+				g[i] = agentapi.NewTLS(u, cfg.TLS.ClientConfig(pki.ExpectNodeOf(cfg.ClusterID)))
+			} else {
+				g[i] = agentapi.New(u, cfg.AgentToken)
+			}
 		}
 		ecfg.Agents = g
 	}
@@ -271,11 +337,20 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	ecfg = c.Engine.Config()
 	rec := newReconciler(c.Engine, c.log, cfg.Workers, cfg.Resync, ecfg.ProbeInterval, max(ecfg.CollectAfter/6, time.Second),
 		ecfg.PolicyInterval, 2*ecfg.DeployTimeout+ecfg.DrainTimeout)
-	if c.API, err = api.NewServer(api.Config{Engine: c.Engine, Token: cfg.Token, PeerSecret: cfg.PeerSecret, Peers: peers,
-		Gatherer: c.reg, Registerer: c.reg, Logger: c.log}); err != nil {
+	if c.API, err = api.NewServer(api.Config{Engine: c.Engine, Users: cfg.Users, TLS: cfg.TLS, Peers: peers,
+		AllowCommand: cfg.AllowCommand, Gatherer: c.reg, Registerer: c.reg, Logger: c.log}); err != nil {
 		return nil, err
 	}
-	c.srv = &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// Every route's body is bounded (api.MaxBody); a slow client holds a
+	// goroutine at most ReadTimeout. WriteTimeout outlasts the longest
+	// call (a migration: two deploys and a drain).
+	c.srv = &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 2*ecfg.DeployTimeout + ecfg.DrainTimeout + time.Minute, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}
+	if cfg.TLS != nil {
+		c.srv.TLSConfig = cfg.TLS.ServerConfig()
+		c.ln = tls.NewListener(c.ln, c.srv.TLSConfig)
+	}
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
 	if c.probeS != nil {

@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,8 +16,8 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/ctrl"
-	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -97,7 +99,7 @@ func blackHole(t *testing.T) string {
 		}
 		mu.Unlock()
 	})
-	return "http://" + l.Addr().String()
+	return "https://" + l.Addr().String()
 }
 
 // TestServesWhileRecovering: the journal holds a mover's migration whose
@@ -134,8 +136,30 @@ func TestServesWhileRecovering(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{}
+	for _, id := range []string{"a", "b"} {
+		ids[id] = filepath.Join(dir, id+"-tls")
+		if err := ca.WriteIdentity(ids[id], pki.ID{Cluster: id}, []string{"127.0.0.1"}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bID, err := pki.Load(ids["b"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	aCert, err := tls.LoadX509KeyPair(filepath.Join(ids["a"], pki.CertFile), filepath.Join(ids["a"], pki.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	asA := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{aCert}}}}
 	c, err := New(ctx, Config{ClusterID: "b", APIAddr: "127.0.0.1:0", StorePath: path, Backend: &memBackend{copies: map[string]backend.Spec{}},
-		PeerSecret: "s", Peers: map[string]string{"a": home}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		TLS: bID, Peers: map[string]string{"a": home}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,8 +170,7 @@ func TestServesWhileRecovering(t *testing.T) {
 	get := func(path string) *http.Response {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+path, nil)
-		req.Header.Set("Authorization", "Bearer "+api.PeerToken("s", "a", time.Now().Add(time.Minute)))
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := asA.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

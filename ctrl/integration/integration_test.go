@@ -5,6 +5,8 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,10 +24,12 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/backend/local"
 	"github.com/roamnet/roam/ctrl/controller"
 	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/dptest"
@@ -47,8 +51,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-const secret = "test-peer-secret"
-
 type cluster struct {
 	id    string
 	addr  netip.Addr
@@ -60,6 +62,7 @@ type cluster struct {
 	mo    string
 	hook  func(ctrl.Migration) error
 	links string // measured links file read at every hello
+	tls   *pki.Source
 }
 
 type env struct {
@@ -69,6 +72,8 @@ type env struct {
 	port     uint16
 	cl       map[string]*cluster
 	peers    map[string]string
+	// users is the user client: the installation's CA, the token below.
+	users *http.Client
 }
 
 func startAgent(t *testing.T) *agentapi.Client {
@@ -111,6 +116,15 @@ func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 	}
 	e.port = testport.Free(t, addrs...) // never one handed out before
 	dir := t.TempDir()
+	// One installation: a CA and a certificate per cluster (mutual TLS
+	// between the controllers, as deployed).
+	ca, err := pki.NewCA("integration", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	e.users = &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	for i, id := range ids {
 		be, err := local.New(local.Config{ClusterID: id, ListenAddr: addrs[i], ExposeAddr: addrs[i], Pods: 8, MilliCPU: 4000, MemoryMB: 4096, Logger: logger})
 		if err != nil {
@@ -118,7 +132,14 @@ func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 		}
 		t.Cleanup(func() { be.Close() })
 		c := &cluster{id: id, addr: addrs[i], be: be, agent: agents[i], store: filepath.Join(dir, id+".db"), links: filepath.Join(dir, id+"-links.json"), ln: apis[i], mo: mo.ClientURL()}
-		e.peers[id] = "http://" + c.ln
+		tdir := filepath.Join(dir, id+"-tls")
+		if err := ca.WriteIdentity(tdir, pki.ID{Cluster: id}, []string{addrs[i].String()}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if c.tls, err = pki.Load(tdir); err != nil {
+			t.Fatal(err)
+		}
+		e.peers[id] = "https://" + c.ln
 		e.cl[id] = c
 	}
 	for _, id := range ids {
@@ -173,9 +194,10 @@ func (e *env) start(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c.c, err = controller.New(ctx, controller.Config{ClusterID: id, Tier: meta.TierEdge, Listener: ln,
-		AdvertiseURL: "http://" + c.ln, NATSURL: c.mo, Agents: []string{c.agent.URL()}, AgentToken: "agent-tok",
+		AdvertiseURL: "https://" + c.ln, NATSURL: c.mo, Agents: []string{c.agent.URL()}, AgentToken: "agent-tok",
 		FrontendAddr: c.addr, DataAddr: c.addr, StorePath: c.store, HelloInterval: 200 * time.Millisecond,
-		FailsafeAfter: e.failsafe, DrainTimeout: 2 * time.Second, Token: "user-tok", PeerSecret: secret,
+		FailsafeAfter: e.failsafe, DrainTimeout: 2 * time.Second, TLS: c.tls, AllowLoopbackEndpoints: true,
+		Users: api.StaticUsers(api.User{Name: "test", Role: api.RoleOperate, Hash: api.HashToken("user-tok")}),
 		Peers: e.peers, Backend: c.be, CrashHook: c.hook, LinksFile: c.links,
 		PolicyInterval: 200 * time.Millisecond, PolicyCooldown: 500 * time.Millisecond, Logger: logger.With("ctrl", id)})
 	if err != nil {
@@ -314,8 +336,7 @@ func (e *env) rest(id, method, path, body string) (int, string) {
 	e.t.Helper()
 	req, _ := http.NewRequest(method, e.peers[id]+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer user-tok")
-	c := http.Client{Timeout: 90 * time.Second}
-	resp, err := c.Do(req)
+	resp, err := e.users.Do(req)
 	if err != nil {
 		e.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -340,7 +361,7 @@ func TestMigrateMultiHopForwardingHome(t *testing.T) {
 	}
 	e.expectAt("a", "b")
 	req, _ := http.NewRequest("GET", e.peers["a"]+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := e.users.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

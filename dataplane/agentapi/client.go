@@ -3,6 +3,7 @@ package agentapi
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,17 @@ func New(baseURL, token string) *Client {
 		base:  strings.TrimRight(baseURL, "/"),
 		token: token,
 		HTTP:  &http.Client{Timeout: 10 * time.Second},
+	}
+}
+
+// NewTLS returns a client of the agent API at an https baseURL that
+// presents and checks certificates as tc says (pki.Source.ClientConfig
+// with pki.ExpectNodeOf the controller's cluster).
+func NewTLS(baseURL string, tc *tls.Config) *Client {
+	return &Client{
+		base: strings.TrimRight(baseURL, "/"),
+		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc,
+			ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 5 * time.Second}},
 	}
 }
 

@@ -16,6 +16,7 @@
 package agentapi
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -54,6 +56,7 @@ const (
 	ReasonConflict     = "conflict"
 	ReasonInternal     = "internal"
 	ReasonBadRequest   = "bad_request"
+	ReasonForbidden    = "forbidden"
 )
 
 // maxBody bounds a request body.
@@ -61,8 +64,14 @@ const maxBody = 64 << 10
 
 // ServerConfig configures a Server.
 type ServerConfig struct {
+	// TLS, when set, is the node's identity (ctrl/pki): every /v1 route
+	// then requires a client certificate of this installation naming this
+	// node's cluster's controller (spiffe://roam/cluster/<id>); a node's or
+	// another cluster's certificate is refused.
+	TLS *pki.Source
 	// Token, when set, is required as "Authorization: Bearer TOKEN" on every
-	// /v1 route (not on /healthz).
+	// /v1 route (not on /healthz): for in-process tests on loopback; a
+	// deployed agent uses TLS.
 	Token string
 	// Registerer receives the API's metrics; nil means none are registered
 	// (they are still counted).
@@ -73,6 +82,7 @@ type ServerConfig struct {
 // Server serves the agent API over a Dataplane.
 type Server struct {
 	dp     Dataplane
+	tls    *pki.Source
 	token  string
 	log    *slog.Logger
 	mux    *http.ServeMux
@@ -85,6 +95,7 @@ type Server struct {
 func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 	s := &Server{
 		dp:    dp,
+		tls:   cfg.TLS,
 		token: cfg.Token,
 		log:   cfg.Logger,
 		mux:   http.NewServeMux(),
@@ -106,7 +117,7 @@ func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	for _, r := range []string{ReasonBadJSON, ReasonBadFrontend, ReasonBadTarget, ReasonUnauthorized,
-		ReasonNotFound, ReasonConflict, ReasonInternal, ReasonBadRequest} {
+		ReasonNotFound, ReasonConflict, ReasonInternal, ReasonBadRequest, ReasonForbidden} {
 		s.errors.WithLabelValues(r) // export zeros so rates work from the start
 	}
 	if cfg.Registerer != nil {
@@ -190,25 +201,30 @@ func (s *Server) route(pattern, name string, h func(http.ResponseWriter, *http.R
 }
 
 func (s *Server) authorize(r *http.Request, route string) error {
-	if s.token == "" || route == "healthz" {
+	if route == "healthz" {
+		return nil
+	}
+	if s.tls != nil {
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: a client certificate is required")
+		}
+		id, err := s.tls.Verify(r.TLS.PeerCertificates, x509.ExtKeyUsageClientAuth)
+		if err != nil {
+			return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: %v", err)
+		}
+		if want := (pki.ID{Cluster: s.tls.ID().Cluster}); id != want {
+			return apiErr(http.StatusForbidden, ReasonForbidden, "authorize request: %s may not program this node (only %s)", id, want)
+		}
+		return nil
+	}
+	if s.token == "" {
 		return nil
 	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || !constantTimeEqual(got, s.token) {
+	if !ok || !pki.Equal(got, s.token) {
 		return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: missing or wrong bearer token")
 	}
 	return nil
-}
-
-func constantTimeEqual(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	var v byte
-	for i := 0; i < len(a); i++ {
-		v |= a[i] ^ b[i]
-	}
-	return v == 0
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -31,7 +32,10 @@ type agentProc struct {
 	bin     string
 	topo    *netns.Topology
 	pinPath string
-	token   string
+	// tlsDir is the agent's node identity; ctrl the controller identity
+	// the test calls it with (mutual TLS, as a deployed agent runs).
+	tlsDir  string
+	ctrl    *pki.Source
 	logPath string
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -53,7 +57,7 @@ func (a *agentProc) start(ctx context.Context) {
 		"--snat-ports", "40000-40999",
 		"--metrics-addr", "127.0.0.1:9700",
 		"--api-addr", "127.0.0.1:9701",
-		"--api-token", a.token)
+		"--tls-dir", a.tlsDir)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		logf.Close()
@@ -106,8 +110,9 @@ func httpIn(ns string) *http.Client {
 }
 
 func (a *agentProc) client() *agentapi.Client {
-	c := agentapi.New("http://127.0.0.1:9701", a.token)
-	c.HTTP = httpIn(a.topo.Home)
+	c := agentapi.NewTLS("https://127.0.0.1:9701", a.ctrl.ClientConfig(pki.ExpectNodeOf("home")))
+	tr := c.HTTP.Transport.(*http.Transport)
+	tr.DialContext, tr.DisableKeepAlives = netns.Dialer(a.topo.Home), true
 	return c
 }
 
@@ -225,8 +230,23 @@ func TestEndToEnd(t *testing.T) {
 		t.Cleanup(func() { srv.Close() })
 	}
 
+	ca, err := pki.NewCA("e2e", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeDir, ctrlDir := t.TempDir(), t.TempDir()
+	if err := ca.WriteIdentity(nodeDir, pki.ID{Cluster: "home", Node: "n1"}, []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteIdentity(ctrlDir, pki.ID{Cluster: "home"}, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	ctrlID, err := pki.Load(ctrlDir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	agent := &agentProc{
-		t: t, bin: bin, topo: topo, token: "e2e-" + netns.RandSuffix(4),
+		t: t, bin: bin, topo: topo, tlsDir: nodeDir, ctrl: ctrlID,
 		pinPath: "/sys/fs/bpf/roam-e2e-" + topo.Suffix,
 		logPath: filepath.Join(t.TempDir(), "agent.log"),
 	}

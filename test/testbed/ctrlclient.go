@@ -19,5 +19,5 @@ func (tb *Testbed) Ctrl(cluster string) (*CtrlClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return client.New(c.CtrlURL(), tb.State().Secrets.UserToken, HTTPClient(c.NS, 60*time.Second)), nil
+	return client.New(c.CtrlURL(), tb.State().Secrets.UserToken, tb.HTTPSClient(c.NS, 60*time.Second)), nil
 }

@@ -2,8 +2,6 @@ package testbed
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,12 +53,11 @@ type LaunchConfig struct {
 	Ready time.Duration
 }
 
-// Secrets are the tokens the launched processes share; `testbed run` and
-// the e2e tests use UserToken on the controllers' REST API.
+// Secrets are what a user of the testbed needs: `testbed run` and the e2e
+// tests use UserToken on the controllers' REST API (an operate user of
+// the controllers' --users-file; see tls.go for the certificates).
 type Secrets struct {
-	UserToken  string `json:"user_token"`
-	AgentToken string `json:"agent_token"`
-	PeerSecret string `json:"peer_secret"`
+	UserToken string `json:"user_token"`
 }
 
 // FindModule walks up from dir to the directory holding go.mod.
@@ -106,12 +103,6 @@ func Build(ctx context.Context, moduleDir, outDir string, names ...string) error
 	return nil
 }
 
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // PinPath is where cluster's agent pins its maps.
 func (tb *Testbed) PinPath(cluster string) string {
 	root := tb.st.Config.PinRoot
@@ -123,7 +114,7 @@ func (tb *Testbed) PinPath(cluster string) string {
 
 // CtrlURL is cluster's controller REST base URL (reachable from the
 // cluster's namespace and, through the router, from every other one).
-func (c Cluster) CtrlURL() string { return fmt.Sprintf("http://%s:%d", c.WAN4, CtrlPort) }
+func (c Cluster) CtrlURL() string { return fmt.Sprintf("https://%s:%d", c.WAN4, CtrlPort) }
 
 // MetaURL is the NATS URL of the MO as cluster i reaches it.
 func MetaURL(i int) string { return fmt.Sprintf("nats://%s:%d", WANRouter4(i), MetaNATSPort) }
@@ -200,7 +191,11 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			return Secrets{}, fmt.Errorf("launch: %s not found in %s", b, bin)
 		}
 	}
-	sec := Secrets{UserToken: randHex(16), AgentToken: randHex(16), PeerSecret: randHex(16)}
+	tok, err := tb.makePKI(work)
+	if err != nil {
+		return Secrets{}, fmt.Errorf("launch: make certificates: %w", err)
+	}
+	sec := Secrets{UserToken: tok}
 	var nf NATSFiles
 	if want["roam-meta"] || want["roam-ctrl"] {
 		if nf, err = tb.ensureNATSCredentials(work); err != nil {
@@ -246,7 +241,7 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				"--snat-addr", c.WAN4.String() + "," + c.WAN6.String(),
 				"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", AgentMetrics),
 				"--api-addr", fmt.Sprintf("127.0.0.1:%d", AgentAPIPort),
-				"--api-token", sec.AgentToken,
+				"--tls-dir", AgentTLSDir(work, c.Name),
 			}, fmt.Sprintf("http://127.0.0.1:%d/healthz", AgentMetrics))
 			if err != nil {
 				return Secrets{}, err
@@ -273,8 +268,9 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				"--nats-url", MetaURL(c.Index),
 				"--nats-password-file", nf.Passwords[c.Name],
 				"--nats-tls-ca", nf.CA,
-				"--agents", fmt.Sprintf("http://127.0.0.1:%d", AgentAPIPort),
-				"--agent-token", sec.AgentToken,
+				"--agents", fmt.Sprintf("https://127.0.0.1:%d", AgentAPIPort),
+				"--tls-dir", CtrlTLSDir(work, c.Name),
+				"--users-file", UsersFile(work),
 				"--frontend-addr", c.WAN4.String(),
 				"--data-addr", c.WAN4.String(),
 				"--backend", "local",
@@ -286,14 +282,12 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				"--trigger-hold", lc.TriggerHold.String(),
 				"--policy-cooldown", lc.PolicyCooldown.String(),
 				"--probe-cold-interval", lc.ProbeColdInterval.String(),
-				"--token", sec.UserToken,
-				"--peer-secret", sec.PeerSecret,
 			}
 			if len(labels) > 0 {
 				args = append(args, "--labels", strings.Join(labels, ","))
 			}
 			p, err := tb.Start(c.NS, "roam-ctrl-"+c.Name, filepath.Join(bin, "roam-ctrl"), args,
-				fmt.Sprintf("http://127.0.0.1:%d/healthz", CtrlPort))
+				fmt.Sprintf("https://127.0.0.1:%d/healthz", CtrlPort))
 			if err != nil {
 				return Secrets{}, err
 			}

@@ -221,7 +221,7 @@ func HTTPClient(ns string, timeout time.Duration) *http.Client {
 // WaitHealthy polls url from inside ns until it answers 200, the process
 // exits, or ctx ends.
 func (tb *Testbed) WaitHealthy(ctx context.Context, p Proc, url string) error {
-	c := HTTPClient(p.NS, 2*time.Second)
+	c := tb.HTTPSClient(p.NS, 2*time.Second)
 	defer c.CloseIdleConnections()
 	var last error
 	for {
