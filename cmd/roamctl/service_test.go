@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,7 +20,7 @@ import (
 func TestServiceCommand(t *testing.T) {
 	var migrate ctrl.MigrateRequest
 	var auth []string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		auth = append(auth, r.Header.Get("Authorization"))
 		switch {
 		case r.Method == http.MethodPost && r.URL.Path == "/v1/services/web/migrate":
@@ -31,18 +34,28 @@ func TestServiceCommand(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
+	// The token from a file (never a flag value), the server checked
+	// against a CA file.
+	dir := t.TempDir()
+	tokFile, caFile := filepath.Join(dir, "token"), filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(tokFile, []byte("tok\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
-	if err := runService(ctx, []string{"migrate", "web", "--to", "edge", "--ctrl", srv.URL, "--token", "tok"}); err != nil {
+	if err := runService(ctx, []string{"migrate", "web", "--to", "edge", "--ctrl", srv.URL, "--token-file", tokFile, "--ca", caFile}); err != nil {
 		t.Fatal(err)
 	}
 	if migrate.Destination != "edge" || migrate.Reason != "manual" {
 		t.Fatalf("migrate body %+v", migrate)
 	}
-	err := runService(ctx, []string{"get", "gone", "--ctrl", srv.URL, "--token", "tok"})
+	err := runService(ctx, []string{"get", "gone", "--ctrl", srv.URL, "--token-file", tokFile, "--ca", caFile})
 	if err == nil || !strings.Contains(err.Error(), "404 not-found: service gone not found") {
 		t.Fatalf("get gone: %v", err)
 	}
-	if err := runService(ctx, []string{"get", "--ctrl", srv.URL}); err == nil || !strings.Contains(err.Error(), "want one NAME") {
+	if err := runService(ctx, []string{"get", "--ctrl", srv.URL, "--ca", caFile}); err == nil || !strings.Contains(err.Error(), "want one NAME") {
 		t.Fatalf("get without NAME: %v", err)
 	}
 	for _, a := range auth {
