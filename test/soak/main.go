@@ -55,7 +55,6 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/load"
 	"github.com/roamnet/roam/test/netns"
@@ -687,8 +686,11 @@ func listens(ns string, p uint16, proto lb.Proto) bool {
 // looking behind the target is not one).
 func (s *soak) watch(ctx context.Context) {
 	home, _ := s.tb.Cluster("home")
-	ag := agentapi.New(fmt.Sprintf("http://127.0.0.1:%d", testbed.AgentAPIPort), s.sec.AgentToken)
-	ag.HTTP = testbed.HTTPClient(home.NS, 2*time.Second)
+	ag, err := s.tb.AgentClient("home", 2*time.Second)
+	if err != nil {
+		s.logf("agent client: %v", err)
+		return
+	}
 	byAddr := map[netip.Addr]testbed.Cluster{}
 	for _, c := range s.cls {
 		byAddr[c.WAN4] = c

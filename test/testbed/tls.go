@@ -11,6 +11,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/dataplane/agentapi"
 )
 
 // The testbed's trust: at launch, a CA of its own (as `roamctl cert ca`
@@ -96,4 +97,27 @@ func (tb *Testbed) HTTPSClient(ns string, timeout time.Duration) *http.Client {
 	c := HTTPClient(ns, timeout)
 	c.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: tb.caPool(), MinVersion: tls.VersionTLS13}
 	return c
+}
+
+// AgentClient is a client of cluster's agent API as its controller calls
+// it: from the cluster's namespace, mutual TLS with the controller's
+// identity, accepting only a node of that cluster.
+func (tb *Testbed) AgentClient(cluster string, timeout time.Duration) (*agentapi.Client, error) {
+	c, err := tb.Cluster(cluster)
+	if err != nil {
+		return nil, err
+	}
+	work, err := tb.workDir()
+	if err != nil {
+		return nil, err
+	}
+	id, err := pki.Load(CtrlTLSDir(work, cluster))
+	if err != nil {
+		return nil, err
+	}
+	ag := agentapi.NewTLS(fmt.Sprintf("https://127.0.0.1:%d", AgentAPIPort), id.ClientConfig(pki.ExpectNodeOf(cluster)))
+	hc := HTTPClient(c.NS, timeout)
+	hc.Transport.(*http.Transport).TLSClientConfig = id.ClientConfig(pki.ExpectNodeOf(cluster))
+	ag.HTTP = hc
+	return ag, nil
 }
