@@ -271,12 +271,15 @@ func TestAttackRemoveForeign(t *testing.T) {
 	if r, err := b.eng.Get("web"); err != nil || r.Kind != ctrl.KindForeign || r.Home != "a" {
 		t.Fatalf("b's record: %+v %v", r, err)
 	}
-	// The real home may remove it.
-	if code, body := send(t, as(t, in.cl["a"].dir), "DELETE", base+"?home=a", "", ""); code != 204 {
+	// The real home may remove it (naming the copy's epoch).
+	if code, body := send(t, as(t, in.cl["a"].dir), "DELETE", base+"?home=a&migration_id=m1&epoch=1", "", ""); code != 204 {
 		t.Fatalf("home's remove: %d %s", code, body)
 	}
-	if copyAnswers(copyEP) {
-		t.Fatal("the home's remove left the copy running")
+	// The copy stops gracefully (SIGTERM, then it drains): it ends soon.
+	for deadline := time.Now().Add(15 * time.Second); copyAnswers(copyEP); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the home's remove left the copy running")
+		}
 	}
 }
 
