@@ -4,6 +4,8 @@ package k8s
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,8 +26,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/backend/kube"
 	"github.com/roamnet/roam/ctrl/controller"
+	roampki "github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/dptest"
@@ -82,9 +86,16 @@ func TestMigrationAcrossClusters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		lns[id], peers[id] = ln, "http://"+ln.Addr().String()
+		lns[id], peers[id] = ln, "https://"+ln.Addr().String()
 	}
 	dir := t.TempDir()
+	// One installation: the controllers talk mutual TLS (issue 11).
+	ca, err := roampki.NewCA("k8s-test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restCA = x509.NewCertPool()
+	restCA.AddCert(ca.Cert)
 	ctrls := map[string]*controller.Controller{}
 	agents := map[string]*agentapi.Client{}
 	for i, id := range ids {
@@ -97,10 +108,19 @@ func TestMigrationAcrossClusters(t *testing.T) {
 		t.Cleanup(hs.Close)
 		agents[id] = agentapi.New(hs.URL, "agent-tok")
 		addr := netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)})
+		tdir := filepath.Join(dir, id+"-tls")
+		if err := ca.WriteIdentity(tdir, roampki.ID{Cluster: id}, []string{addr.String()}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		ident, err := roampki.Load(tdir)
+		if err != nil {
+			t.Fatal(err)
+		}
 		c, err := controller.New(ctx, controller.Config{ClusterID: id, Tier: meta.TierEdge, Listener: lns[id],
 			AdvertiseURL: peers[id], NATSURL: mo.ClientURL(), Agents: []string{hs.URL}, AgentToken: "agent-tok",
 			FrontendAddr: addr, DataAddr: addr, StorePath: filepath.Join(dir, id+".db"), HelloInterval: 500 * time.Millisecond,
-			FailsafeAfter: time.Minute, DrainTimeout: 2 * time.Second, Token: "user-tok", PeerSecret: "peer-secret",
+			FailsafeAfter: time.Minute, DrainTimeout: 2 * time.Second, TLS: ident, AllowLoopbackEndpoints: true,
+			Users: api.StaticUsers(api.User{Name: "test", Role: api.RoleOperate, Hash: api.HashToken("user-tok")}),
 			Peers: peers, Backend: ctrlBackend(t, id), Logger: logger.With("ctrl", id)})
 		if err != nil {
 			t.Fatalf("controller %s: %v", id, err)
@@ -248,12 +268,15 @@ func TestMigrationAcrossClusters(t *testing.T) {
 	}
 }
 
+// restCA is the controllers' CA, for restCall.
+var restCA *x509.CertPool
+
 func restCall(t *testing.T, base, method, path, body string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer user-tok")
 	req.Header.Set("Content-Type", "application/json")
-	c := http.Client{Timeout: 2 * time.Minute}
+	c := http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: restCA}}}
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
