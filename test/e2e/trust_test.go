@@ -56,8 +56,9 @@ func childrenOf(t *testing.T, pid int) []int {
 // every controller and to the agents, by default), after a service moved
 // between clusters, no roam process has a secret in its argv and no
 // deployed copy (home's or a foreign one started at a peer's request) has
-// one in its environment. A call without a certificate on a peer route is
-// refused.
+// one in its environment, and no process's log holds a secret value (the
+// user token, a NATS password, a private key). A call without a
+// certificate on a peer route is refused.
 func TestNoSecretInArgvOrCopies(t *testing.T) {
 	need(t)
 	tb, _ := launch(t)
@@ -76,8 +77,37 @@ func TestNoSecretInArgvOrCopies(t *testing.T) {
 		t.Fatalf("migrate to edge over mTLS: %+v %v", m, err)
 	}
 	markers := secretMarkers(tb)
-	copies := 0
+	// What the processes must never print: the secret values themselves
+	// (the user token, each cluster's NATS password) and private keys.
+	values := []string{tb.State().Secrets.UserToken, "PRIVATE KEY"}
+	work, err := tb.WorkDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pws, _ := filepath.Glob(filepath.Join(work, "nats", "password-*"))
+	for _, f := range pws {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pw := strings.TrimSpace(string(b)); pw != "" {
+			values = append(values, pw)
+			markers = append(markers, pw)
+		}
+	}
+	if len(pws) == 0 {
+		t.Fatalf("no NATS password file under %s", work)
+	}
+	copies, logged := 0, 0
 	for _, p := range tb.State().Procs {
+		if b, err := os.ReadFile(p.Log); err == nil {
+			logged++
+			for _, v := range values {
+				if bytes.Contains(b, []byte(v)) {
+					t.Errorf("%s: its log (%s) holds a secret (%.4s...)", p.Name, p.Log, v)
+				}
+			}
+		}
 		argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
 		if err != nil {
 			t.Fatalf("%s: %v", p.Name, err)
@@ -113,6 +143,9 @@ func TestNoSecretInArgvOrCopies(t *testing.T) {
 	}
 	if copies == 0 {
 		t.Fatal("no deployed copy found under any controller")
+	}
+	if logged == 0 {
+		t.Fatal("no process log read")
 	}
 	// A peer route without a client certificate, from the camera's host.
 	cam, _ := tb.Client("camera")
