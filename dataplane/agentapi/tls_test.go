@@ -1,0 +1,136 @@
+package agentapi
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/roamnet/roam/ctrl/pki"
+)
+
+// identity writes id, issued by ca, into a fresh directory and loads it.
+func identity(t *testing.T, ca *pki.CA, id pki.ID) *pki.Source {
+	t.Helper()
+	dir := t.TempDir()
+	if err := ca.WriteIdentity(dir, id, []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	s, err := pki.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestMutualTLS runs the agent API as a deployed agent does (mutual TLS
+// with node home/n1's identity) and calls it as each attacker would: with
+// no certificate, as another cluster's controller of the same
+// installation, as another node of the same cluster, and as "home"'s
+// controller of another installation. Each is refused (401 or 403),
+// counted by reason, and leaves the data plane untouched; home's own
+// controller programs it. A controller also refuses an agent that is not
+// a node of its cluster.
+func TestMutualTLS(t *testing.T) {
+	ca, err := pki.NewCA("roam-test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewCA("roam-other", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := identity(t, ca, pki.ID{Cluster: "home", Node: "n1"})
+	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
+	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
+		t.Fatal(err)
+	}
+	// Served as roam-agent serves it (httptest's StartTLS would put its
+	// own certificate first).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: a.srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: node.ServerConfig(),
+		ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = hs.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = hs.Close() })
+	url := "https://" + ln.Addr().String()
+	c := ctx(t)
+
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	noCert := &Client{base: url, HTTP: &http.Client{Timeout: 10 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}}
+	// A certificate naming home's controller from another installation's
+	// CA, presented by a client that trusts this installation's CA (public).
+	fdir := t.TempDir()
+	if err := other.WriteIdentity(fdir, pki.ID{Cluster: "home"}, nil, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	fpair, err := tls.LoadX509KeyPair(filepath.Join(fdir, "tls.crt"), filepath.Join(fdir, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := &Client{base: url, HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: pool, Certificates: []tls.Certificate{fpair}, MinVersion: tls.VersionTLS13}}}}
+	// The attackers pin the agent's identity as a real controller would, so
+	// the refusal comes from the agent, not from the client.
+	as := func(s *pki.Source) *Client { return NewTLS(url, s.ClientConfig(nil)) }
+	cases := []struct {
+		who    string
+		c      *Client
+		status int
+		reason string
+	}{
+		{"no client certificate", noCert, http.StatusUnauthorized, ReasonUnauthorized},
+		{"edge's controller", as(identity(t, ca, pki.ID{Cluster: "edge"})), http.StatusForbidden, ReasonForbidden},
+		{"node home/n2", as(identity(t, ca, pki.ID{Cluster: "home", Node: "n2"})), http.StatusForbidden, ReasonForbidden},
+		{"home's controller of another installation", foreign, http.StatusUnauthorized, ReasonUnauthorized},
+	}
+	for _, tc := range cases {
+		before := counter(t, a.reg, "roam_agent_api_errors_total", "reason", tc.reason)
+		_, err := tc.c.Stage(c, fe, t1)
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Status != tc.status || ae.Reason != tc.reason {
+			t.Errorf("stage as %s: %v, want %d %s", tc.who, err, tc.status, tc.reason)
+		}
+		if _, err := tc.c.List(c); !errors.As(err, &ae) || ae.Status != tc.status {
+			t.Errorf("list as %s: %v, want %d", tc.who, err, tc.status)
+		}
+		if got := counter(t, a.reg, "roam_agent_api_errors_total", "reason", tc.reason); got != before+2 {
+			t.Errorf("%s: roam_agent_api_errors_total{reason=%q} %v, want %v", tc.who, tc.reason, got, before+2)
+		}
+	}
+	if svcs, _ := a.dp.List(); len(svcs) != 0 {
+		t.Fatalf("a refused caller changed the data plane: %v", svcs)
+	}
+	if err := noCert.Health(c); err != nil {
+		t.Fatalf("healthz needs no certificate: %v", err)
+	}
+
+	// Home's controller, expecting a node of home, programs the node.
+	ctl := identity(t, ca, pki.ID{Cluster: "home"})
+	hc := NewTLS(url, ctl.ClientConfig(pki.ExpectNodeOf("home")))
+	if _, err := hc.Stage(c, fe, t1); err != nil {
+		t.Fatalf("stage as home's controller: %v", err)
+	}
+	if svcs, err := hc.List(c); err != nil || len(svcs) != 1 {
+		t.Fatalf("list as home's controller: %v %v", svcs, err)
+	}
+	// Edge's controller refuses home's node as its agent: the TLS
+	// handshake fails on the client side, nothing is sent.
+	ec := NewTLS(url, identity(t, ca, pki.ID{Cluster: "edge"}).ClientConfig(pki.ExpectNodeOf("edge")))
+	if _, err := ec.List(c); err == nil || !strings.Contains(err.Error(), "want a node of cluster edge") {
+		t.Fatalf("edge's controller accepted home's node: %v", err)
+	}
+}
