@@ -484,3 +484,36 @@ func TestNoUpstreamEcho(t *testing.T) {
 		t.Fatalf("forwarded failure: %d %s", code, body)
 	}
 }
+
+// TestBodyLimit: every route reads at most MaxBody of a body, a user's
+// and a peer's alike: a larger one is refused as too large, and the
+// server is not made to buffer it.
+func TestBodyLimit(t *testing.T) {
+	in := newInstall(t, "a", "b")
+	a := in.cl["a"]
+	u := in.dir.urls["a"]
+	// Valid JSON up to the brace: only its size is wrong.
+	big := `{"name":"` + strings.Repeat("x", MaxBody) + `"}`
+	for _, tc := range []struct {
+		what, method, url, tok string
+		hc                     *http.Client
+	}{
+		{"user deploy", "POST", u + "/v1/services", "op-a", anon()},
+		{"user migrate", "POST", u + "/v1/services/web/migrate", "op-a", anon()},
+		{"peer moved-on", "POST", u + "/v1/peer/moved-on", "", as(t, in.cl["b"].dir)},
+		{"peer foreign deploy", "POST", u + "/v1/peer/foreign", "", as(t, in.cl["b"].dir)},
+	} {
+		code, body := send(t, tc.hc, tc.method, tc.url, tc.tok, big)
+		if code != http.StatusBadRequest || !strings.Contains(body, "too large") {
+			t.Errorf("%s with a %d-byte body: %d %.200s", tc.what, len(big), code, body)
+		}
+	}
+	if recs, _ := a.eng.List(); len(recs) != 0 {
+		t.Fatalf("a recorded %v", recs)
+	}
+	// Just under the limit is read (and judged on its content).
+	ok := `{"name":"` + strings.Repeat("x", 100) + `","demo":true,"ports":[{"port":0,"protocol":"tcp"}]}`
+	if code, body := send(t, anon(), "POST", u+"/v1/services", "op-a", ok); code != http.StatusBadRequest || strings.Contains(body, "too large") {
+		t.Fatalf("small body: %d %s", code, body)
+	}
+}
