@@ -99,8 +99,11 @@ type Config struct {
 	Resync       time.Duration
 	Workers      int
 	CollectAfter time.Duration
-	CrashHook    func(ctrl.Migration) error
-	Logger       *slog.Logger
+	// ReadTimeout bounds how long the API waits for a request, its body
+	// included (default 30s): a slow client holds a goroutine no longer.
+	ReadTimeout time.Duration
+	CrashHook   func(ctrl.Migration) error
+	Logger      *slog.Logger
 }
 
 // Controller is one running controller.
@@ -344,7 +347,11 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	// Every route's body is bounded (api.MaxBody); a slow client holds a
 	// goroutine at most ReadTimeout. WriteTimeout outlasts the longest
 	// call (a migration: two deploys and a drain).
-	c.srv = &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+	readTimeout := cfg.ReadTimeout
+	if readTimeout <= 0 {
+		readTimeout = 30 * time.Second
+	}
+	c.srv = &http.Server{Handler: c.API.Handler(), ReadHeaderTimeout: min(10*time.Second, readTimeout), ReadTimeout: readTimeout,
 		WriteTimeout: 2*ecfg.DeployTimeout + ecfg.DrainTimeout + time.Minute, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}
 	if cfg.TLS != nil {
