@@ -38,7 +38,7 @@ var DefaultTimeouts = Timeouts{
 	Established: 6 * time.Hour,
 	Close:       5 * time.Second,
 	TimeWait:    65 * time.Second,
-	UDPDrain:    2 * time.Second,
+	UDPDrain:    200 * time.Millisecond,
 }
 
 // ErrNotFound is returned for a frontend the data plane does not hold.
@@ -83,7 +83,13 @@ type Timeouts struct {
 	Close       time.Duration // TCP done, the target without TIME_WAIT (the client closed first, or an RST); default 5 s
 	TimeWait    time.Duration // TCP done, the target closed first: its TIME_WAIT (Linux: 60 s) outlives the port's hold; default 65 s
 	UDP         time.Duration // set from Config.IdleTimeout
-	UDPDrain    time.Duration // UDP idle once a commit moved its frontend away from the flow's target: done; default 2 s
+	// UDPDrain: a UDP flow idle this long once a commit moved its
+	// frontend away from its target is done (default 200 ms): its next
+	// packet goes to the new target, and a migration's drain no longer
+	// waits for it (the old copy is then stopped, so a request it still
+	// works on longer than this may lose its answer: raise it for such a
+	// service).
+	UDPDrain time.Duration
 }
 
 // Flow is one forward conntrack entry that has not timed out.

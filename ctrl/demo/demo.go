@@ -63,10 +63,10 @@ type Config struct {
 	// balancer's commit may still arrive.
 	Linger time.Duration
 	// UDPLinger is how long, once stopping, UDP must have been quiet (no
-	// datagram) before it returns (default 2.5s): the load balancer keeps
+	// datagram) before it returns (default 300ms): the load balancer keeps
 	// a UDP flow pinned here until it has been idle for its UDP drain time
-	// after the commit (2s by default), and a client that reuses a source
-	// port within it is still sent here.
+	// after the commit (roam-agent --udp-drain, 200ms by default), and a
+	// client that reuses a source port within it is still sent here.
 	UDPLinger time.Duration
 }
 
@@ -99,7 +99,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		cfg.Linger = 100 * time.Millisecond
 	}
 	if cfg.UDPLinger <= 0 {
-		cfg.UDPLinger = 2500 * time.Millisecond
+		cfg.UDPLinger = 300 * time.Millisecond
 	}
 	// UDP first: once HTTP answers (the backends' readiness), UDP does too.
 	var pcs []net.PacketConn
@@ -342,7 +342,7 @@ func Main(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.Cluster, "cluster", os.Getenv("ROAM_CLUSTER"), "cluster id to report")
 	fs.DurationVar(&cfg.IdleGrace, "idle-grace", 500*time.Millisecond, "when stopping: how long an idle connection is kept before it is closed")
 	fs.DurationVar(&cfg.Linger, "linger", 100*time.Millisecond, "when stopping: how long HTTP must have been quiet before it exits")
-	fs.DurationVar(&cfg.UDPLinger, "udp-linger", 2500*time.Millisecond, "when stopping: how long UDP must have been quiet before it exits (at least the load balancer's UDP drain time)")
+	fs.DurationVar(&cfg.UDPLinger, "udp-linger", 300*time.Millisecond, "when stopping: how long UDP must have been quiet before it exits (at least the load balancer's UDP drain time)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

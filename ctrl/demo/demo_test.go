@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/test/load"
+	"github.com/roamnet/roam/test/testport"
 )
 
 // copyOf is one running demo server.
@@ -24,25 +25,10 @@ type copyOf struct {
 
 func (c *copyOf) wait() error { <-c.done; return c.err }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := ln.Addr().String()
-		ln.Close()
-		pc, err := net.ListenPacket("udp", a)
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		return a
-	}
-	t.Fatal("no free port for TCP and UDP")
-	return ""
-}
+// freeAddr is an address free for TCP and UDP, below the ephemeral range
+// (a port taken there with listen :0 may be an outgoing connection's by
+// the time the demo binds it).
+func freeAddr(t *testing.T) string { return testport.Addr(t) }
 
 func start(t *testing.T, cluster string, idleGrace, linger time.Duration) *copyOf {
 	t.Helper()

@@ -2,8 +2,10 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -26,31 +28,45 @@ func (e *Engine) program(ctx context.Context, fs []lb.Frontend, t func(i int) lb
 	return e.commit(ctx, fs, gens)
 }
 
-// stage writes t(i) into the inactive slot of every frontend on every node;
-// no packet sees it until the commit. On a failure the frontends already
-// staged are aborted.
+// stage writes t(i) into the inactive slot of every frontend on every node,
+// all frontends at once (one round trip to the agents); no packet sees it
+// until the commit. On a failure the frontends that staged are aborted.
 func (e *Engine) stage(ctx context.Context, fs []lb.Frontend, t func(i int) lb.Target) (staged, error) {
 	if e.cfg.Agents == nil {
 		return nil, nil
 	}
 	gens := make(staged, len(fs))
-	for i, f := range fs {
+	errs := eachFrontend(fs, func(i int, f lb.Frontend) error {
 		g, err := e.cfg.Agents.Stage(ctx, f, t(i))
 		if err != nil {
-			e.abort(ctx, fs[:i], gens[:i])
-			return nil, fmt.Errorf("stage %s -> %s: %w", f, t(i), err)
+			return fmt.Errorf("stage %s -> %s: %w", f, t(i), err)
 		}
 		gens[i] = g
+		return nil
+	})
+	if err := errors.Join(errs...); err != nil {
+		// A frontend whose stage failed was rolled back by the agents'
+		// group itself; abort those that staged.
+		var ok []lb.Frontend
+		var okGens staged
+		for i, f := range fs {
+			if errs[i] == nil {
+				ok, okGens = append(ok, f), append(okGens, gens[i])
+			}
+		}
+		e.abort(ctx, ok, okGens)
+		return nil, err
 	}
 	return gens, nil
 }
 
-// commit flips every frontend to its staged target on every node.
+// commit flips every frontend to its staged target on every node, all
+// frontends at once.
 func (e *Engine) commit(ctx context.Context, fs []lb.Frontend, gens staged) error {
 	if e.cfg.Agents == nil {
 		return nil
 	}
-	for i, f := range fs {
+	return errors.Join(eachFrontend(fs, func(i int, f lb.Frontend) error {
 		var g agentapi.Generations
 		if gens != nil {
 			g = gens[i]
@@ -58,8 +74,8 @@ func (e *Engine) commit(ctx context.Context, fs []lb.Frontend, gens staged) erro
 		if err := e.cfg.Agents.Commit(ctx, f, g); err != nil {
 			return fmt.Errorf("commit %s: %w", f, err)
 		}
-	}
-	return nil
+		return nil
+	})...)
 }
 
 // abort clears the staged slot of every frontend (on a context of its own:
@@ -71,7 +87,7 @@ func (e *Engine) abort(ctx context.Context, fs []lb.Frontend, gens staged) {
 	}
 	actx, cancel := detached(ctx, e.cfg.CallTimeout)
 	defer cancel()
-	for i, f := range fs {
+	eachFrontend(fs, func(i int, f lb.Frontend) error {
 		var g agentapi.Generations
 		if gens != nil {
 			g = gens[i]
@@ -79,7 +95,25 @@ func (e *Engine) abort(ctx context.Context, fs []lb.Frontend, gens staged) {
 		if err := e.cfg.Agents.Abort(actx, f, g); err != nil {
 			e.log.Warn("abort staged target", "frontend", f, "err", err)
 		}
+		return nil
+	})
+}
+
+// eachFrontend runs fn for every frontend concurrently (the agents' calls
+// of one frontend are independent of another's) and returns the errors by
+// index.
+func eachFrontend(fs []lb.Frontend, fn func(i int, f lb.Frontend) error) []error {
+	errs := make([]error, len(fs))
+	if len(fs) == 1 {
+		errs[0] = fn(0, fs[0])
+		return errs
 	}
+	var wg sync.WaitGroup
+	for i, f := range fs {
+		wg.Go(func() { errs[i] = fn(i, f) })
+	}
+	wg.Wait()
+	return errs
 }
 
 // redirectTo is the target of frontend i for a copy reached at eps (local

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -375,5 +376,38 @@ func TestTimesSameForEveryRole(t *testing.T) {
 	}
 	if reroute.Times.Reroute == 0 || reroute.Times.Reroute != mover.Times.Reroute || reroute.Times.Commit != mover.Times.Commit {
 		t.Errorf("mover's reroute/commit %v/%v, home's %v/%v", mover.Times.Reroute, mover.Times.Commit, reroute.Times.Reroute, reroute.Times.Commit)
+	}
+}
+
+// TestStageFailsOnOneFrontend: a service with two frontends is staged on
+// both at once; when one frontend's stage fails, the other one, staged
+// meanwhile, is aborted: nothing stays staged on any node, both frontends
+// still point at the old copy, and the new copy is removed.
+func TestStageFailsOnOneFrontend(t *testing.T) {
+	w := newWorld(t, "a", "b")
+	d := w.descriptor()
+	d.Ports = append(d.Ports, backend.Port{Port: testPort, Protocol: lb.UDP})
+	if _, err := w.eng("a").Deploy(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	ag := w.cluster("a").ag
+	ag.faults.set("stage", fault{err: errInjected, times: 1})
+	m, err := w.migrate("a", "b")
+	if !errors.Is(err, errInjected) || m.State != ctrl.StateFailed {
+		t.Fatalf("migration %+v, %v: want failed by the injected stage fault", m, err)
+	}
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	for i := range ag.nodes {
+		for _, proto := range []lb.Proto{lb.TCP, lb.UDP} {
+			f := lb.Frontend{Addr: w.clusters["a"].addr, Port: testPort, Proto: proto}
+			s := ag.nodes[i][f]
+			if s == nil || s.Active != lb.Local || s.Staged.Kind != lb.TargetNone {
+				t.Fatalf("node %d frontend %s: %+v, want local and nothing staged", i, f, s)
+			}
+		}
+	}
+	if _, runs := w.cluster("b").be.running("web"); runs {
+		t.Fatal("the new copy at b still runs")
 	}
 }

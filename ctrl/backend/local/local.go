@@ -371,15 +371,15 @@ func (b *Backend) endpoints(s backend.Spec) []netip.AddrPort {
 
 // ready reports whether r's own process holds the socket of every port
 // of its spec (see sockets.go) and every TCP port accepts a connection;
-// the demo service must also answer HTTP GET /healthz with 200.
+// the demo service must also answer HTTP GET /healthz with 200. The TCP
+// probes go first: while the copy starts they fail at once (connection
+// refused), before the socket tables are read.
 func (b *Backend) ready(ctx context.Context, r *run) bool {
 	r.mu.Lock()
 	s, pid := r.spec, r.pid
 	r.mu.Unlock()
-	for _, p := range s.Ports {
-		if !ownsPort(pid, p.Port, p.Protocol) {
-			return false
-		}
+	if pid <= 0 {
+		return false
 	}
 	for i, p := range s.Ports {
 		if p.Protocol != lb.TCP {
@@ -398,11 +398,25 @@ func (b *Backend) ready(ctx context.Context, r *run) bool {
 		}
 		c.Close()
 	}
+	for _, p := range s.Ports {
+		if !ownsPort(pid, p.Port, p.Protocol) {
+			return false
+		}
+	}
 	return true
 }
 
+// readyPollMin and readyPollMax bound how often waitReady checks a
+// starting copy: from readyPollMin (a copy is often ready within a few
+// milliseconds), doubling up to readyPollMax.
+const (
+	readyPollMin = time.Millisecond
+	readyPollMax = 20 * time.Millisecond
+)
+
 func (b *Backend) waitReady(ctx context.Context, r *run) (backend.Instance, error) {
-	t := time.NewTicker(20 * time.Millisecond)
+	poll := readyPollMin
+	t := time.NewTimer(poll)
 	defer t.Stop()
 	for {
 		if b.ready(ctx, r) {
@@ -413,6 +427,8 @@ func (b *Backend) waitReady(ctx context.Context, r *run) (backend.Instance, erro
 			return backend.Instance{}, fmt.Errorf("wait for %s ready (its own process holding its ports): %w", r.spec.Name, ctx.Err())
 		case <-t.C:
 		}
+		poll = min(2*poll, readyPollMax)
+		t.Reset(poll)
 	}
 }
 

@@ -64,7 +64,7 @@ func main() {
 	flag.BoolVar(&o.wrk, "wrk", true, "run wrk -c8 (keep-alive, back to back) through the home frontend during the migrations")
 	flag.DurationVar(&o.rateDuration, "rate-duration", 60*time.Second, "how long wrk opens new connections (Connection: close) at its highest rate after the migrations (0: skip)")
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "wrk's concurrent connections in the new-connection phase")
-	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, 2s)")
+	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, roam-agent --udp-drain)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
