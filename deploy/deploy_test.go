@@ -1015,7 +1015,7 @@ func TestDockerfile(t *testing.T) {
 	if last := string(from[len(from)-1][1]); !strings.HasPrefix(last, "gcr.io/distroless/static") && last != "scratch" {
 		t.Errorf("final stage %s: want distroless/static or scratch", last)
 	}
-	for _, want := range []string{"CGO_ENABLED=0", "./cmd/roam-agent", "./cmd/roam-ctrl", "./cmd/roam-meta", "./cmd/roamctl"} {
+	for _, want := range []string{"CGO_ENABLED=0", "./cmd/roam-agent", "./cmd/roam-ctrl", "./cmd/roam-demo", "./cmd/roam-meta", "./cmd/roamctl"} {
 		if !bytes.Contains(b, []byte(want)) {
 			t.Errorf("Dockerfile lacks %s", want)
 		}

@@ -17,7 +17,9 @@ import (
 )
 
 // Binaries roam's processes are built from (package paths in the module).
-var Binaries = []string{"roam-meta", "roam-ctrl", "roam-agent"}
+// roam-demo is not launched: roam-ctrl's local backend runs it as the demo
+// service's copies.
+var Binaries = []string{"roam-meta", "roam-ctrl", "roam-agent", "roam-demo"}
 
 // Ports the processes listen on inside their namespace.
 const (
@@ -32,7 +34,7 @@ const (
 
 // LaunchConfig says how to run roam's processes on the testbed.
 type LaunchConfig struct {
-	// BinDir holds roam-meta, roam-ctrl and roam-agent; empty builds them
+	// BinDir holds roam-meta, roam-ctrl, roam-agent and roam-demo; empty builds them
 	// with `go build` from ModuleDir into the work dir.
 	BinDir    string
 	ModuleDir string // default: found from the working directory

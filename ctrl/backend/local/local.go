@@ -42,6 +42,11 @@ type Config struct {
 	// Executable runs the demo service as `Executable demo --listen A:P
 	// --cluster ID` (default os.Executable()).
 	Executable string
+	// DemoExecutable, when set, runs the demo service instead, as
+	// `DemoExecutable --listen A:P --cluster ID` (roam-demo: it starts
+	// faster than the controller). Default: roam-demo beside
+	// os.Executable(), if it is there and Executable was not set.
+	DemoExecutable string
 	// Capacity limits (reported by Capacity; Deploy refuses beyond them
 	// when set).
 	MilliCPU, MemoryMB, Pods int64
@@ -89,6 +94,11 @@ func New(cfg Config) (*Backend, error) {
 			return nil, fmt.Errorf("new local backend: find executable: %w", err)
 		}
 		cfg.Executable = exe
+		if cfg.DemoExecutable == "" {
+			if d := filepath.Join(filepath.Dir(exe), demoBinary); isExecutable(d) {
+				cfg.DemoExecutable = d
+			}
+		}
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = 100 * time.Millisecond
@@ -232,6 +242,9 @@ func (b *Backend) command(s backend.Spec) ([]string, []string) {
 	if s.Demo {
 		// HTTP on the first TCP port, UDP on every UDP port.
 		argv := []string{b.cfg.Executable, "demo", "--cluster", b.cfg.ClusterID}
+		if b.cfg.DemoExecutable != "" {
+			argv = []string{b.cfg.DemoExecutable, "--cluster", b.cfg.ClusterID}
+		}
 		http := false
 		for _, p := range s.Ports {
 			a := netip.AddrPortFrom(b.cfg.ListenAddr, p.Port).String()
@@ -245,6 +258,14 @@ func (b *Backend) command(s backend.Spec) ([]string, []string) {
 		return argv, env
 	}
 	return s.Command, env
+}
+
+// demoBinary is the demo service's own binary (cmd/roam-demo).
+const demoBinary = "roam-demo"
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
 // copyPath is the PATH a copy runs with (a command given by a bare name is

@@ -3,12 +3,14 @@ package local
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +25,15 @@ import (
 
 // TestMain lets the test binary double as the demo service the backend runs.
 func TestMain(m *testing.M) {
+	if filepath.Base(os.Args[0]) == demoBinary {
+		// As roam-demo (TestDemoExecutable): the demo's flags only.
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		if err := demo.Main(ctx, os.Args[1:]); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == "demo" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		defer stop()
@@ -541,5 +552,42 @@ func TestReapUnrecordedCopy(t *testing.T) {
 	inst, err := b2.Deploy(ctx, spec)
 	if err != nil || !inst.Ready || b2.PID("web") == pid {
 		t.Fatalf("a new copy on the freed port: %+v, %v", inst, err)
+	}
+}
+
+// TestDemoExecutable: with DemoExecutable set (roam-demo, here the test
+// binary under that name), the demo's copies run it with the demo's flags
+// only, and it answers as the demo.
+func TestDemoExecutable(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoExe := filepath.Join(t.TempDir(), demoBinary)
+	if err := os.Symlink(exe, demoExe); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
+		DemoExecutable: demoExe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	inst, err := b.Deploy(ctx, backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := get(t, "http://"+inst.Endpoints[0].String()+"/"); !strings.HasPrefix(body, "cluster c1 ") {
+		t.Fatalf("demo answered %q", body)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", b.PID("web")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	if argv[0] != demoExe || argv[1] != "--cluster" {
+		t.Fatalf("copy runs %q, want %s with the demo's flags", argv, demoExe)
 	}
 }

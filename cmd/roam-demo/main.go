@@ -1,0 +1,28 @@
+// Command roam-demo is roam's built-in demo service on its own:
+// `roam-demo --listen ADDR:PORT [--udp ADDR:PORT]... --cluster ID`, the same
+// as `roam-ctrl demo`. The local backend runs it when it sits beside
+// roam-ctrl: a small binary that imports only ctrl/demo starts in a
+// fraction of the controller's time (no Kubernetes client, NATS or
+// Prometheus to initialise), and a copy's start is a migration's deploy.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/roamnet/roam/ctrl/demo"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := demo.Main(ctx, os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "roam-demo:", err)
+		os.Exit(1)
+	}
+}
