@@ -59,8 +59,12 @@ type Config struct {
 	IdleGrace time.Duration
 	// Linger is how long, once stopping, HTTP must have been quiet (no
 	// connection open, none opened or closed) before it returns (default
-	// 100ms): a connection whose handshake began before the load
-	// balancer's commit may still arrive.
+	// 1.2s): a connection whose handshake began before the load
+	// balancer's commit may still arrive, and if its SYN was lost, the
+	// client sends it again only after its initial retransmission timeout
+	// (1s on Linux); the load balancer keeps that flow pinned here. (A
+	// local copy is killed sooner, as soon as its load balancer counts no
+	// live flow, embryonic ones included.)
 	Linger time.Duration
 	// UDPLinger is how long, once stopping, UDP must have been quiet (no
 	// datagram) before it returns (default 300ms): the load balancer keeps
@@ -96,7 +100,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		cfg.IdleGrace = 500 * time.Millisecond
 	}
 	if cfg.Linger <= 0 {
-		cfg.Linger = 100 * time.Millisecond
+		cfg.Linger = 1200 * time.Millisecond
 	}
 	if cfg.UDPLinger <= 0 {
 		cfg.UDPLinger = 300 * time.Millisecond
@@ -341,7 +345,7 @@ func Main(ctx context.Context, args []string) error {
 	fs.Var((*udpFlag)(&cfg.UDP), "udp", "address:port to answer UDP on (repeat for more)")
 	fs.StringVar(&cfg.Cluster, "cluster", os.Getenv("ROAM_CLUSTER"), "cluster id to report")
 	fs.DurationVar(&cfg.IdleGrace, "idle-grace", 500*time.Millisecond, "when stopping: how long an idle connection is kept before it is closed")
-	fs.DurationVar(&cfg.Linger, "linger", 100*time.Millisecond, "when stopping: how long HTTP must have been quiet before it exits")
+	fs.DurationVar(&cfg.Linger, "linger", 1200*time.Millisecond, "when stopping: how long HTTP must have been quiet before it exits (longer than a SYN's first retransmission, 1s)")
 	fs.DurationVar(&cfg.UDPLinger, "udp-linger", 300*time.Millisecond, "when stopping: how long UDP must have been quiet before it exits (at least the load balancer's UDP drain time)")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -324,12 +324,20 @@ func TestDeleteIsGraceful(t *testing.T) {
 	if d := deleted("cut", dctx, pid); d > 600*time.Millisecond {
 		t.Errorf("stubborn copy deleted in %v, want Delete's 100ms context", d)
 	}
+	// The demo exits by itself once quiet for its linger (1.2s), well
+	// before a grace period that would kill it.
+	b, err = New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
+		MinBackoff: 20 * time.Millisecond, GracePeriod: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
 	if _, err := b.Deploy(ctx, backend.Spec{Name: "web", Demo: true,
 		Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}); err != nil {
 		t.Fatal(err)
 	}
-	if d := deleted("web", ctx, b.PID("web")); d > 600*time.Millisecond {
-		t.Errorf("demo copy deleted in %v: it should exit at SIGTERM once idle", d)
+	if d := deleted("web", ctx, b.PID("web")); d < time.Second || d > 5*time.Second {
+		t.Errorf("demo copy deleted in %v: it should exit at SIGTERM once quiet for its 1.2s linger", d)
 	}
 }
 
