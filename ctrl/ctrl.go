@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/roamnet/roam/ctrl/backend"
@@ -57,10 +58,7 @@ func (d Descriptor) Spec(home, migrationID string) backend.Spec {
 
 // Meta is d as the meta-orchestrator sees it.
 func (d Descriptor) Meta() meta.ServiceDescriptor {
-	ports := make([]meta.Port, len(d.Ports))
-	for i, p := range d.Ports {
-		ports[i] = meta.Port{Name: p.Name, Port: p.Port, Protocol: p.Protocol}
-	}
+	ports := slices.Clone(d.Ports) // the same lb.Port: not shared with d
 	cons := d.Constraints
 	if d.NeedMbps > cons.MinBandwidthMbps {
 		// The need is toward the users, whose traffic enters at the

@@ -289,12 +289,8 @@ func (h Hello) LinkTo(peer string) (Link, bool) {
 	return Link{}, false
 }
 
-// Port is one port a service listens on.
-type Port struct {
-	Name     string   `json:"name,omitempty"`
-	Port     uint16   `json:"port"`
-	Protocol lb.Proto `json:"protocol"`
-}
+// Port is one port of a service (the vocabulary is lb's).
+type Port = lb.Port
 
 // Resources is what one copy of a service asks for; a copy also takes one pod.
 type Resources struct {
@@ -350,11 +346,8 @@ func (s ServiceDescriptor) Validate() error {
 		return fmt.Errorf("service %s: at least one port", s.Name)
 	}
 	for _, p := range s.Ports {
-		if p.Port == 0 {
-			return fmt.Errorf("service %s: port 0", s.Name)
-		}
-		if p.Protocol != lb.TCP && p.Protocol != lb.UDP {
-			return fmt.Errorf("service %s: port %d: protocol must be tcp or udp", s.Name, p.Port)
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("service %s: %w", s.Name, err)
 		}
 	}
 	if s.Resources.MilliCPU < 0 || s.Resources.MemoryMB < 0 {

@@ -18,12 +18,8 @@ import (
 // orchestrator holds no instance of that name.
 var ErrNotFound = errors.New("instance not found")
 
-// Port is one port a service listens on.
-type Port struct {
-	Name     string   `json:"name,omitempty"`
-	Port     uint16   `json:"port"`
-	Protocol lb.Proto `json:"protocol"`
-}
+// Port is one port of a service (the vocabulary is lb's).
+type Port = lb.Port
 
 // Resources is what one copy of a service asks for.
 type Resources struct {
@@ -72,11 +68,8 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("spec %q: at least one port", s.Name)
 	}
 	for _, p := range s.Ports {
-		if p.Port == 0 {
-			return fmt.Errorf("spec %q: port 0", s.Name)
-		}
-		if p.Protocol != lb.TCP && p.Protocol != lb.UDP {
-			return fmt.Errorf("spec %q: port %d: protocol must be tcp or udp", s.Name, p.Port)
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("spec %q: %w", s.Name, err)
 		}
 	}
 	if s.Resources.MilliCPU < 0 || s.Resources.MemoryMB < 0 {

@@ -228,41 +228,17 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}
 	c.url = cfg.AdvertiseURL
 	if c.url == "" {
-		ap := netip.MustParseAddrPort(c.ln.Addr().String())
-		host := ap.Addr()
-		if host.IsUnspecified() {
-			switch {
-			case cfg.DataAddr.IsValid():
-				host = cfg.DataAddr
-			case cfg.FrontendAddr.IsValid():
-				host = cfg.FrontendAddr
-			default:
-				host = netip.MustParseAddr("127.0.0.1")
-			}
-		}
 		scheme := "https://"
 		if cfg.TLS == nil {
 			scheme = "http://"
 		}
-		c.url = scheme + netip.AddrPortFrom(host, ap.Port()).String()
+		c.url = scheme + cfg.advertised(c.ln.Addr()).String()
 	}
 	if cfg.ProbeAddr != "" {
 		if c.probeS, err = netprobe.NewServer(netprobe.ServerConfig{Addr: cfg.ProbeAddr, Registerer: c.reg, Logger: c.log}); err != nil {
 			return nil, err
 		}
-		ap := netip.MustParseAddrPort(c.probeS.Addr().String())
-		host := ap.Addr()
-		if host.IsUnspecified() {
-			switch {
-			case cfg.DataAddr.IsValid():
-				host = cfg.DataAddr
-			case cfg.FrontendAddr.IsValid():
-				host = cfg.FrontendAddr
-			default:
-				host = netip.MustParseAddr("127.0.0.1")
-			}
-		}
-		c.probeA = netip.AddrPortFrom(host.Unmap(), ap.Port()).String()
+		c.probeA = cfg.advertised(c.probeS.Addr()).String()
 	}
 	path := cfg.StorePath
 	if path == "" {
@@ -479,6 +455,25 @@ func (c *Controller) links() ([]migrate.Measured, error) {
 		out = append(out, migrate.Measured{Link: l})
 	}
 	return out, nil
+}
+
+// advertised is the address peers reach a listener of this controller
+// at: its own, or, when it listens on every address, the cluster's data
+// address, else its frontend address, else loopback.
+func (cfg *Config) advertised(a net.Addr) netip.AddrPort {
+	ap := netip.MustParseAddrPort(a.String())
+	host := ap.Addr().Unmap()
+	if host.IsUnspecified() {
+		switch {
+		case cfg.DataAddr.IsValid():
+			host = cfg.DataAddr
+		case cfg.FrontendAddr.IsValid():
+			host = cfg.FrontendAddr
+		default:
+			host = netip.MustParseAddr("127.0.0.1")
+		}
+	}
+	return netip.AddrPortFrom(host, ap.Port())
 }
 
 func (c *Controller) measured() []migrate.Measured {

@@ -45,6 +45,25 @@ func ParseProto(s string) (Proto, error) {
 	return 0, fmt.Errorf("parse protocol %q: want tcp or udp", s)
 }
 
+// Port is one port a service listens on, the same number at every copy
+// and at the home's frontend.
+type Port struct {
+	Name     string `json:"name,omitempty"`
+	Port     uint16 `json:"port"`
+	Protocol Proto  `json:"protocol"`
+}
+
+// Validate reports why p cannot be served.
+func (p Port) Validate() error {
+	if p.Port == 0 {
+		return fmt.Errorf("port 0")
+	}
+	if p.Protocol != TCP && p.Protocol != UDP {
+		return fmt.Errorf("port %d: protocol must be tcp or udp", p.Port)
+	}
+	return nil
+}
+
 // MarshalText implements encoding.TextMarshaler ("tcp", "udp").
 func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 

@@ -367,22 +367,38 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 	}
 }
 
+// createOrGetOwned creates want, or, when an object of its name exists
+// already, returns that object if roam manages it. It returns nil and no
+// error when want was created.
+func createOrGetOwned[T metav1.Object](ctx context.Context, api interface {
+	Create(context.Context, T, metav1.CreateOptions) (T, error)
+	Get(context.Context, string, metav1.GetOptions) (T, error)
+}, kind string, want T) (T, error) {
+	var none T
+	name := want.GetName()
+	_, err := api.Create(ctx, want, metav1.CreateOptions{FieldManager: "roam"})
+	if err == nil {
+		return none, nil
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		return none, fmt.Errorf("create %s %s: %w", kind, name, err)
+	}
+	cur, err := api.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return none, fmt.Errorf("get %s %s: %w", kind, name, err)
+	}
+	if !owned(cur) {
+		return none, fmt.Errorf("deploy %s: a %s of that name exists and is not managed by roam", name, kind)
+	}
+	return cur, nil
+}
+
 func (b *Backend) ensureDeployment(ctx context.Context, s backend.Spec) error {
 	want := b.deployment(s)
 	api := b.client.AppsV1().Deployments(b.cfg.Namespace)
-	_, err := api.Create(ctx, want, metav1.CreateOptions{FieldManager: "roam"})
-	if err == nil {
-		return nil
-	}
-	if !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create deployment %s: %w", s.Name, err)
-	}
-	cur, err := api.Get(ctx, s.Name, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("get deployment %s: %w", s.Name, err)
-	}
-	if !owned(cur) {
-		return fmt.Errorf("deploy %s: a deployment of that name exists and is not managed by roam", s.Name)
+	cur, err := createOrGetOwned(ctx, api, "deployment", want)
+	if err != nil || cur == nil {
+		return err
 	}
 	if cur.Annotations[AnnotationSpecHash] != want.Annotations[AnnotationSpecHash] {
 		return fmt.Errorf("deploy %s: already runs with a different spec (spec hash %s, asked %s)", s.Name,
@@ -411,19 +427,9 @@ func (b *Backend) ensureDeployment(ctx context.Context, s backend.Spec) error {
 func (b *Backend) ensureService(ctx context.Context, s backend.Spec) error {
 	want := b.service(s)
 	api := b.client.CoreV1().Services(b.cfg.Namespace)
-	_, err := api.Create(ctx, want, metav1.CreateOptions{FieldManager: "roam"})
-	if err == nil {
-		return nil
-	}
-	if !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create service %s: %w", s.Name, err)
-	}
-	cur, err := api.Get(ctx, s.Name, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("get service %s: %w", s.Name, err)
-	}
-	if !owned(cur) {
-		return fmt.Errorf("deploy %s: a service of that name exists and is not managed by roam", s.Name)
+	cur, err := createOrGetOwned(ctx, api, "service", want)
+	if err != nil || cur == nil {
+		return err
 	}
 	if sameServicePorts(cur, want) && cur.Spec.Type == want.Spec.Type &&
 		cur.Annotations[AnnotationHome] == s.Home && cur.Annotations[AnnotationMigration] == s.MigrationID &&

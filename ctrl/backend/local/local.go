@@ -205,19 +205,17 @@ func (r *run) killOnce() { r.killed.Do(func() { close(r.kill) }) }
 // Restarts returns how many times the named copy was restarted (for tests
 // and status).
 func (b *Backend) Restarts(name string) int {
-	b.mu.Lock()
-	r := b.runs[name]
-	b.mu.Unlock()
-	if r == nil {
-		return 0
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.restarts
+	return b.runField(name, func(r *run) int { return r.restarts })
 }
 
 // PID returns the current process id of the named copy (0 if none).
 func (b *Backend) PID(name string) int {
+	return b.runField(name, func(r *run) int { return r.pid })
+}
+
+// runField reads one field of the named copy's run under its lock (0 if
+// there is no such copy).
+func (b *Backend) runField(name string, get func(*run) int) int {
 	b.mu.Lock()
 	r := b.runs[name]
 	b.mu.Unlock()
@@ -226,7 +224,7 @@ func (b *Backend) PID(name string) int {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.pid
+	return get(r)
 }
 
 func (b *Backend) command(s backend.Spec) ([]string, []string) {
