@@ -6,7 +6,8 @@
 /*
  * The attach point provides ROAM_CTX, ROAM_WIRE_LEN, VERDICT_PASS and
  * VERDICT_DROP, ROAM_OWN_SOCKET (the packet's own socket, tc egress),
- * roam_l4_csum and roam_xmit (next hop, rewrite and out; now: the packet's clock).
+ * roam_l4_csum, roam_xmit (next hop, rewrite and out; now: the packet's clock)
+ * and roam_srv6_out (an SRv6 target's packet: encapsulate, srv6.h).
  */
 
 /* roam_local_socket: a TCP socket of this host (not a listener) owns the packet's tuple. */
@@ -91,6 +92,12 @@ static __always_inline struct nat_value *roam_reply(struct pkt *p, __u64 now)
 	return nv;
 }
 
+/*
+ * roam_new_flow's verdict (besides VERDICT_PASS, VERDICT_DROP and
+ * VERDICT_FLOW): encapsulate along the SRv6 path in scratch (no per-flow
+ * state: the path's locations keep it).
+ */
+#define VERDICT_SRV6 (-2)
 
 /*
  * roam_new_flow pins a new flow (a TCP SYN, or any UDP packet) to the
@@ -116,6 +123,13 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	if (kind == TARGET_NONE) {
 		count_action(id, ACTION_PASS, p->len);
 		return VERDICT_PASS;
+	}
+	if (kind == TARGET_SRV6) {
+		struct scratch *ss = scratch();
+		if (!ss)
+			return VERDICT_PASS;
+		ss->id = id;
+		return VERDICT_SRV6;
 	}
 	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
 		if (kind == TARGET_LOCAL || roam_local_socket(ctx, p)) {
@@ -259,6 +273,8 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 			ct_touch(&cv->last_seen, now);
 		} else {
 			rc = roam_new_flow(ctx, &p, &k, old, &cv);
+			if (rc == VERDICT_SRV6)
+				return roam_srv6_out(ctx, &p);
 			if (rc != VERDICT_FLOW)
 				return rc;
 		}

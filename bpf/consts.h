@@ -44,6 +44,7 @@ enum target_kind {
 	TARGET_NONE = 0,
 	TARGET_LOCAL = 1,
 	TARGET_REDIRECT = 2,
+	TARGET_SRV6 = 3, /* encapsulate in IPv6 + SRH along the slot's segment list (srv6.h) */
 };
 
 /* Per-frontend actions counted in the counters map. */
@@ -70,7 +71,13 @@ enum drop_reason {
 	REASON_NO_FLOW = 11,	   /* TCP without SYN, no flow and no local socket: dropped */
 	REASON_TOO_BIG = 12,	   /* larger than the egress MTU: dropped; XDP answers with an ICMP too-big */
 	REASON_TO_POD = 13,	   /* for a local pod's veth: XDP passes it untouched to tc, which sends it to the pod (bpf_redirect_peer) */
-	REASON_MAX = 14,
+	REASON_SRV6_FOREIGN_SID = 14, /* SRv6: a segment outside roam's locators: dropped */
+	REASON_SRV6_FOREIGN_SRC = 15, /* SRv6: to our SID from outside roam's locators: dropped */
+	REASON_SRV6_NO_COPY = 16,     /* SRv6: last segment here, no copy and no frontend of ours: dropped */
+	REASON_SRV6_TOO_BIG = 17,     /* SRv6: encapsulated packet over the path MTU: dropped */
+	REASON_SRV6_BAD_SRH = 18,     /* SRv6: to our SID with an SRH we do not handle (TLVs, >2 segments, bad inner): dropped */
+	REASON_SRV6_NO_ENCAP = 19,    /* SRv6 target on a path that cannot encapsulate (tc: local senders): dropped */
+	REASON_MAX = 20,
 };
 
 /*

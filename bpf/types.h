@@ -11,12 +11,18 @@ struct frontend_key {
 	__u8 family;
 };
 
-/* One target slot: local, or redirect to addr:port. */
+/*
+ * One target slot: local, redirect to addr:port, or an SRv6 path (sids in
+ * the order visited, nsegs of them; srv6.h).
+ */
 struct target {
 	__u8 addr[16];
 	__be16 port;
 	__u8 kind;
 	__u8 family;
+	__u8 nsegs;
+	__u8 pad[3];
+	__u8 sids[2][16];
 };
 
 /*
@@ -114,6 +120,8 @@ struct scratch {
 	struct ct_key ik;	/* roam_icmp: the key of the flow an ICMP error quotes */
 	struct frontend_key svc; /* active_target */
 	struct target t;	/* active_target's copy */
+	__u32 id;		/* roam_new_flow: the frontend id of an SRv6 target in t */
+	__u32 pad;
 };
 
 /* Per-CPU packet and byte counters of one frontend x action. */

@@ -1,4 +1,4 @@
-/* xdp.c: the XDP entry for packets arriving at a node: NAT to the target, replies back, out by XDP_TX or redirect. */
+/* xdp.c: the XDP entry for packets arriving at a node: NAT to the target, replies back, SRv6 paths, out by XDP_TX or redirect. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -109,11 +109,27 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 	return bpf_redirect(out, 0);
 }
 
+#include "srv6.h"
+
+/* roam_srv6_out: a packet of a frontend whose active target is an SRv6 path (in scratch, with its id): encapsulate. */
+static __always_inline int roam_srv6_out(struct xdp_md *ctx, struct pkt *p)
+{
+	struct scratch *sc = scratch();
+	if (!sc)
+		return XDP_PASS;
+	return srv6_encap(ctx, p, &sc->t, sc->id);
+}
+
 #include "balancer.h"
 
 SEC("xdp")
 int roam_xdp(struct xdp_md *ctx)
 {
+	int rc = srv6_input(ctx);
+	if (rc == SRV6_DECAP)
+		return srv6_decap_reply(ctx);
+	if (rc != SRV6_CONTINUE)
+		return rc;
 	return roam_process(ctx);
 }
 

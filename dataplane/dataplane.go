@@ -71,6 +71,8 @@ type Config struct {
 	// namespace, or fails. roam-agent sets it; tests sharing a host's
 	// namespace do not.
 	ReservePorts bool
+	// SRv6 is the SRv6 path mode (srv6.go); zero: off.
+	SRv6 SRv6Config
 }
 
 // Timeouts say how long a flow lives with no packet in either direction,
@@ -200,6 +202,10 @@ func Open(cfg Config) (*Dataplane, error) {
 		d.Close()
 		return nil, err
 	}
+	if err := d.writeSRv6Config(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -287,6 +293,9 @@ func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
 	}
 	if t.Kind == lb.TargetRedirect && familyOf(t.Addr) != familyOf(f.Addr) {
 		return 0, fmt.Errorf("stage %s: target %s is of another address family: %w", f, t, ErrBadTarget)
+	}
+	if err := d.checkSRv6Target(t); err != nil {
+		return 0, fmt.Errorf("stage %s: %w", f, err)
 	}
 	if err := d.checkFrontend(f); err != nil {
 		return 0, fmt.Errorf("stage: %w", err)

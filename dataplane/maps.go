@@ -80,6 +80,7 @@ func (a Action) String() string {
 var DropReasons = [...]string{
 	"no_route", "ct_full", "port_exhausted", "malformed", "fragment", "ip_options",
 	"ipv6_ext", "no_neigh", "no_snat", "no_config", "family_mismatch", "no_flow", "too_big", "to_pod",
+	"srv6_foreign_sid", "srv6_foreign_src", "srv6_no_copy", "srv6_too_big", "srv6_bad_srh", "srv6_no_encap",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -120,20 +121,34 @@ func (k FrontendKey) String() string { return k.Frontend().String() }
 
 func targetValue(t lb.Target) TargetValue {
 	v := TargetValue{Kind: uint8(t.Kind)}
-	if t.Kind == lb.TargetRedirect {
+	switch t.Kind {
+	case lb.TargetRedirect:
 		v.Addr = addr16(t.Addr)
 		v.Port = htons(t.Port)
 		v.Family = familyOf(t.Addr)
+	case lb.TargetSRv6:
+		for _, s := range t.Segments() {
+			v.Sids[v.Nsegs] = s.As16()
+			v.Nsegs++
+		}
+		v.Family = familyV6
 	}
 	return v
 }
 
 // Target converts a slot back.
 func (v TargetValue) Target() lb.Target {
-	if lb.TargetKind(v.Kind) != lb.TargetRedirect {
-		return lb.Target{Kind: lb.TargetKind(v.Kind)}
+	switch lb.TargetKind(v.Kind) {
+	case lb.TargetRedirect:
+		return lb.Target{Kind: lb.TargetRedirect, Addr: addrFrom16(v.Addr, v.Family), Port: htons(v.Port)}
+	case lb.TargetSRv6:
+		t := lb.Target{Kind: lb.TargetSRv6}
+		for i := 0; i < int(v.Nsegs) && i < lb.MaxSegments; i++ {
+			t.SIDs[i] = netip.AddrFrom16(v.Sids[i])
+		}
+		return t
 	}
-	return lb.Target{Kind: lb.TargetRedirect, Addr: addrFrom16(v.Addr, v.Family), Port: htons(v.Port)}
+	return lb.Target{Kind: lb.TargetKind(v.Kind)}
 }
 
 func (v TargetValue) String() string { return v.Target().String() }

@@ -73,6 +73,12 @@ type roamXDPFrontendKey struct {
 	Family uint8
 }
 
+type roamXDPLpm6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
 type roamXDPNatValue struct {
 	_          structs.HostLayout
 	ClientAddr [16]uint8
@@ -110,6 +116,9 @@ type roamXDPScratch struct {
 	Ik    roamXDPCtKey
 	Svc   roamXDPFrontendKey
 	T     roamXDPTarget
+	Id    uint32
+	Pad   uint32
+	_     [4]byte
 }
 
 type roamXDPService struct {
@@ -121,28 +130,93 @@ type roamXDPService struct {
 	SlotGen    [2]uint64
 }
 
+type roamXDPSrv6Config struct {
+	_      structs.HostLayout
+	Sid    [16]uint8
+	Mss4   uint16
+	Mss6   uint16
+	HasSid uint8
+	Pad    [3]uint8
+}
+
+type roamXDPSrv6Local struct {
+	_     structs.HostLayout
+	State uint32
+	Id    uint32
+}
+
+type roamXDPSrv6Scratch struct {
+	_ structs.HostLayout
+	R struct {
+		_      structs.HostLayout
+		Id     uint32
+		Wire   uint32
+		N      uint8
+		Family uint8
+		Pad    uint16
+	}
+	P struct {
+		_          structs.HostLayout
+		Saddr      [16]uint8
+		Daddr      [16]uint8
+		Sport      uint16
+		Dport      uint16
+		Proto      uint8
+		Family     uint8
+		TcpFlags   uint8
+		Reason     uint8
+		Len        uint32
+		IpLen      uint16
+		InnerProto uint8
+		Pad        uint8
+		TcpAck     uint32
+		FinEnd     uint32
+	}
+	X struct {
+		_         structs.HostLayout
+		Src       [16]uint8
+		Dst       [16]uint8
+		Sport     uint16
+		Dport     uint16
+		Id        uint32
+		Action    uint32
+		CsumAddrs uint16
+		CsumPorts uint16
+		CsumSet   uint32
+	}
+}
+
 type roamXDPTarget struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
 	Port   uint16
 	Kind   uint8
 	Family uint8
+	Nsegs  uint8
+	Pad    [3]uint8
+	Sids   [2][16]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	roamXDPMapRoamConfig    = "roam_config"
-	roamXDPMapRoamConntrack = "roam_conntrack"
-	roamXDPMapRoamCounters  = "roam_counters"
-	roamXDPMapRoamDrops     = "roam_drops"
-	roamXDPMapRoamIfaces    = "roam_ifaces"
-	roamXDPMapRoamNat       = "roam_nat"
-	roamXDPMapRoamNexthop   = "roam_nexthop"
-	roamXDPMapRoamScratch   = "roam_scratch"
-	roamXDPMapRoamServices  = "roam_services"
-	roamXDPProgRoamXdp      = "roam_xdp"
+	roamXDPMapRoamConfig       = "roam_config"
+	roamXDPMapRoamConntrack    = "roam_conntrack"
+	roamXDPMapRoamCounters     = "roam_counters"
+	roamXDPMapRoamDrops        = "roam_drops"
+	roamXDPMapRoamIfaces       = "roam_ifaces"
+	roamXDPMapRoamNat          = "roam_nat"
+	roamXDPMapRoamNexthop      = "roam_nexthop"
+	roamXDPMapRoamScratch      = "roam_scratch"
+	roamXDPMapRoamServices     = "roam_services"
+	roamXDPMapRoamSrv6Config   = "roam_srv6_config"
+	roamXDPMapRoamSrv6Flows    = "roam_srv6_flows"
+	roamXDPMapRoamSrv6Local    = "roam_srv6_local"
+	roamXDPMapRoamSrv6Locators = "roam_srv6_locators"
+	roamXDPMapRoamSrv6Scratch  = "roam_srv6_scratch"
+	roamXDPMapRoamSrv6Stats    = "roam_srv6_stats"
+	roamXDPProgRoamXdp         = "roam_xdp"
 )
 
 // loadRoamXDP returns the embedded CollectionSpec for roamXDP.
@@ -194,15 +268,21 @@ type roamXDPProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type roamXDPMapSpecs struct {
-	RoamConfig    *ebpf.MapSpec `ebpf:"roam_config"`
-	RoamConntrack *ebpf.MapSpec `ebpf:"roam_conntrack"`
-	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
-	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
-	RoamIfaces    *ebpf.MapSpec `ebpf:"roam_ifaces"`
-	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
-	RoamNexthop   *ebpf.MapSpec `ebpf:"roam_nexthop"`
-	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
-	RoamServices  *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamConfig       *ebpf.MapSpec `ebpf:"roam_config"`
+	RoamConntrack    *ebpf.MapSpec `ebpf:"roam_conntrack"`
+	RoamCounters     *ebpf.MapSpec `ebpf:"roam_counters"`
+	RoamDrops        *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamIfaces       *ebpf.MapSpec `ebpf:"roam_ifaces"`
+	RoamNat          *ebpf.MapSpec `ebpf:"roam_nat"`
+	RoamNexthop      *ebpf.MapSpec `ebpf:"roam_nexthop"`
+	RoamScratch      *ebpf.MapSpec `ebpf:"roam_scratch"`
+	RoamServices     *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamSrv6Config   *ebpf.MapSpec `ebpf:"roam_srv6_config"`
+	RoamSrv6Flows    *ebpf.MapSpec `ebpf:"roam_srv6_flows"`
+	RoamSrv6Local    *ebpf.MapSpec `ebpf:"roam_srv6_local"`
+	RoamSrv6Locators *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
+	RoamSrv6Scratch  *ebpf.MapSpec `ebpf:"roam_srv6_scratch"`
+	RoamSrv6Stats    *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
 }
 
 // roamXDPVariableSpecs contains global variables before they are loaded into the kernel.
@@ -231,15 +311,21 @@ func (o *roamXDPObjects) Close() error {
 //
 // It can be passed to loadRoamXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
 type roamXDPMaps struct {
-	RoamConfig    *ebpf.Map `ebpf:"roam_config"`
-	RoamConntrack *ebpf.Map `ebpf:"roam_conntrack"`
-	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
-	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
-	RoamIfaces    *ebpf.Map `ebpf:"roam_ifaces"`
-	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
-	RoamNexthop   *ebpf.Map `ebpf:"roam_nexthop"`
-	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
-	RoamServices  *ebpf.Map `ebpf:"roam_services"`
+	RoamConfig       *ebpf.Map `ebpf:"roam_config"`
+	RoamConntrack    *ebpf.Map `ebpf:"roam_conntrack"`
+	RoamCounters     *ebpf.Map `ebpf:"roam_counters"`
+	RoamDrops        *ebpf.Map `ebpf:"roam_drops"`
+	RoamIfaces       *ebpf.Map `ebpf:"roam_ifaces"`
+	RoamNat          *ebpf.Map `ebpf:"roam_nat"`
+	RoamNexthop      *ebpf.Map `ebpf:"roam_nexthop"`
+	RoamScratch      *ebpf.Map `ebpf:"roam_scratch"`
+	RoamServices     *ebpf.Map `ebpf:"roam_services"`
+	RoamSrv6Config   *ebpf.Map `ebpf:"roam_srv6_config"`
+	RoamSrv6Flows    *ebpf.Map `ebpf:"roam_srv6_flows"`
+	RoamSrv6Local    *ebpf.Map `ebpf:"roam_srv6_local"`
+	RoamSrv6Locators *ebpf.Map `ebpf:"roam_srv6_locators"`
+	RoamSrv6Scratch  *ebpf.Map `ebpf:"roam_srv6_scratch"`
+	RoamSrv6Stats    *ebpf.Map `ebpf:"roam_srv6_stats"`
 }
 
 func (m *roamXDPMaps) Close() error {
@@ -253,6 +339,12 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamNexthop,
 		m.RoamScratch,
 		m.RoamServices,
+		m.RoamSrv6Config,
+		m.RoamSrv6Flows,
+		m.RoamSrv6Local,
+		m.RoamSrv6Locators,
+		m.RoamSrv6Scratch,
+		m.RoamSrv6Stats,
 	)
 }
 

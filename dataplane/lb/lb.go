@@ -143,6 +143,7 @@ const (
 	TargetNone     TargetKind = 0 // empty slot
 	TargetLocal    TargetKind = 1 // pass to the kernel: the service runs here
 	TargetRedirect TargetKind = 2 // NAT to an abroad cluster's IP and port
+	TargetSRv6     TargetKind = 3 // encapsulate in IPv6 + SRH along a segment list (the client's packet unchanged)
 )
 
 func (k TargetKind) String() string {
@@ -153,17 +154,53 @@ func (k TargetKind) String() string {
 		return "local"
 	case TargetRedirect:
 		return "redirect"
+	case TargetSRv6:
+		return "srv6"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
 
-// Target is where a frontend's traffic goes: local, or an abroad cluster's
-// exposed address and port. Text forms: "local", "redirect:10.2.0.1:8080",
-// "redirect:[2001:db8::2]:8080", "none".
+// Target is where a frontend's traffic goes: local, an abroad cluster's
+// exposed address and port, or an SRv6 path (the SIDs of the locations in
+// the order visited: [abroad] in steady state, [old, new] during a
+// migration). Text forms: "local", "redirect:10.2.0.1:8080",
+// "redirect:[2001:db8::2]:8080", "srv6:fc00:0:2::1,fc00:0:3::1", "none".
+// A Target is comparable (==).
 type Target struct {
 	Kind TargetKind
 	Addr netip.Addr // redirect only
 	Port uint16     // redirect only
+	// SIDs is the SRv6 segment list (srv6 only): SIDs[0] first, SIDs[1]
+	// unset for a one-segment path.
+	SIDs [MaxSegments]netip.Addr
+}
+
+// MaxSegments is the longest SRv6 path: the old and the new location.
+const MaxSegments = 2
+
+// SRv6 builds an SRv6 target through sids (1 or 2), in the order visited.
+func SRv6(sids ...netip.Addr) Target {
+	t := Target{Kind: TargetSRv6}
+	for i, s := range sids {
+		if i < MaxSegments {
+			t.SIDs[i] = s
+		}
+	}
+	if len(sids) > MaxSegments {
+		t.SIDs[0] = netip.Addr{} // invalid: Validate says why
+	}
+	return t
+}
+
+// Segments returns an SRv6 target's segment list, in the order visited.
+func (t Target) Segments() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range t.SIDs {
+		if s.IsValid() {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Local is the target that passes packets to the local kernel.
@@ -175,8 +212,17 @@ func Redirect(ap netip.AddrPort) Target {
 }
 
 func (t Target) String() string {
-	if t.Kind == TargetRedirect {
+	switch t.Kind {
+	case TargetRedirect:
 		return "redirect:" + netip.AddrPortFrom(t.Addr, t.Port).String()
+	case TargetSRv6:
+		segs := make([]string, 0, MaxSegments)
+		for _, s := range t.SIDs {
+			if s.IsValid() {
+				segs = append(segs, s.String())
+			}
+		}
+		return "srv6:" + strings.Join(segs, ",")
 	}
 	return t.Kind.String()
 }
@@ -191,8 +237,21 @@ func (t Target) Validate() error {
 			return fmt.Errorf("target %s: redirect needs an address and a port", t)
 		}
 		return nil
+	case TargetSRv6:
+		if !t.SIDs[0].IsValid() {
+			return fmt.Errorf("target %s: srv6 needs 1 or %d SIDs", t, MaxSegments)
+		}
+		for _, s := range t.SIDs {
+			if s.IsValid() && (!s.Is6() || s.Is4In6() || s.IsUnspecified() || s.IsMulticast() || s.Zone() != "") {
+				return fmt.Errorf("target %s: SID %s is not a unicast IPv6 address", t, s)
+			}
+		}
+		if t.SIDs[0] == t.SIDs[1] {
+			return fmt.Errorf("target %s: the same SID twice", t)
+		}
+		return nil
 	}
-	return fmt.Errorf("target %s: kind must be local or redirect", t)
+	return fmt.Errorf("target %s: kind must be local, redirect or srv6", t)
 }
 
 // ParseTarget reads the text form of a Target.
@@ -203,9 +262,24 @@ func ParseTarget(s string) (Target, error) {
 	case "none", "":
 		return Target{}, nil
 	}
+	if rest, ok := strings.CutPrefix(s, "srv6:"); ok {
+		var sids []netip.Addr
+		for _, f := range strings.Split(rest, ",") {
+			a, err := netip.ParseAddr(strings.TrimSpace(f))
+			if err != nil {
+				return Target{}, fmt.Errorf("parse target %q: %w", s, err)
+			}
+			sids = append(sids, a)
+		}
+		if len(sids) > MaxSegments {
+			return Target{}, fmt.Errorf("parse target %q: at most %d SIDs", s, MaxSegments)
+		}
+		t := SRv6(sids...)
+		return t, t.Validate()
+	}
 	rest, ok := strings.CutPrefix(s, "redirect:")
 	if !ok {
-		return Target{}, fmt.Errorf("parse target %q: want local or redirect:ADDR:PORT", s)
+		return Target{}, fmt.Errorf("parse target %q: want local, redirect:ADDR:PORT or srv6:SID[,SID]", s)
 	}
 	ap, err := netip.ParseAddrPort(rest)
 	if err != nil {
@@ -243,4 +317,39 @@ type Service struct {
 func (s Service) String() string {
 	b, _ := json.Marshal(s)
 	return string(b)
+}
+
+// NodeSID is node's SID in a cluster's SRv6 locator: the locator's prefix,
+// then the node's number in the next 16 bits, then function ::1 (End with
+// roam's behaviour, bpf/srv6.h). The locator must be IPv6 and at most /96.
+func NodeSID(locator netip.Prefix, node uint16) (netip.Addr, error) {
+	if !locator.IsValid() || !locator.Addr().Is6() || locator.Addr().Is4In6() {
+		return netip.Addr{}, fmt.Errorf("node SID: locator %s is not an IPv6 prefix", locator)
+	}
+	if locator.Bits() > 96 {
+		return netip.Addr{}, fmt.Errorf("node SID: locator %s is longer than /96 (16 bits of node, 16 of function)", locator)
+	}
+	b := locator.Masked().Addr().As16()
+	bit := locator.Bits()
+	for i := range 16 { // node number, most significant bit first, right after the prefix
+		if node&(1<<(15-i)) != 0 {
+			b[(bit+i)/8] |= 0x80 >> ((bit + i) % 8)
+		}
+	}
+	b[15] |= 1
+	return netip.AddrFrom16(b), nil
+}
+
+// ValidateLocator reports why p cannot be a cluster's SRv6 locator.
+func ValidateLocator(p netip.Prefix) error {
+	if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() {
+		return fmt.Errorf("locator %s: want an IPv6 prefix", p)
+	}
+	if p.Bits() < 16 || p.Bits() > 96 {
+		return fmt.Errorf("locator %s: length must be /16 to /96", p)
+	}
+	if p.Masked() != p {
+		return fmt.Errorf("locator %s: host bits set (want %s)", p, p.Masked())
+	}
+	return nil
 }

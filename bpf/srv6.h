@@ -1,0 +1,622 @@
+/* srv6.h: SRv6 path mode (XDP): H.Encaps at the home, and at this node's SID: deliver to a local copy, forward on, decapsulate replies. */
+#pragma once
+
+#include "conntrack.h"
+#include "counters.h"
+#include "csum.h"
+#include "fib.h"
+
+/*
+ * The attach point provides roam_xmit (next hop, rewrite as a struct xlate
+ * says, and out).
+ *
+ * Wire format (RFC 8754, RFC 8986): outer IPv6 (next header 43), then a
+ * Segment Routing Header with the segment list in reverse order (segs[0] is
+ * the last segment), then the client's packet unchanged (IPv4: next header
+ * 4, IPv6: 41). A path is 1 segment (steady state: [abroad]) or 2 (during
+ * a migration: [old, new]).
+ */
+
+#ifndef SRV6_FLOWS_MAX
+#define SRV6_FLOWS_MAX 65536 /* flows a location delivered locally (kept while its copy drains) */
+#endif
+#ifndef SRV6_LOCATORS_MAX
+#define SRV6_LOCATORS_MAX 1024 /* roam's locator prefixes, all clusters */
+#endif
+
+#define SRV6_MAX_SEGS 2
+#define SRV6_HOP_LIMIT 64
+#define IPPROTO_IPIP_ 4
+#define IPPROTO_IPV6_ 41
+#define IPPROTO_ROUTING_ 43
+#define SRH_TYPE_SEG6 4
+#define SRH_LEN(n) ((__u32)sizeof(struct srh) + 16 * (n))
+#define SRV6_OVERHEAD(n) ((__u32)sizeof(struct ip6_hdr) + SRH_LEN(n))
+
+/* A frontend's copy on this node, as the controller set it (roam_srv6_local); absent: gone. */
+enum srv6_state {
+	SRV6_GONE = 0,
+	SRV6_SERVING = 1,  /* deliver every packet */
+	SRV6_DRAINING = 2, /* deliver the flows it has, send new ones on */
+};
+
+/* Per-path counters (roam_srv6_stats), indexed by id * SRV6_STAT_MAX + stat. */
+enum srv6_stat {
+	SRV6_STAT_ENCAP = 0,	/* home: encapsulated (id: the frontend's) */
+	SRV6_STAT_DELIVER = 1,	/* at a SID: decapsulated, delivered to the local copy (id: the local entry's) */
+	SRV6_STAT_FORWARD = 2,	/* at a SID: sent on to the next segment (id: the local entry's, 0 if none) */
+	SRV6_STAT_DECAP = 3,	/* home: a reply decapsulated and sent to the client (id: the frontend's) */
+	SRV6_STAT_MSS = 4,	/* home: MSS clamped on a SYN */
+	SRV6_STAT_MAX = 5,
+};
+
+struct srh {
+	__u8 nexthdr;
+	__u8 hdrlen; /* 8-octet units beyond the first 8 */
+	__u8 type;
+	__u8 segments_left;
+	__u8 last_entry;
+	__u8 flags;
+	__be16 tag;
+};
+
+/* This node's SRv6 configuration, written by Go. */
+struct srv6_config {
+	__u8 sid[16];	/* this node's SID: outer source of encapsulation, and the SID it answers */
+	__u16 mss4;	/* MSS clamp on SYNs encapsulated, per inner family (0: none) */
+	__u16 mss6;
+	__u8 has_sid;
+	__u8 pad[3];
+};
+
+/* LPM trie key of roam_srv6_locators. */
+struct lpm6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* A copy on this node of a frontend redirected by SRv6 (roam_srv6_local). */
+struct srv6_local {
+	__u32 state; /* enum srv6_state */
+	__u32 id;    /* counters index, 1..MAX_FRONTENDS-1 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct srv6_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_srv6_config SEC(".maps");
+
+/* roam's locators (every cluster's prefix): the only SIDs a segment list may name, and the only sources a SID accepts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SRV6_LOCATORS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm6_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_srv6_locators SEC(".maps");
+
+/* Copies on this node of frontends redirected by SRv6, keyed by the frontend (the inner destination). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_FRONTENDS);
+	__type(key, struct frontend_key);
+	__type(value, struct srv6_local);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_srv6_local SEC(".maps");
+
+/* Flows delivered to a local copy (inner client -> frontend): last packet, CLOCK_MONOTONIC coarse. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SRV6_FLOWS_MAX);
+	__type(key, struct ct_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_srv6_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_FRONTENDS * SRV6_STAT_MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_srv6_stats SEC(".maps");
+
+/* A reply srv6_input found for srv6_decap_reply (each its own stack frame, both called from the entry). */
+struct srv6_reply {
+	__u32 id;    /* the frontend's */
+	__u32 wire;  /* frame length as received */
+	__u8 n;	     /* segments */
+	__u8 family; /* inner */
+	__u16 pad;
+};
+
+/*
+ * Per-CPU scratch of srv6_input and srv6_decap_reply (a BPF stack has 512
+ * bytes for the entry and one subprogram together; the entry's frame is
+ * the NAT path's, so nothing of SRv6 lives in it): the reply srv6_input
+ * found, and the packet and translation of its decapsulation.
+ */
+struct srv6_scratch {
+	struct srv6_reply r;
+	struct pkt p;
+	struct xlate x;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct srv6_scratch);
+} roam_srv6_scratch SEC(".maps");
+
+static __always_inline void srv6_count(__u32 id, __u32 stat, __u64 bytes)
+{
+	if (id >= MAX_FRONTENDS || stat >= SRV6_STAT_MAX)
+		return;
+	__u32 idx = id * SRV6_STAT_MAX + stat;
+	struct counter *c = bpf_map_lookup_elem(&roam_srv6_stats, &idx);
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline int srv6_in_locators(const __u8 *addr)
+{
+	struct lpm6_key k = {.prefixlen = 128};
+	__builtin_memcpy(k.addr, addr, 16);
+	return bpf_map_lookup_elem(&roam_srv6_locators, &k) != NULL;
+}
+
+/* srv6_flowlabel hashes the 5-tuple into the outer flow label (RFC 6437), so ECMP keeps a flow on one path. */
+static __always_inline __u32 srv6_flowlabel(const struct pkt *p)
+{
+	const __u32 *w = (const __u32 *)p->saddr; /* saddr, daddr, ports: 9 words */
+	__u32 h = 2166136261u ^ p->proto;
+#pragma unroll
+	for (int i = 0; i < 9; i++)
+		h = (h ^ w[i]) * 16777619u;
+	h ^= h >> 15;
+	h ^= h >> 20;
+	return h & 0xfffff;
+}
+
+/*
+ * srv6_clamp_mss lowers the MSS option of a TCP SYN to max (the path MTU
+ * less the encapsulation and the inner headers), fixing the checksum. It
+ * walks at most 10 options, as a SYN carries few.
+ */
+static __always_inline void srv6_clamp_mss(struct xdp_md *ctx, const struct pkt *p, __u16 max)
+{
+	if (!max || p->proto != IPPROTO_TCP_ || !(p->tcp_flags & TCP_FLAG_SYN))
+		return;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcp_hdr *th = data + (p->family == FAMILY_V4 ? L4_OFF4 : L4_OFF6);
+	if ((void *)(th + 1) > data_end)
+		return;
+	__u32 optlen = (th->doff_res >> 4) * 4 - sizeof(*th);
+	__u8 *opt = (__u8 *)(th + 1);
+	__u32 off = 0;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < 10; i++) {
+		if (off + 4 > optlen)
+			return;
+		off &= 0x3f;
+		__u8 *o = opt + off;
+		if ((void *)(o + 4) > data_end)
+			return;
+		if (o[0] == 0) /* end of options */
+			return;
+		if (o[0] == 1) { /* NOP */
+			off++;
+			continue;
+		}
+		if (o[0] == 2 && o[1] == 4) {
+			__u16 mss = (__u16)o[2] << 8 | o[3];
+			if (mss <= max)
+				return;
+			__u16 old, new;
+			__builtin_memcpy(&old, o + 2, 2);
+			o[2] = max >> 8;
+			o[3] = max & 0xff;
+			__builtin_memcpy(&new, o + 2, 2);
+			__u32 diff = csum_diff16(&old, &new, 1);
+			if (off & 1) {
+				/* At an odd offset the value straddles two checksum words: its sum is byte-swapped. */
+				diff = (diff & 0xffff) + (diff >> 16);
+				diff = (diff & 0xffff) + (diff >> 16);
+				diff = ((diff & 0xff) << 8) | ((diff >> 8) & 0xff);
+			}
+			csum_update_l4(&th->check, IPPROTO_TCP_, p->family, diff);
+			srv6_count(0, SRV6_STAT_MSS, 0);
+			return;
+		}
+		if (o[1] < 2)
+			return;
+		off += o[1];
+	}
+}
+
+/*
+ * srv6_xmit sends the (outer IPv6) packet at ctx to daddr: bpf_fib_lookup
+ * with its length, so a packet over the route's MTU is caught; XDP_TX on
+ * the same interface, redirect to another; no neighbour, or not
+ * forwardable here: to the kernel.
+ */
+static __always_inline int srv6_xmit(struct xdp_md *ctx, const __u8 *saddr, const __u8 *daddr, __u32 tot_len,
+				     __u32 label)
+{
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET6_;
+	fib.l4_protocol = IPPROTO_ROUTING_;
+	fib.tot_len = tot_len;
+	fib.flowinfo = bpf_htonl(label);
+	fib.ifindex = ctx->ingress_ifindex;
+	__builtin_memcpy(fib.ipv6_src, saddr, 16);
+	__builtin_memcpy(fib.ipv6_dst, daddr, 16);
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		if (set_macs((void *)(long)ctx->data, (void *)(long)ctx->data_end, &fib) < 0)
+			return XDP_DROP;
+		if (fib.ifindex == ctx->ingress_ifindex)
+			return XDP_TX;
+		return bpf_redirect(fib.ifindex, 0);
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		count_reason(REASON_NO_NEIGH);
+		return XDP_PASS;
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		return XDP_PASS;
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		count_reason(REASON_SRV6_TOO_BIG);
+		return XDP_DROP;
+	}
+	count_reason(REASON_NO_ROUTE);
+	return XDP_DROP;
+}
+
+/* srv6_push encapsulates the packet at ctx (parsed into p) along t's n segments and sends it (H.Encaps). */
+static __always_inline int srv6_push(struct xdp_md *ctx, const struct pkt *p, const struct target *t,
+				     const struct srv6_config *cfg, __u32 id, const __u32 n)
+{
+	struct eth_hdr eth;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + sizeof(eth) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(&eth, data, sizeof(eth));
+	__u32 label = srv6_flowlabel(p);
+	__u32 inner_len = p->ip_len;
+	__u8 inner_nh = p->family == FAMILY_V4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
+	if (bpf_xdp_adjust_head(ctx, -(int)SRV6_OVERHEAD(n)) < 0) {
+		count_reason(REASON_MALFORMED);
+		return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *e = data;
+	struct ip6_hdr *ip6 = data + L3_OFF;
+	struct srh *srh = (struct srh *)(ip6 + 1);
+	__u8 *segs = (__u8 *)(srh + 1);
+	if ((void *)(segs + 16 * n) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(e, &eth, sizeof(eth));
+	e->proto = bpf_htons(ETH_P_IPV6_);
+	ip6->vtc_flow = bpf_htonl(0x60000000 | label);
+	ip6->payload_len = bpf_htons(SRH_LEN(n) + inner_len);
+	ip6->nexthdr = IPPROTO_ROUTING_;
+	ip6->hop_limit = SRV6_HOP_LIMIT;
+	__builtin_memcpy(ip6->saddr, cfg->sid, 16);
+	__builtin_memcpy(ip6->daddr, t->sids[0], 16);
+	srh->nexthdr = inner_nh;
+	srh->hdrlen = 2 * n;
+	srh->type = SRH_TYPE_SEG6;
+	srh->segments_left = n - 1;
+	srh->last_entry = n - 1;
+	srh->flags = 0;
+	srh->tag = 0;
+	/* Reverse order: segs[0] is the last segment. */
+#pragma unroll
+	for (__u32 i = 0; i < n; i++)
+		__builtin_memcpy(segs + 16 * i, t->sids[n - 1 - i], 16);
+	srv6_count(id, SRV6_STAT_ENCAP, p->len);
+	count_action(id, ACTION_REDIRECT, p->len);
+	return srv6_xmit(ctx, ip6->saddr, ip6->daddr, SRV6_OVERHEAD(n) + inner_len, label);
+}
+
+/*
+ * srv6_encap: a new packet of a frontend whose active target is the SRv6
+ * path t (id: the frontend's). Not inlined: its own stack frame.
+ */
+static __noinline int srv6_encap(struct xdp_md *ctx, struct pkt *p, const struct target *t, __u32 id)
+{
+	__u32 zero = 0;
+	struct srv6_config *cfg = bpf_map_lookup_elem(&roam_srv6_config, &zero);
+	if (!cfg || !cfg->has_sid) {
+		count_reason(REASON_NO_CONFIG);
+		count_action(id, ACTION_DROP, p->len);
+		return XDP_DROP;
+	}
+	srv6_clamp_mss(ctx, p, p->family == FAMILY_V4 ? cfg->mss4 : cfg->mss6);
+	if (t->nsegs == 1)
+		return srv6_push(ctx, p, t, cfg, id, 1);
+	if (t->nsegs == 2)
+		return srv6_push(ctx, p, t, cfg, id, 2);
+	count_reason(REASON_SRV6_BAD_SRH);
+	count_action(id, ACTION_DROP, p->len);
+	return XDP_DROP;
+}
+
+/* An inner packet's flow, read from behind the SRH. */
+struct srv6_inner {
+	struct ct_key k; /* client -> frontend */
+	__u8 tcp_flags;
+	__u8 ok;	  /* TCP or UDP, headers complete */
+	__u16 pad;
+};
+
+/* srv6_parse_inner reads the inner packet's tuple at off (nh: 4 or 41). Returns 0, or -1 if the inner packet is not IP. */
+static __always_inline int srv6_parse_inner(void *data, void *data_end, __u32 off, __u8 nh, struct srv6_inner *in)
+{
+	__u32 l4;
+	__u8 proto;
+	if (nh == IPPROTO_IPIP_) {
+		struct ip4_hdr *iph = data + off;
+		if ((void *)(iph + 1) > data_end || (iph->ver_ihl >> 4) != 4)
+			return -1;
+		addr_from_v4(in->k.saddr, iph->saddr);
+		addr_from_v4(in->k.daddr, iph->daddr);
+		in->k.family = FAMILY_V4;
+		proto = iph->protocol;
+		if ((iph->ver_ihl & 0x0f) != 5 || (iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)))
+			proto = 0; /* options or a fragment: not a flow we can key */
+		l4 = off + sizeof(*iph);
+	} else if (nh == IPPROTO_IPV6_) {
+		struct ip6_hdr *ip6 = data + off;
+		if ((void *)(ip6 + 1) > data_end || (bpf_ntohl(ip6->vtc_flow) >> 28) != 6)
+			return -1;
+		__builtin_memcpy(in->k.saddr, ip6->saddr, 16);
+		__builtin_memcpy(in->k.daddr, ip6->daddr, 16);
+		in->k.family = FAMILY_V6;
+		proto = ip6->nexthdr;
+		l4 = off + sizeof(*ip6);
+	} else {
+		return -1;
+	}
+	in->k.proto = proto;
+	if (proto == IPPROTO_TCP_) {
+		struct tcp_hdr *th = data + l4;
+		if ((void *)(th + 1) > data_end)
+			return 0;
+		in->k.sport = th->source;
+		in->k.dport = th->dest;
+		in->tcp_flags = th->flags;
+		in->ok = 1;
+	} else if (proto == IPPROTO_UDP_) {
+		struct udp_hdr *uh = data + l4;
+		if ((void *)(uh + 1) > data_end)
+			return 0;
+		in->k.sport = uh->source;
+		in->k.dport = uh->dest;
+		in->ok = 1;
+	}
+	return 0;
+}
+
+/* srv6_strip removes the outer IPv6 header and SRH of n segments, keeping the Ethernet header (End.DX4/End.DX6). */
+static __always_inline int srv6_strip(struct xdp_md *ctx, __u8 inner_family, const __u32 n)
+{
+	struct eth_hdr eth;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + sizeof(eth) > data_end)
+		return -1;
+	__builtin_memcpy(&eth, data, sizeof(eth));
+	if (bpf_xdp_adjust_head(ctx, (int)SRV6_OVERHEAD(n)) < 0)
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *e = data;
+	if ((void *)(e + 1) > data_end)
+		return -1;
+	__builtin_memcpy(e, &eth, sizeof(eth));
+	e->proto = bpf_htons(inner_family == FAMILY_V4 ? ETH_P_IP_ : ETH_P_IPV6_);
+	return 0;
+}
+
+/* srv6_flow_known: a draining copy keeps this packet's flow (delivered here before, and not a new TCP connection). */
+static __always_inline int srv6_flow_known(struct xdp_md *ctx, const struct srv6_inner *in)
+{
+	if (in->k.proto == IPPROTO_TCP_) {
+		if ((in->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			return 0; /* a new connection: the next location's */
+		if (bpf_map_lookup_elem(&roam_srv6_flows, &in->k))
+			return 1;
+		/* Not seen by us (say, opened before the agent restarted): a socket of this host has it. */
+		struct bpf_sock_tuple t = {};
+		/* A ct_key starts as a struct pkt does (addresses, ports, proto, family): what sock_tuple reads. */
+		__u32 size = sock_tuple(&t, (const struct pkt *)&in->k);
+		struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+		int owned = sk->state != BPF_TCP_LISTEN;
+		bpf_sk_release(sk);
+		return owned;
+	}
+	__u64 *seen = bpf_map_lookup_elem(&roam_srv6_flows, &in->k);
+	if (!seen)
+		return 0;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&roam_config, &zero);
+	return cfg && !idle_longer(bpf_ktime_get_coarse_ns(), *seen, cfg->udp_drain_ns);
+}
+
+#define SRV6_CONTINUE (-1) /* srv6_input: not for this node's SID */
+#define SRV6_DECAP (-2)	   /* srv6_input: a reply to decapsulate, as struct srv6_reply says */
+
+/* srv6_decap_reply sends a reply (decapsulated) to the client. Not inlined: its own stack frame. */
+static __noinline int srv6_decap_reply(struct xdp_md *ctx)
+{
+	/* The reply, the packet and its (identity) translation live in per-CPU scratch: this frame adds to the entry's. */
+	__u32 zero = 0;
+	struct srv6_scratch *sc = bpf_map_lookup_elem(&roam_srv6_scratch, &zero);
+	if (!sc)
+		return XDP_PASS;
+	__u32 id = sc->r.id, wire = sc->r.wire;
+	int rc = sc->r.n == 1 ? srv6_strip(ctx, sc->r.family, 1) : srv6_strip(ctx, sc->r.family, 2);
+	if (rc < 0) {
+		count_reason(REASON_MALFORMED);
+		return XDP_DROP;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__builtin_memset(&sc->p, 0, sizeof(sc->p));
+	if (parse_packet(data, data_end, (__u32)(data_end - data), &sc->p) != PARSE_OK)
+		return XDP_PASS; /* the kernel judges it */
+	srv6_count(id, SRV6_STAT_DECAP, wire);
+	/* No rewrite: the copy answered from the frontend, to the client. */
+	__builtin_memcpy(sc->x.src, sc->p.saddr, 16);
+	__builtin_memcpy(sc->x.dst, sc->p.daddr, 16);
+	sc->x.sport = sc->p.sport;
+	sc->x.dport = sc->p.dport;
+	sc->x.id = id;
+	sc->x.action = ACTION_REVERSE;
+	return roam_xmit(ctx, &sc->p, &sc->x, bpf_ktime_get_coarse_ns());
+}
+
+/* srv6_at_sid handles a packet to this node's SID whose SRH holds n segments. */
+static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r, const __u32 n)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ip6_hdr *ip6 = data + L3_OFF;
+	struct srh *srh = (struct srh *)(ip6 + 1);
+	__u8 *segs = (__u8 *)(srh + 1);
+	if ((void *)(segs + 16 * n) > data_end) {
+		count_reason(REASON_SRV6_BAD_SRH);
+		return XDP_DROP;
+	}
+	/* RFC 8986 section 9.3: every segment must be one of roam's. */
+#pragma unroll
+	for (__u32 i = 0; i < n; i++) {
+		if (!srv6_in_locators(segs + 16 * i)) {
+			count_reason(REASON_SRV6_FOREIGN_SID);
+			return XDP_DROP;
+		}
+	}
+	__u32 wire = (__u32)(data_end - data);
+	struct srv6_inner in = {};
+	if (srv6_parse_inner(data, data_end, L3_OFF + SRV6_OVERHEAD(n), srh->nexthdr, &in) < 0) {
+		count_reason(REASON_SRV6_BAD_SRH);
+		return XDP_DROP;
+	}
+	__u8 sl = srh->segments_left;
+	__u32 local_id = 0;
+	int deliver = 0;
+	if (in.ok) {
+		struct frontend_key fk = {};
+		__builtin_memcpy(fk.addr, in.k.daddr, 16);
+		fk.port = in.k.dport;
+		fk.proto = in.k.proto;
+		fk.family = in.k.family;
+		struct srv6_local *loc = bpf_map_lookup_elem(&roam_srv6_local, &fk);
+		if (loc) {
+			local_id = loc->id;
+			if (loc->state == SRV6_SERVING || (loc->state == SRV6_DRAINING && (sl == 0 || srv6_flow_known(ctx, &in))))
+				deliver = 1;
+		}
+	}
+	if (deliver) {
+		__u64 now = bpf_ktime_get_coarse_ns();
+		__u64 *seen = bpf_map_lookup_elem(&roam_srv6_flows, &in.k);
+		if (seen) {
+			if (*seen != now)
+				*seen = now;
+		} else {
+			bpf_map_update_elem(&roam_srv6_flows, &in.k, &now, BPF_ANY);
+		}
+		if (srv6_strip(ctx, in.k.family, n) < 0) {
+			count_reason(REASON_MALFORMED);
+			return XDP_DROP;
+		}
+		srv6_count(local_id, SRV6_STAT_DELIVER, wire);
+		return XDP_PASS;
+	}
+	if (sl > 0) {
+		/* End: on to the next segment. */
+		if (ip6->hop_limit <= 1)
+			return XDP_PASS; /* the kernel answers Time Exceeded */
+		ip6->hop_limit--;
+		sl--;
+		srh->segments_left = sl;
+		__u8 *next = segs + 16 * (sl & 1);
+		if ((void *)(next + 16) > data_end)
+			return XDP_DROP;
+		__builtin_memcpy(ip6->daddr, next, 16);
+		srv6_count(local_id, SRV6_STAT_FORWARD, wire);
+		return srv6_xmit(ctx, ip6->saddr, ip6->daddr, sizeof(*ip6) + bpf_ntohs(ip6->payload_len),
+				 bpf_ntohl(ip6->vtc_flow) & 0xfffff);
+	}
+	/* The last segment, no copy here: a reply to one of our frontends (from its abroad copy) goes to the client. */
+	if (in.ok) {
+		struct frontend_key fk = {};
+		__builtin_memcpy(fk.addr, in.k.saddr, 16);
+		fk.port = in.k.sport;
+		fk.proto = in.k.proto;
+		fk.family = in.k.family;
+		struct service *svc = bpf_map_lookup_elem(&roam_services, &fk);
+		if (svc) {
+			r->id = svc->id;
+			r->wire = wire;
+			r->n = n;
+			r->family = in.k.family;
+			return SRV6_DECAP;
+		}
+	}
+	count_reason(REASON_SRV6_NO_COPY);
+	return XDP_DROP;
+}
+
+/*
+ * srv6_input handles a packet to this node's SID: checks (source and every
+ * segment inside roam's locators, an SRH of 1 or 2 segments without TLVs),
+ * then delivers or forwards, or returns SRV6_DECAP for a reply (the
+ * scratch's r set).
+ * Anything else: SRV6_CONTINUE. Not inlined: its own stack frame, off the
+ * NAT path's.
+ */
+static __noinline int srv6_input(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *eth = data;
+	struct ip6_hdr *ip6 = data + L3_OFF;
+	if ((void *)(ip6 + 1) > data_end || eth->proto != bpf_htons(ETH_P_IPV6_) || ip6->nexthdr != IPPROTO_ROUTING_)
+		return SRV6_CONTINUE;
+	__u32 zero = 0;
+	struct srv6_config *cfg = bpf_map_lookup_elem(&roam_srv6_config, &zero);
+	if (!cfg || !cfg->has_sid || !addr_eq(ip6->daddr, cfg->sid))
+		return SRV6_CONTINUE;
+	if (!srv6_in_locators(ip6->saddr)) {
+		count_reason(REASON_SRV6_FOREIGN_SRC);
+		return XDP_DROP;
+	}
+	struct srh *srh = (struct srh *)(ip6 + 1);
+	if ((void *)(srh + 1) > data_end || srh->type != SRH_TYPE_SEG6 || srh->last_entry >= SRV6_MAX_SEGS ||
+	    srh->hdrlen != 2 * (srh->last_entry + 1) || srh->segments_left > srh->last_entry ||
+	    L3_OFF + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > (__u32)(data_end - data)) {
+		count_reason(REASON_SRV6_BAD_SRH);
+		return XDP_DROP;
+	}
+	struct srv6_scratch *sc = bpf_map_lookup_elem(&roam_srv6_scratch, &zero);
+	if (!sc)
+		return XDP_PASS;
+	if (srh->last_entry == 0)
+		return srv6_at_sid(ctx, &sc->r, 1);
+	return srv6_at_sid(ctx, &sc->r, 2);
+}
