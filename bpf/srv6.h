@@ -186,9 +186,9 @@ static __always_inline __u32 srv6_flowlabel(const struct pkt *p)
 }
 
 /*
- * srv6_clamp_mss lowers the MSS option of a TCP SYN to max (the path MTU
- * less the encapsulation and the inner headers), fixing the checksum. It
- * walks at most 10 options, as a SYN carries few.
+ * srv6_clamp_mss lowers the MSS option of a TCP SYN (or SYN-ACK) to max
+ * (the path MTU less the largest encapsulation and the inner headers),
+ * fixing the checksum. It walks at most 10 options, as a SYN carries few.
  */
 static __always_inline void srv6_clamp_mss(struct xdp_md *ctx, const struct pkt *p, __u16 max)
 {
@@ -276,7 +276,7 @@ static __always_inline int srv6_xmit(struct xdp_md *ctx, const __u8 *saddr, cons
 		count_reason(REASON_SRV6_TOO_BIG);
 		return XDP_DROP;
 	}
-	count_reason(REASON_NO_ROUTE);
+	count_reason(REASON_NO_ROUTE); /* no route, or forwarding off here (BPF_FIB_LKUP_RET_FWD_DISABLED) */
 	return XDP_DROP;
 }
 
@@ -478,6 +478,10 @@ static __noinline int srv6_decap_reply(struct xdp_md *ctx)
 	__builtin_memset(&sc->p, 0, sizeof(sc->p));
 	if (parse_packet(data, data_end, (__u32)(data_end - data), &sc->p) != PARSE_OK)
 		return XDP_PASS; /* the kernel judges it */
+	/* The copy's SYN-ACK: its MSS too, so the client's segments fit the encapsulation on their way in. */
+	struct srv6_config *cfg = bpf_map_lookup_elem(&roam_srv6_config, &zero);
+	if (cfg)
+		srv6_clamp_mss(ctx, &sc->p, sc->p.family == FAMILY_V4 ? cfg->mss4 : cfg->mss6);
 	srv6_count(id, SRV6_STAT_DECAP, wire);
 	/* No rewrite: the copy answered from the frontend, to the client. */
 	__builtin_memcpy(sc->x.src, sc->p.saddr, 16);

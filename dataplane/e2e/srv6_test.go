@@ -1,0 +1,578 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/netns"
+)
+
+// srv6Node is one node's data plane on the SRv6 topology, XDP (native) on its links.
+type srv6Node struct {
+	ns string
+	d  *dataplane.Dataplane
+}
+
+func openSRv6Node(t *testing.T, ns string, sid netip.Addr, devs ...string) *srv6Node {
+	t.Helper()
+	d := dptest.New(t, dataplane.Config{SRv6: dataplane.SRv6Config{SID: sid,
+		Locators: []netip.Prefix{netns.SRv6LocHome, netns.SRv6LocOld, netns.SRv6LocNew}}})
+	err := netns.Do(ns, func() error {
+		for _, dev := range devs {
+			if err := d.AttachXDP(dev, dataplane.XDPNative); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &srv6Node{ns: ns, d: d}
+}
+
+// copyServer is a copy of the service at a location: TCP on frontend:80
+// answers each line "N" with "<name> <client address> N", and echoes a
+// "bulk N" line's N bytes back; UDP on frontend:7000 answers each datagram
+// "N" with "<name> <client address> N".
+type copyServer struct {
+	name  string
+	lns   []net.Listener
+	pcs   []net.PacketConn
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startCopy(t *testing.T, ns, name string) *copyServer {
+	t.Helper()
+	s := &copyServer{name: name}
+	for _, fe := range []netip.Addr{netns.SRv6FrontendV4, netns.SRv6FrontendV6} {
+		ln, err := netns.Listen(ns, "tcp", netip.AddrPortFrom(fe, 80).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, err := netns.ListenPacket(ns, "udp", netip.AddrPortFrom(fe, 7000).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.lns, s.pcs = append(s.lns, ln), append(s.pcs, pc)
+		s.wg.Add(2)
+		go s.accept(ln)
+		go s.udp(pc)
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *copyServer) accept(ln net.Listener) {
+	defer s.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.conns = append(s.conns, c)
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go s.serve(c)
+	}
+}
+
+func (s *copyServer) serve(c net.Conn) {
+	defer s.wg.Done()
+	defer c.Close()
+	r := bufio.NewReader(c)
+	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimSpace(line)
+		var n int
+		if _, err := fmt.Sscanf(line, "bulk %d", &n); err == nil {
+			buf := make([]byte, n)
+			if _, err := io.ReadFull(r, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+			continue
+		}
+		fmt.Fprintf(c, "%s %s %s\n", s.name, remote, line)
+	}
+}
+
+func (s *copyServer) udp(pc net.PacketConn) {
+	defer s.wg.Done()
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		remote := from.(*net.UDPAddr).AddrPort().Addr().Unmap()
+		_, _ = pc.WriteTo(fmt.Appendf(nil, "%s %s %s", s.name, remote, buf[:n]), from)
+	}
+}
+
+func (s *copyServer) stop() {
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	for _, pc := range s.pcs {
+		pc.Close()
+	}
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// tcpClient is one connection from the client namespace.
+type tcpClient struct {
+	c net.Conn
+	r *bufio.Reader
+	n int
+}
+
+func dialFrontend(ctx context.Context, t *testing.T, ns string, fe netip.AddrPort) *tcpClient {
+	t.Helper()
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := netns.Dial(dctx, ns, "tcp", fe.String())
+	if err != nil {
+		t.Fatalf("connect to %s: %v", fe, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &tcpClient{c: c, r: bufio.NewReader(c)}
+}
+
+// ask sends a request and returns who answered and the client address it saw.
+func (k *tcpClient) ask(t *testing.T) (who, client string) {
+	t.Helper()
+	k.n++
+	_ = k.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(k.c, "%d\n", k.n); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	line, err := k.r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("answer to request %d: %v", k.n, err)
+	}
+	f := strings.Fields(line)
+	if len(f) != 3 || f[2] != fmt.Sprint(k.n) {
+		t.Fatalf("answer %q to request %d", line, k.n)
+	}
+	return f[0], f[1]
+}
+
+// bulk sends n bytes and reads them back: full-size segments both ways.
+func (k *tcpClient) bulk(t *testing.T, n int) {
+	t.Helper()
+	_ = k.c.SetDeadline(time.Now().Add(10 * time.Second))
+	data := bytes.Repeat([]byte("roam-srv6-"), n/10)
+	if _, err := fmt.Fprintf(k.c, "bulk %d\n", len(data)); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := k.c.Write(data); errc <- err }()
+	back := make([]byte, len(data))
+	if _, err := io.ReadFull(k.r, back); err != nil {
+		t.Fatalf("bulk echo of %d bytes: %v", len(data), err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(back, data) {
+		t.Fatal("bulk echo differs")
+	}
+}
+
+// udpClient is one UDP socket in the client namespace.
+type udpClient struct {
+	c net.Conn
+	n int
+}
+
+func dialUDP(ctx context.Context, t *testing.T, ns string, fe netip.AddrPort) *udpClient {
+	t.Helper()
+	c, err := netns.Dial(ctx, ns, "udp", fe.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &udpClient{c: c}
+}
+
+func (u *udpClient) ask(t *testing.T) (who, client string) {
+	t.Helper()
+	u.n++
+	buf := make([]byte, 2048)
+	for try := 0; try < 3; try++ { // the first packet may wait on neighbour resolution
+		if _, err := fmt.Fprintf(u.c, "%d", u.n); err != nil {
+			t.Fatal(err)
+		}
+		_ = u.c.SetReadDeadline(time.Now().Add(time.Second))
+		for {
+			n, err := u.c.Read(buf)
+			if err != nil {
+				break
+			}
+			f := strings.Fields(string(buf[:n]))
+			if len(f) == 3 && f[2] == fmt.Sprint(u.n) {
+				return f[0], f[1]
+			}
+		}
+	}
+	t.Fatalf("no UDP answer to %d", u.n)
+	return "", ""
+}
+
+func (n *srv6Node) setCopy(t *testing.T, s dataplane.SRv6State, fs ...lb.Frontend) {
+	t.Helper()
+	for _, f := range fs {
+		if err := n.d.SetSRv6Copy(f, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (n *srv6Node) commit(t *testing.T, tg lb.Target, fs ...lb.Frontend) {
+	t.Helper()
+	for _, f := range fs {
+		gen, err := n.d.Stage(f, tg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.d.Commit(f, gen); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (n *srv6Node) drops(t *testing.T) map[string]uint64 {
+	t.Helper()
+	m, err := n.d.Drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestSRv6PathMode runs the SRv6 path mode on veths in namespaces, with
+// the data planes' XDP programs (native) at the home and at both
+// locations, an IPv6-only underlay between them, and the kernel's seg6
+// encap routes for the copies' answers (back through the home, which
+// decapsulates). For an IPv4 client and an IPv6 client, TCP and UDP:
+// steady state [old]; a migration [old, new] with the old copy still
+// serving; the old copy draining (its connections and UDP flows stay, new
+// ones go on to the new copy); the old copy gone (its UDP flow goes on);
+// the home committed to [new]. The service sees the client's real address
+// throughout, and full-size segments cross the two-segment path both ways
+// (MSS clamped at the home, nothing too big). Then forged packets to a
+// location's SID are dropped and counted.
+func TestSRv6PathMode(t *testing.T) {
+	netns.SkipUnlessRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	topo, err := netns.NewSRv6Topology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	home := openSRv6Node(t, topo.Home, netns.SRv6SIDHome, "h0", "h1", "h2")
+	old := openSRv6Node(t, topo.Old, netns.SRv6SIDOld, "o0")
+	nw := openSRv6Node(t, topo.New, netns.SRv6SIDNew, "n0")
+	for _, loc := range []struct {
+		ns, dev string
+		sid     netip.Addr
+	}{{topo.Old, "o0", netns.SRv6SIDOld}, {topo.New, "n0", netns.SRv6SIDNew}} {
+		err := netns.Do(loc.ns, func() error {
+			if err := dataplane.SetSRv6TunnelSource(loc.sid); err != nil {
+				return err
+			}
+			for i, fe := range []netip.Addr{netns.SRv6FrontendV4, netns.SRv6FrontendV6} {
+				r := dataplane.SRv6Return{Frontend: fe, HomeSID: netns.SRv6SIDHome, Dev: loc.dev, Table: 100 + i}
+				if err := r.Install(); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range []*srv6Node{home, old, nw} {
+			drops, _ := n.d.Drops()
+			fw, mss, _ := n.d.SRv6Unowned()
+			nz := map[string]uint64{}
+			for k, v := range drops {
+				if v != 0 {
+					nz[k] = v
+				}
+			}
+			t.Logf("%s: drops %v, forwarded with no copy %d, mss clamped %d", n.ns, nz, fw, mss)
+			for _, f := range []lb.Frontend{{Addr: netns.SRv6FrontendV4, Port: 80, Proto: lb.TCP}, {Addr: netns.SRv6FrontendV6, Port: 80, Proto: lb.TCP}} {
+				s, _ := n.d.SRv6Stats(f)
+				t.Logf("%s %s: %+v", n.ns, f, s)
+			}
+			out, _ := netns.Cmd(context.Background(), n.ns, "nstat", "-az", "Ip6InNoRoutes", "Ip6InDiscards", "Ip6InAddrErrors", "Ip6OutNoRoutes", "IpInAddrErrors", "Ip6InHdrErrors", "TcpExtTCPSynRetrans").CombinedOutput()
+			t.Logf("%s nstat:\n%s", n.ns, out)
+		}
+	})
+	oldCopy := startCopy(t, topo.Old, "old")
+	startCopy(t, topo.New, "new")
+
+	for _, fam := range []struct {
+		name       string
+		frontend   netip.Addr
+		client     netip.Addr
+		innerLimit int // the largest inner packet the clamp allows: 1500 - 80
+	}{
+		{"ipv4 client", netns.SRv6FrontendV4, netns.SRv6ClientV4, 1420},
+		{"ipv6 client", netns.SRv6FrontendV6, netns.SRv6ClientV6, 1420},
+	} {
+		t.Logf("== %s", fam.name)
+		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
+		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
+		tcpAddr, udpAddr := netip.AddrPortFrom(fam.frontend, 80), netip.AddrPortFrom(fam.frontend, 7000)
+		want := func(step, gotWho, gotClient, wantWho string) {
+			t.Helper()
+			if gotWho != wantWho {
+				t.Fatalf("%s: answered by %s, want %s", step, gotWho, wantWho)
+			}
+			if gotClient != fam.client.String() {
+				t.Fatalf("%s: the service saw client %s, want the real %s", step, gotClient, fam.client)
+			}
+		}
+
+		t.Log("steady state: [old]")
+		old.setCopy(t, dataplane.SRv6Serving, fT, fU)
+		home.commit(t, lb.SRv6(netns.SRv6SIDOld), fT, fU)
+		a := dialFrontend(ctx, t, topo.Client, tcpAddr)
+		who, cl := a.ask(t)
+		want("steady tcp", who, cl, "old")
+		u1 := dialUDP(ctx, t, topo.Client, udpAddr)
+		who, cl = u1.ask(t)
+		want("steady udp", who, cl, "old")
+
+		t.Log("migration, old copy serving: [old, new]")
+		nw.setCopy(t, dataplane.SRv6Serving, fT, fU)
+		home.commit(t, lb.SRv6(netns.SRv6SIDOld, netns.SRv6SIDNew), fT, fU)
+		who, cl = a.ask(t)
+		want("migration: open connection", who, cl, "old")
+		b := dialFrontend(ctx, t, topo.Client, tcpAddr)
+		who, cl = b.ask(t)
+		want("migration: new connection", who, cl, "old")
+		b.bulk(t, 300_000)
+		who, cl = u1.ask(t)
+		want("migration: udp flow", who, cl, "old")
+
+		t.Log("old copy draining")
+		old.setCopy(t, dataplane.SRv6Draining, fT, fU)
+		who, cl = a.ask(t)
+		want("draining: open connection a", who, cl, "old")
+		who, cl = b.ask(t)
+		want("draining: open connection b", who, cl, "old")
+		c := dialFrontend(ctx, t, topo.Client, tcpAddr)
+		who, cl = c.ask(t)
+		want("draining: new connection", who, cl, "new")
+		c.bulk(t, 300_000)
+		who, cl = u1.ask(t)
+		want("draining: its udp flow", who, cl, "old")
+		u2 := dialUDP(ctx, t, topo.Client, udpAddr)
+		who, cl = u2.ask(t)
+		want("draining: a new udp flow", who, cl, "new")
+
+		t.Log("old copy gone")
+		a.c.Close()
+		b.c.Close()
+		old.setCopy(t, dataplane.SRv6Gone, fT, fU)
+		who, cl = u1.ask(t)
+		want("gone: the old udp flow goes on", who, cl, "new")
+		d := dialFrontend(ctx, t, topo.Client, tcpAddr)
+		who, cl = d.ask(t)
+		want("gone: new connection", who, cl, "new")
+
+		t.Log("home committed to [new]")
+		home.commit(t, lb.SRv6(netns.SRv6SIDNew), fT, fU)
+		who, cl = c.ask(t)
+		want("after: connection opened while draining", who, cl, "new")
+		e := dialFrontend(ctx, t, topo.Client, tcpAddr)
+		who, cl = e.ask(t)
+		want("after: new connection", who, cl, "new")
+		e.bulk(t, 100_000)
+
+		hs, err := home.d.SRv6Stats(fT)
+		if err != nil || hs.Encap.Packets == 0 || hs.Decap.Packets == 0 {
+			t.Fatalf("home counters %+v, %v", hs, err)
+		}
+		ns, err := nw.d.SRv6Stats(fT)
+		if err != nil || ns.Deliver.Packets == 0 {
+			t.Fatalf("new location counters %+v, %v", ns, err)
+		}
+		nw.setCopy(t, dataplane.SRv6Gone, fT, fU) // the next family starts from the old location again
+	}
+	oldCopy.stop()
+	if fw, clamped, err := old.d.SRv6Unowned(); err != nil || fw == 0 {
+		t.Fatalf("old location forwarded %d packets with its copy gone, %v", fw, err)
+	} else if _, hc, _ := home.d.SRv6Unowned(); hc == 0 {
+		t.Fatalf("home clamped no MSS (old location: %d)", clamped)
+	}
+	if n := home.drops(t)["srv6_too_big"]; n != 0 {
+		t.Fatalf("home dropped %d packets as too big: the MSS clamp did not hold", n)
+	}
+
+	t.Log("forged packets to the new location's SID")
+	fU := lb.Frontend{Addr: netns.SRv6FrontendV4, Port: 7000, Proto: lb.UDP}
+	nw.setCopy(t, dataplane.SRv6Serving, fU)
+	before := nw.drops(t)
+	delivered := func() uint64 {
+		s, err := nw.d.SRv6Stats(fU)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Deliver.Packets
+	}
+	d0 := delivered()
+	inner := udp4(netns.SRv6ClientV4, netns.SRv6FrontendV4, 5555, 7000, []byte("forged"))
+	alien := netip.MustParseAddr("fc00:99::1")
+	sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew, alien}, 1, inner))
+	sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netip.MustParseAddr("fd20:3::1"), []netip.Addr{netns.SRv6SIDNew}, 0, inner))
+	sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew}, 0, inner)) // a good one, last
+	if err := poll(ctx, 5*time.Second, func() error {
+		if delivered() != d0+1 {
+			return errors.New("the good packet not delivered yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after := nw.drops(t)
+	for _, r := range []string{"srv6_foreign_sid", "srv6_foreign_src"} {
+		if after[r]-before[r] != 1 {
+			t.Errorf("%s: counted %d, want 1", r, after[r]-before[r])
+		}
+	}
+}
+
+// udp4 is an IPv4 UDP packet (no Ethernet), checksums filled.
+func udp4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	b := make([]byte, 28+len(payload))
+	b[0], b[8], b[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	s, d := src.As4(), dst.As4()
+	copy(b[12:], s[:])
+	copy(b[16:], d[:])
+	binary.BigEndian.PutUint16(b[10:], ^csum(b[:20], 0))
+	binary.BigEndian.PutUint16(b[20:], sport)
+	binary.BigEndian.PutUint16(b[22:], dport)
+	binary.BigEndian.PutUint16(b[24:], uint16(8+len(payload)))
+	copy(b[28:], payload)
+	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, 17, 0, 0)
+	binary.BigEndian.PutUint16(pseudo[10:], uint16(8+len(payload)))
+	binary.BigEndian.PutUint16(b[26:], ^csum(b[20:], csum(pseudo, 0)))
+	return b
+}
+
+func csum(b []byte, init uint16) uint16 {
+	s := uint32(init)
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}
+
+// srv6Packet is outer IPv6 + SRH (sids in the order visited, sl left) around an IP packet.
+func srv6Packet(src netip.Addr, sids []netip.Addr, sl int, inner []byte) []byte {
+	n := len(sids)
+	b := make([]byte, 40, 40+8+16*n+len(inner))
+	binary.BigEndian.PutUint32(b[0:], 6<<28)
+	binary.BigEndian.PutUint16(b[4:], uint16(8+16*n+len(inner)))
+	b[6], b[7] = 43, 64
+	s, d := src.As16(), sids[n-1-sl].As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	nh := byte(4)
+	if inner[0]>>4 == 6 {
+		nh = 41
+	}
+	b = append(b, nh, byte(2*n), 4, byte(sl), byte(n-1), 0, 0, 0)
+	for i := n - 1; i >= 0; i-- {
+		x := sids[i].As16()
+		b = append(b, x[:]...)
+	}
+	return append(b, inner...)
+}
+
+// sendRaw sends an IPv6 packet out of dev in ns, to the MAC of peerDev in peerNS.
+func sendRaw(t *testing.T, ns, dev, peerNS, peerDev string, pkt []byte) {
+	t.Helper()
+	var peerMAC net.HardwareAddr
+	if err := netns.Handle(peerNS, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(peerDev)
+		if err == nil {
+			peerMAC = l.Attrs().HardwareAddr
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := netns.Do(ns, func() error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons16(unix.ETH_P_IPV6)))
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		sa := &unix.SockaddrLinklayer{Protocol: htons16(unix.ETH_P_IPV6), Ifindex: l.Attrs().Index, Halen: 6}
+		copy(sa.Addr[:], peerMAC)
+		return unix.Sendto(fd, pkt, 0, sa)
+	})
+	if err != nil {
+		t.Fatalf("send raw packet: %v", err)
+	}
+}
+
+func htons16(v uint16) uint16 { return v<<8 | v>>8 }
