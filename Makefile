@@ -65,7 +65,8 @@ check-generate: generate ## fail if the committed bpf2go output differs from a f
 	@git diff --exit-code --stat -- $(GENERATED) || { echo "bpf2go output is stale: run 'make generate' and commit"; exit 1; }
 
 .PHONY: bench
-bench: bench-dataplane bench-meta bench-migration bench-trigger ## run every benchmark
+bench: bench-dataplane bench-meta bench-migration bench-trigger bench-srv6 ## run every benchmark
+
 
 .PHONY: bench-dataplane
 bench-dataplane: deps ## one core: roam XDP vs iptables vs nftables vs a userspace proxy, per-packet cost, new flows, 100k/1M flows, IPv6 (root; flags: BENCH_DATAPLANE_FLAGS)
@@ -86,6 +87,10 @@ bench-trigger: deps ## zero-touch on the testbed: network change -> commit, band
 .PHONY: soak
 soak: deps ## roam on the testbed under chaos (kill -9 of controllers, agents, the MO; cuts; shaping) with real clients, invariants checked all along (root; SOAK_DURATION, default 10m)
 	$(GO) run ./test/soak -duration $(SOAK_DURATION) $(SOAK_FLAGS)
+
+.PHONY: bench-srv6
+bench-srv6: deps ## NAT vs SRv6 path mode through one migration with the old copy removed mid-stream: UDP loss/dup/reorder, connect p99, goodput bins, client address, home ns/packet (root)
+	$(GO) run ./test/bench/srv6 $(BENCH_SRV6_FLAGS)
 
 .PHONY: demo
 demo: deps ## the quick start: testbed up, the paper's experiment, table and plot, testbed down (root)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -388,4 +389,15 @@ func (d *Dataplane) SRv6Unowned() (forward, mssClamped uint64, err error) {
 	}
 	m, err := d.srv6Counter(0, srv6StatMSS)
 	return f.Packets, m.Packets, err
+}
+
+// XDPRunStats returns the XDP program's run time and run count since it
+// was loaded, as the kernel counts them while BPF statistics are enabled
+// (ebpf.EnableStats, or kernel.bpf_stats_enabled): the cost per packet.
+func (d *Dataplane) XDPRunStats() (runTime time.Duration, runs uint64, err error) {
+	st, err := d.xdp.RoamXdp.Stats()
+	if err != nil {
+		return 0, 0, fmt.Errorf("xdp program stats: %w", err)
+	}
+	return st.Runtime, st.RunCount, nil
 }
