@@ -27,6 +27,7 @@
 #define ABLATE_COUNTERS 0x04 /* no per-frontend packet and byte counters */
 #define ABLATE_CSUM 0x08     /* no checksum arithmetic (addresses and ports still rewritten) */
 #define ABLATE_CLOCK 0x10    /* no clock read on the pinned path (flows never idle) */
+#define ABLATE_SRV6 0x20     /* no look for SRv6 packets to this node's SID before the NAT path */
 
 #ifndef MAX_IFACES
 #define MAX_IFACES 4096 /* interfaces roam_ifaces can describe */

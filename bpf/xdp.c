@@ -125,11 +125,13 @@ static __always_inline int roam_srv6_out(struct xdp_md *ctx, struct pkt *p)
 SEC("xdp")
 int roam_xdp(struct xdp_md *ctx)
 {
-	int rc = srv6_input(ctx);
-	if (rc == SRV6_DECAP)
-		return srv6_decap_reply(ctx);
-	if (rc != SRV6_CONTINUE)
-		return rc;
+	if (!(ROAM_ABLATE & ABLATE_SRV6)) {
+		int rc = srv6_input(ctx);
+		if (rc == SRV6_DECAP)
+			return srv6_decap_reply(ctx);
+		if (rc != SRV6_CONTINUE)
+			return rc;
+	}
 	return roam_process(ctx);
 }
 

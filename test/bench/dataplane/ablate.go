@@ -31,6 +31,7 @@ var ablations = []ablation{
 	{"without checksum arithmetic", "ABLATE_CSUM"},
 	{"without the clock (bpf_ktime_get_coarse_ns)", "ABLATE_CLOCK"},
 	{"without all four", "ABLATE_FIB|ABLATE_COUNTERS|ABLATE_CSUM|ABLATE_CLOCK"},
+	{"without SRv6 (no srv6_input before the NAT path)", "ABLATE_SRV6"},
 }
 
 // runAblations compiles bpf/xdp.c once per ablation (clang, the flags of
