@@ -58,6 +58,10 @@ type node struct {
 	pin string
 }
 
+// openNode opens a node's data plane with XDP (native) on devs and, as
+// roam-agent --tc-ifaces does, tc on them too: a packet whose next hop has
+// no neighbour yet goes up from XDP untouched, and tc translates it and
+// sends it with bpf_redirect_neigh (NAT mode's first packets).
 func openNode(ns string, sid netip.Addr, devs ...string) (*node, error) {
 	pin := filepath.Join("/sys/fs/bpf", "roam-bench-srv6-"+netns.RandSuffix(4))
 	d, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv6: snat6, SRv6: dataplane.SRv6Config{SID: sid,
@@ -69,6 +73,11 @@ func openNode(ns string, sid netip.Addr, devs ...string) (*node, error) {
 	err = netns.Do(ns, func() error {
 		for _, dev := range devs {
 			if err := d.AttachXDP(dev, dataplane.XDPNative); err != nil {
+				return err
+			}
+		}
+		for _, dev := range devs {
+			if err := d.AttachTC(dev); err != nil {
 				return err
 			}
 		}
