@@ -21,6 +21,24 @@ type arrival struct {
 	bytes int64
 }
 
+// minLastHalfReads is how many reads the last half of a transfer must hold
+// for its rate to be judged: fewer, each a large GRO batch, and one batch
+// more or less swings the figure by tens of percent.
+const minLastHalfReads = 8
+
+// lastHalfReads counts the arrivals in the last half of the transfer so far.
+func lastHalfReads(a []arrival) int {
+	if len(a) == 0 {
+		return 0
+	}
+	cut := a[len(a)-1].t / 2
+	n := 0
+	for i := len(a) - 1; i >= 0 && a[i].t > cut; i-- {
+		n++
+	}
+	return n
+}
+
 // estimate is the rate, in bits per second on the wire, of the last half
 // of a transfer: a shaper's burst passes first, at line rate, and must not
 // count. ok is false when the transfer gave too little to judge.
@@ -56,7 +74,9 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		var nd net.Dialer
 		dial = nd.DialContext
 	}
-	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	// Longer than the kernel's first SYN retransmission (1 s): on a
+	// saturated, shaped link the SYN or SYN-ACK may be dropped once.
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	c, err := dial(dctx, "tcp", addr)
 	cancel()
 	if err != nil {
@@ -67,13 +87,19 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	copy(req[:4], bulkMagic[:])
 	// The server's own bound is a little longer than ours: we stop
 	// reading first and hang up.
-	binary.BigEndian.PutUint32(req[4:8], uint32((d + d/2 + 500*time.Millisecond).Milliseconds()))
+	// A slow link delivers few, large reads (GRO) in d: then the transfer
+	// goes on, up to 4d, until its last half holds enough of them.
+	maxD := 4 * d
+	binary.BigEndian.PutUint32(req[4:8], uint32((maxD + d/2 + 500*time.Millisecond).Milliseconds()))
 	binary.BigEndian.PutUint32(req[8:12], uint32(min(maxBytes, MaxBulkBytes)))
-	c.SetDeadline(time.Now().Add(d + 2*time.Second))
+	c.SetDeadline(time.Now().Add(maxD + 2*time.Second))
 	if _, err := c.Write(req[:]); err != nil {
 		return 0, fmt.Errorf("bulk probe %s: send request: %w", addr, err)
 	}
-	buf := make([]byte, 64<<10)
+	// One read takes all that has arrived (up to the whole transfer): a
+	// read delayed on a busy machine then still counts every byte by its
+	// time, where a small buffer would leave bytes behind and read low.
+	buf := make([]byte, min(maxBytes, MaxBulkBytes, 4<<20))
 	var (
 		first time.Time
 		total int64
@@ -88,7 +114,7 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 			}
 			total += int64(n)
 			arr = append(arr, arrival{now.Sub(first), total})
-			if now.Sub(first) >= d {
+			if el := now.Sub(first); el >= maxD || el >= d && lastHalfReads(arr) >= minLastHalfReads {
 				break
 			}
 		}
