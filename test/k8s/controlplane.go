@@ -34,6 +34,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/roamnet/roam/test/testport"
 )
 
 // Binaries lists what tools/build.sh puts in the control plane's directory.
@@ -437,21 +439,18 @@ func (cp *ControlPlane) waitHTTP(ctx context.Context, what, url string, hdr map[
 	})
 }
 
+// freePorts are n ports below the ephemeral range, never handed out twice
+// in this process: a control plane's ports are chosen before its servers
+// bind them, and an ephemeral port could meanwhile be taken by a connection
+// (the other control plane's, say).
 func freePorts(n int) ([]int, error) {
-	var out []int
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	out := make([]int, n)
+	for i := range out {
+		p, err := testport.Take()
 		if err != nil {
 			return nil, err
 		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+		out[i] = int(p)
 	}
 	return out, nil
 }

@@ -305,6 +305,11 @@ func TestAgentRollingUpdate(t *testing.T) {
 	// release would.
 	dir := t.TempDir()
 	const tag = "rollout-test"
+	// kustomize takes only relative resource paths.
+	relOverlay, err := filepath.Rel(dir, overlayDir(overlayOf["a"]))
+	if err != nil {
+		t.Fatal(err)
+	}
 	kust := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
@@ -312,7 +317,7 @@ resources:
 images:
   - name: ghcr.io/roamnet/roam
     newTag: %s
-`, overlayDir(overlayOf["a"]), tag)
+`, relOverlay, tag)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
 		t.Fatal(err)
 	}

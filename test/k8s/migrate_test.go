@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -68,6 +70,16 @@ func TestMigrationAcrossClusters(t *testing.T) {
 	}
 	a, b := clusters["a"], clusters["b"]
 	ctx := testCtx(t, 4*time.Minute)
+	// kwok's nodes have addresses (10.77.0.0/16) but no data path. Make
+	// that so on this machine too: an unreachable route, so a connection
+	// to a node fails at once instead of going out of the default route
+	// (where a sandbox's proxy may accept any TCP connection).
+	_, nodeNet, _ := net.ParseCIDR("10.77.0.0/16")
+	unreach := &netlink.Route{Dst: nodeNet, Type: unix.RTN_UNREACHABLE}
+	if err := netlink.RouteAdd(unreach); err != nil {
+		t.Fatalf("route kwok's node addresses to nowhere: %v", err)
+	}
+	t.Cleanup(func() { netlink.RouteDel(unreach) })
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if os.Getenv("K8S_TEST_LOG") != "" { // the controllers' logs
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -118,7 +130,10 @@ func TestMigrationAcrossClusters(t *testing.T) {
 		}
 		c, err := controller.New(ctx, controller.Config{ClusterID: id, Tier: meta.TierEdge, Listener: lns[id],
 			AdvertiseURL: peers[id], NATSURL: mo.ClientURL(), Agents: []string{hs.URL}, AgentToken: "agent-tok",
-			FrontendAddr: addr, DataAddr: addr, StorePath: filepath.Join(dir, id+".db"), HelloInterval: 500 * time.Millisecond,
+			// No DataAddr, as roam-ctrl --backend kubernetes without
+			// --data-addr: a copy is reached at its node's address, which
+			// the backend reports from the EndpointSlices.
+			FrontendAddr: addr, StorePath: filepath.Join(dir, id+".db"), HelloInterval: 500 * time.Millisecond,
 			FailsafeAfter: time.Minute, DrainTimeout: 2 * time.Second, TLS: ident, AllowLoopbackEndpoints: true,
 			Users: api.StaticUsers(api.User{Name: "test", Role: api.RoleOperate, Hash: api.HashToken("user-tok")}),
 			Peers: peers, Backend: ctrlBackend(t, id), Logger: logger.With("ctrl", id)})
@@ -184,7 +199,7 @@ func TestMigrationAcrossClusters(t *testing.T) {
 	t.Logf("migration a -> b: HTTP %d, state %s, stage %s, error %q, to endpoints %v", code, m.State, m.Stage, m.Error, m.ToEndpoints)
 	var stages []string
 	for _, s := range m.Stages {
-		stages = append(stages, string(s.Stage))
+		stages = append(stages, s.Stage.String())
 	}
 
 	// Replication happened in b, with the copy fenced by a's migration and

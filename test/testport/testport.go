@@ -11,6 +11,7 @@
 package testport
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -33,6 +34,16 @@ var (
 // when none is given). It fails the test if none is found.
 func Free(t testing.TB, addrs ...netip.Addr) uint16 {
 	t.Helper()
+	p, err := Take(addrs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Take is Free for code that runs outside a test function (a lane's
+// fixtures, a benchmark): it returns an error instead of failing a test.
+func Take(addrs ...netip.Addr) (uint16, error) {
 	if len(addrs) == 0 {
 		addrs = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	}
@@ -47,10 +58,9 @@ func Free(t testing.TB, addrs ...netip.Addr) uint16 {
 		mu.Lock()
 		handed[p] = true
 		mu.Unlock()
-		return p
+		return p, nil
 	}
-	t.Fatalf("testport: no free port in %d-%d on %v", lo, hi, addrs)
-	return 0
+	return 0, fmt.Errorf("testport: no free port in %d-%d on %v", lo, hi, addrs)
 }
 
 // N returns n distinct free ports on 127.0.0.1.
