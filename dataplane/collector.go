@@ -11,6 +11,8 @@ import (
 type collector struct {
 	d                          *Dataplane
 	packets, bytes, drops, cts *prometheus.Desc
+	maxEntries, pressure       *prometheus.Desc
+	gcRemoved, insertFailures  *prometheus.Desc
 }
 
 // Collector returns a Prometheus collector that reads the per-CPU counter
@@ -28,6 +30,15 @@ func (d *Dataplane) Collector() prometheus.Collector {
 		cts: prometheus.NewDesc("roam_dataplane_conntrack_entries",
 			"Entries of a conntrack map (conntrack: one per flow; nat: one per redirected flow), timed-out ones not yet reclaimed included.",
 			[]string{"map"}, nil),
+		maxEntries: prometheus.NewDesc("roam_dataplane_map_max_entries",
+			"Capacity of a conntrack map (Config.MaxFlows).", []string{"map"}, nil),
+		pressure: prometheus.NewDesc("roam_dataplane_map_pressure",
+			"Entries of a conntrack map over its capacity (0-1): near 1 the LRU evicts flows, live ones included.", []string{"map"}, nil),
+		gcRemoved: prometheus.NewDesc("roam_dataplane_gc_removed_total",
+			"Expired entries of a conntrack map removed by the agent's garbage collection.", []string{"map"}, nil),
+		insertFailures: prometheus.NewDesc("roam_dataplane_map_insert_failures_total",
+			"New flows the programs could not insert (conntrack: ct_full; nat: port_exhausted, no free SNAT port): dropped.",
+			[]string{"map"}, nil),
 	}
 }
 
@@ -36,6 +47,10 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.bytes
 	ch <- c.drops
 	ch <- c.cts
+	ch <- c.maxEntries
+	ch <- c.pressure
+	ch <- c.gcRemoved
+	ch <- c.insertFailures
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -82,8 +97,23 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 	if err != nil {
 		return nil, err
 	}
-	out = append(out, prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(n), "conntrack"),
-		prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(nn), "nat"))
+	for _, m := range []struct {
+		name     string
+		entries  int
+		max      uint32
+		removed  uint64
+		failures uint64
+	}{
+		{"conntrack", n, c.d.maps.RoamConntrack.MaxEntries(), c.d.gc.ctRemoved.Load(), drops["ct_full"]},
+		{"nat", nn, c.d.maps.RoamNat.MaxEntries(), c.d.gc.natRemoved.Load(), drops["port_exhausted"]},
+	} {
+		out = append(out,
+			prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(m.entries), m.name),
+			prometheus.MustNewConstMetric(c.maxEntries, prometheus.GaugeValue, float64(m.max), m.name),
+			prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, float64(m.entries)/float64(max(m.max, 1)), m.name),
+			prometheus.MustNewConstMetric(c.gcRemoved, prometheus.CounterValue, float64(m.removed), m.name),
+			prometheus.MustNewConstMetric(c.insertFailures, prometheus.CounterValue, float64(m.failures), m.name))
+	}
 	return out, nil
 }
 

@@ -124,6 +124,8 @@ type Dataplane struct {
 	xdp  roamXDPObjects
 	tc   roamTCObjects
 	maps *roamXDPMaps
+	gcMu sync.Mutex
+	gc   gcState
 }
 
 // Open loads the BPF objects, creates or re-opens the maps pinned under

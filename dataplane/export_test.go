@@ -2,9 +2,12 @@ package dataplane
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // What the external tests (package dataplane_test) read of the internals.
@@ -95,4 +98,55 @@ func SetProcSys(t interface{ Cleanup(func()) }, dir string) {
 	old := procSys
 	procSys = dir
 	t.Cleanup(func() { procSys = old })
+}
+
+// AgeClient moves back by fwd the last packet of client's forward entries
+// and by rev that of their NAT entries (the reply direction), as AgeFlows.
+func (d *Dataplane) AgeClient(client netip.AddrPort, fwd, rev time.Duration) error {
+	a := addr16(client.Addr())
+	p := htons(client.Port())
+	var ck []CTKey
+	var cv []CTValue
+	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
+		if k.Saddr == a && k.Sport == p {
+			ck, cv = append(ck, k), append(cv, v)
+		}
+	}); err != nil {
+		return err
+	}
+	if len(ck) == 0 {
+		return fmt.Errorf("age %s: no flow", client)
+	}
+	for i := range ck {
+		cv[i].LastSeen -= uint64(fwd)
+		if err := d.maps.RoamConntrack.Update(&ck[i], &cv[i], ebpf.UpdateExist); err != nil {
+			return err
+		}
+		if lb.TargetKind(cv[i].Kind) != lb.TargetRedirect {
+			continue
+		}
+		nk := cv[i].natKey(ck[i].Proto)
+		var nv NATValue
+		if err := d.maps.RoamNat.Lookup(&nk, &nv); err != nil {
+			return fmt.Errorf("age NAT of %s: %w", client, err)
+		}
+		nv.LastSeen -= uint64(rev)
+		if err := d.maps.RoamNat.Update(&nk, &nv, ebpf.UpdateExist); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FlowClients lists the clients of the conntrack entries and of the NAT entries.
+func (d *Dataplane) FlowClients() (ct, nat []netip.AddrPort, err error) {
+	err = walkMap(d.maps.RoamConntrack, func(k CTKey, _ CTValue) {
+		ct = append(ct, netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), htons(k.Sport)))
+	})
+	if err == nil {
+		err = walkMap(d.maps.RoamNat, func(_ CTKey, v NATValue) {
+			nat = append(nat, netip.AddrPortFrom(addrFrom16(v.ClientAddr, v.Family), htons(v.ClientPort)))
+		})
+	}
+	return ct, nat, err
 }

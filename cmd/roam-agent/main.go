@@ -44,6 +44,8 @@ type options struct {
 	portMax     uint16
 	idleTimeout time.Duration
 	udpDrain    time.Duration
+	gcInterval  time.Duration
+	gcScan      int
 	metricsAddr string
 	apiAddr     string
 	tlsDir      string
@@ -61,6 +63,8 @@ func parseFlags(args []string) (options, error) {
 	ports := fs.String("snat-ports", "40000-60999", "source port range for redirected flows")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "a UDP flow with no packet either way for this long is over (TCP flows time out by state: dataplane.DefaultTimeouts)")
 	fs.DurationVar(&o.udpDrain, "udp-drain", dataplane.DefaultTimeouts.UDPDrain, "a UDP flow idle this long once a commit moved its frontend away is done: a migration's drain stops waiting for it")
+	fs.DurationVar(&o.gcInterval, "gc-interval", 10*time.Second, "how often expired conntrack and NAT entries are removed (a pass that did not reach a map's end continues at once)")
+	fs.IntVar(&o.gcScan, "gc-scan", dataplane.DefaultGCScan, "at most this many entries of each map read per garbage-collection pass")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":9700", "address serving /metrics and /healthz")
 	fs.StringVar(&o.apiAddr, "api-addr", "127.0.0.1:9701", "address serving the two-phase agent API")
 	fs.StringVar(&o.tlsDir, "tls-dir", "", "this node's identity (ca.crt, tls.crt, tls.key for spiffe://roam/cluster/<id>/node/<node>; roamctl cert issue --node): "+
@@ -109,6 +113,9 @@ func parseFlags(args []string) (options, error) {
 	o.portMin, o.portMax = uint16(pmin), uint16(pmax)
 	if o.idleTimeout <= 0 {
 		return o, fmt.Errorf("parse flags: --idle-timeout must be positive")
+	}
+	if o.gcInterval <= 0 || o.gcScan <= 0 {
+		return o, fmt.Errorf("parse flags: --gc-interval and --gc-scan must be positive")
 	}
 	if o.tlsDir == "" && !o.insecure {
 		return o, errors.New("parse flags: the agent API can point any frontend anywhere: give it --tls-dir (roamctl cert issue --node) or, for tests, --insecure")
@@ -206,6 +213,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		log.Info("attached tc", "iface", ifc)
 	}
+
+	// Garbage collection of expired flows; stopped before dp.Close.
+	gcCtx, stopGC := context.WithCancel(ctx)
+	gcDone := make(chan struct{})
+	go func() { defer close(gcDone); dp.RunGC(gcCtx, o.gcInterval, o.gcScan, log) }()
+	defer func() { stopGC(); <-gcDone }()
 
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(dp.Collector()); err != nil {

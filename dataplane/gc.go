@@ -1,0 +1,238 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// DefaultGCScan is how many entries of each map one GC pass reads at most.
+const DefaultGCScan = 16384
+
+// GCStats is what one GC pass did.
+type GCStats struct {
+	Scanned        int  // entries read, both maps
+	Conntrack, NAT int  // entries removed
+	Wrapped        bool // the pass reached the end of both maps: the next one starts over
+}
+
+// gcState is the GC's position in each map and its running totals.
+type gcState struct {
+	ctCursor, natCursor   ebpf.MapBatchCursor
+	ctRemoved, natRemoved atomic.Uint64
+}
+
+// GC removes expired conntrack and NAT entries, reading at most maxScan
+// entries of each map (in batches) from where the previous pass stopped
+// (DefaultGCScan when maxScan <= 0). An entry is expired by the rule the
+// programs use (bpf/conntrack.h ct_expired, bpf/nat.h nat_reclaimable),
+// plus coarseSlack: a forward entry idle in both directions for its
+// state's timeout; its NAT entry goes with it. A NAT entry whose forward
+// entry is gone or points elsewhere goes once idle for the close timeout.
+// Each candidate is read again just before the removal and kept if a
+// packet touched it meanwhile. Removals are counted in the collector.
+func (d *Dataplane) GC(maxScan int) (GCStats, error) {
+	if maxScan <= 0 {
+		maxScan = DefaultGCScan
+	}
+	d.gcMu.Lock()
+	defer d.gcMu.Unlock()
+	var st GCStats
+	now, err := monotonicNow()
+	if err != nil {
+		return st, err
+	}
+	t := d.cfg.Timeouts
+
+	// Forward entries.
+	var ctKeys []CTKey
+	var natKeys []CTKey
+	n, ctDoneWalk, err := scanMap(d.maps.RoamConntrack, &d.gc.ctCursor, maxScan, func(k CTKey, v CTValue) {
+		if d.ctExpired(k, v, now, t) {
+			ctKeys = append(ctKeys, k)
+		}
+	})
+	st.Scanned += n
+	if err != nil {
+		return st, fmt.Errorf("gc conntrack: %w", err)
+	}
+	// Read again just before removing: a packet may have touched it.
+	live := ctKeys[:0]
+	for _, k := range ctKeys {
+		var v CTValue
+		if d.maps.RoamConntrack.Lookup(k, &v) != nil || !d.ctExpired(k, v, now, t) {
+			continue
+		}
+		live = append(live, k)
+		if lb.TargetKind(v.Kind) == lb.TargetRedirect {
+			nk := v.natKey(k.Proto)
+			var nv NATValue
+			if d.maps.RoamNat.Lookup(nk, &nv) == nil && nv.ownedBy(k) && idleLonger(now, nv.LastSeen, t.timeout(k.Proto, v.State, lb.TargetKind(v.Kind))) {
+				natKeys = append(natKeys, nk)
+			}
+		}
+	}
+	removed, err := deleteKeys(d.maps.RoamConntrack, live)
+	st.Conntrack += removed
+	d.gc.ctRemoved.Add(uint64(removed))
+	if err != nil {
+		return st, fmt.Errorf("gc conntrack: %w", err)
+	}
+	removed, err = deleteKeys(d.maps.RoamNat, natKeys)
+	st.NAT += removed
+	d.gc.natRemoved.Add(uint64(removed))
+	if err != nil {
+		return st, fmt.Errorf("gc nat: %w", err)
+	}
+
+	// NAT entries left by flows whose forward entry is gone (LRU eviction, a takeover).
+	natKeys = natKeys[:0]
+	n, natDoneWalk, err := scanMap(d.maps.RoamNat, &d.gc.natCursor, maxScan, func(k CTKey, v NATValue) {
+		if d.natReclaimable(k, v, now, t) {
+			natKeys = append(natKeys, k)
+		}
+	})
+	st.Scanned += n
+	if err != nil {
+		return st, fmt.Errorf("gc nat: %w", err)
+	}
+	live = natKeys[:0]
+	for _, k := range natKeys {
+		var v NATValue
+		if d.maps.RoamNat.Lookup(k, &v) == nil && d.natReclaimable(k, v, now, t) {
+			live = append(live, k)
+		}
+	}
+	removed, err = deleteKeys(d.maps.RoamNat, live)
+	st.NAT += removed
+	d.gc.natRemoved.Add(uint64(removed))
+	if err != nil {
+		return st, fmt.Errorf("gc nat: %w", err)
+	}
+	st.Wrapped = ctDoneWalk && natDoneWalk
+	return st, nil
+}
+
+// ctExpired mirrors ct_expired in bpf/conntrack.h (plus coarseSlack).
+func (d *Dataplane) ctExpired(k CTKey, v CTValue, now uint64, t Timeouts) bool {
+	kind := lb.TargetKind(v.Kind)
+	timeout := t.timeout(k.Proto, v.State, kind)
+	if !idleLonger(now, v.LastSeen, timeout) {
+		return false
+	}
+	if kind != lb.TargetRedirect {
+		return true
+	}
+	var nv NATValue
+	if d.maps.RoamNat.Lookup(v.natKey(k.Proto), &nv) != nil || !nv.ownedBy(k) {
+		return true // ct_reply_seen: 0
+	}
+	return idleLonger(now, nv.LastSeen, timeout)
+}
+
+// natReclaimable mirrors nat_reclaimable in bpf/nat.h (plus coarseSlack).
+func (d *Dataplane) natReclaimable(rk CTKey, nv NATValue, now uint64, t Timeouts) bool {
+	fk := CTKey{Saddr: nv.ClientAddr, Daddr: nv.FrontAddr, Sport: nv.ClientPort, Dport: nv.FrontPort, Proto: rk.Proto, Family: nv.Family}
+	var ov CTValue
+	if d.maps.RoamConntrack.Lookup(fk, &ov) != nil || ov.natKey(rk.Proto) != rk {
+		return idleLonger(now, nv.LastSeen, t.Close)
+	}
+	timeout := t.timeout(rk.Proto, ov.State, lb.TargetKind(ov.Kind))
+	return idleLonger(now, ov.LastSeen, timeout) && idleLonger(now, nv.LastSeen, timeout)
+}
+
+// scanMap reads up to max entries of m from *cursor in batches and calls fn
+// for each; done: the end of the map was reached (the cursor starts over).
+func scanMap[K, V any](m *ebpf.Map, cursor *ebpf.MapBatchCursor, max int, fn func(K, V)) (int, bool, error) {
+	const chunk = 1024
+	keys := make([]K, chunk)
+	vals := make([]V, chunk)
+	total := 0
+	for total < max {
+		want := min(chunk, max-total)
+		n, err := m.BatchLookup(cursor, keys[:want], vals[:want], nil)
+		for i := 0; i < n; i++ {
+			fn(keys[i], vals[i])
+		}
+		total += n
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			*cursor = ebpf.MapBatchCursor{}
+			return total, true, nil
+		case errors.Is(err, ebpf.ErrNotSupported):
+			*cursor = ebpf.MapBatchCursor{}
+			if total > 0 {
+				return total, false, fmt.Errorf("batch lookup of %s failed midway: %w", m, err)
+			}
+			n := 0
+			err := iterateMap(m, func(k K, v V) { n++; fn(k, v) })
+			return n, true, err
+		case err != nil:
+			*cursor = ebpf.MapBatchCursor{}
+			return total, false, fmt.Errorf("scan %s: %w", m, err)
+		}
+	}
+	return total, false, nil
+}
+
+// deleteKeys removes keys from m in one batch where the kernel has it;
+// a key gone meanwhile (a packet's takeover, LRU eviction) is skipped.
+func deleteKeys(m *ebpf.Map, keys []CTKey) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	n, err := m.BatchDelete(keys, nil)
+	if err == nil {
+		return n, nil
+	}
+	if !errors.Is(err, ebpf.ErrKeyNotExist) && !errors.Is(err, ebpf.ErrNotSupported) {
+		return n, err
+	}
+	// The batch stopped at key n (gone meanwhile) or is not supported: one by one.
+	removed := 0
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		removed = n
+		keys = keys[n+1:]
+	}
+	for _, k := range keys {
+		switch err := m.Delete(k); {
+		case err == nil:
+			removed++
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+		default:
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// RunGC runs a GC pass every interval until ctx ends (roam-agent): bounded
+// work per pass; a pass that did not reach the end of a map is followed by
+// the next one at once (after a short pause), so a large table is covered
+// within a few intervals without one long stall.
+func (d *Dataplane) RunGC(ctx context.Context, interval time.Duration, maxScan int, log *slog.Logger) {
+	for {
+		st, err := d.GC(maxScan)
+		if err != nil {
+			log.Warn("data-plane gc", "err", err)
+		} else if st.Conntrack+st.NAT > 0 {
+			log.Debug("data-plane gc", "scanned", st.Scanned, "conntrack_removed", st.Conntrack, "nat_removed", st.NAT)
+		}
+		wait := interval
+		if err == nil && !st.Wrapped {
+			wait = 10 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
