@@ -402,6 +402,10 @@ type Peers interface {
 	// RemoveForeign removes the copy of name at url if its epoch is epoch.
 	RemoveForeign(ctx context.Context, url, name, home string, epoch Epoch) error
 	MovedOn(ctx context.Context, url string, n MovedOn) (Migration, error)
+	// Drained tells the cluster at url, from the service's home, that its
+	// load balancer has no live flow left to that cluster's copy of name
+	// of epoch epoch: the copy may stop at once.
+	Drained(ctx context.Context, url, name string, epoch Epoch) error
 	Where(ctx context.Context, url, name string) (Where, error)
 	Health(ctx context.Context, url string) (Health, error)
 	// Migrate forwards a user's migrate call to the cluster running the

@@ -517,3 +517,48 @@ func TestBodyLimit(t *testing.T) {
 		t.Fatalf("small body: %d %s", code, body)
 	}
 }
+
+// TestAttackDrained: the word that a copy is drained stops it at once
+// while a mover stops it, so only the copy's home may say it, and only of
+// the copy's own epoch (a late word about an older copy must not cut a
+// newer one's flows).
+func TestAttackDrained(t *testing.T) {
+	in := newInstall(t, "a", "b", "c")
+	a, b, c := in.cl["a"], in.cl["b"], in.cl["c"]
+	copyEP, ep := seedAbroad(t, in, "a", "b")
+	base := in.dir.urls["b"] + "/v1/peer/foreign/web/drained"
+	right := "?migration_id=" + ep.MigrationID + "&epoch=1"
+	// c, with its own real certificate, is not web's home.
+	expectDenied(t, "c says drained", b, DenyNotHome, 403, func() (int, string) {
+		return send(t, as(t, c.dir), "POST", base+right, "", "")
+	})
+	// The home, naming another epoch (a late word, or a replay).
+	expectDenied(t, "a of epoch 2", b, DenyEpoch, 403, func() (int, string) {
+		return send(t, as(t, a.dir), "POST", base+"?migration_id="+ep.MigrationID+"&epoch=2", "", "")
+	})
+	expectDenied(t, "a of another migration", b, DenyEpoch, 403, func() (int, string) {
+		return send(t, as(t, a.dir), "POST", base+"?migration_id=evil&epoch=1", "", "")
+	})
+	// No certificate at all.
+	expectDenied(t, "anonymous", b, DenyNoCertificate, 401, func() (int, string) {
+		return send(t, anon(), "POST", base+right, "", "")
+	})
+	if code, body := send(t, as(t, a.dir), "POST", base+"?epoch=x", "", ""); code != 400 {
+		t.Errorf("a bad epoch: %d %s, want 400", code, body)
+	}
+	// A service b does not run.
+	if code, body := send(t, as(t, a.dir), "POST", in.dir.urls["b"]+"/v1/peer/foreign/nope/drained"+right, "", ""); code != 404 {
+		t.Errorf("unknown service: %d %s, want 404", code, body)
+	}
+	// The home's word of the right epoch is taken; with no move on
+	// stopping the copy it does nothing: the copy serves on.
+	if code, body := send(t, as(t, a.dir), "POST", base+right, "", ""); code != 204 {
+		t.Fatalf("home's drained: %d %s", code, body)
+	}
+	if !copyAnswers(copyEP) {
+		t.Fatal("the copy stopped on a drained word while no move on stopped it")
+	}
+	if r, err := b.eng.Get("web"); err != nil || r.Kind != ctrl.KindForeign || r.Epoch != ep {
+		t.Fatalf("b's record: %+v %v", r, err)
+	}
+}

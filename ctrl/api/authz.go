@@ -29,11 +29,12 @@ const (
 	DenyNotInvolved     = "not_involved"       // a peer asking where a service it has no part in runs
 	DenyUnknownCluster  = "unknown_cluster"    // a message naming a cluster the directory does not list
 	DenyEndpoint        = "endpoint"           // an endpoint outside what the cluster declares
+	DenyEpoch           = "epoch"              // a home naming a copy of another epoch than the one here
 )
 
 var denyReasons = []string{DenyNoCredentials, DenyBadToken, DenyPeerToken, DenyRole, DenyBadCertificate, DenyNotController,
 	DenySelf, DenyPeerOnUserRoute, DenyNoCertificate, DenyPeerDisabled, DenyCommand, DenyNotHost, DenyNotHome,
-	DenyNotInvolved, DenyUnknownCluster, DenyEndpoint}
+	DenyNotInvolved, DenyUnknownCluster, DenyEndpoint, DenyEpoch}
 
 // deny counts a refusal and returns its API error.
 func (s *Server) deny(status int, reason, format string, args ...any) error {
@@ -185,6 +186,31 @@ func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return reply(w, http.StatusOK, m)
+}
+
+// peerDrained: only the home of the foreign copy here may say its load
+// balancer has no live flow left to it, and only of the copy's own epoch
+// (a late word about an older copy must not stop a newer one).
+func (s *Server) peerDrained(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	epoch := ctrl.Epoch{MigrationID: q.Get("migration_id")}
+	n, err := strconv.ParseUint(q.Get("epoch"), 10, 64)
+	if err != nil || epoch.MigrationID == "" {
+		return apiErr(http.StatusBadRequest, ReasonInvalid, "drained: query parameters epoch (a number) and migration_id are required")
+	}
+	epoch.N = n
+	rec, err := s.foreignOf(r, r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	if rec.Epoch != epoch {
+		return s.deny(http.StatusForbidden, DenyEpoch, "%s said copy %s of %s is drained, the copy here is %s", callerOf(r).Cluster, epoch, rec.Service.Name, rec.Epoch)
+	}
+	if err := s.cfg.Engine.Drained(r.Context(), callerOf(r), rec.Service.Name, epoch); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // peerWhere answers in full only a cluster the service concerns: where it

@@ -250,6 +250,13 @@ func (c *PeerClient) MovedOn(ctx context.Context, base string, n ctrl.MovedOn) (
 	return m, err
 }
 
+// Drained tells the cluster at base, from the home of name, that its load
+// balancer has no live flow left to that cluster's copy of epoch epoch.
+func (c *PeerClient) Drained(ctx context.Context, base, name string, epoch ctrl.Epoch) error {
+	q := url.Values{"migration_id": {epoch.MigrationID}, "epoch": {strconv.FormatUint(epoch.N, 10)}}
+	return c.do(ctx, http.MethodPost, base, "/v1/peer/foreign/"+url.PathEscape(name)+"/drained?"+q.Encode(), nil, nil)
+}
+
 // Where asks a home cluster where its service runs.
 func (c *PeerClient) Where(ctx context.Context, base, name string) (ctrl.Where, error) {
 	var w ctrl.Where

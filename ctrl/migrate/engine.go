@@ -132,6 +132,11 @@ type Engine struct {
 
 	trig      *Trigger
 	triggered *prometheus.CounterVec
+
+	// moving holds, for each copy a mover is stopping, the signal its
+	// home's "drained" closes (see moveOn).
+	movingMu sync.Mutex
+	moving   map[movingKey]chan struct{}
 }
 
 // New builds an engine. The controller marks what it must recover
@@ -183,7 +188,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.TakeBackBurst <= 0 {
 		cfg.TakeBackBurst = 10
 	}
-	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]lostCopy{},
+	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]lostCopy{}, moving: map[movingKey]chan struct{}{},
 		takeBacks: rate.NewLimiter(rate.Limit(cfg.TakeBackRate), cfg.TakeBackBurst), unowned: map[string]time.Time{}}
 	e.stageH = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "roam_ctrl_migration_stage_seconds",

@@ -43,6 +43,13 @@ func (a *actions) add(format string, args ...any) {
 	a.mu.Unlock()
 }
 
+// seen reports whether action s was recorded since the last take.
+func (a *actions) seen(s string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Contains(a.log, s)
+}
+
 // take returns the actions recorded since the last take, keeping those
 // that start with one of prefixes (all when none is given).
 func (a *actions) take(prefixes ...string) []string {
@@ -129,6 +136,7 @@ type fakeBackend struct {
 	faults  faults
 	mu      sync.Mutex
 	copies  map[string]backend.Spec
+	stopFor time.Duration // a copy's graceful stop lasts this long unless killed
 }
 
 var _ backend.Backend = (*fakeBackend)(nil)
@@ -169,8 +177,22 @@ func (b *fakeBackend) Deploy(ctx context.Context, s backend.Spec) (backend.Insta
 
 func (b *fakeBackend) Delete(ctx context.Context, name string) error {
 	b.acts.add("%s: backend delete %s", b.cluster, name)
-	if err := b.faults.hit(ctx, "delete "+name, "delete"); err != nil {
-		return err
+	if ctx.Err() == nil {
+		if err := b.faults.hit(ctx, "delete "+name, "delete"); err != nil {
+			return err
+		}
+	} // else: as the local backend does, an ended context kills at once
+	b.mu.Lock()
+	stop := b.stopFor
+	b.mu.Unlock()
+	if stop > 0 {
+		// The graceful stop (SIGTERM, the copy lingers while clients
+		// finish), cut short by the end of ctx (SIGKILL).
+		select {
+		case <-time.After(stop):
+		case <-ctx.Done():
+			b.acts.add("%s: backend killed %s", b.cluster, name)
+		}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -842,6 +864,14 @@ func (p *fakePeers) MovedOn(ctx context.Context, url string, n ctrl.MovedOn) (ct
 	}
 	m, err := e.MovedOn(ctx, p.caller(), n)
 	return m, wire(err)
+}
+
+func (p *fakePeers) Drained(ctx context.Context, url, name string, epoch ctrl.Epoch) error {
+	e, err := p.target(ctx, url, "Drained")
+	if err != nil {
+		return err
+	}
+	return wire(e.Drained(ctx, p.caller(), name, epoch))
 }
 
 func (p *fakePeers) Where(ctx context.Context, url, name string) (ctrl.Where, error) {

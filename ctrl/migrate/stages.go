@@ -256,6 +256,9 @@ func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest
 // home's load balancer still sends it (the home sees those flows but
 // cannot stop a copy it does not run), and drops it.
 func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
+	// Listen for the home's "drained" before it can say it.
+	drained, forget := e.expectDrained(m.Service, m.FromEpoch)
+	defer forget()
 	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
 		hm, err := e.cfg.Peers.MovedOn(ctx, m.HomeURL, ctrl.MovedOn{Service: m.Service, Epoch: m.Epoch, FromEpoch: m.FromEpoch,
 			From: e.cfg.ClusterID, To: m.To, ToURL: m.ToURL, Endpoints: m.ToEndpoints})
@@ -287,11 +290,31 @@ func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
 		}
 	}
 	err = e.step(ctx, m, ctrl.StageCleanup, func(ctx context.Context) error {
-		// A copy that has not stopped by the drain timeout is killed.
+		// A copy that has not stopped by the drain timeout is killed; so
+		// is one whose home said its load balancer has no live flow left
+		// to it (Drained). Without that word (a home that cannot reach
+		// us, or answers late) the graceful stop runs its course.
 		dctx, cancel := context.WithTimeout(ctx, e.cfg.DrainTimeout)
+		defer cancel()
+		kctx, kill := context.WithCancel(dctx)
+		defer kill()
+		stop := make(chan struct{})
+		go func() {
+			select {
+			case <-drained:
+				kill()
+			case <-stop:
+			}
+		}()
 		t0 := time.Now()
-		err := e.cfg.Backend.Delete(dctx, m.Service)
-		cancel()
+		err := e.cfg.Backend.Delete(kctx, m.Service)
+		close(stop)
+		if err != nil && kctx.Err() != nil && dctx.Err() == nil {
+			// Drained while the backend was still at it: a backend that
+			// talks to an API fails its calls on a cancelled context.
+			// Nothing is left to drain: delete with what remains.
+			err = e.cfg.Backend.Delete(dctx, m.Service)
+		}
 		m.Times.Drain = msSince(t0)
 		if err != nil {
 			return err
@@ -343,7 +366,10 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 	}
 	if m.Role == ctrl.RoleReroute {
 		// The mover stops and drops its own copy once we answer: its
-		// graceful stop is the drain.
+		// graceful stop is the drain. Only we see the flows our load
+		// balancer still sends that copy: once none is left, we tell
+		// the mover, which then stops it at once.
+		e.drainForMover(ctx, m, fs)
 		return nil
 	}
 	// The old copy is told to stop now (SIGTERM; a pod's termination):

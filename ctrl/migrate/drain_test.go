@@ -1,0 +1,158 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/roamnet/roam/ctrl"
+)
+
+// moverWorld is a, b, c with web homed at a and running at b, ready for
+// the move on b -> c: the drain lasts up to 2 s, and b's copy stops
+// gracefully in 600 ms unless killed. a's load balancer has one live flow
+// to b's copy; flowsEnd (when set) ends it that long after a's commit of
+// the move on.
+func moverWorld(t *testing.T, flowsEnd time.Duration) *world {
+	t.Helper()
+	w := newWorld(t, "a", "b", "c")
+	w.tune = func(c *Config) { c.DrainTimeout = 2 * time.Second }
+	for _, id := range []string{"a", "b", "c"} {
+		w.restart(id)
+	}
+	w.deploy("a")
+	w.mustMigrate("a", "b")
+	b := w.cluster("b").be
+	b.mu.Lock()
+	b.stopFor = 600 * time.Millisecond
+	b.mu.Unlock()
+	ag := w.cluster("a").ag
+	ag.mu.Lock()
+	ag.flows = 1
+	ag.mu.Unlock()
+	var armed atomic.Bool
+	w.cluster("a").crash = func(m ctrl.Migration) error {
+		if m.Role == ctrl.RoleReroute && m.Stage == ctrl.StageCommit && flowsEnd > 0 && armed.CompareAndSwap(false, true) {
+			time.AfterFunc(flowsEnd, func() {
+				ag.mu.Lock()
+				ag.flows = 0
+				ag.mu.Unlock()
+			})
+		}
+		return nil
+	}
+	w.acts.take()
+	return w
+}
+
+// TestMoverStopsWhenHomeSaysDrained: the home, which alone sees the flows
+// its load balancer sends the mover's old copy, tells the mover once none
+// is left; the mover then kills its copy at once instead of waiting out
+// its graceful stop.
+func TestMoverStopsWhenHomeSaysDrained(t *testing.T) {
+	w := moverWorld(t, 40*time.Millisecond)
+	m := w.mustMigrate("b", "c")
+	if m.Role != ctrl.RoleMover {
+		t.Fatalf("migration %+v", m)
+	}
+	if !w.acts.seen("a: peer Drained b") || !w.acts.seen("b: backend killed web") {
+		t.Fatalf("actions %v: want the home's drained word and the copy killed on it", w.acts.take())
+	}
+	// Not before the last flow ended (40 ms), and well before the 600 ms
+	// graceful stop.
+	if m.Times.Drain < 35 || m.Times.Drain > 450 {
+		t.Errorf("mover's drain %.1f ms: want it to end soon after the home's last flow (40 ms), before the 600 ms stop", m.Times.Drain)
+	}
+	w.expectAt("a", "c")
+}
+
+// TestMoverNotKilledWhileFlowsLive: while the home's load balancer still
+// sends the old copy a live flow, the home says nothing and the copy's
+// graceful stop runs its course: no early kill.
+func TestMoverNotKilledWhileFlowsLive(t *testing.T) {
+	w := moverWorld(t, 0)
+	m := w.mustMigrate("b", "c")
+	if m.Times.Drain < 590 {
+		t.Errorf("mover's drain %.1f ms: the copy was stopped before its 600 ms graceful stop with a flow still live", m.Times.Drain)
+	}
+	if w.acts.seen("a: peer Drained b") || w.acts.seen("b: backend killed web") {
+		t.Errorf("actions %v: a drained word or a kill with a live flow", w.acts.take())
+	}
+	w.expectAt("a", "c")
+}
+
+// TestMoverHomeSilent: a home whose word does not reach the mover
+// (refused, or held until it is too late) leaves the mover as it was
+// before: the graceful stop runs its course; nothing ends early, nothing
+// fails.
+func TestMoverHomeSilent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		f    fault
+	}{
+		{"unreachable", fault{err: errInjected}},
+		{"late", fault{block: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := moverWorld(t, 20*time.Millisecond)
+			w.net.set("a->b Drained", tc.f)
+			m := w.mustMigrate("b", "c")
+			if m.State != ctrl.StateDone || m.Times.Drain < 590 {
+				t.Errorf("mover's migration %s, drain %.1f ms: want done after the whole 600 ms graceful stop", m.State, m.Times.Drain)
+			}
+			if w.acts.seen("b: backend killed web") {
+				t.Error("the copy was killed without the home's word")
+			}
+			w.expectAt("a", "c")
+			// The word, arriving after the move on ended, changes nothing.
+			w.net.clear("a->b Drained")
+			err := w.eng("b").Drained(context.Background(), ctrl.Caller{Cluster: "a"}, "web", m.FromEpoch)
+			if err == nil {
+				t.Error("a late drained word for a copy gone: want an error")
+			}
+			w.expectAt("a", "c")
+		})
+	}
+}
+
+// TestDrainedOnlyFromHomeOfThatEpoch: only the copy's home, and only of
+// the copy's own epoch, ends a mover's stop.
+func TestDrainedOnlyFromHomeOfThatEpoch(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	w.deploy("a")
+	w.mustMigrate("a", "b")
+	ep := w.mustRecord("b").Epoch
+	ch, forget := w.eng("b").expectDrained("web", ep)
+	defer forget()
+	closed := func() bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	for _, tc := range []struct {
+		from  string
+		epoch ctrl.Epoch
+	}{
+		{"c", ep},
+		{"b", ep},
+		{"a", ctrl.Epoch{MigrationID: ep.MigrationID, N: ep.N + 1}},
+		{"a", ctrl.Epoch{MigrationID: "other", N: ep.N}},
+	} {
+		err := w.eng("b").Drained(context.Background(), ctrl.Caller{Cluster: tc.from}, "web", tc.epoch)
+		if !errors.Is(err, ErrConflict) || closed() {
+			t.Errorf("drained from %s of %s: %v, stopped %v: want a conflict and the copy left alone", tc.from, tc.epoch, err, closed())
+		}
+	}
+	if err := w.eng("b").Drained(context.Background(), ctrl.Caller{Cluster: "a"}, "web", ep); err != nil || !closed() {
+		t.Fatalf("the home's word: %v, stopped %v", err, closed())
+	}
+	// Said twice: still fine.
+	if err := w.eng("b").Drained(context.Background(), ctrl.Caller{Cluster: "a"}, "web", ep); err != nil {
+		t.Fatal(err)
+	}
+}
