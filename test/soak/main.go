@@ -5,7 +5,7 @@
 // The testbed is the default one (deep-edge home with the camera client,
 // edge, cloud; local backend, fail-safe after 3 s). Two demo services are
 // homed at home: "classifier" (HTTP on 80/tcp, request/response on
-// 80/udp) and "api" (HTTP on 8081/tcp). From the camera, through the home
+// 80/udp) and "api" (HTTP on 8090/tcp). From the camera, through the home
 // frontends, short HTTP (a connection per request), keep-alive HTTP (8
 // connections of Go's transport) and, for the classifier, UDP
 // request/response clients (test/load) run the whole time. The schedule
@@ -170,7 +170,9 @@ func run(ctx context.Context, o options) error {
 	}
 	s.svcs = []*svc{
 		{name: "classifier", ports: []backend.Port{{Name: "http", Port: 80, Protocol: lb.TCP}, {Name: "rr", Port: 80, Protocol: lb.UDP}}},
-		{name: "api", ports: []backend.Port{{Name: "http", Port: 8081, Protocol: lb.TCP}}},
+		// Not 8081: the controllers' probe server holds it on the
+		// testbed's cluster addresses (testbed.ProbePort).
+		{name: "api", ports: []backend.Port{{Name: "http", Port: 8090, Protocol: lb.TCP}}},
 	}
 	for _, v := range s.svcs {
 		if _, err := s.hc.Deploy(ctx, ctrl.Descriptor{Name: v.name, Demo: true, Ports: v.ports}); err != nil {
