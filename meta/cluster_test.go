@@ -369,18 +369,35 @@ func TestWarmUpGating(t *testing.T) {
 	waitFor(t, "a alive at mo1", func() bool { _, st, _ := mo1.Registry().Get(time.Now(), "a"); return st == StateAlive })
 
 	const warmUp = 3 * time.Second
+	started := time.Now() // mo2's warm-up starts after this
 	mo2, err := NewServer(ServerConfig{Name: "mo2", NATSURL: ns.ClientURL(), HelloInterval: iv, WarmUp: warmUp, ReservationTTL: -1, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mo2.Close() })
 	c := newClient(t, nc, "req", WithoutCache())
-	for i := 0; !mo2.Serving(); i++ {
+	// mo2 subscribes to the queue group inside its join, a moment before
+	// Serving reports it, so a request sent just after Serving said false
+	// may be answered by mo2: that is fine once mo2 is warm. What must never
+	// happen is an answer from mo2 before its warm-up has passed.
+	asked := 0
+	for !mo2.Serving() {
 		rep, err := c.Place(ctx(t), testRequest("req", Constraints{}))
-		if err != nil || !rep.OK() || rep.DecidedBy != "mo1" {
-			t.Fatalf("request %d while mo2 warms up: %+v %v", i, rep, err)
+		asked++
+		if err != nil || !rep.OK() {
+			t.Fatalf("request %d while mo2 warms up: %+v %v", asked, rep, err)
+		}
+		if rep.DecidedBy != "mo1" {
+			if rep.DecidedBy != "mo2" || time.Since(started) < warmUp || !mo2.Serving() {
+				t.Fatalf("request %d answered by %s %v after mo2 started (warm-up %v, serving %v): %+v",
+					asked, rep.DecidedBy, time.Since(started), warmUp, mo2.Serving(), rep)
+			}
+			break
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if asked < 10 {
+		t.Fatalf("only %d requests during mo2's %v warm-up: the gate was not exercised", asked, warmUp)
 	}
 	if err := mo2.WaitServing(ctx(t)); err != nil {
 		t.Fatal(err)
