@@ -1,12 +1,10 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/internal/httpjson"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -166,35 +165,18 @@ func (c *PeerClient) do(ctx context.Context, method, base, path string, in, out 
 	if err != nil {
 		return err
 	}
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
 	u := trimURL(base) + path
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	req, err := httpjson.NewRequest(ctx, method, u, in)
 	if err != nil {
 		return fmt.Errorf("call peer %s: %w", u, err)
 	}
 	req.Header.Set(headerForwarded, c.ClusterID)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.client(trimURL(base), clusters).Do(req)
+	ans, err := httpjson.Do(c.client(trimURL(base), clusters), req, maxPeerAnswer)
 	if err != nil {
 		return fmt.Errorf("call peer %s %s: %w", method, u, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxPeerAnswer))
-	if err != nil {
-		return fmt.Errorf("read peer answer %s: %w", u, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e Error
-		_ = json.Unmarshal(b, &e)
+	if !ans.OK() {
+		e, _ := ans.ErrorBody()
 		if !knownReason(e.Reason) {
 			e.Reason = "error"
 		}
@@ -202,10 +184,10 @@ func (c *PeerClient) do(ctx context.Context, method, base, path string, in, out 
 		if len(msg) > 512 {
 			msg = msg[:512]
 		}
-		return &PeerError{URL: method + " " + u, Status: resp.StatusCode, Reason: e.Reason, Msg: msg}
+		return &PeerError{URL: method + " " + u, Status: ans.Status, Reason: e.Reason, Msg: msg}
 	}
-	if out != nil && len(b) > 0 {
-		if err := json.Unmarshal(b, out); err != nil {
+	if out != nil && len(ans.Body) > 0 {
+		if err := json.Unmarshal(ans.Body, out); err != nil {
 			return fmt.Errorf("decode peer answer %s: %w", u, err)
 		}
 	}

@@ -15,10 +15,8 @@ package api
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -29,6 +27,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/migrate"
 	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/internal/httpjson"
 )
 
 // MaxBody bounds every request body.
@@ -166,18 +165,11 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // Routes lists "METHOD /path" of every route (checked against openapi.yaml).
 func (s *Server) Routes() []string { return append([]string(nil), s.routes...) }
 
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(c int) { w.code = c; w.ResponseWriter.WriteHeader(c) }
-
 func (s *Server) handle(pattern string, a access, h func(http.ResponseWriter, *http.Request) error) {
 	s.routes = append(s.routes, pattern)
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
-		defer func() { s.reqs.WithLabelValues(pattern, fmt.Sprint(sw.code)).Inc() }()
+		sw := httpjson.NewStatusWriter(w)
+		defer func() { s.reqs.WithLabelValues(pattern, fmt.Sprint(sw.Code)).Inc() }()
 		r.Body = http.MaxBytesReader(sw, r.Body, MaxBody)
 		caller, err := s.authenticate(r, a)
 		if err != nil {
@@ -253,16 +245,10 @@ func (s *Server) authenticate(r *http.Request, a access) (ctrl.Caller, error) {
 }
 
 // Error is an API error: its status, reason and message.
-type Error struct {
-	Status int    `json:"-"`
-	Reason string `json:"reason"`
-	Msg    string `json:"error"`
-}
-
-func (e *Error) Error() string { return e.Msg }
+type Error = httpjson.Error
 
 func apiErr(status int, reason, format string, args ...any) *Error {
-	return &Error{Status: status, Reason: reason, Msg: fmt.Sprintf(format, args...)}
+	return httpjson.Errorf(status, reason, format, args...)
 }
 
 // classify maps engine errors to HTTP.
@@ -304,20 +290,13 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	_ = reply(w, e.Status, e)
 }
 
-func reply(w http.ResponseWriter, status int, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	return json.NewEncoder(w).Encode(v)
-}
+func reply(w http.ResponseWriter, status int, v any) error { return httpjson.Reply(w, status, v) }
 
+// decode reads the request body strictly into v (its size is bounded in
+// handle).
 func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := httpjson.Decode(r.Body, v); err != nil {
 		return apiErr(http.StatusBadRequest, ReasonBadJSON, "decode request body: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return apiErr(http.StatusBadRequest, ReasonBadJSON, "decode request body: trailing data")
 	}
 	return nil
 }
@@ -343,13 +322,7 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request) error {
 	recs, err := s.cfg.Engine.List()
-	if err != nil {
-		return err
-	}
-	if recs == nil {
-		recs = []ctrl.Record{}
-	}
-	return reply(w, http.StatusOK, recs)
+	return httpjson.ReplyList(w, recs, err)
 }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) error {
@@ -406,11 +379,5 @@ func (s *Server) migrate(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) migrations(w http.ResponseWriter, r *http.Request) error {
 	ms, err := s.cfg.Engine.Migrations()
-	if err != nil {
-		return err
-	}
-	if ms == nil {
-		ms = []ctrl.Migration{}
-	}
-	return reply(w, http.StatusOK, ms)
+	return httpjson.ReplyList(w, ms, err)
 }

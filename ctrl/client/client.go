@@ -5,16 +5,15 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/internal/httpjson"
 )
 
 // maxBody bounds what is read of an answer.
@@ -57,49 +56,29 @@ func (e *HTTPError) Error() string {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode %s %s: %w", method, path, err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	req, err := httpjson.NewRequest(ctx, method, c.base+path, in)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.hc.Do(req)
+	ans, err := httpjson.Do(c.hc, req, maxBody)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		he := &HTTPError{Method: method, URL: c.base + path, Status: resp.StatusCode}
-		var e struct {
-			Reason string `json:"reason"`
-			Error  string `json:"error"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			he.Reason, he.Message = e.Reason, e.Error
+	if !ans.OK() {
+		he := &HTTPError{Method: method, URL: c.base + path, Status: ans.Status}
+		if e, ok := ans.ErrorBody(); ok {
+			he.Reason, he.Message = e.Reason, e.Msg
 		} else {
-			he.Message = strings.TrimSpace(string(b[:min(len(b), 300)]))
+			he.Message = strings.TrimSpace(string(ans.Body[:min(len(ans.Body), 300)]))
 		}
 		return he
 	}
-	if out != nil && len(b) > 0 {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("decode %s %s: %w (body %.200s)", method, path, err, b)
+	if out != nil && len(ans.Body) > 0 {
+		if err := json.Unmarshal(ans.Body, out); err != nil {
+			return fmt.Errorf("decode %s %s: %w (body %.200s)", method, path, err, ans.Body)
 		}
 	}
 	return nil

@@ -1,19 +1,18 @@
 package agentapi
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/httpjson"
 )
 
 // Client talks to one node's agent.
@@ -66,42 +65,26 @@ func IsNotFound(err error) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	req, err := httpjson.NewRequest(ctx, method, c.base+path, in)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
-	resp, err := c.HTTP.Do(req)
+	ans, err := httpjson.Do(c.HTTP, req, 16<<20)
 	if err != nil {
 		return fmt.Errorf("call agent %s: %w", c.base, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("read reply of agent %s: %w", c.base, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var er errorReply
-		if json.Unmarshal(b, &er) != nil || er.Error == "" {
-			er.Error = strings.TrimSpace(string(b))
+	if !ans.OK() {
+		e, ok := ans.ErrorBody()
+		if !ok {
+			e.Msg = strings.TrimSpace(string(ans.Body))
 		}
-		return &Error{Status: resp.StatusCode, Reason: er.Reason, Msg: er.Error}
+		return &Error{Status: ans.Status, Reason: e.Reason, Msg: e.Msg}
 	}
 	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
+		if err := json.Unmarshal(ans.Body, out); err != nil {
 			return fmt.Errorf("decode reply of agent %s: %w", c.base, err)
 		}
 	}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/httpjson"
 )
 
 // Dataplane is what the server needs from a node's data plane;
@@ -154,48 +155,29 @@ var methods = map[string]string{
 	"/v1/abort": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
 }
 
-// apiError is an error with its HTTP status and reason.
-type apiError struct {
-	status int
-	reason string
-	msg    string
-}
-
-func (e *apiError) Error() string { return e.msg }
-
 func apiErr(status int, reason, format string, args ...any) error {
-	return &apiError{status: status, reason: reason, msg: fmt.Sprintf(format, args...)}
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	w.code = code
-	w.ResponseWriter.WriteHeader(code)
+	return httpjson.Errorf(status, reason, format, args...)
 }
 
 func (s *Server) route(pattern, name string, h func(http.ResponseWriter, *http.Request) error) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		sw := httpjson.NewStatusWriter(w)
 		err := s.authorize(r, name)
 		if err == nil {
 			err = h(sw, r)
 		}
 		if err != nil {
-			var ae *apiError
+			var ae *httpjson.Error
 			if !errors.As(err, &ae) {
-				ae = &apiError{status: http.StatusInternalServerError, reason: ReasonInternal, msg: err.Error()}
+				ae = &httpjson.Error{Status: http.StatusInternalServerError, Reason: ReasonInternal, Msg: err.Error()}
 			}
-			s.errors.WithLabelValues(ae.reason).Inc()
+			s.errors.WithLabelValues(ae.Reason).Inc()
 			s.log.Warn("agent api request failed", "method", r.Method, "path", r.URL.Path,
-				"status", ae.status, "reason", ae.reason, "err", ae.msg)
-			writeJSON(sw, ae.status, errorReply{Error: ae.msg, Reason: ae.reason})
+				"status", ae.Status, "reason", ae.Reason, "err", ae.Msg)
+			writeJSON(sw, ae.Status, ae)
 		}
-		s.reqs.WithLabelValues(name, strconv.Itoa(sw.code)).Inc()
+		s.reqs.WithLabelValues(name, strconv.Itoa(sw.Code)).Inc()
 		s.dur.WithLabelValues(name).Observe(time.Since(start).Seconds())
 	})
 }
@@ -227,18 +209,9 @@ func (s *Server) authorize(r *http.Request, route string) error {
 	return nil
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
+func writeJSON(w http.ResponseWriter, status int, v any) { _ = httpjson.Reply(w, status, v) }
 
-// Wire types.
-
-type errorReply struct {
-	Error  string `json:"error"`
-	Reason string `json:"reason"`
-}
+// Wire types (an error's is httpjson.Error).
 
 type stageRequest struct {
 	Frontend *lb.Frontend `json:"frontend"`
@@ -270,9 +243,11 @@ func decode(r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return apiErr(http.StatusUnsupportedMediaType, ReasonBadRequest, "decode request: content type %q, want application/json", ct)
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody+1))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	err := httpjson.Decode(io.LimitReader(r.Body, maxBody+1), v)
+	if errors.Is(err, httpjson.ErrTrailing) {
+		return apiErr(http.StatusBadRequest, ReasonBadJSON, "decode request: trailing data after the JSON object")
+	}
+	if err != nil {
 		reason := ReasonBadJSON
 		var te *json.UnmarshalTypeError
 		var se *json.SyntaxError
@@ -287,9 +262,6 @@ func decode(r *http.Request, v any) error {
 			}
 		}
 		return apiErr(http.StatusBadRequest, reason, "decode request: %v", err)
-	}
-	if dec.More() {
-		return apiErr(http.StatusBadRequest, ReasonBadJSON, "decode request: trailing data after the JSON object")
 	}
 	return nil
 }
@@ -327,10 +299,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("list services: %w", err)
 	}
-	if svcs == nil {
-		svcs = []lb.Service{}
-	}
-	writeJSON(w, http.StatusOK, svcs)
+	_ = httpjson.ReplyList(w, svcs, nil)
 	return nil
 }
 
