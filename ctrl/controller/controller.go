@@ -32,6 +32,7 @@ import (
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/internal/defaults"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -201,18 +202,12 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.HelloInterval <= 0 {
-		cfg.HelloInterval = time.Second
-	}
+	defaults.Positive(&cfg.HelloInterval, time.Second)
 	if cfg.Tier == "" {
 		cfg.Tier = meta.TierEdge
 	}
-	if cfg.Resync <= 0 {
-		cfg.Resync = 10 * time.Second
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 4
-	}
+	defaults.Positive(&cfg.Resync, 10*time.Second)
+	defaults.Positive(&cfg.Workers, 4)
 	c := &Controller{cfg: cfg, log: cfg.Logger.With("cluster", cfg.ClusterID), reg: prometheus.NewRegistry(), kick: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {

@@ -21,6 +21,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+
+	"github.com/roamnet/roam/internal/defaults"
 )
 
 // Handler answers every GET with "cluster <id> (<host>)\n".
@@ -96,15 +98,9 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Listen == "" && len(cfg.UDP) == 0 {
 		return errors.New("demo: nothing to listen on")
 	}
-	if cfg.IdleGrace <= 0 {
-		cfg.IdleGrace = 500 * time.Millisecond
-	}
-	if cfg.Linger <= 0 {
-		cfg.Linger = 1200 * time.Millisecond
-	}
-	if cfg.UDPLinger <= 0 {
-		cfg.UDPLinger = 300 * time.Millisecond
-	}
+	defaults.Positive(&cfg.IdleGrace, 500*time.Millisecond)
+	defaults.Positive(&cfg.Linger, 1200*time.Millisecond)
+	defaults.Positive(&cfg.UDPLinger, 300*time.Millisecond)
 	// UDP first: once HTTP answers (the backends' readiness), UDP does too.
 	var pcs []net.PacketConn
 	closeAll := func() {

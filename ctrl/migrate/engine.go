@@ -34,6 +34,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/internal/defaults"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -146,48 +147,26 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.ClusterID == "" || cfg.Store == nil || cfg.Backend == nil || cfg.Peers == nil {
 		return nil, errors.New("new engine: cluster id, store, backend and peers are required")
 	}
-	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = 10 * time.Second
-	}
-	if cfg.FailsafeAfter <= 0 {
-		cfg.FailsafeAfter = 3 * time.Second
-	}
-	if cfg.ProbeInterval <= 0 {
-		cfg.ProbeInterval = 500 * time.Millisecond
-	}
+	defaults.Positive(&cfg.DrainTimeout, 10*time.Second)
+	defaults.Positive(&cfg.FailsafeAfter, 3*time.Second)
+	defaults.Positive(&cfg.ProbeInterval, 500*time.Millisecond)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.PolicyInterval <= 0 {
-		cfg.PolicyInterval = 5 * time.Second
-	}
-	if cfg.PolicyCooldown <= 0 {
-		cfg.PolicyCooldown = 30 * time.Second
-	}
-	if cfg.CallTimeout <= 0 {
-		cfg.CallTimeout = 15 * time.Second
-	}
-	if cfg.DeployTimeout <= 0 {
-		cfg.DeployTimeout = 60 * time.Second
-	}
-	if cfg.CollectAfter <= 0 {
-		cfg.CollectAfter = 3 * time.Minute
-	}
-	if cfg.ForeignCheckAfter <= 0 {
-		cfg.ForeignCheckAfter = cfg.DrainTimeout + 30*time.Second
-	}
+	defaults.Positive(&cfg.PolicyInterval, 5*time.Second)
+	defaults.Positive(&cfg.PolicyCooldown, 30*time.Second)
+	defaults.Positive(&cfg.CallTimeout, 15*time.Second)
+	defaults.Positive(&cfg.DeployTimeout, 60*time.Second)
+	defaults.Positive(&cfg.CollectAfter, 3*time.Minute)
+	defaults.Positive(&cfg.ForeignCheckAfter, cfg.DrainTimeout+30*time.Second)
 	if cfg.Verify == nil {
 		cfg.Verify = verify
 	}
 	if cfg.ProbeEndpoint == nil {
 		cfg.ProbeEndpoint = probeEndpoint
 	}
-	if cfg.TakeBackRate <= 0 {
-		cfg.TakeBackRate = 2
-	}
-	if cfg.TakeBackBurst <= 0 {
-		cfg.TakeBackBurst = 10
-	}
+	defaults.Positive(&cfg.TakeBackRate, 2)
+	defaults.Positive(&cfg.TakeBackBurst, 10)
 	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]lostCopy{}, moving: map[movingKey]chan struct{}{},
 		takeBacks: rate.NewLimiter(rate.Limit(cfg.TakeBackRate), cfg.TakeBackBurst), unowned: map[string]time.Time{}}
 	e.stageH = prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -28,6 +28,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/defaults"
 )
 
 // Config says where copies listen and what the "cluster" may hold.
@@ -100,15 +101,9 @@ func New(cfg Config) (*Backend, error) {
 			}
 		}
 	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 100 * time.Millisecond
-	}
-	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 5 * time.Second
-	}
-	if cfg.GracePeriod <= 0 {
-		cfg.GracePeriod = 10 * time.Second
-	}
+	defaults.Positive(&cfg.MinBackoff, 100*time.Millisecond)
+	defaults.Positive(&cfg.MaxBackoff, 5*time.Second)
+	defaults.Positive(&cfg.GracePeriod, 10*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
