@@ -12,9 +12,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/roamnet/roam/ctrl/api"
@@ -26,21 +24,16 @@ import (
 	"github.com/roamnet/roam/ctrl/migrate"
 	"github.com/roamnet/roam/ctrl/netprobe"
 	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var err error
-	if len(os.Args) > 1 && os.Args[1] == "demo" {
-		err = demo.Main(ctx, os.Args[2:])
-	} else {
-		err = run(ctx, os.Args[1:])
-	}
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, "roam-ctrl:", err)
-		os.Exit(1)
-	}
+	cli.Main("roam-ctrl", func(ctx context.Context, args []string) error {
+		if len(args) > 0 && args[0] == "demo" {
+			return demo.Main(ctx, args[1:])
+		}
+		return run(ctx, args)
+	})
 }
 
 func parseMap(s string) (map[string]string, error) {

@@ -7,22 +7,8 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"flag"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/internal/cli"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := demo.Main(ctx, os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(os.Stderr, "roam-demo:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("roam-demo", demo.Main) }

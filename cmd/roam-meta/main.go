@@ -12,23 +12,16 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/roamnet/roam/internal/cli"
 	"github.com/roamnet/roam/meta"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "roam-meta:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("roam-meta", run) }
 
 // run starts the MO with args and serves until ctx ends.
 func run(ctx context.Context, args []string) error {

@@ -13,26 +13,17 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/roamnet/roam/internal/cli"
 	"github.com/roamnet/roam/test/testbed"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := runTestbed(ctx, os.Args[1:]); err != nil {
-		fmt.Fprintf(os.Stderr, "roam-testbed: %v\n", err)
-		stop()
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("roam-testbed", runTestbed) }
 
 const testbedUsage = `usage: roam-testbed up|status|down|run [flags]
 
