@@ -34,10 +34,17 @@ static __always_inline int is_reply(const struct pkt *p, const struct config *cf
 	return addr_eq(p->daddr, p->family == FAMILY_V4 ? cfg->snat4 : cfg->snat6);
 }
 
+/* roam_test_spin: one round of ROAM_TEST_READ_DELAY (consts.h). */
+static long roam_test_spin(__u32 i, void *ctx)
+{
+	return 0;
+}
+
 /*
  * active_target returns a copy of the active target of the frontend k is
  * addressed to (see roam_services in maps.h), and its id; NULL if there is
- * no such frontend.
+ * no such frontend. The element cannot be reused before this returns: the
+ * agent waits for a grace period between writes (maps.h).
  */
 static __always_inline struct target *active_target(const struct ct_key *k, __u32 *id)
 {
@@ -51,6 +58,8 @@ static __always_inline struct target *active_target(const struct ct_key *k, __u3
 	struct service *svc = bpf_map_lookup_elem(&roam_services, &sc->svc);
 	if (!svc)
 		return NULL;
+	if (ROAM_TEST_READ_DELAY)
+		bpf_loop(ROAM_TEST_READ_DELAY, roam_test_spin, NULL, 0);
 	*id = svc->id;
 	__builtin_memcpy(&sc->t, &svc->slot[svc->active & 1], sizeof(sc->t));
 	return &sc->t;

@@ -29,6 +29,17 @@
 #define ABLATE_CLOCK 0x10    /* no clock read on the pinned path (flows never idle) */
 #define ABLATE_SRV6 0x20     /* no look for SRv6 packets to this node's SID before the NAT path */
 
+/*
+ * ROAM_TEST_READ_DELAY, tests only: active_target spins this many bpf_loop
+ * rounds between finding a frontend's element and copying its target, so
+ * a test can hold readers in that window while the agent writes (the
+ * commit stress test, dataplane/commit_stress_test.go). Every real build
+ * has 0.
+ */
+#ifndef ROAM_TEST_READ_DELAY
+#define ROAM_TEST_READ_DELAY 0
+#endif
+
 #ifndef MAX_IFACES
 #define MAX_IFACES 4096 /* interfaces roam_ifaces can describe */
 #endif

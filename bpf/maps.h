@@ -4,10 +4,13 @@
 #include "types.h"
 
 /*
- * Frontends. BPF_F_NO_PREALLOC: an update allocates a new element and frees the
- * replaced one after an RCU grace period, so a reader holding a pointer never
- * sees a reused element being rewritten under it. The programs still copy the
- * chosen target to the stack right after the lookup.
+ * Frontends. BPF_F_NO_PREALLOC: an update links a new, fully written element in
+ * place of the old one. The kernel frees the old one at once (bpf_mem_cache_free,
+ * Linux 6.1+) and may hand its memory to the map's next update on that CPU; the
+ * agent therefore waits for an RCU grace period after each write before the next
+ * (dataplane.go servicesWrite), so a program copying from an element it looked
+ * up never sees it rewritten under it. The programs copy the chosen target right
+ * after the lookup.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

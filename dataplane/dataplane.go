@@ -117,15 +117,23 @@ func (f Flow) String() string {
 	return s + " idle " + f.Idle.Round(time.Millisecond).String()
 }
 
+// loadXDPSpec returns the XDP object Open loads: the committed build (tests
+// swap in a build of their own, export_test.go).
+var loadXDPSpec = loadRoamXDP
+
 // Dataplane holds the loaded programs and pinned maps of one node.
 type Dataplane struct {
-	mu   sync.Mutex
-	cfg  Config
-	xdp  roamXDPObjects
-	tc   roamTCObjects
-	maps *roamXDPMaps
-	gcMu sync.Mutex
-	gc   gcState
+	mu sync.Mutex
+	// grace is closed once every program that may still read an element
+	// the last write of roam_services freed has finished (servicesWrite);
+	// nil before the first write. Guarded by mu.
+	grace chan struct{}
+	cfg   Config
+	xdp   roamXDPObjects
+	tc    roamTCObjects
+	maps  *roamXDPMaps
+	gcMu  sync.Mutex
+	gc    gcState
 }
 
 // Open loads the BPF objects, creates or re-opens the maps pinned under
@@ -190,7 +198,7 @@ func Open(cfg Config) (*Dataplane, error) {
 		}
 		return spec.LoadAndAssign(obj, opts)
 	}
-	xdpSpec, err := loadRoamXDP()
+	xdpSpec, err := loadXDPSpec()
 	if err := load(xdpSpec, err, &d.xdp); err != nil {
 		return nil, loadError("xdp", cfg.PinPath, err)
 	}
@@ -268,7 +276,66 @@ func (d *Dataplane) writeConfig() error {
 
 // Close closes the file descriptors. Pinned maps and links stay: traffic keeps flowing.
 func (d *Dataplane) Close() error {
+	d.mu.Lock()
+	if d.grace != nil {
+		<-d.grace
+	}
+	d.mu.Unlock()
 	return errors.Join(d.xdp.Close(), d.tc.Close())
+}
+
+// Writes to roam_services, and why each waits for the readers of the last.
+//
+// An update of an element of a BPF hash map links a new element and frees
+// the old one; since Linux 6.1 the free goes through bpf_mem_cache_free,
+// which puts the memory on the writing CPU's free list, where the map's
+// next allocation on that CPU takes it at once: no RCU grace period
+// between. A program that looked the old element up and has not yet
+// copied from it (an interrupt, a preempted vCPU) would then copy another
+// frontend's target, or a half-written one, and pin a flow there
+// (TestCommitUnderTraffic shows it). So the data plane restores the grace
+// period itself: no write of roam_services starts before every program
+// that was running when the previous write returned has finished. XDP and
+// tc programs run inside RCU read-side sections, and
+// membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu(): it returns once
+// all of them are over. The wait starts as a write returns and runs in the
+// background, so the next write (a commit after its stage) seldom waits
+// long; the programs' reads cost nothing more. Where the kernel refuses
+// MEMBARRIER_CMD_GLOBAL (CPUs in nohz_full mode), the wait is a sleep of
+// fallbackGrace, thousands of times a program's run but not a proof.
+// Writers of one pin path must be one Dataplane at a time (the agent):
+// writes from another process do not wait for this one's.
+
+// fallbackGrace is the wait between writes where membarrier cannot wait
+// for an RCU grace period.
+const fallbackGrace = 100 * time.Millisecond
+
+// The membarrier(2) commands used (linux/membarrier.h).
+const membarrierCmdGlobal = 1
+
+// waitReaders returns once every BPF program running when it was called
+// has finished.
+func waitReaders() {
+	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno == 0 {
+		return
+	}
+	time.Sleep(fallbackGrace)
+}
+
+// servicesWrite runs write, one update or delete of roam_services, once the
+// previous write's grace period is over, and starts its own. d.mu is held.
+func (d *Dataplane) servicesWrite(write func() error) error {
+	if d.grace != nil {
+		<-d.grace
+	}
+	err := write()
+	done := make(chan struct{})
+	d.grace = done
+	go func() {
+		waitReaders()
+		close(done)
+	}()
+	return err
 }
 
 // Unpin removes everything pinned under pinPath: links (which detaches the
@@ -328,7 +395,7 @@ func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
 	svc.Slot[staged] = targetValue(t)
 	svc.SlotGen[staged] = svc.Generation
 	// The whole element is written at once; the active slot is untouched.
-	if err := d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateAny); err != nil {
+	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateAny) }); err != nil {
 		return 0, fmt.Errorf("stage %s: write service: %w", f, err)
 	}
 	return svc.Generation, nil
@@ -351,12 +418,12 @@ func (d *Dataplane) checkFrontend(f lb.Frontend) error {
 // ErrGeneration.
 //
 // The flip is one map update of the whole element (new active index, old
-// slot cleared). roam_services is BPF_F_NO_PREALLOC, so the update links a
-// freshly allocated element and frees the old one after an RCU grace
-// period: a program that looked up the old element keeps reading a
-// consistent old copy (and copies its target to the stack at once); no
-// reader can observe a half-written element or a slot index of one version
-// with the slots of another.
+// slot cleared): the kernel links a fully written new element in place of
+// the old one, so a program's lookup finds either version whole. A program
+// that found the old one may still be copying from it: the old element's
+// memory is not reused before it has finished (servicesWrite), so it reads
+// a consistent old version, never a slot index of one version with the
+// slots of another, nor another frontend's.
 func (d *Dataplane) Commit(f lb.Frontend, gen uint64) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -381,7 +448,7 @@ func (d *Dataplane) Commit(f lb.Frontend, gen uint64) error {
 	svc.Slot[active] = TargetValue{}
 	svc.SlotGen[active] = 0
 	svc.Active = staged
-	if err := d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist); err != nil {
+	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist) }); err != nil {
 		return fmt.Errorf("commit %s: write service: %w", f, err)
 	}
 	return nil
@@ -426,7 +493,7 @@ func (d *Dataplane) Abort(f lb.Frontend, gen uint64) error {
 		}
 	}
 	if lb.TargetKind(svc.Slot[active].Kind) == lb.TargetNone {
-		if err := d.maps.RoamServices.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.servicesWrite(func() error { return d.maps.RoamServices.Delete(&key) }); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("abort %s: delete service: %w", f, err)
 		}
 		return nil
@@ -436,7 +503,7 @@ func (d *Dataplane) Abort(f lb.Frontend, gen uint64) error {
 	}
 	svc.Slot[staged] = TargetValue{}
 	svc.SlotGen[staged] = 0
-	if err := d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist); err != nil {
+	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist) }); err != nil {
 		return fmt.Errorf("abort %s: write service: %w", f, err)
 	}
 	return nil
@@ -451,7 +518,7 @@ func (d *Dataplane) Remove(f lb.Frontend) error {
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
-	if err := d.maps.RoamServices.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Delete(&key) }); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("remove %s: delete service: %w", f, err)
 	}
 	var dead, deadNAT []CTKey

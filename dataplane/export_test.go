@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -149,4 +150,48 @@ func (d *Dataplane) FlowClients() (ct, nat []netip.AddrPort, err error) {
 		})
 	}
 	return ct, nat, err
+}
+
+// FlowTarget is one forward entry as TakeFlows reports it.
+type FlowTarget struct {
+	Frontend netip.AddrPort
+	Target   lb.Target
+}
+
+// TakeFlows returns every forward entry by client and deletes all
+// conntrack and NAT entries.
+func (d *Dataplane) TakeFlows() (map[netip.AddrPort]FlowTarget, error) {
+	out := make(map[netip.AddrPort]FlowTarget)
+	var ck, nk []CTKey
+	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
+		ck = append(ck, k)
+		out[netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), htons(k.Sport))] = FlowTarget{
+			Frontend: netip.AddrPortFrom(addrFrom16(k.Daddr, k.Family), htons(k.Dport)),
+			Target:   v.Target(),
+		}
+	}); err != nil {
+		return nil, err
+	}
+	if err := walkMap(d.maps.RoamNat, func(k CTKey, _ NATValue) { nk = append(nk, k) }); err != nil {
+		return nil, err
+	}
+	for _, del := range []struct {
+		m    *ebpf.Map
+		keys []CTKey
+	}{{d.maps.RoamConntrack, ck}, {d.maps.RoamNat, nk}} {
+		for i := range del.keys {
+			if err := del.m.Delete(&del.keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return nil, fmt.Errorf("delete %s: %w", del.keys[i], err)
+			}
+		}
+	}
+	return out, nil
+}
+
+// SetXDPSpec makes Open load spec's XDP program (a build of bpf/xdp.c with
+// test flags) instead of the committed one until the test ends.
+func SetXDPSpec(t interface{ Cleanup(func()) }, spec *ebpf.CollectionSpec) {
+	old := loadXDPSpec
+	loadXDPSpec = func() (*ebpf.CollectionSpec, error) { return spec.Copy(), nil }
+	t.Cleanup(func() { loadXDPSpec = old })
 }
