@@ -313,6 +313,9 @@ type Agents interface {
 	// List returns every node's services, in node order (the observed
 	// state the resync compares with the records).
 	List(ctx context.Context) ([][]lb.Service, error)
+	// Warm opens (or checks) a connection to every node's agent, so that
+	// the calls that follow pay no handshake.
+	Warm(ctx context.Context) error
 }
 
 // Peer messages (controller to controller, under /v1/peer).

@@ -248,6 +248,7 @@ type fakeAgents struct {
 	mu      sync.Mutex
 	nodes   []map[lb.Frontend]*lb.Service
 	flows   int // flows still pinned to any old target
+	warms   int // Warm calls (not actions: they change nothing)
 }
 
 var _ ctrl.Agents = (*fakeAgents)(nil)
@@ -349,6 +350,16 @@ func (a *fakeAgents) Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int
 	return a.flows, nil
 }
 
+func (a *fakeAgents) Warm(ctx context.Context) error {
+	if err := a.faults.hit(ctx, "warm"); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warms++
+	return nil
+}
+
 func (a *fakeAgents) List(ctx context.Context) ([][]lb.Service, error) {
 	if err := a.faults.hit(ctx, "list"); err != nil {
 		return nil, err
@@ -413,6 +424,8 @@ type world struct {
 	// aliases sends calls to one cluster's URL to another's controller
 	// (a URL that now reaches someone else).
 	aliases map[string]string
+	// healths counts Health calls by "<from>-><to>".
+	healths map[string]int
 }
 
 // alias makes calls to id's URL reach other's controller.
@@ -451,7 +464,7 @@ const testPort = 8080
 
 func newWorld(t *testing.T, ids ...string) *world {
 	t.Helper()
-	w := &world{t: t, acts: &actions{}, clusters: map[string]*fakeCluster{}, failsafe: time.Second, down: map[string]bool{}}
+	w := &world{t: t, acts: &actions{}, clusters: map[string]*fakeCluster{}, failsafe: time.Second, down: map[string]bool{}, healths: map[string]int{}}
 	dir := t.TempDir()
 	for i, id := range ids {
 		addr := netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})
@@ -815,7 +828,16 @@ func (p *fakePeers) target(ctx context.Context, url, op string) (*Engine, error)
 	if !ok || url == "" {
 		return nil, fmt.Errorf("call %s %s: no such host", op, url)
 	}
-	p.w.acts.add("%s: peer %s %s", p.from, op, id)
+	if op == "Health" {
+		// A probe changes nothing: counted, not an action (a migration
+		// warms its connection to the home with one, concurrently with
+		// its other calls).
+		p.w.mu.Lock()
+		p.w.healths[p.from+"->"+id]++
+		p.w.mu.Unlock()
+	} else {
+		p.w.acts.add("%s: peer %s %s", p.from, op, id)
+	}
 	if err := p.w.net.hit(ctx, p.from+"->"+id+" "+op, p.from+"->"+id, "->"+id); err != nil {
 		return nil, fmt.Errorf("call %s %s: %w", op, url, err)
 	}

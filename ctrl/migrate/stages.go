@@ -39,8 +39,14 @@ func (e *Engine) journal(m *ctrl.Migration, s ctrl.Stage) error {
 	if err := e.st.PutMigration(*m); err != nil {
 		return fmt.Errorf("journal %s at %s: %w", m.ID, s, err)
 	}
+	return e.crashPoint(*m)
+}
+
+// crashPoint gives the crash hook its chance to stop m right there, as a
+// kill -9 would (tests).
+func (e *Engine) crashPoint(m ctrl.Migration) error {
 	if e.cfg.CrashHook != nil {
-		if err := e.cfg.CrashHook(*m); err != nil {
+		if err := e.cfg.CrashHook(m); err != nil {
 			return fmt.Errorf("%w: %w", ErrCrash, err)
 		}
 	}
@@ -206,6 +212,7 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 
 // run performs the stages of m.
 func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest string) error {
+	e.warm(ctx, m)
 	if err := e.step(ctx, m, ctrl.StageTrigger, func(context.Context) error { return nil }); err != nil {
 		return err
 	}
@@ -248,6 +255,33 @@ func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest
 		return e.moveOn(ctx, m)
 	}
 	return e.rerouteHome(ctx, m, r)
+}
+
+// warm opens, in the background while the placement and the new copy's
+// deploy run, the connections the reroute will use: to every node's agent
+// at the home (the home stages and commits), to the home's controller at
+// a mover (its "moved on" notice). The stage and the commit then pay no
+// TCP or TLS handshake: their time is the agents' map writes. A failure
+// here is only logged: the call that needs the connection dials again.
+func (e *Engine) warm(ctx context.Context, m *ctrl.Migration) {
+	wctx, cancel := detached(ctx, e.cfg.CallTimeout)
+	home, url, name := m.Role == ctrl.RoleHome, m.HomeURL, m.Service
+	if home && e.cfg.Agents == nil {
+		cancel()
+		return
+	}
+	go func() {
+		defer cancel()
+		var err error
+		if home {
+			err = e.cfg.Agents.Warm(wctx)
+		} else {
+			_, err = e.cfg.Peers.Health(wctx, url)
+		}
+		if err != nil {
+			e.log.Debug("warm connections for the reroute", "service", name, "err", err)
+		}
+	}()
 }
 
 // moveOn is the mover's end of a multi-hop move: the home stages,
@@ -351,13 +385,22 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 		e.abort(ctx, fs, gens)
 		return e.rollback(ctx, m, err)
 	}
+	// The commit stage times the agents' map swap alone: the journal
+	// says "commit" before it (step writes it first), and the record is
+	// written after it. A crash between the two leaves the journal at
+	// its commit stage, whose recovery commits every node again and
+	// writes the record (recoverLocked): the record is written after the
+	// swap either way, never before the journal says "commit".
 	err = e.step(ctx, m, ctrl.StageCommit, func(ctx context.Context) error {
-		if err := e.commit(ctx, fs, gens); err != nil {
-			return err
-		}
-		return e.recordMoved(ctx, m, r)
+		return e.commit(ctx, fs, gens)
 	})
 	m.Times.Commit = lastMs(m)
+	if err == nil {
+		err = e.crashPoint(*m)
+	}
+	if err == nil {
+		err = e.recordMoved(ctx, m, r)
+	}
 	if err != nil {
 		if errors.Is(err, ErrCrash) {
 			return err

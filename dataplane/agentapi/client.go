@@ -6,43 +6,67 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/internal/httpjson"
 )
 
-// Client talks to one node's agent.
+// Client talks to one node's agent. It keeps its connections to the agent
+// open between calls (HTTP/2 over TLS: one connection carries concurrent
+// calls), so a migration's stage and commit pay no handshake once Warm
+// has run.
 type Client struct {
 	base  string
 	token string
 	// HTTP is the client used for requests; New sets one with a 10 s timeout.
-	HTTP *http.Client
+	HTTP  *http.Client
+	dials atomic.Int64
 }
 
 // New returns a client of the agent API at baseURL (e.g.
 // "http://127.0.0.1:9701"); token, when not empty, is sent as a bearer token.
 func New(baseURL, token string) *Client {
-	return &Client{
-		base:  strings.TrimRight(baseURL, "/"),
-		token: token,
-		HTTP:  &http.Client{Timeout: 10 * time.Second},
-	}
+	c := &Client{base: strings.TrimRight(baseURL, "/"), token: token}
+	c.HTTP = &http.Client{Timeout: 10 * time.Second, Transport: c.transport(nil)}
+	return c
 }
 
 // NewTLS returns a client of the agent API at an https baseURL that
 // presents and checks certificates as tc says (pki.Source.ClientConfig
 // with pki.ExpectNodeOf the controller's cluster).
 func NewTLS(baseURL string, tc *tls.Config) *Client {
-	return &Client{
-		base: strings.TrimRight(baseURL, "/"),
-		HTTP: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc,
-			ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute, TLSHandshakeTimeout: 5 * time.Second}},
-	}
+	c := &Client{base: strings.TrimRight(baseURL, "/")}
+	c.HTTP = &http.Client{Timeout: 10 * time.Second, Transport: c.transport(tc)}
+	return c
 }
+
+// transport keeps idle connections for a minute (the agent's server keeps
+// them as long) and counts the connections it opens (Dials).
+func (c *Client) transport(tc *tls.Config) *http.Transport {
+	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	t := &http.Transport{
+		TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute,
+		TLSHandshakeTimeout: 5 * time.Second,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c.dials.Add(1)
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	if tc == nil {
+		t.Proxy = http.ProxyFromEnvironment // as http.DefaultTransport, which New used
+	}
+	return t
+}
+
+// Dials counts the connections this client has opened to its agent (each
+// one a TLS handshake with an https agent).
+func (c *Client) Dials() int64 { return c.dials.Load() }
 
 // URL is the base URL of the agent.
 func (c *Client) URL() string { return c.base }
@@ -155,6 +179,17 @@ func (c *Client) Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, er
 		return 0, fmt.Errorf("count flows of %s to %s: %w", f, t, err)
 	}
 	return out.Flows, nil
+}
+
+// Warm makes sure a connection to the agent is open and idle, ready for
+// the next call (a health check on it; a new connection only when none
+// is kept). A migration warms its agents when it starts, so that its
+// stage and commit, later, pay no TCP or TLS handshake.
+func (c *Client) Warm(ctx context.Context) error {
+	if err := c.Health(ctx); err != nil {
+		return fmt.Errorf("warm connection: %w", err)
+	}
+	return nil
 }
 
 // Health checks that the agent answers and its data plane is readable.

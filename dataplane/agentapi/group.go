@@ -148,6 +148,15 @@ func (g Group) Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, erro
 	return total, nil
 }
 
+// Warm opens (or checks) a connection to every node's agent: see
+// Client.Warm.
+func (g Group) Warm(ctx context.Context) error {
+	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.Warm(ctx) })); err != nil {
+		return fmt.Errorf("warm every node: %w", err)
+	}
+	return nil
+}
+
 // Health checks every node's agent.
 func (g Group) Health(ctx context.Context) error {
 	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.Health(ctx) })); err != nil {

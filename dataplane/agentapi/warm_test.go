@@ -1,0 +1,109 @@
+package agentapi
+
+import (
+	"crypto/tls"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// TestWarmThenNoHandshake: once Warm has run, a migration's stage and
+// commit of two frontends at once, on every node, over mutual TLS, open no
+// connection: no TCP or TLS handshake inside the reroute, on either side.
+func TestWarmThenNoHandshake(t *testing.T) {
+	ca, err := pki.NewCA("roam-test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := identity(t, ca, pki.ID{Cluster: "home", Node: "n1"})
+	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
+	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted, handshakes atomic.Int64
+	tc := node.ServerConfig()
+	verify := tc.VerifyConnection
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		handshakes.Add(1)
+		if verify != nil {
+			return verify(cs)
+		}
+		return nil
+	}
+	hs := &http.Server{Handler: a.srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: tc,
+		ErrorLog: log.New(io.Discard, "", 0),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				accepted.Add(1)
+			}
+		}}
+	go func() { _ = hs.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = hs.Close() })
+	ctl := identity(t, ca, pki.ID{Cluster: "home"})
+	c := NewTLS("https://"+ln.Addr().String(), ctl.ClientConfig(pki.ExpectNodeOf("home")))
+	g := Group{c}
+	x := ctx(t)
+
+	if err := g.Warm(x); err != nil {
+		t.Fatalf("warm: %v", err)
+	}
+	if c.Dials() != 1 || accepted.Load() != 1 || handshakes.Load() != 1 {
+		t.Fatalf("after Warm: %d dials, %d accepted, %d handshakes; want 1 each", c.Dials(), accepted.Load(), handshakes.Load())
+	}
+	fs := []lb.Frontend{fe, mustFrontend("10.0.0.1:80/udp")}
+	for round := range 3 {
+		gens := make([]Generations, len(fs))
+		errs := make(chan error, len(fs))
+		for i, f := range fs {
+			go func() {
+				var err error
+				gens[i], err = g.Stage(x, f, t1)
+				errs <- err
+			}()
+		}
+		for range fs {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: stage: %v", round, err)
+			}
+		}
+		for i, f := range fs {
+			go func() { errs <- g.Commit(x, f, gens[i]) }()
+		}
+		for range fs {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: commit: %v", round, err)
+			}
+		}
+	}
+	if c.Dials() != 1 || accepted.Load() != 1 || handshakes.Load() != 1 {
+		t.Fatalf("after 3 stages and commits of 2 frontends: %d dials, %d accepted, %d handshakes; want the warm connection only",
+			c.Dials(), accepted.Load(), handshakes.Load())
+	}
+	for _, f := range fs {
+		if s, err := a.dp.Get(f); err != nil || s.Active != t1 {
+			t.Fatalf("%s: %+v %v, want active %s", f, s, err, t1)
+		}
+	}
+	// A client that never warmed dials inside its first stage: what Warm
+	// takes out of the reroute.
+	cold := NewTLS("https://"+ln.Addr().String(), ctl.ClientConfig(pki.ExpectNodeOf("home")))
+	if _, err := cold.Stage(x, fs[0], t2); err != nil {
+		t.Fatal(err)
+	}
+	if cold.Dials() != 1 || handshakes.Load() != 2 {
+		t.Fatalf("cold client: %d dials, %d handshakes in all; want 1 and 2", cold.Dials(), handshakes.Load())
+	}
+}
