@@ -16,6 +16,7 @@
 package agentapi
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,16 +92,20 @@ type Server struct {
 	errors *prometheus.CounterVec
 	reqs   *prometheus.CounterVec
 	dur    *prometheus.HistogramVec
+
+	vmu      sync.Mutex
+	verified map[string]verified // by the SHA-256 of the caller's chain
 }
 
 // NewServer builds a Server; Handler gives its http.Handler.
 func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 	s := &Server{
-		dp:    dp,
-		tls:   cfg.TLS,
-		token: cfg.Token,
-		log:   cfg.Logger,
-		mux:   http.NewServeMux(),
+		dp:       dp,
+		tls:      cfg.TLS,
+		token:    cfg.Token,
+		log:      cfg.Logger,
+		mux:      http.NewServeMux(),
+		verified: map[string]verified{},
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_agent_api_errors_total",
 			Help: "Agent API requests that failed, by reason.",
@@ -190,7 +196,7 @@ func (s *Server) authorize(r *http.Request, route string) error {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 			return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: a client certificate is required")
 		}
-		id, err := s.tls.Verify(r.TLS.PeerCertificates, x509.ExtKeyUsageClientAuth)
+		id, err := s.verifyCaller(r.TLS.PeerCertificates)
 		if err != nil {
 			return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: %v", err)
 		}
@@ -207,6 +213,59 @@ func (s *Server) authorize(r *http.Request, route string) error {
 		return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: missing or wrong bearer token")
 	}
 	return nil
+}
+
+// verifiedTTL bounds how long a caller's verified chain is reused
+// without a fresh verification (besides the chain's own expiry and any
+// change of the CA bundle, which end it at once).
+const verifiedTTL = time.Minute
+
+// maxVerified bounds the cache of verified chains.
+const maxVerified = 64
+
+// verified is a caller's chain that passed Verify.
+type verified struct {
+	id    pki.ID
+	loads int       // the identity files' version it was checked against
+	until time.Time // the chain's first expiry, or verifiedTTL
+}
+
+// verifyCaller is s.tls.Verify of a caller's chain, remembered: a
+// controller's calls come on a kept connection with the same chain, and a
+// migration's stage and commit should not each pay an x509 chain
+// verification. A chain is verified again once the CA bundle or this
+// node's identity files change (pki.Source reloads them), when any of its
+// certificates expires, and at least every verifiedTTL.
+func (s *Server) verifyCaller(chain []*x509.Certificate) (pki.ID, error) {
+	h := sha256.New()
+	for _, c := range chain {
+		h.Write(c.Raw)
+	}
+	key := string(h.Sum(nil))
+	loads, now := s.tls.Loads(), time.Now()
+	s.vmu.Lock()
+	v, ok := s.verified[key]
+	s.vmu.Unlock()
+	if ok && v.loads == loads && now.Before(v.until) {
+		return v.id, nil
+	}
+	id, err := s.tls.Verify(chain, x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return pki.ID{}, err
+	}
+	v = verified{id: id, loads: loads, until: now.Add(verifiedTTL)}
+	for _, c := range chain {
+		if c.NotAfter.Before(v.until) {
+			v.until = c.NotAfter
+		}
+	}
+	s.vmu.Lock()
+	if len(s.verified) >= maxVerified {
+		clear(s.verified)
+	}
+	s.verified[key] = v
+	s.vmu.Unlock()
+	return id, nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) { _ = httpjson.Reply(w, status, v) }

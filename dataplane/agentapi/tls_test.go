@@ -134,3 +134,67 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("edge's controller accepted home's node: %v", err)
 	}
 }
+
+// TestVerifiedCallerCheckedAgainAtRotation: the server remembers a
+// caller's verified chain (a migration's calls do not each pay an x509
+// verification), but not past a change of its identity files: once the
+// node's CA bundle no longer trusts the caller, its next call on the very
+// same kept connection is refused.
+func TestVerifiedCallerCheckedAgainAtRotation(t *testing.T) {
+	ca, err := pki.NewCA("roam-test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	nodeID := pki.ID{Cluster: "home", Node: "n1"}
+	if err := ca.WriteIdentity(dir, nodeID, []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	node, err := pki.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
+	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: a.srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: node.ServerConfig(),
+		ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = hs.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = hs.Close() })
+	c := NewTLS("https://"+ln.Addr().String(), identity(t, ca, pki.ID{Cluster: "home"}).ClientConfig(nil))
+	x := ctx(t)
+	for range 3 {
+		if _, err := c.Stage(x, fe, t1); err != nil {
+			t.Fatalf("stage as home's controller: %v", err)
+		}
+	}
+	// The node's identity rotates to another CA (same node, new bundle).
+	other, err := pki.NewCA("roam-other", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // a new mtime even on a coarse clock
+	if err := other.WriteIdentity(dir, nodeID, []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	before := counter(t, a.reg, "roam_agent_api_errors_total", "reason", ReasonUnauthorized)
+	_, err = c.Stage(x, fe, t2)
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+		t.Fatalf("stage after the CA rotation: %v, want 401", err)
+	}
+	if got := counter(t, a.reg, "roam_agent_api_errors_total", "reason", ReasonUnauthorized); got != before+1 {
+		t.Fatalf("roam_agent_api_errors_total{reason=unauthorized} %v, want %v", got, before+1)
+	}
+	if c.Dials() != 1 {
+		t.Fatalf("%d dials: the refusal must come on the kept connection", c.Dials())
+	}
+	if s, _ := a.dp.Get(fe); s.Staged == t2 {
+		t.Fatalf("a caller no longer trusted staged %s", t2)
+	}
+}
