@@ -305,8 +305,13 @@ type Directory interface {
 
 // Agents drives every node's agent two-phase (agentapi.Group).
 type Agents interface {
-	Stage(ctx context.Context, f lb.Frontend, t lb.Target) (agentapi.Generations, error)
-	Commit(ctx context.Context, f lb.Frontend, gens agentapi.Generations) error
+	// StageAll stages ts[i] for fs[i] on every node, one call per node,
+	// and returns each frontend's generations; on a failure nothing stays
+	// staged anywhere.
+	StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) ([]agentapi.Generations, error)
+	// CommitAll commits every fs[i] at gens[i] on every node, one call
+	// per node.
+	CommitAll(ctx context.Context, fs []lb.Frontend, gens []agentapi.Generations) error
 	Abort(ctx context.Context, f lb.Frontend, gens agentapi.Generations) error // gens nil: whatever is staged
 	Remove(ctx context.Context, f lb.Frontend) error
 	Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, error)

@@ -2,7 +2,6 @@ package migrate
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -29,53 +28,35 @@ func (e *Engine) program(ctx context.Context, fs []lb.Frontend, t func(i int) lb
 }
 
 // stage writes t(i) into the inactive slot of every frontend on every node,
-// all frontends at once (one round trip to the agents); no packet sees it
-// until the commit. On a failure the frontends that staged are aborted.
+// all frontends in one call per node (one round trip); no packet sees it
+// until the commit. On a failure nothing stays staged on any node (the
+// agents' group aborts what staged).
 func (e *Engine) stage(ctx context.Context, fs []lb.Frontend, t func(i int) lb.Target) (staged, error) {
-	if e.cfg.Agents == nil {
+	if e.cfg.Agents == nil || len(fs) == 0 {
 		return nil, nil
 	}
-	gens := make(staged, len(fs))
-	errs := eachFrontend(fs, func(i int, f lb.Frontend) error {
-		g, err := e.cfg.Agents.Stage(ctx, f, t(i))
-		if err != nil {
-			return fmt.Errorf("stage %s -> %s: %w", f, t(i), err)
-		}
-		gens[i] = g
-		return nil
-	})
-	if err := errors.Join(errs...); err != nil {
-		// A frontend whose stage failed was rolled back by the agents'
-		// group itself; abort those that staged.
-		var ok []lb.Frontend
-		var okGens staged
-		for i, f := range fs {
-			if errs[i] == nil {
-				ok, okGens = append(ok, f), append(okGens, gens[i])
-			}
-		}
-		e.abort(ctx, ok, okGens)
-		return nil, err
+	ts := make([]lb.Target, len(fs))
+	for i := range fs {
+		ts[i] = t(i)
+	}
+	gens, err := e.cfg.Agents.StageAll(ctx, fs, ts)
+	if err != nil {
+		return nil, fmt.Errorf("stage %v -> %v: %w", fs, ts, err)
 	}
 	return gens, nil
 }
 
 // commit flips every frontend to its staged target on every node, all
-// frontends at once.
+// frontends in one call per node: the reroute's critical section, the
+// agents' map swaps and nothing else.
 func (e *Engine) commit(ctx context.Context, fs []lb.Frontend, gens staged) error {
-	if e.cfg.Agents == nil {
+	if e.cfg.Agents == nil || len(fs) == 0 {
 		return nil
 	}
-	return errors.Join(eachFrontend(fs, func(i int, f lb.Frontend) error {
-		var g agentapi.Generations
-		if gens != nil {
-			g = gens[i]
-		}
-		if err := e.cfg.Agents.Commit(ctx, f, g); err != nil {
-			return fmt.Errorf("commit %s: %w", f, err)
-		}
-		return nil
-	})...)
+	if err := e.cfg.Agents.CommitAll(ctx, fs, gens); err != nil {
+		return fmt.Errorf("commit %v: %w", fs, err)
+	}
+	return nil
 }
 
 // abort clears the staged slot of every frontend (on a context of its own:

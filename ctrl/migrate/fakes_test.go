@@ -270,31 +270,47 @@ func (a *fakeAgents) node(i int, f lb.Frontend) *lb.Service {
 	return s
 }
 
-func (a *fakeAgents) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (agentapi.Generations, error) {
-	a.acts.add("%s: agents stage %d %s", a.cluster, f.Port, t)
-	gens := make(agentapi.Generations, len(a.nodes))
+// StageAll stages on each node in turn, all of fs in one call there, as
+// agentapi.Group does: a fault on a frontend of one node leaves nothing
+// staged anywhere (that node rolls back its own call, the nodes before it
+// are aborted). Faults: "stage node<i>", "stage", "stage <proto>".
+func (a *fakeAgents) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) ([]agentapi.Generations, error) {
+	for j, f := range fs {
+		a.acts.add("%s: agents stage %d %s", a.cluster, f.Port, ts[j])
+	}
+	gens := make([]agentapi.Generations, len(fs))
+	for j := range fs {
+		gens[j] = make(agentapi.Generations, len(a.nodes))
+	}
 	for i := range a.nodes {
-		if err := a.faults.hit(ctx, fmt.Sprintf("stage node%d", i), "stage"); err != nil {
-			// Like agentapi.Group: nothing stays staged anywhere.
-			a.mu.Lock()
-			for j := range i {
-				a.node(j, f).Staged = lb.Target{}
+		for j, f := range fs {
+			if err := a.faults.hit(ctx, fmt.Sprintf("stage node%d", i), "stage", "stage "+f.Proto.String()); err != nil {
+				a.mu.Lock()
+				for n := range i + 1 {
+					for k := range fs {
+						if n < i || k < j {
+							a.node(n, fs[k]).Staged = lb.Target{}
+						}
+					}
+				}
+				a.mu.Unlock()
+				return nil, fmt.Errorf("stage %s on node %d: %w", f, i, err)
 			}
+			a.mu.Lock()
+			s := a.node(i, f)
+			s.Generation++
+			s.Staged = ts[j]
+			gens[j][i] = s.Generation
 			a.mu.Unlock()
-			return nil, fmt.Errorf("stage on node %d: %w", i, err)
 		}
-		a.mu.Lock()
-		s := a.node(i, f)
-		s.Generation++
-		s.Staged = t
-		gens[i] = s.Generation
-		a.mu.Unlock()
 	}
 	return gens, nil
 }
 
-func (a *fakeAgents) Commit(ctx context.Context, f lb.Frontend, gens agentapi.Generations) error {
-	a.acts.add("%s: agents commit %d", a.cluster, f.Port)
+func (a *fakeAgents) CommitAll(ctx context.Context, fs []lb.Frontend, gens []agentapi.Generations) error {
+	for _, f := range fs {
+		a.acts.add("%s: agents commit %d", a.cluster, f.Port)
+	}
 	var errs []error
 	for i := range a.nodes {
 		if err := a.faults.hit(ctx, fmt.Sprintf("commit node%d", i), "commit"); err != nil {
@@ -302,11 +318,13 @@ func (a *fakeAgents) Commit(ctx context.Context, f lb.Frontend, gens agentapi.Ge
 			continue
 		}
 		a.mu.Lock()
-		s := a.node(i, f)
-		if s.Staged.Kind == lb.TargetNone || (gens != nil && gens[i] != s.Generation) {
-			errs = append(errs, fmt.Errorf("commit on node %d: nothing staged at generation %v", i, gens))
-		} else {
-			s.Active, s.Staged = s.Staged, lb.Target{}
+		for j, f := range fs {
+			s := a.node(i, f)
+			if s.Staged.Kind == lb.TargetNone || gens[j][i] != s.Generation {
+				errs = append(errs, fmt.Errorf("commit %s on node %d: nothing staged at generation %d", f, i, gens[j][i]))
+			} else {
+				s.Active, s.Staged = s.Staged, lb.Target{}
+			}
 		}
 		a.mu.Unlock()
 	}

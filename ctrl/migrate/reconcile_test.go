@@ -61,7 +61,7 @@ func TestCollectUnownedCopyAndFrontend(t *testing.T) {
 		t.Fatal(err)
 	}
 	stray := lb.Frontend{Addr: w.cluster("a").addr, Port: 9000, Proto: lb.TCP}
-	if _, err := w.cluster("a").ag.Stage(context.Background(), stray, lb.Local); err != nil {
+	if _, err := w.cluster("a").ag.StageAll(context.Background(), []lb.Frontend{stray}, []lb.Target{lb.Local}); err != nil {
 		t.Fatal(err)
 	}
 	w.acts.take()

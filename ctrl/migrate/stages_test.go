@@ -392,9 +392,10 @@ func TestTimesSameForEveryRole(t *testing.T) {
 }
 
 // TestStageFailsOnOneFrontend: a service with two frontends is staged on
-// both at once; when one frontend's stage fails, the other one, staged
-// meanwhile, is aborted: nothing stays staged on any node, both frontends
-// still point at the old copy, and the new copy is removed.
+// both at once (one call per node); when the second frontend's stage
+// fails, the first one, staged before it, is aborted: nothing stays
+// staged on any node, both frontends still point at the old copy, and the
+// new copy is removed.
 func TestStageFailsOnOneFrontend(t *testing.T) {
 	w := newWorld(t, "a", "b")
 	d := w.descriptor()
@@ -403,7 +404,7 @@ func TestStageFailsOnOneFrontend(t *testing.T) {
 		t.Fatal(err)
 	}
 	ag := w.cluster("a").ag
-	ag.faults.set("stage", fault{err: errInjected, times: 1})
+	ag.faults.set("stage udp", fault{err: errInjected, times: 1}) // after the TCP frontend staged
 	m, err := w.migrate("a", "b")
 	if !errors.Is(err, errInjected) || m.State != ctrl.StateFailed {
 		t.Fatalf("migration %+v, %v: want failed by the injected stage fault", m, err)

@@ -134,6 +134,44 @@ func (c *Client) Commit(ctx context.Context, f lb.Frontend, gen uint64) error {
 	return nil
 }
 
+// StageAll stages ts[i] for fs[i] on the agent's node in one call, all or
+// nothing (the agent aborts what it staged of the call when one fails) and
+// returns the generation of each.
+func (c *Client) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) ([]uint64, error) {
+	if len(fs) != len(ts) {
+		return nil, fmt.Errorf("stage %d frontends: %d targets", len(fs), len(ts))
+	}
+	req := stagesRequest{Stages: make([]stageRequest, len(fs))}
+	for i := range fs {
+		req.Stages[i] = stageRequest{Frontend: &fs[i], Target: &ts[i]}
+	}
+	var out stagesReply
+	if err := c.do(ctx, http.MethodPost, "/v1/stages", req, &out); err != nil {
+		return nil, fmt.Errorf("stage %v: %w", fs, err)
+	}
+	if len(out.Generations) != len(fs) {
+		return nil, fmt.Errorf("stage %v: %d generations in the reply", fs, len(out.Generations))
+	}
+	return out.Generations, nil
+}
+
+// CommitAll commits fs[i] at generation gens[i] on the agent's node in one
+// call; each frontend's commit is its own, and the error names those that
+// failed.
+func (c *Client) CommitAll(ctx context.Context, fs []lb.Frontend, gens []uint64) error {
+	if len(fs) != len(gens) {
+		return fmt.Errorf("commit %d frontends: %d generations", len(fs), len(gens))
+	}
+	req := commitsRequest{Commits: make([]generationRequest, len(fs))}
+	for i := range fs {
+		req.Commits[i] = generationRequest{Frontend: &fs[i], Generation: gens[i]}
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/commits", req, nil); err != nil {
+		return fmt.Errorf("commit %v generations %v: %w", fs, gens, err)
+	}
+	return nil
+}
+
 // Abort clears f's staged slot if it holds generation gen (0 = whatever is
 // staged). Aborting a generation again is a no-op; aborting a committed or
 // superseded one is refused (409), and a Commit of an aborted generation

@@ -23,6 +23,10 @@ type Generations []uint64
 // each runs fn on every node concurrently and returns the errors by index.
 func (g Group) each(fn func(i int, c *Client) error) []error {
 	errs := make([]error, len(g))
+	if len(g) == 1 { // no goroutine to hand over to and wait for
+		errs[0] = fn(0, g[0])
+		return errs
+	}
 	var wg sync.WaitGroup
 	for i, c := range g {
 		wg.Add(1)
@@ -73,6 +77,78 @@ func (g Group) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (Generatio
 		return nil, fmt.Errorf("stage %s -> %s on every node: %w (and roll back: %w)", f, t, failed, aerr)
 	}
 	return nil, fmt.Errorf("stage %s -> %s on every node (rolled back): %w", f, t, failed)
+}
+
+// StageAll stages ts[i] for fs[i] on every node, one call per node (all
+// or nothing on each), and returns each frontend's generations. On any
+// failure it aborts every frontend on every node that staged (and on those
+// whose outcome is unknown) and returns the error: nothing is left staged.
+func (g Group) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) ([]Generations, error) {
+	byNode := make([][]uint64, len(g))
+	errs := g.each(func(i int, c *Client) error {
+		gens, err := c.StageAll(ctx, fs, ts)
+		byNode[i] = gens
+		return err
+	})
+	failed := joinNodes(g, errs)
+	if failed == nil {
+		out := make([]Generations, len(fs))
+		for j := range fs {
+			out[j] = make(Generations, len(g))
+			for i := range g {
+				out[j][i] = byNode[i][j]
+			}
+		}
+		return out, nil
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	abortErrs := g.each(func(i int, c *Client) error {
+		var ae *Error
+		if errs[i] != nil && errors.As(errs[i], &ae) && ae.Status/100 == 4 {
+			return nil // the agent refused: it rolled back its own call
+		}
+		var aerrs []error
+		for j, f := range fs {
+			var gen uint64 // 0 where the outcome is unknown: whatever is staged
+			if errs[i] == nil {
+				gen = byNode[i][j]
+			}
+			if err := c.Abort(actx, f, gen); err != nil {
+				aerrs = append(aerrs, err)
+			}
+		}
+		return errors.Join(aerrs...)
+	})
+	if aerr := joinNodes(g, abortErrs); aerr != nil {
+		return nil, fmt.Errorf("stage %v on every node: %w (and roll back: %w)", fs, failed, aerr)
+	}
+	return nil, fmt.Errorf("stage %v on every node (rolled back): %w", fs, failed)
+}
+
+// CommitAll commits every fs[j] on every node with the generation it
+// staged there (gens from StageAll), one call per node. A failure cannot
+// be rolled back on the others: the error names the nodes that failed.
+func (g Group) CommitAll(ctx context.Context, fs []lb.Frontend, gens []Generations) error {
+	if len(gens) != len(fs) {
+		return fmt.Errorf("commit %v: %d generations for %d frontends", fs, len(gens), len(fs))
+	}
+	for _, gs := range gens {
+		if len(gs) != len(g) {
+			return fmt.Errorf("commit %v: %d generations for %d nodes", fs, len(gs), len(g))
+		}
+	}
+	errs := g.each(func(i int, c *Client) error {
+		node := make([]uint64, len(fs))
+		for j := range fs {
+			node[j] = gens[j][i]
+		}
+		return c.CommitAll(ctx, fs, node)
+	})
+	if err := joinNodes(g, errs); err != nil {
+		return fmt.Errorf("commit %v on every node: %w", fs, err)
+	}
+	return nil
 }
 
 // Commit commits f on every node with the generation it staged (gens from

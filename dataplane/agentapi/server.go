@@ -10,6 +10,8 @@
 //	POST /v1/stage  {frontend, target}   → {generation}
 //	POST /v1/commit {frontend, generation} → Service (generation 0 = whatever is staged)
 //	POST /v1/abort  {frontend, generation} → {} (generation 0 = whatever is staged)
+//	POST /v1/stages {stages: [{frontend, target}]} → {generations} (all or nothing)
+//	POST /v1/commits {commits: [{frontend, generation}]} → {}
 //	POST /v1/remove {frontend}           → {}
 //	GET  /v1/flows?frontend=&target=     → {flows}
 //	GET  /healthz                        → {"status": "ok"}
@@ -139,6 +141,8 @@ func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 	s.route("POST /v1/stage", "stage", s.stage)
 	s.route("POST /v1/commit", "commit", s.commit)
 	s.route("POST /v1/abort", "abort", s.abort)
+	s.route("POST /v1/stages", "stages", s.stages)
+	s.route("POST /v1/commits", "commits", s.commits)
 	s.route("POST /v1/remove", "remove", s.remove)
 	s.route("GET /v1/flows", "flows", s.flows)
 	s.route("GET /healthz", "healthz", s.healthz)
@@ -158,7 +162,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // methods names the method of each fixed route, for 405 replies.
 var methods = map[string]string{
 	"/v1/services": http.MethodGet, "/v1/stage": http.MethodPost, "/v1/commit": http.MethodPost,
-	"/v1/abort": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
+	"/v1/abort": http.MethodPost, "/v1/stages": http.MethodPost, "/v1/commits": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
 }
 
 func apiErr(status int, reason, format string, args ...any) error {
@@ -286,6 +290,24 @@ type generationRequest struct {
 	Frontend   *lb.Frontend `json:"frontend"`
 	Generation uint64       `json:"generation"`
 }
+
+// stagesRequest stages several frontends in one call (a migration's
+// frontends: one round trip per node instead of one per frontend).
+type stagesRequest struct {
+	Stages []stageRequest `json:"stages"`
+}
+
+type stagesReply struct {
+	Generations []uint64 `json:"generations"`
+}
+
+// commitsRequest commits several frontends in one call.
+type commitsRequest struct {
+	Commits []generationRequest `json:"commits"`
+}
+
+// maxBatch bounds the frontends of one /v1/stages or /v1/commits call.
+const maxBatch = 256
 
 type frontendRequest struct {
 	Frontend *lb.Frontend `json:"frontend"`
@@ -422,6 +444,105 @@ func (s *Server) commit(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, svc)
 	return nil
+}
+
+// batchFrontends checks a batch's frontends: 1 to maxBatch, each valid,
+// none twice.
+func batchFrontends(n int, at func(i int) *lb.Frontend) ([]lb.Frontend, error) {
+	if n == 0 || n > maxBatch {
+		return nil, apiErr(http.StatusBadRequest, ReasonBadRequest, "read request: %d frontends, want 1 to %d", n, maxBatch)
+	}
+	fs := make([]lb.Frontend, n)
+	seen := make(map[lb.Frontend]bool, n)
+	for i := range n {
+		f, err := needFrontend(at(i))
+		if err != nil {
+			return nil, err
+		}
+		if seen[f] {
+			return nil, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: frontend %s given twice", f)
+		}
+		seen[f], fs[i] = true, f
+	}
+	return fs, nil
+}
+
+// stages stages every frontend of the request, all or nothing: when one
+// fails, those staged before it in this call are aborted (their
+// generations named) and the error is that frontend's.
+func (s *Server) stages(w http.ResponseWriter, r *http.Request) error {
+	var req stagesRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	fs, err := batchFrontends(len(req.Stages), func(i int) *lb.Frontend { return req.Stages[i].Frontend })
+	if err != nil {
+		return err
+	}
+	ts := make([]lb.Target, len(fs))
+	for i, it := range req.Stages {
+		if ts[i], err = needTarget(it.Target); err != nil {
+			return err
+		}
+	}
+	gens := make([]uint64, len(fs))
+	for i, f := range fs {
+		if gens[i], err = s.dp.Stage(f, ts[i]); err != nil {
+			for j := range i {
+				if aerr := s.dp.Abort(fs[j], gens[j]); aerr != nil {
+					s.log.Error("roll back a batch's stage", "frontend", fs[j], "generation", gens[j], "err", aerr)
+				}
+			}
+			err = dpErr("stage", f, err)
+			if i > 0 {
+				err.(*httpjson.Error).Msg += fmt.Sprintf(" (aborted the %d staged before it in this call)", i)
+			}
+			return err
+		}
+	}
+	s.log.Info("staged", "frontends", fs, "targets", ts, "generations", gens)
+	writeJSON(w, http.StatusOK, stagesReply{Generations: gens})
+	return nil
+}
+
+// commits commits every frontend of the request with its generation. Each
+// frontend's commit is its own atomic swap: one that fails does not stop
+// the others; the error names every one that failed (the first one's
+// status).
+func (s *Server) commits(w http.ResponseWriter, r *http.Request) error {
+	var req commitsRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	fs, err := batchFrontends(len(req.Commits), func(i int) *lb.Frontend { return req.Commits[i].Frontend })
+	if err != nil {
+		return err
+	}
+	var first *httpjson.Error
+	var msgs []string
+	for i, f := range fs {
+		if err := s.dp.Commit(f, req.Commits[i].Generation); err != nil {
+			ae := dpErr("commit", f, err).(*httpjson.Error)
+			if first == nil {
+				first = ae
+			}
+			msgs = append(msgs, ae.Msg)
+		}
+	}
+	if first != nil {
+		return apiErr(first.Status, first.Reason, "%s", strings.Join(msgs, "; "))
+	}
+	s.log.Info("committed", "frontends", fs, "generations", generations(req.Commits))
+	writeJSON(w, http.StatusOK, emptyReply{})
+	return nil
+}
+
+func generations(rs []generationRequest) []uint64 {
+	out := make([]uint64, len(rs))
+	for i, r := range rs {
+		out[i] = r.Generation
+	}
+	return out
 }
 
 func (s *Server) abort(w http.ResponseWriter, r *http.Request) error {
