@@ -148,6 +148,9 @@ type slot struct {
 	// retired is the incarnation the current one replaced: its hellos
 	// (late, or replayed) are stale.
 	retired string
+	// frame is the frame hash of the hello kept last (hellofast.go), 0
+	// when unknown (the entry came from elsewhere than a framed hello).
+	frame uint64
 }
 
 func slotLess(a, b *slot) bool {
@@ -205,12 +208,14 @@ func NewRegistry(interval time.Duration, downAfter int) *Registry {
 // the last restart replaced. The first hello of an unknown cluster is
 // taken as it is.
 func (r *Registry) Observe(h Hello, now time.Time) ObserveResult {
-	res, _ := r.observe(h, now)
+	res, _ := r.observe(h, now, 0)
 	return res
 }
 
-// observe is Observe also returning the entry it replaced (nil if none).
-func (r *Registry) observe(h Hello, now time.Time) (ObserveResult, *Cluster) {
+// observe is Observe also returning the entry it replaced (nil if none);
+// a kept hello's frame hash (0: none) lets its successors take the fast
+// path (observeSame).
+func (r *Registry) observe(h Hello, now time.Time, frame uint64) (ObserveResult, *Cluster) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.byID[h.ClusterID]
@@ -243,11 +248,11 @@ func (r *Registry) observe(h Hello, now time.Time) (ObserveResult, *Cluster) {
 	}
 	c := newCluster(h, now, r.reservedAt(h.ClusterID))
 	if s == nil {
-		r.insert(c)
+		r.insert(c).frame = frame
 		return ObserveNew, nil
 	}
 	old := s.c
-	s.retired = retired
+	s.retired, s.frame = retired, frame
 	r.replace(s, c)
 	return ObserveUpdated, old
 }
@@ -268,6 +273,7 @@ func (r *Registry) restore(h Hello, seen time.Time) {
 	if h.Incarnation != s.c.Hello.Incarnation {
 		s.retired = s.c.Hello.Incarnation
 	}
+	s.frame = 0
 	r.replace(s, c)
 }
 
@@ -276,7 +282,7 @@ func (r *Registry) restore(h Hello, seen time.Time) {
 // Sweep finds them down (the index never depends on the clock).
 func knownDown(c *Cluster) bool { return c.fromView && c.verdict == StateDown }
 
-func (r *Registry) insert(c *Cluster) {
+func (r *Registry) insert(c *Cluster) *slot {
 	s := &slot{c: c, pos: len(r.list)}
 	r.byID[c.Hello.ClusterID] = s
 	r.list = append(r.list, s)
@@ -285,6 +291,7 @@ func (r *Registry) insert(c *Cluster) {
 	if !knownDown(c) {
 		r.treeAdd(s)
 	}
+	return s
 }
 
 // replace swaps s's cluster for c, keeping the index in step.
@@ -545,22 +552,40 @@ func (r *Registry) age(seen time.Time, intervalMs int64, now time.Time) State {
 	return StateAlive
 }
 
+// entry is a registry entry as copied by entries.
+type entry struct {
+	c       *Cluster
+	indexed bool
+}
+
+// entries copies the registry's entries (immutable) under the read lock,
+// so that a walk over 100,000 clusters does not hold the lock placements
+// and hellos take for the whole walk: only for the copy.
+func (r *Registry) entries() []entry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]entry, len(r.list))
+	for i, s := range r.list {
+		out[i] = entry{s.c, s.indexed}
+	}
+	return out
+}
+
 // Sweep takes clusters that are down at now out of the placement index
 // (a hello puts them back) and calls fn, when set, with every cluster and
-// its state. The MO runs it once per hello interval.
+// its state. The MO runs it once per hello interval. It walks a copy of
+// the entries: a hello arriving meanwhile is judged by the next sweep.
 func (r *Registry) Sweep(now time.Time, fn func(c *Cluster, st State)) {
 	var down []string
-	r.mu.RLock()
-	for _, s := range r.list {
-		st := r.StateOf(s.c, now)
-		if st == StateDown && s.indexed {
-			down = append(down, s.c.Hello.ClusterID)
+	for _, e := range r.entries() {
+		st := r.StateOf(e.c, now)
+		if st == StateDown && e.indexed {
+			down = append(down, e.c.Hello.ClusterID)
 		}
 		if fn != nil {
-			fn(s.c, st)
+			fn(e.c, st)
 		}
 	}
-	r.mu.RUnlock()
 	if len(down) == 0 {
 		return
 	}
@@ -574,11 +599,14 @@ func (r *Registry) Sweep(now time.Time, fn func(c *Cluster, st State)) {
 }
 
 // Each calls fn with every cluster and its state at now, until fn returns
-// false. Entries must not be modified.
+// false. Entries must not be modified. It walks a copy of the entries, so
+// fn may take its time without holding up placements and hellos.
 func (r *Registry) Each(now time.Time, fn func(c *Cluster, st State) bool) {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	r.eachLocked(now, fn)
+	for _, e := range r.entries() {
+		if !fn(e.c, r.StateOf(e.c, now)) {
+			return
+		}
+	}
 }
 
 func (r *Registry) eachLocked(now time.Time, fn func(c *Cluster, st State) bool) {

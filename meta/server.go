@@ -93,8 +93,9 @@ type Server struct {
 
 	ns       *server.Server // nil with an external NATS
 	tmpDir   string
-	nc       *nats.Conn // placement, JetStream
+	nc       *nats.Conn // placement requests and replies
 	ncHello  *nats.Conn // hello ingest
+	ncStore  *nats.Conn // JetStream: the compact view, the audit stream
 	js       jetstream.JetStream
 	kv       jetstream.KeyValue // nil: no persistence
 	replicas int
@@ -170,7 +171,7 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	if err := s.ncHello.Flush(); err != nil {
 		return nil, fmt.Errorf("subscribe hellos: %w", err)
 	}
-	s.serving.connected(s.ncHello.IsConnected(), s.nc.IsConnected(), time.Now())
+	s.connChanged()
 	if cfg.HTTPAddr != "" {
 		if err := s.serveHTTP(); err != nil {
 			return nil, err
@@ -185,14 +186,19 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	return s, nil
 }
 
-// connOptions are the options of both the MO's connections: reconnect
-// for ever, and tell the serving state about every change.
-func (s *Server) connOptions(role string) []nats.Option {
-	changed := func() {
-		if s.nc != nil && s.ncHello != nil {
-			s.serving.connected(s.ncHello.IsConnected(), s.nc.IsConnected(), time.Now())
-		}
+// connChanged tells the serving state whether the connections are up:
+// the hello one, and the placement one with the store one (without it the
+// replica would miss the other replicas' reservations).
+func (s *Server) connChanged() {
+	if s.nc != nil && s.ncHello != nil && s.ncStore != nil {
+		s.serving.connected(s.ncHello.IsConnected(), s.nc.IsConnected() && s.ncStore.IsConnected(), time.Now())
 	}
+}
+
+// connOptions are the options of the MO's connections: reconnect for
+// ever, and tell the serving state about every change.
+func (s *Server) connOptions(role string) []nats.Option {
+	changed := s.connChanged
 	return []nats.Option{
 		nats.Name("roam-meta " + s.name + " " + role),
 		nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond),
@@ -302,20 +308,24 @@ func splitHostPort(addr string) (string, int, error) {
 	return host, port, nil
 }
 
-// dial opens the MO's two connections: one for placement and JetStream,
-// one for the hello flood, so a placement request never waits behind
-// thousands of hellos on the same connection.
+// dial opens the MO's three connections, each read by its own goroutine:
+// one for placements, one for the hello flood and one for JetStream (the
+// compact view's writes, acks and watch, the audit stream), so a
+// placement request never waits behind thousands of hellos or summary
+// writes on the same connection.
 func (s *Server) dial(connect func(role string) (*nats.Conn, error)) error {
-	nc, err := connect("placement")
-	if err != nil {
-		return err
+	var conns []*nats.Conn
+	for _, role := range []string{"placement", "hellos", "store"} {
+		nc, err := connect(role)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return err
+		}
+		conns = append(conns, nc)
 	}
-	ncHello, err := connect("hellos")
-	if err != nil {
-		nc.Close()
-		return err
-	}
-	s.nc, s.ncHello = nc, ncHello
+	s.nc, s.ncHello, s.ncStore = conns[0], conns[1], conns[2]
 	return nil
 }
 
@@ -353,8 +363,22 @@ func (s *Server) runStore(ctx context.Context) {
 }
 
 // handleHello ingests one hello: validate, check the subject names the
-// same cluster, keep it unless stale. Bad ones are dropped and counted.
+// same cluster, keep it unless stale. Bad ones are dropped and counted. A
+// hello that differs from the cluster's last one only in seq and sent_at
+// is not decoded (hellofast.go).
 func (s *Server) handleHello(m *nats.Msg) {
+	now := time.Now()
+	f, framed := frameHello(m.Data)
+	if framed {
+		id := strings.TrimPrefix(m.Subject, SubjectHelloPrefix)
+		if res, c, same := s.reg.observeSame(id, &f, now); same {
+			if res == ObserveUpdated {
+				s.metrics.hellosUnchanged.Inc()
+			}
+			s.observed(m.Subject, res, c, c.Hello.Incarnation, f.seq, now)
+			return
+		}
+	}
 	h, err := DecodeHello(m.Data)
 	if err != nil {
 		s.metrics.hellos.WithLabelValues("malformed").Inc()
@@ -366,25 +390,37 @@ func (s *Server) handleHello(m *nats.Msg) {
 		s.limiter.log(s.log, "mismatch:"+m.Subject, "dropped hello for another cluster", "subject", m.Subject, "cluster", h.ClusterID)
 		return
 	}
-	now := time.Now()
-	res, _ := s.reg.observe(h, now)
+	var frame uint64
+	if framed {
+		frame = f.hash
+	}
+	res, _ := s.reg.observe(h, now, frame)
+	if res == ObserveNew {
+		s.log.Info("cluster registered", "cluster", h.ClusterID, "tier", h.Tier, "controller", h.ControllerURL)
+	}
+	var c *Cluster
+	if res == ObserveNew || res == ObserveUpdated {
+		c, _, _ = s.reg.Get(now, h.ClusterID)
+	}
+	s.observed(m.Subject, res, c, h.Incarnation, h.Seq, now)
+}
+
+// observed counts what the registry did with a hello and marks its
+// summary for the compact view; c is the cluster's entry after it.
+func (s *Server) observed(subject string, res ObserveResult, c *Cluster, incarnation string, seq uint64, now time.Time) {
 	switch res {
 	case ObserveStale:
 		s.metrics.hellosStale.Inc()
 		return
 	case ObserveAhead:
 		s.metrics.hellos.WithLabelValues("ahead").Inc()
-		s.limiter.log(s.log, "ahead:"+m.Subject, "rejected hello far ahead of the cluster's sequence", "cluster", h.ClusterID,
-			"incarnation", h.Incarnation, "seq", h.Seq)
+		s.limiter.log(s.log, "ahead:"+subject, "rejected hello far ahead of the cluster's sequence",
+			"cluster", strings.TrimPrefix(subject, SubjectHelloPrefix), "incarnation", incarnation, "seq", seq)
 		return
-	case ObserveNew:
-		s.log.Info("cluster registered", "cluster", h.ClusterID, "tier", h.Tier, "controller", h.ControllerURL)
 	}
 	s.metrics.hellosAccepted.Inc()
-	if v := s.view; v != nil {
-		if c, _, ok := s.reg.Get(now, h.ClusterID); ok {
-			v.check(c, StateAlive, now)
-		}
+	if v := s.view; v != nil && c != nil {
+		v.check(c, StateAlive, now)
 	}
 }
 
@@ -606,18 +642,18 @@ func (s *Server) Close() error {
 			s.cancel()
 		}
 		s.wg.Wait()
-		if s.view != nil && s.nc.IsConnected() {
+		if s.view != nil && s.ncStore.IsConnected() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			s.view.flush(ctx)
 			cancel()
 		}
-		if s.js != nil && s.nc.IsConnected() {
+		if s.js != nil && s.ncStore.IsConnected() {
 			select {
 			case <-s.js.PublishAsyncComplete():
 			case <-time.After(5 * time.Second):
 			}
 		}
-		for _, nc := range []*nats.Conn{s.ncHello, s.nc} {
+		for _, nc := range []*nats.Conn{s.ncHello, s.nc, s.ncStore} {
 			if nc == nil {
 				continue
 			}
@@ -647,7 +683,7 @@ func (s *Server) kill() {
 	if s.ns != nil {
 		s.ns.Shutdown()
 	}
-	for _, nc := range []*nats.Conn{s.ncHello, s.nc} {
+	for _, nc := range []*nats.Conn{s.ncHello, s.nc, s.ncStore} {
 		if nc != nil {
 			nc.Close()
 		}
@@ -690,6 +726,8 @@ func (l *logLimiter) log(log *slog.Logger, key, msg string, args ...any) {
 type metrics struct {
 	// Pre-resolved children for the per-hello hot path.
 	hellosAccepted, hellosStale prometheus.Counter
+	// hellosUnchanged counts the accepted hellos taken without decoding.
+	hellosUnchanged prometheus.Counter
 
 	hellos     *prometheus.CounterVec
 	placements *prometheus.CounterVec
@@ -721,6 +759,10 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 		m.hellos.WithLabelValues(res)
 	}
 	m.hellosAccepted, m.hellosStale = m.hellos.WithLabelValues("accepted"), m.hellos.WithLabelValues("stale")
+	m.hellosUnchanged = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "roam_meta_hellos_unchanged_total",
+		Help: "Accepted hellos that differed from the cluster's last one only in seq and sent_at: taken without decoding (also counted in roam_meta_hellos_total{result=\"accepted\"}).",
+	})
 	for _, res := range []string{"placed", "no_placement", "bad_request", "forbidden", "error"} {
 		m.placements.WithLabelValues(res)
 	}
@@ -730,7 +772,7 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 	for _, res := range []string{DeniedAuthentication, DeniedPublish, DeniedSubscribe, DeniedTLS} {
 		m.natsDenied.WithLabelValues(res)
 	}
-	r.MustRegister(m.hellos, m.placements, m.viewWrites, m.natsDenied, m.latency, clusterCollector{reg: reg},
+	r.MustRegister(m.hellos, m.hellosUnchanged, m.placements, m.viewWrites, m.natsDenied, m.latency, clusterCollector{reg: reg},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "roam_meta_reservations", Help: "Placements counted against their destination until its hellos show them.",
 		}, func() float64 { return float64(reg.Reservations()) }),

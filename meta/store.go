@@ -34,7 +34,7 @@ const errCodeReplicasNotSupported jetstream.ErrorCode = 10074
 // the wanted replicas, retrying while a clustered JetStream elects its
 // leaders. ok is false when the server has no JetStream at all.
 func (s *Server) openJetStream(ctx context.Context) (ok bool, err error) {
-	js, err := jetstream.New(s.nc)
+	js, err := jetstream.New(s.ncStore)
 	if err != nil {
 		return false, fmt.Errorf("open jetstream: %w", err)
 	}
@@ -189,26 +189,40 @@ func (w *viewWriter) check(c *Cluster, st State, now time.Time) {
 	}
 }
 
-// flush writes the dirty clusters that still differ, pipelined; each
-// write expects the revision the replica last saw, so when several
-// replicas see the same change only the first write lands.
+// flushBatch is how many summary writes flush pipelines before it waits
+// for their acks (the JetStream client stalls beyond 4,000 in flight).
+const flushBatch = 1024
+
+// flush writes the dirty clusters that still differ, pipelined by
+// flushBatch; each write expects the revision the replica last saw, so
+// when several replicas see the same change only the first write lands.
 func (w *viewWriter) flush(ctx context.Context) {
-	s := w.s
 	w.mu.Lock()
 	ids := w.dirty
 	w.dirty = map[string]bool{}
 	w.mu.Unlock()
-	if len(ids) == 0 {
-		return
+	batch := make([]string, 0, min(len(ids), flushBatch))
+	for id := range ids {
+		if batch = append(batch, id); len(batch) == flushBatch {
+			w.flushIDs(ctx, batch)
+			batch = batch[:0]
+		}
 	}
+	if len(batch) > 0 {
+		w.flushIDs(ctx, batch)
+	}
+}
+
+func (w *viewWriter) flushIDs(ctx context.Context, ids []string) {
+	s := w.s
 	now := time.Now()
 	type pending struct {
-		id  string
-		sum Summary
-		ack jetstream.PubAckFuture
+		id   string
+		mark viewMark
+		ack  jetstream.PubAckFuture
 	}
-	var acks []pending
-	for id := range ids {
+	acks := make([]pending, 0, len(ids))
+	for _, id := range ids {
 		c, st, ok := s.reg.Get(now, id)
 		if !ok {
 			continue
@@ -229,15 +243,21 @@ func (w *viewWriter) flush(ctx context.Context) {
 			s.limiter.log(s.log, "view-write", "write the compact view", "cluster", id, "err", err)
 			continue
 		}
-		acks = append(acks, pending{id, sum, ack})
+		// The mark of what was written (markOf(sum, rev) without hashing
+		// the hello again).
+		mark := viewMark{state: st, written: sum.Written, load: c.load, ident: c.ident}
+		acks = append(acks, pending{id, mark, ack})
 	}
-	for _, p := range acks {
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for i, p := range acks {
 		select {
 		case pa := <-p.ack.Ok():
 			s.metrics.viewWrites.WithLabelValues("written").Inc()
 			w.mu.Lock()
 			if m, ok := w.marks[p.id]; !ok || m.rev < pa.Sequence {
-				w.marks[p.id] = markOf(p.sum, pa.Sequence)
+				p.mark.rev = pa.Sequence
+				w.marks[p.id] = p.mark
 			}
 			w.mu.Unlock()
 		case err := <-p.ack.Err():
@@ -251,8 +271,15 @@ func (w *viewWriter) flush(ctx context.Context) {
 			s.limiter.log(s.log, "view-write", "write the compact view", "cluster", p.id, "err", err)
 		case <-ctx.Done():
 			return
-		case <-time.After(10 * time.Second):
+		case <-timeout.C:
+			// Unacknowledged: written again at the next flush.
 			s.metrics.viewWrites.WithLabelValues("error").Inc()
+			w.mu.Lock()
+			for _, p := range acks[i:] {
+				w.dirty[p.id] = true
+			}
+			w.mu.Unlock()
+			return
 		}
 	}
 }
