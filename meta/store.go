@@ -154,6 +154,12 @@ func (w *viewWriter) follow(ctx context.Context, restored chan<- struct{}) {
 				w.mu.Unlock()
 				continue
 			}
+			w.mu.Lock()
+			m, known := w.marks[e.Key()]
+			w.mu.Unlock()
+			if known && m.rev >= e.Revision() {
+				continue // this replica's own write, its ack already noted: nothing to decode
+			}
 			sum, err := DecodeSummary(e.Value())
 			if err != nil || sum.Hello.ClusterID != e.Key() {
 				s.limiter.log(s.log, "bad-summary", "skip unreadable summary", "key", e.Key(), "err", err)
@@ -164,7 +170,9 @@ func (w *viewWriter) follow(ctx context.Context, restored chan<- struct{}) {
 				n++
 			}
 			w.mu.Lock()
-			w.marks[e.Key()] = markOf(sum, e.Revision())
+			if m, ok := w.marks[e.Key()]; !ok || m.rev < e.Revision() {
+				w.marks[e.Key()] = markOf(sum, e.Revision())
+			}
 			w.mu.Unlock()
 		}
 	}
