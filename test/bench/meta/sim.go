@@ -15,28 +15,40 @@ import (
 	"github.com/roamnet/roam/meta"
 )
 
-// A cluster the simulator plays: its hello, pre-encoded around its seq so
-// the simulator does not spend the CPU the MO is measured on re-encoding
-// it, and its own sequence.
+// A cluster the simulator plays: its hello in two variants, pre-encoded
+// around its seq so the simulator does not spend the CPU the MO is
+// measured on re-encoding it, and its own sequence. The variants differ
+// in the services count (which no placement reads) and alternate every
+// changeEvery hellos, so one hello in changeEvery differs from the
+// cluster's previous one and the MO decodes it in full; the others differ
+// only in seq and take the MO's fast path.
 type simCluster struct {
 	subject       string
-	before, after []byte
+	before, after [2][]byte
 	seq           uint64
 }
 
+const changeEvery = 10
+
 func newSimCluster(h meta.Hello) *simCluster {
+	c := &simCluster{subject: meta.HelloSubject(h.ClusterID)}
 	h.Version, h.Seq = meta.Version, 1
-	b, _ := json.Marshal(h)
-	k := bytes.Index(b, []byte(`"seq":1,`)) + len(`"seq":`)
-	return &simCluster{subject: meta.HelloSubject(h.ClusterID), before: b[:k:k], after: b[k+1:]}
+	for v := range 2 {
+		h.Services += v
+		b, _ := json.Marshal(h)
+		k := bytes.Index(b, []byte(`"seq":1,`)) + len(`"seq":`)
+		c.before[v], c.after[v] = b[:k:k], b[k+1:]
+	}
+	return c
 }
 
 // next is the cluster's next hello.
 func (c *simCluster) next(buf []byte) []byte {
 	c.seq++
-	buf = append(buf[:0], c.before...)
+	v := c.seq / changeEvery % 2
+	buf = append(buf[:0], c.before[v]...)
 	buf = strconv.AppendUint(buf, c.seq, 10)
-	return append(buf, c.after...)
+	return append(buf, c.after[v]...)
 }
 
 func clusterID(i int) string { return "sim-" + strconv.Itoa(i) }
