@@ -609,14 +609,6 @@ func (r *Registry) Each(now time.Time, fn func(c *Cluster, st State) bool) {
 	}
 }
 
-func (r *Registry) eachLocked(now time.Time, fn func(c *Cluster, st State) bool) {
-	for _, s := range r.list {
-		if !fn(s.c, r.StateOf(s.c, now)) {
-			return
-		}
-	}
-}
-
 // Get returns cluster id with its state at now.
 func (r *Registry) Get(now time.Time, id string) (*Cluster, State, bool) {
 	r.mu.RLock()
