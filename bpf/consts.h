@@ -89,7 +89,8 @@ enum drop_reason {
 	REASON_SRV6_TOO_BIG = 17,     /* SRv6: encapsulated packet over the path MTU: dropped */
 	REASON_SRV6_BAD_SRH = 18,     /* SRv6: to our SID with an SRH we do not handle (TLVs, >2 segments, bad inner): dropped */
 	REASON_SRV6_NO_ENCAP = 19,    /* SRv6 target on a path that cannot encapsulate (tc: local senders): dropped */
-	REASON_MAX = 20,
+	REASON_TTL_EXCEEDED = 20,     /* to be forwarded with a TTL or hop limit of 1 or 0: dropped */
+	REASON_MAX = 21,
 };
 
 /*

@@ -30,6 +30,34 @@ static __always_inline void fib_params(struct bpf_fib_lookup *fib, const struct 
 	}
 }
 
+/*
+ * ip_ttl_dec decrements the TTL (IPv4, with its header checksum, as the
+ * kernel's ip_decrease_ttl) or hop limit (IPv6) of a packet about to be
+ * forwarded, as a router does. Returns 0; 1 if it has expired (1 or 0: it
+ * must not be forwarded), left as it was; -1 if the frame is too short.
+ */
+static __always_inline int ip_ttl_dec(void *data, void *data_end, __u8 family)
+{
+	if (family == FAMILY_V4) {
+		struct ip4_hdr *iph = data + L3_OFF;
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		if (iph->ttl <= 1)
+			return 1;
+		__u32 check = (__u32)iph->check + (__u32)bpf_htons(0x0100);
+		iph->check = (__sum16)(check + (check >= 0xffff));
+		iph->ttl--;
+		return 0;
+	}
+	struct ip6_hdr *ip6 = data + L3_OFF;
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	if (ip6->hop_limit <= 1)
+		return 1;
+	ip6->hop_limit--;
+	return 0;
+}
+
 /* set_macs writes the next hop's MAC addresses; returns -1 if the frame is too short. */
 static __always_inline int set_macs(void *data, void *data_end, const struct bpf_fib_lookup *fib)
 {

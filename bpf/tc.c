@@ -67,6 +67,20 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 		count_action(x->id, ACTION_DROP, p->len);
 		return TC_ACT_SHOT;
 	}
+	if (skb->ingress_ifindex == skb->ifindex && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
+		/*
+		 * At an ingress hook (from a pod, or passed up by XDP without a
+		 * neighbour) and forwarded from here: a hop. Not a local sender's
+		 * packet (ingress_ifindex 0), nor one the kernel forwarded to an
+		 * egress hook (it has counted that hop).
+		 */
+		int t = ip_ttl_dec((void *)(long)skb->data, (void *)(long)skb->data_end, p->family);
+		if (t != 0) {
+			count_reason(t > 0 ? REASON_TTL_EXCEEDED : REASON_MALFORMED);
+			count_action(x->id, ACTION_DROP, p->len);
+			return TC_ACT_SHOT;
+		}
+	}
 	if (xlate_apply(skb, p, x) < 0) {
 		count_reason(REASON_MALFORMED);
 		return TC_ACT_OK;

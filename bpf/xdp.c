@@ -85,6 +85,15 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 		count_reason(REASON_NO_NEIGH);
 		return XDP_PASS;
 	}
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		/* Forwarded from here: a hop, as a router counts it. */
+		int t = ip_ttl_dec((void *)(long)ctx->data, (void *)(long)ctx->data_end, p->family);
+		if (t != 0) {
+			count_reason(t > 0 ? REASON_TTL_EXCEEDED : REASON_MALFORMED);
+			count_action(x->id, ACTION_DROP, p->len);
+			return XDP_DROP;
+		}
+	}
 	if (xlate_apply(ctx, p, x) < 0) {
 		count_reason(REASON_MALFORMED);
 		return XDP_PASS;

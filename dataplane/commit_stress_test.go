@@ -296,6 +296,26 @@ func setIPv4Source(frame []byte, src netip.Addr) {
 	ip := frame[14:34]
 	a := src.As4()
 	copy(ip[12:16], a[:])
+	setIPv4Checksum(frame)
+}
+
+// hop returns a copy of an Ethernet+IP frame as forwarded once: TTL or hop
+// limit one less (and the IPv4 header checksum fixed).
+func hop(frame []byte) []byte {
+	out := append([]byte(nil), frame...)
+	if binary.BigEndian.Uint16(out[12:]) == 0x86dd {
+		out[14+7]--
+		return out
+	}
+	out[14+8]--
+	setIPv4Checksum(out)
+	return out
+}
+
+// setIPv4Checksum recomputes the header checksum of an Ethernet+IPv4 frame
+// (no options).
+func setIPv4Checksum(frame []byte) {
+	ip := frame[14:34]
 	ip[10], ip[11] = 0, 0
 	var sum uint32
 	for i := 0; i < 20; i += 2 {

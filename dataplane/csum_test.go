@@ -47,7 +47,7 @@ func TestFlowChecksums(t *testing.T) {
 			snat = snat6
 		}
 		snatOf[f.client] = netip.AddrPortFrom(snat, sport)
-		want := spec{src: snatOf[f.client], dst: f.target, proto: f.proto, flags: flags, payload: payload, srcMAC: macD0, dstMAC: macGW, zeroUDP: f.zeroUDP, ipID: 3, seq: 77, ackn: 99}.build(t)
+		want := spec{src: snatOf[f.client], dst: f.target, proto: f.proto, flags: flags, payload: payload, hopLimit: fwdTTL, srcMAC: macD0, dstMAC: macGW, zeroUDP: f.zeroUDP, ipID: 3, seq: 77, ackn: 99}.build(t)
 		if !bytes.Equal(out, want) {
 			t.Fatalf("%s %s: output frame\n got %x\nwant %x", f.client, flags, out, want)
 		}

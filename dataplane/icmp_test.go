@@ -114,14 +114,14 @@ func TestICMPErrorsTranslated(t *testing.T) {
 				orig := sent
 				orig.src, orig.dst = c.target, snatAP
 				err = icmpErr(t, router, c.frontend.Addr(), macPeer, macD0, c.typ, c.code, c.rest, quote(sent.build(t), n))
-				want = icmpErr(t, snat, c.target.Addr(), macD0, macGW, c.typ, c.code, c.rest, quote(orig.build(t), n))
+				want = hop(icmpErr(t, snat, c.target.Addr(), macD0, macGW, c.typ, c.code, c.rest, quote(orig.build(t), n)))
 			} else {
 				// The node sent SNAT -> target; the client sent client -> frontend.
-				sent := spec{src: snatAP, dst: c.target, proto: c.proto, flags: "S", payload: payload, seq: 1000, srcMAC: macD0, dstMAC: macGW}
+				sent := spec{src: snatAP, dst: c.target, proto: c.proto, flags: "S", payload: payload, seq: 1000, hopLimit: fwdTTL, srcMAC: macD0, dstMAC: macGW}
 				orig := sent
 				orig.src, orig.dst = c.client, c.frontend
 				err = icmpErr(t, router, snat, macPeer, macD0, c.typ, c.code, c.rest, quote(sent.build(t), n))
-				want = icmpErr(t, c.frontend.Addr(), c.client.Addr(), macD0, macClient, c.typ, c.code, c.rest, quote(orig.build(t), n))
+				want = hop(icmpErr(t, c.frontend.Addr(), c.client.Addr(), macD0, macClient, c.typ, c.code, c.rest, quote(orig.build(t), n)))
 			}
 			v, out = tb.run(t, err, d0)
 			if v != xdpTX {

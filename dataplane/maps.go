@@ -81,6 +81,7 @@ var DropReasons = [...]string{
 	"no_route", "ct_full", "port_exhausted", "malformed", "fragment", "ip_options",
 	"ipv6_ext", "no_neigh", "no_snat", "no_config", "family_mismatch", "no_flow", "too_big", "to_pod",
 	"srv6_foreign_sid", "srv6_foreign_src", "srv6_no_copy", "srv6_too_big", "srv6_bad_srh", "srv6_no_encap",
+	"ttl_exceeded",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -26,6 +26,7 @@ const (
 	xdpTX       = 3
 	xdpRedirect = 4
 	tcOK        = 0
+	tcShot      = 2
 	tcRedirect  = 7
 )
 
@@ -36,6 +37,10 @@ var (
 	macClient = "02:00:00:00:00:fd" // next hop towards clients
 	macPeer   = "02:00:00:00:00:aa" // whoever sent the input frame
 )
+
+// fwdTTL is a forwarded output's TTL or hop limit: the input's 64 (spec's
+// default), less the hop the programs count.
+const fwdTTL = 63
 
 // spec describes a test packet; build turns it into a frame with correct checksums.
 type spec struct {
@@ -256,7 +261,7 @@ func TestRedirectAndReverse(t *testing.T) {
 				t.Fatalf("SNAT port %d outside 40000-40999", sport)
 			}
 			snatAP := netip.AddrPortFrom(snat, sport)
-			want := spec{src: snatAP, dst: c.target, proto: c.proto, flags: "S", payload: payload, srcMAC: macD0, dstMAC: macGW, zeroUDP: c.zeroUDP, ipID: 7, seq: 1000}.build(t)
+			want := spec{src: snatAP, dst: c.target, proto: c.proto, flags: "S", payload: payload, hopLimit: fwdTTL, srcMAC: macD0, dstMAC: macGW, zeroUDP: c.zeroUDP, ipID: 7, seq: 1000}.build(t)
 			if !bytes.Equal(out, want) {
 				t.Fatalf("output frame\n got %x\nwant %x", out, want)
 			}
@@ -268,7 +273,7 @@ func TestRedirectAndReverse(t *testing.T) {
 				t.Fatalf("reply verdict %d, want XDP_TX", v)
 			}
 			verifyChecksums(t, out)
-			want = spec{src: c.frontend, dst: c.client, proto: c.proto, flags: "SA", payload: []byte("reply"), srcMAC: macD0, dstMAC: macClient, zeroUDP: c.zeroUDP, ipID: 9, seq: 5000, ackn: 1001}.build(t)
+			want = spec{src: c.frontend, dst: c.client, proto: c.proto, flags: "SA", payload: []byte("reply"), hopLimit: fwdTTL, srcMAC: macD0, dstMAC: macClient, zeroUDP: c.zeroUDP, ipID: 9, seq: 5000, ackn: 1001}.build(t)
 			if !bytes.Equal(out, want) {
 				t.Fatalf("reverse output frame\n got %x\nwant %x", out, want)
 			}

@@ -395,6 +395,7 @@ func TestSRv6ReplyAtHome(t *testing.T) {
 		t.Logf("case: %s", c.desc)
 		reply := spec{src: c.front, dst: c.client, proto: c.proto, flags: "SA", payload: []byte("reply"), srcMAC: macD0, dstMAC: macClient, seq: 9, ackn: 2}.build(t)
 		in := srv6Frame(macGW, macD0, sidOld, []netip.Addr{sidHome}, 0, 63, 7, ipOf(reply))
+		reply = hop(reply) // forwarded from here
 		before := dropsOf(t, tb.d)
 		v, out := tb.run(t, in, d0)
 		if v != c.verdict {
