@@ -157,6 +157,10 @@ type Link struct {
 	// LossPct is the lost share of the latest probes, 0-100.
 	LossPct float64 `json:"loss_pct,omitempty"`
 	Up      bool    `json:"up"`
+	// Samples counts the bandwidth measurements taken so far toward the
+	// peer (0: not said, e.g. a figure from a links file): a peer reading
+	// this cluster's hello knows a new one from a repeated one.
+	Samples uint64 `json:"samples,omitempty"`
 }
 
 // Validate reports why l is not a usable measurement.

@@ -100,7 +100,7 @@ func run(ctx context.Context, args []string) error {
 		logLevel   = fs.String("log-level", "info", "debug, info, warn, error")
 		linksFile  = fs.String("links-file", "", "JSON list of links [{\"peer\":\"b\",\"bandwidth_mbps\":100,\"rtt_ms\":5,\"up\":true}], re-read at every hello: overrides what is measured toward those peers")
 		probeAddr  = fs.String("probe-addr", ":8081", "where peers probe this cluster (UDP echo and TCP bulk, same port) and from where it measures its paths to them; empty: measure nothing")
-		probeHot   = fs.Duration("probe-bulk-interval", 2*time.Second, "bandwidth probe period toward peers hosting this cluster's services")
+		probeHot   = fs.Duration("probe-bulk-interval", time.Second, "bandwidth probe period toward peers hosting this cluster's services (a slow path's transfer, longer, is repeated less often: at most 10% of the time)")
 		probeCold  = fs.Duration("probe-cold-interval", 10*time.Second, "bandwidth probe period toward the other placement candidates")
 		policyEv   = fs.Duration("policy-interval", 250*time.Millisecond, "how often the zero-touch triggers look at the measured paths")
 		cooldown   = fs.Duration("policy-cooldown", 30*time.Second, "least time between two moves of one service the triggers start")

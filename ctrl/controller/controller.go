@@ -532,7 +532,11 @@ func (c *Controller) probeTargets() []netprobe.Target {
 	})
 	out := make([]netprobe.Target, 0, len(hs))
 	for _, h := range hs {
-		out = append(out, netprobe.Target{Peer: h.ClusterID, Addr: h.ProbeAddr, Hot: hot[h.ClusterID]})
+		t := netprobe.Target{Peer: h.ClusterID, Addr: h.ProbeAddr, Hot: hot[h.ClusterID]}
+		if l, ok := h.LinkTo(c.cfg.ClusterID); ok && l.Up {
+			t.PeerMbps, t.PeerSamples = l.BandwidthMbps, l.Samples
+		}
+		out = append(out, t)
 	}
 	return out
 }

@@ -289,3 +289,75 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestProberMeasuresWhenThePeerSaysItFell: a hot peer's own figure of its
+// direction of the path falling by more than 30% makes the prober
+// measure its direction at once, not at its next turn (here an hour
+// away); a rise waits for the turn.
+func TestProberMeasuresWhenThePeerSaysItFell(t *testing.T) {
+	s, _ := newServer(t, ServerConfig{})
+	var tmu sync.Mutex
+	target := Target{Peer: "cloud", Addr: s.Addr().String(), Hot: true, PeerMbps: 100, PeerSamples: 1}
+	set := func(mbps float64, n uint64) { tmu.Lock(); target.PeerMbps, target.PeerSamples = mbps, n; tmu.Unlock() }
+	p, err := New(Config{Targets: func() []Target { tmu.Lock(); defer tmu.Unlock(); return []Target{target} },
+		TargetsEvery: 20 * time.Millisecond, EchoInterval: 20 * time.Millisecond, BulkInterval: time.Hour,
+		BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	n := func() uint64 { l, _ := p.LinkTo("cloud"); return l.BandwidthN }
+	waitFor(t, "first bandwidth sample", func() bool { return n() == 1 })
+	set(150, 2) // a rise: no probe before the turn
+	time.Sleep(300 * time.Millisecond)
+	if got := n(); got != 1 {
+		t.Fatalf("%d samples after the peer's figure rose, want 1 (the next turn is an hour away)", got)
+	}
+	set(120, 3) // a fall of 20%: not a change of the path
+	time.Sleep(300 * time.Millisecond)
+	if got := n(); got != 1 {
+		t.Fatalf("%d samples after the peer's figure fell by 20%%, want 1", got)
+	}
+	set(10, 4)
+	waitFor(t, "a sample right after the peer's figure fell", func() bool { return n() >= 2 })
+}
+
+// TestProberBoundsDuty: a slow transfer (here a dial that takes 100 ms)
+// is repeated no more often than MaxDuty allows, however short
+// BulkInterval is.
+func TestProberBoundsDuty(t *testing.T) {
+	s, _ := newServer(t, ServerConfig{})
+	var nd net.Dialer
+	p, err := New(Config{Targets: func() []Target { return []Target{{Peer: "slow", Addr: s.Addr().String(), Hot: true}} },
+		EchoInterval: 20 * time.Millisecond, BulkInterval: 10 * time.Millisecond, BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20,
+		MaxDuty: 0.1, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			time.Sleep(100 * time.Millisecond)
+			return nd.DialContext(ctx, network, addr)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	start := time.Now()
+	waitFor(t, "first bandwidth sample", func() bool { l, _ := p.LinkTo("slow"); return l.BandwidthN >= 1 })
+	time.Sleep(2 * time.Second)
+	cancel()
+	<-done
+	l, _ := p.LinkTo("slow")
+	// A transfer takes >= 100 ms, so >= 1 s between two starts (one
+	// immediate re-measure of a big change aside): at most el / 1 s +
+	// the first + one re-measure, whatever the machine's speed (without
+	// the bound: one every ~130 ms).
+	el := time.Since(start)
+	if max := uint64(el/time.Second) + 2; l.BandwidthN > max {
+		t.Fatalf("%d transfers in %s with a 100 ms transfer and MaxDuty 0.1, want at most %d", l.BandwidthN, el, max)
+	}
+	if l.BandwidthN < 2 {
+		t.Fatalf("%d transfers in %s: the prober stopped measuring", l.BandwidthN, el)
+	}
+}

@@ -29,6 +29,16 @@ type Target struct {
 	// candidates) four times less often for echoes and every
 	// ColdBulkInterval for bandwidth.
 	Hot bool
+	// PeerMbps and PeerSamples are what the peer says, in its hello, of
+	// its own direction of the path: its bandwidth estimate and how many
+	// it has taken (0: nothing said). When a hot peer's figure falls by
+	// more than 30%, the path may have degraded: this end measures its
+	// direction at once instead of at its next turn, so that the change
+	// is confirmed from both ends within a transfer or two (a rise is
+	// left to the next turn: only a better place waits for it, for its
+	// hold time).
+	PeerMbps    float64
+	PeerSamples uint64
 }
 
 // Config tunes a Prober.
@@ -37,17 +47,23 @@ type Config struct {
 	// TargetsEvery. The prober keeps at most MaxCold of the non-hot ones
 	// (the first, in the order given: the caller ranks them).
 	Targets      func() []Target
-	TargetsEvery time.Duration // default 1s
+	TargetsEvery time.Duration // default 250ms
 	MaxCold      int           // default 16
 	// EchoInterval is the RTT probe period of hot peers (default 250ms).
 	EchoInterval time.Duration
 	// BulkInterval is the bandwidth probe period of hot peers (default
-	// 2s), ColdBulkInterval the others' (default 20s). BulkDuration is
+	// 1s), ColdBulkInterval the others' (default 20s). BulkDuration is
 	// one transfer's length from its first byte (default 150ms),
 	// BulkBytes its cap (default 2 MiB). Transfers run one at a time, so
 	// two never share a bottleneck.
 	BulkInterval, ColdBulkInterval, BulkDuration time.Duration
 	BulkBytes                                    int64
+	// MaxDuty bounds the share of time a peer's path carries this
+	// prober's transfers (default 0.1): after a transfer that took t,
+	// the next one waits at least t/MaxDuty. A fast path (a transfer of
+	// a few ms) is measured every BulkInterval, a slow one less often;
+	// the re-measure of a big change is not delayed.
+	MaxDuty float64
 	// LossWindow is how many echoes the loss is computed over (default
 	// 20); an echo unanswered after EchoTimeout (default 1s) is lost.
 	LossWindow  int
@@ -85,7 +101,7 @@ type Link struct {
 // Meta is l as a hello carries it.
 func (l Link) Meta() meta.Link {
 	return meta.Link{Peer: l.Peer, BandwidthMbps: round3(l.BandwidthBps / 1e6), RTTMs: round3(float64(l.RTT.Microseconds()) / 1000),
-		LossPct: round3(100 * l.Loss), Up: l.Up}
+		LossPct: round3(100 * l.Loss), Up: l.Up, Samples: l.BandwidthN}
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
@@ -100,7 +116,9 @@ type peer struct {
 	lastEcho           time.Time
 	added              time.Time
 	bulking            bool
-	confirmed          bool // the latest bandwidth change was re-probed already
+	reprobe            bool // the bandwidth probe under way re-measures a big change
+	peerMbps           float64
+	peerN              uint64
 	probes             map[[2]string]uint64
 }
 
@@ -127,14 +145,17 @@ func New(cfg Config) (*Prober, error) {
 			*d = v
 		}
 	}
-	def(&cfg.TargetsEvery, time.Second)
+	def(&cfg.TargetsEvery, 250*time.Millisecond)
 	def(&cfg.EchoInterval, 250*time.Millisecond)
-	def(&cfg.BulkInterval, 2*time.Second)
+	def(&cfg.BulkInterval, time.Second)
 	def(&cfg.ColdBulkInterval, 20*time.Second)
 	def(&cfg.BulkDuration, 150*time.Millisecond)
 	def(&cfg.EchoTimeout, time.Second)
 	if cfg.BulkBytes <= 0 {
 		cfg.BulkBytes = 2 << 20
+	}
+	if cfg.MaxDuty <= 0 || cfg.MaxDuty > 1 {
+		cfg.MaxDuty = 0.1
 	}
 	if cfg.MaxCold <= 0 {
 		cfg.MaxCold = 16
@@ -301,10 +322,20 @@ func (p *Prober) refresh(now time.Time) {
 		}
 		if t.Hot && !pr.Hot {
 			// Newly hot: measure it soon.
+			p.log.Debug("probe: peer now hot", "peer", id, "bulk_due_in", pr.nextBulk.Sub(now), "bulking", pr.bulking)
 			if pr.nextBulk.After(now) {
 				pr.nextBulk = now
 			}
 			pr.nextEcho = now
+		}
+		if t.PeerMbps != pr.peerMbps || t.PeerSamples != pr.peerN {
+			// The other end measured anew: a big fall of its figure is
+			// a change of the path, to be measured from here too.
+			if t.Hot && pr.peerMbps > 0 && t.PeerMbps > 0 && t.PeerMbps < 0.7*pr.peerMbps && pr.nextBulk.After(now) {
+				p.log.Debug("probe: the peer's figure fell: measuring now", "peer", id, "peer_mbps", t.PeerMbps, "was", pr.peerMbps, "bulk_due_in", pr.nextBulk.Sub(now))
+				pr.nextBulk = now
+			}
+			pr.peerMbps, pr.peerN = t.PeerMbps, t.PeerSamples
 		}
 		pr.Hot = t.Hot
 	}
@@ -478,12 +509,19 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 		if pr == nil {
 			continue
 		}
+		start := time.Now()
 		bps, err := Bulk(ctx, p.cfg.Dial, addr, p.cfg.BulkDuration, p.cfg.BulkBytes)
 		now := time.Now()
 		var changed []string
 		p.mu.Lock()
 		pr.bulking = false
+		reprobe := pr.reprobe
+		pr.reprobe = false
+		took := now.Sub(start)
 		next := p.bulkEvery(pr)
+		if err == nil {
+			next = max(next, time.Duration(float64(took)/p.cfg.MaxDuty))
+		}
 		if err != nil {
 			pr.probes[[2]string{"bulk", "error"}]++
 			p.log.Debug("bandwidth probe", "peer", id, "err", err)
@@ -491,21 +529,24 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 			pr.probes[[2]string{"bulk", "ok"}]++
 			prev := pr.BandwidthBps
 			big := prev > 0 && math.Abs(bps-prev) > 0.3*prev
-			if big && !pr.confirmed {
+			if big && !reprobe {
 				// A big change: measure again at once, so that a
 				// trigger sees it confirmed within a few hundred ms.
-				next = 0
-				pr.confirmed = true
-			} else if !big {
-				pr.confirmed = false
+				// Only the re-measure itself is not re-measured: a
+				// big change after noisy samples is one all the same.
+				next, pr.reprobe = 0, true
 			}
-			if prev == 0 || math.Abs(bps-prev) > 0.25*prev {
+			// The peers hear of a new figure at once when it moved, and
+			// of the re-measure of a big change whatever it found: it
+			// is what confirms (or not) the change at the other end.
+			if prev == 0 || math.Abs(bps-prev) > 0.25*prev || reprobe {
 				changed = append(changed, id)
 			}
 			pr.BandwidthBps, pr.BandwidthAt, pr.At = bps, now, now
 			pr.BandwidthN++
 		}
 		pr.nextBulk = now.Add(next)
+		p.log.Debug("probe: bandwidth sample", "peer", id, "mbps", round3(bps/1e6), "err", err, "took", took, "hot", pr.Hot, "reprobe", reprobe, "next", next)
 		p.mu.Unlock()
 		p.notify(changed)
 	}
