@@ -17,7 +17,9 @@ import (
 // it by itself, with a real placement request, when
 //
 //   - network-change: the path from the home to where it runs fell below
-//     the need, confirmed by Confirm fresh measurements in a row;
+//     the need, confirmed by Confirm fresh measurements in a row (a
+//     measurement is fresh when either end of the path took it: the
+//     home's own, or a new one the other end reports in its hello);
 //   - better-placement: another place is better (a tier the policy ranks
 //     higher, or the same tier with a path better by Margin) and meets the
 //     need with Margin to spare, and has stayed so for Hold.
@@ -86,7 +88,15 @@ type Path struct {
 	// Known is false when nothing is measured toward it.
 	Known bool
 	Link  meta.Link
-	At    time.Time
+	// At is when the home measured the path itself (zero: it did not, or
+	// the figure was given from outside, such as --links-file: then
+	// every look counts as a measurement unless PeerSamples says more).
+	At time.Time
+	// PeerSamples is how many measurements the other end has taken of
+	// its direction (meta.Link.Samples in its hello; 0: not said). A
+	// change means a new one: the path is measured from both ends, so
+	// a change is confirmed by whichever end measures first.
+	PeerSamples uint64
 }
 
 func (p Path) String() string {
@@ -129,6 +139,7 @@ type Decision struct {
 type trigState struct {
 	below       int
 	lastSample  time.Time
+	lastPeerN   uint64
 	sampled     bool
 	betterOf    string
 	betterSince time.Time
@@ -217,6 +228,12 @@ func (t *Trigger) Moved(svc string, now time.Time) {
 	s.below, s.betterOf, s.betterSince = 0, "", time.Time{}
 }
 
+func (t *Trigger) belowCount(svc string) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.state(svc).below
+}
+
 // Forget drops svc's state.
 func (t *Trigger) Forget(svc string) {
 	t.mu.Lock()
@@ -252,8 +269,9 @@ func (t *Trigger) Decide(now time.Time, svc string, need Need, cur Path, cands [
 	if !cur.Local {
 		if !cur.Known || !cur.Link.Up {
 			s.below = 0 // down is the fail-safe's
-		} else if fresh := cur.At.IsZero() || !s.sampled || !cur.At.Equal(s.lastSample); fresh {
-			s.lastSample, s.sampled = cur.At, true
+		} else if fresh := (cur.At.IsZero() && cur.PeerSamples == 0) || !s.sampled ||
+			!cur.At.Equal(s.lastSample) || cur.PeerSamples != s.lastPeerN; fresh {
+			s.lastSample, s.lastPeerN, s.sampled = cur.At, cur.PeerSamples, true
 			if b, _ := t.below(cur, need); b {
 				s.below++
 			} else {
@@ -319,11 +337,15 @@ func pathFrom(self, cluster string, own map[string]Measured, hs []meta.Hello) Pa
 			p.Link.BandwidthMbps = min(p.Link.BandwidthMbps, peerLink.BandwidthMbps)
 			p.Link.RTTMs = max(p.Link.RTTMs, peerLink.RTTMs)
 			p.Link.LossPct = max(p.Link.LossPct, peerLink.LossPct)
+			if !m.At.IsZero() {
+				// (a figure given from outside keeps counting at every look)
+				p.PeerSamples = peerLink.Samples
+			}
 		}
 		return p
 	}
 	if peerLink != nil {
-		p.Known, p.Link = true, *peerLink
+		p.Known, p.Link, p.PeerSamples = true, *peerLink, peerLink.Samples
 	}
 	return p
 }
@@ -379,6 +401,7 @@ func (e *Engine) Policy(ctx context.Context) {
 		}
 		now := time.Now()
 		d := e.trig.Decide(now, r.Service.Name, need, cur, cands, last)
+		e.log.Debug("trigger: look", "service", r.Service.Name, "cur", cur.String(), "own", own[where].Link, "at", cur.At.Format("15:04:05.000"), "below", e.trig.belowCount(r.Service.Name), "move", d.Move)
 		if !d.Move {
 			continue
 		}

@@ -237,3 +237,62 @@ func TestPathFromBothDirections(t *testing.T) {
 		t.Fatalf("unknown path %+v", p)
 	}
 }
+
+// TestTriggerCountsTheOtherEndsMeasurements replays the demo's degraded
+// phase as the home's controller saw it (make demo at 14:38:19, issue
+// 13): the home-cloud path shaped at T; the home's own last sample of it,
+// taken at T-0.1 s, still says 1918 Mbit/s, its next is due at T+1.9 s
+// and, on the shaped link, ends at T+2.6 s; the cloud measures its
+// direction at T+1.1 s and re-measures at once at T+1.45 s (2.0 and 2.08
+// Mbit/s), each said in a hello. The home looks every 250 ms. Two fresh
+// measurements below the need in a row are there at T+1.5 s: the move
+// must not wait for the home's own (it waited until T+3.1 s, and the
+// commit came 3.6 s after the change).
+func TestTriggerCountsTheOtherEndsMeasurements(t *testing.T) {
+	c := newClock()
+	tr := NewTrigger(TriggerConfig{Hold: time.Hour})
+	t0 := c.t
+	ownAt := t0.Add(-100 * time.Millisecond)
+	own := map[string]Measured{"cloud": {Link: meta.Link{Peer: "cloud", BandwidthMbps: 1918, RTTMs: 1, Up: true, Samples: 7}, At: ownAt}}
+	edge := meta.Hello{ClusterID: "edge", Tier: meta.TierEdge, Links: []meta.Link{{Peer: "home", BandwidthMbps: 2000, RTTMs: 1, Up: true, Samples: 3}}}
+	cloudSays := meta.Link{Peer: "home", BandwidthMbps: 3140, RTTMs: 1, Up: true, Samples: 9}
+	var moved time.Time
+	for now := t0; now.Before(t0.Add(4 * time.Second)); now = c.add(250 * time.Millisecond) {
+		switch el := now.Sub(t0); {
+		case el >= 2600*time.Millisecond:
+			own["cloud"] = Measured{Link: meta.Link{Peer: "cloud", BandwidthMbps: 1.3, RTTMs: 11, Up: true, Samples: 8}, At: t0.Add(2600 * time.Millisecond)}
+		case el >= 1450*time.Millisecond:
+			cloudSays.BandwidthMbps, cloudSays.Samples = 2.08, 11
+		case el >= 1100*time.Millisecond:
+			cloudSays.BandwidthMbps, cloudSays.Samples = 2.0, 10
+		}
+		hs := []meta.Hello{{ClusterID: "cloud", Tier: meta.TierCloud, Links: []meta.Link{cloudSays}}, edge}
+		cur := pathFrom("home", "cloud", own, hs)
+		cands := []Path{home(), pathFrom("home", "edge", own, hs)}
+		if d := tr.Decide(now, "classifier", need10, cur, cands, time.Time{}); d.Move {
+			if d.Reason != meta.ReasonNetworkChange {
+				t.Fatalf("moved for %s, want %s: %+v", d.Reason, meta.ReasonNetworkChange, d)
+			}
+			moved = now
+			t.Logf("moved %s after the change: %s", now.Sub(t0), d.Why)
+			break
+		}
+	}
+	if moved.IsZero() {
+		t.Fatal("no move within 4 s of the change")
+	}
+	if el := moved.Sub(t0); el > 1750*time.Millisecond {
+		t.Fatalf("moved %s after the change, want at the first look after the cloud's second measurement (1.5 s)", el)
+	}
+	// The cloud's hellos repeat its figure every second: a repeat is not
+	// a measurement.
+	tr2 := NewTrigger(TriggerConfig{Hold: time.Hour})
+	cloudSays = meta.Link{Peer: "home", BandwidthMbps: 2, RTTMs: 1, Up: true, Samples: 10}
+	own["cloud"] = Measured{Link: meta.Link{Peer: "cloud", BandwidthMbps: 1918, RTTMs: 1, Up: true, Samples: 7}, At: ownAt}
+	for range 12 {
+		hs := []meta.Hello{{ClusterID: "cloud", Tier: meta.TierCloud, Links: []meta.Link{cloudSays}}, edge}
+		if d := tr2.Decide(c.add(250*time.Millisecond), "classifier", need10, pathFrom("home", "cloud", own, hs), nil, time.Time{}); d.Move {
+			t.Fatalf("moved on one measurement of the cloud's, said again in every hello: %+v", d)
+		}
+	}
+}
