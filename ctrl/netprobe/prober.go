@@ -58,11 +58,13 @@ type Config struct {
 	// two never share a bottleneck.
 	BulkInterval, ColdBulkInterval, BulkDuration time.Duration
 	BulkBytes                                    int64
-	// MaxDuty bounds the share of time a peer's path carries this
+	// MaxDuty bounds the share of time a hot peer's path carries this
 	// prober's transfers (default 0.1): after a transfer that took t,
 	// the next one waits at least t/MaxDuty. A fast path (a transfer of
 	// a few ms) is measured every BulkInterval, a slow one less often;
-	// the re-measure of a big change is not delayed.
+	// the re-measure of a big change is not delayed. (The others are
+	// measured every ColdBulkInterval: a slow candidate that recovers
+	// is seen at its next turn.)
 	MaxDuty float64
 	// LossWindow is how many echoes the loss is computed over (default
 	// 20); an echo unanswered after EchoTimeout (default 1s) is lost.
@@ -519,7 +521,7 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 		pr.reprobe = false
 		took := now.Sub(start)
 		next := p.bulkEvery(pr)
-		if err == nil {
+		if err == nil && pr.Hot {
 			next = max(next, time.Duration(float64(took)/p.cfg.MaxDuty))
 		}
 		if err != nil {
