@@ -29,7 +29,6 @@ import (
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
-	"github.com/roamnet/roam/test/netns"
 	"github.com/roamnet/roam/test/testbed"
 )
 
@@ -176,7 +175,7 @@ func run(ctx context.Context, o options) error {
 		var est []float64
 		for range 3 {
 			time.Sleep(4 * time.Second) // a candidate is probed every 3 s on the testbed
-			v, err := homeEstimate(ctx, home.NS, home.WAN4.String())
+			v, err := homeEstimate(ctx, tb.HTTPSClient(home.NS, 5*time.Second), home.CtrlURL())
 			if err != nil {
 				return err
 			}
@@ -262,15 +261,18 @@ func count(ctx context.Context, tb *testbed.Testbed, noise, start time.Time) ([]
 }
 
 // homeEstimate reads the home controller's estimate of the cloud path
-// (roam_ctrl_link_bandwidth_bits_per_second{peer="cloud"}).
-func homeEstimate(ctx context.Context, ns, addr string) (float64, error) {
-	cl := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: netns.Dialer(ns)}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s:%d/metrics", addr, testbed.CtrlPort), nil)
+// (roam_ctrl_link_bandwidth_bits_per_second{peer="cloud"}) from its
+// /metrics (on its API's TLS listener).
+func homeEstimate(ctx context.Context, cl *http.Client, ctrlURL string) (float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ctrlURL+"/metrics", nil)
 	resp, err := cl.Do(req)
 	if err != nil {
 		return 0, fmt.Errorf("scrape home metrics: %w", err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("scrape home metrics: %s", resp.Status)
+	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
