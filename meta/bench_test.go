@@ -65,3 +65,53 @@ func BenchmarkPlace(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkIngest compares a hello decoded in full and registered with one
+// taken on the fast path (it differs from the cluster's last only in seq
+// and sent_at).
+func BenchmarkIngest(b *testing.B) {
+	h := testHello("c1", TierEdge, 1000, 10, Link{Peer: "c2", BandwidthMbps: 100, RTTMs: 3, Up: true})
+	h.Labels = map[string]string{"zone": "z1"}
+	h.Incarnation, h.SentAt = "run", time.Now().UTC()
+	const n = 1000
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		h.Seq = uint64(i + 1)
+		bufs[i], _ = json.Marshal(h)
+	}
+	b.Run("decode", func(b *testing.B) {
+		r := NewRegistry(time.Second, 3)
+		now := time.Now()
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			h, err := DecodeHello(bufs[i%n])
+			if err != nil {
+				b.Fatal(err)
+			}
+			h.Seq = uint64(i + 1)
+			r.Observe(h, now)
+			i++
+		}
+	})
+	b.Run("unchanged", func(b *testing.B) {
+		r := NewRegistry(time.Second, 3)
+		now := time.Now()
+		f, _ := frameHello(bufs[0])
+		h.Seq = 1
+		r.observe(h, now, f.hash)
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			f, ok := frameHello(bufs[i%n])
+			if !ok {
+				b.Fatal("not framed")
+			}
+			f.seq = uint64(i + 2)
+			if res, _, same := r.observeSame("c1", &f, now); !same || res != ObserveUpdated {
+				b.Fatalf("same %v res %v", same, res)
+			}
+			i++
+		}
+	})
+}
