@@ -65,6 +65,26 @@ static __always_inline struct target *active_target(const struct ct_key *k, __u3
 	return &sc->t;
 }
 
+/*
+ * away_from_host: the flow of a packet the programs cannot rewrite (a
+ * fragment, IP options, IPv6 extension headers; p->ports_only) is one they
+ * send elsewhere: pinned to a target away from this host, or new to a
+ * frontend whose active target is away. Handed to the host, it would reach
+ * no socket there (or the host's own), so it is dropped. *id: its frontend.
+ */
+static __always_inline int away_from_host(const struct pkt *p, __u32 *id)
+{
+	struct ct_key k = {};
+	ct_key_from_pkt(&k, p);
+	struct ct_value *cv = bpf_map_lookup_elem(&roam_conntrack, &k);
+	if (cv) {
+		*id = cv->frontend_id;
+		return cv->kind == TARGET_REDIRECT;
+	}
+	struct target *t = active_target(&k, id);
+	return t && (t->kind == TARGET_REDIRECT || t->kind == TARGET_SRV6);
+}
+
 /* udp_over: a UDP flow is over after udp_ns idle, or after udp_drain_ns idle once a commit moved its frontend away. */
 static __always_inline int udp_over(const struct ct_value *v, const struct ct_key *k, __u64 now,
 				    const struct config *cfg)
@@ -230,6 +250,11 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		return VERDICT_PASS;
 	if (rc == PARSE_ERR) {
 		count_reason(p.reason);
+		__u32 id;
+		if (p.ports_only && away_from_host(&p, &id)) {
+			count_action(id, ACTION_DROP, p.len);
+			return VERDICT_DROP;
+		}
 		return VERDICT_PASS;
 	}
 

@@ -73,9 +73,9 @@ enum drop_reason {
 	REASON_CT_FULL = 1,	   /* conntrack insert failed: dropped */
 	REASON_PORT_EXHAUSTED = 2, /* no free SNAT port: dropped */
 	REASON_MALFORMED = 3,	   /* truncated or inconsistent headers: passed untouched */
-	REASON_FRAGMENT = 4,	   /* IPv4 fragment: passed untouched */
-	REASON_IP_OPTIONS = 5,	   /* IPv4 with options: passed untouched */
-	REASON_IPV6_EXT = 6,	   /* IPv6 with extension headers: passed untouched */
+	REASON_FRAGMENT = 4,	   /* IPv4 or IPv6 fragment: passed untouched; dropped if its flow goes away from this host (a first fragment: balancer.h away_from_host) */
+	REASON_IP_OPTIONS = 5,	   /* IPv4 with options: passed untouched; dropped if its flow goes away from this host */
+	REASON_IPV6_EXT = 6,	   /* IPv6 with extension headers: passed untouched; dropped if its flow goes away from this host */
 	REASON_NO_NEIGH = 7,	   /* no neighbour: XDP passes the packet untouched to tc, which sends it by bpf_redirect_neigh (each counts) */
 	REASON_NO_SNAT = 8,	   /* no SNAT address for the target's family: dropped */
 	REASON_NO_CONFIG = 9,	   /* config map empty: passed untouched */

@@ -31,7 +31,7 @@ struct pkt {
 	__u32 len; /* whole frame, for byte counters */
 	__u16 ip_len; /* IP total length (header + payload) */
 	__u8 inner_proto; /* ICMP error: the quoted packet's protocol */
-	__u8 pad;
+	__u8 ports_only; /* PARSE_ERR for a fragment, IP options or IPv6 extensions: tuple read (peek_tuple), packet not to be rewritten */
 	__be32 tcp_ack; /* acknowledgment number, as on the wire */
 	__u32 fin_end;	/* FIN only: the sequence number that acknowledges it (host order) */
 };
@@ -99,6 +99,57 @@ malformed:
 	return PARSE_ERR;
 }
 
+/*
+ * peek_tuple reads the TCP or UDP ports at l4 of a packet the programs do
+ * not rewrite (a first fragment, IPv4 options, IPv6 extension headers), so
+ * roam_process can tell whether it is for a redirected frontend; the
+ * addresses, family and protocol are set by the caller. Sets ports_only.
+ */
+static __always_inline void peek_tuple(void *data, void *data_end, __u32 l4, __u8 proto, struct pkt *p)
+{
+	if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+		return;
+	__be16 *ports = data + l4;
+	if ((void *)(ports + 2) > data_end)
+		return;
+	p->proto = proto;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	p->ports_only = 1;
+}
+
+/*
+ * peek_ipv6_ext walks up to 4 IPv6 extension headers (hop-by-hop, routing,
+ * destination options, a first fragment) from nh at L4_OFF6 to a TCP or
+ * UDP header and peeks at its ports.
+ */
+static __always_inline void peek_ipv6_ext(void *data, void *data_end, __u8 nh, struct pkt *p)
+{
+	__u32 off = L4_OFF6;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (nh == IPPROTO_TCP_ || nh == IPPROTO_UDP_) {
+			peek_tuple(data, data_end, off, nh, p);
+			return;
+		}
+		__u8 *h = data + off;
+		if ((void *)(h + 8) > data_end)
+			return;
+		if (nh == 44) { /* fragment: only the first has the ports */
+			if (((h[2] << 8) | h[3]) & 0xfff8)
+				return;
+			off += 8;
+		} else if (nh == 0 || nh == 43 || nh == 60) {
+			off += ((__u32)h[1] + 1) * 8;
+		} else {
+			return;
+		}
+		nh = h[0];
+	}
+	if (nh == IPPROTO_TCP_ || nh == IPPROTO_UDP_)
+		peek_tuple(data, data_end, off, nh, p);
+}
+
 static __always_inline int is_ipv6_ext(__u8 nh)
 {
 	switch (nh) {
@@ -144,12 +195,13 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 				return PARSE_SKIP; /* not an error we can read: the host's */
 			goto icmp4;
 		}
-		if (iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) {
-			p->reason = REASON_FRAGMENT;
-			return PARSE_ERR;
-		}
-		if (ihl != sizeof(*iph)) {
-			p->reason = REASON_IP_OPTIONS;
+		if ((iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) || ihl != sizeof(*iph)) {
+			p->reason = (iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)) ? REASON_FRAGMENT : REASON_IP_OPTIONS;
+			p->family = FAMILY_V4;
+			addr_from_v4(p->saddr, iph->saddr);
+			addr_from_v4(p->daddr, iph->daddr);
+			if (!(iph->frag_off & bpf_htons(IP_OFFSET_)))
+				peek_tuple(data, data_end, L3_OFF + ihl, iph->protocol, p);
 			return PARSE_ERR;
 		}
 	icmp4:
@@ -177,6 +229,10 @@ static __always_inline int parse_packet(void *data, void *data_end, __u32 wire_l
 			if ((void *)(ext + 2) <= data_end && ext[0] == 58 /* ICMPv6 */)
 				return PARSE_SKIP;
 			p->reason = ip6->nexthdr == 44 ? REASON_FRAGMENT : REASON_IPV6_EXT;
+			p->family = FAMILY_V6;
+			__builtin_memcpy(p->saddr, ip6->saddr, 16);
+			__builtin_memcpy(p->daddr, ip6->daddr, 16);
+			peek_ipv6_ext(data, data_end, ip6->nexthdr, p);
 			return PARSE_ERR;
 		}
 		p->family = FAMILY_V6;

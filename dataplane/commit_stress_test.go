@@ -312,13 +312,12 @@ func hop(frame []byte) []byte {
 	return out
 }
 
-// setIPv4Checksum recomputes the header checksum of an Ethernet+IPv4 frame
-// (no options).
+// setIPv4Checksum recomputes the header checksum of an Ethernet+IPv4 frame.
 func setIPv4Checksum(frame []byte) {
-	ip := frame[14:34]
+	ip := frame[14 : 14+int(frame[14]&0x0f)*4]
 	ip[10], ip[11] = 0, 0
 	var sum uint32
-	for i := 0; i < 20; i += 2 {
+	for i := 0; i < len(ip); i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
 	}
 	for sum > 0xffff {

@@ -308,7 +308,9 @@ func TestRedirectAndReverse(t *testing.T) {
 	}
 }
 
-// TestUntouched: packets the programs must pass or drop without rewriting.
+// TestUntouched: packets the programs must pass or drop without rewriting
+// (a fragment, IPv4 options or IPv6 extension headers of a flow sent away
+// from this host: dropped, TestUnrewritableNotHandedToHost).
 func TestUntouched(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{})
 	d0 := tb.d0.Attrs().Index
@@ -339,13 +341,13 @@ func TestUntouched(t *testing.T) {
 		{"ipv4 total length beyond frame", mod(good4, func(b []byte) []byte { put16(b, 16, 200); return b }), xdpPass, "malformed", true},
 		{"truncated tcp header", mod(good4, func(b []byte) []byte { put16(b, 16, 20+10); return b[:14+30] }), xdpPass, "malformed", true},
 		{"tcp data offset below 5", mod(good4, func(b []byte) []byte { b[14+20+12] = 4 << 4; return b }), xdpPass, "malformed", true},
-		{"ipv4 fragment", mod(good4, func(b []byte) []byte { put16(b, 14+6, 0x2000); return b }), xdpPass, "fragment", true},
-		{"ipv4 later fragment", mod(good4, func(b []byte) []byte { put16(b, 14+6, 0x0010); return b }), xdpPass, "fragment", true},
-		{"ipv4 with options", ipv4WithOptions(t, good4), xdpPass, "ip_options", true},
+		{"ipv4 first fragment to a redirected frontend: dropped", mod(good4, func(b []byte) []byte { put16(b, 14+6, 0x2000); return b }), xdpDrop, "fragment", true},
+		{"ipv4 later fragment (no ports): passed", mod(good4, func(b []byte) []byte { put16(b, 14+6, 0x0010); return b }), xdpPass, "fragment", true},
+		{"ipv4 with options to a redirected frontend: dropped", ipv4WithOptions(t, good4), xdpDrop, "ip_options", true},
 		{"truncated ipv6 header", good6[:14+30], xdpPass, "malformed", true},
 		{"ipv6 payload length beyond frame", mod(good6, func(b []byte) []byte { put16(b, 14+4, 500); return b }), xdpPass, "malformed", true},
-		{"ipv6 hop-by-hop header", ipv6WithHopByHop(t, good6), xdpPass, "ipv6_ext", true},
-		{"ipv6 fragment header", ipv6WithExt(good6, 44, []byte{6, 0, 0, 1, 0, 0, 0, 7}), xdpPass, "fragment", true},
+		{"ipv6 hop-by-hop header to a redirected frontend: dropped", ipv6WithHopByHop(t, good6), xdpDrop, "ipv6_ext", true},
+		{"ipv6 first fragment to a redirected frontend: dropped", ipv6WithExt(good6, 44, []byte{6, 0, 0, 1, 0, 0, 0, 7}), xdpDrop, "fragment", true},
 		{"ipv6 hop-by-hop to no frontend: passed to the kernel", ipv6WithExt(spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8:9::9]:5353"), proto: lb.UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t), 0, []byte{17, 0, 1, 4, 0, 0, 0, 0}), xdpPass, "ipv6_ext", true},
 		{"ipv6 hop-by-hop then ICMPv6 (MLD): not counted", ipv6WithExt(good6, 0, []byte{58, 0, 5, 2, 0, 0, 1, 0}), xdpPass, "", true},
 		{"udp length beyond payload", spec{src: ap("198.51.100.7:5000"), dst: ap("10.0.0.1:80"), proto: lb.UDP, srcMAC: macPeer, dstMAC: macD0}.build(t), xdpPass, "", true},

@@ -168,7 +168,7 @@ type roamXDPSrv6Scratch struct {
 		Len        uint32
 		IpLen      uint16
 		InnerProto uint8
-		Pad        uint8
+		PortsOnly  uint8
 		TcpAck     uint32
 		FinEnd     uint32
 	}
