@@ -32,8 +32,15 @@ type srv6Node struct {
 
 func openSRv6Node(t *testing.T, ns string, sid netip.Addr, devs ...string) *srv6Node {
 	t.Helper()
-	d := dptest.New(t, dataplane.Config{SRv6: dataplane.SRv6Config{SID: sid,
-		Locators: []netip.Prefix{netns.SRv6LocHome, netns.SRv6LocOld, netns.SRv6LocNew}}})
+	// A draining location keeps a UDP flow while it is not idle longer than
+	// UDPDrain. The test's steps between two datagrams of one flow (dials,
+	// 300 KB transfers) can take longer than the 200 ms default on a loaded
+	// machine, which is not what this test is about: give them 10 s.
+	d := dptest.New(t, dataplane.Config{
+		SRv6: dataplane.SRv6Config{SID: sid,
+			Locators: []netip.Prefix{netns.SRv6LocHome, netns.SRv6LocOld, netns.SRv6LocNew}},
+		Timeouts: dataplane.Timeouts{UDPDrain: 10 * time.Second},
+	})
 	err := netns.Do(ns, func() error {
 		for _, dev := range devs {
 			if err := d.AttachXDP(dev, dataplane.XDPNative); err != nil {
