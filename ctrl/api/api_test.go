@@ -2,18 +2,15 @@ package api
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,7 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/roamnet/roam/ctrl/backend/local"
-	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/ctrl/demo/demotest"
 	"github.com/roamnet/roam/ctrl/migrate"
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
@@ -29,14 +26,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "demo" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		defer stop()
-		if demo.Main(ctx, os.Args[2:]) != nil {
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	demotest.ServeIfAsked()
 	os.Exit(m.Run())
 }
 

@@ -15,7 +15,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ import (
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/backend/local"
 	"github.com/roamnet/roam/ctrl/controller"
-	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/ctrl/demo/demotest"
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
@@ -40,14 +39,7 @@ import (
 
 // TestMain lets the test binary double as the demo service.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "demo" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		defer stop()
-		if demo.Main(ctx, os.Args[2:]) != nil {
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	demotest.ServeIfAsked()
 	os.Exit(m.Run())
 }
 
@@ -467,37 +459,53 @@ func TestMigrateMultiHopForwardingHome(t *testing.T) {
 	}
 }
 
+// crashPoint fails a controller's journal write of one stage, as a crash
+// right after it would (the engine's CrashHook); set picks the stage,
+// ctrl.StageNone none.
+type crashPoint struct {
+	mu    sync.Mutex
+	stage ctrl.Stage
+}
+
+func (p *crashPoint) set(s ctrl.Stage) {
+	p.mu.Lock()
+	p.stage = s
+	p.mu.Unlock()
+}
+
+// crashAt installs a crashPoint on cluster id's controller, for its
+// migrations in role (it takes effect at the controller's next start).
+func (e *env) crashAt(id string, role ctrl.Role) *crashPoint {
+	p := &crashPoint{stage: ctrl.StageNone}
+	e.cl[id].hook = func(m ctrl.Migration) error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if m.Role == role && m.Stage == p.stage {
+			return fmt.Errorf("crash at %s", m.Stage)
+		}
+		return nil
+	}
+	return p
+}
+
 // TestCrashAtEachStage kills (stops) the home controller right after the
 // journal write of each stage, starts a new one on the same store, and
 // checks it settles to a consistent state: before the commit, everything as
 // it was; from the commit on, the migration finished.
 func TestCrashAtEachStage(t *testing.T) {
 	e := newEnv(t, "a", "b")
-	var mu sync.Mutex
-	crashAt := ctrl.StageNone
-	e.cl["a"].hook = func(m ctrl.Migration) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if m.Role == ctrl.RoleHome && m.Stage == crashAt {
-			return fmt.Errorf("crash at %s", m.Stage)
-		}
-		return nil
-	}
+	crash := e.crashAt("a", ctrl.RoleHome)
 	e.stop("a")
 	e.start("a")
 	e.deploy("a")
 	for _, stage := range ctrl.Stages() {
 		t.Run(stage.String(), func(t *testing.T) {
-			mu.Lock()
-			crashAt = stage
-			mu.Unlock()
+			crash.set(stage)
 			_, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"})
 			if err == nil || !strings.Contains(err.Error(), "crash at") {
 				t.Fatalf("migrate did not stop at %s: %v", stage, err)
 			}
-			mu.Lock()
-			crashAt = ctrl.StageNone
-			mu.Unlock()
+			crash.set(ctrl.StageNone)
 			e.stop("a")
 			e.start("a") // recovers from the journal
 			ms, _ := e.cl["a"].c.Engine.Migrations()
@@ -586,16 +594,7 @@ func TestPolicyBandwidth(t *testing.T) {
 // stays where it was; after, the move completes.
 func TestCrashMoverAtEachStage(t *testing.T) {
 	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
-	var mu sync.Mutex
-	crashAt := ctrl.StageNone
-	e.cl["b"].hook = func(m ctrl.Migration) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if m.Role == ctrl.RoleMover && m.Stage == crashAt {
-			return fmt.Errorf("crash at %s", m.Stage)
-		}
-		return nil
-	}
+	crash := e.crashAt("b", ctrl.RoleMover)
 	e.stop("b")
 	e.start("b")
 	e.deploy("a")
@@ -605,16 +604,12 @@ func TestCrashMoverAtEachStage(t *testing.T) {
 	e.expectAt("a", "b")
 	for _, stage := range []ctrl.Stage{ctrl.StageTrigger, ctrl.StagePlacement, ctrl.StageReplication, ctrl.StageReroute, ctrl.StageCleanup} {
 		t.Run(stage.String(), func(t *testing.T) {
-			mu.Lock()
-			crashAt = stage
-			mu.Unlock()
+			crash.set(stage)
 			_, err := e.cl["b"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "c"})
 			if err == nil || !strings.Contains(err.Error(), "crash at") {
 				t.Fatalf("migrate did not stop at %s: %v", stage, err)
 			}
-			mu.Lock()
-			crashAt = ctrl.StageNone
-			mu.Unlock()
+			crash.set(ctrl.StageNone)
 			e.stop("b")
 			e.start("b")
 			ms, _ := e.cl["b"].c.Engine.Migrations()
@@ -638,16 +633,7 @@ func TestCrashMoverAtEachStage(t *testing.T) {
 // exactly one copy is left and the home's LB points at it.
 func TestCrashHomeDuringMovedOn(t *testing.T) {
 	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
-	var mu sync.Mutex
-	crashAt := ctrl.StageNone
-	e.cl["a"].hook = func(m ctrl.Migration) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if m.Role == ctrl.RoleReroute && m.Stage == crashAt {
-			return fmt.Errorf("crash at %s", m.Stage)
-		}
-		return nil
-	}
+	crash := e.crashAt("a", ctrl.RoleReroute)
 	e.stop("a")
 	e.start("a")
 	e.deploy("a")
@@ -658,18 +644,14 @@ func TestCrashHomeDuringMovedOn(t *testing.T) {
 	for _, stage := range []ctrl.Stage{ctrl.StageReroute, ctrl.StageVerify, ctrl.StageCommit, ctrl.StageDrain} {
 		t.Run(stage.String(), func(t *testing.T) {
 			next := map[string]string{"b": "c", "c": "b"}[at]
-			mu.Lock()
-			crashAt = stage
-			mu.Unlock()
+			crash.set(stage)
 			_, err := e.cl[at].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: next})
 			if err == nil && stage.BeforeCommit() {
 				// (From the commit on, the home's reconciler may roll the
 				// reroute forward before the mover asks where it is.)
 				t.Fatalf("migrate survived a home crash at %s", stage)
 			}
-			mu.Lock()
-			crashAt = ctrl.StageNone
-			mu.Unlock()
+			crash.set(ctrl.StageNone)
 			// The hook stops the home's reroute, not its process: its
 			// reconciler settles it and the mover learns the outcome at
 			// once, so whether both copies are kept while the outcome is

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/ctrl/backend"
-	"github.com/roamnet/roam/ctrl/demo"
+	"github.com/roamnet/roam/ctrl/demo/demotest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/testport"
 )
@@ -27,21 +27,9 @@ import (
 func TestMain(m *testing.M) {
 	if filepath.Base(os.Args[0]) == demoBinary {
 		// As roam-demo (TestDemoExecutable): the demo's flags only.
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-		defer stop()
-		if err := demo.Main(ctx, os.Args[1:]); err != nil {
-			os.Exit(1)
-		}
-		os.Exit(0)
+		demotest.Serve(os.Args[1:])
 	}
-	if len(os.Args) > 1 && os.Args[1] == "demo" {
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-		defer stop()
-		if err := demo.Main(ctx, os.Args[2:]); err != nil {
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	demotest.ServeIfAsked()
 	if len(os.Args) > 1 && os.Args[1] == "stubborn" {
 		// A service that ignores SIGTERM.
 		signal.Ignore(syscall.SIGTERM)
