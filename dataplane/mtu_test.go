@@ -63,18 +63,7 @@ func newXDPTopology(t *testing.T, serve func(net.Conn)) *xdpTopology {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
+	netns.Serve(ln, serve)
 	fe := lb.Frontend{Addr: netns.HomeAddr, Port: 80, Proto: lb.TCP}
 	gen, err := d.Stage(fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, serverPort)))
 	if err != nil {

@@ -87,18 +87,7 @@ func newTCHost(t *testing.T, serve func(net.Conn)) *tcHost {
 		t.Fatal(lerr)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
+	netns.Serve(ln, serve)
 
 	d := openTest(t, dataplane.Config{SNATv4: netip.MustParseAddr("10.2.0.2"), PortMin: 45000, PortMax: 45999})
 	if err := d.AttachTC("a0"); err != nil {

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,107 +54,16 @@ func openSRv6Node(t *testing.T, ns string, sid netip.Addr, devs ...string) *srv6
 	return &srv6Node{ns: ns, d: d}
 }
 
-// copyServer is a copy of the service at a location: TCP on frontend:80
-// answers each line "N" with "<name> <client address> N", and echoes a
-// "bulk N" line's N bytes back; UDP on frontend:7000 answers each datagram
-// "N" with "<name> <client address> N".
-type copyServer struct {
-	name  string
-	lns   []net.Listener
-	pcs   []net.PacketConn
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func startCopy(t *testing.T, ns, name string) *copyServer {
+// startCopy starts a copy of the service at a location (see
+// netns.CopyServer) on both frontends, stopped at the test's end.
+func startCopy(t *testing.T, ns, name string) *netns.CopyServer {
 	t.Helper()
-	s := &copyServer{name: name}
-	for _, fe := range []netip.Addr{netns.SRv6FrontendV4, netns.SRv6FrontendV6} {
-		ln, err := netns.Listen(ns, "tcp", netip.AddrPortFrom(fe, 80).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		pc, err := netns.ListenPacket(ns, "udp", netip.AddrPortFrom(fe, 7000).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.lns, s.pcs = append(s.lns, ln), append(s.pcs, pc)
-		s.wg.Add(2)
-		go s.accept(ln)
-		go s.udp(pc)
+	s, err := netns.StartCopyServer(ns, name, netns.SRv6FrontendV4, netns.SRv6FrontendV6)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(s.stop)
+	t.Cleanup(s.Close)
 	return s
-}
-
-func (s *copyServer) accept(ln net.Listener) {
-	defer s.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		s.mu.Lock()
-		s.conns = append(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Add(1)
-		go s.serve(c)
-	}
-}
-
-func (s *copyServer) serve(c net.Conn) {
-	defer s.wg.Done()
-	defer c.Close()
-	r := bufio.NewReader(c)
-	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		line = strings.TrimSpace(line)
-		var n int
-		if _, err := fmt.Sscanf(line, "bulk %d", &n); err == nil {
-			buf := make([]byte, n)
-			if _, err := io.ReadFull(r, buf); err != nil {
-				return
-			}
-			if _, err := c.Write(buf); err != nil {
-				return
-			}
-			continue
-		}
-		fmt.Fprintf(c, "%s %s %s\n", s.name, remote, line)
-	}
-}
-
-func (s *copyServer) udp(pc net.PacketConn) {
-	defer s.wg.Done()
-	buf := make([]byte, 2048)
-	for {
-		n, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		remote := from.(*net.UDPAddr).AddrPort().Addr().Unmap()
-		_, _ = pc.WriteTo(fmt.Appendf(nil, "%s %s %s", s.name, remote, buf[:n]), from)
-	}
-}
-
-func (s *copyServer) stop() {
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	for _, pc := range s.pcs {
-		pc.Close()
-	}
-	s.mu.Lock()
-	for _, c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
 }
 
 // tcpClient is one connection from the client namespace.
@@ -452,7 +360,7 @@ func TestSRv6PathMode(t *testing.T) {
 		}
 		nw.setCopy(t, dataplane.SRv6Gone, fT, fU) // the next family starts from the old location again
 	}
-	oldCopy.stop()
+	oldCopy.Close()
 	if fw, clamped, err := old.d.SRv6Unowned(); err != nil || fw == 0 {
 		t.Fatalf("old location forwarded %d packets with its copy gone, %v", fw, err)
 	} else if _, hc, _ := home.d.SRv6Unowned(); hc == 0 {

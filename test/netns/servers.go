@@ -190,3 +190,21 @@ func StartIperfServer(ctx context.Context, ns, addr string, port int) (stop func
 		}
 	}
 }
+
+// Serve accepts connections on ln, in the background until ln is closed,
+// and runs serve on each in a goroutine of its own, closing the connection
+// when serve returns.
+func Serve(ln net.Listener, serve func(net.Conn)) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+}

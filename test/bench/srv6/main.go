@@ -10,7 +10,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
@@ -93,110 +92,6 @@ func openNode(ns string, sid netip.Addr, devs ...string) (*node, error) {
 func (n *node) close() {
 	_ = n.d.Close()
 	_ = dataplane.Unpin(n.pin)
-}
-
-// copyServer serves at a location on the frontend and on the location's
-// underlay address: UDP answers "<name> <client> <seq>", TCP answers a line
-// "get N" with N bytes. It records the client addresses it sees.
-type copyServer struct {
-	name  string
-	lns   []net.Listener
-	pcs   []net.PacketConn
-	mu    sync.Mutex
-	conns []net.Conn
-	seen  map[netip.Addr]int
-	wg    sync.WaitGroup
-}
-
-func startCopy(ns, name string, addrs ...netip.Addr) (*copyServer, error) {
-	s := &copyServer{name: name, seen: map[netip.Addr]int{}}
-	for _, a := range addrs {
-		ln, err := netns.Listen(ns, "tcp", netip.AddrPortFrom(a, 80).String())
-		if err != nil {
-			s.stop()
-			return nil, err
-		}
-		pc, err := netns.ListenPacket(ns, "udp", netip.AddrPortFrom(a, 7000).String())
-		if err != nil {
-			ln.Close()
-			s.stop()
-			return nil, err
-		}
-		s.lns, s.pcs = append(s.lns, ln), append(s.pcs, pc)
-		s.wg.Add(2)
-		go s.accept(ln)
-		go s.udp(pc)
-	}
-	return s, nil
-}
-
-func (s *copyServer) saw(a netip.Addr) {
-	s.mu.Lock()
-	s.seen[a.Unmap()]++
-	s.mu.Unlock()
-}
-
-func (s *copyServer) accept(ln net.Listener) {
-	defer s.wg.Done()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		s.saw(c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr())
-		s.mu.Lock()
-		s.conns = append(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer c.Close()
-			r := bufio.NewReader(c)
-			buf := make([]byte, 1<<20)
-			for {
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return
-				}
-				n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(line), "get "))
-				if err != nil || n > len(buf) {
-					return
-				}
-				if _, err := c.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-		}()
-	}
-}
-
-func (s *copyServer) udp(pc net.PacketConn) {
-	defer s.wg.Done()
-	buf := make([]byte, 2048)
-	for {
-		n, from, err := pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		a := from.(*net.UDPAddr).AddrPort().Addr()
-		s.saw(a)
-		_, _ = pc.WriteTo(fmt.Appendf(nil, "%s %s %s", s.name, a.Unmap(), buf[:n]), from)
-	}
-}
-
-func (s *copyServer) stop() {
-	for _, ln := range s.lns {
-		ln.Close()
-	}
-	for _, pc := range s.pcs {
-		pc.Close()
-	}
-	s.mu.Lock()
-	for _, c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
 }
 
 type result struct {
@@ -354,21 +249,21 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 	var r result
 	fT := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}
 	fU := lb.Frontend{Addr: fe, Port: 7000, Proto: lb.UDP}
-	oldSrv, err := startCopy(topo.Old, "old", fe, oldUnder)
+	oldSrv, err := netns.StartCopyServer(topo.Old, "old", fe, oldUnder)
 	if err != nil {
 		return r, err
 	}
 	oldStopped := false
 	defer func() {
 		if !oldStopped {
-			oldSrv.stop()
+			oldSrv.Close()
 		}
 	}()
-	newSrv, err := startCopy(topo.New, "new", fe, newUnder)
+	newSrv, err := netns.StartCopyServer(topo.New, "new", fe, newUnder)
 	if err != nil {
 		return r, err
 	}
-	defer newSrv.stop()
+	defer newSrv.Close()
 	commit := func(f lb.Frontend, t lb.Target) error {
 		gen, err := home.d.Stage(f, t)
 		if err != nil {
@@ -450,7 +345,7 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 	if mode == "srv6" {
 		time.Sleep(50 * time.Millisecond) // packets already delivered are read before the process stops
 	}
-	oldSrv.stop()
+	oldSrv.Close()
 	oldStopped = true
 	at(0.8)
 	if mode == "srv6" {
@@ -475,12 +370,10 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 		r.nsPerPacket = float64(rt1-rt0) / float64(runs1-runs0)
 	}
 	r.seen = map[netip.Addr]int{}
-	for _, s := range []*copyServer{oldSrv, newSrv} {
-		s.mu.Lock()
-		for a, n := range s.seen {
+	for _, s := range []*netns.CopyServer{oldSrv, newSrv} {
+		for a, n := range s.Seen() {
 			r.seen[a] += n
 		}
-		s.mu.Unlock()
 	}
 	return r, nil
 }
