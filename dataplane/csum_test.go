@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -14,12 +13,8 @@ import (
 // (no changes kept in its entry) still gets correct checksums, computed
 // per packet.
 func TestFlowChecksums(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	d0 := tb.d0.Attrs().Index
-	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
-	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	type flow struct {
 		client, frontend, target netip.AddrPort
 		proto                    lb.Proto

@@ -59,12 +59,8 @@ func quote(frame []byte, n int) []byte {
 // checksum and the ICMP checksum all as a fresh error would carry them.
 // Errors about no flow of ours, and ICMP that is not an error, pass untouched.
 func TestICMPErrorsTranslated(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	d0 := tb.d0.Attrs().Index
-	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
-	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	router4, router6 := netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("2001:db8:9::9")
 
 	cases := []struct {
@@ -162,11 +158,8 @@ func TestICMPErrorsTranslated(t *testing.T) {
 // from the address the packet was sent to, back to the hop it came from,
 // quoting its start; counted as too_big. One that fits goes out.
 func TestTooBig(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	d0 := tb.d0.Attrs().Index
-	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
 	big := bytes.Repeat([]byte("x"), 1500)
 	for _, c := range []struct {
 		desc             string

@@ -5,14 +5,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gopacket/gopacket/layers"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/roamnet/roam/dataplane"
@@ -156,25 +154,7 @@ func TestCollector(t *testing.T) {
 		}
 	}
 	tb.run(t, in[:20], d0) // malformed
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(tb.d.Collector()); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, l.GetName()+"="+l.GetValue())
-			}
-			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			got[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = v
-		}
-	}
+	got := gather(t, tb.d.Collector())
 	for k, want := range map[string]float64{
 		"roam_dataplane_packets_total{action=redirect,frontend=10.0.0.1:80/tcp}": 3,
 		"roam_dataplane_bytes_total{action=redirect,frontend=10.0.0.1:80/tcp}":   float64(3 * len(in)),

@@ -33,18 +33,9 @@ const serverPort = 8080
 
 func newXDPTopology(t *testing.T, serve func(net.Conn)) *xdpTopology {
 	t.Helper()
-	netns.SkipUnlessRoot(t)
-	topo, err := netns.NewTopology()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("remove topology: %v", err)
-		}
-	})
+	topo := netns.NewTestTopology(t)
 	d := dptest.New(t, dataplane.Config{SNATv4: netns.HomeWAN, PortMin: 40000, PortMax: 40999})
-	err = netns.Do(topo.Home, func() error {
+	err := netns.Do(topo.Home, func() error {
 		for _, ifc := range []string{"h0", "h1"} {
 			if err := d.AttachXDP(ifc, dataplane.XDPNative); err != nil {
 				return err

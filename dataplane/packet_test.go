@@ -188,6 +188,20 @@ func newTestbed(t *testing.T, cfg dataplane.Config) *testbed {
 	return tb
 }
 
+// newRedirectTestbed is a testbed whose data plane SNATs from ports
+// 40000-40999 and redirects one frontend of each family and protocol:
+// 10.0.0.1:80/tcp to 10.2.0.1:8080, 10.0.0.1:7000/udp to 10.2.0.1:7001, and
+// the same on [2001:db8::1] to [2001:db8:2::1].
+func newRedirectTestbed(t *testing.T) *testbed {
+	t.Helper()
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
+	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
+	return tb
+}
+
 func (tb *testbed) stage(t *testing.T, f, target string) lb.Frontend {
 	t.Helper()
 	fr := mustFrontend(t, f)
@@ -216,12 +230,8 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 // the target and leave through the fib's next hop; the target's replies are
 // translated back to the client; all output checksums verified.
 func TestRedirectAndReverse(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	d0, d1 := tb.d0.Attrs().Index, tb.d1.Attrs().Index
-	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
-	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 
 	cases := []struct {
 		desc        string

@@ -212,7 +212,7 @@ func TestEndToEnd(t *testing.T) {
 	defer cancel()
 
 	bin := buildAgent(t)
-	topo := newTopology(t)
+	topo := netns.NewTestTopology(t)
 
 	// Abroad: two targets, each HTTP and an iperf3 relay on one port.
 	for i, addr := range []netip.Addr{netns.AbroadAddr1, netns.AbroadAddr2} {
@@ -450,21 +450,6 @@ func TestEndToEnd(t *testing.T) {
 	// 10. SIGTERM leaves the links: traffic still flows with no agent.
 	agent.stop(syscall.SIGTERM)
 	wantBody(ctx, t, topo, url, "hello from abroad-2")
-}
-
-// newTopology builds the client, home and abroad namespaces, removed when the test ends.
-func newTopology(t *testing.T) *netns.Topology {
-	t.Helper()
-	topo, err := netns.NewTopology()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Close(); err != nil {
-			t.Errorf("remove topology: %v", err)
-		}
-	})
-	return topo
 }
 
 func scrape(ctx context.Context, t *testing.T, topo *netns.Topology) string {

@@ -76,7 +76,7 @@ func TestKeepAliveAcrossCommit(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	topo := newTopology(t)
+	topo := netns.NewTestTopology(t)
 	servers := map[string]*netns.AbroadServer{}
 	for i, addr := range []netip.Addr{netns.AbroadAddr1, netns.AbroadAddr2} {
 		name := fmt.Sprintf("abroad-%d", i+1)

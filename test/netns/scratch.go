@@ -61,3 +61,21 @@ func SkipUnlessRoot(t testing.TB) {
 		t.Skip("needs root (BPF, network namespaces, XDP): run as root, as make test and CI do")
 	}
 }
+
+// NewTestTopology builds a Topology for t, removed when the test ends; it
+// skips the test when not root and fails it if the topology cannot be
+// built.
+func NewTestTopology(t testing.TB) *Topology {
+	t.Helper()
+	SkipUnlessRoot(t)
+	topo, err := NewTopology()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Errorf("remove topology: %v", err)
+		}
+	})
+	return topo
+}
