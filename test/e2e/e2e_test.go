@@ -103,6 +103,18 @@ func launch(t *testing.T) (*testbed.Testbed, testbed.Config) {
 	return tb, cfg
 }
 
+// waitServedBy fails the test, with the logs, unless served (a load's
+// WaitServedBy) says within 30 s that cluster answers.
+func waitServedBy(ctx context.Context, t *testing.T, tb *testbed.Testbed, cluster string, served func(context.Context) error) {
+	t.Helper()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := served(wctx); err != nil {
+		logs(t, tb)
+		t.Fatalf("requests not answered by %s: %v", cluster, err)
+	}
+}
+
 // logs prints the tail of every process log (on failure).
 func logs(t *testing.T, tb *testbed.Testbed) {
 	t.Helper()
@@ -272,12 +284,7 @@ func TestMigrateChainZeroLoss(t *testing.T) {
 	defer st.Stop()
 	wait := func(cluster string) {
 		t.Helper()
-		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-		defer wcancel()
-		if err := st.WaitServedBy(wctx, cluster, 10); err != nil {
-			logs(t, tb)
-			t.Fatalf("requests not answered by %s: %v", cluster, err)
-		}
+		waitServedBy(ctx, t, tb, cluster, func(ctx context.Context) error { return st.WaitServedBy(ctx, cluster, 10) })
 	}
 	wait("home")
 	for _, hop := range []struct {
@@ -346,12 +353,7 @@ func TestKeepAliveAcrossMigrations(t *testing.T) {
 	defer l.Stop()
 	wait := func(cluster string) {
 		t.Helper()
-		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
-		defer wcancel()
-		if err := l.WaitServedBy(wctx, cluster, 5); err != nil {
-			logs(t, tb)
-			t.Fatalf("requests not answered by %s: %v", cluster, err)
-		}
+		waitServedBy(ctx, t, tb, cluster, func(ctx context.Context) error { return l.WaitServedBy(ctx, cluster, 5) })
 	}
 	wait("home")
 	wrk, err := load.Wrk{URL: "http://" + fe + "/", Threads: 1, Conns: 8, Duration: time.Hour,

@@ -530,16 +530,7 @@ func (tb *Testbed) Cut(cluster string) (Event, error) {
 	if err != nil {
 		return Event{}, err
 	}
-	if err := netns.Handle(tb.st.Router, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(c.RouterIf)
-		if err != nil {
-			return fmt.Errorf("find %s in router: %w", c.RouterIf, err)
-		}
-		if err := h.LinkSetDown(l); err != nil {
-			return fmt.Errorf("set %s down: %w", c.RouterIf, err)
-		}
-		return nil
-	}); err != nil {
+	if err := tb.routerLink(c, false); err != nil {
 		return Event{}, err
 	}
 	tb.mu.Lock()
@@ -556,21 +547,7 @@ func (tb *Testbed) Restore(cluster string) (Event, error) {
 	if err != nil {
 		return Event{}, err
 	}
-	if err := netns.Handle(tb.st.Router, func(h *netlink.Handle) error {
-		l, err := h.LinkByName(c.RouterIf)
-		if err != nil {
-			return fmt.Errorf("find %s in router: %w", c.RouterIf, err)
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			return fmt.Errorf("set %s up: %w", c.RouterIf, err)
-		}
-		for _, a := range []*netlink.Addr{prefixOf(WANRouter4(c.Index), 24), prefixOf(WANRouter6(c.Index), 64)} {
-			if err := h.AddrReplace(l, a); err != nil {
-				return fmt.Errorf("re-add %s to %s: %w", a.IPNet, c.RouterIf, err)
-			}
-		}
-		return nil
-	}); err != nil {
+	if err := tb.routerLink(c, true); err != nil {
 		return Event{}, err
 	}
 	if err := tb.routerRoutes(cluster); err != nil {
@@ -581,6 +558,32 @@ func (tb *Testbed) Restore(cluster string) (Event, error) {
 	delete(tb.st.Cut, cluster)
 	e := tb.event("restore", cluster, "link "+c.RouterIf+" up at the router, routes reinstalled")
 	return e, tb.save()
+}
+
+// routerLink sets cluster c's WAN link at the router down, or up with the
+// router's addresses on it again.
+func (tb *Testbed) routerLink(c Cluster, up bool) error {
+	return netns.Handle(tb.st.Router, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(c.RouterIf)
+		if err != nil {
+			return fmt.Errorf("find %s in router: %w", c.RouterIf, err)
+		}
+		if !up {
+			if err := h.LinkSetDown(l); err != nil {
+				return fmt.Errorf("set %s down: %w", c.RouterIf, err)
+			}
+			return nil
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set %s up: %w", c.RouterIf, err)
+		}
+		for _, a := range []*netlink.Addr{prefixOf(WANRouter4(c.Index), 24), prefixOf(WANRouter6(c.Index), 64)} {
+			if err := h.AddrReplace(l, a); err != nil {
+				return fmt.Errorf("re-add %s to %s: %w", a.IPNet, c.RouterIf, err)
+			}
+		}
+		return nil
+	})
 }
 
 // LinkStatus is one WAN link as Status reports it.
