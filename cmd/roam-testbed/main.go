@@ -119,10 +119,7 @@ func runTestbed(ctx context.Context, args []string) error {
 // upAndLaunch builds the topology and starts roam in it; on any failure
 // (or Ctrl-C) it takes everything down again.
 func upAndLaunch(ctx context.Context, cfg testbed.Config, f testbedFlags, log *slog.Logger) (*testbed.Testbed, error) {
-	if err := testbed.CheckEnv(); err != nil {
-		return nil, err
-	}
-	if err := testbed.CheckXDP(); err != nil {
+	if err := testbed.CheckHost(); err != nil {
 		return nil, err
 	}
 	fmt.Printf("testbed %s: building %d clusters as network namespaces\n", cfg.Name, len(cfg.Clusters))

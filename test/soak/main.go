@@ -134,10 +134,7 @@ type soak struct {
 }
 
 func run(ctx context.Context, o options) error {
-	if err := testbed.CheckEnv(); err != nil {
-		return err
-	}
-	if err := testbed.CheckXDP(); err != nil {
+	if err := testbed.CheckHost(); err != nil {
 		return err
 	}
 	cfg := testbed.Default()

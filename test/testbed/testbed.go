@@ -739,6 +739,15 @@ func teardown(ctx context.Context, st State, running map[int]*runningProc, state
 	return errors.Join(errs...)
 }
 
+// CheckHost reports, with a hint, why this machine cannot run roam on the
+// testbed: CheckEnv, then CheckXDP.
+func CheckHost() error {
+	if err := CheckEnv(); err != nil {
+		return err
+	}
+	return CheckXDP()
+}
+
 // CheckXDP reports, with a hint, why this kernel cannot run XDP programs.
 func CheckXDP() error {
 	if err := features.HaveProgramType(ebpf.XDP); err != nil {

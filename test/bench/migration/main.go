@@ -102,10 +102,7 @@ type summary struct {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func run(ctx context.Context, o options) error {
-	if err := testbed.CheckEnv(); err != nil {
-		return err
-	}
-	if err := testbed.CheckXDP(); err != nil {
+	if err := testbed.CheckHost(); err != nil {
 		return err
 	}
 	cfg := testbed.Default()
