@@ -187,6 +187,21 @@ func testbedRun(ctx context.Context, cfg testbed.Config, f testbedFlags, log *sl
 	return runErr
 }
 
+// table prints, after a blank line, header and rows aligned in columns;
+// nothing when there is no row.
+func table(w io.Writer, header string, rows []string) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		fmt.Fprintln(tw, r)
+	}
+	tw.Flush()
+}
+
 func printStatus(w io.Writer, tb *testbed.Testbed, st testbed.Status) {
 	fmt.Fprintf(w, "testbed %s (state %s)\n\n", st.Name, st.StateFile)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -207,24 +222,16 @@ func printStatus(w io.Writer, tb *testbed.Testbed, st testbed.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s, %s\t%s\t%s\t%s\n", c.Name, c.Tier, c.NS, c.WAN4, c.WAN6, link, qd, c.CtrlURL())
 	}
 	tw.Flush()
-	if len(st.Clients) > 0 {
-		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CLIENT\tBEHIND\tNETNS\tADDRESS")
-		for _, c := range st.Clients {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s, %s\n", c.Name, c.Cluster, c.NS, c.Addr4, c.Addr6)
-		}
-		tw.Flush()
+	var rows []string
+	for _, c := range st.Clients {
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%s, %s", c.Name, c.Cluster, c.NS, c.Addr4, c.Addr6))
 	}
-	if len(st.Procs) > 0 {
-		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "PROCESS\tPID\tALIVE\tNETNS\tLOG")
-		for _, p := range st.Procs {
-			fmt.Fprintf(tw, "%s\t%d\t%v\t%s\t%s\n", p.Name, p.PID, p.Alive, p.NS, p.Log)
-		}
-		tw.Flush()
+	table(w, "CLIENT\tBEHIND\tNETNS\tADDRESS", rows)
+	rows = nil
+	for _, p := range st.Procs {
+		rows = append(rows, fmt.Sprintf("%s\t%d\t%v\t%s\t%s", p.Name, p.PID, p.Alive, p.NS, p.Log))
 	}
+	table(w, "PROCESS\tPID\tALIVE\tNETNS\tLOG", rows)
 	var missing []string
 	for n, ok := range st.Namespaces {
 		if !ok {
