@@ -271,18 +271,10 @@ func (b *Backend) deployment(s backend.Spec) *appsv1.Deployment {
 			PeriodSeconds: 1,
 		}
 	}
+	meta := b.objectMeta(s)
+	meta.Annotations[AnnotationSpecHash] = specHash(s)
 	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      s.Name,
-			Namespace: b.cfg.Namespace,
-			Labels:    ownLabels(s.Name),
-			Annotations: map[string]string{
-				AnnotationHome:      s.Home,
-				AnnotationMigration: s.MigrationID,
-				AnnotationEpoch:     strconv.FormatUint(s.Epoch, 10),
-				AnnotationSpecHash:  specHash(s),
-			},
-		},
+		ObjectMeta: meta,
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &one,
 			Selector: &metav1.LabelSelector{MatchLabels: ownLabels(s.Name)},
@@ -290,6 +282,21 @@ func (b *Backend) deployment(s backend.Spec) *appsv1.Deployment {
 				ObjectMeta: metav1.ObjectMeta{Labels: ownLabels(s.Name)},
 				Spec:       corev1.PodSpec{Containers: []corev1.Container{c}},
 			},
+		},
+	}
+}
+
+// objectMeta is the name, namespace, labels and annotations (home,
+// migration, epoch) of the objects that make s's copy.
+func (b *Backend) objectMeta(s backend.Spec) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name:      s.Name,
+		Namespace: b.cfg.Namespace,
+		Labels:    ownLabels(s.Name),
+		Annotations: map[string]string{
+			AnnotationHome:      s.Home,
+			AnnotationMigration: s.MigrationID,
+			AnnotationEpoch:     strconv.FormatUint(s.Epoch, 10),
 		},
 	}
 }
@@ -304,16 +311,7 @@ func truncName(s string) string {
 
 func (b *Backend) service(s backend.Spec) *corev1.Service {
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      s.Name,
-			Namespace: b.cfg.Namespace,
-			Labels:    ownLabels(s.Name),
-			Annotations: map[string]string{
-				AnnotationHome:      s.Home,
-				AnnotationMigration: s.MigrationID,
-				AnnotationEpoch:     strconv.FormatUint(s.Epoch, 10),
-			},
-		},
+		ObjectMeta: b.objectMeta(s),
 		Spec: corev1.ServiceSpec{
 			Type:     b.cfg.ServiceType,
 			Selector: ownLabels(s.Name),
