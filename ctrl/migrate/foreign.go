@@ -193,6 +193,16 @@ func (e *Engine) Health() ctrl.Health {
 	return ctrl.Health{Status: "ok", Cluster: e.cfg.ClusterID, Incarnation: e.Incarnation()}
 }
 
+// askHome asks home (at url) where service runs, and takes the answer only
+// as the word of that home's store incarnation (fromHome).
+func (e *Engine) askHome(ctx context.Context, home, url, incarnation, service string) (ctrl.Where, error) {
+	w, err := e.cfg.Peers.Where(ctx, url, service)
+	if err == nil {
+		err = fromHome(w, home, incarnation)
+	}
+	return w, err
+}
+
 // fromHome checks that a Where answer is the word of the right home: the
 // cluster asked, and the incarnation of its store that the copy answers
 // to (a reinstalled home has forgotten what it asked for; a URL that now

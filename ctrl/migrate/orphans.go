@@ -71,11 +71,8 @@ func (e *Engine) checkForeign(ctx context.Context, name string) error {
 		return nil
 	}
 	pctx, cancel := context.WithTimeout(ctx, e.cfg.CallTimeout)
-	w, err := e.cfg.Peers.Where(pctx, e.urlOf(r.Home, r.HomeURL), name)
+	w, err := e.askHome(pctx, r.Home, e.urlOf(r.Home, r.HomeURL), r.HomeIncarnation, name)
 	cancel()
-	if err == nil {
-		err = fromHome(w, r.Home, r.HomeIncarnation)
-	}
 	if err != nil {
 		// "Unknown" removes nothing.
 		e.log.Debug("check foreign: no word from its home", "service", name, "home", r.Home, "err", err)

@@ -203,11 +203,8 @@ func (e *Engine) ensureCopy(ctx context.Context, r *ctrl.Record) error {
 		// start it again only if its home says it still runs here, at
 		// this epoch. Two copies must not serve after a partition.
 		wctx, cancel := context.WithTimeout(ctx, e.cfg.CallTimeout)
-		w, werr := e.cfg.Peers.Where(wctx, e.urlOf(r.Home, r.HomeURL), name)
+		w, werr := e.askHome(wctx, r.Home, e.urlOf(r.Home, r.HomeURL), r.HomeIncarnation, name)
 		cancel()
-		if werr == nil {
-			werr = fromHome(w, r.Home, r.HomeIncarnation)
-		}
 		if werr != nil {
 			return fmt.Errorf("reconcile %s: the foreign copy is gone and its home cannot say whether it wants it (retry later): %w", name, werr)
 		}

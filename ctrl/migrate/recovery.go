@@ -70,6 +70,34 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		}
 		return undo // the failure itself is recorded; only the undo's error is news
 	}
+	// rollForward settles a home's or a reroute's migration past its
+	// commit: every node points at the new copy and the record says so;
+	// at the home, the old copy then drains and goes. Unless the record
+	// is gone (failed) or a later move superseded it.
+	rollForward := func() error {
+		if rerr != nil {
+			return fail(": record gone", nil)
+		}
+		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
+			return e.superseded(&m, r)
+		}
+		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
+			return fmt.Errorf("re-commit: %w", err)
+		}
+		if r.Epoch != m.Epoch {
+			if err := e.recordMoved(ctx, &m, r); err != nil {
+				return err
+			}
+		}
+		if m.Role == ctrl.RoleHome {
+			m.DrainedFlows = e.drain(ctx, r.Frontends, redirectTo(nil))
+			if err := e.removeLocalCopy(ctx, m.Service, m.FromEpoch); err != nil {
+				return err
+			}
+		}
+		_, err := e.finish(&m, nil)
+		return err
+	}
 	switch m.Role {
 	case ctrl.RoleHome:
 		if m.Stage.BeforeCommit() {
@@ -82,28 +110,7 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 			}
 			return fail("", undo)
 		}
-		if rerr != nil {
-			return fail(": record gone", nil)
-		}
-		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
-			return e.superseded(&m, r)
-		}
-		// Past the commit: roll forward. Every node points at the new
-		// copy, the record says so, the old copy drains and goes.
-		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
-			return fmt.Errorf("re-commit: %w", err)
-		}
-		if r.Epoch != m.Epoch {
-			if err := e.recordMoved(ctx, &m, r); err != nil {
-				return err
-			}
-		}
-		m.DrainedFlows = e.drain(ctx, r.Frontends, redirectTo(nil))
-		if err := e.removeLocalCopy(ctx, m.Service, m.FromEpoch); err != nil {
-			return err
-		}
-		_, err := e.finish(&m, nil)
-		return err
+		return rollForward()
 	case ctrl.RoleReroute:
 		if m.Stage.BeforeCommit() {
 			if rerr == nil {
@@ -111,22 +118,7 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 			}
 			return fail("", nil)
 		}
-		if rerr != nil {
-			return fail(": record gone", nil)
-		}
-		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
-			return e.superseded(&m, r)
-		}
-		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
-			return fmt.Errorf("re-commit: %w", err)
-		}
-		if r.Epoch != m.Epoch {
-			if err := e.recordMoved(ctx, &m, r); err != nil {
-				return err
-			}
-		}
-		_, err := e.finish(&m, nil)
-		return err
+		return rollForward()
 	case ctrl.RoleMover:
 		switch m.Stage {
 		case ctrl.StageTrigger, ctrl.StagePlacement:
@@ -134,10 +126,7 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		case ctrl.StageReplication:
 			return fail("", e.removeNewCopy(ctx, m))
 		case ctrl.StageReroute:
-			w, err := e.cfg.Peers.Where(ctx, e.urlOf(m.Home, m.HomeURL), m.Service)
-			if err == nil {
-				err = fromHome(w, m.Home, m.HomeIncarnation)
-			}
+			w, err := e.askHome(ctx, m.Home, e.urlOf(m.Home, m.HomeURL), m.HomeIncarnation, m.Service)
 			if err != nil {
 				return fmt.Errorf("ask home %s where the service is (retry later): %w", m.Home, err)
 			}

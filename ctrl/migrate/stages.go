@@ -311,11 +311,8 @@ func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
 		// cannot say, removing the new copy could leave its LB
 		// pointing at nothing: keep both copies until it answers.
 		wctx, cancel := detached(ctx, e.cfg.CallTimeout)
-		w, werr := e.cfg.Peers.Where(wctx, m.HomeURL, m.Service)
+		w, werr := e.askHome(wctx, m.Home, m.HomeURL, m.HomeIncarnation, m.Service)
 		cancel()
-		if werr == nil {
-			werr = fromHome(w, m.Home, m.HomeIncarnation)
-		}
 		if werr != nil {
 			return fmt.Errorf("%w: %w (and ask home: %w)", ErrUnsettled, err, werr)
 		}
