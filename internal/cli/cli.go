@@ -1,5 +1,6 @@
-// Package cli is what roam's daemons do in main: run until SIGINT or
-// SIGTERM, print an error as "name: error" and exit 1. A leaf package: it
+// Package cli is what roam's commands (the daemons, the testbed, the soak
+// and the benchmarks) do in main: run until SIGINT or SIGTERM, print an
+// error as "name: error" and exit 1. A leaf package: it
 // imports nothing of roam.
 package cli
 

@@ -47,7 +47,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
 	"sync"
 	"syscall"
@@ -56,6 +55,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/cli"
 	"github.com/roamnet/roam/test/load"
 	"github.com/roamnet/roam/test/netns"
 	"github.com/roamnet/roam/test/testbed"
@@ -89,12 +89,7 @@ func main() {
 	flag.DurationVar(&o.settle, "settle", 60*time.Second, "how long after a chaos event exactly one copy must be running again")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Second, "a request not answered within this is a failure")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "soak:", err)
-		os.Exit(1)
-	}
+	cli.Main("soak", func(ctx context.Context, _ []string) error { return run(ctx, o) })
 }
 
 // summary is the JSON line.

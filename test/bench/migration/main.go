@@ -25,9 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
@@ -36,6 +34,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/cli"
 	"github.com/roamnet/roam/test/load"
 	"github.com/roamnet/roam/test/netns"
 	"github.com/roamnet/roam/test/testbed"
@@ -66,13 +65,8 @@ func main() {
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "wrk's concurrent connections in the new-connection phase")
 	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, roam-agent --udp-drain)")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	o.n = max(o.n, 50)
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-migration:", err)
-		os.Exit(1)
-	}
+	cli.Main("bench-migration", func(ctx context.Context, _ []string) error { return run(ctx, o) })
 }
 
 type summary struct {

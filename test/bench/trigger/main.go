@@ -17,9 +17,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/signal"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
@@ -28,6 +26,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/cli"
 	"github.com/roamnet/roam/meta"
 	"github.com/roamnet/roam/test/testbed"
 )
@@ -57,12 +56,7 @@ func main() {
 	flag.DurationVar(&o.settleAfter, "settle", 4*time.Second, "pause after each move (longer than the testbed's 3s cooldown)")
 	flag.Parse()
 	o.rates = []uint64{2e6, 5e6, 20e6}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "bench-trigger:", err)
-		os.Exit(1)
-	}
+	cli.Main("bench-trigger", func(ctx context.Context, _ []string) error { return run(ctx, o) })
 }
 
 type summary struct {
