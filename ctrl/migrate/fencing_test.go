@@ -115,6 +115,21 @@ func lose(w *world, id string) {
 	w.mo.mu.Unlock()
 }
 
+// lostAbroad is a world where a's service runs at b (the migration that
+// moved it is returned, a has probed b once) and then b is lost (lose),
+// with a fail-safe of 50 ms.
+func lostAbroad(t *testing.T) (*world, ctrl.Migration) {
+	t.Helper()
+	w := newWorld(t, "a", "b")
+	w.failsafe = 50 * time.Millisecond
+	w.restart("a")
+	w.deploy("a")
+	m := w.mustMigrate("a", "b")
+	w.eng("a").Probe(context.Background())
+	lose(w, "b")
+	return w, m
+}
+
 // probeFor probes from home until a probe finds something lost or d
 // passes; it returns what the last probe found.
 func probeFor(w *world, home string, d time.Duration) []string {
@@ -246,13 +261,7 @@ func TestTakeBackRateLimited(t *testing.T) {
 // take-back succeeds, and when the cluster returns its orphan is removed:
 // exactly one copy.
 func TestTakeBackFailureReusesIDAndRemovesCopy(t *testing.T) {
-	w := newWorld(t, "a", "b")
-	w.failsafe = 50 * time.Millisecond
-	w.restart("a")
-	w.deploy("a")
-	w.mustMigrate("a", "b")
-	w.eng("a").Probe(context.Background())
-	lose(w, "b")
+	w, _ := lostAbroad(t)
 	w.cluster("a").be.faults.set("ready web", fault{err: errInjected})
 	if got := probeFor(w, "a", time.Second); len(got) != 1 {
 		t.Fatalf("lost %v", got)
@@ -291,13 +300,7 @@ func TestTakeBackFailureReusesIDAndRemovesCopy(t *testing.T) {
 // b does not start its copy again (two copies would serve); while the home
 // cannot be asked, b starts nothing and deletes nothing.
 func TestReturnedClusterAsksHomeFirst(t *testing.T) {
-	w := newWorld(t, "a", "b")
-	w.failsafe = 50 * time.Millisecond
-	w.restart("a")
-	w.deploy("a")
-	w.mustMigrate("a", "b")
-	w.eng("a").Probe(context.Background())
-	lose(w, "b")
+	w, _ := lostAbroad(t)
 	probeFor(w, "a", time.Second)
 	w.reconcile("a")
 	if r, _ := w.eng("a").Get("web"); r.Kind != ctrl.KindLocal {
@@ -417,13 +420,7 @@ func TestEpochFencesStaleCalls(t *testing.T) {
 // relabelled). The orphan's removal names the old epoch: b keeps the copy
 // the home now points at, and exactly one copy serves.
 func TestOrphanEpochChecked(t *testing.T) {
-	w := newWorld(t, "a", "b")
-	w.failsafe = 50 * time.Millisecond
-	w.restart("a")
-	w.deploy("a")
-	old := w.mustMigrate("a", "b")
-	w.eng("a").Probe(context.Background())
-	lose(w, "b")
+	w, old := lostAbroad(t)
 	probeFor(w, "a", time.Second)
 	w.reconcile("a")
 	if r := w.mustRecord("a"); r.Kind != ctrl.KindLocal {
