@@ -11,14 +11,14 @@ import (
 )
 
 // moverWorld is a, b, c with web homed at a and running at b, ready for
-// the move on b -> c: the drain lasts up to 2 s, and b's copy stops
-// gracefully in 600 ms unless killed. a's load balancer has one live flow
-// to b's copy; flowsEnd (when set) ends it that long after a's commit of
-// the move on.
-func moverWorld(t *testing.T, flowsEnd time.Duration) *world {
+// the move on b -> c: the drain lasts up to twice stopFor (at least 2 s),
+// and b's copy stops gracefully in stopFor unless killed. a's load
+// balancer has one live flow to b's copy; flowsEnd (when set) ends it that
+// long after a's commit of the move on.
+func moverWorld(t *testing.T, flowsEnd, stopFor time.Duration) *world {
 	t.Helper()
 	w := newWorld(t, "a", "b", "c")
-	w.tune = func(c *Config) { c.DrainTimeout = 2 * time.Second }
+	w.tune = func(c *Config) { c.DrainTimeout = max(2*time.Second, 2*stopFor) }
 	for _, id := range []string{"a", "b", "c"} {
 		w.restart(id)
 	}
@@ -26,7 +26,7 @@ func moverWorld(t *testing.T, flowsEnd time.Duration) *world {
 	w.mustMigrate("a", "b")
 	b := w.cluster("b").be
 	b.mu.Lock()
-	b.stopFor = 600 * time.Millisecond
+	b.stopFor = stopFor
 	b.mu.Unlock()
 	ag := w.cluster("a").ag
 	ag.mu.Lock()
@@ -52,7 +52,9 @@ func moverWorld(t *testing.T, flowsEnd time.Duration) *world {
 // is left; the mover then kills its copy at once instead of waiting out
 // its graceful stop.
 func TestMoverStopsWhenHomeSaysDrained(t *testing.T) {
-	w := moverWorld(t, 40*time.Millisecond)
+	// A graceful stop of 3 s leaves room for a loaded machine between the
+	// home's word and the kill while still telling the two apart.
+	w := moverWorld(t, 40*time.Millisecond, 3*time.Second)
 	m := w.mustMigrate("b", "c")
 	if m.Role != ctrl.RoleMover {
 		t.Fatalf("migration %+v", m)
@@ -60,10 +62,10 @@ func TestMoverStopsWhenHomeSaysDrained(t *testing.T) {
 	if !w.acts.seen("a: peer Drained b") || !w.acts.seen("b: backend killed web") {
 		t.Fatalf("actions %v: want the home's drained word and the copy killed on it", w.acts.take())
 	}
-	// Not before the last flow ended (40 ms), and well before the 600 ms
+	// Not before the last flow ended (40 ms), and well before the 3 s
 	// graceful stop.
-	if m.Times.Drain < 35 || m.Times.Drain > 450 {
-		t.Errorf("mover's drain %.1f ms: want it to end soon after the home's last flow (40 ms), before the 600 ms stop", m.Times.Drain)
+	if m.Times.Drain < 35 || m.Times.Drain > 2000 {
+		t.Errorf("mover's drain %.1f ms: want it to end soon after the home's last flow (40 ms), before the 3 s stop", m.Times.Drain)
 	}
 	w.expectAt("a", "c")
 }
@@ -72,7 +74,7 @@ func TestMoverStopsWhenHomeSaysDrained(t *testing.T) {
 // sends the old copy a live flow, the home says nothing and the copy's
 // graceful stop runs its course: no early kill.
 func TestMoverNotKilledWhileFlowsLive(t *testing.T) {
-	w := moverWorld(t, 0)
+	w := moverWorld(t, 0, 600*time.Millisecond)
 	m := w.mustMigrate("b", "c")
 	if m.Times.Drain < 590 {
 		t.Errorf("mover's drain %.1f ms: the copy was stopped before its 600 ms graceful stop with a flow still live", m.Times.Drain)
@@ -96,7 +98,7 @@ func TestMoverHomeSilent(t *testing.T) {
 		{"late", fault{block: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := moverWorld(t, 20*time.Millisecond)
+			w := moverWorld(t, 20*time.Millisecond, 600*time.Millisecond)
 			w.net.set("a->b Drained", tc.f)
 			m := w.mustMigrate("b", "c")
 			if m.State != ctrl.StateDone || m.Times.Drain < 590 {
