@@ -97,6 +97,13 @@ type Path struct {
 	// change means a new one: the path is measured from both ends, so
 	// a change is confirmed by whichever end measures first.
 	PeerSamples uint64
+	// OwnLink is the home's own measurement (HasOwn: taken by the home,
+	// with its time), PeerLink the other end's (HasPeer: it says its
+	// Samples). Link is the worse of the two. Each new measurement is
+	// judged by itself: a stale low figure of one end must not make
+	// every new one of the other end count as low too.
+	OwnLink, PeerLink meta.Link
+	HasOwn, HasPeer   bool
 }
 
 func (p Path) String() string {
@@ -269,13 +276,33 @@ func (t *Trigger) Decide(now time.Time, svc string, need Need, cur Path, cands [
 	if !cur.Local {
 		if !cur.Known || !cur.Link.Up {
 			s.below = 0 // down is the fail-safe's
-		} else if fresh := (cur.At.IsZero() && cur.PeerSamples == 0) || !s.sampled ||
-			!cur.At.Equal(s.lastSample) || cur.PeerSamples != s.lastPeerN; fresh {
+		} else {
+			if !cur.HasOwn && !cur.HasPeer && !cur.At.IsZero() {
+				cur.OwnLink, cur.HasOwn = cur.Link, true // a path built by hand: At is the home's
+			}
+			var fresh []meta.Link
+			switch {
+			case !s.sampled || (!cur.HasOwn && !cur.HasPeer):
+				// The first look, or figures without a time (given
+				// from outside): every look counts, the worse end.
+				fresh = append(fresh, cur.Link)
+			default:
+				if cur.HasPeer && cur.PeerSamples != s.lastPeerN {
+					fresh = append(fresh, cur.PeerLink)
+				}
+				if cur.HasOwn && !cur.At.Equal(s.lastSample) {
+					fresh = append(fresh, cur.OwnLink)
+				}
+			}
 			s.lastSample, s.lastPeerN, s.sampled = cur.At, cur.PeerSamples, true
-			if b, _ := t.below(cur, need); b {
-				s.below++
-			} else {
-				s.below = 0
+			for _, l := range fresh {
+				p := cur
+				p.Link = l
+				if b, _ := t.below(p, need); b {
+					s.below++
+				} else {
+					s.below = 0
+				}
 			}
 		}
 		if s.below >= t.cfg.Confirm && !cooling {
@@ -333,19 +360,26 @@ func pathFrom(self, cluster string, own map[string]Measured, hs []meta.Hello) Pa
 	}
 	if m, ok := own[cluster]; ok {
 		p.Known, p.Link, p.At = true, m.Link, m.At
+		p.OwnLink, p.HasOwn = m.Link, !m.At.IsZero()
 		if peerLink != nil && peerLink.Up && m.Up {
 			p.Link.BandwidthMbps = min(p.Link.BandwidthMbps, peerLink.BandwidthMbps)
 			p.Link.RTTMs = max(p.Link.RTTMs, peerLink.RTTMs)
 			p.Link.LossPct = max(p.Link.LossPct, peerLink.LossPct)
-			if !m.At.IsZero() {
-				// (a figure given from outside keeps counting at every look)
-				p.PeerSamples = peerLink.Samples
+			if !m.At.IsZero() && peerLink.Samples > 0 {
+				p.PeerLink, p.HasPeer, p.PeerSamples = *peerLink, true, peerLink.Samples
+			} else {
+				// A peer that does not count its measurements: judge
+				// ours with its figure, as the path.
+				p.OwnLink = p.Link
 			}
 		}
 		return p
 	}
 	if peerLink != nil {
-		p.Known, p.Link, p.PeerSamples = true, *peerLink, peerLink.Samples
+		p.Known, p.Link = true, *peerLink
+		if peerLink.Samples > 0 {
+			p.PeerLink, p.HasPeer, p.PeerSamples = *peerLink, true, peerLink.Samples
+		}
 	}
 	return p
 }

@@ -296,3 +296,39 @@ func TestTriggerCountsTheOtherEndsMeasurements(t *testing.T) {
 		}
 	}
 }
+
+// TestTriggerStaleLowOfOneEndIsOneMeasurement: bench-trigger -noise 10m
+// (16:00) moved the service 3 times: one end's single low figure (a
+// probe that shared the shaped link with another's, 4.89 Mbit/s at
+// 10 +-10%) stayed in its hellos, and every new figure of the other end
+// counted as low too, since the path is the worse end. Each measurement
+// is judged by itself: one low figure is one measurement.
+func TestTriggerStaleLowOfOneEndIsOneMeasurement(t *testing.T) {
+	c := newClock()
+	tr := NewTrigger(TriggerConfig{Hold: time.Hour})
+	own := map[string]Measured{}
+	cloudSays := meta.Link{Peer: "home", BandwidthMbps: 10.5, RTTMs: 1, Up: true, Samples: 40}
+	for i := range 20 {
+		now := c.add(time.Second)
+		if i == 5 {
+			cloudSays.BandwidthMbps, cloudSays.Samples = 4.89, 41 // one low figure, said in every hello from now on
+		}
+		own["cloud"] = Measured{Link: meta.Link{Peer: "cloud", BandwidthMbps: 10.2, RTTMs: 1, Up: true, Samples: uint64(100 + i)}, At: now}
+		hs := []meta.Hello{{ClusterID: "cloud", Tier: meta.TierCloud, Links: []meta.Link{cloudSays}}}
+		if d := tr.Decide(now, "classifier", need10, pathFrom("home", "cloud", own, hs), []Path{home()}, time.Time{}); d.Move {
+			t.Fatalf("look %d: moved on the cloud's one low figure and the home's good ones: %+v", i, d)
+		}
+	}
+	// The cloud's second low figure in a row confirms it.
+	cloudSays.BandwidthMbps, cloudSays.Samples = 4.5, 42
+	hs := []meta.Hello{{ClusterID: "cloud", Tier: meta.TierCloud, Links: []meta.Link{cloudSays}}}
+	own["cloud"] = Measured{Link: own["cloud"].Link, At: own["cloud"].At} // the home's own: not new
+	if d := tr.Decide(c.add(250*time.Millisecond), "classifier", need10, pathFrom("home", "cloud", own, hs), []Path{home()}, time.Time{}); d.Move {
+		t.Fatalf("moved on low figures with a good one in between: %+v", d)
+	}
+	cloudSays.BandwidthMbps, cloudSays.Samples = 4.6, 43
+	hs = []meta.Hello{{ClusterID: "cloud", Tier: meta.TierCloud, Links: []meta.Link{cloudSays}}}
+	if d := tr.Decide(c.add(250*time.Millisecond), "classifier", need10, pathFrom("home", "cloud", own, hs), []Path{home()}, time.Time{}); !d.Move {
+		t.Fatalf("no move on two low figures of the cloud in a row: %+v", d)
+	}
+}
