@@ -25,13 +25,10 @@ static __always_inline int roam_local_socket(ROAM_CTX *ctx, const struct pkt *p)
 	return owned;
 }
 
-/* is_reply: addressed to the SNAT address and a port of its range, where only targets' replies can be ours. */
+/* is_reply: addressed to a SNAT pool address and a port of its range, where only targets' replies can be ours. */
 static __always_inline int is_reply(const struct pkt *p, const struct config *cfg)
 {
-	__u16 port = bpf_ntohs(p->dport);
-	if (port < cfg->port_min || port > cfg->port_max)
-		return 0;
-	return addr_eq(p->daddr, p->family == FAMILY_V4 ? cfg->snat4 : cfg->snat6);
+	return snat_owns(cfg, p->family, p->daddr, p->dport);
 }
 
 /* roam_test_spin: one round of ROAM_TEST_READ_DELAY (consts.h). */
@@ -193,7 +190,7 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 		count_action(id, ACTION_DROP, p->len);
 		return VERDICT_DROP;
 	}
-	if (p->family == FAMILY_V4 ? !cfg->has_snat4 : !cfg->has_snat6) {
+	if (!snat_pool_count(cfg, p->family)) {
 		count_reason(REASON_NO_SNAT);
 		count_action(id, ACTION_DROP, p->len);
 		return VERDICT_DROP;
@@ -219,12 +216,13 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	rv->frontend_id = id;
 	rv->last_seen = now;
 
-	fv->snat_port = snat_alloc(rk, rv, p, cfg, now);
+	fv->snat_port = snat_alloc(sc, p, cfg, now);
 	if (!fv->snat_port) {
 		count_reason(REASON_PORT_EXHAUSTED);
 		count_action(id, ACTION_DROP, p->len);
 		return VERDICT_DROP;
 	}
+	__builtin_memcpy(fv->snat_addr, rk->daddr, 16); /* the pool address snat_alloc chose */
 	flow_csum(fv, p);
 	if (bpf_map_update_elem(&roam_conntrack, k, fv, BPF_ANY) != 0) {
 		bpf_map_delete_elem(&roam_nat, rk);

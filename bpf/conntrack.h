@@ -63,6 +63,17 @@ static __always_inline int ct_done(__u32 state, __u8 kind)
 	return (state & (CT_FIN_FWD | CT_FIN_REV)) == (CT_FIN_FWD | CT_FIN_REV);
 }
 
+/*
+ * ct_embryonic: a TCP flow whose client has not acknowledged the target
+ * yet. Its liveness is the client's alone: a target answering a spoofed
+ * SYN (and sending its SYN-ACK again for a minute) must not keep the flow,
+ * and its SNAT port, alive.
+ */
+static __always_inline int ct_embryonic(__u8 proto, __u32 state, __u8 kind)
+{
+	return proto == IPPROTO_TCP_ && !(state & CT_ESTABLISHED) && !ct_done(state, kind);
+}
+
 /* ct_timeout is how long a flow in this state lives with no packet in either direction. */
 static __always_inline __u64 ct_timeout(const struct config *cfg, __u8 proto, __u32 state, __u8 kind)
 {
@@ -102,14 +113,14 @@ static __always_inline __u64 ct_reply_seen(const struct ct_value *v, const struc
 	return nv->last_seen;
 }
 
-/* ct_expired: no packet in either direction for the state's timeout. */
+/* ct_expired: no packet in either direction for the state's timeout (an embryonic flow: none from the client). */
 static __always_inline int ct_expired(const struct ct_value *v, const struct ct_key *k, __u64 now,
 				      const struct config *cfg)
 {
 	__u64 timeout = ct_timeout(cfg, k->proto, v->state, v->kind);
 	if (!idle_longer(now, v->last_seen, timeout))
 		return 0;
-	if (v->kind != TARGET_REDIRECT)
+	if (v->kind != TARGET_REDIRECT || ct_embryonic(k->proto, v->state, v->kind))
 		return 1;
 	return idle_longer(now, ct_reply_seen(v, k), timeout);
 }

@@ -47,6 +47,10 @@
 /* Interface kinds (roam_ifaces values), set by Go at attach. */
 #define IFACE_POD 0x01 /* a local pod's veth (tc only): XDP cannot send into it unless its peer runs XDP or GRO */
 
+#ifndef SNAT_POOL_MAX
+#define SNAT_POOL_MAX 1024 /* SNAT addresses per family (pool x port range slots fit in 32 bits) */
+#endif
+
 #ifndef PORT_RETRIES
 #define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
 #endif
@@ -90,7 +94,8 @@ enum drop_reason {
 	REASON_SRV6_BAD_SRH = 18,     /* SRv6: to our SID with an SRH we do not handle (TLVs, >2 segments, bad inner): dropped */
 	REASON_SRV6_NO_ENCAP = 19,    /* SRv6 target on a path that cannot encapsulate (tc: local senders): dropped */
 	REASON_TTL_EXCEEDED = 20,     /* to be forwarded with a TTL or hop limit of 1 or 0: dropped */
-	REASON_MAX = 21,
+	REASON_SYN_EVICTED = 21,      /* an embryonic flow silent for tcp_syn_evict_ns gave its SNAT port to a new flow: dropped (nat.h) */
+	REASON_MAX = 22,
 };
 
 /*

@@ -88,9 +88,7 @@ static __noinline int roam_icmp(ROAM_CTX *ctx, struct pkt *p, struct xlate *x)
 		return VERDICT_PASS; /* an error goes to the quoted packet's sender */
 	p->inner_proto = k->proto;
 
-	__u16 port = bpf_ntohs(k->dport);
-	if (port >= cfg->port_min && port <= cfg->port_max &&
-	    addr_eq(k->daddr, p->family == FAMILY_V4 ? cfg->snat4 : cfg->snat6)) {
+	if (snat_owns(cfg, p->family, k->daddr, k->dport)) {
 		/* It quotes SNAT address -> target: k is the flow's NAT key. */
 		struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, k);
 		if (!nv)

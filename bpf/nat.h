@@ -21,12 +21,50 @@ static __always_inline __u32 tuple_hash(const struct pkt *p)
 }
 
 /*
- * nat_reclaimable: the flow holding the NAT entry nv (at rk) is over in
- * both directions: its forward entry (*owner, set when it still points
- * here) has been idle in both directions for its state's timeout. A NAT
- * entry whose forward entry is gone or points elsewhere is reclaimable
- * once it has been idle for the close timeout (a new flow inserts its NAT
- * entry a moment before its forward entry).
+ * SNAT pools: per family, the first address (config snat4/snat6) and the
+ * count-1 addresses after it, counted up in the last 32 bits. A flow's
+ * source is one (address, port) of pool x port range, so capacity grows
+ * with the pool; a reply is recognised by arithmetic, with no lookup.
+ */
+
+/* snat_pool_count is the size of the family's pool (0: no SNAT address). */
+static __always_inline __u32 snat_pool_count(const struct config *cfg, __u8 family)
+{
+	return family == FAMILY_V4 ? (cfg->has_snat4 ? cfg->snat4_count : 0) : (cfg->has_snat6 ? cfg->snat6_count : 0);
+}
+
+/* snat_owns: addr:port (port in network order) is a SNAT source of this node: a pool address, a port of the range. */
+static __always_inline int snat_owns(const struct config *cfg, __u8 family, const __u8 *addr, __be16 port)
+{
+	__u16 hp = bpf_ntohs(port);
+	if (hp < cfg->port_min || hp > cfg->port_max)
+		return 0;
+	const __u32 *a = (const __u32 *)addr;
+	const __u32 *b = (const __u32 *)(family == FAMILY_V4 ? cfg->snat4 : cfg->snat6);
+	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]))
+		return 0;
+	return bpf_ntohl(a[3]) - bpf_ntohl(b[3]) < snat_pool_count(cfg, family);
+}
+
+/* nat_reclaimable's verdicts. */
+#define RECLAIM_NO 0
+#define RECLAIM_EXPIRED 1 /* the flow is over */
+#define RECLAIM_EVICT 2	  /* an embryonic flow silent for tcp_syn_evict_ns: it yields its port (a SYN flood's flows) */
+
+/*
+ * nat_reclaimable: whether the NAT entry nv (at rk) may go to a new flow:
+ * the flow holding it is over in both directions (its forward entry,
+ * *owner, set when it still points here, idle in both directions for its
+ * state's timeout; embryonic: the client's silence alone), or it is
+ * embryonic and neither side has said anything for tcp_syn_evict_ns. Only
+ * a new flow whose probe landed on the port asks, so an embryonic flow is
+ * evicted only when its port is wanted: a flood of spoofed SYNs holds a
+ * port for about tcp_syn_evict_ns, not tcp_syn_ns (netfilter evicts
+ * unassured entries first, early_drop, for the same reason). A real
+ * client answers the target's SYN-ACK within its round trip. A NAT entry
+ * whose forward entry is gone or points elsewhere is reclaimable once it
+ * has been idle for the close timeout (a new flow inserts its NAT entry a
+ * moment before its forward entry).
  */
 static __always_inline int nat_reclaimable(const struct nat_value *nv, const struct ct_key *rk, struct ct_key *owner,
 					   __u64 now, const struct config *cfg)
@@ -35,50 +73,68 @@ static __always_inline int nat_reclaimable(const struct nat_value *nv, const str
 	struct ct_value *ov = bpf_map_lookup_elem(&roam_conntrack, owner);
 	if (!ov || !nat_belongs(ov, rk)) {
 		owner->proto = 0; /* nothing to delete */
-		return idle_longer(now, nv->last_seen, cfg->tcp_close_ns);
+		return idle_longer(now, nv->last_seen, cfg->tcp_close_ns) ? RECLAIM_EXPIRED : RECLAIM_NO;
 	}
-	__u64 timeout = ct_timeout(cfg, rk->proto, ov->state, ov->kind);
-	return idle_longer(now, ov->last_seen, timeout) && idle_longer(now, nv->last_seen, timeout);
+	__u32 state = ov->state;
+	int embryonic = ct_embryonic(rk->proto, state, ov->kind);
+	__u64 timeout = ct_timeout(cfg, rk->proto, state, ov->kind);
+	if (idle_longer(now, ov->last_seen, timeout) && (embryonic || idle_longer(now, nv->last_seen, timeout)))
+		return RECLAIM_EXPIRED;
+	if (embryonic && idle_longer(now, ov->last_seen, cfg->tcp_syn_evict_ns) &&
+	    idle_longer(now, nv->last_seen, cfg->tcp_syn_evict_ns))
+		return RECLAIM_EVICT;
+	return RECLAIM_NO;
 }
 
 /*
- * snat_alloc inserts the NAT entry rk/rv with a port from the configured
- * range: BPF_NOEXIST makes the claim of a free port collision-safe; a port
- * whose flow is over in both directions is taken over, claimed by a
- * compare-and-swap of its last_seen so two CPUs cannot both take it, and
- * the old flow's forward entry is deleted. Returns the port (network
- * order) or 0.
+ * snat_alloc inserts the NAT entry sc->rk/sc->rv with a source from the
+ * family's pool (rk's daddr holds the pool's first address; the chosen one
+ * is left there) and the port range: slots of pool x range probed from a hash of
+ * the client's side, by a stride coprime with their number. BPF_NOEXIST
+ * makes the claim of a free slot collision-safe; a slot whose flow is over
+ * in both directions, or embryonic and silent (nat_reclaimable), is taken
+ * over, claimed by a compare-and-swap of its last_seen so two CPUs cannot
+ * both take it, and the old flow's forward entry is deleted. Returns the
+ * port (network order) or 0.
  */
-static __always_inline __be16 snat_alloc(struct ct_key *rk, struct nat_value *rv, const struct pkt *p,
-					 const struct config *cfg, __u64 now)
+static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p, const struct config *cfg, __u64 now)
 {
-	__u32 min = cfg->port_min;
-	__u32 range = (__u32)cfg->port_max - min + 1;
-	__u32 h = tuple_hash(p);
-	struct scratch *sc = scratch();
-	if (!sc)
+	struct ct_key *rk = &sc->rk;
+	__u32 count = snat_pool_count(cfg, p->family);
+	if (count == 0 || count > SNAT_POOL_MAX)
 		return 0;
-	struct ct_key *owner = &sc->owner;
+	sc->probe.min = cfg->port_min;
+	sc->probe.range = (__u32)cfg->port_max - cfg->port_min + 1;
+	sc->probe.slots = sc->probe.range * count;
+	/* Two primes: no slot count (at most 65536 x SNAT_POOL_MAX) is a multiple of both. */
+	sc->probe.stride = sc->probe.slots % 7919u ? 7919u : 7907u;
+	sc->probe.first = bpf_ntohl(*(__be32 *)(rk->daddr + 12));
+	sc->probe.h = tuple_hash(p);
 
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < PORT_RETRIES; i++) {
-		__u16 port = min + (h + (__u32)i * 7919u) % range;
-		rk->dport = bpf_htons(port);
-		if (bpf_map_update_elem(&roam_nat, rk, rv, BPF_NOEXIST) == 0)
-			return rk->dport;
-		struct nat_value *old = bpf_map_lookup_elem(&roam_nat, rk);
+		__u32 slot = (sc->probe.h + (__u32)i * sc->probe.stride) % sc->probe.slots;
+		__u32 ai = slot / sc->probe.range;
+		*(__be32 *)(sc->rk.daddr + 12) = bpf_htonl(sc->probe.first + ai);
+		sc->rk.dport = bpf_htons((__u16)(sc->probe.min + slot - ai * sc->probe.range));
+		if (bpf_map_update_elem(&roam_nat, &sc->rk, &sc->rv, BPF_NOEXIST) == 0)
+			return sc->rk.dport;
+		struct nat_value *old = bpf_map_lookup_elem(&roam_nat, &sc->rk);
 		if (!old)
 			continue;
 		__u64 seen = old->last_seen;
-		if (!nat_reclaimable(old, rk, owner, now, cfg))
+		int why = nat_reclaimable(old, &sc->rk, &sc->owner, now, cfg);
+		if (why == RECLAIM_NO)
 			continue;
 		if (__sync_val_compare_and_swap(&old->last_seen, seen, now) != seen)
 			continue; /* touched meanwhile: a reply, or another CPU's claim */
-		if (bpf_map_update_elem(&roam_nat, rk, rv, BPF_EXIST) != 0)
+		if (bpf_map_update_elem(&roam_nat, &sc->rk, &sc->rv, BPF_EXIST) != 0)
 			continue;
-		if (owner->proto)
-			bpf_map_delete_elem(&roam_conntrack, owner);
-		return rk->dport;
+		if (sc->owner.proto)
+			bpf_map_delete_elem(&roam_conntrack, &sc->owner);
+		if (why == RECLAIM_EVICT)
+			count_reason(REASON_SYN_EVICTED);
+		return sc->rk.dport;
 	}
 	return 0;
 }

@@ -91,14 +91,17 @@ struct nat_value {
 
 /* Node configuration, written by Go at Open. Timeouts in ns, all set by Go. */
 struct config {
-	__u8 snat4[16]; /* IPv4-mapped; all zero when unset */
-	__u8 snat6[16];
+	__u8 snat4[16]; /* the IPv4 SNAT pool's first address, IPv4-mapped; all zero when unset */
+	__u8 snat6[16]; /* the IPv6 pool's first address */
 	__u16 port_min; /* host order */
 	__u16 port_max;
 	__u8 has_snat4;
 	__u8 has_snat6;
 	__u16 pad;
-	__u64 tcp_syn_ns;	  /* embryonic: until the client acknowledges the target */
+	__u32 snat4_count; /* the pool: snat4 and the next count-1 addresses (the last 32 bits counted up; nat.h) */
+	__u32 snat6_count;
+	__u64 tcp_syn_ns;	  /* embryonic: until the client acknowledges the target; the client's silence alone counts */
+	__u64 tcp_syn_evict_ns;	  /* embryonic, client and target both silent this long: its port goes to a new flow that needs it */
 	__u64 tcp_established_ns; /* established, and half-closed */
 	__u64 tcp_close_ns;	  /* done, the target without TIME_WAIT (the client closed first, or RST) */
 	__u64 tcp_time_wait_ns;	  /* done, the target in TIME_WAIT: its port is not given to another client before */
@@ -122,6 +125,9 @@ struct scratch {
 	struct target t;	/* active_target's copy */
 	__u32 id;		/* roam_new_flow: the frontend id of an SRv6 target in t */
 	__u32 pad;
+	struct {		/* snat_alloc's probe over pool x port range (in scratch: its loop spills less) */
+		__u32 h, first, min, range, slots, stride;
+	} probe;
 };
 
 /* Per-CPU packet and byte counters of one frontend x action. */

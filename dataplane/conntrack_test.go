@@ -123,7 +123,7 @@ func (fl *ctFlow) state() string {
 }
 
 // ctTimeouts are the scenarios' timeouts.
-var ctTimeouts = dataplane.Timeouts{SYN: 2 * time.Second, Established: 20 * time.Second, Close: time.Second,
+var ctTimeouts = dataplane.Timeouts{SYN: 2 * time.Second, SYNEvict: 1800 * time.Millisecond, Established: 20 * time.Second, Close: time.Second,
 	TimeWait: 6 * time.Second, UDPDrain: time.Second}
 
 // ctStep is one step of a scenario and what must hold after it.
@@ -190,6 +190,12 @@ func TestConntrackStateMachine(t *testing.T) {
 		{"an embryonic flow times out in seconds, and its port is taken", false, []ctStep{
 			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 1500ms", 0, "syn", 1}, {"o S", xdpDrop, "syn", 1},
 			{"age 1s", 0, "-", 0}, {"o S", xdpTX, "-", 0}, {"c A", xdpDrop, "-", 0}}},
+		{"an embryonic flow whose client is silent is over at the SYN timeout, whatever the target sends", false, []ctStep{
+			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 1500ms", 0, "syn", 1}, {"t SA", xdpTX, "syn", 1},
+			{"age 600ms", 0, "-", 0}, {"o S", xdpTX, "-", 0}}},
+		{"an embryonic flow silent both ways for the eviction time yields its port to a new flow, and says so", false, []ctStep{
+			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 1700ms", 0, "syn", 1}, {"o S", xdpDrop, "syn", 1},
+			{"age 200ms", 0, "syn", 1}, {"o S", xdpTX, "-", 0}, {"c A", xdpDrop, "-", 0}}},
 		{"an established flow lives long, kept alive by either direction", false, append(established,
 			ctStep{"age 12s", 0, "established", 1}, ctStep{"t A+", xdpTX, "established", 1},
 			ctStep{"age 12s", 0, "established", 1}, ctStep{"o S", xdpDrop, "established", 1},
@@ -249,6 +255,16 @@ func TestConntrackStateMachine(t *testing.T) {
 			}
 			if got, err := tb.d.Flows(fl.fe, fl.target); err != nil || got != st.live+others {
 				t.Fatalf("step %d %q: Flows(%s) = %d, %v; want %d + %d others' (flows %v)", j, st.do, fl.target, got, err, st.live, others, list)
+			}
+			// A new flow that took the port of a live embryonic flow evicted it, and counts it.
+			if st.do == "o S" && st.verdict == xdpTX {
+				want := before["syn_evicted"]
+				if j > 0 && sc.steps[j-1].state == "syn" && sc.steps[j-1].live == 1 {
+					want++
+				}
+				if after, _ := tb.d.Drops(); after["syn_evicted"] != want {
+					t.Fatalf("step %d %q: syn_evicted went %d -> %d, want %d", j, st.do, before["syn_evicted"], after["syn_evicted"], want)
+				}
 			}
 			if st.verdict == xdpDrop {
 				after, _ := tb.d.Drops()

@@ -35,6 +35,7 @@ const (
 // DefaultTimeouts are the flow timeouts Open applies to zero Timeouts fields.
 var DefaultTimeouts = Timeouts{
 	SYN:         5 * time.Second,
+	SYNEvict:    250 * time.Millisecond,
 	Established: 6 * time.Hour,
 	Close:       5 * time.Second,
 	TimeWait:    65 * time.Second,
@@ -55,11 +56,19 @@ var ErrBadTarget = errors.New("bad target")
 
 // Config is the node's data-plane configuration.
 type Config struct {
-	PinPath          string     // bpffs directory for maps and links; default /sys/fs/bpf/roam
-	SNATv4, SNATv6   netip.Addr // source addresses of redirected flows, per family (either may be unset)
-	PortMin, PortMax uint16     // SNAT source port range; default 40000-60999
-	IdleTimeout      time.Duration
-	Timeouts         Timeouts
+	PinPath        string     // bpffs directory for maps and links; default /sys/fs/bpf/roam
+	SNATv4, SNATv6 netip.Addr // source addresses of redirected flows, per family (either may be unset): each pool's first
+	// SNATv4Count and SNATv6Count make each a pool: that many consecutive
+	// addresses from SNATv4 (SNATv6) on, default 1, at most
+	// MaxSNATPool. A new flow takes an (address, port) of pool x port
+	// range, so a target can hold count x range flows at once; every pool
+	// address must be routed to this node (replies to it are translated
+	// back whether or not it is assigned to an interface). ParseSNATPool
+	// reads the agent's form.
+	SNATv4Count, SNATv6Count int
+	PortMin, PortMax         uint16 // SNAT source port range; default 40000-60999
+	IdleTimeout              time.Duration
+	Timeouts                 Timeouts
 	// MaxFlows is how many flows the conntrack and the NAT map each hold
 	// (LRU: a full table evicts its least recently used flow); default
 	// DefaultMaxFlows. Fixed when the maps are first pinned: opening the
@@ -80,7 +89,14 @@ type Config struct {
 // counted by Flows) before it times out: a TCP flow after both FINs or an
 // RST, a UDP flow after UDPDrain once a commit moved its frontend away.
 type Timeouts struct {
-	SYN         time.Duration // TCP until the client acknowledged the target (embryonic); default 5 s
+	SYN time.Duration // TCP until the client acknowledged the target (embryonic), counted from the client's last packet; default 5 s
+	// SYNEvict: an embryonic flow whose client and target have both been
+	// silent this long gives its SNAT port to a new flow that lands on it
+	// (counted as drops{reason="syn_evicted"}); default 250 ms, longer
+	// than a real client takes to answer the target's SYN-ACK (one round
+	// trip) or the target to answer a SYN. A flood of spoofed SYNs then
+	// holds a port for about this long, not for SYN.
+	SYNEvict    time.Duration
 	Established time.Duration // TCP established or half-closed; default 6 h (pooled HTTP/2, gRPC, database connections)
 	Close       time.Duration // TCP done, the target without TIME_WAIT (the client closed first, or an RST); default 5 s
 	TimeWait    time.Duration // TCP done, the target closed first: its TIME_WAIT (Linux: 60 s) outlives the port's hold; default 65 s
@@ -159,7 +175,8 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 	cfg.Timeouts.UDP = cfg.IdleTimeout
 	for _, t := range []struct{ v, def *time.Duration }{
-		{&cfg.Timeouts.SYN, &DefaultTimeouts.SYN}, {&cfg.Timeouts.Established, &DefaultTimeouts.Established},
+		{&cfg.Timeouts.SYN, &DefaultTimeouts.SYN}, {&cfg.Timeouts.SYNEvict, &DefaultTimeouts.SYNEvict},
+		{&cfg.Timeouts.Established, &DefaultTimeouts.Established},
 		{&cfg.Timeouts.Close, &DefaultTimeouts.Close}, {&cfg.Timeouts.TimeWait, &DefaultTimeouts.TimeWait},
 		{&cfg.Timeouts.UDPDrain, &DefaultTimeouts.UDPDrain},
 	} {
@@ -172,6 +189,18 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 	if cfg.SNATv6.IsValid() && (cfg.SNATv6.Is4() || cfg.SNATv6.Is4In6()) {
 		return nil, fmt.Errorf("open dataplane: SNAT v6 address %s is not IPv6", cfg.SNATv6)
+	}
+	cfg.SNATv4 = cfg.SNATv4.Unmap()
+	for _, p := range []struct {
+		first netip.Addr
+		count *int
+	}{{cfg.SNATv4, &cfg.SNATv4Count}, {cfg.SNATv6, &cfg.SNATv6Count}} {
+		if *p.count == 0 && p.first.IsValid() {
+			*p.count = 1
+		}
+		if err := checkSNATPool(p.first, *p.count); err != nil {
+			return nil, fmt.Errorf("open dataplane: %w", err)
+		}
 	}
 	if cfg.ReservePorts {
 		if err := reservePorts(cfg.PortMin, cfg.PortMax); err != nil {
@@ -257,15 +286,15 @@ func (d *Dataplane) writeConfig() error {
 	var c roamXDPConfig
 	if d.cfg.SNATv4.IsValid() {
 		c.Snat4 = addr16(d.cfg.SNATv4.Unmap())
-		c.HasSnat4 = 1
+		c.HasSnat4, c.Snat4Count = 1, uint32(d.cfg.SNATv4Count)
 	}
 	if d.cfg.SNATv6.IsValid() {
 		c.Snat6 = addr16(d.cfg.SNATv6)
-		c.HasSnat6 = 1
+		c.HasSnat6, c.Snat6Count = 1, uint32(d.cfg.SNATv6Count)
 	}
 	c.PortMin, c.PortMax = d.cfg.PortMin, d.cfg.PortMax
 	t := d.cfg.Timeouts
-	c.TcpSynNs, c.TcpEstablishedNs = uint64(t.SYN), uint64(t.Established)
+	c.TcpSynNs, c.TcpSynEvictNs, c.TcpEstablishedNs = uint64(t.SYN), uint64(t.SYNEvict), uint64(t.Established)
 	c.TcpCloseNs, c.TcpTimeWaitNs = uint64(t.Close), uint64(t.TimeWait)
 	c.UdpNs, c.UdpDrainNs = uint64(t.UDP), uint64(t.UDPDrain)
 	if err := d.maps.RoamConfig.Put(uint32(0), &c); err != nil {
@@ -402,10 +431,11 @@ func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
 }
 
 // checkFrontend refuses a frontend that replies to redirected flows could
-// be mistaken for: on a SNAT address, inside the SNAT port range.
+// be mistaken for: on a SNAT pool address, inside the SNAT port range.
 func (d *Dataplane) checkFrontend(f lb.Frontend) error {
 	a := f.Addr.Unmap()
-	if (a == d.cfg.SNATv4.Unmap() || a == d.cfg.SNATv6) && f.Port >= d.cfg.PortMin && f.Port <= d.cfg.PortMax {
+	if (inSNATPool(a, d.cfg.SNATv4, d.cfg.SNATv4Count) || inSNATPool(a, d.cfg.SNATv6, d.cfg.SNATv6Count)) &&
+		f.Port >= d.cfg.PortMin && f.Port <= d.cfg.PortMax {
 		return fmt.Errorf("frontend %s: port inside the SNAT range %d-%d of its address", f, d.cfg.PortMin, d.cfg.PortMax)
 	}
 	return nil
@@ -662,7 +692,7 @@ func (d *Dataplane) viewFlows(f lb.Frontend, fn func(CTKey, CTValue, flowView, u
 			soonest = t.UDPDrain
 		}
 		fv := flowView{seen: v.LastSeen}
-		if kind == lb.TargetRedirect && idleLonger(now, fv.seen, soonest) {
+		if kind == lb.TargetRedirect && !embryonic(k.Proto, v.State, kind) && idleLonger(now, fv.seen, soonest) {
 			// Quiet this way: the reply direction may still be live.
 			var nv NATValue
 			if d.maps.RoamNat.Lookup(v.natKey(k.Proto), &nv) == nil && nv.ownedBy(k) && nv.LastSeen > fv.seen {

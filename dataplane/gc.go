@@ -74,7 +74,8 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 		if lb.TargetKind(v.Kind) == lb.TargetRedirect {
 			nk := v.natKey(k.Proto)
 			var nv NATValue
-			if d.maps.RoamNat.Lookup(nk, &nv) == nil && nv.ownedBy(k) && idleLonger(now, nv.LastSeen, t.timeout(k.Proto, v.State, lb.TargetKind(v.Kind))) {
+			if d.maps.RoamNat.Lookup(nk, &nv) == nil && nv.ownedBy(k) &&
+				(embryonic(k.Proto, v.State, lb.TargetKind(v.Kind)) || idleLonger(now, nv.LastSeen, t.timeout(k.Proto, v.State, lb.TargetKind(v.Kind)))) {
 				natKeys = append(natKeys, nk)
 			}
 		}
@@ -127,7 +128,7 @@ func (d *Dataplane) ctExpired(k CTKey, v CTValue, now uint64, t Timeouts) bool {
 	if !idleLonger(now, v.LastSeen, timeout) {
 		return false
 	}
-	if kind != lb.TargetRedirect {
+	if kind != lb.TargetRedirect || embryonic(k.Proto, v.State, kind) {
 		return true
 	}
 	var nv NATValue
@@ -144,8 +145,9 @@ func (d *Dataplane) natReclaimable(rk CTKey, nv NATValue, now uint64, t Timeouts
 	if d.maps.RoamConntrack.Lookup(fk, &ov) != nil || ov.natKey(rk.Proto) != rk {
 		return idleLonger(now, nv.LastSeen, t.Close)
 	}
-	timeout := t.timeout(rk.Proto, ov.State, lb.TargetKind(ov.Kind))
-	return idleLonger(now, ov.LastSeen, timeout) && idleLonger(now, nv.LastSeen, timeout)
+	kind := lb.TargetKind(ov.Kind)
+	timeout := t.timeout(rk.Proto, ov.State, kind)
+	return idleLonger(now, ov.LastSeen, timeout) && (embryonic(rk.Proto, ov.State, kind) || idleLonger(now, nv.LastSeen, timeout))
 }
 
 // scanMap reads up to max entries of m from *cursor in batches and calls fn

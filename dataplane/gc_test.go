@@ -1,6 +1,7 @@
 package dataplane_test
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -84,12 +85,13 @@ func TestGC(t *testing.T) {
 	flows := []flow{
 		{"198.51.100.1:33001", "10.0.0.1:80", lb.TCP, 10 * time.Second, 10 * time.Second, true},   // embryonic (SYN 5 s), idle both ways
 		{"198.51.100.2:33002", "10.0.0.1:80", lb.TCP, 0, 0, false},                                // fresh
-		{"198.51.100.3:33003", "10.0.0.1:80", lb.TCP, 10 * time.Second, 0, false},                 // quiet forward, replies still come
+		{"198.51.100.3:33003", "10.0.0.1:80", lb.TCP, 10 * time.Second, 0, true},                  // embryonic: the client's silence alone counts (a target's SYN-ACKs do not keep it)
 		{"198.51.100.4:33004", "10.0.0.1:80", lb.TCP, 4 * time.Second, 4 * time.Second, false},    // within its timeout
 		{"198.51.100.5:33005", "10.0.0.1:7000", lb.UDP, 40 * time.Second, 40 * time.Second, true}, // UDP past IdleTimeout
 		{"198.51.100.6:33006", "10.0.0.1:7000", lb.UDP, 40 * time.Second, 20 * time.Second, false},
 		{"198.51.100.7:33007", "10.0.0.2:80", lb.TCP, 10 * time.Second, 0, true}, // local, embryonic
 		{"198.51.100.8:33008", "10.0.0.2:80", lb.TCP, 0, 0, false},
+		{"198.51.100.9:33009", "10.0.0.1:80", lb.TCP, 10 * time.Second, 0, false}, // established: quiet forward, replies still come
 	}
 	var wantCT, wantNAT []string
 	for _, f := range flows {
@@ -101,6 +103,17 @@ func TestGC(t *testing.T) {
 		}
 		if v, _ := tb.run(t, s.build(t), d0); v != xdpTX && v != xdpPass {
 			t.Fatalf("%s: verdict %d", f.client, v)
+		}
+		if f.client == "198.51.100.9:33009" {
+			// The handshake: the target's SYN-ACK to the flow's SNAT source, the client's ACK.
+			snat := flowSNAT(t, tb.d, ap(f.front), lb.TCP, ap(f.client))
+			sa := spec{src: ap("10.2.0.1:8080"), dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1}.build(t)
+			ack := spec{src: ap(f.client), dst: ap(f.front), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 1, ackn: 5001}.build(t)
+			for _, pkt := range [][]byte{sa, ack} {
+				if v, _ := tb.run(t, pkt, d0); v != xdpTX {
+					t.Fatalf("%s handshake: verdict %d", f.client, v)
+				}
+			}
 		}
 		if err := tb.d.AgeClient(ap(f.client), f.fwd, f.rev); err != nil {
 			t.Fatal(err)
@@ -134,8 +147,8 @@ func TestGC(t *testing.T) {
 			break
 		}
 	}
-	if total.Conntrack != 3 || total.NAT != 2 {
-		t.Fatalf("removed %d conntrack and %d NAT entries, want 3 and 2", total.Conntrack, total.NAT)
+	if total.Conntrack != 4 || total.NAT != 3 {
+		t.Fatalf("removed %d conntrack and %d NAT entries, want 4 and 3", total.Conntrack, total.NAT)
 	}
 	ct, nat := sortedClients(t, tb.d)
 	if !slices.Equal(ct, wantCT) || !slices.Equal(nat, wantNAT) {
@@ -147,8 +160,8 @@ func TestGC(t *testing.T) {
 	}
 	max := float64(dataplane.DefaultMaxFlows)
 	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{
-		"roam_dataplane_gc_removed_total{map=conntrack}":          3,
-		"roam_dataplane_gc_removed_total{map=nat}":                2,
+		"roam_dataplane_gc_removed_total{map=conntrack}":          4,
+		"roam_dataplane_gc_removed_total{map=nat}":                3,
 		"roam_dataplane_conntrack_entries{map=conntrack}":         5,
 		"roam_dataplane_conntrack_entries{map=nat}":               4,
 		"roam_dataplane_map_max_entries{map=conntrack}":           max,
@@ -158,7 +171,7 @@ func TestGC(t *testing.T) {
 		"roam_dataplane_map_insert_failures_total{map=nat}":       0,
 	})
 	// The flows kept still work: the quiet-forward one's next packet goes to its target.
-	in := spec{src: ap("198.51.100.3:33003"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0}.build(t)
+	in := spec{src: ap("198.51.100.9:33009"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 1, ackn: 5001}.build(t)
 	if v, _ := tb.run(t, in, d0); v != xdpTX {
 		t.Fatalf("kept flow: verdict %d, want XDP_TX", v)
 	}
@@ -204,4 +217,20 @@ func TestGCFull(t *testing.T) {
 		"roam_dataplane_conntrack_entries{map=nat}":         1,
 		"roam_dataplane_map_pressure{map=nat}":              1 / float64(dataplane.DefaultMaxFlows),
 	})
+}
+
+// flowSNAT is the SNAT source of the client's flow to front.
+func flowSNAT(t *testing.T, d *dataplane.Dataplane, front netip.AddrPort, proto lb.Proto, client netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	fl, err := d.FlowList(lb.Frontend{Addr: front.Addr(), Port: front.Port(), Proto: proto})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fl {
+		if f.Client == client {
+			return f.SNAT
+		}
+	}
+	t.Fatalf("no flow of %s", client)
+	return netip.AddrPort{}
 }

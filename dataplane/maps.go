@@ -82,6 +82,7 @@ var DropReasons = [...]string{
 	"ipv6_ext", "no_neigh", "no_snat", "no_config", "family_mismatch", "no_flow", "too_big", "to_pod",
 	"srv6_foreign_sid", "srv6_foreign_src", "srv6_no_copy", "srv6_too_big", "srv6_bad_srh", "srv6_no_encap",
 	"ttl_exceeded",
+	"syn_evicted",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
@@ -232,6 +233,12 @@ func flowState(state uint32, kind lb.TargetKind, proto uint8) string {
 		return "established"
 	}
 	return "syn"
+}
+
+// embryonic mirrors ct_embryonic in bpf/conntrack.h: a TCP flow the client
+// has not acknowledged yet; only the client's packets keep it alive.
+func embryonic(proto uint8, state uint32, kind lb.TargetKind) bool {
+	return proto == protoTCP && state&ctEstablished == 0 && !ctDone(state, kind)
 }
 
 // timeout mirrors ct_timeout in bpf/conntrack.h.

@@ -22,7 +22,10 @@ type roamXDPConfig struct {
 	HasSnat4         uint8
 	HasSnat6         uint8
 	Pad              uint16
+	Snat4Count       uint32
+	Snat6Count       uint32
 	TcpSynNs         uint64
+	TcpSynEvictNs    uint64
 	TcpEstablishedNs uint64
 	TcpCloseNs       uint64
 	TcpTimeWaitNs    uint64
@@ -118,7 +121,16 @@ type roamXDPScratch struct {
 	T     roamXDPTarget
 	Id    uint32
 	Pad   uint32
-	_     [4]byte
+	Probe struct {
+		_      structs.HostLayout
+		H      uint32
+		First  uint32
+		Min    uint32
+		Range  uint32
+		Slots  uint32
+		Stride uint32
+	}
+	_ [4]byte
 }
 
 type roamXDPService struct {

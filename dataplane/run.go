@@ -133,12 +133,12 @@ func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		return nil, loadError("xdp", "", err)
 	}
-	cfg := roamXDPConfig{PortMin: sport, PortMax: sport, TcpSynNs: uint64(time.Hour), TcpEstablishedNs: uint64(time.Hour),
+	cfg := roamXDPConfig{PortMin: sport, PortMax: sport, TcpSynNs: uint64(time.Hour), TcpSynEvictNs: uint64(time.Hour), TcpEstablishedNs: uint64(time.Hour),
 		TcpCloseNs: uint64(time.Hour), TcpTimeWaitNs: uint64(time.Hour), UdpNs: uint64(time.Hour), UdpDrainNs: uint64(time.Hour)}
 	if fam == familyV4 {
-		cfg.Snat4, cfg.HasSnat4 = src, 1
+		cfg.Snat4, cfg.HasSnat4, cfg.Snat4Count = src, 1, 1
 	} else {
-		cfg.Snat6, cfg.HasSnat6 = src, 1
+		cfg.Snat6, cfg.HasSnat6, cfg.Snat6Count = src, 1, 1
 	}
 	if err := b.objs.RoamConfig.Put(uint32(0), &cfg); err != nil {
 		b.Close()

@@ -40,6 +40,9 @@ type options struct {
 	pinPath     string
 	snat4       netip.Addr
 	snat6       netip.Addr
+	snat4Count  int
+	snat6Count  int
+	synEvict    time.Duration
 	portMin     uint16
 	portMax     uint16
 	idleTimeout time.Duration
@@ -59,9 +62,11 @@ func parseFlags(args []string) (options, error) {
 	tcIfaces := fs.String("tc-iface", "", "comma list of further interfaces to attach the tc program to (local pods' veths)")
 	fs.StringVar(&o.xdpMode, "xdp-mode", "native", "XDP attach mode: native or generic")
 	fs.StringVar(&o.pinPath, "pin-path", "/sys/fs/bpf/roam", "bpffs directory where maps, programs and links are pinned")
-	snat := fs.String("snat-addr", "", "comma list of source addresses for redirected flows (one IPv4 and/or one IPv6)")
+	snat := fs.String("snat-addr", "", "comma list of source addresses for redirected flows, at most one pool per family: an address, FIRST-LAST, or PREFIX/LEN "+
+		"(every address of a pool must be routed to this node; a flow takes an address and a port of the pool x --snat-ports)")
 	ports := fs.String("snat-ports", "40000-60999", "source port range for redirected flows")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "a UDP flow with no packet either way for this long is over (TCP flows time out by state: dataplane.DefaultTimeouts)")
+	fs.DurationVar(&o.synEvict, "syn-evict", dataplane.DefaultTimeouts.SYNEvict, "an embryonic TCP flow whose client and target have both been silent this long gives its SNAT port to a new flow that needs it (a SYN flood's flows; counted as drops reason syn_evicted)")
 	fs.DurationVar(&o.udpDrain, "udp-drain", dataplane.DefaultTimeouts.UDPDrain, "a UDP flow idle this long once a commit moved its frontend away is done: a migration's drain stops waiting for it")
 	fs.DurationVar(&o.gcInterval, "gc-interval", 10*time.Second, "how often expired conntrack and NAT entries are removed (a pass that did not reach a map's end continues at once)")
 	fs.IntVar(&o.gcScan, "gc-scan", dataplane.DefaultGCScan, "at most this many entries of each map read per garbage-collection pass")
@@ -90,18 +95,17 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("parse flags: --xdp-mode %q: want native or generic", o.xdpMode)
 	}
 	for _, s := range splitList(*snat) {
-		a, err := netip.ParseAddr(s)
+		a, n, err := dataplane.ParseSNATPool(s)
 		if err != nil {
 			return o, fmt.Errorf("parse flags: --snat-addr: %w", err)
 		}
-		a = a.Unmap()
 		switch {
 		case a.Is4() && !o.snat4.IsValid():
-			o.snat4 = a
+			o.snat4, o.snat4Count = a, n
 		case a.Is6() && !o.snat6.IsValid():
-			o.snat6 = a
+			o.snat6, o.snat6Count = a, n
 		default:
-			return o, fmt.Errorf("parse flags: --snat-addr: at most one IPv4 and one IPv6 address, got %q", *snat)
+			return o, fmt.Errorf("parse flags: --snat-addr: at most one IPv4 and one IPv6 pool, got %q", *snat)
 		}
 	}
 	lo, hi, ok := strings.Cut(*ports, "-")
@@ -111,8 +115,8 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("parse flags: --snat-ports %q: want MIN-MAX with 0 < MIN <= MAX <= 65535", *ports)
 	}
 	o.portMin, o.portMax = uint16(pmin), uint16(pmax)
-	if o.idleTimeout <= 0 {
-		return o, fmt.Errorf("parse flags: --idle-timeout must be positive")
+	if o.idleTimeout <= 0 || o.synEvict <= 0 {
+		return o, fmt.Errorf("parse flags: --idle-timeout and --syn-evict must be positive")
 	}
 	if o.gcInterval <= 0 || o.gcScan <= 0 {
 		return o, fmt.Errorf("parse flags: --gc-interval and --gc-scan must be positive")
@@ -187,10 +191,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		PinPath:     o.pinPath,
 		SNATv4:      o.snat4,
 		SNATv6:      o.snat6,
+		SNATv4Count: o.snat4Count,
+		SNATv6Count: o.snat6Count,
 		PortMin:     o.portMin,
 		PortMax:     o.portMax,
 		IdleTimeout: o.idleTimeout,
-		Timeouts:    dataplane.Timeouts{UDPDrain: o.udpDrain},
+		Timeouts:    dataplane.Timeouts{UDPDrain: o.udpDrain, SYNEvict: o.synEvict},
 		// The host's own connections stay out of the SNAT ports (reserved
 		// if they overlap its ephemeral ports, or the agent refuses to start).
 		ReservePorts: true,

@@ -27,3 +27,23 @@ func TestRefusesWithoutAuthentication(t *testing.T) {
 		}
 	}
 }
+
+// TestSNATPoolFlags: --snat-addr takes a pool per family; bad pools and a
+// second pool of a family are refused with the flag named.
+func TestSNATPoolFlags(t *testing.T) {
+	o, err := parseFlags([]string{"--insecure", "--snat-addr", "10.9.0.16/29,2001:db8::1-2001:db8::4", "--syn-evict", "100ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.snat4.String() != "10.9.0.16" || o.snat4Count != 8 || o.snat6.String() != "2001:db8::1" || o.snat6Count != 4 || o.synEvict.String() != "100ms" {
+		t.Fatalf("parsed %+v", o)
+	}
+	for _, bad := range []string{"10.9.0.17/29", "10.9.0.1,10.9.0.2", "10.9.0.9-10.9.0.1", "x"} {
+		if _, err := parseFlags([]string{"--insecure", "--snat-addr", bad}); err == nil || !strings.Contains(err.Error(), "--snat-addr") {
+			t.Errorf("--snat-addr %s: %v, want a refusal naming the flag", bad, err)
+		}
+	}
+	if _, err := parseFlags([]string{"--insecure", "--syn-evict", "0s"}); err == nil {
+		t.Error("--syn-evict 0s accepted")
+	}
+}
