@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +15,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/roamnet/roam/meta"
+	"github.com/roamnet/roam/test/netns"
 )
 
 // Binaries roam's processes are built from (package paths in the module).
@@ -54,6 +60,15 @@ type LaunchConfig struct {
 	TriggerHold, PolicyCooldown, ProbeColdInterval time.Duration
 	// Ready bounds the wait for every /healthz (default 60s).
 	Ready time.Duration
+	// SNATPool, above 1, gives every agent that many IPv4 SNAT addresses
+	// (SNATPool4), assigned to its node's WAN interface; default: the
+	// node's WAN address alone.
+	SNATPool int
+}
+
+// SNATPool4 is cluster i's IPv4 SNAT pool of n addresses: 172.16.i.100 on.
+func SNATPool4(i, n int) (first, last netip.Addr) {
+	return netip.AddrFrom4([4]byte{172, 16, byte(i), 100}), netip.AddrFrom4([4]byte{172, 16, byte(i), byte(99 + n)})
 }
 
 // Secrets are what a user of the testbed needs: `testbed run` and the e2e
@@ -240,11 +255,19 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			if err := tb.AddPinPath(pin); err != nil {
 				return Secrets{}, err
 			}
+			snat := c.WAN4.String() + "," + c.WAN6.String()
+			if lc.SNATPool > 1 {
+				first, last := SNATPool4(c.Index, lc.SNATPool)
+				if err := addHostAddrs(c.NS, NodeWANIf, first, lc.SNATPool); err != nil {
+					return Secrets{}, err
+				}
+				snat = first.String() + "-" + last.String() + "," + c.WAN6.String()
+			}
 			p, err := tb.Start(c.NS, "roam-agent-"+c.Name, filepath.Join(bin, "roam-agent"), []string{
 				"--iface", strings.Join(c.Ifaces, ","),
 				"--xdp-mode", lc.XDPMode,
 				"--pin-path", pin,
-				"--snat-addr", c.WAN4.String() + "," + c.WAN6.String(),
+				"--snat-addr", snat,
 				"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", AgentMetrics),
 				"--api-addr", fmt.Sprintf("127.0.0.1:%d", AgentAPIPort),
 				"--tls-dir", AgentTLSDir(work, c.Name),
@@ -366,4 +389,24 @@ func (tb *Testbed) waitHellos(ctx context.Context, since time.Time) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// addHostAddrs assigns n consecutive IPv4 addresses from first (each a /32)
+// to dev in ns, if not there yet.
+func addHostAddrs(ns, dev string, first netip.Addr, n int) error {
+	return netns.Handle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", dev, ns, err)
+		}
+		a := first
+		for i := 0; i < n; i++ {
+			addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+			if err := h.AddrAdd(l, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("add SNAT address %s to %s in %s: %w", a, dev, ns, err)
+			}
+			a = a.Next()
+		}
+		return nil
+	})
 }

@@ -47,6 +47,7 @@ type options struct {
 	explicit     bool
 	drain        time.Duration
 	wrk          bool
+	snatPool     int
 	rateDuration time.Duration
 	rateConns    int
 	udp          bool
@@ -63,6 +64,7 @@ func main() {
 	flag.BoolVar(&o.wrk, "wrk", true, "run wrk -c8 (keep-alive, back to back) through the home frontend during the migrations")
 	flag.DurationVar(&o.rateDuration, "rate-duration", 60*time.Second, "how long wrk opens new connections (Connection: close) at its highest rate after the migrations (0: skip)")
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "wrk's concurrent connections in the new-connection phase")
+	flag.IntVar(&o.snatPool, "snat-pool", 1, "IPv4 SNAT addresses per agent (testbed.SNATPool4, assigned to the node's WAN interface); 1: the node's WAN address")
 	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, roam-agent --udp-drain)")
 	flag.Parse()
 	o.n = max(o.n, 50)
@@ -91,6 +93,7 @@ type summary struct {
 	DrainTimeoutMs   float64 `json:"drain_timeout_ms"`
 	NewConnsPerSec   float64 `json:"new_conns_per_s"`
 	PortExhausted    int64   `json:"port_exhausted"`
+	SNATPool         int     `json:"snat_pool"` // IPv4 SNAT addresses of each agent
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -112,7 +115,7 @@ func run(ctx context.Context, o options) error {
 			fmt.Fprintln(os.Stderr, "testbed down:", err)
 		}
 	}()
-	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: o.bin, XDPMode: o.xdp, DrainTimeout: o.drain}); err != nil {
+	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: o.bin, XDPMode: o.xdp, DrainTimeout: o.drain, SNATPool: o.snatPool}); err != nil {
 		return err
 	}
 	home, _ := tb.Cluster("home")
@@ -261,6 +264,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	sum.Migrations = len(migs)
+	sum.SNATPool = max(o.snatPool, 1)
 	sum.DrainTimeoutMs = ms(o.drain)
 	sum.FailedShort = rep.Kinds[load.Short].Failed
 	sum.FailedKeepalive = rep.Kinds[load.KeepAlive].Failed + wr.Errors()
