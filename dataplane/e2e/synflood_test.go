@@ -179,7 +179,7 @@ func (r *realClients) p99() time.Duration {
 // same frontend to a target abroad. Undefended (one SNAT address, no
 // eviction: the flood's flows hold their ports for the whole embryonic
 // timeout), the flood exhausts the ports and the real client's connects
-// fail. With a pool of 8 SNAT addresses (routed to the home node by the
+// fail or wait for their SYN's retransmissions (p99 >= 1 s). With a pool of 8 SNAT addresses (routed to the home node by the
 // abroad namespace) and eviction of silent embryonic flows, every real
 // connection succeeds with connect p99 < 1 s and no port runs out; the
 // evictions are counted.
@@ -316,9 +316,9 @@ func TestSYNFlood(t *testing.T) {
 	// Undefended: one SNAT address, embryonic flows hold their port for the whole timeout.
 	open(dataplane.Config{SNATv4: netns.HomeWAN, Timeouts: dataplane.Timeouts{SYN: synTimeout, SYNEvict: time.Hour}}, true)
 	rc, delta := runPhase("undefended", lb.Frontend{Addr: netns.HomeAddr, Port: 80, Proto: lb.TCP})
-	if delta["port_exhausted"] == 0 || len(rc.failed) == 0 {
-		t.Fatalf("undefended: port_exhausted +%d, %d real connects failed: the flood did not exhaust the ports, so the defended run proves nothing",
-			delta["port_exhausted"], len(rc.failed))
+	if delta["port_exhausted"] == 0 || (len(rc.failed) == 0 && rc.p99() < time.Second) {
+		t.Fatalf("undefended: port_exhausted +%d, %d real connects failed, p99 %s: the flood did not hurt the real client, so the defended run proves nothing",
+			delta["port_exhausted"], len(rc.failed), rc.p99())
 	}
 
 	// Defended: a pool of 8 addresses (2,000 slots: the flood's 2,500
