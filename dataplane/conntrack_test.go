@@ -123,7 +123,7 @@ func (fl *ctFlow) state() string {
 }
 
 // ctTimeouts are the scenarios' timeouts.
-var ctTimeouts = dataplane.Timeouts{SYN: 2 * time.Second, SYNEvict: 1800 * time.Millisecond, Established: 20 * time.Second, Close: time.Second,
+var ctTimeouts = dataplane.Timeouts{SYN: 2 * time.Second, SYNEvict: 600 * time.Millisecond, Established: 20 * time.Second, Close: time.Second,
 	TimeWait: 6 * time.Second, UDPDrain: time.Second}
 
 // ctStep is one step of a scenario and what must hold after it.
@@ -188,14 +188,14 @@ func TestConntrackStateMachine(t *testing.T) {
 			{"c S", xdpTX, "syn", 1}, {"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"c A", xdpTX, "established", 1},
 			{"c S", xdpTX, "established", 1}}},
 		{"an embryonic flow times out in seconds, and its port is taken", false, []ctStep{
-			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 1500ms", 0, "syn", 1}, {"o S", xdpDrop, "syn", 1},
-			{"age 1s", 0, "-", 0}, {"o S", xdpTX, "-", 0}, {"c A", xdpDrop, "-", 0}}},
+			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 300ms", 0, "syn", 1}, {"o S", xdpDrop, "syn", 1},
+			{"age 2s", 0, "-", 0}, {"o S", xdpTX, "-", 0}, {"c A", xdpDrop, "-", 0}}},
 		{"an embryonic flow whose client is silent is over at the SYN timeout, whatever the target sends", false, []ctStep{
 			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 1500ms", 0, "syn", 1}, {"t SA", xdpTX, "syn", 1},
 			{"age 600ms", 0, "-", 0}, {"o S", xdpTX, "-", 0}}},
 		{"an embryonic flow silent both ways for the eviction time yields its port to a new flow, and says so", false, []ctStep{
-			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 1700ms", 0, "syn", 1}, {"o S", xdpDrop, "syn", 1},
-			{"age 200ms", 0, "syn", 1}, {"o S", xdpTX, "-", 0}, {"c A", xdpDrop, "-", 0}}},
+			{"c S", xdpTX, "syn", 1}, {"t SA", xdpTX, "syn", 1}, {"age 300ms", 0, "syn", 1}, {"o S", xdpDrop, "syn", 1},
+			{"age 400ms", 0, "syn", 1}, {"o S", xdpTX, "-", 0}, {"c A", xdpDrop, "-", 0}}},
 		{"an established flow lives long, kept alive by either direction", false, append(established,
 			ctStep{"age 12s", 0, "established", 1}, ctStep{"t A+", xdpTX, "established", 1},
 			ctStep{"age 12s", 0, "established", 1}, ctStep{"o S", xdpDrop, "established", 1},
