@@ -32,6 +32,32 @@ func identity(t *testing.T, ca *pki.CA, id pki.ID) *pki.Source {
 	return s
 }
 
+// startTLSAgent serves a real data plane's agent API with node's identity
+// over mutual TLS, as roam-agent serves it (httptest's StartTLS would put
+// its own certificate first), and returns it with its URL. tc, when set,
+// replaces node.ServerConfig(); connState, when set, sees every
+// connection's state changes.
+func startTLSAgent(t *testing.T, node *pki.Source, tc *tls.Config, connState func(net.Conn, http.ConnState)) (*agent, string) {
+	t.Helper()
+	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
+	var err error
+	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
+		t.Fatal(err)
+	}
+	if tc == nil {
+		tc = node.ServerConfig()
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: a.srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: tc,
+		ErrorLog: log.New(io.Discard, "", 0), ConnState: connState}
+	go func() { _ = hs.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = hs.Close() })
+	return a, "https://" + ln.Addr().String()
+}
+
 // TestMutualTLS runs the agent API as a deployed agent does (mutual TLS
 // with node home/n1's identity) and calls it as each attacker would: with
 // no certificate, as another cluster's controller of the same
@@ -50,21 +76,7 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := identity(t, ca, pki.ID{Cluster: "home", Node: "n1"})
-	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
-	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
-		t.Fatal(err)
-	}
-	// Served as roam-agent serves it (httptest's StartTLS would put its
-	// own certificate first).
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: a.srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: node.ServerConfig(),
-		ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = hs.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = hs.Close() })
-	url := "https://" + ln.Addr().String()
+	a, url := startTLSAgent(t, node, nil, nil)
 	c := ctx(t)
 
 	pool := x509.NewCertPool()
@@ -154,19 +166,8 @@ func TestVerifiedCallerCheckedAgainAtRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
-	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: a.srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: node.ServerConfig(),
-		ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = hs.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = hs.Close() })
-	c := NewTLS("https://"+ln.Addr().String(), identity(t, ca, pki.ID{Cluster: "home"}).ClientConfig(nil))
+	a, url := startTLSAgent(t, node, nil, nil)
+	c := NewTLS(url, identity(t, ca, pki.ID{Cluster: "home"}).ClientConfig(nil))
 	x := ctx(t)
 	for range 3 {
 		if _, err := c.Stage(x, fe, t1); err != nil {

@@ -2,15 +2,11 @@ package agentapi
 
 import (
 	"crypto/tls"
-	"io"
-	"log"
 	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -25,14 +21,6 @@ func TestWarmThenNoHandshake(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := identity(t, ca, pki.ID{Cluster: "home", Node: "n1"})
-	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
-	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var accepted, handshakes atomic.Int64
 	tc := node.ServerConfig()
 	verify := tc.VerifyConnection
@@ -43,17 +31,13 @@ func TestWarmThenNoHandshake(t *testing.T) {
 		}
 		return nil
 	}
-	hs := &http.Server{Handler: a.srv.Handler(), ReadHeaderTimeout: 10 * time.Second, TLSConfig: tc,
-		ErrorLog: log.New(io.Discard, "", 0),
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				accepted.Add(1)
-			}
-		}}
-	go func() { _ = hs.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { _ = hs.Close() })
+	a, url := startTLSAgent(t, node, tc, func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			accepted.Add(1)
+		}
+	})
 	ctl := identity(t, ca, pki.ID{Cluster: "home"})
-	c := NewTLS("https://"+ln.Addr().String(), ctl.ClientConfig(pki.ExpectNodeOf("home")))
+	c := NewTLS(url, ctl.ClientConfig(pki.ExpectNodeOf("home")))
 	g := Group{c}
 	x := ctx(t)
 
@@ -99,7 +83,7 @@ func TestWarmThenNoHandshake(t *testing.T) {
 	}
 	// A client that never warmed dials inside its first stage: what Warm
 	// takes out of the reroute.
-	cold := NewTLS("https://"+ln.Addr().String(), ctl.ClientConfig(pki.ExpectNodeOf("home")))
+	cold := NewTLS(url, ctl.ClientConfig(pki.ExpectNodeOf("home")))
 	if _, err := cold.Stage(x, fs[0], t2); err != nil {
 		t.Fatal(err)
 	}
