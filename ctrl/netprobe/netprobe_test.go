@@ -197,10 +197,7 @@ func TestProberRTTLossUpDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer runProber(p)()
 
 	waitFor(t, "links measured", func() bool {
 		g, ok1 := p.LinkTo("good")
@@ -305,10 +302,7 @@ func TestProberMeasuresWhenThePeerSaysItFell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer runProber(p)()
 	n := func() uint64 { l, _ := p.LinkTo("cloud"); return l.BandwidthN }
 	waitFor(t, "first bandwidth sample", func() bool { return n() == 1 })
 	set(150, 2) // a rise: no probe before the turn
@@ -340,14 +334,11 @@ func TestProberBoundsDuty(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
+	stop := runProber(p)
 	start := time.Now()
 	waitFor(t, "first bandwidth sample", func() bool { l, _ := p.LinkTo("slow"); return l.BandwidthN >= 1 })
 	time.Sleep(2 * time.Second)
-	cancel()
-	<-done
+	stop()
 	l, _ := p.LinkTo("slow")
 	// A transfer takes >= 100 ms, so >= 1 s between two starts (one
 	// immediate re-measure of a big change aside): at most el / 1 s +
@@ -360,4 +351,13 @@ func TestProberBoundsDuty(t *testing.T) {
 	if l.BandwidthN < 2 {
 		t.Fatalf("%d transfers in %s: the prober stopped measuring", l.BandwidthN, el)
 	}
+}
+
+// runProber runs p until the returned stop is called, which waits for Run
+// to return.
+func runProber(p *Prober) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	return func() { cancel(); <-done }
 }
