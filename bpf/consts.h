@@ -51,6 +51,14 @@
 #define SNAT_POOL_MAX 1024 /* SNAT addresses per family (pool x port range slots fit in 32 bits) */
 #endif
 
+#ifndef ICMP_RATE
+#define ICMP_RATE 1000 /* time exceeded answers a second per CPU, on average (icmp.h icmp_allow) */
+#endif
+
+#ifndef ICMP_BURST
+#define ICMP_BURST 50 /* and in a burst */
+#endif
+
 #ifndef PORT_RETRIES
 #define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
 #endif
@@ -95,7 +103,8 @@ enum drop_reason {
 	REASON_SRV6_NO_ENCAP = 19,    /* SRv6 target on a path that cannot encapsulate (tc: local senders): dropped */
 	REASON_TTL_EXCEEDED = 20,     /* to be forwarded with a TTL or hop limit of 1 or 0: dropped */
 	REASON_SYN_EVICTED = 21,      /* an embryonic flow silent for tcp_syn_evict_ns gave its SNAT port to a new flow: dropped (nat.h) */
-	REASON_MAX = 22,
+	REASON_ICMP_LIMITED = 22,     /* a time exceeded not sent: over the ICMP budget (icmp.h icmp_allow); its packet counts as ttl_exceeded too */
+	REASON_MAX = 23,
 };
 
 /*

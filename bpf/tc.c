@@ -47,9 +47,10 @@ static __always_inline int roam_l4_csum(struct __sk_buff *skb, struct pkt *p, __
  * roam_xmit sends the packet as x says: next hop by bpf_fib_lookup (before
  * the rewrite), out by bpf_redirect (into a local pod's veth from ingress:
  * bpf_redirect_peer, to the pod's end); without a neighbour, bpf_redirect_neigh
- * resolves it. A packet too big for the egress is dropped (counted): only
- * a non-GSO packet larger than the egress MTU can be, which a local socket
- * or pod sends only above its own link's MTU.
+ * resolves it. A packet too big for the egress (only a non-GSO packet
+ * larger than the egress MTU can be, which a local socket or pod sends only
+ * above its own link's MTU) is answered with an ICMP too-big, one whose
+ * TTL or hop limit runs out at an ingress hook with a time exceeded.
  */
 static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const struct xlate *x, __u64 now)
 {
@@ -60,7 +61,7 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		count_reason(REASON_TOO_BIG);
 		count_action(x->id, ACTION_DROP, p->len);
-		return TC_ACT_SHOT;
+		return icmp_too_big(skb, fib.mtu_result);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
 		count_reason(REASON_NO_ROUTE);
@@ -78,6 +79,9 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 		if (t != 0) {
 			count_reason(t > 0 ? REASON_TTL_EXCEEDED : REASON_MALFORMED);
 			count_action(x->id, ACTION_DROP, p->len);
+			/* A router's answer; never an error about an error. */
+			if (t > 0 && p->proto != IPPROTO_ICMP_ && p->proto != IPPROTO_ICMPV6_)
+				return icmp_time_exceeded(skb);
 			return TC_ACT_SHOT;
 		}
 	}

@@ -42,7 +42,8 @@ static __always_inline int roam_l4_csum(struct xdp_md *ctx, struct pkt *p, __u32
  * roam_xmit sends the packet as x says: next hop by bpf_fib_lookup through
  * the per-CPU next-hop cache, before the rewrite; XDP_TX on the same
  * interface, redirect to another; too big for the egress: an ICMP too-big
- * back to its sender; no neighbour, or for a local pod: up to tc, untouched.
+ * back to its sender; its TTL or hop limit out: an ICMP time exceeded; no
+ * neighbour, or for a local pod: up to tc, untouched.
  */
 static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u64 now)
 {
@@ -52,13 +53,15 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 		return XDP_TX;
 	}
 	__u32 in = ctx->ingress_ifindex, out = 0, mtu = 0, pod = 0;
+	if (ip_ttl_expiring(ctx, p->family))
+		icmp_keep_macs(ctx); /* nh_lookup writes the next hop's: a time exceeded goes back */
 	long rc = nh_lookup(ctx, p, x, in, now, &out, &mtu, &pod);
 	if (rc < 0)
 		return XDP_DROP; /* shorter than parsed: cannot happen */
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		count_reason(REASON_TOO_BIG);
 		count_action(x->id, ACTION_DROP, p->len);
-		return xdp_too_big(ctx, mtu);
+		return icmp_too_big(ctx, mtu);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
 		count_reason(REASON_NO_ROUTE);
@@ -91,6 +94,9 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 		if (t != 0) {
 			count_reason(t > 0 ? REASON_TTL_EXCEEDED : REASON_MALFORMED);
 			count_action(x->id, ACTION_DROP, p->len);
+			/* A router's answer; never an error about an error. */
+			if (t > 0 && p->proto != IPPROTO_ICMP_ && p->proto != IPPROTO_ICMPV6_)
+				return icmp_time_exceeded(ctx);
 			return XDP_DROP;
 		}
 	}

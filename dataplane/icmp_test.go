@@ -281,3 +281,56 @@ func TestMSSClamp(t *testing.T) {
 		t.Fatalf("ACK: verdict %d, MSS %d; want XDP_TX with 1460", v, mssOf(out))
 	}
 }
+
+// TestTooBigTC: the tc program answers a packet too big for its egress as
+// XDP does, with an ICMP "fragmentation needed" / ICMPv6 "packet too big"
+// from the address it was sent to, quoting its start: from an ingress hook
+// (a pod's veth, or XDP's pass) back out of the interface it came in by,
+// from a local sender (egress) into the host's own stack. Counted as
+// too_big; before, tc dropped it without a word.
+func TestTooBigTC(t *testing.T) {
+	tb := newRedirectTestbed(t)
+	d0 := tb.d0.Attrs().Index
+	big := bytes.Repeat([]byte("x"), 1500)
+	for _, c := range []struct {
+		desc             string
+		client, frontend netip.AddrPort
+		ingress          int
+		quoted           int
+	}{
+		{"ipv4 udp at ingress", ap("198.51.100.7:5000"), ap("10.0.0.1:7000"), d0, 84},
+		{"ipv6 udp at ingress", ap("[2001:db8:c::7]:5000"), ap("[2001:db8::1]:7000"), d0, 256},
+		{"ipv4 udp from this host", ap("198.51.100.7:5001"), ap("10.0.0.1:7000"), 0, 84},
+		{"ipv6 udp from this host", ap("[2001:db8:c::7]:5001"), ap("[2001:db8::1]:7000"), 0, 256},
+	} {
+		t.Logf("case: %s", c.desc)
+		in := spec{src: c.client, dst: c.frontend, proto: lb.UDP, payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t)
+		before, _ := tb.d.Drops()
+		var v uint32
+		var out []byte
+		var err error
+		if c.ingress != 0 {
+			v, out, err = tb.d.RunTCIngress(in, c.ingress)
+		} else {
+			v, out, err = tb.d.RunTC(in)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != tcRedirect {
+			t.Fatalf("verdict %d, want TC_ACT_REDIRECT (the answer)", v)
+		}
+		verifyChecksums(t, out)
+		typ, code := uint8(3), uint8(4)
+		if c.client.Addr().Is6() {
+			typ, code = 2, 0
+		}
+		want := icmpErr(t, c.frontend.Addr(), c.client.Addr(), macD0, macPeer, typ, code, 1500, quote(in, c.quoted))
+		if !bytes.Equal(out, want) {
+			t.Fatalf("too big answer\n got %x\nwant %x", out, want)
+		}
+		if after, _ := tb.d.Drops(); after["too_big"] != before["too_big"]+1 {
+			t.Fatalf("too_big %d -> %d", before["too_big"], after["too_big"])
+		}
+	}
+}

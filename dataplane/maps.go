@@ -83,6 +83,7 @@ var DropReasons = [...]string{
 	"srv6_foreign_sid", "srv6_foreign_src", "srv6_no_copy", "srv6_too_big", "srv6_bad_srh", "srv6_no_encap",
 	"ttl_exceeded",
 	"syn_evicted",
+	"icmp_limited",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

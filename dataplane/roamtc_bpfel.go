@@ -20,6 +20,7 @@ const (
 	roamTCMapRoamConntrack = "roam_conntrack"
 	roamTCMapRoamCounters  = "roam_counters"
 	roamTCMapRoamDrops     = "roam_drops"
+	roamTCMapRoamIcmpState = "roam_icmp_state"
 	roamTCMapRoamIfaces    = "roam_ifaces"
 	roamTCMapRoamNat       = "roam_nat"
 	roamTCMapRoamScratch   = "roam_scratch"
@@ -80,6 +81,7 @@ type roamTCMapSpecs struct {
 	RoamConntrack *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamIcmpState *ebpf.MapSpec `ebpf:"roam_icmp_state"`
 	RoamIfaces    *ebpf.MapSpec `ebpf:"roam_ifaces"`
 	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
 	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
@@ -116,6 +118,7 @@ type roamTCMaps struct {
 	RoamConntrack *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
 	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
+	RoamIcmpState *ebpf.Map `ebpf:"roam_icmp_state"`
 	RoamIfaces    *ebpf.Map `ebpf:"roam_ifaces"`
 	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
 	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
@@ -128,6 +131,7 @@ func (m *roamTCMaps) Close() error {
 		m.RoamConntrack,
 		m.RoamCounters,
 		m.RoamDrops,
+		m.RoamIcmpState,
 		m.RoamIfaces,
 		m.RoamNat,
 		m.RoamScratch,

@@ -76,6 +76,14 @@ type roamXDPFrontendKey struct {
 	Family uint8
 }
 
+type roamXDPIcmpState struct {
+	_      structs.HostLayout
+	Last   uint64
+	Credit uint64
+	Macs   [12]uint8
+	Pad    uint32
+}
+
 type roamXDPLpm6Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -217,6 +225,7 @@ const (
 	roamXDPMapRoamConntrack    = "roam_conntrack"
 	roamXDPMapRoamCounters     = "roam_counters"
 	roamXDPMapRoamDrops        = "roam_drops"
+	roamXDPMapRoamIcmpState    = "roam_icmp_state"
 	roamXDPMapRoamIfaces       = "roam_ifaces"
 	roamXDPMapRoamNat          = "roam_nat"
 	roamXDPMapRoamNexthop      = "roam_nexthop"
@@ -284,6 +293,7 @@ type roamXDPMapSpecs struct {
 	RoamConntrack    *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters     *ebpf.MapSpec `ebpf:"roam_counters"`
 	RoamDrops        *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamIcmpState    *ebpf.MapSpec `ebpf:"roam_icmp_state"`
 	RoamIfaces       *ebpf.MapSpec `ebpf:"roam_ifaces"`
 	RoamNat          *ebpf.MapSpec `ebpf:"roam_nat"`
 	RoamNexthop      *ebpf.MapSpec `ebpf:"roam_nexthop"`
@@ -327,6 +337,7 @@ type roamXDPMaps struct {
 	RoamConntrack    *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters     *ebpf.Map `ebpf:"roam_counters"`
 	RoamDrops        *ebpf.Map `ebpf:"roam_drops"`
+	RoamIcmpState    *ebpf.Map `ebpf:"roam_icmp_state"`
 	RoamIfaces       *ebpf.Map `ebpf:"roam_ifaces"`
 	RoamNat          *ebpf.Map `ebpf:"roam_nat"`
 	RoamNexthop      *ebpf.Map `ebpf:"roam_nexthop"`
@@ -346,6 +357,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamConntrack,
 		m.RoamCounters,
 		m.RoamDrops,
+		m.RoamIcmpState,
 		m.RoamIfaces,
 		m.RoamNat,
 		m.RoamNexthop,

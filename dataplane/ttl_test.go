@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -12,8 +15,10 @@ import (
 // TestTTLDecremented: the XDP program forwards a redirected packet (and a
 // target's reply) one hop down, TTL or hop limit one less with the IPv4
 // header checksum fixed, as a router; a packet it would forward with 1
-// left is dropped and counted as ttl_exceeded, and makes no output (issue
-// 15 item 9).
+// left is not forwarded, counted as ttl_exceeded, and answered as a router
+// answers it: an ICMP time exceeded (ICMPv6 type 3) back to its sender,
+// from the address it was sent to, quoting its IP header and 8 bytes
+// (issue 15 item 9).
 func TestTTLDecremented(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
 	d0 := tb.d0.Attrs().Index
@@ -44,8 +49,17 @@ func TestTTLDecremented(t *testing.T) {
 			t.Fatalf("verdict %d, ttl_exceeded counted %d", v, n)
 		}
 		if c.wantDrop {
-			if v != xdpDrop {
-				t.Fatalf("verdict %d, want XDP_DROP", v)
+			if v != xdpTX {
+				t.Fatalf("verdict %d, want XDP_TX (a time exceeded)", v)
+			}
+			verifyChecksums(t, out)
+			typ, q := uint8(11), 28
+			if ap(c.client).Addr().Is6() {
+				typ, q = 3, 48
+			}
+			want := icmpErr(t, ap(c.frontend).Addr(), ap(c.client).Addr(), macD0, macPeer, typ, 0, 0, quote(in, q))
+			if !bytes.Equal(out, want) {
+				t.Fatalf("time exceeded\n got %x\nwant %x", out, want)
 			}
 			continue
 		}
@@ -67,8 +81,9 @@ func TestTTLDecremented(t *testing.T) {
 
 // TestTTLDecrementedTC: the tc program counts the hop of a packet it
 // forwards from an ingress hook (a pod's, or XDP's without a neighbour):
-// 1 left is dropped and counted; a packet the host sends (egress) is no
-// hop of ours and keeps its TTL of 1.
+// 1 left is counted and answered with a time exceeded out of the
+// interface it came in by; a packet the host sends (egress) is no hop of
+// ours and keeps its TTL of 1.
 func TestTTLDecrementedTC(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
 	d0 := tb.d0.Attrs().Index
@@ -87,10 +102,15 @@ func TestTTLDecrementedTC(t *testing.T) {
 		}
 		return v, out, dropsOf(t, tb.d)["ttl_exceeded"] - before["ttl_exceeded"]
 	}
-	if v, _, n := run("198.51.100.7:33000", 1, d0); v != tcShot || n != 1 {
-		t.Fatalf("ingress, TTL 1: verdict %d, ttl_exceeded counted %d; want TC_ACT_SHOT, 1", v, n)
+	v, out, n := run("198.51.100.7:33000", 1, d0)
+	if v != tcRedirect || n != 1 {
+		t.Fatalf("ingress, TTL 1: verdict %d, ttl_exceeded counted %d; want redirect (a time exceeded), 1", v, n)
 	}
-	v, out, n := run("198.51.100.7:33001", 2, d0)
+	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", payload: []byte("ttl"), hopLimit: 1, srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
+	if want := icmpErr(t, ap("10.0.0.1:80").Addr(), ap("198.51.100.7:33000").Addr(), macD0, macPeer, 11, 0, 0, quote(in, 28)); !bytes.Equal(out, want) {
+		t.Fatalf("ingress, TTL 1: time exceeded\n got %x\nwant %x", out, want)
+	}
+	v, out, n = run("198.51.100.7:33001", 2, d0)
 	if v != tcRedirect || n != 0 || out[14+8] != 1 {
 		t.Fatalf("ingress, TTL 2: verdict %d, TTL %d, ttl_exceeded counted %d; want redirect, 1, 0", v, out[14+8], n)
 	}
@@ -98,5 +118,57 @@ func TestTTLDecrementedTC(t *testing.T) {
 	v, out, n = run("198.51.100.7:33002", 1, 0)
 	if v != tcRedirect || n != 0 || out[14+8] != 1 {
 		t.Fatalf("host egress, TTL 1: verdict %d, TTL %d, ttl_exceeded counted %d; want redirect, 1, 0", v, out[14+8], n)
+	}
+}
+
+// TestTimeExceededBudget: time exceeded answers are bounded as a router
+// bounds them (bpf/consts.h ICMP_RATE a second, bursts of ICMP_BURST, per
+// CPU): a burst of expired packets from one CPU gets the burst answered,
+// plus what the budget refilled meanwhile; the rest are dropped without an
+// answer and counted as icmp_limited (each still as ttl_exceeded).
+func TestTimeExceededBudget(t *testing.T) {
+	const rate, burst, sent = 1000, 50, 400
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	d0 := tb.d0.Attrs().Index
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	// One CPU's budget: this thread (locked by the testbed's namespace) on one CPU.
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	cpu := 0
+	for !set.IsSet(cpu) {
+		cpu++
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.SchedSetaffinity(0, &set) })
+	before := dropsOf(t, tb.d)
+	answered := 0
+	start := time.Now()
+	for i := range sent {
+		in := spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), uint16(20000+i)), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), hopLimit: 1, srcMAC: macPeer, dstMAC: macD0}.build(t)
+		switch v, _ := tb.run(t, in, d0); v {
+		case xdpTX:
+			answered++
+		case xdpDrop:
+		default:
+			t.Fatalf("packet %d: verdict %d", i, v)
+		}
+	}
+	elapsed := time.Since(start)
+	after := dropsOf(t, tb.d)
+	limited := after["icmp_limited"] - before["icmp_limited"]
+	ttl := after["ttl_exceeded"] - before["ttl_exceeded"]
+	most := burst + int(elapsed.Seconds()*rate) + 1
+	t.Logf("%d expired packets in %v: %d answered (at most %d), %d limited", sent, elapsed, answered, most, limited)
+	if answered < burst || answered > most {
+		t.Fatalf("%d answered, want %d to %d", answered, burst, most)
+	}
+	if ttl != sent || limited != uint64(sent-answered) {
+		t.Fatalf("ttl_exceeded %d, icmp_limited %d; want %d, %d", ttl, limited, sent, sent-answered)
 	}
 }
