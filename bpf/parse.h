@@ -9,7 +9,7 @@
 #define L4_OFF6 (L3_OFF + (__u32)sizeof(struct ip6_hdr))
 
 /* Verdict of a subprogram besides VERDICT_PASS and VERDICT_DROP: go on, as the returned entry or translation says. */
-#define VERDICT_FLOW (-1)
+#define VERDICT_FLOW (-3) /* neither an XDP nor a tc verdict (tc.c passes with TC_ACT_UNSPEC, -1) */
 
 enum parse_result {
 	PARSE_OK = 0,	/* a TCP or UDP packet we can rewrite */

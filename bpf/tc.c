@@ -5,7 +5,7 @@
 #include <bpf/bpf_endian.h>
 
 #define ROAM_CTX struct __sk_buff
-#define VERDICT_PASS TC_ACT_OK
+#define VERDICT_PASS TC_ACT_UNSPEC /* not roam's, or left as it came: on to the next program (tcx: TCX_NEXT; clsact: the next filter; none: as TC_ACT_OK) */
 #define VERDICT_DROP TC_ACT_SHOT
 #define ROAM_OWN_SOCKET(ctx) ((ctx)->sk != 0) /* egress: the socket that sent the packet */
 #define ROAM_WIRE_LEN(ctx) ((ctx)->len)

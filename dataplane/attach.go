@@ -90,8 +90,11 @@ const ifacePod = 0x01
 
 // AttachTC attaches the tc program to ifname's ingress (traffic local pods
 // send through their veth) and egress (traffic the host sends) with tcx,
-// links pinned under PinPath/links; where tcx is missing it falls back to a
-// clsact qdisc with direct-action filters. A veth without roam's XDP
+// links pinned under PinPath/links, at the head of each chain: roam
+// translates its frontends' packets before other tcx programs see them,
+// and hands them every other packet untouched (TCX_NEXT). A link pinned by
+// a previous run keeps its place. Where tcx is missing it falls back to a
+// clsact qdisc with a direct-action filter of roam's own (attachClsact). A veth without roam's XDP
 // program is taken for a local pod's: the XDP program then leaves packets
 // for it to tc, which hands them to the pod's end (a veth drops a frame
 // redirected into it by XDP unless its peer runs XDP or GRO).
@@ -113,7 +116,7 @@ func (d *Dataplane) AttachTC(ifname string) error {
 		{"egress", ebpf.AttachTCXEgress, netlink.HANDLE_MIN_EGRESS},
 	} {
 		err := attachPinned(d.linkPin("tcx-"+dir.name, ifname), iface.Index, prog, func() (link.Link, error) {
-			return link.AttachTCX(link.TCXOptions{Program: prog, Interface: iface.Index, Attach: dir.attach})
+			return link.AttachTCX(link.TCXOptions{Program: prog, Interface: iface.Index, Attach: dir.attach, Anchor: link.Head()})
 		})
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			err = attachClsact(iface.Index, dir.parent, prog)
@@ -146,20 +149,50 @@ func (d *Dataplane) markPod(ifname string, ifindex int) error {
 	return nil
 }
 
-const clsactFilterName = "roam_tc"
+// roam's clsact filter: its name, and its own priority and handle, so that
+// it never takes the place of another's (prio 1 / handle 1 is where most
+// tools put theirs). Lower priorities run first: a filter at priority 1
+// runs before roam's, which tcx's head anchor avoids.
+const (
+	clsactFilterName = "roam_tc"
+	clsactPriority   = 0x10
+	clsactHandle     = 0x726f616d // "roam"
+)
 
+// attachClsact attaches prog as roam's direct-action filter under parent
+// (ingress or egress) of ifindex's clsact qdisc, adding the qdisc if it
+// is missing (one that exists is kept, with its filters). A filter at
+// roam's priority and handle that is not roam's is left alone: an error.
 func attachClsact(ifindex int, parent uint32, prog *ebpf.Program) error {
 	q := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
 	}
-	if err := netlink.QdiscReplace(q); err != nil {
+	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	nl, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("find interface %d: %w", ifindex, err)
+	}
+	filters, err := netlink.FilterList(nl, parent)
+	if err != nil {
+		return fmt.Errorf("list clsact filters: %w", err)
+	}
+	for _, f := range filters {
+		a := f.Attrs()
+		if a.Priority != clsactPriority {
+			continue
+		}
+		if bf, ok := f.(*netlink.BpfFilter); !ok || bf.Name != clsactFilterName {
+			return fmt.Errorf("clsact filter at priority %#x (handle %#x, %s) is not roam's: not replaced; remove it or free that priority",
+				a.Priority, a.Handle, f.Type())
+		}
 	}
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: ifindex, Parent: parent, Handle: netlink.MakeHandle(0, 1),
-			Protocol: unix.ETH_P_ALL, Priority: 1,
+			LinkIndex: ifindex, Parent: parent, Handle: clsactHandle,
+			Protocol: unix.ETH_P_ALL, Priority: clsactPriority,
 		},
 		Fd: prog.FD(), Name: clsactFilterName, DirectAction: true,
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -195,3 +196,25 @@ func SetXDPSpec(t interface{ Cleanup(func()) }, spec *ebpf.CollectionSpec) {
 	loadXDPSpec = func() (*ebpf.CollectionSpec, error) { return spec.Copy(), nil }
 	t.Cleanup(func() { loadXDPSpec = old })
 }
+
+// TCProgramID is the kernel's id of the loaded tc program.
+func (d *Dataplane) TCProgramID() (ebpf.ProgramID, error) {
+	info, err := d.tc.RoamTc.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
+}
+
+// AttachClsactIngress attaches the tc program to ifindex's ingress by the
+// clsact fallback AttachTC takes where tcx is missing.
+func (d *Dataplane) AttachClsactIngress(ifindex int) error {
+	return attachClsact(ifindex, netlink.HANDLE_MIN_INGRESS, d.tc.RoamTc)
+}
+
+// Roam's clsact filter priority and handle.
+const (
+	ClsactPriority = clsactPriority
+	ClsactHandle   = clsactHandle
+)
