@@ -5,7 +5,9 @@
 // the bytes that arrive after the shaper's burst has passed).
 //
 // Every controller serves both endpoints on one port (Server: UDP echo,
-// TCP bulk). A Prober probes the peers that matter (Target.Hot: peers
+// TCP bulk; it sends one transfer at a time, the others waiting their
+// turn, so that two controllers probing it at once do not split its
+// link). A Prober probes the peers that matter (Target.Hot: peers
 // hosting this cluster's services or the homes of copies it runs; the
 // others: up to Config.MaxCold placement candidates, probed less often)
 // and keeps one Link per peer for the hellos and for Prometheus.
@@ -28,6 +30,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,9 +60,18 @@ type ServerConfig struct {
 	// TCP and UDP, when set, are used instead of listening on Addr.
 	TCP net.Listener
 	UDP net.PacketConn
-	// MaxBulk is how many bulk transfers run at once (default 4); more
-	// are refused (closed at once, counted).
-	MaxBulk int
+	// MaxBulk is how many bulk transfers are sent at once (default 1).
+	// Every transfer from here crosses this cluster's access link: two
+	// at once share it, and each prober would read a part of the rate
+	// (two controllers probing the same peer at the same moment read
+	// half each). So a request waits, up to QueueWait (default 1s), for
+	// the transfer under way to end; the prober times from the first
+	// byte, so the wait does not count. At most MaxQueued (default 8)
+	// wait; more, or one whose wait runs out, are refused (closed,
+	// counted): the prober tries again at its next turn.
+	MaxBulk   int
+	MaxQueued int
+	QueueWait time.Duration
 	// EchoRate bounds echoes per second (default 2000): the echo answers
 	// any source, so it must not become a reflector.
 	EchoRate   float64
@@ -69,21 +81,34 @@ type ServerConfig struct {
 
 // Server answers probes: UDP echoes and TCP bulk transfers.
 type Server struct {
-	cfg  ServerConfig
-	tcp  net.Listener
-	udp  net.PacketConn
-	sem  chan struct{}
-	lim  *rate.Limiter
-	reqs *prometheus.CounterVec
-	log  *slog.Logger
-	wg   sync.WaitGroup
-	once sync.Once
+	cfg ServerConfig
+	tcp net.Listener
+	udp net.PacketConn
+	sem chan struct{} // a slot per transfer being sent
+	// queue bounds the connections taken in: sent or waiting for a slot.
+	queue chan struct{}
+	lim   *rate.Limiter
+	reqs  *prometheus.CounterVec
+	// sending is how many bulk transfers are being sent; overlaps counts
+	// those that began while another was being sent (both then share this
+	// end's link, and each prober sees a part of it).
+	sending  atomic.Int32
+	overlaps prometheus.Counter
+	log      *slog.Logger
+	wg       sync.WaitGroup
+	once     sync.Once
 }
 
 // NewServer listens (or takes the given sockets) and starts serving.
 func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxBulk <= 0 {
-		cfg.MaxBulk = 4
+		cfg.MaxBulk = 1
+	}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = 8
+	}
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = time.Second
 	}
 	if cfg.EchoRate <= 0 {
 		cfg.EchoRate = 2000
@@ -92,7 +117,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Server{cfg: cfg, tcp: cfg.TCP, udp: cfg.UDP, sem: make(chan struct{}, cfg.MaxBulk),
-		lim: rate.NewLimiter(rate.Limit(cfg.EchoRate), int(cfg.EchoRate)/10+1), log: cfg.Logger}
+		queue: make(chan struct{}, cfg.MaxBulk+cfg.MaxQueued),
+		lim:   rate.NewLimiter(rate.Limit(cfg.EchoRate), int(cfg.EchoRate)/10+1), log: cfg.Logger}
 	s.reqs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "roam_ctrl_probe_requests_total",
 		Help: "Probes this controller answered (kind echo or bulk) by result: served, refused (over the limit), bad (malformed).",
@@ -102,9 +128,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			s.reqs.WithLabelValues(k, r)
 		}
 	}
+	s.overlaps = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "roam_ctrl_probe_bulk_overlaps_total",
+		Help: "Bulk transfers that began while another was being sent: they shared this controller's link, and each read a part of it.",
+	})
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(s.reqs); err != nil {
-			return nil, fmt.Errorf("register probe server metrics: %w", err)
+		for _, c := range []prometheus.Collector{s.reqs, s.overlaps} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("register probe server metrics: %w", err)
+			}
 		}
 	}
 	var err error
@@ -177,7 +209,7 @@ func (s *Server) serveTCP() {
 			continue
 		}
 		select {
-		case s.sem <- struct{}{}:
+		case s.queue <- struct{}{}:
 		default:
 			s.reqs.WithLabelValues("bulk", "refused").Inc()
 			c.Close()
@@ -186,10 +218,14 @@ func (s *Server) serveTCP() {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer func() { <-s.sem }()
+			defer func() { <-s.queue }()
 			defer c.Close()
 			if err := s.bulk(c); err != nil {
-				s.reqs.WithLabelValues("bulk", "bad").Inc()
+				result := "bad"
+				if errors.Is(err, errBusy) {
+					result = "refused"
+				}
+				s.reqs.WithLabelValues("bulk", result).Inc()
 				s.log.Debug("probe bulk", "peer", c.RemoteAddr(), "err", err)
 				return
 			}
@@ -197,6 +233,8 @@ func (s *Server) serveTCP() {
 		}()
 	}
 }
+
+var errBusy = errors.New("busy: another transfer held the link for the whole wait")
 
 // congestion is the congestion control of bulk transfers (see
 // setCongestion).
@@ -237,6 +275,20 @@ func (s *Server) bulk(c net.Conn) error {
 	if d <= 0 || left <= 0 {
 		return errors.New("read request: zero duration or bytes")
 	}
+	// Wait for the link (see ServerConfig.MaxBulk).
+	t := time.NewTimer(s.cfg.QueueWait)
+	defer t.Stop()
+	select {
+	case s.sem <- struct{}{}:
+	case <-t.C:
+		return errBusy
+	}
+	defer func() { <-s.sem }()
+	if s.sending.Add(1) > 1 {
+		s.overlaps.Inc()
+		s.log.Debug("probe bulk: another transfer is being sent", "peer", c.RemoteAddr())
+	}
+	defer s.sending.Add(-1)
 	end := time.Now().Add(d)
 	c.SetWriteDeadline(end.Add(time.Second))
 	for left > 0 && time.Now().Before(end) {
@@ -246,5 +298,9 @@ func (s *Server) bulk(c net.Conn) error {
 			return nil // the prober hung up: it had enough
 		}
 	}
+	// All is written, but part of it may still be in the socket's send
+	// buffer: the link is free when the prober has read it and hung up.
+	c.SetReadDeadline(end.Add(time.Second))
+	_, _ = io.Copy(io.Discard, c)
 	return nil
 }

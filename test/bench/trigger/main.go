@@ -69,7 +69,35 @@ type summary struct {
 	BwErrorPct       float64            `json:"bw_error_pct"`
 	BwEstimates      map[string]float64 `json:"bw_estimates_mbps"`
 	ManualMigrations int                `json:"manual_migrations"`
-	GoalDetectMs     float64            `json:"goal_detect_ms"`
+	// ProbeOverlaps and NoiseProbeOverlaps count the cloud's bandwidth
+	// probe transfers that shared its link with another, during the
+	// estimate phase and the noise run.
+	ProbeOverlaps      float64 `json:"probe_overlaps"`
+	NoiseProbeOverlaps float64 `json:"noise_probe_overlaps"`
+	GoalDetectMs       float64 `json:"goal_detect_ms"`
+}
+
+func mbps(v []float64) string {
+	out := ""
+	for i, x := range v {
+		if i > 0 {
+			out += " "
+		}
+		out += fmt.Sprintf("%.2f", x/1e6)
+	}
+	return out
+}
+
+// stages is m's stages up to its commit, with their times.
+func stages(m ctrl.Migration) string {
+	out := ""
+	for _, s := range m.Stages {
+		out += fmt.Sprintf("%s %.0f ms; ", s.Stage, s.Ms)
+		if s.Stage == ctrl.StageCommit {
+			break
+		}
+	}
+	return out
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -132,7 +160,9 @@ func run(ctx context.Context, o options) error {
 		}
 		return ms(testbed.CommitAt(m).Sub(since)), m, nil
 	}
-	fmt.Printf("\n%-6s %-28s %-14s %10s  %s\n", "cycle", "change", "move", "->commit", "trigger")
+	// ->start is the detection and the decision (for a better place, its
+	// hold); the rest, to the commit, the migration's stages.
+	fmt.Printf("\n%-6s %-28s %-14s %10s %10s  %s\n", "cycle", "change", "move", "->start", "->commit", "trigger / stages")
 	for i := range o.cycles {
 		time.Sleep(o.settleAfter)
 		e, err := tb.Shape("cloud", o.degraded)
@@ -144,7 +174,7 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		sum.DetectAllMs = append(sum.DetectAllMs, d)
-		fmt.Printf("%-6d %-28s %-14s %8.0f ms  %s\n", i+1, "cloud shaped to "+testbed.FormatRate(o.degraded), m.From+"->"+m.To, d, m.Trigger)
+		fmt.Printf("%-6d %-28s %-14s %7.0f ms %7.0f ms  %s\n       %s\n", i+1, "cloud shaped to "+testbed.FormatRate(o.degraded), m.From+"->"+m.To, ms(m.Started.Sub(e.Time)), d, m.Trigger, stages(m))
 		time.Sleep(o.settleAfter)
 		if e, err = tb.Unshape("cloud"); err != nil {
 			return err
@@ -154,12 +184,24 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		better = append(better, d)
-		fmt.Printf("%-6d %-28s %-14s %8.0f ms  %s\n", i+1, "cloud unshaped", m.From+"->"+m.To, d, m.Trigger)
+		fmt.Printf("%-6d %-28s %-14s %7.0f ms %7.0f ms  %s\n       %s\n", i+1, "cloud unshaped", m.From+"->"+m.To, ms(m.Started.Sub(e.Time)), d, m.Trigger, stages(m))
 	}
 	sum.DetectMs = testbed.Quantile(sum.DetectAllMs, 0.5)
 	sum.BetterMs = testbed.Quantile(better, 0.5)
 
 	// The estimate against the tbf rate, as the home's metrics give it.
+	// The cloud's probe server counts the transfers it sent while sending
+	// another (they share the shaped link: each reads a part of it).
+	cloud, _ := tb.Cluster("cloud")
+	overlaps := func() float64 {
+		v, err := scrape(ctx, tb.HTTPSClient(cloud.NS, 5*time.Second), cloud.CtrlURL(), "roam_ctrl_probe_bulk_overlaps_total", "")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cloud overlaps:", err)
+			return math.NaN()
+		}
+		return v
+	}
+	ov0 := overlaps()
 	sum.BwEstimates = map[string]float64{}
 	fmt.Printf("\n%-10s %12s %8s\n", "tbf rate", "estimate", "error")
 	for _, r := range o.rates {
@@ -179,8 +221,11 @@ func run(ctx context.Context, o options) error {
 		e := 100 * (v - float64(r)) / float64(r)
 		sum.BwEstimates[testbed.FormatRate(r)] = math.Round(v/1e4) / 100
 		sum.BwErrorPct = max(sum.BwErrorPct, math.Abs(e))
-		fmt.Printf("%-10s %9.2f Mb/s %+7.1f%%\n", testbed.FormatRate(r), v/1e6, e)
+		fmt.Printf("%-10s %9.2f Mb/s %+7.1f%%  (samples %s)\n", testbed.FormatRate(r), v/1e6, e, mbps(est))
 	}
+	ov1 := overlaps()
+	sum.ProbeOverlaps = ov1 - ov0
+	fmt.Printf("transfers the cloud sent while sending another (estimate phase): %.0f\n", sum.ProbeOverlaps)
 	sum.BwErrorPct = math.Round(sum.BwErrorPct*10) / 10
 
 	// Noise around the need: the service starts at the cloud.
@@ -206,6 +251,7 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 	sum.NoiseMinutes = math.Round(time.Since(noiseStart).Minutes()*10) / 10
+	sum.NoiseProbeOverlaps = overlaps() - ov1
 	moves, manual, err := count(ctx, tb, noiseStart, start)
 	if err != nil {
 		return err
@@ -258,30 +304,39 @@ func count(ctx context.Context, tb *testbed.Testbed, noise, start time.Time) ([]
 // (roam_ctrl_link_bandwidth_bits_per_second{peer="cloud"}) from its
 // /metrics (on its API's TLS listener).
 func homeEstimate(ctx context.Context, cl *http.Client, ctrlURL string) (float64, error) {
+	return scrape(ctx, cl, ctrlURL, "roam_ctrl_link_bandwidth_bits_per_second", "cloud")
+}
+
+// scrape reads one series of a controller's /metrics (on its API's TLS
+// listener): the metric name, with label peer when peer is not empty.
+func scrape(ctx context.Context, cl *http.Client, ctrlURL, name, peer string) (float64, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ctrlURL+"/metrics", nil)
 	resp, err := cl.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape home metrics: %w", err)
+		return 0, fmt.Errorf("scrape metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("scrape home metrics: %s", resp.Status)
+		return 0, fmt.Errorf("scrape metrics: %s", resp.Status)
 	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return 0, fmt.Errorf("parse home metrics: %w", err)
+		return 0, fmt.Errorf("parse metrics: %w", err)
 	}
-	mf := mfs["roam_ctrl_link_bandwidth_bits_per_second"]
+	mf := mfs[name]
 	if mf == nil {
-		return 0, fmt.Errorf("home metrics: no roam_ctrl_link_bandwidth_bits_per_second")
+		return 0, fmt.Errorf("metrics: no %s", name)
 	}
 	for _, m := range mf.GetMetric() {
+		if peer == "" {
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue(), nil
+		}
 		for _, l := range m.GetLabel() {
-			if l.GetName() == "peer" && l.GetValue() == "cloud" {
+			if l.GetName() == "peer" && l.GetValue() == peer {
 				return m.GetGauge().GetValue(), nil
 			}
 		}
 	}
-	return 0, fmt.Errorf("home metrics: no estimate for the cloud")
+	return 0, fmt.Errorf("metrics: no %s for peer %q", name, peer)
 }
