@@ -333,7 +333,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	c.cancel = cancel
 	if c.probeS != nil {
 		pc := cfg.Probe
-		pc.Targets, pc.Registerer, pc.Logger = c.probeTargets, c.reg, c.log
+		pc.Targets, pc.Registerer, pc.Logger, pc.Server = c.probeTargets, c.reg, c.log, c.probeS
 		pc.OnChange = func(string) {
 			select {
 			case c.kick <- struct{}{}:
@@ -480,7 +480,8 @@ func (c *Controller) measured() []migrate.Measured {
 }
 
 // probeTargets are the peers whose paths matter: those hosting this
-// cluster's services and the homes of the copies it runs (hot), then the
+// cluster's services, the homes of the copies it runs and the better
+// places its triggers wait on (hot, see migrate.Engine.Watched), then the
 // placement candidates, best tier and least loaded first (the prober
 // keeps the first MaxCold of them). So each cluster probes a bounded set,
 // however many clusters there are.
@@ -504,6 +505,10 @@ func (c *Controller) probeTargets() []netprobe.Target {
 		if s.State != "down" && s.Hello.ClusterID != c.cfg.ClusterID && s.Hello.ProbeAddr != "" {
 			hs = append(hs, s.Hello)
 		}
+	}
+	// And the better places the triggers wait on (two at most).
+	for _, id := range c.Engine.Watched(hs, 2) {
+		hot[id] = true
 	}
 	rank := func(h meta.Hello) int {
 		r, _, ok := meta.TierAware{}.Rank(h.Tier, &meta.ServiceDescriptor{})

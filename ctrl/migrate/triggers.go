@@ -1,9 +1,11 @@
 package migrate
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -382,6 +384,62 @@ func pathFrom(self, cluster string, own map[string]Measured, hs []meta.Hello) Pa
 		}
 	}
 	return p
+}
+
+// Watched are the clusters whose path from here a better-placement move
+// waits on: for each service this cluster owns that states a network
+// need, the clusters (hs: the others' hellos) of a tier the policy ranks
+// above the one it runs in, at most n, best tier and least loaded first.
+// The prober measures them as often as the paths in use (hot), so that a
+// better place restored is seen within a second or two, not at the
+// candidates' turn (every 20 s by default); the bound keeps that cost
+// fixed however many clusters there are.
+func (e *Engine) Watched(hs []meta.Hello, n int) []string {
+	recs, err := e.st.Records()
+	if err != nil || n <= 0 {
+		return nil
+	}
+	self := e.cfg.ClusterID
+	tierOf := map[string]string{self: e.cfg.Tier}
+	for _, h := range hs {
+		tierOf[h.ClusterID] = h.Tier
+	}
+	floor := math.MaxInt // the lowest rank a service of ours runs at
+	for _, r := range recs {
+		if (r.Kind != ctrl.KindAbroad && r.Kind != ctrl.KindLocal) || NeedOf(r.Service).IsZero() {
+			continue
+		}
+		where := self
+		if r.Kind == ctrl.KindAbroad {
+			where = r.Cluster
+		}
+		if t, ok := tierOf[where]; ok {
+			floor = min(floor, e.trig.rank(t))
+		}
+	}
+	if floor == math.MaxInt {
+		return nil
+	}
+	var above []meta.Hello
+	for _, h := range hs {
+		if h.ClusterID != self && e.trig.rank(h.Tier) > floor {
+			above = append(above, h)
+		}
+	}
+	slices.SortFunc(above, func(a, b meta.Hello) int {
+		if ra, rb := e.trig.rank(a.Tier), e.trig.rank(b.Tier); ra != rb {
+			return rb - ra
+		}
+		if la, lb := a.Capacity.Load(), b.Capacity.Load(); la != lb {
+			return cmp.Compare(la, lb)
+		}
+		return strings.Compare(a.ClusterID, b.ClusterID)
+	})
+	out := make([]string, 0, min(n, len(above)))
+	for _, h := range above[:min(n, len(above))] {
+		out = append(out, h.ClusterID)
+	}
+	return out
 }
 
 // Policy runs the triggers over the services this cluster owns that state

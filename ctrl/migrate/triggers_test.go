@@ -1,10 +1,15 @@
 package migrate
 
 import (
+	"context"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -331,4 +336,48 @@ func TestTriggerStaleLowOfOneEndIsOneMeasurement(t *testing.T) {
 	if d := tr.Decide(c.add(250*time.Millisecond), "classifier", need10, pathFrom("home", "cloud", own, hs), []Path{home()}, time.Time{}); !d.Move {
 		t.Fatalf("no move on two low figures of the cloud in a row: %+v", d)
 	}
+}
+
+// TestWatchedAreTheBetterPlaces: the clusters a home probes as often as
+// the paths in use are those of a tier ranked above where its services
+// with a network need run, best tier and least loaded first, at most n.
+func TestWatchedAreTheBetterPlaces(t *testing.T) {
+	w := newWorld(t, "home", "edge", "cloud")
+	hs := []meta.Hello{
+		{ClusterID: "home"},
+		{ClusterID: "edge", Tier: meta.TierEdge},
+		{ClusterID: "cloud2", Tier: meta.TierCloud, Capacity: meta.Capacity{MilliCPU: 1000, UsedMilliCPU: 500}},
+		{ClusterID: "cloud", Tier: meta.TierCloud, Capacity: meta.Capacity{MilliCPU: 1000, UsedMilliCPU: 100}},
+	}
+	eng := w.eng("home")
+	check := func(n int, want ...string) {
+		t.Helper()
+		if got := eng.Watched(hs, n); !slices.Equal(got, want) {
+			t.Fatalf("Watched(%d) = %v, want %v", n, got, want)
+		}
+	}
+	check(2) // no service
+	w.deploy("home")
+	check(2) // a service without a need: placed by hand only
+	d := w.descriptor()
+	d.Name, d.NeedMbps = "classifier", 10
+	d.Ports = []backend.Port{{Port: testPort + 1, Protocol: lb.TCP}}
+	if _, err := eng.Deploy(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	// At home (a tier the policy rules out): every other ranks above.
+	check(2, "cloud", "cloud2")
+	check(5, "cloud", "cloud2", "edge")
+	check(0)
+	move := func(dest string) {
+		t.Helper()
+		if _, err := eng.Migrate(context.Background(), "classifier", ctrl.MigrateRequest{Destination: dest}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	move("cloud")
+	check(2) // the best tier: nothing to wait for
+	move("edge")
+	check(2, "cloud", "cloud2")
+	check(1, "cloud")
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // wireFactor converts TCP payload to bytes on the wire for full-size
@@ -66,6 +68,10 @@ func estimate(a []arrival) (bps float64, ok bool) {
 	return float64(bytes) * 8 * wireFactor / span.Seconds(), true
 }
 
+// ErrRefused is a bulk probe the server closed before sending anything:
+// its link was busy (see ServerConfig.MaxBulk).
+var ErrRefused = errors.New("refused: the server's link is busy")
+
 // Bulk asks the probe server at addr for a transfer of at most d (from
 // the first byte) and maxBytes, and returns the estimated available
 // bandwidth from addr to here, in bits per second on the wire.
@@ -99,21 +105,32 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	// One read takes all that has arrived (up to the whole transfer): a
 	// read delayed on a busy machine then still counts every byte by its
 	// time, where a small buffer would leave bytes behind and read low.
+	// Each read is timed by the kernel's receive timestamp of its last
+	// segment when the socket gives it (rxTimestamps), else by the clock
+	// when it returns: a reader descheduled for 100 ms would otherwise
+	// stretch the transfer by as much (and, once the server stopped,
+	// count time in which nothing could arrive).
 	buf := make([]byte, min(maxBytes, MaxBulkBytes, 4<<20))
+	read := rxTimestamps(c)
 	var (
-		first time.Time
-		total int64
-		arr   = make([]arrival, 0, 256)
+		first, firstK time.Time
+		total         int64
+		arr           = make([]arrival, 0, 256) // by the clock when each read returns
+		arrK          = make([]arrival, 0, 256) // by the kernel's timestamps
+		allK          = true
 	)
 	for total < maxBytes {
-		n, err := c.Read(buf)
+		n, at, err := read(buf)
 		now := time.Now()
 		if n > 0 {
 			if first.IsZero() {
-				first = now
+				first, firstK = now, at
 			}
 			total += int64(n)
 			arr = append(arr, arrival{now.Sub(first), total})
+			if allK = allK && !at.IsZero() && !firstK.IsZero(); allK {
+				arrK = append(arrK, arrival{at.Sub(firstK), total})
+			}
 			if el := now.Sub(first); el >= maxD || el >= d && lastHalfReads(arr) >= minLastHalfReads {
 				break
 			}
@@ -128,9 +145,77 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 			return 0, ctx.Err()
 		}
 	}
+	if allK {
+		arr = arrK
+	}
+	if total == 0 {
+		// Closed before the first byte: a server busy with its link.
+		return 0, fmt.Errorf("bulk probe %s: %w", addr, ErrRefused)
+	}
 	bps, ok := estimate(arr)
 	if !ok {
 		return 0, fmt.Errorf("bulk probe %s: %d bytes in %d reads: too little to estimate", addr, total, len(arr))
 	}
 	return bps, nil
+}
+
+// rxTimestamps returns a read of c that also says when the bytes read
+// arrived: the kernel's software receive timestamp of the last segment
+// read (SO_TIMESTAMPNS, which TCP reports per read; zero where the socket
+// gives none: not TCP, an old kernel, a segment received before the
+// kernel turned timestamps on).
+func rxTimestamps(c net.Conn) func([]byte) (int, time.Time, error) {
+	plain := func(b []byte) (int, time.Time, error) {
+		n, err := c.Read(b)
+		return n, time.Time{}, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return plain
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return plain
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) }); err != nil || serr != nil {
+		return plain
+	}
+	oob := make([]byte, unix.CmsgSpace(16))
+	return func(b []byte) (int, time.Time, error) {
+		var (
+			n, oobn int
+			rerr    error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				n, oobn, _, _, rerr = unix.Recvmsg(int(fd), b, oob, 0)
+				if rerr != unix.EINTR {
+					return rerr != unix.EAGAIN
+				}
+			}
+		})
+		if err == nil {
+			err = rerr
+		}
+		if err != nil {
+			return 0, time.Time{}, err
+		}
+		if n == 0 {
+			return 0, time.Time{}, io.EOF
+		}
+		msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
+		if perr != nil {
+			return n, time.Time{}, nil
+		}
+		for _, m := range msgs {
+			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
+				sec, nsec := int64(binary.NativeEndian.Uint64(m.Data[0:8])), int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+				if sec > 0 {
+					return n, time.Unix(sec, nsec), nil
+				}
+			}
+		}
+		return n, time.Time{}, nil
+	}
 }

@@ -3,6 +3,8 @@ package netprobe
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -288,36 +290,52 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
-// TestProberMeasuresWhenThePeerSaysItFell: a hot peer's own figure of its
-// direction of the path falling by more than 30% makes the prober
+// TestProberMeasuresWhenThePeerSaysItMoved: a hot peer's own figure of
+// its direction of the path falling by more than 30% makes the prober
 // measure its direction at once, not at its next turn (here an hour
-// away); a rise waits for the turn.
-func TestProberMeasuresWhenThePeerSaysItFell(t *testing.T) {
-	s, _ := newServer(t, ServerConfig{})
-	var tmu sync.Mutex
-	target := Target{Peer: "cloud", Addr: s.Addr().String(), Hot: true, PeerMbps: 100, PeerSamples: 1}
-	set := func(mbps float64, n uint64) { tmu.Lock(); target.PeerMbps, target.PeerSamples = mbps, n; tmu.Unlock() }
-	p, err := New(Config{Targets: func() []Target { tmu.Lock(); defer tmu.Unlock(); return []Target{target} },
-		TargetsEvery: 20 * time.Millisecond, EchoInterval: 20 * time.Millisecond, BulkInterval: time.Hour,
-		BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
+// away); any peer's figure rising by more than 30% too (a restored
+// better place must be seen from both ends); a change of 20% either way
+// waits for the turn, and so does a cold peer's fall.
+func TestProberMeasuresWhenThePeerSaysItMoved(t *testing.T) {
+	for _, hot := range []bool{true, false} {
+		t.Run(fmt.Sprintf("hot=%v", hot), func(t *testing.T) {
+			s, _ := newServer(t, ServerConfig{})
+			var tmu sync.Mutex
+			target := Target{Peer: "cloud", Addr: s.Addr().String(), Hot: hot, PeerMbps: 100, PeerSamples: 1}
+			set := func(mbps float64, n uint64) { tmu.Lock(); target.PeerMbps, target.PeerSamples = mbps, n; tmu.Unlock() }
+			p, err := New(Config{Targets: func() []Target { tmu.Lock(); defer tmu.Unlock(); return []Target{target} },
+				TargetsEvery: 20 * time.Millisecond, EchoInterval: 20 * time.Millisecond, BulkInterval: time.Hour, ColdBulkInterval: time.Hour,
+				BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer runProber(p)()
+			n := func() uint64 { l, _ := p.LinkTo("cloud"); return l.BandwidthN }
+			// Loopback figures differ by more than 30% from one transfer
+			// to the next at times: the prober then re-measures its own
+			// big change once, at once. settle lets it.
+			settle := func() uint64 { time.Sleep(300 * time.Millisecond); return n() }
+			waitFor(t, "first bandwidth sample", func() bool { return n() == 1 })
+			k := settle()
+			set(120, 2) // a rise of 20%: not a change of the path
+			time.Sleep(300 * time.Millisecond)
+			set(100, 3) // a fall of 17%: neither
+			if got := settle(); got != k {
+				t.Fatalf("%d samples after the peer's figure moved by 20%%, want %d (the next turn is an hour away)", got, k)
+			}
+			set(1000, 4) // a rise
+			waitFor(t, "a sample right after the peer's figure rose", func() bool { return n() > k })
+			k = settle()
+			set(10, 5) // a fall
+			if !hot {
+				if got := settle(); got != k {
+					t.Fatalf("%d samples after a cold peer's figure fell, want %d", got, k)
+				}
+				return
+			}
+			waitFor(t, "a sample right after the peer's figure fell", func() bool { return n() > k })
+		})
 	}
-	defer runProber(p)()
-	n := func() uint64 { l, _ := p.LinkTo("cloud"); return l.BandwidthN }
-	waitFor(t, "first bandwidth sample", func() bool { return n() == 1 })
-	set(150, 2) // a rise: no probe before the turn
-	time.Sleep(300 * time.Millisecond)
-	if got := n(); got != 1 {
-		t.Fatalf("%d samples after the peer's figure rose, want 1 (the next turn is an hour away)", got)
-	}
-	set(120, 3) // a fall of 20%: not a change of the path
-	time.Sleep(300 * time.Millisecond)
-	if got := n(); got != 1 {
-		t.Fatalf("%d samples after the peer's figure fell by 20%%, want 1", got)
-	}
-	set(10, 4)
-	waitFor(t, "a sample right after the peer's figure fell", func() bool { return n() >= 2 })
 }
 
 // TestProberBoundsDuty: a slow transfer (here a dial that takes 100 ms)
@@ -361,4 +379,78 @@ func runProber(p *Prober) (stop func()) {
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
 	return func() { cancel(); <-done }
+}
+
+// TestRxTimestampsAreArrivalTimes: a reader descheduled for 250 ms (here
+// a sleep before the read) still learns when the bytes arrived, so a
+// busy machine does not stretch a transfer; a conn that is not TCP gives
+// no timestamp.
+func TestRxTimestampsAreArrivalTimes(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Read(make([]byte, 1)) // the client is ready
+		// The kernel turns timestamping on for the first socket that
+		// asks a little later (deferred work): give it that time.
+		time.Sleep(50 * time.Millisecond)
+		c.Write(make([]byte, 1000))
+		c.Read(make([]byte, 1)) // until the client hangs up
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	read := rxTimestamps(c)
+	c.Write([]byte{1})
+	time.Sleep(300 * time.Millisecond) // the reader is descheduled; the bytes arrive after 50 ms
+	n, at, err := read(make([]byte, 4096))
+	readAt := time.Now()
+	if err != nil || n != 1000 {
+		t.Fatalf("read %d bytes, %v", n, err)
+	}
+	if at.IsZero() {
+		t.Fatal("no receive timestamp on a TCP socket")
+	}
+	if late := readAt.Sub(at); late < 150*time.Millisecond || late > 5*time.Second {
+		t.Fatalf("timestamp %s before the read returned, want about 250 ms (the bytes' arrival)", late)
+	}
+
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go b.Write([]byte("x"))
+	if n, at, err := rxTimestamps(a)(make([]byte, 8)); n != 1 || err != nil || !at.IsZero() {
+		t.Fatalf("pipe: %d %v %v, want 1 byte and no timestamp", n, at, err)
+	}
+}
+
+// TestServerRefusesDuringItsProbersTurn: while this cluster's prober
+// receives a transfer (it holds the access link's turn), the server
+// refuses a transfer at once, not after its queue wait, and the prober
+// learns it as ErrRefused; the turn over, it is served.
+func TestServerRefusesDuringItsProbersTurn(t *testing.T) {
+	s, _ := newServer(t, ServerConfig{QueueWait: 5 * time.Second})
+	s.turn.Lock() // the local prober's transfer
+	start := time.Now()
+	_, err := Bulk(context.Background(), nil, s.Addr().String(), 20*time.Millisecond, 1<<20)
+	if !errors.Is(err, ErrRefused) {
+		t.Fatalf("during the prober's turn: %v, want ErrRefused", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("refused after %s: the server waited for its prober", el)
+	}
+	waitFor(t, "refusal counted", func() bool { return counter(t, s, "bulk", "refused") == 1 })
+	s.turn.Unlock()
+	if _, err := Bulk(context.Background(), nil, s.Addr().String(), 20*time.Millisecond, 1<<20); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/meta"
 )
@@ -34,9 +37,12 @@ type Target struct {
 	// it has taken (0: nothing said). When a hot peer's figure falls by
 	// more than 30%, the path may have degraded: this end measures its
 	// direction at once instead of at its next turn, so that the change
-	// is confirmed from both ends within a transfer or two (a rise is
-	// left to the next turn: only a better place waits for it, for its
-	// hold time).
+	// is confirmed from both ends within a transfer or two. When any
+	// peer's figure rises by more than 30%, the path may have recovered:
+	// a better place waits for both directions before its hold starts,
+	// so this end measures its direction at once too (a placement
+	// candidate's turn may be 20 s away, a slow hot path's, bounded by
+	// MaxDuty, seconds).
 	PeerMbps    float64
 	PeerSamples uint64
 }
@@ -77,7 +83,12 @@ type Config struct {
 	// Dial opens the bulk connection (default net.Dialer).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Listen opens the echo socket (default net.ListenPacket("udp", ":0")).
-	Listen     func() (net.PacketConn, error)
+	Listen func() (net.PacketConn, error)
+	// Server is this cluster's probe server, if any: the prober's
+	// transfers and the server's take turns on the access link (see
+	// Server.turn); a transfer the other end refuses for its own turn
+	// is tried again within half a second, at a random moment.
+	Server     *Server
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 }
@@ -179,7 +190,7 @@ func New(cfg Config) (*Prober, error) {
 		"bw":     prometheus.NewDesc("roam_ctrl_link_bandwidth_bits_per_second", "Available bandwidth from the peer, latest estimate (bits on the wire).", lbl, nil),
 		"up":     prometheus.NewDesc("roam_ctrl_link_up", "1 when the peer answered an echo lately.", lbl, nil),
 		"hot":    prometheus.NewDesc("roam_ctrl_link_hot", "1 when the peer hosts one of this cluster's services (probed often).", lbl, nil),
-		"probes": prometheus.NewDesc("roam_ctrl_link_probes_total", "Probes sent to the peer by kind (echo, bulk) and result (ok, lost, error).", []string{"peer", "kind", "result"}, nil),
+		"probes": prometheus.NewDesc("roam_ctrl_link_probes_total", "Probes sent to the peer by kind (echo, bulk) and result (ok, lost, error, refused: the peer's link was busy).", []string{"peer", "kind", "result"}, nil),
 	}
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(p); err != nil {
@@ -258,6 +269,7 @@ func (p *Prober) Run(ctx context.Context) error {
 		return fmt.Errorf("prober: open echo socket: %w", err)
 	}
 	p.conn = conn
+	keepTimestamps(conn)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer conn.Close()
@@ -337,9 +349,29 @@ func (p *Prober) refresh(now time.Time) {
 				p.log.Debug("probe: the peer's figure fell: measuring now", "peer", id, "peer_mbps", t.PeerMbps, "was", pr.peerMbps, "bulk_due_in", pr.nextBulk.Sub(now))
 				pr.nextBulk = now
 			}
+			// A rise, of any peer: at once too. Not held by MaxDuty: the
+			// path is likely fast again, so the transfer short, and this
+			// happens once per the other end's sample (itself bounded).
+			if pr.peerMbps > 0 && t.PeerMbps > 1.3*pr.peerMbps && pr.nextBulk.After(now) {
+				p.log.Debug("probe: the peer's figure rose: measuring now", "peer", id, "peer_mbps", t.PeerMbps, "was", pr.peerMbps, "bulk_due_in", pr.nextBulk.Sub(now))
+				pr.nextBulk = now
+			}
 			pr.peerMbps, pr.peerN = t.PeerMbps, t.PeerSamples
 		}
 		pr.Hot = t.Hot
+	}
+}
+
+// keepTimestamps asks receive timestamps on the echo socket, which lives
+// as long as the prober: the kernel turns its timestamping on for the
+// first socket that wants it only some time later (deferred work), and
+// off after the last; kept on, a bulk transfer's first segments are
+// timestamped too (see rxTimestamps).
+func keepTimestamps(c net.PacketConn) {
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1) })
+		}
 	}
 }
 
@@ -511,9 +543,15 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 		if pr == nil {
 			continue
 		}
+		if srv := p.cfg.Server; srv != nil {
+			srv.turn.Lock() // the server's transfers under way are bounded
+		}
 		start := time.Now()
 		bps, err := Bulk(ctx, p.cfg.Dial, addr, p.cfg.BulkDuration, p.cfg.BulkBytes)
 		now := time.Now()
+		if srv := p.cfg.Server; srv != nil {
+			srv.turn.Unlock()
+		}
 		var changed []string
 		p.mu.Lock()
 		pr.bulking = false
@@ -524,7 +562,13 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 		if err == nil && pr.Hot {
 			next = max(next, time.Duration(float64(took)/p.cfg.MaxDuty))
 		}
-		if err != nil {
+		if errors.Is(err, ErrRefused) {
+			// The other end's turn: again soon, at a random moment so
+			// that two ends refusing each other fall out of step.
+			pr.probes[[2]string{"bulk", "refused"}]++
+			next = 100*time.Millisecond + rand.N(400*time.Millisecond)
+			p.log.Debug("bandwidth probe refused: the peer's link is busy", "peer", id, "retry_in", next)
+		} else if err != nil {
 			pr.probes[[2]string{"bulk", "error"}]++
 			p.log.Debug("bandwidth probe", "peer", id, "err", err)
 		} else {

@@ -89,6 +89,13 @@ type Server struct {
 	queue chan struct{}
 	lim   *rate.Limiter
 	reqs  *prometheus.CounterVec
+	// turn is this cluster's access link, which every transfer sent from
+	// here and every one the local prober receives crosses: the server's
+	// transfers share it (read side, never waiting for it), the prober
+	// takes it whole (write side) for each of its own. A transfer one way
+	// slows one the other way (its acks queue behind the data in the
+	// shaper), so the two directions take turns too.
+	turn sync.RWMutex
 	// sending is how many bulk transfers are being sent; overlaps counts
 	// those that began while another was being sent (both then share this
 	// end's link, and each prober sees a part of it).
@@ -234,7 +241,7 @@ func (s *Server) serveTCP() {
 	}
 }
 
-var errBusy = errors.New("busy: another transfer held the link for the whole wait")
+var errBusy = errors.New("busy: another transfer held the link (sent for the whole wait, or received by this cluster's prober)")
 
 // congestion is the congestion control of bulk transfers (see
 // setCongestion).
@@ -284,6 +291,13 @@ func (s *Server) bulk(c net.Conn) error {
 		return errBusy
 	}
 	defer func() { <-s.sem }()
+	// The local prober receiving: refused at once, not queued (the
+	// prober waits for a remote server while it holds the link: a
+	// server waiting for its prober could close a cycle of waits).
+	if !s.turn.TryRLock() {
+		return errBusy
+	}
+	defer s.turn.RUnlock()
 	if s.sending.Add(1) > 1 {
 		s.overlaps.Inc()
 		s.log.Debug("probe bulk: another transfer is being sent", "peer", c.RemoteAddr())
