@@ -37,7 +37,7 @@ func (r *Registry) explainLocked(p Policy, req *PlacementRequest, now time.Time)
 	}
 	for _, s := range r.list {
 		total++
-		c := s.c
+		c := s.c()
 		cat, rk := j.eval(c)
 		id := c.Hello.ClusterID
 		if cat == "" {
@@ -103,7 +103,7 @@ func (r *Registry) Verdicts(p Policy, req PlacementRequest, now time.Time) []Ver
 	j := newJudge(p, &req, now, r.getLocked, r.StateOf)
 	out := make([]Verdict, 0, len(r.list))
 	for _, s := range r.list {
-		c := s.c
+		c := s.c()
 		v := Verdict{ClusterID: c.Hello.ClusterID, State: r.StateOf(c, now).String()}
 		cat, rk := j.eval(c)
 		if cat == "" {

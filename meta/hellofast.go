@@ -224,23 +224,75 @@ func skipValue(b []byte, i, depth int) (int, bool) {
 // Observe does (the incarnation is the same: it is in the hashed bytes)
 // and keeps the new seq, sent time and LastSeen in a copy of the entry.
 // same is false when the registry has no such hello (decode it); c is the
-// entry after the hello.
+// entry after the hello. It runs under the read lock, swapping the entry
+// in (compare-and-swap), unless the hello ends a reservation or puts a
+// down cluster back in the index: then under the write lock.
 func (r *Registry) observeSame(id string, f *helloFrame, now time.Time) (res ObserveResult, c *Cluster, same bool) {
+	r.mu.RLock()
+	s := r.byID[id]
+	if s == nil {
+		r.mu.RUnlock()
+		return 0, nil, false
+	}
+	for s.indexed {
+		old := s.c()
+		if old.frame == 0 || old.frame != f.hash || old.fromView {
+			r.mu.RUnlock()
+			return 0, nil, false
+		}
+		if endsReservation(r, old, id) {
+			break
+		}
+		res, nc := sameNext(old, f, now)
+		if nc == nil {
+			r.mu.RUnlock()
+			return res, old, true
+		}
+		if s.cp.CompareAndSwap(old, nc) {
+			r.mu.RUnlock()
+			return ObserveUpdated, nc, true
+		}
+	}
+	r.mu.RUnlock()
+	return r.observeSameLocked(id, f, now)
+}
+
+// endsReservation reports whether a hello listing c's placements ends a
+// reservation at id (read or write lock held).
+func endsReservation(r *Registry, c *Cluster, id string) bool {
+	for _, pid := range c.Hello.Placed {
+		if rv := r.resv[pid]; rv != nil && rv.dest == id {
+			return true
+		}
+	}
+	return false
+}
+
+// sameNext is old with the frame's seq and sent time, seen at now; nil
+// with the result when the seq is stale or too far ahead.
+func sameNext(old *Cluster, f *helloFrame, now time.Time) (ObserveResult, *Cluster) {
+	if f.seq <= old.Hello.Seq {
+		return ObserveStale, nil
+	}
+	if f.seq-old.Hello.Seq > seqAllowance(now.Sub(old.LastSeen)) {
+		return ObserveAhead, nil
+	}
+	nc := *old
+	nc.Hello.Seq, nc.Hello.SentAt, nc.LastSeen = f.seq, f.sentAt, now
+	return ObserveUpdated, &nc
+}
+
+func (r *Registry) observeSameLocked(id string, f *helloFrame, now time.Time) (res ObserveResult, c *Cluster, same bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.byID[id]
-	if s == nil || s.frame == 0 || s.frame != f.hash || s.c.fromView {
+	if s == nil || s.c().frame == 0 || s.c().frame != f.hash || s.c().fromView {
 		return 0, nil, false
 	}
-	last := &s.c.Hello
-	if f.seq <= last.Seq {
-		return ObserveStale, s.c, true
+	res, nc := sameNext(s.c(), f, now)
+	if nc == nil {
+		return res, s.c(), true
 	}
-	if f.seq-last.Seq > seqAllowance(now.Sub(s.c.LastSeen)) {
-		return ObserveAhead, s.c, true
-	}
-	nc := *s.c
-	nc.Hello.Seq, nc.Hello.SentAt, nc.LastSeen = f.seq, f.sentAt, now
 	if len(nc.Hello.Placed) > 0 {
 		// As Observe: the placements the hello lists end their
 		// reservations (one may have been made since the last hello).
@@ -252,13 +304,13 @@ func (r *Registry) observeSame(id string, f *helloFrame, now time.Time) (res Obs
 		nc.setReserved(r.reservedAt(id))
 	}
 	if s.indexed && s.key == nc.load {
-		s.c = &nc // same place in the index, same links and labels
+		s.cp.Store(nc) // same place in the index, same links and labels
 	} else {
 		if s.indexed {
 			r.treeRemove(s)
 		}
-		s.c = &nc
+		s.cp.Store(nc)
 		r.treeAdd(s)
 	}
-	return ObserveUpdated, s.c, true
+	return ObserveUpdated, nc, true
 }

@@ -41,6 +41,16 @@ type tierTree struct {
 
 func newTierTree() *tierTree { return &tierTree{tree: btree.NewG(32, slotLess)} }
 
+// raises reports whether note(c) would change the tree's bounds.
+func (tt *tierTree) raises(c Capacity) bool {
+	for d, v := range [3]int64{c.MilliCPU, c.MemoryMB, c.Pods} {
+		if v > tt.maxCap[d] || (v == 0 && !tt.lacks[d]) {
+			return true
+		}
+	}
+	return false
+}
+
 func (tt *tierTree) note(c Capacity) {
 	for d, v := range [3]int64{c.MilliCPU, c.MemoryMB, c.Pods} {
 		tt.maxCap[d] = max(tt.maxCap[d], v)
@@ -127,7 +137,7 @@ func (r *Registry) search(j *judge, t *topK) {
 		}
 		linked[id] = struct{}{}
 		if s := r.byID[id]; s != nil {
-			if cat, rk := j.eval(s.c); cat == "" {
+			if cat, rk := j.eval(s.c()); cat == "" {
 				t.add(rk)
 			}
 		}
@@ -148,7 +158,7 @@ func (r *Registry) search(j *judge, t *topK) {
 		if len(posting) <= labelScanMax {
 			for id := range posting {
 				if _, seen := linked[id]; !seen {
-					if cat, rk := j.eval(r.byID[id].c); cat == "" {
+					if cat, rk := j.eval(r.byID[id].c()); cat == "" {
 						t.add(rk)
 					}
 				}
@@ -191,23 +201,23 @@ func (r *Registry) search(j *judge, t *topK) {
 					if bound < w {
 						return false // nor can any later cluster
 					}
-					id := s.c.Hello.ClusterID
+					id := s.c().Hello.ClusterID
 					if bound == w && id > wid {
 						// The rest of this key can only tie and lose on the id.
-						from, jumped = &slot{c: afterKey, key: s.key}, true
+						from, jumped = newSlot(afterKey, s.key), true
 						return false
 					}
 					if _, seen := linked[id]; !seen {
-						sc := scoreOf(rt.rank, loadAfter(s.c.eff, res), unknownLinkQuality)
+						sc := scoreOf(rt.rank, loadAfter(s.c().eff, res), unknownLinkQuality)
 						if sc < w || (sc == w && id > wid) {
 							return true // cannot enter, whatever the filter says
 						}
 					}
 				}
-				if _, seen := linked[s.c.Hello.ClusterID]; seen {
+				if _, seen := linked[s.c().Hello.ClusterID]; seen {
 					return true
 				}
-				if cat, rk := j.eval(s.c); cat == "" {
+				if cat, rk := j.eval(s.c()); cat == "" {
 					t.add(rk)
 				}
 				return true

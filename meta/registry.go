@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -79,6 +80,11 @@ type Cluster struct {
 	vouched    time.Time
 	staleAfter time.Duration
 	viewRes    Reserved
+	// frame is the frame hash of the hello this entry was made from
+	// (hellofast.go), 0 when unknown (the entry came from elsewhere than
+	// a framed hello). It lives in the entry, not the slot, so that an
+	// entry swapped in under the read lock carries its own.
+	frame uint64
 }
 
 const linkMapMin = 8
@@ -137,9 +143,14 @@ const (
 	ObserveAhead                        // seq too far ahead of the last kept one (MaxSeqAhead): rejected
 )
 
-// slot is a cluster's place in the registry and its index.
+// slot is a cluster's place in the registry and its index. Its entry is
+// swapped atomically: under the write lock by any change, and under the
+// read lock (compare-and-swap) by a hello that leaves the cluster's place
+// in the index as it is (hellofast.go), so such hellos never wait for
+// placements nor hold them up. Everything else in a slot changes under
+// the write lock only.
 type slot struct {
-	c   *Cluster
+	cp  atomic.Pointer[Cluster]
 	pos int // in Registry.list
 	// key is c.load when indexed (the tree's order); indexed is false
 	// while the cluster is down.
@@ -148,16 +159,22 @@ type slot struct {
 	// retired is the incarnation the current one replaced: its hellos
 	// (late, or replayed) are stale.
 	retired string
-	// frame is the frame hash of the hello kept last (hellofast.go), 0
-	// when unknown (the entry came from elsewhere than a framed hello).
-	frame uint64
+}
+
+// c is the slot's current entry.
+func (s *slot) c() *Cluster { return s.cp.Load() }
+
+func newSlot(c *Cluster, key float64) *slot {
+	s := &slot{key: key}
+	s.cp.Store(c)
+	return s
 }
 
 func slotLess(a, b *slot) bool {
 	if a.key != b.key {
 		return a.key < b.key
 	}
-	return a.c.Hello.ClusterID < b.c.Hello.ClusterID
+	return a.c().Hello.ClusterID < b.c().Hello.ClusterID
 }
 
 // reservation is capacity promised at dest to placement id until expires
@@ -214,31 +231,24 @@ func (r *Registry) Observe(h Hello, now time.Time) ObserveResult {
 
 // observe is Observe also returning the entry it replaced (nil if none);
 // a kept hello's frame hash (0: none) lets its successors take the fast
-// path (observeSame).
+// path (observeSame). A hello that leaves the cluster's place in the
+// index as it is (same tier, load, links and labels, no reservation
+// ended, no new largest capacity) is taken under the read lock
+// (observeInPlace); any other under the write lock.
 func (r *Registry) observe(h Hello, now time.Time, frame uint64) (ObserveResult, *Cluster) {
+	if res, old, ok := r.observeInPlace(&h, now, frame); ok {
+		return res, old
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.byID[h.ClusterID]
-	retired := ""
+	var retired string
 	if s != nil {
-		last := s.c.Hello
-		allow := seqAllowance(now.Sub(s.c.LastSeen))
-		switch {
-		case h.Incarnation == last.Incarnation:
-			if h.Seq <= last.Seq {
-				return ObserveStale, s.c
-			}
-			if h.Seq-last.Seq > allow {
-				return ObserveAhead, s.c
-			}
-			retired = s.retired
-		case h.Incarnation == s.retired:
-			return ObserveStale, s.c
-		case h.Seq > allow:
-			return ObserveAhead, s.c
-		default:
-			retired = last.Incarnation
+		res, ret, ok := r.checkSeq(s, &h, now)
+		if !ok {
+			return res, s.c()
 		}
+		retired = ret
 	}
 	// The hello shows the placements it lists: their reservations end.
 	for _, id := range h.Placed {
@@ -247,14 +257,83 @@ func (r *Registry) observe(h Hello, now time.Time, frame uint64) (ObserveResult,
 		}
 	}
 	c := newCluster(h, now, r.reservedAt(h.ClusterID))
+	c.frame = frame
 	if s == nil {
-		r.insert(c).frame = frame
+		r.insert(c)
 		return ObserveNew, nil
 	}
-	old := s.c
-	s.retired, s.frame = retired, frame
+	old := s.c()
+	s.retired = retired
 	r.replace(s, c)
 	return ObserveUpdated, old
+}
+
+// checkSeq applies Observe's sequence rules to h against s's entry: ok is
+// false with the result when h is stale or too far ahead, else retired is
+// the incarnation the slot keeps as retired once h is kept.
+func (r *Registry) checkSeq(s *slot, h *Hello, now time.Time) (res ObserveResult, retired string, ok bool) {
+	last := &s.c().Hello
+	allow := seqAllowance(now.Sub(s.c().LastSeen))
+	switch {
+	case h.Incarnation == last.Incarnation:
+		if h.Seq <= last.Seq {
+			return ObserveStale, "", false
+		}
+		if h.Seq-last.Seq > allow {
+			return ObserveAhead, "", false
+		}
+		return 0, s.retired, true
+	case h.Incarnation == s.retired:
+		return ObserveStale, "", false
+	case h.Seq > allow:
+		return ObserveAhead, "", false
+	}
+	return 0, last.Incarnation, true
+}
+
+// observeInPlace takes h under the read lock when it changes nothing the
+// index or the write lock's other holders keep: a known cluster's next
+// hello of the same incarnation, indexed, whose tier, load, links and
+// labels are those of its entry, that ends no reservation and raises no
+// tier bound. ok is false when h needs the write lock.
+func (r *Registry) observeInPlace(h *Hello, now time.Time, frame uint64) (res ObserveResult, old *Cluster, ok bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s := r.byID[h.ClusterID]
+	if s == nil || !s.indexed {
+		return 0, nil, false
+	}
+	for _, id := range h.Placed {
+		if rv := r.resv[id]; rv != nil && rv.dest == h.ClusterID {
+			return 0, nil, false
+		}
+	}
+	tt := r.tiers[h.Tier]
+	if tt == nil || tt.raises(h.Capacity) {
+		return 0, nil, false
+	}
+	reserved := r.reservedAt(h.ClusterID)
+	var c *Cluster
+	for {
+		old = s.c()
+		if old.fromView || h.Incarnation != old.Hello.Incarnation || old.Hello.Tier != h.Tier {
+			return 0, nil, false
+		}
+		if res, _, ok := r.checkSeq(s, h, now); !ok {
+			return res, old, true
+		}
+		if c == nil {
+			c = newCluster(*h, now, reserved)
+			c.frame = frame
+			if c.load != s.key || !slices.Equal(linkPeers(old.Hello.Links), linkPeers(h.Links)) || !mapsEqual(old.Hello.Labels, h.Labels) {
+				return 0, nil, false
+			}
+		}
+		if s.cp.CompareAndSwap(old, c) {
+			return ObserveUpdated, old, true
+		}
+		// Another hello of this cluster got in first: judge h again.
+	}
 }
 
 // restore adds a persisted entry unless a newer one is already known.
@@ -262,7 +341,7 @@ func (r *Registry) restore(h Hello, seen time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.byID[h.ClusterID]
-	if s != nil && (!seen.After(s.c.LastSeen) || h.Incarnation == s.c.Hello.Incarnation && h.Seq <= s.c.Hello.Seq) {
+	if s != nil && (!seen.After(s.c().LastSeen) || h.Incarnation == s.c().Hello.Incarnation && h.Seq <= s.c().Hello.Seq) {
 		return
 	}
 	c := newCluster(h, seen, r.reservedAt(h.ClusterID))
@@ -270,10 +349,9 @@ func (r *Registry) restore(h Hello, seen time.Time) {
 		r.insert(c)
 		return
 	}
-	if h.Incarnation != s.c.Hello.Incarnation {
-		s.retired = s.c.Hello.Incarnation
+	if h.Incarnation != s.c().Hello.Incarnation {
+		s.retired = s.c().Hello.Incarnation
 	}
-	s.frame = 0
 	r.replace(s, c)
 }
 
@@ -283,7 +361,8 @@ func (r *Registry) restore(h Hello, seen time.Time) {
 func knownDown(c *Cluster) bool { return c.fromView && c.verdict == StateDown }
 
 func (r *Registry) insert(c *Cluster) *slot {
-	s := &slot{c: c, pos: len(r.list)}
+	s := newSlot(c, 0)
+	s.pos = len(r.list)
 	r.byID[c.Hello.ClusterID] = s
 	r.list = append(r.list, s)
 	r.indexLinks(nil, c)
@@ -296,40 +375,40 @@ func (r *Registry) insert(c *Cluster) *slot {
 
 // replace swaps s's cluster for c, keeping the index in step.
 func (r *Registry) replace(s *slot, c *Cluster) {
-	old := s.c
+	old := s.c()
 	r.indexLinks(old, c)
 	r.indexLabels(old, c)
 	down := knownDown(c)
 	if s.indexed && !down && old.Hello.Tier == c.Hello.Tier && s.key == c.load {
-		s.c = c // same place in the tree
+		s.cp.Store(c) // same place in the tree
 		r.tiers[c.Hello.Tier].note(c.Hello.Capacity)
 		return
 	}
 	if s.indexed {
 		r.treeRemove(s)
 	}
-	s.c = c
+	s.cp.Store(c)
 	if !down {
 		r.treeAdd(s)
 	}
 }
 
 func (r *Registry) treeAdd(s *slot) {
-	tt := r.tiers[s.c.Hello.Tier]
+	tt := r.tiers[s.c().Hello.Tier]
 	if tt == nil {
 		tt = newTierTree()
-		r.tiers[s.c.Hello.Tier] = tt
+		r.tiers[s.c().Hello.Tier] = tt
 	}
-	s.key, s.indexed = s.c.load, true
-	tt.note(s.c.Hello.Capacity)
+	s.key, s.indexed = s.c().load, true
+	tt.note(s.c().Hello.Capacity)
 	tt.tree.ReplaceOrInsert(s)
 }
 
 func (r *Registry) treeRemove(s *slot) {
-	tt := r.tiers[s.c.Hello.Tier]
+	tt := r.tiers[s.c().Hello.Tier]
 	tt.tree.Delete(s)
 	if tt.tree.Len() == 0 {
-		delete(r.tiers, s.c.Hello.Tier)
+		delete(r.tiers, s.c().Hello.Tier)
 	}
 	s.indexed = false
 }
@@ -423,8 +502,8 @@ func (r *Registry) Forget(id string) {
 	if s.indexed {
 		r.treeRemove(s)
 	}
-	r.indexLinks(s.c, nil)
-	r.indexLabels(s.c, nil)
+	r.indexLinks(s.c(), nil)
+	r.indexLabels(s.c(), nil)
 	last := len(r.list) - 1
 	r.list[s.pos] = r.list[last]
 	r.list[s.pos].pos = s.pos
@@ -490,9 +569,9 @@ func (r *Registry) refreshReserved(dest string) {
 	if s == nil {
 		return
 	}
-	c := *s.c
+	c := *s.c()
 	c.setReserved(r.reservedAt(dest))
-	if c.Reserved == s.c.Reserved {
+	if c.Reserved == s.c().Reserved {
 		return
 	}
 	r.replace(s, &c)
@@ -566,7 +645,7 @@ func (r *Registry) entries() []entry {
 	defer r.mu.RUnlock()
 	out := make([]entry, len(r.list))
 	for i, s := range r.list {
-		out[i] = entry{s.c, s.indexed}
+		out[i] = entry{s.c(), s.indexed}
 	}
 	return out
 }
@@ -592,7 +671,7 @@ func (r *Registry) Sweep(now time.Time, fn func(c *Cluster, st State)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, id := range down {
-		if s := r.byID[id]; s != nil && s.indexed && r.StateOf(s.c, now) == StateDown {
+		if s := r.byID[id]; s != nil && s.indexed && r.StateOf(s.c(), now) == StateDown {
 			r.treeRemove(s)
 		}
 	}
@@ -617,12 +696,12 @@ func (r *Registry) Get(now time.Time, id string) (*Cluster, State, bool) {
 	if s == nil {
 		return nil, StateDown, false
 	}
-	return s.c, r.StateOf(s.c, now), true
+	return s.c(), r.StateOf(s.c(), now), true
 }
 
 func (r *Registry) getLocked(id string) *Cluster {
 	if s := r.byID[id]; s != nil {
-		return s.c
+		return s.c()
 	}
 	return nil
 }

@@ -112,6 +112,12 @@ type Server struct {
 	closeOne sync.Once
 
 	serving servingState
+	// placeMu makes a placement's decision and its reservation one step
+	// for this replica: no other placement decides in between. Hello
+	// ingest never takes it.
+	placeMu sync.Mutex
+	auditQ  chan auditRecord // to publishAudit
+	started time.Time
 }
 
 // NewServer starts an MO replica: NATS (embedded unless cfg.NATSURL), the
@@ -144,7 +150,8 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("mo", cfg.Name), policy: cfg.Policy, name: cfg.Name,
-		reg: NewRegistry(cfg.HelloInterval, cfg.DownAfter),
+		reg:    NewRegistry(cfg.HelloInterval, cfg.DownAfter),
+		auditQ: make(chan auditRecord, auditQueue), started: time.Now(),
 	}
 	s.limiter.every = time.Minute
 	s.serving.init()
@@ -350,9 +357,10 @@ func (s *Server) runStore(ctx context.Context) {
 	s.view = &viewWriter{s: s, refresh: s.cfg.HelloInterval * summaryRefresh, marks: map[string]viewMark{}, dirty: map[string]bool{}}
 	restored := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); s.view.follow(ctx, restored) }()
 	go func() { defer wg.Done(); s.followAudit(ctx) }()
+	go func() { defer wg.Done(); s.publishAudit(ctx) }()
 	select {
 	case <-restored:
 	case <-ctx.Done():
@@ -444,7 +452,14 @@ func (s *Server) handlePlace(r micro.Request) {
 		return
 	}
 	ttl := max(s.cfg.ReservationTTL, 0)
-	rep := s.reg.Place(s.policy, req, start, ttl)
+	// The decision reads the index under the registry's read lock, which
+	// hello ingest shares (hellos that move a cluster in the index take
+	// the write lock); the reservation, which moves the destination in
+	// the index, is made once the reply is sent, before the next
+	// placement decides (placeMu).
+	s.placeMu.Lock()
+	defer s.placeMu.Unlock()
+	rep := s.reg.Place(s.policy, req, start, 0)
 	rep.DecidedBy = s.name
 	b, err := json.Marshal(rep)
 	if err != nil {
@@ -452,7 +467,12 @@ func (s *Server) handlePlace(r micro.Request) {
 		s.respondErr(r, CodeInternal, "encode reply: "+err.Error())
 		return
 	}
-	if err := r.Respond(b); err != nil {
+	err = r.Respond(b)
+	took := time.Since(start)
+	if ttl > 0 && rep.Destination != nil {
+		s.reg.Reserve(req.RequestID, rep.Destination.ClusterID, req.Service.Resources, start.Add(ttl))
+	}
+	if err != nil {
 		s.metrics.placements.WithLabelValues("error").Inc()
 		s.limiter.log(s.log, "respond", "send placement reply", "err", err)
 		return
@@ -462,7 +482,7 @@ func (s *Server) handlePlace(r micro.Request) {
 		result = "no_placement"
 	}
 	s.metrics.placements.WithLabelValues(result).Inc()
-	s.metrics.latency.Observe(time.Since(start).Seconds())
+	s.metrics.latency.Observe(took.Seconds())
 	var until time.Time
 	if ttl > 0 {
 		until = start.Add(ttl)

@@ -321,6 +321,10 @@ type auditRecord struct {
 	ReserveUntil time.Time `json:"reserve_until,omitzero"`
 }
 
+// audit hands the record of a placement to publishAudit, so that the
+// placement handler never waits for the JetStream client (whose lock the
+// compact view's writes also take); it waits only when auditQueue
+// records are already queued.
 func (s *Server) audit(req PlacementRequest, rep PlacementReply, reserveUntil time.Time) {
 	if s.js == nil {
 		return
@@ -330,9 +334,35 @@ func (s *Server) audit(req PlacementRequest, rep PlacementReply, reserveUntil ti
 	if rep.Destination != nil {
 		rec.Destination, rec.Resources, rec.ReserveUntil = rep.Destination.ClusterID, req.Service.Resources, reserveUntil.UTC()
 	}
-	b, _ := json.Marshal(rec)
-	if _, err := s.js.PublishAsync(AuditSubject, b); err != nil {
-		s.limiter.log(s.log, "audit", "append to audit stream", "err", err)
+	s.auditQ <- rec
+}
+
+// auditQueue is how many audit records may wait for publishAudit.
+const auditQueue = 4096
+
+// publishAudit appends the queued audit records to the audit stream until
+// ctx ends, then what is still queued.
+func (s *Server) publishAudit(ctx context.Context) {
+	pub := func(rec auditRecord) {
+		b, _ := json.Marshal(rec)
+		if _, err := s.js.PublishAsync(AuditSubject, b); err != nil {
+			s.limiter.log(s.log, "audit", "append to audit stream", "err", err)
+		}
+	}
+	for {
+		select {
+		case rec := <-s.auditQ:
+			pub(rec)
+		case <-ctx.Done():
+			for {
+				select {
+				case rec := <-s.auditQ:
+					pub(rec)
+				default:
+					return
+				}
+			}
+		}
 	}
 }
 
@@ -353,6 +383,9 @@ func (s *Server) followAudit(ctx context.Context) {
 		var rec auditRecord
 		if err := json.Unmarshal(m.Data(), &rec); err != nil || rec.Destination == "" || rec.RequestID == "" {
 			return
+		}
+		if rec.DecidedBy == s.name && !rec.At.Before(s.started) {
+			return // this replica reserved it when it placed it
 		}
 		if time.Now().Before(rec.ReserveUntil) {
 			s.reg.Reserve(rec.RequestID, rec.Destination, rec.Resources, rec.ReserveUntil)

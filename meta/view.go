@@ -157,7 +157,6 @@ func (r *Registry) applySummary(s Summary) {
 	c.setReserved(r.reservedAt(s.Hello.ClusterID))
 	c.staleAfter = 3 * time.Duration(s.RefreshMs) * time.Millisecond
 	if old := r.byID[s.Hello.ClusterID]; old != nil {
-		old.frame = 0
 		r.replace(old, c)
 		return
 	}

@@ -21,10 +21,13 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,6 +55,10 @@ func run() error {
 	foRequesters := flag.Int("failover-requesters", 6, "requesters placing during the failover")
 	foPace := flag.Duration("failover-pace", 10*time.Millisecond, "each requester's pause between placements")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	traceOut := flag.String("trace", "", "write an execution trace of the placements measured at -trace-count clusters here")
+	traceCount := flag.Int("trace-count", 100000, "the cluster count whose placements -trace traces")
+	memProfile := flag.String("memprofile", "", "write a heap profile here after the placement rows")
+	placementOnly := flag.Bool("placement-only", false, "stop after the placement rows (no ingest, herding or failover)")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -105,6 +112,7 @@ func run() error {
 		// moP99 bounds the MO's own p99 (decode, decide, reply) from its
 		// roam_meta_placement_seconds histogram: the bucket holding it.
 		moP99 float64
+		rt    rtStats
 	}
 	var rows []row
 	sim := newSimulator(pubConn)
@@ -154,15 +162,41 @@ func run() error {
 		waitViewQuiet(srv, time.Minute)
 		alive := srv.Registry().Counts(time.Now())[meta.StateAlive]
 		before := placementBuckets(srv)
+		stopTrace, err := startTrace(*traceOut, n == *traceCount)
+		if err != nil {
+			return err
+		}
+		rt0 := readRuntime()
 		lat, failed, err := measurePlacement(client, *requests)
+		rt := rtDelta(rt0, readRuntime())
+		stopTrace()
 		if err != nil {
 			return err
 		}
 		rows = append(rows, row{clusters: n, alive: alive, failed: failed, interval: iv, p50: pct(lat, 50), p99: pct(lat, 99), mean: mean(lat),
-			moP99: bucketQuantile(before, placementBuckets(srv), 0.99)})
+			moP99: bucketQuantile(before, placementBuckets(srv), 0.99), rt: rt})
 		fmt.Fprintf(os.Stderr, "measured %d clusters\n", n)
 	}
 
+	if *memProfile != "" {
+		f, err := os.Create(*memProfile)
+		if err != nil {
+			return err
+		}
+		runtime.GC()
+		err = pprof.WriteHeapProfile(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	if *placementOnly {
+		fmt.Println("placement rows only (-placement-only)")
+		for _, r := range rows {
+			printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt)
+		}
+		return nil
+	}
 	if rate == 0 {
 		if rate, err = measureIngest(srv, sim, *ingest); err != nil {
 			return err
@@ -246,14 +280,8 @@ func run() error {
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average (other work shares these cores): %s", la)
 	}
-	fmt.Printf("%-10s %8s %8s %10s %10s %10s %8s %10s %12s\n", "clusters", "alive", "hello", "p50 µs", "p99 µs", "mean µs", "timeouts", "goal p99", "MO p99 µs")
 	for _, r := range rows {
-		goal := "<1000 µs"
-		if r.clusters >= 100000 {
-			goal = "<2000 µs"
-		}
-		fmt.Printf("%-10d %8d %8s %10.0f %10.0f %10.0f %8d %10s %12s\n", r.clusters, r.alive, "/"+r.interval.String(), us(r.p50), us(r.p99), us(r.mean), r.failed, goal,
-			fmt.Sprintf("<= %.0f", r.moP99*1e6))
+		printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt)
 	}
 	byCount := map[int]row{}
 	for _, r := range rows {
@@ -301,10 +329,49 @@ func run() error {
 		out["alive_"+strconv.Itoa(r.clusters)] = float64(r.alive)
 		out["pr_timeouts_"+strconv.Itoa(r.clusters)] = float64(r.failed)
 		out["mo_p99_le_us_"+strconv.Itoa(r.clusters)] = round(r.moP99 * 1e6)
+		out["sched_p99_le_us_"+strconv.Itoa(r.clusters)] = round(r.rt.schedP99 * 1e6)
+		out["gc_pause_max_le_us_"+strconv.Itoa(r.clusters)] = round(r.rt.gcPauseMax * 1e6)
+		out["gc_cycles_"+strconv.Itoa(r.clusters)] = float64(r.rt.gcCycles)
+		out["heap_live_mb_"+strconv.Itoa(r.clusters)] = round(float64(r.rt.heapLive) / (1 << 20))
 	}
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))
 	return nil
+}
+
+var rowHeader sync.Once
+
+// printRow prints one placement row, with the process's runtime figures
+// over its measurement (rtmetrics.go).
+func printRow(clusters, alive int, iv, p50, p99, avg time.Duration, failed int, moP99 float64, rt rtStats) {
+	rowHeader.Do(func() {
+		fmt.Printf("%-10s %8s %8s %10s %10s %10s %8s %10s %12s | %10s %10s %9s %6s %8s %8s\n", "clusters", "alive", "hello", "p50 µs", "p99 µs", "mean µs",
+			"timeouts", "goal p99", "MO p99 µs", "sched p99", "sched max", "GC pause", "GCs", "GC cpu", "heap MB")
+	})
+	goal := "<1000 µs"
+	if clusters >= 100000 {
+		goal = "<2000 µs"
+	}
+	fmt.Printf("%-10d %8d %8s %10.0f %10.0f %10.0f %8d %10s %12s | %10s %10s %9s %6d %7.0f%% %8.0f\n", clusters, alive, "/"+iv.String(), us(p50), us(p99), us(avg), failed, goal,
+		fmt.Sprintf("<= %.0f", moP99*1e6), fmt.Sprintf("<= %.0f", rt.schedP99*1e6), fmt.Sprintf("<= %.0f", rt.schedMax*1e6),
+		fmt.Sprintf("<= %.0f", rt.gcPauseMax*1e6), rt.gcCycles, rt.gcCPUShare*100, float64(rt.heapLive)/(1<<20))
+}
+
+// startTrace starts an execution trace to path when on; the returned
+// func stops it.
+func startTrace(path string, on bool) (func(), error) {
+	if path == "" || !on {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { trace.Stop(); f.Close() }, nil
 }
 
 func waitAlive(srv *meta.Server, n int) error {
