@@ -74,6 +74,17 @@ func Do(name string, f func() error) error {
 	})
 }
 
+// In runs f inside the named namespace, as Do, and returns what f opened
+// there (a socket keeps the namespace it was created in).
+func In[T any](name string, f func() (T, error)) (T, error) {
+	var v T
+	err := Do(name, func() (err error) {
+		v, err = f()
+		return err
+	})
+	return v, err
+}
+
 // Create makes a named namespace with its loopback up, without moving the
 // caller into it.
 func Create(name string) error {
@@ -171,32 +182,17 @@ func Sysctl(name, key, val string) error {
 
 // Listen opens a listener inside the named namespace.
 func Listen(name, network, addr string) (net.Listener, error) {
-	var ln net.Listener
-	err := Do(name, func() (err error) {
-		ln, err = net.Listen(network, addr)
-		return err
-	})
-	return ln, err
+	return In(name, func() (net.Listener, error) { return net.Listen(network, addr) })
 }
 
 // ListenPacket opens a packet socket inside the named namespace.
 func ListenPacket(name, network, addr string) (net.PacketConn, error) {
-	var pc net.PacketConn
-	err := Do(name, func() (err error) {
-		pc, err = net.ListenPacket(network, addr)
-		return err
-	})
-	return pc, err
+	return In(name, func() (net.PacketConn, error) { return net.ListenPacket(network, addr) })
 }
 
 // Dial opens a connection from inside the named namespace.
 func Dial(ctx context.Context, name, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := Do(name, func() (err error) {
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return In(name, func() (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, network, addr) })
 }
 
 // Dialer returns a DialContext (for an http.Transport) that opens its
