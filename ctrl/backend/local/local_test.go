@@ -47,15 +47,22 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func newBackend(t *testing.T) *Backend {
+// open starts a backend of cluster c1 on the loopback address, closed at
+// the end of the test.
+func open(t *testing.T, cfg Config) *Backend {
 	t.Helper()
-	b, err := New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
-		Pods: 4, MilliCPU: 1000, MemoryMB: 1024, MinBackoff: 20 * time.Millisecond})
+	cfg.ClusterID, cfg.ListenAddr, cfg.ExposeAddr = "c1", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.1")
+	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+func newBackend(t *testing.T) *Backend {
+	t.Helper()
+	return open(t, Config{Pods: 4, MilliCPU: 1000, MemoryMB: 1024, MinBackoff: 20 * time.Millisecond})
 }
 
 func get(t *testing.T, url string) string {
@@ -169,28 +176,30 @@ func (b *Backend) abandon() {
 	}
 }
 
-func TestAdoptAfterCrash(t *testing.T) {
-	dir := t.TempDir()
-	cfg := Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
-		StateDir: dir, MinBackoff: 20 * time.Millisecond}
-	b1, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}
+// crashed is a controller killed while its copy of "web" runs: a backend
+// with a state dir deployed spec, then stopped supervising it without
+// killing it (the copy keeps serving). It returns that backend (its copy's
+// PID is pid) and the config a restarted controller uses.
+func crashed(ctx context.Context, t *testing.T) (b1 *Backend, cfg Config, spec backend.Spec, pid int) {
+	t.Helper()
+	cfg = Config{StateDir: t.TempDir(), MinBackoff: 20 * time.Millisecond}
+	b1 = open(t, cfg)
+	spec = backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}
 	if _, err := b1.Deploy(ctx, spec); err != nil {
 		t.Fatal(err)
 	}
-	pid := b1.PID("web")
-	b1.abandon() // the controller dies; the copy keeps serving
+	pid = b1.PID("web")
+	b1.abandon()
+	return b1, cfg, spec, pid
+}
 
-	b2, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b2.Close() })
+func TestAdoptAfterCrash(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, cfg, spec, pid := crashed(ctx, t) // the controller dies; the copy keeps serving
+	dir := cfg.StateDir
+
+	b2 := open(t, cfg)
 	if got := b2.PID("web"); got != pid {
 		t.Fatalf("adopted pid %d, want %d", got, pid)
 	}
@@ -270,12 +279,7 @@ func TestCopyEnvironmentIsMinimal(t *testing.T) {
 // grace period is over, or sooner when Delete's context ends; the demo
 // service exits by itself at once.
 func TestDeleteIsGraceful(t *testing.T) {
-	b, err := New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
-		MinBackoff: 20 * time.Millisecond, GracePeriod: 700 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b := open(t, Config{MinBackoff: 20 * time.Millisecond, GracePeriod: 700 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	stubborn := func(name string) int {
@@ -314,12 +318,7 @@ func TestDeleteIsGraceful(t *testing.T) {
 	}
 	// The demo exits by itself once quiet for its linger (1.2s), well
 	// before a grace period that would kill it.
-	b, err = New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
-		MinBackoff: 20 * time.Millisecond, GracePeriod: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b = open(t, Config{MinBackoff: 20 * time.Millisecond, GracePeriod: 10 * time.Second})
 	if _, err := b.Deploy(ctx, backend.Spec{Name: "web", Demo: true,
 		Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}); err != nil {
 		t.Fatal(err)
@@ -363,12 +362,7 @@ func TestDemoAnswersUDP(t *testing.T) {
 // answering afterwards is the new one, not the old one that answered the
 // readiness probe on its way out.
 func TestRedeployWhileStopping(t *testing.T) {
-	b, err := New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
-		MinBackoff: 20 * time.Millisecond, GracePeriod: 800 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b := open(t, Config{MinBackoff: 20 * time.Millisecond, GracePeriod: 800 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	port := testport.Free(t)
@@ -514,29 +508,13 @@ func TestRedeployRelabels(t *testing.T) {
 // port (it would otherwise never be ready, and the leaked one would serve
 // as a duplicate no record owns).
 func TestReapUnrecordedCopy(t *testing.T) {
-	dir := t.TempDir()
-	cfg := Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
-		StateDir: dir, MinBackoff: 20 * time.Millisecond}
-	b1, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	spec := backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}}
-	if _, err := b1.Deploy(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	pid := b1.PID("web")
-	b1.abandon()
+	b1, cfg, spec, pid := crashed(ctx, t)
 	if err := os.Remove(b1.statePath("web")); err != nil {
 		t.Fatal(err)
 	}
-	b2, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b2.Close() })
+	b2 := open(t, cfg)
 	if b2.PID("web") != 0 {
 		t.Fatal("adopted a copy with no state file")
 	}
@@ -563,12 +541,7 @@ func TestDemoExecutable(t *testing.T) {
 	if err := os.Symlink(exe, demoExe); err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(Config{ClusterID: "c1", ListenAddr: netip.MustParseAddr("127.0.0.1"), ExposeAddr: netip.MustParseAddr("127.0.0.1"),
-		DemoExecutable: demoExe})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b := open(t, Config{DemoExecutable: demoExe})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	inst, err := b.Deploy(ctx, backend.Spec{Name: "web", Home: "c0", Demo: true, Ports: []backend.Port{{Port: testport.Free(t), Protocol: lb.TCP}}})
