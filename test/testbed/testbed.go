@@ -526,38 +526,38 @@ func (tb *Testbed) Unshape(cluster string) (Event, error) {
 // Cut takes cluster's WAN link down at the router: the cluster can reach
 // nothing beyond its node (the MO, other clusters) and nothing reaches it.
 func (tb *Testbed) Cut(cluster string) (Event, error) {
-	c, err := tb.Cluster(cluster)
-	if err != nil {
-		return Event{}, err
-	}
-	if err := tb.routerLink(c, false); err != nil {
-		return Event{}, err
-	}
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	tb.st.Cut[cluster] = true
-	e := tb.event("cut", cluster, "link "+c.RouterIf+" down at the router")
-	return e, tb.save()
+	return tb.setLink(cluster, false)
 }
 
 // Restore brings cluster's WAN link back up and reinstalls the router's
 // routes over it.
 func (tb *Testbed) Restore(cluster string) (Event, error) {
+	return tb.setLink(cluster, true)
+}
+
+// setLink sets cluster's WAN link at the router up (and reinstalls the
+// router's routes over it) or down, and records it in the state file.
+func (tb *Testbed) setLink(cluster string, up bool) (Event, error) {
 	c, err := tb.Cluster(cluster)
 	if err != nil {
 		return Event{}, err
 	}
-	if err := tb.routerLink(c, true); err != nil {
+	if err := tb.routerLink(c, up); err != nil {
 		return Event{}, err
 	}
-	if err := tb.routerRoutes(cluster); err != nil {
-		return Event{}, err
+	if up {
+		if err := tb.routerRoutes(cluster); err != nil {
+			return Event{}, err
+		}
 	}
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
-	delete(tb.st.Cut, cluster)
-	e := tb.event("restore", cluster, "link "+c.RouterIf+" up at the router, routes reinstalled")
-	return e, tb.save()
+	if up {
+		delete(tb.st.Cut, cluster)
+		return tb.event("restore", cluster, "link "+c.RouterIf+" up at the router, routes reinstalled"), tb.save()
+	}
+	tb.st.Cut[cluster] = true
+	return tb.event("cut", cluster, "link "+c.RouterIf+" down at the router"), tb.save()
 }
 
 // routerLink sets cluster c's WAN link at the router down, or up with the
