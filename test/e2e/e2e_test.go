@@ -116,6 +116,21 @@ func waitServedBy(ctx context.Context, t *testing.T, tb *testbed.Testbed, cluste
 }
 
 // logs prints the tail of every process log (on failure).
+// deployClassifier deploys the demo service "classifier" with ports at
+// the home cluster and returns the home's controller client.
+func deployClassifier(ctx context.Context, t *testing.T, tb *testbed.Testbed, ports ...backend.Port) *testbed.CtrlClient {
+	t.Helper()
+	hc, err := tb.Ctrl("home")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true, Ports: ports}); err != nil {
+		logs(t, tb)
+		t.Fatalf("deploy: %v", err)
+	}
+	return hc
+}
+
 func logs(t *testing.T, tb *testbed.Testbed) {
 	t.Helper()
 	for _, p := range tb.State().Procs {
@@ -267,18 +282,10 @@ func TestMigrateChainZeroLoss(t *testing.T) {
 	defer cancel()
 	home, _ := tb.Cluster("home")
 	cam, _ := tb.Client("camera")
-	hc, err := tb.Ctrl("home")
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := deployClassifier(ctx, t, tb, backend.Port{Port: 80, Protocol: lb.TCP})
 	edge, err := tb.Ctrl("edge")
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true,
-		Ports: []backend.Port{{Port: 80, Protocol: lb.TCP}}}); err != nil {
-		logs(t, tb)
-		t.Fatalf("deploy: %v", err)
 	}
 	st := testbed.StartStream(ctx, cam.NS, fmt.Sprintf("http://%s:80/", home.WAN4), 20*time.Millisecond, 2*time.Second)
 	defer st.Stop()
@@ -332,15 +339,7 @@ func TestKeepAliveAcrossMigrations(t *testing.T) {
 	defer cancel()
 	home, _ := tb.Cluster("home")
 	cam, _ := tb.Client("camera")
-	hc, err := tb.Ctrl("home")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true,
-		Ports: []backend.Port{{Port: 80, Protocol: lb.TCP}, {Port: 80, Protocol: lb.UDP}}}); err != nil {
-		logs(t, tb)
-		t.Fatalf("deploy: %v", err)
-	}
+	hc := deployClassifier(ctx, t, tb, backend.Port{Port: 80, Protocol: lb.TCP}, backend.Port{Port: 80, Protocol: lb.UDP})
 	fe := fmt.Sprintf("%s:80", home.WAN4)
 	l, err := load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: requestTimeout, Clients: []load.Client{
 		{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},

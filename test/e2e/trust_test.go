@@ -64,14 +64,7 @@ func TestNoSecretInArgvOrCopies(t *testing.T) {
 	tb, _ := launch(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	hc, err := tb.Ctrl("home")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hc.Deploy(ctx, ctrl.Descriptor{Name: "classifier", Demo: true, Ports: []backend.Port{{Port: 80, Protocol: lb.TCP}}}); err != nil {
-		logs(t, tb)
-		t.Fatalf("deploy: %v", err)
-	}
+	hc := deployClassifier(ctx, t, tb, backend.Port{Port: 80, Protocol: lb.TCP})
 	if m, err := hc.Migrate(ctx, "classifier", "edge", "manual"); err != nil || m.State != ctrl.StateDone {
 		logs(t, tb)
 		t.Fatalf("migrate to edge over mTLS: %+v %v", m, err)
