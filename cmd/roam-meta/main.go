@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/internal/cli"
 	"github.com/roamnet/roam/meta"
 )
@@ -116,13 +116,9 @@ func run(ctx context.Context, args []string) error {
 			"tls", cfg.TLS != nil, "auth", cfg.Auth != nil)
 	}
 	if *tlsCA != "" {
-		pem, err := os.ReadFile(*tlsCA)
+		pool, err := pki.ReadCAPool(*tlsCA)
 		if err != nil {
 			return fmt.Errorf("read tls ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("parse tls ca %s: no certificate", *tlsCA)
 		}
 		if cfg.TLS != nil {
 			cfg.TLS.ClientCAs, cfg.TLS.ClientAuth = pool, tls.RequireAndVerifyClientCert

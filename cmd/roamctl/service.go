@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -106,13 +105,9 @@ func runService(ctx context.Context, args []string) error {
 	}
 	hc := http.Client{Timeout: *timeout}
 	if *caFile != "" {
-		b, err := os.ReadFile(*caFile)
+		pool, err := pki.ReadCAPool(*caFile)
 		if err != nil {
 			return fmt.Errorf("--ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return fmt.Errorf("--ca %s: no certificate", *caFile)
 		}
 		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
 	}

@@ -323,6 +323,20 @@ func Equal(a, b string) bool {
 	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
 }
 
+// ReadCAPool reads a PEM file of CA certificates into a pool; a file that
+// holds none is an error.
+func ReadCAPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no certificate", path)
+	}
+	return pool, nil
+}
+
 // ReadSecretFile reads a secret from a file (trailing newline trimmed);
 // an empty file is an error, so a missing mount is not taken for "no
 // secret".

@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"net"
 	"net/url"
@@ -236,5 +237,35 @@ func TestEqualAndSecretFile(t *testing.T) {
 	}
 	if _, err := ReadSecretFile(p); err == nil {
 		t.Fatal("empty secret accepted")
+	}
+}
+
+// TestReadCAPool: the CA's own PEM reads into a pool that verifies what it
+// issued; a missing file and a file with no certificate are errors.
+func TestReadCAPool(t *testing.T) {
+	ca, err := NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	good, empty := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "empty.crt")
+	if err := os.WriteFile(good, ca.CertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(empty, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := ReadCAPool(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Cert.Verify(x509.VerifyOptions{Roots: pool}); err != nil {
+		t.Errorf("the pool does not hold the CA: %v", err)
+	}
+	if _, err := ReadCAPool(filepath.Join(dir, "missing.crt")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v, want not exist", err)
+	}
+	if _, err := ReadCAPool(empty); err == nil || !strings.Contains(err.Error(), "no certificate") {
+		t.Errorf("file with no certificate: %v", err)
 	}
 }

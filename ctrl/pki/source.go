@@ -65,13 +65,9 @@ func (s *Source) reload() error {
 		return fmt.Errorf("load identity %s: %w (create one with roamctl cert issue)", s.dir, err)
 	}
 	f := s.files()
-	caPEM, err := os.ReadFile(f[0])
+	pool, err := ReadCAPool(f[0])
 	if err != nil {
 		return fmt.Errorf("load identity %s: %w", s.dir, err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return fmt.Errorf("load identity %s: %s holds no certificate", s.dir, CAFile)
 	}
 	cert, err := tls.LoadX509KeyPair(f[1], f[2])
 	if err != nil {

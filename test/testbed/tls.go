@@ -80,12 +80,8 @@ func (tb *Testbed) caPool() *x509.CertPool {
 	if work == "" {
 		return nil
 	}
-	b, err := os.ReadFile(CAFile(work))
+	pool, err := pki.ReadCAPool(CAFile(work))
 	if err != nil {
-		return nil
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
 		return nil
 	}
 	return pool
