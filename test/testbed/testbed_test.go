@@ -50,6 +50,18 @@ func testConfig(t *testing.T) Config {
 	}
 }
 
+// down takes tb down and checks that no namespace of cfg's testbed is
+// left.
+func down(t *testing.T, tb *Testbed, cfg Config) {
+	t.Helper()
+	if err := tb.Down(context.Background()); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	if left := netns.List(Prefix(cfg.Name)); len(left) > 0 {
+		t.Errorf("namespaces left: %v", left)
+	}
+}
+
 func up(t *testing.T, cfg Config) *Testbed {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -159,16 +171,11 @@ func TestUpDown(t *testing.T) {
 			}
 		}
 	}
-	if err := tb.Down(context.Background()); err != nil {
-		t.Fatalf("down: %v", err)
-	}
+	down(t, tb, cfg)
 	for n := range st.Namespaces {
 		if netns.Exists(n) {
 			t.Errorf("netns %s left after down", n)
 		}
-	}
-	if left := netns.List(Prefix(cfg.Name)); len(left) > 0 {
-		t.Errorf("namespaces left: %v", left)
 	}
 	if _, err := os.Stat(StatePath(cfg)); !os.IsNotExist(err) {
 		t.Errorf("state file left after down: %v", err)
@@ -206,12 +213,7 @@ func TestUpAfterKilledUp(t *testing.T) {
 	if err := reachable(cam.NS, sink(t, cloud.NS, cloud.WAN4), 10*time.Second); err != nil {
 		t.Fatalf("rebuilt testbed: camera -> cloud: %v", err)
 	}
-	if err := second.Down(context.Background()); err != nil {
-		t.Fatalf("down: %v", err)
-	}
-	if left := netns.List(Prefix(cfg.Name)); len(left) > 0 {
-		t.Errorf("namespaces left: %v", left)
-	}
+	down(t, second, cfg)
 }
 
 func TestShapeCutRestore(t *testing.T) {
