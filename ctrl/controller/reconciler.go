@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/internal/tick"
 )
 
 // reconciler runs the engine's reconcilers the way sample-controller runs
@@ -80,18 +81,11 @@ func (r *reconciler) run(ctx context.Context, keys []string) {
 // every runs fn every d until ctx ends (each run under the reconcile
 // deadline).
 func (r *reconciler) every(ctx context.Context, d time.Duration, fn func(context.Context)) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	tick.Every(ctx, d, func() {
 		fctx, cancel := context.WithTimeout(ctx, r.timeout)
 		fn(fctx)
 		cancel()
-	}
+	})
 }
 
 func (r *reconciler) queueAll(ctx context.Context) {

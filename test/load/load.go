@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/roamnet/roam/internal/tick"
 )
 
 // Kind is a kind of client.
@@ -381,31 +382,42 @@ type requester func(ctx context.Context, sent time.Time) result
 // whatever the answers (a stalled service does not slow the client down:
 // every request it would have sent is counted).
 func (l *Load) openLoop(ctx context.Context, c Client, req requester) {
-	inflight := make(chan struct{}, l.cfg.MaxInFlight)
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		t := time.NewTicker(c.Interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			now := time.Now()
-			select {
-			case inflight <- struct{}{}:
-			default:
-				l.record(ctx, result{kind: c.Kind, sent: now, err: errors.New("client overloaded: too many requests in flight")})
-				continue
-			}
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				defer func() { <-inflight }()
-				l.record(ctx, req(ctx, now))
-			}()
-		}
+		OpenLoop(ctx, c.Interval, l.cfg.MaxInFlight, &l.wg, func(sent time.Time) {
+			l.record(ctx, result{kind: c.Kind, sent: sent, err: errOverloaded})
+		}, func(sent time.Time) {
+			l.record(ctx, req(ctx, sent))
+		})
 	}()
+}
+
+// errOverloaded is the error of a request an open loop did not send
+// because too many were in flight.
+var errOverloaded = errors.New("client overloaded: too many requests in flight")
+
+// OpenLoop calls send every interval, each call in its own goroutine
+// (counted in wg), whatever the answers: a stalled service does not slow
+// the client down. With maxInFlight calls still running it calls
+// overloaded instead, so every request it would have sent is counted.
+// Both get the time the request is due. It returns once ctx has ended;
+// wg says when the calls it started are over.
+func OpenLoop(ctx context.Context, interval time.Duration, maxInFlight int, wg *sync.WaitGroup, overloaded, send func(sent time.Time)) {
+	inflight := make(chan struct{}, maxInFlight)
+	tick.Every(ctx, interval, func() {
+		now := time.Now()
+		select {
+		case inflight <- struct{}{}:
+		default:
+			overloaded(now)
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-inflight }()
+			send(now)
+		}()
+	})
 }

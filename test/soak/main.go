@@ -56,6 +56,7 @@ import (
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/internal/cli"
+	"github.com/roamnet/roam/internal/tick"
 	"github.com/roamnet/roam/test/load"
 	"github.com/roamnet/roam/test/netns"
 	"github.com/roamnet/roam/test/testbed"
@@ -695,19 +696,12 @@ func (s *soak) watch(ctx context.Context) {
 	}
 	bad := map[lb.Frontend]lb.Target{} // last sample's target with nothing behind it
 	inEpisode := map[lb.Frontend]bool{}
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	tick.Every(ctx, 500*time.Millisecond, func() {
 		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		svcs, err := ag.List(lctx)
 		cancel()
 		if err != nil {
-			continue // the agent is being restarted
+			return // the agent is being restarted
 		}
 		for _, sv := range svcs {
 			f := sv.Frontend
@@ -742,7 +736,7 @@ func (s *soak) watch(ctx context.Context) {
 			}
 			bad[f] = sv.Active
 		}
-	}
+	})
 }
 
 func (s *soak) lbToNothing(f lb.Frontend, t lb.Target, inEpisode map[lb.Frontend]bool, why string) {

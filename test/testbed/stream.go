@@ -46,40 +46,23 @@ func StartStream(ctx context.Context, ns, url string, interval, timeout time.Dur
 		DisableKeepAlives: true,
 	}
 	hc := &http.Client{Transport: tr, Timeout: timeout}
-	inflight := make(chan struct{}, 256)
 	go func() {
 		defer close(s.done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				s.wg.Wait()
-				tr.CloseIdleConnections()
-				return
-			case <-t.C:
-			}
-			select {
-			case inflight <- struct{}{}:
-			default:
-				s.add(Sample{Sent: time.Now(), Err: "client overloaded: too many requests in flight"})
-				continue
-			}
+		load.OpenLoop(ctx, interval, 256, &s.wg, func(sent time.Time) {
+			s.add(Sample{Sent: sent, Err: "client overloaded: too many requests in flight"})
+		}, func(time.Time) {
 			s.mu.Lock()
 			ph := s.phase
 			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer func() { <-inflight }()
-				smp := get(ctx, hc, url)
-				if ctx.Err() != nil && !smp.OK {
-					return // stopped mid-request: not a failure of the service
-				}
-				smp.Phase = ph
-				s.add(smp)
-			}()
-		}
+			smp := get(ctx, hc, url)
+			if ctx.Err() != nil && !smp.OK {
+				return // stopped mid-request: not a failure of the service
+			}
+			smp.Phase = ph
+			s.add(smp)
+		})
+		s.wg.Wait()
+		tr.CloseIdleConnections()
 	}()
 	return s
 }
