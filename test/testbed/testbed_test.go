@@ -87,19 +87,10 @@ func sink(t *testing.T, ns string, addr netip.Addr) netip.AddrPort {
 		t.Fatalf("listen in %s: %v", ns, err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(io.Discard, c)
-				_, _ = c.Write([]byte("done"))
-			}()
-		}
-	}()
+	netns.Serve(l, func(c net.Conn) {
+		_, _ = io.Copy(io.Discard, c)
+		_, _ = c.Write([]byte("done"))
+	})
 	return netip.MustParseAddrPort(l.Addr().String())
 }
 
