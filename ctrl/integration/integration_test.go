@@ -474,7 +474,8 @@ func (p *crashPoint) set(s ctrl.Stage) {
 }
 
 // crashAt installs a crashPoint on cluster id's controller, for its
-// migrations in role (it takes effect at the controller's next start).
+// migrations in role, and restarts that controller so that it takes
+// effect.
 func (e *env) crashAt(id string, role ctrl.Role) *crashPoint {
 	p := &crashPoint{stage: ctrl.StageNone}
 	e.cl[id].hook = func(m ctrl.Migration) error {
@@ -485,7 +486,31 @@ func (e *env) crashAt(id string, role ctrl.Role) *crashPoint {
 		}
 		return nil
 	}
+	e.stop(id)
+	e.start(id)
 	return p
+}
+
+// crashAndRecover has cluster id migrate "web" to dest with crash set at
+// stage, checks the migration stopped there, restarts id (it recovers
+// from the journal) and returns its latest migration, which recovery must
+// have settled.
+func (e *env) crashAndRecover(t *testing.T, crash *crashPoint, id string, stage ctrl.Stage, dest string) ctrl.Migration {
+	t.Helper()
+	crash.set(stage)
+	_, err := e.cl[id].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: dest})
+	if err == nil || !strings.Contains(err.Error(), "crash at") {
+		t.Fatalf("migrate did not stop at %s: %v", stage, err)
+	}
+	crash.set(ctrl.StageNone)
+	e.stop(id)
+	e.start(id)
+	ms, _ := e.cl[id].c.Engine.Migrations()
+	last := ms[len(ms)-1]
+	if last.State == ctrl.StateRunning {
+		t.Fatalf("migration still running after recovery: %+v", last)
+	}
+	return last
 }
 
 // TestCrashAtEachStage kills (stops) the home controller right after the
@@ -495,24 +520,10 @@ func (e *env) crashAt(id string, role ctrl.Role) *crashPoint {
 func TestCrashAtEachStage(t *testing.T) {
 	e := newEnv(t, "a", "b")
 	crash := e.crashAt("a", ctrl.RoleHome)
-	e.stop("a")
-	e.start("a")
 	e.deploy("a")
 	for _, stage := range ctrl.Stages() {
 		t.Run(stage.String(), func(t *testing.T) {
-			crash.set(stage)
-			_, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"})
-			if err == nil || !strings.Contains(err.Error(), "crash at") {
-				t.Fatalf("migrate did not stop at %s: %v", stage, err)
-			}
-			crash.set(ctrl.StageNone)
-			e.stop("a")
-			e.start("a") // recovers from the journal
-			ms, _ := e.cl["a"].c.Engine.Migrations()
-			last := ms[len(ms)-1]
-			if last.State == ctrl.StateRunning {
-				t.Fatalf("migration still running after recovery: %+v", last)
-			}
+			last := e.crashAndRecover(t, crash, "a", stage, "b")
 			switch stage {
 			case ctrl.StageCommit, ctrl.StageDrain, ctrl.StageCleanup:
 				if last.State != ctrl.StateDone {
@@ -595,8 +606,6 @@ func TestPolicyBandwidth(t *testing.T) {
 func TestCrashMoverAtEachStage(t *testing.T) {
 	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
 	crash := e.crashAt("b", ctrl.RoleMover)
-	e.stop("b")
-	e.start("b")
 	e.deploy("a")
 	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
 		t.Fatal(err)
@@ -604,18 +613,7 @@ func TestCrashMoverAtEachStage(t *testing.T) {
 	e.expectAt("a", "b")
 	for _, stage := range []ctrl.Stage{ctrl.StageTrigger, ctrl.StagePlacement, ctrl.StageReplication, ctrl.StageReroute, ctrl.StageCleanup} {
 		t.Run(stage.String(), func(t *testing.T) {
-			crash.set(stage)
-			_, err := e.cl["b"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "c"})
-			if err == nil || !strings.Contains(err.Error(), "crash at") {
-				t.Fatalf("migrate did not stop at %s: %v", stage, err)
-			}
-			crash.set(ctrl.StageNone)
-			e.stop("b")
-			e.start("b")
-			ms, _ := e.cl["b"].c.Engine.Migrations()
-			if last := ms[len(ms)-1]; last.State == ctrl.StateRunning {
-				t.Fatalf("still running after recovery: %+v", last)
-			}
+			e.crashAndRecover(t, crash, "b", stage, "c")
 			if stage == ctrl.StageCleanup {
 				e.expectAt("a", "c")
 				if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
@@ -634,8 +632,6 @@ func TestCrashMoverAtEachStage(t *testing.T) {
 func TestCrashHomeDuringMovedOn(t *testing.T) {
 	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
 	crash := e.crashAt("a", ctrl.RoleReroute)
-	e.stop("a")
-	e.start("a")
 	e.deploy("a")
 	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
 		t.Fatal(err)
