@@ -491,6 +491,14 @@ func (e *env) crashAt(id string, role ctrl.Role) *crashPoint {
 	return p
 }
 
+// mustMigrate has cluster id migrate "web" to dest; an error fails t.
+func (e *env) mustMigrate(t *testing.T, id, dest string) {
+	t.Helper()
+	if _, err := e.cl[id].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: dest}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // crashAndRecover has cluster id migrate "web" to dest with crash set at
 // stage, checks the migration stopped there, restarts id (it recovers
 // from the journal) and returns its latest migration, which recovery must
@@ -531,9 +539,7 @@ func TestCrashAtEachStage(t *testing.T) {
 				}
 				e.expectAt("a", "b")
 				// Bring it home for the next round.
-				if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "a"}); err != nil {
-					t.Fatal(err)
-				}
+				e.mustMigrate(t, "a", "a")
 			default:
 				if last.State != ctrl.StateFailed {
 					t.Fatalf("after a crash at %s the migration should roll back: %+v", stage, last)
@@ -551,9 +557,7 @@ func TestCrashAtEachStage(t *testing.T) {
 func TestPolicyBandwidth(t *testing.T) {
 	e := newEnv(t, "a", "b")
 	e.deployNeed("a", 10)
-	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
-		t.Fatal(err)
-	}
+	e.mustMigrate(t, "a", "b")
 	e.expectAt("a", "b")
 	if err := os.WriteFile(e.cl["b"].links, []byte(`[{"peer":"a","bandwidth_mbps":50,"rtt_ms":2,"up":true}]`), 0o600); err != nil {
 		t.Fatal(err)
@@ -607,18 +611,14 @@ func TestCrashMoverAtEachStage(t *testing.T) {
 	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
 	crash := e.crashAt("b", ctrl.RoleMover)
 	e.deploy("a")
-	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
-		t.Fatal(err)
-	}
+	e.mustMigrate(t, "a", "b")
 	e.expectAt("a", "b")
 	for _, stage := range []ctrl.Stage{ctrl.StageTrigger, ctrl.StagePlacement, ctrl.StageReplication, ctrl.StageReroute, ctrl.StageCleanup} {
 		t.Run(stage.String(), func(t *testing.T) {
 			e.crashAndRecover(t, crash, "b", stage, "c")
 			if stage == ctrl.StageCleanup {
 				e.expectAt("a", "c")
-				if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
-					t.Fatal(err)
-				}
+				e.mustMigrate(t, "a", "b")
 			}
 			e.expectAt("a", "b")
 		})
@@ -633,9 +633,7 @@ func TestCrashHomeDuringMovedOn(t *testing.T) {
 	e := newEnvFailsafe(t, 20*time.Second, "a", "b", "c")
 	crash := e.crashAt("a", ctrl.RoleReroute)
 	e.deploy("a")
-	if _, err := e.cl["a"].c.Engine.Migrate(ctx(t), "web", ctrl.MigrateRequest{Destination: "b"}); err != nil {
-		t.Fatal(err)
-	}
+	e.mustMigrate(t, "a", "b")
 	at := "b"
 	for _, stage := range []ctrl.Stage{ctrl.StageReroute, ctrl.StageVerify, ctrl.StageCommit, ctrl.StageDrain} {
 		t.Run(stage.String(), func(t *testing.T) {

@@ -77,6 +77,28 @@ func get(t *testing.T, url string) string {
 	return string(b)
 }
 
+// killAndWaitRestart kills the copy of "web" (pid) and waits until b's
+// supervisor has restarted it and it is ready again; it returns the new
+// copy's PID.
+func killAndWaitRestart(ctx context.Context, t *testing.T, b *Backend, pid int) int {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if np := b.PID("web"); np != 0 && np != pid {
+			if i, err := b.Get(ctx, "web"); err == nil && i.Ready {
+				return np
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("copy %d not restarted after it died", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestDeployDemoRestartDelete(t *testing.T) {
 	b := newBackend(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -102,22 +124,7 @@ func TestDeployDemoRestartDelete(t *testing.T) {
 		t.Fatalf("capacity %+v", c)
 	}
 	// Crash: the supervisor restarts it.
-	pid := b.PID("web")
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if np := b.PID("web"); np != 0 && np != pid {
-			if i, err := b.Get(ctx, "web"); err == nil && i.Ready {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("copy not restarted")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	killAndWaitRestart(ctx, t, b, b.PID("web"))
 	if b.Restarts("web") < 1 {
 		t.Fatal("restart not counted")
 	}
@@ -125,7 +132,7 @@ func TestDeployDemoRestartDelete(t *testing.T) {
 	if len(l) != 1 || l[0].Name != "web" {
 		t.Fatalf("list %+v", l)
 	}
-	pid = b.PID("web")
+	pid := b.PID("web")
 	if err := b.Delete(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
@@ -215,22 +222,7 @@ func TestAdoptAfterCrash(t *testing.T) {
 		t.Fatalf("adopted copy answered %q", body)
 	}
 	// It dies: the new supervisor restarts it.
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if np := b2.PID("web"); np != 0 && np != pid {
-			if i, err := b2.Get(ctx, "web"); err == nil && i.Ready {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("adopted copy not restarted after it died")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	np := b2.PID("web")
+	np := killAndWaitRestart(ctx, t, b2, pid)
 	if err := b2.Delete(ctx, "web"); err != nil {
 		t.Fatal(err)
 	}
