@@ -119,20 +119,11 @@ func runTestbed(ctx context.Context, args []string) error {
 // upAndLaunch builds the topology and starts roam in it; on any failure
 // (or Ctrl-C) it takes everything down again.
 func upAndLaunch(ctx context.Context, cfg testbed.Config, f testbedFlags, log *slog.Logger) (*testbed.Testbed, error) {
-	if err := testbed.CheckHost(); err != nil {
-		return nil, err
-	}
 	fmt.Printf("testbed %s: building %d clusters as network namespaces\n", cfg.Name, len(cfg.Clusters))
-	tb, err := testbed.Up(ctx, cfg, log)
-	if err != nil {
-		return nil, err
-	}
-	fmt.Printf("testbed %s: starting roam-meta, roam-agent (XDP %s) and roam-ctrl (building them first if needed)\n", cfg.Name, f.xdpMode)
-	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: f.bin, XDPMode: f.xdpMode}); err != nil {
-		derr := tb.Down(context.WithoutCancel(ctx))
-		return nil, errors.Join(err, derr)
-	}
-	return tb, nil
+	tb, _, err := testbed.UpAndLaunch(ctx, cfg, testbed.LaunchConfig{BinDir: f.bin, XDPMode: f.xdpMode}, log, func() {
+		fmt.Printf("testbed %s: starting roam-meta, roam-agent (XDP %s) and roam-ctrl (building them first if needed)\n", cfg.Name, f.xdpMode)
+	})
+	return tb, err
 }
 
 func testbedUp(ctx context.Context, cfg testbed.Config, f testbedFlags, log *slog.Logger) error {

@@ -130,9 +130,6 @@ type soak struct {
 }
 
 func run(ctx context.Context, o options) error {
-	if err := testbed.CheckHost(); err != nil {
-		return err
-	}
 	cfg := testbed.Default()
 	cfg.Name = o.name
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
@@ -142,19 +139,16 @@ func run(ctx context.Context, o options) error {
 	}}
 	s.sum.Seed = o.seed
 	fmt.Printf("soak: testbed %s, %s of chaos, seed %d\n", cfg.Name, o.duration, o.seed)
-	tb, err := testbed.Up(ctx, cfg, log)
+	tb, sec, err := testbed.UpAndLaunch(ctx, cfg, testbed.LaunchConfig{BinDir: o.bin, XDPMode: o.xdp, DrainTimeout: 5 * time.Second}, log, nil)
 	if err != nil {
 		return err
 	}
-	s.tb = tb
+	s.tb, s.sec = tb, sec
 	defer func() {
 		if err := tb.Down(context.WithoutCancel(ctx)); err != nil {
 			fmt.Fprintln(os.Stderr, "testbed down:", err)
 		}
 	}()
-	if s.sec, err = tb.Launch(ctx, testbed.LaunchConfig{BinDir: o.bin, XDPMode: o.xdp, DrainTimeout: 5 * time.Second}); err != nil {
-		return err
-	}
 	s.cls = tb.Clusters()
 	home, _ := tb.Cluster("home")
 	cam, _ := tb.Client("camera")

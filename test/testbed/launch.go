@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -76,6 +77,28 @@ func SNATPool4(i, n int) (first, last netip.Addr) {
 // the controllers' --users-file; see tls.go for the certificates).
 type Secrets struct {
 	UserToken string `json:"user_token"`
+}
+
+// UpAndLaunch checks the host (CheckHost), builds the topology (Up) and
+// starts roam in it (Launch); when the launch fails (or ctx ends) it takes
+// the testbed down again. up, when not nil, is called between the two
+// (the topology is up, roam not started yet).
+func UpAndLaunch(ctx context.Context, cfg Config, lc LaunchConfig, log *slog.Logger, up func()) (*Testbed, Secrets, error) {
+	if err := CheckHost(); err != nil {
+		return nil, Secrets{}, err
+	}
+	tb, err := Up(ctx, cfg, log)
+	if err != nil {
+		return nil, Secrets{}, err
+	}
+	if up != nil {
+		up()
+	}
+	sec, err := tb.Launch(ctx, lc)
+	if err != nil {
+		return nil, Secrets{}, errors.Join(err, tb.Down(context.WithoutCancel(ctx)))
+	}
+	return tb, sec, nil
 }
 
 // FindModule walks up from dir to the directory holding go.mod.

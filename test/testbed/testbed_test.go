@@ -420,3 +420,34 @@ func TestLaunchMetaAndAgents(t *testing.T) {
 		t.Errorf("pin path %s left after down: %v", pins, err)
 	}
 }
+
+// TestUpAndLaunchFailureTakesDown: when roam cannot be started (a bin dir
+// without its binaries), UpAndLaunch fails, having built the topology
+// first, and leaves no namespace behind.
+func TestUpAndLaunchFailureTakesDown(t *testing.T) {
+	needRoot(t)
+	if err := CheckHost(); err != nil {
+		t.Skipf("testbed launch: %v", err)
+	}
+	cfg := testConfig(t)
+	t.Cleanup(func() {
+		if err := Cleanup(context.Background(), cfg, nil); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	wasUp := false
+	tb, _, err := UpAndLaunch(ctx, cfg, LaunchConfig{BinDir: t.TempDir()}, nil, func() {
+		wasUp = len(netns.List(Prefix(cfg.Name))) > 0
+	})
+	if err == nil || tb != nil {
+		t.Fatalf("launch without binaries: testbed %v, err %v", tb, err)
+	}
+	if !wasUp {
+		t.Error("the topology was not up between Up and Launch")
+	}
+	if left := netns.List(Prefix(cfg.Name)); len(left) > 0 {
+		t.Errorf("namespaces left after a failed launch: %v", left)
+	}
+}
