@@ -218,7 +218,7 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 
 	fv->snat_port = snat_alloc(sc, p, cfg, now);
 	if (!fv->snat_port) {
-		count_reason(REASON_PORT_EXHAUSTED);
+		count_reason(sc->probe.full ? REASON_NAT_FULL : REASON_PORT_EXHAUSTED);
 		count_action(id, ACTION_DROP, p->len);
 		return VERDICT_DROP;
 	}

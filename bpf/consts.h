@@ -82,7 +82,7 @@ enum action {
 /* Reasons counted in the drops map: packets dropped, or passed untouched because they could not be handled. */
 enum drop_reason {
 	REASON_NO_ROUTE = 0,	   /* fib lookup found no route: dropped */
-	REASON_CT_FULL = 1,	   /* conntrack insert failed: dropped */
+	REASON_CT_FULL = 1,	   /* conntrack full, a new flow's insert failed: dropped (a local flow: passed unpinned) */
 	REASON_PORT_EXHAUSTED = 2, /* no free SNAT port: dropped */
 	REASON_MALFORMED = 3,	   /* truncated or inconsistent headers: passed untouched */
 	REASON_FRAGMENT = 4,	   /* IPv4 or IPv6 fragment: passed untouched; dropped if its flow goes away from this host (a first fragment: balancer.h away_from_host) */
@@ -104,7 +104,8 @@ enum drop_reason {
 	REASON_TTL_EXCEEDED = 20,     /* to be forwarded with a TTL or hop limit of 1 or 0: dropped */
 	REASON_SYN_EVICTED = 21,      /* an embryonic flow silent for tcp_syn_evict_ns gave its SNAT port to a new flow: dropped (nat.h) */
 	REASON_ICMP_LIMITED = 22,     /* a time exceeded not sent: over the ICMP budget (icmp.h icmp_allow); its packet counts as ttl_exceeded too */
-	REASON_MAX = 23,
+	REASON_NAT_FULL = 23,	      /* NAT map full, no finished flow's port to take over: dropped (nat.h) */
+	REASON_MAX = 24,
 };
 
 /*
@@ -127,6 +128,7 @@ enum drop_reason {
 #define ETH_ALEN_ 6
 #define ETH_P_IP_ 0x0800
 #define ETH_P_IPV6_ 0x86DD
+#define E2BIG_ 7 /* a map update's error when the map is full (-E2BIG) */
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 #define IPPROTO_ICMP_ 1

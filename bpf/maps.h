@@ -21,9 +21,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_services SEC(".maps");
 
-/* Conntrack: one forward entry per flow (client -> frontend), LRU so a full table evicts the oldest flows. */
+/*
+ * Conntrack and NAT: plain hash maps, preallocated. Nothing is evicted: a
+ * full table refuses new flows (counted: ct_full, nat_full) and keeps every
+ * flow it holds; the agent's garbage collection (dataplane/gc.go) removes
+ * flows that are over, both directions together, and a new flow takes over
+ * a finished flow's SNAT port itself (nat.h). An LRU evicted per CPU in
+ * batches before the table was full, live flows included, one direction
+ * without the other, and a busy local service's flows pushed redirected
+ * ones out.
+ *
+ * A deleted element is reused at once (preallocated: the next insert on
+ * the deleting CPU takes it), so a program holding a pointer to it may see
+ * another flow written there. Deletions of a flow that may still have
+ * packets in flight on another CPU are the programs' own, and were so with
+ * the LRU (whose evictions reused elements the same way); GC deletes only
+ * flows idle in both directions for their state's timeout (seconds), read
+ * again just before the delete: a packet would have to arrive in those
+ * microseconds after seconds of silence, and its program be overtaken by
+ * an insert on the deleting CPU between its lookup and its copy, to act on
+ * another flow's entry, and then only for that packet. Each entry's
+ * liveness rule is the same in the programs and GC (conntrack.h).
+ */
+
+/* Conntrack: one forward entry per flow (client -> frontend). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CT_MAX_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
@@ -32,7 +55,7 @@ struct {
 
 /* NAT: one reverse entry per redirected flow (target -> SNAT address and port): the SNAT port's owner. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NAT_MAX_ENTRIES);
 	__type(key, struct ct_key);
 	__type(value, struct nat_value);

@@ -95,7 +95,8 @@ static __always_inline int nat_reclaimable(const struct nat_value *nv, const str
  * in both directions, or embryonic and silent (nat_reclaimable), is taken
  * over, claimed by a compare-and-swap of its last_seen so two CPUs cannot
  * both take it, and the old flow's forward entry is deleted. Returns the
- * port (network order) or 0.
+ * port (network order) or 0; sc->probe.full says a free slot was refused
+ * because the NAT map is full (nat_full, not port_exhausted).
  */
 static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p, const struct config *cfg, __u64 now)
 {
@@ -110,6 +111,7 @@ static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p
 	sc->probe.stride = sc->probe.slots % 7919u ? 7919u : 7907u;
 	sc->probe.first = bpf_ntohl(*(__be32 *)(rk->daddr + 12));
 	sc->probe.h = tuple_hash(p);
+	sc->probe.full = 0;
 
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < PORT_RETRIES; i++) {
@@ -117,11 +119,15 @@ static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p
 		__u32 ai = slot / sc->probe.range;
 		*(__be32 *)(sc->rk.daddr + 12) = bpf_htonl(sc->probe.first + ai);
 		sc->rk.dport = bpf_htons((__u16)(sc->probe.min + slot - ai * sc->probe.range));
-		if (bpf_map_update_elem(&roam_nat, &sc->rk, &sc->rv, BPF_NOEXIST) == 0)
+		long err = bpf_map_update_elem(&roam_nat, &sc->rk, &sc->rv, BPF_NOEXIST);
+		if (err == 0)
 			return sc->rk.dport;
 		struct nat_value *old = bpf_map_lookup_elem(&roam_nat, &sc->rk);
-		if (!old)
+		if (!old) {
+			if (err == -E2BIG_)
+				sc->probe.full = 1; /* a free slot, no free element: only a takeover can succeed */
 			continue;
+		}
 		__u64 seen = old->last_seen;
 		int why = nat_reclaimable(old, &sc->rk, &sc->owner, now, cfg);
 		if (why == RECLAIM_NO)

@@ -126,7 +126,7 @@ struct scratch {
 	__u32 id;		/* roam_new_flow: the frontend id of an SRv6 target in t */
 	__u32 pad;
 	struct {		/* snat_alloc's probe over pool x port range (in scratch: its loop spills less) */
-		__u32 h, first, min, range, slots, stride;
+		__u32 h, first, min, range, slots, stride, full;
 	} probe;
 };
 

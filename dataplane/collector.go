@@ -33,11 +33,11 @@ func (d *Dataplane) Collector() prometheus.Collector {
 		maxEntries: prometheus.NewDesc("roam_dataplane_map_max_entries",
 			"Capacity of a conntrack map (Config.MaxFlows).", []string{"map"}, nil),
 		pressure: prometheus.NewDesc("roam_dataplane_map_pressure",
-			"Entries of a conntrack map over its capacity (0-1): near 1 the LRU evicts flows, live ones included.", []string{"map"}, nil),
+			"Entries of a conntrack map over its capacity (0-1): at 1 new flows are refused (flows held are never evicted); GC runs without pause above 0.75.", []string{"map"}, nil),
 		gcRemoved: prometheus.NewDesc("roam_dataplane_gc_removed_total",
 			"Expired entries of a conntrack map removed by the agent's garbage collection.", []string{"map"}, nil),
 		insertFailures: prometheus.NewDesc("roam_dataplane_map_insert_failures_total",
-			"New flows the programs could not insert (conntrack: ct_full; nat: port_exhausted, no free SNAT port): dropped.",
+			"New flows the programs could not insert (conntrack: ct_full, the map full; nat: port_exhausted, no free SNAT port, and nat_full, the map full): dropped.",
 			[]string{"map"}, nil),
 	}
 }
@@ -105,7 +105,7 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 		failures uint64
 	}{
 		{"conntrack", n, c.d.maps.RoamConntrack.MaxEntries(), c.d.gc.ctRemoved.Load(), drops["ct_full"]},
-		{"nat", nn, c.d.maps.RoamNat.MaxEntries(), c.d.gc.natRemoved.Load(), drops["port_exhausted"]},
+		{"nat", nn, c.d.maps.RoamNat.MaxEntries(), c.d.gc.natRemoved.Load(), drops["port_exhausted"] + drops["nat_full"]},
 	} {
 		out = append(out,
 			prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(m.entries), m.name),

@@ -70,7 +70,7 @@ type Config struct {
 	IdleTimeout              time.Duration
 	Timeouts                 Timeouts
 	// MaxFlows is how many flows the conntrack and the NAT map each hold
-	// (LRU: a full table evicts its least recently used flow); default
+	// (a full table refuses new flows and evicts none; GC frees); default
 	// DefaultMaxFlows. Fixed when the maps are first pinned: opening the
 	// pins with another size fails until they are removed (Unpin).
 	MaxFlows int

@@ -218,3 +218,6 @@ const (
 	ClsactPriority = clsactPriority
 	ClsactHandle   = clsactHandle
 )
+
+// GCHurry reports whether RunGC would start its next sweep at once (gcHurry).
+func (d *Dataplane) GCHurry() bool { return d.gcHurry() }

@@ -16,6 +16,10 @@ import (
 // DefaultGCScan is how many entries of each map one GC pass reads at most.
 const DefaultGCScan = 16384
 
+// gcHurryPressure: above this fill of either map (as of its last full
+// sweep), RunGC starts the next sweep at once instead of after its interval.
+const gcHurryPressure = 0.75
+
 // GCStats is what one GC pass did.
 type GCStats struct {
 	Scanned        int  // entries read, both maps
@@ -27,6 +31,11 @@ type GCStats struct {
 type gcState struct {
 	ctCursor, natCursor   ebpf.MapBatchCursor
 	ctRemoved, natRemoved atomic.Uint64
+	// Entries read so far in the current sweep of each map, and left after
+	// the last complete one (what pressure is judged on).
+	ctSweep, natSweep int
+	ctLeft, natLeft   int
+	failures          uint64 // new flows refused (ct_full, nat_full, port_exhausted) as of the last pass
 }
 
 // GC removes expired conntrack and NAT entries, reading at most maxScan
@@ -61,6 +70,7 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	})
 	st.Scanned += n
 	if err != nil {
+		d.gc.ctSweep = 0
 		return st, fmt.Errorf("gc conntrack: %w", err)
 	}
 	// Read again just before removing: a packet may have touched it.
@@ -83,6 +93,9 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	removed, err := deleteKeys(d.maps.RoamConntrack, live)
 	st.Conntrack += removed
 	d.gc.ctRemoved.Add(uint64(removed))
+	if d.gc.ctSweep += n - removed; ctDoneWalk {
+		d.gc.ctLeft, d.gc.ctSweep = d.gc.ctSweep, 0
+	}
 	if err != nil {
 		return st, fmt.Errorf("gc conntrack: %w", err)
 	}
@@ -93,15 +106,19 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 		return st, fmt.Errorf("gc nat: %w", err)
 	}
 
-	// NAT entries left by flows whose forward entry is gone (LRU eviction, a takeover).
+	// NAT entries left by flows whose forward entry is gone or points
+	// elsewhere (a takeover, a program's delete). Such an entry goes once
+	// idle for the close timeout, so only those are looked into: a NAT
+	// entry whose flow is over goes with its forward entry above.
 	natKeys = natKeys[:0]
 	n, natDoneWalk, err := scanMap(d.maps.RoamNat, &d.gc.natCursor, maxScan, func(k CTKey, v NATValue) {
-		if d.natReclaimable(k, v, now, t) {
+		if idleLonger(now, v.LastSeen, t.Close) && d.natReclaimable(k, v, now, t) {
 			natKeys = append(natKeys, k)
 		}
 	})
 	st.Scanned += n
 	if err != nil {
+		d.gc.natSweep = 0
 		return st, fmt.Errorf("gc nat: %w", err)
 	}
 	live = natKeys[:0]
@@ -114,11 +131,39 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	removed, err = deleteKeys(d.maps.RoamNat, live)
 	st.NAT += removed
 	d.gc.natRemoved.Add(uint64(removed))
+	if d.gc.natSweep += n - removed; natDoneWalk {
+		d.gc.natLeft, d.gc.natSweep = d.gc.natSweep, 0
+	}
 	if err != nil {
 		return st, fmt.Errorf("gc nat: %w", err)
 	}
 	st.Wrapped = ctDoneWalk && natDoneWalk
 	return st, nil
+}
+
+// gcHurry: either map was over gcHurryPressure full at the end of its
+// last sweep, or new flows were refused (a full map, no free SNAT port)
+// since the previous call: the next sweep should start at once.
+func (d *Dataplane) gcHurry() bool {
+	d.gcMu.Lock()
+	defer d.gcMu.Unlock()
+	full := float64(d.gc.ctLeft) > gcHurryPressure*float64(d.maps.RoamConntrack.MaxEntries()) ||
+		float64(d.gc.natLeft) > gcHurryPressure*float64(d.maps.RoamNat.MaxEntries())
+	var failures uint64
+	for r, name := range DropReasons {
+		if name != "ct_full" && name != "nat_full" && name != "port_exhausted" {
+			continue
+		}
+		var per []uint64
+		if d.maps.RoamDrops.Lookup(uint32(r), &per) == nil {
+			for _, v := range per {
+				failures += v
+			}
+		}
+	}
+	refused := failures != d.gc.failures
+	d.gc.failures = failures
+	return full || refused
 }
 
 // ctExpired mirrors ct_expired in bpf/conntrack.h (plus coarseSlack).
@@ -185,7 +230,7 @@ func scanMap[K, V any](m *ebpf.Map, cursor *ebpf.MapBatchCursor, max int, fn fun
 }
 
 // deleteKeys removes keys from m in one batch where the kernel has it;
-// a key gone meanwhile (a packet's takeover, LRU eviction) is skipped.
+// a key gone meanwhile (a packet's takeover) is skipped.
 func deleteKeys(m *ebpf.Map, keys []CTKey) (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
@@ -218,7 +263,10 @@ func deleteKeys(m *ebpf.Map, keys []CTKey) (int, error) {
 // RunGC runs a GC pass every interval until ctx ends (roam-agent): bounded
 // work per pass; a pass that did not reach the end of a map is followed by
 // the next one at once (after a short pause), so a large table is covered
-// within a few intervals without one long stall.
+// within a few intervals without one long stall. Under pressure (gcHurry:
+// a map more than 3/4 full, or new flows refused since the last sweep)
+// sweeps follow each other without the interval, so expired flows leave
+// as fast as one core can read the maps.
 func (d *Dataplane) RunGC(ctx context.Context, interval time.Duration, maxScan int, log *slog.Logger) {
 	for {
 		st, err := d.GC(maxScan)
@@ -228,7 +276,7 @@ func (d *Dataplane) RunGC(ctx context.Context, interval time.Duration, maxScan i
 			log.Debug("data-plane gc", "scanned", st.Scanned, "conntrack_removed", st.Conntrack, "nat_removed", st.NAT)
 		}
 		wait := interval
-		if err == nil && !st.Wrapped {
+		if err == nil && (!st.Wrapped || d.gcHurry()) {
 			wait = 10 * time.Millisecond
 		}
 		select {

@@ -84,6 +84,7 @@ var DropReasons = [...]string{
 	"ttl_exceeded",
 	"syn_evicted",
 	"icmp_limited",
+	"nat_full",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

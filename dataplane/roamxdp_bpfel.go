@@ -137,8 +137,8 @@ type roamXDPScratch struct {
 		Range  uint32
 		Slots  uint32
 		Stride uint32
+		Full   uint32
 	}
-	_ [4]byte
 }
 
 type roamXDPService struct {
