@@ -40,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/test/netns"
 )
 
@@ -62,6 +63,7 @@ func main() {
 	flag.Uint64Var(&o.newFlows, "new-flows", 100_000, "new flows per new-flow sample (conntrack is emptied before each)")
 	churn := flag.Uint("churn", 200_000, "flows that come and go before each established-flow scenario (0: a fresh table)")
 	only := flag.String("scenarios", "", "comma-separated scenario keys to run (est4,new4,mid4,big4,est6,new6; default all)")
+	onlyPaths := flag.String("paths", "", "comma-separated paths to measure besides the reference (xdp,iptables,nftables,userspace; default all): for experiments, the ratios need all")
 	flag.StringVar(&o.profile, "profile", "", "directory: record one extra sample of each path under perf record -C <cpu> and print its top symbols")
 	flag.BoolVar(&o.ablate, "ablate", false, "only profile roam's XDP program: build bpf/xdp.c with each stage switched off (ROAM_ABLATE, bpf/consts.h) and measure the builds under BPF_PROG_TEST_RUN")
 	flag.StringVar(&o.bpfDir, "bpf-dir", "bpf", "the data plane's C sources, for -ablate")
@@ -74,6 +76,9 @@ func main() {
 	o.churn = uint32(*churn)
 	if *only != "" {
 		o.only = strings.Split(*only, ",")
+	}
+	if *onlyPaths != "" {
+		o.paths = strings.Split(*onlyPaths, ",")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -91,6 +96,7 @@ type options struct {
 	frontends         uint32
 	churn             uint32
 	only              []string
+	paths             []string // empty: all
 	profile           string
 	ablate            bool
 	bpfDir            string
@@ -131,17 +137,23 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	b.paths = append(b.paths, b.ref)
-	steps := []func() (*path, error){
+	steps := []struct {
+		name  string
+		setup func() (*path, error)
+	}{
 		// Room for the largest scenario's flows, as the kernel's conntrack gets (ctLimits).
-		func() (*path, error) {
+		{"xdp", func() (*path, error) {
 			return setupXDP(ctx, sfx, o.frontends, 30*time.Minute, int(o.big+o.big/10))
-		},
-		func() (*path, error) { return setupNetfilter(ctx, "iptables", sfx, o.frontends) },
-		func() (*path, error) { return setupNetfilter(ctx, "nftables", sfx, o.frontends) },
-		func() (*path, error) { return setupUserspace(ctx, sfx, o.cpu) },
+		}},
+		{"iptables", func() (*path, error) { return setupNetfilter(ctx, "iptables", sfx, o.frontends) }},
+		{"nftables", func() (*path, error) { return setupNetfilter(ctx, "nftables", sfx, o.frontends) }},
+		{"userspace", func() (*path, error) { return setupUserspace(ctx, sfx, o.cpu) }},
 	}
 	for _, step := range steps {
-		p, err := step()
+		if step.name != "xdp" && len(o.paths) > 0 && !slices.Contains(o.paths, step.name) {
+			continue // xdp is always set up: the program-cost figure uses its namespaces
+		}
+		p, err := step.setup()
 		if err != nil {
 			return err
 		}
@@ -174,6 +186,7 @@ type bench struct {
 	scs         []scenario
 	load        [2]string
 	ct          *ctLimits
+	gcSweep     time.Duration // roam's GC, one full sweep of the big4 table
 }
 
 func (b *bench) Close() error {
@@ -216,6 +229,9 @@ func (b *bench) scenarios() []scenario {
 	}
 	if len(o.only) > 0 {
 		b.scs = slices.DeleteFunc(b.scs, func(sc scenario) bool { return !slices.Contains(o.only, sc.key) })
+	}
+	for i := range b.scs {
+		b.scs[i].paths = slices.DeleteFunc(b.scs[i].paths, func(name string) bool { return b.path(name) == nil })
 	}
 	return b.scs
 }
@@ -301,6 +317,13 @@ func (b *bench) runScenario(ctx context.Context, sc scenario) error {
 				b.entries[sc.key][p.name] = n
 			}
 			slog.Info("prefilled", "path", p.name, "sample", s, "conntrack_entries", b.entries[sc.key][p.name])
+			if p.gcSweep != nil && sc.key == "big4" {
+				// What the agent's GC pays to read a full table (nothing in it has expired).
+				if b.gcSweep, err = p.gcSweep(); err != nil {
+					return fmt.Errorf("gc sweep %s: %w", p.name, err)
+				}
+				slog.Info("gc sweep", "path", p.name, "entries", b.entries[sc.key][p.name], "took", b.gcSweep)
+			}
 		}
 	}
 	// Size each path's samples from a short first one.
@@ -477,6 +500,7 @@ type result struct {
 	PPSIptablesBig    float64 `json:"pps_iptables_1m_flows"`
 	PPSNftablesBig    float64 `json:"pps_nftables_1m_flows"`
 	XDPConntrackBig   int     `json:"xdp_conntrack_entries_1m_flows"`
+	GCSweepMsBig      float64 `json:"gc_sweep_ms_1m_flows"`
 	PPSXDPv6          float64 `json:"pps_xdp_v6"`
 	PPSIptablesv6     float64 `json:"pps_iptables_v6"`
 	PPSNftablesv6     float64 `json:"pps_nftables_v6"`
@@ -503,8 +527,8 @@ func (b *bench) result() result {
 		NewXDP: s("new4", "xdp"), NewIptables: s("new4", "iptables"), NewNftables: s("new4", "nftables"),
 		PPSXDPMid: s("mid4", "xdp"), PPSIptablesMid: s("mid4", "iptables"), PPSNftablesMid: s("mid4", "nftables"),
 		PPSXDPBig: s("big4", "xdp"), PPSIptablesBig: s("big4", "iptables"), PPSNftablesBig: s("big4", "nftables"),
-		XDPConntrackBig: b.entries["big4"]["xdp"],
-		PPSXDPv6:        s("est6", "xdp"), PPSIptablesv6: s("est6", "iptables"), PPSNftablesv6: s("est6", "nftables"), PPSUserspacev6: s("est6", "userspace"),
+		XDPConntrackBig: b.entries["big4"]["xdp"], GCSweepMsBig: float64(b.gcSweep.Microseconds()) / 1000,
+		PPSXDPv6: s("est6", "xdp"), PPSIptablesv6: s("est6", "iptables"), PPSNftablesv6: s("est6", "nftables"), PPSUserspacev6: s("est6", "userspace"),
 		FwdNsXDPv6: b.fwdNs("est6", "xdp"), FwdNsIptablesv6: b.fwdNs("est6", "iptables"),
 		NewXDPv6: s("new6", "xdp"), NewIptablesv6: s("new6", "iptables"),
 		Reps: b.o.reps, CPU: b.o.cpu, LoadAvgStart: b.load[0], LoadAvgEnd: b.load[1],
@@ -560,17 +584,25 @@ func (b *bench) report() error {
 		for _, name := range sc.paths {
 			if n, ok := b.entries[sc.key][name]; ok && uint64(n) < sc.flows*99/100 {
 				fmt.Printf("\n%s: conntrack held %d entries after %d flows were sent; in %q its figure is that of a\n"+
-					"table that is full and evicts (roam's LRU maps; the kernel drops entries that saw no reply): evicted flows come back as new ones.\n",
+					"table that is full (roam's maps refuse new flows, counted as ct_full/nat_full; the kernel drops entries that saw no reply).\n",
 					b.path(name).title, n, sc.flows, sc.title)
 			}
 		}
+	}
+	pace := pace{}
+	if p := b.path("userspace"); p != nil {
+		pace = p.pace
 	}
 	fmt.Printf("\nMpps/core: packets delivered per second of CPU time (generator thread, ksoftirqd/%d, proxy threads);\n"+
 		"fwd ns: 1/pps - 1/pps_reference; XDP/x and fwd/XDP: XDP's rate over the path's, the path's forwarding cost over XDP's\n"+
 		"(fwd ns and the ratios are medians of per-rep values, each rep's paths measured seconds apart);\n"+
 		"wall Mpps and share: the same samples by the clock, and the part of it the path had the CPU (the rest went to other work).\n"+
 		"The userspace proxy serves one frontend per family; the generator feeds it bursts of %d frames, at most %d in its socket.\n",
-		b.o.cpu, b.path("userspace").pace.burst, b.path("userspace").pace.window)
+		b.o.cpu, pace.burst, pace.window)
+	if b.gcSweep > 0 {
+		fmt.Printf("\nroam's garbage collection read its %d-flow tables (conntrack and NAT) in %.0f ms (one sweep, passes of %d entries per map).\n",
+			b.entries["big4"]["xdp"], float64(b.gcSweep.Microseconds())/1000, dataplane.DefaultGCScan)
+	}
 	fmt.Printf("\ngoals (one core): XDP/iptables pps %.2fx (>= 3), forwarding cost iptables/XDP %.2fx (>= 5), XDP/userspace %.2fx (>= 10),\n"+
 		"  program %.1f ns/packet (< 60), %d flows at %.0f%% of the few-flow rate (>= 70%%)\n\n",
 		r.RatioXDPIptables, r.RatioFwdIptables, r.RatioXDPUserspace, r.NsPerPacket, b.o.big, 100*ratio(r.PPSXDPBig, r.PPSXDP))

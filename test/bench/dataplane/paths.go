@@ -36,6 +36,8 @@ type path struct {
 	flush func() error
 	// entries counts the path's connection-tracking entries.
 	entries func() (int, error)
+	// gcSweep times one full garbage-collection sweep as the agent runs it (roam only).
+	gcSweep func() (time.Duration, error)
 	proxy   *proxyProc // the userspace forwarder, whose CPU time counts
 	close   []func() error
 }
@@ -158,6 +160,15 @@ func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Durat
 	p.close = append(p.close, nat.Close)
 	p.flush = func() error { return errors.Join(clearMap(ct), clearMap(nat)) }
 	p.entries = func() (int, error) { return countMap(ct) }
+	p.gcSweep = func() (time.Duration, error) {
+		start := time.Now()
+		for {
+			st, err := dp.GC(dataplane.DefaultGCScan)
+			if err != nil || st.Wrapped {
+				return time.Since(start), err
+			}
+		}
+	}
 	return p, nil
 }
 
