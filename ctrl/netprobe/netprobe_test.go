@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -452,5 +453,82 @@ func TestServerRefusesDuringItsProbersTurn(t *testing.T) {
 	s.turn.Unlock()
 	if _, err := Bulk(context.Background(), nil, s.Addr().String(), 20*time.Millisecond, 1<<20); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestProberTakesTheTurnOnceConnected: the prober's transfer holds its
+// cluster's access link (the local server refuses meanwhile), but its
+// dial does not: a peer slow to answer must not keep the server
+// refusing everyone.
+func TestProberTakesTheTurnOnceConnected(t *testing.T) {
+	local, _ := newServer(t, ServerConfig{})
+	// The remote answers a request only after 1 s.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// It answers echoes (the prober probes a peer that is up).
+	pc, err := net.ListenPacket("udp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		b := make([]byte, 64)
+		for {
+			n, from, err := pc.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(b[:n], from)
+		}
+	}()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.ReadFull(c, make([]byte, bulkReqLen))
+				select {
+				case accepted <- struct{}{}:
+				default:
+				}
+				time.Sleep(time.Second)
+				c.Write(make([]byte, 1<<20))
+			}()
+		}
+	}()
+	dialing := make(chan struct{}, 1)
+	var nd net.Dialer
+	p, err := New(Config{Targets: func() []Target { return []Target{{Peer: "slow", Addr: ln.Addr().String(), Hot: true}} },
+		EchoInterval: 20 * time.Millisecond, BulkInterval: time.Hour, BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20,
+		Server: local, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			select {
+			case dialing <- struct{}{}:
+			default:
+			}
+			time.Sleep(time.Second)
+			return nd.DialContext(ctx, network, addr)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runProber(p)()
+	bulk := func() error {
+		_, err := Bulk(context.Background(), nil, local.Addr().String(), 20*time.Millisecond, 1<<20)
+		return err
+	}
+	<-dialing
+	if err := bulk(); err != nil {
+		t.Fatalf("while the prober dials: %v, want served", err)
+	}
+	<-accepted
+	if err := bulk(); !errors.Is(err, ErrRefused) {
+		t.Fatalf("while the prober's transfer runs: %v, want ErrRefused", err)
 	}
 }

@@ -145,7 +145,9 @@ type Prober struct {
 	seq   uint64
 	conn  net.PacketConn
 	bulk  chan string
-	desc  map[string]*prometheus.Desc
+	// turnHeld: the bulk worker holds the server's turn (its own field).
+	turnHeld bool
+	desc     map[string]*prometheus.Desc
 }
 
 // New builds a prober; Run probes until its context ends.
@@ -525,6 +527,37 @@ func (p *Prober) receive() {
 	}
 }
 
+// turnDial is the bulk dial, which takes the access link's turn (see
+// Config.Server) once connected: a dial to a peer that does not answer
+// (up to 3 s) must not keep the local server refusing everyone.
+// turnDone gives the turn back, if taken.
+func (p *Prober) turnDial() func(ctx context.Context, network, addr string) (net.Conn, error) {
+	dial := p.cfg.Dial
+	if dial == nil {
+		var nd net.Dialer
+		dial = nd.DialContext
+	}
+	srv := p.cfg.Server
+	if srv == nil {
+		return dial
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err == nil {
+			srv.turn.Lock() // the server's transfers under way are bounded
+			p.turnHeld = true
+		}
+		return c, err
+	}
+}
+
+func (p *Prober) turnDone() {
+	if p.turnHeld {
+		p.turnHeld = false
+		p.cfg.Server.turn.Unlock()
+	}
+}
+
 func (p *Prober) bulkWorker(ctx context.Context) {
 	for {
 		var id string
@@ -543,15 +576,10 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 		if pr == nil {
 			continue
 		}
-		if srv := p.cfg.Server; srv != nil {
-			srv.turn.Lock() // the server's transfers under way are bounded
-		}
 		start := time.Now()
-		bps, err := Bulk(ctx, p.cfg.Dial, addr, p.cfg.BulkDuration, p.cfg.BulkBytes)
+		bps, err := Bulk(ctx, p.turnDial(), addr, p.cfg.BulkDuration, p.cfg.BulkBytes)
 		now := time.Now()
-		if srv := p.cfg.Server; srv != nil {
-			srv.turn.Unlock()
-		}
+		p.turnDone()
 		var changed []string
 		p.mu.Lock()
 		pr.bulking = false
