@@ -206,6 +206,10 @@ func run() error {
 	// Herding on the single MO: with reservations (the default) and
 	// without, among the herd clusters only.
 	sim.set(herdHellos(time.Second), time.Second)
+	// The herd's hellos queue behind the 100,000 clusters' last ones.
+	if err := waitHerdAlive(srv, 2*time.Minute); err != nil {
+		return err
+	}
 	herdOne, err := herd([]string{srv.ClientURL()}, nil)
 	if err != nil {
 		return fmt.Errorf("herd, one MO: %w", err)
@@ -372,6 +376,26 @@ func startTrace(path string, on bool) (func(), error) {
 		return nil, err
 	}
 	return func() { trace.Stop(); f.Close() }, nil
+}
+
+// waitHerdAlive waits until every herd cluster is alive in srv's registry.
+func waitHerdAlive(srv *meta.Server, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		alive := 0
+		for _, h := range herdHellos(time.Second) {
+			if _, st, ok := srv.Registry().Get(time.Now(), h.ClusterID); ok && st == meta.StateAlive {
+				alive++
+			}
+		}
+		if alive == herdClusters {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d herd clusters alive after %s", alive, herdClusters, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func waitAlive(srv *meta.Server, n int) error {
