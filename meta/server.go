@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -99,10 +100,12 @@ type Server struct {
 	js       jetstream.JetStream
 	kv       jetstream.KeyValue // nil: no persistence
 	replicas int
-	view     *viewWriter
-	helloSb  *nats.Subscription
-	httpSrv  *http.Server
-	httpLn   net.Listener
+	// view is set by runStore once JetStream is up, while hellos and the
+	// liveness sweep already read it.
+	view    atomic.Pointer[viewWriter]
+	helloSb *nats.Subscription
+	httpSrv *http.Server
+	httpLn  net.Listener
 
 	metrics  *metrics
 	promReg  *prometheus.Registry
@@ -354,11 +357,12 @@ func (s *Server) runStore(ctx context.Context) {
 		return
 	}
 	s.log.Info("jetstream ready", "replicas", s.replicas)
-	s.view = &viewWriter{s: s, refresh: s.cfg.HelloInterval * summaryRefresh, marks: map[string]viewMark{}, dirty: map[string]bool{}}
+	view := &viewWriter{s: s, refresh: s.cfg.HelloInterval * summaryRefresh, marks: map[string]viewMark{}, dirty: map[string]bool{}}
+	s.view.Store(view)
 	restored := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); s.view.follow(ctx, restored) }()
+	go func() { defer wg.Done(); view.follow(ctx, restored) }()
 	go func() { defer wg.Done(); s.followAudit(ctx) }()
 	go func() { defer wg.Done(); s.publishAudit(ctx) }()
 	select {
@@ -366,7 +370,7 @@ func (s *Server) runStore(ctx context.Context) {
 	case <-ctx.Done():
 	}
 	s.serving.restoredNow()
-	s.view.run(ctx, s.cfg.HelloInterval/2)
+	view.run(ctx, s.cfg.HelloInterval/2)
 	wg.Wait()
 }
 
@@ -427,7 +431,7 @@ func (s *Server) observed(subject string, res ObserveResult, c *Cluster, incarna
 		return
 	}
 	s.metrics.hellosAccepted.Inc()
-	if v := s.view; v != nil && c != nil {
+	if v := s.view.Load(); v != nil && c != nil {
 		v.check(c, StateAlive, now)
 	}
 }
@@ -510,7 +514,7 @@ func (s *Server) watchLiveness(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.reg.ExpireReservations(now)
-			v := s.view
+			v := s.view.Load()
 			// last holds the clusters that are not alive (a cluster not
 			// in it is alive), so a sweep of 100,000 live clusters writes
 			// no map; the summaries of live clusters are checked by their
@@ -662,9 +666,9 @@ func (s *Server) Close() error {
 			s.cancel()
 		}
 		s.wg.Wait()
-		if s.view != nil && s.ncStore.IsConnected() {
+		if v := s.view.Load(); v != nil && s.ncStore.IsConnected() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			s.view.flush(ctx)
+			v.flush(ctx)
 			cancel()
 		}
 		if s.js != nil && s.ncStore.IsConnected() {
