@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -24,7 +25,7 @@ const gcHurryPressure = 0.75
 type GCStats struct {
 	Scanned        int  // entries read, both maps
 	Conntrack, NAT int  // entries removed
-	Wrapped        bool // the pass reached the end of both maps: the next one starts over
+	Wrapped        bool // with this pass each map was read to its end since the last pass that said so: a sweep is complete
 }
 
 // gcState is the GC's position in each map and its running totals.
@@ -35,6 +36,7 @@ type gcState struct {
 	// the last complete one (what pressure is judged on).
 	ctSweep, natSweep int
 	ctLeft, natLeft   int
+	ctDone, natDone   bool   // the map's end was reached in the current sweep
 	failures          uint64 // new flows refused (ct_full, nat_full, port_exhausted) as of the last pass
 }
 
@@ -137,7 +139,13 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	if err != nil {
 		return st, fmt.Errorf("gc nat: %w", err)
 	}
-	st.Wrapped = ctDoneWalk && natDoneWalk
+	// The maps reach their ends in different passes (their sizes differ):
+	// a sweep is complete once each has.
+	d.gc.ctDone = d.gc.ctDone || ctDoneWalk
+	d.gc.natDone = d.gc.natDone || natDoneWalk
+	if st.Wrapped = d.gc.ctDone && d.gc.natDone; st.Wrapped {
+		d.gc.ctDone, d.gc.natDone = false, false
+	}
 	return st, nil
 }
 
@@ -195,16 +203,28 @@ func (d *Dataplane) natReclaimable(rk CTKey, nv NATValue, now uint64, t Timeouts
 	return idleLonger(now, ov.LastSeen, timeout) && (embryonic(rk.Proto, ov.State, kind) || idleLonger(now, nv.LastSeen, timeout))
 }
 
-// scanMap reads up to max entries of m from *cursor in batches and calls fn
-// for each; done: the end of the map was reached (the cursor starts over).
-func scanMap[K, V any](m *ebpf.Map, cursor *ebpf.MapBatchCursor, max int, fn func(K, V)) (int, bool, error) {
-	const chunk = 1024
+// scanMap reads up to limit entries of m from *cursor in batches and calls
+// fn for each; done: the end of the map was reached (the cursor starts over).
+// A hash map's batch holds whole buckets: when the next bucket is larger
+// than the batch asked for (ENOSPC, the cursor not moved), the batch is
+// asked again, larger (a pass may then read a few entries over limit).
+func scanMap[K, V any](m *ebpf.Map, cursor *ebpf.MapBatchCursor, limit int, fn func(K, V)) (int, bool, error) {
+	const chunk, most = 1024, 1 << 16
 	keys := make([]K, chunk)
 	vals := make([]V, chunk)
 	total := 0
-	for total < max {
-		want := min(chunk, max-total)
+	atLeast := 0
+	for total < limit {
+		want := max(min(len(keys), limit-total), atLeast)
 		n, err := m.BatchLookup(cursor, keys[:want], vals[:want], nil)
+		if errors.Is(err, unix.ENOSPC) && n == 0 && want < most {
+			atLeast = min(2*want, most)
+			if atLeast > len(keys) {
+				keys, vals = make([]K, atLeast), make([]V, atLeast)
+			}
+			continue
+		}
+		atLeast = 0
 		for i := 0; i < n; i++ {
 			fn(keys[i], vals[i])
 		}

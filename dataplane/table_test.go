@@ -155,14 +155,42 @@ func TestTableFull(t *testing.T) {
 			t.Fatalf("established flow %d with the table full: verdict %d, want XDP_TX", i, v)
 		}
 	}
+	// Passes of one entry per map cross the whole tables: 64 entries in 64
+	// buckets share buckets, and a batch holds whole buckets.
+	for pass := 0; ; pass++ {
+		st, err := tb.d.GC(1)
+		if err != nil {
+			t.Fatalf("GC pass %d of one entry: %v", pass, err)
+		}
+		if st.Conntrack+st.NAT != 0 {
+			t.Fatalf("GC pass %d removed live flows: %+v", pass, st)
+		}
+		if st.Wrapped {
+			break
+		}
+		if pass > 2*capacity {
+			t.Fatal("GC passes of one entry never reached the end of the maps")
+		}
+	}
 	// Some flows end; GC frees their entries; new flows get them.
 	for i := range 8 {
 		if err := tb.d.AgeClient(client(i), 40*time.Second, 40*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if st, err := tb.d.GC(0); err != nil || st.Conntrack != 8 || st.NAT != 8 {
-		t.Fatalf("GC: %+v, %v; want 8 conntrack and 8 NAT entries removed", st, err)
+	// The passes above left each map's cursor midway: the first pass ends
+	// the sweep under way, the second is a whole one.
+	var removed dataplane.GCStats
+	for range 2 {
+		st, err := tb.d.GC(0)
+		if err != nil || !st.Wrapped {
+			t.Fatalf("GC: %+v, %v; want a complete sweep", st, err)
+		}
+		removed.Conntrack += st.Conntrack
+		removed.NAT += st.NAT
+	}
+	if removed.Conntrack != 8 || removed.NAT != 8 {
+		t.Fatalf("GC removed %d conntrack and %d NAT entries, want 8 and 8", removed.Conntrack, removed.NAT)
 	}
 	// The sweep left 56 of 64 entries: over 3/4 full, GC keeps hurrying.
 	if !tb.d.GCHurry() {
