@@ -51,6 +51,10 @@
 #define SNAT_POOL_MAX 1024 /* SNAT addresses per family (pool x port range slots fit in 32 bits) */
 #endif
 
+#ifndef TARGET_COUNTERS_MAX
+#define TARGET_COUNTERS_MAX 16384 /* targets with counters (LRU: the least recently used one's go first) */
+#endif
+
 #ifndef ICMP_RATE
 #define ICMP_RATE 1000 /* time exceeded answers a second per CPU, on average (icmp.h icmp_allow) */
 #endif

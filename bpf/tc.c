@@ -85,6 +85,7 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 			return TC_ACT_SHOT;
 		}
 	}
+	count_target(p, x); /* goes on from here (the rewrite changes p) */
 	if (xlate_apply(skb, p, x) < 0) {
 		count_reason(REASON_MALFORMED);
 		return TC_ACT_OK;

@@ -130,6 +130,22 @@ struct scratch {
 	} probe;
 };
 
+/* Key of the per-target counters (roam_target_counters, counters.h): a redirect target. */
+struct target_key {
+	__u8 addr[16]; /* IPv4-mapped for IPv4 */
+	__be16 port;
+	__u8 proto;
+	__u8 family;
+};
+
+/* Per-CPU counters of one target: packets and bytes sent to it (redirected) and from it (its replies, translated back). */
+struct target_counter {
+	__u64 to_packets;
+	__u64 to_bytes;
+	__u64 from_packets;
+	__u64 from_bytes;
+};
+
 /* Per-CPU packet and byte counters of one frontend x action. */
 struct counter {
 	__u64 packets;

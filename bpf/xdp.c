@@ -100,6 +100,7 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 			return XDP_DROP;
 		}
 	}
+	count_target(p, x); /* goes on from here (the rewrite changes p) */
 	if (xlate_apply(ctx, p, x) < 0) {
 		count_reason(REASON_MALFORMED);
 		return XDP_PASS;

@@ -1,7 +1,10 @@
 package dataplane
 
 import (
+	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,6 +16,7 @@ type collector struct {
 	packets, bytes, drops, cts *prometheus.Desc
 	maxEntries, pressure       *prometheus.Desc
 	gcRemoved, insertFailures  *prometheus.Desc
+	targetPackets, targetBytes *prometheus.Desc
 }
 
 // Collector returns a Prometheus collector that reads the per-CPU counter
@@ -39,6 +43,10 @@ func (d *Dataplane) Collector() prometheus.Collector {
 		insertFailures: prometheus.NewDesc("roam_dataplane_map_insert_failures_total",
 			"New flows the programs could not insert (conntrack: ct_full, the map full; nat: port_exhausted, no free SNAT port, and nat_full, the map full): dropped.",
 			[]string{"map"}, nil),
+		targetPackets: prometheus.NewDesc("roam_dataplane_target_packets_total",
+			"Packets to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
+		targetBytes: prometheus.NewDesc("roam_dataplane_target_bytes_total",
+			"Bytes to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
 	}
 }
 
@@ -51,6 +59,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.pressure
 	ch <- c.gcRemoved
 	ch <- c.insertFailures
+	ch <- c.targetPackets
+	ch <- c.targetBytes
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -81,6 +91,18 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 				prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(sum.Packets), f, act),
 				prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(sum.Bytes), f, act))
 		}
+	}
+	targets, err := c.d.TargetCounters()
+	if err != nil {
+		return nil, err
+	}
+	for _, tc := range targets {
+		t, p := tc.Target.String(), tc.Proto.String()
+		out = append(out,
+			prometheus.MustNewConstMetric(c.targetPackets, prometheus.CounterValue, float64(tc.ToPackets), t, p, "to"),
+			prometheus.MustNewConstMetric(c.targetBytes, prometheus.CounterValue, float64(tc.ToBytes), t, p, "to"),
+			prometheus.MustNewConstMetric(c.targetPackets, prometheus.CounterValue, float64(tc.FromPackets), t, p, "from"),
+			prometheus.MustNewConstMetric(c.targetBytes, prometheus.CounterValue, float64(tc.FromBytes), t, p, "from"))
 	}
 	drops, err := c.d.Drops()
 	if err != nil {
@@ -169,4 +191,44 @@ func sum[T any](per []T, add func(T, T) T) T {
 		total = add(total, v)
 	}
 	return total
+}
+
+// TargetCount is what the programs counted of one redirect target, summed
+// over CPUs: packets and bytes sent to it, and of its replies.
+type TargetCount struct {
+	Target                 netip.AddrPort
+	Proto                  lb.Proto
+	ToPackets, ToBytes     uint64
+	FromPackets, FromBytes uint64
+}
+
+// TargetCounters returns the counts of every target in roam_target_counters
+// (an LRU: a target long unused may have aged out), ordered by target.
+func (d *Dataplane) TargetCounters() ([]TargetCount, error) {
+	var (
+		k   TargetKey
+		per []TargetCounter
+		out []TargetCount
+	)
+	it := d.maps.RoamTargetCounters.Iterate()
+	for it.Next(&k, &per) {
+		tc := TargetCount{Target: netip.AddrPortFrom(addrFrom16(k.Addr, k.Family), htons(k.Port)), Proto: lb.Proto(k.Proto)}
+		for _, c := range per {
+			tc.ToPackets += c.ToPackets
+			tc.ToBytes += c.ToBytes
+			tc.FromPackets += c.FromPackets
+			tc.FromBytes += c.FromBytes
+		}
+		out = append(out, tc)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read target counters: %w", err)
+	}
+	slices.SortFunc(out, func(a, b TargetCount) int {
+		if c := a.Target.Compare(b.Target); c != 0 {
+			return c
+		}
+		return int(a.Proto) - int(b.Proto)
+	})
+	return out, nil
 }

@@ -30,6 +30,10 @@ type (
 	NATValue = roamXDPNatValue
 	// Counter is one CPU's packets and bytes of a frontend and action.
 	Counter = roamXDPCounter
+	// TargetKey is the key of roam_target_counters: a redirect target.
+	TargetKey = roamXDPTargetKey
+	// TargetCounter is one CPU's packets and bytes to and from a redirect target.
+	TargetCounter = roamXDPTargetCounter
 )
 
 // Values shared with bpf/consts.h.

@@ -16,16 +16,18 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	roamTCMapRoamConfig    = "roam_config"
-	roamTCMapRoamConntrack = "roam_conntrack"
-	roamTCMapRoamCounters  = "roam_counters"
-	roamTCMapRoamDrops     = "roam_drops"
-	roamTCMapRoamIcmpState = "roam_icmp_state"
-	roamTCMapRoamIfaces    = "roam_ifaces"
-	roamTCMapRoamNat       = "roam_nat"
-	roamTCMapRoamScratch   = "roam_scratch"
-	roamTCMapRoamServices  = "roam_services"
-	roamTCProgRoamTc       = "roam_tc"
+	roamTCMapRoamConfig         = "roam_config"
+	roamTCMapRoamConntrack      = "roam_conntrack"
+	roamTCMapRoamCounters       = "roam_counters"
+	roamTCMapRoamDrops          = "roam_drops"
+	roamTCMapRoamIcmpState      = "roam_icmp_state"
+	roamTCMapRoamIfaces         = "roam_ifaces"
+	roamTCMapRoamNat            = "roam_nat"
+	roamTCMapRoamScratch        = "roam_scratch"
+	roamTCMapRoamServices       = "roam_services"
+	roamTCMapRoamTargetCounters = "roam_target_counters"
+	roamTCMapRoamTargetScratch  = "roam_target_scratch"
+	roamTCProgRoamTc            = "roam_tc"
 )
 
 // loadRoamTC returns the embedded CollectionSpec for roamTC.
@@ -77,15 +79,17 @@ type roamTCProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type roamTCMapSpecs struct {
-	RoamConfig    *ebpf.MapSpec `ebpf:"roam_config"`
-	RoamConntrack *ebpf.MapSpec `ebpf:"roam_conntrack"`
-	RoamCounters  *ebpf.MapSpec `ebpf:"roam_counters"`
-	RoamDrops     *ebpf.MapSpec `ebpf:"roam_drops"`
-	RoamIcmpState *ebpf.MapSpec `ebpf:"roam_icmp_state"`
-	RoamIfaces    *ebpf.MapSpec `ebpf:"roam_ifaces"`
-	RoamNat       *ebpf.MapSpec `ebpf:"roam_nat"`
-	RoamScratch   *ebpf.MapSpec `ebpf:"roam_scratch"`
-	RoamServices  *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamConfig         *ebpf.MapSpec `ebpf:"roam_config"`
+	RoamConntrack      *ebpf.MapSpec `ebpf:"roam_conntrack"`
+	RoamCounters       *ebpf.MapSpec `ebpf:"roam_counters"`
+	RoamDrops          *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamIcmpState      *ebpf.MapSpec `ebpf:"roam_icmp_state"`
+	RoamIfaces         *ebpf.MapSpec `ebpf:"roam_ifaces"`
+	RoamNat            *ebpf.MapSpec `ebpf:"roam_nat"`
+	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
+	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
+	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
 }
 
 // roamTCVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,15 +118,17 @@ func (o *roamTCObjects) Close() error {
 //
 // It can be passed to loadRoamTCObjects or ebpf.CollectionSpec.LoadAndAssign.
 type roamTCMaps struct {
-	RoamConfig    *ebpf.Map `ebpf:"roam_config"`
-	RoamConntrack *ebpf.Map `ebpf:"roam_conntrack"`
-	RoamCounters  *ebpf.Map `ebpf:"roam_counters"`
-	RoamDrops     *ebpf.Map `ebpf:"roam_drops"`
-	RoamIcmpState *ebpf.Map `ebpf:"roam_icmp_state"`
-	RoamIfaces    *ebpf.Map `ebpf:"roam_ifaces"`
-	RoamNat       *ebpf.Map `ebpf:"roam_nat"`
-	RoamScratch   *ebpf.Map `ebpf:"roam_scratch"`
-	RoamServices  *ebpf.Map `ebpf:"roam_services"`
+	RoamConfig         *ebpf.Map `ebpf:"roam_config"`
+	RoamConntrack      *ebpf.Map `ebpf:"roam_conntrack"`
+	RoamCounters       *ebpf.Map `ebpf:"roam_counters"`
+	RoamDrops          *ebpf.Map `ebpf:"roam_drops"`
+	RoamIcmpState      *ebpf.Map `ebpf:"roam_icmp_state"`
+	RoamIfaces         *ebpf.Map `ebpf:"roam_ifaces"`
+	RoamNat            *ebpf.Map `ebpf:"roam_nat"`
+	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
+	RoamServices       *ebpf.Map `ebpf:"roam_services"`
+	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
+	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
 }
 
 func (m *roamTCMaps) Close() error {
@@ -136,6 +142,8 @@ func (m *roamTCMaps) Close() error {
 		m.RoamNat,
 		m.RoamScratch,
 		m.RoamServices,
+		m.RoamTargetCounters,
+		m.RoamTargetScratch,
 	)
 }
 

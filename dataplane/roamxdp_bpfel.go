@@ -217,27 +217,52 @@ type roamXDPTarget struct {
 	Sids   [2][16]uint8
 }
 
+type roamXDPTargetCounter struct {
+	_           structs.HostLayout
+	ToPackets   uint64
+	ToBytes     uint64
+	FromPackets uint64
+	FromBytes   uint64
+}
+
+type roamXDPTargetKey struct {
+	_      structs.HostLayout
+	Addr   [16]uint8
+	Port   uint16
+	Proto  uint8
+	Family uint8
+}
+
+type roamXDPTargetScratch struct {
+	_    structs.HostLayout
+	K    roamXDPTargetKey
+	_    [4]byte
+	Zero roamXDPTargetCounter
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	roamXDPMapRoamConfig       = "roam_config"
-	roamXDPMapRoamConntrack    = "roam_conntrack"
-	roamXDPMapRoamCounters     = "roam_counters"
-	roamXDPMapRoamDrops        = "roam_drops"
-	roamXDPMapRoamIcmpState    = "roam_icmp_state"
-	roamXDPMapRoamIfaces       = "roam_ifaces"
-	roamXDPMapRoamNat          = "roam_nat"
-	roamXDPMapRoamNexthop      = "roam_nexthop"
-	roamXDPMapRoamScratch      = "roam_scratch"
-	roamXDPMapRoamServices     = "roam_services"
-	roamXDPMapRoamSrv6Config   = "roam_srv6_config"
-	roamXDPMapRoamSrv6Flows    = "roam_srv6_flows"
-	roamXDPMapRoamSrv6Local    = "roam_srv6_local"
-	roamXDPMapRoamSrv6Locators = "roam_srv6_locators"
-	roamXDPMapRoamSrv6Scratch  = "roam_srv6_scratch"
-	roamXDPMapRoamSrv6Stats    = "roam_srv6_stats"
-	roamXDPProgRoamXdp         = "roam_xdp"
+	roamXDPMapRoamConfig         = "roam_config"
+	roamXDPMapRoamConntrack      = "roam_conntrack"
+	roamXDPMapRoamCounters       = "roam_counters"
+	roamXDPMapRoamDrops          = "roam_drops"
+	roamXDPMapRoamIcmpState      = "roam_icmp_state"
+	roamXDPMapRoamIfaces         = "roam_ifaces"
+	roamXDPMapRoamNat            = "roam_nat"
+	roamXDPMapRoamNexthop        = "roam_nexthop"
+	roamXDPMapRoamScratch        = "roam_scratch"
+	roamXDPMapRoamServices       = "roam_services"
+	roamXDPMapRoamSrv6Config     = "roam_srv6_config"
+	roamXDPMapRoamSrv6Flows      = "roam_srv6_flows"
+	roamXDPMapRoamSrv6Local      = "roam_srv6_local"
+	roamXDPMapRoamSrv6Locators   = "roam_srv6_locators"
+	roamXDPMapRoamSrv6Scratch    = "roam_srv6_scratch"
+	roamXDPMapRoamSrv6Stats      = "roam_srv6_stats"
+	roamXDPMapRoamTargetCounters = "roam_target_counters"
+	roamXDPMapRoamTargetScratch  = "roam_target_scratch"
+	roamXDPProgRoamXdp           = "roam_xdp"
 )
 
 // loadRoamXDP returns the embedded CollectionSpec for roamXDP.
@@ -289,22 +314,24 @@ type roamXDPProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type roamXDPMapSpecs struct {
-	RoamConfig       *ebpf.MapSpec `ebpf:"roam_config"`
-	RoamConntrack    *ebpf.MapSpec `ebpf:"roam_conntrack"`
-	RoamCounters     *ebpf.MapSpec `ebpf:"roam_counters"`
-	RoamDrops        *ebpf.MapSpec `ebpf:"roam_drops"`
-	RoamIcmpState    *ebpf.MapSpec `ebpf:"roam_icmp_state"`
-	RoamIfaces       *ebpf.MapSpec `ebpf:"roam_ifaces"`
-	RoamNat          *ebpf.MapSpec `ebpf:"roam_nat"`
-	RoamNexthop      *ebpf.MapSpec `ebpf:"roam_nexthop"`
-	RoamScratch      *ebpf.MapSpec `ebpf:"roam_scratch"`
-	RoamServices     *ebpf.MapSpec `ebpf:"roam_services"`
-	RoamSrv6Config   *ebpf.MapSpec `ebpf:"roam_srv6_config"`
-	RoamSrv6Flows    *ebpf.MapSpec `ebpf:"roam_srv6_flows"`
-	RoamSrv6Local    *ebpf.MapSpec `ebpf:"roam_srv6_local"`
-	RoamSrv6Locators *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
-	RoamSrv6Scratch  *ebpf.MapSpec `ebpf:"roam_srv6_scratch"`
-	RoamSrv6Stats    *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
+	RoamConfig         *ebpf.MapSpec `ebpf:"roam_config"`
+	RoamConntrack      *ebpf.MapSpec `ebpf:"roam_conntrack"`
+	RoamCounters       *ebpf.MapSpec `ebpf:"roam_counters"`
+	RoamDrops          *ebpf.MapSpec `ebpf:"roam_drops"`
+	RoamIcmpState      *ebpf.MapSpec `ebpf:"roam_icmp_state"`
+	RoamIfaces         *ebpf.MapSpec `ebpf:"roam_ifaces"`
+	RoamNat            *ebpf.MapSpec `ebpf:"roam_nat"`
+	RoamNexthop        *ebpf.MapSpec `ebpf:"roam_nexthop"`
+	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
+	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
+	RoamSrv6Flows      *ebpf.MapSpec `ebpf:"roam_srv6_flows"`
+	RoamSrv6Local      *ebpf.MapSpec `ebpf:"roam_srv6_local"`
+	RoamSrv6Locators   *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
+	RoamSrv6Scratch    *ebpf.MapSpec `ebpf:"roam_srv6_scratch"`
+	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
+	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
+	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
 }
 
 // roamXDPVariableSpecs contains global variables before they are loaded into the kernel.
@@ -333,22 +360,24 @@ func (o *roamXDPObjects) Close() error {
 //
 // It can be passed to loadRoamXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
 type roamXDPMaps struct {
-	RoamConfig       *ebpf.Map `ebpf:"roam_config"`
-	RoamConntrack    *ebpf.Map `ebpf:"roam_conntrack"`
-	RoamCounters     *ebpf.Map `ebpf:"roam_counters"`
-	RoamDrops        *ebpf.Map `ebpf:"roam_drops"`
-	RoamIcmpState    *ebpf.Map `ebpf:"roam_icmp_state"`
-	RoamIfaces       *ebpf.Map `ebpf:"roam_ifaces"`
-	RoamNat          *ebpf.Map `ebpf:"roam_nat"`
-	RoamNexthop      *ebpf.Map `ebpf:"roam_nexthop"`
-	RoamScratch      *ebpf.Map `ebpf:"roam_scratch"`
-	RoamServices     *ebpf.Map `ebpf:"roam_services"`
-	RoamSrv6Config   *ebpf.Map `ebpf:"roam_srv6_config"`
-	RoamSrv6Flows    *ebpf.Map `ebpf:"roam_srv6_flows"`
-	RoamSrv6Local    *ebpf.Map `ebpf:"roam_srv6_local"`
-	RoamSrv6Locators *ebpf.Map `ebpf:"roam_srv6_locators"`
-	RoamSrv6Scratch  *ebpf.Map `ebpf:"roam_srv6_scratch"`
-	RoamSrv6Stats    *ebpf.Map `ebpf:"roam_srv6_stats"`
+	RoamConfig         *ebpf.Map `ebpf:"roam_config"`
+	RoamConntrack      *ebpf.Map `ebpf:"roam_conntrack"`
+	RoamCounters       *ebpf.Map `ebpf:"roam_counters"`
+	RoamDrops          *ebpf.Map `ebpf:"roam_drops"`
+	RoamIcmpState      *ebpf.Map `ebpf:"roam_icmp_state"`
+	RoamIfaces         *ebpf.Map `ebpf:"roam_ifaces"`
+	RoamNat            *ebpf.Map `ebpf:"roam_nat"`
+	RoamNexthop        *ebpf.Map `ebpf:"roam_nexthop"`
+	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
+	RoamServices       *ebpf.Map `ebpf:"roam_services"`
+	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
+	RoamSrv6Flows      *ebpf.Map `ebpf:"roam_srv6_flows"`
+	RoamSrv6Local      *ebpf.Map `ebpf:"roam_srv6_local"`
+	RoamSrv6Locators   *ebpf.Map `ebpf:"roam_srv6_locators"`
+	RoamSrv6Scratch    *ebpf.Map `ebpf:"roam_srv6_scratch"`
+	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
+	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
+	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
 }
 
 func (m *roamXDPMaps) Close() error {
@@ -369,6 +398,8 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamSrv6Locators,
 		m.RoamSrv6Scratch,
 		m.RoamSrv6Stats,
+		m.RoamTargetCounters,
+		m.RoamTargetScratch,
 	)
 }
 

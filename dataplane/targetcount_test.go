@@ -1,0 +1,71 @@
+package dataplane_test
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// TestTargetCounters: every packet redirected to a target (XDP and tc)
+// and every reply of the target translated back is counted under that
+// target, packets and bytes by direction, readable from Go and as
+// roam_dataplane_target_{packets,bytes}_total; packets of another
+// frontend's target, and a packet dropped before it left (TTL out), are
+// not counted under it.
+func TestTargetCounters(t *testing.T) {
+	tb := newRedirectTestbed(t)
+	d0 := tb.d0.Attrs().Index
+	client, front := ap("198.51.100.7:33000"), ap("10.0.0.1:80")
+	syn := spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t)
+	v, out := tb.run(t, syn, d0)
+	if v != xdpTX {
+		t.Fatalf("SYN: verdict %d", v)
+	}
+	sport, _ := l4Ports(verifyChecksums(t, out))
+	snat := netip.AddrPortFrom(snat4, sport)
+	toBytes, fromBytes := uint64(len(syn)), uint64(0)
+	synack := spec{src: ap("10.2.0.1:8080"), dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t)
+	for range 3 {
+		if v, _ := tb.run(t, synack, d0); v != xdpTX {
+			t.Fatalf("SYN-ACK: verdict %d", v)
+		}
+		fromBytes += uint64(len(synack))
+	}
+	data := spec{src: client, dst: front, proto: lb.TCP, flags: "A", payload: []byte("hello, target"), srcMAC: macPeer, dstMAC: macD0, seq: 1001, ackn: 5001}.build(t)
+	if v, _, err := tb.d.RunTCIngress(data, d0); err != nil || v != tcRedirect {
+		t.Fatalf("data by tc: verdict %d, %v", v, err)
+	}
+	toBytes += uint64(len(data))
+	// TTL out: not forwarded, not the target's.
+	expired := spec{src: client, dst: front, proto: lb.TCP, flags: "A", hopLimit: 1, srcMAC: macPeer, dstMAC: macD0, seq: 1001, ackn: 5001}.build(t)
+	if v, _ := tb.run(t, expired, d0); v != xdpTX {
+		t.Fatalf("expired: verdict %d, want the time exceeded", v)
+	}
+	// Another frontend and target (UDP on IPv6).
+	udp := spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8::1]:7000"), proto: lb.UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	if v, _ := tb.run(t, udp, d0); v != xdpTX {
+		t.Fatalf("udp: verdict %d", v)
+	}
+
+	got, err := tb.d.TargetCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []dataplane.TargetCount{
+		{Target: ap("10.2.0.1:8080"), Proto: lb.TCP, ToPackets: 2, ToBytes: toBytes, FromPackets: 3, FromBytes: fromBytes},
+		{Target: ap("[2001:db8:2::1]:7001"), Proto: lb.UDP, ToPackets: 1, ToBytes: uint64(len(udp))},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("target counters\n got %+v\nwant %+v", got, want)
+	}
+	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{
+		"roam_dataplane_target_packets_total{direction=to,proto=tcp,target=10.2.0.1:8080}":        2,
+		"roam_dataplane_target_bytes_total{direction=to,proto=tcp,target=10.2.0.1:8080}":          float64(toBytes),
+		"roam_dataplane_target_packets_total{direction=from,proto=tcp,target=10.2.0.1:8080}":      3,
+		"roam_dataplane_target_bytes_total{direction=from,proto=tcp,target=10.2.0.1:8080}":        float64(fromBytes),
+		"roam_dataplane_target_packets_total{direction=to,proto=udp,target=[2001:db8:2::1]:7001}": 1,
+	})
+}
