@@ -109,7 +109,8 @@ enum drop_reason {
 	REASON_SYN_EVICTED = 21,      /* an embryonic flow silent for tcp_syn_evict_ns gave its SNAT port to a new flow: dropped (nat.h) */
 	REASON_ICMP_LIMITED = 22,     /* a time exceeded not sent: over the ICMP budget (icmp.h icmp_allow); its packet counts as ttl_exceeded too */
 	REASON_NAT_FULL = 23,	      /* NAT map full, no finished flow's port to take over: dropped (nat.h) */
-	REASON_MAX = 24,
+	REASON_REDIRECT_FAILED = 24,  /* XDP: the kernel could not carry out a redirect (counters.h roam_redirect_err): dropped */
+	REASON_MAX = 25,
 };
 
 /*

@@ -94,3 +94,40 @@ static __noinline int count_target(const struct pkt *p, const struct xlate *x)
 	}
 	return 0;
 }
+
+#ifdef ROAM_XDP
+/*
+ * XDP redirect errors. A redirect fails after the program has returned
+ * (an egress that cannot take XDP frames: a veth whose peer runs neither
+ * XDP nor GRO, a device gone or down), where no verdict can say it: the
+ * tracepoint xdp:xdp_redirect_err reports it, for every XDP program of
+ * the machine. roam_redirect_err (xdp.c) counts those of this object's
+ * XDP program (its id in roam_self, written by Go at load) as
+ * redirect_failed. Only the kernel fields read are declared, relocated at
+ * load (CO-RE).
+ */
+struct bpf_prog_aux {
+	__u32 id;
+} __attribute__((preserve_access_index));
+
+struct bpf_prog {
+	struct bpf_prog_aux *aux;
+} __attribute__((preserve_access_index));
+
+/* This object's XDP program id (dataplane Open writes it). Not pinned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} roam_self SEC(".maps");
+
+/* count_redirect_err counts a failed redirect of the XDP program prog. */
+static __always_inline void count_redirect_err(const struct bpf_prog *prog)
+{
+	__u32 zero = 0;
+	__u32 *self = bpf_map_lookup_elem(&roam_self, &zero);
+	if (self && *self && prog->aux->id == *self)
+		count_reason(REASON_REDIRECT_FAILED);
+}
+#endif /* ROAM_XDP */

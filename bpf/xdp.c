@@ -151,4 +151,13 @@ int roam_xdp(struct xdp_md *ctx)
 	return roam_process(ctx);
 }
 
+/* xdp:xdp_redirect_err (a redirect the kernel could not carry out): count this object's (counters.h). */
+SEC("tp_btf/xdp_redirect_err")
+int roam_redirect_err(__u64 *ctx)
+{
+	/* TP_PROTO(dev, xdp, tgt, err, map_type, map_id, index): the program is the second. */
+	count_redirect_err((const struct bpf_prog *)ctx[1]);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

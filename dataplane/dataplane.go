@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane/lb"
@@ -148,8 +149,10 @@ type Dataplane struct {
 	xdp   roamXDPObjects
 	tc    roamTCObjects
 	maps  *roamXDPMaps
-	gcMu  sync.Mutex
-	gc    gcState
+	// redirectErr counts the XDP program's failed redirects (watchRedirectErrors).
+	redirectErr link.Link
+	gcMu        sync.Mutex
+	gc          gcState
 }
 
 // Open loads the BPF objects, creates or re-opens the maps pinned under
@@ -237,6 +240,10 @@ func Open(cfg Config) (*Dataplane, error) {
 		return nil, loadError("tc", cfg.PinPath, err)
 	}
 	d.maps = &d.xdp.roamXDPMaps
+	if err := d.watchRedirectErrors(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	if err := d.writeConfig(); err != nil {
 		d.Close()
 		return nil, err
@@ -310,7 +317,35 @@ func (d *Dataplane) Close() error {
 		<-d.grace
 	}
 	d.mu.Unlock()
-	return errors.Join(d.xdp.Close(), d.tc.Close())
+	var errs []error
+	if d.redirectErr != nil {
+		errs = append(errs, d.redirectErr.Close())
+	}
+	return errors.Join(append(errs, d.xdp.Close(), d.tc.Close())...)
+}
+
+// watchRedirectErrors attaches roam_redirect_err to the tracepoint
+// xdp:xdp_redirect_err, counting as redirect_failed the redirects of this
+// data plane's XDP program the kernel could not carry out (bpf/counters.h).
+// The link lives as long as the data plane.
+func (d *Dataplane) watchRedirectErrors() error {
+	info, err := d.xdp.RoamXdp.Info()
+	if err != nil {
+		return fmt.Errorf("read xdp program info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return fmt.Errorf("read xdp program id: the kernel does not say")
+	}
+	if err := d.xdp.RoamSelf.Put(uint32(0), uint32(id)); err != nil {
+		return fmt.Errorf("write roam_self: %w", err)
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: d.xdp.RoamRedirectErr})
+	if err != nil {
+		return fmt.Errorf("attach roam_redirect_err to xdp:xdp_redirect_err: %w", err)
+	}
+	d.redirectErr = l
+	return nil
 }
 
 // Writes to roam_services, and why each waits for the readers of the last.

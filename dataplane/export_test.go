@@ -221,3 +221,15 @@ const (
 
 // GCHurry reports whether RunGC would start its next sweep at once (gcHurry).
 func (d *Dataplane) GCHurry() bool { return d.gcHurry() }
+
+// RunXDPLive runs the XDP program once on pkt as if it arrived on ifindex,
+// with live frames (BPF_F_TEST_XDP_LIVE_FRAMES): an XDP_TX or redirect
+// verdict is carried out by the kernel, as for a real packet.
+func (d *Dataplane) RunXDPLive(pkt []byte, ifindex int) error {
+	opts := &ebpf.RunOptions{Data: pkt, Repeat: 1, Flags: 0x2, /* BPF_F_TEST_XDP_LIVE_FRAMES */
+		Context: xdpMD{DataEnd: uint32(len(pkt)), IngressIfindex: uint32(ifindex)}}
+	if _, err := d.xdp.RoamXdp.Run(opts); err != nil {
+		return fmt.Errorf("run xdp program with live frames: %w", err)
+	}
+	return nil
+}

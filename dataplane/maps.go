@@ -89,6 +89,7 @@ var DropReasons = [...]string{
 	"syn_evicted",
 	"icmp_limited",
 	"nat_full",
+	"redirect_failed",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

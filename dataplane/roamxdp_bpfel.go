@@ -253,6 +253,7 @@ const (
 	roamXDPMapRoamNat            = "roam_nat"
 	roamXDPMapRoamNexthop        = "roam_nexthop"
 	roamXDPMapRoamScratch        = "roam_scratch"
+	roamXDPMapRoamSelf           = "roam_self"
 	roamXDPMapRoamServices       = "roam_services"
 	roamXDPMapRoamSrv6Config     = "roam_srv6_config"
 	roamXDPMapRoamSrv6Flows      = "roam_srv6_flows"
@@ -262,6 +263,7 @@ const (
 	roamXDPMapRoamSrv6Stats      = "roam_srv6_stats"
 	roamXDPMapRoamTargetCounters = "roam_target_counters"
 	roamXDPMapRoamTargetScratch  = "roam_target_scratch"
+	roamXDPProgRoamRedirectErr   = "roam_redirect_err"
 	roamXDPProgRoamXdp           = "roam_xdp"
 )
 
@@ -307,7 +309,8 @@ type roamXDPSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type roamXDPProgramSpecs struct {
-	RoamXdp *ebpf.ProgramSpec `ebpf:"roam_xdp"`
+	RoamRedirectErr *ebpf.ProgramSpec `ebpf:"roam_redirect_err"`
+	RoamXdp         *ebpf.ProgramSpec `ebpf:"roam_xdp"`
 }
 
 // roamXDPMapSpecs contains maps before they are loaded into the kernel.
@@ -323,6 +326,7 @@ type roamXDPMapSpecs struct {
 	RoamNat            *ebpf.MapSpec `ebpf:"roam_nat"`
 	RoamNexthop        *ebpf.MapSpec `ebpf:"roam_nexthop"`
 	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
+	RoamSelf           *ebpf.MapSpec `ebpf:"roam_self"`
 	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
 	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.MapSpec `ebpf:"roam_srv6_flows"`
@@ -369,6 +373,7 @@ type roamXDPMaps struct {
 	RoamNat            *ebpf.Map `ebpf:"roam_nat"`
 	RoamNexthop        *ebpf.Map `ebpf:"roam_nexthop"`
 	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
+	RoamSelf           *ebpf.Map `ebpf:"roam_self"`
 	RoamServices       *ebpf.Map `ebpf:"roam_services"`
 	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.Map `ebpf:"roam_srv6_flows"`
@@ -391,6 +396,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamNat,
 		m.RoamNexthop,
 		m.RoamScratch,
+		m.RoamSelf,
 		m.RoamServices,
 		m.RoamSrv6Config,
 		m.RoamSrv6Flows,
@@ -413,11 +419,13 @@ type roamXDPVariables struct {
 //
 // It can be passed to loadRoamXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
 type roamXDPPrograms struct {
-	RoamXdp *ebpf.Program `ebpf:"roam_xdp"`
+	RoamRedirectErr *ebpf.Program `ebpf:"roam_redirect_err"`
+	RoamXdp         *ebpf.Program `ebpf:"roam_xdp"`
 }
 
 func (p *roamXDPPrograms) Close() error {
 	return _RoamXDPClose(
+		p.RoamRedirectErr,
 		p.RoamXdp,
 	)
 }

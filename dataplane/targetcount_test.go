@@ -5,6 +5,10 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -68,4 +72,49 @@ func TestTargetCounters(t *testing.T) {
 		"roam_dataplane_target_bytes_total{direction=from,proto=tcp,target=10.2.0.1:8080}":        float64(fromBytes),
 		"roam_dataplane_target_packets_total{direction=to,proto=udp,target=[2001:db8:2::1]:7001}": 1,
 	})
+}
+
+// TestRedirectFailedCounted: a redirect the kernel cannot carry out after
+// the XDP program returned (into a veth whose peer runs neither XDP nor
+// GRO: the frame is dropped) is counted as redirect_failed; one it
+// carries out (the same veth once its peer runs XDP) is not.
+func TestRedirectFailedCounted(t *testing.T) {
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	d0 := tb.d0.Attrs().Index
+	addNeigh(t, tb.h, tb.d1, "203.0.113.254", macGW)
+	addRoute(t, tb.h, tb.d1, "10.5.0.0/24", "203.0.113.254")
+	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.5.0.1:8080")
+	send := func(sport uint16) uint64 {
+		t.Helper()
+		before := dropsOf(t, tb.d)["redirect_failed"]
+		in := spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), sport), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
+		if v, _ := tb.run(t, in, d0); v != xdpRedirect {
+			t.Fatalf("verdict %d, want XDP_REDIRECT to d1", v)
+		}
+		if err := tb.d.RunXDPLive(in, d0); err != nil {
+			t.Fatal(err)
+		}
+		return dropsOf(t, tb.d)["redirect_failed"] - before
+	}
+	if n := send(33000); n != 1 {
+		t.Fatalf("into a veth whose peer runs no XDP: redirect_failed +%d, want 1", n)
+	}
+	peer, err := tb.h.LinkByName("d1p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pass.Close()
+	l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: peer.Attrs().Index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if n := send(33001); n != 0 {
+		t.Fatalf("into a veth whose peer runs XDP: redirect_failed +%d, want 0", n)
+	}
 }
