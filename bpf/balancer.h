@@ -2,6 +2,7 @@
 #pragma once
 
 #include "icmp.h"
+#include "synrecv.h"
 
 /*
  * The attach point provides ROAM_CTX, ROAM_WIRE_LEN, VERDICT_PASS and
@@ -213,6 +214,7 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	rv->client_port = p->sport;
 	rv->front_port = p->dport;
 	rv->family = p->family;
+	rv->flags = p->proto == IPPROTO_TCP_ ? NAT_SYN_WAIT : 0;
 	rv->frontend_id = id;
 	rv->last_seen = now;
 
@@ -275,6 +277,10 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		struct nat_value *nv = roam_reply(&p, now);
 		if (!nv)
 			return VERDICT_PASS; /* not a flow of ours: the host's */
+		if (p.proto == IPPROTO_TCP_ && (nv->flags & NAT_SYN_WAIT) && stale_synrecv(nv, &p) && ROAM_STALE_ANSWERED) {
+			count_reason(REASON_SYN_RECV_STALE);
+			return ROAM_STALE_RESET(ctx);
+		}
 		__builtin_memcpy(x.src, nv->front_addr, 16);
 		__builtin_memcpy(x.dst, nv->client_addr, 16);
 		x.sport = nv->front_port;

@@ -110,7 +110,8 @@ enum drop_reason {
 	REASON_ICMP_LIMITED = 22,     /* a time exceeded not sent: over the ICMP budget (icmp.h icmp_allow); its packet counts as ttl_exceeded too */
 	REASON_NAT_FULL = 23,	      /* NAT map full, no finished flow's port to take over: dropped (nat.h) */
 	REASON_REDIRECT_FAILED = 24,  /* XDP: the kernel could not carry out a redirect (counters.h roam_redirect_err): dropped */
-	REASON_MAX = 25,
+	REASON_SYN_RECV_STALE = 25,   /* XDP: a target's answer from a request socket of an older flow on the port: turned into an RST to the target (synrecv.h) */
+	REASON_MAX = 26,
 };
 
 /*
@@ -127,6 +128,7 @@ enum drop_reason {
 #define CT_TARGET_TIME_WAIT 0x20 /* the target closed first (or simultaneously): it holds TIME_WAIT */
 /* NAT entry flags (struct nat_value.flags). */
 #define NAT_RST 0x01 /* the flow's forward entry holds CT_RST: a reply must reach it to contradict it */
+#define NAT_SYN_WAIT 0x02 /* TCP, until the target's SYN-ACK: a reply without SYN before it is a stale request socket's (synrecv.h) */
 
 #define FAMILY_V4 4
 #define FAMILY_V6 6

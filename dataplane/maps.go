@@ -90,6 +90,7 @@ var DropReasons = [...]string{
 	"icmp_limited",
 	"nat_full",
 	"redirect_failed",
+	"syn_recv_stale",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
