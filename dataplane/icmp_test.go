@@ -187,6 +187,13 @@ func TestTooBig(t *testing.T) {
 			}
 			sport, _ := l4Ports(verifyChecksums(t, out))
 			snatAP := netip.AddrPortFrom(snat, sport)
+			if c.proto == lb.TCP {
+				// The target's SYN-ACK first, as on the wire (before it, a bare ACK from the target is a stale request socket's: synrecv.h).
+				sa := spec{src: c.target, dst: snatAP, proto: c.proto, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t)
+				if v, _ := tb.run(t, sa, d0); v != xdpTX {
+					t.Fatalf("SYN-ACK: verdict %d", v)
+				}
+			}
 			sent := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "A", payload: big, srcMAC: macClient, dstMAC: macD0, seq: 1001, ackn: 5001}
 			from := macClient
 			if c.reply {
