@@ -286,7 +286,7 @@ func (b *bench) runScenario(ctx context.Context, sc scenario) error {
 	if sc.prefill && b.o.churn > 0 {
 		// A node in service: flows have come and gone, so a table's
 		// entries are wherever its allocator left them (for roam's
-		// preallocated LRU maps: scattered over the whole table).
+		// preallocated hash maps: scattered over the whole table).
 		for _, p := range paths[1:] {
 			if p.flush == nil {
 				continue
@@ -425,7 +425,12 @@ func (b *bench) perRep(sc string, f func(rep func(path string) sample) float64) 
 	}
 	var v []float64
 	for i := range max(n, 0) {
-		v = append(v, f(func(path string) sample { return b.res[sc][path][i] }))
+		v = append(v, f(func(path string) sample {
+			if ss := b.res[sc][path]; i < len(ss) {
+				return ss[i]
+			}
+			return sample{} // a path not measured (-paths): its figures are 0
+		}))
 	}
 	return median(v)
 }
