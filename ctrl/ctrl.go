@@ -31,6 +31,11 @@ type Descriptor struct {
 	// NeedMbps is the bandwidth the service needs to its users; the
 	// policy moves an abroad copy on when the link to it falls below.
 	NeedMbps float64 `json:"need_mbps,omitempty"`
+	// Redirect is how the home sends the service's packets to where it
+	// runs abroad: "nat" or "srv6" (the client's packet unchanged in IPv6 +
+	// SRH; the client's address reaches the service). Empty: the
+	// cluster's default (roam-ctrl --redirect-mode).
+	Redirect lb.Mode `json:"redirect,omitempty"`
 }
 
 // Validate reports why d cannot be deployed.
@@ -47,8 +52,14 @@ func (d Descriptor) Validate() error {
 	if d.NeedMbps < 0 {
 		return fmt.Errorf("service %q: need_mbps must be >= 0", d.Name)
 	}
+	if _, err := lb.ParseMode(string(d.Redirect)); err != nil {
+		return fmt.Errorf("service %q: %w", d.Name, err)
+	}
 	return nil
 }
+
+// RedirectMode is d's redirect mode, or def (the cluster's default) when d names none.
+func (d Descriptor) RedirectMode(def lb.Mode) lb.Mode { return d.Redirect.Or(def).Or(lb.ModeNAT) }
 
 // Spec is the backend spec for one copy of d.
 func (d Descriptor) Spec(home, migrationID string) backend.Spec {
@@ -117,6 +128,10 @@ type Record struct {
 	Frontends []lb.Frontend `json:"frontends,omitempty"`
 	// Endpoints are where the running copy is reached (one per port).
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	// SRv6Frontends are, on a foreign record of a service its home
+	// redirects by SRv6, the home's frontends this cluster's nodes deliver
+	// to the copy (ctrl/migrate/srv6.go).
+	SRv6Frontends []lb.Frontend `json:"srv6_frontends,omitempty"`
 	// Epoch is the copy's fence: the migration that made it and the
 	// home's counter (see Epoch).
 	Epoch Epoch `json:"epoch,omitzero"`
@@ -335,6 +350,10 @@ type ForeignRequest struct {
 	HomeIncarnation string     `json:"home_incarnation,omitempty"`
 	Epoch           Epoch      `json:"epoch"`
 	Service         Descriptor `json:"service"`
+	// Frontends are the home's frontends of the service, for a service
+	// the home redirects by SRv6: the copy is delivered packets to them
+	// and answers from them (empty otherwise).
+	Frontends []lb.Frontend `json:"frontends,omitempty"`
 }
 
 // ForeignReply says where the copy is reached.

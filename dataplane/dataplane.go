@@ -428,7 +428,7 @@ func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
 		return 0, fmt.Errorf("stage %s: target %s is of another address family: %w", f, t, ErrBadTarget)
 	}
 	if err := d.checkSRv6Target(t); err != nil {
-		return 0, fmt.Errorf("stage %s: %w", f, err)
+		return 0, fmt.Errorf("stage %s: %w: %w", f, ErrBadTarget, err)
 	}
 	if err := d.checkFrontend(f); err != nil {
 		return 0, fmt.Errorf("stage: %w", err)

@@ -401,3 +401,15 @@ func (d *Dataplane) XDPRunStats() (runTime time.Duration, runs uint64, err error
 	}
 	return st.Runtime, st.RunCount, nil
 }
+
+// SRv6Config returns the node's SRv6 setup (a copy).
+func (d *Dataplane) SRv6Config() SRv6Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := d.cfg.SRv6
+	c.Locators = slices.Clone(c.Locators)
+	return c
+}
+
+// AcceptsSID reports whether a is inside one of roam's locators.
+func (c SRv6Config) AcceptsSID(a netip.Addr) bool { return inLocators(c.Locators, a) }

@@ -200,6 +200,11 @@ type Hello struct {
 	// ProbeAddr is where peers probe the path to this cluster (host:port,
 	// UDP echo and TCP bulk; see ctrl/netprobe); empty: not probed.
 	ProbeAddr string `json:"probe_addr,omitempty"`
+	// Locator is this cluster's SRv6 locator (an IPv6 prefix, /16 to
+	// /96): its nodes' SIDs come from it (lb.NodeSID), and every
+	// cluster's locators are the only SIDs roam's data planes accept.
+	// Unset: the cluster takes no part in SRv6 path mode.
+	Locator netip.Prefix `json:"locator,omitzero"`
 	// IntervalMs is the sender's hello interval (0: the MO's default).
 	IntervalMs int64     `json:"interval_ms,omitempty"`
 	SentAt     time.Time `json:"sent_at,omitzero"`
@@ -254,6 +259,11 @@ func (h Hello) Validate() error {
 	for _, a := range h.DataAddrs {
 		if !a.IsValid() || a.IsUnspecified() {
 			return fmt.Errorf("hello %s: data address %s must be set and specific", h.ClusterID, a)
+		}
+	}
+	if h.Locator.IsValid() {
+		if err := lb.ValidateLocator(h.Locator); err != nil {
+			return fmt.Errorf("hello %s: %w", h.ClusterID, err)
 		}
 	}
 	if err := h.Capacity.Validate(); err != nil {
@@ -416,6 +426,7 @@ type Candidate struct {
 	ClusterID     string       `json:"cluster_id"`
 	ControllerURL string       `json:"controller_url"`
 	DataAddrs     []netip.Addr `json:"data_addrs,omitempty"`
+	Locator       netip.Prefix `json:"locator,omitzero"` // SRv6 (Hello.Locator)
 	Tier          string       `json:"tier"`
 	Score         float64      `json:"score"`
 	Why           string       `json:"why,omitempty"`

@@ -351,6 +351,7 @@ func candidate(r ranked) Candidate {
 		ClusterID:     h.ClusterID,
 		ControllerURL: h.ControllerURL,
 		DataAddrs:     slices.Clone(h.DataAddrs),
+		Locator:       h.Locator,
 		Tier:          h.Tier,
 		Score:         r.score,
 		Why:           fmt.Sprintf("tier %s, load after %.0f%%, link %s", h.Tier, 100*r.cv.loadAfter, r.cv.linkText()),

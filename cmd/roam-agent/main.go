@@ -53,6 +53,7 @@ type options struct {
 	apiAddr     string
 	tlsDir      string
 	insecure    bool
+	srv6        dataplane.SRv6Config
 }
 
 func parseFlags(args []string) (options, error) {
@@ -75,6 +76,9 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.tlsDir, "tls-dir", "", "this node's identity (ca.crt, tls.crt, tls.key for spiffe://roam/cluster/<id>/node/<node>; roamctl cert issue --node): "+
 		"the agent API then takes mutual TLS and only its cluster's controller; re-read when the files change")
 	fs.BoolVar(&o.insecure, "insecure", false, "serve the agent API without authentication (plain HTTP; tests only)")
+	sid := fs.String("srv6-sid", "", "this node's SRv6 SID (lb.NodeSID of the cluster's locator); empty: SRv6 path mode off")
+	locs := fs.String("srv6-locators", "", "comma list of roam's SRv6 locators, every cluster's (the only SIDs accepted)")
+	fs.IntVar(&o.srv6.MTU, "srv6-mtu", dataplane.DefaultSRv6MTU, "the underlay MTU between clusters: SYNs are MSS-clamped to fit the encapsulation")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -123,6 +127,23 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.tlsDir == "" && !o.insecure {
 		return o, errors.New("parse flags: the agent API can point any frontend anywhere: give it --tls-dir (roamctl cert issue --node) or, for tests, --insecure")
+	}
+	if *sid != "" {
+		a, err := netip.ParseAddr(*sid)
+		if err != nil {
+			return o, fmt.Errorf("parse flags: --srv6-sid: %w", err)
+		}
+		o.srv6.SID = a
+	}
+	for _, l := range splitList(*locs) {
+		p, err := netip.ParsePrefix(l)
+		if err != nil {
+			return o, fmt.Errorf("parse flags: --srv6-locators: %w", err)
+		}
+		o.srv6.Locators = append(o.srv6.Locators, p)
+	}
+	if err := o.srv6.Validate(); err != nil {
+		return o, fmt.Errorf("parse flags: %w", err)
 	}
 	return o, nil
 }
@@ -188,6 +209,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	dp, err := dataplane.Open(dataplane.Config{
+		SRv6:        o.srv6,
 		PinPath:     o.pinPath,
 		SNATv4:      o.snat4,
 		SNATv6:      o.snat6,
@@ -243,7 +265,16 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	} else {
 		log.Warn("--insecure: the agent API takes any caller")
 	}
-	api, err := agentapi.NewServer(dp, agentapi.ServerConfig{TLS: src, Registerer: reg, Logger: log})
+	if o.srv6.SID.IsValid() {
+		// What the kernel encapsulates (the copies' answers home) leaves
+		// from this node's SID: homes accept SIDs' packets only from
+		// roam's locators.
+		if err := dataplane.SetSRv6TunnelSource(o.srv6.SID); err != nil {
+			return err
+		}
+		log.Info("srv6 path mode", "sid", o.srv6.SID, "locators", o.srv6.Locators)
+	}
+	api, err := agentapi.NewServer(newSRv6Node(dp), agentapi.ServerConfig{TLS: src, Registerer: reg, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -45,5 +46,30 @@ func TestSNATPoolFlags(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"--insecure", "--syn-evict", "0s"}); err == nil {
 		t.Error("--syn-evict 0s accepted")
+	}
+}
+
+// TestSRv6Flags: the agent's SRv6 flags reach the data plane's config, and
+// a SID outside the locators, or locators without a SID, are refused.
+func TestSRv6Flags(t *testing.T) {
+	o, err := parseFlags([]string{"--insecure", "--srv6-sid", "fc00:0:1::1", "--srv6-locators", "fc00:0:1::/48,fc00:0:2::/48", "--srv6-mtu", "9000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.srv6.SID != netip.MustParseAddr("fc00:0:1::1") || len(o.srv6.Locators) != 2 || o.srv6.MTU != 9000 {
+		t.Fatalf("srv6 config %+v", o.srv6)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--insecure", "--srv6-sid", "fc00:0:9::1", "--srv6-locators", "fc00:0:1::/48"}, "inside none"},
+		{[]string{"--insecure", "--srv6-locators", "fc00:0:1::/48"}, "without the node's SID"},
+		{[]string{"--insecure", "--srv6-sid", "nope"}, "--srv6-sid"},
+		{[]string{"--insecure", "--srv6-sid", "fc00:0:1::1", "--srv6-locators", "fc00:0:1::/200"}, "--srv6-locators"},
+	} {
+		if _, err := parseFlags(c.args); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want %q", c.args, err, c.want)
+		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/roamnet/roam/ctrl/migrate"
 	"github.com/roamnet/roam/ctrl/netprobe"
 	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/internal/cli"
 )
 
@@ -106,6 +107,8 @@ func run(ctx context.Context, args []string) error {
 		cooldown   = fs.Duration("policy-cooldown", 30*time.Second, "least time between two moves of one service the triggers start")
 		hold       = fs.Duration("trigger-hold", 5*time.Second, "how long a better place must stay better before the service moves there")
 		margin     = fs.Float64("trigger-margin", 0.3, "a better place must meet the need, and beat the current path in its tier, by this fraction")
+		locator    = fs.String("srv6-locator", "", "this cluster's SRv6 locator, an IPv6 prefix /16-/96 announced in hellos (nodes' SIDs come from it)")
+		redirect   = fs.String("redirect-mode", "nat", "default redirect of services whose descriptor names none: nat or srv6 (needs --srv6-locator)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -171,6 +174,16 @@ func run(ctx context.Context, args []string) error {
 	if !da.IsValid() {
 		da = fa
 	}
+	var loc netip.Prefix
+	if *locator != "" {
+		if loc, err = netip.ParsePrefix(*locator); err != nil {
+			return fmt.Errorf("--srv6-locator: %w", err)
+		}
+	}
+	mode, err := lb.ParseMode(*redirect)
+	if err != nil {
+		return fmt.Errorf("--redirect-mode: %w", err)
+	}
 	var be backend.Backend
 	switch *backendF {
 	case "local":
@@ -188,13 +201,13 @@ func run(ctx context.Context, args []string) error {
 		case "none":
 			sd = ""
 		}
-		lb, err := local.New(local.Config{ClusterID: *clusterID, ListenAddr: la, ExposeAddr: da, StateDir: sd,
+		lbk, err := local.New(local.Config{ClusterID: *clusterID, ListenAddr: la, ExposeAddr: da, StateDir: sd,
 			MilliCPU: *capCPU, MemoryMB: *capMem, Pods: *capPods, Logger: log})
 		if err != nil {
 			return err
 		}
-		defer lb.Close()
-		be = lb
+		defer lbk.Close()
+		be = lbk
 	case "kubernetes":
 		kcfg := kube.Config{Namespace: *namespace, DataAddr: da}
 		var kb *kube.Backend
@@ -220,7 +233,7 @@ func run(ctx context.Context, args []string) error {
 		FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
 		FailsafeAfter: *failsafe, DrainTimeout: *drain, TLS: src, Users: users, AllowCommand: *allowCmd, Peers: pm,
 		Backend: be, LinksFile: *linksFile, ProbeAddr: *probeAddr, Probe: netprobe.Config{BulkInterval: *probeHot, ColdBulkInterval: *probeCold}, PolicyInterval: *policyEv, PolicyCooldown: *cooldown,
-		Trigger: migrate.TriggerConfig{Hold: *hold, Margin: *margin}, Logger: log})
+		Trigger: migrate.TriggerConfig{Hold: *hold, Margin: *margin}, Logger: log, Locator: loc, RedirectMode: mode})
 	if err != nil {
 		return err
 	}

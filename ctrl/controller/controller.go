@@ -32,6 +32,7 @@ import (
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/internal/defaults"
 	"github.com/roamnet/roam/meta"
 )
@@ -53,9 +54,14 @@ type Config struct {
 	Agents                             []string // agent API URLs (https: mutual TLS with TLS's identity)
 	// AgentToken is the bearer token of plain-HTTP agents (in-process
 	// tests on loopback only; deployed agents use TLS).
-	AgentToken    string
-	FrontendAddr  netip.Addr
-	DataAddr      netip.Addr
+	AgentToken   string
+	FrontendAddr netip.Addr
+	DataAddr     netip.Addr
+	// Locator is the cluster's SRv6 locator, announced in its hellos
+	// (unset: no SRv6 path mode here); RedirectMode the default of
+	// services whose descriptor names none (default nat).
+	Locator       netip.Prefix
+	RedirectMode  lb.Mode
 	StorePath     string
 	HelloInterval time.Duration
 	FailsafeAfter time.Duration
@@ -199,6 +205,17 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if cfg.Backend == nil {
 		return nil, errors.New("new controller: a backend is required")
 	}
+	if cfg.Locator.IsValid() {
+		if err := lb.ValidateLocator(cfg.Locator); err != nil {
+			return nil, fmt.Errorf("new controller: %w", err)
+		}
+	}
+	if _, err := lb.ParseMode(string(cfg.RedirectMode)); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if cfg.RedirectMode == lb.ModeSRv6 && !cfg.Locator.IsValid() {
+		return nil, errors.New("new controller: redirect mode srv6 needs the cluster's locator (--srv6-locator)")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -266,7 +283,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	dir := directory{static: cfg.Peers, mc: c.mc}
 	peers := api.NewPeerClient(cfg.ClusterID, cfg.TLS, dir)
 	peers.Endpoints.AllowLoopback = cfg.AllowLoopbackEndpoints
-	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Store: c.st,
+	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Locator: cfg.Locator, RedirectMode: cfg.RedirectMode, Store: c.st,
 		Backend: cfg.Backend, Directory: dir, Peers: peers,
 		DrainTimeout: cfg.DrainTimeout, FailsafeAfter: cfg.FailsafeAfter, ProbeInterval: min(cfg.HelloInterval, 500*time.Millisecond),
 		PolicyInterval: cfg.PolicyInterval, PolicyCooldown: cfg.PolicyCooldown, CollectAfter: cfg.CollectAfter,
@@ -405,6 +422,7 @@ func (c *Controller) Hello(ctx context.Context) (meta.Hello, error) {
 		h.DataAddrs = []netip.Addr{c.cfg.DataAddr}
 	}
 	h.ProbeAddr = c.probeA
+	h.Locator = c.cfg.Locator
 	ms, err := c.links()
 	for _, m := range ms {
 		h.Links = append(h.Links, m.Link)

@@ -25,13 +25,19 @@ import (
 	"github.com/roamnet/roam/internal/defaults"
 )
 
-// Handler answers every GET with "cluster <id> (<host>)\n".
+// Handler answers every GET with "cluster <id> (<host>)\n" (headers
+// X-Roam-Cluster and X-Roam-Client: the client address it sees).
 func Handler(cluster string) http.Handler {
 	body := answer(cluster)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("X-Roam-Cluster", cluster)
+		// The client address the service sees (NAT: the home's; SRv6
+		// path mode: the client's own).
+		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+			w.Header().Set("X-Roam-Client", host)
+		}
 		fmt.Fprint(w, body)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })

@@ -34,6 +34,7 @@ import (
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/internal/defaults"
 	"github.com/roamnet/roam/meta"
 )
@@ -58,6 +59,10 @@ type Config struct {
 	URL string
 	// FrontendAddr is the address users hit at this cluster.
 	FrontendAddr netip.Addr
+	// Locator is this cluster's SRv6 locator and RedirectMode the
+	// default of services whose descriptor names none (srv6.go).
+	Locator      netip.Prefix
+	RedirectMode lb.Mode
 	Store        *store.Store
 	Backend      backend.Backend
 	Agents       ctrl.Agents    // nil: no data plane to program
@@ -131,6 +136,7 @@ type Engine struct {
 	collectMu  sync.Mutex
 	unowned    map[string]time.Time // "copy/<name>", "frontend/<f>" -> first seen unowned
 
+	srv6m     *srv6Metrics
 	trig      *Trigger
 	triggered *prometheus.CounterVec
 
@@ -178,6 +184,10 @@ func New(cfg Config) (*Engine, error) {
 		Name: "roam_ctrl_migrations_total",
 		Help: "Migrations by role and result.",
 	}, []string{"role", "result"})
+	var err error
+	if e.srv6m, err = newSRv6Metrics(cfg.Registerer); err != nil {
+		return nil, err
+	}
 	e.cfg.Trigger.defaults(cfg.PolicyCooldown)
 	e.trig = &Trigger{cfg: e.cfg.Trigger, st: map[string]*trigState{}}
 	e.triggered = prometheus.NewCounterVec(prometheus.CounterOpts{

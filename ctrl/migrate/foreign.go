@@ -8,6 +8,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -52,6 +53,9 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 	}
 	r = ctrl.Record{Service: req.Service, Kind: ctrl.KindForeign, Home: req.Home, HomeURL: req.HomeURL,
 		HomeIncarnation: req.HomeIncarnation, Cluster: e.cfg.ClusterID, ClusterURL: e.cfg.URL, Epoch: req.Epoch}
+	if req.Service.Redirect == lb.ModeSRv6 {
+		r.SRv6Frontends = req.Frontends
+	}
 	// Record first: a crash after the deploy must not leave an unknown copy.
 	if err := e.st.PutRecord(r); err != nil {
 		return ctrl.ForeignReply{}, fmt.Errorf("deploy foreign %s: %w", name, err)
@@ -69,6 +73,13 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 	r.Endpoints = inst.Endpoints
 	if err := e.st.PutRecord(r); err != nil {
 		return ctrl.ForeignReply{}, fmt.Errorf("deploy foreign %s: %w", name, err)
+	}
+	if err := e.srv6Arrive(ctx, req); err != nil {
+		err = fmt.Errorf("deploy foreign %s: %w", name, err)
+		if rerr := e.removeForeignLocked(ctx, name, req.Home, req.Epoch); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return ctrl.ForeignReply{}, err
 	}
 	e.log.Info("deployed foreign", "service", name, "home", req.Home, "epoch", req.Epoch, "endpoints", inst.Endpoints)
 	return ctrl.ForeignReply{Cluster: e.cfg.ClusterID, Endpoints: inst.Endpoints, DeployMs: deployMs}, nil
@@ -114,7 +125,7 @@ func (e *Engine) removeForeignLocked(ctx context.Context, name, home string, epo
 		e.log.Info("remove foreign: not the copy asked about, left alone", "service", name, "copy", r.Epoch, "asked", epoch)
 		return nil
 	}
-	if err := e.cfg.Backend.Delete(ctx, name); err != nil {
+	if err := e.srv6Depart(ctx, r, func(ctx context.Context) error { return e.cfg.Backend.Delete(ctx, name) }); err != nil {
 		return fmt.Errorf("remove foreign %s: %w", name, err)
 	}
 	e.log.Info("removed foreign", "service", name, "home", home, "epoch", r.Epoch)

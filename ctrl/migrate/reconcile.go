@@ -264,13 +264,16 @@ func (e *Engine) ensureFrontends(ctx context.Context, r ctrl.Record) error {
 	if err != nil {
 		return fmt.Errorf("reconcile %s: list every node's frontends: %w", r.Service.Name, err)
 	}
-	want := target(r)
+	want, ok := e.recordTarget(r)
+	if !ok {
+		return nil
+	}
 	var fs []lb.Frontend
 	var ts []lb.Target
 	for i, f := range r.Frontends {
 		for _, svcs := range nodes {
 			j := slices.IndexFunc(svcs, func(s lb.Service) bool { return s.Frontend == f })
-			if j < 0 || svcs[j].Active != want(i) || svcs[j].Staged.Kind != lb.TargetNone {
+			if j < 0 || !agrees(svcs[j].Active, want(i)) || svcs[j].Staged.Kind != lb.TargetNone {
 				fs, ts = append(fs, f), append(ts, want(i))
 				break
 			}

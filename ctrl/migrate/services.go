@@ -27,6 +27,9 @@ func (e *Engine) Deploy(ctx context.Context, d ctrl.Descriptor) (ctrl.Record, er
 	if err := d.Validate(); err != nil {
 		return ctrl.Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	if err := e.srv6Resolve(&d); err != nil {
+		return ctrl.Record{}, err
+	}
 	defer e.lock(d.Name)()
 	if r, err := e.st.Record(d.Name); err == nil {
 		return r, fmt.Errorf("deploy %s: %w: already exists (%s)", d.Name, ErrConflict, r.Kind)

@@ -229,7 +229,7 @@ func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest
 	}
 	err := e.step(ctx, m, ctrl.StageReplication, func(ctx context.Context) error {
 		rep, err := e.cfg.Peers.DeployForeign(ctx, m.ToURL, ctrl.ForeignRequest{Home: r.Home, HomeURL: m.HomeURL,
-			HomeIncarnation: incarnation, Epoch: m.Epoch, Service: r.Service})
+			HomeIncarnation: incarnation, Epoch: m.Epoch, Service: r.Service, Frontends: e.srv6ForeignFrontends(r)})
 		if err != nil {
 			return err
 		}
@@ -338,7 +338,8 @@ func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
 			}
 		}()
 		t0 := time.Now()
-		err := e.cfg.Backend.Delete(kctx, m.Service)
+		fr, _ := e.st.Record(m.Service)
+		err := e.srv6Depart(kctx, fr, func(ctx context.Context) error { return e.cfg.Backend.Delete(ctx, m.Service) })
 		close(stop)
 		if err != nil && kctx.Err() != nil && dctx.Err() == nil {
 			// Drained while the backend was still at it: a backend that
@@ -362,8 +363,11 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 	fs := r.Frontends
 	var gens staged
 	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
-		var err error
-		gens, err = e.stage(ctx, fs, redirectTo(m.ToEndpoints))
+		t, err := e.rerouteTarget(m, r)
+		if err != nil {
+			return err
+		}
+		gens, err = e.stage(ctx, fs, t)
 		return err
 	})
 	m.Times.Reroute = lastMs(m)
@@ -408,8 +412,11 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 		// The mover stops and drops its own copy once we answer: its
 		// graceful stop is the drain. Only we see the flows our load
 		// balancer still sends that copy: once none is left, we tell
-		// the mover, which then stops it at once.
-		e.drainForMover(ctx, m, fs)
+		// the mover, which then stops it at once. (By SRv6 the old
+		// location keeps its flows itself: srv6Moved.)
+		if !e.srv6Moved(ctx, m, r, fs) {
+			e.drainForMover(ctx, m, fs)
+		}
 		return nil
 	}
 	// The old copy is told to stop now (SIGTERM; a pod's termination):

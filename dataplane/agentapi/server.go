@@ -14,6 +14,7 @@
 //	POST /v1/commits {commits: [{frontend, generation}]} → {}
 //	POST /v1/remove {frontend}           → {}
 //	GET  /v1/flows?frontend=&target=     → {flows}
+//	POST /v1/srv6/copies, /v1/srv6/returns → {} (SRv6 path mode at a location: srv6.go)
 //	GET  /healthz                        → {"status": "ok"}
 package agentapi
 
@@ -145,6 +146,8 @@ func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 	s.route("POST /v1/commits", "commits", s.commits)
 	s.route("POST /v1/remove", "remove", s.remove)
 	s.route("GET /v1/flows", "flows", s.flows)
+	s.route("POST /v1/srv6/copies", "srv6_copies", s.srv6Copies)
+	s.route("POST /v1/srv6/returns", "srv6_returns", s.srv6Returns)
 	s.route("GET /healthz", "healthz", s.healthz)
 	s.route("/", "other", func(w http.ResponseWriter, r *http.Request) error {
 		if m, ok := methods[r.URL.Path]; ok {
@@ -163,6 +166,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 var methods = map[string]string{
 	"/v1/services": http.MethodGet, "/v1/stage": http.MethodPost, "/v1/commit": http.MethodPost,
 	"/v1/abort": http.MethodPost, "/v1/stages": http.MethodPost, "/v1/commits": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
+	"/v1/srv6/copies": http.MethodPost, "/v1/srv6/returns": http.MethodPost,
 }
 
 func apiErr(status int, reason, format string, args ...any) error {

@@ -319,6 +319,42 @@ func (s Service) String() string {
 	return string(b)
 }
 
+// Mode is how a home redirects a migrated service's packets to where it runs.
+type Mode string
+
+// Redirect modes.
+const (
+	ModeNAT  Mode = "nat"  // DNAT to the copy's exposed address and SNAT to the home's (default)
+	ModeSRv6 Mode = "srv6" // the client's packet unchanged in IPv6 + SRH to the copy's location
+)
+
+// ParseMode reads "nat" or "srv6"; "" is the caller's default (returned as "").
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(strings.ToLower(s)); m {
+	case ModeNAT, ModeSRv6, "":
+		return m, nil
+	}
+	return "", fmt.Errorf("parse redirect mode %q: want nat or srv6", s)
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, err := ParseMode(string(b))
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
+// Or returns m, or def when m is unset.
+func (m Mode) Or(def Mode) Mode {
+	if m == "" {
+		return def
+	}
+	return m
+}
+
 // NodeSID is node's SID in a cluster's SRv6 locator: the locator's prefix,
 // then the node's number in the next 16 bits, then function ::1 (End with
 // roam's behaviour, bpf/srv6.h). The locator must be IPv6 and at most /96.

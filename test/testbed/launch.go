@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -65,6 +66,60 @@ type LaunchConfig struct {
 	// (SNATPool4), assigned to its node's WAN interface; default: the
 	// node's WAN address alone.
 	SNATPool int
+	// Mode is the clusters' redirect mode: "nat" (default) or "srv6":
+	// every cluster then announces the locator SRv6Locator(i) over the
+	// IPv6 WAN (the router routes it to the node), its agent has the SID
+	// lb.NodeSID(locator, 0) and every cluster's locator, and its
+	// frontends are on SRv6Frontend4(i) (a service address on the node's
+	// lo, which an abroad location also puts on its lo while it runs a
+	// copy: the copy answers from it; the WAN address stays the
+	// controller's and the copies' own).
+	Mode string
+}
+
+// SRv6Locator is cluster i's SRv6 locator in srv6 mode: fc00:0:i::/48.
+func SRv6Locator(i int) netip.Prefix {
+	var b [16]byte
+	b[0], b[1], b[4], b[5] = 0xfc, 0x00, byte(i>>8), byte(i)
+	return netip.PrefixFrom(netip.AddrFrom16(b), 48)
+}
+
+// SRv6Frontend4 is cluster i's frontend address in srv6 mode: 10.201.i.1.
+func SRv6Frontend4(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 201, byte(i), 1}) }
+
+// Frontend4 is the address cluster c's frontends are on in mode (see
+// LaunchConfig.Mode).
+func (c Cluster) Frontend4(mode string) netip.Addr {
+	if mode == "srv6" {
+		return SRv6Frontend4(c.Index)
+	}
+	return c.WAN4
+}
+
+// setupSRv6 routes every cluster's locator to its node at the router and
+// puts the cluster's frontend address on its node's lo.
+func (tb *Testbed) setupSRv6() error {
+	for _, c := range tb.Clusters() {
+		err := netns.Handle(tb.RouterNS(), func(h *netlink.Handle) error {
+			l, err := h.LinkByName(c.RouterIf)
+			if err != nil {
+				return fmt.Errorf("find %s: %w", c.RouterIf, err)
+			}
+			loc := SRv6Locator(c.Index)
+			r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: loc.Addr().AsSlice(), Mask: net.CIDRMask(48, 128)}, Gw: c.WAN6.AsSlice()}
+			if err := h.RouteReplace(r); err != nil {
+				return fmt.Errorf("route %s via %s: %w", loc, c.WAN6, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("srv6 mode: %w", err)
+		}
+		if err := addHostAddrs(c.NS, "lo", SRv6Frontend4(c.Index), 1); err != nil {
+			return fmt.Errorf("srv6 mode: %w", err)
+		}
+	}
+	return nil
 }
 
 // SNATPool4 is cluster i's IPv4 SNAT pool of n addresses: 172.16.i.100 on.
@@ -163,6 +218,9 @@ func MetaURL(i int) string { return fmt.Sprintf("nats://%s:%d", WANRouter4(i), M
 func (lc *LaunchConfig) defaults() {
 	if lc.XDPMode == "" {
 		lc.XDPMode = defaultXDPMod
+	}
+	if lc.Mode == "" {
+		lc.Mode = "nat"
 	}
 	if lc.HelloInterval == 0 {
 		lc.HelloInterval = time.Second
@@ -271,6 +329,18 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			return Secrets{}, err
 		}
 	}
+	if lc.Mode != "nat" && lc.Mode != "srv6" {
+		return Secrets{}, fmt.Errorf("launch: mode %q: want nat or srv6", lc.Mode)
+	}
+	var locators []string
+	if lc.Mode == "srv6" {
+		if err := tb.setupSRv6(); err != nil {
+			return Secrets{}, err
+		}
+		for _, c := range tb.Clusters() {
+			locators = append(locators, SRv6Locator(c.Index).String())
+		}
+	}
 	if want["roam-agent"] {
 		var agents []Proc
 		for _, c := range tb.Clusters() {
@@ -286,7 +356,7 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				}
 				snat = first.String() + "-" + last.String() + "," + c.WAN6.String()
 			}
-			p, err := tb.Start(c.NS, "roam-agent-"+c.Name, filepath.Join(bin, "roam-agent"), []string{
+			args := []string{
 				"--iface", strings.Join(c.Ifaces, ","),
 				"--xdp-mode", lc.XDPMode,
 				"--pin-path", pin,
@@ -294,7 +364,16 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", AgentMetrics),
 				"--api-addr", fmt.Sprintf("127.0.0.1:%d", AgentAPIPort),
 				"--tls-dir", AgentTLSDir(work, c.Name),
-			}, fmt.Sprintf("http://127.0.0.1:%d/healthz", AgentMetrics))
+			}
+			if lc.Mode == "srv6" {
+				sid, err := lb.NodeSID(SRv6Locator(c.Index), 0)
+				if err != nil {
+					return Secrets{}, err
+				}
+				args = append(args, "--srv6-sid", sid.String(), "--srv6-locators", strings.Join(locators, ","))
+			}
+			p, err := tb.Start(c.NS, "roam-agent-"+c.Name, filepath.Join(bin, "roam-agent"), args,
+				fmt.Sprintf("http://127.0.0.1:%d/healthz", AgentMetrics))
 			if err != nil {
 				return Secrets{}, err
 			}
@@ -323,7 +402,7 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 				"--agents", fmt.Sprintf("https://127.0.0.1:%d", AgentAPIPort),
 				"--tls-dir", CtrlTLSDir(work, c.Name),
 				"--users-file", UsersFile(work),
-				"--frontend-addr", c.WAN4.String(),
+				"--frontend-addr", c.Frontend4(lc.Mode).String(),
 				"--data-addr", c.WAN4.String(),
 				"--backend", "local",
 				"--store", filepath.Join(work, "ctrl-"+c.Name+".db"),
@@ -337,6 +416,9 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			}
 			if len(labels) > 0 {
 				args = append(args, "--labels", strings.Join(labels, ","))
+			}
+			if lc.Mode == "srv6" {
+				args = append(args, "--redirect-mode", "srv6", "--srv6-locator", SRv6Locator(c.Index).String())
 			}
 			p, err := tb.Start(c.NS, "roam-ctrl-"+c.Name, filepath.Join(bin, "roam-ctrl"), args,
 				fmt.Sprintf("https://127.0.0.1:%d/healthz", CtrlPort))

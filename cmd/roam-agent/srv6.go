@@ -1,0 +1,143 @@
+package main
+
+// The agent's part of SRv6 path mode at a location: the copy state goes to
+// the data plane, and the node gets what the kernel needs to deliver the
+// decapsulated packets to the copy and to send its answers home: the
+// frontend's address on lo (the copy answers from it) and a seg6 encap
+// route chosen by that source address.
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// srv6Tables is the range of routing tables the return routes use: one per
+// home SID, picked by hash (stable across restarts).
+const (
+	srv6TableBase = 20000
+	srv6Tables    = 4096
+)
+
+// srv6Node wraps the data plane with the node's SRv6 location work
+// (agentapi.SRv6Dataplane).
+type srv6Node struct {
+	*dataplane.Dataplane
+
+	mu sync.Mutex
+	// copies counts the frontends with a copy here, per address: the
+	// address stays on lo while one is serving or draining.
+	copies map[netip.Addr]map[lb.Frontend]bool
+	// added are the addresses this agent put on lo (it removes only those).
+	added map[netip.Addr]bool
+}
+
+func newSRv6Node(dp *dataplane.Dataplane) *srv6Node {
+	return &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{}}
+}
+
+func hostPrefix(a netip.Addr) *net.IPNet {
+	a = a.Unmap()
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+// SetSRv6Copy sets the copy's state in the data plane, and keeps the
+// frontend's address on lo while a copy of it serves or drains here.
+func (n *srv6Node) SetSRv6Copy(f lb.Frontend, s dataplane.SRv6State) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	a := f.Addr.Unmap()
+	if s != dataplane.SRv6Gone {
+		if err := n.ensureAddr(a); err != nil {
+			return err
+		}
+		if n.copies[a] == nil {
+			n.copies[a] = map[lb.Frontend]bool{}
+		}
+		n.copies[a][f] = true
+		return n.Dataplane.SetSRv6Copy(f, s)
+	}
+	if err := n.Dataplane.SetSRv6Copy(f, s); err != nil {
+		return err
+	}
+	delete(n.copies[a], f)
+	if len(n.copies[a]) == 0 && n.added[a] {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("srv6 copy %s gone: find lo: %w", f, err)
+		}
+		if err := netlink.AddrDel(lo, &netlink.Addr{IPNet: hostPrefix(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("srv6 copy %s gone: remove %s from lo: %w", f, a, err)
+		}
+		delete(n.added, a)
+	}
+	return nil
+}
+
+// ensureAddr puts a on lo unless the node has it already.
+func (n *srv6Node) ensureAddr(a netip.Addr) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("srv6 copy: find lo: %w", err)
+	}
+	fam := netlink.FAMILY_V4
+	if a.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	addrs, err := netlink.AddrList(nil, fam)
+	if err != nil {
+		return fmt.Errorf("srv6 copy: list addresses: %w", err)
+	}
+	for _, x := range addrs {
+		if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
+			return nil
+		}
+	}
+	if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(a), Flags: unix.IFA_F_NODAD}); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("srv6 copy: add %s to lo: %w", a, err)
+	}
+	n.added[a] = true
+	return nil
+}
+
+// SetSRv6Return installs (or removes) the route that sends what the copy
+// answers from f's address to the home's SID, out of the interface the
+// node reaches that SID by.
+func (n *srv6Node) SetSRv6Return(f lb.Frontend, homeSID netip.Addr, remove bool) error {
+	if !n.Dataplane.SRv6Config().SID.IsValid() {
+		return fmt.Errorf("srv6 return for %s: %w: SRv6 is off on this node (no --srv6-sid)", f, dataplane.ErrBadTarget)
+	}
+	if !n.Dataplane.SRv6Config().AcceptsSID(homeSID) {
+		return fmt.Errorf("srv6 return for %s: %w: home SID %s is outside roam's locators %v", f, dataplane.ErrBadTarget, homeSID, n.Dataplane.SRv6Config().Locators)
+	}
+	routes, err := netlink.RouteGet(homeSID.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return fmt.Errorf("srv6 return for %s: no route to the home SID %s: %v", f, homeSID, err)
+	}
+	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return fmt.Errorf("srv6 return for %s: %w", f, err)
+	}
+	h := fnv.New32a()
+	h.Write(homeSID.AsSlice())
+	r := dataplane.SRv6Return{Frontend: f.Addr, HomeSID: homeSID, Dev: link.Attrs().Name, Table: srv6TableBase + int(h.Sum32()%srv6Tables)}
+	if remove {
+		n.mu.Lock()
+		busy := len(n.copies[f.Addr.Unmap()]) > 0
+		n.mu.Unlock()
+		if busy {
+			return nil // another frontend of that address still has a copy here
+		}
+		return r.Remove()
+	}
+	return r.Install()
+}

@@ -1,0 +1,331 @@
+package migrate
+
+// SRv6 path mode (a service whose descriptor, or the cluster's default,
+// says redirect srv6). The home's load balancer sends the client's packets
+// unchanged along a segment list of locations' SIDs instead of NAT:
+//
+//   - steady state: [where it runs];
+//   - a move from one abroad location to another: [old, new] is staged and
+//     committed (make before break: the old location delivers while its
+//     copy serves, keeps the flows it has while it drains, and forwards
+//     everything once it is gone), then [new] once the old copy is gone;
+//   - a move from home: [new] (the home's flows stay pinned to its local
+//     copy by conntrack, as in NAT mode).
+//
+// A location's SID is its node 0's SID in the locator its cluster
+// announces in hellos (lb.NodeSID; the locator is routed to that node). At
+// a location the controller tells its agents the copy's state (serving,
+// draining, gone: agentapi /v1/srv6/copies) and installs the copy's
+// return route to the home's SID (/v1/srv6/returns).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/roamnet/roam/ctrl"
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// srv6Agents is what a location needs of its agents (agentapi.Group).
+type srv6Agents interface {
+	SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st dataplane.SRv6State) error
+	SetSRv6Returns(ctx context.Context, fs []lb.Frontend, homeSID netip.Addr, remove bool) error
+}
+
+// Refusal reasons of roam_ctrl_srv6_refused_total.
+const (
+	srv6NoLocator  = "no_locator"  // a cluster on the path announces no locator (or is not in the view)
+	srv6BadLocator = "bad_locator" // it announces one that is not a valid locator
+	srv6NoAgents   = "no_agents"   // a location whose agents cannot do SRv6
+	srv6NoFrontend = "no_frontend" // a location asked to run an SRv6 copy without the home's frontends
+)
+
+type srv6Metrics struct {
+	refused *prometheus.CounterVec
+	steps   *prometheus.CounterVec
+}
+
+func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
+	m := &srv6Metrics{
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roam_ctrl_srv6_refused_total",
+			Help: "SRv6 path-mode steps refused, by reason (no_locator, bad_locator, no_agents, no_frontend).",
+		}, []string{"reason"}),
+		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "roam_ctrl_srv6_steps_total",
+			Help: "SRv6 path-mode steps done: paths committed at the home by segments (1, 2), copy states set at a location (serving, draining, gone).",
+		}, []string{"step"}),
+	}
+	for _, r := range []string{srv6NoLocator, srv6BadLocator, srv6NoAgents, srv6NoFrontend} {
+		m.refused.WithLabelValues(r)
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.refused, m.steps} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register srv6 metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (e *Engine) srv6Refuse(reason string, err error) error {
+	e.srv6m.refused.WithLabelValues(reason).Inc()
+	return err
+}
+
+// srv6Mode reports whether d is redirected by SRv6 here.
+func (e *Engine) srv6Mode(d ctrl.Descriptor) bool {
+	return d.RedirectMode(e.cfg.RedirectMode) == lb.ModeSRv6
+}
+
+// srv6Resolve fixes d's redirect mode at its home's deploy: an SRv6
+// service says so explicitly (its abroad copies' clusters act on it
+// whatever their own default), and needs this cluster's locator.
+func (e *Engine) srv6Resolve(d *ctrl.Descriptor) error {
+	if !e.srv6Mode(*d) {
+		return nil
+	}
+	if !e.cfg.Locator.IsValid() {
+		return e.srv6Refuse(srv6NoLocator, fmt.Errorf("%w: service %s: redirect srv6 needs this cluster's SRv6 locator (roam-ctrl --srv6-locator)", ErrInvalid, d.Name))
+	}
+	d.Redirect = lb.ModeSRv6
+	return nil
+}
+
+// clusterSID is the SID packets for a copy at cluster go to: node 0's SID
+// in the locator the cluster announces (this cluster's own: its config).
+func (e *Engine) clusterSID(cluster string) (netip.Addr, error) {
+	loc := e.cfg.Locator
+	if cluster != e.cfg.ClusterID {
+		loc = netip.Prefix{}
+		if e.cfg.Hellos != nil {
+			for _, h := range e.cfg.Hellos() {
+				if h.ClusterID == cluster {
+					loc = h.Locator
+				}
+			}
+		}
+	}
+	if !loc.IsValid() {
+		return netip.Addr{}, e.srv6Refuse(srv6NoLocator, fmt.Errorf("srv6: cluster %s announces no SRv6 locator (roam-ctrl --srv6-locator), or is not in the meta-orchestrator's view", cluster))
+	}
+	if err := lb.ValidateLocator(loc); err != nil {
+		return netip.Addr{}, e.srv6Refuse(srv6BadLocator, fmt.Errorf("srv6: cluster %s: %w", cluster, err))
+	}
+	return lb.NodeSID(loc, 0)
+}
+
+// rerouteTarget is the target the home stages for m: an SRv6 path for an
+// SRv6 service going abroad ([old, new] when it runs abroad now), else
+// redirectTo as in NAT mode.
+func (e *Engine) rerouteTarget(m *ctrl.Migration, r ctrl.Record) (func(int) lb.Target, error) {
+	if !e.srv6Mode(r.Service) || m.To == e.cfg.ClusterID {
+		return redirectTo(m.ToEndpoints), nil
+	}
+	to, err := e.clusterSID(m.To)
+	if err != nil {
+		return nil, err
+	}
+	t := lb.SRv6(to)
+	if r.Kind == ctrl.KindAbroad && r.Cluster != m.To {
+		from, err := e.clusterSID(r.Cluster)
+		if err != nil {
+			return nil, err
+		}
+		t = lb.SRv6(from, to)
+	}
+	return func(int) lb.Target { return t }, nil
+}
+
+// recordTarget is where r's frontends must point (the reconciler's
+// desired state); ok is false when it cannot be said now (an SRv6 location
+// whose locator the view lacks): the nodes are then left as they are.
+func (e *Engine) recordTarget(r ctrl.Record) (want func(int) lb.Target, ok bool) {
+	if r.Kind != ctrl.KindAbroad || !e.srv6Mode(r.Service) {
+		return target(r), true
+	}
+	sid, err := e.clusterSID(r.Cluster)
+	if err != nil {
+		e.log.Warn("reconcile: srv6 path unknown, nodes left as they are", "service", r.Service.Name, "err", err)
+		return nil, false
+	}
+	t := lb.SRv6(sid)
+	return func(int) lb.Target { return t }, true
+}
+
+// agrees reports whether a node's active target is the desired one. An SRv6
+// path [old, want] agrees with [want]: the old location forwards what it
+// no longer delivers, and the home shortens the path once the old copy is
+// gone (srv6Settle).
+func agrees(active, want lb.Target) bool {
+	if active == want {
+		return true
+	}
+	as, ws := active.Segments(), want.Segments()
+	return active.Kind == lb.TargetSRv6 && want.Kind == lb.TargetSRv6 && len(ws) == 1 && len(as) == 2 && as[1] == ws[0]
+}
+
+// srv6Moved is the home's end of a move between two abroad locations by
+// SRv6, after the commit of [old, new]: the old location drains its copy
+// itself (it keeps the flows it has), so the home sends no "drained"; once
+// the old copy must be gone (its drain budget, DrainTimeout, has run out
+// at the mover) the home commits [new]. It reports whether it took over
+// from drainForMover.
+func (e *Engine) srv6Moved(ctx context.Context, m *ctrl.Migration, r ctrl.Record, fs []lb.Frontend) bool {
+	if !e.srv6Mode(r.Service) || m.To == e.cfg.ClusterID || r.Kind != ctrl.KindAbroad || r.Cluster == m.To {
+		return false
+	}
+	e.srv6m.steps.WithLabelValues("home_path_2").Inc()
+	sctx, cancel := detached(ctx, e.cfg.DrainTimeout+e.cfg.CallTimeout+2*time.Second)
+	go func() {
+		defer cancel()
+		select {
+		case <-time.After(e.cfg.DrainTimeout + time.Second):
+		case <-sctx.Done():
+			return
+		}
+		if err := e.srv6Settle(sctx, m); err != nil {
+			e.log.Warn("srv6: shorten the path to the new location (the reconciler keeps [old, new] meanwhile)", "service", m.Service, "err", err)
+		}
+	}()
+	return true
+}
+
+// srv6Settle commits [new] for m's service if the record still says m's
+// copy is where it runs.
+func (e *Engine) srv6Settle(ctx context.Context, m *ctrl.Migration) error {
+	defer e.lock(m.Service)()
+	r, err := e.st.Record(m.Service)
+	if err != nil {
+		return err
+	}
+	if r.Kind != ctrl.KindAbroad || r.Cluster != m.To || r.Epoch != m.Epoch {
+		return nil // moved again since: that move owns the path
+	}
+	want, ok := e.recordTarget(r)
+	if !ok {
+		return errors.New("the new location's SID is unknown")
+	}
+	if err := e.program(ctx, r.Frontends, want); err != nil {
+		return err
+	}
+	e.srv6m.steps.WithLabelValues("home_path_1").Inc()
+	e.log.Info("srv6: path shortened to the new location", "service", m.Service, "target", want(0))
+	return nil
+}
+
+// srv6Frontends are the home's frontends of r's service, as a location
+// needs them: a home's record holds them, a foreign record keeps them.
+func srv6Frontends(r ctrl.Record) []lb.Frontend {
+	if r.Kind == ctrl.KindForeign {
+		return r.SRv6Frontends
+	}
+	return r.Frontends
+}
+
+func (e *Engine) srv6Agents() (srv6Agents, error) {
+	a, ok := e.cfg.Agents.(srv6Agents)
+	if !ok || e.cfg.Agents == nil {
+		return nil, e.srv6Refuse(srv6NoAgents, errors.New("srv6: this cluster's agents cannot run SRv6 copies"))
+	}
+	return a, nil
+}
+
+// srv6Arrive makes this cluster a location of req's SRv6 service: the
+// return route to the home's SID on every node, then the copy serving.
+func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) error {
+	if req.Service.Redirect != lb.ModeSRv6 {
+		return nil
+	}
+	if len(req.Frontends) == 0 {
+		return e.srv6Refuse(srv6NoFrontend, fmt.Errorf("%w: srv6 copy of %s: the home named no frontends", ErrInvalid, req.Service.Name))
+	}
+	for _, f := range req.Frontends {
+		if err := f.Validate(); err != nil {
+			return e.srv6Refuse(srv6NoFrontend, fmt.Errorf("%w: srv6 copy of %s: %w", ErrInvalid, req.Service.Name, err))
+		}
+	}
+	home, err := e.clusterSID(req.Home)
+	if err != nil {
+		return err
+	}
+	a, err := e.srv6Agents()
+	if err != nil {
+		return err
+	}
+	if err := a.SetSRv6Returns(ctx, req.Frontends, home, false); err != nil {
+		return err
+	}
+	if err := a.SetSRv6Copies(ctx, req.Frontends, dataplane.SRv6Serving); err != nil {
+		return err
+	}
+	e.srv6m.steps.WithLabelValues("serving").Inc()
+	return nil
+}
+
+// srv6Depart stops r's copy here (del: the backend's graceful stop) as an
+// SRv6 location: draining first (the copy keeps the flows it has, new ones
+// go on to the next segment), gone once the copy has stopped or half the
+// drain budget has passed (a copy still answering a UDP flow stops only
+// once that flow goes elsewhere), then the return route goes.
+func (e *Engine) srv6Depart(ctx context.Context, r ctrl.Record, del func(context.Context) error) error {
+	fs := r.SRv6Frontends
+	if r.Kind != ctrl.KindForeign || len(fs) == 0 {
+		return del(ctx)
+	}
+	a, err := e.srv6Agents()
+	if err != nil {
+		return errors.Join(err, del(ctx))
+	}
+	cctx, cancel := detached(ctx, e.cfg.CallTimeout)
+	defer cancel()
+	if err := a.SetSRv6Copies(cctx, fs, dataplane.SRv6Draining); err != nil {
+		e.log.Warn("srv6: copy draining", "service", r.Service.Name, "err", err)
+	} else {
+		e.srv6m.steps.WithLabelValues("draining").Inc()
+	}
+	done := make(chan error, 1)
+	go func() { done <- del(ctx) }()
+	var derr error
+	stopped := false
+	select {
+	case derr = <-done:
+		stopped = true
+	case <-time.After(e.cfg.DrainTimeout / 2):
+	case <-ctx.Done():
+	}
+	var errs []error
+	if err := a.SetSRv6Copies(cctx, fs, dataplane.SRv6Gone); err != nil {
+		errs = append(errs, err)
+	} else {
+		e.srv6m.steps.WithLabelValues("gone").Inc()
+	}
+	if !stopped {
+		derr = <-done
+	}
+	if home, err := e.clusterSID(r.Home); err == nil {
+		if err := a.SetSRv6Returns(cctx, fs, home, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		e.log.Warn("srv6: copy gone", "service", r.Service.Name, "err", errors.Join(errs...))
+	}
+	return derr
+}
+
+// srv6ForeignFrontends are the home's frontends a destination needs for
+// r's service (none unless it is redirected by SRv6).
+func (e *Engine) srv6ForeignFrontends(r ctrl.Record) []lb.Frontend {
+	if !e.srv6Mode(r.Service) {
+		return nil
+	}
+	return srv6Frontends(r)
+}

@@ -1,0 +1,169 @@
+package migrate
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/meta"
+)
+
+// srv6FakeAgents are a cluster's fake agents that also take the SRv6
+// location calls, recorded as actions.
+type srv6FakeAgents struct {
+	*fakeAgents
+}
+
+func (a srv6FakeAgents) SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st dataplane.SRv6State) error {
+	a.acts.add("srv6 %s copies %v %s", a.cluster, fs, st)
+	return nil
+}
+
+func (a srv6FakeAgents) SetSRv6Returns(ctx context.Context, fs []lb.Frontend, sid netip.Addr, remove bool) error {
+	a.acts.add("srv6 %s returns %v -> %s remove=%v", a.cluster, fs, sid, remove)
+	return nil
+}
+
+func testLocator(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfc, 0, 0, 0, 0, byte(i)}), 48)
+}
+
+func testSID(t *testing.T, i int) netip.Addr {
+	t.Helper()
+	a, err := lb.NodeSID(testLocator(i), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// srv6World is a world whose clusters redirect by SRv6 and announce
+// locators (cluster i the i-th, 1-based), except those in noLocator.
+func srv6World(t *testing.T, noLocator map[string]bool, ids ...string) *world {
+	t.Helper()
+	index := map[string]int{}
+	for i, id := range ids {
+		index[id] = i + 1
+	}
+	w := newWorld(t, ids...)
+	hellos := func() []meta.Hello {
+		hs := w.hellos()
+		for i := range hs {
+			if !noLocator[hs[i].ClusterID] {
+				hs[i].Locator = testLocator(index[hs[i].ClusterID])
+			}
+		}
+		return hs
+	}
+	w.tune = func(c *Config) {
+		c.Locator, c.RedirectMode, c.Hellos = testLocator(index[c.ClusterID]), lb.ModeSRv6, hellos
+		c.Agents = srv6FakeAgents{c.Agents.(*fakeAgents)}
+	}
+	for _, id := range ids { // rebuilt with tune
+		w.stop(id)
+		w.start(id)
+	}
+	return w
+}
+
+// TestSRv6Paths: a service redirected by SRv6 goes home -> b with the
+// home's path [b] and b's nodes made a location (return route to the
+// home's SID, then the copy serving); then b -> c (b moves it on) with the
+// home's path [b, c] committed (make before break), b's copy draining,
+// then gone with its return route, and the home's path [c] once b's drain
+// budget has run out. The reconciler leaves [b, c] alone meanwhile.
+func TestSRv6Paths(t *testing.T) {
+	w := srv6World(t, nil, "a", "b", "c")
+	w.deploy("a")
+	f := w.frontend("a")
+	rec := w.mustRecord("a")
+	if rec.Service.Redirect != lb.ModeSRv6 {
+		t.Fatalf("deployed with redirect %q: the cluster's default srv6 must be fixed on the record", rec.Service.Redirect)
+	}
+	w.acts.take()
+	w.mustMigrate("a", "b")
+	sa, sb, sc := testSID(t, 1), testSID(t, 2), testSID(t, 3)
+	for i := range 2 {
+		if got := w.cluster("a").ag.active(i, f); got != lb.SRv6(sb) {
+			t.Fatalf("home node %d: active %s, want [b] %s", i, got, lb.SRv6(sb))
+		}
+	}
+	w.expectActions([]string{
+		fmt.Sprintf("srv6 b returns [%s] -> %s remove=false", f, sa),
+		fmt.Sprintf("srv6 b copies [%s] serving", f),
+	}, "srv6 ")
+
+	w.reconcile("a")
+	w.acts.take()
+	w.mustMigrate("a", "c") // forwarded to b, which moves it on
+	two := lb.SRv6(sb, sc)
+	if got := w.cluster("a").ag.active(0, f); got != two {
+		t.Fatalf("home during the move: active %s, want [b, c] %s", got, two)
+	}
+	w.reconcile("a")
+	if got := w.cluster("a").ag.active(0, f); got != two {
+		t.Fatalf("the reconciler changed [b, c] to %s before the old copy was gone", got)
+	}
+	w.eventually("the home's path shortened to [c]", func() error {
+		for i := range 2 {
+			if got := w.cluster("a").ag.active(i, f); got != lb.SRv6(sc) {
+				return fmt.Errorf("home node %d: active %s", i, got)
+			}
+		}
+		return nil
+	})
+	w.expectActions([]string{
+		fmt.Sprintf("srv6 c returns [%s] -> %s remove=false", f, sa),
+		fmt.Sprintf("srv6 c copies [%s] serving", f),
+		fmt.Sprintf("srv6 b copies [%s] draining", f),
+		fmt.Sprintf("srv6 b copies [%s] gone", f),
+		fmt.Sprintf("srv6 b returns [%s] -> %s remove=true", f, sa),
+	}, "srv6 ")
+	if n := counterValue(w.eng("a").srv6m.steps.WithLabelValues("home_path_1")); n != 1 {
+		t.Errorf("home_path_1 steps %v, want 1", n)
+	}
+}
+
+// TestSRv6RefusesNoLocator: a move to a cluster that announces no locator
+// is refused before any copy state is set, rolled back, the reason said
+// and counted; a home without a locator refuses to deploy an SRv6 service.
+func TestSRv6RefusesNoLocator(t *testing.T) {
+	w := srv6World(t, map[string]bool{"b": true}, "a", "b")
+	w.deploy("a")
+	w.acts.take()
+	_, err := w.migrate("a", "b")
+	if err == nil || !strings.Contains(err.Error(), "b announces no SRv6 locator") {
+		t.Fatalf("migrate to a cluster without a locator: %v", err)
+	}
+	if got := w.cluster("a").ag.active(0, w.frontend("a")); got != lb.Local {
+		t.Fatalf("home points at %s after the refusal, want local", got)
+	}
+	if n := counterValue(w.eng("a").srv6m.refused.WithLabelValues(srv6NoLocator)); n < 1 {
+		t.Errorf("refusals counted %v", n)
+	}
+
+	w.tune = func(c *Config) { c.RedirectMode = lb.ModeSRv6 }
+	w.stop("a")
+	w.start("a")
+	d := w.descriptor()
+	d.Name = "other"
+	d.Ports[0].Port++
+	if _, err := w.eng("a").Deploy(context.Background(), d); err == nil || !strings.Contains(err.Error(), "--srv6-locator") {
+		t.Fatalf("deploy srv6 without a locator: %v", err)
+	}
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}

@@ -1,0 +1,154 @@
+package agentapi
+
+// The SRv6 path mode's calls at a location (a node that runs a copy of a
+// service another cluster's home redirects to by SRv6):
+//
+//	POST /v1/srv6/copies  {frontends, state}           → {}  serving | draining | gone
+//	POST /v1/srv6/returns {frontends, home_sid, remove} → {}  the copy's answers back to its home
+//
+// The frontends are the home's (the inner destination of the packets the
+// home encapsulates). A data plane without SRv6 answers 501.
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/netip"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// SRv6Dataplane is what a node needs for the SRv6 calls; the agent's data
+// plane implements it (cmd/roam-agent: the copy state in BPF, the
+// frontend's address on the node, the kernel's seg6 return route).
+type SRv6Dataplane interface {
+	// SetSRv6Copy says what the copy of f here does.
+	SetSRv6Copy(f lb.Frontend, s dataplane.SRv6State) error
+	// SetSRv6Return routes what the copy answers from f's address back
+	// to the home's SID (remove: stop doing so).
+	SetSRv6Return(f lb.Frontend, homeSID netip.Addr, remove bool) error
+}
+
+// ParseSRv6State reads serving, draining or gone.
+func ParseSRv6State(s string) (dataplane.SRv6State, error) {
+	for _, st := range []dataplane.SRv6State{dataplane.SRv6Serving, dataplane.SRv6Draining, dataplane.SRv6Gone} {
+		if s == st.String() {
+			return st, nil
+		}
+	}
+	return 0, fmt.Errorf("srv6 copy state %q: want serving, draining or gone", s)
+}
+
+type srv6CopiesRequest struct {
+	Frontends []*lb.Frontend `json:"frontends"`
+	State     string         `json:"state"`
+}
+
+type srv6ReturnsRequest struct {
+	Frontends []*lb.Frontend `json:"frontends"`
+	HomeSID   netip.Addr     `json:"home_sid"`
+	Remove    bool           `json:"remove,omitempty"`
+}
+
+func (s *Server) srv6dp() (SRv6Dataplane, error) {
+	d, ok := s.dp.(SRv6Dataplane)
+	if !ok {
+		return nil, apiErr(http.StatusNotImplemented, ReasonBadRequest, "srv6: this node's data plane has no SRv6 path mode")
+	}
+	return d, nil
+}
+
+func (s *Server) srv6Copies(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.srv6dp()
+	if err != nil {
+		return err
+	}
+	var req srv6CopiesRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	fs, err := batchFrontends(len(req.Frontends), func(i int) *lb.Frontend { return req.Frontends[i] })
+	if err != nil {
+		return err
+	}
+	st, err := ParseSRv6State(req.State)
+	if err != nil {
+		return apiErr(http.StatusBadRequest, ReasonBadRequest, "read request: %v", err)
+	}
+	for _, f := range fs {
+		if err := d.SetSRv6Copy(f, st); err != nil {
+			return dpErr("set srv6 copy of", f, err)
+		}
+	}
+	s.log.Info("srv6 copies", "frontends", fs, "state", st)
+	writeJSON(w, http.StatusOK, emptyReply{})
+	return nil
+}
+
+func (s *Server) srv6Returns(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.srv6dp()
+	if err != nil {
+		return err
+	}
+	var req srv6ReturnsRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	fs, err := batchFrontends(len(req.Frontends), func(i int) *lb.Frontend { return req.Frontends[i] })
+	if err != nil {
+		return err
+	}
+	if !req.HomeSID.Is6() || req.HomeSID.Is4In6() {
+		return apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: home_sid %v: want an IPv6 SID", req.HomeSID)
+	}
+	for _, f := range fs {
+		if err := d.SetSRv6Return(f, req.HomeSID, req.Remove); err != nil {
+			return dpErr("set srv6 return of", f, err)
+		}
+	}
+	s.log.Info("srv6 returns", "frontends", fs, "home_sid", req.HomeSID, "remove", req.Remove)
+	writeJSON(w, http.StatusOK, emptyReply{})
+	return nil
+}
+
+func ptrs(fs []lb.Frontend) []*lb.Frontend {
+	out := make([]*lb.Frontend, len(fs))
+	for i := range fs {
+		out[i] = &fs[i]
+	}
+	return out
+}
+
+// SetSRv6Copies sets the state of the copies of fs on the agent's node.
+func (c *Client) SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st dataplane.SRv6State) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/srv6/copies", srv6CopiesRequest{Frontends: ptrs(fs), State: st.String()}, nil); err != nil {
+		return fmt.Errorf("set srv6 copies %v %s: %w", fs, st, err)
+	}
+	return nil
+}
+
+// SetSRv6Returns routes the answers from fs' addresses to homeSID on the
+// agent's node (remove: no longer).
+func (c *Client) SetSRv6Returns(ctx context.Context, fs []lb.Frontend, homeSID netip.Addr, remove bool) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/srv6/returns", srv6ReturnsRequest{Frontends: ptrs(fs), HomeSID: homeSID, Remove: remove}, nil); err != nil {
+		return fmt.Errorf("set srv6 returns %v -> %s: %w", fs, homeSID, err)
+	}
+	return nil
+}
+
+// SetSRv6Copies sets the state of the copies of fs on every node.
+func (g Group) SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st dataplane.SRv6State) error {
+	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.SetSRv6Copies(ctx, fs, st) })); err != nil {
+		return fmt.Errorf("set srv6 copies on every node: %w", err)
+	}
+	return nil
+}
+
+// SetSRv6Returns sets the return routes of fs on every node.
+func (g Group) SetSRv6Returns(ctx context.Context, fs []lb.Frontend, homeSID netip.Addr, remove bool) error {
+	if err := joinNodes(g, g.each(func(_ int, c *Client) error { return c.SetSRv6Returns(ctx, fs, homeSID, remove) })); err != nil {
+		return fmt.Errorf("set srv6 returns on every node: %w", err)
+	}
+	return nil
+}
