@@ -17,6 +17,7 @@ type collector struct {
 	maxEntries, pressure       *prometheus.Desc
 	gcRemoved, insertFailures  *prometheus.Desc
 	targetPackets, targetBytes *prometheus.Desc
+	srv6                       srv6Descs
 }
 
 // Collector returns a Prometheus collector that reads the per-CPU counter
@@ -47,6 +48,7 @@ func (d *Dataplane) Collector() prometheus.Collector {
 			"Packets to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
 		targetBytes: prometheus.NewDesc("roam_dataplane_target_bytes_total",
 			"Bytes to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
+		srv6: newSRv6Descs(),
 	}
 }
 
@@ -61,6 +63,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.insertFailures
 	ch <- c.targetPackets
 	ch <- c.targetBytes
+	c.srv6.describe(ch)
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -136,7 +139,7 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 			prometheus.MustNewConstMetric(c.gcRemoved, prometheus.CounterValue, float64(m.removed), m.name),
 			prometheus.MustNewConstMetric(c.insertFailures, prometheus.CounterValue, float64(m.failures), m.name))
 	}
-	return out, nil
+	return c.srv6.read(c.d, services, out)
 }
 
 func (d *Dataplane) conntrackEntries() (int, error) {

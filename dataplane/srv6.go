@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -249,7 +250,9 @@ func (d *Dataplane) SetSRv6Copy(f lb.Frontend, s SRv6State) error {
 			return fmt.Errorf("set srv6 copy %s: %w", f, err)
 		}
 		zero := make([]Counter, ebpf.MustPossibleCPU())
-		for st := uint32(0); st < srv6StatMax; st++ {
+		// Only the copy's own counters: ids of copies and of frontends
+		// share the index space (a frontend's are encap, decap, mss).
+		for _, st := range []uint32{srv6StatDeliver, srv6StatForward} {
 			if err := d.maps.RoamSrv6Stats.Put(id*srv6StatMax+st, zero); err != nil {
 				return fmt.Errorf("set srv6 copy %s: reset counters: %w", f, err)
 			}
@@ -413,3 +416,72 @@ func (d *Dataplane) SRv6Config() SRv6Config {
 
 // AcceptsSID reports whether a is inside one of roam's locators.
 func (c SRv6Config) AcceptsSID(a netip.Addr) bool { return inLocators(c.Locators, a) }
+
+// srv6Descs are the SRv6 path mode's metrics (see Collector).
+type srv6Descs struct {
+	packets, path, copy *prometheus.Desc
+}
+
+func newSRv6Descs() srv6Descs {
+	return srv6Descs{
+		packets: prometheus.NewDesc("roam_dataplane_srv6_packets_total",
+			"SRv6 path mode packets of a frontend by step: encap (home: sent along its path), decap (home: a reply decapsulated to the client), "+
+				"deliver (a location: delivered to the copy here), forward (a location: sent on to the next segment).",
+			[]string{"frontend", "step"}, nil),
+		path: prometheus.NewDesc("roam_dataplane_srv6_path",
+			"1 for a home frontend's SRv6 segment list, by slot (active, staged): the path its encap packets take.",
+			[]string{"frontend", "slot", "path"}, nil),
+		copy: prometheus.NewDesc("roam_dataplane_srv6_copy",
+			"1 for the state of a frontend's copy at this node as an SRv6 location (serving, draining).",
+			[]string{"frontend", "state"}, nil),
+	}
+}
+
+func (s srv6Descs) describe(ch chan<- *prometheus.Desc) {
+	ch <- s.packets
+	ch <- s.path
+	ch <- s.copy
+}
+
+// read appends the SRv6 metrics of the home's SRv6 frontends (services)
+// and of the copies at this node.
+func (s srv6Descs) read(d *Dataplane, services []lb.Service, out []prometheus.Metric) ([]prometheus.Metric, error) {
+	copies, err := d.SRv6Copies()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[lb.Frontend]bool{}
+	for _, svc := range services {
+		if svc.Active.Kind != lb.TargetSRv6 && svc.Staged.Kind != lb.TargetSRv6 {
+			continue
+		}
+		f := svc.Frontend.String()
+		for _, sl := range []struct {
+			name string
+			t    lb.Target
+		}{{"active", svc.Active}, {"staged", svc.Staged}} {
+			if sl.t.Kind == lb.TargetSRv6 {
+				out = append(out, prometheus.MustNewConstMetric(s.path, prometheus.GaugeValue, 1, f, sl.name, sl.t.String()))
+			}
+		}
+		seen[svc.Frontend] = true
+	}
+	for fr, st := range copies {
+		out = append(out, prometheus.MustNewConstMetric(s.copy, prometheus.GaugeValue, 1, fr.String(), st.String()))
+		seen[fr] = true
+	}
+	for fr := range seen {
+		st, err := d.SRv6Stats(fr)
+		if err != nil {
+			return nil, err
+		}
+		f := fr.String()
+		for _, c := range []struct {
+			step string
+			n    Counter
+		}{{"encap", st.Encap}, {"decap", st.Decap}, {"deliver", st.Deliver}, {"forward", st.Forward}} {
+			out = append(out, prometheus.MustNewConstMetric(s.packets, prometheus.CounterValue, float64(c.n.Packets), f, c.step))
+		}
+	}
+	return out, nil
+}

@@ -36,6 +36,7 @@ flags:`
 
 type testbedFlags struct {
 	config, name, bin, out, xdpMode string
+	mode                            string
 	keep, verbose, jsonOut          bool
 	interval, dwell                 time.Duration
 	degraded                        string
@@ -53,6 +54,7 @@ func runTestbed(ctx context.Context, args []string) error {
 	fs.StringVar(&f.bin, "bin", "", "directory with roam-meta, roam-ctrl, roam-agent (default: go build them)")
 	fs.StringVar(&f.out, "out", "roam-demo", "run: output directory for result.json and latency.png")
 	fs.StringVar(&f.xdpMode, "xdp-mode", "native", "agents' XDP mode: native or generic")
+	fs.StringVar(&f.mode, "mode", "nat", "up, run: how homes redirect to abroad copies: nat, or srv6 (SRv6 path mode over the IPv6 WAN: the client's packets unchanged, its address kept)")
 	fs.BoolVar(&f.keep, "keep", false, "run: leave the testbed up afterwards")
 	fs.BoolVar(&f.verbose, "v", false, "log every testbed step")
 	fs.BoolVar(&f.jsonOut, "json", false, "status: print JSON")
@@ -120,7 +122,7 @@ func runTestbed(ctx context.Context, args []string) error {
 // (or Ctrl-C) it takes everything down again.
 func upAndLaunch(ctx context.Context, cfg testbed.Config, f testbedFlags, log *slog.Logger) (*testbed.Testbed, error) {
 	fmt.Printf("testbed %s: building %d clusters as network namespaces\n", cfg.Name, len(cfg.Clusters))
-	tb, _, err := testbed.UpAndLaunch(ctx, cfg, testbed.LaunchConfig{BinDir: f.bin, XDPMode: f.xdpMode}, log, func() {
+	tb, _, err := testbed.UpAndLaunch(ctx, cfg, testbed.LaunchConfig{BinDir: f.bin, XDPMode: f.xdpMode, Mode: f.mode}, log, func() {
 		fmt.Printf("testbed %s: starting roam-meta, roam-agent (XDP %s) and roam-ctrl (building them first if needed)\n", cfg.Name, f.xdpMode)
 	})
 	return tb, err

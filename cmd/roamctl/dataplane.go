@@ -24,7 +24,7 @@ import (
 func init() {
 	register(command{
 		name:    "dataplane",
-		summary: "dump a node's data plane: frontends, targets, flows (dataplane dump [--pin-path P | --agent URL])",
+		summary: "dump a node's data plane: frontends, targets, flows, SRv6 paths and copies (dataplane dump [--pin-path P | --agent URL])",
 		run:     runDataplane,
 	})
 }
@@ -173,6 +173,9 @@ func dumpPins(w io.Writer, pin string) error {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Frontend, s.ID, s.Active, na, s.Staged, ns, s.Generation)
 	}
 	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if err := dumpSRv6Pins(w, pin, svcs); err != nil {
 		return err
 	}
 	if len(flows) == 0 {

@@ -62,6 +62,25 @@ func agentErrors(ctx context.Context, t *testing.T, ns, reason string) int {
 	return n
 }
 
+// metricValue reads one series from an agent's metrics (-1: absent).
+func metricValue(ctx context.Context, t *testing.T, ns, series string) float64 {
+	t.Helper()
+	out, err := netns.Cmd(ctx, ns, "curl", "-sf", fmt.Sprintf("http://127.0.0.1:%d/metrics", testbed.AgentMetrics)).Output()
+	if err != nil {
+		t.Fatalf("agent metrics in %s: %v", ns, err)
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", l, err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
 // TestSRv6PathModeMigration runs the testbed in srv6 mode (real roam-meta,
 // roam-ctrl and roam-agent, mutual TLS, XDP native) and moves a service
 // home -> edge -> cloud under short TCP, keep-alive TCP and UDP clients:
@@ -212,6 +231,27 @@ func TestSRv6PathModeMigration(t *testing.T) {
 		if kr := rep.Kinds[k]; kr.Failed != 0 || kr.Requests == 0 {
 			t.Errorf("%s clients: %d of %d requests failed", k, kr.Failed, kr.Requests)
 		}
+	}
+
+	// Per-frontend metrics of the paths: the home encapsulates along
+	// [cloud]; the cloud delivers to its copy; the edge has none left.
+	fs := fT.String()
+	for _, c := range []struct {
+		ns, series string
+		min        float64
+	}{
+		{home.NS, fmt.Sprintf(`roam_dataplane_srv6_path{frontend=%q,path=%q,slot="active"}`, fs, lb.SRv6(sid(cloud)).String()), 1},
+		{home.NS, fmt.Sprintf(`roam_dataplane_srv6_packets_total{frontend=%q,step="encap"}`, fs), 100},
+		{home.NS, fmt.Sprintf(`roam_dataplane_srv6_packets_total{frontend=%q,step="decap"}`, fs), 100},
+		{cloud.NS, fmt.Sprintf(`roam_dataplane_srv6_copy{frontend=%q,state="serving"}`, fs), 1},
+		{cloud.NS, fmt.Sprintf(`roam_dataplane_srv6_packets_total{frontend=%q,step="deliver"}`, fs), 100},
+	} {
+		if v := metricValue(ctx, t, c.ns, c.series); v < c.min {
+			t.Errorf("%s: %s = %v, want at least %v", c.ns, c.series, v, c.min)
+		}
+	}
+	if v := metricValue(ctx, t, edge.NS, fmt.Sprintf(`roam_dataplane_srv6_copy{frontend=%q,state="serving"}`, fs)); v != -1 {
+		t.Errorf("the edge still reports a copy of %s: %v", fs, v)
 	}
 
 	// Bad input at an agent, through its real API (the home controller's

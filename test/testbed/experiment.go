@@ -211,9 +211,9 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 		ec.Progress(time.Now().Format("15:04:05.000") + "  " + fmt.Sprintf(format, a...))
 	}
 	res := &Result{Service: ec.Service, Started: time.Now(), NeedMbps: ec.NeedMbps}
-	fe := lb.Frontend{Addr: home.WAN4, Port: ec.Port, Proto: lb.TCP}
+	fe := lb.Frontend{Addr: home.Frontend4(tb.Mode()), Port: ec.Port, Proto: lb.TCP}
 	res.Frontend = fe.String()
-	url := fmt.Sprintf("http://%s/", netipJoin(home.WAN4.String(), ec.Port))
+	url := fmt.Sprintf("http://%s/", netipJoin(fe.Addr.String(), ec.Port))
 
 	// Phase deploy.
 	say("deploy: %s at %s (%s), frontend %s, need %.0f Mbit/s toward its users", ec.Service, ec.Home, home.Tier, fe, ec.NeedMbps)

@@ -77,6 +77,14 @@ type LaunchConfig struct {
 	Mode string
 }
 
+// Mode is the redirect mode roam was launched in (nat or srv6; empty
+// before Launch).
+func (tb *Testbed) Mode() string {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return tb.st.Mode
+}
+
 // SRv6Locator is cluster i's SRv6 locator in srv6 mode: fc00:0:i::/48.
 func SRv6Locator(i int) netip.Prefix {
 	var b [16]byte
@@ -442,6 +450,7 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
 	tb.st.Secrets = sec
+	tb.st.Mode = lc.Mode
 	return sec, tb.save()
 }
 

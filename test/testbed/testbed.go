@@ -97,6 +97,7 @@ type State struct {
 	Cut        map[string]bool   `json:"cut,omitempty"`
 	Events     []Event           `json:"events,omitempty"`
 	Secrets    Secrets           `json:"secrets"`
+	Mode       string            `json:"mode,omitempty"` // redirect mode of the launch (LaunchConfig.Mode)
 	Created    time.Time         `json:"created"`
 }
 

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// TestDataplaneDumpSRv6: the dump shows the node's SID, a home frontend's
+// SRv6 path (active and staged) with its counters, and a copy at this node
+// with its state.
+func TestDataplaneDumpSRv6(t *testing.T) {
+	pin := dptest.PinPath(t)
+	locs := []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48"), netip.MustParsePrefix("fc00:0:3::/48")}
+	dp := dptest.New(t, dataplane.Config{PinPath: pin, SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:1::1"), Locators: locs}})
+	f, _ := lb.ParseFrontend("10.0.0.1:80/tcp")
+	one, _ := lb.ParseTarget("srv6:fc00:0:2::1")
+	two, _ := lb.ParseTarget("srv6:fc00:0:2::1,fc00:0:3::1")
+	gen, err := dp.Stage(f, one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.Commit(f, gen); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dp.Stage(f, two); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := lb.ParseFrontend("10.9.9.9:7000/udp")
+	if err := dp.SetSRv6Copy(c, dataplane.SRv6Draining); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := dumpPins(&out, pin); err != nil {
+		t.Fatalf("dump pins: %v", err)
+	}
+	t.Logf("\n%s", out.String())
+	for _, want := range []string{"srv6: SID fc00:0:1::1", "ACTIVE PATH", "srv6:fc00:0:2::1  ", "srv6:fc00:0:2::1,fc00:0:3::1", "10.9.9.9:7000/udp  draining"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dump lacks %q", want)
+		}
+	}
+}
