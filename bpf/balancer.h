@@ -40,9 +40,10 @@ static long roam_test_spin(__u32 i, void *ctx)
 
 /*
  * active_target returns a copy of the active target of the frontend k is
- * addressed to (see roam_services in maps.h), and its id; NULL if there is
- * no such frontend. The element cannot be reused before this returns: the
- * agent waits for a grace period between writes (maps.h).
+ * addressed to (see roam_services and roam_service_slots in maps.h), and its
+ * id; NULL if there is no such frontend. `active` is read once; the slot it
+ * names is not rewritten before every program that may have read it has
+ * finished (maps.h).
  */
 static __always_inline struct target *active_target(const struct ct_key *k, __u32 *id)
 {
@@ -53,13 +54,18 @@ static __always_inline struct target *active_target(const struct ct_key *k, __u3
 	sc->svc.port = k->dport;
 	sc->svc.proto = k->proto;
 	sc->svc.family = k->family;
-	struct service *svc = bpf_map_lookup_elem(&roam_services, &sc->svc);
+	__u32 *idp = bpf_map_lookup_elem(&roam_services, &sc->svc);
+	if (!idp)
+		return NULL;
+	__u32 i = *idp;
+	struct service *svc = bpf_map_lookup_elem(&roam_service_slots, idp);
 	if (!svc)
 		return NULL;
+	__u32 active = *(volatile __u32 *)&svc->active & 1;
 	if (ROAM_TEST_READ_DELAY)
 		bpf_loop(ROAM_TEST_READ_DELAY, roam_test_spin, NULL, 0);
-	*id = svc->id;
-	__builtin_memcpy(&sc->t, &svc->slot[svc->active & 1], sizeof(sc->t));
+	*id = i;
+	__builtin_memcpy(&sc->t, &svc->slot[active], sizeof(sc->t));
 	return &sc->t;
 }
 

@@ -31,7 +31,7 @@
 
 /*
  * ROAM_TEST_READ_DELAY, tests only: active_target spins this many bpf_loop
- * rounds between finding a frontend's element and copying its target, so
+ * rounds between reading a frontend's active index and copying its target, so
  * a test can hold readers in that window while the agent writes (the
  * commit stress test, dataplane/commit_stress_test.go). Every real build
  * has 0.

@@ -4,22 +4,43 @@
 #include "types.h"
 
 /*
- * Frontends. BPF_F_NO_PREALLOC: an update links a new, fully written element in
- * place of the old one. The kernel frees the old one at once (bpf_mem_cache_free,
- * Linux 6.1+) and may hand its memory to the map's next update on that CPU; the
- * agent therefore waits for an RCU grace period after each write before the next
- * (dataplane.go servicesWrite), so a program copying from an element it looked
- * up never sees it rewritten under it. The programs copy the chosen target right
- * after the lookup.
+ * Frontends, in two maps, so that no element a program reads is ever freed or
+ * reused on the path of a migration (no RCU grace period to wait for there).
+ *
+ * roam_services: frontend -> its id (1..MAX_FRONTENDS-1). Written only when a
+ * frontend is added or removed. A hash element can be reused as soon as it is
+ * deleted (bpf_mem_cache_free, Linux 6.1+), so the agent waits for an RCU grace
+ * period after a delete before the next insert and before reusing the id
+ * (dataplane.go, freeGrace).
+ *
+ * roam_service_slots: the frontend's record, indexed by its id: two target
+ * slots and the active index. An array element is never freed. The agent maps
+ * the array (BPF_F_MMAPABLE) and writes a target into the inactive slot with
+ * plain stores (Stage), then makes it active with one aligned store-release of
+ * `active` (Commit). A program reads `active` once and copies the slot it
+ * names; the slot's address depends on the value read, so the copy sees the
+ * slot as it was written before the store that published it. The agent never
+ * writes a slot that was active less than an RCU grace period ago (the commit
+ * that flipped away from it starts one; Stage waits for it only when it comes
+ * that soon), so a program that read the old index copies an unchanged slot.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_FRONTENDS);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct frontend_key);
-	__type(value, struct service);
+	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_FRONTENDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct service);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_service_slots SEC(".maps");
 
 /*
  * Conntrack and NAT: plain hash maps, preallocated. Nothing is evicted: a

@@ -573,9 +573,9 @@ static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r,
 		fk.port = in.k.sport;
 		fk.proto = in.k.proto;
 		fk.family = in.k.family;
-		struct service *svc = bpf_map_lookup_elem(&roam_services, &fk);
-		if (svc) {
-			r->id = svc->id;
+		__u32 *id = bpf_map_lookup_elem(&roam_services, &fk);
+		if (id) {
+			r->id = *id;
 			r->wire = wire;
 			r->n = n;
 			r->family = in.k.family;

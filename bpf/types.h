@@ -26,9 +26,11 @@ struct target {
 };
 
 /*
- * A frontend's service: two slots, the active index, an id for counters,
- * the last generation Stage issued and the generation each slot was staged
- * with (a commit or an abort names the generation it acts on).
+ * A frontend's record (roam_service_slots, at index id): two slots, the
+ * active index, its id (for counters; the same as the index), the last
+ * generation Stage issued and the generation each slot was staged with (a
+ * commit or an abort names the generation it acts on; 0 for the inactive
+ * slot: nothing staged). Programs read only slot and active.
  */
 struct service {
 	struct target slot[2];

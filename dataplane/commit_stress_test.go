@@ -114,9 +114,28 @@ func commitStress(t *testing.T, d *dataplane.Dataplane, duration time.Duration) 
 			if err := onCPU(cpus[0]); err != nil {
 				return err
 			}
-			// Each phase writes every frontend in turn, so the element one
-			// write frees is taken by the next write, another frontend's.
+			// Each frontend in turn: commit its staged version, then at
+			// once stage the next two (one only ever staged, then the one
+			// the next round commits) into the slot the commit has just
+			// made inactive. A reader that read the old active index just
+			// before the commit still copies from that slot: the stage must
+			// not land under it. And with a layout that frees an element
+			// per write, the element one write frees is taken by the next
+			// write, another frontend's or the same one's.
 			gens := make([]uint64, len(fe))
+			stage := func(i int, v uint32) error {
+				if _, err := d.Stage(fe[i], target(i, v+1)); err != nil {
+					return err
+				}
+				gen, err := d.Stage(fe[i], target(i, v+2))
+				gens[i] = gen
+				return err
+			}
+			for i := range fe {
+				if err := stage(i, committed[i].Load()); err != nil {
+					return err
+				}
+			}
 			for {
 				select {
 				case <-stop:
@@ -124,30 +143,19 @@ func commitStress(t *testing.T, d *dataplane.Dataplane, duration time.Duration) 
 				default:
 				}
 				for i := range fe {
-					if v := committed[i].Load(); v+2 <= maxVer {
-						if _, err := d.Stage(fe[i], target(i, v+1)); err != nil {
-							return err
-						}
+					v := committed[i].Load()
+					if v+4 > maxVer {
+						continue
 					}
-				}
-				for i := range fe {
-					if v := committed[i].Load(); v+2 <= maxVer {
-						gen, err := d.Stage(fe[i], target(i, v+2))
-						if err != nil {
-							return err
-						}
-						gens[i] = gen
+					if err := d.Commit(fe[i], gens[i]); err != nil {
+						return err
 					}
-				}
-				for i := range fe {
-					if v := committed[i].Load(); v+2 <= maxVer {
-						if err := d.Commit(fe[i], gens[i]); err != nil {
-							return err
-						}
-						committed[i].Store(v + 2)
+					committed[i].Store(v + 2)
+					if err := stage(i, v+2); err != nil {
+						return err
 					}
+					writes.Add(3)
 				}
-				writes.Add(3 * int64(len(fe)))
 			}
 		}()
 	}()

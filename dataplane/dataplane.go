@@ -141,14 +141,17 @@ var loadXDPSpec = loadRoamXDP
 // Dataplane holds the loaded programs and pinned maps of one node.
 type Dataplane struct {
 	mu sync.Mutex
-	// grace is closed once every program that may still read an element
-	// the last write of roam_services freed has finished (servicesWrite);
-	// nil before the first write. Guarded by mu.
-	grace chan struct{}
-	cfg   Config
-	xdp   roamXDPObjects
-	tc    roamTCObjects
-	maps  *roamXDPMaps
+	// slots is roam_service_slots mapped into this process; flipped,
+	// openGrace and freeGrace say when slots and ids may be rewritten
+	// (services.go). Guarded by mu.
+	slots     []byte
+	flipped   map[uint32]chan struct{}
+	openGrace chan struct{}
+	freeGrace chan struct{}
+	cfg       Config
+	xdp       roamXDPObjects
+	tc        roamTCObjects
+	maps      *roamXDPMaps
 	// redirectErr counts the XDP program's failed redirects (watchRedirectErrors).
 	redirectErr link.Link
 	gcMu        sync.Mutex
@@ -240,6 +243,10 @@ func Open(cfg Config) (*Dataplane, error) {
 		return nil, loadError("tc", cfg.PinPath, err)
 	}
 	d.maps = &d.xdp.roamXDPMaps
+	if err := d.mapSlots(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	if err := d.watchRedirectErrors(); err != nil {
 		d.Close()
 		return nil, err
@@ -313,15 +320,13 @@ func (d *Dataplane) writeConfig() error {
 // Close closes the file descriptors. Pinned maps and links stay: traffic keeps flowing.
 func (d *Dataplane) Close() error {
 	d.mu.Lock()
-	if d.grace != nil {
-		<-d.grace
-	}
+	err := d.unmapSlots()
 	d.mu.Unlock()
 	var errs []error
 	if d.redirectErr != nil {
 		errs = append(errs, d.redirectErr.Close())
 	}
-	return errors.Join(append(errs, d.xdp.Close(), d.tc.Close())...)
+	return errors.Join(append(errs, err, d.xdp.Close(), d.tc.Close())...)
 }
 
 // watchRedirectErrors attaches roam_redirect_err to the tracepoint
@@ -348,60 +353,6 @@ func (d *Dataplane) watchRedirectErrors() error {
 	return nil
 }
 
-// Writes to roam_services, and why each waits for the readers of the last.
-//
-// An update of an element of a BPF hash map links a new element and frees
-// the old one; since Linux 6.1 the free goes through bpf_mem_cache_free,
-// which puts the memory on the writing CPU's free list, where the map's
-// next allocation on that CPU takes it at once: no RCU grace period
-// between. A program that looked the old element up and has not yet
-// copied from it (an interrupt, a preempted vCPU) would then copy another
-// frontend's target, or a half-written one, and pin a flow there
-// (TestCommitUnderTraffic shows it). So the data plane restores the grace
-// period itself: no write of roam_services starts before every program
-// that was running when the previous write returned has finished. XDP and
-// tc programs run inside RCU read-side sections, and
-// membarrier(MEMBARRIER_CMD_GLOBAL) is synchronize_rcu(): it returns once
-// all of them are over. The wait starts as a write returns and runs in the
-// background, so the next write (a commit after its stage) seldom waits
-// long; the programs' reads cost nothing more. Where the kernel refuses
-// MEMBARRIER_CMD_GLOBAL (CPUs in nohz_full mode), the wait is a sleep of
-// fallbackGrace, thousands of times a program's run but not a proof.
-// Writers of one pin path must be one Dataplane at a time (the agent):
-// writes from another process do not wait for this one's.
-
-// fallbackGrace is the wait between writes where membarrier cannot wait
-// for an RCU grace period.
-const fallbackGrace = 100 * time.Millisecond
-
-// The membarrier(2) commands used (linux/membarrier.h).
-const membarrierCmdGlobal = 1
-
-// waitReaders returns once every BPF program running when it was called
-// has finished.
-func waitReaders() {
-	if _, _, errno := unix.Syscall(unix.SYS_MEMBARRIER, membarrierCmdGlobal, 0, 0); errno == 0 {
-		return
-	}
-	time.Sleep(fallbackGrace)
-}
-
-// servicesWrite runs write, one update or delete of roam_services, once the
-// previous write's grace period is over, and starts its own. d.mu is held.
-func (d *Dataplane) servicesWrite(write func() error) error {
-	if d.grace != nil {
-		<-d.grace
-	}
-	err := write()
-	done := make(chan struct{})
-	d.grace = done
-	go func() {
-		waitReaders()
-		close(done)
-	}()
-	return err
-}
-
 // Unpin removes everything pinned under pinPath: links (which detaches the
 // programs once no process holds them) and maps.
 func Unpin(pinPath string) error {
@@ -412,57 +363,6 @@ func Unpin(pinPath string) error {
 		return fmt.Errorf("unpin %s: %w", pinPath, err)
 	}
 	return nil
-}
-
-// Stage writes t into f's inactive slot and returns the new generation.
-// Traffic does not see it until Commit. A frontend not yet present is
-// created with no active target (its packets pass untouched).
-func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
-	if err := f.Validate(); err != nil {
-		return 0, fmt.Errorf("stage: %w", err)
-	}
-	if err := t.Validate(); err != nil {
-		return 0, fmt.Errorf("stage: %w: %w", ErrBadTarget, err)
-	}
-	if t.Kind == lb.TargetRedirect && familyOf(t.Addr) != familyOf(f.Addr) {
-		return 0, fmt.Errorf("stage %s: target %s is of another address family: %w", f, t, ErrBadTarget)
-	}
-	if err := d.checkSRv6Target(t); err != nil {
-		return 0, fmt.Errorf("stage %s: %w: %w", f, ErrBadTarget, err)
-	}
-	if err := d.checkFrontend(f); err != nil {
-		return 0, fmt.Errorf("stage: %w", err)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	key := frontendKey(f)
-	var svc ServiceValue
-	err := d.maps.RoamServices.Lookup(&key, &svc)
-	switch {
-	case errors.Is(err, ebpf.ErrKeyNotExist):
-		id, err := d.freeID()
-		if err != nil {
-			return 0, fmt.Errorf("stage %s: %w", f, err)
-		}
-		if err := d.resetCounters(id); err != nil {
-			return 0, fmt.Errorf("stage %s: %w", f, err)
-		}
-		// Generations of a new frontend start from the clock, so a commit
-		// or abort meant for an earlier frontend of the same name (removed
-		// or aborted since) can never match one of this one.
-		svc = ServiceValue{Id: id, Generation: uint64(time.Now().UnixNano())}
-	case err != nil:
-		return 0, fmt.Errorf("stage %s: read service: %w", f, err)
-	}
-	svc.Generation++
-	staged := (svc.Active & 1) ^ 1
-	svc.Slot[staged] = targetValue(t)
-	svc.SlotGen[staged] = svc.Generation
-	// The whole element is written at once; the active slot is untouched.
-	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateAny) }); err != nil {
-		return 0, fmt.Errorf("stage %s: write service: %w", f, err)
-	}
-	return svc.Generation, nil
 }
 
 // checkFrontend refuses a frontend that replies to redirected flows could
@@ -476,116 +376,19 @@ func (d *Dataplane) checkFrontend(f lb.Frontend) error {
 	return nil
 }
 
-// Commit makes the target staged with generation gen active for new flows
-// (flows already pinned keep their target); gen 0 commits whatever is
-// staged. Committing a generation again is a no-op; committing one that was
-// aborted, superseded by a later Stage or never staged fails with
-// ErrGeneration.
-//
-// The flip is one map update of the whole element (new active index, old
-// slot cleared): the kernel links a fully written new element in place of
-// the old one, so a program's lookup finds either version whole. A program
-// that found the old one may still be copying from it: the old element's
-// memory is not reused before it has finished (servicesWrite), so it reads
-// a consistent old version, never a slot index of one version with the
-// slots of another, nor another frontend's.
-func (d *Dataplane) Commit(f lb.Frontend, gen uint64) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	key, svc, err := d.readService(f)
-	if err != nil {
-		return fmt.Errorf("commit %s: %w", f, err)
-	}
-	active := svc.Active & 1
-	staged := active ^ 1
-	hasStaged := lb.TargetKind(svc.Slot[staged].Kind) != lb.TargetNone
-	switch {
-	case gen == 0 && !hasStaged:
-		return fmt.Errorf("commit %s: nothing staged: %w", f, ErrGeneration)
-	case gen == 0:
-		// Whatever is staged.
-	case gen == svc.SlotGen[active] && lb.TargetKind(svc.Slot[active].Kind) != lb.TargetNone:
-		return nil // already committed
-	case !hasStaged || gen != svc.SlotGen[staged]:
-		return fmt.Errorf("commit %s: generation %d is not the staged one (staged: %s): %w",
-			f, gen, stagedGen(svc), ErrGeneration)
-	}
-	svc.Slot[active] = TargetValue{}
-	svc.SlotGen[active] = 0
-	svc.Active = staged
-	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist) }); err != nil {
-		return fmt.Errorf("commit %s: write service: %w", f, err)
-	}
-	return nil
-}
-
-// stagedGen describes the staged generation for an error message.
-func stagedGen(svc ServiceValue) string {
-	s := (svc.Active & 1) ^ 1
-	if lb.TargetKind(svc.Slot[s].Kind) == lb.TargetNone {
-		return "none, aborted or committed"
-	}
-	return fmt.Sprint(svc.SlotGen[s])
-}
-
-// Abort clears f's staged slot if it holds generation gen (0: whatever is
-// staged); a frontend that was only staged is removed. Aborting a
-// generation again, or a frontend the data plane does not hold, is a no-op;
-// aborting a committed generation, or one a later Stage superseded, fails
-// with ErrGeneration.
-func (d *Dataplane) Abort(f lb.Frontend, gen uint64) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	key, svc, err := d.readService(f)
-	if errors.Is(err, ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("abort %s: %w", f, err)
-	}
-	active := svc.Active & 1
-	staged := active ^ 1
-	hasStaged := lb.TargetKind(svc.Slot[staged].Kind) != lb.TargetNone
-	if gen != 0 {
-		switch {
-		case gen == svc.SlotGen[active] && lb.TargetKind(svc.Slot[active].Kind) != lb.TargetNone:
-			return fmt.Errorf("abort %s: generation %d is committed: %w", f, gen, ErrGeneration)
-		case hasStaged && gen != svc.SlotGen[staged]:
-			return fmt.Errorf("abort %s: generation %d is not the staged one (staged: %d): %w",
-				f, gen, svc.SlotGen[staged], ErrGeneration)
-		case !hasStaged:
-			return nil // aborted already
-		}
-	}
-	if lb.TargetKind(svc.Slot[active].Kind) == lb.TargetNone {
-		if err := d.servicesWrite(func() error { return d.maps.RoamServices.Delete(&key) }); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("abort %s: delete service: %w", f, err)
-		}
-		return nil
-	}
-	if !hasStaged {
-		return nil
-	}
-	svc.Slot[staged] = TargetValue{}
-	svc.SlotGen[staged] = 0
-	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Update(&key, &svc, ebpf.UpdateExist) }); err != nil {
-		return fmt.Errorf("abort %s: write service: %w", f, err)
-	}
-	return nil
-}
-
 // Remove deletes f and its flows (conntrack and NAT entries); its traffic
 // then passes untouched.
 func (d *Dataplane) Remove(f lb.Frontend) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	key, svc, err := d.readService(f)
+	id, err := d.lookupID(f)
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
-	if err := d.servicesWrite(func() error { return d.maps.RoamServices.Delete(&key) }); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("remove %s: delete service: %w", f, err)
+	if err := d.deleteFrontend(f); err != nil {
+		return fmt.Errorf("remove %s: %w", f, err)
 	}
+	svc := ServiceValue{Id: id}
 	var dead, deadNAT []CTKey
 	err = walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
 		if v.FrontendId == svc.Id {
@@ -613,68 +416,6 @@ func (d *Dataplane) Remove(f lb.Frontend) error {
 		}
 	}
 	return nil
-}
-
-// Get returns f's service.
-func (d *Dataplane) Get(f lb.Frontend) (lb.Service, error) {
-	_, svc, err := d.readService(f)
-	if err != nil {
-		return lb.Service{}, fmt.Errorf("get %s: %w", f, err)
-	}
-	return svc.service(f), nil
-}
-
-// readService reads f's entry (ErrNotFound when there is none).
-func (d *Dataplane) readService(f lb.Frontend) (FrontendKey, ServiceValue, error) {
-	key := frontendKey(f)
-	var svc ServiceValue
-	if err := d.maps.RoamServices.Lookup(&key, &svc); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return key, svc, ErrNotFound
-		}
-		return key, svc, fmt.Errorf("read service: %w", err)
-	}
-	return key, svc, nil
-}
-
-// List returns every frontend's service.
-func (d *Dataplane) List() ([]lb.Service, error) {
-	var (
-		k   FrontendKey
-		v   ServiceValue
-		out []lb.Service
-	)
-	it := d.maps.RoamServices.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, v.service(k.Frontend()))
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("list services: %w", err)
-	}
-	return out, nil
-}
-
-// freeID returns the lowest frontend id not used in the services map (ids
-// are recovered from the map, so a restarted agent keeps them).
-func (d *Dataplane) freeID() (uint32, error) {
-	used := make(map[uint32]bool)
-	var (
-		k FrontendKey
-		v ServiceValue
-	)
-	it := d.maps.RoamServices.Iterate()
-	for it.Next(&k, &v) {
-		used[v.Id] = true
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("walk services: %w", err)
-	}
-	for id := uint32(1); id < maxFrontends; id++ {
-		if !used[id] {
-			return id, nil
-		}
-	}
-	return 0, fmt.Errorf("all %d frontend ids in use", maxFrontends-1)
 }
 
 // resetCounters zeroes a frontend id's counters before the id is reused.

@@ -14,9 +14,10 @@ import (
 
 // Map value layouts, generated from bpf/types.h.
 type (
-	// FrontendKey is the key of roam_services.
+	// FrontendKey is the key of roam_services (whose value is the frontend's id).
 	FrontendKey = roamXDPFrontendKey
-	// ServiceValue is the value of roam_services: two target slots and the active index.
+	// ServiceValue is a frontend's record in roam_service_slots (at its
+	// id): two target slots and the active index (services.go).
 	ServiceValue = roamXDPService
 	// TargetValue is one target slot.
 	TargetValue = roamXDPTarget
@@ -165,13 +166,34 @@ func (v TargetValue) String() string { return v.Target().String() }
 
 func (s ServiceValue) service(f lb.Frontend) lb.Service {
 	a := s.Active & 1
-	return lb.Service{Frontend: f, ID: s.Id, Active: s.Slot[a].Target(), Staged: s.Slot[a^1].Target(), Generation: s.Generation}
+	return lb.Service{Frontend: f, ID: s.Id, Active: s.Slot[a].Target(), Staged: s.staged().Target(), Generation: s.Generation}
+}
+
+// KeyOf is f's key in roam_services.
+func KeyOf(f lb.Frontend) FrontendKey { return frontendKey(f) }
+
+// TargetOf is t as a target slot.
+func TargetOf(t lb.Target) TargetValue { return targetValue(t) }
+
+// Service is the record as the service of frontend f (roamctl's dump of
+// the pinned maps).
+func (s ServiceValue) Service(f lb.Frontend) lb.Service { return s.service(f) }
+
+// staged is the inactive slot if it holds a staged target: after a commit
+// it keeps the previous target (for programs still reading it) with no
+// generation.
+func (s ServiceValue) staged() TargetValue {
+	a := s.Active & 1
+	if !hasStaged(&s, a) {
+		return TargetValue{}
+	}
+	return s.Slot[a^1]
 }
 
 func (s ServiceValue) String() string {
 	a := s.Active & 1
 	return fmt.Sprintf("id=%d active=%s (gen %d) staged=%s (gen %d) gen=%d", s.Id, s.Slot[a], s.SlotGen[a],
-		s.Slot[a^1], s.SlotGen[a^1], s.Generation)
+		s.staged(), s.SlotGen[a^1], s.Generation)
 }
 
 func (k CTKey) String() string {

@@ -24,6 +24,7 @@ const (
 	roamTCMapRoamIfaces         = "roam_ifaces"
 	roamTCMapRoamNat            = "roam_nat"
 	roamTCMapRoamScratch        = "roam_scratch"
+	roamTCMapRoamServiceSlots   = "roam_service_slots"
 	roamTCMapRoamServices       = "roam_services"
 	roamTCMapRoamTargetCounters = "roam_target_counters"
 	roamTCMapRoamTargetScratch  = "roam_target_scratch"
@@ -87,6 +88,7 @@ type roamTCMapSpecs struct {
 	RoamIfaces         *ebpf.MapSpec `ebpf:"roam_ifaces"`
 	RoamNat            *ebpf.MapSpec `ebpf:"roam_nat"`
 	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
+	RoamServiceSlots   *ebpf.MapSpec `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
@@ -126,6 +128,7 @@ type roamTCMaps struct {
 	RoamIfaces         *ebpf.Map `ebpf:"roam_ifaces"`
 	RoamNat            *ebpf.Map `ebpf:"roam_nat"`
 	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
+	RoamServiceSlots   *ebpf.Map `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.Map `ebpf:"roam_services"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
@@ -141,6 +144,7 @@ func (m *roamTCMaps) Close() error {
 		m.RoamIfaces,
 		m.RoamNat,
 		m.RoamScratch,
+		m.RoamServiceSlots,
 		m.RoamServices,
 		m.RoamTargetCounters,
 		m.RoamTargetScratch,

@@ -254,6 +254,7 @@ const (
 	roamXDPMapRoamNexthop        = "roam_nexthop"
 	roamXDPMapRoamScratch        = "roam_scratch"
 	roamXDPMapRoamSelf           = "roam_self"
+	roamXDPMapRoamServiceSlots   = "roam_service_slots"
 	roamXDPMapRoamServices       = "roam_services"
 	roamXDPMapRoamSrv6Config     = "roam_srv6_config"
 	roamXDPMapRoamSrv6Flows      = "roam_srv6_flows"
@@ -327,6 +328,7 @@ type roamXDPMapSpecs struct {
 	RoamNexthop        *ebpf.MapSpec `ebpf:"roam_nexthop"`
 	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamSelf           *ebpf.MapSpec `ebpf:"roam_self"`
+	RoamServiceSlots   *ebpf.MapSpec `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
 	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.MapSpec `ebpf:"roam_srv6_flows"`
@@ -374,6 +376,7 @@ type roamXDPMaps struct {
 	RoamNexthop        *ebpf.Map `ebpf:"roam_nexthop"`
 	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
 	RoamSelf           *ebpf.Map `ebpf:"roam_self"`
+	RoamServiceSlots   *ebpf.Map `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.Map `ebpf:"roam_services"`
 	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.Map `ebpf:"roam_srv6_flows"`
@@ -397,6 +400,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamNexthop,
 		m.RoamScratch,
 		m.RoamSelf,
+		m.RoamServiceSlots,
 		m.RoamServices,
 		m.RoamSrv6Config,
 		m.RoamSrv6Flows,

@@ -147,7 +147,11 @@ func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
 	key := FrontendKey{Addr: dst, Port: htons(dport), Proto: proto, Family: fam}
 	svc := ServiceValue{Id: 1}
 	svc.Slot[0] = TargetValue{Addr: dst, Port: htons(dport), Kind: uint8(lb.TargetRedirect), Family: fam}
-	if err := b.objs.RoamServices.Put(&key, &svc); err != nil {
+	if err := b.objs.RoamServiceSlots.Put(svc.Id, &svc); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("bench xdp: write service: %w", err)
+	}
+	if err := b.objs.RoamServices.Put(&key, svc.Id); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("bench xdp: write service: %w", err)
 	}

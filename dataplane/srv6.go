@@ -361,13 +361,13 @@ func (d *Dataplane) srv6Counter(id, stat uint32) (Counter, error) {
 func (d *Dataplane) SRv6Stats(f lb.Frontend) (SRv6Stats, error) {
 	var s SRv6Stats
 	key := frontendKey(f)
-	var svc ServiceValue
+	var id uint32
 	var err error
-	if d.maps.RoamServices.Lookup(&key, &svc) == nil {
-		if s.Encap, err = d.srv6Counter(svc.Id, srv6StatEncap); err != nil {
+	if d.maps.RoamServices.Lookup(&key, &id) == nil {
+		if s.Encap, err = d.srv6Counter(id, srv6StatEncap); err != nil {
 			return s, err
 		}
-		if s.Decap, err = d.srv6Counter(svc.Id, srv6StatDecap); err != nil {
+		if s.Decap, err = d.srv6Counter(id, srv6StatDecap); err != nil {
 			return s, err
 		}
 	}

@@ -97,6 +97,11 @@ func dumpPins(w io.Writer, pin string) error {
 		return fmt.Errorf("open pinned services map: %w (is an agent running with --pin-path %s?)", err, pin)
 	}
 	defer services.Close()
+	slots, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_service_slots"), ro)
+	if err != nil {
+		return fmt.Errorf("open pinned service slots map: %w", err)
+	}
+	defer slots.Close()
 	conntrack, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_conntrack"), ro)
 	if err != nil {
 		return fmt.Errorf("open pinned conntrack map: %w", err)
@@ -105,15 +110,17 @@ func dumpPins(w io.Writer, pin string) error {
 
 	var (
 		fk   dataplane.FrontendKey
+		id   uint32
 		sv   dataplane.ServiceValue
 		svcs []lb.Service
 	)
 	byID := map[uint32]lb.Frontend{}
 	it := services.Iterate()
-	for it.Next(&fk, &sv) {
-		a := sv.Active & 1
-		s := lb.Service{Frontend: fk.Frontend(), ID: sv.Id, Active: sv.Slot[a].Target(),
-			Staged: sv.Slot[a^1].Target(), Generation: sv.Generation}
+	for it.Next(&fk, &id) {
+		if err := slots.Lookup(id, &sv); err != nil {
+			return fmt.Errorf("read service %s (id %d): %w", fk.Frontend(), id, err)
+		}
+		s := sv.Service(fk.Frontend())
 		svcs = append(svcs, s)
 		byID[s.ID] = s.Frontend
 	}

@@ -405,7 +405,8 @@ func TestEndToEnd(t *testing.T) {
 
 	// 7. bpftool prints the pinned maps with their field names (BTF).
 	for _, m := range []struct{ name, fields string }{
-		{"roam_services", "slot,active,generation,port,kind"},
+		{"roam_services", "addr,port,proto,family"},
+		{"roam_service_slots", "slot,active,generation,port,kind"},
 		{"roam_conntrack", "saddr,daddr,sport,dport,target_addr,snat_port,state,last_seen"},
 		{"roam_nat", "saddr,daddr,client_addr,front_port,last_seen"},
 	} {

@@ -51,6 +51,9 @@ type options struct {
 	rateDuration time.Duration
 	rateConns    int
 	udp          bool
+	rerouteN     int
+	rerouteGap   time.Duration
+	rerouteOnly  bool
 }
 
 func main() {
@@ -66,6 +69,9 @@ func main() {
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "wrk's concurrent connections in the new-connection phase")
 	flag.IntVar(&o.snatPool, "snat-pool", 1, "IPv4 SNAT addresses per agent (testbed.SNATPool4, assigned to the node's WAN interface); 1: the node's WAN address")
 	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, roam-agent --udp-drain)")
+	flag.IntVar(&o.rerouteN, "reroute-rounds", 200, "rounds of the data plane's stage+commit of 2 frontends per layout (as built, and c81b169's), under the clients' load (0: skip)")
+	flag.DurationVar(&o.rerouteGap, "reroute-gap", 20*time.Millisecond, "time between those rounds")
+	flag.BoolVar(&o.rerouteOnly, "reroute-only", false, "only measure the data plane's stage+commit (no testbed)")
 	flag.Parse()
 	o.n = max(o.n, 50)
 	cli.Main("bench-migration", func(ctx context.Context, _ []string) error { return run(ctx, o) })
@@ -94,6 +100,27 @@ type summary struct {
 	NewConnsPerSec   float64 `json:"new_conns_per_s"`
 	PortExhausted    int64   `json:"port_exhausted"`
 	SNATPool         int     `json:"snat_pool"` // IPv4 SNAT addresses of each agent
+	// The data plane's stage and commit of 2 frontends, p50 (µs): as
+	// built, and c81b169's layout (reroute.go).
+	DPStageUs       float64 `json:"dp_stage_us"`
+	DPCommitUs      float64 `json:"dp_commit_us"`
+	DPStageGraceUs  float64 `json:"dp_stage_grace_us"`
+	DPCommitGraceUs float64 `json:"dp_commit_grace_us"`
+}
+
+// reroute measures the data plane's share of a reroute into sum.
+func reroute(o options, sum *summary) error {
+	if o.rerouteN <= 0 {
+		return nil
+	}
+	slots, grace, err := benchReroute(o.rerouteN, o.rerouteGap)
+	if err != nil {
+		return fmt.Errorf("data plane reroute: %w", err)
+	}
+	printReroute(slots, grace, o.rerouteN, o.rerouteGap)
+	sum.DPStageUs, sum.DPCommitUs = testbed.Quantile(slots.stage, 0.5), testbed.Quantile(slots.commit, 0.5)
+	sum.DPStageGraceUs, sum.DPCommitGraceUs = testbed.Quantile(grace.stage, 0.5), testbed.Quantile(grace.commit, 0.5)
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -101,6 +128,18 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func run(ctx context.Context, o options) error {
 	if err := testbed.CheckHost(); err != nil {
 		return err
+	}
+	var sum summary
+	if o.rerouteOnly {
+		if err := reroute(o, &sum); err != nil {
+			return err
+		}
+		b, err := json.Marshal(sum)
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(b))
+		return nil
 	}
 	cfg := testbed.Default()
 	cfg.Name = o.name
@@ -165,7 +204,10 @@ func run(ctx context.Context, o options) error {
 		fmt.Printf("clients: short HTTP every 20ms, keep-alive HTTP 8 connections (Go), UDP every 20ms, and %s\n", strings.Join(append([]string{"wrk"}, w.Args()...), " "))
 	}
 
-	var sum summary
+	fmt.Println("data plane reroute, both layouts, under the clients' load ...")
+	if err := reroute(o, &sum); err != nil {
+		return err
+	}
 	dests := []string{"edge", "cloud", "home"}
 	var migs []ctrl.Migration
 	var totals []float64
