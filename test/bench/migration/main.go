@@ -33,6 +33,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/internal/cli"
 	"github.com/roamnet/roam/test/load"
@@ -67,7 +68,7 @@ func main() {
 	flag.BoolVar(&o.wrk, "wrk", true, "run wrk -c8 (keep-alive, back to back) through the home frontend during the migrations")
 	flag.DurationVar(&o.rateDuration, "rate-duration", 60*time.Second, "how long wrk opens new connections (Connection: close) at its highest rate after the migrations (0: skip)")
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "wrk's concurrent connections in the new-connection phase")
-	flag.IntVar(&o.snatPool, "snat-pool", 1, "IPv4 SNAT addresses per agent (testbed.SNATPool4, assigned to the node's WAN interface); 1: the node's WAN address")
+	flag.IntVar(&o.snatPool, "snat-pool", 16, "IPv4 SNAT addresses per agent (testbed.SNATPool4, assigned to the node's WAN interface); 1: the node's WAN address alone")
 	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, roam-agent --udp-drain)")
 	flag.IntVar(&o.rerouteN, "reroute-rounds", 200, "rounds of the data plane's stage+commit of 2 frontends per layout (as built, and c81b169's), under the clients' load (0: skip)")
 	flag.DurationVar(&o.rerouteGap, "reroute-gap", 20*time.Millisecond, "time between those rounds")
@@ -303,6 +304,21 @@ func run(ctx context.Context, o options) error {
 	if o.rateDuration > 0 {
 		fmt.Printf("new connections: %d in %s (%.0f/s, %d errors), port_exhausted drops %d\n",
 			rate.Requests, rate.Duration, rate.RequestsPerSec, rate.Errors(), sum.PortExhausted)
+		// What the pool holds, beside what one address would: a
+		// "Connection: close" flow's port stays held for the target's
+		// TIME_WAIT (the server closes first), so a run needs about
+		// rate x min(run, TIME_WAIT) ports. Computed, not measured.
+		ports := dataplane.DefaultPortMax - dataplane.DefaultPortMin + 1
+		hold := min(rate.Duration, dataplane.DefaultTimeouts.TimeWait)
+		need := rate.RequestsPerSec * hold.Seconds()
+		pools := []int{max(o.snatPool, 1)}
+		if pools[0] != 1 {
+			pools = append(pools, 1)
+		}
+		for _, n := range pools {
+			fmt.Printf("  SNAT pool of %2d address(es): %7d ports; this run needed about %.0f (%.0f/s x %s held): %s\n",
+				n, n*ports, need, rate.RequestsPerSec, hold.Round(time.Second), map[bool]string{true: "fits", false: "would run out"}[need <= float64(n*ports)])
+		}
 	}
 
 	sum.Migrations = len(migs)
