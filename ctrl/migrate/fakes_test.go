@@ -137,6 +137,7 @@ type fakeBackend struct {
 	mu      sync.Mutex
 	copies  map[string]backend.Spec
 	stopFor time.Duration // a copy's graceful stop lasts this long unless killed
+	killed  time.Time     // when a graceful stop was last cut short (SIGKILL)
 }
 
 var _ backend.Backend = (*fakeBackend)(nil)
@@ -191,6 +192,9 @@ func (b *fakeBackend) Delete(ctx context.Context, name string) error {
 		select {
 		case <-time.After(stop):
 		case <-ctx.Done():
+			b.mu.Lock()
+			b.killed = time.Now()
+			b.mu.Unlock()
 			b.acts.add("%s: backend killed %s", b.cluster, name)
 		}
 	}
@@ -247,8 +251,9 @@ type fakeAgents struct {
 	faults  faults // keys "stage", "commit", "abort", "flows", "list", each optionally " node<i>"
 	mu      sync.Mutex
 	nodes   []map[lb.Frontend]*lb.Service
-	flows   int // flows still pinned to any old target
-	warms   int // Warm calls (not actions: they change nothing)
+	flows   int       // flows still pinned to any old target
+	ended   time.Time // when flows last dropped to 0 (set by tests)
+	warms   int       // Warm calls (not actions: they change nothing)
 }
 
 var _ ctrl.Agents = (*fakeAgents)(nil)
