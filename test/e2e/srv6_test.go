@@ -29,22 +29,29 @@ import (
 // activeTarget reads a frontend's active target from an agent's pinned
 // services map (read-only, as roamctl dataplane dump does).
 func activeTarget(pin string, f lb.Frontend) (lb.Target, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_services"), &ebpf.LoadPinOptions{ReadOnly: true})
+	ro := &ebpf.LoadPinOptions{ReadOnly: true}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_services"), ro)
 	if err != nil {
 		return lb.Target{}, err
 	}
 	defer m.Close()
-	var (
-		k dataplane.FrontendKey
-		v dataplane.ServiceValue
-	)
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		if k.Frontend() == f {
-			return v.Slot[v.Active&1].Target(), nil
-		}
+	slots, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_service_slots"), ro)
+	if err != nil {
+		return lb.Target{}, err
 	}
-	return lb.Target{}, fmt.Errorf("frontend %s not in %s: %v", f, pin, it.Err())
+	defer slots.Close()
+	var (
+		id uint32
+		v  dataplane.ServiceValue
+	)
+	k := dataplane.KeyOf(f)
+	if err := m.Lookup(&k, &id); err != nil {
+		return lb.Target{}, fmt.Errorf("frontend %s not in %s: %w", f, pin, err)
+	}
+	if err := slots.Lookup(id, &v); err != nil {
+		return lb.Target{}, fmt.Errorf("frontend %s (id %d) in %s: %w", f, id, pin, err)
+	}
+	return v.Service(f).Active, nil
 }
 
 // agentErrors reads roam_agent_api_errors_total{reason} from an agent's metrics.
