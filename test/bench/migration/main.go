@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -100,7 +101,8 @@ type summary struct {
 	DrainTimeoutMs   float64 `json:"drain_timeout_ms"`
 	NewConnsPerSec   float64 `json:"new_conns_per_s"`
 	PortExhausted    int64   `json:"port_exhausted"`
-	SNATPool         int     `json:"snat_pool"` // IPv4 SNAT addresses of each agent
+	SNATPool         int     `json:"snat_pool"`       // IPv4 SNAT addresses of each agent
+	NATEntriesEnd    int64   `json:"nat_entries_end"` // SNAT ports held when the new-connection phase ended
 	// The data plane's stage and commit of 2 frontends, p50 (µs): as
 	// built, and c81b169's layout (reroute.go).
 	DPStageUs       float64 `json:"dp_stage_us"`
@@ -285,6 +287,9 @@ func run(ctx context.Context, o options) error {
 			return err
 		}
 		sum.PortExhausted = after - before
+		if sum.NATEntriesEnd, err = natEntries(ctx, home.NS); err != nil {
+			return err
+		}
 		sum.NewConnsPerSec = rate.RequestsPerSec
 	}
 
@@ -304,21 +309,12 @@ func run(ctx context.Context, o options) error {
 	if o.rateDuration > 0 {
 		fmt.Printf("new connections: %d in %s (%.0f/s, %d errors), port_exhausted drops %d\n",
 			rate.Requests, rate.Duration, rate.RequestsPerSec, rate.Errors(), sum.PortExhausted)
-		// What the pool holds, beside what one address would: a
-		// "Connection: close" flow's port stays held for the target's
-		// TIME_WAIT (the server closes first), so a run needs about
-		// rate x min(run, TIME_WAIT) ports. Computed, not measured.
-		ports := dataplane.DefaultPortMax - dataplane.DefaultPortMin + 1
-		hold := min(rate.Duration, dataplane.DefaultTimeouts.TimeWait)
-		need := rate.RequestsPerSec * hold.Seconds()
-		pools := []int{max(o.snatPool, 1)}
-		if pools[0] != 1 {
-			pools = append(pools, 1)
-		}
-		for _, n := range pools {
-			fmt.Printf("  SNAT pool of %2d address(es): %7d ports; this run needed about %.0f (%.0f/s x %s held): %s\n",
-				n, n*ports, need, rate.RequestsPerSec, hold.Round(time.Second), map[bool]string{true: "fits", false: "would run out"}[need <= float64(n*ports)])
-		}
+		// What the run held, measured at its end, beside what one
+		// address and the pool hold.
+		ports := int64(dataplane.DefaultPortMax - dataplane.DefaultPortMin + 1)
+		pool := int64(max(o.snatPool, 1))
+		fmt.Printf("SNAT ports held at the end (NAT entries, unreclaimed expired ones included): %d; one address holds %d, this pool of %d holds %d\n",
+			sum.NATEntriesEnd, ports, pool, pool*ports)
 	}
 
 	sum.Migrations = len(migs)
@@ -367,37 +363,64 @@ func stagesLine(st []ctrl.StageTime) string {
 	return strings.Join(parts, " ")
 }
 
-// portExhausted reads roam_dataplane_drops_total{reason="port_exhausted"}
-// from the agent in ns (summed over its label sets).
-func portExhausted(ctx context.Context, ns string) (int64, error) {
+// agentMetrics scrapes the home agent's metrics.
+func agentMetrics(ctx context.Context, ns string) (map[string]*dto.MetricFamily, error) {
 	c := testbed.HTTPClient(ns, 5*time.Second)
 	defer c.CloseIdleConnections()
 	url := fmt.Sprintf("http://127.0.0.1:%d/metrics", testbed.AgentMetrics)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape agent metrics: %w", err)
+		return nil, fmt.Errorf("scrape agent metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return 0, fmt.Errorf("parse agent metrics: %w", err)
+		return nil, fmt.Errorf("parse agent metrics: %w", err)
 	}
-	fam, ok := fams["roam_dataplane_drops_total"]
+	return fams, nil
+}
+
+// metricSum is the sum of family name's samples whose label is value.
+func metricSum(fams map[string]*dto.MetricFamily, name, label, value string) (float64, error) {
+	fam, ok := fams[name]
 	if !ok {
-		return 0, fmt.Errorf("agent metrics: no roam_dataplane_drops_total")
+		return 0, fmt.Errorf("agent metrics: no %s", name)
 	}
 	var n float64
 	for _, m := range fam.GetMetric() {
 		for _, lp := range m.GetLabel() {
-			if lp.GetName() == "reason" && lp.GetValue() == "port_exhausted" {
-				n += m.GetCounter().GetValue()
+			if lp.GetName() == label && lp.GetValue() == value {
+				n += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 			}
 		}
 	}
-	return int64(n), nil
+	return n, nil
+}
+
+// portExhausted reads roam_dataplane_drops_total{reason="port_exhausted"}
+// from the home agent.
+func portExhausted(ctx context.Context, ns string) (int64, error) {
+	fams, err := agentMetrics(ctx, ns)
+	if err != nil {
+		return 0, err
+	}
+	n, err := metricSum(fams, "roam_dataplane_drops_total", "reason", "port_exhausted")
+	return int64(n), err
+}
+
+// natEntries reads roam_dataplane_conntrack_entries{map="nat"} from the
+// home agent: one per SNAT port held (expired ones the GC has not
+// reclaimed yet included, so an upper bound).
+func natEntries(ctx context.Context, ns string) (int64, error) {
+	fams, err := agentMetrics(ctx, ns)
+	if err != nil {
+		return 0, err
+	}
+	n, err := metricSum(fams, "roam_dataplane_conntrack_entries", "map", "nat")
+	return int64(n), err
 }
