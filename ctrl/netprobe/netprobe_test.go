@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/roamnet/roam/test/netns"
 )
 
 // The estimate leaves out a shaper's burst: 24 KB at line rate, then
@@ -485,24 +487,15 @@ func TestProberTakesTheTurnOnceConnected(t *testing.T) {
 		}
 	}()
 	accepted := make(chan struct{}, 1)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.ReadFull(c, make([]byte, bulkReqLen))
-				select {
-				case accepted <- struct{}{}:
-				default:
-				}
-				time.Sleep(time.Second)
-				c.Write(make([]byte, 1<<20))
-			}()
+	netns.Serve(ln, func(c net.Conn) {
+		io.ReadFull(c, make([]byte, bulkReqLen))
+		select {
+		case accepted <- struct{}{}:
+		default:
 		}
-	}()
+		time.Sleep(time.Second)
+		c.Write(make([]byte, 1<<20))
+	})
 	dialing := make(chan struct{}, 1)
 	var nd net.Dialer
 	p, err := New(Config{Targets: func() []Target { return []Target{{Peer: "slow", Addr: ln.Addr().String(), Hot: true}} },

@@ -272,7 +272,7 @@ func run(ctx context.Context, o options) error {
 				return fmt.Errorf("move abroad for the new-connection phase: %w", err)
 			}
 		}
-		before, err := portExhausted(ctx, home.NS)
+		before, err := agentCount(ctx, home.NS, "roam_dataplane_drops_total", "reason", "port_exhausted")
 		if err != nil {
 			return err
 		}
@@ -282,12 +282,12 @@ func run(ctx context.Context, o options) error {
 		if rate, err = w.Run(ctx); err != nil {
 			return err
 		}
-		after, err := portExhausted(ctx, home.NS)
+		after, err := agentCount(ctx, home.NS, "roam_dataplane_drops_total", "reason", "port_exhausted")
 		if err != nil {
 			return err
 		}
 		sum.PortExhausted = after - before
-		if sum.NATEntriesEnd, err = natEntries(ctx, home.NS); err != nil {
+		if sum.NATEntriesEnd, err = agentCount(ctx, home.NS, "roam_dataplane_conntrack_entries", "map", "nat"); err != nil {
 			return err
 		}
 		sum.NewConnsPerSec = rate.RequestsPerSec
@@ -402,25 +402,15 @@ func metricSum(fams map[string]*dto.MetricFamily, name, label, value string) (fl
 	return n, nil
 }
 
-// portExhausted reads roam_dataplane_drops_total{reason="port_exhausted"}
-// from the home agent.
-func portExhausted(ctx context.Context, ns string) (int64, error) {
+// agentCount reads the sum of the home agent's samples of metric name
+// whose label is value: drops_total{reason="port_exhausted"}, or
+// conntrack_entries{map="nat"} (one per SNAT port held; expired ones the
+// GC has not reclaimed yet included, so an upper bound).
+func agentCount(ctx context.Context, ns, name, label, value string) (int64, error) {
 	fams, err := agentMetrics(ctx, ns)
 	if err != nil {
 		return 0, err
 	}
-	n, err := metricSum(fams, "roam_dataplane_drops_total", "reason", "port_exhausted")
-	return int64(n), err
-}
-
-// natEntries reads roam_dataplane_conntrack_entries{map="nat"} from the
-// home agent: one per SNAT port held (expired ones the GC has not
-// reclaimed yet included, so an upper bound).
-func natEntries(ctx context.Context, ns string) (int64, error) {
-	fams, err := agentMetrics(ctx, ns)
-	if err != nil {
-		return 0, err
-	}
-	n, err := metricSum(fams, "roam_dataplane_conntrack_entries", "map", "nat")
+	n, err := metricSum(fams, name, label, value)
 	return int64(n), err
 }
