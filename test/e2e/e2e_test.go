@@ -82,6 +82,13 @@ func randName(t *testing.T) string {
 // running in it; Cleanup takes it down even on failure.
 func launch(t *testing.T) (*testbed.Testbed, testbed.Config) {
 	t.Helper()
+	return launchWith(t, testbed.LaunchConfig{DrainTimeout: drainTimeout})
+}
+
+// launchWith is launch with lc's settings (its binaries and XDP mode are
+// the tests' own).
+func launchWith(t *testing.T, lc testbed.LaunchConfig) (*testbed.Testbed, testbed.Config) {
+	t.Helper()
 	cfg := testbed.Default()
 	cfg.Name = randName(t)
 	cfg.StateDir = t.TempDir()
@@ -96,7 +103,8 @@ func launch(t *testing.T) (*testbed.Testbed, testbed.Config) {
 			t.Errorf("testbed cleanup: %v", err)
 		}
 	})
-	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: binDir, XDPMode: xdpMode(), DrainTimeout: drainTimeout}); err != nil {
+	lc.BinDir, lc.XDPMode = binDir, xdpMode()
+	if _, err := tb.Launch(ctx, lc); err != nil {
 		logs(t, tb)
 		t.Fatalf("launch roam: %v", err)
 	}

@@ -99,25 +99,10 @@ func metricValue(ctx context.Context, t *testing.T, ns, series string) float64 {
 // reason, and counts both.
 func TestSRv6PathModeMigration(t *testing.T) {
 	need(t)
-	cfg := testbed.Default()
-	cfg.Name = randName(t)
-	cfg.StateDir = t.TempDir()
+	const drain = 4 * time.Second
+	tb, cfg := launchWith(t, testbed.LaunchConfig{DrainTimeout: drain, Mode: "srv6"})
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	tb, err := testbed.Up(ctx, cfg, nil)
-	if err != nil {
-		t.Fatalf("testbed up: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := testbed.Cleanup(context.Background(), cfg, nil); err != nil {
-			t.Errorf("testbed cleanup: %v", err)
-		}
-	})
-	const drain = 4 * time.Second
-	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: binDir, XDPMode: xdpMode(), DrainTimeout: drain, Mode: "srv6"}); err != nil {
-		logs(t, tb)
-		t.Fatalf("launch roam: %v", err)
-	}
 	home, _ := tb.Cluster("home")
 	edge, _ := tb.Cluster("edge")
 	cloud, _ := tb.Cluster("cloud")
