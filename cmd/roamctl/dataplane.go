@@ -84,6 +84,28 @@ func dumpAgent(ctx context.Context, w io.Writer, c *agentapi.Client) error {
 	return tw.Flush()
 }
 
+// openPinned opens the maps the agent pinned under pin, in the order
+// named, read-only: a dump neither loads programs nor changes anything.
+// When one fails, those already opened are closed again.
+func openPinned(pin string, names ...string) ([]*ebpf.Map, error) {
+	ms := make([]*ebpf.Map, 0, len(names))
+	for _, name := range names {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pin, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			closeMaps(ms)
+			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+		}
+		ms = append(ms, m)
+	}
+	return ms, nil
+}
+
+func closeMaps(ms []*ebpf.Map) {
+	for _, m := range ms {
+		m.Close()
+	}
+}
+
 func sortServices(svcs []lb.Service) {
 	sort.Slice(svcs, func(i, j int) bool { return svcs[i].Frontend.String() < svcs[j].Frontend.String() })
 }
@@ -91,22 +113,12 @@ func sortServices(svcs []lb.Service) {
 // dumpPins reads the pinned maps directly (read-only: it does not load
 // programs or touch the configuration).
 func dumpPins(w io.Writer, pin string) error {
-	ro := &ebpf.LoadPinOptions{ReadOnly: true}
-	services, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_services"), ro)
+	ms, err := openPinned(pin, "roam_services", "roam_service_slots", "roam_conntrack")
 	if err != nil {
-		return fmt.Errorf("open pinned services map: %w (is an agent running with --pin-path %s?)", err, pin)
+		return fmt.Errorf("%w (is an agent running with --pin-path %s?)", err, pin)
 	}
-	defer services.Close()
-	slots, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_service_slots"), ro)
-	if err != nil {
-		return fmt.Errorf("open pinned service slots map: %w", err)
-	}
-	defer slots.Close()
-	conntrack, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_conntrack"), ro)
-	if err != nil {
-		return fmt.Errorf("open pinned conntrack map: %w", err)
-	}
-	defer conntrack.Close()
+	defer closeMaps(ms)
+	services, slots, conntrack := ms[0], ms[1], ms[2]
 
 	var (
 		fk   dataplane.FrontendKey

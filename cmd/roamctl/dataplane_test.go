@@ -16,22 +16,29 @@ import (
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
-func TestDataplaneDump(t *testing.T) {
-	pin := dptest.PinPath(t)
-	dp := dptest.New(t, dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("10.99.0.1")})
-	f, _ := lb.ParseFrontend("10.0.0.1:80/tcp")
-	t1, _ := lb.ParseTarget("redirect:10.2.0.1:8080")
-	t2, _ := lb.ParseTarget("redirect:10.3.0.1:8080")
-	gen, err := dp.Stage(f, t1)
+// activeAndStaged makes active f's committed target and stages staged
+// after it, so that a dump has both to show.
+func activeAndStaged(t *testing.T, dp *dataplane.Dataplane, f lb.Frontend, active, staged lb.Target) {
+	t.Helper()
+	gen, err := dp.Stage(f, active)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := dp.Commit(f, gen); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dp.Stage(f, t2); err != nil {
+	if _, err := dp.Stage(f, staged); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestDataplaneDump(t *testing.T) {
+	pin := dptest.PinPath(t)
+	dp := dptest.New(t, dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("10.99.0.1")})
+	f, _ := lb.ParseFrontend("10.0.0.1:80/tcp")
+	t1, _ := lb.ParseTarget("redirect:10.2.0.1:8080")
+	t2, _ := lb.ParseTarget("redirect:10.3.0.1:8080")
+	activeAndStaged(t, dp, f, t1, t2)
 
 	var out bytes.Buffer
 	if err := dumpPins(&out, pin); err != nil {
@@ -45,6 +52,10 @@ func TestDataplaneDump(t *testing.T) {
 	}
 	if err := dumpPins(&out, filepath.Join(pin, "nothing")); err == nil || !strings.Contains(err.Error(), "--pin-path") {
 		t.Errorf("dump of a missing pin path: got %v, want a hint about --pin-path", err)
+	}
+	// A pin path where one map of the set is missing: the error names it.
+	if _, err := openPinned(pin, "roam_services", "roam_no_such_map"); err == nil || !strings.Contains(err.Error(), "roam_no_such_map") {
+		t.Errorf("open of a set with a missing map: got %v, want an error naming roam_no_such_map", err)
 	}
 
 	srv, err := agentapi.NewServer(dp, agentapi.ServerConfig{})

@@ -6,11 +6,8 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"text/tabwriter"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -23,15 +20,15 @@ const srv6StatMax = 5
 // SID, each SRv6 frontend's path and counters (home), and each copy at this
 // node with its state and counters (location). Nothing when SRv6 is off.
 func dumpSRv6Pins(w io.Writer, pin string, svcs []lb.Service) error {
-	ro := &ebpf.LoadPinOptions{ReadOnly: true}
-	cfgMap, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_srv6_config"), ro)
+	ms, err := openPinned(pin, "roam_srv6_config")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // an older agent
 	}
 	if err != nil {
-		return fmt.Errorf("open pinned srv6 config: %w", err)
+		return err
 	}
-	defer cfgMap.Close()
+	defer closeMaps(ms)
+	cfgMap := ms[0]
 	var cfg dataplane.SRv6ConfigValue
 	if err := cfgMap.Lookup(uint32(0), &cfg); err != nil {
 		return fmt.Errorf("read srv6 config: %w", err)
@@ -39,16 +36,12 @@ func dumpSRv6Pins(w io.Writer, pin string, svcs []lb.Service) error {
 	if cfg.HasSid == 0 {
 		return nil
 	}
-	local, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_srv6_local"), ro)
+	ls, err := openPinned(pin, "roam_srv6_local", "roam_srv6_stats")
 	if err != nil {
-		return fmt.Errorf("open pinned srv6 copies: %w", err)
+		return err
 	}
-	defer local.Close()
-	stats, err := ebpf.LoadPinnedMap(filepath.Join(pin, "roam_srv6_stats"), ro)
-	if err != nil {
-		return fmt.Errorf("open pinned srv6 counters: %w", err)
-	}
-	defer stats.Close()
+	defer closeMaps(ls)
+	local, stats := ls[0], ls[1]
 	counter := func(id, stat uint32) (uint64, error) {
 		var per []dataplane.Counter
 		if err := stats.Lookup(id*srv6StatMax+stat, &per); err != nil {

@@ -21,16 +21,7 @@ func TestDataplaneDumpSRv6(t *testing.T) {
 	f, _ := lb.ParseFrontend("10.0.0.1:80/tcp")
 	one, _ := lb.ParseTarget("srv6:fc00:0:2::1")
 	two, _ := lb.ParseTarget("srv6:fc00:0:2::1,fc00:0:3::1")
-	gen, err := dp.Stage(f, one)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dp.Commit(f, gen); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := dp.Stage(f, two); err != nil {
-		t.Fatal(err)
-	}
+	activeAndStaged(t, dp, f, one, two)
 	c, _ := lb.ParseFrontend("10.9.9.9:7000/udp")
 	if err := dp.SetSRv6Copy(c, dataplane.SRv6Draining); err != nil {
 		t.Fatal(err)
