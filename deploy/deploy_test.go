@@ -127,6 +127,15 @@ func decodeStrict(file string, b []byte) ([]doc, error) {
 	return out, nil
 }
 
+// decodeFile reads file and decodes it with decodeStrict.
+func decodeFile(file string) ([]doc, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	return decodeStrict(file, b)
+}
+
 // manifestFiles lists the Kubernetes manifests in deploy/: every YAML file
 // but kustomizations, kustomize patches, Helm values and Prometheus config
 // (those are checked by the tests for each).
@@ -168,11 +177,7 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 	}
 	kinds := map[string]int{}
 	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs, err := decodeStrict(f, b)
+		docs, err := decodeFile(f)
 		if err != nil {
 			t.Error(err)
 			continue
@@ -405,11 +410,7 @@ func docSets(t *testing.T) map[string][]doc {
 	sets := map[string][]doc{}
 	var out []doc
 	for _, f := range manifestFiles(t) {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		docs, err := decodeStrict(f, b)
+		docs, err := decodeFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -705,11 +706,7 @@ func TestSecretsAsFiles(t *testing.T) {
 
 // TestAgentDaemonSet checks what the agent needs on a node and nothing more.
 func TestAgentDaemonSet(t *testing.T) {
-	b, err := os.ReadFile("base/agent.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs, err := decodeStrict("base/agent.yaml", b)
+	docs, err := decodeFile("base/agent.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
