@@ -232,33 +232,29 @@ func (tb *Testbed) Clusters() []Cluster {
 
 // Cluster returns one cluster by name.
 func (tb *Testbed) Cluster(name string) (Cluster, error) {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	for _, c := range tb.st.Clusters {
-		if c.Name == name {
-			return c, nil
-		}
-	}
-	return Cluster{}, fmt.Errorf("testbed %s: no cluster %q", tb.st.Name, name)
+	return findNamed(tb, &tb.st.Clusters, "cluster", name)
 }
 
 // Client returns one client by name.
 func (tb *Testbed) Client(name string) (Client, error) {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	for _, c := range tb.st.Clients {
-		if c.Name == name {
-			return c, nil
-		}
-	}
-	return Client{}, fmt.Errorf("testbed %s: no client %q", tb.st.Name, name)
+	return findNamed(tb, &tb.st.Clients, "client", name)
 }
 
-// Clients lists every client.
-func (tb *Testbed) Clients() []Client {
+func (c Cluster) name() string { return c.Name }
+func (c Client) name() string  { return c.Name }
+
+// findNamed returns the entry of *list called name, reading the list
+// under tb.mu; kind names what it is in the error.
+func findNamed[T interface{ name() string }](tb *Testbed, list *[]T, kind, name string) (T, error) {
 	tb.mu.Lock()
 	defer tb.mu.Unlock()
-	return append([]Client(nil), tb.st.Clients...)
+	for _, x := range *list {
+		if x.name() == name {
+			return x, nil
+		}
+	}
+	var none T
+	return none, fmt.Errorf("testbed %s: no %s %q", tb.st.Name, kind, name)
 }
 
 // Events lists the shape/cut changes made so far.
