@@ -104,7 +104,7 @@ enum drop_reason {
 	REASON_SRV6_NO_COPY = 16,     /* SRv6: last segment here, no copy and no frontend of ours: dropped */
 	REASON_SRV6_TOO_BIG = 17,     /* SRv6: encapsulated packet over the path MTU: dropped */
 	REASON_SRV6_BAD_SRH = 18,     /* SRv6: to our SID with an SRH we do not handle (TLVs, >2 segments, bad inner): dropped */
-	REASON_SRV6_NO_ENCAP = 19,    /* SRv6 target on a path that cannot encapsulate (tc: local senders): dropped */
+	REASON_SRV6_NO_ENCAP = 19,    /* SRv6: tc could not open room for the encapsulation (bpf_skb_adjust_room): dropped */
 	REASON_TTL_EXCEEDED = 20,     /* to be forwarded with a TTL or hop limit of 1 or 0: dropped */
 	REASON_SYN_EVICTED = 21,      /* an embryonic flow silent for tcp_syn_evict_ns gave its SNAT port to a new flow: dropped (nat.h) */
 	REASON_ICMP_LIMITED = 22,     /* a time exceeded not sent: over the ICMP budget (icmp.h icmp_allow); its packet counts as ttl_exceeded too */

@@ -99,6 +99,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_srv6_locators SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_FRONTENDS * SRV6_STAT_MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_srv6_stats SEC(".maps");
+
+#ifdef ROAM_XDP
 /* Copies on this node of frontends redirected by SRv6, keyed by the frontend (the inner destination). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -116,14 +125,6 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_srv6_flows SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_FRONTENDS * SRV6_STAT_MAX);
-	__type(key, __u32);
-	__type(value, struct counter);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_srv6_stats SEC(".maps");
 
 /* A reply srv6_input found for srv6_decap_reply (each its own stack frame, both called from the entry). */
 struct srv6_reply {
@@ -152,6 +153,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct srv6_scratch);
 } roam_srv6_scratch SEC(".maps");
+#endif /* ROAM_XDP */
 
 static __always_inline void srv6_count(__u32 id, __u32 stat, __u64 bytes)
 {
@@ -185,6 +187,7 @@ static __always_inline __u32 srv6_flowlabel(const struct pkt *p)
 	return h & 0xfffff;
 }
 
+#ifdef ROAM_XDP
 /*
  * srv6_clamp_mss lowers the MSS option of a TCP SYN (or SYN-ACK) to max
  * (the path MTU less the largest encapsulation and the inner headers),
@@ -243,30 +246,37 @@ static __always_inline void srv6_clamp_mss(struct xdp_md *ctx, const struct pkt 
 }
 
 /*
- * srv6_xmit sends the (outer IPv6) packet at ctx to daddr: bpf_fib_lookup
- * with its length, so a packet over the route's MTU is caught; XDP_TX on
- * the same interface, redirect to another; no neighbour, or not
- * forwardable here: to the kernel.
+ * srv6_route looks up the next hop of an outer IPv6 packet from saddr to
+ * daddr of tot_len bytes (bpf_fib_lookup with its length, so one over the
+ * route's MTU is caught: BPF_FIB_LKUP_RET_FRAG_NEEDED, fib->mtu_result).
  */
-static __always_inline int srv6_xmit(struct xdp_md *ctx, const __u8 *saddr, const __u8 *daddr, __u32 tot_len,
-				     __u32 label)
+static __always_inline long srv6_route(struct xdp_md *ctx, struct bpf_fib_lookup *fib, const __u8 *saddr,
+				       const __u8 *daddr, __u32 tot_len, __u32 label)
 {
-	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET6_;
-	fib.l4_protocol = IPPROTO_ROUTING_;
-	fib.tot_len = tot_len;
-	fib.flowinfo = bpf_htonl(label);
-	fib.ifindex = ctx->ingress_ifindex;
-	__builtin_memcpy(fib.ipv6_src, saddr, 16);
-	__builtin_memcpy(fib.ipv6_dst, daddr, 16);
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	fib->family = AF_INET6_;
+	fib->l4_protocol = IPPROTO_ROUTING_;
+	fib->tot_len = tot_len;
+	fib->flowinfo = bpf_htonl(label);
+	fib->ifindex = ctx->ingress_ifindex;
+	__builtin_memcpy(fib->ipv6_src, saddr, 16);
+	__builtin_memcpy(fib->ipv6_dst, daddr, 16);
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/*
+ * srv6_send sends the (outer IPv6) packet at ctx as srv6_route found (rc):
+ * XDP_TX on the same interface, redirect to another; no neighbour, or not
+ * forwardable here: to the kernel; too big: dropped.
+ */
+static __always_inline int srv6_send(struct xdp_md *ctx, const struct bpf_fib_lookup *fib, long rc)
+{
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
-		if (set_macs((void *)(long)ctx->data, (void *)(long)ctx->data_end, &fib) < 0)
+		if (set_macs((void *)(long)ctx->data, (void *)(long)ctx->data_end, fib) < 0)
 			return XDP_DROP;
-		if (fib.ifindex == ctx->ingress_ifindex)
+		if (fib->ifindex == ctx->ingress_ifindex)
 			return XDP_TX;
-		return bpf_redirect(fib.ifindex, 0);
+		return bpf_redirect(fib->ifindex, 0);
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		count_reason(REASON_NO_NEIGH);
 		return XDP_PASS;
@@ -280,18 +290,42 @@ static __always_inline int srv6_xmit(struct xdp_md *ctx, const __u8 *saddr, cons
 	return XDP_DROP;
 }
 
-/* srv6_push encapsulates the packet at ctx (parsed into p) along t's n segments and sends it (H.Encaps). */
+/* srv6_xmit sends the (outer IPv6) packet at ctx to daddr (End: on to the next segment). */
+static __always_inline int srv6_xmit(struct xdp_md *ctx, const __u8 *saddr, const __u8 *daddr, __u32 tot_len,
+				     __u32 label)
+{
+	struct bpf_fib_lookup fib = {};
+	long rc = srv6_route(ctx, &fib, saddr, daddr, tot_len, label);
+	return srv6_send(ctx, &fib, rc);
+}
+
+/*
+ * srv6_push encapsulates the packet at ctx (parsed into p) along t's n
+ * segments and sends it (H.Encaps). The route comes first, with the
+ * encapsulated length: a packet that would not fit is still the client's,
+ * and is answered with an ICMP "fragmentation needed" / ICMPv6 "packet too
+ * big" carrying the path's MTU less the encapsulation (RFC 8754 section
+ * 5.3), so the client sends smaller packets; counted as srv6_too_big.
+ */
 static __always_inline int srv6_push(struct xdp_md *ctx, const struct pkt *p, const struct target *t,
 				     const struct srv6_config *cfg, __u32 id, const __u32 n)
 {
 	struct eth_hdr eth;
+	struct bpf_fib_lookup fib = {};
+	__u32 label = srv6_flowlabel(p);
+	__u32 inner_len = p->ip_len;
+	long rc = srv6_route(ctx, &fib, cfg->sid, t->sids[0], SRV6_OVERHEAD(n) + inner_len, label);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		__u32 mtu = fib.mtu_result;
+		count_reason(REASON_SRV6_TOO_BIG);
+		count_action(id, ACTION_DROP, p->len);
+		return icmp_too_big(ctx, mtu > SRV6_OVERHEAD(n) ? mtu - SRV6_OVERHEAD(n) : 0);
+	}
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	if (data + sizeof(eth) > data_end)
 		return XDP_DROP;
 	__builtin_memcpy(&eth, data, sizeof(eth));
-	__u32 label = srv6_flowlabel(p);
-	__u32 inner_len = p->ip_len;
 	__u8 inner_nh = p->family == FAMILY_V4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
 	if (bpf_xdp_adjust_head(ctx, -(int)SRV6_OVERHEAD(n)) < 0) {
 		count_reason(REASON_MALFORMED);
@@ -326,7 +360,7 @@ static __always_inline int srv6_push(struct xdp_md *ctx, const struct pkt *p, co
 		__builtin_memcpy(segs + 16 * i, t->sids[n - 1 - i], 16);
 	srv6_count(id, SRV6_STAT_ENCAP, p->len);
 	count_action(id, ACTION_REDIRECT, p->len);
-	return srv6_xmit(ctx, ip6->saddr, ip6->daddr, SRV6_OVERHEAD(n) + inner_len, label);
+	return srv6_send(ctx, &fib, rc);
 }
 
 /*
@@ -624,3 +658,132 @@ static __noinline int srv6_input(struct xdp_md *ctx)
 		return srv6_at_sid(ctx, &sc->r, 1);
 	return srv6_at_sid(ctx, &sc->r, 2);
 }
+
+#else /* tc */
+
+/* The headers a tc encapsulation puts in front of the packet's IP header, built on the stack and stored at once. */
+struct srv6_hdrs {
+	struct eth_hdr eth;
+	struct ip6_hdr ip6;
+	struct srh srh;
+	__u8 segs[16 * SRV6_MAX_SEGS];
+} __attribute__((packed));
+
+/* Per-CPU scratch of srv6_encap_skb (the tc entry's frame and icmp_too_big's leave too little stack): its route and headers. */
+struct srv6_tc_scratch {
+	struct bpf_fib_lookup fib;
+	struct srv6_hdrs h;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct srv6_tc_scratch);
+} roam_srv6_tc_scratch SEC(".maps");
+
+/*
+ * srv6_encap_skb: a packet a local sender (this host, at tc egress; a pod,
+ * at its veth's ingress) sends to a frontend whose active target is the
+ * SRv6 path t (id: the frontend's): H.Encaps here, as XDP does for a
+ * client's. A SYN's MSS is clamped first. The route comes first, with the
+ * encapsulated length (a packet the kernel will segment, GSO, is judged by
+ * the kernel, tot_len 0): a packet that would not fit is answered with a
+ * too-big of the path's MTU less the encapsulation, which the local
+ * socket takes in. bpf_skb_adjust_room opens the room with
+ * BPF_F_ADJ_ROOM_ENCAP_L3_IPV6: the kernel switches skb->protocol to IPv6
+ * and marks a GSO packet SKB_GSO_IPXIP6 with its MSS lowered by the
+ * overhead, so it is segmented after the encapsulation, each segment
+ * encapsulated and within the MTU. Then out to the next hop (no neighbour:
+ * bpf_redirect_neigh resolves it). Not inlined: its own stack frame.
+ */
+static __noinline int srv6_encap_skb(struct __sk_buff *skb, struct pkt *p, const struct target *t, __u32 id)
+{
+	__u32 zero = 0;
+	struct srv6_config *cfg = bpf_map_lookup_elem(&roam_srv6_config, &zero);
+	if (!cfg || !cfg->has_sid) {
+		count_reason(REASON_NO_CONFIG);
+		count_action(id, ACTION_DROP, p->len);
+		return TC_ACT_SHOT;
+	}
+	__u32 n = t->nsegs;
+	if (n != 1 && n != 2) {
+		count_reason(REASON_SRV6_BAD_SRH);
+		count_action(id, ACTION_DROP, p->len);
+		return TC_ACT_SHOT;
+	}
+	struct srv6_tc_scratch *sc = bpf_map_lookup_elem(&roam_srv6_tc_scratch, &zero);
+	if (!sc)
+		return TC_ACT_SHOT;
+	__u32 over = SRV6_OVERHEAD(n);
+	__u32 label = srv6_flowlabel(p);
+	struct bpf_fib_lookup *fib = &sc->fib;
+	struct srv6_hdrs *h = &sc->h;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	__builtin_memset(h, 0, sizeof(*h));
+	fib->family = AF_INET6_;
+	fib->l4_protocol = IPPROTO_ROUTING_;
+	fib->tot_len = skb->gso_segs > 1 ? 0 : p->ip_len + over;
+	fib->flowinfo = bpf_htonl(label);
+	fib->ifindex = skb->ifindex;
+	__builtin_memcpy(fib->ipv6_src, cfg->sid, 16);
+	__builtin_memcpy(fib->ipv6_dst, t->sids[0], 16);
+	long rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		__u32 mtu = fib->mtu_result;
+		count_reason(REASON_SRV6_TOO_BIG);
+		count_action(id, ACTION_DROP, p->len);
+		return icmp_too_big(skb, mtu > over ? mtu - over : 0);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count_reason(REASON_NO_ROUTE);
+		count_action(id, ACTION_DROP, p->len);
+		return TC_ACT_SHOT;
+	}
+	__u16 mss = p->family == FAMILY_V4 ? cfg->mss4 : cfg->mss6;
+	if (mss && p->proto == IPPROTO_TCP_ && (p->tcp_flags & TCP_FLAG_SYN))
+		mss_clamp(skb, p, mss + (p->family == FAMILY_V4 ? 40 : 60));
+
+	__builtin_memcpy(h->eth.dst, fib->dmac, ETH_ALEN_);
+	__builtin_memcpy(h->eth.src, fib->smac, ETH_ALEN_);
+	h->eth.proto = bpf_htons(ETH_P_IPV6_);
+	h->ip6.vtc_flow = bpf_htonl(0x60000000 | label);
+	h->ip6.payload_len = bpf_htons(SRH_LEN(n) + p->ip_len);
+	h->ip6.nexthdr = IPPROTO_ROUTING_;
+	h->ip6.hop_limit = SRV6_HOP_LIMIT;
+	__builtin_memcpy(h->ip6.saddr, cfg->sid, 16);
+	__builtin_memcpy(h->ip6.daddr, t->sids[0], 16);
+	h->srh.nexthdr = p->family == FAMILY_V4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
+	h->srh.hdrlen = 2 * n;
+	h->srh.type = SRH_TYPE_SEG6;
+	h->srh.segments_left = n - 1;
+	h->srh.last_entry = n - 1;
+	/* Reverse order: segs[0] is the last segment. */
+	if (n == 1) {
+		__builtin_memcpy(h->segs, t->sids[0], 16);
+	} else {
+		__builtin_memcpy(h->segs, t->sids[1], 16);
+		__builtin_memcpy(h->segs + 16, t->sids[0], 16);
+	}
+	if (bpf_skb_adjust_room(skb, (__s32)over, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6) < 0) {
+		count_reason(REASON_SRV6_NO_ENCAP);
+		count_action(id, ACTION_DROP, p->len);
+		return TC_ACT_SHOT;
+	}
+	long err = n == 1 ? bpf_skb_store_bytes(skb, 0, h, sizeof(struct eth_hdr) + SRV6_OVERHEAD(1), 0)
+			  : bpf_skb_store_bytes(skb, 0, h, sizeof(struct eth_hdr) + SRV6_OVERHEAD(2), 0);
+	if (err < 0) {
+		count_reason(REASON_MALFORMED);
+		count_action(id, ACTION_DROP, p->len);
+		return TC_ACT_SHOT;
+	}
+	srv6_count(id, SRV6_STAT_ENCAP, p->len);
+	count_action(id, ACTION_REDIRECT, p->len);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count_reason(REASON_NO_NEIGH);
+		return bpf_redirect_neigh(fib->ifindex, NULL, 0, 0);
+	}
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+#endif /* ROAM_XDP */

@@ -118,15 +118,15 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 	return bpf_redirect(fib.ifindex, 0);
 }
 
-/*
- * roam_srv6_out: a local sender's packet to a frontend redirected by SRv6.
- * Encapsulating here needs bpf_skb_adjust_room with a change of protocol
- * for IPv4; not done yet: dropped and counted.
- */
+#include "srv6.h"
+
+/* roam_srv6_out: a local sender's packet to a frontend whose active target is an SRv6 path (in scratch, with its id): encapsulate (srv6.h). */
 static __always_inline int roam_srv6_out(struct __sk_buff *skb, struct pkt *p)
 {
-	count_reason(REASON_SRV6_NO_ENCAP);
-	return TC_ACT_SHOT;
+	struct scratch *sc = scratch();
+	if (!sc)
+		return TC_ACT_SHOT;
+	return srv6_encap_skb(skb, p, &sc->t, sc->id);
 }
 
 #include "balancer.h"

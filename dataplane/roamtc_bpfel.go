@@ -26,6 +26,10 @@ const (
 	roamTCMapRoamScratch        = "roam_scratch"
 	roamTCMapRoamServiceSlots   = "roam_service_slots"
 	roamTCMapRoamServices       = "roam_services"
+	roamTCMapRoamSrv6Config     = "roam_srv6_config"
+	roamTCMapRoamSrv6Locators   = "roam_srv6_locators"
+	roamTCMapRoamSrv6Stats      = "roam_srv6_stats"
+	roamTCMapRoamSrv6TcScratch  = "roam_srv6_tc_scratch"
 	roamTCMapRoamTargetCounters = "roam_target_counters"
 	roamTCMapRoamTargetScratch  = "roam_target_scratch"
 	roamTCProgRoamTc            = "roam_tc"
@@ -90,6 +94,10 @@ type roamTCMapSpecs struct {
 	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamServiceSlots   *ebpf.MapSpec `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
+	RoamSrv6Locators   *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
+	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
+	RoamSrv6TcScratch  *ebpf.MapSpec `ebpf:"roam_srv6_tc_scratch"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
 }
@@ -130,6 +138,10 @@ type roamTCMaps struct {
 	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
 	RoamServiceSlots   *ebpf.Map `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.Map `ebpf:"roam_services"`
+	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
+	RoamSrv6Locators   *ebpf.Map `ebpf:"roam_srv6_locators"`
+	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
+	RoamSrv6TcScratch  *ebpf.Map `ebpf:"roam_srv6_tc_scratch"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
 }
@@ -146,6 +158,10 @@ func (m *roamTCMaps) Close() error {
 		m.RoamScratch,
 		m.RoamServiceSlots,
 		m.RoamServices,
+		m.RoamSrv6Config,
+		m.RoamSrv6Locators,
+		m.RoamSrv6Stats,
+		m.RoamSrv6TcScratch,
 		m.RoamTargetCounters,
 		m.RoamTargetScratch,
 	)

@@ -197,22 +197,16 @@ func (n *srv6Node) drops(t *testing.T) map[string]uint64 {
 	return m
 }
 
-// TestSRv6PathMode runs the SRv6 path mode on veths in namespaces, with
-// the data planes' XDP programs (native) at the home and at both
-// locations, an IPv6-only underlay between them, and the kernel's seg6
-// encap routes for the copies' answers (back through the home, which
-// decapsulates). For an IPv4 client and an IPv6 client, TCP and UDP:
-// steady state [old]; a migration [old, new] with the old copy still
-// serving; the old copy draining (its connections and UDP flows stay, new
-// ones go on to the new copy); the old copy gone (its UDP flow goes on);
-// the home committed to [new]. The service sees the client's real address
-// throughout, and full-size segments cross the two-segment path both ways
-// (MSS clamped at the home, nothing too big). Then forged packets to a
-// location's SID are dropped and counted.
-func TestSRv6PathMode(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+// srv6Bed is the SRv6 topology with a data plane at each node: XDP
+// (native) at the home's three links and at each location's, and each
+// location's return routes (the kernel's seg6 encap to the home's SID).
+type srv6Bed struct {
+	topo          *netns.SRv6Topology
+	home, old, nw *srv6Node
+}
+
+func newSRv6Bed(t *testing.T) *srv6Bed {
+	t.Helper()
 	topo, err := netns.NewSRv6Topology()
 	if err != nil {
 		t.Fatal(err)
@@ -267,6 +261,27 @@ func TestSRv6PathMode(t *testing.T) {
 			t.Logf("%s nstat:\n%s", n.ns, out)
 		}
 	})
+	return &srv6Bed{topo: topo, home: home, old: old, nw: nw}
+}
+
+// TestSRv6PathMode runs the SRv6 path mode on veths in namespaces, with
+// the data planes' XDP programs (native) at the home and at both
+// locations, an IPv6-only underlay between them, and the kernel's seg6
+// encap routes for the copies' answers (back through the home, which
+// decapsulates). For an IPv4 client and an IPv6 client, TCP and UDP:
+// steady state [old]; a migration [old, new] with the old copy still
+// serving; the old copy draining (its connections and UDP flows stay, new
+// ones go on to the new copy); the old copy gone (its UDP flow goes on);
+// the home committed to [new]. The service sees the client's real address
+// throughout, and full-size segments cross the two-segment path both ways
+// (MSS clamped at the home, nothing too big). Then forged packets to a
+// location's SID are dropped and counted.
+func TestSRv6PathMode(t *testing.T) {
+	netns.SkipUnlessRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bed := newSRv6Bed(t)
+	topo, home, old, nw := bed.topo, bed.home, bed.old, bed.nw
 	oldCopy := startCopy(t, topo.Old, "old")
 	startCopy(t, topo.New, "new")
 
