@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -17,59 +15,11 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/backend/backendtest"
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/lb"
 )
-
-// memBackend runs copies as map entries.
-type memBackend struct {
-	mu     sync.Mutex
-	copies map[string]backend.Spec
-}
-
-func (b *memBackend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.copies[s.Name] = s
-	return b.inst(s), nil
-}
-
-func (b *memBackend) inst(s backend.Spec) backend.Instance {
-	return backend.Instance{Name: s.Name, Home: s.Home, MigrationID: s.MigrationID, Epoch: s.Epoch, Ready: true,
-		Endpoints: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.Ports[0].Port)}}
-}
-
-func (b *memBackend) Delete(ctx context.Context, name string) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.copies, name)
-	return nil
-}
-
-func (b *memBackend) Get(ctx context.Context, name string) (backend.Instance, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s, ok := b.copies[name]
-	if !ok {
-		return backend.Instance{}, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
-	}
-	return b.inst(s), nil
-}
-
-func (b *memBackend) List(ctx context.Context) ([]backend.Instance, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []backend.Instance
-	for _, s := range b.copies {
-		out = append(out, b.inst(s))
-	}
-	return out, nil
-}
-
-func (b *memBackend) Capacity(ctx context.Context) (backend.Capacity, error) {
-	return backend.Capacity{}, nil
-}
 
 // blackHole accepts connections and never answers (a peer whose host is
 // up but whose controller hangs, or a lossy path).
@@ -158,7 +108,7 @@ func TestServesWhileRecovering(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	asA := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{aCert}}}}
-	c, err := New(ctx, Config{ClusterID: "b", APIAddr: "127.0.0.1:0", StorePath: path, Backend: &memBackend{copies: map[string]backend.Spec{}},
+	c, err := New(ctx, Config{ClusterID: "b", APIAddr: "127.0.0.1:0", StorePath: path, Backend: &backendtest.Memory{},
 		TLS: bID, Peers: map[string]string{"a": home}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

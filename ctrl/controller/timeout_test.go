@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/ctrl/api"
-	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/backend/backendtest"
 )
 
 // TestSlowBodyDropped: a client that sends a request's headers and then
@@ -23,7 +23,7 @@ func TestSlowBodyDropped(t *testing.T) {
 	ctx := context.Background()
 	const timeout = time.Second
 	c, err := New(ctx, Config{ClusterID: "solo", APIAddr: "127.0.0.1:0", StorePath: filepath.Join(t.TempDir(), "c.db"),
-		Backend: &memBackend{copies: map[string]backend.Spec{}}, ReadTimeout: timeout,
+		Backend: &backendtest.Memory{}, ReadTimeout: timeout,
 		Users:  api.StaticUsers(api.User{Name: "ops", Role: api.RoleOperate, Hash: api.HashToken("tok")}),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
