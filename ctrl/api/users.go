@@ -9,10 +9,9 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/internal/reread"
 )
 
 // Role is what a user may do.
@@ -92,59 +91,40 @@ func ParseUsers(b []byte) ([]User, error) {
 // Users are the API's users, from a file re-read when it changes (a user
 // added or revoked takes effect without a restart), or a fixed list.
 type Users struct {
-	path string
-
-	mu    sync.Mutex
-	mod   time.Time
-	size  int64
-	users []User
-	err   error
+	file  *reread.Files[[]User]
+	fixed []User
 }
 
 // LoadUsers reads a users file.
 func LoadUsers(path string) (*Users, error) {
-	u := &Users{path: path}
-	if err := u.reload(); err != nil {
-		return nil, err
+	f, err := reread.New(func([]User) ([]User, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		us, err := ParseUsers(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return us, nil
+	}, path)
+	if err != nil {
+		return nil, fmt.Errorf("read users: %w", err)
 	}
-	return u, nil
+	return &Users{file: f}, nil
 }
 
 // StaticUsers is a fixed list (tests, in-process controllers).
-func StaticUsers(us ...User) *Users { return &Users{users: us} }
-
-func (u *Users) reload() error {
-	fi, err := os.Stat(u.path)
-	if err != nil {
-		return fmt.Errorf("read users: %w", err)
-	}
-	b, err := os.ReadFile(u.path)
-	if err != nil {
-		return fmt.Errorf("read users: %w", err)
-	}
-	us, err := ParseUsers(b)
-	if err != nil {
-		return fmt.Errorf("read users %s: %w", u.path, err)
-	}
-	u.users, u.mod, u.size = us, fi.ModTime(), fi.Size()
-	return nil
-}
+func StaticUsers(us ...User) *Users { return &Users{fixed: us} }
 
 func (u *Users) current() []User {
-	if u == nil {
+	switch {
+	case u == nil:
 		return nil
+	case u.file != nil:
+		return u.file.Get()
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.path != "" {
-		if fi, err := os.Stat(u.path); err == nil && (fi.ModTime() != u.mod || fi.Size() != u.size) {
-			if err := u.reload(); err != nil {
-				u.err = err
-				u.mod, u.size = fi.ModTime(), fi.Size()
-			}
-		}
-	}
-	return u.users
+	return u.fixed
 }
 
 // Len is how many users there are.

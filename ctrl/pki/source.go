@@ -5,10 +5,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"path/filepath"
-	"sync"
-	"time"
+
+	"github.com/roamnet/roam/internal/reread"
 )
 
 // Source is one identity read from a directory (ca.crt, tls.crt, tls.key)
@@ -17,114 +17,74 @@ import (
 // takes effect without a restart. A set that fails to load (a half
 // written rotation) leaves the previous one in use; Err says why.
 type Source struct {
-	dir string
-
-	mu      sync.Mutex
-	stamp   [3]fileStamp
-	cert    *tls.Certificate
-	pool    *x509.CertPool
-	id      ID
-	loadErr error
-	loads   int
+	dir   string
+	files *reread.Files[keySet]
 }
 
-type fileStamp struct {
-	mod  time.Time
-	size int64
+// keySet is one set read from a Source's directory.
+type keySet struct {
+	cert *tls.Certificate
+	pool *x509.CertPool
+	id   ID
 }
 
 // Load reads the identity in dir.
 func Load(dir string) (*Source, error) {
 	s := &Source{dir: dir}
-	if err := s.reload(); err != nil {
-		return nil, err
+	f, err := reread.New(s.read, filepath.Join(dir, CAFile), filepath.Join(dir, CertFile), filepath.Join(dir, KeyFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("load identity %s: %w (create one with roamctl cert issue)", dir, err)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("load identity %s: %w", dir, err)
+	}
+	s.files = f
 	return s, nil
 }
 
-func (s *Source) files() [3]string {
-	return [3]string{filepath.Join(s.dir, CAFile), filepath.Join(s.dir, CertFile), filepath.Join(s.dir, KeyFile)}
-}
-
-func (s *Source) stamps() ([3]fileStamp, error) {
-	var out [3]fileStamp
-	for i, f := range s.files() {
-		fi, err := os.Stat(f)
-		if err != nil {
-			return out, err
-		}
-		out[i] = fileStamp{fi.ModTime(), fi.Size()}
-	}
-	return out, nil
-}
-
-// reload reads the files (s.mu held or s not shared yet).
-func (s *Source) reload() error {
-	st, err := s.stamps()
+// read reads the files; prev is the set in use (none at the first read).
+func (s *Source) read(prev keySet) (keySet, error) {
+	pool, err := ReadCAPool(filepath.Join(s.dir, CAFile))
 	if err != nil {
-		return fmt.Errorf("load identity %s: %w (create one with roamctl cert issue)", s.dir, err)
+		return keySet{}, err
 	}
-	f := s.files()
-	pool, err := ReadCAPool(f[0])
+	cert, err := tls.LoadX509KeyPair(filepath.Join(s.dir, CertFile), filepath.Join(s.dir, KeyFile))
 	if err != nil {
-		return fmt.Errorf("load identity %s: %w", s.dir, err)
-	}
-	cert, err := tls.LoadX509KeyPair(f[1], f[2])
-	if err != nil {
-		return fmt.Errorf("load identity %s: %w", s.dir, err)
+		return keySet{}, err
 	}
 	id, err := IDOf(cert.Leaf)
 	if err != nil {
-		return fmt.Errorf("load identity %s: %w", s.dir, err)
+		return keySet{}, err
 	}
 	if _, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("load identity %s: %s is not issued by %s: %w", s.dir, CertFile, CAFile, err)
+		return keySet{}, fmt.Errorf("%s is not issued by %s: %w", CertFile, CAFile, err)
 	}
-	if s.cert != nil && id != s.id {
-		return fmt.Errorf("load identity %s: the new certificate names %s, not %s (an identity does not change at a rotation)", s.dir, id, s.id)
+	if prev.cert != nil && id != prev.id {
+		return keySet{}, fmt.Errorf("the new certificate names %s, not %s (an identity does not change at a rotation)", id, prev.id)
 	}
-	s.stamp, s.cert, s.pool, s.id, s.loadErr = st, &cert, pool, id, nil
-	s.loads++
-	return nil
+	return keySet{&cert, pool, id}, nil
 }
 
 // current returns the certificate and pool, re-read if the files changed.
 func (s *Source) current() (*tls.Certificate, *x509.CertPool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if st, err := s.stamps(); err == nil && st != s.stamp {
-		if err := s.reload(); err != nil {
-			s.loadErr = err
-			s.stamp = st // do not retry until the files change again
-		}
-	}
-	return s.cert, s.pool
+	in := s.files.Get()
+	return in.cert, in.pool
 }
 
 // ID is the identity this source holds.
-func (s *Source) ID() ID {
-	s.current()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.id
-}
+func (s *Source) ID() ID { return s.files.Get().id }
 
 // Err is why the latest change of the files could not be used (nil: the
 // files in use are the latest).
 func (s *Source) Err() error {
-	s.current()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.loadErr
+	if err := s.files.Err(); err != nil {
+		return fmt.Errorf("load identity %s: %w", s.dir, err)
+	}
+	return nil
 }
 
 // Loads counts the sets read (1 after Load; one more per rotation).
-func (s *Source) Loads() int {
-	s.current()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.loads
-}
+func (s *Source) Loads() int { return s.files.Loads() }
 
 // Leaf is the certificate in use (re-read if its files changed).
 func (s *Source) Leaf() *x509.Certificate {
