@@ -40,6 +40,14 @@ func printJSON(v any) error {
 	return enc.Encode(v)
 }
 
+// printResult prints a call's result as printJSON does, or returns its error.
+func printResult[T any](v T, err error) error {
+	if err != nil {
+		return err
+	}
+	return printJSON(v)
+}
+
 func parsePorts(s string) ([]backend.Port, error) {
 	var out []backend.Port
 	for _, p := range strings.Split(s, ",") {
@@ -112,11 +120,13 @@ func runService(ctx context.Context, args []string) error {
 		hc.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
 	}
 	c := client.New(*base, token, &hc)
-	needName := func() (string, error) {
+	var svc string // the service get, delete and migrate act on
+	switch sub {
+	case "get", "delete", "migrate":
 		if len(pos) != 1 {
-			return "", fmt.Errorf("service %s: want one NAME\n%s", sub, serviceUsage)
+			return fmt.Errorf("service %s: want one NAME\n%s", sub, serviceUsage)
 		}
-		return pos[0], nil
+		svc = pos[0]
 	}
 	switch sub {
 	case "deploy":
@@ -140,11 +150,7 @@ func runService(ctx context.Context, args []string) error {
 				d.Command = strings.Fields(*command)
 			}
 		}
-		r, err := c.Deploy(ctx, d)
-		if err != nil {
-			return err
-		}
-		return printJSON(r)
+		return printResult(c.Deploy(ctx, d))
 	case "list":
 		rs, err := c.List(ctx)
 		if err != nil {
@@ -157,37 +163,13 @@ func runService(ctx context.Context, args []string) error {
 		}
 		return tw.Flush()
 	case "get":
-		n, err := needName()
-		if err != nil {
-			return err
-		}
-		r, err := c.Get(ctx, n)
-		if err != nil {
-			return err
-		}
-		return printJSON(r)
+		return printResult(c.Get(ctx, svc))
 	case "delete":
-		n, err := needName()
-		if err != nil {
-			return err
-		}
-		return c.Delete(ctx, n)
+		return c.Delete(ctx, svc)
 	case "migrate":
-		n, err := needName()
-		if err != nil {
-			return err
-		}
-		m, err := c.Migrate(ctx, n, *to, *reason)
-		if err != nil {
-			return err
-		}
-		return printJSON(m)
+		return printResult(c.Migrate(ctx, svc, *to, *reason))
 	case "migrations":
-		ms, err := c.Migrations(ctx)
-		if err != nil {
-			return err
-		}
-		return printJSON(ms)
+		return printResult(c.Migrations(ctx))
 	}
 	return fmt.Errorf("service: unknown subcommand %q\n%s", sub, serviceUsage)
 }
