@@ -177,23 +177,45 @@ func (ca *CA) Issue(id ID, hosts []string, validity time.Duration) (certPEM, key
 	if err := id.Validate(); err != nil {
 		return nil, nil, err
 	}
-	key, err := newKey()
-	if err != nil {
-		return nil, nil, fmt.Errorf("issue %s: %w", id, err)
-	}
-	sn, err := serial()
-	if err != nil {
-		return nil, nil, fmt.Errorf("issue %s: %w", id, err)
-	}
 	cn := id.Cluster
 	if id.Node != "" {
 		cn = id.Cluster + "/" + id.Node
 	}
+	certPEM, keyPEM, err = ca.sign(&x509.Certificate{Subject: pkix.Name{CommonName: cn}, URIs: []*url.URL{id.URI()},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}, hosts, validity)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue %s: %w", id, err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+// IssueServer signs a TLS server certificate named name for the host
+// names and IPs in hosts, for a server that is not a roam identity (the
+// MO's NATS, a test's API server). It returns the certificate and its key
+// in PEM.
+func (ca *CA) IssueServer(name string, hosts []string, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	certPEM, keyPEM, err = ca.sign(&x509.Certificate{Subject: pkix.Name{CommonName: name},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, hosts, validity)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue server certificate %s: %w", name, err)
+	}
+	return certPEM, keyPEM, nil
+}
+
+// sign completes tmpl (a new key, serial, validity from a minute ago, the
+// roam organization, hosts as IP and DNS names) and signs it.
+func (ca *CA) sign(tmpl *x509.Certificate, hosts []string, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	key, err := newKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	if tmpl.SerialNumber, err = serial(); err != nil {
+		return nil, nil, err
+	}
 	now := time.Now()
-	tmpl := &x509.Certificate{SerialNumber: sn, Subject: pkix.Name{CommonName: cn, Organization: []string{"roam"}},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(validity), URIs: []*url.URL{id.URI()},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
+	tmpl.Subject.Organization = []string{"roam"}
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Minute), now.Add(validity)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
@@ -203,11 +225,11 @@ func (ca *CA) Issue(id ID, hosts []string, validity time.Duration) (certPEM, key
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue %s: %w", id, err)
+		return nil, nil, err
 	}
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue %s: %w", id, err)
+		return nil, nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), nil

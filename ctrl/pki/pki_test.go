@@ -269,3 +269,38 @@ func TestReadCAPool(t *testing.T) {
 		t.Errorf("file with no certificate: %v", err)
 	}
 }
+
+// TestIssueServer: a server certificate verifies against the CA for the
+// names and IPs it was issued for and no other, serves only as a server,
+// and names no roam identity.
+func TestIssueServer(t *testing.T) {
+	ca := newCA(t)
+	certPEM, keyPEM, err := ca.IssueServer("roam-meta", []string{"10.0.0.1", "localhost"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := pair.Leaf
+	if leaf.Subject.CommonName != "roam-meta" {
+		t.Errorf("common name %q, want roam-meta", leaf.Subject.CommonName)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	for _, name := range []string{"10.0.0.1", "localhost"} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: name}); err != nil {
+			t.Errorf("verify for %s: %v", name, err)
+		}
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "10.0.0.2"}); err == nil {
+		t.Error("verified for an IP it was not issued for")
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Error("a server certificate verified for client use")
+	}
+	if id, err := IDOf(leaf); err == nil {
+		t.Errorf("a server certificate names identity %v", id)
+	}
+}

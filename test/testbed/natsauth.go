@@ -7,15 +7,9 @@ package testbed
 // controller is given.
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/meta"
 	"sigs.k8s.io/yaml"
 )
@@ -127,41 +122,20 @@ func (tb *Testbed) ensureNATSCredentials(work string) (NATSFiles, error) {
 // natsServerPKI makes a CA and a server certificate for ips, signed by it
 // (ECDSA P-256, a year).
 func natsServerPKI(ips []net.IP) (caPEM, certPEM, keyPEM []byte, err error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	now := time.Now()
-	serial := func() *big.Int { n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120)); return n }
-	caTmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: "roam testbed NATS CA"},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	const year = 365 * 24 * time.Hour
+	ca, err := pki.NewCA("roam testbed NATS CA", year)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("nats ca: %w", err)
 	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return nil, nil, nil, err
+	hosts := []string{"localhost"}
+	for _, ip := range ips {
+		hosts = append(hosts, ip.String())
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: serial(), Subject: pkix.Name{CommonName: "roam-meta"},
-		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(365 * 24 * time.Hour), IPAddresses: ips, DNSNames: []string{"localhost"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	certPEM, keyPEM, err = ca.IssueServer("roam-meta", hosts, year)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("nats server certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	return ca.CertPEM(), certPEM, keyPEM, nil
 }
 
 func randHex(n int) string {
