@@ -350,17 +350,16 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 		}
 	}
 	if want["roam-agent"] {
-		var agents []Proc
-		for _, c := range tb.Clusters() {
+		err := tb.startEach(rctx, bin, "roam-agent", fmt.Sprintf("http://127.0.0.1:%d/healthz", AgentMetrics), func(c Cluster) ([]string, error) {
 			pin := tb.PinPath(c.Name)
 			if err := tb.AddPinPath(pin); err != nil {
-				return Secrets{}, err
+				return nil, err
 			}
 			snat := c.WAN4.String() + "," + c.WAN6.String()
 			if lc.SNATPool > 1 {
 				first, last := SNATPool4(c.Index, lc.SNATPool)
 				if err := addHostAddrs(c.NS, NodeWANIf, first, lc.SNATPool); err != nil {
-					return Secrets{}, err
+					return nil, err
 				}
 				snat = first.String() + "-" + last.String() + "," + c.WAN6.String()
 			}
@@ -376,24 +375,18 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			if lc.Mode == "srv6" {
 				sid, err := lb.NodeSID(SRv6Locator(c.Index), 0)
 				if err != nil {
-					return Secrets{}, err
+					return nil, err
 				}
 				args = append(args, "--srv6-sid", sid.String(), "--srv6-locators", strings.Join(locators, ","))
 			}
-			p, err := tb.Start(c.NS, "roam-agent-"+c.Name, filepath.Join(bin, "roam-agent"), args,
-				fmt.Sprintf("http://127.0.0.1:%d/healthz", AgentMetrics))
-			if err != nil {
-				return Secrets{}, err
-			}
-			agents = append(agents, p)
-		}
-		if err := tb.waitAll(rctx, agents); err != nil {
+			return args, nil
+		})
+		if err != nil {
 			return Secrets{}, err
 		}
 	}
 	if want["roam-ctrl"] {
-		var ctrls []Proc
-		for _, c := range tb.Clusters() {
+		err := tb.startEach(rctx, bin, "roam-ctrl", fmt.Sprintf("https://127.0.0.1:%d/healthz", CtrlPort), func(c Cluster) ([]string, error) {
 			cc := tb.st.Config.Clusters[c.Index-1]
 			var labels []string
 			for k, v := range cc.Labels {
@@ -428,14 +421,9 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			if lc.Mode == "srv6" {
 				args = append(args, "--redirect-mode", "srv6", "--srv6-locator", SRv6Locator(c.Index).String())
 			}
-			p, err := tb.Start(c.NS, "roam-ctrl-"+c.Name, filepath.Join(bin, "roam-ctrl"), args,
-				fmt.Sprintf("https://127.0.0.1:%d/healthz", CtrlPort))
-			if err != nil {
-				return Secrets{}, err
-			}
-			ctrls = append(ctrls, p)
-		}
-		if err := tb.waitAll(rctx, ctrls); err != nil {
+			return args, nil
+		})
+		if err != nil {
 			return Secrets{}, err
 		}
 		if want["roam-meta"] {
@@ -452,6 +440,25 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 	tb.st.Secrets = sec
 	tb.st.Mode = lc.Mode
 	return sec, tb.save()
+}
+
+// startEach starts prog from bin in every cluster's namespace (named
+// prog-<cluster>, with args(c)) and waits until each answers at health
+// (polled inside its namespace).
+func (tb *Testbed) startEach(ctx context.Context, bin, prog, health string, args func(c Cluster) ([]string, error)) error {
+	var ps []Proc
+	for _, c := range tb.Clusters() {
+		a, err := args(c)
+		if err != nil {
+			return err
+		}
+		p, err := tb.Start(c.NS, prog+"-"+c.Name, filepath.Join(bin, prog), a, health)
+		if err != nil {
+			return err
+		}
+		ps = append(ps, p)
+	}
+	return tb.waitAll(ctx, ps)
 }
 
 func (tb *Testbed) waitAll(ctx context.Context, ps []Proc) error {
