@@ -131,6 +131,8 @@ static __always_inline struct nat_value *roam_reply(struct pkt *p, __u64 now)
  * state: the path's locations keep it).
  */
 #define VERDICT_SRV6 (-2)
+/* and: the SYN proxy's packet (synproxy.h synproxy_wanted): roam_process calls synproxy_new. */
+#define VERDICT_SYNPROXY (-4)
 
 /*
  * roam_new_flow pins a new flow (a TCP SYN, or any UDP packet) to the
@@ -164,6 +166,14 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 		ss->id = id;
 		return VERDICT_SRV6;
 	}
+	struct scratch *sc = scratch();
+	if (!sc)
+		return VERDICT_PASS;
+	int proxied = sc->sp.proxied; /* synproxy_new turned a cookie ACK into this SYN */
+	sc->sp.proxied = 0;
+	if (!proxied && cfg->synproxy != SYNPROXY_OFF && p->proto == IPPROTO_TCP_ && kind == TARGET_REDIRECT &&
+	    synproxy_wanted(p, cfg, now) && ((p->tcp_flags & TCP_FLAG_SYN) || !roam_local_socket(ctx, p)))
+		return VERDICT_SYNPROXY;
 	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
 		if (kind == TARGET_LOCAL || roam_local_socket(ctx, p)) {
 			count_action(id, ACTION_PASS, p->len);
@@ -176,9 +186,6 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	if (old && old->kind == TARGET_REDIRECT)
 		nat_release(old, k);
 
-	struct scratch *sc = scratch();
-	if (!sc)
-		return VERDICT_PASS;
 	struct ct_value *fv = &sc->fv;
 	__builtin_memset(fv, 0, sizeof(*fv));
 	fv->kind = kind;
@@ -223,6 +230,8 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	rv->flags = p->proto == IPPROTO_TCP_ ? NAT_SYN_WAIT : 0;
 	rv->frontend_id = id;
 	rv->last_seen = now;
+	if (proxied)
+		synproxy_mark(fv, rv, sc);
 
 	fv->snat_port = snat_alloc(sc, p, cfg, now);
 	if (!fv->snat_port) {
@@ -250,6 +259,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	struct pkt p = {};
 	struct xlate x;
 	x.csum_set = 0;
+	x.seq_fix = 0;
 
 	int rc = parse_packet(data, data_end, ROAM_WIRE_LEN(ctx), &p);
 	if (rc == PARSE_SKIP)
@@ -283,6 +293,11 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		struct nat_value *nv = roam_reply(&p, now);
 		if (!nv)
 			return VERDICT_PASS; /* not a flow of ours: the host's */
+		if (p.proto == IPPROTO_TCP_ && (nv->flags & NAT_PROXY)) {
+			rc = synproxy_reply(ctx, nv, &p, &x);
+			if (rc != VERDICT_FLOW)
+				return rc;
+		}
 		if (p.proto == IPPROTO_TCP_ && (nv->flags & NAT_SYN_WAIT) && stale_synrecv(nv, &p) && ROAM_STALE_ANSWERED) {
 			count_reason(REASON_SYN_RECV_STALE);
 			return ROAM_STALE_RESET(ctx);
@@ -317,6 +332,12 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 			ct_touch(&cv->last_seen, now);
 		} else {
 			rc = roam_new_flow(ctx, &p, &k, old, &cv);
+			if (rc == VERDICT_SYNPROXY) {
+				rc = synproxy_new(ctx, &p);
+				if (rc != VERDICT_FLOW)
+					return rc;
+				rc = roam_new_flow(ctx, &p, &k, old, &cv);
+			}
 			if (rc == VERDICT_SRV6)
 				return roam_srv6_out(ctx, &p);
 			if (rc != VERDICT_FLOW)
@@ -326,6 +347,11 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		if (cv->kind != TARGET_REDIRECT) {
 			count_action(x.id, ACTION_PASS, p.len);
 			return VERDICT_PASS;
+		}
+		if (cv->state & CT_PROXY) {
+			rc = synproxy_forward(ctx, &p, cv, &x);
+			if (rc != VERDICT_FLOW)
+				return rc;
 		}
 		__builtin_memcpy(x.src, cv->snat_addr, 16);
 		__builtin_memcpy(x.dst, cv->target_addr, 16);

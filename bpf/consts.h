@@ -111,7 +111,12 @@ enum drop_reason {
 	REASON_NAT_FULL = 23,	      /* NAT map full, no finished flow's port to take over: dropped (nat.h) */
 	REASON_REDIRECT_FAILED = 24,  /* XDP: the kernel could not carry out a redirect (counters.h roam_redirect_err): dropped */
 	REASON_SYN_RECV_STALE = 25,   /* XDP: a target's answer from a request socket of an older flow on the port: turned into an RST to the target (synrecv.h) */
-	REASON_MAX = 26,
+	REASON_SYNPROXY_COOKIE_SENT = 26, /* XDP: a SYN to a redirected frontend answered with a SYN cookie (synproxy.h), not forwarded */
+	REASON_SYNPROXY_COOKIE_OK = 27,	  /* XDP: an ACK with a valid cookie: its flow starts, the ACK becomes the SYN to the target */
+	REASON_SYNPROXY_COOKIE_BAD = 28,  /* XDP: an ACK of no flow, with no valid cookie: dropped */
+	REASON_SYNPROXY_FLOWS = 29,	  /* XDP: a proxied flow's target answered: its SYN-ACK became the ACK back to it */
+	REASON_SYNPROXY_EARLY = 30,	  /* a client's packet before its target's SYN-ACK: sent on as the SYN again (XDP, its data dropped; tc: dropped) */
+	REASON_MAX = 31,
 };
 
 /*
@@ -126,9 +131,21 @@ enum drop_reason {
 #define CT_FIN_REV 0x08		   /* the target sent FIN */
 #define CT_RST 0x10		   /* an RST, not contradicted since */
 #define CT_TARGET_TIME_WAIT 0x20 /* the target closed first (or simultaneously): it holds TIME_WAIT */
+#define CT_PROXY 0x40		   /* started by the SYN proxy: sequence numbers translated (synproxy.h) */
+#define CT_PROXY_WAIT 0x80	   /* proxied, the target's SYN-ACK not seen yet */
 /* NAT entry flags (struct nat_value.flags). */
 #define NAT_RST 0x01 /* the flow's forward entry holds CT_RST: a reply must reach it to contradict it */
 #define NAT_SYN_WAIT 0x02 /* TCP, until the target's SYN-ACK: a reply without SYN before it is a stale request socket's (synrecv.h) */
+#define NAT_PROXY 0x04 /* started by the SYN proxy (synproxy.h) */
+
+/* config.synproxy: when XDP answers SYNs to a redirected frontend itself, with SYN cookies (synproxy.h). */
+#define SYNPROXY_OFF 0
+#define SYNPROXY_ALWAYS 1
+#define SYNPROXY_FLOOD 2 /* for SYNPROXY_HOLD_NS after SNAT ports came under pressure (an embryonic flow evicted, or none free) */
+
+#ifndef SYNPROXY_HOLD_NS
+#define SYNPROXY_HOLD_NS 10000000000ULL /* 10 s */
+#endif
 
 #define FAMILY_V4 4
 #define FAMILY_V6 6

@@ -4,6 +4,7 @@
 #include "conntrack.h"
 #include "counters.h"
 #include "csum.h"
+#include "synproxy.h"
 
 /* tuple_hash mixes the client side of a flow to pick the first SNAT port to try. */
 static __always_inline __u32 tuple_hash(const struct pkt *p)
@@ -138,10 +139,13 @@ static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p
 			continue;
 		if (sc->owner.proto)
 			bpf_map_delete_elem(&roam_conntrack, &sc->owner);
-		if (why == RECLAIM_EVICT)
+		if (why == RECLAIM_EVICT) {
 			count_reason(REASON_SYN_EVICTED);
+			synproxy_pressure(cfg, now);
+		}
 		return sc->rk.dport;
 	}
+	synproxy_pressure(cfg, now);
 	return 0;
 }
 
@@ -233,6 +237,8 @@ static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns,
 		return -1;
 	ports[0] = nsport;
 	ports[1] = ndport;
+	if (x && x->seq_fix && p->proto == IPPROTO_TCP_)
+		diff_ports = csum_add32(diff_ports, synproxy_seq(data, data_end, l4, x));
 
 	__builtin_memcpy(p->saddr, ns, 16);
 	__builtin_memcpy(p->daddr, nd, 16);

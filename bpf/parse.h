@@ -47,11 +47,16 @@ struct xlate {
 	__be16 sport;
 	__be16 dport;
 	__u32 id;
-	__u32 action;
+	__u8 action;
+	__u8 csum_set;
+	__u8 seq_fix; /* TCP of a SYN-proxied flow (synproxy.h): add seq_delta to the sequence number (XLATE_SEQ) or acknowledgment number (XLATE_ACK) */
+	__u8 pad;
 	__u16 csum_addrs; /* with csum_set: the rewrite's checksum changes, from the flow's entry (struct ct_value) */
 	__u16 csum_ports;
-	__u32 csum_set;
+	__u32 seq_delta;
 };
+#define XLATE_SEQ 1
+#define XLATE_ACK 2
 
 static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
 {

@@ -14,79 +14,26 @@
 
 #include "csum.h"
 #include "counters.h"
+#include "synproxy.h"
 
 #ifdef ROAM_XDP
 /*
- * xdp_stale_reset turns the target's TCP packet (no IP options or IPv6
- * extension headers: the parser passed it) into an RST from its
+ * xdp_stale_reset turns the target's TCP packet into an RST from its
  * destination back to its source, with sequence number its
- * acknowledgment number, no options or payload, and returns XDP_TX. Not
- * inlined: off the per-packet path.
+ * acknowledgment number, no options or payload (xdp_tcp_rebuild,
+ * synproxy.h), and returns XDP_TX.
  */
-static __noinline int xdp_stale_reset(struct xdp_md *ctx)
+static __always_inline int xdp_stale_reset(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct eth_hdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
-	__u32 l4 = v4 ? L4_OFF4 : L4_OFF6;
-	int len = data_end - data;
-	if (len < (int)(l4 + sizeof(struct tcp_hdr)))
-		return XDP_DROP;
-	if (len > (int)(l4 + sizeof(struct tcp_hdr)) && bpf_xdp_adjust_tail(ctx, (int)(l4 + sizeof(struct tcp_hdr)) - len))
-		return XDP_DROP;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	struct tcp_hdr *th = data + l4;
+	struct tcp_hdr *th = data + (eth->proto == bpf_htons(ETH_P_IP_) ? L4_OFF4 : L4_OFF6);
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
-	__u8 mac[ETH_ALEN_];
-	__builtin_memcpy(mac, eth->dst, ETH_ALEN_);
-	__builtin_memcpy(eth->dst, eth->src, ETH_ALEN_);
-	__builtin_memcpy(eth->src, mac, ETH_ALEN_);
-	__be16 port = th->source;
-	th->source = th->dest;
-	th->dest = port;
-	th->seq = th->ack_seq;
-	th->ack_seq = 0;
-	th->doff_res = 5 << 4;
-	th->flags = TCP_FLAG_RST;
-	th->window = 0;
-	th->urg_ptr = 0;
-	th->check = 0;
-	__u32 sum;
-	if (v4) {
-		struct ip4_hdr *ip = data + L3_OFF;
-		__be32 a = ip->saddr;
-		ip->saddr = ip->daddr;
-		ip->daddr = a;
-		ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*th));
-		ip->id = 0;
-		ip->frag_off = bpf_htons(0x4000); /* DF */
-		ip->ttl = 64;
-		ip->check = 0;
-		ip->check = csum_fold_neg((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
-		__be32 tail = bpf_htonl((IPPROTO_TCP_ << 16) | sizeof(*th)); /* zero, protocol, TCP length */
-		sum = bpf_csum_diff(0, 0, (__be32 *)&ip->saddr, 8, 0);
-		sum = bpf_csum_diff(0, 0, &tail, sizeof(tail), sum);
-	} else {
-		struct ip6_hdr *ip6 = data + L3_OFF;
-		__u8 a[16];
-		__builtin_memcpy(a, ip6->saddr, 16);
-		__builtin_memcpy(ip6->saddr, ip6->daddr, 16);
-		__builtin_memcpy(ip6->daddr, a, 16);
-		ip6->payload_len = bpf_htons(sizeof(*th));
-		ip6->hop_limit = 64;
-		__be32 tail[2] = {bpf_htonl(sizeof(*th)), bpf_htonl(IPPROTO_TCP_)};
-		sum = bpf_csum_diff(0, 0, (__be32 *)ip6->saddr, 32, 0);
-		sum = bpf_csum_diff(0, 0, tail, sizeof(tail), sum);
-	}
-	sum = bpf_csum_diff(0, 0, (__be32 *)th, sizeof(*th), sum);
-	th->check = csum_fold_neg(sum);
-	return XDP_TX;
+	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_RST, bpf_ntohl(th->ack_seq), 0, 0);
 }
 #define ROAM_STALE_ANSWERED 1
 #define ROAM_STALE_RESET(ctx) xdp_stale_reset(ctx)

@@ -75,6 +75,10 @@ struct ct_value {
 	__u32 fin_seq;	 /* the sequence number that acknowledges the client's FIN */
 	__u16 csum_addrs; /* redirect: the rewrite's checksum change (one's complement, folded) of the addresses */
 	__u16 csum_ports; /* and of the ports; constant for a flow, so computed once when it is pinned */
+	__u32 seq_delta; /* CT_PROXY: the target's ISN less the cookie's, added to the client's acknowledgments (synproxy.h) */
+	__u32 syn_seq;	 /* CT_PROXY: the client's ISN, for a SYN to the target sent again */
+	__u16 syn_mss;	 /* CT_PROXY: the client's MSS, from its cookie */
+	__u16 pad2[3];
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC, tick resolution */
 };
 
@@ -88,6 +92,11 @@ struct nat_value {
 	__u8 pad[3];
 	__u32 flags; /* NAT_* bits */
 	__u32 frontend_id;
+	__u32 seq_delta;  /* NAT_PROXY: the target's ISN less the cookie's, taken from the target's sequence numbers */
+	__u32 proxy_isn;  /* NAT_PROXY: the cookie, the ISN the client knows */
+	__u16 proxy_win;  /* NAT_PROXY: the client's window, for the ACK to the target */
+	__u16 pad2;
+	__u32 pad3;
 	__u64 last_seen; /* last reply */
 };
 
@@ -99,7 +108,8 @@ struct config {
 	__u16 port_max;
 	__u8 has_snat4;
 	__u8 has_snat6;
-	__u16 pad;
+	__u8 synproxy; /* SYNPROXY_*: when XDP answers a redirected frontend's SYNs with SYN cookies (synproxy.h) */
+	__u8 pad;
 	__u32 snat4_count; /* the pool: snat4 and the next count-1 addresses (the last 32 bits counted up; nat.h) */
 	__u32 snat6_count;
 	__u64 tcp_syn_ns;	  /* embryonic: until the client acknowledges the target; the client's silence alone counts */
@@ -127,6 +137,14 @@ struct scratch {
 	struct target t;	/* active_target's copy */
 	__u32 id;		/* roam_new_flow: the frontend id of an SRv6 target in t */
 	__u32 pad;
+	struct {		/* synproxy.h: a SYN header for the cookie helper, and what a valid cookie told */
+		__u8 th[24];	/* TCP header with an MSS option */
+		__u32 isn;	/* the client's ISN */
+		__u32 cookie;	/* our ISN: the cookie */
+		__u16 mss;	/* the client's MSS, from the cookie */
+		__u16 win;	/* the client's window */
+		__u32 proxied;	/* set by synproxy_new for the roam_new_flow that follows: its flow is proxied */
+	} sp;
 	struct {		/* snat_alloc's probe over pool x port range (in scratch: its loop spills less) */
 		__u32 h, first, min, range, slots, stride, full;
 	} probe;

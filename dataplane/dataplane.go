@@ -83,6 +83,52 @@ type Config struct {
 	ReservePorts bool
 	// SRv6 is the SRv6 path mode (srv6.go); zero: off.
 	SRv6 SRv6Config
+	// SYNProxy says when XDP answers SYNs to redirected frontends itself
+	// with SYN cookies, so that a spoofed SYN costs no SNAT port and never
+	// reaches the target (bpf/synproxy.h); zero: off.
+	SYNProxy SYNProxyMode
+}
+
+// SYNProxyMode says when the SYN proxy answers SYNs (bpf/consts.h SYNPROXY_*).
+type SYNProxyMode uint8
+
+const (
+	SYNProxyOff SYNProxyMode = 0
+	// SYNProxyAlways proxies every new TCP flow to a redirected frontend
+	// (arriving through XDP): no SNAT port nor target SYN before the
+	// client's cookie ACK. A proxied flow has MSS but no window scaling,
+	// SACK or timestamps (at most 64 KB in flight).
+	SYNProxyAlways SYNProxyMode = 1
+	// SYNProxyFlood proxies for 10 s after SNAT ports came under pressure
+	// (an embryonic flow evicted from its port, or no port free), as
+	// Linux's tcp_syncookies=1 sends cookies only while its SYN queue
+	// overflows; flows started otherwise keep all their options.
+	SYNProxyFlood SYNProxyMode = 2
+)
+
+// ParseSYNProxyMode reads "off", "always" or "flood".
+func ParseSYNProxyMode(s string) (SYNProxyMode, error) {
+	switch s {
+	case "off", "":
+		return SYNProxyOff, nil
+	case "always":
+		return SYNProxyAlways, nil
+	case "flood":
+		return SYNProxyFlood, nil
+	}
+	return 0, fmt.Errorf("SYN proxy mode %q: want off, always or flood", s)
+}
+
+func (m SYNProxyMode) String() string {
+	switch m {
+	case SYNProxyOff:
+		return "off"
+	case SYNProxyAlways:
+		return "always"
+	case SYNProxyFlood:
+		return "flood"
+	}
+	return fmt.Sprintf("synproxy(%d)", uint8(m))
 }
 
 // Timeouts say how long a flow lives with no packet in either direction,
@@ -307,6 +353,7 @@ func (d *Dataplane) writeConfig() error {
 		c.HasSnat6, c.Snat6Count = 1, uint32(d.cfg.SNATv6Count)
 	}
 	c.PortMin, c.PortMax = d.cfg.PortMin, d.cfg.PortMax
+	c.Synproxy = uint8(d.cfg.SYNProxy)
 	t := d.cfg.Timeouts
 	c.TcpSynNs, c.TcpSynEvictNs, c.TcpEstablishedNs = uint64(t.SYN), uint64(t.SYNEvict), uint64(t.Established)
 	c.TcpCloseNs, c.TcpTimeWaitNs = uint64(t.Close), uint64(t.TimeWait)

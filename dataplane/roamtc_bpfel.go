@@ -30,6 +30,7 @@ const (
 	roamTCMapRoamSrv6Locators   = "roam_srv6_locators"
 	roamTCMapRoamSrv6Stats      = "roam_srv6_stats"
 	roamTCMapRoamSrv6TcScratch  = "roam_srv6_tc_scratch"
+	roamTCMapRoamSynproxy       = "roam_synproxy"
 	roamTCMapRoamTargetCounters = "roam_target_counters"
 	roamTCMapRoamTargetScratch  = "roam_target_scratch"
 	roamTCProgRoamTc            = "roam_tc"
@@ -98,6 +99,7 @@ type roamTCMapSpecs struct {
 	RoamSrv6Locators   *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
 	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
 	RoamSrv6TcScratch  *ebpf.MapSpec `ebpf:"roam_srv6_tc_scratch"`
+	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
 }
@@ -142,6 +144,7 @@ type roamTCMaps struct {
 	RoamSrv6Locators   *ebpf.Map `ebpf:"roam_srv6_locators"`
 	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
 	RoamSrv6TcScratch  *ebpf.Map `ebpf:"roam_srv6_tc_scratch"`
+	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
 }
@@ -162,6 +165,7 @@ func (m *roamTCMaps) Close() error {
 		m.RoamSrv6Locators,
 		m.RoamSrv6Stats,
 		m.RoamSrv6TcScratch,
+		m.RoamSynproxy,
 		m.RoamTargetCounters,
 		m.RoamTargetScratch,
 	)

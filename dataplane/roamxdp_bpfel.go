@@ -21,7 +21,8 @@ type roamXDPConfig struct {
 	PortMax          uint16
 	HasSnat4         uint8
 	HasSnat6         uint8
-	Pad              uint16
+	Synproxy         uint8
+	Pad              uint8
 	Snat4Count       uint32
 	Snat6Count       uint32
 	TcpSynNs         uint64
@@ -65,6 +66,10 @@ type roamXDPCtValue struct {
 	FinSeq     uint32
 	CsumAddrs  uint16
 	CsumPorts  uint16
+	SeqDelta   uint32
+	SynSeq     uint32
+	SynMss     uint16
+	Pad2       [3]uint16
 	LastSeen   uint64
 }
 
@@ -100,6 +105,11 @@ type roamXDPNatValue struct {
 	Pad        [3]uint8
 	Flags      uint32
 	FrontendId uint32
+	SeqDelta   uint32
+	ProxyIsn   uint32
+	ProxyWin   uint16
+	Pad2       uint16
+	Pad3       uint32
 	LastSeen   uint64
 }
 
@@ -129,6 +139,15 @@ type roamXDPScratch struct {
 	T     roamXDPTarget
 	Id    uint32
 	Pad   uint32
+	Sp    struct {
+		_       structs.HostLayout
+		Th      [24]uint8
+		Isn     uint32
+		Cookie  uint32
+		Mss     uint16
+		Win     uint16
+		Proxied uint32
+	}
 	Probe struct {
 		_      structs.HostLayout
 		H      uint32
@@ -199,10 +218,13 @@ type roamXDPSrv6Scratch struct {
 		Sport     uint16
 		Dport     uint16
 		Id        uint32
-		Action    uint32
+		Action    uint8
+		CsumSet   uint8
+		SeqFix    uint8
+		Pad       uint8
 		CsumAddrs uint16
 		CsumPorts uint16
-		CsumSet   uint32
+		SeqDelta  uint32
 	}
 }
 
@@ -262,6 +284,7 @@ const (
 	roamXDPMapRoamSrv6Locators   = "roam_srv6_locators"
 	roamXDPMapRoamSrv6Scratch    = "roam_srv6_scratch"
 	roamXDPMapRoamSrv6Stats      = "roam_srv6_stats"
+	roamXDPMapRoamSynproxy       = "roam_synproxy"
 	roamXDPMapRoamTargetCounters = "roam_target_counters"
 	roamXDPMapRoamTargetScratch  = "roam_target_scratch"
 	roamXDPProgRoamRedirectErr   = "roam_redirect_err"
@@ -336,6 +359,7 @@ type roamXDPMapSpecs struct {
 	RoamSrv6Locators   *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
 	RoamSrv6Scratch    *ebpf.MapSpec `ebpf:"roam_srv6_scratch"`
 	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
+	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
 }
@@ -384,6 +408,7 @@ type roamXDPMaps struct {
 	RoamSrv6Locators   *ebpf.Map `ebpf:"roam_srv6_locators"`
 	RoamSrv6Scratch    *ebpf.Map `ebpf:"roam_srv6_scratch"`
 	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
+	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
 }
@@ -408,6 +433,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamSrv6Locators,
 		m.RoamSrv6Scratch,
 		m.RoamSrv6Stats,
+		m.RoamSynproxy,
 		m.RoamTargetCounters,
 		m.RoamTargetScratch,
 	)
