@@ -257,7 +257,6 @@ func TestSYNProxyFloodMode(t *testing.T) {
 func TestSYNProxyOff(t *testing.T) {
 	off := newRedirectTestbed(t)
 	before := dropsOf(t, off.d)
-	before = dropsOf(t, off.d)
 	v, _ := off.run(t, spec{src: ap("198.51.100.9:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 5, ackn: 6}.build(t), off.d0.Attrs().Index)
 	after := dropsOf(t, off.d)
 	if v != xdpDrop || after["no_flow"]-before["no_flow"] != 1 || after["synproxy_cookie_bad"] != before["synproxy_cookie_bad"] {
