@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -76,9 +78,50 @@ var ErrRefused = errors.New("refused: the server's link is busy")
 // the first byte) and maxBytes, and returns the estimated available
 // bandwidth from addr to here, in bits per second on the wire.
 func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string, d time.Duration, maxBytes int64) (float64, error) {
+	return BulkWith(ctx, dial, addr, d, maxBytes, BulkOptions{})
+}
+
+// BulkOptions tunes one transfer.
+type BulkOptions struct {
+	// QueueBudget, when above 0, bounds how much of the path's
+	// bottleneck queue the transfer fills, as time at its own rate: its
+	// bytes in flight are capped by the receive window this end
+	// advertises (TCP_WINDOW_CLAMP) at the transfer's rate so far (after
+	// the shaper's burst) times RTT+QueueBudget, and at least minWindow. On a path faster than the
+	// window allows, the window grows (the rate so far is the window per
+	// RTT, and RTT+QueueBudget is more than one RTT); on a path slower,
+	// it settles at the path's rate times RTT+QueueBudget: the transfer
+	// still fills the bottleneck, so
+	// reads its rate, but a drop-tail queue (a tbf's, ~150 ms on the
+	// testbed at 2 Mbit/s) never overflows because of it. Without the
+	// cap a loss-based transfer fills such a queue until it drops
+	// packets, and the users' packets sharing it are dropped with the
+	// probe's: a lost SYN or SYN-ACK waits 1 s to be sent again.
+	QueueBudget time.Duration
+	// RTT is the path's round trip without a queue (0: unknown).
+	RTT time.Duration
+}
+
+// minWindow is a capped transfer's first window: it must pass a
+// shaper's queue whole (16 KiB is 64 ms at 2 Mbit/s).
+const minWindow = 16 << 10
+
+// BulkWith is Bulk with options. The window cap (QueueBudget) must be set
+// before the connection is opened: the window of the handshake (64 KiB)
+// cannot be taken back afterwards, and a first flight that large
+// overflows a slow shaper's queue all the same. So a dial given here
+// must apply DialControl(ctx), as the default dial (nil) does; one that
+// does not is caught after connecting (the clamp is read back) and the
+// probe fails.
+func BulkWith(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string, d time.Duration, maxBytes int64, opt BulkOptions) (float64, error) {
 	if dial == nil {
-		var nd net.Dialer
-		dial = nd.DialContext
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return (&net.Dialer{Control: DialControl(ctx)}).DialContext(ctx, network, addr)
+		}
+	}
+	capped := opt.QueueBudget > 0
+	if capped {
+		ctx = context.WithValue(ctx, windowKey{}, minWindow)
 	}
 	// Longer than the kernel's first SYN retransmission (1 s): on a
 	// saturated, shaped link the SYN or SYN-ACK may be dropped once.
@@ -89,6 +132,11 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		return 0, fmt.Errorf("bulk probe %s: %w", addr, err)
 	}
 	defer c.Close()
+	if capped {
+		if err := checkClamp(c, minWindow); err != nil {
+			return 0, fmt.Errorf("bulk probe %s: cap the window: %w", addr, err)
+		}
+	}
 	var req [bulkReqLen]byte
 	copy(req[:4], bulkMagic[:])
 	// The server's own bound is a little longer than ours: we stop
@@ -113,6 +161,15 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	buf := make([]byte, min(maxBytes, MaxBulkBytes, 4<<20))
 	read := rxTimestamps(c)
 	var (
+		clamp    func(int, bool)
+		span     = opt.RTT + opt.QueueBudget
+		burstEnd = 2*opt.RTT + 5*time.Millisecond
+		base     int // the last arrival of the burst
+	)
+	if capped {
+		clamp = reclamp(c)
+	}
+	var (
 		first, firstK time.Time
 		total         int64
 		arr           = make([]arrival, 0, 256) // by the clock when each read returns
@@ -130,6 +187,29 @@ func Bulk(ctx context.Context, dial func(ctx context.Context, network, addr stri
 			arr = append(arr, arrival{now.Sub(first), total})
 			if allK = allK && !at.IsZero() && !firstK.IsZero(); allK {
 				arrK = append(arrK, arrival{at.Sub(firstK), total})
+			}
+			if clamp != nil {
+				// The window: the rate since the shaper's burst (the
+				// tokens saved while idle, passed at line rate within the
+				// first round trips) times RTT+budget; minWindow until
+				// that rate has 10 ms to go on. Over the whole transfer
+				// since, not its last RTT+budget: a shaper releases a
+				// segmentation-offload batch (up to 64 KiB) at a time
+				// once it has the tokens, so a short span holds zero,
+				// one or two batches.
+				a := arr
+				if allK {
+					a = arrK
+				}
+				for base+1 < len(a) && a[base+1].t <= burstEnd {
+					base++
+				}
+				w := minWindow
+				if last := a[len(a)-1]; last.t >= burstEnd+10*time.Millisecond && last.t > a[base].t {
+					rate := float64(last.bytes-a[base].bytes) / (last.t - a[base].t).Seconds()
+					w = int(min(max(rate*span.Seconds(), minWindow), math.MaxInt32))
+				}
+				clamp(w, len(a) == 1)
 			}
 			if el := now.Sub(first); el >= maxD || el >= d && lastHalfReads(arr) >= minLastHalfReads {
 				break
@@ -219,3 +299,93 @@ func rxTimestamps(c net.Conn) func([]byte) (int, time.Time, error) {
 		return n, time.Time{}, nil
 	}
 }
+
+type windowKey struct{}
+
+// DialControl is the net.Dialer Control a bulk probe's dial must use (a
+// custom Config.Dial or Bulk dial too): it sets, before the connection
+// opens, the first window of a capped transfer (BulkOptions.QueueBudget)
+// that ctx carries (nil when none).
+func DialControl(ctx context.Context) func(network, address string, c syscall.RawConn) error {
+	window, _ := ctx.Value(windowKey{}).(int)
+	if window <= 0 {
+		return nil
+	}
+	return func(network, address string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			// A receive buffer set by hand: the kernel's auto-tuning
+			// would otherwise raise the clamp as it grows the buffer.
+			// Small until the first read: the kernel resets the clamp
+			// from the buffer when the first full-size segment arrives
+			// (it re-estimates the buffer's overhead), and until the
+			// first read sets it again, the window it advertises then
+			// must stay small too (see reclamp).
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, window); serr != nil {
+				serr = fmt.Errorf("SO_RCVBUF: %w", serr)
+				return
+			}
+			if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, window); serr != nil {
+				serr = fmt.Errorf("TCP_WINDOW_CLAMP %d: %w", window, serr)
+			}
+		})
+		return errors.Join(err, serr)
+	}
+}
+
+// checkClamp says whether c's receive window is capped at window bytes
+// (at most: the kernel raises a tiny clamp to its minimum). A connection
+// that is not TCP (a test's pipe) has no window: nothing to check.
+func checkClamp(c net.Conn, window int) error {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var (
+		got  int
+		gerr error
+	)
+	if err := rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP) }); err != nil {
+		return err
+	}
+	if gerr != nil {
+		return gerr
+	}
+	if got <= 0 || got > max(window, minClamp) {
+		return fmt.Errorf("the dial did not apply DialControl: window clamp %d", got)
+	}
+	return nil
+}
+
+// reclamp returns a function that sets c's window clamp (see
+// DialControl), and, after the first read, a large receive buffer (so
+// that a late reader does not close the window; the kernel caps it at
+// net.core.rmem_max). The kernel resets the clamp from the receive buffer
+// whenever it re-estimates the buffer's overhead (when a segment larger
+// than those seen so far arrives: the first full-size one), so it is set
+// after every read. Nil when c is not TCP.
+func reclamp(c net.Conn) func(window int, firstRead bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return func(window int, firstRead bool) {
+		rc.Control(func(fd uintptr) {
+			if firstRead {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+			}
+			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, window)
+		})
+	}
+}
+
+// minClamp is the smallest window clamp the kernel keeps (SOCK_MIN_RCVBUF/2).
+const minClamp = 2304

@@ -346,12 +346,11 @@ func TestProberMeasuresWhenThePeerSaysItMoved(t *testing.T) {
 // BulkInterval is.
 func TestProberBoundsDuty(t *testing.T) {
 	s, _ := newServer(t, ServerConfig{})
-	var nd net.Dialer
 	p, err := New(Config{Targets: func() []Target { return []Target{{Peer: "slow", Addr: s.Addr().String(), Hot: true}} },
 		EchoInterval: 20 * time.Millisecond, BulkInterval: 10 * time.Millisecond, BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20,
 		MaxDuty: 0.1, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			time.Sleep(100 * time.Millisecond)
-			return nd.DialContext(ctx, network, addr)
+			return (&net.Dialer{Control: DialControl(ctx)}).DialContext(ctx, network, addr)
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -497,7 +496,6 @@ func TestProberTakesTheTurnOnceConnected(t *testing.T) {
 		c.Write(make([]byte, 1<<20))
 	})
 	dialing := make(chan struct{}, 1)
-	var nd net.Dialer
 	p, err := New(Config{Targets: func() []Target { return []Target{{Peer: "slow", Addr: ln.Addr().String(), Hot: true}} },
 		EchoInterval: 20 * time.Millisecond, BulkInterval: time.Hour, BulkDuration: 20 * time.Millisecond, BulkBytes: 1 << 20,
 		Server: local, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -506,7 +504,7 @@ func TestProberTakesTheTurnOnceConnected(t *testing.T) {
 			default:
 			}
 			time.Sleep(time.Second)
-			return nd.DialContext(ctx, network, addr)
+			return (&net.Dialer{Control: DialControl(ctx)}).DialContext(ctx, network, addr)
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -523,5 +521,27 @@ func TestProberTakesTheTurnOnceConnected(t *testing.T) {
 	<-accepted
 	if err := bulk(); !errors.Is(err, ErrRefused) {
 		t.Fatalf("while the prober's transfer runs: %v, want ErrRefused", err)
+	}
+}
+
+// TestBulkWindowNeedsDialControl: a capped transfer (QueueBudget) whose
+// dial does not apply DialControl would open with the handshake's full
+// window; it fails with a clear error instead of overflowing a slow
+// path's queue. With DialControl (and with the default dial) it runs.
+func TestBulkWindowNeedsDialControl(t *testing.T) {
+	s, _ := newServer(t, ServerConfig{})
+	opt := BulkOptions{QueueBudget: 50 * time.Millisecond}
+	var nd net.Dialer
+	_, err := BulkWith(context.Background(), nd.DialContext, s.Addr().String(), 20*time.Millisecond, 1<<20, opt)
+	if err == nil || !strings.Contains(err.Error(), "did not apply DialControl") {
+		t.Fatalf("capped transfer through a dial without DialControl: err %v, want it refused", err)
+	}
+	withControl := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return (&net.Dialer{Control: DialControl(ctx)}).DialContext(ctx, network, addr)
+	}
+	for _, dial := range []func(context.Context, string, string) (net.Conn, error){withControl, nil} {
+		if bps, err := BulkWith(context.Background(), dial, s.Addr().String(), 20*time.Millisecond, 1<<20, opt); err != nil || bps <= 0 {
+			t.Fatalf("capped transfer with DialControl: %.0f bit/s, %v", bps, err)
+		}
 	}
 }

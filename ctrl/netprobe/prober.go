@@ -72,6 +72,12 @@ type Config struct {
 	// measured every ColdBulkInterval: a slow candidate that recovers
 	// is seen at its next turn.)
 	MaxDuty float64
+	// QueueBudget bounds how much of a path's bottleneck queue one
+	// transfer fills, as time at the transfer's own rate (default 50ms;
+	// see BulkOptions): a transfer with no bound fills a shaper's
+	// drop-tail queue until it overflows, and the users' packets sharing
+	// it are dropped with the probe's (a lost SYN waits 1 s).
+	QueueBudget time.Duration
 	// LossWindow is how many echoes the loss is computed over (default
 	// 20); an echo unanswered after EchoTimeout (default 1s) is lost.
 	LossWindow  int
@@ -80,7 +86,8 @@ type Config struct {
 	// or down or its bandwidth moves by more than a quarter: the caller
 	// can publish a hello at once.
 	OnChange func(peer string)
-	// Dial opens the bulk connection (default net.Dialer).
+	// Dial opens the bulk connection (default net.Dialer); one given
+	// here must apply DialControl(ctx) (see BulkWith).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Listen opens the echo socket (default net.ListenPacket("udp", ":0")).
 	Listen func() (net.PacketConn, error)
@@ -166,6 +173,7 @@ func New(cfg Config) (*Prober, error) {
 	def(&cfg.ColdBulkInterval, 20*time.Second)
 	def(&cfg.BulkDuration, 150*time.Millisecond)
 	def(&cfg.EchoTimeout, time.Second)
+	def(&cfg.QueueBudget, 50*time.Millisecond)
 	if cfg.BulkBytes <= 0 {
 		cfg.BulkBytes = 2 << 20
 	}
@@ -534,8 +542,9 @@ func (p *Prober) receive() {
 func (p *Prober) turnDial() func(ctx context.Context, network, addr string) (net.Conn, error) {
 	dial := p.cfg.Dial
 	if dial == nil {
-		var nd net.Dialer
-		dial = nd.DialContext
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return (&net.Dialer{Control: DialControl(ctx)}).DialContext(ctx, network, addr)
+		}
 	}
 	srv := p.cfg.Server
 	if srv == nil {
@@ -568,16 +577,19 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 		}
 		p.mu.Lock()
 		pr := p.peers[id]
-		var addr string
+		var (
+			addr string
+			rtt  time.Duration
+		)
 		if pr != nil {
-			addr = pr.addr
+			addr, rtt = pr.addr, pr.RTT
 		}
 		p.mu.Unlock()
 		if pr == nil {
 			continue
 		}
 		start := time.Now()
-		bps, err := Bulk(ctx, p.turnDial(), addr, p.cfg.BulkDuration, p.cfg.BulkBytes)
+		bps, err := BulkWith(ctx, p.turnDial(), addr, p.cfg.BulkDuration, p.cfg.BulkBytes, BulkOptions{QueueBudget: p.cfg.QueueBudget, RTT: rtt})
 		now := time.Now()
 		p.turnDone()
 		var changed []string
@@ -620,7 +632,7 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 			pr.BandwidthN++
 		}
 		pr.nextBulk = now.Add(next)
-		p.log.Debug("probe: bandwidth sample", "peer", id, "mbps", round3(bps/1e6), "err", err, "took", took, "hot", pr.Hot, "reprobe", reprobe, "next", next)
+		p.log.Debug("probe: bandwidth sample", "peer", id, "mbps", round3(bps/1e6), "err", err, "took", took, "hot", pr.Hot, "reprobe", reprobe, "rtt", rtt, "next", next)
 		p.mu.Unlock()
 		p.notify(changed)
 	}

@@ -19,7 +19,12 @@
 // bucket is empty. The estimate uses only the second part of the transfer
 // (the last half of its duration), so the burst does not count, and
 // converts TCP payload to bytes on the wire (full-size segments: 1448
-// bytes of payload in a 1514-byte frame), the unit a shaper counts.
+// bytes of payload in a 1514-byte frame), the unit a shaper counts. The
+// prober caps the transfer's window at its own rate times RTT+50ms
+// (BulkOptions.QueueBudget): a transfer still fills the bottleneck, so
+// reads its rate, but holds at most ~50 ms of the shaper's queue, and a
+// drop-tail queue is not overflowed by it (users' SYNs and answers
+// sharing the path would be dropped with the probe's segments).
 package netprobe
 
 import (

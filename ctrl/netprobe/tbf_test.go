@@ -67,7 +67,17 @@ func tbfPair(t *testing.T, cfg ServerConfig) (s *Server, dial func(ctx context.C
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s, netns.Dialer(a), b, "ztb"
+	return s, probeDialer(a), b, "ztb"
+}
+
+// probeDialer is a bulk probe's dial from namespace ns: it applies
+// DialControl, as the prober's default dial does.
+func probeDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return netns.In(ns, func() (net.Conn, error) {
+			return (&net.Dialer{Control: DialControl(ctx)}).DialContext(ctx, network, addr)
+		})
+	}
 }
 
 // TestBulkOnTBF measures a tbf-shaped veth between two namespaces at
@@ -169,5 +179,98 @@ func TestBulkTwoProbersOnTBF(t *testing.T) {
 	}
 	if low == 0 {
 		t.Errorf("two transfers sent at once never read less than 3/4 of the rate: the test does not show the fault it guards against")
+	}
+}
+
+// tbfDrops is how many packets the tbf on dev in ns has dropped so far.
+func tbfDrops(t *testing.T, ns, dev string) uint32 {
+	t.Helper()
+	var drops uint32
+	err := netns.Handle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		qs, err := h.QdiscList(l)
+		if err != nil {
+			return err
+		}
+		for _, q := range qs {
+			if q.Type() == "tbf" && q.Attrs().Statistics != nil {
+				drops += q.Attrs().Statistics.Queue.Drops
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return drops
+}
+
+// TestBulkWindowOnTBF: on a 2 Mbit/s tbf with the testbed's ~150 ms
+// drop-tail queue, an uncapped transfer (loss-based congestion control)
+// fills the queue until it drops packets, which drops a user's SYN or
+// answer sharing the link as well (the fault); a transfer whose window
+// holds at most ~50 ms of the queue (BulkOptions.QueueBudget), as the
+// prober's do, drops none and still reads the rate within 20%, at 2, 10
+// and 50 Mbit/s; unshaped, it reads more than 100 Mbit/s.
+// None knows the rate beforehand, as the first probe after a path
+// degraded does not.
+func TestBulkWindowOnTBF(t *testing.T) {
+	s, dial, ns, dev := tbfPair(t, ServerConfig{})
+	run := func(rate float64, budget time.Duration) (worst float64, drops uint32) {
+		before := tbfDrops(t, ns, dev)
+		for range 3 {
+			// The previous transfer's tail, still queued, drains first.
+			time.Sleep(300 * time.Millisecond)
+			d0 := tbfDrops(t, ns, dev)
+			bps, err := BulkWith(context.Background(), dial, s.Addr().String(), 150*time.Millisecond, 2<<20, BulkOptions{QueueBudget: budget})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := (bps - rate) / rate
+			t.Logf("tbf %4.0f Mbit/s, queue budget %s: estimate %8.2f Mbit/s (%+.1f%%), %d dropped", rate/1e6, budget, bps/1e6, 100*e, tbfDrops(t, ns, dev)-d0)
+			worst = max(worst, math.Abs(e))
+		}
+		return worst, tbfDrops(t, ns, dev) - before
+	}
+	if err := shapeTBF(ns, dev, 2e6); err != nil {
+		t.Fatalf("shape: %v", err)
+	}
+	_, uncapped := run(2e6, 0)
+	t.Logf("uncapped: %d packets dropped by the tbf", uncapped)
+	if uncapped == 0 {
+		t.Errorf("uncapped transfers dropped nothing: the test does not show the fault it guards against")
+	}
+	for _, rate := range []uint64{2e6, 10e6, 50e6} {
+		if err := shapeTBF(ns, dev, rate); err != nil {
+			t.Fatalf("shape: %v", err)
+		}
+		worst, capped := run(float64(rate), 50*time.Millisecond)
+		t.Logf("tbf %.0f Mbit/s, capped: %d packets dropped by the tbf", float64(rate)/1e6, capped)
+		if capped != 0 {
+			t.Errorf("tbf %.0f Mbit/s: transfers holding at most 50 ms of the queue: %d packets dropped, want 0", float64(rate)/1e6, capped)
+		}
+		if worst > 0.2 {
+			t.Errorf("tbf %.0f Mbit/s, capped: worst error %.1f%%, want within 20%%", float64(rate)/1e6, 100*worst)
+		}
+	}
+	if err := netns.Handle(ns, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		return h.QdiscDel(&netlink.Tbf{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: netlink.MakeHandle(1, 0), Parent: netlink.HANDLE_ROOT}})
+	}); err != nil {
+		t.Fatalf("unshape: %v", err)
+	}
+	bps, err := BulkWith(context.Background(), dial, s.Addr().String(), 150*time.Millisecond, 2<<20, BulkOptions{QueueBudget: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("unshaped, capped: estimate %.0f Mbit/s", bps/1e6)
+	if bps < 100e6 {
+		t.Errorf("unshaped veth, capped transfer: %.0f Mbit/s, want more than 100 Mbit/s, twice the fastest shaped rate (the window must not hold a fast path back)", bps/1e6)
 	}
 }
