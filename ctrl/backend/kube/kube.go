@@ -365,91 +365,86 @@ func (b *Backend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance,
 	}
 }
 
-// createOrGetOwned creates want, or, when an object of its name exists
-// already, returns that object if roam manages it. It returns nil and no
-// error when want was created.
-func createOrGetOwned[T metav1.Object](ctx context.Context, api interface {
+// ensureOwned creates want or, when an object of its name exists already
+// and roam manages it, brings it to want: update says what to write over
+// cur (changed false: cur is as wanted).
+func ensureOwned[T metav1.Object](ctx context.Context, api interface {
 	Create(context.Context, T, metav1.CreateOptions) (T, error)
 	Get(context.Context, string, metav1.GetOptions) (T, error)
-}, kind string, want T) (T, error) {
-	var none T
+	Update(context.Context, T, metav1.UpdateOptions) (T, error)
+}, kind string, want T, update func(cur T) (upd T, changed bool, err error)) error {
 	name := want.GetName()
 	_, err := api.Create(ctx, want, metav1.CreateOptions{FieldManager: "roam"})
 	if err == nil {
-		return none, nil
+		return nil
 	}
 	if !apierrors.IsAlreadyExists(err) {
-		return none, fmt.Errorf("create %s %s: %w", kind, name, err)
+		return fmt.Errorf("create %s %s: %w", kind, name, err)
 	}
 	cur, err := api.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return none, fmt.Errorf("get %s %s: %w", kind, name, err)
+		return fmt.Errorf("get %s %s: %w", kind, name, err)
 	}
 	if !owned(cur) {
-		return none, fmt.Errorf("deploy %s: a %s of that name exists and is not managed by roam", name, kind)
+		return fmt.Errorf("deploy %s: a %s of that name exists and is not managed by roam", name, kind)
 	}
-	return cur, nil
+	upd, changed, err := update(cur)
+	if err != nil || !changed {
+		return err
+	}
+	if _, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "roam"}); err != nil {
+		return fmt.Errorf("update %s %s: %w", kind, name, err)
+	}
+	return nil
 }
 
 func (b *Backend) ensureDeployment(ctx context.Context, s backend.Spec) error {
 	want := b.deployment(s)
-	api := b.client.AppsV1().Deployments(b.cfg.Namespace)
-	cur, err := createOrGetOwned(ctx, api, "deployment", want)
-	if err != nil || cur == nil {
-		return err
-	}
-	if cur.Annotations[AnnotationSpecHash] != want.Annotations[AnnotationSpecHash] {
-		return fmt.Errorf("deploy %s: already runs with a different spec (spec hash %s, asked %s)", s.Name,
-			cur.Annotations[AnnotationSpecHash], want.Annotations[AnnotationSpecHash])
-	}
-	same := true
-	for k, v := range want.Annotations {
-		same = same && cur.Annotations[k] == v
-	}
-	if same {
-		return nil
-	}
-	// The same workload: relabel it with the new fence (no rollout);
-	// annotations others put there (the rollout's revision) stay.
-	upd := cur.DeepCopy()
-	if upd.Annotations == nil {
-		upd.Annotations = map[string]string{}
-	}
-	maps.Copy(upd.Annotations, want.Annotations)
-	if _, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "roam"}); err != nil {
-		return fmt.Errorf("update deployment %s: %w", s.Name, err)
-	}
-	return nil
+	return ensureOwned(ctx, b.client.AppsV1().Deployments(b.cfg.Namespace), "deployment", want, func(cur *appsv1.Deployment) (*appsv1.Deployment, bool, error) {
+		if cur.Annotations[AnnotationSpecHash] != want.Annotations[AnnotationSpecHash] {
+			return nil, false, fmt.Errorf("deploy %s: already runs with a different spec (spec hash %s, asked %s)", s.Name,
+				cur.Annotations[AnnotationSpecHash], want.Annotations[AnnotationSpecHash])
+		}
+		same := true
+		for k, v := range want.Annotations {
+			same = same && cur.Annotations[k] == v
+		}
+		if same {
+			return nil, false, nil
+		}
+		// The same workload: relabel it with the new fence (no rollout);
+		// annotations others put there (the rollout's revision) stay.
+		upd := cur.DeepCopy()
+		if upd.Annotations == nil {
+			upd.Annotations = map[string]string{}
+		}
+		maps.Copy(upd.Annotations, want.Annotations)
+		return upd, true, nil
+	})
 }
 
 func (b *Backend) ensureService(ctx context.Context, s backend.Spec) error {
 	want := b.service(s)
-	api := b.client.CoreV1().Services(b.cfg.Namespace)
-	cur, err := createOrGetOwned(ctx, api, "service", want)
-	if err != nil || cur == nil {
-		return err
-	}
-	if sameServicePorts(cur, want) && cur.Spec.Type == want.Spec.Type &&
-		cur.Annotations[AnnotationHome] == s.Home && cur.Annotations[AnnotationMigration] == s.MigrationID &&
-		cur.Annotations[AnnotationEpoch] == strconv.FormatUint(s.Epoch, 10) {
-		return nil
-	}
-	upd := cur.DeepCopy()
-	upd.Labels, upd.Annotations = want.Labels, want.Annotations
-	// Keep the node ports already allocated: the endpoint other clusters
-	// use must not move because the migration id changed.
-	for i, p := range want.Spec.Ports {
-		for _, old := range cur.Spec.Ports {
-			if old.Port == p.Port && old.Protocol == p.Protocol {
-				want.Spec.Ports[i].NodePort = old.NodePort
+	return ensureOwned(ctx, b.client.CoreV1().Services(b.cfg.Namespace), "service", want, func(cur *corev1.Service) (*corev1.Service, bool, error) {
+		if sameServicePorts(cur, want) && cur.Spec.Type == want.Spec.Type &&
+			cur.Annotations[AnnotationHome] == s.Home && cur.Annotations[AnnotationMigration] == s.MigrationID &&
+			cur.Annotations[AnnotationEpoch] == strconv.FormatUint(s.Epoch, 10) {
+			return nil, false, nil
+		}
+		upd := cur.DeepCopy()
+		upd.Labels, upd.Annotations = want.Labels, want.Annotations
+		// Keep the node ports already allocated: the endpoint other clusters
+		// use must not move because the migration id changed.
+		for i, p := range want.Spec.Ports {
+			for _, old := range cur.Spec.Ports {
+				if old.Port == p.Port && old.Protocol == p.Protocol {
+					want.Spec.Ports[i].NodePort = old.NodePort
+				}
 			}
 		}
-	}
-	upd.Spec.Type, upd.Spec.Selector, upd.Spec.Ports = want.Spec.Type, want.Spec.Selector, want.Spec.Ports
-	if _, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: "roam"}); err != nil {
-		return fmt.Errorf("update service %s: %w", s.Name, err)
-	}
-	return nil
+		upd.Spec.Type, upd.Spec.Selector, upd.Spec.Ports = want.Spec.Type, want.Spec.Selector, want.Spec.Ports
+		return upd, true, nil
+	})
 }
 
 func sameServicePorts(a, b *corev1.Service) bool {
