@@ -32,6 +32,22 @@ func activeAndStaged(t *testing.T, dp *dataplane.Dataplane, f lb.Frontend, activ
 	}
 }
 
+// dumpShows dumps the pins under pin and checks that the dump shows each
+// of wants.
+func dumpShows(t *testing.T, pin string, wants ...string) {
+	t.Helper()
+	var out bytes.Buffer
+	if err := dumpPins(&out, pin); err != nil {
+		t.Fatalf("dump pins: %v", err)
+	}
+	t.Logf("\n%s", out.String())
+	for _, want := range wants {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dump lacks %q", want)
+		}
+	}
+}
+
 func TestDataplaneDump(t *testing.T) {
 	pin := dptest.PinPath(t)
 	dp := dptest.New(t, dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("10.99.0.1")})
@@ -40,16 +56,8 @@ func TestDataplaneDump(t *testing.T) {
 	t2, _ := lb.ParseTarget("redirect:10.3.0.1:8080")
 	activeAndStaged(t, dp, f, t1, t2)
 
+	dumpShows(t, pin, "1 frontends", "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080", "redirect:10.3.0.1:8080", "GENERATION")
 	var out bytes.Buffer
-	if err := dumpPins(&out, pin); err != nil {
-		t.Fatalf("dump pins: %v", err)
-	}
-	t.Logf("\n%s", out.String())
-	for _, want := range []string{"1 frontends", "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080", "redirect:10.3.0.1:8080", "GENERATION"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("dump lacks %q", want)
-		}
-	}
 	if err := dumpPins(&out, filepath.Join(pin, "nothing")); err == nil || !strings.Contains(err.Error(), "--pin-path") {
 		t.Errorf("dump of a missing pin path: got %v, want a hint about --pin-path", err)
 	}

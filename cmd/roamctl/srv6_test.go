@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/roamnet/roam/dataplane"
@@ -26,14 +24,5 @@ func TestDataplaneDumpSRv6(t *testing.T) {
 	if err := dp.SetSRv6Copy(c, dataplane.SRv6Draining); err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
-	if err := dumpPins(&out, pin); err != nil {
-		t.Fatalf("dump pins: %v", err)
-	}
-	t.Logf("\n%s", out.String())
-	for _, want := range []string{"srv6: SID fc00:0:1::1", "ACTIVE PATH", "srv6:fc00:0:2::1  ", "srv6:fc00:0:2::1,fc00:0:3::1", "10.9.9.9:7000/udp  draining"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("dump lacks %q", want)
-		}
-	}
+	dumpShows(t, pin, "srv6: SID fc00:0:1::1", "ACTIVE PATH", "srv6:fc00:0:2::1  ", "srv6:fc00:0:2::1,fc00:0:3::1", "10.9.9.9:7000/udp  draining")
 }
