@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/roamnet/roam/test/netns"
 )
 
 // server is an HTTP server on loopback that answers "cluster <name>", and a
@@ -47,16 +49,9 @@ func startServer(t *testing.T, name string, opts ...func(*server)) *server {
 		o(s)
 	}
 	go func() { _ = s.http.Serve(ln) }()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(append([]byte(fmt.Sprintf("cluster %s (test)\n", s.name.Load())), buf[:n]...), from)
-		}
-	}()
+	netns.ServePackets(pc, func(_ net.Addr, p []byte) []byte {
+		return append(fmt.Appendf(nil, "cluster %s (test)\n", s.name.Load()), p...)
+	})
 	t.Cleanup(func() {
 		_ = s.http.Close()
 		_ = pc.Close()

@@ -191,6 +191,24 @@ func StartIperfServer(ctx context.Context, ns, addr string, port int) (stop func
 	}
 }
 
+// ServePackets answers each datagram that comes to pc with reply(from, p)
+// (nil: no answer), in the background until pc is closed. p is valid only
+// during the call.
+func ServePackets(pc net.PacketConn, reply func(from net.Addr, p []byte) []byte) {
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if b := reply(from, buf[:n]); b != nil {
+				_, _ = pc.WriteTo(b, from)
+			}
+		}
+	}()
+}
+
 // Serve accepts connections on ln, in the background until ln is closed,
 // and runs serve on each in a goroutine of its own, closing the connection
 // when serve returns.
