@@ -33,6 +33,7 @@ import (
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/tick"
 	"github.com/roamnet/roam/meta"
 	"github.com/roamnet/roam/test/testport"
 )
@@ -214,16 +215,8 @@ func (e *env) stop(id string) {
 
 func (e *env) eventually(what string, f func() error) {
 	e.t.Helper()
-	deadline := time.Now().Add(45 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := tick.Until(context.Background(), 45*time.Second, 50*time.Millisecond, f); err != nil {
+		e.t.Fatalf("%s: %v", what, err)
 	}
 }
 

@@ -1,10 +1,12 @@
-// Package tick runs a function at a fixed period until a context ends:
-// tick.Every(ctx, time.Second, resync). A leaf package: it imports nothing
-// of roam.
+// Package tick runs a function at a fixed period until a context ends
+// (tick.Every(ctx, time.Second, resync)) or until it succeeds
+// (tick.Until(ctx, time.Minute, 100*time.Millisecond, ready)). A leaf
+// package: it imports nothing of roam.
 package tick
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -20,5 +22,24 @@ func Every(ctx context.Context, d time.Duration, fn func()) {
 		case <-t.C:
 		}
 		fn()
+	}
+}
+
+// Until calls f every period, the first time at once, until it returns
+// nil or within passes (or ctx ends); the error is then f's last, saying
+// how long it was tried. Tests and tools wait for a state with it.
+func Until(ctx context.Context, within, period time.Duration, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("after %s: %w", within, err)
+		case <-time.After(period):
+		}
 	}
 }

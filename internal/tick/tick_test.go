@@ -2,6 +2,7 @@ package tick
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -43,4 +44,29 @@ func TestEveryEndedContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	Every(ctx, time.Millisecond, func() { t.Error("fn ran under an ended context") })
+}
+
+// TestUntil: f is called until it succeeds; one that never does is given
+// up after within, with its last error; an ended context ends it too.
+func TestUntil(t *testing.T) {
+	n := 0
+	if err := Until(context.Background(), 10*time.Second, time.Millisecond, func() error {
+		if n++; n < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	}); err != nil || n != 3 {
+		t.Fatalf("Until: %v after %d calls, want nil after 3", err, n)
+	}
+	last := errors.New("still down")
+	start := time.Now()
+	err := Until(context.Background(), 30*time.Millisecond, time.Millisecond, func() error { return last })
+	if !errors.Is(err, last) || time.Since(start) < 30*time.Millisecond {
+		t.Fatalf("Until of a failing f: %v after %s, want its error after 30ms", err, time.Since(start))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Until(ctx, time.Hour, time.Millisecond, func() error { return last }); !errors.Is(err, last) {
+		t.Fatalf("Until with an ended context: %v, want f's error at once", err)
+	}
 }

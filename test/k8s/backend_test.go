@@ -22,6 +22,7 @@ import (
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/ctrl/backend/kube"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/tick"
 )
 
 // ctrlClient is a client with the credentials roam-ctrl's pod would hold:
@@ -129,7 +130,7 @@ func usage(ctx context.Context, cp *ControlPlane) (milliCPU, memMB, pods int64, 
 func settledCapacity(t *testing.T, ctx context.Context, cp *ControlPlane, be *kube.Backend) backend.Capacity {
 	t.Helper()
 	var c backend.Capacity
-	if err := Eventually(ctx, time.Minute, func() error {
+	if err := tick.Until(ctx, time.Minute, 100*time.Millisecond, func() error {
 		cpu, mem, pods, err := usage(ctx, cp)
 		if err != nil {
 			return err
@@ -272,7 +273,7 @@ func TestBackendLifecycle(t *testing.T) {
 	if _, err := be.Get(ctx, "web"); !errors.Is(err, backend.ErrNotFound) {
 		t.Fatalf("get after delete: %v", err)
 	}
-	if err := Eventually(ctx, time.Minute, func() error {
+	if err := tick.Until(ctx, time.Minute, 100*time.Millisecond, func() error {
 		rs, err := cp.Admin.AppsV1().ReplicaSets(servicesNS).List(ctx, metav1.ListOptions{LabelSelector: kube.LabelService + "=web"})
 		if err != nil {
 			return err

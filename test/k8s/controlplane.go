@@ -35,6 +35,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/roamnet/roam/internal/tick"
 	"github.com/roamnet/roam/test/testport"
 )
 
@@ -258,7 +259,7 @@ func (cp *ControlPlane) addNodes(ctx context.Context) error {
 		}
 		cp.NodeNames = append(cp.NodeNames, name)
 	}
-	return Eventually(ctx, 90*time.Second, func() error {
+	return tick.Until(ctx, 90*time.Second, 100*time.Millisecond, func() error {
 		nodes, err := cp.Admin.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
@@ -282,24 +283,6 @@ func (cp *ControlPlane) addNodes(ctx context.Context) error {
 		}
 		return nil
 	})
-}
-
-// Eventually calls f until it returns nil or within passes; the error is
-// f's last.
-func Eventually(ctx context.Context, within time.Duration, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, within)
-	defer cancel()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("after %s: %w", within, err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 func (cp *ControlPlane) run(name string, args ...string) error {
@@ -419,7 +402,7 @@ func (cp *ControlPlane) waitHTTP(ctx context.Context, what, url string, hdr map[
 	pool.AppendCertsFromPEM(cp.CA)
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	defer c.CloseIdleConnections()
-	return Eventually(ctx, 90*time.Second, func() error {
+	return tick.Until(ctx, 90*time.Second, 100*time.Millisecond, func() error {
 		if err := cp.Exited(); err != nil {
 			return err
 		}
@@ -558,7 +541,7 @@ func writePKI(dir string) (*pki, error) {
 // ServiceAccount, the credentials a pod running as it would hold.
 func (cp *ControlPlane) ServiceAccountToken(ctx context.Context, ns, name string) (string, error) {
 	var tok string
-	err := Eventually(ctx, 30*time.Second, func() error {
+	err := tick.Until(ctx, 30*time.Second, 100*time.Millisecond, func() error {
 		hour := int64(3600)
 		req := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &hour}}
 		tr, err := cp.Admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, req, metav1.CreateOptions{})

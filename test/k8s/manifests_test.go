@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roamnet/roam/internal/tick"
 	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
@@ -189,14 +190,14 @@ func TestOverlaysAdmitted(t *testing.T) {
 // settle waits for what the real controllers make of objs: the agent
 // DaemonSet Ready on every node, every Deployment Available and updated.
 func settle(ctx context.Context, cp *ControlPlane, objs []*unstructured.Unstructured) error {
-	if err := Eventually(ctx, 90*time.Second, func() error { _, err := readyAgents(ctx, cp); return err }); err != nil {
+	if err := tick.Until(ctx, 90*time.Second, 100*time.Millisecond, func() error { _, err := readyAgents(ctx, cp); return err }); err != nil {
 		return err
 	}
 	for _, u := range objs {
 		if u.GetKind() != "Deployment" {
 			continue
 		}
-		if err := Eventually(ctx, 90*time.Second, func() error {
+		if err := tick.Until(ctx, 90*time.Second, 100*time.Millisecond, func() error {
 			d, err := cp.Admin.AppsV1().Deployments(u.GetNamespace()).Get(ctx, u.GetName(), metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -331,7 +332,7 @@ images:
 	maxUnavail := ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable.IntValue()
 	worst := 0
 	var after map[string]corev1.Pod
-	err = Eventually(ctx, 2*time.Minute, func() error {
+	err = tick.Until(ctx, 2*time.Minute, 100*time.Millisecond, func() error {
 		ds, err := cp.Admin.AppsV1().DaemonSets("roam-system").Get(ctx, "roam-agent", metav1.GetOptions{})
 		if err != nil {
 			return err

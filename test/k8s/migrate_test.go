@@ -36,6 +36,7 @@ import (
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/tick"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -230,7 +231,7 @@ func TestMigrationAcrossClusters(t *testing.T) {
 		t.Fatalf("migrate: HTTP %d, state %s, error %q: want a failed verify of %v (no data path under kwok)", code, m.State, m.Error, m.ToEndpoints[0])
 	}
 	// Rollback through b's apiserver: the copy and its Service are gone.
-	if err := Eventually(ctx, time.Minute, func() error {
+	if err := tick.Until(ctx, time.Minute, 100*time.Millisecond, func() error {
 		ds, err := b.Admin.AppsV1().Deployments(servicesNS).List(ctx, metav1.ListOptions{LabelSelector: kube.LabelManagedBy + "=roam"})
 		if err != nil {
 			return err
