@@ -21,6 +21,9 @@ type world struct {
 	seq   uint64
 	ids   []string
 	tiers []string
+	// expiredAt is the time the step just passed to ExpireReservations
+	// (zero when it did not).
+	expiredAt time.Time
 }
 
 func newWorld(seed uint64) *world {
@@ -72,10 +75,12 @@ func (w *world) hello(id string) {
 	}
 	// Some hellos are old: suspect or down at w.now.
 	seen := w.now.Add(-[]time.Duration{0, 0, 0, 1600 * time.Millisecond, 10 * time.Second}[r.IntN(5)])
-	if r.IntN(4) == 0 && len(w.reg.resvByDest[id]) > 0 {
-		for rid := range w.reg.resvByDest[id] {
-			h.Placed = append(h.Placed, rid)
-			break
+	if r.IntN(4) == 0 {
+		for rid, rv := range w.reg.resv {
+			if rv.dest == id {
+				h.Placed = append(h.Placed, rid)
+				break
+			}
 		}
 	}
 	w.reg.Observe(h, seen)
@@ -90,13 +95,61 @@ func (w *world) step() {
 		w.now = w.now.Add(time.Duration(r.IntN(3000)) * time.Millisecond)
 		w.reg.Sweep(w.now, nil)
 	case 2:
-		w.reg.ExpireReservations(w.now.Add(time.Duration(r.IntN(60)) * time.Second))
+		w.expiredAt = w.now.Add(time.Duration(r.IntN(60)) * time.Second)
+		if left := w.reg.ExpireReservations(w.expiredAt); left != len(w.reg.resv) {
+			panic(fmt.Sprintf("ExpireReservations says %d left, %d held", left, len(w.reg.resv)))
+		}
 	case 3, 4:
 		w.reg.Reserve("p"+strconv.Itoa(r.IntN(30)), w.pick(), Resources{MilliCPU: int64(r.IntN(3) * 500), MemoryMB: int64(r.IntN(3) * 512)},
 			w.now.Add(time.Duration(1+r.IntN(60))*time.Second))
 	default:
 		w.hello(w.pick())
 	}
+}
+
+// checkReservations compares the registry's reservation bookkeeping with
+// its reservations: the sums per destination (and each entry's Reserved)
+// with a brute-force sum, the expiry heap with the set, and no
+// reservation left that the last ExpireReservations should have ended.
+func (w *world) checkReservations() error {
+	r := w.reg
+	want := map[string]Reserved{}
+	for id, rv := range r.resv {
+		if rv.id != id {
+			return fmt.Errorf("reservation %s filed under %s", rv.id, id)
+		}
+		sum := want[rv.dest]
+		sum.MilliCPU += rv.res.MilliCPU
+		sum.MemoryMB += rv.res.MemoryMB
+		sum.Pods++
+		want[rv.dest] = sum
+		if !w.expiredAt.IsZero() && !w.expiredAt.Before(rv.expires) {
+			return fmt.Errorf("reservation %s expired at %s is still held after ExpireReservations(%s)", id, rv.expires, w.expiredAt)
+		}
+	}
+	if len(r.resvSum) != len(want) {
+		return fmt.Errorf("sums for %d destinations, reservations at %d", len(r.resvSum), len(want))
+	}
+	for dest, sum := range want {
+		if r.resvSum[dest] != sum {
+			return fmt.Errorf("reserved at %s: %+v, reservations add up to %+v", dest, r.resvSum[dest], sum)
+		}
+		if s := r.byID[dest]; s != nil && s.c().Reserved != sum {
+			return fmt.Errorf("entry %s carries %+v reserved, reservations add up to %+v", dest, s.c().Reserved, sum)
+		}
+	}
+	if len(r.resvExp) != len(r.resv) {
+		return fmt.Errorf("expiry heap holds %d, reservations %d", len(r.resvExp), len(r.resv))
+	}
+	for i, rv := range r.resvExp {
+		if rv.at != i || r.resv[rv.id] != rv {
+			return fmt.Errorf("expiry heap slot %d: %s at %d", i, rv.id, rv.at)
+		}
+		if i > 0 && rv.expires.Before(r.resvExp[(i-1)/2].expires) {
+			return fmt.Errorf("expiry heap out of order at %d", i)
+		}
+	}
+	return nil
 }
 
 func (w *world) request() PlacementRequest {
@@ -160,7 +213,11 @@ func sameDecision(a, b PlacementReply) error {
 func checkWorld(t *testing.T, seed uint64) {
 	w := newWorld(seed)
 	for step := range 40 {
+		w.expiredAt = time.Time{}
 		w.step()
+		if err := w.checkReservations(); err != nil {
+			t.Fatalf("seed %d step %d: %v", seed, step, err)
+		}
 		req := w.request()
 		for _, p := range []Policy{LeastLoaded{}, TierAware{}} {
 			idx := w.reg.Place(p, req, w.now, 0)

@@ -6,6 +6,7 @@
 package meta
 
 import (
+	"container/heap"
 	"slices"
 	"strings"
 	"sync"
@@ -183,6 +184,23 @@ type reservation struct {
 	id, dest string
 	res      Resources
 	expires  time.Time
+	at       int // in Registry.resvExp
+}
+
+// resvHeap orders reservations by expiry, so that ending the expired ones
+// costs what they are, not what all are (container/heap).
+type resvHeap []*reservation
+
+func (h resvHeap) Len() int           { return len(h) }
+func (h resvHeap) Less(i, j int) bool { return h[i].expires.Before(h[j].expires) }
+func (h resvHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].at, h[j].at = i, j }
+func (h *resvHeap) Push(x any)        { rv := x.(*reservation); rv.at = len(*h); *h = append(*h, rv) }
+func (h *resvHeap) Pop() any {
+	old := *h
+	rv := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return rv
 }
 
 // Registry holds the latest hello per cluster, reservations and the
@@ -200,8 +218,9 @@ type Registry struct {
 	linkedBy map[string]map[string]struct{}
 	labels   map[string]map[string]struct{}
 
-	resv       map[string]*reservation            // by placement id
-	resvByDest map[string]map[string]*reservation // dest -> id -> r
+	resv    map[string]*reservation // by placement id
+	resvSum map[string]Reserved     // by destination: what its reservations add up to
+	resvExp resvHeap                // by expiry, soonest first
 }
 
 // NewRegistry returns an empty registry: a cluster is suspect once one
@@ -214,7 +233,7 @@ func NewRegistry(interval time.Duration, downAfter int) *Registry {
 	return &Registry{interval: interval, downAfter: max(downAfter, 1), byID: map[string]*slot{},
 		tiers: map[string]*tierTree{}, linkedBy: map[string]map[string]struct{}{},
 		labels: map[string]map[string]struct{}{}, resv: map[string]*reservation{},
-		resvByDest: map[string]map[string]*reservation{}}
+		resvSum: map[string]Reserved{}}
 }
 
 // Observe records h, received at now, unless its Seq is stale or too far
@@ -525,6 +544,7 @@ func (r *Registry) reserveLocked(id, dest string, res Resources, expires time.Ti
 		if old.dest == dest {
 			if expires.After(old.expires) {
 				old.expires = expires
+				heap.Fix(&r.resvExp, old.at)
 			}
 			return
 		}
@@ -532,36 +552,34 @@ func (r *Registry) reserveLocked(id, dest string, res Resources, expires time.Ti
 	}
 	rv := &reservation{id: id, dest: dest, res: res, expires: expires}
 	r.resv[id] = rv
-	m := r.resvByDest[dest]
-	if m == nil {
-		m = map[string]*reservation{}
-		r.resvByDest[dest] = m
-	}
-	m[id] = rv
+	heap.Push(&r.resvExp, rv)
+	r.addReserved(dest, rv.res, 1)
 	r.refreshReserved(dest)
 }
 
 func (r *Registry) dropReservation(rv *reservation) {
 	delete(r.resv, rv.id)
-	if m := r.resvByDest[rv.dest]; m != nil {
-		delete(m, rv.id)
-		if len(m) == 0 {
-			delete(r.resvByDest, rv.dest)
-		}
-	}
+	heap.Remove(&r.resvExp, rv.at)
+	r.addReserved(rv.dest, rv.res, -1)
 	r.refreshReserved(rv.dest)
 }
 
-// reservedAt sums the reservations held at dest.
-func (r *Registry) reservedAt(dest string) Reserved {
-	var sum Reserved
-	for _, rv := range r.resvByDest[dest] {
-		sum.MilliCPU += rv.res.MilliCPU
-		sum.MemoryMB += rv.res.MemoryMB
-		sum.Pods++
+// addReserved adds (sign 1) or takes away (-1) one reservation of res in
+// dest's sum.
+func (r *Registry) addReserved(dest string, res Resources, sign int64) {
+	sum := r.resvSum[dest]
+	sum.MilliCPU += sign * res.MilliCPU
+	sum.MemoryMB += sign * res.MemoryMB
+	sum.Pods += sign
+	if sum.Pods == 0 {
+		delete(r.resvSum, dest)
+		return
 	}
-	return sum
+	r.resvSum[dest] = sum
 }
+
+// reservedAt sums the reservations held at dest.
+func (r *Registry) reservedAt(dest string) Reserved { return r.resvSum[dest] }
 
 // refreshReserved gives dest's entry its current reservations.
 func (r *Registry) refreshReserved(dest string) {
@@ -580,12 +598,17 @@ func (r *Registry) refreshReserved(dest string) {
 // ExpireReservations drops the reservations whose time is up at now and
 // returns how many are left.
 func (r *Registry) ExpireReservations(now time.Time) int {
+	r.mu.RLock()
+	due := len(r.resvExp) > 0 && !now.Before(r.resvExp[0].expires)
+	n := len(r.resv)
+	r.mu.RUnlock()
+	if !due {
+		return n
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, rv := range r.resv {
-		if !now.Before(rv.expires) {
-			r.dropReservation(rv)
-		}
+	for len(r.resvExp) > 0 && !now.Before(r.resvExp[0].expires) {
+		r.dropReservation(r.resvExp[0])
 	}
 	return len(r.resv)
 }
