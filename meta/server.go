@@ -471,10 +471,20 @@ func (s *Server) handlePlace(r micro.Request) {
 		s.respondErr(r, CodeInternal, "encode reply: "+err.Error())
 		return
 	}
+	var until time.Time
+	if ttl > 0 {
+		until = start.Add(ttl)
+	}
+	// The audit record is handed over before the reply: a goroutine made
+	// runnable runs next on this core once the handler waits, and the last
+	// one made runnable must be the one that writes the reply out (the
+	// connection's flusher), not publishAudit and the JetStream work it
+	// sets off.
+	s.audit(req, rep, until)
 	err = r.Respond(b)
 	took := time.Since(start)
 	if ttl > 0 && rep.Destination != nil {
-		s.reg.Reserve(req.RequestID, rep.Destination.ClusterID, req.Service.Resources, start.Add(ttl))
+		s.reg.Reserve(req.RequestID, rep.Destination.ClusterID, req.Service.Resources, until)
 	}
 	if err != nil {
 		s.metrics.placements.WithLabelValues("error").Inc()
@@ -487,11 +497,6 @@ func (s *Server) handlePlace(r micro.Request) {
 	}
 	s.metrics.placements.WithLabelValues(result).Inc()
 	s.metrics.latency.Observe(took.Seconds())
-	var until time.Time
-	if ttl > 0 {
-		until = start.Add(ttl)
-	}
-	s.audit(req, rep, until)
 }
 
 func (s *Server) respondErr(r micro.Request, code, desc string) {
