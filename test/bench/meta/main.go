@@ -59,7 +59,11 @@ func run() error {
 	traceCount := flag.Int("trace-count", 100000, "the cluster count whose placements -trace traces")
 	memProfile := flag.String("memprofile", "", "write a heap profile here after the placement rows")
 	placementOnly := flag.Bool("placement-only", false, "stop after the placement rows (no ingest, herding or failover)")
+	clientOf := flag.String("client-of", "", "run as the client process of the MO at this NATS URL (clientproc.go; started by the benchmark itself)")
 	flag.Parse()
+	if *clientOf != "" {
+		return runClientProc(*clientOf)
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -85,22 +89,34 @@ func run() error {
 		return err
 	}
 
-	pubConn, err := nats.Connect(srv.ClientURL())
+	// The simulated clusters and the requester of the placement rows (and
+	// the ingest measurement) run in a client process of their own.
+	// Two client processes: one plays the clusters, the other times
+	// placements (its process does nothing else meanwhile).
+	cp, err := startClientProc(srv.ClientURL())
 	if err != nil {
-		return fmt.Errorf("connect publisher: %w", err)
+		return err
 	}
-	defer pubConn.Close()
+	defer cp.stop()
+	reqProc, err := startClientProc(srv.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer reqProc.stop()
+	// The requester inside the MO's process, timed after the client
+	// process's one in every row (the layout before: it shares the MO's
+	// runtime, its cores and its GC).
 	reqConn, err := nats.Connect(srv.ClientURL())
 	if err != nil {
 		return fmt.Errorf("connect requester: %w", err)
 	}
 	defer reqConn.Close()
-	client, err := meta.NewClient(reqConn, "bench-requester", meta.WithTimeout(5*time.Second), meta.WithRetries(0), meta.WithoutCache(),
+	inClient, err := meta.NewClient(reqConn, "bench-requester-in", meta.WithTimeout(5*time.Second), meta.WithRetries(0), meta.WithoutCache(),
 		meta.WithLogger(quiet))
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer inClient.Close()
 
 	type row struct {
 		clusters int
@@ -113,10 +129,11 @@ func run() error {
 		// roam_meta_placement_seconds histogram: the bucket holding it.
 		moP99 float64
 		rt    rtStats
+		// The same placements from a requester in the MO's process.
+		inP50, inP99 time.Duration
+		inFailed     int
 	}
 	var rows []row
-	sim := newSimulator(pubConn)
-	defer sim.stop()
 	var ns []int
 	for _, f := range strings.Split(*counts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -130,7 +147,7 @@ func run() error {
 		if n > 10000 && rate == 0 && len(rows) > 0 {
 			// The ingest rate with the fleet so far, before the largest
 			// one loads the MO.
-			if rate, err = measureIngest(srv, sim, *ingest); err != nil {
+			if rate, err = measureIngest(srv, cp, *ingest); err != nil {
 				return err
 			}
 		}
@@ -138,11 +155,9 @@ func run() error {
 		if n >= 100000 {
 			iv = *interval100k
 		}
-		hs := make([]meta.Hello, n)
-		for i := range n {
-			hs[i] = simHello(i, n, iv)
+		if err := cp.set(n, iv); err != nil {
+			return err
 		}
-		sim.set(hs, iv)
 		// Every cluster registered and (nearly) all alive: on a busy
 		// machine a few may be a hello late at any moment. A fleet the
 		// MO cannot keep alive on this machine is measured anyway after
@@ -166,15 +181,24 @@ func run() error {
 		if err != nil {
 			return err
 		}
+		clientTrace := ""
+		if *traceOut != "" && n == *traceCount {
+			clientTrace = *traceOut + ".client"
+		}
 		rt0 := readRuntime()
-		lat, failed, err := measurePlacement(client, *requests)
+		lat, failed, err := reqProc.place(*requests, clientTrace)
 		rt := rtDelta(rt0, readRuntime())
 		stopTrace()
 		if err != nil {
 			return err
 		}
+		moP99 := bucketQuantile(before, placementBuckets(srv), 0.99)
+		inLat, inFailed, err := measurePlacement(inClient, *requests)
+		if err != nil {
+			return fmt.Errorf("requester in the MO's process: %w", err)
+		}
 		rows = append(rows, row{clusters: n, alive: alive, failed: failed, interval: iv, p50: pct(lat, 50), p99: pct(lat, 99), mean: mean(lat),
-			moP99: bucketQuantile(before, placementBuckets(srv), 0.99), rt: rt})
+			moP99: moP99, rt: rt, inP50: pct(inLat, 50), inP99: pct(inLat, 99), inFailed: inFailed})
 		fmt.Fprintf(os.Stderr, "measured %d clusters\n", n)
 	}
 
@@ -192,21 +216,33 @@ func run() error {
 	}
 	if *placementOnly {
 		fmt.Println("placement rows only (-placement-only)")
+		fmt.Println(measuredLine)
 		for _, r := range rows {
-			printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt)
+			printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt, r.inP50, r.inP99)
 		}
 		return nil
 	}
 	if rate == 0 {
-		if rate, err = measureIngest(srv, sim, *ingest); err != nil {
+		if rate, err = measureIngest(srv, cp, *ingest); err != nil {
 			return err
 		}
 	}
+	// The client processes stop (and the fleet's hellos); the herd's own
+	// hellos come from this process.
+	cp.stop()
+	reqProc.stop()
+	pubConn, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		return fmt.Errorf("connect publisher: %w", err)
+	}
+	defer pubConn.Close()
+	sim := newSimulator(pubConn)
+	defer sim.stop()
 
 	// Herding on the single MO: with reservations (the default) and
 	// without, among the herd clusters only.
 	sim.set(herdHellos(time.Second), time.Second)
-	// The herd's hellos queue behind the 100,000 clusters' last ones.
+	// The herd's hellos may queue behind the 100,000 clusters' last ones.
 	if err := waitHerdAlive(srv, 2*time.Minute); err != nil {
 		return err
 	}
@@ -281,11 +317,12 @@ func run() error {
 	csim.stop()
 
 	fmt.Println("roam meta-orchestrator on loopback (embedded NATS, least-loaded policy; requester without hello cache)")
+	fmt.Println(measuredLine)
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average (other work shares these cores): %s", la)
 	}
 	for _, r := range rows {
-		printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt)
+		printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt, r.inP50, r.inP99)
 	}
 	byCount := map[int]row{}
 	for _, r := range rows {
@@ -337,28 +374,35 @@ func run() error {
 		out["gc_pause_max_le_us_"+strconv.Itoa(r.clusters)] = round(r.rt.gcPauseMax * 1e6)
 		out["gc_cycles_"+strconv.Itoa(r.clusters)] = float64(r.rt.gcCycles)
 		out["heap_live_mb_"+strconv.Itoa(r.clusters)] = round(float64(r.rt.heapLive) / (1 << 20))
+		out["pr_p50_us_inproc_"+strconv.Itoa(r.clusters)] = round(us(r.inP50))
+		out["pr_p99_us_inproc_"+strconv.Itoa(r.clusters)] = round(us(r.inP99))
+		out["pr_timeouts_inproc_"+strconv.Itoa(r.clusters)] = float64(r.inFailed)
 	}
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))
 	return nil
 }
 
+// measuredLine says what a placement row times.
+const measuredLine = "placement rows: round trip timed in a requester process of its own (another process plays the clusters' hellos), so the MO's process holds only the MO and its NATS " +
+	"and the runtime columns are that process's; \"in-proc\" columns: the same placements from a requester inside the MO's process, as measured before (it shares the MO's cores, scheduler and GC)"
+
 var rowHeader sync.Once
 
 // printRow prints one placement row, with the process's runtime figures
 // over its measurement (rtmetrics.go).
-func printRow(clusters, alive int, iv, p50, p99, avg time.Duration, failed int, moP99 float64, rt rtStats) {
+func printRow(clusters, alive int, iv, p50, p99, avg time.Duration, failed int, moP99 float64, rt rtStats, inP50, inP99 time.Duration) {
 	rowHeader.Do(func() {
-		fmt.Printf("%-10s %8s %8s %10s %10s %10s %8s %10s %12s | %10s %10s %9s %6s %8s %8s\n", "clusters", "alive", "hello", "p50 µs", "p99 µs", "mean µs",
-			"timeouts", "goal p99", "MO p99 µs", "sched p99", "sched max", "GC pause", "GCs", "GC cpu", "heap MB")
+		fmt.Printf("%-10s %8s %8s %10s %10s %10s %8s %10s %12s | %10s %10s %9s %6s %8s %8s | %12s %12s\n", "clusters", "alive", "hello", "p50 µs", "p99 µs", "mean µs",
+			"timeouts", "goal p99", "MO p99 µs", "sched p99", "sched max", "GC pause", "GCs", "GC cpu", "heap MB", "in-proc p50", "in-proc p99")
 	})
 	goal := "<1000 µs"
 	if clusters >= 100000 {
 		goal = "<2000 µs"
 	}
-	fmt.Printf("%-10d %8d %8s %10.0f %10.0f %10.0f %8d %10s %12s | %10s %10s %9s %6d %7.0f%% %8.0f\n", clusters, alive, "/"+iv.String(), us(p50), us(p99), us(avg), failed, goal,
+	fmt.Printf("%-10d %8d %8s %10.0f %10.0f %10.0f %8d %10s %12s | %10s %10s %9s %6d %7.0f%% %8.0f | %12.0f %12.0f\n", clusters, alive, "/"+iv.String(), us(p50), us(p99), us(avg), failed, goal,
 		fmt.Sprintf("<= %.0f", moP99*1e6), fmt.Sprintf("<= %.0f", rt.schedP99*1e6), fmt.Sprintf("<= %.0f", rt.schedMax*1e6),
-		fmt.Sprintf("<= %.0f", rt.gcPauseMax*1e6), rt.gcCycles, rt.gcCPUShare*100, float64(rt.heapLive)/(1<<20))
+		fmt.Sprintf("<= %.0f", rt.gcPauseMax*1e6), rt.gcCycles, rt.gcCPUShare*100, float64(rt.heapLive)/(1<<20), us(inP50), us(inP99))
 }
 
 // startTrace starts an execution trace to path when on; the returned
@@ -409,45 +453,17 @@ func waitAlive(srv *meta.Server, n int) error {
 	return nil
 }
 
-// measurePlacement times n placements (after 200 to warm up); a request
-// the MO does not answer within the client's timeout is counted, not
-// timed.
-func measurePlacement(c *meta.Client, n int) (lat []time.Duration, failed int, err error) {
-	req := benchRequest(nil)
-	ctx := context.Background()
-	for range 200 { // warm up
-		_, _ = c.Place(ctx, req)
-	}
-	lat = make([]time.Duration, 0, n)
-	for range n {
-		start := time.Now()
-		rep, err := c.Place(ctx, req)
-		d := time.Since(start)
-		if err != nil {
-			failed++
-			continue
-		}
-		if !rep.OK() || rep.Local {
-			return nil, 0, fmt.Errorf("unexpected reply: %+v", rep)
-		}
-		lat = append(lat, d)
-	}
-	if len(lat) == 0 {
-		return nil, failed, fmt.Errorf("no placement answered of %d", n)
-	}
-	return lat, failed, nil
-}
-
 // measureIngest floods the MO with hellos from the first 10,000 clusters
 // the simulator plays (its steady hellos paused) and times how long its
 // hello handler takes to take them all in. Hellos the MO drops as a slow
 // consumer are never taken in: after 90 s the rate so far is returned.
-func measureIngest(srv *meta.Server, sim *simulator, total int) (float64, error) {
-	sim.pause(true)
-	defer sim.pause(false)
+func measureIngest(srv *meta.Server, cp *clientProc, total int) (float64, error) {
+	if err := cp.pause(true); err != nil {
+		return 0, err
+	}
 	base := seenHellos(srv)
 	start := time.Now()
-	if err := sim.flood(total, 10000); err != nil {
+	if err := cp.flood(total, 10000); err != nil {
 		return 0, err
 	}
 	deadline := time.Now().Add(90 * time.Second)
@@ -458,7 +474,8 @@ func measureIngest(srv *meta.Server, sim *simulator, total int) (float64, error)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return (seenHellos(srv) - base) / time.Since(start).Seconds(), nil
+	rate := (seenHellos(srv) - base) / time.Since(start).Seconds()
+	return rate, cp.pause(false)
 }
 
 // waitViewQuiet waits (at most limit) until the MO writes fewer than 1,000
