@@ -175,6 +175,8 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	    synproxy_wanted(p, cfg, now) && ((p->tcp_flags & TCP_FLAG_SYN) || !roam_local_socket(ctx, p)))
 		return VERDICT_SYNPROXY;
 	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN) {
+		if (kind == TARGET_LOCAL && srv6_previous(id) && !roam_local_socket(ctx, p))
+			return VERDICT_SRV6; /* a move back home: its connection stays on the path it came from (srv6.h) */
 		if (kind == TARGET_LOCAL || roam_local_socket(ctx, p)) {
 			count_action(id, ACTION_PASS, p->len);
 			return VERDICT_PASS;

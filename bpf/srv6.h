@@ -187,6 +187,36 @@ static __always_inline __u32 srv6_flowlabel(const struct pkt *p)
 	return h & 0xfffff;
 }
 
+/*
+ * srv6_previous: a TCP packet of an open connection (no SYN) with no flow
+ * pinned here, to a frontend whose active target is local (sc->svc: its
+ * key, as active_target left it) while the other slot still holds the
+ * SRv6 path it was committed from (its slot_gen 0: the previous target,
+ * not a staged one). That is a move back home: the connection was opened
+ * along that path, at a copy abroad that now drains (the local copy's own
+ * connections are pinned by conntrack from their SYN). Keep sending it
+ * there: sc->t set to that path and sc->id to id (the frontend's), 1
+ * returned; else 0.
+ */
+static __always_inline int srv6_previous(__u32 id)
+{
+	struct scratch *sc = scratch();
+	if (!sc)
+		return 0;
+	__u32 *idp = bpf_map_lookup_elem(&roam_services, &sc->svc);
+	if (!idp)
+		return 0;
+	struct service *svc = bpf_map_lookup_elem(&roam_service_slots, idp);
+	if (!svc)
+		return 0;
+	__u32 other = (*(volatile __u32 *)&svc->active & 1) ^ 1;
+	if (svc->slot_gen[other] != 0 || svc->slot[other].kind != TARGET_SRV6)
+		return 0;
+	__builtin_memcpy(&sc->t, &svc->slot[other], sizeof(sc->t));
+	sc->id = id;
+	return 1;
+}
+
 #ifdef ROAM_XDP
 /*
  * srv6_clamp_mss lowers the MSS option of a TCP SYN (or SYN-ACK) to max

@@ -10,7 +10,12 @@ package migrate
 //     copy serves, keeps the flows it has while it drains, and forwards
 //     everything once it is gone), then [new] once the old copy is gone;
 //   - a move from home: [new] (the home's flows stay pinned to its local
-//     copy by conntrack, as in NAT mode).
+//     copy by conntrack, as in NAT mode);
+//   - a move back home: local, committed at once; the TCP connections
+//     opened along the previous path stay on it while the old copy drains
+//     (the home's data plane sends a TCP packet that opens nothing, has no
+//     flow pinned at the home and no socket there, along the path in the
+//     other slot: bpf/srv6.h srv6_previous).
 //
 // A location's SID is its node 0's SID in the locator its cluster
 // announces in hellos (lb.NodeSID; the locator is routed to that node). At

@@ -297,3 +297,82 @@ func tcpMSS(t *testing.T, c net.Conn) int {
 	})
 	return mss
 }
+
+// TestSRv6MoveHome: a move back home (the home commits local after [old])
+// keeps the TCP connections opened along [old] there while the old copy
+// drains: their packets (no SYN, no flow pinned at the home, no socket of
+// the home's) still go along the previous path, while new connections and
+// UDP reach the home's own copy. For an IPv4 and an IPv6 client; the old
+// copy sees the client's own address throughout.
+func TestSRv6MoveHome(t *testing.T) {
+	netns.SkipUnlessRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bed := newSRv6Bed(t)
+	topo, home, old := bed.topo, bed.home, bed.old
+	// The home's copy answers from the frontends, on its lo.
+	if err := netns.Handle(topo.Home, func(h *netlink.Handle) error {
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := h.LinkSetUp(lo); err != nil {
+			return err
+		}
+		for _, a := range []netip.Addr{netns.SRv6FrontendV4, netns.SRv6FrontendV6} {
+			if err := h.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a, a.BitLen())), Flags: unix.IFA_F_NODAD}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	startCopy(t, topo.Old, "old")
+	startCopy(t, topo.Home, "home")
+
+	for _, fam := range []struct {
+		name             string
+		frontend, client netip.Addr
+	}{
+		{"ipv4", netns.SRv6FrontendV4, netns.SRv6ClientV4},
+		{"ipv6", netns.SRv6FrontendV6, netns.SRv6ClientV6},
+	} {
+		t.Logf("== %s", fam.name)
+		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
+		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
+		tcpAddr := netip.AddrPortFrom(fam.frontend, 80)
+		want := func(step, gotWho, gotClient, wantWho string) {
+			t.Helper()
+			if gotWho != wantWho || gotClient != fam.client.String() {
+				t.Fatalf("%s: answered by %s seeing client %s, want %s seeing %s", step, gotWho, gotClient, wantWho, fam.client)
+			}
+		}
+		old.setCopy(t, dataplane.SRv6Serving, fT, fU)
+		home.commit(t, lb.SRv6(netns.SRv6SIDOld), fT, fU)
+		a := dialFrontend(ctx, t, topo.Client, tcpAddr)
+		who, cl := a.ask(t)
+		want("[old]: connection a", who, cl, "old")
+
+		t.Log("back home: local committed, the old copy draining")
+		home.commit(t, lb.Local, fT, fU)
+		old.setCopy(t, dataplane.SRv6Draining, fT, fU)
+		who, cl = a.ask(t)
+		want("home: connection a, opened along [old]", who, cl, "old")
+		a.bulk(t, 300_000)
+		b := dialFrontend(ctx, t, topo.Client, tcpAddr)
+		who, cl = b.ask(t)
+		want("home: a new connection", who, cl, "home")
+		b.bulk(t, 100_000)
+		who, cl = a.ask(t)
+		want("home: connection a again", who, cl, "old")
+		u := dialUDP(ctx, t, topo.Client, netip.AddrPortFrom(fam.frontend, 7000))
+		who, cl = u.ask(t)
+		want("home: udp", who, cl, "home")
+		a.c.Close()
+		old.setCopy(t, dataplane.SRv6Gone, fT, fU)
+	}
+	if n := home.drops(t)["no_flow"]; n != 0 {
+		t.Errorf("home dropped %d packets with no flow", n)
+	}
+}
