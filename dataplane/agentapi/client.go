@@ -18,14 +18,16 @@ import (
 )
 
 // Client talks to one node's agent. It keeps its connections to the agent
-// open between calls (HTTP/2 over TLS: one connection carries concurrent
-// calls), so a migration's stage and commit pay no handshake once Warm
-// has run.
+// open between calls and writes each call and reads its answer on the
+// caller's goroutine (syncTransport: HTTP/1.1, one call per connection at
+// a time), so a migration's stage and commit pay no handshake once Warm
+// has run, and no hand-off between goroutines.
 type Client struct {
 	base  string
 	token string
 	// HTTP is the client used for requests; New sets one with a 10 s timeout.
 	HTTP  *http.Client
+	sync  *syncTransport
 	dials atomic.Int64
 }
 
@@ -46,22 +48,46 @@ func NewTLS(baseURL string, tc *tls.Config) *Client {
 	return c
 }
 
-// transport keeps idle connections for a minute (the agent's server keeps
-// them as long) and counts the connections it opens (Dials).
-func (c *Client) transport(tc *tls.Config) *http.Transport {
+// keepIdle bounds how long a connection is kept idle: less than the
+// agent server's idle timeout (a minute), so that the agent does not
+// close it under a call.
+const keepIdle = 45 * time.Second
+
+// transport keeps up to 4 idle connections for keepIdle and counts the
+// connections it opens (Dials).
+func (c *Client) transport(tc *tls.Config) *syncTransport {
 	d := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
-	t := &http.Transport{
-		TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute,
-		TLSHandshakeTimeout: 5 * time.Second,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c.dials.Add(1)
-			return d.DialContext(ctx, network, addr)
-		},
+	if tc != nil {
+		tc = tc.Clone()
+		tc.NextProtos = []string{"http/1.1"}
 	}
-	if tc == nil {
-		t.Proxy = http.ProxyFromEnvironment // as http.DefaultTransport, which New used
+	c.sync = &syncTransport{addr: hostPort(c.base), tls: tc, maxIdle: 4, idleFor: keepIdle}
+	c.SetDialer(d.DialContext)
+	return c.sync
+}
+
+// SetDialer makes the client open its connections with dial (e.g. inside
+// a network namespace); the connections already kept stay.
+func (c *Client) SetDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	c.sync.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c.dials.Add(1)
+		return dial(ctx, network, addr)
 	}
-	return t
+}
+
+// hostPort is the host:port of base (its scheme's port when it names none).
+func hostPort(base string) string {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return base
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	if u.Scheme == "https" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 // Dials counts the connections this client has opened to its agent (each
@@ -219,13 +245,26 @@ func (c *Client) Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, er
 	return out.Flows, nil
 }
 
-// Warm makes sure a connection to the agent is open and idle, ready for
-// the next call (a health check on it; a new connection only when none
-// is kept). A migration warms its agents when it starts, so that its
-// stage and commit, later, pay no TCP or TLS handshake.
+// warmConns is how many connections Warm keeps open: one for the
+// migration's stage and commit, one for a call made beside them (another
+// service's drain count, the reconciler).
+const warmConns = 2
+
+// Warm makes sure warmConns connections to the agent are open and idle,
+// ready for the next calls, and that the agent answers on them (a health
+// check; a new connection only when fewer are kept). A migration warms
+// its agents when it starts, so that its stage and commit, later, pay no
+// TCP or TLS handshake.
 func (c *Client) Warm(ctx context.Context) error {
 	if err := c.Health(ctx); err != nil {
 		return fmt.Errorf("warm connection: %w", err)
+	}
+	if c.sync == nil || c.HTTP == nil || c.HTTP.Transport != http.RoundTripper(c.sync) {
+		return nil // a transport of the caller's: it keeps its own connections
+	}
+	probe := func() (*http.Request, error) { return httpjson.NewRequest(ctx, http.MethodGet, c.base+"/healthz", nil) }
+	if err := c.sync.fill(ctx, warmConns, probe); err != nil {
+		return fmt.Errorf("warm connections: %w", err)
 	}
 	return nil
 }

@@ -111,8 +111,7 @@ func httpIn(ns string) *http.Client {
 
 func (a *agentProc) client() *agentapi.Client {
 	c := agentapi.NewTLS("https://127.0.0.1:9701", a.ctrl.ClientConfig(pki.ExpectNodeOf("home")))
-	tr := c.HTTP.Transport.(*http.Transport)
-	tr.DialContext, tr.DisableKeepAlives = netns.Dialer(a.topo.Home), true
+	c.SetDialer(netns.Dialer(a.topo.Home))
 	return c
 }
 

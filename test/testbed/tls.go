@@ -12,6 +12,7 @@ import (
 	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/test/netns"
 )
 
 // The testbed's trust: at launch, a CA of its own (as `roamctl cert ca`
@@ -112,8 +113,7 @@ func (tb *Testbed) AgentClient(cluster string, timeout time.Duration) (*agentapi
 		return nil, err
 	}
 	ag := agentapi.NewTLS(fmt.Sprintf("https://127.0.0.1:%d", AgentAPIPort), id.ClientConfig(pki.ExpectNodeOf(cluster)))
-	hc := HTTPClient(c.NS, timeout)
-	hc.Transport.(*http.Transport).TLSClientConfig = id.ClientConfig(pki.ExpectNodeOf(cluster))
-	ag.HTTP = hc
+	ag.SetDialer(netns.Dialer(c.NS))
+	ag.HTTP.Timeout = timeout
 	return ag, nil
 }

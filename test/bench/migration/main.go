@@ -56,6 +56,8 @@ type options struct {
 	rerouteN     int
 	rerouteGap   time.Duration
 	rerouteOnly  bool
+	agentRounds  int
+	agentGap     time.Duration
 }
 
 func main() {
@@ -73,6 +75,8 @@ func main() {
 	flag.BoolVar(&o.udp, "udp", true, "give the service a UDP port and run the UDP client (its flows hold each drain for the data plane's UDP drain time, roam-agent --udp-drain)")
 	flag.IntVar(&o.rerouteN, "reroute-rounds", 200, "rounds of the data plane's stage+commit of 2 frontends per layout (as built, and c81b169's), under the clients' load (0: skip)")
 	flag.DurationVar(&o.rerouteGap, "reroute-gap", 20*time.Millisecond, "time between those rounds")
+	flag.IntVar(&o.agentRounds, "agent-rounds", 100, "rounds of the controller's stage+commit calls of 2 frontends to the home agent per transport (as built, and net/http's HTTP/2), under the clients' load (0: skip)")
+	flag.DurationVar(&o.agentGap, "agent-gap", 50*time.Millisecond, "time between those rounds")
 	flag.BoolVar(&o.rerouteOnly, "reroute-only", false, "only measure the data plane's stage+commit (no testbed)")
 	flag.Parse()
 	o.n = max(o.n, 50)
@@ -109,6 +113,12 @@ type summary struct {
 	DPCommitUs      float64 `json:"dp_commit_us"`
 	DPStageGraceUs  float64 `json:"dp_stage_grace_us"`
 	DPCommitGraceUs float64 `json:"dp_commit_grace_us"`
+	// The controller's stage and commit calls of 2 frontends to the home
+	// agent, p50 (µs): as built, and net/http's HTTP/2 (agentcalls.go).
+	APIStageUs    float64 `json:"api_stage_us"`
+	APICommitUs   float64 `json:"api_commit_us"`
+	APIStageH2Us  float64 `json:"api_stage_h2_us"`
+	APICommitH2Us float64 `json:"api_commit_h2_us"`
 }
 
 // reroute measures the data plane's share of a reroute into sum.
@@ -210,6 +220,17 @@ func run(ctx context.Context, o options) error {
 	fmt.Println("data plane reroute, both layouts, under the clients' load ...")
 	if err := reroute(o, &sum); err != nil {
 		return err
+	}
+	if o.agentRounds > 0 {
+		fmt.Println("controller's calls to the home agent, both transports, under the clients' load ...")
+		sc, h2, err := agentCalls(ctx, tb, o.agentRounds, o.agentGap)
+		if err != nil {
+			return fmt.Errorf("agent calls: %w", err)
+		}
+		printAgentCalls(sc, h2, o.agentRounds, o.agentGap)
+		q := testbed.Quantile
+		sum.APIStageUs, sum.APICommitUs = q(sc.stage, 0.5), q(sc.commit, 0.5)
+		sum.APIStageH2Us, sum.APICommitH2Us = q(h2.stage, 0.5), q(h2.commit, 0.5)
 	}
 	dests := []string{"edge", "cloud", "home"}
 	var migs []ctrl.Migration

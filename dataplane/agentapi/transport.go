@@ -1,0 +1,256 @@
+package agentapi
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// syncTransport is the agent client's http.RoundTripper: HTTP/1.1 over
+// kept connections (TLS or plain TCP), each call written and its answer
+// read on the caller's own goroutine. net/http's Transport hands every
+// call to a connection's writer goroutine and back from its reader
+// goroutine (HTTP/2 adds the server's per-request goroutine and its
+// writer): on a loaded node each hand-off waits for a thread to be woken,
+// and a stage or a commit, whose work on the agent is tens of
+// microseconds, took about a millisecond. Here a call costs one write
+// and one read on a connection already open (the agent's server answers
+// HTTP/1.1 on the connection's own goroutine). Concurrent calls take
+// different connections from the pool (a connection carries one call at
+// a time); idle ones are kept up to maxIdle, for less than the agent
+// server's idle timeout.
+type syncTransport struct {
+	addr    string // host:port
+	tls     *tls.Config
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	maxIdle int
+	idleFor time.Duration
+
+	mu   sync.Mutex
+	idle []*syncConn // most recently used last
+}
+
+// syncConn is one kept connection.
+type syncConn struct {
+	c    net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	used time.Time
+}
+
+// get takes the most recently used idle connection younger than idleFor,
+// closing older ones; nil when none is kept.
+func (t *syncTransport) get() *syncConn {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for len(t.idle) > 0 {
+		sc := t.idle[len(t.idle)-1]
+		t.idle = t.idle[:len(t.idle)-1]
+		if time.Since(sc.used) < t.idleFor {
+			return sc
+		}
+		_ = sc.c.Close()
+	}
+	return nil
+}
+
+// put keeps sc for the next call (or closes it when maxIdle are kept).
+func (t *syncTransport) put(sc *syncConn) {
+	sc.used = time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.idle) >= t.maxIdle {
+		_ = sc.c.Close()
+		return
+	}
+	t.idle = append(t.idle, sc)
+}
+
+// idleConns counts the connections kept idle.
+func (t *syncTransport) idleConns() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.idle)
+}
+
+// fill opens connections until n are kept idle, making the call probe
+// returns on each new one (a health check: the agent then keeps it as a
+// connection between calls, for its idle timeout, and the call says it
+// answers): calls made at once (a stage beside another service's drain
+// count) then find one open.
+func (t *syncTransport) fill(ctx context.Context, n int, probe func() (*http.Request, error)) error {
+	for t.idleConns() < n {
+		sc, err := t.open(ctx)
+		if err != nil {
+			return err
+		}
+		req, err := probe()
+		if err != nil {
+			_ = sc.c.Close()
+			return err
+		}
+		resp, err := t.send(ctx, sc, req)
+		if err != nil {
+			_ = sc.c.Close()
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close() // keeps sc
+		if err == nil && resp.StatusCode/100 != 2 {
+			err = fmt.Errorf("%s: %s", req.URL.Path, resp.Status)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CloseIdleConnections closes every kept connection (http.Client calls it).
+func (t *syncTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = nil
+	t.mu.Unlock()
+	for _, sc := range idle {
+		_ = sc.c.Close()
+	}
+}
+
+// open dials a new connection (and makes its TLS handshake).
+func (t *syncTransport) open(ctx context.Context) (*syncConn, error) {
+	c, err := t.dial(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, err
+	}
+	if t.tls != nil {
+		tc := tls.Client(c, t.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("tls handshake with %s: %w", t.addr, err)
+		}
+		c = tc
+	}
+	return &syncConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 8<<10)}, nil
+}
+
+// RoundTrip sends req on a kept connection (a new one when none is idle)
+// and reads its answer's head; the body is read by the caller, and the
+// connection is kept again once it has been read to its end and closed.
+// A kept connection the agent closed while it was idle (nothing of an
+// answer came) is given up and the call sent once more on a new one.
+func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	sc := t.get()
+	reused := sc != nil
+	for {
+		if sc == nil {
+			var err error
+			if sc, err = t.open(ctx); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := t.send(ctx, sc, req)
+		if err == nil {
+			return resp, nil
+		}
+		_ = sc.c.Close()
+		if !reused || !closedIdle(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		// Sent again: the agent closed that connection before reading
+		// the call (its idle timeout), so the call was not made there.
+		if req.Body != nil && req.GetBody == nil {
+			return nil, err
+		}
+		if req.GetBody != nil {
+			body, gerr := req.GetBody()
+			if gerr != nil {
+				return nil, errors.Join(err, gerr)
+			}
+			req = req.Clone(ctx)
+			req.Body = body
+		}
+		sc, reused = nil, false
+	}
+}
+
+// closedIdle reports whether err says the peer had closed the connection
+// before any answer came: EOF or a reset on a kept connection.
+func closedIdle(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE)
+}
+
+// send writes req on sc and reads the answer's head, within ctx.
+func (t *syncTransport) send(ctx context.Context, sc *syncConn, req *http.Request) (*http.Response, error) {
+	_ = sc.c.SetDeadline(time.Time{})
+	// A call whose context ends (cancelled, or past its deadline)
+	// unblocks at once: its connection is then closed.
+	stop := context.AfterFunc(ctx, func() { _ = sc.c.SetDeadline(time.Unix(1, 0)) })
+	if err := req.Write(sc.bw); err != nil {
+		stop()
+		return nil, ctxErr(ctx, err)
+	}
+	if err := sc.bw.Flush(); err != nil {
+		stop()
+		return nil, ctxErr(ctx, err)
+	}
+	resp, err := http.ReadResponse(sc.br, req)
+	if err != nil {
+		stop()
+		return nil, ctxErr(ctx, err)
+	}
+	resp.Body = &syncBody{rc: resp.Body, t: t, sc: sc, stop: stop, keep: !resp.Close}
+	return resp, nil
+}
+
+// ctxErr is err, or the context's error when that is why the call failed.
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w (%w)", cerr, err)
+	}
+	return err
+}
+
+// syncBody is an answer's body: its connection is kept again once the
+// body has been read to its end and closed, and closed otherwise.
+type syncBody struct {
+	rc   io.ReadCloser
+	t    *syncTransport
+	sc   *syncConn
+	stop func() bool
+	keep bool
+	eof  bool
+	once sync.Once
+}
+
+func (b *syncBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *syncBody) Close() error {
+	b.once.Do(func() {
+		err := b.rc.Close()
+		// stop reports false when the call's context ended first: the
+		// connection's deadline was then set in the past.
+		if b.stop() && b.keep && b.eof && err == nil {
+			b.t.put(b.sc)
+			return
+		}
+		_ = b.sc.c.Close()
+	})
+	return nil
+}

@@ -1,0 +1,130 @@
+package agentapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// startAgentWith serves a real data plane's agent API through wrap (plain
+// HTTP), the server tuned by tune, and returns it with a client.
+func startAgentWith(t *testing.T, wrap func(http.Handler) http.Handler, tune func(*http.Server)) *agent {
+	t.Helper()
+	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
+	var err error
+	if a.srv, err = NewServer(a.dp, ServerConfig{Registerer: a.reg}); err != nil {
+		t.Fatal(err)
+	}
+	a.http = httptest.NewUnstartedServer(wrap(a.srv.Handler()))
+	tune(a.http.Config)
+	a.http.Start()
+	t.Cleanup(a.http.Close)
+	a.client = New(a.http.URL, "")
+	return a
+}
+
+func nothing(h http.Handler) http.Handler { return h }
+
+// TestAgentClosedKeptConnection: the agent closes a kept connection
+// while it is idle (its idle timeout); the next call is made once, on a
+// new connection, and succeeds.
+func TestAgentClosedKeptConnection(t *testing.T) {
+	a := startAgentWith(t, nothing, func(s *http.Server) { s.IdleTimeout = 50 * time.Millisecond })
+	c, x := a.client, ctx(t)
+	if err := c.Warm(x); err != nil {
+		t.Fatal(err)
+	}
+	dials := c.Dials()
+	time.Sleep(300 * time.Millisecond) // the agent closes both
+	gen, err := c.Stage(x, fe, t1)
+	if err != nil {
+		t.Fatalf("stage on a connection the agent closed: %v", err)
+	}
+	if c.Dials() != dials+1 {
+		t.Fatalf("%d dials after the agent closed the kept ones, want %d", c.Dials(), dials+1)
+	}
+	if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", "stage"); n != 1 {
+		t.Fatalf("the agent served %v stages, want 1", n)
+	}
+	if err := c.Commit(x, fe, gen); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := a.dp.Get(fe); err != nil || s.Active != t1 {
+		t.Fatalf("%+v %v, want active %s", s, err, t1)
+	}
+}
+
+// TestCallCancelled: a call whose context ends while the agent has not
+// answered returns at once with the context's error; its connection is
+// not kept (the answer, were it to come, would be read by the next call),
+// and the next call succeeds on a new one.
+func TestCallCancelled(t *testing.T) {
+	release := make(chan struct{})
+	var hold atomic.Bool
+	a := startAgentWith(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if hold.Load() && r.URL.Path == "/v1/stage" {
+				<-release
+			}
+			h.ServeHTTP(w, r)
+		})
+	}, func(*http.Server) {})
+	defer close(release)
+	c, x := a.client, ctx(t)
+	if err := c.Warm(x); err != nil {
+		t.Fatal(err)
+	}
+	hold.Store(true)
+	cx, cancel := context.WithTimeout(x, 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := c.Stage(cx, fe, t1)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("stage past its deadline: %v, want the deadline's error", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("stage past its 100ms deadline returned after %s", d)
+	}
+	if n := c.sync.idleConns(); n != warmConns-1 {
+		t.Fatalf("%d connections kept after the cancelled call, want %d (not its own)", n, warmConns-1)
+	}
+	hold.Store(false)
+	if _, err := c.Stage(x, fe, t2); err != nil {
+		t.Fatalf("stage after a cancelled call: %v", err)
+	}
+	if s, err := a.dp.Get(fe); err != nil || s.Staged != t2 {
+		t.Fatalf("%+v %v, want %s staged", s, err, t2)
+	}
+}
+
+// TestConcurrentCalls: calls made at once each take a connection of
+// their own (one carries one call at a time); at most maxIdle are kept.
+func TestConcurrentCalls(t *testing.T) {
+	a := startAgentWith(t, nothing, func(*http.Server) {})
+	c, x := a.client, ctx(t)
+	var wg sync.WaitGroup
+	errs := make([]error, 16)
+	for i := range errs {
+		wg.Go(func() {
+			_, err := c.List(x)
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.sync.idleConns(); n < 1 || n > c.sync.maxIdle {
+		t.Fatalf("%d connections kept, want 1 to %d", n, c.sync.maxIdle)
+	}
+	if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", "services"); n != 16 {
+		t.Fatalf("the agent served %v listings, want 16", n)
+	}
+}

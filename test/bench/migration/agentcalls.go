@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/netns"
+	"github.com/roamnet/roam/test/testbed"
+)
+
+// The controller's share of a reroute: its calls to the home agent, over
+// the agent API as the home controller makes them (from the cluster's
+// namespace, mutual TLS with the controller's identity), two transports
+// side by side in one run, rounds alternating gap apart:
+//
+//   - sync: the agent client as built (agentapi's syncTransport: HTTP/1.1
+//     on kept connections, each call written and read on the caller's
+//     goroutine);
+//   - h2: net/http's Transport with HTTP/2 (the client before it).
+//
+// A round is what a migration's reroute makes: one /v1/stages call of 2
+// frontends (TCP and UDP), then one /v1/commits call. The frontends are
+// the bench's own (port benchPort of the home's WAN address, no service
+// behind it), removed at the end. Both clients are warmed first, as a
+// migration warms its agents.
+
+const benchPort = 65000
+
+type callFigures struct {
+	stage, commit []float64 // µs per call
+}
+
+// agentCalls times rounds stage+commit calls per transport.
+func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 callFigures, err error) {
+	home, err := tb.Cluster("home")
+	if err != nil {
+		return sync, h2, err
+	}
+	work, err := tb.WorkDir()
+	if err != nil {
+		return sync, h2, err
+	}
+	id, err := pki.Load(testbed.CtrlTLSDir(work, "home"))
+	if err != nil {
+		return sync, h2, err
+	}
+	url := fmt.Sprintf("https://127.0.0.1:%d", testbed.AgentAPIPort)
+	sc := agentapi.NewTLS(url, id.ClientConfig(pki.ExpectNodeOf("home")))
+	sc.SetDialer(netns.Dialer(home.NS))
+	hc := agentapi.NewTLS(url, nil)
+	hc.HTTP = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: netns.Dialer(home.NS),
+		TLSClientConfig: id.ClientConfig(pki.ExpectNodeOf("home")), ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4,
+		IdleConnTimeout: time.Minute}}
+	defer hc.HTTP.CloseIdleConnections()
+	defer sc.HTTP.CloseIdleConnections()
+	fs := []lb.Frontend{{Addr: home.WAN4, Port: benchPort, Proto: lb.TCP}, {Addr: home.WAN4, Port: benchPort, Proto: lb.UDP}}
+	ts := []lb.Target{lb.Local, lb.Local}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		for _, f := range fs {
+			if rerr := sc.Remove(rctx, f); rerr != nil && err == nil {
+				err = fmt.Errorf("remove bench frontend: %w", rerr)
+			}
+		}
+	}()
+	clients := []*agentapi.Client{sc, hc}
+	figs := []*callFigures{&sync, &h2}
+	for _, c := range clients {
+		if err := c.Warm(ctx); err != nil {
+			return sync, h2, err
+		}
+	}
+	for r := range 2 * rounds {
+		c, fig := clients[r%2], figs[r%2]
+		t0 := time.Now()
+		gens, err := c.StageAll(ctx, fs, ts)
+		t1 := time.Now()
+		if err != nil {
+			return sync, h2, err
+		}
+		if err := c.CommitAll(ctx, fs, gens); err != nil {
+			return sync, h2, err
+		}
+		t2 := time.Now()
+		fig.stage = append(fig.stage, float64(t1.Sub(t0).Nanoseconds())/1e3)
+		fig.commit = append(fig.commit, float64(t2.Sub(t1).Nanoseconds())/1e3)
+		select {
+		case <-ctx.Done():
+			return sync, h2, ctx.Err()
+		case <-time.After(gap):
+		}
+	}
+	return sync, h2, nil
+}
+
+func printAgentCalls(sync, h2 callFigures, rounds int, gap time.Duration) {
+	q := testbed.Quantile
+	fmt.Printf("controller -> home agent calls (mutual TLS), stage and commit of 2 frontends, %d rounds each, %s apart, under the clients' load (µs):\n", rounds, gap)
+	fmt.Printf("  %-28s %9s %9s %9s %9s %12s\n", "transport", "stage p50", "stage p99", "commit p50", "commit p99", "stage+commit p50")
+	for _, row := range []struct {
+		name string
+		f    callFigures
+	}{{"sync HTTP/1.1 (as built)", sync}, {"net/http HTTP/2 (before)", h2}} {
+		sum := make([]float64, len(row.f.stage))
+		for i := range sum {
+			sum[i] = row.f.stage[i] + row.f.commit[i]
+		}
+		fmt.Printf("  %-28s %9.0f %9.0f %10.0f %10.0f %12.0f\n", row.name, q(row.f.stage, 0.5), q(row.f.stage, 0.99),
+			q(row.f.commit, 0.5), q(row.f.commit, 0.99), q(sum, 0.5))
+	}
+	fmt.Printf("  ratio HTTP/2 / sync, p50: stage %.2f, commit %.2f\n", q(h2.stage, 0.5)/q(sync.stage, 0.5), q(h2.commit, 0.5)/q(sync.commit, 0.5))
+}
