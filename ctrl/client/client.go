@@ -112,8 +112,14 @@ func (c *Client) Delete(ctx context.Context, name string) error {
 // Migrate moves a service and returns the migration with its stage
 // timings once it has settled. An empty destination asks the MO.
 func (c *Client) Migrate(ctx context.Context, name, destination, reason string) (ctrl.Migration, error) {
+	return c.MigrateWith(ctx, name, ctrl.MigrateRequest{Destination: destination, Reason: reason})
+}
+
+// MigrateWith is Migrate with the whole request (e.g. Return:
+// ctrl.ReturnCommitted, for an answer at the commit).
+func (c *Client) MigrateWith(ctx context.Context, name string, req ctrl.MigrateRequest) (ctrl.Migration, error) {
 	var m ctrl.Migration
-	return m, c.do(ctx, http.MethodPost, servicePath(name)+"/migrate", ctrl.MigrateRequest{Destination: destination, Reason: reason}, &m)
+	return m, c.do(ctx, http.MethodPost, servicePath(name)+"/migrate", req, &m)
 }
 
 // Migrations lists the migrations this controller has journalled.

@@ -144,6 +144,11 @@ type Engine struct {
 	// home's "drained" closes (see moveOn).
 	movingMu sync.Mutex
 	moving   map[movingKey]chan struct{}
+
+	// tails holds, per service, the end of the drain and cleanup of a
+	// migration that answered at its commit (tail.go).
+	tailsMu sync.Mutex
+	tails   map[string]chan struct{}
 }
 
 // New builds an engine. The controller marks what it must recover
@@ -173,7 +178,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	defaults.Positive(&cfg.TakeBackRate, 2)
 	defaults.Positive(&cfg.TakeBackBurst, 10)
-	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]lostCopy{}, moving: map[movingKey]chan struct{}{},
+	e := &Engine{cfg: cfg, st: cfg.Store, log: cfg.Logger, lastOK: map[string]time.Time{}, lostSvc: map[string]lostCopy{}, moving: map[movingKey]chan struct{}{}, tails: map[string]chan struct{}{},
 		takeBacks: rate.NewLimiter(rate.Limit(cfg.TakeBackRate), cfg.TakeBackBurst), unowned: map[string]time.Time{}}
 	e.stageH = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "roam_ctrl_migration_stage_seconds",
@@ -219,11 +224,21 @@ func (e *Engine) mutex(name string) *sync.Mutex {
 }
 
 // lock takes the service's lock: every change to a service's record, its
-// copies and its frontends happens under it.
+// copies and its frontends happens under it. It also waits for the
+// service's tail (a drain and cleanup running behind a migration that
+// answered at its commit, tail.go), which does not hold the lock: what
+// takes the lock never sees the old copy half removed.
 func (e *Engine) lock(name string) func() {
 	mu := e.mutex(name)
-	mu.Lock()
-	return mu.Unlock
+	for {
+		mu.Lock()
+		t := e.tail(name)
+		if t == nil {
+			return mu.Unlock
+		}
+		mu.Unlock()
+		<-t
+	}
 }
 
 func newID() string {

@@ -33,7 +33,11 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 	spec.Epoch = req.Epoch.N
 	if req.Home == e.cfg.ClusterID {
 		// Coming home: start the copy; the record changes at the commit
-		// (the "moved on" notice).
+		// (the "moved on" notice). An earlier migration's removal of
+		// the old copy here must be over first (tail.go).
+		if err := e.waitTail(ctx, name); err != nil {
+			return ctrl.ForeignReply{}, fmt.Errorf("deploy %s at home: wait for the removal of the old copy: %w", name, err)
+		}
 		t0 := time.Now()
 		if _, err := e.cfg.Backend.Deploy(ctx, spec); err != nil {
 			return ctrl.ForeignReply{}, fmt.Errorf("deploy %s at home: %w", name, err)
@@ -167,7 +171,7 @@ func (e *Engine) MovedOn(ctx context.Context, from ctrl.Caller, n ctrl.MovedOn) 
 	if n.To == e.cfg.ClusterID {
 		m.ToEndpoints = nil
 	}
-	err = e.rerouteHome(context.WithoutCancel(ctx), m, r)
+	err = e.rerouteHome(context.WithoutCancel(ctx), m, r, tailer{})
 	return e.finish(m, err)
 }
 

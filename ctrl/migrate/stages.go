@@ -10,6 +10,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 )
 
@@ -206,12 +207,25 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 	default:
 		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w: kind %s", name, ErrInvalid, r.Kind)
 	}
-	err = e.run(context.WithoutCancel(ctx), m, r, req.Destination)
+	var answered ctrl.Migration
+	tl := tailer{atCommit: req.Return == ctrl.ReturnCommitted, answered: &answered}
+	err = e.run(context.WithoutCancel(ctx), m, r, req.Destination, tl)
+	if errors.Is(err, errInTail) {
+		return answered, nil
+	}
 	return e.finish(m, err)
 }
 
-// run performs the stages of m.
-func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest string) error {
+// tailer says whether a migration's drain and cleanup run behind its
+// answer (atCommit), and receives the answer then.
+type tailer struct {
+	atCommit bool
+	answered *ctrl.Migration
+}
+
+// run performs the stages of m (its drain and cleanup in a tail when tl
+// says so: errInTail).
+func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest string, tl tailer) error {
 	e.warm(ctx, m)
 	if err := e.step(ctx, m, ctrl.StageTrigger, func(context.Context) error { return nil }); err != nil {
 		return err
@@ -252,9 +266,9 @@ func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest
 		return e.rollback(ctx, m, err)
 	}
 	if m.Role == ctrl.RoleMover {
-		return e.moveOn(ctx, m)
+		return e.moveOn(ctx, m, tl)
 	}
-	return e.rerouteHome(ctx, m, r)
+	return e.rerouteHome(ctx, m, r, tl)
 }
 
 // warm opens, in the background while the placement and the new copy's
@@ -289,10 +303,15 @@ func (e *Engine) warm(ctx context.Context, m *ctrl.Migration) {
 // stops its own copy gracefully, which is the drain of the flows the
 // home's load balancer still sends it (the home sees those flows but
 // cannot stop a copy it does not run), and drops it.
-func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
+func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration, tl tailer) error {
 	// Listen for the home's "drained" before it can say it.
 	drained, forget := e.expectDrained(m.Service, m.FromEpoch)
-	defer forget()
+	inTail := false
+	defer func() {
+		if !inTail {
+			forget()
+		}
+	}()
 	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
 		hm, err := e.cfg.Peers.MovedOn(ctx, m.HomeURL, ctrl.MovedOn{Service: m.Service, Epoch: m.Epoch, FromEpoch: m.FromEpoch,
 			From: e.cfg.ClusterID, To: m.To, ToURL: m.ToURL, Endpoints: m.ToEndpoints})
@@ -320,46 +339,52 @@ func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration) error {
 			return e.rollback(ctx, m, err)
 		}
 	}
-	err = e.step(ctx, m, ctrl.StageCleanup, func(ctx context.Context) error {
-		// A copy that has not stopped by the drain timeout is killed; so
-		// is one whose home said its load balancer has no live flow left
-		// to it (Drained). Without that word (a home that cannot reach
-		// us, or answers late) the graceful stop runs its course.
-		dctx, cancel := context.WithTimeout(ctx, e.cfg.DrainTimeout)
-		defer cancel()
-		kctx, kill := context.WithCancel(dctx)
-		defer kill()
-		stop := make(chan struct{})
-		go func() {
-			select {
-			case <-drained:
-				kill()
-			case <-stop:
+	rest := func(ctx context.Context) error {
+		defer forget()
+		err := e.step(ctx, m, ctrl.StageCleanup, func(ctx context.Context) error {
+			// A copy that has not stopped by the drain timeout is killed; so
+			// is one whose home said its load balancer has no live flow left
+			// to it (Drained). Without that word (a home that cannot reach
+			// us, or answers late) the graceful stop runs its course.
+			dctx, cancel := context.WithTimeout(ctx, e.cfg.DrainTimeout)
+			defer cancel()
+			kctx, kill := context.WithCancel(dctx)
+			defer kill()
+			stop := make(chan struct{})
+			go func() {
+				select {
+				case <-drained:
+					kill()
+				case <-stop:
+				}
+			}()
+			t0 := time.Now()
+			fr, _ := e.st.Record(m.Service)
+			err := e.srv6Depart(kctx, fr, func(ctx context.Context) error { return e.cfg.Backend.Delete(ctx, m.Service) })
+			close(stop)
+			if err != nil && kctx.Err() != nil && dctx.Err() == nil {
+				// Drained while the backend was still at it: a backend that
+				// talks to an API fails its calls on a cancelled context.
+				// Nothing is left to drain: delete with what remains.
+				err = e.cfg.Backend.Delete(dctx, m.Service)
 			}
-		}()
-		t0 := time.Now()
-		fr, _ := e.st.Record(m.Service)
-		err := e.srv6Depart(kctx, fr, func(ctx context.Context) error { return e.cfg.Backend.Delete(ctx, m.Service) })
-		close(stop)
-		if err != nil && kctx.Err() != nil && dctx.Err() == nil {
-			// Drained while the backend was still at it: a backend that
-			// talks to an API fails its calls on a cancelled context.
-			// Nothing is left to drain: delete with what remains.
-			err = e.cfg.Backend.Delete(dctx, m.Service)
-		}
-		m.Times.Drain = msSince(t0)
-		if err != nil {
-			return err
-		}
-		return e.st.DeleteRecord(m.Service)
-	})
-	m.Times.Cleanup = lastMs(m)
+			m.Times.Drain = msSince(t0)
+			if err != nil {
+				return err
+			}
+			return e.st.DeleteRecord(m.Service)
+		})
+		m.Times.Cleanup = lastMs(m)
+		return err
+	}
+	err = e.later(ctx, m, tl.atCommit, tl.answered, rest)
+	inTail = errors.Is(err, errInTail)
 	return err
 }
 
 // rerouteHome is stages 4 and 5 at the home cluster: stage the new target,
 // verify the new copy, commit, record, drain the old target, clean up.
-func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Record) error {
+func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Record, tl tailer) error {
 	fs := r.Frontends
 	var gens staged
 	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
@@ -423,9 +448,16 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 	// a keep-alive client gets "Connection: close" and reconnects, to the
 	// new copy. The drain watches the old target's flows meanwhile; once
 	// none is left (or at the drain timeout) the copy is removed,
-	// whatever it still does.
+	// whatever it still does. Behind the answer when it is given at the
+	// commit (tail.go).
+	return e.later(ctx, m, tl.atCommit, tl.answered, func(ctx context.Context) error { return e.drainAndCleanup(ctx, m, fs) })
+}
+
+// drainAndCleanup is stage 5's end at the home: the old copy stops and
+// drains, then goes.
+func (e *Engine) drainAndCleanup(ctx context.Context, m *ctrl.Migration, fs []lb.Frontend) error {
 	var removed *removal
-	err = e.step(ctx, m, ctrl.StageDrain, func(sctx context.Context) error {
+	err := e.step(ctx, m, ctrl.StageDrain, func(sctx context.Context) error {
 		removed = e.removeOld(ctx, m) // journalled as draining first
 		old := redirectTo(m.FromEndpoints)
 		if len(m.FromEndpoints) == 0 || m.From == e.cfg.ClusterID {
