@@ -109,7 +109,7 @@ enum drop_reason {
 	REASON_SYN_EVICTED = 21,      /* an embryonic flow silent for tcp_syn_evict_ns gave its SNAT port to a new flow: dropped (nat.h) */
 	REASON_ICMP_LIMITED = 22,     /* a time exceeded not sent: over the ICMP budget (icmp.h icmp_allow); its packet counts as ttl_exceeded too */
 	REASON_NAT_FULL = 23,	      /* NAT map full, no finished flow's port to take over: dropped (nat.h) */
-	REASON_REDIRECT_FAILED = 24,  /* XDP: the kernel could not carry out a redirect (counters.h roam_redirect_err): dropped */
+	REASON_REDIRECT_FAILED = 24,  /* the kernel could not carry out a redirect after the program returned (counters.h: XDP roam_redirect_err, tc roam_tc_redirect_drop): dropped */
 	REASON_SYN_RECV_STALE = 25,   /* XDP: a target's answer from a request socket of an older flow on the port: turned into an RST to the target (synrecv.h) */
 	REASON_SYNPROXY_COOKIE_SENT = 26, /* XDP: a SYN to a redirected frontend answered with a SYN cookie (synproxy.h), not forwarded */
 	REASON_SYNPROXY_COOKIE_OK = 27,	  /* XDP: an ACK with a valid cookie: its flow starts, the ACK becomes the SYN to the target */

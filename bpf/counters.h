@@ -130,4 +130,75 @@ static __always_inline void count_redirect_err(const struct bpf_prog *prog)
 	if (self && *self && prog->aux->id == *self)
 		count_reason(REASON_REDIRECT_FAILED);
 }
+#else
+/*
+ * tc redirect errors. bpf_redirect, bpf_redirect_neigh and
+ * bpf_redirect_peer only record where to; the kernel carries the redirect
+ * out after the program returned (skb_do_redirect), where a failure (the
+ * device gone, a pod's end down or not in another namespace, a packet it
+ * cannot send) is no verdict's and no tracepoint's but skb:kfree_skb's.
+ * roam_tc marks its CPU with the packet it redirects (this object's
+ * roam_tc_redirecting: the skb's address; any other verdict clears it);
+ * roam_tc_redirect_drop, on skb:kfree_skb, counts as redirect_failed the
+ * free of that very packet from the kernel's redirect code
+ * (roam_tc_redirect_text: skb_do_redirect and __bpf_redirect, as
+ * /proc/kallsyms places them; Go writes it at Open). fexit of
+ * skb_do_redirect would see its return value, but a kernel locked down
+ * (integrity) refuses fexit programs. A drop further down, in the
+ * device's queue (dev_queue_xmit: a device down), is the device's
+ * statistics', not counted here.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} roam_tc_redirecting SEC(".maps");
+
+#define TC_REDIRECT_TEXT 4
+
+/* Ranges of kernel text, [start, end) each (unused: 0, 0). */
+struct text_ranges {
+	struct {
+		__u64 start;
+		__u64 end;
+	} r[TC_REDIRECT_TEXT];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct text_ranges);
+} roam_tc_redirect_text SEC(".maps");
+
+/* tc_redirecting marks the CPU with skb if verdict is a redirect (else clears it), and returns verdict. */
+static __always_inline int tc_redirecting(struct __sk_buff *skb, int verdict)
+{
+	__u32 zero = 0;
+	__u64 *m = bpf_map_lookup_elem(&roam_tc_redirecting, &zero);
+	if (m)
+		*m = verdict == TC_ACT_REDIRECT ? (__u64)(long)skb : 0;
+	return verdict;
+}
+
+/* count_tc_redirect_drop: skb is freed from the kernel text at loc; counted if it is the packet roam redirected and loc the redirect's code. */
+static __always_inline void count_tc_redirect_drop(__u64 skb, __u64 loc)
+{
+	__u32 zero = 0;
+	__u64 *m = bpf_map_lookup_elem(&roam_tc_redirecting, &zero);
+	if (!m || *m != skb || !skb)
+		return;
+	struct text_ranges *t = bpf_map_lookup_elem(&roam_tc_redirect_text, &zero);
+	if (!t)
+		return;
+#pragma unroll
+	for (int i = 0; i < TC_REDIRECT_TEXT; i++) {
+		if (loc >= t->r[i].start && loc < t->r[i].end) {
+			*m = 0;
+			count_reason(REASON_REDIRECT_FAILED);
+			return;
+		}
+	}
+}
 #endif /* ROAM_XDP */

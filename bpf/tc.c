@@ -138,7 +138,16 @@ int roam_tc(struct __sk_buff *skb)
 	__u32 need = sizeof(struct eth_hdr) + sizeof(struct ip6_hdr) + sizeof(struct tcp_hdr);
 	if (skb->data_end - skb->data < need)
 		bpf_skb_pull_data(skb, skb->len < need ? skb->len : need);
-	return roam_process(skb);
+	return tc_redirecting(skb, roam_process(skb));
+}
+
+/* skb:kfree_skb: count a packet roam_tc redirected that the kernel's redirect code dropped (counters.h). */
+SEC("tp_btf/kfree_skb")
+int roam_tc_redirect_drop(__u64 *ctx)
+{
+	/* TP_PROTO(skb, location, reason, rx_sk) */
+	count_tc_redirect_drop(ctx[0], ctx[1]);
+	return 0;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

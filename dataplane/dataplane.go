@@ -198,10 +198,11 @@ type Dataplane struct {
 	xdp       roamXDPObjects
 	tc        roamTCObjects
 	maps      *roamXDPMaps
-	// redirectErr counts the XDP program's failed redirects (watchRedirectErrors).
-	redirectErr link.Link
-	gcMu        sync.Mutex
-	gc          gcState
+	// redirectErr and tcRedirectErr count the XDP and tc programs' failed
+	// redirects (watchRedirectErrors).
+	redirectErr, tcRedirectErr link.Link
+	gcMu                       sync.Mutex
+	gc                         gcState
 }
 
 // Open loads the BPF objects, creates or re-opens the maps pinned under
@@ -370,16 +371,20 @@ func (d *Dataplane) Close() error {
 	err := d.unmapSlots()
 	d.mu.Unlock()
 	var errs []error
-	if d.redirectErr != nil {
-		errs = append(errs, d.redirectErr.Close())
+	for _, l := range []link.Link{d.redirectErr, d.tcRedirectErr} {
+		if l != nil {
+			errs = append(errs, l.Close())
+		}
 	}
 	return errors.Join(append(errs, err, d.xdp.Close(), d.tc.Close())...)
 }
 
 // watchRedirectErrors attaches roam_redirect_err to the tracepoint
 // xdp:xdp_redirect_err, counting as redirect_failed the redirects of this
-// data plane's XDP program the kernel could not carry out (bpf/counters.h).
-// The link lives as long as the data plane.
+// data plane's XDP program the kernel could not carry out, and
+// roam_tc_redirect_drop to skb:kfree_skb for the tc program's (with where
+// the kernel's redirect code lies, redirectText; bpf/counters.h). The
+// links live as long as the data plane.
 func (d *Dataplane) watchRedirectErrors() error {
 	info, err := d.xdp.RoamXdp.Info()
 	if err != nil {
@@ -397,6 +402,16 @@ func (d *Dataplane) watchRedirectErrors() error {
 		return fmt.Errorf("attach roam_redirect_err to xdp:xdp_redirect_err: %w", err)
 	}
 	d.redirectErr = l
+	text, err := redirectText("/proc/kallsyms")
+	if err != nil {
+		return err
+	}
+	if err := d.tc.RoamTcRedirectText.Put(uint32(0), text); err != nil {
+		return fmt.Errorf("write roam_tc_redirect_text: %w", err)
+	}
+	if d.tcRedirectErr, err = link.AttachTracing(link.TracingOptions{Program: d.tc.RoamTcRedirectDrop}); err != nil {
+		return fmt.Errorf("attach roam_tc_redirect_drop to skb:kfree_skb: %w", err)
+	}
 	return nil
 }
 

@@ -16,24 +16,27 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	roamTCMapRoamConfig         = "roam_config"
-	roamTCMapRoamConntrack      = "roam_conntrack"
-	roamTCMapRoamCounters       = "roam_counters"
-	roamTCMapRoamDrops          = "roam_drops"
-	roamTCMapRoamIcmpState      = "roam_icmp_state"
-	roamTCMapRoamIfaces         = "roam_ifaces"
-	roamTCMapRoamNat            = "roam_nat"
-	roamTCMapRoamScratch        = "roam_scratch"
-	roamTCMapRoamServiceSlots   = "roam_service_slots"
-	roamTCMapRoamServices       = "roam_services"
-	roamTCMapRoamSrv6Config     = "roam_srv6_config"
-	roamTCMapRoamSrv6Locators   = "roam_srv6_locators"
-	roamTCMapRoamSrv6Stats      = "roam_srv6_stats"
-	roamTCMapRoamSrv6TcScratch  = "roam_srv6_tc_scratch"
-	roamTCMapRoamSynproxy       = "roam_synproxy"
-	roamTCMapRoamTargetCounters = "roam_target_counters"
-	roamTCMapRoamTargetScratch  = "roam_target_scratch"
-	roamTCProgRoamTc            = "roam_tc"
+	roamTCMapRoamConfig          = "roam_config"
+	roamTCMapRoamConntrack       = "roam_conntrack"
+	roamTCMapRoamCounters        = "roam_counters"
+	roamTCMapRoamDrops           = "roam_drops"
+	roamTCMapRoamIcmpState       = "roam_icmp_state"
+	roamTCMapRoamIfaces          = "roam_ifaces"
+	roamTCMapRoamNat             = "roam_nat"
+	roamTCMapRoamScratch         = "roam_scratch"
+	roamTCMapRoamServiceSlots    = "roam_service_slots"
+	roamTCMapRoamServices        = "roam_services"
+	roamTCMapRoamSrv6Config      = "roam_srv6_config"
+	roamTCMapRoamSrv6Locators    = "roam_srv6_locators"
+	roamTCMapRoamSrv6Stats       = "roam_srv6_stats"
+	roamTCMapRoamSrv6TcScratch   = "roam_srv6_tc_scratch"
+	roamTCMapRoamSynproxy        = "roam_synproxy"
+	roamTCMapRoamTargetCounters  = "roam_target_counters"
+	roamTCMapRoamTargetScratch   = "roam_target_scratch"
+	roamTCMapRoamTcRedirectText  = "roam_tc_redirect_text"
+	roamTCMapRoamTcRedirecting   = "roam_tc_redirecting"
+	roamTCProgRoamTc             = "roam_tc"
+	roamTCProgRoamTcRedirectDrop = "roam_tc_redirect_drop"
 )
 
 // loadRoamTC returns the embedded CollectionSpec for roamTC.
@@ -78,7 +81,8 @@ type roamTCSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type roamTCProgramSpecs struct {
-	RoamTc *ebpf.ProgramSpec `ebpf:"roam_tc"`
+	RoamTc             *ebpf.ProgramSpec `ebpf:"roam_tc"`
+	RoamTcRedirectDrop *ebpf.ProgramSpec `ebpf:"roam_tc_redirect_drop"`
 }
 
 // roamTCMapSpecs contains maps before they are loaded into the kernel.
@@ -102,6 +106,8 @@ type roamTCMapSpecs struct {
 	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
+	RoamTcRedirectText *ebpf.MapSpec `ebpf:"roam_tc_redirect_text"`
+	RoamTcRedirecting  *ebpf.MapSpec `ebpf:"roam_tc_redirecting"`
 }
 
 // roamTCVariableSpecs contains global variables before they are loaded into the kernel.
@@ -147,6 +153,8 @@ type roamTCMaps struct {
 	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
 	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
+	RoamTcRedirectText *ebpf.Map `ebpf:"roam_tc_redirect_text"`
+	RoamTcRedirecting  *ebpf.Map `ebpf:"roam_tc_redirecting"`
 }
 
 func (m *roamTCMaps) Close() error {
@@ -168,6 +176,8 @@ func (m *roamTCMaps) Close() error {
 		m.RoamSynproxy,
 		m.RoamTargetCounters,
 		m.RoamTargetScratch,
+		m.RoamTcRedirectText,
+		m.RoamTcRedirecting,
 	)
 }
 
@@ -181,12 +191,14 @@ type roamTCVariables struct {
 //
 // It can be passed to loadRoamTCObjects or ebpf.CollectionSpec.LoadAndAssign.
 type roamTCPrograms struct {
-	RoamTc *ebpf.Program `ebpf:"roam_tc"`
+	RoamTc             *ebpf.Program `ebpf:"roam_tc"`
+	RoamTcRedirectDrop *ebpf.Program `ebpf:"roam_tc_redirect_drop"`
 }
 
 func (p *roamTCPrograms) Close() error {
 	return _RoamTCClose(
 		p.RoamTc,
+		p.RoamTcRedirectDrop,
 	)
 }
 
