@@ -43,6 +43,7 @@ type options struct {
 	snat4Count  int
 	snat6Count  int
 	synEvict    time.Duration
+	synProxy    dataplane.SYNProxyMode
 	portMin     uint16
 	portMax     uint16
 	idleTimeout time.Duration
@@ -68,6 +69,8 @@ func parseFlags(args []string) (options, error) {
 	ports := fs.String("snat-ports", "40000-60999", "source port range for redirected flows")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 60*time.Second, "a UDP flow with no packet either way for this long is over (TCP flows time out by state: dataplane.DefaultTimeouts)")
 	fs.DurationVar(&o.synEvict, "syn-evict", dataplane.DefaultTimeouts.SYNEvict, "an embryonic TCP flow whose client and target have both been silent this long gives its SNAT port to a new flow that needs it (a SYN flood's flows; counted as drops reason syn_evicted)")
+	synProxy := fs.String("syn-proxy", "flood", "when XDP answers SYNs to redirected frontends itself with SYN cookies, so a spoofed SYN costs no SNAT port and never reaches the target: "+
+		"flood (for 10 s after SNAT ports came under pressure, as tcp_syncookies=1), always, or off; proxied flows have MSS but no window scaling, SACK or timestamps")
 	fs.DurationVar(&o.udpDrain, "udp-drain", dataplane.DefaultTimeouts.UDPDrain, "a UDP flow idle this long once a commit moved its frontend away is done: a migration's drain stops waiting for it")
 	fs.DurationVar(&o.gcInterval, "gc-interval", 10*time.Second, "how often expired conntrack and NAT entries are removed (a pass that did not reach a map's end continues at once)")
 	fs.IntVar(&o.gcScan, "gc-scan", dataplane.DefaultGCScan, "at most this many entries of each map read per garbage-collection pass")
@@ -119,6 +122,11 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("parse flags: --snat-ports %q: want MIN-MAX with 0 < MIN <= MAX <= 65535", *ports)
 	}
 	o.portMin, o.portMax = uint16(pmin), uint16(pmax)
+	spm, perr := dataplane.ParseSYNProxyMode(*synProxy)
+	if perr != nil {
+		return o, fmt.Errorf("parse flags: --syn-proxy: %w", perr)
+	}
+	o.synProxy = spm
 	if o.idleTimeout <= 0 || o.synEvict <= 0 {
 		return o, fmt.Errorf("parse flags: --idle-timeout and --syn-evict must be positive")
 	}
@@ -219,6 +227,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		PortMax:     o.portMax,
 		IdleTimeout: o.idleTimeout,
 		Timeouts:    dataplane.Timeouts{UDPDrain: o.udpDrain, SYNEvict: o.synEvict},
+		SYNProxy:    o.synProxy,
 		// The host's own connections stay out of the SNAT ports (reserved
 		// if they overlap its ephemeral ports, or the agent refuses to start).
 		ReservePorts: true,

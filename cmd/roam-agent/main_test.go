@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/roamnet/roam/dataplane"
 )
 
 // TestRefusesWithoutAuthentication: the agent API can point any frontend
@@ -46,6 +48,24 @@ func TestSNATPoolFlags(t *testing.T) {
 	}
 	if _, err := parseFlags([]string{"--insecure", "--syn-evict", "0s"}); err == nil {
 		t.Error("--syn-evict 0s accepted")
+	}
+}
+
+// TestSYNProxyFlag: --syn-proxy is flood unless told (always, off); any
+// other value is refused with the flag named.
+func TestSYNProxyFlag(t *testing.T) {
+	for args, want := range map[string]dataplane.SYNProxyMode{"": dataplane.SYNProxyFlood, "always": dataplane.SYNProxyAlways, "off": dataplane.SYNProxyOff, "flood": dataplane.SYNProxyFlood} {
+		a := []string{"--insecure"}
+		if args != "" {
+			a = append(a, "--syn-proxy", args)
+		}
+		o, err := parseFlags(a)
+		if err != nil || o.synProxy != want {
+			t.Errorf("--syn-proxy %q: %v, %v; want %v", args, o.synProxy, err, want)
+		}
+	}
+	if _, err := parseFlags([]string{"--insecure", "--syn-proxy", "sometimes"}); err == nil || !strings.Contains(err.Error(), "--syn-proxy") {
+		t.Errorf("--syn-proxy sometimes: %v, want a refusal naming the flag", err)
 	}
 }
 
