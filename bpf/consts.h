@@ -141,10 +141,10 @@ enum drop_reason {
 /* config.synproxy: when XDP answers SYNs to a redirected frontend itself, with SYN cookies (synproxy.h). */
 #define SYNPROXY_OFF 0
 #define SYNPROXY_ALWAYS 1
-#define SYNPROXY_FLOOD 2 /* for SYNPROXY_HOLD_NS after SNAT ports came under pressure (an embryonic flow evicted, or none free) */
+#define SYNPROXY_FLOOD 2 /* for config.synproxy_hold_ns after SNAT ports came under pressure (an embryonic flow evicted, or none free), or cookies went unanswered */
 
-#ifndef SYNPROXY_HOLD_NS
-#define SYNPROXY_HOLD_NS 10000000000ULL /* 10 s */
+#ifndef SYNPROXY_UNANSWERED
+#define SYNPROXY_UNANSWERED 64 /* SYNPROXY_FLOOD stays on while more cookies than this a second, and more than half, go unanswered */
 #endif
 
 #define FAMILY_V4 4

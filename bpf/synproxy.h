@@ -19,8 +19,9 @@
  * them and nothing but the two sequence numbers needs translating. What
  * it costs: a window of at most 64 KB (a flow's rate <= 64 KB per round
  * trip) and no SACK recovery, which is why the proxy is meant to be on
- * only while SNAT ports are under pressure (SYNPROXY_FLOOD, as Linux's
- * tcp_syncookies=1), the kernel's own compromise too.
+ * only while SNAT ports are under pressure, and then while its cookies go
+ * unanswered (SYNPROXY_FLOOD, as Linux's tcp_syncookies=1 sends cookies
+ * only while its SYN queue overflows: the kernel's own compromise).
  *
  * A client's packet that arrives before its target's SYN-ACK (its first
  * request, sent as soon as it holds our SYN-ACK) cannot be held: XDP turns
@@ -38,24 +39,63 @@
 #define SYNPROXY_MSS4 1460
 #define SYNPROXY_MSS6 1440
 
-/* When the proxy turned on under SYNPROXY_FLOOD: until this bpf_ktime_get_coarse_ns. Pinned: XDP reads it, XDP and tc set it. */
+/*
+ * SYNPROXY_FLOOD's state: on until `until` (bpf_ktime_get_coarse_ns).
+ * SNAT port pressure turns it on (synproxy_pressure); while on, the flood
+ * no longer takes ports, so what keeps it on is cookies going unanswered:
+ * per second (window), cookies sent and valid cookie ACKs; more than
+ * SYNPROXY_UNANSWERED unanswered, and more than half, extend it (real
+ * clients answer theirs within a round trip). Counts are shared by all
+ * CPUs (atomic adds; a window's reset may lose a few). Pinned: XDP reads
+ * it, XDP and tc turn it on.
+ */
+struct synproxy_state {
+	__u64 until;
+	__u64 window;
+	__u64 sent;
+	__u64 ok;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct synproxy_state);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_synproxy SEC(".maps");
 
-/* synproxy_pressure: SNAT ports are under pressure (nat.h snat_alloc): SYNPROXY_FLOOD proxies new SYNs for SYNPROXY_HOLD_NS. */
+/* synproxy_pressure: SNAT ports are under pressure (nat.h snat_alloc): SYNPROXY_FLOOD proxies new SYNs for synproxy_hold_ns. */
 static __always_inline void synproxy_pressure(const struct config *cfg, __u64 now)
 {
 	if (cfg->synproxy != SYNPROXY_FLOOD)
 		return;
 	__u32 zero = 0;
-	__u64 *until = bpf_map_lookup_elem(&roam_synproxy, &zero);
-	if (until && *until < now + SYNPROXY_HOLD_NS / 2)
-		*until = now + SYNPROXY_HOLD_NS;
+	struct synproxy_state *st = bpf_map_lookup_elem(&roam_synproxy, &zero);
+	if (st && st->until < now + cfg->synproxy_hold_ns / 2)
+		st->until = now + cfg->synproxy_hold_ns;
+}
+
+/* synproxy_answered counts a cookie sent (ok 0) or a valid cookie ACK (ok 1); unanswered ones keep SYNPROXY_FLOOD on. */
+static __always_inline void synproxy_answered(int ok)
+{
+	__u32 zero = 0;
+	const struct config *cfg = bpf_map_lookup_elem(&roam_config, &zero);
+	struct synproxy_state *st = bpf_map_lookup_elem(&roam_synproxy, &zero);
+	if (!cfg || !st || cfg->synproxy != SYNPROXY_FLOOD)
+		return;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (now - st->window >= 1000000000ULL) {
+		st->window = now;
+		st->sent = 0;
+		st->ok = 0;
+	}
+	if (ok) {
+		__sync_fetch_and_add(&st->ok, 1);
+		return;
+	}
+	__u64 sent = __sync_fetch_and_add(&st->sent, 1) + 1, okn = st->ok;
+	if (sent > okn + SYNPROXY_UNANSWERED && (sent - okn) * 2 > sent && st->until < now + cfg->synproxy_hold_ns / 2)
+		st->until = now + cfg->synproxy_hold_ns;
 }
 
 /*
@@ -89,8 +129,8 @@ static __always_inline int synproxy_on(const struct config *cfg, __u64 now)
 	if (cfg->synproxy != SYNPROXY_FLOOD)
 		return 0;
 	__u32 zero = 0;
-	__u64 *until = bpf_map_lookup_elem(&roam_synproxy, &zero);
-	return until && now < *until;
+	struct synproxy_state *st = bpf_map_lookup_elem(&roam_synproxy, &zero);
+	return st && now < st->until;
 }
 
 /*
@@ -272,6 +312,7 @@ static __noinline int synproxy_syn(struct xdp_md *ctx)
 	if (c < 0)
 		return XDP_DROP;
 	count_reason(REASON_SYNPROXY_COOKIE_SENT);
+	synproxy_answered(0);
 	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_SYN | TCP_FLAG_ACK, (__u32)c, seq + 1,
 			       (65535u << 16) | (v4 ? SYNPROXY_MSS4 : SYNPROXY_MSS6));
 }
@@ -316,6 +357,7 @@ static __noinline int synproxy_ack(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	count_reason(REASON_SYNPROXY_COOKIE_OK);
+	synproxy_answered(1);
 	sc->sp.isn = bpf_ntohl(th->seq) - 1;
 	sc->sp.cookie = bpf_ntohl(th->ack_seq) - 1;
 	sc->sp.win = bpf_ntohs(th->window);

@@ -119,6 +119,7 @@ struct config {
 	__u64 tcp_time_wait_ns;	  /* done, the target in TIME_WAIT: its port is not given to another client before */
 	__u64 udp_ns;		  /* UDP idle */
 	__u64 udp_drain_ns;	  /* UDP idle after a commit moved the frontend away from the flow's target: done */
+	__u64 synproxy_hold_ns;	  /* SYNPROXY_FLOOD: how long the proxy stays on after port pressure, or after cookies go unanswered */
 };
 
 /*

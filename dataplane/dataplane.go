@@ -35,12 +35,13 @@ const (
 
 // DefaultTimeouts are the flow timeouts Open applies to zero Timeouts fields.
 var DefaultTimeouts = Timeouts{
-	SYN:         5 * time.Second,
-	SYNEvict:    250 * time.Millisecond,
-	Established: 6 * time.Hour,
-	Close:       5 * time.Second,
-	TimeWait:    65 * time.Second,
-	UDPDrain:    200 * time.Millisecond,
+	SYN:          5 * time.Second,
+	SYNEvict:     250 * time.Millisecond,
+	Established:  6 * time.Hour,
+	Close:        5 * time.Second,
+	TimeWait:     65 * time.Second,
+	UDPDrain:     200 * time.Millisecond,
+	SYNProxyHold: 10 * time.Second,
 }
 
 // ErrNotFound is returned for a frontend the data plane does not hold.
@@ -99,10 +100,12 @@ const (
 	// client's cookie ACK. A proxied flow has MSS but no window scaling,
 	// SACK or timestamps (at most 64 KB in flight).
 	SYNProxyAlways SYNProxyMode = 1
-	// SYNProxyFlood proxies for 10 s after SNAT ports came under pressure
-	// (an embryonic flow evicted from its port, or no port free), as
-	// Linux's tcp_syncookies=1 sends cookies only while its SYN queue
-	// overflows; flows started otherwise keep all their options.
+	// SYNProxyFlood proxies for Timeouts.SYNProxyHold after SNAT ports
+	// came under pressure (an embryonic flow evicted from its port, or no
+	// port free), and keeps on while more than 64 cookies a second (and
+	// more than half) go unanswered, as Linux's tcp_syncookies=1 sends
+	// cookies only while its SYN queue overflows; flows started otherwise
+	// keep all their options.
 	SYNProxyFlood SYNProxyMode = 2
 )
 
@@ -155,6 +158,10 @@ type Timeouts struct {
 	// works on longer than this may lose its answer: raise it for such a
 	// service).
 	UDPDrain time.Duration
+	// SYNProxyHold: with SYNProxyFlood, how long the SYN proxy stays on
+	// after SNAT port pressure, and after more cookies than 64 a second
+	// (and more than half) went unanswered; default 10 s.
+	SYNProxyHold time.Duration
 }
 
 // Flow is one forward conntrack entry that has not timed out.
@@ -231,7 +238,7 @@ func Open(cfg Config) (*Dataplane, error) {
 		{&cfg.Timeouts.SYN, &DefaultTimeouts.SYN}, {&cfg.Timeouts.SYNEvict, &DefaultTimeouts.SYNEvict},
 		{&cfg.Timeouts.Established, &DefaultTimeouts.Established},
 		{&cfg.Timeouts.Close, &DefaultTimeouts.Close}, {&cfg.Timeouts.TimeWait, &DefaultTimeouts.TimeWait},
-		{&cfg.Timeouts.UDPDrain, &DefaultTimeouts.UDPDrain},
+		{&cfg.Timeouts.UDPDrain, &DefaultTimeouts.UDPDrain}, {&cfg.Timeouts.SYNProxyHold, &DefaultTimeouts.SYNProxyHold},
 	} {
 		if *t.v <= 0 {
 			*t.v = *t.def
@@ -359,6 +366,7 @@ func (d *Dataplane) writeConfig() error {
 	c.TcpSynNs, c.TcpSynEvictNs, c.TcpEstablishedNs = uint64(t.SYN), uint64(t.SYNEvict), uint64(t.Established)
 	c.TcpCloseNs, c.TcpTimeWaitNs = uint64(t.Close), uint64(t.TimeWait)
 	c.UdpNs, c.UdpDrainNs = uint64(t.UDP), uint64(t.UDPDrain)
+	c.SynproxyHoldNs = uint64(t.SYNProxyHold)
 	if err := d.maps.RoamConfig.Put(uint32(0), &c); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}

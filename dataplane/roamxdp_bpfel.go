@@ -32,6 +32,7 @@ type roamXDPConfig struct {
 	TcpTimeWaitNs    uint64
 	UdpNs            uint64
 	UdpDrainNs       uint64
+	SynproxyHoldNs   uint64
 }
 
 type roamXDPCounter struct {
@@ -226,6 +227,14 @@ type roamXDPSrv6Scratch struct {
 		CsumPorts uint16
 		SeqDelta  uint32
 	}
+}
+
+type roamXDPSynproxyState struct {
+	_      structs.HostLayout
+	Until  uint64
+	Window uint64
+	Sent   uint64
+	Ok     uint64
 }
 
 type roamXDPTarget struct {

@@ -2,9 +2,11 @@ package dataplane_test
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -219,9 +221,11 @@ func TestSYNProxy(t *testing.T) {
 // TestSYNProxyFloodMode: with SYNProxyFlood, SYNs go on to the target (all
 // their options kept) until SNAT ports come under pressure; a SYN that
 // finds no free port turns the proxy on, and the next SYN is answered with
-// a cookie.
+// a cookie. The proxy stays on past its hold (1 s here) while its cookies
+// go unanswered (a flood's), and turns off a hold after they stop.
 func TestSYNProxyFloodMode(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000, SYNProxy: dataplane.SYNProxyFlood})
+	const hold = time.Second
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000, SYNProxy: dataplane.SYNProxyFlood, Timeouts: dataplane.Timeouts{SYNProxyHold: hold}})
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	d0 := tb.d0.Attrs().Index
 	syn := func(client string) (uint32, tcpOut) {
@@ -238,6 +242,7 @@ func TestSYNProxyFloodMode(t *testing.T) {
 		t.Fatalf("first SYN, no pressure: want it sent to the target: %v", o.frame)
 	}
 	before := dropsOf(t, tb.d)
+	t0 := time.Now()
 	if v, _ := syn("198.51.100.2:1000"); v != xdpDrop {
 		t.Fatalf("second SYN, the only port held: verdict %d, want XDP_DROP", v)
 	}
@@ -249,6 +254,26 @@ func TestSYNProxyFloodMode(t *testing.T) {
 	}
 	if n := dropsOf(t, tb.d)["synproxy_cookie_sent"] - before["synproxy_cookie_sent"]; n != 1 {
 		t.Fatalf("synproxy_cookie_sent +%d, want 1", n)
+	}
+	// A flood: 100 SYNs now and 100 at half the hold, none answered.
+	flood := func(from int) {
+		for i := range 100 {
+			if v, o := syn(fmt.Sprintf("100.64.0.%d:%d", 1+i, 2000+from)); v != xdpTX || flagsOf(o.tcp) != "SA" {
+				t.Fatalf("flood SYN %d: want a SYN-ACK", i)
+			}
+		}
+	}
+	flood(0)
+	time.Sleep(time.Until(t0.Add(hold / 2)))
+	flood(1)
+	time.Sleep(time.Until(t0.Add(hold + hold/5)))
+	if v, o := syn("198.51.100.4:1000"); v != xdpTX || flagsOf(o.tcp) != "SA" {
+		t.Fatalf("past the hold, cookies unanswered: verdict %d, want the proxy still on (a SYN-ACK)", v)
+	}
+	time.Sleep(hold + hold/2)
+	// Off: the SYN goes on to the target, on the port of the first flow (embryonic and silent: evicted).
+	if v, o := syn("198.51.100.5:1000"); v != xdpTX || flagsOf(o.tcp) != "S" || o.dst != ap("10.2.0.1:8080") {
+		t.Fatalf("a hold after the flood stopped: verdict %d, want the proxy off (the SYN sent on to the target): %v", v, o.frame)
 	}
 }
 
