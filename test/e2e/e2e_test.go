@@ -188,8 +188,10 @@ const requestTimeout = 2 * time.Second
 // outcome: the system moved the classifier by itself to the cloud, to the
 // edge when the cloud path was shaped, home by the fail-safe when the edge
 // was cut, back to the cloud after recovery; every move the system made
-// sent a real placement request and lost no request; the orphan was
-// removed; Down left nothing.
+// sent a real placement request and lost no request (none failed while
+// in flight during a move or the second after it; failures before a move
+// started are reported apart, and fail their phase all the same); the
+// orphan was removed; Down left nothing.
 func TestPaperScenario(t *testing.T) {
 	need(t)
 	tb, cfg := launch(t)
@@ -215,7 +217,7 @@ func TestPaperScenario(t *testing.T) {
 			t.Errorf("move %s->%s: state %s", m.From, m.To, m.State)
 		}
 		if m.Requests == 0 || m.FailedReq != 0 {
-			t.Errorf("move %s->%s: %d of %d requests failed", m.From, m.To, m.FailedReq, m.Requests)
+			t.Errorf("move %s->%s: %d of the %d requests in flight during it (or the second after it) failed: lost in the move", m.From, m.To, m.FailedReq, m.Requests)
 		}
 		if m.Trigger == "" || m.Placement == "" || m.Times.PR <= 0 {
 			t.Errorf("move %s->%s: trigger %q, placement %q, PR %.3f ms: want the measurement, the MO's judgement and a real round trip",
@@ -243,8 +245,18 @@ func TestPaperScenario(t *testing.T) {
 	inFlightAtCut := func(smp testbed.Sample) bool {
 		return !cut.IsZero() && smp.Sent.Before(cut) && smp.Sent.Add(requestTimeout).After(cut)
 	}
+	// Lost in the planned moves: failed while in flight during a move
+	// or the second after it (testbed.Result.LostInMoves); the goal is
+	// none. Failed before roam acted (deadline passed before the phase's
+	// move started) is reported apart, and still fails the phase below:
+	// on the degraded path nothing but roam's own probes should drop a
+	// request, and those must not.
+	t.Logf("requests lost in the planned moves: %d; failed before roam acted: %d", res.LostInMoves, res.FailedBeforeMoves)
+	if res.LostInMoves != 0 {
+		t.Errorf("%d requests lost in the planned moves, want 0", res.LostInMoves)
+	}
 	for _, p := range res.Phases {
-		t.Logf("phase %s: sent %d failed %d served by %v", p.Name, p.Sent, p.Failed, p.ServedBy)
+		t.Logf("phase %s: sent %d failed %d (before its move %d, in it %d) served by %v", p.Name, p.Sent, p.Failed, p.FailedBeforeMove, p.LostInMove, p.ServedBy)
 		if p.Sent == 0 {
 			t.Errorf("phase %s: no request sent", p.Name)
 		}

@@ -43,25 +43,33 @@ type PhaseResult struct {
 	Sent     int            `json:"sent"`
 	Failed   int            `json:"failed"`
 	ServedBy map[string]int `json:"served_by"`
+	// FailedBeforeMove and LostInMove split the failures of a phase with
+	// a planned move (see Result.LostInMoves).
+	FailedBeforeMove int `json:"failed_before_move"`
+	LostInMove       int `json:"lost_in_move"`
 }
 
 // MigrationResult is one migration as the experiment saw it.
 type MigrationResult struct {
-	Phase     string             `json:"phase"`
-	Planned   bool               `json:"planned"`
-	ID        string             `json:"id"`
-	Role      string             `json:"role"`
-	Reason    string             `json:"reason"`
-	From      string             `json:"from"`
-	To        string             `json:"to"`
-	State     string             `json:"state"`
-	Start     time.Time          `json:"start"`
-	End       time.Time          `json:"end"`
-	Stages    map[string]float64 `json:"stages_ms"`
-	Times     ctrl.Times         `json:"times"`
-	TotalMs   float64            `json:"total_ms"`
-	Requests  int                `json:"requests"` // sent while it ran (+1s)
-	FailedReq int                `json:"failed_requests"`
+	Phase   string             `json:"phase"`
+	Planned bool               `json:"planned"`
+	ID      string             `json:"id"`
+	Role    string             `json:"role"`
+	Reason  string             `json:"reason"`
+	From    string             `json:"from"`
+	To      string             `json:"to"`
+	State   string             `json:"state"`
+	Start   time.Time          `json:"start"`
+	End     time.Time          `json:"end"`
+	Stages  map[string]float64 `json:"stages_ms"`
+	Times   ctrl.Times         `json:"times"`
+	TotalMs float64            `json:"total_ms"`
+	// Requests were in flight at some moment from its start to a second
+	// after its end (sent after start less the client's timeout, before
+	// end+1s); FailedReq of them failed: for a planned move, the
+	// requests lost in the move (see Result.LostInMoves).
+	Requests  int `json:"requests"`
+	FailedReq int `json:"failed_requests"`
 	// Trigger is the measurement that started it, Placement the MO's
 	// judgement, Cluster the controller whose record it is.
 	Trigger   string `json:"trigger,omitempty"`
@@ -100,6 +108,19 @@ type Result struct {
 	DetectMs         []float64 `json:"detect_ms"`
 	ManualMigrations int       `json:"manual_migrations"`
 	FinalCluster     string    `json:"final_cluster"`
+	// LostInMoves counts the requests lost in the planned moves: failed
+	// while a move could touch them, i.e. in flight at some moment from
+	// the move's start (the trigger's decision) to a second after its end
+	// (the old copy's linger): sent after start less the client's
+	// timeout. A request in flight when the move started counts, even if
+	// the network lost it before. FailedBeforeMoves counts, apart, the
+	// failed requests of a phase with a planned move whose deadline had
+	// passed before the move started (sent at least a timeout before):
+	// the move cannot have touched them; they failed before roam acted
+	// (in the degraded phase, on the degraded path). Both are listed in
+	// Samples and counted in their phase's Failed.
+	LostInMoves       int `json:"lost_in_moves"`
+	FailedBeforeMoves int `json:"failed_before_moves"`
 }
 
 func (ec *ExperimentConfig) resolve(tb *Testbed) error {
@@ -380,9 +401,39 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 			}
 		}
 	}
+	countRequests(res, migs, phases, samples, ec.Timeout)
+	res.FailsafeDowntimeMs = downtime(samples, res.Events, ec.Edge)
+	var planned []ctrl.Migration
+	for _, m := range migs {
+		if m.Planned {
+			planned = append(planned, fromResult(m))
+		}
+		if m.Planned && m.Reason == string(meta.ReasonNetworkChange) {
+			res.DetectMs = append(res.DetectMs, m.ChangeToCommitMs)
+		}
+	}
+	res.Table = Table(planned, res.DeployMs)
+	if n := len(samples); n > 0 {
+		for i := n - 1; i >= 0; i-- {
+			if samples[i].OK {
+				res.FinalCluster = samples[i].Cluster
+				break
+			}
+		}
+	}
+	return res, runErr
+}
+
+// countRequests counts samples (each request's outcome; timeout is the
+// client's) into the migrations (Requests, FailedReq: in flight during
+// each), the phases (Sent, Failed, ServedBy; for a phase with a planned
+// move, FailedBeforeMove and LostInMove) and res's totals, and sets
+// res.Migrations and res.Phases (see Result.LostInMoves).
+func countRequests(res *Result, migs []MigrationResult, phases []PhaseResult, samples []Sample, timeout time.Duration) {
 	for i := range migs {
+		from := migs[i].Start.Add(-timeout)
 		for _, s := range samples {
-			if !s.Sent.Before(migs[i].Start) && s.Sent.Before(migs[i].End.Add(time.Second)) {
+			if s.Sent.After(from) && s.Sent.Before(migs[i].End.Add(time.Second)) {
 				migs[i].Requests++
 				if !s.OK {
 					migs[i].FailedReq++
@@ -404,30 +455,23 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 				phases[i].ServedBy[s.Cluster]++
 			}
 		}
-		res.Sent += phases[i].Sent
-		res.Failed += phases[i].Failed
-	}
-	res.Phases = phases
-	res.FailsafeDowntimeMs = downtime(samples, res.Events, ec.Edge)
-	var planned []ctrl.Migration
-	for _, m := range migs {
-		if m.Planned {
-			planned = append(planned, fromResult(m))
-		}
-		if m.Planned && m.Reason == string(meta.ReasonNetworkChange) {
-			res.DetectMs = append(res.DetectMs, m.ChangeToCommitMs)
-		}
-	}
-	res.Table = Table(planned, res.DeployMs)
-	if n := len(samples); n > 0 {
-		for i := n - 1; i >= 0; i-- {
-			if samples[i].OK {
-				res.FinalCluster = samples[i].Cluster
-				break
+		for _, m := range migs {
+			if !m.Planned || m.Phase != phases[i].Name {
+				continue
+			}
+			phases[i].LostInMove += m.FailedReq
+			for _, s := range samples {
+				if s.Phase == phases[i].Name && !s.OK && !s.Sent.Add(timeout).After(m.Start) {
+					phases[i].FailedBeforeMove++
+				}
 			}
 		}
+		res.Sent += phases[i].Sent
+		res.Failed += phases[i].Failed
+		res.LostInMoves += phases[i].LostInMove
+		res.FailedBeforeMoves += phases[i].FailedBeforeMove
 	}
-	return res, runErr
+	res.Phases = phases
 }
 
 // FindMove finds the migration that moved service to dest, started after

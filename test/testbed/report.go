@@ -141,17 +141,19 @@ func PrintReport(w io.Writer, r *Result) {
 	}
 	fmt.Fprintf(w, "\nZero-touch: %d migrations asked by hand; network change -> commit (ms): %v; the service ends at %s\n",
 		r.ManualMigrations, fmtList(r.DetectMs), r.FinalCluster)
+	fmt.Fprintf(w, "\nRequests lost in the planned moves: %d (failed while in flight during a move or the second after it)\n", r.LostInMoves)
+	fmt.Fprintf(w, "Requests failed before roam acted: %d (deadline passed before the phase's move started)\n", r.FailedBeforeMoves)
 	fmt.Fprintln(w, "\nRequests per phase")
-	fmt.Fprintf(w, "  %-10s %6s %6s  %s\n", "phase", "sent", "failed", "answered by")
+	fmt.Fprintf(w, "  %-10s %6s %6s %7s %7s  %s\n", "phase", "sent", "failed", "before", "in move", "answered by")
 	for _, p := range r.Phases {
 		var by []string
 		for c, n := range p.ServedBy {
 			by = append(by, fmt.Sprintf("%s:%d", c, n))
 		}
 		sort.Strings(by)
-		fmt.Fprintf(w, "  %-10s %6d %6d  %s\n", p.Name, p.Sent, p.Failed, strings.Join(by, " "))
+		fmt.Fprintf(w, "  %-10s %6d %6d %7d %7d  %s\n", p.Name, p.Sent, p.Failed, p.FailedBeforeMove, p.LostInMove, strings.Join(by, " "))
 	}
-	fmt.Fprintf(w, "  %-10s %6d %6d\n", "total", r.Sent, r.Failed)
+	fmt.Fprintf(w, "  %-10s %6d %6d %7d %7d\n", "total", r.Sent, r.Failed, r.FailedBeforeMoves, r.LostInMoves)
 	switch {
 	case r.FailsafeDowntimeMs < 0:
 		fmt.Fprintln(w, "\nFail-safe: service NOT restored")

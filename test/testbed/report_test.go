@@ -102,3 +102,49 @@ func TestBlameCut(t *testing.T) {
 		t.Errorf("phases %q %q %q", samples[0].Phase, samples[1].Phase, samples[2].Phase)
 	}
 }
+
+// TestCountRequestsSplitsMoveLosses: in a phase with a planned move, a
+// failed request whose deadline passed before the move started counts as
+// failed before roam acted; one in flight at the start, one sent during
+// the move and one sent within a second after its end count as lost in
+// the move; one sent later counts in neither (only in its phase's
+// failures). Every failure stays in the phase's Failed.
+func TestCountRequestsSplitsMoveLosses(t *testing.T) {
+	const timeout = time.Second
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	start, end := at(3000), at(3500) // the move
+	samples := []Sample{
+		{Sent: at(1000), OK: true, Cluster: "cloud", Phase: "degraded"},
+		{Sent: at(1500), Phase: "degraded"}, // deadline 2500 < start: before roam acted
+		{Sent: at(2000), Phase: "degraded"}, // deadline 3000 = start: before roam acted
+		{Sent: at(2100), Phase: "degraded"}, // in flight at the start: lost in the move
+		{Sent: at(3200), Phase: "degraded"}, // during the move: lost in it
+		{Sent: at(4400), Phase: "degraded"}, // within end+1s: lost in it
+		{Sent: at(4600), Phase: "degraded"}, // after end+1s: neither
+		{Sent: at(3300), OK: true, Cluster: "edge", Phase: "degraded"},
+		{Sent: at(9000), Phase: "partition"}, // another phase's
+	}
+	migs := []MigrationResult{{Phase: "degraded", Planned: true, Start: start, End: end}}
+	phases := []PhaseResult{{Name: "degraded"}, {Name: "partition"}}
+	var r Result
+	countRequests(&r, migs, phases, samples, timeout)
+	m, p := r.Migrations[0], r.Phases[0]
+	if m.Requests != 4 || m.FailedReq != 3 {
+		t.Errorf("move: %d requests in flight during it, %d failed; want 4 and 3", m.Requests, m.FailedReq)
+	}
+	if p.Sent != 8 || p.Failed != 6 || p.FailedBeforeMove != 2 || p.LostInMove != 3 {
+		t.Errorf("phase degraded: sent %d failed %d, before the move %d, in it %d; want 8, 6, 2, 3", p.Sent, p.Failed, p.FailedBeforeMove, p.LostInMove)
+	}
+	if q := r.Phases[1]; q.Failed != 1 || q.FailedBeforeMove != 0 || q.LostInMove != 0 {
+		t.Errorf("phase partition (no planned move): %+v", q)
+	}
+	if r.LostInMoves != 3 || r.FailedBeforeMoves != 2 || r.Failed != 7 {
+		t.Errorf("totals: lost in moves %d, failed before %d, failed %d; want 3, 2, 7", r.LostInMoves, r.FailedBeforeMoves, r.Failed)
+	}
+	var buf bytes.Buffer
+	PrintReport(&buf, &r)
+	if !strings.Contains(buf.String(), "Requests lost in the planned moves: 3") || !strings.Contains(buf.String(), "Requests failed before roam acted: 2") {
+		t.Errorf("report does not print the split:\n%s", buf.String())
+	}
+}
