@@ -70,6 +70,53 @@ func estimate(a []arrival) (bps float64, ok bool) {
 	return float64(bytes) * 8 * wireFactor / span.Seconds(), true
 }
 
+// senderLimited says whether the last half of a transfer (the part
+// estimate reads) holds an arrival gap that the bytes after it do not
+// make up for: the rate over that half without the longest gap (of at
+// least minStall) and the read that ends it is more than 1.25 times the
+// rate with them. A sender
+// not scheduled for a while (a busy machine) lets its socket buffer run
+// empty and the path idle: the bytes that did not come were never sent,
+// and the half reads low (half, for a 230 ms stall in a 450 ms half). A
+// shaper releasing segmentation-offload batches makes long gaps too, but
+// each ends with the batch its tokens saved up meanwhile (the gap is that
+// batch's time at the rate): without both, the rate is the same. It
+// returns the longest gap and the two rates (bytes per second).
+func senderLimited(a []arrival) (gap time.Duration, with, without float64, limited bool) {
+	if len(a) < 3 {
+		return 0, 0, 0, false
+	}
+	last := a[len(a)-1]
+	cut := last.t / 2
+	i := 0
+	for i+1 < len(a) && a[i+1].t <= cut {
+		i++
+	}
+	g := 0
+	for j := i + 1; j < len(a); j++ {
+		if d := a[j].t - a[j-1].t; d > gap {
+			gap, g = d, j
+		}
+	}
+	span := last.t - a[i].t
+	if g == 0 || span <= gap {
+		return gap, 0, 0, false
+	}
+	bytes := last.bytes - a[i].bytes
+	with = float64(bytes) / span.Seconds()
+	without = float64(bytes-(a[g].bytes-a[g-1].bytes)) / (span - gap).Seconds()
+	return gap, with, without, gap >= minStall && without > 1.25*with
+}
+
+// minStall is the shortest gap senderLimited judges: shorter ones are
+// a busy machine's scheduling noise in a short, fast transfer (loopback,
+// Gbit/s), where a few ms weigh a lot and the figure matters little.
+const minStall = 50 * time.Millisecond
+
+// ErrSenderLimited is a transfer whose sender stalled (see senderLimited):
+// its rate is not the path's, so it gives no estimate.
+var ErrSenderLimited = errors.New("sender-limited: an arrival gap not made up for after it")
+
 // ErrRefused is a bulk probe the server closed before sending anything:
 // its link was busy (see ServerConfig.MaxBulk).
 var ErrRefused = errors.New("refused: the server's link is busy")
@@ -192,7 +239,8 @@ func BulkWith(ctx context.Context, dial func(ctx context.Context, network, addr 
 				// The window: the rate since the shaper's burst (the
 				// tokens saved while idle, passed at line rate within the
 				// first round trips) times RTT+budget; minWindow until
-				// that rate has 10 ms to go on. Over the whole transfer
+				// then (a fast path's short transfer is held back only
+				// that long). Over the whole transfer
 				// since, not its last RTT+budget: a shaper releases a
 				// segmentation-offload batch (up to 64 KiB) at a time
 				// once it has the tokens, so a short span holds zero,
@@ -205,7 +253,7 @@ func BulkWith(ctx context.Context, dial func(ctx context.Context, network, addr 
 					base++
 				}
 				w := minWindow
-				if last := a[len(a)-1]; last.t >= burstEnd+10*time.Millisecond && last.t > a[base].t {
+				if last := a[len(a)-1]; last.t > burstEnd && last.t > a[base].t {
 					rate := float64(last.bytes-a[base].bytes) / (last.t - a[base].t).Seconds()
 					w = int(min(max(rate*span.Seconds(), minWindow), math.MaxInt32))
 				}
@@ -235,6 +283,10 @@ func BulkWith(ctx context.Context, dial func(ctx context.Context, network, addr 
 	bps, ok := estimate(arr)
 	if !ok {
 		return 0, fmt.Errorf("bulk probe %s: %d bytes in %d reads: too little to estimate", addr, total, len(arr))
+	}
+	if gap, with, without, lim := senderLimited(arr); lim {
+		return 0, fmt.Errorf("bulk probe %s: %w (nothing for %s, then no catching up: %.2f Mbit/s with the gap, %.2f without)", addr, ErrSenderLimited,
+			gap.Round(time.Millisecond), with*8*wireFactor/1e6, without*8*wireFactor/1e6)
 	}
 	return bps, nil
 }

@@ -545,3 +545,122 @@ func TestBulkWindowNeedsDialControl(t *testing.T) {
 		}
 	}
 }
+
+// steady is a transfer's arrivals: every step, chunk bytes, for d.
+func steady(a []arrival, from, d, step time.Duration, chunk int64) []arrival {
+	total := int64(0)
+	if len(a) > 0 {
+		total = a[len(a)-1].bytes
+	}
+	for t0 := from + step; t0 <= from+d; t0 += step {
+		total += chunk
+		a = append(a, arrival{t0, total})
+	}
+	return a
+}
+
+// TestEstimateRefusesSenderStall injects a sender that stalls for 230 ms
+// in the last half of a 50 Mbit/s transfer (a probe server not scheduled,
+// its socket buffer run empty): the rate over that half reads about half
+// the path's (the fault), so the transfer is refused as sender-limited.
+// Gaps that the bytes after them make up for are not: a shaper's offload
+// batches at 2 Mbit/s (14 KiB every 58 ms, two at once after twice the
+// gap) and at 10 Mbit/s (8 to 64 KiB, each after its time at the rate), a
+// steady 50 Mbit/s, the burst then 2 Mbit/s of TestEstimateSkipsBurst.
+func TestEstimateRefusesSenderStall(t *testing.T) {
+	const step = time.Millisecond
+	chunk := int64(5977) // payload per ms at 50 Mbit/s on the wire
+	a := steady(nil, 0, 250*time.Millisecond, step, chunk)
+	a = steady(a, 250*time.Millisecond+230*time.Millisecond, 220*time.Millisecond, step, chunk)
+	bps, ok := estimate(a)
+	if !ok || bps > 0.75*50e6 {
+		t.Fatalf("stalled transfer reads %.1f Mbit/s (ok %v): the injected gap does not show the fault", bps/1e6, ok)
+	}
+	gap, with, without, lim := senderLimited(a)
+	if !lim {
+		t.Errorf("a %s gap (%.0f B/s with it, %.0f without; estimate %.1f Mbit/s of 50): not refused", gap, with, without, bps/1e6)
+	}
+
+	var regular [][]arrival
+	regular = append(regular, steady(nil, 0, 700*time.Millisecond, step, chunk))
+	b := steady(nil, 0, 600*time.Millisecond, 58*time.Millisecond, 14480)
+	b = append(b, arrival{b[len(b)-1].t + 116*time.Millisecond, b[len(b)-1].bytes + 2*14480}) // two batches at once, after twice the gap
+	b = steady(b, b[len(b)-1].t, 300*time.Millisecond, 58*time.Millisecond, 14480)
+	// At 10 Mbit/s, batches of 8 to 64 KiB, each after its time at the rate.
+	var c []arrival
+	total0, t1 := int64(0), time.Duration(0)
+	for k := 0; t1 < 500*time.Millisecond; k++ {
+		sz := int64([]int{8, 64, 16, 32, 8, 8, 64, 24}[k%8] << 10)
+		t1 += time.Duration(float64(sz) * 8 * wireFactor / 10e6 * float64(time.Second))
+		total0 += sz
+		c = append(c, arrival{t1, total0})
+	}
+	regular = append(regular, c)
+	regular = append(regular, b)
+	var burst []arrival
+	total := int64(0)
+	for i := range 16 {
+		total += 1448
+		burst = append(burst, arrival{time.Duration(i) * 12 * time.Microsecond, total})
+	}
+	regular = append(regular, steady(burst, burst[len(burst)-1].t, 150*time.Millisecond, time.Duration(1448/(2e6/8/wireFactor)*float64(time.Second)), 1448))
+	for i, r := range regular {
+		if gap, with, without, lim := senderLimited(r); lim {
+			t.Errorf("regular transfer %d: refused (gap %s, %.0f B/s with it, %.0f without)", i, gap, with, without)
+		}
+		if _, ok := estimate(r); !ok {
+			t.Errorf("regular transfer %d: no estimate", i)
+		}
+	}
+}
+
+// TestBulkRefusesSenderStall: a real transfer whose server stops sending
+// for 230 ms in its second half is refused with ErrSenderLimited (not
+// taken as the path's bandwidth). (Transfers without a stall are taken:
+// TestEstimateRefusesSenderStall's regular ones, and the real ones of
+// TestBulkOnTBF; this test's server, paced by sleeps, is itself stalled
+// by a busy machine, which is refused as well.)
+func TestBulkRefusesSenderStall(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	stall := make(chan time.Duration, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var req [bulkReqLen]byte
+				if _, err := io.ReadFull(c, req[:]); err != nil {
+					return
+				}
+				pause := <-stall
+				chunk := make([]byte, 8<<10) // 8 KiB every 5 ms: ~13 Mbit/s
+				start := time.Now()
+				paused := false
+				for time.Since(start) < 900*time.Millisecond {
+					if !paused && time.Since(start) > 250*time.Millisecond {
+						paused = true
+						time.Sleep(pause)
+					}
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}()
+		}
+	}()
+	stall <- 230 * time.Millisecond
+	_, err = Bulk(context.Background(), nil, ln.Addr().String(), 400*time.Millisecond, 8<<20)
+	if !errors.Is(err, ErrSenderLimited) {
+		t.Errorf("transfer with a 230 ms sender stall: err %v, want ErrSenderLimited", err)
+	} else {
+		t.Logf("refused: %v", err)
+	}
+}

@@ -200,7 +200,7 @@ func New(cfg Config) (*Prober, error) {
 		"bw":     prometheus.NewDesc("roam_ctrl_link_bandwidth_bits_per_second", "Available bandwidth from the peer, latest estimate (bits on the wire).", lbl, nil),
 		"up":     prometheus.NewDesc("roam_ctrl_link_up", "1 when the peer answered an echo lately.", lbl, nil),
 		"hot":    prometheus.NewDesc("roam_ctrl_link_hot", "1 when the peer hosts one of this cluster's services (probed often).", lbl, nil),
-		"probes": prometheus.NewDesc("roam_ctrl_link_probes_total", "Probes sent to the peer by kind (echo, bulk) and result (ok, lost, error, refused: the peer's link was busy).", []string{"peer", "kind", "result"}, nil),
+		"probes": prometheus.NewDesc("roam_ctrl_link_probes_total", "Probes sent to the peer by kind (echo, bulk) and result (ok, lost, error, refused: the peer's link was busy, sender_limited: the sender stalled, not taken).", []string{"peer", "kind", "result"}, nil),
 	}
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(p); err != nil {
@@ -608,6 +608,13 @@ func (p *Prober) bulkWorker(ctx context.Context) {
 			pr.probes[[2]string{"bulk", "refused"}]++
 			next = 100*time.Millisecond + rand.N(400*time.Millisecond)
 			p.log.Debug("bandwidth probe refused: the peer's link is busy", "peer", id, "retry_in", next)
+		} else if errors.Is(err, ErrSenderLimited) {
+			// Not the path's rate: again soon (the stall was this
+			// end's or the peer's machine, not the path).
+			pr.probes[[2]string{"bulk", "sender_limited"}]++
+			pr.reprobe = reprobe // the retry is the re-measure, if this was
+			next = 100*time.Millisecond + rand.N(400*time.Millisecond)
+			p.log.Debug("bandwidth probe: sender-limited, not taken", "peer", id, "err", err, "retry_in", next)
 		} else if err != nil {
 			pr.probes[[2]string{"bulk", "error"}]++
 			p.log.Debug("bandwidth probe", "peer", id, "err", err)
