@@ -320,6 +320,10 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 			if ((p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
 			    (ct_done(cv->state, cv->kind) || ct_expired(cv, &k, now, cfg)))
 				cv = NULL;
+			else if (ROAM_SYNPROXY && cfg->synproxy != SYNPROXY_OFF &&
+				 (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK | TCP_FLAG_RST | TCP_FLAG_FIN)) == TCP_FLAG_ACK &&
+				 (ct_done(cv->state, cv->kind) || ct_expired(cv, &k, now, cfg)) && synproxy_is_cookie(ctx))
+				cv = NULL; /* a proxied connection on a finished flow's tuple: its ACK carries our cookie (synproxy.h) */
 			else
 				ct_on_forward(cv, &p);
 		} else if (cv && idle_longer(now, cv->last_seen, cfg->udp_drain_ns) && udp_over(cv, &k, now, cfg)) {

@@ -318,6 +318,33 @@ static __noinline int synproxy_syn(struct xdp_md *ctx)
 }
 
 /*
+ * synproxy_is_cookie: the client's TCP packet at ctx acknowledges a valid
+ * cookie (checked only: nothing counted, nothing changed). A proxied
+ * connection that reuses the tuple of a finished flow (a client's port,
+ * free again at once when the target closed first) meets that flow's
+ * entry: its first ACK must start a new flow, not ride the old one.
+ */
+static __noinline int synproxy_is_cookie(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	void *ip = data + L3_OFF;
+	if (eth->proto == bpf_htons(ETH_P_IP_)) {
+		struct tcp_hdr *th = data + L4_OFF4;
+		if ((void *)(th + 1) > data_end)
+			return 0;
+		return bpf_tcp_raw_check_syncookie_ipv4(ip, (void *)th) == 0;
+	}
+	struct tcp_hdr *th = data + L4_OFF6;
+	if ((void *)(th + 1) > data_end)
+		return 0;
+	return bpf_tcp_raw_check_syncookie_ipv6(ip, (void *)th) == 0;
+}
+
+/*
  * synproxy_ack checks the client's ACK (no flow: to a redirected frontend)
  * for a cookie. Invalid: counted, XDP_DROP. Valid: the MSS it stands for
  * is found by asking for the cookie of each of the table's (the check
@@ -444,6 +471,7 @@ static __always_inline int synproxy_ack_target(struct xdp_md *ctx, const struct 
 #else
 #define ROAM_SYNPROXY 0 /* tc: local senders are not proxied */
 #define synproxy_wanted(p, cfg, now) 0
+#define synproxy_is_cookie(ctx) 0
 #define synproxy_new(ctx, p) VERDICT_PASS
 #define synproxy_resend(ctx, p, cv) VERDICT_DROP
 #define synproxy_ack_target(ctx, nv) VERDICT_DROP

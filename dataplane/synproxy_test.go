@@ -215,6 +215,16 @@ func TestSYNProxy(t *testing.T) {
 					flagsOf(o.tcp), o.tcp.Seq, o.tcp.Ack, off, o.frame)
 			}
 		}
+		// The flow is over (RSTs); the client opens a new connection on the same port: its ACK starts a new flow, not the old one's.
+		v, out = tb.run(t, spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 9000, mss: c.clientMSS}.build(t), d0)
+		if v != xdpTX {
+			t.Fatalf("SYN on the finished flow's tuple: verdict %d", v)
+		}
+		cookie2 := readTCP(t, out).tcp.Seq
+		v, out = tb.run(t, cl("A", 9001, cookie2+1, ""), d0)
+		if s2 := readTCP(t, out); v != xdpTX || flagsOf(s2.tcp) != "S" || s2.tcp.Seq != 9000 || s2.dst != c.target {
+			t.Fatalf("cookie ACK on the finished flow's tuple: verdict %d, want the SYN of a new flow to the target: %v", v, s2.frame)
+		}
 	}
 }
 
