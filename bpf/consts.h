@@ -63,6 +63,9 @@
 #define ICMP_BURST 50 /* and in a burst */
 #endif
 
+#ifndef SNAT_CURSORS
+#define SNAT_CURSORS 1024 /* SNAT port cursors (RFC 6056 algorithm 4's table); a power of two */
+#endif
 #ifndef PORT_RETRIES
 #define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
 #endif

@@ -83,6 +83,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_nat SEC(".maps");
 
+/* SNAT port cursors (nat.h snat_cursor): per target hash, the counter of RFC 6056 algorithm 4. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SNAT_CURSORS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_snat_cursor SEC(".maps");
+
 /* Interfaces by ifindex: IFACE_* bits (dataplane AttachTC sets them; an interface not in it is a NIC). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -6,19 +6,42 @@
 #include "csum.h"
 #include "synproxy.h"
 
-/* tuple_hash mixes the client side of a flow to pick the first SNAT port to try. */
-static __always_inline __u32 tuple_hash(const struct pkt *p)
+/*
+ * SNAT port choice follows RFC 6056's algorithm 4 (double-hash), as
+ * Linux's own connect() does: the first slot tried is a per-target offset
+ * plus a counter that the target's cursor (roam_snat_cursor) advances at
+ * every allocation. Consecutive flows to one target take consecutive
+ * slots, so a port comes back to that target only after every other slot
+ * of pool x range has been handed out. A hash of the client's side (the
+ * earlier choice) lands on a recently freed port by chance (about one new
+ * flow in (slots / flows in the last minute)), and the target may still
+ * hold that 4-tuple in TIME_WAIT: it answers the SYN with a bare ACK, and
+ * the client's connect waits a second for its SYN to be resent.
+ */
+static __always_inline __u32 target_hash(const struct ct_key *rk)
 {
 	__u32 w[4];
-	__builtin_memcpy(w, p->saddr, 16);
+	__builtin_memcpy(w, rk->saddr, 16);
 	__u32 h = 2166136261u;
 	h = (h ^ w[0]) * 16777619u;
 	h = (h ^ w[1]) * 16777619u;
 	h = (h ^ w[2]) * 16777619u;
 	h = (h ^ w[3]) * 16777619u;
-	h = (h ^ ((__u32)p->sport << 16 | p->dport)) * 16777619u;
+	h = (h ^ ((__u32)rk->sport << 8 | rk->proto)) * 16777619u;
 	h ^= h >> 15;
 	return h;
+}
+
+/* snat_cursor returns the target's next counter value; a cursor starts at a random value the first time it is used. */
+static __always_inline __u32 snat_cursor(__u32 th)
+{
+	__u32 idx = th & (SNAT_CURSORS - 1);
+	__u32 *c = bpf_map_lookup_elem(&roam_snat_cursor, &idx);
+	if (!c)
+		return 0;
+	if (*c == 0)
+		__sync_val_compare_and_swap(c, 0, bpf_get_prandom_u32() | 1);
+	return __sync_fetch_and_add(c, 1);
 }
 
 /*
@@ -90,8 +113,9 @@ static __always_inline int nat_reclaimable(const struct nat_value *nv, const str
 /*
  * snat_alloc inserts the NAT entry sc->rk/sc->rv with a source from the
  * family's pool (rk's daddr holds the pool's first address; the chosen one
- * is left there) and the port range: slots of pool x range probed from a hash of
- * the client's side, by a stride coprime with their number. BPF_NOEXIST
+ * is left there) and the port range: slots of pool x range probed from the
+ * target's next cursor position (RFC 6056 algorithm 4, above), by a stride
+ * coprime with their number. BPF_NOEXIST
  * makes the claim of a free slot collision-safe; a slot whose flow is over
  * in both directions, or embryonic and silent (nat_reclaimable), is taken
  * over, claimed by a compare-and-swap of its last_seen so two CPUs cannot
@@ -111,7 +135,8 @@ static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p
 	/* Two primes: no slot count (at most 65536 x SNAT_POOL_MAX) is a multiple of both. */
 	sc->probe.stride = sc->probe.slots % 7919u ? 7919u : 7907u;
 	sc->probe.first = bpf_ntohl(*(__be32 *)(rk->daddr + 12));
-	sc->probe.h = tuple_hash(p);
+	__u32 th = target_hash(rk);
+	sc->probe.h = th + snat_cursor(th);
 	sc->probe.full = 0;
 
 #pragma clang loop unroll(disable)

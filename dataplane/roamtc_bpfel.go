@@ -26,6 +26,7 @@ const (
 	roamTCMapRoamScratch         = "roam_scratch"
 	roamTCMapRoamServiceSlots    = "roam_service_slots"
 	roamTCMapRoamServices        = "roam_services"
+	roamTCMapRoamSnatCursor      = "roam_snat_cursor"
 	roamTCMapRoamSrv6Config      = "roam_srv6_config"
 	roamTCMapRoamSrv6Locators    = "roam_srv6_locators"
 	roamTCMapRoamSrv6Stats       = "roam_srv6_stats"
@@ -99,6 +100,7 @@ type roamTCMapSpecs struct {
 	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamServiceSlots   *ebpf.MapSpec `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamSnatCursor     *ebpf.MapSpec `ebpf:"roam_snat_cursor"`
 	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
 	RoamSrv6Locators   *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
 	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
@@ -146,6 +148,7 @@ type roamTCMaps struct {
 	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
 	RoamServiceSlots   *ebpf.Map `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.Map `ebpf:"roam_services"`
+	RoamSnatCursor     *ebpf.Map `ebpf:"roam_snat_cursor"`
 	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
 	RoamSrv6Locators   *ebpf.Map `ebpf:"roam_srv6_locators"`
 	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
@@ -169,6 +172,7 @@ func (m *roamTCMaps) Close() error {
 		m.RoamScratch,
 		m.RoamServiceSlots,
 		m.RoamServices,
+		m.RoamSnatCursor,
 		m.RoamSrv6Config,
 		m.RoamSrv6Locators,
 		m.RoamSrv6Stats,

@@ -287,6 +287,7 @@ const (
 	roamXDPMapRoamSelf           = "roam_self"
 	roamXDPMapRoamServiceSlots   = "roam_service_slots"
 	roamXDPMapRoamServices       = "roam_services"
+	roamXDPMapRoamSnatCursor     = "roam_snat_cursor"
 	roamXDPMapRoamSrv6Config     = "roam_srv6_config"
 	roamXDPMapRoamSrv6Flows      = "roam_srv6_flows"
 	roamXDPMapRoamSrv6Local      = "roam_srv6_local"
@@ -362,6 +363,7 @@ type roamXDPMapSpecs struct {
 	RoamSelf           *ebpf.MapSpec `ebpf:"roam_self"`
 	RoamServiceSlots   *ebpf.MapSpec `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
+	RoamSnatCursor     *ebpf.MapSpec `ebpf:"roam_snat_cursor"`
 	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.MapSpec `ebpf:"roam_srv6_flows"`
 	RoamSrv6Local      *ebpf.MapSpec `ebpf:"roam_srv6_local"`
@@ -411,6 +413,7 @@ type roamXDPMaps struct {
 	RoamSelf           *ebpf.Map `ebpf:"roam_self"`
 	RoamServiceSlots   *ebpf.Map `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.Map `ebpf:"roam_services"`
+	RoamSnatCursor     *ebpf.Map `ebpf:"roam_snat_cursor"`
 	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.Map `ebpf:"roam_srv6_flows"`
 	RoamSrv6Local      *ebpf.Map `ebpf:"roam_srv6_local"`
@@ -436,6 +439,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamSelf,
 		m.RoamServiceSlots,
 		m.RoamServices,
+		m.RoamSnatCursor,
 		m.RoamSrv6Config,
 		m.RoamSrv6Flows,
 		m.RoamSrv6Local,
