@@ -265,7 +265,10 @@ func TestSYNProxyFloodMode(t *testing.T) {
 	if n := dropsOf(t, tb.d)["synproxy_cookie_sent"] - before["synproxy_cookie_sent"]; n != 1 {
 		t.Fatalf("synproxy_cookie_sent +%d, want 1", n)
 	}
-	// A flood: 100 SYNs now and 100 at half the hold, none answered.
+	// A flood: 100 SYNs now and 100 past half the hold, none answered. An
+	// unanswered cookie extends the hold only once less than half of it is
+	// left (synproxy_answered); the program's hold started a moment after
+	// t0, so the second burst waits a tenth of the hold more than half.
 	flood := func(from int) {
 		for i := range 100 {
 			if v, o := syn(fmt.Sprintf("100.64.0.%d:%d", 1+i, 2000+from)); v != xdpTX || flagsOf(o.tcp) != "SA" {
@@ -274,7 +277,7 @@ func TestSYNProxyFloodMode(t *testing.T) {
 		}
 	}
 	flood(0)
-	time.Sleep(time.Until(t0.Add(hold / 2)))
+	time.Sleep(time.Until(t0.Add(hold/2 + hold/10)))
 	flood(1)
 	time.Sleep(time.Until(t0.Add(hold + hold/5)))
 	if v, o := syn("198.51.100.4:1000"); v != xdpTX || flagsOf(o.tcp) != "SA" {
