@@ -150,6 +150,17 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	if (!cfg)
 		return VERDICT_PASS;
 	__u64 now = bpf_ktime_get_coarse_ns();
+	struct scratch *sc = scratch();
+	if (!sc)
+		return VERDICT_PASS;
+	/*
+	 * synproxy_new turned a cookie ACK into this SYN. Read and cleared
+	 * before any return: a commit between synproxy_new and this call can
+	 * make the frontend NONE, SRv6 or gone, and a mark left set would make
+	 * this CPU's next new flow a proxied one with another flow's cookie.
+	 */
+	int proxied = sc->sp.proxied;
+	sc->sp.proxied = 0;
 	__u32 id;
 	struct target *t = active_target(k, &id);
 	if (!t)
@@ -160,17 +171,9 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 		return VERDICT_PASS;
 	}
 	if (kind == TARGET_SRV6) {
-		struct scratch *ss = scratch();
-		if (!ss)
-			return VERDICT_PASS;
-		ss->id = id;
+		sc->id = id;
 		return VERDICT_SRV6;
 	}
-	struct scratch *sc = scratch();
-	if (!sc)
-		return VERDICT_PASS;
-	int proxied = sc->sp.proxied; /* synproxy_new turned a cookie ACK into this SYN */
-	sc->sp.proxied = 0;
 	if (!proxied && cfg->synproxy != SYNPROXY_OFF && p->proto == IPPROTO_TCP_ && kind == TARGET_REDIRECT &&
 	    synproxy_wanted(p, cfg, now) && ((p->tcp_flags & TCP_FLAG_SYN) || !roam_local_socket(ctx, p)))
 		return VERDICT_SYNPROXY;
