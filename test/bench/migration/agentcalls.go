@@ -31,12 +31,8 @@ import (
 
 const benchPort = 65000
 
-type callFigures struct {
-	stage, commit []float64 // µs per call
-}
-
 // agentCalls times rounds stage+commit calls per transport.
-func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 callFigures, err error) {
+func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, err error) {
 	home, err := tb.Cluster("home")
 	if err != nil {
 		return sync, h2, err
@@ -70,7 +66,7 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 		}
 	}()
 	clients := []*agentapi.Client{sc, hc}
-	figs := []*callFigures{&sync, &h2}
+	figs := []*stageCommit{&sync, &h2}
 	for _, c := range clients {
 		if err := c.Warm(ctx); err != nil {
 			return sync, h2, err
@@ -99,20 +95,16 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 	return sync, h2, nil
 }
 
-func printAgentCalls(sync, h2 callFigures, rounds int, gap time.Duration) {
+func printAgentCalls(sync, h2 stageCommit, rounds int, gap time.Duration) {
 	q := testbed.Quantile
 	fmt.Printf("controller -> home agent calls (mutual TLS), stage and commit of 2 frontends, %d rounds each, %s apart, under the clients' load (µs):\n", rounds, gap)
 	fmt.Printf("  %-28s %9s %9s %9s %9s %12s\n", "transport", "stage p50", "stage p99", "commit p50", "commit p99", "stage+commit p50")
 	for _, row := range []struct {
 		name string
-		f    callFigures
+		f    stageCommit
 	}{{"sync HTTP/1.1 (as built)", sync}, {"net/http HTTP/2 (before)", h2}} {
-		sum := make([]float64, len(row.f.stage))
-		for i := range sum {
-			sum[i] = row.f.stage[i] + row.f.commit[i]
-		}
-		fmt.Printf("  %-28s %9.0f %9.0f %10.0f %10.0f %12.0f\n", row.name, q(row.f.stage, 0.5), q(row.f.stage, 0.99),
-			q(row.f.commit, 0.5), q(row.f.commit, 0.99), q(sum, 0.5))
+		s50, s99, c50, c99, b50 := row.f.quantiles()
+		fmt.Printf("  %-28s %9.0f %9.0f %10.0f %10.0f %12.0f\n", row.name, s50, s99, c50, c99, b50)
 	}
 	fmt.Printf("  ratio HTTP/2 / sync, p50: stage %.2f, commit %.2f\n", q(h2.stage, 0.5)/q(sync.stage, 0.5), q(h2.commit, 0.5)/q(sync.commit, 0.5))
 }

@@ -33,11 +33,22 @@ import (
 // seconds after the previous one; both layouts pay for a grace period only
 // when writes come closer than that).
 
-type rerouteFigures struct {
-	stage, commit []float64 // per round, µs, both frontends
+// stageCommit is what a reroute costs, one stage and one commit per round
+// (µs): the data plane's share here, the agent calls in agentcalls.go.
+type stageCommit struct {
+	stage, commit []float64
 }
 
-func (f rerouteFigures) q(v []float64, p float64) float64 { return testbed.Quantile(v, p) }
+// quantiles are the rows' figures: stage and commit p50 and p99, and the
+// p50 of each round's stage + commit.
+func (f stageCommit) quantiles() (stage50, stage99, commit50, commit99, both50 float64) {
+	q := testbed.Quantile
+	both := make([]float64, len(f.stage))
+	for i := range both {
+		both[i] = f.stage[i] + f.commit[i]
+	}
+	return q(f.stage, 0.5), q(f.stage, 0.99), q(f.commit, 0.5), q(f.commit, 0.99), q(both, 0.5)
+}
 
 // graceHash is c81b169's layout: a hash element per frontend, a grace
 // period between writes (its dataplane.servicesWrite).
@@ -85,7 +96,7 @@ func (g *graceHash) commit(k dataplane.FrontendKey) error {
 }
 
 // benchReroute runs rounds of each layout and returns slots' and grace's figures.
-func benchReroute(rounds int, gap time.Duration) (slots, grace rerouteFigures, err error) {
+func benchReroute(rounds int, gap time.Duration) (slots, grace stageCommit, err error) {
 	pin := filepath.Join("/sys/fs/bpf", fmt.Sprintf("roam-bench-reroute-%d", os.Getpid()))
 	d, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: netip.MustParseAddr("192.0.2.1")})
 	if err != nil {
@@ -180,18 +191,14 @@ func sizeOf[T any]() uintptr {
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
-func printReroute(slots, grace rerouteFigures, rounds int, gap time.Duration) {
+func printReroute(slots, grace stageCommit, rounds int, gap time.Duration) {
 	fmt.Printf("\nData plane share of a reroute (2 frontends staged, then committed; %d rounds of each, %s apart, alternating)\n", rounds, gap)
 	fmt.Printf("  %-44s %10s %10s %10s %10s %10s\n", "layout", "stage p50", "stage p99", "commit p50", "commit p99", "both p50")
 	for _, l := range []struct {
 		name string
-		f    rerouteFigures
+		f    stageCommit
 	}{{"slots (array, active index; as built)", slots}, {"grace (hash element + grace period, c81b169)", grace}} {
-		both := make([]float64, len(l.f.stage))
-		for i := range both {
-			both[i] = l.f.stage[i] + l.f.commit[i]
-		}
-		fmt.Printf("  %-44s %8.1fµs %8.1fµs %8.1fµs %8.1fµs %8.1fµs\n", l.name, l.f.q(l.f.stage, 0.5), l.f.q(l.f.stage, 0.99),
-			l.f.q(l.f.commit, 0.5), l.f.q(l.f.commit, 0.99), l.f.q(both, 0.5))
+		s50, s99, c50, c99, b50 := l.f.quantiles()
+		fmt.Printf("  %-44s %8.1fµs %8.1fµs %8.1fµs %8.1fµs %8.1fµs\n", l.name, s50, s99, c50, c99, b50)
 	}
 }
