@@ -8,81 +8,43 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
-	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/roamnet/roam/internal/reread"
 )
 
 // KeyPairReloader serves a certificate and key from files and re-reads
-// them when either file's modification time or size changes (checked at
-// most once a second, on a handshake). A pair that fails to load keeps the
+// them when either file's modification time or size changes (checked on
+// a handshake, by internal/reread). A pair that fails to load keeps the
 // previous one in service.
 type KeyPairReloader struct {
-	certFile, keyFile string
-
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	stamp   string
-	checked time.Time
-	// Err is the last reload error (nil once a reload succeeds).
-	err error
+	files *reread.Files[*tls.Certificate]
 }
 
 // NewKeyPairReloader loads the pair once (an error if it cannot).
 func NewKeyPairReloader(certFile, keyFile string) (*KeyPairReloader, error) {
-	k := &KeyPairReloader{certFile: certFile, keyFile: keyFile}
-	if err := k.reload(); err != nil {
-		return nil, err
-	}
-	return k, nil
-}
-
-func (k *KeyPairReloader) fileStamp() (string, error) {
-	var stamp string
-	for _, f := range []string{k.certFile, k.keyFile} {
-		st, err := os.Stat(f)
+	f, err := reread.New(func(*tls.Certificate) (*tls.Certificate, error) {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
-			return "", fmt.Errorf("tls key pair: %w", err)
+			return nil, fmt.Errorf("load tls key pair %s, %s: %w", certFile, keyFile, err)
 		}
-		stamp += fmt.Sprintf("%d/%d;", st.ModTime().UnixNano(), st.Size())
-	}
-	return stamp, nil
-}
-
-func (k *KeyPairReloader) reload() error {
-	stamp, err := k.fileStamp()
+		return &cert, nil
+	}, certFile, keyFile)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("tls key pair: %w", err)
 	}
-	cert, err := tls.LoadX509KeyPair(k.certFile, k.keyFile)
-	if err != nil {
-		return fmt.Errorf("load tls key pair %s, %s: %w", k.certFile, k.keyFile, err)
-	}
-	k.cert, k.stamp = &cert, stamp
-	return nil
+	return &KeyPairReloader{files: f}, nil
 }
 
 // GetCertificate is for tls.Config.GetCertificate.
 func (k *KeyPairReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if now := time.Now(); now.Sub(k.checked) >= time.Second {
-		k.checked = now
-		if stamp, err := k.fileStamp(); err == nil && stamp != k.stamp {
-			k.err = k.reload()
-		}
-	}
-	return k.cert, nil
+	return k.files.Get(), nil
 }
 
 // Err is the last reload error: the files changed but did not load, and
 // the previous pair is still served.
-func (k *KeyPairReloader) Err() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.err
-}
+func (k *KeyPairReloader) Err() error { return k.files.Err() }
 
 // NATSTLSOptions are the options a client of the MO's NATS needs for TLS:
 // the CA that signed the server's certificate and, when the server asks
