@@ -1,11 +1,15 @@
 package meta
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 )
 
 func BenchmarkDecodeHello(b *testing.B) {
@@ -114,4 +118,68 @@ func BenchmarkIngest(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkPlaceRequest times placement requests over the real path: an
+// MO with JetStream (its audit stream followed back) and 10,000 clusters,
+// a requester on its own connection in the same process. Its allocs/op
+// and B/op are the whole process's per placement (the requester's
+// nc.Request included); bench-meta prints the MO process's alone.
+func BenchmarkPlaceRequest(b *testing.B) {
+	s, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", Logger: quietLogger(), WarmUp: time.Millisecond, HelloInterval: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.WaitServing(wctx); err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	for i := range 10000 {
+		h := testHello("c"+strconv.Itoa(i), []string{TierEdge, TierCloud, TierDeepEdge}[i%3], 16000, int64(i*37)%15000)
+		h.Capacity = Capacity{MilliCPU: 16000, UsedMilliCPU: int64(i*37) % 15000, MemoryMB: 65536,
+			UsedMemoryMB: int64(i*101) % 60000, Pods: 110, UsedPods: int64(i % 100)}
+		s.reg.Observe(h, now)
+	}
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	req := testRequest("c7", Constraints{})
+	req.Service.Resources = Resources{MilliCPU: 1, MemoryMB: 1}
+	bufs := make([][]byte, 1024)
+	for i := range bufs {
+		req.RequestID = "bench-" + strconv.Itoa(i)
+		bufs[i], _ = json.Marshal(req)
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		m, err := nc.Request(SubjectPlace, bufs[i%len(bufs)], 5*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(m.Data) == 0 || m.Header.Get(micro.ErrorCodeHeader) != "" {
+			b.Fatalf("reply %q %v", m.Data, m.Header)
+		}
+		i++
+	}
+}
+
+// BenchmarkPlaceEncoded is the MO's decision and reply encoding alone.
+func BenchmarkPlaceEncoded(b *testing.B) {
+	now := time.Now()
+	r := benchRegistry(10000, now)
+	req := testRequest("c7", Constraints{})
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		var rep *PlacementReply
+		if buf, _, rep = r.PlaceEncoded(LeastLoaded{}, &req, now, buf[:0], "mo-1"); rep != nil {
+			b.Fatal(rep.NoPlacement)
+		}
+	}
 }

@@ -102,7 +102,7 @@ func (r *Registry) Place(p Policy, req PlacementRequest, now time.Time, reserve 
 	if req.Explain || len(req.ExplainClusters) > 0 {
 		rep = r.explainLocked(p, &req, now)
 	} else {
-		j := newJudge(p, &req, now, r.getLocked, r.StateOf)
+		j := newJudge(p, &req, now, r.getFn, r.stateFn)
 		var t topK
 		r.search(&j, &t)
 		if t.n == 0 {
@@ -125,31 +125,114 @@ const labelScanMax = 256
 // afterKey sorts after every slot of its key (ids are ASCII).
 var afterKey = &Cluster{Hello: Hello{ClusterID: "\xff"}}
 
+// searchScratch is what a search reuses from one request to the next (a
+// Registry keeps them in a pool): the linked set, the eligible trees, the
+// walk's state read by visit (a method value kept here, so that a walk
+// allocates nothing) and the reply encoder's text buffers.
+type searchScratch struct {
+	linked map[string]struct{}
+	trees  []rankedTree
+
+	j       *judge
+	t       *topK
+	rt      rankedTree
+	res     Resources
+	from    *slot // resume after a run of ties
+	jumped  bool
+	visitFn func(*slot) bool
+
+	why, text []byte
+	// The judge and the top of a search, kept here so that neither is
+	// allocated.
+	jv judge
+	tv topK
+}
+
+type rankedTree struct {
+	rank int
+	tt   *tierTree
+}
+
+func newSearchScratch() any {
+	sc := &searchScratch{linked: map[string]struct{}{}}
+	sc.visitFn = sc.visit
+	return sc
+}
+
 func (r *Registry) search(j *judge, t *topK) {
-	cons := &j.req.Service.Constraints
-	var linked map[string]struct{}
-	judgeID := func(id string) {
-		if _, seen := linked[id]; seen {
-			return
+	sc := r.scratch.Get().(*searchScratch)
+	defer r.scratch.Put(sc)
+	sc.jv, sc.tv = *j, *t
+	r.searchWith(sc, &sc.jv, &sc.tv)
+	*t = sc.tv
+	sc.jv, sc.tv = judge{}, topK{}
+}
+
+func (sc *searchScratch) judgeID(r *Registry, id string) {
+	if _, seen := sc.linked[id]; seen {
+		return
+	}
+	sc.linked[id] = struct{}{}
+	if s := r.byID[id]; s != nil {
+		if cat, rk := sc.j.eval(s.c()); cat == "" {
+			sc.t.add(rk)
 		}
-		if linked == nil {
-			linked = map[string]struct{}{}
+	}
+}
+
+func (sc *searchScratch) visit(s *slot) bool {
+	t, rt := sc.t, &sc.rt
+	if t.full() {
+		w, wid := t.worst()
+		bound := scoreOf(rt.rank, rt.tt.lowerLoad(s.key, sc.res), unknownLinkQuality)
+		if bound < w {
+			return false // nor can any later cluster
 		}
-		linked[id] = struct{}{}
-		if s := r.byID[id]; s != nil {
-			if cat, rk := j.eval(s.c()); cat == "" {
-				t.add(rk)
+		id := s.c().Hello.ClusterID
+		if bound == w && id > wid {
+			// The rest of this key can only tie and lose on the id.
+			sc.from, sc.jumped = newSlot(afterKey, s.key), true
+			return false
+		}
+		if _, seen := sc.linked[id]; !seen {
+			v := scoreOf(rt.rank, loadAfter(s.c().eff, sc.res), unknownLinkQuality)
+			if v < w || (v == w && id > wid) {
+				return true // cannot enter, whatever the filter says
 			}
 		}
 	}
+	if _, seen := sc.linked[s.c().Hello.ClusterID]; seen {
+		return true
+	}
+	if cat, rk := sc.j.eval(s.c()); cat == "" {
+		t.add(rk)
+	}
+	return true
+}
+
+// reset drops what the scratch refers to once a search is done (the pool
+// must not keep clusters alive).
+func (sc *searchScratch) reset() {
+	sc.j, sc.t, sc.rt, sc.from = nil, nil, rankedTree{}, nil
+}
+
+func (r *Registry) searchWith(sc *searchScratch, j *judge, t *topK) {
+	if len(sc.linked) > 1024 {
+		sc.linked = map[string]struct{}{} // clearing it would cost every next request
+	} else {
+		clear(sc.linked)
+	}
+	sc.j, sc.t = j, t
+	defer sc.reset()
+	cons := &j.req.Service.Constraints
 	if j.origin != nil {
-		judgeID(j.from) // reached locally from itself (policy.go linkTo)
+		sc.judgeID(r, j.from) // reached locally from itself (policy.go linkTo)
 		for _, l := range j.origin.Hello.Links {
-			judgeID(l.Peer)
+			sc.judgeID(r, l.Peer)
 		}
 	}
 	for id := range r.linkedBy[j.from] {
-		judgeID(id)
+		sc.judgeID(r, id)
 	}
 	if j.needLink {
 		return // only a measured link can meet a link bound
@@ -157,7 +240,7 @@ func (r *Registry) search(j *judge, t *topK) {
 	if posting, ok := r.rarestLabel(cons.WantLabels); ok {
 		if len(posting) <= labelScanMax {
 			for id := range posting {
-				if _, seen := linked[id]; !seen {
+				if _, seen := sc.linked[id]; !seen {
 					if cat, rk := j.eval(r.byID[id].c()); cat == "" {
 						t.add(rk)
 					}
@@ -168,11 +251,7 @@ func (r *Registry) search(j *judge, t *topK) {
 	} else if len(cons.WantLabels) > 0 {
 		return // nobody carries a wanted label
 	}
-	type rankedTree struct {
-		rank int
-		tt   *tierTree
-	}
-	trees := make([]rankedTree, 0, len(r.tiers))
+	trees := sc.trees[:0]
 	for tier, tt := range r.tiers {
 		if (len(cons.WantTiers) > 0 && !slices.Contains(cons.WantTiers, tier)) || slices.Contains(cons.ForbidTiers, tier) {
 			continue
@@ -183,55 +262,29 @@ func (r *Registry) search(j *judge, t *topK) {
 		}
 		trees = append(trees, rankedTree{rank, tt})
 	}
+	sc.trees = trees
 	slices.SortFunc(trees, func(a, b rankedTree) int { return b.rank - a.rank })
-	res := j.req.Service.Resources
+	sc.res = j.req.Service.Resources
 	for _, rt := range trees {
 		if t.full() {
-			if w, _ := t.worst(); scoreOf(rt.rank, rt.tt.lowerLoad(0, res), unknownLinkQuality) < w {
+			if w, _ := t.worst(); scoreOf(rt.rank, rt.tt.lowerLoad(0, sc.res), unknownLinkQuality) < w {
 				continue // nothing in this tree can enter the top
 			}
 		}
-		var from *slot // resume after a run of ties
+		sc.rt, sc.from = rt, nil
 		for {
-			jumped := false
-			visit := func(s *slot) bool {
-				if t.full() {
-					w, wid := t.worst()
-					bound := scoreOf(rt.rank, rt.tt.lowerLoad(s.key, res), unknownLinkQuality)
-					if bound < w {
-						return false // nor can any later cluster
-					}
-					id := s.c().Hello.ClusterID
-					if bound == w && id > wid {
-						// The rest of this key can only tie and lose on the id.
-						from, jumped = newSlot(afterKey, s.key), true
-						return false
-					}
-					if _, seen := linked[id]; !seen {
-						sc := scoreOf(rt.rank, loadAfter(s.c().eff, res), unknownLinkQuality)
-						if sc < w || (sc == w && id > wid) {
-							return true // cannot enter, whatever the filter says
-						}
-					}
-				}
-				if _, seen := linked[s.c().Hello.ClusterID]; seen {
-					return true
-				}
-				if cat, rk := j.eval(s.c()); cat == "" {
-					t.add(rk)
-				}
-				return true
-			}
-			if from == nil {
-				rt.tt.tree.Ascend(visit)
+			sc.jumped = false
+			if sc.from == nil {
+				rt.tt.tree.Ascend(sc.visitFn)
 			} else {
-				rt.tt.tree.AscendGreaterOrEqual(from, visit)
+				rt.tt.tree.AscendGreaterOrEqual(sc.from, sc.visitFn)
 			}
-			if !jumped {
+			if !sc.jumped {
 				break
 			}
 		}
 	}
+	clear(sc.trees[:cap(sc.trees)])
 }
 
 // rarestLabel returns the smallest posting among the wanted label pairs;

@@ -1,6 +1,8 @@
 package meta
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -72,6 +74,9 @@ func (w *world) hello(id string) {
 	}
 	if r.IntN(10) == 0 {
 		h.IntervalMs = 3000
+	}
+	if r.IntN(4) == 0 {
+		h.Locator = netip.MustParsePrefix("fd00:" + strconv.Itoa(r.IntN(9)) + "::/48")
 	}
 	// Some hellos are old: suspect or down at w.now.
 	seen := w.now.Add(-[]time.Duration{0, 0, 0, 1600 * time.Millisecond, 10 * time.Second}[r.IntN(5)])
@@ -208,6 +213,36 @@ func sameDecision(a, b PlacementReply) error {
 	return nil
 }
 
+// sameEncoding checks that PlaceEncoded gives the bytes json.Marshal
+// gives for Place's reply (with DecidedBy), or that reply to marshal.
+func sameEncoding(reg *Registry, p Policy, req PlacementRequest, now time.Time, want PlacementReply) error {
+	want.DecidedBy = "mo-<1>&\u2028"
+	wantB, err := json.Marshal(want)
+	if err != nil {
+		return err
+	}
+	got, dest, rep := reg.PlaceEncoded(p, &req, now, []byte("kept"), want.DecidedBy)
+	if rep != nil {
+		if string(got) != "kept" {
+			return fmt.Errorf("PlaceEncoded wrote %q and returned a reply", got)
+		}
+		if got, err = json.Marshal(rep); err != nil {
+			return err
+		}
+	} else if !bytes.HasPrefix(got, []byte("kept")) {
+		return fmt.Errorf("PlaceEncoded did not append: %q", got)
+	} else {
+		got = got[len("kept"):]
+	}
+	if string(got) != string(wantB) {
+		return fmt.Errorf("encoded reply\n%s\nwant\n%s", got, wantB)
+	}
+	if want.Destination != nil && dest != want.Destination.ClusterID || want.Destination == nil && dest != "" {
+		return fmt.Errorf("destination %q, reply %+v", dest, want.Destination)
+	}
+	return nil
+}
+
 // checkWorld compares the index with the reference scan for random
 // requests under both policies.
 func checkWorld(t *testing.T, seed uint64) {
@@ -227,6 +262,9 @@ func checkWorld(t *testing.T, seed uint64) {
 			}
 			if err := idx.Validate(); err != nil {
 				t.Fatalf("seed %d: reply invalid: %v", seed, err)
+			}
+			if err := sameEncoding(w.reg, p, req, w.now, idx); err != nil {
+				t.Fatalf("seed %d step %d policy %s: %v", seed, step, p.Name(), err)
 			}
 		}
 	}

@@ -104,20 +104,6 @@ type candView struct {
 	local     bool // the candidate is the link origin itself
 }
 
-func (cv candView) linkText() string {
-	switch {
-	case !cv.hasLink:
-		return "unknown"
-	case cv.local:
-		return "local"
-	}
-	s := fmt.Sprintf("%.1f Mbit/s %.1f ms", cv.link.BandwidthMbps, cv.link.RTTMs)
-	if cv.link.LossPct > 0 {
-		s += fmt.Sprintf(" loss %.0f%%", cv.link.LossPct)
-	}
-	return s
-}
-
 // unknownLinkQuality is the link quality assumed when nothing is measured.
 const unknownLinkQuality = 0.5
 
@@ -354,7 +340,7 @@ func candidate(r ranked) Candidate {
 		Locator:       h.Locator,
 		Tier:          h.Tier,
 		Score:         r.score,
-		Why:           fmt.Sprintf("tier %s, load after %.0f%%, link %s", h.Tier, 100*r.cv.loadAfter, r.cv.linkText()),
+		Why:           string(appendCandidateWhy(nil, r)),
 	}
 }
 
@@ -375,19 +361,7 @@ func (t *topK) fill(rep *PlacementReply, policy string) {
 
 // lowerWhy says why r ranks below best: the first term of the score that
 // separates them.
-func lowerWhy(best, r ranked) string {
-	b, c := best.cv, r.cv
-	bid := b.c.Hello.ClusterID
-	switch {
-	case c.rank != b.rank:
-		return fmt.Sprintf("tier %s ranks below %s's %s", c.c.Hello.Tier, bid, b.c.Hello.Tier)
-	case c.loadAfter != b.loadAfter && (1-c.loadAfter) < (1-b.loadAfter):
-		return fmt.Sprintf("load after %.0f%%, %s's %.0f%%", 100*c.loadAfter, bid, 100*b.loadAfter)
-	case r.score < best.score:
-		return fmt.Sprintf("path %s, %s's %s", c.linkText(), bid, b.linkText())
-	}
-	return "same score, " + bid + " first by id"
-}
+func lowerWhy(best, r ranked) string { return string(appendLowerWhy(nil, best, r)) }
 
 func summarize(m map[string]int) string {
 	var b strings.Builder

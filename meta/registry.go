@@ -221,6 +221,12 @@ type Registry struct {
 	resv    map[string]*reservation // by placement id
 	resvSum map[string]Reserved     // by destination: what its reservations add up to
 	resvExp resvHeap                // by expiry, soonest first
+
+	scratch sync.Pool // of *searchScratch
+	// getLocked and StateOf as func values made once (a method value
+	// made per request is an allocation).
+	getFn   func(id string) *Cluster
+	stateFn func(*Cluster, time.Time) State
 }
 
 // NewRegistry returns an empty registry: a cluster is suspect once one
@@ -230,10 +236,12 @@ func NewRegistry(interval time.Duration, downAfter int) *Registry {
 	if interval <= 0 {
 		interval = time.Second
 	}
-	return &Registry{interval: interval, downAfter: max(downAfter, 1), byID: map[string]*slot{},
+	r := &Registry{interval: interval, downAfter: max(downAfter, 1), byID: map[string]*slot{},
 		tiers: map[string]*tierTree{}, linkedBy: map[string]map[string]struct{}{},
 		labels: map[string]map[string]struct{}{}, resv: map[string]*reservation{},
-		resvSum: map[string]Reserved{}}
+		resvSum: map[string]Reserved{}, scratch: sync.Pool{New: newSearchScratch}}
+	r.getFn, r.stateFn = r.getLocked, r.StateOf
+	return r
 }
 
 // Observe records h, received at now, unless its Seq is stale or too far

@@ -119,8 +119,10 @@ type Server struct {
 	// for this replica: no other placement decides in between. Hello
 	// ingest never takes it.
 	placeMu sync.Mutex
-	auditQ  chan auditRecord // to publishAudit
-	started time.Time
+	// replyBuf holds the last reply encoded (placeMu).
+	replyBuf []byte
+	auditQ   chan auditRecord // to publishAudit
+	started  time.Time
 }
 
 // NewServer starts an MO replica: NATS (embedded unless cfg.NATSURL), the
@@ -463,13 +465,21 @@ func (s *Server) handlePlace(r micro.Request) {
 	// placement decides (placeMu).
 	s.placeMu.Lock()
 	defer s.placeMu.Unlock()
-	rep := s.reg.Place(s.policy, req, start, 0)
-	rep.DecidedBy = s.name
-	b, err := json.Marshal(rep)
-	if err != nil {
-		s.metrics.placements.WithLabelValues("error").Inc()
-		s.respondErr(r, CodeInternal, "encode reply: "+err.Error())
-		return
+	// The index's reply is encoded into a buffer kept for the next
+	// placement (NATS copies it out); the full scan's is marshalled.
+	b, dest, rep := s.reg.PlaceEncoded(s.policy, &req, start, s.replyBuf[:0], s.name)
+	placed := dest != ""
+	var noPlacement string
+	var filtered int
+	if rep != nil {
+		if b, err = json.Marshal(rep); err != nil {
+			s.metrics.placements.WithLabelValues("error").Inc()
+			s.respondErr(r, CodeInternal, "encode reply: "+err.Error())
+			return
+		}
+		noPlacement, filtered = rep.NoPlacement, rep.FilteredTotal
+	} else {
+		s.replyBuf = b
 	}
 	var until time.Time
 	if ttl > 0 {
@@ -480,22 +490,22 @@ func (s *Server) handlePlace(r micro.Request) {
 	// one made runnable must be the one that writes the reply out (the
 	// connection's flusher), not publishAudit and the JetStream work it
 	// sets off.
-	s.audit(req, rep, until)
+	s.audit(&req, dest, noPlacement, filtered, until)
 	err = r.Respond(b)
 	took := time.Since(start)
-	if ttl > 0 && rep.Destination != nil {
-		s.reg.Reserve(req.RequestID, rep.Destination.ClusterID, req.Service.Resources, until)
+	if ttl > 0 && placed {
+		s.reg.Reserve(req.RequestID, dest, req.Service.Resources, until)
 	}
 	if err != nil {
 		s.metrics.placements.WithLabelValues("error").Inc()
 		s.limiter.log(s.log, "respond", "send placement reply", "err", err)
 		return
 	}
-	result := "placed"
-	if !rep.OK() {
-		result = "no_placement"
+	if placed {
+		s.metrics.placed.Inc()
+	} else {
+		s.metrics.placements.WithLabelValues("no_placement").Inc()
 	}
-	s.metrics.placements.WithLabelValues(result).Inc()
 	s.metrics.latency.Observe(took.Seconds())
 }
 
@@ -757,6 +767,7 @@ type metrics struct {
 	hellosAccepted, hellosStale prometheus.Counter
 	// hellosUnchanged counts the accepted hellos taken without decoding.
 	hellosUnchanged prometheus.Counter
+	placed          prometheus.Counter
 
 	hellos     *prometheus.CounterVec
 	placements *prometheus.CounterVec
@@ -795,6 +806,7 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 	for _, res := range []string{"placed", "no_placement", "bad_request", "forbidden", "error"} {
 		m.placements.WithLabelValues(res)
 	}
+	m.placed = m.placements.WithLabelValues("placed")
 	for _, res := range []string{"written", "lost_race", "error"} {
 		m.viewWrites.WithLabelValues(res)
 	}

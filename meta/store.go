@@ -325,14 +325,14 @@ type auditRecord struct {
 // placement handler never waits for the JetStream client (whose lock the
 // compact view's writes also take); it waits only when auditQueue
 // records are already queued.
-func (s *Server) audit(req PlacementRequest, rep PlacementReply, reserveUntil time.Time) {
+func (s *Server) audit(req *PlacementRequest, dest, noPlacement string, filtered int, reserveUntil time.Time) {
 	if s.js == nil {
 		return
 	}
 	rec := auditRecord{At: time.Now().UTC(), RequestID: req.RequestID, Requester: req.Requester, Home: req.Home,
-		Service: req.Service.Name, Reason: req.Reason, NoPlacement: rep.NoPlacement, Filtered: rep.FilteredTotal, DecidedBy: rep.DecidedBy}
-	if rep.Destination != nil {
-		rec.Destination, rec.Resources, rec.ReserveUntil = rep.Destination.ClusterID, req.Service.Resources, reserveUntil.UTC()
+		Service: req.Service.Name, Reason: req.Reason, NoPlacement: noPlacement, Filtered: filtered, DecidedBy: s.name}
+	if dest != "" {
+		rec.Destination, rec.Resources, rec.ReserveUntil = dest, req.Service.Resources, reserveUntil.UTC()
 	}
 	s.auditQ <- rec
 }
