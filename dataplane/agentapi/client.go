@@ -115,9 +115,28 @@ func IsNotFound(err error) bool {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.call(ctx, method, path, in, out, false)
+}
+
+// doReplayable is do for a call the agent may make twice with nothing
+// changed by the second making that the first did not change: the
+// transport may then send it again when a kept connection breaks before
+// any answer came (replayable). A stage (the second supersedes the first,
+// whose generation nobody learnt), a commit or an abort naming its
+// generation (a second commit or abort of it is a no-op). Not a remove (a
+// second one fails, or would remove a frontend staged again in between),
+// nor a commit or an abort of "whatever is staged" (generation 0).
+func (c *Client) doReplayable(ctx context.Context, method, path string, in, out any) error {
+	return c.call(ctx, method, path, in, out, true)
+}
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any, replay bool) error {
 	req, err := httpjson.NewRequest(ctx, method, c.base+path, in)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
+	}
+	if replay {
+		req.Header[idempotencyKey] = nil
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -145,7 +164,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 // traffic) and returns the generation to commit.
 func (c *Client) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (uint64, error) {
 	var out stageReply
-	if err := c.do(ctx, http.MethodPost, "/v1/stage", stageRequest{Frontend: &f, Target: &t}, &out); err != nil {
+	if err := c.doReplayable(ctx, http.MethodPost, "/v1/stage", stageRequest{Frontend: &f, Target: &t}, &out); err != nil {
 		return 0, fmt.Errorf("stage %s -> %s: %w", f, t, err)
 	}
 	return out.Generation, nil
@@ -154,7 +173,11 @@ func (c *Client) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (uint64,
 // Commit makes the staged target of f active; gen names the stage (0 =
 // whatever is staged).
 func (c *Client) Commit(ctx context.Context, f lb.Frontend, gen uint64) error {
-	if err := c.do(ctx, http.MethodPost, "/v1/commit", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
+	do := c.do
+	if gen != 0 {
+		do = c.doReplayable
+	}
+	if err := do(ctx, http.MethodPost, "/v1/commit", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
 		return fmt.Errorf("commit %s generation %d: %w", f, gen, err)
 	}
 	return nil
@@ -172,7 +195,7 @@ func (c *Client) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target)
 		req.Stages[i] = stageRequest{Frontend: &fs[i], Target: &ts[i]}
 	}
 	var out stagesReply
-	if err := c.do(ctx, http.MethodPost, "/v1/stages", req, &out); err != nil {
+	if err := c.doReplayable(ctx, http.MethodPost, "/v1/stages", req, &out); err != nil {
 		return nil, fmt.Errorf("stage %v: %w", fs, err)
 	}
 	if len(out.Generations) != len(fs) {
@@ -189,10 +212,14 @@ func (c *Client) CommitAll(ctx context.Context, fs []lb.Frontend, gens []uint64)
 		return fmt.Errorf("commit %d frontends: %d generations", len(fs), len(gens))
 	}
 	req := commitsRequest{Commits: make([]generationRequest, len(fs))}
+	do := c.doReplayable
 	for i := range fs {
 		req.Commits[i] = generationRequest{Frontend: &fs[i], Generation: gens[i]}
+		if gens[i] == 0 {
+			do = c.do
+		}
 	}
-	if err := c.do(ctx, http.MethodPost, "/v1/commits", req, nil); err != nil {
+	if err := do(ctx, http.MethodPost, "/v1/commits", req, nil); err != nil {
 		return fmt.Errorf("commit %v generations %v: %w", fs, gens, err)
 	}
 	return nil
@@ -203,7 +230,11 @@ func (c *Client) CommitAll(ctx context.Context, fs []lb.Frontend, gens []uint64)
 // superseded one is refused (409), and a Commit of an aborted generation
 // fails.
 func (c *Client) Abort(ctx context.Context, f lb.Frontend, gen uint64) error {
-	if err := c.do(ctx, http.MethodPost, "/v1/abort", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
+	do := c.do
+	if gen != 0 {
+		do = c.doReplayable
+	}
+	if err := do(ctx, http.MethodPost, "/v1/abort", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
 		return fmt.Errorf("abort %s generation %d: %w", f, gen, err)
 	}
 	return nil

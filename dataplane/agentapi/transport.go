@@ -146,7 +146,10 @@ func (t *syncTransport) open(ctx context.Context) (*syncConn, error) {
 // and reads its answer's head; the body is read by the caller, and the
 // connection is kept again once it has been read to its end and closed.
 // A kept connection the agent closed while it was idle (nothing of an
-// answer came) is given up and the call sent once more on a new one.
+// answer came) is given up and the call sent once more on a new one, if
+// the call may be made twice (replayable): the EOF or reset may also
+// mean that the agent read and made the call and died, or closed the
+// connection, before it answered.
 func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	sc := t.get()
@@ -163,7 +166,7 @@ func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		_ = sc.c.Close()
-		if !reused || !closedIdle(err) || ctx.Err() != nil {
+		if !reused || !closedIdle(err) || ctx.Err() != nil || !replayable(req) {
 			return nil, err
 		}
 		// Sent again: the agent closed that connection before reading
@@ -182,6 +185,24 @@ func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		sc, reused = nil, false
 	}
 }
+
+// replayable reports whether req may be sent again after an error that
+// leaves unknown whether the agent made it, net/http's rule: a GET, HEAD,
+// OPTIONS or TRACE, or a request carrying an Idempotency-Key header (the
+// client sets one on the calls whose second making changes nothing the
+// first did not: see Client.do).
+func replayable(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, ok := req.Header[idempotencyKey]
+	return ok
+}
+
+// idempotencyKey is the header that marks a call replayable (its value
+// is not sent: the agent does not read it).
+const idempotencyKey = "Idempotency-Key"
 
 // closedIdle reports whether err says the peer had closed the connection
 // before any answer came: EOF or a reset on a kept connection.

@@ -128,3 +128,103 @@ func TestConcurrentCalls(t *testing.T) {
 		t.Fatalf("the agent served %v listings, want 16", n)
 	}
 }
+
+// TestResendOnlyReplayable: the agent makes a call and then drops its
+// kept connection before answering (it died, or closed the connection,
+// right after the call: the controller cannot tell this from a
+// connection closed while idle). A call that may be made twice is sent
+// again on a new connection and succeeds: a stage (the second supersedes
+// the first), a commit of a named generation (the second is a no-op). One
+// that may not is not sent again, and its error says the connection
+// broke: a remove (a second one would fail, or remove a frontend staged
+// in between), a commit of "whatever is staged".
+func TestResendOnlyReplayable(t *testing.T) {
+	var drop sync.Map // path -> *atomic.Bool: drop the next call's answer
+	dropNext := func(path string) {
+		v, _ := drop.LoadOrStore(path, new(atomic.Bool))
+		v.(*atomic.Bool).Store(true)
+	}
+	a := startAgentWith(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if v, ok := drop.Load(r.URL.Path); ok && v.(*atomic.Bool).CompareAndSwap(true, false) {
+				h.ServeHTTP(httptest.NewRecorder(), r) // made; its answer lost
+				conn, _, err := w.(http.Hijacker).Hijack()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_ = conn.Close()
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}, func(*http.Server) {})
+	c, x := a.client, ctx(t)
+	served := func(route string) float64 { // whatever the answer's code
+		mfs, err := a.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n float64
+		for _, mf := range mfs {
+			if mf.GetName() != "roam_agent_api_requests_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "route" && l.GetValue() == route {
+						n += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return n
+	}
+	if err := c.Warm(x); err != nil {
+		t.Fatal(err)
+	}
+
+	dropNext("/v1/stage")
+	gen, err := c.Stage(x, fe, t1)
+	if err != nil {
+		t.Fatalf("stage whose first answer was lost: %v", err)
+	}
+	if n := served("stage"); n != 2 {
+		t.Fatalf("the agent made %v stages, want 2 (sent again)", n)
+	}
+	dropNext("/v1/commit")
+	if err := c.Commit(x, fe, gen); err != nil {
+		t.Fatalf("commit of generation %d whose first answer was lost: %v", gen, err)
+	}
+	if n := served("commit"); n != 2 {
+		t.Fatalf("the agent made %v commits, want 2 (sent again)", n)
+	}
+	if s, err := a.dp.Get(fe); err != nil || s.Active != t1 {
+		t.Fatalf("%+v %v, want active %s", s, err, t1)
+	}
+
+	if _, err := c.Stage(x, fe, t2); err != nil {
+		t.Fatal(err)
+	}
+	dropNext("/v1/commit")
+	if err := c.Commit(x, fe, 0); err == nil || !closedIdle(err) {
+		t.Fatalf("commit of whatever is staged whose answer was lost: %v, want the broken connection's error", err)
+	}
+	if n := served("commit"); n != 3 {
+		t.Fatalf("the agent made %v commits, want 3 (the one of generation 0 not sent again)", n)
+	}
+	if s, err := a.dp.Get(fe); err != nil || s.Active != t2 {
+		t.Fatalf("%+v %v, want active %s (made once)", s, err, t2)
+	}
+
+	dropNext("/v1/remove")
+	if err := c.Remove(x, fe); err == nil || !closedIdle(err) {
+		t.Fatalf("remove whose answer was lost: %v, want the broken connection's error", err)
+	}
+	if n := served("remove"); n != 1 {
+		t.Fatalf("the agent made %v removes, want 1 (not sent again)", n)
+	}
+	if _, err := a.dp.Get(fe); err == nil {
+		t.Fatalf("%s still there after its remove was made", fe)
+	}
+}
