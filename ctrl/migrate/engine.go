@@ -122,7 +122,7 @@ type Engine struct {
 	cfg     Config
 	log     *slog.Logger
 	st      *store.Store
-	locks   sync.Map // service name -> *sync.Mutex
+	locks   sync.Map // service name -> chan struct{} (its lock, mutex)
 	stageH  *prometheus.HistogramVec
 	migs    *prometheus.CounterVec
 	probeMu sync.Mutex
@@ -218,26 +218,49 @@ func (e *Engine) ClusterID() string { return e.cfg.ClusterID }
 // Incarnation is this controller's store incarnation (see store).
 func (e *Engine) Incarnation() string { return e.st.Incarnation() }
 
-func (e *Engine) mutex(name string) *sync.Mutex {
-	v, _ := e.locks.LoadOrStore(name, &sync.Mutex{})
-	return v.(*sync.Mutex)
+// mutex is the service's lock: a channel of one slot, so that a wait for
+// it can end with its caller's context.
+func (e *Engine) mutex(name string) chan struct{} {
+	v, _ := e.locks.LoadOrStore(name, make(chan struct{}, 1))
+	return v.(chan struct{})
 }
 
 // lock takes the service's lock: every change to a service's record, its
 // copies and its frontends happens under it. It also waits for the
 // service's tail (a drain and cleanup running behind a migration that
 // answered at its commit, tail.go), which does not hold the lock: what
-// takes the lock never sees the old copy half removed.
+// takes the lock never sees the old copy half removed. For the engine's
+// own work (recovery, reconcile, collection), which waits as long as it
+// takes; a caller's request takes it with lockCtx.
 func (e *Engine) lock(name string) func() {
+	unlock, _ := e.lockCtx(context.Background(), name)
+	return unlock
+}
+
+// lockCtx is lock for a caller's request: it gives up, with ctx's error
+// (and holding nothing), when ctx ends first, whether it waits for the
+// lock or for the tail of a migration that answered at its commit (a
+// second migration asked right after such an answer waits for the first
+// one's drain and cleanup, up to the drain timeout).
+func (e *Engine) lockCtx(ctx context.Context, name string) (func(), error) {
 	mu := e.mutex(name)
+	unlock := func() { <-mu }
 	for {
-		mu.Lock()
+		select {
+		case mu <- struct{}{}:
+		case <-ctx.Done():
+			return func() {}, fmt.Errorf("wait for the lock of %s: %w", name, ctx.Err())
+		}
 		t := e.tail(name)
 		if t == nil {
-			return mu.Unlock
+			return unlock, nil
 		}
-		mu.Unlock()
-		<-t
+		unlock()
+		select {
+		case <-t:
+		case <-ctx.Done():
+			return func() {}, fmt.Errorf("wait for the drain and cleanup of %s's last migration: %w", name, ctx.Err())
+		}
 	}
 }
 

@@ -44,7 +44,11 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 		}
 		return ctrl.ForeignReply{Cluster: e.cfg.ClusterID, Home: true, DeployMs: msSince(t0)}, nil
 	}
-	defer e.lock(name)()
+	unlock, err := e.lockCtx(ctx, name)
+	defer unlock()
+	if err != nil {
+		return ctrl.ForeignReply{}, fmt.Errorf("deploy foreign %s: %w", name, err)
+	}
 	r, err := e.st.Record(name)
 	switch {
 	case err == nil && !(r.Kind == ctrl.KindForeign && r.Home == req.Home):
@@ -96,7 +100,11 @@ func (e *Engine) RemoveForeign(ctx context.Context, from ctrl.Caller, name, home
 		return err
 	}
 	defer e.changed(name)
-	defer e.lock(name)()
+	unlock, err := e.lockCtx(ctx, name)
+	defer unlock()
+	if err != nil {
+		return fmt.Errorf("remove foreign %s: %w", name, err)
+	}
 	return e.removeForeignLocked(ctx, name, home, epoch)
 }
 
@@ -146,7 +154,11 @@ func (e *Engine) MovedOn(ctx context.Context, from ctrl.Caller, n ctrl.MovedOn) 
 		return ctrl.Migration{}, err
 	}
 	defer e.changed(n.Service)
-	defer e.lock(n.Service)()
+	unlock, err := e.lockCtx(ctx, n.Service)
+	defer unlock()
+	if err != nil {
+		return ctrl.Migration{}, fmt.Errorf("moved on %s: %w", n.Service, err)
+	}
 	if err := e.settled(ctx, n.Service); err != nil {
 		return ctrl.Migration{}, fmt.Errorf("moved on %s: %w", n.Service, err)
 	}

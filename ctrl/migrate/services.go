@@ -30,7 +30,11 @@ func (e *Engine) Deploy(ctx context.Context, d ctrl.Descriptor) (ctrl.Record, er
 	if err := e.srv6Resolve(&d); err != nil {
 		return ctrl.Record{}, err
 	}
-	defer e.lock(d.Name)()
+	unlock, err := e.lockCtx(ctx, d.Name)
+	defer unlock()
+	if err != nil {
+		return ctrl.Record{}, fmt.Errorf("deploy %s: %w", d.Name, err)
+	}
 	if r, err := e.st.Record(d.Name); err == nil {
 		return r, fmt.Errorf("deploy %s: %w: already exists (%s)", d.Name, ErrConflict, r.Kind)
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -108,7 +112,11 @@ func (e *Engine) Delete(ctx context.Context, name string) error {
 		return err
 	}
 	defer e.changed(name)
-	defer e.lock(name)()
+	unlock, err := e.lockCtx(ctx, name)
+	defer unlock()
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
 	if err := e.settled(ctx, name); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}

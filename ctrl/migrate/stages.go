@@ -185,7 +185,11 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 		return ctrl.Migration{}, err
 	}
 	defer e.changed(name)
-	defer e.lock(name)()
+	unlock, err := e.lockCtx(ctx, name)
+	defer unlock()
+	if err != nil {
+		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
+	}
 	if err := e.settled(ctx, name); err != nil {
 		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
 	}

@@ -100,11 +100,12 @@ func TestAnswerAtCommitHome(t *testing.T) {
 	if r := w.mustRecord("a"); r.Cluster != "b" || r.Epoch != m.Epoch {
 		t.Fatalf("record at the answer %+v: want at b, epoch %s", r, m.Epoch)
 	}
-	mu := w.eng("a").mutex("web")
-	if !mu.TryLock() {
+	select {
+	case w.eng("a").mutex("web") <- struct{}{}:
+		<-w.eng("a").mutex("web")
+	default:
 		t.Fatal("the service's lock is held behind the answer")
 	}
-	mu.Unlock()
 	if _, runs := w.cluster("a").be.running("web"); !runs {
 		t.Fatal("the old copy went before its drain")
 	}
@@ -244,4 +245,81 @@ func TestTailFaultsSettle(t *testing.T) {
 		}
 		return w.check("a", "b")
 	})
+}
+
+// TestSecondMigrationHonoursContext: a call on a service asked right
+// after a migration of it answered at its commit waits for that
+// migration's drain and cleanup (here to the drain timeout: the old copy
+// does not stop by itself), but no longer than its caller's context: it
+// then returns the context's error, having changed nothing and holding no
+// lock. At the home (a delete) and at a mover (a second migration). Once
+// the tail is over, the next migration goes through.
+func TestSecondMigrationHonoursContext(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	w.tune = func(c *Config) { c.DrainTimeout = 2 * time.Second }
+	for _, id := range []string{"a", "b"} {
+		w.restart(id)
+		be := w.cluster(id).be
+		be.mu.Lock()
+		be.stopFor = 2 * time.Second // a graceful stop to the drain timeout
+		be.mu.Unlock()
+	}
+	w.deploy("a")
+	w.liveFlows("a", 1)
+	within := func(what string, call func(ctx context.Context) error) {
+		t.Helper()
+		x, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		err := call(x)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s during the tail, past its caller's deadline: %v, want the deadline's error", what, err)
+		}
+		if waited := time.Since(start); waited > time.Second {
+			t.Fatalf("%s returned %s after its 100ms deadline: it waited for the tail", what, waited)
+		}
+	}
+
+	first, err := w.migrateAtCommit("a", "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.eng("a").tail("web") == nil {
+		t.Fatal("no tail at the home behind the answer at the commit")
+	}
+	within("delete at the home", func(x context.Context) error { return w.eng("a").Delete(x, "web") })
+	if r := w.mustRecord("a"); r.Cluster != "b" || r.Epoch != first.Epoch {
+		t.Fatalf("record %+v after the refused delete, want the first move's", r)
+	}
+	w.waitTail("a")
+	if m := w.migration("a", first.ID); m.State != ctrl.StateDone {
+		t.Fatalf("first migration %+v, want done", m)
+	}
+
+	// b moves it on to c and answers at the commit; its own copy's
+	// graceful stop runs behind the answer (the home, its flows live,
+	// does not say "drained").
+	second, err := w.migrateAtCommit("b", "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Role != ctrl.RoleMover || w.eng("b").tail("web") == nil {
+		t.Fatalf("second migration %+v: want b's, with a tail", second)
+	}
+	within("a migration at the mover", func(x context.Context) error {
+		_, err := w.eng("b").Migrate(x, "web", ctrl.MigrateRequest{Destination: "a", Return: ctrl.ReturnCommitted})
+		return err
+	})
+	if ms, _ := w.eng("b").Migrations(); ms[len(ms)-1].ID != second.ID {
+		t.Fatalf("the refused migration was journalled at b: %+v", ms[len(ms)-1])
+	}
+	w.liveFlows("a", 0)
+	w.waitTail("b")
+	if m := w.migration("b", second.ID); m.State != ctrl.StateDone {
+		t.Fatalf("second migration %+v, want done", m)
+	}
+	if m := w.mustMigrate("a", "a"); m.State != ctrl.StateDone {
+		t.Fatalf("migration after the tails: %+v", m)
+	}
+	w.expectAt("a", "a")
 }
