@@ -19,7 +19,7 @@ import (
 )
 
 // openDataplane opens a real data plane on a pin path unique to the test.
-func openDataplane(t *testing.T) *dataplane.Dataplane {
+func openDataplane(t testing.TB) *dataplane.Dataplane {
 	t.Helper()
 	return dptest.New(t, dataplane.Config{SNATv4: netip.MustParseAddr("10.99.0.1"), IdleTimeout: time.Minute})
 }

@@ -98,6 +98,8 @@ type Server struct {
 
 	vmu      sync.Mutex
 	verified map[string]verified // by the SHA-256 of the caller's chain
+	own      string              // this node's cluster (ownCluster)
+	ownLoads int                 // the identity files' version own was read from
 }
 
 // NewServer builds a Server; Handler gives its http.Handler.
@@ -204,11 +206,15 @@ func (s *Server) authorize(r *http.Request, route string) error {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 			return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: a client certificate is required")
 		}
-		id, err := s.verifyCaller(r.TLS.PeerCertificates)
+		// One look at the identity files per call (Loads stats them):
+		// the cached verification and this node's own cluster are
+		// those of that version of the files.
+		loads := s.tls.Loads()
+		id, err := s.verifyCaller(r.TLS.PeerCertificates, loads)
 		if err != nil {
 			return apiErr(http.StatusUnauthorized, ReasonUnauthorized, "authorize request: %v", err)
 		}
-		if want := (pki.ID{Cluster: s.tls.ID().Cluster}); id != want {
+		if want := (pki.ID{Cluster: s.ownCluster(loads)}); id != want {
 			return apiErr(http.StatusForbidden, ReasonForbidden, "authorize request: %s may not program this node (only %s)", id, want)
 		}
 		return nil
@@ -244,13 +250,13 @@ type verified struct {
 // verification. A chain is verified again once the CA bundle or this
 // node's identity files change (pki.Source reloads them), when any of its
 // certificates expires, and at least every verifiedTTL.
-func (s *Server) verifyCaller(chain []*x509.Certificate) (pki.ID, error) {
+func (s *Server) verifyCaller(chain []*x509.Certificate, loads int) (pki.ID, error) {
 	h := sha256.New()
 	for _, c := range chain {
 		h.Write(c.Raw)
 	}
 	key := string(h.Sum(nil))
-	loads, now := s.tls.Loads(), time.Now()
+	now := time.Now()
 	s.vmu.Lock()
 	v, ok := s.verified[key]
 	s.vmu.Unlock()
@@ -274,6 +280,23 @@ func (s *Server) verifyCaller(chain []*x509.Certificate) (pki.ID, error) {
 	s.verified[key] = v
 	s.vmu.Unlock()
 	return id, nil
+}
+
+// ownCluster is this node's cluster as the identity files' version loads
+// names it (read again, with a look at the files, only when that version
+// changed).
+func (s *Server) ownCluster(loads int) string {
+	s.vmu.Lock()
+	own, at := s.own, s.ownLoads
+	s.vmu.Unlock()
+	if at == loads && own != "" {
+		return own
+	}
+	own = s.tls.ID().Cluster
+	s.vmu.Lock()
+	s.own, s.ownLoads = own, loads
+	s.vmu.Unlock()
+	return own
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) { _ = httpjson.Reply(w, status, v) }

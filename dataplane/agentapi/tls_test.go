@@ -19,7 +19,7 @@ import (
 )
 
 // identity writes id, issued by ca, into a fresh directory and loads it.
-func identity(t *testing.T, ca *pki.CA, id pki.ID) *pki.Source {
+func identity(t testing.TB, ca *pki.CA, id pki.ID) *pki.Source {
 	t.Helper()
 	dir := t.TempDir()
 	if err := ca.WriteIdentity(dir, id, []string{"127.0.0.1"}, time.Hour); err != nil {
@@ -37,7 +37,7 @@ func identity(t *testing.T, ca *pki.CA, id pki.ID) *pki.Source {
 // its own certificate first), and returns it with its URL. tc, when set,
 // replaces node.ServerConfig(); connState, when set, sees every
 // connection's state changes.
-func startTLSAgent(t *testing.T, node *pki.Source, tc *tls.Config, connState func(net.Conn, http.ConnState)) (*agent, string) {
+func startTLSAgent(t testing.TB, node *pki.Source, tc *tls.Config, connState func(net.Conn, http.ConnState)) (*agent, string) {
 	t.Helper()
 	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
 	var err error
