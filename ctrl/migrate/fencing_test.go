@@ -185,9 +185,10 @@ func TestFailsafeNeedsEveryVantagePoint(t *testing.T) {
 			w.restart("a")
 			w.deploy("a")
 			w.mustMigrate("a", "b")
+			// The grace runs from the last probe that saw b answer.
+			start := time.Now()
 			w.eng("a").Probe(context.Background()) // b seen answering
 			tc.inject(w)
-			start := time.Now()
 			got := probeFor(w, "a", 500*time.Millisecond)
 			if (len(got) > 0) != tc.lost {
 				t.Fatalf("lost %v, want lost %v", got, tc.lost)
