@@ -288,9 +288,9 @@ type Times struct {
 	Replication float64 `json:"replication_ms"` // the call to the destination until it accepted (Wait less its Deploy)
 	Wait        float64 `json:"wait_ms"`        // from the replication call until the new copy was ready
 	Deploy      float64 `json:"deploy_ms"`      // bringing the new copy up, at the destination
-	Reroute     float64 `json:"reroute_ms"`     // staging the load balancer's new target
-	Verify      float64 `json:"verify_ms"`      // checking the new copy, between staging and commit
-	Commit      float64 `json:"commit_ms"`      // the commit itself (and the record of it)
+	Reroute     float64 `json:"reroute_ms"`     // the load balancer's new target, from the start of staging on every node to the last node's commit
+	Verify      float64 `json:"verify_ms"`      // checking the new copy, before staging
+	Commit      float64 `json:"commit_ms"`      // the commit itself, Reroute's share (the commit calls; the agent's own commit when one call per node stages and commits)
 	Drain       float64 `json:"drain_ms"`       // from the commit's end until the old copy had no live flow (or the drain timeout)
 	Cleanup     float64 `json:"cleanup_ms"`     // the drain plus removing the old copy
 }
@@ -327,6 +327,10 @@ type Agents interface {
 	// CommitAll commits every fs[i] at gens[i] on every node, one call
 	// per node.
 	CommitAll(ctx context.Context, fs []lb.Frontend, gens []agentapi.Generations) error
+	// Reroute stages and commits, make-before-break across nodes (one
+	// call when the cluster has one node); an error wrapping
+	// agentapi.ErrNotCommitted says nothing was committed anywhere.
+	Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (agentapi.RerouteTimes, error)
 	Abort(ctx context.Context, f lb.Frontend, gens agentapi.Generations) error // gens nil: whatever is staged
 	Remove(ctx context.Context, f lb.Frontend) error
 	Flows(ctx context.Context, f lb.Frontend, t lb.Target) (int, error)

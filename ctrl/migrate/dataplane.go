@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
+
+	"github.com/roamnet/roam/ctrl"
 
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -57,6 +60,29 @@ func (e *Engine) commit(ctx context.Context, fs []lb.Frontend, gens staged) erro
 		return fmt.Errorf("commit %v: %w", fs, err)
 	}
 	return nil
+}
+
+// reroute stages t(i) for every frontend and commits it on every node,
+// make-before-break across nodes (the agents' Reroute: one call per node
+// when the cluster has one node), within a call's timeout; d is its wall
+// time, from the start of staging to the last commit.
+func (e *Engine) reroute(ctx context.Context, m *ctrl.Migration, fs []lb.Frontend, t func(i int) lb.Target) (times agentapi.RerouteTimes, d time.Duration, err error) {
+	if e.cfg.Agents == nil || len(fs) == 0 {
+		return times, 0, nil
+	}
+	ts := make([]lb.Target, len(fs))
+	for i := range fs {
+		ts[i] = t(i)
+	}
+	sctx, cancel := context.WithTimeout(ctx, e.stageTimeout(ctrl.StageCommit, m.Role))
+	defer cancel()
+	start := time.Now()
+	times, err = e.cfg.Agents.Reroute(sctx, fs, ts)
+	d = time.Since(start)
+	if err != nil {
+		return times, d, fmt.Errorf("reroute %v -> %v: %w", fs, ts, err)
+	}
+	return times, d, nil
 }
 
 // abort clears the staged slot of every frontend (on a context of its own:

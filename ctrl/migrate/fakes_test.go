@@ -312,6 +312,21 @@ func (a *fakeAgents) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Tar
 	return gens, nil
 }
 
+// Reroute stages on every node, then commits on every node, as
+// agentapi.Group does (make-before-break across nodes): a stage fault
+// leaves nothing committed (agentapi.ErrNotCommitted), a commit fault on
+// some node leaves the others committed. Its commit takes commitFor.
+func (a *fakeAgents) Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (agentapi.RerouteTimes, error) {
+	t0 := time.Now()
+	gens, err := a.StageAll(ctx, fs, ts)
+	if err != nil {
+		return agentapi.RerouteTimes{}, fmt.Errorf("%w (%w)", err, agentapi.ErrNotCommitted)
+	}
+	t1 := time.Now()
+	err = a.CommitAll(ctx, fs, gens)
+	return agentapi.RerouteTimes{Stage: t1.Sub(t0), Commit: time.Since(t1)}, err
+}
+
 func (a *fakeAgents) CommitAll(ctx context.Context, fs []lb.Frontend, gens []agentapi.Generations) error {
 	for _, f := range fs {
 		a.acts.add("%s: agents commit %d", a.cluster, f.Port)

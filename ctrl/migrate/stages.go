@@ -10,6 +10,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 )
@@ -386,24 +387,15 @@ func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration, tl tailer) error
 	return err
 }
 
-// rerouteHome is stages 4 and 5 at the home cluster: stage the new target,
-// verify the new copy, commit, record, drain the old target, clean up.
+// rerouteHome is stages 4 and 5 at the home cluster: verify the new
+// copy, reroute (stage the new target and commit it on every node), record,
+// drain the old target, clean up.
 func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Record, tl tailer) error {
 	fs := r.Frontends
-	var gens staged
-	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
-		t, err := e.rerouteTarget(m, r)
-		if err != nil {
-			return err
-		}
-		gens, err = e.stage(ctx, fs, t)
-		return err
-	})
-	m.Times.Reroute = lastMs(m)
-	if err != nil {
-		return e.rollback(ctx, m, err)
-	}
-	err = e.step(ctx, m, ctrl.StageVerify, func(ctx context.Context) error {
+	// The new copy is checked before any node is touched (nothing is
+	// staged while it is): the stage and the commit then follow each
+	// other at once, in one call per node when the cluster has one node.
+	err := e.step(ctx, m, ctrl.StageVerify, func(ctx context.Context) error {
 		eps := m.ToEndpoints
 		if len(eps) == 0 { // the new copy runs here
 			eps = e.localEndpoints(ctx, r)
@@ -412,19 +404,43 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 	})
 	m.Times.Verify = lastMs(m)
 	if err != nil {
-		e.abort(ctx, fs, gens)
 		return e.rollback(ctx, m, err)
 	}
-	// The commit stage times the agents' map swap alone: the journal
-	// says "commit" before it (step writes it first), and the record is
-	// written after it. A crash between the two leaves the journal at
-	// its commit stage, whose recovery commits every node again and
-	// writes the record (recoverLocked): the record is written after the
-	// swap either way, never before the journal says "commit".
-	err = e.step(ctx, m, ctrl.StageCommit, func(ctx context.Context) error {
-		return e.commit(ctx, fs, gens)
-	})
-	m.Times.Commit = lastMs(m)
+	target, err := e.rerouteTarget(m, r)
+	if err != nil {
+		return e.rollback(ctx, m, fmt.Errorf("%s: %w", ctrl.StageReroute, err))
+	}
+	// The journal says "reroute" (nothing staged yet: a crash there is
+	// rolled back), then "commit" before any agent is called: a node may
+	// commit from the first byte of the call on, and a crash from then on
+	// is rolled forward (recoverLocked stages and commits every node
+	// again and writes the record). The record is written after the
+	// agents' commit either way.
+	if err := e.journal(m, ctrl.StageReroute); err != nil {
+		return err
+	}
+	if err := e.journal(m, ctrl.StageCommit); err != nil {
+		return err
+	}
+	times, d, err := e.reroute(ctx, m, fs, target)
+	// Reroute: from the start of staging to the last node's commit (the
+	// calls' wall time; the journal writes come before). Commit: the
+	// commit itself, its share of that (the commit calls on every node,
+	// or the agent's own commit when one call per node staged and
+	// committed). m.Stages splits the wall time in those two.
+	m.Times.Reroute, m.Times.Commit = ms(d), ms(min(times.Commit, d))
+	for _, st := range []ctrl.StageTime{{Stage: ctrl.StageReroute, Ms: m.Times.Reroute - m.Times.Commit}, {Stage: ctrl.StageCommit, Ms: m.Times.Commit}} {
+		e.stageH.WithLabelValues(st.Stage.String()).Observe(st.Ms / 1000)
+		m.Stages = append(m.Stages, st)
+	}
+	if err != nil && errors.Is(err, agentapi.ErrNotCommitted) {
+		// A node failed to stage, or refused: nothing was committed and
+		// nothing stays staged anywhere.
+		return e.rollback(ctx, m, fmt.Errorf("%s: %w", ctrl.StageReroute, err))
+	}
+	if err != nil {
+		err = fmt.Errorf("%s: %w", ctrl.StageCommit, err)
+	}
 	if err == nil {
 		err = e.crashPoint(*m)
 	}

@@ -77,7 +77,7 @@ func TestMigrateStages(t *testing.T) {
 	for _, s := range m.Stages {
 		stages = append(stages, s.Stage.String())
 	}
-	if got := strings.Join(stages, " "); got != "trigger placement replication reroute verify commit drain cleanup" {
+	if got := strings.Join(stages, " "); got != "trigger placement replication verify reroute commit drain cleanup" {
 		t.Fatalf("stages %s", got)
 	}
 	w.expectActions([]string{
@@ -140,10 +140,10 @@ func TestMigrateRollsBackBeforeCommit(t *testing.T) {
 			w.cluster("a").ag.faults.set("stage node1", fault{err: errInjected})
 		}, []string{"a: peer DeployForeign b", "b: backend deploy web 1", "a: agents stage 8080 redirect:10.0.0.2:8080",
 			"a: peer RemoveForeign b", "b: backend delete web"}},
+		// The new copy is verified before any node stages.
 		{"verify fails", func(w *world) {
 			w.net.set("verify ->b", fault{err: errInjected})
-		}, []string{"a: peer DeployForeign b", "b: backend deploy web 1", "a: agents stage 8080 redirect:10.0.0.2:8080",
-			"a: agents abort 8080", "a: peer RemoveForeign b", "b: backend delete web"}},
+		}, []string{"a: peer DeployForeign b", "b: backend deploy web 1", "a: peer RemoveForeign b", "b: backend delete web"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, "a", "b")

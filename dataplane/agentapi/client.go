@@ -204,6 +204,51 @@ func (c *Client) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target)
 	return out.Generations, nil
 }
 
+// ErrNotCommitted marks a reroute's error after which nothing was
+// committed on any node (a stage failed, or was refused, and what staged
+// was aborted): the old target still serves everywhere.
+var ErrNotCommitted = errors.New("nothing committed")
+
+// Reroute stages ts[i] for fs[i] and commits them on the agent's node in
+// one call (/v1/reroute): the whole reroute of a node that is its
+// cluster's only one. The error wraps ErrNotCommitted when the agent
+// answered that staging failed (nothing changed); any other error leaves
+// unknown whether the node committed. The times are the data plane's.
+func (c *Client) Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (RerouteTimes, error) {
+	if len(fs) != len(ts) {
+		return RerouteTimes{}, fmt.Errorf("reroute %d frontends: %d targets: %w", len(fs), len(ts), ErrNotCommitted)
+	}
+	req := stagesRequest{Stages: make([]stageRequest, len(fs))}
+	for i := range fs {
+		req.Stages[i] = stageRequest{Frontend: &fs[i], Target: &ts[i]}
+	}
+	var out rerouteReply
+	// Replayable: made twice, the second stages and commits the same
+	// targets again (flows keep the target they were pinned to).
+	err := c.doReplayable(ctx, http.MethodPost, "/v1/reroute", req, &out)
+	var ae *Error
+	if errors.As(err, &ae) && ae.Reason != ReasonCommitFailed {
+		return RerouteTimes{}, fmt.Errorf("reroute %v: %w (%w)", fs, err, ErrNotCommitted)
+	}
+	if err != nil {
+		return RerouteTimes{}, fmt.Errorf("reroute %v: %w", fs, err)
+	}
+	if len(out.Generations) != len(fs) {
+		return RerouteTimes{}, fmt.Errorf("reroute %v: %d generations in the reply", fs, len(out.Generations))
+	}
+	return RerouteTimes{Stage: usDur(out.StageUs), Commit: usDur(out.CommitUs), OneCall: true}, nil
+}
+
+// RerouteTimes is how long a reroute's halves took: the data plane's own
+// time when one call per node made both (OneCall), else the stage calls'
+// and the commit calls' wall time on every node.
+type RerouteTimes struct {
+	Stage, Commit time.Duration
+	OneCall       bool
+}
+
+func usDur(us float64) time.Duration { return time.Duration(us * 1e3) }
+
 // CommitAll commits fs[i] at generation gens[i] on the agent's node in one
 // call; each frontend's commit is its own, and the error names those that
 // failed.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -149,6 +151,38 @@ func (g Group) CommitAll(ctx context.Context, fs []lb.Frontend, gens []Generatio
 		return fmt.Errorf("commit %v on every node: %w", fs, err)
 	}
 	return nil
+}
+
+// Reroute points every fs[j] at ts[j] on every node, make-before-break:
+// no node commits before every node staged. A group of one node does it
+// in one call (Client.Reroute: the agent stages all, then commits); a
+// larger one stages on every node (StageAll: on any failure nothing stays
+// staged), then commits on every node (CommitAll). An error wrapping
+// ErrNotCommitted says nothing was committed anywhere; any other leaves
+// some nodes committed, or unknown.
+func (g Group) Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (RerouteTimes, error) {
+	switch len(g) {
+	case 0:
+		return RerouteTimes{}, nil
+	case 1:
+		t, err := g[0].Reroute(ctx, fs, ts)
+		var ae *Error
+		if errors.As(err, &ae) && ae.Status == http.StatusNotFound && ae.Reason == ReasonNotFound && strings.HasPrefix(ae.Msg, "no route") {
+			break // an agent older than /v1/reroute: in two calls
+		}
+		if err != nil {
+			return t, fmt.Errorf("node %s: %w", g[0].URL(), err)
+		}
+		return t, nil
+	}
+	t0 := time.Now()
+	gens, err := g.StageAll(ctx, fs, ts)
+	if err != nil {
+		return RerouteTimes{}, fmt.Errorf("%w (%w)", err, ErrNotCommitted)
+	}
+	t1 := time.Now()
+	err = g.CommitAll(ctx, fs, gens)
+	return RerouteTimes{Stage: t1.Sub(t0), Commit: time.Since(t1)}, err
 }
 
 // Commit commits f on every node with the generation it staged (gens from

@@ -12,6 +12,9 @@
 //	POST /v1/abort  {frontend, generation} → {} (generation 0 = whatever is staged)
 //	POST /v1/stages {stages: [{frontend, target}]} → {generations} (all or nothing)
 //	POST /v1/commits {commits: [{frontend, generation}]} → {}
+//	POST /v1/reroute {stages: [{frontend, target}]} → {generations, stage_us, commit_us}
+//	                                     (stages all, all or nothing, then commits all: a
+//	                                     node's whole reroute in one call)
 //	POST /v1/remove {frontend}           → {}
 //	GET  /v1/flows?frontend=&target=     → {flows}
 //	POST /v1/srv6/copies, /v1/srv6/returns → {} (SRv6 path mode at a location: srv6.go)
@@ -63,6 +66,10 @@ const (
 	ReasonInternal     = "internal"
 	ReasonBadRequest   = "bad_request"
 	ReasonForbidden    = "forbidden"
+	// ReasonCommitFailed: a /v1/reroute staged every frontend, then a
+	// commit failed; the others' commits stand (the frontends that
+	// failed are left staged, aborted when possible).
+	ReasonCommitFailed = "commit_failed"
 )
 
 // maxBody bounds a request body.
@@ -129,7 +136,7 @@ func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	for _, r := range []string{ReasonBadJSON, ReasonBadFrontend, ReasonBadTarget, ReasonUnauthorized,
-		ReasonNotFound, ReasonConflict, ReasonInternal, ReasonBadRequest, ReasonForbidden} {
+		ReasonNotFound, ReasonConflict, ReasonInternal, ReasonBadRequest, ReasonForbidden, ReasonCommitFailed} {
 		s.errors.WithLabelValues(r) // export zeros so rates work from the start
 	}
 	if cfg.Registerer != nil {
@@ -146,6 +153,7 @@ func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 	s.route("POST /v1/abort", "abort", s.abort)
 	s.route("POST /v1/stages", "stages", s.stages)
 	s.route("POST /v1/commits", "commits", s.commits)
+	s.route("POST /v1/reroute", "reroute", s.reroute)
 	s.route("POST /v1/remove", "remove", s.remove)
 	s.route("GET /v1/flows", "flows", s.flows)
 	s.route("POST /v1/srv6/copies", "srv6_copies", s.srv6Copies)
@@ -167,7 +175,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // methods names the method of each fixed route, for 405 replies.
 var methods = map[string]string{
 	"/v1/services": http.MethodGet, "/v1/stage": http.MethodPost, "/v1/commit": http.MethodPost,
-	"/v1/abort": http.MethodPost, "/v1/stages": http.MethodPost, "/v1/commits": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
+	"/v1/abort": http.MethodPost, "/v1/stages": http.MethodPost, "/v1/commits": http.MethodPost, "/v1/reroute": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
 	"/v1/srv6/copies": http.MethodPost, "/v1/srv6/returns": http.MethodPost,
 }
 
@@ -326,6 +334,14 @@ type stagesRequest struct {
 
 type stagesReply struct {
 	Generations []uint64 `json:"generations"`
+}
+
+// rerouteReply is a /v1/reroute's answer: the generations committed and
+// the data plane's time for the stages and for the commits (µs).
+type rerouteReply struct {
+	Generations []uint64 `json:"generations"`
+	StageUs     float64  `json:"stage_us"`
+	CommitUs    float64  `json:"commit_us"`
 }
 
 // commitsRequest commits several frontends in one call.
@@ -502,14 +518,64 @@ func (s *Server) stages(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	fs, err := batchFrontends(len(req.Stages), func(i int) *lb.Frontend { return req.Stages[i].Frontend })
+	fs, gens, err := s.stageAll(req)
 	if err != nil {
 		return err
+	}
+	s.log.Info("staged", "frontends", fs, "generations", gens)
+	writeJSON(w, http.StatusOK, stagesReply{Generations: gens})
+	return nil
+}
+
+// reroute is a node's whole reroute in one call, for a controller whose
+// cluster has this node alone (its make-before-break across nodes is then
+// this call's: nothing is committed unless every frontend staged): it
+// stages every frontend, all or nothing (an error then is the stage's,
+// and nothing changed), then commits each at the generation it staged.
+// A commit that fails is answered ReasonCommitFailed (the others'
+// commits stand; the failed ones' staged slots are aborted when
+// possible). The reply says how long the data plane took for each half.
+func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
+	var req stagesRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	fs, gens, err := s.stageAll(req)
+	if err != nil {
+		return err
+	}
+	t1 := time.Now()
+	var msgs []string
+	for i, f := range fs {
+		if err := s.dp.Commit(f, gens[i]); err != nil {
+			msgs = append(msgs, fmt.Sprintf("commit %s: %v", f, err))
+			if aerr := s.dp.Abort(f, gens[i]); aerr != nil {
+				s.log.Error("abort a reroute's stage that did not commit", "frontend", f, "generation", gens[i], "err", aerr)
+			}
+		}
+	}
+	t2 := time.Now()
+	if msgs != nil {
+		return apiErr(http.StatusInternalServerError, ReasonCommitFailed, "reroute: every frontend staged, then: %s", strings.Join(msgs, "; "))
+	}
+	s.log.Info("rerouted", "frontends", fs, "generations", gens)
+	writeJSON(w, http.StatusOK, rerouteReply{Generations: gens, StageUs: us(t1.Sub(t0)), CommitUs: us(t2.Sub(t1))})
+	return nil
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// stageAll checks and stages every frontend of req, all or nothing.
+func (s *Server) stageAll(req stagesRequest) ([]lb.Frontend, []uint64, error) {
+	fs, err := batchFrontends(len(req.Stages), func(i int) *lb.Frontend { return req.Stages[i].Frontend })
+	if err != nil {
+		return nil, nil, err
 	}
 	ts := make([]lb.Target, len(fs))
 	for i, it := range req.Stages {
 		if ts[i], err = needTarget(it.Target); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	gens := make([]uint64, len(fs))
@@ -524,12 +590,10 @@ func (s *Server) stages(w http.ResponseWriter, r *http.Request) error {
 			if i > 0 {
 				err.(*httpjson.Error).Msg += fmt.Sprintf(" (aborted the %d staged before it in this call)", i)
 			}
-			return err
+			return nil, nil, err
 		}
 	}
-	s.log.Info("staged", "frontends", fs, "targets", ts, "generations", gens)
-	writeJSON(w, http.StatusOK, stagesReply{Generations: gens})
-	return nil
+	return fs, gens, nil
 }
 
 // commits commits every frontend of the request with its generation. Each

@@ -28,9 +28,13 @@ type TableRow struct {
 //
 //   - PR: the placement round trip (to the MO, or the local decision).
 //   - replication: the API call to the abroad cluster until it accepted.
-//   - reroute: staging the load balancer's new configuration; commit (the
-//     commit itself) and verify (the check of the new copy between them)
-//     are shown beside it.
+//   - reroute: the load balancer's new configuration, from the start of
+//     staging on every node to the last node's commit (one call per node
+//     that stages and commits when the cluster has one node; else a stage
+//     call to every node, then a commit call to every node); commit (the
+//     commit itself, its share: the commit calls, or the agent's own
+//     commit in the one call) and verify (the check of the new copy,
+//     before staging) are shown beside it.
 //   - wait: from the replication call until the new copy is ready.
 //   - drain: from the commit until the old copy had no live flow (it is
 //     told to stop at the commit); cleanup: the drain plus removing it.

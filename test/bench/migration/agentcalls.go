@@ -23,27 +23,32 @@ import (
 //     goroutine);
 //   - h2: net/http's Transport with HTTP/2 (the client before it).
 //
-// A round is what a migration's reroute makes: one /v1/stages call of 2
-// frontends (TCP and UDP), then one /v1/commits call. The frontends are
+// A round of those is a two-call reroute: one /v1/stages call of 2
+// frontends (TCP and UDP), then one /v1/commits call (a cluster of
+// several nodes makes these on every node). Beside them, with the client
+// as built, the one call a migration's reroute makes to a cluster's only
+// node: /v1/reroute (stage both, then commit both, in the agent), timed
+// from the call to its answer. The frontends are
 // the bench's own (port benchPort of the home's WAN address, no service
 // behind it), removed at the end. Both clients are warmed first, as a
 // migration warms its agents.
 
 const benchPort = 65000
 
-// agentCalls times rounds stage+commit calls per transport.
-func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, err error) {
+// agentCalls times rounds stage+commit calls per transport, and rounds
+// one-call reroutes (µs).
+func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, one []float64, err error) {
 	home, err := tb.Cluster("home")
 	if err != nil {
-		return sync, h2, err
+		return sync, h2, one, err
 	}
 	work, err := tb.WorkDir()
 	if err != nil {
-		return sync, h2, err
+		return sync, h2, one, err
 	}
 	id, err := pki.Load(testbed.CtrlTLSDir(work, "home"))
 	if err != nil {
-		return sync, h2, err
+		return sync, h2, one, err
 	}
 	url := fmt.Sprintf("https://127.0.0.1:%d", testbed.AgentAPIPort)
 	sc := agentapi.NewTLS(url, id.ClientConfig(pki.ExpectNodeOf("home")))
@@ -69,33 +74,46 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 	figs := []*stageCommit{&sync, &h2}
 	for _, c := range clients {
 		if err := c.Warm(ctx); err != nil {
-			return sync, h2, err
+			return sync, h2, one, err
 		}
 	}
-	for r := range 2 * rounds {
-		c, fig := clients[r%2], figs[r%2]
+	for r := range 3 * rounds {
+		if r%3 == 2 {
+			t0 := time.Now()
+			if _, err := (agentapi.Group{sc}).Reroute(ctx, fs, ts); err != nil {
+				return sync, h2, one, err
+			}
+			one = append(one, float64(time.Since(t0).Nanoseconds())/1e3)
+			select {
+			case <-ctx.Done():
+				return sync, h2, one, ctx.Err()
+			case <-time.After(gap):
+			}
+			continue
+		}
+		c, fig := clients[r%3], figs[r%3]
 		t0 := time.Now()
 		gens, err := c.StageAll(ctx, fs, ts)
 		t1 := time.Now()
 		if err != nil {
-			return sync, h2, err
+			return sync, h2, one, err
 		}
 		if err := c.CommitAll(ctx, fs, gens); err != nil {
-			return sync, h2, err
+			return sync, h2, one, err
 		}
 		t2 := time.Now()
 		fig.stage = append(fig.stage, float64(t1.Sub(t0).Nanoseconds())/1e3)
 		fig.commit = append(fig.commit, float64(t2.Sub(t1).Nanoseconds())/1e3)
 		select {
 		case <-ctx.Done():
-			return sync, h2, ctx.Err()
+			return sync, h2, one, ctx.Err()
 		case <-time.After(gap):
 		}
 	}
-	return sync, h2, nil
+	return sync, h2, one, nil
 }
 
-func printAgentCalls(sync, h2 stageCommit, rounds int, gap time.Duration) {
+func printAgentCalls(sync, h2 stageCommit, one []float64, rounds int, gap time.Duration) {
 	q := testbed.Quantile
 	fmt.Printf("controller -> home agent calls (mutual TLS), stage and commit of 2 frontends, %d rounds each, %s apart, under the clients' load (µs):\n", rounds, gap)
 	fmt.Printf("  %-28s %9s %9s %9s %9s %12s\n", "transport", "stage p50", "stage p99", "commit p50", "commit p99", "stage+commit p50")
@@ -107,4 +125,7 @@ func printAgentCalls(sync, h2 stageCommit, rounds int, gap time.Duration) {
 		fmt.Printf("  %-28s %9.0f %9.0f %10.0f %10.0f %12.0f\n", row.name, s50, s99, c50, c99, b50)
 	}
 	fmt.Printf("  ratio HTTP/2 / sync, p50: stage %.2f, commit %.2f\n", q(h2.stage, 0.5)/q(sync.stage, 0.5), q(h2.commit, 0.5)/q(sync.commit, 0.5))
+	_, _, _, _, two := sync.quantiles()
+	fmt.Printf("  one call (/v1/reroute: stage and commit of both in the agent, as a one-node cluster's migration makes it), as built: p50 %.0f, p99 %.0f; two calls / one call, p50: %.2f\n",
+		q(one, 0.5), q(one, 0.99), two/q(one, 0.5))
 }

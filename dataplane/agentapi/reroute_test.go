@@ -1,0 +1,169 @@
+package agentapi
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// TestRerouteOneCall: a group of one node stages and commits a
+// migration's frontends in one call (/v1/reroute), each with its own
+// target; the reply carries the data plane's time for each half. Again,
+// to other targets: the new ones are active, nothing stays staged.
+func TestRerouteOneCall(t *testing.T) {
+	a := startAgent(t, "tok")
+	g, c := Group{a.client}, ctx(t)
+	fs := []lb.Frontend{fe, feUDP}
+	for _, ts := range [][]lb.Target{{t1, t2}, {t2, t1}} {
+		times, err := g.Reroute(c, fs, ts)
+		if err != nil {
+			t.Fatalf("reroute to %v: %v", ts, err)
+		}
+		if !times.OneCall || times.Stage <= 0 || times.Commit <= 0 {
+			t.Fatalf("reroute times %+v: want one call, with the data plane's stage and commit times", times)
+		}
+		for i, f := range fs {
+			if s, err := a.dp.Get(f); err != nil || s.Active != ts[i] || s.Staged.Kind != lb.TargetNone {
+				t.Fatalf("%s after the reroute to %s: %+v %v", f, ts[i], s, err)
+			}
+		}
+	}
+	if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", "reroute"); n != 2 {
+		t.Fatalf("%v reroute calls served, want 2 (one per reroute)", n)
+	}
+	for _, route := range []string{"stages", "commits"} {
+		if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", route); n != 0 {
+			t.Fatalf("%v %s calls served, want none", n, route)
+		}
+	}
+}
+
+// TestRerouteStageFails: the node fails to stage the second frontend
+// (its data plane refuses the target): nothing is committed, the first
+// frontend's stage is aborted, and the error says so (ErrNotCommitted).
+// In a group of two, a node that refuses leaves nothing committed on the
+// other either (it staged; it is aborted).
+func TestRerouteStageFails(t *testing.T) {
+	a, b := startAgent(t, "tok"), startAgent(t, "tok")
+	c := ctx(t)
+	fs := []lb.Frontend{fe, feUDP}
+	if _, err := (Group{a.client}).Reroute(c, fs, []lb.Target{t1, t1}); err != nil {
+		t.Fatal(err)
+	}
+	srv6 := lb.SRv6(netip.MustParseAddr("fd00:5::1")) // this data plane has no SID: refused by Stage
+	_, err := Group{a.client}.Reroute(c, fs, []lb.Target{t2, srv6})
+	if !errors.Is(err, ErrNotCommitted) {
+		t.Fatalf("reroute with a refused second frontend: %v, want ErrNotCommitted", err)
+	}
+	for _, f := range fs {
+		if s, err := a.dp.Get(f); err != nil || s.Active != t1 || s.Staged.Kind != lb.TargetNone {
+			t.Fatalf("%s after the failed reroute: %+v %v, want still %s, nothing staged", f, s, err, t1)
+		}
+	}
+
+	b.client = New(b.http.URL, "wrong") // refuses every call
+	_, err = Group{a.client, b.client}.Reroute(c, fs, []lb.Target{t2, t2})
+	if !errors.Is(err, ErrNotCommitted) || !strings.Contains(err.Error(), b.http.URL) {
+		t.Fatalf("reroute with a refusing node: %v, want ErrNotCommitted naming %s", err, b.http.URL)
+	}
+	for _, f := range fs {
+		if s, err := a.dp.Get(f); err != nil || s.Active != t1 || s.Staged.Kind != lb.TargetNone {
+			t.Fatalf("%s on the healthy node: %+v %v, want still %s, aborted", f, s, err, t1)
+		}
+	}
+}
+
+// TestRerouteNodeDiesBeforeCommit: in a group of two, the second node's
+// agent stages, then dies before the commit: the first node commits (make
+// before break: every node had staged), and the error is not
+// ErrNotCommitted (the controller rolls forward, it does not remove the
+// new copy).
+func TestRerouteNodeDiesBeforeCommit(t *testing.T) {
+	a := startAgent(t, "")
+	var dead atomic.Bool
+	b := startAgentWith(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v1/stages" {
+				h.ServeHTTP(w, r)
+				dead.Store(true) // dies once it answered the stage
+				return
+			}
+			if dead.Load() {
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				_ = conn.Close()
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}, func(*http.Server) {})
+	c := ctx(t)
+	fs := []lb.Frontend{fe}
+	times, err := Group{a.client, b.client}.Reroute(c, fs, []lb.Target{t1})
+	if err == nil || errors.Is(err, ErrNotCommitted) || !strings.Contains(err.Error(), b.http.URL) {
+		t.Fatalf("reroute with a node dead before its commit: %v, want an error naming %s, not ErrNotCommitted", err, b.http.URL)
+	}
+	if times.OneCall {
+		t.Fatal("a group of two rerouted in one call per node")
+	}
+	if s, err := a.dp.Get(fe); err != nil || s.Active != t1 {
+		t.Fatalf("%s on the live node: %+v %v, want committed to %s", fe, s, err, t1)
+	}
+	if s, err := b.dp.Get(fe); err != nil || s.Active.Kind != lb.TargetNone || s.Staged != t1 {
+		t.Fatalf("%s on the dead node: %+v %v, want staged, not committed", fe, s, err)
+	}
+}
+
+// TestRerouteResentAndOldAgent: the agent made a reroute and dropped its
+// connection before answering: the call is sent again and the second
+// making changes nothing (the same targets active). An agent that does
+// not know /v1/reroute (404, no route) is rerouted in two calls.
+func TestRerouteResentAndOldAgent(t *testing.T) {
+	var drop, old atomic.Bool
+	a := startAgentWith(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/v1/reroute" && old.Load() {
+				r.URL.Path = "/v1/reroute-unknown" // as an agent without the route answers
+			}
+			if r.URL.Path == "/v1/reroute" && drop.CompareAndSwap(true, false) {
+				h.ServeHTTP(httptest.NewRecorder(), r) // made; its answer lost
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				_ = conn.Close()
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}, func(*http.Server) {})
+	c := ctx(t)
+	if err := a.client.Warm(c); err != nil {
+		t.Fatal(err)
+	}
+	fs := []lb.Frontend{fe}
+	drop.Store(true)
+	if _, err := (Group{a.client}).Reroute(c, fs, []lb.Target{t1}); err != nil {
+		t.Fatalf("reroute whose first answer was lost: %v", err)
+	}
+	if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", "reroute"); n != 2 {
+		t.Fatalf("%v reroutes made, want 2 (sent again)", n)
+	}
+	if s, err := a.dp.Get(fe); err != nil || s.Active != t1 || s.Staged.Kind != lb.TargetNone {
+		t.Fatalf("%s after the resent reroute: %+v %v", fe, s, err)
+	}
+
+	old.Store(true)
+	times, err := Group{a.client}.Reroute(c, fs, []lb.Target{t2})
+	if err != nil {
+		t.Fatalf("reroute on an agent without /v1/reroute: %v", err)
+	}
+	if times.OneCall {
+		t.Fatalf("times %+v: want two calls", times)
+	}
+	if s, err := a.dp.Get(fe); err != nil || s.Active != t2 {
+		t.Fatalf("%s after the two-call reroute: %+v %v", fe, s, err)
+	}
+}
