@@ -425,16 +425,21 @@ type MigrateRequest struct {
 	// Trigger is, for a move the controller started by itself, the
 	// measurement that triggered it (kept on the migration).
 	Trigger string `json:"trigger,omitempty"`
-	// Return says when the call answers: "" once the old copy is
-	// removed (drain and cleanup included); ReturnCommitted once the new
-	// copy serves and the home has committed and recorded it, the drain
-	// and cleanup then running behind the answer (the answer's state is
-	// running, its stage drain; the journal says when it is done).
+	// Return says when the call answers: "" or ReturnRemoved once the
+	// old copy is removed (drain and cleanup included); ReturnCommitted
+	// once the new copy serves and the home has committed and recorded
+	// it, the drain and cleanup then running behind the answer (the
+	// answer's state is running, its stage drain; the journal says when
+	// it is done). roamctl asks for ReturnCommitted unless told
+	// otherwise.
 	Return string `json:"return,omitempty"`
 }
 
-// ReturnCommitted is MigrateRequest.Return for an answer at the commit.
-const ReturnCommitted = "committed"
+// MigrateRequest.Return's values.
+const (
+	ReturnCommitted = "committed"
+	ReturnRemoved   = "removed"
+)
 
 // Peers are the calls one controller makes to another.
 type Peers interface {

@@ -31,7 +31,7 @@ const serviceUsage = `usage: roamctl service SUBCOMMAND [--ctrl URL] [--ca ca.cr
   list
   get     NAME
   delete  NAME
-  migrate NAME [--to CLUSTER] [--reason manual]
+  migrate NAME [--to CLUSTER] [--reason manual] [--return committed|removed]
   migrations`
 
 func printJSON(v any) error {
@@ -89,6 +89,7 @@ func runService(ctx context.Context, args []string) error {
 	need := fs.Float64("need-mbps", 0, "deploy: bandwidth the service needs")
 	to := fs.String("to", "", "migrate: destination cluster (empty: ask the MO)")
 	reason := fs.String("reason", "manual", "migrate: reason")
+	answer := fs.String("return", ctrl.ReturnCommitted, `migrate: when the call answers: "committed" (once the new copy serves and the home committed it; the old copy's drain and cleanup run behind the answer, "service migrations" says when they are done) or "removed" (once the old copy is removed)`)
 	// Flags may follow the positional NAME.
 	var pos []string
 	for len(args) > 0 {
@@ -167,7 +168,7 @@ func runService(ctx context.Context, args []string) error {
 	case "delete":
 		return c.Delete(ctx, svc)
 	case "migrate":
-		return printResult(c.Migrate(ctx, svc, *to, *reason))
+		return printResult(c.MigrateWith(ctx, svc, ctrl.MigrateRequest{Destination: *to, Reason: *reason, Return: *answer}))
 	case "migrations":
 		return printResult(c.Migrations(ctx))
 	}

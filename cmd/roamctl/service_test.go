@@ -48,8 +48,14 @@ func TestServiceCommand(t *testing.T) {
 	if err := runService(ctx, []string{"migrate", "web", "--to", "edge", "--ctrl", srv.URL, "--token-file", tokFile, "--ca", caFile}); err != nil {
 		t.Fatal(err)
 	}
-	if migrate.Destination != "edge" || migrate.Reason != "manual" {
-		t.Fatalf("migrate body %+v", migrate)
+	if migrate.Destination != "edge" || migrate.Reason != "manual" || migrate.Return != ctrl.ReturnCommitted {
+		t.Fatalf("migrate body %+v: want an answer at the commit by default", migrate)
+	}
+	if err := runService(ctx, []string{"migrate", "web", "--return", "removed", "--ctrl", srv.URL, "--token-file", tokFile, "--ca", caFile}); err != nil {
+		t.Fatal(err)
+	}
+	if migrate.Return != ctrl.ReturnRemoved {
+		t.Fatalf("migrate body %+v: want an answer once the old copy is removed", migrate)
 	}
 	err := runService(ctx, []string{"get", "gone", "--ctrl", srv.URL, "--token-file", tokFile, "--ca", caFile})
 	if err == nil || !strings.Contains(err.Error(), "404 not-found: service gone not found") {

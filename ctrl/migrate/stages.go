@@ -179,6 +179,9 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 	if r.Kind == ctrl.KindAbroad {
 		return e.cfg.Peers.Migrate(ctx, e.urlOf(r.Cluster, r.ClusterURL), name, req)
 	}
+	if req.Return != "" && req.Return != ctrl.ReturnCommitted && req.Return != ctrl.ReturnRemoved {
+		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w: return %q, want %q or %q", name, ErrInvalid, req.Return, ctrl.ReturnCommitted, ctrl.ReturnRemoved)
+	}
 	if req.Destination == e.cfg.ClusterID {
 		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w: it already runs at %s", name, ErrInvalid, req.Destination)
 	}

@@ -323,3 +323,21 @@ func TestSecondMigrationHonoursContext(t *testing.T) {
 	}
 	w.expectAt("a", "a")
 }
+
+// TestReturnValues: "removed" answers once the old copy is removed (as
+// ""), an unknown value is refused (ErrInvalid) before anything starts.
+func TestReturnValues(t *testing.T) {
+	w := newWorld(t, "a", "b")
+	w.deploy("a")
+	if _, err := w.eng("a").Migrate(context.Background(), "web", ctrl.MigrateRequest{Destination: "b", Return: "soon"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("migrate with return \"soon\": %v, want ErrInvalid", err)
+	}
+	if ms, _ := w.eng("a").Migrations(); len(ms) != 0 {
+		t.Fatalf("a refused migration was journalled: %+v", ms)
+	}
+	m, err := w.eng("a").Migrate(context.Background(), "web", ctrl.MigrateRequest{Destination: "b", Return: ctrl.ReturnRemoved})
+	if err != nil || m.State != ctrl.StateDone || !hasStage(m, ctrl.StageCleanup) {
+		t.Fatalf("migrate with return %q: %+v %v, want done with its cleanup", ctrl.ReturnRemoved, m, err)
+	}
+	w.expectAt("a", "b")
+}
