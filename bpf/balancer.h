@@ -222,6 +222,7 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	__builtin_memcpy(fv->target_addr, sc->t.addr, 16);
 	__builtin_memcpy(fv->snat_addr, p->family == FAMILY_V4 ? cfg->snat4 : cfg->snat6, 16);
 	fv->target_port = sc->t.port;
+	fv->counter = sc->t.counter;
 
 	struct ct_key *rk = &sc->rk;
 	nat_key_of(rk, fv, p->proto); /* its port comes from snat_alloc */
@@ -234,6 +235,7 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	rv->family = p->family;
 	rv->flags = p->proto == IPPROTO_TCP_ ? NAT_SYN_WAIT : 0;
 	rv->frontend_id = id;
+	rv->counter = sc->t.counter;
 	rv->last_seen = now;
 	if (proxied)
 		synproxy_mark(fv, rv, sc);
@@ -265,6 +267,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	struct xlate x;
 	x.csum_set = 0;
 	x.seq_fix = 0;
+	x.counter = 0;
 
 	int rc = parse_packet(data, data_end, ROAM_WIRE_LEN(ctx), &p);
 	if (rc == PARSE_SKIP)
@@ -312,6 +315,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		x.sport = nv->front_port;
 		x.dport = nv->client_port;
 		x.id = nv->frontend_id;
+		x.counter = nv->counter;
 		x.action = ACTION_REVERSE;
 	} else {
 		struct ct_key k = {};
@@ -367,6 +371,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 		x.sport = cv->snat_port;
 		x.dport = cv->target_port;
 		x.action = ACTION_REDIRECT;
+		x.counter = cv->counter;
 		x.csum_addrs = cv->csum_addrs;
 		x.csum_ports = cv->csum_ports;
 		x.csum_set = cv->csum_set;

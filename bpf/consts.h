@@ -28,6 +28,7 @@
 #define ABLATE_CSUM 0x08     /* no checksum arithmetic (addresses and ports still rewritten) */
 #define ABLATE_CLOCK 0x10    /* no clock read on the pinned path (flows never idle) */
 #define ABLATE_SRV6 0x20     /* no look for SRv6 packets to this node's SID before the NAT path */
+#define ABLATE_TARGET_COUNTERS 0x40 /* no per-target counters (the per-frontend ones kept) */
 
 /*
  * ROAM_TEST_READ_DELAY, tests only: active_target spins this many bpf_loop
@@ -52,7 +53,7 @@
 #endif
 
 #ifndef TARGET_COUNTERS_MAX
-#define TARGET_COUNTERS_MAX 16384 /* targets with counters (LRU: the least recently used one's go first) */
+#define TARGET_COUNTERS_MAX 16384 /* redirect targets with counters at once (index 0 is none) */
 #endif
 
 #ifndef ICMP_RATE

@@ -5,30 +5,30 @@
 #include "parse.h"
 
 /*
- * Per-CPU packets and bytes per redirect target, both directions
- * (bpftool map dump pinned <pin>/roam_target_counters prints them by
- * field). LRU: a target gone from every frontend ages out.
+ * Per-CPU packets and bytes per redirect target, both directions, at the
+ * target's index: Go gives each redirect target (address, port, protocol)
+ * an index when it stages it (struct target.counter), a new flow keeps it
+ * in both its entries, and a packet is counted with one array lookup, no
+ * hash of the target. roam_target_names says which target an index is (Go
+ * writes it with the index, for a restarted agent); an index goes back to
+ * Go's free list, its counters zeroed, once its target is in no slot and
+ * no flow has held it for two GC sweeps (dataplane/targetcount.go).
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TARGET_COUNTERS_MAX);
-	__type(key, struct target_key);
+	__type(key, __u32);
 	__type(value, struct target_counter);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_target_counters SEC(".maps");
 
-/* count_target's key, and a zero value to insert (never written): per CPU, as its frame may sit under two others (srv6_decap_reply). */
-struct target_scratch {
-	struct target_key k;
-	struct target_counter zero;
-};
-
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TARGET_COUNTERS_MAX);
 	__type(key, __u32);
-	__type(value, struct target_scratch);
-} roam_target_scratch SEC(".maps");
+	__type(value, struct target_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_target_names SEC(".maps");
 
 static __always_inline void count_action(__u32 id, __u32 action, __u64 bytes)
 {
@@ -51,40 +51,24 @@ static __always_inline void count_reason(__u32 reason)
 
 /*
  * count_target counts a packet about to go out to a redirect target (x:
- * a redirect) or coming from one (a reply, about to be translated back:
- * p as it arrived) under that target. An ICMP error is counted under the target of the flow it is
- * about when it goes to that target; one about it from elsewhere is not
- * the target's. Not inlined: off the frames of its callers.
+ * a redirect) or coming from one (a reply, about to be translated back)
+ * under that target's index (x->counter, from the flow's entry). An ICMP
+ * error is counted under the target of the flow it is about when it goes
+ * to that target; one about it from elsewhere is not the target's.
  */
-static __noinline int count_target(const struct pkt *p, const struct xlate *x)
+static __always_inline void count_target(const struct pkt *p, const struct xlate *x)
 {
-	if (ROAM_ABLATE & ABLATE_COUNTERS)
-		return 0;
-	int icmp = p->proto == IPPROTO_ICMP_ || p->proto == IPPROTO_ICMPV6_;
+	if (ROAM_ABLATE & (ABLATE_COUNTERS | ABLATE_TARGET_COUNTERS))
+		return;
+	__u32 idx = x->counter;
+	if (!idx)
+		return;
 	int to = x->action == ACTION_REDIRECT;
-	if (!to && (x->action != ACTION_REVERSE || icmp))
-		return 0;
-	__u32 zero = 0;
-	struct target_scratch *sc = bpf_map_lookup_elem(&roam_target_scratch, &zero);
-	if (!sc)
-		return 0;
-	struct target_key *k = &sc->k;
-	if (to) {
-		__builtin_memcpy(k->addr, x->dst, 16);
-		k->port = x->dport;
-	} else {
-		__builtin_memcpy(k->addr, p->saddr, 16);
-		k->port = p->sport;
-	}
-	k->proto = icmp ? p->inner_proto : p->proto;
-	k->family = p->family;
-	struct target_counter *c = bpf_map_lookup_elem(&roam_target_counters, k);
-	if (!c) {
-		bpf_map_update_elem(&roam_target_counters, k, &sc->zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&roam_target_counters, k);
-		if (!c)
-			return 0;
-	}
+	if (!to && (x->action != ACTION_REVERSE || p->proto == IPPROTO_ICMP_ || p->proto == IPPROTO_ICMPV6_))
+		return;
+	struct target_counter *c = bpf_map_lookup_elem(&roam_target_counters, &idx);
+	if (!c)
+		return;
 	if (to) {
 		c->to_packets++;
 		c->to_bytes += p->len;
@@ -92,7 +76,6 @@ static __noinline int count_target(const struct pkt *p, const struct xlate *x)
 		c->from_packets++;
 		c->from_bytes += p->len;
 	}
-	return 0;
 }
 
 #ifdef ROAM_XDP

@@ -99,6 +99,7 @@ static __noinline int roam_icmp(ROAM_CTX *ctx, struct pkt *p, struct xlate *x)
 		x->sport = nv->front_port;
 		x->dport = nv->client_port;
 		x->id = nv->frontend_id;
+		x->counter = nv->counter;
 		x->action = ACTION_REVERSE;
 		return VERDICT_FLOW;
 	}
@@ -111,6 +112,7 @@ static __noinline int roam_icmp(ROAM_CTX *ctx, struct pkt *p, struct xlate *x)
 	x->sport = cv->snat_port;
 	x->dport = cv->target_port;
 	x->id = cv->frontend_id;
+	x->counter = cv->counter;
 	x->action = ACTION_REDIRECT;
 	return VERDICT_FLOW;
 }

@@ -54,6 +54,8 @@ struct xlate {
 	__u16 csum_addrs; /* with csum_set: the rewrite's checksum changes, from the flow's entry (struct ct_value) */
 	__u16 csum_ports;
 	__u32 seq_delta;
+	__u16 counter; /* the target's index in roam_target_counters (0: not counted) */
+	__u16 pad2;
 };
 #define XLATE_SEQ 1
 #define XLATE_ACK 2

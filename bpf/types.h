@@ -21,7 +21,8 @@ struct target {
 	__u8 kind;
 	__u8 family;
 	__u8 nsegs;
-	__u8 pad[3];
+	__u8 pad;
+	__u16 counter; /* a redirect's index in roam_target_counters (Go assigns it at Stage; 0: not counted) */
 	__u8 sids[2][16];
 };
 
@@ -78,7 +79,8 @@ struct ct_value {
 	__u32 seq_delta; /* CT_PROXY: the target's ISN less the cookie's, added to the client's acknowledgments (synproxy.h) */
 	__u32 syn_seq;	 /* CT_PROXY: the client's ISN, for a SYN to the target sent again */
 	__u16 syn_mss;	 /* CT_PROXY: the client's MSS, from its cookie */
-	__u16 pad2[3];
+	__u16 counter;	 /* redirect: its target's index in roam_target_counters (struct target.counter) */
+	__u16 pad2[2];
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns: CLOCK_MONOTONIC, tick resolution */
 };
 
@@ -95,7 +97,7 @@ struct nat_value {
 	__u32 seq_delta;  /* NAT_PROXY: the target's ISN less the cookie's, taken from the target's sequence numbers */
 	__u32 proxy_isn;  /* NAT_PROXY: the cookie, the ISN the client knows */
 	__u16 proxy_win;  /* NAT_PROXY: the client's window, for the ACK to the target */
-	__u16 pad2;
+	__u16 counter;	  /* its target's index in roam_target_counters (struct target.counter) */
 	__u32 pad3;
 	__u64 last_seen; /* last reply */
 };
@@ -151,7 +153,7 @@ struct scratch {
 	} probe;
 };
 
-/* Key of the per-target counters (roam_target_counters, counters.h): a redirect target. */
+/* A redirect target, as its counters are named (roam_target_names, counters.h). */
 struct target_key {
 	__u8 addr[16]; /* IPv4-mapped for IPv4 */
 	__be16 port;

@@ -1,10 +1,7 @@
 package dataplane
 
 import (
-	"fmt"
 	"log/slog"
-	"net/netip"
-	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -194,44 +191,4 @@ func sum[T any](per []T, add func(T, T) T) T {
 		total = add(total, v)
 	}
 	return total
-}
-
-// TargetCount is what the programs counted of one redirect target, summed
-// over CPUs: packets and bytes sent to it, and of its replies.
-type TargetCount struct {
-	Target                 netip.AddrPort
-	Proto                  lb.Proto
-	ToPackets, ToBytes     uint64
-	FromPackets, FromBytes uint64
-}
-
-// TargetCounters returns the counts of every target in roam_target_counters
-// (an LRU: a target long unused may have aged out), ordered by target.
-func (d *Dataplane) TargetCounters() ([]TargetCount, error) {
-	var (
-		k   TargetKey
-		per []TargetCounter
-		out []TargetCount
-	)
-	it := d.maps.RoamTargetCounters.Iterate()
-	for it.Next(&k, &per) {
-		tc := TargetCount{Target: netip.AddrPortFrom(addrFrom16(k.Addr, k.Family), htons(k.Port)), Proto: lb.Proto(k.Proto)}
-		for _, c := range per {
-			tc.ToPackets += c.ToPackets
-			tc.ToBytes += c.ToBytes
-			tc.FromPackets += c.FromPackets
-			tc.FromBytes += c.FromBytes
-		}
-		out = append(out, tc)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read target counters: %w", err)
-	}
-	slices.SortFunc(out, func(a, b TargetCount) int {
-		if c := a.Target.Compare(b.Target); c != 0 {
-			return c
-		}
-		return int(a.Proto) - int(b.Proto)
-	})
-	return out, nil
 }

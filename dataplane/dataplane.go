@@ -210,6 +210,8 @@ type Dataplane struct {
 	redirectErr, tcRedirectErr link.Link
 	gcMu                       sync.Mutex
 	gc                         gcState
+	// targets hands out the target counters' indices (targetcount.go). Guarded by mu.
+	targets targetIndex
 }
 
 // Open loads the BPF objects, creates or re-opens the maps pinned under
@@ -300,6 +302,10 @@ func Open(cfg Config) (*Dataplane, error) {
 	if err := d.mapSlots(); err != nil {
 		d.Close()
 		return nil, err
+	}
+	if err := d.loadTargetIndex(); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("open dataplane: %w", err)
 	}
 	if err := d.watchRedirectErrors(); err != nil {
 		d.Close()

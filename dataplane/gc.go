@@ -26,6 +26,7 @@ type GCStats struct {
 	Scanned        int  // entries read, both maps
 	Conntrack, NAT int  // entries removed
 	Wrapped        bool // with this pass each map was read to its end since the last pass that said so: a sweep is complete
+	TargetIndices  int  // target counters' indices taken back (targetcount.go)
 }
 
 // gcState is the GC's position in each map and its running totals.
@@ -38,6 +39,19 @@ type gcState struct {
 	ctLeft, natLeft   int
 	ctDone, natDone   bool   // the map's end was reached in the current sweep
 	failures          uint64 // new flows refused (ct_full, nat_full, port_exhausted) as of the last pass
+	// The walk of each map in progress (started: its start is set) and
+	// the last complete one: the target counters' indices their entries
+	// held (targetcount.go).
+	ctWalk, natWalk flowWalk
+	ctLast, natLast flowWalk
+}
+
+// walkMark starts w if it is not under way, and returns its set of seen indices.
+func walkMark(w *flowWalk, now time.Time) map[uint16]bool {
+	if w.start.IsZero() {
+		*w = flowWalk{start: now, seen: map[uint16]bool{}}
+	}
+	return w.seen
 }
 
 // GC removes expired conntrack and NAT entries, reading at most maxScan
@@ -65,7 +79,11 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	// Forward entries.
 	var ctKeys []CTKey
 	var natKeys []CTKey
+	ctSeen := walkMark(&d.gc.ctWalk, time.Now())
 	n, ctDoneWalk, err := scanMap(d.maps.RoamConntrack, &d.gc.ctCursor, maxScan, func(k CTKey, v CTValue) {
+		if v.Counter != 0 {
+			ctSeen[v.Counter] = true
+		}
 		if d.ctExpired(k, v, now, t) {
 			ctKeys = append(ctKeys, k)
 		}
@@ -73,7 +91,11 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	st.Scanned += n
 	if err != nil {
 		d.gc.ctSweep = 0
+		d.gc.ctWalk = flowWalk{}
 		return st, fmt.Errorf("gc conntrack: %w", err)
+	}
+	if ctDoneWalk {
+		d.gc.ctLast, d.gc.ctWalk = d.gc.ctWalk, flowWalk{}
 	}
 	// Read again just before removing: a packet may have touched it.
 	live := ctKeys[:0]
@@ -113,7 +135,11 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	// idle for the close timeout, so only those are looked into: a NAT
 	// entry whose flow is over goes with its forward entry above.
 	natKeys = natKeys[:0]
+	natSeen := walkMark(&d.gc.natWalk, time.Now())
 	n, natDoneWalk, err := scanMap(d.maps.RoamNat, &d.gc.natCursor, maxScan, func(k CTKey, v NATValue) {
+		if v.Counter != 0 {
+			natSeen[v.Counter] = true
+		}
 		if idleLonger(now, v.LastSeen, t.Close) && d.natReclaimable(k, v, now, t) {
 			natKeys = append(natKeys, k)
 		}
@@ -121,7 +147,11 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	st.Scanned += n
 	if err != nil {
 		d.gc.natSweep = 0
+		d.gc.natWalk = flowWalk{}
 		return st, fmt.Errorf("gc nat: %w", err)
+	}
+	if natDoneWalk {
+		d.gc.natLast, d.gc.natWalk = d.gc.natWalk, flowWalk{}
 	}
 	live = natKeys[:0]
 	for _, k := range natKeys {
@@ -145,6 +175,11 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	d.gc.natDone = d.gc.natDone || natDoneWalk
 	if st.Wrapped = d.gc.ctDone && d.gc.natDone; st.Wrapped {
 		d.gc.ctDone, d.gc.natDone = false, false
+	}
+	if (ctDoneWalk || natDoneWalk) && !d.gc.ctLast.start.IsZero() && !d.gc.natLast.start.IsZero() {
+		if st.TargetIndices, err = d.reclaimTargets(d.gc.ctLast, d.gc.natLast); err != nil {
+			return st, fmt.Errorf("gc: %w", err)
+		}
 	}
 	return st, nil
 }

@@ -33,7 +33,7 @@ const (
 	roamTCMapRoamSrv6TcScratch   = "roam_srv6_tc_scratch"
 	roamTCMapRoamSynproxy        = "roam_synproxy"
 	roamTCMapRoamTargetCounters  = "roam_target_counters"
-	roamTCMapRoamTargetScratch   = "roam_target_scratch"
+	roamTCMapRoamTargetNames     = "roam_target_names"
 	roamTCMapRoamTcRedirectText  = "roam_tc_redirect_text"
 	roamTCMapRoamTcRedirecting   = "roam_tc_redirecting"
 	roamTCProgRoamTc             = "roam_tc"
@@ -107,7 +107,7 @@ type roamTCMapSpecs struct {
 	RoamSrv6TcScratch  *ebpf.MapSpec `ebpf:"roam_srv6_tc_scratch"`
 	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
-	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
+	RoamTargetNames    *ebpf.MapSpec `ebpf:"roam_target_names"`
 	RoamTcRedirectText *ebpf.MapSpec `ebpf:"roam_tc_redirect_text"`
 	RoamTcRedirecting  *ebpf.MapSpec `ebpf:"roam_tc_redirecting"`
 }
@@ -155,7 +155,7 @@ type roamTCMaps struct {
 	RoamSrv6TcScratch  *ebpf.Map `ebpf:"roam_srv6_tc_scratch"`
 	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
-	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
+	RoamTargetNames    *ebpf.Map `ebpf:"roam_target_names"`
 	RoamTcRedirectText *ebpf.Map `ebpf:"roam_tc_redirect_text"`
 	RoamTcRedirecting  *ebpf.Map `ebpf:"roam_tc_redirecting"`
 }
@@ -179,7 +179,7 @@ func (m *roamTCMaps) Close() error {
 		m.RoamSrv6TcScratch,
 		m.RoamSynproxy,
 		m.RoamTargetCounters,
-		m.RoamTargetScratch,
+		m.RoamTargetNames,
 		m.RoamTcRedirectText,
 		m.RoamTcRedirecting,
 	)

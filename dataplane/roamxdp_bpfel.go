@@ -70,7 +70,8 @@ type roamXDPCtValue struct {
 	SeqDelta   uint32
 	SynSeq     uint32
 	SynMss     uint16
-	Pad2       [3]uint16
+	Counter    uint16
+	Pad2       [2]uint16
 	LastSeen   uint64
 }
 
@@ -109,7 +110,7 @@ type roamXDPNatValue struct {
 	SeqDelta   uint32
 	ProxyIsn   uint32
 	ProxyWin   uint16
-	Pad2       uint16
+	Counter    uint16
 	Pad3       uint32
 	LastSeen   uint64
 }
@@ -226,6 +227,8 @@ type roamXDPSrv6Scratch struct {
 		CsumAddrs uint16
 		CsumPorts uint16
 		SeqDelta  uint32
+		Counter   uint16
+		Pad2      uint16
 	}
 }
 
@@ -238,14 +241,15 @@ type roamXDPSynproxyState struct {
 }
 
 type roamXDPTarget struct {
-	_      structs.HostLayout
-	Addr   [16]uint8
-	Port   uint16
-	Kind   uint8
-	Family uint8
-	Nsegs  uint8
-	Pad    [3]uint8
-	Sids   [2][16]uint8
+	_       structs.HostLayout
+	Addr    [16]uint8
+	Port    uint16
+	Kind    uint8
+	Family  uint8
+	Nsegs   uint8
+	Pad     uint8
+	Counter uint16
+	Sids    [2][16]uint8
 }
 
 type roamXDPTargetCounter struct {
@@ -262,13 +266,6 @@ type roamXDPTargetKey struct {
 	Port   uint16
 	Proto  uint8
 	Family uint8
-}
-
-type roamXDPTargetScratch struct {
-	_    structs.HostLayout
-	K    roamXDPTargetKey
-	_    [4]byte
-	Zero roamXDPTargetCounter
 }
 
 // Names of all BPF objects in the ELF.
@@ -296,7 +293,7 @@ const (
 	roamXDPMapRoamSrv6Stats      = "roam_srv6_stats"
 	roamXDPMapRoamSynproxy       = "roam_synproxy"
 	roamXDPMapRoamTargetCounters = "roam_target_counters"
-	roamXDPMapRoamTargetScratch  = "roam_target_scratch"
+	roamXDPMapRoamTargetNames    = "roam_target_names"
 	roamXDPProgRoamRedirectErr   = "roam_redirect_err"
 	roamXDPProgRoamXdp           = "roam_xdp"
 )
@@ -372,7 +369,7 @@ type roamXDPMapSpecs struct {
 	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
 	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
-	RoamTargetScratch  *ebpf.MapSpec `ebpf:"roam_target_scratch"`
+	RoamTargetNames    *ebpf.MapSpec `ebpf:"roam_target_names"`
 }
 
 // roamXDPVariableSpecs contains global variables before they are loaded into the kernel.
@@ -422,7 +419,7 @@ type roamXDPMaps struct {
 	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
 	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
-	RoamTargetScratch  *ebpf.Map `ebpf:"roam_target_scratch"`
+	RoamTargetNames    *ebpf.Map `ebpf:"roam_target_names"`
 }
 
 func (m *roamXDPMaps) Close() error {
@@ -448,7 +445,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamSrv6Stats,
 		m.RoamSynproxy,
 		m.RoamTargetCounters,
-		m.RoamTargetScratch,
+		m.RoamTargetNames,
 	)
 }
 

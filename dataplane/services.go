@@ -176,6 +176,13 @@ func (d *Dataplane) waitFreed() {
 // before the next add. d.mu is held.
 func (d *Dataplane) deleteFrontend(f lb.Frontend) error {
 	key := frontendKey(f)
+	var id uint32
+	if d.maps.RoamServices.Lookup(&key, &id) == nil && id > 0 && id < maxFrontends {
+		r := d.readRecord(id)
+		for _, s := range r.Slot {
+			d.slotLeft(s)
+		}
+	}
 	err := d.maps.RoamServices.Delete(&key)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete service: %w", err)
@@ -222,7 +229,8 @@ func (d *Dataplane) Stage(f lb.Frontend, t lb.Target) (uint64, error) {
 	d.waitFlipped(id)
 	r.Generation++
 	r.SlotGen[staged] = 0 // a crash while the slot is half written leaves it not staged
-	r.Slot[staged] = targetValue(t)
+	d.slotLeft(r.Slot[staged])
+	r.Slot[staged] = d.slotTarget(t, f.Proto)
 	r.SlotGen[staged] = r.Generation
 	return r.Generation, nil
 }
@@ -245,7 +253,7 @@ func (d *Dataplane) add(f lb.Frontend, t lb.Target) (uint64, error) {
 	gen := uint64(time.Now().UnixNano()) + 1
 	r := d.record(id)
 	*r = ServiceValue{Id: id, Generation: gen}
-	r.Slot[1] = targetValue(t)
+	r.Slot[1] = d.slotTarget(t, f.Proto)
 	r.SlotGen[1] = gen
 	// No program reads the record before the insert publishes the id (the
 	// kernel links the new element with a release).
@@ -340,6 +348,7 @@ func (d *Dataplane) Abort(f lb.Frontend, gen uint64) error {
 	// No program reads the staged slot: the Stage that wrote it came a
 	// grace period after the slot was last active.
 	r.SlotGen[staged] = 0
+	d.slotLeft(r.Slot[staged])
 	r.Slot[staged] = TargetValue{}
 	return nil
 }

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -117,4 +119,96 @@ func TestRedirectFailedCounted(t *testing.T) {
 	if n := send(33001); n != 0 {
 		t.Fatalf("into a veth whose peer runs XDP: redirect_failed +%d, want 0", n)
 	}
+}
+
+// TestTargetCounterIndex: a target's counters live at an index the data
+// plane gives it when it is staged. A flow keeps counting under its target
+// after a migration moved the frontend away (the target in no slot);
+// once that flow is gone too, two GC sweeps take the index back, and the
+// next new target that gets it starts from zero. A reopened data plane
+// (agent restart on pinned maps) still names the indices in use.
+func TestTargetCounterIndex(t *testing.T) {
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, IdleTimeout: 30 * time.Second}
+	tb := newTestbed(t, cfg)
+	d0 := tb.d0.Attrs().Index
+	udp := func(client, front string) []byte {
+		return spec{src: ap(client), dst: ap(front), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	}
+	send := func(client, front string) {
+		t.Helper()
+		if v, _ := tb.run(t, udp(client, front), d0); v != xdpTX {
+			t.Fatalf("%s -> %s: verdict %d, want XDP_TX", client, front, v)
+		}
+	}
+	counts := func() string {
+		t.Helper()
+		got, err := tb.d.TargetCounters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := ""
+		for _, c := range got {
+			s += fmt.Sprintf("%s/%s:%d ", c.Target, c.Proto, c.ToPackets)
+		}
+		return s
+	}
+	want := func(what, w string) {
+		t.Helper()
+		if got := counts(); got != w {
+			t.Fatalf("%s: target counters %q, want %q", what, got, w)
+		}
+	}
+	sweep := func() {
+		t.Helper()
+		if st, err := tb.d.GC(0); err != nil || !st.Wrapped {
+			t.Fatalf("GC: %+v, %v; want a whole sweep", st, err)
+		}
+	}
+
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	send("198.51.100.1:1000", "10.0.0.1:7000")
+	want("one flow", "10.2.0.1:7001/udp:1 ")
+	// Migrations: 7001 leaves both slots; its flow stays pinned to it.
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7002")
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7003")
+	for range 3 {
+		sweep()
+	}
+	send("198.51.100.1:1000", "10.0.0.1:7000")
+	send("198.51.100.2:1000", "10.0.0.1:7000")
+	want("after the migrations", "10.2.0.1:7001/udp:2 10.2.0.1:7003/udp:1 ")
+
+	// The first flow expires: GC removes it, then takes 7001's index back.
+	if err := tb.d.AgeClient(ap("198.51.100.1:1000"), 40*time.Second, 40*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	freed := 0
+	for range 3 {
+		st, err := tb.d.GC(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		freed += st.TargetIndices
+	}
+	if freed != 1 { // 7001's; 7002 is still in the inactive slot
+		t.Fatalf("GC took back %d indices, want 1", freed)
+	}
+	want("after the flow expired", "10.2.0.1:7003/udp:1 ")
+	// A new target takes the freed index: it starts from zero.
+	tb.stage(t, "10.0.0.1:7100/udp", "redirect:10.2.0.1:7004")
+	tb.stage(t, "10.0.0.1:7200/udp", "redirect:10.2.0.1:7005")
+	send("198.51.100.3:1000", "10.0.0.1:7100")
+	send("198.51.100.4:1000", "10.0.0.1:7200")
+	want("new targets", "10.2.0.1:7003/udp:1 10.2.0.1:7004/udp:1 10.2.0.1:7005/udp:1 ")
+
+	// Restart on the pinned maps: the indices are known again.
+	if err := tb.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tb.d = openTest(t, cfg)
+	want("reopened", "10.2.0.1:7003/udp:1 10.2.0.1:7004/udp:1 10.2.0.1:7005/udp:1 ")
+	send("198.51.100.2:1000", "10.0.0.1:7000")
+	tb.stage(t, "10.0.0.1:7300/udp", "redirect:10.2.0.1:7004") // the same target, another frontend: its index
+	send("198.51.100.5:1000", "10.0.0.1:7300")
+	want("reopened, more packets", "10.2.0.1:7003/udp:2 10.2.0.1:7004/udp:2 10.2.0.1:7005/udp:1 ")
 }
