@@ -266,8 +266,10 @@ func (c *Client) Place(ctx context.Context, req PlacementRequest) (PlacementRepl
 			}
 			return rep, nil
 		}
+		// A refusal is final, except "unavailable" (a replica whose audit
+		// stream is behind): another replica may answer the retry.
 		var re *RemoteError
-		if errors.As(err, &re) {
+		if errors.As(err, &re) && re.Code != CodeUnavailable {
 			return PlacementReply{}, fmt.Errorf("place %s: %w", req.RequestID, err)
 		}
 		if ctx.Err() != nil {

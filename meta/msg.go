@@ -504,13 +504,23 @@ func DecodeHello(b []byte) (Hello, error) {
 // DecodePlacementRequest parses and validates a placement request.
 func DecodePlacementRequest(b []byte) (PlacementRequest, error) {
 	var r PlacementRequest
-	if err := decode(b, &r); err != nil {
-		return PlacementRequest{}, fmt.Errorf("decode placement request: %w", err)
-	}
-	if err := r.Validate(); err != nil {
-		return PlacementRequest{}, fmt.Errorf("decode placement request: %w", err)
+	if err := decodePlacementRequestInto(b, &r); err != nil {
+		return PlacementRequest{}, err
 	}
 	return r, nil
+}
+
+// decodePlacementRequestInto is DecodePlacementRequest into *r (zeroed
+// first), for a caller that keeps r from one request to the next.
+func decodePlacementRequestInto(b []byte, r *PlacementRequest) error {
+	*r = PlacementRequest{}
+	if err := decode(b, r); err != nil {
+		return fmt.Errorf("decode placement request: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("decode placement request: %w", err)
+	}
+	return nil
 }
 
 // DecodePlacementReply parses and validates a placement reply.

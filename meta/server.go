@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +70,16 @@ type ServerConfig struct {
 	Auth *AuthConfig
 	// TLS, when set, makes the embedded server require TLS.
 	TLS *tls.Config
+	// AuditSpool is a directory of this replica's own where each audit
+	// record is written before its placement is answered, until the audit
+	// stream acknowledges it; a replica that starts again on it first
+	// publishes what the last run left (audit.go). Empty: StoreDir's
+	// audit-spool, or none without StoreDir (a crash then loses the
+	// unacknowledged records).
+	AuditSpool string
+	// AuditFlush is how long a record waits for its batch to be published
+	// (default DefaultAuditFlush).
+	AuditFlush time.Duration
 	// Name identifies this replica in replies (DecidedBy), micro and the
 	// embedded server's name.
 	Name   string
@@ -119,9 +130,11 @@ type Server struct {
 	// for this replica: no other placement decides in between. Hello
 	// ingest never takes it.
 	placeMu sync.Mutex
-	// replyBuf holds the last reply encoded (placeMu).
+	// req is the request being placed, replyBuf the last reply encoded
+	// (placeMu).
+	req      PlacementRequest
 	replyBuf []byte
-	auditQ   chan auditRecord // to publishAudit
+	auditLog *auditLog
 	started  time.Time
 }
 
@@ -146,6 +159,9 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	if cfg.Policy == nil {
 		cfg.Policy = LeastLoaded{}
 	}
+	if cfg.AuditSpool == "" && cfg.StoreDir != "" {
+		cfg.AuditSpool = filepath.Join(cfg.StoreDir, "audit-spool")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -155,9 +171,10 @@ func NewServer(cfg ServerConfig) (_ *Server, err error) {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("mo", cfg.Name), policy: cfg.Policy, name: cfg.Name,
-		reg:    NewRegistry(cfg.HelloInterval, cfg.DownAfter),
-		auditQ: make(chan auditRecord, auditQueue), started: time.Now(),
+		reg:     NewRegistry(cfg.HelloInterval, cfg.DownAfter),
+		started: time.Now(),
 	}
+	s.auditLog = newAuditLog(s, cfg.AuditSpool, cfg.AuditFlush)
 	s.limiter.every = time.Minute
 	s.serving.init()
 	defer func() {
@@ -359,6 +376,13 @@ func (s *Server) runStore(ctx context.Context) {
 		return
 	}
 	s.log.Info("jetstream ready", "replicas", s.replicas)
+	// What a crash left in the spool is in the stream before this replica
+	// serves (and before it follows the stream, which applies it).
+	if n, err := s.auditLog.replay(ctx); err != nil {
+		s.log.Error("republish the audit spool", "spool", s.cfg.AuditSpool, "err", err)
+	} else if n > 0 {
+		s.log.Info("republished the audit records a previous run left in the spool", "records", n, "spool", s.cfg.AuditSpool)
+	}
 	view := &viewWriter{s: s, refresh: s.cfg.HelloInterval * summaryRefresh, marks: map[string]viewMark{}, dirty: map[string]bool{}}
 	s.view.Store(view)
 	restored := make(chan struct{})
@@ -366,7 +390,7 @@ func (s *Server) runStore(ctx context.Context) {
 	wg.Add(3)
 	go func() { defer wg.Done(); view.follow(ctx, restored) }()
 	go func() { defer wg.Done(); s.followAudit(ctx) }()
-	go func() { defer wg.Done(); s.publishAudit(ctx) }()
+	go func() { defer wg.Done(); s.auditLog.run(ctx, 5*time.Second) }()
 	select {
 	case <-restored:
 	case <-ctx.Done():
@@ -441,7 +465,13 @@ func (s *Server) observed(subject string, res ObserveResult, c *Cluster, incarna
 // handlePlace answers a placement request and reserves the destination.
 func (s *Server) handlePlace(r micro.Request) {
 	start := time.Now()
-	req, err := DecodePlacementRequest(r.Data())
+	// placeMu makes the decision and its reservation one step, and lets
+	// the request be decoded into the one the server keeps (micro calls
+	// the handler for one request at a time anyway).
+	s.placeMu.Lock()
+	defer s.placeMu.Unlock()
+	req := &s.req
+	err := decodePlacementRequestInto(r.Data(), req)
 	if err != nil {
 		s.metrics.placements.WithLabelValues("bad_request").Inc()
 		s.limiter.log(s.log, "bad-place", "rejected malformed placement request", "err", err)
@@ -457,17 +487,21 @@ func (s *Server) handlePlace(r micro.Request) {
 		s.respondErr(r, CodeForbidden, "requester "+req.Requester+" does not match the reply inbox")
 		return
 	}
+	if s.js != nil && !s.auditLog.room() {
+		s.metrics.placements.WithLabelValues("unavailable").Inc()
+		s.limiter.log(s.log, "audit-backlog", "refused a placement: the audit stream has not acknowledged the records before it", "pending", auditMaxPending)
+		s.respondErr(r, CodeUnavailable, "audit stream backlog: try another replica")
+		return
+	}
 	ttl := max(s.cfg.ReservationTTL, 0)
 	// The decision reads the index under the registry's read lock, which
 	// hello ingest shares (hellos that move a cluster in the index take
 	// the write lock); the reservation, which moves the destination in
 	// the index, is made once the reply is sent, before the next
 	// placement decides (placeMu).
-	s.placeMu.Lock()
-	defer s.placeMu.Unlock()
 	// The index's reply is encoded into a buffer kept for the next
 	// placement (NATS copies it out); the full scan's is marshalled.
-	b, dest, rep := s.reg.PlaceEncoded(s.policy, &req, start, s.replyBuf[:0], s.name)
+	b, dest, rep := s.reg.PlaceEncoded(s.policy, req, start, s.replyBuf[:0], s.name)
 	placed := dest != ""
 	var noPlacement string
 	var filtered int
@@ -485,12 +519,9 @@ func (s *Server) handlePlace(r micro.Request) {
 	if ttl > 0 {
 		until = start.Add(ttl)
 	}
-	// The audit record is handed over before the reply: a goroutine made
-	// runnable runs next on this core once the handler waits, and the last
-	// one made runnable must be the one that writes the reply out (the
-	// connection's flusher), not publishAudit and the JetStream work it
-	// sets off.
-	s.audit(&req, dest, noPlacement, filtered, until)
+	// The record is in the audit log (and its spool) before the reply
+	// goes: audit.go says what that guarantees.
+	s.audit(req, dest, noPlacement, filtered, until)
 	err = r.Respond(b)
 	took := time.Since(start)
 	if ttl > 0 && placed {
@@ -782,7 +813,7 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 			Name: "roam_meta_hellos_total", Help: "Hellos received, by result (accepted, stale, ahead: seq too far ahead, malformed, mismatch).",
 		}, []string{"result"}),
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "roam_meta_placements_total", Help: "Placement requests, by result (placed, no_placement, bad_request, forbidden, error).",
+			Name: "roam_meta_placements_total", Help: "Placement requests, by result (placed, no_placement, bad_request, forbidden, unavailable: the audit stream is behind, error).",
 		}, []string{"result"}),
 		viewWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_meta_view_writes_total", Help: "Summaries written to the compact view, by result (written, lost_race: another replica wrote first, error).",
@@ -803,7 +834,7 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 		Name: "roam_meta_hellos_unchanged_total",
 		Help: "Accepted hellos that differed from the cluster's last one only in seq and sent_at: taken without decoding (also counted in roam_meta_hellos_total{result=\"accepted\"}).",
 	})
-	for _, res := range []string{"placed", "no_placement", "bad_request", "forbidden", "error"} {
+	for _, res := range []string{"placed", "no_placement", "bad_request", "forbidden", "unavailable", "error"} {
 		m.placements.WithLabelValues(res)
 	}
 	m.placed = m.placements.WithLabelValues("placed")

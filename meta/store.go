@@ -8,7 +8,6 @@ package meta
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -304,27 +303,7 @@ func (w *viewWriter) run(ctx context.Context, every time.Duration) {
 	}
 }
 
-// auditRecord is one placement decision in the audit stream. A placed one
-// carries the reservation it made, which every replica applies.
-type auditRecord struct {
-	At           time.Time `json:"at"`
-	RequestID    string    `json:"request_id"`
-	Requester    string    `json:"requester"`
-	Home         string    `json:"home"`
-	Service      string    `json:"service"`
-	Reason       Reason    `json:"reason"`
-	Destination  string    `json:"destination,omitempty"`
-	NoPlacement  string    `json:"no_placement,omitempty"`
-	Filtered     int       `json:"filtered,omitempty"`
-	DecidedBy    string    `json:"decided_by"`
-	Resources    Resources `json:"resources,omitzero"`
-	ReserveUntil time.Time `json:"reserve_until,omitzero"`
-}
-
-// audit hands the record of a placement to publishAudit, so that the
-// placement handler never waits for the JetStream client (whose lock the
-// compact view's writes also take); it waits only when auditQueue
-// records are already queued.
+// audit adds the record of a placement to the audit log (audit.go).
 func (s *Server) audit(req *PlacementRequest, dest, noPlacement string, filtered int, reserveUntil time.Time) {
 	if s.js == nil {
 		return
@@ -334,42 +313,13 @@ func (s *Server) audit(req *PlacementRequest, dest, noPlacement string, filtered
 	if dest != "" {
 		rec.Destination, rec.Resources, rec.ReserveUntil = dest, req.Service.Resources, reserveUntil.UTC()
 	}
-	s.auditQ <- rec
-}
-
-// auditQueue is how many audit records may wait for publishAudit.
-const auditQueue = 4096
-
-// publishAudit appends the queued audit records to the audit stream until
-// ctx ends, then what is still queued.
-func (s *Server) publishAudit(ctx context.Context) {
-	pub := func(rec auditRecord) {
-		b, _ := json.Marshal(rec)
-		if _, err := s.js.PublishAsync(AuditSubject, b); err != nil {
-			s.limiter.log(s.log, "audit", "append to audit stream", "err", err)
-		}
-	}
-	for {
-		select {
-		case rec := <-s.auditQ:
-			pub(rec)
-		case <-ctx.Done():
-			for {
-				select {
-				case rec := <-s.auditQ:
-					pub(rec)
-				default:
-					return
-				}
-			}
-		}
-	}
+	s.auditLog.add(&rec)
 }
 
 // followAudit applies every replica's reservations from the audit stream,
 // starting one reservation lifetime back (so a new replica knows what is
-// still reserved). A replica's own records come back too; reserving an id
-// again at the same destination changes nothing.
+// still reserved). This process's own batches come back too and are
+// skipped by their writer header.
 func (s *Server) followAudit(ctx context.Context) {
 	start := time.Now().Add(-s.cfg.ReservationTTL)
 	cons, err := s.js.OrderedConsumer(ctx, AuditStream, jetstream.OrderedConsumerConfig{
@@ -380,15 +330,25 @@ func (s *Server) followAudit(ctx context.Context) {
 		return
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		var rec auditRecord
-		if err := json.Unmarshal(m.Data(), &rec); err != nil || rec.Destination == "" || rec.RequestID == "" {
+		// This process's own batches: it reserved them when it placed.
+		// The header is read before anything is decoded.
+		if h := m.Headers(); h != nil && h.Get(AuditWriterHeader) == s.auditLog.writer {
 			return
 		}
-		if rec.DecidedBy == s.name && !rec.At.Before(s.started) {
-			return // this replica reserved it when it placed it
-		}
-		if time.Now().Before(rec.ReserveUntil) {
-			s.reg.Reserve(rec.RequestID, rec.Destination, rec.Resources, rec.ReserveUntil)
+		now := time.Now()
+		err := decodeAuditBatch(m.Data(), func(rec *auditRecord) {
+			if rec.Destination == "" || rec.RequestID == "" {
+				return
+			}
+			if rec.DecidedBy == s.name && !rec.At.Before(s.started) {
+				return // this replica reserved it when it placed it (a record without the header)
+			}
+			if now.Before(rec.ReserveUntil) {
+				s.reg.Reserve(rec.RequestID, rec.Destination, rec.Resources, rec.ReserveUntil)
+			}
+		})
+		if err != nil {
+			s.limiter.log(s.log, "bad-audit", "skip unreadable audit records", "err", err)
 		}
 	})
 	if err != nil {

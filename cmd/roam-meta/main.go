@@ -45,6 +45,7 @@ func run(ctx context.Context, args []string) error {
 	clusterListen := fs.String("cluster-listen", "", "make the embedded NATS a cluster node accepting routes here (host:port)")
 	routes := fs.String("routes", "", "comma-separated nats://host:port of the cluster's nodes (with --cluster-listen)")
 	clusterName := fs.String("cluster-name", "roam-meta", "NATS cluster name, the same on every node")
+	auditSpool := fs.String("audit-spool", "", "this replica's own directory where audit records wait for the stream's ack, republished at the next start after a crash (default <store-dir>/audit-spool; none without --store-dir)")
 	jsReplicas := fs.Int("js-replicas", 0, "replicas of the view bucket and audit stream (0: 3 on a NATS cluster, else 1)")
 	warmUp := fs.Duration("warm-up", 0, "hellos heard before answering placements, after start or reconnect (0: 1.5 hello intervals)")
 	reservationTTL := fs.Duration("reservation-ttl", time.Minute, "a placement counts against its destination this long unless its hellos show it first (negative: off)")
@@ -60,7 +61,7 @@ func run(ctx context.Context, args []string) error {
 	cfg := meta.ServerConfig{
 		Listen: *listen, NATSURL: *natsURL, StoreDir: *storeDir, HTTPAddr: *httpAddr,
 		Policy: policy, HelloInterval: *interval, DownAfter: *downAfter, Name: *name, Logger: log,
-		Replicas: *jsReplicas, WarmUp: *warmUp, ReservationTTL: *reservationTTL,
+		Replicas: *jsReplicas, WarmUp: *warmUp, ReservationTTL: *reservationTTL, AuditSpool: *auditSpool,
 	}
 	if *clusterListen != "" {
 		if *natsURL != "" {

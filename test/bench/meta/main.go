@@ -132,8 +132,21 @@ func run() error {
 		// The same placements from a requester in the MO's process.
 		inP50, inP99 time.Duration
 		inFailed     int
+		// What the MO's process allocated per placement (the hello
+		// ingest's rate taken off).
+		allocB, allocObj float64
 	}
 	var rows []row
+	// printAllocs says what the MO's process allocated per placement in
+	// each row (its NATS server and JetStream included, the hello
+	// ingest's rate taken off).
+	printAllocs := func(rows []row) {
+		fmt.Printf("MO process allocations per placement (embedded NATS and JetStream included; the hello ingest's own rate, measured 1 s before each row, taken off):")
+		for _, r := range rows {
+			fmt.Printf(" %d clusters %.0f B / %.1f objects;", r.clusters, r.allocB, r.allocObj)
+		}
+		fmt.Println()
+	}
 	var ns []int
 	for _, f := range strings.Split(*counts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -185,9 +198,15 @@ func run() error {
 		if *traceOut != "" && n == *traceCount {
 			clientTrace = *traceOut + ".client"
 		}
-		rt0 := readRuntime()
+		// A second without placements first: the hello ingest's own
+		// allocations, taken off the row's (perPlacement).
+		idle0, idleStart := readRuntime(), time.Now()
+		time.Sleep(time.Second)
+		idle, idleDur := rtDelta(idle0, readRuntime()), time.Since(idleStart)
+		rt0, rowStart := readRuntime(), time.Now()
 		lat, failed, err := reqProc.place(*requests, clientTrace)
 		rt := rtDelta(rt0, readRuntime())
+		allocB, allocObj := perPlacement(rt, time.Since(rowStart), idle, idleDur, len(lat))
 		stopTrace()
 		if err != nil {
 			return err
@@ -198,7 +217,7 @@ func run() error {
 			return fmt.Errorf("requester in the MO's process: %w", err)
 		}
 		rows = append(rows, row{clusters: n, alive: alive, failed: failed, interval: iv, p50: pct(lat, 50), p99: pct(lat, 99), mean: mean(lat),
-			moP99: moP99, rt: rt, inP50: pct(inLat, 50), inP99: pct(inLat, 99), inFailed: inFailed})
+			moP99: moP99, rt: rt, inP50: pct(inLat, 50), inP99: pct(inLat, 99), inFailed: inFailed, allocB: allocB, allocObj: allocObj})
 		fmt.Fprintf(os.Stderr, "measured %d clusters\n", n)
 	}
 
@@ -220,6 +239,7 @@ func run() error {
 		for _, r := range rows {
 			printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt, r.inP50, r.inP99)
 		}
+		printAllocs(rows)
 		return nil
 	}
 	if rate == 0 {
@@ -324,6 +344,7 @@ func run() error {
 	for _, r := range rows {
 		printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt, r.inP50, r.inP99)
 	}
+	printAllocs(rows)
 	byCount := map[int]row{}
 	for _, r := range rows {
 		byCount[r.clusters] = r
@@ -377,6 +398,8 @@ func run() error {
 		out["pr_p50_us_inproc_"+strconv.Itoa(r.clusters)] = round(us(r.inP50))
 		out["pr_p99_us_inproc_"+strconv.Itoa(r.clusters)] = round(us(r.inP99))
 		out["pr_timeouts_inproc_"+strconv.Itoa(r.clusters)] = float64(r.inFailed)
+		out["mo_alloc_b_per_placement_"+strconv.Itoa(r.clusters)] = round(r.allocB)
+		out["mo_allocs_per_placement_"+strconv.Itoa(r.clusters)] = round(r.allocObj)
 	}
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))

@@ -5,11 +5,14 @@ package main
 // (scheduler latency), the GC's stop-the-world pauses, GC cycles, time
 // spent waiting on sync.Mutex/RWMutex, and the live heap. The MO, its
 // embedded NATS, the hello simulator and the requester share the process,
-// so these say what the whole process went through.
+// so these say what the whole process went through. perPlacement takes
+// the allocations of the hello ingest (its rate in an idle window before
+// the row) off a row's, for what the MO allocates per placement.
 
 import (
 	"math"
 	"runtime/metrics"
+	"time"
 )
 
 const (
@@ -20,6 +23,8 @@ const (
 	mHeapLive  = "/gc/heap/live:bytes"
 	mGCCPU     = "/cpu/classes/gc/total:cpu-seconds"
 	mTotalCPU  = "/cpu/classes/total:cpu-seconds"
+	mAllocB    = "/gc/heap/allocs:bytes"
+	mAllocObj  = "/gc/heap/allocs:objects"
 )
 
 type rtReading struct {
@@ -29,7 +34,7 @@ type rtReading struct {
 
 func readRuntime() rtReading {
 	s := []metrics.Sample{{Name: mSchedLat}, {Name: mGCPauses}, {Name: mGCCycles}, {Name: mMutexWait}, {Name: mHeapLive},
-		{Name: mGCCPU}, {Name: mTotalCPU}}
+		{Name: mGCCPU}, {Name: mTotalCPU}, {Name: mAllocB}, {Name: mAllocObj}}
 	metrics.Read(s)
 	r := rtReading{s: s, hists: map[string]*metrics.Float64Histogram{}}
 	for i := range s {
@@ -49,6 +54,7 @@ type rtStats struct {
 	mutexWait          float64 // seconds, summed over goroutines
 	heapLive           uint64  // bytes, at the end
 	gcCPUShare         float64 // of the process's CPU time
+	allocB, allocObj   uint64  // heap bytes and objects allocated
 }
 
 func rtDelta(ra, rb rtReading) rtStats {
@@ -64,6 +70,10 @@ func rtDelta(ra, rb rtReading) rtStats {
 			st.mutexWait = b[i].Value.Float64() - a[i].Value.Float64()
 		case mHeapLive:
 			st.heapLive = b[i].Value.Uint64()
+		case mAllocB:
+			st.allocB = b[i].Value.Uint64() - a[i].Value.Uint64()
+		case mAllocObj:
+			st.allocObj = b[i].Value.Uint64() - a[i].Value.Uint64()
 		}
 	}
 	gc := b[5].Value.Float64() - a[5].Value.Float64()
@@ -99,4 +109,17 @@ func histDelta(ha, hb *metrics.Float64Histogram, q float64) (quant, maxv float64
 		}
 	}
 	return quant, maxv
+}
+
+// perPlacement is what the process allocated per placement in a row of
+// dur, less what it allocates in as long without placements (idle, over
+// idleDur): bytes and objects.
+func perPlacement(row rtStats, dur time.Duration, idle rtStats, idleDur time.Duration, n int) (float64, float64) {
+	if n == 0 || idleDur <= 0 {
+		return math.NaN(), math.NaN()
+	}
+	f := dur.Seconds() / idleDur.Seconds()
+	b := (float64(row.allocB) - f*float64(idle.allocB)) / float64(n)
+	o := (float64(row.allocObj) - f*float64(idle.allocObj)) / float64(n)
+	return max(b, 0), max(o, 0)
 }

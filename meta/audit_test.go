@@ -1,0 +1,404 @@
+package meta
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestMain runs the audit crash test's MO replica when the test binary is
+// started as one (auditHelperEnv set): a process of its own, so that the
+// test can kill it with SIGKILL.
+func TestMain(m *testing.M) {
+	if v := os.Getenv(auditHelperEnv); v != "" {
+		os.Exit(runAuditHelper(v))
+	}
+	os.Exit(m.Run())
+}
+
+const auditHelperEnv = "ROAM_META_AUDIT_HELPER"
+
+// runAuditHelper serves placements from an MO replica on the NATS and
+// spool given in v ("url,spool"), says "serving" on stdout and runs until
+// it is killed.
+func runAuditHelper(v string) int {
+	url, spool, _ := strings.Cut(v, ",")
+	s, err := NewServer(ServerConfig{NATSURL: url, AuditSpool: spool, AuditFlush: 300 * time.Millisecond,
+		Name: "crash", WarmUp: 300 * time.Millisecond, HelloInterval: 200 * time.Millisecond, Logger: quietLogger()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.WaitServing(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("serving")
+	select {}
+}
+
+func TestAuditRecordEncoding(t *testing.T) {
+	at := time.Date(2026, 11, 24, 23, 1, 2, 345678900, time.UTC)
+	for _, rec := range []auditRecord{
+		{At: at, RequestID: "r1", Requester: "a", Home: "b", Service: "svc", Reason: ReasonManual, DecidedBy: "mo-1"},
+		{At: at, RequestID: `r"<2>&`, Requester: "a", Home: "a", Service: "s\u2028", Reason: ReasonLackOfResources,
+			Destination: "c9", DecidedBy: "mo", Resources: Resources{MilliCPU: 250, MemoryMB: 64}, ReserveUntil: at.Add(time.Minute)},
+		{At: at, RequestID: "r3", Requester: "a", Home: "b", Service: "svc", Reason: ReasonManual, Destination: "c1",
+			Resources: Resources{MemoryMB: 64}, ReserveUntil: at, DecidedBy: "mo"},
+		{At: at, RequestID: "r4", Requester: "a", Home: "b", Service: "svc", Reason: ReasonManual, NoPlacement: "nothing fits",
+			Filtered: 12, DecidedBy: "mo", Resources: Resources{MilliCPU: 1}},
+	} {
+		want, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendAuditRecord(nil, &rec); string(got) != string(want)+"\n" {
+			t.Fatalf("got  %s\nwant %s", got, want)
+		}
+	}
+}
+
+// auditRecords reads every record of the audit stream: request id ->
+// how many times, and how many messages held them.
+func auditRecords(t *testing.T, nc *nats.Conn) (map[string]int, int) {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(c, AuditStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(c, AuditStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	msgs := 0
+	for range info.State.Msgs {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatalf("read the audit stream: %v", err)
+		}
+		msgs++
+		if err := decodeAuditBatch(m.Data(), func(r *auditRecord) { ids[r.RequestID]++ }); err != nil {
+			t.Fatalf("audit batch: %v", err)
+		}
+	}
+	return ids, msgs
+}
+
+// placeMany places n requests from conc requesters and returns the ids
+// answered with a destination.
+func placeMany(t *testing.T, c *Client, prefix string, n, conc int) []string {
+	t.Helper()
+	var mu sync.Mutex
+	var ids []string
+	var wg sync.WaitGroup
+	for g := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += conc {
+				req := testRequest(c.ClusterID(), Constraints{})
+				req.RequestID = prefix + "-" + strconv.Itoa(i)
+				rep, err := c.Place(context.Background(), req)
+				if err != nil || !rep.OK() || rep.Local {
+					t.Errorf("placement %s: %v %+v", req.RequestID, err, rep)
+					continue
+				}
+				mu.Lock()
+				ids = append(ids, req.RequestID)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return ids
+}
+
+func auditClusters(t *testing.T, nc *nats.Conn, n int) []Hello {
+	var hs []Hello
+	for i := range n {
+		h := testHello("c"+strconv.Itoa(i), TierEdge, 1<<30, 0)
+		h.Capacity.Pods, h.Capacity.MemoryMB = 1<<30, 1<<30
+		hs = append(hs, h)
+	}
+	publishHellos(t, nc, hs...)
+	return hs
+}
+
+func spoolSegments(t *testing.T, dir string) (files int, ids map[string]bool) {
+	t.Helper()
+	names, _ := filepath.Glob(filepath.Join(dir, "*"+spoolSuffix))
+	ids = map[string]bool{}
+	for _, p := range names {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > 0 {
+			files++
+		}
+		_ = decodeAuditBatch(b, func(r *auditRecord) { ids[r.RequestID] = true })
+	}
+	return files, ids
+}
+
+// TestAuditBatched: every answered placement has exactly one record in
+// the audit stream, records travel in batches (fewer messages than
+// records), the replica does not apply its own batches again, and the
+// spool is empty once every batch is acknowledged.
+func TestAuditBatched(t *testing.T) {
+	spool := t.TempDir()
+	s := startServer(t, ServerConfig{AuditSpool: spool, HelloInterval: time.Minute})
+	nc := connect(t, s.ClientURL())
+	auditClusters(t, nc, 10)
+	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
+	c := newClient(t, nc, "req", WithoutCache())
+	ids := placeMany(t, c, "b", 400, 8)
+	if len(ids) != 400 {
+		t.Fatalf("%d of 400 placed", len(ids))
+	}
+	waitFor(t, "every batch acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+	got, msgs := auditRecords(t, nc)
+	for _, id := range ids {
+		if got[id] != 1 {
+			t.Fatalf("request %s has %d audit records", id, got[id])
+		}
+	}
+	if len(got) != len(ids) {
+		t.Fatalf("%d records for %d placements", len(got), len(ids))
+	}
+	if msgs >= len(ids) {
+		t.Fatalf("%d messages for %d records: not batched", msgs, len(ids))
+	}
+	if files, _ := spoolSegments(t, spool); files != 0 {
+		t.Fatalf("%d spool segments left after every ack", files)
+	}
+	if n := s.Registry().Reservations(); n != len(ids) {
+		t.Fatalf("%d reservations, want %d (own batches applied again or lost)", n, len(ids))
+	}
+	t.Logf("%d records in %d messages", len(ids), msgs)
+}
+
+// TestAuditPublishRefused: the audit stream refuses appends for a while
+// (full, discard new); placements are still answered, their batches are
+// published again until the stream takes them, and none is lost or
+// doubled.
+func TestAuditPublishRefused(t *testing.T) {
+	s := startServer(t, ServerConfig{AuditSpool: t.TempDir(), HelloInterval: time.Minute})
+	nc := connect(t, s.ClientURL())
+	auditClusters(t, nc, 10)
+	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
+	c := newClient(t, nc, "req", WithoutCache())
+	before := placeMany(t, c, "before", 50, 4)
+	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+
+	js, _ := jetstream.New(nc)
+	tctx := ctx(t)
+	st, err := js.Stream(tctx, AuditStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(tctx)
+	orig := info.Config
+	full := orig
+	full.MaxMsgs, full.Discard = int64(info.State.Msgs), jetstream.DiscardNew
+	if _, err := js.UpdateStream(tctx, full); err != nil {
+		t.Fatal(err)
+	}
+	during := placeMany(t, c, "during", 100, 4)
+	waitFor(t, "refused batches published again", func() bool {
+		s.auditLog.mu.Lock()
+		defer s.auditLog.mu.Unlock()
+		return s.auditLog.retried >= 3
+	})
+	if p := s.auditLog.pendingRecords(); p != len(during) {
+		t.Fatalf("%d records pending while the stream refuses, want %d", p, len(during))
+	}
+	if _, err := js.UpdateStream(tctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "acknowledged after the stream takes appends again", func() bool { return s.auditLog.pendingRecords() == 0 })
+	got, _ := auditRecords(t, nc)
+	for _, id := range append(before, during...) {
+		if got[id] != 1 {
+			t.Fatalf("request %s has %d audit records", id, got[id])
+		}
+	}
+}
+
+// TestAuditNATSDown: the NATS server (external, file storage) goes down
+// with records answered but not yet acknowledged (a 1 s batch), and comes
+// back on the same port and store: the replica publishes them again and
+// every one is in the stream, once.
+func TestAuditNATSDown(t *testing.T) {
+	dir := t.TempDir()
+	opts := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true, JetStream: true, StoreDir: dir}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	url := ns.ClientURL()
+	s := startServer(t, ServerConfig{NATSURL: url, AuditSpool: t.TempDir(), AuditFlush: time.Second, HelloInterval: time.Minute})
+	nc := connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	auditClusters(t, nc, 10)
+	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
+	c := newClient(t, nc, "req", WithoutCache())
+	ids := placeMany(t, c, "down", 60, 4)
+	if p := s.auditLog.pendingRecords(); p == 0 {
+		t.Fatal("nothing pending before the server goes down: the test proves nothing")
+	}
+	opts2 := *opts
+	opts2.Port = ns.Addr().(*net.TCPAddr).Port
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	time.Sleep(500 * time.Millisecond)
+	ns2, err := server.NewServer(&opts2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns2.Start()
+	if !ns2.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready again")
+	}
+	t.Cleanup(func() { s.Close(); ns2.Shutdown(); ns2.WaitForShutdown() })
+	waitFor(t, "acknowledged after the server is back", func() bool { return s.auditLog.pendingRecords() == 0 })
+	got, _ := auditRecords(t, nc)
+	for _, id := range ids {
+		if got[id] != 1 {
+			t.Fatalf("request %s has %d audit records", id, got[id])
+		}
+	}
+}
+
+// TestAuditSurvivesKill: a replica in a process of its own is killed with
+// SIGKILL under a steady placement load, with a batch open (300 ms). The
+// placements it answered whose records the stream lacks are in its spool;
+// started again on the spool, it publishes them before it serves: then
+// every answered placement has its record, once.
+func TestAuditSurvivesKill(t *testing.T) {
+	ns := startNATS(t)
+	spool := t.TempDir()
+	nc := connect(t, ns.ClientURL(), nats.MaxReconnects(-1))
+	hs := auditClusters(t, nc, 10)
+	stopHellos := make(chan struct{})
+	helloDone := make(chan struct{})
+	go func() {
+		defer close(helloDone)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for seq := uint64(10); ; seq++ {
+			select {
+			case <-stopHellos:
+				return
+			case <-tick.C:
+			}
+			for _, h := range hs {
+				h.Seq = seq
+				b, _ := json.Marshal(h)
+				_ = nc.Publish(HelloSubject(h.ClusterID), b)
+			}
+		}
+	}()
+	defer func() { close(stopHellos); <-helloDone }()
+
+	start := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), auditHelperEnv+"="+ns.ClientURL()+","+spool)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil || line != "serving\n" {
+			t.Fatalf("replica process: %q %v", line, err)
+		}
+		go func() { _, _ = io.Copy(io.Discard, out) }()
+		return cmd
+	}
+	replica := start()
+	c := newClient(t, nc, "req", WithoutCache(), WithTimeout(time.Second), WithRetries(0))
+	var answered []string
+	var failed int
+	killAt := time.Now().Add(time.Second)
+	killed := false
+	for i := 0; ; i++ {
+		if !killed && time.Now().After(killAt) {
+			if err := replica.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = replica.Wait()
+			killed = true
+			break
+		}
+		req := testRequest("req", Constraints{})
+		req.RequestID = "k-" + strconv.Itoa(i)
+		rep, err := c.Place(context.Background(), req)
+		if err != nil || !rep.OK() {
+			failed++
+			continue
+		}
+		answered = append(answered, req.RequestID)
+	}
+	if len(answered) < 50 {
+		t.Fatalf("only %d placements answered before the kill (%d failed)", len(answered), failed)
+	}
+	got, _ := auditRecords(t, nc)
+	_, spooled := spoolSegments(t, spool)
+	var missing int
+	for _, id := range answered {
+		if got[id] == 0 {
+			missing++
+			if !spooled[id] {
+				t.Fatalf("answered placement %s is neither in the audit stream nor in the spool", id)
+			}
+		}
+	}
+	if missing == 0 {
+		t.Fatal("every record was acknowledged before the kill: the test proves nothing")
+	}
+	start()
+	got, _ = auditRecords(t, nc)
+	for _, id := range answered {
+		if got[id] != 1 {
+			t.Fatalf("answered placement %s has %d audit records after the restart", id, got[id])
+		}
+	}
+	t.Logf("%d placements answered before SIGKILL, %d of their records recovered from the spool", len(answered), missing)
+}
