@@ -39,3 +39,29 @@ func BenchmarkStageCommitTLS(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkRerouteTLS: the same reroute of 2 frontends as one
+// /v1/reroute call (a one-node cluster's), per iteration.
+func BenchmarkRerouteTLS(b *testing.B) {
+	ca, err := pki.NewCA("roam-test", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	node := identity(b, ca, pki.ID{Cluster: "home", Node: "n1"})
+	_, url := startTLSAgent(b, node, nil, nil)
+	g := Group{NewTLS(url, identity(b, ca, pki.ID{Cluster: "home"}).ClientConfig(pki.ExpectNodeOf("home")))}
+	fs := []lb.Frontend{fe, mustFrontend("10.0.0.1:81/tcp")}
+	x := b.Context()
+	if err := g.Warm(x); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; b.Loop(); i++ {
+		ts := []lb.Target{t1, t1}
+		if i%2 == 1 {
+			ts = []lb.Target{t2, t2}
+		}
+		if _, err := g.Reroute(x, fs, ts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
