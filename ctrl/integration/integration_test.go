@@ -49,6 +49,7 @@ type cluster struct {
 	addr  netip.Addr
 	be    *local.Backend
 	agent *agentapi.Client
+	fault *agentFault // faults the agent's API injects (reroute_test.go)
 	store string
 	ln    string // API listen address, reused across restarts
 	c     *controller.Controller
@@ -69,16 +70,17 @@ type env struct {
 	users *http.Client
 }
 
-func startAgent(t *testing.T) *agentapi.Client {
+func startAgent(t *testing.T) (*agentapi.Client, *agentFault) {
 	t.Helper()
 	dp := dptest.New(t, dataplane.Config{SNATv4: netip.MustParseAddr("10.99.0.1"), IdleTimeout: time.Minute})
 	srv, err := agentapi.NewServer(dp, agentapi.ServerConfig{Token: "agent-tok"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := httptest.NewServer(srv.Handler())
+	f := &agentFault{}
+	hs := httptest.NewServer(f.wrap(srv.Handler()))
 	t.Cleanup(hs.Close)
-	return agentapi.New(hs.URL, "agent-tok")
+	return agentapi.New(hs.URL, "agent-tok"), f
 }
 
 func newEnv(t *testing.T, ids ...string) *env { return newEnvFailsafe(t, time.Second, ids...) }
@@ -103,8 +105,9 @@ func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 	// again by start), then a service port none of them took.
 	apis := make([]string, len(ids))
 	agents := make([]*agentapi.Client, len(ids)) // they listen from now on
+	faults := make([]*agentFault, len(ids))
 	for i := range ids {
-		agents[i] = startAgent(t)
+		agents[i], faults[i] = startAgent(t)
 		apis[i] = netip.AddrPortFrom(addrs[i], testport.Free(t, addrs[i])).String()
 	}
 	e.port = testport.Free(t, addrs...) // never one handed out before
@@ -124,7 +127,7 @@ func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { be.Close() })
-		c := &cluster{id: id, addr: addrs[i], be: be, agent: agents[i], store: filepath.Join(dir, id+".db"), links: filepath.Join(dir, id+"-links.json"), ln: apis[i], mo: mo.ClientURL()}
+		c := &cluster{id: id, addr: addrs[i], be: be, agent: agents[i], fault: faults[i], store: filepath.Join(dir, id+".db"), links: filepath.Join(dir, id+"-links.json"), ln: apis[i], mo: mo.ClientURL()}
 		tdir := filepath.Join(dir, id+"-tls")
 		if err := ca.WriteIdentity(tdir, pki.ID{Cluster: id}, []string{addrs[i].String()}, time.Hour); err != nil {
 			t.Fatal(err)
