@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/tick"
 	"github.com/roamnet/roam/test/netns"
 )
 
@@ -74,7 +76,7 @@ func (a *agentProc) start(ctx context.Context) {
 	if err := poll(ctx, 60*time.Second, func() error {
 		select {
 		case <-exited:
-			return errAgentExited
+			return tick.Final(errAgentExited)
 		default:
 		}
 		return c.Health(ctx)
@@ -117,25 +119,10 @@ func (a *agentProc) client() *agentapi.Client {
 
 var errAgentExited = errors.New("roam-agent exited")
 
-// poll calls f until it succeeds, fails with errAgentExited, or the timeout
-// passes.
+// poll calls f every 200 ms until it succeeds, fails with an error
+// marked tick.Final (the agent exited), or the timeout passes.
 func poll(ctx context.Context, timeout time.Duration, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if errors.Is(err, errAgentExited) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return tick.Until(ctx, timeout, 200*time.Millisecond, f)
 }
 
 // curl fetches the frontend from the client namespace with the real curl.
@@ -283,16 +270,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { echo.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := echo.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = echo.WriteTo(append([]byte("echo from abroad-1: "), buf[:n]...), from)
-		}
-	}()
+	netns.ServePackets(echo, func(_ net.Addr, p []byte) []byte { return append([]byte("echo from abroad-1: "), p...) })
 	feUDP := lb.Frontend{Addr: netns.HomeAddr, Port: 53, Proto: lb.UDP}
 	genUDP, err := api.Stage(ctx, feUDP, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 5353)))
 	if err != nil {

@@ -6,6 +6,7 @@ package tick
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -27,7 +28,8 @@ func Every(ctx context.Context, d time.Duration, fn func()) {
 
 // Until calls f every period, the first time at once, until it returns
 // nil or within passes (or ctx ends); the error is then f's last, saying
-// how long it was tried. Tests and tools wait for a state with it.
+// how long it was tried. An error f marks with Final ends the wait at once
+// and is returned as it is. Tests and tools wait for a state with it.
 func Until(ctx context.Context, within, period time.Duration, f func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, within)
 	defer cancel()
@@ -36,6 +38,9 @@ func Until(ctx context.Context, within, period time.Duration, f func() error) er
 		if err == nil {
 			return nil
 		}
+		if fe := (finalError{}); errors.As(err, &fe) {
+			return fe.err
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("after %s: %w", within, err)
@@ -43,3 +48,12 @@ func Until(ctx context.Context, within, period time.Duration, f func() error) er
 		}
 	}
 }
+
+// Final marks err as one that waiting longer cannot cure (the process
+// waited for has exited): Until returns err at once.
+func Final(err error) error { return finalError{err} }
+
+type finalError struct{ err error }
+
+func (e finalError) Error() string { return e.err.Error() }
+func (e finalError) Unwrap() error { return e.err }

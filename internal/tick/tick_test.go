@@ -3,6 +3,7 @@ package tick
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -68,5 +69,22 @@ func TestUntil(t *testing.T) {
 	cancel()
 	if err := Until(ctx, time.Hour, time.Millisecond, func() error { return last }); !errors.Is(err, last) {
 		t.Fatalf("Until with an ended context: %v, want f's error at once", err)
+	}
+}
+
+// TestUntilFinal: an error marked Final ends the wait at once (not after
+// within) and comes back as it was, not marked.
+func TestUntilFinal(t *testing.T) {
+	gone := errors.New("exited")
+	n := 0
+	start := time.Now()
+	err := Until(context.Background(), time.Hour, time.Millisecond, func() error {
+		if n++; n < 3 {
+			return errors.New("not yet")
+		}
+		return fmt.Errorf("wait: %w", Final(gone))
+	})
+	if err != gone || n != 3 || time.Since(start) > time.Minute {
+		t.Fatalf("Until: %v after %d calls and %s, want %v after 3 at once", err, n, time.Since(start), gone)
 	}
 }
