@@ -475,16 +475,7 @@ func TestProberTakesTheTurnOnceConnected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	go func() {
-		b := make([]byte, 64)
-		for {
-			n, from, err := pc.ReadFrom(b)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(b[:n], from)
-		}
-	}()
+	netns.ServePackets(pc, func(_ net.Addr, p []byte) []byte { return p })
 	accepted := make(chan struct{}, 1)
 	netns.Serve(ln, func(c net.Conn) {
 		io.ReadFull(c, make([]byte, bulkReqLen))
@@ -627,35 +618,26 @@ func TestBulkRefusesSenderStall(t *testing.T) {
 	}
 	defer ln.Close()
 	stall := make(chan time.Duration, 1)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	netns.Serve(ln, func(c net.Conn) {
+		var req [bulkReqLen]byte
+		if _, err := io.ReadFull(c, req[:]); err != nil {
+			return
+		}
+		pause := <-stall
+		chunk := make([]byte, 8<<10) // 8 KiB every 5 ms: ~13 Mbit/s
+		start := time.Now()
+		paused := false
+		for time.Since(start) < 900*time.Millisecond {
+			if !paused && time.Since(start) > 250*time.Millisecond {
+				paused = true
+				time.Sleep(pause)
+			}
+			if _, err := c.Write(chunk); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				var req [bulkReqLen]byte
-				if _, err := io.ReadFull(c, req[:]); err != nil {
-					return
-				}
-				pause := <-stall
-				chunk := make([]byte, 8<<10) // 8 KiB every 5 ms: ~13 Mbit/s
-				start := time.Now()
-				paused := false
-				for time.Since(start) < 900*time.Millisecond {
-					if !paused && time.Since(start) > 250*time.Millisecond {
-						paused = true
-						time.Sleep(pause)
-					}
-					if _, err := c.Write(chunk); err != nil {
-						return
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
-			}()
+			time.Sleep(5 * time.Millisecond)
 		}
-	}()
+	})
 	stall <- 230 * time.Millisecond
 	_, err = Bulk(context.Background(), nil, ln.Addr().String(), 400*time.Millisecond, 8<<20)
 	if !errors.Is(err, ErrSenderLimited) {
