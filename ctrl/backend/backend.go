@@ -64,16 +64,8 @@ func (s Spec) Validate() error {
 	if !dnsLabel.MatchString(s.Name) {
 		return fmt.Errorf("spec %q: name must be a DNS label (lowercase letters, digits, '-', at most 63)", s.Name)
 	}
-	if len(s.Ports) == 0 {
-		return fmt.Errorf("spec %q: at least one port", s.Name)
-	}
-	for _, p := range s.Ports {
-		if err := p.Validate(); err != nil {
-			return fmt.Errorf("spec %q: %w", s.Name, err)
-		}
-	}
-	if s.Resources.MilliCPU < 0 || s.Resources.MemoryMB < 0 {
-		return fmt.Errorf("spec %q: negative resources", s.Name)
+	if err := lb.ValidateWorkload(s.Ports, s.Resources.MilliCPU, s.Resources.MemoryMB); err != nil {
+		return fmt.Errorf("spec %q: %w", s.Name, err)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ package lb
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -60,6 +61,25 @@ func (p Port) Validate() error {
 	}
 	if p.Protocol != TCP && p.Protocol != UDP {
 		return fmt.Errorf("port %d: protocol must be tcp or udp", p.Port)
+	}
+	return nil
+}
+
+// ValidateWorkload reports why a service listening on ports, each copy
+// asking for milliCPU and memoryMB, cannot run: it needs a port, each
+// valid, and no negative ask. The controller's backend specs and the
+// meta-orchestrator's service descriptors share this check.
+func ValidateWorkload(ports []Port, milliCPU, memoryMB int64) error {
+	if len(ports) == 0 {
+		return errors.New("at least one port")
+	}
+	for _, p := range ports {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+	}
+	if milliCPU < 0 || memoryMB < 0 {
+		return errors.New("negative resources")
 	}
 	return nil
 }

@@ -30,3 +30,26 @@ func TestPortValidate(t *testing.T) {
 		t.Fatal("sctp decoded")
 	}
 }
+
+// TestValidateWorkload: a service needs a port, every port valid, and no
+// negative resource ask; zero asks are fine.
+func TestValidateWorkload(t *testing.T) {
+	web := []Port{{Port: 80, Protocol: TCP}, {Name: "dns", Port: 53, Protocol: UDP}}
+	for _, tc := range []struct {
+		ports    []Port
+		cpu, mem int64
+		want     string // "" for valid
+	}{
+		{web, 0, 0, ""},
+		{web, 250, 128, ""},
+		{nil, 250, 128, "at least one port"},
+		{[]Port{{Port: 80, Protocol: TCP}, {Port: 0, Protocol: UDP}}, 0, 0, "port 0"},
+		{web, -1, 0, "negative resources"},
+		{web, 0, -1, "negative resources"},
+	} {
+		err := ValidateWorkload(tc.ports, tc.cpu, tc.mem)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%v cpu %d mem %d: got %v, want %q", tc.ports, tc.cpu, tc.mem, err, tc.want)
+		}
+	}
+}
