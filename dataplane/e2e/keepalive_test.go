@@ -93,20 +93,7 @@ func TestKeepAliveAcrossCommit(t *testing.T) {
 	})
 
 	pin := "/sys/fs/bpf/roam-e2e-ka-" + topo.Suffix
-	var d *dataplane.Dataplane
-	err := netns.Do(topo.Home, func() error {
-		var err error
-		d, err = dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: netns.HomeWAN, PortMin: 40000, PortMax: 40999})
-		if err != nil {
-			return err
-		}
-		for _, ifc := range []string{"h0", "h1"} {
-			if err := d.AttachXDP(ifc, dataplane.XDPNative); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	d, err := openHome(topo, dataplane.Config{PinPath: pin, SNATv4: netns.HomeWAN, PortMin: 40000, PortMax: 40999}, true)
 	t.Cleanup(func() {
 		if d != nil {
 			d.Close()
@@ -125,13 +112,7 @@ func TestKeepAliveAcrossCommit(t *testing.T) {
 	url := "http://" + netip.AddrPortFrom(netns.HomeAddr, 80).String() + "/"
 	commit := func(target lb.Target) {
 		t.Helper()
-		gen, err := d.Stage(fe, target)
-		if err == nil {
-			err = d.Commit(fe, gen)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		setTarget(t, d, fe, target)
 	}
 	// waitFlows polls Flows every 2 ms until it is want, and returns how long that took.
 	waitFlows := func(target lb.Target, want int, within time.Duration) time.Duration {

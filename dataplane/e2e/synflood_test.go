@@ -202,16 +202,11 @@ func TestSYNFlood(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the data-plane end-to-end test needs root (netns, XDP, bpffs, raw sockets)")
 	}
-	topo := netns.NewTestTopology(t)
 	target := netip.AddrPortFrom(netns.AbroadAddr1, 8080)
-	srv, err := netns.StartAbroadServer(topo.Abroad, target.String(), "abroad", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	topo := abroadTopology(t, target)
 	// The pool 10.10.3.0-7 is the home node's: the abroad side routes it there.
 	pool := netip.MustParsePrefix("10.10.3.0/29")
-	err = netns.Handle(topo.Abroad, func(h *netlink.Handle) error {
+	err := netns.Handle(topo.Abroad, func(h *netlink.Handle) error {
 		l, err := h.LinkByName("a0")
 		if err != nil {
 			return err
@@ -253,19 +248,8 @@ func TestSYNFlood(t *testing.T) {
 			d.Close()
 		}
 		cfg.PinPath, cfg.PortMin, cfg.PortMax = pin, portMin, portMax
-		err := netns.Do(topo.Home, func() error {
-			var err error
-			if d, err = dataplane.Open(cfg); err != nil || !attach {
-				return err
-			}
-			for _, ifc := range []string{"h0", "h1"} {
-				if err := d.AttachXDP(ifc, dataplane.XDPNative); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		var err error
+		if d, err = openHome(topo, cfg, attach); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -278,13 +262,7 @@ func TestSYNFlood(t *testing.T) {
 	// runPhase floods frontend fe for the phase while the real client connects; it returns the clients and the drops' change.
 	runPhase := func(name string, fe lb.Frontend) (*realClients, map[string]uint64) {
 		t.Helper()
-		gen, err := d.Stage(fe, lb.Redirect(target))
-		if err == nil {
-			err = d.Commit(fe, gen)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		setTarget(t, d, fe, lb.Redirect(target))
 		fl, err := newSYNFlooder(topo.Client, netip.AddrPortFrom(fe.Addr, fe.Port))
 		if err != nil {
 			t.Fatal(err)

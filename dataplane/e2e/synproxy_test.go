@@ -35,13 +35,8 @@ func TestSYNProxyClients(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the data-plane end-to-end test needs root (netns, XDP, bpffs)")
 	}
-	topo := netns.NewTestTopology(t)
 	httpTarget := netip.AddrPortFrom(netns.AbroadAddr1, 8080)
-	srv, err := netns.StartAbroadServer(topo.Abroad, httpTarget.String(), "abroad", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	topo := abroadTopology(t, httpTarget)
 	cp, err := netns.StartCopyServer(topo.Abroad, "copy", netns.AbroadAddr1)
 	if err != nil {
 		t.Fatal(err)
@@ -53,20 +48,7 @@ func TestSYNProxyClients(t *testing.T) {
 			t.Errorf("unpin: %v", err)
 		}
 	})
-	var d *dataplane.Dataplane
-	err = netns.Do(topo.Home, func() error {
-		var err error
-		d, err = dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: netns.HomeWAN, PortMin: 41000, PortMax: 41999, SYNProxy: dataplane.SYNProxyAlways})
-		if err != nil {
-			return err
-		}
-		for _, ifc := range []string{"h0", "h1"} {
-			if err := d.AttachXDP(ifc, dataplane.XDPNative); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	d, err := openHome(topo, dataplane.Config{PinPath: pin, SNATv4: netns.HomeWAN, PortMin: 41000, PortMax: 41999, SYNProxy: dataplane.SYNProxyAlways}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,13 +57,7 @@ func TestSYNProxyClients(t *testing.T) {
 		{Addr: netns.HomeAddr, Port: 80, Proto: lb.TCP}: httpTarget,
 		{Addr: netns.HomeAddr, Port: 81, Proto: lb.TCP}: netip.AddrPortFrom(netns.AbroadAddr1, netns.CopyTCPPort),
 	} {
-		gen, err := d.Stage(fe, lb.Redirect(tg))
-		if err == nil {
-			err = d.Commit(fe, gen)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		setTarget(t, d, fe, lb.Redirect(tg))
 	}
 	before, err := d.Drops()
 	if err != nil {
