@@ -141,6 +141,46 @@ static __always_inline int synproxy_on(const struct config *cfg, __u64 now)
 #define REBUILD_SWAP 0x100
 
 /*
+ * xdp_tcp: the IP header (ip) and TCP header (th) of the TCP packet at
+ * ctx (no IP options or IPv6 extension headers: the parser passed it), and
+ * whether it is IPv4. Each family's TCP header is checked against the
+ * packet's end at its constant offset, which proves the IP header before
+ * it too (the cookie helpers read a whole one).
+ */
+struct xdp_tcp {
+	void *ip;
+	struct tcp_hdr *th;
+	int v4;
+};
+
+/* xdp_tcp_find fills h for ctx's packet: 0, or -1 if the packet is too short. */
+static __always_inline int xdp_tcp_find(struct xdp_md *ctx, struct xdp_tcp *h)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	h->ip = data + L3_OFF;
+	h->v4 = eth->proto == bpf_htons(ETH_P_IP_);
+	if (h->v4)
+		h->th = data + L4_OFF4;
+	else
+		h->th = data + L4_OFF6;
+	if ((void *)(h->th + 1) > data_end)
+		return -1;
+	return 0;
+}
+
+/* synproxy_check: the kernel's check of the ACK h for a valid cookie; 0 if it is one. */
+static __always_inline long synproxy_check(const struct xdp_tcp *h)
+{
+	if (h->v4)
+		return bpf_tcp_raw_check_syncookie_ipv4(h->ip, (void *)h->th);
+	return bpf_tcp_raw_check_syncookie_ipv6(h->ip, (void *)h->th);
+}
+
+/*
  * xdp_tcp_rebuild makes the TCP packet in ctx (no IP options or IPv6
  * extension headers: the parser passed it) a bare TCP header with the
  * given flags, sequence and acknowledgment numbers, window (winmss >> 16)
@@ -151,18 +191,14 @@ static __always_inline int synproxy_on(const struct config *cfg, __u64 now)
  */
 static __noinline int xdp_tcp_rebuild(struct xdp_md *ctx, __u32 how, __u32 seq, __u32 ack, __u32 winmss)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	struct xdp_tcp h;
+	if (xdp_tcp_find(ctx, &h))
 		return XDP_DROP;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
+	int v4 = h.v4;
 	__u32 l4 = v4 ? L4_OFF4 : L4_OFF6;
 	__u16 mss = winmss & 0xffff;
-	int len = data_end - data;
+	int len = ctx->data_end - ctx->data;
 	int want = l4 + sizeof(struct tcp_hdr) + (mss ? 4 : 0);
-	if (len < (int)(l4 + sizeof(struct tcp_hdr)))
-		return XDP_DROP;
 	if (len != want && bpf_xdp_adjust_tail(ctx, want - len)) {
 		/* No room to grow by the option: without it (the peer then assumes 536). */
 		mss = 0;
@@ -170,9 +206,9 @@ static __noinline int xdp_tcp_rebuild(struct xdp_md *ctx, __u32 how, __u32 seq, 
 		if (len != want && bpf_xdp_adjust_tail(ctx, want - len))
 			return XDP_DROP;
 	}
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *eth = data;
 	struct tcp_hdr *th = data + l4;
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
@@ -279,42 +315,26 @@ static __always_inline __s64 synproxy_cookie(void *ip, int v4, struct scratch *s
  */
 static __noinline int synproxy_syn(struct xdp_md *ctx)
 {
-	struct scratch *sc = scratch();
-	if (!sc)
-		return XDP_PASS;
-	void *data = (void *)(long)ctx->data;
+	struct xdp_tcp h;
+	if (xdp_tcp_find(ctx, &h))
+		return XDP_DROP;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return XDP_DROP;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
-	__u32 l4 = v4 ? L4_OFF4 : L4_OFF6;
-	struct tcp_hdr *th = data + l4;
-	if ((void *)(th + 1) > data_end)
-		return XDP_DROP;
+	struct tcp_hdr *th = h.th;
 	__u16 mss = 536;
 	__u8 *opt = (void *)(th + 1);
 	if ((th->doff_res >> 4) >= 6 && (void *)(opt + 4) <= data_end && opt[0] == 2 && opt[1] == 4)
 		mss = (opt[2] << 8) | opt[3];
 	__u32 seq = bpf_ntohl(th->seq);
-	__s64 c;
-	if (v4) {
-		struct ip4_hdr *ip = data + L3_OFF;
-		if ((void *)(ip + 1) > data_end)
-			return XDP_DROP;
-		c = synproxy_cookie(ip, 1, sc, th->source, th->dest, seq, mss);
-	} else {
-		struct ip6_hdr *ip6 = data + L3_OFF;
-		if ((void *)(ip6 + 1) > data_end)
-			return XDP_DROP;
-		c = synproxy_cookie(ip6, 0, sc, th->source, th->dest, seq, mss);
-	}
+	struct scratch *sc = scratch(); /* where the cookie's SYN header is built */
+	if (!sc)
+		return XDP_PASS;
+	__s64 c = synproxy_cookie(h.ip, h.v4, sc, th->source, th->dest, seq, mss);
 	if (c < 0)
 		return XDP_DROP;
 	count_reason(REASON_SYNPROXY_COOKIE_SENT);
 	synproxy_answered(0);
 	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_SYN | TCP_FLAG_ACK, (__u32)c, seq + 1,
-			       (65535u << 16) | (v4 ? SYNPROXY_MSS4 : SYNPROXY_MSS6));
+			       (65535u << 16) | (h.v4 ? SYNPROXY_MSS4 : SYNPROXY_MSS6));
 }
 
 /*
@@ -326,22 +346,8 @@ static __noinline int synproxy_syn(struct xdp_md *ctx)
  */
 static __noinline int synproxy_is_cookie(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return 0;
-	void *ip = data + L3_OFF;
-	if (eth->proto == bpf_htons(ETH_P_IP_)) {
-		struct tcp_hdr *th = data + L4_OFF4;
-		if ((void *)(th + 1) > data_end)
-			return 0;
-		return bpf_tcp_raw_check_syncookie_ipv4(ip, (void *)th) == 0;
-	}
-	struct tcp_hdr *th = data + L4_OFF6;
-	if ((void *)(th + 1) > data_end)
-		return 0;
-	return bpf_tcp_raw_check_syncookie_ipv6(ip, (void *)th) == 0;
+	struct xdp_tcp h;
+	return xdp_tcp_find(ctx, &h) == 0 && synproxy_check(&h) == 0;
 }
 
 /*
@@ -358,28 +364,12 @@ static __noinline int synproxy_ack(struct xdp_md *ctx)
 	struct scratch *sc = scratch();
 	if (!sc)
 		return XDP_PASS;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	struct xdp_tcp h;
+	if (xdp_tcp_find(ctx, &h))
 		return XDP_DROP;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
-	__u32 l4 = v4 ? L4_OFF4 : L4_OFF6;
-	struct tcp_hdr *th = data + l4;
-	if ((void *)(th + 1) > data_end)
-		return XDP_DROP;
-	void *ip = data + L3_OFF;
-	long ok;
-	if (v4) {
-		if (ip + sizeof(struct ip4_hdr) > data_end)
-			return XDP_DROP;
-		ok = bpf_tcp_raw_check_syncookie_ipv4(ip, (void *)th);
-	} else {
-		if (ip + sizeof(struct ip6_hdr) > data_end)
-			return XDP_DROP;
-		ok = bpf_tcp_raw_check_syncookie_ipv6(ip, (void *)th);
-	}
-	if (ok != 0) {
+	struct tcp_hdr *th = h.th;
+	int v4 = h.v4;
+	if (synproxy_check(&h) != 0) {
 		count_reason(REASON_SYNPROXY_COOKIE_BAD);
 		return XDP_DROP;
 	}
@@ -393,7 +383,7 @@ static __noinline int synproxy_ack(struct xdp_md *ctx)
 #pragma unroll
 	for (int i = 3; i > 0; i--) {
 		__u16 m = v4 ? MSSTAB4(i) : MSSTAB6(i);
-		__s64 c = synproxy_cookie(ip, v4, sc, sport, dport, sc->sp.isn, m);
+		__s64 c = synproxy_cookie(h.ip, v4, sc, sport, dport, sc->sp.isn, m);
 		if (c >= 0 && (__u32)c == sc->sp.cookie) {
 			sc->sp.mss = m;
 			break;
@@ -457,14 +447,10 @@ static __always_inline int synproxy_resend(struct xdp_md *ctx, struct pkt *p, co
  */
 static __always_inline int synproxy_ack_target(struct xdp_md *ctx, const struct nat_value *nv)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	struct xdp_tcp h;
+	if (xdp_tcp_find(ctx, &h))
 		return XDP_DROP;
-	struct tcp_hdr *th = data + (eth->proto == bpf_htons(ETH_P_IP_) ? L4_OFF4 : L4_OFF6);
-	if ((void *)(th + 1) > data_end)
-		return XDP_DROP;
+	struct tcp_hdr *th = h.th;
 	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_ACK, bpf_ntohl(th->ack_seq), bpf_ntohl(th->seq) + 1,
 			       (__u32)nv->proxy_win << 16);
 }

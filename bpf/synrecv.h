@@ -25,15 +25,10 @@
  */
 static __always_inline int xdp_stale_reset(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	struct xdp_tcp h;
+	if (xdp_tcp_find(ctx, &h))
 		return XDP_DROP;
-	struct tcp_hdr *th = data + (eth->proto == bpf_htons(ETH_P_IP_) ? L4_OFF4 : L4_OFF6);
-	if ((void *)(th + 1) > data_end)
-		return XDP_DROP;
-	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_RST, bpf_ntohl(th->ack_seq), 0, 0);
+	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_RST, bpf_ntohl(h.th->ack_seq), 0, 0);
 }
 #define ROAM_STALE_ANSWERED 1
 #define ROAM_STALE_RESET(ctx) xdp_stale_reset(ctx)
