@@ -45,20 +45,6 @@ func newSYNFlooder(ns string, dst netip.AddrPort) (*synFlooder, error) {
 
 func (f *synFlooder) Close() error { return unix.Close(f.fd) }
 
-// inetCsum is the Internet checksum of b, starting from sum.
-func inetCsum(sum uint32, b []byte) uint16 {
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
 // syn builds an IPv4 TCP SYN from src to f.dst (the kernel fills the IP
 // checksum and total length of an IP_HDRINCL packet).
 func (f *synFlooder) syn(src netip.AddrPort, seq uint32) []byte {
@@ -78,11 +64,7 @@ func (f *synFlooder) syn(src netip.AddrPort, seq uint32) []byte {
 	copy(pseudo[4:8], d[:])
 	pseudo[9] = unix.IPPROTO_TCP
 	binary.BigEndian.PutUint16(pseudo[10:], 20)
-	var sum uint32
-	for i := 0; i < 12; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(pseudo[i:]))
-	}
-	binary.BigEndian.PutUint16(tcp[16:], inetCsum(sum, tcp))
+	binary.BigEndian.PutUint16(tcp[16:], ^csum(tcp, csum(pseudo, 0))) // csum: srv6_test.go
 	return b
 }
 
