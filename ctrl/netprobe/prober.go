@@ -492,20 +492,12 @@ func (p *Prober) outcome(pr *peer, ok bool) {
 }
 
 func (p *Prober) receive() {
-	buf := make([]byte, 512)
-	for {
-		n, _, err := p.conn.ReadFrom(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
+	readEchoes(p.conn, func(_ net.Addr, b []byte, valid bool) {
 		now := time.Now()
-		if n != echoLen || [4]byte(buf[:4]) != echoMagic {
-			continue
+		if !valid {
+			return
 		}
-		seq := binary.BigEndian.Uint64(buf[4:12])
+		seq := binary.BigEndian.Uint64(b[4:12])
 		var changed []string
 		p.mu.Lock()
 		id, ok := p.seqTo[seq]
@@ -532,7 +524,7 @@ func (p *Prober) receive() {
 		}
 		p.mu.Unlock()
 		p.notify(changed)
-	}
+	})
 }
 
 // turnDial is the bulk dial, which takes the access link's turn (see

@@ -186,28 +186,37 @@ func (s *Server) Close() error {
 	return err
 }
 
-func (s *Server) serveUDP() {
+// readEchoes reads datagrams from pc until it is closed (other read
+// errors are passed over) and calls echo with each: its sender, its bytes
+// (valid during the call) and whether it is a well-formed echo (echoLen
+// bytes that start with echoMagic). The server and the prober read so.
+func readEchoes(pc net.PacketConn, echo func(from net.Addr, b []byte, valid bool)) {
 	buf := make([]byte, 512)
 	for {
-		n, from, err := s.udp.ReadFrom(buf)
+		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		if n != echoLen || [4]byte(buf[:4]) != echoMagic {
-			s.reqs.WithLabelValues("echo", "bad").Inc()
-			continue
-		}
-		if !s.lim.Allow() {
-			s.reqs.WithLabelValues("echo", "refused").Inc()
-			continue
-		}
-		if _, err := s.udp.WriteTo(buf[:n], from); err == nil {
-			s.reqs.WithLabelValues("echo", "served").Inc()
-		}
+		echo(from, buf[:n], n == echoLen && [4]byte(buf[:4]) == echoMagic)
 	}
+}
+
+func (s *Server) serveUDP() {
+	readEchoes(s.udp, func(from net.Addr, b []byte, valid bool) {
+		switch {
+		case !valid:
+			s.reqs.WithLabelValues("echo", "bad").Inc()
+		case !s.lim.Allow():
+			s.reqs.WithLabelValues("echo", "refused").Inc()
+		default:
+			if _, err := s.udp.WriteTo(b, from); err == nil {
+				s.reqs.WithLabelValues("echo", "served").Inc()
+			}
+		}
+	})
 }
 
 func (s *Server) serveTCP() {
