@@ -123,7 +123,23 @@ func waitServedBy(ctx context.Context, t *testing.T, tb *testbed.Testbed, cluste
 	}
 }
 
-// logs prints the tail of every process log (on failure).
+// startLoad starts clients in the client namespace ns, each request
+// bounded by requestTimeout, and returns them with wait(cluster), which
+// fails the test (with the logs) unless every client kind has 5
+// consecutive requests answered by cluster within 30 s. The caller stops
+// them.
+func startLoad(ctx context.Context, t *testing.T, tb *testbed.Testbed, ns string, clients ...load.Client) (l *load.Load, wait func(cluster string)) {
+	t.Helper()
+	l, err := load.Start(ctx, load.Config{Dial: netns.Dialer(ns), Timeout: requestTimeout, Clients: clients})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, func(cluster string) {
+		t.Helper()
+		waitServedBy(ctx, t, tb, cluster, func(ctx context.Context) error { return l.WaitServedBy(ctx, cluster, 5) })
+	}
+}
+
 // deployClassifier deploys the demo service "classifier" with ports at
 // the home cluster and returns the home's controller client.
 func deployClassifier(ctx context.Context, t *testing.T, tb *testbed.Testbed, ports ...backend.Port) *testbed.CtrlClient {
@@ -139,6 +155,21 @@ func deployClassifier(ctx context.Context, t *testing.T, tb *testbed.Testbed, po
 	return hc
 }
 
+// migrateClassifier asks the controller c to migrate the classifier to
+// dest (reason "manual"), fails the test with the logs if the call fails,
+// and logs the migration's stages and times.
+func migrateClassifier(ctx context.Context, t *testing.T, tb *testbed.Testbed, c *testbed.CtrlClient, dest string) ctrl.Migration {
+	t.Helper()
+	m, err := c.Migrate(ctx, "classifier", dest, "manual")
+	if err != nil {
+		logs(t, tb)
+		t.Fatalf("migrate to %s: %v", dest, err)
+	}
+	t.Logf("migrated %s -> %s (%s): %v %+v", m.From, m.To, m.Role, m.Stages, m.Times)
+	return m
+}
+
+// logs prints the tail of every process log (on failure).
 func logs(t *testing.T, tb *testbed.Testbed) {
 	t.Helper()
 	for _, p := range tb.State().Procs {
@@ -318,12 +349,7 @@ func TestMigrateChainZeroLoss(t *testing.T) {
 		via  *testbed.CtrlClient
 		dest string
 	}{{hc, "edge"}, {edge, "cloud"}, {hc, "home"}} {
-		m, err := hop.via.Migrate(ctx, "classifier", hop.dest, "manual")
-		if err != nil {
-			logs(t, tb)
-			t.Fatalf("migrate to %s: %v", hop.dest, err)
-		}
-		t.Logf("migrated %s -> %s (%s): %v", m.From, m.To, m.Role, m.Stages)
+		migrateClassifier(ctx, t, tb, hop.via, hop.dest)
 		wait(hop.dest)
 	}
 	samples := st.Stop()
@@ -361,19 +387,11 @@ func TestKeepAliveAcrossMigrations(t *testing.T) {
 	cam, _ := tb.Client("camera")
 	hc := deployClassifier(ctx, t, tb, backend.Port{Port: 80, Protocol: lb.TCP}, backend.Port{Port: 80, Protocol: lb.UDP})
 	fe := fmt.Sprintf("%s:80", home.WAN4)
-	l, err := load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: requestTimeout, Clients: []load.Client{
-		{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
-		{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 5 * time.Millisecond},
-		{Kind: load.UDP, Addr: fe, Interval: 20 * time.Millisecond},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, wait := startLoad(ctx, t, tb, cam.NS,
+		load.Client{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
+		load.Client{Kind: load.KeepAlive, Addr: fe, Conns: 8, Interval: 5 * time.Millisecond},
+		load.Client{Kind: load.UDP, Addr: fe, Interval: 20 * time.Millisecond})
 	defer l.Stop()
-	wait := func(cluster string) {
-		t.Helper()
-		waitServedBy(ctx, t, tb, cluster, func(ctx context.Context) error { return l.WaitServedBy(ctx, cluster, 5) })
-	}
 	wait("home")
 	wrk, err := load.Wrk{URL: "http://" + fe + "/", Threads: 1, Conns: 8, Duration: time.Hour,
 		Command: func(ctx context.Context, prog string, args ...string) *exec.Cmd {
@@ -384,12 +402,7 @@ func TestKeepAliveAcrossMigrations(t *testing.T) {
 	}
 	for range 2 {
 		for _, dest := range []string{"edge", "cloud", "home"} {
-			m, err := hc.Migrate(ctx, "classifier", dest, "manual")
-			if err != nil {
-				logs(t, tb)
-				t.Fatalf("migrate to %s: %v", dest, err)
-			}
-			t.Logf("migrated %s -> %s (%s): %+v", m.From, m.To, m.Role, m.Times)
+			m := migrateClassifier(ctx, t, tb, hc, dest)
 			if m.State != ctrl.StateDone {
 				t.Errorf("migration to %s: %s %s", dest, m.State, m.Error)
 			}

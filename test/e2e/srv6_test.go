@@ -126,19 +126,11 @@ func TestSRv6PathModeMigration(t *testing.T) {
 		}
 		return a
 	}
-	l, err := load.Start(ctx, load.Config{Dial: netns.Dialer(cam.NS), Timeout: requestTimeout, Clients: []load.Client{
-		{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
-		{Kind: load.KeepAlive, Addr: fe, Conns: 4, Interval: 10 * time.Millisecond},
-		{Kind: load.UDP, Addr: fe, Interval: 5 * time.Millisecond},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, wait := startLoad(ctx, t, tb, cam.NS,
+		load.Client{Kind: load.Short, Addr: fe, Interval: 20 * time.Millisecond},
+		load.Client{Kind: load.KeepAlive, Addr: fe, Conns: 4, Interval: 10 * time.Millisecond},
+		load.Client{Kind: load.UDP, Addr: fe, Interval: 5 * time.Millisecond})
 	defer l.Stop()
-	wait := func(cluster string) {
-		t.Helper()
-		waitServedBy(ctx, t, tb, cluster, func(ctx context.Context) error { return l.WaitServedBy(ctx, cluster, 5) })
-	}
 	clientSeen := func(where string) {
 		t.Helper()
 		hcl := &http.Client{Transport: &http.Transport{DialContext: netns.Dialer(cam.NS), DisableKeepAlives: true}, Timeout: 5 * time.Second}
@@ -180,12 +172,7 @@ func TestSRv6PathModeMigration(t *testing.T) {
 	}()
 
 	for _, dest := range []string{"edge", "cloud"} {
-		m, err := hc.Migrate(ctx, "classifier", dest, "manual")
-		if err != nil {
-			logs(t, tb)
-			t.Fatalf("migrate to %s: %v", dest, err)
-		}
-		t.Logf("migrated %s -> %s (%s): %+v", m.From, m.To, m.Role, m.Times)
+		m := migrateClassifier(ctx, t, tb, hc, dest)
 		if m.State != ctrl.StateDone {
 			t.Fatalf("migration to %s: %s %s", dest, m.State, m.Error)
 		}
