@@ -28,16 +28,7 @@ func TestFirstPacketAfterNeighbourFlush(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	go func() {
-		b := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(b)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(append([]byte("echo "), b[:n]...), from)
-		}
-	}()
+	netns.ServePackets(pc, func(_ net.Addr, p []byte) []byte { return append([]byte("echo "), p...) })
 	fe := lb.Frontend{Addr: netns.HomeAddr, Port: 53, Proto: lb.UDP}
 	gen, err := x.d.Stage(fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 5353)))
 	if err != nil {
