@@ -125,8 +125,16 @@ func BenchmarkIngest(b *testing.B) {
 // a requester on its own connection in the same process. Its allocs/op
 // and B/op are the whole process's per placement (the requester's
 // nc.Request included); bench-meta prints the MO process's alone.
+// Without a spool, and with one (each record written to it before the
+// reply, as a replica with a store directory does).
 func BenchmarkPlaceRequest(b *testing.B) {
-	s, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", Logger: quietLogger(), WarmUp: time.Millisecond, HelloInterval: time.Hour})
+	b.Run("no-spool", func(b *testing.B) { benchPlaceRequest(b, "") })
+	b.Run("spool", func(b *testing.B) { benchPlaceRequest(b, b.TempDir()) })
+}
+
+func benchPlaceRequest(b *testing.B, spool string) {
+	s, err := NewServer(ServerConfig{Listen: "127.0.0.1:0", Logger: quietLogger(), WarmUp: time.Millisecond, HelloInterval: time.Hour,
+		AuditSpool: spool})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,7 +158,7 @@ func BenchmarkPlaceRequest(b *testing.B) {
 	defer nc.Close()
 	req := testRequest("c7", Constraints{})
 	req.Service.Resources = Resources{MilliCPU: 1, MemoryMB: 1}
-	bufs := make([][]byte, 1024)
+	bufs := make([][]byte, 8192)
 	for i := range bufs {
 		req.RequestID = "bench-" + strconv.Itoa(i)
 		bufs[i], _ = json.Marshal(req)
