@@ -107,6 +107,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_srv6_stats SEC(".maps");
 
+/*
+ * Until when (CLOCK_MONOTONIC ns, bpf_ktime_get_coarse_ns) a frontend's
+ * previous SRv6 path still takes its open connections after a move back
+ * home (srv6_previous), by frontend id; 0: not at all. Go writes it at
+ * every commit: the commit's time plus SRv6Config.PreviousHold when it
+ * moves the frontend from an SRv6 path to local, else 0 (a later commit
+ * ends it).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_FRONTENDS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} roam_srv6_prev SEC(".maps");
+
 #ifdef ROAM_XDP
 /* Copies on this node of frontends redirected by SRv6, keyed by the frontend (the inner destination). */
 struct {
@@ -192,14 +208,20 @@ static __always_inline __u32 srv6_flowlabel(const struct pkt *p)
  * pinned here, to a frontend whose active target is local (sc->svc: its
  * key, as active_target left it) while the other slot still holds the
  * SRv6 path it was committed from (its slot_gen 0: the previous target,
- * not a staged one). That is a move back home: the connection was opened
- * along that path, at a copy abroad that now drains (the local copy's own
- * connections are pinned by conntrack from their SYN). Keep sending it
- * there: sc->t set to that path and sc->id to id (the frontend's), 1
- * returned; else 0.
+ * not a staged one), and only until roam_srv6_prev's time for it. That is
+ * a move back home: the connection was opened along that path, at a copy
+ * abroad that now drains (the local copy's own connections are pinned by
+ * conntrack from their SYN). Keep sending it there: sc->t set to that path
+ * and sc->id to id (the frontend's), 1 returned; else 0. Bounded, because
+ * a connection of the local copy that lost its conntrack entry (GC, or
+ * ct_full at its SYN) and whose socket this host cannot see (a pod's)
+ * looks the same, and once the old copy is gone it belongs here.
  */
 static __always_inline int srv6_previous(__u32 id)
 {
+	__u64 *until = bpf_map_lookup_elem(&roam_srv6_prev, &id);
+	if (!until || bpf_ktime_get_coarse_ns() >= *until)
+		return 0;
 	struct scratch *sc = scratch();
 	if (!sc)
 		return 0;

@@ -29,6 +29,7 @@ const (
 	roamTCMapRoamSnatCursor      = "roam_snat_cursor"
 	roamTCMapRoamSrv6Config      = "roam_srv6_config"
 	roamTCMapRoamSrv6Locators    = "roam_srv6_locators"
+	roamTCMapRoamSrv6Prev        = "roam_srv6_prev"
 	roamTCMapRoamSrv6Stats       = "roam_srv6_stats"
 	roamTCMapRoamSrv6TcScratch   = "roam_srv6_tc_scratch"
 	roamTCMapRoamSynproxy        = "roam_synproxy"
@@ -103,6 +104,7 @@ type roamTCMapSpecs struct {
 	RoamSnatCursor     *ebpf.MapSpec `ebpf:"roam_snat_cursor"`
 	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
 	RoamSrv6Locators   *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
+	RoamSrv6Prev       *ebpf.MapSpec `ebpf:"roam_srv6_prev"`
 	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
 	RoamSrv6TcScratch  *ebpf.MapSpec `ebpf:"roam_srv6_tc_scratch"`
 	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
@@ -151,6 +153,7 @@ type roamTCMaps struct {
 	RoamSnatCursor     *ebpf.Map `ebpf:"roam_snat_cursor"`
 	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
 	RoamSrv6Locators   *ebpf.Map `ebpf:"roam_srv6_locators"`
+	RoamSrv6Prev       *ebpf.Map `ebpf:"roam_srv6_prev"`
 	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
 	RoamSrv6TcScratch  *ebpf.Map `ebpf:"roam_srv6_tc_scratch"`
 	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
@@ -175,6 +178,7 @@ func (m *roamTCMaps) Close() error {
 		m.RoamSnatCursor,
 		m.RoamSrv6Config,
 		m.RoamSrv6Locators,
+		m.RoamSrv6Prev,
 		m.RoamSrv6Stats,
 		m.RoamSrv6TcScratch,
 		m.RoamSynproxy,

@@ -298,6 +298,9 @@ func (d *Dataplane) Commit(f lb.Frontend, gen uint64) error {
 	atomic.StoreUint32(&r.Active, staged)
 	r.SlotGen[active] = 0 // no longer staged nor active
 	d.flipped[id] = startGrace()
+	if err := d.srv6Committed(id, lb.TargetKind(r.Slot[active].Kind), lb.TargetKind(r.Slot[staged].Kind)); err != nil {
+		return fmt.Errorf("commit %s: committed, but %w", f, err)
+	}
 	return nil
 }
 

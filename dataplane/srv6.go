@@ -52,7 +52,19 @@ type SRv6Config struct {
 	// SYNs encapsulated get their MSS clamped so that a full segment with
 	// the largest encapsulation fits.
 	MTU int
+	// PreviousHold bounds how long after a move back home (a commit from
+	// an SRv6 path to local) the open connections of that path stay on it
+	// (bpf/srv6.h srv6_previous); default DefaultSRv6PreviousHold. It must
+	// outlast the old copy's drain; after it, a TCP packet with no flow
+	// and no socket here is the local copy's (a pod's connection whose
+	// conntrack entry went). A later commit ends it.
+	PreviousHold time.Duration
 }
+
+// DefaultSRv6PreviousHold is PreviousHold's default: three times the
+// controller's default drain budget (10 s; the old location's copy is gone
+// within it). Raise it with the controller's --drain-timeout.
+const DefaultSRv6PreviousHold = 30 * time.Second
 
 // Validate reports why c cannot be applied.
 func (c SRv6Config) Validate() error {
@@ -72,6 +84,9 @@ func (c SRv6Config) Validate() error {
 	}
 	if !inLocators(c.Locators, c.SID) {
 		return fmt.Errorf("srv6: SID %s is inside none of the locators %v", c.SID, c.Locators)
+	}
+	if c.PreviousHold < 0 {
+		return fmt.Errorf("srv6: negative previous-path hold %s", c.PreviousHold)
 	}
 	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
 		return fmt.Errorf("srv6: MTU %d outside 1280-65535", c.MTU)
@@ -188,6 +203,29 @@ func (d *Dataplane) checkSRv6Target(t lb.Target) error {
 		if !inLocators(c.Locators, s) {
 			return fmt.Errorf("target %s: SID %s is outside roam's locators %v", t, s, c.Locators)
 		}
+	}
+	return nil
+}
+
+// srv6Committed sets how long frontend id's previous SRv6 path keeps its
+// open connections after a commit from from to to (roam_srv6_prev): the
+// hold from now for a move from an SRv6 path to local, else not at all.
+// Called by Commit, under d.mu.
+func (d *Dataplane) srv6Committed(id uint32, from, to lb.TargetKind) error {
+	var until uint64
+	if from == lb.TargetSRv6 && to == lb.TargetLocal {
+		now, err := monotonicNow()
+		if err != nil {
+			return err
+		}
+		hold := d.cfg.SRv6.PreviousHold
+		if hold == 0 {
+			hold = DefaultSRv6PreviousHold
+		}
+		until = now + uint64(hold)
+	}
+	if err := d.maps.RoamSrv6Prev.Put(id, until); err != nil {
+		return fmt.Errorf("write previous srv6 path's hold: %w", err)
 	}
 	return nil
 }

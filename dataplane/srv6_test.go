@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -513,6 +514,7 @@ func TestSRv6ConfigValidate(t *testing.T) {
 		{"IPv4 SID", dataplane.SRv6Config{SID: netip.MustParseAddr("10.0.0.1"), Locators: []netip.Prefix{locHome}}, "not IPv6"},
 		{"host bits", dataplane.SRv6Config{SID: sidHome, Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::1/48")}}, "host bits"},
 		{"small MTU", dataplane.SRv6Config{SID: sidHome, Locators: []netip.Prefix{locHome}, MTU: 1000}, "MTU"},
+		{"negative hold", dataplane.SRv6Config{SID: sidHome, Locators: []netip.Prefix{locHome}, PreviousHold: -time.Second}, "negative previous-path hold"},
 	} {
 		err := c.cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -15,7 +15,9 @@ package migrate
 //     opened along the previous path stay on it while the old copy drains
 //     (the home's data plane sends a TCP packet that opens nothing, has no
 //     flow pinned at the home and no socket there, along the path in the
-//     other slot: bpf/srv6.h srv6_previous).
+//     other slot: bpf/srv6.h srv6_previous) for the data plane's hold
+//     (dataplane SRv6Config.PreviousHold), which outlasts the old copy's
+//     drain; the home sends no "drained" (srv6Moved).
 //
 // A location's SID is its node 0's SID in the locator its cluster
 // announces in hellos (lb.NodeSID; the locator is routed to that node). At
@@ -183,9 +185,19 @@ func agrees(active, want lb.Target) bool {
 // the old copy must be gone (its drain budget, DrainTimeout, has run out
 // at the mover) the home commits [new]. It reports whether it took over
 // from drainForMover.
+//
+// A move back home asked of the old location (it moves the copy on, we
+// reroute) takes over too: the home's conntrack sees none of the
+// connections the old copy has (they came along the path, and stay on it:
+// srv6_previous), so its drain would find none at once and its "drained"
+// would make the old location kill its copy under them. The old
+// location's graceful stop runs its course instead.
 func (e *Engine) srv6Moved(ctx context.Context, m *ctrl.Migration, r ctrl.Record, fs []lb.Frontend) bool {
-	if !e.srv6Mode(r.Service) || m.To == e.cfg.ClusterID || r.Kind != ctrl.KindAbroad || r.Cluster == m.To {
+	if !e.srv6Mode(r.Service) || r.Kind != ctrl.KindAbroad || r.Cluster == m.To {
 		return false
+	}
+	if m.To == e.cfg.ClusterID {
+		return true
 	}
 	e.srv6m.steps.WithLabelValues("home_path_2").Inc()
 	sctx, cancel := detached(ctx, e.cfg.DrainTimeout+e.cfg.CallTimeout+2*time.Second)

@@ -6,10 +6,12 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
@@ -166,4 +168,41 @@ func counterValue(c prometheus.Counter) float64 {
 		return -1
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestSRv6MoveHomeKeepsOldCopy: a move back home by SRv6 (asked of the
+// old location, which moves its copy on) leaves the old copy its graceful
+// stop: the home's load balancer keeps the connections opened along the
+// previous path on it (bpf/srv6.h srv6_previous), which its conntrack does
+// not see, so the home must not say "drained" (it would find no flow at
+// once, and the old location would kill its copy under them). The old
+// location drains, then gone, then deletes its copy gracefully.
+func TestSRv6MoveHomeKeepsOldCopy(t *testing.T) {
+	w := srv6World(t, nil, "a", "b")
+	tune := w.tune
+	w.tune = func(c *Config) { tune(c); c.DrainTimeout = 2 * time.Second } // the old copy's graceful stop (300 ms) fits
+	for _, id := range []string{"a", "b"} {
+		w.restart(id)
+	}
+	w.deploy("a")
+	f := w.frontend("a")
+	w.mustMigrate("a", "b")
+	b := w.cluster("b").be
+	b.mu.Lock()
+	b.stopFor = 300 * time.Millisecond
+	b.mu.Unlock()
+	w.acts.take()
+	m := w.mustMigrate("a", "a") // forwarded to b, the mover
+	if m.Role != ctrl.RoleMover {
+		t.Fatalf("move home ran as %s, want %s", m.Role, ctrl.RoleMover)
+	}
+	if got := w.cluster("a").ag.active(0, f); got != lb.Local {
+		t.Fatalf("home after the move home: active %s, want local", got)
+	}
+	w.expectActions([]string{
+		fmt.Sprintf("srv6 b copies [%s] draining", f),
+		"b: backend delete web",
+		fmt.Sprintf("srv6 b copies [%s] gone", f),
+		fmt.Sprintf("srv6 b returns [%s] -> %s remove=true", f, testSID(t, 1)),
+	}, "srv6 ", "b: backend")
 }

@@ -29,17 +29,21 @@ type srv6Node struct {
 	d  *dataplane.Dataplane
 }
 
-func openSRv6Node(t *testing.T, ns string, sid netip.Addr, devs ...string) *srv6Node {
+func openSRv6Node(t *testing.T, ns string, sid netip.Addr, with func(*dataplane.Config), devs ...string) *srv6Node {
 	t.Helper()
 	// A draining location keeps a UDP flow while it is not idle longer than
 	// UDPDrain. The test's steps between two datagrams of one flow (dials,
 	// 300 KB transfers) can take longer than the 200 ms default on a loaded
 	// machine, which is not what this test is about: give them 10 s.
-	d := dptest.New(t, dataplane.Config{
+	cfg := dataplane.Config{
 		SRv6: dataplane.SRv6Config{SID: sid,
 			Locators: []netip.Prefix{netns.SRv6LocHome, netns.SRv6LocOld, netns.SRv6LocNew}},
 		Timeouts: dataplane.Timeouts{UDPDrain: 10 * time.Second},
-	})
+	}
+	if with != nil {
+		with(&cfg)
+	}
+	d := dptest.New(t, cfg)
 	err := netns.Do(ns, func() error {
 		for _, dev := range devs {
 			if err := d.AttachXDP(dev, dataplane.XDPNative); err != nil {
@@ -207,6 +211,12 @@ type srv6Bed struct {
 
 func newSRv6Bed(t *testing.T) *srv6Bed {
 	t.Helper()
+	return newSRv6BedWith(t, nil)
+}
+
+// newSRv6BedWith is newSRv6Bed with the home's data plane configured by homeCfg too.
+func newSRv6BedWith(t *testing.T, homeCfg func(*dataplane.Config)) *srv6Bed {
+	t.Helper()
 	topo, err := netns.NewSRv6Topology()
 	if err != nil {
 		t.Fatal(err)
@@ -216,9 +226,9 @@ func newSRv6Bed(t *testing.T) *srv6Bed {
 			t.Error(err)
 		}
 	})
-	home := openSRv6Node(t, topo.Home, netns.SRv6SIDHome, "h0", "h1", "h2")
-	old := openSRv6Node(t, topo.Old, netns.SRv6SIDOld, "o0")
-	nw := openSRv6Node(t, topo.New, netns.SRv6SIDNew, "n0")
+	home := openSRv6Node(t, topo.Home, netns.SRv6SIDHome, homeCfg, "h0", "h1", "h2")
+	old := openSRv6Node(t, topo.Old, netns.SRv6SIDOld, nil, "o0")
+	nw := openSRv6Node(t, topo.New, netns.SRv6SIDNew, nil, "n0")
 	for _, loc := range []struct {
 		ns, dev string
 		sid     netip.Addr
