@@ -451,6 +451,11 @@ type Peers interface {
 	// load balancer has no live flow left to that cluster's copy of name
 	// of epoch epoch: the copy may stop at once.
 	Drained(ctx context.Context, url, name string, epoch Epoch) error
+	// SRv6Gone tells the home at url, from a location of its SRv6
+	// service name, that the location's copy of epoch epoch is gone (its
+	// data plane forwards on what it no longer delivers): the home may
+	// leave it off its path now rather than at its timer.
+	SRv6Gone(ctx context.Context, url, name string, epoch Epoch) error
 	Where(ctx context.Context, url, name string) (Where, error)
 	Health(ctx context.Context, url string) (Health, error)
 	// Migrate forwards a user's migrate call to the cluster running the

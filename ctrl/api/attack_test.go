@@ -562,3 +562,36 @@ func TestAttackDrained(t *testing.T) {
 		t.Fatalf("b's record: %+v %v", r, err)
 	}
 }
+
+// TestAttackSRv6Gone: a location's word that its SRv6 copy is gone lets
+// the home drop it from its path: it needs a peer's certificate and a
+// well-formed epoch, is refused at a cluster that is not the service's
+// home, and changes nothing when no move waits for it (a late word, or one
+// about a copy that is not being left).
+func TestAttackSRv6Gone(t *testing.T) {
+	in := newInstall(t, "a", "b", "c")
+	a, c := in.cl["a"], in.cl["c"]
+	_, ep := seedAbroad(t, in, "a", "b")
+	right := "?migration_id=" + ep.MigrationID + "&epoch=1"
+	base := in.dir.urls["a"] + "/v1/peer/srv6-gone/web"
+	expectDenied(t, "anonymous", a, DenyNoCertificate, 401, func() (int, string) {
+		return send(t, anon(), "POST", base+right, "", "")
+	})
+	if code, body := send(t, as(t, c.dir), "POST", base+"?epoch=x", "", ""); code != 400 {
+		t.Errorf("a bad epoch: %d %s, want 400", code, body)
+	}
+	// At b, where web is foreign: b is not its home.
+	if code, body := send(t, as(t, c.dir), "POST", in.dir.urls["b"]+"/v1/peer/srv6-gone/web"+right, "", ""); code != 409 {
+		t.Errorf("word at a cluster that is not the home: %d %s, want 409", code, body)
+	}
+	if code, body := send(t, as(t, c.dir), "POST", in.dir.urls["a"]+"/v1/peer/srv6-gone/nope"+right, "", ""); code != 404 {
+		t.Errorf("unknown service: %d %s, want 404", code, body)
+	}
+	// No move waits: taken, nothing changes.
+	if code, body := send(t, as(t, c.dir), "POST", base+right, "", ""); code != 204 {
+		t.Fatalf("a word no move waits for: %d %s", code, body)
+	}
+	if r, err := a.eng.Get("web"); err != nil || r.Kind != ctrl.KindAbroad || r.Cluster != "b" || r.Epoch != ep {
+		t.Fatalf("a's record: %+v %v", r, err)
+	}
+}

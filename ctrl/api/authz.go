@@ -213,6 +213,24 @@ func (s *Server) peerDrained(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// peerSRv6Gone: a location of an SRv6 service homed here says its copy of
+// an epoch is gone. The engine hears it only from the cluster a move of
+// the service left, while that move waits for it (migrate.SRv6Gone).
+func (s *Server) peerSRv6Gone(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	epoch := ctrl.Epoch{MigrationID: q.Get("migration_id")}
+	n, err := strconv.ParseUint(q.Get("epoch"), 10, 64)
+	if err != nil || epoch.MigrationID == "" {
+		return apiErr(http.StatusBadRequest, ReasonInvalid, "srv6-gone: query parameters epoch (a number) and migration_id are required")
+	}
+	epoch.N = n
+	if err := s.cfg.Engine.SRv6Gone(r.Context(), callerOf(r), r.PathValue("name"), epoch); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 // peerWhere answers in full only a cluster the service concerns: where it
 // runs, or a side of its latest move. Another may ask only whether it
 // runs at a given cluster (?host=, how a receiver checks a mover); asked

@@ -239,6 +239,13 @@ func (c *PeerClient) Drained(ctx context.Context, base, name string, epoch ctrl.
 	return c.do(ctx, http.MethodPost, base, "/v1/peer/foreign/"+url.PathEscape(name)+"/drained?"+q.Encode(), nil, nil)
 }
 
+// SRv6Gone tells the home at base that this cluster's SRv6 copy of name
+// of epoch epoch is gone.
+func (c *PeerClient) SRv6Gone(ctx context.Context, base, name string, epoch ctrl.Epoch) error {
+	q := url.Values{"migration_id": {epoch.MigrationID}, "epoch": {strconv.FormatUint(epoch.N, 10)}}
+	return c.do(ctx, http.MethodPost, base, "/v1/peer/srv6-gone/"+url.PathEscape(name)+"?"+q.Encode(), nil, nil)
+}
+
 // Where asks a home cluster where its service runs.
 func (c *PeerClient) Where(ctx context.Context, base, name string) (ctrl.Where, error) {
 	var w ctrl.Where

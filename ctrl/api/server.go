@@ -139,6 +139,7 @@ func NewServer(cfg Config) (*Server, error) {
 	s.handle("POST /v1/peer/foreign", accessPeer, s.peerDeploy)
 	s.handle("DELETE /v1/peer/foreign/{name}", accessPeer, s.peerRemove)
 	s.handle("POST /v1/peer/foreign/{name}/drained", accessPeer, s.peerDrained)
+	s.handle("POST /v1/peer/srv6-gone/{name}", accessPeer, s.peerSRv6Gone)
 	s.handle("POST /v1/peer/moved-on", accessPeer, s.peerMovedOn)
 	s.handle("GET /v1/peer/where/{name}", accessPeer, s.peerWhere)
 	s.handle("GET /v1/peer/health", accessPeer, s.peerHealth)

@@ -934,6 +934,14 @@ func (p *fakePeers) Drained(ctx context.Context, url, name string, epoch ctrl.Ep
 	return wire(e.Drained(ctx, p.caller(), name, epoch))
 }
 
+func (p *fakePeers) SRv6Gone(ctx context.Context, url, name string, epoch ctrl.Epoch) error {
+	e, err := p.target(ctx, url, "SRv6Gone")
+	if err != nil {
+		return err
+	}
+	return wire(e.SRv6Gone(ctx, p.caller(), name, epoch))
+}
+
 func (p *fakePeers) Where(ctx context.Context, url, name string) (ctrl.Where, error) {
 	e, err := p.target(ctx, url, "Where")
 	if err != nil {

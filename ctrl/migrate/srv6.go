@@ -8,7 +8,8 @@ package migrate
 //   - a move from one abroad location to another: [old, new] is staged and
 //     committed (make before break: the old location delivers while its
 //     copy serves, keeps the flows it has while it drains, and forwards
-//     everything once it is gone), then [new] once the old copy is gone;
+//     everything once it is gone), then [new] once the old location says
+//     its copy is gone (SRv6Gone; else at the end of its drain budget);
 //   - a move from home: [new] (the home's flows stay pinned to its local
 //     copy by conntrack, as in NAT mode);
 //   - a move back home: local, committed at once; the TCP connections
@@ -17,7 +18,8 @@ package migrate
 //     flow pinned at the home and no socket there, along the path in the
 //     other slot: bpf/srv6.h srv6_previous) for the data plane's hold
 //     (dataplane SRv6Config.PreviousHold), which outlasts the old copy's
-//     drain; the home sends no "drained" (srv6Moved).
+//     drain, or until the old location says its copy is gone (the home
+//     commits local again); the home sends no "drained" (srv6Moved).
 //
 // A location's SID is its node 0's SID in the locator its cluster
 // announces in hellos (lb.NodeSID; the locator is routed to that node). At
@@ -30,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,17 +59,35 @@ const (
 type srv6Metrics struct {
 	refused *prometheus.CounterVec
 	steps   *prometheus.CounterVec
+
+	// The moves at the home that wait for the old location's word that its
+	// copy is gone (srv6Moved, SRv6Gone), by service and old copy's epoch.
+	mu    sync.Mutex
+	words map[srv6WordKey]*srv6Word
+}
+
+type srv6WordKey struct {
+	name  string
+	epoch ctrl.Epoch
+}
+
+// srv6Word is a word awaited from cluster from: ch is closed when it comes.
+type srv6Word struct {
+	from string
+	ch   chan struct{}
 }
 
 func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 	m := &srv6Metrics{
+		words: map[srv6WordKey]*srv6Word{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_refused_total",
 			Help: "SRv6 path-mode steps refused, by reason (no_locator, bad_locator, no_agents, no_frontend).",
 		}, []string{"reason"}),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_steps_total",
-			Help: "SRv6 path-mode steps done: paths committed at the home by segments (1, 2), copy states set at a location (serving, draining, gone).",
+			Help: "SRv6 path-mode steps done: paths committed at the home by segments (1, 2), copy states set at a location (serving, draining, gone), " +
+				"old copies gone at the home by how the home learnt it (gone_word: the old location said so; gone_timer: its drain budget ran out).",
 		}, []string{"step"}),
 	}
 	for _, r := range []string{srv6NoLocator, srv6BadLocator, srv6NoAgents, srv6NoFrontend} {
@@ -179,51 +200,108 @@ func agrees(active, want lb.Target) bool {
 	return active.Kind == lb.TargetSRv6 && want.Kind == lb.TargetSRv6 && len(ws) == 1 && len(as) == 2 && as[1] == ws[0]
 }
 
-// srv6Moved is the home's end of a move between two abroad locations by
-// SRv6, after the commit of [old, new]: the old location drains its copy
-// itself (it keeps the flows it has), so the home sends no "drained"; once
-// the old copy must be gone (its drain budget, DrainTimeout, has run out
-// at the mover) the home commits [new]. It reports whether it took over
+// srv6Moved is the home's end of a move by SRv6 away from an abroad
+// location, after its commit: of [old, new] (a move on between two abroad
+// locations), or of local (a move back home). The old location drains its
+// copy itself (it keeps the flows it has; the home's conntrack does not
+// see them, so its drain would find none at once and its "drained" would
+// make the old location kill its copy under them): the home sends no
+// "drained". Once the old location says its copy is gone (SRv6Gone), or
+// else once it must be gone (its drain budget, DrainTimeout, has run out
+// at the mover), the home commits [new]; after a move home it commits
+// local again on that word, which ends the data plane's hold of the
+// previous path at once (without the word, the hold runs out by itself:
+// dataplane SRv6Config.PreviousHold). It reports whether it took over
 // from drainForMover.
-//
-// A move back home asked of the old location (it moves the copy on, we
-// reroute) takes over too: the home's conntrack sees none of the
-// connections the old copy has (they came along the path, and stay on it:
-// srv6_previous), so its drain would find none at once and its "drained"
-// would make the old location kill its copy under them. The old
-// location's graceful stop runs its course instead.
 func (e *Engine) srv6Moved(ctx context.Context, m *ctrl.Migration, r ctrl.Record, fs []lb.Frontend) bool {
 	if !e.srv6Mode(r.Service) || r.Kind != ctrl.KindAbroad || r.Cluster == m.To {
 		return false
 	}
-	if m.To == e.cfg.ClusterID {
-		return true
+	home := m.To == e.cfg.ClusterID
+	if !home {
+		e.srv6m.steps.WithLabelValues("home_path_2").Inc()
 	}
-	e.srv6m.steps.WithLabelValues("home_path_2").Inc()
+	word, forget := e.srv6ExpectGone(m.Service, m.FromEpoch, r.Cluster)
 	sctx, cancel := detached(ctx, e.cfg.DrainTimeout+e.cfg.CallTimeout+2*time.Second)
 	go func() {
 		defer cancel()
+		defer forget()
+		how := "gone_word"
 		select {
+		case <-word:
 		case <-time.After(e.cfg.DrainTimeout + time.Second):
+			if home {
+				return // the data plane's hold ends by itself
+			}
+			how = "gone_timer"
 		case <-sctx.Done():
 			return
 		}
+		e.srv6m.steps.WithLabelValues(how).Inc()
 		if err := e.srv6Settle(sctx, m); err != nil {
-			e.log.Warn("srv6: shorten the path to the new location (the reconciler keeps [old, new] meanwhile)", "service", m.Service, "err", err)
+			e.log.Warn("srv6: leave the old location off the path (the reconciler keeps it meanwhile)", "service", m.Service, "err", err)
 		}
 	}()
 	return true
 }
 
-// srv6Settle commits [new] for m's service if the record still says m's
-// copy is where it runs.
+// srv6ExpectGone registers a move of name from cluster from, whose copy
+// there is of epoch epoch, as waiting for that cluster's word that the
+// copy is gone: the channel is closed when it comes. forget unregisters it.
+func (e *Engine) srv6ExpectGone(name string, epoch ctrl.Epoch, from string) (<-chan struct{}, func()) {
+	k := srv6WordKey{name, epoch}
+	w := &srv6Word{from: from, ch: make(chan struct{})}
+	e.srv6m.mu.Lock()
+	e.srv6m.words[k] = w
+	e.srv6m.mu.Unlock()
+	return w.ch, func() {
+		e.srv6m.mu.Lock()
+		if e.srv6m.words[k] == w {
+			delete(e.srv6m.words, k)
+		}
+		e.srv6m.mu.Unlock()
+	}
+}
+
+// SRv6Gone is a location's word that its copy of name (homed here) of
+// epoch is gone: a move from there waiting for it leaves that location off
+// the path now (srv6Moved). Only the cluster the move left may say it; a
+// word no move waits for (late, or after a restart here) changes nothing.
+func (e *Engine) SRv6Gone(ctx context.Context, from ctrl.Caller, name string, epoch ctrl.Epoch) error {
+	r, err := e.Get(name)
+	if err != nil {
+		return fmt.Errorf("srv6 gone %s: %w", name, err)
+	}
+	if r.Kind == ctrl.KindForeign || r.Home != e.cfg.ClusterID {
+		return fmt.Errorf("srv6 gone %s: %w: this cluster is not its home", name, ErrConflict)
+	}
+	e.srv6m.mu.Lock()
+	defer e.srv6m.mu.Unlock()
+	w, ok := e.srv6m.words[srv6WordKey{name, epoch}]
+	if !ok {
+		return nil
+	}
+	if w.from != from.Cluster {
+		return fmt.Errorf("srv6 gone %s: %w: its copy of %s was at %s, not %s", name, ErrConflict, epoch, w.from, from.Cluster)
+	}
+	select {
+	case <-w.ch:
+	default:
+		close(w.ch)
+		e.log.Info("srv6: old location says its copy is gone", "service", name, "at", from.Cluster, "epoch", epoch)
+	}
+	return nil
+}
+
+// srv6Settle commits where m's service runs now (the path [new], or local)
+// if the record still says m's copy is where it runs.
 func (e *Engine) srv6Settle(ctx context.Context, m *ctrl.Migration) error {
 	defer e.lock(m.Service)()
 	r, err := e.st.Record(m.Service)
 	if err != nil {
 		return err
 	}
-	if r.Kind != ctrl.KindAbroad || r.Cluster != m.To || r.Epoch != m.Epoch {
+	if r.Kind == ctrl.KindForeign || r.Cluster != m.To || r.Epoch != m.Epoch {
 		return nil // moved again since: that move owns the path
 	}
 	want, ok := e.recordTarget(r)
@@ -232,6 +310,11 @@ func (e *Engine) srv6Settle(ctx context.Context, m *ctrl.Migration) error {
 	}
 	if err := e.program(ctx, r.Frontends, want); err != nil {
 		return err
+	}
+	if r.Kind == ctrl.KindLocal {
+		e.srv6m.steps.WithLabelValues("home_previous_end").Inc()
+		e.log.Info("srv6: previous path ended (the old copy is gone)", "service", m.Service)
+		return nil
 	}
 	e.srv6m.steps.WithLabelValues("home_path_1").Inc()
 	e.log.Info("srv6: path shortened to the new location", "service", m.Service, "target", want(0))
@@ -323,6 +406,12 @@ func (e *Engine) srv6Depart(ctx context.Context, r ctrl.Record, del func(context
 		errs = append(errs, err)
 	} else {
 		e.srv6m.steps.WithLabelValues("gone").Inc()
+		// The home may leave us off its path now (else at its timer).
+		if e.cfg.Peers != nil {
+			if err := e.cfg.Peers.SRv6Gone(cctx, e.urlOf(r.Home, r.HomeURL), r.Service.Name, r.Epoch); err != nil {
+				e.log.Warn("srv6: tell the home the copy is gone (it shortens its path at its timer)", "service", r.Service.Name, "err", err)
+			}
+		}
 	}
 	if !stopped {
 		derr = <-done

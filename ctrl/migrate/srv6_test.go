@@ -2,8 +2,10 @@ package migrate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -75,14 +77,33 @@ func srv6World(t *testing.T, noLocator map[string]bool, ids ...string) *world {
 	return w
 }
 
+// srv6SlowWorld is srv6World for a, b, c with a drain budget of 2 s and
+// b's copy taking stopFor to stop gracefully.
+func srv6SlowWorld(t *testing.T, stopFor time.Duration) *world {
+	t.Helper()
+	w := srv6World(t, nil, "a", "b", "c")
+	tune := w.tune
+	w.tune = func(c *Config) { tune(c); c.DrainTimeout = 2 * time.Second }
+	for _, id := range []string{"a", "b", "c"} {
+		w.restart(id)
+	}
+	b := w.cluster("b").be
+	b.mu.Lock()
+	b.stopFor = stopFor
+	b.mu.Unlock()
+	return w
+}
+
 // TestSRv6Paths: a service redirected by SRv6 goes home -> b with the
 // home's path [b] and b's nodes made a location (return route to the
 // home's SID, then the copy serving); then b -> c (b moves it on) with the
 // home's path [b, c] committed (make before break), b's copy draining,
-// then gone with its return route, and the home's path [c] once b's drain
-// budget has run out. The reconciler leaves [b, c] alone meanwhile.
+// then gone with its return route, and the home's path [c] once b says its
+// copy is gone (b's copy takes 500 ms to stop; the home's timer would wait
+// its drain budget, 2 s, and 1 s more). The reconciler leaves [b, c] alone
+// meanwhile.
 func TestSRv6Paths(t *testing.T) {
-	w := srv6World(t, nil, "a", "b", "c")
+	w := srv6SlowWorld(t, 500*time.Millisecond)
 	w.deploy("a")
 	f := w.frontend("a")
 	rec := w.mustRecord("a")
@@ -104,7 +125,13 @@ func TestSRv6Paths(t *testing.T) {
 
 	w.reconcile("a")
 	w.acts.take()
-	w.mustMigrate("a", "c") // forwarded to b, which moves it on
+	// Forwarded to b, which moves it on; answered at the commit (b's drain
+	// and cleanup run behind the answer).
+	m, err := w.eng("a").Migrate(context.Background(), "web", ctrl.MigrateRequest{Destination: "c", Return: ctrl.ReturnCommitted})
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := time.Now()
 	two := lb.SRv6(sb, sc)
 	if got := w.cluster("a").ag.active(0, f); got != two {
 		t.Fatalf("home during the move: active %s, want [b, c] %s", got, two)
@@ -121,15 +148,66 @@ func TestSRv6Paths(t *testing.T) {
 		}
 		return nil
 	})
+	if el := time.Since(committed); el >= 3*time.Second {
+		t.Errorf("path shortened %s after the move, not before the home's timer (3 s)", el)
+	}
 	w.expectActions([]string{
 		fmt.Sprintf("srv6 c returns [%s] -> %s remove=false", f, sa),
 		fmt.Sprintf("srv6 c copies [%s] serving", f),
 		fmt.Sprintf("srv6 b copies [%s] draining", f),
 		fmt.Sprintf("srv6 b copies [%s] gone", f),
+		"b: peer SRv6Gone a",
 		fmt.Sprintf("srv6 b returns [%s] -> %s remove=true", f, sa),
-	}, "srv6 ")
-	if n := counterValue(w.eng("a").srv6m.steps.WithLabelValues("home_path_1")); n != 1 {
-		t.Errorf("home_path_1 steps %v, want 1", n)
+	}, "srv6 ", "b: peer SRv6Gone")
+	eng := w.eng("a")
+	for _, c := range []struct {
+		step string
+		want float64
+	}{{"home_path_1", 1}, {"gone_word", 1}, {"gone_timer", 0}} {
+		if n := counterValue(eng.srv6m.steps.WithLabelValues(c.step)); n != c.want {
+			t.Errorf("%s steps %v, want %v", c.step, n, c.want)
+		}
+	}
+	// Only b, the cluster the move left, may say so, and only while the
+	// move waits: now a late word changes nothing.
+	if err := eng.SRv6Gone(context.Background(), ctrl.Caller{Cluster: "b"}, "web", m.FromEpoch); err != nil {
+		t.Errorf("a late word: %v", err)
+	}
+}
+
+// TestSRv6ShortenOnTimer: the old location's word is lost (its call to
+// the home fails): the home shortens [b, c] to [c] once b's drain budget
+// has run out (2 s, and 1 s more), not before. Meanwhile a word from a
+// cluster the move did not leave is refused.
+func TestSRv6ShortenOnTimer(t *testing.T) {
+	w := srv6SlowWorld(t, 100*time.Millisecond)
+	w.deploy("a")
+	f := w.frontend("a")
+	w.mustMigrate("a", "b")
+	w.net.set("b->a SRv6Gone", fault{err: errInjected})
+	m := w.mustMigrate("a", "c")
+	committed := time.Now()
+	err := w.eng("a").SRv6Gone(context.Background(), ctrl.Caller{Cluster: "c"}, "web", m.FromEpoch)
+	if !errors.Is(err, ErrConflict) {
+		t.Errorf("a word from c about b's copy: %v, want a conflict", err)
+	}
+	w.eventually("the home's path shortened to [c]", func() error {
+		if got := w.cluster("a").ag.active(0, f); got != lb.SRv6(testSID(t, 3)) {
+			return fmt.Errorf("home: active %s", got)
+		}
+		return nil
+	})
+	if el := time.Since(committed); el < 2*time.Second {
+		t.Errorf("path shortened %s after the move, before the old copy's drain budget ran out", el)
+	}
+	eng := w.eng("a")
+	for _, c := range []struct {
+		step string
+		want float64
+	}{{"home_path_1", 1}, {"gone_word", 0}, {"gone_timer", 1}} {
+		if n := counterValue(eng.srv6m.steps.WithLabelValues(c.step)); n != c.want {
+			t.Errorf("%s steps %v, want %v", c.step, n, c.want)
+		}
 	}
 }
 
@@ -199,10 +277,34 @@ func TestSRv6MoveHomeKeepsOldCopy(t *testing.T) {
 	if got := w.cluster("a").ag.active(0, f); got != lb.Local {
 		t.Fatalf("home after the move home: active %s, want local", got)
 	}
-	w.expectActions([]string{
+	// On b's word the home commits local again: the data plane's hold of
+	// the previous path ends at once.
+	w.eventually("local committed again on b's word", func() error {
+		if n := counterValue(w.eng("a").srv6m.steps.WithLabelValues("home_previous_end")); n != 1 {
+			return fmt.Errorf("home_previous_end steps %v", n)
+		}
+		return nil
+	})
+	got := w.acts.take("srv6 ", "b: backend", "b: peer SRv6Gone", "a: agents stage", "a: agents commit")
+	var bs, as []string
+	for _, a := range got {
+		if strings.HasPrefix(a, "a: ") {
+			as = append(as, a)
+		} else {
+			bs = append(bs, a)
+		}
+	}
+	wantB := []string{
 		fmt.Sprintf("srv6 b copies [%s] draining", f),
 		"b: backend delete web",
 		fmt.Sprintf("srv6 b copies [%s] gone", f),
+		"b: peer SRv6Gone a",
 		fmt.Sprintf("srv6 b returns [%s] -> %s remove=true", f, testSID(t, 1)),
-	}, "srv6 ", "b: backend")
+	}
+	stageCommit := []string{fmt.Sprintf("a: agents stage %d local", f.Port), fmt.Sprintf("a: agents commit %d", f.Port)}
+	wantA := append(slices.Clone(stageCommit), stageCommit...)
+	word := slices.Index(got, "b: peer SRv6Gone a")
+	if !slices.Equal(bs, wantB) || !slices.Equal(as, wantA) || word < 0 || slices.Index(got[word:], stageCommit[0]) < 0 {
+		t.Fatalf("actions:\n  got  %s\n  want b's %s\n  and the home's stage and commit of local twice, the second after b's word", strings.Join(got, "\n       "), strings.Join(wantB, "\n       "))
+	}
 }
