@@ -146,7 +146,8 @@ func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
 	}
 	key := FrontendKey{Addr: dst, Port: htons(dport), Proto: proto, Family: fam}
 	svc := ServiceValue{Id: 1}
-	svc.Slot[0] = TargetValue{Addr: dst, Port: htons(dport), Kind: uint8(lb.TargetRedirect), Family: fam}
+	// Counted at index 1, as Stage would give the target one (targetcount.go).
+	svc.Slot[0] = TargetValue{Addr: dst, Port: htons(dport), Kind: uint8(lb.TargetRedirect), Family: fam, Counter: 1}
 	if err := b.objs.RoamServiceSlots.Put(svc.Id, &svc); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("bench xdp: write service: %w", err)
