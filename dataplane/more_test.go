@@ -248,6 +248,41 @@ func TestBenchXDP(t *testing.T) {
 	}
 }
 
+// TestBenchXDPHeld: a benchmark held on two idle interfaces measures the
+// same path (the verdict), and leaves them without XDP once it is done.
+func TestBenchXDPHeld(t *testing.T) {
+	tb := newTestbed(t, dataplane.Config{})
+	k0 := addVeth(t, tb.h, "k0", "02:00:00:00:00:30")
+	k1 := addVeth(t, tb.h, "k1", "02:00:00:00:00:31")
+	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.2.0.1:8080"), proto: lb.TCP, flags: "A", payload: make([]byte, 18), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	s, err := dataplane.RoamXDPSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := dataplane.NewXDPBench(s, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	b.HoldOn(k0.Attrs().Index, k1.Attrs().Index)
+	r, err := b.Run(20000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Verdict != xdpRedirect || r.PerPacket <= 0 || r.Baseline <= 0 {
+		t.Fatalf("bench result %+v", r)
+	}
+	for _, name := range []string{"k0", "k1"} {
+		l, err := tb.h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x := l.Attrs().Xdp; x != nil && x.Attached {
+			t.Fatalf("%s still has XDP program %d after the run", name, x.ProgId)
+		}
+	}
+}
+
 // TestExpiredPortTakeover: a new flow may take over the SNAT port of an
 // idle-expired one; when the old client comes back, the new flow's reverse
 // entry must survive (its replies still translated).

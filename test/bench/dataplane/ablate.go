@@ -90,6 +90,10 @@ func runAblations(ctx context.Context, o options) error {
 			pkts[k] = pkt
 		}
 	}
+	k0, k1, err := t.holdIfaces()
+	if err != nil {
+		return err
+	}
 	ns := make([]map[string][]float64, len(ablations))
 	insns := make([]int, len(ablations))
 	err = onCPU(t.home, o.cpu, func() error {
@@ -109,6 +113,7 @@ func runAblations(ctx context.Context, o options) error {
 				if err != nil {
 					return fmt.Errorf("%q: %w", ablations[i].name, err)
 				}
+				b.HoldOn(k0, k1)
 				benches[i][k] = b
 			}
 		}

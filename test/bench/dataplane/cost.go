@@ -79,12 +79,17 @@ func (b *bench) programCost(ctx context.Context) ([2]progCost, error) {
 			return out, fmt.Errorf("configure bench_minfwd: %w", err)
 		}
 		var per, base, minimal, vs []float64
+		k0, k1, err := b.path("xdp").topo.holdIfaces()
+		if err != nil {
+			return out, err
+		}
 		err = onCPU(home, b.o.cpu, func() error {
 			xb, err := dataplane.NewXDPBench(spec.Copy(), pkt)
 			if err != nil {
 				return err
 			}
 			defer xb.Close()
+			xb.HoldOn(k0, k1)
 			for range 3 * b.o.reps {
 				if err := ctx.Err(); err != nil {
 					return err

@@ -84,6 +84,8 @@ func (t *topo) build() error {
 		{{NS: t.home, Name: "h1", MAC: macH1, Addrs: hostAddrs(snatAddr)}, {NS: t.abroad, Name: "a0", MAC: macA0, Addrs: hostAddrs(targetAddr)}},
 		// g0: where the generator program is attached (see newGen); no traffic.
 		{{NS: t.client, Name: "g0"}, {NS: t.client, Name: "g1"}},
+		// k0, k1: where the program-cost figure holds roam's program (XDPBench.HoldOn); no traffic.
+		{{NS: t.home, Name: "k0"}, {NS: t.home, Name: "k1"}},
 	} {
 		if err := netns.Veth(pair[0], pair[1]); err != nil {
 			return err
@@ -165,4 +167,23 @@ func (t *topo) close() {
 			_ = netns.Delete(ns)
 		}
 	}
+}
+
+// holdIfaces are the indices of k0 and k1 in the home namespace (XDPBench.HoldOn).
+func (t *topo) holdIfaces() (int, int, error) {
+	var idx [2]int
+	err := netns.Do(t.home, func() error {
+		for i, name := range []string{"k0", "k1"} {
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			idx[i] = l.Attrs().Index
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("find k0, k1: %w", err)
+	}
+	return idx[0], idx[1], nil
 }
