@@ -356,16 +356,8 @@ func (s ServiceDescriptor) Validate() error {
 	if s.Name == "" || len(s.Name) > 253 {
 		return errors.New("service: name must be 1-253 characters")
 	}
-	if len(s.Ports) == 0 {
-		return fmt.Errorf("service %s: at least one port", s.Name)
-	}
-	for _, p := range s.Ports {
-		if err := p.Validate(); err != nil {
-			return fmt.Errorf("service %s: %w", s.Name, err)
-		}
-	}
-	if s.Resources.MilliCPU < 0 || s.Resources.MemoryMB < 0 {
-		return fmt.Errorf("service %s: negative resources", s.Name)
+	if err := lb.ValidateWorkload(s.Ports, s.Resources.MilliCPU, s.Resources.MemoryMB); err != nil {
+		return fmt.Errorf("service %s: %w", s.Name, err)
 	}
 	if err := s.Constraints.Validate(); err != nil {
 		return fmt.Errorf("service %s: %w", s.Name, err)
