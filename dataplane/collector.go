@@ -14,6 +14,7 @@ type collector struct {
 	maxEntries, pressure       *prometheus.Desc
 	gcRemoved, insertFailures  *prometheus.Desc
 	targetPackets, targetBytes *prometheus.Desc
+	pinsReplaced               *prometheus.Desc
 	srv6                       srv6Descs
 }
 
@@ -45,6 +46,8 @@ func (d *Dataplane) Collector() prometheus.Collector {
 			"Packets to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
 		targetBytes: prometheus.NewDesc("roam_dataplane_target_bytes_total",
 			"Bytes to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
+		pinsReplaced: prometheus.NewDesc("roam_dataplane_pins_replaced_total",
+			"Metrics-only maps whose pin, left by another version with another layout, this agent's Open replaced (their counts restarted from zero).", []string{"map"}, nil),
 		srv6: newSRv6Descs(),
 	}
 }
@@ -60,6 +63,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.insertFailures
 	ch <- c.targetPackets
 	ch <- c.targetBytes
+	ch <- c.pinsReplaced
 	c.srv6.describe(ch)
 }
 
@@ -110,6 +114,15 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 	}
 	for _, name := range DropReasons {
 		out = append(out, prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(drops[name]), name))
+	}
+	for _, name := range replaceablePins {
+		n := 0
+		for _, r := range c.d.replacedPins {
+			if r == name {
+				n++
+			}
+		}
+		out = append(out, prometheus.MustNewConstMetric(c.pinsReplaced, prometheus.CounterValue, float64(n), name))
 	}
 	n, err := c.d.conntrackEntries()
 	if err != nil {

@@ -8,6 +8,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -212,6 +213,58 @@ type Dataplane struct {
 	gc                         gcState
 	// targets hands out the target counters' indices (targetcount.go). Guarded by mu.
 	targets targetIndex
+	// replacedPins names the metrics-only maps whose incompatible pins
+	// Open replaced (replaceablePins).
+	replacedPins []string
+}
+
+// replaceablePins are the pinned maps that hold metrics only, no flow or
+// configuration state: a pin of one left by another version with another
+// layout is replaced at Open (its counts restart from zero) rather than
+// refusing the upgrade. Any other incompatible pin (conntrack, NAT,
+// frontends, ...) still fails Open with loadError's message.
+var replaceablePins = []string{"roam_target_counters", "roam_counters", "roam_drops"}
+
+// replaceIncompatiblePins removes, under pinPath, the pin of each map in
+// replaceablePins that spec cannot re-open, so that loading pins a new one.
+// It returns the names of the pins removed.
+func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) ([]string, error) {
+	var replaced []string
+	for _, name := range replaceablePins {
+		ms := spec.Maps[name]
+		if ms == nil || ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		path := filepath.Join(pinPath, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return replaced, fmt.Errorf("open pinned %s: %w", path, err)
+		}
+		incompatible := ms.Compatible(m)
+		m.Close()
+		if incompatible == nil {
+			continue
+		}
+		if !errors.Is(incompatible, ebpf.ErrMapIncompatible) {
+			return replaced, fmt.Errorf("check pinned %s: %w", path, incompatible)
+		}
+		if err := os.Remove(path); err != nil {
+			return replaced, fmt.Errorf("replace pinned %s: %w", path, err)
+		}
+		slog.Warn("dataplane: pinned metrics map is from another version: replaced, its counts restart from zero",
+			"map", name, "path", path, "why", incompatible)
+		replaced = append(replaced, name)
+	}
+	return replaced, nil
+}
+
+// ReplacedPins returns the metrics-only maps whose pins, left by another
+// version with another layout, Open replaced (their counts restarted).
+func (d *Dataplane) ReplacedPins() []string {
+	return append([]string(nil), d.replacedPins...)
 }
 
 // Open loads the BPF objects, creates or re-opens the maps pinned under
@@ -286,6 +339,11 @@ func Open(cfg Config) (*Dataplane, error) {
 			if m := spec.Maps[name]; m != nil {
 				m.MaxEntries = uint32(cfg.MaxFlows)
 			}
+		}
+		replaced, err := replaceIncompatiblePins(spec, cfg.PinPath)
+		d.replacedPins = append(d.replacedPins, replaced...)
+		if err != nil {
+			return err
 		}
 		return spec.LoadAndAssign(obj, opts)
 	}
