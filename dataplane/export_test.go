@@ -233,3 +233,22 @@ func (d *Dataplane) RunXDPLive(pkt []byte, ifindex int) error {
 	}
 	return nil
 }
+
+// HoldTargetGrace makes every target index waiting for a grace period
+// (pending) wait until release is called, as if the grace had not passed.
+func (d *Dataplane) HoldTargetGrace() (release func()) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	g := make(chan struct{})
+	for i := range d.targets.pending {
+		d.targets.pending[i] = g
+	}
+	return func() { close(g) }
+}
+
+// PendingTargets is how many target indices wait for a grace period.
+func (d *Dataplane) PendingTargets() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.targets.pending)
+}

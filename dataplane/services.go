@@ -176,18 +176,24 @@ func (d *Dataplane) waitFreed() {
 // before the next add. d.mu is held.
 func (d *Dataplane) deleteFrontend(f lb.Frontend) error {
 	key := frontendKey(f)
-	var id uint32
+	var (
+		id    uint32
+		slots []TargetValue
+	)
 	if d.maps.RoamServices.Lookup(&key, &id) == nil && id > 0 && id < maxFrontends {
 		r := d.readRecord(id)
-		for _, s := range r.Slot {
-			d.slotLeft(s)
-		}
+		slots = r.Slot[:]
 	}
 	err := d.maps.RoamServices.Delete(&key)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete service: %w", err)
 	}
 	d.freeGrace = startGrace()
+	// Packets that found f before the delete may copy its slots' indices
+	// into new flows until the grace has passed: only then have they left.
+	for _, s := range slots {
+		d.slotLeftAfter(s, d.freeGrace)
+	}
 	return nil
 }
 

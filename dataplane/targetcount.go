@@ -34,7 +34,13 @@ type targetIndex struct {
 	// left is when each index was last seen leaving a slot (a slot
 	// rewritten, a frontend deleted), or was handed out or found at Open.
 	left map[uint16]time.Time
-	free []uint16 // free indices, the next to hand out last
+	// pending holds the indices of a deleted frontend's slots (and those
+	// found at Open) until the grace period started then has passed: until
+	// then a packet that found the frontend before the delete may still
+	// copy the index from its record into a new flow, so the index has not
+	// left yet. reclaimTargets moves a passed one to left.
+	pending map[uint16]chan struct{}
+	free    []uint16 // free indices, the next to hand out last
 	// exhausted is set while a Stage found no free index (logged once).
 	exhausted bool
 }
@@ -48,7 +54,7 @@ type flowWalk struct {
 
 // loadTargetIndex reads the indices in use from roam_target_names.
 func (d *Dataplane) loadTargetIndex() error {
-	ti := targetIndex{byKey: map[TargetKey]uint16{}, left: map[uint16]time.Time{}}
+	ti := targetIndex{byKey: map[TargetKey]uint16{}, left: map[uint16]time.Time{}, pending: map[uint16]chan struct{}{}}
 	now := time.Now()
 	var zero TargetKey
 	for i := uint32(targetCountersMax - 1); i >= 1; i-- {
@@ -62,6 +68,7 @@ func (d *Dataplane) loadTargetIndex() error {
 		}
 		ti.byKey[k] = uint16(i)
 		ti.left[uint16(i)] = now
+		ti.pending[uint16(i)] = d.openGrace
 	}
 	d.targets = ti
 	return nil
@@ -112,6 +119,16 @@ func (d *Dataplane) slotLeft(v TargetValue) {
 	}
 }
 
+// slotLeftAfter notes that the target of a deleted frontend's slot leaves
+// it once grace (started after the delete) has passed: packets in flight
+// may copy the index from the record until then. d.mu is held.
+func (d *Dataplane) slotLeftAfter(v TargetValue, grace chan struct{}) {
+	if v.Counter != 0 {
+		d.targets.left[v.Counter] = time.Now()
+		d.targets.pending[v.Counter] = grace
+	}
+}
+
 // slotted is the set of target indices in a slot of a frontend now. d.mu is held.
 func (d *Dataplane) slotted() (map[uint16]bool, error) {
 	in := map[uint16]bool{}
@@ -159,6 +176,15 @@ func (d *Dataplane) reclaimTargets(ct, nat flowWalk) (int, error) {
 			ti.left[i] = now
 			continue
 		}
+		if g, ok := ti.pending[i]; ok {
+			select {
+			case <-g: // the grace has passed: it left now at the latest
+				delete(ti.pending, i)
+				ti.left[i] = now
+			default:
+			}
+			continue
+		}
 		if left := ti.left[i]; !left.Before(ct.start) || !left.Before(nat.start) || ct.seen[i] || nat.seen[i] {
 			continue
 		}
@@ -170,6 +196,7 @@ func (d *Dataplane) reclaimTargets(ct, nat flowWalk) (int, error) {
 		}
 		delete(ti.byKey, k)
 		delete(ti.left, i)
+		delete(ti.pending, i)
 		ti.free = append(ti.free, i)
 		ti.exhausted = false
 		freed++

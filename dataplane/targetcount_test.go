@@ -212,3 +212,48 @@ func TestTargetCounterIndex(t *testing.T) {
 	send("198.51.100.5:1000", "10.0.0.1:7300")
 	want("reopened, more packets", "10.2.0.1:7003/udp:2 10.2.0.1:7004/udp:2 10.2.0.1:7005/udp:1 ")
 }
+
+// TestTargetIndexAfterRemoveGrace: the index of a removed frontend's
+// target is not taken back while the grace period started by the delete
+// has not passed (a packet in flight may still copy it into a new flow),
+// however many GC walks complete meanwhile; once it has passed, it is.
+func TestTargetIndexAfterRemoveGrace(t *testing.T) {
+	d := openTest(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	f := mustFrontend(t, "10.0.0.1:7000/udp")
+	gen, err := d.Stage(f, mustTarget(t, "redirect:10.2.0.1:7001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Commit(f, gen); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Remove(f); err != nil {
+		t.Fatal(err)
+	}
+	release := d.HoldTargetGrace()
+	if n := d.PendingTargets(); n != 1 {
+		t.Fatalf("after remove: %d indices wait for the grace, want 1", n)
+	}
+	gc := func() int {
+		t.Helper()
+		freed := 0
+		for range 3 {
+			st, err := d.GC(0)
+			if err != nil || !st.Wrapped {
+				t.Fatalf("GC: %+v, %v; want a whole sweep", st, err)
+			}
+			freed += st.TargetIndices
+		}
+		return freed
+	}
+	if n := gc(); n != 0 {
+		t.Fatalf("GC took back %d indices within the grace, want 0", n)
+	}
+	release()
+	if n := gc(); n != 1 {
+		t.Fatalf("GC took back %d indices after the grace, want 1", n)
+	}
+	if n := d.PendingTargets(); n != 0 {
+		t.Fatalf("after the grace and GC: %d indices still wait, want 0", n)
+	}
+}
