@@ -1,8 +1,9 @@
 // This file holds the audit log of a replica's placements: every decision
 // becomes one JSON line in a batch, and a batch is one message of the
 // audit stream, published asynchronously when it is AuditFlush old (or
-// auditBatchMax records long) with at most auditWindow batches waiting
-// for their acks. Followers (every replica) skip their own batches by a
+// auditBatchMax records or batchBytes long: a batch is sealed at that
+// size even while the window is full, and sealed batches queue) with at
+// most auditWindow batches waiting for their acks. Followers (every replica) skip their own batches by a
 // header, before decoding them.
 //
 // The guarantee: a placement is answered only after its record is in
@@ -11,13 +12,16 @@
 // Nats-Msg-Id (the stream drops a copy within its duplicate window), until
 // the stream acknowledges it: a publish the stream refuses, an ack that
 // does not come, a NATS server that is down all end in a retry, never in a
-// lost record. While more than auditMaxPending records wait, placements
-// are refused (CodeUnavailable, not decided, nothing to record). When the
+// lost record. A batch the connection finds too large (nats.ErrMaxPayload,
+// the server's max_payload smaller than when it was sealed) is split at
+// line boundaries into pieces under derived ids (id-0, id-1, ...), never
+// sent again as is. While more than auditMaxPending records (or
+// auditMaxPendingBytes bytes) wait, placements are refused (CodeUnavailable, not decided, nothing to record). When the
 // process dies (kill -9), the batches it had not seen acknowledged are in
 // its spool: the replica publishes them first thing when it starts again
 // on the same spool directory, before it serves. Only a machine lost for
-// good (or a replica without a spool) loses what was unacknowledged: at
-// most one flush interval's records plus the window; their reservations
+// good (or a replica without a spool) loses what was unacknowledged: up
+// to the pending limit under a backlog; their reservations
 // end anyway when the destinations' hellos list the placements or the
 // reservation lifetime passes.
 
@@ -52,6 +56,11 @@ const (
 	// auditMaxPending records at most are unacknowledged; beyond,
 	// placements are refused.
 	auditMaxPending = 64 << 10
+	// auditMaxPendingBytes bytes at most are unacknowledged.
+	auditMaxPendingBytes = 32 << 20
+	// auditBatchBytes is the most a batch holds before it is sealed (or
+	// half the connection's max payload, if smaller).
+	auditBatchBytes = 256 << 10
 	// auditAckWait is how long a batch waits for its ack before it is
 	// published again.
 	auditAckWait = 2 * time.Second
@@ -167,6 +176,8 @@ type auditBatch struct {
 	ack     jetstream.PubAckFuture
 	sent    time.Time
 	tries   int
+	segf    *os.File // the spool segment, until run closes it
+	piece   bool     // data is part of another batch's buffer: not reused
 }
 
 // auditLog is the replica's open batch, its spool and its batches in
@@ -177,22 +188,25 @@ type auditLog struct {
 	flush  time.Duration
 	dir    string // spool directory ("" for none)
 
-	mu      sync.Mutex
-	buf     []byte
-	records int
-	first   time.Time // of the open batch's first record
-	seg     *os.File  // the open batch's spool segment
-	segName string
-	next    *os.File // the next segment, opened ahead
-	nextNm  string
-	seq     uint64
-	pending int   // records not acknowledged (open batch included)
-	spoolEr error // the last spool write error (the record is kept in memory)
-	kick    chan struct{}
-	free    [][]byte
+	mu       sync.Mutex
+	buf      []byte
+	records  int
+	first    time.Time // of the open batch's first record
+	seg      *os.File  // the open batch's spool segment
+	segName  string
+	next     *os.File // the next segment, opened ahead
+	nextNm   string
+	seq      uint64
+	pending  int   // records not acknowledged (open batch included)
+	pendingB int   // their bytes
+	limit    int   // batchBytes() as last seen
+	spoolEr  error // the last spool write error (the record is kept in memory)
+	kick     chan struct{}
+	sealedQ  []*auditBatch // sealed by add at their size
+	free     [][]byte
 
 	// For tests and metrics, under mu.
-	published, retried, acked int
+	published, retried, acked, split, dropped int
 }
 
 func newAuditLog(s *Server, dir string, flush time.Duration) *auditLog {
@@ -206,7 +220,42 @@ func newAuditLog(s *Server, dir string, flush time.Duration) *auditLog {
 func (a *auditLog) room() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.pending < auditMaxPending
+	return a.pending < auditMaxPending && a.pendingB < auditMaxPendingBytes
+}
+
+// batchBytes is the size at which a batch is sealed: auditBatchBytes or
+// half the store connection's max payload, whichever is smaller.
+func (a *auditLog) batchBytes() int {
+	n := auditBatchBytes
+	if a.s.ncStore != nil {
+		if mp := int(a.s.ncStore.MaxPayload()); mp > 0 {
+			n = min(n, mp/2)
+		}
+	}
+	return max(n, 1)
+}
+
+// splitLines cuts JSON lines into pieces of at most limit bytes each (a
+// single longer line is a piece of its own), at line boundaries.
+func splitLines(data []byte, limit int) [][]byte {
+	var out [][]byte
+	for len(data) > 0 {
+		end := 0
+		for end < len(data) {
+			i := bytes.IndexByte(data[end:], '\n')
+			next := len(data)
+			if i >= 0 {
+				next = end + i + 1
+			}
+			if end > 0 && next > limit {
+				break
+			}
+			end = next
+		}
+		out = append(out, data[:end])
+		data = data[end:]
+	}
+	return out
 }
 
 // add appends rec to the open batch (and its spool segment).
@@ -222,9 +271,21 @@ func (a *auditLog) add(rec *auditRecord) {
 	}
 	a.records++
 	a.pending++
+	a.pendingB += len(a.buf) - start
 	kick := a.records == 1 || a.records == auditBatchMax
 	if a.records == 1 {
 		a.first = time.Now()
+	}
+	if a.limit > 0 && len(a.buf) >= a.limit {
+		// Sealed here, not by run: a batch never outgrows what one
+		// message may carry, however late run comes round (then its
+		// next segment is opened here too).
+		if a.dir != "" && a.next == nil {
+			a.seq++
+			a.next, a.nextNm = a.openFile(fmt.Sprintf("%s-%016d", a.writer, a.seq))
+		}
+		a.sealedQ = append(a.sealedQ, a.sealLocked())
+		kick = true
 	}
 	a.mu.Unlock()
 	if kick {
@@ -240,8 +301,15 @@ func (a *auditLog) openSegment() (*os.File, string) {
 	if a.dir == "" {
 		return nil, ""
 	}
+	a.mu.Lock()
 	a.seq++
 	name := fmt.Sprintf("%s-%016d", a.writer, a.seq)
+	a.mu.Unlock()
+	return a.openFile(name)
+}
+
+// openFile opens the spool segment name.
+func (a *auditLog) openFile(name string) (*os.File, string) {
 	f, err := os.OpenFile(filepath.Join(a.dir, name+spoolSuffix), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		a.s.limiter.log(a.s.log, "audit-spool", "open an audit spool segment: records are kept in memory only", "err", err)
@@ -250,44 +318,106 @@ func (a *auditLog) openSegment() (*os.File, string) {
 	return f, name
 }
 
-// take closes the open batch and opens the next (nil when it is empty).
-func (a *auditLog) take() *auditBatch {
-	a.mu.Lock()
-	if a.records == 0 {
-		a.mu.Unlock()
-		return nil
-	}
-	b := &auditBatch{writer: a.writer, data: a.buf, records: a.records, id: a.segName}
-	seg := a.seg
-	if seg != nil {
-		b.spool = seg.Name()
+// sealLocked closes the open batch (a.mu held, records > 0): the next
+// segment, opened ahead, becomes the open one's; run closes the sealed
+// one's file and opens the next ahead.
+func (a *auditLog) sealLocked() *auditBatch {
+	b := &auditBatch{writer: a.writer, data: a.buf, records: a.records, id: a.segName, segf: a.seg}
+	if a.seg != nil {
+		b.spool = a.seg.Name()
 	}
 	a.seg, a.segName = a.next, a.nextNm
-	a.next = nil
+	a.next, a.nextNm = nil, ""
 	if n := len(a.free); n > 0 {
 		a.buf, a.free = a.free[n-1][:0], a.free[:n-1]
 	} else {
 		a.buf = nil
 	}
 	a.records = 0
-	a.mu.Unlock()
-	if seg != nil {
-		_ = seg.Close()
-	}
 	if b.id == "" {
-		a.mu.Lock()
 		a.seq++
 		b.id = fmt.Sprintf("%s-%016d", a.writer, a.seq)
-		a.mu.Unlock()
 	}
-	f, name := a.openSegment()
-	a.mu.Lock()
-	a.next, a.nextNm = f, name
-	a.mu.Unlock()
 	return b
 }
 
-func (a *auditLog) publish(b *auditBatch) {
+// take closes the open batch (nil when it is empty); it goes to the
+// sealed queue, which sealedBatches hands to run.
+func (a *auditLog) take() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.records > 0 {
+		a.sealedQ = append(a.sealedQ, a.sealLocked())
+	}
+}
+
+// sealedBatches returns the batches sealed since it last ran, their
+// segment files closed, and opens the next segment ahead if none is.
+func (a *auditLog) sealedBatches() []*auditBatch {
+	a.mu.Lock()
+	q := a.sealedQ
+	a.sealedQ = nil
+	need := a.dir != "" && a.next == nil
+	a.mu.Unlock()
+	for _, b := range q {
+		if b.segf != nil {
+			_ = b.segf.Close()
+			b.segf = nil
+		}
+	}
+	if need {
+		f, name := a.openSegment()
+		a.mu.Lock()
+		if a.next == nil {
+			a.next, a.nextNm = f, name
+			f = nil
+		}
+		a.mu.Unlock()
+		if f != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}
+	return q
+}
+
+// send publishes b and returns the batches now in flight for it: b, or
+// its pieces when the connection finds it too large (ErrMaxPayload). A
+// piece of one record still too large cannot be published at all: it is
+// dropped, loudly (records are far smaller than any max_payload).
+func (a *auditLog) send(b *auditBatch) []*auditBatch {
+	err := a.publish(b)
+	if !errors.Is(err, nats.ErrMaxPayload) {
+		return []*auditBatch{b}
+	}
+	parts := splitLines(b.data, a.batchBytes())
+	if len(parts) <= 1 {
+		a.s.log.Error("audit record larger than the NATS max payload: dropped", "batch", b.id, "bytes", len(b.data))
+		a.mu.Lock()
+		a.dropped += b.records
+		a.mu.Unlock()
+		a.done(b)
+		return nil
+	}
+	a.s.limiter.log(a.s.log, "audit-split", "audit batch larger than the NATS max payload: split", "batch", b.id, "pieces", len(parts))
+	a.mu.Lock()
+	a.split++
+	a.mu.Unlock()
+	var out []*auditBatch
+	for i, d := range parts {
+		p := &auditBatch{id: b.id + "-" + strconv.Itoa(i), writer: b.writer, data: d, piece: true}
+		_ = decodeAuditBatch(d, func(*auditRecord) { p.records++ })
+		if i == len(parts)-1 {
+			// The segment goes with the last piece (acks come in order);
+			// replay cuts it into the same pieces.
+			p.spool = b.spool
+		}
+		out = append(out, a.send(p)...)
+	}
+	return out
+}
+
+func (a *auditLog) publish(b *auditBatch) error {
 	s := a.s
 	msg := nats.NewMsg(AuditSubject)
 	msg.Data = b.data
@@ -297,9 +427,11 @@ func (a *auditLog) publish(b *auditBatch) {
 	b.sent = time.Now()
 	ack, err := s.js.PublishMsgAsync(msg, jetstream.WithExpectStream(AuditStream))
 	if err != nil {
-		s.limiter.log(s.log, "audit", "append to the audit stream (retried)", "err", err)
 		b.ack = nil
-		return
+		if !errors.Is(err, nats.ErrMaxPayload) {
+			s.limiter.log(s.log, "audit", "append to the audit stream (retried)", "err", err)
+		}
+		return err
 	}
 	b.ack = ack
 	a.mu.Lock()
@@ -308,6 +440,7 @@ func (a *auditLog) publish(b *auditBatch) {
 		a.retried++
 	}
 	a.mu.Unlock()
+	return nil
 }
 
 // done ends an acknowledged batch: its spool segment goes.
@@ -317,8 +450,9 @@ func (a *auditLog) done(b *auditBatch) {
 	}
 	a.mu.Lock()
 	a.pending -= b.records
+	a.pendingB -= len(b.data)
 	a.acked++
-	if cap(b.data) <= 1<<20 && len(a.free) < auditWindow {
+	if !b.piece && cap(b.data) <= 1<<20 && len(a.free) < auditWindow {
 		a.free = append(a.free, b.data[:0])
 	}
 	a.mu.Unlock()
@@ -328,33 +462,45 @@ func (a *auditLog) done(b *auditBatch) {
 // (for at most drain).
 func (a *auditLog) run(ctx context.Context, drain time.Duration) {
 	f, name := a.openSegment()
+	nf, nname := a.openSegment()
 	a.mu.Lock()
 	a.seg, a.segName = f, name
+	a.next, a.nextNm = nf, nname
+	a.limit = a.batchBytes()
 	a.mu.Unlock()
-	a.next, a.nextNm = a.openSegment()
-	var inflight []*auditBatch
+	var inflight, sealed []*auditBatch
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	stopping := false
 	var deadline <-chan time.Time
 	done := ctx.Done()
 	for {
+		limit := a.batchBytes()
 		a.mu.Lock()
-		records, first := a.records, a.first
+		a.limit = limit
+		records, size, first := a.records, len(a.buf), a.first
 		a.mu.Unlock()
+		sealed = append(sealed, a.sealedBatches()...)
 		now := time.Now()
-		if records > 0 && len(inflight) < auditWindow && (stopping || records >= auditBatchMax || now.Sub(first) >= a.flush) {
-			if b := a.take(); b != nil {
-				a.publish(b)
-				inflight = append(inflight, b)
-			}
+		room := len(inflight) < auditWindow && len(sealed) == 0
+		full := records >= auditBatchMax || size >= limit
+		if records > 0 && (stopping || full || room && now.Sub(first) >= a.flush) {
+			// Sealed at its size even while the window is full: a batch
+			// never outgrows what one message may carry.
+			a.take()
+			continue // sealedBatches closes its file, opens the next
+		}
+		if len(sealed) > 0 && len(inflight) < auditWindow {
+			b := sealed[0]
+			sealed = sealed[1:]
+			inflight = append(inflight, a.send(b)...)
 			continue
 		}
-		if stopping && (records == 0 && len(inflight) == 0 || a.s.ncStore.IsClosed()) {
+		if stopping && (records == 0 && len(inflight) == 0 && len(sealed) == 0 || a.s.ncStore.IsClosed()) {
 			return // done, or killed: what is left is in the spool
 		}
 		wait := time.Hour
-		if records > 0 && len(inflight) < auditWindow {
+		if records > 0 && room {
 			wait = a.flush - now.Sub(first)
 		}
 		var okc <-chan *jetstream.PubAck
@@ -363,11 +509,16 @@ func (a *auditLog) run(ctx context.Context, drain time.Duration) {
 			b := inflight[0]
 			if b.ack == nil || now.Sub(b.sent) >= auditAckWait {
 				// Refused or unacknowledged: publish it again (the
-				// stream drops a copy by its Nats-Msg-Id).
+				// stream drops a copy by its Nats-Msg-Id), or its pieces
+				// if it no longer fits in a message.
 				if b.ack != nil {
 					a.s.limiter.log(a.s.log, "audit-ack", "no ack from the audit stream: publishing the batch again", "batch", b.id)
 				}
-				a.publish(b)
+				inflight = slices.Concat(a.send(b), inflight[1:])
+				if len(inflight) == 0 {
+					continue
+				}
+				b = inflight[0]
 				if b.ack == nil {
 					wait = min(wait, 100*time.Millisecond)
 				}
@@ -438,26 +589,59 @@ func (a *auditLog) replay(ctx context.Context) (int, error) {
 		writer, _, _ := strings.Cut(name, "-")
 		records := 0
 		_ = decodeAuditBatch(data, func(*auditRecord) { records++ })
-		for {
-			msg := nats.NewMsg(AuditSubject)
-			msg.Data = data
-			msg.Header.Set(jetstream.MsgIDHeader, "roam-audit-"+name)
-			msg.Header.Set(AuditWriterHeader, writer)
-			pctx, cancel := context.WithTimeout(ctx, auditAckWait)
-			_, err := a.s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(AuditStream))
-			cancel()
-			if err == nil {
-				break
-			}
-			a.s.limiter.log(a.s.log, "audit-replay", "republish the audit spool (retried)", "segment", name, "err", err)
-			select {
-			case <-ctx.Done():
-				return n, ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
+		if err := a.replaySegment(ctx, name, writer, data); err != nil {
+			return n, err
 		}
 		_ = os.Remove(path)
 		n += records
 	}
 	return n, nil
+}
+
+// replaySegment publishes one spool segment: as one message under its
+// name if it fits in a batch, else in pieces cut at line boundaries under
+// name-0, name-1, ... (the pieces send cuts a live batch into, so the
+// stream's dedupe still drops a copy).
+func (a *auditLog) replaySegment(ctx context.Context, name, writer string, data []byte) error {
+	limit := a.batchBytes()
+	if len(data) <= limit {
+		return a.replayPiece(ctx, name, writer, data, limit)
+	}
+	for i, d := range splitLines(data, limit) {
+		if err := a.replayPiece(ctx, name+"-"+strconv.Itoa(i), writer, d, limit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *auditLog) replayPiece(ctx context.Context, id, writer string, data []byte, limit int) error {
+	for {
+		msg := nats.NewMsg(AuditSubject)
+		msg.Data = data
+		msg.Header.Set(jetstream.MsgIDHeader, "roam-audit-"+id)
+		msg.Header.Set(AuditWriterHeader, writer)
+		pctx, cancel := context.WithTimeout(ctx, auditAckWait)
+		_, err := a.s.js.PublishMsg(pctx, msg, jetstream.WithExpectStream(AuditStream))
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, nats.ErrMaxPayload) {
+			// The server's max payload shrank since limit was read.
+			if nl := a.batchBytes(); nl < limit && nl < len(data) {
+				return a.replaySegment(ctx, id, writer, data)
+			}
+			if !bytes.Contains(data[:len(data)-1], []byte{'\n'}) {
+				a.s.log.Error("audit record larger than the NATS max payload: dropped", "segment", id, "bytes", len(data))
+				return nil
+			}
+		}
+		a.s.limiter.log(a.s.log, "audit-replay", "republish the audit spool (retried)", "segment", id, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -401,4 +402,211 @@ func TestAuditSurvivesKill(t *testing.T) {
 		}
 	}
 	t.Logf("%d placements answered before SIGKILL, %d of their records recovered from the spool", len(answered), missing)
+}
+
+// startSmallNATS starts a NATS server whose max_payload is maxPayload.
+func startSmallNATS(t *testing.T, maxPayload int32) *server.Server {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
+		JetStream: true, StoreDir: t.TempDir(), MaxPayload: maxPayload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+// TestAuditStallSmallPayload: on a NATS server with a 16 KiB max_payload
+// the audit stream refuses appends (full, discard new) while placements
+// go on, far more bytes than one message may carry: batches are sealed
+// at their size and queue behind the full window (none is ever too large
+// to publish), and once the stream takes appends again every record
+// lands exactly once and placements go on.
+func TestAuditStallSmallPayload(t *testing.T) {
+	const maxPayload = 16 << 10
+	ns := startSmallNATS(t, maxPayload)
+	s := startServer(t, ServerConfig{NATSURL: ns.ClientURL(), AuditSpool: t.TempDir(), HelloInterval: time.Minute})
+	if b := s.auditLog.batchBytes(); b != maxPayload/2 {
+		t.Fatalf("batch size %d, want half the max payload (%d)", b, maxPayload/2)
+	}
+	nc := connect(t, ns.ClientURL())
+	auditClusters(t, nc, 10)
+	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
+	c := newClient(t, nc, "req", WithoutCache())
+	before := placeMany(t, c, "before", 20, 4)
+	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+
+	js, _ := jetstream.New(nc)
+	tctx := ctx(t)
+	st, err := js.Stream(tctx, AuditStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(tctx)
+	orig := info.Config
+	full := orig
+	full.MaxMsgs, full.Discard = int64(info.State.Msgs), jetstream.DiscardNew
+	if _, err := js.UpdateStream(tctx, full); err != nil {
+		t.Fatal(err)
+	}
+	during := placeMany(t, c, "during", 400, 4)
+	if len(during) != 400 {
+		t.Fatalf("%d of 400 placed while the stream refuses", len(during))
+	}
+	s.auditLog.mu.Lock()
+	pendingB := s.auditLog.pendingB
+	s.auditLog.mu.Unlock()
+	if pendingB < 2*maxPayload {
+		t.Fatalf("only %d bytes pending while the stream refuses: the test proves nothing", pendingB)
+	}
+	if _, err := js.UpdateStream(tctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "acknowledged after the stream takes appends again", func() bool { return s.auditLog.pendingRecords() == 0 })
+	after := placeMany(t, c, "after", 20, 4)
+	if len(after) != 20 {
+		t.Fatalf("%d of 20 placed after the stall", len(after))
+	}
+	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+	got, msgs := auditRecords(t, nc)
+	for _, id := range slices.Concat(before, during, after) {
+		if got[id] != 1 {
+			t.Fatalf("request %s has %d audit records", id, got[id])
+		}
+	}
+	s.auditLog.mu.Lock()
+	defer s.auditLog.mu.Unlock()
+	if s.auditLog.dropped != 0 || s.auditLog.pendingB != 0 || s.auditLog.split != 0 {
+		t.Fatalf("dropped %d records, %d bytes still counted pending, %d batches too large to publish (not sealed at their size)",
+			s.auditLog.dropped, s.auditLog.pendingB, s.auditLog.split)
+	}
+	t.Logf("%d bytes pending at the stall's height; %d records in %d messages", pendingB, len(got), msgs)
+}
+
+// spoolRecords writes a spool segment of n records (request ids
+// prefix-0...) and returns its size.
+func spoolRecords(t *testing.T, path, prefix string, n int) int {
+	t.Helper()
+	var data []byte
+	for i := range n {
+		data = appendAuditRecord(data, &auditRecord{At: time.Now(), RequestID: prefix + "-" + strconv.Itoa(i), Requester: "req",
+			Home: "c0", Service: "svc-" + strings.Repeat("x", 200), Reason: ReasonManual, NoPlacement: "no-candidates", DecidedBy: "old"})
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return len(data)
+}
+
+// TestAuditReplayOversizedSegment: a spool segment larger than the NATS
+// server's max_payload (left by a replica that ran against a larger one)
+// is replayed in pieces cut at line boundaries; every record lands once,
+// and a second replay of the same segment (a crash before its removal)
+// adds no copy: the pieces' ids are derived from the segment's name.
+func TestAuditReplayOversizedSegment(t *testing.T) {
+	const maxPayload = 16 << 10
+	ns := startSmallNATS(t, maxPayload)
+	spool := t.TempDir()
+	seg := filepath.Join(spool, "OLDWRITER-0000000000000001"+spoolSuffix)
+	size := spoolRecords(t, seg, "sp", 300)
+	if size <= 2*maxPayload {
+		t.Fatalf("segment of %d bytes: the test proves nothing", size)
+	}
+	copyData, _ := os.ReadFile(seg)
+	s := startServer(t, ServerConfig{NATSURL: ns.ClientURL(), AuditSpool: spool, HelloInterval: time.Minute})
+	if err := s.WaitServing(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if files, _ := spoolSegments(t, spool); files != 0 {
+		t.Fatalf("%d spool segments left after the replay", files)
+	}
+	nc := connect(t, ns.ClientURL())
+	check := func() int {
+		got, msgs := auditRecords(t, nc)
+		for i := range 300 {
+			if id := "sp-" + strconv.Itoa(i); got[id] != 1 {
+				t.Fatalf("spooled record %s has %d audit records", id, got[id])
+			}
+		}
+		return msgs
+	}
+	msgs := check()
+	if msgs < 3 {
+		t.Fatalf("%d-byte segment in %d messages: not split", size, msgs)
+	}
+	// The same segment again: every piece is a duplicate.
+	if err := os.WriteFile(seg, copyData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.auditLog.replay(ctx(t))
+	if err != nil || n != 300 {
+		t.Fatalf("replayed %d records: %v", n, err)
+	}
+	if again := check(); again != msgs {
+		t.Fatalf("%d messages after replaying the segment again, %d before", again, msgs)
+	}
+}
+
+// TestAuditSplitTooLarge: a batch larger than the connection's max
+// payload (sealed under a larger one) fails with nats.ErrMaxPayload; it is
+// split at line boundaries under derived ids, never sent again as is, and
+// every record lands once.
+func TestAuditSplitTooLarge(t *testing.T) {
+	const maxPayload = 16 << 10
+	ns := startSmallNATS(t, maxPayload)
+	s := startServer(t, ServerConfig{NATSURL: ns.ClientURL(), HelloInterval: time.Minute})
+	var data []byte
+	for i := range 200 {
+		data = appendAuditRecord(data, &auditRecord{At: time.Now(), RequestID: "big-" + strconv.Itoa(i), Requester: "req",
+			Home: "c0", Service: "svc-" + strings.Repeat("y", 200), Reason: ReasonManual, NoPlacement: "no-candidates", DecidedBy: "x"})
+	}
+	if len(data) <= 2*maxPayload {
+		t.Fatal("batch too small: the test proves nothing")
+	}
+	b := &auditBatch{id: "other-0000000000000009", writer: "other", data: data, records: 200}
+	pieces := s.auditLog.send(b)
+	if len(pieces) < 3 {
+		t.Fatalf("%d pieces", len(pieces))
+	}
+	total := 0
+	for i, p := range pieces {
+		if p.id != b.id+"-"+strconv.Itoa(i) || len(p.data) > maxPayload/2 || p.ack == nil {
+			t.Fatalf("piece %d: id %s, %d bytes, published %v", i, p.id, len(p.data), p.ack != nil)
+		}
+		total += p.records
+		select {
+		case <-p.ack.Ok():
+		case err := <-p.ack.Err():
+			t.Fatalf("piece %s refused: %v", p.id, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("piece %s not acknowledged", p.id)
+		}
+	}
+	if total != 200 {
+		t.Fatalf("pieces hold %d records, want 200", total)
+	}
+	got, _ := auditRecords(t, connect(t, ns.ClientURL()))
+	for i := range 200 {
+		if id := "big-" + strconv.Itoa(i); got[id] != 1 {
+			t.Fatalf("record %s has %d audit records", id, got[id])
+		}
+	}
+}
+
+func TestSplitLines(t *testing.T) {
+	data := []byte("aaaa\nbb\ncccccccc\nd\n")
+	got := splitLines(data, 8)
+	want := []string{"aaaa\nbb\n", "cccccccc\n", "d\n"}
+	if len(got) != len(want) {
+		t.Fatalf("%q", got)
+	}
+	for i := range want {
+		if string(got[i]) != want[i] {
+			t.Fatalf("piece %d %q, want %q", i, got[i], want[i])
+		}
+	}
 }
