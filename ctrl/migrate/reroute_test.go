@@ -93,3 +93,53 @@ func TestCrashAfterCommitBeforeRecord(t *testing.T) {
 	}
 	w.expectAt("a", "b")
 }
+
+// TestCrashAfterRerouteNotCommitted: the home journals "commit" before it
+// calls its agents; when they answer that nothing was committed, the
+// journal goes back to "reroute" before the new copy is removed. A crash
+// there, before or after the removal, is rolled back by the restarted
+// home: the service is still served at home, no node points at the
+// removed copy, and the copy at b is gone.
+func TestCrashAfterRerouteNotCommitted(t *testing.T) {
+	for _, removed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("removed=%v", removed), func(t *testing.T) {
+			w := newWorld(t, "a", "b")
+			w.deploy("a")
+			a, b := w.cluster("a"), w.cluster("b")
+			a.ag.faults.set("stage", fault{err: errInjected})
+			var committing, crashed atomic.Bool
+			a.crash = func(m ctrl.Migration) error {
+				if m.Role != ctrl.RoleHome {
+					return nil
+				}
+				if m.Stage == ctrl.StageCommit {
+					committing.Store(true)
+					return nil
+				}
+				if m.Stage != ctrl.StageReroute || !committing.Load() {
+					return nil
+				}
+				if _, runs := b.be.running("web"); runs == removed {
+					return nil
+				}
+				if crashed.CompareAndSwap(false, true) {
+					return fmt.Errorf("crash after the agents did not commit (copy at b removed: %v)", removed)
+				}
+				return nil
+			}
+			if _, err := w.migrate("a", "b"); !errors.Is(err, ErrCrash) {
+				t.Fatalf("migrate did not stop after the agents' refusal: %v", err)
+			}
+			if !crashed.Load() {
+				t.Fatal("no crash point between the refusal and the migration's end")
+			}
+			a.ag.faults.set("stage", fault{})
+			w.restart("a")
+			ms, _ := w.eng("a").Migrations()
+			if last := ms[len(ms)-1]; last.State != ctrl.StateFailed {
+				t.Fatalf("after the crash: %+v, want rolled back (failed)", last)
+			}
+			w.expectAt("a", "a")
+		})
+	}
+}

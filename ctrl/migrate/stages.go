@@ -417,8 +417,10 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 	// rolled back), then "commit" before any agent is called: a node may
 	// commit from the first byte of the call on, and a crash from then on
 	// is rolled forward (recoverLocked stages and commits every node
-	// again and writes the record). The record is written after the
-	// agents' commit either way.
+	// again and writes the record), until the agents answer that nothing
+	// was committed: the journal then says "reroute" again before the
+	// new copy is removed. The record is written after the agents'
+	// commit either way.
 	if err := e.journal(m, ctrl.StageReroute); err != nil {
 		return err
 	}
@@ -438,8 +440,23 @@ func (e *Engine) rerouteHome(ctx context.Context, m *ctrl.Migration, r ctrl.Reco
 	}
 	if err != nil && errors.Is(err, agentapi.ErrNotCommitted) {
 		// A node failed to stage, or refused: nothing was committed and
-		// nothing stays staged anywhere.
-		return e.rollback(ctx, m, fmt.Errorf("%s: %w", ctrl.StageReroute, err))
+		// nothing stays staged anywhere. The journal goes back to
+		// "reroute" before the new copy is removed: a crash after the
+		// removal must be rolled back by recovery, not rolled forward
+		// onto a removed copy. Should that write fail, the new copy is
+		// kept (the journal still says "commit": recovery rolls forward
+		// onto it).
+		cause := fmt.Errorf("%s: %w", ctrl.StageReroute, err)
+		if jerr := e.journal(m, ctrl.StageReroute); jerr != nil {
+			return errors.Join(cause, jerr)
+		}
+		err = e.rollback(ctx, m, cause)
+		// The new copy is gone and the journal says "reroute": a crash
+		// before finish is rolled back.
+		if cerr := e.crashPoint(*m); cerr != nil {
+			return cerr
+		}
+		return err
 	}
 	if err != nil {
 		err = fmt.Errorf("%s: %w", ctrl.StageCommit, err)
