@@ -223,8 +223,9 @@ func (c *Client) Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) 
 		req.Stages[i] = stageRequest{Frontend: &fs[i], Target: &ts[i]}
 	}
 	var out rerouteReply
-	// Replayable: made twice, the second stages and commits the same
-	// targets again (flows keep the target they were pinned to).
+	// Replayable: made twice, the second finds every frontend at its
+	// target with nothing staged and leaves it alone (no stage into the
+	// other slot, no commit): the server's reroute.
 	err := c.doReplayable(ctx, http.MethodPost, "/v1/reroute", req, &out)
 	var ae *Error
 	if errors.As(err, &ae) && ae.Reason != ReasonCommitFailed {

@@ -167,3 +167,43 @@ func TestRerouteResentAndOldAgent(t *testing.T) {
 		t.Fatalf("%s after the two-call reroute: %+v %v", fe, s, err)
 	}
 }
+
+// TestRerouteReplayChangesNothing: /v1/reroute made again (its answer
+// lost) finds each frontend's active target already the one asked for,
+// with nothing staged, and leaves it alone: no stage (the generation
+// stays, so the other slot, which may hold an SRv6 previous path, is not
+// written) and no commit. A frontend of the same call that is not yet at
+// its target is rerouted.
+func TestRerouteReplayChangesNothing(t *testing.T) {
+	a := startAgent(t, "tok")
+	c := ctx(t)
+	fs := []lb.Frontend{fe, feUDP}
+	if _, err := a.client.Reroute(c, fs, []lb.Target{t1, t1}); err != nil {
+		t.Fatal(err)
+	}
+	before := map[lb.Frontend]lb.Service{}
+	for _, f := range fs {
+		s, err := a.dp.Get(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[f] = s
+	}
+	if _, err := a.client.Reroute(c, fs, []lb.Target{t1, t1}); err != nil {
+		t.Fatalf("the same reroute again: %v", err)
+	}
+	for _, f := range fs {
+		if s, err := a.dp.Get(f); err != nil || s != before[f] {
+			t.Fatalf("%s after the same reroute again: %+v %v, want unchanged %+v", f, s, err, before[f])
+		}
+	}
+	if _, err := a.client.Reroute(c, fs, []lb.Target{t1, t2}); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := a.dp.Get(fe); err != nil || s != before[fe] {
+		t.Fatalf("%s (already at its target) in a reroute of another frontend: %+v %v, want unchanged %+v", fe, s, err, before[fe])
+	}
+	if s, err := a.dp.Get(feUDP); err != nil || s.Active != t2 || s.Staged.Kind != lb.TargetNone || s.Generation == before[feUDP].Generation {
+		t.Fatalf("%s rerouted to %s: %+v %v", feUDP, t2, s, err)
+	}
+}

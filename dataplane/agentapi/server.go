@@ -541,9 +541,35 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t0 := time.Now()
-	fs, gens, err := s.stageAll(req)
+	// A frontend whose active target already is the one asked for, with
+	// nothing staged, is left alone: that is this call made again (its
+	// answer lost) and must change nothing. Staging it again would
+	// overwrite the other slot, which may still hold an SRv6 previous
+	// path, and its commit would end that path's hold.
+	all, err := batchFrontends(len(req.Stages), func(i int) *lb.Frontend { return req.Stages[i].Frontend })
 	if err != nil {
 		return err
+	}
+	todo := stagesRequest{Stages: make([]stageRequest, 0, len(req.Stages))}
+	var done []lb.Frontend
+	var doneGens []uint64
+	for i, it := range req.Stages {
+		t, err := needTarget(it.Target)
+		if err != nil {
+			return err
+		}
+		if sv, err := s.dp.Get(all[i]); err == nil && sv.Active == t && sv.Staged.Kind == lb.TargetNone {
+			done, doneGens = append(done, all[i]), append(doneGens, sv.Generation)
+			continue
+		}
+		todo.Stages = append(todo.Stages, stageRequest{Frontend: &all[i], Target: &t})
+	}
+	var fs []lb.Frontend
+	var gens []uint64
+	if len(todo.Stages) > 0 || len(done) == 0 {
+		if fs, gens, err = s.stageAll(todo); err != nil {
+			return err
+		}
 	}
 	t1 := time.Now()
 	var msgs []string
@@ -559,9 +585,26 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 	if msgs != nil {
 		return apiErr(http.StatusInternalServerError, ReasonCommitFailed, "reroute: every frontend staged, then: %s", strings.Join(msgs, "; "))
 	}
-	s.log.Info("rerouted", "frontends", fs, "generations", gens)
-	writeJSON(w, http.StatusOK, rerouteReply{Generations: gens, StageUs: us(t1.Sub(t0)), CommitUs: us(t2.Sub(t1))})
+	s.log.Info("rerouted", "frontends", fs, "generations", gens, "already", done)
+	writeJSON(w, http.StatusOK, rerouteReply{Generations: inOrder(all, fs, gens, done, doneGens), StageUs: us(t1.Sub(t0)), CommitUs: us(t2.Sub(t1))})
 	return nil
+}
+
+// inOrder gives the generations of the request's frontends (all) in its order, from
+// those rerouted (fs, gens) and those already at their target (done).
+func inOrder(all, fs []lb.Frontend, gens []uint64, done []lb.Frontend, doneGens []uint64) []uint64 {
+	by := make(map[lb.Frontend]uint64, len(fs)+len(done))
+	for i, f := range fs {
+		by[f] = gens[i]
+	}
+	for i, f := range done {
+		by[f] = doneGens[i]
+	}
+	out := make([]uint64, len(all))
+	for i, f := range all {
+		out[i] = by[f]
+	}
+	return out
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
