@@ -252,3 +252,13 @@ func (d *Dataplane) PendingTargets() int {
 	defer d.mu.Unlock()
 	return len(d.targets.pending)
 }
+
+// OnCommitSwitched makes Commit run fn right after it switches a
+// frontend's active slot, before the rest of the commit; nil: nothing.
+func OnCommitSwitched(fn func()) {
+	if fn == nil {
+		commitSwitched = nil
+		return
+	}
+	commitSwitched = func(uint32) { fn() }
+}

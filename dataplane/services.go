@@ -301,14 +301,44 @@ func (d *Dataplane) Commit(f lb.Frontend, gen uint64) error {
 		return fmt.Errorf("commit %s: generation %d is not the staged one (staged: %s): %w",
 			f, gen, stagedGen(*r), ErrGeneration)
 	}
-	atomic.StoreUint32(&r.Active, staged)
+	// A move back home (SRv6 path -> local) must find the previous path
+	// held from the switch on: srv6_previous (bpf/srv6.h) reads the hold
+	// and the old slot's generation 0, so both are written before the
+	// switch, and a failed write fails the commit with nothing switched.
+	// Until the switch the hold is harmless: the active target is the SRv6
+	// path, and srv6_previous is asked only when it is local. Before the
+	// switch nothing reads the active slot's generation (programs read only
+	// the other slot's, in srv6_previous).
+	from, to := lb.TargetKind(r.Slot[active].Kind), lb.TargetKind(r.Slot[staged].Kind)
+	moveHome := from == lb.TargetSRv6 && to == lb.TargetLocal
+	if moveHome {
+		if err := d.srv6Hold(id); err != nil {
+			return fmt.Errorf("commit %s: %w", f, err)
+		}
+	}
 	r.SlotGen[active] = 0 // no longer staged nor active
+	atomic.StoreUint32(&r.Active, staged)
 	d.flipped[id] = startGrace()
-	if err := d.srv6Committed(id, lb.TargetKind(r.Slot[active].Kind), lb.TargetKind(r.Slot[staged].Kind)); err != nil {
-		return fmt.Errorf("commit %s: committed, but %w", f, err)
+	if commitSwitched != nil {
+		commitSwitched(id)
+	}
+	if !moveHome {
+		// Any other commit ends a hold after the switch: until then it
+		// could only be one of an earlier move home whose path the staged
+		// slot has since overwritten (srv6_previous off: that slot's
+		// generation is not 0), and after it the other slot is no SRv6
+		// path a local target came from. So a failure here leaves a hold
+		// that nothing reads; it is reported all the same.
+		if err := d.srv6EndHold(id); err != nil {
+			return fmt.Errorf("commit %s: committed, but %w", f, err)
+		}
 	}
 	return nil
 }
+
+// commitSwitched, when set (tests only: export_test.go), runs in Commit
+// right after the switch of the active slot, before the rest of the commit.
+var commitSwitched func(id uint32)
 
 // stagedGen describes the staged generation for an error message.
 func stagedGen(svc ServiceValue) string {

@@ -207,25 +207,29 @@ func (d *Dataplane) checkSRv6Target(t lb.Target) error {
 	return nil
 }
 
-// srv6Committed sets how long frontend id's previous SRv6 path keeps its
-// open connections after a commit from from to to (roam_srv6_prev): the
-// hold from now for a move from an SRv6 path to local, else not at all.
-// Called by Commit, under d.mu.
-func (d *Dataplane) srv6Committed(id uint32, from, to lb.TargetKind) error {
-	var until uint64
-	if from == lb.TargetSRv6 && to == lb.TargetLocal {
-		now, err := monotonicNow()
-		if err != nil {
-			return err
-		}
-		hold := d.cfg.SRv6.PreviousHold
-		if hold == 0 {
-			hold = DefaultSRv6PreviousHold
-		}
-		until = now + uint64(hold)
-	}
-	if err := d.maps.RoamSrv6Prev.Put(id, until); err != nil {
+// srv6Hold keeps frontend id's previous SRv6 path for the open
+// connections along it until PreviousHold from now (roam_srv6_prev): a
+// commit from an SRv6 path to local writes it before its switch.
+func (d *Dataplane) srv6Hold(id uint32) error {
+	now, err := monotonicNow()
+	if err != nil {
 		return fmt.Errorf("write previous srv6 path's hold: %w", err)
+	}
+	hold := d.cfg.SRv6.PreviousHold
+	if hold == 0 {
+		hold = DefaultSRv6PreviousHold
+	}
+	if err := d.maps.RoamSrv6Prev.Put(id, now+uint64(hold)); err != nil {
+		return fmt.Errorf("write previous srv6 path's hold: %w", err)
+	}
+	return nil
+}
+
+// srv6EndHold ends frontend id's previous-path hold: every other commit
+// writes it after its switch.
+func (d *Dataplane) srv6EndHold(id uint32) error {
+	if err := d.maps.RoamSrv6Prev.Put(id, uint64(0)); err != nil {
+		return fmt.Errorf("end previous srv6 path's hold: %w", err)
 	}
 	return nil
 }

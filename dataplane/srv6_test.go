@@ -525,3 +525,60 @@ func TestSRv6ConfigValidate(t *testing.T) {
 		t.Errorf("off: %v", err)
 	}
 }
+
+// TestSRv6MoveHomeHeldAtSwitch: a commit from an SRv6 path to local (a
+// move back home) has the previous path held from its switch on. A packet
+// of an open connection along that path (TCP ACK, no flow, no socket here)
+// run the moment the active slot switched, inside Commit, is encapsulated
+// along the path (XDP_TX), for both families; so it is after the commit.
+// A later commit (local -> local) ends the hold: the same packet then
+// passes to the stack.
+func TestSRv6MoveHomeHeldAtSwitch(t *testing.T) {
+	tb := newSRv6Testbed(t, sidHome)
+	d0 := tb.d0.Attrs().Index
+	t.Cleanup(func() { dataplane.OnCommitSwitched(nil) })
+	for _, c := range []struct{ frontend, client string }{
+		{"10.0.0.1:80", "198.51.100.7:33000"},
+		{"[2001:db8::1]:80", "[2001:db8:c::7]:33000"},
+	} {
+		client, fa := ap(c.client), ap(c.frontend)
+		f := tb.stage(t, c.frontend+"/tcp", "srv6:fc00:0:2::1")
+		ack := spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: []byte("along the path"), srcMAC: macPeer, dstMAC: macD0, ipID: 7, seq: 1000}.build(t)
+		want := srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, srv6Label(client, fa, lb.TCP), ipOf(ack))
+		check := func(when string) {
+			t.Helper()
+			v, out, err := tb.d.RunXDP(ack, d0)
+			if err != nil {
+				t.Fatalf("%s %s: %v", c.frontend, when, err)
+			}
+			if v != xdpTX || !bytes.Equal(out, want) {
+				t.Fatalf("%s %s: verdict %d (want %d, along the previous path), frame\n got %x\nwant %x", c.frontend, when, v, xdpTX, out, want)
+			}
+		}
+		gen, err := tb.d.Stage(f, mustTarget(t, "local"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ran := false
+		dataplane.OnCommitSwitched(func() { ran = true; check("at the switch") })
+		if err := tb.d.Commit(f, gen); err != nil {
+			t.Fatal(err)
+		}
+		dataplane.OnCommitSwitched(nil)
+		if !ran {
+			t.Fatal("Commit did not run the switch hook")
+		}
+		check("after the commit")
+
+		gen, err = tb.d.Stage(f, mustTarget(t, "local"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tb.d.Commit(f, gen); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := tb.run(t, ack, d0); v != xdpPass {
+			t.Fatalf("%s after a later commit: verdict %d, want %d (the hold ended)", c.frontend, v, xdpPass)
+		}
+	}
+}
