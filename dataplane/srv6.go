@@ -63,7 +63,8 @@ type SRv6Config struct {
 
 // DefaultSRv6PreviousHold is PreviousHold's default: three times the
 // controller's default drain budget (10 s; the old location's copy is gone
-// within it). Raise it with the controller's --drain-timeout.
+// within it). Raise it with the controller's --drain-timeout (roam-agent
+// --srv6-previous-hold).
 const DefaultSRv6PreviousHold = 30 * time.Second
 
 // Validate reports why c cannot be applied.

@@ -82,6 +82,8 @@ func parseFlags(args []string) (options, error) {
 	sid := fs.String("srv6-sid", "", "this node's SRv6 SID (lb.NodeSID of the cluster's locator); empty: SRv6 path mode off")
 	locs := fs.String("srv6-locators", "", "comma list of roam's SRv6 locators, every cluster's (the only SIDs accepted)")
 	fs.IntVar(&o.srv6.MTU, "srv6-mtu", dataplane.DefaultSRv6MTU, "the underlay MTU between clusters: SYNs are MSS-clamped to fit the encapsulation")
+	fs.DurationVar(&o.srv6.PreviousHold, "srv6-previous-hold", dataplane.DefaultSRv6PreviousHold, "after a move back home, how long the connections opened along the previous SRv6 path at most stay on it "+
+		"(until the old location says its copy is gone): must outlast roam-ctrl's --drain-timeout; after it such a connection's packet is the home copy's")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -135,6 +137,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.tlsDir == "" && !o.insecure {
 		return o, errors.New("parse flags: the agent API can point any frontend anywhere: give it --tls-dir (roamctl cert issue --node) or, for tests, --insecure")
+	}
+	if o.srv6.PreviousHold <= 0 {
+		return o, fmt.Errorf("parse flags: --srv6-previous-hold %s: must be positive (longer than roam-ctrl's --drain-timeout)", o.srv6.PreviousHold)
 	}
 	if *sid != "" {
 		a, err := netip.ParseAddr(*sid)

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/roamnet/roam/dataplane"
 )
@@ -70,7 +71,8 @@ func TestSYNProxyFlag(t *testing.T) {
 }
 
 // TestSRv6Flags: the agent's SRv6 flags reach the data plane's config, and
-// a SID outside the locators, or locators without a SID, are refused.
+// a SID outside the locators, locators without a SID, or a previous-path
+// hold that is not positive are refused.
 func TestSRv6Flags(t *testing.T) {
 	o, err := parseFlags([]string{"--insecure", "--srv6-sid", "fc00:0:1::1", "--srv6-locators", "fc00:0:1::/48,fc00:0:2::/48", "--srv6-mtu", "9000"})
 	if err != nil {
@@ -78,6 +80,13 @@ func TestSRv6Flags(t *testing.T) {
 	}
 	if o.srv6.SID != netip.MustParseAddr("fc00:0:1::1") || len(o.srv6.Locators) != 2 || o.srv6.MTU != 9000 {
 		t.Fatalf("srv6 config %+v", o.srv6)
+	}
+	if o.srv6.PreviousHold != dataplane.DefaultSRv6PreviousHold {
+		t.Fatalf("--srv6-previous-hold default %s, want %s", o.srv6.PreviousHold, dataplane.DefaultSRv6PreviousHold)
+	}
+	o, err = parseFlags([]string{"--insecure", "--srv6-sid", "fc00:0:1::1", "--srv6-locators", "fc00:0:1::/48", "--srv6-previous-hold", "2m"})
+	if err != nil || o.srv6.PreviousHold != 2*time.Minute {
+		t.Fatalf("--srv6-previous-hold 2m: %s, %v", o.srv6.PreviousHold, err)
 	}
 	for _, c := range []struct {
 		args []string
@@ -87,6 +96,9 @@ func TestSRv6Flags(t *testing.T) {
 		{[]string{"--insecure", "--srv6-locators", "fc00:0:1::/48"}, "without the node's SID"},
 		{[]string{"--insecure", "--srv6-sid", "nope"}, "--srv6-sid"},
 		{[]string{"--insecure", "--srv6-sid", "fc00:0:1::1", "--srv6-locators", "fc00:0:1::/200"}, "--srv6-locators"},
+		{[]string{"--insecure", "--srv6-previous-hold", "0s"}, "--srv6-previous-hold 0s: must be positive"},
+		{[]string{"--insecure", "--srv6-previous-hold", "-5s"}, "--srv6-previous-hold -5s: must be positive"},
+		{[]string{"--insecure", "--srv6-previous-hold", "soon"}, "srv6-previous-hold"},
 	} {
 		if _, err := parseFlags(c.args); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v, want %q", c.args, err, c.want)
