@@ -221,19 +221,7 @@ func TestAuditPublishRefused(t *testing.T) {
 	before := placeMany(t, c, "before", 50, 4)
 	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
 
-	js, _ := jetstream.New(nc)
-	tctx := ctx(t)
-	st, err := js.Stream(tctx, AuditStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, _ := st.Info(tctx)
-	orig := info.Config
-	full := orig
-	full.MaxMsgs, full.Discard = int64(info.State.Msgs), jetstream.DiscardNew
-	if _, err := js.UpdateStream(tctx, full); err != nil {
-		t.Fatal(err)
-	}
+	resume := refuseAuditAppends(t, nc)
 	during := placeMany(t, c, "during", 100, 4)
 	waitFor(t, "refused batches published again", func() bool {
 		s.auditLog.mu.Lock()
@@ -243,9 +231,7 @@ func TestAuditPublishRefused(t *testing.T) {
 	if p := s.auditLog.pendingRecords(); p != len(during) {
 		t.Fatalf("%d records pending while the stream refuses, want %d", p, len(during))
 	}
-	if _, err := js.UpdateStream(tctx, orig); err != nil {
-		t.Fatal(err)
-	}
+	resume()
 	waitFor(t, "acknowledged after the stream takes appends again", func() bool { return s.auditLog.pendingRecords() == 0 })
 	got, _ := auditRecords(t, nc)
 	for _, id := range append(before, during...) {
@@ -440,19 +426,7 @@ func TestAuditStallSmallPayload(t *testing.T) {
 	before := placeMany(t, c, "before", 20, 4)
 	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
 
-	js, _ := jetstream.New(nc)
-	tctx := ctx(t)
-	st, err := js.Stream(tctx, AuditStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, _ := st.Info(tctx)
-	orig := info.Config
-	full := orig
-	full.MaxMsgs, full.Discard = int64(info.State.Msgs), jetstream.DiscardNew
-	if _, err := js.UpdateStream(tctx, full); err != nil {
-		t.Fatal(err)
-	}
+	resume := refuseAuditAppends(t, nc)
 	during := placeMany(t, c, "during", 400, 4)
 	if len(during) != 400 {
 		t.Fatalf("%d of 400 placed while the stream refuses", len(during))
@@ -463,9 +437,7 @@ func TestAuditStallSmallPayload(t *testing.T) {
 	if pendingB < 2*maxPayload {
 		t.Fatalf("only %d bytes pending while the stream refuses: the test proves nothing", pendingB)
 	}
-	if _, err := js.UpdateStream(tctx, orig); err != nil {
-		t.Fatal(err)
-	}
+	resume()
 	waitFor(t, "acknowledged after the stream takes appends again", func() bool { return s.auditLog.pendingRecords() == 0 })
 	after := placeMany(t, c, "after", 20, 4)
 	if len(after) != 20 {
@@ -485,6 +457,32 @@ func TestAuditStallSmallPayload(t *testing.T) {
 			s.auditLog.dropped, s.auditLog.pendingB, s.auditLog.split)
 	}
 	t.Logf("%d bytes pending at the stall's height; %d records in %d messages", pendingB, len(got), msgs)
+}
+
+// refuseAuditAppends makes the audit stream full as it stands (at most its
+// current message count, new messages discarded), so every append is
+// refused, and returns the function that gives the stream its config back.
+func refuseAuditAppends(t *testing.T, nc *nats.Conn) (resume func()) {
+	t.Helper()
+	js, _ := jetstream.New(nc)
+	tctx := ctx(t)
+	st, err := js.Stream(tctx, AuditStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(tctx)
+	orig := info.Config
+	full := orig
+	full.MaxMsgs, full.Discard = int64(info.State.Msgs), jetstream.DiscardNew
+	if _, err := js.UpdateStream(tctx, full); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		if _, err := js.UpdateStream(tctx, orig); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // spoolRecords writes a spool segment of n records (request ids
