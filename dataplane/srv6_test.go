@@ -582,3 +582,81 @@ func TestSRv6MoveHomeHeldAtSwitch(t *testing.T) {
 		}
 	}
 }
+
+// TestSRv6HoldWriteFails injects a failure of the hold's write (the kernel
+// refuses it: roam_srv6_prev open read-only) into both commits that write
+// it. A move back home (SRv6 path -> local) writes the hold before its
+// switch: it fails with nothing switched (the SRv6 path stays active,
+// packets still go along it, the staged generation is still the one to
+// commit), and once the write works again the same generation commits
+// with the hold in place. Any other commit ends the hold after its
+// switch: a failure there says it committed, and it did.
+func TestSRv6HoldWriteFails(t *testing.T) {
+	tb := newSRv6Testbed(t, sidHome)
+	d0 := tb.d0.Attrs().Index
+	client, fa := ap("198.51.100.7:33000"), ap("10.0.0.1:80")
+	path := lb.SRv6(sidOld)
+	f := tb.stage(t, "10.0.0.1:80/tcp", path.String())
+	ack := spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: []byte("along the path"), srcMAC: macPeer, dstMAC: macD0, ipID: 7, seq: 1000}.build(t)
+	along := srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, srv6Label(client, fa, lb.TCP), ipOf(ack))
+	alongPath := func(when string) {
+		t.Helper()
+		if v, out := tb.run(t, ack, d0); v != xdpTX || !bytes.Equal(out, along) {
+			t.Fatalf("%s: verdict %d (want %d, along the SRv6 path), frame\n got %x\nwant %x", when, v, xdpTX, out, along)
+		}
+	}
+
+	gen, err := tb.d.Stage(f, mustTarget(t, "local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore, err := tb.d.ReadOnlySRv6Hold()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = tb.d.Commit(f, gen)
+	restore()
+	if err == nil || !strings.Contains(err.Error(), "write previous srv6 path's hold") {
+		t.Fatalf("commit home with the hold's write refused: %v, want the hold's error", err)
+	}
+	svc, err := tb.d.Get(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.Active != path || svc.Staged != mustTarget(t, "local") {
+		t.Fatalf("after the failed commit: active %s staged %s, want %s still active and local staged", svc.Active, svc.Staged, path)
+	}
+	alongPath("after the failed commit (nothing switched)")
+	syn := spec{src: ap("198.51.100.7:33001"), dst: fa, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
+	if v, _ := tb.run(t, syn, d0); v != xdpTX {
+		t.Fatalf("a new connection after the failed commit: verdict %d, want %d (encapsulated along the path still active)", v, xdpTX)
+	}
+
+	if err := tb.d.Commit(f, gen); err != nil {
+		t.Fatalf("the same generation once the hold can be written: %v", err)
+	}
+	if svc, err := tb.d.Get(f); err != nil || svc.Active != mustTarget(t, "local") {
+		t.Fatalf("after the retried commit: active %v, %v", svc.Active, err)
+	}
+	alongPath("after the retried commit (held)")
+
+	// local -> local: the hold's end is written after the switch.
+	gen, err = tb.d.Stage(f, mustTarget(t, "local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if restore, err = tb.d.ReadOnlySRv6Hold(); err != nil {
+		t.Fatal(err)
+	}
+	err = tb.d.Commit(f, gen)
+	restore()
+	if err == nil || !strings.Contains(err.Error(), "committed, but") || !strings.Contains(err.Error(), "end previous srv6 path's hold") {
+		t.Fatalf("commit local -> local with the hold's end refused: %v, want \"committed, but\" the hold's error", err)
+	}
+	if svc, err := tb.d.Get(f); err != nil || svc.Active != mustTarget(t, "local") || svc.Staged.Kind != lb.TargetNone {
+		t.Fatalf("after the commit whose hold's end failed: active %v staged %v, %v (want committed)", svc.Active, svc.Staged, err)
+	}
+	if err := tb.d.Commit(f, gen); err != nil {
+		t.Fatalf("committing it again: %v, want a no-op", err)
+	}
+}
