@@ -192,13 +192,10 @@ func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
 // balancer has no live flow left to it, and only of the copy's own epoch
 // (a late word about an older copy must not stop a newer one).
 func (s *Server) peerDrained(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	epoch := ctrl.Epoch{MigrationID: q.Get("migration_id")}
-	n, err := strconv.ParseUint(q.Get("epoch"), 10, 64)
-	if err != nil || epoch.MigrationID == "" {
-		return apiErr(http.StatusBadRequest, ReasonInvalid, "drained: query parameters epoch (a number) and migration_id are required")
+	epoch, err := requiredEpoch(r, "drained")
+	if err != nil {
+		return err
 	}
-	epoch.N = n
 	rec, err := s.foreignOf(r, r.PathValue("name"))
 	if err != nil {
 		return err
@@ -213,17 +210,26 @@ func (s *Server) peerDrained(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// requiredEpoch reads the epoch a peer call names in its query
+// (migration_id and epoch, both required; epochQuery writes them). what
+// names the call in the error.
+func requiredEpoch(r *http.Request, what string) (ctrl.Epoch, error) {
+	q := r.URL.Query()
+	n, err := strconv.ParseUint(q.Get("epoch"), 10, 64)
+	if err != nil || q.Get("migration_id") == "" {
+		return ctrl.Epoch{}, apiErr(http.StatusBadRequest, ReasonInvalid, "%s: query parameters epoch (a number) and migration_id are required", what)
+	}
+	return ctrl.Epoch{MigrationID: q.Get("migration_id"), N: n}, nil
+}
+
 // peerSRv6Gone: a location of an SRv6 service homed here says its copy of
 // an epoch is gone. The engine hears it only from the cluster a move of
 // the service left, while that move waits for it (migrate.SRv6Gone).
 func (s *Server) peerSRv6Gone(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	epoch := ctrl.Epoch{MigrationID: q.Get("migration_id")}
-	n, err := strconv.ParseUint(q.Get("epoch"), 10, 64)
-	if err != nil || epoch.MigrationID == "" {
-		return apiErr(http.StatusBadRequest, ReasonInvalid, "srv6-gone: query parameters epoch (a number) and migration_id are required")
+	epoch, err := requiredEpoch(r, "srv6-gone")
+	if err != nil {
+		return err
 	}
-	epoch.N = n
 	if err := s.cfg.Engine.SRv6Gone(r.Context(), callerOf(r), r.PathValue("name"), epoch); err != nil {
 		return err
 	}

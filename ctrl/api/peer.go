@@ -235,15 +235,19 @@ func (c *PeerClient) MovedOn(ctx context.Context, base string, n ctrl.MovedOn) (
 // Drained tells the cluster at base, from the home of name, that its load
 // balancer has no live flow left to that cluster's copy of epoch epoch.
 func (c *PeerClient) Drained(ctx context.Context, base, name string, epoch ctrl.Epoch) error {
-	q := url.Values{"migration_id": {epoch.MigrationID}, "epoch": {strconv.FormatUint(epoch.N, 10)}}
-	return c.do(ctx, http.MethodPost, base, "/v1/peer/foreign/"+url.PathEscape(name)+"/drained?"+q.Encode(), nil, nil)
+	return c.do(ctx, http.MethodPost, base, "/v1/peer/foreign/"+url.PathEscape(name)+"/drained?"+epochQuery(epoch), nil, nil)
 }
 
 // SRv6Gone tells the home at base that this cluster's SRv6 copy of name
 // of epoch epoch is gone.
 func (c *PeerClient) SRv6Gone(ctx context.Context, base, name string, epoch ctrl.Epoch) error {
-	q := url.Values{"migration_id": {epoch.MigrationID}, "epoch": {strconv.FormatUint(epoch.N, 10)}}
-	return c.do(ctx, http.MethodPost, base, "/v1/peer/srv6-gone/"+url.PathEscape(name)+"?"+q.Encode(), nil, nil)
+	return c.do(ctx, http.MethodPost, base, "/v1/peer/srv6-gone/"+url.PathEscape(name)+"?"+epochQuery(epoch), nil, nil)
+}
+
+// epochQuery is the query naming epoch in the peer calls that require one
+// (read back by requiredEpoch).
+func epochQuery(epoch ctrl.Epoch) string {
+	return url.Values{"migration_id": {epoch.MigrationID}, "epoch": {strconv.FormatUint(epoch.N, 10)}}.Encode()
 }
 
 // Where asks a home cluster where its service runs.
