@@ -301,12 +301,8 @@ func rxTimestamps(c net.Conn) func([]byte) (int, time.Time, error) {
 		n, err := c.Read(b)
 		return n, time.Time{}, err
 	}
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return plain
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
+	rc, _ := tcpSocket(c)
+	if rc == nil {
 		return plain
 	}
 	var serr error
@@ -389,12 +385,8 @@ func DialControl(ctx context.Context) func(network, address string, c syscall.Ra
 // (at most: the kernel raises a tiny clamp to its minimum). A connection
 // that is not TCP (a test's pipe) has no window: nothing to check.
 func checkClamp(c net.Conn, window int) error {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
+	rc, err := tcpSocket(c)
+	if rc == nil {
 		return err
 	}
 	var (
@@ -421,12 +413,8 @@ func checkClamp(c net.Conn, window int) error {
 // than those seen so far arrives: the first full-size one), so it is set
 // after every read. Nil when c is not TCP.
 func reclamp(c net.Conn) func(window int, firstRead bool) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return nil
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
+	rc, _ := tcpSocket(c)
+	if rc == nil {
 		return nil
 	}
 	return func(window int, firstRead bool) {
@@ -437,6 +425,17 @@ func reclamp(c net.Conn) func(window int, firstRead bool) {
 			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, window)
 		})
 	}
+}
+
+// tcpSocket is c's socket when c is TCP, for its socket options: nil and
+// no error when c is not TCP (a test's pipe), nil and the error when its
+// socket cannot be had (c is closed).
+func tcpSocket(c net.Conn) (syscall.RawConn, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil, nil
+	}
+	return tc.SyscallConn()
 }
 
 // minClamp is the smallest window clamp the kernel keeps (SOCK_MIN_RCVBUF/2).

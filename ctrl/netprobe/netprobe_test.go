@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/roamnet/roam/internal/tick"
 	"github.com/roamnet/roam/test/netns"
 )
 
@@ -284,12 +285,13 @@ func TestNewProberNeedsTargets(t *testing.T) {
 
 func waitFor(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
+	if err := tick.Until(context.Background(), 10*time.Second, 10*time.Millisecond, func() error {
+		if !ok() {
+			return errors.New(what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatalf("timed out waiting: %v", err)
 	}
 }
 

@@ -267,11 +267,7 @@ var congestion = "cubic"
 // retransmission: over 150 ms that stall, not the rate, is what a probe
 // would see. A loss-based one (cubic) fills the queue and holds the rate.
 func setCongestion(c net.Conn, name string) {
-	tc, ok := c.(*net.TCPConn)
-	if !ok {
-		return
-	}
-	if rc, err := tc.SyscallConn(); err == nil {
+	if rc, _ := tcpSocket(c); rc != nil {
 		rc.Control(func(fd uintptr) { _ = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, name) })
 	}
 }
