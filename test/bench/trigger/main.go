@@ -103,14 +103,11 @@ func stages(m ctrl.Migration) string {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func run(ctx context.Context, o options) error {
-	if err := testbed.CheckEnv(); err != nil {
-		return err
-	}
 	cfg := testbed.Default()
 	cfg.Name = o.name
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	fmt.Printf("testbed %s: up, launching roam (XDP %s)\n", cfg.Name, o.xdp)
-	tb, err := testbed.Up(ctx, cfg, log)
+	tb, _, err := testbed.UpAndLaunch(ctx, cfg, testbed.LaunchConfig{BinDir: o.bin, XDPMode: o.xdp}, log, nil)
 	if err != nil {
 		return err
 	}
@@ -119,9 +116,6 @@ func run(ctx context.Context, o options) error {
 			fmt.Fprintln(os.Stderr, "testbed down:", err)
 		}
 	}()
-	if _, err := tb.Launch(ctx, testbed.LaunchConfig{BinDir: o.bin, XDPMode: o.xdp}); err != nil {
-		return err
-	}
 	start := time.Now()
 	home, _ := tb.Cluster("home")
 	cam, _ := tb.Client("camera")
