@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/test/childproc"
 )
 
 // proxyFlag makes the benchmark binary the userspace forwarder: it is
@@ -135,16 +137,8 @@ func startProxy(ctx context.Context, ns string, cpu int, relays []string) (*prox
 	args := append([]string{"netns", "exec", ns, "taskset", "-c", strconv.Itoa(cpu), self, proxyFlag}, relays...)
 	cmd := exec.CommandContext(ctx, "ip", args...)
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
+	stdin, stdout, err := childproc.Start(cmd)
 	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start proxy: %w", err)
 	}
 	p := &proxyProc{cmd: cmd, stdin: stdin}

@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/roamnet/roam/meta"
+	"github.com/roamnet/roam/test/childproc"
 )
 
 // clientCmd is one command to the client process.
@@ -68,16 +69,8 @@ func startClientProc(url string) (*clientProc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "-client-of", url)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
+	in, out, err := childproc.Start(cmd)
 	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the client process: %w", err)
 	}
 	sc := bufio.NewScanner(out)
