@@ -89,11 +89,37 @@ static __always_inline int away_from_host(const struct pkt *p, __u32 *id)
 	return t && (t->kind == TARGET_REDIRECT || t->kind == TARGET_SRV6);
 }
 
-/* udp_over: a UDP flow is over after udp_ns idle, or after udp_drain_ns idle once a commit moved its frontend away. */
+/* udp_moved: a commit moved the UDP flow's frontend away from its target (or removed it). */
+static __always_inline int udp_moved(const struct ct_value *v, const struct ct_key *k)
+{
+	__u32 id;
+	struct target *t = active_target(k, &id);
+	if (!t || t->kind != v->kind)
+		return 1;
+	return v->kind == TARGET_REDIRECT && (t->port != v->target_port || !addr_eq(t->addr, v->target_addr));
+}
+
+/*
+ * udp_over: a UDP flow is over after udp_ns idle, or after udp_drain_ns idle
+ * once a commit moved its frontend away (idle: in both directions). A flow
+ * whose client is seldom heard from (every packet more than udp_drain_ns
+ * after the last: a table of many flows) is asked first whether its frontend
+ * moved, from the few frontends' records that stay in cache; only a flow
+ * moved away, or idle for udp_ns one way, pays the NAT entry's lookup (a
+ * cache miss per packet in a large table) for its replies' last.
+ */
 static __always_inline int udp_over(const struct ct_value *v, const struct ct_key *k, __u64 now,
 				    const struct config *cfg)
 {
 	__u64 seen = v->last_seen;
+	if (!idle_longer(now, seen, cfg->udp_drain_ns))
+		return 0;
+	int moved = -1; /* not asked yet */
+	if (!idle_longer(now, seen, cfg->udp_ns)) {
+		moved = udp_moved(v, k);
+		if (!moved)
+			return 0; /* the replies could only make it younger */
+	}
 	if (v->kind == TARGET_REDIRECT) {
 		__u64 r = ct_reply_seen(v, k);
 		if (r > seen)
@@ -103,11 +129,9 @@ static __always_inline int udp_over(const struct ct_value *v, const struct ct_ke
 		return 0;
 	if (idle_longer(now, seen, cfg->udp_ns))
 		return 1;
-	__u32 id;
-	struct target *t = active_target(k, &id);
-	if (!t || t->kind != v->kind)
-		return 1;
-	return v->kind == TARGET_REDIRECT && (t->port != v->target_port || !addr_eq(t->addr, v->target_addr));
+	if (moved < 0)
+		moved = udp_moved(v, k);
+	return moved;
 }
 
 /* roam_reply updates a target's reply's flow and returns its NAT entry; NULL if it matches none. */
