@@ -217,6 +217,21 @@ func (c *ctLimits) ensure() error {
 	return nil
 }
 
+// current reads the sysctls as they are now (a value above what ensure
+// wants is left as found), for the report.
+func (c *ctLimits) current() string {
+	var f []string
+	for _, k := range []string{"net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_buckets"} {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", k))
+		v := "?"
+		if err == nil {
+			v = strings.TrimSpace(string(b))
+		}
+		f = append(f, filepath.Base(k)+" "+v)
+	}
+	return strings.Join(f, ", ")
+}
+
 func (c *ctLimits) restore() error {
 	var errs []error
 	for k, v := range c.old {

@@ -88,6 +88,13 @@ func main() {
 	}
 }
 
+// xdpIdle is roam's UDP idle timeout in the benchmark (the kernel paths': 10 minutes).
+const xdpIdle = 30 * time.Minute
+
+// maxFlows is what roam's conntrack and NAT maps each hold: room for the
+// largest scenario's flows, as the kernel's conntrack gets (ctLimits).
+func (b *bench) maxFlows() int { return int(b.o.big + b.o.big/10) }
+
 type options struct {
 	reps, cpu, repeat int
 	sample            time.Duration
@@ -143,7 +150,7 @@ func run(ctx context.Context, o options) (err error) {
 	}{
 		// Room for the largest scenario's flows, as the kernel's conntrack gets (ctLimits).
 		{"xdp", func() (*path, error) {
-			return setupXDP(ctx, sfx, o.frontends, 30*time.Minute, int(o.big+o.big/10))
+			return setupXDP(ctx, sfx, o.frontends, xdpIdle, b.maxFlows())
 		}},
 		{"iptables", func() (*path, error) { return setupNetfilter(ctx, "iptables", sfx, o.frontends) }},
 		{"nftables", func() (*path, error) { return setupNetfilter(ctx, "nftables", sfx, o.frontends) }},
@@ -171,6 +178,7 @@ func run(ctx context.Context, o options) (err error) {
 		}
 	}
 	b.load = [2]string{load0, loadAvg()}
+	b.ctSettings = b.ct.current()
 	return b.report()
 }
 
@@ -178,6 +186,7 @@ func run(ctx context.Context, o options) (err error) {
 type bench struct {
 	o           options
 	ksoftirqd   int
+	ctSettings  string // the kernel's conntrack sysctls at the end of the run
 	ref         *path
 	paths       []*path // ref first
 	nsPerPacket [2]progCost
@@ -604,6 +613,9 @@ func (b *bench) report() error {
 		"wall Mpps and share: the same samples by the clock, and the part of it the path had the CPU (the rest went to other work).\n"+
 		"The userspace proxy serves one frontend per family; the generator feeds it bursts of %d frames, at most %d in its socket.\n",
 		b.o.cpu, pace.burst, pace.window)
+	fmt.Printf("\nconntrack tables: roam's conntrack and NAT maps %d entries each (preallocated hash maps, nothing evicted; UDP idle %v, %v once its frontend moved);\n"+
+		"  the kernel's %s (global, the count per namespace; UDP idle 10 min, checksums not verified).\n",
+		b.maxFlows(), xdpIdle, dataplane.DefaultTimeouts.UDPDrain, b.ctSettings)
 	if b.gcSweep > 0 {
 		fmt.Printf("\nroam's garbage collection read its %d-flow tables (conntrack and NAT) in %.0f ms (one sweep, passes of %d entries per map).\n",
 			b.entries["big4"]["xdp"], float64(b.gcSweep.Microseconds())/1000, dataplane.DefaultGCScan)
