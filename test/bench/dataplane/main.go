@@ -177,6 +177,14 @@ func run(ctx context.Context, o options) (err error) {
 			return fmt.Errorf("%s: %w", sc.title, err)
 		}
 	}
+	if slices.ContainsFunc(b.scs, func(sc scenario) bool { return sc.key == "big4" }) {
+		// What a lookup in a table of big flows pays at least on this machine.
+		for i, size := range []int{ctTableBytes(b.maxFlows()), int(o.big) * 16} {
+			if b.randomRead[i], err = randomRead(o.cpu, size, 1_000_000); err != nil {
+				return err
+			}
+		}
+	}
 	b.load = [2]string{load0, loadAvg()}
 	b.ctSettings = b.ct.current()
 	return b.report()
@@ -186,7 +194,8 @@ func run(ctx context.Context, o options) (err error) {
 type bench struct {
 	o           options
 	ksoftirqd   int
-	ctSettings  string // the kernel's conntrack sysctls at the end of the run
+	ctSettings  string           // the kernel's conntrack sysctls at the end of the run
+	randomRead  [2]time.Duration // randomRead in a buffer the size of roam's conntrack map, and of 16 bytes per big flow
 	ref         *path
 	paths       []*path // ref first
 	nsPerPacket [2]progCost
@@ -515,6 +524,8 @@ type result struct {
 	PPSNftablesBig    float64 `json:"pps_nftables_1m_flows"`
 	XDPConntrackBig   int     `json:"xdp_conntrack_entries_1m_flows"`
 	GCSweepMsBig      float64 `json:"gc_sweep_ms_1m_flows"`
+	RandomReadNsCT    float64 `json:"random_read_ns_ct_table"`
+	RandomReadNs16    float64 `json:"random_read_ns_16b_per_flow"`
 	PPSXDPv6          float64 `json:"pps_xdp_v6"`
 	PPSIptablesv6     float64 `json:"pps_iptables_v6"`
 	PPSNftablesv6     float64 `json:"pps_nftables_v6"`
@@ -542,6 +553,7 @@ func (b *bench) result() result {
 		PPSXDPMid: s("mid4", "xdp"), PPSIptablesMid: s("mid4", "iptables"), PPSNftablesMid: s("mid4", "nftables"),
 		PPSXDPBig: s("big4", "xdp"), PPSIptablesBig: s("big4", "iptables"), PPSNftablesBig: s("big4", "nftables"),
 		XDPConntrackBig: b.entries["big4"]["xdp"], GCSweepMsBig: float64(b.gcSweep.Microseconds()) / 1000,
+		RandomReadNsCT: float64(b.randomRead[0].Nanoseconds()), RandomReadNs16: float64(b.randomRead[1].Nanoseconds()),
 		PPSXDPv6: s("est6", "xdp"), PPSIptablesv6: s("est6", "iptables"), PPSNftablesv6: s("est6", "nftables"), PPSUserspacev6: s("est6", "userspace"),
 		FwdNsXDPv6: b.fwdNs("est6", "xdp"), FwdNsIptablesv6: b.fwdNs("est6", "iptables"),
 		NewXDPv6: s("new6", "xdp"), NewIptablesv6: s("new6", "iptables"),
@@ -619,6 +631,12 @@ func (b *bench) report() error {
 	if b.gcSweep > 0 {
 		fmt.Printf("\nroam's garbage collection read its %d-flow tables (conntrack and NAT) in %.0f ms (one sweep, passes of %d entries per map).\n",
 			b.entries["big4"]["xdp"], float64(b.gcSweep.Microseconds())/1000, dataplane.DefaultGCScan)
+	}
+	if b.randomRead[0] > 0 {
+		fmt.Printf("\nmemory, CPU %d: one dependent read at a random place of %d MB (roam's conntrack map for %d flows) costs %d ns,\n"+
+			"  of %d MB (%d flows of 16 bytes) %d ns: what a lookup among %d flows pays at least beyond a few-flow one.\n",
+			b.o.cpu, ctTableBytes(b.maxFlows())>>20, b.maxFlows(), b.randomRead[0].Nanoseconds(),
+			int(b.o.big)*16>>20, b.o.big, b.randomRead[1].Nanoseconds(), b.o.big)
 	}
 	fmt.Printf("\ngoals (one core): XDP/iptables pps %.2fx (>= 3), forwarding cost iptables/XDP %.2fx (>= 5), XDP/userspace %.2fx (>= 10),\n"+
 		"  program %.1f ns/packet (< 60), %d flows at %.0f%% of the few-flow rate (>= 70%%)\n\n",
