@@ -633,10 +633,11 @@ func (b *bench) report() error {
 			b.entries["big4"]["xdp"], float64(b.gcSweep.Microseconds())/1000, dataplane.DefaultGCScan)
 	}
 	if b.randomRead[0] > 0 {
-		fmt.Printf("\nmemory, CPU %d: one dependent read at a random place of %d MB (roam's conntrack map for %d flows) costs %d ns,\n"+
-			"  of %d MB (%d flows of 16 bytes) %d ns: what a lookup among %d flows pays at least beyond a few-flow one.\n",
-			b.o.cpu, ctTableBytes(b.maxFlows())>>20, b.maxFlows(), b.randomRead[0].Nanoseconds(),
-			int(b.o.big)*16>>20, b.o.big, b.randomRead[1].Nanoseconds(), b.o.big)
+		fmt.Printf("\nmemory, CPU %d: one dependent read at a random place of %.0f MB (roam's conntrack map for %d flows) costs %d ns,\n"+
+			"  of %.0f MB (%d flows of 16 bytes) %d ns: what a lookup among %d flows pays at least beyond a few-flow one\n"+
+			"  (a hash lookup makes two such reads, one after the other: the bucket, then the element).\n",
+			b.o.cpu, float64(ctTableBytes(b.maxFlows()))/1e6, b.maxFlows(), b.randomRead[0].Nanoseconds(),
+			float64(b.o.big*16)/1e6, b.o.big, b.randomRead[1].Nanoseconds(), b.o.big)
 	}
 	fmt.Printf("\ngoals (one core): XDP/iptables pps %.2fx (>= 3), forwarding cost iptables/XDP %.2fx (>= 5), XDP/userspace %.2fx (>= 10),\n"+
 		"  program %.1f ns/packet (< 60), %d flows at %.0f%% of the few-flow rate (>= 70%%)\n\n",
