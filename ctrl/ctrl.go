@@ -132,6 +132,13 @@ type Record struct {
 	// redirects by SRv6, the home's frontends this cluster's nodes deliver
 	// to the copy (ctrl/migrate/srv6.go).
 	SRv6Frontends []lb.Frontend `json:"srv6_frontends,omitempty"`
+	// SRv6SID is, for a service redirected by SRv6, the SID of the node
+	// at the other end: on an abroad record, the node of the location
+	// whose SID the home's path names (ForeignReply.SRv6SID); on a
+	// foreign record, the home's node the copy's answers go to
+	// (ForeignRequest.HomeSID). Unset (a record from before per-node
+	// SIDs): node 0 of the cluster's locator.
+	SRv6SID netip.Addr `json:"srv6_sid,omitzero"`
 	// Epoch is the copy's fence: the migration that made it and the
 	// home's counter (see Epoch).
 	Epoch Epoch `json:"epoch,omitzero"`
@@ -259,6 +266,9 @@ type Migration struct {
 	// (empty for a copy at home, which the data plane reaches as local).
 	FromEndpoints []netip.AddrPort `json:"from_endpoints,omitempty"`
 	ToEndpoints   []netip.AddrPort `json:"to_endpoints,omitempty"`
+	// ToSID is, for a service redirected by SRv6, the SID of the node of
+	// the destination the path names (its ForeignReply.SRv6SID).
+	ToSID netip.Addr `json:"to_sid,omitzero"`
 	// FromEpoch is the old copy's epoch (cleanup removes only that copy);
 	// Epoch the new copy's.
 	FromEpoch Epoch `json:"from_epoch,omitzero"`
@@ -358,6 +368,9 @@ type ForeignRequest struct {
 	// the home redirects by SRv6: the copy is delivered packets to them
 	// and answers from them (empty otherwise).
 	Frontends []lb.Frontend `json:"frontends,omitempty"`
+	// HomeSID is, for such a service, the SID of the home's node the
+	// copy's answers go back to (one of the home's nodes' SIDs).
+	HomeSID netip.Addr `json:"home_sid,omitzero"`
 }
 
 // ForeignReply says where the copy is reached.
@@ -369,6 +382,9 @@ type ForeignReply struct {
 	// DeployMs is how long the destination took to bring the copy up (a
 	// part of the call; the rest is the replication proper).
 	DeployMs float64 `json:"deploy_ms,omitempty"`
+	// SRv6SID is, for a copy of a service redirected by SRv6, the SID of
+	// a node here that serves it: the one the home's path names.
+	SRv6SID netip.Addr `json:"srv6_sid,omitzero"`
 }
 
 // MovedOn tells the home cluster its service now runs at To: POST
@@ -383,6 +399,9 @@ type MovedOn struct {
 	To        string           `json:"to"`
 	ToURL     string           `json:"to_url"`
 	Endpoints []netip.AddrPort `json:"endpoints"`
+	// SRv6SID is the new location's node SID (ForeignReply.SRv6SID) for
+	// a service redirected by SRv6.
+	SRv6SID netip.Addr `json:"srv6_sid,omitzero"`
 }
 
 // Where is the home cluster's word on where its service runs: GET

@@ -79,7 +79,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.tlsDir, "tls-dir", "", "this node's identity (ca.crt, tls.crt, tls.key for spiffe://roam/cluster/<id>/node/<node>; roamctl cert issue --node): "+
 		"the agent API then takes mutual TLS and only its cluster's controller; re-read when the files change")
 	fs.BoolVar(&o.insecure, "insecure", false, "serve the agent API without authentication (plain HTTP; tests only)")
-	sid := fs.String("srv6-sid", "", "this node's SRv6 SID (lb.NodeSID of the cluster's locator); empty: SRv6 path mode off")
+	sid := fs.String("srv6-sid", "", "this node's SRv6 SID: lb.NodeSID(cluster's locator, n), n its place in roam-ctrl's --agents (node 0 first; roam-ctrl checks it); empty: SRv6 path mode off")
 	locs := fs.String("srv6-locators", "", "comma list of roam's SRv6 locators, every cluster's (the only SIDs accepted)")
 	fs.IntVar(&o.srv6.MTU, "srv6-mtu", dataplane.DefaultSRv6MTU, "the underlay MTU between clusters: SYNs are MSS-clamped to fit the encapsulation")
 	fs.DurationVar(&o.srv6.PreviousHold, "srv6-previous-hold", dataplane.DefaultSRv6PreviousHold, "after a move back home, how long the connections opened along the previous SRv6 path at most stay on it "+

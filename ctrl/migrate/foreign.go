@@ -62,7 +62,7 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 	r = ctrl.Record{Service: req.Service, Kind: ctrl.KindForeign, Home: req.Home, HomeURL: req.HomeURL,
 		HomeIncarnation: req.HomeIncarnation, Cluster: e.cfg.ClusterID, ClusterURL: e.cfg.URL, Epoch: req.Epoch}
 	if req.Service.Redirect == lb.ModeSRv6 {
-		r.SRv6Frontends = req.Frontends
+		r.SRv6Frontends, r.SRv6SID = req.Frontends, req.HomeSID
 	}
 	// Record first: a crash after the deploy must not leave an unknown copy.
 	if err := e.st.PutRecord(r); err != nil {
@@ -82,7 +82,8 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 	if err := e.st.PutRecord(r); err != nil {
 		return ctrl.ForeignReply{}, fmt.Errorf("deploy foreign %s: %w", name, err)
 	}
-	if err := e.srv6Arrive(ctx, req); err != nil {
+	sid, err := e.srv6Arrive(ctx, req)
+	if err != nil {
 		err = fmt.Errorf("deploy foreign %s: %w", name, err)
 		if rerr := e.removeForeignLocked(ctx, name, req.Home, req.Epoch); rerr != nil {
 			err = errors.Join(err, rerr)
@@ -90,7 +91,7 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 		return ctrl.ForeignReply{}, err
 	}
 	e.log.Info("deployed foreign", "service", name, "home", req.Home, "epoch", req.Epoch, "endpoints", inst.Endpoints)
-	return ctrl.ForeignReply{Cluster: e.cfg.ClusterID, Endpoints: inst.Endpoints, DeployMs: deployMs}, nil
+	return ctrl.ForeignReply{Cluster: e.cfg.ClusterID, Endpoints: inst.Endpoints, DeployMs: deployMs, SRv6SID: sid}, nil
 }
 
 // RemoveForeign drops a foreign copy (home must match; a non-zero epoch
@@ -178,7 +179,7 @@ func (e *Engine) MovedOn(ctx context.Context, from ctrl.Caller, n ctrl.MovedOn) 
 	}
 	m := &ctrl.Migration{ID: n.Epoch.MigrationID, Service: n.Service, Role: ctrl.RoleReroute, Reason: "moved-on",
 		Home: e.cfg.ClusterID, HomeURL: e.cfg.URL, From: n.From, FromURL: e.urlOf(n.From, r.ClusterURL), FromEndpoints: r.Endpoints,
-		FromEpoch: r.Epoch, Epoch: n.Epoch, To: n.To, ToURL: e.urlOf(n.To, n.ToURL), ToEndpoints: n.Endpoints,
+		FromEpoch: r.Epoch, Epoch: n.Epoch, To: n.To, ToURL: e.urlOf(n.To, n.ToURL), ToEndpoints: n.Endpoints, ToSID: n.SRv6SID,
 		State: ctrl.StateRunning, Started: time.Now().UTC()}
 	if n.To == e.cfg.ClusterID {
 		m.ToEndpoints = nil

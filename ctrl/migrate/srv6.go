@@ -21,16 +21,27 @@ package migrate
 //     drain, or until the old location says its copy is gone (the home
 //     commits local again); the home sends no "drained" (srv6Moved).
 //
-// A location's SID is its node 0's SID in the locator its cluster
-// announces in hellos (lb.NodeSID; the locator is routed to that node). At
-// a location the controller tells its agents the copy's state (serving,
-// draining, gone: agentapi /v1/srv6/copies) and installs the copy's
-// return route to the home's SID (/v1/srv6/returns).
+// SIDs are per node: node i of a cluster (its agent's place in roam-ctrl's
+// --agents, node 0 first) has the SID lb.NodeSID(locator, i) in the
+// locator its cluster announces in hellos, set on the agent (roam-agent
+// --srv6-sid) and checked by its controller before any SRv6 step
+// (agentapi /v1/srv6/node): stable across restarts (the same place, the
+// same SID), and no two nodes alike. A location answers the home's
+// request for a copy with the SID of one of its nodes that serves it
+// (ForeignReply.SRv6SID, picked by the service's name, so copies spread
+// over the nodes), which the home's path names (Migration.ToSID, then
+// Record.SRv6SID); the home names the node of its own its copy's answers
+// go to (ForeignRequest.HomeSID). At a location the controller tells its
+// agents the copy's state (serving, draining, gone: agentapi
+// /v1/srv6/copies) and installs the copy's return route to the home's SID
+// (/v1/srv6/returns). A record from before per-node SIDs (no SID) names
+// the cluster's node 0.
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"sync"
 	"time"
@@ -46,14 +57,17 @@ import (
 type srv6Agents interface {
 	SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st dataplane.SRv6State) error
 	SetSRv6Returns(ctx context.Context, fs []lb.Frontend, homeSID netip.Addr, remove bool) error
+	// SRv6SIDs are the nodes' SIDs, in node order.
+	SRv6SIDs(ctx context.Context) ([]netip.Addr, error)
 }
 
 // Refusal reasons of roam_ctrl_srv6_refused_total.
 const (
-	srv6NoLocator  = "no_locator"  // a cluster on the path announces no locator (or is not in the view)
-	srv6BadLocator = "bad_locator" // it announces one that is not a valid locator
-	srv6NoAgents   = "no_agents"   // a location whose agents cannot do SRv6
-	srv6NoFrontend = "no_frontend" // a location asked to run an SRv6 copy without the home's frontends
+	srv6NoLocator  = "no_locator"   // a cluster on the path announces no locator (or is not in the view)
+	srv6BadLocator = "bad_locator"  // it announces one that is not a valid locator
+	srv6NoAgents   = "no_agents"    // a location whose agents cannot do SRv6
+	srv6NoFrontend = "no_frontend"  // a location asked to run an SRv6 copy without the home's frontends
+	srv6BadNodeSID = "bad_node_sid" // a node's SID is not the one its place allocates, or a peer named a SID outside its locator
 )
 
 type srv6Metrics struct {
@@ -82,7 +96,7 @@ func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 		words: map[srv6WordKey]*srv6Word{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_refused_total",
-			Help: "SRv6 path-mode steps refused, by reason (no_locator, bad_locator, no_agents, no_frontend).",
+			Help: "SRv6 path-mode steps refused, by reason (no_locator, bad_locator, no_agents, no_frontend, bad_node_sid).",
 		}, []string{"reason"}),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_steps_total",
@@ -90,7 +104,7 @@ func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 				"old copies gone at the home by how the home learnt it (gone_word: the old location said so; gone_timer: its drain budget ran out).",
 		}, []string{"step"}),
 	}
-	for _, r := range []string{srv6NoLocator, srv6BadLocator, srv6NoAgents, srv6NoFrontend} {
+	for _, r := range []string{srv6NoLocator, srv6BadLocator, srv6NoAgents, srv6NoFrontend, srv6BadNodeSID} {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
@@ -127,9 +141,86 @@ func (e *Engine) srv6Resolve(d *ctrl.Descriptor) error {
 	return nil
 }
 
-// clusterSID is the SID packets for a copy at cluster go to: node 0's SID
-// in the locator the cluster announces (this cluster's own: its config).
-func (e *Engine) clusterSID(cluster string) (netip.Addr, error) {
+// peerSID is sid, a SID cluster named for one of its nodes, checked to be
+// inside the locator cluster announces (this cluster's own: its config);
+// unset: its node 0's (a record or a peer from before per-node SIDs).
+func (e *Engine) peerSID(cluster string, sid netip.Addr) (netip.Addr, error) {
+	loc, err := e.clusterLocator(cluster)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if !sid.IsValid() {
+		return lb.NodeSID(loc, 0)
+	}
+	if !loc.Contains(sid) {
+		return netip.Addr{}, e.srv6Refuse(srv6BadNodeSID, fmt.Errorf("srv6: cluster %s named the SID %s, outside its locator %s", cluster, sid, loc))
+	}
+	return sid, nil
+}
+
+// nodeSIDs are this cluster's nodes' SIDs, node i's lb.NodeSID(locator,
+// i), each checked with its agent: a node whose agent has another SID (or
+// none) fails the step.
+func (e *Engine) nodeSIDs(ctx context.Context) ([]netip.Addr, error) {
+	if !e.cfg.Locator.IsValid() {
+		return nil, e.srv6Refuse(srv6NoLocator, errors.New("srv6: this cluster has no SRv6 locator (roam-ctrl --srv6-locator)"))
+	}
+	a, err := e.srv6Agents()
+	if err != nil {
+		return nil, err
+	}
+	got, err := a.SRv6SIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(got) == 0 {
+		return nil, e.srv6Refuse(srv6NoAgents, errors.New("srv6: this cluster has no nodes"))
+	}
+	want := make([]netip.Addr, len(got))
+	var bad []error
+	for i := range got {
+		if want[i], err = lb.NodeSID(e.cfg.Locator, uint16(i)); err != nil {
+			return nil, err
+		}
+		if got[i] != want[i] {
+			bad = append(bad, fmt.Errorf("node %d has the SID %v, its place allocates %s (roam-agent --srv6-sid)", i, got[i], want[i]))
+		}
+	}
+	if len(bad) > 0 {
+		return nil, e.srv6Refuse(srv6BadNodeSID, fmt.Errorf("srv6: %w", errors.Join(bad...)))
+	}
+	return want, nil
+}
+
+// pickSID is the SID of sids that service name's packets go to: by its
+// name's hash, so a service keeps its node and services spread.
+func pickSID(sids []netip.Addr, name string) netip.Addr {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return sids[h.Sum32()%uint32(len(sids))]
+}
+
+// srv6Foreign is what a destination needs for r's copy: the home's
+// frontends and the SID of the home's node its answers go to (none unless
+// r's service is redirected by SRv6). The home picks one of its nodes; a
+// mover passes on the home's SID it was given.
+func (e *Engine) srv6Foreign(ctx context.Context, r ctrl.Record) ([]lb.Frontend, netip.Addr, error) {
+	if !e.srv6Mode(r.Service) {
+		return nil, netip.Addr{}, nil
+	}
+	if r.Kind == ctrl.KindForeign {
+		return r.SRv6Frontends, r.SRv6SID, nil
+	}
+	sids, err := e.nodeSIDs(ctx)
+	if err != nil {
+		return nil, netip.Addr{}, err
+	}
+	return r.Frontends, pickSID(sids, r.Service.Name), nil
+}
+
+// clusterLocator is the locator cluster announces (this cluster's own:
+// its config).
+func (e *Engine) clusterLocator(cluster string) (netip.Prefix, error) {
 	loc := e.cfg.Locator
 	if cluster != e.cfg.ClusterID {
 		loc = netip.Prefix{}
@@ -142,12 +233,12 @@ func (e *Engine) clusterSID(cluster string) (netip.Addr, error) {
 		}
 	}
 	if !loc.IsValid() {
-		return netip.Addr{}, e.srv6Refuse(srv6NoLocator, fmt.Errorf("srv6: cluster %s announces no SRv6 locator (roam-ctrl --srv6-locator), or is not in the meta-orchestrator's view", cluster))
+		return netip.Prefix{}, e.srv6Refuse(srv6NoLocator, fmt.Errorf("srv6: cluster %s announces no SRv6 locator (roam-ctrl --srv6-locator), or is not in the meta-orchestrator's view", cluster))
 	}
 	if err := lb.ValidateLocator(loc); err != nil {
-		return netip.Addr{}, e.srv6Refuse(srv6BadLocator, fmt.Errorf("srv6: cluster %s: %w", cluster, err))
+		return netip.Prefix{}, e.srv6Refuse(srv6BadLocator, fmt.Errorf("srv6: cluster %s: %w", cluster, err))
 	}
-	return lb.NodeSID(loc, 0)
+	return loc, nil
 }
 
 // rerouteTarget is the target the home stages for m: an SRv6 path for an
@@ -157,13 +248,13 @@ func (e *Engine) rerouteTarget(m *ctrl.Migration, r ctrl.Record) (func(int) lb.T
 	if !e.srv6Mode(r.Service) || m.To == e.cfg.ClusterID {
 		return redirectTo(m.ToEndpoints), nil
 	}
-	to, err := e.clusterSID(m.To)
+	to, err := e.peerSID(m.To, m.ToSID)
 	if err != nil {
 		return nil, err
 	}
 	t := lb.SRv6(to)
 	if r.Kind == ctrl.KindAbroad && r.Cluster != m.To {
-		from, err := e.clusterSID(r.Cluster)
+		from, err := e.peerSID(r.Cluster, r.SRv6SID)
 		if err != nil {
 			return nil, err
 		}
@@ -179,7 +270,7 @@ func (e *Engine) recordTarget(r ctrl.Record) (want func(int) lb.Target, ok bool)
 	if r.Kind != ctrl.KindAbroad || !e.srv6Mode(r.Service) {
 		return target(r), true
 	}
-	sid, err := e.clusterSID(r.Cluster)
+	sid, err := e.peerSID(r.Cluster, r.SRv6SID)
 	if err != nil {
 		e.log.Warn("reconcile: srv6 path unknown, nodes left as they are", "service", r.Service.Name, "err", err)
 		return nil, false
@@ -321,15 +412,6 @@ func (e *Engine) srv6Settle(ctx context.Context, m *ctrl.Migration) error {
 	return nil
 }
 
-// srv6Frontends are the home's frontends of r's service, as a location
-// needs them: a home's record holds them, a foreign record keeps them.
-func srv6Frontends(r ctrl.Record) []lb.Frontend {
-	if r.Kind == ctrl.KindForeign {
-		return r.SRv6Frontends
-	}
-	return r.Frontends
-}
-
 func (e *Engine) srv6Agents() (srv6Agents, error) {
 	a, ok := e.cfg.Agents.(srv6Agents)
 	if !ok || e.cfg.Agents == nil {
@@ -340,34 +422,39 @@ func (e *Engine) srv6Agents() (srv6Agents, error) {
 
 // srv6Arrive makes this cluster a location of req's SRv6 service: the
 // return route to the home's SID on every node, then the copy serving.
-func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) error {
+// It returns the SID of the node the home's path is to name.
+func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip.Addr, error) {
 	if req.Service.Redirect != lb.ModeSRv6 {
-		return nil
+		return netip.Addr{}, nil
 	}
 	if len(req.Frontends) == 0 {
-		return e.srv6Refuse(srv6NoFrontend, fmt.Errorf("%w: srv6 copy of %s: the home named no frontends", ErrInvalid, req.Service.Name))
+		return netip.Addr{}, e.srv6Refuse(srv6NoFrontend, fmt.Errorf("%w: srv6 copy of %s: the home named no frontends", ErrInvalid, req.Service.Name))
 	}
 	for _, f := range req.Frontends {
 		if err := f.Validate(); err != nil {
-			return e.srv6Refuse(srv6NoFrontend, fmt.Errorf("%w: srv6 copy of %s: %w", ErrInvalid, req.Service.Name, err))
+			return netip.Addr{}, e.srv6Refuse(srv6NoFrontend, fmt.Errorf("%w: srv6 copy of %s: %w", ErrInvalid, req.Service.Name, err))
 		}
 	}
-	home, err := e.clusterSID(req.Home)
+	home, err := e.peerSID(req.Home, req.HomeSID)
 	if err != nil {
-		return err
+		return netip.Addr{}, err
+	}
+	sids, err := e.nodeSIDs(ctx)
+	if err != nil {
+		return netip.Addr{}, err
 	}
 	a, err := e.srv6Agents()
 	if err != nil {
-		return err
+		return netip.Addr{}, err
 	}
 	if err := a.SetSRv6Returns(ctx, req.Frontends, home, false); err != nil {
-		return err
+		return netip.Addr{}, err
 	}
 	if err := a.SetSRv6Copies(ctx, req.Frontends, dataplane.SRv6Serving); err != nil {
-		return err
+		return netip.Addr{}, err
 	}
 	e.srv6m.steps.WithLabelValues("serving").Inc()
-	return nil
+	return pickSID(sids, req.Service.Name), nil
 }
 
 // srv6Depart stops r's copy here (del: the backend's graceful stop) as an
@@ -416,7 +503,7 @@ func (e *Engine) srv6Depart(ctx context.Context, r ctrl.Record, del func(context
 	if !stopped {
 		derr = <-done
 	}
-	if home, err := e.clusterSID(r.Home); err == nil {
+	if home, err := e.peerSID(r.Home, r.SRv6SID); err == nil {
 		if err := a.SetSRv6Returns(cctx, fs, home, true); err != nil {
 			errs = append(errs, err)
 		}
@@ -425,13 +512,4 @@ func (e *Engine) srv6Depart(ctx context.Context, r ctrl.Record, del func(context
 		e.log.Warn("srv6: copy gone", "service", r.Service.Name, "err", errors.Join(errs...))
 	}
 	return derr
-}
-
-// srv6ForeignFrontends are the home's frontends a destination needs for
-// r's service (none unless it is redirected by SRv6).
-func (e *Engine) srv6ForeignFrontends(r ctrl.Record) []lb.Frontend {
-	if !e.srv6Mode(r.Service) {
-		return nil
-	}
-	return srv6Frontends(r)
 }

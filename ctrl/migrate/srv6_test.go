@@ -15,14 +15,35 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/meta"
 )
 
 // srv6FakeAgents are a cluster's fake agents that also take the SRv6
-// location calls, recorded as actions.
+// location calls, recorded as actions. Node i has the SID its place
+// allocates in loc, unless sids says otherwise.
 type srv6FakeAgents struct {
 	*fakeAgents
+	loc  netip.Prefix
+	sids map[int]netip.Addr
+}
+
+var _ srv6Agents = agentapi.Group(nil)
+
+func (a srv6FakeAgents) SRv6SIDs(ctx context.Context) ([]netip.Addr, error) {
+	out := make([]netip.Addr, len(a.nodes))
+	for i := range out {
+		sid, err := lb.NodeSID(a.loc, uint16(i))
+		if err != nil {
+			return nil, err
+		}
+		if s, ok := a.sids[i]; ok {
+			sid = s
+		}
+		out[i] = sid
+	}
+	return out, nil
 }
 
 func (a srv6FakeAgents) SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st dataplane.SRv6State) error {
@@ -39,9 +60,12 @@ func testLocator(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfc, 0, 0, 0, 0, byte(i)}), 48)
 }
 
+// testSID is the SID of the node of cluster i (two nodes) that the
+// service "web" goes to: node 1 (fnv-1a of "web" is odd; see
+// TestSRv6NodeSIDs).
 func testSID(t *testing.T, i int) netip.Addr {
 	t.Helper()
-	a, err := lb.NodeSID(testLocator(i), 0)
+	a, err := lb.NodeSID(testLocator(i), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +92,7 @@ func srv6World(t *testing.T, noLocator map[string]bool, ids ...string) *world {
 	}
 	w.tune = func(c *Config) {
 		c.Locator, c.RedirectMode, c.Hellos = testLocator(index[c.ClusterID]), lb.ModeSRv6, hellos
-		c.Agents = srv6FakeAgents{c.Agents.(*fakeAgents)}
+		c.Agents = srv6FakeAgents{fakeAgents: c.Agents.(*fakeAgents), loc: c.Locator}
 	}
 	for _, id := range ids { // rebuilt with tune
 		w.stop(id)
@@ -307,4 +331,84 @@ func TestSRv6MoveHomeKeepsOldCopy(t *testing.T) {
 	if !slices.Equal(bs, wantB) || !slices.Equal(as, wantA) || word < 0 || slices.Index(got[word:], stageCommit[0]) < 0 {
 		t.Fatalf("actions:\n  got  %s\n  want b's %s\n  and the home's stage and commit of local twice, the second after b's word", strings.Join(got, "\n       "), strings.Join(wantB, "\n       "))
 	}
+}
+
+// TestSRv6NodeSIDs: SIDs are per node. The service "web" goes to node 1
+// of each cluster (by its name's hash over two nodes), not node 0: the
+// home's path names b's node 1 and b's return route names the home's node
+// 1 (what the home asked for). A node whose agent has another SID than
+// its place allocates fails the move before any copy state is set,
+// rolled back, counted; and a SID a peer names outside its locator is
+// refused.
+func TestSRv6NodeSIDs(t *testing.T) {
+	for i, sid := range []netip.Addr{pickSID([]netip.Addr{testSID0(t, 2), testSID(t, 2)}, "web"), testSID(t, 2)} {
+		if n0 := testSID0(t, 2); sid == n0 {
+			t.Fatalf("%d: web's SID %s is node 0's", i, sid)
+		}
+	}
+	w := srv6World(t, nil, "a", "b", "c")
+	w.deploy("a")
+	f := w.frontend("a")
+	w.acts.take()
+	m := w.mustMigrate("a", "b")
+	if m.ToSID != testSID(t, 2) {
+		t.Fatalf("migration's SID %s, want b's node 1 %s", m.ToSID, testSID(t, 2))
+	}
+	if r := w.mustRecord("a"); r.SRv6SID != testSID(t, 2) {
+		t.Fatalf("home record's SID %s, want b's node 1 %s", r.SRv6SID, testSID(t, 2))
+	}
+	for i := range 2 {
+		if got := w.cluster("a").ag.active(i, f); got != lb.SRv6(testSID(t, 2)) {
+			t.Fatalf("home node %d: active %s, want b's node 1", i, got)
+		}
+	}
+	w.expectActions([]string{
+		fmt.Sprintf("srv6 b returns [%s] -> %s remove=false", f, testSID(t, 1)),
+		fmt.Sprintf("srv6 b copies [%s] serving", f),
+	}, "srv6 ")
+
+	// c's node 0 has node 1's SID (say, a copied flag).
+	tune := w.tune
+	w.tune = func(c *Config) {
+		tune(c)
+		if c.ClusterID == "c" {
+			a := c.Agents.(srv6FakeAgents)
+			a.sids = map[int]netip.Addr{0: testSID(t, 3)}
+			c.Agents = a
+		}
+	}
+	w.restart("c")
+	w.acts.take()
+	_, err := w.migrate("a", "c")
+	if err == nil || !strings.Contains(err.Error(), "node 0 has the SID "+testSID(t, 3).String()) {
+		t.Fatalf("move to a cluster whose node 0 has node 1's SID: %v", err)
+	}
+	if got := w.cluster("a").ag.active(0, f); got != lb.SRv6(testSID(t, 2)) {
+		t.Fatalf("home after the refused move: active %s, want [b] still", got)
+	}
+	for _, a := range w.acts.take("srv6 c") { // the rollback's removal of the copy may say draining, gone
+		if strings.Contains(a, "serving") || strings.Contains(a, "remove=false") {
+			t.Fatalf("c made its copy serve despite the bad SID: %s", a)
+		}
+	}
+	if n := counterValue(w.eng("c").srv6m.refused.WithLabelValues(srv6BadNodeSID)); n != 1 {
+		t.Errorf("bad_node_sid refusals at c: %v", n)
+	}
+
+	eng := w.eng("a")
+	if _, err := eng.peerSID("b", testSID(t, 3)); err == nil || !strings.Contains(err.Error(), "outside its locator") {
+		t.Fatalf("b naming c's SID: %v", err)
+	}
+	if sid, err := eng.peerSID("b", netip.Addr{}); err != nil || sid != testSID0(t, 2) {
+		t.Fatalf("b naming none (a peer from before per-node SIDs): %s, %v; want its node 0", sid, err)
+	}
+}
+
+func testSID0(t *testing.T, i int) netip.Addr {
+	t.Helper()
+	a, err := lb.NodeSID(testLocator(i), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

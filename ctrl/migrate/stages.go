@@ -250,8 +250,12 @@ func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest
 		incarnation = r.HomeIncarnation
 	}
 	err := e.step(ctx, m, ctrl.StageReplication, func(ctx context.Context) error {
+		fs, homeSID, err := e.srv6Foreign(ctx, r)
+		if err != nil {
+			return err
+		}
 		rep, err := e.cfg.Peers.DeployForeign(ctx, m.ToURL, ctrl.ForeignRequest{Home: r.Home, HomeURL: m.HomeURL,
-			HomeIncarnation: incarnation, Epoch: m.Epoch, Service: r.Service, Frontends: e.srv6ForeignFrontends(r)})
+			HomeIncarnation: incarnation, Epoch: m.Epoch, Service: r.Service, Frontends: fs, HomeSID: homeSID})
 		if err != nil {
 			return err
 		}
@@ -264,7 +268,7 @@ func (e *Engine) run(ctx context.Context, m *ctrl.Migration, r ctrl.Record, dest
 			if len(rep.Endpoints) == 0 {
 				return fmt.Errorf("%s reported no endpoint", m.To)
 			}
-			m.ToEndpoints = rep.Endpoints
+			m.ToEndpoints, m.ToSID = rep.Endpoints, rep.SRv6SID
 		}
 		return nil
 	})
@@ -322,7 +326,7 @@ func (e *Engine) moveOn(ctx context.Context, m *ctrl.Migration, tl tailer) error
 	}()
 	err := e.step(ctx, m, ctrl.StageReroute, func(ctx context.Context) error {
 		hm, err := e.cfg.Peers.MovedOn(ctx, m.HomeURL, ctrl.MovedOn{Service: m.Service, Epoch: m.Epoch, FromEpoch: m.FromEpoch,
-			From: e.cfg.ClusterID, To: m.To, ToURL: m.ToURL, Endpoints: m.ToEndpoints})
+			From: e.cfg.ClusterID, To: m.To, ToURL: m.ToURL, Endpoints: m.ToEndpoints, SRv6SID: m.ToSID})
 		if err == nil {
 			// The load balancer's steps ran at the home: report its
 			// figures, as the home role does.
@@ -613,9 +617,9 @@ func (e *Engine) localEndpoints(ctx context.Context, r ctrl.Record) []netip.Addr
 // recordMoved writes the home record after a commit.
 func (e *Engine) recordMoved(ctx context.Context, m *ctrl.Migration, r ctrl.Record) error {
 	if m.To == e.cfg.ClusterID {
-		r.Kind, r.Cluster, r.ClusterURL, r.Endpoints = ctrl.KindLocal, e.cfg.ClusterID, e.cfg.URL, e.localEndpoints(ctx, r)
+		r.Kind, r.Cluster, r.ClusterURL, r.Endpoints, r.SRv6SID = ctrl.KindLocal, e.cfg.ClusterID, e.cfg.URL, e.localEndpoints(ctx, r), netip.Addr{}
 	} else {
-		r.Kind, r.Cluster, r.ClusterURL, r.Endpoints = ctrl.KindAbroad, m.To, m.ToURL, m.ToEndpoints
+		r.Kind, r.Cluster, r.ClusterURL, r.Endpoints, r.SRv6SID = ctrl.KindAbroad, m.To, m.ToURL, m.ToEndpoints, m.ToSID
 	}
 	r.Epoch = m.Epoch
 	return e.st.PutRecord(r)

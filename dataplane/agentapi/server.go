@@ -18,6 +18,7 @@
 //	POST /v1/remove {frontend}           → {}
 //	GET  /v1/flows?frontend=&target=     → {flows}
 //	POST /v1/srv6/copies, /v1/srv6/returns → {} (SRv6 path mode at a location: srv6.go)
+//	GET  /v1/srv6/node → {sid, locators} (the node's SRv6 setup: srv6.go)
 //	GET  /healthz                        → {"status": "ok"}
 package agentapi
 
@@ -158,6 +159,7 @@ func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 	s.route("GET /v1/flows", "flows", s.flows)
 	s.route("POST /v1/srv6/copies", "srv6_copies", s.srv6Copies)
 	s.route("POST /v1/srv6/returns", "srv6_returns", s.srv6Returns)
+	s.route("GET /v1/srv6/node", "srv6_node", s.srv6Node)
 	s.route("GET /healthz", "healthz", s.healthz)
 	s.route("/", "other", func(w http.ResponseWriter, r *http.Request) error {
 		if m, ok := methods[r.URL.Path]; ok {
@@ -176,7 +178,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 var methods = map[string]string{
 	"/v1/services": http.MethodGet, "/v1/stage": http.MethodPost, "/v1/commit": http.MethodPost,
 	"/v1/abort": http.MethodPost, "/v1/stages": http.MethodPost, "/v1/commits": http.MethodPost, "/v1/reroute": http.MethodPost, "/v1/remove": http.MethodPost, "/v1/flows": http.MethodGet, "/healthz": http.MethodGet,
-	"/v1/srv6/copies": http.MethodPost, "/v1/srv6/returns": http.MethodPost,
+	"/v1/srv6/copies": http.MethodPost, "/v1/srv6/returns": http.MethodPost, "/v1/srv6/node": http.MethodGet,
 }
 
 func apiErr(status int, reason, format string, args ...any) error {

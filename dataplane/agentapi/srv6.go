@@ -5,6 +5,7 @@ package agentapi
 //
 //	POST /v1/srv6/copies  {frontends, state}           → {}  serving | draining | gone
 //	POST /v1/srv6/returns {frontends, home_sid, remove} → {}  the copy's answers back to its home
+//	GET  /v1/srv6/node                                  → {sid, locators}  the node's SID (its controller checks it)
 //
 // The frontends are the home's (the inner destination of the packets the
 // home encapsulates). A data plane without SRv6 answers 501.
@@ -28,6 +29,14 @@ type SRv6Dataplane interface {
 	// SetSRv6Return routes what the copy answers from f's address back
 	// to the home's SID (remove: stop doing so).
 	SetSRv6Return(f lb.Frontend, homeSID netip.Addr, remove bool) error
+	// SRv6Config is the node's SRv6 setup: its SID and roam's locators.
+	SRv6Config() dataplane.SRv6Config
+}
+
+// SRv6Node is a node's SRv6 setup, as GET /v1/srv6/node answers it.
+type SRv6Node struct {
+	SID      netip.Addr     `json:"sid,omitzero"` // unset: SRv6 is off on the node
+	Locators []netip.Prefix `json:"locators"`
 }
 
 // ParseSRv6State reads serving, draining or gone.
@@ -112,6 +121,16 @@ func (s *Server) srv6Returns(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+func (s *Server) srv6Node(w http.ResponseWriter, r *http.Request) error {
+	d, err := s.srv6dp()
+	if err != nil {
+		return err
+	}
+	c := d.SRv6Config()
+	writeJSON(w, http.StatusOK, SRv6Node{SID: c.SID, Locators: c.Locators})
+	return nil
+}
+
 func ptrs(fs []lb.Frontend) []*lb.Frontend {
 	out := make([]*lb.Frontend, len(fs))
 	for i := range fs {
@@ -151,4 +170,28 @@ func (g Group) SetSRv6Returns(ctx context.Context, fs []lb.Frontend, homeSID net
 		return fmt.Errorf("set srv6 returns on every node: %w", err)
 	}
 	return nil
+}
+
+// SRv6Node returns the agent's node's SRv6 setup.
+func (c *Client) SRv6Node(ctx context.Context) (SRv6Node, error) {
+	var out SRv6Node
+	if err := c.do(ctx, http.MethodGet, "/v1/srv6/node", nil, &out); err != nil {
+		return SRv6Node{}, fmt.Errorf("srv6 node: %w", err)
+	}
+	return out, nil
+}
+
+// SRv6SIDs returns every node's SID, in the group's order (unset where
+// SRv6 is off).
+func (g Group) SRv6SIDs(ctx context.Context) ([]netip.Addr, error) {
+	sids := make([]netip.Addr, len(g))
+	errs := g.each(func(i int, c *Client) error {
+		n, err := c.SRv6Node(ctx)
+		sids[i] = n.SID
+		return err
+	})
+	if err := joinNodes(g, errs); err != nil {
+		return nil, fmt.Errorf("srv6 SIDs of every node: %w", err)
+	}
+	return sids, nil
 }

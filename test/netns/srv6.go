@@ -38,12 +38,56 @@ var (
 	SRv6SIDHome    = netip.MustParseAddr("fc00:20:1::1")
 	SRv6SIDOld     = netip.MustParseAddr("fc00:20:2::1")
 	SRv6SIDNew     = netip.MustParseAddr("fc00:20:3::1")
+	// SRv6SIDNew1 is the new location's node 1's SID (lb.NodeSID of its
+	// locator, node 1), on its own node (SRv6Topology.AddNewNode1).
+	SRv6SIDNew1 = netip.MustParseAddr("fc00:20:3:1::1")
 )
 
-// SRv6Topology is the four namespaces, named uniquely.
+// SRv6Topology is the four namespaces, named uniquely, and New1 once
+// AddNewNode1 added it.
 type SRv6Topology struct {
 	Client, Home, Old, New string
+	New1                   string
 	Suffix                 string
+}
+
+// AddNewNode1 gives the new location a second node, node 1 of its locator
+// (SID SRv6SIDNew1), in a namespace of its own:
+//
+//	home ns h3 fd20:4::1 ── m0 fd20:4::2  new node 1 ns
+//
+// The home routes node 1's part of the locator (fc00:20:3:1::/64, longer
+// than the location's /48, which stays node 0's) to it; it routes
+// everything through the home and has the frontends on lo, as node 0.
+func (t *SRv6Topology) AddNewNode1() error {
+	t.New1 = "roam-sm-" + t.Suffix
+	if err := Create(t.New1); err != nil {
+		return err
+	}
+	if err := Veth(End{NS: t.Home, Name: "h3", Addrs: []netip.Prefix{pfx("fd20:4::1/64")}},
+		End{NS: t.New1, Name: "m0", Addrs: []netip.Prefix{pfx("fd20:4::2/64")}}); err != nil {
+		return err
+	}
+	for _, r := range []struct {
+		ns, dev string
+		dst     netip.Prefix
+		via     netip.Addr
+	}{
+		{t.Home, "h3", pfx("fc00:20:3:1::/64"), netip.MustParseAddr("fd20:4::2")},
+		{t.New1, "m0", pfx("::/0"), netip.MustParseAddr("fd20:4::1")},
+	} {
+		err := Handle(r.ns, func(h *netlink.Handle) error {
+			l, err := h.LinkByName(r.dev)
+			if err != nil {
+				return err
+			}
+			return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(r.dst), Gw: r.via.AsSlice()})
+		})
+		if err != nil {
+			return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.via, r.ns, err)
+		}
+	}
+	return t.location(t.New1)
 }
 
 // NewSRv6Topology builds it; Close removes it all.
@@ -106,32 +150,7 @@ func (t *SRv6Topology) build() error {
 		}
 	}
 	for _, ns := range []string{t.Old, t.New} {
-		err := Handle(ns, func(h *netlink.Handle) error {
-			lo, err := h.LinkByName("lo")
-			if err != nil {
-				return err
-			}
-			if err := h.LinkSetUp(lo); err != nil {
-				return err
-			}
-			for _, a := range []netip.Prefix{netip.PrefixFrom(SRv6FrontendV4, 32), netip.PrefixFrom(SRv6FrontendV6, 128)} {
-				if err := h.AddrAdd(lo, &netlink.Addr{IPNet: ipnet(a), Flags: unix.IFA_F_NODAD}); err != nil {
-					return fmt.Errorf("add %s to lo: %w", a, err)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("frontend addresses in %s: %w", ns, err)
-		}
-		// Decapsulated packets come in on the underlay from clients it has no route to.
-		for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"} {
-			if err := Sysctl(ns, k, "0\n"); err != nil {
-				return err
-			}
-		}
-		// A location forwards to the next segment: bpf_fib_lookup does so only where the kernel would.
-		if err := Sysctl(ns, "net.ipv6.conf.all.forwarding", "1\n"); err != nil {
+		if err := t.location(ns); err != nil {
 			return err
 		}
 	}
@@ -143,10 +162,48 @@ func (t *SRv6Topology) build() error {
 	return AttachXDPPass(t.Client, "c0")
 }
 
+// location sets a location's node up: the frontends on lo, no reverse
+// path filter, IPv6 forwarding.
+func (t *SRv6Topology) location(ns string) error {
+	err := Handle(ns, func(h *netlink.Handle) error {
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := h.LinkSetUp(lo); err != nil {
+			return err
+		}
+		for _, a := range []netip.Prefix{netip.PrefixFrom(SRv6FrontendV4, 32), netip.PrefixFrom(SRv6FrontendV6, 128)} {
+			if err := h.AddrAdd(lo, &netlink.Addr{IPNet: ipnet(a), Flags: unix.IFA_F_NODAD}); err != nil {
+				return fmt.Errorf("add %s to lo: %w", a, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("frontend addresses in %s: %w", ns, err)
+	}
+	// Decapsulated packets come in on the underlay from clients it has no route to.
+	for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"} {
+		if err := Sysctl(ns, k, "0\n"); err != nil {
+			return err
+		}
+	}
+	// A location forwards to the next segment: bpf_fib_lookup does so only where the kernel would.
+	if err := Sysctl(ns, "net.ipv6.conf.all.forwarding", "1\n"); err != nil {
+		return err
+	}
+	return nil
+}
+
 // Close deletes the namespaces (and with them the veths).
 func (t *SRv6Topology) Close() error {
 	var errs []error
-	for _, name := range []string{t.Client, t.Home, t.Old, t.New} {
+	names := []string{t.Client, t.Home, t.Old, t.New}
+	if t.New1 != "" {
+		names = append(names, t.New1)
+	}
+	for _, name := range names {
 		if err := Delete(name); err != nil {
 			errs = append(errs, err)
 		}

@@ -1,0 +1,68 @@
+package agentapi
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// srv6Dataplane is a data plane with SRv6 on and the location's kernel
+// part left out (its return routes are cmd/roam-agent's).
+type srv6Dataplane struct{ *dataplane.Dataplane }
+
+func (srv6Dataplane) SetSRv6Return(lb.Frontend, netip.Addr, bool) error { return nil }
+
+// TestSRv6Node: GET /v1/srv6/node answers the node's SID and roam's
+// locators, and a group gives each node's SID in its order; a node whose
+// data plane has no SRv6 path mode answers 501, which fails the group's
+// call naming that node.
+func TestSRv6Node(t *testing.T) {
+	loc := netip.MustParsePrefix("fc00:0:7::/48")
+	var clients []*Client
+	for node := range 2 {
+		sid, err := lb.NodeSID(loc, uint16(node))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dp := dptest.New(t, dataplane.Config{IdleTimeout: time.Minute, SRv6: dataplane.SRv6Config{SID: sid, Locators: []netip.Prefix{loc}}})
+		srv, err := NewServer(srv6Dataplane{dp}, ServerConfig{Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := httptest.NewServer(srv.Handler())
+		t.Cleanup(h.Close)
+		clients = append(clients, New(h.URL, ""))
+	}
+	n, err := clients[1].SRv6Node(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := lb.NodeSID(loc, 1); n.SID != want || len(n.Locators) != 1 || n.Locators[0] != loc {
+		t.Fatalf("node 1: %+v, want SID %s and locators [%s]", n, want, loc)
+	}
+	sids, err := Group(clients).SRv6SIDs(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range sids {
+		if want, _ := lb.NodeSID(loc, uint16(i)); s != want {
+			t.Fatalf("group: node %d's SID %s, want %s", i, s, want)
+		}
+	}
+
+	plain := startAgent(t, "")
+	_, err = Group{clients[0], plain.client}.SRv6SIDs(ctx(t))
+	var ae *Error
+	if err == nil || !errors.As(err, &ae) || ae.Status != http.StatusNotImplemented {
+		t.Fatalf("a node without SRv6: %v, want 501", err)
+	}
+}
