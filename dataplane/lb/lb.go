@@ -88,12 +88,16 @@ func ValidateWorkload(ports []Port, milliCPU, memoryMB int64) error {
 func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (p *Proto) UnmarshalText(b []byte) error {
-	v, err := ParseProto(string(b))
+func (p *Proto) UnmarshalText(b []byte) error { return parseText(p, ParseProto, b) }
+
+// parseText sets *dst to parse's reading of b: the body of every
+// UnmarshalText here (*dst is left as it was on an error).
+func parseText[T any](dst *T, parse func(string) (T, error), b []byte) error {
+	v, err := parse(string(b))
 	if err != nil {
 		return err
 	}
-	*p = v
+	*dst = v
 	return nil
 }
 
@@ -146,14 +150,7 @@ func ParseFrontend(s string) (Frontend, error) {
 func (f Frontend) MarshalText() ([]byte, error) { return []byte(f.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (f *Frontend) UnmarshalText(b []byte) error {
-	v, err := ParseFrontend(string(b))
-	if err != nil {
-		return err
-	}
-	*f = v
-	return nil
-}
+func (f *Frontend) UnmarshalText(b []byte) error { return parseText(f, ParseFrontend, b) }
 
 // TargetKind says what the data plane does with a frontend's packets.
 type TargetKind uint8
@@ -313,14 +310,7 @@ func ParseTarget(s string) (Target, error) {
 func (t Target) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (t *Target) UnmarshalText(b []byte) error {
-	v, err := ParseTarget(string(b))
-	if err != nil {
-		return err
-	}
-	*t = v
-	return nil
-}
+func (t *Target) UnmarshalText(b []byte) error { return parseText(t, ParseTarget, b) }
 
 // Service is one frontend's entry as the data plane holds it: two target
 // slots and the index of the active one. Generation counts stages, so a
@@ -358,14 +348,7 @@ func ParseMode(s string) (Mode, error) {
 }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (m *Mode) UnmarshalText(b []byte) error {
-	v, err := ParseMode(string(b))
-	if err != nil {
-		return err
-	}
-	*m = v
-	return nil
-}
+func (m *Mode) UnmarshalText(b []byte) error { return parseText(m, ParseMode, b) }
 
 // Or returns m, or def when m is unset.
 func (m Mode) Or(def Mode) Mode {
