@@ -539,13 +539,7 @@ func TestAttackDrained(t *testing.T) {
 	expectDenied(t, "a of another migration", b, DenyEpoch, 403, func() (int, string) {
 		return send(t, as(t, a.dir), "POST", base+"?migration_id=evil&epoch=1", "", "")
 	})
-	// No certificate at all.
-	expectDenied(t, "anonymous", b, DenyNoCertificate, 401, func() (int, string) {
-		return send(t, anon(), "POST", base+right, "", "")
-	})
-	if code, body := send(t, as(t, a.dir), "POST", base+"?epoch=x", "", ""); code != 400 {
-		t.Errorf("a bad epoch: %d %s, want 400", code, body)
-	}
+	expectEpochCallChecks(t, b, base, right, a.dir)
 	// A service b does not run.
 	if code, body := send(t, as(t, a.dir), "POST", in.dir.urls["b"]+"/v1/peer/foreign/nope/drained"+right, "", ""); code != 404 {
 		t.Errorf("unknown service: %d %s, want 404", code, body)
@@ -563,6 +557,20 @@ func TestAttackDrained(t *testing.T) {
 	}
 }
 
+// expectEpochCallChecks: a peer call at base (served by at) that names an
+// epoch (right, the query naming the right one) is refused without a
+// certificate, and with an epoch that is no number even from a peer
+// (dir: that peer's certificate).
+func expectEpochCallChecks(t *testing.T, at *testCluster, base, right, dir string) {
+	t.Helper()
+	expectDenied(t, "anonymous", at, DenyNoCertificate, 401, func() (int, string) {
+		return send(t, anon(), "POST", base+right, "", "")
+	})
+	if code, body := send(t, as(t, dir), "POST", base+"?epoch=x", "", ""); code != 400 {
+		t.Errorf("a bad epoch: %d %s, want 400", code, body)
+	}
+}
+
 // TestAttackSRv6Gone: a location's word that its SRv6 copy is gone lets
 // the home drop it from its path: it needs a peer's certificate and a
 // well-formed epoch, is refused at a cluster that is not the service's
@@ -574,12 +582,7 @@ func TestAttackSRv6Gone(t *testing.T) {
 	_, ep := seedAbroad(t, in, "a", "b")
 	right := "?migration_id=" + ep.MigrationID + "&epoch=1"
 	base := in.dir.urls["a"] + "/v1/peer/srv6-gone/web"
-	expectDenied(t, "anonymous", a, DenyNoCertificate, 401, func() (int, string) {
-		return send(t, anon(), "POST", base+right, "", "")
-	})
-	if code, body := send(t, as(t, c.dir), "POST", base+"?epoch=x", "", ""); code != 400 {
-		t.Errorf("a bad epoch: %d %s, want 400", code, body)
-	}
+	expectEpochCallChecks(t, a, base, right, c.dir)
 	// At b, where web is foreign: b is not its home.
 	if code, body := send(t, as(t, c.dir), "POST", in.dir.urls["b"]+"/v1/peer/srv6-gone/web"+right, "", ""); code != 409 {
 		t.Errorf("word at a cluster that is not the home: %d %s, want 409", code, body)
