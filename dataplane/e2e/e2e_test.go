@@ -186,9 +186,7 @@ type iperfResult struct {
 }
 
 func TestEndToEnd(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the data-plane end-to-end test needs root (netns, XDP, bpffs)")
-	}
+	netns.SkipUnlessRoot(t)
 	for _, tool := range []string{"ip", "nsenter", "curl", "iperf3", "bpftool"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed: %v (make deps)", tool, err)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -71,9 +70,7 @@ func (k *keepAliveClient) answers(name string) int {
 // Then the clients close their connections themselves (FIN from the client
 // first) and Flows on the new target reaches 0 just as fast.
 func TestKeepAliveAcrossCommit(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the data-plane end-to-end test needs root (netns, XDP, bpffs)")
-	}
+	netns.SkipUnlessRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	topo := netns.NewTestTopology(t)

@@ -181,9 +181,7 @@ func (r *realClients) pct(d []time.Duration, p int) time.Duration {
 // and reach neither a port nor the target: every real connection succeeds
 // with connect p99 < 1 s, and the cookies and proxied flows are counted.
 func TestSYNFlood(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the data-plane end-to-end test needs root (netns, XDP, bpffs, raw sockets)")
-	}
+	netns.SkipUnlessRoot(t)
 	target := netip.AddrPortFrom(netns.AbroadAddr1, 8080)
 	topo := abroadTopology(t, target)
 	// The pool 10.10.3.0-7 is the home node's: the abroad side routes it there.

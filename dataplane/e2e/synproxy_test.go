@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -32,9 +31,7 @@ import (
 // the target's SYN-ACK reached the home is lost (synproxy_early) and the
 // client sends it again after its retransmission timeout.
 func TestSYNProxyClients(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the data-plane end-to-end test needs root (netns, XDP, bpffs)")
-	}
+	netns.SkipUnlessRoot(t)
 	httpTarget := netip.AddrPortFrom(netns.AbroadAddr1, 8080)
 	topo := abroadTopology(t, httpTarget)
 	cp, err := netns.StartCopyServer(topo.Abroad, "copy", netns.AbroadAddr1)
