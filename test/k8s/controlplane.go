@@ -114,7 +114,11 @@ func Start(ctx context.Context, o Options) (cp *ControlPlane, err error) {
 	}
 	cp.CA = pki.caPEM
 
-	ports, err := freePorts(4)
+	// Ports below the ephemeral range, never handed out twice in this
+	// process: a control plane's ports are chosen before its servers bind
+	// them, and an ephemeral port could meanwhile be taken by a connection
+	// (the other control plane's, say).
+	ports, err := testport.TakeN(4)
 	if err != nil {
 		return cp, err
 	}
@@ -420,22 +424,6 @@ func (cp *ControlPlane) waitHTTP(ctx context.Context, what, url string, hdr map[
 		}
 		return nil
 	})
-}
-
-// freePorts are n ports below the ephemeral range, never handed out twice
-// in this process: a control plane's ports are chosen before its servers
-// bind them, and an ephemeral port could meanwhile be taken by a connection
-// (the other control plane's, say).
-func freePorts(n int) ([]int, error) {
-	out := make([]int, n)
-	for i := range out {
-		p, err := testport.Take()
-		if err != nil {
-			return nil, err
-		}
-		out[i] = int(p)
-	}
-	return out, nil
 }
 
 type pki struct {

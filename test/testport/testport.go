@@ -66,11 +66,24 @@ func Take(addrs ...netip.Addr) (uint16, error) {
 // N returns n distinct free ports on 127.0.0.1.
 func N(t testing.TB, n int) []int {
 	t.Helper()
-	ps := make([]int, n)
-	for i := range ps {
-		ps[i] = int(Free(t))
+	ps, err := TakeN(n)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ps
+}
+
+// TakeN is N for code that runs outside a test function.
+func TakeN(n int) ([]int, error) {
+	ps := make([]int, n)
+	for i := range ps {
+		p, err := Take()
+		if err != nil {
+			return nil, err
+		}
+		ps[i] = int(p)
+	}
+	return ps, nil
 }
 
 // Addr returns "127.0.0.1:<a free port>".
