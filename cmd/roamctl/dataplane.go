@@ -60,26 +60,28 @@ func dumpAgent(ctx context.Context, w io.Writer, c *agentapi.Client) error {
 	if err != nil {
 		return err
 	}
+	return printServices(w, svcs, func(s lb.Service, t lb.Target) (int, error) { return c.Flows(ctx, s.Frontend, t) })
+}
+
+// printServices writes the frontends' table, sorted, with the live flows
+// on each one's active and staged targets (flows counts them).
+func printServices(w io.Writer, svcs []lb.Service, flows func(lb.Service, lb.Target) (int, error)) error {
 	sortServices(svcs)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FRONTEND\tID\tACTIVE\tFLOWS\tSTAGED\tFLOWS\tGENERATION")
 	for _, s := range svcs {
-		na, ns := "-", "-"
-		if s.Active.Kind != lb.TargetNone {
-			n, err := c.Flows(ctx, s.Frontend, s.Active)
+		counts := [2]string{"-", "-"} // active, staged
+		for i, t := range []lb.Target{s.Active, s.Staged} {
+			if t.Kind == lb.TargetNone {
+				continue
+			}
+			n, err := flows(s, t)
 			if err != nil {
 				return err
 			}
-			na = fmt.Sprint(n)
+			counts[i] = fmt.Sprint(n)
 		}
-		if s.Staged.Kind != lb.TargetNone {
-			n, err := c.Flows(ctx, s.Frontend, s.Staged)
-			if err != nil {
-				return err
-			}
-			ns = fmt.Sprint(n)
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Frontend, s.ID, s.Active, na, s.Staged, ns, s.Generation)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Frontend, s.ID, s.Active, counts[0], s.Staged, counts[1], s.Generation)
 	}
 	return tw.Flush()
 }
@@ -139,7 +141,6 @@ func dumpPins(w io.Writer, pin string) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read services: %w", err)
 	}
-	sortServices(svcs)
 
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
@@ -179,19 +180,7 @@ func dumpPins(w io.Writer, pin string) error {
 	}
 
 	fmt.Fprintf(w, "pin path %s: %d frontends, %d conntrack entries\n\n", pin, len(svcs), len(flows))
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FRONTEND\tID\tACTIVE\tFLOWS\tSTAGED\tFLOWS\tGENERATION")
-	for _, s := range svcs {
-		na, ns := "-", "-"
-		if s.Active.Kind != lb.TargetNone {
-			na = fmt.Sprint(fwd[s.ID][s.Active])
-		}
-		if s.Staged.Kind != lb.TargetNone {
-			ns = fmt.Sprint(fwd[s.ID][s.Staged])
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%d\n", s.Frontend, s.ID, s.Active, na, s.Staged, ns, s.Generation)
-	}
-	if err := tw.Flush(); err != nil {
+	if err := printServices(w, svcs, func(s lb.Service, t lb.Target) (int, error) { return fwd[s.ID][t], nil }); err != nil {
 		return err
 	}
 	if err := dumpSRv6Pins(w, pin, svcs); err != nil {
@@ -202,7 +191,7 @@ func dumpPins(w io.Writer, pin string) error {
 	}
 	sort.Slice(flows, func(i, j int) bool { return flows[i].line < flows[j].line })
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FRONTEND\tFLOW (as on the wire)\tENTRY\tIDLE")
 	for _, f := range flows {
 		fmt.Fprintln(tw, f.line)
