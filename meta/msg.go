@@ -506,8 +506,13 @@ func DecodePlacementRequest(b []byte) (PlacementRequest, error) {
 // first), for a caller that keeps r from one request to the next.
 func decodePlacementRequestInto(b []byte, r *PlacementRequest) error {
 	*r = PlacementRequest{}
-	if err := decode(b, r); err != nil {
-		return fmt.Errorf("decode placement request: %w", err)
+	// The hand-written decoder (msgfast.go) takes what json.Marshal
+	// writes; encoding/json decodes anything else.
+	if len(b) > MaxMessageSize || !fastRequest(b, r) {
+		*r = PlacementRequest{}
+		if err := decode(b, r); err != nil {
+			return fmt.Errorf("decode placement request: %w", err)
+		}
 	}
 	if err := r.Validate(); err != nil {
 		return fmt.Errorf("decode placement request: %w", err)
@@ -518,8 +523,12 @@ func decodePlacementRequestInto(b []byte, r *PlacementRequest) error {
 // DecodePlacementReply parses and validates a placement reply.
 func DecodePlacementReply(b []byte) (PlacementReply, error) {
 	var r PlacementReply
-	if err := decode(b, &r); err != nil {
-		return PlacementReply{}, fmt.Errorf("decode placement reply: %w", err)
+	// As for requests: the hand-written decoder, else encoding/json.
+	if len(b) > MaxMessageSize || !fastReply(b, &r) {
+		r = PlacementReply{}
+		if err := decode(b, &r); err != nil {
+			return PlacementReply{}, fmt.Errorf("decode placement reply: %w", err)
+		}
 	}
 	if err := r.Validate(); err != nil {
 		return PlacementReply{}, fmt.Errorf("decode placement reply: %w", err)
