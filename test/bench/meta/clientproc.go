@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/roamnet/roam/meta"
 	"github.com/roamnet/roam/test/childproc"
@@ -53,6 +54,18 @@ type clientAnswer struct {
 	Err     string          `json:"err,omitempty"`
 	Latency []time.Duration `json:"latency,omitempty"`
 	Failed  int             `json:"failed,omitempty"`
+	// place: each request's id and wall clock times (legs.go), and the
+	// requester's GC cycles and longest GC pause meanwhile.
+	Trips      []trip  `json:"trips,omitempty"`
+	GCs        uint64  `json:"gcs,omitempty"`
+	GCPauseMax float64 `json:"gc_pause_max,omitempty"`
+}
+
+// trip is one timed placement: its request id, and the wall clock (Unix
+// ns) before it was sent and after its reply was decoded.
+type trip struct {
+	ID         string `json:"id"`
+	Sent, Recv int64
 }
 
 // clientProc is the client process, seen from the benchmark.
@@ -68,7 +81,7 @@ func startClientProc(url string) (*clientProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, "-client-of", url)
+	cmd := exec.Command(exe, "-client-of", url, "-hello-slice", helloSlice.String())
 	in, out, err := childproc.Start(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start the client process: %w", err)
@@ -114,10 +127,11 @@ func (p *clientProc) flood(total, clusters int) error {
 }
 
 // place times n placements in the client process.
-func (p *clientProc) place(n int, tracePath string) ([]time.Duration, int, error) {
-	a, err := p.do(clientCmd{Op: "place", Requests: n, Trace: tracePath})
-	return a.Latency, a.Failed, err
+func (p *clientProc) place(n int, tracePath string) (clientAnswer, error) {
+	return p.do(clientCmd{Op: "place", Requests: n, Trace: tracePath})
 }
+
+func (p *clientProc) pid() int { return p.cmd.Process.Pid }
 
 // stop ends the client process (its hellos stop).
 func (p *clientProc) stop() {
@@ -188,7 +202,10 @@ func runClientProc(url string) error {
 				a.Err = err.Error()
 				break
 			}
-			a.Latency, a.Failed, err = measurePlacement(client, c.Requests)
+			rt0 := readRuntime()
+			a.Latency, a.Trips, a.Failed, err = measurePlacement(client, c.Requests)
+			rt := rtDelta(rt0, readRuntime())
+			a.GCs, a.GCPauseMax = rt.gcCycles, rt.gcPauseMax
 			stopTrace()
 			if err != nil {
 				a.Err = err.Error()
@@ -210,15 +227,16 @@ func runClientProc(url string) error {
 
 // measurePlacement times n placements (after 200 to warm up); a request
 // the MO does not answer within the client's timeout is counted, not
-// timed.
-func measurePlacement(c *meta.Client, n int) (lat []time.Duration, failed int, err error) {
+// timed. trips are the answered ones' ids and wall clock times.
+func measurePlacement(c *meta.Client, n int) (lat []time.Duration, trips []trip, failed int, err error) {
 	req := benchRequest(nil)
 	ctx := context.Background()
 	for range 200 { // warm up
 		_, _ = c.Place(ctx, req)
 	}
-	lat = make([]time.Duration, 0, n)
+	lat, trips = make([]time.Duration, 0, n), make([]trip, 0, n)
 	for range n {
+		req.RequestID = nuid.Next()
 		start := time.Now()
 		var rep meta.PlacementReply
 		var err error
@@ -230,12 +248,13 @@ func measurePlacement(c *meta.Client, n int) (lat []time.Duration, failed int, e
 			continue
 		}
 		if !rep.OK() || rep.Local {
-			return nil, 0, fmt.Errorf("unexpected reply: %+v", rep)
+			return nil, nil, 0, fmt.Errorf("unexpected reply: %+v", rep)
 		}
 		lat = append(lat, d)
+		trips = append(trips, trip{ID: req.RequestID, Sent: start.UnixNano(), Recv: start.Add(d).UnixNano()})
 	}
 	if len(lat) == 0 {
-		return nil, failed, fmt.Errorf("no placement answered of %d", n)
+		return nil, nil, failed, fmt.Errorf("no placement answered of %d", n)
 	}
-	return lat, failed, nil
+	return lat, trips, failed, nil
 }

@@ -59,6 +59,7 @@ func run() error {
 	traceCount := flag.Int("trace-count", 100000, "the cluster count whose placements -trace traces")
 	memProfile := flag.String("memprofile", "", "write a heap profile here after the placement rows")
 	placementOnly := flag.Bool("placement-only", false, "stop after the placement rows (no ingest, herding or failover)")
+	flag.DurationVar(&helloSlice, "hello-slice", helloSlice, "the simulated clusters' hellos are sent, spread evenly, in slices this long (each cluster keeps its interval)")
 	clientOf := flag.String("client-of", "", "run as the client process of the MO at this NATS URL (clientproc.go; started by the benchmark itself)")
 	flag.Parse()
 	if *clientOf != "" {
@@ -135,8 +136,29 @@ func run() error {
 		// What the MO's process allocated per placement (the hello
 		// ingest's rate taken off).
 		allocB, allocObj float64
+		// The round trips split at the MO's decision, CPU use meanwhile,
+		// and the requester's GC (legs.go).
+		legs          legs
+		cpu           cpuUse
+		dur           time.Duration
+		reqGCs        uint64
+		reqGCPauseMax float64
 	}
 	var rows []row
+	// printLegs says where each row's round trips spent their time and
+	// what used the cores meanwhile (legs.go).
+	printLegs := func(rows []row) {
+		fmt.Println("where a round trip's time goes (requester's clock before send / MO's decision, from its audit record / requester's clock after the reply is decoded),")
+		fmt.Println("and CPU seconds used during the row by: the MO's process (MO + NATS), the clusters' hello process, the requester's process, everything else on the machine")
+		fmt.Printf("%-10s %9s %12s %12s %12s %12s %13s | %8s %8s %8s %8s %9s | %8s %12s\n", "clusters", "matched", "to dec p50", "to dec p99", "from dec p50",
+			"from dec p99", "slow 1%: to>", "MO", "hellos", "req", "other", "of cores", "req GCs", "req GC pause")
+		for _, r := range rows {
+			l := r.legs
+			fmt.Printf("%-10d %9d %12.0f %12.0f %12.0f %12.0f %13s | %8.2f %8.2f %8.2f %8.2f %9.2f | %8d %12s\n", r.clusters, l.matched, us(l.toP50), us(l.toP99),
+				us(l.fromP50), us(l.fromP99), fmt.Sprintf("%d of %d", l.slowTo, l.slow), r.cpu.mo, r.cpu.hellos, r.cpu.requester, r.cpu.other,
+				r.dur.Seconds()*float64(runtime.NumCPU()), r.reqGCs, fmt.Sprintf("<= %.0f µs", r.reqGCPauseMax*1e6))
+		}
+	}
 	// printAllocs says what the MO's process allocated per placement in
 	// each row (its NATS server and JetStream included, the hello
 	// ingest's rate taken off).
@@ -203,21 +225,34 @@ func run() error {
 		idle0, idleStart := readRuntime(), time.Now()
 		time.Sleep(time.Second)
 		idle, idleDur := rtDelta(idle0, readRuntime()), time.Since(idleStart)
+		cpu0 := readCPU(cp.pid(), reqProc.pid())
 		rt0, rowStart := readRuntime(), time.Now()
-		lat, failed, err := reqProc.place(*requests, clientTrace)
+		ans, err := reqProc.place(*requests, clientTrace)
 		rt := rtDelta(rt0, readRuntime())
-		allocB, allocObj := perPlacement(rt, time.Since(rowStart), idle, idleDur, len(lat))
+		rowDur := time.Since(rowStart)
+		cpu := cpuDelta(cpu0, readCPU(cp.pid(), reqProc.pid()))
+		lat, failed := ans.Latency, ans.Failed
+		allocB, allocObj := perPlacement(rt, rowDur, idle, idleDur, len(lat))
 		stopTrace()
 		if err != nil {
 			return err
 		}
+		want := map[string]bool{}
+		for _, tr := range ans.Trips {
+			want[tr.ID] = true
+		}
+		at, err := decisionTimes(srv.ClientURL(), rowStart.Add(-time.Second), want, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("read the row's audit records: %w", err)
+		}
 		moP99 := bucketQuantile(before, placementBuckets(srv), 0.99)
-		inLat, inFailed, err := measurePlacement(inClient, *requests)
+		inLat, _, inFailed, err := measurePlacement(inClient, *requests)
 		if err != nil {
 			return fmt.Errorf("requester in the MO's process: %w", err)
 		}
 		rows = append(rows, row{clusters: n, alive: alive, failed: failed, interval: iv, p50: pct(lat, 50), p99: pct(lat, 99), mean: mean(lat),
-			moP99: moP99, rt: rt, inP50: pct(inLat, 50), inP99: pct(inLat, 99), inFailed: inFailed, allocB: allocB, allocObj: allocObj})
+			moP99: moP99, rt: rt, inP50: pct(inLat, 50), inP99: pct(inLat, 99), inFailed: inFailed, allocB: allocB, allocObj: allocObj,
+			legs: splitLegs(ans.Trips, at), cpu: cpu, dur: rowDur, reqGCs: ans.GCs, reqGCPauseMax: ans.GCPauseMax})
 		fmt.Fprintf(os.Stderr, "measured %d clusters\n", n)
 	}
 
@@ -236,10 +271,12 @@ func run() error {
 	if *placementOnly {
 		fmt.Println("placement rows only (-placement-only)")
 		fmt.Println(measuredLine)
+		fmt.Println(helloLine())
 		for _, r := range rows {
 			printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt, r.inP50, r.inP99)
 		}
 		printAllocs(rows)
+		printLegs(rows)
 		return nil
 	}
 	if rate == 0 {
@@ -338,6 +375,7 @@ func run() error {
 
 	fmt.Println("roam meta-orchestrator on loopback (embedded NATS, least-loaded policy; requester without hello cache)")
 	fmt.Println(measuredLine)
+	fmt.Println(helloLine())
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("machine load average (other work shares these cores): %s", la)
 	}
@@ -345,6 +383,7 @@ func run() error {
 		printRow(r.clusters, r.alive, r.interval, r.p50, r.p99, r.mean, r.failed, r.moP99, r.rt, r.inP50, r.inP99)
 	}
 	printAllocs(rows)
+	printLegs(rows)
 	byCount := map[int]row{}
 	for _, r := range rows {
 		byCount[r.clusters] = r
@@ -400,6 +439,9 @@ func run() error {
 		out["pr_timeouts_inproc_"+strconv.Itoa(r.clusters)] = float64(r.inFailed)
 		out["mo_alloc_b_per_placement_"+strconv.Itoa(r.clusters)] = round(r.allocB)
 		out["mo_allocs_per_placement_"+strconv.Itoa(r.clusters)] = round(r.allocObj)
+		out["pr_to_decision_p99_us_"+strconv.Itoa(r.clusters)] = round(us(r.legs.toP99))
+		out["pr_from_decision_p99_us_"+strconv.Itoa(r.clusters)] = round(us(r.legs.fromP99))
+		out["cpu_other_share_"+strconv.Itoa(r.clusters)] = round(100*r.cpu.other/(r.dur.Seconds()*float64(runtime.NumCPU()))) / 100
 	}
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))
@@ -409,6 +451,12 @@ func run() error {
 // measuredLine says what a placement row times.
 const measuredLine = "placement rows: round trip timed in a requester process of its own (another process plays the clusters' hellos), so the MO's process holds only the MO and its NATS " +
 	"and the runtime columns are that process's; \"in-proc\" columns: the same placements from a requester inside the MO's process, as measured before (it shares the MO's cores, scheduler and GC)"
+
+// helloLine says how the simulated clusters' hellos are sent (sim.go).
+func helloLine() string {
+	return fmt.Sprintf("simulated clusters: each sends its hello every interval (column \"hello\"), the fleet in turn, spread evenly in %s slices (-hello-slice), "+
+		"from a process of their own; 1 hello in %d changes and is decoded in full by the MO", helloSlice, changeEvery)
+}
 
 var rowHeader sync.Once
 

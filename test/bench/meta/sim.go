@@ -75,7 +75,16 @@ func simHello(i, n int, interval time.Duration) meta.Hello {
 var incarnation = nuid.Next()
 
 // simulator keeps a fleet of clusters alive: each sends one hello per
-// interval, spread evenly over 10 ms slices.
+// interval, in turn, so the fleet's hellos are spread evenly over time in
+// slices of helloSlice (at 10,000 clusters and 1 s, 10 hellos every
+// millisecond). Real clusters send from machines of their own, each at
+// its own phase of the interval, so their hellos reach the MO spread out
+// like this rather than in bursts. What a slice owes is computed from the
+// time elapsed, so a late slice (a busy machine) sends more and every
+// cluster keeps its interval.
+// helloSlice is how often the simulator sends the hellos due (-hello-slice).
+var helloSlice = time.Millisecond
+
 type simulator struct {
 	nc       *nats.Conn
 	mu       sync.Mutex
@@ -129,21 +138,24 @@ func (s *simulator) set(hs []meta.Hello, interval time.Duration) {
 
 func (s *simulator) loop(ctx context.Context) {
 	defer s.wg.Done()
-	const tick = 10 * time.Millisecond
-	t := time.NewTicker(tick)
+	t := time.NewTicker(helloSlice)
 	defer t.Stop()
 	next := 0
 	var buf []byte
 	var owed float64
+	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		now := time.Now()
+		elapsed := now.Sub(last)
+		last = now
 		s.mu.Lock()
 		if n := len(s.clusters); n > 0 && !s.paused {
-			owed += float64(n) * float64(tick) / float64(s.interval)
+			owed += float64(n) * float64(elapsed) / float64(s.interval)
 			for ; owed >= 1; owed-- {
 				c := s.clusters[next%n]
 				buf = c.next(buf)
