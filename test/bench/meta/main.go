@@ -441,7 +441,7 @@ func run() error {
 		out["mo_allocs_per_placement_"+strconv.Itoa(r.clusters)] = round(r.allocObj)
 		out["pr_to_decision_p99_us_"+strconv.Itoa(r.clusters)] = round(us(r.legs.toP99))
 		out["pr_from_decision_p99_us_"+strconv.Itoa(r.clusters)] = round(us(r.legs.fromP99))
-		out["cpu_other_share_"+strconv.Itoa(r.clusters)] = round(100*r.cpu.other/(r.dur.Seconds()*float64(runtime.NumCPU()))) / 100
+		out["cpu_other_pct_"+strconv.Itoa(r.clusters)] = round(100 * r.cpu.other / (r.dur.Seconds() * float64(runtime.NumCPU())))
 	}
 	b, _ := json.Marshal(out)
 	fmt.Println(string(b))
