@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -234,7 +235,7 @@ func RunExperiment(ctx context.Context, tb *Testbed, ec ExperimentConfig) (*Resu
 	res := &Result{Service: ec.Service, Started: time.Now(), NeedMbps: ec.NeedMbps}
 	fe := lb.Frontend{Addr: home.Frontend4(tb.Mode()), Port: ec.Port, Proto: lb.TCP}
 	res.Frontend = fe.String()
-	url := fmt.Sprintf("http://%s/", netipJoin(fe.Addr.String(), ec.Port))
+	url := fmt.Sprintf("http://%s/", netip.AddrPortFrom(fe.Addr, ec.Port))
 
 	// Phase deploy.
 	say("deploy: %s at %s (%s), frontend %s, need %.0f Mbit/s toward its users", ec.Service, ec.Home, home.Tier, fe, ec.NeedMbps)
@@ -535,8 +536,6 @@ func CommitAt(m ctrl.Migration) time.Time {
 	}
 	return t
 }
-
-func netipJoin(host string, port uint16) string { return fmt.Sprintf("%s:%d", host, port) }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
