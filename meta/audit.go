@@ -13,9 +13,11 @@
 // the stream acknowledges it: a publish the stream refuses, an ack that
 // does not come, a NATS server that is down all end in a retry, never in a
 // lost record. A batch the connection finds too large (nats.ErrMaxPayload,
-// the server's max_payload smaller than when it was sealed) is split at
+// the server's max_payload smaller than when it was sealed), or the
+// stream refuses on its ack as larger than its max_msg_size, is split at
 // line boundaries into pieces under derived ids (id-0, id-1, ...), never
-// sent again as is. While more than auditMaxPending records (or
+// sent again as is; after the stream's refusal, batches are sealed under
+// its limit. While more than auditMaxPending records (or
 // auditMaxPendingBytes bytes) wait, placements are refused (CodeUnavailable, not decided, nothing to record). When the
 // process dies (kill -9), the batches it had not seen acknowledged are in
 // its spool: the replica publishes them first thing when it starts again
@@ -39,6 +41,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -207,6 +210,9 @@ type auditLog struct {
 
 	// For tests and metrics, under mu.
 	published, retried, acked, split, dropped int
+
+	// streamLimit is streamPieceLimit's last answer (0: none yet).
+	streamLimit atomic.Int64
 }
 
 func newAuditLog(s *Server, dir string, flush time.Duration) *auditLog {
@@ -224,9 +230,13 @@ func (a *auditLog) room() bool {
 }
 
 // batchBytes is the size at which a batch is sealed: auditBatchBytes or
-// half the store connection's max payload, whichever is smaller.
+// half the store connection's max payload, whichever is smaller, and
+// under the audit stream's max_msg_size once a batch was refused for it.
 func (a *auditLog) batchBytes() int {
 	n := auditBatchBytes
+	if sl := a.streamLimit.Load(); sl > 0 {
+		n = min(n, int(sl))
+	}
 	if a.s.ncStore != nil {
 		if mp := int(a.s.ncStore.MaxPayload()); mp > 0 {
 			n = min(n, mp/2)
@@ -382,24 +392,32 @@ func (a *auditLog) sealedBatches() []*auditBatch {
 }
 
 // send publishes b and returns the batches now in flight for it: b, or
-// its pieces when the connection finds it too large (ErrMaxPayload). A
-// piece of one record still too large cannot be published at all: it is
-// dropped, loudly (records are far smaller than any max_payload).
+// its pieces when the connection finds it too large (ErrMaxPayload).
 func (a *auditLog) send(b *auditBatch) []*auditBatch {
 	err := a.publish(b)
 	if !errors.Is(err, nats.ErrMaxPayload) {
 		return []*auditBatch{b}
 	}
-	parts := splitLines(b.data, a.batchBytes())
+	return a.splitBatch(b, a.batchBytes(), "the NATS max payload")
+}
+
+// splitBatch publishes b's records in pieces of at most limit bytes, cut
+// at line boundaries, under derived ids (b.id-0, b.id-1, ...), and
+// returns them. A piece of one record still too large cannot be published
+// at all: it is dropped, loudly (records are far smaller than any
+// max_payload or max_msg_size). The cut depends only on b's data and
+// limit, so replay cuts a spooled batch the same way (pieceLimit).
+func (a *auditLog) splitBatch(b *auditBatch, limit int, what string) []*auditBatch {
+	parts := splitLines(b.data, pieceLimit(b.data, limit))
 	if len(parts) <= 1 {
-		a.s.log.Error("audit record larger than the NATS max payload: dropped", "batch", b.id, "bytes", len(b.data))
+		a.s.log.Error("audit record larger than "+what+": dropped", "batch", b.id, "bytes", len(b.data))
 		a.mu.Lock()
 		a.dropped += b.records
 		a.mu.Unlock()
 		a.done(b)
 		return nil
 	}
-	a.s.limiter.log(a.s.log, "audit-split", "audit batch larger than the NATS max payload: split", "batch", b.id, "pieces", len(parts))
+	a.s.limiter.log(a.s.log, "audit-split", "audit batch larger than "+what+": split", "batch", b.id, "pieces", len(parts))
 	a.mu.Lock()
 	a.split++
 	a.mu.Unlock()
@@ -415,6 +433,52 @@ func (a *auditLog) send(b *auditBatch) []*auditBatch {
 		out = append(out, a.send(p)...)
 	}
 	return out
+}
+
+// pieceLimit is the limit data is cut at for a message refused as too
+// large under limit: limit, or half of data when data is no longer than
+// limit (the refusal counted what limit leaves room for, the headers)
+// and holds more than one record.
+func pieceLimit(data []byte, limit int) int {
+	if len(data) <= limit && bytes.Count(data, []byte{'\n'}) > 1 {
+		return max(len(data)/2, 1)
+	}
+	return limit
+}
+
+// auditHeaderRoom is what the pieces of a batch the audit stream refuses
+// as larger than its max_msg_size leave for the message's headers (the
+// stream counts them; ours take about 150 bytes).
+const auditHeaderRoom = 1024
+
+// streamPieceLimit is the size of the pieces a batch the audit stream
+// refused as too large is cut into: the stream's max_msg_size less
+// auditHeaderRoom, read from the stream (0 when it cannot be read or is
+// unlimited). It is remembered: batches are sealed under it from then
+// on (batchBytes).
+func (a *auditLog) streamPieceLimit(ctx context.Context) int {
+	cctx, cancel := context.WithTimeout(ctx, auditAckWait)
+	defer cancel()
+	st, err := a.s.js.Stream(cctx, AuditStream)
+	if err != nil {
+		a.s.limiter.log(a.s.log, "audit-stream-info", "read the audit stream's config (a batch it refused as too large is retried)", "err", err)
+		return 0
+	}
+	mx := int(st.CachedInfo().Config.MaxMsgSize)
+	if mx <= 0 {
+		return 0
+	}
+	limit := max(mx-auditHeaderRoom, 1)
+	a.streamLimit.Store(int64(limit))
+	return limit
+}
+
+// tooLargeForStream reports an ack (or publish) error saying the message
+// is larger than the audit stream's max_msg_size.
+func tooLargeForStream(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
 func (a *auditLog) publish(b *auditBatch) error {
@@ -536,6 +600,14 @@ func (a *auditLog) run(ctx context.Context, drain time.Duration) {
 			a.done(inflight[0])
 			inflight = inflight[1:]
 		case err := <-errc:
+			if tooLargeForStream(err) {
+				// Sent again as is, it would be refused for ever: cut
+				// into pieces the stream takes.
+				if limit := a.streamPieceLimit(context.Background()); limit > 0 {
+					inflight = slices.Concat(a.splitBatch(inflight[0], limit, "the audit stream's max_msg_size"), inflight[1:])
+					continue
+				}
+			}
 			a.s.limiter.log(a.s.log, "audit", "the audit stream refused a batch (retried)", "batch", inflight[0].id, "err", err)
 			inflight[0].ack = nil
 			// Published again after a pause (the loop sees ack == nil).
@@ -626,6 +698,23 @@ func (a *auditLog) replayPiece(ctx context.Context, id, writer string, data []by
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if tooLargeForStream(err) {
+			// Cut as a live batch refused so is (splitBatch), under the
+			// same derived ids.
+			if sl := a.streamPieceLimit(ctx); sl > 0 {
+				parts := splitLines(data, pieceLimit(data, sl))
+				if len(parts) <= 1 {
+					a.s.log.Error("audit record larger than the audit stream's max_msg_size: dropped", "segment", id, "bytes", len(data))
+					return nil
+				}
+				for i, d := range parts {
+					if err := a.replayPiece(ctx, id+"-"+strconv.Itoa(i), writer, d, sl); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
 		}
 		if errors.Is(err, nats.ErrMaxPayload) {
 			// The server's max payload shrank since limit was read.

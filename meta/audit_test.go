@@ -608,3 +608,110 @@ func TestSplitLines(t *testing.T) {
 		}
 	}
 }
+
+// limitAuditMsgSize sets the audit stream's max_msg_size, as an operator
+// editing the stream under running replicas would.
+func limitAuditMsgSize(t *testing.T, nc *nats.Conn, size int32) {
+	t.Helper()
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(ctx(t), AuditStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.MaxMsgSize = size
+	if _, err := js.UpdateStream(ctx(t), cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAuditStreamMaxMsgSize: the audit stream's max_msg_size is lowered
+// under a running replica (its connection's max payload is not), so the
+// refusal comes on the ack, not from the connection. A batch refused so
+// is cut into pieces the stream takes, never sent again as is; every
+// record lands once; and later batches are sealed under the stream's
+// limit (no more splits).
+func TestAuditStreamMaxMsgSize(t *testing.T) {
+	const maxMsg = 4 << 10
+	spool := t.TempDir()
+	s := startServer(t, ServerConfig{AuditSpool: spool, HelloInterval: time.Minute, AuditFlush: 500 * time.Millisecond})
+	nc := connect(t, s.ClientURL())
+	auditClusters(t, nc, 10)
+	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
+	limitAuditMsgSize(t, nc, maxMsg)
+	c := newClient(t, nc, "req", WithoutCache())
+	first := placeMany(t, c, "big", 100, 8)
+	waitFor(t, "every batch acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+	s.auditLog.mu.Lock()
+	split, dropped := s.auditLog.split, s.auditLog.dropped
+	s.auditLog.mu.Unlock()
+	if split == 0 || dropped != 0 {
+		t.Fatalf("split %d, dropped %d: want a split batch and nothing dropped", split, dropped)
+	}
+	second := placeMany(t, c, "after", 100, 8)
+	waitFor(t, "every batch acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+	s.auditLog.mu.Lock()
+	splitAfter := s.auditLog.split
+	s.auditLog.mu.Unlock()
+	if splitAfter != split {
+		t.Fatalf("%d more splits after the stream's limit was learned", splitAfter-split)
+	}
+	if b := s.auditLog.batchBytes(); b > maxMsg-auditHeaderRoom {
+		t.Fatalf("batches sealed at %d bytes, over the stream's limit", b)
+	}
+	got, _ := auditRecords(t, nc)
+	for _, id := range append(first, second...) {
+		if got[id] != 1 {
+			t.Fatalf("request %s has %d audit records", id, got[id])
+		}
+	}
+	if files, _ := spoolSegments(t, spool); files != 0 {
+		t.Fatalf("%d spool segments left after every ack", files)
+	}
+}
+
+// TestAuditReplayStreamMaxMsgSize: a spooled segment the audit stream
+// refuses as larger than its max_msg_size is replayed in pieces (not
+// retried for ever, which would keep the replica from serving), each
+// record once, and replaying it again adds nothing (the same pieces under
+// the same ids).
+func TestAuditReplayStreamMaxMsgSize(t *testing.T) {
+	const maxMsg = 4 << 10
+	spool := t.TempDir()
+	s := startServer(t, ServerConfig{AuditSpool: spool, HelloInterval: time.Minute})
+	nc := connect(t, s.ClientURL())
+	limitAuditMsgSize(t, nc, maxMsg)
+	seg := filepath.Join(spool, "OLDWRITER-0000000000000001"+spoolSuffix)
+	size := spoolRecords(t, seg, "rs", 40)
+	if size <= 2*maxMsg || size > s.auditLog.batchBytes() {
+		t.Fatalf("segment of %d bytes: the test proves nothing", size)
+	}
+	data, _ := os.ReadFile(seg)
+	check := func() int {
+		got, msgs := auditRecords(t, nc)
+		for i := range 40 {
+			if id := "rs-" + strconv.Itoa(i); got[id] != 1 {
+				t.Fatalf("spooled record %s has %d audit records", id, got[id])
+			}
+		}
+		return msgs
+	}
+	rctx, cancel := context.WithTimeout(ctx(t), 20*time.Second)
+	defer cancel()
+	if n, err := s.auditLog.replay(rctx); err != nil || n != 40 {
+		t.Fatalf("replayed %d records: %v", n, err)
+	}
+	msgs := check()
+	if msgs < 3 {
+		t.Fatalf("%d-byte segment in %d messages: not split", size, msgs)
+	}
+	if err := os.WriteFile(seg, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.auditLog.replay(rctx); err != nil || n != 40 {
+		t.Fatalf("replayed again %d records: %v", n, err)
+	}
+	if again := check(); again != msgs {
+		t.Fatalf("%d messages after replaying the segment again, %d before", again, msgs)
+	}
+}
