@@ -61,7 +61,7 @@ func (c *Client) transport(tc *tls.Config) *syncTransport {
 		tc = tc.Clone()
 		tc.NextProtos = []string{"http/1.1"}
 	}
-	c.sync = &syncTransport{addr: hostPort(c.base), tls: tc, maxIdle: 4, idleFor: keepIdle}
+	c.sync = &syncTransport{addr: hostPort(c.base), host: hostOf(c.base), tls: tc, maxIdle: 4, idleFor: keepIdle}
 	c.SetDialer(d.DialContext)
 	return c.sync
 }
@@ -90,6 +90,16 @@ func hostPort(base string) string {
 	return net.JoinHostPort(u.Hostname(), "80")
 }
 
+// hostOf is the host (and port, when it names one) of base, for the Host
+// header.
+func hostOf(base string) string {
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return base
+	}
+	return u.Host
+}
+
 // Dials counts the connections this client has opened to its agent (each
 // one a TLS handshake with an https agent).
 func (c *Client) Dials() int64 { return c.dials.Load() }
@@ -99,9 +109,10 @@ func (c *Client) URL() string { return c.base }
 
 // Error is an error reply of the agent.
 type Error struct {
-	Status int    // HTTP status
-	Reason string // one of the Reason* constants
-	Msg    string
+	Status  int    // HTTP status
+	Reason  string // one of the Reason* constants
+	Msg     string
+	Outcome string // OutcomeNotCommitted when a /v1/reroute said it committed nothing
 }
 
 func (e *Error) Error() string {
@@ -131,6 +142,9 @@ func (c *Client) doReplayable(ctx context.Context, method, path string, in, out 
 }
 
 func (c *Client) call(ctx context.Context, method, path string, in, out any, replay bool) error {
+	if c.sync != nil && c.HTTP != nil && c.HTTP.Transport == http.RoundTripper(c.sync) && c.HTTP.Jar == nil {
+		return c.callSync(ctx, method, path, in, out, replay)
+	}
 	req, err := httpjson.NewRequest(ctx, method, c.base+path, in)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
@@ -145,12 +159,34 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any, rep
 	if err != nil {
 		return fmt.Errorf("call agent %s: %w", c.base, err)
 	}
-	if !ans.OK() {
-		e, ok := ans.ErrorBody()
-		if !ok {
-			e.Msg = strings.TrimSpace(string(ans.Body))
+	return c.answer(ans, out)
+}
+
+// callSync is call on the client's own transport, without the
+// http.Client (syncTransport.call); the timeout is the http.Client's.
+func (c *Client) callSync(ctx context.Context, method, path string, in, out any, replay bool) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("build request: encode request: %w", err)
 		}
-		return &Error{Status: ans.Status, Reason: e.Reason, Msg: e.Msg}
+	}
+	status, b, err := c.sync.call(ctx, c.HTTP.Timeout, method, path, c.token, body, replay, 16<<20)
+	if err != nil {
+		return fmt.Errorf("call agent %s: %s %s: %w", c.base, method, path, err)
+	}
+	return c.answer(httpjson.Answer{Status: status, Body: b}, out)
+}
+
+// answer reads an agent's answer into out, or its error.
+func (c *Client) answer(ans httpjson.Answer, out any) error {
+	if !ans.OK() {
+		var e errorReply // httpjson.Error's form, and a reroute's outcome
+		if json.Unmarshal(ans.Body, &e) != nil || e.Msg == "" {
+			e = errorReply{Msg: strings.TrimSpace(string(ans.Body))}
+		}
+		return &Error{Status: ans.Status, Reason: e.Reason, Msg: e.Msg, Outcome: e.Outcome}
 	}
 	if out != nil {
 		if err := json.Unmarshal(ans.Body, out); err != nil {
@@ -212,8 +248,10 @@ var ErrNotCommitted = errors.New("nothing committed")
 // Reroute stages ts[i] for fs[i] and commits them on the agent's node in
 // one call (/v1/reroute): the whole reroute of a node that is its
 // cluster's only one. The error wraps ErrNotCommitted when the agent
-// answered that staging failed (nothing changed); any other error leaves
-// unknown whether the node committed. The times are the data plane's.
+// answered that it committed nothing (OutcomeNotCommitted: it refused the
+// call, or a stage failed); any other error (a failed commit, an error
+// reply that does not say, no answer) leaves unknown whether the node
+// committed. The times are the data plane's.
 func (c *Client) Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (RerouteTimes, error) {
 	if len(fs) != len(ts) {
 		return RerouteTimes{}, fmt.Errorf("reroute %d frontends: %d targets: %w", len(fs), len(ts), ErrNotCommitted)
@@ -228,7 +266,7 @@ func (c *Client) Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) 
 	// other slot, no commit): the server's reroute.
 	err := c.doReplayable(ctx, http.MethodPost, "/v1/reroute", req, &out)
 	var ae *Error
-	if errors.As(err, &ae) && ae.Reason != ReasonCommitFailed {
+	if errors.As(err, &ae) && ae.Outcome == OutcomeNotCommitted {
 		return RerouteTimes{}, fmt.Errorf("reroute %v: %w (%w)", fs, err, ErrNotCommitted)
 	}
 	if err != nil {

@@ -207,3 +207,74 @@ func TestRerouteReplayChangesNothing(t *testing.T) {
 		t.Fatalf("%s rerouted to %s: %+v %v", feUDP, t2, s, err)
 	}
 }
+
+// failingCommits is a data plane whose commits fail (after its stages
+// succeeded): a /v1/reroute that staged every frontend, then could not
+// commit.
+type failingCommits struct{ Dataplane }
+
+func (failingCommits) Commit(lb.Frontend, uint64) error { return errors.New("injected commit failure") }
+
+// TestRerouteOutcome: Client.Reroute reads ErrNotCommitted only from an
+// agent's explicit "not committed" outcome: a refused call, a stage the
+// data plane refused (real agent), or an injected reply that says so. A
+// commit that failed (real server over a data plane whose commits fail),
+// and every error reply that does not say (an agent's 409 or 500
+// without the outcome, a proxy's plain 502), leave the outcome unknown:
+// not ErrNotCommitted (the controller rolls forward).
+func TestRerouteOutcome(t *testing.T) {
+	c := ctx(t)
+	fs := []lb.Frontend{fe}
+
+	// The real agent says it committed nothing.
+	a := startAgent(t, "tok")
+	srv6 := lb.SRv6(netip.MustParseAddr("fd00:5::1")) // no SID here: Stage refuses it
+	_, err := a.client.Reroute(c, fs, []lb.Target{srv6})
+	var ae *Error
+	if !errors.Is(err, ErrNotCommitted) || !errors.As(err, &ae) || ae.Outcome != OutcomeNotCommitted {
+		t.Fatalf("reroute to a target the data plane refuses: %v, want ErrNotCommitted from the agent's outcome", err)
+	}
+	_, err = New(a.http.URL, "wrong").Reroute(c, fs, []lb.Target{t1})
+	if !errors.Is(err, ErrNotCommitted) || !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
+		t.Fatalf("reroute refused (wrong token): %v, want a 401 and ErrNotCommitted", err)
+	}
+
+	// The real server over a data plane whose commits fail.
+	fc, err := NewServer(failingCommits{openDataplane(t)}, ServerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(fc.Handler())
+	t.Cleanup(hs.Close)
+	_, err = New(hs.URL, "").Reroute(c, fs, []lb.Target{t1})
+	if err == nil || errors.Is(err, ErrNotCommitted) || !errors.As(err, &ae) || ae.Reason != ReasonCommitFailed || ae.Outcome != "" {
+		t.Fatalf("reroute whose commit failed: %v, want commit_failed without an outcome, not ErrNotCommitted", err)
+	}
+
+	// Injected replies.
+	for _, tc := range []struct {
+		name, ctype, body string
+		status            int
+		notCommitted      bool
+	}{
+		{"says not committed", "application/json", `{"error":"stage: conflict","reason":"conflict","outcome":"not_committed"}`, http.StatusConflict, true},
+		{"agent 409 that does not say", "application/json", `{"error":"stage: conflict","reason":"conflict"}`, http.StatusConflict, false},
+		{"agent 500 that does not say", "application/json", `{"error":"boom","reason":"internal"}`, http.StatusInternalServerError, false},
+		{"commit failed", "application/json", `{"error":"commit: boom","reason":"commit_failed"}`, http.StatusInternalServerError, false},
+		{"another outcome", "application/json", `{"error":"x","reason":"internal","outcome":"maybe"}`, http.StatusInternalServerError, false},
+		{"proxy 502", "text/plain", "bad gateway", http.StatusBadGateway, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", tc.ctype)
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body))
+			}))
+			t.Cleanup(hs.Close)
+			_, err := New(hs.URL, "").Reroute(c, fs, []lb.Target{t1})
+			if err == nil || errors.Is(err, ErrNotCommitted) != tc.notCommitted {
+				t.Fatalf("reply %d %s: %v, want ErrNotCommitted %v", tc.status, tc.body, err, tc.notCommitted)
+			}
+		})
+	}
+}

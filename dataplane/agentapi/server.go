@@ -14,7 +14,8 @@
 //	POST /v1/commits {commits: [{frontend, generation}]} → {}
 //	POST /v1/reroute {stages: [{frontend, target}]} → {generations, stage_us, commit_us}
 //	                                     (stages all, all or nothing, then commits all: a
-//	                                     node's whole reroute in one call)
+//	                                     node's whole reroute in one call; an error that
+//	                                     committed nothing says "outcome": "not_committed")
 //	POST /v1/remove {frontend}           → {}
 //	GET  /v1/flows?frontend=&target=     → {flows}
 //	POST /v1/srv6/copies, /v1/srv6/returns → {} (SRv6 path mode at a location: srv6.go)
@@ -73,6 +74,26 @@ const (
 	ReasonCommitFailed = "commit_failed"
 )
 
+// OutcomeNotCommitted is the "outcome" of a /v1/reroute's error reply
+// when the agent committed nothing (the call was refused, or a stage
+// failed and what it staged was aborted): the old targets still serve.
+// An error reply without it (ReasonCommitFailed, an agent that does not
+// say, a proxy's) leaves unknown what the node committed.
+const OutcomeNotCommitted = "not_committed"
+
+// errorReply is an error's wire form: httpjson.Error's, and the outcome
+// of a /v1/reroute that committed nothing.
+type errorReply struct {
+	Msg     string `json:"error"`
+	Reason  string `json:"reason"`
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// uncommitted marks an error after which the call committed nothing.
+type uncommitted struct{ error }
+
+func (u uncommitted) Unwrap() error { return u.error }
+
 // maxBody bounds a request body.
 const maxBody = 64 << 10
 
@@ -105,9 +126,10 @@ type Server struct {
 	dur    *prometheus.HistogramVec
 
 	vmu      sync.Mutex
-	verified map[string]verified // by the SHA-256 of the caller's chain
-	own      string              // this node's cluster (ownCluster)
-	ownLoads int                 // the identity files' version own was read from
+	verified map[string]verified            // by the SHA-256 of the caller's chain
+	byLeaf   map[*x509.Certificate]verified // by the leaf of a connection's chain (one per connection)
+	own      string                         // this node's cluster (ownCluster)
+	ownLoads int                            // the identity files' version own was read from
 }
 
 // NewServer builds a Server; Handler gives its http.Handler.
@@ -119,6 +141,7 @@ func NewServer(dp Dataplane, cfg ServerConfig) (*Server, error) {
 		log:      cfg.Logger,
 		mux:      http.NewServeMux(),
 		verified: map[string]verified{},
+		byLeaf:   map[*x509.Certificate]verified{},
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_agent_api_errors_total",
 			Help: "Agent API requests that failed, by reason.",
@@ -186,11 +209,25 @@ func apiErr(status int, reason, format string, args ...any) error {
 }
 
 func (s *Server) route(pattern, name string, h func(http.ResponseWriter, *http.Request) error) {
+	// The route's series, looked up once (a call's own then costs no
+	// label lookup: the usual answer's counter and the latency's).
+	ok, dur := s.reqs.WithLabelValues(name, "200"), s.dur.WithLabelValues(name)
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		sw := httpjson.NewStatusWriter(w)
+		// Counted when the status is written, before the answer can
+		// reach the caller (a handler may send it before its end).
+		sw := &statusWriter{ResponseWriter: w, Code: http.StatusOK, head: func(code int) {
+			if code == http.StatusOK {
+				ok.Inc()
+			} else {
+				s.reqs.WithLabelValues(name, strconv.Itoa(code)).Inc()
+			}
+			dur.Observe(time.Since(start).Seconds())
+		}}
 		err := s.authorize(r, name)
-		if err == nil {
+		if err != nil {
+			err = uncommitted{err} // refused: nothing made
+		} else {
 			err = h(sw, r)
 		}
 		if err != nil {
@@ -201,10 +238,13 @@ func (s *Server) route(pattern, name string, h func(http.ResponseWriter, *http.R
 			s.errors.WithLabelValues(ae.Reason).Inc()
 			s.log.Warn("agent api request failed", "method", r.Method, "path", r.URL.Path,
 				"status", ae.Status, "reason", ae.Reason, "err", ae.Msg)
-			writeJSON(sw, ae.Status, ae)
+			reply := errorReply{Msg: ae.Msg, Reason: ae.Reason}
+			if u := (uncommitted{}); name == "reroute" && errors.As(err, &u) {
+				reply.Outcome = OutcomeNotCommitted
+			}
+			writeJSON(sw, ae.Status, reply)
 		}
-		s.reqs.WithLabelValues(name, strconv.Itoa(sw.Code)).Inc()
-		s.dur.WithLabelValues(name).Observe(time.Since(start).Seconds())
+		sw.counted() // a handler that wrote no status: 200
 	})
 }
 
@@ -261,35 +301,46 @@ type verified struct {
 // node's identity files change (pki.Source reloads them), when any of its
 // certificates expires, and at least every verifiedTTL.
 func (s *Server) verifyCaller(chain []*x509.Certificate, loads int) (pki.ID, error) {
+	// A connection's calls carry the same parsed chain (net/http keeps
+	// one TLS state per connection): its leaf finds the verification
+	// without hashing the chain again.
+	now := time.Now()
+	s.vmu.Lock()
+	v, ok := s.byLeaf[chain[0]]
+	s.vmu.Unlock()
+	if ok && v.loads == loads && now.Before(v.until) {
+		return v.id, nil
+	}
 	h := sha256.New()
 	for _, c := range chain {
 		h.Write(c.Raw)
 	}
 	key := string(h.Sum(nil))
-	now := time.Now()
 	s.vmu.Lock()
-	v, ok := s.verified[key]
+	v, ok = s.verified[key]
 	s.vmu.Unlock()
-	if ok && v.loads == loads && now.Before(v.until) {
-		return v.id, nil
-	}
-	id, err := s.tls.Verify(chain, x509.ExtKeyUsageClientAuth)
-	if err != nil {
-		return pki.ID{}, err
-	}
-	v = verified{id: id, loads: loads, until: now.Add(verifiedTTL)}
-	for _, c := range chain {
-		if c.NotAfter.Before(v.until) {
-			v.until = c.NotAfter
+	if !ok || v.loads != loads || !now.Before(v.until) {
+		id, err := s.tls.Verify(chain, x509.ExtKeyUsageClientAuth)
+		if err != nil {
+			return pki.ID{}, err
+		}
+		v = verified{id: id, loads: loads, until: now.Add(verifiedTTL)}
+		for _, c := range chain {
+			if c.NotAfter.Before(v.until) {
+				v.until = c.NotAfter
+			}
 		}
 	}
 	s.vmu.Lock()
 	if len(s.verified) >= maxVerified {
 		clear(s.verified)
 	}
-	s.verified[key] = v
+	if len(s.byLeaf) >= maxVerified {
+		clear(s.byLeaf)
+	}
+	s.verified[key], s.byLeaf[chain[0]] = v, v
 	s.vmu.Unlock()
-	return id, nil
+	return v.id, nil
 }
 
 // ownCluster is this node's cluster as the identity files' version loads
@@ -310,6 +361,49 @@ func (s *Server) ownCluster(loads int) string {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) { _ = httpjson.Reply(w, status, v) }
+
+// statusWriter records the status a handler wrote (httpjson.StatusWriter,
+// which http.ResponseController reaches through Unwrap: sendNow).
+type statusWriter struct {
+	http.ResponseWriter
+	Code int
+	head func(code int) // called once, with the status
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.Code = code
+	w.counted()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// counted calls head with the status, once.
+func (w *statusWriter) counted() {
+	if w.head != nil {
+		w.head(w.Code)
+		w.head = nil
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// sendNow writes v as JSON with status 200 and puts it on the wire at
+// once (its length given: no chunked encoding), before the handler's
+// bookkeeping after it (a log line is a write to the agent's log): the
+// caller waits for the answer, not for that.
+func sendNow(w http.ResponseWriter, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, errorReply{Msg: fmt.Sprintf("encode answer: %v", err), Reason: ReasonInternal})
+		return
+	}
+	b = append(b, '\n') // as json.Encoder ends it
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
+	_ = http.NewResponseController(w).Flush()
+}
 
 // Wire types (an error's is httpjson.Error).
 
@@ -534,13 +628,35 @@ func (s *Server) stages(w http.ResponseWriter, r *http.Request) error {
 // this call's: nothing is committed unless every frontend staged): it
 // stages every frontend, all or nothing (an error then is the stage's,
 // and nothing changed), then commits each at the generation it staged.
-// A commit that fails is answered ReasonCommitFailed (the others'
-// commits stand; the failed ones' staged slots are aborted when
+// Every error before the commits (a refusal, a request that does not
+// read, a stage that failed) is answered with OutcomeNotCommitted. A
+// commit that fails is answered ReasonCommitFailed, without it (the
+// others' commits stand; the failed ones' staged slots are aborted when
 // possible). The reply says how long the data plane took for each half.
 func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
+	logged, gens, times, err := s.rerouteAll(r)
+	if err != nil {
+		return err
+	}
+	sendNow(w, rerouteReply{Generations: gens, StageUs: us(times[0]), CommitUs: us(times[1])})
+	logged()
+	return nil
+}
+
+// rerouteAll is reroute's work: the generations of the request's
+// frontends, in its order, the data plane's time for the stages and for
+// the commits, and its log line, to write once the answer is sent. Its
+// errors before the commits are uncommitted.
+func (s *Server) rerouteAll(r *http.Request) (logged func(), _ []uint64, _ [2]time.Duration, err error) {
+	committing := false
+	defer func() {
+		if err != nil && !committing {
+			err = uncommitted{err}
+		}
+	}()
 	var req stagesRequest
 	if err := decode(r, &req); err != nil {
-		return err
+		return nil, nil, [2]time.Duration{}, err
 	}
 	t0 := time.Now()
 	// A frontend whose active target already is the one asked for, with
@@ -550,7 +666,7 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 	// path, and its commit would end that path's hold.
 	all, err := batchFrontends(len(req.Stages), func(i int) *lb.Frontend { return req.Stages[i].Frontend })
 	if err != nil {
-		return err
+		return nil, nil, [2]time.Duration{}, err
 	}
 	todo := stagesRequest{Stages: make([]stageRequest, 0, len(req.Stages))}
 	var done []lb.Frontend
@@ -558,7 +674,7 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 	for i, it := range req.Stages {
 		t, err := needTarget(it.Target)
 		if err != nil {
-			return err
+			return nil, nil, [2]time.Duration{}, err
 		}
 		if sv, err := s.dp.Get(all[i]); err == nil && sv.Active == t && sv.Staged.Kind == lb.TargetNone {
 			done, doneGens = append(done, all[i]), append(doneGens, sv.Generation)
@@ -570,10 +686,11 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 	var gens []uint64
 	if len(todo.Stages) > 0 || len(done) == 0 {
 		if fs, gens, err = s.stageAll(todo); err != nil {
-			return err
+			return nil, nil, [2]time.Duration{}, err
 		}
 	}
 	t1 := time.Now()
+	committing = true
 	var msgs []string
 	for i, f := range fs {
 		if err := s.dp.Commit(f, gens[i]); err != nil {
@@ -585,11 +702,11 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 	}
 	t2 := time.Now()
 	if msgs != nil {
-		return apiErr(http.StatusInternalServerError, ReasonCommitFailed, "reroute: every frontend staged, then: %s", strings.Join(msgs, "; "))
+		return nil, nil, [2]time.Duration{}, apiErr(http.StatusInternalServerError, ReasonCommitFailed, "reroute: every frontend staged, then: %s", strings.Join(msgs, "; "))
 	}
-	s.log.Info("rerouted", "frontends", fs, "generations", gens, "already", done)
-	writeJSON(w, http.StatusOK, rerouteReply{Generations: inOrder(all, fs, gens, done, doneGens), StageUs: us(t1.Sub(t0)), CommitUs: us(t2.Sub(t1))})
-	return nil
+	// Logged once the answer is sent (a log line is a write).
+	logged = func() { s.log.Info("rerouted", "frontends", fs, "generations", gens, "already", done) }
+	return logged, inOrder(all, fs, gens, done, doneGens), [2]time.Duration{t1.Sub(t0), t2.Sub(t1)}, nil
 }
 
 // inOrder gives the generations of the request's frontends (all) in its order, from

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -29,6 +31,7 @@ import (
 // server's idle timeout.
 type syncTransport struct {
 	addr    string // host:port
+	host    string // the Host header: the URL's host
 	tls     *tls.Config
 	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	maxIdle int
@@ -274,4 +277,111 @@ func (b *syncBody) Close() error {
 		_ = b.sc.c.Close()
 	})
 	return nil
+}
+
+// call makes one call of the agent API on a kept connection (a new one
+// when none is idle) and returns the answer's status and body (at most
+// limit bytes), like RoundTrip but without an http.Request or an
+// http.Client on the way: the request's head is written by hand
+// (HTTP/1.1: its line, Host, the body's type and length, the token), and
+// its deadline is the connection's (timeout, or ctx's deadline when
+// sooner; ctx's end unblocks it at once). An http.Client with a timeout
+// starts a goroutine and a timer per call around a RoundTripper that is
+// not its own, and http.NewRequest and Request.Write parse and build
+// what is here a few appends: on a loaded node every one of those
+// steps is paid again while a reroute waits. A kept connection the agent
+// closed while it was idle is given up and the call sent once more on a
+// new one when replay says it may be made twice (RoundTrip's rule).
+func (t *syncTransport) call(ctx context.Context, timeout time.Duration, method, path, token string, body []byte, replay bool, limit int64) (int, []byte, error) {
+	if strings.ContainsAny(path, " \r\n") || strings.ContainsAny(token, "\r\n") {
+		return 0, nil, fmt.Errorf("call %s %q: path or token holds a space or a line break", method, path)
+	}
+	sc := t.get()
+	reused := sc != nil
+	for {
+		if sc == nil {
+			var err error
+			if sc, err = t.open(ctx); err != nil {
+				return 0, nil, err
+			}
+		}
+		status, ans, sent, err := t.exchange(ctx, sc, timeout, method, path, token, body, limit)
+		if err == nil || sent {
+			return status, ans, err
+		}
+		if !reused || !closedIdle(err) || ctx.Err() != nil || !replay {
+			return 0, nil, err
+		}
+		// Sent again: the agent closed that connection before reading
+		// the call (its idle timeout), so the call was not made there.
+		sc, reused = nil, false
+	}
+}
+
+// exchange writes one call on sc and reads its answer; sc is kept again
+// when the answer was read to its end, closed otherwise. answered says
+// that an answer's head came (the call is not to be sent again).
+func (t *syncTransport) exchange(ctx context.Context, sc *syncConn, timeout time.Duration, method, path, token string, body []byte, limit int64) (status int, ans []byte, answered bool, err error) {
+	deadline := time.Time{}
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
+	_ = sc.c.SetDeadline(deadline)
+	// A call whose context ends (cancelled, or past its deadline)
+	// unblocks at once: its connection is then closed.
+	stop := context.AfterFunc(ctx, func() { _ = sc.c.SetDeadline(time.Unix(1, 0)) })
+	keep := false
+	defer func() {
+		if stopped := stop(); stopped && keep {
+			t.put(sc)
+			return
+		}
+		_ = sc.c.Close()
+	}()
+	writeHead(sc.bw, method, t.host, path, token, body)
+	if _, err := sc.bw.Write(body); err != nil {
+		return 0, nil, false, ctxErr(ctx, err)
+	}
+	if err := sc.bw.Flush(); err != nil {
+		return 0, nil, false, ctxErr(ctx, err)
+	}
+	resp, err := http.ReadResponse(sc.br, &http.Request{Method: method})
+	if err != nil {
+		return 0, nil, false, ctxErr(ctx, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil {
+		_ = resp.Body.Close()
+		return 0, nil, true, fmt.Errorf("read answer: %w", ctxErr(ctx, err))
+	}
+	// Kept when the body was read to its end (shorter than limit: the
+	// read stopped at its EOF) and the agent keeps the connection.
+	keep = int64(len(b)) < limit && !resp.Close && resp.Body.Close() == nil
+	return resp.StatusCode, b, true, nil
+}
+
+// writeHead writes an HTTP/1.1 request's head into bw (its errors are
+// the Flush's).
+func writeHead(bw *bufio.Writer, method, host, path, token string, body []byte) {
+	_, _ = bw.WriteString(method)
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(path)
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(host)
+	_, _ = bw.WriteString("\r\nUser-Agent: roam-agentapi\r\n")
+	if body != nil {
+		_, _ = bw.WriteString("Content-Type: application/json\r\nContent-Length: ")
+		var n [20]byte
+		_, _ = bw.Write(strconv.AppendInt(n[:0], int64(len(body)), 10))
+		_, _ = bw.WriteString("\r\n")
+	}
+	if token != "" {
+		_, _ = bw.WriteString("Authorization: Bearer ")
+		_, _ = bw.WriteString(token)
+		_, _ = bw.WriteString("\r\n")
+	}
+	_, _ = bw.WriteString("\r\n")
 }
