@@ -9,11 +9,13 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/migrate"
+	"github.com/roamnet/roam/dataplane/agentapi"
 )
 
 // agentFault makes an agent's API fail its /v1/reroute calls (a cluster
 // of one node reroutes in that one call): "refuse" answers 409 without
-// making the call (as a data plane refusing to stage), "die" makes the
+// making the call, saying it committed nothing, as the agent answers a
+// data plane refusing to stage (agentapi.OutcomeNotCommitted), "die" makes the
 // call and drops the connection before answering (an agent that dies
 // between its commit and its answer), every time (the controller's
 // resend included).
@@ -36,7 +38,7 @@ func (f *agentFault) wrap(h http.Handler) http.Handler {
 		case "refuse":
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusConflict)
-			_, _ = w.Write([]byte(`{"error":"stage: injected refusal","reason":"conflict"}`))
+			_, _ = w.Write([]byte(`{"error":"stage: injected refusal","reason":"conflict","outcome":"` + agentapi.OutcomeNotCommitted + `"}`))
 		case "die":
 			h.ServeHTTP(httptest.NewRecorder(), r) // made; the answer lost
 			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
