@@ -31,6 +31,7 @@ import (
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/agentapi"
+	"github.com/roamnet/roam/internal/schedslice"
 )
 
 type options struct {
@@ -55,6 +56,7 @@ type options struct {
 	tlsDir      string
 	insecure    bool
 	srv6        dataplane.SRv6Config
+	slice       time.Duration
 }
 
 func parseFlags(args []string) (options, error) {
@@ -84,8 +86,13 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.srv6.MTU, "srv6-mtu", dataplane.DefaultSRv6MTU, "the underlay MTU between clusters: SYNs are MSS-clamped to fit the encapsulation")
 	fs.DurationVar(&o.srv6.PreviousHold, "srv6-previous-hold", dataplane.DefaultSRv6PreviousHold, "after a move back home, how long the connections opened along the previous SRv6 path at most stay on it "+
 		"(until the old location says its copy is gone): must outlast roam-ctrl's --drain-timeout; after it such a connection's packet is the home copy's")
+	fs.DurationVar(&o.slice, "sched-slice", 0, "the scheduler slice the agent's threads ask for (Linux 6.12 and later; 0: the kernel's default; else 100µs to 100ms): "+
+		"a short one lets an API call woken on a busy node preempt the running thread instead of waiting out its slice (bench-migration measures 100µs beside the default)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if err := schedslice.Check(o.slice); err != nil {
+		return o, fmt.Errorf("parse flags: --sched-slice: %w", err)
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("parse flags: unexpected arguments %q", fs.Args())
@@ -218,6 +225,9 @@ func main() {
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
+	if _, err := schedslice.Set(o.slice); err != nil {
+		log.Warn("scheduler slice not set: API calls on a busy node wait for a thread's slice to end", "err", err)
+	}
 	if err := ensureBPFFS(o.pinPath, log); err != nil {
 		return err
 	}
