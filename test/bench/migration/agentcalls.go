@@ -4,11 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/internal/schedslice"
 	"github.com/roamnet/roam/test/netns"
 	"github.com/roamnet/roam/test/testbed"
 )
@@ -27,28 +33,32 @@ import (
 // frontends (TCP and UDP), then one /v1/commits call (a cluster of
 // several nodes makes these on every node). Beside them, with the client
 // as built, the one call a migration's reroute makes to a cluster's only
-// node: /v1/reroute (stage both, then commit both, in the agent), timed
-// from the call to its answer. The frontends are
-// the bench's own (port benchPort of the home's WAN address, no service
-// behind it), removed at the end. Both clients are warmed first, as a
-// migration warms its agents.
+// node: /v1/reroute (stage both, then commit both, in the agent, each
+// round to the other of two targets), timed from the call to its answer,
+// its rounds alternating between the home's roam processes' scheduler
+// slice as built (roam-agent and roam-ctrl --sched-slice: the kernel's
+// default) and a short one (schedslice.Min), set from here on their
+// threads and put back at the end. The frontends are the bench's own (port benchPort of the home's
+// WAN address, no service behind it), removed at the end. Both clients
+// are warmed first, as a migration warms its agents.
 
 const benchPort = 65000
 
 // agentCalls times rounds stage+commit calls per transport, and rounds
-// one-call reroutes (µs).
-func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, one []float64, err error) {
+// one-call reroutes (µs): as built (one) and with a short slice
+// (oneShort).
+func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, one, oneShort []float64, err error) {
 	home, err := tb.Cluster("home")
 	if err != nil {
-		return sync, h2, one, err
+		return sync, h2, one, oneShort, err
 	}
 	work, err := tb.WorkDir()
 	if err != nil {
-		return sync, h2, one, err
+		return sync, h2, one, oneShort, err
 	}
 	id, err := pki.Load(testbed.CtrlTLSDir(work, "home"))
 	if err != nil {
-		return sync, h2, one, err
+		return sync, h2, one, oneShort, err
 	}
 	url := fmt.Sprintf("https://127.0.0.1:%d", testbed.AgentAPIPort)
 	sc := agentapi.NewTLS(url, id.ClientConfig(pki.ExpectNodeOf("home")))
@@ -74,19 +84,43 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 	figs := []*stageCommit{&sync, &h2}
 	for _, c := range clients {
 		if err := c.Warm(ctx); err != nil {
-			return sync, h2, one, err
+			return sync, h2, one, oneShort, err
 		}
 	}
+	// The home's roam processes, whose slice the one-call rounds
+	// alternate; put back as built at the end.
+	pids, err := roamPIDs(home.NS)
+	if err != nil {
+		return sync, h2, one, oneShort, err
+	}
+	defer func() {
+		if serr := setSlices(pids, 0); serr != nil && err == nil {
+			err = serr
+		}
+	}()
+	alt := []lb.Target{lb.Redirect(netip.AddrPortFrom(home.WAN4, benchPort+1)), lb.Redirect(netip.AddrPortFrom(home.WAN4, benchPort+1))}
 	for r := range 3 * rounds {
 		if r%3 == 2 {
-			t0 := time.Now()
-			if _, err := (agentapi.Group{sc}).Reroute(ctx, fs, ts); err != nil {
-				return sync, h2, one, err
+			k := r / 3
+			slice, fig := time.Duration(0), &one
+			if k%2 == 1 {
+				slice, fig = schedslice.Min, &oneShort
 			}
-			one = append(one, float64(time.Since(t0).Nanoseconds())/1e3)
+			if err := setSlices(pids, slice); err != nil {
+				return sync, h2, one, oneShort, err
+			}
+			to := ts
+			if k%4 >= 2 { // each slice's rounds alternate the targets too
+				to = alt
+			}
+			t0 := time.Now()
+			if _, err := (agentapi.Group{sc}).Reroute(ctx, fs, to); err != nil {
+				return sync, h2, one, oneShort, err
+			}
+			*fig = append(*fig, float64(time.Since(t0).Nanoseconds())/1e3)
 			select {
 			case <-ctx.Done():
-				return sync, h2, one, ctx.Err()
+				return sync, h2, one, oneShort, ctx.Err()
 			case <-time.After(gap):
 			}
 			continue
@@ -96,24 +130,53 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 		gens, err := c.StageAll(ctx, fs, ts)
 		t1 := time.Now()
 		if err != nil {
-			return sync, h2, one, err
+			return sync, h2, one, oneShort, err
 		}
 		if err := c.CommitAll(ctx, fs, gens); err != nil {
-			return sync, h2, one, err
+			return sync, h2, one, oneShort, err
 		}
 		t2 := time.Now()
 		fig.stage = append(fig.stage, float64(t1.Sub(t0).Nanoseconds())/1e3)
 		fig.commit = append(fig.commit, float64(t2.Sub(t1).Nanoseconds())/1e3)
 		select {
 		case <-ctx.Done():
-			return sync, h2, one, ctx.Err()
+			return sync, h2, one, oneShort, ctx.Err()
 		case <-time.After(gap):
 		}
 	}
-	return sync, h2, one, nil
+	return sync, h2, one, oneShort, nil
 }
 
-func printAgentCalls(sync, h2 stageCommit, one []float64, rounds int, gap time.Duration) {
+// roamPIDs are the roam-agent and roam-ctrl processes in ns.
+func roamPIDs(ns string) ([]int, error) {
+	out, err := exec.Command("ip", "netns", "pids", ns).Output()
+	if err != nil {
+		return nil, fmt.Errorf("list processes of %s: %w", ns, err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		comm, err := os.ReadFile("/proc/" + f + "/comm")
+		if c := strings.TrimSpace(string(comm)); err == nil && (c == "roam-agent" || c == "roam-ctrl") {
+			pid, _ := strconv.Atoi(f)
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("no roam-agent or roam-ctrl in %s", ns)
+	}
+	return pids, nil
+}
+
+func setSlices(pids []int, d time.Duration) error {
+	for _, pid := range pids {
+		if _, err := schedslice.SetProcess(pid, d); err != nil {
+			return fmt.Errorf("process %d: %w", pid, err)
+		}
+	}
+	return nil
+}
+
+func printAgentCalls(sync, h2 stageCommit, one, oneShort []float64, rounds int, gap time.Duration) {
 	q := testbed.Quantile
 	fmt.Printf("controller -> home agent calls (mutual TLS), stage and commit of 2 frontends, %d rounds each, %s apart, under the clients' load (µs):\n", rounds, gap)
 	fmt.Printf("  %-28s %9s %9s %9s %9s %12s\n", "transport", "stage p50", "stage p99", "commit p50", "commit p99", "stage+commit p50")
@@ -128,4 +191,6 @@ func printAgentCalls(sync, h2 stageCommit, one []float64, rounds int, gap time.D
 	_, _, _, _, two := sync.quantiles()
 	fmt.Printf("  one call (/v1/reroute: stage and commit of both in the agent, as a one-node cluster's migration makes it), as built: p50 %.0f, p99 %.0f; two calls / one call, p50: %.2f\n",
 		q(one, 0.5), q(one, 0.99), two/q(one, 0.5))
+	fmt.Printf("  one call with the home's roam processes at a %s scheduler slice (--sched-slice; rounds alternating with the above, as built: the kernel's default): p50 %.0f, p99 %.0f; short / as built, p50: %.2f\n",
+		schedslice.Min, q(oneShort, 0.5), q(oneShort, 0.99), q(oneShort, 0.5)/q(one, 0.5))
 }
