@@ -283,9 +283,9 @@ func (b *syncBody) Close() error {
 // when none is idle) and returns the answer's status and body (at most
 // limit bytes), like RoundTrip but without an http.Request or an
 // http.Client on the way: the request's head is written by hand
-// (HTTP/1.1: its line, Host, the body's type and length, the token), and
-// its deadline is the connection's (timeout, or ctx's deadline when
-// sooner; ctx's end unblocks it at once). An http.Client with a timeout
+// (HTTP/1.1: its line, Host, the body's type and length, the token), the
+// timeout is the connection's deadline, and ctx's end unblocks it at
+// once. An http.Client with a timeout
 // starts a goroutine and a timer per call around a RoundTripper that is
 // not its own, and http.NewRequest and Request.Write parse and build
 // what is here a few appends: on a loaded node every one of those
@@ -326,12 +326,10 @@ func (t *syncTransport) exchange(ctx context.Context, sc *syncConn, timeout time
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
 	}
-	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline = d
-	}
 	_ = sc.c.SetDeadline(deadline)
 	// A call whose context ends (cancelled, or past its deadline)
-	// unblocks at once: its connection is then closed.
+	// unblocks at once, with the context's error: its connection is
+	// then closed.
 	stop := context.AfterFunc(ctx, func() { _ = sc.c.SetDeadline(time.Unix(1, 0)) })
 	keep := false
 	defer func() {
