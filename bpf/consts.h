@@ -120,7 +120,8 @@ enum drop_reason {
 	REASON_SYNPROXY_COOKIE_BAD = 28,  /* XDP: an ACK of no flow, with no valid cookie: dropped */
 	REASON_SYNPROXY_FLOWS = 29,	  /* XDP: a proxied flow's target answered: its SYN-ACK became the ACK back to it */
 	REASON_SYNPROXY_EARLY = 30,	  /* a client's packet before its target's SYN-ACK: sent on as the SYN again (XDP, its data dropped; tc: dropped) */
-	REASON_MAX = 31,
+	REASON_SRV6_PTB_RELAYED = 31,	  /* XDP: an underlay ICMPv6 packet too big about our SRv6 encapsulation, relayed to the client as its family's too-big less the encapsulation (srv6.h) */
+	REASON_MAX = 32,
 };
 
 /*

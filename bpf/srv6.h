@@ -544,6 +544,7 @@ static __always_inline int srv6_flow_known(struct xdp_md *ctx, const struct srv6
 
 #define SRV6_CONTINUE (-1) /* srv6_input: not for this node's SID */
 #define SRV6_DECAP (-2)	   /* srv6_input: a reply to decapsulate, as struct srv6_reply says */
+#define SRV6_PTB (-3)	   /* srv6_input: ICMPv6, for srv6_relay_ptb (called from the entry: a third frame would not fit) */
 
 /* srv6_decap_reply sends a reply (decapsulated) to the client. Not inlined: its own stack frame. */
 static __noinline int srv6_decap_reply(struct xdp_md *ctx)
@@ -673,10 +674,147 @@ static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r,
 }
 
 /*
+ * Per-CPU scratch of srv6_relay_ptb (its frame adds to the entry's and
+ * srv6_input's). Its value has a size, not a type: bpf2go cannot write
+ * bpf_fib_lookup's anonymous unions as Go.
+ */
+struct srv6_ptb_scratch {
+	struct bpf_fib_lookup fib;
+	struct srv6_inner in;
+	struct frontend_key fk;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct srv6_ptb_scratch));
+} roam_srv6_ptb_scratch SEC(".maps");
+
+/*
+ * srv6_relay_ptb: an ICMPv6 packet too big to this node's SID quoting a
+ * packet it encapsulated (our outer IPv6 header from our SID, our SRH of n
+ * segments, then the packet of a client to one of our frontends) is the
+ * underlay's word that the path is narrower than the encapsulation: the
+ * client must send smaller packets. It is relayed to the client as its
+ * own family's too-big (IPv4 "fragmentation needed", ICMPv6 "packet too
+ * big") about its packet, from the frontend, with the underlay's MTU less
+ * the encapsulation (40 + 8 + 16n; IPv6 no lower than 1280), routed to the
+ * client (to the kernel: a sender on this host, or no neighbour yet);
+ * counted as srv6_ptb_relayed. Anything else: SRV6_CONTINUE (the NAT
+ * path's ICMP, or the kernel's). Not inlined: rare, off the per-packet path.
+ */
+static __noinline int srv6_relay_ptb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ip6_hdr *ip6 = data + L3_OFF;
+	struct icmp_hdr *ic = data + L4_OFF6;
+	struct ip6_hdr *q = data + ICMP6_IN_L3;
+	struct srh *srh = (struct srh *)(q + 1);
+	if ((void *)(srh + 1) > data_end || ic->type != ICMPV6_PKT_TOOBIG || ic->code != 0)
+		return SRV6_CONTINUE;
+	__u32 zero = 0;
+	struct srv6_config *cfg = bpf_map_lookup_elem(&roam_srv6_config, &zero);
+	if (!cfg || !cfg->has_sid || !addr_eq(ip6->daddr, cfg->sid) || !addr_eq(q->saddr, cfg->sid) ||
+	    q->nexthdr != IPPROTO_ROUTING_)
+		return SRV6_CONTINUE;
+	if (srh->type != SRH_TYPE_SEG6 || srh->last_entry >= SRV6_MAX_SEGS || srh->hdrlen != 2 * (srh->last_entry + 1) ||
+	    (srh->nexthdr != IPPROTO_IPIP_ && srh->nexthdr != IPPROTO_IPV6_))
+		return SRV6_CONTINUE; /* not an encapsulation of ours */
+	__u32 over = SRV6_OVERHEAD((__u32)srh->last_entry + 1);
+	__u32 strip = sizeof(struct ip6_hdr) + sizeof(struct icmp_hdr) + over; /* up to the client's packet */
+	int v4 = srh->nexthdr == IPPROTO_IPIP_;
+	__u32 mtu = bpf_ntohl(ic->rest);
+	mtu = mtu > over ? mtu - over : 0;
+	if (!v4 && mtu < 1280)
+		mtu = 1280; /* IPv6's minimum: the encapsulation carries that much whatever the quote says */
+	struct srv6_ptb_scratch *sc = bpf_map_lookup_elem(&roam_srv6_ptb_scratch, &zero);
+	if (!sc)
+		return SRV6_CONTINUE;
+	struct srv6_inner *in = &sc->in;
+	__builtin_memset(in, 0, sizeof(*in));
+	/* A constant offset per segment count: the verifier follows the inner headers' bounds. */
+	int prc = srh->last_entry == 0 ? srv6_parse_inner(data, data_end, L3_OFF + 48 + SRV6_OVERHEAD(1), srh->nexthdr, in)
+				       : srv6_parse_inner(data, data_end, L3_OFF + 48 + SRV6_OVERHEAD(2), srh->nexthdr, in);
+	if (prc < 0 || !in->ok)
+		return SRV6_CONTINUE;
+	struct frontend_key *fk = &sc->fk;
+	__builtin_memset(fk, 0, sizeof(*fk));
+	__builtin_memcpy(fk->addr, in->k.daddr, 16);
+	fk->port = in->k.dport;
+	fk->proto = in->k.proto;
+	fk->family = in->k.family;
+	if (!bpf_map_lookup_elem(&roam_services, fk))
+		return SRV6_CONTINUE; /* no frontend of ours (any more) */
+
+	/* Keep the Ethernet header, drop everything before the client's packet, and answer it. */
+	struct eth_hdr eth;
+	if (data + sizeof(eth) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(&eth, data, sizeof(eth));
+	if (bpf_xdp_adjust_head(ctx, (int)strip) < 0) {
+		count_reason(REASON_MALFORMED);
+		return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *e = data;
+	if ((void *)(e + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(e, &eth, sizeof(eth));
+	e->proto = bpf_htons(v4 ? ETH_P_IP_ : ETH_P_IPV6_);
+	if (xdp_icmp_error(ctx, ICMP_ERR_TOO_BIG, mtu) != XDP_TX) {
+		count_reason(REASON_MALFORMED); /* a quote too short to quote from */
+		return XDP_DROP;
+	}
+	count_reason(REASON_SRV6_PTB_RELAYED);
+
+	/* From the frontend to the client: routed there. */
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	e = data;
+	struct bpf_fib_lookup *fib = &sc->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ctx->ingress_ifindex;
+	if (v4) {
+		struct ip4_hdr *ip = data + L3_OFF;
+		if ((void *)(ip + 1) > data_end)
+			return XDP_DROP;
+		fib->family = AF_INET_;
+		fib->l4_protocol = IPPROTO_ICMP_;
+		fib->tot_len = bpf_ntohs(ip->tot_len);
+		fib->ipv4_src = ip->saddr;
+		fib->ipv4_dst = ip->daddr;
+	} else {
+		struct ip6_hdr *o = data + L3_OFF;
+		if ((void *)(o + 1) > data_end)
+			return XDP_DROP;
+		fib->family = AF_INET6_;
+		fib->l4_protocol = IPPROTO_ICMPV6_;
+		fib->tot_len = sizeof(*o) + bpf_ntohs(o->payload_len);
+		__builtin_memcpy(fib->ipv6_src, o->saddr, 16);
+		__builtin_memcpy(fib->ipv6_dst, o->daddr, 16);
+	}
+	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (set_macs(data, data_end, fib) < 0)
+			return XDP_DROP;
+		if (fib->ifindex == ctx->ingress_ifindex)
+			return XDP_TX;
+		return bpf_redirect(fib->ifindex, 0);
+	}
+	/* The kernel's to route (a sender of this host; no neighbour yet): addressed to this interface. */
+	__builtin_memcpy(e->dst, e->src, ETH_ALEN_);
+	return XDP_PASS;
+}
+
+/*
  * srv6_input handles a packet to this node's SID: checks (source and every
  * segment inside roam's locators, an SRH of 1 or 2 segments without TLVs),
  * then delivers or forwards, or returns SRV6_DECAP for a reply (the
- * scratch's r set).
+ * scratch's r set); for ICMPv6, SRV6_PTB (the entry then calls
+ * srv6_relay_ptb).
  * Anything else: SRV6_CONTINUE. Not inlined: its own stack frame, off the
  * NAT path's.
  */
@@ -686,7 +824,11 @@ static __noinline int srv6_input(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct eth_hdr *eth = data;
 	struct ip6_hdr *ip6 = data + L3_OFF;
-	if ((void *)(ip6 + 1) > data_end || eth->proto != bpf_htons(ETH_P_IPV6_) || ip6->nexthdr != IPPROTO_ROUTING_)
+	if ((void *)(ip6 + 1) > data_end || eth->proto != bpf_htons(ETH_P_IPV6_))
+		return SRV6_CONTINUE;
+	if (ip6->nexthdr == IPPROTO_ICMPV6_)
+		return SRV6_PTB; /* perhaps a packet too big about our encapsulation: the entry calls srv6_relay_ptb */
+	if (ip6->nexthdr != IPPROTO_ROUTING_)
 		return SRV6_CONTINUE;
 	__u32 zero = 0;
 	struct srv6_config *cfg = bpf_map_lookup_elem(&roam_srv6_config, &zero);

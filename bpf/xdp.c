@@ -145,6 +145,8 @@ int roam_xdp(struct xdp_md *ctx)
 		int rc = srv6_input(ctx);
 		if (rc == SRV6_DECAP)
 			return srv6_decap_reply(ctx);
+		if (rc == SRV6_PTB)
+			rc = srv6_relay_ptb(ctx);
 		if (rc != SRV6_CONTINUE)
 			return rc;
 	}

@@ -93,6 +93,7 @@ var DropReasons = [...]string{
 	"redirect_failed",
 	"syn_recv_stale",
 	"synproxy_cookie_sent", "synproxy_cookie_ok", "synproxy_cookie_bad", "synproxy_flows", "synproxy_early",
+	"srv6_ptb_relayed",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

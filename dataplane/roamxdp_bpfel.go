@@ -290,6 +290,7 @@ const (
 	roamXDPMapRoamSrv6Local      = "roam_srv6_local"
 	roamXDPMapRoamSrv6Locators   = "roam_srv6_locators"
 	roamXDPMapRoamSrv6Prev       = "roam_srv6_prev"
+	roamXDPMapRoamSrv6PtbScratch = "roam_srv6_ptb_scratch"
 	roamXDPMapRoamSrv6Scratch    = "roam_srv6_scratch"
 	roamXDPMapRoamSrv6Stats      = "roam_srv6_stats"
 	roamXDPMapRoamSynproxy       = "roam_synproxy"
@@ -367,6 +368,7 @@ type roamXDPMapSpecs struct {
 	RoamSrv6Local      *ebpf.MapSpec `ebpf:"roam_srv6_local"`
 	RoamSrv6Locators   *ebpf.MapSpec `ebpf:"roam_srv6_locators"`
 	RoamSrv6Prev       *ebpf.MapSpec `ebpf:"roam_srv6_prev"`
+	RoamSrv6PtbScratch *ebpf.MapSpec `ebpf:"roam_srv6_ptb_scratch"`
 	RoamSrv6Scratch    *ebpf.MapSpec `ebpf:"roam_srv6_scratch"`
 	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
 	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
@@ -418,6 +420,7 @@ type roamXDPMaps struct {
 	RoamSrv6Local      *ebpf.Map `ebpf:"roam_srv6_local"`
 	RoamSrv6Locators   *ebpf.Map `ebpf:"roam_srv6_locators"`
 	RoamSrv6Prev       *ebpf.Map `ebpf:"roam_srv6_prev"`
+	RoamSrv6PtbScratch *ebpf.Map `ebpf:"roam_srv6_ptb_scratch"`
 	RoamSrv6Scratch    *ebpf.Map `ebpf:"roam_srv6_scratch"`
 	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
 	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
@@ -445,6 +448,7 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamSrv6Local,
 		m.RoamSrv6Locators,
 		m.RoamSrv6Prev,
+		m.RoamSrv6PtbScratch,
 		m.RoamSrv6Scratch,
 		m.RoamSrv6Stats,
 		m.RoamSynproxy,

@@ -1,0 +1,146 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/netns"
+)
+
+// ptb6 is an ICMPv6 packet too big from router to to (no Ethernet) with
+// mtu, quoting as much of pkt as fits in 1280 bytes, checksum filled.
+func ptb6(router, to netip.Addr, mtu uint32, pkt []byte) []byte {
+	if len(pkt) > 1280-48 {
+		pkt = pkt[:1280-48]
+	}
+	body := make([]byte, 8, 8+len(pkt))
+	body[0] = 2
+	binary.BigEndian.PutUint32(body[4:], mtu)
+	body = append(body, pkt...)
+	b := make([]byte, 40, 40+len(body))
+	binary.BigEndian.PutUint32(b, 6<<28)
+	binary.BigEndian.PutUint16(b[4:], uint16(len(body)))
+	b[6], b[7] = 58, 64
+	s, d := router.As16(), to.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	pseudo := append(append([]byte{}, b[8:40]...), 0, 0, 0, 0, 0, 0, 0, 58)
+	binary.BigEndian.PutUint32(pseudo[32:], uint32(len(body)))
+	binary.BigEndian.PutUint16(body[2:], ^csum(body, csum(pseudo, 0)))
+	return append(b, body...)
+}
+
+// udp6 is an IPv6 UDP packet (no Ethernet), checksum filled.
+func udp6(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	b := make([]byte, 48+len(payload))
+	binary.BigEndian.PutUint32(b, 6<<28)
+	binary.BigEndian.PutUint16(b[4:], uint16(8+len(payload)))
+	b[6], b[7] = 17, 64
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	binary.BigEndian.PutUint16(b[40:], sport)
+	binary.BigEndian.PutUint16(b[42:], dport)
+	binary.BigEndian.PutUint16(b[44:], uint16(8+len(payload)))
+	copy(b[48:], payload)
+	pseudo := append(append([]byte{}, b[8:40]...), 0, 0, 0, 0, 0, 0, 0, 17)
+	binary.BigEndian.PutUint32(pseudo[32:], uint32(8+len(payload)))
+	binary.BigEndian.PutUint16(b[46:], ^csum(b[40:], csum(pseudo, 0)))
+	return b
+}
+
+// socketMTU is the path MTU the kernel holds for a connected socket (IP_MTU, IPV6_MTU).
+func socketMTU(t *testing.T, c net.Conn, v4 bool) int {
+	t.Helper()
+	rc, err := c.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mtu int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		if v4 {
+			mtu, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU)
+		} else {
+			mtu, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_MTU)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return mtu
+}
+
+// TestSRv6RelayPTB: a router of the underlay (the new location's side of
+// the home's link to it) answers a packet the home encapsulated along
+// [new] with an ICMPv6 packet too big of 1400 to the home's SID. The
+// home's XDP relays it to the client as its own family's too-big about
+// its packet, from the frontend, less the encapsulation (1400 - 64 =
+// 1336): the client's kernel takes it in, and its connected UDP socket's
+// path MTU to the frontend becomes 1336, for an IPv4 and an IPv6 client.
+func TestSRv6RelayPTB(t *testing.T) {
+	netns.SkipUnlessRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	bed := newSRv6Bed(t)
+	topo, home, nw := bed.topo, bed.home, bed.nw
+	startCopy(t, topo.New, "new")
+	router := netip.MustParseAddr("fd20:3::2")
+	for _, fam := range []struct {
+		name             string
+		frontend, client netip.Addr
+	}{
+		{"ipv4 client", netns.SRv6FrontendV4, netns.SRv6ClientV4},
+		{"ipv6 client", netns.SRv6FrontendV6, netns.SRv6ClientV6},
+	} {
+		v4 := fam.frontend.Is4()
+		f := lb.Frontend{Addr: fam.frontend, Port: netns.CopyUDPPort, Proto: lb.UDP}
+		nw.setCopy(t, dataplane.SRv6Serving, f)
+		home.commit(t, lb.SRv6(netns.SRv6SIDNew), f)
+		u := dialUDP(ctx, t, topo.Client, netip.AddrPortFrom(fam.frontend, netns.CopyUDPPort))
+		who, cl := u.ask(t)
+		if who != "new" || cl != fam.client.String() {
+			t.Fatalf("%s: answered by %s for %s", fam.name, who, cl)
+		}
+		if m := socketMTU(t, u.c, v4); m != 1500 {
+			t.Fatalf("%s: the socket's path MTU is %d before the packet too big, want 1500", fam.name, m)
+		}
+		// What the home sent along [new]: the client's datagram, encapsulated.
+		sport := uint16(u.c.LocalAddr().(*net.UDPAddr).Port)
+		payload := bytes.Repeat([]byte("p"), 1400)
+		inner := udp6(fam.client, fam.frontend, sport, netns.CopyUDPPort, payload)
+		if v4 {
+			inner = udp4(fam.client, fam.frontend, sport, netns.CopyUDPPort, payload)
+			inner[6] |= 0x40 // DF, as the client's stack sends it
+			binary.BigEndian.PutUint16(inner[10:], 0)
+			binary.BigEndian.PutUint16(inner[10:], ^csum(inner[:20], 0))
+		}
+		encap := srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew}, 0, inner)
+		before := home.drops(t)["srv6_ptb_relayed"]
+		sendRaw(t, topo.New, "n0", topo.Home, "h2", ptb6(router, netns.SRv6SIDHome, 1400, encap))
+		if err := poll(ctx, 5*time.Second, func() error {
+			if m := socketMTU(t, u.c, v4); m != 1336 {
+				return fmt.Errorf("%s: the socket's path MTU is %d, want 1336 (1400 less 64)", fam.name, m)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if n := home.drops(t)["srv6_ptb_relayed"] - before; n != 1 {
+			t.Fatalf("%s: srv6_ptb_relayed counted %d at the home", fam.name, n)
+		}
+		nw.setCopy(t, dataplane.SRv6Gone, f)
+	}
+}

@@ -1,0 +1,153 @@
+package dataplane_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/roamnet/roam/dataplane/lb"
+)
+
+// ptbFrame is what a router of the underlay sends the home's SID when a
+// packet the home encapsulated (encap: outer IPv6 on, no Ethernet) is too
+// big for its next hop of mtu: an ICMPv6 packet too big quoting as much
+// of it as fits in 1280 bytes (RFC 4443).
+func ptbFrame(srcMAC, dstMAC string, router, to netip.Addr, mtu uint32, encap []byte) []byte {
+	quote := encap
+	if len(quote) > 1280-48 {
+		quote = quote[:1280-48]
+	}
+	body := make([]byte, 8, 8+len(quote))
+	body[0] = 2
+	binary.BigEndian.PutUint32(body[4:], mtu)
+	body = append(body, quote...)
+	ip6 := make([]byte, 40)
+	binary.BigEndian.PutUint32(ip6, 6<<28)
+	binary.BigEndian.PutUint16(ip6[4:], uint16(len(body)))
+	ip6[6], ip6[7] = 58, 64
+	s, d := router.As16(), to.As16()
+	copy(ip6[8:], s[:])
+	copy(ip6[24:], d[:])
+	pseudo := append(append([]byte{}, ip6[8:40]...), 0, 0, 0, 0, 0, 0, 0, 58)
+	binary.BigEndian.PutUint32(pseudo[32:], uint32(len(body)))
+	binary.BigEndian.PutUint16(body[2:], ^sum16(body, sum16(pseudo, 0)))
+	smac, _ := net.ParseMAC(srcMAC)
+	dmac, _ := net.ParseMAC(dstMAC)
+	f := append(append(append([]byte{}, dmac...), smac...), 0x86, 0xdd)
+	return append(append(f, ip6...), body...)
+}
+
+func sum16(b []byte, init uint16) uint16 {
+	s := uint32(init)
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}
+
+// TestSRv6RelayPTB: an underlay router's ICMPv6 packet too big to the
+// home's SID about a packet the home encapsulated is relayed to the client
+// as its own family's too-big about its packet, from the frontend, with
+// the router's MTU less the encapsulation (40 + 8 + 16n), routed to the
+// client, checksums right, and counted (srv6_ptb_relayed): an IPv4 client
+// along one segment (fragmentation needed, 1400 - 64 = 1336, quoting 84
+// bytes of its packet), an IPv6 client along two (packet too big, 1400 -
+// 80 = 1320, quoting 256 bytes), and 1300 along two (1220: raised to
+// IPv6's 1280). A packet too big about a packet from another source, or
+// about no frontend of ours, is not relayed: the kernel's (XDP_PASS,
+// unchanged).
+func TestSRv6RelayPTB(t *testing.T) {
+	tb := newSRv6Testbed(t, sidHome)
+	d0 := tb.d0.Attrs().Index
+	router := netip.MustParseAddr("2001:db8:ff::fe")
+	big := bytes.Repeat([]byte("x"), 1400)
+	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
+	tb.stage(t, "[2001:db8::1]:80/tcp", "srv6:fc00:0:2::1,fc00:0:3::1")
+	for _, c := range []struct {
+		desc          string
+		client, front string
+		sids          []netip.Addr
+		ptb, want     uint32
+		quote         int
+	}{
+		{"ipv4, one segment", "198.51.100.7:33000", "10.0.0.1:80", []netip.Addr{sidOld}, 1400, 1336, 84},
+		{"ipv6, two segments", "[2001:db8:c::7]:33000", "[2001:db8::1]:80", []netip.Addr{sidOld, sidNew}, 1400, 1320, 256},
+		{"ipv6, two segments, below 1280", "[2001:db8:c::7]:33000", "[2001:db8::1]:80", []netip.Addr{sidOld, sidNew}, 1300, 1280, 256},
+	} {
+		client, fa := ap(c.client), ap(c.front)
+		pkt := spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0, ipID: 7, seq: 1000}.build(t)
+		inner := ipOf(pkt)
+		encap := ipOf(srv6Frame(macD0, macGW, sidHome, c.sids, len(c.sids)-1, 64, srv6Label(client, fa, lb.TCP), inner))
+		before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
+		v, out := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, c.ptb, encap), d0)
+		if v != xdpTX {
+			t.Fatalf("%s: verdict %d, want %d (to the client, out of the interface the packet too big came in by)", c.desc, v, xdpTX)
+		}
+		if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 1 {
+			t.Fatalf("%s: srv6_ptb_relayed counted %d", c.desc, n)
+		}
+		p := verifyChecksums(t, out)
+		eth := p.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+		if eth.DstMAC.String() != macClient || eth.SrcMAC.String() != macD0 {
+			t.Fatalf("%s: MACs %s -> %s, want %s -> %s (the route to the client)", c.desc, eth.SrcMAC, eth.DstMAC, macD0, macClient)
+		}
+		var src, dst net.IP
+		var mtu uint32
+		var quote []byte
+		if fa.Addr().Is4() {
+			ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+			ic, ok := p.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+			if !ok || ic.TypeCode != layers.CreateICMPv4TypeCode(3, 4) {
+				t.Fatalf("%s: not an ICMP fragmentation needed:\n%s", c.desc, p.Dump())
+			}
+			src, dst, mtu, quote = ip.SrcIP, ip.DstIP, uint32(ic.Seq), ic.Payload
+		} else {
+			ip := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+			ic, ok := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6)
+			if !ok || ic.TypeCode != layers.CreateICMPv6TypeCode(2, 0) || len(ic.Payload) < 4 {
+				t.Fatalf("%s: not an ICMPv6 packet too big:\n%s", c.desc, p.Dump())
+			}
+			src, dst, mtu, quote = ip.SrcIP, ip.DstIP, binary.BigEndian.Uint32(ic.Payload), ic.Payload[4:]
+		}
+		if !src.Equal(fa.Addr().AsSlice()) || !dst.Equal(client.Addr().AsSlice()) {
+			t.Fatalf("%s: %s -> %s, want from the frontend %s to the client %s", c.desc, src, dst, fa.Addr(), client.Addr())
+		}
+		if mtu != c.want {
+			t.Fatalf("%s: MTU %d, want %d (the underlay's %d less the encapsulation)", c.desc, mtu, c.want, c.ptb)
+		}
+		if !bytes.Equal(quote, inner[:c.quote]) {
+			t.Fatalf("%s: quote\n got %x\nwant %x", c.desc, quote, inner[:c.quote])
+		}
+	}
+
+	before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
+	client, fa := ap("198.51.100.7:33000"), ap("10.0.0.1:80")
+	inner := ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
+	other := ipOf(spec{src: client, dst: ap("10.0.0.9:80"), proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
+	for _, c := range []struct {
+		desc  string
+		encap []byte
+	}{
+		{"from another source", ipOf(srv6Frame(macD0, macGW, sidNew, []netip.Addr{sidOld}, 0, 64, 0, inner))},
+		{"about no frontend of ours", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, other))},
+	} {
+		in := ptbFrame(macGW, macD0, router, sidHome, 1400, c.encap)
+		v, out := tb.run(t, in, d0)
+		if v != xdpPass || !bytes.Equal(out, in) {
+			t.Fatalf("%s: verdict %d, want %d and the packet unchanged", c.desc, v, xdpPass)
+		}
+	}
+	if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 0 {
+		t.Fatalf("srv6_ptb_relayed counted %d for packets too big not ours", n)
+	}
+}
