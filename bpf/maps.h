@@ -43,20 +43,30 @@ struct {
 } roam_service_slots SEC(".maps");
 
 /*
- * Conntrack and NAT: plain hash maps, preallocated. Nothing is evicted: a
- * full table refuses new flows (counted: ct_full, nat_full) and keeps every
- * flow it holds; the agent's garbage collection (dataplane/gc.go) removes
- * flows that are over, both directions together, and a new flow takes over
- * a finished flow's SNAT port itself (nat.h). An LRU evicted per CPU in
+ * Conntrack and NAT: plain hash maps. Nothing is evicted: a full table
+ * refuses new flows (counted: ct_full, nat_full) and keeps every flow it
+ * holds; the agent's garbage collection (dataplane/gc.go) removes flows
+ * that are over, both directions together, and a new flow takes over a
+ * finished flow's SNAT port itself (nat.h). An LRU evicted per CPU in
  * batches before the table was full, live flows included, one direction
  * without the other, and a busy local service's flows pushed redirected
  * ones out.
  *
- * A deleted element is reused at once (preallocated: the next insert on
- * the deleting CPU takes it), so a program holding a pointer to it may see
- * another flow written there. Deletions of a flow that may still have
- * packets in flight on another CPU are the programs' own, and were so with
- * the LRU (whose evictions reused elements the same way); GC deletes only
+ * Not preallocated (issue 16): a preallocated table is one area of 4 KiB
+ * pages as large as the table (~185 MB for 1.1M flows), and once flows have
+ * come and gone the live ones sit anywhere in it, so even a few flows cost
+ * a TLB miss and a cache miss each per packet; elements from the kernel's
+ * allocator sit in its directly mapped memory (large pages), close to the
+ * flows freed last. bench-dataplane, same load: few flows after churn
+ * ~1.6-2x the rate, 1M flows ~1.2x; a new flow costs ~15% more (an
+ * allocation). An insert can then also fail for want of memory: refused
+ * as a full table's is (ct_full; the NAT port probe: port_exhausted).
+ *
+ * A deleted element is reused at once (bpf_mem_cache_free: the next
+ * insert on the deleting CPU may take it; so it was preallocated), so a
+ * program holding a pointer to it may see another flow written there.
+ * Deletions of a flow that may still have packets in flight on another
+ * CPU are the programs' own, and were so with the LRU (whose evictions reused elements the same way); GC deletes only
  * flows idle in both directions for their state's timeout (seconds), read
  * again just before the delete: a packet would have to arrive in those
  * microseconds after seconds of silence, and its program be overtaken by
@@ -69,6 +79,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CT_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -78,6 +89,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, NAT_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct ct_key);
 	__type(value, struct nat_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

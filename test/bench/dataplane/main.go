@@ -304,7 +304,8 @@ func (b *bench) runScenario(ctx context.Context, sc scenario) error {
 	if sc.prefill && b.o.churn > 0 {
 		// A node in service: flows have come and gone, so a table's
 		// entries are wherever its allocator left them (for roam's
-		// preallocated hash maps: scattered over the whole table).
+		// hash maps when they were preallocated: scattered over the
+		// whole table).
 		for _, p := range paths[1:] {
 			if p.flush == nil {
 				continue
@@ -625,7 +626,7 @@ func (b *bench) report() error {
 		"wall Mpps and share: the same samples by the clock, and the part of it the path had the CPU (the rest went to other work).\n"+
 		"The userspace proxy serves one frontend per family; the generator feeds it bursts of %d frames, at most %d in its socket.\n",
 		b.o.cpu, pace.burst, pace.window)
-	fmt.Printf("\nconntrack tables: roam's conntrack and NAT maps %d entries each (preallocated hash maps, nothing evicted; UDP idle %v, %v once its frontend moved);\n"+
+	fmt.Printf("\nconntrack tables: roam's conntrack and NAT maps %d entries each (hash maps, not preallocated, nothing evicted; UDP idle %v, %v once its frontend moved);\n"+
 		"  the kernel's %s (global, the count per namespace; UDP idle 10 min, checksums not verified).\n",
 		b.maxFlows(), xdpIdle, dataplane.DefaultTimeouts.UDPDrain, b.ctSettings)
 	if b.gcSweep > 0 {
