@@ -120,4 +120,13 @@ func TestUpgradeOverOldPins(t *testing.T) {
 	if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), "Unpin") {
 		t.Fatalf("open over an incompatible conntrack pin: %v; want refused naming Unpin", err)
 	}
+	// The previous build's roam_conntrack (main at 1f77aa9): the same key,
+	// value and size, preallocated. Only its flags differ: refused too.
+	replacePin(t, cfg.PinPath, "roam_conntrack", &ebpf.MapSpec{
+		Type: ebpf.Hash, KeySize: 40, ValueSize: 80, MaxEntries: dataplane.DefaultMaxFlows,
+	})
+	_, err = dataplane.Open(cfg)
+	if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), "Unpin") {
+		t.Fatalf("open over a preallocated conntrack pin: %v; want refused naming Unpin", err)
+	}
 }
