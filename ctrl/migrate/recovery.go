@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/store"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // remember records a copy at another cluster that must go once that
@@ -81,7 +83,11 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		if r.Epoch != m.Epoch && r.Epoch != m.FromEpoch {
 			return e.superseded(&m, r)
 		}
-		if err := e.program(ctx, r.Frontends, redirectTo(m.ToEndpoints)); err != nil {
+		want, before, err := e.commitTarget(&m, r)
+		if err != nil {
+			return fmt.Errorf("re-commit: %w", err)
+		}
+		if err := e.program(ctx, r.Frontends, want); err != nil {
 			return fmt.Errorf("re-commit: %w", err)
 		}
 		if r.Epoch != m.Epoch {
@@ -89,13 +95,20 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 				return err
 			}
 		}
+		if m.Role == ctrl.RoleReroute {
+			// By SRv6 from an abroad location the path is [old, new]
+			// (or local and the previous path, home): the home leaves
+			// the old location off it once that location says its copy
+			// is gone, or at its drain budget, as after a commit.
+			e.srv6Moved(ctx, &m, before, r.Frontends)
+		}
 		if m.Role == ctrl.RoleHome {
 			m.DrainedFlows = e.drain(ctx, r.Frontends, redirectTo(nil))
 			if err := e.removeLocalCopy(ctx, m.Service, m.FromEpoch); err != nil {
 				return err
 			}
 		}
-		_, err := e.finish(&m, nil)
+		_, err = e.finish(&m, nil)
 		return err
 	}
 	switch m.Role {
@@ -120,13 +133,15 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		}
 		return rollForward()
 	case ctrl.RoleMover:
+		var err error
 		switch m.Stage {
 		case ctrl.StageTrigger, ctrl.StagePlacement:
 			return fail("", nil)
 		case ctrl.StageReplication:
 			return fail("", e.removeNewCopy(ctx, m))
 		case ctrl.StageReroute:
-			w, err := e.askHome(ctx, m.Home, e.urlOf(m.Home, m.HomeURL), m.HomeIncarnation, m.Service)
+			var w ctrl.Where
+			w, err = e.askHome(ctx, m.Home, e.urlOf(m.Home, m.HomeURL), m.HomeIncarnation, m.Service)
 			if err != nil {
 				return fmt.Errorf("ask home %s where the service is (retry later): %w", m.Home, err)
 			}
@@ -134,13 +149,23 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 				return fail(": the home did not reroute", e.removeNewCopy(ctx, m))
 			}
 		}
-		if err := e.cfg.Backend.Delete(ctx, m.Service); err != nil {
+		// The copy goes as the cleanup would have it go: an SRv6
+		// location's copy drains, is said gone (to the agents and the
+		// home) and its return route goes (srv6Depart; any other copy is
+		// simply deleted).
+		del := func(ctx context.Context) error { return e.cfg.Backend.Delete(ctx, m.Service) }
+		if rerr == nil {
+			err = e.srv6Depart(ctx, r, del)
+		} else {
+			err = del(ctx)
+		}
+		if err != nil {
 			return err
 		}
 		if err := e.st.DeleteRecord(m.Service); err != nil {
 			return err
 		}
-		_, err := e.finish(&m, nil)
+		_, err = e.finish(&m, nil)
 		return err
 	case ctrl.RoleFailsafe:
 		if rerr != nil {
@@ -157,4 +182,22 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 		return e.takeBackSteps(ctx, &m, r)
 	}
 	return fail(": unknown role "+string(m.Role), nil)
+}
+
+// commitTarget is what m's commit staged and committed on every node (or
+// would have): the uninterrupted migration's target (rerouteTarget: NAT
+// or local, or an SRv6 path by the service's mode), from the record
+// before the move. That is r while it still says the old epoch. A record
+// already moved (a commit that failed on some node was rolled forward)
+// says where the service went: a home's migration left home (local
+// before it); a reroute's old location and its node are no longer in it,
+// and its path is then [new], the path the record names. before is the
+// record the target was computed from.
+func (e *Engine) commitTarget(m *ctrl.Migration, r ctrl.Record) (want func(int) lb.Target, before ctrl.Record, err error) {
+	before = r
+	if r.Epoch == m.Epoch && m.Role == ctrl.RoleHome {
+		before.Kind, before.Cluster, before.ClusterURL, before.Endpoints, before.SRv6SID = ctrl.KindLocal, e.cfg.ClusterID, e.cfg.URL, nil, netip.Addr{}
+	}
+	want, err = e.rerouteTarget(m, before)
+	return want, before, err
 }
