@@ -17,7 +17,9 @@
 // stream refuses on its ack as larger than its max_msg_size, is split at
 // line boundaries into pieces under derived ids (id-0, id-1, ...), never
 // sent again as is; after the stream's refusal, batches are sealed under
-// its limit. While more than auditMaxPending records (or
+// its limit. A cut is recorded in the spool (<id>.cut, the pieces' sizes)
+// before its pieces are published, so replay publishes the same pieces
+// under the same ids whatever the limits are then. While more than auditMaxPending records (or
 // auditMaxPendingBytes bytes) wait, placements are refused (CodeUnavailable, not decided, nothing to record). When the
 // process dies (kill -9), the batches it had not seen acknowledged are in
 // its spool: the replica publishes them first thing when it starts again
@@ -71,6 +73,9 @@ const (
 	// published.
 	DefaultAuditFlush = 2 * time.Millisecond
 	spoolSuffix       = ".audit"
+	// cutSuffix names the record of a cut next to the spool: <id>.cut
+	// lists the sizes of the pieces batch id was cut into.
+	cutSuffix = ".cut"
 )
 
 // auditRecord is one placement decision in the audit stream. A placed one
@@ -406,7 +411,8 @@ func (a *auditLog) send(b *auditBatch) []*auditBatch {
 // returns them. A piece of one record still too large cannot be published
 // at all: it is dropped, loudly (records are far smaller than any
 // max_payload or max_msg_size). The cut depends only on b's data and
-// limit, so replay cuts a spooled batch the same way (pieceLimit).
+// limit, and is recorded in the spool (writeCut) before any piece is
+// published: replay cuts the segment into the same pieces.
 func (a *auditLog) splitBatch(b *auditBatch, limit int, what string) []*auditBatch {
 	parts := splitLines(b.data, pieceLimit(b.data, limit))
 	if len(parts) <= 1 {
@@ -418,6 +424,9 @@ func (a *auditLog) splitBatch(b *auditBatch, limit int, what string) []*auditBat
 		return nil
 	}
 	a.s.limiter.log(a.s.log, "audit-split", "audit batch larger than "+what+": split", "batch", b.id, "pieces", len(parts))
+	if err := a.writeCut(b.id, parts); err != nil {
+		a.s.limiter.log(a.s.log, "audit-spool", "record an audit batch's cut in the spool (a replay may cut it otherwise)", "batch", b.id, "err", err)
+	}
 	a.mu.Lock()
 	a.split++
 	a.mu.Unlock()
@@ -507,10 +516,81 @@ func (a *auditLog) publish(b *auditBatch) error {
 	return nil
 }
 
-// done ends an acknowledged batch: its spool segment goes.
+// writeCut records, before its pieces are published, that batch id was
+// cut into parts: <id>.cut in the spool lists their sizes, one a line.
+// It is written to a temporary file and renamed, so a crash leaves the
+// whole record or none (none: no piece was published).
+func (a *auditLog) writeCut(id string, parts [][]byte) error {
+	if a.dir == "" {
+		return nil
+	}
+	var b []byte
+	for _, p := range parts {
+		b = strconv.AppendInt(b, int64(len(p)), 10)
+		b = append(b, '\n')
+	}
+	path := filepath.Join(a.dir, id+cutSuffix)
+	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+// readCut returns the piece sizes recorded for batch id (nil when it was
+// not cut, or the record cannot be read).
+func (a *auditLog) readCut(id string) []int {
+	b, err := os.ReadFile(filepath.Join(a.dir, id+cutSuffix))
+	if err != nil {
+		if !os.IsNotExist(err) {
+			a.s.log.Error("read an audit batch's cut: the segment is published whole", "batch", id, "err", err)
+		}
+		return nil
+	}
+	var sizes []int
+	for _, f := range strings.Fields(string(b)) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			a.s.log.Error("malformed audit cut record: the segment is published whole", "batch", id)
+			return nil
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
+}
+
+// cutPieces cuts data into pieces of the recorded sizes. A segment
+// shorter than the cut (its spool writes failed) gives the pieces it
+// holds; one longer gives a further piece for the rest.
+func cutPieces(data []byte, sizes []int) [][]byte {
+	var out [][]byte
+	for _, n := range sizes {
+		n = min(n, len(data))
+		out = append(out, data[:n])
+		data = data[n:]
+	}
+	if len(data) > 0 {
+		out = append(out, data)
+	}
+	return out
+}
+
+// removeCuts removes the cut records of segment name and of its pieces.
+func (a *auditLog) removeCuts(name string) {
+	_ = os.Remove(filepath.Join(a.dir, name+cutSuffix))
+	nested, _ := filepath.Glob(filepath.Join(a.dir, name+"-*"+cutSuffix))
+	for _, p := range nested {
+		_ = os.Remove(p)
+	}
+}
+
+// done ends an acknowledged batch: its spool segment goes (and the
+// records of its cuts, which the last piece carries the segment for).
 func (a *auditLog) done(b *auditBatch) {
 	if b.spool != "" {
 		_ = os.Remove(b.spool)
+		if b.piece {
+			a.removeCuts(strings.TrimSuffix(filepath.Base(b.spool), spoolSuffix))
+		}
 	}
 	a.mu.Lock()
 	a.pending -= b.records
@@ -661,33 +741,31 @@ func (a *auditLog) replay(ctx context.Context) (int, error) {
 		writer, _, _ := strings.Cut(name, "-")
 		records := 0
 		_ = decodeAuditBatch(data, func(*auditRecord) { records++ })
-		if err := a.replaySegment(ctx, name, writer, data); err != nil {
+		if err := a.replayPiece(ctx, name, writer, data); err != nil {
 			return n, err
 		}
 		_ = os.Remove(path)
+		a.removeCuts(name)
 		n += records
+	}
+	// Cut records whose segment went before they did (a crash between).
+	orphans, _ := filepath.Glob(filepath.Join(a.dir, "*"+cutSuffix+"*"))
+	for _, p := range orphans {
+		_ = os.Remove(p)
 	}
 	return n, nil
 }
 
-// replaySegment publishes one spool segment: as one message under its
-// name if it fits in a batch, else in pieces cut at line boundaries under
-// name-0, name-1, ... (the pieces send cuts a live batch into, so the
-// stream's dedupe still drops a copy).
-func (a *auditLog) replaySegment(ctx context.Context, name, writer string, data []byte) error {
-	limit := a.batchBytes()
-	if len(data) <= limit {
-		return a.replayPiece(ctx, name, writer, data, limit)
+// replayPiece publishes one spool segment (or a piece of one) under id:
+// cut as the live run recorded it (<id>.cut), each piece under its
+// derived id (id-0, id-1, ...) as the live run published it, so the
+// stream's dedupe drops what it already holds; else whole under id, as
+// send publishes a batch, and cut (the cut recorded first) only when the
+// connection or the stream refuses it as too large, as run cuts it.
+func (a *auditLog) replayPiece(ctx context.Context, id, writer string, data []byte) error {
+	if sizes := a.readCut(id); sizes != nil {
+		return a.replayParts(ctx, id, writer, cutPieces(data, sizes))
 	}
-	for i, d := range splitLines(data, limit) {
-		if err := a.replayPiece(ctx, name+"-"+strconv.Itoa(i), writer, d, limit); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (a *auditLog) replayPiece(ctx context.Context, id, writer string, data []byte, limit int) error {
 	for {
 		msg := nats.NewMsg(AuditSubject)
 		msg.Data = data
@@ -699,32 +777,23 @@ func (a *auditLog) replayPiece(ctx context.Context, id, writer string, data []by
 		if err == nil {
 			return nil
 		}
-		if tooLargeForStream(err) {
-			// Cut as a live batch refused so is (splitBatch), under the
-			// same derived ids.
-			if sl := a.streamPieceLimit(ctx); sl > 0 {
-				parts := splitLines(data, pieceLimit(data, sl))
-				if len(parts) <= 1 {
-					a.s.log.Error("audit record larger than the audit stream's max_msg_size: dropped", "segment", id, "bytes", len(data))
-					return nil
-				}
-				for i, d := range parts {
-					if err := a.replayPiece(ctx, id+"-"+strconv.Itoa(i), writer, d, sl); err != nil {
-						return err
-					}
-				}
-				return nil
-			}
+		limit, what := 0, ""
+		switch {
+		case errors.Is(err, nats.ErrMaxPayload):
+			limit, what = a.batchBytes(), "the NATS max payload"
+		case tooLargeForStream(err):
+			limit, what = a.streamPieceLimit(ctx), "the audit stream's max_msg_size"
 		}
-		if errors.Is(err, nats.ErrMaxPayload) {
-			// The server's max payload shrank since limit was read.
-			if nl := a.batchBytes(); nl < limit && nl < len(data) {
-				return a.replaySegment(ctx, id, writer, data)
-			}
-			if !bytes.Contains(data[:len(data)-1], []byte{'\n'}) {
-				a.s.log.Error("audit record larger than the NATS max payload: dropped", "segment", id, "bytes", len(data))
+		if limit > 0 {
+			parts := splitLines(data, pieceLimit(data, limit))
+			if len(parts) <= 1 {
+				a.s.log.Error("audit record larger than "+what+": dropped", "segment", id, "bytes", len(data))
 				return nil
 			}
+			if err := a.writeCut(id, parts); err != nil {
+				a.s.limiter.log(a.s.log, "audit-spool", "record an audit segment's cut in the spool (a replay may cut it otherwise)", "segment", id, "err", err)
+			}
+			return a.replayParts(ctx, id, writer, parts)
 		}
 		a.s.limiter.log(a.s.log, "audit-replay", "republish the audit spool (retried)", "segment", id, "err", err)
 		select {
@@ -733,4 +802,18 @@ func (a *auditLog) replayPiece(ctx context.Context, id, writer string, data []by
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// replayParts publishes the pieces of segment (or piece) id under id-0,
+// id-1, ...
+func (a *auditLog) replayParts(ctx context.Context, id, writer string, parts [][]byte) error {
+	for i, d := range parts {
+		if len(d) == 0 {
+			continue
+		}
+		if err := a.replayPiece(ctx, id+"-"+strconv.Itoa(i), writer, d); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -715,3 +715,125 @@ func TestAuditReplayStreamMaxMsgSize(t *testing.T) {
 		t.Fatalf("%d messages after replaying the segment again, %d before", again, msgs)
 	}
 }
+
+// TestAuditReplayAfterLiveCut: the live run's cut of a batch the stream
+// refused is the one replay makes, whatever the limits are then. A live
+// batch sealed at half a 16 KiB max_payload (one record over 8 KiB) is
+// refused by the stream's 4 KiB max_msg_size and cut into three pieces;
+// the first two are stored, the third is refused (the stream full) and
+// the process dies (kill -9: nothing more runs). A new process (the
+// stream's limit not yet learned, batches of 8 KiB) replays the segment:
+// every record is stored exactly once, none twice under new ids, none
+// lost to a piece id the stream already holds with other records.
+func TestAuditReplayAfterLiveCut(t *testing.T) {
+	const maxPayload, maxMsg = 16 << 10, 4 << 10
+	ns := startSmallNATS(t, maxPayload)
+	s := startServer(t, ServerConfig{NATSURL: ns.ClientURL(), HelloInterval: time.Minute})
+	nc := connect(t, ns.ClientURL())
+	limitAuditMsgSize(t, nc, maxMsg)
+	spool := t.TempDir()
+	live := newAuditLog(s, spool, 0)
+	limit := live.batchBytes()
+	if limit != maxPayload/2 {
+		t.Fatalf("batch size %d, want %d", limit, maxPayload/2)
+	}
+	// The batch as add seals it: records until it reaches the limit.
+	var data []byte
+	n := 0
+	for len(data) < limit {
+		data = appendAuditRecord(data, &auditRecord{At: time.Now(), RequestID: "lc-" + strconv.Itoa(n), Requester: "req",
+			Home: "c0", Service: "svc-" + strings.Repeat("x", 200), Reason: ReasonManual, NoPlacement: "no-candidates", DecidedBy: "old"})
+		n++
+	}
+	name := "LIVEWRITER-0000000000000001"
+	seg := filepath.Join(spool, name+spoolSuffix)
+	if err := os.WriteFile(seg, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if len(splitLines(data, limit)) < 2 {
+		t.Fatalf("batch of %d bytes fits the replay's batch size: the test proves nothing", len(data))
+	}
+
+	// The stream takes two more messages, no more.
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(ctx(t), AuditStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(ctx(t))
+	orig := info.Config
+	full := orig
+	full.MaxMsgs, full.Discard = int64(info.State.Msgs)+2, jetstream.DiscardNew
+	if _, err := js.UpdateStream(ctx(t), full); err != nil {
+		t.Fatal(err)
+	}
+
+	// Live: the batch is published whole and refused on its ack as too
+	// large for the stream; run cuts it so.
+	b := &auditBatch{id: name, writer: "LIVEWRITER", data: data, records: n, spool: seg}
+	sent := live.send(b)
+	if len(sent) != 1 || sent[0].ack == nil {
+		t.Fatalf("batch not published whole: %d batches", len(sent))
+	}
+	select {
+	case <-sent[0].ack.Ok():
+		t.Fatal("batch over the stream's max_msg_size acknowledged")
+	case err := <-sent[0].ack.Err():
+		if !tooLargeForStream(err) {
+			t.Fatalf("batch refused with %v, want too large for the stream", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ack")
+	}
+	pl := live.streamPieceLimit(ctx(t))
+	if pl != maxMsg-auditHeaderRoom {
+		t.Fatalf("piece limit %d", pl)
+	}
+	pieces := live.splitBatch(b, pl, "the audit stream's max_msg_size")
+	if len(pieces) != 3 {
+		t.Fatalf("%d pieces, want 3", len(pieces))
+	}
+	for i, p := range pieces {
+		select {
+		case <-p.ack.Ok():
+			if i == 2 {
+				t.Fatal("third piece stored: the stream was to be full")
+			}
+		case err := <-p.ack.Err():
+			if i < 2 {
+				t.Fatalf("piece %s refused: %v", p.id, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("piece %s: no ack", p.id)
+		}
+	}
+	// kill -9: the segment stays in the spool. The stream takes appends
+	// again (its max_msg_size still 4 KiB).
+	if _, err := js.UpdateStream(ctx(t), orig); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(seg); err != nil {
+		t.Fatalf("segment gone before its last piece was acknowledged: %v", err)
+	}
+
+	// A new process on the same spool.
+	fresh := newAuditLog(s, spool, 0)
+	if fresh.batchBytes() != limit {
+		t.Fatalf("new process seals at %d, want %d", fresh.batchBytes(), limit)
+	}
+	rctx, cancel := context.WithTimeout(ctx(t), 20*time.Second)
+	defer cancel()
+	if got, err := fresh.replay(rctx); err != nil || got != n {
+		t.Fatalf("replayed %d records of %d: %v", got, n, err)
+	}
+	got, _ := auditRecords(t, nc)
+	for i := range n {
+		if id := "lc-" + strconv.Itoa(i); got[id] != 1 {
+			t.Errorf("record %s stored %d times", id, got[id])
+		}
+	}
+	left, _ := filepath.Glob(filepath.Join(spool, "*"))
+	if len(left) != 0 {
+		t.Fatalf("spool not empty after the replay: %v", left)
+	}
+}
