@@ -195,12 +195,22 @@ func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // client sets one on the calls whose second making changes nothing the
 // first did not: see Client.do).
 func replayable(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+	if readOnly(req.Method) {
 		return true
 	}
 	_, ok := req.Header[idempotencyKey]
 	return ok
+}
+
+// readOnly reports whether a call of this method changes nothing on the
+// agent, so that it may always be sent again (net/http's rule, which
+// replayable applies to RoundTrip's requests).
+func readOnly(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
 }
 
 // idempotencyKey is the header that marks a call replayable (its value
@@ -309,7 +319,7 @@ func (t *syncTransport) call(ctx context.Context, timeout time.Duration, method,
 		if err == nil || sent {
 			return status, ans, err
 		}
-		if !reused || !closedIdle(err) || ctx.Err() != nil || !replay {
+		if !reused || !closedIdle(err) || ctx.Err() != nil || !(replay || readOnly(method)) {
 			return 0, nil, err
 		}
 		// Sent again: the agent closed that connection before reading

@@ -217,6 +217,11 @@ func TestResendOnlyReplayable(t *testing.T) {
 		t.Fatalf("%+v %v, want active %s (made once)", s, err, t2)
 	}
 
+	dropNext("/v1/services/" + fe.String())
+	if s, err := c.Get(x, fe); err != nil || s.Active != t2 {
+		t.Fatalf("get whose first answer was lost: %+v %v, want active %s (a read is sent again)", s, err, t2)
+	}
+
 	dropNext("/v1/remove")
 	if err := c.Remove(x, fe); err == nil || !closedIdle(err) {
 		t.Fatalf("remove whose answer was lost: %v, want the broken connection's error", err)
