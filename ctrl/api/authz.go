@@ -80,7 +80,7 @@ func (s *Server) homeSaysHost(r *http.Request, home, name, cluster string) error
 // confirmed by our own record). Never a command.
 func (s *Server) peerDeploy(w http.ResponseWriter, r *http.Request) error {
 	var req ctrl.ForeignRequest
-	if err := decode(r, &req); err != nil {
+	if err := s.decode(r, &req); err != nil {
 		return err
 	}
 	from := callerOf(r)
@@ -156,7 +156,7 @@ func (s *Server) peerRemove(w http.ResponseWriter, r *http.Request) error {
 // to a cluster the directory lists, at endpoints that cluster declares.
 func (s *Server) peerMovedOn(w http.ResponseWriter, r *http.Request) error {
 	var n ctrl.MovedOn
-	if err := decode(r, &n); err != nil {
+	if err := s.decode(r, &n); err != nil {
 		return err
 	}
 	if n.Service == "" || n.Epoch.MigrationID == "" || validID(n.From) != nil || validID(n.To) != nil {

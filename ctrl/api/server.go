@@ -89,6 +89,9 @@ type Server struct {
 	errs   *prometheus.CounterVec
 	reqs   *prometheus.CounterVec
 	denied *prometheus.CounterVec
+	// unknown counts peer requests carrying fields this version does
+	// not know (skipped; see decode), by route.
+	unknown *prometheus.CounterVec
 }
 
 // access is who may call a route.
@@ -116,6 +119,8 @@ func NewServer(cfg Config) (*Server, error) {
 			Help: "Controller API requests by route and status code."}, []string{"route", "code"}),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roam_ctrl_auth_denied_total",
 			Help: "Controller API calls refused for who made them (401/403), by reason."}, []string{"reason"}),
+		unknown: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "roam_ctrl_api_unknown_fields_total",
+			Help: "Peer requests carrying fields this version does not know (skipped: a newer peer's), by route."}, []string{"route"}),
 	}
 	for _, r := range reasons {
 		s.errs.WithLabelValues(r)
@@ -124,7 +129,7 @@ func NewServer(cfg Config) (*Server, error) {
 		s.denied.WithLabelValues(r)
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{s.errs, s.reqs, s.denied} {
+		for _, c := range []prometheus.Collector{s.errs, s.reqs, s.denied, s.unknown} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("register api metrics: %w", err)
 			}
@@ -293,11 +298,31 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 
 func reply(w http.ResponseWriter, status int, v any) error { return httpjson.Reply(w, status, v) }
 
-// decode reads the request body strictly into v (its size is bounded in
-// handle).
-func decode(r *http.Request, v any) error {
-	if err := httpjson.Decode(r.Body, v); err != nil {
+// decode reads the request body into v (its size is bounded in handle).
+// A peer's body (a controller's, by its certificate) may carry fields this
+// version does not know: another domain's cluster may run a newer roam
+// (clusters of different domains upgrade at different times), so they are
+// skipped, logged and counted (roam_ctrl_api_unknown_fields_total).
+// Everything else stays strict for peers too: size, malformed JSON, a
+// value of the wrong type, trailing data. A user's body stays strict: its
+// client is the operator's, of this installation, where an unknown field
+// is a typo to report (a misspelt "destination" must not move a service
+// to where the MO likes).
+func (s *Server) decode(r *http.Request, v any) error {
+	if callerOf(r).Cluster == "" {
+		if err := httpjson.Decode(r.Body, v); err != nil {
+			return apiErr(http.StatusBadRequest, ReasonBadJSON, "decode request body: %v", err)
+		}
+		return nil
+	}
+	unknown, err := httpjson.DecodeTolerant(r.Body, v)
+	if err != nil {
 		return apiErr(http.StatusBadRequest, ReasonBadJSON, "decode request body: %v", err)
+	}
+	if unknown != "" {
+		s.unknown.WithLabelValues(r.Pattern).Inc()
+		s.log.Info("peer request with a field this version does not know, skipped",
+			"route", r.Pattern, "peer", callerOf(r).Cluster, "field", unknown)
 	}
 	return nil
 }
@@ -308,7 +333,7 @@ func forwarded(r *http.Request) bool { return r.Header.Get(headerForwarded) != "
 
 func (s *Server) deploy(w http.ResponseWriter, r *http.Request) error {
 	var d ctrl.Descriptor
-	if err := decode(r, &d); err != nil {
+	if err := s.decode(r, &d); err != nil {
 		return err
 	}
 	if len(d.Command) > 0 && !s.cfg.AllowCommand {
@@ -355,7 +380,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) migrate(w http.ResponseWriter, r *http.Request) error {
 	var req ctrl.MigrateRequest
 	if r.ContentLength != 0 {
-		if err := decode(r, &req); err != nil {
+		if err := s.decode(r, &req); err != nil {
 			return err
 		}
 	}

@@ -1,10 +1,11 @@
 // Package httpjson is the JSON-over-HTTP plumbing roam's APIs share (the
 // controller's REST API in ctrl/api, the agent's in dataplane/agentapi, and
 // their clients): the error a handler returns and its wire form, a strict
-// request decoder, the JSON reply, a status-recording ResponseWriter, and
-// on the client side a JSON request and the reading of an answer. A leaf
-// package: it imports nothing of roam, so both a data-plane package and a
-// controller package may use it.
+// request decoder and a tolerant one (for peers' messages), the JSON
+// reply, a status-recording ResponseWriter, and on the client side a JSON
+// request and the reading of an answer. A leaf package: it imports nothing
+// of roam, so both a data-plane package and a controller package may use
+// it.
 package httpjson
 
 import (
@@ -15,6 +16,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
+	"strings"
 )
 
 // Error is an API error: its HTTP status and, on the wire,
@@ -61,6 +64,45 @@ var ErrTrailing = errors.New("trailing data after the JSON value")
 func Decode(r io.Reader, v any) error {
 	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return ErrTrailing
+	}
+	return nil
+}
+
+// DecodeTolerant reads exactly one JSON value from r into v as Decode
+// does, but a field v does not have is skipped rather than an error: the
+// decoder of a peer's message, whose sender may be a newer version
+// (forward compatibility). A type error, a malformed value and trailing
+// data are still errors. unknown names the first field skipped ("" when
+// none was), for the caller to count. r is read whole: bound it first.
+func DecodeTolerant(r io.Reader, v any) (unknown string, err error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return "", err
+	}
+	if err := decodeBytes(b, v, false); err != nil {
+		return "", err
+	}
+	// Find what was skipped: the strict decoder names the first unknown
+	// field; v's type decodes into a scratch value so v is left as is.
+	scratch := reflect.New(reflect.TypeOf(v).Elem()).Interface()
+	if err := decodeBytes(b, scratch, true); err != nil {
+		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return strings.Trim(name, `"`), nil
+		}
+	}
+	return "", nil
+}
+
+func decodeBytes(b []byte, v any, strict bool) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		return err
 	}
