@@ -289,6 +289,9 @@ func (r *Registry) observeSameLocked(id string, f *helloFrame, now time.Time) (r
 	if s == nil || s.c().frame == 0 || s.c().frame != f.hash || s.c().fromView {
 		return 0, nil, false
 	}
+	if l := s.c().Hello.Locator; !s.indexed && l.IsValid() && r.locatorHolder(id, l) != "" {
+		return 0, nil, false // back from down, its locator taken meanwhile: Observe refuses it
+	}
 	res, nc := sameNext(s.c(), f, now)
 	if nc == nil {
 		return res, s.c(), true

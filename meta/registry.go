@@ -7,6 +7,7 @@ package meta
 
 import (
 	"container/heap"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -142,6 +143,11 @@ const (
 	ObserveUpdated                      // newer hello, kept
 	ObserveStale                        // seq not above the last kept one, or a retired incarnation: ignored
 	ObserveAhead                        // seq too far ahead of the last kept one (MaxSeqAhead): rejected
+	// ObserveLocatorTaken: the hello's SRv6 locator overlaps the locator
+	// of another cluster in the index (alive or suspect): refused, the
+	// first holder keeps it. A covering prefix would let its cluster name
+	// the other's node SIDs as its own.
+	ObserveLocatorTaken
 )
 
 // slot is a cluster's place in the registry and its index. Its entry is
@@ -277,6 +283,14 @@ func (r *Registry) observe(h Hello, now time.Time, frame uint64) (ObserveResult,
 		}
 		retired = ret
 	}
+	// A locator is checked when it is new to the index: a new cluster, a
+	// changed locator, or a cluster coming back from down (whose locator
+	// another may hold by now).
+	if h.Locator.IsValid() && (s == nil || !s.indexed || s.c().Hello.Locator != h.Locator) {
+		if r.locatorHolder(h.ClusterID, h.Locator) != "" {
+			return ObserveLocatorTaken, nil
+		}
+	}
 	// The hello shows the placements it lists: their reservations end.
 	for _, id := range h.Placed {
 		if rv := r.resv[id]; rv != nil && rv.dest == h.ClusterID {
@@ -293,6 +307,29 @@ func (r *Registry) observe(h Hello, now time.Time, frame uint64) (ObserveResult,
 	s.retired = retired
 	r.replace(s, c)
 	return ObserveUpdated, old
+}
+
+// locatorHolder names a cluster other than id, in the index, whose
+// locator overlaps p ("" when none does; write or read lock held). It
+// runs only when a locator is new to the index (see observe), over the
+// clusters: hellos that keep theirs never pay it.
+func (r *Registry) locatorHolder(id string, p netip.Prefix) string {
+	for _, s := range r.list {
+		c := s.c()
+		if s.indexed && c.Hello.ClusterID != id && c.Hello.Locator.IsValid() && c.Hello.Locator.Overlaps(p) {
+			return c.Hello.ClusterID
+		}
+	}
+	return ""
+}
+
+// LocatorHolder names the cluster in the index, other than id, whose
+// SRv6 locator overlaps p ("" when none does): why a hello of id
+// announcing p was refused (ObserveLocatorTaken).
+func (r *Registry) LocatorHolder(id string, p netip.Prefix) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.locatorHolder(id, p)
 }
 
 // checkSeq applies Observe's sequence rules to h against s's entry: ok is
@@ -343,7 +380,7 @@ func (r *Registry) observeInPlace(h *Hello, now time.Time, frame uint64) (res Ob
 	var c *Cluster
 	for {
 		old = s.c()
-		if old.fromView || h.Incarnation != old.Hello.Incarnation || old.Hello.Tier != h.Tier {
+		if old.fromView || h.Incarnation != old.Hello.Incarnation || old.Hello.Tier != h.Tier || old.Hello.Locator != h.Locator {
 			return 0, nil, false
 		}
 		if res, _, ok := r.checkSeq(s, h, now); !ok {

@@ -433,6 +433,12 @@ func (s *Server) handleHello(m *nats.Msg) {
 		frame = f.hash
 	}
 	res, _ := s.reg.observe(h, now, frame)
+	if res == ObserveLocatorTaken {
+		s.metrics.hellos.WithLabelValues("locator_taken").Inc()
+		s.limiter.log(s.log, "locator:"+m.Subject, "refused hello: its SRv6 locator overlaps another live cluster's (the first holder keeps it)",
+			"cluster", h.ClusterID, "locator", h.Locator, "holder", s.reg.LocatorHolder(h.ClusterID, h.Locator))
+		return
+	}
 	if res == ObserveNew {
 		s.log.Info("cluster registered", "cluster", h.ClusterID, "tier", h.Tier, "controller", h.ControllerURL)
 	}
@@ -810,7 +816,7 @@ type metrics struct {
 func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metrics {
 	m := &metrics{
 		hellos: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "roam_meta_hellos_total", Help: "Hellos received, by result (accepted, stale, ahead: seq too far ahead, malformed, mismatch).",
+			Name: "roam_meta_hellos_total", Help: "Hellos received, by result (accepted, stale, ahead: seq too far ahead, malformed, mismatch, locator_taken: its SRv6 locator overlaps another live cluster's).",
 		}, []string{"result"}),
 		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_meta_placements_total", Help: "Placement requests, by result (placed, no_placement, bad_request, forbidden, unavailable: the audit stream is behind, error).",
@@ -826,7 +832,7 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 0.25, 1},
 		}),
 	}
-	for _, res := range []string{"accepted", "stale", "ahead", "malformed", "mismatch"} {
+	for _, res := range []string{"accepted", "stale", "ahead", "malformed", "mismatch", "locator_taken"} {
 		m.hellos.WithLabelValues(res)
 	}
 	m.hellosAccepted, m.hellosStale = m.hellos.WithLabelValues("accepted"), m.hellos.WithLabelValues("stale")
