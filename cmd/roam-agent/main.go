@@ -225,7 +225,7 @@ func main() {
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
-	if _, err := schedslice.Set(o.slice); err != nil {
+	if _, err := schedslice.Apply(o.slice); err != nil {
 		log.Warn("scheduler slice not set: API calls on a busy node wait for a thread's slice to end", "err", err)
 	}
 	if err := ensureBPFFS(o.pinPath, log); err != nil {

@@ -125,7 +125,7 @@ func run(ctx context.Context, args []string) error {
 	if err := schedslice.Check(*slice); err != nil {
 		return fmt.Errorf("--sched-slice: %w", err)
 	}
-	if _, err := schedslice.Set(*slice); err != nil {
+	if _, err := schedslice.Apply(*slice); err != nil {
 		log.Warn("scheduler slice not set: agents' answers on a busy node wait for a thread's slice to end", "err", err)
 	}
 	if *clusterID == "" {

@@ -38,6 +38,17 @@ func Check(d time.Duration) error {
 // meanwhile is skipped.
 func Set(d time.Duration) (int, error) { return SetProcess(0, d) }
 
+// Apply is Set for a daemon's --sched-slice flag: 0 (the flag's default)
+// leaves every thread's slice as it is (one set from outside, by chrt or
+// a parent, is kept; where seccomp denies sched_setattr nothing is
+// tried), and returns 0 threads and no error.
+func Apply(d time.Duration) (int, error) {
+	if d == 0 {
+		return 0, Check(d)
+	}
+	return Set(d)
+}
+
 // SetProcess is Set for the process pid (0: this one; another's needs
 // the right to change its scheduling, e.g. root).
 func SetProcess(pid int, d time.Duration) (int, error) {

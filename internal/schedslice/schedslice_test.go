@@ -89,3 +89,41 @@ func TestSet(t *testing.T) {
 		}
 	}
 }
+
+// TestApply: a daemon's --sched-slice 0 (Apply(0)) keeps the slice set
+// from outside (here by Set); a non-zero one is set; a refused one is
+// refused.
+func TestApply(t *testing.T) {
+	if _, err := Apply(10 * time.Microsecond); err == nil || !strings.Contains(err.Error(), "want 0") {
+		t.Fatalf("Apply(10µs): %v, want a refusal", err)
+	}
+	if _, ok := slices(t); !ok {
+		t.Skip("this kernel does not show se.slice in /proc/<pid>/task/<tid>/sched")
+	}
+	t.Cleanup(func() {
+		if _, err := Set(0); err != nil {
+			t.Error(err)
+		}
+	})
+	if _, err := Set(2 * Min); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := Apply(0); n != 0 || err != nil {
+		t.Fatalf("Apply(0): %d threads, %v; want 0, nil", n, err)
+	}
+	kept, _ := slices(t)
+	for tid, s := range kept {
+		if s != uint64(2*Min.Nanoseconds()) {
+			t.Fatalf("thread %d: slice %d ns after Apply(0), want the %d set before", tid, s, 2*Min.Nanoseconds())
+		}
+	}
+	if n, err := Apply(Min); n == 0 || err != nil {
+		t.Fatalf("Apply(%s): %d threads, %v", Min, n, err)
+	}
+	set, _ := slices(t)
+	for tid, s := range set {
+		if s != uint64(Min.Nanoseconds()) {
+			t.Fatalf("thread %d: slice %d ns after Apply(%s)", tid, s, Min)
+		}
+	}
+}
