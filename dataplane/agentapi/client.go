@@ -378,7 +378,7 @@ func (c *Client) Warm(ctx context.Context) error {
 		return nil // a transport of the caller's: it keeps its own connections
 	}
 	probe := func() (*http.Request, error) { return httpjson.NewRequest(ctx, http.MethodGet, c.base+"/healthz", nil) }
-	if err := c.sync.fill(ctx, warmConns, probe); err != nil {
+	if err := c.sync.fill(ctx, c.HTTP.Timeout, warmConns, probe); err != nil {
 		return fmt.Errorf("warm connections: %w", err)
 	}
 	return nil

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +46,7 @@ type syncTransport struct {
 // syncConn is one kept connection.
 type syncConn struct {
 	c    net.Conn
+	lr   *limitReader // under br: bounds an answer's head
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	used time.Time
@@ -89,9 +92,9 @@ func (t *syncTransport) idleConns() int {
 // connection between calls, for its idle timeout, and the call says it
 // answers): calls made at once (a stage beside another service's drain
 // count) then find one open.
-func (t *syncTransport) fill(ctx context.Context, n int, probe func() (*http.Request, error)) error {
+func (t *syncTransport) fill(ctx context.Context, timeout time.Duration, n int, probe func() (*http.Request, error)) error {
 	for t.idleConns() < n {
-		sc, err := t.open(ctx)
+		sc, err := t.open(ctx, timeout)
 		if err != nil {
 			return err
 		}
@@ -128,8 +131,16 @@ func (t *syncTransport) CloseIdleConnections() {
 	}
 }
 
-// open dials a new connection (and makes its TLS handshake).
-func (t *syncTransport) open(ctx context.Context) (*syncConn, error) {
+// open dials a new connection (and makes its TLS handshake), within
+// timeout when it is not 0 (the client's: a caller's context may have no
+// deadline, and an agent that accepts the connection and never answers
+// the handshake would hold the call for ever).
+func (t *syncTransport) open(ctx context.Context, timeout time.Duration) (*syncConn, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	c, err := t.dial(ctx, "tcp", t.addr)
 	if err != nil {
 		return nil, err
@@ -142,7 +153,62 @@ func (t *syncTransport) open(ctx context.Context) (*syncConn, error) {
 		}
 		c = tc
 	}
-	return &syncConn{c: c, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 8<<10)}, nil
+	lr := &limitReader{r: c, n: math.MaxInt64}
+	return &syncConn{c: c, lr: lr, br: bufio.NewReaderSize(lr, 16<<10), bw: bufio.NewWriterSize(c, 8<<10)}, nil
+}
+
+// maxAnswerHead bounds the bytes read from the connection for an
+// answer's head (http.Transport's MaxResponseHeaderBytes; the agent's
+// heads are a few hundred bytes).
+const maxAnswerHead = 64 << 10
+
+// max1xx bounds the informational answers (1xx) read before a call's
+// answer (http.Transport's rule).
+const max1xx = 5
+
+// limitReader reads from r at most n bytes more.
+type limitReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, fmt.Errorf("answer's head longer than %d bytes", maxAnswerHead)
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+// readAnswer reads the answer to req on sc: its head, at most
+// maxAnswerHead bytes, after any informational (1xx) ones, which are
+// skipped (a 101, switching protocols, is an error: no call asks for
+// it). headCame says that an answer's head, even a 1xx one, was read.
+func (sc *syncConn) readAnswer(req *http.Request) (resp *http.Response, headCame bool, err error) {
+	for n := 0; ; n++ {
+		sc.lr.n = maxAnswerHead
+		resp, err := http.ReadResponse(sc.br, req)
+		sc.lr.n = math.MaxInt64
+		if err != nil {
+			return nil, n > 0, err
+		}
+		switch {
+		case resp.StatusCode == http.StatusSwitchingProtocols:
+			_ = resp.Body.Close()
+			return nil, true, fmt.Errorf("%s %s: the agent switched protocols (101), not asked for", req.Method, req.URL.Path)
+		case resp.StatusCode/100 == 1:
+			_ = resp.Body.Close()
+			if n >= max1xx {
+				return nil, true, fmt.Errorf("%s %s: more than %d informational (1xx) answers", req.Method, req.URL.Path, max1xx)
+			}
+			continue
+		}
+		return resp, true, nil
+	}
 }
 
 // RoundTrip sends req on a kept connection (a new one when none is idle)
@@ -160,7 +226,7 @@ func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for {
 		if sc == nil {
 			var err error
-			if sc, err = t.open(ctx); err != nil {
+			if sc, err = t.open(ctx, 0); err != nil { // the http.Client's timeout is ctx's deadline
 				return nil, err
 			}
 		}
@@ -238,7 +304,7 @@ func (t *syncTransport) send(ctx context.Context, sc *syncConn, req *http.Reques
 		stop()
 		return nil, ctxErr(ctx, err)
 	}
-	resp, err := http.ReadResponse(sc.br, req)
+	resp, _, err := sc.readAnswer(req)
 	if err != nil {
 		stop()
 		return nil, ctxErr(ctx, err)
@@ -280,7 +346,9 @@ func (b *syncBody) Close() error {
 		err := b.rc.Close()
 		// stop reports false when the call's context ended first: the
 		// connection's deadline was then set in the past.
-		if b.stop() && b.keep && b.eof && err == nil {
+		// Bytes already read past the answer (a second answer) would be
+		// read by the next call as its own: the connection is not kept.
+		if b.stop() && b.keep && b.eof && err == nil && b.sc.br.Buffered() == 0 {
 			b.t.put(b.sc)
 			return
 		}
@@ -311,7 +379,7 @@ func (t *syncTransport) call(ctx context.Context, timeout time.Duration, method,
 	for {
 		if sc == nil {
 			var err error
-			if sc, err = t.open(ctx); err != nil {
+			if sc, err = t.open(ctx, timeout); err != nil {
 				return 0, nil, err
 			}
 		}
@@ -356,9 +424,9 @@ func (t *syncTransport) exchange(ctx context.Context, sc *syncConn, timeout time
 	if err := sc.bw.Flush(); err != nil {
 		return 0, nil, false, ctxErr(ctx, err)
 	}
-	resp, err := http.ReadResponse(sc.br, &http.Request{Method: method})
+	resp, headCame, err := sc.readAnswer(&http.Request{Method: method, URL: &url.URL{Path: path}})
 	if err != nil {
-		return 0, nil, false, ctxErr(ctx, err)
+		return 0, nil, headCame, ctxErr(ctx, err)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
@@ -367,7 +435,9 @@ func (t *syncTransport) exchange(ctx context.Context, sc *syncConn, timeout time
 	}
 	// Kept when the body was read to its end (shorter than limit: the
 	// read stopped at its EOF) and the agent keeps the connection.
-	keep = int64(len(b)) < limit && !resp.Close && resp.Body.Close() == nil
+	// Bytes already read past the answer (a second answer) would be
+	// read by the next call as its own: the connection is not kept.
+	keep = int64(len(b)) < limit && !resp.Close && resp.Body.Close() == nil && sc.br.Buffered() == 0
 	return resp.StatusCode, b, true, nil
 }
 
