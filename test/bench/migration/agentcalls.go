@@ -34,11 +34,15 @@ import (
 // several nodes makes these on every node). Beside them, with the client
 // as built, the one call a migration's reroute makes to a cluster's only
 // node: /v1/reroute (stage both, then commit both, in the agent, each
-// round to the other of two targets), timed from the call to its answer,
+// round from the local target, where the two-call rounds before it left
+// both, to a redirect: every timed call changes the target), timed from
+// the call to its answer,
 // its rounds alternating between the home's roam processes' scheduler
 // slice as built (roam-agent and roam-ctrl --sched-slice: the kernel's
 // default) and a short one (schedslice.Min), set from here on their
-// threads and put back at the end. The frontends are the bench's own (port benchPort of the home's
+// threads and put back at the end. The timed caller is this process, at
+// the kernel's slice: the caller's wake-up (roam-ctrl's in a migration)
+// is not in that A/B. The frontends are the bench's own (port benchPort of the home's
 // WAN address, no service behind it), removed at the end. Both clients
 // are warmed first, as a migration warms its agents.
 
@@ -109,12 +113,13 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 			if err := setSlices(pids, slice); err != nil {
 				return sync, h2, one, oneShort, err
 			}
-			to := ts
-			if k%4 >= 2 { // each slice's rounds alternate the targets too
-				to = alt
-			}
+			// Every timed reroute changes the target: the two rounds
+			// before left both frontends on ts, and the agent makes
+			// nothing of a reroute to the target a frontend already
+			// has (a call made again). Earlier, half of these rounds
+			// rerouted to ts and timed that no-op.
 			t0 := time.Now()
-			if _, err := (agentapi.Group{sc}).Reroute(ctx, fs, to); err != nil {
+			if _, err := (agentapi.Group{sc}).Reroute(ctx, fs, alt); err != nil {
 				return sync, h2, one, oneShort, err
 			}
 			*fig = append(*fig, float64(time.Since(t0).Nanoseconds())/1e3)
@@ -193,4 +198,5 @@ func printAgentCalls(sync, h2 stageCommit, one, oneShort []float64, rounds int, 
 		q(one, 0.5), q(one, 0.99), two/q(one, 0.5))
 	fmt.Printf("  one call with the home's roam processes at a %s scheduler slice (--sched-slice; rounds alternating with the above, as built: the kernel's default): p50 %.0f, p99 %.0f; short / as built, p50: %.2f\n",
 		schedslice.Min, q(oneShort, 0.5), q(oneShort, 0.99), q(oneShort, 0.5)/q(one, 0.5))
+	fmt.Println("  (every timed reroute moves both frontends from the local target to a redirect; the slice is the home's roam-agent's and roam-ctrl's, while the timed caller is this bench process, at the kernel's default slice: the caller's own wake-up, roam-ctrl's in a migration, is not in this A/B)")
 }
