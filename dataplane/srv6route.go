@@ -12,10 +12,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // Generic netlink of seg6 (linux/seg6_genl.h).
@@ -104,16 +107,164 @@ func (r SRv6Return) Install() error {
 	return nil
 }
 
-// Remove deletes what Install added; what is already gone is no error.
+// Remove deletes what Install added: the rule, and every route of Table
+// in the frontend's family (whatever SID it encapsulates to: an IPv4
+// route is deleted only by its exact encap, which the caller may no
+// longer know). What is already gone is no error. HomeSID and Dev are not
+// needed.
 func (r SRv6Return) Remove() error {
 	var errs []error
 	if err := netlink.RuleDel(r.rule()); err != nil && !errors.Is(err, unix.ENOENT) {
 		errs = append(errs, fmt.Errorf("remove srv6 return rule for %s: %w", r.Frontend, err))
 	}
-	if link, err := netlink.LinkByName(r.Dev); err == nil {
-		if err := netlink.RouteDel(r.route(link)); err != nil && !errors.Is(err, unix.ESRCH) {
+	routes, err := netlink.RouteListFiltered(r.rule().Family, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("remove srv6 return routes for %s: list table %d: %w", r.Frontend, r.Table, err))
+	}
+	for _, rt := range routes {
+		if err := netlink.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, fmt.Errorf("remove srv6 return route for %s: %w", r.Frontend, err))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// SRv6Returns keeps a location node's return routes. Services of one home
+// share its frontend address and differ by port, and the kernel chooses
+// the return by source address only, so there is one rule per address,
+// "from address -> its table", and one default route in that table, to
+// one home SID: the SID of the frontend most recently installed among
+// those of the address still installed (all of them name a node of the
+// same home, any of which decapsulates). A frontend's removal drops its
+// part only: the route moves to the SID another frontend of the address
+// still needs, and the rule and table go with the address's last
+// frontend. Tables are allocated, one per address, among [Base,
+// Base+Count) (the lowest not in use by a rule of ours; an address's rule
+// found in the kernel keeps its table, so an agent restarted reuses what
+// it installed), never shared by two addresses. It acts on the calling
+// thread's network namespace.
+type SRv6Returns struct {
+	Base, Count int
+
+	mu  sync.Mutex
+	seq uint64
+	by  map[lb.Frontend]srv6Ret
+}
+
+type srv6Ret struct {
+	sid netip.Addr
+	seq uint64
+}
+
+// NewSRv6Returns keeps return routes in the tables [base, base+count).
+func NewSRv6Returns(base, count int) *SRv6Returns {
+	return &SRv6Returns{Base: base, Count: count, by: map[lb.Frontend]srv6Ret{}}
+}
+
+// Set installs f's return to homeSID (remove: drops f's part).
+func (s *SRv6Returns) Set(f lb.Frontend, homeSID netip.Addr, remove bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := f.Addr.Unmap()
+	old, had := s.by[f]
+	switch {
+	case remove:
+		delete(s.by, f)
+	case !had || old.sid != homeSID:
+		s.seq++
+		s.by[f] = srv6Ret{sid: homeSID, seq: s.seq}
+	}
+	if err := s.sync(a); err != nil {
+		if !remove { // not installed: f's part is not there either
+			if had {
+				s.by[f] = old
+			} else {
+				delete(s.by, f)
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// HomeSID is the SID the return of address a goes to now (unset: none).
+func (s *SRv6Returns) HomeSID(a netip.Addr) netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.want(a.Unmap()).sid
+}
+
+func (s *SRv6Returns) want(a netip.Addr) srv6Ret {
+	var best srv6Ret
+	for f, r := range s.by {
+		if f.Addr.Unmap() == a && r.seq > best.seq {
+			best = r
+		}
+	}
+	return best
+}
+
+// sync makes the kernel's return of address a what s.by says.
+func (s *SRv6Returns) sync(a netip.Addr) error {
+	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("srv6 return for %s: list rules: %w", a, err)
+	}
+	used := map[int]bool{}
+	var mine []int // tables of a's rules
+	for _, r := range rules {
+		if r.Priority != srv6ReturnRulePri || r.Table < s.Base || r.Table >= s.Base+s.Count {
+			continue
+		}
+		used[r.Table] = true
+		if r.Src != nil {
+			if src, ok := netip.AddrFromSlice(r.Src.IP); ok && src.Unmap() == a {
+				if ones, bits := r.Src.Mask.Size(); ones == bits {
+					mine = append(mine, r.Table)
+				}
+			}
+		}
+	}
+	var errs []error
+	// More than one rule of a's (an agent from before one rule per
+	// address): only the first would match; the others go.
+	for len(mine) > 1 {
+		if err := (SRv6Return{Frontend: a, Table: mine[len(mine)-1]}).Remove(); err != nil {
+			errs = append(errs, err)
+		}
+		mine = mine[:len(mine)-1]
+	}
+	w := s.want(a)
+	if !w.sid.IsValid() {
+		if len(mine) == 1 {
+			errs = append(errs, SRv6Return{Frontend: a, Table: mine[0]}.Remove())
+		}
+		return errors.Join(errs...)
+	}
+	table := 0
+	if len(mine) == 1 {
+		table = mine[0]
+	} else {
+		for t := s.Base; t < s.Base+s.Count; t++ {
+			if !used[t] {
+				table = t
+				break
+			}
+		}
+		if table == 0 {
+			return errors.Join(append(errs, fmt.Errorf("srv6 return for %s: all %d tables from %d in use", a, s.Count, s.Base))...)
+		}
+	}
+	routes, err := netlink.RouteGet(w.sid.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return errors.Join(append(errs, fmt.Errorf("srv6 return for %s: no route to the home SID %s: %v", a, w.sid, err))...)
+	}
+	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("srv6 return for %s: %w", a, err))...)
+	}
+	if err := (SRv6Return{Frontend: a, HomeSID: w.sid, Dev: link.Attrs().Name, Table: table}).Install(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

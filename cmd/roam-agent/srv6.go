@@ -9,7 +9,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/netip"
 	"sync"
@@ -22,7 +21,7 @@ import (
 )
 
 // srv6Tables is the range of routing tables the return routes use: one per
-// home SID, picked by hash (stable across restarts).
+// frontend address, allocated (dataplane.SRv6Returns).
 const (
 	srv6TableBase = 20000
 	srv6Tables    = 4096
@@ -39,10 +38,13 @@ type srv6Node struct {
 	copies map[netip.Addr]map[lb.Frontend]bool
 	// added are the addresses this agent put on lo (it removes only those).
 	added map[netip.Addr]bool
+	// returns are the copies' return routes.
+	returns *dataplane.SRv6Returns
 }
 
 func newSRv6Node(dp *dataplane.Dataplane) *srv6Node {
-	return &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{}}
+	return &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{},
+		returns: dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)}
 }
 
 func hostPrefix(a netip.Addr) *net.IPNet {
@@ -111,33 +113,18 @@ func (n *srv6Node) ensureAddr(a netip.Addr) error {
 
 // SetSRv6Return installs (or removes) the route that sends what the copy
 // answers from f's address to the home's SID, out of the interface the
-// node reaches that SID by.
+// node reaches that SID by: one rule and table per address, shared by the
+// frontends of that address, going with the last of them
+// (dataplane.SRv6Returns).
 func (n *srv6Node) SetSRv6Return(f lb.Frontend, homeSID netip.Addr, remove bool) error {
 	if !n.Dataplane.SRv6Config().SID.IsValid() {
 		return fmt.Errorf("srv6 return for %s: %w: SRv6 is off on this node (no --srv6-sid)", f, dataplane.ErrBadTarget)
 	}
-	if !n.Dataplane.SRv6Config().AcceptsSID(homeSID) {
+	if !remove && !n.Dataplane.SRv6Config().AcceptsSID(homeSID) {
 		return fmt.Errorf("srv6 return for %s: %w: home SID %s is outside roam's locators %v", f, dataplane.ErrBadTarget, homeSID, n.Dataplane.SRv6Config().Locators)
 	}
-	routes, err := netlink.RouteGet(homeSID.AsSlice())
-	if err != nil || len(routes) == 0 {
-		return fmt.Errorf("srv6 return for %s: no route to the home SID %s: %v", f, homeSID, err)
-	}
-	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
-	if err != nil {
+	if err := n.returns.Set(f, homeSID, remove); err != nil {
 		return fmt.Errorf("srv6 return for %s: %w", f, err)
 	}
-	h := fnv.New32a()
-	h.Write(homeSID.AsSlice())
-	r := dataplane.SRv6Return{Frontend: f.Addr, HomeSID: homeSID, Dev: link.Attrs().Name, Table: srv6TableBase + int(h.Sum32()%srv6Tables)}
-	if remove {
-		n.mu.Lock()
-		busy := len(n.copies[f.Addr.Unmap()]) > 0
-		n.mu.Unlock()
-		if busy {
-			return nil // another frontend of that address still has a copy here
-		}
-		return r.Remove()
-	}
-	return r.Install()
+	return nil
 }

@@ -31,7 +31,7 @@ package migrate
 // (ForeignReply.SRv6SID, picked by the service's name, so copies spread
 // over the nodes), which the home's path names (Migration.ToSID, then
 // Record.SRv6SID); the home names the node of its own its copy's answers
-// go to (ForeignRequest.HomeSID). At a location the controller tells its
+// go to (ForeignRequest.HomeSID), by its frontend address (homeSID). At a location the controller tells its
 // agents the copy's state (serving, draining, gone: agentapi
 // /v1/srv6/copies) and installs the copy's return route to the home's SID
 // (/v1/srv6/returns). A record from before per-node SIDs (no SID) names
@@ -215,7 +215,25 @@ func (e *Engine) srv6Foreign(ctx context.Context, r ctrl.Record) ([]lb.Frontend,
 	if err != nil {
 		return nil, netip.Addr{}, err
 	}
-	return r.Frontends, pickSID(sids, r.Service.Name), nil
+	return r.Frontends, homeSID(sids, r.Frontends), nil
+}
+
+// homeSID is the SID of the home's node the answers of a copy of a
+// service with frontends fs go back to: picked by the frontends' (lowest)
+// address, not the service. A location chooses the return route by the
+// answer's source address alone (one rule per address: agent
+// dataplane.SRv6Returns), and the services of a home share its frontend
+// address (roam-ctrl --frontend-addr) and differ by port, so they must
+// name the same node; by service they named different ones, of which the
+// location's kernel followed whichever rule came first.
+func homeSID(sids []netip.Addr, fs []lb.Frontend) netip.Addr {
+	var key netip.Addr
+	for _, f := range fs {
+		if a := f.Addr.Unmap(); !key.IsValid() || a.Less(key) {
+			key = a
+		}
+	}
+	return pickSID(sids, key.String())
 }
 
 // clusterLocator is the locator cluster announces (this cluster's own:

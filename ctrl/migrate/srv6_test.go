@@ -336,7 +336,7 @@ func TestSRv6MoveHomeKeepsOldCopy(t *testing.T) {
 // TestSRv6NodeSIDs: SIDs are per node. The service "web" goes to node 1
 // of each cluster (by its name's hash over two nodes), not node 0: the
 // home's path names b's node 1 and b's return route names the home's node
-// 1 (what the home asked for). A node whose agent has another SID than
+// 1 (what the home asked for: the node its frontend address picks). A node whose agent has another SID than
 // its place allocates fails the move before any copy state is set,
 // rolled back, counted; and a SID a peer names outside its locator is
 // refused.
@@ -411,4 +411,44 @@ func testSID0(t *testing.T, i int) netip.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestSRv6HomeSIDPerAddress: two services of one home (one frontend
+// address, two ports) whose names pick different nodes move to one
+// location: both copies' return routes name the same home node, since the
+// location routes their answers by that shared source address alone (by
+// service, the second's rule never matched, and the first's could outlive
+// its copy).
+func TestSRv6HomeSIDPerAddress(t *testing.T) {
+	w := srv6World(t, nil, "a", "b")
+	w.deploy("a")
+	two := []netip.Addr{testSID0(t, 1), testSID(t, 1)}
+	other := ""
+	for _, n := range []string{"api", "db", "cam", "x", "y", "z"} {
+		if pickSID(two, n) != pickSID(two, "web") {
+			other = n
+			break
+		}
+	}
+	if other == "" {
+		t.Fatal("no name picks another node than web")
+	}
+	d := w.descriptor()
+	d.Name = other
+	d.Ports[0].Port = testPort + 1
+	if _, err := w.eng("a").Deploy(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	w.acts.take()
+	w.mustMigrate("a", "b")
+	if _, err := w.eng("a").Migrate(context.Background(), other, ctrl.MigrateRequest{Destination: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	var sids []string
+	for _, a := range w.acts.take("srv6 b returns") {
+		sids = append(sids, a[strings.Index(a, "->"):])
+	}
+	if len(sids) != 2 || sids[0] != sids[1] {
+		t.Fatalf("return routes of web and %s at b: %q, want two naming one home SID", other, sids)
+	}
 }
