@@ -50,6 +50,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -57,8 +58,9 @@ import (
 type srv6Agents interface {
 	SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st dataplane.SRv6State) error
 	SetSRv6Returns(ctx context.Context, fs []lb.Frontend, homeSID netip.Addr, remove bool) error
-	// SRv6SIDs are the nodes' SIDs, in node order.
-	SRv6SIDs(ctx context.Context) ([]netip.Addr, error)
+	// SRv6SIDs are the nodes' SIDs, in node order (Old: an agent from
+	// before per-node SIDs, its SID unknown).
+	SRv6SIDs(ctx context.Context) ([]agentapi.NodeSID, error)
 }
 
 // Refusal reasons of roam_ctrl_srv6_refused_total.
@@ -73,11 +75,15 @@ const (
 type srv6Metrics struct {
 	refused *prometheus.CounterVec
 	steps   *prometheus.CounterVec
+	// oldAgents counts the nodes found with an agent from before per-node
+	// SIDs, each once (oldSeen).
+	oldAgents prometheus.Counter
 
 	// The moves at the home that wait for the old location's word that its
 	// copy is gone (srv6Moved, SRv6Gone), by service and old copy's epoch.
-	mu    sync.Mutex
-	words map[srv6WordKey]*srv6Word
+	mu      sync.Mutex
+	words   map[srv6WordKey]*srv6Word
+	oldSeen map[int]bool
 }
 
 type srv6WordKey struct {
@@ -93,7 +99,12 @@ type srv6Word struct {
 
 func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 	m := &srv6Metrics{
-		words: map[srv6WordKey]*srv6Word{},
+		words:   map[srv6WordKey]*srv6Word{},
+		oldSeen: map[int]bool{},
+		oldAgents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roam_ctrl_srv6_old_agents_total",
+			Help: "Nodes of this cluster found with an agent from before per-node SIDs (no GET /v1/srv6/node), each counted once: the cluster then uses its node 0's SID alone.",
+		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_refused_total",
 			Help: "SRv6 path-mode steps refused, by reason (no_locator, bad_locator, no_agents, no_frontend, bad_node_sid).",
@@ -108,7 +119,7 @@ func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.refused, m.steps} {
+		for _, c := range []prometheus.Collector{m.refused, m.steps, m.oldAgents} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register srv6 metrics: %w", err)
 			}
@@ -160,7 +171,10 @@ func (e *Engine) peerSID(cluster string, sid netip.Addr) (netip.Addr, error) {
 
 // nodeSIDs are this cluster's nodes' SIDs, node i's lb.NodeSID(locator,
 // i), each checked with its agent: a node whose agent has another SID (or
-// none) fails the step.
+// none) fails the step. While an agent is from before per-node SIDs (it
+// has no GET /v1/srv6/node; logged and counted once per node), its SID is
+// unknown and it had node 0's, as did every node then: the cluster uses
+// node 0's SID alone, as before.
 func (e *Engine) nodeSIDs(ctx context.Context) ([]netip.Addr, error) {
 	if !e.cfg.Locator.IsValid() {
 		return nil, e.srv6Refuse(srv6NoLocator, errors.New("srv6: this cluster has no SRv6 locator (roam-ctrl --srv6-locator)"))
@@ -178,18 +192,40 @@ func (e *Engine) nodeSIDs(ctx context.Context) ([]netip.Addr, error) {
 	}
 	want := make([]netip.Addr, len(got))
 	var bad []error
+	old := false
 	for i := range got {
 		if want[i], err = lb.NodeSID(e.cfg.Locator, uint16(i)); err != nil {
 			return nil, err
 		}
-		if got[i] != want[i] {
-			bad = append(bad, fmt.Errorf("node %d has the SID %v, its place allocates %s (roam-agent --srv6-sid)", i, got[i], want[i]))
+		if got[i].Old {
+			old = true
+			e.srv6OldAgent(i)
+			continue
+		}
+		if got[i].SID != want[i] {
+			bad = append(bad, fmt.Errorf("node %d has the SID %v, its place allocates %s (roam-agent --srv6-sid)", i, got[i].SID, want[i]))
 		}
 	}
 	if len(bad) > 0 {
 		return nil, e.srv6Refuse(srv6BadNodeSID, fmt.Errorf("srv6: %w", errors.Join(bad...)))
 	}
+	if old {
+		return want[:1], nil
+	}
 	return want, nil
+}
+
+// srv6OldAgent notes, once, that node i's agent is from before per-node
+// SIDs.
+func (e *Engine) srv6OldAgent(i int) {
+	e.srv6m.mu.Lock()
+	seen := e.srv6m.oldSeen[i]
+	e.srv6m.oldSeen[i] = true
+	e.srv6m.mu.Unlock()
+	if !seen {
+		e.srv6m.oldAgents.Inc()
+		e.log.Warn("srv6: node's agent is from before per-node SIDs (no GET /v1/srv6/node): this cluster uses its node 0's SID alone until every agent is upgraded", "node", i)
+	}
 }
 
 // pickSID is the SID of sids that service name's packets go to: by its

@@ -27,13 +27,18 @@ type srv6FakeAgents struct {
 	*fakeAgents
 	loc  netip.Prefix
 	sids map[int]netip.Addr
+	old  map[int]bool // nodes whose agent is from before per-node SIDs
 }
 
 var _ srv6Agents = agentapi.Group(nil)
 
-func (a srv6FakeAgents) SRv6SIDs(ctx context.Context) ([]netip.Addr, error) {
-	out := make([]netip.Addr, len(a.nodes))
+func (a srv6FakeAgents) SRv6SIDs(ctx context.Context) ([]agentapi.NodeSID, error) {
+	out := make([]agentapi.NodeSID, len(a.nodes))
 	for i := range out {
+		if a.old[i] {
+			out[i].Old = true
+			continue
+		}
 		sid, err := lb.NodeSID(a.loc, uint16(i))
 		if err != nil {
 			return nil, err
@@ -41,7 +46,7 @@ func (a srv6FakeAgents) SRv6SIDs(ctx context.Context) ([]netip.Addr, error) {
 		if s, ok := a.sids[i]; ok {
 			sid = s
 		}
-		out[i] = sid
+		out[i].SID = sid
 	}
 	return out, nil
 }
@@ -450,5 +455,41 @@ func TestSRv6HomeSIDPerAddress(t *testing.T) {
 	}
 	if len(sids) != 2 || sids[0] != sids[1] {
 		t.Fatalf("return routes of web and %s at b: %q, want two naming one home SID", other, sids)
+	}
+}
+
+// TestSRv6OldAgent: b's node 1 runs an agent from before per-node SIDs
+// (GET /v1/srv6/node answers 404). Moves to b still work, naming b's node
+// 0 (as before per-node SIDs), not node 1 that "web" picks; the old agent
+// is logged and counted once over two moves.
+func TestSRv6OldAgent(t *testing.T) {
+	w := srv6World(t, nil, "a", "b")
+	tune := w.tune
+	w.tune = func(c *Config) {
+		tune(c)
+		if c.ClusterID == "b" {
+			a := c.Agents.(srv6FakeAgents)
+			a.old = map[int]bool{1: true}
+			c.Agents = a
+		}
+	}
+	w.restart("b")
+	w.deploy("a")
+	f := w.frontend("a")
+	for range 2 {
+		m := w.mustMigrate("a", "b")
+		if m.ToSID != testSID0(t, 2) {
+			t.Fatalf("migration's SID %s, want b's node 0 %s", m.ToSID, testSID0(t, 2))
+		}
+		if got := w.cluster("a").ag.active(0, f); got != lb.SRv6(testSID0(t, 2)) {
+			t.Fatalf("home: active %s, want [b's node 0]", got)
+		}
+		w.mustMigrate("b", "a")
+	}
+	if n := counterValue(w.eng("b").srv6m.oldAgents); n != 1 {
+		t.Errorf("old agents counted at b: %v, want 1", n)
+	}
+	if n := counterValue(w.eng("b").srv6m.refused.WithLabelValues(srv6BadNodeSID)); n != 0 {
+		t.Errorf("bad_node_sid refusals at b: %v", n)
 	}
 }

@@ -181,13 +181,27 @@ func (c *Client) SRv6Node(ctx context.Context) (SRv6Node, error) {
 	return out, nil
 }
 
-// SRv6SIDs returns every node's SID, in the group's order (unset where
-// SRv6 is off).
-func (g Group) SRv6SIDs(ctx context.Context) ([]netip.Addr, error) {
-	sids := make([]netip.Addr, len(g))
+// NodeSID is a node's SID as its agent says it. Old: the agent is from
+// before per-node SIDs (it has no GET /v1/srv6/node: 404), so its SID is
+// unknown; such a node had its cluster's node 0's SID, and its cluster
+// must use that one alone until every agent is upgraded.
+type NodeSID struct {
+	SID netip.Addr // unset where SRv6 is off or the agent is old
+	Old bool
+}
+
+// SRv6SIDs returns every node's SID, in the group's order. An agent that
+// answers 404 (no such route: an agent from before per-node SIDs) is Old,
+// not an error.
+func (g Group) SRv6SIDs(ctx context.Context) ([]NodeSID, error) {
+	sids := make([]NodeSID, len(g))
 	errs := g.each(func(i int, c *Client) error {
 		n, err := c.SRv6Node(ctx)
-		sids[i] = n.SID
+		if IsNotFound(err) {
+			sids[i].Old = true
+			return nil
+		}
+		sids[i].SID = n.SID
 		return err
 	})
 	if err := joinNodes(g, errs); err != nil {

@@ -2,9 +2,11 @@ package agentapi
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -54,8 +56,8 @@ func TestSRv6Node(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, s := range sids {
-		if want, _ := lb.NodeSID(loc, uint16(i)); s != want {
-			t.Fatalf("group: node %d's SID %s, want %s", i, s, want)
+		if want, _ := lb.NodeSID(loc, uint16(i)); s.SID != want || s.Old {
+			t.Fatalf("group: node %d: %+v, want SID %s", i, s, want)
 		}
 	}
 
@@ -64,5 +66,24 @@ func TestSRv6Node(t *testing.T) {
 	var ae *Error
 	if err == nil || !errors.As(err, &ae) || ae.Status != http.StatusNotImplemented {
 		t.Fatalf("a node without SRv6: %v, want 501", err)
+	}
+
+	// An agent from before per-node SIDs: its server has no such route
+	// and answers 404 not_found (its mux's fallback). It is Old, not an
+	// error; the others' SIDs are read as usual.
+	old := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintf(w, `{"error":"no route %s %s","reason":"not_found"}`, r.Method, r.URL.Path)
+	}))
+	t.Cleanup(old.Close)
+	sids, err = Group{clients[0], New(old.URL, ""), clients[1]}.SRv6SIDs(ctx(t))
+	if err != nil {
+		t.Fatalf("a group with an old agent: %v", err)
+	}
+	s0, _ := lb.NodeSID(loc, 0)
+	s1, _ := lb.NodeSID(loc, 1)
+	if want := []NodeSID{{SID: s0}, {Old: true}, {SID: s1}}; !slices.Equal(sids, want) {
+		t.Fatalf("a group with an old agent: %+v, want %+v", sids, want)
 	}
 }
