@@ -78,12 +78,16 @@ type srv6Metrics struct {
 	// oldAgents counts the nodes found with an agent from before per-node
 	// SIDs, each once (oldSeen).
 	oldAgents prometheus.Counter
+	// sidsRederived counts stored SIDs re-derived in a renumbered
+	// locator, each once (rederived).
+	sidsRederived prometheus.Counter
 
 	// The moves at the home that wait for the old location's word that its
 	// copy is gone (srv6Moved, SRv6Gone), by service and old copy's epoch.
-	mu      sync.Mutex
-	words   map[srv6WordKey]*srv6Word
-	oldSeen map[int]bool
+	mu        sync.Mutex
+	words     map[srv6WordKey]*srv6Word
+	oldSeen   map[int]bool
+	rederived map[srv6Rederived]bool
 }
 
 type srv6WordKey struct {
@@ -99,8 +103,13 @@ type srv6Word struct {
 
 func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 	m := &srv6Metrics{
-		words:   map[srv6WordKey]*srv6Word{},
-		oldSeen: map[int]bool{},
+		words:     map[srv6WordKey]*srv6Word{},
+		oldSeen:   map[int]bool{},
+		rederived: map[srv6Rederived]bool{},
+		sidsRederived: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roam_ctrl_srv6_sids_rederived_total",
+			Help: "SIDs kept in records found outside their cluster's locator (it was renumbered) and re-derived in the new one (the same node, else node 0), each counted once.",
+		}),
 		oldAgents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_old_agents_total",
 			Help: "Nodes of this cluster found with an agent from before per-node SIDs (no GET /v1/srv6/node), each counted once: the cluster then uses its node 0's SID alone.",
@@ -119,7 +128,7 @@ func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.refused, m.steps, m.oldAgents} {
+		for _, c := range []prometheus.Collector{m.refused, m.steps, m.oldAgents, m.sidsRederived} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register srv6 metrics: %w", err)
 			}
@@ -167,6 +176,66 @@ func (e *Engine) peerSID(cluster string, sid netip.Addr) (netip.Addr, error) {
 		return netip.Addr{}, e.srv6Refuse(srv6BadNodeSID, fmt.Errorf("srv6: cluster %s named the SID %s, outside its locator %s", cluster, sid, loc))
 	}
 	return sid, nil
+}
+
+// storedSID is peerSID for a SID a record keeps (Record.SRv6SID: the
+// location's node on the home's record, the home's node on a foreign
+// one): one outside the locator cluster announces now (it renumbered its
+// locator since) is re-derived, not refused on every pass: the same node
+// in the new locator when the SID has the shape of a node SID of a
+// locator as long as the new one, else node 0 (logged and counted once
+// per cluster, SID and locator: roam_ctrl_srv6_sids_rederived_total).
+func (e *Engine) storedSID(cluster string, sid netip.Addr) (netip.Addr, error) {
+	loc, err := e.clusterLocator(cluster)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if !sid.IsValid() {
+		return lb.NodeSID(loc, 0)
+	}
+	if loc.Contains(sid) {
+		return sid, nil
+	}
+	n := nodeOf(sid, loc.Bits())
+	re, err := lb.NodeSID(loc, n)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	k := srv6Rederived{cluster, sid, loc}
+	e.srv6m.mu.Lock()
+	seen := e.srv6m.rederived[k]
+	e.srv6m.rederived[k] = true
+	e.srv6m.mu.Unlock()
+	if !seen {
+		e.srv6m.sidsRederived.Inc()
+		e.log.Warn("srv6: a stored SID is outside its cluster's locator (renumbered): the same node's SID in the new one", "cluster", cluster, "sid", sid, "locator", loc, "node", n, "now", re)
+	}
+	return re, nil
+}
+
+type srv6Rederived struct {
+	cluster string
+	sid     netip.Addr
+	loc     netip.Prefix
+}
+
+// nodeOf is the node whose SID sid is in a locator of bits bits
+// (lb.NodeSID's layout), or 0 when sid is no such SID.
+func nodeOf(sid netip.Addr, bits int) uint16 {
+	if !sid.Is6() || sid.Is4In6() || bits > 96 {
+		return 0
+	}
+	b := sid.As16()
+	var n uint16
+	for i := range 16 {
+		if b[(bits+i)/8]&(0x80>>((bits+i)%8)) != 0 {
+			n |= 1 << (15 - i)
+		}
+	}
+	if back, err := lb.NodeSID(netip.PrefixFrom(sid, bits).Masked(), n); err != nil || back != sid {
+		return 0
+	}
+	return n
 }
 
 // nodeSIDs are this cluster's nodes' SIDs, node i's lb.NodeSID(locator,
@@ -245,7 +314,11 @@ func (e *Engine) srv6Foreign(ctx context.Context, r ctrl.Record) ([]lb.Frontend,
 		return nil, netip.Addr{}, nil
 	}
 	if r.Kind == ctrl.KindForeign {
-		return r.SRv6Frontends, r.SRv6SID, nil
+		home, err := e.storedSID(r.Home, r.SRv6SID)
+		if err != nil {
+			return nil, netip.Addr{}, err
+		}
+		return r.SRv6Frontends, home, nil
 	}
 	sids, err := e.nodeSIDs(ctx)
 	if err != nil {
@@ -308,7 +381,7 @@ func (e *Engine) rerouteTarget(m *ctrl.Migration, r ctrl.Record) (func(int) lb.T
 	}
 	t := lb.SRv6(to)
 	if r.Kind == ctrl.KindAbroad && r.Cluster != m.To {
-		from, err := e.peerSID(r.Cluster, r.SRv6SID)
+		from, err := e.storedSID(r.Cluster, r.SRv6SID)
 		if err != nil {
 			return nil, err
 		}
@@ -324,7 +397,7 @@ func (e *Engine) recordTarget(r ctrl.Record) (want func(int) lb.Target, ok bool)
 	if r.Kind != ctrl.KindAbroad || !e.srv6Mode(r.Service) {
 		return target(r), true
 	}
-	sid, err := e.peerSID(r.Cluster, r.SRv6SID)
+	sid, err := e.storedSID(r.Cluster, r.SRv6SID)
 	if err != nil {
 		e.log.Warn("reconcile: srv6 path unknown, nodes left as they are", "service", r.Service.Name, "err", err)
 		return nil, false
@@ -557,7 +630,7 @@ func (e *Engine) srv6Depart(ctx context.Context, r ctrl.Record, del func(context
 	if !stopped {
 		derr = <-done
 	}
-	if home, err := e.peerSID(r.Home, r.SRv6SID); err == nil {
+	if home, err := e.storedSID(r.Home, r.SRv6SID); err == nil {
 		if err := a.SetSRv6Returns(cctx, fs, home, true); err != nil {
 			errs = append(errs, err)
 		}

@@ -493,3 +493,77 @@ func TestSRv6OldAgent(t *testing.T) {
 		t.Errorf("bad_node_sid refusals at b: %v", n)
 	}
 }
+
+// TestSRv6RenumberedLocator: after the home's record keeps b's node 1 SID,
+// b renumbers its locator. The reconciler re-derives the path to node 1
+// of the new locator (not refused on every pass, the nodes left on a SID
+// nothing routes), counted once over two passes; a stored SID not shaped
+// like a node SID of a locator as long as the new one falls back to node
+// 0.
+func TestSRv6RenumberedLocator(t *testing.T) {
+	w := srv6World(t, nil, "a", "b")
+	w.deploy("a")
+	f := w.frontend("a")
+	w.mustMigrate("a", "b")
+	if r := w.mustRecord("a"); r.SRv6SID != testSID(t, 2) {
+		t.Fatalf("record's SID %s, want b's node 1 %s", r.SRv6SID, testSID(t, 2))
+	}
+	renum := testLocator(9)
+	tune := w.tune
+	w.tune = func(c *Config) {
+		tune(c)
+		hs := c.Hellos
+		c.Hellos = func() []meta.Hello {
+			out := hs()
+			for i := range out {
+				if out[i].ClusterID == "b" {
+					out[i].Locator = renum
+				}
+			}
+			return out
+		}
+		if c.ClusterID == "b" {
+			c.Locator = renum
+			a := c.Agents.(srv6FakeAgents)
+			a.loc = renum
+			c.Agents = a
+		}
+	}
+	w.restart("a")
+	w.restart("b")
+	want, err := lb.NodeSID(renum, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pass := range 2 {
+		w.reconcile("a")
+		for i := range 2 {
+			if got := w.cluster("a").ag.active(i, f); got != lb.SRv6(want) {
+				t.Fatalf("pass %d, home node %d: active %s, want [%s] (b's node 1 in its new locator)", pass, i, got, want)
+			}
+		}
+	}
+	eng := w.eng("a")
+	if n := counterValue(eng.srv6m.sidsRederived); n != 1 {
+		t.Errorf("SIDs re-derived: %v, want 1", n)
+	}
+	if n := counterValue(eng.srv6m.refused.WithLabelValues(srv6BadNodeSID)); n != 0 {
+		t.Errorf("bad_node_sid refusals at the home: %v, want 0", n)
+	}
+	if sid, err := eng.storedSID("b", netip.MustParseAddr("fc00:0:2::abcd")); err != nil || sid != mustNodeSID(t, renum, 0) {
+		t.Errorf("a stored SID of no node's shape: %s, %v; want node 0 of %s", sid, err, renum)
+	}
+	// A fresh SID a peer names outside its locator is still refused.
+	if _, err := eng.peerSID("b", testSID(t, 2)); err == nil {
+		t.Error("a peer naming a SID outside its locator: accepted")
+	}
+}
+
+func mustNodeSID(t *testing.T, loc netip.Prefix, n uint16) netip.Addr {
+	t.Helper()
+	a, err := lb.NodeSID(loc, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
