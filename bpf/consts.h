@@ -111,7 +111,7 @@ enum drop_reason {
 	REASON_SRV6_NO_ENCAP = 19,    /* SRv6: tc could not open room for the encapsulation (bpf_skb_adjust_room): dropped */
 	REASON_TTL_EXCEEDED = 20,     /* to be forwarded with a TTL or hop limit of 1 or 0: dropped */
 	REASON_SYN_EVICTED = 21,      /* an embryonic flow silent for tcp_syn_evict_ns gave its SNAT port to a new flow: dropped (nat.h) */
-	REASON_ICMP_LIMITED = 22,     /* a time exceeded not sent: over the ICMP budget (icmp.h icmp_allow); its packet counts as ttl_exceeded too */
+	REASON_ICMP_LIMITED = 22,     /* a time exceeded (its packet counts as ttl_exceeded too) or a relayed packet too big (srv6.h) not sent: over the ICMP budget (icmp.h icmp_allow) */
 	REASON_NAT_FULL = 23,	      /* NAT map full, no finished flow's port to take over: dropped (nat.h) */
 	REASON_REDIRECT_FAILED = 24,  /* the kernel could not carry out a redirect after the program returned (counters.h: XDP roam_redirect_err, tc roam_tc_redirect_drop): dropped */
 	REASON_SYN_RECV_STALE = 25,   /* XDP: a target's answer from a request socket of an older flow on the port: turned into an RST to the target (synrecv.h) */
@@ -121,7 +121,8 @@ enum drop_reason {
 	REASON_SYNPROXY_FLOWS = 29,	  /* XDP: a proxied flow's target answered: its SYN-ACK became the ACK back to it */
 	REASON_SYNPROXY_EARLY = 30,	  /* a client's packet before its target's SYN-ACK: sent on as the SYN again (XDP, its data dropped; tc: dropped) */
 	REASON_SRV6_PTB_RELAYED = 31,	  /* XDP: an underlay ICMPv6 packet too big about our SRv6 encapsulation, relayed to the client as its family's too-big less the encapsulation (srv6.h) */
-	REASON_MAX = 32,
+	REASON_SRV6_PTB_REFUSED = 32,	  /* XDP: a packet too big to our SID quoting a frontend's packet that no path of the frontend's would carry (a NAT target, other segments or outer destination), or reporting under 1280: not relayed (srv6.h) */
+	REASON_MAX = 33,
 };
 
 /*

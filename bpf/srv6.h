@@ -25,6 +25,7 @@
 #endif
 
 #define SRV6_MAX_SEGS 2
+#define IPV6_MIN_MTU 1280 /* RFC 8200 section 5 */
 #define SRV6_HOP_LIMIT 64
 #define IPPROTO_IPIP_ 4
 #define IPPROTO_IPV6_ 41
@@ -692,6 +693,53 @@ struct {
 } roam_srv6_ptb_scratch SEC(".maps");
 
 /*
+ * srv6_ptb_ours: the quoted SRH (at srh, after the quoted outer header q)
+ * is one this node writes for one of svc's slots: an SRv6 path of as many
+ * segments, the same segments (an SRH lists them last first), and the
+ * quoted outer destination the segment at the quoted segments_left (a
+ * router after an End hop quotes the packet as that hop rewrote it).
+ */
+static __always_inline int srv6_ptb_ours(void *data, void *data_end, struct ip6_hdr *q, struct srh *srh,
+					 struct service *svc)
+{
+	__u8 *segs = (__u8 *)(srh + 1);
+	__u32 n = (__u32)srh->last_entry + 1, sl = srh->segments_left;
+	if (sl >= n || (void *)(segs + 16 * SRV6_MAX_SEGS) > data_end)
+		return 0; /* an SRH of ours is followed by at least a client's headers */
+	if (!(sl == 0 ? addr_eq(q->daddr, segs) : addr_eq(q->daddr, segs + 16)))
+		return 0; /* constant offsets: the verifier keeps the packet's bounds */
+	for (int i = 0; i < 2; i++) {
+		struct target *t = &svc->slot[i];
+		if (t->kind != TARGET_SRV6 || t->nsegs != n)
+			continue;
+		if (n == 1 && addr_eq(segs, t->sids[0]))
+			return 1;
+		if (n == 2 && addr_eq(segs, t->sids[1]) && addr_eq(segs + 16, t->sids[0]))
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * srv6_ptb_mtu: the MTU to tell the client when the underlay reported
+ * `reported` (at least IPv6's minimum, 1280) for an encapsulation of `over`
+ * bytes: reported - over, no more than 65535 (no jumbograms; IPv4's field
+ * is 16 bits: a larger value is not cut to its low bits). IPv4: no lower
+ * than 68 (RFC 791's minimum; with reported >= 1280 it is at least 1200).
+ * IPv6: no lower than 1280, IPv6's minimum, which a client cannot go under:
+ * with an underlay under 1280 + over, packets of 1280 still do not fit
+ * once encapsulated (they get the home's srv6_too_big, or are lost).
+ */
+static __always_inline __u32 srv6_ptb_mtu(__u32 reported, __u32 over, int v4)
+{
+	__u32 mtu = reported > over ? reported - over : 0;
+	if (mtu > 65535)
+		mtu = 65535;
+	__u32 floor = v4 ? 68 : IPV6_MIN_MTU;
+	return mtu < floor ? floor : mtu;
+}
+
+/*
  * srv6_relay_ptb: an ICMPv6 packet too big to this node's SID quoting a
  * packet it encapsulated (our outer IPv6 header from our SID, our SRH of n
  * segments, then the packet of a client to one of our frontends) is the
@@ -699,10 +747,20 @@ struct {
  * client must send smaller packets. It is relayed to the client as its
  * own family's too-big (IPv4 "fragmentation needed", ICMPv6 "packet too
  * big") about its packet, from the frontend, with the underlay's MTU less
- * the encapsulation (40 + 8 + 16n; IPv6 no lower than 1280), routed to the
- * client (to the kernel: a sender on this host, or no neighbour yet);
- * counted as srv6_ptb_relayed. Anything else: SRV6_CONTINUE (the NAT
- * path's ICMP, or the kernel's). Not inlined: rare, off the per-packet path.
+ * the encapsulation (srv6_ptb_mtu), routed to the client (to the kernel: a
+ * sender on this host, or no neighbour yet); counted as srv6_ptb_relayed.
+ * Anyone can send our SID a packet too big and forge its quote, so it is
+ * relayed only if the quote is a packet we would send: one of the
+ * frontend's two slots (active, or staged / previous) an SRv6 path whose
+ * segments are the quoted SRH's and whose segment at the quoted
+ * segments_left is the quoted outer destination; and the reported MTU is
+ * at least IPv6's minimum (RFC 8201 section 4: a packet too big below 1280
+ * is discarded, not clamped). Otherwise dropped, counted srv6_ptb_refused.
+ * A relay takes a token of the ICMP budget (icmp_allow; none left: dropped,
+ * counted icmp_limited). SRv6 keeps no flow state at the home, so the
+ * inner flow itself is not checked. A quote of no frontend of ours:
+ * SRV6_CONTINUE (the NAT path's ICMP, or the kernel's). Not inlined: rare,
+ * off the per-packet path.
  */
 static __noinline int srv6_relay_ptb(struct xdp_md *ctx)
 {
@@ -725,10 +783,7 @@ static __noinline int srv6_relay_ptb(struct xdp_md *ctx)
 	__u32 over = SRV6_OVERHEAD((__u32)srh->last_entry + 1);
 	__u32 strip = sizeof(struct ip6_hdr) + sizeof(struct icmp_hdr) + over; /* up to the client's packet */
 	int v4 = srh->nexthdr == IPPROTO_IPIP_;
-	__u32 mtu = bpf_ntohl(ic->rest);
-	mtu = mtu > over ? mtu - over : 0;
-	if (!v4 && mtu < 1280)
-		mtu = 1280; /* IPv6's minimum: the encapsulation carries that much whatever the quote says */
+	__u32 reported = bpf_ntohl(ic->rest);
 	struct srv6_ptb_scratch *sc = bpf_map_lookup_elem(&roam_srv6_ptb_scratch, &zero);
 	if (!sc)
 		return SRV6_CONTINUE;
@@ -745,8 +800,17 @@ static __noinline int srv6_relay_ptb(struct xdp_md *ctx)
 	fk->port = in->k.dport;
 	fk->proto = in->k.proto;
 	fk->family = in->k.family;
-	if (!bpf_map_lookup_elem(&roam_services, fk))
+	__u32 *id = bpf_map_lookup_elem(&roam_services, fk);
+	if (!id)
 		return SRV6_CONTINUE; /* no frontend of ours (any more) */
+	struct service *svc = bpf_map_lookup_elem(&roam_service_slots, id);
+	if (!svc || reported < IPV6_MIN_MTU || !srv6_ptb_ours(data, data_end, q, srh, svc)) {
+		count_reason(REASON_SRV6_PTB_REFUSED);
+		return XDP_DROP;
+	}
+	if (!icmp_allow())
+		return XDP_DROP; /* counted icmp_limited */
+	__u32 mtu = srv6_ptb_mtu(reported, over, v4);
 
 	/* Keep the Ethernet header, drop everything before the client's packet, and answer it. */
 	struct eth_hdr eth;

@@ -94,6 +94,7 @@ var DropReasons = [...]string{
 	"syn_recv_stale",
 	"synproxy_cookie_sent", "synproxy_cookie_ok", "synproxy_cookie_bad", "synproxy_flows", "synproxy_early",
 	"srv6_ptb_relayed",
+	"srv6_ptb_refused",
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -6,8 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -149,5 +151,173 @@ func TestSRv6RelayPTB(t *testing.T) {
 	}
 	if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 0 {
 		t.Fatalf("srv6_ptb_relayed counted %d for packets too big not ours", n)
+	}
+}
+
+// TestSRv6RelayPTBRefused: anyone can send the home's SID a packet too big
+// and forge its quote; one whose quote is not a packet the home would send
+// along a path of the frontend's (its target NAT, other segments, another
+// outer destination) or that reports an MTU under IPv6's minimum (RFC 8201
+// section 4: discarded) is dropped without an answer and counted
+// srv6_ptb_refused. A router after the first segment (the outer destination
+// rewritten to the second, segments_left 0) is relayed.
+func TestSRv6RelayPTBRefused(t *testing.T) {
+	tb := newSRv6Testbed(t, sidHome)
+	d0 := tb.d0.Attrs().Index
+	router := netip.MustParseAddr("2001:db8:ff::fe")
+	big := bytes.Repeat([]byte("x"), 1400)
+	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
+	tb.stage(t, "10.0.0.2:80/tcp", "redirect:10.2.0.1:8080")
+	tb.stage(t, "[2001:db8::1]:80/tcp", "srv6:fc00:0:2::1,fc00:0:3::1")
+	client4, client6 := ap("198.51.100.7:33000"), ap("[2001:db8:c::7]:33000")
+	inner := func(client, fa netip.AddrPort) []byte {
+		return ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
+	}
+	in4, nat4, in6 := inner(client4, ap("10.0.0.1:80")), inner(client4, ap("10.0.0.2:80")), inner(client6, ap("[2001:db8::1]:80"))
+	two := []netip.Addr{sidOld, sidNew}
+	withDst := func(encap []byte, dst netip.Addr) []byte {
+		e := append([]byte{}, encap...)
+		a := dst.As16()
+		copy(e[24:40], a[:])
+		return e
+	}
+	for _, c := range []struct {
+		desc  string
+		encap []byte
+		mtu   uint32
+	}{
+		{"a frontend with a NAT target", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, nat4)), 1400},
+		{"another segment list", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidNew}, 0, 64, 0, in4)), 1400},
+		{"the segments reversed", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidNew, sidOld}, 1, 64, 0, in6)), 1400},
+		{"one segment of two", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in6)), 1400},
+		{"another outer destination", withDst(ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), router), 1400},
+		{"an MTU under 1280, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), 1279},
+		{"an MTU of 0, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), 0},
+		{"an MTU under 1280, ipv6", ipOf(srv6Frame(macD0, macGW, sidHome, two, 1, 64, 0, in6)), 1000},
+	} {
+		before := dropsOf(t, tb.d)
+		v, _ := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, c.mtu, c.encap), d0)
+		after := dropsOf(t, tb.d)
+		if v != xdpDrop {
+			t.Errorf("%s: verdict %d, want %d (a forged packet too big is not relayed)", c.desc, v, xdpDrop)
+		}
+		if n, r := after["srv6_ptb_refused"]-before["srv6_ptb_refused"], after["srv6_ptb_relayed"]-before["srv6_ptb_relayed"]; n != 1 || r != 0 {
+			t.Errorf("%s: srv6_ptb_refused %d, srv6_ptb_relayed %d; want 1, 0", c.desc, n, r)
+		}
+	}
+
+	// Past the first segment: the outer destination is the second, segments_left 0.
+	before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
+	encap := ipOf(srv6Frame(macD0, macGW, sidHome, two, 0, 64, 0, in6))
+	if v, _ := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, 1400, encap), d0); v != xdpTX {
+		t.Fatalf("after the first segment: verdict %d, want %d", v, xdpTX)
+	}
+	if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 1 {
+		t.Fatalf("after the first segment: srv6_ptb_relayed counted %d", n)
+	}
+}
+
+// TestSRv6RelayPTBMTU: the relayed MTU is the underlay's less the
+// encapsulation, within the inner family's range and never wrapped: a
+// forged huge MTU gives 65535 (IPv4's field is 16 bits: 65700 - 64 is not
+// cut to 100), IPv6's 2^32-1 too (no jumbograms); 1280, the least accepted,
+// gives IPv4 1216 and IPv6 1280 (its minimum, not 1200).
+func TestSRv6RelayPTBMTU(t *testing.T) {
+	tb := newSRv6Testbed(t, sidHome)
+	d0 := tb.d0.Attrs().Index
+	router := netip.MustParseAddr("2001:db8:ff::fe")
+	big := bytes.Repeat([]byte("x"), 1400)
+	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
+	tb.stage(t, "[2001:db8::1]:80/tcp", "srv6:fc00:0:2::1,fc00:0:3::1")
+	for _, c := range []struct {
+		desc          string
+		client, front string
+		sids          []netip.Addr
+		ptb, want     uint32
+	}{
+		{"ipv4, huge", "198.51.100.7:33000", "10.0.0.1:80", []netip.Addr{sidOld}, 65700, 65535},
+		{"ipv4, 2^32-1", "198.51.100.7:33000", "10.0.0.1:80", []netip.Addr{sidOld}, 0xffffffff, 65535},
+		{"ipv4, 1280", "198.51.100.7:33000", "10.0.0.1:80", []netip.Addr{sidOld}, 1280, 1216},
+		{"ipv6, 2^32-1", "[2001:db8:c::7]:33000", "[2001:db8::1]:80", []netip.Addr{sidOld, sidNew}, 0xffffffff, 65535},
+		{"ipv6, 1280", "[2001:db8:c::7]:33000", "[2001:db8::1]:80", []netip.Addr{sidOld, sidNew}, 1280, 1280},
+	} {
+		client, fa := ap(c.client), ap(c.front)
+		inner := ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
+		encap := ipOf(srv6Frame(macD0, macGW, sidHome, c.sids, len(c.sids)-1, 64, 0, inner))
+		v, out := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, c.ptb, encap), d0)
+		if v != xdpTX {
+			t.Fatalf("%s: verdict %d, want %d", c.desc, v, xdpTX)
+		}
+		p := verifyChecksums(t, out)
+		var mtu uint32
+		if fa.Addr().Is4() {
+			ic, ok := p.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+			if !ok || ic.TypeCode != layers.CreateICMPv4TypeCode(3, 4) || ic.Id != 0 {
+				t.Fatalf("%s: not an ICMP fragmentation needed with its unused half 0:\n%s", c.desc, p.Dump())
+			}
+			mtu = uint32(ic.Seq)
+		} else {
+			ic, ok := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6)
+			if !ok || ic.TypeCode != layers.CreateICMPv6TypeCode(2, 0) || len(ic.Payload) < 4 {
+				t.Fatalf("%s: not an ICMPv6 packet too big:\n%s", c.desc, p.Dump())
+			}
+			mtu = binary.BigEndian.Uint32(ic.Payload)
+		}
+		if mtu != c.want {
+			t.Errorf("%s: MTU %d, want %d (reported %d)", c.desc, mtu, c.want, c.ptb)
+		}
+	}
+}
+
+// TestSRv6RelayPTBBudget: relays take the ICMP budget's tokens (bpf/consts.h
+// ICMP_RATE a second, bursts of ICMP_BURST, per CPU): a burst of valid
+// packets too big on one CPU gets the burst relayed, plus what the budget
+// refilled meanwhile; the rest are dropped without an answer and counted
+// icmp_limited (not srv6_ptb_relayed).
+func TestSRv6RelayPTBBudget(t *testing.T) {
+	const rate, burst, sent = 1000, 50, 400
+	tb := newSRv6Testbed(t, sidHome)
+	d0 := tb.d0.Attrs().Index
+	router := netip.MustParseAddr("2001:db8:ff::fe")
+	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	cpu := 0
+	for !set.IsSet(cpu) {
+		cpu++
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.SchedSetaffinity(0, &set) })
+	inner := ipOf(spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", payload: bytes.Repeat([]byte("x"), 1400), srcMAC: macPeer, dstMAC: macD0}.build(t))
+	in := ptbFrame(macGW, macD0, router, sidHome, 1400, ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, inner)))
+	before := dropsOf(t, tb.d)
+	answered := 0
+	start := time.Now()
+	for i := range sent {
+		switch v, _ := tb.run(t, in, d0); v {
+		case xdpTX:
+			answered++
+		case xdpDrop:
+		default:
+			t.Fatalf("packet too big %d: verdict %d", i, v)
+		}
+	}
+	elapsed := time.Since(start)
+	after := dropsOf(t, tb.d)
+	limited := after["icmp_limited"] - before["icmp_limited"]
+	relayed := after["srv6_ptb_relayed"] - before["srv6_ptb_relayed"]
+	most := burst + int((elapsed+10*time.Millisecond).Seconds()*rate) + 1
+	t.Logf("%d packets too big in %v: %d relayed (at most %d), %d limited", sent, elapsed, answered, most, limited)
+	if answered < burst || answered > most {
+		t.Fatalf("%d relayed, want %d to %d", answered, burst, most)
+	}
+	if relayed != uint64(answered) || limited != uint64(sent-answered) {
+		t.Fatalf("srv6_ptb_relayed %d, icmp_limited %d; want %d, %d", relayed, limited, answered, sent-answered)
 	}
 }
