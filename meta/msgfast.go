@@ -268,6 +268,27 @@ func (r *jr) array(elem func()) {
 	}
 }
 
+// mapOf reads an object of any keys into a map, each value by val; a key
+// given twice keeps its last value, as encoding/json does.
+func mapOf[V any](r *jr, val func() V) map[string]V {
+	m := map[string]V{}
+	r.need('{')
+	if r.take('}') {
+		return m
+	}
+	for r.ok {
+		k := r.str()
+		r.need(':')
+		m[k] = val()
+		if r.take(',') {
+			continue
+		}
+		r.need('}')
+		break
+	}
+	return m
+}
+
 func (r *jr) strings() []string {
 	out := []string{}
 	r.array(func() { out = append(out, r.str()) })
@@ -379,22 +400,7 @@ func (r *jr) constraints(c *Constraints) {
 			c.ForbidTiers = r.strings()
 			return 1 << 1
 		case "want_labels":
-			c.WantLabels = map[string]string{}
-			// A key given twice keeps its last value, as encoding/json does.
-			r.need('{')
-			if r.take('}') {
-				return 1 << 2
-			}
-			for r.ok {
-				k := r.str()
-				r.need(':')
-				c.WantLabels[k] = r.str()
-				if r.take(',') {
-					continue
-				}
-				r.need('}')
-				break
-			}
+			c.WantLabels = mapOf(r, r.str)
 			return 1 << 2
 		case "exclude_clusters":
 			c.ExcludeClusters = r.strings()
@@ -451,21 +457,7 @@ func fastReply(b []byte, p *PlacementReply) bool {
 			p.FilteredTotal = int(r.int(minInt, maxInt))
 			return 1 << 8
 		case "filtered_by_reason":
-			p.FilteredByReason = map[string]int{}
-			r.need('{')
-			if r.take('}') {
-				return 1 << 9
-			}
-			for r.ok {
-				k := r.str()
-				r.need(':')
-				p.FilteredByReason[k] = int(r.int(minInt, maxInt))
-				if r.take(',') {
-					continue
-				}
-				r.need('}')
-				break
-			}
+			p.FilteredByReason = mapOf(r, func() int { return int(r.int(minInt, maxInt)) })
 			return 1 << 9
 		case "explained":
 			p.Explained = r.filtered()
