@@ -61,17 +61,7 @@ var ErrTrailing = errors.New("trailing data after the JSON value")
 // Decode reads exactly one JSON value from r into v, strictly: a field v
 // does not have is an error, and so is anything but white space after
 // the value (ErrTrailing).
-func Decode(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return ErrTrailing
-	}
-	return nil
-}
+func Decode(r io.Reader, v any) error { return decode(r, v, true) }
 
 // DecodeTolerant reads exactly one JSON value from r into v as Decode
 // does, but a field v does not have is skipped rather than an error: the
@@ -84,13 +74,13 @@ func DecodeTolerant(r io.Reader, v any) (unknown string, err error) {
 	if err != nil {
 		return "", err
 	}
-	if err := decodeBytes(b, v, false); err != nil {
+	if err := decode(bytes.NewReader(b), v, false); err != nil {
 		return "", err
 	}
 	// Find what was skipped: the strict decoder names the first unknown
 	// field; v's type decodes into a scratch value so v is left as is.
 	scratch := reflect.New(reflect.TypeOf(v).Elem()).Interface()
-	if err := decodeBytes(b, scratch, true); err != nil {
+	if err := decode(bytes.NewReader(b), scratch, true); err != nil {
 		if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			return strings.Trim(name, `"`), nil
 		}
@@ -98,8 +88,10 @@ func DecodeTolerant(r io.Reader, v any) (unknown string, err error) {
 	return "", nil
 }
 
-func decodeBytes(b []byte, v any, strict bool) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
+// decode reads exactly one JSON value from r into v; strict refuses a
+// field v does not have.
+func decode(r io.Reader, v any, strict bool) error {
+	dec := json.NewDecoder(r)
 	if strict {
 		dec.DisallowUnknownFields()
 	}
