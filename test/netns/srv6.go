@@ -68,24 +68,11 @@ func (t *SRv6Topology) AddNewNode1() error {
 		End{NS: t.New1, Name: "m0", Addrs: []netip.Prefix{pfx("fd20:4::2/64")}}); err != nil {
 		return err
 	}
-	for _, r := range []struct {
-		ns, dev string
-		dst     netip.Prefix
-		via     netip.Addr
-	}{
+	if err := addRoutes([]route{
 		{t.Home, "h3", pfx("fc00:20:3:1::/64"), netip.MustParseAddr("fd20:4::2")},
 		{t.New1, "m0", pfx("::/0"), netip.MustParseAddr("fd20:4::1")},
-	} {
-		err := Handle(r.ns, func(h *netlink.Handle) error {
-			l, err := h.LinkByName(r.dev)
-			if err != nil {
-				return err
-			}
-			return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(r.dst), Gw: r.via.AsSlice()})
-		})
-		if err != nil {
-			return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.via, r.ns, err)
-		}
+	}); err != nil {
+		return err
 	}
 	return t.location(t.New1)
 }
@@ -98,6 +85,30 @@ func NewSRv6Topology() (*SRv6Topology, error) {
 		return nil, errors.Join(fmt.Errorf("build srv6 topology %s: %w", sfx, err), t.Close())
 	}
 	return t, nil
+}
+
+// route is a route to dst via a gateway out of dev in namespace ns.
+type route struct {
+	ns, dev string
+	dst     netip.Prefix
+	via     netip.Addr
+}
+
+// addRoutes adds each route in its namespace.
+func addRoutes(rs []route) error {
+	for _, r := range rs {
+		err := Handle(r.ns, func(h *netlink.Handle) error {
+			l, err := h.LinkByName(r.dev)
+			if err != nil {
+				return err
+			}
+			return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(r.dst), Gw: r.via.AsSlice()})
+		})
+		if err != nil {
+			return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.via, r.ns, err)
+		}
+	}
+	return nil
 }
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
@@ -125,29 +136,15 @@ func (t *SRv6Topology) build() error {
 			return err
 		}
 	}
-	type route struct {
-		ns, dev string
-		dst     netip.Prefix
-		via     netip.Addr
-	}
-	for _, r := range []route{
+	if err := addRoutes([]route{
 		{t.Client, "c0", pfx("0.0.0.0/0"), SRv6HomeV4},
 		{t.Client, "c0", pfx("::/0"), SRv6HomeV6},
 		{t.Home, "h1", SRv6LocOld, netip.MustParseAddr("fd20:2::2")},
 		{t.Home, "h2", SRv6LocNew, netip.MustParseAddr("fd20:3::2")},
 		{t.Old, "o0", pfx("::/0"), netip.MustParseAddr("fd20:2::1")},
 		{t.New, "n0", pfx("::/0"), netip.MustParseAddr("fd20:3::1")},
-	} {
-		err := Handle(r.ns, func(h *netlink.Handle) error {
-			l, err := h.LinkByName(r.dev)
-			if err != nil {
-				return err
-			}
-			return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(r.dst), Gw: r.via.AsSlice()})
-		})
-		if err != nil {
-			return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.via, r.ns, err)
-		}
+	}); err != nil {
+		return err
 	}
 	for _, ns := range []string{t.Old, t.New} {
 		if err := t.location(ns); err != nil {
