@@ -296,20 +296,7 @@ func TestExpiredPortTakeover(t *testing.T) {
 	if v, _ := tb.run(t, a, d0); v != xdpTX {
 		t.Fatalf("flow a: verdict %d", v)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		n, err := tb.d.Flows(f, target)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("flow a never expired")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	tb.waitNoFlows(t, f, target, "flow a never expired")
 	if v, _ := tb.run(t, b, d0); v != xdpTX {
 		t.Fatalf("flow b (taking over the port): verdict %d", v)
 	}

@@ -46,15 +46,19 @@ func addRoute(t *testing.T, h *netlink.Handle, link netlink.Link, dst, via strin
 func addNeigh(t *testing.T, h *netlink.Handle, link netlink.Link, ip, mac string) {
 	t.Helper()
 	hw, _ := net.ParseMAC(mac)
+	if err := h.NeighAdd(permanentNeigh(link, ip, hw)); err != nil {
+		t.Fatalf("add neighbour %s: %v", ip, err)
+	}
+}
+
+// permanentNeigh is link's permanent neighbour entry ip -> mac.
+func permanentNeigh(link netlink.Link, ip string, mac net.HardwareAddr) *netlink.Neigh {
 	a := netip.MustParseAddr(ip)
 	fam := netlink.FAMILY_V4
 	if a.Is6() {
 		fam = netlink.FAMILY_V6
 	}
-	n := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT, IP: a.AsSlice(), HardwareAddr: hw}
-	if err := h.NeighAdd(n); err != nil {
-		t.Fatalf("add neighbour %s: %v", ip, err)
-	}
+	return &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT, IP: a.AsSlice(), HardwareAddr: mac}
 }
 
 func addAddr(t *testing.T, h *netlink.Handle, link netlink.Link, prefix string) {

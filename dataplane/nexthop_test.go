@@ -113,13 +113,7 @@ func forwardedTo(frame []byte, target netip.Addr) bool {
 
 func setNeigh(t *testing.T, h *netlink.Handle, link netlink.Link, ip string, mac net.HardwareAddr) {
 	t.Helper()
-	a := netip.MustParseAddr(ip)
-	fam := netlink.FAMILY_V4
-	if a.Is6() {
-		fam = netlink.FAMILY_V6
-	}
-	n := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT, IP: a.AsSlice(), HardwareAddr: mac}
-	if err := h.NeighSet(n); err != nil {
+	if err := h.NeighSet(permanentNeigh(link, ip, mac)); err != nil {
 		t.Fatalf("set neighbour %s: %v", ip, err)
 	}
 }

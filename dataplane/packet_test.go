@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,18 +83,10 @@ func (s spec) build(t *testing.T) []byte {
 		if s.mss != 0 {
 			tcp.Options = []layers.TCPOption{{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{byte(s.mss >> 8), byte(s.mss)}}}
 		}
-		for _, c := range s.flags {
-			switch c {
-			case 'S':
-				tcp.SYN = true
-			case 'A':
-				tcp.ACK = true
-			case 'F':
-				tcp.FIN = true
-			case 'R':
-				tcp.RST = true
-			}
-		}
+		tcp.SYN = strings.ContainsRune(s.flags, 'S')
+		tcp.ACK = strings.ContainsRune(s.flags, 'A')
+		tcp.FIN = strings.ContainsRune(s.flags, 'F')
+		tcp.RST = strings.ContainsRune(s.flags, 'R')
 		tcp.SetNetworkLayerForChecksum(nl)
 		ls = append(ls, tcp)
 	} else {
@@ -222,6 +215,26 @@ func (tb *testbed) run(t *testing.T, in []byte, ifindex int) (uint32, []byte) {
 		t.Fatal(err)
 	}
 	return v, out
+}
+
+// waitNoFlows polls, for up to 20 s, until f has no flow to target left;
+// past that, the test fails with msg.
+func (tb *testbed) waitNoFlows(t *testing.T, f lb.Frontend, target lb.Target, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := tb.d.Flows(f, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
@@ -549,20 +562,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("verdict %d", v)
 	}
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		n, err := tb.d.Flows(f, lb.Local)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("embryonic local flow never expired")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	tb.waitNoFlows(t, f, lb.Local, "embryonic local flow never expired")
 	if v, _ := tb.run(t, in, d0); v != xdpTX {
 		t.Fatalf("expired flow: verdict %d, want XDP_TX to the new target", v)
 	}

@@ -6,10 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/gopacket/gopacket/layers"
-	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -275,49 +273,15 @@ func TestSRv6RelayPTBMTU(t *testing.T) {
 // refilled meanwhile; the rest are dropped without an answer and counted
 // icmp_limited (not srv6_ptb_relayed).
 func TestSRv6RelayPTBBudget(t *testing.T) {
-	const rate, burst, sent = 1000, 50, 400
 	tb := newSRv6Testbed(t, sidHome)
 	d0 := tb.d0.Attrs().Index
 	router := netip.MustParseAddr("2001:db8:ff::fe")
 	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		t.Fatal(err)
-	}
-	cpu := 0
-	for !set.IsSet(cpu) {
-		cpu++
-	}
-	var one unix.CPUSet
-	one.Set(cpu)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.SchedSetaffinity(0, &set) })
 	inner := ipOf(spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", payload: bytes.Repeat([]byte("x"), 1400), srcMAC: macPeer, dstMAC: macD0}.build(t))
 	in := ptbFrame(macGW, macD0, router, sidHome, 1400, ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, inner)))
-	before := dropsOf(t, tb.d)
-	answered := 0
-	start := time.Now()
-	for i := range sent {
-		switch v, _ := tb.run(t, in, d0); v {
-		case xdpTX:
-			answered++
-		case xdpDrop:
-		default:
-			t.Fatalf("packet too big %d: verdict %d", i, v)
-		}
-	}
-	elapsed := time.Since(start)
-	after := dropsOf(t, tb.d)
-	limited := after["icmp_limited"] - before["icmp_limited"]
-	relayed := after["srv6_ptb_relayed"] - before["srv6_ptb_relayed"]
-	most := burst + int((elapsed+10*time.Millisecond).Seconds()*rate) + 1
-	t.Logf("%d packets too big in %v: %d relayed (at most %d), %d limited", sent, elapsed, answered, most, limited)
-	if answered < burst || answered > most {
-		t.Fatalf("%d relayed, want %d to %d", answered, burst, most)
-	}
-	if relayed != uint64(answered) || limited != uint64(sent-answered) {
-		t.Fatalf("srv6_ptb_relayed %d, icmp_limited %d; want %d, %d", relayed, limited, answered, sent-answered)
+	answered, delta := tb.runICMPBudget(t, "packets too big", d0, func(int) []byte { return in })
+	relayed, limited := delta["srv6_ptb_relayed"], delta["icmp_limited"]
+	if relayed != uint64(answered) || limited != uint64(icmpSent-answered) {
+		t.Fatalf("srv6_ptb_relayed %d, icmp_limited %d; want %d, %d", relayed, limited, answered, icmpSent-answered)
 	}
 }

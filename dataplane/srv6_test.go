@@ -3,7 +3,6 @@ package dataplane_test
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -164,44 +162,14 @@ func TestSRv6Encap(t *testing.T) {
 	if err := tb.d.SetSRv6Copy(mustFrontend(t, "10.9.9.9:80/tcp"), dataplane.SRv6Draining); err != nil {
 		t.Fatal(err)
 	}
-	m := gatherSRv6(t, tb.d)
-	for k, want := range map[string]float64{
-		`roam_dataplane_srv6_packets_total{frontend="10.0.0.1:80/tcp",step="encap"}`:                               1 + 1,
-		`roam_dataplane_srv6_packets_total{frontend="10.0.0.1:7000/udp",step="encap"}`:                             1,
-		`roam_dataplane_srv6_path{frontend="10.0.0.1:7000/udp",path="srv6:fc00:0:2::1,fc00:0:3::1",slot="active"}`: 1,
-		`roam_dataplane_srv6_path{frontend="[2001:db8::1]:7000/udp",path="srv6:fc00:0:3::1",slot="active"}`:        1,
-		`roam_dataplane_srv6_copy{frontend="10.9.9.9:80/tcp",state="draining"}`:                                    1,
-		`roam_dataplane_srv6_packets_total{frontend="10.9.9.9:80/tcp",step="deliver"}`:                             0,
-	} {
-		if got, ok := m[k]; !ok || got != want {
-			t.Errorf("metric %s = %v (present %v), want %v", k, got, ok, want)
-		}
-	}
-}
-
-// gatherSRv6 scrapes d's collector: "name{label="value",...}" -> value.
-func gatherSRv6(t *testing.T, d *dataplane.Dataplane) map[string]float64 {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	if err := reg.Register(d.Collector()); err != nil {
-		t.Fatal(err)
-	}
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range fams {
-		for _, m := range f.GetMetric() {
-			var ls []string
-			for _, l := range m.GetLabel() {
-				ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			out[f.GetName()+"{"+strings.Join(ls, ",")+"}"] = v
-		}
-	}
-	return out
+	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{
+		"roam_dataplane_srv6_packets_total{frontend=10.0.0.1:80/tcp,step=encap}":                             1 + 1,
+		"roam_dataplane_srv6_packets_total{frontend=10.0.0.1:7000/udp,step=encap}":                           1,
+		"roam_dataplane_srv6_path{frontend=10.0.0.1:7000/udp,path=srv6:fc00:0:2::1,fc00:0:3::1,slot=active}": 1,
+		"roam_dataplane_srv6_path{frontend=[2001:db8::1]:7000/udp,path=srv6:fc00:0:3::1,slot=active}":        1,
+		"roam_dataplane_srv6_copy{frontend=10.9.9.9:80/tcp,state=draining}":                                  1,
+		"roam_dataplane_srv6_packets_total{frontend=10.9.9.9:80/tcp,step=deliver}":                           0,
+	})
 }
 
 // synWithOpts builds a TCP SYN with options (MSS and maybe NOPs before it).

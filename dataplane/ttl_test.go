@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -128,49 +126,54 @@ func TestTTLDecrementedTC(t *testing.T) {
 // the rest are dropped without an
 // answer and counted as icmp_limited (each still as ttl_exceeded).
 func TestTimeExceededBudget(t *testing.T) {
-	const rate, burst, sent = 1000, 50, 400
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
 	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
-	// One CPU's budget: this thread (locked by the testbed's namespace) on one CPU.
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		t.Fatal(err)
+	answered, delta := tb.runICMPBudget(t, "expired packets", d0, func(i int) []byte {
+		return spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), uint16(20000+i)), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), hopLimit: 1, srcMAC: macPeer, dstMAC: macD0}.build(t)
+	})
+	ttl, limited := delta["ttl_exceeded"], delta["icmp_limited"]
+	if ttl != icmpSent || limited != uint64(icmpSent-answered) {
+		t.Fatalf("ttl_exceeded %d, icmp_limited %d; want %d, %d", ttl, limited, icmpSent, icmpSent-answered)
 	}
-	cpu := 0
-	for !set.IsSet(cpu) {
-		cpu++
-	}
-	var one unix.CPUSet
-	one.Set(cpu)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.SchedSetaffinity(0, &set) })
+}
+
+// One CPU's ICMP budget (bpf/consts.h ICMP_RATE a second, bursts of
+// ICMP_BURST), and how many packets runICMPBudget sends at it.
+const icmpRate, icmpBurst, icmpSent = 1000, 50, 400
+
+// runICMPBudget keeps this thread (locked by the testbed's namespace) on
+// one CPU and runs icmpSent packets, frame(i), through XDP at ifindex
+// d0; each must be answered (XDP_TX) or dropped. The answers must be the
+// burst plus what the budget refilled meanwhile, by the programs' coarse
+// clock, no more. It returns how many were answered and how much each
+// drop counter grew.
+func (tb *testbed) runICMPBudget(t *testing.T, what string, d0 int, frame func(i int) []byte) (int, map[string]uint64) {
+	t.Helper()
+	pinCPU(t)
 	before := dropsOf(t, tb.d)
 	answered := 0
 	start := time.Now()
-	for i := range sent {
-		in := spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), uint16(20000+i)), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), hopLimit: 1, srcMAC: macPeer, dstMAC: macD0}.build(t)
-		switch v, _ := tb.run(t, in, d0); v {
+	for i := range icmpSent {
+		switch v, _ := tb.run(t, frame(i), d0); v {
 		case xdpTX:
 			answered++
 		case xdpDrop:
 		default:
-			t.Fatalf("packet %d: verdict %d", i, v)
+			t.Fatalf("%s %d: verdict %d", what, i, v)
 		}
 	}
 	elapsed := time.Since(start)
 	after := dropsOf(t, tb.d)
-	limited := after["icmp_limited"] - before["icmp_limited"]
-	ttl := after["ttl_exceeded"] - before["ttl_exceeded"]
+	delta := map[string]uint64{}
+	for k, v := range after {
+		delta[k] = v - before[k]
+	}
 	// The programs' clock is coarse (a tick, at most 10 ms): it may move one tick more than elapsed.
-	most := burst + int((elapsed+10*time.Millisecond).Seconds()*rate) + 1
-	t.Logf("%d expired packets in %v: %d answered (at most %d), %d limited", sent, elapsed, answered, most, limited)
-	if answered < burst || answered > most {
-		t.Fatalf("%d answered, want %d to %d", answered, burst, most)
+	most := icmpBurst + int((elapsed+10*time.Millisecond).Seconds()*icmpRate) + 1
+	t.Logf("%d %s in %v: %d answered (at most %d), %d limited", icmpSent, what, elapsed, answered, most, delta["icmp_limited"])
+	if answered < icmpBurst || answered > most {
+		t.Fatalf("%s: %d answered, want %d to %d", what, answered, icmpBurst, most)
 	}
-	if ttl != sent || limited != uint64(sent-answered) {
-		t.Fatalf("ttl_exceeded %d, icmp_limited %d; want %d, %d", ttl, limited, sent, sent-answered)
-	}
+	return answered, delta
 }
