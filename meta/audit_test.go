@@ -154,6 +154,15 @@ func auditClusters(t *testing.T, nc *nats.Conn, n int) []Hello {
 	return hs
 }
 
+// auditReady publishes 10 clusters' hellos on nc, waits until s knows
+// them, and returns a requester without a cache (each placement asks s).
+func auditReady(t *testing.T, s *Server, nc *nats.Conn) *Client {
+	t.Helper()
+	auditClusters(t, nc, 10)
+	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
+	return newClient(t, nc, "req", WithoutCache())
+}
+
 func spoolSegments(t *testing.T, dir string) (files int, ids map[string]bool) {
 	t.Helper()
 	names, _ := filepath.Glob(filepath.Join(dir, "*"+spoolSuffix))
@@ -179,9 +188,7 @@ func TestAuditBatched(t *testing.T) {
 	spool := t.TempDir()
 	s := startServer(t, ServerConfig{AuditSpool: spool, HelloInterval: time.Minute})
 	nc := connect(t, s.ClientURL())
-	auditClusters(t, nc, 10)
-	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
-	c := newClient(t, nc, "req", WithoutCache())
+	c := auditReady(t, s, nc)
 	ids := placeMany(t, c, "b", 400, 8)
 	if len(ids) != 400 {
 		t.Fatalf("%d of 400 placed", len(ids))
@@ -215,9 +222,7 @@ func TestAuditBatched(t *testing.T) {
 func TestAuditPublishRefused(t *testing.T) {
 	s := startServer(t, ServerConfig{AuditSpool: t.TempDir(), HelloInterval: time.Minute})
 	nc := connect(t, s.ClientURL())
-	auditClusters(t, nc, 10)
-	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
-	c := newClient(t, nc, "req", WithoutCache())
+	c := auditReady(t, s, nc)
 	before := placeMany(t, c, "before", 50, 4)
 	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
 
@@ -259,9 +264,7 @@ func TestAuditNATSDown(t *testing.T) {
 	url := ns.ClientURL()
 	s := startServer(t, ServerConfig{NATSURL: url, AuditSpool: t.TempDir(), AuditFlush: time.Second, HelloInterval: time.Minute})
 	nc := connect(t, url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	auditClusters(t, nc, 10)
-	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
-	c := newClient(t, nc, "req", WithoutCache())
+	c := auditReady(t, s, nc)
 	ids := placeMany(t, c, "down", 60, 4)
 	if p := s.auditLog.pendingRecords(); p == 0 {
 		t.Fatal("nothing pending before the server goes down: the test proves nothing")
@@ -299,26 +302,7 @@ func TestAuditSurvivesKill(t *testing.T) {
 	spool := t.TempDir()
 	nc := connect(t, ns.ClientURL(), nats.MaxReconnects(-1))
 	hs := auditClusters(t, nc, 10)
-	stopHellos := make(chan struct{})
-	helloDone := make(chan struct{})
-	go func() {
-		defer close(helloDone)
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for seq := uint64(10); ; seq++ {
-			select {
-			case <-stopHellos:
-				return
-			case <-tick.C:
-			}
-			for _, h := range hs {
-				h.Seq = seq
-				b, _ := json.Marshal(h)
-				_ = nc.Publish(HelloSubject(h.ClusterID), b)
-			}
-		}
-	}()
-	defer func() { close(stopHellos); <-helloDone }()
+	defer keepHelloing(nc, 100*time.Millisecond, 10, hs...)()
 
 	start := func() *exec.Cmd {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -390,7 +374,8 @@ func TestAuditSurvivesKill(t *testing.T) {
 	t.Logf("%d placements answered before SIGKILL, %d of their records recovered from the spool", len(answered), missing)
 }
 
-// startSmallNATS starts a NATS server whose max_payload is maxPayload.
+// startSmallNATS starts a NATS server with JetStream whose max_payload is
+// maxPayload (0: the server's default).
 func startSmallNATS(t *testing.T, maxPayload int32) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
@@ -420,9 +405,7 @@ func TestAuditStallSmallPayload(t *testing.T) {
 		t.Fatalf("batch size %d, want half the max payload (%d)", b, maxPayload/2)
 	}
 	nc := connect(t, ns.ClientURL())
-	auditClusters(t, nc, 10)
-	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
-	c := newClient(t, nc, "req", WithoutCache())
+	c := auditReady(t, s, nc)
 	before := placeMany(t, c, "before", 20, 4)
 	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
 
@@ -636,10 +619,8 @@ func TestAuditStreamMaxMsgSize(t *testing.T) {
 	spool := t.TempDir()
 	s := startServer(t, ServerConfig{AuditSpool: spool, HelloInterval: time.Minute, AuditFlush: 500 * time.Millisecond})
 	nc := connect(t, s.ClientURL())
-	auditClusters(t, nc, 10)
-	waitFor(t, "clusters", func() bool { return s.Registry().Len() == 10 })
+	c := auditReady(t, s, nc)
 	limitAuditMsgSize(t, nc, maxMsg)
-	c := newClient(t, nc, "req", WithoutCache())
 	first := placeMany(t, c, "big", 100, 8)
 	waitFor(t, "every batch acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
 	s.auditLog.mu.Lock()

@@ -236,27 +236,7 @@ func TestFailoverKillsNodeAndReplica(t *testing.T) {
 	// Keep the clusters alive: hellos every 200ms from a connection to a
 	// node that stays.
 	helloConn := connect(t, ss[2].ClientURL(), nats.MaxReconnects(-1))
-	stop := make(chan struct{})
-	var bg sync.WaitGroup
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		for seq := uint64(10); ; seq++ {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			for _, h := range hs {
-				h.Seq = seq
-				b, _ := jsonMarshal(h)
-				_ = helloConn.Publish(HelloSubject(h.ClusterID), b)
-			}
-		}
-	}()
-	defer func() { close(stop); bg.Wait() }()
+	defer keepHelloing(helloConn, 200*time.Millisecond, 10, hs...)()
 
 	// Requesters: one connected first to each node (each fails over to
 	// the others).
@@ -347,25 +327,7 @@ func TestWarmUpGating(t *testing.T) {
 	waitFor(t, "a in the view", func() bool { return len(viewer.Clusters()) == 1 })
 	waitFor(t, "a down", func() bool { _, st, _ := mo1.Registry().Get(time.Now(), "a"); return st == StateDown })
 	// a speaks again, every interval, from now on.
-	stop := make(chan struct{})
-	var bg sync.WaitGroup
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		tick := time.NewTicker(iv)
-		defer tick.Stop()
-		for seq := uint64(2); ; seq++ {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			h.Seq = seq
-			b, _ := jsonMarshal(h)
-			_ = nc.Publish(HelloSubject("a"), b)
-		}
-	}()
-	defer func() { close(stop); bg.Wait() }()
+	defer keepHelloing(nc, iv, 2, h)()
 	waitFor(t, "a alive at mo1", func() bool { _, st, _ := mo1.Registry().Get(time.Now(), "a"); return st == StateAlive })
 
 	const warmUp = 3 * time.Second
@@ -446,17 +408,7 @@ func TestWarmUpRound(t *testing.T) {
 // NATS for MO replicas.
 func startNATS(t *testing.T) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
+	return startSmallNATS(t, 0)
 }
 
 // TestCompactView: controllers follow one summary per cluster, written

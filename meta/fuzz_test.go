@@ -31,14 +31,7 @@ func FuzzDecodeHello(f *testing.F) {
 		if err := h.Validate(); err != nil {
 			t.Fatalf("decoded hello fails validation: %v", err)
 		}
-		again, err := json.Marshal(h)
-		if err != nil {
-			t.Fatalf("re-encode: %v", err)
-		}
-		h2, err := DecodeHello(again)
-		if err != nil {
-			t.Fatalf("round trip: %v", err)
-		}
+		h2 := reDecode(t, h, DecodeHello)
 		if h.ClusterID != h2.ClusterID || h.Seq != h2.Seq || !reflect.DeepEqual(h.Capacity, h2.Capacity) {
 			t.Fatalf("round trip changed the hello: %+v vs %+v", h, h2)
 		}
@@ -62,14 +55,7 @@ func FuzzDecodePlacementRequest(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := json.Marshal(r)
-		if err != nil {
-			t.Fatalf("re-encode: %v", err)
-		}
-		r2, err := DecodePlacementRequest(again)
-		if err != nil {
-			t.Fatalf("round trip: %v", err)
-		}
+		r2 := reDecode(t, r, DecodePlacementRequest)
 		if r.RequestID != r2.RequestID || r.Service.Name != r2.Service.Name || len(r.Service.Ports) != len(r2.Service.Ports) {
 			t.Fatalf("round trip changed the request")
 		}
@@ -84,3 +70,17 @@ func FuzzDecodePlacementRequest(f *testing.F) {
 }
 
 var timeZero = time.Unix(0, 0)
+
+// reDecode encodes v again and decodes that with decode: both must work.
+func reDecode[T any](t *testing.T, v T, decode func([]byte) (T, error)) T {
+	t.Helper()
+	again, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("re-encode: %v", err)
+	}
+	v2, err := decode(again)
+	if err != nil {
+		t.Fatalf("round trip: %v", err)
+	}
+	return v2
+}

@@ -63,6 +63,41 @@ func newClient(t *testing.T, nc *nats.Conn, id string, opts ...ClientOption) *Cl
 	return c
 }
 
+// every calls fn(1), fn(2), ... every iv in a goroutine until the
+// returned stop is called; stop waits for the goroutine.
+func every(iv time.Duration, fn func(n uint64)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(iv)
+		defer tick.Stop()
+		for n := uint64(1); ; n++ {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+			fn(n)
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// keepHelloing publishes hs on nc every iv, Seq from seq up, until the
+// returned stop is called (errors ignored: a connection may be failing
+// over meanwhile).
+func keepHelloing(nc *nats.Conn, iv time.Duration, seq uint64, hs ...Hello) (stop func()) {
+	return every(iv, func(n uint64) {
+		for _, h := range hs {
+			h.Seq = seq + n - 1
+			b, _ := jsonMarshal(h)
+			_ = nc.Publish(HelloSubject(h.ClusterID), b)
+		}
+	})
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -174,23 +209,7 @@ func TestLivenessOverNATS(t *testing.T) {
 	publish(b)
 	waitFor(t, "both alive", func() bool { return s.Registry().Counts(time.Now())[StateAlive] == 2 })
 	// Keep b alive; a goes silent and must become suspect, then down.
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				publish(b)
-			}
-		}
-	}()
-	defer func() { close(stop); wg.Wait() }()
+	defer every(50*time.Millisecond, func(uint64) { publish(b) })()
 	// (The suspect step in between is checked with a fake clock in
 	// TestRegistryLiveness; polling for it here would be flaky.)
 	waitFor(t, "a down", func() bool {
