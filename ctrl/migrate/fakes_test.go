@@ -25,6 +25,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
+	"github.com/roamnet/roam/ctrl/backend/backendtest"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/agentapi"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -128,52 +129,36 @@ func (f *faults) hit(ctx context.Context, keys ...string) error {
 
 var errInjected = errors.New("injected fault")
 
-// fakeBackend runs copies as entries in a map.
+// fakeBackend is a backendtest.Memory (the copies, reached at its Addr)
+// that logs what it is asked, takes injected faults, and stops a copy
+// gracefully in stopFor unless killed.
 type fakeBackend struct {
+	backendtest.Memory
 	cluster string
-	addr    netip.Addr
 	acts    *actions
 	faults  faults
-	mu      sync.Mutex
-	copies  map[string]backend.Spec
+	mu      sync.Mutex    // guards stopFor and killed
 	stopFor time.Duration // a copy's graceful stop lasts this long unless killed
 	killed  time.Time     // when a graceful stop was last cut short (SIGKILL)
 }
 
 var _ backend.Backend = (*fakeBackend)(nil)
 
-func (b *fakeBackend) endpoints(s backend.Spec) []netip.AddrPort {
-	eps := make([]netip.AddrPort, len(s.Ports))
-	for i, p := range s.Ports {
-		eps[i] = netip.AddrPortFrom(b.addr, p.Port)
-	}
-	return eps
-}
-
-func (b *fakeBackend) inst(s backend.Spec) backend.Instance {
-	return backend.Instance{Name: s.Name, Home: s.Home, MigrationID: s.MigrationID, Epoch: s.Epoch, Endpoints: b.endpoints(s), Ready: true}
-}
-
 func (b *fakeBackend) Deploy(ctx context.Context, s backend.Spec) (backend.Instance, error) {
 	b.acts.add("%s: backend deploy %s %d", b.cluster, s.Name, s.Epoch)
 	if err := b.faults.hit(ctx, "deploy "+s.Name, "deploy"); err != nil {
 		return backend.Instance{}, err
 	}
-	b.mu.Lock()
-	if cur, ok := b.copies[s.Name]; ok {
-		if !cur.SameWorkload(s) {
-			b.mu.Unlock()
-			return backend.Instance{}, fmt.Errorf("deploy %s: already runs with a different spec", s.Name)
-		}
+	inst, err := b.Memory.Deploy(ctx, s)
+	if err != nil {
+		return backend.Instance{}, err
 	}
-	b.copies[s.Name] = s
-	b.mu.Unlock()
 	// A copy that started but never got ready (a pod Pending, a
 	// crash-looping process): it runs, and Deploy fails.
 	if err := b.faults.hit(ctx, "ready "+s.Name); err != nil {
 		return backend.Instance{}, err
 	}
-	return b.inst(s), nil
+	return inst, nil
 }
 
 func (b *fakeBackend) Delete(ctx context.Context, name string) error {
@@ -198,48 +183,26 @@ func (b *fakeBackend) Delete(ctx context.Context, name string) error {
 			b.acts.add("%s: backend killed %s", b.cluster, name)
 		}
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.copies, name)
-	return nil
+	return b.Memory.Delete(ctx, name)
 }
 
 func (b *fakeBackend) Get(ctx context.Context, name string) (backend.Instance, error) {
 	if err := b.faults.hit(ctx, "get"); err != nil {
 		return backend.Instance{}, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s, ok := b.copies[name]
-	if !ok {
-		return backend.Instance{}, fmt.Errorf("get %s: %w", name, backend.ErrNotFound)
-	}
-	return b.inst(s), nil
+	return b.Memory.Get(ctx, name)
 }
 
 func (b *fakeBackend) List(ctx context.Context) ([]backend.Instance, error) {
 	if err := b.faults.hit(ctx, "list"); err != nil {
 		return nil, err
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []backend.Instance
-	for _, s := range b.copies {
-		out = append(out, b.inst(s))
-	}
-	slices.SortFunc(out, func(x, y backend.Instance) int { return strings.Compare(x.Name, y.Name) })
-	return out, nil
-}
-
-func (b *fakeBackend) Capacity(ctx context.Context) (backend.Capacity, error) {
-	return backend.Capacity{}, nil
+	return b.Memory.List(ctx)
 }
 
 // running reports the epoch of the copy of name, if one runs.
 func (b *fakeBackend) running(name string) (uint64, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s, ok := b.copies[name]
+	s, ok := b.Running(name)
 	return s.Epoch, ok
 }
 
@@ -353,28 +316,28 @@ func (a *fakeAgents) CommitAll(ctx context.Context, fs []lb.Frontend, gens []age
 
 func (a *fakeAgents) Abort(ctx context.Context, f lb.Frontend, gens agentapi.Generations) error {
 	a.acts.add("%s: agents abort %d", a.cluster, f.Port)
-	if err := a.faults.hit(ctx, "abort"); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i := range a.nodes {
-		if s := a.nodes[i][f]; s != nil && (gens == nil || gens[i] == s.Generation) {
+	return a.onEveryNode(ctx, "abort", func(i int, node map[lb.Frontend]*lb.Service) {
+		if s := node[f]; s != nil && (gens == nil || gens[i] == s.Generation) {
 			s.Staged = lb.Target{}
 		}
-	}
-	return nil
+	})
 }
 
 func (a *fakeAgents) Remove(ctx context.Context, f lb.Frontend) error {
 	a.acts.add("%s: agents remove %d", a.cluster, f.Port)
-	if err := a.faults.hit(ctx, "remove"); err != nil {
+	return a.onEveryNode(ctx, "remove", func(_ int, node map[lb.Frontend]*lb.Service) { delete(node, f) })
+}
+
+// onEveryNode takes the fault, if one is set, else runs fn on each node's
+// services in turn, under the lock.
+func (a *fakeAgents) onEveryNode(ctx context.Context, fault string, fn func(i int, node map[lb.Frontend]*lb.Service)) error {
+	if err := a.faults.hit(ctx, fault); err != nil {
 		return err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for i := range a.nodes {
-		delete(a.nodes[i], f)
+	for i, node := range a.nodes {
+		fn(i, node)
 	}
 	return nil
 }
@@ -507,7 +470,7 @@ func newWorld(t *testing.T, ids ...string) *world {
 	for i, id := range ids {
 		addr := netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})
 		c := &fakeCluster{id: id, url: "fake://" + id, addr: addr, store: filepath.Join(dir, id+".db"), w: w,
-			be: &fakeBackend{cluster: id, addr: addr, acts: w.acts, copies: map[string]backend.Spec{}},
+			be: &fakeBackend{Memory: backendtest.Memory{Addr: addr}, cluster: id, acts: w.acts},
 			ag: newFakeAgents(id, 2, w.acts)}
 		w.clusters[id] = c
 		w.order = append(w.order, id)
@@ -634,13 +597,10 @@ func (w *world) copyAt(ep netip.AddrPort) (*fakeCluster, string, bool) {
 		if c.addr != ep.Addr() {
 			continue
 		}
-		c.be.mu.Lock()
-		defer c.be.mu.Unlock()
-		for name, s := range c.be.copies {
-			for _, p := range s.Ports {
-				if p.Port == ep.Port() {
-					return c, name, true
-				}
+		copies, _ := c.be.Memory.List(context.Background()) // no faults: the test's own look
+		for _, inst := range copies {
+			if slices.Contains(inst.Endpoints, ep) {
+				return c, inst.Name, true
 			}
 		}
 		return c, "", false

@@ -287,9 +287,7 @@ func TestTakeBackFailureReusesIDAndRemovesCopy(t *testing.T) {
 	}
 	w.cluster("a").be.faults.clear("ready web")
 	w.reconcile("a")
-	if r, _ := w.eng("a").Get("web"); r.Kind != ctrl.KindLocal {
-		t.Fatalf("not taken back: %+v", r)
-	}
+	w.expectTakenBack("a")
 	w.net.clear("->b")
 	w.reconcile("a")
 	w.reconcile("b")
@@ -304,9 +302,7 @@ func TestReturnedClusterAsksHomeFirst(t *testing.T) {
 	w, _ := lostAbroad(t)
 	probeFor(w, "a", time.Second)
 	w.reconcile("a")
-	if r, _ := w.eng("a").Get("web"); r.Kind != ctrl.KindLocal {
-		t.Fatalf("not taken back: %+v", r)
-	}
+	w.expectTakenBack("a")
 	// b comes back without its copy, but cannot reach a yet.
 	w.stop("b")
 	if err := w.cluster("b").be.Delete(context.Background(), "web"); err != nil {
@@ -446,5 +442,13 @@ func TestOrphanEpochChecked(t *testing.T) {
 	w.expectAt("a", "b")
 	if os, _ := w.cluster("a").st.Orphans(); len(os) != 0 {
 		t.Fatalf("orphans left: %+v", os)
+	}
+}
+
+// expectTakenBack: home's engine serves web from home again.
+func (w *world) expectTakenBack(home string) {
+	w.t.Helper()
+	if r, _ := w.eng(home).Get("web"); r.Kind != ctrl.KindLocal {
+		w.t.Fatalf("not taken back: %+v", r)
 	}
 }
