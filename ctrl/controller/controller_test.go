@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/ctrl/store"
 	"github.com/roamnet/roam/dataplane/lb"
+	"github.com/roamnet/roam/test/netns"
 )
 
 // blackHole accepts connections and never answers (a peer whose host is
@@ -28,27 +28,7 @@ func blackHole(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
+	netns.BlackHole(t, l)
 	return "https://" + l.Addr().String()
 }
 

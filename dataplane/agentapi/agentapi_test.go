@@ -32,14 +32,38 @@ type agent struct {
 	client *Client
 }
 
-func startAgent(t *testing.T, token string) *agent {
+// newAgent is an agent API server over a real data plane, with cfg and
+// its own metrics registry; not serving yet.
+func newAgent(t testing.TB, cfg ServerConfig) *agent {
 	t.Helper()
 	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
+	cfg.Registerer = a.reg
 	var err error
-	a.srv, err = NewServer(a.dp, ServerConfig{Token: token, Registerer: a.reg})
-	if err != nil {
+	if a.srv, err = NewServer(a.dp, cfg); err != nil {
 		t.Fatalf("new server: %v", err)
 	}
+	return a
+}
+
+// wantSlots: on a's data plane each fs[i] has ts[i] staged and nothing
+// active (staged), or ts[i] active and nothing staged (!staged).
+func (a *agent) wantSlots(t *testing.T, when string, fs []lb.Frontend, ts []lb.Target, staged bool) {
+	t.Helper()
+	for i, f := range fs {
+		s, err := a.dp.Get(f)
+		slot, other, name := s.Active, s.Staged, "active"
+		if staged {
+			slot, other, name = s.Staged, s.Active, "staged"
+		}
+		if err != nil || slot != ts[i] || other.Kind != lb.TargetNone {
+			t.Fatalf("%s %s: %+v %v; want %s %s, the other slot empty", f, when, s, err, ts[i], name)
+		}
+	}
+}
+
+func startAgent(t *testing.T, token string) *agent {
+	t.Helper()
+	a := newAgent(t, ServerConfig{Token: token})
 	a.http = httptest.NewServer(a.srv.Handler())
 	t.Cleanup(a.http.Close)
 	a.client = New(a.http.URL, token)

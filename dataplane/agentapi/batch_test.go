@@ -28,21 +28,13 @@ func TestStageAllCommitAll(t *testing.T) {
 		t.Fatalf("generations %v, want 2 frontends x 2 nodes", gens)
 	}
 	for _, n := range []*agent{a, b} {
-		for i, want := range []lb.Target{t1, t2} {
-			if s, err := n.dp.Get(fs[i]); err != nil || s.Staged != want || s.Active.Kind != lb.TargetNone {
-				t.Fatalf("%s after stage: %+v %v", fs[i], s, err)
-			}
-		}
+		n.wantSlots(t, "after stage", fs, []lb.Target{t1, t2}, true)
 	}
 	if err := g.CommitAll(c, fs, gens); err != nil {
 		t.Fatalf("commit all: %v", err)
 	}
 	for _, n := range []*agent{a, b} {
-		for i, want := range []lb.Target{t1, t2} {
-			if s, err := n.dp.Get(fs[i]); err != nil || s.Active != want || s.Staged.Kind != lb.TargetNone {
-				t.Fatalf("%s after commit: %+v %v", fs[i], s, err)
-			}
-		}
+		n.wantSlots(t, "after commit", fs, []lb.Target{t1, t2}, false)
 	}
 	// Committing those generations again is a no-op; one short is refused.
 	if err := g.CommitAll(c, fs, gens); err != nil {

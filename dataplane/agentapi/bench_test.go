@@ -2,7 +2,6 @@ package agentapi
 
 import (
 	"testing"
-	"time"
 
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -13,13 +12,10 @@ import (
 // one round of each per iteration: where a call's time goes, with
 // -cpuprofile (client and server in one process). Needs root.
 func BenchmarkStageCommitTLS(b *testing.B) {
-	ca, err := pki.NewCA("roam-test", time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ca := newCA(b)
 	node := identity(b, ca, pki.ID{Cluster: "home", Node: "n1"})
 	_, url := startTLSAgent(b, node, nil, nil)
-	c := NewTLS(url, identity(b, ca, pki.ID{Cluster: "home"}).ClientConfig(pki.ExpectNodeOf("home")))
+	c := homeController(b, ca, url)
 	fs := []lb.Frontend{fe, mustFrontend("10.0.0.1:81/tcp")}
 	x := b.Context()
 	if err := c.Warm(x); err != nil {
@@ -43,13 +39,10 @@ func BenchmarkStageCommitTLS(b *testing.B) {
 // BenchmarkRerouteTLS: the same reroute of 2 frontends as one
 // /v1/reroute call (a one-node cluster's), per iteration.
 func BenchmarkRerouteTLS(b *testing.B) {
-	ca, err := pki.NewCA("roam-test", time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ca := newCA(b)
 	node := identity(b, ca, pki.ID{Cluster: "home", Node: "n1"})
 	_, url := startTLSAgent(b, node, nil, nil)
-	g := Group{NewTLS(url, identity(b, ca, pki.ID{Cluster: "home"}).ClientConfig(pki.ExpectNodeOf("home")))}
+	g := Group{homeController(b, ca, url)}
 	fs := []lb.Frontend{fe, mustFrontend("10.0.0.1:81/tcp")}
 	x := b.Context()
 	if err := g.Warm(x); err != nil {

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -109,16 +107,10 @@ func (l stampListener) Accept() (net.Conn, error) {
 // client's write system call (csyscall, in send) and the total.
 // Needs root.
 func BenchmarkRerouteParts(b *testing.B) {
-	ca, err := pki.NewCA("roam-test", time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ca := newCA(b)
 	node := identity(b, ca, pki.ID{Cluster: "home", Node: "n1"})
 	st := &callStamps{}
-	a := &agent{dp: openDataplane(b), reg: prometheus.NewRegistry()}
-	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
-		b.Fatal(err)
-	}
+	a := newAgent(b, ServerConfig{TLS: node})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -131,7 +123,7 @@ func BenchmarkRerouteParts(b *testing.B) {
 	go func() { _ = hs.ServeTLS(stampListener{Listener: ln, s: st}, "", "") }()
 	b.Cleanup(func() { _ = hs.Close() })
 
-	c := NewTLS("https://"+ln.Addr().String(), identity(b, ca, pki.ID{Cluster: "home"}).ClientConfig(pki.ExpectNodeOf("home")))
+	c := homeController(b, ca, "https://"+ln.Addr().String())
 	d := &net.Dialer{}
 	c.SetDialer(func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := d.DialContext(ctx, network, addr)

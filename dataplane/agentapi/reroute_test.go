@@ -28,11 +28,7 @@ func TestRerouteOneCall(t *testing.T) {
 		if !times.OneCall || times.Stage <= 0 || times.Commit <= 0 {
 			t.Fatalf("reroute times %+v: want one call, with the data plane's stage and commit times", times)
 		}
-		for i, f := range fs {
-			if s, err := a.dp.Get(f); err != nil || s.Active != ts[i] || s.Staged.Kind != lb.TargetNone {
-				t.Fatalf("%s after the reroute to %s: %+v %v", f, ts[i], s, err)
-			}
-		}
+		a.wantSlots(t, "after the reroute", fs, ts, false)
 	}
 	if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", "reroute"); n != 2 {
 		t.Fatalf("%v reroute calls served, want 2 (one per reroute)", n)
@@ -61,22 +57,14 @@ func TestRerouteStageFails(t *testing.T) {
 	if !errors.Is(err, ErrNotCommitted) {
 		t.Fatalf("reroute with a refused second frontend: %v, want ErrNotCommitted", err)
 	}
-	for _, f := range fs {
-		if s, err := a.dp.Get(f); err != nil || s.Active != t1 || s.Staged.Kind != lb.TargetNone {
-			t.Fatalf("%s after the failed reroute: %+v %v, want still %s, nothing staged", f, s, err, t1)
-		}
-	}
+	a.wantSlots(t, "after the failed reroute", fs, []lb.Target{t1, t1}, false)
 
 	b.client = New(b.http.URL, "wrong") // refuses every call
 	_, err = Group{a.client, b.client}.Reroute(c, fs, []lb.Target{t2, t2})
 	if !errors.Is(err, ErrNotCommitted) || !strings.Contains(err.Error(), b.http.URL) {
 		t.Fatalf("reroute with a refusing node: %v, want ErrNotCommitted naming %s", err, b.http.URL)
 	}
-	for _, f := range fs {
-		if s, err := a.dp.Get(f); err != nil || s.Active != t1 || s.Staged.Kind != lb.TargetNone {
-			t.Fatalf("%s on the healthy node: %+v %v, want still %s, aborted", f, s, err, t1)
-		}
-	}
+	a.wantSlots(t, "on the healthy node (aborted)", fs, []lb.Target{t1, t1}, false)
 }
 
 // TestRerouteNodeDiesBeforeCommit: in a group of two, the second node's
@@ -95,8 +83,7 @@ func TestRerouteNodeDiesBeforeCommit(t *testing.T) {
 				return
 			}
 			if dead.Load() {
-				conn, _, _ := w.(http.Hijacker).Hijack()
-				_ = conn.Close()
+				hangUp(t, w)
 				return
 			}
 			h.ServeHTTP(w, r)
@@ -132,8 +119,7 @@ func TestRerouteResentAndOldAgent(t *testing.T) {
 			}
 			if r.URL.Path == "/v1/reroute" && drop.CompareAndSwap(true, false) {
 				h.ServeHTTP(httptest.NewRecorder(), r) // made; its answer lost
-				conn, _, _ := w.(http.Hijacker).Hijack()
-				_ = conn.Close()
+				hangUp(t, w)
 				return
 			}
 			h.ServeHTTP(w, r)
@@ -151,9 +137,7 @@ func TestRerouteResentAndOldAgent(t *testing.T) {
 	if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", "reroute"); n != 2 {
 		t.Fatalf("%v reroutes made, want 2 (sent again)", n)
 	}
-	if s, err := a.dp.Get(fe); err != nil || s.Active != t1 || s.Staged.Kind != lb.TargetNone {
-		t.Fatalf("%s after the resent reroute: %+v %v", fe, s, err)
-	}
+	a.wantSlots(t, "after the resent reroute", []lb.Frontend{fe}, []lb.Target{t1}, false)
 
 	old.Store(true)
 	times, err := Group{a.client}.Reroute(c, fs, []lb.Target{t2})

@@ -13,10 +13,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/roamnet/roam/ctrl/pki"
 )
+
+// newCA is a fresh installation's CA.
+func newCA(t testing.TB) *pki.CA {
+	t.Helper()
+	ca, err := pki.NewCA("roam-test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// homeController is home's controller's client of the agent at url:
+// mutual TLS, the agent checked to be a node of home.
+func homeController(t testing.TB, ca *pki.CA, url string) *Client {
+	t.Helper()
+	return NewTLS(url, identity(t, ca, pki.ID{Cluster: "home"}).ClientConfig(pki.ExpectNodeOf("home")))
+}
 
 // identity writes id, issued by ca, into a fresh directory and loads it.
 func identity(t testing.TB, ca *pki.CA, id pki.ID) *pki.Source {
@@ -39,11 +54,7 @@ func identity(t testing.TB, ca *pki.CA, id pki.ID) *pki.Source {
 // connection's state changes.
 func startTLSAgent(t testing.TB, node *pki.Source, tc *tls.Config, connState func(net.Conn, http.ConnState)) (*agent, string) {
 	t.Helper()
-	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
-	var err error
-	if a.srv, err = NewServer(a.dp, ServerConfig{TLS: node, Registerer: a.reg}); err != nil {
-		t.Fatal(err)
-	}
+	a := newAgent(t, ServerConfig{TLS: node})
 	if tc == nil {
 		tc = node.ServerConfig()
 	}
@@ -67,10 +78,7 @@ func startTLSAgent(t testing.TB, node *pki.Source, tc *tls.Config, connState fun
 // controller programs it. A controller also refuses an agent that is not
 // a node of its cluster.
 func TestMutualTLS(t *testing.T) {
-	ca, err := pki.NewCA("roam-test", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := newCA(t)
 	other, err := pki.NewCA("roam-other", time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -153,10 +161,7 @@ func TestMutualTLS(t *testing.T) {
 // node's CA bundle no longer trusts the caller, its next call on the very
 // same kept connection is refused.
 func TestVerifiedCallerCheckedAgainAtRotation(t *testing.T) {
-	ca, err := pki.NewCA("roam-test", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := newCA(t)
 	dir := t.TempDir()
 	nodeID := pki.ID{Cluster: "home", Node: "n1"}
 	if err := ca.WriteIdentity(dir, nodeID, []string{"127.0.0.1"}, time.Hour); err != nil {

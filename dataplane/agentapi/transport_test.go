@@ -9,19 +9,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // startAgentWith serves a real data plane's agent API through wrap (plain
 // HTTP), the server tuned by tune, and returns it with a client.
 func startAgentWith(t *testing.T, wrap func(http.Handler) http.Handler, tune func(*http.Server)) *agent {
 	t.Helper()
-	a := &agent{dp: openDataplane(t), reg: prometheus.NewRegistry()}
-	var err error
-	if a.srv, err = NewServer(a.dp, ServerConfig{Registerer: a.reg}); err != nil {
-		t.Fatal(err)
-	}
+	a := newAgent(t, ServerConfig{})
 	a.http = httptest.NewUnstartedServer(wrap(a.srv.Handler()))
 	tune(a.http.Config)
 	a.http.Start()
@@ -31,6 +25,18 @@ func startAgentWith(t *testing.T, wrap func(http.Handler) http.Handler, tune fun
 }
 
 func nothing(h http.Handler) http.Handler { return h }
+
+// hangUp closes the call's connection without an answer, as an agent
+// that dies does.
+func hangUp(t *testing.T, w http.ResponseWriter) {
+	t.Helper()
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	_ = conn.Close()
+}
 
 // TestAgentClosedKeptConnection: the agent closes a kept connection
 // while it is idle (its idle timeout); the next call is made once, on a
@@ -148,12 +154,7 @@ func TestResendOnlyReplayable(t *testing.T) {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if v, ok := drop.Load(r.URL.Path); ok && v.(*atomic.Bool).CompareAndSwap(true, false) {
 				h.ServeHTTP(httptest.NewRecorder(), r) // made; its answer lost
-				conn, _, err := w.(http.Hijacker).Hijack()
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				_ = conn.Close()
+				hangUp(t, w)
 				return
 			}
 			h.ServeHTTP(w, r)

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -18,10 +17,7 @@ import (
 // over mutual TLS, open no connection: no TCP or TLS handshake inside the
 // reroute, on either side.
 func TestWarmThenNoHandshake(t *testing.T) {
-	ca, err := pki.NewCA("roam-test", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := newCA(t)
 	node := identity(t, ca, pki.ID{Cluster: "home", Node: "n1"})
 	var accepted, handshakes atomic.Int64
 	tc := node.ServerConfig()

@@ -9,9 +9,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/roamnet/roam/test/netns"
 )
 
 // fakeAgent answers each call on a raw TCP connection with what answer
@@ -23,28 +24,19 @@ func fakeAgent(t *testing.T, answer func(path string) string) *Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
+	netns.Serve(ln, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer func() { _ = c.Close() }()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, req.Body)
-					if _, err := io.WriteString(c, answer(req.URL.Path)); err != nil {
-						return
-					}
-				}
-			}()
+			_, _ = io.Copy(io.Discard, req.Body)
+			if _, err := io.WriteString(c, answer(req.URL.Path)); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	c := New("http://"+ln.Addr().String(), "")
 	c.HTTP.Timeout = 5 * time.Second
 	t.Cleanup(c.HTTP.CloseIdleConnections)
@@ -157,27 +149,7 @@ func TestStalledHandshakeTimesOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var held []net.Conn // never answered; closed at the end
-	defer func() {
-		_ = ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			_ = c.Close()
-		}
-	}()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
+	netns.BlackHole(t, ln)
 	c := NewTLS("https://"+ln.Addr().String(), &tls.Config{ServerName: "agent", MinVersion: tls.VersionTLS13})
 	c.HTTP.Timeout = 200 * time.Millisecond
 	for name, call := range map[string]func(context.Context) error{"health": c.Health, "warm": c.Warm} {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -207,6 +208,34 @@ func ServePackets(pc net.PacketConn, reply func(from net.Addr, p []byte) []byte)
 			}
 		}
 	}()
+}
+
+// BlackHole accepts connections on ln, in the background, and never
+// answers them (a peer whose host is up but whose server hangs, or a
+// lossy path); ln and every connection it took are closed when the test
+// ends.
+func BlackHole(t testing.TB, ln net.Listener) {
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			_ = c.Close()
+		}
+	})
 }
 
 // Serve accepts connections on ln, in the background until ln is closed,
