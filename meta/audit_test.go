@@ -154,6 +154,19 @@ func auditClusters(t *testing.T, nc *nats.Conn, n int) []Hello {
 	return hs
 }
 
+// auditedOnce: spooled records prefix-0 .. prefix-(n-1) each have one
+// audit record; it returns how many messages the stream holds.
+func auditedOnce(t *testing.T, nc *nats.Conn, prefix string, n int) int {
+	t.Helper()
+	got, msgs := auditRecords(t, nc)
+	for i := range n {
+		if id := prefix + "-" + strconv.Itoa(i); got[id] != 1 {
+			t.Fatalf("spooled record %s has %d audit records", id, got[id])
+		}
+	}
+	return msgs
+}
+
 // auditReady publishes 10 clusters' hellos on nc, waits until s knows
 // them, and returns a requester without a cache (each placement asks s).
 func auditReady(t *testing.T, s *Server, nc *nats.Conn) *Client {
@@ -506,15 +519,7 @@ func TestAuditReplayOversizedSegment(t *testing.T) {
 		t.Fatalf("%d spool segments left after the replay", files)
 	}
 	nc := connect(t, ns.ClientURL())
-	check := func() int {
-		got, msgs := auditRecords(t, nc)
-		for i := range 300 {
-			if id := "sp-" + strconv.Itoa(i); got[id] != 1 {
-				t.Fatalf("spooled record %s has %d audit records", id, got[id])
-			}
-		}
-		return msgs
-	}
+	check := func() int { return auditedOnce(t, nc, "sp", 300) }
 	msgs := check()
 	if msgs < 3 {
 		t.Fatalf("%d-byte segment in %d messages: not split", size, msgs)
@@ -668,15 +673,7 @@ func TestAuditReplayStreamMaxMsgSize(t *testing.T) {
 		t.Fatalf("segment of %d bytes: the test proves nothing", size)
 	}
 	data, _ := os.ReadFile(seg)
-	check := func() int {
-		got, msgs := auditRecords(t, nc)
-		for i := range 40 {
-			if id := "rs-" + strconv.Itoa(i); got[id] != 1 {
-				t.Fatalf("spooled record %s has %d audit records", id, got[id])
-			}
-		}
-		return msgs
-	}
+	check := func() int { return auditedOnce(t, nc, "rs", 40) }
 	rctx, cancel := context.WithTimeout(ctx(t), 20*time.Second)
 	defer cancel()
 	if n, err := s.auditLog.replay(rctx); err != nil || n != 40 {

@@ -86,13 +86,18 @@ func clusterConn(t *testing.T, s *Server, caFile, id, password string) (*nats.Co
 		t.Fatal(err)
 	}
 	opts := append(ClusterConnectOptions(id, password), tlsOpts...)
-	opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+	return connect(t, s.ClientURL(), append(opts, errorsTo(errs))...), errs
+}
+
+// errorsTo hands a connection's async errors to errs, dropping those
+// that find it full.
+func errorsTo(errs chan<- error) nats.Option {
+	return nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		select {
 		case errs <- err:
 		default:
 		}
-	}))
-	return connect(t, s.ClientURL(), opts...), errs
+	})
 }
 
 func wantPermissionError(t *testing.T, errs <-chan error, what string) {
