@@ -130,16 +130,7 @@ func TestMigrationsLoseNothing(t *testing.T) {
 // request within the grace gets its answer with "Connection: close".
 func TestStopClosesConnections(t *testing.T) {
 	c := start(t, "a", 300*time.Millisecond, 50*time.Millisecond)
-	idle, err := net.Dial("tcp", c.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	busy, err := net.Dial("tcp", c.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
+	idle, busy := c.dial(t, "tcp"), c.dial(t, "tcp")
 	ask := func(conn net.Conn) (*http.Response, error) {
 		if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 			return nil, err
@@ -194,11 +185,7 @@ func TestStopWithoutConnectionsIsQuick(t *testing.T) {
 // datagrams keep coming, and stops Linger after the last one.
 func TestUDPLingers(t *testing.T) {
 	c := start(t, "a", 100*time.Millisecond, 500*time.Millisecond)
-	conn, err := net.Dial("udp", c.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := c.dial(t, "udp")
 	c.stop()
 	t0 := time.Now()
 	buf := make([]byte, 512)
@@ -267,6 +254,17 @@ func TestUDPAnswersFromTheAddressAsked(t *testing.T) {
 			t.Errorf("listening on %q: 127.0.0.2 answered %q", listen+":"+port, got)
 		}
 	}
+}
+
+// dial connects to the copy over network, closed when the test ends.
+func (c *copyOf) dial(t *testing.T, network string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial(network, c.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 // askUDP sends msg to addr until an answer comes (the server may not

@@ -860,70 +860,52 @@ func wire(err error) error {
 
 func (p *fakePeers) caller() ctrl.Caller { return ctrl.Caller{Cluster: p.from} }
 
-func (p *fakePeers) DeployForeign(ctx context.Context, url string, req ctrl.ForeignRequest) (ctrl.ForeignReply, error) {
-	e, err := p.target(ctx, url, "DeployForeign")
+// call routes op to url's engine and runs fn there; the error comes back
+// as the wire carries it.
+func call[T any](ctx context.Context, p *fakePeers, url, op string, fn func(*Engine) (T, error)) (T, error) {
+	e, err := p.target(ctx, url, op)
 	if err != nil {
-		return ctrl.ForeignReply{}, err
+		var zero T
+		return zero, err
 	}
-	rep, err := e.DeployForeign(ctx, p.caller(), req)
-	return rep, wire(err)
+	v, err := fn(e)
+	return v, wire(err)
+}
+
+// callErr is call for an op that answers only an error.
+func callErr(ctx context.Context, p *fakePeers, url, op string, fn func(*Engine) error) error {
+	_, err := call(ctx, p, url, op, func(e *Engine) (struct{}, error) { return struct{}{}, fn(e) })
+	return err
+}
+
+func (p *fakePeers) DeployForeign(ctx context.Context, url string, req ctrl.ForeignRequest) (ctrl.ForeignReply, error) {
+	return call(ctx, p, url, "DeployForeign", func(e *Engine) (ctrl.ForeignReply, error) { return e.DeployForeign(ctx, p.caller(), req) })
 }
 
 func (p *fakePeers) RemoveForeign(ctx context.Context, url, name, home string, epoch ctrl.Epoch) error {
-	e, err := p.target(ctx, url, "RemoveForeign")
-	if err != nil {
-		return err
-	}
-	return wire(e.RemoveForeign(ctx, p.caller(), name, home, epoch))
+	return callErr(ctx, p, url, "RemoveForeign", func(e *Engine) error { return e.RemoveForeign(ctx, p.caller(), name, home, epoch) })
 }
 
 func (p *fakePeers) MovedOn(ctx context.Context, url string, n ctrl.MovedOn) (ctrl.Migration, error) {
-	e, err := p.target(ctx, url, "MovedOn")
-	if err != nil {
-		return ctrl.Migration{}, err
-	}
-	m, err := e.MovedOn(ctx, p.caller(), n)
-	return m, wire(err)
+	return call(ctx, p, url, "MovedOn", func(e *Engine) (ctrl.Migration, error) { return e.MovedOn(ctx, p.caller(), n) })
 }
 
 func (p *fakePeers) Drained(ctx context.Context, url, name string, epoch ctrl.Epoch) error {
-	e, err := p.target(ctx, url, "Drained")
-	if err != nil {
-		return err
-	}
-	return wire(e.Drained(ctx, p.caller(), name, epoch))
+	return callErr(ctx, p, url, "Drained", func(e *Engine) error { return e.Drained(ctx, p.caller(), name, epoch) })
 }
 
 func (p *fakePeers) SRv6Gone(ctx context.Context, url, name string, epoch ctrl.Epoch) error {
-	e, err := p.target(ctx, url, "SRv6Gone")
-	if err != nil {
-		return err
-	}
-	return wire(e.SRv6Gone(ctx, p.caller(), name, epoch))
+	return callErr(ctx, p, url, "SRv6Gone", func(e *Engine) error { return e.SRv6Gone(ctx, p.caller(), name, epoch) })
 }
 
 func (p *fakePeers) Where(ctx context.Context, url, name string) (ctrl.Where, error) {
-	e, err := p.target(ctx, url, "Where")
-	if err != nil {
-		return ctrl.Where{}, err
-	}
-	wh, err := e.Where(ctx, p.caller(), name)
-	return wh, wire(err)
+	return call(ctx, p, url, "Where", func(e *Engine) (ctrl.Where, error) { return e.Where(ctx, p.caller(), name) })
 }
 
 func (p *fakePeers) Health(ctx context.Context, url string) (ctrl.Health, error) {
-	e, err := p.target(ctx, url, "Health")
-	if err != nil {
-		return ctrl.Health{}, err
-	}
-	return e.Health(), nil
+	return call(ctx, p, url, "Health", func(e *Engine) (ctrl.Health, error) { return e.Health(), nil })
 }
 
 func (p *fakePeers) Migrate(ctx context.Context, url, name string, req ctrl.MigrateRequest) (ctrl.Migration, error) {
-	e, err := p.target(ctx, url, "Migrate")
-	if err != nil {
-		return ctrl.Migration{}, err
-	}
-	m, err := e.Migrate(ctx, name, req)
-	return m, wire(err)
+	return call(ctx, p, url, "Migrate", func(e *Engine) (ctrl.Migration, error) { return e.Migrate(ctx, name, req) })
 }
