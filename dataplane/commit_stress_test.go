@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -324,12 +325,5 @@ func hop(frame []byte) []byte {
 func setIPv4Checksum(frame []byte) {
 	ip := frame[14 : 14+int(frame[14]&0x0f)*4]
 	ip[10], ip[11] = 0, 0
-	var sum uint32
-	for i := 0; i < len(ip); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	binary.BigEndian.PutUint16(ip[10:], ^dptest.Sum16(ip, 0))
 }

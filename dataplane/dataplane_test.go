@@ -42,6 +42,18 @@ func mustTarget(t *testing.T, s string) lb.Target {
 	return v
 }
 
+// setActive stages target for f on d and commits it.
+func setActive(t *testing.T, d *dataplane.Dataplane, f lb.Frontend, target lb.Target) {
+	t.Helper()
+	gen, err := d.Stage(f, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Commit(f, gen); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestStageCommitAbortRemove(t *testing.T) {
 	d := openTest(t, dataplane.Config{IdleTimeout: time.Minute})
 	f := mustFrontend(t, "10.0.0.1:80/tcp")

@@ -56,13 +56,7 @@ func newXDPTopology(t *testing.T, serve func(net.Conn)) *xdpTopology {
 	t.Cleanup(func() { ln.Close() })
 	netns.Serve(ln, serve)
 	fe := lb.Frontend{Addr: netns.HomeAddr, Port: 80, Proto: lb.TCP}
-	gen, err := d.Stage(fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, serverPort)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Commit(fe, gen); err != nil {
-		t.Fatal(err)
-	}
+	setActive(t, d, fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, serverPort)))
 	return &xdpTopology{topo: topo, d: d, fe: fe}
 }
 

@@ -30,13 +30,7 @@ func TestFirstPacketAfterNeighbourFlush(t *testing.T) {
 	defer pc.Close()
 	netns.ServePackets(pc, func(_ net.Addr, p []byte) []byte { return append([]byte("echo "), p...) })
 	fe := lb.Frontend{Addr: netns.HomeAddr, Port: 53, Proto: lb.UDP}
-	gen, err := x.d.Stage(fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 5353)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := x.d.Commit(fe, gen); err != nil {
-		t.Fatal(err)
-	}
+	setActive(t, x.d, fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 5353)))
 
 	flushed := 0
 	err = netns.Handle(x.topo.Home, func(h *netlink.Handle) error {

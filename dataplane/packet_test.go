@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -198,13 +199,7 @@ func newRedirectTestbed(t *testing.T) *testbed {
 func (tb *testbed) stage(t *testing.T, f, target string) lb.Frontend {
 	t.Helper()
 	fr := mustFrontend(t, f)
-	gen, err := tb.d.Stage(fr, mustTarget(t, target))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.d.Commit(fr, gen); err != nil {
-		t.Fatal(err)
-	}
+	setActive(t, tb.d, fr, mustTarget(t, target))
 	return fr
 }
 
@@ -468,16 +463,7 @@ func ipv6WithExt(frame []byte, typ byte, ext []byte) []byte {
 	return out
 }
 
-func ipChecksum(h []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(h); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(h[i:]))
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
+func ipChecksum(h []byte) uint16 { return ^dptest.Sum16(h, 0) }
 
 // TestFlowPinning: a commit moves new flows only; a flow keeps its target
 // (local ones too) until FIN/RST, after which a new SYN takes the new target.

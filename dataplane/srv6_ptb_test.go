@@ -9,6 +9,7 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -17,42 +18,10 @@ import (
 // big for its next hop of mtu: an ICMPv6 packet too big quoting as much
 // of it as fits in 1280 bytes (RFC 4443).
 func ptbFrame(srcMAC, dstMAC string, router, to netip.Addr, mtu uint32, encap []byte) []byte {
-	quote := encap
-	if len(quote) > 1280-48 {
-		quote = quote[:1280-48]
-	}
-	body := make([]byte, 8, 8+len(quote))
-	body[0] = 2
-	binary.BigEndian.PutUint32(body[4:], mtu)
-	body = append(body, quote...)
-	ip6 := make([]byte, 40)
-	binary.BigEndian.PutUint32(ip6, 6<<28)
-	binary.BigEndian.PutUint16(ip6[4:], uint16(len(body)))
-	ip6[6], ip6[7] = 58, 64
-	s, d := router.As16(), to.As16()
-	copy(ip6[8:], s[:])
-	copy(ip6[24:], d[:])
-	pseudo := append(append([]byte{}, ip6[8:40]...), 0, 0, 0, 0, 0, 0, 0, 58)
-	binary.BigEndian.PutUint32(pseudo[32:], uint32(len(body)))
-	binary.BigEndian.PutUint16(body[2:], ^sum16(body, sum16(pseudo, 0)))
 	smac, _ := net.ParseMAC(srcMAC)
 	dmac, _ := net.ParseMAC(dstMAC)
 	f := append(append(append([]byte{}, dmac...), smac...), 0x86, 0xdd)
-	return append(append(f, ip6...), body...)
-}
-
-func sum16(b []byte, init uint16) uint16 {
-	s := uint32(init)
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
+	return append(f, dptest.PTB6(router, to, mtu, encap)...)
 }
 
 // TestSRv6RelayPTB: an underlay router's ICMPv6 packet too big to the

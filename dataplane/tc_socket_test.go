@@ -94,13 +94,7 @@ func newTCHost(t *testing.T, serve func(net.Conn)) *tcHost {
 		t.Fatal(err)
 	}
 	f := mustFrontend(t, "10.0.0.1:80/tcp")
-	gen, err := d.Stage(f, mustTarget(t, "redirect:10.2.0.1:8080"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Commit(f, gen); err != nil {
-		t.Fatal(err)
-	}
+	setActive(t, d, f, mustTarget(t, "redirect:10.2.0.1:8080"))
 	return &tcHost{d: d, h: h, hs: hs, f: f, a0: a0, server: server}
 }
 

@@ -311,21 +311,7 @@ func TestSRv6MoveHome(t *testing.T) {
 	bed := newSRv6Bed(t)
 	topo, home, old := bed.topo, bed.home, bed.old
 	// The home's copy answers from the frontends, on its lo.
-	if err := netns.Handle(topo.Home, func(h *netlink.Handle) error {
-		lo, err := h.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := h.LinkSetUp(lo); err != nil {
-			return err
-		}
-		for _, a := range []netip.Addr{netns.SRv6FrontendV4, netns.SRv6FrontendV6} {
-			if err := h.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a, a.BitLen())), Flags: unix.IFA_F_NODAD}); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
+	if err := netns.SRv6FrontendsOnLo(topo.Home); err != nil {
 		t.Fatal(err)
 	}
 	startCopy(t, topo.Old, "old")

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -34,19 +33,10 @@ func startHomePod(t *testing.T, topo *netns.SRv6Topology) string {
 	if err := netns.Veth(hp, p0); err != nil {
 		t.Fatal(err)
 	}
+	if err := netns.SRv6FrontendsOnLo(pod); err != nil {
+		t.Fatal(err)
+	}
 	err := netns.Handle(pod, func(h *netlink.Handle) error {
-		lo, err := h.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := h.LinkSetUp(lo); err != nil {
-			return err
-		}
-		for _, a := range []netip.Addr{netns.SRv6FrontendV4, netns.SRv6FrontendV6} {
-			if err := h.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a, a.BitLen())), Flags: unix.IFA_F_NODAD}); err != nil {
-				return err
-			}
-		}
 		l, err := h.LinkByName("p0")
 		if err != nil {
 			return err

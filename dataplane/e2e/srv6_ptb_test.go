@@ -13,32 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
-
-// ptb6 is an ICMPv6 packet too big from router to to (no Ethernet) with
-// mtu, quoting as much of pkt as fits in 1280 bytes, checksum filled.
-func ptb6(router, to netip.Addr, mtu uint32, pkt []byte) []byte {
-	if len(pkt) > 1280-48 {
-		pkt = pkt[:1280-48]
-	}
-	body := make([]byte, 8, 8+len(pkt))
-	body[0] = 2
-	binary.BigEndian.PutUint32(body[4:], mtu)
-	body = append(body, pkt...)
-	b := make([]byte, 40, 40+len(body))
-	binary.BigEndian.PutUint32(b, 6<<28)
-	binary.BigEndian.PutUint16(b[4:], uint16(len(body)))
-	b[6], b[7] = 58, 64
-	s, d := router.As16(), to.As16()
-	copy(b[8:], s[:])
-	copy(b[24:], d[:])
-	pseudo := append(append([]byte{}, b[8:40]...), 0, 0, 0, 0, 0, 0, 0, 58)
-	binary.BigEndian.PutUint32(pseudo[32:], uint32(len(body)))
-	binary.BigEndian.PutUint16(body[2:], ^csum(body, csum(pseudo, 0)))
-	return append(b, body...)
-}
 
 // udp6 is an IPv6 UDP packet (no Ethernet), checksum filled.
 func udp6(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
@@ -55,7 +33,7 @@ func udp6(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	copy(b[48:], payload)
 	pseudo := append(append([]byte{}, b[8:40]...), 0, 0, 0, 0, 0, 0, 0, 17)
 	binary.BigEndian.PutUint32(pseudo[32:], uint32(8+len(payload)))
-	binary.BigEndian.PutUint16(b[46:], ^csum(b[40:], csum(pseudo, 0)))
+	binary.BigEndian.PutUint16(b[46:], ^dptest.Sum16(b[40:], dptest.Sum16(pseudo, 0)))
 	return b
 }
 
@@ -125,11 +103,11 @@ func TestSRv6RelayPTB(t *testing.T) {
 			inner = udp4(fam.client, fam.frontend, sport, netns.CopyUDPPort, payload)
 			inner[6] |= 0x40 // DF, as the client's stack sends it
 			binary.BigEndian.PutUint16(inner[10:], 0)
-			binary.BigEndian.PutUint16(inner[10:], ^csum(inner[:20], 0))
+			binary.BigEndian.PutUint16(inner[10:], ^dptest.Sum16(inner[:20], 0))
 		}
 		encap := srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew}, 0, inner)
 		before := home.drops(t)["srv6_ptb_relayed"]
-		sendRaw(t, topo.New, "n0", topo.Home, "h2", ptb6(router, netns.SRv6SIDHome, 1400, encap))
+		sendRaw(t, topo.New, "n0", topo.Home, "h2", dptest.PTB6(router, netns.SRv6SIDHome, 1400, encap))
 		if err := poll(ctx, 5*time.Second, func() error {
 			if m := socketMTU(t, u.c, v4); m != 1336 {
 				return fmt.Errorf("%s: the socket's path MTU is %d, want 1336 (1400 less 64)", fam.name, m)

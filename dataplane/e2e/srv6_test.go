@@ -436,29 +436,15 @@ func udp4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	s, d := src.As4(), dst.As4()
 	copy(b[12:], s[:])
 	copy(b[16:], d[:])
-	binary.BigEndian.PutUint16(b[10:], ^csum(b[:20], 0))
+	binary.BigEndian.PutUint16(b[10:], ^dptest.Sum16(b[:20], 0))
 	binary.BigEndian.PutUint16(b[20:], sport)
 	binary.BigEndian.PutUint16(b[22:], dport)
 	binary.BigEndian.PutUint16(b[24:], uint16(8+len(payload)))
 	copy(b[28:], payload)
 	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, 17, 0, 0)
 	binary.BigEndian.PutUint16(pseudo[10:], uint16(8+len(payload)))
-	binary.BigEndian.PutUint16(b[26:], ^csum(b[20:], csum(pseudo, 0)))
+	binary.BigEndian.PutUint16(b[26:], ^dptest.Sum16(b[20:], dptest.Sum16(pseudo, 0)))
 	return b
-}
-
-func csum(b []byte, init uint16) uint16 {
-	s := uint32(init)
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
 }
 
 // srv6Packet is outer IPv6 + SRH (sids in the order visited, sl left) around an IP packet.

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -64,7 +65,7 @@ func (f *synFlooder) syn(src netip.AddrPort, seq uint32) []byte {
 	copy(pseudo[4:8], d[:])
 	pseudo[9] = unix.IPPROTO_TCP
 	binary.BigEndian.PutUint16(pseudo[10:], 20)
-	binary.BigEndian.PutUint16(tcp[16:], ^csum(tcp, csum(pseudo, 0))) // csum: srv6_test.go
+	binary.BigEndian.PutUint16(tcp[16:], ^dptest.Sum16(tcp, dptest.Sum16(pseudo, 0)))
 	return b
 }
 

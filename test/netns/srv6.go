@@ -162,6 +162,25 @@ func (t *SRv6Topology) build() error {
 // location sets a location's node up: the frontends on lo, no reverse
 // path filter, IPv6 forwarding.
 func (t *SRv6Topology) location(ns string) error {
+	if err := SRv6FrontendsOnLo(ns); err != nil {
+		return err
+	}
+	// Decapsulated packets come in on the underlay from clients it has no route to.
+	for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"} {
+		if err := Sysctl(ns, k, "0\n"); err != nil {
+			return err
+		}
+	}
+	// A location forwards to the next segment: bpf_fib_lookup does so only where the kernel would.
+	if err := Sysctl(ns, "net.ipv6.conf.all.forwarding", "1\n"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// SRv6FrontendsOnLo puts the frontends (SRv6FrontendV4, SRv6FrontendV6) on
+// ns's lo, set up: a copy there answers from them.
+func SRv6FrontendsOnLo(ns string) error {
 	err := Handle(ns, func(h *netlink.Handle) error {
 		lo, err := h.LinkByName("lo")
 		if err != nil {
@@ -179,16 +198,6 @@ func (t *SRv6Topology) location(ns string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("frontend addresses in %s: %w", ns, err)
-	}
-	// Decapsulated packets come in on the underlay from clients it has no route to.
-	for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"} {
-		if err := Sysctl(ns, k, "0\n"); err != nil {
-			return err
-		}
-	}
-	// A location forwards to the next segment: bpf_fib_lookup does so only where the kernel would.
-	if err := Sysctl(ns, "net.ipv6.conf.all.forwarding", "1\n"); err != nil {
-		return err
 	}
 	return nil
 }
