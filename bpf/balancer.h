@@ -1,30 +1,10 @@
 /* balancer.h: the per-packet pipeline shared by XDP and tc: replies back through NAT, pinned flows, new flows. */
-#pragma once
 
 #include "icmp.h"
 #include "synrecv.h"
 
-/*
- * The attach point provides ROAM_CTX, ROAM_WIRE_LEN, VERDICT_PASS and
- * VERDICT_DROP, ROAM_OWN_SOCKET (the packet's own socket, tc egress),
- * roam_l4_csum, roam_xmit (next hop, rewrite and out; now: the packet's clock)
- * and roam_srv6_out (an SRv6 target's packet: encapsulate, srv6.h).
- */
-
-/* roam_local_socket: a TCP socket of this host (not a listener) owns the packet's tuple. */
-static __always_inline int roam_local_socket(ROAM_CTX *ctx, const struct pkt *p)
-{
-	if (ROAM_OWN_SOCKET(ctx))
-		return 1;
-	struct bpf_sock_tuple t = {};
-	__u32 size = sock_tuple(&t, p);
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	int owned = sk->state != BPF_TCP_LISTEN;
-	bpf_sk_release(sk);
-	return owned;
-}
+#ifndef BALANCER_H
+#define BALANCER_H
 
 /* is_reply: addressed to a SNAT pool address and a port of its range, where only targets' replies can be ours. */
 static __always_inline int is_reply(const struct pkt *p, const struct config *cfg)
@@ -157,6 +137,34 @@ static __always_inline struct nat_value *roam_reply(struct pkt *p, __u64 now)
 #define VERDICT_SRV6 (-2)
 /* and: the SYN proxy's packet (synproxy.h synproxy_wanted): roam_process calls synproxy_new. */
 #define VERDICT_SYNPROXY (-4)
+
+#endif /* BALANCER_H */
+
+/* Each program's own: roam.c compiles this part once for XDP, once for tc. */
+#ifndef BALANCER_PROG_H
+#define BALANCER_PROG_H
+
+/*
+ * The attach point provides ROAM_CTX, ROAM_WIRE_LEN, VERDICT_PASS and
+ * VERDICT_DROP, ROAM_OWN_SOCKET (the packet's own socket, tc egress),
+ * roam_l4_csum, roam_xmit (next hop, rewrite and out; now: the packet's clock)
+ * and roam_srv6_out (an SRv6 target's packet: encapsulate, srv6.h).
+ */
+
+/* roam_local_socket: a TCP socket of this host (not a listener) owns the packet's tuple. */
+static __always_inline int roam_local_socket(ROAM_CTX *ctx, const struct pkt *p)
+{
+	if (ROAM_OWN_SOCKET(ctx))
+		return 1;
+	struct bpf_sock_tuple t = {};
+	__u32 size = sock_tuple(&t, p);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int owned = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return owned;
+}
 
 /*
  * roam_new_flow pins a new flow (a TCP SYN, or any UDP packet) to the
@@ -403,3 +411,5 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 xmit:
 	return roam_xmit(ctx, &p, &x, now);
 }
+
+#endif /* BALANCER_PROG_H */

@@ -78,7 +78,6 @@ static __always_inline void count_target(const struct pkt *p, const struct xlate
 	}
 }
 
-#ifdef ROAM_XDP
 /*
  * XDP redirect errors. A redirect fails after the program has returned
  * (an egress that cannot take XDP frames: a veth whose peer runs neither
@@ -113,7 +112,7 @@ static __always_inline void count_redirect_err(const struct bpf_prog *prog)
 	if (self && *self && prog->aux->id == *self)
 		count_reason(REASON_REDIRECT_FAILED);
 }
-#else
+
 /*
  * tc redirect errors. bpf_redirect, bpf_redirect_neigh and
  * bpf_redirect_peer only record where to; the kernel carries the redirect
@@ -184,4 +183,3 @@ static __always_inline void count_tc_redirect_drop(__u64 skb, __u64 loc)
 		}
 	}
 }
-#endif /* ROAM_XDP */

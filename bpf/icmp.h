@@ -6,9 +6,11 @@
  * one whose TTL or hop limit runs out here with a time exceeded (as a
  * router, within a budget); a SYN's MSS is clamped to its egress MTU.
  */
-#pragma once
 
 #include "nat.h"
+
+#ifndef ICMP_H
+#define ICMP_H
 
 #define ICMP_DEST_UNREACH 3
 #define ICMP_FRAG_NEEDED 4
@@ -27,6 +29,185 @@
 /* How much of an oversize packet a too-big quotes, its IP header included (multiples of 4). */
 #define TOO_BIG_QUOTE4 84  /* IPv4 header and 64 bytes (RFC 792 asks for 8) */
 #define TOO_BIG_QUOTE6 256 /* well within the 1280 bytes RFC 4443 allows */
+
+
+/* csum_sum adds a bpf_csum_diff result (a 32-bit partial sum) to a running one. */
+static __always_inline __u32 csum_sum(__u32 acc, __s64 diff)
+{
+	return csum_add32(acc, (__u32)diff);
+}
+
+
+/* The errors the programs answer with (icmp_error_fill's kind). */
+#define ICMP_ERR_TOO_BIG 0	 /* fragmentation needed (IPv4), packet too big (ICMPv6) */
+#define ICMP_ERR_TIME_EXCEEDED 1 /* time exceeded in transit (IPv4 type 11, ICMPv6 type 3), code 0 */
+#define ICMPV6_TIME_EXCEED 3
+
+/* How much of an expired packet a time exceeded quotes: its IP header and 8 bytes (RFC 792), all a redirected packet is sure to have. */
+#define TTL_QUOTE4 28
+#define TTL_QUOTE6 48
+
+#define ICMP_QUOTE(kind, v4) ((kind) == ICMP_ERR_TOO_BIG ? ((v4) ? TOO_BIG_QUOTE4 : TOO_BIG_QUOTE6) : ((v4) ? TTL_QUOTE4 : TTL_QUOTE6))
+#define ICMP_ADD(v4) ((v4) ? sizeof(struct ip4_hdr) + sizeof(struct icmp_hdr) : sizeof(struct ip6_hdr) + sizeof(struct icmp_hdr))
+
+/*
+ * Time exceeded is answered as a router answers it, within a budget: per
+ * CPU, ICMP_RATE a second on average, bursts of ICMP_BURST (Linux's
+ * icmp_msgs_per_sec and icmp_msgs_burst); beyond, dropped without answer
+ * (counted as icmp_limited). Not pinned: each program has its own budget
+ * (its own entry: ROAM_PROG_XDP, ROAM_PROG_TC; roam.c).
+ * XDP's next-hop lookup writes the next hop's MAC addresses into the frame
+ * before the TTL is judged: an expiring packet's own are kept here first.
+ */
+struct icmp_state {
+	__u64 last;   /* bpf_ktime_get_coarse_ns of the last refill */
+	__u64 credit; /* ns of credit, one answer costs 1e9 / ICMP_RATE, capped at ICMP_BURST answers */
+	__u8 macs[2 * ETH_ALEN_]; /* XDP: the expiring packet's MAC addresses, as in its Ethernet header */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2); /* ROAM_PROG_XDP, ROAM_PROG_TC */
+	__type(key, __u32);
+	__type(value, struct icmp_state);
+} roam_icmp_state SEC(".maps");
+
+/*
+ * icmp_error_fill writes, over a frame resized to hold them (Ethernet, the
+ * new IP and ICMP headers, then the old Ethernet header's place and the
+ * quote), the ICMP error of kind about the packet that follows: back to
+ * the hop it came from (MAC addresses swapped), from the address it was
+ * sent to (a frontend or the SNAT address), quoting its start; mtu: a
+ * too-big's next-hop MTU. Returns 0, or -1 if the frame is shorter.
+ * Shared by both attach points; kind is a constant at each call.
+ */
+static __always_inline int icmp_error_fill(void *data, void *data_end, int v4, int kind, __u32 mtu)
+{
+	struct eth_hdr *neth = data;
+	if (v4) {
+		const __u32 quote = ICMP_QUOTE(kind, 1);
+		struct eth_hdr *oeth = data + sizeof(struct ip4_hdr) + sizeof(struct icmp_hdr);
+		struct ip4_hdr *ip = data + L3_OFF;
+		struct icmp_hdr *ic = data + L4_OFF4;
+		struct ip4_hdr *orig = data + ICMP4_IN_L3;
+		if ((void *)orig + quote > data_end)
+			return -1;
+		/* The old Ethernet header overlaps the new IP header: read it first. */
+		__builtin_memcpy(neth->dst, oeth->src, ETH_ALEN_);
+		__builtin_memcpy(neth->src, oeth->dst, ETH_ALEN_);
+		neth->proto = bpf_htons(ETH_P_IP_);
+		ip->ver_ihl = 0x45;
+		ip->tos = 0;
+		ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*ic) + quote);
+		ip->id = 0;
+		ip->frag_off = 0;
+		ip->ttl = 64;
+		ip->protocol = IPPROTO_ICMP_;
+		ip->check = 0;
+		ip->saddr = orig->daddr;
+		ip->daddr = orig->saddr;
+		ip->check = csum_fold_neg((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+		ic->type = kind == ICMP_ERR_TOO_BIG ? ICMP_DEST_UNREACH : ICMP_TIME_EXCEEDED;
+		ic->code = kind == ICMP_ERR_TOO_BIG ? ICMP_FRAG_NEEDED : 0;
+		ic->check = 0;
+		ic->rest = kind == ICMP_ERR_TOO_BIG ? bpf_htonl(mtu & 0xffff) : 0;
+		ic->check = csum_fold_neg((__u32)bpf_csum_diff(0, 0, (__be32 *)ic, sizeof(*ic) + quote, 0));
+		return 0;
+	}
+	const __u32 quote = ICMP_QUOTE(kind, 0);
+	struct eth_hdr *oeth = data + sizeof(struct ip6_hdr) + sizeof(struct icmp_hdr);
+	struct ip6_hdr *ip6 = data + L3_OFF;
+	struct icmp_hdr *ic = data + L4_OFF6;
+	struct ip6_hdr *orig = data + ICMP6_IN_L3;
+	if ((void *)orig + quote > data_end)
+		return -1;
+	__builtin_memcpy(neth->dst, oeth->src, ETH_ALEN_);
+	__builtin_memcpy(neth->src, oeth->dst, ETH_ALEN_);
+	neth->proto = bpf_htons(ETH_P_IPV6_);
+	ip6->vtc_flow = bpf_htonl(6 << 28);
+	ip6->payload_len = bpf_htons(sizeof(*ic) + quote);
+	ip6->nexthdr = IPPROTO_ICMPV6_;
+	ip6->hop_limit = 64;
+	__builtin_memcpy(ip6->saddr, orig->daddr, 16);
+	__builtin_memcpy(ip6->daddr, orig->saddr, 16);
+	ic->type = kind == ICMP_ERR_TOO_BIG ? ICMPV6_PKT_TOOBIG : ICMPV6_TIME_EXCEED;
+	ic->code = 0;
+	ic->check = 0;
+	ic->rest = kind == ICMP_ERR_TOO_BIG ? bpf_htonl(mtu) : 0;
+	/* The pseudo-header: addresses, upper-layer length, next header. */
+	__be32 tail[2] = {bpf_htonl(sizeof(*ic) + quote), bpf_htonl(IPPROTO_ICMPV6_)};
+	__u32 sum = bpf_csum_diff(0, 0, (__be32 *)ip6->saddr, 32, 0);
+	sum = bpf_csum_diff(0, 0, tail, sizeof(tail), sum);
+	sum = bpf_csum_diff(0, 0, (__be32 *)ic, sizeof(*ic) + quote, sum);
+	ic->check = csum_fold_neg(sum);
+	return 0;
+}
+
+/*
+ * xdp_icmp_error turns the packet into the ICMP error of kind about it, in
+ * place, and returns the verdict: XDP_TX back to the hop it came from. An
+ * IPv4 packet without DF gets a too-big too: XDP cannot fragment, and the
+ * sender's stack lowers its path MTU either way.
+ */
+static __always_inline int xdp_icmp_error(struct xdp_md *ctx, int kind, __u32 mtu)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
+	__u32 add = ICMP_ADD(v4), quote = ICMP_QUOTE(kind, v4);
+	__u32 len = data_end - data;
+	if (len < L3_OFF + quote)
+		return XDP_DROP; /* cannot be: parsed with its L4 header, or over an MTU */
+	if (bpf_xdp_adjust_head(ctx, -(int)add))
+		return XDP_DROP;
+	if (bpf_xdp_adjust_tail(ctx, (int)quote - (int)(len - L3_OFF)))
+		return XDP_DROP;
+	if (icmp_error_fill((void *)(long)ctx->data, (void *)(long)ctx->data_end, v4, kind, mtu) < 0)
+		return XDP_DROP;
+	return XDP_TX;
+}
+
+/*
+ * tc_icmp_error turns the packet into the ICMP error of kind about it and
+ * returns the verdict: from an ingress hook (a pod's veth, or XDP's pass)
+ * out of the interface it came in by; a packet of this host (egress, no
+ * ingress interface) into the host's stack by its interface's ingress.
+ * A packet the kernel forwarded to an egress hook has the next hop's MAC
+ * addresses, not the previous one's: dropped without answer. A
+ * CHECKSUM_PARTIAL skb stays so: its receiver (a pod or this host, both
+ * over a software path) trusts its checksums.
+ */
+static __always_inline int tc_icmp_error(struct __sk_buff *skb, int kind, __u32 mtu)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	__u32 in = skb->ingress_ifindex, dev = skb->ifindex;
+	if (in && in != dev)
+		return TC_ACT_SHOT;
+	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
+	__u32 add = ICMP_ADD(v4), quote = ICMP_QUOTE(kind, v4);
+	if (skb->len < L3_OFF + quote)
+		return TC_ACT_SHOT;
+	if (bpf_skb_change_tail(skb, L3_OFF + quote, 0) || bpf_skb_change_head(skb, add, 0) ||
+	    bpf_skb_pull_data(skb, L3_OFF + add + quote))
+		return TC_ACT_SHOT;
+	if (icmp_error_fill((void *)(long)skb->data, (void *)(long)skb->data_end, v4, kind, mtu) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(dev, in ? 0 : BPF_F_INGRESS);
+}
+
+#endif /* ICMP_H */
+
+/* Each program's own: roam.c compiles this part once for XDP, once for tc. */
+#ifndef ICMP_PROG_H
+#define ICMP_PROG_H
 
 /*
  * roam_icmp: p is an ICMP or ICMPv6 packet (its outer header parsed). If it
@@ -115,12 +296,6 @@ static __noinline int roam_icmp(ROAM_CTX *ctx, struct pkt *p, struct xlate *x)
 	x->counter = cv->counter;
 	x->action = ACTION_REDIRECT;
 	return VERDICT_FLOW;
-}
-
-/* csum_sum adds a bpf_csum_diff result (a 32-bit partial sum) to a running one. */
-static __always_inline __u32 csum_sum(__u32 acc, __s64 diff)
-{
-	return csum_add32(acc, (__u32)diff);
 }
 
 /*
@@ -225,44 +400,11 @@ static __always_inline void mss_clamp(ROAM_CTX *ctx, struct pkt *p, __u32 mtu)
 	roam_l4_csum(ctx, p, l4, 0, csum_diff16(&old, &mss, 1));
 }
 
-/* The errors the programs answer with (icmp_error_fill's kind). */
-#define ICMP_ERR_TOO_BIG 0	 /* fragmentation needed (IPv4), packet too big (ICMPv6) */
-#define ICMP_ERR_TIME_EXCEEDED 1 /* time exceeded in transit (IPv4 type 11, ICMPv6 type 3), code 0 */
-#define ICMPV6_TIME_EXCEED 3
-
-/* How much of an expired packet a time exceeded quotes: its IP header and 8 bytes (RFC 792), all a redirected packet is sure to have. */
-#define TTL_QUOTE4 28
-#define TTL_QUOTE6 48
-
-#define ICMP_QUOTE(kind, v4) ((kind) == ICMP_ERR_TOO_BIG ? ((v4) ? TOO_BIG_QUOTE4 : TOO_BIG_QUOTE6) : ((v4) ? TTL_QUOTE4 : TTL_QUOTE6))
-#define ICMP_ADD(v4) ((v4) ? sizeof(struct ip4_hdr) + sizeof(struct icmp_hdr) : sizeof(struct ip6_hdr) + sizeof(struct icmp_hdr))
-
-/*
- * Time exceeded is answered as a router answers it, within a budget: per
- * CPU, ICMP_RATE a second on average, bursts of ICMP_BURST (Linux's
- * icmp_msgs_per_sec and icmp_msgs_burst); beyond, dropped without answer
- * (counted as icmp_limited). Not pinned: each object has its own budget.
- * XDP's next-hop lookup writes the next hop's MAC addresses into the frame
- * before the TTL is judged: an expiring packet's own are kept here first.
- */
-struct icmp_state {
-	__u64 last;   /* bpf_ktime_get_coarse_ns of the last refill */
-	__u64 credit; /* ns of credit, one answer costs 1e9 / ICMP_RATE, capped at ICMP_BURST answers */
-	__u8 macs[2 * ETH_ALEN_]; /* XDP: the expiring packet's MAC addresses, as in its Ethernet header */
-	__u32 pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct icmp_state);
-} roam_icmp_state SEC(".maps");
-
+/* icmp_state: this program's ICMP budget (and XDP's kept MAC addresses). */
 static __always_inline struct icmp_state *icmp_state(void)
 {
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&roam_icmp_state, &zero);
+	__u32 prog = ROAM_PROG;
+	return bpf_map_lookup_elem(&roam_icmp_state, &prog);
 }
 
 #ifdef ROAM_XDP
@@ -313,139 +455,6 @@ static __always_inline int icmp_allow(void)
 	b->credit = credit - cost;
 	return 1;
 }
-
-/*
- * icmp_error_fill writes, over a frame resized to hold them (Ethernet, the
- * new IP and ICMP headers, then the old Ethernet header's place and the
- * quote), the ICMP error of kind about the packet that follows: back to
- * the hop it came from (MAC addresses swapped), from the address it was
- * sent to (a frontend or the SNAT address), quoting its start; mtu: a
- * too-big's next-hop MTU. Returns 0, or -1 if the frame is shorter.
- * Shared by both attach points; kind is a constant at each call.
- */
-static __always_inline int icmp_error_fill(void *data, void *data_end, int v4, int kind, __u32 mtu)
-{
-	struct eth_hdr *neth = data;
-	if (v4) {
-		const __u32 quote = ICMP_QUOTE(kind, 1);
-		struct eth_hdr *oeth = data + sizeof(struct ip4_hdr) + sizeof(struct icmp_hdr);
-		struct ip4_hdr *ip = data + L3_OFF;
-		struct icmp_hdr *ic = data + L4_OFF4;
-		struct ip4_hdr *orig = data + ICMP4_IN_L3;
-		if ((void *)orig + quote > data_end)
-			return -1;
-		/* The old Ethernet header overlaps the new IP header: read it first. */
-		__builtin_memcpy(neth->dst, oeth->src, ETH_ALEN_);
-		__builtin_memcpy(neth->src, oeth->dst, ETH_ALEN_);
-		neth->proto = bpf_htons(ETH_P_IP_);
-		ip->ver_ihl = 0x45;
-		ip->tos = 0;
-		ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*ic) + quote);
-		ip->id = 0;
-		ip->frag_off = 0;
-		ip->ttl = 64;
-		ip->protocol = IPPROTO_ICMP_;
-		ip->check = 0;
-		ip->saddr = orig->daddr;
-		ip->daddr = orig->saddr;
-		ip->check = csum_fold_neg((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
-		ic->type = kind == ICMP_ERR_TOO_BIG ? ICMP_DEST_UNREACH : ICMP_TIME_EXCEEDED;
-		ic->code = kind == ICMP_ERR_TOO_BIG ? ICMP_FRAG_NEEDED : 0;
-		ic->check = 0;
-		ic->rest = kind == ICMP_ERR_TOO_BIG ? bpf_htonl(mtu & 0xffff) : 0;
-		ic->check = csum_fold_neg((__u32)bpf_csum_diff(0, 0, (__be32 *)ic, sizeof(*ic) + quote, 0));
-		return 0;
-	}
-	const __u32 quote = ICMP_QUOTE(kind, 0);
-	struct eth_hdr *oeth = data + sizeof(struct ip6_hdr) + sizeof(struct icmp_hdr);
-	struct ip6_hdr *ip6 = data + L3_OFF;
-	struct icmp_hdr *ic = data + L4_OFF6;
-	struct ip6_hdr *orig = data + ICMP6_IN_L3;
-	if ((void *)orig + quote > data_end)
-		return -1;
-	__builtin_memcpy(neth->dst, oeth->src, ETH_ALEN_);
-	__builtin_memcpy(neth->src, oeth->dst, ETH_ALEN_);
-	neth->proto = bpf_htons(ETH_P_IPV6_);
-	ip6->vtc_flow = bpf_htonl(6 << 28);
-	ip6->payload_len = bpf_htons(sizeof(*ic) + quote);
-	ip6->nexthdr = IPPROTO_ICMPV6_;
-	ip6->hop_limit = 64;
-	__builtin_memcpy(ip6->saddr, orig->daddr, 16);
-	__builtin_memcpy(ip6->daddr, orig->saddr, 16);
-	ic->type = kind == ICMP_ERR_TOO_BIG ? ICMPV6_PKT_TOOBIG : ICMPV6_TIME_EXCEED;
-	ic->code = 0;
-	ic->check = 0;
-	ic->rest = kind == ICMP_ERR_TOO_BIG ? bpf_htonl(mtu) : 0;
-	/* The pseudo-header: addresses, upper-layer length, next header. */
-	__be32 tail[2] = {bpf_htonl(sizeof(*ic) + quote), bpf_htonl(IPPROTO_ICMPV6_)};
-	__u32 sum = bpf_csum_diff(0, 0, (__be32 *)ip6->saddr, 32, 0);
-	sum = bpf_csum_diff(0, 0, tail, sizeof(tail), sum);
-	sum = bpf_csum_diff(0, 0, (__be32 *)ic, sizeof(*ic) + quote, sum);
-	ic->check = csum_fold_neg(sum);
-	return 0;
-}
-
-#ifdef ROAM_XDP
-/*
- * xdp_icmp_error turns the packet into the ICMP error of kind about it, in
- * place, and returns the verdict: XDP_TX back to the hop it came from. An
- * IPv4 packet without DF gets a too-big too: XDP cannot fragment, and the
- * sender's stack lowers its path MTU either way.
- */
-static __always_inline int xdp_icmp_error(struct xdp_md *ctx, int kind, __u32 mtu)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return XDP_DROP;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
-	__u32 add = ICMP_ADD(v4), quote = ICMP_QUOTE(kind, v4);
-	__u32 len = data_end - data;
-	if (len < L3_OFF + quote)
-		return XDP_DROP; /* cannot be: parsed with its L4 header, or over an MTU */
-	if (bpf_xdp_adjust_head(ctx, -(int)add))
-		return XDP_DROP;
-	if (bpf_xdp_adjust_tail(ctx, (int)quote - (int)(len - L3_OFF)))
-		return XDP_DROP;
-	if (icmp_error_fill((void *)(long)ctx->data, (void *)(long)ctx->data_end, v4, kind, mtu) < 0)
-		return XDP_DROP;
-	return XDP_TX;
-}
-#else
-/*
- * tc_icmp_error turns the packet into the ICMP error of kind about it and
- * returns the verdict: from an ingress hook (a pod's veth, or XDP's pass)
- * out of the interface it came in by; a packet of this host (egress, no
- * ingress interface) into the host's stack by its interface's ingress.
- * A packet the kernel forwarded to an egress hook has the next hop's MAC
- * addresses, not the previous one's: dropped without answer. A
- * CHECKSUM_PARTIAL skb stays so: its receiver (a pod or this host, both
- * over a software path) trusts its checksums.
- */
-static __always_inline int tc_icmp_error(struct __sk_buff *skb, int kind, __u32 mtu)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_SHOT;
-	__u32 in = skb->ingress_ifindex, dev = skb->ifindex;
-	if (in && in != dev)
-		return TC_ACT_SHOT;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
-	__u32 add = ICMP_ADD(v4), quote = ICMP_QUOTE(kind, v4);
-	if (skb->len < L3_OFF + quote)
-		return TC_ACT_SHOT;
-	if (bpf_skb_change_tail(skb, L3_OFF + quote, 0) || bpf_skb_change_head(skb, add, 0) ||
-	    bpf_skb_pull_data(skb, L3_OFF + add + quote))
-		return TC_ACT_SHOT;
-	if (icmp_error_fill((void *)(long)skb->data, (void *)(long)skb->data_end, v4, kind, mtu) < 0)
-		return TC_ACT_SHOT;
-	return bpf_redirect(dev, in ? 0 : BPF_F_INGRESS);
-}
-#endif /* ROAM_XDP */
-
 #ifdef ROAM_XDP
 #define ROAM_ICMP_ERROR xdp_icmp_error
 #else
@@ -490,3 +499,5 @@ static __always_inline int xlate_apply(ROAM_CTX *ctx, struct pkt *p, const struc
 		return icmp_rewrite(ctx, p, x);
 	return rewrite(ctx, p, x->src, x->sport, x->dst, x->dport, x);
 }
+
+#endif /* ICMP_PROG_H */

@@ -146,7 +146,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_drops SEC(".maps");
 
-/* Per-CPU scratch (struct scratch): not pinned, each object has its own. */
+/*
+ * Per-CPU scratch (struct scratch): not pinned. Both programs use it: on a
+ * CPU, one runs at a time (XDP and tc ingress in the softirq, one after the
+ * other; tc egress with softirqs off), and neither calls a helper that runs
+ * the other.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

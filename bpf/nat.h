@@ -1,10 +1,12 @@
 /* nat.h: SNAT ports (allocation, takeover of finished flows' ports, release) and the in-place rewrite with checksum updates. */
-#pragma once
 
 #include "conntrack.h"
 #include "counters.h"
 #include "csum.h"
 #include "synproxy.h"
+
+#ifndef NAT_H
+#define NAT_H
 
 /*
  * SNAT port choice follows RFC 6056's algorithm 4 (double-hash), as
@@ -206,6 +208,12 @@ static __always_inline void flow_csum(struct ct_value *fv, const struct pkt *p)
 	fv->csum_set = 1;
 }
 
+#endif /* NAT_H */
+
+/* Each program's own: roam.c compiles this part once for XDP, once for tc. */
+#ifndef NAT_PROG_H
+#define NAT_PROG_H
+
 /*
  * rewrite sets the packet's source to ns:nsport and destination to nd:ndport
  * (IPv4-mapped for IPv4), fixing the IPv4 header checksum here and the L4
@@ -273,3 +281,5 @@ static __always_inline int rewrite(ROAM_CTX *ctx, struct pkt *p, const __u8 *ns,
 		return 0;
 	return roam_l4_csum(ctx, p, l4, diff_l3, diff_ports);
 }
+
+#endif /* NAT_PROG_H */

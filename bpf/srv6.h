@@ -1,10 +1,12 @@
 /* srv6.h: SRv6 path mode (XDP): H.Encaps at the home, and at this node's SID: deliver to a local copy, forward on, decapsulate replies. */
-#pragma once
 
 #include "conntrack.h"
 #include "counters.h"
 #include "csum.h"
 #include "fib.h"
+
+#ifndef SRV6_H
+#define SRV6_H
 
 /*
  * The attach point provides roam_xmit (next hop, rewrite as a struct xlate
@@ -124,7 +126,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_srv6_prev SEC(".maps");
 
-#ifdef ROAM_XDP
 /* Copies on this node of frontends redirected by SRv6, keyed by the frontend (the inner destination). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -170,7 +171,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct srv6_scratch);
 } roam_srv6_scratch SEC(".maps");
-#endif /* ROAM_XDP */
 
 static __always_inline void srv6_count(__u32 id, __u32 stat, __u64 bytes)
 {
@@ -239,6 +239,12 @@ static __always_inline int srv6_previous(__u32 id)
 	sc->id = id;
 	return 1;
 }
+
+#endif /* SRV6_H */
+
+/* Each program's own: roam.c compiles this part once for XDP, once for tc. */
+#ifndef SRV6_PROG_H
+#define SRV6_PROG_H
 
 #ifdef ROAM_XDP
 /*
@@ -1045,3 +1051,5 @@ static __noinline int srv6_encap_skb(struct __sk_buff *skb, struct pkt *p, const
 }
 
 #endif /* ROAM_XDP */
+
+#endif /* SRV6_PROG_H */

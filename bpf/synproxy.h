@@ -29,11 +29,13 @@
  * request socket, is sent again) and its data is lost; the client sends it
  * again after its retransmission timeout (counted: synproxy_early).
  */
-#pragma once
 
 #include "conntrack.h"
 #include "counters.h"
 #include "csum.h"
+
+#ifndef SYNPROXY_H
+#define SYNPROXY_H
 
 /* The MSS the proxy announces to clients, per family (mss_clamp lowers what it sends on to a target). */
 #define SYNPROXY_MSS4 1460
@@ -117,9 +119,6 @@ static __always_inline __u32 synproxy_seq(void *data, void *data_end, __u32 l4, 
 	__builtin_memcpy(new, &th->seq, 8);
 	return csum_diff16(old, new, 4);
 }
-
-#ifdef ROAM_XDP
-#define ROAM_SYNPROXY 1
 
 /* synproxy_on: whether a new SYN to a redirected frontend is answered by the proxy. */
 static __always_inline int synproxy_on(const struct config *cfg, __u64 now)
@@ -454,14 +453,6 @@ static __always_inline int synproxy_ack_target(struct xdp_md *ctx, const struct 
 	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_ACK, bpf_ntohl(th->ack_seq), bpf_ntohl(th->seq) + 1,
 			       (__u32)nv->proxy_win << 16);
 }
-#else
-#define ROAM_SYNPROXY 0 /* tc: local senders are not proxied */
-#define synproxy_wanted(p, cfg, now) 0
-#define synproxy_is_cookie(ctx) 0
-#define synproxy_new(ctx, p) VERDICT_PASS
-#define synproxy_resend(ctx, p, cv) VERDICT_DROP
-#define synproxy_ack_target(ctx, nv) VERDICT_DROP
-#endif
 
 /* synproxy_mark makes the new flow fv/rv a proxied one, from what its cookie said (sc->sp). */
 static __always_inline void synproxy_mark(struct ct_value *fv, struct nat_value *rv, const struct scratch *sc)
@@ -473,6 +464,23 @@ static __always_inline void synproxy_mark(struct ct_value *fv, struct nat_value 
 	rv->proxy_isn = sc->sp.cookie;
 	rv->proxy_win = sc->sp.win;
 }
+
+#endif /* SYNPROXY_H */
+
+/* Each program's own: roam.c compiles this part once for XDP, once for tc. */
+#ifndef SYNPROXY_PROG_H
+#define SYNPROXY_PROG_H
+
+#ifdef ROAM_XDP
+#define ROAM_SYNPROXY 1
+#else
+#define ROAM_SYNPROXY 0 /* tc: local senders are not proxied */
+#define synproxy_wanted(p, cfg, now) 0
+#define synproxy_is_cookie(ctx) 0
+#define synproxy_new(ctx, p) VERDICT_PASS
+#define synproxy_resend(ctx, p, cv) VERDICT_DROP
+#define synproxy_ack_target(ctx, nv) VERDICT_DROP
+#endif
 
 /*
  * synproxy_forward: a client's packet of a proxied flow (cv). Before the
@@ -542,3 +550,5 @@ static __always_inline int synproxy_reply(ROAM_CTX *ctx, struct nat_value *nv, c
 	x->seq_delta = -nv->seq_delta;
 	return VERDICT_FLOW;
 }
+
+#endif /* SYNPROXY_PROG_H */

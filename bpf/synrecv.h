@@ -10,13 +10,14 @@
  * takes it) and sends it back to the target; the client's SYN
  * retransmission then finds the port clean.
  */
-#pragma once
 
 #include "csum.h"
 #include "counters.h"
 #include "synproxy.h"
 
-#ifdef ROAM_XDP
+#ifndef SYNRECV_H
+#define SYNRECV_H
+
 /*
  * xdp_stale_reset turns the target's TCP packet into an RST from its
  * destination back to its source, with sequence number its
@@ -30,12 +31,6 @@ static __always_inline int xdp_stale_reset(struct xdp_md *ctx)
 		return XDP_DROP;
 	return xdp_tcp_rebuild(ctx, REBUILD_SWAP | TCP_FLAG_RST, bpf_ntohl(h.th->ack_seq), 0, 0);
 }
-#define ROAM_STALE_ANSWERED 1
-#define ROAM_STALE_RESET(ctx) xdp_stale_reset(ctx)
-#else
-#define ROAM_STALE_ANSWERED 0 /* tc: forwarded as any reply; the client resets the flow */
-#define ROAM_STALE_RESET(ctx) VERDICT_DROP
-#endif
 
 /*
  * stale_synrecv: p is a target's reply matching nv, a TCP flow whose
@@ -51,3 +46,19 @@ static __always_inline int stale_synrecv(struct nat_value *nv, const struct pkt 
 	}
 	return !(p->tcp_flags & TCP_FLAG_RST);
 }
+
+#endif /* SYNRECV_H */
+
+/* Each program's own: roam.c compiles this part once for XDP, once for tc. */
+#ifndef SYNRECV_PROG_H
+#define SYNRECV_PROG_H
+
+#ifdef ROAM_XDP
+#define ROAM_STALE_ANSWERED 1
+#define ROAM_STALE_RESET(ctx) xdp_stale_reset(ctx)
+#else
+#define ROAM_STALE_ANSWERED 0 /* tc: forwarded as any reply; the client resets the flow */
+#define ROAM_STALE_RESET(ctx) VERDICT_DROP
+#endif
+
+#endif /* SYNRECV_PROG_H */

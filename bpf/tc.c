@@ -1,9 +1,10 @@
-/* tc.c: the tc (tcx, or clsact) entry for packets local pods or the host send to a frontend, and their replies. */
+/* tc.c: the tc (tcx, or clsact) entry for packets local pods or the host send to a frontend, and their replies (part of roam.c). */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#define ROAM_PROG ROAM_PROG_TC
 #define ROAM_CTX struct __sk_buff
 #define VERDICT_PASS TC_ACT_UNSPEC /* not roam's, or left as it came: on to the next program (tcx: TCX_NEXT; clsact: the next filter; none: as TC_ACT_OK) */
 #define VERDICT_DROP TC_ACT_SHOT
@@ -149,5 +150,3 @@ int roam_tc_redirect_drop(__u64 *ctx)
 	count_tc_redirect_drop(ctx[0], ctx[1]);
 	return 0;
 }
-
-char LICENSE[] SEC("license") = "Dual BSD/GPL";

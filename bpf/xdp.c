@@ -1,9 +1,10 @@
-/* xdp.c: the XDP entry for packets arriving at a node: NAT to the target, replies back, SRv6 paths, out by XDP_TX or redirect. */
+/* xdp.c: the XDP entry for packets arriving at a node: NAT to the target, replies back, SRv6 paths, out by XDP_TX or redirect (part of roam.c). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
 #define ROAM_XDP 1
+#define ROAM_PROG ROAM_PROG_XDP
 #define ROAM_CTX struct xdp_md
 #define VERDICT_PASS XDP_PASS
 #define VERDICT_DROP XDP_DROP
@@ -161,5 +162,3 @@ int roam_redirect_err(__u64 *ctx)
 	count_redirect_err((const struct bpf_prog *)ctx[1]);
 	return 0;
 }
-
-char LICENSE[] SEC("license") = "Dual BSD/GPL";

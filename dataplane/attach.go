@@ -75,7 +75,7 @@ func (d *Dataplane) AttachXDP(ifname, mode string) error {
 	if err != nil {
 		return fmt.Errorf("attach xdp to %s: %w", ifname, err)
 	}
-	prog := d.xdp.RoamXdp
+	prog := d.objs.RoamXdp
 	err = attachPinned(d.linkPin("xdp", ifname), iface.Index, prog, func() (link.Link, error) {
 		return link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index, Flags: flags})
 	})
@@ -106,7 +106,7 @@ func (d *Dataplane) AttachTC(ifname string) error {
 	if err := d.markPod(ifname, iface.Index); err != nil {
 		return fmt.Errorf("attach tc to %s: %w", ifname, err)
 	}
-	prog := d.tc.RoamTc
+	prog := d.objs.RoamTc
 	for _, dir := range []struct {
 		name   string
 		attach ebpf.AttachType

@@ -42,14 +42,14 @@ func TestCommitUnderTraffic(t *testing.T) {
 		commitStress(t, openTest(t, dataplane.Config{}), 2*time.Second)
 	})
 	t.Run("readers held in the window", func(t *testing.T) {
-		dataplane.SetXDPSpec(t, buildXDP(t, "-DROAM_TEST_READ_DELAY=20000"))
+		dataplane.SetSpec(t, buildRoam(t, "-DROAM_TEST_READ_DELAY=20000"))
 		commitStress(t, openTest(t, dataplane.Config{}), 2*time.Second)
 	})
 }
 
-// buildXDP compiles bpf/xdp.c with make generate's compiler and flags
+// buildRoam compiles bpf/roam.c with make generate's compiler and flags
 // ($BPF_CLANG, $BPF_CFLAGS; make test exports them) plus extra.
-func buildXDP(t *testing.T, extra ...string) *ebpf.CollectionSpec {
+func buildRoam(t *testing.T, extra ...string) *ebpf.CollectionSpec {
 	t.Helper()
 	clang := os.Getenv("BPF_CLANG")
 	if clang == "" {
@@ -62,11 +62,11 @@ func buildXDP(t *testing.T, extra ...string) *ebpf.CollectionSpec {
 			cflags += " -I/usr/include/" + string(bytes.TrimSpace(out))
 		}
 	}
-	obj := filepath.Join(t.TempDir(), "xdp.o")
+	obj := filepath.Join(t.TempDir(), "roam.o")
 	args := append(strings.Fields(cflags), "-target", "bpfel", "-mcpu=v3", "-I../bpf")
-	args = append(append(args, extra...), "-c", "../bpf/xdp.c", "-o", obj)
+	args = append(append(args, extra...), "-c", "../bpf/roam.c", "-o", obj)
 	if out, err := exec.Command(clang, args...).CombinedOutput(); err != nil {
-		t.Fatalf("compile bpf/xdp.c %v (clang from make deps): %v\n%s", extra, err, out)
+		t.Fatalf("compile bpf/roam.c %v (clang from make deps): %v\n%s", extra, err, out)
 	}
 	spec, err := ebpf.LoadCollectionSpec(obj)
 	if err != nil {

@@ -188,9 +188,9 @@ func (f Flow) String() string {
 	return s + " idle " + f.Idle.Round(time.Millisecond).String()
 }
 
-// loadXDPSpec returns the XDP object Open loads: the committed build (tests
-// swap in a build of their own, export_test.go).
-var loadXDPSpec = loadRoamXDP
+// loadSpec returns the BPF object Open loads: the committed build of
+// bpf/roam.c (tests swap in a build of their own, export_test.go).
+var loadSpec = loadRoam
 
 // Dataplane holds the loaded programs and pinned maps of one node.
 type Dataplane struct {
@@ -203,9 +203,8 @@ type Dataplane struct {
 	openGrace chan struct{}
 	freeGrace chan struct{}
 	cfg       Config
-	xdp       roamXDPObjects
-	tc        roamTCObjects
-	maps      *roamXDPMaps
+	objs      roamObjects // both programs and their maps (bpf/roam.c)
+	maps      *roamMaps
 	// redirectErr and tcRedirectErr count the XDP and tc programs' failed
 	// redirects (watchRedirectErrors).
 	redirectErr, tcRedirectErr link.Link
@@ -330,33 +329,10 @@ func Open(cfg Config) (*Dataplane, error) {
 	}
 
 	d := &Dataplane{cfg: cfg}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
-	load := func(spec *ebpf.CollectionSpec, err error, obj any) error {
-		if err != nil {
-			return err
-		}
-		for _, name := range []string{"roam_conntrack", "roam_nat"} {
-			if m := spec.Maps[name]; m != nil {
-				m.MaxEntries = uint32(cfg.MaxFlows)
-			}
-		}
-		replaced, err := replaceIncompatiblePins(spec, cfg.PinPath)
-		d.replacedPins = append(d.replacedPins, replaced...)
-		if err != nil {
-			return err
-		}
-		return spec.LoadAndAssign(obj, opts)
+	if err := d.load(); err != nil {
+		return nil, loadError("bpf", cfg.PinPath, err)
 	}
-	xdpSpec, err := loadXDPSpec()
-	if err := load(xdpSpec, err, &d.xdp); err != nil {
-		return nil, loadError("xdp", cfg.PinPath, err)
-	}
-	tcSpec, err := loadRoamTC()
-	if err := load(tcSpec, err, &d.tc); err != nil {
-		d.xdp.Close()
-		return nil, loadError("tc", cfg.PinPath, err)
-	}
-	d.maps = &d.xdp.roamXDPMaps
+	d.maps = &d.objs.roamMaps
 	if err := d.mapSlots(); err != nil {
 		d.Close()
 		return nil, err
@@ -378,6 +354,24 @@ func Open(cfg Config) (*Dataplane, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// load loads the BPF object (both programs) with its maps sized for
+// cfg.MaxFlows and pinned under cfg.PinPath (re-opened if pinned already).
+func (d *Dataplane) load() error {
+	spec, err := loadSpec()
+	if err != nil {
+		return err
+	}
+	for _, name := range []string{"roam_conntrack", "roam_nat"} {
+		if m := spec.Maps[name]; m != nil {
+			m.MaxEntries = uint32(d.cfg.MaxFlows)
+		}
+	}
+	if d.replacedPins, err = replaceIncompatiblePins(spec, d.cfg.PinPath); err != nil {
+		return err
+	}
+	return spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.cfg.PinPath}})
 }
 
 func loadError(what, pinPath string, err error) error {
@@ -415,7 +409,7 @@ func checkBPFFS(path string) error {
 }
 
 func (d *Dataplane) writeConfig() error {
-	var c roamXDPConfig
+	var c roamConfig
 	if d.cfg.SNATv4.IsValid() {
 		c.Snat4 = addr16(d.cfg.SNATv4.Unmap())
 		c.HasSnat4, c.Snat4Count = 1, uint32(d.cfg.SNATv4Count)
@@ -448,7 +442,7 @@ func (d *Dataplane) Close() error {
 			errs = append(errs, l.Close())
 		}
 	}
-	return errors.Join(append(errs, err, d.xdp.Close(), d.tc.Close())...)
+	return errors.Join(append(errs, err, d.objs.Close())...)
 }
 
 // watchRedirectErrors attaches roam_redirect_err to the tracepoint
@@ -458,7 +452,7 @@ func (d *Dataplane) Close() error {
 // the kernel's redirect code lies, redirectText; bpf/counters.h). The
 // links live as long as the data plane.
 func (d *Dataplane) watchRedirectErrors() error {
-	info, err := d.xdp.RoamXdp.Info()
+	info, err := d.objs.RoamXdp.Info()
 	if err != nil {
 		return fmt.Errorf("read xdp program info: %w", err)
 	}
@@ -466,10 +460,10 @@ func (d *Dataplane) watchRedirectErrors() error {
 	if !ok {
 		return fmt.Errorf("read xdp program id: the kernel does not say")
 	}
-	if err := d.xdp.RoamSelf.Put(uint32(0), uint32(id)); err != nil {
+	if err := d.objs.RoamSelf.Put(uint32(0), uint32(id)); err != nil {
 		return fmt.Errorf("write roam_self: %w", err)
 	}
-	l, err := link.AttachTracing(link.TracingOptions{Program: d.xdp.RoamRedirectErr})
+	l, err := link.AttachTracing(link.TracingOptions{Program: d.objs.RoamRedirectErr})
 	if err != nil {
 		return fmt.Errorf("attach roam_redirect_err to xdp:xdp_redirect_err: %w", err)
 	}
@@ -478,10 +472,10 @@ func (d *Dataplane) watchRedirectErrors() error {
 	if err != nil {
 		return err
 	}
-	if err := d.tc.RoamTcRedirectText.Put(uint32(0), text); err != nil {
+	if err := d.objs.RoamTcRedirectText.Put(uint32(0), text); err != nil {
 		return fmt.Errorf("write roam_tc_redirect_text: %w", err)
 	}
-	if d.tcRedirectErr, err = link.AttachTracing(link.TracingOptions{Program: d.tc.RoamTcRedirectDrop}); err != nil {
+	if d.tcRedirectErr, err = link.AttachTracing(link.TracingOptions{Program: d.objs.RoamTcRedirectDrop}); err != nil {
 		return fmt.Errorf("attach roam_tc_redirect_drop to skb:kfree_skb: %w", err)
 	}
 	return nil

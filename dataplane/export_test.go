@@ -16,7 +16,7 @@ import (
 
 // XDPProgramID is the kernel's id of the loaded XDP program.
 func (d *Dataplane) XDPProgramID() (ebpf.ProgramID, error) {
-	info, err := d.xdp.RoamXdp.Info()
+	info, err := d.objs.RoamXdp.Info()
 	if err != nil {
 		return 0, err
 	}
@@ -189,17 +189,17 @@ func (d *Dataplane) TakeFlows() (map[netip.AddrPort]FlowTarget, error) {
 	return out, nil
 }
 
-// SetXDPSpec makes Open load spec's XDP program (a build of bpf/xdp.c with
-// test flags) instead of the committed one until the test ends.
-func SetXDPSpec(t interface{ Cleanup(func()) }, spec *ebpf.CollectionSpec) {
-	old := loadXDPSpec
-	loadXDPSpec = func() (*ebpf.CollectionSpec, error) { return spec.Copy(), nil }
-	t.Cleanup(func() { loadXDPSpec = old })
+// SetSpec makes Open load spec (a build of bpf/roam.c with test flags)
+// instead of the committed one until the test ends.
+func SetSpec(t interface{ Cleanup(func()) }, spec *ebpf.CollectionSpec) {
+	old := loadSpec
+	loadSpec = func() (*ebpf.CollectionSpec, error) { return spec.Copy(), nil }
+	t.Cleanup(func() { loadSpec = old })
 }
 
 // TCProgramID is the kernel's id of the loaded tc program.
 func (d *Dataplane) TCProgramID() (ebpf.ProgramID, error) {
-	info, err := d.tc.RoamTc.Info()
+	info, err := d.objs.RoamTc.Info()
 	if err != nil {
 		return 0, err
 	}
@@ -210,7 +210,7 @@ func (d *Dataplane) TCProgramID() (ebpf.ProgramID, error) {
 // AttachClsactIngress attaches the tc program to ifindex's ingress by the
 // clsact fallback AttachTC takes where tcx is missing.
 func (d *Dataplane) AttachClsactIngress(ifindex int) error {
-	return attachClsact(ifindex, netlink.HANDLE_MIN_INGRESS, d.tc.RoamTc)
+	return attachClsact(ifindex, netlink.HANDLE_MIN_INGRESS, d.objs.RoamTc)
 }
 
 // Roam's clsact filter priority and handle.
@@ -228,7 +228,7 @@ func (d *Dataplane) GCHurry() bool { return d.gcHurry() }
 func (d *Dataplane) RunXDPLive(pkt []byte, ifindex int) error {
 	opts := &ebpf.RunOptions{Data: pkt, Repeat: 1, Flags: 0x2, /* BPF_F_TEST_XDP_LIVE_FRAMES */
 		Context: xdpMD{DataEnd: uint32(len(pkt)), IngressIfindex: uint32(ifindex)}}
-	if _, err := d.xdp.RoamXdp.Run(opts); err != nil {
+	if _, err := d.objs.RoamXdp.Run(opts); err != nil {
 		return fmt.Errorf("run xdp program with live frames: %w", err)
 	}
 	return nil

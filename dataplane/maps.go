@@ -15,26 +15,26 @@ import (
 // Map value layouts, generated from bpf/types.h.
 type (
 	// FrontendKey is the key of roam_services (whose value is the frontend's id).
-	FrontendKey = roamXDPFrontendKey
+	FrontendKey = roamFrontendKey
 	// ServiceValue is a frontend's record in roam_service_slots (at its
 	// id): two target slots and the active index (services.go).
-	ServiceValue = roamXDPService
+	ServiceValue = roamService
 	// TargetValue is one target slot.
-	TargetValue = roamXDPTarget
+	TargetValue = roamTarget
 	// CTKey is the key of roam_conntrack (client -> frontend) and of
 	// roam_nat (target -> SNAT address and port): one direction of a flow
 	// as seen on the wire.
-	CTKey = roamXDPCtKey
+	CTKey = roamCtKey
 	// CTValue is the value of roam_conntrack: a flow's target, SNAT and TCP state.
-	CTValue = roamXDPCtValue
+	CTValue = roamCtValue
 	// NATValue is the value of roam_nat: where a redirected flow's replies go back to.
-	NATValue = roamXDPNatValue
+	NATValue = roamNatValue
 	// Counter is one CPU's packets and bytes of a frontend and action.
-	Counter = roamXDPCounter
+	Counter = roamCounter
 	// TargetKey is the key of roam_target_counters: a redirect target.
-	TargetKey = roamXDPTargetKey
+	TargetKey = roamTargetKey
 	// TargetCounter is one CPU's packets and bytes to and from a redirect target.
-	TargetCounter = roamXDPTargetCounter
+	TargetCounter = roamTargetCounter
 )
 
 // Values shared with bpf/consts.h.

@@ -255,7 +255,7 @@ func TestBenchXDPHeld(t *testing.T) {
 	k0 := addVeth(t, tb.h, "k0", "02:00:00:00:00:30")
 	k1 := addVeth(t, tb.h, "k1", "02:00:00:00:00:31")
 	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.2.0.1:8080"), proto: lb.TCP, flags: "A", payload: make([]byte, 18), srcMAC: macPeer, dstMAC: macD0}.build(t)
-	s, err := dataplane.RoamXDPSpec()
+	s, err := dataplane.RoamSpec()
 	if err != nil {
 		t.Fatal(err)
 	}

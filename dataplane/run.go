@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -27,7 +28,7 @@ func (d *Dataplane) RunXDP(pkt []byte, ifindex int) (uint32, []byte, error) {
 	if ifindex != 0 {
 		opts.Context = xdpMD{DataEnd: uint32(len(pkt)), IngressIfindex: uint32(ifindex)}
 	}
-	ret, err := d.xdp.RoamXdp.Run(opts)
+	ret, err := d.objs.RoamXdp.Run(opts)
 	if err != nil {
 		return 0, nil, fmt.Errorf("run xdp program: %w", err)
 	}
@@ -38,7 +39,7 @@ func (d *Dataplane) RunXDP(pkt []byte, ifindex int) (uint32, []byte, error) {
 func (d *Dataplane) RunTC(pkt []byte) (uint32, []byte, error) {
 	out := make([]byte, len(pkt)+256)
 	opts := &ebpf.RunOptions{Data: pkt, DataOut: out}
-	ret, err := d.tc.RoamTc.Run(opts)
+	ret, err := d.objs.RoamTc.Run(opts)
 	if err != nil {
 		return 0, nil, fmt.Errorf("run tc program: %w", err)
 	}
@@ -56,7 +57,7 @@ type skbCtx struct {
 func (d *Dataplane) RunTCIngress(pkt []byte, ifindex int) (uint32, []byte, error) {
 	out := make([]byte, len(pkt)+256)
 	opts := &ebpf.RunOptions{Data: pkt, DataOut: out, Context: skbCtx{IngressIfindex: uint32(ifindex), Ifindex: uint32(ifindex)}}
-	ret, err := d.tc.RoamTc.Run(opts)
+	ret, err := d.objs.RoamTc.Run(opts)
 	if err != nil {
 		return 0, nil, fmt.Errorf("run tc program: %w", err)
 	}
@@ -95,14 +96,14 @@ func (d *Dataplane) BenchXDP(pkt []byte, repeat int) (time.Duration, error) {
 // and a neighbour entry for the destination, or the verdict is not a
 // transmit and an error is returned.
 func BenchXDPDetail(pkt []byte, repeat int) (BenchResult, error) {
-	spec, err := loadRoamXDP()
+	spec, err := loadRoam()
 	if err != nil {
 		return BenchResult{}, err
 	}
 	return BenchXDPSpec(spec, pkt, repeat)
 }
 
-// BenchXDPSpec is BenchXDPDetail for another build of bpf/xdp.c.
+// BenchXDPSpec is BenchXDPDetail for another build of bpf/roam.c.
 func BenchXDPSpec(spec *ebpf.CollectionSpec, pkt []byte, repeat int) (BenchResult, error) {
 	b, err := NewXDPBench(spec, pkt)
 	if err != nil {
@@ -112,11 +113,12 @@ func BenchXDPSpec(spec *ebpf.CollectionSpec, pkt []byte, repeat int) (BenchResul
 	return b.Run(repeat)
 }
 
-// XDPBench is one build of bpf/xdp.c loaded with private maps and set up
-// for BenchXDPDetail's identity NAT, to be measured many times (the
-// benchmark's ablations load several builds and measure them in turn).
+// XDPBench is the XDP program of one build of bpf/roam.c loaded with
+// private maps and set up for BenchXDPDetail's identity NAT, to be measured
+// many times (the benchmark's ablations load several builds and measure
+// them in turn).
 type XDPBench struct {
-	objs roamXDPObjects
+	objs xdpObjects
 	pkt  []byte
 	hold [2]int // HoldOn's interfaces; 0: none
 }
@@ -143,7 +145,7 @@ func attachHeld(prog *ebpf.Program, ifindex int) (link.Link, error) {
 	return l, nil
 }
 
-// NewXDPBench loads spec (a build of bpf/xdp.c; its maps are unpinned)
+// NewXDPBench loads spec's XDP program (a build of bpf/roam.c; its maps are unpinned)
 // and opens pkt's flow as BenchXDPDetail does.
 func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
 	fam, src, dst, proto, sport, dport, err := frameTuple(pkt)
@@ -157,7 +159,7 @@ func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		return nil, loadError("xdp", "", err)
 	}
-	cfg := roamXDPConfig{PortMin: sport, PortMax: sport, TcpSynNs: uint64(time.Hour), TcpSynEvictNs: uint64(time.Hour), TcpEstablishedNs: uint64(time.Hour),
+	cfg := roamConfig{PortMin: sport, PortMax: sport, TcpSynNs: uint64(time.Hour), TcpSynEvictNs: uint64(time.Hour), TcpEstablishedNs: uint64(time.Hour),
 		TcpCloseNs: uint64(time.Hour), TcpTimeWaitNs: uint64(time.Hour), UdpNs: uint64(time.Hour), UdpDrainNs: uint64(time.Hour)}
 	if fam == familyV4 {
 		cfg.Snat4, cfg.HasSnat4, cfg.Snat4Count = src, 1, 1
@@ -194,6 +196,14 @@ func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
 
 // Close releases the program and its maps.
 func (b *XDPBench) Close() error { return b.objs.Close() }
+
+// xdpObjects is what XDPBench loads of bpf/roam.c: the XDP program and the maps.
+type xdpObjects struct {
+	RoamXdp *ebpf.Program `ebpf:"roam_xdp"`
+	roamMaps
+}
+
+func (o *xdpObjects) Close() error { return errors.Join(o.RoamXdp.Close(), o.roamMaps.Close()) }
 
 // Run measures repeat runs of the established flow's packet, and an empty
 // program the same way.
@@ -312,5 +322,5 @@ func frameTuple(pkt []byte) (fam uint8, src, dst [16]uint8, proto uint8, sport, 
 	return fam, src, dst, proto, binary.BigEndian.Uint16(pkt[l4:]), binary.BigEndian.Uint16(pkt[l4+2:]), nil
 }
 
-// RoamXDPSpec is the committed build of bpf/xdp.c, for NewXDPBench.
-func RoamXDPSpec() (*ebpf.CollectionSpec, error) { return loadRoamXDP() }
+// RoamSpec is the committed build of bpf/roam.c, for NewXDPBench.
+func RoamSpec() (*ebpf.CollectionSpec, error) { return loadRoam() }

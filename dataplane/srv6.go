@@ -20,11 +20,11 @@ import (
 // Generated from bpf/srv6.h.
 type (
 	// SRv6ConfigValue is the value of roam_srv6_config.
-	SRv6ConfigValue = roamXDPSrv6Config
+	SRv6ConfigValue = roamSrv6Config
 	// LPM6Key is the key of roam_srv6_locators.
-	LPM6Key = roamXDPLpm6Key
+	LPM6Key = roamLpm6Key
 	// SRv6LocalValue is the value of roam_srv6_local.
-	SRv6LocalValue = roamXDPSrv6Local
+	SRv6LocalValue = roamSrv6Local
 )
 
 // Sizes of the encapsulation (bpf/srv6.h SRV6_OVERHEAD): outer IPv6, SRH, 16 bytes a segment.
@@ -441,7 +441,7 @@ func (d *Dataplane) SRv6Unowned() (forward, mssClamped uint64, err error) {
 // was loaded, as the kernel counts them while BPF statistics are enabled
 // (ebpf.EnableStats, or kernel.bpf_stats_enabled): the cost per packet.
 func (d *Dataplane) XDPRunStats() (runTime time.Duration, runs uint64, err error) {
-	st, err := d.xdp.RoamXdp.Stats()
+	st, err := d.objs.RoamXdp.Stats()
 	if err != nil {
 		return 0, 0, fmt.Errorf("xdp program stats: %w", err)
 	}

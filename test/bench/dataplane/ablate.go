@@ -35,7 +35,7 @@ var ablations = []ablation{
 	{"without SRv6 (no srv6_input before the NAT path)", "ABLATE_SRV6"},
 }
 
-// runAblations compiles bpf/xdp.c once per ablation (clang, the flags of
+// runAblations compiles bpf/roam.c once per ablation (clang, the flags of
 // make generate: $BPF_CLANG, $BPF_CFLAGS), loads every build side by side and measures them in
 // turn under BPF_PROG_TEST_RUN with repeat, rounds times, in a namespace
 // with the XDP path's routes and static neighbours (so the fib lookup
@@ -64,7 +64,7 @@ func runAblations(ctx context.Context, o options) error {
 	for i, a := range ablations {
 		obj := filepath.Join(dir, fmt.Sprintf("xdp%d.o", i))
 		args := append(strings.Fields(cflags), "-target", "bpfel", "-mcpu=v3",
-			"-I"+o.bpfDir, "-DROAM_ABLATE=("+a.bits+")", "-c", filepath.Join(o.bpfDir, "xdp.c"), "-o", obj)
+			"-I"+o.bpfDir, "-DROAM_ABLATE=("+a.bits+")", "-c", filepath.Join(o.bpfDir, "roam.c"), "-o", obj)
 		if out, err := exec.CommandContext(ctx, clang, args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("compile %q: %w\n%s", a.name, err, out)
 		}

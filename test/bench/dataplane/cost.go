@@ -58,7 +58,7 @@ func (b *bench) programCost(ctx context.Context) ([2]progCost, error) {
 		return out, fmt.Errorf("load bench_minfwd: %w", err)
 	}
 	defer objs.Close()
-	spec, err := dataplane.RoamXDPSpec()
+	spec, err := dataplane.RoamSpec()
 	if err != nil {
 		return out, err
 	}

@@ -65,7 +65,7 @@ func main() {
 	only := flag.String("scenarios", "", "comma-separated scenario keys to run (est4,new4,mid4,big4,est6,new6; default all)")
 	onlyPaths := flag.String("paths", "", "comma-separated paths to measure besides the reference (xdp,iptables,nftables,userspace; default all): for experiments, the ratios need all")
 	flag.StringVar(&o.profile, "profile", "", "directory: record one extra sample of each path under perf record -C <cpu> and print its top symbols")
-	flag.BoolVar(&o.ablate, "ablate", false, "only profile roam's XDP program: build bpf/xdp.c with each stage switched off (ROAM_ABLATE, bpf/consts.h) and measure the builds under BPF_PROG_TEST_RUN")
+	flag.BoolVar(&o.ablate, "ablate", false, "only profile roam's XDP program: build bpf/roam.c with each stage switched off (ROAM_ABLATE, bpf/consts.h) and measure the builds under BPF_PROG_TEST_RUN")
 	flag.StringVar(&o.bpfDir, "bpf-dir", "bpf", "the data plane's C sources, for -ablate")
 	flag.IntVar(&o.ablateRounds, "ablate-rounds", 30, "rounds of -ablate (every build measured once a round)")
 	flag.IntVar(&o.ablateRepeat, "ablate-repeat", 200_000, "BPF_PROG_TEST_RUN repeat count of one -ablate measurement")

@@ -13,7 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type roamXDPConfig struct {
+type roamConfig struct {
 	_                structs.HostLayout
 	Snat4            [16]uint8
 	Snat6            [16]uint8
@@ -35,13 +35,13 @@ type roamXDPConfig struct {
 	SynproxyHoldNs   uint64
 }
 
-type roamXDPCounter struct {
+type roamCounter struct {
 	_       structs.HostLayout
 	Packets uint64
 	Bytes   uint64
 }
 
-type roamXDPCtKey struct {
+type roamCtKey struct {
 	_      structs.HostLayout
 	Saddr  [16]uint8
 	Daddr  [16]uint8
@@ -52,7 +52,7 @@ type roamXDPCtKey struct {
 	Pad    uint16
 }
 
-type roamXDPCtValue struct {
+type roamCtValue struct {
 	_          structs.HostLayout
 	TargetAddr [16]uint8
 	SnatAddr   [16]uint8
@@ -75,7 +75,7 @@ type roamXDPCtValue struct {
 	LastSeen   uint64
 }
 
-type roamXDPFrontendKey struct {
+type roamFrontendKey struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
 	Port   uint16
@@ -83,21 +83,13 @@ type roamXDPFrontendKey struct {
 	Family uint8
 }
 
-type roamXDPIcmpState struct {
-	_      structs.HostLayout
-	Last   uint64
-	Credit uint64
-	Macs   [12]uint8
-	Pad    uint32
-}
-
-type roamXDPLpm6Key struct {
+type roamLpm6Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Addr      [16]uint8
 }
 
-type roamXDPNatValue struct {
+type roamNatValue struct {
 	_          structs.HostLayout
 	ClientAddr [16]uint8
 	FrontAddr  [16]uint8
@@ -115,63 +107,16 @@ type roamXDPNatValue struct {
 	LastSeen   uint64
 }
 
-type roamXDPNhEntry struct {
+type roamService struct {
 	_          structs.HostLayout
-	Saddr      [16]uint8
-	Daddr      [16]uint8
-	InIfindex  uint32
-	Proto      uint8
-	Family     uint8
-	MaxLen     uint16
-	Macs       [12]uint8
-	OutIfindex uint32
-	Stamp      uint64
-}
-
-type roamXDPScratch struct {
-	_     structs.HostLayout
-	Fv    roamXDPCtValue
-	Rv    roamXDPNatValue
-	Rk    roamXDPCtKey
-	Owner roamXDPCtKey
-	Nk    roamXDPCtKey
-	Fk    roamXDPCtKey
-	Ik    roamXDPCtKey
-	Svc   roamXDPFrontendKey
-	T     roamXDPTarget
-	Id    uint32
-	Pad   uint32
-	Sp    struct {
-		_       structs.HostLayout
-		Th      [24]uint8
-		Isn     uint32
-		Cookie  uint32
-		Mss     uint16
-		Win     uint16
-		Proxied uint32
-	}
-	Probe struct {
-		_      structs.HostLayout
-		H      uint32
-		First  uint32
-		Min    uint32
-		Range  uint32
-		Slots  uint32
-		Stride uint32
-		Full   uint32
-	}
-}
-
-type roamXDPService struct {
-	_          structs.HostLayout
-	Slot       [2]roamXDPTarget
+	Slot       [2]roamTarget
 	Active     uint32
 	Id         uint32
 	Generation uint64
 	SlotGen    [2]uint64
 }
 
-type roamXDPSrv6Config struct {
+type roamSrv6Config struct {
 	_      structs.HostLayout
 	Sid    [16]uint8
 	Mss4   uint16
@@ -180,67 +125,13 @@ type roamXDPSrv6Config struct {
 	Pad    [3]uint8
 }
 
-type roamXDPSrv6Local struct {
+type roamSrv6Local struct {
 	_     structs.HostLayout
 	State uint32
 	Id    uint32
 }
 
-type roamXDPSrv6Scratch struct {
-	_ structs.HostLayout
-	R struct {
-		_      structs.HostLayout
-		Id     uint32
-		Wire   uint32
-		N      uint8
-		Family uint8
-		Pad    uint16
-	}
-	P struct {
-		_          structs.HostLayout
-		Saddr      [16]uint8
-		Daddr      [16]uint8
-		Sport      uint16
-		Dport      uint16
-		Proto      uint8
-		Family     uint8
-		TcpFlags   uint8
-		Reason     uint8
-		Len        uint32
-		IpLen      uint16
-		InnerProto uint8
-		PortsOnly  uint8
-		TcpAck     uint32
-		FinEnd     uint32
-	}
-	X struct {
-		_         structs.HostLayout
-		Src       [16]uint8
-		Dst       [16]uint8
-		Sport     uint16
-		Dport     uint16
-		Id        uint32
-		Action    uint8
-		CsumSet   uint8
-		SeqFix    uint8
-		Pad       uint8
-		CsumAddrs uint16
-		CsumPorts uint16
-		SeqDelta  uint32
-		Counter   uint16
-		Pad2      uint16
-	}
-}
-
-type roamXDPSynproxyState struct {
-	_      structs.HostLayout
-	Until  uint64
-	Window uint64
-	Sent   uint64
-	Ok     uint64
-}
-
-type roamXDPTarget struct {
+type roamTarget struct {
 	_       structs.HostLayout
 	Addr    [16]uint8
 	Port    uint16
@@ -252,7 +143,7 @@ type roamXDPTarget struct {
 	Sids    [2][16]uint8
 }
 
-type roamXDPTargetCounter struct {
+type roamTargetCounter struct {
 	_           structs.HostLayout
 	ToPackets   uint64
 	ToBytes     uint64
@@ -260,7 +151,7 @@ type roamXDPTargetCounter struct {
 	FromBytes   uint64
 }
 
-type roamXDPTargetKey struct {
+type roamTargetKey struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
 	Port   uint16
@@ -272,56 +163,61 @@ type roamXDPTargetKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	roamXDPMapRoamConfig         = "roam_config"
-	roamXDPMapRoamConntrack      = "roam_conntrack"
-	roamXDPMapRoamCounters       = "roam_counters"
-	roamXDPMapRoamDrops          = "roam_drops"
-	roamXDPMapRoamIcmpState      = "roam_icmp_state"
-	roamXDPMapRoamIfaces         = "roam_ifaces"
-	roamXDPMapRoamNat            = "roam_nat"
-	roamXDPMapRoamNexthop        = "roam_nexthop"
-	roamXDPMapRoamScratch        = "roam_scratch"
-	roamXDPMapRoamSelf           = "roam_self"
-	roamXDPMapRoamServiceSlots   = "roam_service_slots"
-	roamXDPMapRoamServices       = "roam_services"
-	roamXDPMapRoamSnatCursor     = "roam_snat_cursor"
-	roamXDPMapRoamSrv6Config     = "roam_srv6_config"
-	roamXDPMapRoamSrv6Flows      = "roam_srv6_flows"
-	roamXDPMapRoamSrv6Local      = "roam_srv6_local"
-	roamXDPMapRoamSrv6Locators   = "roam_srv6_locators"
-	roamXDPMapRoamSrv6Prev       = "roam_srv6_prev"
-	roamXDPMapRoamSrv6PtbScratch = "roam_srv6_ptb_scratch"
-	roamXDPMapRoamSrv6Scratch    = "roam_srv6_scratch"
-	roamXDPMapRoamSrv6Stats      = "roam_srv6_stats"
-	roamXDPMapRoamSynproxy       = "roam_synproxy"
-	roamXDPMapRoamTargetCounters = "roam_target_counters"
-	roamXDPMapRoamTargetNames    = "roam_target_names"
-	roamXDPProgRoamRedirectErr   = "roam_redirect_err"
-	roamXDPProgRoamXdp           = "roam_xdp"
+	roamMapRoamConfig          = "roam_config"
+	roamMapRoamConntrack       = "roam_conntrack"
+	roamMapRoamCounters        = "roam_counters"
+	roamMapRoamDrops           = "roam_drops"
+	roamMapRoamIcmpState       = "roam_icmp_state"
+	roamMapRoamIfaces          = "roam_ifaces"
+	roamMapRoamNat             = "roam_nat"
+	roamMapRoamNexthop         = "roam_nexthop"
+	roamMapRoamScratch         = "roam_scratch"
+	roamMapRoamSelf            = "roam_self"
+	roamMapRoamServiceSlots    = "roam_service_slots"
+	roamMapRoamServices        = "roam_services"
+	roamMapRoamSnatCursor      = "roam_snat_cursor"
+	roamMapRoamSrv6Config      = "roam_srv6_config"
+	roamMapRoamSrv6Flows       = "roam_srv6_flows"
+	roamMapRoamSrv6Local       = "roam_srv6_local"
+	roamMapRoamSrv6Locators    = "roam_srv6_locators"
+	roamMapRoamSrv6Prev        = "roam_srv6_prev"
+	roamMapRoamSrv6PtbScratch  = "roam_srv6_ptb_scratch"
+	roamMapRoamSrv6Scratch     = "roam_srv6_scratch"
+	roamMapRoamSrv6Stats       = "roam_srv6_stats"
+	roamMapRoamSrv6TcScratch   = "roam_srv6_tc_scratch"
+	roamMapRoamSynproxy        = "roam_synproxy"
+	roamMapRoamTargetCounters  = "roam_target_counters"
+	roamMapRoamTargetNames     = "roam_target_names"
+	roamMapRoamTcRedirectText  = "roam_tc_redirect_text"
+	roamMapRoamTcRedirecting   = "roam_tc_redirecting"
+	roamProgRoamRedirectErr    = "roam_redirect_err"
+	roamProgRoamTc             = "roam_tc"
+	roamProgRoamTcRedirectDrop = "roam_tc_redirect_drop"
+	roamProgRoamXdp            = "roam_xdp"
 )
 
-// loadRoamXDP returns the embedded CollectionSpec for roamXDP.
-func loadRoamXDP() (*ebpf.CollectionSpec, error) {
-	reader := bytes.NewReader(_RoamXDPBytes)
+// loadRoam returns the embedded CollectionSpec for roam.
+func loadRoam() (*ebpf.CollectionSpec, error) {
+	reader := bytes.NewReader(_RoamBytes)
 	spec, err := ebpf.LoadCollectionSpecFromReader(reader)
 	if err != nil {
-		return nil, fmt.Errorf("can't load roamXDP: %w", err)
+		return nil, fmt.Errorf("can't load roam: %w", err)
 	}
 
 	return spec, err
 }
 
-// loadRoamXDPObjects loads roamXDP and converts it into a struct.
+// loadRoamObjects loads roam and converts it into a struct.
 //
 // The following types are suitable as obj argument:
 //
-//	*roamXDPObjects
-//	*roamXDPPrograms
-//	*roamXDPMaps
+//	*roamObjects
+//	*roamPrograms
+//	*roamMaps
 //
 // See ebpf.CollectionSpec.LoadAndAssign documentation for details.
-func loadRoamXDPObjects(obj any, opts *ebpf.CollectionOptions) error {
-	spec, err := loadRoamXDP()
+func loadRoamObjects(obj any, opts *ebpf.CollectionOptions) error {
+	spec, err := loadRoam()
 	if err != nil {
 		return err
 	}
@@ -329,27 +225,29 @@ func loadRoamXDPObjects(obj any, opts *ebpf.CollectionOptions) error {
 	return spec.LoadAndAssign(obj, opts)
 }
 
-// roamXDPSpecs contains maps and programs before they are loaded into the kernel.
+// roamSpecs contains maps and programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type roamXDPSpecs struct {
-	roamXDPProgramSpecs
-	roamXDPMapSpecs
-	roamXDPVariableSpecs
+type roamSpecs struct {
+	roamProgramSpecs
+	roamMapSpecs
+	roamVariableSpecs
 }
 
-// roamXDPProgramSpecs contains programs before they are loaded into the kernel.
+// roamProgramSpecs contains programs before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type roamXDPProgramSpecs struct {
-	RoamRedirectErr *ebpf.ProgramSpec `ebpf:"roam_redirect_err"`
-	RoamXdp         *ebpf.ProgramSpec `ebpf:"roam_xdp"`
+type roamProgramSpecs struct {
+	RoamRedirectErr    *ebpf.ProgramSpec `ebpf:"roam_redirect_err"`
+	RoamTc             *ebpf.ProgramSpec `ebpf:"roam_tc"`
+	RoamTcRedirectDrop *ebpf.ProgramSpec `ebpf:"roam_tc_redirect_drop"`
+	RoamXdp            *ebpf.ProgramSpec `ebpf:"roam_xdp"`
 }
 
-// roamXDPMapSpecs contains maps before they are loaded into the kernel.
+// roamMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type roamXDPMapSpecs struct {
+type roamMapSpecs struct {
 	RoamConfig         *ebpf.MapSpec `ebpf:"roam_config"`
 	RoamConntrack      *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters       *ebpf.MapSpec `ebpf:"roam_counters"`
@@ -371,37 +269,40 @@ type roamXDPMapSpecs struct {
 	RoamSrv6PtbScratch *ebpf.MapSpec `ebpf:"roam_srv6_ptb_scratch"`
 	RoamSrv6Scratch    *ebpf.MapSpec `ebpf:"roam_srv6_scratch"`
 	RoamSrv6Stats      *ebpf.MapSpec `ebpf:"roam_srv6_stats"`
+	RoamSrv6TcScratch  *ebpf.MapSpec `ebpf:"roam_srv6_tc_scratch"`
 	RoamSynproxy       *ebpf.MapSpec `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.MapSpec `ebpf:"roam_target_counters"`
 	RoamTargetNames    *ebpf.MapSpec `ebpf:"roam_target_names"`
+	RoamTcRedirectText *ebpf.MapSpec `ebpf:"roam_tc_redirect_text"`
+	RoamTcRedirecting  *ebpf.MapSpec `ebpf:"roam_tc_redirecting"`
 }
 
-// roamXDPVariableSpecs contains global variables before they are loaded into the kernel.
+// roamVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
-type roamXDPVariableSpecs struct {
+type roamVariableSpecs struct {
 }
 
-// roamXDPObjects contains all objects after they have been loaded into the kernel.
+// roamObjects contains all objects after they have been loaded into the kernel.
 //
-// It can be passed to loadRoamXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
-type roamXDPObjects struct {
-	roamXDPPrograms
-	roamXDPMaps
-	roamXDPVariables
+// It can be passed to loadRoamObjects or ebpf.CollectionSpec.LoadAndAssign.
+type roamObjects struct {
+	roamPrograms
+	roamMaps
+	roamVariables
 }
 
-func (o *roamXDPObjects) Close() error {
-	return _RoamXDPClose(
-		&o.roamXDPPrograms,
-		&o.roamXDPMaps,
+func (o *roamObjects) Close() error {
+	return _RoamClose(
+		&o.roamPrograms,
+		&o.roamMaps,
 	)
 }
 
-// roamXDPMaps contains all maps after they have been loaded into the kernel.
+// roamMaps contains all maps after they have been loaded into the kernel.
 //
-// It can be passed to loadRoamXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
-type roamXDPMaps struct {
+// It can be passed to loadRoamObjects or ebpf.CollectionSpec.LoadAndAssign.
+type roamMaps struct {
 	RoamConfig         *ebpf.Map `ebpf:"roam_config"`
 	RoamConntrack      *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters       *ebpf.Map `ebpf:"roam_counters"`
@@ -423,13 +324,16 @@ type roamXDPMaps struct {
 	RoamSrv6PtbScratch *ebpf.Map `ebpf:"roam_srv6_ptb_scratch"`
 	RoamSrv6Scratch    *ebpf.Map `ebpf:"roam_srv6_scratch"`
 	RoamSrv6Stats      *ebpf.Map `ebpf:"roam_srv6_stats"`
+	RoamSrv6TcScratch  *ebpf.Map `ebpf:"roam_srv6_tc_scratch"`
 	RoamSynproxy       *ebpf.Map `ebpf:"roam_synproxy"`
 	RoamTargetCounters *ebpf.Map `ebpf:"roam_target_counters"`
 	RoamTargetNames    *ebpf.Map `ebpf:"roam_target_names"`
+	RoamTcRedirectText *ebpf.Map `ebpf:"roam_tc_redirect_text"`
+	RoamTcRedirecting  *ebpf.Map `ebpf:"roam_tc_redirecting"`
 }
 
-func (m *roamXDPMaps) Close() error {
-	return _RoamXDPClose(
+func (m *roamMaps) Close() error {
+	return _RoamClose(
 		m.RoamConfig,
 		m.RoamConntrack,
 		m.RoamCounters,
@@ -451,34 +355,41 @@ func (m *roamXDPMaps) Close() error {
 		m.RoamSrv6PtbScratch,
 		m.RoamSrv6Scratch,
 		m.RoamSrv6Stats,
+		m.RoamSrv6TcScratch,
 		m.RoamSynproxy,
 		m.RoamTargetCounters,
 		m.RoamTargetNames,
+		m.RoamTcRedirectText,
+		m.RoamTcRedirecting,
 	)
 }
 
-// roamXDPVariables contains all global variables after they have been loaded into the kernel.
+// roamVariables contains all global variables after they have been loaded into the kernel.
 //
-// It can be passed to loadRoamXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
-type roamXDPVariables struct {
+// It can be passed to loadRoamObjects or ebpf.CollectionSpec.LoadAndAssign.
+type roamVariables struct {
 }
 
-// roamXDPPrograms contains all programs after they have been loaded into the kernel.
+// roamPrograms contains all programs after they have been loaded into the kernel.
 //
-// It can be passed to loadRoamXDPObjects or ebpf.CollectionSpec.LoadAndAssign.
-type roamXDPPrograms struct {
-	RoamRedirectErr *ebpf.Program `ebpf:"roam_redirect_err"`
-	RoamXdp         *ebpf.Program `ebpf:"roam_xdp"`
+// It can be passed to loadRoamObjects or ebpf.CollectionSpec.LoadAndAssign.
+type roamPrograms struct {
+	RoamRedirectErr    *ebpf.Program `ebpf:"roam_redirect_err"`
+	RoamTc             *ebpf.Program `ebpf:"roam_tc"`
+	RoamTcRedirectDrop *ebpf.Program `ebpf:"roam_tc_redirect_drop"`
+	RoamXdp            *ebpf.Program `ebpf:"roam_xdp"`
 }
 
-func (p *roamXDPPrograms) Close() error {
-	return _RoamXDPClose(
+func (p *roamPrograms) Close() error {
+	return _RoamClose(
 		p.RoamRedirectErr,
+		p.RoamTc,
+		p.RoamTcRedirectDrop,
 		p.RoamXdp,
 	)
 }
 
-func _RoamXDPClose(closers ...io.Closer) error {
+func _RoamClose(closers ...io.Closer) error {
 	for _, closer := range closers {
 		if err := closer.Close(); err != nil {
 			return err
@@ -489,5 +400,5 @@ func _RoamXDPClose(closers ...io.Closer) error {
 
 // Do not access this directly.
 //
-//go:embed roamxdp_bpfel.o
-var _RoamXDPBytes []byte
+//go:embed roam_bpfel.o
+var _RoamBytes []byte
