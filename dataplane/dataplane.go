@@ -123,17 +123,9 @@ func ParseSYNProxyMode(s string) (SYNProxyMode, error) {
 	return 0, fmt.Errorf("SYN proxy mode %q: want off, always or flood", s)
 }
 
-func (m SYNProxyMode) String() string {
-	switch m {
-	case SYNProxyOff:
-		return "off"
-	case SYNProxyAlways:
-		return "always"
-	case SYNProxyFlood:
-		return "flood"
-	}
-	return fmt.Sprintf("synproxy(%d)", uint8(m))
-}
+var synProxyModeNames = [...]string{SYNProxyOff: "off", SYNProxyAlways: "always", SYNProxyFlood: "flood"}
+
+func (m SYNProxyMode) String() string { return enumName(synProxyModeNames[:], m, "synproxy") }
 
 // Timeouts say how long a flow lives with no packet in either direction,
 // by state. IdleTimeout (Config) is UDP's; a flow is "done" (no longer

@@ -67,18 +67,17 @@ const (
 	ActionDrop     Action = 3
 )
 
-func (a Action) String() string {
-	switch a {
-	case ActionPass:
-		return "pass"
-	case ActionRedirect:
-		return "redirect"
-	case ActionReverse:
-		return "reverse"
-	case ActionDrop:
-		return "drop"
+var actionNames = [...]string{ActionPass: "pass", ActionRedirect: "redirect", ActionReverse: "reverse", ActionDrop: "drop"}
+
+func (a Action) String() string { return enumName(actionNames[:], a, "action") }
+
+// enumName is v's name in names (indexed by value), or kind(v) for a value
+// without one: the String of the data plane's small enums.
+func enumName[T ~uint8 | ~uint32](names []string, v T, kind string) string {
+	if uint64(v) < uint64(len(names)) && names[v] != "" {
+		return names[v]
 	}
-	return fmt.Sprintf("action(%d)", uint32(a))
+	return fmt.Sprintf("%s(%d)", kind, uint64(v))
 }
 
 // DropReasons names bpf/consts.h enum drop_reason, by index.

@@ -246,17 +246,9 @@ const (
 	SRv6Draining SRv6State = 2 // deliver the flows it has, send new ones on
 )
 
-func (s SRv6State) String() string {
-	switch s {
-	case SRv6Gone:
-		return "gone"
-	case SRv6Serving:
-		return "serving"
-	case SRv6Draining:
-		return "draining"
-	}
-	return fmt.Sprintf("srv6state(%d)", uint32(s))
-}
+var srv6StateNames = [...]string{SRv6Gone: "gone", SRv6Serving: "serving", SRv6Draining: "draining"}
+
+func (s SRv6State) String() string { return enumName(srv6StateNames[:], s, "srv6state") }
 
 // SetSRv6Copy says what the copy of f on this node does: serving, draining,
 // or gone (removes it and the flows it delivered). f is the frontend as the
