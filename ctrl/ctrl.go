@@ -269,6 +269,12 @@ type Migration struct {
 	// ToSID is, for a service redirected by SRv6, the SID of the node of
 	// the destination the path names (its ForeignReply.SRv6SID).
 	ToSID netip.Addr `json:"to_sid,omitzero"`
+	// FromSID is, for a service redirected by SRv6 from an abroad
+	// location, the SID of the old location's node the path named (the
+	// record's SRv6SID when the move started; unset: node 0 of that
+	// cluster's locator, as for a record). Recovery rebuilds the path
+	// [old, new] from it once the record already says the new location.
+	FromSID netip.Addr `json:"from_sid,omitzero"`
 	// FromEpoch is the old copy's epoch (cleanup removes only that copy);
 	// Epoch the new copy's.
 	FromEpoch Epoch `json:"from_epoch,omitzero"`

@@ -179,7 +179,7 @@ func (e *Engine) MovedOn(ctx context.Context, from ctrl.Caller, n ctrl.MovedOn) 
 	}
 	m := &ctrl.Migration{ID: n.Epoch.MigrationID, Service: n.Service, Role: ctrl.RoleReroute, Reason: "moved-on",
 		Home: e.cfg.ClusterID, HomeURL: e.cfg.URL, From: n.From, FromURL: e.urlOf(n.From, r.ClusterURL), FromEndpoints: r.Endpoints,
-		FromEpoch: r.Epoch, Epoch: n.Epoch, To: n.To, ToURL: e.urlOf(n.To, n.ToURL), ToEndpoints: n.Endpoints, ToSID: n.SRv6SID,
+		FromSID: r.SRv6SID, FromEpoch: r.Epoch, Epoch: n.Epoch, To: n.To, ToURL: e.urlOf(n.To, n.ToURL), ToEndpoints: n.Endpoints, ToSID: n.SRv6SID,
 		State: ctrl.StateRunning, Started: time.Now().UTC()}
 	if n.To == e.cfg.ClusterID {
 		m.ToEndpoints = nil

@@ -189,14 +189,19 @@ func (e *Engine) recoverLocked(ctx context.Context, id string) error {
 // or local, or an SRv6 path by the service's mode), from the record
 // before the move. That is r while it still says the old epoch. A record
 // already moved (a commit that failed on some node was rolled forward)
-// says where the service went: a home's migration left home (local
-// before it); a reroute's old location and its node are no longer in it,
-// and its path is then [new], the path the record names. before is the
-// record the target was computed from.
+// says where the service went; the record before it is rebuilt from m: a
+// home's migration left home (local before it), a reroute's left its old
+// location (m.From, its endpoints, and the node m.FromSID: by SRv6 the
+// path is then [old, new] again, not [new]). before is the record the
+// target was computed from.
 func (e *Engine) commitTarget(m *ctrl.Migration, r ctrl.Record) (want func(int) lb.Target, before ctrl.Record, err error) {
 	before = r
-	if r.Epoch == m.Epoch && m.Role == ctrl.RoleHome {
+	switch {
+	case r.Epoch != m.Epoch:
+	case m.Role == ctrl.RoleHome:
 		before.Kind, before.Cluster, before.ClusterURL, before.Endpoints, before.SRv6SID = ctrl.KindLocal, e.cfg.ClusterID, e.cfg.URL, nil, netip.Addr{}
+	case m.Role == ctrl.RoleReroute:
+		before.Kind, before.Cluster, before.ClusterURL, before.Endpoints, before.SRv6SID = ctrl.KindAbroad, m.From, m.FromURL, m.FromEndpoints, m.FromSID
 	}
 	want, err = e.rerouteTarget(m, before)
 	return want, before, err

@@ -201,6 +201,24 @@ func TestCrashAtEachJournalPointKeepsRedirectMode(t *testing.T) {
 	}
 }
 
+// settleRolledForward checks that the home a's record says to after a
+// migration whose commit failed on some node (rolled forward), then
+// settles it (a restart of a, or a reconcile) and returns what a staged
+// meanwhile.
+func settleRolledForward(t *testing.T, w *world, to string, restart bool) []string {
+	t.Helper()
+	if r := w.mustRecord("a"); r.Cluster != to {
+		t.Fatalf("home record after the failed commit at %s, want %s (rolled forward)", r.Cluster, to)
+	}
+	w.acts.take()
+	if restart {
+		w.restart("a")
+	} else {
+		w.reconcile("a")
+	}
+	return w.acts.take("a: agents stage")
+}
+
 // TestCommitFailedRollsForwardInMode: a commit that fails on one node is
 // rolled forward (the record already says where the service went, the
 // journal stays at the commit); the reconcile that settles it, and one
@@ -225,16 +243,7 @@ func TestCommitFailedRollsForwardInMode(t *testing.T) {
 				if m, err := w.migrate("a", "b"); !errors.Is(err, ErrUnsettled) || m.State != ctrl.StateRunning {
 					t.Fatalf("migration with a failed commit: %+v, %v: want unsettled", m, err)
 				}
-				if r := w.mustRecord("a"); r.Cluster != "b" {
-					t.Fatalf("record after the failed commit at %s, want b (rolled forward)", r.Cluster)
-				}
-				w.acts.take()
-				if restart {
-					w.restart("a")
-				} else {
-					w.reconcile("a")
-				}
-				for _, s := range w.acts.take("a: agents stage") {
+				for _, s := range settleRolledForward(t, w, "b", restart) {
 					if strings.Contains(s, bad) {
 						t.Fatalf("settling the rolled-forward migration staged %q", s)
 					}
@@ -250,5 +259,51 @@ func TestCommitFailedRollsForwardInMode(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestCommitFailedBetweenAbroadKeepsOldOnPath: a move on by SRv6 between
+// two abroad locations (b -> c, the home a reroutes) whose commit fails
+// on one node is rolled forward (the record already says c); the
+// reconcile that settles it, and one after a restart, commit the path
+// the uninterrupted move would have, [b, c] (b's copy still holds its
+// flows), on every node, not [c]; once b's copy is gone, [c].
+func TestCommitFailedBetweenAbroadKeepsOldOnPath(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restart=%v", restart), func(t *testing.T) {
+			w := srv6World(t, nil, "a", "b", "c")
+			w.deploy("a")
+			w.mustMigrate("a", "b")
+			w.reconcile("a")
+			a, f := w.cluster("a"), w.frontend("a")
+			a.ag.faults.set("commit node1", fault{err: errInjected, times: 1})
+			if _, err := w.migrate("b", "c"); err == nil {
+				t.Fatal("move on with a failed commit at the home: no error")
+			}
+			staged := settleRolledForward(t, w, "c", restart)
+			two := lb.SRv6(testSID(t, 2), testSID(t, 3))
+			for i := range 2 {
+				if got := a.ag.active(i, f); got != two {
+					t.Fatalf("home node %d after settling: %s, want [b, c] %s (staged: %q)", i, got, two, staged)
+				}
+			}
+			w.reconcile("b") // the mover settles once the home answers
+			one := lb.SRv6(testSID(t, 3))
+			w.eventually("[c] on every home node once b's copy is gone", func() error {
+				for i := range 2 {
+					if got := a.ag.active(i, f); got != one {
+						return fmt.Errorf("home node %d: %s, want %s", i, got, one)
+					}
+				}
+				if _, runs := w.cluster("b").be.running("web"); runs {
+					return errors.New("b's copy still runs")
+				}
+				return nil
+			})
+			ms, _ := w.eng("a").Migrations()
+			if last := ms[len(ms)-1]; last.State != ctrl.StateDone || last.FromSID != testSID(t, 2) {
+				t.Fatalf("home's migration %+v, want done, from_sid %s", last, testSID(t, 2))
+			}
+		})
 	}
 }
