@@ -167,6 +167,15 @@ func auditedOnce(t *testing.T, nc *nats.Conn, prefix string, n int) int {
 	return msgs
 }
 
+// placeAcked places n requests (ids prefix-i, 4 at a time) and waits
+// until s has every audit record acknowledged.
+func placeAcked(t *testing.T, s *Server, c *Client, prefix string, n int) []string {
+	t.Helper()
+	ids := placeMany(t, c, prefix, n, 4)
+	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+	return ids
+}
+
 // auditReady publishes 10 clusters' hellos on nc, waits until s knows
 // them, and returns a requester without a cache (each placement asks s).
 func auditReady(t *testing.T, s *Server, nc *nats.Conn) *Client {
@@ -236,8 +245,7 @@ func TestAuditPublishRefused(t *testing.T) {
 	s := startServer(t, ServerConfig{AuditSpool: t.TempDir(), HelloInterval: time.Minute})
 	nc := connect(t, s.ClientURL())
 	c := auditReady(t, s, nc)
-	before := placeMany(t, c, "before", 50, 4)
-	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+	before := placeAcked(t, s, c, "before", 50)
 
 	resume := refuseAuditAppends(t, nc)
 	during := placeMany(t, c, "during", 100, 4)
@@ -419,8 +427,7 @@ func TestAuditStallSmallPayload(t *testing.T) {
 	}
 	nc := connect(t, ns.ClientURL())
 	c := auditReady(t, s, nc)
-	before := placeMany(t, c, "before", 20, 4)
-	waitFor(t, "acknowledged", func() bool { return s.auditLog.pendingRecords() == 0 })
+	before := placeAcked(t, s, c, "before", 20)
 
 	resume := refuseAuditAppends(t, nc)
 	during := placeMany(t, c, "during", 400, 4)
