@@ -525,13 +525,22 @@ func (d *Dataplane) Remove(f lb.Frontend) error {
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
+	if err := d.deleteFlows(dead, deadNAT); err != nil {
+		return fmt.Errorf("remove %s: %w", f, err)
+	}
+	return nil
+}
+
+// deleteFlows deletes the conntrack entries ct and the NAT entries nat;
+// one already gone is not an error.
+func (d *Dataplane) deleteFlows(ct, nat []CTKey) error {
 	for _, del := range []struct {
 		m    *ebpf.Map
 		keys []CTKey
-	}{{d.maps.RoamConntrack, dead}, {d.maps.RoamNat, deadNAT}} {
+	}{{d.maps.RoamConntrack, ct}, {d.maps.RoamNat, nat}} {
 		for i := range del.keys {
 			if err := del.m.Delete(&del.keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("remove %s: delete flow: %w", f, err)
+				return fmt.Errorf("delete flow %s: %w", del.keys[i], err)
 			}
 		}
 	}

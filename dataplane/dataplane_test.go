@@ -26,32 +26,22 @@ func openTest(t *testing.T, cfg dataplane.Config) *dataplane.Dataplane {
 
 func mustFrontend(t *testing.T, s string) lb.Frontend {
 	t.Helper()
-	f, err := lb.ParseFrontend(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f
+	return mustParse(t, lb.ParseFrontend, s)
 }
 
 func mustTarget(t *testing.T, s string) lb.Target {
 	t.Helper()
-	v, err := lb.ParseTarget(s)
+	return mustParse(t, lb.ParseTarget, s)
+}
+
+// mustParse is parse(s), failing the test on an error.
+func mustParse[T any](t *testing.T, parse func(string) (T, error), s string) T {
+	t.Helper()
+	v, err := parse(s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
-}
-
-// setActive stages target for f on d and commits it.
-func setActive(t *testing.T, d *dataplane.Dataplane, f lb.Frontend, target lb.Target) {
-	t.Helper()
-	gen, err := d.Stage(f, target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Commit(f, gen); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestStageCommitAbortRemove(t *testing.T) {

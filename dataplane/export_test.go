@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -15,8 +14,13 @@ import (
 // What the external tests (package dataplane_test) read of the internals.
 
 // XDPProgramID is the kernel's id of the loaded XDP program.
-func (d *Dataplane) XDPProgramID() (ebpf.ProgramID, error) {
-	info, err := d.objs.RoamXdp.Info()
+func (d *Dataplane) XDPProgramID() (ebpf.ProgramID, error) { return programID(d.objs.RoamXdp) }
+
+// TCProgramID is the kernel's id of the loaded tc program.
+func (d *Dataplane) TCProgramID() (ebpf.ProgramID, error) { return programID(d.objs.RoamTc) }
+
+func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
 	if err != nil {
 		return 0, err
 	}
@@ -176,15 +180,8 @@ func (d *Dataplane) TakeFlows() (map[netip.AddrPort]FlowTarget, error) {
 	if err := walkMap(d.maps.RoamNat, func(k CTKey, _ NATValue) { nk = append(nk, k) }); err != nil {
 		return nil, err
 	}
-	for _, del := range []struct {
-		m    *ebpf.Map
-		keys []CTKey
-	}{{d.maps.RoamConntrack, ck}, {d.maps.RoamNat, nk}} {
-		for i := range del.keys {
-			if err := del.m.Delete(&del.keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return nil, fmt.Errorf("delete %s: %w", del.keys[i], err)
-			}
-		}
+	if err := d.deleteFlows(ck, nk); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -195,16 +192,6 @@ func SetSpec(t interface{ Cleanup(func()) }, spec *ebpf.CollectionSpec) {
 	old := loadSpec
 	loadSpec = func() (*ebpf.CollectionSpec, error) { return spec.Copy(), nil }
 	t.Cleanup(func() { loadSpec = old })
-}
-
-// TCProgramID is the kernel's id of the loaded tc program.
-func (d *Dataplane) TCProgramID() (ebpf.ProgramID, error) {
-	info, err := d.objs.RoamTc.Info()
-	if err != nil {
-		return 0, err
-	}
-	id, _ := info.ID()
-	return id, nil
 }
 
 // AttachClsactIngress attaches the tc program to ifindex's ingress by the

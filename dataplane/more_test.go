@@ -109,13 +109,7 @@ func TestTCProgram(t *testing.T) {
 	} {
 		t.Logf("case: %s %s", c.frontend, c.proto)
 		in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: []byte("from the host"), srcMAC: macPeer, dstMAC: macD0}.build(t)
-		v, out, err := tb.d.RunTC(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v != tcRedirect {
-			t.Fatalf("verdict %d, want TC_ACT_REDIRECT", v)
-		}
+		out := tb.runTCRedirect(t, "first packet", in)
 		p := verifyChecksums(t, out)
 		sport, _ := l4Ports(p)
 		if sport < 50000 || sport > 50999 {
@@ -130,10 +124,7 @@ func TestTCProgram(t *testing.T) {
 			t.Fatalf("output\n got %x\nwant %x", out, want)
 		}
 		reply := spec{src: c.target, dst: netip.AddrPortFrom(snat, sport), proto: c.proto, flags: "SA", payload: []byte("back"), srcMAC: macGW, dstMAC: macD0}.build(t)
-		v, out, err = tb.d.RunTC(reply)
-		if err != nil || v != tcRedirect {
-			t.Fatalf("reply: verdict %d, %v", v, err)
-		}
+		out = tb.runTCRedirect(t, "reply", reply)
 		verifyChecksums(t, out)
 		want = spec{src: c.frontend, dst: c.client, proto: c.proto, flags: "SA", payload: []byte("back"), srcMAC: macD0, dstMAC: macClient}.build(t)
 		if !bytes.Equal(out, want) {

@@ -56,7 +56,7 @@ func newXDPTopology(t *testing.T, serve func(net.Conn)) *xdpTopology {
 	t.Cleanup(func() { ln.Close() })
 	netns.Serve(ln, serve)
 	fe := lb.Frontend{Addr: netns.HomeAddr, Port: 80, Proto: lb.TCP}
-	setActive(t, d, fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, serverPort)))
+	dptest.SetActive(t, d, fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, serverPort)))
 	return &xdpTopology{topo: topo, d: d, fe: fe}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -30,7 +31,7 @@ func TestFirstPacketAfterNeighbourFlush(t *testing.T) {
 	defer pc.Close()
 	netns.ServePackets(pc, func(_ net.Addr, p []byte) []byte { return append([]byte("echo "), p...) })
 	fe := lb.Frontend{Addr: netns.HomeAddr, Port: 53, Proto: lb.UDP}
-	setActive(t, x.d, fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 5353)))
+	dptest.SetActive(t, x.d, fe, lb.Redirect(netip.AddrPortFrom(netns.AbroadAddr1, 5353)))
 
 	flushed := 0
 	err = netns.Handle(x.topo.Home, func(h *netlink.Handle) error {

@@ -199,7 +199,7 @@ func newRedirectTestbed(t *testing.T) *testbed {
 func (tb *testbed) stage(t *testing.T, f, target string) lb.Frontend {
 	t.Helper()
 	fr := mustFrontend(t, f)
-	setActive(t, tb.d, fr, mustTarget(t, target))
+	dptest.SetActive(t, tb.d, fr, mustTarget(t, target))
 	return fr
 }
 
@@ -210,6 +210,20 @@ func (tb *testbed) run(t *testing.T, in []byte, ifindex int) (uint32, []byte) {
 		t.Fatal(err)
 	}
 	return v, out
+}
+
+// runTCRedirect runs in through the tc program, which must redirect it
+// (TC_ACT_REDIRECT), and returns the frame it sends.
+func (tb *testbed) runTCRedirect(t *testing.T, what string, in []byte) []byte {
+	t.Helper()
+	v, out, err := tb.d.RunTC(in)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if v != tcRedirect {
+		t.Fatalf("%s: verdict %d, want TC_ACT_REDIRECT", what, v)
+	}
+	return out
 }
 
 // waitNoFlows polls, for up to 20 s, until f has no flow to target left;
@@ -414,14 +428,7 @@ func TestUntouched(t *testing.T) {
 		if v != xdpPass || !bytes.Equal(out, in) {
 			t.Fatalf("XDP: verdict %d, rewritten %v; want XDP_PASS untouched", v, !bytes.Equal(out, in))
 		}
-		v, out, err := tb.d.RunTC(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v != tcRedirect {
-			t.Fatalf("tc: verdict %d, want TC_ACT_REDIRECT", v)
-		}
-		p := verifyChecksums(t, out)
+		p := verifyChecksums(t, tb.runTCRedirect(t, "tc", in))
 		ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
 		if !ip.DstIP.Equal(net.ParseIP("10.3.0.1")) || !ip.SrcIP.Equal(snat4.AsSlice()) {
 			t.Fatalf("tc: not rewritten: %v -> %v", ip.SrcIP, ip.DstIP)

@@ -220,7 +220,7 @@ func TestTargetCounterIndex(t *testing.T) {
 func TestTargetIndexAfterRemoveGrace(t *testing.T) {
 	d := openTest(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
 	f := mustFrontend(t, "10.0.0.1:7000/udp")
-	setActive(t, d, f, mustTarget(t, "redirect:10.2.0.1:7001"))
+	dptest.SetActive(t, d, f, mustTarget(t, "redirect:10.2.0.1:7001"))
 	if err := d.Remove(f); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	vnetns "github.com/vishvananda/netns"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -94,7 +95,7 @@ func newTCHost(t *testing.T, serve func(net.Conn)) *tcHost {
 		t.Fatal(err)
 	}
 	f := mustFrontend(t, "10.0.0.1:80/tcp")
-	setActive(t, d, f, mustTarget(t, "redirect:10.2.0.1:8080"))
+	dptest.SetActive(t, d, f, mustTarget(t, "redirect:10.2.0.1:8080"))
 	return &tcHost{d: d, h: h, hs: hs, f: f, a0: a0, server: server}
 }
 

@@ -20,13 +20,7 @@ import (
 // after it, so that a dump has both to show.
 func activeAndStaged(t *testing.T, dp *dataplane.Dataplane, f lb.Frontend, active, staged lb.Target) {
 	t.Helper()
-	gen, err := dp.Stage(f, active)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dp.Commit(f, gen); err != nil {
-		t.Fatal(err)
-	}
+	dptest.SetActive(t, dp, f, active)
 	if _, err := dp.Stage(f, staged); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // PinPath returns a fresh directory under /sys/fs/bpf, unique on a shared
@@ -46,4 +47,17 @@ func New(t testing.TB, cfg dataplane.Config) *dataplane.Dataplane {
 	}
 	t.Cleanup(func() { _ = d.Close() })
 	return d
+}
+
+// SetActive stages target for f on d and commits it, failing the test on
+// either error.
+func SetActive(t testing.TB, d *dataplane.Dataplane, f lb.Frontend, target lb.Target) {
+	t.Helper()
+	gen, err := d.Stage(f, target)
+	if err != nil {
+		t.Fatalf("stage %s -> %s: %v", f, target, err)
+	}
+	if err := d.Commit(f, gen); err != nil {
+		t.Fatalf("commit %s -> %s: %v", f, target, err)
+	}
 }

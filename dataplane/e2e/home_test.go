@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/roamnet/roam/dataplane"
-	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
 
@@ -43,16 +42,4 @@ func openHome(topo *netns.Topology, cfg dataplane.Config, attach bool) (*datapla
 		return nil
 	})
 	return d, err
-}
-
-// setTarget stages tg for fe and commits it.
-func setTarget(t *testing.T, d *dataplane.Dataplane, fe lb.Frontend, tg lb.Target) {
-	t.Helper()
-	gen, err := d.Stage(fe, tg)
-	if err == nil {
-		err = d.Commit(fe, gen)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
 }

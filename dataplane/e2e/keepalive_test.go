@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -109,7 +110,7 @@ func TestKeepAliveAcrossCommit(t *testing.T) {
 	url := "http://" + netip.AddrPortFrom(netns.HomeAddr, 80).String() + "/"
 	commit := func(target lb.Target) {
 		t.Helper()
-		setTarget(t, d, fe, target)
+		dptest.SetActive(t, d, fe, target)
 	}
 	// waitFlows polls Flows every 2 ms until it is want, and returns how long that took.
 	waitFlows := func(target lb.Target, want int, within time.Duration) time.Duration {

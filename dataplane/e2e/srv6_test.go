@@ -182,13 +182,7 @@ func (n *srv6Node) setCopy(t *testing.T, s dataplane.SRv6State, fs ...lb.Fronten
 func (n *srv6Node) commit(t *testing.T, tg lb.Target, fs ...lb.Frontend) {
 	t.Helper()
 	for _, f := range fs {
-		gen, err := n.d.Stage(f, tg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := n.d.Commit(f, gen); err != nil {
-			t.Fatal(err)
-		}
+		dptest.SetActive(t, n.d, f, tg)
 	}
 }
 

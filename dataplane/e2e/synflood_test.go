@@ -243,7 +243,7 @@ func TestSYNFlood(t *testing.T) {
 	// runPhase floods frontend fe for the phase while the real client connects; it returns the clients and the drops' change.
 	runPhase := func(name string, fe lb.Frontend) (*realClients, map[string]uint64) {
 		t.Helper()
-		setTarget(t, d, fe, lb.Redirect(target))
+		dptest.SetActive(t, d, fe, lb.Redirect(target))
 		fl, err := newSYNFlooder(topo.Client, netip.AddrPortFrom(fe.Addr, fe.Port))
 		if err != nil {
 			t.Fatal(err)

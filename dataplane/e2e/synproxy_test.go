@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -54,7 +55,7 @@ func TestSYNProxyClients(t *testing.T) {
 		{Addr: netns.HomeAddr, Port: 80, Proto: lb.TCP}: httpTarget,
 		{Addr: netns.HomeAddr, Port: 81, Proto: lb.TCP}: netip.AddrPortFrom(netns.AbroadAddr1, netns.CopyTCPPort),
 	} {
-		setTarget(t, d, fe, lb.Redirect(tg))
+		dptest.SetActive(t, d, fe, lb.Redirect(tg))
 	}
 	before, err := d.Drops()
 	if err != nil {
