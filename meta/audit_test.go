@@ -397,7 +397,7 @@ func TestAuditSurvivesKill(t *testing.T) {
 
 // startSmallNATS starts a NATS server with JetStream whose max_payload is
 // maxPayload (0: the server's default).
-func startSmallNATS(t *testing.T, maxPayload int32) *server.Server {
+func startSmallNATS(t testing.TB, maxPayload int32) *server.Server {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true,
 		JetStream: true, StoreDir: t.TempDir(), MaxPayload: maxPayload})

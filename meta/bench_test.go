@@ -191,3 +191,103 @@ func BenchmarkPlaceEncoded(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkClientPlace is a requester's side of a placement: Client.Place
+// against a responder on the same NATS server that answers as the MO
+// does (the index's encoded reply, fastWorld), and, beside it, a bare
+// nc.Request of the same bytes. allocs/op and B/op are the process's:
+// both include the responder's receive and reply and what nats allocates
+// for a request and its reply message; their difference is what the
+// client adds (encoding the request, decoding the reply).
+func BenchmarkClientPlace(b *testing.B) {
+	ns := startNATS(b)
+	rc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rc.Close()
+	now := time.Unix(1000, 0)
+	reg := fastWorld(now)
+	var q PlacementRequest
+	var out []byte
+	if _, err := rc.Subscribe(SubjectPlace, func(m *nats.Msg) {
+		if err := decodePlacementRequestInto(m.Data, &q); err != nil {
+			b.Error(err)
+			return
+		}
+		var rep *PlacementReply
+		if out, _, rep = reg.PlaceEncoded(LeastLoaded{}, &q, now, out[:0], "mo-1"); rep != nil {
+			b.Error("full scan answered")
+			return
+		}
+		_ = m.Respond(out)
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if err := rc.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	c, err := NewClient(nc, "c1", WithoutCache(), WithRetries(0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := testRequest("c1", Constraints{})
+	ctx := context.Background()
+	b.Run("client", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if rep, err := c.Place(ctx, req); err != nil || len(rep.Alternatives) != MaxAlternatives {
+				b.Fatal(rep, err)
+			}
+		}
+	})
+	raw := appendRequest(nil, &req)
+	b.Run("nats", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := nc.Request(SubjectPlace, raw, 2*time.Second); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkClientCodec is the client's own work on a placement: encoding
+// the request and decoding the MO's reply (its strings cut from the
+// message, as Client.Place does; a copy of it per decode stands for the
+// one nats makes).
+func BenchmarkClientCodec(b *testing.B) {
+	req := fastRequests()[1]
+	now := time.Unix(1000, 0)
+	plain := testRequest("c1", Constraints{})
+	reply, _, rep := fastWorld(now).PlaceEncoded(LeastLoaded{}, &plain, now, nil, "mo-1")
+	if rep != nil {
+		b.Fatal("full scan answered")
+	}
+	b.Run("encode", func(b *testing.B) {
+		buf := make([]byte, 0, 1024)
+		b.ReportAllocs()
+		for b.Loop() {
+			buf = appendRequest(buf[:0], &req)
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		msgs := make([][]byte, 1024)
+		for i := range msgs {
+			msgs[i] = append([]byte(nil), reply...)
+		}
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := decodePlacementReply(msgs[i%len(msgs)], true); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}

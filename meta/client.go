@@ -243,10 +243,16 @@ func (c *Client) Place(ctx context.Context, req PlacementRequest) (PlacementRepl
 	if err := req.Validate(); err != nil {
 		return PlacementReply{}, fmt.Errorf("place: %w", err)
 	}
-	b, err := json.Marshal(req)
-	if err != nil {
-		return PlacementReply{}, fmt.Errorf("encode placement request: %w", err)
-	}
+	// The request is encoded into a pooled buffer (reqenc.go): nats
+	// copies it out before a request returns.
+	bp := requestBufs.Get().(*[]byte)
+	b := appendRequest((*bp)[:0], &req)
+	defer func() {
+		if cap(b) <= 64<<10 {
+			*bp = b[:0]
+			requestBufs.Put(bp)
+		}
+	}()
 	var lastErr error
 	backoff := c.backoff
 	for attempt := 0; attempt <= c.retries; attempt++ {
@@ -300,20 +306,26 @@ func destID(r PlacementReply) string {
 }
 
 func (c *Client) request(ctx context.Context, b []byte) (PlacementReply, error) {
-	actx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	m, err := c.nc.RequestWithContext(actx, SubjectPlace, b)
+	var m *nats.Msg
+	var err error
+	if ctx.Done() == nil {
+		// Nothing can cancel ctx: nats times the request out with a
+		// pooled timer, where a context would allocate its own.
+		m, err = c.nc.Request(SubjectPlace, b, c.timeout)
+	} else {
+		actx, cancel := context.WithTimeout(ctx, c.timeout)
+		m, err = c.nc.RequestWithContext(actx, SubjectPlace, b)
+		cancel()
+	}
 	if err != nil {
 		return PlacementReply{}, fmt.Errorf("request placement: %w", err)
 	}
 	if code := m.Header.Get(micro.ErrorCodeHeader); code != "" {
 		return PlacementReply{}, &RemoteError{Code: code, Description: m.Header.Get(micro.ErrorHeader)}
 	}
-	rep, err := DecodePlacementReply(m.Data)
-	if err != nil {
-		return PlacementReply{}, err
-	}
-	return rep, nil
+	// nats gave the message its own copy of the data, which nothing else
+	// reads or writes: the reply's strings are cut from it.
+	return decodePlacementReply(m.Data, true)
 }
 
 // Clusters returns the cached latest hello of every cluster, sorted by id.

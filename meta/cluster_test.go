@@ -405,7 +405,7 @@ func TestWarmUpRound(t *testing.T) {
 
 // startNATS starts a plain NATS server with JetStream, as an external
 // NATS for MO replicas.
-func startNATS(t *testing.T) *server.Server {
+func startNATS(t testing.TB) *server.Server {
 	t.Helper()
 	return startSmallNATS(t, 0)
 }

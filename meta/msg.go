@@ -521,14 +521,21 @@ func decodePlacementRequestInto(b []byte, r *PlacementRequest) error {
 }
 
 // DecodePlacementReply parses and validates a placement reply.
-func DecodePlacementReply(b []byte) (PlacementReply, error) {
+func DecodePlacementReply(b []byte) (PlacementReply, error) { return decodePlacementReply(b, false) }
+
+// decodePlacementReply is DecodePlacementReply; owned says that b is the
+// caller's to give away (never written again), so that the reply's
+// strings may share its bytes instead of a copy of them.
+func decodePlacementReply(b []byte, owned bool) (PlacementReply, error) {
 	var r PlacementReply
 	// As for requests: the hand-written decoder, else encoding/json.
-	if len(b) > MaxMessageSize || !fastReply(b, &r) {
-		r = PlacementReply{}
-		if err := decode(b, &r); err != nil {
+	if len(b) > MaxMessageSize || !fastReply(b, &r, owned) {
+		// A reply of its own, so that r stays off the heap.
+		var slow PlacementReply
+		if err := decode(b, &slow); err != nil {
 			return PlacementReply{}, fmt.Errorf("decode placement reply: %w", err)
 		}
+		r = slow
 	}
 	if err := r.Validate(); err != nil {
 		return PlacementReply{}, fmt.Errorf("decode placement reply: %w", err)

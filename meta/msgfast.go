@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -223,6 +224,25 @@ func (r *jr) text(u interface{ UnmarshalText([]byte) error }) {
 	}
 }
 
+// parsed reads a string into *dst by parse, as the UnmarshalText of
+// netip's types does ("" is the zero value), without copying the string
+// when it is cut from r.s.
+func parsed[T any](r *jr, dst *T, parse func(string) (T, error)) {
+	s := r.str()
+	if !r.ok {
+		return
+	}
+	var v T
+	if s != "" {
+		var err error
+		if v, err = parse(s); err != nil {
+			r.ok = false
+			return
+		}
+	}
+	*dst = v
+}
+
 // object reads an object, calling field for each key (its value next);
 // field gives the key's bit, and a key seen twice or unknown (bit 0)
 // ends the fast path.
@@ -420,8 +440,17 @@ func (r *jr) constraints(c *Constraints) {
 }
 
 // fastReply decodes b into the zeroed *p; false means it left the subset.
-func fastReply(b []byte, p *PlacementReply) bool {
-	r := &jr{b: b, ok: true, s: string(b)}
+// The reply's strings are cut from one copy of b, or, when b is owned
+// (never written again), from b itself.
+func fastReply(b []byte, p *PlacementReply, owned bool) bool {
+	r := &jr{b: b, ok: true}
+	if owned {
+		r.s = unsafe.String(unsafe.SliceData(b), len(b))
+	} else {
+		r.s = string(b)
+	}
+	// The destination and the alternatives after it share one array.
+	var spare []Candidate
 	r.object(func(k []byte) uint32 {
 		switch string(k) {
 		case "v":
@@ -431,14 +460,18 @@ func fastReply(b []byte, p *PlacementReply) bool {
 			p.RequestID = r.str()
 			return 1 << 1
 		case "destination":
-			p.Destination = new(Candidate)
+			cands := make([]Candidate, 1, 1+MaxAlternatives)
+			p.Destination, spare = &cands[0], cands[1:1]
 			r.candidate(p.Destination)
 			return 1 << 2
 		case "reason":
 			p.Reason = r.str()
 			return 1 << 3
 		case "alternatives":
-			p.Alternatives = make([]Candidate, 0, MaxAlternatives)
+			p.Alternatives = spare
+			if p.Alternatives == nil {
+				p.Alternatives = make([]Candidate, 0, MaxAlternatives)
+			}
 			r.array(func() {
 				p.Alternatives = append(p.Alternatives, Candidate{})
 				r.candidate(&p.Alternatives[len(p.Alternatives)-1])
@@ -490,11 +523,11 @@ func (r *jr) candidate(c *Candidate) {
 			c.DataAddrs = []netip.Addr{}
 			r.array(func() {
 				c.DataAddrs = append(c.DataAddrs, netip.Addr{})
-				r.text(&c.DataAddrs[len(c.DataAddrs)-1])
+				parsed(r, &c.DataAddrs[len(c.DataAddrs)-1], netip.ParseAddr)
 			})
 			return 1 << 2
 		case "locator":
-			r.text(&c.Locator)
+			parsed(r, &c.Locator, netip.ParsePrefix)
 			return 1 << 3
 		case "tier":
 			c.Tier = r.str()

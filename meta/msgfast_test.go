@@ -102,7 +102,7 @@ func TestFastDecodersTakeWhatMarshalGives(t *testing.T) {
 	}
 	for _, b := range fastReplies(t) {
 		var fast PlacementReply
-		took := fastReply(b, &fast)
+		took := fastReply(b, &fast, false)
 		if escaped := strings.Contains(string(b), `\`); took == escaped {
 			t.Fatalf("reply with escapes %v, fast path %v: %s", escaped, took, b)
 		}
@@ -116,6 +116,11 @@ func TestFastDecodersTakeWhatMarshalGives(t *testing.T) {
 		got, err := DecodePlacementReply(b)
 		if err != nil || !reflect.DeepEqual(got, want) {
 			t.Fatalf("DecodePlacementReply(%s) = %+v, %v", b, got, err)
+		}
+		// The client's decode, its strings cut from the message itself.
+		owned := append([]byte(nil), b...)
+		if got, err := decodePlacementReply(owned, true); err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("decodePlacementReply(%s, owned) = %+v, %v", b, got, err)
 		}
 	}
 }
@@ -178,7 +183,40 @@ func FuzzFastRequest(f *testing.F) {
 		`{"service":{"constraints":{"min_bandwidth_mbps":1e400}}}`, `{"service":{"constraints":{"max_rtt_ms":-0.5E-3}}}`} {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(fastAsJSON(fastRequest))
+	// And the client's encoder writes what json.Marshal writes.
+	f.Fuzz(fastAsJSON(fastRequest, checkAppendRequest))
+}
+
+// checkAppendRequest checks that appendRequest writes q as json.Marshal
+// does.
+func checkAppendRequest(t *testing.T, q *PlacementRequest) {
+	t.Helper()
+	want, err := json.Marshal(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := appendRequest([]byte("x"), q); string(got[1:]) != string(want) {
+		t.Fatalf("appendRequest:\n%s\njson.Marshal:\n%s", got[1:], want)
+	}
+}
+
+// TestAppendRequestMatchesMarshal checks the client's request encoder
+// against json.Marshal on requests using every field, and on the values
+// json.Marshal escapes or omits.
+func TestAppendRequestMatchesMarshal(t *testing.T) {
+	reqs := fastRequests()
+	odd := testRequest("c<1>", Constraints{WantLabels: map[string]string{"b": "\u2028 \"&\" \xff", "a": "", "c\n": "x"},
+		ExcludeClusters: []string{}, MinBandwidthMbps: 1e21, MaxRTTMs: 1e-7, LinkFrom: LinkFromRequester})
+	odd.Service.Ports = []Port{{Name: "a\tb", Port: 65535, Protocol: lb.Proto(9)}, {Port: 1, Protocol: lb.UDP}}
+	odd.Service.Resources = Resources{MilliCPU: -5}
+	odd.Reason, odd.ExplainClusters = "", []string{"<x>"}
+	noPorts := testRequest("c2", Constraints{})
+	noPorts.Service.Ports, noPorts.Service.Resources = nil, Resources{MemoryMB: 7}
+	emptyPorts := testRequest("c2", Constraints{})
+	emptyPorts.Service.Ports = []Port{}
+	for _, q := range append(reqs, odd, noPorts, emptyPorts, PlacementRequest{}) {
+		checkAppendRequest(t, &q)
+	}
 }
 
 func FuzzFastReply(f *testing.F) {
@@ -190,12 +228,12 @@ func FuzzFastReply(f *testing.F) {
 		`{"local":false,"filtered_total":-1}`, `{"destination":{"score":1e-400}}`} {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(fastAsJSON(fastReply))
+	f.Fuzz(fastAsJSON(func(b []byte, p *PlacementReply) bool { return fastReply(b, p, false) }))
 }
 
 // fastAsJSON is a fuzz target: what the fast decoder takes, encoding/json
-// takes too and decodes to the same value.
-func fastAsJSON[T any](fast func([]byte, *T) bool) func(*testing.T, []byte) {
+// takes too and decodes to the same value; then each of also checks it.
+func fastAsJSON[T any](fast func([]byte, *T) bool, also ...func(*testing.T, *T)) func(*testing.T, []byte) {
 	return func(t *testing.T, b []byte) {
 		var got T
 		if !fast(b, &got) {
@@ -207,6 +245,9 @@ func fastAsJSON[T any](fast func([]byte, *T) bool) func(*testing.T, []byte) {
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("%q:\nfast %+v\njson %+v", b, got, want)
+		}
+		for _, check := range also {
+			check(t, &got)
 		}
 	}
 }
