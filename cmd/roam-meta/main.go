@@ -54,6 +54,10 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// GOGC 400 and a memory limit under the cgroup's, unless set in the
+	// environment (meta/gctune.go says why).
+	gogc, memLimit := meta.TuneGC()
+	log.Info("garbage collector", "gogc", gogc, "gomemlimit", memLimit)
 	policy, err := meta.NewPolicy(*policyName)
 	if err != nil {
 		return err
