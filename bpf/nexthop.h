@@ -75,10 +75,12 @@ static __always_inline int nh_match(const struct nh_entry *e, const struct xlate
  * *out_ifindex and the frame's MAC addresses set, the lookup's code
  * otherwise (*mtu: the MTU a BPF_FIB_LKUP_RET_FRAG_NEEDED names), or -1 if
  * the frame is shorter than an Ethernet header. *pod says whether the
- * egress is a local pod's veth.
+ * egress is a local pod's veth. fib: where a lookup is made (zeroed
+ * here), the caller's (nh_lookup: on the stack; a caller short of stack:
+ * per-CPU scratch).
  */
-static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u32 ifindex,
-				      __u64 now, __u32 *out_ifindex, __u32 *mtu, __u32 *pod)
+static __always_inline long nh_lookup_in(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u32 ifindex,
+					 __u64 now, __u32 *out_ifindex, __u32 *mtu, __u32 *pod, struct bpf_fib_lookup *fib)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -98,7 +100,7 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const s
 		*(__u32 *)((__u8 *)eth + 8) = *(const __u32 *)(e->macs + 8);
 		return BPF_FIB_LKUP_RET_SUCCESS;
 	}
-	struct bpf_fib_lookup fib_ = {}, *fib = &fib_; /* zeroed only here, off the cached path */
+	__builtin_memset(fib, 0, sizeof(*fib)); /* only here, off the cached path */
 	fib_params(fib, p, x->src, x->dst, x->sport, x->dport, ifindex, p->ip_len);
 	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	*out_ifindex = fib->ifindex;
@@ -121,4 +123,11 @@ static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const s
 	e->out_ifindex = fib->ifindex | (*pod ? NH_OUT_POD : 0);
 	e->stamp = now;
 	return rc;
+}
+
+static __always_inline long nh_lookup(struct xdp_md *ctx, struct pkt *p, const struct xlate *x, __u32 ifindex,
+				      __u64 now, __u32 *out_ifindex, __u32 *mtu, __u32 *pod)
+{
+	struct bpf_fib_lookup fib;
+	return nh_lookup_in(ctx, p, x, ifindex, now, out_ifindex, mtu, pod, &fib);
 }

@@ -163,6 +163,9 @@ struct srv6_scratch {
 	struct srv6_reply r;
 	struct pkt p;
 	struct xlate x;
+	struct eth_hdr eth; /* srv6_push: the frame's Ethernet header, moved in front of the encapsulation */
+	__u16 pad;
+	__u32 out, mtu, pod; /* srv6_nexthop: nh_lookup's egress, MTU and pod flag */
 };
 
 struct {
@@ -304,38 +307,85 @@ static __always_inline void srv6_clamp_mss(struct xdp_md *ctx, const struct pkt 
 	}
 }
 
+/* An inner packet's flow, read from behind the SRH. */
+struct srv6_inner {
+	struct ct_key k; /* client -> frontend */
+	__u8 tcp_flags;
+	__u8 ok;	  /* TCP or UDP, headers complete */
+	__u16 pad;
+};
+
 /*
- * srv6_route looks up the next hop of an outer IPv6 packet from saddr to
- * daddr of tot_len bytes (bpf_fib_lookup with its length, so one over the
- * route's MTU is caught: BPF_FIB_LKUP_RET_FRAG_NEEDED, fib->mtu_result).
+ * Per-CPU scratch of srv6_relay_ptb (its frame adds to the entry's and
+ * srv6_input's), whose route lookup srv6_nexthop uses too (another
+ * packet's: never at once). Its value has a size, not a type: bpf2go cannot write
+ * bpf_fib_lookup's anonymous unions as Go.
  */
-static __always_inline long srv6_route(struct xdp_md *ctx, struct bpf_fib_lookup *fib, const __u8 *saddr,
-				       const __u8 *daddr, __u32 tot_len, __u32 label)
+struct srv6_ptb_scratch {
+	struct bpf_fib_lookup fib;
+	struct srv6_inner in;
+	struct frontend_key fk;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct srv6_ptb_scratch));
+} roam_srv6_ptb_scratch SEC(".maps");
+
+/*
+ * srv6_nexthop finds the next hop of the outer packet srv6_push is about
+ * to write (from this node's SID to the first segment, tot_len bytes)
+ * through the next-hop cache (nexthop.h), keyed by the outer addresses
+ * and the ingress interface: a path's packets pay bpf_fib_lookup about
+ * once a second, as NAT's do, not each (an IPv6 lookup with its MTU
+ * check was most of an encapsulation's cost). The frame's MAC addresses
+ * are written before the encapsulation moves them (srv6_push keeps the
+ * Ethernet header). As NAT's, the cache is keyed without the flow: the
+ * first hop out of this node is chosen per path, not per flow (the outer
+ * flow label still spreads flows over ECMP further on). Returns
+ * nh_lookup's code (sc->out the egress; sc->mtu the MTU a
+ * BPF_FIB_LKUP_RET_FRAG_NEEDED names);
+ * an egress that is a local pod's veth: BPF_FIB_LKUP_RET_NOT_FWDED (an
+ * underlay never is one).
+ */
+static __always_inline long srv6_nexthop(struct xdp_md *ctx, struct srv6_scratch *sc, const __u8 *saddr,
+					 const __u8 *daddr, __u32 tot_len)
 {
-	fib->family = AF_INET6_;
-	fib->l4_protocol = IPPROTO_ROUTING_;
-	fib->tot_len = tot_len;
-	fib->flowinfo = bpf_htonl(label);
-	fib->ifindex = ctx->ingress_ifindex;
-	__builtin_memcpy(fib->ipv6_src, saddr, 16);
-	__builtin_memcpy(fib->ipv6_dst, daddr, 16);
-	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	__u32 zero = 0;
+	__builtin_memset(&sc->p, 0, sizeof(sc->p));
+	sc->p.family = FAMILY_V6;
+	sc->p.proto = IPPROTO_ROUTING_;
+	sc->p.ip_len = tot_len;
+	__builtin_memcpy(sc->x.src, saddr, 16);
+	__builtin_memcpy(sc->x.dst, daddr, 16);
+	sc->x.sport = 0;
+	sc->x.dport = 0;
+	sc->out = sc->mtu = sc->pod = 0;
+	struct srv6_ptb_scratch *fs = bpf_map_lookup_elem(&roam_srv6_ptb_scratch, &zero);
+	if (!fs)
+		return -1;
+	long rc = nh_lookup_in(ctx, &sc->p, &sc->x, ctx->ingress_ifindex, bpf_ktime_get_coarse_ns(), &sc->out, &sc->mtu,
+			       &sc->pod, &fs->fib);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS && sc->pod)
+		return BPF_FIB_LKUP_RET_NOT_FWDED;
+	return rc;
 }
 
 /*
- * srv6_send sends the (outer IPv6) packet at ctx as srv6_route found (rc):
- * XDP_TX on the same interface, redirect to another; no neighbour, or not
- * forwardable here: to the kernel; too big: dropped.
+ * srv6_send sends the (outer IPv6) packet at ctx, its MAC addresses
+ * written, as srv6_nexthop found (rc, egress out): XDP_TX on the same
+ * interface, redirect to another; no neighbour, or not forwardable here:
+ * to the kernel; too big: dropped.
  */
-static __always_inline int srv6_send(struct xdp_md *ctx, const struct bpf_fib_lookup *fib, long rc)
+static __always_inline int srv6_send(struct xdp_md *ctx, long rc, __u32 out)
 {
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
-		if (set_macs((void *)(long)ctx->data, (void *)(long)ctx->data_end, fib) < 0)
-			return XDP_DROP;
-		if (fib->ifindex == ctx->ingress_ifindex)
+		if (out == ctx->ingress_ifindex)
 			return XDP_TX;
-		return bpf_redirect(fib->ifindex, 0);
+		return bpf_redirect(out, 0);
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		count_reason(REASON_NO_NEIGH);
 		return XDP_PASS;
@@ -350,41 +400,46 @@ static __always_inline int srv6_send(struct xdp_md *ctx, const struct bpf_fib_lo
 }
 
 /* srv6_xmit sends the (outer IPv6) packet at ctx to daddr (End: on to the next segment). */
-static __always_inline int srv6_xmit(struct xdp_md *ctx, const __u8 *saddr, const __u8 *daddr, __u32 tot_len,
-				     __u32 label)
+static __always_inline int srv6_xmit(struct xdp_md *ctx, const __u8 *saddr, const __u8 *daddr, __u32 tot_len)
 {
-	struct bpf_fib_lookup fib = {};
-	long rc = srv6_route(ctx, &fib, saddr, daddr, tot_len, label);
-	return srv6_send(ctx, &fib, rc);
+	__u32 zero = 0;
+	struct srv6_scratch *sc = bpf_map_lookup_elem(&roam_srv6_scratch, &zero);
+	if (!sc)
+		return XDP_PASS;
+	long rc = srv6_nexthop(ctx, sc, saddr, daddr, tot_len);
+	if (rc < 0)
+		return XDP_DROP;
+	return srv6_send(ctx, rc, sc->out);
 }
 
 /*
  * srv6_push encapsulates the packet at ctx (parsed into p) along t's n
- * segments and sends it (H.Encaps). The route comes first, with the
- * encapsulated length: a packet that would not fit is still the client's,
- * and is answered with an ICMP "fragmentation needed" / ICMPv6 "packet too
- * big" carrying the path's MTU less the encapsulation (RFC 8754 section
- * 5.3), so the client sends smaller packets; counted as srv6_too_big.
+ * segments and sends it (H.Encaps). The route comes first
+ * (srv6_nexthop), with the encapsulated length: a packet that would not
+ * fit is still the client's, and is answered with an ICMP "fragmentation
+ * needed" / ICMPv6 "packet too big" carrying the path's MTU less the
+ * encapsulation (RFC 8754 section 5.3), so the client sends smaller
+ * packets; counted as srv6_too_big. No neighbour yet, or not
+ * forwardable: to the kernel, encapsulated (it resolves the neighbour).
  */
 static __always_inline int srv6_push(struct xdp_md *ctx, const struct pkt *p, const struct target *t,
-				     const struct srv6_config *cfg, __u32 id, const __u32 n)
+				     const struct srv6_config *cfg, struct srv6_scratch *sc, __u32 id, const __u32 n)
 {
-	struct eth_hdr eth;
-	struct bpf_fib_lookup fib = {};
-	__u32 label = srv6_flowlabel(p);
 	__u32 inner_len = p->ip_len;
-	long rc = srv6_route(ctx, &fib, cfg->sid, t->sids[0], SRV6_OVERHEAD(n) + inner_len, label);
+	long rc = srv6_nexthop(ctx, sc, cfg->sid, t->sids[0], SRV6_OVERHEAD(n) + inner_len);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		__u32 mtu = fib.mtu_result;
+		__u32 mtu = sc->mtu;
 		count_reason(REASON_SRV6_TOO_BIG);
 		count_action(id, ACTION_DROP, p->len);
 		return icmp_too_big(ctx, mtu > SRV6_OVERHEAD(n) ? mtu - SRV6_OVERHEAD(n) : 0);
 	}
+	if (rc < 0)
+		return XDP_DROP;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	if (data + sizeof(eth) > data_end)
+	if (data + sizeof(struct eth_hdr) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(&eth, data, sizeof(eth));
+	__builtin_memcpy(&sc->eth, data, sizeof(sc->eth)); /* the next hop's MAC addresses, if found */
 	__u8 inner_nh = p->family == FAMILY_V4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
 	if (bpf_xdp_adjust_head(ctx, -(int)SRV6_OVERHEAD(n)) < 0) {
 		count_reason(REASON_MALFORMED);
@@ -398,9 +453,9 @@ static __always_inline int srv6_push(struct xdp_md *ctx, const struct pkt *p, co
 	__u8 *segs = (__u8 *)(srh + 1);
 	if ((void *)(segs + 16 * n) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(e, &eth, sizeof(eth));
+	__builtin_memcpy(e, &sc->eth, sizeof(*e));
 	e->proto = bpf_htons(ETH_P_IPV6_);
-	ip6->vtc_flow = bpf_htonl(0x60000000 | label);
+	ip6->vtc_flow = bpf_htonl(0x60000000 | srv6_flowlabel(p));
 	ip6->payload_len = bpf_htons(SRH_LEN(n) + inner_len);
 	ip6->nexthdr = IPPROTO_ROUTING_;
 	ip6->hop_limit = SRV6_HOP_LIMIT;
@@ -419,7 +474,7 @@ static __always_inline int srv6_push(struct xdp_md *ctx, const struct pkt *p, co
 		__builtin_memcpy(segs + 16 * i, t->sids[n - 1 - i], 16);
 	srv6_count(id, SRV6_STAT_ENCAP, p->len);
 	count_action(id, ACTION_REDIRECT, p->len);
-	return srv6_send(ctx, &fib, rc);
+	return srv6_send(ctx, rc, sc->out);
 }
 
 /*
@@ -435,23 +490,19 @@ static __noinline int srv6_encap(struct xdp_md *ctx, struct pkt *p, const struct
 		count_action(id, ACTION_DROP, p->len);
 		return XDP_DROP;
 	}
+	struct srv6_scratch *sc = bpf_map_lookup_elem(&roam_srv6_scratch, &zero);
+	if (!sc)
+		return XDP_PASS;
 	srv6_clamp_mss(ctx, p, p->family == FAMILY_V4 ? cfg->mss4 : cfg->mss6);
 	if (t->nsegs == 1)
-		return srv6_push(ctx, p, t, cfg, id, 1);
+		return srv6_push(ctx, p, t, cfg, sc, id, 1);
 	if (t->nsegs == 2)
-		return srv6_push(ctx, p, t, cfg, id, 2);
+		return srv6_push(ctx, p, t, cfg, sc, id, 2);
 	count_reason(REASON_SRV6_BAD_SRH);
 	count_action(id, ACTION_DROP, p->len);
 	return XDP_DROP;
 }
 
-/* An inner packet's flow, read from behind the SRH. */
-struct srv6_inner {
-	struct ct_key k; /* client -> frontend */
-	__u8 tcp_flags;
-	__u8 ok;	  /* TCP or UDP, headers complete */
-	__u16 pad;
-};
 
 /* srv6_parse_inner reads the inner packet's tuple at off (nh: 4 or 41). Returns 0, or -1 if the inner packet is not IP. */
 static __always_inline int srv6_parse_inner(void *data, void *data_end, __u32 off, __u8 nh, struct srv6_inner *in)
@@ -588,7 +639,7 @@ static __noinline int srv6_decap_reply(struct xdp_md *ctx)
 }
 
 /* srv6_at_sid handles a packet to this node's SID whose SRH holds n segments. */
-static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r, const __u32 n)
+static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r, const __u8 *sid, const __u32 n)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -599,10 +650,10 @@ static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r,
 		count_reason(REASON_SRV6_BAD_SRH);
 		return XDP_DROP;
 	}
-	/* RFC 8986 section 9.3: every segment must be one of roam's. */
+	/* RFC 8986 section 9.3: every segment must be one of roam's (this node's SID is: Go refuses locators without it). */
 #pragma unroll
 	for (__u32 i = 0; i < n; i++) {
-		if (!srv6_in_locators(segs + 16 * i)) {
+		if (!addr_eq(segs + 16 * i, sid) && !srv6_in_locators(segs + 16 * i)) {
 			count_reason(REASON_SRV6_FOREIGN_SID);
 			return XDP_DROP;
 		}
@@ -657,8 +708,7 @@ static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r,
 			return XDP_DROP;
 		__builtin_memcpy(ip6->daddr, next, 16);
 		srv6_count(local_id, SRV6_STAT_FORWARD, wire);
-		return srv6_xmit(ctx, ip6->saddr, ip6->daddr, sizeof(*ip6) + bpf_ntohs(ip6->payload_len),
-				 bpf_ntohl(ip6->vtc_flow) & 0xfffff);
+		return srv6_xmit(ctx, ip6->saddr, ip6->daddr, sizeof(*ip6) + bpf_ntohs(ip6->payload_len));
 	}
 	/* The last segment, no copy here: a reply to one of our frontends (from its abroad copy) goes to the client. */
 	if (in.ok) {
@@ -680,23 +730,6 @@ static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r,
 	return XDP_DROP;
 }
 
-/*
- * Per-CPU scratch of srv6_relay_ptb (its frame adds to the entry's and
- * srv6_input's). Its value has a size, not a type: bpf2go cannot write
- * bpf_fib_lookup's anonymous unions as Go.
- */
-struct srv6_ptb_scratch {
-	struct bpf_fib_lookup fib;
-	struct srv6_inner in;
-	struct frontend_key fk;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(struct srv6_ptb_scratch));
-} roam_srv6_ptb_scratch SEC(".maps");
 
 /*
  * srv6_ptb_ours: the quoted SRH (at srh, after the quoted outer header q)
@@ -919,8 +952,8 @@ static __noinline int srv6_input(struct xdp_md *ctx)
 	if (!sc)
 		return XDP_PASS;
 	if (srh->last_entry == 0)
-		return srv6_at_sid(ctx, &sc->r, 1);
-	return srv6_at_sid(ctx, &sc->r, 2);
+		return srv6_at_sid(ctx, &sc->r, cfg->sid, 1);
+	return srv6_at_sid(ctx, &sc->r, cfg->sid, 2);
 }
 
 #else /* tc */
