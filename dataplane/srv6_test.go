@@ -13,6 +13,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -61,31 +62,8 @@ func srv6Label(src, dst netip.AddrPort, proto lb.Proto) uint32 {
 func srv6Frame(srcMAC, dstMAC string, src netip.Addr, sids []netip.Addr, sl int, hop uint8, label uint32, inner []byte) []byte {
 	smac, _ := net.ParseMAC(srcMAC)
 	dmac, _ := net.ParseMAC(dstMAC)
-	n := len(sids)
-	b := make([]byte, 0, 14+40+8+16*n+len(inner))
-	b = append(b, dmac...)
-	b = append(b, smac...)
-	b = append(b, 0x86, 0xdd)
-	ip6 := make([]byte, 40)
-	binary.BigEndian.PutUint32(ip6[0:], 6<<28|label)
-	binary.BigEndian.PutUint16(ip6[4:], uint16(8+16*n+len(inner)))
-	ip6[6], ip6[7] = 43, hop
-	s := src.As16()
-	copy(ip6[8:], s[:])
-	active := sids[n-1-sl]
-	a := active.As16()
-	copy(ip6[24:], a[:])
-	b = append(b, ip6...)
-	nh := byte(41)
-	if inner[0]>>4 == 4 {
-		nh = 4
-	}
-	b = append(b, nh, byte(2*n), 4, byte(sl), byte(n-1), 0, 0, 0)
-	for i := n - 1; i >= 0; i-- {
-		x := sids[i].As16()
-		b = append(b, x[:]...)
-	}
-	return append(b, inner...)
+	f := append(append(append([]byte{}, dmac...), smac...), 0x86, 0xdd)
+	return append(f, dptest.SRv6Packet(src, sids, sl, hop, label, inner)...)
 }
 
 // ipOf strips the Ethernet header off a frame built by spec.build.

@@ -46,3 +46,27 @@ func PTB6(router, to netip.Addr, mtu uint32, pkt []byte) []byte {
 	binary.BigEndian.PutUint16(body[2:], ^Sum16(body, Sum16(pseudo, 0)))
 	return append(b, body...)
 }
+
+// SRv6Packet is an outer IPv6 header (hop limit hop, flow label label)
+// and SRH around inner, an IP packet, without Ethernet: sids in the order
+// visited, sl segments left, the outer destination the active segment.
+func SRv6Packet(src netip.Addr, sids []netip.Addr, sl int, hop uint8, label uint32, inner []byte) []byte {
+	n := len(sids)
+	b := make([]byte, 40, 40+8+16*n+len(inner))
+	binary.BigEndian.PutUint32(b[0:], 6<<28|label)
+	binary.BigEndian.PutUint16(b[4:], uint16(8+16*n+len(inner)))
+	b[6], b[7] = 43, hop
+	s, d := src.As16(), sids[n-1-sl].As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	nh := byte(41)
+	if inner[0]>>4 == 4 {
+		nh = 4
+	}
+	b = append(b, nh, byte(2*n), 4, byte(sl), byte(n-1), 0, 0, 0)
+	for i := n - 1; i >= 0; i-- {
+		x := sids[i].As16()
+		b = append(b, x[:]...)
+	}
+	return append(b, inner...)
+}

@@ -443,24 +443,7 @@ func udp4(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 
 // srv6Packet is outer IPv6 + SRH (sids in the order visited, sl left) around an IP packet.
 func srv6Packet(src netip.Addr, sids []netip.Addr, sl int, inner []byte) []byte {
-	n := len(sids)
-	b := make([]byte, 40, 40+8+16*n+len(inner))
-	binary.BigEndian.PutUint32(b[0:], 6<<28)
-	binary.BigEndian.PutUint16(b[4:], uint16(8+16*n+len(inner)))
-	b[6], b[7] = 43, 64
-	s, d := src.As16(), sids[n-1-sl].As16()
-	copy(b[8:], s[:])
-	copy(b[24:], d[:])
-	nh := byte(4)
-	if inner[0]>>4 == 6 {
-		nh = 41
-	}
-	b = append(b, nh, byte(2*n), 4, byte(sl), byte(n-1), 0, 0, 0)
-	for i := n - 1; i >= 0; i-- {
-		x := sids[i].As16()
-		b = append(b, x[:]...)
-	}
-	return append(b, inner...)
+	return dptest.SRv6Packet(src, sids, sl, 64, 0, inner)
 }
 
 // sendRaw sends an IPv6 packet out of dev in ns, to the MAC of peerDev in peerNS.
