@@ -71,9 +71,7 @@ func (k *keepAliveClient) answers(name string) int {
 // Then the clients close their connections themselves (FIN from the client
 // first) and Flows on the new target reaches 0 just as fast.
 func TestKeepAliveAcrossCommit(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 3*time.Minute)
 	topo := netns.NewTestTopology(t)
 	servers := map[string]*netns.AbroadServer{}
 	for i, addr := range []netip.Addr{netns.AbroadAddr1, netns.AbroadAddr2} {

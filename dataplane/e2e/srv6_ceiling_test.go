@@ -33,9 +33,7 @@ const (
 // service seeing the client's own address; port_exhausted stays where it
 // was.
 func TestSRv6NoConnectionCeiling(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 2*time.Minute)
 	snat := netip.MustParseAddr("fd20:2::1") // the home's address towards the old location
 	bed := newSRv6BedWith(t, func(c *dataplane.Config) {
 		c.SNATv6, c.PortMin, c.PortMax = snat, ceilingPortMin, ceilingPortMax

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -28,9 +27,7 @@ import (
 // draining (a new connection reaches the new copy); nothing dropped as
 // srv6_no_encap or too big.
 func TestSRv6HomeSender(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 2*time.Minute)
 	bed := newSRv6Bed(t)
 	topo, home, old, nw := bed.topo, bed.home, bed.old, bed.nw
 	// The home reaches the frontends through h0 (towards the client, which
@@ -134,9 +131,7 @@ func TestSRv6HomeSender(t *testing.T) {
 // MTU. Before that, a TCP transfer of 300 KB each way completes, its
 // full-size segments answered with too-bigs until the client's fit.
 func TestSRv6MTUEdge(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 2*time.Minute)
 	bed := newSRv6Bed(t)
 	topo, home, old := bed.topo, bed.home, bed.old
 	const underlay, fits = 1400, 1400 - 64
@@ -305,9 +300,7 @@ func tcpMSS(t *testing.T, c net.Conn) int {
 // UDP reach the home's own copy. For an IPv4 and an IPv6 client; the old
 // copy sees the client's own address throughout.
 func TestSRv6MoveHome(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 2*time.Minute)
 	bed := newSRv6Bed(t)
 	topo, home, old := bed.topo, bed.home, bed.old
 	// The home's copy answers from the frontends, on its lo.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net/netip"
 	"testing"
 	"time"
@@ -97,9 +96,7 @@ func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 // Before either, a connection opened along [old] is still served by the
 // old copy (the hold is on). For an IPv4 and an IPv6 client.
 func TestSRv6MoveHomeBounded(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 3*time.Minute)
 	const (
 		hold        = 8 * time.Second
 		established = time.Second

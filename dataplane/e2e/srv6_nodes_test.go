@@ -24,9 +24,7 @@ import (
 // along [node 1] is dropped there (srv6_no_copy): a path names the node
 // that serves, and no other node stands in for it.
 func TestSRv6PerNodeSIDs(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 2*time.Minute)
 	bed := newSRv6Bed(t)
 	topo, home, old, n0 := bed.topo, bed.home, bed.old, bed.nw
 	if err := topo.AddNewNode1(); err != nil {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -69,9 +68,7 @@ func socketMTU(t *testing.T, c net.Conn, v4 bool) int {
 // 1336): the client's kernel takes it in, and its connected UDP socket's
 // path MTU to the frontend becomes 1336, for an IPv4 and an IPv6 client.
 func TestSRv6RelayPTB(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, time.Minute)
 	bed := newSRv6Bed(t)
 	topo, home, nw := bed.topo, bed.home, bed.nw
 	startCopy(t, topo.New, "new")

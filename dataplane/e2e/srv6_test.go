@@ -281,9 +281,7 @@ func newSRv6BedWith(t *testing.T, homeCfg func(*dataplane.Config)) *srv6Bed {
 // (MSS clamped at the home, nothing too big). Then forged packets to a
 // location's SID are dropped and counted.
 func TestSRv6PathMode(t *testing.T) {
-	netns.SkipUnlessRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx := rootWithin(t, 2*time.Minute)
 	bed := newSRv6Bed(t)
 	topo, home, old, nw := bed.topo, bed.home, bed.old, bed.nw
 	oldCopy := startCopy(t, topo.Old, "old")
