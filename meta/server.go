@@ -815,41 +815,29 @@ type metrics struct {
 
 func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metrics {
 	m := &metrics{
-		hellos: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "roam_meta_hellos_total", Help: "Hellos received, by result (accepted, stale, ahead: seq too far ahead, malformed, mismatch, locator_taken: its SRv6 locator overlaps another live cluster's).",
-		}, []string{"result"}),
-		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "roam_meta_placements_total", Help: "Placement requests, by result (placed, no_placement, bad_request, forbidden, unavailable: the audit stream is behind, error).",
-		}, []string{"result"}),
-		viewWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "roam_meta_view_writes_total", Help: "Summaries written to the compact view, by result (written, lost_race: another replica wrote first, error).",
-		}, []string{"result"}),
-		natsDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "roam_meta_nats_denied_total", Help: "Clients the embedded NATS server refused, by reason (authentication, publish or subscribe outside the user's permissions, tls).",
-		}, []string{"reason"}),
+		hellos: counterVec("roam_meta_hellos_total",
+			"Hellos received, by result (accepted, stale, ahead: seq too far ahead, malformed, mismatch, locator_taken: its SRv6 locator overlaps another live cluster's).",
+			"result", "accepted", "stale", "ahead", "malformed", "mismatch", "locator_taken"),
+		placements: counterVec("roam_meta_placements_total",
+			"Placement requests, by result (placed, no_placement, bad_request, forbidden, unavailable: the audit stream is behind, error).",
+			"result", "placed", "no_placement", "bad_request", "forbidden", "unavailable", "error"),
+		viewWrites: counterVec("roam_meta_view_writes_total",
+			"Summaries written to the compact view, by result (written, lost_race: another replica wrote first, error).",
+			"result", "written", "lost_race", "error"),
+		natsDenied: counterVec("roam_meta_nats_denied_total",
+			"Clients the embedded NATS server refused, by reason (authentication, publish or subscribe outside the user's permissions, tls).",
+			"reason", DeniedAuthentication, DeniedPublish, DeniedSubscribe, DeniedTLS),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "roam_meta_placement_seconds", Help: "Time to decide and answer a placement request.",
 			Buckets: []float64{25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 0.25, 1},
 		}),
-	}
-	for _, res := range []string{"accepted", "stale", "ahead", "malformed", "mismatch", "locator_taken"} {
-		m.hellos.WithLabelValues(res)
+		hellosUnchanged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roam_meta_hellos_unchanged_total",
+			Help: "Accepted hellos that differed from the cluster's last one only in seq and sent_at: taken without decoding (also counted in roam_meta_hellos_total{result=\"accepted\"}).",
+		}),
 	}
 	m.hellosAccepted, m.hellosStale = m.hellos.WithLabelValues("accepted"), m.hellos.WithLabelValues("stale")
-	m.hellosUnchanged = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "roam_meta_hellos_unchanged_total",
-		Help: "Accepted hellos that differed from the cluster's last one only in seq and sent_at: taken without decoding (also counted in roam_meta_hellos_total{result=\"accepted\"}).",
-	})
-	for _, res := range []string{"placed", "no_placement", "bad_request", "forbidden", "unavailable", "error"} {
-		m.placements.WithLabelValues(res)
-	}
 	m.placed = m.placements.WithLabelValues("placed")
-	for _, res := range []string{"written", "lost_race", "error"} {
-		m.viewWrites.WithLabelValues(res)
-	}
-	for _, res := range []string{DeniedAuthentication, DeniedPublish, DeniedSubscribe, DeniedTLS} {
-		m.natsDenied.WithLabelValues(res)
-	}
 	r.MustRegister(m.hellos, m.hellosUnchanged, m.placements, m.viewWrites, m.natsDenied, m.latency, clusterCollector{reg: reg},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "roam_meta_reservations", Help: "Placements counted against their destination until its hellos show them.",
@@ -863,6 +851,16 @@ func newMetrics(r *prometheus.Registry, reg *Registry, sv *servingState) *metric
 			return 0
 		}))
 	return m
+}
+
+// counterVec is a counter by one label, each of values exported from the
+// start (at 0).
+func counterVec(name, help, label string, values ...string) *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label})
+	for _, x := range values {
+		v.WithLabelValues(x)
+	}
+	return v
 }
 
 var clustersDesc = prometheus.NewDesc("roam_meta_clusters", "Known clusters, by liveness state.", []string{"state"}, nil)

@@ -569,18 +569,7 @@ func waitViewQuiet(srv *meta.Server, limit time.Duration) {
 	fmt.Fprintf(os.Stderr, "the compact view still writes over 1,000 summaries/s after %s; measuring anyway\n", limit)
 }
 
-func viewWrites(srv *meta.Server) float64 {
-	mfs, _ := srv.Gatherer().Gather()
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == "roam_meta_view_writes_total" {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
+func viewWrites(srv *meta.Server) float64 { return counterSum(srv, "roam_meta_view_writes_total") }
 
 // hist is a reading of a histogram: upper bounds, cumulative counts.
 type hist struct {
@@ -635,14 +624,18 @@ func helloResults(srv *meta.Server) map[string]float64 {
 	return out
 }
 
-func seenHellos(srv *meta.Server) float64 {
+func seenHellos(srv *meta.Server) float64 { return counterSum(srv, "roam_meta_hellos_total") }
+
+// counterSum is the sum of the MO's counter name over its labels (0 when
+// it cannot be read).
+func counterSum(srv *meta.Server, name string) float64 {
 	mfs, err := srv.Gatherer().Gather()
 	if err != nil {
 		return 0
 	}
 	sum := 0.0
 	for _, mf := range mfs {
-		if mf.GetName() == "roam_meta_hellos_total" {
+		if mf.GetName() == name {
 			for _, m := range mf.GetMetric() {
 				sum += m.GetCounter().GetValue()
 			}
