@@ -77,6 +77,12 @@ type Config struct {
 	// DefaultMaxFlows. Fixed when the maps are first pinned: opening the
 	// pins with another size fails until they are removed (Unpin).
 	MaxFlows int
+	// PreallocFlows preallocates the conntrack and NAT maps: all of
+	// MaxFlows' elements at Open, one area as large as the table, instead
+	// of an element from the kernel's allocator per new flow
+	// (BPF_F_NO_PREALLOC, bpf/maps.h; the default). Fixed when the maps
+	// are first pinned, as MaxFlows. bench-dataplane measures both.
+	PreallocFlows bool
 	// ReservePorts keeps the host's own connections out of the SNAT port
 	// range: if it overlaps net.ipv4.ip_local_port_range, Open adds it to
 	// net.ipv4.ip_local_reserved_ports of the calling thread's network
@@ -358,6 +364,9 @@ func (d *Dataplane) load() error {
 	for _, name := range []string{"roam_conntrack", "roam_nat"} {
 		if m := spec.Maps[name]; m != nil {
 			m.MaxEntries = uint32(d.cfg.MaxFlows)
+			if d.cfg.PreallocFlows {
+				m.Flags &^= unix.BPF_F_NO_PREALLOC
+			}
 		}
 	}
 	if d.replacedPins, err = replaceIncompatiblePins(spec, d.cfg.PinPath); err != nil {

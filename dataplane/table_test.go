@@ -106,10 +106,17 @@ func TestTableBusyLocalService(t *testing.T) {
 // TestTableFull: with both maps full of live redirected flows, a new flow
 // is refused and counted (nat_full: the NAT entry comes first), and no
 // established flow loses its entries; once some flows expire and GC
-// removes them, new flows get in again.
+// removes them, new flows get in again. The same with preallocated maps
+// (Config.PreallocFlows).
 func TestTableFull(t *testing.T) {
+	for _, prealloc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prealloc=%v", prealloc), func(t *testing.T) { testTableFull(t, prealloc) })
+	}
+}
+
+func testTableFull(t *testing.T, prealloc bool) {
 	const capacity = 64
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999, MaxFlows: capacity, IdleTimeout: 30 * time.Second})
+	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999, MaxFlows: capacity, IdleTimeout: 30 * time.Second, PreallocFlows: prealloc})
 	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	client := func(i int) netip.AddrPort { return ap(fmt.Sprintf("198.51.100.1:%d", 20000+i)) }

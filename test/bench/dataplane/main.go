@@ -63,7 +63,7 @@ func main() {
 	flag.Uint64Var(&o.newFlows, "new-flows", 100_000, "new flows per new-flow sample (conntrack is emptied before each)")
 	churn := flag.Uint("churn", 200_000, "flows that come and go before each established-flow scenario (0: a fresh table)")
 	only := flag.String("scenarios", "", "comma-separated scenario keys to run (est4,new4,mid4,big4,est6,new6; default all)")
-	onlyPaths := flag.String("paths", "", "comma-separated paths to measure besides the reference (xdp,iptables,nftables,userspace; default all): for experiments, the ratios need all")
+	onlyPaths := flag.String("paths", "", "comma-separated paths to measure besides the reference (xdp,xdpp,floor,iptables,nftables,userspace; default all): for experiments, the ratios need all")
 	flag.StringVar(&o.profile, "profile", "", "directory: record one extra sample of each path under perf record -C <cpu> and print its top symbols")
 	flag.BoolVar(&o.ablate, "ablate", false, "only profile roam's XDP program: build bpf/roam.c with each stage switched off (ROAM_ABLATE, bpf/consts.h) and measure the builds under BPF_PROG_TEST_RUN")
 	flag.StringVar(&o.bpfDir, "bpf-dir", "bpf", "the data plane's C sources, for -ablate")
@@ -94,6 +94,15 @@ const xdpIdle = 30 * time.Minute
 // maxFlows is what roam's conntrack and NAT maps each hold: room for the
 // largest scenario's flows, as the kernel's conntrack gets (ctLimits).
 func (b *bench) maxFlows() int { return int(b.o.big + b.o.big/10) }
+
+// floorSlots is the floor path's table: a power of two, at least the big scenario's flows.
+func (b *bench) floorSlots() int {
+	n := 1
+	for uint64(n) < b.o.big {
+		n *= 2
+	}
+	return n
+}
 
 type options struct {
 	reps, cpu, repeat int
@@ -150,8 +159,14 @@ func run(ctx context.Context, o options) (err error) {
 	}{
 		// Room for the largest scenario's flows, as the kernel's conntrack gets (ctLimits).
 		{"xdp", func() (*path, error) {
-			return setupXDP(ctx, sfx, o.frontends, xdpIdle, b.maxFlows())
+			return setupXDP(ctx, sfx, o.frontends, xdpIdle, b.maxFlows(), false)
 		}},
+		// The same, its conntrack and NAT maps preallocated: the A/B of BPF_F_NO_PREALLOC (bpf/maps.h).
+		{"xdpp", func() (*path, error) {
+			return setupXDP(ctx, sfx, o.frontends, xdpIdle, b.maxFlows(), true)
+		}},
+		// One read in a table of the big scenario's flows: the floor under its figure.
+		{"floor", func() (*path, error) { return setupFloor(ctx, sfx, o.frontends, b.floorSlots()) }},
 		{"iptables", func() (*path, error) { return setupNetfilter(ctx, "iptables", sfx, o.frontends) }},
 		{"nftables", func() (*path, error) { return setupNetfilter(ctx, "nftables", sfx, o.frontends) }},
 		{"userspace", func() (*path, error) { return setupUserspace(ctx, sfx, o.cpu) }},
@@ -236,12 +251,13 @@ type scenario struct {
 func (b *bench) scenarios() []scenario {
 	all := []string{"xdp", "iptables", "nftables", "userspace"}
 	nat := []string{"xdp", "iptables", "nftables"}
+	// IPv4 also measures roam preallocated (xdpp) and the one-read floor.
 	o := b.o
 	b.scs = []scenario{
-		{"est4", fmt.Sprintf("established flows, IPv4, %d flows", o.few), v4, o.few, true, all},
-		{"new4", "new flows (each packet a flow's first), IPv4", v4, 0, false, nat},
+		{"est4", fmt.Sprintf("established flows, IPv4, %d flows", o.few), v4, o.few, true, append(all, "xdpp", "floor")},
+		{"new4", "new flows (each packet a flow's first), IPv4", v4, 0, false, append(nat, "xdpp")},
 		{"mid4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.mid), v4, o.mid, true, nat},
-		{"big4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.big), v4, o.big, true, nat},
+		{"big4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.big), v4, o.big, true, append(nat, "xdpp", "floor")},
 		{"est6", fmt.Sprintf("established flows, IPv6, %d flows", o.few), v6, o.few, true, all},
 		{"new6", "new flows (each packet a flow's first), IPv6", v6, 0, false, nat},
 	}
@@ -535,6 +551,14 @@ type result struct {
 	FwdNsIptablesv6   float64 `json:"fwd_ns_iptables_v6"`
 	NewXDPv6          float64 `json:"newflows_per_s_xdp_v6"`
 	NewIptablesv6     float64 `json:"newflows_per_s_iptables_v6"`
+	PPSXDPPrealloc    float64 `json:"pps_xdp_prealloc"`
+	FwdNsXDPPrealloc  float64 `json:"fwd_ns_xdp_prealloc"`
+	NewXDPPrealloc    float64 `json:"newflows_per_s_xdp_prealloc"`
+	PPSXDPPreallocBig float64 `json:"pps_xdp_prealloc_1m_flows"`
+	PPSFloor          float64 `json:"pps_floor"`
+	PPSFloorBig       float64 `json:"pps_floor_1m_flows"`
+	FloorExtraNsBig   float64 `json:"floor_extra_ns_1m_flows"`
+	BudgetNsBig       float64 `json:"budget_ns_1m_flows"`
 	Reps              int     `json:"reps"`
 	CPU               int     `json:"cpu"`
 	LoadAvgStart      string  `json:"loadavg_start"`
@@ -558,12 +582,21 @@ func (b *bench) result() result {
 		PPSXDPv6: s("est6", "xdp"), PPSIptablesv6: s("est6", "iptables"), PPSNftablesv6: s("est6", "nftables"), PPSUserspacev6: s("est6", "userspace"),
 		FwdNsXDPv6: b.fwdNs("est6", "xdp"), FwdNsIptablesv6: b.fwdNs("est6", "iptables"),
 		NewXDPv6: s("new6", "xdp"), NewIptablesv6: s("new6", "iptables"),
+		PPSXDPPrealloc: s("est4", "xdpp"), FwdNsXDPPrealloc: b.fwdNs("est4", "xdpp"),
+		NewXDPPrealloc: s("new4", "xdpp"), PPSXDPPreallocBig: s("big4", "xdpp"),
+		PPSFloor: s("est4", "floor"), PPSFloorBig: s("big4", "floor"),
 		Reps: b.o.reps, CPU: b.o.cpu, LoadAvgStart: b.load[0], LoadAvgEnd: b.load[1],
 	}
 	r.RatioXDPIptables = b.vsXDP("est4", "iptables")
 	r.RatioXDPNftables = b.vsXDP("est4", "nftables")
 	r.RatioXDPUserspace = b.vsXDP("est4", "userspace")
 	r.RatioFwdIptables = b.fwdVsXDP("est4", "iptables")
+	if r.PPSFloor > 0 && r.PPSFloorBig > 0 {
+		r.FloorExtraNsBig = 1e9/r.PPSFloorBig - 1e9/r.PPSFloor
+	}
+	// "Within 30 %": the big rate at least 70 % of the few-flow one, i.e.
+	// per packet at most 1/0.7 - 1 = 3/7 more time than with few flows.
+	r.BudgetNsBig = ratio(1e9, r.PPSXDP) * 3 / 7
 	return r
 }
 
@@ -626,7 +659,7 @@ func (b *bench) report() error {
 		"wall Mpps and share: the same samples by the clock, and the part of it the path had the CPU (the rest went to other work).\n"+
 		"The userspace proxy serves one frontend per family; the generator feeds it bursts of %d frames, at most %d in its socket.\n",
 		b.o.cpu, pace.burst, pace.window)
-	fmt.Printf("\nconntrack tables: roam's conntrack and NAT maps %d entries each (hash maps, not preallocated, nothing evicted; UDP idle %v, %v once its frontend moved);\n"+
+	fmt.Printf("\nconntrack tables: roam's conntrack and NAT maps %d entries each (hash maps, not preallocated (xdpp: preallocated), nothing evicted; UDP idle %v, %v once its frontend moved);\n"+
 		"  the kernel's %s (global, the count per namespace; UDP idle 10 min, checksums not verified).\n",
 		b.maxFlows(), xdpIdle, dataplane.DefaultTimeouts.UDPDrain, b.ctSettings)
 	if b.gcSweep > 0 {
@@ -639,6 +672,21 @@ func (b *bench) report() error {
 			"  (a hash lookup makes two such reads, one after the other: the bucket, then the element).\n",
 			b.o.cpu, float64(ctTableBytes(b.maxFlows()))/1e6, b.maxFlows(), b.randomRead[0].Nanoseconds(),
 			float64(b.o.big*16)/1e6, b.o.big, b.randomRead[1].Nanoseconds(), b.o.big)
+	}
+	if r.PPSFloorBig > 0 {
+		verdict := "so a table reachable from BPF could meet it on this machine"
+		if r.FloorExtraNsBig > r.BudgetNsBig {
+			verdict = "more than the goal allows: no table reachable from BPF meets it on this machine"
+		}
+		fmt.Printf("\nthe %d-flow goal (>= 70%% of the few-flow rate) allows roam 3/7 of its few-flow %.0f ns/packet more: %.0f ns;\n"+
+			"  the one-read floor (f) pays %.0f ns more per packet with %d flows than with %d (%.2f -> %.2f Mpps/core),\n"+
+			"  %s.\n",
+			b.o.big, ratio(1e9, r.PPSXDP), r.BudgetNsBig, r.FloorExtraNsBig, b.o.big, b.o.few, r.PPSFloor/1e6, r.PPSFloorBig/1e6, verdict)
+	}
+	if r.PPSXDPPrealloc > 0 {
+		fmt.Printf("\nBPF_F_NO_PREALLOC A/B (same run): established %.2f (xdp) vs %.2f Mpps/core (xdpp, preallocated), fwd ns %.1f vs %.1f;\n"+
+			"  new flows %.0f vs %.0f /s; %d flows %.2f vs %.2f Mpps/core.\n",
+			r.PPSXDP/1e6, r.PPSXDPPrealloc/1e6, r.FwdNsXDP, r.FwdNsXDPPrealloc, r.NewXDP, r.NewXDPPrealloc, b.o.big, r.PPSXDPBig/1e6, r.PPSXDPPreallocBig/1e6)
 	}
 	fmt.Printf("\ngoals (one core): XDP/iptables pps %.2fx (>= 3), forwarding cost iptables/XDP %.2fx (>= 5), XDP/userspace %.2fx (>= 10),\n"+
 		"  program %.1f ns/packet (< 60), %d flows at %.0f%% of the few-flow rate (>= 70%%)\n\n",

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -39,6 +40,8 @@ type path struct {
 	// gcSweep times one full garbage-collection sweep as the agent runs it (roam only).
 	gcSweep func() (time.Duration, error)
 	proxy   *proxyProc // the userspace forwarder, whose CPU time counts
+	// floorCfg points the floor path's rewrite at family f's SNAT and target addresses.
+	floorCfg func(f fam) error
 	close   []func() error
 }
 
@@ -82,8 +85,14 @@ func newPath(ctx context.Context, name, title, sfx string, frontends uint32, sin
 	return p, nil
 }
 
-// expect points the sink at what this path delivers for family f.
+// expect points the sink at what this path delivers for family f (and
+// the floor path's rewrite at it).
 func (p *path) expect(f fam, sinkAtHome bool) error {
+	if p.floorCfg != nil {
+		if err := p.floorCfg(f); err != nil {
+			return fmt.Errorf("configure bench_floor: %w", err)
+		}
+	}
 	if sinkAtHome {
 		return p.sink.expect(sinkMatch{fam: f, dst: frontAddr[f].AsSlice(), pmin: fport0, pmax: fport0 + uint16(p.frontends) - 1})
 	}
@@ -113,14 +122,19 @@ func setupRef(ctx context.Context, sfx string, frontends uint32) (*path, error) 
 // setupXDP is roam's data plane as the agent runs it: dataplane.Open on a
 // pin path of its own with room for maxFlows flows, the XDP program on
 // both of the home node's interfaces, one frontend per port staged and
-// committed to its target.
-func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Duration, maxFlows int) (*path, error) {
-	p, err := newPath(ctx, "xdp", "(a) roam XDP redirector", sfx, frontends, false)
+// committed to its target. prealloc: Config.PreallocFlows (the path
+// "xdpp", roam with preallocated conntrack and NAT maps).
+func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Duration, maxFlows int, prealloc bool) (*path, error) {
+	name, title := "xdp", "(a) roam XDP redirector"
+	if prealloc {
+		name, title = "xdpp", "(a') roam, conntrack preallocated"
+	}
+	p, err := newPath(ctx, name, title, sfx, frontends, false)
 	if err != nil {
 		return nil, err
 	}
-	pin := "/sys/fs/bpf/roam-bench-" + sfx
-	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: snatAddr[v4], SNATv6: snatAddr[v6], IdleTimeout: idle, MaxFlows: maxFlows})
+	pin := "/sys/fs/bpf/roam-bench-" + sfx + "-" + name
+	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: snatAddr[v4], SNATv6: snatAddr[v6], IdleTimeout: idle, MaxFlows: maxFlows, PreallocFlows: prealloc})
 	if err != nil {
 		p.Close()
 		return nil, err
@@ -168,6 +182,71 @@ func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Durat
 				return time.Since(start), err
 			}
 		}
+	}
+	return p, nil
+}
+
+// setupFloor is the floor under any forwarder's figure with many flows:
+// bench_floor (bpf/pktgen.c) on h0, bench_minfwd's rewrite and redirect
+// after one read of the flow's entry in a one-read table of slots
+// entries of 16 bytes (an array map: no bucket before the entry), to h1.
+// It keeps no state (the table is never written), so it needs no prefill
+// and no flush.
+func setupFloor(ctx context.Context, sfx string, frontends uint32, slots int) (*path, error) {
+	p, err := newPath(ctx, "floor", "(f) one read + rewrite (floor)", sfx, frontends, false)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := loadPktgen()
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	spec.Maps["floor_table"].MaxEntries = uint32(slots)
+	var objs pktgenObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("load bench_floor: %w", err)
+	}
+	p.close = append(p.close, objs.Close)
+	var h1 int
+	err = netns.Do(p.topo.home, func() error {
+		l, err := netlink.LinkByName("h1")
+		if err == nil {
+			h1 = l.Attrs().Index
+		}
+		return err
+	})
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("find h1: %w", err)
+	}
+	mc := pktgenMinfwdConfig{Sport: htons(33333), Dport: htons(tport0), Ifindex: uint32(h1), FloorMask: uint32(slots - 1)}
+	copy(mc.Macs[:6], macA0)
+	copy(mc.Macs[6:], macH1)
+	// Addresses as on the wire: the words' bytes in memory order. IPv4
+	// and IPv6 frames take the same configuration: IPv4 reads the first
+	// word of each, so the path serves one family at a time (expect).
+	p.floorCfg = func(f fam) error {
+		src, dst := snatAddr[f].AsSlice(), targetAddr[f].AsSlice()
+		for i := range mc.Saddr {
+			mc.Saddr[i], mc.Daddr[i] = 0, 0
+		}
+		for i := 0; i < len(src); i += 4 {
+			mc.Saddr[i/4], mc.Daddr[i/4] = binary.LittleEndian.Uint32(src[i:]), binary.LittleEndian.Uint32(dst[i:])
+		}
+		return objs.MinfwdCfg.Put(uint32(0), &mc)
+	}
+	for _, dev := range []struct {
+		name string
+		prog *ebpf.Program
+	}{{"h0", objs.BenchFloor}, {"h1", p.sink.objs.BenchPass}} {
+		l, err := attachProg(p.topo.home, dev.name, dev.prog)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.close = append(p.close, l.Close)
 	}
 	return p, nil
 }

@@ -13,6 +13,15 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type pktgenFloorEntry struct {
+	_        structs.HostLayout
+	Client   uint32
+	Port     uint16
+	SnatPort uint16
+	Target   uint32
+	Seen     uint32
+}
+
 type pktgenGenConfig struct {
 	_         structs.HostLayout
 	Hdr       [64]uint8
@@ -25,14 +34,14 @@ type pktgenGenConfig struct {
 }
 
 type pktgenMinfwdConfig struct {
-	_       structs.HostLayout
-	Macs    [12]uint8
-	Sport   uint16
-	Dport   uint16
-	Saddr   [4]uint32
-	Daddr   [4]uint32
-	Ifindex uint32
-	Pad     uint32
+	_         structs.HostLayout
+	Macs      [12]uint8
+	Sport     uint16
+	Dport     uint16
+	Saddr     [4]uint32
+	Daddr     [4]uint32
+	Ifindex   uint32
+	FloorMask uint32
 }
 
 type pktgenSinkConfig struct {
@@ -48,12 +57,14 @@ type pktgenSinkConfig struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	pktgenMapFloorTable   = "floor_table"
 	pktgenMapGenCfg       = "gen_cfg"
 	pktgenMapGenSeq       = "gen_seq"
 	pktgenMapMinfwdCfg    = "minfwd_cfg"
 	pktgenMapSinkCfg      = "sink_cfg"
 	pktgenMapSinkCount    = "sink_count"
 	pktgenProgBenchDrop   = "bench_drop"
+	pktgenProgBenchFloor  = "bench_floor"
 	pktgenProgBenchGen    = "bench_gen"
 	pktgenProgBenchMinfwd = "bench_minfwd"
 	pktgenProgBenchPass   = "bench_pass"
@@ -103,6 +114,7 @@ type pktgenSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenProgramSpecs struct {
 	BenchDrop   *ebpf.ProgramSpec `ebpf:"bench_drop"`
+	BenchFloor  *ebpf.ProgramSpec `ebpf:"bench_floor"`
 	BenchGen    *ebpf.ProgramSpec `ebpf:"bench_gen"`
 	BenchMinfwd *ebpf.ProgramSpec `ebpf:"bench_minfwd"`
 	BenchPass   *ebpf.ProgramSpec `ebpf:"bench_pass"`
@@ -113,11 +125,12 @@ type pktgenProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenMapSpecs struct {
-	GenCfg    *ebpf.MapSpec `ebpf:"gen_cfg"`
-	GenSeq    *ebpf.MapSpec `ebpf:"gen_seq"`
-	MinfwdCfg *ebpf.MapSpec `ebpf:"minfwd_cfg"`
-	SinkCfg   *ebpf.MapSpec `ebpf:"sink_cfg"`
-	SinkCount *ebpf.MapSpec `ebpf:"sink_count"`
+	FloorTable *ebpf.MapSpec `ebpf:"floor_table"`
+	GenCfg     *ebpf.MapSpec `ebpf:"gen_cfg"`
+	GenSeq     *ebpf.MapSpec `ebpf:"gen_seq"`
+	MinfwdCfg  *ebpf.MapSpec `ebpf:"minfwd_cfg"`
+	SinkCfg    *ebpf.MapSpec `ebpf:"sink_cfg"`
+	SinkCount  *ebpf.MapSpec `ebpf:"sink_count"`
 }
 
 // pktgenVariableSpecs contains global variables before they are loaded into the kernel.
@@ -146,15 +159,17 @@ func (o *pktgenObjects) Close() error {
 //
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenMaps struct {
-	GenCfg    *ebpf.Map `ebpf:"gen_cfg"`
-	GenSeq    *ebpf.Map `ebpf:"gen_seq"`
-	MinfwdCfg *ebpf.Map `ebpf:"minfwd_cfg"`
-	SinkCfg   *ebpf.Map `ebpf:"sink_cfg"`
-	SinkCount *ebpf.Map `ebpf:"sink_count"`
+	FloorTable *ebpf.Map `ebpf:"floor_table"`
+	GenCfg     *ebpf.Map `ebpf:"gen_cfg"`
+	GenSeq     *ebpf.Map `ebpf:"gen_seq"`
+	MinfwdCfg  *ebpf.Map `ebpf:"minfwd_cfg"`
+	SinkCfg    *ebpf.Map `ebpf:"sink_cfg"`
+	SinkCount  *ebpf.Map `ebpf:"sink_count"`
 }
 
 func (m *pktgenMaps) Close() error {
 	return _PktgenClose(
+		m.FloorTable,
 		m.GenCfg,
 		m.GenSeq,
 		m.MinfwdCfg,
@@ -174,6 +189,7 @@ type pktgenVariables struct {
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenPrograms struct {
 	BenchDrop   *ebpf.Program `ebpf:"bench_drop"`
+	BenchFloor  *ebpf.Program `ebpf:"bench_floor"`
 	BenchGen    *ebpf.Program `ebpf:"bench_gen"`
 	BenchMinfwd *ebpf.Program `ebpf:"bench_minfwd"`
 	BenchPass   *ebpf.Program `ebpf:"bench_pass"`
@@ -183,6 +199,7 @@ type pktgenPrograms struct {
 func (p *pktgenPrograms) Close() error {
 	return _PktgenClose(
 		p.BenchDrop,
+		p.BenchFloor,
 		p.BenchGen,
 		p.BenchMinfwd,
 		p.BenchPass,
