@@ -152,5 +152,69 @@ func runAblations(ctx context.Context, o options) error {
 		}
 		fmt.Printf(" %7d\n", insns[i])
 	}
+	return ctLookupByKeySize(ctx, o, t.home, pkts["IPv4 TCP"])
+}
+
+// ctLookupByKeySize measures a conntrack lookup alone (bench_ct40,
+// bench_ct16: bpf/pktgen.c) with roam's 40-byte key and a compact 16-byte
+// IPv4 key, the packet's flow in each map, interleaved as the builds
+// above, and bench_drop (an empty program) beside them.
+func ctLookupByKeySize(ctx context.Context, o options, ns string, pkt []byte) error {
+	var objs pktgenObjects
+	if err := loadPktgenObjects(&objs, nil); err != nil {
+		return fmt.Errorf("load bench_ct40, bench_ct16: %w", err)
+	}
+	defer objs.Close()
+	// Addresses, ports and protocol as on the wire (Ethernet, IPv4 without options).
+	saddr, daddr, ports, proto := pkt[26:30], pkt[30:34], pkt[34:38], pkt[23]
+	k40 := make([]byte, 40)
+	k40[10], k40[11], k40[26], k40[27] = 0xff, 0xff, 0xff, 0xff
+	copy(k40[12:], saddr)
+	copy(k40[28:], daddr)
+	copy(k40[32:], ports)
+	k40[36], k40[37] = proto, 4
+	k16 := make([]byte, 16)
+	copy(k16, saddr)
+	copy(k16[4:], daddr)
+	copy(k16[8:], ports)
+	k16[12], k16[13] = proto, 4
+	val := make([]byte, 80)
+	if err := objs.Ct40.Put(k40, val); err != nil {
+		return err
+	}
+	if err := objs.Ct16.Put(k16, val); err != nil {
+		return err
+	}
+	progs := []struct {
+		name string
+		prog *ebpf.Program
+		want uint32
+	}{{"40-byte key (roam's)", objs.BenchCt40, xdpDrop}, {"16-byte key (compact IPv4)", objs.BenchCt16, xdpDrop}, {"an empty program", objs.BenchDrop, xdpDrop}}
+	ns2 := make([][]float64, len(progs))
+	err := onCPU(ns, o.cpu, func() error {
+		for range o.ablateRounds {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			for i, p := range progs {
+				v, d, err := p.prog.Benchmark(pkt, o.ablateRepeat, nil)
+				if err != nil {
+					return fmt.Errorf("%s: %w", p.name, err)
+				}
+				if v != p.want {
+					return fmt.Errorf("%s: verdict %d, want %d (the flow not found?)", p.name, v, p.want)
+				}
+				ns2[i] = append(ns2[i], float64(d.Nanoseconds()))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\na conntrack lookup alone (hash map, not preallocated, 262,144 entries; bench_ct40, bench_ct16), IPv4 TCP, ns/packet min (median):\n")
+	for i, p := range progs {
+		fmt.Printf("  %-30s %.1f (%.1f)\n", p.name, slices.Min(ns2[i]), median(ns2[i]))
+	}
 	return nil
 }

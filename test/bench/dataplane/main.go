@@ -352,6 +352,15 @@ func (b *bench) runScenario(ctx context.Context, sc scenario) error {
 				b.entries[sc.key][p.name] = n
 			}
 			slog.Info("prefilled", "path", p.name, "sample", s, "conntrack_entries", b.entries[sc.key][p.name])
+			if p.drops != nil && s.delivered < uint64(sc.flows) {
+				// Frames the forwarder refused (roam's drop counters since
+				// its start), or lost before it (a softirq deferred).
+				d, err := p.drops()
+				if err != nil {
+					return err
+				}
+				slog.Warn("prefill: flows not delivered", "path", p.name, "delivered", s.delivered, "flows", sc.flows, "forwarder_drops", d)
+			}
 			if p.gcSweep != nil && sc.key == "big4" {
 				// What the agent's GC pays to read a full table (nothing in it has expired).
 				if b.gcSweep, err = p.gcSweep(); err != nil {

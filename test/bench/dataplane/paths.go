@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -40,9 +41,11 @@ type path struct {
 	// gcSweep times one full garbage-collection sweep as the agent runs it (roam only).
 	gcSweep func() (time.Duration, error)
 	proxy   *proxyProc // the userspace forwarder, whose CPU time counts
+	// drops are the forwarder's drop counters by reason, nonzero ones (roam only).
+	drops func() (map[string]uint64, error)
 	// floorCfg points the floor path's rewrite at family f's SNAT and target addresses.
 	floorCfg func(f fam) error
-	close   []func() error
+	close    []func() error
 }
 
 func (p *path) Close() error {
@@ -174,6 +177,11 @@ func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Durat
 	p.close = append(p.close, nat.Close)
 	p.flush = func() error { return errors.Join(clearMap(ct), clearMap(nat)) }
 	p.entries = func() (int, error) { return countMap(ct) }
+	p.drops = func() (map[string]uint64, error) {
+		d, err := dp.Drops()
+		maps.DeleteFunc(d, func(_ string, n uint64) bool { return n == 0 })
+		return d, err
+	}
 	p.gcSweep = func() (time.Duration, error) {
 		start := time.Now()
 		for {

@@ -18,7 +18,7 @@ import (
 
 // The generator, sink and reference programs are compiled from bpf/pktgen.c
 // by bpf2go (make generate); the output is committed so `go run` needs no clang.
-//go:generate go tool bpf2go -cc $BPF_CLANG -cflags "$BPF_CFLAGS" -strip $BPF_STRIP -target bpfel -type gen_config -type sink_config -type minfwd_config pktgen bpf/pktgen.c
+//go:generate go tool bpf2go -cc $BPF_CLANG -cflags "$BPF_CFLAGS" -strip $BPF_STRIP -target bpfel -type gen_config -type sink_config -type minfwd_config -type key40 -type key16 pktgen bpf/pktgen.c
 
 const (
 	xdpDrop = 1

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type pktgenCtLike struct {
+	_ structs.HostLayout
+	W [10]uint64
+}
+
 type pktgenFloorEntry struct {
 	_        structs.HostLayout
 	Client   uint32
@@ -31,6 +36,28 @@ type pktgenGenConfig struct {
 	Verdict   uint32
 	Family    uint32
 	Pad       uint32
+}
+
+type pktgenKey16 struct {
+	_      structs.HostLayout
+	Saddr  uint32
+	Daddr  uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    uint16
+}
+
+type pktgenKey40 struct {
+	_      structs.HostLayout
+	Saddr  [16]uint8
+	Daddr  [16]uint8
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    uint16
 }
 
 type pktgenMinfwdConfig struct {
@@ -57,12 +84,16 @@ type pktgenSinkConfig struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	pktgenMapCt16         = "ct16"
+	pktgenMapCt40         = "ct40"
 	pktgenMapFloorTable   = "floor_table"
 	pktgenMapGenCfg       = "gen_cfg"
 	pktgenMapGenSeq       = "gen_seq"
 	pktgenMapMinfwdCfg    = "minfwd_cfg"
 	pktgenMapSinkCfg      = "sink_cfg"
 	pktgenMapSinkCount    = "sink_count"
+	pktgenProgBenchCt16   = "bench_ct16"
+	pktgenProgBenchCt40   = "bench_ct40"
 	pktgenProgBenchDrop   = "bench_drop"
 	pktgenProgBenchFloor  = "bench_floor"
 	pktgenProgBenchGen    = "bench_gen"
@@ -113,6 +144,8 @@ type pktgenSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenProgramSpecs struct {
+	BenchCt16   *ebpf.ProgramSpec `ebpf:"bench_ct16"`
+	BenchCt40   *ebpf.ProgramSpec `ebpf:"bench_ct40"`
 	BenchDrop   *ebpf.ProgramSpec `ebpf:"bench_drop"`
 	BenchFloor  *ebpf.ProgramSpec `ebpf:"bench_floor"`
 	BenchGen    *ebpf.ProgramSpec `ebpf:"bench_gen"`
@@ -125,6 +158,8 @@ type pktgenProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type pktgenMapSpecs struct {
+	Ct16       *ebpf.MapSpec `ebpf:"ct16"`
+	Ct40       *ebpf.MapSpec `ebpf:"ct40"`
 	FloorTable *ebpf.MapSpec `ebpf:"floor_table"`
 	GenCfg     *ebpf.MapSpec `ebpf:"gen_cfg"`
 	GenSeq     *ebpf.MapSpec `ebpf:"gen_seq"`
@@ -159,6 +194,8 @@ func (o *pktgenObjects) Close() error {
 //
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenMaps struct {
+	Ct16       *ebpf.Map `ebpf:"ct16"`
+	Ct40       *ebpf.Map `ebpf:"ct40"`
 	FloorTable *ebpf.Map `ebpf:"floor_table"`
 	GenCfg     *ebpf.Map `ebpf:"gen_cfg"`
 	GenSeq     *ebpf.Map `ebpf:"gen_seq"`
@@ -169,6 +206,8 @@ type pktgenMaps struct {
 
 func (m *pktgenMaps) Close() error {
 	return _PktgenClose(
+		m.Ct16,
+		m.Ct40,
 		m.FloorTable,
 		m.GenCfg,
 		m.GenSeq,
@@ -188,6 +227,8 @@ type pktgenVariables struct {
 //
 // It can be passed to loadPktgenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type pktgenPrograms struct {
+	BenchCt16   *ebpf.Program `ebpf:"bench_ct16"`
+	BenchCt40   *ebpf.Program `ebpf:"bench_ct40"`
 	BenchDrop   *ebpf.Program `ebpf:"bench_drop"`
 	BenchFloor  *ebpf.Program `ebpf:"bench_floor"`
 	BenchGen    *ebpf.Program `ebpf:"bench_gen"`
@@ -198,6 +239,8 @@ type pktgenPrograms struct {
 
 func (p *pktgenPrograms) Close() error {
 	return _PktgenClose(
+		p.BenchCt16,
+		p.BenchCt40,
 		p.BenchDrop,
 		p.BenchFloor,
 		p.BenchGen,

@@ -258,8 +258,8 @@ int bench_minfwd(struct xdp_md *ctx)
 
 /*
  * The one-read flow table (bench_floor): entries of 16 bytes, a flow's
- * whole state in one read at a place hashed from its client (address and
- * port): the most compact table a BPF program can keep, an array map (no
+ * whole state in one read at a place hashed from its client's address and
+ * both ports: the most compact table a BPF program can keep, an array map (no
  * bucket to read before the entry). Go sizes it (1M entries: 16 MiB) for
  * the floor path's object only.
  */
@@ -292,22 +292,22 @@ int bench_floor(struct xdp_md *ctx)
 	if (data + UDP6 + 4 > data_end)
 		return XDP_PASS;
 	__be16 proto = *(__be16 *)(data + 12);
-	__u32 client;
-	__u16 port;
+	__u32 client, ports; /* the flow: its client's address, both ports (the generator's flows differ in all three) */
 	if (proto == bpf_htons(ETH_P_IP_)) {
 		client = *(__u32 *)(data + IP4_SADDR);
-		port = *(__u16 *)(data + UDP4);
+		ports = *(__u32 *)(data + UDP4);
 	} else {
 		client = *(__u32 *)(data + IP6_SADDR_LO);
-		port = *(__u16 *)(data + UDP6);
+		ports = *(__u32 *)(data + UDP6);
 	}
-	__u32 h = (client ^ ((__u32)port << 16 | port)) * 0x9e3779b1u;
-	h = (h ^ (h >> 15)) * 0x85ebca6bu;
+	__u32 h = (client * 0x9e3779b1u) ^ ports;
+	h = (h ^ (h >> 16)) * 0x85ebca6bu;
+	h = (h ^ (h >> 13)) * 0xc2b2ae35u;
 	__u32 zero = 0;
 	struct minfwd_config *c = bpf_map_lookup_elem(&minfwd_cfg, &zero);
 	if (!c)
 		return XDP_PASS;
-	__u32 slot = (h ^ (h >> 13)) & c->floor_mask;
+	__u32 slot = (h ^ (h >> 16)) & c->floor_mask;
 	struct floor_entry *e = bpf_map_lookup_elem(&floor_table, &slot);
 	if (!e)
 		return XDP_PASS;
@@ -315,6 +315,90 @@ int bench_floor(struct xdp_md *ctx)
 	if (*(volatile __u32 *)&e->target == 0xffffffffu)
 		return XDP_DROP;
 	return minfwd(ctx);
+}
+
+/*
+ * A conntrack lookup alone, by key size (-ablate): roam's key (40 bytes:
+ * IPv4-mapped addresses, ports, protocol, family) against a compact IPv4
+ * key (16 bytes), in hash maps as roam's (not preallocated, the agent's
+ * default size), values of roam's size. Go inserts the bench packet's
+ * flow in both; the program builds the key from the packet and looks it up.
+ */
+struct key40 {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport, dport;
+	__u8 proto, family;
+	__u16 pad;
+};
+
+struct key16 {
+	__be32 saddr, daddr;
+	__be16 sport, dport;
+	__u8 proto, family;
+	__u16 pad;
+};
+
+struct ct_like {
+	__u64 w[10]; /* 80 bytes, as struct ct_value */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct key40);
+	__type(value, struct ct_like);
+} ct40 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct key16);
+	__type(value, struct ct_like);
+} ct16 SEC(".maps");
+
+#define IP4_PROTO 23
+
+/* ct_probe looks the packet's flow up with roam's key (compact 0) or the compact one (1). */
+static __always_inline int ct_probe(struct xdp_md *ctx, int compact)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + UDP4 + 4 > data_end)
+		return XDP_PASS;
+	struct ct_like *v;
+	if (compact) {
+		struct key16 k = {};
+		__builtin_memcpy(&k.saddr, data + IP4_SADDR, 8);
+		__builtin_memcpy(&k.sport, data + UDP4, 4);
+		k.proto = *(__u8 *)(data + IP4_PROTO);
+		k.family = 4;
+		v = bpf_map_lookup_elem(&ct16, &k);
+	} else {
+		struct key40 k = {};
+		k.saddr[10] = k.saddr[11] = k.daddr[10] = k.daddr[11] = 0xff;
+		__builtin_memcpy(k.saddr + 12, data + IP4_SADDR, 4);
+		__builtin_memcpy(k.daddr + 12, data + IP4_DADDR, 4);
+		__builtin_memcpy(&k.sport, data + UDP4, 4);
+		k.proto = *(__u8 *)(data + IP4_PROTO);
+		k.family = 4;
+		v = bpf_map_lookup_elem(&ct40, &k);
+	}
+	return v && v->w[0] != 0xffffffffffffffffull ? XDP_DROP : XDP_PASS;
+}
+
+SEC("xdp")
+int bench_ct40(struct xdp_md *ctx)
+{
+	return ct_probe(ctx, 0);
+}
+
+SEC("xdp")
+int bench_ct16(struct xdp_md *ctx)
+{
+	return ct_probe(ctx, 1);
 }
 
 /* bench_drop and bench_pass: the reference path's end, and the XDP program the kernel paths keep on their veths. */
