@@ -3,7 +3,8 @@
 // home, an old and a new location over an IPv6 underlay), each through the
 // same migration with the old copy removed in the middle: a UDP stream with
 // sequence numbers (lost, duplicated, reordered), new TCP connections at a
-// fixed rate (connect time p99, over 1 s), TCP goodput in 100 ms bins of a
+// fixed rate (connect time p99 as the client program sees it, the
+// handshake's p99 as the client's kernel timed it, over 1 s), TCP goodput in 100 ms bins of a
 // client that downloads in a loop and reconnects when its connection dies,
 // the client address the service sees, and the home's XDP cost per packet
 // (kernel BPF statistics). Last line: one JSON object.
@@ -97,17 +98,23 @@ func (n *node) close() {
 type result struct {
 	sent, lost, dup, reordered int
 	connects                   []time.Duration
+	handshakes                 []time.Duration // SYN to SYN-ACK, as the client's kernel timed it (TCP_INFO rtt after connect)
 	connFailed, connOver1s     int
 	bins                       []int64 // bytes per 100 ms
 	seen                       map[netip.Addr]int
 	nsPerPacket                float64
 }
 
-func (r result) connP99() float64 {
-	if len(r.connects) == 0 {
+func (r result) connP99() float64 { return p99ms(r.connects) }
+
+func (r result) handshakeP99() float64 { return p99ms(r.handshakes) }
+
+// p99ms is the 99th percentile of d in milliseconds (0 if empty).
+func p99ms(d []time.Duration) float64 {
+	if len(d) == 0 {
 		return 0
 	}
-	c := slices.Clone(r.connects)
+	c := slices.Clone(d)
 	slices.Sort(c)
 	return float64(c[(len(c)*99)/100]) / 1e6
 }
@@ -202,6 +209,7 @@ func run(dur time.Duration) error {
 	row("tcp connects", len(nat.connects), len(s6.connects))
 	row("tcp connects failed", nat.connFailed, s6.connFailed)
 	row("connect p99 (ms)", fmt.Sprintf("%.2f", nat.connP99()), fmt.Sprintf("%.2f", s6.connP99()))
+	row("handshake p99 (kernel, ms)", fmt.Sprintf("%.3f", nat.handshakeP99()), fmt.Sprintf("%.3f", s6.handshakeP99()))
 	row("connects over 1 s", nat.connOver1s, s6.connOver1s)
 	row("goodput dip (worst 100ms bin, %)", fmt.Sprintf("%.0f", nat.dipPct()), fmt.Sprintf("%.0f", s6.dipPct()))
 	row("client address seen", addrs(nat.seen), addrs(s6.seen))
@@ -212,6 +220,7 @@ func run(dur time.Duration) error {
 		"lost_nat": nat.lost, "lost_srv6": s6.lost, "dup_nat": nat.dup, "dup_srv6": s6.dup,
 		"reordered_nat": nat.reordered, "reordered_srv6": s6.reordered,
 		"connect_p99_ms_nat": round2(nat.connP99()), "connect_p99_ms_srv6": round2(s6.connP99()),
+		"handshake_p99_ms_nat": round3(nat.handshakeP99()), "handshake_p99_ms_srv6": round3(s6.handshakeP99()),
 		"connects_over_1s_nat": nat.connOver1s, "connects_over_1s_srv6": s6.connOver1s,
 		"goodput_dip_pct_nat": round2(nat.dipPct()), "goodput_dip_pct_srv6": round2(s6.dipPct()),
 		"client_ip_preserved_nat": nat.preserved(), "client_ip_preserved_srv6": s6.preserved(),
@@ -222,6 +231,8 @@ func run(dur time.Duration) error {
 }
 
 func round2(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }
+
+func round3(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }
 
 func kb(b []int64) []int64 {
 	out := make([]int64, len(b))
@@ -364,7 +375,7 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 		return r, err
 	}
 	r = udpRes
-	r.connects, r.connFailed, r.connOver1s = connRes.connects, connRes.connFailed, connRes.connOver1s
+	r.connects, r.handshakes, r.connFailed, r.connOver1s = connRes.connects, connRes.handshakes, connRes.connFailed, connRes.connOver1s
 	r.bins = goodRes.bins
 	if runs1 > runs0 {
 		r.nsPerPacket = float64(rt1-rt0) / float64(runs1-runs0)
@@ -473,7 +484,10 @@ func udpStream(ctx context.Context, ns string, dur time.Duration) result {
 	return r
 }
 
-// connects opens a new TCP connection every 10 ms and times the handshake.
+// connects opens a new TCP connection every 10 ms and times it twice: the
+// dial as the program sees it (with its goroutine's and thread's
+// scheduling), and the handshake as the client's kernel timed it (the RTT
+// its SYN and the SYN-ACK gave, TCP_INFO), which no scheduling delays.
 func connects(ctx context.Context, ns string, dur time.Duration) result {
 	var r result
 	var mu sync.Mutex
@@ -497,6 +511,9 @@ func connects(ctx context.Context, ns string, dur time.Duration) result {
 				r.connFailed++
 				return
 			}
+			if hs, ok := handshake(c); ok {
+				r.handshakes = append(r.handshakes, hs)
+			}
 			c.Close()
 			r.connects = append(r.connects, d)
 			if d > time.Second {
@@ -506,6 +523,27 @@ func connects(ctx context.Context, ns string, dur time.Duration) result {
 	}
 	wg.Wait()
 	return r
+}
+
+// handshake is the RTT the kernel measured on c's SYN and SYN-ACK (read
+// before any data: the handshake's sample alone).
+func handshake(c net.Conn) (time.Duration, bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var rtt time.Duration
+	ok = false
+	_ = raw.Control(func(fd uintptr) {
+		if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			rtt, ok = time.Duration(ti.Rtt)*time.Microsecond, true
+		}
+	})
+	return rtt, ok
 }
 
 // goodput downloads 256 KB at a time on a kept connection, reconnecting when it dies, and counts bytes per 100 ms.
