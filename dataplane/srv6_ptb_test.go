@@ -13,15 +13,29 @@ import (
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
-// ptbFrame is what a router of the underlay sends the home's SID when a
-// packet the home encapsulated (encap: outer IPv6 on, no Ethernet) is too
-// big for its next hop of mtu: an ICMPv6 packet too big quoting as much
-// of it as fits in 1280 bytes (RFC 4443).
-func ptbFrame(srcMAC, dstMAC string, router, to netip.Addr, mtu uint32, encap []byte) []byte {
-	smac, _ := net.ParseMAC(srcMAC)
-	dmac, _ := net.ParseMAC(dstMAC)
+// underlayRouter is the underlay's router (the gateway, macGW) that
+// reports packets too big.
+var underlayRouter = netip.MustParseAddr("2001:db8:ff::fe")
+
+// ptbFrame is what underlayRouter sends the home's SID (sidHome, on d0)
+// when a packet the home encapsulated (encap: outer IPv6 on, no Ethernet)
+// is too big for its next hop of mtu: an ICMPv6 packet too big quoting as
+// much of it as fits in 1280 bytes (RFC 4443).
+func ptbFrame(mtu uint32, encap []byte) []byte {
+	smac, _ := net.ParseMAC(macGW)
+	dmac, _ := net.ParseMAC(macD0)
 	f := append(append(append([]byte{}, dmac...), smac...), 0x86, 0xdd)
-	return append(f, dptest.PTB6(router, to, mtu, encap)...)
+	return append(f, dptest.PTB6(underlayRouter, sidHome, mtu, encap)...)
+}
+
+// newPTBTestbed is an SRv6 home (sidHome) with two SRv6 frontends:
+// 10.0.0.1:80/tcp along [old], [2001:db8::1]:80/tcp along [old, new].
+func newPTBTestbed(t *testing.T) (*testbed, int) {
+	t.Helper()
+	tb := newSRv6Testbed(t, sidHome)
+	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
+	tb.stage(t, "[2001:db8::1]:80/tcp", "srv6:fc00:0:2::1,fc00:0:3::1")
+	return tb, tb.d0.Attrs().Index
 }
 
 // TestSRv6RelayPTB: an underlay router's ICMPv6 packet too big to the
@@ -36,12 +50,8 @@ func ptbFrame(srcMAC, dstMAC string, router, to netip.Addr, mtu uint32, encap []
 // about no frontend of ours, is not relayed: the kernel's (XDP_PASS,
 // unchanged).
 func TestSRv6RelayPTB(t *testing.T) {
-	tb := newSRv6Testbed(t, sidHome)
-	d0 := tb.d0.Attrs().Index
-	router := netip.MustParseAddr("2001:db8:ff::fe")
+	tb, d0 := newPTBTestbed(t)
 	big := bytes.Repeat([]byte("x"), 1400)
-	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "srv6:fc00:0:2::1,fc00:0:3::1")
 	for _, c := range []struct {
 		desc          string
 		client, front string
@@ -58,7 +68,7 @@ func TestSRv6RelayPTB(t *testing.T) {
 		inner := ipOf(pkt)
 		encap := ipOf(srv6Frame(macD0, macGW, sidHome, c.sids, len(c.sids)-1, 64, srv6Label(client, fa, lb.TCP), inner))
 		before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
-		v, out := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, c.ptb, encap), d0)
+		v, out := tb.run(t, ptbFrame(c.ptb, encap), d0)
 		if v != xdpTX {
 			t.Fatalf("%s: verdict %d, want %d (to the client, out of the interface the packet too big came in by)", c.desc, v, xdpTX)
 		}
@@ -110,7 +120,7 @@ func TestSRv6RelayPTB(t *testing.T) {
 		{"from another source", ipOf(srv6Frame(macD0, macGW, sidNew, []netip.Addr{sidOld}, 0, 64, 0, inner))},
 		{"about no frontend of ours", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, other))},
 	} {
-		in := ptbFrame(macGW, macD0, router, sidHome, 1400, c.encap)
+		in := ptbFrame(1400, c.encap)
 		v, out := tb.run(t, in, d0)
 		if v != xdpPass || !bytes.Equal(out, in) {
 			t.Fatalf("%s: verdict %d, want %d and the packet unchanged", c.desc, v, xdpPass)
@@ -129,13 +139,9 @@ func TestSRv6RelayPTB(t *testing.T) {
 // srv6_ptb_refused. A router after the first segment (the outer destination
 // rewritten to the second, segments_left 0) is relayed.
 func TestSRv6RelayPTBRefused(t *testing.T) {
-	tb := newSRv6Testbed(t, sidHome)
-	d0 := tb.d0.Attrs().Index
-	router := netip.MustParseAddr("2001:db8:ff::fe")
+	tb, d0 := newPTBTestbed(t)
 	big := bytes.Repeat([]byte("x"), 1400)
-	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
 	tb.stage(t, "10.0.0.2:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "srv6:fc00:0:2::1,fc00:0:3::1")
 	client4, client6 := ap("198.51.100.7:33000"), ap("[2001:db8:c::7]:33000")
 	inner := func(client, fa netip.AddrPort) []byte {
 		return ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
@@ -157,13 +163,13 @@ func TestSRv6RelayPTBRefused(t *testing.T) {
 		{"another segment list", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidNew}, 0, 64, 0, in4)), 1400},
 		{"the segments reversed", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidNew, sidOld}, 1, 64, 0, in6)), 1400},
 		{"one segment of two", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in6)), 1400},
-		{"another outer destination", withDst(ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), router), 1400},
+		{"another outer destination", withDst(ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), underlayRouter), 1400},
 		{"an MTU under 1280, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), 1279},
 		{"an MTU of 0, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), 0},
 		{"an MTU under 1280, ipv6", ipOf(srv6Frame(macD0, macGW, sidHome, two, 1, 64, 0, in6)), 1000},
 	} {
 		before := dropsOf(t, tb.d)
-		v, _ := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, c.mtu, c.encap), d0)
+		v, _ := tb.run(t, ptbFrame(c.mtu, c.encap), d0)
 		after := dropsOf(t, tb.d)
 		if v != xdpDrop {
 			t.Errorf("%s: verdict %d, want %d (a forged packet too big is not relayed)", c.desc, v, xdpDrop)
@@ -176,7 +182,7 @@ func TestSRv6RelayPTBRefused(t *testing.T) {
 	// Past the first segment: the outer destination is the second, segments_left 0.
 	before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
 	encap := ipOf(srv6Frame(macD0, macGW, sidHome, two, 0, 64, 0, in6))
-	if v, _ := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, 1400, encap), d0); v != xdpTX {
+	if v, _ := tb.run(t, ptbFrame(1400, encap), d0); v != xdpTX {
 		t.Fatalf("after the first segment: verdict %d, want %d", v, xdpTX)
 	}
 	if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 1 {
@@ -190,12 +196,8 @@ func TestSRv6RelayPTBRefused(t *testing.T) {
 // cut to 100), IPv6's 2^32-1 too (no jumbograms); 1280, the least accepted,
 // gives IPv4 1216 and IPv6 1280 (its minimum, not 1200).
 func TestSRv6RelayPTBMTU(t *testing.T) {
-	tb := newSRv6Testbed(t, sidHome)
-	d0 := tb.d0.Attrs().Index
-	router := netip.MustParseAddr("2001:db8:ff::fe")
+	tb, d0 := newPTBTestbed(t)
 	big := bytes.Repeat([]byte("x"), 1400)
-	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "srv6:fc00:0:2::1,fc00:0:3::1")
 	for _, c := range []struct {
 		desc          string
 		client, front string
@@ -211,7 +213,7 @@ func TestSRv6RelayPTBMTU(t *testing.T) {
 		client, fa := ap(c.client), ap(c.front)
 		inner := ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
 		encap := ipOf(srv6Frame(macD0, macGW, sidHome, c.sids, len(c.sids)-1, 64, 0, inner))
-		v, out := tb.run(t, ptbFrame(macGW, macD0, router, sidHome, c.ptb, encap), d0)
+		v, out := tb.run(t, ptbFrame(c.ptb, encap), d0)
 		if v != xdpTX {
 			t.Fatalf("%s: verdict %d, want %d", c.desc, v, xdpTX)
 		}
@@ -244,10 +246,9 @@ func TestSRv6RelayPTBMTU(t *testing.T) {
 func TestSRv6RelayPTBBudget(t *testing.T) {
 	tb := newSRv6Testbed(t, sidHome)
 	d0 := tb.d0.Attrs().Index
-	router := netip.MustParseAddr("2001:db8:ff::fe")
 	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
 	inner := ipOf(spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", payload: bytes.Repeat([]byte("x"), 1400), srcMAC: macPeer, dstMAC: macD0}.build(t))
-	in := ptbFrame(macGW, macD0, router, sidHome, 1400, ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, inner)))
+	in := ptbFrame(1400, ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, inner)))
 	answered, delta := tb.runICMPBudget(t, "packets too big", d0, func(int) []byte { return in })
 	relayed, limited := delta["srv6_ptb_relayed"], delta["icmp_limited"]
 	if relayed != uint64(answered) || limited != uint64(icmpSent-answered) {
