@@ -209,12 +209,19 @@ func (c *Client) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (uint64,
 // Commit makes the staged target of f active; gen names the stage (0 =
 // whatever is staged).
 func (c *Client) Commit(ctx context.Context, f lb.Frontend, gen uint64) error {
+	return c.generationCall(ctx, "commit", f, gen)
+}
+
+// generationCall calls /v1/<op> (commit or abort) for f's generation gen;
+// a call that names its generation is sent again after a kept connection
+// broke (making it twice changes nothing).
+func (c *Client) generationCall(ctx context.Context, op string, f lb.Frontend, gen uint64) error {
 	do := c.do
 	if gen != 0 {
 		do = c.doReplayable
 	}
-	if err := do(ctx, http.MethodPost, "/v1/commit", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
-		return fmt.Errorf("commit %s generation %d: %w", f, gen, err)
+	if err := do(ctx, http.MethodPost, "/v1/"+op, generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
+		return fmt.Errorf("%s %s generation %d: %w", op, f, gen, err)
 	}
 	return nil
 }
@@ -314,14 +321,7 @@ func (c *Client) CommitAll(ctx context.Context, fs []lb.Frontend, gens []uint64)
 // superseded one is refused (409), and a Commit of an aborted generation
 // fails.
 func (c *Client) Abort(ctx context.Context, f lb.Frontend, gen uint64) error {
-	do := c.do
-	if gen != 0 {
-		do = c.doReplayable
-	}
-	if err := do(ctx, http.MethodPost, "/v1/abort", generationRequest{Frontend: &f, Generation: gen}, nil); err != nil {
-		return fmt.Errorf("abort %s generation %d: %w", f, gen, err)
-	}
-	return nil
+	return c.generationCall(ctx, "abort", f, gen)
 }
 
 // Remove deletes f from the node's data plane.

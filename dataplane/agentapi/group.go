@@ -65,17 +65,10 @@ func (g Group) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (Generatio
 	if failed == nil {
 		return gens, nil
 	}
-	// Roll back with a context of its own: the caller's may be what failed.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-	defer cancel()
-	abortErrs := g.each(func(i int, c *Client) error {
-		var ae *Error
-		if errs[i] != nil && errors.As(errs[i], &ae) && ae.Status/100 == 4 {
-			return nil // the agent refused: nothing was staged there
-		}
+	aerr := g.rollBack(ctx, errs, func(actx context.Context, i int, c *Client) error {
 		return c.Abort(actx, f, gens[i]) // 0 where the outcome is unknown: whatever is staged
 	})
-	if aerr := joinNodes(g, abortErrs); aerr != nil {
+	if aerr != nil {
 		return nil, fmt.Errorf("stage %s -> %s on every node: %w (and roll back: %w)", f, t, failed, aerr)
 	}
 	return nil, fmt.Errorf("stage %s -> %s on every node (rolled back): %w", f, t, failed)
@@ -103,13 +96,7 @@ func (g Group) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (
 		}
 		return out, nil
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-	defer cancel()
-	abortErrs := g.each(func(i int, c *Client) error {
-		var ae *Error
-		if errs[i] != nil && errors.As(errs[i], &ae) && ae.Status/100 == 4 {
-			return nil // the agent refused: it rolled back its own call
-		}
+	aerr := g.rollBack(ctx, errs, func(actx context.Context, i int, c *Client) error {
 		var aerrs []error
 		for j, f := range fs {
 			var gen uint64 // 0 where the outcome is unknown: whatever is staged
@@ -122,10 +109,26 @@ func (g Group) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (
 		}
 		return errors.Join(aerrs...)
 	})
-	if aerr := joinNodes(g, abortErrs); aerr != nil {
+	if aerr != nil {
 		return nil, fmt.Errorf("stage %v on every node: %w (and roll back: %w)", fs, failed, aerr)
 	}
 	return nil, fmt.Errorf("stage %v on every node (rolled back): %w", fs, failed)
+}
+
+// rollBack undoes a failed stage (errs: each node's error) with a context
+// of its own (the caller's may be what failed): abort(actx, i, c) on every
+// node but those whose agent refused the call (4xx: it staged nothing, or
+// rolled back its own call). It returns the nodes' errors.
+func (g Group) rollBack(ctx context.Context, errs []error, abort func(actx context.Context, i int, c *Client) error) error {
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	return joinNodes(g, g.each(func(i int, c *Client) error {
+		var ae *Error
+		if errs[i] != nil && errors.As(errs[i], &ae) && ae.Status/100 == 4 {
+			return nil
+		}
+		return abort(actx, i, c)
+	}))
 }
 
 // CommitAll commits every fs[j] on every node with the generation it

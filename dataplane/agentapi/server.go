@@ -568,15 +568,10 @@ func (s *Server) stage(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) commit(w http.ResponseWriter, r *http.Request) error {
-	var req generationRequest
-	f, err := decodeFrontend(r, &req, &req.Frontend)
+	f, err := s.generationOp(r, "commit", "committed", s.dp.Commit)
 	if err != nil {
 		return err
 	}
-	if err := s.dp.Commit(f, req.Generation); err != nil {
-		return dpErr("commit", f, err)
-	}
-	s.log.Info("committed", "frontend", f, "generation", req.Generation)
 	svc, err := s.find(f)
 	if err != nil {
 		return err
@@ -799,17 +794,27 @@ func generations(rs []generationRequest) []uint64 {
 }
 
 func (s *Server) abort(w http.ResponseWriter, r *http.Request) error {
+	if _, err := s.generationOp(r, "abort", "aborted", s.dp.Abort); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, emptyReply{})
+	return nil
+}
+
+// generationOp reads a generationRequest and applies op (the data plane's
+// Commit or Abort, named what) to its frontend and generation, logging
+// done; it returns the frontend.
+func (s *Server) generationOp(r *http.Request, what, done string, op func(lb.Frontend, uint64) error) (lb.Frontend, error) {
 	var req generationRequest
 	f, err := decodeFrontend(r, &req, &req.Frontend)
 	if err != nil {
-		return err
+		return f, err
 	}
-	if err := s.dp.Abort(f, req.Generation); err != nil {
-		return dpErr("abort", f, err)
+	if err := op(f, req.Generation); err != nil {
+		return f, dpErr(what, f, err)
 	}
-	s.log.Info("aborted", "frontend", f, "generation", req.Generation)
-	writeJSON(w, http.StatusOK, emptyReply{})
-	return nil
+	s.log.Info(done, "frontend", f, "generation", req.Generation)
+	return f, nil
 }
 
 func (s *Server) remove(w http.ResponseWriter, r *http.Request) error {
