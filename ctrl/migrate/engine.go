@@ -264,6 +264,25 @@ func (e *Engine) lockCtx(ctx context.Context, name string) (func(), error) {
 	}
 }
 
+// lockChange opens a caller's change of service name (what: the error's
+// word): refused while recovery has not looked at the service, else under
+// its lock (lockCtx). The returned done, to defer even on an error,
+// releases the lock and then says the service changed.
+func (e *Engine) lockChange(ctx context.Context, name, what string) (done func(), err error) {
+	if err := e.recovered(name); err != nil {
+		return func() {}, err
+	}
+	unlock, err := e.lockCtx(ctx, name)
+	done = func() {
+		unlock()
+		e.changed(name)
+	}
+	if err != nil {
+		return done, fmt.Errorf("%s %s: %w", what, name, err)
+	}
+	return done, nil
+}
+
 func newID() string {
 	b := make([]byte, 6)
 	if _, err := rand.Read(b); err != nil {

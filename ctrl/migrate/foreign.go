@@ -97,14 +97,10 @@ func (e *Engine) DeployForeign(ctx context.Context, from ctrl.Caller, req ctrl.F
 // RemoveForeign drops a foreign copy (home must match; a non-zero epoch
 // must be the copy's own: another epoch is a newer copy, left alone).
 func (e *Engine) RemoveForeign(ctx context.Context, from ctrl.Caller, name, home string, epoch ctrl.Epoch) error {
-	if err := e.recovered(name); err != nil {
-		return err
-	}
-	defer e.changed(name)
-	unlock, err := e.lockCtx(ctx, name)
-	defer unlock()
+	done, err := e.lockChange(ctx, name, "remove foreign")
+	defer done()
 	if err != nil {
-		return fmt.Errorf("remove foreign %s: %w", name, err)
+		return err
 	}
 	return e.removeForeignLocked(ctx, name, home, epoch)
 }

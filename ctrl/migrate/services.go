@@ -108,14 +108,10 @@ func (e *Engine) Migrations() ([]ctrl.Migration, error) { return e.st.Migrations
 
 // Delete removes a service this cluster owns, wherever it runs.
 func (e *Engine) Delete(ctx context.Context, name string) error {
-	if err := e.recovered(name); err != nil {
-		return err
-	}
-	defer e.changed(name)
-	unlock, err := e.lockCtx(ctx, name)
-	defer unlock()
+	done, err := e.lockChange(ctx, name, "delete")
+	defer done()
 	if err != nil {
-		return fmt.Errorf("delete %s: %w", name, err)
+		return err
 	}
 	if err := e.settled(ctx, name); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)

@@ -185,14 +185,10 @@ func (e *Engine) Migrate(ctx context.Context, name string, req ctrl.MigrateReque
 	if req.Destination == e.cfg.ClusterID {
 		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w: it already runs at %s", name, ErrInvalid, req.Destination)
 	}
-	if err := e.recovered(name); err != nil {
-		return ctrl.Migration{}, err
-	}
-	defer e.changed(name)
-	unlock, err := e.lockCtx(ctx, name)
-	defer unlock()
+	done, err := e.lockChange(ctx, name, "migrate")
+	defer done()
 	if err != nil {
-		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
+		return ctrl.Migration{}, err
 	}
 	if err := e.settled(ctx, name); err != nil {
 		return ctrl.Migration{}, fmt.Errorf("migrate %s: %w", name, err)
