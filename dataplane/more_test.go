@@ -34,6 +34,8 @@ func TestCommitConcurrency(t *testing.T) {
 	var loopErr error
 	var commits atomic.Int64
 	wg.Add(1)
+	// A t.Fatal below stops the loop before the cleanup closes the data plane.
+	defer func() { cancel(); wg.Wait() }()
 	go func() {
 		defer wg.Done()
 		next := y
