@@ -403,19 +403,13 @@ func (d *Dataplane) Get(f lb.Frontend) (lb.Service, error) {
 
 // List returns every frontend's service.
 func (d *Dataplane) List() ([]lb.Service, error) {
-	var (
-		k   FrontendKey
-		id  uint32
-		out []lb.Service
-	)
-	it := d.maps.RoamServices.Iterate()
-	for it.Next(&k, &id) {
-		if id == 0 || id >= maxFrontends {
-			continue
+	var out []lb.Service
+	err := iterateMap(d.maps.RoamServices, func(k FrontendKey, id uint32) {
+		if id != 0 && id < maxFrontends {
+			out = append(out, d.readRecord(id).service(k.Frontend()))
 		}
-		out = append(out, d.readRecord(id).service(k.Frontend()))
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
 	}
 	return out, nil
@@ -424,22 +418,20 @@ func (d *Dataplane) List() ([]lb.Service, error) {
 // freeID returns the lowest frontend id not used in the services map (ids
 // are recovered from the map, so a restarted agent keeps them).
 func (d *Dataplane) freeID() (uint32, error) {
+	return lowestFree(d.maps.RoamServices, func(_ FrontendKey, id uint32) uint32 { return id }, "frontend")
+}
+
+// lowestFree returns the lowest id, 1 to maxFrontends-1, that no entry of
+// m uses (idOf: the id an entry uses); what names the ids in errors.
+func lowestFree[K, V any](m *ebpf.Map, idOf func(K, V) uint32, what string) (uint32, error) {
 	used := make(map[uint32]bool)
-	var (
-		k  FrontendKey
-		id uint32
-	)
-	it := d.maps.RoamServices.Iterate()
-	for it.Next(&k, &id) {
-		used[id] = true
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("walk services: %w", err)
+	if err := iterateMap(m, func(k K, v V) { used[idOf(k, v)] = true }); err != nil {
+		return 0, fmt.Errorf("find a free %s id: %w", what, err)
 	}
 	for id := uint32(1); id < maxFrontends; id++ {
 		if !used[id] {
 			return id, nil
 		}
 	}
-	return 0, fmt.Errorf("all %d frontend ids in use", maxFrontends-1)
+	return 0, fmt.Errorf("all %d %s ids in use", maxFrontends-1, what)
 }

@@ -324,38 +324,14 @@ func (d *Dataplane) forgetSRv6Flows(key FrontendKey) error {
 }
 
 func (d *Dataplane) freeSRv6ID() (uint32, error) {
-	used := map[uint32]bool{}
-	var (
-		k FrontendKey
-		v SRv6LocalValue
-	)
-	it := d.maps.RoamSrv6Local.Iterate()
-	for it.Next(&k, &v) {
-		used[v.Id] = true
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("walk srv6 copies: %w", err)
-	}
-	for id := uint32(1); id < maxFrontends; id++ {
-		if !used[id] {
-			return id, nil
-		}
-	}
-	return 0, fmt.Errorf("all %d srv6 copy ids in use", maxFrontends-1)
+	return lowestFree(d.maps.RoamSrv6Local, func(_ FrontendKey, v SRv6LocalValue) uint32 { return v.Id }, "srv6 copy")
 }
 
 // SRv6Copies returns the copies on this node and their states.
 func (d *Dataplane) SRv6Copies() (map[lb.Frontend]SRv6State, error) {
 	out := map[lb.Frontend]SRv6State{}
-	var (
-		k FrontendKey
-		v SRv6LocalValue
-	)
-	it := d.maps.RoamSrv6Local.Iterate()
-	for it.Next(&k, &v) {
-		out[k.Frontend()] = SRv6State(v.State)
-	}
-	if err := it.Err(); err != nil {
+	err := iterateMap(d.maps.RoamSrv6Local, func(k FrontendKey, v SRv6LocalValue) { out[k.Frontend()] = SRv6State(v.State) })
+	if err != nil {
 		return nil, fmt.Errorf("list srv6 copies: %w", err)
 	}
 	return out, nil

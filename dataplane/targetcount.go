@@ -132,23 +132,17 @@ func (d *Dataplane) slotLeftAfter(v TargetValue, grace chan struct{}) {
 // slotted is the set of target indices in a slot of a frontend now. d.mu is held.
 func (d *Dataplane) slotted() (map[uint16]bool, error) {
 	in := map[uint16]bool{}
-	var (
-		k  FrontendKey
-		id uint32
-	)
-	it := d.maps.RoamServices.Iterate()
-	for it.Next(&k, &id) {
+	err := iterateMap(d.maps.RoamServices, func(_ FrontendKey, id uint32) {
 		if id == 0 || id >= maxFrontends {
-			continue
+			return
 		}
-		r := d.readRecord(id)
-		for _, s := range r.Slot {
+		for _, s := range d.readRecord(id).Slot {
 			if s.Counter != 0 {
 				in[s.Counter] = true
 			}
 		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read services: %w", err)
 	}
 	return in, nil
