@@ -154,16 +154,7 @@ static __always_inline struct nat_value *roam_reply(struct pkt *p, __u64 now)
 /* roam_local_socket: a TCP socket of this host (not a listener) owns the packet's tuple. */
 static __always_inline int roam_local_socket(ROAM_CTX *ctx, const struct pkt *p)
 {
-	if (ROAM_OWN_SOCKET(ctx))
-		return 1;
-	struct bpf_sock_tuple t = {};
-	__u32 size = sock_tuple(&t, p);
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return 0;
-	int owned = sk->state != BPF_TCP_LISTEN;
-	bpf_sk_release(sk);
-	return owned;
+	return ROAM_OWN_SOCKET(ctx) || host_socket_owns(ctx, p);
 }
 
 /*

@@ -273,3 +273,16 @@ static __always_inline __u32 sock_tuple(struct bpf_sock_tuple *t, const struct p
 	t->ipv6.dport = p->dport;
 	return sizeof(t->ipv6);
 }
+
+/* host_socket_owns: a TCP socket of this host (not a listener) owns p's tuple (ctx: either program's). */
+static __always_inline int host_socket_owns(void *ctx, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	__u32 size = sock_tuple(&t, p);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int owned = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return owned;
+}

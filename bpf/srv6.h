@@ -582,15 +582,8 @@ static __always_inline int srv6_flow_known(struct xdp_md *ctx, const struct srv6
 		if (bpf_map_lookup_elem(&roam_srv6_flows, &in->k))
 			return 1;
 		/* Not seen by us (say, opened before the agent restarted): a socket of this host has it. */
-		struct bpf_sock_tuple t = {};
 		/* A ct_key starts as a struct pkt does (addresses, ports, proto, family): what sock_tuple reads. */
-		__u32 size = sock_tuple(&t, (const struct pkt *)&in->k);
-		struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
-		if (!sk)
-			return 0;
-		int owned = sk->state != BPF_TCP_LISTEN;
-		bpf_sk_release(sk);
-		return owned;
+		return host_socket_owns(ctx, (const struct pkt *)&in->k);
 	}
 	__u64 *seen = bpf_map_lookup_elem(&roam_srv6_flows, &in->k);
 	if (!seen)
