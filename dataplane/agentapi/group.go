@@ -55,23 +55,26 @@ func joinNodes(g Group, errs []error) error {
 // that staged (and on those whose outcome is unknown) and returns the error:
 // nothing is left staged.
 func (g Group) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (Generations, error) {
-	gens := make(Generations, len(g))
-	errs := g.each(func(i int, c *Client) error {
-		gen, err := c.Stage(ctx, f, t)
-		gens[i] = gen
-		return err
-	})
+	gens, errs := stageOn(g, func(c *Client) (uint64, error) { return c.Stage(ctx, f, t) })
 	failed := joinNodes(g, errs)
 	if failed == nil {
 		return gens, nil
 	}
-	aerr := g.rollBack(ctx, errs, func(actx context.Context, i int, c *Client) error {
+	return nil, g.rollBack(ctx, fmt.Sprintf("%s -> %s", f, t), errs, failed, func(actx context.Context, i int, c *Client) error {
 		return c.Abort(actx, f, gens[i]) // 0 where the outcome is unknown: whatever is staged
 	})
-	if aerr != nil {
-		return nil, fmt.Errorf("stage %s -> %s on every node: %w (and roll back: %w)", f, t, failed, aerr)
-	}
-	return nil, fmt.Errorf("stage %s -> %s on every node (rolled back): %w", f, t, failed)
+}
+
+// stageOn calls stage on every node at once and returns each node's
+// result and error.
+func stageOn[T any](g Group, stage func(c *Client) (T, error)) ([]T, []error) {
+	out := make([]T, len(g))
+	errs := g.each(func(i int, c *Client) error {
+		v, err := stage(c)
+		out[i] = v
+		return err
+	})
+	return out, errs
 }
 
 // StageAll stages ts[i] for fs[i] on every node, one call per node (all
@@ -79,12 +82,7 @@ func (g Group) Stage(ctx context.Context, f lb.Frontend, t lb.Target) (Generatio
 // failure it aborts every frontend on every node that staged (and on those
 // whose outcome is unknown) and returns the error: nothing is left staged.
 func (g Group) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) ([]Generations, error) {
-	byNode := make([][]uint64, len(g))
-	errs := g.each(func(i int, c *Client) error {
-		gens, err := c.StageAll(ctx, fs, ts)
-		byNode[i] = gens
-		return err
-	})
+	byNode, errs := stageOn(g, func(c *Client) ([]uint64, error) { return c.StageAll(ctx, fs, ts) })
 	failed := joinNodes(g, errs)
 	if failed == nil {
 		out := make([]Generations, len(fs))
@@ -96,7 +94,7 @@ func (g Group) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (
 		}
 		return out, nil
 	}
-	aerr := g.rollBack(ctx, errs, func(actx context.Context, i int, c *Client) error {
+	return nil, g.rollBack(ctx, fmt.Sprint(fs), errs, failed, func(actx context.Context, i int, c *Client) error {
 		var aerrs []error
 		for j, f := range fs {
 			var gen uint64 // 0 where the outcome is unknown: whatever is staged
@@ -109,26 +107,27 @@ func (g Group) StageAll(ctx context.Context, fs []lb.Frontend, ts []lb.Target) (
 		}
 		return errors.Join(aerrs...)
 	})
-	if aerr != nil {
-		return nil, fmt.Errorf("stage %v on every node: %w (and roll back: %w)", fs, failed, aerr)
-	}
-	return nil, fmt.Errorf("stage %v on every node (rolled back): %w", fs, failed)
 }
 
-// rollBack undoes a failed stage (errs: each node's error) with a context
-// of its own (the caller's may be what failed): abort(actx, i, c) on every
-// node but those whose agent refused the call (4xx: it staged nothing, or
-// rolled back its own call). It returns the nodes' errors.
-func (g Group) rollBack(ctx context.Context, errs []error, abort func(actx context.Context, i int, c *Client) error) error {
+// rollBack undoes the failed stage of what (errs: each node's error;
+// failed: their join) with a context of its own (the caller's may be what
+// failed): abort(actx, i, c) on every node but those whose agent refused
+// the call (4xx: it staged nothing, or rolled back its own call). It
+// returns the stage's error, and the roll-back's if that failed too.
+func (g Group) rollBack(ctx context.Context, what string, errs []error, failed error, abort func(actx context.Context, i int, c *Client) error) error {
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
 	defer cancel()
-	return joinNodes(g, g.each(func(i int, c *Client) error {
+	aerr := joinNodes(g, g.each(func(i int, c *Client) error {
 		var ae *Error
 		if errs[i] != nil && errors.As(errs[i], &ae) && ae.Status/100 == 4 {
 			return nil
 		}
 		return abort(actx, i, c)
 	}))
+	if aerr != nil {
+		return fmt.Errorf("stage %s on every node: %w (and roll back: %w)", what, failed, aerr)
+	}
+	return fmt.Errorf("stage %s on every node (rolled back): %w", what, failed)
 }
 
 // CommitAll commits every fs[j] on every node with the generation it

@@ -487,23 +487,24 @@ func decode(r *http.Request, v any) error {
 }
 
 func needFrontend(f *lb.Frontend) (lb.Frontend, error) {
-	if f == nil {
-		return lb.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: frontend is required (e.g. \"10.0.0.1:80/tcp\")")
-	}
-	if err := f.Validate(); err != nil {
-		return lb.Frontend{}, apiErr(http.StatusBadRequest, ReasonBadFrontend, "read request: %v", err)
-	}
-	return *f, nil
+	return need(f, ReasonBadFrontend, "frontend is required (e.g. \"10.0.0.1:80/tcp\")")
 }
 
 func needTarget(t *lb.Target) (lb.Target, error) {
-	if t == nil {
-		return lb.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: target is required (\"local\" or \"redirect:ADDR:PORT\")")
+	return need(t, ReasonBadTarget, "target is required (\"local\" or \"redirect:ADDR:PORT\")")
+}
+
+// need reads a request's required field p: missing (the error says so) or
+// invalid, a 400 of reason.
+func need[T interface{ Validate() error }](p *T, reason, missing string) (T, error) {
+	var zero T
+	if p == nil {
+		return zero, apiErr(http.StatusBadRequest, reason, "read request: %s", missing)
 	}
-	if err := t.Validate(); err != nil {
-		return lb.Target{}, apiErr(http.StatusBadRequest, ReasonBadTarget, "read request: %v", err)
+	if err := (*p).Validate(); err != nil {
+		return zero, apiErr(http.StatusBadRequest, reason, "read request: %v", err)
 	}
-	return *t, nil
+	return *p, nil
 }
 
 // dpErr classifies an error of the data plane.
