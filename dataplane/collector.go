@@ -139,8 +139,8 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 		removed  uint64
 		failures uint64
 	}{
-		{"conntrack", n, c.d.maps.RoamConntrack.MaxEntries(), c.d.gc.ctRemoved.Load(), drops["ct_full"]},
-		{"nat", nn, c.d.maps.RoamNat.MaxEntries(), c.d.gc.natRemoved.Load(), drops["port_exhausted"] + drops["nat_full"]},
+		{"conntrack", n, c.d.maps.RoamConntrack.MaxEntries(), c.d.gc.ct.removed.Load(), drops["ct_full"]},
+		{"nat", nn, c.d.maps.RoamNat.MaxEntries(), c.d.gc.nat.removed.Load(), drops["port_exhausted"] + drops["nat_full"]},
 	} {
 		out = append(out,
 			prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(m.entries), m.name),

@@ -29,21 +29,58 @@ type GCStats struct {
 	TargetIndices  int  // target counters' indices taken back (targetcount.go)
 }
 
+// mapSweep is the GC's position in one flow map and its running totals.
+type mapSweep struct {
+	cursor  ebpf.MapBatchCursor
+	removed atomic.Uint64
+	// Entries read so far in the current sweep, and left after the last
+	// complete one (what pressure is judged on).
+	sweep, left int
+	done        bool // the map's end was reached in the current sweep
+	// The walk in progress (started: its start is set) and the last
+	// complete one: the target counters' indices its entries held
+	// (targetcount.go).
+	walk, last flowWalk
+}
+
 // gcState is the GC's position in each map and its running totals.
 type gcState struct {
-	ctCursor, natCursor   ebpf.MapBatchCursor
-	ctRemoved, natRemoved atomic.Uint64
-	// Entries read so far in the current sweep of each map, and left after
-	// the last complete one (what pressure is judged on).
-	ctSweep, natSweep int
-	ctLeft, natLeft   int
-	ctDone, natDone   bool   // the map's end was reached in the current sweep
-	failures          uint64 // new flows refused (ct_full, nat_full, port_exhausted) as of the last pass
-	// The walk of each map in progress (started: its start is set) and
-	// the last complete one: the target counters' indices their entries
-	// held (targetcount.go).
-	ctWalk, natWalk flowWalk
-	ctLast, natLast flowWalk
+	ct, nat  mapSweep
+	failures uint64 // new flows refused (ct_full, nat_full, port_exhausted) as of the last pass
+}
+
+// scanSweep reads up to maxScan entries of m from where s stopped: each
+// entry's target index (counter) marks s's walk. It returns the keys of
+// the entries expired says, how many it read and whether the walk ended
+// (then kept as s.last). On an error the sweep and the walk start again.
+func scanSweep[V any](s *mapSweep, m *ebpf.Map, maxScan int, counter func(V) uint16, expired func(CTKey, V) bool) ([]CTKey, int, bool, error) {
+	var keys []CTKey
+	seen := walkMark(&s.walk, time.Now())
+	n, done, err := scanMap(m, &s.cursor, maxScan, func(k CTKey, v V) {
+		if c := counter(v); c != 0 {
+			seen[c] = true
+		}
+		if expired(k, v) {
+			keys = append(keys, k)
+		}
+	})
+	if err != nil {
+		s.sweep, s.walk = 0, flowWalk{}
+		return nil, n, false, err
+	}
+	if done {
+		s.last, s.walk = s.walk, flowWalk{}
+	}
+	return keys, n, done, nil
+}
+
+// count takes in a pass over s's map: n entries read, removed of them
+// gone; at the walk's end (done), what is left.
+func (s *mapSweep) count(n, removed int, done bool) {
+	s.removed.Add(uint64(removed))
+	if s.sweep += n - removed; done {
+		s.left, s.sweep = s.sweep, 0
+	}
 }
 
 // walkMark starts w if it is not under way, and returns its set of seen indices.
@@ -77,25 +114,13 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	t := d.cfg.Timeouts
 
 	// Forward entries.
-	var ctKeys []CTKey
 	var natKeys []CTKey
-	ctSeen := walkMark(&d.gc.ctWalk, time.Now())
-	n, ctDoneWalk, err := scanMap(d.maps.RoamConntrack, &d.gc.ctCursor, maxScan, func(k CTKey, v CTValue) {
-		if v.Counter != 0 {
-			ctSeen[v.Counter] = true
-		}
-		if d.ctExpired(k, v, now, t) {
-			ctKeys = append(ctKeys, k)
-		}
-	})
+	ctKeys, n, ctDoneWalk, err := scanSweep(&d.gc.ct, d.maps.RoamConntrack, maxScan,
+		func(v CTValue) uint16 { return v.Counter },
+		func(k CTKey, v CTValue) bool { return d.ctExpired(k, v, now, t) })
 	st.Scanned += n
 	if err != nil {
-		d.gc.ctSweep = 0
-		d.gc.ctWalk = flowWalk{}
 		return st, fmt.Errorf("gc conntrack: %w", err)
-	}
-	if ctDoneWalk {
-		d.gc.ctLast, d.gc.ctWalk = d.gc.ctWalk, flowWalk{}
 	}
 	// Read again just before removing: a packet may have touched it.
 	live := ctKeys[:0]
@@ -116,16 +141,13 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	}
 	removed, err := deleteKeys(d.maps.RoamConntrack, live)
 	st.Conntrack += removed
-	d.gc.ctRemoved.Add(uint64(removed))
-	if d.gc.ctSweep += n - removed; ctDoneWalk {
-		d.gc.ctLeft, d.gc.ctSweep = d.gc.ctSweep, 0
-	}
+	d.gc.ct.count(n, removed, ctDoneWalk)
 	if err != nil {
 		return st, fmt.Errorf("gc conntrack: %w", err)
 	}
 	removed, err = deleteKeys(d.maps.RoamNat, natKeys)
 	st.NAT += removed
-	d.gc.natRemoved.Add(uint64(removed))
+	d.gc.nat.removed.Add(uint64(removed))
 	if err != nil {
 		return st, fmt.Errorf("gc nat: %w", err)
 	}
@@ -134,24 +156,14 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	// elsewhere (a takeover, a program's delete). Such an entry goes once
 	// idle for the close timeout, so only those are looked into: a NAT
 	// entry whose flow is over goes with its forward entry above.
-	natKeys = natKeys[:0]
-	natSeen := walkMark(&d.gc.natWalk, time.Now())
-	n, natDoneWalk, err := scanMap(d.maps.RoamNat, &d.gc.natCursor, maxScan, func(k CTKey, v NATValue) {
-		if v.Counter != 0 {
-			natSeen[v.Counter] = true
-		}
-		if idleLonger(now, v.LastSeen, t.Close) && d.natReclaimable(k, v, now, t) {
-			natKeys = append(natKeys, k)
-		}
-	})
+	natKeys, n, natDoneWalk, err := scanSweep(&d.gc.nat, d.maps.RoamNat, maxScan,
+		func(v NATValue) uint16 { return v.Counter },
+		func(k CTKey, v NATValue) bool {
+			return idleLonger(now, v.LastSeen, t.Close) && d.natReclaimable(k, v, now, t)
+		})
 	st.Scanned += n
 	if err != nil {
-		d.gc.natSweep = 0
-		d.gc.natWalk = flowWalk{}
 		return st, fmt.Errorf("gc nat: %w", err)
-	}
-	if natDoneWalk {
-		d.gc.natLast, d.gc.natWalk = d.gc.natWalk, flowWalk{}
 	}
 	live = natKeys[:0]
 	for _, k := range natKeys {
@@ -162,22 +174,19 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	}
 	removed, err = deleteKeys(d.maps.RoamNat, live)
 	st.NAT += removed
-	d.gc.natRemoved.Add(uint64(removed))
-	if d.gc.natSweep += n - removed; natDoneWalk {
-		d.gc.natLeft, d.gc.natSweep = d.gc.natSweep, 0
-	}
+	d.gc.nat.count(n, removed, natDoneWalk)
 	if err != nil {
 		return st, fmt.Errorf("gc nat: %w", err)
 	}
 	// The maps reach their ends in different passes (their sizes differ):
 	// a sweep is complete once each has.
-	d.gc.ctDone = d.gc.ctDone || ctDoneWalk
-	d.gc.natDone = d.gc.natDone || natDoneWalk
-	if st.Wrapped = d.gc.ctDone && d.gc.natDone; st.Wrapped {
-		d.gc.ctDone, d.gc.natDone = false, false
+	d.gc.ct.done = d.gc.ct.done || ctDoneWalk
+	d.gc.nat.done = d.gc.nat.done || natDoneWalk
+	if st.Wrapped = d.gc.ct.done && d.gc.nat.done; st.Wrapped {
+		d.gc.ct.done, d.gc.nat.done = false, false
 	}
-	if (ctDoneWalk || natDoneWalk) && !d.gc.ctLast.start.IsZero() && !d.gc.natLast.start.IsZero() {
-		if st.TargetIndices, err = d.reclaimTargets(d.gc.ctLast, d.gc.natLast); err != nil {
+	if (ctDoneWalk || natDoneWalk) && !d.gc.ct.last.start.IsZero() && !d.gc.nat.last.start.IsZero() {
+		if st.TargetIndices, err = d.reclaimTargets(d.gc.ct.last, d.gc.nat.last); err != nil {
 			return st, fmt.Errorf("gc: %w", err)
 		}
 	}
@@ -190,8 +199,8 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 func (d *Dataplane) gcHurry() bool {
 	d.gcMu.Lock()
 	defer d.gcMu.Unlock()
-	full := float64(d.gc.ctLeft) > gcHurryPressure*float64(d.maps.RoamConntrack.MaxEntries()) ||
-		float64(d.gc.natLeft) > gcHurryPressure*float64(d.maps.RoamNat.MaxEntries())
+	full := float64(d.gc.ct.left) > gcHurryPressure*float64(d.maps.RoamConntrack.MaxEntries()) ||
+		float64(d.gc.nat.left) > gcHurryPressure*float64(d.maps.RoamNat.MaxEntries())
 	var failures uint64
 	for r, name := range DropReasons {
 		if name != "ct_full" && name != "nat_full" && name != "port_exhausted" {
