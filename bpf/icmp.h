@@ -492,6 +492,25 @@ static __noinline int icmp_time_exceeded(ROAM_CTX *ctx)
 	return ROAM_ICMP_ERROR(ctx, ICMP_ERR_TIME_EXCEEDED, 0);
 }
 
+/*
+ * ttl_hop takes a hop off the TTL or hop limit of a packet forwarded from
+ * here, as a router does: VERDICT_FLOW to go on, else the verdict (its TTL
+ * ran out: a time exceeded back, never about an ICMP packet; too short to
+ * read: dropped), counted as a drop of x's frontend.
+ */
+static __always_inline int ttl_hop(ROAM_CTX *ctx, const struct pkt *p, const struct xlate *x)
+{
+	int t = ip_ttl_dec((void *)(long)ctx->data, (void *)(long)ctx->data_end, p->family);
+	if (t == 0)
+		return VERDICT_FLOW;
+	count_reason(t > 0 ? REASON_TTL_EXCEEDED : REASON_MALFORMED);
+	count_action(x->id, ACTION_DROP, p->len);
+	/* A router's answer; never an error about an error. */
+	if (t > 0 && p->proto != IPPROTO_ICMP_ && p->proto != IPPROTO_ICMPV6_)
+		return icmp_time_exceeded(ctx);
+	return VERDICT_DROP;
+}
+
 /* xlate_apply rewrites the packet as x says (an ICMP error: its outer and quoted headers). */
 static __always_inline int xlate_apply(ROAM_CTX *ctx, struct pkt *p, const struct xlate *x)
 {

@@ -76,15 +76,9 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 		 * packet (ingress_ifindex 0), nor one the kernel forwarded to an
 		 * egress hook (it has counted that hop).
 		 */
-		int t = ip_ttl_dec((void *)(long)skb->data, (void *)(long)skb->data_end, p->family);
-		if (t != 0) {
-			count_reason(t > 0 ? REASON_TTL_EXCEEDED : REASON_MALFORMED);
-			count_action(x->id, ACTION_DROP, p->len);
-			/* A router's answer; never an error about an error. */
-			if (t > 0 && p->proto != IPPROTO_ICMP_ && p->proto != IPPROTO_ICMPV6_)
-				return icmp_time_exceeded(skb);
-			return TC_ACT_SHOT;
-		}
+		int v = ttl_hop(skb, p, x);
+		if (v != VERDICT_FLOW)
+			return v;
 	}
 	count_target(p, x); /* goes on from here (the rewrite changes p) */
 	if (xlate_apply(skb, p, x) < 0) {

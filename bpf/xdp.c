@@ -91,15 +91,9 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 	}
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		/* Forwarded from here: a hop, as a router counts it. */
-		int t = ip_ttl_dec((void *)(long)ctx->data, (void *)(long)ctx->data_end, p->family);
-		if (t != 0) {
-			count_reason(t > 0 ? REASON_TTL_EXCEEDED : REASON_MALFORMED);
-			count_action(x->id, ACTION_DROP, p->len);
-			/* A router's answer; never an error about an error. */
-			if (t > 0 && p->proto != IPPROTO_ICMP_ && p->proto != IPPROTO_ICMPV6_)
-				return icmp_time_exceeded(ctx);
-			return XDP_DROP;
-		}
+		int v = ttl_hop(ctx, p, x);
+		if (v != VERDICT_FLOW)
+			return v;
 	}
 	count_target(p, x); /* goes on from here (the rewrite changes p) */
 	if (xlate_apply(ctx, p, x) < 0) {
