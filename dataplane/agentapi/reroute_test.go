@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/roamnet/roam/dataplane/lb"
 )
@@ -21,12 +22,19 @@ func TestRerouteOneCall(t *testing.T) {
 	g, c := Group{a.client}, ctx(t)
 	fs := []lb.Frontend{fe, feUDP}
 	for _, ts := range [][]lb.Target{{t1, t2}, {t2, t1}} {
+		t0 := time.Now()
 		times, err := g.Reroute(c, fs, ts)
+		wall := time.Since(t0)
 		if err != nil {
 			t.Fatalf("reroute to %v: %v", ts, err)
 		}
 		if !times.OneCall || times.Stage <= 0 || times.Commit <= 0 {
 			t.Fatalf("reroute times %+v: want one call, with the data plane's stage and commit times", times)
+		}
+		// The agent's own time holds its stage and commit, and is held
+		// in the call's wall time (µs in the reply: 1 µs of rounding).
+		if times.Agent < times.Stage+times.Commit-time.Microsecond || times.Agent > wall {
+			t.Fatalf("reroute times %+v in a call of %s: want stage+commit <= agent <= the call", times, wall)
 		}
 		a.wantSlots(t, "after the reroute", fs, ts, false)
 	}

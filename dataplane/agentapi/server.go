@@ -12,7 +12,7 @@
 //	POST /v1/abort  {frontend, generation} → {} (generation 0 = whatever is staged)
 //	POST /v1/stages {stages: [{frontend, target}]} → {generations} (all or nothing)
 //	POST /v1/commits {commits: [{frontend, generation}]} → {}
-//	POST /v1/reroute {stages: [{frontend, target}]} → {generations, stage_us, commit_us}
+//	POST /v1/reroute {stages: [{frontend, target}]} → {generations, stage_us, commit_us, agent_us}
 //	                                     (stages all, all or nothing, then commits all: a
 //	                                     node's whole reroute in one call; an error that
 //	                                     committed nothing says "outcome": "not_committed")
@@ -216,7 +216,7 @@ func (s *Server) route(pattern, name string, h func(http.ResponseWriter, *http.R
 		start := time.Now()
 		// Counted when the status is written, before the answer can
 		// reach the caller (a handler may send it before its end).
-		sw := &statusWriter{ResponseWriter: w, Code: http.StatusOK, head: func(code int) {
+		sw := &statusWriter{ResponseWriter: w, Code: http.StatusOK, start: start, head: func(code int) {
 			if code == http.StatusOK {
 				ok.Inc()
 			} else {
@@ -366,8 +366,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) { _ = httpjson.Reply(w,
 // which http.ResponseController reaches through Unwrap: sendNow).
 type statusWriter struct {
 	http.ResponseWriter
-	Code int
-	head func(code int) // called once, with the status
+	Code  int
+	start time.Time      // when the route's handler was entered
+	head  func(code int) // called once, with the status
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -432,12 +433,15 @@ type stagesReply struct {
 	Generations []uint64 `json:"generations"`
 }
 
-// rerouteReply is a /v1/reroute's answer: the generations committed and
-// the data plane's time for the stages and for the commits (µs).
+// rerouteReply is a /v1/reroute's answer: the generations committed,
+// the data plane's time for the stages and for the commits, and the
+// agent's own for the call, from its handler's start (the request read)
+// until the answer is written (µs).
 type rerouteReply struct {
 	Generations []uint64 `json:"generations"`
 	StageUs     float64  `json:"stage_us"`
 	CommitUs    float64  `json:"commit_us"`
+	AgentUs     float64  `json:"agent_us,omitempty"`
 }
 
 // commitsRequest commits several frontends in one call.
@@ -634,7 +638,11 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	sendNow(w, rerouteReply{Generations: gens, StageUs: us(times[0]), CommitUs: us(times[1])})
+	reply := rerouteReply{Generations: gens, StageUs: us(times[0]), CommitUs: us(times[1])}
+	if sw, ok := w.(*statusWriter); ok {
+		reply.AgentUs = us(time.Since(sw.start))
+	}
+	sendNow(w, reply)
 	logged()
 	return nil
 }

@@ -51,18 +51,18 @@ const benchPort = 65000
 // agentCalls times rounds stage+commit calls per transport, and rounds
 // one-call reroutes (µs): as built (one) and with a short slice
 // (oneShort).
-func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, one, oneShort []float64, err error) {
+func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, one, oneShort []float64, inAgent agentShare, err error) {
 	home, err := tb.Cluster("home")
 	if err != nil {
-		return sync, h2, one, oneShort, err
+		return sync, h2, one, oneShort, inAgent, err
 	}
 	work, err := tb.WorkDir()
 	if err != nil {
-		return sync, h2, one, oneShort, err
+		return sync, h2, one, oneShort, inAgent, err
 	}
 	id, err := pki.Load(testbed.CtrlTLSDir(work, "home"))
 	if err != nil {
-		return sync, h2, one, oneShort, err
+		return sync, h2, one, oneShort, inAgent, err
 	}
 	url := fmt.Sprintf("https://127.0.0.1:%d", testbed.AgentAPIPort)
 	sc := agentapi.NewTLS(url, id.ClientConfig(pki.ExpectNodeOf("home")))
@@ -88,14 +88,14 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 	figs := []*stageCommit{&sync, &h2}
 	for _, c := range clients {
 		if err := c.Warm(ctx); err != nil {
-			return sync, h2, one, oneShort, err
+			return sync, h2, one, oneShort, inAgent, err
 		}
 	}
 	// The home's roam processes, whose slice the one-call rounds
 	// alternate; put back as built at the end.
 	pids, err := roamPIDs(home.NS)
 	if err != nil {
-		return sync, h2, one, oneShort, err
+		return sync, h2, one, oneShort, inAgent, err
 	}
 	defer func() {
 		if serr := setSlices(pids, 0); serr != nil && err == nil {
@@ -111,7 +111,7 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 				slice, fig = schedslice.Min, &oneShort
 			}
 			if err := setSlices(pids, slice); err != nil {
-				return sync, h2, one, oneShort, err
+				return sync, h2, one, oneShort, inAgent, err
 			}
 			// Every timed reroute changes the target: the two rounds
 			// before left both frontends on ts, and the agent makes
@@ -119,13 +119,19 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 			// has (a call made again). Earlier, half of these rounds
 			// rerouted to ts and timed that no-op.
 			t0 := time.Now()
-			if _, err := (agentapi.Group{sc}).Reroute(ctx, fs, alt); err != nil {
-				return sync, h2, one, oneShort, err
+			times, err := (agentapi.Group{sc}).Reroute(ctx, fs, alt)
+			if err != nil {
+				return sync, h2, one, oneShort, inAgent, err
 			}
 			*fig = append(*fig, float64(time.Since(t0).Nanoseconds())/1e3)
+			if fig == &one {
+				inAgent.agent = append(inAgent.agent, us(times.Agent))
+				inAgent.stage = append(inAgent.stage, us(times.Stage))
+				inAgent.commit = append(inAgent.commit, us(times.Commit))
+			}
 			select {
 			case <-ctx.Done():
-				return sync, h2, one, oneShort, ctx.Err()
+				return sync, h2, one, oneShort, inAgent, ctx.Err()
 			case <-time.After(gap):
 			}
 			continue
@@ -135,21 +141,28 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 		gens, err := c.StageAll(ctx, fs, ts)
 		t1 := time.Now()
 		if err != nil {
-			return sync, h2, one, oneShort, err
+			return sync, h2, one, oneShort, inAgent, err
 		}
 		if err := c.CommitAll(ctx, fs, gens); err != nil {
-			return sync, h2, one, oneShort, err
+			return sync, h2, one, oneShort, inAgent, err
 		}
 		t2 := time.Now()
 		fig.stage = append(fig.stage, float64(t1.Sub(t0).Nanoseconds())/1e3)
 		fig.commit = append(fig.commit, float64(t2.Sub(t1).Nanoseconds())/1e3)
 		select {
 		case <-ctx.Done():
-			return sync, h2, one, oneShort, ctx.Err()
+			return sync, h2, one, oneShort, inAgent, ctx.Err()
 		case <-time.After(gap):
 		}
 	}
-	return sync, h2, one, oneShort, nil
+	return sync, h2, one, oneShort, inAgent, nil
+}
+
+// agentShare is the agent's own share of each one-call reroute as built
+// (µs, from its answer): its handler's time (the request read until the
+// answer written) and, within it, the data plane's stage and commit.
+type agentShare struct {
+	agent, stage, commit []float64
 }
 
 // roamPIDs are the roam-agent and roam-ctrl processes in ns.
@@ -181,7 +194,7 @@ func setSlices(pids []int, d time.Duration) error {
 	return nil
 }
 
-func printAgentCalls(sync, h2 stageCommit, one, oneShort []float64, rounds int, gap time.Duration) {
+func printAgentCalls(sync, h2 stageCommit, one, oneShort []float64, inAgent agentShare, rounds int, gap time.Duration) {
 	q := testbed.Quantile
 	fmt.Printf("controller -> home agent calls (mutual TLS), stage and commit of 2 frontends, %d rounds each, %s apart, under the clients' load (µs):\n", rounds, gap)
 	fmt.Printf("  %-28s %9s %9s %9s %9s %12s\n", "transport", "stage p50", "stage p99", "commit p50", "commit p99", "stage+commit p50")
@@ -196,6 +209,12 @@ func printAgentCalls(sync, h2 stageCommit, one, oneShort []float64, rounds int, 
 	_, _, _, _, two := sync.quantiles()
 	fmt.Printf("  one call (/v1/reroute: stage and commit of both in the agent, as a one-node cluster's migration makes it), as built: p50 %.0f, p99 %.0f; two calls / one call, p50: %.2f\n",
 		q(one, 0.5), q(one, 0.99), two/q(one, 0.5))
+	rest := make([]float64, len(one))
+	for i := range one {
+		rest[i] = one[i] - inAgent.agent[i]
+	}
+	fmt.Printf("    where it goes, p50: in the agent %.0f (its handler, request read to answer written; the data plane's stage %.0f and commit %.0f in it), the rest %.0f (the request's and the answer's way, each end's wake-up, the caller's own work)\n",
+		q(inAgent.agent, 0.5), q(inAgent.stage, 0.5), q(inAgent.commit, 0.5), q(rest, 0.5))
 	fmt.Printf("  one call with the home's roam processes at a %s scheduler slice (--sched-slice; rounds alternating with the above, as built: the kernel's default): p50 %.0f, p99 %.0f; short / as built, p50: %.2f\n",
 		schedslice.Min, q(oneShort, 0.5), q(oneShort, 0.99), q(oneShort, 0.5)/q(one, 0.5))
 	fmt.Println("  (every timed reroute moves both frontends from the local target to a redirect; the slice is the home's roam-agent's and roam-ctrl's, while the timed caller is this bench process, at the kernel's default slice: the caller's own wake-up, roam-ctrl's in a migration, is not in this A/B)")

@@ -132,6 +132,9 @@ type summary struct {
 	// The one /v1/reroute call (stage and commit of 2 frontends in the
 	// agent) a one-node cluster's migration makes, p50 (µs).
 	APIRerouteUs float64 `json:"api_reroute_us"`
+	// Its share in the agent (its handler, request read to answer
+	// written), p50 (µs): the rest is the wire, both wake-ups, the caller.
+	APIRerouteAgentUs float64 `json:"api_reroute_agent_us"`
 	// The same with the home's roam processes at a short scheduler
 	// slice (--sched-slice 100µs; rounds alternating with those as built).
 	APIRerouteShortSliceUs float64 `json:"api_reroute_short_slice_us"`
@@ -239,13 +242,14 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.agentRounds > 0 {
 		fmt.Println("controller's calls to the home agent, both transports, under the clients' load ...")
-		sc, h2, one, oneShort, err := agentCalls(ctx, tb, o.agentRounds, o.agentGap)
+		sc, h2, one, oneShort, inAgent, err := agentCalls(ctx, tb, o.agentRounds, o.agentGap)
 		if err != nil {
 			return fmt.Errorf("agent calls: %w", err)
 		}
-		printAgentCalls(sc, h2, one, oneShort, o.agentRounds, o.agentGap)
+		printAgentCalls(sc, h2, one, oneShort, inAgent, o.agentRounds, o.agentGap)
 		q := testbed.Quantile
 		sum.APIRerouteUs, sum.APIRerouteShortSliceUs = q(one, 0.5), q(oneShort, 0.5)
+		sum.APIRerouteAgentUs = q(inAgent.agent, 0.5)
 		sum.APIStageUs, sum.APICommitUs = q(sc.stage, 0.5), q(sc.commit, 0.5)
 		sum.APIStageH2Us, sum.APICommitH2Us = q(h2.stage, 0.5), q(h2.commit, 0.5)
 	}
