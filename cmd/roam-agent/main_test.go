@@ -70,6 +70,20 @@ func TestSYNProxyFlag(t *testing.T) {
 	}
 }
 
+// TestPreallocFlowsFlag: the agent preallocates its flow tables unless told not to.
+func TestPreallocFlowsFlag(t *testing.T) {
+	for args, want := range map[string]bool{"": true, "--prealloc-flows=false": false, "--prealloc-flows": true} {
+		a := []string{"--insecure"}
+		if args != "" {
+			a = append(a, args)
+		}
+		o, err := parseFlags(a)
+		if err != nil || o.preallocFlows != want {
+			t.Errorf("%q: %v, %v; want %v", args, o.preallocFlows, err, want)
+		}
+	}
+}
+
 // TestSRv6Flags: the agent's SRv6 flags reach the data plane's config, and
 // a SID outside the locators, locators without a SID, or a previous-path
 // hold that is not positive are refused.

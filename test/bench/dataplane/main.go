@@ -63,7 +63,7 @@ func main() {
 	flag.Uint64Var(&o.newFlows, "new-flows", 100_000, "new flows per new-flow sample (conntrack is emptied before each)")
 	churn := flag.Uint("churn", 200_000, "flows that come and go before each established-flow scenario (0: a fresh table)")
 	only := flag.String("scenarios", "", "comma-separated scenario keys to run (est4,new4,mid4,big4,est6,new6; default all)")
-	onlyPaths := flag.String("paths", "", "comma-separated paths to measure besides the reference (xdp,xdpp,floor,iptables,nftables,userspace; default all): for experiments, the ratios need all")
+	onlyPaths := flag.String("paths", "", "comma-separated paths to measure besides the reference (xdp,xdpo,floor,iptables,nftables,userspace; default all): for experiments, the ratios need all")
 	flag.StringVar(&o.profile, "profile", "", "directory: record one extra sample of each path under perf record -C <cpu> and print its top symbols")
 	flag.BoolVar(&o.ablate, "ablate", false, "only profile roam's XDP program: build bpf/roam.c with each stage switched off (ROAM_ABLATE, bpf/consts.h) and measure the builds under BPF_PROG_TEST_RUN")
 	flag.StringVar(&o.bpfDir, "bpf-dir", "bpf", "the data plane's C sources, for -ablate")
@@ -161,8 +161,8 @@ func run(ctx context.Context, o options) (err error) {
 		{"xdp", func() (*path, error) {
 			return setupXDP(ctx, sfx, o.frontends, xdpIdle, b.maxFlows(), false)
 		}},
-		// The same, its conntrack and NAT maps preallocated: the A/B of BPF_F_NO_PREALLOC (bpf/maps.h).
-		{"xdpp", func() (*path, error) {
+		// The same, an entry allocated per new flow: the A/B of BPF_F_NO_PREALLOC (bpf/maps.h).
+		{"xdpo", func() (*path, error) {
 			return setupXDP(ctx, sfx, o.frontends, xdpIdle, b.maxFlows(), true)
 		}},
 		// One read in a table of the big scenario's flows: the floor under its figure.
@@ -251,13 +251,13 @@ type scenario struct {
 func (b *bench) scenarios() []scenario {
 	all := []string{"xdp", "iptables", "nftables", "userspace"}
 	nat := []string{"xdp", "iptables", "nftables"}
-	// IPv4 also measures roam preallocated (xdpp) and the one-read floor.
+	// IPv4 also measures roam with entries on demand (xdpo) and the one-read floor.
 	o := b.o
 	b.scs = []scenario{
-		{"est4", fmt.Sprintf("established flows, IPv4, %d flows", o.few), v4, o.few, true, append(all, "xdpp", "floor")},
-		{"new4", "new flows (each packet a flow's first), IPv4", v4, 0, false, append(nat, "xdpp")},
+		{"est4", fmt.Sprintf("established flows, IPv4, %d flows", o.few), v4, o.few, true, append(all, "xdpo", "floor")},
+		{"new4", "new flows (each packet a flow's first), IPv4", v4, 0, false, append(nat, "xdpo")},
 		{"mid4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.mid), v4, o.mid, true, nat},
-		{"big4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.big), v4, o.big, true, append(nat, "xdpp", "floor")},
+		{"big4", fmt.Sprintf("established flows, IPv4, %d flows in conntrack", o.big), v4, o.big, true, append(nat, "xdpo", "floor")},
 		{"est6", fmt.Sprintf("established flows, IPv6, %d flows", o.few), v6, o.few, true, all},
 		{"new6", "new flows (each packet a flow's first), IPv6", v6, 0, false, nat},
 	}
@@ -560,10 +560,10 @@ type result struct {
 	FwdNsIptablesv6   float64 `json:"fwd_ns_iptables_v6"`
 	NewXDPv6          float64 `json:"newflows_per_s_xdp_v6"`
 	NewIptablesv6     float64 `json:"newflows_per_s_iptables_v6"`
-	PPSXDPPrealloc    float64 `json:"pps_xdp_prealloc"`
-	FwdNsXDPPrealloc  float64 `json:"fwd_ns_xdp_prealloc"`
-	NewXDPPrealloc    float64 `json:"newflows_per_s_xdp_prealloc"`
-	PPSXDPPreallocBig float64 `json:"pps_xdp_prealloc_1m_flows"`
+	PPSXDPOnDemand    float64 `json:"pps_xdp_on_demand"`
+	FwdNsXDPOnDemand  float64 `json:"fwd_ns_xdp_on_demand"`
+	NewXDPOnDemand    float64 `json:"newflows_per_s_xdp_on_demand"`
+	PPSXDPOnDemandBig float64 `json:"pps_xdp_on_demand_1m_flows"`
 	PPSFloor          float64 `json:"pps_floor"`
 	PPSFloorBig       float64 `json:"pps_floor_1m_flows"`
 	FloorExtraNsBig   float64 `json:"floor_extra_ns_1m_flows"`
@@ -591,8 +591,8 @@ func (b *bench) result() result {
 		PPSXDPv6: s("est6", "xdp"), PPSIptablesv6: s("est6", "iptables"), PPSNftablesv6: s("est6", "nftables"), PPSUserspacev6: s("est6", "userspace"),
 		FwdNsXDPv6: b.fwdNs("est6", "xdp"), FwdNsIptablesv6: b.fwdNs("est6", "iptables"),
 		NewXDPv6: s("new6", "xdp"), NewIptablesv6: s("new6", "iptables"),
-		PPSXDPPrealloc: s("est4", "xdpp"), FwdNsXDPPrealloc: b.fwdNs("est4", "xdpp"),
-		NewXDPPrealloc: s("new4", "xdpp"), PPSXDPPreallocBig: s("big4", "xdpp"),
+		PPSXDPOnDemand: s("est4", "xdpo"), FwdNsXDPOnDemand: b.fwdNs("est4", "xdpo"),
+		NewXDPOnDemand: s("new4", "xdpo"), PPSXDPOnDemandBig: s("big4", "xdpo"),
 		PPSFloor: s("est4", "floor"), PPSFloorBig: s("big4", "floor"),
 		Reps: b.o.reps, CPU: b.o.cpu, LoadAvgStart: b.load[0], LoadAvgEnd: b.load[1],
 	}
@@ -668,7 +668,7 @@ func (b *bench) report() error {
 		"wall Mpps and share: the same samples by the clock, and the part of it the path had the CPU (the rest went to other work).\n"+
 		"The userspace proxy serves one frontend per family; the generator feeds it bursts of %d frames, at most %d in its socket.\n",
 		b.o.cpu, pace.burst, pace.window)
-	fmt.Printf("\nconntrack tables: roam's conntrack and NAT maps %d entries each (hash maps, not preallocated (xdpp: preallocated), nothing evicted; UDP idle %v, %v once its frontend moved);\n"+
+	fmt.Printf("\nconntrack tables: roam's conntrack and NAT maps %d entries each (hash maps, preallocated as roam-agent's (xdpo: on demand), nothing evicted; UDP idle %v, %v once its frontend moved);\n"+
 		"  the kernel's %s (global, the count per namespace; UDP idle 10 min, checksums not verified).\n",
 		b.maxFlows(), xdpIdle, dataplane.DefaultTimeouts.UDPDrain, b.ctSettings)
 	if b.gcSweep > 0 {
@@ -692,10 +692,10 @@ func (b *bench) report() error {
 			"  %s.\n",
 			b.o.big, ratio(1e9, r.PPSXDP), r.BudgetNsBig, r.FloorExtraNsBig, b.o.big, b.o.few, r.PPSFloor/1e6, r.PPSFloorBig/1e6, verdict)
 	}
-	if r.PPSXDPPrealloc > 0 {
-		fmt.Printf("\nBPF_F_NO_PREALLOC A/B (same run): established %.2f (xdp) vs %.2f Mpps/core (xdpp, preallocated), fwd ns %.1f vs %.1f;\n"+
+	if r.PPSXDPOnDemand > 0 {
+		fmt.Printf("\nBPF_F_NO_PREALLOC A/B (same run): established %.2f (xdp, preallocated) vs %.2f Mpps/core (xdpo, on demand), fwd ns %.1f vs %.1f;\n"+
 			"  new flows %.0f vs %.0f /s; %d flows %.2f vs %.2f Mpps/core.\n",
-			r.PPSXDP/1e6, r.PPSXDPPrealloc/1e6, r.FwdNsXDP, r.FwdNsXDPPrealloc, r.NewXDP, r.NewXDPPrealloc, b.o.big, r.PPSXDPBig/1e6, r.PPSXDPPreallocBig/1e6)
+			r.PPSXDP/1e6, r.PPSXDPOnDemand/1e6, r.FwdNsXDP, r.FwdNsXDPOnDemand, r.NewXDP, r.NewXDPOnDemand, b.o.big, r.PPSXDPBig/1e6, r.PPSXDPOnDemandBig/1e6)
 	}
 	fmt.Printf("\ngoals (one core): XDP/iptables pps %.2fx (>= 3), forwarding cost iptables/XDP %.2fx (>= 5), XDP/userspace %.2fx (>= 10),\n"+
 		"  program %.1f ns/packet (< 60), %d flows at %.0f%% of the few-flow rate (>= 70%%)\n\n",

@@ -125,19 +125,20 @@ func setupRef(ctx context.Context, sfx string, frontends uint32) (*path, error) 
 // setupXDP is roam's data plane as the agent runs it: dataplane.Open on a
 // pin path of its own with room for maxFlows flows, the XDP program on
 // both of the home node's interfaces, one frontend per port staged and
-// committed to its target. prealloc: Config.PreallocFlows (the path
-// "xdpp", roam with preallocated conntrack and NAT maps).
-func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Duration, maxFlows int, prealloc bool) (*path, error) {
+// committed to its target, its conntrack and NAT maps preallocated as
+// roam-agent's (--prealloc-flows). onDemand: an entry allocated per new
+// flow (BPF_F_NO_PREALLOC, dataplane.Config's default; the path "xdpo").
+func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Duration, maxFlows int, onDemand bool) (*path, error) {
 	name, title := "xdp", "(a) roam XDP redirector"
-	if prealloc {
-		name, title = "xdpp", "(a') roam, conntrack preallocated"
+	if onDemand {
+		name, title = "xdpo", "(a') roam, entries on demand"
 	}
 	p, err := newPath(ctx, name, title, sfx, frontends, false)
 	if err != nil {
 		return nil, err
 	}
 	pin := "/sys/fs/bpf/roam-bench-" + sfx + "-" + name
-	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: snatAddr[v4], SNATv6: snatAddr[v6], IdleTimeout: idle, MaxFlows: maxFlows, PreallocFlows: prealloc})
+	dp, err := dataplane.Open(dataplane.Config{PinPath: pin, SNATv4: snatAddr[v4], SNATv6: snatAddr[v6], IdleTimeout: idle, MaxFlows: maxFlows, PreallocFlows: !onDemand})
 	if err != nil {
 		p.Close()
 		return nil, err
