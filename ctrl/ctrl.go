@@ -36,6 +36,12 @@ type Descriptor struct {
 	// SRH; the client's address reaches the service). Empty: the
 	// cluster's default (roam-ctrl --redirect-mode).
 	Redirect lb.Mode `json:"redirect,omitempty"`
+	// DirectReturn (SRv6 only): the abroad copy answers its clients
+	// itself, from the frontend's address, instead of back through the
+	// home (direct server return; README "Direct server return" says
+	// where the network allows it and what it risks). Unset: the
+	// cluster's default (roam-ctrl --srv6-direct-return, off).
+	DirectReturn *bool `json:"direct_return,omitempty"`
 }
 
 // Validate reports why d cannot be deployed.

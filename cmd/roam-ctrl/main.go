@@ -110,6 +110,7 @@ func run(ctx context.Context, args []string) error {
 		margin     = fs.Float64("trigger-margin", 0.3, "a better place must meet the need, and beat the current path in its tier, by this fraction")
 		locator    = fs.String("srv6-locator", "", "this cluster's SRv6 locator, an IPv6 prefix /16-/96 announced in hellos (nodes' SIDs come from it)")
 		redirect   = fs.String("redirect-mode", "nat", "default redirect of services whose descriptor names none: nat or srv6 (needs --srv6-locator)")
+		direct     = fs.Bool("srv6-direct-return", false, "SRv6 services whose descriptor says nothing answer clients directly from abroad (direct server return; see README for its risks)")
 		slice      = fs.Duration("sched-slice", 0, "the scheduler slice the controller's threads ask for (Linux 6.12 and later; 0: the kernel's default; else 100µs to 100ms): "+
 			"a short one lets an agent's answer woken on a busy node preempt the running thread instead of waiting out its slice (bench-migration measures 100µs beside the default)")
 	)
@@ -242,7 +243,7 @@ func run(ctx context.Context, args []string) error {
 		FrontendAddr: fa, DataAddr: da, StorePath: *storePath, HelloInterval: *hello,
 		FailsafeAfter: *failsafe, DrainTimeout: *drain, TLS: src, Users: users, AllowCommand: *allowCmd, Peers: pm,
 		Backend: be, LinksFile: *linksFile, ProbeAddr: *probeAddr, Probe: netprobe.Config{BulkInterval: *probeHot, ColdBulkInterval: *probeCold}, PolicyInterval: *policyEv, PolicyCooldown: *cooldown,
-		Trigger: migrate.TriggerConfig{Hold: *hold, Margin: *margin}, Logger: log, Locator: loc, RedirectMode: mode})
+		Trigger: migrate.TriggerConfig{Hold: *hold, Margin: *margin}, Logger: log, Locator: loc, RedirectMode: mode, SRv6DirectReturn: *direct})
 	if err != nil {
 		return err
 	}

@@ -60,12 +60,15 @@ type Config struct {
 	// Locator is the cluster's SRv6 locator, announced in its hellos
 	// (unset: no SRv6 path mode here); RedirectMode the default of
 	// services whose descriptor names none (default nat).
-	Locator       netip.Prefix
-	RedirectMode  lb.Mode
-	StorePath     string
-	HelloInterval time.Duration
-	FailsafeAfter time.Duration
-	DrainTimeout  time.Duration
+	Locator      netip.Prefix
+	RedirectMode lb.Mode
+	// SRv6DirectReturn: SRv6 services whose descriptor says nothing
+	// answer their clients directly from abroad (default off).
+	SRv6DirectReturn bool
+	StorePath        string
+	HelloInterval    time.Duration
+	FailsafeAfter    time.Duration
+	DrainTimeout     time.Duration
 	// TLS is this cluster's identity (ctrl/pki): the API is served over
 	// TLS with it, peers are called and verified with it, agents at https
 	// URLs too. Nil: plain HTTP, and no peer call is made or accepted.
@@ -283,7 +286,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	dir := directory{static: cfg.Peers, mc: c.mc}
 	peers := api.NewPeerClient(cfg.ClusterID, cfg.TLS, dir)
 	peers.Endpoints.AllowLoopback = cfg.AllowLoopbackEndpoints
-	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Locator: cfg.Locator, RedirectMode: cfg.RedirectMode, Store: c.st,
+	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Locator: cfg.Locator, RedirectMode: cfg.RedirectMode, SRv6DirectReturn: cfg.SRv6DirectReturn, Store: c.st,
 		Backend: cfg.Backend, Directory: dir, Peers: peers,
 		DrainTimeout: cfg.DrainTimeout, FailsafeAfter: cfg.FailsafeAfter, ProbeInterval: min(cfg.HelloInterval, 500*time.Millisecond),
 		PolicyInterval: cfg.PolicyInterval, PolicyCooldown: cfg.PolicyCooldown, CollectAfter: cfg.CollectAfter,

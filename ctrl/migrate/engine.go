@@ -63,11 +63,14 @@ type Config struct {
 	// default of services whose descriptor names none (srv6.go).
 	Locator      netip.Prefix
 	RedirectMode lb.Mode
-	Store        *store.Store
-	Backend      backend.Backend
-	Agents       ctrl.Agents    // nil: no data plane to program
-	Placer       ctrl.Placer    // nil: a destination must be given
-	Directory    ctrl.Directory // nil: peer URLs only from the records
+	// SRv6DirectReturn is the default of SRv6 services whose descriptor
+	// says nothing of direct return (srv6.go).
+	SRv6DirectReturn bool
+	Store            *store.Store
+	Backend          backend.Backend
+	Agents           ctrl.Agents    // nil: no data plane to program
+	Placer           ctrl.Placer    // nil: a destination must be given
+	Directory        ctrl.Directory // nil: peer URLs only from the records
 	// Hellos returns the MO's view (cached hellos) for the policy and the
 	// fail-safe; nil means none.
 	Hellos        func() []meta.Hello

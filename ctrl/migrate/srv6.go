@@ -152,12 +152,19 @@ func (e *Engine) srv6Mode(d ctrl.Descriptor) bool {
 // whatever their own default), and needs this cluster's locator.
 func (e *Engine) srv6Resolve(d *ctrl.Descriptor) error {
 	if !e.srv6Mode(*d) {
+		if d.DirectReturn != nil && *d.DirectReturn {
+			return fmt.Errorf("%w: service %s: direct_return needs redirect srv6", ErrInvalid, d.Name)
+		}
 		return nil
 	}
 	if !e.cfg.Locator.IsValid() {
 		return e.srv6Refuse(srv6NoLocator, fmt.Errorf("%w: service %s: redirect srv6 needs this cluster's SRv6 locator (roam-ctrl --srv6-locator)", ErrInvalid, d.Name))
 	}
 	d.Redirect = lb.ModeSRv6
+	if d.DirectReturn == nil {
+		direct := e.cfg.SRv6DirectReturn
+		d.DirectReturn = &direct
+	}
 	return nil
 }
 
@@ -548,7 +555,9 @@ func (e *Engine) srv6Agents() (srv6Agents, error) {
 }
 
 // srv6Arrive makes this cluster a location of req's SRv6 service: the
-// return route to the home's SID on every node, then the copy serving.
+// return route to the home's SID on every node (with direct return: none,
+// any left removed, so the copy answers through the node's own routes),
+// then the copy serving.
 // It returns the SID of the node the home's path is to name.
 func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip.Addr, error) {
 	if req.Service.Redirect != lb.ModeSRv6 {
@@ -574,7 +583,8 @@ func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	if err := a.SetSRv6Returns(ctx, req.Frontends, home, false); err != nil {
+	direct := req.Service.DirectReturn != nil && *req.Service.DirectReturn
+	if err := a.SetSRv6Returns(ctx, req.Frontends, home, direct); err != nil {
 		return netip.Addr{}, err
 	}
 	if err := a.SetSRv6Copies(ctx, req.Frontends, dataplane.SRv6Serving); err != nil {

@@ -567,3 +567,46 @@ func mustNodeSID(t *testing.T, loc netip.Prefix, n uint16) netip.Addr {
 	}
 	return a
 }
+
+// TestSRv6DirectReturn: a service with direct_return moves to b with no
+// return route at b's nodes (the call removes any left, remove=true); a
+// service that says nothing takes the home cluster's default (off: the
+// route installed; on: removed); direct_return without SRv6 is refused.
+func TestSRv6DirectReturn(t *testing.T) {
+	on, off := true, false
+	for _, c := range []struct {
+		desc       string
+		descriptor *bool
+		def        bool
+		wantRemove bool
+	}{
+		{"descriptor on", &on, false, true},
+		{"descriptor off, default on", &off, true, false},
+		{"default off", nil, false, false},
+		{"default on", nil, true, true},
+	} {
+		t.Run(c.desc, func(t *testing.T) {
+			w := srv6World(t, nil, "a", "b")
+			tune := w.tune
+			w.tune = func(cfg *Config) { tune(cfg); cfg.SRv6DirectReturn = c.def }
+			w.restart("a")
+			d := w.descriptor()
+			d.DirectReturn = c.descriptor
+			if _, err := w.eng("a").Deploy(context.Background(), d); err != nil {
+				t.Fatal(err)
+			}
+			w.acts.take()
+			w.mustMigrate("a", "b")
+			acts := w.acts.take("srv6 b returns")
+			if len(acts) != 1 || !strings.HasSuffix(acts[0], fmt.Sprintf("remove=%v", c.wantRemove)) {
+				t.Fatalf("b's return routes: %q, want one with remove=%v", acts, c.wantRemove)
+			}
+		})
+	}
+	w := newWorld(t, "a")
+	d := w.descriptor()
+	d.DirectReturn = &on
+	if _, err := w.eng("a").Deploy(context.Background(), d); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "direct_return needs redirect srv6") {
+		t.Fatalf("deploy of a NAT service with direct_return: %v", err)
+	}
+}
