@@ -16,6 +16,7 @@ package meta
 import (
 	"bufio"
 	"bytes"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -32,8 +33,9 @@ const DefaultGOGC = 400
 const memLimitShare = 0.8
 
 // TuneGC applies roam-meta's GC defaults to this process, each only when
-// its environment variable is not set: GOGC=DefaultGOGC, and GOMEMLIMIT at
-// 80% of the memory limit of the process's cgroup, if it has one. It
+// its environment variable is not set (or set empty, which the runtime
+// ignores too): GOGC=DefaultGOGC, and GOMEMLIMIT at 80% of the memory
+// limit of the process's cgroup, if it has one. It
 // returns the GC percent and the memory limit in force after it (limit
 // math.MaxInt64: none).
 func TuneGC() (gogc int, limit int64) {
@@ -41,17 +43,33 @@ func TuneGC() (gogc int, limit int64) {
 }
 
 func tuneGC(env func(string) (string, bool), read func(string) ([]byte, error)) (gogc int, limit int64) {
-	if _, set := env("GOGC"); !set {
+	if !setIn(env, "GOGC") {
 		debug.SetGCPercent(DefaultGOGC)
 	}
 	gogc = debug.SetGCPercent(-1)
 	debug.SetGCPercent(gogc)
-	if _, set := env("GOMEMLIMIT"); !set {
+	if !setIn(env, "GOMEMLIMIT") {
 		if max, ok := cgroupMemoryLimit(read); ok {
 			debug.SetMemoryLimit(int64(float64(max) * memLimitShare))
 		}
 	}
 	return gogc, debug.SetMemoryLimit(-1)
+}
+
+// setIn says whether env sets k to something: the runtime reads an empty
+// GOGC or GOMEMLIMIT as unset (GOGC=100, no limit), and so does TuneGC.
+func setIn(env func(string) (string, bool), k string) bool {
+	v, _ := env(k)
+	return v != ""
+}
+
+// MemLimitText is a limit TuneGC returned as its callers print it: in
+// MiB, or "none" for no limit (math.MaxInt64).
+func MemLimitText(limit int64) string {
+	if limit == math.MaxInt64 {
+		return "none"
+	}
+	return strconv.FormatInt(limit>>20, 10) + " MiB"
 }
 
 // cgroupMemoryLimit reads the memory limit of the process's cgroup (v2,

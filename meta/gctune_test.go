@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"math"
 	"runtime/debug"
+	"strings"
 	"testing"
 )
 
@@ -34,8 +35,9 @@ func TestCgroupMemoryLimit(t *testing.T) {
 	}
 }
 
-// TestTuneGC checks the defaults, and that GOGC and GOMEMLIMIT set in
-// the environment win.
+// TestTuneGC checks the defaults, that GOGC and GOMEMLIMIT set in the
+// environment win, and that set empty they count as unset (as the runtime
+// reads them).
 func TestTuneGC(t *testing.T) {
 	gc0, lim0 := debug.SetGCPercent(-1), debug.SetMemoryLimit(-1)
 	t.Cleanup(func() { debug.SetGCPercent(gc0); debug.SetMemoryLimit(lim0) })
@@ -46,11 +48,12 @@ func TestTuneGC(t *testing.T) {
 		}
 		return nil, fs.ErrNotExist
 	}
+	// env("K=v", ...) is an environment of those variables.
 	env := func(set ...string) func(string) (string, bool) {
 		return func(k string) (string, bool) {
 			for _, s := range set {
-				if s == k {
-					return "x", true
+				if name, v, _ := strings.Cut(s, "="); name == k {
+					return v, true
 				}
 			}
 			return "", false
@@ -63,7 +66,21 @@ func TestTuneGC(t *testing.T) {
 	}
 	debug.SetGCPercent(150)
 	debug.SetMemoryLimit(math.MaxInt64)
-	if gogc, limit := tuneGC(env("GOGC", "GOMEMLIMIT"), read); gogc != 150 || limit != math.MaxInt64 {
+	if gogc, limit := tuneGC(env("GOGC=150", "GOMEMLIMIT=1GiB"), read); gogc != 150 || limit != math.MaxInt64 {
 		t.Fatalf("environment set: GOGC %d, limit %d", gogc, limit)
+	}
+	debug.SetGCPercent(100)
+	debug.SetMemoryLimit(math.MaxInt64)
+	if gogc, limit := tuneGC(env("GOGC=", "GOMEMLIMIT="), read); gogc != DefaultGOGC || limit != 800000000 {
+		t.Fatalf("environment set empty: GOGC %d, limit %d", gogc, limit)
+	}
+}
+
+func TestMemLimitText(t *testing.T) {
+	if got := MemLimitText(math.MaxInt64); got != "none" {
+		t.Errorf("no limit: %q", got)
+	}
+	if got := MemLimitText(410 << 20); got != "410 MiB" {
+		t.Errorf("410 MiB: %q", got)
 	}
 }

@@ -57,7 +57,7 @@ func run(ctx context.Context, args []string) error {
 	// GOGC 400 and a memory limit under the cgroup's, unless set in the
 	// environment (meta/gctune.go says why).
 	gogc, memLimit := meta.TuneGC()
-	log.Info("garbage collector", "gogc", gogc, "gomemlimit", memLimit)
+	log.Info("garbage collector", "gogc", gogc, "gomemlimit", meta.MemLimitText(memLimit))
 	policy, err := meta.NewPolicy(*policyName)
 	if err != nil {
 		return err

@@ -377,7 +377,7 @@ func run() error {
 	csim.stop()
 
 	fmt.Println("roam meta-orchestrator on loopback (embedded NATS, least-loaded policy; requester without hello cache)")
-	fmt.Printf("the MO's process runs with roam-meta's GC settings (meta.TuneGC): GOGC %d, GOMEMLIMIT %s\n", gogc, memLimitText(memLimit))
+	fmt.Printf("the MO's process runs with roam-meta's GC settings (meta.TuneGC): GOGC %d, GOMEMLIMIT %s\n", gogc, meta.MemLimitText(memLimit))
 	fmt.Println(measuredLine)
 	fmt.Println(helloLine())
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
@@ -684,10 +684,3 @@ func mean(d []time.Duration) time.Duration {
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
 func round(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
-
-func memLimitText(limit int64) string {
-	if limit == math.MaxInt64 {
-		return "none"
-	}
-	return strconv.FormatInt(limit>>20, 10) + " MiB"
-}
