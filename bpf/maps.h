@@ -1,4 +1,4 @@
-/* maps.h: the BPF maps, pinned by name under the pin path and shared by the XDP and tc objects. */
+/* maps.h: the BPF maps, pinned by name under the pin path and shared by the XDP and tc programs of the one object (roam.c). */
 #pragma once
 
 #include "types.h"

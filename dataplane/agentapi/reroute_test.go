@@ -83,6 +83,7 @@ func TestRerouteStageFails(t *testing.T) {
 func TestRerouteNodeDiesBeforeCommit(t *testing.T) {
 	a := startAgent(t, "")
 	var dead atomic.Bool
+	hangUp := hangUps(t)
 	b := startAgentWith(t, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/v1/stages" {
@@ -91,7 +92,7 @@ func TestRerouteNodeDiesBeforeCommit(t *testing.T) {
 				return
 			}
 			if dead.Load() {
-				hangUp(t, w)
+				hangUp(w)
 				return
 			}
 			h.ServeHTTP(w, r)
@@ -120,6 +121,7 @@ func TestRerouteNodeDiesBeforeCommit(t *testing.T) {
 // not know /v1/reroute (404, no route) is rerouted in two calls.
 func TestRerouteResentAndOldAgent(t *testing.T) {
 	var drop, old atomic.Bool
+	hangUp := hangUps(t)
 	a := startAgentWith(t, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/v1/reroute" && old.Load() {
@@ -127,7 +129,7 @@ func TestRerouteResentAndOldAgent(t *testing.T) {
 			}
 			if r.URL.Path == "/v1/reroute" && drop.CompareAndSwap(true, false) {
 				h.ServeHTTP(httptest.NewRecorder(), r) // made; its answer lost
-				hangUp(t, w)
+				hangUp(w)
 				return
 			}
 			h.ServeHTTP(w, r)

@@ -3,6 +3,8 @@ package agentapi
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -26,16 +28,35 @@ func startAgentWith(t *testing.T, wrap func(http.Handler) http.Handler, tune fun
 
 func nothing(h http.Handler) http.Handler { return h }
 
-// hangUp closes the call's connection without an answer, as an agent
-// that dies does.
-func hangUp(t *testing.T, w http.ResponseWriter) {
-	t.Helper()
-	conn, _, err := w.(http.Hijacker).Hijack()
-	if err != nil {
-		t.Error(err)
-		return
+// hangUps returns hangUp for a test: it closes the call's connection
+// without an answer, as an agent that dies does. It runs in the server's
+// handler goroutines, where t.Error could come after the test ended (and
+// panic): an error is kept and reported by a cleanup, which runs after
+// the agent's server closed (and so after its handlers returned) when
+// hangUps is called before startAgentWith.
+func hangUps(t *testing.T) (hangUp func(http.ResponseWriter)) {
+	errs := make(chan error, 1)
+	t.Cleanup(func() {
+		select {
+		case err := <-errs:
+			t.Errorf("hang up: %v", err)
+		default:
+		}
+	})
+	return func(w http.ResponseWriter) {
+		err := fmt.Errorf("%T cannot be hijacked", w)
+		if hj, ok := w.(http.Hijacker); ok {
+			var conn net.Conn
+			if conn, _, err = hj.Hijack(); err == nil {
+				_ = conn.Close()
+				return
+			}
+		}
+		select {
+		case errs <- err:
+		default: // one is enough to fail the test
+		}
 	}
-	_ = conn.Close()
 }
 
 // TestAgentClosedKeptConnection: the agent closes a kept connection
@@ -150,11 +171,12 @@ func TestResendOnlyReplayable(t *testing.T) {
 		v, _ := drop.LoadOrStore(path, new(atomic.Bool))
 		v.(*atomic.Bool).Store(true)
 	}
+	hangUp := hangUps(t)
 	a := startAgentWith(t, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if v, ok := drop.Load(r.URL.Path); ok && v.(*atomic.Bool).CompareAndSwap(true, false) {
 				h.ServeHTTP(httptest.NewRecorder(), r) // made; its answer lost
-				hangUp(t, w)
+				hangUp(w)
 				return
 			}
 			h.ServeHTTP(w, r)

@@ -119,8 +119,6 @@ func (a *agentProc) client() *agentapi.Client {
 
 var errAgentExited = errors.New("roam-agent exited")
 
-// poll calls f every 200 ms until it succeeds, fails with an error
-// marked tick.Final (the agent exited), or the timeout passes.
 // rootWithin skips the test unless it runs as root and returns a context
 // that ends after d, or when the test function returns.
 func rootWithin(t *testing.T, d time.Duration) context.Context {
@@ -131,6 +129,8 @@ func rootWithin(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// poll calls f every 200 ms until it succeeds, fails with an error
+// marked tick.Final (the agent exited), or the timeout passes.
 func poll(ctx context.Context, timeout time.Duration, f func() error) error {
 	return tick.Until(ctx, timeout, 200*time.Millisecond, f)
 }
