@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/netip"
 	"reflect"
@@ -228,7 +229,35 @@ func FuzzFastReply(f *testing.F) {
 		`{"local":false,"filtered_total":-1}`, `{"destination":{"score":1e-400}}`} {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(fastAsJSON(func(b []byte, p *PlacementReply) bool { return fastReply(b, p, false) }))
+	// Both ways the decoder is called: DecodePlacementReply's, whose
+	// strings are copies, and the client's (owned), whose strings are cut
+	// from the message itself and whose destination and alternatives share
+	// one array. Each decodes as encoding/json does.
+	copied := fastAsJSON(func(b []byte, p *PlacementReply) bool { return fastReply(b, p, false) })
+	owned := fastAsJSON(func(b []byte, p *PlacementReply) bool { return fastReply(b, p, true) }, candidatesApart)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		copied(t, b)
+		// The client's message is its own, never written again (the
+		// fuzzer's b is not: it is reused for the next input).
+		owned(t, bytes.Clone(b))
+	})
+}
+
+// candidatesApart checks that the alternatives of a reply do not overlap
+// its destination (they share one array): writing every alternative
+// leaves the destination as it was.
+func candidatesApart(t *testing.T, p *PlacementReply) {
+	t.Helper()
+	if p.Destination == nil {
+		return
+	}
+	d := *p.Destination
+	for i := range p.Alternatives {
+		p.Alternatives[i] = Candidate{ClusterID: "overwritten", Score: -1}
+	}
+	if !reflect.DeepEqual(*p.Destination, d) {
+		t.Fatalf("writing the alternatives changed the destination: %+v, was %+v", *p.Destination, d)
+	}
 }
 
 // fastAsJSON is a fuzz target: what the fast decoder takes, encoding/json

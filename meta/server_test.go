@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -295,6 +296,82 @@ func TestPlacementOverNATS(t *testing.T) {
 	bad.Reason = "boredom"
 	if _, err := deep.Place(ctx(t), bad); err == nil || !strings.Contains(err.Error(), "reason") {
 		t.Fatalf("invalid reason: %v", err)
+	}
+}
+
+// TestConcurrentRepliesKept: many placements at once from one client over
+// NATS (run with -race), every reply kept. The client cuts a reply's
+// strings from its message, and its destination and alternatives share
+// one array: this holds only because nats gives each message a payload
+// of its own. Each reply, as first read, must be unchanged after all the
+// later calls.
+func TestConcurrentRepliesKept(t *testing.T) {
+	const callers, calls = 8, 40
+	// No reservations: every call finds room.
+	s := startServer(t, ServerConfig{ReservationTTL: -1})
+	nc := connect(t, s.ClientURL())
+	home := newClient(t, nc, "c0")
+	for i := range 8 {
+		h := testHello("c"+strconv.Itoa(i), TierCloud, 64000, int64(i*1000))
+		b, _ := jsonMarshal(h)
+		if err := nc.Publish(HelloSubject(h.ClusterID), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "eight clusters", func() bool { return s.Registry().Len() == 8 })
+	type kept struct {
+		id    string
+		rep   PlacementReply
+		first []byte // rep as json, right after it came
+	}
+	all := make([][]kept, callers)
+	x := ctx(t)
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range calls {
+				pr := testRequest("c0", Constraints{})
+				// Ids of different lengths: the replies' bytes differ.
+				pr.RequestID = "g" + strconv.Itoa(g) + "-" + strings.Repeat("x", (g*calls+i)%23) + "-" + strconv.Itoa(i)
+				pr.ExplainClusters = []string{"c" + strconv.Itoa(i%8)}
+				rep, err := home.Place(x, pr)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				first, err := jsonMarshal(rep)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				all[g] = append(all[g], kept{pr.RequestID, rep, first})
+			}
+		}()
+	}
+	wg.Wait()
+	alternatives := 0
+	for g := range all {
+		if len(all[g]) != calls {
+			t.Fatalf("caller %d kept %d replies, want %d", g, len(all[g]), calls)
+		}
+		for _, k := range all[g] {
+			if !k.rep.OK() || k.rep.RequestID != k.id {
+				t.Fatalf("reply to %s: %+v", k.id, k.rep)
+			}
+			now, err := jsonMarshal(k.rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(now) != string(k.first) {
+				t.Fatalf("reply to %s changed after later calls:\nfirst %s\nnow   %s", k.id, k.first, now)
+			}
+			alternatives += len(k.rep.Alternatives)
+		}
+	}
+	if alternatives == 0 {
+		t.Fatal("no reply had alternatives: the shared array is not exercised")
 	}
 }
 
