@@ -556,8 +556,8 @@ func (e *Engine) srv6Agents() (srv6Agents, error) {
 
 // srv6Arrive makes this cluster a location of req's SRv6 service: the
 // return route to the home's SID on every node (with direct return: none,
-// any left removed, so the copy answers through the node's own routes),
-// then the copy serving.
+// so the copy answers through the node's own routes), then the copy
+// serving.
 // It returns the SID of the node the home's path is to name.
 func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip.Addr, error) {
 	if req.Service.Redirect != lb.ModeSRv6 {
@@ -583,9 +583,14 @@ func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	direct := req.Service.DirectReturn != nil && *req.Service.DirectReturn
-	if err := a.SetSRv6Returns(ctx, req.Frontends, home, direct); err != nil {
-		return netip.Addr{}, err
+	// A direct-return copy installs no return route and removes none: the
+	// route of the address may be another service's of the same home (one
+	// rule per address), and an agent restarted no longer knows which
+	// services share it, so a removal would take a route still needed.
+	if !directReturn(req.Service) {
+		if err := a.SetSRv6Returns(ctx, req.Frontends, home, false); err != nil {
+			return netip.Addr{}, err
+		}
 	}
 	if err := a.SetSRv6Copies(ctx, req.Frontends, dataplane.SRv6Serving); err != nil {
 		return netip.Addr{}, err
@@ -594,11 +599,15 @@ func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip
 	return pickSID(sids, req.Service.Name), nil
 }
 
+// directReturn reports whether d's copies answer their clients directly.
+func directReturn(d ctrl.Descriptor) bool { return d.DirectReturn != nil && *d.DirectReturn }
+
 // srv6Depart stops r's copy here (del: the backend's graceful stop) as an
 // SRv6 location: draining first (the copy keeps the flows it has, new ones
 // go on to the next segment), gone once the copy has stopped or half the
 // drain budget has passed (a copy still answering a UDP flow stops only
-// once that flow goes elsewhere), then the return route goes.
+// once that flow goes elsewhere), then the return route goes (with
+// direct return: the copy installed none, and removes none).
 func (e *Engine) srv6Depart(ctx context.Context, r ctrl.Record, del func(context.Context) error) error {
 	fs := r.SRv6Frontends
 	if r.Kind != ctrl.KindForeign || len(fs) == 0 {
@@ -640,7 +649,7 @@ func (e *Engine) srv6Depart(ctx context.Context, r ctrl.Record, del func(context
 	if !stopped {
 		derr = <-done
 	}
-	if home, err := e.storedSID(r.Home, r.SRv6SID); err == nil {
+	if home, err := e.storedSID(r.Home, r.SRv6SID); err == nil && !directReturn(r.Service) {
 		if err := a.SetSRv6Returns(cctx, fs, home, true); err != nil {
 			errs = append(errs, err)
 		}

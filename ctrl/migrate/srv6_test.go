@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,51 @@ type srv6FakeAgents struct {
 	loc  netip.Prefix
 	sids map[int]netip.Addr
 	old  map[int]bool // nodes whose agent is from before per-node SIDs
+	ret  *fakeReturns
+}
+
+// fakeReturns models the agents' return routes (dataplane.SRv6Returns):
+// one rule per frontend address in the kernel (rules, kept across an
+// agent's restart), the frontends sharing it in the agent's memory (mem,
+// emptied by restart); a frontend's removal leaves the rule while another
+// frontend of the address is known, else takes it.
+type fakeReturns struct {
+	mu    sync.Mutex
+	rules map[netip.Addr]netip.Addr
+	mem   map[lb.Frontend]bool
+}
+
+func (r *fakeReturns) set(fs []lb.Frontend, sid netip.Addr, remove bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range fs {
+		a := f.Addr.Unmap()
+		if remove {
+			delete(r.mem, f)
+		} else {
+			r.mem[f], r.rules[a] = true, sid
+		}
+		known := false
+		for g := range r.mem {
+			known = known || g.Addr.Unmap() == a
+		}
+		if !known {
+			delete(r.rules, a)
+		}
+	}
+}
+
+func (r *fakeReturns) restart() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.mem)
+}
+
+func (r *fakeReturns) rule(a netip.Addr) (netip.Addr, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sid, ok := r.rules[a.Unmap()]
+	return sid, ok
 }
 
 var _ srv6Agents = agentapi.Group(nil)
@@ -58,6 +104,9 @@ func (a srv6FakeAgents) SetSRv6Copies(ctx context.Context, fs []lb.Frontend, st 
 
 func (a srv6FakeAgents) SetSRv6Returns(ctx context.Context, fs []lb.Frontend, sid netip.Addr, remove bool) error {
 	a.acts.add("srv6 %s returns %v -> %s remove=%v", a.cluster, fs, sid, remove)
+	if a.ret != nil {
+		a.ret.set(fs, sid, remove)
+	}
 	return nil
 }
 
@@ -86,6 +135,10 @@ func srv6World(t *testing.T, noLocator map[string]bool, ids ...string) *world {
 		index[id] = i + 1
 	}
 	w := newWorld(t, ids...)
+	rets := map[string]*fakeReturns{}
+	for _, id := range ids {
+		rets[id] = &fakeReturns{rules: map[netip.Addr]netip.Addr{}, mem: map[lb.Frontend]bool{}}
+	}
 	hellos := func() []meta.Hello {
 		hs := w.hellos()
 		for i := range hs {
@@ -97,7 +150,7 @@ func srv6World(t *testing.T, noLocator map[string]bool, ids ...string) *world {
 	}
 	w.tune = func(c *Config) {
 		c.Locator, c.RedirectMode, c.Hellos = testLocator(index[c.ClusterID]), lb.ModeSRv6, hellos
-		c.Agents = srv6FakeAgents{fakeAgents: c.Agents.(*fakeAgents), loc: c.Locator}
+		c.Agents = srv6FakeAgents{fakeAgents: c.Agents.(*fakeAgents), loc: c.Locator, ret: rets[c.ClusterID]}
 	}
 	for _, id := range ids { // rebuilt with tune
 		w.stop(id)
@@ -569,16 +622,16 @@ func mustNodeSID(t *testing.T, loc netip.Prefix, n uint16) netip.Addr {
 }
 
 // TestSRv6DirectReturn: a service with direct_return moves to b with no
-// return route at b's nodes (the call removes any left, remove=true); a
-// service that says nothing takes the home cluster's default (off: the
-// route installed; on: removed); direct_return without SRv6 is refused.
+// return route call at b's nodes (installs none, removes none); a service
+// that says nothing takes the home cluster's default (off: the route
+// installed; on: no call); direct_return without SRv6 is refused.
 func TestSRv6DirectReturn(t *testing.T) {
 	on, off := true, false
 	for _, c := range []struct {
 		desc       string
 		descriptor *bool
 		def        bool
-		wantRemove bool
+		direct     bool
 	}{
 		{"descriptor on", &on, false, true},
 		{"descriptor off, default on", &off, true, false},
@@ -598,8 +651,11 @@ func TestSRv6DirectReturn(t *testing.T) {
 			w.acts.take()
 			w.mustMigrate("a", "b")
 			acts := w.acts.take("srv6 b returns")
-			if len(acts) != 1 || !strings.HasSuffix(acts[0], fmt.Sprintf("remove=%v", c.wantRemove)) {
-				t.Fatalf("b's return routes: %q, want one with remove=%v", acts, c.wantRemove)
+			if c.direct && len(acts) != 0 {
+				t.Fatalf("b's return routes: %q, want no call (direct return)", acts)
+			}
+			if !c.direct && (len(acts) != 1 || !strings.HasSuffix(acts[0], "remove=false")) {
+				t.Fatalf("b's return routes: %q, want one install (remove=false)", acts)
 			}
 		})
 	}
@@ -608,5 +664,54 @@ func TestSRv6DirectReturn(t *testing.T) {
 	d.DirectReturn = &on
 	if _, err := w.eng("a").Deploy(context.Background(), d); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "direct_return needs redirect srv6") {
 		t.Fatalf("deploy of a NAT service with direct_return: %v", err)
+	}
+}
+
+// TestSRv6DirectReturnKeepsSharedRoute: S2 (no direct return) runs at b
+// with its return route; b's agent restarts (it no longer knows which
+// frontends share the route of the home's address); S1 (direct return,
+// the same home, so the same address) arrives at b and departs. S2's
+// route stays throughout: a direct-return copy installs and removes none.
+func TestSRv6DirectReturnKeepsSharedRoute(t *testing.T) {
+	on := true
+	w := srv6World(t, nil, "a", "b")
+	w.deploy("a")
+	w.mustMigrate("a", "b")
+	addr := w.frontend("a").Addr
+	rets := w.eng("b").cfg.Agents.(srv6FakeAgents).ret
+	want, ok := rets.rule(addr)
+	if !ok {
+		t.Fatalf("S2 at b: no return route for %s", addr)
+	}
+	rets.restart()
+	d := w.descriptor()
+	d.Name, d.Ports[0].Port, d.DirectReturn = "dsr", testPort+1, &on
+	if _, err := w.eng("a").Deploy(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	w.acts.take()
+	if _, err := w.eng("a").Migrate(context.Background(), "dsr", ctrl.MigrateRequest{Destination: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if acts := w.acts.take("srv6 b returns"); len(acts) != 0 {
+		t.Errorf("S1 (direct return) arriving at b set return routes: %q, want none", acts)
+	}
+	if sid, ok := rets.rule(addr); !ok || sid != want {
+		t.Fatalf("after S1 (direct return) arrived at b: S2's return route %s, %v; want it kept, to %s", sid, ok, want)
+	}
+	if _, err := w.eng("a").Migrate(context.Background(), "dsr", ctrl.MigrateRequest{Destination: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually("S1's copy at b gone", func() error {
+		if _, err := w.eng("b").st.Record("dsr"); err == nil {
+			return errors.New("b still has S1's record")
+		}
+		return nil
+	})
+	if acts := w.acts.take("srv6 b returns"); len(acts) != 0 {
+		t.Errorf("S1 (direct return) departing b set return routes: %q, want none", acts)
+	}
+	if sid, ok := rets.rule(addr); !ok || sid != want {
+		t.Fatalf("after S1 (direct return) left b: S2's return route %s, %v; want it kept, to %s", sid, ok, want)
 	}
 }
