@@ -45,13 +45,26 @@ struct {
 	__type(value, struct nh_entry);
 } roam_nexthop SEC(".maps");
 
-/* nh_slot hashes the addresses' last 8 bytes (an IPv4 address, an IPv6 interface id) and the ingress interface. */
+/*
+ * nh_slot hashes all 16 bytes of both addresses and the ingress interface:
+ * SIDs from one locator differ only in their first 8 bytes (lb.NodeSID's
+ * end in ::1), IPv4 and IPv6 interface ids in their last 8. Each address's
+ * four words are folded by multiply-xor rounds (murmur3-like), then the two.
+ */
+static __always_inline __u32 nh_fold(const __u32 *a, __u32 h)
+{
+	h = (h ^ a[0]) * 0xcc9e2d51u;
+	h = (h ^ (h >> 15) ^ a[1]) * 0x1b873593u;
+	h = (h ^ (h >> 13) ^ a[2]) * 0xcc9e2d51u;
+	h = (h ^ (h >> 15) ^ a[3]) * 0x1b873593u;
+	return h ^ (h >> 16);
+}
+
 static __always_inline __u32 nh_slot(const struct xlate *x, __u32 ifindex)
 {
-	const __u32 *s = (const __u32 *)x->src, *d = (const __u32 *)x->dst;
-	__u32 h = (ifindex ^ d[2] ^ d[3]) * 0x9e3779b1u;
-	h = (h ^ s[2] ^ s[3]) * 0x85ebca6bu;
-	return (h ^ (h >> 16)) & (NH_CACHE_SLOTS - 1);
+	__u32 h = nh_fold((const __u32 *)x->src, ifindex * 0x9e3779b1u);
+	h = nh_fold((const __u32 *)x->dst, h * 0x85ebca6bu);
+	return (h ^ (h >> 13)) & (NH_CACHE_SLOTS - 1);
 }
 
 /* nh_tag is an entry's in_ifindex, proto and family as one little-endian word (max_len masked off). */

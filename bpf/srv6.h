@@ -348,7 +348,9 @@ struct {
  * nh_lookup's code (sc->out the egress; sc->mtu the MTU a
  * BPF_FIB_LKUP_RET_FRAG_NEEDED names);
  * an egress that is a local pod's veth: BPF_FIB_LKUP_RET_NOT_FWDED (an
- * underlay never is one).
+ * underlay never is one), so the packet goes up to the kernel, which
+ * forwards it: as for NAT (xdp.c), a veth drops a frame redirected into it
+ * unless its peer runs XDP or GRO (before the cache it was redirected).
  */
 static __always_inline long srv6_nexthop(struct xdp_md *ctx, struct srv6_scratch *sc, const __u8 *saddr,
 					 const __u8 *daddr, __u32 tot_len)

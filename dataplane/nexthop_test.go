@@ -44,7 +44,6 @@ func TestNextHopCache(t *testing.T) {
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	gw, _ := net.ParseMAC(macGW)
-	moved := net.HardwareAddr{2, 0, 0, 0, 0, 0xee}
 
 	for _, c := range []struct {
 		client, front string
@@ -63,15 +62,15 @@ func TestNextHopCache(t *testing.T) {
 		if v != xdpTX || !bytes.Equal(out[0:6], gw) {
 			t.Fatalf("first packet: verdict %d, dst MAC %s; want XDP_TX to %s", v, net.HardwareAddr(out[0:6]), gw)
 		}
-		setNeigh(t, tb.h, tb.d0, c.gwIP, moved)
+		setNeigh(t, tb.h, tb.d0, c.gwIP, macMoved)
 		v, out = tb.run(t, pkt(100), d0)
 		if time.Since(first) < 500*time.Millisecond && (v != xdpTX || !bytes.Equal(out[0:6], gw)) {
 			t.Fatalf("within the cache's second: verdict %d, dst MAC %s; want the cached %s", v, net.HardwareAddr(out[0:6]), gw)
 		}
 		// Longer than any packet looked up so far: looked up again, with the new MAC.
 		v, out = tb.run(t, pkt(600), d0)
-		if v != xdpTX || !bytes.Equal(out[0:6], moved) {
-			t.Fatalf("longer packet: verdict %d, dst MAC %s; want a fresh lookup to %s", v, net.HardwareAddr(out[0:6]), moved)
+		if v != xdpTX || !bytes.Equal(out[0:6], macMoved) {
+			t.Fatalf("longer packet: verdict %d, dst MAC %s; want a fresh lookup to %s", v, net.HardwareAddr(out[0:6]), macMoved)
 		}
 		setNeigh(t, tb.h, tb.d0, c.gwIP, gw)
 		time.Sleep(1100 * time.Millisecond)
@@ -102,6 +101,9 @@ func TestNextHopCache(t *testing.T) {
 		}
 	}
 }
+
+// macMoved: the gateway's MAC address after setNeigh moved it.
+var macMoved = net.HardwareAddr{2, 0, 0, 0, 0, 0xee}
 
 // forwardedTo: the frame's IP destination is target.
 func forwardedTo(frame []byte, target netip.Addr) bool {
