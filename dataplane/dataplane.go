@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -371,16 +372,96 @@ func (d *Dataplane) load() error {
 			}
 		}
 	}
+	if err := checkFlowPins(spec, d.cfg.PinPath); err != nil {
+		return err
+	}
 	if d.replacedPins, err = replaceIncompatiblePins(spec, d.cfg.PinPath); err != nil {
 		return err
 	}
-	return spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.cfg.PinPath}})
+	return nameProgram(spec, spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.cfg.PinPath}}))
 }
+
+// flowSizeError is a pinned conntrack or NAT map of the same layout whose
+// size or flags differ from this configuration (Config.MaxFlows,
+// Config.PreallocFlows): a configuration change, not another version.
+type flowSizeError struct {
+	path                    string
+	pinEntries, wantEntries uint32
+	pinFlags, wantFlags     uint32
+}
+
+func (e *flowSizeError) Error() string {
+	prealloc := func(flags uint32) bool { return flags&unix.BPF_F_NO_PREALLOC == 0 }
+	return fmt.Sprintf("pinned map %s has max entries %d, flags %#x (preallocated %v); this configuration wants max entries %d, flags %#x (preallocated %v) (--max-flows, --prealloc-flows): "+
+		"restart with the pinned settings or dataplane.Unpin %s (its flows are lost)",
+		e.path, e.pinEntries, e.pinFlags, prealloc(e.pinFlags), e.wantEntries, e.wantFlags, prealloc(e.wantFlags), filepath.Dir(e.path))
+}
+
+func (e *flowSizeError) Unwrap() error { return ebpf.ErrMapIncompatible }
+
+// checkFlowPins refuses, with a flowSizeError, a pinned roam_conntrack or
+// roam_nat whose layout matches spec but whose size or flags do not.
+func checkFlowPins(spec *ebpf.CollectionSpec, pinPath string) error {
+	for _, name := range []string{"roam_conntrack", "roam_nat"} {
+		ms := spec.Maps[name]
+		if ms == nil || ms.Pinning != ebpf.PinByName {
+			continue
+		}
+		path := filepath.Join(pinPath, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned %s: %w", path, err)
+		}
+		sameLayout := m.Type() == ms.Type && m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize
+		fe := &flowSizeError{path: path, pinEntries: m.MaxEntries(), wantEntries: ms.MaxEntries, pinFlags: m.Flags(), wantFlags: ms.Flags}
+		m.Close()
+		if sameLayout && (fe.pinEntries != fe.wantEntries || fe.pinFlags != fe.wantFlags) {
+			return fe
+		}
+	}
+	return nil
+}
+
+// nameProgram makes a verifier error of LoadAndAssign name the program it
+// is about (cilium/ebpf says "program NAME: ..." in the chain, which the
+// verbose verifier log loadError prints would otherwise drop).
+func nameProgram(spec *ebpf.CollectionSpec, err error) error {
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	for name := range spec.Programs {
+		if strings.Contains(err.Error(), "program "+name+":") {
+			return &programError{prog: name, err: err}
+		}
+	}
+	return err
+}
+
+// programError is a load failure of the program prog.
+type programError struct {
+	prog string
+	err  error
+}
+
+func (e *programError) Error() string { return e.err.Error() }
+func (e *programError) Unwrap() error { return e.err }
 
 func loadError(what, pinPath string, err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
+		var pe *programError
+		if errors.As(err, &pe) {
+			what = pe.prog
+		}
 		return fmt.Errorf("load %s program: %+v", what, ve)
+	}
+	var fe *flowSizeError
+	if errors.As(err, &fe) {
+		return fmt.Errorf("load %s objects: %w", what, err)
 	}
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return fmt.Errorf("load %s objects: %w (maps pinned under %s are from another version: dataplane.Unpin it)", what, err, pinPath)

@@ -2,6 +2,7 @@ package dataplane_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -29,6 +30,7 @@ func TestMaxFlows(t *testing.T) {
 	if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), "Unpin") {
 		t.Fatalf("re-open with another size: %v; want an incompatible map error naming Unpin", err)
 	}
+	wantConfigError(t, err, "max entries 1000", "max entries 2000")
 	for _, n := range []int{-1, 1 << 27} {
 		if _, err := dataplane.Open(dataplane.Config{PinPath: dptest.PinPath(t), MaxFlows: n}); err == nil || !strings.Contains(err.Error(), "max flows") {
 			t.Fatalf("max flows %d: %v; want refused", n, err)
@@ -58,5 +60,22 @@ func TestPreallocFlows(t *testing.T) {
 		if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), "Unpin") {
 			t.Fatalf("re-open pins of PreallocFlows %v with %v: %v; want an incompatible map error naming Unpin", prealloc, !prealloc, err)
 		}
+		wantConfigError(t, err, fmt.Sprintf("(preallocated %v)", prealloc), fmt.Sprintf("(preallocated %v)", !prealloc))
+	}
+}
+
+// wantConfigError checks that err, refusing pins of another size or flags,
+// says so as a configuration change (the pinned and the configured values,
+// the map) rather than as pins of another version.
+func wantConfigError(t *testing.T, err error, pinned, configured string) {
+	t.Helper()
+	msg := err.Error()
+	for _, want := range []string{"roam_conntrack", "pinned map", pinned, "this configuration wants", configured, "Unpin"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q does not say %q", msg, want)
+		}
+	}
+	if strings.Contains(msg, "another version") {
+		t.Errorf("error %q calls a configuration change another version", msg)
 	}
 }
