@@ -225,23 +225,36 @@ type Dataplane struct {
 // frontends, ...) still fails Open with loadError's message.
 var replaceablePins = []string{"roam_target_counters", "roam_counters", "roam_drops"}
 
+// openPin opens the pin under pinPath of spec's map name, pinned by name;
+// m is nil if the map is not pinned by name or has no pin yet.
+func openPin(spec *ebpf.CollectionSpec, pinPath, name string) (ms *ebpf.MapSpec, m *ebpf.Map, path string, err error) {
+	ms = spec.Maps[name]
+	if ms == nil || ms.Pinning != ebpf.PinByName {
+		return nil, nil, "", nil
+	}
+	path = filepath.Join(pinPath, name)
+	m, err = ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, "", nil
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("open pinned %s: %w", path, err)
+	}
+	return ms, m, path, nil
+}
+
 // replaceIncompatiblePins removes, under pinPath, the pin of each map in
 // replaceablePins that spec cannot re-open, so that loading pins a new one.
 // It returns the names of the pins removed.
 func replaceIncompatiblePins(spec *ebpf.CollectionSpec, pinPath string) ([]string, error) {
 	var replaced []string
 	for _, name := range replaceablePins {
-		ms := spec.Maps[name]
-		if ms == nil || ms.Pinning != ebpf.PinByName {
-			continue
-		}
-		path := filepath.Join(pinPath, name)
-		m, err := ebpf.LoadPinnedMap(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
+		ms, m, path, err := openPin(spec, pinPath, name)
 		if err != nil {
-			return replaced, fmt.Errorf("open pinned %s: %w", path, err)
+			return replaced, err
+		}
+		if m == nil {
+			continue
 		}
 		incompatible := ms.Compatible(m)
 		m.Close()
@@ -403,17 +416,12 @@ func (e *flowSizeError) Unwrap() error { return ebpf.ErrMapIncompatible }
 // roam_nat whose layout matches spec but whose size or flags do not.
 func checkFlowPins(spec *ebpf.CollectionSpec, pinPath string) error {
 	for _, name := range []string{"roam_conntrack", "roam_nat"} {
-		ms := spec.Maps[name]
-		if ms == nil || ms.Pinning != ebpf.PinByName {
-			continue
-		}
-		path := filepath.Join(pinPath, name)
-		m, err := ebpf.LoadPinnedMap(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
+		ms, m, path, err := openPin(spec, pinPath, name)
 		if err != nil {
-			return fmt.Errorf("open pinned %s: %w", path, err)
+			return err
+		}
+		if m == nil {
+			continue
 		}
 		sameLayout := m.Type() == ms.Type && m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize
 		fe := &flowSizeError{path: path, pinEntries: m.MaxEntries(), wantEntries: ms.MaxEntries, pinFlags: m.Flags(), wantFlags: ms.Flags}
