@@ -3,11 +3,14 @@
 // home, an old and a new location over an IPv6 underlay), each through the
 // same migration with the old copy removed in the middle: a UDP stream with
 // sequence numbers (lost, duplicated, reordered), new TCP connections at a
-// fixed rate (connect time p99 as the client program sees it, the
-// handshake's p99 as the client's kernel timed it, over 1 s), TCP goodput in 100 ms bins of a
+// fixed rate (connect time p99 as the client program sees it, over 1 s,
+// those whose SYN was retransmitted, and the p99 of the kernel's path RTT
+// sample), TCP goodput in 100 ms bins of a
 // client that downloads in a loop and reconnects when its connection dies,
 // the client address the service sees, and the home's XDP cost per packet
-// (kernel BPF statistics). Last line: one JSON object.
+// (kernel BPF statistics). Which mode runs first is chosen at random per
+// invocation (printed; -first forces it), so load drift does not always
+// fall on the same mode. Last line: one JSON object.
 package main
 
 import (
@@ -16,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -45,8 +49,16 @@ var (
 
 func main() {
 	dur := flag.Duration("duration", 3*time.Second, "length of one run (the migration's events at fixed fractions of it)")
+	first := flag.String("first", "", "mode that runs first: nat or srv6 (default: chosen at random)")
 	flag.Parse()
-	if err := run(*dur); err != nil {
+	if *first == "" {
+		*first = []string{"nat", "srv6"}[rand.IntN(2)]
+	}
+	if *first != "nat" && *first != "srv6" {
+		fmt.Fprintf(os.Stderr, "bench-srv6: -first %q: want nat or srv6\n", *first)
+		os.Exit(2)
+	}
+	if err := run(*dur, *first); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-srv6:", err)
 		os.Exit(1)
 	}
@@ -98,16 +110,23 @@ func (n *node) close() {
 type result struct {
 	sent, lost, dup, reordered int
 	connects                   []time.Duration
-	handshakes                 []time.Duration // SYN to SYN-ACK, as the client's kernel timed it (TCP_INFO rtt after connect)
-	connFailed, connOver1s     int
-	bins                       []int64 // bytes per 100 ms
-	seen                       map[netip.Addr]int
-	nsPerPacket                float64
+	// pathRTTs are the kernel's RTT samples (TCP_INFO rtt right after
+	// connect), the zero ones left out and counted in rttZero. Not the
+	// handshake's time: with a retransmitted SYN, Karn's rule leaves no
+	// sample or the last SYN's, so retransmission delays are in connects,
+	// connOver1s and synRetrans, never here.
+	pathRTTs               []time.Duration
+	rttZero                int
+	synRetrans             int // connects whose SYN was retransmitted (tcpi_total_retrans > 0 after connect)
+	connFailed, connOver1s int
+	bins                   []int64 // bytes per 100 ms
+	seen                   map[netip.Addr]int
+	nsPerPacket            float64
 }
 
 func (r result) connP99() float64 { return p99ms(r.connects) }
 
-func (r result) handshakeP99() float64 { return p99ms(r.handshakes) }
+func (r result) pathRTTP99() float64 { return p99ms(r.pathRTTs) }
 
 // p99ms is the 99th percentile of d in milliseconds (0 if empty).
 func p99ms(d []time.Duration) float64 {
@@ -146,7 +165,7 @@ func (r result) preserved() bool {
 	return true
 }
 
-func run(dur time.Duration) error {
+func run(dur time.Duration, first string) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (BPF, namespaces)")
 	}
@@ -190,8 +209,13 @@ func run(dur time.Duration) error {
 	}
 	defer stats.Close()
 
+	order := []string{"nat", "srv6"}
+	if first == "srv6" {
+		order = []string{"srv6", "nat"}
+	}
+	fmt.Printf("order: %s first, then %s\n", order[0], order[1])
 	res := map[string]result{}
-	for _, mode := range []string{"nat", "srv6"} {
+	for _, mode := range order {
 		r, err := scenario(topo, home, old, nw, mode, dur)
 		if err != nil {
 			return fmt.Errorf("%s: %w", mode, err)
@@ -209,19 +233,23 @@ func run(dur time.Duration) error {
 	row("tcp connects", len(nat.connects), len(s6.connects))
 	row("tcp connects failed", nat.connFailed, s6.connFailed)
 	row("connect p99 (ms)", fmt.Sprintf("%.2f", nat.connP99()), fmt.Sprintf("%.2f", s6.connP99()))
-	row("handshake p99 (kernel, ms)", fmt.Sprintf("%.3f", nat.handshakeP99()), fmt.Sprintf("%.3f", s6.handshakeP99()))
 	row("connects over 1 s", nat.connOver1s, s6.connOver1s)
+	row("connects with a SYN retransmitted", nat.synRetrans, s6.synRetrans)
+	row("path RTT p99 (kernel sample, ms)", fmt.Sprintf("%.3f", nat.pathRTTP99()), fmt.Sprintf("%.3f", s6.pathRTTP99()))
+	row("path RTT samples 0 (left out)", nat.rttZero, s6.rttZero)
 	row("goodput dip (worst 100ms bin, %)", fmt.Sprintf("%.0f", nat.dipPct()), fmt.Sprintf("%.0f", s6.dipPct()))
 	row("client address seen", addrs(nat.seen), addrs(s6.seen))
 	row("home XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket), fmt.Sprintf("%.0f", s6.nsPerPacket))
 	fmt.Printf("goodput bins nat  (KB/100ms): %v\n", kb(nat.bins))
 	fmt.Printf("goodput bins srv6 (KB/100ms): %v\n", kb(s6.bins))
 	out, _ := json.Marshal(map[string]any{
-		"lost_nat": nat.lost, "lost_srv6": s6.lost, "dup_nat": nat.dup, "dup_srv6": s6.dup,
+		"first": first, "lost_nat": nat.lost, "lost_srv6": s6.lost, "dup_nat": nat.dup, "dup_srv6": s6.dup,
 		"reordered_nat": nat.reordered, "reordered_srv6": s6.reordered,
 		"connect_p99_ms_nat": round2(nat.connP99()), "connect_p99_ms_srv6": round2(s6.connP99()),
-		"handshake_p99_ms_nat": round3(nat.handshakeP99()), "handshake_p99_ms_srv6": round3(s6.handshakeP99()),
 		"connects_over_1s_nat": nat.connOver1s, "connects_over_1s_srv6": s6.connOver1s,
+		"syn_retrans_connects_nat": nat.synRetrans, "syn_retrans_connects_srv6": s6.synRetrans,
+		"path_rtt_p99_ms_nat": round3(nat.pathRTTP99()), "path_rtt_p99_ms_srv6": round3(s6.pathRTTP99()),
+		"path_rtt_zero_nat": nat.rttZero, "path_rtt_zero_srv6": s6.rttZero,
 		"goodput_dip_pct_nat": round2(nat.dipPct()), "goodput_dip_pct_srv6": round2(s6.dipPct()),
 		"client_ip_preserved_nat": nat.preserved(), "client_ip_preserved_srv6": s6.preserved(),
 		"ns_per_packet_nat": round2(nat.nsPerPacket), "ns_per_packet_srv6": round2(s6.nsPerPacket),
@@ -375,7 +403,8 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 		return r, err
 	}
 	r = udpRes
-	r.connects, r.handshakes, r.connFailed, r.connOver1s = connRes.connects, connRes.handshakes, connRes.connFailed, connRes.connOver1s
+	r.connects, r.pathRTTs, r.rttZero, r.synRetrans = connRes.connects, connRes.pathRTTs, connRes.rttZero, connRes.synRetrans
+	r.connFailed, r.connOver1s = connRes.connFailed, connRes.connOver1s
 	r.bins = goodRes.bins
 	if runs1 > runs0 {
 		r.nsPerPacket = float64(rt1-rt0) / float64(runs1-runs0)
@@ -484,10 +513,10 @@ func udpStream(ctx context.Context, ns string, dur time.Duration) result {
 	return r
 }
 
-// connects opens a new TCP connection every 10 ms and times it twice: the
-// dial as the program sees it (with its goroutine's and thread's
-// scheduling), and the handshake as the client's kernel timed it (the RTT
-// its SYN and the SYN-ACK gave, TCP_INFO), which no scheduling delays.
+// connects opens a new TCP connection every 10 ms and times the dial as the
+// program sees it (with its goroutine's and thread's scheduling). Right
+// after connect it reads TCP_INFO: whether a SYN was retransmitted, and the
+// kernel's RTT sample (which no scheduling delays; see result.pathRTTs).
 func connects(ctx context.Context, ns string, dur time.Duration) result {
 	var r result
 	var mu sync.Mutex
@@ -511,8 +540,15 @@ func connects(ctx context.Context, ns string, dur time.Duration) result {
 				r.connFailed++
 				return
 			}
-			if hs, ok := handshake(c); ok {
-				r.handshakes = append(r.handshakes, hs)
+			if ti, ok := tcpInfo(c); ok {
+				if ti.Total_retrans > 0 {
+					r.synRetrans++
+				}
+				if ti.Rtt == 0 {
+					r.rttZero++
+				} else {
+					r.pathRTTs = append(r.pathRTTs, time.Duration(ti.Rtt)*time.Microsecond)
+				}
 			}
 			c.Close()
 			r.connects = append(r.connects, d)
@@ -525,25 +561,24 @@ func connects(ctx context.Context, ns string, dur time.Duration) result {
 	return r
 }
 
-// handshake is the RTT the kernel measured on c's SYN and SYN-ACK (read
-// before any data: the handshake's sample alone).
-func handshake(c net.Conn) (time.Duration, bool) {
+// tcpInfo is c's TCP_INFO (read before any data, so a retransmission
+// counted there is a SYN's).
+func tcpInfo(c net.Conn) (*unix.TCPInfo, bool) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return 0, false
+		return nil, false
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
-		return 0, false
+		return nil, false
 	}
-	var rtt time.Duration
-	ok = false
+	var ti *unix.TCPInfo
 	_ = raw.Control(func(fd uintptr) {
-		if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-			rtt, ok = time.Duration(ti.Rtt)*time.Microsecond, true
+		if t, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			ti = t
 		}
 	})
-	return rtt, ok
+	return ti, ti != nil
 }
 
 // goodput downloads 256 KB at a time on a kept connection, reconnecting when it dies, and counts bytes per 100 ms.
