@@ -435,8 +435,9 @@ type stagesReply struct {
 
 // rerouteReply is a /v1/reroute's answer: the generations committed,
 // the data plane's time for the stages and for the commits, and the
-// agent's own for the call, from its handler's start (the request read)
-// until the answer is written (µs).
+// agent's own for the call (µs): from its handler's entry (the request's
+// head read; reading and decoding the body are in it) until this answer
+// is ready to write, taken before sendNow encodes and writes it.
 type rerouteReply struct {
 	Generations []uint64 `json:"generations"`
 	StageUs     float64  `json:"stage_us"`

@@ -160,7 +160,7 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 
 // agentShare is the agent's own share of each one-call reroute as built
 // (µs, from its answer): its handler's time (the request read until the
-// answer written) and, within it, the data plane's stage and commit.
+// answer is ready to write) and, within it, the data plane's stage and commit.
 type agentShare struct {
 	agent, stage, commit []float64
 }
@@ -213,7 +213,7 @@ func printAgentCalls(sync, h2 stageCommit, one, oneShort []float64, inAgent agen
 	for i := range one {
 		rest[i] = one[i] - inAgent.agent[i]
 	}
-	fmt.Printf("    where it goes, p50: in the agent %.0f (its handler, request read to answer written; the data plane's stage %.0f and commit %.0f in it), the rest %.0f (the request's and the answer's way, each end's wake-up, the caller's own work)\n",
+	fmt.Printf("    where it goes, p50: in the agent %.0f (its handler, request read to answer ready to write; the data plane's stage %.0f and commit %.0f in it), the rest %.0f (the request's and the answer's way, each end's wake-up, the caller's own work)\n",
 		q(inAgent.agent, 0.5), q(inAgent.stage, 0.5), q(inAgent.commit, 0.5), q(rest, 0.5))
 	fmt.Printf("  one call with the home's roam processes at a %s scheduler slice (--sched-slice; rounds alternating with the above, as built: the kernel's default): p50 %.0f, p99 %.0f; short / as built, p50: %.2f\n",
 		schedslice.Min, q(oneShort, 0.5), q(oneShort, 0.99), q(oneShort, 0.5)/q(one, 0.5))
