@@ -76,7 +76,8 @@ type Config struct {
 	// MaxFlows is how many flows the conntrack and the NAT map each hold
 	// (a full table refuses new flows and evicts none; GC frees); default
 	// DefaultMaxFlows. Fixed when the maps are first pinned: opening the
-	// pins with another size fails until they are removed (Unpin).
+	// pins with another size fails, naming the pinned size, until they are
+	// removed (Unpin, which drops the node's flows).
 	MaxFlows int
 	// PreallocFlows preallocates the conntrack and NAT maps: all of
 	// MaxFlows' elements at Open, one area as large as the table, instead
@@ -84,7 +85,10 @@ type Config struct {
 	// (BPF_F_NO_PREALLOC, bpf/maps.h; the default here, for tests and
 	// small tables). roam-agent sets it (--prealloc-flows): bench-dataplane
 	// measured new flows 1.5-2.4x as fast preallocated (established
-	// flows faster in 3 runs of 4, 1M flows mixed). Fixed when the maps are first pinned, as MaxFlows.
+	// flows faster in 3 runs of 4, 1M flows mixed). Fixed when the maps are
+	// first pinned: opening pins made the other way (of the same size)
+	// keeps them as they are, with their flows, and logs it;
+	// Dataplane.PreallocFlows reports what is in effect.
 	PreallocFlows bool
 	// ReservePorts keeps the host's own connections out of the SNAT port
 	// range: if it overlaps net.ipv4.ip_local_port_range, Open adds it to
@@ -216,6 +220,8 @@ type Dataplane struct {
 	// replacedPins names the metrics-only maps whose incompatible pins
 	// Open replaced (replaceablePins).
 	replacedPins []string
+	// preallocFlows: whether the flow maps in use are preallocated (PreallocFlows).
+	preallocFlows bool
 }
 
 // replaceablePins are the pinned maps that hold metrics only, no flow or
@@ -377,7 +383,7 @@ func (d *Dataplane) load() error {
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{"roam_conntrack", "roam_nat"} {
+	for _, name := range flowMaps {
 		if m := spec.Maps[name]; m != nil {
 			m.MaxEntries = uint32(d.cfg.MaxFlows)
 			if d.cfg.PreallocFlows {
@@ -385,7 +391,7 @@ func (d *Dataplane) load() error {
 			}
 		}
 	}
-	if err := checkFlowPins(spec, d.cfg.PinPath); err != nil {
+	if err := d.checkFlowPins(spec); err != nil {
 		return err
 	}
 	if d.replacedPins, err = replaceIncompatiblePins(spec, d.cfg.PinPath); err != nil {
@@ -394,29 +400,35 @@ func (d *Dataplane) load() error {
 	return nameProgram(spec, spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.cfg.PinPath}}))
 }
 
+// flowMaps are the pinned maps holding flow state, sized by MaxFlows and
+// allocated as PreallocFlows says.
+var flowMaps = []string{"roam_conntrack", "roam_nat"}
+
 // flowSizeError is a pinned conntrack or NAT map of the same layout whose
-// size or flags differ from this configuration (Config.MaxFlows,
-// Config.PreallocFlows): a configuration change, not another version.
+// size differs from this configuration (Config.MaxFlows): a configuration
+// change, not another version.
 type flowSizeError struct {
 	path                    string
 	pinEntries, wantEntries uint32
-	pinFlags, wantFlags     uint32
 }
 
 func (e *flowSizeError) Error() string {
-	prealloc := func(flags uint32) bool { return flags&unix.BPF_F_NO_PREALLOC == 0 }
-	return fmt.Sprintf("pinned map %s has max entries %d, flags %#x (preallocated %v); this configuration wants max entries %d, flags %#x (preallocated %v) (--max-flows, --prealloc-flows): "+
-		"restart with the pinned settings or dataplane.Unpin %s (its flows are lost)",
-		e.path, e.pinEntries, e.pinFlags, prealloc(e.pinFlags), e.wantEntries, e.wantFlags, prealloc(e.wantFlags), filepath.Dir(e.path))
+	return fmt.Sprintf("pinned map %s holds %d flows, this configuration %d: set MaxFlows back to %d (roam-agent: its default), "+
+		"or remove the pins (rm -r %s, which drops the node's flows and detaches its programs)",
+		e.path, e.pinEntries, e.wantEntries, e.pinEntries, filepath.Dir(e.path))
 }
 
 func (e *flowSizeError) Unwrap() error { return ebpf.ErrMapIncompatible }
 
-// checkFlowPins refuses, with a flowSizeError, a pinned roam_conntrack or
-// roam_nat whose layout matches spec but whose size or flags do not.
-func checkFlowPins(spec *ebpf.CollectionSpec, pinPath string) error {
-	for _, name := range []string{"roam_conntrack", "roam_nat"} {
-		ms, m, path, err := openPin(spec, pinPath, name)
+// checkFlowPins compares the flow maps pinned under the pin path (if any)
+// with spec. Pins differing only in BPF_F_NO_PREALLOC are kept as they are:
+// spec takes their flags (the node keeps its flows; logged once, and
+// PreallocFlows reports what is in effect). Pins of the same layout and
+// another size are refused with a flowSizeError.
+func (d *Dataplane) checkFlowPins(spec *ebpf.CollectionSpec) error {
+	d.preallocFlows = d.cfg.PreallocFlows
+	for _, name := range flowMaps {
+		ms, m, path, err := openPin(spec, d.cfg.PinPath, name)
 		if err != nil {
 			return err
 		}
@@ -424,11 +436,23 @@ func checkFlowPins(spec *ebpf.CollectionSpec, pinPath string) error {
 			continue
 		}
 		sameLayout := m.Type() == ms.Type && m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize
-		fe := &flowSizeError{path: path, pinEntries: m.MaxEntries(), wantEntries: ms.MaxEntries, pinFlags: m.Flags(), wantFlags: ms.Flags}
+		entries, flags := m.MaxEntries(), m.Flags()
 		m.Close()
-		if sameLayout && (fe.pinEntries != fe.wantEntries || fe.pinFlags != fe.wantFlags) {
-			return fe
+		if !sameLayout {
+			continue // another version: LoadAndAssign refuses it (loadError)
 		}
+		if entries != ms.MaxEntries {
+			return &flowSizeError{path: path, pinEntries: entries, wantEntries: ms.MaxEntries}
+		}
+		if flags^ms.Flags == unix.BPF_F_NO_PREALLOC {
+			ms.Flags = flags
+			d.preallocFlows = flags&unix.BPF_F_NO_PREALLOC == 0
+		}
+	}
+	if d.preallocFlows != d.cfg.PreallocFlows {
+		slog.Warn("dataplane: the node keeps its pinned "+allocText(d.preallocFlows)+" flow maps (conntrack, NAT) and their flows; "+
+			"making them "+allocText(d.cfg.PreallocFlows)+" needs the maps unpinned (rm -r the pin path), which drops the node's flows",
+			"path", d.cfg.PinPath, "prealloc_flows_configured", d.cfg.PreallocFlows, "prealloc_flows_in_effect", d.preallocFlows)
 	}
 	return nil
 }
@@ -458,6 +482,18 @@ type programError struct {
 func (e *programError) Error() string { return e.err.Error() }
 func (e *programError) Unwrap() error { return e.err }
 
+func allocText(prealloc bool) string {
+	if prealloc {
+		return "preallocated"
+	}
+	return "on-demand"
+}
+
+// PreallocFlows reports whether the conntrack and NAT maps in use are
+// preallocated: Config.PreallocFlows, unless maps pinned the other way
+// were kept (checkFlowPins).
+func (d *Dataplane) PreallocFlows() bool { return d.preallocFlows }
+
 func loadError(what, pinPath string, err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
@@ -472,7 +508,7 @@ func loadError(what, pinPath string, err error) error {
 		return fmt.Errorf("load %s objects: %w", what, err)
 	}
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return fmt.Errorf("load %s objects: %w (maps pinned under %s are from another version: dataplane.Unpin it)", what, err, pinPath)
+		return fmt.Errorf("load %s objects: %w (maps pinned under %s are from another version: remove them, rm -r %[3]s, which drops the node's flows and detaches its programs)", what, err, pinPath)
 	}
 	return fmt.Errorf("load %s objects: %w", what, err)
 }

@@ -1,6 +1,7 @@
 package dataplane_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/dptest"
+	"github.com/roamnet/roam/dataplane/lb"
 )
 
 // TestMaxFlows: Config.MaxFlows sizes the conntrack and NAT maps (the
@@ -26,11 +28,15 @@ func TestMaxFlows(t *testing.T) {
 	if ct, nat := d.FlowCapacity(); ct != 1000 || nat != 1000 {
 		t.Fatalf("capacity: conntrack %d, NAT %d; want 1000", ct, nat)
 	}
-	_, err := dataplane.Open(dataplane.Config{PinPath: pin, MaxFlows: 2000})
-	if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), "Unpin") {
-		t.Fatalf("re-open with another size: %v; want an incompatible map error naming Unpin", err)
+	// Another size is refused, with either way out: the size the pins hold, or removing them.
+	for _, prealloc := range []bool{false, true} {
+		_, err := dataplane.Open(dataplane.Config{PinPath: pin, MaxFlows: 2000, PreallocFlows: prealloc})
+		if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), "set MaxFlows back to 1000") ||
+			!strings.Contains(err.Error(), "rm -r "+pin) {
+			t.Fatalf("re-open with another size (prealloc %v): %v; want an incompatible map error naming MaxFlows 1000 and rm -r %s", prealloc, err, pin)
+		}
+		wantConfigError(t, err, "holds 1000 flows", "this configuration 2000")
 	}
-	wantConfigError(t, err, "max entries 1000", "max entries 2000")
 	for _, n := range []int{-1, 1 << 27} {
 		if _, err := dataplane.Open(dataplane.Config{PinPath: dptest.PinPath(t), MaxFlows: n}); err == nil || !strings.Contains(err.Error(), "max flows") {
 			t.Fatalf("max flows %d: %v; want refused", n, err)
@@ -39,12 +45,22 @@ func TestMaxFlows(t *testing.T) {
 }
 
 // TestPreallocFlows: Config.PreallocFlows pins the conntrack and NAT maps
-// preallocated (the default: BPF_F_NO_PREALLOC); pins made the other way
-// are refused with the way out named, as for another size.
+// preallocated (the default: BPF_F_NO_PREALLOC); pins made the other way,
+// of the same size (an agent upgraded over the previous release's pins),
+// are kept as they are: Open starts, a flow created before is still
+// found, new flows get in, and PreallocFlows reports the pinned way.
 func TestPreallocFlows(t *testing.T) {
 	for _, prealloc := range []bool{false, true} {
-		pin := dptest.PinPath(t)
-		openTest(t, dataplane.Config{PinPath: pin, MaxFlows: 1000, PreallocFlows: prealloc})
+		t.Run(fmt.Sprintf("pinned prealloc=%v", prealloc), func(t *testing.T) { testPreallocFlows(t, prealloc) })
+	}
+}
+
+func testPreallocFlows(t *testing.T, prealloc bool) {
+	pin := dptest.PinPath(t)
+	cfg := dataplane.Config{PinPath: pin, PortMin: 40000, PortMax: 40999, MaxFlows: 1000, PreallocFlows: prealloc}
+	tb := newTestbed(t, cfg)
+	wantFlags := func(what string) {
+		t.Helper()
 		for _, name := range []string{"roam_conntrack", "roam_nat"} {
 			m, err := ebpf.LoadPinnedMap(pin+"/"+name, nil)
 			if err != nil {
@@ -53,24 +69,54 @@ func TestPreallocFlows(t *testing.T) {
 			noPrealloc := m.Flags()&unix.BPF_F_NO_PREALLOC != 0
 			m.Close()
 			if noPrealloc == prealloc {
-				t.Errorf("PreallocFlows %v: %s flags have BPF_F_NO_PREALLOC %v", prealloc, name, noPrealloc)
+				t.Errorf("%s: %s flags have BPF_F_NO_PREALLOC %v; pinned with PreallocFlows %v", what, name, noPrealloc, prealloc)
 			}
 		}
-		_, err := dataplane.Open(dataplane.Config{PinPath: pin, MaxFlows: 1000, PreallocFlows: !prealloc})
-		if !errors.Is(err, ebpf.ErrMapIncompatible) || !strings.Contains(err.Error(), "Unpin") {
-			t.Fatalf("re-open pins of PreallocFlows %v with %v: %v; want an incompatible map error naming Unpin", prealloc, !prealloc, err)
-		}
-		wantConfigError(t, err, fmt.Sprintf("(preallocated %v)", prealloc), fmt.Sprintf("(preallocated %v)", !prealloc))
+	}
+	wantFlags("first open")
+	if tb.d.PreallocFlows() != prealloc {
+		t.Errorf("first open: PreallocFlows() %v, want %v", tb.d.PreallocFlows(), prealloc)
+	}
+	d0 := tb.d0.Attrs().Index
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	udp := func(client string) []byte {
+		return spec{src: ap(client), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	}
+	v, before := tb.run(t, udp("198.51.100.1:20000"), d0)
+	if v != xdpTX {
+		t.Fatalf("flow before re-open: verdict %d, want XDP_TX", v)
+	}
+
+	// The upgraded agent, configured the other way, starts over the pins.
+	cfg.SNATv4, cfg.SNATv6, cfg.PreallocFlows = snat4, snat6, !prealloc
+	d := openTest(t, cfg)
+	if d.PreallocFlows() != prealloc {
+		t.Errorf("re-open with PreallocFlows %v over pins of %v: PreallocFlows() %v, want the pinned %v", !prealloc, prealloc, d.PreallocFlows(), prealloc)
+	}
+	wantFlags("re-open the other way")
+	v, after, err := d.RunXDP(udp("198.51.100.1:20000"), d0)
+	if err != nil || v != xdpTX || !bytes.Equal(after, before) {
+		t.Fatalf("flow created before re-open: verdict %d, %v, same frame out %v; want XDP_TX with the frame of before (its SNAT port)", v, err, bytes.Equal(after, before))
+	}
+	if v, _, err := d.RunXDP(udp("198.51.100.1:20001"), d0); err != nil || v != xdpTX {
+		t.Fatalf("new flow after re-open: verdict %d, %v; want XDP_TX", v, err)
+	}
+	ct, nat, err := d.FlowClients()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ct) != 2 || len(nat) != 2 {
+		t.Errorf("after re-open: %d conntrack and %d NAT entries, want 2 each (the flow of before kept, one new)", len(ct), len(nat))
 	}
 }
 
-// wantConfigError checks that err, refusing pins of another size or flags,
-// says so as a configuration change (the pinned and the configured values,
-// the map) rather than as pins of another version.
+// wantConfigError checks that err, refusing pins of another size, says so
+// as a configuration change (the pinned and the configured values, the
+// map) rather than as pins of another version.
 func wantConfigError(t *testing.T, err error, pinned, configured string) {
 	t.Helper()
 	msg := err.Error()
-	for _, want := range []string{"roam_conntrack", "pinned map", pinned, "this configuration wants", configured, "Unpin"} {
+	for _, want := range []string{"roam_conntrack", "pinned map", pinned, configured} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q does not say %q", msg, want)
 		}

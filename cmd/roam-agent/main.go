@@ -78,7 +78,8 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.udpDrain, "udp-drain", dataplane.DefaultTimeouts.UDPDrain, "a UDP flow idle this long once a commit moved its frontend away is done: a migration's drain stops waiting for it")
 	fs.BoolVar(&o.preallocFlows, "prealloc-flows", true, "preallocate the conntrack and NAT maps (~330 bytes per flow of their capacity at start, 86 MB for 262,144 flows) "+
 		"instead of allocating an entry per new flow: bench-dataplane measured new flows 1.5-2.4x as fast (established flows mostly faster, 1M flows mixed); "+
-		"fixed when the maps are first pinned (changing it needs dataplane.Unpin, which drops the node's flows)")
+		"fixed when the maps are first pinned: over maps pinned the other way (an upgrade) the agent keeps them and their flows and logs it; "+
+		"changing it needs the maps unpinned (rm -r the --pin-path directory), which drops the node's flows")
 	fs.DurationVar(&o.gcInterval, "gc-interval", 10*time.Second, "how often expired conntrack and NAT entries are removed (a pass that did not reach a map's end continues at once)")
 	fs.IntVar(&o.gcScan, "gc-scan", dataplane.DefaultGCScan, "at most this many entries of each map read per garbage-collection pass")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":9700", "address serving /metrics and /healthz")
@@ -258,6 +259,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	// Close drops our fds only: pins and links stay, traffic keeps flowing.
 	defer dp.Close()
+	log.Info("flow maps", "prealloc_flows", dp.PreallocFlows(), "prealloc_flows_flag", o.preallocFlows)
 	for _, ifc := range o.ifaces {
 		if err := dp.AttachXDP(ifc, o.xdpMode); err != nil {
 			return fmt.Errorf("attach xdp to %s: %w", ifc, err)
