@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -65,11 +66,12 @@ type srv6Agents interface {
 
 // Refusal reasons of roam_ctrl_srv6_refused_total.
 const (
-	srv6NoLocator  = "no_locator"   // a cluster on the path announces no locator (or is not in the view)
-	srv6BadLocator = "bad_locator"  // it announces one that is not a valid locator
-	srv6NoAgents   = "no_agents"    // a location whose agents cannot do SRv6
-	srv6NoFrontend = "no_frontend"  // a location asked to run an SRv6 copy without the home's frontends
-	srv6BadNodeSID = "bad_node_sid" // a node's SID is not the one its place allocates, or a peer named a SID outside its locator
+	srv6NoLocator  = "no_locator"             // a cluster on the path announces no locator (or is not in the view)
+	srv6BadLocator = "bad_locator"            // it announces one that is not a valid locator
+	srv6NoAgents   = "no_agents"              // a location whose agents cannot do SRv6
+	srv6NoFrontend = "no_frontend"            // a location asked to run an SRv6 copy without the home's frontends
+	srv6BadNodeSID = "bad_node_sid"           // a node's SID is not the one its place allocates, or a peer named a SID outside its locator
+	srv6NotSRv6    = "direct_return_not_srv6" // a descriptor asks direct_return of a service not redirected by SRv6
 )
 
 type srv6Metrics struct {
@@ -81,6 +83,9 @@ type srv6Metrics struct {
 	// sidsRederived counts stored SIDs re-derived in a renumbered
 	// locator, each once (rederived).
 	sidsRederived prometheus.Counter
+	// dsrOff counts direct-return copies whose answers go home anyway
+	// (srv6SharedReturn).
+	dsrOff prometheus.Counter
 
 	// The moves at the home that wait for the old location's word that its
 	// copy is gone (srv6Moved, SRv6Gone), by service and old copy's epoch.
@@ -110,13 +115,17 @@ func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 			Name: "roam_ctrl_srv6_sids_rederived_total",
 			Help: "SIDs kept in records found outside their cluster's locator (it was renumbered) and re-derived in the new one (the same node, else node 0), each counted once.",
 		}),
+		dsrOff: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "roam_ctrl_srv6_direct_return_off_total",
+			Help: "Copies arrived here where a direct-return service and one without it answer from one frontend address: the address's return route takes the direct-return copy's answers home encapsulated too.",
+		}),
 		oldAgents: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_old_agents_total",
 			Help: "Nodes of this cluster found with an agent from before per-node SIDs (no GET /v1/srv6/node), each counted once: the cluster then uses its node 0's SID alone.",
 		}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_refused_total",
-			Help: "SRv6 path-mode steps refused, by reason (no_locator, bad_locator, no_agents, no_frontend, bad_node_sid).",
+			Help: "SRv6 path-mode steps refused, by reason (no_locator, bad_locator, no_agents, no_frontend, bad_node_sid, direct_return_not_srv6).",
 		}, []string{"reason"}),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "roam_ctrl_srv6_steps_total",
@@ -124,11 +133,11 @@ func newSRv6Metrics(reg prometheus.Registerer) (*srv6Metrics, error) {
 				"old copies gone at the home by how the home learnt it (gone_word: the old location said so; gone_timer: its drain budget ran out).",
 		}, []string{"step"}),
 	}
-	for _, r := range []string{srv6NoLocator, srv6BadLocator, srv6NoAgents, srv6NoFrontend, srv6BadNodeSID} {
+	for _, r := range []string{srv6NoLocator, srv6BadLocator, srv6NoAgents, srv6NoFrontend, srv6BadNodeSID, srv6NotSRv6} {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.refused, m.steps, m.oldAgents, m.sidsRederived} {
+		for _, c := range []prometheus.Collector{m.refused, m.steps, m.oldAgents, m.sidsRederived, m.dsrOff} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register srv6 metrics: %w", err)
 			}
@@ -153,7 +162,7 @@ func (e *Engine) srv6Mode(d ctrl.Descriptor) bool {
 func (e *Engine) srv6Resolve(d *ctrl.Descriptor) error {
 	if !e.srv6Mode(*d) {
 		if d.DirectReturn != nil && *d.DirectReturn {
-			return fmt.Errorf("%w: service %s: direct_return needs redirect srv6", ErrInvalid, d.Name)
+			return e.srv6Refuse(srv6NotSRv6, fmt.Errorf("%w: service %s: direct_return needs redirect srv6", ErrInvalid, d.Name))
 		}
 		return nil
 	}
@@ -161,9 +170,13 @@ func (e *Engine) srv6Resolve(d *ctrl.Descriptor) error {
 		return e.srv6Refuse(srv6NoLocator, fmt.Errorf("%w: service %s: redirect srv6 needs this cluster's SRv6 locator (roam-ctrl --srv6-locator)", ErrInvalid, d.Name))
 	}
 	d.Redirect = lb.ModeSRv6
-	if d.DirectReturn == nil {
-		direct := e.cfg.SRv6DirectReturn
-		d.DirectReturn = &direct
+	// Fixed here, for the service's life: true only (false is left out,
+	// so that peers from before direct_return see no field they do not
+	// know).
+	on := directReturn(*d) || (d.DirectReturn == nil && e.cfg.SRv6DirectReturn)
+	d.DirectReturn = nil
+	if on {
+		d.DirectReturn = &on
 	}
 	return nil
 }
@@ -587,6 +600,7 @@ func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip
 	// route of the address may be another service's of the same home (one
 	// rule per address), and an agent restarted no longer knows which
 	// services share it, so a removal would take a route still needed.
+	e.srv6SharedReturn(req)
 	if !directReturn(req.Service) {
 		if err := a.SetSRv6Returns(ctx, req.Frontends, home, false); err != nil {
 			return netip.Addr{}, err
@@ -597,6 +611,34 @@ func (e *Engine) srv6Arrive(ctx context.Context, req ctrl.ForeignRequest) (netip
 	}
 	e.srv6m.steps.WithLabelValues("serving").Inc()
 	return pickSID(sids, req.Service.Name), nil
+}
+
+// srv6SharedReturn logs and counts a direct-return copy arriving where
+// a copy of another service without it answers from the same frontend
+// address (or the other way round): the kernel picks the return route by
+// source address only, so the address's route, there for the other
+// service, takes the direct-return copy's answers home encapsulated too.
+func (e *Engine) srv6SharedReturn(req ctrl.ForeignRequest) {
+	recs, err := e.st.Records()
+	if err != nil {
+		return
+	}
+	for _, r := range recs {
+		if r.Kind != ctrl.KindForeign || r.Service.Name == req.Service.Name || directReturn(r.Service) == directReturn(req.Service) {
+			continue
+		}
+		for _, f := range r.SRv6Frontends {
+			if slices.ContainsFunc(req.Frontends, func(g lb.Frontend) bool { return g.Addr.Unmap() == f.Addr.Unmap() }) {
+				dsr, other := req.Service.Name, r.Service.Name
+				if !directReturn(req.Service) {
+					dsr, other = other, dsr
+				}
+				e.srv6m.dsrOff.Inc()
+				e.log.Warn("srv6: direct return off here: the frontend address has the return route of a service without it", "service", dsr, "route_of", other, "addr", f.Addr)
+				return
+			}
+		}
+	}
 }
 
 // directReturn reports whether d's copies answer their clients directly.

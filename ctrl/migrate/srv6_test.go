@@ -648,6 +648,9 @@ func TestSRv6DirectReturn(t *testing.T) {
 			if _, err := w.eng("a").Deploy(context.Background(), d); err != nil {
 				t.Fatal(err)
 			}
+			if got := w.mustRecord("a").Service.DirectReturn; (got != nil) != c.direct || (got != nil && !*got) {
+				t.Fatalf("the home's record: direct_return %v, want set (true) only when on", got)
+			}
 			w.acts.take()
 			w.mustMigrate("a", "b")
 			acts := w.acts.take("srv6 b returns")
@@ -664,6 +667,9 @@ func TestSRv6DirectReturn(t *testing.T) {
 	d.DirectReturn = &on
 	if _, err := w.eng("a").Deploy(context.Background(), d); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "direct_return needs redirect srv6") {
 		t.Fatalf("deploy of a NAT service with direct_return: %v", err)
+	}
+	if n := counterValue(w.eng("a").srv6m.refused.WithLabelValues(srv6NotSRv6)); n != 1 {
+		t.Errorf("direct_return_not_srv6 refusals: %v, want 1", n)
 	}
 }
 
@@ -698,6 +704,9 @@ func TestSRv6DirectReturnKeepsSharedRoute(t *testing.T) {
 	}
 	if sid, ok := rets.rule(addr); !ok || sid != want {
 		t.Fatalf("after S1 (direct return) arrived at b: S2's return route %s, %v; want it kept, to %s", sid, ok, want)
+	}
+	if n := counterValue(w.eng("b").srv6m.dsrOff); n != 1 {
+		t.Errorf("direct return off at b (S2's route on the address): counted %v, want 1", n)
 	}
 	if _, err := w.eng("a").Migrate(context.Background(), "dsr", ctrl.MigrateRequest{Destination: "a"}); err != nil {
 		t.Fatal(err)
