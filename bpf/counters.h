@@ -30,16 +30,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } roam_target_names SEC(".maps");
 
-static __always_inline void count_action(__u32 id, __u32 action, __u64 bytes)
+/*
+ * count_row adds a packet of bytes to frontend id's column col in a per-CPU
+ * array of struct counter laid out id * cols + col (roam_counters,
+ * roam_srv6_stats); an id or column out of range counts nowhere.
+ */
+static __always_inline void count_row(void *map, __u32 id, __u32 col, __u32 cols, __u64 bytes)
 {
-	if ((ROAM_ABLATE & ABLATE_COUNTERS) || id >= MAX_FRONTENDS || action >= ACTION_MAX)
+	if (id >= MAX_FRONTENDS || col >= cols)
 		return;
-	__u32 idx = id * ACTION_MAX + action;
-	struct counter *c = bpf_map_lookup_elem(&roam_counters, &idx);
+	__u32 idx = id * cols + col;
+	struct counter *c = bpf_map_lookup_elem(map, &idx);
 	if (c) {
 		c->packets++;
 		c->bytes += bytes;
 	}
+}
+
+static __always_inline void count_action(__u32 id, __u32 action, __u64 bytes)
+{
+	if (!(ROAM_ABLATE & ABLATE_COUNTERS))
+		count_row(&roam_counters, id, action, ACTION_MAX, bytes);
 }
 
 static __always_inline void count_reason(__u32 reason)

@@ -1,7 +1,7 @@
 /* fib.h: bpf_fib_lookup setup for a rewritten packet (next hop and MAC addresses). */
 #pragma once
 
-#include "parse.h"
+#include "counters.h"
 
 /*
  * fib_params fills a lookup for the packet p as it will leave: from
@@ -66,5 +66,20 @@ static __always_inline int set_macs(void *data, void *data_end, const struct bpf
 		return -1;
 	__builtin_memcpy(eth->dst, fib->dmac, ETH_ALEN_);
 	__builtin_memcpy(eth->src, fib->smac, ETH_ALEN_);
+	return 0;
+}
+
+/*
+ * fib_no_route: whether bpf_fib_lookup's rc (not FRAG_NEEDED: fib_too_big)
+ * sends the packet nowhere (not success, no neighbour, or not forwarded);
+ * if so it is counted as a drop of x's frontend, to be dropped.
+ */
+static __always_inline int fib_no_route(long rc, const struct pkt *p, const struct xlate *x)
+{
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
+		count_reason(REASON_NO_ROUTE);
+		count_action(x->id, ACTION_DROP, p->len);
+		return 1;
+	}
 	return 0;
 }

@@ -511,6 +511,18 @@ static __always_inline int ttl_hop(ROAM_CTX *ctx, const struct pkt *p, const str
 	return VERDICT_DROP;
 }
 
+/*
+ * fib_too_big answers a packet too big for the egress bpf_fib_lookup found
+ * (BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu) with an ICMP too-big back to its
+ * sender, counted as a drop of x's frontend.
+ */
+static __always_inline int fib_too_big(ROAM_CTX *ctx, const struct pkt *p, const struct xlate *x, __u32 mtu)
+{
+	count_reason(REASON_TOO_BIG);
+	count_action(x->id, ACTION_DROP, p->len);
+	return icmp_too_big(ctx, mtu);
+}
+
 /* xlate_apply rewrites the packet as x says (an ICMP error: its outer and quoted headers). */
 static __always_inline int xlate_apply(ROAM_CTX *ctx, struct pkt *p, const struct xlate *x)
 {

@@ -18,14 +18,9 @@ enum parse_result {
 	PARSE_ICMP = 3, /* ICMP or ICMPv6 (outer header in struct pkt): an error about a flow of ours? (icmp.h) */
 };
 
-/* What the programs need from a packet. Addresses are IPv4-mapped for IPv4; addresses then ports, as a struct ct_key starts. */
+/* What the programs need from a packet: its tuple first, as a struct ct_key starts (types.h). */
 struct pkt {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 family;
+	FLOW_TUPLE;
 	__u8 tcp_flags;
 	__u8 reason;
 	__u32 len; /* whole frame, for byte counters */

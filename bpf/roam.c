@@ -60,6 +60,7 @@
 #define icmp_too_big(...) icmp_too_big_tc(__VA_ARGS__)
 #define icmp_time_exceeded(...) icmp_time_exceeded_tc(__VA_ARGS__)
 #define ttl_hop(...) ttl_hop_tc(__VA_ARGS__)
+#define fib_too_big(...) fib_too_big_tc(__VA_ARGS__)
 #define xlate_apply(...) xlate_apply_tc(__VA_ARGS__)
 #define roam_local_socket(...) roam_local_socket_tc(__VA_ARGS__)
 #define roam_new_flow(...) roam_new_flow_tc(__VA_ARGS__)

@@ -177,14 +177,7 @@ struct {
 
 static __always_inline void srv6_count(__u32 id, __u32 stat, __u64 bytes)
 {
-	if (id >= MAX_FRONTENDS || stat >= SRV6_STAT_MAX)
-		return;
-	__u32 idx = id * SRV6_STAT_MAX + stat;
-	struct counter *c = bpf_map_lookup_elem(&roam_srv6_stats, &idx);
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
-	}
+	count_row(&roam_srv6_stats, id, stat, SRV6_STAT_MAX, bytes);
 }
 
 static __always_inline int srv6_in_locators(const __u8 *addr)

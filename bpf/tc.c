@@ -59,16 +59,10 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 	fib_params(&fib, p, x->src, x->dst, x->sport, x->dport, skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex,
 		   0 /* the kernel judges GSO */);
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		count_reason(REASON_TOO_BIG);
-		count_action(x->id, ACTION_DROP, p->len);
-		return icmp_too_big(skb, fib.mtu_result);
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
-		count_reason(REASON_NO_ROUTE);
-		count_action(x->id, ACTION_DROP, p->len);
-		return TC_ACT_SHOT;
-	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return fib_too_big(skb, p, x, fib.mtu_result);
+	if (fib_no_route(rc, p, x))
+		return VERDICT_DROP;
 	if (skb->ingress_ifindex == skb->ifindex && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/*
 		 * At an ingress hook (from a pod, or passed up by XDP without a

@@ -42,18 +42,27 @@ struct service {
 };
 
 /*
+ * A flow's tuple as the programs lay it out: the addresses (IPv4-mapped for
+ * IPv4), the ports, then protocol and family. struct ct_key and struct pkt
+ * (parse.h) both start with it, so a packet's key is one copy (conntrack.h
+ * ct_key_set).
+ */
+#define FLOW_TUPLE        \
+	__u8 saddr[16];   \
+	__u8 daddr[16];   \
+	__be16 sport;     \
+	__be16 dport;     \
+	__u8 proto;       \
+	__u8 family
+
+/*
  * Conntrack and NAT key: one direction of a flow as it is seen on the wire.
  * Its first 36 bytes (addresses, then ports) are laid out as in struct pkt,
  * struct ct_value and struct nat_value (conntrack.h ct_key_set).
  * roam_conntrack: client -> frontend. roam_nat: target -> SNAT address and port.
  */
 struct ct_key {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 family;
+	FLOW_TUPLE;
 	__u16 pad;
 };
 

@@ -59,16 +59,10 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 	long rc = nh_lookup(ctx, p, x, in, now, &out, &mtu, &pod);
 	if (rc < 0)
 		return XDP_DROP; /* shorter than parsed: cannot happen */
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		count_reason(REASON_TOO_BIG);
-		count_action(x->id, ACTION_DROP, p->len);
-		return icmp_too_big(ctx, mtu);
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
-		count_reason(REASON_NO_ROUTE);
-		count_action(x->id, ACTION_DROP, p->len);
-		return XDP_DROP;
-	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return fib_too_big(ctx, p, x, mtu);
+	if (fib_no_route(rc, p, x))
+		return VERDICT_DROP;
 	if (pod) {
 		/*
 		 * A local pod's veth drops a frame redirected into it unless its
