@@ -1,16 +1,24 @@
 // Command srv6 is `make bench-srv6`: the NAT and the SRv6 path mode side by
 // side on the same namespaces (netns.SRv6Topology: an IPv6 client, the
 // home, an old and a new location over an IPv6 underlay), each through the
-// same migration with the old copy removed in the middle: a UDP stream with
-// sequence numbers (lost, duplicated, reordered), new TCP connections at a
-// fixed rate (connect time p99 as the client program sees it, over 1 s,
-// those whose SYN was retransmitted, and the p99 of the kernel's path RTT
-// sample), TCP goodput in 100 ms bins of a
+// same migration with the old copy removed in the middle.
+//
+// Per mode, one after the other (which first is chosen at random per
+// invocation, printed; -first forces it): a UDP stream with sequence
+// numbers (lost, duplicated, reordered), TCP goodput in 100 ms bins of a
 // client that downloads in a loop and reconnects when its connection dies,
-// the client address the service sees, and the home's XDP cost per packet
-// (kernel BPF statistics). Which mode runs first is chosen at random per
-// invocation (printed; -first forces it), so load drift does not always
-// fall on the same mode. Last line: one JSON object.
+// the client address the service sees, and the XDP cost per packet at the
+// home and at both locations (kernel BPF statistics).
+//
+// Session opening, both modes in the same moments: -rounds migrations of
+// two frontends at once (the same address, one port per mode, the same
+// copies), new TCP connections at a fixed pace alternating between them
+// (in an order drawn at random per pair), from one client process under
+// one load. Per round and mode: the connect time's p99 and p50 as the
+// program sees it, the kernel's path RTT sample, connects over 1 s and
+// those whose SYN was retransmitted; the figures reported are the medians
+// of the rounds' figures, and the median of the rounds' SRv6/NAT p99
+// ratios. Last line: one JSON object.
 package main
 
 import (
@@ -48,8 +56,11 @@ var (
 )
 
 func main() {
-	dur := flag.Duration("duration", 3*time.Second, "length of one run (the migration's events at fixed fractions of it)")
-	first := flag.String("first", "", "mode that runs first: nat or srv6 (default: chosen at random)")
+	dur := flag.Duration("duration", 3*time.Second, "length of one migration (its events at fixed fractions of it)")
+	first := flag.String("first", "", "mode whose loss/goodput/cost scenario runs first: nat or srv6 (default: chosen at random)")
+	rounds := flag.Int("rounds", 5, "connect rounds: migrations of a NAT and an SRv6 frontend at once, new connections alternating between them")
+	roundDur := flag.Duration("round-duration", 6*time.Second, "length of one connect round's migration (its events at the same fractions as -duration's)")
+	every := flag.Duration("connect-every", 4*time.Millisecond, "pace of new connections in a connect round (each mode gets every other one)")
 	flag.Parse()
 	if *first == "" {
 		*first = []string{"nat", "srv6"}[rand.IntN(2)]
@@ -58,7 +69,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench-srv6: -first %q: want nat or srv6\n", *first)
 		os.Exit(2)
 	}
-	if err := run(*dur, *first); err != nil {
+	if *rounds < 1 || *every <= 0 || *roundDur <= 0 {
+		fmt.Fprintln(os.Stderr, "bench-srv6: -rounds must be at least 1, -connect-every and -round-duration positive")
+		os.Exit(2)
+	}
+	if err := run(*dur, *first, *rounds, *roundDur, *every); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-srv6:", err)
 		os.Exit(1)
 	}
@@ -107,35 +122,60 @@ func (n *node) close() {
 	_ = dataplane.Unpin(n.pin)
 }
 
+// result is one mode's scenario: the UDP stream, the goodput bins, the
+// client addresses the copies saw and the XDP cost per packet at the home,
+// the old and the new location.
 type result struct {
 	sent, lost, dup, reordered int
-	connects                   []time.Duration
-	// pathRTTs are the kernel's RTT samples (TCP_INFO rtt right after
-	// connect), the zero ones left out and counted in rttZero. Not the
-	// handshake's time: with a retransmitted SYN, Karn's rule leaves no
-	// sample or the last SYN's, so retransmission delays are in connects,
-	// connOver1s and synRetrans, never here.
-	pathRTTs               []time.Duration
-	rttZero                int
-	synRetrans             int // connects whose SYN was retransmitted (tcpi_total_retrans > 0 after connect)
-	connFailed, connOver1s int
-	bins                   []int64 // bytes per 100 ms
-	seen                   map[netip.Addr]int
-	nsPerPacket            float64
+	bins                       []int64 // bytes per 100 ms
+	seen                       map[netip.Addr]int
+	nsPerPacket                [3]float64 // home, old, new
 }
 
-func (r result) connP99() float64 { return p99ms(r.connects) }
-
-func (r result) pathRTTP99() float64 { return p99ms(r.pathRTTs) }
-
-// p99ms is the 99th percentile of d in milliseconds (0 if empty).
-func p99ms(d []time.Duration) float64 {
+// pct is the p-th percentile of d in milliseconds (0 if empty).
+func pct(d []time.Duration, p int) float64 {
 	if len(d) == 0 {
 		return 0
 	}
 	c := slices.Clone(d)
 	slices.Sort(c)
-	return float64(c[(len(c)*99)/100]) / 1e6
+	return float64(c[(len(c)*p)/100]) / 1e6
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	c := slices.Clone(v)
+	slices.Sort(c)
+	if len(c)%2 == 1 {
+		return c[len(c)/2]
+	}
+	return (c[len(c)/2-1] + c[len(c)/2]) / 2
+}
+
+// connSummary is one mode's connect rounds: per round the connect time's
+// p99 and p50 and the path RTT's p99 and p50, and the counts over all
+// rounds.
+type connSummary struct {
+	p99, p50, rttP99, rttP50               []float64
+	n, failed, over1s, synRetrans, rttZero int
+}
+
+func summarize(rs []connResult) connSummary {
+	var s connSummary
+	for _, r := range rs {
+		s.p99 = append(s.p99, pct(r.connects, 99))
+		s.p50 = append(s.p50, pct(r.connects, 50))
+		s.rttP99 = append(s.rttP99, pct(r.pathRTTs, 99))
+		s.rttP50 = append(s.rttP50, pct(r.pathRTTs, 50))
+		s.n += len(r.connects)
+		s.failed += r.failed
+		s.over1s += r.over1s
+		s.synRetrans += r.synRetrans
+		s.rttZero += r.rttZero
+	}
+	return s
 }
 
 // dipPct is how far the worst 100 ms bin fell below the median bin, in percent.
@@ -165,7 +205,7 @@ func (r result) preserved() bool {
 	return true
 }
 
-func run(dur time.Duration, first string) error {
+func run(dur time.Duration, first string, rounds int, roundDur, every time.Duration) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (BPF, namespaces)")
 	}
@@ -213,7 +253,7 @@ func run(dur time.Duration, first string) error {
 	if first == "srv6" {
 		order = []string{"srv6", "nat"}
 	}
-	fmt.Printf("order: %s first, then %s\n", order[0], order[1])
+	fmt.Printf("loss/goodput/cost scenarios: %s first, then %s\n", order[0], order[1])
 	res := map[string]result{}
 	for _, mode := range order {
 		r, err := scenario(topo, home, old, nw, mode, dur)
@@ -222,40 +262,98 @@ func run(dur time.Duration, first string) error {
 		}
 		res[mode] = r
 	}
+	fmt.Printf("connect rounds: %d migrations (%s each) of a NAT and an SRv6 frontend at once, a new connection every %s alternating between them\n", rounds, roundDur, every)
+	var natRounds, s6Rounds []connResult
+	for i := 0; i < rounds; i++ {
+		n, s, err := connectRound(topo, home, old, nw, roundDur, every)
+		if err != nil {
+			return fmt.Errorf("connect round %d: %w", i+1, err)
+		}
+		natRounds, s6Rounds = append(natRounds, n), append(s6Rounds, s)
+	}
 	nat, s6 := res["nat"], res["srv6"]
+	cn, cs := summarize(natRounds), summarize(s6Rounds)
+	var ratios []float64
+	fmt.Printf("\n%-6s %9s %9s %7s %9s %9s %12s %12s %9s\n", "round", "nat p99", "srv6 p99", "ratio", "nat p50", "srv6 p50", "nat rtt p99", "srv6 rtt p99", "connects")
+	for i := range natRounds {
+		ratio := 0.0
+		if cn.p99[i] > 0 {
+			ratio = cs.p99[i] / cn.p99[i]
+			ratios = append(ratios, ratio)
+		}
+		fmt.Printf("%-6d %9.2f %9.2f %7.2f %9.2f %9.2f %12.3f %12.3f %4d/%-4d\n", i+1, cn.p99[i], cs.p99[i], ratio,
+			cn.p50[i], cs.p50[i], cn.rttP99[i], cs.rttP99[i], len(natRounds[i].connects), len(s6Rounds[i].connects))
+	}
+
+	fmt.Printf("\nby phase of the migration, all rounds pooled (ms)\n%-24s %16s %16s %16s %16s\n", "phase (srv6 path)",
+		"connect p50 n/s", "connect p99 n/s", "path rtt p50 n/s", "path rtt p99 n/s")
+	for i, ph := range phases {
+		var nc, sc, nr, sr []time.Duration
+		for j := range natRounds {
+			nc = append(nc, natRounds[j].byPhase[i].connects...)
+			sc = append(sc, s6Rounds[j].byPhase[i].connects...)
+			nr = append(nr, natRounds[j].byPhase[i].pathRTTs...)
+			sr = append(sr, s6Rounds[j].byPhase[i].pathRTTs...)
+		}
+		fmt.Printf("%-24s %7.2f/%-8.2f %7.2f/%-8.2f %7.3f/%-8.3f %7.3f/%-8.3f\n", ph.name, pct(nc, 50), pct(sc, 50),
+			pct(nc, 99), pct(sc, 99), pct(nr, 50), pct(sr, 50), pct(nr, 99), pct(sr, 99))
+	}
+
 	fmt.Printf("\nmigration with the old copy removed mid-stream (%s per run, IPv6 client, IPv6 underlay)\n", dur)
-	fmt.Printf("%-34s %14s %14s\n", "", "nat", "srv6")
-	row := func(k string, a, b any) { fmt.Printf("%-34s %14v %14v\n", k, a, b) }
+	fmt.Printf("%-40s %14s %14s\n", "", "nat", "srv6")
+	row := func(k string, a, b any) { fmt.Printf("%-40s %14v %14v\n", k, a, b) }
 	row("udp sent", nat.sent, s6.sent)
 	row("udp lost", nat.lost, s6.lost)
 	row("udp duplicated", nat.dup, s6.dup)
 	row("udp reordered", nat.reordered, s6.reordered)
-	row("tcp connects", len(nat.connects), len(s6.connects))
-	row("tcp connects failed", nat.connFailed, s6.connFailed)
-	row("connect p99 (ms)", fmt.Sprintf("%.2f", nat.connP99()), fmt.Sprintf("%.2f", s6.connP99()))
-	row("connects over 1 s", nat.connOver1s, s6.connOver1s)
-	row("connects with a SYN retransmitted", nat.synRetrans, s6.synRetrans)
-	row("path RTT p99 (kernel sample, ms)", fmt.Sprintf("%.3f", nat.pathRTTP99()), fmt.Sprintf("%.3f", s6.pathRTTP99()))
-	row("path RTT samples 0 (left out)", nat.rttZero, s6.rttZero)
 	row("goodput dip (worst 100ms bin, %)", fmt.Sprintf("%.0f", nat.dipPct()), fmt.Sprintf("%.0f", s6.dipPct()))
 	row("client address seen", addrs(nat.seen), addrs(s6.seen))
-	row("home XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket), fmt.Sprintf("%.0f", s6.nsPerPacket))
+	row("home XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket[0]), fmt.Sprintf("%.0f", s6.nsPerPacket[0]))
+	row("old location XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket[1]), fmt.Sprintf("%.0f", s6.nsPerPacket[1]))
+	row("new location XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket[2]), fmt.Sprintf("%.0f", s6.nsPerPacket[2]))
+	fmt.Printf("connect rounds (both modes interleaved, medians of the %d rounds' figures):\n", rounds)
+	row("tcp connects", cn.n, cs.n)
+	row("tcp connects failed", cn.failed, cs.failed)
+	row("connect p99 (ms)", fmt.Sprintf("%.2f", median(cn.p99)), fmt.Sprintf("%.2f", median(cs.p99)))
+	row("connect p50 (ms)", fmt.Sprintf("%.2f", median(cn.p50)), fmt.Sprintf("%.2f", median(cs.p50)))
+	row("connects over 1 s", cn.over1s, cs.over1s)
+	row("connects with a SYN retransmitted", cn.synRetrans, cs.synRetrans)
+	row("path RTT p99 (kernel sample, ms)", fmt.Sprintf("%.3f", median(cn.rttP99)), fmt.Sprintf("%.3f", median(cs.rttP99)))
+	row("path RTT p50 (kernel sample, ms)", fmt.Sprintf("%.3f", median(cn.rttP50)), fmt.Sprintf("%.3f", median(cs.rttP50)))
+	row("path RTT samples 0 (left out)", cn.rttZero, cs.rttZero)
+	fmt.Printf("connect p99 srv6/nat, median of the rounds' ratios: %.2f\n", median(ratios))
 	fmt.Printf("goodput bins nat  (KB/100ms): %v\n", kb(nat.bins))
 	fmt.Printf("goodput bins srv6 (KB/100ms): %v\n", kb(s6.bins))
 	out, _ := json.Marshal(map[string]any{
 		"first": first, "lost_nat": nat.lost, "lost_srv6": s6.lost, "dup_nat": nat.dup, "dup_srv6": s6.dup,
 		"reordered_nat": nat.reordered, "reordered_srv6": s6.reordered,
-		"connect_p99_ms_nat": round2(nat.connP99()), "connect_p99_ms_srv6": round2(s6.connP99()),
-		"connects_over_1s_nat": nat.connOver1s, "connects_over_1s_srv6": s6.connOver1s,
-		"syn_retrans_connects_nat": nat.synRetrans, "syn_retrans_connects_srv6": s6.synRetrans,
-		"path_rtt_p99_ms_nat": round3(nat.pathRTTP99()), "path_rtt_p99_ms_srv6": round3(s6.pathRTTP99()),
-		"path_rtt_zero_nat": nat.rttZero, "path_rtt_zero_srv6": s6.rttZero,
+		"connect_rounds": rounds, "connects_nat": cn.n, "connects_srv6": cs.n,
+		"connects_failed_nat": cn.failed, "connects_failed_srv6": cs.failed,
+		"connect_p99_ms_nat": round2(median(cn.p99)), "connect_p99_ms_srv6": round2(median(cs.p99)),
+		"connect_p99_ms_rounds_nat": roundAll(cn.p99), "connect_p99_ms_rounds_srv6": roundAll(cs.p99),
+		"connect_p99_ratio_srv6_nat": round2(median(ratios)),
+		"connect_p50_ms_nat":         round2(median(cn.p50)), "connect_p50_ms_srv6": round2(median(cs.p50)),
+		"connects_over_1s_nat": cn.over1s, "connects_over_1s_srv6": cs.over1s,
+		"syn_retrans_connects_nat": cn.synRetrans, "syn_retrans_connects_srv6": cs.synRetrans,
+		"path_rtt_p99_ms_nat": round3(median(cn.rttP99)), "path_rtt_p99_ms_srv6": round3(median(cs.rttP99)),
+		"path_rtt_p50_ms_nat": round3(median(cn.rttP50)), "path_rtt_p50_ms_srv6": round3(median(cs.rttP50)),
+		"path_rtt_zero_nat": cn.rttZero, "path_rtt_zero_srv6": cs.rttZero,
 		"goodput_dip_pct_nat": round2(nat.dipPct()), "goodput_dip_pct_srv6": round2(s6.dipPct()),
 		"client_ip_preserved_nat": nat.preserved(), "client_ip_preserved_srv6": s6.preserved(),
-		"ns_per_packet_nat": round2(nat.nsPerPacket), "ns_per_packet_srv6": round2(s6.nsPerPacket),
+		"ns_per_packet_nat": round2(nat.nsPerPacket[0]), "ns_per_packet_srv6": round2(s6.nsPerPacket[0]),
+		"ns_per_packet_old_nat": round2(nat.nsPerPacket[1]), "ns_per_packet_old_srv6": round2(s6.nsPerPacket[1]),
+		"ns_per_packet_new_nat": round2(nat.nsPerPacket[2]), "ns_per_packet_new_srv6": round2(s6.nsPerPacket[2]),
 	})
 	fmt.Println(string(out))
 	return nil
+}
+
+func roundAll(v []float64) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = round2(x)
+	}
+	return out
 }
 
 func round2(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }
@@ -279,18 +377,53 @@ func addrs(m map[netip.Addr]int) string {
 	return strings.Join(s, ",")
 }
 
-// scenario runs one migration in mode: [old] until 20% of dur; at 20% the
-// new copy serves and the home commits to it (NAT: new flows to new, open
-// flows pinned to old; SRv6: path [old, new]); at 40% the old copy drains
-// (SRv6); at 50% the old copy is removed (SRv6: the location forwards
-// first, the process stops 50 ms later); at 80% SRv6 commits [new].
-func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur time.Duration) (result, error) {
-	var r result
-	fT := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}
-	fU := lb.Frontend{Addr: fe, Port: 7000, Proto: lb.UDP}
+// svc is one service of a migration: a frontend in one mode. A NAT
+// frontend is redirected to the copy's underlay address on copyPort (the
+// home translates the port); an SRv6 one is delivered to the frontend
+// itself at the location, where the copy listens on it.
+type svc struct {
+	f        lb.Frontend
+	srv6     bool
+	copyPort uint16
+}
+
+// to is the target that sends s to the copy at under, along sids in SRv6 mode.
+func (s svc) to(under netip.Addr, sids ...netip.Addr) lb.Target {
+	if s.srv6 {
+		return lb.SRv6(sids...)
+	}
+	return lb.Redirect(netip.AddrPortFrom(under, s.copyPort))
+}
+
+// modeSvcs are a per-mode scenario's services: TCP and UDP on the frontend.
+func modeSvcs(mode string) []svc {
+	s6 := mode == "srv6"
+	return []svc{
+		{lb.Frontend{Addr: fe, Port: netns.CopyTCPPort, Proto: lb.TCP}, s6, netns.CopyTCPPort},
+		{lb.Frontend{Addr: fe, Port: netns.CopyUDPPort, Proto: lb.UDP}, s6, netns.CopyUDPPort},
+	}
+}
+
+// Interleaved connect rounds: the same copy's TCP port behind two frontends
+// of the same address at once, one per mode.
+var (
+	connSRv6 = svc{lb.Frontend{Addr: fe, Port: netns.CopyTCPPort, Proto: lb.TCP}, true, netns.CopyTCPPort}
+	connNAT  = svc{lb.Frontend{Addr: fe, Port: netns.CopyTCPPort + 1, Proto: lb.TCP}, false, netns.CopyTCPPort}
+)
+
+// migrate runs one migration of svcs, all through the same events at the
+// same moments: [old] until 20% of dur; at 20% the new copy serves and the
+// home commits to it (NAT: new flows to new, open flows pinned to old;
+// SRv6: path [old, new]); at 40% the old copy drains (SRv6); at 50% the old
+// copy is removed (SRv6: the location forwards first, the process stops
+// 50 ms later); at 80% SRv6 commits [new]. traffic starts at 0 (after one
+// exchange through each frontend) and returns by itself about dur later.
+// migrate returns the client addresses the copies saw.
+func migrate(topo *netns.SRv6Topology, home, old, nw *node, svcs []svc, dur time.Duration, traffic func(ctx context.Context) error) (map[netip.Addr]int, error) {
+	anySRv6 := slices.ContainsFunc(svcs, func(s svc) bool { return s.srv6 })
 	oldSrv, err := netns.StartCopyServer(topo.Old, "old", fe, oldUnder)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
 	oldStopped := false
 	defer func() {
@@ -300,7 +433,7 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 	}()
 	newSrv, err := netns.StartCopyServer(topo.New, "new", fe, newUnder)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
 	defer newSrv.Close()
 	commit := func(f lb.Frontend, t lb.Target) error {
@@ -310,57 +443,43 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 		}
 		return home.d.Commit(f, gen)
 	}
-	target := func(f lb.Frontend, at netip.Addr, sids ...netip.Addr) lb.Target {
-		if mode == "srv6" {
-			return lb.SRv6(sids...)
-		}
-		return lb.Redirect(netip.AddrPortFrom(at, f.Port))
-	}
-	setCopies := func(n *node, s dataplane.SRv6State) error {
-		if mode != "srv6" {
-			return nil
-		}
-		for _, f := range []lb.Frontend{fT, fU} {
-			if err := n.d.SetSRv6Copy(f, s); err != nil {
+	setCopies := func(n *node, st dataplane.SRv6State) error {
+		for _, s := range svcs {
+			if !s.srv6 {
+				continue
+			}
+			if err := n.d.SetSRv6Copy(s.f, st); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	if err := setCopies(old, dataplane.SRv6Serving); err != nil {
-		return r, err
+		return nil, err
 	}
-	for _, f := range []lb.Frontend{fT, fU} {
-		if err := commit(f, target(f, oldUnder, netns.SRv6SIDOld)); err != nil {
-			return r, err
+	for _, s := range svcs {
+		if err := commit(s.f, s.to(oldUnder, netns.SRv6SIDOld)); err != nil {
+			return nil, err
 		}
 	}
 	defer func() {
-		for _, f := range []lb.Frontend{fT, fU} {
-			_ = home.d.Remove(f)
+		for _, s := range svcs {
+			_ = home.d.Remove(s.f)
 			for _, n := range []*node{old, nw} {
-				_ = n.d.SetSRv6Copy(f, dataplane.SRv6Gone)
+				_ = n.d.SetSRv6Copy(s.f, dataplane.SRv6Gone)
 			}
 		}
 	}()
 	// Warm up: neighbours resolved, one exchange through each path.
-	if err := warm(topo.Client); err != nil {
-		return r, fmt.Errorf("warm up: %w", err)
-	}
-	rt0, runs0, err := home.d.XDPRunStats()
-	if err != nil {
-		return r, err
+	if err := warm(topo.Client, svcs); err != nil {
+		return nil, fmt.Errorf("warm up: %w", err)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), dur+5*time.Second)
 	defer cancel()
 	start := time.Now()
-	var wg sync.WaitGroup
-	var udpRes, connRes, goodRes result
-	wg.Add(3)
-	go func() { defer wg.Done(); udpRes = udpStream(ctx, topo.Client, dur) }()
-	go func() { defer wg.Done(); connRes = connects(ctx, topo.Client, dur) }()
-	go func() { defer wg.Done(); goodRes = goodput(ctx, topo.Client, dur) }()
+	trafficErr := make(chan error, 1)
+	go func() { trafficErr <- traffic(ctx) }()
 
 	at := func(frac float64) { time.Sleep(time.Until(start.Add(time.Duration(frac * float64(dur))))) }
 	var evErr error
@@ -368,8 +487,8 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 	if err := setCopies(nw, dataplane.SRv6Serving); err != nil {
 		evErr = err
 	}
-	for _, f := range []lb.Frontend{fT, fU} {
-		if err := commit(f, target(f, newUnder, netns.SRv6SIDOld, netns.SRv6SIDNew)); err != nil && evErr == nil {
+	for _, s := range svcs {
+		if err := commit(s.f, s.to(newUnder, netns.SRv6SIDOld, netns.SRv6SIDNew)); err != nil && evErr == nil {
 			evErr = err
 		}
 	}
@@ -381,60 +500,138 @@ func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur ti
 	if err := setCopies(old, dataplane.SRv6Gone); err != nil && evErr == nil {
 		evErr = err
 	}
-	if mode == "srv6" {
+	if anySRv6 {
 		time.Sleep(50 * time.Millisecond) // packets already delivered are read before the process stops
 	}
 	oldSrv.Close()
 	oldStopped = true
 	at(0.8)
-	if mode == "srv6" {
-		for _, f := range []lb.Frontend{fT, fU} {
-			if err := commit(f, lb.SRv6(netns.SRv6SIDNew)); err != nil && evErr == nil {
-				evErr = err
-			}
+	for _, s := range svcs {
+		if !s.srv6 {
+			continue
+		}
+		if err := commit(s.f, lb.SRv6(netns.SRv6SIDNew)); err != nil && evErr == nil {
+			evErr = err
 		}
 	}
-	wg.Wait()
-	if evErr != nil {
-		return r, evErr
+	if err := <-trafficErr; err != nil && evErr == nil {
+		evErr = err
 	}
-	rt1, runs1, err := home.d.XDPRunStats()
+	if evErr != nil {
+		return nil, evErr
+	}
+	seen := map[netip.Addr]int{}
+	for _, s := range []*netns.CopyServer{oldSrv, newSrv} {
+		for a, n := range s.Seen() {
+			seen[a] += n
+		}
+	}
+	return seen, nil
+}
+
+// scenario runs one migration in mode (migrate) under a UDP stream and a
+// goodput client, and times the home's, the old and the new location's XDP
+// program per packet meanwhile.
+func scenario(topo *netns.SRv6Topology, home, old, nw *node, mode string, dur time.Duration) (result, error) {
+	var r result
+	var udpRes, goodRes result
+	nodes := []*node{home, old, nw}
+	seen, err := migrate(topo, home, old, nw, modeSvcs(mode), dur, func(ctx context.Context) error {
+		before, err := runStats(nodes)
+		if err != nil {
+			return err
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); udpRes = udpStream(ctx, topo.Client, dur) }()
+		go func() { defer wg.Done(); goodRes = goodput(ctx, topo.Client, dur) }()
+		wg.Wait()
+		after, err := runStats(nodes)
+		if err != nil {
+			return err
+		}
+		for i := range nodes {
+			if runs := after[i].runs - before[i].runs; runs > 0 {
+				r.nsPerPacket[i] = float64(after[i].t-before[i].t) / float64(runs)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return r, err
 	}
-	r = udpRes
-	r.connects, r.pathRTTs, r.rttZero, r.synRetrans = connRes.connects, connRes.pathRTTs, connRes.rttZero, connRes.synRetrans
-	r.connFailed, r.connOver1s = connRes.connFailed, connRes.connOver1s
+	r.sent, r.lost, r.dup, r.reordered = udpRes.sent, udpRes.lost, udpRes.dup, udpRes.reordered
 	r.bins = goodRes.bins
-	if runs1 > runs0 {
-		r.nsPerPacket = float64(rt1-rt0) / float64(runs1-runs0)
-	}
-	r.seen = map[netip.Addr]int{}
-	for _, s := range []*netns.CopyServer{oldSrv, newSrv} {
-		for a, n := range s.Seen() {
-			r.seen[a] += n
-		}
-	}
+	r.seen = seen
 	return r, nil
 }
 
-func warm(ns string) error {
+type runStat struct {
+	t    time.Duration
+	runs uint64
+}
+
+// runStats reads each node's XDP run time and count (kernel BPF statistics).
+func runStats(nodes []*node) ([]runStat, error) {
+	out := make([]runStat, len(nodes))
+	for i, n := range nodes {
+		t, runs, err := n.d.XDPRunStats()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = runStat{t, runs}
+	}
+	return out, nil
+}
+
+// connectRound runs one migration of connNAT and connSRv6 together under
+// new connections that alternate between them (connects): both modes in
+// the same moments, from the same client process under the same load.
+func connectRound(topo *netns.SRv6Topology, home, old, nw *node, dur, every time.Duration) (nat, s6 connResult, err error) {
+	var res []connResult
+	_, err = migrate(topo, home, old, nw, []svc{connNAT, connSRv6}, dur, func(ctx context.Context) error {
+		res = connects(ctx, topo.Client, []lb.Frontend{connNAT.f, connSRv6.f}, every, dur)
+		return nil
+	})
+	if err != nil {
+		return nat, s6, err
+	}
+	return res[0], res[1], nil
+}
+
+// warm makes one exchange through each of svcs' frontends from ns (a
+// datagram answered, or a connection answering a line), retrying while the
+// path is being set up.
+func warm(ns string, svcs []svc) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := netns.Dial(ctx, ns, "udp", netip.AddrPortFrom(fe, 7000).String())
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	buf := make([]byte, 256)
-	for i := 0; i < 20; i++ {
-		fmt.Fprintf(c, "warm%d", i)
-		_ = c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
-		if _, err := c.Read(buf); err == nil {
-			return nil
+	for _, s := range svcs {
+		addr := netip.AddrPortFrom(s.f.Addr, s.f.Port).String()
+		ok := false
+		for i := 0; i < 20 && !ok && ctx.Err() == nil; i++ {
+			network := "udp"
+			if s.f.Proto == lb.TCP {
+				network = "tcp"
+			}
+			dctx, dcancel := context.WithTimeout(ctx, 250*time.Millisecond)
+			c, err := netns.Dial(dctx, ns, network, addr)
+			dcancel()
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			fmt.Fprintf(c, "warm%d\n", i)
+			_ = c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+			_, err = c.Read(buf)
+			c.Close()
+			ok = err == nil
+		}
+		if !ok {
+			return fmt.Errorf("no answer through %s", s.f)
 		}
 	}
-	return fmt.Errorf("no answer through the frontend")
+	return nil
 }
 
 // udpStream sends a datagram every millisecond on one socket and counts the answers by sequence number.
@@ -513,33 +710,85 @@ func udpStream(ctx context.Context, ns string, dur time.Duration) result {
 	return r
 }
 
-// connects opens a new TCP connection every 10 ms and times the dial as the
-// program sees it (with its goroutine's and thread's scheduling). Right
-// after connect it reads TCP_INFO: whether a SYN was retransmitted, and the
-// kernel's RTT sample (which no scheduling delays; see result.pathRTTs).
-func connects(ctx context.Context, ns string, dur time.Duration) result {
-	var r result
+// connResult is what connects measured toward one frontend.
+type connResult struct {
+	connects []time.Duration // each dial as the program sees it
+	// pathRTTs are the kernel's RTT samples (TCP_INFO rtt right after
+	// connect: the SYN's or, with a retransmitted SYN, per Karn's rule none
+	// or the last one's), the zero ones left out and counted in rttZero.
+	// Retransmission delays are in connects, over1s and synRetrans, never
+	// here.
+	pathRTTs                            []time.Duration
+	rttZero, synRetrans, failed, over1s int
+	// byPhase are connects and pathRTTs again, by the migration's phase
+	// the dial started in (phases).
+	byPhase [nPhases]struct{ connects, pathRTTs []time.Duration }
+}
+
+// phases are a migration's phases (migrate), as fractions of its length:
+// the path a new connection takes in SRv6 mode differs in each (NAT: to
+// the old copy, then from 20% to the new one).
+const nPhases = 5
+
+var phases = [nPhases]struct {
+	name     string
+	from, to float64
+}{
+	{"[old]", 0, 0.2}, {"[old,new] old serving", 0.2, 0.4}, {"[old,new] old draining", 0.4, 0.5},
+	{"[old,new] old gone", 0.5, 0.8}, {"[new]", 0.8, 1.01},
+}
+
+func phaseAt(frac float64) int {
+	for i, p := range phases {
+		if frac < p.to {
+			return i
+		}
+	}
+	return len(phases) - 1
+}
+
+// connects opens a new TCP connection every `every`, to each of fs in turn:
+// round k opens one to each, in an order drawn at random for that round,
+// so that no frontend always goes first or follows the same one. It times
+// each dial as the program sees it (with its goroutine's and thread's
+// scheduling, the same for every frontend) and right after connect reads
+// TCP_INFO: whether a SYN was retransmitted, and the kernel's RTT sample
+// (which no scheduling delays). One result per frontend.
+func connects(ctx context.Context, ns string, fs []lb.Frontend, every, dur time.Duration) []connResult {
+	res := make([]connResult, len(fs))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	t := time.NewTicker(10 * time.Millisecond)
+	t := time.NewTicker(every)
 	defer t.Stop()
-	end := time.Now().Add(dur)
-	for time.Now().Before(end) {
+	start := time.Now()
+	end := start.Add(dur)
+	perm := make([]int, len(fs))
+	for i := 0; time.Now().Before(end); i++ {
 		<-t.C
+		if i%len(fs) == 0 {
+			for j := range perm {
+				perm[j] = j
+			}
+			rand.Shuffle(len(perm), func(a, b int) { perm[a], perm[b] = perm[b], perm[a] })
+		}
+		k := perm[i%len(fs)]
+		addr := netip.AddrPortFrom(fs[k].Addr, fs[k].Port).String()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
 			t0 := time.Now()
-			c, err := netns.Dial(dctx, ns, "tcp", netip.AddrPortFrom(fe, 80).String())
+			c, err := netns.Dial(dctx, ns, "tcp", addr)
 			d := time.Since(t0)
 			mu.Lock()
 			defer mu.Unlock()
+			r := &res[k]
 			if err != nil {
-				r.connFailed++
+				r.failed++
 				return
 			}
+			ph := &r.byPhase[phaseAt(float64(t0.Sub(start))/float64(dur))]
 			if ti, ok := tcpInfo(c); ok {
 				if ti.Total_retrans > 0 {
 					r.synRetrans++
@@ -547,18 +796,21 @@ func connects(ctx context.Context, ns string, dur time.Duration) result {
 				if ti.Rtt == 0 {
 					r.rttZero++
 				} else {
-					r.pathRTTs = append(r.pathRTTs, time.Duration(ti.Rtt)*time.Microsecond)
+					rtt := time.Duration(ti.Rtt) * time.Microsecond
+					r.pathRTTs = append(r.pathRTTs, rtt)
+					ph.pathRTTs = append(ph.pathRTTs, rtt)
 				}
 			}
 			c.Close()
 			r.connects = append(r.connects, d)
+			ph.connects = append(ph.connects, d)
 			if d > time.Second {
-				r.connOver1s++
+				r.over1s++
 			}
 		}()
 	}
 	wg.Wait()
-	return r
+	return res
 }
 
 // tcpInfo is c's TCP_INFO (read before any data, so a retransmission
