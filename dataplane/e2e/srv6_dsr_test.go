@@ -51,23 +51,10 @@ func TestSRv6DirectReturn(t *testing.T) {
 	directReturn(t, bed)
 	startCopy(t, topo.Old, "old")
 	startCopy(t, topo.New, "new")
-	for _, fam := range []struct {
-		name             string
-		frontend, client netip.Addr
-	}{
-		{"ipv4 client", netns.SRv6FrontendV4, netns.SRv6ClientV4},
-		{"ipv6 client", netns.SRv6FrontendV6, netns.SRv6ClientV6},
-	} {
+	for _, fam := range srv6Families {
 		t.Logf("== %s", fam.name)
-		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
-		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
-		tcpAddr, udpAddr := netip.AddrPortFrom(fam.frontend, 80), netip.AddrPortFrom(fam.frontend, 7000)
-		want := func(step, gotWho, gotClient, wantWho string) {
-			t.Helper()
-			if gotWho != wantWho || gotClient != fam.client.String() {
-				t.Fatalf("%s: answered by %s seeing client %s, want %s seeing %s", step, gotWho, gotClient, wantWho, fam.client)
-			}
-		}
+		ff := famFrontends(t, fam)
+		fT, fU, tcpAddr, udpAddr, want := ff.tcp, ff.udp, ff.tcpAddr, ff.udpAddr, ff.want
 		old.setCopy(t, dataplane.SRv6Serving, fT, fU)
 		home.commit(t, lb.SRv6(netns.SRv6SIDOld), fT, fU)
 		a := dialFrontend(ctx, t, topo.Client, tcpAddr)

@@ -60,29 +60,18 @@ func TestSRv6HomeSender(t *testing.T) {
 	oldCopy := startCopy(t, topo.Old, "old")
 	newCopy := startCopy(t, topo.New, "new")
 
-	for _, fam := range []struct {
-		name           string
-		frontend, self netip.Addr
-	}{
-		{"ipv4", netns.SRv6FrontendV4, netns.SRv6HomeV4},
-		{"ipv6", netns.SRv6FrontendV6, netns.SRv6HomeV6},
-	} {
+	for _, fam := range srv6Families {
 		t.Logf("== %s", fam.name)
-		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
-		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
-		want := func(step, gotWho, gotClient, wantWho string) {
-			t.Helper()
-			if gotWho != wantWho || gotClient != fam.self.String() {
-				t.Fatalf("%s: answered by %s seeing client %s, want %s seeing the home's %s", step, gotWho, gotClient, wantWho, fam.self)
-			}
-		}
+		ff := famFrontends(t, fam)
+		ff.seen = fam.home // the home's own connections, from its address on the client's link
+		fT, fU, want := ff.tcp, ff.udp, ff.want
 		old.setCopy(t, dataplane.SRv6Serving, fT, fU)
 		home.commit(t, lb.SRv6(netns.SRv6SIDOld), fT, fU)
-		a := dialFrontend(ctx, t, topo.Home, netip.AddrPortFrom(fam.frontend, 80))
+		a := dialFrontend(ctx, t, topo.Home, ff.tcpAddr)
 		who, cl := a.ask(t)
 		want("[old] tcp", who, cl, "old")
 		a.bulk(t, 300_000)
-		u := dialUDP(ctx, t, topo.Home, netip.AddrPortFrom(fam.frontend, 7000))
+		u := dialUDP(ctx, t, topo.Home, ff.udpAddr)
 		who, cl = u.ask(t)
 		want("[old] udp", who, cl, "old")
 
@@ -91,7 +80,7 @@ func TestSRv6HomeSender(t *testing.T) {
 		old.setCopy(t, dataplane.SRv6Draining, fT, fU)
 		who, cl = a.ask(t)
 		want("[old, new], old draining: open connection", who, cl, "old")
-		b := dialFrontend(ctx, t, topo.Home, netip.AddrPortFrom(fam.frontend, 80))
+		b := dialFrontend(ctx, t, topo.Home, ff.tcpAddr)
 		who, cl = b.ask(t)
 		want("[old, new], old draining: new connection", who, cl, "new")
 		b.bulk(t, 300_000)
@@ -151,26 +140,22 @@ func TestSRv6MTUEdge(t *testing.T) {
 	}
 	startCopy(t, topo.Old, "old")
 
-	for _, fam := range []struct {
-		name             string
-		frontend, client netip.Addr
-		hdrs             int // IP and UDP headers
-	}{
-		{"ipv4", netns.SRv6FrontendV4, netns.SRv6ClientV4, 28},
-		{"ipv6", netns.SRv6FrontendV6, netns.SRv6ClientV6, 48},
-	} {
+	for _, fam := range srv6Families {
 		t.Logf("== %s", fam.name)
-		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
-		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
+		ff := famFrontends(t, fam)
+		fT, fU := ff.tcp, ff.udp
+		hdrs := 48 // IP and UDP headers
+		if fam.frontend.Is4() {
+			hdrs = 28
+		}
 		old.setCopy(t, dataplane.SRv6Serving, fT, fU)
 		home.commit(t, lb.SRv6(netns.SRv6SIDOld), fT, fU)
 
 		// TCP first: full-size segments (the clamp assumes 1500) meet the home's too-bigs.
 		big0 := home.drops(t)["srv6_too_big"]
-		k := dialFrontend(ctx, t, topo.Client, netip.AddrPortFrom(fam.frontend, 80))
-		if who, cl := k.ask(t); who != "old" || cl != fam.client.String() {
-			t.Fatalf("tcp: answered by %s seeing %s", who, cl)
-		}
+		k := dialFrontend(ctx, t, topo.Client, ff.tcpAddr)
+		who, cl := k.ask(t)
+		ff.want("tcp", who, cl, "old")
 		k.bulk(t, 300_000)
 		if n := home.drops(t)["srv6_too_big"] - big0; n == 0 {
 			t.Fatalf("the TCP transfer met no too-big: the test did not reach the edge (path mtu %d, mss %d)", pathMTU(t, k.c, fam.frontend.Is4()), tcpMSS(t, k.c))
@@ -189,16 +174,15 @@ func TestSRv6MTUEdge(t *testing.T) {
 			}
 			return s.Deliver.Packets
 		}
-		u := dialUDP(ctx, t, topo.Client, netip.AddrPortFrom(fam.frontend, 7000))
-		if who, cl := u.ask(t); who != "old" || cl != fam.client.String() {
-			t.Fatalf("udp: answered by %s seeing %s", who, cl)
-		}
+		u := dialUDP(ctx, t, topo.Client, ff.udpAddr)
+		who, cl = u.ask(t)
+		ff.want("udp", who, cl, "old")
 		setDontFragment(t, u.c, fam.frontend.Is4())
 		if got := pathMTU(t, u.c, fam.frontend.Is4()); got != 1500 {
 			t.Fatalf("the client's path MTU is %d before any too-big, want 1500", got)
 		}
 		d0, big0 := delivered(), home.drops(t)["srv6_too_big"]
-		if _, err := u.c.Write(make([]byte, fits-fam.hdrs)); err != nil {
+		if _, err := u.c.Write(make([]byte, fits-hdrs)); err != nil {
 			t.Fatalf("send %d bytes: %v", fits, err)
 		}
 		if err := poll(ctx, 5*time.Second, func() error {
@@ -209,7 +193,7 @@ func TestSRv6MTUEdge(t *testing.T) {
 		}); err != nil {
 			t.Fatalf("a %d-byte datagram (the largest that fits): %v", fits, err)
 		}
-		if _, err := u.c.Write(make([]byte, fits-fam.hdrs+1)); err != nil {
+		if _, err := u.c.Write(make([]byte, fits-hdrs+1)); err != nil {
 			t.Fatalf("send %d bytes: %v", fits+1, err)
 		}
 		if err := poll(ctx, 5*time.Second, func() error {
@@ -227,7 +211,7 @@ func TestSRv6MTUEdge(t *testing.T) {
 			t.Fatalf("old location delivered %d datagrams since, want 1 (the one that fits)", n-d0)
 		}
 		// Now the client's kernel refuses what does not fit (don't fragment).
-		if _, err := u.c.Write(make([]byte, fits-fam.hdrs+1)); !errors.Is(err, syscall.EMSGSIZE) {
+		if _, err := u.c.Write(make([]byte, fits-hdrs+1)); !errors.Is(err, syscall.EMSGSIZE) {
 			t.Fatalf("a datagram over the path MTU: %v, want EMSGSIZE", err)
 		}
 
@@ -310,23 +294,10 @@ func TestSRv6MoveHome(t *testing.T) {
 	startCopy(t, topo.Old, "old")
 	startCopy(t, topo.Home, "home")
 
-	for _, fam := range []struct {
-		name             string
-		frontend, client netip.Addr
-	}{
-		{"ipv4", netns.SRv6FrontendV4, netns.SRv6ClientV4},
-		{"ipv6", netns.SRv6FrontendV6, netns.SRv6ClientV6},
-	} {
+	for _, fam := range srv6Families {
 		t.Logf("== %s", fam.name)
-		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
-		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
-		tcpAddr := netip.AddrPortFrom(fam.frontend, 80)
-		want := func(step, gotWho, gotClient, wantWho string) {
-			t.Helper()
-			if gotWho != wantWho || gotClient != fam.client.String() {
-				t.Fatalf("%s: answered by %s seeing client %s, want %s seeing %s", step, gotWho, gotClient, wantWho, fam.client)
-			}
-		}
+		ff := famFrontends(t, fam)
+		fT, fU, tcpAddr, want := ff.tcp, ff.udp, ff.tcpAddr, ff.want
 		old.setCopy(t, dataplane.SRv6Serving, fT, fU)
 		home.commit(t, lb.SRv6(netns.SRv6SIDOld), fT, fU)
 		a := dialFrontend(ctx, t, topo.Client, tcpAddr)

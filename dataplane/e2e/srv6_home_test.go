@@ -109,22 +109,9 @@ func TestSRv6MoveHomeBounded(t *testing.T) {
 	startHomePod(t, topo)
 	startCopy(t, topo.Old, "old")
 
-	for _, fam := range []struct {
-		name             string
-		frontend, client netip.Addr
-	}{
-		{"ipv4", netns.SRv6FrontendV4, netns.SRv6ClientV4},
-		{"ipv6", netns.SRv6FrontendV6, netns.SRv6ClientV6},
-	} {
-		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
-		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
-		tcpAddr := netip.AddrPortFrom(fam.frontend, 80)
-		want := func(step, gotWho, gotClient, wantWho string) {
-			t.Helper()
-			if gotWho != wantWho || gotClient != fam.client.String() {
-				t.Fatalf("%s %s: answered by %s seeing client %s, want %s seeing %s", fam.name, step, gotWho, gotClient, wantWho, fam.client)
-			}
-		}
+	for _, fam := range srv6Families {
+		ff := famFrontends(t, fam)
+		fT, fU, tcpAddr, want := ff.tcp, ff.udp, ff.tcpAddr, ff.want
 		// moveHome: [old] with a connection along it, then local with the
 		// old copy draining and a connection to the home's copy; the old
 		// copy then gone. Returns the home's connection and the commit's time.

@@ -52,22 +52,10 @@ func TestSRv6PerNodeSIDs(t *testing.T) {
 	startCopy(t, topo.New, "node0")
 	copy1 := startCopy(t, topo.New1, "node1")
 
-	for _, fam := range []struct {
-		name             string
-		frontend, client netip.Addr
-	}{
-		{"ipv4 client", netns.SRv6FrontendV4, netns.SRv6ClientV4},
-		{"ipv6 client", netns.SRv6FrontendV6, netns.SRv6ClientV6},
-	} {
+	for _, fam := range srv6Families {
 		t.Logf("== %s", fam.name)
-		f := lb.Frontend{Addr: fam.frontend, Port: netns.CopyTCPPort, Proto: lb.TCP}
-		fa := netip.AddrPortFrom(fam.frontend, netns.CopyTCPPort)
-		want := func(step, who, client, wantWho string) {
-			t.Helper()
-			if who != wantWho || client != fam.client.String() {
-				t.Fatalf("%s: answered by %s for client %s, want %s for %s", step, who, client, wantWho, fam.client)
-			}
-		}
+		ff := famFrontends(t, fam)
+		f, fa, want := ff.tcp, ff.tcpAddr, ff.want
 		stats := func(n *srv6Node) dataplane.SRv6Stats {
 			t.Helper()
 			s, err := n.d.SRv6Stats(f)

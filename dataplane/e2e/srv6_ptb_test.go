@@ -73,22 +73,15 @@ func TestSRv6RelayPTB(t *testing.T) {
 	topo, home, nw := bed.topo, bed.home, bed.nw
 	startCopy(t, topo.New, "new")
 	router := netip.MustParseAddr("fd20:3::2")
-	for _, fam := range []struct {
-		name             string
-		frontend, client netip.Addr
-	}{
-		{"ipv4 client", netns.SRv6FrontendV4, netns.SRv6ClientV4},
-		{"ipv6 client", netns.SRv6FrontendV6, netns.SRv6ClientV6},
-	} {
+	for _, fam := range srv6Families {
 		v4 := fam.frontend.Is4()
-		f := lb.Frontend{Addr: fam.frontend, Port: netns.CopyUDPPort, Proto: lb.UDP}
+		ff := famFrontends(t, fam)
+		f := ff.udp
 		nw.setCopy(t, dataplane.SRv6Serving, f)
 		home.commit(t, lb.SRv6(netns.SRv6SIDNew), f)
-		u := dialUDP(ctx, t, topo.Client, netip.AddrPortFrom(fam.frontend, netns.CopyUDPPort))
+		u := dialUDP(ctx, t, topo.Client, ff.udpAddr)
 		who, cl := u.ask(t)
-		if who != "new" || cl != fam.client.String() {
-			t.Fatalf("%s: answered by %s for %s", fam.name, who, cl)
-		}
+		ff.want("udp", who, cl, "new")
 		if m := socketMTU(t, u.c, v4); m != 1500 {
 			t.Fatalf("%s: the socket's path MTU is %d before the packet too big, want 1500", fam.name, m)
 		}

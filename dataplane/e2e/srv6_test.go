@@ -195,6 +195,49 @@ func (n *srv6Node) drops(t *testing.T) map[string]uint64 {
 	return m
 }
 
+// srv6Family is one client family of the SRv6 suite: the frontend of
+// that family, the client's address on it and the home's own (the source
+// of the home's own connections).
+type srv6Family struct {
+	name                   string
+	frontend, client, home netip.Addr
+}
+
+// srv6Families: an IPv4 client over the IPv6 underlay, and an IPv6 one.
+var srv6Families = []srv6Family{
+	{"ipv4 client", netns.SRv6FrontendV4, netns.SRv6ClientV4, netns.SRv6HomeV4},
+	{"ipv6 client", netns.SRv6FrontendV6, netns.SRv6ClientV6, netns.SRv6HomeV6},
+}
+
+// famFE is a family's frontends, TCP and UDP on the copies' ports, and
+// their addresses; want checks an answer against seen, the client address
+// the copies must see (the family's client unless set otherwise).
+type famFE struct {
+	t                *testing.T
+	fam              srv6Family
+	tcp, udp         lb.Frontend
+	tcpAddr, udpAddr netip.AddrPort
+	seen             netip.Addr
+}
+
+func famFrontends(t *testing.T, fam srv6Family) famFE {
+	return famFE{
+		t: t, fam: fam, seen: fam.client,
+		tcp:     lb.Frontend{Addr: fam.frontend, Port: netns.CopyTCPPort, Proto: lb.TCP},
+		udp:     lb.Frontend{Addr: fam.frontend, Port: netns.CopyUDPPort, Proto: lb.UDP},
+		tcpAddr: netip.AddrPortFrom(fam.frontend, netns.CopyTCPPort),
+		udpAddr: netip.AddrPortFrom(fam.frontend, netns.CopyUDPPort),
+	}
+}
+
+// want fails the test unless the copy wantWho answered and saw f.seen.
+func (f famFE) want(step, gotWho, gotClient, wantWho string) {
+	f.t.Helper()
+	if gotWho != wantWho || gotClient != f.seen.String() {
+		f.t.Fatalf("%s: %s: answered by %s seeing client %s, want %s seeing %s", f.fam.name, step, gotWho, gotClient, wantWho, f.seen)
+	}
+}
+
 // srv6Bed is the SRv6 topology with a data plane at each node: XDP
 // (native) at the home's three links and at each location's, and each
 // location's return routes (the kernel's seg6 encap to the home's SID).
@@ -287,28 +330,10 @@ func TestSRv6PathMode(t *testing.T) {
 	oldCopy := startCopy(t, topo.Old, "old")
 	startCopy(t, topo.New, "new")
 
-	for _, fam := range []struct {
-		name       string
-		frontend   netip.Addr
-		client     netip.Addr
-		innerLimit int // the largest inner packet the clamp allows: 1500 - 80
-	}{
-		{"ipv4 client", netns.SRv6FrontendV4, netns.SRv6ClientV4, 1420},
-		{"ipv6 client", netns.SRv6FrontendV6, netns.SRv6ClientV6, 1420},
-	} {
+	for _, fam := range srv6Families {
 		t.Logf("== %s", fam.name)
-		fT := lb.Frontend{Addr: fam.frontend, Port: 80, Proto: lb.TCP}
-		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
-		tcpAddr, udpAddr := netip.AddrPortFrom(fam.frontend, 80), netip.AddrPortFrom(fam.frontend, 7000)
-		want := func(step, gotWho, gotClient, wantWho string) {
-			t.Helper()
-			if gotWho != wantWho {
-				t.Fatalf("%s: answered by %s, want %s", step, gotWho, wantWho)
-			}
-			if gotClient != fam.client.String() {
-				t.Fatalf("%s: the service saw client %s, want the real %s", step, gotClient, fam.client)
-			}
-		}
+		ff := famFrontends(t, fam)
+		fT, fU, tcpAddr, udpAddr, want := ff.tcp, ff.udp, ff.tcpAddr, ff.udpAddr, ff.want
 
 		t.Log("steady state: [old]")
 		old.setCopy(t, dataplane.SRv6Serving, fT, fU)
