@@ -270,15 +270,25 @@ func TestUnchangedHelloFastPathOverNATS(t *testing.T) {
 	}
 	waitFor(t, "c1 registered", func() bool { _, _, ok := s.Registry().Get(time.Now(), "c1"); return ok })
 	// 1 s of hellos every 50 ms: ten intervals, five times the down time.
+	// Each one refreshes c1's liveness (LastSeen is its arrival, never
+	// before it was sent), so c1 is alive when the next one is due, 50 ms
+	// later. That moment is given to the registry, not read from the
+	// clock after a sleep: on a loaded machine the sleep alone can outlast
+	// the down time (it failed so once, with the MO's part done).
 	end := time.Now().Add(time.Second)
 	for time.Now().Before(end) {
+		sent := time.Now()
 		if err := c.PublishHello(ctx(t), h); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond)
-		if _, st, _ := s.Registry().Get(time.Now(), "c1"); st == StateDown {
-			t.Fatal("c1 down while its unchanged hellos arrive")
+		waitFor(t, "c1's liveness refreshed by its unchanged hello", func() bool {
+			got, _, ok := s.Registry().Get(time.Now(), "c1")
+			return ok && !got.LastSeen.Before(sent)
+		})
+		if _, st, _ := s.Registry().Get(sent.Add(50*time.Millisecond), "c1"); st != StateAlive {
+			t.Fatalf("c1 %s when its next unchanged hello is due", st)
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	waitFor(t, "unchanged hellos counted", func() bool { return unchanged() >= 10 })
 	if v := metricValue(t, s, "roam_meta_hellos_total", map[string]string{"result": "malformed"}); v != 0 {
