@@ -183,6 +183,17 @@ func (d directory) DataAddrs(id string) ([]netip.Addr, bool) {
 	return nil, false
 }
 
+// size is how many clusters the directory has a controller URL for.
+func (d directory) size() int {
+	n := len(d.static)
+	for _, h := range d.hellos() {
+		if _, static := d.static[h.ClusterID]; !static && h.ControllerURL != "" {
+			n++
+		}
+	}
+	return n
+}
+
 func (d directory) ControllerURL(id string) (string, bool) {
 	if u, ok := d.static[id]; ok {
 		return u, true
@@ -284,6 +295,13 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		}
 	}
 	dir := directory{static: cfg.Peers, mc: c.mc}
+	// The MO writes its view of the hellos every half hello interval and
+	// this controller follows it, so a cluster the MO has heard is not at
+	// once in this directory: until it is, its peer calls here are refused
+	// (unknown_cluster) and a migration toward it is invalid.
+	c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "roam_ctrl_directory_clusters",
+		Help: "Clusters this controller has a controller URL for (configured peers and the MO's view as it holds it, itself included)."},
+		func() float64 { return float64(dir.size()) }))
 	peers := api.NewPeerClient(cfg.ClusterID, cfg.TLS, dir)
 	peers.Endpoints.AllowLoopback = cfg.AllowLoopbackEndpoints
 	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Locator: cfg.Locator, RedirectMode: cfg.RedirectMode, SRv6DirectReturn: cfg.SRv6DirectReturn, Store: c.st,

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -141,11 +142,18 @@ func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 	for _, id := range ids {
 		e.start(id)
 	}
-	// Every controller is in the MO's view before tests place anything.
-	e.eventually("every cluster in the MO's view", func() error {
+	// Every controller is in the MO's view, and in every controller's copy
+	// of it (the compact view the MO writes every half hello interval),
+	// before tests place anything.
+	e.eventually("every cluster in the MO's view and every controller's", func() error {
 		for _, c := range e.cl {
 			if !e.inView(c.id) {
 				return fmt.Errorf("%s missing", c.id)
+			}
+			for _, o := range e.cl {
+				if c.c != nil && !slices.ContainsFunc(c.c.Clusters(), func(s meta.ClusterStatus) bool { return s.Hello.ClusterID == o.id }) {
+					return fmt.Errorf("%s missing at %s", o.id, c.id)
+				}
 			}
 		}
 		return nil

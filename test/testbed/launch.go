@@ -427,10 +427,18 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			return Secrets{}, err
 		}
 		if want["roam-meta"] {
-			// Every controller is subscribed to the hellos now; once the MO
-			// has a hello from each cluster sent after this point, every
-			// controller has it too (NATS fans each hello out to all).
+			// Every controller runs now: wait until the MO has a hello from
+			// each cluster sent after this point, then until every
+			// controller's directory lists every cluster. The controllers
+			// follow the MO's compact view, which the MO writes every half
+			// hello interval, not the hellos: without the second wait a
+			// migration right after the launch finds its destination
+			// unknown at the home (400), or its home unknown at the
+			// destination (403 unknown_cluster).
 			if err := tb.waitHellos(rctx, time.Now()); err != nil {
+				return Secrets{}, err
+			}
+			if err := tb.waitDirectories(rctx); err != nil {
 				return Secrets{}, err
 			}
 		}
@@ -510,6 +518,30 @@ func (tb *Testbed) waitHellos(ctx context.Context, since time.Time) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// waitDirectories polls every controller's roam_ctrl_directory_clusters
+// until each has a controller URL for every cluster of the testbed.
+func (tb *Testbed) waitDirectories(ctx context.Context) error {
+	want := len(tb.Clusters())
+	for _, c := range tb.Clusters() {
+		hc := tb.HTTPSClient(c.NS, 2*time.Second)
+		ctrlURL := fmt.Sprintf("https://127.0.0.1:%d", CtrlPort)
+		for {
+			n, err := Scrape(ctx, hc, ctrlURL, "roam_ctrl_directory_clusters", "")
+			if err == nil && n >= float64(want) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				hc.CloseIdleConnections()
+				return fmt.Errorf("launch: roam-ctrl-%s's directory lists %v of %d clusters: %w (last error: %v)", c.Name, n, want, ctx.Err(), err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		hc.CloseIdleConnections()
+	}
+	return nil
 }
 
 // addHostAddrs assigns n consecutive IPv4 addresses from first (each a /32)

@@ -20,9 +20,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/roamnet/roam/ctrl"
 	"github.com/roamnet/roam/ctrl/backend"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -188,7 +185,7 @@ func run(ctx context.Context, o options) error {
 	// another (they share the shaped link: each reads a part of it).
 	cloud, _ := tb.Cluster("cloud")
 	overlaps := func() float64 {
-		v, err := scrape(ctx, tb.HTTPSClient(cloud.NS, 5*time.Second), cloud.CtrlURL(), "roam_ctrl_probe_bulk_overlaps_total", "")
+		v, err := testbed.Scrape(ctx, tb.HTTPSClient(cloud.NS, 5*time.Second), cloud.CtrlURL(), "roam_ctrl_probe_bulk_overlaps_total", "")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "cloud overlaps:", err)
 			return math.NaN()
@@ -298,39 +295,5 @@ func count(ctx context.Context, tb *testbed.Testbed, noise, start time.Time) ([]
 // (roam_ctrl_link_bandwidth_bits_per_second{peer="cloud"}) from its
 // /metrics (on its API's TLS listener).
 func homeEstimate(ctx context.Context, cl *http.Client, ctrlURL string) (float64, error) {
-	return scrape(ctx, cl, ctrlURL, "roam_ctrl_link_bandwidth_bits_per_second", "cloud")
-}
-
-// scrape reads one series of a controller's /metrics (on its API's TLS
-// listener): the metric name, with label peer when peer is not empty.
-func scrape(ctx context.Context, cl *http.Client, ctrlURL, name, peer string) (float64, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ctrlURL+"/metrics", nil)
-	resp, err := cl.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("scrape metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("scrape metrics: %s", resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return 0, fmt.Errorf("parse metrics: %w", err)
-	}
-	mf := mfs[name]
-	if mf == nil {
-		return 0, fmt.Errorf("metrics: no %s", name)
-	}
-	for _, m := range mf.GetMetric() {
-		if peer == "" {
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue(), nil
-		}
-		for _, l := range m.GetLabel() {
-			if l.GetName() == "peer" && l.GetValue() == peer {
-				return m.GetGauge().GetValue(), nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("metrics: no %s for peer %q", name, peer)
+	return testbed.Scrape(ctx, cl, ctrlURL, "roam_ctrl_link_bandwidth_bits_per_second", "cloud")
 }
