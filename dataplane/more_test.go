@@ -36,8 +36,10 @@ func TestCommitConcurrency(t *testing.T) {
 	wg.Add(1)
 	// A t.Fatal below stops the loop before the cleanup closes the data plane.
 	defer func() { cancel(); wg.Wait() }()
+	exited := make(chan struct{})
 	go func() {
 		defer wg.Done()
+		defer close(exited)
 		next := y
 		for ctx.Err() == nil {
 			gen, err := tb.d.Stage(f, next)
@@ -64,12 +66,24 @@ func TestCommitConcurrency(t *testing.T) {
 		}
 	}()
 	seen := map[string]int{}
-	// At least 3000 new flows, and on until the loop has committed a few
-	// times (a loaded machine may starve it at first).
+	// At least 3000 new flows, and on until the loop has committed 10
+	// times; the flows wait for a commit whenever they are 300 ahead of
+	// the commits, so the two interleave however the scheduler of a
+	// loaded machine favours one goroutine (it once starved the commits:
+	// 8 in 20000 flows).
+	const flowsPerCommit = 300
 	deadline := time.Now().Add(60 * time.Second)
 	for i := 0; i < 3000 || commits.Load() < 10; i++ {
-		if i >= 20000 || time.Now().After(deadline) {
-			t.Fatalf("only %d commits during %d flows", commits.Load(), i)
+		for int64(i) >= flowsPerCommit*(commits.Load()+1) && time.Now().Before(deadline) {
+			select {
+			case <-exited:
+				wg.Wait()
+				t.Fatalf("stage/commit loop: %v", loopErr)
+			case <-time.After(time.Millisecond):
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d commits during %d flows in 60 s", commits.Load(), i)
 		}
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 33000)
 		in := spec{src: client, dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
