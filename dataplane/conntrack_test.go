@@ -64,7 +64,7 @@ func (fl *ctFlow) packet(do string) uint32 {
 			ack = 0
 		}
 		in := spec{src: src, dst: front, proto: lb.TCP, flags: flags, payload: payload, seq: seq, ackn: ack, srcMAC: macPeer, dstMAC: macD0}.build(t)
-		v, out := fl.tb.run(t, in, fl.tb.d0.Attrs().Index)
+		v, out := fl.tb.xdp(t, in)
 		if v == xdpTX && who == "c" {
 			p := verifyChecksums(t, out)
 			ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
@@ -91,7 +91,7 @@ func (fl *ctFlow) packet(do string) uint32 {
 		advance(&fl.sseq)
 		from := netip.AddrPortFrom(fl.target.Addr, fl.target.Port)
 		in := spec{src: from, dst: fl.snat, proto: lb.TCP, flags: flags, payload: payload, seq: seq, ackn: ack, srcMAC: macGW, dstMAC: macD0}.build(t)
-		v, out := fl.tb.run(t, in, fl.tb.d0.Attrs().Index)
+		v, out := fl.tb.xdp(t, in)
 		if v == xdpTX {
 			p := verifyChecksums(t, out)
 			ip := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
@@ -293,7 +293,7 @@ type udpFlow struct {
 func (u *udpFlow) send(client netip.AddrPort) (uint32, lb.Target) {
 	u.t.Helper()
 	in := spec{src: client, dst: netip.AddrPortFrom(u.fe.Addr, u.fe.Port), proto: lb.UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(u.t)
-	v, out := u.tb.run(u.t, in, u.tb.d0.Attrs().Index)
+	v, out := u.tb.xdp(u.t, in)
 	if v != xdpTX {
 		return v, lb.Target{}
 	}
@@ -310,7 +310,7 @@ func (u *udpFlow) send(client netip.AddrPort) (uint32, lb.Target) {
 func (u *udpFlow) reply(t lb.Target) uint32 {
 	u.t.Helper()
 	in := spec{src: netip.AddrPortFrom(t.Addr, t.Port), dst: u.snat, proto: lb.UDP, payload: []byte("r"), srcMAC: macGW, dstMAC: macD0}.build(u.t)
-	v, _ := u.tb.run(u.t, in, u.tb.d0.Attrs().Index)
+	v, _ := u.tb.xdp(u.t, in)
 	return v
 }
 
@@ -418,7 +418,6 @@ func TestConntrackUDPDrain(t *testing.T) {
 // owns its tuple, and dropped (counted) when none does.
 func TestNoFlowLocalSocket(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{})
-	d0 := tb.d0.Attrs().Index
 	fe := tb.stage(t, "10.0.0.9:80/tcp", "redirect:10.2.0.1:8080")
 	lo, err := tb.h.LinkByName("lo")
 	if err != nil {
@@ -454,7 +453,7 @@ func TestNoFlowLocalSocket(t *testing.T) {
 	}{{owned, xdpPass, 0}, {netip.AddrPortFrom(owned.Addr(), owned.Port()+1), xdpDrop, 1}} {
 		before, _ := tb.d.Drops()
 		in := spec{src: tc.client, dst: front, proto: lb.TCP, flags: "A", seq: 1, ackn: 1, srcMAC: macPeer, dstMAC: macD0}.build(t)
-		if v, _ := tb.run(t, in, d0); v != tc.verdict {
+		if v, _ := tb.xdp(t, in); v != tc.verdict {
 			t.Fatalf("ACK from %s: verdict %d, want %d", tc.client, v, tc.verdict)
 		}
 		after, _ := tb.d.Drops()

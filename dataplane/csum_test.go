@@ -14,7 +14,6 @@ import (
 // per packet.
 func TestFlowChecksums(t *testing.T) {
 	tb := newRedirectTestbed(t)
-	d0 := tb.d0.Attrs().Index
 	type flow struct {
 		client, frontend, target netip.AddrPort
 		proto                    lb.Proto
@@ -31,7 +30,7 @@ func TestFlowChecksums(t *testing.T) {
 	send := func(f flow, flags string, payload []byte) {
 		t.Helper()
 		in := spec{src: f.client, dst: f.frontend, proto: f.proto, flags: flags, payload: payload, srcMAC: macPeer, dstMAC: macD0, zeroUDP: f.zeroUDP, ipID: 3, seq: 77, ackn: 99}.build(t)
-		v, out := tb.run(t, in, d0)
+		v, out := tb.xdp(t, in)
 		if v != xdpTX {
 			t.Fatalf("%s %s: verdict %d", f.client, flags, v)
 		}

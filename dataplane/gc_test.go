@@ -70,7 +70,6 @@ func sortedClients(t *testing.T, d *dataplane.Dataplane) (ct, nat []string) {
 // the collector says how many went and how full each map is.
 func TestGC(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999, IdleTimeout: 30 * time.Second})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	tb.stage(t, "10.0.0.2:80/tcp", "local")
@@ -101,7 +100,7 @@ func TestGC(t *testing.T) {
 		} else {
 			s.payload = []byte("x")
 		}
-		if v, _ := tb.run(t, s.build(t), d0); v != xdpTX && v != xdpPass {
+		if v, _ := tb.xdp(t, s.build(t)); v != xdpTX && v != xdpPass {
 			t.Fatalf("%s: verdict %d", f.client, v)
 		}
 		if f.client == "198.51.100.9:33009" {
@@ -110,7 +109,7 @@ func TestGC(t *testing.T) {
 			sa := spec{src: ap("10.2.0.1:8080"), dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1}.build(t)
 			ack := spec{src: ap(f.client), dst: ap(f.front), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 1, ackn: 5001}.build(t)
 			for _, pkt := range [][]byte{sa, ack} {
-				if v, _ := tb.run(t, pkt, d0); v != xdpTX {
+				if v, _ := tb.xdp(t, pkt); v != xdpTX {
 					t.Fatalf("%s handshake: verdict %d", f.client, v)
 				}
 			}
@@ -172,7 +171,7 @@ func TestGC(t *testing.T) {
 	})
 	// The flows kept still work: the quiet-forward one's next packet goes to its target.
 	in := spec{src: ap("198.51.100.9:33009"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 1, ackn: 5001}.build(t)
-	if v, _ := tb.run(t, in, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, in); v != xdpTX {
 		t.Fatalf("kept flow: verdict %d, want XDP_TX", v)
 	}
 }
@@ -182,17 +181,16 @@ func TestGC(t *testing.T) {
 // new flow gets through.
 func TestGCFull(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40001, IdleTimeout: 30 * time.Second})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	udp := func(client string) []byte {
 		return spec{src: ap(client), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 	}
 	for _, c := range []string{"198.51.100.1:1000", "198.51.100.2:1000"} {
-		if v, _ := tb.run(t, udp(c), d0); v != xdpTX {
+		if v, _ := tb.xdp(t, udp(c)); v != xdpTX {
 			t.Fatalf("%s: verdict %d", c, v)
 		}
 	}
-	if v, _ := tb.run(t, udp("198.51.100.3:1000"), d0); v != xdpDrop {
+	if v, _ := tb.xdp(t, udp("198.51.100.3:1000")); v != xdpDrop {
 		t.Fatalf("third flow with both ports held: verdict %d, want drop", v)
 	}
 	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{
@@ -208,7 +206,7 @@ func TestGCFull(t *testing.T) {
 	if err != nil || st.Conntrack != 2 || st.NAT != 2 {
 		t.Fatalf("GC: %+v, %v; want 2 conntrack and 2 NAT entries removed", st, err)
 	}
-	if v, _ := tb.run(t, udp("198.51.100.3:1000"), d0); v != xdpTX {
+	if v, _ := tb.xdp(t, udp("198.51.100.3:1000")); v != xdpTX {
 		t.Fatalf("third flow after GC: verdict %d, want XDP_TX", v)
 	}
 	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{

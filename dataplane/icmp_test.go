@@ -60,7 +60,6 @@ func quote(frame []byte, n int) []byte {
 // Errors about no flow of ours, and ICMP that is not an error, pass untouched.
 func TestICMPErrorsTranslated(t *testing.T) {
 	tb := newRedirectTestbed(t)
-	d0 := tb.d0.Attrs().Index
 	router4, router6 := netip.MustParseAddr("10.9.9.9"), netip.MustParseAddr("2001:db8:9::9")
 
 	cases := []struct {
@@ -89,7 +88,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 			}
 			payload := []byte("some payload of the flow")
 			in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: payload, srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t)
-			v, out := tb.run(t, in, d0)
+			v, out := tb.xdp(t, in)
 			if v != xdpTX {
 				t.Fatalf("open the flow: verdict %d", v)
 			}
@@ -119,7 +118,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 				err = icmpErr(t, router, snat, macPeer, macD0, c.typ, c.code, c.rest, quote(sent.build(t), n))
 				want = hop(icmpErr(t, c.frontend.Addr(), c.client.Addr(), macD0, macClient, c.typ, c.code, c.rest, quote(orig.build(t), n)))
 			}
-			v, out = tb.run(t, err, d0)
+			v, out = tb.xdp(t, err)
 			if v != xdpTX {
 				t.Fatalf("error: verdict %d, want XDP_TX", v)
 			}
@@ -145,7 +144,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 		{"a truncated error", icmpErr(t, router4, snat4, macPeer, macD0, 3, 4, 1400, quote(other, 22))},
 	} {
 		t.Logf("case: %s", c.desc)
-		v, out := tb.run(t, c.in, d0)
+		v, out := tb.xdp(t, c.in)
 		if v != xdpPass || !bytes.Equal(out, c.in) {
 			t.Fatalf("%s: verdict %d, rewritten %v; want passed untouched", c.desc, v, !bytes.Equal(out, c.in))
 		}
@@ -159,7 +158,6 @@ func TestICMPErrorsTranslated(t *testing.T) {
 // quoting its start; counted as too_big. One that fits goes out.
 func TestTooBig(t *testing.T) {
 	tb := newRedirectTestbed(t)
-	d0 := tb.d0.Attrs().Index
 	big := bytes.Repeat([]byte("x"), 1500)
 	for _, c := range []struct {
 		desc             string
@@ -181,7 +179,7 @@ func TestTooBig(t *testing.T) {
 				snat = snat6
 			}
 			in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: []byte("small"), srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t)
-			v, out := tb.run(t, in, d0)
+			v, out := tb.xdp(t, in)
 			if v != xdpTX {
 				t.Fatalf("open the flow: verdict %d", v)
 			}
@@ -190,7 +188,7 @@ func TestTooBig(t *testing.T) {
 			if c.proto == lb.TCP {
 				// The target's SYN-ACK first, as on the wire (before it, a bare ACK from the target is a stale request socket's: synrecv.h).
 				sa := spec{src: c.target, dst: snatAP, proto: c.proto, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t)
-				if v, _ := tb.run(t, sa, d0); v != xdpTX {
+				if v, _ := tb.xdp(t, sa); v != xdpTX {
 					t.Fatalf("SYN-ACK: verdict %d", v)
 				}
 			}
@@ -202,7 +200,7 @@ func TestTooBig(t *testing.T) {
 			}
 			in = sent.build(t)
 			before, _ := tb.d.Drops()
-			v, out = tb.run(t, in, d0)
+			v, out = tb.xdp(t, in)
 			if v != xdpTX {
 				t.Fatalf("too big: verdict %d, want XDP_TX", v)
 			}
@@ -221,7 +219,7 @@ func TestTooBig(t *testing.T) {
 			}
 			// One that fits still goes out.
 			sent.payload = big[:1400]
-			if v, _ := tb.run(t, sent.build(t), d0); v != xdpTX {
+			if v, _ := tb.xdp(t, sent.build(t)); v != xdpTX {
 				t.Fatalf("a packet that fits: verdict %d", v)
 			}
 		}()
@@ -237,7 +235,6 @@ func TestMSSClamp(t *testing.T) {
 	if err := tb.h.LinkSetMTU(tb.d0, 1400); err != nil {
 		t.Fatal(err)
 	}
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
 	mssOf := func(frame []byte) uint16 {
@@ -261,7 +258,7 @@ func TestMSSClamp(t *testing.T) {
 		for _, mss := range []uint16{1460, 1200} {
 			client := netip.AddrPortFrom(c.client.Addr(), c.client.Port()+mss)
 			want := min(mss, c.max)
-			v, out := tb.run(t, spec{src: client, dst: c.frontend, proto: lb.TCP, flags: "S", mss: mss, srcMAC: macPeer, dstMAC: macD0}.build(t), d0)
+			v, out := tb.xdp(t, spec{src: client, dst: c.frontend, proto: lb.TCP, flags: "S", mss: mss, srcMAC: macPeer, dstMAC: macD0}.build(t))
 			if v != xdpTX {
 				t.Fatalf("SYN: verdict %d", v)
 			}
@@ -273,7 +270,7 @@ func TestMSSClamp(t *testing.T) {
 			if client.Addr().Is6() {
 				snat = snat6
 			}
-			v, out = tb.run(t, spec{src: c.target, dst: netip.AddrPortFrom(snat, sport), proto: lb.TCP, flags: "SA", mss: mss, ackn: 1, srcMAC: macGW, dstMAC: macD0}.build(t), d0)
+			v, out = tb.xdp(t, spec{src: c.target, dst: netip.AddrPortFrom(snat, sport), proto: lb.TCP, flags: "SA", mss: mss, ackn: 1, srcMAC: macGW, dstMAC: macD0}.build(t))
 			if v != xdpTX {
 				t.Fatalf("SYN-ACK: verdict %d", v)
 			}
@@ -284,7 +281,7 @@ func TestMSSClamp(t *testing.T) {
 	}
 	// Without SYN, an MSS-looking option is not touched.
 	in := spec{src: ap("198.51.100.7:34460"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", mss: 1460, ackn: 1, srcMAC: macPeer, dstMAC: macD0}.build(t)
-	if v, out := tb.run(t, in, d0); v != xdpTX || mssOf(out) != 1460 {
+	if v, out := tb.xdp(t, in); v != xdpTX || mssOf(out) != 1460 {
 		t.Fatalf("ACK: verdict %d, MSS %d; want XDP_TX with 1460", v, mssOf(out))
 	}
 }

@@ -82,7 +82,7 @@ func testPreallocFlows(t *testing.T, prealloc bool) {
 	udp := func(client string) []byte {
 		return spec{src: ap(client), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 	}
-	v, before := tb.run(t, udp("198.51.100.1:20000"), d0)
+	v, before := tb.xdp(t, udp("198.51.100.1:20000"))
 	if v != xdpTX {
 		t.Fatalf("flow before re-open: verdict %d, want XDP_TX", v)
 	}

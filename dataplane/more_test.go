@@ -24,7 +24,6 @@ import (
 // be sent to Z, and both X and Y must be seen.
 func TestCommitConcurrency(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{})
-	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	x, y := mustTarget(t, "redirect:10.2.0.1:8080"), mustTarget(t, "redirect:10.2.0.2:8080")
 	z := mustTarget(t, "redirect:10.2.0.66:6666")
@@ -87,7 +86,7 @@ func TestCommitConcurrency(t *testing.T) {
 		}
 		client := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 33000)
 		in := spec{src: client, dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
-		v, out := tb.run(t, in, d0)
+		v, out := tb.xdp(t, in)
 		if v != xdpTX {
 			t.Fatalf("flow %d: verdict %d", i, v)
 		}
@@ -152,15 +151,14 @@ func TestTCProgram(t *testing.T) {
 // TestCollector: the Prometheus collector reports what the programs counted.
 func TestCollector(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 	for i := 0; i < 3; i++ {
-		if v, _ := tb.run(t, in, d0); v != xdpTX {
+		if v, _ := tb.xdp(t, in); v != xdpTX {
 			t.Fatalf("verdict %d", v)
 		}
 	}
-	tb.run(t, in[:20], d0) // malformed
+	tb.xdp(t, in[:20]) // malformed
 	got := gather(t, tb.d.Collector())
 	for k, want := range map[string]float64{
 		"roam_dataplane_packets_total{action=redirect,frontend=10.0.0.1:80/tcp}": 3,
@@ -295,23 +293,22 @@ func TestBenchXDPHeld(t *testing.T) {
 // entry must survive (its replies still translated).
 func TestExpiredPortTakeover(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000, IdleTimeout: 300 * time.Millisecond})
-	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	target := mustTarget(t, "redirect:10.2.0.1:7001")
 	a := spec{src: ap("198.51.100.7:34000"), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("a"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 	b := spec{src: ap("198.51.100.8:34000"), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("b"), srcMAC: macPeer, dstMAC: macD0}.build(t)
-	if v, _ := tb.run(t, a, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, a); v != xdpTX {
 		t.Fatalf("flow a: verdict %d", v)
 	}
 	tb.waitNoFlows(t, f, target, "flow a never expired")
-	if v, _ := tb.run(t, b, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, b); v != xdpTX {
 		t.Fatalf("flow b (taking over the port): verdict %d", v)
 	}
-	if v, _ := tb.run(t, a, d0); v != xdpDrop {
+	if v, _ := tb.xdp(t, a); v != xdpDrop {
 		t.Fatalf("flow a back while b holds the only port: verdict %d, want drop", v)
 	}
 	reply := spec{src: ap("10.2.0.1:7001"), dst: netip.AddrPortFrom(snat4, 40000), proto: lb.UDP, payload: []byte("r"), srcMAC: macGW, dstMAC: macD0}.build(t)
-	v, out := tb.run(t, reply, d0)
+	v, out := tb.xdp(t, reply)
 	if v != xdpTX {
 		t.Fatalf("reply to b: verdict %d", v)
 	}

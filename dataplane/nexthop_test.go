@@ -40,7 +40,6 @@ func pinCPU(t *testing.T) {
 func TestNextHopCache(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
 	pinCPU(t)
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	gw, _ := net.ParseMAC(macGW)
@@ -58,23 +57,23 @@ func TestNextHopCache(t *testing.T) {
 			return spec{src: ap(c.client), dst: ap(c.front), proto: lb.UDP, payload: make([]byte, n), srcMAC: macPeer, dstMAC: macD0}.build(t)
 		}
 		first := time.Now()
-		v, out := tb.run(t, pkt(100), d0)
+		v, out := tb.xdp(t, pkt(100))
 		if v != xdpTX || !bytes.Equal(out[0:6], gw) {
 			t.Fatalf("first packet: verdict %d, dst MAC %s; want XDP_TX to %s", v, net.HardwareAddr(out[0:6]), gw)
 		}
 		setNeigh(t, tb.h, tb.d0, c.gwIP, macMoved)
-		v, out = tb.run(t, pkt(100), d0)
+		v, out = tb.xdp(t, pkt(100))
 		if time.Since(first) < 500*time.Millisecond && (v != xdpTX || !bytes.Equal(out[0:6], gw)) {
 			t.Fatalf("within the cache's second: verdict %d, dst MAC %s; want the cached %s", v, net.HardwareAddr(out[0:6]), gw)
 		}
 		// Longer than any packet looked up so far: looked up again, with the new MAC.
-		v, out = tb.run(t, pkt(600), d0)
+		v, out = tb.xdp(t, pkt(600))
 		if v != xdpTX || !bytes.Equal(out[0:6], macMoved) {
 			t.Fatalf("longer packet: verdict %d, dst MAC %s; want a fresh lookup to %s", v, net.HardwareAddr(out[0:6]), macMoved)
 		}
 		setNeigh(t, tb.h, tb.d0, c.gwIP, gw)
 		time.Sleep(1100 * time.Millisecond)
-		v, out = tb.run(t, pkt(100), d0)
+		v, out = tb.xdp(t, pkt(100))
 		if v != xdpTX || !bytes.Equal(out[0:6], gw) {
 			t.Fatalf("after the cache's second: verdict %d, dst MAC %s; want %s again", v, net.HardwareAddr(out[0:6]), gw)
 		}
@@ -92,10 +91,10 @@ func TestNextHopCache(t *testing.T) {
 	} {
 		short := spec{src: ap(c.client), dst: ap(c.front), proto: lb.UDP, payload: make([]byte, 100), srcMAC: macPeer, dstMAC: macD0}.build(t)
 		long := spec{src: ap(c.client), dst: ap(c.front), proto: lb.UDP, payload: make([]byte, 1200), srcMAC: macPeer, dstMAC: macD0}.build(t)
-		if v, _ := tb.run(t, short, d0); v != xdpTX {
+		if v, _ := tb.xdp(t, short); v != xdpTX {
 			t.Fatalf("%s short packet: verdict %d", c.client, v)
 		}
-		v, out := tb.run(t, long, d0)
+		v, out := tb.xdp(t, long)
 		if (v == xdpTX || v == xdpRedirect) && forwardedTo(out, netip.MustParseAddr(c.target)) {
 			t.Fatalf("%s: a packet longer than the MTU was forwarded to the target (verdict %d)", c.client, v)
 		}

@@ -212,6 +212,14 @@ func (tb *testbed) run(t *testing.T, in []byte, ifindex int) (uint32, []byte) {
 	return v, out
 }
 
+// xdp runs in through the XDP program as a frame arriving on d0, where
+// this testbed's clients, gateway and targets all are, and returns the
+// verdict and the frame it leaves with.
+func (tb *testbed) xdp(t *testing.T, in []byte) (uint32, []byte) {
+	t.Helper()
+	return tb.run(t, in, tb.d0.Attrs().Index)
+}
+
 // runTCRedirect runs in through the tc program, which must redirect it
 // (TC_ACT_REDIRECT), and returns the frame it sends.
 func (tb *testbed) runTCRedirect(t *testing.T, what string, in []byte) []byte {
@@ -300,7 +308,7 @@ func TestRedirectAndReverse(t *testing.T) {
 
 			// The target answers the SNAT address; the client must see the frontend.
 			reply := spec{src: c.target, dst: snatAP, proto: c.proto, flags: "SA", payload: []byte("reply"), srcMAC: macGW, dstMAC: macD0, zeroUDP: c.zeroUDP, ipID: 9, seq: 5000, ackn: 1001}.build(t)
-			v, out = tb.run(t, reply, d0)
+			v, out = tb.xdp(t, reply)
 			if v != xdpTX {
 				t.Fatalf("reply verdict %d, want XDP_TX", v)
 			}
@@ -345,7 +353,6 @@ func TestRedirectAndReverse(t *testing.T) {
 // from this host: dropped, TestUnrewritableNotHandedToHost).
 func TestUntouched(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "10.0.0.2:80/tcp", "local")
 	tb.stage(t, "[2001:db8::2]:7000/udp", "local")
@@ -394,7 +401,7 @@ func TestUntouched(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, out := tb.run(t, c.in, d0)
+			v, out := tb.xdp(t, c.in)
 			if v != c.verdict {
 				t.Fatalf("verdict %d, want %d", v, c.verdict)
 			}
@@ -424,7 +431,7 @@ func TestUntouched(t *testing.T) {
 	t.Logf("case: no neighbour: passed untouched by XDP, redirected by tc")
 	func() {
 		in := spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.3:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
-		v, out := tb.run(t, in, d0)
+		v, out := tb.xdp(t, in)
 		if v != xdpPass || !bytes.Equal(out, in) {
 			t.Fatalf("XDP: verdict %d, rewritten %v; want XDP_PASS untouched", v, !bytes.Equal(out, in))
 		}
@@ -476,7 +483,6 @@ func ipChecksum(h []byte) uint16 { return ^dptest.Sum16(h, 0) }
 // (local ones too) until FIN/RST, after which a new SYN takes the new target.
 func TestFlowPinning(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{})
-	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:80/tcp", "local")
 	x, y := lb.Local, mustTarget(t, "redirect:10.2.0.1:8080")
 	pkt := func(client, flags string) []byte {
@@ -484,7 +490,7 @@ func TestFlowPinning(t *testing.T) {
 	}
 	expect := func(in []byte, verdict uint32, target string) {
 		t.Helper()
-		v, out := tb.run(t, in, d0)
+		v, out := tb.xdp(t, in)
 		if v != verdict {
 			t.Fatalf("verdict %d, want %d", v, verdict)
 		}
@@ -548,15 +554,14 @@ func TestFlowPinning(t *testing.T) {
 // stops counting, and its SYN sent again takes the active target.
 func TestIdleTimeout(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{Timeouts: dataplane.Timeouts{SYN: 300 * time.Millisecond}})
-	d0 := tb.d0.Attrs().Index
 	f := tb.stage(t, "10.0.0.1:80/tcp", "local")
 	in := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
-	if v, _ := tb.run(t, in, d0); v != xdpPass {
+	if v, _ := tb.xdp(t, in); v != xdpPass {
 		t.Fatalf("verdict %d", v)
 	}
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.waitNoFlows(t, f, lb.Local, "embryonic local flow never expired")
-	if v, _ := tb.run(t, in, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, in); v != xdpTX {
 		t.Fatalf("expired flow: verdict %d, want XDP_TX to the new target", v)
 	}
 }
@@ -564,14 +569,13 @@ func TestIdleTimeout(t *testing.T) {
 // TestPortExhaustion: with one SNAT port, a second concurrent flow to the same target is dropped and counted.
 func TestPortExhaustion(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	a := spec{src: ap("198.51.100.7:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
 	b := spec{src: ap("198.51.100.8:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
-	if v, _ := tb.run(t, a, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, a); v != xdpTX {
 		t.Fatalf("first flow verdict %d", v)
 	}
-	if v, _ := tb.run(t, b, d0); v != xdpDrop {
+	if v, _ := tb.xdp(t, b); v != xdpDrop {
 		t.Fatalf("second flow verdict %d, want drop", v)
 	}
 	dr, _ := tb.d.Drops()

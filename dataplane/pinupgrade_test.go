@@ -43,11 +43,10 @@ func replacePin(t *testing.T, pinPath, name string, spec *ebpf.MapSpec) {
 func TestUpgradeOverOldPins(t *testing.T) {
 	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, IdleTimeout: 30 * time.Second}
 	tb := newTestbed(t, cfg)
-	d0 := tb.d0.Attrs().Index
 	send := func(client string) {
 		t.Helper()
 		pkt := spec{src: ap(client), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
-		if v, _ := tb.run(t, pkt, d0); v != xdpTX {
+		if v, _ := tb.xdp(t, pkt); v != xdpTX {
 			t.Fatalf("%s: verdict %d, want XDP_TX", client, v)
 		}
 	}

@@ -35,7 +35,6 @@ func pktAddrs(t *testing.T, frame []byte) (src, dst netip.AddrPort) {
 // its client (BPF_PROG_TEST_RUN).
 func TestSNATPool(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40001, SNATv4Count: 4, SNATv6Count: 3})
-	d0 := tb.d0.Attrs().Index
 	for _, c := range []struct {
 		front, target, client string
 		first                 netip.Addr
@@ -52,7 +51,7 @@ func TestSNATPool(t *testing.T) {
 		seen := map[netip.AddrPort]netip.AddrPort{} // SNAT source -> client
 		for i := 0; i < slots; i++ {
 			client := ap(fmt.Sprintf(c.client, 10+i, 30000+i))
-			v, out := tb.run(t, spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t), d0)
+			v, out := tb.xdp(t, spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t))
 			if v != xdpTX {
 				t.Fatalf("%s: SYN %d: verdict %d, want XDP_TX", c.front, i, v)
 			}
@@ -76,7 +75,7 @@ func TestSNATPool(t *testing.T) {
 		}
 		before, _ := tb.d.Drops()
 		extra := ap(fmt.Sprintf(c.client, 200, 31000))
-		if v, _ := tb.run(t, spec{src: extra, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t), d0); v != xdpDrop {
+		if v, _ := tb.xdp(t, spec{src: extra, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)); v != xdpDrop {
 			t.Fatalf("%s: SYN past pool x range: verdict %d, want XDP_DROP", c.front, v)
 		}
 		if after, _ := tb.d.Drops(); after["port_exhausted"] != before["port_exhausted"]+1 {
@@ -84,7 +83,7 @@ func TestSNATPool(t *testing.T) {
 		}
 		// Replies to every pool address go back to their clients, from the frontend.
 		for snat, client := range seen {
-			v, out := tb.run(t, spec{src: target, dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t), d0)
+			v, out := tb.xdp(t, spec{src: target, dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t))
 			if v != xdpTX {
 				t.Fatalf("%s: reply to %s: verdict %d, want XDP_TX", c.front, snat, v)
 			}
@@ -95,7 +94,7 @@ func TestSNATPool(t *testing.T) {
 	}
 	// Past the pool's end, an address is not ours: the reply goes to the host untouched.
 	past := netip.AddrPortFrom(dataplane.SNATPool(snat4, 5)[4], 40000)
-	if v, _ := tb.run(t, spec{src: ap("10.2.0.1:8080"), dst: past, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0}.build(t), d0); v != xdpPass {
+	if v, _ := tb.xdp(t, spec{src: ap("10.2.0.1:8080"), dst: past, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0}.build(t)); v != xdpPass {
 		t.Fatalf("reply to %s past the pool: verdict %d, want XDP_PASS", past, v)
 	}
 	// A frontend on a pool address inside the port range would take replies: refused.
@@ -164,7 +163,6 @@ func TestParseSNATPool(t *testing.T) {
 func TestSNATPortsCycle(t *testing.T) {
 	const ports = 64
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000 + ports - 1})
-	d0 := tb.d0.Attrs().Index
 	for _, c := range []struct{ front, target, client string }{
 		{"10.0.0.1:80/tcp", "10.2.0.1:8080", "198.51.100.%d:%d"},
 		{"[2001:db8:1::1]:80/tcp", "[2001:db8:2::1]:8080", "[2001:db8:c::%d]:%d"},
@@ -174,7 +172,7 @@ func TestSNATPortsCycle(t *testing.T) {
 		seen := map[uint16]int{}
 		for i := 0; i < ports; i++ {
 			client := ap(fmt.Sprintf(c.client, 10+i%200, 20000+i*7))
-			v, out := tb.run(t, spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t), d0)
+			v, out := tb.xdp(t, spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t))
 			if v != xdpTX {
 				t.Fatalf("%s: SYN %d: verdict %d, want XDP_TX", c.front, i, v)
 			}

@@ -89,7 +89,6 @@ func TestSYNProxy(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999, SYNProxy: dataplane.SYNProxyAlways})
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
-	d0 := tb.d0.Attrs().Index
 	for _, c := range []struct {
 		client, frontend, target netip.AddrPort
 		snat                     netip.Addr
@@ -110,7 +109,7 @@ func TestSYNProxy(t *testing.T) {
 		}
 		// The SYN: answered with a cookie, nothing kept.
 		syn := spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: isn, mss: c.clientMSS}.build(t)
-		v, out := tb.run(t, syn, d0)
+		v, out := tb.xdp(t, syn)
 		if v != xdpTX {
 			t.Fatalf("SYN: verdict %d, want XDP_TX (a SYN-ACK)", v)
 		}
@@ -133,14 +132,14 @@ func TestSYNProxy(t *testing.T) {
 			}
 		}
 		// A bad cookie (off in its hash bits: the low ones carry the MSS index, and a neighbour index is a valid cookie): dropped, counted, no flow.
-		if v, _ := tb.run(t, cl("A", isn+1, cookie+1+0x10000, ""), d0); v != xdpDrop {
+		if v, _ := tb.xdp(t, cl("A", isn+1, cookie+1+0x10000, "")); v != xdpDrop {
 			t.Fatalf("ACK with a bad cookie: verdict %d, want XDP_DROP", v)
 		}
 		if n := delta("synproxy_cookie_bad"); n != 1 {
 			t.Fatalf("synproxy_cookie_bad +%d, want 1", n)
 		}
 		// The right one: the SYN to the target.
-		v, out = tb.run(t, cl("A", isn+1, cookie+1, ""), d0)
+		v, out = tb.xdp(t, cl("A", isn+1, cookie+1, ""))
 		if v != xdpTX {
 			t.Fatalf("ACK with the cookie: verdict %d, want XDP_TX (the SYN to the target)", v)
 		}
@@ -154,7 +153,7 @@ func TestSYNProxy(t *testing.T) {
 			t.Fatalf("synproxy_cookie_ok +%d, want 1", n)
 		}
 		// The client's request before the target answered: the SYN again, its data dropped.
-		v, out = tb.run(t, cl("A", isn+1, cookie+1, "GET /"), d0)
+		v, out = tb.xdp(t, cl("A", isn+1, cookie+1, "GET /"))
 		if v != xdpTX {
 			t.Fatalf("early data: verdict %d", v)
 		}
@@ -169,7 +168,7 @@ func TestSYNProxy(t *testing.T) {
 		}
 		// The target's SYN-ACK, twice: the ACK back to it, each time; one proxied flow.
 		for i := 0; i < 2; i++ {
-			v, out = tb.run(t, tg("SA", tisn, isn+1, ""), d0)
+			v, out = tb.xdp(t, tg("SA", tisn, isn+1, ""))
 			if v != xdpTX {
 				t.Fatalf("target SYN-ACK: verdict %d", v)
 			}
@@ -204,7 +203,7 @@ func TestSYNProxy(t *testing.T) {
 			if st.fromTarget {
 				in, wantSrc, wantDst = tg(st.flags, st.seq, st.ack, st.payload), c.frontend, c.client
 			}
-			v, out = tb.run(t, in, d0)
+			v, out = tb.xdp(t, in)
 			if v != xdpTX {
 				t.Fatalf("%v: verdict %d", st, v)
 			}
@@ -216,12 +215,12 @@ func TestSYNProxy(t *testing.T) {
 			}
 		}
 		// The flow is over (RSTs); the client opens a new connection on the same port: its ACK starts a new flow, not the old one's.
-		v, out = tb.run(t, spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 9000, mss: c.clientMSS}.build(t), d0)
+		v, out = tb.xdp(t, spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 9000, mss: c.clientMSS}.build(t))
 		if v != xdpTX {
 			t.Fatalf("SYN on the finished flow's tuple: verdict %d", v)
 		}
 		cookie2 := readTCP(t, out).tcp.Seq
-		v, out = tb.run(t, cl("A", 9001, cookie2+1, ""), d0)
+		v, out = tb.xdp(t, cl("A", 9001, cookie2+1, ""))
 		if s2 := readTCP(t, out); v != xdpTX || flagsOf(s2.tcp) != "S" || s2.tcp.Seq != 9000 || s2.dst != c.target {
 			t.Fatalf("cookie ACK on the finished flow's tuple: verdict %d, want the SYN of a new flow to the target: %v", v, s2.frame)
 		}
@@ -237,9 +236,8 @@ func TestSYNProxyFloodMode(t *testing.T) {
 	const hold = time.Second
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40000, SYNProxy: dataplane.SYNProxyFlood, Timeouts: dataplane.Timeouts{SYNProxyHold: hold}})
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	d0 := tb.d0.Attrs().Index
 	syn := func(client string) (uint32, tcpOut) {
-		v, out := tb.run(t, spec{src: ap(client), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 77, mss: 1460}.build(t), d0)
+		v, out := tb.xdp(t, spec{src: ap(client), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 77, mss: 1460}.build(t))
 		if v != xdpTX && v != xdpDrop {
 			t.Fatalf("SYN from %s: verdict %d", client, v)
 		}
@@ -295,7 +293,7 @@ func TestSYNProxyFloodMode(t *testing.T) {
 func TestSYNProxyOff(t *testing.T) {
 	off := newRedirectTestbed(t)
 	before := dropsOf(t, off.d)
-	v, _ := off.run(t, spec{src: ap("198.51.100.9:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 5, ackn: 6}.build(t), off.d0.Attrs().Index)
+	v, _ := off.xdp(t, spec{src: ap("198.51.100.9:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 5, ackn: 6}.build(t))
 	after := dropsOf(t, off.d)
 	if v != xdpDrop || after["no_flow"]-before["no_flow"] != 1 || after["synproxy_cookie_bad"] != before["synproxy_cookie_bad"] {
 		t.Fatalf("proxy off, an ACK of no flow: verdict %d, no_flow +%d, synproxy_cookie_bad +%d; want XDP_DROP counted as no_flow",

@@ -19,7 +19,6 @@ import (
 // syn_recv_stale. After the SYN-ACK, the target's ACKs go to the client.
 func TestStaleSynRecvReset(t *testing.T) {
 	tb := newRedirectTestbed(t)
-	d0 := tb.d0.Attrs().Index
 	for _, c := range []struct {
 		client, frontend, target netip.AddrPort
 	}{
@@ -27,7 +26,7 @@ func TestStaleSynRecvReset(t *testing.T) {
 		{ap("[2001:db8:c::7]:33000"), ap("[2001:db8::1]:80"), ap("[2001:db8:2::1]:8080")},
 	} {
 		t.Logf("case: %s", c.client)
-		v, out := tb.run(t, spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t), d0)
+		v, out := tb.xdp(t, spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t))
 		if v != xdpTX {
 			t.Fatalf("SYN: verdict %d", v)
 		}
@@ -39,7 +38,7 @@ func TestStaleSynRecvReset(t *testing.T) {
 		snatAP := netip.AddrPortFrom(snat, sport)
 		before := dropsOf(t, tb.d)["syn_recv_stale"]
 		stale := spec{src: c.target, dst: snatAP, proto: lb.TCP, flags: "A", payload: []byte("old"), srcMAC: macGW, dstMAC: macD0, seq: 7000, ackn: 4242}.build(t)
-		v, out = tb.run(t, stale, d0)
+		v, out = tb.xdp(t, stale)
 		if v != xdpTX {
 			t.Fatalf("stale ACK: verdict %d, want XDP_TX (an RST to the target)", v)
 		}
@@ -63,7 +62,7 @@ func TestStaleSynRecvReset(t *testing.T) {
 		}
 		// The flow's own SYN-ACK, then an ACK: to the client.
 		for _, flags := range []string{"SA", "A"} {
-			v, out = tb.run(t, spec{src: c.target, dst: snatAP, proto: lb.TCP, flags: flags, srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t), d0)
+			v, out = tb.xdp(t, spec{src: c.target, dst: snatAP, proto: lb.TCP, flags: flags, srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t))
 			if v != xdpTX {
 				t.Fatalf("%s: verdict %d", flags, v)
 			}

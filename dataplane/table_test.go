@@ -17,16 +17,15 @@ import (
 // returns that SNAT source.
 func tcpHandshake(t *testing.T, tb *testbed, client, front, target netip.AddrPort) netip.AddrPort {
 	t.Helper()
-	d0 := tb.d0.Attrs().Index
 	syn := spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0}.build(t)
-	if v, _ := tb.run(t, syn, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, syn); v != xdpTX {
 		t.Fatalf("%s SYN: verdict %d, want XDP_TX", client, v)
 	}
 	snat := flowSNAT(t, tb.d, front, lb.TCP, client)
 	sa := spec{src: target, dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1}.build(t)
 	ack := spec{src: client, dst: front, proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 1, ackn: 5001}.build(t)
 	for _, pkt := range [][]byte{sa, ack} {
-		if v, _ := tb.run(t, pkt, d0); v != xdpTX {
+		if v, _ := tb.xdp(t, pkt); v != xdpTX {
 			t.Fatalf("%s handshake: verdict %d, want XDP_TX", client, v)
 		}
 	}
@@ -55,7 +54,6 @@ func dstOf(t *testing.T, frame []byte) netip.AddrPort {
 func TestTableBusyLocalService(t *testing.T) {
 	const capacity, tcpFlows, udpFlows = 256, 32, 2048
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999, MaxFlows: capacity})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "10.0.0.2:53/udp", "local")
 	front, target := ap("10.0.0.1:80"), ap("10.2.0.1:8080")
@@ -69,18 +67,18 @@ func TestTableBusyLocalService(t *testing.T) {
 		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(2 + i/1000)}), uint16(10000+i%1000))
 		q := spec{src: c, dst: ap("10.0.0.2:53"), proto: lb.UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 		for range 2 { // a query and its retry: each local flow is looked up again, as a busy service's are
-			if v, _ := tb.run(t, q, d0); v != xdpPass {
+			if v, _ := tb.xdp(t, q); v != xdpPass {
 				t.Fatalf("local UDP flow %d: verdict %d, want XDP_PASS", i, v)
 			}
 		}
 	}
 	for i := range tcpFlows {
 		data := spec{src: client(i), dst: front, proto: lb.TCP, flags: "A", payload: []byte("data"), srcMAC: macPeer, dstMAC: macD0, seq: 1, ackn: 5001}.build(t)
-		if v, _ := tb.run(t, data, d0); v != xdpTX {
+		if v, _ := tb.xdp(t, data); v != xdpTX {
 			t.Fatalf("redirected flow %d after the local flood: verdict %d, want XDP_TX (evicted?)", i, v)
 		}
 		reply := spec{src: target, dst: snat[i], proto: lb.TCP, flags: "A", payload: []byte("ok"), srcMAC: macGW, dstMAC: macD0, seq: 5001, ackn: 5}.build(t)
-		if v, out := tb.run(t, reply, d0); v != xdpTX {
+		if v, out := tb.xdp(t, reply); v != xdpTX {
 			t.Fatalf("redirected flow %d's reply after the local flood: verdict %d, want XDP_TX (NAT entry evicted?)", i, v)
 		} else if got := dstOf(t, out); got != client(i) {
 			t.Fatalf("redirected flow %d's reply went to %s, want %s", i, got, client(i))
@@ -117,19 +115,18 @@ func TestTableFull(t *testing.T) {
 func testTableFull(t *testing.T, prealloc bool) {
 	const capacity = 64
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999, MaxFlows: capacity, IdleTimeout: 30 * time.Second, PreallocFlows: prealloc})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	client := func(i int) netip.AddrPort { return ap(fmt.Sprintf("198.51.100.1:%d", 20000+i)) }
 	udp := func(c netip.AddrPort) []byte {
 		return spec{src: c, dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 	}
 	for i := range capacity {
-		if v, _ := tb.run(t, udp(client(i)), d0); v != xdpTX {
+		if v, _ := tb.xdp(t, udp(client(i))); v != xdpTX {
 			t.Fatalf("flow %d: verdict %d, want XDP_TX", i, v)
 		}
 	}
 	for i := capacity; i < capacity+8; i++ {
-		if v, _ := tb.run(t, udp(client(i)), d0); v != xdpDrop {
+		if v, _ := tb.xdp(t, udp(client(i))); v != xdpDrop {
 			t.Fatalf("flow %d with both maps full: verdict %d, want XDP_DROP", i, v)
 		}
 	}
@@ -158,7 +155,7 @@ func testTableFull(t *testing.T, prealloc bool) {
 		t.Fatalf("left %d conntrack and %d NAT entries, want %d each", len(ct), len(nat), capacity)
 	}
 	for i := range capacity {
-		if v, _ := tb.run(t, udp(client(i)), d0); v != xdpTX {
+		if v, _ := tb.xdp(t, udp(client(i))); v != xdpTX {
 			t.Fatalf("established flow %d with the table full: verdict %d, want XDP_TX", i, v)
 		}
 	}
@@ -204,7 +201,7 @@ func testTableFull(t *testing.T, prealloc bool) {
 		t.Error("GC does not hurry with the maps 7/8 full")
 	}
 	for i := capacity; i < capacity+8; i++ {
-		if v, _ := tb.run(t, udp(client(i)), d0); v != xdpTX {
+		if v, _ := tb.xdp(t, udp(client(i))); v != xdpTX {
 			t.Fatalf("flow %d after GC: verdict %d, want XDP_TX", i, v)
 		}
 	}

@@ -26,7 +26,7 @@ func TestTargetCounters(t *testing.T) {
 	d0 := tb.d0.Attrs().Index
 	client, front := ap("198.51.100.7:33000"), ap("10.0.0.1:80")
 	syn := spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t)
-	v, out := tb.run(t, syn, d0)
+	v, out := tb.xdp(t, syn)
 	if v != xdpTX {
 		t.Fatalf("SYN: verdict %d", v)
 	}
@@ -35,7 +35,7 @@ func TestTargetCounters(t *testing.T) {
 	toBytes, fromBytes := uint64(len(syn)), uint64(0)
 	synack := spec{src: ap("10.2.0.1:8080"), dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t)
 	for range 3 {
-		if v, _ := tb.run(t, synack, d0); v != xdpTX {
+		if v, _ := tb.xdp(t, synack); v != xdpTX {
 			t.Fatalf("SYN-ACK: verdict %d", v)
 		}
 		fromBytes += uint64(len(synack))
@@ -47,12 +47,12 @@ func TestTargetCounters(t *testing.T) {
 	toBytes += uint64(len(data))
 	// TTL out: not forwarded, not the target's.
 	expired := spec{src: client, dst: front, proto: lb.TCP, flags: "A", hopLimit: 1, srcMAC: macPeer, dstMAC: macD0, seq: 1001, ackn: 5001}.build(t)
-	if v, _ := tb.run(t, expired, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, expired); v != xdpTX {
 		t.Fatalf("expired: verdict %d, want the time exceeded", v)
 	}
 	// Another frontend and target (UDP on IPv6).
 	udp := spec{src: ap("[2001:db8:c::7]:5000"), dst: ap("[2001:db8::1]:7000"), proto: lb.UDP, payload: []byte("q"), srcMAC: macPeer, dstMAC: macD0}.build(t)
-	if v, _ := tb.run(t, udp, d0); v != xdpTX {
+	if v, _ := tb.xdp(t, udp); v != xdpTX {
 		t.Fatalf("udp: verdict %d", v)
 	}
 
@@ -90,7 +90,7 @@ func TestRedirectFailedCounted(t *testing.T) {
 		t.Helper()
 		before := dropsOf(t, tb.d)["redirect_failed"]
 		in := spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), sport), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
-		if v, _ := tb.run(t, in, d0); v != xdpRedirect {
+		if v, _ := tb.xdp(t, in); v != xdpRedirect {
 			t.Fatalf("verdict %d, want XDP_REDIRECT to d1", v)
 		}
 		if err := tb.d.RunXDPLive(in, d0); err != nil {
@@ -130,13 +130,12 @@ func TestRedirectFailedCounted(t *testing.T) {
 func TestTargetCounterIndex(t *testing.T) {
 	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, IdleTimeout: 30 * time.Second}
 	tb := newTestbed(t, cfg)
-	d0 := tb.d0.Attrs().Index
 	udp := func(client, front string) []byte {
 		return spec{src: ap(client), dst: ap(front), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
 	}
 	send := func(client, front string) {
 		t.Helper()
-		if v, _ := tb.run(t, udp(client, front), d0); v != xdpTX {
+		if v, _ := tb.xdp(t, udp(client, front)); v != xdpTX {
 			t.Fatalf("%s -> %s: verdict %d, want XDP_TX", client, front, v)
 		}
 	}

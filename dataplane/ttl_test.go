@@ -19,7 +19,6 @@ import (
 // (issue 15 item 9).
 func TestTTLDecremented(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
-	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	for _, c := range []struct {
@@ -42,7 +41,7 @@ func TestTTLDecremented(t *testing.T) {
 		}
 		in := spec{src: ap(c.client), dst: ap(c.frontend), proto: c.proto, flags: flags, payload: []byte("ttl"), hopLimit: c.ttl, srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
 		before := dropsOf(t, tb.d)
-		v, out := tb.run(t, in, d0)
+		v, out := tb.xdp(t, in)
 		if n := dropsOf(t, tb.d)["ttl_exceeded"] - before["ttl_exceeded"]; c.wantDrop != (n == 1) || n > 1 {
 			t.Fatalf("verdict %d, ttl_exceeded counted %d", v, n)
 		}

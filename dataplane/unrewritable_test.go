@@ -17,7 +17,6 @@ import (
 // passed; each counted under its reason (issue 15 item 9).
 func TestUnrewritableNotHandedToHost(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
-	d0 := tb.d0.Attrs().Index
 	redirected4 := tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	tb.stage(t, "10.0.0.2:80/tcp", "local")
@@ -47,7 +46,7 @@ func TestUnrewritableNotHandedToHost(t *testing.T) {
 	} {
 		t.Logf("case: %s", c.desc)
 		before := dropsOf(t, tb.d)
-		v, _ := tb.run(t, c.in, d0)
+		v, _ := tb.xdp(t, c.in)
 		if v != c.verdict {
 			t.Fatalf("verdict %d, want %d", v, c.verdict)
 		}
@@ -59,7 +58,7 @@ func TestUnrewritableNotHandedToHost(t *testing.T) {
 	// A flow pinned to the target stays away after a commit to local: its
 	// fragments are dropped; a new flow's now pass to the host.
 	t.Logf("case: pinned flow after a commit to local")
-	if v, _ := tb.run(t, frame("198.51.100.8:33000", "10.0.0.1:80", lb.TCP), d0); v != xdpTX {
+	if v, _ := tb.xdp(t, frame("198.51.100.8:33000", "10.0.0.1:80", lb.TCP)); v != xdpTX {
 		t.Fatalf("opening SYN: verdict %d", v)
 	}
 	gen, err := tb.d.Stage(redirected4, mustTarget(t, "local"))
@@ -70,10 +69,10 @@ func TestUnrewritableNotHandedToHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	pinned := spec{src: ap("198.51.100.8:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", payload: []byte("0123456789abcdef"), srcMAC: macPeer, dstMAC: macD0, seq: 2}.build(t)
-	if v, _ := tb.run(t, frag4(pinned, 0, true), d0); v != xdpDrop {
+	if v, _ := tb.xdp(t, frag4(pinned, 0, true)); v != xdpDrop {
 		t.Fatalf("fragment of the pinned flow: verdict %d, want XDP_DROP", v)
 	}
-	if v, _ := tb.run(t, frag4(frame("198.51.100.8:33001", "10.0.0.1:80", lb.TCP), 0, true), d0); v != xdpPass {
+	if v, _ := tb.xdp(t, frag4(frame("198.51.100.8:33001", "10.0.0.1:80", lb.TCP), 0, true)); v != xdpPass {
 		t.Fatalf("fragment of a new flow to the now local frontend: verdict %d, want XDP_PASS", v)
 	}
 }
