@@ -10,7 +10,6 @@ import (
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -231,12 +230,10 @@ func TestTooBig(t *testing.T) {
 // interface carries (1360 for IPv4, 1340 for IPv6), checksums fixed; a
 // smaller MSS, and a packet without SYN, are left alone.
 func TestMSSClamp(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	if err := tb.h.LinkSetMTU(tb.d0, 1400); err != nil {
 		t.Fatal(err)
 	}
-	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "[2001:db8::1]:80/tcp", "redirect:[2001:db8:2::1]:8080")
 	mssOf := func(frame []byte) uint16 {
 		t.Helper()
 		p := verifyChecksums(t, frame)

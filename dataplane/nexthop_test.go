@@ -10,7 +10,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -38,10 +37,8 @@ func pinCPU(t *testing.T) {
 // once), never for a packet longer than the route's MTU was checked for,
 // and looks it up again once the second is over.
 func TestNextHopCache(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	pinCPU(t)
-	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
-	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	gw, _ := net.ParseMAC(macGW)
 
 	for _, c := range []struct {

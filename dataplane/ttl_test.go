@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -18,9 +17,7 @@ import (
 // from the address it was sent to, quoting its IP header and 8 bytes
 // (issue 15 item 9).
 func TestTTLDecremented(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
-	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
+	tb := newRedirectTestbed(t)
 	for _, c := range []struct {
 		desc             string
 		client, frontend string
@@ -82,9 +79,8 @@ func TestTTLDecremented(t *testing.T) {
 // interface it came in by; a packet the host sends (egress) is no hop of
 // ours and keeps its TTL of 1.
 func TestTTLDecrementedTC(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	d0 := tb.d0.Attrs().Index
-	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
 	run := func(client string, ttl uint8, ingress int) (uint32, []byte, uint64) {
 		t.Helper()
 		in := spec{src: ap(client), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", payload: []byte("ttl"), hopLimit: ttl, srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
@@ -125,9 +121,8 @@ func TestTTLDecrementedTC(t *testing.T) {
 // the rest are dropped without an
 // answer and counted as icmp_limited (each still as ttl_exceeded).
 func TestTimeExceededBudget(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
+	tb := newRedirectTestbed(t)
 	d0 := tb.d0.Attrs().Index
-	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	answered, delta := tb.runICMPBudget(t, "expired packets", d0, func(i int) []byte {
 		return spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), uint16(20000+i)), dst: ap("10.0.0.1:7000"), proto: lb.UDP, payload: []byte("x"), hopLimit: 1, srcMAC: macPeer, dstMAC: macD0}.build(t)
 	})

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"testing"
 
-	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
 )
 
@@ -16,11 +15,8 @@ import (
 // local frontend, for no frontend, or a later fragment (no ports) is
 // passed; each counted under its reason (issue 15 item 9).
 func TestUnrewritableNotHandedToHost(t *testing.T) {
-	tb := newTestbed(t, dataplane.Config{PortMin: 40000, PortMax: 40999})
-	redirected4 := tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
-	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	tb := newRedirectTestbed(t)
 	tb.stage(t, "10.0.0.2:80/tcp", "local")
-	tb.stage(t, "[2001:db8::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 
 	frame := func(client, frontend string, proto lb.Proto) []byte {
 		flags := ""
@@ -61,13 +57,7 @@ func TestUnrewritableNotHandedToHost(t *testing.T) {
 	if v, _ := tb.xdp(t, frame("198.51.100.8:33000", "10.0.0.1:80", lb.TCP)); v != xdpTX {
 		t.Fatalf("opening SYN: verdict %d", v)
 	}
-	gen, err := tb.d.Stage(redirected4, mustTarget(t, "local"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.d.Commit(redirected4, gen); err != nil {
-		t.Fatal(err)
-	}
+	tb.stage(t, "10.0.0.1:80/tcp", "local")
 	pinned := spec{src: ap("198.51.100.8:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", payload: []byte("0123456789abcdef"), srcMAC: macPeer, dstMAC: macD0, seq: 2}.build(t)
 	if v, _ := tb.xdp(t, frag4(pinned, 0, true)); v != xdpDrop {
 		t.Fatalf("fragment of the pinned flow: verdict %d, want XDP_DROP", v)
