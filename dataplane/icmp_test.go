@@ -198,7 +198,7 @@ func TestTooBig(t *testing.T) {
 				from = macGW
 			}
 			in = sent.build(t)
-			before, _ := tb.d.Drops()
+			before := tb.drops(t)
 			v, out = tb.xdp(t, in)
 			if v != xdpTX {
 				t.Fatalf("too big: verdict %d, want XDP_TX", v)
@@ -212,9 +212,8 @@ func TestTooBig(t *testing.T) {
 			if !bytes.Equal(out, want) {
 				t.Fatalf("too big answer\n got %x\nwant %x", out, want)
 			}
-			after, _ := tb.d.Drops()
-			if after["too_big"] != before["too_big"]+1 {
-				t.Fatalf("too_big %d -> %d", before["too_big"], after["too_big"])
+			if n := tb.dropsSince(t, before)["too_big"]; n != 1 {
+				t.Fatalf("too_big counted %d, want 1", n)
 			}
 			// One that fits still goes out.
 			sent.payload = big[:1400]
@@ -306,7 +305,7 @@ func TestTooBigTC(t *testing.T) {
 	} {
 		t.Logf("case: %s", c.desc)
 		in := spec{src: c.client, dst: c.frontend, proto: lb.UDP, payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t)
-		before, _ := tb.d.Drops()
+		before := tb.drops(t)
 		var v uint32
 		var out []byte
 		var err error
@@ -330,8 +329,8 @@ func TestTooBigTC(t *testing.T) {
 		if !bytes.Equal(out, want) {
 			t.Fatalf("too big answer\n got %x\nwant %x", out, want)
 		}
-		if after, _ := tb.d.Drops(); after["too_big"] != before["too_big"]+1 {
-			t.Fatalf("too_big %d -> %d", before["too_big"], after["too_big"])
+		if n := tb.dropsSince(t, before)["too_big"]; n != 1 {
+			t.Fatalf("too_big counted %d, want 1", n)
 		}
 	}
 }

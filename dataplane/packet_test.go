@@ -220,6 +220,19 @@ func (tb *testbed) xdp(t *testing.T, in []byte) (uint32, []byte) {
 	return tb.run(t, in, tb.d0.Attrs().Index)
 }
 
+// drops reads the data plane's drop counters by reason.
+func (tb *testbed) drops(t *testing.T) map[string]uint64 {
+	t.Helper()
+	return dptest.Drops(t, tb.d)
+}
+
+// dropsSince is how much each drop counter grew since before (a drops
+// reading); a reason that did not move is left out.
+func (tb *testbed) dropsSince(t *testing.T, before map[string]uint64) map[string]uint64 {
+	t.Helper()
+	return dptest.DropsSince(t, tb.d, before)
+}
+
 // runTCRedirect runs in through the tc program, which must redirect it
 // (TC_ACT_REDIRECT), and returns the frame it sends.
 func (tb *testbed) runTCRedirect(t *testing.T, what string, in []byte) []byte {

@@ -67,12 +67,12 @@ func TestSRv6RelayPTB(t *testing.T) {
 		pkt := spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0, ipID: 7, seq: 1000}.build(t)
 		inner := ipOf(pkt)
 		encap := ipOf(srv6Frame(macD0, macGW, sidHome, c.sids, len(c.sids)-1, 64, srv6Label(client, fa, lb.TCP), inner))
-		before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
+		before := tb.drops(t)["srv6_ptb_relayed"]
 		v, out := tb.run(t, ptbFrame(c.ptb, encap), d0)
 		if v != xdpTX {
 			t.Fatalf("%s: verdict %d, want %d (to the client, out of the interface the packet too big came in by)", c.desc, v, xdpTX)
 		}
-		if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 1 {
+		if n := tb.drops(t)["srv6_ptb_relayed"] - before; n != 1 {
 			t.Fatalf("%s: srv6_ptb_relayed counted %d", c.desc, n)
 		}
 		p := verifyChecksums(t, out)
@@ -109,7 +109,7 @@ func TestSRv6RelayPTB(t *testing.T) {
 		}
 	}
 
-	before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
+	before := tb.drops(t)["srv6_ptb_relayed"]
 	client, fa := ap("198.51.100.7:33000"), ap("10.0.0.1:80")
 	inner := ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
 	other := ipOf(spec{src: client, dst: ap("10.0.0.9:80"), proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
@@ -126,7 +126,7 @@ func TestSRv6RelayPTB(t *testing.T) {
 			t.Fatalf("%s: verdict %d, want %d and the packet unchanged", c.desc, v, xdpPass)
 		}
 	}
-	if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 0 {
+	if n := tb.drops(t)["srv6_ptb_relayed"] - before; n != 0 {
 		t.Fatalf("srv6_ptb_relayed counted %d for packets too big not ours", n)
 	}
 }
@@ -168,9 +168,9 @@ func TestSRv6RelayPTBRefused(t *testing.T) {
 		{"an MTU of 0, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), 0},
 		{"an MTU under 1280, ipv6", ipOf(srv6Frame(macD0, macGW, sidHome, two, 1, 64, 0, in6)), 1000},
 	} {
-		before := dropsOf(t, tb.d)
+		before := tb.drops(t)
 		v, _ := tb.run(t, ptbFrame(c.mtu, c.encap), d0)
-		after := dropsOf(t, tb.d)
+		after := tb.drops(t)
 		if v != xdpDrop {
 			t.Errorf("%s: verdict %d, want %d (a forged packet too big is not relayed)", c.desc, v, xdpDrop)
 		}
@@ -180,12 +180,12 @@ func TestSRv6RelayPTBRefused(t *testing.T) {
 	}
 
 	// Past the first segment: the outer destination is the second, segments_left 0.
-	before := dropsOf(t, tb.d)["srv6_ptb_relayed"]
+	before := tb.drops(t)["srv6_ptb_relayed"]
 	encap := ipOf(srv6Frame(macD0, macGW, sidHome, two, 0, 64, 0, in6))
 	if v, _ := tb.run(t, ptbFrame(1400, encap), d0); v != xdpTX {
 		t.Fatalf("after the first segment: verdict %d, want %d", v, xdpTX)
 	}
-	if n := dropsOf(t, tb.d)["srv6_ptb_relayed"] - before; n != 1 {
+	if n := tb.drops(t)["srv6_ptb_relayed"] - before; n != 1 {
 		t.Fatalf("after the first segment: srv6_ptb_relayed counted %d", n)
 	}
 }

@@ -69,15 +69,6 @@ func srv6Frame(srcMAC, dstMAC string, src netip.Addr, sids []netip.Addr, sl int,
 // ipOf strips the Ethernet header off a frame built by spec.build.
 func ipOf(frame []byte) []byte { return frame[14:] }
 
-func dropsOf(t *testing.T, d *dataplane.Dataplane) map[string]uint64 {
-	t.Helper()
-	m, err := d.Drops()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // TestSRv6Encap: the home encapsulates a new packet of an SRv6 frontend,
 // unchanged, in outer IPv6 + SRH along the active path, for both inner
 // families and paths of 1 and 2 segments, and sends it to the first
@@ -313,7 +304,7 @@ func TestSRv6AtLocation(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		before := dropsOf(t, tb.d)
+		before := tb.drops(t)
 		v, out := tb.run(t, s.in, d0)
 		if v != s.verdict {
 			t.Fatalf("verdict %d, want %d", v, s.verdict)
@@ -321,7 +312,7 @@ func TestSRv6AtLocation(t *testing.T) {
 		if s.want != nil && !bytes.Equal(out, s.want) {
 			t.Fatalf("output\n got %x\nwant %x", out, s.want)
 		}
-		after := dropsOf(t, tb.d)
+		after := tb.drops(t)
 		for name, n := range after {
 			delta := n - before[name]
 			switch {
@@ -386,13 +377,13 @@ func TestSRv6ReplyAtHome(t *testing.T) {
 		reply := spec{src: c.front, dst: c.client, proto: c.proto, flags: "SA", payload: []byte("reply"), srcMAC: macD0, dstMAC: macClient, seq: 9, ackn: 2}.build(t)
 		in := srv6Frame(macGW, macD0, sidOld, []netip.Addr{sidHome}, 0, 63, 7, ipOf(reply))
 		reply = hop(reply) // forwarded from here
-		before := dropsOf(t, tb.d)
+		before := tb.drops(t)
 		v, out := tb.run(t, in, d0)
 		if v != c.verdict {
 			t.Fatalf("verdict %d, want %d", v, c.verdict)
 		}
 		if c.reason != "" {
-			if n := dropsOf(t, tb.d)[c.reason] - before[c.reason]; n != 1 {
+			if n := tb.drops(t)[c.reason] - before[c.reason]; n != 1 {
 				t.Fatalf("reason %s counted %d", c.reason, n)
 			}
 			continue
@@ -426,8 +417,8 @@ func TestSRv6Config(t *testing.T) {
 	}
 	// The withdrawn locator is gone from the map too: its SID is now foreign at ours.
 	in := srv6Frame(macPeer, macD0, sidNew, []netip.Addr{sidHome}, 0, 64, 0, ipOf(spec{src: ap("198.51.100.7:1"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0}.build(t)))
-	before := dropsOf(t, tb.d)["srv6_foreign_src"]
-	if v, _ := tb.run(t, in, tb.d0.Attrs().Index); v != xdpDrop || dropsOf(t, tb.d)["srv6_foreign_src"] != before+1 {
+	before := tb.drops(t)["srv6_foreign_src"]
+	if v, _ := tb.run(t, in, tb.d0.Attrs().Index); v != xdpDrop || tb.drops(t)["srv6_foreign_src"] != before+1 {
 		t.Fatalf("from a withdrawn locator: verdict %d", v)
 	}
 	gen, err := tb.d.Stage(f, lb.SRv6(sidOld))

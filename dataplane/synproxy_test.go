@@ -102,8 +102,8 @@ func TestSYNProxy(t *testing.T) {
 		t.Logf("case: %s MSS %d", c.client, c.clientMSS)
 		const isn = 1000
 		var tisn uint32 = 0xfffffff0 // the target's ISN: wraps during the test
-		before := dropsOf(t, tb.d)
-		delta := func(name string) uint64 { return dropsOf(t, tb.d)[name] - before[name] }
+		before := tb.drops(t)
+		delta := func(name string) uint64 { return tb.drops(t)[name] - before[name] }
 		cl := func(flags string, seq, ack uint32, payload string) []byte {
 			return spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: flags, srcMAC: macPeer, dstMAC: macD0, seq: seq, ackn: ack, payload: []byte(payload)}.build(t)
 		}
@@ -249,18 +249,18 @@ func TestSYNProxyFloodMode(t *testing.T) {
 	if v, o := syn("198.51.100.1:1000"); v != xdpTX || flagsOf(o.tcp) != "S" || o.dst != ap("10.2.0.1:8080") {
 		t.Fatalf("first SYN, no pressure: want it sent to the target: %v", o.frame)
 	}
-	before := dropsOf(t, tb.d)
+	before := tb.drops(t)
 	t0 := time.Now()
 	if v, _ := syn("198.51.100.2:1000"); v != xdpDrop {
 		t.Fatalf("second SYN, the only port held: verdict %d, want XDP_DROP", v)
 	}
-	if n := dropsOf(t, tb.d)["port_exhausted"] - before["port_exhausted"]; n != 1 {
+	if n := tb.drops(t)["port_exhausted"] - before["port_exhausted"]; n != 1 {
 		t.Fatalf("port_exhausted +%d, want 1", n)
 	}
 	if v, o := syn("198.51.100.3:1000"); v != xdpTX || flagsOf(o.tcp) != "SA" || o.src != ap("10.0.0.1:80") {
 		t.Fatalf("third SYN, under pressure: want a SYN-ACK with a cookie: %v", o.frame)
 	}
-	if n := dropsOf(t, tb.d)["synproxy_cookie_sent"] - before["synproxy_cookie_sent"]; n != 1 {
+	if n := tb.drops(t)["synproxy_cookie_sent"] - before["synproxy_cookie_sent"]; n != 1 {
 		t.Fatalf("synproxy_cookie_sent +%d, want 1", n)
 	}
 	// A flood: 100 SYNs now and 100 past half the hold, none answered. An
@@ -292,9 +292,9 @@ func TestSYNProxyFloodMode(t *testing.T) {
 // checked for a cookie.
 func TestSYNProxyOff(t *testing.T) {
 	off := newRedirectTestbed(t)
-	before := dropsOf(t, off.d)
+	before := off.drops(t)
 	v, _ := off.xdp(t, spec{src: ap("198.51.100.9:1000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", srcMAC: macPeer, dstMAC: macD0, seq: 5, ackn: 6}.build(t))
-	after := dropsOf(t, off.d)
+	after := off.drops(t)
 	if v != xdpDrop || after["no_flow"]-before["no_flow"] != 1 || after["synproxy_cookie_bad"] != before["synproxy_cookie_bad"] {
 		t.Fatalf("proxy off, an ACK of no flow: verdict %d, no_flow +%d, synproxy_cookie_bad +%d; want XDP_DROP counted as no_flow",
 			v, after["no_flow"]-before["no_flow"], after["synproxy_cookie_bad"]-before["synproxy_cookie_bad"])

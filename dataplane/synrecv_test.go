@@ -36,7 +36,7 @@ func TestStaleSynRecvReset(t *testing.T) {
 			snat = snat6
 		}
 		snatAP := netip.AddrPortFrom(snat, sport)
-		before := dropsOf(t, tb.d)["syn_recv_stale"]
+		before := tb.drops(t)["syn_recv_stale"]
 		stale := spec{src: c.target, dst: snatAP, proto: lb.TCP, flags: "A", payload: []byte("old"), srcMAC: macGW, dstMAC: macD0, seq: 7000, ackn: 4242}.build(t)
 		v, out = tb.xdp(t, stale)
 		if v != xdpTX {
@@ -57,7 +57,7 @@ func TestStaleSynRecvReset(t *testing.T) {
 			eth.DstMAC.String() != macGW || eth.SrcMAC.String() != macD0 {
 			t.Fatalf("answer to a stale ACK: %v", p)
 		}
-		if n := dropsOf(t, tb.d)["syn_recv_stale"] - before; n != 1 {
+		if n := tb.drops(t)["syn_recv_stale"] - before; n != 1 {
 			t.Fatalf("syn_recv_stale +%d, want 1", n)
 		}
 		// The flow's own SYN-ACK, then an ACK: to the client.
@@ -70,7 +70,7 @@ func TestStaleSynRecvReset(t *testing.T) {
 				t.Fatalf("%s: sent to port %d, want the client's %d", flags, dport, c.client.Port())
 			}
 		}
-		if n := dropsOf(t, tb.d)["syn_recv_stale"] - before; n != 1 {
+		if n := tb.drops(t)["syn_recv_stale"] - before; n != 1 {
 			t.Fatalf("after the SYN-ACK: syn_recv_stale +%d, want still 1", n)
 		}
 	}

@@ -88,7 +88,7 @@ func TestRedirectFailedCounted(t *testing.T) {
 	tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.5.0.1:8080")
 	send := func(sport uint16) uint64 {
 		t.Helper()
-		before := dropsOf(t, tb.d)["redirect_failed"]
+		before := tb.drops(t)["redirect_failed"]
 		in := spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), sport), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
 		if v, _ := tb.xdp(t, in); v != xdpRedirect {
 			t.Fatalf("verdict %d, want XDP_REDIRECT to d1", v)
@@ -96,7 +96,7 @@ func TestRedirectFailedCounted(t *testing.T) {
 		if err := tb.d.RunXDPLive(in, d0); err != nil {
 			t.Fatal(err)
 		}
-		return dropsOf(t, tb.d)["redirect_failed"] - before
+		return tb.drops(t)["redirect_failed"] - before
 	}
 	if n := send(33000); n != 1 {
 		t.Fatalf("into a veth whose peer runs no XDP: redirect_failed +%d, want 1", n)

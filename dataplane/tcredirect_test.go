@@ -43,13 +43,13 @@ func TestTCRedirectFailedCounted(t *testing.T) {
 	sport := uint16(33000)
 	send := func() uint64 {
 		t.Helper()
-		before := dropsOf(t, tb.d)["redirect_failed"]
+		before := tb.drops(t)["redirect_failed"]
 		sport++
 		in := spec{src: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), sport), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
 		if err := unix.Sendto(fd, in, 0, &unix.SockaddrLinklayer{Ifindex: peer.Attrs().Index}); err != nil {
 			t.Fatal(err)
 		}
-		return dropsOf(t, tb.d)["redirect_failed"] - before
+		return tb.drops(t)["redirect_failed"] - before
 	}
 	if n := send(); n != 1 {
 		t.Fatalf("redirect_peer to a pod's veth whose end is in this namespace: redirect_failed +%d, want 1", n)

@@ -37,9 +37,9 @@ func TestTTLDecremented(t *testing.T) {
 			flags = "S"
 		}
 		in := spec{src: ap(c.client), dst: ap(c.frontend), proto: c.proto, flags: flags, payload: []byte("ttl"), hopLimit: c.ttl, srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
-		before := dropsOf(t, tb.d)
+		before := tb.drops(t)
 		v, out := tb.xdp(t, in)
-		if n := dropsOf(t, tb.d)["ttl_exceeded"] - before["ttl_exceeded"]; c.wantDrop != (n == 1) || n > 1 {
+		if n := tb.drops(t)["ttl_exceeded"] - before["ttl_exceeded"]; c.wantDrop != (n == 1) || n > 1 {
 			t.Fatalf("verdict %d, ttl_exceeded counted %d", v, n)
 		}
 		if c.wantDrop {
@@ -84,7 +84,7 @@ func TestTTLDecrementedTC(t *testing.T) {
 	run := func(client string, ttl uint8, ingress int) (uint32, []byte, uint64) {
 		t.Helper()
 		in := spec{src: ap(client), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "S", payload: []byte("ttl"), hopLimit: ttl, srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
-		before := dropsOf(t, tb.d)
+		before := tb.drops(t)
 		run := tb.d.RunTC
 		if ingress != 0 {
 			run = func(p []byte) (uint32, []byte, error) { return tb.d.RunTCIngress(p, ingress) }
@@ -93,7 +93,7 @@ func TestTTLDecrementedTC(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return v, out, dropsOf(t, tb.d)["ttl_exceeded"] - before["ttl_exceeded"]
+		return v, out, tb.drops(t)["ttl_exceeded"] - before["ttl_exceeded"]
 	}
 	v, out, n := run("198.51.100.7:33000", 1, d0)
 	if v != tcRedirect || n != 1 {
@@ -145,7 +145,7 @@ const icmpRate, icmpBurst, icmpSent = 1000, 50, 400
 func (tb *testbed) runICMPBudget(t *testing.T, what string, d0 int, frame func(i int) []byte) (int, map[string]uint64) {
 	t.Helper()
 	pinCPU(t)
-	before := dropsOf(t, tb.d)
+	before := tb.drops(t)
 	answered := 0
 	start := time.Now()
 	for i := range icmpSent {
@@ -158,11 +158,7 @@ func (tb *testbed) runICMPBudget(t *testing.T, what string, d0 int, frame func(i
 		}
 	}
 	elapsed := time.Since(start)
-	after := dropsOf(t, tb.d)
-	delta := map[string]uint64{}
-	for k, v := range after {
-		delta[k] = v - before[k]
-	}
+	delta := tb.dropsSince(t, before)
 	// The programs' clock is coarse (a tick, at most 10 ms): it may move one tick more than elapsed.
 	most := icmpBurst + int((elapsed+10*time.Millisecond).Seconds()*icmpRate) + 1
 	t.Logf("%d %s in %v: %d answered (at most %d), %d limited", icmpSent, what, elapsed, answered, most, delta["icmp_limited"])

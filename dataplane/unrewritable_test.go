@@ -41,12 +41,12 @@ func TestUnrewritableNotHandedToHost(t *testing.T) {
 		{"ipv6 hop-by-hop, no frontend", ext6(frame("[2001:db8:c::7]:5000", "[2001:db8::9]:7000", lb.UDP), 0), xdpPass, "ipv6_ext"},
 	} {
 		t.Logf("case: %s", c.desc)
-		before := dropsOf(t, tb.d)
+		before := tb.drops(t)
 		v, _ := tb.xdp(t, c.in)
 		if v != c.verdict {
 			t.Fatalf("verdict %d, want %d", v, c.verdict)
 		}
-		if n := dropsOf(t, tb.d)[c.reason] - before[c.reason]; n != 1 {
+		if n := tb.drops(t)[c.reason] - before[c.reason]; n != 1 {
 			t.Fatalf("reason %s counted %d, want 1", c.reason, n)
 		}
 	}

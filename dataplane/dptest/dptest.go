@@ -61,3 +61,26 @@ func SetActive(t testing.TB, d *dataplane.Dataplane, f lb.Frontend, target lb.Ta
 		t.Fatalf("commit %s -> %s: %v", f, target, err)
 	}
 }
+
+// Drops reads d's drop counters by reason, failing the test on an error.
+func Drops(t testing.TB, d *dataplane.Dataplane) map[string]uint64 {
+	t.Helper()
+	m, err := d.Drops()
+	if err != nil {
+		t.Fatalf("read drop counters: %v", err)
+	}
+	return m
+}
+
+// DropsSince is how much each of d's drop counters grew since before (a
+// Drops reading); a reason that did not move is left out.
+func DropsSince(t testing.TB, d *dataplane.Dataplane, before map[string]uint64) map[string]uint64 {
+	t.Helper()
+	delta := map[string]uint64{}
+	for k, v := range Drops(t, d) {
+		if v != before[k] {
+			delta[k] = v - before[k]
+		}
+	}
+	return delta
+}

@@ -249,10 +249,7 @@ func TestSYNFlood(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer fl.Close()
-		before, err := d.Drops()
-		if err != nil {
-			t.Fatal(err)
-		}
+		before := dptest.Drops(t, d)
 		ctx, cancel := context.WithTimeout(context.Background(), phase)
 		defer cancel()
 		var floodErr error
@@ -265,16 +262,7 @@ func TestSYNFlood(t *testing.T) {
 		if floodErr != nil {
 			t.Fatal(floodErr)
 		}
-		after, err := d.Drops()
-		if err != nil {
-			t.Fatal(err)
-		}
-		delta := map[string]uint64{}
-		for k, v := range after {
-			if v != before[k] {
-				delta[k] = v - before[k]
-			}
-		}
+		delta := dptest.DropsSince(t, d, before)
 		perSec := float64(fl.sent) / phase.Seconds()
 		t.Logf("%s: flood %d SYNs (%.0f/s, target %d/s); real connects %d ok, %d failed, p99 %s (to the whole answer: p99 %s); drops %v",
 			name, fl.sent, perSec, flood, len(rc.connects), len(rc.failed), rc.p99(), rc.answerP99(), delta)

@@ -57,10 +57,7 @@ func TestSYNProxyClients(t *testing.T) {
 	} {
 		dptest.SetActive(t, d, fe, lb.Redirect(tg))
 	}
-	before, err := d.Drops()
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := dptest.Drops(t, d)
 
 	// Keep-alive: one connection, 40 requests.
 	tr := &http.Transport{DialContext: netns.Dialer(topo.Client), MaxIdleConnsPerHost: 1}
@@ -145,20 +142,16 @@ func TestSYNProxyClients(t *testing.T) {
 		t.Fatalf("the echo differs from what was sent, first at byte %d", i)
 	}
 
-	after, err := d.Drops()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dl := func(k string) uint64 { return after[k] - before[k] }
+	delta := dptest.DropsSince(t, d, before)
 	t.Logf("fresh connections through the proxy: connect p50 %s max %s; first answer p50 %s max %s",
 		connects[len(connects)/2], connects[len(connects)-1], answers[len(answers)/2], answers[len(answers)-1])
 	t.Logf("8 MiB up and back in %s (%.0f Mbit/s each way); counters: cookie_sent %d, cookie_ok %d, cookie_bad %d, flows %d, early %d",
-		took, float64(n*8)/took.Seconds()/1e6, dl("synproxy_cookie_sent"), dl("synproxy_cookie_ok"), dl("synproxy_cookie_bad"), dl("synproxy_flows"), dl("synproxy_early"))
+		took, float64(n*8)/took.Seconds()/1e6, delta["synproxy_cookie_sent"], delta["synproxy_cookie_ok"], delta["synproxy_cookie_bad"], delta["synproxy_flows"], delta["synproxy_early"])
 	const conns = 1 + 20 + 1
-	if dl("synproxy_cookie_ok") != conns || dl("synproxy_flows") != conns || dl("synproxy_cookie_sent") < conns {
-		t.Fatalf("want all %d connections proxied: cookie_sent %d, cookie_ok %d, flows %d", conns, dl("synproxy_cookie_sent"), dl("synproxy_cookie_ok"), dl("synproxy_flows"))
+	if delta["synproxy_cookie_ok"] != conns || delta["synproxy_flows"] != conns || delta["synproxy_cookie_sent"] < conns {
+		t.Fatalf("want all %d connections proxied: cookie_sent %d, cookie_ok %d, flows %d", conns, delta["synproxy_cookie_sent"], delta["synproxy_cookie_ok"], delta["synproxy_flows"])
 	}
-	if dl("synproxy_cookie_bad") != 0 {
-		t.Fatalf("cookie_bad %d, want 0: real clients' cookies are valid", dl("synproxy_cookie_bad"))
+	if delta["synproxy_cookie_bad"] != 0 {
+		t.Fatalf("cookie_bad %d, want 0: real clients' cookies are valid", delta["synproxy_cookie_bad"])
 	}
 }
