@@ -75,13 +75,14 @@ func setMTU(t *testing.T, ns, dev string, mtu int) {
 	}
 }
 
-// state describes the data plane for a failure message.
-func (x *xdpTopology) state() string {
-	dr, _ := x.d.Drops()
-	fl, _ := x.d.FlowList(x.fe)
+// dataplaneState describes d for a failure message: its drop counters,
+// and f's flows and counters by action.
+func dataplaneState(d *dataplane.Dataplane, f lb.Frontend) string {
+	dr, _ := d.Drops()
+	fl, _ := d.FlowList(f)
 	var cs []string
-	for a := dataplane.Action(0); a < 4; a++ {
-		c, _ := x.d.Counters(x.fe, a)
+	for a := dataplane.ActionPass; a <= dataplane.ActionDrop; a++ {
+		c, _ := d.Counters(f, a)
 		cs = append(cs, a.String()+":"+c.String())
 	}
 	return fmt.Sprintf("drops %v\nflows %v\ncounters %v", dr, fl, cs)
@@ -131,7 +132,7 @@ func TestPathMTU(t *testing.T) {
 		defer cancel()
 		c, err := netns.Dial(ctx, x.topo.Client, "tcp4", front)
 		if err != nil {
-			t.Fatalf("dial %s: %v\n%s", front, err, x.state())
+			t.Fatalf("dial %s: %v\n%s", front, err, dataplaneState(x.d, x.fe))
 		}
 		c.SetDeadline(time.Now().Add(60 * time.Second))
 		return c
@@ -143,14 +144,14 @@ func TestPathMTU(t *testing.T) {
 	for sent := 0; sent < size; sent += len(chunk) {
 		if _, err := c.Write(chunk); err != nil {
 			c.Close()
-			t.Fatalf("upload over an MTU 1400 hop: write after %d bytes: %v\n%s", sent, err, x.state())
+			t.Fatalf("upload over an MTU 1400 hop: write after %d bytes: %v\n%s", sent, err, dataplaneState(x.d, x.fe))
 		}
 	}
 	c.(*net.TCPConn).CloseWrite()
 	reply, err := io.ReadAll(c)
 	c.Close()
 	if want := fmt.Sprintf("%d <nil>\n", size); string(reply) != want {
-		t.Fatalf("upload over an MTU 1400 hop: server answered %q, %v; want %q\n%s", reply, err, want, x.state())
+		t.Fatalf("upload over an MTU 1400 hop: server answered %q, %v; want %q\n%s", reply, err, want, dataplaneState(x.d, x.fe))
 	}
 
 	c = dial()
@@ -158,7 +159,7 @@ func TestPathMTU(t *testing.T) {
 	n, err := io.Copy(io.Discard, c)
 	c.Close()
 	if n != size {
-		t.Fatalf("download over an MTU 1400 hop: %d of %d bytes: %v\n%s", n, size, err, x.state())
+		t.Fatalf("download over an MTU 1400 hop: %d of %d bytes: %v\n%s", n, size, err, dataplaneState(x.d, x.fe))
 	}
 	dr, _ := x.d.Drops()
 	if dr["too_big"] == 0 {

@@ -79,7 +79,7 @@ func TestFirstPacketAfterNeighbourFlush(t *testing.T) {
 
 	tc, err := netns.Dial(t.Context(), x.topo.Client, "tcp4", fmt.Sprintf("%s:80", netns.HomeAddr))
 	if err != nil {
-		t.Fatalf("TCP after the flush: %v\n%s", err, x.state())
+		t.Fatalf("TCP after the flush: %v\n%s", err, dataplaneState(x.d, x.fe))
 	}
 	tc.Close()
 }

@@ -75,14 +75,14 @@ func TestLocalPodClient(t *testing.T) {
 		c, err := netns.Dial(ctx, pod, "tcp4", fmt.Sprintf("%s:80", netns.HomeAddr))
 		cancel()
 		if err != nil {
-			t.Fatalf("connection %d from the pod: %v\n%s", i, err, x.state())
+			t.Fatalf("connection %d from the pod: %v\n%s", i, err, dataplaneState(x.d, x.fe))
 		}
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		fmt.Fprintf(c, "hello %d\n", i)
 		reply, err := bufio.NewReader(c).ReadString('\n')
 		c.Close()
 		if want := fmt.Sprintf(": hello %d\n", i); err != nil || len(reply) < len(want) || reply[len(reply)-len(want):] != want {
-			t.Fatalf("connection %d from the pod: reply %q, %v\n%s", i, reply, err, x.state())
+			t.Fatalf("connection %d from the pod: reply %q, %v\n%s", i, reply, err, dataplaneState(x.d, x.fe))
 		}
 	}
 	dr, _ := x.d.Drops()

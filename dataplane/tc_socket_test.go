@@ -99,18 +99,6 @@ func newTCHost(t *testing.T, serve func(net.Conn)) *tcHost {
 	return &tcHost{d: d, h: h, hs: hs, f: f, a0: a0, server: server}
 }
 
-// state describes the data plane for a failure message.
-func (b *tcHost) state() string {
-	dr, _ := b.d.Drops()
-	fl, _ := b.d.FlowList(b.f)
-	var cs []string
-	for a := dataplane.Action(0); a < 4; a++ {
-		c, _ := b.d.Counters(b.f, a)
-		cs = append(cs, a.String()+":"+c.String())
-	}
-	return fmt.Sprintf("drops %v\nflows %v\ncounters %v", dr, fl, cs)
-}
-
 // TestTCHostFlow: a real TCP connection from a host socket to a frontend is
 // NATed by the tc program on egress to a server in another namespace, and
 // the server's replies are translated back on ingress and delivered to the
@@ -139,7 +127,7 @@ func TestTCHostFlow(t *testing.T) {
 		reply, err := io.ReadAll(conn)
 		conn.Close()
 		if err != nil {
-			t.Fatalf("tx offload %v: read %q: %v\n%s", offload, reply, err, b.state())
+			t.Fatalf("tx offload %v: read %q: %v\n%s", offload, reply, err, dataplaneState(b.d, b.f))
 		}
 		// The server sees the SNAT address and a port from the range.
 		want := fmt.Sprintf(": hello %v\n", offload)
@@ -182,14 +170,14 @@ func TestTCBulkUpload(t *testing.T) {
 		for sent := 0; sent < size; sent += len(chunk) {
 			if _, err := conn.Write(chunk); err != nil {
 				conn.Close()
-				t.Fatalf("tx offload %v: write after %d bytes: %v\n%s", offload, sent, err, b.state())
+				t.Fatalf("tx offload %v: write after %d bytes: %v\n%s", offload, sent, err, dataplaneState(b.d, b.f))
 			}
 		}
 		conn.(*net.TCPConn).CloseWrite()
 		reply, err := io.ReadAll(conn)
 		conn.Close()
 		if want := fmt.Sprintf("%d <nil>\n", size); err != nil || string(reply) != want {
-			t.Fatalf("tx offload %v: server answered %q, %v; want %q\n%s", offload, reply, err, want, b.state())
+			t.Fatalf("tx offload %v: server answered %q, %v; want %q\n%s", offload, reply, err, want, dataplaneState(b.d, b.f))
 		}
 		after, _ := b.d.Counters(b.f, dataplane.ActionRedirect)
 		pkts, bytes := after.Packets-before.Packets, after.Bytes-before.Bytes
