@@ -51,6 +51,16 @@ func runAblations(ctx context.Context, o options) error {
 	if o.ablateOnly != "" {
 		ablations = slices.DeleteFunc(slices.Clone(ablations), func(a ablation) bool { return !strings.Contains(a.name, o.ablateOnly) })
 	}
+	srcs := make([]string, len(ablations)) // each build's C sources
+	for i := range srcs {
+		srcs[i] = o.bpfDir
+	}
+	for _, d := range strings.Split(o.ablateSrc, ",") {
+		if d != "" {
+			ablations = append(slices.Clip(ablations), ablation{"as built in " + d, "0"})
+			srcs = append(srcs, d)
+		}
+	}
 	cflags := os.Getenv("BPF_CFLAGS") // make's, with the multiarch include directory
 	if cflags == "" {
 		cflags = "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu"
@@ -63,8 +73,13 @@ func runAblations(ctx context.Context, o options) error {
 	specs := make([]*ebpf.CollectionSpec, len(ablations))
 	for i, a := range ablations {
 		obj := filepath.Join(dir, fmt.Sprintf("xdp%d.o", i))
+		src := srcs[i]
+		main := filepath.Join(src, "roam.c")
+		if _, err := os.Stat(main); err != nil {
+			main = filepath.Join(src, "xdp.c") // before one object held both programs (c9ad0e4)
+		}
 		args := append(strings.Fields(cflags), "-target", "bpfel", "-mcpu=v3",
-			"-I"+o.bpfDir, "-DROAM_ABLATE=("+a.bits+")", "-c", filepath.Join(o.bpfDir, "roam.c"), "-o", obj)
+			"-I"+src, "-DROAM_ABLATE=("+a.bits+")", "-c", main, "-o", obj)
 		if out, err := exec.CommandContext(ctx, clang, args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("compile %q: %w\n%s", a.name, err, out)
 		}
@@ -140,13 +155,17 @@ func runAblations(ctx context.Context, o options) error {
 	}
 	fmt.Printf("\nroam_xdp ablations: BPF_PROG_TEST_RUN x %d, %d rounds interleaved, CPU %d; ns/packet min (median), established flow\n\n",
 		o.ablateRepeat, o.ablateRounds, o.cpu)
-	fmt.Printf("%-58s", "build")
+	width := 58
+	for _, a := range ablations {
+		width = max(width, len(a.name))
+	}
+	fmt.Printf("%-*s", width, "build")
 	for _, k := range kinds {
 		fmt.Printf(" %14s", k)
 	}
 	fmt.Printf(" %7s\n", "insns")
 	for i, a := range ablations {
-		fmt.Printf("%-58s", a.name)
+		fmt.Printf("%-*s", width, a.name)
 		for _, k := range kinds {
 			fmt.Printf(" %14s", fmt.Sprintf("%.0f (%.0f)", slices.Min(ns[i][k]), median(ns[i][k])))
 		}

@@ -70,6 +70,7 @@ func main() {
 	flag.IntVar(&o.ablateRounds, "ablate-rounds", 30, "rounds of -ablate (every build measured once a round)")
 	flag.IntVar(&o.ablateRepeat, "ablate-repeat", 200_000, "BPF_PROG_TEST_RUN repeat count of one -ablate measurement")
 	flag.StringVar(&o.ablateOnly, "ablate-only", "", "only the -ablate builds whose name contains this")
+	flag.StringVar(&o.ablateSrc, "ablate-src", "", "comma-separated directories holding other versions of bpf/ (e.g. git archive COMMIT bpf | tar -x -C DIR): -ablate measures each as built beside the builds of -bpf-dir, interleaved (an A/B of commits in one run)")
 	frontends := flag.Uint("frontends", 128, "frontends (UDP ports) the flows are spread over")
 	flag.Parse()
 	o.frontends = uint32(*frontends)
@@ -119,6 +120,7 @@ type options struct {
 	ablateRounds      int
 	ablateRepeat      int
 	ablateOnly        string
+	ablateSrc         string
 }
 
 func run(ctx context.Context, o options) (err error) {
