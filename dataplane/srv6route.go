@@ -154,6 +154,9 @@ type SRv6Returns struct {
 type srv6Ret struct {
 	sid netip.Addr
 	seq uint64
+	// adopted: taken over from the kernel by Adopt, not installed by Set
+	// since; such a frontend leaves with its copy too (CopyGone).
+	adopted bool
 }
 
 // NewSRv6Returns keeps return routes in the tables [base, base+count).
@@ -173,6 +176,8 @@ func (s *SRv6Returns) Set(f lb.Frontend, homeSID netip.Addr, remove bool) error 
 	case !had || old.sid != homeSID:
 		s.seq++
 		s.by[f] = srv6Ret{sid: homeSID, seq: s.seq}
+	case old.adopted:
+		s.by[f] = srv6Ret{sid: homeSID, seq: old.seq} // installed now: no longer only adopted
 	}
 	if err := s.sync(a); err != nil {
 		if !remove { // not installed: f's part is not there either
@@ -185,6 +190,74 @@ func (s *SRv6Returns) Set(f lb.Frontend, homeSID netip.Addr, remove bool) error 
 		return err
 	}
 	return nil
+}
+
+// Adopt takes over the return routes an earlier run of the agent left in
+// the kernel: each frontend of copies (the node's copies serving or
+// draining, which outlive the agent in the pinned map) whose address has a
+// rule of ours counts as a user of that address's route, at the SID the
+// route goes to, as if Set had installed it. Without this, the first
+// removal after a restart found no other user of the address and dropped
+// the route its other copies still answer by, until their next install.
+// An adopted frontend that Set does not install again (a direct-return
+// copy beside one without, which the controller never installs) leaves
+// with its copy (CopyGone), so it holds no route for ever. Call it once, at
+// start, before Set.
+func (s *SRv6Returns) Adopt(copies []lb.Frontend) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("adopt srv6 returns: list rules: %w", err)
+	}
+	sids := map[netip.Addr]netip.Addr{} // address -> the SID its table's route goes to
+	for _, r := range rules {
+		if r.Priority != srv6ReturnRulePri || r.Table < s.Base || r.Table >= s.Base+s.Count || r.Src == nil {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(r.Src.IP)
+		if ones, bits := r.Src.Mask.Size(); !ok || ones != bits {
+			continue
+		}
+		a = a.Unmap()
+		fam := netlink.FAMILY_V6
+		if a.Is4() {
+			fam = netlink.FAMILY_V4
+		}
+		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("adopt srv6 return of %s: list table %d: %w", a, r.Table, err)
+		}
+		for _, rt := range routes {
+			if e, ok := rt.Encap.(*netlink.SEG6Encap); ok && len(e.Segments) == 1 {
+				if sid, ok := netip.AddrFromSlice(e.Segments[0]); ok {
+					sids[a] = sid
+				}
+			}
+		}
+	}
+	for _, f := range copies {
+		sid, ok := sids[f.Addr.Unmap()]
+		if _, had := s.by[f]; !ok || had {
+			continue
+		}
+		s.seq++
+		s.by[f] = srv6Ret{sid: sid, seq: s.seq, adopted: true}
+	}
+	return nil
+}
+
+// CopyGone tells that f's copy left the node: an adopted f (Adopt) that
+// was not installed since stops using its address's route, which goes
+// with the address's last user.
+func (s *SRv6Returns) CopyGone(f lb.Frontend) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.by[f]; !ok || !r.adopted {
+		return nil
+	}
+	delete(s.by, f)
+	return s.sync(f.Addr.Unmap())
 }
 
 // HomeSID is the SID the return of address a goes to now (unset: none).

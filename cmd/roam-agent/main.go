@@ -306,7 +306,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		log.Info("srv6 path mode", "sid", o.srv6.SID, "locators", o.srv6.Locators)
 	}
-	api, err := agentapi.NewServer(newSRv6Node(dp), agentapi.ServerConfig{TLS: src, Registerer: reg, Logger: log})
+	node, err := newSRv6Node(dp)
+	if err != nil {
+		return err
+	}
+	api, err := agentapi.NewServer(node, agentapi.ServerConfig{TLS: src, Registerer: reg, Logger: log})
 	if err != nil {
 		return err
 	}

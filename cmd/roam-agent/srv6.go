@@ -42,9 +42,29 @@ type srv6Node struct {
 	returns *dataplane.SRv6Returns
 }
 
-func newSRv6Node(dp *dataplane.Dataplane) *srv6Node {
-	return &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{},
+// newSRv6Node wraps dp; on an SRv6 node it takes over the return routes a
+// previous run of the agent installed for the copies still here
+// (dataplane.SRv6Returns.Adopt).
+func newSRv6Node(dp *dataplane.Dataplane) (*srv6Node, error) {
+	n := &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{},
 		returns: dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)}
+	if !dp.SRv6Config().SID.IsValid() {
+		return n, nil
+	}
+	copies, err := dp.SRv6Copies()
+	if err != nil {
+		return nil, err
+	}
+	var here []lb.Frontend
+	for f, s := range copies {
+		if s != dataplane.SRv6Gone {
+			here = append(here, f)
+		}
+	}
+	if err := n.returns.Adopt(here); err != nil {
+		return nil, err
+	}
+	return n, nil
 }
 
 func hostPrefix(a netip.Addr) *net.IPNet {
@@ -70,6 +90,9 @@ func (n *srv6Node) SetSRv6Copy(f lb.Frontend, s dataplane.SRv6State) error {
 	}
 	if err := n.Dataplane.SetSRv6Copy(f, s); err != nil {
 		return err
+	}
+	if err := n.returns.CopyGone(f); err != nil {
+		return fmt.Errorf("srv6 copy %s gone: %w", f, err)
 	}
 	delete(n.copies[a], f)
 	if len(n.copies[a]) == 0 && n.added[a] {
