@@ -71,8 +71,12 @@
 #define PORT_RETRIES 16 /* SNAT port picks tried before counting exhaustion */
 #endif
 
-/* Target kinds: the same numbers as lb.TargetKind (dataplane/lb) in Go. */
-enum target_kind {
+/*
+ * Target kinds: the same numbers as lb.TargetKind (dataplane/lb) in Go. One
+ * byte (struct target.kind, struct ct_value.kind), so the enum is in the
+ * object's BTF, where dataplane's TestTargetKindsMatchBPF holds Go to it.
+ */
+enum target_kind : __u8 {
 	TARGET_NONE = 0,
 	TARGET_LOCAL = 1,
 	TARGET_REDIRECT = 2,

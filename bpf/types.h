@@ -18,7 +18,7 @@ struct frontend_key {
 struct target {
 	__u8 addr[16];
 	__be16 port;
-	__u8 kind;
+	enum target_kind kind;
 	__u8 family;
 	__u8 nsegs;
 	__u8 pad;
@@ -76,7 +76,7 @@ struct ct_value {
 	__u8 snat_addr[16];
 	__be16 target_port;
 	__be16 snat_port;
-	__u8 kind;
+	enum target_kind kind;
 	__u8 family;
 	__u8 csum_set;	 /* 1: csum_addrs and csum_ports are set (0 in entries of older builds: computed per packet) */
 	__u8 pad;

@@ -155,7 +155,8 @@ func (f *Frontend) UnmarshalText(b []byte) error { return parseText(f, ParseFron
 // TargetKind says what the data plane does with a frontend's packets.
 type TargetKind uint8
 
-// Target kinds. The numbers are the ones the BPF programs use.
+// Target kinds. The numbers are the BPF programs' (bpf/consts.h enum
+// target_kind; dataplane's TestTargetKindsMatchBPF holds the two together).
 const (
 	TargetNone     TargetKind = 0 // empty slot
 	TargetLocal    TargetKind = 1 // pass to the kernel: the service runs here
