@@ -333,13 +333,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 			count_reason(REASON_SYN_RECV_STALE);
 			return ROAM_STALE_RESET(ctx);
 		}
-		__builtin_memcpy(x.src, nv->front_addr, 16);
-		__builtin_memcpy(x.dst, nv->client_addr, 16);
-		x.sport = nv->front_port;
-		x.dport = nv->client_port;
-		x.id = nv->frontend_id;
-		x.counter = nv->counter;
-		x.action = ACTION_REVERSE;
+		xlate_reverse(&x, nv);
 	} else {
 		struct ct_key k = {};
 		ct_key_from_pkt(&k, &p);
@@ -389,12 +383,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 			if (rc != VERDICT_FLOW)
 				return rc;
 		}
-		__builtin_memcpy(x.src, cv->snat_addr, 16);
-		__builtin_memcpy(x.dst, cv->target_addr, 16);
-		x.sport = cv->snat_port;
-		x.dport = cv->target_port;
-		x.action = ACTION_REDIRECT;
-		x.counter = cv->counter;
+		xlate_redirect(&x, cv);
 		x.csum_addrs = cv->csum_addrs;
 		x.csum_ports = cv->csum_ports;
 		x.csum_set = cv->csum_set;

@@ -74,29 +74,50 @@ struct {
 } roam_icmp_state SEC(".maps");
 
 /*
- * icmp_error_fill writes, over a frame resized to hold them (Ethernet, the
- * new IP and ICMP headers, then the old Ethernet header's place and the
- * quote), the ICMP error of kind about the packet that follows: back to
- * the hop it came from (MAC addresses swapped), from the address it was
- * sent to (a frontend or the SNAT address), quoting its start; mtu: a
- * too-big's next-hop MTU. Returns 0, or -1 if the frame is shorter.
- * Shared by both attach points; kind is a constant at each call.
+ * icmp_error_start begins an ICMP error (v4 and quote constant at each
+ * call) over a frame resized to hold Ethernet, the new IP and ICMP headers,
+ * then the old Ethernet header's place and the quote: the Ethernet header
+ * back to the hop the packet came from (MAC addresses swapped), and the
+ * ICMP header's type, code and rest, its checksum zero. Returns the ICMP
+ * header (the quote follows it), or NULL if the frame is shorter.
+ */
+static __always_inline struct icmp_hdr *icmp_error_start(void *data, void *data_end, const int v4, const __u32 quote,
+							 __u8 type, __u8 code, __be32 rest)
+{
+	struct eth_hdr *neth = data;
+	struct eth_hdr *oeth = data + ICMP_ADD(v4);
+	struct icmp_hdr *ic = data + L3_OFF + ICMP_ADD(v4) - sizeof(struct icmp_hdr);
+	if ((void *)(ic + 1) + quote > data_end)
+		return NULL;
+	/* The old Ethernet header overlaps the new IP and ICMP headers: read it first. */
+	__builtin_memcpy(neth->dst, oeth->src, ETH_ALEN_);
+	__builtin_memcpy(neth->src, oeth->dst, ETH_ALEN_);
+	neth->proto = v4 ? bpf_htons(ETH_P_IP_) : bpf_htons(ETH_P_IPV6_);
+	ic->type = type;
+	ic->code = code;
+	ic->check = 0;
+	ic->rest = rest;
+	return ic;
+}
+
+/*
+ * icmp_error_fill writes, over a frame resized to hold them
+ * (icmp_error_start), the ICMP error of kind about the packet that follows,
+ * from the address it was sent to (a frontend or the SNAT address),
+ * quoting its start; mtu: a too-big's next-hop MTU. Returns 0, or -1 if
+ * the frame is shorter. Shared by both attach points; kind is a constant
+ * at each call.
  */
 static __always_inline int icmp_error_fill(void *data, void *data_end, int v4, int kind, __u32 mtu)
 {
-	struct eth_hdr *neth = data;
+	int big = kind == ICMP_ERR_TOO_BIG;
 	if (v4) {
 		const __u32 quote = ICMP_QUOTE(kind, 1);
-		struct eth_hdr *oeth = data + sizeof(struct ip4_hdr) + sizeof(struct icmp_hdr);
-		struct ip4_hdr *ip = data + L3_OFF;
-		struct icmp_hdr *ic = data + L4_OFF4;
-		struct ip4_hdr *orig = data + ICMP4_IN_L3;
-		if ((void *)orig + quote > data_end)
+		struct icmp_hdr *ic = icmp_error_start(data, data_end, 1, quote, big ? ICMP_DEST_UNREACH : ICMP_TIME_EXCEEDED,
+						       big ? ICMP_FRAG_NEEDED : 0, big ? bpf_htonl(mtu & 0xffff) : 0);
+		if (!ic)
 			return -1;
-		/* The old Ethernet header overlaps the new IP header: read it first. */
-		__builtin_memcpy(neth->dst, oeth->src, ETH_ALEN_);
-		__builtin_memcpy(neth->src, oeth->dst, ETH_ALEN_);
-		neth->proto = bpf_htons(ETH_P_IP_);
+		struct ip4_hdr *ip = data + L3_OFF, *orig = (void *)(ic + 1);
 		ip->ver_ihl = 0x45;
 		ip->tos = 0;
 		ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*ic) + quote);
@@ -108,33 +129,21 @@ static __always_inline int icmp_error_fill(void *data, void *data_end, int v4, i
 		ip->saddr = orig->daddr;
 		ip->daddr = orig->saddr;
 		ip->check = csum_fold_neg((__u32)bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
-		ic->type = kind == ICMP_ERR_TOO_BIG ? ICMP_DEST_UNREACH : ICMP_TIME_EXCEEDED;
-		ic->code = kind == ICMP_ERR_TOO_BIG ? ICMP_FRAG_NEEDED : 0;
-		ic->check = 0;
-		ic->rest = kind == ICMP_ERR_TOO_BIG ? bpf_htonl(mtu & 0xffff) : 0;
 		ic->check = csum_fold_neg((__u32)bpf_csum_diff(0, 0, (__be32 *)ic, sizeof(*ic) + quote, 0));
 		return 0;
 	}
 	const __u32 quote = ICMP_QUOTE(kind, 0);
-	struct eth_hdr *oeth = data + sizeof(struct ip6_hdr) + sizeof(struct icmp_hdr);
-	struct ip6_hdr *ip6 = data + L3_OFF;
-	struct icmp_hdr *ic = data + L4_OFF6;
-	struct ip6_hdr *orig = data + ICMP6_IN_L3;
-	if ((void *)orig + quote > data_end)
+	struct icmp_hdr *ic = icmp_error_start(data, data_end, 0, quote, big ? ICMPV6_PKT_TOOBIG : ICMPV6_TIME_EXCEED, 0,
+					       big ? bpf_htonl(mtu) : 0);
+	if (!ic)
 		return -1;
-	__builtin_memcpy(neth->dst, oeth->src, ETH_ALEN_);
-	__builtin_memcpy(neth->src, oeth->dst, ETH_ALEN_);
-	neth->proto = bpf_htons(ETH_P_IPV6_);
+	struct ip6_hdr *ip6 = data + L3_OFF, *orig = (void *)(ic + 1);
 	ip6->vtc_flow = bpf_htonl(6 << 28);
 	ip6->payload_len = bpf_htons(sizeof(*ic) + quote);
 	ip6->nexthdr = IPPROTO_ICMPV6_;
 	ip6->hop_limit = 64;
 	__builtin_memcpy(ip6->saddr, orig->daddr, 16);
 	__builtin_memcpy(ip6->daddr, orig->saddr, 16);
-	ic->type = kind == ICMP_ERR_TOO_BIG ? ICMPV6_PKT_TOOBIG : ICMPV6_TIME_EXCEED;
-	ic->code = 0;
-	ic->check = 0;
-	ic->rest = kind == ICMP_ERR_TOO_BIG ? bpf_htonl(mtu) : 0;
 	/* The pseudo-header: addresses, upper-layer length, next header. */
 	__be32 tail[2] = {bpf_htonl(sizeof(*ic) + quote), bpf_htonl(IPPROTO_ICMPV6_)};
 	__u32 sum = bpf_csum_diff(0, 0, (__be32 *)ip6->saddr, 32, 0);
@@ -275,26 +284,15 @@ static __noinline int roam_icmp(ROAM_CTX *ctx, struct pkt *p, struct xlate *x)
 		struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, k);
 		if (!nv)
 			return VERDICT_PASS;
-		__builtin_memcpy(x->src, nv->front_addr, 16);
-		__builtin_memcpy(x->dst, nv->client_addr, 16);
-		x->sport = nv->front_port;
-		x->dport = nv->client_port;
-		x->id = nv->frontend_id;
-		x->counter = nv->counter;
-		x->action = ACTION_REVERSE;
+		xlate_reverse(x, nv);
 		return VERDICT_FLOW;
 	}
 	/* It quotes frontend -> client: k is the flow's forward key. */
 	struct ct_value *cv = bpf_map_lookup_elem(&roam_conntrack, k);
 	if (!cv || cv->kind != TARGET_REDIRECT)
 		return VERDICT_PASS;
-	__builtin_memcpy(x->src, cv->snat_addr, 16);
-	__builtin_memcpy(x->dst, cv->target_addr, 16);
-	x->sport = cv->snat_port;
-	x->dport = cv->target_port;
+	xlate_redirect(x, cv);
 	x->id = cv->frontend_id;
-	x->counter = cv->counter;
-	x->action = ACTION_REDIRECT;
 	return VERDICT_FLOW;
 }
 

@@ -208,6 +208,29 @@ static __always_inline void flow_csum(struct ct_value *fv, const struct pkt *p)
 	fv->csum_set = 1;
 }
 
+/* xlate_reverse sets x to take a reply of nv's flow back to its client (frontend -> client), counted under its frontend. */
+static __always_inline void xlate_reverse(struct xlate *x, const struct nat_value *nv)
+{
+	__builtin_memcpy(x->src, nv->front_addr, 16);
+	__builtin_memcpy(x->dst, nv->client_addr, 16);
+	x->sport = nv->front_port;
+	x->dport = nv->client_port;
+	x->id = nv->frontend_id;
+	x->counter = nv->counter;
+	x->action = ACTION_REVERSE;
+}
+
+/* xlate_redirect sets x to send a packet of cv's flow to its target (SNAT address -> target); x->id is the caller's. */
+static __always_inline void xlate_redirect(struct xlate *x, const struct ct_value *cv)
+{
+	__builtin_memcpy(x->src, cv->snat_addr, 16);
+	__builtin_memcpy(x->dst, cv->target_addr, 16);
+	x->sport = cv->snat_port;
+	x->dport = cv->target_port;
+	x->action = ACTION_REDIRECT;
+	x->counter = cv->counter;
+}
+
 #endif /* NAT_H */
 
 /* Each program's own: roam.c compiles this part once for XDP, once for tc. */
