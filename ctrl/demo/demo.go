@@ -280,45 +280,25 @@ type udpRW struct {
 
 func replyFromDst(pc net.PacketConn) udpRW {
 	if ua, ok := pc.LocalAddr().(*net.UDPAddr); ok && ua.IP.To4() != nil {
-		p := ipv4.NewPacketConn(pc)
-		if p.SetControlMessage(ipv4.FlagDst, true) == nil {
-			return udpRW{
-				read: func(b []byte) (int, net.Addr, net.IP, error) {
-					n, cm, from, err := p.ReadFrom(b)
-					var dst net.IP
-					if cm != nil {
-						dst = cm.Dst
-					}
-					return n, from, dst, err
-				},
-				write: func(b []byte, to net.Addr, src net.IP) error {
-					_, err := p.WriteTo(b, &ipv4.ControlMessage{Src: src}, to)
-					return err
-				},
-			}
+		if p := ipv4.NewPacketConn(pc); p.SetControlMessage(ipv4.FlagDst, true) == nil {
+			return pktinfoRW(p,
+				func(cm *ipv4.ControlMessage) net.IP { return cm.Dst },
+				func(src net.IP) *ipv4.ControlMessage { return &ipv4.ControlMessage{Src: src} })
 		}
-	} else {
-		p := ipv6.NewPacketConn(pc)
-		if p.SetControlMessage(ipv6.FlagDst, true) == nil {
-			return udpRW{
-				read: func(b []byte) (int, net.Addr, net.IP, error) {
-					n, cm, from, err := p.ReadFrom(b)
-					var dst net.IP
-					if cm != nil && cm.Dst.To4() == nil {
-						dst = cm.Dst
-					}
-					return n, from, dst, err
-				},
-				write: func(b []byte, to net.Addr, src net.IP) error {
-					var cm *ipv6.ControlMessage
-					if src != nil {
-						cm = &ipv6.ControlMessage{Src: src}
-					}
-					_, err := p.WriteTo(b, cm, to)
-					return err
-				},
-			}
-		}
+	} else if p := ipv6.NewPacketConn(pc); p.SetControlMessage(ipv6.FlagDst, true) == nil {
+		return pktinfoRW(p,
+			func(cm *ipv6.ControlMessage) net.IP {
+				if cm.Dst.To4() == nil {
+					return cm.Dst
+				}
+				return nil
+			},
+			func(src net.IP) *ipv6.ControlMessage {
+				if src == nil {
+					return nil
+				}
+				return &ipv6.ControlMessage{Src: src}
+			})
 	}
 	return udpRW{
 		read: func(b []byte) (int, net.Addr, net.IP, error) {
@@ -327,6 +307,29 @@ func replyFromDst(pc net.PacketConn) udpRW {
 		},
 		write: func(b []byte, to net.Addr, _ net.IP) error {
 			_, err := pc.WriteTo(b, to)
+			return err
+		},
+	}
+}
+
+// pktinfoRW is a udpRW over an ipv4 or ipv6 PacketConn p with FlagDst set:
+// dst is the address a datagram's control message says it was sent to (nil:
+// none to answer from), withSrc the control message that sends from src.
+func pktinfoRW[CM any](p interface {
+	ReadFrom([]byte) (int, *CM, net.Addr, error)
+	WriteTo([]byte, *CM, net.Addr) (int, error)
+}, dst func(*CM) net.IP, withSrc func(src net.IP) *CM) udpRW {
+	return udpRW{
+		read: func(b []byte) (int, net.Addr, net.IP, error) {
+			n, cm, from, err := p.ReadFrom(b)
+			var to net.IP
+			if cm != nil {
+				to = dst(cm)
+			}
+			return n, from, to, err
+		},
+		write: func(b []byte, to net.Addr, src net.IP) error {
+			_, err := p.WriteTo(b, withSrc(src), to)
 			return err
 		},
 	}
