@@ -23,12 +23,15 @@ import (
 
 // Generic netlink of seg6 (linux/seg6_genl.h).
 const (
-	seg6GenlName      = "SEG6"
-	seg6CmdSetTunsrc  = 3
-	seg6AttrDst       = 1
-	seg6GenlVersion   = 1
-	srv6ReturnRulePri = 1000 // before the main table's rule (32766)
+	seg6GenlName     = "SEG6"
+	seg6CmdSetTunsrc = 3
+	seg6AttrDst      = 1
+	seg6GenlVersion  = 1
 )
+
+// SRv6ReturnRulePriority is the priority of the return routes' rules
+// (SRv6Return): before the main table's (32766).
+const SRv6ReturnRulePriority = 1000
 
 // SetSRv6TunnelSource sets the outer source of every seg6 encapsulation of
 // this namespace (`ip sr tunsrc set`): the node's SID.
@@ -61,7 +64,7 @@ func (r SRv6Return) rule() *netlink.Rule {
 	rule := netlink.NewRule()
 	rule.Src = hostNet(r.Frontend)
 	rule.Table = r.Table
-	rule.Priority = srv6ReturnRulePri
+	rule.Priority = SRv6ReturnRulePriority
 	rule.Family = netlink.FAMILY_V6
 	if r.Frontend.Unmap().Is4() {
 		rule.Family = netlink.FAMILY_V4
@@ -212,7 +215,7 @@ func (s *SRv6Returns) Adopt(copies []lb.Frontend) error {
 	}
 	sids := map[netip.Addr]netip.Addr{} // address -> the SID its table's route goes to
 	for _, r := range rules {
-		if r.Priority != srv6ReturnRulePri || r.Table < s.Base || r.Table >= s.Base+s.Count || r.Src == nil {
+		if r.Priority != SRv6ReturnRulePriority || r.Table < s.Base || r.Table >= s.Base+s.Count || r.Src == nil {
 			continue
 		}
 		a, ok := netip.AddrFromSlice(r.Src.IP)
@@ -286,7 +289,7 @@ func (s *SRv6Returns) sync(a netip.Addr) error {
 	used := map[int]bool{}
 	var mine []int // tables of a's rules
 	for _, r := range rules {
-		if r.Priority != srv6ReturnRulePri || r.Table < s.Base || r.Table >= s.Base+s.Count {
+		if r.Priority != SRv6ReturnRulePriority || r.Table < s.Base || r.Table >= s.Base+s.Count {
 			continue
 		}
 		used[r.Table] = true

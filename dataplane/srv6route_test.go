@@ -2,12 +2,9 @@ package dataplane
 
 import (
 	"hash/fnv"
-	"net"
 	"net/netip"
 	"strconv"
 	"testing"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
@@ -18,29 +15,7 @@ import (
 // the SIDs their default routes encapsulate to.
 func srv6ReturnState(t *testing.T, a netip.Addr) (tables []int, sids []netip.Addr) {
 	t.Helper()
-	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range rules {
-		if r.Priority != srv6ReturnRulePri || r.Src == nil {
-			continue
-		}
-		if src, ok := netip.AddrFromSlice(r.Src.IP); ok && src.Unmap() == a {
-			tables = append(tables, r.Table)
-			routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, rt := range routes {
-				if e, ok := rt.Encap.(*netlink.SEG6Encap); ok && len(e.Segments) == 1 {
-					sid, _ := netip.AddrFromSlice(e.Segments[0])
-					sids = append(sids, sid)
-				}
-			}
-		}
-	}
-	return tables, sids
+	return netns.SRv6ReturnState(t, a, SRv6ReturnRulePriority)
 }
 
 // TestSRv6ReturnsSharedAddress: two services of one home at one location
@@ -54,25 +29,7 @@ func srv6ReturnState(t *testing.T, a netip.Addr) (tables []int, sids []netip.Add
 // old fnv choice gets a table of its own. Real rules and seg6 routes in a
 // namespace.
 func TestSRv6ReturnsSharedAddress(t *testing.T) {
-	h := netns.Enter(t)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	dev := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "rt0"}, PeerName: "rt1"}
-	if err := h.LinkAdd(dev); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(dev); err != nil {
-		t.Fatal(err)
-	}
-	_, under, _ := net.ParseCIDR("fc00::/16")
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: dev.Attrs().Index, Dst: under}); err != nil {
-		t.Fatal(err)
-	}
+	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
 	home0, home1 := netip.MustParseAddr("fc00:0:1::1"), netip.MustParseAddr("fc00:0:1:1::1")
 	fe := netip.MustParseAddr("10.201.1.1")
 	f80 := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}

@@ -1,47 +1,14 @@
 package main
 
 import (
-	"net"
 	"net/netip"
 	"testing"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
-
-// returnSIDs are the SIDs the kernel of the test's namespace sends the
-// answers from a to: the seg6 routes of the tables a's rules name.
-func returnSIDs(t *testing.T, a netip.Addr) []netip.Addr {
-	t.Helper()
-	rules, err := netlink.RuleList(netlink.FAMILY_V4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sids []netip.Addr
-	for _, r := range rules {
-		if r.Src == nil || r.Table < srv6TableBase || r.Table >= srv6TableBase+srv6Tables {
-			continue
-		}
-		if src, ok := netip.AddrFromSlice(r.Src.IP); !ok || src.Unmap() != a {
-			continue
-		}
-		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, rt := range routes {
-			if e, ok := rt.Encap.(*netlink.SEG6Encap); ok && len(e.Segments) == 1 {
-				sid, _ := netip.AddrFromSlice(e.Segments[0])
-				sids = append(sids, sid)
-			}
-		}
-	}
-	return sids
-}
 
 // TestSRv6ReturnsAfterRestart injects an agent restart at a location
 // where three services of one home share a frontend address: two (ports
@@ -55,25 +22,7 @@ func returnSIDs(t *testing.T, a netip.Addr) []netip.Addr {
 // takes it (no route held for ever by a copy that never asked for one).
 // Real rules and seg6 routes in a namespace, a real pinned data plane.
 func TestSRv6ReturnsAfterRestart(t *testing.T) {
-	h := netns.Enter(t)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	dev := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "rr0"}, PeerName: "rr1"}
-	if err := h.LinkAdd(dev); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(dev); err != nil {
-		t.Fatal(err)
-	}
-	_, under, _ := net.ParseCIDR("fc00::/16")
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: dev.Attrs().Index, Dst: under}); err != nil {
-		t.Fatal(err)
-	}
+	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
 	home := netip.MustParseAddr("fc00:0:1::1")
 	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
 		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
@@ -89,7 +38,7 @@ func TestSRv6ReturnsAfterRestart(t *testing.T) {
 	}
 	want := func(step string, routed bool) {
 		t.Helper()
-		sids := returnSIDs(t, fe)
+		_, sids := netns.SRv6ReturnState(t, fe, dataplane.SRv6ReturnRulePriority)
 		if routed && (len(sids) != 1 || sids[0] != home) {
 			t.Fatalf("%s: %s's answers routed to %v, want one route to %s", step, fe, sids, home)
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -215,4 +216,64 @@ func (t *SRv6Topology) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// EnterUnderlay is Enter for tests of a location's return routes: in the
+// fresh namespace lo is up and the underlay prefix is routed out of a veth
+// rt0 (its peer rt1 in the same namespace), where a seg6 route to a SID
+// inside it can go.
+func EnterUnderlay(t testing.TB, underlay netip.Prefix) {
+	t.Helper()
+	h := Enter(t)
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	dev := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "rt0"}, PeerName: "rt1"}
+	if err := h.LinkAdd(dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: dev.Attrs().Index, Dst: ipnet(underlay)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SRv6ReturnState is how the kernel of the calling thread's namespace
+// routes the answers from a: the tables of a's rules at priority pri, and
+// the SIDs their seg6 routes encapsulate to.
+func SRv6ReturnState(t testing.TB, a netip.Addr, pri int) (tables []int, sids []netip.Addr) {
+	t.Helper()
+	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fam := netlink.FAMILY_V6
+	if a.Unmap().Is4() {
+		fam = netlink.FAMILY_V4
+	}
+	for _, r := range rules {
+		if r.Priority != pri || r.Src == nil {
+			continue
+		}
+		if src, ok := netip.AddrFromSlice(r.Src.IP); ok && src.Unmap() == a.Unmap() {
+			tables = append(tables, r.Table)
+			routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, rt := range routes {
+				if e, ok := rt.Encap.(*netlink.SEG6Encap); ok && len(e.Segments) == 1 {
+					sid, _ := netip.AddrFromSlice(e.Segments[0])
+					sids = append(sids, sid)
+				}
+			}
+		}
+	}
+	return tables, sids
 }
