@@ -440,17 +440,20 @@ func TestCompactView(t *testing.T) {
 		return len(st) == 1 && st[0].Hello.ClusterID == "x" && st[0].State == "alive"
 	})
 	base := written()
-	// 30 hellos, nothing material changes: no write (the next refresh is
-	// 30 intervals away).
+	// 30 hellos over 1.5 s (many flushes and a liveness sweep), nothing
+	// material changes: no write (the next refresh is 30 intervals away).
+	// They keep x alive: a pause of 1.5 intervals after the last would
+	// make it suspect, a state change, rightly written.
 	for range 30 {
 		if err := x.PublishHello(ctx(t), h); err != nil {
 			t.Fatal(err)
 		}
+		time.Sleep(iv / 20)
 	}
 	waitFor(t, "hellos taken in", func() bool {
 		return metricValue(t, s, "roam_meta_hellos_total", map[string]string{"result": "accepted"}) == 31
 	})
-	time.Sleep(2 * iv) // two flushes
+	time.Sleep(5 * viewFlushEvery) // flushes after the last hello
 	if n := written() - base; n != 0 {
 		t.Fatalf("%v summaries written for 30 unchanged hellos", n)
 	}

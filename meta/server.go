@@ -396,7 +396,7 @@ func (s *Server) runStore(ctx context.Context) {
 	case <-ctx.Done():
 	}
 	s.serving.restoredNow()
-	view.run(ctx, s.cfg.HelloInterval/2)
+	view.run(ctx, min(s.cfg.HelloInterval/2, viewFlushEvery))
 	wg.Wait()
 }
 

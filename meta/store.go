@@ -196,6 +196,14 @@ func (w *viewWriter) check(c *Cluster, st State, now time.Time) {
 	}
 }
 
+// viewFlushEvery is how often the dirty summaries are written (half a
+// hello interval if shorter). The clusters' hellos mark them dirty spread
+// over the interval, so a short period writes them as they come, a few at
+// a time: at 10,000 clusters the refreshes alone are 333 writes a second,
+// which every 500 ms made a burst of ~170 writes, their acks and their
+// echoes on the watch, for placements to wait behind.
+const viewFlushEvery = 20 * time.Millisecond
+
 // flushBatch is how many summary writes flush pipelines before it waits
 // for their acks (the JetStream client stalls beyond 4,000 in flight).
 const flushBatch = 1024
