@@ -282,18 +282,27 @@ func (c *Client) Reroute(ctx context.Context, fs []lb.Frontend, ts []lb.Target) 
 	if len(out.Generations) != len(fs) {
 		return RerouteTimes{}, fmt.Errorf("reroute %v: %d generations in the reply", fs, len(out.Generations))
 	}
-	return RerouteTimes{Stage: usDur(out.StageUs), Commit: usDur(out.CommitUs), Agent: usDur(out.AgentUs), OneCall: true}, nil
+	t := RerouteTimes{Stage: usDur(out.StageUs), Commit: usDur(out.CommitUs), Agent: usDur(out.AgentUs), OneCall: true}
+	if out.ReceivedNs != 0 && out.AnsweredNs != 0 {
+		t.Received, t.Answered = time.Unix(0, out.ReceivedNs), time.Unix(0, out.AnsweredNs)
+	}
+	return t, nil
 }
 
 // RerouteTimes is how long a reroute's halves took: the data plane's own
 // time when one call per node made both (OneCall), else the stage calls'
 // and the commit calls' wall time on every node. Agent is, for one call,
 // the agent's own time in it (its handler, from the request read until
-// the answer is written; 0 from an agent that does not say): the rest of
-// the call's wall time is the wire, both ends' wake-ups and the caller.
+// the answer is ready to write; 0 from an agent that does not say): the
+// rest of the call's wall time is the wire, both ends' wake-ups and the
+// caller. Received and Answered are those two moments on the agent's
+// wall clock (zero from an agent that does not say): beside the caller's
+// own on the same host they split that rest into the request's way and
+// the answer's.
 type RerouteTimes struct {
 	Stage, Commit, Agent time.Duration
 	OneCall              bool
+	Received, Answered   time.Time
 }
 
 func usDur(us float64) time.Duration { return time.Duration(us * 1e3) }

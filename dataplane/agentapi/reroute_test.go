@@ -36,6 +36,15 @@ func TestRerouteOneCall(t *testing.T) {
 		if times.Agent < times.Stage+times.Commit-time.Microsecond || times.Agent > wall {
 			t.Fatalf("reroute times %+v in a call of %s: want stage+commit <= agent <= the call", times, wall)
 		}
+		// The agent's wall clock (the same host's): its handler entered
+		// and its answer ready within the call, Agent apart.
+		end := time.Now()
+		if times.Received.Before(t0) || times.Answered.Before(times.Received) || times.Answered.After(end) {
+			t.Fatalf("reroute times %+v in a call from %s to %s: want the handler's entry and answer within it, in that order", times, t0, end)
+		}
+		if d := times.Answered.Sub(times.Received) - times.Agent; d < -time.Microsecond || d > time.Microsecond {
+			t.Fatalf("reroute times %+v: answered - received %s, want agent's %s (µs in the reply)", times, times.Answered.Sub(times.Received), times.Agent)
+		}
 		a.wantSlots(t, "after the reroute", fs, ts, false)
 	}
 	if n := counter(t, a.reg, "roam_agent_api_requests_total", "route", "reroute"); n != 2 {

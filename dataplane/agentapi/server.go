@@ -12,7 +12,8 @@
 //	POST /v1/abort  {frontend, generation} → {} (generation 0 = whatever is staged)
 //	POST /v1/stages {stages: [{frontend, target}]} → {generations} (all or nothing)
 //	POST /v1/commits {commits: [{frontend, generation}]} → {}
-//	POST /v1/reroute {stages: [{frontend, target}]} → {generations, stage_us, commit_us, agent_us}
+//	POST /v1/reroute {stages: [{frontend, target}]} → {generations, stage_us, commit_us, agent_us,
+//	                                     received_unix_ns, answered_unix_ns}
 //	                                     (stages all, all or nothing, then commits all: a
 //	                                     node's whole reroute in one call; an error that
 //	                                     committed nothing says "outcome": "not_committed")
@@ -437,12 +438,17 @@ type stagesReply struct {
 // the data plane's time for the stages and for the commits, and the
 // agent's own for the call (µs): from its handler's entry (the request's
 // head read; reading and decoding the body are in it) until this answer
-// is ready to write, taken before sendNow encodes and writes it.
+// is ready to write, taken before sendNow encodes and writes it; and
+// those two moments on the agent's wall clock (Unix ns), which a caller
+// on the same host (the testbed, the benchmark) sets beside its own to
+// split the rest of the call into the request's way and the answer's.
 type rerouteReply struct {
 	Generations []uint64 `json:"generations"`
 	StageUs     float64  `json:"stage_us"`
 	CommitUs    float64  `json:"commit_us"`
 	AgentUs     float64  `json:"agent_us,omitempty"`
+	ReceivedNs  int64    `json:"received_unix_ns,omitempty"`
+	AnsweredNs  int64    `json:"answered_unix_ns,omitempty"`
 }
 
 // commitsRequest commits several frontends in one call.
@@ -641,7 +647,9 @@ func (s *Server) reroute(w http.ResponseWriter, r *http.Request) error {
 	}
 	reply := rerouteReply{Generations: gens, StageUs: us(times[0]), CommitUs: us(times[1])}
 	if sw, ok := w.(*statusWriter); ok {
-		reply.AgentUs = us(time.Since(sw.start))
+		now := time.Now()
+		reply.AgentUs = us(now.Sub(sw.start))
+		reply.ReceivedNs, reply.AnsweredNs = sw.start.UnixNano(), now.UnixNano()
 	}
 	sendNow(w, reply)
 	logged()

@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/roamnet/roam/ctrl/pki"
@@ -93,7 +89,7 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 	}
 	// The home's roam processes, whose slice the one-call rounds
 	// alternate; put back as built at the end.
-	pids, err := roamPIDs(home.NS)
+	pids, err := pidsIn(home.NS, "roam-agent", "roam-ctrl")
 	if err != nil {
 		return sync, h2, one, oneShort, inAgent, err
 	}
@@ -123,8 +119,12 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 			if err != nil {
 				return sync, h2, one, oneShort, inAgent, err
 			}
-			*fig = append(*fig, float64(time.Since(t0).Nanoseconds())/1e3)
+			t1 := time.Now()
+			*fig = append(*fig, float64(t1.Sub(t0).Nanoseconds())/1e3)
 			if fig == &one {
+				// The agent's wall clock beside ours (one host).
+				inAgent.to = append(inAgent.to, us(times.Received.Sub(t0)))
+				inAgent.back = append(inAgent.back, us(t1.Sub(times.Answered)))
 				inAgent.agent = append(inAgent.agent, us(times.Agent))
 				inAgent.stage = append(inAgent.stage, us(times.Stage))
 				inAgent.commit = append(inAgent.commit, us(times.Commit))
@@ -160,29 +160,14 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 
 // agentShare is the agent's own share of each one-call reroute as built
 // (µs, from its answer): its handler's time (the request read until the
-// answer is ready to write) and, within it, the data plane's stage and commit.
+// answer is ready to write) and, within it, the data plane's stage and
+// commit; and, from the agent's wall clock beside the caller's, the
+// request's way (the call made until the agent's handler was entered:
+// the write, the wire, the agent's wake-up, TLS and the request's head)
+// and the answer's (ready to write until the call returned: the write,
+// the wire, the caller's wake-up, TLS, the answer read and decoded).
 type agentShare struct {
-	agent, stage, commit []float64
-}
-
-// roamPIDs are the roam-agent and roam-ctrl processes in ns.
-func roamPIDs(ns string) ([]int, error) {
-	out, err := exec.Command("ip", "netns", "pids", ns).Output()
-	if err != nil {
-		return nil, fmt.Errorf("list processes of %s: %w", ns, err)
-	}
-	var pids []int
-	for _, f := range strings.Fields(string(out)) {
-		comm, err := os.ReadFile("/proc/" + f + "/comm")
-		if c := strings.TrimSpace(string(comm)); err == nil && (c == "roam-agent" || c == "roam-ctrl") {
-			pid, _ := strconv.Atoi(f)
-			pids = append(pids, pid)
-		}
-	}
-	if len(pids) == 0 {
-		return nil, fmt.Errorf("no roam-agent or roam-ctrl in %s", ns)
-	}
-	return pids, nil
+	agent, stage, commit, to, back []float64
 }
 
 func setSlices(pids []int, d time.Duration) error {
@@ -213,8 +198,8 @@ func printAgentCalls(sync, h2 stageCommit, one, oneShort []float64, inAgent agen
 	for i := range one {
 		rest[i] = one[i] - inAgent.agent[i]
 	}
-	fmt.Printf("    where it goes, p50: in the agent %.0f (its handler, request read to answer ready to write; the data plane's stage %.0f and commit %.0f in it), the rest %.0f (the request's and the answer's way, each end's wake-up, the caller's own work)\n",
-		q(inAgent.agent, 0.5), q(inAgent.stage, 0.5), q(inAgent.commit, 0.5), q(rest, 0.5))
+	fmt.Printf("    where it goes, p50: in the agent %.0f (its handler, request read to answer ready to write; the data plane's stage %.0f and commit %.0f in it), the rest %.0f (the request's and the answer's way, each end's wake-up, the caller's own work): the request's way %.0f (call made to the agent's handler entered), the answer's %.0f (answer ready to the call returned; both from the agent's wall clock beside ours)\n",
+		q(inAgent.agent, 0.5), q(inAgent.stage, 0.5), q(inAgent.commit, 0.5), q(rest, 0.5), q(inAgent.to, 0.5), q(inAgent.back, 0.5))
 	fmt.Printf("  one call with the home's roam processes at a %s scheduler slice (--sched-slice; rounds alternating with the above, as built: the kernel's default): p50 %.0f, p99 %.0f; short / as built, p50: %.2f\n",
 		schedslice.Min, q(oneShort, 0.5), q(oneShort, 0.99), q(oneShort, 0.5)/q(one, 0.5))
 	fmt.Println("  (every timed reroute moves both frontends from the local target to a redirect; the slice is the home's roam-agent's and roam-ctrl's, while the timed caller is this bench process, at the kernel's default slice: the caller's own wake-up, roam-ctrl's in a migration, is not in this A/B)")

@@ -135,6 +135,12 @@ type summary struct {
 	// Its share in the agent (its handler, request read to answer
 	// written), p50 (µs): the rest is the wire, both wake-ups, the caller.
 	APIRerouteAgentUs float64 `json:"api_reroute_agent_us"`
+	// The request's way (the call made until the agent's handler was
+	// entered) and the answer's (the answer ready until the call
+	// returned), p50 (µs), from the agent's wall clock beside the
+	// bench's (one host).
+	APIRerouteToAgentUs float64 `json:"api_reroute_to_agent_us"`
+	APIRerouteBackUs    float64 `json:"api_reroute_back_us"`
 	// The same with the home's roam processes at a short scheduler
 	// slice (--sched-slice 100µs; rounds alternating with those as built).
 	APIRerouteShortSliceUs float64 `json:"api_reroute_short_slice_us"`
@@ -250,6 +256,7 @@ func run(ctx context.Context, o options) error {
 		q := testbed.Quantile
 		sum.APIRerouteUs, sum.APIRerouteShortSliceUs = q(one, 0.5), q(oneShort, 0.5)
 		sum.APIRerouteAgentUs = q(inAgent.agent, 0.5)
+		sum.APIRerouteToAgentUs, sum.APIRerouteBackUs = q(inAgent.to, 0.5), q(inAgent.back, 0.5)
 		sum.APIStageUs, sum.APICommitUs = q(sc.stage, 0.5), q(sc.commit, 0.5)
 		sum.APIStageH2Us, sum.APICommitH2Us = q(h2.stage, 0.5), q(h2.commit, 0.5)
 	}
