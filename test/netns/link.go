@@ -30,7 +30,7 @@ type End struct {
 // drops it as corrupt). With full checksums on both ends the pair behaves
 // like a wire.
 func Veth(a, b End) error {
-	err := withHandleOf(a.NS, func(h *netlink.Handle) error {
+	err := Handle(a.NS, func(h *netlink.Handle) error {
 		v := &netlink.Veth{
 			LinkAttrs: netlink.LinkAttrs{Name: a.Name, MTU: 1500, HardwareAddr: a.MAC},
 			PeerName:  b.Name, PeerHardwareAddr: b.MAC,
@@ -60,7 +60,7 @@ func Veth(a, b End) error {
 }
 
 func (e End) up() error {
-	err := withHandleOf(e.NS, func(h *netlink.Handle) error {
+	err := Handle(e.NS, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(e.Name)
 		if err != nil {
 			return fmt.Errorf("find %s: %w", e.Name, err)
@@ -93,33 +93,21 @@ func (e End) do(f func() error) error {
 	return Do(e.NS, f)
 }
 
+// nsHandle opens the named namespace ("" is the calling thread's); the
+// caller closes it.
 func nsHandle(name string) (vnetns.NsHandle, error) {
 	if name == "" {
-		return vnetns.Get()
+		ns, err := vnetns.Get()
+		if err != nil {
+			return 0, fmt.Errorf("get current netns: %w", err)
+		}
+		return ns, nil
 	}
 	ns, err := vnetns.GetFromName(name)
 	if err != nil {
 		return 0, fmt.Errorf("open netns %s: %w", name, err)
 	}
 	return ns, nil
-}
-
-// withHandleOf is Handle, where "" is the calling thread's namespace.
-func withHandleOf(name string, f func(h *netlink.Handle) error) error {
-	if name != "" {
-		return Handle(name, f)
-	}
-	ns, err := vnetns.Get()
-	if err != nil {
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink handle: %w", err)
-	}
-	defer h.Close()
-	return f(h)
 }
 
 // ethtoolValue is struct ethtool_value.

@@ -153,11 +153,12 @@ func List(prefix string) []string {
 	return out
 }
 
-// Handle runs f with a netlink handle bound to the named namespace.
+// Handle runs f with a netlink handle bound to the named namespace ("" is
+// the calling thread's).
 func Handle(name string, f func(h *netlink.Handle) error) error {
-	ns, err := vnetns.GetFromName(name)
+	ns, err := nsHandle(name)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", name, err)
+		return err
 	}
 	defer ns.Close()
 	h, err := netlink.NewHandleAt(ns)
