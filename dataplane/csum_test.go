@@ -26,7 +26,7 @@ func TestFlowChecksums(t *testing.T) {
 		{ap("[2001:db8:c::7]:33000"), ap("[2001:db8::1]:80"), ap("[2001:db8:2::1]:8080"), lb.TCP, false},
 		{ap("[2001:db8:c::7]:5000"), ap("[2001:db8::1]:7000"), ap("[2001:db8:2::1]:7001"), lb.UDP, false},
 	}
-	snatOf := map[netip.AddrPort]netip.AddrPort{}
+	snatSrc := map[netip.AddrPort]netip.AddrPort{}
 	send := func(f flow, flags string, payload []byte) {
 		t.Helper()
 		in := spec{src: f.client, dst: f.frontend, proto: f.proto, flags: flags, payload: payload, srcMAC: macPeer, dstMAC: macD0, zeroUDP: f.zeroUDP, ipID: 3, seq: 77, ackn: 99}.build(t)
@@ -36,12 +36,9 @@ func TestFlowChecksums(t *testing.T) {
 		}
 		p := verifyChecksums(t, out)
 		sport, _ := l4Ports(p)
-		snat := snat4
-		if f.client.Addr().Is6() {
-			snat = snat6
-		}
-		snatOf[f.client] = netip.AddrPortFrom(snat, sport)
-		want := spec{src: snatOf[f.client], dst: f.target, proto: f.proto, flags: flags, payload: payload, hopLimit: fwdTTL, srcMAC: macD0, dstMAC: macGW, zeroUDP: f.zeroUDP, ipID: 3, seq: 77, ackn: 99}.build(t)
+		snat := snatOf(f.client.Addr())
+		snatSrc[f.client] = netip.AddrPortFrom(snat, sport)
+		want := spec{src: snatSrc[f.client], dst: f.target, proto: f.proto, flags: flags, payload: payload, hopLimit: fwdTTL, srcMAC: macD0, dstMAC: macGW, zeroUDP: f.zeroUDP, ipID: 3, seq: 77, ackn: 99}.build(t)
 		if !bytes.Equal(out, want) {
 			t.Fatalf("%s %s: output frame\n got %x\nwant %x", f.client, flags, out, want)
 		}
@@ -54,10 +51,10 @@ func TestFlowChecksums(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range flows {
-		before := snatOf[f.client]
+		before := snatSrc[f.client]
 		send(f, "A", []byte("pinned by an older build"))
-		if snatOf[f.client] != before {
-			t.Fatalf("%s: SNAT %s, was %s", f.client, snatOf[f.client], before)
+		if snatSrc[f.client] != before {
+			t.Fatalf("%s: SNAT %s, was %s", f.client, snatSrc[f.client], before)
 		}
 	}
 }

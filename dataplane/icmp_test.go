@@ -87,12 +87,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 			}
 			payload := []byte("some payload of the flow")
 			in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: payload, srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t)
-			v, out := tb.xdp(t, in)
-			if v != xdpTX {
-				t.Fatalf("open the flow: verdict %d", v)
-			}
-			sport, _ := l4Ports(verifyChecksums(t, out))
-			snatAP := netip.AddrPortFrom(snat, sport)
+			snatAP := tb.openFlow(t, "open the flow", in)
 
 			// The errors quote a whole UDP packet (its checksum is then
 			// checked too) and a TCP header's first 8 bytes.
@@ -117,7 +112,7 @@ func TestICMPErrorsTranslated(t *testing.T) {
 				err = icmpErr(t, router, snat, macPeer, macD0, c.typ, c.code, c.rest, quote(sent.build(t), n))
 				want = hop(icmpErr(t, c.frontend.Addr(), c.client.Addr(), macD0, macClient, c.typ, c.code, c.rest, quote(orig.build(t), n)))
 			}
-			v, out = tb.xdp(t, err)
+			v, out := tb.xdp(t, err)
 			if v != xdpTX {
 				t.Fatalf("error: verdict %d, want XDP_TX", v)
 			}
@@ -173,17 +168,8 @@ func TestTooBig(t *testing.T) {
 	} {
 		t.Logf("case: %s", c.desc)
 		func() {
-			snat := snat4
-			if c.client.Addr().Is6() {
-				snat = snat6
-			}
 			in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: []byte("small"), srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t)
-			v, out := tb.xdp(t, in)
-			if v != xdpTX {
-				t.Fatalf("open the flow: verdict %d", v)
-			}
-			sport, _ := l4Ports(verifyChecksums(t, out))
-			snatAP := netip.AddrPortFrom(snat, sport)
+			snatAP := tb.openFlow(t, "open the flow", in)
 			if c.proto == lb.TCP {
 				// The target's SYN-ACK first, as on the wire (before it, a bare ACK from the target is a stale request socket's: synrecv.h).
 				sa := spec{src: c.target, dst: snatAP, proto: c.proto, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t)
@@ -199,7 +185,7 @@ func TestTooBig(t *testing.T) {
 			}
 			in = sent.build(t)
 			before := tb.drops(t)
-			v, out = tb.xdp(t, in)
+			v, out := tb.xdp(t, in)
 			if v != xdpTX {
 				t.Fatalf("too big: verdict %d, want XDP_TX", v)
 			}
@@ -262,10 +248,7 @@ func TestMSSClamp(t *testing.T) {
 				t.Fatalf("%s SYN with MSS %d: left with %d, want %d", client, mss, got, want)
 			}
 			sport, _ := l4Ports(verifyChecksums(t, out))
-			snat := snat4
-			if client.Addr().Is6() {
-				snat = snat6
-			}
+			snat := snatOf(client.Addr())
 			v, out = tb.xdp(t, spec{src: c.target, dst: netip.AddrPortFrom(snat, sport), proto: lb.TCP, flags: "SA", mss: mss, ackn: 1, srcMAC: macGW, dstMAC: macD0}.build(t))
 			if v != xdpTX {
 				t.Fatalf("SYN-ACK: verdict %d", v)

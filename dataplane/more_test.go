@@ -130,10 +130,7 @@ func TestTCProgram(t *testing.T) {
 		if sport < 50000 || sport > 50999 {
 			t.Fatalf("SNAT port %d", sport)
 		}
-		snat := snat4
-		if c.client.Addr().Is6() {
-			snat = snat6
-		}
+		snat := snatOf(c.client.Addr())
 		want := spec{src: netip.AddrPortFrom(snat, sport), dst: c.target, proto: c.proto, flags: "S", payload: []byte("from the host"), srcMAC: macD0, dstMAC: macGW}.build(t)
 		if !bytes.Equal(out, want) {
 			t.Fatalf("output\n got %x\nwant %x", out, want)

@@ -159,6 +159,14 @@ var (
 	snat6 = netip.MustParseAddr("2001:db8:ff::100")
 )
 
+// snatOf is the testbed's SNAT address of a's family.
+func snatOf(a netip.Addr) netip.Addr {
+	if a.Is6() {
+		return snat6
+	}
+	return snat4
+}
+
 func newTestbed(t *testing.T, cfg dataplane.Config) *testbed {
 	h := netns.Enter(t)
 	tb := &testbed{h: h}
@@ -218,6 +226,23 @@ func (tb *testbed) run(t *testing.T, in []byte, ifindex int) (uint32, []byte) {
 func (tb *testbed) xdp(t *testing.T, in []byte) (uint32, []byte) {
 	t.Helper()
 	return tb.run(t, in, tb.d0.Attrs().Index)
+}
+
+// openFlow runs in, a client's first packet of a redirected flow, through
+// XDP on d0, which must send it on (XDP_TX) with valid checksums, and
+// returns the flow's SNAT source: the port the program took, on the
+// testbed's SNAT address of the flow's family (the constant, not the
+// packet's: what is then sent to it checks the address too).
+func (tb *testbed) openFlow(t *testing.T, what string, in []byte) netip.AddrPort {
+	t.Helper()
+	v, out := tb.xdp(t, in)
+	if v != xdpTX {
+		t.Fatalf("%s: verdict %d", what, v)
+	}
+	p := verifyChecksums(t, out)
+	sport, _ := l4Ports(p)
+	src, _ := netip.AddrFromSlice(p.NetworkLayer().NetworkFlow().Src().Raw())
+	return netip.AddrPortFrom(snatOf(src.Unmap()), sport)
 }
 
 // drops reads the data plane's drop counters by reason.
@@ -298,10 +323,7 @@ func TestRedirectAndReverse(t *testing.T) {
 		// thread's network namespace.
 		t.Logf("case: %s", c.desc)
 		func() {
-			snat := snat4
-			if c.client.Addr().Is6() {
-				snat = snat6
-			}
+			snat := snatOf(c.client.Addr())
 			payload := []byte("hello roam " + c.desc)
 			in := spec{src: c.client, dst: c.frontend, proto: c.proto, flags: "S", payload: payload, srcMAC: macPeer, dstMAC: macD0, zeroUDP: c.zeroUDP, ipID: 7, seq: 1000}.build(t)
 			v, out := tb.run(t, in, c.ingress)

@@ -26,19 +26,10 @@ func TestStaleSynRecvReset(t *testing.T) {
 		{ap("[2001:db8:c::7]:33000"), ap("[2001:db8::1]:80"), ap("[2001:db8:2::1]:8080")},
 	} {
 		t.Logf("case: %s", c.client)
-		v, out := tb.xdp(t, spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t))
-		if v != xdpTX {
-			t.Fatalf("SYN: verdict %d", v)
-		}
-		sport, _ := l4Ports(verifyChecksums(t, out))
-		snat := snat4
-		if c.client.Addr().Is6() {
-			snat = snat6
-		}
-		snatAP := netip.AddrPortFrom(snat, sport)
+		snatAP := tb.openFlow(t, "SYN", spec{src: c.client, dst: c.frontend, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t))
 		before := tb.drops(t)["syn_recv_stale"]
 		stale := spec{src: c.target, dst: snatAP, proto: lb.TCP, flags: "A", payload: []byte("old"), srcMAC: macGW, dstMAC: macD0, seq: 7000, ackn: 4242}.build(t)
-		v, out = tb.xdp(t, stale)
+		v, out := tb.xdp(t, stale)
 		if v != xdpTX {
 			t.Fatalf("stale ACK: verdict %d, want XDP_TX (an RST to the target)", v)
 		}
@@ -52,8 +43,8 @@ func TestStaleSynRecvReset(t *testing.T) {
 			src, dst = ip6.SrcIP, ip6.DstIP
 		}
 		if tcp == nil || !tcp.RST || tcp.ACK || tcp.SYN || tcp.Seq != 4242 || len(tcp.Payload) != 0 ||
-			uint16(tcp.SrcPort) != sport || uint16(tcp.DstPort) != c.target.Port() ||
-			!src.Equal(snat.AsSlice()) || !dst.Equal(c.target.Addr().AsSlice()) ||
+			uint16(tcp.SrcPort) != snatAP.Port() || uint16(tcp.DstPort) != c.target.Port() ||
+			!src.Equal(snatAP.Addr().AsSlice()) || !dst.Equal(c.target.Addr().AsSlice()) ||
 			eth.DstMAC.String() != macGW || eth.SrcMAC.String() != macD0 {
 			t.Fatalf("answer to a stale ACK: %v", p)
 		}

@@ -26,12 +26,7 @@ func TestTargetCounters(t *testing.T) {
 	d0 := tb.d0.Attrs().Index
 	client, front := ap("198.51.100.7:33000"), ap("10.0.0.1:80")
 	syn := spec{src: client, dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t)
-	v, out := tb.xdp(t, syn)
-	if v != xdpTX {
-		t.Fatalf("SYN: verdict %d", v)
-	}
-	sport, _ := l4Ports(verifyChecksums(t, out))
-	snat := netip.AddrPortFrom(snat4, sport)
+	snat := tb.openFlow(t, "SYN", syn)
 	toBytes, fromBytes := uint64(len(syn)), uint64(0)
 	synack := spec{src: ap("10.2.0.1:8080"), dst: snat, proto: lb.TCP, flags: "SA", srcMAC: macGW, dstMAC: macD0, seq: 5000, ackn: 1001}.build(t)
 	for range 3 {

@@ -62,10 +62,7 @@ func TestTTLDecremented(t *testing.T) {
 		}
 		p := verifyChecksums(t, out)
 		sport, _ := l4Ports(p)
-		snat := snat4
-		if ap(c.client).Addr().Is6() {
-			snat = snat6
-		}
+		snat := snatOf(ap(c.client).Addr())
 		want := spec{src: netip.AddrPortFrom(snat, sport), dst: ap(c.target), proto: c.proto, flags: flags, payload: []byte("ttl"), hopLimit: c.ttl - 1, srcMAC: macD0, dstMAC: macGW, seq: 1}
 		if w := want.build(t); !bytes.Equal(out, w) {
 			t.Fatalf("output\n got %x\nwant %x", out, w)
