@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,10 +24,8 @@ import (
 	"github.com/roamnet/roam/test/testport"
 )
 
-func TestMain(m *testing.M) {
-	demotest.ServeIfAsked()
-	os.Exit(m.Run())
-}
+// TestMain lets the test binary double as the demo service.
+func TestMain(m *testing.M) { demotest.Main(m) }
 
 func newTestServer(t *testing.T, token string) *Server {
 	t.Helper()

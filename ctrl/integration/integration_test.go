@@ -40,10 +40,7 @@ import (
 )
 
 // TestMain lets the test binary double as the demo service.
-func TestMain(m *testing.M) {
-	demotest.ServeIfAsked()
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { demotest.Main(m) }
 
 type cluster struct {
 	id    string

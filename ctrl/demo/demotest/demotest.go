@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"testing"
 
 	"github.com/roamnet/roam/ctrl/demo"
 )
@@ -21,6 +22,13 @@ func ServeIfAsked() {
 	if len(os.Args) > 1 && os.Args[1] == "demo" {
 		Serve(os.Args[2:])
 	}
+}
+
+// Main is a test package's TestMain when its tests run the demo as the
+// test binary: the demo when asked (ServeIfAsked), else the tests.
+func Main(m *testing.M) {
+	ServeIfAsked()
+	os.Exit(m.Run())
 }
 
 // Serve runs the demo with args and exits: 0 once it stopped, 1 if it
