@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/roamnet/roam/ctrl/api"
 	"github.com/roamnet/roam/ctrl/pki"
+	"github.com/roamnet/roam/test/testport"
 )
 
 // stdout runs f and returns what it printed.
@@ -77,11 +77,7 @@ func TestCertAndToken(t *testing.T) {
 	}
 	// The controller calls its node over mutual TLS with these files; each
 	// side sees the other's identity.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testport.Listen(t)
 	got := make(chan error, 1)
 	go func() {
 		c, err := ln.Accept()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/roamnet/roam/internal/tick"
 	"github.com/roamnet/roam/test/netns"
+	"github.com/roamnet/roam/test/testport"
 )
 
 // The estimate leaves out a shaper's burst: 24 KB at line rate, then
@@ -149,11 +150,7 @@ func TestServerRefusesBadAndTooMany(t *testing.T) {
 // lossyRelay forwards UDP to dst, dropping every other datagram toward it.
 func lossyRelay(t *testing.T, dst string) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := testport.ListenPacket(t)
 	ua, _ := net.ResolveUDPAddr("udp", dst)
 	var client atomic.Pointer[net.UDPAddr]
 	go func() {
@@ -186,11 +183,7 @@ func TestProberRTTLossUpDown(t *testing.T) {
 	s, _ := newServer(t, ServerConfig{})
 	// "gone" names a socket that never answers. It stays open for the
 	// test: closed, its port could be handed to the relay below.
-	dead, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dead.Close()
+	dead := testport.ListenPacket(t)
 	deadAddr := dead.LocalAddr().String()
 	relay := lossyRelay(t, s.Addr().String())
 	var mu sync.Mutex
@@ -390,11 +383,7 @@ func runProber(p *Prober) (stop func()) {
 // busy machine does not stretch a transfer; a conn that is not TCP gives
 // no timestamp.
 func TestRxTimestampsAreArrivalTimes(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testport.Listen(t)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -466,11 +455,7 @@ func TestServerRefusesDuringItsProbersTurn(t *testing.T) {
 func TestProberTakesTheTurnOnceConnected(t *testing.T) {
 	local, _ := newServer(t, ServerConfig{})
 	// The remote answers a request only after 1 s.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testport.Listen(t)
 	// It answers echoes (the prober probes a peer that is up).
 	pc, err := net.ListenPacket("udp", ln.Addr().String())
 	if err != nil {
@@ -614,11 +599,7 @@ func TestEstimateRefusesSenderStall(t *testing.T) {
 // TestBulkOnTBF; this test's server, paced by sleeps, is itself stalled
 // by a busy machine, which is refused as well.)
 func TestBulkRefusesSenderStall(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testport.Listen(t)
 	stall := make(chan time.Duration, 1)
 	netns.Serve(ln, func(c net.Conn) {
 		var req [bulkReqLen]byte
@@ -641,7 +622,7 @@ func TestBulkRefusesSenderStall(t *testing.T) {
 		}
 	})
 	stall <- 230 * time.Millisecond
-	_, err = Bulk(context.Background(), nil, ln.Addr().String(), 400*time.Millisecond, 8<<20)
+	_, err := Bulk(context.Background(), nil, ln.Addr().String(), 400*time.Millisecond, 8<<20)
 	if !errors.Is(err, ErrSenderLimited) {
 		t.Errorf("transfer with a 230 ms sender stall: err %v, want ErrSenderLimited", err)
 	} else {

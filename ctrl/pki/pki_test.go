@@ -5,13 +5,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/roamnet/roam/test/testport"
 )
 
 func TestParseID(t *testing.T) {
@@ -73,11 +74,7 @@ func identity(t *testing.T, ca *CA, id ID) *Source {
 // client's or server's error).
 func handshake(t *testing.T, srv *Source, cli *tls.Config) (ID, error) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := testport.Listen(t)
 	type res struct {
 		id  ID
 		err error

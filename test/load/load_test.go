@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/test/netns"
+	"github.com/roamnet/roam/test/testport"
 )
 
 // server is an HTTP server on loopback that answers "cluster <name>", and a
@@ -255,11 +256,7 @@ func TestStopDoesNotCountCutRequests(t *testing.T) {
 
 func TestUnansweredRequestsFail(t *testing.T) {
 	// A UDP port nobody answers and a TCP port nobody listens on.
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	pc := testport.ListenPacket(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ package testport
 
 import (
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -113,4 +114,29 @@ func free(p uint16, addrs []netip.Addr) bool {
 		closers = append(closers, u)
 	}
 	return true
+}
+
+// Listen is a TCP listener on a loopback port the kernel picks (bound at
+// once, so the ephemeral range does no harm), closed when the test ends.
+func Listen(t testing.TB) net.Listener {
+	t.Helper()
+	return closedAtEnd[net.Listener](t)(net.Listen("tcp", "127.0.0.1:0"))
+}
+
+// ListenPacket is Listen for UDP.
+func ListenPacket(t testing.TB) net.PacketConn {
+	t.Helper()
+	return closedAtEnd[net.PacketConn](t)(net.ListenPacket("udp", "127.0.0.1:0"))
+}
+
+// closedAtEnd fails t on an error, else closes c when t ends.
+func closedAtEnd[C io.Closer](t testing.TB) func(c C, err error) C {
+	return func(c C, err error) C {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
 }
