@@ -295,9 +295,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 		}
 	}
 	dir := directory{static: cfg.Peers, mc: c.mc}
-	// The MO writes its view of the hellos every half hello interval and
-	// this controller follows it, so a cluster the MO has heard is not at
-	// once in this directory: until it is, its peer calls here are refused
+	// The MO writes its compact view of the hellos periodically and this
+	// controller follows it, so a cluster the MO has heard is not at once
+	// in this directory: until it is, its peer calls here are refused
 	// (unknown_cluster) and a migration toward it is invalid.
 	c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "roam_ctrl_directory_clusters",
 		Help: "Clusters this controller has a controller URL for (configured peers and the MO's view as it holds it, itself included)."},

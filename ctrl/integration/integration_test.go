@@ -140,7 +140,7 @@ func newEnvFailsafe(t *testing.T, failsafe time.Duration, ids ...string) *env {
 		e.start(id)
 	}
 	// Every controller is in the MO's view, and in every controller's copy
-	// of it (the compact view the MO writes every half hello interval),
+	// of it (the compact view the MO writes after it heard the hellos),
 	// before tests place anything.
 	e.eventually("every cluster in the MO's view and every controller's", func() error {
 		for _, c := range e.cl {

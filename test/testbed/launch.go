@@ -430,8 +430,8 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 			// Every controller runs now: wait until the MO has a hello from
 			// each cluster sent after this point, then until every
 			// controller's directory lists every cluster. The controllers
-			// follow the MO's compact view, which the MO writes every half
-			// hello interval, not the hellos: without the second wait a
+			// follow the MO's compact view, which the MO writes after it
+			// heard the hellos, not the hellos: without the second wait a
 			// migration right after the launch finds its destination
 			// unknown at the home (400), or its home unknown at the
 			// destination (403 unknown_cluster).
