@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -116,9 +117,9 @@ func TestSRv6NoConnectionCeiling(t *testing.T) {
 	t.Log("NAT mode: redirect to the old location's copy at its own address")
 	old.setCopy(t, dataplane.SRv6Serving, f)
 	home.commit(t, lb.Redirect(natTarget), f)
-	before := home.drops(t)["port_exhausted"]
+	before := dptest.Drops(t, home.d)["port_exhausted"]
 	natOK, natSeen := connectAll("nat")
-	natExhausted := home.drops(t)["port_exhausted"] - before
+	natExhausted := dptest.Drops(t, home.d)["port_exhausted"] - before
 	t.Logf("NAT: %d of %d connections answered, port_exhausted %d, the service saw %v", natOK, ceilingConns, natExhausted, natSeen)
 	if natExhausted == 0 {
 		t.Fatalf("NAT mode: port_exhausted 0 after %d connections over %d SNAT ports", ceilingConns, ceilingPortMax-ceilingPortMin+1)
@@ -129,7 +130,7 @@ func TestSRv6NoConnectionCeiling(t *testing.T) {
 	// every connection was tried (an established flow is not taken over),
 	// and the refused ones' resent SYNs (at 1 s) find none free.
 	if ports := ceilingPortMax - ceilingPortMin + 1; natOK != ports {
-		t.Fatalf("NAT mode: %d connections answered over %d SNAT ports, want exactly %d (syn_evicted %d)", natOK, ports, ports, home.drops(t)["syn_evicted"])
+		t.Fatalf("NAT mode: %d connections answered over %d SNAT ports, want exactly %d (syn_evicted %d)", natOK, ports, ports, dptest.Drops(t, home.d)["syn_evicted"])
 	}
 	if natSeen[snat.String()] != natOK {
 		t.Fatalf("NAT mode: the service saw %v, want the SNAT address %s for all %d", natSeen, snat, natOK)
@@ -139,9 +140,9 @@ func TestSRv6NoConnectionCeiling(t *testing.T) {
 	// The NAT mode's flows are closed; their conntrack entries do not
 	// matter to SRv6 (no port taken).
 	home.commit(t, lb.SRv6(netns.SRv6SIDOld), f)
-	before = home.drops(t)["port_exhausted"]
+	before = dptest.Drops(t, home.d)["port_exhausted"]
 	srv6OK, srv6Seen := connectAll("srv6")
-	srv6Exhausted := home.drops(t)["port_exhausted"] - before
+	srv6Exhausted := dptest.Drops(t, home.d)["port_exhausted"] - before
 	t.Logf("SRv6: %d of %d connections answered, port_exhausted %d, the service saw %v", srv6OK, ceilingConns, srv6Exhausted, srv6Seen)
 	if srv6OK != ceilingConns {
 		t.Fatalf("SRv6 mode: %d of %d connections answered, want every one (no SNAT port ceiling)", srv6OK, ceilingConns)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -102,7 +103,7 @@ func TestSRv6HomeSender(t *testing.T) {
 			t.Errorf("%s copy saw %v, want the home's two addresses only (%d+ times)", c.name, seen, c.n)
 		}
 	}
-	drops := home.drops(t)
+	drops := dptest.Drops(t, home.d)
 	for _, r := range []string{"srv6_no_encap", "srv6_too_big", "no_route"} {
 		if drops[r] != 0 {
 			t.Errorf("home dropped %d packets as %s", drops[r], r)
@@ -152,12 +153,12 @@ func TestSRv6MTUEdge(t *testing.T) {
 		home.commit(t, lb.SRv6(netns.SRv6SIDOld), fT, fU)
 
 		// TCP first: full-size segments (the clamp assumes 1500) meet the home's too-bigs.
-		big0 := home.drops(t)["srv6_too_big"]
+		big0 := dptest.Drops(t, home.d)["srv6_too_big"]
 		k := dialFrontend(ctx, t, topo.Client, ff.tcpAddr)
 		who, cl := k.ask(t)
 		ff.want("tcp", who, cl, "old")
 		k.bulk(t, 300_000)
-		if n := home.drops(t)["srv6_too_big"] - big0; n == 0 {
+		if n := dptest.Drops(t, home.d)["srv6_too_big"] - big0; n == 0 {
 			t.Fatalf("the TCP transfer met no too-big: the test did not reach the edge (path mtu %d, mss %d)", pathMTU(t, k.c, fam.frontend.Is4()), tcpMSS(t, k.c))
 		}
 		// Forget the path MTU TCP learnt, so UDP starts from 1500 again.
@@ -181,7 +182,7 @@ func TestSRv6MTUEdge(t *testing.T) {
 		if got := pathMTU(t, u.c, fam.frontend.Is4()); got != 1500 {
 			t.Fatalf("the client's path MTU is %d before any too-big, want 1500", got)
 		}
-		d0, big0 := delivered(), home.drops(t)["srv6_too_big"]
+		d0, big0 := delivered(), dptest.Drops(t, home.d)["srv6_too_big"]
 		if _, err := u.c.Write(make([]byte, fits-hdrs)); err != nil {
 			t.Fatalf("send %d bytes: %v", fits, err)
 		}
@@ -204,7 +205,7 @@ func TestSRv6MTUEdge(t *testing.T) {
 		}); err != nil {
 			t.Fatalf("a %d-byte datagram: %v", fits+1, err)
 		}
-		if n := home.drops(t)["srv6_too_big"] - big0; n != 1 {
+		if n := dptest.Drops(t, home.d)["srv6_too_big"] - big0; n != 1 {
 			t.Fatalf("home counted %d srv6_too_big, want 1", n)
 		}
 		if n := delivered(); n != d0+1 {
@@ -322,7 +323,7 @@ func TestSRv6MoveHome(t *testing.T) {
 		a.c.Close()
 		old.setCopy(t, dataplane.SRv6Gone, fT, fU)
 	}
-	if n := home.drops(t)["no_flow"]; n != 0 {
+	if n := dptest.Drops(t, home.d)["no_flow"]; n != 0 {
 		t.Errorf("home dropped %d packets with no flow", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -152,7 +153,7 @@ func TestSRv6MoveHomeBounded(t *testing.T) {
 				t.Fatalf("%s %s: GC removed %d entries, %d flows of %s left; want b's gone", fam.name, step, st.Conntrack, len(flows), fT)
 			}
 		}
-		noCopy := old.drops(t)["srv6_no_copy"]
+		noCopy := dptest.Drops(t, old.d)["srv6_no_copy"]
 
 		t.Logf("== %s: on word", fam.name)
 		b, committed := moveHome("word")
@@ -174,7 +175,7 @@ func TestSRv6MoveHomeBounded(t *testing.T) {
 		want("hold: connection b without its entry", who, cl, "home")
 		b.c.Close()
 
-		if n := old.drops(t)["srv6_no_copy"] - noCopy; n != 0 {
+		if n := dptest.Drops(t, old.d)["srv6_no_copy"] - noCopy; n != 0 {
 			t.Errorf("%s: the old location dropped %d packets for its removed copy", fam.name, n)
 		}
 	}

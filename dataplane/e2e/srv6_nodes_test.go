@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/roamnet/roam/dataplane"
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/dataplane/lb"
 	"github.com/roamnet/roam/test/netns"
 )
@@ -100,7 +101,7 @@ func TestSRv6PerNodeSIDs(t *testing.T) {
 
 		n1.setCopy(t, dataplane.SRv6Gone, f)
 		home.commit(t, lb.SRv6(netns.SRv6SIDNew1), f)
-		before := n1.drops(t)["srv6_no_copy"]
+		before := dptest.Drops(t, n1.d)["srv6_no_copy"]
 		dctx, dcancel := context.WithTimeout(ctx, 1500*time.Millisecond)
 		conn, err := netns.Dial(dctx, topo.Client, "tcp", fa.String())
 		dcancel()
@@ -109,7 +110,7 @@ func TestSRv6PerNodeSIDs(t *testing.T) {
 			t.Fatal("[node 1] with node 1's copy gone: connected")
 		}
 		if err := poll(ctx, 5*time.Second, func() error {
-			if n1.drops(t)["srv6_no_copy"] == before {
+			if dptest.Drops(t, n1.d)["srv6_no_copy"] == before {
 				return errors.New("srv6_no_copy not counted at node 1")
 			}
 			return nil

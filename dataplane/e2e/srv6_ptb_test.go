@@ -96,7 +96,7 @@ func TestSRv6RelayPTB(t *testing.T) {
 			binary.BigEndian.PutUint16(inner[10:], ^dptest.Sum16(inner[:20], 0))
 		}
 		encap := srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew}, 0, inner)
-		before := home.drops(t)["srv6_ptb_relayed"]
+		before := dptest.Drops(t, home.d)["srv6_ptb_relayed"]
 		sendRaw(t, topo.New, "n0", topo.Home, "h2", dptest.PTB6(router, netns.SRv6SIDHome, 1400, encap))
 		if err := poll(ctx, 5*time.Second, func() error {
 			if m := socketMTU(t, u.c, v4); m != 1336 {
@@ -106,7 +106,7 @@ func TestSRv6RelayPTB(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		if n := home.drops(t)["srv6_ptb_relayed"] - before; n != 1 {
+		if n := dptest.Drops(t, home.d)["srv6_ptb_relayed"] - before; n != 1 {
 			t.Fatalf("%s: srv6_ptb_relayed counted %d at the home", fam.name, n)
 		}
 		nw.setCopy(t, dataplane.SRv6Gone, f)

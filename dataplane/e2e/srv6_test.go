@@ -186,15 +186,6 @@ func (n *srv6Node) commit(t *testing.T, tg lb.Target, fs ...lb.Frontend) {
 	}
 }
 
-func (n *srv6Node) drops(t *testing.T) map[string]uint64 {
-	t.Helper()
-	m, err := n.d.Drops()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
 // srv6Family is one client family of the SRv6 suite: the frontend of
 // that family, the client's address on it and the home's own (the source
 // of the home's own connections).
@@ -408,14 +399,14 @@ func TestSRv6PathMode(t *testing.T) {
 	} else if _, hc, _ := home.d.SRv6Unowned(); hc == 0 {
 		t.Fatalf("home clamped no MSS (old location: %d)", clamped)
 	}
-	if n := home.drops(t)["srv6_too_big"]; n != 0 {
+	if n := dptest.Drops(t, home.d)["srv6_too_big"]; n != 0 {
 		t.Fatalf("home dropped %d packets as too big: the MSS clamp did not hold", n)
 	}
 
 	t.Log("forged packets to the new location's SID")
 	fU := lb.Frontend{Addr: netns.SRv6FrontendV4, Port: 7000, Proto: lb.UDP}
 	nw.setCopy(t, dataplane.SRv6Serving, fU)
-	before := nw.drops(t)
+	before := dptest.Drops(t, nw.d)
 	delivered := func() uint64 {
 		s, err := nw.d.SRv6Stats(fU)
 		if err != nil {
@@ -437,7 +428,7 @@ func TestSRv6PathMode(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	after := nw.drops(t)
+	after := dptest.Drops(t, nw.d)
 	for _, r := range []string{"srv6_foreign_sid", "srv6_foreign_src"} {
 		if after[r]-before[r] != 1 {
 			t.Errorf("%s: counted %d, want 1", r, after[r]-before[r])
