@@ -14,11 +14,14 @@
 // two frontends at once (the same address, one port per mode, the same
 // copies), new TCP connections at a fixed pace alternating between them
 // (in an order drawn at random per pair), from one client process under
-// one load. Per round and mode: the connect time's p99 and p50 as the
-// program sees it, the kernel's path RTT sample, connects over 1 s and
-// those whose SYN was retransmitted; the figures reported are the medians
-// of the rounds' figures, and the median of the rounds' SRv6/NAT p99
-// ratios. Last line: one JSON object.
+// one load. Per mode: the connect time's p99 and p50 as the program sees
+// it over all the rounds' connects pooled, a failed dial counted as the
+// dial timeout (a lost opening is the worst opening, not a missing
+// sample), and the same per round with the medians of those beside; the
+// kernel's path RTT sample (medians of the rounds'), connects failed, over
+// 1 s and those whose SYN was retransmitted. A round in which a mode had
+// no successful connect fails the run's verdict (exit status 1 after the
+// JSON). Last line: one JSON object.
 package main
 
 import (
@@ -132,52 +135,6 @@ type result struct {
 	nsPerPacket                [3]float64 // home, old, new
 }
 
-// pct is the p-th percentile of d in milliseconds (0 if empty).
-func pct(d []time.Duration, p int) float64 {
-	if len(d) == 0 {
-		return 0
-	}
-	c := slices.Clone(d)
-	slices.Sort(c)
-	return float64(c[(len(c)*p)/100]) / 1e6
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	c := slices.Clone(v)
-	slices.Sort(c)
-	if len(c)%2 == 1 {
-		return c[len(c)/2]
-	}
-	return (c[len(c)/2-1] + c[len(c)/2]) / 2
-}
-
-// connSummary is one mode's connect rounds: per round the connect time's
-// p99 and p50 and the path RTT's p99 and p50, and the counts over all
-// rounds.
-type connSummary struct {
-	p99, p50, rttP99, rttP50               []float64
-	n, failed, over1s, synRetrans, rttZero int
-}
-
-func summarize(rs []connResult) connSummary {
-	var s connSummary
-	for _, r := range rs {
-		s.p99 = append(s.p99, pct(r.connects, 99))
-		s.p50 = append(s.p50, pct(r.connects, 50))
-		s.rttP99 = append(s.rttP99, pct(r.pathRTTs, 99))
-		s.rttP50 = append(s.rttP50, pct(r.pathRTTs, 50))
-		s.n += len(r.connects)
-		s.failed += r.failed
-		s.over1s += r.over1s
-		s.synRetrans += r.synRetrans
-		s.rttZero += r.rttZero
-	}
-	return s
-}
-
 // dipPct is how far the worst 100 ms bin fell below the median bin, in percent.
 func (r result) dipPct() float64 {
 	if len(r.bins) < 3 {
@@ -272,31 +229,34 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 		natRounds, s6Rounds = append(natRounds, n), append(s6Rounds, s)
 	}
 	nat, s6 := res["nat"], res["srv6"]
-	cn, cs := summarize(natRounds), summarize(s6Rounds)
-	var ratios []float64
-	fmt.Printf("\n%-6s %9s %9s %7s %9s %9s %12s %12s %9s\n", "round", "nat p99", "srv6 p99", "ratio", "nat p50", "srv6 p50", "nat rtt p99", "srv6 rtt p99", "connects")
+	cmp := compare(natRounds, s6Rounds)
+	cn, cs := cmp.nat, cmp.s6
+	fmt.Printf("\n%-6s %9s %9s %7s %9s %9s %12s %12s %9s %9s\n", "round", "nat p99", "srv6 p99", "ratio", "nat p50", "srv6 p50", "nat rtt p99", "srv6 rtt p99", "connects", "failed")
 	for i := range natRounds {
-		ratio := 0.0
-		if cn.p99[i] > 0 {
-			ratio = cs.p99[i] / cn.p99[i]
-			ratios = append(ratios, ratio)
+		ratio := "empty"
+		if cmp.roundOK[i] {
+			ratio = fmt.Sprintf("%.2f", cmp.roundRatio[i])
 		}
-		fmt.Printf("%-6d %9.2f %9.2f %7.2f %9.2f %9.2f %12.3f %12.3f %4d/%-4d\n", i+1, cn.p99[i], cs.p99[i], ratio,
-			cn.p50[i], cs.p50[i], cn.rttP99[i], cs.rttP99[i], len(natRounds[i].connects), len(s6Rounds[i].connects))
+		fmt.Printf("%-6d %9.2f %9.2f %7s %9.2f %9.2f %12.3f %12.3f %4d/%-4d %4d/%-4d\n", i+1, cn.roundP99[i], cs.roundP99[i], ratio,
+			cn.roundP50[i], cs.roundP50[i], cn.rttP99[i], cs.rttP99[i], len(natRounds[i].connects), len(s6Rounds[i].connects),
+			natRounds[i].failed, s6Rounds[i].failed)
 	}
 
-	fmt.Printf("\nby phase of the migration, all rounds pooled (ms)\n%-24s %16s %16s %16s %16s\n", "phase (srv6 path)",
-		"connect p50 n/s", "connect p99 n/s", "path rtt p50 n/s", "path rtt p99 n/s")
+	fmt.Printf("\nby phase of the migration, all rounds pooled (ms; a failed dial counts as %s)\n%-24s %16s %16s %16s %16s %12s\n", dialTimeout, "phase (srv6 path)",
+		"connect p50 n/s", "connect p99 n/s", "path rtt p50 n/s", "path rtt p99 n/s", "failed n/s")
 	for i, ph := range phases {
 		var nc, sc, nr, sr []time.Duration
+		var nf, sf int
 		for j := range natRounds {
-			nc = append(nc, natRounds[j].byPhase[i].connects...)
-			sc = append(sc, s6Rounds[j].byPhase[i].connects...)
-			nr = append(nr, natRounds[j].byPhase[i].pathRTTs...)
-			sr = append(sr, s6Rounds[j].byPhase[i].pathRTTs...)
+			np, sp := &natRounds[j].byPhase[i], &s6Rounds[j].byPhase[i]
+			nc = append(nc, opens(np.connects, np.failed)...)
+			sc = append(sc, opens(sp.connects, sp.failed)...)
+			nr = append(nr, np.pathRTTs...)
+			sr = append(sr, sp.pathRTTs...)
+			nf, sf = nf+np.failed, sf+sp.failed
 		}
-		fmt.Printf("%-24s %7.2f/%-8.2f %7.2f/%-8.2f %7.3f/%-8.3f %7.3f/%-8.3f\n", ph.name, pct(nc, 50), pct(sc, 50),
-			pct(nc, 99), pct(sc, 99), pct(nr, 50), pct(sr, 50), pct(nr, 99), pct(sr, 99))
+		fmt.Printf("%-24s %7.2f/%-8.2f %7.2f/%-8.2f %7.3f/%-8.3f %7.3f/%-8.3f %5d/%-6d\n", ph.name, pct(nc, 50), pct(sc, 50),
+			pct(nc, 99), pct(sc, 99), pct(nr, 50), pct(sr, 50), pct(nr, 99), pct(sr, 99), nf, sf)
 	}
 
 	fmt.Printf("\nmigration with the old copy removed mid-stream (%s per run, IPv6 client, IPv6 underlay)\n", dur)
@@ -311,28 +271,45 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 	row("home XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket[0]), fmt.Sprintf("%.0f", s6.nsPerPacket[0]))
 	row("old location XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket[1]), fmt.Sprintf("%.0f", s6.nsPerPacket[1]))
 	row("new location XDP ns/packet", fmt.Sprintf("%.0f", nat.nsPerPacket[2]), fmt.Sprintf("%.0f", s6.nsPerPacket[2]))
-	fmt.Printf("connect rounds (both modes interleaved, medians of the %d rounds' figures):\n", rounds)
-	row("tcp connects", cn.n, cs.n)
+	fmt.Printf("connect rounds (both modes interleaved, %d rounds; a failed dial counts as %s in the connect times):\n", rounds, dialTimeout)
+	row("tcp connects (successful)", cn.n, cs.n)
 	row("tcp connects failed", cn.failed, cs.failed)
-	row("connect p99 (ms)", fmt.Sprintf("%.2f", median(cn.p99)), fmt.Sprintf("%.2f", median(cs.p99)))
-	row("connect p50 (ms)", fmt.Sprintf("%.2f", median(cn.p50)), fmt.Sprintf("%.2f", median(cs.p50)))
-	row("connects over 1 s", cn.over1s, cs.over1s)
+	row("rounds without a successful connect", len(cn.empty), len(cs.empty))
+	row("connect p99, all rounds pooled (ms)", fmt.Sprintf("%.2f", cn.p99), fmt.Sprintf("%.2f", cs.p99))
+	row("connect p99, median of rounds (ms)", fmt.Sprintf("%.2f", median(cn.roundP99)), fmt.Sprintf("%.2f", median(cs.roundP99)))
+	row("connect p50, all rounds pooled (ms)", fmt.Sprintf("%.2f", cn.p50), fmt.Sprintf("%.2f", cs.p50))
+	row("connects over 1 s (or failed)", cn.over1s, cs.over1s)
 	row("connects with a SYN retransmitted", cn.synRetrans, cs.synRetrans)
-	row("path RTT p99 (kernel sample, ms)", fmt.Sprintf("%.3f", median(cn.rttP99)), fmt.Sprintf("%.3f", median(cs.rttP99)))
-	row("path RTT p50 (kernel sample, ms)", fmt.Sprintf("%.3f", median(cn.rttP50)), fmt.Sprintf("%.3f", median(cs.rttP50)))
+	row("path RTT p99, median of rounds (ms)", fmt.Sprintf("%.3f", median(cn.rttP99)), fmt.Sprintf("%.3f", median(cs.rttP99)))
+	row("path RTT p50, median of rounds (ms)", fmt.Sprintf("%.3f", median(cn.rttP50)), fmt.Sprintf("%.3f", median(cs.rttP50)))
 	row("path RTT samples 0 (left out)", cn.rttZero, cs.rttZero)
-	fmt.Printf("connect p99 srv6/nat, median of the rounds' ratios: %.2f\n", median(ratios))
+	var ratio, roundRatio any // null in the JSON when undefined
+	if cmp.ratioOK {
+		ratio = round2(cmp.ratio)
+	}
+	if m, ok := cmp.roundRatioMedian(); ok {
+		roundRatio = round2(m)
+	}
+	fmt.Printf("connect p99 srv6/nat: pooled %v, median of the rounds' ratios %v (rounds without a successful connect of a mode have none)\n", ratio, roundRatio)
 	fmt.Printf("goodput bins nat  (KB/100ms): %v\n", kb(nat.bins))
 	fmt.Printf("goodput bins srv6 (KB/100ms): %v\n", kb(s6.bins))
-	out, _ := json.Marshal(map[string]any{
+	fmt.Printf("verdict: %s\n", cmp.verdict())
+	for _, f := range cmp.failures {
+		fmt.Printf("  %s\n", f)
+	}
+	out, err := json.Marshal(map[string]any{
 		"first": first, "lost_nat": nat.lost, "lost_srv6": s6.lost, "dup_nat": nat.dup, "dup_srv6": s6.dup,
 		"reordered_nat": nat.reordered, "reordered_srv6": s6.reordered,
 		"connect_rounds": rounds, "connects_nat": cn.n, "connects_srv6": cs.n,
 		"connects_failed_nat": cn.failed, "connects_failed_srv6": cs.failed,
-		"connect_p99_ms_nat": round2(median(cn.p99)), "connect_p99_ms_srv6": round2(median(cs.p99)),
-		"connect_p99_ms_rounds_nat": roundAll(cn.p99), "connect_p99_ms_rounds_srv6": roundAll(cs.p99),
-		"connect_p99_ratio_srv6_nat": round2(median(ratios)),
-		"connect_p50_ms_nat":         round2(median(cn.p50)), "connect_p50_ms_srv6": round2(median(cs.p50)),
+		"connect_empty_rounds_nat": len(cn.empty), "connect_empty_rounds_srv6": len(cs.empty),
+		"dial_timeout_ms":    dialTimeout.Milliseconds(),
+		"connect_p99_ms_nat": round2(cn.p99), "connect_p99_ms_srv6": round2(cs.p99),
+		"connect_p99_ms_round_median_nat": round2(median(cn.roundP99)), "connect_p99_ms_round_median_srv6": round2(median(cs.roundP99)),
+		"connect_p99_ms_rounds_nat": roundAll(cn.roundP99), "connect_p99_ms_rounds_srv6": roundAll(cs.roundP99),
+		"connect_p99_ratio_srv6_nat": ratio, "connect_p99_ratio_round_median_srv6_nat": roundRatio,
+		"connect_p50_ms_nat": round2(cn.p50), "connect_p50_ms_srv6": round2(cs.p50),
+		"connect_p50_ms_round_median_nat": round2(median(cn.roundP50)), "connect_p50_ms_round_median_srv6": round2(median(cs.roundP50)),
 		"connects_over_1s_nat": cn.over1s, "connects_over_1s_srv6": cs.over1s,
 		"syn_retrans_connects_nat": cn.synRetrans, "syn_retrans_connects_srv6": cs.synRetrans,
 		"path_rtt_p99_ms_nat": round3(median(cn.rttP99)), "path_rtt_p99_ms_srv6": round3(median(cs.rttP99)),
@@ -343,8 +320,15 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 		"ns_per_packet_nat": round2(nat.nsPerPacket[0]), "ns_per_packet_srv6": round2(s6.nsPerPacket[0]),
 		"ns_per_packet_old_nat": round2(nat.nsPerPacket[1]), "ns_per_packet_old_srv6": round2(s6.nsPerPacket[1]),
 		"ns_per_packet_new_nat": round2(nat.nsPerPacket[2]), "ns_per_packet_new_srv6": round2(s6.nsPerPacket[2]),
+		"verdict": cmp.verdict(), "verdict_failures": append([]string{}, cmp.failures...),
 	})
+	if err != nil {
+		return fmt.Errorf("JSON: %w", err)
+	}
 	fmt.Println(string(out))
+	if len(cmp.failures) > 0 {
+		return fmt.Errorf("verdict fail: %s", strings.Join(cmp.failures, "; "))
+	}
 	return nil
 }
 
@@ -718,11 +702,17 @@ type connResult struct {
 	// or the last one's), the zero ones left out and counted in rttZero.
 	// Retransmission delays are in connects, over1s and synRetrans, never
 	// here.
-	pathRTTs                            []time.Duration
+	pathRTTs []time.Duration
+	// failed counts the dials that failed (their times are not in
+	// connects; the percentiles count each as dialTimeout: opens), over1s
+	// the successful ones over 1 s.
 	rttZero, synRetrans, failed, over1s int
-	// byPhase are connects and pathRTTs again, by the migration's phase
-	// the dial started in (phases).
-	byPhase [nPhases]struct{ connects, pathRTTs []time.Duration }
+	// byPhase are connects, pathRTTs and failed again, by the migration's
+	// phase the dial started in (phases).
+	byPhase [nPhases]struct {
+		connects, pathRTTs []time.Duration
+		failed             int
+	}
 }
 
 // phases are a migration's phases (migrate), as fractions of its length:
@@ -776,7 +766,7 @@ func connects(ctx context.Context, ns string, fs []lb.Frontend, every, dur time.
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 			defer cancel()
 			t0 := time.Now()
 			c, err := netns.Dial(dctx, ns, "tcp", addr)
@@ -784,11 +774,12 @@ func connects(ctx context.Context, ns string, fs []lb.Frontend, every, dur time.
 			mu.Lock()
 			defer mu.Unlock()
 			r := &res[k]
+			ph := &r.byPhase[phaseAt(float64(t0.Sub(start))/float64(dur))]
 			if err != nil {
 				r.failed++
+				ph.failed++
 				return
 			}
-			ph := &r.byPhase[phaseAt(float64(t0.Sub(start))/float64(dur))]
 			if ti, ok := tcpInfo(c); ok {
 				if ti.Total_retrans > 0 {
 					r.synRetrans++

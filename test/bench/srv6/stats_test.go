@@ -1,0 +1,115 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func durs(n int, d time.Duration) []time.Duration {
+	out := make([]time.Duration, n)
+	for i := range out {
+		out[i] = d
+	}
+	return out
+}
+
+// A bad round is not hidden: two clean rounds and one with 10 slow
+// connects of 100 have per-round p99s 1, 1 and 80 ms (median 1), but the
+// pooled p99 (300 connects, 10 of them slow) is 80 ms.
+func TestPooledP99(t *testing.T) {
+	bad := append(durs(90, time.Millisecond), durs(10, 80*time.Millisecond)...)
+	rounds := []connResult{
+		{connects: durs(100, time.Millisecond)},
+		{connects: durs(100, time.Millisecond)},
+		{connects: bad},
+	}
+	s := summarize(rounds)
+	if got := median(s.roundP99); got != 1 {
+		t.Errorf("median of the rounds' p99s = %v ms, want 1", got)
+	}
+	if s.p99 != 80 {
+		t.Errorf("pooled p99 = %v ms, want 80", s.p99)
+	}
+	if s.p50 != 1 {
+		t.Errorf("pooled p50 = %v ms, want 1", s.p50)
+	}
+	if s.n != 300 || s.failed != 0 || len(s.empty) != 0 {
+		t.Errorf("n %d failed %d empty %v, want 300, 0, none", s.n, s.failed, s.empty)
+	}
+}
+
+// A failed dial is the worst opening: it enters the percentiles as the
+// dial timeout and counts as over 1 s.
+func TestFailedDialCountsAsTimeout(t *testing.T) {
+	s := summarize([]connResult{{connects: durs(99, time.Millisecond), failed: 2}})
+	want := float64(dialTimeout) / 1e6
+	if s.p99 != want {
+		t.Errorf("p99 with 2 failed dials of 101 = %v ms, want the dial timeout %v ms", s.p99, want)
+	}
+	if s.roundP99[0] != want {
+		t.Errorf("round p99 = %v ms, want %v", s.roundP99[0], want)
+	}
+	if s.n != 99 || s.failed != 2 || s.over1s != 2 {
+		t.Errorf("n %d failed %d over1s %d, want 99, 2, 2", s.n, s.failed, s.over1s)
+	}
+	// Without the failures the same connects' p99 is 1 ms: the failures moved it.
+	if p := summarize([]connResult{{connects: durs(99, time.Millisecond)}}).p99; p != 1 {
+		t.Errorf("p99 without failures = %v ms, want 1", p)
+	}
+}
+
+// A round in which every SRv6 dial failed is a failure of the run, never a
+// ratio of 0: the round has no ratio, the median of the ratios is the
+// other rounds', the pooled SRv6 p99 is the dial timeout, and the verdict
+// fails naming the round.
+func TestEmptyRoundFailsVerdict(t *testing.T) {
+	nat := []connResult{
+		{connects: durs(100, 2*time.Millisecond)},
+		{connects: durs(100, 2*time.Millisecond)},
+		{connects: durs(100, 2*time.Millisecond)},
+	}
+	s6 := []connResult{
+		{connects: durs(100, 3*time.Millisecond)},
+		{failed: 100},
+		{connects: durs(100, 3*time.Millisecond)},
+	}
+	c := compare(nat, s6)
+	if c.verdict() != "fail" {
+		t.Fatalf("verdict %q with an SRv6 round without a successful connect, want fail", c.verdict())
+	}
+	if len(c.failures) != 1 || !strings.Contains(c.failures[0], "round 2") || !strings.Contains(c.failures[0], "srv6") {
+		t.Errorf("failures %q, want one naming round 2 and srv6", c.failures)
+	}
+	if c.roundOK[1] {
+		t.Errorf("round 2 has a ratio (%v), want none", c.roundRatio[1])
+	}
+	if !c.roundOK[0] || !c.roundOK[2] {
+		t.Errorf("rounds 1 and 3 have no ratio")
+	}
+	m, ok := c.roundRatioMedian()
+	if !ok || m != 1.5 {
+		t.Errorf("median of the rounds' ratios = %v (ok %v), want 1.5 from rounds 1 and 3", m, ok)
+	}
+	if got, want := c.s6.p99, float64(dialTimeout)/1e6; got != want {
+		t.Errorf("pooled SRv6 p99 = %v ms, want the dial timeout %v ms", got, want)
+	}
+	if !c.ratioOK || c.ratio != c.s6.p99/2 {
+		t.Errorf("pooled ratio %v (ok %v), want %v", c.ratio, c.ratioOK, c.s6.p99/2)
+	}
+	if len(c.s6.empty) != 1 || c.s6.empty[0] != 2 || len(c.nat.empty) != 0 {
+		t.Errorf("empty rounds nat %v srv6 %v, want none and [2]", c.nat.empty, c.s6.empty)
+	}
+
+	// The same on NAT's side, and a round with no dial at all.
+	c = compare([]connResult{{}, {connects: durs(10, time.Millisecond)}}, []connResult{{connects: durs(10, time.Millisecond)}, {connects: durs(10, time.Millisecond)}})
+	if c.verdict() != "fail" || len(c.nat.empty) != 1 || c.roundOK[0] {
+		t.Errorf("NAT round without a dial: verdict %q, empty %v, ratio ok %v; want fail, [1], false", c.verdict(), c.nat.empty, c.roundOK[0])
+	}
+
+	// Every round with a successful connect of each mode: ok.
+	c = compare(nat, []connResult{{connects: durs(100, 3*time.Millisecond)}, {connects: durs(99, 3*time.Millisecond), failed: 1}, {connects: durs(100, 3*time.Millisecond)}})
+	if c.verdict() != "ok" || len(c.failures) != 0 {
+		t.Errorf("verdict %q failures %q, want ok", c.verdict(), c.failures)
+	}
+}
