@@ -108,6 +108,11 @@ func TestCommitConcurrency(t *testing.T) {
 		t.Fatalf("stage/commit loop: %v", loopErr)
 	}
 	t.Logf("%d commits; flows per target: %v", commits.Load(), seen)
+	// The commits alternate X and Y: a Commit that never took effect
+	// would leave every flow on X.
+	if seen[x.String()] == 0 || seen[y.String()] == 0 {
+		t.Fatalf("after %d commits alternating %s and %s, flows per target %v; want both seen", commits.Load(), x, y, seen)
+	}
 }
 
 // TestTCProgram: the tc program NATs host traffic and translates replies, with valid checksums.
