@@ -221,7 +221,7 @@ func TestConntrackStateMachine(t *testing.T) {
 		fl.fe = tb.stage(t, fmt.Sprintf("10.0.0.%d:80/tcp", n), target)
 		fl.target = mustTarget(t, target)
 		for j, st := range sc.steps {
-			before, _ := tb.d.Drops()
+			before := tb.drops(t)
 			switch {
 			case strings.HasPrefix(st.do, "age "):
 				d, err := time.ParseDuration(strings.TrimPrefix(st.do, "age "))
@@ -236,7 +236,7 @@ func TestConntrackStateMachine(t *testing.T) {
 				tb.stage(t, fl.fe.String(), fl.target.String())
 			default:
 				if v := fl.packet(st.do); v != st.verdict {
-					after, _ := tb.d.Drops()
+					after := tb.drops(t)
 					t.Fatalf("step %d %q: verdict %d, want %d (drops %v -> %v)", j, st.do, v, st.verdict, before, after)
 				}
 			}
@@ -262,12 +262,12 @@ func TestConntrackStateMachine(t *testing.T) {
 				if j > 0 && sc.steps[j-1].state == "syn" && sc.steps[j-1].live == 1 {
 					want++
 				}
-				if after, _ := tb.d.Drops(); after["syn_evicted"] != want {
+				if after := tb.drops(t); after["syn_evicted"] != want {
 					t.Fatalf("step %d %q: syn_evicted went %d -> %d, want %d", j, st.do, before["syn_evicted"], after["syn_evicted"], want)
 				}
 			}
 			if st.verdict == xdpDrop {
-				after, _ := tb.d.Drops()
+				after := tb.drops(t)
 				reason := "port_exhausted"
 				if strings.HasPrefix(st.do, "c ") {
 					reason = "no_flow"

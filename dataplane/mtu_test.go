@@ -161,7 +161,7 @@ func TestPathMTU(t *testing.T) {
 	if n != size {
 		t.Fatalf("download over an MTU 1400 hop: %d of %d bytes: %v\n%s", n, size, err, dataplaneState(x.d, x.fe))
 	}
-	dr, _ := x.d.Drops()
+	dr := dptest.Drops(t, x.d)
 	if dr["too_big"] == 0 {
 		t.Fatalf("download completed without an ICMP too-big from the program: %v", dr)
 	}

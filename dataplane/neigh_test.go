@@ -69,10 +69,10 @@ func TestFirstPacketAfterNeighbourFlush(t *testing.T) {
 	b := make([]byte, 100)
 	n, err := c.Read(b)
 	if err != nil || string(b[:n]) != "echo first" {
-		dr, _ := x.d.Drops()
+		dr := dptest.Drops(t, x.d)
 		t.Fatalf("the first datagram after a neighbour flush: answer %q, %v\ndrops %v", b[:n], err, dr)
 	}
-	dr, _ := x.d.Drops()
+	dr := dptest.Drops(t, x.d)
 	if dr["no_neigh"] == 0 {
 		t.Fatalf("no neighbour was missing (drops %v): the flush did not take", dr)
 	}

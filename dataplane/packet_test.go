@@ -475,7 +475,7 @@ func TestUntouched(t *testing.T) {
 		if !ip.DstIP.Equal(net.ParseIP("10.3.0.1")) || !ip.SrcIP.Equal(snat4.AsSlice()) {
 			t.Fatalf("tc: not rewritten: %v -> %v", ip.SrcIP, ip.DstIP)
 		}
-		dr, _ := tb.d.Drops()
+		dr := tb.drops(t)
 		if dr["no_neigh"] != 2 {
 			t.Fatalf("no_neigh counted %d, want 2 (XDP, then tc)", dr["no_neigh"])
 		}
@@ -613,7 +613,7 @@ func TestPortExhaustion(t *testing.T) {
 	if v, _ := tb.xdp(t, b); v != xdpDrop {
 		t.Fatalf("second flow verdict %d, want drop", v)
 	}
-	dr, _ := tb.d.Drops()
+	dr := tb.drops(t)
 	if dr["port_exhausted"] != 1 {
 		t.Fatalf("port_exhausted %d", dr["port_exhausted"])
 	}

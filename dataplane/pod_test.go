@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/roamnet/roam/dataplane/dptest"
 	"github.com/roamnet/roam/test/netns"
 )
 
@@ -85,7 +86,7 @@ func TestLocalPodClient(t *testing.T) {
 			t.Fatalf("connection %d from the pod: reply %q, %v\n%s", i, reply, err, dataplaneState(x.d, x.fe))
 		}
 	}
-	dr, _ := x.d.Drops()
+	dr := dptest.Drops(t, x.d)
 	if dr["to_pod"] == 0 {
 		t.Fatalf("no reply took the pod path: %v", dr)
 	}

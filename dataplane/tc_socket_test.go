@@ -183,7 +183,7 @@ func TestTCBulkUpload(t *testing.T) {
 		pkts, bytes := after.Packets-before.Packets, after.Bytes-before.Bytes
 		t.Logf("tx offload %v: %d bytes uploaded in %d packets through tc (%d bytes per packet)", offload, size, pkts, bytes/max(pkts, 1))
 	}
-	if dr, _ := b.d.Drops(); dr["no_route"] != 0 {
+	if dr := dptest.Drops(t, b.d); dr["no_route"] != 0 {
 		t.Fatalf("no_route drops %d", dr["no_route"])
 	}
 }
