@@ -148,11 +148,46 @@ func (r SRv6Return) Remove() error {
 // thread's network namespace.
 type SRv6Returns struct {
 	Base, Count int
+	// Netlink lists the kernel's rules and routes (nil: the calling
+	// thread's namespace); a test injects failures through it.
+	Netlink RouteLister
 
 	mu  sync.Mutex
 	seq uint64
 	by  map[lb.Frontend]srv6Ret
 }
+
+// RouteLister is the part of routing netlink SRv6Returns reads the kernel
+// by (*netlink.Handle has it).
+type RouteLister interface {
+	RuleList(family int) ([]netlink.Rule, error)
+	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+}
+
+func (s *SRv6Returns) nl() RouteLister {
+	if s.Netlink == nil {
+		return nlPkg{}
+	}
+	return s.Netlink
+}
+
+// nlPkg is netlink's package-level handle: the calling thread's namespace.
+type nlPkg struct{}
+
+func (nlPkg) RuleList(family int) ([]netlink.Rule, error) { return netlink.RuleList(family) }
+func (nlPkg) RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error) {
+	return netlink.RouteListFiltered(family, filter, filterMask)
+}
+
+// SRv6AdoptError is Adopt's failure to read the kernel; Reason says which
+// read ("list_rules", "list_routes").
+type SRv6AdoptError struct {
+	Reason string
+	Err    error
+}
+
+func (e *SRv6AdoptError) Error() string { return e.Err.Error() }
+func (e *SRv6AdoptError) Unwrap() error { return e.Err }
 
 type srv6Ret struct {
 	sid netip.Addr
@@ -205,13 +240,14 @@ func (s *SRv6Returns) Set(f lb.Frontend, homeSID netip.Addr, remove bool) error 
 // An adopted frontend that Set does not install again (a direct-return
 // copy beside one without, which the controller never installs) leaves
 // with its copy (CopyGone), so it holds no route for ever. Call it once, at
-// start, before Set.
+// start, before Set. When it cannot read the kernel (*SRv6AdoptError) it
+// adopts nothing.
 func (s *SRv6Returns) Adopt(copies []lb.Frontend) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	rules, err := s.nl().RuleList(netlink.FAMILY_ALL)
 	if err != nil {
-		return fmt.Errorf("adopt srv6 returns: list rules: %w", err)
+		return &SRv6AdoptError{Reason: "list_rules", Err: fmt.Errorf("adopt srv6 returns: list rules: %w", err)}
 	}
 	sids := map[netip.Addr]netip.Addr{} // address -> the SID its table's route goes to
 	for _, r := range rules {
@@ -227,9 +263,9 @@ func (s *SRv6Returns) Adopt(copies []lb.Frontend) error {
 		if a.Is4() {
 			fam = netlink.FAMILY_V4
 		}
-		routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
+		routes, err := s.nl().RouteListFiltered(fam, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
 		if err != nil {
-			return fmt.Errorf("adopt srv6 return of %s: list table %d: %w", a, r.Table, err)
+			return &SRv6AdoptError{Reason: "list_routes", Err: fmt.Errorf("adopt srv6 return of %s: list table %d: %w", a, r.Table, err)}
 		}
 		for _, rt := range routes {
 			if e, ok := rt.Encap.(*netlink.SEG6Encap); ok && len(e.Segments) == 1 {
@@ -282,7 +318,7 @@ func (s *SRv6Returns) want(a netip.Addr) srv6Ret {
 
 // sync makes the kernel's return of address a what s.by says.
 func (s *SRv6Returns) sync(a netip.Addr) error {
-	rules, err := netlink.RuleList(netlink.FAMILY_ALL)
+	rules, err := s.nl().RuleList(netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("srv6 return for %s: list rules: %w", a, err)
 	}

@@ -306,10 +306,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		log.Info("srv6 path mode", "sid", o.srv6.SID, "locators", o.srv6.Locators)
 	}
-	node, err := newSRv6Node(dp)
-	if err != nil {
-		return err
-	}
+	adoptFailed := newSRv6AdoptFailed()
+	reg.MustRegister(adoptFailed)
+	node := newSRv6Node(dp, dataplane.NewSRv6Returns(srv6TableBase, srv6Tables), log, adoptFailed)
 	api, err := agentapi.NewServer(node, agentapi.ServerConfig{TLS: src, Registerer: reg, Logger: log})
 	if err != nil {
 		return err

@@ -9,10 +9,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -44,16 +46,21 @@ type srv6Node struct {
 
 // newSRv6Node wraps dp; on an SRv6 node it takes over the return routes a
 // previous run of the agent installed for the copies still here
-// (dataplane.SRv6Returns.Adopt).
-func newSRv6Node(dp *dataplane.Dataplane) (*srv6Node, error) {
-	n := &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{},
-		returns: dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)}
+// (returns.Adopt). The adoption is best effort: when it cannot read the
+// pinned copies or the kernel's routes, it logs, counts in adoptFailed
+// (by reason) and goes on without (the agent, its data plane and API
+// still come up; a removal may then take a route other copies still use,
+// until their next install, as before adoption).
+func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *slog.Logger, adoptFailed *prometheus.CounterVec) *srv6Node {
+	n := &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{}, returns: returns}
 	if !dp.SRv6Config().SID.IsValid() {
-		return n, nil
+		return n
 	}
 	copies, err := dp.SRv6Copies()
 	if err != nil {
-		return nil, err
+		log.Error("srv6: adopt the return routes of a previous run: skipped", "err", err)
+		adoptFailed.WithLabelValues("list_copies").Inc()
+		return n
 	}
 	var here []lb.Frontend
 	for f, s := range copies {
@@ -62,9 +69,24 @@ func newSRv6Node(dp *dataplane.Dataplane) (*srv6Node, error) {
 		}
 	}
 	if err := n.returns.Adopt(here); err != nil {
-		return nil, err
+		reason := "other"
+		var ae *dataplane.SRv6AdoptError
+		if errors.As(err, &ae) {
+			reason = ae.Reason
+		}
+		log.Error("srv6: adopt the return routes of a previous run: skipped", "err", err)
+		adoptFailed.WithLabelValues(reason).Inc()
 	}
-	return n, nil
+	return n
+}
+
+// newSRv6AdoptFailed is the agent's count of adoptions given up
+// (newSRv6Node).
+func newSRv6AdoptFailed() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "roam_agent_srv6_adopt_failed_total",
+		Help: "Agent starts that did not take over the SRv6 return routes of a previous run, by reason (list_copies, list_rules, list_routes).",
+	}, []string{"reason"})
 }
 
 func hostPrefix(a netip.Addr) *net.IPNet {

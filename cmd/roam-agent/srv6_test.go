@@ -1,8 +1,13 @@
 package main
 
 import (
+	"errors"
+	"log/slog"
 	"net/netip"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/dptest"
@@ -48,8 +53,7 @@ func TestSRv6ReturnsAfterRestart(t *testing.T) {
 	}
 	d, err := dataplane.Open(cfg)
 	must(err)
-	n, err := newSRv6Node(d)
-	must(err)
+	n := newTestSRv6Node(t, d, nil)
 	for _, f := range []lb.Frontend{f80, f81, f82} {
 		must(n.SetSRv6Copy(f, dataplane.SRv6Serving))
 	}
@@ -58,8 +62,7 @@ func TestSRv6ReturnsAfterRestart(t *testing.T) {
 	want("before the restart", true)
 
 	must(d.Close()) // the restart: pins, rules and routes stay
-	n, err = newSRv6Node(dptest.New(t, cfg))
-	must(err)
+	n = newTestSRv6Node(t, dptest.New(t, cfg), nil)
 	want("after the restart", true)
 	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
 	must(n.SetSRv6Return(f80, netip.Addr{}, true))
@@ -82,4 +85,120 @@ func TestSRv6ReturnsAfterRestart(t *testing.T) {
 	want("installed, its copy gone", true)
 	must(n.SetSRv6Return(f80, netip.Addr{}, true))
 	want("installed, then removed", false)
+}
+
+// newTestSRv6Node is the agent's srv6Node on d, its returns reading the
+// kernel through nl (nil: the namespace's netlink); it fails the test if
+// the adoption was given up.
+func newTestSRv6Node(t *testing.T, d *dataplane.Dataplane, nl dataplane.RouteLister) *srv6Node {
+	t.Helper()
+	failed := newSRv6AdoptFailed()
+	r := dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)
+	r.Netlink = nl
+	n := newSRv6Node(d, r, slog.New(slog.DiscardHandler), failed)
+	if nl == nil {
+		if c := counted(t, failed); len(c) != 0 {
+			t.Fatalf("adoption given up: %v", c)
+		}
+	}
+	return n
+}
+
+// failingNetlink fails the read named by fail, passes the other to the
+// namespace's netlink.
+type failingNetlink struct{ fail string }
+
+var errInjected = errors.New("injected netlink failure")
+
+func (f failingNetlink) RuleList(family int) ([]netlink.Rule, error) {
+	if f.fail == "list_rules" {
+		return nil, errInjected
+	}
+	return netlink.RuleList(family)
+}
+
+func (f failingNetlink) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	if f.fail == "list_routes" {
+		return nil, errInjected
+	}
+	return netlink.RouteListFiltered(family, filter, mask)
+}
+
+// TestSRv6AdoptFailureStartsAnyway injects a netlink failure into the
+// adoption of a restarted agent's return routes (listing the rules, then
+// listing a rule's table): the node still comes up, the failure is logged
+// and counted by reason, and the node then installs and removes returns
+// and copies as usual.
+func TestSRv6AdoptFailureStartsAnyway(t *testing.T) {
+	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
+	home := netip.MustParseAddr("fc00:0:1::1")
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
+		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
+	fe := netip.MustParseAddr("10.201.1.2")
+	f := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}
+	d, err := dataplane.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newTestSRv6Node(t, d, nil)
+	if err := n.SetSRv6Copy(f, dataplane.SRv6Serving); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.SetSRv6Return(f, home, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, reason := range []string{"list_rules", "list_routes"} {
+		failed := newSRv6AdoptFailed()
+		r := dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)
+		r.Netlink = failingNetlink{fail: reason}
+		d, err := dataplane.Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := newSRv6Node(d, r, slog.New(slog.DiscardHandler), failed)
+		if c := counted(t, failed); len(c) != 1 || c[reason] != 1 {
+			t.Fatalf("%s failing: counted %v, want 1 under %q alone", reason, c, reason)
+		}
+		if got := r.HomeSID(fe); got.IsValid() {
+			t.Fatalf("%s failing: adopted a return to %s, want none", reason, got)
+		}
+		r.Netlink = nil // the fault passes
+		if err := n.SetSRv6Return(f, home, false); err != nil {
+			t.Fatalf("%s failing, then install: %v", reason, err)
+		}
+		if _, sids := netns.SRv6ReturnState(t, fe, dataplane.SRv6ReturnRulePriority); len(sids) != 1 || sids[0] != home {
+			t.Fatalf("%s failing, then install: %s's answers routed to %v, want %s", reason, fe, sids, home)
+		}
+		if err := n.SetSRv6Copy(f, dataplane.SRv6Draining); err != nil {
+			t.Fatalf("%s failing, then a copy's state: %v", reason, err)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// counted is what the counter vec c counts, by its reason label.
+func counted(t *testing.T, c *prometheus.CounterVec) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }
