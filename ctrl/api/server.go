@@ -1,6 +1,6 @@
 // Package api is the cluster controller's REST API (JSON): the user routes
 // (deploy, list, get, delete, migrate, migrations), the controller-to-
-// controller routes under /v1/peer, /healthz and /metrics; and the peer
+// controller routes under /v1/peer, /healthz, /readyz and /metrics; and the peer
 // client other controllers use.
 //
 // Who calls is established once, in handle: a controller by the client
@@ -75,9 +75,13 @@ type Config struct {
 	// AllowCommand lets users deploy a service given as a command line
 	// (the local backend runs it on this host). Peers never may.
 	AllowCommand bool
-	Gatherer     prometheus.Gatherer
-	Registerer   prometheus.Registerer
-	Logger       *slog.Logger
+	// Ready answers /readyz: whether the controller can serve its peers
+	// and why (nil: always ready once it serves). /healthz stays the
+	// liveness answer.
+	Ready      func() (bool, any)
+	Gatherer   prometheus.Gatherer
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 // Server serves the API.
@@ -98,7 +102,7 @@ type Server struct {
 type access int
 
 const (
-	accessNone    access = iota // anyone (/healthz, /metrics)
+	accessNone    access = iota // anyone (/healthz, /readyz, /metrics)
 	accessRead                  // a user with the read or operate role
 	accessOperate               // a user with the operate role
 	accessPeer                  // another controller, by its certificate
@@ -152,6 +156,16 @@ func NewServer(cfg Config) (*Server, error) {
 	s.handle("POST /v1/peer/services/{name}/migrate", accessPeer, s.peerMigrate)
 	s.handle("GET /healthz", accessNone, func(w http.ResponseWriter, r *http.Request) error {
 		return reply(w, http.StatusOK, map[string]string{"status": "ok", "cluster": cfg.Engine.ClusterID()})
+	})
+	s.handle("GET /readyz", accessNone, func(w http.ResponseWriter, r *http.Request) error {
+		ready, detail := true, any(nil)
+		if cfg.Ready != nil {
+			ready, detail = cfg.Ready()
+		}
+		if !ready {
+			return reply(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "cluster": cfg.Engine.ClusterID(), "detail": detail})
+		}
+		return reply(w, http.StatusOK, map[string]any{"status": "ready", "cluster": cfg.Engine.ClusterID(), "detail": detail})
 	})
 	g := cfg.Gatherer
 	if g == nil {

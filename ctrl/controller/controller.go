@@ -133,24 +133,26 @@ type Controller struct {
 	prober *netprobe.Prober
 	probeA string        // advertised probe address
 	kick   chan struct{} // publish a hello now
+	dir    directory
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 // directory resolves cluster ids from the static list, then the MO's view
-// (api.Directory: the only source of peer URLs).
+// (api.Directory: the only source of peer URLs), or, until the view is
+// loaded after a restart, the directory saved before it (directory.go).
 type directory struct {
 	static map[string]string
-	mc     *meta.Client
+	known  *lastKnown // nil without an MO
 }
 
 var _ api.Directory = directory{}
 
 func (d directory) hellos() []meta.Hello {
-	if d.mc == nil {
+	if d.known == nil {
 		return nil
 	}
-	return d.mc.Clusters()
+	return d.known.hellos()
 }
 
 // ClustersAt lists the clusters the directory has at url.
@@ -198,14 +200,20 @@ func (d directory) ControllerURL(id string) (string, bool) {
 	if u, ok := d.static[id]; ok {
 		return u, true
 	}
-	if d.mc != nil {
-		for _, h := range d.mc.Clusters() {
-			if h.ClusterID == id && h.ControllerURL != "" {
-				return h.ControllerURL, true
-			}
+	for _, h := range d.hellos() {
+		if h.ClusterID == id && h.ControllerURL != "" {
+			return h.ControllerURL, true
 		}
 	}
 	return "", false
+}
+
+// state is the directory's readiness: static without an MO.
+func (d directory) state() DirectoryState {
+	if d.known == nil {
+		return DirectoryState{State: DirectoryStatic, Clusters: len(d.static)}
+	}
+	return d.known.state()
 }
 
 // New opens the store, connects to NATS (when configured), starts serving
@@ -294,14 +302,30 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 			return nil, err
 		}
 	}
-	dir := directory{static: cfg.Peers, mc: c.mc}
-	// The MO writes its compact view of the hellos periodically and this
+	dir := directory{static: cfg.Peers}
+	if c.mc != nil {
+		if dir.known, err = newLastKnown(c.mc, c.st); err != nil {
+			return nil, err
+		}
+	}
+	c.dir = dir
+	// The MO writes its compact view of the hellos periodically (a write
+	// it has not had acknowledged waits for the next one) and this
 	// controller follows it, so a cluster the MO has heard is not at once
 	// in this directory: until it is, its peer calls here are refused
-	// (unknown_cluster) and a migration toward it is invalid.
+	// (unknown_cluster) and a migration toward it is invalid. /readyz
+	// says whether the view is loaded (directory.go).
 	c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "roam_ctrl_directory_clusters",
 		Help: "Clusters this controller has a controller URL for (configured peers and the MO's view as it holds it, itself included)."},
 		func() float64 { return float64(dir.size()) }))
+	c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "roam_ctrl_directory_synced",
+		Help: "1 when the directory is the MO's view as loaded since start (or there is no MO), 0 while it is the one saved before a restart, or none."},
+		func() float64 {
+			if st := dir.state().State; st == DirectorySynced || st == DirectoryStatic {
+				return 1
+			}
+			return 0
+		}))
 	peers := api.NewPeerClient(cfg.ClusterID, cfg.TLS, dir)
 	peers.Endpoints.AllowLoopback = cfg.AllowLoopbackEndpoints
 	ecfg := migrate.Config{ClusterID: cfg.ClusterID, URL: c.url, FrontendAddr: cfg.FrontendAddr, Locator: cfg.Locator, RedirectMode: cfg.RedirectMode, SRv6DirectReturn: cfg.SRv6DirectReturn, Store: c.st,
@@ -350,7 +374,7 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	rec := newReconciler(c.Engine, c.log, cfg.Workers, cfg.Resync, ecfg.ProbeInterval, max(ecfg.CollectAfter/6, time.Second),
 		ecfg.PolicyInterval, 2*ecfg.DeployTimeout+ecfg.DrainTimeout)
 	if c.API, err = api.NewServer(api.Config{Engine: c.Engine, Users: cfg.Users, TLS: cfg.TLS, Peers: peers,
-		AllowCommand: cfg.AllowCommand, Gatherer: c.reg, Registerer: c.reg, Logger: c.log}); err != nil {
+		AllowCommand: cfg.AllowCommand, Ready: c.ready, Gatherer: c.reg, Registerer: c.reg, Logger: c.log}); err != nil {
 		return nil, err
 	}
 	// Every route's body is bounded (api.MaxBody); a slow client holds a
@@ -397,6 +421,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	}()
 	go func() { defer c.wg.Done(); rec.run(rctx, keys) }()
 	go func() { defer c.wg.Done(); c.helloLoop(rctx) }()
+	if dir.known != nil {
+		c.wg.Go(func() { dir.known.run(rctx, cfg.HelloInterval, c.log) })
+	}
 	c.log.Info("controller up", "api", c.url, "recovering", len(keys), "frontend", cfg.FrontendAddr, "data", cfg.DataAddr, "agents", len(cfg.Agents), "mo", cfg.NATSURL != "")
 	return c, nil
 }
@@ -411,6 +438,18 @@ func (c *Controller) Clusters() []meta.ClusterStatus {
 		return nil
 	}
 	return c.mc.ClusterStates()
+}
+
+// Directory says whether the peer directory is the MO's view (synced),
+// the one saved before a restart (stale), none yet (loading), or the
+// configured peers alone (static).
+func (c *Controller) Directory() DirectoryState { return c.dir.state() }
+
+// ready is /readyz: ready once the directory can recognise the peers,
+// from the MO's view or from the one saved before a restart.
+func (c *Controller) ready() (bool, any) {
+	st := c.dir.state()
+	return st.State != DirectoryLoading, map[string]any{"directory": st}
 }
 
 // Registry is the controller's metrics registry.
