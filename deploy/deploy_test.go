@@ -464,6 +464,8 @@ func TestFlagsPortsAndImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	addrFlags := map[string]bool{"metrics-addr": true, "api-addr": true, "http-addr": true, "listen": true}
+	// Containers whose binary serves a /readyz (ctrl/api, meta.Server).
+	readyz := map[string]bool{"roam-ctrl": true, "roam-meta": true}
 	containers := 0
 	for _, d := range allDocs(t) {
 		spec, name := podSpecOf(d)
@@ -519,13 +521,16 @@ func TestFlagsPortsAndImages(t *testing.T) {
 					t.Errorf("%s: container port %s %d: the binary's flags listen on %v", where, p.Name, p.ContainerPort, listens)
 				}
 			}
-			for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe} {
+			// Liveness is /healthz; readiness /healthz, or /readyz where the
+			// binary serves one (roam-ctrl, roam-meta).
+			for i, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe} {
 				if pr == nil || pr.HTTPGet == nil {
 					t.Errorf("%s: needs HTTP liveness and readiness probes", where)
 					continue
 				}
-				if _, ok := named[pr.HTTPGet.Port.StrVal]; !ok || pr.HTTPGet.Path != "/healthz" {
-					t.Errorf("%s: probe %s on port %q: not a /healthz on a declared port", where, pr.HTTPGet.Path, pr.HTTPGet.Port.String())
+				ok := pr.HTTPGet.Path == "/healthz" || i == 1 && pr.HTTPGet.Path == "/readyz" && readyz[c.Name]
+				if _, declared := named[pr.HTTPGet.Port.StrVal]; !declared || !ok {
+					t.Errorf("%s: probe %s on port %q: not a /healthz (or, for readiness, a /readyz the binary serves) on a declared port", where, pr.HTTPGet.Path, pr.HTTPGet.Port.String())
 				}
 			}
 		}

@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string) error {
 		clusterID  = fs.String("cluster-id", "", "this cluster's id (required)")
 		tier       = fs.String("tier", "edge", "tier: deep-edge, edge, cloud, ...")
 		labels     = fs.String("labels", "", "labels k=v,...")
-		apiAddr    = fs.String("api-addr", ":8080", "REST API, /metrics, /healthz listen address")
+		apiAddr    = fs.String("api-addr", ":8080", "REST API, /metrics, /healthz, /readyz listen address")
 		advertise  = fs.String("advertise-url", "", "URL peers reach this API at (default from --api-addr and --data-addr)")
 		natsURL    = fs.String("nats-url", "", "meta-orchestrator NATS URL (empty: no MO; destinations from --peers)")
 		natsUser   = fs.String("nats-user", "", "NATS user (default the cluster id)")
