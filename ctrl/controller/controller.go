@@ -208,12 +208,23 @@ func (d directory) ControllerURL(id string) (string, bool) {
 	return "", false
 }
 
-// state is the directory's readiness: static without an MO.
+// state is the directory's readiness (static without an MO) and the
+// clusters it lists.
 func (d directory) state() DirectoryState {
-	if d.known == nil {
-		return DirectoryState{State: DirectoryStatic, Clusters: len(d.static)}
+	st := DirectoryState{State: DirectoryStatic}
+	if d.known != nil {
+		st = d.known.state()
 	}
-	return d.known.state()
+	for id := range d.static {
+		st.Clusters = append(st.Clusters, id)
+	}
+	for _, h := range d.hellos() {
+		if _, static := d.static[h.ClusterID]; !static && h.ControllerURL != "" {
+			st.Clusters = append(st.Clusters, h.ClusterID)
+		}
+	}
+	slices.Sort(st.Clusters)
+	return st
 }
 
 // New opens the store, connects to NATS (when configured), starts serving

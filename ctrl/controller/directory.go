@@ -75,18 +75,19 @@ func (k *lastKnown) hellos() []meta.Hello {
 type DirectoryState struct {
 	State string `json:"state"`
 	// Saved is when the stale directory was saved (state stale).
-	Saved    time.Time `json:"saved,omitzero"`
-	Clusters int       `json:"clusters"`
+	Saved time.Time `json:"saved,omitzero"`
+	// Clusters are the ids the directory has a controller URL for.
+	Clusters []string `json:"clusters"`
 }
 
 func (k *lastKnown) state() DirectoryState {
 	if k.synced() {
-		return DirectoryState{State: DirectorySynced, Clusters: len(k.mc.Clusters())}
+		return DirectoryState{State: DirectorySynced}
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.restored && len(k.saved.Clusters) > 0 {
-		return DirectoryState{State: DirectoryStale, Saved: k.saved.Saved, Clusters: len(k.saved.Clusters)}
+		return DirectoryState{State: DirectoryStale, Saved: k.saved.Saved}
 	}
 	return DirectoryState{State: DirectoryLoading}
 }

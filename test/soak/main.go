@@ -436,6 +436,18 @@ func (s *soak) kill9(ctx context.Context, name string, pause time.Duration) erro
 	if err := s.tb.WaitHealthy(wctx, np, np.Health); err != nil {
 		return fmt.Errorf("restart %s: %w", name, err)
 	}
+	// A controller is back when its directory is the MO's view again and
+	// lists every cluster (/readyz), not when it answers /healthz: until
+	// then it serves the directory saved before the kill.
+	if id, ok := strings.CutPrefix(name, "roam-ctrl-"); ok {
+		c, err := s.tb.Cluster(id)
+		if err != nil {
+			return fmt.Errorf("restart %s: %w", name, err)
+		}
+		if err := s.tb.WaitDirectory(wctx, c); err != nil {
+			return fmt.Errorf("restart %s: %w", name, err)
+		}
+	}
 	return nil
 }
 

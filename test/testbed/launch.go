@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -429,9 +430,10 @@ func (tb *Testbed) LaunchOnly(ctx context.Context, lc LaunchConfig, which ...str
 		if want["roam-meta"] {
 			// Every controller runs now: wait until the MO has a hello from
 			// each cluster sent after this point, then until every
-			// controller's directory lists every cluster. The controllers
-			// follow the MO's compact view, which the MO writes after it
-			// heard the hellos, not the hellos: without the second wait a
+			// controller's /readyz lists every cluster by name in its
+			// directory, synced. The controllers follow the MO's compact
+			// view, which the MO writes in batches after the hellos, not
+			// the hellos: without the second wait a
 			// migration right after the launch finds its destination
 			// unknown at the home (400), or its home unknown at the
 			// destination (403 unknown_cluster).
@@ -520,26 +522,69 @@ func (tb *Testbed) waitHellos(ctx context.Context, since time.Time) error {
 	}
 }
 
-// waitDirectories polls every controller's roam_ctrl_directory_clusters
-// until each has a controller URL for every cluster of the testbed.
+// waitDirectories waits until every controller's directory is the MO's
+// view and lists every cluster of the testbed (WaitDirectory).
 func (tb *Testbed) waitDirectories(ctx context.Context) error {
-	want := len(tb.Clusters())
 	for _, c := range tb.Clusters() {
-		hc := tb.HTTPSClient(c.NS, 2*time.Second)
-		ctrlURL := fmt.Sprintf("https://127.0.0.1:%d", CtrlPort)
-		for {
-			n, err := Scrape(ctx, hc, ctrlURL, "roam_ctrl_directory_clusters", "")
-			if err == nil && n >= float64(want) {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				hc.CloseIdleConnections()
-				return fmt.Errorf("launch: roam-ctrl-%s's directory lists %v of %d clusters: %w (last error: %v)", c.Name, n, want, ctx.Err(), err)
-			case <-time.After(100 * time.Millisecond):
-			}
+		if err := tb.WaitDirectory(ctx, c); err != nil {
+			return fmt.Errorf("launch: %w", err)
 		}
-		hc.CloseIdleConnections()
+	}
+	return nil
+}
+
+// WaitDirectory polls c's controller's /readyz until it is ready with its
+// directory synced with the MO's view (not the one saved before a
+// restart) and listing every cluster of the testbed by name. Without an
+// MO (static peers) ready is enough.
+func (tb *Testbed) WaitDirectory(ctx context.Context, c Cluster) error {
+	hc := tb.HTTPSClient(c.NS, 2*time.Second)
+	defer hc.CloseIdleConnections()
+	url := fmt.Sprintf("https://127.0.0.1:%d/readyz", CtrlPort)
+	var last error
+	for {
+		last = directoryReady(ctx, hc, url, tb.Clusters())
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("roam-ctrl-%s's directory: %w (last: %v)", c.Name, ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func directoryReady(ctx context.Context, hc *http.Client, url string, want []Cluster) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Detail struct {
+			Directory struct {
+				State    string   `json:"state"`
+				Clusters []string `json:"clusters"`
+			} `json:"directory"`
+		} `json:"detail"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return fmt.Errorf("readyz %s: %w", resp.Status, err)
+	}
+	d := r.Detail.Directory
+	if resp.StatusCode != http.StatusOK || (d.State != "synced" && d.State != "static") {
+		return fmt.Errorf("readyz %s, directory %s", resp.Status, d.State)
+	}
+	var missing []string
+	for _, c := range want {
+		if !slices.Contains(d.Clusters, c.Name) {
+			missing = append(missing, c.Name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("directory %s lists %v, not %v", d.State, d.Clusters, missing)
 	}
 	return nil
 }
