@@ -127,7 +127,7 @@ func TestDirectorySurvivesRestartDuringNATSOutage(t *testing.T) {
 	a := start("a")
 	defer a.Close()
 	b := start("b")
-	eventually("b's directory is the view, with a, and saved", func() error {
+	eventually("b's directory is the view, with a and b, and saved", func() error {
 		if st := b.Directory(); st.State != DirectorySynced {
 			return fmt.Errorf("directory %+v", st)
 		}
@@ -136,12 +136,14 @@ func TestDirectorySurvivesRestartDuringNATSOutage(t *testing.T) {
 		}
 		b.dir.known.mu.Lock()
 		defer b.dir.known.mu.Unlock()
+		urls := map[string]string{}
 		for _, e := range b.dir.known.saved.Clusters {
-			if e.ClusterID == "a" && e.ControllerURL == a.URL() {
-				return nil
-			}
+			urls[e.ClusterID] = e.ControllerURL
 		}
-		return fmt.Errorf("a not saved yet: %+v", b.dir.known.saved)
+		if urls["a"] != a.URL() || urls["b"] != b.URL() {
+			return fmt.Errorf("a and b not saved yet: %+v", b.dir.known.saved)
+		}
+		return nil
 	})
 	if code, st := readyz(b); code != http.StatusOK || st.State != DirectorySynced {
 		t.Fatalf("b's /readyz with the view: %d %+v", code, st)
