@@ -37,6 +37,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"slices"
@@ -492,7 +493,7 @@ func tooLargeForStream(err error) bool {
 
 func (a *auditLog) publish(b *auditBatch) error {
 	s := a.s
-	msg := nats.NewMsg(AuditSubject)
+	msg := nats.NewMsg(auditSubjectOf(b.writer))
 	msg.Data = b.data
 	msg.Header.Set(jetstream.MsgIDHeader, "roam-audit-"+b.id)
 	msg.Header.Set(AuditWriterHeader, b.writer)
@@ -767,7 +768,7 @@ func (a *auditLog) replayPiece(ctx context.Context, id, writer string, data []by
 		return a.replayParts(ctx, id, writer, cutPieces(data, sizes))
 	}
 	for {
-		msg := nats.NewMsg(AuditSubject)
+		msg := nats.NewMsg(auditSubjectOf(writer))
 		msg.Data = data
 		msg.Header.Set(jetstream.MsgIDHeader, "roam-audit-"+id)
 		msg.Header.Set(AuditWriterHeader, writer)
@@ -816,4 +817,54 @@ func (a *auditLog) replayParts(ctx context.Context, id, writer string, parts [][
 		}
 	}
 	return nil
+}
+
+// auditWriterBits is how many bits of a writer's hash its audit subject
+// spells out.
+const auditWriterBits = 64
+
+// auditSubjectOf is the subject a writer's batches go to: AuditSubject
+// followed by the FNV-1a hash of the writer, one token per bit ("0" or
+// "1"), most significant first. JetStream filters cannot say "all but
+// this subject", but they can say "differs from it in bit i" for each i:
+// auditFollowFilters.
+func auditSubjectOf(writer string) string {
+	h := fnv.New64a()
+	h.Write([]byte(writer))
+	return auditSubjectBits(h.Sum64(), auditWriterBits)
+}
+
+// auditSubjectBits is AuditSubject and the first n bits of v (most
+// significant first), one token each.
+func auditSubjectBits(v uint64, n int) string {
+	b := make([]byte, 0, len(AuditSubject)+2*n)
+	b = append(b, AuditSubject...)
+	for i := 0; i < n; i++ {
+		b = append(b, '.', '0'+byte(v>>(63-i)&1))
+	}
+	return string(b)
+}
+
+// auditFollowFilters are the filter subjects of a replica's audit
+// follower: the plain AuditSubject (batches of replicas that did not put
+// their writer in the subject), and for each bit i of the writer's hash
+// every subject that agrees with the writer's on the bits before i and
+// differs at i. Together they take every writer's subject but this
+// writer's (and a writer whose hash equals it, 2^-64 for a pair, which
+// the writer header would then skip), and no two of them overlap, as
+// JetStream requires.
+func auditFollowFilters(writer string) []string {
+	h := fnv.New64a()
+	h.Write([]byte(writer))
+	v := h.Sum64()
+	out := make([]string, 0, 1+auditWriterBits)
+	out = append(out, AuditSubject)
+	for i := 0; i < auditWriterBits; i++ {
+		f := auditSubjectBits(v^(1<<(63-i)), i+1)
+		if i < auditWriterBits-1 {
+			f += ".>"
+		}
+		out = append(out, f)
+	}
+	return out
 }

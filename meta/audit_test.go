@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"os"
@@ -21,6 +23,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
 // TestMain runs the audit crash test's MO replica when the test binary is
@@ -820,5 +823,80 @@ func TestAuditReplayAfterLiveCut(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(spool, "*"))
 	if len(left) != 0 {
 		t.Fatalf("spool not empty after the replay: %v", left)
+	}
+}
+
+// TestAuditFollowFilters: a replica's follower filters, on a real stream,
+// deliver every batch under the plain subject and under any other
+// writer's subject, and none under the replica's own.
+func TestAuditFollowFilters(t *testing.T) {
+	ns := startNATS(t)
+	startServer(t, ServerConfig{Name: "mo1", NATSURL: ns.ClientURL()}) // creates the stream
+	nc := connect(t, ns.ClientURL())
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := nuid.Next()
+	want := map[string]bool{}
+	publish := func(subj, id string) {
+		t.Helper()
+		msg := nats.NewMsg(subj)
+		msg.Data = []byte(id)
+		if _, err := js.PublishMsg(ctx(t), msg, jetstream.WithExpectStream(AuditStream)); err != nil {
+			t.Fatalf("publish on %s: %v", subj, err)
+		}
+	}
+	publish(AuditSubject, "plain")
+	want["plain"] = true
+	for i := 0; i < 300; i++ {
+		w := nuid.Next()
+		id := "other-" + strconv.Itoa(i)
+		publish(auditSubjectOf(w), id)
+		want[id] = true
+		if i%10 == 0 {
+			publish(auditSubjectOf(self), "self-"+strconv.Itoa(i))
+		}
+	}
+	// Writers whose hashes share a long prefix with self's (they differ
+	// only in the last bits) must be delivered too.
+	h := fnv.New64a()
+	h.Write([]byte(self))
+	v := h.Sum64()
+	for _, bit := range []int{0, 1, 31, 62, 63} {
+		id := "near-" + strconv.Itoa(bit)
+		publish(auditSubjectBits(v^(1<<(63-bit)), auditWriterBits), id)
+		want[id] = true
+	}
+	filters := auditFollowFilters(self)
+	if len(filters) != 1+auditWriterBits {
+		t.Fatalf("%d filters", len(filters))
+	}
+	cons, err := js.OrderedConsumer(ctx(t), AuditStream, jetstream.OrderedConsumerConfig{FilterSubjects: filters})
+	if err != nil {
+		t.Fatalf("consumer with the follower's filters: %v", err)
+	}
+	got := map[string]bool{}
+	for {
+		m, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+		if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := string(m.Data())
+		if strings.HasPrefix(id, "self-") {
+			t.Errorf("the writer's own batch %s (%s) was delivered", id, m.Subject())
+		}
+		if got[id] {
+			t.Errorf("%s delivered twice", id)
+		}
+		got[id] = true
+	}
+	for id := range want {
+		if !got[id] {
+			t.Errorf("batch %s not delivered", id)
+		}
 	}
 }

@@ -510,4 +510,26 @@ func TestSharedReservations(t *testing.T) {
 		a, _, ok := mo2.Registry().Get(time.Now(), "a")
 		return mo2.Registry().Reservations() == 1 && ok && a.Reserved.MilliCPU == 500
 	})
+	// mo2 was delivered mo1's batch; mo1, which published it before, was
+	// not delivered it at all (its follower's filters leave it out), and
+	// mo2 was not delivered batches of its own either.
+	req2 := testRequest("req2", Constraints{})
+	req2.RequestID = "r2"
+	rep, err = newClient(t, nc, "req2", WithoutCache()).Place(ctx(t), req2)
+	if err != nil || !rep.OK() {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	other := mo1
+	if rep.DecidedBy == "mo1" {
+		other = mo2
+	}
+	waitFor(t, "the other replica holds the second reservation", func() bool { return other.Registry().Reservations() == 2 })
+	for _, mo := range []*Server{mo1, mo2} {
+		if n := mo.auditOwnDelivered.Load(); n != 0 {
+			t.Errorf("%s was delivered %d batches of its own", mo.name, n)
+		}
+	}
+	if mo2.auditFollowed.Load() < 1 || other.auditFollowed.Load() < 1 {
+		t.Errorf("followed batches: mo1 %d, mo2 %d", mo1.auditFollowed.Load(), mo2.auditFollowed.Load())
+	}
 }

@@ -135,7 +135,10 @@ type Server struct {
 	req      PlacementRequest
 	replyBuf []byte
 	auditLog *auditLog
-	started  time.Time
+	// Batches the audit follower was delivered: others' (applied) and
+	// this process's own (skipped; its filters keep them out).
+	auditFollowed, auditOwnDelivered atomic.Int64
+	started                          time.Time
 }
 
 // NewServer starts an MO replica: NATS (embedded unless cfg.NATSURL), the

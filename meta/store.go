@@ -90,7 +90,7 @@ func (s *Server) createStreams(ctx context.Context, js jetstream.JetStream, stor
 	}
 	if _, err := js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{
 		Name: AuditStream, Description: "roam placement decisions (and the reservations they make)",
-		Subjects: []string{AuditSubject}, Storage: existingStorage(cctx, js, AuditStream, storage), Replicas: replicas,
+		Subjects: []string{AuditSubject, AuditSubject + ".>"}, Storage: existingStorage(cctx, js, AuditStream, storage), Replicas: replicas,
 		MaxMsgs: 100_000, Discard: jetstream.DiscardOld,
 	}); err != nil {
 		return fmt.Errorf("create stream %s: %w", AuditStream, err)
@@ -326,12 +326,15 @@ func (s *Server) audit(req *PlacementRequest, dest, noPlacement string, filtered
 
 // followAudit applies every replica's reservations from the audit stream,
 // starting one reservation lifetime back (so a new replica knows what is
-// still reserved). This process's own batches come back too and are
-// skipped by their writer header.
+// still reserved). The consumer's filters leave out this process's own
+// subject (auditFollowFilters), so the server does not deliver its own
+// batches at all; one that comes anyway (a batch under the plain subject,
+// or another writer whose subject hash is this one's) is skipped by its
+// writer header.
 func (s *Server) followAudit(ctx context.Context) {
 	start := time.Now().Add(-s.cfg.ReservationTTL)
 	cons, err := s.js.OrderedConsumer(ctx, AuditStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{AuditSubject}, DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
+		FilterSubjects: auditFollowFilters(s.auditLog.writer), DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
 	})
 	if err != nil {
 		s.log.Error("follow the audit stream: reservations are not shared", "err", err)
@@ -341,8 +344,10 @@ func (s *Server) followAudit(ctx context.Context) {
 		// This process's own batches: it reserved them when it placed.
 		// The header is read before anything is decoded.
 		if h := m.Headers(); h != nil && h.Get(AuditWriterHeader) == s.auditLog.writer {
+			s.auditOwnDelivered.Add(1)
 			return
 		}
+		s.auditFollowed.Add(1)
 		now := time.Now()
 		err := decodeAuditBatch(m.Data(), func(rec *auditRecord) {
 			if rec.Destination == "" || rec.RequestID == "" {
