@@ -57,10 +57,9 @@ struct {
  */
 static __always_inline __u32 nh_slot(const struct xlate *x, __u32 ifindex)
 {
-	const __u32 *s = (const __u32 *)x->src, *d = (const __u32 *)x->dst; /* 4-byte aligned */
-	__u64 h = ifindex * 0x9e3779b97f4a7c15ULL + ((__u64)s[1] << 32 | s[0]) * 0xbf58476d1ce4e5b9ULL +
-		  ((__u64)s[3] << 32 | s[2]) * 0x94d049bb133111ebULL + ((__u64)d[1] << 32 | d[0]) * 0xc2b2ae3d27d4eb4fULL +
-		  ((__u64)d[3] << 32 | d[2]) * 0x165667b19e3779f9ULL;
+	const __u64 *s = (const __u64 *)x->src, *d = (const __u64 *)x->dst; /* 8-byte aligned (struct xlate) */
+	__u64 h = ifindex * 0x9e3779b97f4a7c15ULL + s[0] * 0xbf58476d1ce4e5b9ULL + s[1] * 0x94d049bb133111ebULL +
+		  d[0] * 0xc2b2ae3d27d4eb4fULL + d[1] * 0x165667b19e3779f9ULL;
 	return h >> (64 - __builtin_ctz(NH_CACHE_SLOTS));
 }
 
@@ -72,8 +71,9 @@ static __always_inline __u64 nh_tag(__u32 ifindex, const struct pkt *p)
 
 static __always_inline int nh_match(const struct nh_entry *e, const struct xlate *x, __u64 tag)
 {
-	return ((*(const __u64 *)&e->in_ifindex ^ tag) & 0xffffffffffffULL) == 0 && addr_eq(e->daddr, x->dst) &&
-	       addr_eq(e->saddr, x->src);
+	const __u64 *a = (const __u64 *)e->saddr, *b = (const __u64 *)x->src; /* saddr then daddr in both, 8-byte aligned */
+	return (((*(const __u64 *)&e->in_ifindex ^ tag) & 0xffffffffffffULL) | (a[0] ^ b[0]) | (a[1] ^ b[1]) |
+		(a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
 }
 
 /*

@@ -51,7 +51,7 @@ struct xlate {
 	__u32 seq_delta;
 	__u16 counter; /* the target's index in roam_target_counters (0: not counted) */
 	__u16 pad2;
-};
+} __attribute__((aligned(8))); /* 8: nexthop.h reads its addresses as 64-bit words */
 #define XLATE_SEQ 1
 #define XLATE_ACK 2
 

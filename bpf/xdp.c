@@ -127,10 +127,27 @@ static __always_inline int roam_srv6_out(struct xdp_md *ctx, struct pkt *p)
 
 #include "balancer.h"
 
+/* xdp_ipv6: an Ethernet frame of IPv6 (ethertype only; srv6_input checks the rest). */
+static __always_inline int xdp_ipv6(struct xdp_md *ctx)
+{
+	/* Loaded as the verifier wants them (as cilium's ctx_data_end): plain reads here share their
+	 * loads with roam_process's, and clang's 32-bit copy of data_end is a scalar to the verifier. */
+	void *data, *data_end;
+	asm volatile("%[r] = *(u32 *)(%[c] + %[o])" : [r] "=r"(data) : [c] "r"(ctx), [o] "i"(offsetof(struct xdp_md, data)));
+	asm volatile("%[r] = *(u32 *)(%[c] + %[o])"
+		     : [r] "=r"(data_end)
+		     : [c] "r"(ctx), [o] "i"(offsetof(struct xdp_md, data_end)));
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	return eth->proto == bpf_htons(ETH_P_IPV6_);
+}
+
 SEC("xdp")
 int roam_xdp(struct xdp_md *ctx)
 {
-	if (!(ROAM_ABLATE & ABLATE_SRV6)) {
+	/* srv6_input goes on at once for anything but IPv6: not called for it (a call and its frame per IPv4 packet). */
+	if (!(ROAM_ABLATE & ABLATE_SRV6) && xdp_ipv6(ctx)) {
 		int rc = srv6_input(ctx);
 		if (rc == SRV6_DECAP)
 			return srv6_decap_reply(ctx);
