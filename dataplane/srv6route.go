@@ -8,12 +8,14 @@ package dataplane
 // namespace.
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -151,10 +153,26 @@ type SRv6Returns struct {
 	// Netlink lists the kernel's rules and routes (nil: the calling
 	// thread's namespace); a test injects failures through it.
 	Netlink RouteLister
+	// Users, when set, records the frontends installed by Set (key
+	// FrontendKey): it outlives the agent (OpenSRv6ReturnUsers pins it),
+	// so that Adopt knows them.
+	Users *ebpf.Map
 
 	mu  sync.Mutex
 	seq uint64
 	by  map[lb.Frontend]srv6Ret
+}
+
+// OpenSRv6ReturnUsers opens the map of the frontends with a return
+// installed (SRv6Returns.Users), pinned in pinPath (created on first use).
+func OpenSRv6ReturnUsers(pinPath string) (*ebpf.Map, error) {
+	m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{Name: "roam_srv6_ret", Type: ebpf.Hash,
+		KeySize: uint32(binary.Size(FrontendKey{})), ValueSize: 1, MaxEntries: 65536, Pinning: ebpf.PinByName},
+		ebpf.MapOptions{PinPath: pinPath})
+	if err != nil {
+		return nil, fmt.Errorf("open srv6 return users in %s: %w", pinPath, err)
+	}
+	return m, nil
 }
 
 // RouteLister is the part of routing netlink SRv6Returns reads the kernel
@@ -208,6 +226,9 @@ func (s *SRv6Returns) Set(f lb.Frontend, homeSID netip.Addr, remove bool) error 
 	defer s.mu.Unlock()
 	a := f.Addr.Unmap()
 	old, had := s.by[f]
+	if err := s.record(f, remove); err != nil {
+		return err
+	}
 	switch {
 	case remove:
 		delete(s.by, f)
@@ -223,6 +244,7 @@ func (s *SRv6Returns) Set(f lb.Frontend, homeSID netip.Addr, remove bool) error 
 				s.by[f] = old
 			} else {
 				delete(s.by, f)
+				_ = s.record(f, true) // best effort: Adopt takes a user only where its address has a rule
 			}
 		}
 		return err
@@ -230,16 +252,41 @@ func (s *SRv6Returns) Set(f lb.Frontend, homeSID netip.Addr, remove bool) error 
 	return nil
 }
 
+// record keeps f in Users (remove: takes it out).
+func (s *SRv6Returns) record(f lb.Frontend, remove bool) error {
+	if s.Users == nil {
+		return nil
+	}
+	k := frontendKey(f)
+	if remove {
+		if err := s.Users.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("srv6 return for %s: forget its user: %w", f, err)
+		}
+		return nil
+	}
+	if err := s.Users.Put(&k, uint8(1)); err != nil {
+		return fmt.Errorf("srv6 return for %s: record its user: %w", f, err)
+	}
+	return nil
+}
+
 // Adopt takes over the return routes an earlier run of the agent left in
-// the kernel: each frontend of copies (the node's copies serving or
-// draining, which outlive the agent in the pinned map) whose address has a
-// rule of ours counts as a user of that address's route, at the SID the
-// route goes to, as if Set had installed it. Without this, the first
+// the kernel, so that the routes after a restart are what they would be
+// without one: each frontend recorded in Users (installed by Set and not
+// removed) whose address has a rule of ours is a user of that address's
+// route, at the SID the route goes to, as if Set had installed it (a
+// direct-return copy, never installed, is none). Without this, the first
 // removal after a restart found no other user of the address and dropped
 // the route its other copies still answer by, until their next install.
-// An adopted frontend that Set does not install again (a direct-return
-// copy beside one without, which the controller never installs) leaves
-// with its copy (CopyGone), so it holds no route for ever. Call it once, at
+// An address whose rule has no user recorded (left by an agent from
+// before Users, or without them) cannot tell its direct-return copies
+// from the others: there each frontend of copies (the node's copies
+// serving or draining, which outlive the agent in the pinned map) is a
+// user, the safe side (a direct-return copy's answers go home
+// encapsulated for a while rather than the others' leaving
+// unencapsulated, which their networks may drop), and leaves with its
+// copy (CopyGone) unless Set installs it again, so it holds no route for
+// ever. Call it once, at
 // start, before Set. When it cannot read the kernel (*SRv6AdoptError) it
 // adopts nothing.
 func (s *SRv6Returns) Adopt(copies []lb.Frontend) error {
@@ -275,13 +322,35 @@ func (s *SRv6Returns) Adopt(copies []lb.Frontend) error {
 			}
 		}
 	}
-	for _, f := range copies {
+	users := map[lb.Frontend]bool{}   // installed by Set, recorded in Users
+	recorded := map[netip.Addr]bool{} // addresses with a user recorded
+	if s.Users != nil {
+		var k FrontendKey
+		var v uint8
+		it := s.Users.Iterate()
+		for it.Next(&k, &v) {
+			users[k.Frontend()] = true
+			recorded[k.Frontend().Addr.Unmap()] = true
+		}
+		if err := it.Err(); err != nil {
+			return &SRv6AdoptError{Reason: "list_users", Err: fmt.Errorf("adopt srv6 returns: list users: %w", err)}
+		}
+	}
+	adopt := func(f lb.Frontend, copyOnly bool) {
 		sid, ok := sids[f.Addr.Unmap()]
 		if _, had := s.by[f]; !ok || had {
-			continue
+			return
 		}
 		s.seq++
-		s.by[f] = srv6Ret{sid: sid, seq: s.seq, adopted: true}
+		s.by[f] = srv6Ret{sid: sid, seq: s.seq, adopted: copyOnly}
+	}
+	for f := range users {
+		adopt(f, false)
+	}
+	for _, f := range copies {
+		if !recorded[f.Addr.Unmap()] {
+			adopt(f, true)
+		}
 	}
 	return nil
 }
@@ -292,11 +361,16 @@ func (s *SRv6Returns) Adopt(copies []lb.Frontend) error {
 func (s *SRv6Returns) CopyGone(f lb.Frontend) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r, ok := s.by[f]; !ok || !r.adopted {
+	r, ok := s.by[f]
+	if !ok || !r.adopted {
 		return nil
 	}
 	delete(s.by, f)
-	return s.sync(f.Addr.Unmap())
+	if err := s.sync(f.Addr.Unmap()); err != nil {
+		s.by[f] = r // still a user: a retry syncs again
+		return err
+	}
+	return nil
 }
 
 // HomeSID is the SID the return of address a goes to now (unset: none).

@@ -308,7 +308,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	adoptFailed := newSRv6AdoptFailed()
 	reg.MustRegister(adoptFailed)
-	node := newSRv6Node(dp, dataplane.NewSRv6Returns(srv6TableBase, srv6Tables), log, adoptFailed)
+	var returns *dataplane.SRv6Returns
+	if o.srv6.SID.IsValid() {
+		returns = newSRv6Returns(o.pinPath, log, adoptFailed)
+	} else {
+		returns = dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)
+	}
+	node := newSRv6Node(dp, returns, log, adoptFailed)
 	api, err := agentapi.NewServer(node, agentapi.ServerConfig{TLS: src, Registerer: reg, Logger: log})
 	if err != nil {
 		return err

@@ -80,12 +80,28 @@ func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *s
 	return n
 }
 
+// newSRv6Returns keeps the node's return routes, recording their users in
+// the pin path (dataplane.OpenSRv6ReturnUsers) so that a restarted agent
+// adopts exactly them; when it cannot open that record, it logs, counts
+// (reason open_users) and goes on without (Adopt then takes the copies).
+func newSRv6Returns(pinPath string, log *slog.Logger, adoptFailed *prometheus.CounterVec) *dataplane.SRv6Returns {
+	r := dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)
+	users, err := dataplane.OpenSRv6ReturnUsers(pinPath)
+	if err != nil {
+		log.Error("srv6: return routes' users not recorded", "err", err)
+		adoptFailed.WithLabelValues("open_users").Inc()
+		return r
+	}
+	r.Users = users
+	return r
+}
+
 // newSRv6AdoptFailed is the agent's count of adoptions given up
 // (newSRv6Node).
 func newSRv6AdoptFailed() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "roam_agent_srv6_adopt_failed_total",
-		Help: "Agent starts that did not take over the SRv6 return routes of a previous run, by reason (list_copies, list_rules, list_routes).",
+		Help: "Agent starts that did not take over the SRv6 return routes of a previous run, by reason (open_users, list_copies, list_users, list_rules, list_routes).",
 	}, []string{"reason"})
 }
 

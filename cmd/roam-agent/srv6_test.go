@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,22 +16,22 @@ import (
 	"github.com/roamnet/roam/test/netns"
 )
 
-// TestSRv6ReturnsAfterRestart injects an agent restart at a location
-// where three services of one home share a frontend address: two (ports
-// 80, 81) with return routes, one (82) with direct return, which the
-// controller never installs a return for. After the restart (a new
-// srv6Node on a data plane reopened on the same pins: the copies and the
-// kernel's rule and route stay, the agent's memory is new), removing
-// port 80's return keeps the address's route, which 81's and 82's
-// answers still take (before, it went until 81's next install); removing
-// 81's keeps it while 82's adopted copy serves, and 82's copy leaving
-// takes it (no route held for ever by a copy that never asked for one).
+// TestSRv6ReturnsAfterRestart runs one sequence twice, with and without
+// an agent restart in it, at a location where three services of one home
+// share a frontend address: two (ports 80, 81) with return routes, one
+// (82) with direct return, which the controller never installs a return
+// for. The restart (a new srv6Node on a data plane reopened on the same
+// pins: the copies, the recorded return users and the kernel's rule and
+// route stay, the agent's memory is new) changes no step's route: removing
+// port 80's return keeps the address's route, which 81's answers still
+// take; removing 81's takes it though 82's copy serves (82 never asked
+// for one). Then a node whose record is lost (an agent from before it):
+// its copies hold the route (the safe side) until they go, and a copy's
+// leaving that fails to sync is synced by its retry.
 // Real rules and seg6 routes in a namespace, a real pinned data plane.
 func TestSRv6ReturnsAfterRestart(t *testing.T) {
 	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
 	home := netip.MustParseAddr("fc00:0:1::1")
-	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
-		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
 	fe := netip.MustParseAddr("10.201.1.1")
 	f80 := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}
 	f81 := lb.Frontend{Addr: fe, Port: 81, Proto: lb.TCP}
@@ -41,59 +42,97 @@ func TestSRv6ReturnsAfterRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want := func(step string, routed bool) {
+	routed := func() bool {
 		t.Helper()
 		_, sids := netns.SRv6ReturnState(t, fe, dataplane.SRv6ReturnRulePriority)
-		if routed && (len(sids) != 1 || sids[0] != home) {
-			t.Fatalf("%s: %s's answers routed to %v, want one route to %s", step, fe, sids, home)
+		if len(sids) > 1 || len(sids) == 1 && sids[0] != home {
+			t.Fatalf("%s's answers routed to %v, want none or one route to %s", fe, sids, home)
 		}
-		if !routed && len(sids) != 0 {
-			t.Fatalf("%s: %s's answers routed to %v, want no route", step, fe, sids)
-		}
+		return len(sids) == 1
 	}
+	run := func(restart bool) []bool {
+		cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
+			Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
+		var got []bool
+		d, err := dataplane.Open(cfg)
+		must(err)
+		n := newTestSRv6Node(t, d, cfg.PinPath, nil)
+		for _, f := range []lb.Frontend{f80, f81, f82} {
+			must(n.SetSRv6Copy(f, dataplane.SRv6Serving))
+		}
+		must(n.SetSRv6Return(f80, home, false))
+		must(n.SetSRv6Return(f81, home, false))
+		got = append(got, routed())
+		if restart {
+			must(d.Close()) // the restart: pins, rules and routes stay
+			n = newTestSRv6Node(t, dptest.New(t, cfg), cfg.PinPath, nil)
+		}
+		got = append(got, routed())
+		must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
+		must(n.SetSRv6Return(f80, netip.Addr{}, true))
+		got = append(got, routed())
+		must(n.SetSRv6Return(f81, home, false)) // a resent install: still one route
+		got = append(got, routed())
+		must(n.SetSRv6Return(f81, netip.Addr{}, true))
+		got = append(got, routed())
+		must(n.SetSRv6Copy(f81, dataplane.SRv6Gone))
+		got = append(got, routed())
+		must(n.SetSRv6Copy(f82, dataplane.SRv6Gone))
+		got = append(got, routed())
+		// An installed frontend keeps the route past its copy's state:
+		// only its return's removal takes it.
+		must(n.SetSRv6Copy(f80, dataplane.SRv6Serving))
+		must(n.SetSRv6Return(f80, home, false))
+		must(n.SetSRv6Copy(f80, dataplane.SRv6Draining))
+		must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
+		got = append(got, routed())
+		must(n.SetSRv6Return(f80, netip.Addr{}, true))
+		got = append(got, routed())
+		return got
+	}
+	want := []bool{true, true, true, true, false, false, false, true, false}
+	without := run(false)
+	with := run(true)
+	if !slices.Equal(without, want) || !slices.Equal(with, want) {
+		t.Fatalf("routed at each step: without a restart %v, with one %v, want both %v", without, with, want)
+	}
+
+	// The record lost: the copies hold the route until they go; a leaving
+	// whose sync fails is synced by its retry.
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
+		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
 	d, err := dataplane.Open(cfg)
 	must(err)
-	n := newTestSRv6Node(t, d, nil)
-	for _, f := range []lb.Frontend{f80, f81, f82} {
-		must(n.SetSRv6Copy(f, dataplane.SRv6Serving))
-	}
-	must(n.SetSRv6Return(f80, home, false))
+	n := newTestSRv6Node(t, d, cfg.PinPath, nil)
+	must(n.SetSRv6Copy(f81, dataplane.SRv6Serving))
+	must(n.SetSRv6Copy(f82, dataplane.SRv6Serving))
 	must(n.SetSRv6Return(f81, home, false))
-	want("before the restart", true)
-
-	must(d.Close()) // the restart: pins, rules and routes stay
-	n = newTestSRv6Node(t, dptest.New(t, cfg), nil)
-	want("after the restart", true)
-	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
-	must(n.SetSRv6Return(f80, netip.Addr{}, true))
-	want("port 80's return removed after the restart", true)
-	must(n.SetSRv6Return(f81, home, false)) // a resent install: still one route
-	want("port 81's return installed again", true)
-	must(n.SetSRv6Return(f81, netip.Addr{}, true))
-	want("port 81's return removed, port 82's copy serving", true)
+	must(d.Close())
+	must(n.returns.Users.Unpin())
+	r := dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)
+	n = newSRv6Node(dptest.New(t, cfg), r, slog.New(slog.DiscardHandler), newSRv6AdoptFailed())
 	must(n.SetSRv6Copy(f81, dataplane.SRv6Gone))
-	want("port 81's copy gone, port 82's serving", true)
-	must(n.SetSRv6Copy(f82, dataplane.SRv6Gone))
-	want("every copy gone", false)
-
-	// An installed (not only adopted) frontend keeps the route past its
-	// copy's state: only its return's removal takes it.
-	must(n.SetSRv6Copy(f80, dataplane.SRv6Serving))
-	must(n.SetSRv6Return(f80, home, false))
-	must(n.SetSRv6Copy(f80, dataplane.SRv6Draining))
-	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
-	want("installed, its copy gone", true)
-	must(n.SetSRv6Return(f80, netip.Addr{}, true))
-	want("installed, then removed", false)
+	if !routed() {
+		t.Fatal("record lost: 82's copy serving, no route")
+	}
+	r.Netlink = failingNetlink{fail: "list_rules"}
+	if err := n.SetSRv6Copy(f82, dataplane.SRv6Gone); !errors.Is(err, errInjected) {
+		t.Fatalf("record lost, 82's copy gone, rules unreadable: %v, want the injected failure", err)
+	}
+	r.Netlink = nil
+	must(n.SetSRv6Copy(f82, dataplane.SRv6Gone)) // the retry
+	if routed() {
+		t.Fatal("record lost, every copy gone after a retry: still routed")
+	}
 }
 
 // newTestSRv6Node is the agent's srv6Node on d, its returns reading the
 // kernel through nl (nil: the namespace's netlink); it fails the test if
 // the adoption was given up.
-func newTestSRv6Node(t *testing.T, d *dataplane.Dataplane, nl dataplane.RouteLister) *srv6Node {
+func newTestSRv6Node(t *testing.T, d *dataplane.Dataplane, pinPath string, nl dataplane.RouteLister) *srv6Node {
 	t.Helper()
 	failed := newSRv6AdoptFailed()
-	r := dataplane.NewSRv6Returns(srv6TableBase, srv6Tables)
+	r := newSRv6Returns(pinPath, slog.New(slog.DiscardHandler), failed)
 	r.Netlink = nl
 	n := newSRv6Node(d, r, slog.New(slog.DiscardHandler), failed)
 	if nl == nil {
@@ -140,7 +179,7 @@ func TestSRv6AdoptFailureStartsAnyway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := newTestSRv6Node(t, d, nil)
+	n := newTestSRv6Node(t, d, cfg.PinPath, nil)
 	if err := n.SetSRv6Copy(f, dataplane.SRv6Serving); err != nil {
 		t.Fatal(err)
 	}
