@@ -132,8 +132,9 @@ type summary struct {
 	// The one /v1/reroute call (stage and commit of 2 frontends in the
 	// agent) a one-node cluster's migration makes, p50 (µs).
 	APIRerouteUs float64 `json:"api_reroute_us"`
-	// Its share in the agent (its handler, request read to answer
-	// written), p50 (µs): the rest is the wire, both wake-ups, the caller.
+	// Its share in the agent (its handler, from the request read until
+	// the answer is ready to write), p50 (µs): the rest is the wire, both
+	// wake-ups, the caller.
 	APIRerouteAgentUs float64 `json:"api_reroute_agent_us"`
 	// The request's way (the call made until the agent's handler was
 	// entered) and the answer's (the answer ready until the call
