@@ -194,8 +194,12 @@ type auditBatch struct {
 type auditLog struct {
 	s      *Server
 	writer string // this process
-	flush  time.Duration
-	dir    string // spool directory ("" for none)
+	// subject is auditSubjectOf(writer), computed once: every batch this
+	// process writes goes there (replay's segments of other writers
+	// compute theirs).
+	subject string
+	flush   time.Duration
+	dir     string // spool directory ("" for none)
 
 	mu       sync.Mutex
 	buf      []byte
@@ -225,7 +229,8 @@ func newAuditLog(s *Server, dir string, flush time.Duration) *auditLog {
 	if flush <= 0 {
 		flush = DefaultAuditFlush
 	}
-	return &auditLog{s: s, writer: nuid.Next(), flush: flush, dir: dir, kick: make(chan struct{}, 1)}
+	w := nuid.Next()
+	return &auditLog{s: s, writer: w, subject: auditSubjectOf(w), flush: flush, dir: dir, kick: make(chan struct{}, 1)}
 }
 
 // room reports whether a placement may be decided: its record will fit.
@@ -493,7 +498,11 @@ func tooLargeForStream(err error) bool {
 
 func (a *auditLog) publish(b *auditBatch) error {
 	s := a.s
-	msg := nats.NewMsg(auditSubjectOf(b.writer))
+	subject := a.subject
+	if b.writer != a.writer {
+		subject = auditSubjectOf(b.writer)
+	}
+	msg := nats.NewMsg(subject)
 	msg.Data = b.data
 	msg.Header.Set(jetstream.MsgIDHeader, "roam-audit-"+b.id)
 	msg.Header.Set(AuditWriterHeader, b.writer)
