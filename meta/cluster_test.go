@@ -3,6 +3,7 @@ package meta
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -531,5 +532,123 @@ func TestSharedReservations(t *testing.T) {
 	}
 	if mo2.auditFollowed.Load() < 1 || other.auditFollowed.Load() < 1 {
 		t.Errorf("followed batches: mo1 %d, mo2 %d", mo1.auditFollowed.Load(), mo2.auditFollowed.Load())
+	}
+}
+
+// TestOneViewWriterPerCluster: three replicas take every hello, but a
+// cluster's material change is written to the compact view once, by the
+// cluster's writer (the replica that wrote its summary last), not by the
+// three racing each other's compare-and-set (lost_race): the view's
+// writes do not grow with the replicas. When the writer dies, another
+// replica writes the cluster's changes after the grace, and becomes its
+// writer.
+func TestOneViewWriterPerCluster(t *testing.T) {
+	const iv = 4 * time.Second // the owner's grace; no refresh (30 intervals) within the test
+	ss := startCluster(t, 3, func(c *ServerConfig) { c.HelloInterval, c.ReservationTTL = iv, -1 })
+	nc := connect(t, urls(ss))
+	const n, rounds = 40, 5
+	hs := make([]Hello, n)
+	for i := range hs {
+		hs[i] = testHello("w"+strconv.Itoa(i), TierEdge, 4000, 0)
+	}
+	publishHellos(t, nc, hs...)
+	mark := func(s *Server, id string) (viewMark, bool) {
+		v := s.view.Load()
+		if v == nil {
+			return viewMark{}, false
+		}
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		m, ok := v.marks[id]
+		return m, ok
+	}
+	// inView: every replica (of ss) has seen the bucket hold load for
+	// each of hs, written by one replica they agree on.
+	inView := func(ss []*Server, hs []Hello) bool {
+		for _, h := range hs {
+			by := ""
+			for _, s := range ss {
+				m, ok := mark(s, h.ClusterID)
+				if !ok || m.by == "" || math.Abs(m.load-h.Capacity.Load()) > 1e-9 || by != "" && m.by != by {
+					return false
+				}
+				by = m.by
+			}
+		}
+		return true
+	}
+	waitFor(t, "every cluster's first summary, seen by every replica", func() bool { return inView(ss, hs) })
+	writes := func(result string) float64 {
+		sum := 0.0
+		for _, s := range ss {
+			sum += metricValue(t, s, "roam_meta_view_writes_total", map[string]string{"result": result})
+		}
+		return sum
+	}
+	written0, lost0 := writes("written"), writes("lost_race")
+	for r := range rounds {
+		for i := range hs {
+			hs[i].Seq++
+			hs[i].Capacity.UsedMilliCPU = int64(3000 * ((r + 1) % 2)) // load 0.75, 0.25, ...
+		}
+		publishHellos(t, nc, hs...)
+		waitFor(t, "round "+strconv.Itoa(r)+" in the view", func() bool { return inView(ss, hs) })
+	}
+	// Past the grace: a replica that deferred to the writer finds the
+	// bucket up to date and writes nothing. An unchanged hello first
+	// keeps the clusters alive meanwhile (a state change is rightly
+	// written).
+	for i := range hs {
+		hs[i].Seq++
+	}
+	publishHellos(t, nc, hs...)
+	time.Sleep(iv + iv/4)
+	written, lost := writes("written")-written0, writes("lost_race")-lost0
+	t.Logf("%d changes: %v summaries written, %v writes lost a race", n*rounds, written, lost)
+	if written < n*rounds {
+		t.Fatalf("%v summaries written for %d changes", written, n*rounds)
+	}
+	if lost > n*rounds/10 {
+		t.Fatalf("%v writes lost a race for %d changes (%v written): the replicas write the same summaries", lost, n*rounds, written)
+	}
+
+	// The replica writing the most clusters dies: the survivors write
+	// those clusters' next change after the grace.
+	owned := map[string][]Hello{}
+	for _, h := range hs {
+		m, _ := mark(ss[0], h.ClusterID)
+		owned[m.by] = append(owned[m.by], h)
+	}
+	victim := ss[0]
+	for _, s := range ss {
+		if len(owned[s.name]) > len(owned[victim.name]) {
+			victim = s
+		}
+	}
+	var survivors []*Server
+	for _, s := range ss {
+		if s != victim {
+			survivors = append(survivors, s)
+		}
+	}
+	mine := owned[victim.name]
+	victim.kill()
+	sc := connect(t, survivors[0].ClientURL())
+	for i := range mine {
+		mine[i].Seq += 10
+		mine[i].Capacity.UsedMilliCPU = 2000 // load 0.5
+	}
+	publishHellos(t, sc, mine...)
+	deadline := time.Now().Add(time.Minute) // a leader may be elected again first
+	for !inView(survivors, mine) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the %d clusters %s wrote are not written by the survivors after its death", len(mine), victim.name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, h := range mine {
+		if m, _ := mark(survivors[0], h.ClusterID); m.by == victim.name {
+			t.Fatalf("%s: still written by %s", h.ClusterID, victim.name)
+		}
 	}
 }

@@ -386,7 +386,7 @@ func (s *Server) runStore(ctx context.Context) {
 	} else if n > 0 {
 		s.log.Info("republished the audit records a previous run left in the spool", "records", n, "spool", s.cfg.AuditSpool)
 	}
-	view := &viewWriter{s: s, refresh: s.cfg.HelloInterval * summaryRefresh, marks: map[string]viewMark{}, dirty: map[string]bool{}}
+	view := newViewWriter(s, s.cfg.HelloInterval*summaryRefresh, s.cfg.HelloInterval)
 	s.view.Store(view)
 	restored := make(chan struct{})
 	var wg sync.WaitGroup

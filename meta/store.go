@@ -108,13 +108,43 @@ func existingStorage(ctx context.Context, js jetstream.JetStream, stream string,
 }
 
 // viewWriter keeps the compact view in step with the registry.
+//
+// One writer per cluster: every replica takes every hello, so every
+// replica sees a cluster's summary due at about the same moment. The
+// replica that wrote the summary in the bucket last (its By) is the
+// cluster's writer and writes it as soon as it is due; the others defer:
+// a cluster due for them is checked again ownerGrace later and written
+// only if the bucket still lacks what they see (the writer is gone, or
+// sees otherwise), the writer then being them. So the bucket's writes do
+// not grow with the replicas: only a cluster no replica wrote yet (its
+// first summary) or whose writer stays silent for ownerGrace is written
+// by several, and compare-and-set keeps one of those writes
+// (lost_race).
 type viewWriter struct {
 	s       *Server
 	refresh time.Duration
+	// ownerGrace is how long a replica that is not a cluster's writer
+	// leaves the writer to write a due summary.
+	ownerGrace time.Duration
 
 	mu    sync.Mutex
 	marks map[string]viewMark // what the bucket holds, from the watch
 	dirty map[string]bool
+	// deferred are the clusters due at this replica whose writer is
+	// another, in the order they came due (at), each once (deferredSet).
+	deferred    []deferredWrite
+	deferredSet map[string]bool
+}
+
+// deferredWrite is a cluster due since at whose writer is another replica.
+type deferredWrite struct {
+	id string
+	at time.Time
+}
+
+func newViewWriter(s *Server, refresh, ownerGrace time.Duration) *viewWriter {
+	return &viewWriter{s: s, refresh: refresh, ownerGrace: ownerGrace, marks: map[string]viewMark{}, dirty: map[string]bool{},
+		deferredSet: map[string]bool{}}
 }
 
 // follow watches the bucket: the initial values restore the registry
@@ -185,14 +215,40 @@ func (w *viewWriter) refreshOf(c *Cluster) time.Duration {
 	return max(w.refresh, time.Duration(c.Hello.IntervalMs)*time.Millisecond*summaryRefresh)
 }
 
-// check marks c dirty when the bucket's summary differs materially.
+// check marks c dirty when the bucket's summary differs materially; or,
+// when another replica is its writer, defers it (viewWriter).
 func (w *viewWriter) check(c *Cluster, st State, now time.Time) {
 	id := c.Hello.ClusterID
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	m, ok := w.marks[id]
-	if !ok || m.stale(st, c.load, c.ident, now, w.refreshOf(c)) {
+	if ok && !m.stale(st, c.load, c.ident, now, w.refreshOf(c)) {
+		return
+	}
+	if !ok || m.by == "" || m.by == w.s.name {
 		w.dirty[id] = true
+		return
+	}
+	if !w.deferredSet[id] && !w.dirty[id] {
+		w.deferredSet[id] = true
+		w.deferred = append(w.deferred, deferredWrite{id, now})
+	}
+}
+
+// dueDeferred moves the deferred clusters whose grace has passed at now
+// to the dirty ones (flushIDs checks each again against the bucket).
+func (w *viewWriter) dueDeferred(now time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for n < len(w.deferred) && now.Sub(w.deferred[n].at) >= w.ownerGrace {
+		id := w.deferred[n].id
+		delete(w.deferredSet, id)
+		w.dirty[id] = true
+		n++
+	}
+	if n > 0 {
+		w.deferred = append(w.deferred[:0], w.deferred[n:]...)
 	}
 }
 
@@ -212,6 +268,7 @@ const flushBatch = 1024
 // flushBatch; each write expects the revision the replica last saw, so
 // when several replicas see the same change only the first write lands.
 func (w *viewWriter) flush(ctx context.Context) {
+	w.dueDeferred(time.Now())
 	w.mu.Lock()
 	ids := w.dirty
 	w.dirty = map[string]bool{}
@@ -260,7 +317,7 @@ func (w *viewWriter) flushIDs(ctx context.Context, ids []string) {
 		}
 		// The mark of what was written (markOf(sum, rev) without hashing
 		// the hello again).
-		mark := viewMark{state: st, written: sum.Written, load: c.load, ident: c.ident}
+		mark := viewMark{state: st, written: sum.Written, load: c.load, ident: c.ident, by: s.name}
 		acks = append(acks, pending{id, mark, ack})
 	}
 	timeout := time.NewTimer(10 * time.Second)

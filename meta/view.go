@@ -68,6 +68,9 @@ type viewMark struct {
 	written time.Time
 	load    float64
 	ident   uint64
+	// by is the replica that wrote it (Summary.By): the cluster's writer
+	// (store.go, viewWriter.check).
+	by string
 }
 
 func markOf(s Summary, rev uint64) viewMark {
@@ -76,7 +79,7 @@ func markOf(s Summary, rev uint64) viewMark {
 	eff.UsedMilliCPU += s.Reserved.MilliCPU
 	eff.UsedMemoryMB += s.Reserved.MemoryMB
 	eff.UsedPods += s.Reserved.Pods
-	return viewMark{rev: rev, state: st, written: s.Written, load: eff.Load(), ident: identity(&s.Hello)}
+	return viewMark{rev: rev, state: st, written: s.Written, load: eff.Load(), ident: identity(&s.Hello), by: s.By}
 }
 
 // stale reports whether a cluster now (state, load, identity) differs
