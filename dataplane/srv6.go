@@ -416,6 +416,13 @@ func (d *Dataplane) XDPRunStats() (runTime time.Duration, runs uint64, err error
 	return st.Runtime, st.RunCount, nil
 }
 
+// PinPath is the bpffs directory the data plane's maps are pinned in.
+func (d *Dataplane) PinPath() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg.PinPath
+}
+
 // SRv6Config returns the node's SRv6 setup (a copy).
 func (d *Dataplane) SRv6Config() SRv6Config {
 	d.mu.Lock()

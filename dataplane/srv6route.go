@@ -175,6 +175,21 @@ func OpenSRv6ReturnUsers(pinPath string) (*ebpf.Map, error) {
 	return m, nil
 }
 
+// OpenSRv6LoAddrs opens the record of the frontend addresses the agent
+// put on lo for its copies (roam_srv6_lo, key the address's 16 bytes,
+// IPv4 mapped), pinned in pinPath (created on first use): it outlives the
+// agent, so that a restarted agent still removes them when their last
+// copy goes, and leaves alone an address it did not add.
+func OpenSRv6LoAddrs(pinPath string) (*ebpf.Map, error) {
+	m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{Name: "roam_srv6_lo", Type: ebpf.Hash,
+		KeySize: 16, ValueSize: 1, MaxEntries: 65536, Pinning: ebpf.PinByName},
+		ebpf.MapOptions{PinPath: pinPath})
+	if err != nil {
+		return nil, fmt.Errorf("open srv6 lo addresses in %s: %w", pinPath, err)
+	}
+	return m, nil
+}
+
 // RouteLister is the part of routing netlink SRv6Returns reads the kernel
 // by (*netlink.Handle has it).
 type RouteLister interface {

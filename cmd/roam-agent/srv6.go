@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -38,24 +39,36 @@ type srv6Node struct {
 	// copies counts the frontends with a copy here, per address: the
 	// address stays on lo while one is serving or draining.
 	copies map[netip.Addr]map[lb.Frontend]bool
-	// added are the addresses this agent put on lo (it removes only those).
+	// added are the addresses this agent put on lo (it removes only those),
+	// recorded in lo (nil: not recorded) so that a restarted agent knows
+	// them.
 	added map[netip.Addr]bool
+	lo    *ebpf.Map
 	// returns are the copies' return routes.
 	returns *dataplane.SRv6Returns
 }
 
-// newSRv6Node wraps dp; on an SRv6 node it takes over the return routes a
-// previous run of the agent installed for the copies still here
-// (returns.Adopt). The adoption is best effort: when it cannot read the
-// pinned copies or the kernel's routes, it logs, counts in adoptFailed
-// (by reason) and goes on without (the agent, its data plane and API
-// still come up; a removal may then take a route other copies still use,
-// until their next install, as before adoption).
+// newSRv6Node wraps dp; on an SRv6 node it takes over what a previous run
+// of the agent left for the copies still here: their frontend addresses on
+// lo (copies, from the pinned copies, and added, from the pinned record
+// OpenSRv6LoAddrs; an address recorded whose copies are all gone is taken
+// off lo now) and their return routes (returns.Adopt). The adoption is
+// best effort: when it cannot read the pinned copies, the record or the
+// kernel's routes, it logs, counts in adoptFailed (by reason) and goes on
+// without (the agent, its data plane and API still come up; a removal may
+// then take a route other copies still use, until their next install, and
+// an address may stay on lo after its last copy, as before adoption).
 func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *slog.Logger, adoptFailed *prometheus.CounterVec) *srv6Node {
 	n := &srv6Node{Dataplane: dp, copies: map[netip.Addr]map[lb.Frontend]bool{}, added: map[netip.Addr]bool{}, returns: returns}
 	if !dp.SRv6Config().SID.IsValid() {
 		return n
 	}
+	lo, err := dataplane.OpenSRv6LoAddrs(dp.PinPath())
+	if err != nil {
+		log.Error("srv6: frontend addresses on lo not recorded", "err", err)
+		adoptFailed.WithLabelValues("open_lo").Inc()
+	}
+	n.lo = lo
 	copies, err := dp.SRv6Copies()
 	if err != nil {
 		log.Error("srv6: adopt the return routes of a previous run: skipped", "err", err)
@@ -66,7 +79,16 @@ func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *s
 	for f, s := range copies {
 		if s != dataplane.SRv6Gone {
 			here = append(here, f)
+			a := f.Addr.Unmap()
+			if n.copies[a] == nil {
+				n.copies[a] = map[lb.Frontend]bool{}
+			}
+			n.copies[a][f] = true
 		}
+	}
+	if err := n.adoptLo(); err != nil {
+		log.Error("srv6: adopt the frontend addresses a previous run put on lo: skipped", "err", err)
+		adoptFailed.WithLabelValues("list_lo").Inc()
 	}
 	if err := n.returns.Adopt(here); err != nil {
 		reason := "other"
@@ -78,6 +100,34 @@ func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *s
 		adoptFailed.WithLabelValues(reason).Inc()
 	}
 	return n
+}
+
+// adoptLo takes the addresses recorded in n.lo as its own (added); one
+// whose copies are all gone (the previous run stopped between a copy's
+// leaving and the address's removal) is taken off lo now.
+func (n *srv6Node) adoptLo() error {
+	if n.lo == nil {
+		return nil
+	}
+	var k [16]byte
+	var v uint8
+	var recorded []netip.Addr
+	it := n.lo.Iterate()
+	for it.Next(&k, &v) {
+		recorded = append(recorded, netip.AddrFrom16(k).Unmap())
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list srv6 lo addresses: %w", err)
+	}
+	for _, a := range recorded {
+		n.added[a] = true
+		if len(n.copies[a]) == 0 {
+			if err := n.removeAddr(a); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // newSRv6Returns keeps the node's return routes, recording their users in
@@ -101,7 +151,7 @@ func newSRv6Returns(pinPath string, log *slog.Logger, adoptFailed *prometheus.Co
 func newSRv6AdoptFailed() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "roam_agent_srv6_adopt_failed_total",
-		Help: "Agent starts that did not take over the SRv6 return routes of a previous run, by reason (open_users, list_copies, list_users, list_rules, list_routes).",
+		Help: "Agent starts that did not take over the SRv6 return routes of a previous run, by reason (open_users, open_lo, list_copies, list_lo, list_users, list_rules, list_routes).",
 	}, []string{"reason"})
 }
 
@@ -134,14 +184,28 @@ func (n *srv6Node) SetSRv6Copy(f lb.Frontend, s dataplane.SRv6State) error {
 	}
 	delete(n.copies[a], f)
 	if len(n.copies[a]) == 0 && n.added[a] {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return fmt.Errorf("srv6 copy %s gone: find lo: %w", f, err)
+		if err := n.removeAddr(a); err != nil {
+			return fmt.Errorf("srv6 copy %s gone: %w", f, err)
 		}
-		if err := netlink.AddrDel(lo, &netlink.Addr{IPNet: hostPrefix(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			return fmt.Errorf("srv6 copy %s gone: remove %s from lo: %w", f, a, err)
+	}
+	return nil
+}
+
+// removeAddr takes a, which this agent added, off lo and out of the record.
+func (n *srv6Node) removeAddr(a netip.Addr) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	if err := netlink.AddrDel(lo, &netlink.Addr{IPNet: hostPrefix(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("remove %s from lo: %w", a, err)
+	}
+	delete(n.added, a)
+	if n.lo != nil {
+		k := a.As16()
+		if err := n.lo.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget %s on lo: %w", a, err)
 		}
-		delete(n.added, a)
 	}
 	return nil
 }
@@ -165,7 +229,18 @@ func (n *srv6Node) ensureAddr(a netip.Addr) error {
 			return nil
 		}
 	}
+	// Recorded first: an address on lo that the record misses would stay
+	// there after a restart.
+	k := a.As16()
+	if n.lo != nil {
+		if err := n.lo.Put(&k, uint8(1)); err != nil {
+			return fmt.Errorf("srv6 copy: record %s on lo: %w", a, err)
+		}
+	}
 	if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(a), Flags: unix.IFA_F_NODAD}); err != nil && !errors.Is(err, unix.EEXIST) {
+		if n.lo != nil {
+			_ = n.lo.Delete(&k) // best effort: not added
+		}
 		return fmt.Errorf("srv6 copy: add %s to lo: %w", a, err)
 	}
 	n.added[a] = true

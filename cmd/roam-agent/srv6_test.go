@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/dptest"
@@ -240,4 +241,86 @@ func counted(t *testing.T, c *prometheus.CounterVec) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// TestSRv6LoAddrAfterRestart: a frontend's address, put on lo for its
+// copies, leaves lo with its last copy also when the agent restarted in
+// between (before, the restarted agent knew neither the copies nor that it
+// had added the address, which stayed on lo for ever); an address the
+// node had before any copy stays; one whose copies all went while the
+// agent was down (stopped between a copy's leaving and the address's
+// removal) is taken off at the restart. Real addresses in a namespace, a
+// real pinned data plane.
+func TestSRv6LoAddrAfterRestart(t *testing.T) {
+	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
+		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
+	fe := netip.MustParseAddr("10.201.1.1")
+	own := netip.MustParseAddr("fd00:201::1") // on lo before any copy: the node's, not the agent's
+	dead := netip.MustParseAddr("10.201.1.3") // its copy goes while the agent is down
+	f80 := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}
+	f81 := lb.Frontend{Addr: fe, Port: 81, Proto: lb.UDP}
+	fOwn := lb.Frontend{Addr: own, Port: 80, Proto: lb.TCP}
+	fDead := lb.Frontend{Addr: dead, Port: 80, Proto: lb.TCP}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	lo, err := netlink.LinkByName("lo")
+	must(err)
+	onLo := func(a netip.Addr) bool {
+		t.Helper()
+		addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
+		must(err)
+		for _, x := range addrs {
+			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
+				return true
+			}
+		}
+		return false
+	}
+	must(netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(own), Flags: unix.IFA_F_NODAD}))
+
+	d, err := dataplane.Open(cfg)
+	must(err)
+	n := newTestSRv6Node(t, d, cfg.PinPath, nil)
+	for _, f := range []lb.Frontend{f80, f81, fOwn, fDead} {
+		must(n.SetSRv6Copy(f, dataplane.SRv6Serving))
+	}
+	for _, a := range []netip.Addr{fe, own, dead} {
+		if !onLo(a) {
+			t.Fatalf("%s: a copy serving, not on lo", a)
+		}
+	}
+	must(n.Dataplane.SetSRv6Copy(fDead, dataplane.SRv6Gone)) // the agent stops here, before taking dead off lo
+	must(d.Close())                                          // the restart: pins and addresses stay
+
+	n = newTestSRv6Node(t, dptest.New(t, cfg), cfg.PinPath, nil)
+	if onLo(dead) {
+		t.Fatalf("%s: its copy went while the agent was down; still on lo after the restart", dead)
+	}
+	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
+	if !onLo(fe) {
+		t.Fatalf("%s: port 81's copy still serving; taken off lo", fe)
+	}
+	must(n.SetSRv6Copy(f81, dataplane.SRv6Draining))
+	must(n.SetSRv6Copy(f81, dataplane.SRv6Gone))
+	if onLo(fe) {
+		t.Fatalf("%s: its last copy gone after a restart; still on lo", fe)
+	}
+	must(n.SetSRv6Copy(fOwn, dataplane.SRv6Gone))
+	if !onLo(own) {
+		t.Fatalf("%s: on lo before any copy; taken off with its copy", own)
+	}
+	// Without a restart, as before: on with a copy, off with the last.
+	must(n.SetSRv6Copy(f80, dataplane.SRv6Serving))
+	if !onLo(fe) {
+		t.Fatalf("%s: a copy serving again, not on lo", fe)
+	}
+	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
+	if onLo(fe) {
+		t.Fatalf("%s: its last copy gone; still on lo", fe)
+	}
 }
