@@ -14,21 +14,9 @@
  * Go's free list, its counters zeroed, once its target is in no slot and
  * no flow has held it for two GC sweeps (dataplane/targetcount.go).
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, TARGET_COUNTERS_MAX);
-	__type(key, __u32);
-	__type(value, struct target_counter);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_target_counters SEC(".maps");
+ROAM_MAP(roam_target_counters, BPF_MAP_TYPE_PERCPU_ARRAY, TARGET_COUNTERS_MAX, __u32, struct target_counter, 0);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, TARGET_COUNTERS_MAX);
-	__type(key, __u32);
-	__type(value, struct target_key);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_target_names SEC(".maps");
+ROAM_MAP(roam_target_names, BPF_MAP_TYPE_ARRAY, TARGET_COUNTERS_MAX, __u32, struct target_key, 0);
 
 /*
  * count_row adds a packet of bytes to frontend id's column col in a per-CPU
@@ -108,12 +96,7 @@ struct bpf_prog {
 } __attribute__((preserve_access_index));
 
 /* This object's XDP program id (dataplane Open writes it). Not pinned. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} roam_self SEC(".maps");
+ROAM_LOCAL_MAP(roam_self, BPF_MAP_TYPE_ARRAY, 1, __u32, __u32, 0);
 
 /* count_redirect_err counts a failed redirect of the XDP program prog. */
 static __always_inline void count_redirect_err(const struct bpf_prog *prog)
@@ -141,12 +124,7 @@ static __always_inline void count_redirect_err(const struct bpf_prog *prog)
  * device's queue (dev_queue_xmit: a device down), is the device's
  * statistics', not counted here.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} roam_tc_redirecting SEC(".maps");
+ROAM_LOCAL_MAP(roam_tc_redirecting, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, __u64, 0);
 
 #define TC_REDIRECT_TEXT 4
 
@@ -158,12 +136,7 @@ struct text_ranges {
 	} r[TC_REDIRECT_TEXT];
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct text_ranges);
-} roam_tc_redirect_text SEC(".maps");
+ROAM_LOCAL_MAP(roam_tc_redirect_text, BPF_MAP_TYPE_ARRAY, 1, __u32, struct text_ranges, 0);
 
 /* tc_redirecting marks the CPU with skb if verdict is a redirect (else clears it), and returns verdict. */
 static __always_inline int tc_redirecting(struct __sk_buff *skb, int verdict)

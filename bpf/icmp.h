@@ -66,12 +66,7 @@ struct icmp_state {
 	__u32 pad;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2); /* ROAM_PROG_XDP, ROAM_PROG_TC */
-	__type(key, __u32);
-	__type(value, struct icmp_state);
-} roam_icmp_state SEC(".maps");
+ROAM_LOCAL_MAP(roam_icmp_state, BPF_MAP_TYPE_PERCPU_ARRAY, 2, __u32, struct icmp_state, 0); /* ROAM_PROG_XDP, ROAM_PROG_TC */
 
 /*
  * icmp_error_start begins an ICMP error (v4 and quote constant at each
@@ -154,6 +149,25 @@ static __always_inline int icmp_error_fill(void *data, void *data_end, int v4, i
 }
 
 /*
+ * icmp_error_size: the sizes of the ICMP error of kind about the frame in
+ * [data, data_end), len bytes on the wire: whether it is IPv4 (*v4), the
+ * bytes the error adds in front (*add) and the length of its quote
+ * (*quote). -1 if the frame has no Ethernet header or is shorter than its
+ * quote (cannot be: parsed with its L4 header, or over an MTU).
+ */
+static __always_inline int icmp_error_size(void *data, void *data_end, __u32 len, int kind, int *v4, __u32 *add,
+					   __u32 *quote)
+{
+	struct eth_hdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	*v4 = eth->proto == bpf_htons(ETH_P_IP_);
+	*add = ICMP_ADD(*v4);
+	*quote = ICMP_QUOTE(kind, *v4);
+	return len < L3_OFF + *quote ? -1 : 0;
+}
+
+/*
  * xdp_icmp_error turns the packet into the ICMP error of kind about it, in
  * place, and returns the verdict: XDP_TX back to the hop it came from. An
  * IPv4 packet without DF gets a too-big too: XDP cannot fragment, and the
@@ -161,16 +175,10 @@ static __always_inline int icmp_error_fill(void *data, void *data_end, int v4, i
  */
 static __always_inline int xdp_icmp_error(struct xdp_md *ctx, int kind, __u32 mtu)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
+	__u32 len = ctx->data_end - ctx->data, add, quote;
+	int v4;
+	if (icmp_error_size((void *)(long)ctx->data, (void *)(long)ctx->data_end, len, kind, &v4, &add, &quote) < 0)
 		return XDP_DROP;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
-	__u32 add = ICMP_ADD(v4), quote = ICMP_QUOTE(kind, v4);
-	__u32 len = data_end - data;
-	if (len < L3_OFF + quote)
-		return XDP_DROP; /* cannot be: parsed with its L4 header, or over an MTU */
 	if (bpf_xdp_adjust_head(ctx, -(int)add))
 		return XDP_DROP;
 	if (bpf_xdp_adjust_tail(ctx, (int)quote - (int)(len - L3_OFF)))
@@ -192,17 +200,10 @@ static __always_inline int xdp_icmp_error(struct xdp_md *ctx, int kind, __u32 mt
  */
 static __always_inline int tc_icmp_error(struct __sk_buff *skb, int kind, __u32 mtu)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct eth_hdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_SHOT;
-	__u32 in = skb->ingress_ifindex, dev = skb->ifindex;
-	if (in && in != dev)
-		return TC_ACT_SHOT;
-	int v4 = eth->proto == bpf_htons(ETH_P_IP_);
-	__u32 add = ICMP_ADD(v4), quote = ICMP_QUOTE(kind, v4);
-	if (skb->len < L3_OFF + quote)
+	__u32 in = skb->ingress_ifindex, dev = skb->ifindex, add, quote;
+	int v4;
+	if (icmp_error_size((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, kind, &v4, &add, &quote) < 0 ||
+	    (in && in != dev))
 		return TC_ACT_SHOT;
 	if (bpf_skb_change_tail(skb, L3_OFF + quote, 0) || bpf_skb_change_head(skb, add, 0) ||
 	    bpf_skb_pull_data(skb, L3_OFF + add + quote))
@@ -527,6 +528,28 @@ static __always_inline int xlate_apply(ROAM_CTX *ctx, struct pkt *p, const struc
 	if (p->proto == IPPROTO_ICMP_ || p->proto == IPPROTO_ICMPV6_)
 		return icmp_rewrite(ctx, p, x);
 	return rewrite(ctx, p, x->src, x->sport, x->dst, x->dport, x);
+}
+
+/*
+ * xlate_forward takes a packet on from roam_xmit's next-hop lookup: a hop
+ * off its TTL or hop limit if hop (forwarded from here: ttl_hop), counted
+ * to x's target, then rewritten as x says. VERDICT_FLOW to go on; else the
+ * verdict: ttl_hop's, or malformed if the rewrite fails (counted
+ * REASON_MALFORMED).
+ */
+static __always_inline int xlate_forward(ROAM_CTX *ctx, struct pkt *p, const struct xlate *x, int hop, int malformed)
+{
+	if (hop) {
+		int v = ttl_hop(ctx, p, x);
+		if (v != VERDICT_FLOW)
+			return v;
+	}
+	count_target(p, x); /* goes on from here (the rewrite changes p) */
+	if (xlate_apply(ctx, p, x) < 0) {
+		count_reason(REASON_MALFORMED);
+		return malformed;
+	}
+	return VERDICT_FLOW;
 }
 
 #endif /* ICMP_PROG_H */

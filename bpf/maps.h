@@ -4,6 +4,31 @@
 #include "types.h"
 
 /*
+ * A map definition in libbpf's BTF form, one line each:
+ * ROAM_MAP(name, type, max_entries, key, value, map_flags) is pinned by
+ * name under the pin path (state that outlives a program: dataplane opens
+ * and checks it there); ROAM_LOCAL_MAP is not pinned (a program's scratch
+ * or cache, or what Open writes afresh). Written out, each is the usual
+ * struct { __uint(type, ...); ... } name SEC(".maps"). A map whose value
+ * bpf2go cannot write as Go gives its sizes instead (roam_srv6_ptb_scratch).
+ */
+#define ROAM_MAP_FIELDS(_type, _max, _key, _value, _flags)                     \
+	__uint(type, _type);                                                   \
+	__uint(max_entries, _max);                                             \
+	__uint(map_flags, _flags);                                             \
+	__type(key, _key);                                                     \
+	__type(value, _value)
+#define ROAM_MAP(_name, _type, _max, _key, _value, _flags)                     \
+	struct {                                                               \
+		ROAM_MAP_FIELDS(_type, _max, _key, _value, _flags);            \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                           \
+	} _name SEC(".maps")
+#define ROAM_LOCAL_MAP(_name, _type, _max, _key, _value, _flags)               \
+	struct {                                                               \
+		ROAM_MAP_FIELDS(_type, _max, _key, _value, _flags);            \
+	} _name SEC(".maps")
+
+/*
  * Frontends, in two maps, so that no element a program reads is ever freed or
  * reused on the path of a migration (no RCU grace period to wait for there).
  *
@@ -24,23 +49,9 @@
  * that flipped away from it starts one; Stage waits for it only when it comes
  * that soon), so a program that read the old index copies an unchanged slot.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_FRONTENDS);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct frontend_key);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_services SEC(".maps");
+ROAM_MAP(roam_services, BPF_MAP_TYPE_HASH, MAX_FRONTENDS, struct frontend_key, __u32, BPF_F_NO_PREALLOC);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_FRONTENDS);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct service);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_service_slots SEC(".maps");
+ROAM_MAP(roam_service_slots, BPF_MAP_TYPE_ARRAY, MAX_FRONTENDS, __u32, struct service, BPF_F_MMAPABLE);
 
 /*
  * Conntrack and NAT: plain hash maps. Nothing is evicted: a full table
@@ -82,42 +93,16 @@ struct {
  */
 
 /* Conntrack: one forward entry per flow (client -> frontend). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, CT_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ct_key);
-	__type(value, struct ct_value);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_conntrack SEC(".maps");
+ROAM_MAP(roam_conntrack, BPF_MAP_TYPE_HASH, CT_MAX_ENTRIES, struct ct_key, struct ct_value, BPF_F_NO_PREALLOC);
 
 /* NAT: one reverse entry per redirected flow (target -> SNAT address and port): the SNAT port's owner. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, NAT_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct ct_key);
-	__type(value, struct nat_value);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_nat SEC(".maps");
+ROAM_MAP(roam_nat, BPF_MAP_TYPE_HASH, NAT_MAX_ENTRIES, struct ct_key, struct nat_value, BPF_F_NO_PREALLOC);
 
 /* SNAT port cursors (nat.h snat_cursor): per target hash, the counter of RFC 6056 algorithm 4. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SNAT_CURSORS);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_snat_cursor SEC(".maps");
+ROAM_MAP(roam_snat_cursor, BPF_MAP_TYPE_ARRAY, SNAT_CURSORS, __u32, __u32, 0);
 
 /* Interfaces by ifindex: IFACE_* bits (dataplane AttachTC sets them; an interface not in it is a NIC). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_IFACES);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_ifaces SEC(".maps");
+ROAM_MAP(roam_ifaces, BPF_MAP_TYPE_HASH, MAX_IFACES, __u32, __u32, 0);
 
 static __always_inline int iface_is_pod(__u32 ifindex)
 {
@@ -126,31 +111,13 @@ static __always_inline int iface_is_pod(__u32 ifindex)
 }
 
 /* Node configuration: one element. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_config SEC(".maps");
+ROAM_MAP(roam_config, BPF_MAP_TYPE_ARRAY, 1, __u32, struct config, 0);
 
 /* Per-CPU counters indexed by frontend id * ACTION_MAX + action. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_FRONTENDS * ACTION_MAX);
-	__type(key, __u32);
-	__type(value, struct counter);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_counters SEC(".maps");
+ROAM_MAP(roam_counters, BPF_MAP_TYPE_PERCPU_ARRAY, MAX_FRONTENDS * ACTION_MAX, __u32, struct counter, 0);
 
 /* Per-CPU drop and error counts indexed by enum drop_reason. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, REASON_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_drops SEC(".maps");
+ROAM_MAP(roam_drops, BPF_MAP_TYPE_PERCPU_ARRAY, REASON_MAX, __u32, __u64, 0);
 
 /*
  * Per-CPU scratch (struct scratch): not pinned. Both programs use it: on a
@@ -158,12 +125,7 @@ struct {
  * other; tc egress with softirqs off), and neither calls a helper that runs
  * the other.
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} roam_scratch SEC(".maps");
+ROAM_LOCAL_MAP(roam_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct scratch, 0);
 
 static __always_inline struct scratch *scratch(void)
 {

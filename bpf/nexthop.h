@@ -38,12 +38,7 @@ struct nh_entry {
 #define NH_OUT_POD 0x80000000u /* in nh_entry.out_ifindex (ifindexes are positive ints) */
 
 /* Not pinned: a cache, each loaded object has its own and starts empty. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NH_CACHE_SLOTS);
-	__type(key, __u32);
-	__type(value, struct nh_entry);
-} roam_nexthop SEC(".maps");
+ROAM_LOCAL_MAP(roam_nexthop, BPF_MAP_TYPE_PERCPU_ARRAY, NH_CACHE_SLOTS, __u32, struct nh_entry, 0);
 
 /*
  * nh_slot hashes all 16 bytes of both addresses and the ingress interface:

@@ -62,6 +62,7 @@
 #define ttl_hop(...) ttl_hop_tc(__VA_ARGS__)
 #define fib_too_big(...) fib_too_big_tc(__VA_ARGS__)
 #define xlate_apply(...) xlate_apply_tc(__VA_ARGS__)
+#define xlate_forward(...) xlate_forward_tc(__VA_ARGS__)
 #define roam_local_socket(...) roam_local_socket_tc(__VA_ARGS__)
 #define roam_new_flow(...) roam_new_flow_tc(__VA_ARGS__)
 #define roam_process(...) roam_process_tc(__VA_ARGS__)

@@ -84,31 +84,12 @@ struct srv6_local {
 	__u32 id;    /* counters index, 1..MAX_FRONTENDS-1 */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct srv6_config);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_srv6_config SEC(".maps");
+ROAM_MAP(roam_srv6_config, BPF_MAP_TYPE_ARRAY, 1, __u32, struct srv6_config, 0);
 
 /* roam's locators (every cluster's prefix): the only SIDs a segment list may name, and the only sources a SID accepts. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, SRV6_LOCATORS_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct lpm6_key);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_srv6_locators SEC(".maps");
+ROAM_MAP(roam_srv6_locators, BPF_MAP_TYPE_LPM_TRIE, SRV6_LOCATORS_MAX, struct lpm6_key, __u32, BPF_F_NO_PREALLOC);
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_FRONTENDS * SRV6_STAT_MAX);
-	__type(key, __u32);
-	__type(value, struct counter);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_srv6_stats SEC(".maps");
+ROAM_MAP(roam_srv6_stats, BPF_MAP_TYPE_PERCPU_ARRAY, MAX_FRONTENDS * SRV6_STAT_MAX, __u32, struct counter, 0);
 
 /*
  * Until when (CLOCK_MONOTONIC ns, bpf_ktime_get_coarse_ns) a frontend's
@@ -118,31 +99,13 @@ struct {
  * moves the frontend from an SRv6 path to local, else 0 (a later commit
  * ends it).
  */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_FRONTENDS);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_srv6_prev SEC(".maps");
+ROAM_MAP(roam_srv6_prev, BPF_MAP_TYPE_ARRAY, MAX_FRONTENDS, __u32, __u64, 0);
 
 /* Copies on this node of frontends redirected by SRv6, keyed by the frontend (the inner destination). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_FRONTENDS);
-	__type(key, struct frontend_key);
-	__type(value, struct srv6_local);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_srv6_local SEC(".maps");
+ROAM_MAP(roam_srv6_local, BPF_MAP_TYPE_HASH, MAX_FRONTENDS, struct frontend_key, struct srv6_local, 0);
 
 /* Flows delivered to a local copy (inner client -> frontend): last packet, CLOCK_MONOTONIC coarse. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SRV6_FLOWS_MAX);
-	__type(key, struct ct_key);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_srv6_flows SEC(".maps");
+ROAM_MAP(roam_srv6_flows, BPF_MAP_TYPE_LRU_HASH, SRV6_FLOWS_MAX, struct ct_key, __u64, 0);
 
 /* A reply srv6_input found for srv6_decap_reply (each its own stack frame, both called from the entry). */
 struct srv6_reply {
@@ -168,12 +131,7 @@ struct srv6_scratch {
 	__u32 out, mtu, pod; /* srv6_nexthop: nh_lookup's egress, MTU and pod flag */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct srv6_scratch);
-} roam_srv6_scratch SEC(".maps");
+ROAM_LOCAL_MAP(roam_srv6_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct srv6_scratch, 0);
 
 static __always_inline void srv6_count(__u32 id, __u32 stat, __u64 bytes)
 {
@@ -960,12 +918,7 @@ struct srv6_tc_scratch {
 	struct srv6_hdrs h;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct srv6_tc_scratch);
-} roam_srv6_tc_scratch SEC(".maps");
+ROAM_LOCAL_MAP(roam_srv6_tc_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct srv6_tc_scratch, 0);
 
 /*
  * srv6_encap_skb: a packet a local sender (this host, at tc egress; a pod,

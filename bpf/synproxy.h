@@ -58,13 +58,7 @@ struct synproxy_state {
 	__u64 ok;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct synproxy_state);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} roam_synproxy SEC(".maps");
+ROAM_MAP(roam_synproxy, BPF_MAP_TYPE_ARRAY, 1, __u32, struct synproxy_state, 0);
 
 /* synproxy_pressure: SNAT ports are under pressure (nat.h snat_alloc): SYNPROXY_FLOOD proxies new SYNs for synproxy_hold_ns. */
 static __always_inline void synproxy_pressure(const struct config *cfg, __u64 now)

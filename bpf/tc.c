@@ -63,22 +63,16 @@ static __always_inline int roam_xmit(struct __sk_buff *skb, struct pkt *p, const
 		return fib_too_big(skb, p, x, fib.mtu_result);
 	if (fib_no_route(rc, p, x))
 		return VERDICT_DROP;
-	if (skb->ingress_ifindex == skb->ifindex && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
-		/*
-		 * At an ingress hook (from a pod, or passed up by XDP without a
-		 * neighbour) and forwarded from here: a hop. Not a local sender's
-		 * packet (ingress_ifindex 0), nor one the kernel forwarded to an
-		 * egress hook (it has counted that hop).
-		 */
-		int v = ttl_hop(skb, p, x);
-		if (v != VERDICT_FLOW)
-			return v;
-	}
-	count_target(p, x); /* goes on from here (the rewrite changes p) */
-	if (xlate_apply(skb, p, x) < 0) {
-		count_reason(REASON_MALFORMED);
-		return TC_ACT_OK;
-	}
+	/*
+	 * A hop at an ingress hook (from a pod, or passed up by XDP without a
+	 * neighbour) and forwarded from here. Not a local sender's packet
+	 * (ingress_ifindex 0), nor one the kernel forwarded to an egress hook
+	 * (it has counted that hop).
+	 */
+	int hop = skb->ingress_ifindex == skb->ifindex && rc != BPF_FIB_LKUP_RET_NOT_FWDED;
+	int v = xlate_forward(skb, p, x, hop, TC_ACT_OK);
+	if (v != VERDICT_FLOW)
+		return v;
 	if (p->proto == IPPROTO_TCP_ && (p->tcp_flags & TCP_FLAG_SYN) && rc != BPF_FIB_LKUP_RET_NOT_FWDED) {
 		__u32 mtu = 0;
 		bpf_check_mtu(skb, fib.ifindex, &mtu, 0, 0);

@@ -83,17 +83,10 @@ static __always_inline int roam_xmit(struct xdp_md *ctx, struct pkt *p, const st
 		count_reason(REASON_NO_NEIGH);
 		return XDP_PASS;
 	}
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		/* Forwarded from here: a hop, as a router counts it. */
-		int v = ttl_hop(ctx, p, x);
-		if (v != VERDICT_FLOW)
-			return v;
-	}
-	count_target(p, x); /* goes on from here (the rewrite changes p) */
-	if (xlate_apply(ctx, p, x) < 0) {
-		count_reason(REASON_MALFORMED);
-		return XDP_PASS;
-	}
+	/* Forwarded from here (BPF_FIB_LKUP_RET_SUCCESS): a hop, as a router counts it. */
+	int v = xlate_forward(ctx, p, x, rc == BPF_FIB_LKUP_RET_SUCCESS, XDP_PASS);
+	if (v != VERDICT_FLOW)
+		return v;
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
 		/*
 		 * Not forwardable: the destination is this host (a reply to a
