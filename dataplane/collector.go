@@ -30,18 +30,11 @@ func (d *Dataplane) Collector() prometheus.Collector {
 			"Bytes of a frontend by what the data plane did with them.", []string{"frontend", "action"}, nil),
 		drops: prometheus.NewDesc("roam_dataplane_drops_total",
 			"Packets dropped, or passed untouched because they could not be handled, by reason.", []string{"reason"}, nil),
-		cts: prometheus.NewDesc("roam_dataplane_conntrack_entries",
-			"Entries of a conntrack map (conntrack: one per flow; nat: one per redirected flow), timed-out ones not yet reclaimed included.",
-			[]string{"map"}, nil),
-		maxEntries: prometheus.NewDesc("roam_dataplane_map_max_entries",
-			"Capacity of a conntrack map (Config.MaxFlows).", []string{"map"}, nil),
-		pressure: prometheus.NewDesc("roam_dataplane_map_pressure",
-			"Entries of a conntrack map over its capacity (0-1): at 1 new flows are refused (flows held are never evicted); GC runs without pause above 0.75.", []string{"map"}, nil),
-		gcRemoved: prometheus.NewDesc("roam_dataplane_gc_removed_total",
-			"Expired entries of a conntrack map removed by the agent's garbage collection.", []string{"map"}, nil),
-		insertFailures: prometheus.NewDesc("roam_dataplane_map_insert_failures_total",
-			"New flows the programs could not insert (conntrack: ct_full, the map full; nat: port_exhausted, no free SNAT port, and nat_full, the map full): dropped.",
-			[]string{"map"}, nil),
+		cts:            mapDesc("roam_dataplane_conntrack_entries", "Entries of a conntrack map (conntrack: one per flow; nat: one per redirected flow), timed-out ones not yet reclaimed included."),
+		maxEntries:     mapDesc("roam_dataplane_map_max_entries", "Capacity of a conntrack map (Config.MaxFlows)."),
+		pressure:       mapDesc("roam_dataplane_map_pressure", "Entries of a conntrack map over its capacity (0-1): at 1 new flows are refused (flows held are never evicted); GC runs without pause above 0.75."),
+		gcRemoved:      mapDesc("roam_dataplane_gc_removed_total", "Expired entries of a conntrack map removed by the agent's garbage collection."),
+		insertFailures: mapDesc("roam_dataplane_map_insert_failures_total", "New flows the programs could not insert (conntrack: ct_full, the map full; nat: port_exhausted, no free SNAT port, and nat_full, the map full): dropped."),
 		targetPackets: prometheus.NewDesc("roam_dataplane_target_packets_total",
 			"Packets to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
 		targetBytes: prometheus.NewDesc("roam_dataplane_target_bytes_total",
@@ -50,6 +43,11 @@ func (d *Dataplane) Collector() prometheus.Collector {
 			"Metrics-only maps whose pin, left by another version with another layout, this agent's Open replaced (their counts restarted from zero).", []string{"map"}, nil),
 		srv6: newSRv6Descs(),
 	}
+}
+
+// mapDesc describes a metric of each conntrack map (label map: conntrack, nat).
+func mapDesc(name, help string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, []string{"map"}, nil)
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
