@@ -70,6 +70,17 @@ func startAgent(t *testing.T, token string) *agent {
 	return a
 }
 
+// stage stages tg for f through the agent's API and returns its
+// generation; an error fails the test.
+func (a *agent) stage(t *testing.T, c context.Context, f lb.Frontend, tg lb.Target) uint64 {
+	t.Helper()
+	gen, err := a.client.Stage(c, f, tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gen
+}
+
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -123,10 +134,7 @@ func TestStageCommitAbortRemove(t *testing.T) {
 		t.Fatalf("get unknown frontend: got %v, want not found", err)
 	}
 
-	gen, err := a.client.Stage(c, fe, t1)
-	if err != nil {
-		t.Fatalf("stage: %v", err)
-	}
+	gen := a.stage(t, c, fe, t1)
 	svc, err := a.client.Get(c, fe)
 	if err != nil {
 		t.Fatalf("get: %v", err)
@@ -149,9 +157,7 @@ func TestStageCommitAbortRemove(t *testing.T) {
 	}
 
 	// Stage then abort leaves the active target alone.
-	if _, err := a.client.Stage(c, fe, t2); err != nil {
-		t.Fatalf("stage second: %v", err)
-	}
+	a.stage(t, c, fe, t2)
 	if err := a.client.Abort(c, fe, 0); err != nil {
 		t.Fatalf("abort: %v", err)
 	}
@@ -161,10 +167,7 @@ func TestStageCommitAbortRemove(t *testing.T) {
 	}
 
 	// A second frontend, IPv6 UDP, local.
-	gen6, err := a.client.Stage(c, fe6, lb.Local)
-	if err != nil {
-		t.Fatalf("stage v6: %v", err)
-	}
+	gen6 := a.stage(t, c, fe6, lb.Local)
 	if err := a.client.Commit(c, fe6, gen6); err != nil {
 		t.Fatalf("commit v6: %v", err)
 	}
@@ -192,18 +195,12 @@ func TestStageCommitAbortRemove(t *testing.T) {
 func TestCommitStaleGenerationRefused(t *testing.T) {
 	a := startAgent(t, "")
 	c := ctx(t)
-	g1, err := a.client.Stage(c, fe, t1)
-	if err != nil {
-		t.Fatalf("stage: %v", err)
-	}
-	g2, err := a.client.Stage(c, fe, t2)
-	if err != nil {
-		t.Fatalf("restage: %v", err)
-	}
+	g1 := a.stage(t, c, fe, t1)
+	g2 := a.stage(t, c, fe, t2)
 	if g2 == g1 {
 		t.Fatalf("restage kept generation %d", g1)
 	}
-	err = a.client.Commit(c, fe, g1)
+	err := a.client.Commit(c, fe, g1)
 	var ae *Error
 	if !errors.As(err, &ae) || ae.Status/100 != 4 {
 		t.Fatalf("commit of a stale generation: got %v, want a 4xx refusal", err)
@@ -222,17 +219,11 @@ func TestCommitStaleGenerationRefused(t *testing.T) {
 func TestCommitAfterAbortRefused(t *testing.T) {
 	a := startAgent(t, "")
 	c := ctx(t)
-	g1, err := a.client.Stage(c, fe, t1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g1 := a.stage(t, c, fe, t1)
 	if err := a.client.Commit(c, fe, g1); err != nil {
 		t.Fatal(err)
 	}
-	g2, err := a.client.Stage(c, fe, t2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g2 := a.stage(t, c, fe, t2)
 	conflict := func(what string, err error) {
 		t.Helper()
 		var ae *Error
@@ -252,10 +243,7 @@ func TestCommitAfterAbortRefused(t *testing.T) {
 	if err != nil || svc.Active != t1 || svc.Staged.Kind != lb.TargetNone {
 		t.Fatalf("after the refused commit: %+v %v, want %s active and nothing staged", svc, err, t1)
 	}
-	g3, err := a.client.Stage(c, fe, t2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g3 := a.stage(t, c, fe, t2)
 	conflict("abort of a superseded generation", a.client.Abort(c, fe, g2))
 	if svc, _ := a.client.Get(c, fe); svc.Staged != t2 {
 		t.Fatalf("a refused abort touched the stage: %+v", svc)
