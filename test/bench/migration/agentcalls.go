@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/ctrl/pki"
 	"github.com/roamnet/roam/dataplane/agentapi"
@@ -47,7 +50,9 @@ const benchPort = 65000
 // agentCalls times rounds stage+commit calls per transport, and rounds
 // one-call reroutes (µs): as built (one) and with a short slice
 // (oneShort).
-func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration) (sync, h2 stageCommit, one, oneShort []float64, inAgent agentShare, err error) {
+// Each one-call round is also written to perRound, when not nil (see
+// roundLine).
+func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.Duration, perRound io.Writer) (sync, h2 stageCommit, one, oneShort []float64, inAgent agentShare, err error) {
 	home, err := tb.Cluster("home")
 	if err != nil {
 		return sync, h2, one, oneShort, inAgent, err
@@ -114,12 +119,18 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 			// nothing of a reroute to the target a frontend already
 			// has (a call made again). Earlier, half of these rounds
 			// rerouted to ts and timed that no-op.
+			m0 := monotonic()
 			t0 := time.Now()
 			times, err := (agentapi.Group{sc}).Reroute(ctx, fs, alt)
 			if err != nil {
 				return sync, h2, one, oneShort, inAgent, err
 			}
 			t1 := time.Now()
+			if perRound != nil {
+				if _, err := fmt.Fprintln(perRound, roundLine(k, slice, m0, t0, t1, times)); err != nil {
+					return sync, h2, one, oneShort, inAgent, fmt.Errorf("write rounds: %w", err)
+				}
+			}
 			*fig = append(*fig, float64(t1.Sub(t0).Nanoseconds())/1e3)
 			if fig == &one {
 				// The agent's wall clock beside ours (one host).
@@ -168,6 +179,28 @@ func agentCalls(ctx context.Context, tb *testbed.Testbed, rounds int, gap time.D
 // the wire, the caller's wake-up, TLS, the answer read and decoded).
 type agentShare struct {
 	agent, stage, commit, to, back []float64
+}
+
+// monotonic is CLOCK_MONOTONIC in ns: the clock of ftrace's
+// "trace_clock mono" and of perf's default.
+func monotonic() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// roundLine is one one-call reroute round as -rounds-out writes it, to
+// lay beside a kernel trace of the same moments (ftrace with trace_clock
+// mono, perf sched): its number, the home's processes' slice (ns, 0: the
+// kernel's), then CLOCK_MONOTONIC ns of the call made, the agent's
+// handler entered, its answer ready to write and the call returned (the
+// agent's two from its wall clock, one host: shifted by this process's
+// wall-to-monotonic offset at the call), then the agent's own time in
+// the call, its data plane's stage and commit (µs).
+func roundLine(k int, slice time.Duration, m0 int64, t0, t1 time.Time, times agentapi.RerouteTimes) string {
+	off := t0.UnixNano() - m0
+	return fmt.Sprintf("%d %d %d %d %d %d %.1f %.1f %.1f", k, slice.Nanoseconds(), m0, times.Received.UnixNano()-off,
+		times.Answered.UnixNano()-off, m0+t1.Sub(t0).Nanoseconds(), us(times.Agent), us(times.Stage), us(times.Commit))
 }
 
 func setSlices(pids []int, d time.Duration) error {

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -59,6 +60,8 @@ type options struct {
 	agentRounds  int
 	agentGap     time.Duration
 	answerAt     string
+	callsOnly    bool
+	roundsOut    string
 }
 
 func main() {
@@ -80,6 +83,8 @@ func main() {
 	flag.DurationVar(&o.agentGap, "agent-gap", 50*time.Millisecond, "time between those rounds")
 	flag.StringVar(&o.answerAt, "return", ctrl.ReturnCommitted, "when each migrate call answers: \"committed\" (once the new copy serves and the home committed and recorded it; drain and cleanup run behind the answer, and the bench waits for the journal to say they are done before the next migration) or \"\" (once the old copy is removed)")
 	flag.BoolVar(&o.rerouteOnly, "reroute-only", false, "only measure the data plane's stage+commit (no testbed)")
+	flag.BoolVar(&o.callsOnly, "calls-only", false, "stop after the controller's calls to the home agent (testbed, clients and those calls; no migrations, no new-connection phase): a quick look at a reroute's way")
+	flag.StringVar(&o.roundsOut, "rounds-out", "", "write each one-call reroute round to this file, one line each: round, the home's processes' slice (ns), CLOCK_MONOTONIC ns of the call made, the agent's handler entered, its answer ready, the call returned, then agent_us, stage_us, commit_us; to lay beside a kernel trace (ftrace trace_clock mono)")
 	flag.Parse()
 	o.n = max(o.n, 50)
 	cli.Main("bench-migration", func(ctx context.Context, _ []string) error { return run(ctx, o) })
@@ -249,7 +254,16 @@ func run(ctx context.Context, o options) error {
 	}
 	if o.agentRounds > 0 {
 		fmt.Println("controller's calls to the home agent, both transports, under the clients' load ...")
-		sc, h2, one, oneShort, inAgent, err := agentCalls(ctx, tb, o.agentRounds, o.agentGap)
+		var perRound io.Writer
+		if o.roundsOut != "" {
+			f, err := os.Create(o.roundsOut)
+			if err != nil {
+				return fmt.Errorf("rounds out: %w", err)
+			}
+			defer f.Close()
+			perRound = f
+		}
+		sc, h2, one, oneShort, inAgent, err := agentCalls(ctx, tb, o.agentRounds, o.agentGap, perRound)
 		if err != nil {
 			return fmt.Errorf("agent calls: %w", err)
 		}
@@ -260,6 +274,14 @@ func run(ctx context.Context, o options) error {
 		sum.APIRerouteToAgentUs, sum.APIRerouteBackUs = q(inAgent.to, 0.5), q(inAgent.back, 0.5)
 		sum.APIStageUs, sum.APICommitUs = q(sc.stage, 0.5), q(sc.commit, 0.5)
 		sum.APIStageH2Us, sum.APICommitH2Us = q(h2.stage, 0.5), q(h2.commit, 0.5)
+	}
+	if o.callsOnly {
+		b, err := json.Marshal(sum)
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(b))
+		return nil
 	}
 	dests := []string{"edge", "cloud", "home"}
 	var migs []ctrl.Migration
