@@ -61,9 +61,9 @@ var (
 func main() {
 	dur := flag.Duration("duration", 3*time.Second, "length of one migration (its events at fixed fractions of it)")
 	first := flag.String("first", "", "mode whose loss/goodput/cost scenario runs first: nat or srv6 (default: chosen at random)")
-	rounds := flag.Int("rounds", 5, "connect rounds: migrations of a NAT and an SRv6 frontend at once, new connections alternating between them")
+	rounds := flag.Int("rounds", 12, "connect rounds: migrations of two NAT frontends and an SRv6 one at once, new connections alternating between them")
 	roundDur := flag.Duration("round-duration", 6*time.Second, "length of one connect round's migration (its events at the same fractions as -duration's)")
-	every := flag.Duration("connect-every", 4*time.Millisecond, "pace of new connections in a connect round (each mode gets every other one)")
+	every := flag.Duration("connect-every", 4*time.Millisecond, "pace of new connections in a connect round (each of the three frontends gets every third one)")
 	flag.Parse()
 	if *first == "" {
 		*first = []string{"nat", "srv6"}[rand.IntN(2)]
@@ -219,27 +219,36 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 		}
 		res[mode] = r
 	}
-	fmt.Printf("connect rounds: %d migrations (%s each) of a NAT and an SRv6 frontend at once, a new connection every %s alternating between them\n", rounds, roundDur, every)
-	var natRounds, s6Rounds []connResult
+	fmt.Printf("connect rounds: %d migrations (%s each) of an SRv6 and two NAT frontends at once (nat2: the A/A control), a new connection every %s alternating among them\n", rounds, roundDur, every)
+	var natRounds, nat2Rounds, s6Rounds []connResult
 	for i := 0; i < rounds; i++ {
-		n, s, err := connectRound(topo, home, old, nw, roundDur, every)
+		n, n2, s, err := connectRound(topo, home, old, nw, roundDur, every)
 		if err != nil {
 			return fmt.Errorf("connect round %d: %w", i+1, err)
 		}
-		natRounds, s6Rounds = append(natRounds, n), append(s6Rounds, s)
+		natRounds, nat2Rounds, s6Rounds = append(natRounds, n), append(nat2Rounds, n2), append(s6Rounds, s)
 	}
 	nat, s6 := res["nat"], res["srv6"]
 	cmp := compare(natRounds, s6Rounds)
-	cn, cs := cmp.nat, cmp.s6
-	fmt.Printf("\n%-6s %9s %9s %7s %9s %9s %12s %12s %9s %9s\n", "round", "nat p99", "srv6 p99", "ratio", "nat p50", "srv6 p50", "nat rtt p99", "srv6 rtt p99", "connects", "failed")
+	aa := compareTo(natRounds, nat2Rounds, "nat2") // the A/A control: how far two identical modes differ
+	cn, cs, cn2 := cmp.nat, cmp.s6, aa.s6
+	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	bn, bs, bn2 := blocks(natRounds, roundDur), blocks(s6Rounds, roundDur), blocks(nat2Rounds, roundDur)
+	ivS6, okS6 := bootstrapP99Ratio(bn, bs, bootResamples, rng)
+	ivAA, okAA := bootstrapP99Ratio(bn, bn2, bootResamples, rng)
+	fmt.Printf("\n%-6s %9s %9s %9s %7s %7s %9s %9s %12s %12s %14s %14s\n", "round", "nat p99", "nat2 p99", "srv6 p99", "s6/nat", "n2/nat", "nat p50", "srv6 p50",
+		"nat rtt p99", "srv6 rtt p99", "connects n/2/s", "failed n/2/s")
 	for i := range natRounds {
-		ratio := "empty"
+		ratio, ratioAA := "empty", "empty"
 		if cmp.roundOK[i] {
 			ratio = fmt.Sprintf("%.2f", cmp.roundRatio[i])
 		}
-		fmt.Printf("%-6d %9.2f %9.2f %7s %9.2f %9.2f %12.3f %12.3f %4d/%-4d %4d/%-4d\n", i+1, cn.roundP99[i], cs.roundP99[i], ratio,
-			cn.roundP50[i], cs.roundP50[i], cn.rttP99[i], cs.rttP99[i], len(natRounds[i].connects), len(s6Rounds[i].connects),
-			natRounds[i].failed, s6Rounds[i].failed)
+		if aa.roundOK[i] {
+			ratioAA = fmt.Sprintf("%.2f", aa.roundRatio[i])
+		}
+		fmt.Printf("%-6d %9.2f %9.2f %9.2f %7s %7s %9.2f %9.2f %12.3f %12.3f %4d/%4d/%-4d %4d/%4d/%-4d\n", i+1, cn.roundP99[i], cn2.roundP99[i], cs.roundP99[i], ratio, ratioAA,
+			cn.roundP50[i], cs.roundP50[i], cn.rttP99[i], cs.rttP99[i], len(natRounds[i].connects), len(nat2Rounds[i].connects), len(s6Rounds[i].connects),
+			natRounds[i].failed, nat2Rounds[i].failed, s6Rounds[i].failed)
 	}
 
 	fmt.Printf("\nby phase of the migration, all rounds pooled (ms; a failed dial counts as %s)\n%-24s %16s %16s %16s %16s %12s\n", dialTimeout, "phase (srv6 path)",
@@ -276,6 +285,8 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 	row("tcp connects failed", cn.failed, cs.failed)
 	row("rounds without a successful connect", len(cn.empty), len(cs.empty))
 	row("connect p99, all rounds pooled (ms)", fmt.Sprintf("%.2f", cn.p99), fmt.Sprintf("%.2f", cs.p99))
+	row("  A/A control nat2: connects, failed", fmt.Sprintf("%d, %d", cn2.n, cn2.failed), "")
+	row("  A/A control nat2: connect p99 (ms)", fmt.Sprintf("%.2f", cn2.p99), "")
 	row("connect p99, median of rounds (ms)", fmt.Sprintf("%.2f", median(cn.roundP99)), fmt.Sprintf("%.2f", median(cs.roundP99)))
 	row("connect p50, all rounds pooled (ms)", fmt.Sprintf("%.2f", cn.p50), fmt.Sprintf("%.2f", cs.p50))
 	row("connects over 1 s (or failed)", cn.over1s, cs.over1s)
@@ -290,11 +301,47 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 	if m, ok := cmp.roundRatioMedian(); ok {
 		roundRatio = round2(m)
 	}
+	var ratioAA any
+	if aa.ratioOK {
+		ratioAA = round2(aa.ratio)
+	}
 	fmt.Printf("connect p99 srv6/nat: pooled %v, median of the rounds' ratios %v (rounds without a successful connect of a mode have none)\n", ratio, roundRatio)
+	ivJSON := func(iv interval, ok bool) any {
+		if !ok {
+			return nil
+		}
+		return []float64{round2(iv.lo), round2(iv.hi)}
+	}
+	judgeS6, judgeAA := "undefined", "undefined"
+	if okS6 {
+		judgeS6 = ivS6.judge()
+	}
+	if okAA {
+		judgeAA = ivAA.judge()
+	}
+	fmt.Printf("connect p99 ratio, 95%% interval (block bootstrap, %s blocks, %d resamples): srv6/nat %v %v -> %s; A/A nat2/nat %v %v -> %s\n",
+		bootBlock, bootResamples, ratio, ivJSON(ivS6, okS6), judgeS6, ratioAA, ivJSON(ivAA, okAA), judgeAA)
+	// The goal "session-opening p99 no worse than NAT": not met only
+	// when SRv6's p99 is above NAT's beyond what the run can tell from
+	// noise (its interval all above 1).
+	goalMet := okS6 && judgeS6 != "worse"
+	fmt.Printf("goal (connect p99 no worse than NAT): met %v\n", goalMet)
 	fmt.Printf("goodput bins nat  (KB/100ms): %v\n", kb(nat.bins))
 	fmt.Printf("goodput bins srv6 (KB/100ms): %v\n", kb(s6.bins))
-	fmt.Printf("verdict: %s\n", cmp.verdict())
-	for _, f := range cmp.failures {
+	// The run's verdict: every mode, the control too, had a successful
+	// connect in every round.
+	failures := append([]string{}, cmp.failures...)
+	for _, f := range aa.failures {
+		if strings.Contains(f, " nat2 dial") { // nat's are in cmp's already
+			failures = append(failures, f)
+		}
+	}
+	verdict := "ok"
+	if len(failures) > 0 {
+		verdict = "fail"
+	}
+	fmt.Printf("verdict: %s\n", verdict)
+	for _, f := range failures {
 		fmt.Printf("  %s\n", f)
 	}
 	out, err := json.Marshal(map[string]any{
@@ -308,6 +355,13 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 		"connect_p99_ms_round_median_nat": round2(median(cn.roundP99)), "connect_p99_ms_round_median_srv6": round2(median(cs.roundP99)),
 		"connect_p99_ms_rounds_nat": roundAll(cn.roundP99), "connect_p99_ms_rounds_srv6": roundAll(cs.roundP99),
 		"connect_p99_ratio_srv6_nat": ratio, "connect_p99_ratio_round_median_srv6_nat": roundRatio,
+		"connects_nat2": cn2.n, "connects_failed_nat2": cn2.failed, "connect_empty_rounds_nat2": len(cn2.empty),
+		"connect_p99_ms_nat2": round2(cn2.p99), "connect_p99_ms_rounds_nat2": roundAll(cn2.roundP99),
+		"connect_p99_ratio_nat2_nat":      ratioAA,
+		"connect_p99_ratio_srv6_nat_ci95": ivJSON(ivS6, okS6), "connect_p99_ratio_nat2_nat_ci95": ivJSON(ivAA, okAA),
+		"connect_p99_srv6_vs_nat": judgeS6, "connect_p99_nat2_vs_nat": judgeAA,
+		"goal_connect_p99_no_worse_than_nat": goalMet,
+		"bootstrap_block_ms":                 bootBlock.Milliseconds(), "bootstrap_resamples": bootResamples,
 		"connect_p50_ms_nat": round2(cn.p50), "connect_p50_ms_srv6": round2(cs.p50),
 		"connect_p50_ms_round_median_nat": round2(median(cn.roundP50)), "connect_p50_ms_round_median_srv6": round2(median(cs.roundP50)),
 		"connects_over_1s_nat": cn.over1s, "connects_over_1s_srv6": cs.over1s,
@@ -320,14 +374,14 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 		"ns_per_packet_nat": round2(nat.nsPerPacket[0]), "ns_per_packet_srv6": round2(s6.nsPerPacket[0]),
 		"ns_per_packet_old_nat": round2(nat.nsPerPacket[1]), "ns_per_packet_old_srv6": round2(s6.nsPerPacket[1]),
 		"ns_per_packet_new_nat": round2(nat.nsPerPacket[2]), "ns_per_packet_new_srv6": round2(s6.nsPerPacket[2]),
-		"verdict": cmp.verdict(), "verdict_failures": append([]string{}, cmp.failures...),
+		"verdict": verdict, "verdict_failures": failures,
 	})
 	if err != nil {
 		return fmt.Errorf("JSON: %w", err)
 	}
 	fmt.Println(string(out))
-	if len(cmp.failures) > 0 {
-		return fmt.Errorf("verdict fail: %s", strings.Join(cmp.failures, "; "))
+	if len(failures) > 0 {
+		return fmt.Errorf("verdict fail: %s", strings.Join(failures, "; "))
 	}
 	return nil
 }
@@ -388,11 +442,15 @@ func modeSvcs(mode string) []svc {
 	}
 }
 
-// Interleaved connect rounds: the same copy's TCP port behind two frontends
-// of the same address at once, one per mode.
+// Interleaved connect rounds: the same copy's TCP port behind three
+// frontends of the same address at once, one in SRv6 mode and two in NAT
+// mode (the second, connNAT2, the A/A control: measured the same way in
+// the same moments as connNAT, it shows how far two identical modes
+// differ).
 var (
 	connSRv6 = svc{lb.Frontend{Addr: fe, Port: netns.CopyTCPPort, Proto: lb.TCP}, true, netns.CopyTCPPort}
 	connNAT  = svc{lb.Frontend{Addr: fe, Port: netns.CopyTCPPort + 1, Proto: lb.TCP}, false, netns.CopyTCPPort}
+	connNAT2 = svc{lb.Frontend{Addr: fe, Port: netns.CopyTCPPort + 2, Proto: lb.TCP}, false, netns.CopyTCPPort}
 )
 
 // migrate runs one migration of svcs, all through the same events at the
@@ -568,19 +626,20 @@ func runStats(nodes []*node) ([]runStat, error) {
 	return out, nil
 }
 
-// connectRound runs one migration of connNAT and connSRv6 together under
-// new connections that alternate between them (connects): both modes in
-// the same moments, from the same client process under the same load.
-func connectRound(topo *netns.SRv6Topology, home, old, nw *node, dur, every time.Duration) (nat, s6 connResult, err error) {
+// connectRound runs one migration of connNAT, connNAT2 and connSRv6
+// together under new connections that alternate among them (connects):
+// the modes in the same moments, from the same client process under the
+// same load.
+func connectRound(topo *netns.SRv6Topology, home, old, nw *node, dur, every time.Duration) (nat, nat2, s6 connResult, err error) {
 	var res []connResult
-	_, err = migrate(topo, home, old, nw, []svc{connNAT, connSRv6}, dur, func(ctx context.Context) error {
-		res = connects(ctx, topo.Client, []lb.Frontend{connNAT.f, connSRv6.f}, every, dur)
+	_, err = migrate(topo, home, old, nw, []svc{connNAT, connNAT2, connSRv6}, dur, func(ctx context.Context) error {
+		res = connects(ctx, topo.Client, []lb.Frontend{connNAT.f, connNAT2.f, connSRv6.f}, every, dur)
 		return nil
 	})
 	if err != nil {
-		return nat, s6, err
+		return nat, nat2, s6, err
 	}
-	return res[0], res[1], nil
+	return res[0], res[1], res[2], nil
 }
 
 // warm makes one exchange through each of svcs' frontends from ns (a
@@ -707,6 +766,10 @@ type connResult struct {
 	// connects; the percentiles count each as dialTimeout: opens), over1s
 	// the successful ones over 1 s.
 	rttZero, synRetrans, failed, over1s int
+	// timed are all the openings, successful and failed (as dialTimeout),
+	// with the time their dial started, since the round's start: the
+	// bootstrap's blocks.
+	timed []timedOpen
 	// byPhase are connects, pathRTTs and failed again, by the migration's
 	// phase the dial started in (phases).
 	byPhase [nPhases]struct {
@@ -714,6 +777,10 @@ type connResult struct {
 		failed             int
 	}
 }
+
+// timedOpen is one opening: when its dial started (since the round's
+// start) and how long it took (dialTimeout if it failed).
+type timedOpen struct{ at, d time.Duration }
 
 // phases are a migration's phases (migrate), as fractions of its length:
 // the path a new connection takes in SRv6 mode differs in each (NAT: to
@@ -778,6 +845,7 @@ func connects(ctx context.Context, ns string, fs []lb.Frontend, every, dur time.
 			if err != nil {
 				r.failed++
 				ph.failed++
+				r.timed = append(r.timed, timedOpen{t0.Sub(start), dialTimeout})
 				return
 			}
 			if ti, ok := tcpInfo(c); ok {
@@ -794,6 +862,7 @@ func connects(ctx context.Context, ns string, fs []lb.Frontend, every, dur time.
 			}
 			c.Close()
 			r.connects = append(r.connects, d)
+			r.timed = append(r.timed, timedOpen{t0.Sub(start), d})
 			ph.connects = append(ph.connects, d)
 			if d > time.Second {
 				r.over1s++

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"time"
 )
@@ -96,7 +97,11 @@ type comparison struct {
 	failures []string
 }
 
-func compare(nat, s6 []connResult) comparison {
+func compare(nat, s6 []connResult) comparison { return compareTo(nat, s6, "srv6") }
+
+// compareTo is compare with the second mode named name (in failures):
+// "srv6", or "nat2" for the A/A control.
+func compareTo(nat, s6 []connResult, name string) comparison {
 	c := comparison{nat: summarize(nat), s6: summarize(s6)}
 	if c.nat.p99 > 0 {
 		c.ratio, c.ratioOK = c.s6.p99/c.nat.p99, true
@@ -111,7 +116,7 @@ func compare(nat, s6 []connResult) comparison {
 		for _, m := range []struct {
 			name string
 			r    connResult
-		}{{"nat", nat[i]}, {"srv6", s6[i]}} {
+		}{{"nat", nat[i]}, {name, s6[i]}} {
 			if len(m.r.connects) == 0 {
 				c.failures = append(c.failures, fmt.Sprintf("connect round %d: no successful %s dial (%d failed)", i+1, m.name, m.r.failed))
 			}
@@ -138,4 +143,80 @@ func (c comparison) verdict() string {
 		return "fail"
 	}
 	return "ok"
+}
+
+// The confidence interval of a p99 ratio: a block bootstrap. The
+// openings of all the modes are cut into blocks of bootBlock of the
+// rounds' time (the same blocks for every mode: they ran in the same
+// moments); a resample draws as many blocks as there are, with
+// replacement, and takes each mode's p99 over the openings of the blocks
+// drawn. Blocks, not single openings, because the machine's scheduling
+// noise comes in bursts that hit every mode at once: resampling single
+// openings would take them for independent and give too narrow an
+// interval, and drawing the same blocks for both modes keeps the pairing.
+const (
+	bootBlock     = 500 * time.Millisecond
+	bootResamples = 2000
+)
+
+// interval is a 95% confidence interval (2.5th and 97.5th percentiles of
+// the bootstrap's ratios).
+type interval struct{ lo, hi float64 }
+
+// judge says where an interval of a ratio to NAT lies: "worse" (all of it
+// above 1: the mode's p99 is higher than NAT's beyond the noise), "better"
+// (all below 1), or "even" (it holds 1: no difference the run can tell
+// from noise).
+func (iv interval) judge() string {
+	switch {
+	case iv.lo > 1:
+		return "worse"
+	case iv.hi < 1:
+		return "better"
+	}
+	return "even"
+}
+
+// blocks cuts each round's openings (timed, failed dials as dialTimeout)
+// into blocks of bootBlock by the time the dial started: block r*nb+k is
+// round r's k-th (nb blocks per round of length dur).
+func blocks(rounds []connResult, dur time.Duration) [][]time.Duration {
+	nb := int((dur + bootBlock - 1) / bootBlock)
+	out := make([][]time.Duration, nb*len(rounds))
+	for r, res := range rounds {
+		for _, o := range res.timed {
+			k := min(max(int(o.at/bootBlock), 0), nb-1)
+			out[r*nb+k] = append(out[r*nb+k], o.d)
+		}
+	}
+	return out
+}
+
+// bootstrapP99Ratio is the block bootstrap's 95% interval of b's p99 over
+// a's; a and b are the same blocks' openings (blocks). ok is false when
+// no resample had an opening of a.
+func bootstrapP99Ratio(a, b [][]time.Duration, resamples int, rng *rand.Rand) (iv interval, ok bool) {
+	if len(a) == 0 || len(a) != len(b) {
+		return iv, false
+	}
+	var ratios []float64
+	var xa, xb []time.Duration
+	for range resamples {
+		xa, xb = xa[:0], xb[:0]
+		for range a {
+			k := rng.IntN(len(a))
+			xa = append(xa, a[k]...)
+			xb = append(xb, b[k]...)
+		}
+		pa, pb := pct(xa, 99), pct(xb, 99)
+		if pa == 0 || len(xb) == 0 {
+			continue
+		}
+		ratios = append(ratios, pb/pa)
+	}
+	if len(ratios) == 0 {
+		return iv, false
+	}
+	slices.Sort(ratios)
+	return interval{ratios[len(ratios)*25/1000], ratios[len(ratios)*975/1000]}, true
 }

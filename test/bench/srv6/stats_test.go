@@ -1,6 +1,8 @@
 package main
 
 import (
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +113,68 @@ func TestEmptyRoundFailsVerdict(t *testing.T) {
 	c = compare(nat, []connResult{{connects: durs(100, 3*time.Millisecond)}, {connects: durs(99, 3*time.Millisecond), failed: 1}, {connects: durs(100, 3*time.Millisecond)}})
 	if c.verdict() != "ok" || len(c.failures) != 0 {
 		t.Errorf("verdict %q failures %q, want ok", c.verdict(), c.failures)
+	}
+}
+
+// timedRounds makes rounds of n openings each, evenly over dur, the i-th
+// taking f(round, i).
+func timedRounds(rounds, n int, dur time.Duration, f func(r, i int) time.Duration) []connResult {
+	out := make([]connResult, rounds)
+	for r := range out {
+		for i := range n {
+			d := f(r, i)
+			out[r].connects = append(out[r].connects, d)
+			out[r].timed = append(out[r].timed, timedOpen{dur * time.Duration(i) / time.Duration(n), d})
+		}
+	}
+	return out
+}
+
+// The bootstrap's interval: two modes drawn from one distribution (an
+// A/A) hold 1 and judge "even"; one twice as slow as the other is judged
+// "worse", and the other way "better". Blocks keep what happened in the
+// same moments together: a burst hitting both modes at once moves both.
+func TestBootstrapP99Ratio(t *testing.T) {
+	const dur = 6 * time.Second
+	rng := rand.New(rand.NewPCG(1, 2))
+	noise := func(seed uint64) func(r, i int) time.Duration {
+		g := rand.New(rand.NewPCG(seed, 7))
+		return func(r, i int) time.Duration {
+			d := time.Duration(300+g.IntN(400)) * time.Microsecond
+			if i%100 < 3 { // a burst, the same moments in every mode
+				d += time.Duration(1+g.IntN(3)) * time.Millisecond
+			}
+			return d
+		}
+	}
+	a := timedRounds(12, 500, dur, noise(1))
+	b := timedRounds(12, 500, dur, noise(2))
+	slow := timedRounds(12, 500, dur, func(r, i int) time.Duration { return 2 * a[r].connects[i] })
+	if got := len(blocks(a, dur)); got != 12*12 {
+		t.Fatalf("blocks: %d, want 12 rounds of 12", got)
+	}
+	for _, c := range []struct {
+		name string
+		x, y []connResult
+		want string
+	}{
+		{"A/A", a, b, "even"},
+		{"twice as slow", a, slow, "worse"},
+		{"twice as fast", slow, a, "better"},
+	} {
+		iv, ok := bootstrapP99Ratio(blocks(c.x, dur), blocks(c.y, dur), 500, rng)
+		if !ok || iv.lo > iv.hi || iv.judge() != c.want {
+			t.Errorf("%s: interval %+v (ok %v) judged %q, want %q", c.name, iv, ok, iv.judge(), c.want)
+		}
+	}
+	// A failed dial is in its block as the dial timeout.
+	f := timedRounds(1, 100, dur, func(r, i int) time.Duration { return time.Millisecond })
+	f[0].timed = append(f[0].timed, timedOpen{dur - time.Millisecond, dialTimeout}, timedOpen{dur - time.Millisecond, dialTimeout})
+	bl := blocks(f, dur)
+	if last := bl[len(bl)-1]; !slices.Contains(last, dialTimeout) {
+		t.Errorf("last block %v: the failed dials missing", last)
+	}
+	if _, ok := bootstrapP99Ratio(nil, nil, 10, rng); ok {
+		t.Error("no blocks: an interval")
 	}
 }
