@@ -107,6 +107,7 @@ ROAM_MAP(roam_srv6_local, BPF_MAP_TYPE_HASH, MAX_FRONTENDS, struct frontend_key,
 /* Flows delivered to a local copy (inner client -> frontend): last packet, CLOCK_MONOTONIC coarse. */
 ROAM_MAP(roam_srv6_flows, BPF_MAP_TYPE_LRU_HASH, SRV6_FLOWS_MAX, struct ct_key, __u64, 0);
 
+
 /* A reply srv6_input found for srv6_decap_reply (each its own stack frame, both called from the entry). */
 struct srv6_reply {
 	__u32 id;    /* the frontend's */
@@ -603,6 +604,20 @@ static __always_inline int srv6_at_sid(struct xdp_md *ctx, struct srv6_reply *r,
 			count_reason(REASON_SRV6_FOREIGN_SID);
 			return XDP_DROP;
 		}
+	}
+	/*
+	 * The destination is this node's SID (srv6_input); the segment at
+	 * segments_left, the active one (RFC 8754 section 4.3), must be too:
+	 * a packet whose list names another node here (a reply to another
+	 * node of the home, a path through another node of the location) is
+	 * not this node's to decapsulate, deliver or forward.
+	 */
+	const __u8 *active = segs;
+	if (n == 2 && srh->segments_left == 1)
+		active = segs + 16;
+	if (!addr_eq(active, sid)) {
+		count_reason(REASON_SRV6_BAD_SRH);
+		return XDP_DROP;
 	}
 	__u32 wire = (__u32)(data_end - data);
 	struct srv6_inner in = {};

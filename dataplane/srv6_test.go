@@ -26,7 +26,9 @@ var (
 	sidHome  = netip.MustParseAddr("fc00:0:1::1")
 	sidOld   = netip.MustParseAddr("fc00:0:2::1")
 	sidNew   = netip.MustParseAddr("fc00:0:3::1")
-	sidAlien = netip.MustParseAddr("fc00:0:99::1") // outside every locator
+	sidAlien = netip.MustParseAddr("fc00:0:99::1")  // outside every locator
+	sidHome1 = netip.MustParseAddr("fc00:0:1:1::1") // the home's node 1 (lb.NodeSID(locHome, 1))
+	sidOld1  = netip.MustParseAddr("fc00:0:2:1::1") // the old location's node 1
 )
 
 // newSRv6Testbed is newTestbed with SRv6 on, this node's SID sid.
@@ -295,6 +297,8 @@ func TestSRv6AtLocation(t *testing.T) {
 		{"forged: a segment outside roam's locators", serving, at(ack4, sidHome, []netip.Addr{sidOld, sidAlien}, 1), xdpDrop, nil, "srv6_foreign_sid"},
 		{"forged: from outside roam's locators", serving, at(ack4, netip.MustParseAddr("2001:db8:ee::9"), path, 1), xdpDrop, nil, "srv6_foreign_src"},
 		{"three segments", serving, at(ack4, sidHome, []netip.Addr{sidOld, sidNew, sidHome}, 2), xdpDrop, nil, "srv6_bad_srh"},
+		{"forged: the active segment another node's (last segment)", serving, withOuterDst(at(ack4, sidHome, []netip.Addr{sidOld1}, 0), sidOld), xdpDrop, nil, "srv6_bad_srh"},
+		{"forged: the active segment another node's (first of two)", gone, withOuterDst(at(ack4, sidHome, []netip.Addr{sidOld1, sidNew}, 1), sidOld), xdpDrop, nil, "srv6_bad_srh"},
 		{"not our SID: not ours to judge", serving, at(ack4, sidHome, []netip.Addr{sidNew}, 0), xdpPass, nil, "ipv6_ext"},
 	}
 	for _, s := range steps {
@@ -356,7 +360,9 @@ func TestSRv6AtLocation(t *testing.T) {
 // TestSRv6ReplyAtHome: a reply the abroad copy encapsulated back to the
 // home's SID is decapsulated and sent to the client (from the frontend's
 // address, as the copy answered); one from a frontend the home does not
-// hold is dropped.
+// hold is dropped, and so is one to this node's SID whose segment list
+// names another node of the home (its SID at segments_left is not this
+// node's: srv6_bad_srh).
 func TestSRv6ReplyAtHome(t *testing.T) {
 	tb := newSRv6Testbed(t, sidHome)
 	d0 := tb.d0.Attrs().Index
@@ -366,16 +372,19 @@ func TestSRv6ReplyAtHome(t *testing.T) {
 		desc          string
 		front, client netip.AddrPort
 		proto         lb.Proto
+		seg           netip.Addr // the SRH's segment (the outer destination is sidHome)
 		verdict       uint32
 		reason        string
 	}{
-		{"ipv4 tcp", ap("10.0.0.1:80"), ap("198.51.100.7:33000"), lb.TCP, xdpTX, ""},
-		{"ipv6 udp", ap("[2001:db8::1]:7000"), ap("[2001:db8:c::7]:5000"), lb.UDP, xdpTX, ""},
-		{"not our frontend", ap("10.0.0.9:80"), ap("198.51.100.7:33000"), lb.TCP, xdpDrop, "srv6_no_copy"},
+		{"ipv4 tcp", ap("10.0.0.1:80"), ap("198.51.100.7:33000"), lb.TCP, sidHome, xdpTX, ""},
+		{"ipv6 udp", ap("[2001:db8::1]:7000"), ap("[2001:db8:c::7]:5000"), lb.UDP, sidHome, xdpTX, ""},
+		{"not our frontend", ap("10.0.0.9:80"), ap("198.51.100.7:33000"), lb.TCP, sidHome, xdpDrop, "srv6_no_copy"},
+		{"ipv4 tcp, the list names the home's node 1", ap("10.0.0.1:80"), ap("198.51.100.7:33000"), lb.TCP, sidHome1, xdpDrop, "srv6_bad_srh"},
+		{"ipv6 udp, the list names the home's node 1", ap("[2001:db8::1]:7000"), ap("[2001:db8:c::7]:5000"), lb.UDP, sidHome1, xdpDrop, "srv6_bad_srh"},
 	} {
 		t.Logf("case: %s", c.desc)
 		reply := spec{src: c.front, dst: c.client, proto: c.proto, flags: "SA", payload: []byte("reply"), srcMAC: macD0, dstMAC: macClient, seq: 9, ackn: 2}.build(t)
-		in := srv6Frame(macGW, macD0, sidOld, []netip.Addr{sidHome}, 0, 63, 7, ipOf(reply))
+		in := withOuterDst(srv6Frame(macGW, macD0, sidOld, []netip.Addr{c.seg}, 0, 63, 7, ipOf(reply)), sidHome)
 		reply = hop(reply) // forwarded from here
 		before := tb.drops(t)
 		v, out := tb.run(t, in, d0)
@@ -397,6 +406,14 @@ func TestSRv6ReplyAtHome(t *testing.T) {
 	if err != nil || s.Decap.Packets != 1 {
 		t.Fatalf("decap counter %+v, %v", s, err)
 	}
+}
+
+// withOuterDst sets a frame's outer IPv6 destination to dst (srv6Frame
+// sets it to the active segment).
+func withOuterDst(frame []byte, dst netip.Addr) []byte {
+	a := dst.As16()
+	copy(frame[14+24:14+40], a[:])
+	return frame
 }
 
 // TestSRv6Config: what Open, Stage and SetLocators refuse.
