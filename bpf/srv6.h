@@ -107,6 +107,40 @@ ROAM_MAP(roam_srv6_local, BPF_MAP_TYPE_HASH, MAX_FRONTENDS, struct frontend_key,
 /* Flows delivered to a local copy (inner client -> frontend): last packet, CLOCK_MONOTONIC coarse. */
 ROAM_MAP(roam_srv6_flows, BPF_MAP_TYPE_LRU_HASH, SRV6_FLOWS_MAX, struct ct_key, __u64, 0);
 
+/*
+ * The home's flows (client -> frontend) it encapsulated a packet of larger
+ * than IPv6's minimum MTU, 1280 (srv6_note_big): the only packets a
+ * router's packet too big can be about, since one reporting less is
+ * refused. Last such packet, CLOCK_MONOTONIC coarse. srv6_relay_ptb
+ * relays a too-big only about a flow noted here within SRV6_BIG_FLOW_NS:
+ * a forged quote must name a flow the home carries big packets of. Not
+ * pinned: after a restart a flow is known again from its next big packet
+ * (a too-big refused meanwhile is sent again by the router when the
+ * client sends that packet again).
+ */
+#ifndef SRV6_BIG_FLOWS_MAX
+#define SRV6_BIG_FLOWS_MAX 65536
+#endif
+#ifndef SRV6_BIG_FLOW_NS
+#define SRV6_BIG_FLOW_NS (10ULL * 1000000000ULL)
+#endif
+ROAM_LOCAL_MAP(roam_srv6_big, BPF_MAP_TYPE_LRU_HASH, SRV6_BIG_FLOWS_MAX, struct ct_key, __u64, 0);
+
+/* srv6_note_big notes p's flow in roam_srv6_big when its encapsulation is `len` bytes, more than 1280 (k: a key's room, per-CPU scratch). */
+static __always_inline void srv6_note_big(const struct pkt *p, __u32 len, struct ct_key *k)
+{
+	if (len <= IPV6_MIN_MTU)
+		return;
+	ct_key_from_pkt(k, p);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 *seen = bpf_map_lookup_elem(&roam_srv6_big, k);
+	if (seen) {
+		if (*seen != now)
+			*seen = now;
+		return;
+	}
+	bpf_map_update_elem(&roam_srv6_big, k, &now, BPF_ANY);
+}
 
 /* A reply srv6_input found for srv6_decap_reply (each its own stack frame, both called from the entry). */
 struct srv6_reply {
@@ -130,6 +164,7 @@ struct srv6_scratch {
 	struct eth_hdr eth; /* srv6_push: the frame's Ethernet header, moved in front of the encapsulation */
 	__u16 pad;
 	__u32 out, mtu, pod; /* srv6_nexthop: nh_lookup's egress, MTU and pod flag */
+	struct ct_key big;   /* srv6_push: srv6_note_big's key */
 };
 
 ROAM_LOCAL_MAP(roam_srv6_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct srv6_scratch, 0);
@@ -394,6 +429,7 @@ static __always_inline int srv6_push(struct xdp_md *ctx, const struct pkt *p, co
 	if (data + sizeof(struct eth_hdr) > data_end)
 		return XDP_DROP;
 	__builtin_memcpy(&sc->eth, data, sizeof(sc->eth)); /* the next hop's MAC addresses, if found */
+	srv6_note_big(p, SRV6_OVERHEAD(n) + inner_len, &sc->big);
 	__u8 inner_nh = p->family == FAMILY_V4 ? IPPROTO_IPIP_ : IPPROTO_IPV6_;
 	if (bpf_xdp_adjust_head(ctx, -(int)SRV6_OVERHEAD(n)) < 0) {
 		count_reason(REASON_MALFORMED);
@@ -757,8 +793,10 @@ static __always_inline __u32 srv6_ptb_mtu(__u32 reported, __u32 over, int v4)
  * at least IPv6's minimum (RFC 8201 section 4: a packet too big below 1280
  * is discarded, not clamped). Otherwise dropped, counted srv6_ptb_refused.
  * A relay takes a token of the ICMP budget (icmp_allow; none left: dropped,
- * counted icmp_limited). SRv6 keeps no flow state at the home, so the
- * inner flow itself is not checked. A quote of no frontend of ours:
+ * counted icmp_limited). The quoted flow must be one the home carries:
+ * noted in roam_srv6_big (a packet of it encapsulated bigger than 1280,
+ * the smallest MTU a relayed too-big can report, within
+ * SRV6_BIG_FLOW_NS); else refused too. A quote of no frontend of ours:
  * SRV6_CONTINUE (the NAT path's ICMP, or the kernel's). Not inlined: rare,
  * off the per-packet path.
  */
@@ -805,6 +843,12 @@ static __noinline int srv6_relay_ptb(struct xdp_md *ctx)
 		return SRV6_CONTINUE; /* no frontend of ours (any more) */
 	struct service *svc = bpf_map_lookup_elem(&roam_service_slots, id);
 	if (!svc || reported < IPV6_MIN_MTU || !srv6_ptb_ours(data, data_end, q, srh, svc)) {
+		count_reason(REASON_SRV6_PTB_REFUSED);
+		return XDP_DROP;
+	}
+	/* The quoted flow: one the home sent a packet bigger than 1280 of, lately (srv6_note_big). */
+	__u64 *big = bpf_map_lookup_elem(&roam_srv6_big, &in->k);
+	if (!big || bpf_ktime_get_coarse_ns() - *big > SRV6_BIG_FLOW_NS) {
 		count_reason(REASON_SRV6_PTB_REFUSED);
 		return XDP_DROP;
 	}
@@ -931,6 +975,7 @@ struct srv6_hdrs {
 struct srv6_tc_scratch {
 	struct bpf_fib_lookup fib;
 	struct srv6_hdrs h;
+	struct ct_key big; /* srv6_note_big's key */
 };
 
 ROAM_LOCAL_MAP(roam_srv6_tc_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, 1, __u32, struct srv6_tc_scratch, 0);
@@ -993,6 +1038,8 @@ static __noinline int srv6_encap_skb(struct __sk_buff *skb, struct pkt *p, const
 		count_action(id, ACTION_DROP, p->len);
 		return TC_ACT_SHOT;
 	}
+	/* A GSO packet is noted whatever its segments' size (noting a flow too many only lets its too-bigs through). */
+	srv6_note_big(p, skb->gso_segs > 1 ? 0xffff : p->ip_len + over, &sc->big);
 	__u16 mss = p->family == FAMILY_V4 ? cfg->mss4 : cfg->mss6;
 	if (mss && p->proto == IPPROTO_TCP_ && (p->tcp_flags & TCP_FLAG_SYN))
 		mss_clamp(skb, p, mss + (p->family == FAMILY_V4 ? 40 : 60));

@@ -176,6 +176,7 @@ const (
 	roamMapRoamServiceSlots    = "roam_service_slots"
 	roamMapRoamServices        = "roam_services"
 	roamMapRoamSnatCursor      = "roam_snat_cursor"
+	roamMapRoamSrv6Big         = "roam_srv6_big"
 	roamMapRoamSrv6Config      = "roam_srv6_config"
 	roamMapRoamSrv6Flows       = "roam_srv6_flows"
 	roamMapRoamSrv6Local       = "roam_srv6_local"
@@ -261,6 +262,7 @@ type roamMapSpecs struct {
 	RoamServiceSlots   *ebpf.MapSpec `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.MapSpec `ebpf:"roam_services"`
 	RoamSnatCursor     *ebpf.MapSpec `ebpf:"roam_snat_cursor"`
+	RoamSrv6Big        *ebpf.MapSpec `ebpf:"roam_srv6_big"`
 	RoamSrv6Config     *ebpf.MapSpec `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.MapSpec `ebpf:"roam_srv6_flows"`
 	RoamSrv6Local      *ebpf.MapSpec `ebpf:"roam_srv6_local"`
@@ -316,6 +318,7 @@ type roamMaps struct {
 	RoamServiceSlots   *ebpf.Map `ebpf:"roam_service_slots"`
 	RoamServices       *ebpf.Map `ebpf:"roam_services"`
 	RoamSnatCursor     *ebpf.Map `ebpf:"roam_snat_cursor"`
+	RoamSrv6Big        *ebpf.Map `ebpf:"roam_srv6_big"`
 	RoamSrv6Config     *ebpf.Map `ebpf:"roam_srv6_config"`
 	RoamSrv6Flows      *ebpf.Map `ebpf:"roam_srv6_flows"`
 	RoamSrv6Local      *ebpf.Map `ebpf:"roam_srv6_local"`
@@ -347,6 +350,7 @@ func (m *roamMaps) Close() error {
 		m.RoamServiceSlots,
 		m.RoamServices,
 		m.RoamSnatCursor,
+		m.RoamSrv6Big,
 		m.RoamSrv6Config,
 		m.RoamSrv6Flows,
 		m.RoamSrv6Local,

@@ -38,11 +38,24 @@ func newPTBTestbed(t *testing.T) (*testbed, int) {
 	return tb, tb.d0.Attrs().Index
 }
 
+// carry sends a packet of the client's TCP flow to the frontend through
+// the home, encapsulated bigger than 1280 bytes (1300 bytes of payload):
+// the home notes the flow as one a packet too big may be about
+// (roam_srv6_big).
+func carry(t *testing.T, tb *testbed, d0 int, client, front netip.AddrPort) {
+	t.Helper()
+	pkt := spec{src: client, dst: front, proto: lb.TCP, flags: "A", payload: bytes.Repeat([]byte("c"), 1300), srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
+	if v, _ := tb.run(t, pkt, d0); v != xdpTX {
+		t.Fatalf("%s -> %s, 1300 bytes: verdict %d, want %d (encapsulated to the path)", client, front, v, xdpTX)
+	}
+}
+
 // TestSRv6RelayPTB: an underlay router's ICMPv6 packet too big to the
 // home's SID about a packet the home encapsulated is relayed to the client
 // as its own family's too-big about its packet, from the frontend, with
 // the router's MTU less the encapsulation (40 + 8 + 16n), routed to the
-// client, checksums right, and counted (srv6_ptb_relayed): an IPv4 client
+// client, checksums right, and counted (srv6_ptb_relayed), once the home
+// carried a packet of the flow bigger than 1280 (carry): an IPv4 client
 // along one segment (fragmentation needed, 1400 - 64 = 1336, quoting 84
 // bytes of its packet), an IPv6 client along two (packet too big, 1400 -
 // 80 = 1320, quoting 256 bytes), and 1300 along two (1220: raised to
@@ -64,6 +77,7 @@ func TestSRv6RelayPTB(t *testing.T) {
 		{"ipv6, two segments, below 1280", "[2001:db8:c::7]:33000", "[2001:db8::1]:80", []netip.Addr{sidOld, sidNew}, 1300, 1280, 256},
 	} {
 		client, fa := ap(c.client), ap(c.front)
+		carry(t, tb, d0, client, fa)
 		pkt := spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0, ipID: 7, seq: 1000}.build(t)
 		inner := ipOf(pkt)
 		encap := ipOf(srv6Frame(macD0, macGW, sidHome, c.sids, len(c.sids)-1, 64, srv6Label(client, fa, lb.TCP), inner))
@@ -135,9 +149,11 @@ func TestSRv6RelayPTB(t *testing.T) {
 // and forge its quote; one whose quote is not a packet the home would send
 // along a path of the frontend's (its target NAT, other segments, another
 // outer destination) or that reports an MTU under IPv6's minimum (RFC 8201
-// section 4: discarded) is dropped without an answer and counted
-// srv6_ptb_refused. A router after the first segment (the outer destination
-// rewritten to the second, segments_left 0) is relayed.
+// section 4: discarded), or whose quoted flow is not one the home carried
+// a packet bigger than 1280 of (none, or only small ones: the home keeps
+// no other flow state in SRv6 mode), is dropped without an answer and
+// counted srv6_ptb_refused. A router after the first segment (the outer
+// destination rewritten to the second, segments_left 0) is relayed.
 func TestSRv6RelayPTBRefused(t *testing.T) {
 	tb, d0 := newPTBTestbed(t)
 	big := bytes.Repeat([]byte("x"), 1400)
@@ -147,6 +163,15 @@ func TestSRv6RelayPTBRefused(t *testing.T) {
 		return ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
 	}
 	in4, nat4, in6 := inner(client4, ap("10.0.0.1:80")), inner(client4, ap("10.0.0.2:80")), inner(client6, ap("[2001:db8::1]:80"))
+	carry(t, tb, d0, client4, ap("10.0.0.1:80"))
+	carry(t, tb, d0, client6, ap("[2001:db8::1]:80"))
+	// Flows of the frontends the home did not carry big packets of.
+	unknown4, unknown6 := inner(ap("198.51.100.7:33001"), ap("10.0.0.1:80")), inner(ap("[2001:db8:c::7]:33001"), ap("[2001:db8::1]:80"))
+	small := spec{src: ap("198.51.100.7:33002"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", payload: []byte("small"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	if v, _ := tb.run(t, small, d0); v != xdpTX {
+		t.Fatalf("a small packet: verdict %d, want %d", v, xdpTX)
+	}
+	smallFlow := inner(ap("198.51.100.7:33002"), ap("10.0.0.1:80"))
 	two := []netip.Addr{sidOld, sidNew}
 	withDst := func(encap []byte, dst netip.Addr) []byte {
 		e := append([]byte{}, encap...)
@@ -167,6 +192,9 @@ func TestSRv6RelayPTBRefused(t *testing.T) {
 		{"an MTU under 1280, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), 1279},
 		{"an MTU of 0, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, in4)), 0},
 		{"an MTU under 1280, ipv6", ipOf(srv6Frame(macD0, macGW, sidHome, two, 1, 64, 0, in6)), 1000},
+		{"a flow not carried, ipv4", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, unknown4)), 1400},
+		{"a flow not carried, ipv6", ipOf(srv6Frame(macD0, macGW, sidHome, two, 1, 64, 0, unknown6)), 1400},
+		{"a flow carried small packets only", ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, smallFlow)), 1400},
 	} {
 		before := tb.drops(t)
 		v, _ := tb.run(t, ptbFrame(c.mtu, c.encap), d0)
@@ -211,6 +239,7 @@ func TestSRv6RelayPTBMTU(t *testing.T) {
 		{"ipv6, 1280", "[2001:db8:c::7]:33000", "[2001:db8::1]:80", []netip.Addr{sidOld, sidNew}, 1280, 1280},
 	} {
 		client, fa := ap(c.client), ap(c.front)
+		carry(t, tb, d0, client, fa)
 		inner := ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: big, srcMAC: macPeer, dstMAC: macD0}.build(t))
 		encap := ipOf(srv6Frame(macD0, macGW, sidHome, c.sids, len(c.sids)-1, 64, 0, inner))
 		v, out := tb.run(t, ptbFrame(c.ptb, encap), d0)
@@ -247,6 +276,7 @@ func TestSRv6RelayPTBBudget(t *testing.T) {
 	tb := newSRv6Testbed(t, sidHome)
 	d0 := tb.d0.Attrs().Index
 	tb.stage(t, "10.0.0.1:80/tcp", "srv6:fc00:0:2::1")
+	carry(t, tb, d0, ap("198.51.100.7:33000"), ap("10.0.0.1:80"))
 	inner := ipOf(spec{src: ap("198.51.100.7:33000"), dst: ap("10.0.0.1:80"), proto: lb.TCP, flags: "A", payload: bytes.Repeat([]byte("x"), 1400), srcMAC: macPeer, dstMAC: macD0}.build(t))
 	in := ptbFrame(1400, ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, inner)))
 	answered, delta := tb.runICMPBudget(t, "packets too big", d0, func(int) []byte { return in })

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,6 +68,9 @@ func socketMTU(t *testing.T, c net.Conn, v4 bool) int {
 // its packet, from the frontend, less the encapsulation (1400 - 64 =
 // 1336): the client's kernel takes it in, and its connected UDP socket's
 // path MTU to the frontend becomes 1336, for an IPv4 and an IPv6 client.
+// The client first sends a datagram that the home encapsulates bigger
+// than 1280 bytes (a too-big is relayed only about such a flow), and it
+// is answered (the home carried it).
 func TestSRv6RelayPTB(t *testing.T) {
 	ctx := rootWithin(t, time.Minute)
 	bed := newSRv6Bed(t)
@@ -82,6 +86,22 @@ func TestSRv6RelayPTB(t *testing.T) {
 		u := dialUDP(ctx, t, topo.Client, ff.udpAddr)
 		who, cl := u.ask(t)
 		ff.want("udp", who, cl, "new")
+		// A datagram of the flow that the home encapsulates bigger than 1280
+		// (1300 bytes of payload, 1384 or 1404 encapsulated: within 1500),
+		// answered by the copy.
+		big := "big" + string(bytes.Repeat([]byte("b"), 1297))
+		if _, err := fmt.Fprint(u.c, big); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4096)
+		for answered := false; !answered; {
+			_ = u.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := u.c.Read(buf)
+			if err != nil {
+				t.Fatalf("%s: no answer to a datagram of 1300 bytes: %v", fam.name, err)
+			}
+			answered = strings.HasSuffix(string(buf[:n]), " "+big)
+		}
 		if m := socketMTU(t, u.c, v4); m != 1500 {
 			t.Fatalf("%s: the socket's path MTU is %d before the packet too big, want 1500", fam.name, m)
 		}
