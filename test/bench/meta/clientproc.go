@@ -23,6 +23,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime/trace"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,6 +70,10 @@ type trip struct {
 	Sent, Recv int64
 }
 
+// clientProcs is the GOMAXPROCS of the client processes (0: Go's
+// default, every core) (-client-gomaxprocs).
+var clientProcs int
+
 // clientProc is the client process, seen from the benchmark.
 type clientProc struct {
 	cmd *exec.Cmd
@@ -82,6 +88,16 @@ func startClientProc(url string) (*clientProc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "-client-of", url, "-hello-slice", helloSlice.String())
+	// Go's GC defaults (the MO's process may run with GOGC or GOMEMLIMIT
+	// set for an A/B), and -client-gomaxprocs.
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); k != "GOGC" && k != "GOMEMLIMIT" && (k != "GOMAXPROCS" || clientProcs == 0) {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	if clientProcs > 0 {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(clientProcs))
+	}
 	in, out, err := childproc.Start(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start the client process: %w", err)

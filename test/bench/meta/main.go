@@ -55,11 +55,13 @@ func run() error {
 	foRequesters := flag.Int("failover-requesters", 6, "requesters placing during the failover")
 	foPace := flag.Duration("failover-pace", 10*time.Millisecond, "each requester's pause between placements")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	rowProfile := flag.String("cpuprofile-rows", "", "write a CPU profile of the MO's process during each placement row here (the path, a dot and the cluster count)")
 	traceOut := flag.String("trace", "", "write an execution trace of the placements measured at -trace-count clusters here")
 	traceCount := flag.Int("trace-count", 100000, "the cluster count whose placements -trace traces")
 	memProfile := flag.String("memprofile", "", "write a heap profile here after the placement rows")
 	placementOnly := flag.Bool("placement-only", false, "stop after the placement rows (no ingest, herding or failover)")
 	flag.DurationVar(&helloSlice, "hello-slice", helloSlice, "the simulated clusters' hellos are sent, spread evenly, in slices this long (each cluster keeps its interval)")
+	flag.IntVar(&clientProcs, "client-gomaxprocs", clientProcs, "GOMAXPROCS of the client processes (the clusters' hellos, the requester); 0: Go's default")
 	clientOf := flag.String("client-of", "", "run as the client process of the MO at this NATS URL (clientproc.go; started by the benchmark itself)")
 	flag.Parse()
 	if *clientOf != "" {
@@ -219,6 +221,10 @@ func run() error {
 		if err != nil {
 			return err
 		}
+		stopProfile, err := startRowProfile(*rowProfile, n)
+		if err != nil {
+			return err
+		}
 		clientTrace := ""
 		if *traceOut != "" && n == *traceCount {
 			clientTrace = *traceOut + ".client"
@@ -237,6 +243,7 @@ func run() error {
 		lat, failed := ans.Latency, ans.Failed
 		allocB, allocObj := perPlacement(rt, rowDur, idle, idleDur, len(lat))
 		stopTrace()
+		stopProfile()
 		if err != nil {
 			return err
 		}
@@ -495,6 +502,34 @@ func startTrace(path string, on bool) (func(), error) {
 		return nil, err
 	}
 	return func() { trace.Stop(); f.Close() }, nil
+}
+
+// startRowProfile starts a CPU profile to path.n when path is set; the
+// returned func stops it.
+// Heap profiles are written at its start and end (path.n.heap0,
+// path.n.heap1: pprof -sample_index=alloc_space -base heap0 heap1 shows
+// what the row allocated).
+func startRowProfile(path string, n int) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	p := path + "." + strconv.Itoa(n)
+	heap := func(name string) {
+		if f, err := os.Create(name); err == nil {
+			_ = pprof.Lookup("allocs").WriteTo(f, 0)
+			f.Close()
+		}
+	}
+	heap(p + ".heap0")
+	f, err := os.Create(p)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close(); heap(p + ".heap1") }, nil
 }
 
 // waitHerdAlive waits until every herd cluster is alive in srv's registry.
