@@ -44,6 +44,7 @@ type clientCmd struct {
 	// execution trace of them here.
 	Requests int    `json:"requests,omitempty"`
 	Trace    string `json:"trace,omitempty"`
+	NoWarmUp bool   `json:"no_warm_up,omitempty"`
 	// flood: total hellos cycling through the first clusters of the
 	// fleet; pause: stop (or resume) the steady hellos.
 	Total    int  `json:"total,omitempty"`
@@ -82,7 +83,11 @@ type clientProc struct {
 }
 
 // startClientProc starts this binary again as the client of the MO at url.
-func startClientProc(url string) (*clientProc, error) {
+func startClientProc(url string) (*clientProc, error) { return startClientProcs(url, clientProcs) }
+
+// startClientProcs is startClientProc with GOMAXPROCS procs (0: Go's
+// default).
+func startClientProcs(url string, procs int) (*clientProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -91,12 +96,12 @@ func startClientProc(url string) (*clientProc, error) {
 	// Go's GC defaults (the MO's process may run with GOGC or GOMEMLIMIT
 	// set for an A/B), and -client-gomaxprocs.
 	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); k != "GOGC" && k != "GOMEMLIMIT" && (k != "GOMAXPROCS" || clientProcs == 0) {
+		if k, _, _ := strings.Cut(kv, "="); k != "GOGC" && k != "GOMEMLIMIT" && (k != "GOMAXPROCS" || procs == 0) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	if clientProcs > 0 {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(clientProcs))
+	if procs > 0 {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(procs))
 	}
 	in, out, err := childproc.Start(cmd)
 	if err != nil {
@@ -145,6 +150,11 @@ func (p *clientProc) flood(total, clusters int) error {
 // place times n placements in the client process.
 func (p *clientProc) place(n int, tracePath string) (clientAnswer, error) {
 	return p.do(clientCmd{Op: "place", Requests: n, Trace: tracePath})
+}
+
+// placeNoWarmUp times n placements without warming up first.
+func (p *clientProc) placeNoWarmUp(n int) (clientAnswer, error) {
+	return p.do(clientCmd{Op: "place", Requests: n, NoWarmUp: true})
 }
 
 func (p *clientProc) pid() int { return p.cmd.Process.Pid }
@@ -219,7 +229,11 @@ func runClientProc(url string) error {
 				break
 			}
 			rt0 := readRuntime()
-			a.Latency, a.Trips, a.Failed, err = measurePlacement(client, c.Requests)
+			warm := 200
+			if c.NoWarmUp {
+				warm = 0
+			}
+			a.Latency, a.Trips, a.Failed, err = measurePlacementWarm(client, c.Requests, warm)
 			rt := rtDelta(rt0, readRuntime())
 			a.GCs, a.GCPauseMax = rt.gcCycles, rt.gcPauseMax
 			stopTrace()
@@ -245,9 +259,15 @@ func runClientProc(url string) error {
 // the MO does not answer within the client's timeout is counted, not
 // timed. trips are the answered ones' ids and wall clock times.
 func measurePlacement(c *meta.Client, n int) (lat []time.Duration, trips []trip, failed int, err error) {
+	return measurePlacementWarm(c, n, 200)
+}
+
+// measurePlacementWarm is measurePlacement after warm placements to warm
+// up.
+func measurePlacementWarm(c *meta.Client, n, warm int) (lat []time.Duration, trips []trip, failed int, err error) {
 	req := benchRequest(nil)
 	ctx := context.Background()
-	for range 200 { // warm up
+	for range warm {
 		_, _ = c.Place(ctx, req)
 	}
 	lat, trips = make([]time.Duration, 0, n), make([]trip, 0, n)

@@ -61,6 +61,7 @@ func run() error {
 	memProfile := flag.String("memprofile", "", "write a heap profile here after the placement rows")
 	placementOnly := flag.Bool("placement-only", false, "stop after the placement rows (no ingest, herding or failover)")
 	flag.DurationVar(&helloSlice, "hello-slice", helloSlice, "the simulated clusters' hellos are sent, spread evenly, in slices this long (each cluster keeps its interval)")
+	requesterAB := flag.Int("requester-ab", -1, "after each row, alternate the requester with a second one whose GOMAXPROCS is this (0: Go's default) in chunks of 100 placements, and print both's p50/p99 (an A/B of the requester's GOMAXPROCS under the same load); -1: none")
 	flag.IntVar(&clientProcs, "client-gomaxprocs", clientProcs, "GOMAXPROCS of the client processes (the clusters' hellos, the requester); 0: Go's default")
 	clientOf := flag.String("client-of", "", "run as the client process of the MO at this NATS URL (clientproc.go; started by the benchmark itself)")
 	flag.Parse()
@@ -109,6 +110,13 @@ func run() error {
 		return err
 	}
 	defer reqProc.stop()
+	var reqProcB *clientProc
+	if *requesterAB >= 0 {
+		if reqProcB, err = startClientProcs(srv.ClientURL(), *requesterAB); err != nil {
+			return err
+		}
+		defer reqProcB.stop()
+	}
 	// The requester inside the MO's process, timed after the client
 	// process's one in every row (the layout before: it shares the MO's
 	// runtime, its cores and its GC).
@@ -259,6 +267,11 @@ func run() error {
 		inLat, _, inFailed, err := measurePlacement(inClient, *requests)
 		if err != nil {
 			return fmt.Errorf("requester in the MO's process: %w", err)
+		}
+		if reqProcB != nil {
+			if err := requesterABRow(n, reqProc, reqProcB, *requesterAB, *requests); err != nil {
+				return err
+			}
 		}
 		rows = append(rows, row{clusters: n, alive: alive, failed: failed, interval: iv, p50: pct(lat, 50), p99: pct(lat, 99), mean: mean(lat),
 			moP99: moP99, rt: rt, inP50: pct(inLat, 50), inP99: pct(inLat, 99), inFailed: inFailed, allocB: allocB, allocObj: allocObj,
@@ -502,6 +515,29 @@ func startTrace(path string, on bool) (func(), error) {
 		return nil, err
 	}
 	return func() { trace.Stop(); f.Close() }, nil
+}
+
+// requesterABRow times n placements from each of two requester
+// processes, alternating them in chunks of 100 (after a warm-up each),
+// so both meet the same load, and prints their p50 and p99.
+func requesterABRow(clusters int, a, b *clientProc, bProcs, n int) error {
+	var lat [2][]time.Duration
+	for i, p := range []*clientProc{a, b} {
+		if _, err := p.place(1, ""); err != nil { // its warm-up
+			return fmt.Errorf("requester A/B, warm-up %d: %w", i, err)
+		}
+	}
+	for done := 0; done < 2*n; done += 100 {
+		i := done / 100 % 2
+		ans, err := []*clientProc{a, b}[i].placeNoWarmUp(100)
+		if err != nil {
+			return fmt.Errorf("requester A/B: %w", err)
+		}
+		lat[i] = append(lat[i], ans.Latency...)
+	}
+	fmt.Fprintf(os.Stderr, "requester A/B at %d clusters: GOMAXPROCS %d: p50 %.0f p99 %.0f µs; GOMAXPROCS %d: p50 %.0f p99 %.0f µs (%d placements each, alternating by 100)\n",
+		clusters, clientProcs, us(pct(lat[0], 50)), us(pct(lat[0], 99)), bProcs, us(pct(lat[1], 50)), us(pct(lat[1], 99)), len(lat[0]))
+	return nil
 }
 
 // startRowProfile starts a CPU profile to path.n when path is set; the
