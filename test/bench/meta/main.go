@@ -506,15 +506,21 @@ func startTrace(path string, on bool) (func(), error) {
 	if path == "" || !on {
 		return func() {}, nil
 	}
+	return startTo(path, trace.Start, trace.Stop)
+}
+
+// startTo starts writing a trace or profile to a new file at path; the
+// returned func stops it and closes the file.
+func startTo(path string, start func(io.Writer) error, stop func()) (func(), error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}
-	if err := trace.Start(f); err != nil {
+	if err := start(f); err != nil {
 		f.Close()
 		return nil, err
 	}
-	return func() { trace.Stop(); f.Close() }, nil
+	return func() { stop(); f.Close() }, nil
 }
 
 // requesterABRow times n placements from each of two requester
@@ -542,30 +548,11 @@ func requesterABRow(clusters int, a, b *clientProc, bProcs, n int) error {
 
 // startRowProfile starts a CPU profile to path.n when path is set; the
 // returned func stops it.
-// Heap profiles are written at its start and end (path.n.heap0,
-// path.n.heap1: pprof -sample_index=alloc_space -base heap0 heap1 shows
-// what the row allocated).
 func startRowProfile(path string, n int) (func(), error) {
 	if path == "" {
 		return func() {}, nil
 	}
-	p := path + "." + strconv.Itoa(n)
-	heap := func(name string) {
-		if f, err := os.Create(name); err == nil {
-			_ = pprof.Lookup("allocs").WriteTo(f, 0)
-			f.Close()
-		}
-	}
-	heap(p + ".heap0")
-	f, err := os.Create(p)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return func() { pprof.StopCPUProfile(); f.Close(); heap(p + ".heap1") }, nil
+	return startTo(path+"."+strconv.Itoa(n), pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
 // waitHerdAlive waits until every herd cluster is alive in srv's registry.
