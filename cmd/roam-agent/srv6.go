@@ -193,12 +193,8 @@ func (n *srv6Node) SetSRv6Copy(f lb.Frontend, s dataplane.SRv6State) error {
 
 // removeAddr takes a, which this agent added, off lo and out of the record.
 func (n *srv6Node) removeAddr(a netip.Addr) error {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return fmt.Errorf("find lo: %w", err)
-	}
-	if err := netlink.AddrDel(lo, &netlink.Addr{IPNet: hostPrefix(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-		return fmt.Errorf("remove %s from lo: %w", a, err)
+	if err := n.setOnLo(a, false); err != nil {
+		return err
 	}
 	delete(n.added, a)
 	if n.lo != nil {
@@ -210,12 +206,27 @@ func (n *srv6Node) removeAddr(a netip.Addr) error {
 	return nil
 }
 
-// ensureAddr puts a on lo unless the node has it already.
-func (n *srv6Node) ensureAddr(a netip.Addr) error {
+// setOnLo adds a to lo (on) or removes it (an address already there, or
+// not there, is no error).
+func (n *srv6Node) setOnLo(a netip.Addr, on bool) error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
-		return fmt.Errorf("srv6 copy: find lo: %w", err)
+		return fmt.Errorf("find lo: %w", err)
 	}
+	if on {
+		if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(a), Flags: unix.IFA_F_NODAD}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add %s to lo: %w", a, err)
+		}
+		return nil
+	}
+	if err := netlink.AddrDel(lo, &netlink.Addr{IPNet: hostPrefix(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("remove %s from lo: %w", a, err)
+	}
+	return nil
+}
+
+// ensureAddr puts a on lo unless the node has it already.
+func (n *srv6Node) ensureAddr(a netip.Addr) error {
 	fam := netlink.FAMILY_V4
 	if a.Is6() {
 		fam = netlink.FAMILY_V6
@@ -237,11 +248,11 @@ func (n *srv6Node) ensureAddr(a netip.Addr) error {
 			return fmt.Errorf("srv6 copy: record %s on lo: %w", a, err)
 		}
 	}
-	if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(a), Flags: unix.IFA_F_NODAD}); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := n.setOnLo(a, true); err != nil {
 		if n.lo != nil {
 			_ = n.lo.Delete(&k) // best effort: not added
 		}
-		return fmt.Errorf("srv6 copy: add %s to lo: %w", a, err)
+		return fmt.Errorf("srv6 copy: %w", err)
 	}
 	n.added[a] = true
 	return nil

@@ -281,6 +281,13 @@ func TestSRv6LoAddrAfterRestart(t *testing.T) {
 		}
 		return false
 	}
+	// wantLo fails the test unless a is on lo (on) or not; msg says why, a its %s.
+	wantLo := func(a netip.Addr, on bool, msg string) {
+		t.Helper()
+		if onLo(a) != on {
+			t.Fatalf(msg, a)
+		}
+	}
 	must(netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(own), Flags: unix.IFA_F_NODAD}))
 
 	d, err := dataplane.Open(cfg)
@@ -290,37 +297,23 @@ func TestSRv6LoAddrAfterRestart(t *testing.T) {
 		must(n.SetSRv6Copy(f, dataplane.SRv6Serving))
 	}
 	for _, a := range []netip.Addr{fe, own, dead} {
-		if !onLo(a) {
-			t.Fatalf("%s: a copy serving, not on lo", a)
-		}
+		wantLo(a, true, "%s: a copy serving, not on lo")
 	}
 	must(n.Dataplane.SetSRv6Copy(fDead, dataplane.SRv6Gone)) // the agent stops here, before taking dead off lo
 	must(d.Close())                                          // the restart: pins and addresses stay
 
 	n = newTestSRv6Node(t, dptest.New(t, cfg), cfg.PinPath, nil)
-	if onLo(dead) {
-		t.Fatalf("%s: its copy went while the agent was down; still on lo after the restart", dead)
-	}
+	wantLo(dead, false, "%s: its copy went while the agent was down; still on lo after the restart")
 	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
-	if !onLo(fe) {
-		t.Fatalf("%s: port 81's copy still serving; taken off lo", fe)
-	}
+	wantLo(fe, true, "%s: port 81's copy still serving; taken off lo")
 	must(n.SetSRv6Copy(f81, dataplane.SRv6Draining))
 	must(n.SetSRv6Copy(f81, dataplane.SRv6Gone))
-	if onLo(fe) {
-		t.Fatalf("%s: its last copy gone after a restart; still on lo", fe)
-	}
+	wantLo(fe, false, "%s: its last copy gone after a restart; still on lo")
 	must(n.SetSRv6Copy(fOwn, dataplane.SRv6Gone))
-	if !onLo(own) {
-		t.Fatalf("%s: on lo before any copy; taken off with its copy", own)
-	}
+	wantLo(own, true, "%s: on lo before any copy; taken off with its copy")
 	// Without a restart, as before: on with a copy, off with the last.
 	must(n.SetSRv6Copy(f80, dataplane.SRv6Serving))
-	if !onLo(fe) {
-		t.Fatalf("%s: a copy serving again, not on lo", fe)
-	}
+	wantLo(fe, true, "%s: a copy serving again, not on lo")
 	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
-	if onLo(fe) {
-		t.Fatalf("%s: its last copy gone; still on lo", fe)
-	}
+	wantLo(fe, false, "%s: its last copy gone; still on lo")
 }
