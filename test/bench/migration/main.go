@@ -62,6 +62,7 @@ type options struct {
 	answerAt     string
 	callsOnly    bool
 	roundsOut    string
+	schedAB      []string
 }
 
 func main() {
@@ -85,8 +86,18 @@ func main() {
 	flag.BoolVar(&o.rerouteOnly, "reroute-only", false, "only measure the data plane's stage+commit (no testbed)")
 	flag.BoolVar(&o.callsOnly, "calls-only", false, "stop after the controller's calls to the home agent (testbed, clients and those calls; no migrations, no new-connection phase): a quick look at a reroute's way")
 	flag.StringVar(&o.roundsOut, "rounds-out", "", "write each one-call reroute round to this file, one line each: round, the home's processes' slice (ns), CLOCK_MONOTONIC ns of the call made, the agent's handler entered, its answer ready, the call returned, then agent_us, stage_us, commit_us; to lay beside a kernel trace (ftrace trace_clock mono)")
+	schedAB := flag.String("sched-ab", "", "alternate the migrations between these scheduling settings of the home's roam-agent and roam-ctrl, comma-separated: built (as the daemons run by default), nice (nice -10, 100µs slice), rt (SCHED_FIFO 1); Table I and the JSON's medians then mix them, and reroute_ms_sched gives reroute_ms per setting (default: none, every migration as built)")
 	flag.Parse()
 	o.n = max(o.n, 50)
+	if *schedAB != "" {
+		o.schedAB = strings.Split(*schedAB, ",")
+		for _, v := range o.schedAB {
+			if _, ok := schedVariants[v]; !ok {
+				fmt.Fprintf(os.Stderr, "bench-migration: -sched-ab: %q: want built, nice or rt\n", v)
+				os.Exit(2)
+			}
+		}
+	}
 	cli.Main("bench-migration", func(ctx context.Context, _ []string) error { return run(ctx, o) })
 }
 
@@ -150,6 +161,9 @@ type summary struct {
 	// The same with the home's roam processes at a short scheduler
 	// slice (--sched-slice 100µs; rounds alternating with those as built).
 	APIRerouteShortSliceUs float64 `json:"api_reroute_short_slice_us"`
+	// With -sched-ab: reroute_ms (median) of the migrations made at each
+	// scheduling setting of the home's roam processes.
+	RerouteMsSched map[string]float64 `json:"reroute_ms_sched,omitempty"`
 }
 
 // reroute measures the data plane's share of a reroute into sum.
@@ -286,6 +300,7 @@ func run(ctx context.Context, o options) error {
 	dests := []string{"edge", "cloud", "home"}
 	var migs []ctrl.Migration
 	var totals, withCleanup []float64
+	reroutes := map[string][]float64{} // -sched-ab: reroute_ms by setting
 	for i := range o.n {
 		dest := dests[i%len(dests)]
 		ask := dest
@@ -293,6 +308,19 @@ func run(ctx context.Context, o options) error {
 			// The MO places it (the paper's PR); every third hop is
 			// named home, so the chain is home -> X -> Y -> home.
 			ask = ""
+		}
+		sched := ""
+		if len(o.schedAB) > 0 {
+			// The home's processes at this migration's setting (the
+			// home controller makes every reroute, for a mover too).
+			sched = o.schedAB[i%len(o.schedAB)]
+			pids, err := pidsIn(home.NS, "roam-agent", "roam-ctrl")
+			if err != nil {
+				return err
+			}
+			if err := setSched(pids, sched); err != nil {
+				return err
+			}
 		}
 		start := time.Now()
 		m, err := hc.MigrateWith(ctx, "classifier", ctrl.MigrateRequest{Destination: ask, Reason: "manual", Return: o.answerAt})
@@ -324,6 +352,9 @@ func run(ctx context.Context, o options) error {
 			m.Times.PR = 0 // named: no placement round trip to measure
 		}
 		migs = append(migs, m)
+		if sched != "" {
+			reroutes[sched] = append(reroutes[sched], m.Times.Reroute)
+		}
 		totals = append(totals, wall)
 		wc := ms(m.Finished.Sub(start))
 		withCleanup = append(withCleanup, wc)
@@ -333,6 +364,16 @@ func run(ctx context.Context, o options) error {
 		cancel()
 		if err != nil {
 			return fmt.Errorf("after migration %d: not answered by %s: %w", i+1, dest, err)
+		}
+	}
+	if len(o.schedAB) > 0 {
+		// The rest of the run as built.
+		pids, err := pidsIn(home.NS, "roam-agent", "roam-ctrl")
+		if err != nil {
+			return err
+		}
+		if err := setSched(pids, "built"); err != nil {
+			return err
 		}
 	}
 	var wr load.WrkResult
@@ -405,6 +446,18 @@ func run(ctx context.Context, o options) error {
 			sum.NATEntriesEnd, ports, pool, pool*ports)
 	}
 
+	if len(o.schedAB) > 0 {
+		sum.RerouteMsSched = map[string]float64{}
+		fmt.Printf("reroute by the home's roam-agent and roam-ctrl scheduling (-sched-ab, migrations alternating):")
+		for _, v := range o.schedAB {
+			if _, done := sum.RerouteMsSched[v]; done || len(reroutes[v]) == 0 {
+				continue
+			}
+			sum.RerouteMsSched[v] = testbed.Quantile(reroutes[v], 0.5)
+			fmt.Printf(" %s median %.3f ms, p95 %.3f ms (%d);", v, sum.RerouteMsSched[v], testbed.Quantile(reroutes[v], 0.95), len(reroutes[v]))
+		}
+		fmt.Println()
+	}
 	sum.Migrations = len(migs)
 	sum.SNATPool = max(o.snatPool, 1)
 	sum.DrainTimeoutMs = ms(o.drain)
