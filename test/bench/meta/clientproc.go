@@ -85,6 +85,24 @@ type clientProc struct {
 // startClientProc starts this binary again as the client of the MO at url.
 func startClientProc(url string) (*clientProc, error) { return startClientProcs(url, clientProcs) }
 
+// clientEnv is a client process's environment: environ without GOGC and
+// GOMEMLIMIT (the MO's process may run with them set for an A/B; the
+// clients keep Go's GC defaults) and GOMAXPROCS procs when procs > 0,
+// else none: procs 0 is Go's default, not the benchmark's own GOMAXPROCS
+// (which the output, printing 0, would not show).
+func clientEnv(environ []string, procs int) []string {
+	env := make([]string, 0, len(environ)+1) // not nil: a nil Env inherits everything
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); k != "GOGC" && k != "GOMEMLIMIT" && k != "GOMAXPROCS" {
+			env = append(env, kv)
+		}
+	}
+	if procs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(procs))
+	}
+	return env
+}
+
 // startClientProcs is startClientProc with GOMAXPROCS procs (0: Go's
 // default).
 func startClientProcs(url string, procs int) (*clientProc, error) {
@@ -93,16 +111,7 @@ func startClientProcs(url string, procs int) (*clientProc, error) {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "-client-of", url, "-hello-slice", helloSlice.String())
-	// Go's GC defaults (the MO's process may run with GOGC or GOMEMLIMIT
-	// set for an A/B), and -client-gomaxprocs.
-	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); k != "GOGC" && k != "GOMEMLIMIT" && (k != "GOMAXPROCS" || procs == 0) {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	if procs > 0 {
-		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(procs))
-	}
+	cmd.Env = clientEnv(os.Environ(), procs)
 	in, out, err := childproc.Start(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start the client process: %w", err)
