@@ -533,17 +533,28 @@ func requesterABRow(clusters int, a, b *clientProc, bProcs, n int) error {
 			return fmt.Errorf("requester A/B, warm-up %d: %w", i, err)
 		}
 	}
-	for done := 0; done < 2*n; done += 100 {
-		i := done / 100 % 2
-		ans, err := []*clientProc{a, b}[i].placeNoWarmUp(100)
-		if err != nil {
-			return fmt.Errorf("requester A/B: %w", err)
+	for _, k := range abChunks(n, 100) {
+		for i, p := range []*clientProc{a, b} {
+			ans, err := p.placeNoWarmUp(k)
+			if err != nil {
+				return fmt.Errorf("requester A/B: %w", err)
+			}
+			lat[i] = append(lat[i], ans.Latency...)
 		}
-		lat[i] = append(lat[i], ans.Latency...)
 	}
-	fmt.Fprintf(os.Stderr, "requester A/B at %d clusters: GOMAXPROCS %d: p50 %.0f p99 %.0f µs; GOMAXPROCS %d: p50 %.0f p99 %.0f µs (%d placements each, alternating by 100)\n",
-		clusters, clientProcs, us(pct(lat[0], 50)), us(pct(lat[0], 99)), bProcs, us(pct(lat[1], 50)), us(pct(lat[1], 99)), len(lat[0]))
+	fmt.Fprintf(os.Stderr, "requester A/B at %d clusters: GOMAXPROCS %d: p50 %.0f p99 %.0f µs (%d placements); GOMAXPROCS %d: p50 %.0f p99 %.0f µs (%d placements); alternating by 100\n",
+		clusters, clientProcs, us(pct(lat[0], 50)), us(pct(lat[0], 99)), len(lat[0]), bProcs, us(pct(lat[1], 50)), us(pct(lat[1], 99)), len(lat[1]))
 	return nil
+}
+
+// abChunks splits n placements into the chunks each requester of an A/B
+// takes in turn: by chunk, the last one shorter, so that both take n.
+func abChunks(n, chunk int) []int {
+	var ks []int
+	for done := 0; done < n; done += chunk {
+		ks = append(ks, min(chunk, n-done))
+	}
+	return ks
 }
 
 // startRowProfile starts a CPU profile to path.n when path is set; the
