@@ -15,6 +15,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -67,6 +68,9 @@ func run() error {
 	flag.Parse()
 	if *clientOf != "" {
 		return runClientProc(*clientOf)
+	}
+	if err := checkProfileFlags(*cpuProfile, *rowProfile); err != nil {
+		return err
 	}
 	// The MO's process runs with roam-meta's GC settings (the client
 	// processes, standing for controllers and clusters, keep Go's).
@@ -555,6 +559,16 @@ func abChunks(n, chunk int) []int {
 		ks = append(ks, min(chunk, n-done))
 	}
 	return ks
+}
+
+// checkProfileFlags refuses -cpuprofile with -cpuprofile-rows at the
+// start: Go runs one CPU profile at a time, so the first row's profile
+// would fail after the whole setup.
+func checkProfileFlags(cpuProfile, rowProfile string) error {
+	if cpuProfile != "" && rowProfile != "" {
+		return errors.New("-cpuprofile and -cpuprofile-rows: Go runs one CPU profile at a time; give one of them")
+	}
+	return nil
 }
 
 // startRowProfile starts a CPU profile to path.n when path is set; the

@@ -30,3 +30,17 @@ func TestABChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckProfileFlags: -cpuprofile with -cpuprofile-rows is refused at
+// the start (Go runs one CPU profile at a time: the first row's profile
+// failed after the whole setup); each alone is fine.
+func TestCheckProfileFlags(t *testing.T) {
+	if err := checkProfileFlags("all.prof", "rows.prof"); err == nil {
+		t.Error("-cpuprofile with -cpuprofile-rows accepted")
+	}
+	for _, c := range [][2]string{{"", ""}, {"all.prof", ""}, {"", "rows.prof"}} {
+		if err := checkProfileFlags(c[0], c[1]); err != nil {
+			t.Errorf("%q %q: %v", c[0], c[1], err)
+		}
+	}
+}
