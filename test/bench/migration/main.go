@@ -269,15 +269,21 @@ func run(ctx context.Context, o options) error {
 	if o.agentRounds > 0 {
 		fmt.Println("controller's calls to the home agent, both transports, under the clients' load ...")
 		var perRound io.Writer
+		var roundsFile *os.File
 		if o.roundsOut != "" {
-			f, err := os.Create(o.roundsOut)
-			if err != nil {
+			if roundsFile, err = os.Create(o.roundsOut); err != nil {
 				return fmt.Errorf("rounds out: %w", err)
 			}
-			defer f.Close()
-			perRound = f
+			perRound = roundsFile
 		}
 		sc, h2, one, oneShort, inAgent, err := agentCalls(ctx, tb, o.agentRounds, o.agentGap, perRound)
+		if roundsFile != nil {
+			// Closed here, its error returned: a file the disk did not
+			// take whole is not laid beside a trace.
+			if cerr := roundsFile.Close(); cerr != nil && err == nil {
+				return fmt.Errorf("rounds out: %w", cerr)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("agent calls: %w", err)
 		}
