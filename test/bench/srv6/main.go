@@ -234,8 +234,8 @@ func run(dur time.Duration, first string, rounds int, roundDur, every time.Durat
 	cn, cs, cn2 := cmp.nat, cmp.s6, aa.s6
 	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	bn, bs, bn2 := blocks(natRounds, roundDur), blocks(s6Rounds, roundDur), blocks(nat2Rounds, roundDur)
-	ivS6, okS6 := bootstrapP99Ratio(bn, bs, bootResamples, rng)
-	ivAA, okAA := bootstrapP99Ratio(bn, bn2, bootResamples, rng)
+	ivS6, okS6 := bootstrapP99Ratio(bn, bs, blocksPerRound(roundDur), bootResamples, rng)
+	ivAA, okAA := bootstrapP99Ratio(bn, bn2, blocksPerRound(roundDur), bootResamples, rng)
 	fmt.Printf("\n%-6s %9s %9s %9s %7s %7s %9s %9s %12s %12s %14s %14s\n", "round", "nat p99", "nat2 p99", "srv6 p99", "s6/nat", "n2/nat", "nat p50", "srv6 p50",
 		"nat rtt p99", "srv6 rtt p99", "connects n/2/s", "failed n/2/s")
 	for i := range natRounds {

@@ -148,12 +148,16 @@ func (c comparison) verdict() string {
 // The confidence interval of a p99 ratio: a block bootstrap. The
 // openings of all the modes are cut into blocks of bootBlock of the
 // rounds' time (the same blocks for every mode: they ran in the same
-// moments); a resample draws as many blocks as there are, with
+// moments); a resample draws, for each block position k of a round, as
+// many blocks as there are rounds from the rounds' k-th blocks, with
 // replacement, and takes each mode's p99 over the openings of the blocks
 // drawn. Blocks, not single openings, because the machine's scheduling
 // noise comes in bursts that hit every mode at once: resampling single
 // openings would take them for independent and give too narrow an
 // interval, and drawing the same blocks for both modes keeps the pairing.
+// Stratified by position, because block k of every round is the same
+// phase of the migration: drawing blocks freely would change the mix of
+// phases from one resample to the next and add that to the interval.
 const (
 	bootBlock     = 500 * time.Millisecond
 	bootResamples = 2000
@@ -199,11 +203,14 @@ func (iv interval) noWorse(margin float64) string {
 	return "inconclusive"
 }
 
+// blocksPerRound is the number of blocks of a round of length dur.
+func blocksPerRound(dur time.Duration) int { return int((dur + bootBlock - 1) / bootBlock) }
+
 // blocks cuts each round's openings (timed, failed dials as dialTimeout)
 // into blocks of bootBlock by the time the dial started: block r*nb+k is
 // round r's k-th (nb blocks per round of length dur).
 func blocks(rounds []connResult, dur time.Duration) [][]time.Duration {
-	nb := int((dur + bootBlock - 1) / bootBlock)
+	nb := blocksPerRound(dur)
 	out := make([][]time.Duration, nb*len(rounds))
 	for r, res := range rounds {
 		for _, o := range res.timed {
@@ -215,20 +222,24 @@ func blocks(rounds []connResult, dur time.Duration) [][]time.Duration {
 }
 
 // bootstrapP99Ratio is the block bootstrap's 95% interval of b's p99 over
-// a's; a and b are the same blocks' openings (blocks). ok is false when
-// no resample had an opening of a.
-func bootstrapP99Ratio(a, b [][]time.Duration, resamples int, rng *rand.Rand) (iv interval, ok bool) {
-	if len(a) == 0 || len(a) != len(b) {
+// a's; a and b are the same blocks' openings (blocks), nb blocks per
+// round. ok is false when no resample had an opening of a, or the blocks
+// are not whole rounds of nb.
+func bootstrapP99Ratio(a, b [][]time.Duration, nb, resamples int, rng *rand.Rand) (iv interval, ok bool) {
+	if len(a) == 0 || len(a) != len(b) || nb <= 0 || len(a)%nb != 0 {
 		return iv, false
 	}
+	rounds := len(a) / nb
 	var ratios []float64
 	var xa, xb []time.Duration
 	for range resamples {
 		xa, xb = xa[:0], xb[:0]
-		for range a {
-			k := rng.IntN(len(a))
-			xa = append(xa, a[k]...)
-			xb = append(xb, b[k]...)
+		for k := range nb {
+			for range rounds {
+				i := rng.IntN(rounds)*nb + k
+				xa = append(xa, a[i]...)
+				xb = append(xb, b[i]...)
+			}
 		}
 		pa, pb := pct(xa, 99), pct(xb, 99)
 		if pa == 0 || len(xb) == 0 {

@@ -163,7 +163,7 @@ func TestBootstrapP99Ratio(t *testing.T) {
 		{"twice as slow", a, slow, "worse"},
 		{"twice as fast", slow, a, "better"},
 	} {
-		iv, ok := bootstrapP99Ratio(blocks(c.x, dur), blocks(c.y, dur), 500, rng)
+		iv, ok := bootstrapP99Ratio(blocks(c.x, dur), blocks(c.y, dur), blocksPerRound(dur), 500, rng)
 		if !ok || iv.lo > iv.hi || iv.judge() != c.want {
 			t.Errorf("%s: interval %+v (ok %v) judged %q, want %q", c.name, iv, ok, iv.judge(), c.want)
 		}
@@ -175,7 +175,7 @@ func TestBootstrapP99Ratio(t *testing.T) {
 	if last := bl[len(bl)-1]; !slices.Contains(last, dialTimeout) {
 		t.Errorf("last block %v: the failed dials missing", last)
 	}
-	if _, ok := bootstrapP99Ratio(nil, nil, 10, rng); ok {
+	if _, ok := bootstrapP99Ratio(nil, nil, 1, 10, rng); ok {
 		t.Error("no blocks: an interval")
 	}
 }
@@ -210,11 +210,11 @@ func TestNoWorseMargin(t *testing.T) {
 		nat := timedRounds(rounds, n, dur, aaNoise(10*run+1, 1))
 		nat2 := timedRounds(rounds, n, dur, aaNoise(10*run+2, 1))
 		slow := timedRounds(rounds, n, dur, aaNoise(10*run+3, 1.3))
-		aa, ok := bootstrapP99Ratio(blocks(nat, dur), blocks(nat2, dur), 500, rng)
+		aa, ok := bootstrapP99Ratio(blocks(nat, dur), blocks(nat2, dur), blocksPerRound(dur), 500, rng)
 		if !ok || aa.hi-aa.lo < 0.3 {
 			t.Fatalf("run %d: A/A interval %+v (ok %v): want one about as wide as the recorded A/A's (>= 0.3)", run, aa, ok)
 		}
-		iv, ok := bootstrapP99Ratio(blocks(nat, dur), blocks(slow, dur), 500, rng)
+		iv, ok := bootstrapP99Ratio(blocks(nat, dur), blocks(slow, dur), blocksPerRound(dur), 500, rng)
 		t.Logf("run %d: A/A [%.2f, %.2f], 1.3x [%.2f, %.2f] -> %s", run, aa.lo, aa.hi, iv.lo, iv.hi, iv.noWorse(noWorseMargin))
 		if !ok || iv.noWorse(noWorseMargin) == "met" {
 			t.Errorf("run %d: 1.3x slower: interval %+v (ok %v) -> %q, want not met", run, iv, ok, iv.noWorse(noWorseMargin))
@@ -240,5 +240,33 @@ func TestNoWorseMargin(t *testing.T) {
 		if got := c.iv.noWorse(noWorseMargin); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.iv, got, c.want)
 		}
+	}
+}
+
+// The bootstrap keeps each resample's mix of migration phases: block k
+// of every round is the same phase, and a resample draws as many k-th
+// blocks as there are rounds. Here each round has two blocks: a first
+// phase of 99 openings of 1 ms in both modes, and a second of one
+// opening, 10 ms in NAT and 20 ms in SRv6. With the phases kept, 1% of
+// every resample's openings are the second phase's, its p99 is that
+// opening and the ratio 2 in every resample: the interval is [2, 2].
+// Blocks drawn freely (the old bootstrap) vary the mix: resamples with
+// fewer second-phase blocks have a p99 of 1 ms in both modes (ratio 1),
+// and the interval spread to [1, 2].
+func TestBootstrapStratified(t *testing.T) {
+	const rounds, nb = 12, 2
+	var a, b [][]time.Duration
+	for range rounds {
+		a = append(a, durs(99, time.Millisecond), []time.Duration{10 * time.Millisecond})
+		b = append(b, durs(99, time.Millisecond), []time.Duration{20 * time.Millisecond})
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	iv, ok := bootstrapP99Ratio(a, b, nb, 2000, rng)
+	if !ok || iv.lo != 2 || iv.hi != 2 {
+		t.Errorf("interval %+v (ok %v), want [2, 2]: every resample has the phases' mix of the rounds", iv, ok)
+	}
+	// Blocks that are not whole rounds: no interval.
+	if _, ok := bootstrapP99Ratio(a[:3], b[:3], nb, 10, rng); ok {
+		t.Error("3 blocks of rounds of 2: an interval")
 	}
 }
