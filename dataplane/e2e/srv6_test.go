@@ -460,35 +460,52 @@ func srv6Migration(t *testing.T, dsr bool) {
 		t.Fatalf("home dropped %d packets as too big: the MSS clamp did not hold", n)
 	}
 
-	t.Log("forged packets to the new location's SID")
-	fU := lb.Frontend{Addr: netns.SRv6FrontendV4, Port: 7000, Proto: lb.UDP}
-	nw.setCopy(t, dataplane.SRv6Serving, fU)
-	before := dptest.Drops(t, nw.d)
-	delivered := func() uint64 {
-		s, err := nw.d.SRv6Stats(fU)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s.Deliver.Packets
-	}
-	d0 := delivered()
-	inner := udp4(netns.SRv6ClientV4, netns.SRv6FrontendV4, 5555, 7000, []byte("forged"))
+	// Forged packets to the new location's SID, for an IPv4 and an IPv6
+	// client's packet inside: a segment outside roam's locators, a source
+	// outside them, a list whose active segment is another node's
+	// (fc00:20:3:1::1, the new location's node 1) though the destination is
+	// this node's SID; each dropped and counted, then a good one delivered.
 	alien := netip.MustParseAddr("fc00:99::1")
-	sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew, alien}, 1, inner))
-	sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netip.MustParseAddr("fd20:3::1"), []netip.Addr{netns.SRv6SIDNew}, 0, inner))
-	sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew}, 0, inner)) // a good one, last
-	if err := poll(ctx, 5*time.Second, func() error {
-		if delivered() != d0+1 {
-			return errors.New("the good packet not delivered yet")
+	node1 := netip.MustParseAddr("fc00:20:3:1::1")
+	for _, fam := range srv6Families {
+		t.Logf("forged packets to the new location's SID, %s", fam.name)
+		fU := lb.Frontend{Addr: fam.frontend, Port: 7000, Proto: lb.UDP}
+		nw.setCopy(t, dataplane.SRv6Serving, fU)
+		before := dptest.Drops(t, nw.d)
+		delivered := func() uint64 {
+			s, err := nw.d.SRv6Stats(fU)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s.Deliver.Packets
 		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	after := dptest.Drops(t, nw.d)
-	for _, r := range []string{"srv6_foreign_sid", "srv6_foreign_src"} {
-		if after[r]-before[r] != 1 {
-			t.Errorf("%s: counted %d, want 1", r, after[r]-before[r])
+		d0 := delivered()
+		var inner []byte
+		if fam.frontend.Is4() {
+			inner = udp4(fam.client, fam.frontend, 5555, 7000, []byte("forged"))
+		} else {
+			inner = udp6(fam.client, fam.frontend, 5555, 7000, []byte("forged"))
+		}
+		otherNode := srv6Packet(netns.SRv6SIDHome, []netip.Addr{node1}, 0, inner)
+		sid := netns.SRv6SIDNew.As16()
+		copy(otherNode[24:40], sid[:]) // to this node's SID, the list naming node 1
+		sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew, alien}, 1, inner))
+		sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netip.MustParseAddr("fd20:3::1"), []netip.Addr{netns.SRv6SIDNew}, 0, inner))
+		sendRaw(t, topo.Home, "h2", topo.New, "n0", otherNode)
+		sendRaw(t, topo.Home, "h2", topo.New, "n0", srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew}, 0, inner)) // a good one, last
+		if err := poll(ctx, 5*time.Second, func() error {
+			if delivered() != d0+1 {
+				return errors.New("the good packet not delivered yet")
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("%s: %v", fam.name, err)
+		}
+		after := dptest.Drops(t, nw.d)
+		for _, r := range []string{"srv6_foreign_sid", "srv6_foreign_src", "srv6_bad_srh"} {
+			if after[r]-before[r] != 1 {
+				t.Errorf("%s: %s: counted %d, want 1", fam.name, r, after[r]-before[r])
+			}
 		}
 	}
 }
