@@ -60,7 +60,7 @@ static __always_inline int away_from_host(const struct pkt *p, __u32 *id)
 {
 	struct ct_key k = {};
 	ct_key_from_pkt(&k, p);
-	struct ct_value *cv = bpf_map_lookup_elem(&roam_conntrack, &k);
+	struct ct_value *cv = ct_lookup(&k);
 	if (cv) {
 		*id = cv->frontend_id;
 		return cv->kind == TARGET_REDIRECT;
@@ -119,7 +119,7 @@ static __always_inline struct nat_value *roam_reply(struct pkt *p, __u64 now)
 {
 	struct ct_key rk = {};
 	ct_key_from_pkt(&rk, p);
-	struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, &rk);
+	struct nat_value *nv = nat_lookup(&rk);
 	if (!nv)
 		return NULL;
 	ct_touch(&nv->last_seen, now);
@@ -222,7 +222,7 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	fv->last_seen = now;
 	if (kind == TARGET_LOCAL) {
 		/* Pinned too, so a commit away from local leaves this flow here. */
-		if (bpf_map_update_elem(&roam_conntrack, k, fv, BPF_ANY) != 0)
+		if (ct_update(k, fv, BPF_ANY) != 0)
 			count_reason(REASON_CT_FULL);
 		*out = fv;
 		return VERDICT_FLOW;
@@ -271,8 +271,8 @@ static __noinline int roam_new_flow(ROAM_CTX *ctx, struct pkt *p, const struct c
 	}
 	__builtin_memcpy(fv->snat_addr, rk->daddr, 16); /* the pool address snat_alloc chose */
 	flow_csum(fv, p);
-	if (bpf_map_update_elem(&roam_conntrack, k, fv, BPF_ANY) != 0) {
-		bpf_map_delete_elem(&roam_nat, rk);
+	if (ct_update(k, fv, BPF_ANY) != 0) {
+		nat_delete(rk);
 		count_reason(REASON_CT_FULL);
 		count_action(id, ACTION_DROP, p->len);
 		return VERDICT_DROP;
@@ -337,7 +337,7 @@ static __always_inline int roam_process(ROAM_CTX *ctx)
 	} else {
 		struct ct_key k = {};
 		ct_key_from_pkt(&k, &p);
-		struct ct_value *cv = bpf_map_lookup_elem(&roam_conntrack, &k);
+		struct ct_value *cv = ct_lookup(&k);
 		struct ct_value *old = cv;
 		if (cv && p.proto == IPPROTO_TCP_) {
 			/* A SYN on a flow that is done (or expired) starts a new flow on the same tuple. */

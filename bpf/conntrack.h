@@ -21,6 +21,81 @@ static __always_inline void ct_key_set(struct ct_key *k, const void *tuple, __u8
 	k->pad = 0;
 }
 
+/*
+ * The flow maps by family (maps.h): an IPv4 key is narrowed to struct
+ * ct4_key (the IPv4-mapped addresses' last 4 bytes) for roam_ct4 and
+ * roam_nat4; an IPv6 key goes to roam_conntrack and roam_nat as it is.
+ */
+static __always_inline void ct4_key_of(struct ct4_key *k4, const struct ct_key *k)
+{
+	k4->saddr = *(const __be32 *)(k->saddr + 12);
+	k4->daddr = *(const __be32 *)(k->daddr + 12);
+	k4->sport = k->sport;
+	k4->dport = k->dport;
+	k4->proto = k->proto;
+	k4->pad[0] = k4->pad[1] = k4->pad[2] = 0;
+}
+
+static __always_inline struct ct_value *ct_lookup(const struct ct_key *k)
+{
+	if (k->family == FAMILY_V4) {
+		struct ct4_key k4;
+		ct4_key_of(&k4, k);
+		return bpf_map_lookup_elem(&roam_ct4, &k4);
+	}
+	return bpf_map_lookup_elem(&roam_conntrack, k);
+}
+
+static __always_inline long ct_update(const struct ct_key *k, const struct ct_value *v, __u64 flags)
+{
+	if (k->family == FAMILY_V4) {
+		struct ct4_key k4;
+		ct4_key_of(&k4, k);
+		return bpf_map_update_elem(&roam_ct4, &k4, v, flags);
+	}
+	return bpf_map_update_elem(&roam_conntrack, k, v, flags);
+}
+
+static __always_inline long ct_delete(const struct ct_key *k)
+{
+	if (k->family == FAMILY_V4) {
+		struct ct4_key k4;
+		ct4_key_of(&k4, k);
+		return bpf_map_delete_elem(&roam_ct4, &k4);
+	}
+	return bpf_map_delete_elem(&roam_conntrack, k);
+}
+
+static __always_inline struct nat_value *nat_lookup(const struct ct_key *k)
+{
+	if (k->family == FAMILY_V4) {
+		struct ct4_key k4;
+		ct4_key_of(&k4, k);
+		return bpf_map_lookup_elem(&roam_nat4, &k4);
+	}
+	return bpf_map_lookup_elem(&roam_nat, k);
+}
+
+static __always_inline long nat_update(const struct ct_key *k, const struct nat_value *v, __u64 flags)
+{
+	if (k->family == FAMILY_V4) {
+		struct ct4_key k4;
+		ct4_key_of(&k4, k);
+		return bpf_map_update_elem(&roam_nat4, &k4, v, flags);
+	}
+	return bpf_map_update_elem(&roam_nat, k, v, flags);
+}
+
+static __always_inline long nat_delete(const struct ct_key *k)
+{
+	if (k->family == FAMILY_V4) {
+		struct ct4_key k4;
+		ct4_key_of(&k4, k);
+		return bpf_map_delete_elem(&roam_nat4, &k4);
+	}
+	return bpf_map_delete_elem(&roam_nat, k);
+}
+
 /* ct_key_from_pkt is the key of the packet's own direction. */
 static __always_inline void ct_key_from_pkt(struct ct_key *k, const struct pkt *p)
 {
@@ -107,7 +182,7 @@ static __always_inline __u64 ct_reply_seen(const struct ct_value *v, const struc
 	if (!sc)
 		return 0;
 	nat_key_of(&sc->nk, v, k->proto);
-	struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, &sc->nk);
+	struct nat_value *nv = nat_lookup(&sc->nk);
 	if (!nv || !nat_owned_by(nv, k))
 		return 0;
 	return nv->last_seen;
@@ -132,7 +207,7 @@ static __always_inline void nat_mark_rst(const struct ct_value *v, __u8 proto, i
 	if (!sc)
 		return;
 	nat_key_of(&sc->nk, v, proto);
-	struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, &sc->nk);
+	struct nat_value *nv = nat_lookup(&sc->nk);
 	if (!nv)
 		return;
 	if (on)
@@ -183,7 +258,7 @@ static __always_inline void ct_on_reply(struct nat_value *nv, const struct pkt *
 	if (!sc)
 		return;
 	flow_key_of(&sc->fk, nv, p->proto);
-	struct ct_value *v = bpf_map_lookup_elem(&roam_conntrack, &sc->fk);
+	struct ct_value *v = ct_lookup(&sc->fk);
 	if (!v || !nat_belongs(v, rk))
 		return;
 	__u32 s = v->state, set, clear = 0;

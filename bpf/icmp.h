@@ -282,14 +282,14 @@ static __noinline int roam_icmp(ROAM_CTX *ctx, struct pkt *p, struct xlate *x)
 
 	if (snat_owns(cfg, p->family, k->daddr, k->dport)) {
 		/* It quotes SNAT address -> target: k is the flow's NAT key. */
-		struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, k);
+		struct nat_value *nv = nat_lookup(k);
 		if (!nv)
 			return VERDICT_PASS;
 		xlate_reverse(x, nv);
 		return VERDICT_FLOW;
 	}
 	/* It quotes frontend -> client: k is the flow's forward key. */
-	struct ct_value *cv = bpf_map_lookup_elem(&roam_conntrack, k);
+	struct ct_value *cv = ct_lookup(k);
 	if (!cv || cv->kind != TARGET_REDIRECT)
 		return VERDICT_PASS;
 	xlate_redirect(x, cv);

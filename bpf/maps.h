@@ -92,10 +92,26 @@ ROAM_MAP(roam_service_slots, BPF_MAP_TYPE_ARRAY, MAX_FRONTENDS, __u32, struct se
  * liveness rule is the same in the programs and GC (conntrack.h).
  */
 
+/*
+ * Each in two maps: IPv4 flows under the 16-byte struct ct4_key (roam_ct4,
+ * roam_nat4), IPv6 flows under struct ct_key (roam_conntrack, roam_nat,
+ * the names and layout of the maps that held both families before: an
+ * agent upgraded over them keeps its IPv6 flows in place, and moves the
+ * IPv4 ones, dataplane/ct4.go). Capacity is per family (MaxFlows each).
+ * Programs go through conntrack.h's ct_lookup, ct_update, ct_delete and
+ * nat_* helpers, which choose by family.
+ */
+
 /* Conntrack: one forward entry per flow (client -> frontend). */
+ROAM_MAP(roam_ct4, BPF_MAP_TYPE_HASH, CT_MAX_ENTRIES, struct ct4_key, struct ct_value, BPF_F_NO_PREALLOC);
+
+/* Conntrack: one forward entry per IPv6 flow (client -> frontend). */
 ROAM_MAP(roam_conntrack, BPF_MAP_TYPE_HASH, CT_MAX_ENTRIES, struct ct_key, struct ct_value, BPF_F_NO_PREALLOC);
 
 /* NAT: one reverse entry per redirected flow (target -> SNAT address and port): the SNAT port's owner. */
+ROAM_MAP(roam_nat4, BPF_MAP_TYPE_HASH, NAT_MAX_ENTRIES, struct ct4_key, struct nat_value, BPF_F_NO_PREALLOC);
+
+/* The same for IPv6 flows. */
 ROAM_MAP(roam_nat, BPF_MAP_TYPE_HASH, NAT_MAX_ENTRIES, struct ct_key, struct nat_value, BPF_F_NO_PREALLOC);
 
 /* SNAT port cursors (nat.h snat_cursor): per target hash, the counter of RFC 6056 algorithm 4. */

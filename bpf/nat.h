@@ -96,7 +96,7 @@ static __always_inline int nat_reclaimable(const struct nat_value *nv, const str
 					   __u64 now, const struct config *cfg)
 {
 	flow_key_of(owner, nv, rk->proto);
-	struct ct_value *ov = bpf_map_lookup_elem(&roam_conntrack, owner);
+	struct ct_value *ov = ct_lookup(owner);
 	if (!ov || !nat_belongs(ov, rk)) {
 		owner->proto = 0; /* nothing to delete */
 		return idle_longer(now, nv->last_seen, cfg->tcp_close_ns) ? RECLAIM_EXPIRED : RECLAIM_NO;
@@ -147,10 +147,10 @@ static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p
 		__u32 ai = slot / sc->probe.range;
 		*(__be32 *)(sc->rk.daddr + 12) = bpf_htonl(sc->probe.first + ai);
 		sc->rk.dport = bpf_htons((__u16)(sc->probe.min + slot - ai * sc->probe.range));
-		long err = bpf_map_update_elem(&roam_nat, &sc->rk, &sc->rv, BPF_NOEXIST);
+		long err = nat_update(&sc->rk, &sc->rv, BPF_NOEXIST);
 		if (err == 0)
 			return sc->rk.dport;
-		struct nat_value *old = bpf_map_lookup_elem(&roam_nat, &sc->rk);
+		struct nat_value *old = nat_lookup(&sc->rk);
 		if (!old) {
 			if (err == -E2BIG_)
 				sc->probe.full = 1; /* a free slot, no free element: only a takeover can succeed */
@@ -162,10 +162,10 @@ static __always_inline __be16 snat_alloc(struct scratch *sc, const struct pkt *p
 			continue;
 		if (__sync_val_compare_and_swap(&old->last_seen, seen, now) != seen)
 			continue; /* touched meanwhile: a reply, or another CPU's claim */
-		if (bpf_map_update_elem(&roam_nat, &sc->rk, &sc->rv, BPF_EXIST) != 0)
+		if (nat_update(&sc->rk, &sc->rv, BPF_EXIST) != 0)
 			continue;
 		if (sc->owner.proto)
-			bpf_map_delete_elem(&roam_conntrack, &sc->owner);
+			ct_delete(&sc->owner);
 		if (why == RECLAIM_EVICT) {
 			count_reason(REASON_SYN_EVICTED);
 			synproxy_pressure(cfg, now);
@@ -183,9 +183,9 @@ static __always_inline void nat_release(const struct ct_value *v, const struct c
 	if (!sc)
 		return;
 	nat_key_of(&sc->nk, v, k->proto);
-	struct nat_value *nv = bpf_map_lookup_elem(&roam_nat, &sc->nk);
+	struct nat_value *nv = nat_lookup(&sc->nk);
 	if (nv && nat_owned_by(nv, k))
-		bpf_map_delete_elem(&roam_nat, &sc->nk);
+		nat_delete(&sc->nk);
 }
 
 /*

@@ -522,7 +522,7 @@ static __always_inline int synproxy_reply(ROAM_CTX *ctx, struct nat_value *nv, c
 			__u32 delta = seq - nv->proxy_isn;
 			nv->seq_delta = delta;
 			flow_key_of(&sc->fk, nv, p->proto);
-			struct ct_value *v = bpf_map_lookup_elem(&roam_conntrack, &sc->fk);
+			struct ct_value *v = ct_lookup(&sc->fk);
 			if (v && (v->state & CT_PROXY_WAIT)) {
 				v->seq_delta = delta;
 				__sync_fetch_and_or(&v->state, CT_ESTABLISHED); /* our ACK completes the target's handshake */

@@ -82,6 +82,11 @@ func (d *Dataplane) AttachXDP(ifname, mode string) error {
 	if err != nil {
 		return fmt.Errorf("attach xdp to %s: %w", ifname, err)
 	}
+	// An older build's program on ifname until now may have pinned IPv4
+	// flows where this build does not look (ct4.go).
+	if err := d.mergeLegacyFlows(false); err != nil {
+		return fmt.Errorf("attach xdp to %s: %w", ifname, err)
+	}
 	return nil
 }
 
@@ -124,6 +129,9 @@ func (d *Dataplane) AttachTC(ifname string) error {
 		if err != nil {
 			return fmt.Errorf("attach tc %s to %s: %w", dir.name, ifname, err)
 		}
+	}
+	if err := d.mergeLegacyFlows(false); err != nil {
+		return fmt.Errorf("attach tc to %s: %w", ifname, err)
 	}
 	return nil
 }

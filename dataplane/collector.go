@@ -30,9 +30,9 @@ func (d *Dataplane) Collector() prometheus.Collector {
 			"Bytes of a frontend by what the data plane did with them.", []string{"frontend", "action"}, nil),
 		drops: prometheus.NewDesc("roam_dataplane_drops_total",
 			"Packets dropped, or passed untouched because they could not be handled, by reason.", []string{"reason"}, nil),
-		cts:            mapDesc("roam_dataplane_conntrack_entries", "Entries of a conntrack map (conntrack: one per flow; nat: one per redirected flow), timed-out ones not yet reclaimed included."),
-		maxEntries:     mapDesc("roam_dataplane_map_max_entries", "Capacity of a conntrack map (Config.MaxFlows)."),
-		pressure:       mapDesc("roam_dataplane_map_pressure", "Entries of a conntrack map over its capacity (0-1): at 1 new flows are refused (flows held are never evicted); GC runs without pause above 0.75."),
+		cts:            mapDesc("roam_dataplane_conntrack_entries", "Entries of a conntrack map (conntrack: one per flow; nat: one per redirected flow), both families, timed-out ones not yet reclaimed included."),
+		maxEntries:     mapDesc("roam_dataplane_map_max_entries", "Capacity of a conntrack map, per family (its IPv4 and IPv6 maps hold Config.MaxFlows each)."),
+		pressure:       mapDesc("roam_dataplane_map_pressure", "Entries of a conntrack map over its capacity (0-1), of the fuller of its IPv4 and IPv6 maps: at 1 new flows of that family are refused (flows held are never evicted); GC runs without pause above 0.75."),
 		gcRemoved:      mapDesc("roam_dataplane_gc_removed_total", "Expired entries of a conntrack map removed by the agent's garbage collection."),
 		insertFailures: mapDesc("roam_dataplane_map_insert_failures_total", "New flows the programs could not insert (conntrack: ct_full, the map full; nat: port_exhausted, no free SNAT port, and nat_full, the map full): dropped."),
 		targetPackets: prometheus.NewDesc("roam_dataplane_target_packets_total",
@@ -122,43 +122,49 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 		}
 		out = append(out, prometheus.MustNewConstMetric(c.pinsReplaced, prometheus.CounterValue, float64(n), name))
 	}
-	n, err := c.d.conntrackEntries()
+	ct, err := familyEntries[CTValue](c.d.ctTable())
 	if err != nil {
 		return nil, err
 	}
-	nn, err := c.d.natEntries()
+	nat, err := familyEntries[NATValue](c.d.natTable())
 	if err != nil {
 		return nil, err
 	}
 	for _, m := range []struct {
 		name     string
-		entries  int
-		max      uint32
+		entries  [2]int
+		table    flowTable
 		removed  uint64
 		failures uint64
 	}{
-		{"conntrack", n, c.d.maps.RoamConntrack.MaxEntries(), c.d.gc.ct.removed.Load(), drops["ct_full"]},
-		{"nat", nn, c.d.maps.RoamNat.MaxEntries(), c.d.gc.nat.removed.Load(), drops["port_exhausted"] + drops["nat_full"]},
+		{"conntrack", ct, c.d.ctTable(), c.d.gc.ct[fam4].removed.Load() + c.d.gc.ct[fam6].removed.Load(), drops["ct_full"]},
+		{"nat", nat, c.d.natTable(), c.d.gc.nat[fam4].removed.Load() + c.d.gc.nat[fam6].removed.Load(), drops["port_exhausted"] + drops["nat_full"]},
 	} {
+		// Both families' maps together; pressure is the fuller one's (where new flows are refused first).
+		var capacity uint32
+		pressure := 0.0
+		for f, mp := range m.table {
+			capacity += mp.MaxEntries()
+			pressure = max(pressure, float64(m.entries[f])/float64(max(mp.MaxEntries(), 1)))
+		}
 		out = append(out,
-			prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(m.entries), m.name),
-			prometheus.MustNewConstMetric(c.maxEntries, prometheus.GaugeValue, float64(m.max), m.name),
-			prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, float64(m.entries)/float64(max(m.max, 1)), m.name),
+			prometheus.MustNewConstMetric(c.cts, prometheus.GaugeValue, float64(m.entries[fam4]+m.entries[fam6]), m.name),
+			prometheus.MustNewConstMetric(c.maxEntries, prometheus.GaugeValue, float64(capacity), m.name),
+			prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, pressure, m.name),
 			prometheus.MustNewConstMetric(c.gcRemoved, prometheus.CounterValue, float64(m.removed), m.name),
 			prometheus.MustNewConstMetric(c.insertFailures, prometheus.CounterValue, float64(m.failures), m.name))
 	}
 	return c.srv6.read(c.d, services, out)
 }
 
-func (d *Dataplane) conntrackEntries() (int, error) {
-	n := 0
-	err := walkMap(d.maps.RoamConntrack, func(CTKey, CTValue) { n++ })
-	return n, err
-}
+func (d *Dataplane) conntrackEntries() (int, error) { return countFlows[CTValue](d.ctTable()) }
 
-func (d *Dataplane) natEntries() (int, error) {
-	n := 0
-	err := walkMap(d.maps.RoamNat, func(CTKey, NATValue) { n++ })
+func (d *Dataplane) natEntries() (int, error) { return countFlows[NATValue](d.natTable()) }
+
+// familyEntries is how many flows t holds per family (walkFlows').
+func familyEntries[V any](t flowTable) ([2]int, error) {
+	var n [2]int
+	err := walkFlows(t, func(k CTKey, _ V) { n[famIndex(k)]++ })
 	return n, err
 }
 

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -73,13 +74,15 @@ type Config struct {
 	PortMin, PortMax         uint16 // SNAT source port range; default 40000-60999
 	IdleTimeout              time.Duration
 	Timeouts                 Timeouts
-	// MaxFlows is how many flows the conntrack and the NAT map each hold
-	// (a full table refuses new flows and evicts none; GC frees); default
+	// MaxFlows is how many flows the conntrack and the NAT map each hold,
+	// per family (IPv4 and IPv6 flows are in maps of their own, bpf/maps.h;
+	// a full table refuses new flows and evicts none; GC frees); default
 	// DefaultMaxFlows. Fixed when the maps are first pinned: opening the
 	// pins with another size fails, naming the pinned size, until they are
 	// removed (Unpin, which drops the node's flows).
 	MaxFlows int
-	// PreallocFlows preallocates the conntrack and NAT maps: all of
+	// PreallocFlows preallocates the IPv4 flows' conntrack and NAT maps
+	// (IPv6 flows' are always allocated per flow, flowMaps): all of
 	// MaxFlows' elements at Open, one area as large as the table, instead
 	// of an element from the kernel's allocator per new flow
 	// (BPF_F_NO_PREALLOC, bpf/maps.h; the default here, for tests and
@@ -222,6 +225,12 @@ type Dataplane struct {
 	replacedPins []string
 	// preallocFlows: whether the flow maps in use are preallocated (PreallocFlows).
 	preallocFlows bool
+	// legacy: IPv4 flows an older build pinned in roam_conntrack and
+	// roam_nat may be left there (ct4.go): set at Open, cleared by the
+	// first GC pass that finds none. legacyMoved and legacyFailed count
+	// the entries moved and those the IPv4 maps had no room for.
+	legacy                    atomic.Bool
+	legacyMoved, legacyFailed atomic.Uint64
 }
 
 // replaceablePins are the pinned maps that hold metrics only, no flow or
@@ -353,6 +362,13 @@ func Open(cfg Config) (*Dataplane, error) {
 		return nil, loadError("bpf", cfg.PinPath, err)
 	}
 	d.maps = &d.objs.roamMaps
+	// IPv4 flows of an older build (one map for both families): copied
+	// now, before this build's programs are attached (ct4.go).
+	d.legacy.Store(true)
+	if err := d.mergeLegacyFlows(false); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("open dataplane: %w", err)
+	}
 	if err := d.mapSlots(); err != nil {
 		d.Close()
 		return nil, err
@@ -386,7 +402,7 @@ func (d *Dataplane) load() error {
 	for _, name := range flowMaps {
 		if m := spec.Maps[name]; m != nil {
 			m.MaxEntries = uint32(d.cfg.MaxFlows)
-			if d.cfg.PreallocFlows {
+			if d.cfg.PreallocFlows && preallocated(name) {
 				m.Flags &^= unix.BPF_F_NO_PREALLOC
 			}
 		}
@@ -400,9 +416,15 @@ func (d *Dataplane) load() error {
 	return nameProgram(spec, spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.cfg.PinPath}}))
 }
 
-// flowMaps are the pinned maps holding flow state, sized by MaxFlows and
-// allocated as PreallocFlows says.
-var flowMaps = []string{"roam_conntrack", "roam_nat"}
+// flowMaps are the pinned maps holding flow state, each sized by MaxFlows:
+// IPv4 flows' (allocated as PreallocFlows says) and IPv6 flows' (from the
+// kernel's allocator per flow: preallocated, they would double the
+// memory a node sets aside for flows, most of it for a family it may
+// not carry).
+var flowMaps = []string{"roam_ct4", "roam_nat4", "roam_conntrack", "roam_nat"}
+
+// preallocated: PreallocFlows applies to the flow map name (the IPv4 flows').
+func preallocated(name string) bool { return name == "roam_ct4" || name == "roam_nat4" }
 
 // flowSizeError is a pinned conntrack or NAT map of the same layout whose
 // size differs from this configuration (Config.MaxFlows): a configuration
@@ -445,8 +467,11 @@ func (d *Dataplane) checkFlowPins(spec *ebpf.CollectionSpec) error {
 			return &flowSizeError{path: path, pinEntries: entries, wantEntries: ms.MaxEntries}
 		}
 		if flags^ms.Flags == unix.BPF_F_NO_PREALLOC {
+			// Kept as pinned (an IPv6 map: an older build may have preallocated it).
 			ms.Flags = flags
-			d.preallocFlows = flags&unix.BPF_F_NO_PREALLOC == 0
+			if preallocated(name) {
+				d.preallocFlows = flags&unix.BPF_F_NO_PREALLOC == 0
+			}
 		}
 	}
 	if d.preallocFlows != d.cfg.PreallocFlows {
@@ -644,16 +669,32 @@ func (d *Dataplane) Remove(f lb.Frontend) error {
 	if err := d.deleteFrontend(f); err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
-	svc := ServiceValue{Id: id}
+	// Every map, an older build's IPv4 entries in the IPv6 maps included
+	// (ct4.go): one left would be moved back by the next GC pass.
 	var dead, deadNAT []CTKey
+	var legacy, legacyNAT []CTKey
 	err = walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
-		if v.FrontendId == svc.Id {
-			dead = append(dead, k)
+		if v.FrontendId == id && k.Family == familyV4 {
+			legacy = append(legacy, k)
 		}
 	})
 	if err == nil {
 		err = walkMap(d.maps.RoamNat, func(k CTKey, v NATValue) {
-			if v.FrontendId == svc.Id {
+			if v.FrontendId == id && k.Family == familyV4 {
+				legacyNAT = append(legacyNAT, k)
+			}
+		})
+	}
+	if err == nil {
+		err = walkFlows(d.ctTable(), func(k CTKey, v CTValue) {
+			if v.FrontendId == id {
+				dead = append(dead, k)
+			}
+		})
+	}
+	if err == nil {
+		err = walkFlows(d.natTable(), func(k CTKey, v NATValue) {
+			if v.FrontendId == id {
 				deadNAT = append(deadNAT, k)
 			}
 		})
@@ -661,22 +702,32 @@ func (d *Dataplane) Remove(f lb.Frontend) error {
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
+	for _, del := range []struct {
+		m    *ebpf.Map
+		keys []CTKey
+	}{{d.maps.RoamConntrack, legacy}, {d.maps.RoamNat, legacyNAT}} {
+		for i := range del.keys {
+			if err := del.m.Delete(&del.keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("remove %s: delete flow %s: %w", f, del.keys[i], err)
+			}
+		}
+	}
 	if err := d.deleteFlows(dead, deadNAT); err != nil {
 		return fmt.Errorf("remove %s: %w", f, err)
 	}
 	return nil
 }
 
-// deleteFlows deletes the conntrack entries ct and the NAT entries nat;
-// one already gone is not an error.
+// deleteFlows deletes the conntrack entries ct and the NAT entries nat
+// (each from its family's map); one already gone is not an error.
 func (d *Dataplane) deleteFlows(ct, nat []CTKey) error {
 	for _, del := range []struct {
-		m    *ebpf.Map
+		t    flowTable
 		keys []CTKey
-	}{{d.maps.RoamConntrack, ct}, {d.maps.RoamNat, nat}} {
-		for i := range del.keys {
-			if err := del.m.Delete(&del.keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete flow %s: %w", del.keys[i], err)
+	}{{d.ctTable(), ct}, {d.natTable(), nat}} {
+		for _, k := range del.keys {
+			if err := del.t.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete flow %s: %w", k, err)
 			}
 		}
 	}
@@ -722,7 +773,7 @@ func (d *Dataplane) viewFlows(f lb.Frontend, fn func(CTKey, CTValue, flowView, u
 		return err
 	}
 	t := d.cfg.Timeouts
-	return walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
+	return walkFlows(d.ctTable(), func(k CTKey, v CTValue) {
 		if v.FrontendId != svc.Id {
 			return
 		}
@@ -736,7 +787,7 @@ func (d *Dataplane) viewFlows(f lb.Frontend, fn func(CTKey, CTValue, flowView, u
 		if kind == lb.TargetRedirect && !embryonic(k.Proto, v.State, kind) && idleLonger(now, fv.seen, soonest) {
 			// Quiet this way: the reply direction may still be live.
 			var nv NATValue
-			if d.maps.RoamNat.Lookup(v.natKey(k.Proto), &nv) == nil && nv.ownedBy(k) && nv.LastSeen > fv.seen {
+			if d.natTable().Lookup(v.natKey(k.Proto), &nv) == nil && nv.ownedBy(k) && nv.LastSeen > fv.seen {
 				fv.seen = nv.LastSeen
 			}
 		}

@@ -3,6 +3,8 @@ package dataplane
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -53,21 +55,21 @@ func (d *Dataplane) AgeFlows(by time.Duration) error {
 		nk []CTKey
 		nv []NATValue
 	)
-	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) { ck, cv = append(ck, k), append(cv, v) }); err != nil {
+	if err := walkFlows(d.ctTable(), func(k CTKey, v CTValue) { ck, cv = append(ck, k), append(cv, v) }); err != nil {
 		return err
 	}
-	if err := walkMap(d.maps.RoamNat, func(k CTKey, v NATValue) { nk, nv = append(nk, k), append(nv, v) }); err != nil {
+	if err := walkFlows(d.natTable(), func(k CTKey, v NATValue) { nk, nv = append(nk, k), append(nv, v) }); err != nil {
 		return err
 	}
 	for i := range ck {
 		cv[i].LastSeen = back(cv[i].LastSeen)
-		if err := d.maps.RoamConntrack.Update(&ck[i], &cv[i], ebpf.UpdateExist); err != nil {
+		if err := d.ctTable().Update(ck[i], &cv[i], ebpf.UpdateExist); err != nil {
 			return fmt.Errorf("age %s: %w", ck[i], err)
 		}
 	}
 	for i := range nk {
 		nv[i].LastSeen = back(nv[i].LastSeen)
-		if err := d.maps.RoamNat.Update(&nk[i], &nv[i], ebpf.UpdateExist); err != nil {
+		if err := d.natTable().Update(nk[i], &nv[i], ebpf.UpdateExist); err != nil {
 			return fmt.Errorf("age NAT %s: %w", nk[i], err)
 		}
 	}
@@ -82,21 +84,28 @@ func (d *Dataplane) ForgetFlowChecksums() error {
 		ck []CTKey
 		cv []CTValue
 	)
-	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) { ck, cv = append(ck, k), append(cv, v) }); err != nil {
+	if err := walkFlows(d.ctTable(), func(k CTKey, v CTValue) { ck, cv = append(ck, k), append(cv, v) }); err != nil {
 		return err
 	}
 	for i := range ck {
 		cv[i].CsumSet, cv[i].CsumAddrs, cv[i].CsumPorts = 0, 0x1234, 0x5678
-		if err := d.maps.RoamConntrack.Update(&ck[i], &cv[i], ebpf.UpdateExist); err != nil {
+		if err := d.ctTable().Update(ck[i], &cv[i], ebpf.UpdateExist); err != nil {
 			return fmt.Errorf("forget checksums of %s: %w", ck[i], err)
 		}
 	}
 	return nil
 }
 
-// FlowCapacity is the conntrack and NAT maps' sizes.
+// FlowCapacity is the conntrack and NAT maps' sizes, each the same for
+// both families (or 0 where the two differ).
 func (d *Dataplane) FlowCapacity() (conntrack, nat uint32) {
-	return d.maps.RoamConntrack.MaxEntries(), d.maps.RoamNat.MaxEntries()
+	same := func(t flowTable) uint32 {
+		if t[fam4].MaxEntries() != t[fam6].MaxEntries() {
+			return 0
+		}
+		return t[fam4].MaxEntries()
+	}
+	return same(d.ctTable()), same(d.natTable())
 }
 
 // SetProcSys points the sysctl reads and writes at dir until the test ends.
@@ -113,7 +122,7 @@ func (d *Dataplane) AgeClient(client netip.AddrPort, fwd, rev time.Duration) err
 	p := htons(client.Port())
 	var ck []CTKey
 	var cv []CTValue
-	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
+	if err := walkFlows(d.ctTable(), func(k CTKey, v CTValue) {
 		if k.Saddr == a && k.Sport == p {
 			ck, cv = append(ck, k), append(cv, v)
 		}
@@ -125,7 +134,7 @@ func (d *Dataplane) AgeClient(client netip.AddrPort, fwd, rev time.Duration) err
 	}
 	for i := range ck {
 		cv[i].LastSeen -= uint64(fwd)
-		if err := d.maps.RoamConntrack.Update(&ck[i], &cv[i], ebpf.UpdateExist); err != nil {
+		if err := d.ctTable().Update(ck[i], &cv[i], ebpf.UpdateExist); err != nil {
 			return err
 		}
 		if lb.TargetKind(cv[i].Kind) != lb.TargetRedirect {
@@ -133,11 +142,11 @@ func (d *Dataplane) AgeClient(client netip.AddrPort, fwd, rev time.Duration) err
 		}
 		nk := cv[i].natKey(ck[i].Proto)
 		var nv NATValue
-		if err := d.maps.RoamNat.Lookup(&nk, &nv); err != nil {
+		if err := d.natTable().Lookup(nk, &nv); err != nil {
 			return fmt.Errorf("age NAT of %s: %w", client, err)
 		}
 		nv.LastSeen -= uint64(rev)
-		if err := d.maps.RoamNat.Update(&nk, &nv, ebpf.UpdateExist); err != nil {
+		if err := d.natTable().Update(nk, &nv, ebpf.UpdateExist); err != nil {
 			return err
 		}
 	}
@@ -146,11 +155,11 @@ func (d *Dataplane) AgeClient(client netip.AddrPort, fwd, rev time.Duration) err
 
 // FlowClients lists the clients of the conntrack entries and of the NAT entries.
 func (d *Dataplane) FlowClients() (ct, nat []netip.AddrPort, err error) {
-	err = walkMap(d.maps.RoamConntrack, func(k CTKey, _ CTValue) {
+	err = walkFlows(d.ctTable(), func(k CTKey, _ CTValue) {
 		ct = append(ct, netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), htons(k.Sport)))
 	})
 	if err == nil {
-		err = walkMap(d.maps.RoamNat, func(_ CTKey, v NATValue) {
+		err = walkFlows(d.natTable(), func(_ CTKey, v NATValue) {
 			nat = append(nat, netip.AddrPortFrom(addrFrom16(v.ClientAddr, v.Family), htons(v.ClientPort)))
 		})
 	}
@@ -168,7 +177,7 @@ type FlowTarget struct {
 func (d *Dataplane) TakeFlows() (map[netip.AddrPort]FlowTarget, error) {
 	out := make(map[netip.AddrPort]FlowTarget)
 	var ck, nk []CTKey
-	if err := walkMap(d.maps.RoamConntrack, func(k CTKey, v CTValue) {
+	if err := walkFlows(d.ctTable(), func(k CTKey, v CTValue) {
 		ck = append(ck, k)
 		out[netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), htons(k.Sport))] = FlowTarget{
 			Frontend: netip.AddrPortFrom(addrFrom16(k.Daddr, k.Family), htons(k.Dport)),
@@ -177,7 +186,7 @@ func (d *Dataplane) TakeFlows() (map[netip.AddrPort]FlowTarget, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := walkMap(d.maps.RoamNat, func(k CTKey, _ NATValue) { nk = append(nk, k) }); err != nil {
+	if err := walkFlows(d.natTable(), func(k CTKey, _ NATValue) { nk = append(nk, k) }); err != nil {
 		return nil, err
 	}
 	if err := d.deleteFlows(ck, nk); err != nil {
@@ -248,4 +257,64 @@ func OnCommitSwitched(fn func()) {
 		return
 	}
 	commitSwitched = func(uint32) { fn() }
+}
+
+// MakeLegacy leaves the flows pinned under pinPath as a build before the
+// IPv4 maps did (one map per kind for both families): each IPv4 entry of
+// roam_ct4 and roam_nat4 moved to roam_conntrack and roam_nat under its
+// CTKey, and the IPv4 maps' pins removed. The Dataplane using them must
+// be closed. It returns how many entries it moved.
+func MakeLegacy(pinPath string) (int, error) {
+	moved := 0
+	for _, names := range [][2]string{{"roam_ct4", "roam_conntrack"}, {"roam_nat4", "roam_nat"}} {
+		v4, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, names[0]), nil)
+		if err != nil {
+			return moved, err
+		}
+		wide, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, names[1]), nil)
+		if err != nil {
+			v4.Close()
+			return moved, err
+		}
+		val := make([]byte, v4.ValueSize())
+		var k CT4Key
+		it := v4.Iterate()
+		for it.Next(&k, &val) {
+			w := k.wide()
+			if err = wide.Update(&w, val, ebpf.UpdateNoExist); err != nil {
+				break
+			}
+			moved++
+		}
+		if err == nil {
+			err = it.Err()
+		}
+		v4.Close()
+		wide.Close()
+		if err != nil {
+			return moved, err
+		}
+		if err := os.Remove(filepath.Join(pinPath, names[0])); err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
+}
+
+// LegacyEntries counts the IPv4 entries in roam_conntrack and roam_nat (an
+// older build's, ct4.go), and how many the IPv4 maps had no room for.
+func (d *Dataplane) LegacyEntries() (n int, failed uint64, err error) {
+	err = walkMap(d.maps.RoamConntrack, func(k CTKey, _ CTValue) {
+		if k.Family == familyV4 {
+			n++
+		}
+	})
+	if err == nil {
+		err = walkMap(d.maps.RoamNat, func(k CTKey, _ NATValue) {
+			if k.Family == familyV4 {
+				n++
+			}
+		})
+	}
+	return n, d.legacyFailed.Load(), err
 }

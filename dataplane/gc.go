@@ -43,27 +43,40 @@ type mapSweep struct {
 	walk, last flowWalk
 }
 
-// gcState is the GC's position in each map and its running totals.
+// gcState is the GC's position in each map (by family, ct4.go) and its running totals.
 type gcState struct {
-	ct, nat  mapSweep
+	ct, nat  [2]mapSweep
 	failures uint64 // new flows refused (ct_full, nat_full, port_exhausted) as of the last pass
 }
 
-// scanSweep reads up to maxScan entries of m from where s stopped: each
-// entry's target index (counter) marks s's walk. It returns the keys of
-// the entries expired says, how many it read and whether the walk ended
-// (then kept as s.last). On an error the sweep and the walk start again.
-func scanSweep[V any](s *mapSweep, m *ebpf.Map, maxScan int, counter func(V) uint16, expired func(CTKey, V) bool) ([]CTKey, int, bool, error) {
+// scanSweep reads up to maxScan entries of t's map of family f from where
+// s stopped: each entry's target index (counter) marks s's walk. It returns
+// the keys of the entries expired says, how many it read and whether the
+// walk ended (then kept as s.last). On an error the sweep and the walk
+// start again. An older build's IPv4 entry in an IPv6 map is not a flow of
+// its own (ct4.go mergeLegacy): skipped.
+func scanSweep[V any](s *mapSweep, t flowTable, f, maxScan int, counter func(V) uint16, expired func(CTKey, V) bool) ([]CTKey, int, bool, error) {
 	var keys []CTKey
 	seen := walkMark(&s.walk, time.Now())
-	n, done, err := scanMap(m, &s.cursor, maxScan, func(k CTKey, v V) {
+	each := func(k CTKey, v V) {
+		if famIndex(k) != f {
+			return
+		}
 		if c := counter(v); c != 0 {
 			seen[c] = true
 		}
 		if expired(k, v) {
 			keys = append(keys, k)
 		}
-	})
+	}
+	var n int
+	var done bool
+	var err error
+	if f == fam4 {
+		n, done, err = scanMap(t[f], &s.cursor, maxScan, func(k CT4Key, v V) { each(k.wide(), v) })
+	} else {
+		n, done, err = scanMap(t[f], &s.cursor, maxScan, each)
+	}
 	if err != nil {
 		s.sweep, s.walk = 0, flowWalk{}
 		return nil, n, false, err
@@ -112,85 +125,131 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 		return st, err
 	}
 	t := d.cfg.Timeouts
+	// An older build's IPv4 flows: moved once its programs are replaced
+	// (roam-agent starts GC after attaching; ct4.go).
+	if err := d.mergeLegacyFlows(true); err != nil {
+		return st, fmt.Errorf("gc: %w", err)
+	}
+	ctDone, natDone := false, false
+	for f := range 2 {
+		c, n, err := d.gcFamily(f, maxScan, now, t, &st)
+		ctDone, natDone = ctDone || c, natDone || n
+		if err != nil {
+			return st, err
+		}
+	}
+	// The maps reach their ends in different passes (their sizes differ):
+	// a sweep is complete once each has.
+	all := true
+	for f := range 2 {
+		all = all && d.gc.ct[f].done && d.gc.nat[f].done
+	}
+	if st.Wrapped = all; st.Wrapped {
+		for f := range 2 {
+			d.gc.ct[f].done, d.gc.nat[f].done = false, false
+		}
+	}
+	if ctDone || natDone {
+		walks := []flowWalk{d.gc.ct[fam4].last, d.gc.ct[fam6].last, d.gc.nat[fam4].last, d.gc.nat[fam6].last}
+		for _, w := range walks {
+			if w.start.IsZero() {
+				return st, nil
+			}
+		}
+		if st.TargetIndices, err = d.reclaimTargets(joinWalks(walks[:2]), joinWalks(walks[2:])); err != nil {
+			return st, fmt.Errorf("gc: %w", err)
+		}
+	}
+	return st, nil
+}
 
+// joinWalks is complete walks of several maps as one: started at the
+// first's start, seeing what any saw.
+func joinWalks(ws []flowWalk) flowWalk {
+	j := flowWalk{start: ws[0].start, seen: map[uint16]bool{}}
+	for _, w := range ws {
+		if w.start.Before(j.start) {
+			j.start = w.start
+		}
+		for i := range w.seen {
+			j.seen[i] = true
+		}
+	}
+	return j
+}
+
+// gcFamily is GC's pass over the maps of family f: whether this pass
+// ended the conntrack map's walk, and the NAT map's.
+func (d *Dataplane) gcFamily(f, maxScan int, now uint64, t Timeouts, st *GCStats) (ctDoneWalk, natDoneWalk bool, err error) {
+	ctT, natT := d.ctTable(), d.natTable()
 	// Forward entries.
 	var natKeys []CTKey
-	ctKeys, n, ctDoneWalk, err := scanSweep(&d.gc.ct, d.maps.RoamConntrack, maxScan,
+	ctKeys, n, ctDoneWalk, err := scanSweep(&d.gc.ct[f], ctT, f, maxScan,
 		func(v CTValue) uint16 { return v.Counter },
 		func(k CTKey, v CTValue) bool { return d.ctExpired(k, v, now, t) })
 	st.Scanned += n
 	if err != nil {
-		return st, fmt.Errorf("gc conntrack: %w", err)
+		return false, false, fmt.Errorf("gc conntrack: %w", err)
 	}
 	// Read again just before removing: a packet may have touched it.
 	live := ctKeys[:0]
 	for _, k := range ctKeys {
 		var v CTValue
-		if d.maps.RoamConntrack.Lookup(k, &v) != nil || !d.ctExpired(k, v, now, t) {
+		if ctT.Lookup(k, &v) != nil || !d.ctExpired(k, v, now, t) {
 			continue
 		}
 		live = append(live, k)
 		if lb.TargetKind(v.Kind) == lb.TargetRedirect {
 			nk := v.natKey(k.Proto)
 			var nv NATValue
-			if d.maps.RoamNat.Lookup(nk, &nv) == nil && nv.ownedBy(k) &&
+			if natT.Lookup(nk, &nv) == nil && nv.ownedBy(k) &&
 				(embryonic(k.Proto, v.State, lb.TargetKind(v.Kind)) || idleLonger(now, nv.LastSeen, t.timeout(k.Proto, v.State, lb.TargetKind(v.Kind)))) {
 				natKeys = append(natKeys, nk)
 			}
 		}
 	}
-	removed, err := deleteKeys(d.maps.RoamConntrack, live)
+	removed, err := deleteFlowKeys(ctT, f, live)
 	st.Conntrack += removed
-	d.gc.ct.count(n, removed, ctDoneWalk)
+	d.gc.ct[f].count(n, removed, ctDoneWalk)
 	if err != nil {
-		return st, fmt.Errorf("gc conntrack: %w", err)
+		return ctDoneWalk, false, fmt.Errorf("gc conntrack: %w", err)
 	}
-	removed, err = deleteKeys(d.maps.RoamNat, natKeys)
+	removed, err = deleteFlowKeys(natT, f, natKeys)
 	st.NAT += removed
-	d.gc.nat.removed.Add(uint64(removed))
+	d.gc.nat[f].removed.Add(uint64(removed))
 	if err != nil {
-		return st, fmt.Errorf("gc nat: %w", err)
+		return ctDoneWalk, false, fmt.Errorf("gc nat: %w", err)
 	}
 
 	// NAT entries left by flows whose forward entry is gone or points
 	// elsewhere (a takeover, a program's delete). Such an entry goes once
 	// idle for the close timeout, so only those are looked into: a NAT
 	// entry whose flow is over goes with its forward entry above.
-	natKeys, n, natDoneWalk, err := scanSweep(&d.gc.nat, d.maps.RoamNat, maxScan,
+	natKeys, n, natDoneWalk, err = scanSweep(&d.gc.nat[f], natT, f, maxScan,
 		func(v NATValue) uint16 { return v.Counter },
 		func(k CTKey, v NATValue) bool {
 			return idleLonger(now, v.LastSeen, t.Close) && d.natReclaimable(k, v, now, t)
 		})
 	st.Scanned += n
 	if err != nil {
-		return st, fmt.Errorf("gc nat: %w", err)
+		return ctDoneWalk, false, fmt.Errorf("gc nat: %w", err)
 	}
 	live = natKeys[:0]
 	for _, k := range natKeys {
 		var v NATValue
-		if d.maps.RoamNat.Lookup(k, &v) == nil && d.natReclaimable(k, v, now, t) {
+		if natT.Lookup(k, &v) == nil && d.natReclaimable(k, v, now, t) {
 			live = append(live, k)
 		}
 	}
-	removed, err = deleteKeys(d.maps.RoamNat, live)
+	removed, err = deleteFlowKeys(natT, f, live)
 	st.NAT += removed
-	d.gc.nat.count(n, removed, natDoneWalk)
+	d.gc.nat[f].count(n, removed, natDoneWalk)
 	if err != nil {
-		return st, fmt.Errorf("gc nat: %w", err)
+		return ctDoneWalk, natDoneWalk, fmt.Errorf("gc nat: %w", err)
 	}
-	// The maps reach their ends in different passes (their sizes differ):
-	// a sweep is complete once each has.
-	d.gc.ct.done = d.gc.ct.done || ctDoneWalk
-	d.gc.nat.done = d.gc.nat.done || natDoneWalk
-	if st.Wrapped = d.gc.ct.done && d.gc.nat.done; st.Wrapped {
-		d.gc.ct.done, d.gc.nat.done = false, false
-	}
-	if (ctDoneWalk || natDoneWalk) && !d.gc.ct.last.start.IsZero() && !d.gc.nat.last.start.IsZero() {
-		if st.TargetIndices, err = d.reclaimTargets(d.gc.ct.last, d.gc.nat.last); err != nil {
-			return st, fmt.Errorf("gc: %w", err)
-		}
-	}
-	return st, nil
+	d.gc.ct[f].done = d.gc.ct[f].done || ctDoneWalk
+	d.gc.nat[f].done = d.gc.nat[f].done || natDoneWalk
+	return ctDoneWalk, natDoneWalk, nil
 }
 
 // gcHurry: either map was over gcHurryPressure full at the end of its
@@ -199,8 +258,11 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 func (d *Dataplane) gcHurry() bool {
 	d.gcMu.Lock()
 	defer d.gcMu.Unlock()
-	full := float64(d.gc.ct.left) > gcHurryPressure*float64(d.maps.RoamConntrack.MaxEntries()) ||
-		float64(d.gc.nat.left) > gcHurryPressure*float64(d.maps.RoamNat.MaxEntries())
+	full := false
+	for f := range 2 {
+		full = full || float64(d.gc.ct[f].left) > gcHurryPressure*float64(d.ctTable()[f].MaxEntries()) ||
+			float64(d.gc.nat[f].left) > gcHurryPressure*float64(d.natTable()[f].MaxEntries())
+	}
 	var failures uint64
 	for r, name := range DropReasons {
 		if name != "ct_full" && name != "nat_full" && name != "port_exhausted" {
@@ -229,7 +291,7 @@ func (d *Dataplane) ctExpired(k CTKey, v CTValue, now uint64, t Timeouts) bool {
 		return true
 	}
 	var nv NATValue
-	if d.maps.RoamNat.Lookup(v.natKey(k.Proto), &nv) != nil || !nv.ownedBy(k) {
+	if d.natTable().Lookup(v.natKey(k.Proto), &nv) != nil || !nv.ownedBy(k) {
 		return true // ct_reply_seen: 0
 	}
 	return idleLonger(now, nv.LastSeen, timeout)
@@ -239,7 +301,7 @@ func (d *Dataplane) ctExpired(k CTKey, v CTValue, now uint64, t Timeouts) bool {
 func (d *Dataplane) natReclaimable(rk CTKey, nv NATValue, now uint64, t Timeouts) bool {
 	fk := CTKey{Saddr: nv.ClientAddr, Daddr: nv.FrontAddr, Sport: nv.ClientPort, Dport: nv.FrontPort, Proto: rk.Proto, Family: nv.Family}
 	var ov CTValue
-	if d.maps.RoamConntrack.Lookup(fk, &ov) != nil || ov.natKey(rk.Proto) != rk {
+	if d.ctTable().Lookup(fk, &ov) != nil || ov.natKey(rk.Proto) != rk {
 		return idleLonger(now, nv.LastSeen, t.Close)
 	}
 	kind := lb.TargetKind(ov.Kind)
@@ -293,9 +355,21 @@ func scanMap[K, V any](m *ebpf.Map, cursor *ebpf.MapBatchCursor, limit int, fn f
 	return total, false, nil
 }
 
+// deleteFlowKeys removes keys (of family f) from t's map of that family (deleteKeys).
+func deleteFlowKeys(t flowTable, f int, keys []CTKey) (int, error) {
+	if f == fam6 {
+		return deleteKeys(t[f], keys)
+	}
+	k4 := make([]CT4Key, len(keys))
+	for i, k := range keys {
+		k4[i] = ct4Key(k)
+	}
+	return deleteKeys(t[f], k4)
+}
+
 // deleteKeys removes keys from m in one batch where the kernel has it;
 // a key gone meanwhile (a packet's takeover) is skipped.
-func deleteKeys(m *ebpf.Map, keys []CTKey) (int, error) {
+func deleteKeys[K any](m *ebpf.Map, keys []K) (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}

@@ -61,15 +61,19 @@ func testPreallocFlows(t *testing.T, prealloc bool) {
 	tb := newTestbed(t, cfg)
 	wantFlags := func(what string) {
 		t.Helper()
-		for _, name := range []string{"roam_conntrack", "roam_nat"} {
-			m, err := ebpf.LoadPinnedMap(pin+"/"+name, nil)
+		// The IPv4 flows' maps as configured; the IPv6 flows' never preallocated.
+		for _, m := range []struct {
+			name     string
+			prealloc bool
+		}{{"roam_ct4", prealloc}, {"roam_nat4", prealloc}, {"roam_conntrack", false}, {"roam_nat", false}} {
+			pm, err := ebpf.LoadPinnedMap(pin+"/"+m.name, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			noPrealloc := m.Flags()&unix.BPF_F_NO_PREALLOC != 0
-			m.Close()
-			if noPrealloc == prealloc {
-				t.Errorf("%s: %s flags have BPF_F_NO_PREALLOC %v; pinned with PreallocFlows %v", what, name, noPrealloc, prealloc)
+			noPrealloc := pm.Flags()&unix.BPF_F_NO_PREALLOC != 0
+			pm.Close()
+			if noPrealloc == m.prealloc {
+				t.Errorf("%s: %s flags have BPF_F_NO_PREALLOC %v; pinned with PreallocFlows %v, want preallocated %v", what, m.name, noPrealloc, prealloc, m.prealloc)
 			}
 		}
 	}
@@ -116,7 +120,7 @@ func testPreallocFlows(t *testing.T, prealloc bool) {
 func wantConfigError(t *testing.T, err error, pinned, configured string) {
 	t.Helper()
 	msg := err.Error()
-	for _, want := range []string{"roam_conntrack", "pinned map", pinned, configured} {
+	for _, want := range []string{"roam_ct4", "pinned map", pinned, configured} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q does not say %q", msg, want)
 		}

@@ -2,6 +2,7 @@ package dataplane_test
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -130,4 +131,92 @@ func TestUpgradeOverOldPins(t *testing.T) {
 		t.Fatalf("open over a preallocated conntrack pin: %v; want the pin kept", err)
 	}
 	d.Close()
+}
+
+// TestUpgradeKeepsIPv4Flows: an agent upgraded over the pins of a build
+// that kept both families in roam_conntrack and roam_nat (before roam_ct4
+// and roam_nat4) keeps every flow: an established TCP flow and a UDP flow
+// over IPv4 go on with their SNAT ports in both directions, before and
+// after GC moved the last of the old entries out, and an IPv6 flow (whose
+// maps did not change) too.
+func TestUpgradeKeepsIPv4Flows(t *testing.T) {
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, Timeouts: ctTimeouts}
+	tb := newTestbed(t, cfg)
+	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
+	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
+	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
+		if v := fl.packet(do); v != xdpTX {
+			t.Fatalf("before the upgrade: %q: verdict %d, want XDP_TX", do, v)
+		}
+	}
+	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
+	tb.stage(t, "[2001:db8:f::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
+	udp := func(client, front string) []byte {
+		return spec{src: ap(client), dst: ap(front), proto: lb.UDP, payload: []byte("x"), srcMAC: macPeer, dstMAC: macD0}.build(t)
+	}
+	udp4 := udp("198.51.100.8:2000", "10.0.0.1:7000")
+	udp6 := udp("[2001:db8:c::8]:2000", "[2001:db8:f::1]:7000")
+	s4 := tb.openFlow(t, "udp4", udp4)
+	s6 := tb.openFlow(t, "udp6", udp6)
+	ct, err := tb.d.ConntrackEntries()
+	if err != nil || ct != 3 {
+		t.Fatalf("before the upgrade: %d conntrack entries, %v; want 3", ct, err)
+	}
+	if err := tb.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := dataplane.MakeLegacy(cfg.PinPath)
+	if err != nil || moved != 4 {
+		t.Fatalf("old layout: %d IPv4 entries moved to the old maps, %v; want 4 (2 flows x forward and NAT)", moved, err)
+	}
+
+	// The new build opens over the old layout.
+	cfg.SNATv4, cfg.SNATv6 = snat4, snat6
+	tb.d = openTest(t, cfg)
+	check := func(when string) {
+		t.Helper()
+		for _, do := range []string{"c A+", "t A+"} {
+			if v := fl.packet(do); v != xdpTX { // packet checks the SNAT source and the way back
+				t.Fatalf("%s: established flow's %q: verdict %d, want XDP_TX", when, do, v)
+			}
+		}
+		if s := fl.state(); s != "established" {
+			t.Fatalf("%s: the TCP flow is %q, want established", when, s)
+		}
+		for _, u := range []struct {
+			in   []byte
+			snat netip.AddrPort
+		}{{udp4, s4}, {udp6, s6}} {
+			if got := tb.openFlow(t, when, u.in); got != u.snat {
+				t.Fatalf("%s: UDP flow left from %s, want its SNAT %s", when, got, u.snat)
+			}
+		}
+		if n, err := tb.d.ConntrackEntries(); err != nil || n != ct {
+			t.Fatalf("%s: %d conntrack entries, %v; want %d", when, n, err, ct)
+		}
+		if n, err := tb.d.NATEntries(); err != nil || n != ct {
+			t.Fatalf("%s: %d NAT entries, %v; want %d", when, n, err, ct)
+		}
+	}
+	check("after the upgrade")
+	if n, failed, err := tb.d.LegacyEntries(); err != nil || n != 4 || failed != 0 {
+		t.Fatalf("before GC: %d old IPv4 entries, %d not copied, %v; want 4 (copied, kept for a program of the old build still attached), 0", n, failed, err)
+	}
+	st, err := tb.d.GC(0)
+	if err != nil || st.Conntrack+st.NAT != 0 {
+		t.Fatalf("GC after the upgrade: %+v, %v; want nothing removed", st, err)
+	}
+	if n, _, err := tb.d.LegacyEntries(); err != nil || n != 0 {
+		t.Fatalf("after GC: %d old IPv4 entries left, %v; want 0", n, err)
+	}
+	check("after GC")
+	// The flow ends as any does.
+	for _, do := range []string{"c FA", "t FA"} {
+		if v := fl.packet(do); v != xdpTX {
+			t.Fatalf("close: %q: verdict %d, want XDP_TX", do, v)
+		}
+	}
+	if s := fl.state(); s != "closed" {
+		t.Fatalf("after both FINs: the TCP flow is %q, want closed", s)
+	}
 }

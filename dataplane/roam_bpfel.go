@@ -41,6 +41,16 @@ type roamCounter struct {
 	Bytes   uint64
 }
 
+type roamCt4Key struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type roamCtKey struct {
 	_      structs.HostLayout
 	Saddr  [16]uint8
@@ -166,10 +176,12 @@ const (
 	roamMapRoamConfig          = "roam_config"
 	roamMapRoamConntrack       = "roam_conntrack"
 	roamMapRoamCounters        = "roam_counters"
+	roamMapRoamCt4             = "roam_ct4"
 	roamMapRoamDrops           = "roam_drops"
 	roamMapRoamIcmpState       = "roam_icmp_state"
 	roamMapRoamIfaces          = "roam_ifaces"
 	roamMapRoamNat             = "roam_nat"
+	roamMapRoamNat4            = "roam_nat4"
 	roamMapRoamNexthop         = "roam_nexthop"
 	roamMapRoamScratch         = "roam_scratch"
 	roamMapRoamSelf            = "roam_self"
@@ -252,10 +264,12 @@ type roamMapSpecs struct {
 	RoamConfig         *ebpf.MapSpec `ebpf:"roam_config"`
 	RoamConntrack      *ebpf.MapSpec `ebpf:"roam_conntrack"`
 	RoamCounters       *ebpf.MapSpec `ebpf:"roam_counters"`
+	RoamCt4            *ebpf.MapSpec `ebpf:"roam_ct4"`
 	RoamDrops          *ebpf.MapSpec `ebpf:"roam_drops"`
 	RoamIcmpState      *ebpf.MapSpec `ebpf:"roam_icmp_state"`
 	RoamIfaces         *ebpf.MapSpec `ebpf:"roam_ifaces"`
 	RoamNat            *ebpf.MapSpec `ebpf:"roam_nat"`
+	RoamNat4           *ebpf.MapSpec `ebpf:"roam_nat4"`
 	RoamNexthop        *ebpf.MapSpec `ebpf:"roam_nexthop"`
 	RoamScratch        *ebpf.MapSpec `ebpf:"roam_scratch"`
 	RoamSelf           *ebpf.MapSpec `ebpf:"roam_self"`
@@ -308,10 +322,12 @@ type roamMaps struct {
 	RoamConfig         *ebpf.Map `ebpf:"roam_config"`
 	RoamConntrack      *ebpf.Map `ebpf:"roam_conntrack"`
 	RoamCounters       *ebpf.Map `ebpf:"roam_counters"`
+	RoamCt4            *ebpf.Map `ebpf:"roam_ct4"`
 	RoamDrops          *ebpf.Map `ebpf:"roam_drops"`
 	RoamIcmpState      *ebpf.Map `ebpf:"roam_icmp_state"`
 	RoamIfaces         *ebpf.Map `ebpf:"roam_ifaces"`
 	RoamNat            *ebpf.Map `ebpf:"roam_nat"`
+	RoamNat4           *ebpf.Map `ebpf:"roam_nat4"`
 	RoamNexthop        *ebpf.Map `ebpf:"roam_nexthop"`
 	RoamScratch        *ebpf.Map `ebpf:"roam_scratch"`
 	RoamSelf           *ebpf.Map `ebpf:"roam_self"`
@@ -340,10 +356,12 @@ func (m *roamMaps) Close() error {
 		m.RoamConfig,
 		m.RoamConntrack,
 		m.RoamCounters,
+		m.RoamCt4,
 		m.RoamDrops,
 		m.RoamIcmpState,
 		m.RoamIfaces,
 		m.RoamNat,
+		m.RoamNat4,
 		m.RoamNexthop,
 		m.RoamScratch,
 		m.RoamSelf,

@@ -158,8 +158,7 @@ func dumpPins(w io.Writer, pin string) error {
 		flows []flow
 	)
 	fwd := map[uint32]map[lb.Target]int{}
-	cit := conntrack.Iterate()
-	for cit.Next(&ck, &cv) {
+	add := func(ck dataplane.CTKey, cv dataplane.CTValue) {
 		f, ok := byID[cv.FrontendId]
 		name := f.String()
 		if !ok {
@@ -174,6 +173,29 @@ func dumpPins(w io.Writer, pin string) error {
 			fwd[cv.FrontendId] = map[lb.Target]int{}
 		}
 		fwd[cv.FrontendId][cv.Target()]++
+	}
+	// IPv4 flows in roam_ct4 (an agent from before it kept them in
+	// roam_conntrack: then there, and left there until its successor's GC
+	// moved them, so not listed twice).
+	ct4, err := openPinned(pin, "roam_ct4")
+	if err == nil {
+		defer closeMaps(ct4)
+		var k4 dataplane.CT4Key
+		it := ct4[0].Iterate()
+		for it.Next(&k4, &cv) {
+			add(k4.CTKey(), cv)
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("read conntrack: %w", err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	cit := conntrack.Iterate()
+	for cit.Next(&ck, &cv) {
+		if ct4 == nil || ck.Family != 4 {
+			add(ck, cv)
+		}
 	}
 	if err := cit.Err(); err != nil {
 		return fmt.Errorf("read conntrack: %w", err)

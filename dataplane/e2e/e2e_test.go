@@ -392,8 +392,9 @@ func TestEndToEnd(t *testing.T) {
 	for _, m := range []struct{ name, fields string }{
 		{"roam_services", "addr,port,proto,family"},
 		{"roam_service_slots", "slot,active,generation,port,kind"},
-		{"roam_conntrack", "saddr,daddr,sport,dport,target_addr,snat_port,state,last_seen"},
-		{"roam_nat", "saddr,daddr,client_addr,front_port,last_seen"},
+		// This test's flows are IPv4 ones: in roam_ct4 and roam_nat4 (IPv6 flows' roam_conntrack and roam_nat share their value types).
+		{"roam_ct4", "saddr,daddr,sport,dport,proto,target_addr,snat_port,state,last_seen"},
+		{"roam_nat4", "saddr,daddr,client_addr,front_port,last_seen"},
 	} {
 		out, err := exec.CommandContext(ctx, "bpftool", "map", "dump", "pinned", filepath.Join(agent.pinPath, m.name)).CombinedOutput()
 		if err != nil {

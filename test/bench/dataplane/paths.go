@@ -164,20 +164,33 @@ func setupXDP(ctx context.Context, sfx string, frontends uint32, idle time.Durat
 			}
 		}
 	}
-	ct, err := ebpf.LoadPinnedMap(pin+"/roam_conntrack", nil)
-	if err != nil {
-		p.Close()
-		return nil, fmt.Errorf("open roam's conntrack: %w", err)
+	// The flows' maps: conntrack and NAT (the SNAT ports, flushed with
+	// them), each for IPv4 (roam_ct4, roam_nat4) and IPv6.
+	var flowMaps []*ebpf.Map
+	for _, name := range []string{"roam_ct4", "roam_conntrack", "roam_nat4", "roam_nat"} {
+		m, err := ebpf.LoadPinnedMap(pin+"/"+name, nil)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("open roam's %s: %w", name, err)
+		}
+		p.close = append(p.close, m.Close)
+		flowMaps = append(flowMaps, m)
 	}
-	p.close = append(p.close, ct.Close)
-	nat, err := ebpf.LoadPinnedMap(pin+"/roam_nat", nil) // the flows' SNAT ports, flushed with them
-	if err != nil {
-		p.Close()
-		return nil, fmt.Errorf("open roam's NAT map: %w", err)
+	p.flush = func() error {
+		var errs []error
+		for _, m := range flowMaps {
+			errs = append(errs, clearMap(m))
+		}
+		return errors.Join(errs...)
 	}
-	p.close = append(p.close, nat.Close)
-	p.flush = func() error { return errors.Join(clearMap(ct), clearMap(nat)) }
-	p.entries = func() (int, error) { return countMap(ct) }
+	p.entries = func() (int, error) {
+		n4, err := countMap(flowMaps[0])
+		if err != nil {
+			return 0, err
+		}
+		n6, err := countMap(flowMaps[1])
+		return n4 + n6, err
+	}
 	p.drops = func() (map[string]uint64, error) {
 		d, err := dp.Drops()
 		maps.DeleteFunc(d, func(_ string, n uint64) bool { return n == 0 })
