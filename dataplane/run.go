@@ -155,6 +155,13 @@ func NewXDPBench(spec *ebpf.CollectionSpec, pkt []byte) (*XDPBench, error) {
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
+	// A build from before the IPv4 flow maps (bench-dataplane's -ablate-src
+	// A/B of commits) has none: stand-ins its program does not use.
+	for _, name := range []string{"roam_ct4", "roam_nat4"} {
+		if spec.Maps[name] == nil {
+			spec.Maps[name] = &ebpf.MapSpec{Name: name, Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: 1}
+		}
+	}
 	b := &XDPBench{pkt: pkt}
 	if err := spec.LoadAndAssign(&b.objs, nil); err != nil {
 		return nil, loadError("xdp", "", err)
