@@ -140,11 +140,12 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 		{"conntrack", ct, c.d.ctTable(), c.d.gc.ct[fam4].removed.Load() + c.d.gc.ct[fam6].removed.Load(), drops["ct_full"]},
 		{"nat", nat, c.d.natTable(), c.d.gc.nat[fam4].removed.Load() + c.d.gc.nat[fam6].removed.Load(), drops["port_exhausted"] + drops["nat_full"]},
 	} {
-		// Both families' maps together; pressure is the fuller one's (where new flows are refused first).
+		// Entries: both families'; capacity: each family's (MaxFlows);
+		// pressure: the fuller family's (where new flows are refused first).
 		var capacity uint32
 		pressure := 0.0
 		for f, mp := range m.table {
-			capacity += mp.MaxEntries()
+			capacity = max(capacity, mp.MaxEntries())
 			pressure = max(pressure, float64(m.entries[f])/float64(max(mp.MaxEntries(), 1)))
 		}
 		out = append(out,
