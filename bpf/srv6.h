@@ -111,20 +111,50 @@ ROAM_MAP(roam_srv6_flows, BPF_MAP_TYPE_LRU_HASH, SRV6_FLOWS_MAX, struct ct_key, 
  * The home's flows (client -> frontend) it encapsulated a packet of larger
  * than IPv6's minimum MTU, 1280 (srv6_note_big): the only packets a
  * router's packet too big can be about, since one reporting less is
- * refused. Last such packet, CLOCK_MONOTONIC coarse. srv6_relay_ptb
- * relays a too-big only about a flow noted here within SRV6_BIG_FLOW_NS:
- * a forged quote must name a flow the home carries big packets of. Not
- * pinned: after a restart a flow is known again from its next big packet
- * (a too-big refused meanwhile is sent again by the router when the
- * client sends that packet again).
+ * refused. A fixed array of SRV6_BIG_SLOTS timestamps (the last such
+ * packet, CLOCK_MONOTONIC coarse), indexed by a hash of the flow's key
+ * (srv6_big_slot): no entry is ever evicted and no insert takes a lock, so
+ * a flood of big packets from forged sources can only refresh slots, never
+ * push a real client's flow out (an LRU hash of flows could: its too-bigs
+ * were then refused, a path MTU black hole, and every insert into the full
+ * map ran the LRU's eviction on the XDP path). A flow that shares its slot
+ * with a fresh one passes for fresh: a forged too-big about it is let
+ * through, as about any flow while a flood keeps every slot fresh; both
+ * within the ICMP budget and the path check (srv6_ptb_ours), and a
+ * too-big relayed reports at least 1280 less the encapsulation.
+ * srv6_relay_ptb relays a too-big only about a flow whose slot was noted
+ * within SRV6_BIG_FLOW_NS. Not pinned: after a restart a flow is known
+ * again from its next big packet (a too-big refused meanwhile is sent
+ * again by the router when the client sends that packet again).
  */
-#ifndef SRV6_BIG_FLOWS_MAX
-#define SRV6_BIG_FLOWS_MAX 65536
+#ifndef SRV6_BIG_SLOTS
+#define SRV6_BIG_SLOTS (1u << 18) /* a power of two */
 #endif
 #ifndef SRV6_BIG_FLOW_NS
 #define SRV6_BIG_FLOW_NS (10ULL * 1000000000ULL)
 #endif
-ROAM_LOCAL_MAP(roam_srv6_big, BPF_MAP_TYPE_LRU_HASH, SRV6_BIG_FLOWS_MAX, struct ct_key, __u64, 0);
+ROAM_LOCAL_MAP(roam_srv6_big, BPF_MAP_TYPE_ARRAY, SRV6_BIG_SLOTS, __u32, __u64, 0);
+
+/* srv6_big_slot is k's slot in roam_srv6_big: FNV-1a over the addresses, ports, protocol and family. */
+static __always_inline __u32 srv6_big_slot(const struct ct_key *k)
+{
+	__u32 w[9];
+	__builtin_memcpy(w, k, 36); /* saddr, daddr, sport, dport */
+	__u32 h = 2166136261u;
+#pragma unroll
+	for (int i = 0; i < 9; i++)
+		h = (h ^ w[i]) * 16777619u;
+	h = (h ^ ((__u32)k->proto << 8 | k->family)) * 16777619u;
+	h ^= h >> 15;
+	return h & (SRV6_BIG_SLOTS - 1);
+}
+
+/* srv6_big_seen is k's slot's last big packet (0: none; NULL only if the array lookup failed). */
+static __always_inline __u64 *srv6_big_seen(const struct ct_key *k)
+{
+	__u32 slot = srv6_big_slot(k);
+	return bpf_map_lookup_elem(&roam_srv6_big, &slot);
+}
 
 /* srv6_note_big notes p's flow in roam_srv6_big when its encapsulation is `len` bytes, more than 1280 (k: a key's room, per-CPU scratch). */
 static __always_inline void srv6_note_big(const struct pkt *p, __u32 len, struct ct_key *k)
@@ -133,13 +163,9 @@ static __always_inline void srv6_note_big(const struct pkt *p, __u32 len, struct
 		return;
 	ct_key_from_pkt(k, p);
 	__u64 now = bpf_ktime_get_coarse_ns();
-	__u64 *seen = bpf_map_lookup_elem(&roam_srv6_big, k);
-	if (seen) {
-		if (*seen != now)
-			*seen = now;
-		return;
-	}
-	bpf_map_update_elem(&roam_srv6_big, k, &now, BPF_ANY);
+	__u64 *seen = srv6_big_seen(k);
+	if (seen && *seen != now)
+		*seen = now;
 }
 
 /* A reply srv6_input found for srv6_decap_reply (each its own stack frame, both called from the entry). */
@@ -847,8 +873,8 @@ static __noinline int srv6_relay_ptb(struct xdp_md *ctx)
 		return XDP_DROP;
 	}
 	/* The quoted flow: one the home sent a packet bigger than 1280 of, lately (srv6_note_big). */
-	__u64 *big = bpf_map_lookup_elem(&roam_srv6_big, &in->k);
-	if (!big || bpf_ktime_get_coarse_ns() - *big > SRV6_BIG_FLOW_NS) {
+	__u64 *big = srv6_big_seen(&in->k);
+	if (!big || !*big || bpf_ktime_get_coarse_ns() - *big > SRV6_BIG_FLOW_NS) {
 		count_reason(REASON_SRV6_PTB_REFUSED);
 		return XDP_DROP;
 	}

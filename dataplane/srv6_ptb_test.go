@@ -245,3 +245,35 @@ func TestSRv6RelayPTBBudget(t *testing.T) {
 		t.Fatalf("srv6_ptb_relayed %d, icmp_limited %d; want %d, %d", relayed, limited, answered, icmpSent-answered)
 	}
 }
+
+// TestSRv6RelayPTBFlood: the home's note of the flows it carried big
+// packets of (roam_srv6_big) cannot be flooded out. After a client's flow
+// carried a big packet, 70,000 big non-SYN packets from distinct forged
+// sources to the same frontend (more than the 65,536 flows the LRU hash it
+// replaces held, which evicted the client's flow: its too-bigs were then
+// refused, a path MTU black hole) leave the client's flow noted: a router's
+// too-big about it is relayed.
+func TestSRv6RelayPTBFlood(t *testing.T) {
+	tb, d0 := newPTBTestbed(t)
+	client, fa := ap("198.51.100.7:33000"), ap("10.0.0.1:80")
+	carry(t, tb, d0, client, fa)
+	payload := bytes.Repeat([]byte("f"), 1300)
+	const flood = 70000
+	for i := range flood {
+		a := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		if i >= 1<<16 {
+			a = netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})
+		}
+		pkt := spec{src: netip.AddrPortFrom(a, uint16(1024+i%60000)), dst: fa, proto: lb.TCP, flags: "A", payload: payload, srcMAC: macPeer, dstMAC: macD0, seq: 1}.build(t)
+		if v, _ := tb.run(t, pkt, d0); v != xdpTX {
+			t.Fatalf("flood packet %d from %s: verdict %d, want %d (encapsulated)", i, a, v, xdpTX)
+		}
+	}
+	inner := ipOf(spec{src: client, dst: fa, proto: lb.TCP, flags: "A", payload: bytes.Repeat([]byte("x"), 1400), srcMAC: macPeer, dstMAC: macD0}.build(t))
+	before := tb.drops(t)
+	v, _ := tb.run(t, ptbFrame(1400, ipOf(srv6Frame(macD0, macGW, sidHome, []netip.Addr{sidOld}, 0, 64, 0, inner))), d0)
+	after := tb.drops(t)
+	if r, n := after["srv6_ptb_relayed"]-before["srv6_ptb_relayed"], after["srv6_ptb_refused"]-before["srv6_ptb_refused"]; v != xdpTX || r != 1 || n != 0 {
+		t.Fatalf("after %d big packets from other sources, a too-big about the client's flow: verdict %d, srv6_ptb_relayed %d, srv6_ptb_refused %d; want %d, 1, 0", flood, v, r, n, xdpTX)
+	}
+}
