@@ -605,10 +605,17 @@ func TestOneViewWriterPerCluster(t *testing.T) {
 	time.Sleep(iv + iv/4)
 	written, lost := writes("written")-written0, writes("lost_race")-lost0
 	t.Logf("%d changes: %v summaries written, %v writes lost a race", n*rounds, written, lost)
-	if written < n*rounds {
+	// Each change is written once, by the cluster's writer, which every
+	// replica knows and which is alive: 0 writes lost, none twice. The
+	// slack (2) is for a deferral's grace ending while the writer's write
+	// of a newer change is in flight, which a slow run can make (the
+	// rounds outlasting the grace): that replica's write then loses its
+	// race, or, when it lands first, adds a write. A non-writer writing
+	// again after the grace with a successful compare-and-set adds n.
+	if written < n*rounds || written > n*rounds+2 {
 		t.Fatalf("%v summaries written for %d changes", written, n*rounds)
 	}
-	if lost > n*rounds/10 {
+	if lost > 2 {
 		t.Fatalf("%v writes lost a race for %d changes (%v written): the replicas write the same summaries", lost, n*rounds, written)
 	}
 
