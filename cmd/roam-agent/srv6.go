@@ -9,9 +9,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -63,6 +66,11 @@ func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *s
 	if !dp.SRv6Config().SID.IsValid() {
 		return n
 	}
+	// No record yet: this is the first agent with one. If the copies
+	// outlived an agent from before it, the addresses that agent put on
+	// lo are unrecorded (adoptLo takes them by their form).
+	_, statErr := os.Stat(filepath.Join(dp.PinPath(), "roam_srv6_lo"))
+	unrecorded := errors.Is(statErr, fs.ErrNotExist)
 	lo, err := dataplane.OpenSRv6LoAddrs(dp.PinPath())
 	if err != nil {
 		log.Error("srv6: frontend addresses on lo not recorded", "err", err)
@@ -86,7 +94,7 @@ func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *s
 			n.copies[a][f] = true
 		}
 	}
-	if err := n.adoptLo(); err != nil {
+	if err := n.adoptLo(unrecorded); err != nil {
 		log.Error("srv6: adopt the frontend addresses a previous run put on lo: skipped", "err", err)
 		adoptFailed.WithLabelValues("list_lo").Inc()
 	}
@@ -104,8 +112,17 @@ func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *s
 
 // adoptLo takes the addresses recorded in n.lo as its own (added); one
 // whose copies are all gone (the previous run stopped between a copy's
-// leaving and the address's removal) is taken off lo now.
-func (n *srv6Node) adoptLo() error {
+// leaving and the address's removal) is taken off lo now. unrecorded: the
+// record was created by this start, so a previous agent (from before the
+// record) may have put addresses on lo without recording them: an address
+// on lo in the form ensureAddr gives it (leftOnLo: a host prefix; IPv6
+// with IFA_F_NODAD) that is the frontend address of a copy still here is
+// taken as that agent's, recorded and added, so that it leaves lo with its
+// last copy (else it stayed for ever, and a local client reached the
+// leftover address instead of the frontend). A node's own address of
+// that form equal to a frontend is taken too in that one start: the
+// record cannot tell them apart then; after it, the record does.
+func (n *srv6Node) adoptLo(unrecorded bool) error {
 	if n.lo == nil {
 		return nil
 	}
@@ -119,6 +136,19 @@ func (n *srv6Node) adoptLo() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("list srv6 lo addresses: %w", err)
 	}
+	if unrecorded && len(n.copies) > 0 {
+		left, err := n.leftOnLo()
+		if err != nil {
+			return err
+		}
+		for _, a := range left {
+			k := a.As16()
+			if err := n.lo.Put(&k, uint8(1)); err != nil {
+				return fmt.Errorf("record %s on lo: %w", a, err)
+			}
+			recorded = append(recorded, a)
+		}
+	}
 	for _, a := range recorded {
 		n.added[a] = true
 		if len(n.copies[a]) == 0 {
@@ -128,6 +158,37 @@ func (n *srv6Node) adoptLo() error {
 		}
 	}
 	return nil
+}
+
+// leftOnLo are the addresses on lo that an agent from before the record
+// would have put there for the copies here (n.copies): host prefixes of
+// global scope, IPv6 ones with IFA_F_NODAD (the kernel keeps no NODAD on
+// IPv4 addresses).
+func (n *srv6Node) leftOnLo() ([]netip.Addr, error) {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("find lo: %w", err)
+	}
+	addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list lo addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, x := range addrs {
+		a, ok := netip.AddrFromSlice(x.IP)
+		if !ok || x.IPNet == nil || x.Scope != int(netlink.SCOPE_UNIVERSE) {
+			continue
+		}
+		a = a.Unmap()
+		if a.Is6() && x.Flags&unix.IFA_F_NODAD == 0 { // IPv4 keeps no NODAD
+			continue
+		}
+		if ones, bits := x.Mask.Size(); ones != bits || ones != a.BitLen() || len(n.copies[a]) == 0 {
+			continue
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // newSRv6Returns keeps the node's return routes, recording their users in

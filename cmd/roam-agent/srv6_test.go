@@ -4,6 +4,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -316,4 +318,74 @@ func TestSRv6LoAddrAfterRestart(t *testing.T) {
 	wantLo(fe, true, "%s: a copy serving again, not on lo")
 	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
 	wantLo(fe, false, "%s: its last copy gone; still on lo")
+}
+
+// TestSRv6LoAddrUpgradedAgent: an agent from before the record of the
+// addresses it put on lo (roam_srv6_lo) left a frontend's address there
+// for copies that outlive it; the agent that replaces it finds no record.
+// The address (a host prefix with IFA_F_NODAD, as the agent adds it, of a
+// frontend with a copy here) is taken as the old agent's: it leaves lo
+// with its last copy (before, the new agent took it for the node's own and
+// left it for ever). An address of a frontend without a copy here stays.
+// Once the record exists, an unrecorded address is the node's again (a
+// second restart: a copy of it arrives and leaves, the address stays).
+func TestSRv6LoAddrUpgradedAgent(t *testing.T) {
+	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
+		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
+	fe := netip.MustParseAddr("10.201.2.1")
+	fe6 := netip.MustParseAddr("fd00:202::1")
+	other := netip.MustParseAddr("fd00:202::2") // the node's, no copy of it here
+	f80 := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}
+	f6 := lb.Frontend{Addr: fe6, Port: 80, Proto: lb.TCP}
+	fOther := lb.Frontend{Addr: other, Port: 80, Proto: lb.TCP}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	lo, err := netlink.LinkByName("lo")
+	must(err)
+	wantLo := func(a netip.Addr, on bool, msg string) {
+		t.Helper()
+		addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
+		must(err)
+		got := false
+		for _, x := range addrs {
+			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
+				got = true
+			}
+		}
+		if got != on {
+			t.Fatalf(msg, a)
+		}
+	}
+	must(netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(other), Flags: unix.IFA_F_NODAD}))
+
+	d, err := dataplane.Open(cfg)
+	must(err)
+	n := newTestSRv6Node(t, d, cfg.PinPath, nil)
+	must(n.SetSRv6Copy(f80, dataplane.SRv6Serving))
+	must(n.SetSRv6Copy(f6, dataplane.SRv6Serving))
+	must(d.Close())
+	// The agent before the record: the addresses on lo, no roam_srv6_lo.
+	must(n.lo.Close())
+	must(os.Remove(filepath.Join(cfg.PinPath, "roam_srv6_lo")))
+
+	n = newTestSRv6Node(t, dptest.New(t, cfg), cfg.PinPath, nil)
+	wantLo(fe, true, "%s: a copy serving; taken off lo at the restart")
+	wantLo(other, true, "%s: the node's, no copy of it; taken off lo at the restart")
+	must(n.SetSRv6Copy(f80, dataplane.SRv6Gone))
+	wantLo(fe, false, "%s: put on lo by an agent from before the record, its last copy gone; still on lo")
+	must(n.SetSRv6Copy(f6, dataplane.SRv6Draining))
+	must(n.SetSRv6Copy(f6, dataplane.SRv6Gone))
+	wantLo(fe6, false, "%s: put on lo by an agent from before the record, its last copy gone; still on lo")
+
+	// The record exists now: an unrecorded address is the node's.
+	must(n.Dataplane.Close())
+	n = newTestSRv6Node(t, dptest.New(t, cfg), cfg.PinPath, nil)
+	must(n.SetSRv6Copy(fOther, dataplane.SRv6Serving))
+	must(n.SetSRv6Copy(fOther, dataplane.SRv6Gone))
+	wantLo(other, true, "%s: the node's (on lo before, the record exists); taken off with its copy")
 }
