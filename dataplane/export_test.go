@@ -38,17 +38,17 @@ func (d *Dataplane) NATEntries() (int, error) { return d.natEntries() }
 
 // AgeFlows moves the last packet of every conntrack and NAT entry back by
 // by, as if that much time had passed on the programs' clock (which a test
-// cannot set). The clock counts from boot: an entry cannot be made older
-// than the machine's uptime.
+// cannot set). The clock counts from boot: the flows cannot be made `by`
+// old on a machine up for less than by.
 func (d *Dataplane) AgeFlows(by time.Duration) error {
-	var short error
-	back := func(seen uint64) uint64 {
-		if seen < uint64(by) {
-			short = fmt.Errorf("age flows by %s: the machine has been up for less (monotonic clock at %s)", by, time.Duration(seen))
-			return 0
-		}
-		return seen - uint64(by)
+	now, err := monotonicNow()
+	if err != nil {
+		return err
 	}
+	if now < uint64(by) {
+		return fmt.Errorf("age flows by %s: the machine has been up for less (monotonic clock at %s)", by, time.Duration(now))
+	}
+	back := func(seen uint64) uint64 { return agedBy(seen, by) }
 	var (
 		ck []CTKey
 		cv []CTValue
@@ -73,7 +73,17 @@ func (d *Dataplane) AgeFlows(by time.Duration) error {
 			return fmt.Errorf("age NAT %s: %w", nk[i], err)
 		}
 	}
-	return short
+	return nil
+}
+
+// agedBy is seen moved back by by, at the clock's start at the most: an
+// entry already older than the clock allows (aged before) stays at 0,
+// which is still at least by before now when now >= by.
+func agedBy(seen uint64, by time.Duration) uint64 {
+	if seen < uint64(by) {
+		return 0
+	}
+	return seen - uint64(by)
 }
 
 // ForgetFlowChecksums makes every conntrack entry look like one written by

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/roamnet/roam/dataplane"
 	"github.com/roamnet/roam/dataplane/lb"
@@ -186,5 +187,39 @@ func TestSNATPortsCycle(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// TestAgeFlowsAgain: flows aged more than once, by more in all than the
+// machine's uptime, end at the clock's start and count as that old: the
+// only limit is the uptime against one call's age (TestSNATPortsCycle
+// ages its first flows by 64 x 30 s, which failed on a machine up for
+// less than 32 minutes). The aged flow's only port is then taken over.
+func TestAgeFlowsAgain(t *testing.T) {
+	tb := newTestbed(t, dataplane.Config{PortMin: 41000, PortMax: 41000})
+	fe := tb.stage(t, "10.0.0.1:80/tcp", "redirect:10.2.0.1:8080")
+	front := netip.AddrPortFrom(fe.Addr, fe.Port)
+	syn := func(client string) uint32 {
+		v, _ := tb.xdp(t, spec{src: ap(client), dst: front, proto: lb.TCP, flags: "S", srcMAC: macPeer, dstMAC: macD0, seq: 1000}.build(t))
+		return v
+	}
+	if v := syn("198.51.100.1:20000"); v != xdpTX {
+		t.Fatalf("first SYN: verdict %d, want XDP_TX", v)
+	}
+	if v := syn("198.51.100.2:20000"); v == xdpTX {
+		t.Fatal("a second flow got the only port while the first holds it")
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	by := time.Duration(ts.Nano()) * 3 / 5 // twice: more than the uptime
+	for i := range 2 {
+		if err := tb.d.AgeFlows(by); err != nil {
+			t.Fatalf("age %d by %s: %v", i+1, by, err)
+		}
+	}
+	if v := syn("198.51.100.3:20000"); v != xdpTX {
+		t.Fatalf("SYN after the only flow aged past its timeout: verdict %d, want XDP_TX (port taken over)", v)
 	}
 }
