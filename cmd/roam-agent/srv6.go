@@ -95,8 +95,12 @@ func newSRv6Node(dp *dataplane.Dataplane, returns *dataplane.SRv6Returns, log *s
 		}
 	}
 	if err := n.adoptLo(unrecorded); err != nil {
+		reason := "list_lo"
+		if errors.Is(err, errLoRemove) {
+			reason = "remove_lo"
+		}
 		log.Error("srv6: adopt the frontend addresses a previous run put on lo: skipped", "err", err)
-		adoptFailed.WithLabelValues("list_lo").Inc()
+		adoptFailed.WithLabelValues(reason).Inc()
 	}
 	if err := n.returns.Adopt(here); err != nil {
 		reason := "other"
@@ -149,16 +153,29 @@ func (n *srv6Node) adoptLo(unrecorded bool) error {
 			recorded = append(recorded, a)
 		}
 	}
+	// All marked first: a removal that fails must not leave the others
+	// unknown (they would then stay on lo after their last copy).
 	for _, a := range recorded {
 		n.added[a] = true
+	}
+	var errs []error
+	for _, a := range recorded {
 		if len(n.copies[a]) == 0 {
 			if err := n.removeAddr(a); err != nil {
-				return err
+				errs = append(errs, err)
 			}
 		}
 	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", errLoRemove, errors.Join(errs...))
+	}
 	return nil
 }
+
+// errLoRemove is adoptLo's error when taking an address off lo failed
+// (counted as remove_lo; the address stays added, so the next copy of it
+// that leaves takes it off).
+var errLoRemove = errors.New("take an address without copies off lo")
 
 // leftOnLo are the addresses on lo that an agent from before the record
 // would have put there for the copies here (n.copies): host prefixes of
@@ -212,7 +229,7 @@ func newSRv6Returns(pinPath string, log *slog.Logger, adoptFailed *prometheus.Co
 func newSRv6AdoptFailed() *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "roam_agent_srv6_adopt_failed_total",
-		Help: "Agent starts that did not take over the SRv6 return routes of a previous run, by reason (open_users, open_lo, list_copies, list_lo, list_users, list_rules, list_routes).",
+		Help: "Agent starts that did not take over the SRv6 return routes of a previous run, by reason (open_users, open_lo, list_copies, list_lo, remove_lo, list_users, list_rules, list_routes).",
 	}, []string{"reason"})
 }
 
@@ -254,7 +271,7 @@ func (n *srv6Node) SetSRv6Copy(f lb.Frontend, s dataplane.SRv6State) error {
 
 // removeAddr takes a, which this agent added, off lo and out of the record.
 func (n *srv6Node) removeAddr(a netip.Addr) error {
-	if err := n.setOnLo(a, false); err != nil {
+	if err := setOnLo(a, false); err != nil {
 		return err
 	}
 	delete(n.added, a)
@@ -267,9 +284,12 @@ func (n *srv6Node) removeAddr(a netip.Addr) error {
 	return nil
 }
 
-// setOnLo adds a to lo (on) or removes it (an address already there, or
-// not there, is no error).
-func (n *srv6Node) setOnLo(a netip.Addr, on bool) error {
+// setOnLo is onLo; a test makes it fail.
+var setOnLo = onLo
+
+// onLo adds a to lo (on) or removes it (an address already there, or not
+// there, is no error).
+func onLo(a netip.Addr, on bool) error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("find lo: %w", err)
@@ -309,7 +329,7 @@ func (n *srv6Node) ensureAddr(a netip.Addr) error {
 			return fmt.Errorf("srv6 copy: record %s on lo: %w", a, err)
 		}
 	}
-	if err := n.setOnLo(a, true); err != nil {
+	if err := setOnLo(a, true); err != nil {
 		if n.lo != nil {
 			_ = n.lo.Delete(&k) // best effort: not added
 		}

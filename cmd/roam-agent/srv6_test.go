@@ -389,3 +389,76 @@ func TestSRv6LoAddrUpgradedAgent(t *testing.T) {
 	must(n.SetSRv6Copy(fOther, dataplane.SRv6Gone))
 	wantLo(other, true, "%s: the node's (on lo before, the record exists); taken off with its copy")
 }
+
+// TestSRv6LoAdoptRemoveFails: at a restart, taking an address whose copies
+// all went while the agent was down off lo can fail; the adoption then
+// still marks every recorded address as the agent's (before, it stopped
+// at the first failure, and the addresses after it were taken for the
+// node's: they stayed on lo after their next copy left), tries every
+// removal, and counts remove_lo once. Each address then leaves lo with
+// the next copy of it that leaves.
+func TestSRv6LoAdoptRemoveFails(t *testing.T) {
+	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
+		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	lo, err := netlink.LinkByName("lo")
+	must(err)
+	wantLo := func(a netip.Addr, on bool, msg string) {
+		t.Helper()
+		addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
+		must(err)
+		got := false
+		for _, x := range addrs {
+			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
+				got = true
+			}
+		}
+		if got != on {
+			t.Fatalf(msg, a)
+		}
+	}
+	var fs []lb.Frontend
+	for _, s := range []string{"10.201.3.1", "10.201.3.2", "fd00:203::1"} {
+		fs = append(fs, lb.Frontend{Addr: netip.MustParseAddr(s), Port: 80, Proto: lb.TCP})
+	}
+	d, err := dataplane.Open(cfg)
+	must(err)
+	n := newTestSRv6Node(t, d, cfg.PinPath, nil)
+	for _, f := range fs {
+		must(n.SetSRv6Copy(f, dataplane.SRv6Serving))
+		must(n.Dataplane.SetSRv6Copy(f, dataplane.SRv6Gone)) // the agent stops before taking it off lo
+	}
+	must(d.Close())
+
+	injected := errors.New("injected: remove from lo")
+	setOnLo = func(a netip.Addr, on bool) error {
+		if !on {
+			return injected
+		}
+		return onLo(a, on)
+	}
+	t.Cleanup(func() { setOnLo = onLo })
+	failed := newSRv6AdoptFailed()
+	n = newSRv6Node(dptest.New(t, cfg), newSRv6Returns(cfg.PinPath, slog.New(slog.DiscardHandler), failed), slog.New(slog.DiscardHandler), failed)
+	if c := counted(t, failed); c["remove_lo"] != 1 || len(c) != 1 {
+		t.Fatalf("adoption failures %v, want remove_lo 1", c)
+	}
+	for _, f := range fs {
+		wantLo(f.Addr, true, "%s: its removal failed; not on lo")
+		if !n.added[f.Addr] {
+			t.Fatalf("%s: recorded, its removal or another's failed: not taken as the agent's", f.Addr)
+		}
+	}
+	setOnLo = onLo
+	for _, f := range fs {
+		must(n.SetSRv6Copy(f, dataplane.SRv6Serving))
+		must(n.SetSRv6Copy(f, dataplane.SRv6Gone))
+		wantLo(f.Addr, false, "%s: the agent's, its copy gone; still on lo")
+	}
+}
