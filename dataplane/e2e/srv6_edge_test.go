@@ -31,33 +31,7 @@ func TestSRv6HomeSender(t *testing.T) {
 	ctx := rootWithin(t, 2*time.Minute)
 	bed := newSRv6Bed(t)
 	topo, home, old, nw := bed.topo, bed.home, bed.old, bed.nw
-	// The home reaches the frontends through h0 (towards the client, which
-	// does not forward): only roam's encapsulation at h0's egress gets a
-	// packet to a copy.
-	err := netns.Do(topo.Home, func() error {
-		if err := home.d.AttachTC("h0"); err != nil {
-			return err
-		}
-		l, err := netlink.LinkByName("h0")
-		if err != nil {
-			return err
-		}
-		for _, r := range []struct {
-			dst netip.Prefix
-			gw  netip.Addr
-		}{
-			{netip.PrefixFrom(netns.SRv6FrontendV4, 32), netns.SRv6ClientV4},
-			{netip.PrefixFrom(netns.SRv6FrontendV6, 128), netns.SRv6ClientV6},
-		} {
-			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(r.dst), Gw: r.gw.AsSlice()}); err != nil {
-				return fmt.Errorf("route %s: %w", r.dst, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	homeSendsByTC(t, bed)
 	oldCopy := startCopy(t, topo.Old, "old")
 	newCopy := startCopy(t, topo.New, "new")
 
@@ -108,6 +82,38 @@ func TestSRv6HomeSender(t *testing.T) {
 		if drops[r] != 0 {
 			t.Errorf("home dropped %d packets as %s", drops[r], r)
 		}
+	}
+}
+
+// homeSendsByTC makes the home's own sockets reach the frontends through
+// h0 (towards the client, which does not forward), with roam's tc program
+// at h0's egress: only its encapsulation gets a packet to a copy.
+func homeSendsByTC(t *testing.T, bed *srv6Bed) {
+	t.Helper()
+	topo, home := bed.topo, bed.home
+	err := netns.Do(topo.Home, func() error {
+		if err := home.d.AttachTC("h0"); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("h0")
+		if err != nil {
+			return err
+		}
+		for _, r := range []struct {
+			dst netip.Prefix
+			gw  netip.Addr
+		}{
+			{netip.PrefixFrom(netns.SRv6FrontendV4, 32), netns.SRv6ClientV4},
+			{netip.PrefixFrom(netns.SRv6FrontendV6, 128), netns.SRv6ClientV6},
+		} {
+			if err := netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixNet(r.dst), Gw: r.gw.AsSlice()}); err != nil {
+				return fmt.Errorf("route %s: %w", r.dst, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
