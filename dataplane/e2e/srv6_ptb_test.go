@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -157,4 +159,87 @@ func relayPTB(ctx context.Context, t *testing.T, bed *srv6Bed, ns string, fam sr
 		t.Fatalf("%s: srv6_ptb_relayed counted %d at the home", fam.name, n)
 	}
 	nw.setCopy(t, dataplane.SRv6Gone, f)
+}
+
+// TestSRv6RelayPTBHomeSenderGSO: the tc path notes a flow from its GSO
+// packets too (srv6_encap_skb: a GSO skb counts as bigger than 1280 before
+// it is segmented). A TCP connection from the home node itself with an MSS
+// of 1000 (every segment encapsulated within 1280 bytes: only its GSO skbs
+// are big): after a small request and answer, a router's too-big about
+// the flow is refused (nothing of it was big); after 300 KB each way (the
+// socket's GSO packets) it is relayed (srv6_ptb_relayed). The kernel
+// ignores the relayed error (its quoted sequence number is not one the
+// socket has in flight), so the socket's path MTU is not checked here;
+// TestSRv6RelayPTBHomeSender checks it for UDP.
+func TestSRv6RelayPTBHomeSenderGSO(t *testing.T) {
+	ctx := rootWithin(t, time.Minute)
+	bed := newSRv6Bed(t)
+	topo, home, nw := bed.topo, bed.home, bed.nw
+	homeSendsByTC(t, bed)
+	startCopy(t, topo.New, "new")
+	router := netip.MustParseAddr("fd20:3::2")
+	for _, fam := range srv6Families {
+		ff := famFrontends(t, fam)
+		ff.seen = fam.home
+		f := ff.tcp
+		nw.setCopy(t, dataplane.SRv6Serving, f)
+		home.commit(t, lb.SRv6(netns.SRv6SIDNew), f)
+		c, err := netns.In(topo.Home, func() (net.Conn, error) {
+			d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG, 1000) }); err != nil {
+					return err
+				}
+				return serr
+			}}
+			return d.DialContext(ctx, "tcp", ff.tcpAddr.String())
+		})
+		if err != nil {
+			t.Fatalf("%s: connect: %v", fam.name, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		k := &tcpClient{c: c, r: bufio.NewReader(c)}
+		who, cl := k.ask(t)
+		ff.want("tcp", who, cl, "new")
+		// The too-big quotes a segment of the flow (1000 bytes, ACK).
+		sport := uint16(c.LocalAddr().(*net.TCPAddr).Port)
+		payload := bytes.Repeat([]byte("p"), 1000)
+		payload[4], payload[5] = 0x50, 0x10 // the TCP header's data offset (20 bytes) and ACK, over UDP's
+		inner := udp6(fam.home, fam.frontend, sport, netns.CopyTCPPort, payload)
+		inner[6] = 6
+		if fam.frontend.Is4() {
+			inner = udp4(fam.home, fam.frontend, sport, netns.CopyTCPPort, payload)
+			inner[6] |= 0x40
+			inner[9] = 6
+			binary.BigEndian.PutUint16(inner[10:], 0)
+			binary.BigEndian.PutUint16(inner[10:], ^dptest.Sum16(inner[:20], 0))
+		}
+		ptb := dptest.PTB6(router, netns.SRv6SIDHome, 1400, srv6Packet(netns.SRv6SIDHome, []netip.Addr{netns.SRv6SIDNew}, 0, inner))
+		counts := func() (relayed, refused uint64) {
+			d := dptest.Drops(t, home.d)
+			return d["srv6_ptb_relayed"], d["srv6_ptb_refused"]
+		}
+		rel0, ref0 := counts()
+		sendRaw(t, topo.New, "n0", topo.Home, "h2", ptb)
+		if err := poll(ctx, 5*time.Second, func() error {
+			if rel, ref := counts(); rel != rel0 || ref != ref0+1 {
+				return fmt.Errorf("%s: small segments only: srv6_ptb_relayed +%d, srv6_ptb_refused +%d; want 0, 1", fam.name, rel-rel0, ref-ref0)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		k.bulk(t, 300_000)
+		rel0, ref0 = counts()
+		sendRaw(t, topo.New, "n0", topo.Home, "h2", ptb)
+		if err := poll(ctx, 5*time.Second, func() error {
+			if rel, ref := counts(); rel != rel0+1 || ref != ref0 {
+				return fmt.Errorf("%s: after GSO packets: srv6_ptb_relayed +%d, srv6_ptb_refused +%d; want 1, 0", fam.name, rel-rel0, ref-ref0)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		nw.setCopy(t, dataplane.SRv6Gone, f)
+	}
 }
