@@ -245,6 +245,50 @@ func counted(t *testing.T, c *prometheus.CounterVec) map[string]float64 {
 	return out
 }
 
+// loBed is a namespace of its own, an SRv6 node's configuration with a pin
+// path, and its lo.
+type loBed struct {
+	t   *testing.T
+	cfg dataplane.Config
+	lo  netlink.Link
+}
+
+func newLoBed(t *testing.T) loBed {
+	t.Helper()
+	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
+	b := loBed{t: t, cfg: dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
+		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}}
+	lo, err := netlink.LinkByName("lo")
+	b.must(err)
+	b.lo = lo
+	return b
+}
+
+func (b loBed) must(err error) {
+	b.t.Helper()
+	if err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// wantLo fails the test unless a is on lo (on) or not; msg says why, a its %s.
+func (b loBed) wantLo(a netip.Addr, on bool, msg string) {
+	b.t.Helper()
+	addrs, err := netlink.AddrList(b.lo, netlink.FAMILY_ALL)
+	b.must(err)
+	for _, x := range addrs {
+		if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
+			if !on {
+				b.t.Fatalf(msg, a)
+			}
+			return
+		}
+	}
+	if on {
+		b.t.Fatalf(msg, a)
+	}
+}
+
 // TestSRv6LoAddrAfterRestart: a frontend's address, put on lo for its
 // copies, leaves lo with its last copy also when the agent restarted in
 // between (before, the restarted agent knew neither the copies nor that it
@@ -254,9 +298,8 @@ func counted(t *testing.T, c *prometheus.CounterVec) map[string]float64 {
 // removal) is taken off at the restart. Real addresses in a namespace, a
 // real pinned data plane.
 func TestSRv6LoAddrAfterRestart(t *testing.T) {
-	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
-	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
-		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
+	b := newLoBed(t)
+	cfg, lo, must, wantLo := b.cfg, b.lo, b.must, b.wantLo
 	fe := netip.MustParseAddr("10.201.1.1")
 	own := netip.MustParseAddr("fd00:201::1") // on lo before any copy: the node's, not the agent's
 	dead := netip.MustParseAddr("10.201.1.3") // its copy goes while the agent is down
@@ -264,32 +307,6 @@ func TestSRv6LoAddrAfterRestart(t *testing.T) {
 	f81 := lb.Frontend{Addr: fe, Port: 81, Proto: lb.UDP}
 	fOwn := lb.Frontend{Addr: own, Port: 80, Proto: lb.TCP}
 	fDead := lb.Frontend{Addr: dead, Port: 80, Proto: lb.TCP}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	lo, err := netlink.LinkByName("lo")
-	must(err)
-	onLo := func(a netip.Addr) bool {
-		t.Helper()
-		addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
-		must(err)
-		for _, x := range addrs {
-			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
-				return true
-			}
-		}
-		return false
-	}
-	// wantLo fails the test unless a is on lo (on) or not; msg says why, a its %s.
-	wantLo := func(a netip.Addr, on bool, msg string) {
-		t.Helper()
-		if onLo(a) != on {
-			t.Fatalf(msg, a)
-		}
-	}
 	must(netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(own), Flags: unix.IFA_F_NODAD}))
 
 	d, err := dataplane.Open(cfg)
@@ -330,37 +347,14 @@ func TestSRv6LoAddrAfterRestart(t *testing.T) {
 // Once the record exists, an unrecorded address is the node's again (a
 // second restart: a copy of it arrives and leaves, the address stays).
 func TestSRv6LoAddrUpgradedAgent(t *testing.T) {
-	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
-	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
-		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
+	b := newLoBed(t)
+	cfg, lo, must, wantLo := b.cfg, b.lo, b.must, b.wantLo
 	fe := netip.MustParseAddr("10.201.2.1")
 	fe6 := netip.MustParseAddr("fd00:202::1")
 	other := netip.MustParseAddr("fd00:202::2") // the node's, no copy of it here
 	f80 := lb.Frontend{Addr: fe, Port: 80, Proto: lb.TCP}
 	f6 := lb.Frontend{Addr: fe6, Port: 80, Proto: lb.TCP}
 	fOther := lb.Frontend{Addr: other, Port: 80, Proto: lb.TCP}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	lo, err := netlink.LinkByName("lo")
-	must(err)
-	wantLo := func(a netip.Addr, on bool, msg string) {
-		t.Helper()
-		addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
-		must(err)
-		got := false
-		for _, x := range addrs {
-			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
-				got = true
-			}
-		}
-		if got != on {
-			t.Fatalf(msg, a)
-		}
-	}
 	must(netlink.AddrAdd(lo, &netlink.Addr{IPNet: hostPrefix(other), Flags: unix.IFA_F_NODAD}))
 
 	d, err := dataplane.Open(cfg)
@@ -398,31 +392,8 @@ func TestSRv6LoAddrUpgradedAgent(t *testing.T) {
 // removal, and counts remove_lo once. Each address then leaves lo with
 // the next copy of it that leaves.
 func TestSRv6LoAdoptRemoveFails(t *testing.T) {
-	netns.EnterUnderlay(t, netip.MustParsePrefix("fc00::/16"))
-	cfg := dataplane.Config{PinPath: dptest.PinPath(t), SRv6: dataplane.SRv6Config{SID: netip.MustParseAddr("fc00:0:2::1"),
-		Locators: []netip.Prefix{netip.MustParsePrefix("fc00:0:1::/48"), netip.MustParsePrefix("fc00:0:2::/48")}}}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	lo, err := netlink.LinkByName("lo")
-	must(err)
-	wantLo := func(a netip.Addr, on bool, msg string) {
-		t.Helper()
-		addrs, err := netlink.AddrList(lo, netlink.FAMILY_ALL)
-		must(err)
-		got := false
-		for _, x := range addrs {
-			if y, ok := netip.AddrFromSlice(x.IP); ok && y.Unmap() == a {
-				got = true
-			}
-		}
-		if got != on {
-			t.Fatalf(msg, a)
-		}
-	}
+	b := newLoBed(t)
+	cfg, must, wantLo := b.cfg, b.must, b.wantLo
 	var fs []lb.Frontend
 	for _, s := range []string{"10.201.3.1", "10.201.3.2", "fd00:203::1"} {
 		fs = append(fs, lb.Frontend{Addr: netip.MustParseAddr(s), Port: 80, Proto: lb.TCP})
