@@ -138,6 +138,9 @@ func mergeLegacy[V any](t flowTable, remove bool) (found, failed int, err error)
 	if err != nil {
 		return 0, 0, fmt.Errorf("merge old ipv4 flows: %w", err)
 	}
+	if legacyWalked != nil {
+		legacyWalked()
+	}
 	for i, k := range keys {
 		k4 := ct4Key(k)
 		var cur V
@@ -162,14 +165,24 @@ func mergeLegacy[V any](t flowTable, remove bool) (found, failed int, err error)
 	return len(keys), failed, nil
 }
 
+// legacyWalked, when set (tests), runs in mergeLegacy between the walk of
+// the IPv6 map and the copies.
+var legacyWalked func()
+
 // mergeLegacyFlows runs mergeLegacy on both kinds of flow entry while an
 // older build's IPv4 entries may be left (d.legacy, set at Open), and
 // clears d.legacy once a removing pass found none. Forward entries first:
-// a NAT entry whose forward entry is not there yet looks orphaned.
+// a NAT entry whose forward entry is not there yet looks orphaned. It
+// holds d.mu: mergeLegacy copies what it read before, and a Remove
+// between its walk and its copy would delete the flow from both maps,
+// then see the stale copy put back (the client kept on the removed
+// target until the idle timeout).
 func (d *Dataplane) mergeLegacyFlows(remove bool) error {
 	if !d.legacy.Load() {
 		return nil
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	nct, fct, err := mergeLegacy[CTValue](d.ctTable(), remove)
 	if err != nil {
 		return err

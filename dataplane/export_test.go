@@ -328,3 +328,7 @@ func (d *Dataplane) LegacyEntries() (n int, failed uint64, err error) {
 	}
 	return n, d.legacyFailed.Load(), err
 }
+
+// SetLegacyWalked sets the hook mergeLegacy runs between its walk of an
+// IPv6 map and its copies (nil: none).
+func SetLegacyWalked(fn func()) { legacyWalked = fn }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -218,5 +219,64 @@ func TestUpgradeKeepsIPv4Flows(t *testing.T) {
 	}
 	if s := fl.state(); s != "closed" {
 		t.Fatalf("after both FINs: the TCP flow is %q, want closed", s)
+	}
+}
+
+// TestUpgradeRemoveDuringMerge: a Remove of the frontend while GC's first
+// pass after an upgrade moves the old build's IPv4 flows (between its walk
+// and its copies) leaves no flow: GC does not put back the copy it read
+// before (the client would keep going to the removed target).
+func TestUpgradeRemoveDuringMerge(t *testing.T) {
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, Timeouts: ctTimeouts}
+	tb := newTestbed(t, cfg)
+	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
+	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
+	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
+		if v := fl.packet(do); v != xdpTX {
+			t.Fatalf("before the upgrade: %q: verdict %d, want XDP_TX", do, v)
+		}
+	}
+	if err := tb.d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if moved, err := dataplane.MakeLegacy(cfg.PinPath); err != nil || moved != 2 {
+		t.Fatalf("old layout: %d IPv4 entries moved to the old maps, %v; want 2 (forward and NAT)", moved, err)
+	}
+	cfg.SNATv4, cfg.SNATv6 = snat4, snat6
+	tb.d = openTest(t, cfg)
+	if v := fl.packet("c A+"); v != xdpTX {
+		t.Fatalf("after the upgrade: %q: verdict %d, want XDP_TX", "c A+", v)
+	}
+
+	// Remove runs once GC has read the old entries. It waits for the
+	// merge (d.mu) or, if it does not within a second, the test goes on
+	// with it still pending (GC must not be held by it).
+	removed := make(chan error, 1)
+	var once sync.Once
+	dataplane.SetLegacyWalked(func() {
+		once.Do(func() {
+			go func() { removed <- tb.d.Remove(fe) }()
+			select {
+			case err := <-removed:
+				removed <- err
+			case <-time.After(time.Second):
+			}
+		})
+	})
+	defer dataplane.SetLegacyWalked(nil)
+	if _, err := tb.d.GC(0); err != nil {
+		t.Fatalf("GC after the upgrade: %v", err)
+	}
+	if err := <-removed; err != nil {
+		t.Fatalf("remove %s: %v", fe, err)
+	}
+	ct, err1 := tb.d.ConntrackEntries()
+	nat, err2 := tb.d.NATEntries()
+	old, _, err3 := tb.d.LegacyEntries()
+	if err := errors.Join(err1, err2, err3); err != nil || ct+nat+old != 0 {
+		t.Fatalf("after Remove during GC's merge: %d conntrack, %d NAT, %d old IPv4 entries, %v; want none", ct, nat, old, err)
+	}
+	if v := fl.packet("c A+"); v == xdpTX {
+		t.Fatalf("after Remove: %q: verdict XDP_TX, want the removed frontend's traffic untouched", "c A+")
 	}
 }
