@@ -15,6 +15,7 @@ type collector struct {
 	gcRemoved, insertFailures  *prometheus.Desc
 	targetPackets, targetBytes *prometheus.Desc
 	pinsReplaced               *prometheus.Desc
+	legacyFlows, legacyErrors  *prometheus.Desc
 	srv6                       srv6Descs
 }
 
@@ -41,6 +42,10 @@ func (d *Dataplane) Collector() prometheus.Collector {
 			"Bytes to a redirect target (direction to) and from it (its replies, direction from).", []string{"target", "proto", "direction"}, nil),
 		pinsReplaced: prometheus.NewDesc("roam_dataplane_pins_replaced_total",
 			"Metrics-only maps whose pin, left by another version with another layout, this agent's Open replaced (their counts restarted from zero).", []string{"map"}, nil),
+		legacyFlows: prometheus.NewDesc("roam_dataplane_legacy_flows_total",
+			"IPv4 flow entries an older build left in roam_conntrack and roam_nat that GC moved to roam_ct4 and roam_nat4 (result moved), or removed without a copy because those maps were full (result failed: the flow is lost).", []string{"result"}, nil),
+		legacyErrors: prometheus.NewDesc("roam_dataplane_legacy_merge_errors_total",
+			"GC passes whose move of an older build's IPv4 flow entries failed (logged; the sweep went on, the next pass tries again).", nil, nil),
 		srv6: newSRv6Descs(),
 	}
 }
@@ -62,6 +67,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.targetPackets
 	ch <- c.targetBytes
 	ch <- c.pinsReplaced
+	ch <- c.legacyFlows
+	ch <- c.legacyErrors
 	c.srv6.describe(ch)
 }
 
@@ -122,6 +129,10 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 		}
 		out = append(out, prometheus.MustNewConstMetric(c.pinsReplaced, prometheus.CounterValue, float64(n), name))
 	}
+	out = append(out,
+		prometheus.MustNewConstMetric(c.legacyFlows, prometheus.CounterValue, float64(c.d.legacyMoved.Load()), "moved"),
+		prometheus.MustNewConstMetric(c.legacyFlows, prometheus.CounterValue, float64(c.d.legacyFailed.Load()), "failed"),
+		prometheus.MustNewConstMetric(c.legacyErrors, prometheus.CounterValue, float64(c.d.legacyErrors.Load())))
 	ct, err := familyEntries[CTValue](c.d.ctTable())
 	if err != nil {
 		return nil, err

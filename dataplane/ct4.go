@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/cilium/ebpf"
 )
@@ -139,7 +140,9 @@ func mergeLegacy[V any](t flowTable, remove bool) (found, failed int, err error)
 		return 0, 0, fmt.Errorf("merge old ipv4 flows: %w", err)
 	}
 	if legacyWalked != nil {
-		legacyWalked()
+		if err := legacyWalked(); err != nil {
+			return len(keys), 0, fmt.Errorf("merge old ipv4 flows: %w", err)
+		}
 	}
 	for i, k := range keys {
 		k4 := ct4Key(k)
@@ -166,8 +169,8 @@ func mergeLegacy[V any](t flowTable, remove bool) (found, failed int, err error)
 }
 
 // legacyWalked, when set (tests), runs in mergeLegacy between the walk of
-// the IPv6 map and the copies.
-var legacyWalked func()
+// the IPv6 map and the copies; its error is mergeLegacy's.
+var legacyWalked func() error
 
 // mergeLegacyFlows runs mergeLegacy on both kinds of flow entry while an
 // older build's IPv4 entries may be left (d.legacy, set at Open), and
@@ -191,12 +194,18 @@ func (d *Dataplane) mergeLegacyFlows(remove bool) error {
 	if err != nil {
 		return err
 	}
-	d.legacyFailed.Add(uint64(fct + fnat))
-	if remove && nct == 0 && nnat == 0 {
+	if !remove {
+		return nil
+	}
+	// Each old entry is counted once: by the pass that removes it.
+	found, failed := nct+nnat, fct+fnat
+	if found == 0 {
 		d.legacy.Store(false)
+		return nil
 	}
-	if nct+nnat > 0 {
-		d.legacyMoved.Add(uint64(nct + nnat))
-	}
+	d.legacyMoved.Add(uint64(found - failed))
+	d.legacyFailed.Add(uint64(failed))
+	slog.Info("dataplane: moved an older build's IPv4 flows to roam_ct4 and roam_nat4",
+		"moved", found-failed, "failed_ipv4_maps_full", failed)
 	return nil
 }

@@ -228,9 +228,11 @@ type Dataplane struct {
 	// legacy: IPv4 flows an older build pinned in roam_conntrack and
 	// roam_nat may be left there (ct4.go): set at Open, cleared by the
 	// first GC pass that finds none. legacyMoved and legacyFailed count
-	// the entries moved and those the IPv4 maps had no room for.
-	legacy                    atomic.Bool
-	legacyMoved, legacyFailed atomic.Uint64
+	// the entries GC moved and those the IPv4 maps had no room for (each
+	// entry once: by the pass that removes it), legacyErrors the GC
+	// passes whose merge failed (roam_dataplane_legacy_*).
+	legacy                                  atomic.Bool
+	legacyMoved, legacyFailed, legacyErrors atomic.Uint64
 }
 
 // replaceablePins are the pinned maps that hold metrics only, no flow or

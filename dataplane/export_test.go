@@ -331,4 +331,4 @@ func (d *Dataplane) LegacyEntries() (n int, failed uint64, err error) {
 
 // SetLegacyWalked sets the hook mergeLegacy runs between its walk of an
 // IPv6 map and its copies (nil: none).
-func SetLegacyWalked(fn func()) { legacyWalked = fn }
+func SetLegacyWalked(fn func() error) { legacyWalked = fn }

@@ -126,9 +126,13 @@ func (d *Dataplane) GC(maxScan int) (GCStats, error) {
 	}
 	t := d.cfg.Timeouts
 	// An older build's IPv4 flows: moved once its programs are replaced
-	// (roam-agent starts GC after attaching; ct4.go).
+	// (roam-agent starts GC after attaching; ct4.go). A failure is logged
+	// and counted, and the sweep goes on: stopping it would let the maps
+	// fill (ct_full) for as long as the failure lasts. The next pass
+	// tries again (d.legacy stays set).
 	if err := d.mergeLegacyFlows(true); err != nil {
-		return st, fmt.Errorf("gc: %w", err)
+		d.legacyErrors.Add(1)
+		slog.Warn("data-plane gc: moving an older build's IPv4 flows failed; the sweep goes on", "err", err)
 	}
 	ctDone, natDone := false, false
 	for f := range 2 {

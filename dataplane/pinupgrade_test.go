@@ -210,6 +210,11 @@ func TestUpgradeKeepsIPv4Flows(t *testing.T) {
 	if n, _, err := tb.d.LegacyEntries(); err != nil || n != 0 {
 		t.Fatalf("after GC: %d old IPv4 entries left, %v; want 0", n, err)
 	}
+	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{
+		"roam_dataplane_legacy_flows_total{result=moved}":  4,
+		"roam_dataplane_legacy_flows_total{result=failed}": 0,
+		"roam_dataplane_legacy_merge_errors_total{}":       0,
+	})
 	check("after GC")
 	// The flow ends as any does.
 	for _, do := range []string{"c FA", "t FA"} {
@@ -253,7 +258,7 @@ func TestUpgradeRemoveDuringMerge(t *testing.T) {
 	// with it still pending (GC must not be held by it).
 	removed := make(chan error, 1)
 	var once sync.Once
-	dataplane.SetLegacyWalked(func() {
+	dataplane.SetLegacyWalked(func() error {
 		once.Do(func() {
 			go func() { removed <- tb.d.Remove(fe) }()
 			select {
@@ -262,6 +267,7 @@ func TestUpgradeRemoveDuringMerge(t *testing.T) {
 			case <-time.After(time.Second):
 			}
 		})
+		return nil
 	})
 	defer dataplane.SetLegacyWalked(nil)
 	if _, err := tb.d.GC(0); err != nil {
@@ -278,5 +284,46 @@ func TestUpgradeRemoveDuringMerge(t *testing.T) {
 	}
 	if v := fl.packet("c A+"); v == xdpTX {
 		t.Fatalf("after Remove: %q: verdict XDP_TX, want the removed frontend's traffic untouched", "c A+")
+	}
+}
+
+// TestGCSweepsPastLegacyMergeError: a GC pass whose move of an older
+// build's IPv4 flows fails still sweeps (a persistent failure stopped all
+// GC: the maps filled), counts the failure, and the next pass tries again.
+func TestGCSweepsPastLegacyMergeError(t *testing.T) {
+	tb := newTestbed(t, dataplane.Config{PinPath: dptest.PinPath(t), Timeouts: ctTimeouts})
+	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
+	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
+	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
+		if v := fl.packet(do); v != xdpTX {
+			t.Fatalf("%q: verdict %d, want XDP_TX", do, v)
+		}
+	}
+	if err := tb.d.AgeFlows(ctTimeouts.Established + time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	dataplane.SetLegacyWalked(func() error {
+		calls++
+		return errors.New("injected")
+	})
+	defer dataplane.SetLegacyWalked(nil)
+	st, err := tb.d.GC(0)
+	if err != nil || st.Conntrack != 1 || calls != 1 {
+		t.Fatalf("GC with the merge failing: %+v, %v, %d merges; want the expired flow removed, 1 merge", st, err, calls)
+	}
+	if n, err := tb.d.ConntrackEntries(); err != nil || n != 0 {
+		t.Fatalf("after GC: %d conntrack entries, %v; want 0", n, err)
+	}
+	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{"roam_dataplane_legacy_merge_errors_total{}": 1})
+	// The next pass merges again (and, finding nothing, stops merging).
+	dataplane.SetLegacyWalked(func() error { calls++; return nil })
+	for range 2 {
+		if _, err := tb.d.GC(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("%d merges after two more passes, want 3 (1 + the next pass's one map: nothing found, then none)", calls)
 	}
 }
