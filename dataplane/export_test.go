@@ -77,11 +77,13 @@ func (d *Dataplane) AgeFlows(by time.Duration) error {
 }
 
 // agedBy is seen moved back by by, at the clock's start at the most: an
-// entry already older than the clock allows (aged before) stays at 0,
-// which is still at least by before now when now >= by.
+// entry already older than the clock allows (aged before) stays at 1,
+// which is still at least by before now when now > by. Not 0: a last
+// packet at 0 is the programs' "none" (ct_reply_seen's no reply, the
+// zeroed stamps of bpf/nexthop.h), which an aged entry is not.
 func agedBy(seen uint64, by time.Duration) uint64 {
-	if seen < uint64(by) {
-		return 0
+	if seen <= uint64(by) {
+		return 1
 	}
 	return seen - uint64(by)
 }
