@@ -225,6 +225,9 @@ type Dataplane struct {
 	replacedPins []string
 	// preallocFlows: whether the flow maps in use are preallocated (PreallocFlows).
 	preallocFlows bool
+	// preallocIPv6: the pinned IPv6 flow maps found preallocated at Open
+	// (an older build's, kept as pinned; logged).
+	preallocIPv6 []string
 	// legacy: IPv4 flows an older build pinned in roam_conntrack and
 	// roam_nat may be left there (ct4.go): set at Open, cleared by the
 	// first GC pass that finds none. legacyMoved and legacyFailed count
@@ -450,7 +453,7 @@ func (e *flowSizeError) Unwrap() error { return ebpf.ErrMapIncompatible }
 // PreallocFlows reports what is in effect). Pins of the same layout and
 // another size are refused with a flowSizeError.
 func (d *Dataplane) checkFlowPins(spec *ebpf.CollectionSpec) error {
-	d.preallocFlows = d.cfg.PreallocFlows
+	d.preallocFlows, d.preallocIPv6 = d.cfg.PreallocFlows, nil
 	for _, name := range flowMaps {
 		ms, m, path, err := openPin(spec, d.cfg.PinPath, name)
 		if err != nil {
@@ -475,6 +478,16 @@ func (d *Dataplane) checkFlowPins(spec *ebpf.CollectionSpec) error {
 				d.preallocFlows = flags&unix.BPF_F_NO_PREALLOC == 0
 			}
 		}
+		if !preallocated(name) && flags&unix.BPF_F_NO_PREALLOC == 0 {
+			d.preallocIPv6 = append(d.preallocIPv6, name)
+		}
+	}
+	if len(d.preallocIPv6) > 0 {
+		// An older build's map (both families, preallocated), kept with
+		// its flows beside this build's preallocated IPv4 maps.
+		slog.Warn("dataplane: pinned IPv6 flow maps are preallocated (an older build's): the node's flow maps take about twice "+
+			"their memory (~176 MB instead of ~90 MB at the default --max-flows) until drained and unpinned (rm -r the pin path, "+
+			"which drops the node's flows and detaches its programs)", "path", d.cfg.PinPath, "maps", d.preallocIPv6)
 	}
 	if d.preallocFlows != d.cfg.PreallocFlows {
 		slog.Warn("dataplane: the node keeps its pinned "+allocText(d.preallocFlows)+" flow maps (conntrack, NAT) and their flows; "+

@@ -334,3 +334,7 @@ func (d *Dataplane) LegacyEntries() (n int, failed uint64, err error) {
 // SetLegacyWalked sets the hook mergeLegacy runs between its walk of an
 // IPv6 map and its copies (nil: none).
 func SetLegacyWalked(fn func() error) { legacyWalked = fn }
+
+// PreallocatedIPv6Pins is the pinned IPv6 flow maps Open found
+// preallocated (an older build's; warned about).
+func (d *Dataplane) PreallocatedIPv6Pins() []string { return d.preallocIPv6 }

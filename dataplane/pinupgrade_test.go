@@ -131,7 +131,10 @@ func TestUpgradeOverOldPins(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open over a preallocated conntrack pin: %v; want the pin kept", err)
 	}
-	d.Close()
+	defer d.Close()
+	if got := d.PreallocatedIPv6Pins(); !slices.Equal(got, []string{"roam_conntrack"}) {
+		t.Fatalf("open over a preallocated conntrack pin: preallocated IPv6 pins %v, want [roam_conntrack] (warned: the upgrade's memory)", got)
+	}
 }
 
 // TestUpgradeKeepsIPv4Flows: an agent upgraded over the pins of a build
