@@ -43,7 +43,7 @@ func (d *Dataplane) Collector() prometheus.Collector {
 		pinsReplaced: prometheus.NewDesc("roam_dataplane_pins_replaced_total",
 			"Metrics-only maps whose pin, left by another version with another layout, this agent's Open replaced (their counts restarted from zero).", []string{"map"}, nil),
 		legacyFlows: prometheus.NewDesc("roam_dataplane_legacy_flows_total",
-			"IPv4 flow entries an older build left in roam_conntrack and roam_nat that GC moved to roam_ct4 and roam_nat4 (result moved), or removed without a copy because those maps were full (result failed: the flow is lost).", []string{"result"}, nil),
+			"IPv4 flow entries an older build left in roam_conntrack and roam_nat that GC moved to roam_ct4 and roam_nat4 (result moved), or removed without a copy because those maps were full (result failed: the flow is lost); result stray: IPv4 entries found there after the move was over (an older build's program still attached wrote them; no program of this build reads them), removed by GC.", []string{"result"}, nil),
 		legacyErrors: prometheus.NewDesc("roam_dataplane_legacy_merge_errors_total",
 			"GC passes whose move of an older build's IPv4 flow entries failed (logged; the sweep went on, the next pass tries again).", nil, nil),
 		srv6: newSRv6Descs(),
@@ -132,6 +132,7 @@ func (c *collector) read() ([]prometheus.Metric, error) {
 	out = append(out,
 		prometheus.MustNewConstMetric(c.legacyFlows, prometheus.CounterValue, float64(c.d.legacyMoved.Load()), "moved"),
 		prometheus.MustNewConstMetric(c.legacyFlows, prometheus.CounterValue, float64(c.d.legacyFailed.Load()), "failed"),
+		prometheus.MustNewConstMetric(c.legacyFlows, prometheus.CounterValue, float64(c.d.legacyStray.Load()), "stray"),
 		prometheus.MustNewConstMetric(c.legacyErrors, prometheus.CounterValue, float64(c.d.legacyErrors.Load())))
 	ct, err := familyEntries[CTValue](c.d.ctTable())
 	if err != nil {

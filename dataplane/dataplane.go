@@ -233,9 +233,11 @@ type Dataplane struct {
 	// first GC pass that finds none. legacyMoved and legacyFailed count
 	// the entries GC moved and those the IPv4 maps had no room for (each
 	// entry once: by the pass that removes it), legacyErrors the GC
-	// passes whose merge failed (roam_dataplane_legacy_*).
-	legacy                                  atomic.Bool
-	legacyMoved, legacyFailed, legacyErrors atomic.Uint64
+	// passes whose merge failed (roam_dataplane_legacy_*), legacyStray the
+	// IPv4 entries GC removed from the IPv6 maps after d.legacy was
+	// cleared (gc.go gcFamily).
+	legacy                                               atomic.Bool
+	legacyMoved, legacyFailed, legacyErrors, legacyStray atomic.Uint64
 }
 
 // replaceablePins are the pinned maps that hold metrics only, no flow or

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -338,3 +339,22 @@ func SetLegacyWalked(fn func() error) { legacyWalked = fn }
 // PreallocatedIPv6Pins is the pinned IPv6 flow maps Open found
 // preallocated (an older build's; warned about).
 func (d *Dataplane) PreallocatedIPv6Pins() []string { return d.preallocIPv6 }
+
+// CopyFlowsToLegacy writes every IPv4 entry of roam_ct4 and roam_nat4
+// into roam_conntrack and roam_nat under its CTKey, as an older build's
+// program still attached would write them; it returns how many.
+func (d *Dataplane) CopyFlowsToLegacy() (int, error) {
+	n := 0
+	var errs []error
+	err := walkMap(d.maps.RoamCt4, func(k CT4Key, v CTValue) {
+		n++
+		errs = append(errs, d.maps.RoamConntrack.Put(k.wide(), &v))
+	})
+	if err == nil {
+		err = walkMap(d.maps.RoamNat4, func(k CT4Key, v NATValue) {
+			n++
+			errs = append(errs, d.maps.RoamNat.Put(k.wide(), &v))
+		})
+	}
+	return n, errors.Join(append(errs, err)...)
+}

@@ -55,11 +55,14 @@ type gcState struct {
 // walk ended (then kept as s.last). On an error the sweep and the walk
 // start again. An older build's IPv4 entry in an IPv6 map is not a flow of
 // its own (ct4.go mergeLegacy): skipped.
-func scanSweep[V any](s *mapSweep, t flowTable, f, maxScan int, counter func(V) uint16, expired func(CTKey, V) bool) ([]CTKey, int, bool, error) {
+func scanSweep[V any](s *mapSweep, t flowTable, f, maxScan int, strays *[]CTKey, counter func(V) uint16, expired func(CTKey, V) bool) ([]CTKey, int, bool, error) {
 	var keys []CTKey
 	seen := walkMark(&s.walk, time.Now())
 	each := func(k CTKey, v V) {
 		if famIndex(k) != f {
+			if strays != nil {
+				*strays = append(*strays, k)
+			}
 			return
 		}
 		if c := counter(v); c != 0 {
@@ -186,9 +189,17 @@ func joinWalks(ws []flowWalk) flowWalk {
 // ended the conntrack map's walk, and the NAT map's.
 func (d *Dataplane) gcFamily(f, maxScan int, now uint64, t Timeouts, st *GCStats) (ctDoneWalk, natDoneWalk bool, err error) {
 	ctT, natT := d.ctTable(), d.natTable()
+	// IPv4 entries in the IPv6 maps once an older build's have been moved
+	// (d.legacy clear): written since by an old program still attached
+	// (a link left pinned on an interface the agent no longer attaches).
+	// No program of this build reads them: removed, counted as stray.
+	var ctStrays, natStrays *[]CTKey
+	if f == fam6 && !d.legacy.Load() {
+		ctStrays, natStrays = new([]CTKey), new([]CTKey)
+	}
 	// Forward entries.
 	var natKeys []CTKey
-	ctKeys, n, ctDoneWalk, err := scanSweep(&d.gc.ct[f], ctT, f, maxScan,
+	ctKeys, n, ctDoneWalk, err := scanSweep(&d.gc.ct[f], ctT, f, maxScan, ctStrays,
 		func(v CTValue) uint16 { return v.Counter },
 		func(k CTKey, v CTValue) bool { return d.ctExpired(k, v, now, t) })
 	st.Scanned += n
@@ -213,6 +224,12 @@ func (d *Dataplane) gcFamily(f, maxScan int, now uint64, t Timeouts, st *GCStats
 		}
 	}
 	removed, err := deleteFlowKeys(ctT, f, live)
+	if err == nil && ctStrays != nil {
+		var r int
+		r, err = deleteFlowKeys(ctT, fam6, *ctStrays)
+		removed += r
+		d.legacyStray.Add(uint64(r))
+	}
 	st.Conntrack += removed
 	d.gc.ct[f].count(n, removed, ctDoneWalk)
 	if err != nil {
@@ -229,7 +246,7 @@ func (d *Dataplane) gcFamily(f, maxScan int, now uint64, t Timeouts, st *GCStats
 	// elsewhere (a takeover, a program's delete). Such an entry goes once
 	// idle for the close timeout, so only those are looked into: a NAT
 	// entry whose flow is over goes with its forward entry above.
-	natKeys, n, natDoneWalk, err = scanSweep(&d.gc.nat[f], natT, f, maxScan,
+	natKeys, n, natDoneWalk, err = scanSweep(&d.gc.nat[f], natT, f, maxScan, natStrays,
 		func(v NATValue) uint16 { return v.Counter },
 		func(k CTKey, v NATValue) bool {
 			return idleLonger(now, v.LastSeen, t.Close) && d.natReclaimable(k, v, now, t)
@@ -246,6 +263,12 @@ func (d *Dataplane) gcFamily(f, maxScan int, now uint64, t Timeouts, st *GCStats
 		}
 	}
 	removed, err = deleteFlowKeys(natT, f, live)
+	if err == nil && natStrays != nil {
+		var r int
+		r, err = deleteFlowKeys(natT, fam6, *natStrays)
+		removed += r
+		d.legacyStray.Add(uint64(r))
+	}
 	st.NAT += removed
 	d.gc.nat[f].count(n, removed, natDoneWalk)
 	if err != nil {

@@ -330,3 +330,48 @@ func TestGCSweepsPastLegacyMergeError(t *testing.T) {
 		t.Fatalf("%d merges after two more passes, want 3 (1 + the next pass's one map: nothing found, then none)", calls)
 	}
 }
+
+// TestGCRemovesStrayLegacyEntries: IPv4 entries written into the IPv6 maps
+// after the move of an older build's flows is over (by an old program
+// still attached somewhere) are removed by GC and counted as stray; the
+// flow's own entries in the IPv4 maps stay.
+func TestGCRemovesStrayLegacyEntries(t *testing.T) {
+	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, Timeouts: ctTimeouts, SNATv4: snat4, SNATv6: snat6}
+	tb := newTestbed(t, cfg)
+	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
+	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
+	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
+		if v := fl.packet(do); v != xdpTX {
+			t.Fatalf("%q: verdict %d, want XDP_TX", do, v)
+		}
+	}
+	// The first pass finds no old entry: the move is over.
+	if _, err := tb.d.GC(0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := tb.d.CopyFlowsToLegacy()
+	if err != nil || n != 2 {
+		t.Fatalf("stray entries written: %d, %v; want 2 (forward and NAT)", n, err)
+	}
+	if old, _, err := tb.d.LegacyEntries(); err != nil || old != 2 {
+		t.Fatalf("before GC: %d IPv4 entries in the IPv6 maps, %v; want 2", old, err)
+	}
+	st, err := tb.d.GC(0)
+	if err != nil || st.Conntrack != 1 || st.NAT != 1 {
+		t.Fatalf("GC: %+v, %v; want the 2 stray entries removed", st, err)
+	}
+	if old, _, err := tb.d.LegacyEntries(); err != nil || old != 0 {
+		t.Fatalf("after GC: %d IPv4 entries in the IPv6 maps, %v; want 0", old, err)
+	}
+	wantMetrics(t, gather(t, tb.d.Collector()), map[string]float64{
+		"roam_dataplane_legacy_flows_total{result=stray}": 2,
+		"roam_dataplane_legacy_flows_total{result=moved}": 0,
+		"roam_dataplane_conntrack_entries{map=conntrack}": 1,
+		"roam_dataplane_conntrack_entries{map=nat}":       1,
+	})
+	for _, do := range []string{"c A+", "t A+"} {
+		if v := fl.packet(do); v != xdpTX {
+			t.Fatalf("after GC: %q: verdict %d, want XDP_TX", do, v)
+		}
+	}
+}
