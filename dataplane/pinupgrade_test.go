@@ -146,13 +146,7 @@ func TestUpgradeOverOldPins(t *testing.T) {
 func TestUpgradeKeepsIPv4Flows(t *testing.T) {
 	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, Timeouts: ctTimeouts}
 	tb := newTestbed(t, cfg)
-	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
-	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
-	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
-		if v := fl.packet(do); v != xdpTX {
-			t.Fatalf("before the upgrade: %q: verdict %d, want XDP_TX", do, v)
-		}
-	}
+	fl := establishedFlow(t, tb)
 	tb.stage(t, "10.0.0.1:7000/udp", "redirect:10.2.0.1:7001")
 	tb.stage(t, "[2001:db8:f::1]:7000/udp", "redirect:[2001:db8:2::1]:7001")
 	udp := func(client, front string) []byte {
@@ -237,13 +231,8 @@ func TestUpgradeKeepsIPv4Flows(t *testing.T) {
 func TestUpgradeRemoveDuringMerge(t *testing.T) {
 	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, Timeouts: ctTimeouts}
 	tb := newTestbed(t, cfg)
-	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
-	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
-	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
-		if v := fl.packet(do); v != xdpTX {
-			t.Fatalf("before the upgrade: %q: verdict %d, want XDP_TX", do, v)
-		}
-	}
+	fl := establishedFlow(t, tb)
+	fe := fl.fe
 	if err := tb.d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -295,13 +284,7 @@ func TestUpgradeRemoveDuringMerge(t *testing.T) {
 // GC: the maps filled), counts the failure, and the next pass tries again.
 func TestGCSweepsPastLegacyMergeError(t *testing.T) {
 	tb := newTestbed(t, dataplane.Config{PinPath: dptest.PinPath(t), Timeouts: ctTimeouts})
-	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
-	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
-	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
-		if v := fl.packet(do); v != xdpTX {
-			t.Fatalf("%q: verdict %d, want XDP_TX", do, v)
-		}
-	}
+	establishedFlow(t, tb)
 	if err := tb.d.AgeFlows(ctTimeouts.Established + time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -338,13 +321,7 @@ func TestGCSweepsPastLegacyMergeError(t *testing.T) {
 func TestGCRemovesStrayLegacyEntries(t *testing.T) {
 	cfg := dataplane.Config{PinPath: dptest.PinPath(t), PortMin: 40000, PortMax: 40999, Timeouts: ctTimeouts, SNATv4: snat4, SNATv6: snat6}
 	tb := newTestbed(t, cfg)
-	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
-	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
-	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
-		if v := fl.packet(do); v != xdpTX {
-			t.Fatalf("%q: verdict %d, want XDP_TX", do, v)
-		}
-	}
+	fl := establishedFlow(t, tb)
 	// The first pass finds no old entry: the move is over.
 	if _, err := tb.d.GC(0); err != nil {
 		t.Fatal(err)
@@ -374,4 +351,18 @@ func TestGCRemovesStrayLegacyEntries(t *testing.T) {
 			t.Fatalf("after GC: %q: verdict %d, want XDP_TX", do, v)
 		}
 	}
+}
+
+// establishedFlow is an established TCP flow through a redirect frontend
+// (10.0.0.1:7000 to 10.2.0.1:7001) staged on tb.
+func establishedFlow(t *testing.T, tb *testbed) *ctFlow {
+	t.Helper()
+	fe := tb.stage(t, "10.0.0.1:7000/tcp", "redirect:10.2.0.1:7001")
+	fl := &ctFlow{t: t, tb: tb, fe: fe, target: mustTarget(t, "redirect:10.2.0.1:7001"), client: ap("198.51.100.7:1000"), cseq: 1000, sseq: 5000}
+	for _, do := range []string{"c S", "t SA", "c A", "c A+", "t A+"} {
+		if v := fl.packet(do); v != xdpTX {
+			t.Fatalf("establishing: %q: verdict %d, want XDP_TX", do, v)
+		}
+	}
+	return fl
 }
